@@ -1,0 +1,75 @@
+use serde::Serialize;
+
+/// Whether a principal is a person or a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    Human,
+    Agent,
+}
+
+impl PrincipalKind {
+    /// Subjects are written `agent:NAME` or `user:NAME`; anything that is
+    /// not explicitly an agent is treated as a human.
+    pub fn of_subject(subject: &str) -> Self {
+        if subject.starts_with("agent:") {
+            Self::Agent
+        } else {
+            Self::Human
+        }
+    }
+}
+
+/// How the principal proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A gateway-issued `pcl_` token; `token_id` is its public id.
+    GatewayToken { token_id: String },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub subject: String,
+    pub kind: PrincipalKind,
+    pub groups: Vec<String>,
+    pub via: AuthMethod,
+}
+
+/// Check a principal name given on a command line or in config:
+/// `kind:name`, printable ASCII, no spaces.
+pub fn validate_subject(subject: &str) -> Result<(), String> {
+    let ok_chars = subject
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    match subject.split_once(':') {
+        Some((kind, name)) if !kind.is_empty() && !name.is_empty() && ok_chars && subject.len() <= 128 => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "invalid principal {subject:?}: expected KIND:NAME such as agent:ci or user:alice \
+             (letters, digits, - _ . : @; at most 128 characters)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_follows_prefix() {
+        assert_eq!(PrincipalKind::of_subject("agent:ci"), PrincipalKind::Agent);
+        assert_eq!(PrincipalKind::of_subject("user:alice"), PrincipalKind::Human);
+    }
+
+    #[test]
+    fn subjects_are_validated() {
+        assert!(validate_subject("agent:quickstart").is_ok());
+        assert!(validate_subject("user:alice@example.com").is_ok());
+        for bad in ["", "alice", ":x", "agent:", "agent:has space", "agent:ü"] {
+            assert!(validate_subject(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Access decisions, pure and deny-by-default: data in, a [`Decision`] out,
+//! no I/O. Every decision names the rule that made it, so that
+//! `policy explain`, the audit log and error messages can say why.
+
+use portcullis_identity::Principal;
+use serde::Serialize;
+
+/// One grant: these principals and groups may open sessions on these
+/// connections. `"*"` in `connections` means every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The rule's name as shown in decisions (`grants[0]` if unnamed).
+    pub name: String,
+    pub principals: Vec<String>,
+    pub groups: Vec<String>,
+    pub connections: Vec<String>,
+}
+
+impl Grant {
+    fn covers_connection(&self, connection: &str) -> bool {
+        self.connections.iter().any(|c| c == "*" || c == connection)
+    }
+
+    fn covers_principal(&self, p: &Principal) -> Option<Match> {
+        if self.principals.iter().any(|s| s == &p.subject) {
+            return Some(Match::Principal(p.subject.clone()));
+        }
+        self.groups
+            .iter()
+            .find(|g| p.groups.contains(g))
+            .map(|g| Match::Group(g.clone()))
+    }
+}
+
+/// How a grant matched the principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "value")]
+pub enum Match {
+    Principal(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "decision")]
+pub enum Decision {
+    Allow { rule: String, matched: Match },
+    Deny { reason: DenyReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DenyReason {
+    #[error("no grant gives {principal} access to connection {connection:?}")]
+    NoGrant {
+        principal: String,
+        connection: String,
+    },
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+}
+
+/// The set of grants in force.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    grants: Vec<Grant>,
+}
+
+impl Policy {
+    pub fn new(grants: Vec<Grant>) -> Self {
+        Self { grants }
+    }
+
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// May `principal` open a session on `connection`? The first grant
+    /// that covers both wins; no grant means deny.
+    pub fn decide(&self, principal: &Principal, connection: &str) -> Decision {
+        self.grants
+            .iter()
+            .filter(|g| g.covers_connection(connection))
+            .find_map(|g| {
+                g.covers_principal(principal).map(|matched| Decision::Allow {
+                    rule: g.name.clone(),
+                    matched,
+                })
+            })
+            .unwrap_or_else(|| Decision::Deny {
+                reason: DenyReason::NoGrant {
+                    principal: principal.subject.clone(),
+                    connection: connection.to_string(),
+                },
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_identity::{AuthMethod, PrincipalKind};
+
+    fn principal(subject: &str, groups: &[&str]) -> Principal {
+        Principal {
+            subject: subject.into(),
+            kind: PrincipalKind::of_subject(subject),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            via: AuthMethod::GatewayToken { token_id: "t".into() },
+        }
+    }
+
+    fn grant(name: &str, principals: &[&str], groups: &[&str], conns: &[&str]) -> Grant {
+        let own = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+        Grant {
+            name: name.into(),
+            principals: own(principals),
+            groups: own(groups),
+            connections: own(conns),
+        }
+    }
+
+    #[test]
+    fn empty_policy_denies() {
+        let d = Policy::default().decide(&principal("agent:a", &[]), "db");
+        assert!(!d.is_allow());
+        let Decision::Deny { reason } = d else { unreachable!() };
+        let msg = reason.to_string();
+        assert!(msg.contains("agent:a") && msg.contains("\"db\""), "{msg}");
+    }
+
+    #[test]
+    fn principal_grant_allows_only_its_connection() {
+        let p = Policy::new(vec![grant("g", &["agent:a"], &[], &["db"])]);
+        assert_eq!(
+            p.decide(&principal("agent:a", &[]), "db"),
+            Decision::Allow {
+                rule: "g".into(),
+                matched: Match::Principal("agent:a".into())
+            }
+        );
+        assert!(!p.decide(&principal("agent:a", &[]), "api").is_allow());
+        assert!(!p.decide(&principal("agent:b", &[]), "db").is_allow());
+    }
+
+    #[test]
+    fn group_grant_and_wildcard() {
+        let p = Policy::new(vec![
+            grant("devs-db", &[], &["devs"], &["db"]),
+            grant("ops-all", &[], &["ops"], &["*"]),
+        ]);
+        assert!(p.decide(&principal("user:x", &["devs"]), "db").is_allow());
+        assert!(!p.decide(&principal("user:x", &["devs"]), "prod").is_allow());
+        let d = p.decide(&principal("user:y", &["ops"]), "prod");
+        assert_eq!(
+            d,
+            Decision::Allow {
+                rule: "ops-all".into(),
+                matched: Match::Group("ops".into())
+            }
+        );
+    }
+
+    #[test]
+    fn first_matching_grant_is_named() {
+        let p = Policy::new(vec![
+            grant("first", &["agent:a"], &[], &["db"]),
+            grant("second", &["agent:a"], &[], &["*"]),
+        ]);
+        let Decision::Allow { rule, .. } = p.decide(&principal("agent:a", &[]), "db") else {
+            panic!()
+        };
+        assert_eq!(rule, "first");
+    }
+}

@@ -1,0 +1,216 @@
+//! Persistence. The embedded default is one SQLite database in the data
+//! folder; PostgreSQL arrives with the several-gateways work behind the
+//! same methods.
+
+mod migrate;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_identity::{TokenHash, TokenRecord};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("store migration {version} failed: {source}")]
+    Migrate { version: i64, source: sqlx::Error },
+    #[error("the store was written by a newer Portcullis (schema {found}, this build knows {known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A token to insert (the secret itself is never given to the store).
+#[derive(Debug, Clone)]
+pub struct NewTokenRow<'a> {
+    pub hash: TokenHash,
+    pub subject: &'a str,
+    pub groups: &'a [String],
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl Store {
+    /// Open (creating if needed) the SQLite database at `path` and bring
+    /// its schema up to date.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?
+            .create_if_missing(true)
+            // WAL lets the CLI (`token revoke`) write while a gateway reads.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        migrate::run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn insert_token(&self, t: &NewTokenRow<'_>) -> Result<String, StoreError> {
+        let id = t.hash.id();
+        let groups = serde_json::to_string(t.groups).map_err(|e| StoreError::Corrupt {
+            table: "tokens",
+            reason: e.to_string(),
+        })?;
+        sqlx::query(
+            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&t.hash.0[..])
+        .bind(t.subject)
+        .bind(groups)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+             FROM tokens WHERE hash = ?",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+             FROM tokens WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+             FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revoke a token by id. Returns false if no such token exists; a token
+    /// revoked twice keeps its first revocation time.
+    pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    let groups: String = r.try_get("groups")?;
+    let groups = serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
+        table: "tokens",
+        reason: format!("groups: {e}"),
+    })?;
+    Ok(TokenRecord {
+        id: r.try_get("id")?,
+        subject: r.try_get("subject")?,
+        groups,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_identity::token;
+
+    #[tokio::test]
+    async fn token_round_trip_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        let t = token::generate().unwrap();
+        let groups = vec!["ci".to_string()];
+        let id = store
+            .insert_token(&NewTokenRow {
+                hash: t.hash,
+                subject: "agent:ci",
+                groups: &groups,
+                created_at: 10,
+                expires_at: Some(1000),
+            })
+            .await
+            .unwrap();
+        let rec = store.token_by_hash(&t.hash).await.unwrap().unwrap();
+        assert_eq!(rec.id, id);
+        assert_eq!(rec.groups, groups);
+        assert!(rec.principal_at(20).is_ok());
+        assert!(store.revoke_token(&id, 30).await.unwrap());
+        assert!(store.revoke_token(&id, 40).await.unwrap());
+        let rec = store.token_by_id(&id).await.unwrap().unwrap();
+        assert_eq!(rec.revoked_at, Some(30));
+        assert!(rec.principal_at(50).is_err());
+        assert!(!store.revoke_token("nope", 1).await.unwrap());
+        assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+
+        let other = token::generate().unwrap();
+        assert!(store.token_by_hash(&other.hash).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let t = token::generate().unwrap();
+        {
+            let s = Store::open_sqlite(&path).await.unwrap();
+            s.insert_token(&NewTokenRow {
+                hash: t.hash,
+                subject: "agent:x",
+                groups: &[],
+                created_at: 1,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+            s.close().await;
+        }
+        let s = Store::open_sqlite(&path).await.unwrap();
+        assert!(s.token_by_hash(&t.hash).await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,56 @@
+//! Schema migrations: an ordered list of SQL steps and a version table.
+//! Hand-written rather than `sqlx::migrate!` because the embedded migrator
+//! needs sqlx's proc-macro crate (minutes of build time on CI's 2 cores)
+//! for what is a dozen lines here.
+
+use sqlx::SqlitePool;
+
+use crate::StoreError;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        groups TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    )",
+)];
+
+pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS portcullis_schema (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+        )",
+    )
+    .execute(pool)
+    .await?;
+    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM portcullis_schema")
+        .fetch_one(pool)
+        .await?;
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let step = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO portcullis_schema (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        step.await.map_err(|source| StoreError::Migrate {
+            version: *version,
+            source,
+        })?;
+        tracing::info!(version, "store schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! rustls configurations, always built from a [`TlsPolicy`]'s provider.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{TlsError, TlsPolicy};
+
+/// Every certificate in a PEM file, in order (leaf first for a chain).
+pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(chain)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The parse error is deliberately generic: it must not echo key bytes.
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::BadKey {
+        path: path.to_path_buf(),
+        reason: "expected a PEM PRIVATE KEY block".into(),
+    })
+}
+
+/// A root store: the system's roots (when `with_system`) plus every
+/// certificate in `bundle`.
+pub fn load_roots(bundle: &Path, with_system: bool) -> Result<RootCertStore, TlsError> {
+    let mut roots = if with_system {
+        system_roots()
+    } else {
+        RootCertStore::empty()
+    };
+    for cert in load_cert_chain(bundle)? {
+        roots.add(cert).map_err(|e| TlsError::BadCertificate {
+            path: bundle.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The operating system's trusted roots. Unreadable entries are skipped
+/// (and logged): one bad file in /etc/ssl must not take the gateway down.
+pub fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "skipping an unreadable system root");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, ignored, "loaded system roots");
+    roots
+}
+
+/// A server config for `policy`, presenting `chain`/`key`, offering `alpn`.
+pub fn server_config(
+    policy: &TlsPolicy,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(policy.provider()?)
+        .with_protocol_versions(&policy.versions()?)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// A client config for `policy` that verifies servers against `roots`.
+pub fn client_config(policy: &TlsPolicy, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(policy.provider()?)
+        .with_protocol_versions(&policy.versions()?)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Lower-case hex SHA-256 of `bytes` (certificate fingerprints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}

@@ -1,0 +1,28 @@
+//! TLS for Portcullis: named profiles, the internal certificate authority,
+//! rustls configurations for both directions, and the handshake record.
+//!
+//! Only the aws-lc-rs provider is used, and every config is built with
+//! `builder_with_provider` so that a second provider elsewhere in the
+//! dependency tree can never be picked up by accident.
+
+mod ca;
+mod config;
+mod error;
+mod profile;
+mod record;
+
+pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
+pub use config::{
+    client_config, load_cert_chain, load_private_key, load_roots, server_config, sha256_hex,
+};
+pub use error::TlsError;
+pub use profile::{TlsPolicy, TlsProfile};
+pub use record::HandshakeRecord;
+
+/// Install aws-lc-rs as the process-wide default provider. Call it first
+/// thing in `main`: a library that asks rustls for "the default" then gets
+/// ours instead of panicking when two providers are linked.
+pub fn install_default_provider() {
+    // Err means one is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
