@@ -1,1 +1,214 @@
+//! The configuration model. `portcullis.toml` is parsed once into typed
+//! values; every error names the file, the key, and what would be valid.
+//! Relative paths are taken from the config file's folder. Secrets are
+//! references (`env:NAME`, `file:PATH`), see [`SecretRef`].
 
+mod raw;
+mod secret;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Uri};
+use portcullis_policy::Grant;
+use portcullis_tls::TlsPolicy;
+
+pub use secret::{Secret, SecretRef};
+
+/// A configuration error, phrased for the person editing the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", file.display())]
+    Parse { file: PathBuf, message: String },
+    #[error("{}: `{key}`: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub gateway: GatewayConfig,
+    pub limits: Limits,
+    pub upstream_tls: TlsPolicy,
+    pub store: StoreConfig,
+    pub connections: Vec<Connection>,
+    pub grants: Vec<Grant>,
+    pub demo: Option<DemoConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    /// How callers reach the gateway (used in messages, e.g. the reply to
+    /// plaintext); derived from `listen` when absent.
+    pub public_url: Option<String>,
+    /// With `domain = "gw.example.com"`, `api.gw.example.com` routes to
+    /// connection `api`.
+    pub domain: Option<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub tls: TlsPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_request_body_bytes: u64,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// Whether the gateway speaks TLS to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// TLS with certificate and host-name verification (the default).
+    Verify,
+    /// Plaintext to the target: only when written out, and logged loudly.
+    Disable,
+}
+
+#[derive(Debug, Clone)]
+pub enum ConnectionKind {
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub kind: ConnectionKind,
+    pub url: Uri,
+    pub tls: UpstreamTls,
+    /// Extra trusted roots for this target, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub credential: Option<InjectedCredential>,
+}
+
+/// A header the gateway adds to every request to the target.
+#[derive(Debug, Clone)]
+pub struct InjectedCredential {
+    pub header: HeaderName,
+    /// Written before the secret, e.g. `"Bearer "`.
+    pub prefix: String,
+    pub secret: SecretRef,
+}
+
+/// The quickstart's in-process demo API.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub api_key: SecretRef,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse `text` as if read from `path` (relative paths resolve next to
+    /// it).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: raw::Root = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        raw.validate(base).map_err(|(key, message)| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key,
+            message,
+        }).map(|mut c| {
+            c.source = path.to_path_buf();
+            c
+        })
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&Connection> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+
+    /// The https URL callers use, for messages and generated files.
+    pub fn public_url(&self) -> String {
+        self.gateway
+            .public_url
+            .clone()
+            .unwrap_or_else(|| url_for(self.gateway.listen))
+    }
+}
+
+/// `https://localhost:PORT` for a loopback address (the name the internal
+/// certificate carries), else `https://ADDR`.
+pub fn url_for(addr: SocketAddr) -> String {
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        format!("https://localhost:{}", addr.port())
+    } else {
+        format!("https://{addr}")
+    }
+}
+
+type Invalid = (String, String);
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    (key.into(), message.into())
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration, Invalid> {
+    humantime::parse_duration(s)
+        .map_err(|e| invalid(key, format!("{e}; write a duration such as \"30s\" or \"5m\"")))
+}
+
+/// Connection names appear in URLs and host names: keep them DNS-label
+/// shaped.
+fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{name:?} is not a valid name: use 1-63 lower-case letters, digits and '-'"),
+        ))
+    }
+}
+
+fn unique<'a>(key: &str, seen: &mut HashSet<&'a str>, name: &'a str) -> Result<(), Invalid> {
+    if seen.insert(name) {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{name:?} is defined twice")))
+    }
+}
+
+#[cfg(test)]
+mod tests;

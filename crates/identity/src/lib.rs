@@ -1,10 +1,12 @@
 //! Who is calling. Every front turns what the caller presented into a
-//! [`Credential`], and identity turns a credential into a [`Principal`] or
-//! an [`AuthError`]. This crate holds the pure parts: the principal model and
-//! the gateway token format; lookups live with the store.
+//! [`Credential`], and [`Authenticator`] turns it into a [`Principal`] or
+//! an [`AuthError`]. Token lookups go through [`TokenStore`], which the
+//! store crate implements.
 
+mod authn;
 mod principal;
 pub mod token;
 
+pub use authn::{Authenticator, Credential, LookupFuture, TokenStore, unix_now};
 pub use principal::{AuthMethod, Principal, PrincipalKind, validate_subject};
 pub use token::{AuthError, TokenHash, TokenRecord};

@@ -214,3 +214,14 @@ mod tests {
         assert!(s.token_by_hash(&t.hash).await.unwrap().is_some());
     }
 }
+
+impl portcullis_identity::TokenStore for Store {
+    fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
+        Box::pin(async move {
+            self.token_by_hash(hash).await.map_err(|e| {
+                tracing::error!(error = %e, "token lookup failed");
+                portcullis_identity::AuthError::Unavailable
+            })
+        })
+    }
+}

@@ -1,0 +1,335 @@
+//! The file's shape, exactly as written, and its validation into the typed
+//! model. Unknown keys are errors, so a typo never silently does nothing.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::{HeaderName, Uri};
+use portcullis_policy::Grant;
+use portcullis_tls::TlsPolicy;
+use serde::Deserialize;
+
+use crate::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Root {
+    gateway: RawGateway,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstream_tls: TlsPolicy,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    connections: Vec<RawConnection>,
+    #[serde(default)]
+    grants: Vec<RawGrant>,
+    demo: Option<RawDemo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    public_url: Option<String>,
+    domain: Option<String>,
+    cert: String,
+    key: String,
+    #[serde(default)]
+    tls: TlsPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_header_bytes: usize,
+    max_request_body_bytes: u64,
+    handshake_timeout: String,
+    idle_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            handshake_timeout: "10s".into(),
+            idle_timeout: "5m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    path: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: "portcullis.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    url: String,
+    tls: Option<String>,
+    ca_file: Option<String>,
+    timeout: Option<String>,
+    credential: Option<RawCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    header: String,
+    #[serde(default)]
+    prefix: String,
+    secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    name: Option<String>,
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    connections: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemo {
+    listen: SocketAddr,
+    cert: String,
+    key: String,
+    api_key: String,
+}
+
+/// Headers a credential may not be injected as: hop-by-hop headers are
+/// stripped in transit, and these would change framing or routing.
+const FORBIDDEN_CREDENTIAL_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+impl Root {
+    pub(crate) fn validate(self, base: &Path) -> Result<Config, Invalid> {
+        let path = |p: &str| base.join(p);
+
+        self.gateway
+            .tls
+            .provider()
+            .map_err(|e| invalid("gateway.tls", e.to_string()))?;
+        self.upstream_tls
+            .provider()
+            .map_err(|e| invalid("upstream_tls", e.to_string()))?;
+        if let Some(d) = &self.gateway.domain
+            && (d.is_empty() || d.starts_with('.') || d.contains('/'))
+        {
+            return Err(invalid("gateway.domain", "expected a host name such as gw.example.com"));
+        }
+        if let Some(u) = &self.gateway.public_url
+            && !u.starts_with("https://")
+        {
+            return Err(invalid("gateway.public_url", "must be an https:// URL"));
+        }
+
+        let l = &self.limits;
+        if l.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
+        }
+        let limits = Limits {
+            max_header_bytes: l.max_header_bytes,
+            max_request_body_bytes: l.max_request_body_bytes,
+            handshake_timeout: duration("limits.handshake_timeout", &l.handshake_timeout)?,
+            idle_timeout: duration("limits.idle_timeout", &l.idle_timeout)?,
+        };
+
+        let mut names = HashSet::new();
+        let mut connections = Vec::with_capacity(self.connections.len());
+        for (i, c) in self.connections.iter().enumerate() {
+            let key = |k: &str| format!("connections[{i}].{k}");
+            check_name(&key("name"), &c.name)?;
+            unique(&key("name"), &mut names, &c.name)?;
+            connections.push(c.validate(&key, base)?);
+        }
+
+        let mut grant_names = HashSet::new();
+        let mut grants = Vec::with_capacity(self.grants.len());
+        for (i, g) in self.grants.iter().enumerate() {
+            let key = |k: &str| format!("grants[{i}].{k}");
+            let name = g.name.clone().unwrap_or_else(|| format!("grants[{i}]"));
+            if !grant_names.insert(name.clone()) {
+                return Err(invalid(key("name"), format!("{name:?} is defined twice")));
+            }
+            if g.principals.is_empty() && g.groups.is_empty() {
+                return Err(invalid(
+                    key("principals"),
+                    "a grant needs at least one entry in `principals` or `groups`",
+                ));
+            }
+            for p in &g.principals {
+                portcullis_identity::validate_subject(p).map_err(|e| invalid(key("principals"), e))?;
+            }
+            if g.connections.is_empty() {
+                return Err(invalid(key("connections"), "list at least one connection, or \"*\""));
+            }
+            for c in &g.connections {
+                if c != "*" && !names.contains(c.as_str()) {
+                    return Err(invalid(
+                        key("connections"),
+                        format!(
+                            "no connection named {c:?}; defined: {}",
+                            sorted(&names).join(", ")
+                        ),
+                    ));
+                }
+            }
+            grants.push(Grant {
+                name,
+                principals: g.principals.clone(),
+                groups: g.groups.clone(),
+                connections: g.connections.clone(),
+            });
+        }
+
+        let demo = match self.demo {
+            None => None,
+            Some(d) => Some(DemoConfig {
+                listen: d.listen,
+                cert: path(&d.cert),
+                key: path(&d.key),
+                api_key: SecretRef::parse(&d.api_key, base).map_err(|e| invalid("demo.api_key", e))?,
+            }),
+        };
+
+        Ok(Config {
+            source: Default::default(),
+            gateway: GatewayConfig {
+                listen: self.gateway.listen,
+                admin_listen: self.gateway.admin_listen,
+                public_url: self.gateway.public_url,
+                domain: self.gateway.domain.map(|d| d.to_ascii_lowercase()),
+                cert: path(&self.gateway.cert),
+                key: path(&self.gateway.key),
+                tls: self.gateway.tls,
+            },
+            limits,
+            upstream_tls: self.upstream_tls,
+            store: StoreConfig {
+                path: path(&self.store.path),
+            },
+            connections,
+            grants,
+            demo,
+        })
+    }
+}
+
+fn sorted<'a>(names: &HashSet<&'a str>) -> Vec<&'a str> {
+    let mut v: Vec<_> = names.iter().copied().collect();
+    v.sort_unstable();
+    v
+}
+
+impl RawConnection {
+    fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<Connection, Invalid> {
+        let kind = match self.kind.as_str() {
+            "http" => ConnectionKind::Http,
+            other => {
+                return Err(invalid(
+                    key("type"),
+                    format!("unknown connection type {other:?}; valid: \"http\""),
+                ));
+            }
+        };
+        let url: Uri = self
+            .url
+            .parse()
+            .map_err(|e| invalid(key("url"), format!("not a URL: {e}")))?;
+        if url.host().is_none() {
+            return Err(invalid(key("url"), "the URL needs a host"));
+        }
+        if url.query().is_some() {
+            return Err(invalid(key("url"), "the URL may not carry a query"));
+        }
+        let tls = match self.tls.as_deref() {
+            None | Some("verify") => UpstreamTls::Verify,
+            Some("disable") => UpstreamTls::Disable,
+            Some(other) => {
+                return Err(invalid(
+                    key("tls"),
+                    format!("unknown value {other:?}; valid: \"verify\" (default), \"disable\""),
+                ));
+            }
+        };
+        match (url.scheme_str(), tls) {
+            (Some("https"), UpstreamTls::Verify) | (Some("http"), UpstreamTls::Disable) => {}
+            (Some("http"), UpstreamTls::Verify) => {
+                return Err(invalid(
+                    key("url"),
+                    "plaintext http:// to a target needs `tls = \"disable\"` written out",
+                ));
+            }
+            (Some("https"), UpstreamTls::Disable) => {
+                return Err(invalid(key("tls"), "\"disable\" contradicts the https:// URL"));
+            }
+            _ => return Err(invalid(key("url"), "the scheme must be https:// (or http:// with tls = \"disable\")")),
+        }
+        let timeout = match &self.timeout {
+            Some(t) => duration(&key("timeout"), t)?,
+            None => Duration::from_secs(30),
+        };
+        let credential = match &self.credential {
+            None => None,
+            Some(c) => {
+                let header = HeaderName::from_bytes(c.header.as_bytes())
+                    .map_err(|_| invalid(key("credential.header"), "not a valid HTTP header name"))?;
+                if FORBIDDEN_CREDENTIAL_HEADERS.contains(&header.as_str()) {
+                    return Err(invalid(
+                        key("credential.header"),
+                        format!("{header} cannot carry a credential"),
+                    ));
+                }
+                if c.prefix.chars().any(|ch| ch.is_control()) {
+                    return Err(invalid(key("credential.prefix"), "no control characters"));
+                }
+                Some(InjectedCredential {
+                    header,
+                    prefix: c.prefix.clone(),
+                    secret: SecretRef::parse(&c.secret, base)
+                        .map_err(|e| invalid(key("credential.secret"), e))?,
+                })
+            }
+        };
+        Ok(Connection {
+            name: self.name.clone(),
+            kind,
+            url,
+            tls,
+            ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
+            timeout,
+            credential,
+        })
+    }
+}

@@ -1,0 +1,136 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../portcullis.example.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/portcullis/portcullis.toml"))
+}
+
+const MINIMAL: &str = r#"
+[gateway]
+listen = "127.0.0.1:8443"
+cert = "s.pem"
+key = "s.key"
+"#;
+
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}\n{extra}")
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.gateway.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(c.gateway.cert, Path::new("/etc/portcullis/server.pem"));
+    assert_eq!(c.store.path, Path::new("/etc/portcullis/portcullis.db"));
+    assert_eq!(c.limits.max_request_body_bytes, 10 * 1024 * 1024);
+    let demo = c.connection("demo-api").unwrap();
+    assert_eq!(demo.tls, UpstreamTls::Verify);
+    assert_eq!(demo.timeout, Duration::from_secs(30));
+    let cred = demo.credential.as_ref().unwrap();
+    assert_eq!(cred.header.as_str(), "x-api-key");
+    assert_eq!(
+        cred.secret,
+        SecretRef::File("/etc/portcullis/secrets/demo-api-key".into())
+    );
+    assert_eq!(c.grants[0].name, "quickstart-demo");
+    assert_eq!(c.public_url(), "https://localhost:8443");
+}
+
+#[test]
+fn minimal_config_has_sane_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.connections.is_empty() && c.grants.is_empty());
+    assert_eq!(c.limits.max_header_bytes, 16384);
+    assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.gateway.admin_listen, None);
+}
+
+#[test]
+fn unknown_keys_name_file_and_line() {
+    let e = err(&with("[limits]\nmax_body = 3\n"));
+    assert!(e.contains("/etc/portcullis/portcullis.toml"), "{e}");
+    assert!(e.contains("max_body"), "{e}");
+    assert!(e.contains("line"), "{e}");
+}
+
+#[test]
+fn bad_profile_lists_valid_ones() {
+    let e = err(&with("[gateway.tls]\nprofile = \"old\"\n"));
+    assert!(e.contains("modern") && e.contains("intermediate") && e.contains("custom"), "{e}");
+}
+
+#[test]
+fn tls_knobs_without_custom_name_the_key() {
+    let text = MINIMAL.replace("key = \"s.key\"", "key = \"s.key\"\ntls = { profile = \"modern\", groups = [\"X25519\"] }");
+    let e = err(&text);
+    assert!(e.contains("`gateway.tls`") && e.contains("only valid with"), "{e}");
+}
+
+fn conn(body: &str) -> String {
+    with(&format!("[[connections]]\nname = \"api\"\ntype = \"http\"\n{body}\n"))
+}
+
+#[test]
+fn plaintext_upstream_needs_explicit_disable() {
+    let e = err(&conn("url = \"http://10.0.0.1:80\""));
+    assert!(e.contains("connections[0].url") && e.contains("tls = \"disable\""), "{e}");
+    let c = parse(&conn("url = \"http://10.0.0.1:80\"\ntls = \"disable\"")).unwrap();
+    assert_eq!(c.connections[0].tls, UpstreamTls::Disable);
+    let e = err(&conn("url = \"https://x\"\ntls = \"disable\""));
+    assert!(e.contains("contradicts"), "{e}");
+}
+
+#[test]
+fn inline_secret_is_refused_without_echo() {
+    let e = err(&conn(
+        "url = \"https://x\"\ncredential = { header = \"x-key\", secret = \"canary-inline-secret\" }",
+    ));
+    assert!(e.contains("connections[0].credential.secret"), "{e}");
+    assert!(!e.contains("canary-inline-secret"), "{e}");
+}
+
+#[test]
+fn hop_by_hop_credential_header_refused() {
+    let e = err(&conn(
+        "url = \"https://x\"\ncredential = { header = \"Connection\", secret = \"env:X\" }",
+    ));
+    assert!(e.contains("cannot carry a credential"), "{e}");
+}
+
+#[test]
+fn connection_names_are_checked_and_unique() {
+    let e = err(&with("[[connections]]\nname = \"Bad Name\"\ntype = \"http\"\nurl = \"https://x\"\n"));
+    assert!(e.contains("connections[0].name"), "{e}");
+    let twice = "[[connections]]\nname = \"a\"\ntype = \"http\"\nurl = \"https://x\"\n";
+    let e = err(&with(&format!("{twice}{twice}")));
+    assert!(e.contains("connections[1].name") && e.contains("twice"), "{e}");
+    let e = err(&conn("url = \"https://x\"").replace("\"http\"", "\"ftp\""));
+    assert!(e.contains("connections[0].type") && e.contains("\"http\""), "{e}");
+}
+
+#[test]
+fn grants_must_reference_defined_connections() {
+    let text = conn("url = \"https://x\"")
+        + "[[grants]]\nprincipals = [\"agent:a\"]\nconnections = [\"nope\"]\n";
+    let e = err(&text);
+    assert!(e.contains("grants[0].connections") && e.contains("\"nope\"") && e.contains("api"), "{e}");
+}
+
+#[test]
+fn grants_need_a_subject_and_valid_principals() {
+    let e = err(&(conn("url = \"https://x\"") + "[[grants]]\nconnections = [\"api\"]\n"));
+    assert!(e.contains("grants[0].principals"), "{e}");
+    let e = err(&(conn("url = \"https://x\"") + "[[grants]]\nprincipals = [\"alice\"]\nconnections = [\"api\"]\n"));
+    assert!(e.contains("KIND:NAME"), "{e}");
+}
+
+#[test]
+fn durations_are_explained() {
+    let e = err(&with("[limits]\nidle_timeout = \"soon\"\n"));
+    assert!(e.contains("limits.idle_timeout") && e.contains("30s"), "{e}");
+}
