@@ -1,1 +1,128 @@
-fn main() {}
+//! The `portcullis` binary. `anyhow` lives here, at the edge; the crates
+//! below return typed errors.
+
+mod gateway_cmd;
+mod quickstart;
+mod token_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An access gateway for AI agents and the people who run them")]
+struct Cli {
+    /// The data folder (CA, certificates, database, generated config).
+    #[arg(long, global = true, env = "PORTCULLIS_DATA_DIR", default_value = "./portcullis-data")]
+    data_dir: PathBuf,
+    /// The config file [default: <data-dir>/portcullis.toml].
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `portcullis=debug` (RUST_LOG also works).
+    #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set up a data folder with a CA, a demo API and a token, and run the
+    /// gateway in the foreground (Ctrl-C stops it). Safe to re-run.
+    Quickstart(quickstart::Args),
+    /// Run the gateway from a config file.
+    Gateway,
+    /// Create, list and revoke gateway-issued tokens.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
+    /// Print the version.
+    Version,
+}
+
+impl Cli {
+    fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("portcullis.toml"))
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    portcullis_tls::install_default_provider();
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Quickstart(args) => quickstart::run(&cli, args).await,
+            Command::Gateway => gateway_cmd::run(&cli).await,
+            Command::Token(t) => token_cmd::run(&cli, t).await,
+            Command::Version => {
+                println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,203 @@
+//! Wiring: from a [`Config`] and a [`Store`] to running listeners.
 
+mod admin;
+mod demo;
+mod listener;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::Config;
+use portcullis_http::{HttpFront, HttpMetrics};
+use portcullis_identity::Authenticator;
+use portcullis_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use demo::DEMO_KEY_HEADER;
+pub use listener::{Handler, ListenerSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("TLS setup for {what}: {source}")]
+    Tls {
+        what: &'static str,
+        source: portcullis_tls::TlsError,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] portcullis_http::SetupError),
+    #[error("demo API key {reference}: {reason}")]
+    DemoSecret { reference: String, reason: String },
+}
+
+/// A gateway that is accepting connections.
+pub struct RunningGateway {
+    pub https_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub demo_addr: Option<SocketAddr>,
+    pub public_url: String,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl RunningGateway {
+    /// Stop accepting, let in-flight requests finish for up to `grace`,
+    /// then drop what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+fn server_tls(
+    cfg: &Config,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+    what: &'static str,
+) -> Result<TlsAcceptor, GatewayError> {
+    let wrap = |source| GatewayError::Tls { what, source };
+    let chain = portcullis_tls::load_cert_chain(cert).map_err(wrap)?;
+    let key = portcullis_tls::load_private_key(key).map_err(wrap)?;
+    let sc = portcullis_tls::server_config(&cfg.gateway.tls, chain, key, alpn).map_err(wrap)?;
+    Ok(TlsAcceptor::from(sc))
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+/// Start every listener the config asks for.
+pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, GatewayError> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut registry = Registry::default();
+    let tls_metrics = metrics::TlsMetrics::register(&mut registry);
+    let http_metrics = HttpMetrics::register(&mut registry);
+
+    let settings = |public_url: String| {
+        Arc::new(ListenerSettings {
+            public_url,
+            handshake_timeout: cfg.limits.handshake_timeout,
+            idle_timeout: cfg.limits.idle_timeout,
+            max_header_bytes: cfg.limits.max_header_bytes,
+        })
+    };
+
+    // The demo target first, so the gateway's first request can reach it.
+    let demo_addr = match &cfg.demo {
+        None => None,
+        Some(d) => {
+            let key = d.api_key.resolve().map_err(|reason| GatewayError::DemoSecret {
+                reference: d.api_key.to_string(),
+                reason,
+            })?;
+            let acceptor = server_tls(cfg, &d.cert, &d.key, &[b"http/1.1"], "the demo API")?;
+            let l = bind(d.listen, "demo API").await?;
+            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
+                what: "demo API",
+                addr: d.listen,
+                source,
+            })?;
+            let handler = demo::DemoApi { api_key: Arc::new(key) };
+            // Its handshakes are not the gateway's: count them apart.
+            let own_metrics = metrics::TlsMetrics::register(&mut Registry::default());
+            tracker.spawn(listener::serve(
+                l,
+                acceptor,
+                handler,
+                settings(portcullis_config::url_for(addr)),
+                own_metrics,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(%addr, "demo API listening");
+            Some(addr)
+        }
+    };
+
+    let auth = Authenticator::new(Arc::new(store));
+    let front = HttpFront::new(cfg, auth, http_metrics)?;
+    let acceptor = server_tls(
+        cfg,
+        &cfg.gateway.cert,
+        &cfg.gateway.key,
+        &[b"h2", b"http/1.1"],
+        "the gateway listener",
+    )?;
+    let l = bind(cfg.gateway.listen, "gateway").await?;
+    let https_addr = l.local_addr().map_err(|source| GatewayError::Bind {
+        what: "gateway",
+        addr: cfg.gateway.listen,
+        source,
+    })?;
+    let public_url = cfg
+        .gateway
+        .public_url
+        .clone()
+        .unwrap_or_else(|| portcullis_config::url_for(https_addr));
+
+    let admin_addr = match cfg.gateway.admin_listen {
+        None => None,
+        Some(a) => {
+            let acceptor = server_tls(cfg, &cfg.gateway.cert, &cfg.gateway.key, &[b"http/1.1"], "the admin listener")?;
+            let al = bind(a, "admin").await?;
+            let addr = al.local_addr().map_err(|source| GatewayError::Bind {
+                what: "admin",
+                addr: a,
+                source,
+            })?;
+            let admin_metrics = tls_metrics.clone();
+            let handler = admin::Admin {
+                registry: Arc::new(std::mem::take(&mut registry)),
+            };
+            tracker.spawn(listener::serve(
+                al,
+                acceptor,
+                handler,
+                settings(portcullis_config::url_for(addr)),
+                admin_metrics,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(%addr, "admin listener (metrics, health)");
+            Some(addr)
+        }
+    };
+
+    tracker.spawn(listener::serve(
+        l,
+        acceptor,
+        front,
+        settings(public_url.clone()),
+        tls_metrics,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracing::info!(addr = %https_addr, url = %public_url, connections = cfg.connections.len(), grants = cfg.grants.len(), "gateway listening");
+
+    Ok(RunningGateway {
+        https_addr,
+        admin_addr,
+        demo_addr,
+        public_url,
+        shutdown,
+        tracker,
+    })
+}

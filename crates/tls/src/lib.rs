@@ -14,6 +14,7 @@ mod record;
 pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
 pub use config::{
     client_config, load_cert_chain, load_private_key, load_roots, server_config, sha256_hex,
+    system_roots,
 };
 pub use error::TlsError;
 pub use profile::{TlsPolicy, TlsProfile};

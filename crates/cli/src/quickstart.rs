@@ -1,0 +1,231 @@
+//! `portcullis quickstart`: a working gateway from an empty folder in one
+//! command, and the same gateway again on a second run (nothing rotated,
+//! nothing wiped).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use portcullis_config::Config;
+use portcullis_identity::{Authenticator, Credential};
+use portcullis_tls::CertificateAuthority;
+
+use crate::Cli;
+
+const PRINCIPAL: &str = "agent:quickstart";
+const CONNECTION: &str = "demo-api";
+const TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+const CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Gateway address (overrides the config's `gateway.listen`; port 0
+    /// picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin address for /metrics and /healthz (overrides
+    /// `gateway.admin_listen`).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9443";
+
+pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
+    let dir = &cli.data_dir;
+    create_private_dir(dir)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+
+    let (ca, created) = CertificateAuthority::load_or_create(&dir)?;
+    if created {
+        eprintln!("created an internal certificate authority in {}", dir.display());
+    }
+    let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
+    ca.ensure_server_cert(&dir, "server", &names, CERT_TTL)?;
+    ca.ensure_server_cert(&dir, "demo-api", &names, CERT_TTL)?;
+
+    let secrets = dir.join("secrets");
+    create_private_dir(&secrets)?;
+    let key_file = secrets.join("demo-api-key");
+    if !key_file.exists() {
+        write_private(&key_file, format!("{}\n", random_hex(32)?).as_bytes())?;
+    }
+
+    let config_path = cli.config.clone().unwrap_or_else(|| dir.join("portcullis.toml"));
+    if !config_path.exists() {
+        let text = generated_config(
+            args.listen.map(|a| a.to_string()).as_deref().unwrap_or(DEFAULT_LISTEN),
+            args.admin_listen.map(|a| a.to_string()).as_deref().unwrap_or(DEFAULT_ADMIN),
+            free_loopback_port()?,
+        );
+        std::fs::write(&config_path, text)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        eprintln!("wrote {} (edit it and reuse it with `portcullis gateway --config`)", config_path.display());
+    }
+    let mut config = Config::load(&config_path)?;
+    if let Some(l) = args.listen {
+        config.gateway.listen = l;
+    }
+    if let Some(a) = args.admin_listen {
+        config.gateway.admin_listen = Some(a);
+    }
+
+    let store = portcullis_store::Store::open_sqlite(&config.store.path)
+        .await
+        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    let env_path = dir.join("quickstart.env");
+    let token = match reusable_token(&env_path, &store).await {
+        Some(t) => t,
+        None => {
+            let (id, secret, _) =
+                crate::token_cmd::create(&store, PRINCIPAL, &["quickstart".to_string()], TOKEN_TTL).await?;
+            eprintln!("created token {id} for {PRINCIPAL}");
+            secret
+        }
+    };
+
+    let running = portcullis_gateway::start(&config, store).await?;
+    let url = running.public_url.clone();
+    let ca_path = ca.cert_path().to_path_buf();
+    let mut env = vec![
+        ("PORTCULLIS_URL", url.clone()),
+        ("PORTCULLIS_CA", ca_path.display().to_string()),
+        ("PORTCULLIS_TOKEN", token),
+        ("PORTCULLIS_DEMO_CONNECTION", CONNECTION.to_string()),
+        ("PORTCULLIS_DATA_DIR", dir.display().to_string()),
+    ];
+    if let Some(a) = running.admin_addr {
+        env.push(("PORTCULLIS_ADMIN_URL", portcullis_config::url_for(a)));
+    }
+    write_env(&env_path, &env)?;
+
+    println!();
+    println!("Portcullis is running at {url}");
+    println!("Connection {CONNECTION:?} reaches a demo HTTPS API; the gateway holds its key.");
+    println!();
+    println!("In another shell:");
+    println!("  . {}", env_path.display());
+    println!(
+        "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/hello\""
+    );
+    println!();
+    println!("portcullis: ready url={url}");
+    let _ = std::io::stdout().flush();
+
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The token in an earlier quickstart.env, if it still authenticates.
+async fn reusable_token(env_path: &Path, store: &portcullis_store::Store) -> Option<String> {
+    let text = std::fs::read_to_string(env_path).ok()?;
+    let token = text.lines().find_map(|l| {
+        l.strip_prefix("export PORTCULLIS_TOKEN=")
+            .or_else(|| l.strip_prefix("PORTCULLIS_TOKEN="))
+            .map(|v| v.trim_matches('\'').to_string())
+    })?;
+    let auth = Authenticator::new(std::sync::Arc::new(store.clone()));
+    match auth.authenticate(Credential::Bearer(&token)).await {
+        Ok(p) if p.subject == PRINCIPAL => Some(token),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("the token in {} is no longer usable ({e}); creating a new one", env_path.display());
+            None
+        }
+    }
+}
+
+fn generated_config(listen: &str, admin: &str, demo_port: u16) -> String {
+    format!(
+        r#"# Generated by `portcullis quickstart`. Every key is documented in
+# portcullis.example.toml in the repository. Paths are relative to this file.
+
+[gateway]
+listen = "{listen}"
+admin_listen = "{admin}"
+cert = "server.pem"
+key = "server.key"
+tls = {{ profile = "intermediate" }}
+
+[store]
+path = "portcullis.db"
+
+# The demo API runs inside the quickstart process, on loopback.
+[demo]
+listen = "127.0.0.1:{demo_port}"
+cert = "demo-api.pem"
+key = "demo-api.key"
+api_key = "file:secrets/demo-api-key"
+
+[[connections]]
+name = "{CONNECTION}"
+type = "http"
+url = "https://localhost:{demo_port}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:secrets/demo-api-key" }}
+
+[[grants]]
+name = "quickstart-demo"
+principals = ["{PRINCIPAL}"]
+connections = ["{CONNECTION}"]
+"#
+    )
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for the demo API")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    Ok(hex::encode(buf))
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Write a shell-sourceable env file atomically (readers never see half).
+fn write_env(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut text = String::from("# Written by `portcullis quickstart`; source it: . ./quickstart.env\n");
+    for (k, v) in vars {
+        text.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
+    }
+    let tmp: PathBuf = path.with_extension("env.tmp");
+    write_private(&tmp, text.as_bytes())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use portcullis_identity::{TokenRecord, token, unix_now, validate_subject};
+use portcullis_store::{NewTokenRow, Store};
+
+use crate::Cli;
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a token. The token is printed once, on standard output.
+    Create {
+        /// The principal the token stands for, e.g. agent:ci or user:alice.
+        #[arg(long)]
+        principal: String,
+        /// A group of the principal (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the token is valid, e.g. 12h, 30d, 1y.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Print a JSON object instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id; a running gateway refuses it from the next request.
+    Revoke { id: String },
+}
+
+pub(crate) async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+    let path = cli.config_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no config at {} (run `portcullis quickstart --data-dir {}` first, or pass --config FILE)",
+            path.display(),
+            cli.data_dir.display()
+        );
+    }
+    let config = portcullis_config::Config::load(&path)?;
+    Store::open_sqlite(&config.store.path)
+        .await
+        .with_context(|| format!("opening the store {}", config.store.path.display()))
+}
+
+/// Create a token in `store` and return (id, secret, expires_at).
+pub(crate) async fn create(
+    store: &Store,
+    principal: &str,
+    groups: &[String],
+    ttl: Duration,
+) -> anyhow::Result<(String, String, i64)> {
+    validate_subject(principal).map_err(anyhow::Error::msg)?;
+    for g in groups {
+        if g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+            anyhow::bail!("invalid group {g:?}: use letters, digits, - _ . :");
+        }
+    }
+    let now = unix_now();
+    let expires_at = now.saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64);
+    let t = token::generate().context("generating a token")?;
+    let id = store
+        .insert_token(&NewTokenRow {
+            hash: t.hash,
+            subject: principal,
+            groups,
+            created_at: now,
+            expires_at: Some(expires_at),
+        })
+        .await?;
+    tracing::info!(token_id = %id, principal, "token created");
+    Ok((id, t.secret, expires_at))
+}
+
+pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
+    let store = open_store(cli).await?;
+    match cmd {
+        TokenCommand::Create {
+            principal,
+            groups,
+            ttl,
+            json,
+        } => {
+            let (id, secret, expires_at) = create(&store, principal, groups, *ttl).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": id,
+                        "principal": principal,
+                        "groups": groups,
+                        "expires_at": rfc3339(expires_at),
+                        "token": secret,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "created token {id} for {principal}, expires {}. It is shown once:",
+                    rfc3339(expires_at)
+                );
+                println!("{secret}");
+            }
+        }
+        TokenCommand::List { json } => {
+            let now = unix_now();
+            let tokens = store.list_tokens().await?;
+            if *json {
+                for t in &tokens {
+                    println!("{}", token_json(t, now));
+                }
+            } else {
+                println!("{:<14} {:<28} {:<20} {:<21} STATUS", "ID", "PRINCIPAL", "GROUPS", "EXPIRES");
+                for t in &tokens {
+                    println!(
+                        "{:<14} {:<28} {:<20} {:<21} {}",
+                        t.id,
+                        t.subject,
+                        t.groups.join(","),
+                        t.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()),
+                        status(t, now)
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if store.revoke_token(id, unix_now()).await? {
+                tracing::info!(token_id = %id, "token revoked");
+                eprintln!("revoked token {id}");
+            } else {
+                anyhow::bail!("no token with id {id:?} (see `portcullis token list`)");
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn status(t: &TokenRecord, now: i64) -> &'static str {
+    match t.principal_at(now) {
+        Ok(_) => "active",
+        Err(portcullis_identity::AuthError::Revoked { .. }) => "revoked",
+        Err(_) => "expired",
+    }
+}
+
+fn token_json(t: &TokenRecord, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id,
+        "principal": t.subject,
+        "groups": t.groups,
+        "created_at": rfc3339(t.created_at),
+        "expires_at": t.expires_at.map(rfc3339),
+        "revoked_at": t.revoked_at.map(rfc3339),
+        "status": status(t, now),
+    })
+}
+
+pub(crate) fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,47 @@
+//! The admin listener: metrics and health. Served over TLS like
+//! everything else; meant for loopback or a private interface.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use portcullis_http::{Body, ConnInfo, full, json_response};
+use prometheus_client::registry::Registry;
+
+use crate::listener::Handler;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Handler for Admin {
+    async fn handle(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                let mut text = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+                    tracing::error!(error = %e, "metrics encoding failed");
+                    return json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"error": "internal", "message": "metrics encoding failed"}),
+                    );
+                }
+                let mut resp = Response::new(full(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            (&Method::GET, "/healthz") => {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz"}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The TLS-only listener. Each accepted socket is sniffed: a TLS
+//! ClientHello goes through the handshake (recorded, logged, counted);
+//! anything else gets a plain 400 naming the https URL and is closed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use portcullis_http::{Body, ConnInfo, HttpFront};
+use portcullis_tls::HandshakeRecord;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{FailureLabels, HandshakeLabels, TlsMetrics};
+
+/// First byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What serves the requests of a listener: the HTTP front, the admin
+/// API, the demo API.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Handler for HttpFront {
+    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        HttpFront::handle(self, req, &conn).await
+    }
+}
+
+pub struct ListenerSettings {
+    pub public_url: String,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<H: Handler>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    front: H,
+    settings: Arc<ListenerSettings>,
+    metrics: TlsMetrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            acceptor: acceptor.clone(),
+            front: front.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tracker.spawn(conn.run(stream, peer));
+    }
+}
+
+struct Connection<H> {
+    acceptor: TlsAcceptor,
+    front: H,
+    settings: Arc<ListenerSettings>,
+    metrics: TlsMetrics,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+        let deadline = self.settings.handshake_timeout;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => {}
+            // Closed, failed or silent before sending anything.
+            _ => return,
+        }
+        if first[0] != TLS_HANDSHAKE {
+            self.metrics.plaintext_refused.inc();
+            refuse_plaintext(stream, peer, &self.settings.public_url).await;
+            return;
+        }
+
+        let started = Instant::now();
+        let tls = match tokio::time::timeout(deadline, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = failure_reason(&e);
+                self.metrics.failures.get_or_create(&FailureLabels { reason }).inc();
+                tracing::info!(target: "portcullis::tls", %peer, reason, error = %e, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .failures
+                    .get_or_create(&FailureLabels { reason: "timeout" })
+                    .inc();
+                tracing::info!(target: "portcullis::tls", %peer, reason = "timeout", "tls handshake failed");
+                return;
+            }
+        };
+        let record = HandshakeRecord::from_connection(tls.get_ref().1, peer, started.elapsed());
+        tracing::info!(
+            target: "portcullis::tls",
+            peer = %record.peer,
+            version = %record.version,
+            suite = %record.cipher_suite,
+            group = record.group.as_deref().unwrap_or("-"),
+            sni = record.sni.as_deref().unwrap_or("-"),
+            alpn = record.alpn.as_deref().unwrap_or("-"),
+            client_cert_sha256 = record.client_cert_sha256.as_deref().unwrap_or("-"),
+            duration_us = record.duration_us,
+            "tls handshake"
+        );
+        self.metrics
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                version: record.version.clone(),
+                suite: record.cipher_suite.clone(),
+                group: record.group.clone().unwrap_or_else(|| "-".into()),
+            })
+            .inc();
+
+        let info = Arc::new(ConnInfo {
+            peer,
+            tls: Arc::new(record),
+        });
+        let front = self.front.clone();
+        let svc = service_fn(move |req| {
+            let front = front.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(front.handle(req, info).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.idle_timeout)
+            .max_buf_size(self.settings.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes as u32);
+        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Answer a plaintext request with 400 and the https URL, then close.
+/// Reads what the caller sent first (briefly) so the reply is not lost to
+/// a reset, and so the URL can include the requested path.
+async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr, public_url: &str) {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let path = request_path(&buf[..n]).unwrap_or("/");
+    let url = format!("{}{}", public_url.trim_end_matches('/'), path);
+    tracing::warn!(%peer, "plaintext refused on a TLS-only listener");
+    let body = serde_json::json!({
+        "error": "tls_required",
+        "message": format!("this port accepts HTTPS only; use {url}"),
+        "https_url": url,
+    })
+    .to_string();
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The path of an HTTP/1 request line, if it is a plain origin-form path
+/// of printable characters (it is echoed back, so nothing odd passes).
+fn request_path(head: &[u8]) -> Option<&str> {
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let _method = parts.next()?;
+    let target = parts.next()?;
+    let path = target.split('?').next()?;
+    let ok = path.starts_with('/')
+        && path.len() <= 512
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    ok.then_some(path)
+}
+
+/// A short, bounded label for a failed handshake.
+fn failure_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::PeerIncompatible(_)) => "peer_incompatible",
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "invalid_certificate",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::InvalidMessage(_)) => "invalid_message",
+        Some(rustls::Error::PeerMisbehaved(_)) => "peer_misbehaved",
+        Some(_) => "tls_error",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_path;
+
+    #[test]
+    fn request_path_is_extracted_safely() {
+        assert_eq!(request_path(b"GET /c/x/hello?a=1 HTTP/1.1\r\nHost: h\r\n"), Some("/c/x/hello"));
+        assert_eq!(request_path(b"GET / HTTP/1.1"), Some("/"));
+        assert_eq!(request_path(b"GET http://evil/ HTTP/1.1"), None);
+        assert_eq!(request_path(b"GET /\"><script> HTTP/1.1"), None);
+        assert_eq!(request_path(b"\x00\x01"), None);
+    }
+}

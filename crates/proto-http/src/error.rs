@@ -1,0 +1,141 @@
+//! Every refusal the HTTP front can give, each with its status and a JSON
+//! body `{"error": CODE, "message": TEXT, ...}`. Messages name principals,
+//! connections and reasons, never a credential.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use portcullis_identity::AuthError;
+use portcullis_policy::DenyReason;
+
+use crate::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route: address a connection as /c/<connection>/<path>")]
+    NoRoute,
+    #[error("{0}")]
+    Auth(AuthError),
+    #[error("no connection named {0:?}")]
+    UnknownConnection(String),
+    #[error("{0}")]
+    Forbidden(DenyReason),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body could not be read: {0}")]
+    CallerBody(String),
+    #[error("connection {connection:?}: the target did not answer within {}", humantime_secs(*after))]
+    UpstreamTimeout { connection: String, after: Duration },
+    #[error("connection {connection:?}: {reason}")]
+    Upstream { connection: String, reason: String },
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute | Self::UnknownConnection(_) => StatusCode::NOT_FOUND,
+            Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::CallerBody(_) => StatusCode::BAD_REQUEST,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::Auth(AuthError::Unavailable) => "auth_unavailable",
+            Self::Auth(_) => "unauthenticated",
+            Self::UnknownConnection(_) => "unknown_connection",
+            Self::Forbidden(_) => "forbidden",
+            Self::BodyTooLarge { .. } => "payload_too_large",
+            Self::CallerBody(_) => "bad_request",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::Upstream { .. } => "bad_gateway",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+        });
+        match &self {
+            Self::UnknownConnection(c)
+            | Self::UpstreamTimeout { connection: c, .. }
+            | Self::Upstream { connection: c, .. } => body["connection"] = c.clone().into(),
+            Self::Forbidden(DenyReason::NoGrant { principal, connection }) => {
+                body["principal"] = principal.clone().into();
+                body["connection"] = connection.clone().into();
+            }
+            _ => {}
+        }
+        let mut resp = json_response(self.status(), &body);
+        if matches!(self, Self::Auth(_)) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+        }
+        resp
+    }
+}
+
+/// A complete JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A body from bytes already in memory.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(r: Response<Body>) -> serde_json::Value {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn forbidden_names_principal_and_connection() {
+        let e = ProxyError::Forbidden(DenyReason::NoGrant {
+            principal: "agent:x".into(),
+            connection: "db".into(),
+        });
+        let r = e.into_response();
+        assert_eq!(r.status(), 403);
+        let j = body_json(r).await;
+        assert_eq!(j["error"], "forbidden");
+        assert_eq!(j["principal"], "agent:x");
+        assert!(j["message"].as_str().unwrap().contains("agent:x"));
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_has_challenge() {
+        let r = ProxyError::Auth(AuthError::Missing).into_response();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(body_json(r).await["error"], "unauthenticated");
+    }
+}

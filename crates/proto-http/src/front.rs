@@ -1,0 +1,201 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use portcullis_config::Config;
+use portcullis_identity::{AuthError, Authenticator, Credential, Principal, token};
+use portcullis_policy::{Decision, Policy};
+use portcullis_tls::HandshakeRecord;
+
+use crate::metrics::{ConnectionLabel, RequestLabels};
+use crate::route::{has_dot_segment, route};
+use crate::{Body, CallerBodyError, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
+
+/// What the listener knows about the caller's connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: Arc<HandshakeRecord>,
+}
+
+/// The HTTP front: one per gateway, shared by every caller connection.
+#[derive(Clone)]
+pub struct HttpFront {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: HashMap<String, Upstream>,
+    policy: Policy,
+    auth: Authenticator,
+    domain: Option<String>,
+    max_body: u64,
+    metrics: HttpMetrics,
+}
+
+impl HttpFront {
+    /// Build the front for `cfg`. Fails if any connection's TLS settings
+    /// or credential cannot be loaded: a gateway that cannot guard a
+    /// connection does not start.
+    pub fn new(cfg: &Config, auth: Authenticator, metrics: HttpMetrics) -> Result<Self, SetupError> {
+        let upstreams = cfg
+            .connections
+            .iter()
+            .map(|c| Ok((c.name.clone(), Upstream::new(c, &cfg.upstream_tls)?)))
+            .collect::<Result<_, SetupError>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                upstreams,
+                policy: Policy::new(cfg.grants.clone()),
+                auth,
+                domain: cfg.gateway.domain.clone(),
+                max_body: cfg.limits.max_request_body_bytes,
+                metrics,
+            }),
+        })
+    }
+
+    /// Answer one request. Never fails: every refusal is a JSON response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut seen = Seen::default();
+        let resp = match self.inner.proxy(req, conn, &mut seen).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::warn!(connection = seen.connection.unwrap_or("-"), error = %e, "request failed");
+                }
+                e.into_response()
+            }
+        };
+        let status = resp.status().as_u16();
+        let connection = seen.connection.unwrap_or("-").to_owned();
+        tracing::info!(
+            target: "portcullis::access",
+            peer = %conn.peer,
+            principal = seen.principal.as_ref().map(|p| p.subject.as_str()).unwrap_or("-"),
+            connection = %connection,
+            rule = seen.rule.as_deref().unwrap_or("-"),
+            method = %method,
+            path = %path,
+            status,
+            duration_us = started.elapsed().as_micros() as u64,
+            "http request"
+        );
+        self.inner
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels { connection, status })
+            .inc();
+        resp
+    }
+}
+
+/// What was learnt about a request on its way through, for the access log.
+#[derive(Default)]
+struct Seen<'a> {
+    connection: Option<&'a str>,
+    principal: Option<Principal>,
+    rule: Option<String>,
+}
+
+impl Inner {
+    async fn proxy<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        seen: &mut Seen<'a>,
+    ) -> Result<Response<Body>, ProxyError> {
+        // Authenticate before routing, so that unauthenticated callers
+        // learn nothing about which connections exist.
+        let bearer = token::bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+            .map_err(ProxyError::Auth)?;
+        let principal = self
+            .auth
+            .authenticate(Credential::Bearer(bearer))
+            .await
+            .map_err(|e| {
+                if e != AuthError::Unavailable {
+                    tracing::info!(peer = %conn.peer, reason = %e, "caller not authenticated");
+                }
+                ProxyError::Auth(e)
+            })?;
+        seen.principal = Some(principal);
+        let principal = seen.principal.as_ref().expect("just set");
+
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let r = route(host, req.uri().path(), self.domain.as_deref()).ok_or(ProxyError::NoRoute)?;
+        let (name, upstream) = self
+            .upstreams
+            .get_key_value(r.connection)
+            .ok_or_else(|| ProxyError::UnknownConnection(r.connection.to_owned()))?;
+        seen.connection = Some(name);
+
+        match self.policy.decide(principal, name) {
+            Decision::Allow { rule, .. } => seen.rule = Some(rule),
+            Decision::Deny { reason } => return Err(ProxyError::Forbidden(reason)),
+        }
+
+        if has_dot_segment(r.rest) {
+            return Err(ProxyError::CallerBody(
+                "paths with `.` or `..` segments are not forwarded".into(),
+            ));
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(ProxyError::BodyTooLarge { limit: self.max_body });
+        }
+        let uri = upstream
+            .target_uri(r.rest, req.uri().query())
+            .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
+
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        crate::headers::request_to_upstream(&mut parts.headers, upstream.injected_header());
+        if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let body = Limited::new(body.map_err(CallerBodyError), self.max_body as usize).boxed();
+
+        let sent = Instant::now();
+        let result = upstream.forward(Request::from_parts(parts, body)).await;
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&ConnectionLabel {
+                connection: name.clone(),
+            })
+            .observe(sent.elapsed().as_secs_f64());
+        let resp = result.map_err(|e| match e {
+            ForwardError::Timeout(after) => ProxyError::UpstreamTimeout {
+                connection: name.clone(),
+                after,
+            },
+            ForwardError::BodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
+            ForwardError::CallerBody(reason) => ProxyError::CallerBody(reason),
+            ForwardError::Upstream(reason) => ProxyError::Upstream {
+                connection: name.clone(),
+                reason,
+            },
+        })?;
+        let (mut parts, body) = resp.into_parts();
+        crate::headers::response_to_caller(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    }
+}

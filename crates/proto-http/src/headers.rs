@@ -1,0 +1,99 @@
+//! Header hygiene between caller and target. Pure functions over
+//! `HeaderMap`s.
+
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP) {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+/// Headers of a caller's request as they may go to the target: without
+/// hop-by-hop headers, without the caller's credentials, without a header
+/// that could impersonate the injected credential, and without `Host`
+/// (the client sets the target's).
+pub fn request_to_upstream(h: &mut HeaderMap, injected: Option<&HeaderName>) {
+    strip_hop_by_hop(h);
+    h.remove(header::AUTHORIZATION);
+    h.remove(header::HOST);
+    if let Some(name) = injected {
+        h.remove(name);
+    }
+    // Only the gateway says who the client is.
+    h.remove("forwarded");
+    h.remove("x-forwarded-for");
+    h.remove("x-forwarded-proto");
+    h.remove("x-forwarded-host");
+}
+
+/// Headers of the target's response as they may go back to the caller.
+pub fn response_to_caller(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn caller_credentials_and_hop_by_hop_are_removed() {
+        let mut h = map(&[
+            ("authorization", "Bearer pcl_secret"),
+            ("x-api-key", "forged"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "gateway"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("accept", "application/json"),
+        ]);
+        request_to_upstream(&mut h, Some(&HeaderName::from_static("x-api-key")));
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn response_keeps_end_to_end_headers() {
+        let mut h = map(&[
+            ("content-type", "text/plain"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=b"),
+        ]);
+        response_to_caller(&mut h);
+        assert!(h.contains_key("content-type") && h.contains_key("set-cookie"));
+        assert!(!h.contains_key("transfer-encoding"));
+    }
+}

@@ -1,0 +1,234 @@
+//! The upstream half of the HTTP protocol: TLS to the target (verified by
+//! default) and the injected credential. This is the only code that reads
+//! a target's secret; the outbound agent will run this same half.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_config::{Connection, UpstreamTls};
+use portcullis_tls::TlsPolicy;
+
+use crate::{Body, CallerBodyError};
+
+/// Why an upstream could not be set up (at startup: fail closed).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("connection {connection:?}: {reason}")]
+    Tls { connection: String, reason: String },
+    #[error("connection {connection:?}: credential {reference}: {reason}")]
+    Secret {
+        connection: String,
+        reference: String,
+        reason: String,
+    },
+}
+
+/// Why one forwarded request failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    Timeout(Duration),
+    BodyTooLarge,
+    CallerBody(String),
+    Upstream(String),
+}
+
+pub struct Upstream {
+    name: String,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    credential: Option<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn new(conn: &Connection, policy: &TlsPolicy) -> Result<Self, SetupError> {
+        let tls_err = |reason: String| SetupError::Tls {
+            connection: conn.name.clone(),
+            reason,
+        };
+        let roots = match &conn.ca_file {
+            Some(bundle) => portcullis_tls::load_roots(bundle, true).map_err(|e| tls_err(e.to_string()))?,
+            None => portcullis_tls::system_roots(),
+        };
+        let tls = portcullis_tls::client_config(policy, roots).map_err(|e| tls_err(e.to_string()))?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(conn.timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = match conn.tls {
+            UpstreamTls::Verify => builder.https_only(),
+            UpstreamTls::Disable => {
+                tracing::warn!(
+                    connection = %conn.name,
+                    url = %conn.url,
+                    "PLAINTEXT to the target: tls = \"disable\" is set for this connection"
+                );
+                builder.https_or_http()
+            }
+        }
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+
+        let credential = match &conn.credential {
+            None => None,
+            Some(c) => {
+                let secret_err = |reason: String| SetupError::Secret {
+                    connection: conn.name.clone(),
+                    reference: c.secret.to_string(),
+                    reason,
+                };
+                let secret = c.secret.resolve().map_err(secret_err)?;
+                let mut value = HeaderValue::try_from(format!("{}{}", c.prefix, secret.expose()))
+                    .map_err(|_| secret_err("the secret is not a valid header value".into()))?;
+                // Keeps the value out of HPACK tables and Debug output.
+                value.set_sensitive(true);
+                Some((c.header.clone(), value))
+            }
+        };
+
+        let (scheme, authority) = match (conn.url.scheme(), conn.url.authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => return Err(tls_err("the URL needs a scheme and a host".into())),
+        };
+        Ok(Self {
+            name: conn.name.clone(),
+            scheme,
+            authority,
+            base_path: conn.url.path().trim_end_matches('/').to_string(),
+            client,
+            credential,
+            timeout: conn.timeout,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn injected_header(&self) -> Option<&HeaderName> {
+        self.credential.as_ref().map(|(n, _)| n)
+    }
+
+    /// The target URI for a caller's `rest` path and query.
+    pub fn target_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let pq = match query {
+            Some(q) => format!("{}{}?{}", self.base_path, rest, q),
+            None => format!("{}{}", self.base_path, rest),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq)?)
+            .build()
+    }
+
+    /// Send a prepared request (URI from [`Self::target_uri`], headers
+    /// already cleaned) with the credential added. Times out waiting for
+    /// the response head; the body then streams without a deadline.
+    pub async fn forward(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+        // Whatever the caller spoke, ALPN decides what the target gets.
+        *req.version_mut() = Version::HTTP_11;
+        if let Some((name, value)) = &self.credential {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e, self.authority.host())),
+        }
+    }
+}
+
+/// Turn a client error into what the caller should be told. Walks the
+/// source chain: the interesting cause (a rustls verification failure, a
+/// refused connection, our own body errors) sits a few levels down.
+fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ForwardError {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            return ForwardError::BodyTooLarge;
+        }
+        if let Some(c) = e.downcast_ref::<CallerBodyError>() {
+            return ForwardError::CallerBody(c.to_string());
+        }
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return ForwardError::Upstream(describe_tls(t, host));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // io::Error's source() skips the wrapped error itself.
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return ForwardError::Upstream(describe_tls(t, host));
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return ForwardError::Upstream("the target refused the connection".into());
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return ForwardError::Upstream("connecting to the target timed out".into());
+                }
+                _ => {}
+            }
+        }
+        cur = e.source();
+    }
+    if err.is_connect() {
+        ForwardError::Upstream(format!("cannot connect to the target: {}", chain(err)))
+    } else {
+        ForwardError::Upstream(format!("the target failed: {}", chain(err)))
+    }
+}
+
+fn describe_tls(e: &rustls::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "the target's certificate is not trusted (unknown issuer); \
+             add its CA to the connection's `ca_file`"
+                .into()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            format!("the target's certificate is not valid for host {host:?}")
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the target's certificate has expired".into()
+        }
+        other => format!("TLS with the target failed: {other}"),
+    }
+}
+
+fn chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
