@@ -1,0 +1,252 @@
+//! Test harness: runs the real `portcullis` binary on loopback ports chosen
+//! at run time, and talks to it with real clients (curl, openssl, rustls).
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A running `portcullis` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub url: String,
+}
+
+impl Proc {
+    /// Start `portcullis ARGS` with stderr going to `log`, and wait for its
+    /// "ready" line on stdout.
+    pub fn spawn(dir: &Path, args: &[&str], log_name: &str) -> Proc {
+        let log = dir.join(log_name);
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn portcullis");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("portcullis: ready url=") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "portcullis did not become ready; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Proc {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+            url,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("portcullis did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A quickstart in a fresh temporary folder.
+pub struct Quickstart {
+    pub tmp: tempfile::TempDir,
+    pub proc: Proc,
+    pub env: HashMap<String, String>,
+}
+
+impl Quickstart {
+    pub fn start() -> Quickstart {
+        let tmp = tempfile::tempdir().unwrap();
+        let proc = Self::run_in(tmp.path());
+        let env = read_env(&tmp.path().join("data/quickstart.env"));
+        Quickstart { tmp, proc, env }
+    }
+
+    pub fn run_in(dir: &Path) -> Proc {
+        let data = dir.join("data");
+        Proc::spawn(
+            dir,
+            &[
+                "quickstart",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            "quickstart.log",
+        )
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn var(&self, k: &str) -> &str {
+        self.env.get(k).unwrap_or_else(|| panic!("{k} missing from quickstart.env"))
+    }
+
+    /// Run a CLI subcommand against this quickstart's data folder.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Parse `export K='V'` lines by asking a real shell to source the file.
+pub fn read_env(path: &Path) -> HashMap<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". '{}' && env", path.display()))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sourcing {} failed", path.display());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("PORTCULLIS_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// What curl got.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub curl_exit: i32,
+    pub stderr: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Run curl with `args`; status and body parsed from its output.
+pub fn curl(args: &[&str]) -> Reply {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Reply {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        curl_exit: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// curl a gateway path with the CA and (optionally) a bearer token.
+pub fn get(base: &str, ca: &str, token: Option<&str>, path: &str) -> Reply {
+    let url = format!("{base}{path}");
+    let auth;
+    let mut args = vec!["--cacert", ca];
+    if let Some(t) = token {
+        auth = format!("Authorization: Bearer {t}");
+        args.extend(["-H", &auth]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
+/// Every file below `dir`, as bytes, for canary searches.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// A rustls client config trusting the PEM CA at `ca`.
+pub fn client_tls(ca: &Path, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let roots = portcullis_tls::load_roots(ca, false).unwrap();
+    let mut cfg = portcullis_tls::client_config(&portcullis_tls::TlsPolicy::default(), roots).unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(cfg)
+}
+
+/// Open a TLS connection to the gateway on loopback as `localhost`.
+pub async fn tls_connect(
+    port: u16,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(ca, &[b"http/1.1"]));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+pub fn openssl_available() -> bool {
+    Command::new("openssl").arg("version").output().is_ok()
+}

@@ -1,0 +1,113 @@
+//! A small HTTPS target for tests that records what reached it.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct TestUpstream {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl TestUpstream {
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("the upstream saw a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Serve HTTPS on 127.0.0.1 with `cert`/`key`. `/slow` waits 5 s,
+/// `/big` streams 1 MiB, anything else answers 200 with a small JSON.
+pub fn start(cert: &Path, key: &Path) -> TestUpstream {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = portcullis_tls::load_cert_chain(cert).unwrap();
+    let key = portcullis_tls::load_private_key(key).unwrap();
+    let cfg = portcullis_tls::server_config(&Default::default(), chain, key, &[b"h2", b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let seen2 = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move { Ok::<_, Infallible>(answer(req, seen).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    TestUpstream { port, seen, _rt: rt }
+}
+
+async fn answer(req: Request<hyper::body::Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let path = req.uri().path().to_string();
+    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    seen.lock().unwrap().push(Seen {
+        method,
+        path_and_query: path_and_query.clone(),
+        headers,
+        body_len,
+    });
+    match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Response::new(Full::new(Bytes::from_static(b"late\n")))
+        }
+        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        _ => Response::builder()
+            .header("content-type", "application/json")
+            .header("x-upstream", "test")
+            .body(Full::new(Bytes::from(
+                serde_json::json!({"ok": true, "path": path_and_query, "body_len": body_len}).to_string(),
+            )))
+            .unwrap(),
+    }
+}

@@ -1,0 +1,253 @@
+//! The quickstart, end to end: the real binary, curl, openssl.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn quickstart_serves_the_demo_api_with_the_injected_key() {
+    let qs = Quickstart::start();
+    let url = qs.var("PORTCULLIS_URL");
+    let ca = qs.var("PORTCULLIS_CA");
+    let token = qs.var("PORTCULLIS_TOKEN");
+    assert_eq!(qs.var("PORTCULLIS_DEMO_CONNECTION"), "demo-api");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    assert!(token.starts_with("pcl_"));
+
+    // The README's curl command.
+    let r = get(url, ca, Some(token), "/c/demo-api/hello");
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["api_key_valid"], true, "the demo API got its key from the gateway");
+    assert_eq!(j["caller_authorization_seen"], false, "the caller's token was not forwarded");
+
+    // The demo API itself refuses callers without its key: the key really
+    // is what made the difference.
+    let demo_port: u16 = std::fs::read_to_string(qs.data().join("portcullis.toml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"https://localhost:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap();
+    let direct = get(&format!("https://localhost:{demo_port}"), ca, Some(token), "/hello");
+    assert_eq!(direct.status, 401, "{direct:?}");
+
+    // Streaming a request body through: the upstream sees every byte.
+    let body_file = qs.tmp.path().join("body.bin");
+    std::fs::write(&body_file, "x".repeat(200_000)).unwrap();
+    let data = format!("@{}", body_file.display());
+    let auth = format!("Authorization: Bearer {token}");
+    let u = format!("{url}/c/demo-api/echo?q=1");
+    let r = curl(&["--cacert", ca, "-H", &auth, "-X", "POST", "--data-binary", &data, &u]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["body_bytes"], 200_000);
+    assert_eq!(j["path"], "/echo?q=1");
+    assert_eq!(j["caller_authorization_seen"], false);
+
+    // HTTP/2 from the caller works too.
+    let r = curl(&["--http2", "--cacert", ca, "-H", &auth, &format!("{url}/c/demo-api/hello")]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn bad_credentials_get_401_with_json_and_the_gateway_keeps_serving() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), qs.var("PORTCULLIS_TOKEN"));
+    let unknown = format!("pcl_{}", "A".repeat(43));
+    let cases: [(Option<&str>, &str); 4] = [
+        (None, "no credential"),
+        (Some("not-a-token"), "malformed"),
+        (Some(&token[..20]), "malformed"),
+        (Some(&unknown), "unknown token"),
+    ];
+    for (tok, expect) in cases {
+        let r = get(url, ca, tok, "/c/demo-api/hello");
+        assert_eq!(r.status, 401, "{tok:?}: {r:?}");
+        let j = r.json();
+        assert_eq!(j["error"], "unauthenticated");
+        assert!(j["message"].as_str().unwrap().contains(expect), "{j}");
+        if let Some(t) = tok {
+            assert!(!r.body.contains(t), "the error echoes the token");
+        }
+    }
+    // Unrouted and unknown connections, once authenticated.
+    let r = get(url, ca, Some(token), "/hello");
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("no_route")));
+    let r = get(url, ca, Some(token), "/c/nope/hello");
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("unknown_connection")));
+    // Still serving.
+    assert_eq!(get(url, ca, Some(token), "/c/demo-api/hello").status, 200);
+}
+
+#[test]
+fn revoked_and_expired_tokens_are_refused_at_once() {
+    let qs = Quickstart::start();
+    let (url, ca) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"));
+
+    let out = qs.cli(&["token", "create", "--principal", "agent:quickstart", "--ttl", "1h", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tok = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(get(url, ca, Some(&tok), "/c/demo-api/hello").status, 200);
+
+    // The list never shows secrets.
+    let list = qs.cli(&["token", "list", "--json"]);
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert!(text.contains(&id) && !text.contains(&tok[4..]), "{text}");
+
+    let out = qs.cli(&["token", "revoke", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = get(url, ca, Some(&tok), "/c/demo-api/hello");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.json()["message"].as_str().unwrap().contains("revoked"));
+    let out = qs.cli(&["token", "revoke", "000000000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id"));
+
+    let out = qs.cli(&["token", "create", "--principal", "agent:quickstart", "--ttl", "1s"]);
+    let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = get(url, ca, Some(&short), "/c/demo-api/hello");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.json()["message"].as_str().unwrap().contains("expired"));
+
+    // A principal without a grant: 403 naming both.
+    let out = qs.cli(&["token", "create", "--principal", "agent:other"]);
+    let other = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = get(url, ca, Some(&other), "/c/demo-api/hello");
+    assert_eq!(r.status, 403, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["principal"], "agent:other");
+    assert_eq!(j["connection"], "demo-api");
+    assert!(j["message"].as_str().unwrap().contains("no grant"));
+
+    let bad = qs.cli(&["token", "create", "--principal", "nocolon"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("KIND:NAME"));
+}
+
+#[test]
+fn plaintext_is_refused_with_the_https_url() {
+    let qs = Quickstart::start();
+    let url = qs.var("PORTCULLIS_URL");
+    let plain = url.replace("https://", "http://");
+    let r = curl(&[&format!("{plain}/c/demo-api/hello")]);
+    assert_eq!(r.status, 400, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["error"], "tls_required");
+    assert_eq!(j["https_url"], format!("{url}/c/demo-api/hello"));
+    // And nothing was proxied: the metrics count no request for demo-api.
+    let admin = qs.var("PORTCULLIS_ADMIN_URL");
+    let m = get(admin, qs.var("PORTCULLIS_CA"), None, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("portcullis_plaintext_refused_total 1"), "{}", m.body);
+    assert!(!m.body.contains("connection=\"demo-api\""), "{}", m.body);
+}
+
+#[test]
+fn tls_versions_and_handshake_records() {
+    if !openssl_available() {
+        panic!("openssl is required for this test (.ci/run installs it)");
+    }
+    let qs = Quickstart::start();
+    let port = qs.proc.port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let s_client = |extra: &[&str]| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &addr, "-servername", "localhost", "-CAfile", qs.var("PORTCULLIS_CA")])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    // TLS 1.1 is never negotiated, even when the client allows weak crypto.
+    let old = s_client(&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
+    assert!(old.contains("Cipher is (NONE)"), "{old}");
+    assert!(old.contains("alert handshake failure") || old.contains("no protocols"), "{old}");
+    // TLS 1.2 (intermediate profile) works and verifies.
+    let t12 = s_client(&["-tls1_2"]);
+    assert!(t12.contains("Protocol  : TLSv1.2"), "{t12}");
+    assert!(t12.contains("Verify return code: 0 (ok)"), "{t12}");
+
+    // Every handshake is logged with what was negotiated.
+    let r = get(qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), Some(qs.var("PORTCULLIS_TOKEN")), "/c/demo-api/hello");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = qs.proc.logs();
+    assert!(logs.contains("tls handshake failed"), "{logs}");
+    assert!(logs.contains("version=TLSv1_2"), "{logs}");
+    assert!(logs.contains("version=TLSv1_3"), "{logs}");
+    assert!(logs.contains("suite=TLS13_"), "{logs}");
+    assert!(logs.contains("group=\"X25519") || logs.contains("group=X25519"), "{logs}");
+    assert!(logs.contains("sni=\"localhost\""), "{logs}");
+    assert!(logs.contains("alpn="), "{logs}");
+
+    let m = get(qs.var("PORTCULLIS_ADMIN_URL"), qs.var("PORTCULLIS_CA"), None, "/metrics").body;
+    assert!(m.contains("portcullis_tls_handshakes_total{version=\"TLSv1_2\""), "{m}");
+    assert!(m.contains("portcullis_tls_handshake_failures_total{reason="), "{m}");
+    assert!(m.contains("portcullis_http_requests_total{connection=\"demo-api\",status=\"200\"}"), "{m}");
+    assert!(m.contains("portcullis_upstream_response_seconds_bucket"), "{m}");
+}
+
+#[test]
+fn rerunning_quickstart_reuses_ca_token_and_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Quickstart::run_in(tmp.path());
+    let data = tmp.path().join("data");
+    let env1 = read_env(&data.join("quickstart.env"));
+    let ca1 = std::fs::read(data.join("ca.pem")).unwrap();
+    let cfg1 = std::fs::read(data.join("portcullis.toml")).unwrap();
+    assert!(first.stop().success(), "clean exit on SIGTERM");
+
+    let second = Quickstart::run_in(tmp.path());
+    let env2 = read_env(&data.join("quickstart.env"));
+    assert_eq!(std::fs::read(data.join("ca.pem")).unwrap(), ca1, "CA kept");
+    assert_eq!(std::fs::read(data.join("portcullis.toml")).unwrap(), cfg1, "config kept");
+    assert_eq!(env1["PORTCULLIS_TOKEN"], env2["PORTCULLIS_TOKEN"], "token kept");
+    let r = get(&env2["PORTCULLIS_URL"], &env2["PORTCULLIS_CA"], Some(&env2["PORTCULLIS_TOKEN"]), "/c/demo-api/hello");
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Private material is private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["ca.key", "server.key", "secrets/demo-api-key", "quickstart.env"] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    drop(second);
+}
+
+#[test]
+fn the_demo_api_key_never_leaks() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), qs.var("PORTCULLIS_TOKEN"));
+    let key = std::fs::read_to_string(qs.data().join("secrets/demo-api-key")).unwrap();
+    let key = key.trim();
+    assert!(key.len() >= 32);
+    let mut bodies = String::new();
+    for path in ["/c/demo-api/hello", "/c/demo-api/echo", "/c/demo-api/missing", "/c/nope/x"] {
+        bodies.push_str(&get(url, ca, Some(token), path).body);
+    }
+    bodies.push_str(&get(url, ca, None, "/c/demo-api/hello").body);
+    let verbose = curl(&["-v", "--cacert", ca, "-H", &format!("Authorization: Bearer {token}"), &format!("{url}/c/demo-api/hello")]);
+    bodies.push_str(&verbose.stderr);
+    bodies.push_str(&get(qs.var("PORTCULLIS_ADMIN_URL"), ca, None, "/metrics").body);
+    assert!(!bodies.contains(key), "the demo key reached a caller");
+
+    let logs = qs.proc.logs();
+    assert!(!logs.contains(key), "the demo key is in the log");
+    assert!(!logs.contains(token), "the caller token is in the log");
+    // The database holds neither the key nor the token (only its hash).
+    for (path, bytes) in all_files(&qs.data()) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("portcullis.db") {
+            assert!(!contains(&bytes, key), "{name} holds the demo key");
+            assert!(!contains(&bytes, token), "{name} holds the token");
+        }
+    }
+}
