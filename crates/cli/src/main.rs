@@ -10,10 +10,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An access gateway for AI agents and the people who run them")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An access gateway for AI agents and the people who run them"
+)]
 struct Cli {
     /// The data folder (CA, certificates, database, generated config).
-    #[arg(long, global = true, env = "PORTCULLIS_DATA_DIR", default_value = "./portcullis-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_DATA_DIR",
+        default_value = "./portcullis-data"
+    )]
     data_dir: PathBuf,
     /// The config file [default: <data-dir>/portcullis.toml].
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
@@ -77,7 +86,10 @@ fn main() -> std::process::ExitCode {
     portcullis_tls::install_default_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis: cannot start the runtime: {e}");

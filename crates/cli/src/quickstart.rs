@@ -44,7 +44,10 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
 
     let (ca, created) = CertificateAuthority::load_or_create(&dir)?;
     if created {
-        eprintln!("created an internal certificate authority in {}", dir.display());
+        eprintln!(
+            "created an internal certificate authority in {}",
+            dir.display()
+        );
     }
     let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
     ca.ensure_server_cert(&dir, "server", &names, CERT_TTL)?;
@@ -57,16 +60,28 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         write_private(&key_file, format!("{}\n", random_hex(32)?).as_bytes())?;
     }
 
-    let config_path = cli.config.clone().unwrap_or_else(|| dir.join("portcullis.toml"));
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| dir.join("portcullis.toml"));
     if !config_path.exists() {
         let text = generated_config(
-            args.listen.map(|a| a.to_string()).as_deref().unwrap_or(DEFAULT_LISTEN),
-            args.admin_listen.map(|a| a.to_string()).as_deref().unwrap_or(DEFAULT_ADMIN),
+            args.listen
+                .map(|a| a.to_string())
+                .as_deref()
+                .unwrap_or(DEFAULT_LISTEN),
+            args.admin_listen
+                .map(|a| a.to_string())
+                .as_deref()
+                .unwrap_or(DEFAULT_ADMIN),
             free_loopback_port()?,
         );
         std::fs::write(&config_path, text)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        eprintln!("wrote {} (edit it and reuse it with `portcullis gateway --config`)", config_path.display());
+        eprintln!(
+            "wrote {} (edit it and reuse it with `portcullis gateway --config`)",
+            config_path.display()
+        );
     }
     let mut config = Config::load(&config_path)?;
     if let Some(l) = args.listen {
@@ -84,7 +99,8 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         Some(t) => t,
         None => {
             let (id, secret, _) =
-                crate::token_cmd::create(&store, PRINCIPAL, &["quickstart".to_string()], TOKEN_TTL).await?;
+                crate::token_cmd::create(&store, PRINCIPAL, &["quickstart".to_string()], TOKEN_TTL)
+                    .await?;
             eprintln!("created token {id} for {PRINCIPAL}");
             secret
         }
@@ -137,7 +153,10 @@ async fn reusable_token(env_path: &Path, store: &portcullis_store::Store) -> Opt
         Ok(p) if p.subject == PRINCIPAL => Some(token),
         Ok(_) => None,
         Err(e) => {
-            eprintln!("the token in {} is no longer usable ({e}); creating a new one", env_path.display());
+            eprintln!(
+                "the token in {} is no longer usable ({e}); creating a new one",
+                env_path.display()
+            );
             None
         }
     }
@@ -181,7 +200,8 @@ connections = ["{CONNECTION}"]
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for the demo API")?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("finding a free port for the demo API")?;
     Ok(l.local_addr()?.port())
 }
 
@@ -201,7 +221,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir).with_context(|| format!("creating {}", dir.display()))
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -212,7 +233,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    let mut f = o.open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -220,7 +243,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Write a shell-sourceable env file atomically (readers never see half).
 fn write_env(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
-    let mut text = String::from("# Written by `portcullis quickstart`; source it: . ./quickstart.env\n");
+    let mut text =
+        String::from("# Written by `portcullis quickstart`; source it: . ./quickstart.env\n");
     for (k, v) in vars {
         text.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
     }

@@ -58,7 +58,11 @@ pub(crate) async fn create(
 ) -> anyhow::Result<(String, String, i64)> {
     validate_subject(principal).map_err(anyhow::Error::msg)?;
     for g in groups {
-        if g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        if g.is_empty()
+            || !g
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
             anyhow::bail!("invalid group {g:?}: use letters, digits, - _ . :");
         }
     }
@@ -115,7 +119,10 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                     println!("{}", token_json(t, now));
                 }
             } else {
-                println!("{:<14} {:<28} {:<20} {:<21} STATUS", "ID", "PRINCIPAL", "GROUPS", "EXPIRES");
+                println!(
+                    "{:<14} {:<28} {:<20} {:<21} STATUS",
+                    "ID", "PRINCIPAL", "GROUPS", "EXPIRES"
+                );
                 for t in &tokens {
                     println!(
                         "{:<14} {:<28} {:<20} {:<21} {}",

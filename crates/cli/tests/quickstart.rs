@@ -21,8 +21,14 @@ fn quickstart_serves_the_demo_api_with_the_injected_key() {
     let r = get(url, ca, Some(token), "/c/demo-api/hello");
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
-    assert_eq!(j["api_key_valid"], true, "the demo API got its key from the gateway");
-    assert_eq!(j["caller_authorization_seen"], false, "the caller's token was not forwarded");
+    assert_eq!(
+        j["api_key_valid"], true,
+        "the demo API got its key from the gateway"
+    );
+    assert_eq!(
+        j["caller_authorization_seen"], false,
+        "the caller's token was not forwarded"
+    );
 
     // The demo API itself refuses callers without its key: the key really
     // is what made the difference.
@@ -32,7 +38,12 @@ fn quickstart_serves_the_demo_api_with_the_injected_key() {
         .find_map(|l| l.strip_prefix("url = \"https://localhost:"))
         .and_then(|p| p.trim_end_matches('"').parse().ok())
         .unwrap();
-    let direct = get(&format!("https://localhost:{demo_port}"), ca, Some(token), "/hello");
+    let direct = get(
+        &format!("https://localhost:{demo_port}"),
+        ca,
+        Some(token),
+        "/hello",
+    );
     assert_eq!(direct.status, 401, "{direct:?}");
 
     // Streaming a request body through: the upstream sees every byte.
@@ -41,7 +52,17 @@ fn quickstart_serves_the_demo_api_with_the_injected_key() {
     let data = format!("@{}", body_file.display());
     let auth = format!("Authorization: Bearer {token}");
     let u = format!("{url}/c/demo-api/echo?q=1");
-    let r = curl(&["--cacert", ca, "-H", &auth, "-X", "POST", "--data-binary", &data, &u]);
+    let r = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        "--data-binary",
+        &data,
+        &u,
+    ]);
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
     assert_eq!(j["body_bytes"], 200_000);
@@ -49,14 +70,25 @@ fn quickstart_serves_the_demo_api_with_the_injected_key() {
     assert_eq!(j["caller_authorization_seen"], false);
 
     // HTTP/2 from the caller works too.
-    let r = curl(&["--http2", "--cacert", ca, "-H", &auth, &format!("{url}/c/demo-api/hello")]);
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        &format!("{url}/c/demo-api/hello"),
+    ]);
     assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
 fn bad_credentials_get_401_with_json_and_the_gateway_keeps_serving() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), qs.var("PORTCULLIS_TOKEN"));
+    let (url, ca, token) = (
+        qs.var("PORTCULLIS_URL"),
+        qs.var("PORTCULLIS_CA"),
+        qs.var("PORTCULLIS_TOKEN"),
+    );
     let unknown = format!("pcl_{}", "A".repeat(43));
     let cases: [(Option<&str>, &str); 4] = [
         (None, "no credential"),
@@ -76,9 +108,15 @@ fn bad_credentials_get_401_with_json_and_the_gateway_keeps_serving() {
     }
     // Unrouted and unknown connections, once authenticated.
     let r = get(url, ca, Some(token), "/hello");
-    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("no_route")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("no_route"))
+    );
     let r = get(url, ca, Some(token), "/c/nope/hello");
-    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("unknown_connection")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("unknown_connection"))
+    );
     // Still serving.
     assert_eq!(get(url, ca, Some(token), "/c/demo-api/hello").status, 200);
 }
@@ -88,8 +126,20 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     let qs = Quickstart::start();
     let (url, ca) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"));
 
-    let out = qs.cli(&["token", "create", "--principal", "agent:quickstart", "--ttl", "1h", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = qs.cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:quickstart",
+        "--ttl",
+        "1h",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tok = created["token"].as_str().unwrap().to_string();
     let id = created["id"].as_str().unwrap().to_string();
@@ -101,7 +151,11 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     assert!(text.contains(&id) && !text.contains(&tok[4..]), "{text}");
 
     let out = qs.cli(&["token", "revoke", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = get(url, ca, Some(&tok), "/c/demo-api/hello");
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.json()["message"].as_str().unwrap().contains("revoked"));
@@ -109,7 +163,14 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id"));
 
-    let out = qs.cli(&["token", "create", "--principal", "agent:quickstart", "--ttl", "1s"]);
+    let out = qs.cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:quickstart",
+        "--ttl",
+        "1s",
+    ]);
     let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
     std::thread::sleep(Duration::from_millis(2100));
     let r = get(url, ca, Some(&short), "/c/demo-api/hello");
@@ -145,7 +206,11 @@ fn plaintext_is_refused_with_the_https_url() {
     let admin = qs.var("PORTCULLIS_ADMIN_URL");
     let m = get(admin, qs.var("PORTCULLIS_CA"), None, "/metrics");
     assert_eq!(m.status, 200);
-    assert!(m.body.contains("portcullis_plaintext_refused_total 1"), "{}", m.body);
+    assert!(
+        m.body.contains("portcullis_plaintext_refused_total 1"),
+        "{}",
+        m.body
+    );
     assert!(!m.body.contains("connection=\"demo-api\""), "{}", m.body);
 }
 
@@ -159,24 +224,44 @@ fn tls_versions_and_handshake_records() {
     let addr = format!("127.0.0.1:{port}");
     let s_client = |extra: &[&str]| {
         let out = Command::new("openssl")
-            .args(["s_client", "-connect", &addr, "-servername", "localhost", "-CAfile", qs.var("PORTCULLIS_CA")])
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "localhost",
+                "-CAfile",
+                qs.var("PORTCULLIS_CA"),
+            ])
             .args(extra)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     };
     // TLS 1.1 is never negotiated, even when the client allows weak crypto.
     let old = s_client(&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
     assert!(old.contains("Cipher is (NONE)"), "{old}");
-    assert!(old.contains("alert handshake failure") || old.contains("no protocols"), "{old}");
+    assert!(
+        old.contains("alert handshake failure") || old.contains("no protocols"),
+        "{old}"
+    );
     // TLS 1.2 (intermediate profile) works and verifies.
     let t12 = s_client(&["-tls1_2"]);
     assert!(t12.contains("Protocol  : TLSv1.2"), "{t12}");
     assert!(t12.contains("Verify return code: 0 (ok)"), "{t12}");
 
     // Every handshake is logged with what was negotiated.
-    let r = get(qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), Some(qs.var("PORTCULLIS_TOKEN")), "/c/demo-api/hello");
+    let r = get(
+        qs.var("PORTCULLIS_URL"),
+        qs.var("PORTCULLIS_CA"),
+        Some(qs.var("PORTCULLIS_TOKEN")),
+        "/c/demo-api/hello",
+    );
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(200));
     let logs = qs.proc.logs();
@@ -184,15 +269,36 @@ fn tls_versions_and_handshake_records() {
     assert!(logs.contains("version=TLSv1_2"), "{logs}");
     assert!(logs.contains("version=TLSv1_3"), "{logs}");
     assert!(logs.contains("suite=TLS13_"), "{logs}");
-    assert!(logs.contains("group=\"X25519") || logs.contains("group=X25519"), "{logs}");
+    assert!(
+        logs.contains("group=\"X25519") || logs.contains("group=X25519"),
+        "{logs}"
+    );
     assert!(logs.contains("sni=\"localhost\""), "{logs}");
     assert!(logs.contains("alpn="), "{logs}");
 
-    let m = get(qs.var("PORTCULLIS_ADMIN_URL"), qs.var("PORTCULLIS_CA"), None, "/metrics").body;
-    assert!(m.contains("portcullis_tls_handshakes_total{version=\"TLSv1_2\""), "{m}");
-    assert!(m.contains("portcullis_tls_handshake_failures_total{reason="), "{m}");
-    assert!(m.contains("portcullis_http_requests_total{connection=\"demo-api\",status=\"200\"}"), "{m}");
-    assert!(m.contains("portcullis_upstream_response_seconds_bucket"), "{m}");
+    let m = get(
+        qs.var("PORTCULLIS_ADMIN_URL"),
+        qs.var("PORTCULLIS_CA"),
+        None,
+        "/metrics",
+    )
+    .body;
+    assert!(
+        m.contains("portcullis_tls_handshakes_total{version=\"TLSv1_2\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_tls_handshake_failures_total{reason="),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_http_requests_total{connection=\"demo-api\",status=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_upstream_response_seconds_bucket"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -208,15 +314,36 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
     let second = Quickstart::run_in(tmp.path());
     let env2 = read_env(&data.join("quickstart.env"));
     assert_eq!(std::fs::read(data.join("ca.pem")).unwrap(), ca1, "CA kept");
-    assert_eq!(std::fs::read(data.join("portcullis.toml")).unwrap(), cfg1, "config kept");
-    assert_eq!(env1["PORTCULLIS_TOKEN"], env2["PORTCULLIS_TOKEN"], "token kept");
-    let r = get(&env2["PORTCULLIS_URL"], &env2["PORTCULLIS_CA"], Some(&env2["PORTCULLIS_TOKEN"]), "/c/demo-api/hello");
+    assert_eq!(
+        std::fs::read(data.join("portcullis.toml")).unwrap(),
+        cfg1,
+        "config kept"
+    );
+    assert_eq!(
+        env1["PORTCULLIS_TOKEN"], env2["PORTCULLIS_TOKEN"],
+        "token kept"
+    );
+    let r = get(
+        &env2["PORTCULLIS_URL"],
+        &env2["PORTCULLIS_CA"],
+        Some(&env2["PORTCULLIS_TOKEN"]),
+        "/c/demo-api/hello",
+    );
     assert_eq!(r.status, 200, "{r:?}");
 
     // Private material is private.
     use std::os::unix::fs::PermissionsExt;
-    for f in ["ca.key", "server.key", "secrets/demo-api-key", "quickstart.env"] {
-        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+    for f in [
+        "ca.key",
+        "server.key",
+        "secrets/demo-api-key",
+        "quickstart.env",
+    ] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
     drop(second);
@@ -225,16 +352,32 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
 #[test]
 fn the_demo_api_key_never_leaks() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"), qs.var("PORTCULLIS_TOKEN"));
+    let (url, ca, token) = (
+        qs.var("PORTCULLIS_URL"),
+        qs.var("PORTCULLIS_CA"),
+        qs.var("PORTCULLIS_TOKEN"),
+    );
     let key = std::fs::read_to_string(qs.data().join("secrets/demo-api-key")).unwrap();
     let key = key.trim();
     assert!(key.len() >= 32);
     let mut bodies = String::new();
-    for path in ["/c/demo-api/hello", "/c/demo-api/echo", "/c/demo-api/missing", "/c/nope/x"] {
+    for path in [
+        "/c/demo-api/hello",
+        "/c/demo-api/echo",
+        "/c/demo-api/missing",
+        "/c/nope/x",
+    ] {
         bodies.push_str(&get(url, ca, Some(token), path).body);
     }
     bodies.push_str(&get(url, ca, None, "/c/demo-api/hello").body);
-    let verbose = curl(&["-v", "--cacert", ca, "-H", &format!("Authorization: Bearer {token}"), &format!("{url}/c/demo-api/hello")]);
+    let verbose = curl(&[
+        "-v",
+        "--cacert",
+        ca,
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{url}/c/demo-api/hello"),
+    ]);
     bodies.push_str(&verbose.stderr);
     bodies.push_str(&get(qs.var("PORTCULLIS_ADMIN_URL"), ca, None, "/metrics").body);
     assert!(!bodies.contains(key), "the demo key reached a caller");

@@ -140,14 +140,16 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        raw.validate(base).map_err(|(key, message)| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            key,
-            message,
-        }).map(|mut c| {
-            c.source = path.to_path_buf();
-            c
-        })
+        raw.validate(base)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })
+            .map(|mut c| {
+                c.source = path.to_path_buf();
+                c
+            })
     }
 
     pub fn connection(&self, name: &str) -> Option<&Connection> {
@@ -180,8 +182,12 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration, Invalid> {
-    humantime::parse_duration(s)
-        .map_err(|e| invalid(key, format!("{e}; write a duration such as \"30s\" or \"5m\"")))
+    humantime::parse_duration(s).map_err(|e| {
+        invalid(
+            key,
+            format!("{e}; write a duration such as \"30s\" or \"5m\""),
+        )
+    })
 }
 
 /// Connection names appear in URLs and host names: keep them DNS-label
@@ -189,7 +195,9 @@ fn duration(key: &str, s: &str) -> Result<Duration, Invalid> {
 fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {

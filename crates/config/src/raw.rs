@@ -146,7 +146,10 @@ impl Root {
         if let Some(d) = &self.gateway.domain
             && (d.is_empty() || d.starts_with('.') || d.contains('/'))
         {
-            return Err(invalid("gateway.domain", "expected a host name such as gw.example.com"));
+            return Err(invalid(
+                "gateway.domain",
+                "expected a host name such as gw.example.com",
+            ));
         }
         if let Some(u) = &self.gateway.public_url
             && !u.starts_with("https://")
@@ -189,10 +192,14 @@ impl Root {
                 ));
             }
             for p in &g.principals {
-                portcullis_identity::validate_subject(p).map_err(|e| invalid(key("principals"), e))?;
+                portcullis_identity::validate_subject(p)
+                    .map_err(|e| invalid(key("principals"), e))?;
             }
             if g.connections.is_empty() {
-                return Err(invalid(key("connections"), "list at least one connection, or \"*\""));
+                return Err(invalid(
+                    key("connections"),
+                    "list at least one connection, or \"*\"",
+                ));
             }
             for c in &g.connections {
                 if c != "*" && !names.contains(c.as_str()) {
@@ -219,7 +226,8 @@ impl Root {
                 listen: d.listen,
                 cert: path(&d.cert),
                 key: path(&d.key),
-                api_key: SecretRef::parse(&d.api_key, base).map_err(|e| invalid("demo.api_key", e))?,
+                api_key: SecretRef::parse(&d.api_key, base)
+                    .map_err(|e| invalid("demo.api_key", e))?,
             }),
         };
 
@@ -292,9 +300,17 @@ impl RawConnection {
                 ));
             }
             (Some("https"), UpstreamTls::Disable) => {
-                return Err(invalid(key("tls"), "\"disable\" contradicts the https:// URL"));
+                return Err(invalid(
+                    key("tls"),
+                    "\"disable\" contradicts the https:// URL",
+                ));
             }
-            _ => return Err(invalid(key("url"), "the scheme must be https:// (or http:// with tls = \"disable\")")),
+            _ => {
+                return Err(invalid(
+                    key("url"),
+                    "the scheme must be https:// (or http:// with tls = \"disable\")",
+                ));
+            }
         }
         let timeout = match &self.timeout {
             Some(t) => duration(&key("timeout"), t)?,
@@ -303,8 +319,9 @@ impl RawConnection {
         let credential = match &self.credential {
             None => None,
             Some(c) => {
-                let header = HeaderName::from_bytes(c.header.as_bytes())
-                    .map_err(|_| invalid(key("credential.header"), "not a valid HTTP header name"))?;
+                let header = HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
+                    invalid(key("credential.header"), "not a valid HTTP header name")
+                })?;
                 if FORBIDDEN_CREDENTIAL_HEADERS.contains(&header.as_str()) {
                     return Err(invalid(
                         key("credential.header"),

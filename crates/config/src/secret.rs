@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn parses_references_and_refuses_inline_values() {
         let base = Path::new("/etc/p");
-        assert_eq!(SecretRef::parse("env:KEY_1", base), Ok(SecretRef::Env("KEY_1".into())));
+        assert_eq!(
+            SecretRef::parse("env:KEY_1", base),
+            Ok(SecretRef::Env("KEY_1".into()))
+        );
         assert_eq!(
             SecretRef::parse("file:k.txt", base),
             Ok(SecretRef::File("/etc/p/k.txt".into()))
@@ -114,7 +117,9 @@ mod tests {
 
     #[test]
     fn missing_secret_errors_name_the_place_only() {
-        let e = SecretRef::Env("PORTCULLIS_TEST_SURELY_UNSET".into()).resolve().unwrap_err();
+        let e = SecretRef::Env("PORTCULLIS_TEST_SURELY_UNSET".into())
+            .resolve()
+            .unwrap_err();
         assert!(e.contains("PORTCULLIS_TEST_SURELY_UNSET"));
     }
 }

@@ -61,24 +61,38 @@ fn unknown_keys_name_file_and_line() {
 #[test]
 fn bad_profile_lists_valid_ones() {
     let e = err(&with("[gateway.tls]\nprofile = \"old\"\n"));
-    assert!(e.contains("modern") && e.contains("intermediate") && e.contains("custom"), "{e}");
+    assert!(
+        e.contains("modern") && e.contains("intermediate") && e.contains("custom"),
+        "{e}"
+    );
 }
 
 #[test]
 fn tls_knobs_without_custom_name_the_key() {
-    let text = MINIMAL.replace("key = \"s.key\"", "key = \"s.key\"\ntls = { profile = \"modern\", groups = [\"X25519\"] }");
+    let text = MINIMAL.replace(
+        "key = \"s.key\"",
+        "key = \"s.key\"\ntls = { profile = \"modern\", groups = [\"X25519\"] }",
+    );
     let e = err(&text);
-    assert!(e.contains("`gateway.tls`") && e.contains("only valid with"), "{e}");
+    assert!(
+        e.contains("`gateway.tls`") && e.contains("only valid with"),
+        "{e}"
+    );
 }
 
 fn conn(body: &str) -> String {
-    with(&format!("[[connections]]\nname = \"api\"\ntype = \"http\"\n{body}\n"))
+    with(&format!(
+        "[[connections]]\nname = \"api\"\ntype = \"http\"\n{body}\n"
+    ))
 }
 
 #[test]
 fn plaintext_upstream_needs_explicit_disable() {
     let e = err(&conn("url = \"http://10.0.0.1:80\""));
-    assert!(e.contains("connections[0].url") && e.contains("tls = \"disable\""), "{e}");
+    assert!(
+        e.contains("connections[0].url") && e.contains("tls = \"disable\""),
+        "{e}"
+    );
     let c = parse(&conn("url = \"http://10.0.0.1:80\"\ntls = \"disable\"")).unwrap();
     assert_eq!(c.connections[0].tls, UpstreamTls::Disable);
     let e = err(&conn("url = \"https://x\"\ntls = \"disable\""));
@@ -104,13 +118,21 @@ fn hop_by_hop_credential_header_refused() {
 
 #[test]
 fn connection_names_are_checked_and_unique() {
-    let e = err(&with("[[connections]]\nname = \"Bad Name\"\ntype = \"http\"\nurl = \"https://x\"\n"));
+    let e = err(&with(
+        "[[connections]]\nname = \"Bad Name\"\ntype = \"http\"\nurl = \"https://x\"\n",
+    ));
     assert!(e.contains("connections[0].name"), "{e}");
     let twice = "[[connections]]\nname = \"a\"\ntype = \"http\"\nurl = \"https://x\"\n";
     let e = err(&with(&format!("{twice}{twice}")));
-    assert!(e.contains("connections[1].name") && e.contains("twice"), "{e}");
+    assert!(
+        e.contains("connections[1].name") && e.contains("twice"),
+        "{e}"
+    );
     let e = err(&conn("url = \"https://x\"").replace("\"http\"", "\"ftp\""));
-    assert!(e.contains("connections[0].type") && e.contains("\"http\""), "{e}");
+    assert!(
+        e.contains("connections[0].type") && e.contains("\"http\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -118,19 +140,26 @@ fn grants_must_reference_defined_connections() {
     let text = conn("url = \"https://x\"")
         + "[[grants]]\nprincipals = [\"agent:a\"]\nconnections = [\"nope\"]\n";
     let e = err(&text);
-    assert!(e.contains("grants[0].connections") && e.contains("\"nope\"") && e.contains("api"), "{e}");
+    assert!(
+        e.contains("grants[0].connections") && e.contains("\"nope\"") && e.contains("api"),
+        "{e}"
+    );
 }
 
 #[test]
 fn grants_need_a_subject_and_valid_principals() {
     let e = err(&(conn("url = \"https://x\"") + "[[grants]]\nconnections = [\"api\"]\n"));
     assert!(e.contains("grants[0].principals"), "{e}");
-    let e = err(&(conn("url = \"https://x\"") + "[[grants]]\nprincipals = [\"alice\"]\nconnections = [\"api\"]\n"));
+    let e = err(&(conn("url = \"https://x\"")
+        + "[[grants]]\nprincipals = [\"alice\"]\nconnections = [\"api\"]\n"));
     assert!(e.contains("KIND:NAME"), "{e}");
 }
 
 #[test]
 fn durations_are_explained() {
     let e = err(&with("[limits]\nidle_timeout = \"soon\"\n"));
-    assert!(e.contains("limits.idle_timeout") && e.contains("30s"), "{e}");
+    assert!(
+        e.contains("limits.idle_timeout") && e.contains("30s"),
+        "{e}"
+    );
 }

@@ -21,7 +21,8 @@ impl Handler for Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut text = String::new();
-                if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry)
+                {
                     tracing::error!(error = %e, "metrics encoding failed");
                     return json_response(
                         StatusCode::INTERNAL_SERVER_ERROR,

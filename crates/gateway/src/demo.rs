@@ -25,10 +25,9 @@ pub struct DemoApi {
 
 impl Handler for DemoApi {
     async fn handle(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
-        let key_ok = req
-            .headers()
-            .get(DEMO_KEY_HEADER)
-            .is_some_and(|v| verify_slices_are_equal(v.as_bytes(), self.api_key.expose().as_bytes()).is_ok());
+        let key_ok = req.headers().get(DEMO_KEY_HEADER).is_some_and(|v| {
+            verify_slices_are_equal(v.as_bytes(), self.api_key.expose().as_bytes()).is_ok()
+        });
         if !key_ok {
             return json_response(
                 StatusCode::UNAUTHORIZED,
@@ -46,7 +45,11 @@ impl Handler for DemoApi {
                 }),
             ),
             (method, "/echo") => {
-                let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 let headers: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
                 let body = match req.into_body().collect().await {
                     Ok(b) => b.to_bytes(),

@@ -57,7 +57,10 @@ impl RunningGateway {
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
@@ -104,10 +107,13 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let demo_addr = match &cfg.demo {
         None => None,
         Some(d) => {
-            let key = d.api_key.resolve().map_err(|reason| GatewayError::DemoSecret {
-                reference: d.api_key.to_string(),
-                reason,
-            })?;
+            let key = d
+                .api_key
+                .resolve()
+                .map_err(|reason| GatewayError::DemoSecret {
+                    reference: d.api_key.to_string(),
+                    reason,
+                })?;
             let acceptor = server_tls(cfg, &d.cert, &d.key, &[b"http/1.1"], "the demo API")?;
             let l = bind(d.listen, "demo API").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {
@@ -115,7 +121,9 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 addr: d.listen,
                 source,
             })?;
-            let handler = demo::DemoApi { api_key: Arc::new(key) };
+            let handler = demo::DemoApi {
+                api_key: Arc::new(key),
+            };
             // Its handshakes are not the gateway's: count them apart.
             let own_metrics = metrics::TlsMetrics::register(&mut Registry::default());
             tracker.spawn(listener::serve(
@@ -156,7 +164,13 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let admin_addr = match cfg.gateway.admin_listen {
         None => None,
         Some(a) => {
-            let acceptor = server_tls(cfg, &cfg.gateway.cert, &cfg.gateway.key, &[b"http/1.1"], "the admin listener")?;
+            let acceptor = server_tls(
+                cfg,
+                &cfg.gateway.cert,
+                &cfg.gateway.key,
+                &[b"http/1.1"],
+                "the admin listener",
+            )?;
             let al = bind(a, "admin").await?;
             let addr = al.local_addr().map_err(|source| GatewayError::Bind {
                 what: "admin",

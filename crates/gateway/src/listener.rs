@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use http::{Request, Response};
-use hyper::body::Incoming;
 use portcullis_http::{Body, ConnInfo, HttpFront};
 use portcullis_tls::HandshakeRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,7 +111,10 @@ impl<H: Handler> Connection<H> {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let reason = failure_reason(&e);
-                self.metrics.failures.get_or_create(&FailureLabels { reason }).inc();
+                self.metrics
+                    .failures
+                    .get_or_create(&FailureLabels { reason })
+                    .inc();
                 tracing::info!(target: "portcullis::tls", %peer, reason, error = %e, "tls handshake failed");
                 return;
             }
@@ -219,7 +222,9 @@ fn request_path(head: &[u8]) -> Option<&str> {
     let path = target.split('?').next()?;
     let ok = path.starts_with('/')
         && path.len() <= 512
-        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     ok.then_some(path)
 }
 
@@ -244,7 +249,10 @@ mod tests {
 
     #[test]
     fn request_path_is_extracted_safely() {
-        assert_eq!(request_path(b"GET /c/x/hello?a=1 HTTP/1.1\r\nHost: h\r\n"), Some("/c/x/hello"));
+        assert_eq!(
+            request_path(b"GET /c/x/hello?a=1 HTTP/1.1\r\nHost: h\r\n"),
+            Some("/c/x/hello")
+        );
         assert_eq!(request_path(b"GET / HTTP/1.1"), Some("/"));
         assert_eq!(request_path(b"GET http://evil/ HTTP/1.1"), None);
         assert_eq!(request_path(b"GET /\"><script> HTTP/1.1"), None);

@@ -103,13 +103,21 @@ mod tests {
         m.insert(good.hash.0, rec("g", None));
         m.insert(revoked.hash.0, rec("r", Some(1)));
         let a = Authenticator::new(Arc::new(Mem(m)));
-        assert_eq!(block(a.authenticate(Credential::Bearer(&good.secret))).unwrap().subject, "agent:a");
+        assert_eq!(
+            block(a.authenticate(Credential::Bearer(&good.secret)))
+                .unwrap()
+                .subject,
+            "agent:a"
+        );
         assert_eq!(
             block(a.authenticate(Credential::Bearer(&revoked.secret))),
             Err(AuthError::Revoked { id: "r".into() })
         );
         let other = token::generate().unwrap();
-        assert_eq!(block(a.authenticate(Credential::Bearer(&other.secret))), Err(AuthError::Unknown));
+        assert_eq!(
+            block(a.authenticate(Credential::Bearer(&other.secret))),
+            Err(AuthError::Unknown)
+        );
         assert!(matches!(
             block(a.authenticate(Credential::Bearer("garbage"))),
             Err(AuthError::Malformed(_))

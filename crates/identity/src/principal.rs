@@ -44,7 +44,9 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
     match subject.split_once(':') {
-        Some((kind, name)) if !kind.is_empty() && !name.is_empty() && ok_chars && subject.len() <= 128 => {
+        Some((kind, name))
+            if !kind.is_empty() && !name.is_empty() && ok_chars && subject.len() <= 128 =>
+        {
             Ok(())
         }
         _ => Err(format!(
@@ -61,7 +63,10 @@ mod tests {
     #[test]
     fn kind_follows_prefix() {
         assert_eq!(PrincipalKind::of_subject("agent:ci"), PrincipalKind::Agent);
-        assert_eq!(PrincipalKind::of_subject("user:alice"), PrincipalKind::Human);
+        assert_eq!(
+            PrincipalKind::of_subject("user:alice"),
+            PrincipalKind::Human
+        );
     }
 
     #[test]

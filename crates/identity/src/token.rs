@@ -61,7 +61,9 @@ pub struct NewToken {
 
 impl std::fmt::Debug for NewToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewToken").field("hash", &self.hash).finish_non_exhaustive()
+        f.debug_struct("NewToken")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,10 +119,14 @@ impl TokenRecord {
     /// (unix seconds).
     pub fn principal_at(&self, now: i64) -> Result<Principal, AuthError> {
         if self.revoked_at.is_some() {
-            return Err(AuthError::Revoked { id: self.id.clone() });
+            return Err(AuthError::Revoked {
+                id: self.id.clone(),
+            });
         }
         if self.expires_at.is_some_and(|t| t <= now) {
-            return Err(AuthError::Expired { id: self.id.clone() });
+            return Err(AuthError::Expired {
+                id: self.id.clone(),
+            });
         }
         Ok(Principal {
             subject: self.subject.clone(),
@@ -201,12 +207,18 @@ mod tests {
         let r = record();
         let p = r.principal_at(99).unwrap();
         assert_eq!(p.kind, PrincipalKind::Agent);
-        assert_eq!(r.principal_at(100), Err(AuthError::Expired { id: "abc".into() }));
+        assert_eq!(
+            r.principal_at(100),
+            Err(AuthError::Expired { id: "abc".into() })
+        );
         let revoked = TokenRecord {
             revoked_at: Some(50),
             ..record()
         };
-        assert_eq!(revoked.principal_at(10), Err(AuthError::Revoked { id: "abc".into() }));
+        assert_eq!(
+            revoked.principal_at(10),
+            Err(AuthError::Revoked { id: "abc".into() })
+        );
     }
 
     #[test]
@@ -214,8 +226,14 @@ mod tests {
         assert_eq!(bearer(Some(b"Bearer abc")).unwrap(), "abc");
         assert_eq!(bearer(Some(b"bearer  abc ")).unwrap(), "abc");
         assert_eq!(bearer(None), Err(AuthError::Missing));
-        assert!(matches!(bearer(Some(b"Basic abc")), Err(AuthError::Malformed(_))));
-        assert!(matches!(bearer(Some(b"Bearer")), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            bearer(Some(b"Basic abc")),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            bearer(Some(b"Bearer")),
+            Err(AuthError::Malformed(_))
+        ));
         assert_eq!(bearer(Some(b"Bearer ")), Err(AuthError::Missing));
     }
 }

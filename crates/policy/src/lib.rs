@@ -85,10 +85,11 @@ impl Policy {
             .iter()
             .filter(|g| g.covers_connection(connection))
             .find_map(|g| {
-                g.covers_principal(principal).map(|matched| Decision::Allow {
-                    rule: g.name.clone(),
-                    matched,
-                })
+                g.covers_principal(principal)
+                    .map(|matched| Decision::Allow {
+                        rule: g.name.clone(),
+                        matched,
+                    })
             })
             .unwrap_or_else(|| Decision::Deny {
                 reason: DenyReason::NoGrant {
@@ -109,7 +110,9 @@ mod tests {
             subject: subject.into(),
             kind: PrincipalKind::of_subject(subject),
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            via: AuthMethod::GatewayToken { token_id: "t".into() },
+            via: AuthMethod::GatewayToken {
+                token_id: "t".into(),
+            },
         }
     }
 
@@ -127,7 +130,9 @@ mod tests {
     fn empty_policy_denies() {
         let d = Policy::default().decide(&principal("agent:a", &[]), "db");
         assert!(!d.is_allow());
-        let Decision::Deny { reason } = d else { unreachable!() };
+        let Decision::Deny { reason } = d else {
+            unreachable!()
+        };
         let msg = reason.to_string();
         assert!(msg.contains("agent:a") && msg.contains("\"db\""), "{msg}");
     }

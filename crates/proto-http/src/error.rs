@@ -73,7 +73,10 @@ impl ProxyError {
             Self::UnknownConnection(c)
             | Self::UpstreamTimeout { connection: c, .. }
             | Self::Upstream { connection: c, .. } => body["connection"] = c.clone().into(),
-            Self::Forbidden(DenyReason::NoGrant { principal, connection }) => {
+            Self::Forbidden(DenyReason::NoGrant {
+                principal,
+                connection,
+            }) => {
                 body["principal"] = principal.clone().into();
                 body["connection"] = connection.clone().into();
             }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::Config;
 use portcullis_identity::{AuthError, Authenticator, Credential, Principal, token};
@@ -14,7 +14,7 @@ use portcullis_tls::HandshakeRecord;
 
 use crate::metrics::{ConnectionLabel, RequestLabels};
 use crate::route::{has_dot_segment, route};
-use crate::{Body, CallerBodyError, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
+use crate::{Body, BodyState, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
 
 /// What the listener knows about the caller's connection.
 #[derive(Debug, Clone)]
@@ -42,7 +42,11 @@ impl HttpFront {
     /// Build the front for `cfg`. Fails if any connection's TLS settings
     /// or credential cannot be loaded: a gateway that cannot guard a
     /// connection does not start.
-    pub fn new(cfg: &Config, auth: Authenticator, metrics: HttpMetrics) -> Result<Self, SetupError> {
+    pub fn new(
+        cfg: &Config,
+        auth: Authenticator,
+        metrics: HttpMetrics,
+    ) -> Result<Self, SetupError> {
         let upstreams = cfg
             .connections
             .iter()
@@ -98,6 +102,26 @@ impl HttpFront {
     }
 }
 
+/// A refused body of up to this size is read and discarded before the
+/// refusal is sent, for at most [`LINGER_TIME`]: a client still uploading
+/// when the answer arrives may otherwise see a reset instead of the 413
+/// (nginx's "lingering close" does the same).
+const LINGER_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn linger(mut body: Incoming) {
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 /// What was learnt about a request on its way through, for the access log.
 #[derive(Default)]
 struct Seen<'a> {
@@ -115,8 +139,12 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         // Authenticate before routing, so that unauthenticated callers
         // learn nothing about which connections exist.
-        let bearer = token::bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-            .map_err(ProxyError::Auth)?;
+        let bearer = token::bearer(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .map_err(ProxyError::Auth)?;
         let principal = self
             .auth
             .authenticate(Credential::Bearer(bearer))
@@ -130,10 +158,11 @@ impl Inner {
         seen.principal = Some(principal);
         let principal = seen.principal.as_ref().expect("just set");
 
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = req.uri().host().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let r = route(host, req.uri().path(), self.domain.as_deref()).ok_or(ProxyError::NoRoute)?;
         let (name, upstream) = self
             .upstreams
@@ -156,8 +185,13 @@ impl Inner {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
-            return Err(ProxyError::BodyTooLarge { limit: self.max_body });
+        if let Some(n) = declared.filter(|n| *n > self.max_body) {
+            if n <= LINGER_MAX_BYTES {
+                linger(req.into_body()).await;
+            }
+            return Err(ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            });
         }
         let uri = upstream
             .target_uri(r.rest, req.uri().query())
@@ -172,22 +206,32 @@ impl Inner {
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let body = Limited::new(body.map_err(CallerBodyError), self.max_body as usize).boxed();
+        let state = Arc::new(BodyState::default());
+        let body = state.watch(body, self.max_body);
 
         let sent = Instant::now();
-        let result = upstream.forward(Request::from_parts(parts, body)).await;
+        let result = upstream
+            .forward(Request::from_parts(parts, body), &state)
+            .await;
         self.metrics
             .upstream_seconds
             .get_or_create(&ConnectionLabel {
                 connection: name.clone(),
             })
             .observe(sent.elapsed().as_secs_f64());
+        if state.over_limit()
+            && let Some(rest) = state.take_rest()
+        {
+            linger(rest).await;
+        }
         let resp = result.map_err(|e| match e {
             ForwardError::Timeout(after) => ProxyError::UpstreamTimeout {
                 connection: name.clone(),
                 after,
             },
-            ForwardError::BodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
+            ForwardError::BodyTooLarge => ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            },
             ForwardError::CallerBody(reason) => ProxyError::CallerBody(reason),
             ForwardError::Upstream(reason) => ProxyError::Upstream {
                 connection: name.clone(),
@@ -196,6 +240,9 @@ impl Inner {
         })?;
         let (mut parts, body) = resp.into_parts();
         crate::headers::response_to_caller(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ))
     }
 }

@@ -26,11 +26,10 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let upstream_seconds =
-            Family::<ConnectionLabel, Histogram>::new_with_constructor(|| {
-                // 100 µs .. ~13 s
-                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-            });
+        let upstream_seconds = Family::<ConnectionLabel, Histogram>::new_with_constructor(|| {
+            // 100 µs .. ~13 s
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
         registry.register(
             "portcullis_http_requests",
             "HTTP requests answered, by connection and status",

@@ -61,13 +61,22 @@ mod tests {
     use super::*;
 
     fn r<'a>(c: &'a str, rest: &'a str) -> Option<Route<'a>> {
-        Some(Route { connection: c, rest })
+        Some(Route {
+            connection: c,
+            rest,
+        })
     }
 
     #[test]
     fn path_routing() {
-        assert_eq!(route(None, "/c/demo-api/hello", None), r("demo-api", "/hello"));
-        assert_eq!(route(None, "/c/demo-api/a/b/", None), r("demo-api", "/a/b/"));
+        assert_eq!(
+            route(None, "/c/demo-api/hello", None),
+            r("demo-api", "/hello")
+        );
+        assert_eq!(
+            route(None, "/c/demo-api/a/b/", None),
+            r("demo-api", "/a/b/")
+        );
         assert_eq!(route(None, "/c/demo-api", None), r("demo-api", "/"));
         assert_eq!(route(None, "/c/demo-api/", None), r("demo-api", "/"));
         assert_eq!(route(None, "/c/", None), None);
@@ -90,7 +99,10 @@ mod tests {
     fn host_routing() {
         let d = Some("gw.example.com");
         assert_eq!(route(Some("api.gw.example.com"), "/x", d), r("api", "/x"));
-        assert_eq!(route(Some("api.gw.example.com:8443"), "/x", d), r("api", "/x"));
+        assert_eq!(
+            route(Some("api.gw.example.com:8443"), "/x", d),
+            r("api", "/x")
+        );
         // Not a single label below the domain: fall back to paths.
         assert_eq!(route(Some("a.b.gw.example.com"), "/x", d), None);
         assert_eq!(route(Some("gw.example.com"), "/c/api/x", d), r("api", "/x"));

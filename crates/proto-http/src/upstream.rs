@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Connection, UpstreamTls};
 use portcullis_tls::TlsPolicy;
 
-use crate::{Body, CallerBodyError};
+use crate::{Body, BodyState};
 
 /// Why an upstream could not be set up (at startup: fail closed).
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +65,13 @@ impl Upstream {
             reason,
         };
         let roots = match &conn.ca_file {
-            Some(bundle) => portcullis_tls::load_roots(bundle, true).map_err(|e| tls_err(e.to_string()))?,
+            Some(bundle) => {
+                portcullis_tls::load_roots(bundle, true).map_err(|e| tls_err(e.to_string()))?
+            }
             None => portcullis_tls::system_roots(),
         };
-        let tls = portcullis_tls::client_config(policy, roots).map_err(|e| tls_err(e.to_string()))?;
+        let tls =
+            portcullis_tls::client_config(policy, roots).map_err(|e| tls_err(e.to_string()))?;
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -104,8 +107,9 @@ impl Upstream {
                     reason,
                 };
                 let secret = c.secret.resolve().map_err(secret_err)?;
-                let mut value = HeaderValue::try_from(format!("{}{}", c.prefix, secret.expose()))
-                    .map_err(|_| secret_err("the secret is not a valid header value".into()))?;
+                let mut value =
+                    HeaderValue::try_from(format!("{}{}", c.prefix, secret.expose()))
+                        .map_err(|_| secret_err("the secret is not a valid header value".into()))?;
                 // Keeps the value out of HPACK tables and Debug output.
                 value.set_sensitive(true);
                 Some((c.header.clone(), value))
@@ -151,7 +155,11 @@ impl Upstream {
     /// Send a prepared request (URI from [`Self::target_uri`], headers
     /// already cleaned) with the credential added. Times out waiting for
     /// the response head; the body then streams without a deadline.
-    pub async fn forward(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        body_state: &BodyState,
+    ) -> Result<Response<Incoming>, ForwardError> {
         // Whatever the caller spoke, ALPN decides what the target gets.
         *req.version_mut() = Version::HTTP_11;
         if let Some((name, value)) = &self.credential {
@@ -160,31 +168,51 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout(self.timeout)),
             Ok(Ok(resp)) => Ok(resp),
+            // Our own body's failure explains the client error best; with
+            // HTTP/2 to the target it is not in the error's source chain.
+            Ok(Err(_)) if body_state.over_limit() => Err(ForwardError::BodyTooLarge),
+            Ok(Err(_)) if body_state.caller_failed() => Err(ForwardError::CallerBody(
+                "the caller stopped sending the body".into(),
+            )),
             Ok(Err(e)) => Err(classify(&e, self.authority.host())),
         }
     }
 }
 
-/// Turn a client error into what the caller should be told. Walks the
-/// source chain: the interesting cause (a rustls verification failure, a
-/// refused connection, our own body errors) sits a few levels down.
+/// Every cause of `err`, outermost first. Follows `source()` and also
+/// looks inside `io::Error`s, whose `source()` skips the error they wrap
+/// (and hyper-rustls nests one io::Error in another).
+fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut out = Vec::new();
+    let mut stack = vec![err];
+    while let Some(e) = stack.pop() {
+        if out.len() > 32 {
+            break;
+        }
+        out.push(e);
+        if let Some(s) = e.source() {
+            stack.push(s);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            stack.push(inner);
+        }
+    }
+    out
+}
+
+/// Turn a client error into what the caller should be told.
 fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ForwardError {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            return ForwardError::BodyTooLarge;
-        }
-        if let Some(c) = e.downcast_ref::<CallerBodyError>() {
-            return ForwardError::CallerBody(c.to_string());
-        }
+    let all = causes(err);
+    for e in &all {
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             return ForwardError::Upstream(describe_tls(t, host));
         }
+    }
+    for e in &all {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // io::Error's source() skips the wrapped error itself.
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return ForwardError::Upstream(describe_tls(t, host));
-            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => {
                     return ForwardError::Upstream("the target refused the connection".into());
@@ -195,7 +223,6 @@ fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ForwardError
                 _ => {}
             }
         }
-        cur = e.source();
     }
     if err.is_connect() {
         ForwardError::Upstream(format!("cannot connect to the target: {}", chain(err)))
@@ -207,12 +234,14 @@ fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ForwardError
 fn describe_tls(e: &rustls::Error, host: &str) -> String {
     use rustls::CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             "the target's certificate is not trusted (unknown issuer); \
              add its CA to the connection's `ca_file`"
                 .into()
         }
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
             format!("the target's certificate is not valid for host {host:?}")
         }
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use portcullis_identity::{TokenHash, TokenRecord};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,7 +22,9 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("store migration {version} failed: {source}")]
     Migrate { version: i64, source: sqlx::Error },
-    #[error("the store was written by a newer Portcullis (schema {found}, this build knows {known})")]
+    #[error(
+        "the store was written by a newer Portcullis (schema {found}, this build knows {known})"
+    )]
     TooNew { found: i64, known: i64 },
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
@@ -126,11 +130,12 @@ impl Store {
     /// Revoke a token by id. Returns false if no such token exists; a token
     /// revoked twice keeps its first revocation time.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -153,6 +158,17 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
     })
+}
+
+impl portcullis_identity::TokenStore for Store {
+    fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
+        Box::pin(async move {
+            self.token_by_hash(hash).await.map_err(|e| {
+                tracing::error!(error = %e, "token lookup failed");
+                portcullis_identity::AuthError::Unavailable
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -212,16 +228,5 @@ mod tests {
         }
         let s = Store::open_sqlite(&path).await.unwrap();
         assert!(s.token_by_hash(&t.hash).await.unwrap().is_some());
-    }
-}
-
-impl portcullis_identity::TokenStore for Store {
-    fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
-        Box::pin(async move {
-            self.token_by_hash(hash).await.map_err(|e| {
-                tracing::error!(error = %e, "token lookup failed");
-                portcullis_identity::AuthError::Unavailable
-            })
-        })
     }
 }

@@ -29,12 +29,16 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
     )
     .execute(pool)
     .await?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM portcullis_schema")
-        .fetch_one(pool)
-        .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM portcullis_schema")
+            .fetch_one(pool)
+            .await?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > known {
-        return Err(StoreError::TooNew { found: current, known });
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let step = async {

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -69,12 +69,11 @@ impl CertificateAuthority {
             path: key_path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
-            TlsError::BadCertificate {
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::BadCertificate {
                 path: cert_path.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Self {
             cert_pem,
             cert_path: cert_path.to_path_buf(),
@@ -238,7 +237,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(CA_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -257,13 +259,23 @@ mod tests {
         let (ca, _) = CertificateAuthority::load_or_create(dir.path()).unwrap();
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         assert!(
-            ca.ensure_server_cert(dir.path(), "server", &names, StdDuration::from_secs(86400 * 365))
-                .unwrap()
+            ca.ensure_server_cert(
+                dir.path(),
+                "server",
+                &names,
+                StdDuration::from_secs(86400 * 365)
+            )
+            .unwrap()
         );
         // Second call keeps the pair.
         assert!(
-            !ca.ensure_server_cert(dir.path(), "server", &names, StdDuration::from_secs(86400 * 365))
-                .unwrap()
+            !ca.ensure_server_cert(
+                dir.path(),
+                "server",
+                &names,
+                StdDuration::from_secs(86400 * 365)
+            )
+            .unwrap()
         );
         let roots = crate::load_roots(&dir.path().join(CA_CERT), false).unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -281,6 +293,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let wrong = rustls_pki_types::ServerName::try_from("example.com").unwrap();
-        assert!(verifier.verify_server_cert(&chain[0], &[], &wrong, &[], now).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&chain[0], &[], &wrong, &[], now)
+                .is_err()
+        );
     }
 }

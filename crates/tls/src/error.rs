@@ -19,7 +19,9 @@ pub enum TlsError {
     BadKey { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadCertificate { path: PathBuf, reason: String },
-    #[error("unknown TLS version {0:?}; valid: \"1.2\", \"1.3\" (TLS 1.0 and 1.1 cannot be enabled)")]
+    #[error(
+        "unknown TLS version {0:?}; valid: \"1.2\", \"1.3\" (TLS 1.0 and 1.1 cannot be enabled)"
+    )]
     UnknownVersion(String),
     #[error("unknown cipher suite {name:?}; valid: {valid}")]
     UnknownSuite { name: String, valid: String },

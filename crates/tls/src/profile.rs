@@ -65,7 +65,7 @@ impl TlsPolicy {
                 }
                 names
                     .iter()
-                    .map(|v| match v.trim_start_matches("TLSv").as_ref() {
+                    .map(|v| match v.trim_start_matches("TLSv") {
                         "1.3" => Ok(&rustls::version::TLS13),
                         "1.2" => Ok(&rustls::version::TLS12),
                         _ => Err(TlsError::UnknownVersion(v.clone())),
@@ -92,7 +92,9 @@ impl TlsPolicy {
             }
         }
         let versions = self.versions()?;
-        let tls12_allowed = versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_2);
+        let tls12_allowed = versions
+            .iter()
+            .any(|v| v.version == rustls::ProtocolVersion::TLSv1_2);
         let cipher_suites: Vec<SupportedCipherSuite> = match &self.cipher_suites {
             None => base
                 .cipher_suites
@@ -116,7 +118,9 @@ impl TlsPolicy {
             return Err(TlsError::Policy("the policy leaves no cipher suite".into()));
         }
         if kx_groups.is_empty() {
-            return Err(TlsError::Policy("the policy leaves no key-exchange group".into()));
+            return Err(TlsError::Policy(
+                "the policy leaves no key-exchange group".into(),
+            ));
         }
         for v in &versions {
             let usable = cipher_suites.iter().any(|s| s.version() == *v);
@@ -205,7 +209,10 @@ mod tests {
         assert_eq!(p.versions().unwrap().len(), 2);
         for s in &p.provider().unwrap().cipher_suites {
             let n = suite_name(s);
-            assert!(n.starts_with("TLS13_") || n.starts_with("TLS_ECDHE_"), "{n}");
+            assert!(
+                n.starts_with("TLS13_") || n.starts_with("TLS_ECDHE_"),
+                "{n}"
+            );
             assert!(n.contains("GCM") || n.contains("CHACHA20_POLY1305"), "{n}");
         }
     }
@@ -225,12 +232,19 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown cipher suite"), "{msg}");
-        assert!(msg.contains("TLS13_AES_128_GCM_SHA256"), "lists valid names: {msg}");
+        assert!(
+            msg.contains("TLS13_AES_128_GCM_SHA256"),
+            "lists valid names: {msg}"
+        );
     }
 
     #[test]
     fn custom_picks_exactly_what_it_names() {
-        let p = custom(&["1.3"], Some(&["TLS13_CHACHA20_POLY1305_SHA256"]), Some(&["x25519"]));
+        let p = custom(
+            &["1.3"],
+            Some(&["TLS13_CHACHA20_POLY1305_SHA256"]),
+            Some(&["x25519"]),
+        );
         let prov = p.provider().unwrap();
         assert_eq!(prov.cipher_suites.len(), 1);
         assert_eq!(prov.kx_groups.len(), 1);
@@ -239,7 +253,12 @@ mod tests {
     #[test]
     fn custom_rejects_version_without_suite() {
         let p = custom(&["1.2", "1.3"], Some(&["TLS13_AES_128_GCM_SHA256"]), None);
-        assert!(p.provider().unwrap_err().to_string().contains("none of the chosen"));
+        assert!(
+            p.provider()
+                .unwrap_err()
+                .to_string()
+                .contains("none of the chosen")
+        );
     }
 
     #[test]
@@ -249,12 +268,20 @@ mod tests {
             groups: Some(vec!["X25519".into()]),
             ..Default::default()
         };
-        assert!(p.provider().unwrap_err().to_string().contains("only valid with"));
+        assert!(
+            p.provider()
+                .unwrap_err()
+                .to_string()
+                .contains("only valid with")
+        );
     }
 
     #[test]
     fn unknown_group_lists_valid_ones() {
-        let msg = custom(&["1.3"], None, Some(&["brainpool"])).provider().unwrap_err().to_string();
+        let msg = custom(&["1.3"], None, Some(&["brainpool"]))
+            .provider()
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("X25519"), "{msg}");
     }
 }

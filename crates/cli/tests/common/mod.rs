@@ -129,7 +129,9 @@ impl Quickstart {
     }
 
     pub fn var(&self, k: &str) -> &str {
-        self.env.get(k).unwrap_or_else(|| panic!("{k} missing from quickstart.env"))
+        self.env
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} missing from quickstart.env"))
     }
 
     /// Run a CLI subcommand against this quickstart's data folder.
@@ -231,7 +233,8 @@ pub fn contains(hay: &[u8], needle: &str) -> bool {
 /// A rustls client config trusting the PEM CA at `ca`.
 pub fn client_tls(ca: &Path, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
     let roots = portcullis_tls::load_roots(ca, false).unwrap();
-    let mut cfg = portcullis_tls::client_config(&portcullis_tls::TlsPolicy::default(), roots).unwrap();
+    let mut cfg =
+        portcullis_tls::client_config(&portcullis_tls::TlsPolicy::default(), roots).unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     std::sync::Arc::new(cfg)
 }
@@ -241,7 +244,9 @@ pub async fn tls_connect(
     port: u16,
     ca: &Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let connector = tokio_rustls::TlsConnector::from(client_tls(ca, &[b"http/1.1"]));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()

@@ -17,6 +17,9 @@ pub struct Seen {
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+    pub authority: String,
+    pub version: String,
 }
 
 impl Seen {
@@ -36,7 +39,12 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
     }
 
     pub fn count(&self) -> usize {
@@ -54,19 +62,26 @@ pub fn start(cert: &Path, key: &Path) -> TestUpstream {
         .unwrap();
     let chain = portcullis_tls::load_cert_chain(cert).unwrap();
     let key = portcullis_tls::load_private_key(key).unwrap();
-    let cfg = portcullis_tls::server_config(&Default::default(), chain, key, &[b"h2", b"http/1.1"]).unwrap();
+    let cfg = portcullis_tls::server_config(&Default::default(), chain, key, &[b"h2", b"http/1.1"])
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let seen2 = seen.clone();
     rt.spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let seen = seen.clone();
                     async move { Ok::<_, Infallible>(answer(req, seen).await) }
@@ -77,24 +92,59 @@ pub fn start(cert: &Path, key: &Path) -> TestUpstream {
             });
         }
     });
-    TestUpstream { port, seen, _rt: rt }
+    TestUpstream {
+        port,
+        seen,
+        _rt: rt,
+    }
 }
 
-async fn answer(req: Request<hyper::body::Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
-    let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let path = req.uri().path().to_string();
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     seen.lock().unwrap().push(Seen {
         method,
         path_and_query: path_and_query.clone(),
         headers,
         body_len,
+        authority,
+        version,
     });
     match path.as_str() {
         "/slow" => {
@@ -106,7 +156,8 @@ async fn answer(req: Request<hyper::body::Incoming>, seen: Arc<Mutex<Vec<Seen>>>
             .header("content-type", "application/json")
             .header("x-upstream", "test")
             .body(Full::new(Bytes::from(
-                serde_json::json!({"ok": true, "path": path_and_query, "body_len": body_len}).to_string(),
+                serde_json::json!({"ok": true, "path": path_and_query, "body_len": body_len})
+                    .to_string(),
             )))
             .unwrap(),
     }

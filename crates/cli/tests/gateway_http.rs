@@ -1,0 +1,461 @@
+//! `portcullis gateway --config` against real HTTPS targets started by the
+//! test: credential injection, verification failures, limits, timeouts.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::upstream::{self, TestUpstream};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CANARY: &str = "canary-upstream-secret-7f3a9c";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    ca: String,
+    token: String,
+    good: TestUpstream,
+    _others: Vec<TestUpstream>,
+}
+
+fn write_cert(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let c = ca
+        .issue(LeafKind::Server, &names, Duration::from_secs(86400))
+        .unwrap();
+    let (cp, kp) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cp, c.cert_pem).unwrap();
+    std::fs::write(&kp, c.key_pem).unwrap();
+    (cp, kp)
+}
+
+fn setup(profile: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("ca2")).unwrap();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    let (other_ca, _) = CertificateAuthority::load_or_create(&dir.join("ca2")).unwrap();
+    write_cert(&ca, dir, "server", &["localhost", "127.0.0.1"]);
+
+    let (c, k) = write_cert(&ca, dir, "good", &["localhost"]);
+    let good = upstream::start(&c, &k);
+    let (c, k) = write_cert(&other_ca, dir, "untrusted", &["localhost"]);
+    let untrusted = upstream::start(&c, &k);
+    let (c, k) = write_cert(&ca, dir, "wronghost", &["wrong.example"]);
+    let wronghost = upstream::start(&c, &k);
+    let down_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(dir.join("upstream-key"), format!("{CANARY}\n")).unwrap();
+
+    let cred = r#"credential = { header = "x-api-key", secret = "file:upstream-key" }"#;
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+tls = {{ profile = "{profile}" }}
+
+[limits]
+max_request_body_bytes = 100000
+max_header_bytes = 8192
+
+[[connections]]
+name = "good"
+type = "http"
+url = "https://localhost:{good}/base"
+ca_file = "ca.pem"
+{cred}
+
+[[connections]]
+name = "slow"
+type = "http"
+url = "https://localhost:{good}"
+ca_file = "ca.pem"
+timeout = "1s"
+{cred}
+
+[[connections]]
+name = "untrusted"
+type = "http"
+url = "https://localhost:{untrusted}"
+ca_file = "ca.pem"
+{cred}
+
+[[connections]]
+name = "wronghost"
+type = "http"
+url = "https://localhost:{wronghost}"
+ca_file = "ca.pem"
+{cred}
+
+[[connections]]
+name = "down"
+type = "http"
+url = "https://localhost:{down_port}"
+ca_file = "ca.pem"
+{cred}
+
+[[connections]]
+name = "nogrant"
+type = "http"
+url = "https://localhost:{good}"
+ca_file = "ca.pem"
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["good", "slow", "untrusted", "wronghost", "down"]
+"#,
+        good = good.port,
+        untrusted = untrusted.port,
+        wronghost = wronghost.port,
+    );
+    let cfg_path = dir.join("portcullis.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            cfg,
+            "token",
+            "create",
+            "--principal",
+            "agent:tester",
+            "--group",
+            "testers",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+    Setup {
+        ca: dir.join("ca.pem").display().to_string(),
+        tmp,
+        gw,
+        token,
+        good,
+        _others: vec![untrusted, wronghost],
+    }
+}
+
+impl Setup {
+    fn get(&self, path: &str) -> Reply {
+        get(&self.gw.url, &self.ca, Some(&self.token), path)
+    }
+
+    fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
+    }
+}
+
+#[test]
+fn credential_is_injected_and_caller_headers_are_cleaned() {
+    let s = setup("intermediate");
+    let r = curl(&[
+        "--http1.1",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        "-H",
+        "x-api-key: forged-by-caller",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "Connection: x-drop-me",
+        "-H",
+        "x-drop-me: 1",
+        "-H",
+        "x-keep-me: 2",
+        &format!("{}/c/good/items/7?sort=asc&x=%20y", s.gw.url),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["ok"], true);
+    let seen = s.good.last();
+    assert_eq!(
+        seen.path_and_query, "/base/items/7?sort=asc&x=%20y",
+        "base path + rest + query"
+    );
+    assert_eq!(
+        seen.header("x-api-key"),
+        Some(CANARY),
+        "the gateway's credential, not the caller's"
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the caller's token never reaches the target"
+    );
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-drop-me"), None);
+    assert_eq!(seen.header("x-keep-me"), Some("2"));
+    assert!(seen.authority.starts_with("localhost:"), "{seen:?}");
+    assert_eq!(seen.version, "HTTP/2.0", "ALPN chose h2 to the target");
+
+    // A large response streams back whole.
+    let r = s.get("/c/slow/big");
+    assert_eq!(r.body.len(), 1 << 20);
+    assert!(!r.body.contains(CANARY));
+}
+
+#[test]
+fn upstream_failures_are_502_or_504_with_reasons() {
+    let s = setup("intermediate");
+    let r = s.get("/c/untrusted/x");
+    assert_eq!(r.status, 502, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["error"], "bad_gateway");
+    assert_eq!(j["connection"], "untrusted");
+    assert!(
+        j["message"].as_str().unwrap().contains("not trusted"),
+        "{j}"
+    );
+
+    let r = s.get("/c/wronghost/x");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid for host \"localhost\""),
+        "{}",
+        r.body
+    );
+
+    let r = s.get("/c/down/x");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("refused"),
+        "{}",
+        r.body
+    );
+
+    // A slow target: 504 after the connection's 1 s, while other callers
+    // are served meanwhile.
+    let (url, ca, token) = (s.gw.url.clone(), s.ca.clone(), s.token.clone());
+    let slow = std::thread::spawn(move || get(&url, &ca, Some(&token), "/c/slow/slow"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.get("/c/good/ping").status, 200);
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.json()["error"], "upstream_timeout");
+
+    // Nothing was sent to the untrusted targets: verification happens
+    // before any byte of the request.
+    assert_eq!(s._others[0].count(), 0);
+    assert_eq!(s._others[1].count(), 0);
+    // No fallback: still refused on retry, and the good one still works.
+    assert_eq!(s.get("/c/untrusted/x").status, 502);
+    assert_eq!(s.get("/c/good/ping").status, 200);
+}
+
+#[test]
+fn policy_denies_by_default() {
+    let s = setup("intermediate");
+    let r = s.get("/c/nogrant/x");
+    assert_eq!(r.status, 403, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["error"], "forbidden");
+    assert_eq!(j["principal"], "agent:tester");
+    assert_eq!(j["connection"], "nogrant");
+    let before = s.good.count();
+    assert_eq!(s.get("/c/nogrant/y").status, 403);
+    assert_eq!(s.good.count(), before, "a denied request reaches nobody");
+    let r = s.get("/c/good/../nogrant/x");
+    // curl normalises ../ itself; send it raw with --path-as-is.
+    let _ = r;
+    let raw = curl(&[
+        "--path-as-is",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        &format!("{}/c/good/a/../../x", s.gw.url),
+    ]);
+    assert_eq!(raw.status, 400, "{raw:?}");
+}
+
+#[test]
+fn limits_on_headers_and_bodies() {
+    let s = setup("intermediate");
+    let u = format!("{}/c/good/upload", s.gw.url);
+    let small = s.tmp.path().join("small.bin");
+    let big = s.tmp.path().join("big.bin");
+    std::fs::write(&small, vec![b'a'; 50_000]).unwrap();
+    std::fs::write(&big, vec![b'a'; 200_000]).unwrap();
+    let post = |file: &Path, extra: &[&str]| {
+        let data = format!("@{}", file.display());
+        let auth = s.auth();
+        let mut args = vec![
+            "--cacert",
+            s.ca.as_str(),
+            "-H",
+            auth.as_str(),
+            "--data-binary",
+            data.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(&u);
+        curl(&args)
+    };
+    let r = post(&small, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body_len"], 50_000);
+    let before = s.good.count();
+    let r = post(&big, &[]);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.json()["error"], "payload_too_large");
+    assert_eq!(
+        s.good.count(),
+        before,
+        "a declared oversize body is refused before the target"
+    );
+    // Chunked: no length declared up front; refused when the limit is hit.
+    let r = post(&big, &["-H", "Transfer-Encoding: chunked"]);
+    assert_eq!(r.status, 413, "{r:?}");
+
+    let huge = format!("x-big: {}", "h".repeat(20_000));
+    let r = curl(&["--cacert", &s.ca, "-H", &s.auth(), "-H", &huge, &u]);
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(s.get("/c/good/ping").status, 200, "still serving");
+}
+
+#[test]
+fn a_caller_vanishing_mid_body_does_not_hurt_others() {
+    let s = setup("intermediate");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..3 {
+            let mut tls = tls_connect(s.gw.port(), Path::new(&s.ca)).await;
+            let head = format!(
+                "POST /c/good/upload HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-length: 90000\r\n\r\n",
+                s.token
+            );
+            tls.write_all(head.as_bytes()).await.unwrap();
+            tls.write_all(&[b'z'; 1000]).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(tls);
+        }
+        // A raw, well-formed request on a fresh connection still works.
+        let mut tls = tls_connect(s.gw.port(), Path::new(&s.ca)).await;
+        let req = format!(
+            "GET /c/good/after HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+            s.token
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        let _ = tls.read_to_end(&mut resp).await;
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    });
+    assert_eq!(s.get("/c/good/ping").status, 200);
+    // The partial bodies never reached the target as complete requests.
+    assert!(
+        s.good
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.path_and_query != "/base/upload" || r.body_len != 90000)
+    );
+}
+
+#[test]
+fn modern_profile_refuses_tls12() {
+    if !openssl_available() {
+        panic!("openssl is required for this test (.ci/run installs it)");
+    }
+    let s = setup("modern");
+    let addr = format!("127.0.0.1:{}", s.gw.port());
+    let run = |v: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &s.ca,
+                v,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let t12 = run("-tls1_2");
+    assert!(t12.contains("Cipher is (NONE)"), "{t12}");
+    let t13 = run("-tls1_3");
+    assert!(
+        t13.contains("Protocol  : TLSv1.3") || t13.contains("New, TLSv1.3"),
+        "{t13}"
+    );
+    assert_eq!(s.get("/c/good/ping").status, 200);
+}
+
+#[test]
+fn the_upstream_secret_appears_nowhere_but_the_upstream() {
+    let s = setup("intermediate");
+    let mut seen_by_caller = String::new();
+    for p in [
+        "/c/good/x",
+        "/c/untrusted/x",
+        "/c/wronghost/x",
+        "/c/down/x",
+        "/c/nogrant/x",
+        "/c/nope/x",
+        "/nothing",
+    ] {
+        let r = s.get(p);
+        seen_by_caller.push_str(&r.body);
+    }
+    let v = curl(&[
+        "-v",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        &format!("{}/c/good/x", s.gw.url),
+    ]);
+    seen_by_caller.push_str(&v.stderr);
+    seen_by_caller.push_str(&v.body);
+    assert!(
+        !seen_by_caller.contains(CANARY),
+        "the secret reached the caller"
+    );
+    assert_eq!(s.good.last().header("x-api-key"), Some(CANARY));
+    let tok = s.token.clone();
+    let logs = s.gw.logs();
+    assert!(!logs.contains(CANARY), "secret in the log");
+    assert!(!logs.contains(&tok), "token in the log");
+    let db = std::fs::read(s.tmp.path().join("portcullis.db")).unwrap();
+    assert!(!contains(&db, CANARY) && !contains(&db, &tok));
+    let _ = std::io::stdout().flush();
+}
