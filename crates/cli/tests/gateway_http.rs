@@ -49,7 +49,7 @@ fn setup(profile: &str) -> Setup {
     std::fs::create_dir_all(dir.join("ca2")).unwrap();
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     let (other_ca, _) = CertificateAuthority::load_or_create(&dir.join("ca2")).unwrap();
-    write_cert(&ca, dir, "server", &["localhost", "127.0.0.1"]);
+    write_cert(&ca, dir, "server", &["localhost", "127.0.0.1", "*.gw.test"]);
 
     let (c, k) = write_cert(&ca, dir, "good", &["localhost"]);
     let good = upstream::start(&c, &k);
@@ -68,6 +68,7 @@ fn setup(profile: &str) -> Setup {
         r#"
 [gateway]
 listen = "127.0.0.1:0"
+domain = "gw.test"
 cert = "server.pem"
 key = "server.key"
 tls = {{ profile = "{profile}" }}
@@ -218,6 +219,38 @@ fn credential_is_injected_and_caller_headers_are_cleaned() {
     let r = s.get("/c/slow/big");
     assert_eq!(r.body.len(), 1 << 20);
     assert!(!r.body.contains(CANARY));
+}
+
+#[test]
+fn host_routing_under_the_gateway_domain() {
+    let s = setup("intermediate");
+    let port = s.gw.port();
+    let resolve = format!("good.gw.test:{port}:127.0.0.1");
+    let url = format!("https://good.gw.test:{port}/items?x=1");
+    let r = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        &url,
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.good.last().path_and_query, "/base/items?x=1");
+    // A host under the domain is subject to the same policy.
+    let resolve = format!("nogrant.gw.test:{port}:127.0.0.1");
+    let url = format!("https://nogrant.gw.test:{port}/x");
+    let r = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        &url,
+    ]);
+    assert_eq!(r.status, 403, "{r:?}");
 }
 
 #[test]
