@@ -63,6 +63,25 @@ impl Cli {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("portcullis.toml"))
     }
+
+    /// Load the config (with a hint when there is none yet) and open the
+    /// store it names.
+    async fn load(&self) -> anyhow::Result<(portcullis_config::Config, portcullis_store::Store)> {
+        use anyhow::Context;
+        let path = self.config_path();
+        if !path.exists() {
+            anyhow::bail!(
+                "no config at {} (run `portcullis quickstart --data-dir {}` to create one, or pass --config FILE)",
+                path.display(),
+                self.data_dir.display()
+            );
+        }
+        let config = portcullis_config::Config::load(&path)?;
+        let store = portcullis_store::Store::open_sqlite(&config.store.path)
+            .await
+            .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+        Ok((config, store))
+    }
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

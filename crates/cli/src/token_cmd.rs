@@ -34,21 +34,6 @@ pub(crate) enum TokenCommand {
     Revoke { id: String },
 }
 
-pub(crate) async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
-    let path = cli.config_path();
-    if !path.exists() {
-        anyhow::bail!(
-            "no config at {} (run `portcullis quickstart --data-dir {}` first, or pass --config FILE)",
-            path.display(),
-            cli.data_dir.display()
-        );
-    }
-    let config = portcullis_config::Config::load(&path)?;
-    Store::open_sqlite(&config.store.path)
-        .await
-        .with_context(|| format!("opening the store {}", config.store.path.display()))
-}
-
 /// Create a token in `store` and return (id, secret, expires_at).
 pub(crate) async fn create(
     store: &Store,
@@ -83,7 +68,7 @@ pub(crate) async fn create(
 }
 
 pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
-    let store = open_store(cli).await?;
+    let (_, store) = cli.load().await?;
     match cmd {
         TokenCommand::Create {
             principal,

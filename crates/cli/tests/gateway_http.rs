@@ -225,31 +225,24 @@ fn credential_is_injected_and_caller_headers_are_cleaned() {
 fn host_routing_under_the_gateway_domain() {
     let s = setup("intermediate");
     let port = s.gw.port();
-    let resolve = format!("good.gw.test:{port}:127.0.0.1");
-    let url = format!("https://good.gw.test:{port}/items?x=1");
-    let r = curl(&[
-        "--resolve",
-        &resolve,
-        "--cacert",
-        &s.ca,
-        "-H",
-        &s.auth(),
-        &url,
-    ]);
+    let via_host = |host: &str, path: &str| {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let url = format!("https://{host}:{port}{path}");
+        curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            &s.ca,
+            "-H",
+            &s.auth(),
+            &url,
+        ])
+    };
+    let r = via_host("good.gw.test", "/items?x=1");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(s.good.last().path_and_query, "/base/items?x=1");
     // A host under the domain is subject to the same policy.
-    let resolve = format!("nogrant.gw.test:{port}:127.0.0.1");
-    let url = format!("https://nogrant.gw.test:{port}/x");
-    let r = curl(&[
-        "--resolve",
-        &resolve,
-        "--cacert",
-        &s.ca,
-        "-H",
-        &s.auth(),
-        &url,
-    ]);
+    let r = via_host("nogrant.gw.test", "/x");
     assert_eq!(r.status, 403, "{r:?}");
 }
 
@@ -421,28 +414,8 @@ fn a_caller_vanishing_mid_body_does_not_hurt_others() {
 
 #[test]
 fn modern_profile_refuses_tls12() {
-    if !openssl_available() {
-        panic!("openssl is required for this test (.ci/run installs it)");
-    }
     let s = setup("modern");
-    let addr = format!("127.0.0.1:{}", s.gw.port());
-    let run = |v: &str| {
-        let out = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr,
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &s.ca,
-                v,
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    };
+    let run = |v: &str| s_client(s.gw.port(), &s.ca, &[v]);
     let t12 = run("-tls1_2");
     assert!(t12.contains("Cipher is (NONE)"), "{t12}");
     let t13 = run("-tls1_3");

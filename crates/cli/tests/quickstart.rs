@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -216,33 +215,8 @@ fn plaintext_is_refused_with_the_https_url() {
 
 #[test]
 fn tls_versions_and_handshake_records() {
-    if !openssl_available() {
-        panic!("openssl is required for this test (.ci/run installs it)");
-    }
     let qs = Quickstart::start();
-    let port = qs.proc.port().to_string();
-    let addr = format!("127.0.0.1:{port}");
-    let s_client = |extra: &[&str]| {
-        let out = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr,
-                "-servername",
-                "localhost",
-                "-CAfile",
-                qs.var("PORTCULLIS_CA"),
-            ])
-            .args(extra)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let s_client = |extra: &[&str]| s_client(qs.proc.port(), qs.var("PORTCULLIS_CA"), extra);
     // TLS 1.1 is never negotiated, even when the client allows weak crypto.
     let old = s_client(&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
     assert!(old.contains("Cipher is (NONE)"), "{old}");

@@ -252,6 +252,27 @@ pub async fn tls_connect(
     connector.connect(name, tcp).await.unwrap()
 }
 
-pub fn openssl_available() -> bool {
-    Command::new("openssl").arg("version").output().is_ok()
+/// `openssl s_client` against 127.0.0.1:`port` as `localhost`, verifying
+/// with `ca`; returns everything it printed.
+pub fn s_client(port: u16, ca: &str, extra: &[&str]) -> String {
+    assert!(
+        Command::new("openssl").arg("version").output().is_ok(),
+        "openssl is required for this test (.ci/run installs it)"
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-CAfile",
+            ca,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
