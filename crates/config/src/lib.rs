@@ -3,6 +3,7 @@
 //! Relative paths are taken from the config file's folder. Secrets are
 //! references (`env:NAME`, `file:PATH`), see [`SecretRef`].
 
+pub mod pgurl;
 mod raw;
 mod secret;
 
@@ -46,6 +47,15 @@ pub struct Config {
     pub connections: Vec<Connection>,
     pub grants: Vec<Grant>,
     pub demo: Option<DemoConfig>,
+    pub postgres: Option<PostgresListener>,
+}
+
+/// The PostgreSQL listener (`[postgres]`).
+#[derive(Debug, Clone)]
+pub struct PostgresListener {
+    pub listen: SocketAddr,
+    /// Largest message a caller may send (bytes).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -86,20 +96,54 @@ pub enum UpstreamTls {
 }
 
 #[derive(Debug, Clone)]
-pub enum ConnectionKind {
-    Http,
+pub struct Connection {
+    pub name: String,
+    /// Extra trusted roots for this target, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting (and, for HTTP, waiting for a response head).
+    pub timeout: Duration,
+    pub target: Target,
+}
+
+/// What a connection reaches, by protocol.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Http(HttpTarget),
+    Postgres(PgTarget),
+}
+
+impl Target {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Target::Http(_) => "http",
+            Target::Postgres(_) => "postgres",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct Connection {
-    pub name: String,
-    pub kind: ConnectionKind,
+pub struct HttpTarget {
     pub url: Uri,
     pub tls: UpstreamTls,
-    /// Extra trusted roots for this target, added to the system's.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
     pub credential: Option<InjectedCredential>,
+}
+
+/// Which statement classes a PostgreSQL connection lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: SecretRef,
+    pub tls: UpstreamTls,
+    pub access: Access,
 }
 
 /// A header the gateway adds to every request to the target.

@@ -27,6 +27,19 @@ pub(crate) struct Root {
     #[serde(default)]
     grants: Vec<RawGrant>,
     demo: Option<RawDemo>,
+    postgres: Option<RawPostgres>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    listen: SocketAddr,
+    #[serde(default = "default_max_message")]
+    max_message_bytes: usize,
+}
+
+fn default_max_message() -> usize {
+    16 * 1024 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +100,8 @@ struct RawConnection {
     ca_file: Option<String>,
     timeout: Option<String>,
     credential: Option<RawCredential>,
+    password: Option<String>,
+    access: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +265,10 @@ impl Root {
             connections,
             grants,
             demo,
+            postgres: self.postgres.map(|p| PostgresListener {
+                listen: p.listen,
+                max_message_bytes: p.max_message_bytes,
+            }),
         })
     }
 }
@@ -262,15 +281,55 @@ fn sorted<'a>(names: &HashSet<&'a str>) -> Vec<&'a str> {
 
 impl RawConnection {
     fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<Connection, Invalid> {
-        let kind = match self.kind.as_str() {
-            "http" => ConnectionKind::Http,
+        let timeout = match &self.timeout {
+            Some(t) => duration(&key("timeout"), t)?,
+            None => Duration::from_secs(30),
+        };
+        let mut ca_file = self.ca_file.as_deref().map(|p| base.join(p));
+        let target = match self.kind.as_str() {
+            "http" => Target::Http(self.http(key, base)?),
+            "postgres" => {
+                let (t, root) = self.postgres(key, base)?;
+                if ca_file.is_none() {
+                    ca_file = root;
+                }
+                Target::Postgres(t)
+            }
             other => {
                 return Err(invalid(
                     key("type"),
-                    format!("unknown connection type {other:?}; valid: \"http\""),
+                    format!("unknown connection type {other:?}; valid: \"http\", \"postgres\""),
                 ));
             }
         };
+        Ok(Connection {
+            name: self.name.clone(),
+            ca_file,
+            timeout,
+            target,
+        })
+    }
+
+    fn refuse(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        field: &str,
+        set: bool,
+        kind: &str,
+    ) -> Result<(), Invalid> {
+        if set {
+            Err(invalid(
+                key(field),
+                format!("not valid for a connection of type {kind:?}"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn http(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<HttpTarget, Invalid> {
+        self.refuse(key, "password", self.password.is_some(), "http")?;
+        self.refuse(key, "access", self.access.is_some(), "http")?;
         let url: Uri = self
             .url
             .parse()
@@ -312,10 +371,6 @@ impl RawConnection {
                 ));
             }
         }
-        let timeout = match &self.timeout {
-            Some(t) => duration(&key("timeout"), t)?,
-            None => Duration::from_secs(30),
-        };
         let credential = match &self.credential {
             None => None,
             Some(c) => {
@@ -339,14 +394,71 @@ impl RawConnection {
                 })
             }
         };
-        Ok(Connection {
-            name: self.name.clone(),
-            kind,
+        Ok(HttpTarget {
             url,
             tls,
-            ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
-            timeout,
             credential,
         })
+    }
+
+    /// A PostgreSQL target and the `sslrootcert` its URL names, if any.
+    fn postgres(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        base: &Path,
+    ) -> Result<(PgTarget, Option<std::path::PathBuf>), Invalid> {
+        self.refuse(key, "credential", self.credential.is_some(), "postgres")?;
+        self.refuse(
+            key,
+            "tls",
+            self.tls.is_some(),
+            "postgres (use sslmode in the URL)",
+        )?;
+        let u = crate::pgurl::parse(&self.url).map_err(|e| invalid(key("url"), e))?;
+        if u.password.is_some() {
+            return Err(invalid(
+                key("url"),
+                "the URL may not hold a password; use `password = \"env:NAME\"` or `\"file:PATH\"`",
+            ));
+        }
+        let password = self
+            .password
+            .as_deref()
+            .ok_or_else(|| {
+                invalid(
+                    key("password"),
+                    "a postgres connection needs `password` (env:NAME or file:PATH)",
+                )
+            })
+            .and_then(|p| SecretRef::parse(p, base).map_err(|e| invalid(key("password"), e)))?;
+        let access = match self.access.as_deref() {
+            None | Some("read-write") => Access::ReadWrite,
+            Some("read-only") => Access::ReadOnly,
+            Some(other) => {
+                return Err(invalid(
+                    key("access"),
+                    format!(
+                        "unknown value {other:?}; valid: \"read-write\" (default), \"read-only\""
+                    ),
+                ));
+            }
+        };
+        let tls = match u.sslmode {
+            crate::pgurl::SslMode::VerifyFull => UpstreamTls::Verify,
+            crate::pgurl::SslMode::Disable => UpstreamTls::Disable,
+        };
+        let root = u.sslrootcert.as_deref().map(|r| base.join(r));
+        Ok((
+            PgTarget {
+                host: u.host,
+                port: u.port,
+                database: u.database,
+                user: u.user,
+                password,
+                tls,
+                access,
+            },
+            root,
+        ))
     }
 }

@@ -29,9 +29,12 @@ fn the_documented_example_parses() {
     assert_eq!(c.store.path, Path::new("/etc/portcullis/portcullis.db"));
     assert_eq!(c.limits.max_request_body_bytes, 10 * 1024 * 1024);
     let demo = c.connection("demo-api").unwrap();
-    assert_eq!(demo.tls, UpstreamTls::Verify);
     assert_eq!(demo.timeout, Duration::from_secs(30));
-    let cred = demo.credential.as_ref().unwrap();
+    let Target::Http(http) = &demo.target else {
+        panic!("http")
+    };
+    assert_eq!(http.tls, UpstreamTls::Verify);
+    let cred = http.credential.as_ref().unwrap();
     assert_eq!(cred.header.as_str(), "x-api-key");
     assert_eq!(
         cred.secret,
@@ -94,7 +97,10 @@ fn plaintext_upstream_needs_explicit_disable() {
         "{e}"
     );
     let c = parse(&conn("url = \"http://10.0.0.1:80\"\ntls = \"disable\"")).unwrap();
-    assert_eq!(c.connections[0].tls, UpstreamTls::Disable);
+    let Target::Http(h) = &c.connections[0].target else {
+        panic!()
+    };
+    assert_eq!(h.tls, UpstreamTls::Disable);
     let e = err(&conn("url = \"https://x\"\ntls = \"disable\""));
     assert!(e.contains("contradicts"), "{e}");
 }
@@ -162,4 +168,71 @@ fn durations_are_explained() {
         e.contains("limits.idle_timeout") && e.contains("30s"),
         "{e}"
     );
+}
+
+fn pg(body: &str) -> String {
+    with(&format!(
+        "[[connections]]\nname = \"db\"\ntype = \"postgres\"\n{body}\n"
+    ))
+}
+
+#[test]
+fn postgres_connections() {
+    let c = parse(&pg("url = \"postgres://app@db:5433/shop?sslrootcert=pg-ca.pem\"\npassword = \"env:PGPW\"\naccess = \"read-only\"")).unwrap();
+    let conn = &c.connections[0];
+    let Target::Postgres(t) = &conn.target else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            t.user.as_str(),
+            t.host.as_str(),
+            t.port,
+            t.database.as_str()
+        ),
+        ("app", "db", 5433, "shop")
+    );
+    assert_eq!(t.access, Access::ReadOnly);
+    assert_eq!(t.tls, UpstreamTls::Verify);
+    assert_eq!(
+        conn.ca_file.as_deref(),
+        Some(Path::new("/etc/portcullis/pg-ca.pem"))
+    );
+
+    let e = err(&pg(
+        "url = \"postgres://app:canarypw@db/shop\"\npassword = \"env:X\"",
+    ));
+    assert!(
+        e.contains("connections[0].url") && e.contains("may not hold a password"),
+        "{e}"
+    );
+    assert!(!e.contains("canarypw"), "{e}");
+    let e = err(&pg("url = \"postgres://app@db/shop\""));
+    assert!(e.contains("connections[0].password"), "{e}");
+    let e = err(&pg(
+        "url = \"postgres://app@db/shop?sslmode=require\"\npassword = \"env:X\"",
+    ));
+    assert!(e.contains("verify-full"), "{e}");
+    let e = err(&pg(
+        "url = \"postgres://app@db/shop\"\npassword = \"env:X\"\naccess = \"read-mostly\"",
+    ));
+    assert!(
+        e.contains("connections[0].access") && e.contains("read-only"),
+        "{e}"
+    );
+    let e = err(&pg(
+        "url = \"postgres://app@db/shop\"\npassword = \"env:X\"\ncredential = { header = \"x\", secret = \"env:Y\" }",
+    ));
+    assert!(
+        e.contains("connections[0].credential") && e.contains("postgres"),
+        "{e}"
+    );
+}
+
+#[test]
+fn postgres_listener_section() {
+    let c = parse(&with("[postgres]\nlisten = \"127.0.0.1:15432\"\n")).unwrap();
+    let p = c.postgres.unwrap();
+    assert_eq!(p.listen.port(), 15432);
+    assert_eq!(p.max_message_bytes, 16 * 1024 * 1024);
 }

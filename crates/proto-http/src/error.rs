@@ -20,6 +20,11 @@ pub enum ProxyError {
     Auth(AuthError),
     #[error("no connection named {0:?}")]
     UnknownConnection(String),
+    #[error("connection {connection:?} speaks {protocol}, not HTTP")]
+    WrongProtocol {
+        connection: String,
+        protocol: &'static str,
+    },
     #[error("{0}")]
     Forbidden(DenyReason),
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -39,7 +44,9 @@ fn humantime_secs(d: Duration) -> String {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoRoute | Self::UnknownConnection(_) => StatusCode::NOT_FOUND,
+            Self::NoRoute | Self::UnknownConnection(_) | Self::WrongProtocol { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -56,6 +63,7 @@ impl ProxyError {
             Self::Auth(AuthError::Unavailable) => "auth_unavailable",
             Self::Auth(_) => "unauthenticated",
             Self::UnknownConnection(_) => "unknown_connection",
+            Self::WrongProtocol { .. } => "wrong_protocol",
             Self::Forbidden(_) => "forbidden",
             Self::BodyTooLarge { .. } => "payload_too_large",
             Self::CallerBody(_) => "bad_request",

@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use portcullis_config::Config;
+use portcullis_config::{Config, Target};
 use portcullis_identity::{AuthError, Authenticator, Credential, Principal, token};
 use portcullis_policy::{Decision, Policy};
 use portcullis_tls::HandshakeRecord;
@@ -31,6 +31,8 @@ pub struct HttpFront {
 
 struct Inner {
     upstreams: HashMap<String, Upstream>,
+    /// Connections of other protocols, to say so instead of "unknown".
+    other_protocols: HashMap<String, &'static str>,
     policy: Policy,
     auth: Authenticator,
     domain: Option<String>,
@@ -47,14 +49,22 @@ impl HttpFront {
         auth: Authenticator,
         metrics: HttpMetrics,
     ) -> Result<Self, SetupError> {
-        let upstreams = cfg
-            .connections
-            .iter()
-            .map(|c| Ok((c.name.clone(), Upstream::new(c, &cfg.upstream_tls)?)))
-            .collect::<Result<_, SetupError>>()?;
+        let mut upstreams = HashMap::new();
+        let mut other_protocols = HashMap::new();
+        for c in &cfg.connections {
+            match &c.target {
+                Target::Http(t) => {
+                    upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
+                }
+                other => {
+                    other_protocols.insert(c.name.clone(), other.protocol());
+                }
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 upstreams,
+                other_protocols,
                 policy: Policy::new(cfg.grants.clone()),
                 auth,
                 domain: cfg.gateway.domain.clone(),
@@ -164,10 +174,15 @@ impl Inner {
                 .and_then(|h| h.to_str().ok())
         });
         let r = route(host, req.uri().path(), self.domain.as_deref()).ok_or(ProxyError::NoRoute)?;
-        let (name, upstream) = self
-            .upstreams
-            .get_key_value(r.connection)
-            .ok_or_else(|| ProxyError::UnknownConnection(r.connection.to_owned()))?;
+        let Some((name, upstream)) = self.upstreams.get_key_value(r.connection) else {
+            return Err(match self.other_protocols.get(r.connection) {
+                Some(protocol) => ProxyError::WrongProtocol {
+                    connection: r.connection.to_owned(),
+                    protocol,
+                },
+                None => ProxyError::UnknownConnection(r.connection.to_owned()),
+            });
+        };
         seen.connection = Some(name);
 
         match self.policy.decide(principal, name) {

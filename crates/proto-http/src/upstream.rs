@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_config::{Connection, UpstreamTls};
+use portcullis_config::{Connection, HttpTarget, UpstreamTls};
 use portcullis_tls::TlsPolicy;
 
 use crate::{Body, BodyState};
@@ -59,7 +59,11 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(conn: &Connection, policy: &TlsPolicy) -> Result<Self, SetupError> {
+    pub fn new(
+        conn: &Connection,
+        target: &HttpTarget,
+        policy: &TlsPolicy,
+    ) -> Result<Self, SetupError> {
         let tls_err = |reason: String| SetupError::Tls {
             connection: conn.name.clone(),
             reason,
@@ -78,12 +82,12 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(conn.timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = match conn.tls {
+        let connector = match target.tls {
             UpstreamTls::Verify => builder.https_only(),
             UpstreamTls::Disable => {
                 tracing::warn!(
                     connection = %conn.name,
-                    url = %conn.url,
+                    url = %target.url,
                     "PLAINTEXT to the target: tls = \"disable\" is set for this connection"
                 );
                 builder.https_or_http()
@@ -98,7 +102,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
 
-        let credential = match &conn.credential {
+        let credential = match &target.credential {
             None => None,
             Some(c) => {
                 let secret_err = |reason: String| SetupError::Secret {
@@ -116,7 +120,7 @@ impl Upstream {
             }
         };
 
-        let (scheme, authority) = match (conn.url.scheme(), conn.url.authority()) {
+        let (scheme, authority) = match (target.url.scheme(), target.url.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => return Err(tls_err("the URL needs a scheme and a host".into())),
         };
@@ -124,7 +128,7 @@ impl Upstream {
             name: conn.name.clone(),
             scheme,
             authority,
-            base_path: conn.url.path().trim_end_matches('/').to_string(),
+            base_path: target.url.path().trim_end_matches('/').to_string(),
             client,
             credential,
             timeout: conn.timeout,
