@@ -1,0 +1,5 @@
+//! PostgreSQL at Layer 7.
+
+pub mod classify;
+pub mod frame;
+pub mod messages;
