@@ -30,10 +30,20 @@ pub(crate) struct Args {
     /// `gateway.admin_listen`).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Add a PostgreSQL target as connection `demo-pg`:
+    /// postgres://USER:PASSWORD@HOST:PORT/DB[?sslmode=verify-full|disable&sslrootcert=CA.pem].
+    /// The password is stored as a secret file of the gateway, never in the config.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// PostgreSQL listener address (overrides `postgres.listen`).
+    #[arg(long)]
+    pg_listen: Option<SocketAddr>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9443";
+const DEFAULT_PG_LISTEN: &str = "127.0.0.1:15432";
+const PG_CONNECTION: &str = "demo-pg";
 
 pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
@@ -83,7 +93,15 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
             config_path.display()
         );
     }
+    if let Some(url) = &args.postgres {
+        add_postgres(&dir, &config_path, url, args.pg_listen)?;
+    }
     let mut config = Config::load(&config_path)?;
+    if let Some(p) = args.pg_listen
+        && let Some(pg) = config.postgres.as_mut()
+    {
+        pg.listen = p;
+    }
     if let Some(l) = args.listen {
         config.gateway.listen = l;
     }
@@ -119,6 +137,14 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     if let Some(a) = running.admin_addr {
         env.push(("PORTCULLIS_ADMIN_URL", portcullis_config::url_for(a)));
     }
+    let pg = running
+        .postgres_addr
+        .filter(|_| config.connection(PG_CONNECTION).is_some());
+    if let Some(a) = pg {
+        env.push(("PORTCULLIS_PG_HOST", "localhost".to_string()));
+        env.push(("PORTCULLIS_PG_PORT", a.port().to_string()));
+        env.push(("PORTCULLIS_DEMO_PG", PG_CONNECTION.to_string()));
+    }
     write_env(&env_path, &env)?;
 
     println!();
@@ -130,6 +156,11 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     println!(
         "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/hello\""
     );
+    if pg.is_some() {
+        println!(
+            "  PGPASSWORD=$PORTCULLIS_TOKEN psql \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname={PG_CONNECTION} user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\""
+        );
+    }
     println!();
     println!("portcullis: ready url={url}");
     let _ = std::io::stdout().flush();
@@ -197,6 +228,76 @@ principals = ["{PRINCIPAL}"]
 connections = ["{CONNECTION}"]
 "#
     )
+}
+
+/// Add connection `demo-pg` (and the `[postgres]` listener) to the config,
+/// with the password in a secret file. An existing `demo-pg` is kept.
+fn add_postgres(
+    dir: &Path,
+    config_path: &Path,
+    url: &str,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut parsed =
+        portcullis_config::pgurl::parse(url).map_err(|e| anyhow::anyhow!("--postgres: {e}"))?;
+    let password = parsed.password.take().ok_or_else(|| {
+        anyhow::anyhow!("--postgres: the URL needs the password (postgres://USER:PASSWORD@HOST/DB)")
+    })?;
+    if parsed.sslmode == portcullis_config::pgurl::SslMode::Disable {
+        eprintln!(
+            "WARNING: sslmode=disable: the gateway will talk to {} in plaintext",
+            parsed.host
+        );
+    }
+    if let Some(root) = &parsed.sslrootcert {
+        let abs = std::path::absolute(root).with_context(|| format!("resolving {root}"))?;
+        parsed.sslrootcert = Some(abs.display().to_string());
+    }
+    let existing = Config::load(config_path)?;
+    if existing.connection(PG_CONNECTION).is_some() {
+        eprintln!(
+            "connection {PG_CONNECTION:?} already exists in {}; keeping it",
+            config_path.display()
+        );
+        return Ok(());
+    }
+    write_private(
+        &dir.join("secrets/demo-pg-password"),
+        format!("{password}\n").as_bytes(),
+    )?;
+    let mut text = std::fs::read_to_string(config_path)?;
+    if existing.postgres.is_none() {
+        let listen = listen
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| DEFAULT_PG_LISTEN.to_string());
+        text.push_str(&format!(
+            "\n# PostgreSQL callers: psql \"host=localhost port=PORT dbname=<connection> sslmode=verify-full\"\n[postgres]\nlisten = \"{listen}\"\n"
+        ));
+    }
+    text.push_str(&format!(
+        r#"
+[[connections]]
+name = "{PG_CONNECTION}"
+type = "postgres"
+url = "{}"
+password = "file:secrets/demo-pg-password"
+
+[[grants]]
+name = "quickstart-demo-pg"
+principals = ["{PRINCIPAL}"]
+connections = ["{PG_CONNECTION}"]
+"#,
+        parsed.without_password()
+    ));
+    // Validate before writing: a bad URL must not leave a broken config.
+    Config::parse(&text, config_path)?;
+    std::fs::write(config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    eprintln!(
+        "added connection {PG_CONNECTION:?} to {}",
+        config_path.display()
+    );
+    Ok(())
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {

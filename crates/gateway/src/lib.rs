@@ -3,7 +3,6 @@
 mod admin;
 mod demo;
 mod listener;
-mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +36,8 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Upstream(#[from] portcullis_http::SetupError),
+    #[error(transparent)]
+    PgUpstream(#[from] portcullis_postgres::SetupError),
     #[error("demo API key {reference}: {reason}")]
     DemoSecret { reference: String, reason: String },
 }
@@ -46,6 +47,7 @@ pub struct RunningGateway {
     pub https_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub demo_addr: Option<SocketAddr>,
+    pub postgres_addr: Option<SocketAddr>,
     pub public_url: String,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -91,7 +93,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut registry = Registry::default();
-    let tls_metrics = metrics::TlsMetrics::register(&mut registry);
+    let tls_metrics = portcullis_tls::TlsMetrics::register(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
 
     let settings = |public_url: String| {
@@ -125,7 +127,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 api_key: Arc::new(key),
             };
             // Its handshakes are not the gateway's: count them apart.
-            let own_metrics = metrics::TlsMetrics::register(&mut Registry::default());
+            let own_metrics = portcullis_tls::TlsMetrics::register(&mut Registry::default());
             tracker.spawn(listener::serve(
                 l,
                 acceptor,
@@ -141,7 +143,37 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     };
 
     let auth = Authenticator::new(Arc::new(store));
-    let front = HttpFront::new(cfg, auth, http_metrics)?;
+    let front = HttpFront::new(cfg, auth.clone(), http_metrics)?;
+
+    let postgres_addr = match &cfg.postgres {
+        None => None,
+        Some(p) => {
+            let acceptor = server_tls(
+                cfg,
+                &cfg.gateway.cert,
+                &cfg.gateway.key,
+                &[portcullis_postgres::ALPN],
+                "the PostgreSQL listener",
+            )?;
+            let pg_metrics = portcullis_postgres::PgMetrics::register(&mut registry);
+            let pg = portcullis_postgres::PgFront::new(
+                cfg,
+                auth.clone(),
+                acceptor,
+                pg_metrics,
+                tls_metrics.clone(),
+            )?;
+            let l = bind(p.listen, "postgres").await?;
+            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
+                what: "postgres",
+                addr: p.listen,
+                source,
+            })?;
+            tracker.spawn(pg.serve(l, shutdown.clone(), tracker.clone()));
+            tracing::info!(%addr, "PostgreSQL listener");
+            Some(addr)
+        }
+    };
     let acceptor = server_tls(
         cfg,
         &cfg.gateway.cert,
@@ -210,6 +242,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         https_addr,
         admin_addr,
         demo_addr,
+        postgres_addr,
         public_url,
         shutdown,
         tracker,

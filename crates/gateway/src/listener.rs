@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -13,14 +13,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_http::{Body, ConnInfo, HttpFront};
-use portcullis_tls::HandshakeRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{FailureLabels, HandshakeLabels, TlsMetrics};
+use portcullis_tls::TlsMetrics;
 
 /// First byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -106,48 +105,11 @@ impl<H: Handler> Connection<H> {
             return;
         }
 
-        let started = Instant::now();
-        let tls = match tokio::time::timeout(deadline, self.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let reason = failure_reason(&e);
-                self.metrics
-                    .failures
-                    .get_or_create(&FailureLabels { reason })
-                    .inc();
-                tracing::info!(target: "portcullis::tls", %peer, reason, error = %e, "tls handshake failed");
-                return;
-            }
-            Err(_) => {
-                self.metrics
-                    .failures
-                    .get_or_create(&FailureLabels { reason: "timeout" })
-                    .inc();
-                tracing::info!(target: "portcullis::tls", %peer, reason = "timeout", "tls handshake failed");
-                return;
-            }
+        let Some((tls, record)) =
+            portcullis_tls::accept(&self.acceptor, stream, peer, deadline, &self.metrics).await
+        else {
+            return;
         };
-        let record = HandshakeRecord::from_connection(tls.get_ref().1, peer, started.elapsed());
-        tracing::info!(
-            target: "portcullis::tls",
-            peer = %record.peer,
-            version = %record.version,
-            suite = %record.cipher_suite,
-            group = record.group.as_deref().unwrap_or("-"),
-            sni = record.sni.as_deref().unwrap_or("-"),
-            alpn = record.alpn.as_deref().unwrap_or("-"),
-            client_cert_sha256 = record.client_cert_sha256.as_deref().unwrap_or("-"),
-            duration_us = record.duration_us,
-            "tls handshake"
-        );
-        self.metrics
-            .handshakes
-            .get_or_create(&HandshakeLabels {
-                version: record.version.clone(),
-                suite: record.cipher_suite.clone(),
-                group: record.group.clone().unwrap_or_else(|| "-".into()),
-            })
-            .inc();
 
         let info = Arc::new(ConnInfo {
             peer,
@@ -226,21 +188,6 @@ fn request_path(head: &[u8]) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     ok.then_some(path)
-}
-
-/// A short, bounded label for a failed handshake.
-fn failure_reason(e: &std::io::Error) -> &'static str {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::PeerIncompatible(_)) => "peer_incompatible",
-        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
-        Some(rustls::Error::InvalidCertificate(_)) => "invalid_certificate",
-        Some(rustls::Error::AlertReceived(_)) => "alert_received",
-        Some(rustls::Error::InvalidMessage(_)) => "invalid_message",
-        Some(rustls::Error::PeerMisbehaved(_)) => "peer_misbehaved",
-        Some(_) => "tls_error",
-        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
-        None => "io_error",
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,15 @@
-//! PostgreSQL at Layer 7.
+//! PostgreSQL at Layer 7. The front half ([`PgFront`]) speaks to callers:
+//! TLS only, the gateway token as the password, the database name as the
+//! connection. The upstream half ([`PgUpstream`]) holds the target's
+//! credential. Between them every message passes the inspector chain.
 
 pub mod classify;
 pub mod frame;
+mod front;
+pub mod inspect;
+pub mod io;
 pub mod messages;
+mod upstream;
+
+pub use front::{ALPN, PgFront, PgMetrics};
+pub use upstream::{PgUpstream, SetupError, UpstreamError, UpstreamSession};

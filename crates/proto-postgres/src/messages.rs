@@ -126,8 +126,13 @@ pub fn query(sql: &str) -> Message {
 
 /// A Parse (`P`) of `sql` as the unnamed statement, no parameter types.
 pub fn parse(sql: &str) -> Message {
+    parse_named("", sql)
+}
+
+/// A Parse (`P`) of `sql` as statement `name`, no parameter types.
+pub fn parse_named(name: &str, sql: &str) -> Message {
     let mut b = BytesMut::new();
-    put_cstr(&mut b, "");
+    put_cstr(&mut b, name);
     put_cstr(&mut b, sql);
     b.put_i16(0);
     Message::new(b'P', b.freeze())

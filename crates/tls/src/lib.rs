@@ -5,18 +5,22 @@
 //! `builder_with_provider` so that a second provider elsewhere in the
 //! dependency tree can never be picked up by accident.
 
+mod accept;
 mod ca;
 mod config;
 mod error;
+pub mod metrics;
 mod profile;
 mod record;
 
+pub use accept::accept;
 pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
 pub use config::{
     client_config, load_cert_chain, load_private_key, load_roots, server_config, sha256_hex,
     system_roots,
 };
 pub use error::TlsError;
+pub use metrics::TlsMetrics;
 pub use profile::{TlsPolicy, TlsProfile};
 pub use record::HandshakeRecord;
 

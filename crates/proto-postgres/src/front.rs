@@ -1,0 +1,741 @@
+//! The caller-facing half: TLS (SSLRequest or direct), token
+//! authentication through the password message, policy, then the relay.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use bytes::BytesMut;
+use portcullis_config::{Config, Target};
+use portcullis_identity::{Authenticator, Credential, Principal};
+use portcullis_policy::{Decision, Policy};
+use portcullis_tls::{HandshakeRecord, TlsMetrics};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::frame::{FrameError, Message, Startup};
+use crate::inspect::{self, Inspector, Refusal, StatementRules};
+use crate::io::{FrameReader, ReadError};
+use crate::messages::{self, sqlstate};
+use crate::upstream::{PgUpstream, SetupError, UpstreamSession};
+
+/// First byte of a TLS record carrying a handshake (direct TLS, PG 17).
+const TLS_HANDSHAKE: u8 = 0x16;
+/// ALPN protocol name PostgreSQL uses for TLS.
+pub const ALPN: &[u8] = b"postgresql";
+/// Placeholder refusals older than this many are forgotten (their error
+/// was swallowed by an aborted transaction).
+const MAX_PENDING_REFUSALS: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    connection: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabel {
+    connection: String,
+}
+
+#[derive(Clone)]
+pub struct PgMetrics {
+    sessions: Family<SessionLabels, Counter>,
+    refused: Family<ConnLabel, Counter>,
+    plaintext_refused: Counter,
+}
+
+impl PgMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            sessions: Family::default(),
+            refused: Family::default(),
+            plaintext_refused: Counter::default(),
+        };
+        registry.register(
+            "portcullis_pg_sessions",
+            "PostgreSQL sessions, by connection and outcome",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "portcullis_pg_statements_refused",
+            "PostgreSQL statements refused by a connection's rules",
+            m.refused.clone(),
+        );
+        registry.register(
+            "portcullis_pg_plaintext_refused",
+            "Plaintext PostgreSQL startups refused",
+            m.plaintext_refused.clone(),
+        );
+        m
+    }
+}
+
+/// Where a gateway-issued cancel key leads.
+struct CancelTarget {
+    upstream: Arc<PgUpstream>,
+    pid: i32,
+    secret: i32,
+}
+
+#[derive(Clone)]
+pub struct PgFront {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: HashMap<String, Arc<PgUpstream>>,
+    other_protocols: HashMap<String, &'static str>,
+    policy: Policy,
+    auth: Authenticator,
+    acceptor: TlsAcceptor,
+    max_message: usize,
+    handshake_timeout: Duration,
+    cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    metrics: PgMetrics,
+    tls_metrics: TlsMetrics,
+    /// Makes placeholder statements unguessable, so a caller cannot forge
+    /// an error that the gateway would rewrite.
+    nonce: String,
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing system RNG leaves zeros: the cancel key is then weak, but
+    // nothing else depends on it being secret.
+    let _ = SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+impl PgFront {
+    pub fn new(
+        cfg: &Config,
+        auth: Authenticator,
+        acceptor: TlsAcceptor,
+        metrics: PgMetrics,
+        tls_metrics: TlsMetrics,
+    ) -> Result<Self, SetupError> {
+        let mut upstreams = HashMap::new();
+        let mut other_protocols = HashMap::new();
+        for c in &cfg.connections {
+            match &c.target {
+                Target::Postgres(t) => {
+                    upstreams.insert(
+                        c.name.clone(),
+                        Arc::new(PgUpstream::new(c, t, &cfg.upstream_tls)?),
+                    );
+                }
+                other => {
+                    other_protocols.insert(c.name.clone(), other.protocol());
+                }
+            }
+        }
+        let max_message = cfg
+            .postgres
+            .as_ref()
+            .map(|p| p.max_message_bytes)
+            .unwrap_or(16 * 1024 * 1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                upstreams,
+                other_protocols,
+                policy: Policy::new(cfg.grants.clone()),
+                auth,
+                acceptor,
+                max_message,
+                handshake_timeout: cfg.limits.handshake_timeout,
+                cancels: Mutex::new(HashMap::new()),
+                metrics,
+                tls_metrics,
+                nonce: format!("{:016x}", random_u64()),
+            }),
+        })
+    }
+
+    /// Accept callers until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let inner = self.inner.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = inner.connection(stream, peer) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+/// A message for the caller that ends the session.
+fn fatal(code: &str, message: &str) -> Message {
+    messages::error(true, code, message, None)
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) {
+    let _ = w.write_all(&m.to_bytes()).await;
+    let _ = w.flush().await;
+}
+
+impl Inner {
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => {}
+            _ => return,
+        }
+        if first[0] == TLS_HANDSHAKE {
+            // Direct TLS (PostgreSQL 17's sslnegotiation=direct).
+            let Some((tls, record)) = portcullis_tls::accept(
+                &self.acceptor,
+                stream,
+                peer,
+                self.handshake_timeout,
+                &self.tls_metrics,
+            )
+            .await
+            else {
+                return;
+            };
+            if record.alpn.as_deref() != Some("postgresql") {
+                // Required by the protocol for direct TLS: without it the
+                // client may not be speaking PostgreSQL at all.
+                tracing::info!(%peer, "direct TLS without ALPN \"postgresql\"; closed");
+                return;
+            }
+            self.session(tls, record).await;
+            return;
+        }
+
+        let mut reader = FrameReader::new(stream, crate::frame::MAX_STARTUP_LEN);
+        loop {
+            let startup = match tokio::time::timeout(self.handshake_timeout, reader.startup()).await
+            {
+                Ok(Ok(Some(s))) => s,
+                Ok(Ok(None)) | Err(_) => return,
+                Ok(Err(e)) => {
+                    let mut s = reader.into_inner();
+                    send(
+                        &mut s,
+                        &fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &format!("invalid startup packet: {e}"),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            match startup {
+                Startup::GssEncRequest => {
+                    // No GSSAPI encryption; the client may go on with an
+                    // SSLRequest on the same socket.
+                    if reader.get_mut().write_all(b"N").await.is_err() {
+                        return;
+                    }
+                }
+                Startup::Cancel { pid, secret } => {
+                    // libpq before 17 sends cancels in plaintext: the key
+                    // is all it carries.
+                    self.cancel(pid, secret).await;
+                    return;
+                }
+                Startup::Startup { .. } => {
+                    self.metrics.plaintext_refused.inc();
+                    tracing::warn!(%peer, "plaintext PostgreSQL startup refused");
+                    let mut s = reader.into_inner();
+                    let m = messages::error(
+                        true,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "Portcullis accepts PostgreSQL connections over TLS only",
+                        Some(
+                            "connect with sslmode=verify-full and sslrootcert=<the gateway's CA> (or at least sslmode=require)",
+                        ),
+                    );
+                    send(&mut s, &m).await;
+                    return;
+                }
+                Startup::SslRequest => {
+                    if reader.has_buffered() {
+                        // Bytes sent after SSLRequest but before the
+                        // handshake would be injected into the session.
+                        return;
+                    }
+                    let mut stream = reader.into_inner();
+                    if stream.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                    let Some((tls, record)) = portcullis_tls::accept(
+                        &self.acceptor,
+                        stream,
+                        peer,
+                        self.handshake_timeout,
+                        &self.tls_metrics,
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    self.session(tls, record).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn cancel(&self, pid: i32, secret: i32) {
+        let target = self.cancels.lock().ok().and_then(|m| {
+            m.get(&(pid, secret))
+                .map(|t| (t.upstream.clone(), t.pid, t.secret))
+        });
+        match target {
+            Some((upstream, upid, usecret)) => {
+                tracing::info!(connection = %upstream.name, "forwarding a cancel request");
+                if let Err(e) = upstream.cancel(upid, usecret).await {
+                    tracing::warn!(connection = %upstream.name, error = %e, "cancel request failed");
+                }
+            }
+            None => tracing::info!("cancel request with an unknown key ignored"),
+        }
+    }
+
+    /// Everything after TLS: startup, authentication, policy, relay.
+    async fn session<S>(self: &Arc<Self>, tls: S, record: HandshakeRecord)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let peer = record.peer;
+        let (r, mut w) = tokio::io::split(tls);
+        let mut reader = FrameReader::new(r, crate::frame::MAX_STARTUP_LEN);
+        let params = match tokio::time::timeout(self.handshake_timeout, reader.startup()).await {
+            Ok(Ok(Some(Startup::Startup { params }))) => params,
+            Ok(Ok(Some(Startup::Cancel { pid, secret }))) => {
+                self.cancel(pid, secret).await;
+                return;
+            }
+            Ok(Ok(Some(_))) => {
+                send(
+                    &mut w,
+                    &fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "unexpected request inside TLS",
+                    ),
+                )
+                .await;
+                return;
+            }
+            Ok(Err(e)) => {
+                send(
+                    &mut w,
+                    &fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("invalid startup packet: {e}"),
+                    ),
+                )
+                .await;
+                return;
+            }
+            _ => return,
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let connection = get("database")
+            .or_else(|| get("user"))
+            .unwrap_or("")
+            .to_string();
+        if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+            send(
+                &mut w,
+                &fatal(
+                    sqlstate::NOT_SUPPORTED,
+                    "replication connections are not supported",
+                ),
+            )
+            .await;
+            return;
+        }
+
+        // The password message carries the caller's token: safe inside TLS.
+        send(&mut w, &messages::auth_cleartext()).await;
+        reader.set_max(self.max_message.min(64 * 1024));
+        let password = match tokio::time::timeout(self.handshake_timeout, reader.next()).await {
+            Ok(Ok(Some(m))) if m.tag == b'p' => messages::password_text(&m),
+            _ => None,
+        };
+        let Some(password) = password else {
+            send(
+                &mut w,
+                &fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
+            )
+            .await;
+            return;
+        };
+
+        let outcome = |o: &'static str, c: &str| {
+            let known = self.upstreams.contains_key(c);
+            self.metrics
+                .sessions
+                .get_or_create(&SessionLabels {
+                    connection: if known { c.to_string() } else { "-".into() },
+                    outcome: o,
+                })
+                .inc();
+        };
+        let principal = match self.auth.authenticate(Credential::Bearer(&password)).await {
+            Ok(p) => p,
+            Err(e) => {
+                outcome("unauthenticated", &connection);
+                tracing::info!(%peer, connection = %connection, reason = %e, "postgres caller not authenticated");
+                let msg =
+                    format!("password authentication failed for connection \"{connection}\": {e}");
+                send(&mut w, &fatal(sqlstate::INVALID_PASSWORD, &msg)).await;
+                return;
+            }
+        };
+        drop(password);
+        let Some(upstream) = self.upstreams.get(&connection).cloned() else {
+            outcome("unknown_connection", &connection);
+            let msg = match self.other_protocols.get(&connection) {
+                Some(p) => format!("connection \"{connection}\" speaks {p}, not PostgreSQL"),
+                None => format!(
+                    "no connection named \"{connection}\" (the database name selects the connection)"
+                ),
+            };
+            send(&mut w, &fatal(sqlstate::INVALID_CATALOG, &msg)).await;
+            return;
+        };
+        let rule = match self.policy.decide(&principal, &connection) {
+            Decision::Allow { rule, .. } => rule,
+            Decision::Deny { reason } => {
+                outcome("forbidden", &connection);
+                tracing::info!(%peer, principal = %principal.subject, connection = %connection, "postgres session denied");
+                send(
+                    &mut w,
+                    &fatal(sqlstate::INSUFFICIENT_PRIVILEGE, &reason.to_string()),
+                )
+                .await;
+                return;
+            }
+        };
+
+        let started = Instant::now();
+        let up = match upstream.connect(&params).await {
+            Ok(u) => u,
+            Err(e) => {
+                outcome("upstream_error", &connection);
+                tracing::warn!(connection = %connection, error = %e, "postgres upstream failed");
+                let msg = format!("connection \"{connection}\": {e}");
+                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, &msg)).await;
+                return;
+            }
+        };
+        outcome("opened", &connection);
+        tracing::info!(
+            target: "portcullis::access",
+            %peer,
+            principal = %principal.subject,
+            connection = %connection,
+            rule = %rule,
+            tls_version = %record.version,
+            upstream_ms = started.elapsed().as_millis() as u64,
+            "postgres session opened"
+        );
+
+        // The caller gets the gateway's own cancel key, mapped to the
+        // target's; the target's key never leaves the gateway.
+        let (pid, secret) = loop {
+            let r = random_u64();
+            let key = ((r as i32) & i32::MAX, (r >> 32) as i32);
+            if let Ok(mut m) = self.cancels.lock()
+                && !m.contains_key(&key)
+            {
+                m.insert(
+                    key,
+                    CancelTarget {
+                        upstream: upstream.clone(),
+                        pid: up.pid,
+                        secret: up.secret,
+                    },
+                );
+                break key;
+            }
+        };
+        let mut hello = BytesMut::new();
+        messages::auth_ok().encode(&mut hello);
+        for m in &up.startup_messages {
+            m.encode(&mut hello);
+        }
+        messages::backend_key_data(pid, secret).encode(&mut hello);
+        messages::ready_for_query(up.status).encode(&mut hello);
+        let result = if w.write_all(&hello).await.is_ok() && w.flush().await.is_ok() {
+            let chain: Vec<Box<dyn Inspector>> = vec![Box::new(StatementRules {
+                connection: connection.clone(),
+                read_only: upstream.read_only,
+            })];
+            self.relay(reader, w, up, chain, &connection, &principal)
+                .await
+        } else {
+            "caller_gone"
+        };
+        if let Ok(mut m) = self.cancels.lock() {
+            m.remove(&(pid, secret));
+        }
+        tracing::info!(
+            target: "portcullis::access",
+            %peer,
+            principal = %principal.subject,
+            connection = %connection,
+            outcome = result,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "postgres session ended"
+        );
+    }
+
+    /// Move messages both ways until either side ends. Returns how it ended.
+    async fn relay<R, W>(
+        &self,
+        mut caller_r: FrameReader<R>,
+        mut caller_w: W,
+        up: UpstreamSession,
+        chain: Vec<Box<dyn Inspector>>,
+        connection: &str,
+        principal: &Principal,
+    ) -> &'static str
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let UpstreamSession {
+            reader: mut up_r,
+            writer: mut up_w,
+            ..
+        } = up;
+        let chain = Mutex::new(chain);
+        let pending: Mutex<Pending> = Mutex::new(Pending::default());
+        caller_r.set_max(self.max_message);
+
+        let c2u = async {
+            let mut out = BytesMut::new();
+            loop {
+                let first = match caller_r.next().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Exit::CallerGone,
+                    Err(ReadError::Frame(e)) => return Exit::CallerBadFrame(e),
+                    Err(_) => return Exit::CallerGone,
+                };
+                let mut next = Some(first);
+                let mut terminate = false;
+                while let Some(m) = next.take() {
+                    let tag = m.tag;
+                    let verdict = chain
+                        .lock()
+                        .map(|mut c| inspect::frontend(&mut c, m.clone()));
+                    match verdict {
+                        Ok(Ok(m)) => m.encode(&mut out),
+                        Ok(Err(refusal)) => {
+                            if !matches!(tag, b'Q' | b'P' | b'F') {
+                                return Exit::Refused(refusal);
+                            }
+                            self.metrics
+                                .refused
+                                .get_or_create(&ConnLabel {
+                                    connection: connection.to_string(),
+                                })
+                                .inc();
+                            tracing::info!(
+                                target: "portcullis::access",
+                                principal = %principal.subject,
+                                connection,
+                                reason = %refusal.message,
+                                "statement refused"
+                            );
+                            let placeholder = pending
+                                .lock()
+                                .map(|mut p| p.push(&self.nonce, refusal))
+                                .unwrap_or_default();
+                            match tag {
+                                b'P' => {
+                                    let name = messages::parse_text(&m)
+                                        .map(|(n, _)| n)
+                                        .unwrap_or_default();
+                                    messages::parse_named(&name, &placeholder).encode(&mut out)
+                                }
+                                _ => messages::query(&placeholder).encode(&mut out),
+                            }
+                        }
+                        Err(_) => return Exit::Internal,
+                    }
+                    if tag == b'X' {
+                        terminate = true;
+                        break;
+                    }
+                    next = match caller_r.buffered() {
+                        Ok(m) => m,
+                        Err(e) => return Exit::CallerBadFrame(e),
+                    };
+                }
+                if up_w.write_all(&out).await.is_err() || up_w.flush().await.is_err() {
+                    return Exit::UpstreamGone;
+                }
+                out.clear();
+                if terminate {
+                    return Exit::CallerGone;
+                }
+            }
+        };
+
+        let u2c = async {
+            let mut out = BytesMut::new();
+            loop {
+                let first = match up_r.next().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => return Exit::UpstreamGone,
+                };
+                let mut next = Some(first);
+                while let Some(mut m) = next.take() {
+                    if m.tag == b'E'
+                        && let Some(r) = pending
+                            .lock()
+                            .ok()
+                            .and_then(|mut p| p.take_if_placeholder(&self.nonce, &m))
+                    {
+                        m = messages::error(false, r.code, &r.message, None);
+                    }
+                    match chain.lock().map(|mut c| inspect::backend(&mut c, m)) {
+                        Ok(Ok(m)) => m.encode(&mut out),
+                        Ok(Err(refusal)) => return Exit::Refused(refusal),
+                        Err(_) => return Exit::Internal,
+                    }
+                    next = match up_r.buffered() {
+                        Ok(m) => m,
+                        Err(_) => return Exit::UpstreamGone,
+                    };
+                }
+                if caller_w.write_all(&out).await.is_err() || caller_w.flush().await.is_err() {
+                    return Exit::CallerGone;
+                }
+                out.clear();
+            }
+        };
+
+        let exit = tokio::select! {
+            e = c2u => e,
+            e = u2c => e,
+        };
+        let (label, last) = match &exit {
+            Exit::CallerGone => ("caller_closed", None),
+            Exit::UpstreamGone => (
+                "upstream_closed",
+                Some(fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!("connection \"{connection}\": the target closed the connection"),
+                )),
+            ),
+            Exit::CallerBadFrame(e) => {
+                let code = match e {
+                    FrameError::TooLong { .. } => sqlstate::PROGRAM_LIMIT,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                (
+                    "caller_protocol_error",
+                    Some(fatal(code, &format!("invalid message: {e}"))),
+                )
+            }
+            Exit::Refused(r) => ("refused", Some(fatal(r.code, &r.message))),
+            Exit::Internal => (
+                "internal_error",
+                Some(fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "internal error in the gateway",
+                )),
+            ),
+        };
+        if let Some(m) = last {
+            send(&mut caller_w, &m).await;
+        }
+        let _ = caller_w.shutdown().await;
+        if !matches!(exit, Exit::UpstreamGone) {
+            // Tell the target we are done, so its backend ends now.
+            let _ = up_w
+                .write_all(&Message::new(b'X', bytes::Bytes::new()).to_bytes())
+                .await;
+            let _ = up_w.shutdown().await;
+        }
+        label
+    }
+}
+
+enum Exit {
+    CallerGone,
+    UpstreamGone,
+    CallerBadFrame(FrameError),
+    Refused(Refusal),
+    Internal,
+}
+
+/// Refusals waiting for their placeholder's error to come back from the
+/// target, keyed by sequence number.
+#[derive(Default)]
+struct Pending {
+    seq: u64,
+    waiting: VecDeque<(u64, Refusal)>,
+}
+
+impl Pending {
+    /// Queue `r` and return the placeholder SQL to send in its place: a
+    /// call to a function that cannot exist, which the target rejects at
+    /// parse time, in order, aborting the transaction just as a real error
+    /// would.
+    fn push(&mut self, nonce: &str, r: Refusal) -> String {
+        self.seq += 1;
+        if self.waiting.len() >= MAX_PENDING_REFUSALS {
+            self.waiting.pop_front();
+        }
+        self.waiting.push_back((self.seq, r));
+        format!("SELECT portcullis_refused_{nonce}_{}()", self.seq)
+    }
+
+    /// If `m` is the target's error for one of our placeholders, the
+    /// refusal to send instead.
+    fn take_if_placeholder(&mut self, nonce: &str, m: &Message) -> Option<Refusal> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let fields = messages::parse_fields(&m.body);
+        let text = messages::field(&fields, b'M')?;
+        let marker = format!("portcullis_refused_{nonce}_");
+        let at = text.find(&marker)? + marker.len();
+        let seq: u64 = text[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        let i = self.waiting.iter().position(|(s, _)| *s == seq)?;
+        self.waiting.remove(i).map(|(_, r)| r)
+    }
+}

@@ -1,0 +1,98 @@
+//! Reading frames off a byte stream: the only place the parsers meet I/O.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::frame::{self, FrameError, Message, Startup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer closed the connection in the middle of a message")]
+    TruncatedMessage,
+}
+
+/// A buffered frame reader.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max,
+        }
+    }
+
+    /// A message already buffered, without reading.
+    pub fn buffered(&mut self) -> Result<Option<Message>, FrameError> {
+        frame::parse_message(&mut self.buf, self.max)
+    }
+
+    /// The next message; `None` on a clean end of stream between messages.
+    pub async fn next(&mut self) -> Result<Option<Message>, ReadError> {
+        loop {
+            if let Some(m) = frame::parse_message(&mut self.buf, self.max)? {
+                return Ok(Some(m));
+            }
+            if self.fill().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::TruncatedMessage)
+                };
+            }
+        }
+    }
+
+    /// The next startup packet; `None` on a clean end of stream.
+    pub async fn startup(&mut self) -> Result<Option<Startup>, ReadError> {
+        loop {
+            if let Some(s) = frame::parse_startup(&mut self.buf)? {
+                return Ok(Some(s));
+            }
+            if self.fill().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::TruncatedMessage)
+                };
+            }
+        }
+    }
+
+    /// Whether unread bytes are buffered (after an SSLRequest there must be
+    /// none: bytes sent before the TLS handshake would be trusted as if
+    /// they had come through it).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Change the message size limit (startup packets are small; the
+    /// session's messages may be larger).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(8 * 1024);
+        }
+        self.inner.read_buf(&mut self.buf).await
+    }
+}

@@ -1,0 +1,435 @@
+//! The upstream half: TLS to the target with full verification, then
+//! authentication with the credential only this code reads (SCRAM-SHA-256,
+//! or md5/cleartext for old servers, the latter two only inside TLS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use portcullis_config::{Access, Connection, PgTarget, Secret, UpstreamTls};
+use portcullis_tls::TlsPolicy;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::frame::{Message, take_cstr};
+use crate::io::{FrameReader, ReadError};
+use crate::messages;
+
+/// Largest message accepted from a target: PostgreSQL's own field limit
+/// is 1 GiB; a row this large is buffered whole, so stop well before.
+pub const MAX_BACKEND_MESSAGE: usize = 512 * 1024 * 1024;
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub type BoxStream = Box<dyn Stream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("connection {connection:?}: {reason}")]
+    Tls { connection: String, reason: String },
+    #[error("connection {connection:?}: password {reference}: {reason}")]
+    Secret {
+        connection: String,
+        reference: String,
+        reason: String,
+    },
+}
+
+/// Why a session with the target could not be opened. Messages are safe
+/// for callers: never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the target: {0}")]
+    Connect(std::io::Error),
+    #[error("the target did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the target does not accept TLS (use sslmode=disable only if that is intended)")]
+    TlsRefused,
+    #[error("{0}")]
+    Tls(String),
+    #[error("the target refused the gateway's credentials: {0}")]
+    Auth(String),
+    #[error("the target asked for a cleartext or md5 password over plaintext; refused")]
+    InsecureAuth,
+    #[error("the target asked for an unsupported authentication method ({0})")]
+    UnsupportedAuth(i32),
+    #[error("the target reported an error: {0}")]
+    Server(String),
+    #[error("protocol error talking to the target: {0}")]
+    Protocol(String),
+}
+
+impl From<ReadError> for UpstreamError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(io) => match describe_io(&io) {
+                Some(tls) => UpstreamError::Tls(tls),
+                None => UpstreamError::Protocol(io.to_string()),
+            },
+            other => UpstreamError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A TLS verification failure inside an io::Error, in words.
+fn describe_io(e: &std::io::Error) -> Option<String> {
+    use rustls::CertificateError as C;
+    let t = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match t {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the target's certificate is not trusted (unknown issuer); set sslrootcert or ca_file"
+                .into()
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "the target's certificate is not valid for its host name".into(),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the target's certificate has expired".into()
+        }
+        other => format!("TLS with the target failed: {other}"),
+    })
+}
+
+/// Everything needed to open sessions to one PostgreSQL target.
+pub struct PgUpstream {
+    pub name: String,
+    host: String,
+    port: u16,
+    database: String,
+    user: String,
+    password: Secret,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    pub read_only: bool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PgUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgUpstream")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An authenticated session with the target, ready for queries.
+pub struct UpstreamSession {
+    pub reader: FrameReader<tokio::io::ReadHalf<BoxStream>>,
+    pub writer: tokio::io::WriteHalf<BoxStream>,
+    /// ParameterStatus (and any NoticeResponse) sent during startup, to be
+    /// replayed to the caller.
+    pub startup_messages: Vec<Message>,
+    pub pid: i32,
+    pub secret: i32,
+    pub status: u8,
+}
+
+/// Startup parameters a caller may pass through to the target. Anything
+/// else (notably `options`, which can carry `-c` settings) is dropped.
+const PASSED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+];
+
+impl PgUpstream {
+    pub fn new(conn: &Connection, t: &PgTarget, policy: &TlsPolicy) -> Result<Self, SetupError> {
+        let password = t.password.resolve().map_err(|reason| SetupError::Secret {
+            connection: conn.name.clone(),
+            reference: t.password.to_string(),
+            reason,
+        })?;
+        let tls = match t.tls {
+            UpstreamTls::Disable => {
+                tracing::warn!(
+                    connection = %conn.name,
+                    host = %t.host,
+                    "PLAINTEXT to the target: sslmode=disable is set for this connection"
+                );
+                None
+            }
+            UpstreamTls::Verify => {
+                let tls_err = |reason: String| SetupError::Tls {
+                    connection: conn.name.clone(),
+                    reason,
+                };
+                let roots = match &conn.ca_file {
+                    Some(b) => {
+                        portcullis_tls::load_roots(b, true).map_err(|e| tls_err(e.to_string()))?
+                    }
+                    None => portcullis_tls::system_roots(),
+                };
+                let cfg = portcullis_tls::client_config(policy, roots)
+                    .map_err(|e| tls_err(e.to_string()))?;
+                let name = ServerName::try_from(t.host.clone())
+                    .map_err(|_| tls_err(format!("{:?} is not a valid TLS server name", t.host)))?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+            }
+        };
+        Ok(Self {
+            name: conn.name.clone(),
+            host: t.host.clone(),
+            port: t.port,
+            database: t.database.clone(),
+            user: t.user.clone(),
+            password,
+            tls,
+            read_only: t.access == Access::ReadOnly,
+            timeout: conn.timeout,
+        })
+    }
+
+    async fn dial(&self) -> Result<BoxStream, UpstreamError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let mut tcp = tcp;
+        tcp.write_all(&messages::ssl_request())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        match answer[0] {
+            b'S' => {}
+            b'N' => return Err(UpstreamError::TlsRefused),
+            _ => {
+                return Err(UpstreamError::Protocol(
+                    "unexpected answer to SSLRequest".into(),
+                ));
+            }
+        }
+        let tls =
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| match describe_io(&e) {
+                    Some(d) => UpstreamError::Tls(d),
+                    None => UpstreamError::Connect(e),
+                })?;
+        Ok(Box::new(tls))
+    }
+
+    /// Open and authenticate a session. `caller_params` are the caller's
+    /// startup parameters; only [`PASSED_PARAMS`] go through.
+    pub async fn connect(
+        &self,
+        caller_params: &[(String, String)],
+    ) -> Result<UpstreamSession, UpstreamError> {
+        tokio::time::timeout(self.timeout, self.connect_inner(caller_params))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+
+    async fn connect_inner(
+        &self,
+        caller_params: &[(String, String)],
+    ) -> Result<UpstreamSession, UpstreamError> {
+        let stream = self.dial().await?;
+        let (r, mut w) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
+
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &self.user), ("database", &self.database)];
+        for (k, v) in caller_params {
+            if PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+                params.push((k, v));
+            }
+        }
+        if self.read_only {
+            // Belt and braces: the target refuses writes too.
+            params.push(("default_transaction_read_only", "on"));
+        }
+        w.write_all(&messages::startup(&params))
+            .await
+            .map_err(UpstreamError::Connect)?;
+
+        self.authenticate(&mut reader, &mut w).await?;
+
+        let mut startup_messages = Vec::new();
+        let (mut pid, mut secret) = (0, 0);
+        loop {
+            let m = reader.next().await?.ok_or_else(|| {
+                UpstreamError::Protocol("the target closed the connection during startup".into())
+            })?;
+            match m.tag {
+                b'S' | b'N' => startup_messages.push(m),
+                b'K' if m.body.len() == 8 => {
+                    pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+                    secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
+                }
+                b'Z' => {
+                    let status = m.body.first().copied().unwrap_or(b'I');
+                    return Ok(UpstreamSession {
+                        reader,
+                        writer: w,
+                        startup_messages,
+                        pid,
+                        secret,
+                        status,
+                    });
+                }
+                b'E' => return Err(UpstreamError::Server(error_text(&m))),
+                _ => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "unexpected {:?} during startup",
+                        m.tag as char
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn authenticate<R, W>(
+        &self,
+        reader: &mut FrameReader<R>,
+        w: &mut W,
+    ) -> Result<(), UpstreamError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let m = reader.next().await?.ok_or_else(|| {
+                UpstreamError::Protocol(
+                    "the target closed the connection during authentication".into(),
+                )
+            })?;
+            match m.tag {
+                b'E' => return Err(UpstreamError::Auth(error_text(&m))),
+                b'R' if m.body.len() >= 4 => {}
+                _ => {
+                    return Err(UpstreamError::Protocol(
+                        "expected an authentication request".into(),
+                    ));
+                }
+            }
+            let code = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+            let data = &m.body[4..];
+            let reply = match code {
+                0 => return Ok(()),
+                3 => {
+                    self.require_tls()?;
+                    password_message(self.password.expose().as_bytes())
+                }
+                5 => {
+                    self.require_tls()?;
+                    let salt: [u8; 4] = data
+                        .try_into()
+                        .map_err(|_| UpstreamError::Protocol("bad md5 salt".into()))?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        self.user.as_bytes(),
+                        self.password.expose().as_bytes(),
+                        salt,
+                    );
+                    password_message(hash.as_bytes())
+                }
+                10 => {
+                    let mut mechs = data;
+                    let mut offered = Vec::new();
+                    while let Some(s) = take_cstr(&mut mechs).filter(|s| !s.is_empty()) {
+                        offered.push(s);
+                    }
+                    if !offered.iter().any(|s| s == SCRAM_SHA_256) {
+                        return Err(UpstreamError::Auth(format!(
+                            "no supported SASL mechanism offered ({})",
+                            offered.join(", ")
+                        )));
+                    }
+                    // Channel binding is not used: the TLS connection is
+                    // already verified against the target's name.
+                    let s = ScramSha256::new(
+                        self.password.expose().as_bytes(),
+                        ChannelBinding::unsupported(),
+                    );
+                    let mut b = BytesMut::new();
+                    b.put_slice(SCRAM_SHA_256.as_bytes());
+                    b.put_u8(0);
+                    b.put_i32(s.message().len() as i32);
+                    b.put_slice(s.message());
+                    scram = Some(s);
+                    Message::new(b'p', b.freeze())
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        UpstreamError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    s.update(data)
+                        .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                    Message::new(b'p', Bytes::copy_from_slice(s.message()))
+                }
+                12 => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        UpstreamError::Protocol("SASL final before SASL start".into())
+                    })?;
+                    // Verifies the server's signature: the target proves it
+                    // knows the password too.
+                    s.finish(data)
+                        .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                    continue;
+                }
+                other => return Err(UpstreamError::UnsupportedAuth(other)),
+            };
+            w.write_all(&reply.to_bytes())
+                .await
+                .map_err(UpstreamError::Connect)?;
+        }
+    }
+
+    fn require_tls(&self) -> Result<(), UpstreamError> {
+        if self.tls.is_some() {
+            Ok(())
+        } else {
+            Err(UpstreamError::InsecureAuth)
+        }
+    }
+
+    /// Forward a cancel request for the target's backend `pid`/`secret`.
+    pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), UpstreamError> {
+        let fut = async {
+            let mut s = self.dial().await?;
+            s.write_all(&messages::cancel_request(pid, secret))
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let _ = s.flush().await;
+            // The server closes without answering; wait for that briefly so
+            // the request is not cut off.
+            let mut sink = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+}
+
+fn password_message(p: &[u8]) -> Message {
+    let mut b = BytesMut::with_capacity(p.len() + 1);
+    b.put_slice(p);
+    b.put_u8(0);
+    Message::new(b'p', b.freeze())
+}
+
+/// "CODE: message" of an ErrorResponse.
+pub fn error_text(m: &Message) -> String {
+    let f = messages::parse_fields(&m.body);
+    format!(
+        "{}: {}",
+        messages::field(&f, b'C').unwrap_or("?????"),
+        messages::field(&f, b'M').unwrap_or("(no message)")
+    )
+}
