@@ -9,7 +9,7 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     tracing::info!(file = %config.source.display(), sha256 = %digest, "config loaded");
     let running = portcullis_gateway::start(&config, store).await?;
-    println!("portcullis: ready url={}", running.public_url);
+    println!("{}", crate::ready_line(&running));
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;

@@ -135,6 +135,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The line scripts (and the tests) wait for: the gateway is serving.
+pub(crate) fn ready_line(g: &portcullis_gateway::RunningGateway) -> String {
+    let mut line = format!("portcullis: ready url={}", g.public_url);
+    if let Some(a) = g.postgres_addr {
+        line.push_str(&format!(" postgres={a}"));
+    }
+    if let Some(a) = g.admin_addr {
+        line.push_str(&format!(" admin={a}"));
+    }
+    line
+}
+
 /// Wait for Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]

@@ -162,7 +162,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("portcullis: ready url={url}");
+    println!("{}", crate::ready_line(&running));
     let _ = std::io::stdout().flush();
 
     crate::shutdown_signal().await;

@@ -2,6 +2,7 @@
 //! at run time, and talks to it with real clients (curl, openssl, rustls).
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ pub struct Proc {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub url: String,
+    /// `postgres=ADDR` from the ready line, when a PostgreSQL listener runs.
+    pub pg_port: Option<u16>,
 }
 
 impl Proc {
@@ -39,12 +42,12 @@ impl Proc {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("portcullis: ready url=") {
-                    let _ = tx.send(url.to_string());
+                if let Some(rest) = line.strip_prefix("portcullis: ready ") {
+                    let _ = tx.send(rest.to_string());
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(u) => u,
             Err(_) => {
                 let _ = child.kill();
@@ -54,11 +57,20 @@ impl Proc {
                 );
             }
         };
+        let field = |name: &str| {
+            ready
+                .split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .map(str::to_string)
+        };
+        let url = field("url=").expect("url in the ready line");
+        let pg_port = field("postgres=").and_then(|a| a.rsplit(':').next()?.parse().ok());
         Proc {
             child,
             dir: dir.to_path_buf(),
             log,
             url,
+            pg_port,
         }
     }
 

@@ -1,0 +1,658 @@
+//! PostgreSQL through the gateway, against a real PostgreSQL server, with
+//! real clients: psql, pgbench and tokio-postgres.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::error::SqlState;
+
+/// A gateway with a set of PostgreSQL connections to the shared cluster.
+struct PgGateway {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    ca: String,
+    token: String,
+    port: u16,
+}
+
+impl PgGateway {
+    fn start() -> PgGateway {
+        let pg = PgCluster::shared();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+        let leaf = ca
+            .issue(
+                LeafKind::Server,
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+        std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+        std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
+        let root = pg.ca.display();
+        let p = pg.port;
+        let config = format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[postgres]
+listen = "127.0.0.1:0"
+max_message_bytes = 1048576
+
+[[connections]]
+name = "rw"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+
+[[connections]]
+name = "ro"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+access = "read-only"
+
+[[connections]]
+name = "wrongname"
+type = "postgres"
+url = "postgres://postgres@127.0.0.1:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+
+[[connections]]
+name = "untrusted"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres"
+password = "file:pgpw"
+
+[[connections]]
+name = "nogrant"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:1"
+
+[[grants]]
+groups = ["testers"]
+connections = ["rw", "ro", "wrongname", "untrusted", "api"]
+"#
+        );
+        let cfg = dir.join("portcullis.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "--config",
+                cfg,
+                "token",
+                "create",
+                "--principal",
+                "agent:tester",
+                "--group",
+                "testers",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+        let port = gw.pg_port.expect("postgres listener");
+        PgGateway {
+            ca: dir.join("ca.pem").display().to_string(),
+            tmp,
+            gw,
+            token,
+            port,
+        }
+    }
+
+    fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=localhost port={} dbname={db} user=agent sslmode=verify-full sslrootcert={}",
+            self.port, self.ca
+        )
+    }
+
+    fn pg_config(&self, db: &str) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("localhost")
+            .port(self.port)
+            .dbname(db)
+            .user("agent");
+        cfg
+    }
+
+    /// psql through the gateway.
+    fn psql(&self, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.psql_as(&self.token, db, args, stdin)
+    }
+
+    fn psql_as(&self, token: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(args)
+            .arg(self.conninfo(db))
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write;
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    async fn client(
+        &self,
+        db: &str,
+        token: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*client_tls(Path::new(&self.ca), &[])).clone(),
+        );
+        let mut cfg = self.pg_config(db);
+        cfg.password(token);
+        // The rustls config above verifies the gateway against its CA.
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = cfg.connect(tls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn psql_queries_scripts_and_copy_both_ways() {
+    let g = PgGateway::start();
+    let o = g.psql("rw", &["-c", "select current_user, 40 + 2"], None);
+    assert_eq!(text(&o).0, "postgres|42", "{:?}", text(&o));
+
+    let table = format!("t_{}", std::process::id());
+    let script = format!(
+        "create table {table} (id int primary key, name text);\n\
+         insert into {table} values (1, 'one'), (2, 'two');\n\
+         \\copy {table} from stdin\n3\tthree\n4\tfour\n\\.\n\
+         select count(*) from {table};\n\
+         \\copy (select name from {table} order by id) to stdout\n\
+         drop table {table};\n"
+    );
+    let o = g.psql("rw", &["-q", "-f", "-"], Some(&script));
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "4\none\ntwo\nthree\nfour", "{out}");
+
+    // A big result crosses intact.
+    let o = g.psql(
+        "rw",
+        &[
+            "-c",
+            "select sum(length(repeat('x', g))) from generate_series(1, 3000) g",
+        ],
+        None,
+    );
+    assert_eq!(text(&o).0, (3000 * 3001 / 2).to_string());
+    let o = g.psql("rw", &["-c", "select repeat('y', 200000)"], None);
+    assert_eq!(text(&o).0.len(), 200_000);
+}
+
+#[test]
+fn pgbench_initialises_and_runs() {
+    let g = PgGateway::start();
+    let pgbench = PgCluster::shared().pgbench_path();
+    let run = |args: &[&str]| {
+        let o = Command::new(&pgbench)
+            .args(args)
+            .arg(g.conninfo("rw"))
+            .env("PGPASSWORD", &g.token)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "pgbench {args:?}: {all}");
+        all
+    };
+    run(&["-i", "-s", "1", "-q"]);
+    let out = run(&["-S", "-c", "4", "-j", "2", "-t", "200"]);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    let out = run(&["-c", "2", "-t", "50", "-M", "extended"]);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    let out = run(&["-S", "-c", "2", "-t", "50", "-M", "prepared"]);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+}
+
+#[test]
+fn tokio_postgres_extended_protocol_and_pipelining() {
+    let g = PgGateway::start();
+    rt().block_on(async {
+        let c = g.client("rw", &g.token).await.unwrap();
+        let stmt = c.prepare("select $1::int + $2::int").await.unwrap();
+        // Several queries in flight on one connection: pipelined.
+        let futs = (0..20).map(|i| {
+            let c = &c;
+            let stmt = &stmt;
+            async move {
+                let row = c.query_one(stmt, &[&i, &100]).await.unwrap();
+                row.get::<_, i32>(0)
+            }
+        });
+        let got = futures_util::future::join_all(futs).await;
+        assert_eq!(got, (0..20).map(|i| i + 100).collect::<Vec<_>>());
+        let rows = c
+            .query("select g from generate_series(1, 1000) g", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1000);
+        // NOTIFY reaches a listener on the same session.
+        c.batch_execute("listen ch; notify ch, 'hi'").await.unwrap();
+    });
+}
+
+#[test]
+fn plaintext_wrong_token_no_grant_and_unknown_connection() {
+    let g = PgGateway::start();
+    // Plaintext: refused with 28000 and a message that says how to connect.
+    let o = Command::new("psql")
+        .args(["-X", "-c", "select 1"])
+        .arg(format!(
+            "host=localhost port={} dbname=rw user=a sslmode=disable",
+            g.port
+        ))
+        .env("PGPASSWORD", &g.token)
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("TLS only") && err.contains("sslmode"), "{err}");
+
+    rt().block_on(async {
+        let (_, _) = (&g.tmp, &g.gw);
+        let mut cfg = g.pg_config("rw");
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .password(g.token.as_str());
+        let e = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+            "{e}"
+        );
+
+        let e = g
+            .client("rw", "pcl_wrongwrongwrongwrongwrongwrongwrongwrongwro")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD), "{e}");
+        let msg = e.as_db_error().unwrap().message().to_string();
+        assert!(
+            msg.contains("\"rw\"") && !msg.contains("pcl_wrong"),
+            "{msg}"
+        );
+
+        let e = g.client("nogrant", &g.token).await.err().unwrap();
+        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+        let msg = e.as_db_error().unwrap().message().to_string();
+        assert!(
+            msg.contains("agent:tester") && msg.contains("nogrant"),
+            "{msg}"
+        );
+
+        let e = g.client("nope", &g.token).await.err().unwrap();
+        assert_eq!(e.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{e}");
+        let e = g.client("api", &g.token).await.err().unwrap();
+        assert!(
+            e.as_db_error().unwrap().message().contains("speaks http"),
+            "{e}"
+        );
+
+        // Still serving.
+        let c = g.client("rw", &g.token).await.unwrap();
+        assert_eq!(
+            c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
+    });
+}
+
+#[test]
+fn read_only_connection_refuses_writes_and_ddl() {
+    let g = PgGateway::start();
+    let ok = g.psql(
+        "ro",
+        &["-c", "select 1", "-c", "show default_transaction_read_only"],
+        None,
+    );
+    assert_eq!(text(&ok).0, "1\non", "{:?}", text(&ok));
+
+    for sql in [
+        "DELETE FROM pg_catalog.pg_description WHERE false",
+        "CREATE TABLE should_not_exist (a int)",
+        "SET default_transaction_read_only = off",
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SELEC this is not sql",
+    ] {
+        let o = g.psql("ro", &["-c", sql], None);
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{sql} passed");
+        assert!(
+            err.contains("read-only") && err.contains("access = \"read-only\""),
+            "{sql}: {err}"
+        );
+    }
+    // The session stays usable after a refusal, and a refusal inside a
+    // transaction aborts it like any error would.
+    let script = "select 1;\ndelete from pg_catalog.pg_description where false;\nselect 2;\n\
+                  begin;\ndelete from pg_catalog.pg_description where false;\nselect 3;\nrollback;\nselect 4;\n";
+    let o = g.psql("ro", &["-q", "-f", "-"], Some(script));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let o2 = g.psql(
+        "ro",
+        &["-q", "-v", "ON_ERROR_STOP=0", "-f", "-"],
+        Some(script),
+    );
+    let out2 = String::from_utf8_lossy(&o2.stdout).to_string();
+    let err2 = String::from_utf8_lossy(&o2.stderr).to_string();
+    assert_eq!(
+        out.trim(),
+        "1",
+        "stops at the first error with ON_ERROR_STOP=1"
+    );
+    assert_eq!(
+        out2.split_whitespace().collect::<Vec<_>>(),
+        vec!["1", "2", "4"],
+        "{out2}\n{err2}"
+    );
+    assert!(err2.contains("current transaction is aborted"), "{err2}");
+    assert_eq!(
+        PgCluster::shared()
+            .psql_direct("select count(*) from pg_class where relname = 'should_not_exist'"),
+        "0"
+    );
+
+    rt().block_on(async {
+        let c = g.client("ro", &g.token).await.unwrap();
+        let e = c
+            .prepare("delete from pg_catalog.pg_description where false")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+        let stmt = c.prepare("select $1::text").await.unwrap();
+        let row = c.query_one(&stmt, &[&"still fine"]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "still fine");
+        // Writes in a pipeline between reads: only the write fails.
+        let (a, b, d) = tokio::join!(
+            c.query_one("select 10", &[]),
+            c.execute(
+                "insert into pg_catalog.pg_description values (0, 0, 0, 'x')",
+                &[]
+            ),
+            c.query_one("select 11", &[]),
+        );
+        assert_eq!(a.unwrap().get::<_, i32>(0), 10);
+        assert_eq!(
+            b.err().unwrap().code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+        );
+        assert_eq!(d.unwrap().get::<_, i32>(0), 11);
+    });
+}
+
+#[test]
+fn upstream_certificate_problems_are_refused() {
+    let g = PgGateway::start();
+    let o = g.psql("wrongname", &["-c", "select 1"], None);
+    let (_, err) = text(&o);
+    assert!(err.contains("not valid for its host name"), "{err}");
+    let o = g.psql("untrusted", &["-c", "select 1"], None);
+    let (_, err) = text(&o);
+    assert!(err.contains("not trusted"), "{err}");
+    assert!(!err.contains(PG_PASSWORD));
+    assert_eq!(text(&g.psql("rw", &["-c", "select 5"], None)).0, "5");
+}
+
+#[test]
+fn cancel_reaches_the_target() {
+    let g = PgGateway::start();
+    let mut child = Command::new("psql")
+        .args(["-X", "-c", "select pg_sleep(20)"])
+        .arg(g.conninfo("rw"))
+        .env("PGPASSWORD", &g.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // psql sends a CancelRequest on SIGINT.
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = loop {
+        if let Some(_st) = child.try_wait().unwrap() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "psql did not return after cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upstream_killed_mid_query_gives_an_error_and_the_gateway_stays_up() {
+    let g = PgGateway::start();
+    let marker = format!("portcullis_kill_{}", std::process::id());
+    let child = Command::new("psql")
+        .args(["-X", "-c", &format!("select pg_sleep(20) as {marker}")])
+        .arg(g.conninfo("rw"))
+        .env("PGPASSWORD", &g.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pg = PgCluster::shared();
+    let mut killed = String::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        killed = pg.psql_direct(&format!(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
+        ));
+        if killed == "1" {
+            break;
+        }
+    }
+    assert_eq!(killed, "1");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("terminating connection") || err.contains("closed the connection"),
+        "{err}"
+    );
+    assert_eq!(text(&g.psql("rw", &["-c", "select 6"], None)).0, "6");
+}
+
+#[test]
+fn malformed_and_oversized_frames_end_only_that_session() {
+    let g = PgGateway::start();
+    rt().block_on(async {
+        // Garbage instead of a startup packet, in plaintext.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert_eq!(buf.first(), Some(&b'E'), "an ErrorResponse: {buf:?}");
+        assert!(String::from_utf8_lossy(&buf).contains("08P01"));
+
+        // A real session, then a message that claims 2 GiB.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"S");
+        let connector =
+            tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[b"postgresql"]));
+        let mut tls = connector
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                s,
+            )
+            .await
+            .unwrap();
+        let mut startup = Vec::new();
+        let params = b"user\0a\0database\0rw\0\0";
+        startup.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+        startup.extend_from_slice(&196608u32.to_be_bytes());
+        startup.extend_from_slice(params);
+        tls.write_all(&startup).await.unwrap();
+        let mut auth = [0u8; 9];
+        tls.read_exact(&mut auth).await.unwrap();
+        assert_eq!(auth[0], b'R');
+        let mut pw = vec![b'p'];
+        pw.extend_from_slice(&((4 + g.token.len() + 1) as u32).to_be_bytes());
+        pw.extend_from_slice(g.token.as_bytes());
+        pw.push(0);
+        tls.write_all(&pw).await.unwrap();
+        // Read until ReadyForQuery.
+        let mut seen = Vec::new();
+        while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+            let mut chunk = [0u8; 4096];
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before ReadyForQuery");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        tls.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.first() == Some(&b'E')
+                && text.contains("54000")
+                && text.contains("exceeds the limit"),
+            "{text}"
+        );
+    });
+    assert_eq!(text(&g.psql("rw", &["-c", "select 7"], None)).0, "7");
+}
+
+#[test]
+fn quickstart_with_postgres_and_no_leaks() {
+    let pg = PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let url = pg.url("localhost", "");
+    let qs = Proc::spawn(
+        tmp.path(),
+        &[
+            "quickstart",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--postgres",
+            &url,
+        ],
+        "quickstart.log",
+    );
+    let env = read_env(&data.join("quickstart.env"));
+    assert_eq!(env["PORTCULLIS_DEMO_PG"], "demo-pg");
+    assert_eq!(env["PORTCULLIS_PG_HOST"], "localhost");
+    // The README's psql line, verbatim.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && PGPASSWORD=$PORTCULLIS_TOKEN psql -X -A -t \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname=demo-pg user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\" -c 'select 8'",
+            data.join("quickstart.env").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(text(&o).0, "8", "{:?}", text(&o));
+
+    // The upstream password lives only in the secret file.
+    let logs = qs.logs();
+    assert!(!logs.contains(PG_PASSWORD));
+    let config = std::fs::read_to_string(data.join("portcullis.toml")).unwrap();
+    assert!(!config.contains(PG_PASSWORD), "{config}");
+    for (path, bytes) in all_files(&data) {
+        let name = path.display().to_string();
+        if !name.ends_with("secrets/demo-pg-password") {
+            assert!(
+                !contains(&bytes, PG_PASSWORD),
+                "{name} holds the upstream password"
+            );
+        }
+    }
+    let stdout_and_errors = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && PGPASSWORD=bad psql \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname=demo-pg user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\" -c 'select 1' 2>&1",
+            data.join("quickstart.env").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stdout_and_errors.stdout).contains(PG_PASSWORD));
+}
