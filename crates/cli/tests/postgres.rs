@@ -656,3 +656,67 @@ fn quickstart_with_postgres_and_no_leaks() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&stdout_and_errors.stdout).contains(PG_PASSWORD));
 }
+
+/// A startup packet for `database`.
+fn startup_packet(database: &str) -> Vec<u8> {
+    let params = format!("user\0agent\0database\0{database}\0\0");
+    let mut out = Vec::new();
+    out.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&196608u32.to_be_bytes());
+    out.extend_from_slice(params.as_bytes());
+    out
+}
+
+#[test]
+fn direct_tls_with_alpn_and_gssenc_refusal() {
+    let g = PgGateway::start();
+    rt().block_on(async {
+        let name = || rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        // PostgreSQL 17's direct TLS: a ClientHello straight away, ALPN
+        // "postgresql", then the startup packet inside.
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        let connector =
+            tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[b"postgresql"]));
+        let mut tls = connector.connect(name(), tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+        tls.write_all(&startup_packet("rw")).await.unwrap();
+        let mut auth = [0u8; 9];
+        tls.read_exact(&mut auth).await.unwrap();
+        assert_eq!(
+            auth,
+            [b'R', 0, 0, 0, 8, 0, 0, 0, 3],
+            "asks for the token as a password"
+        );
+
+        // Direct TLS without the ALPN is not PostgreSQL: closed.
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[]));
+        let mut tls = connector.connect(name(), tcp).await.unwrap();
+        let _ = tls.write_all(&startup_packet("rw")).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+        assert!(buf.is_empty(), "{buf:?}");
+
+        // GSSENCRequest gets 'N'; the client may then ask for TLS.
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await.unwrap();
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"N");
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+        tcp.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"S");
+        let connector = tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[]));
+        let mut tls = connector.connect(name(), tcp).await.unwrap();
+        tls.write_all(&startup_packet("rw")).await.unwrap();
+        let mut auth = [0u8; 9];
+        tls.read_exact(&mut auth).await.unwrap();
+        assert_eq!(auth[0], b'R');
+    });
+}
