@@ -77,6 +77,13 @@ url = "postgres://postgres@localhost:{p}/postgres"
 password = "file:pgpw"
 
 [[connections]]
+name = "fresh"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+reuse = false
+
+[[connections]]
 name = "nogrant"
 type = "postgres"
 url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
@@ -89,7 +96,7 @@ url = "https://localhost:1"
 
 [[grants]]
 groups = ["testers"]
-connections = ["rw", "ro", "wrongname", "untrusted", "api"]
+connections = ["rw", "ro", "fresh", "wrongname", "untrusted", "api"]
 "#
         );
         let cfg = dir.join("portcullis.toml");
@@ -258,6 +265,9 @@ fn pgbench_initialises_and_runs() {
     let out = run(&["-c", "2", "-t", "50", "-M", "extended"]);
     assert!(out.contains("number of failed transactions: 0"), "{out}");
     let out = run(&["-S", "-c", "2", "-t", "50", "-M", "prepared"]);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    // A new connection per transaction, as many agents behave.
+    let out = run(&["-S", "-C", "-c", "2", "-t", "50"]);
     assert!(out.contains("number of failed transactions: 0"), "{out}");
 }
 
@@ -719,4 +729,66 @@ fn direct_tls_with_alpn_and_gssenc_refusal() {
         tls.read_exact(&mut auth).await.unwrap();
         assert_eq!(auth[0], b'R');
     });
+}
+
+#[test]
+fn upstream_sessions_are_reused_and_reset_between_callers() {
+    let g = PgGateway::start();
+    let pid = |db: &str| text(&g.psql(db, &["-c", "select pg_backend_pid()"], None)).0;
+    let first = pid("rw");
+    assert!(!first.is_empty());
+    assert_eq!(
+        pid("rw"),
+        first,
+        "the second caller got the first caller's upstream session"
+    );
+
+    // Whatever a caller leaves behind is gone for the next one.
+    let o = g.psql(
+        "rw",
+        &[
+            "-q",
+            "-c",
+            "set search_path to pg_catalog; create temp table leftover (a int); prepare p as select 1; select set_config('portcullis.marker', 'left', false)",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = g.psql(
+        "rw",
+        &[
+            "-c",
+            "select pg_backend_pid(), current_setting('search_path'), \
+             (select count(*) from pg_prepared_statements), \
+             (select count(*) from pg_class where relname = 'leftover' and relpersistence = 't'), \
+             coalesce(current_setting('portcullis.marker', true), '')",
+        ],
+        None,
+    );
+    let row = text(&o).0;
+    assert_eq!(row, format!("{first}|\"$user\", public|0|0|"), "{row}");
+
+    // A caller that leaves inside a transaction does not hand it on: that
+    // upstream session is closed, and the next caller gets a new one.
+    let o = g.psql(
+        "rw",
+        &["-c", "begin", "-c", "select pg_backend_pid()"],
+        None,
+    );
+    assert!(o.status.success());
+    assert_eq!(text(&o).0, format!("BEGIN\n{first}"));
+    let next = pid("rw");
+    assert_ne!(next, first);
+    let gone = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        PgCluster::shared().psql_direct(&format!(
+            "select count(*) from pg_stat_activity where pid = {first}"
+        )) == "0"
+    });
+    assert!(gone, "the in-transaction upstream session was closed");
+
+    // reuse = false: a new upstream session every time.
+    let a = pid("fresh");
+    let b = pid("fresh");
+    assert_ne!(a, b);
 }

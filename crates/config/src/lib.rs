@@ -144,6 +144,9 @@ pub struct PgTarget {
     pub password: SecretRef,
     pub tls: UpstreamTls,
     pub access: Access,
+    /// Keep authenticated upstream sessions and hand them to the next
+    /// caller after `DISCARD ALL` (default on).
+    pub reuse: bool,
 }
 
 /// A header the gateway adds to every request to the target.

@@ -102,6 +102,7 @@ struct RawConnection {
     credential: Option<RawCredential>,
     password: Option<String>,
     access: Option<String>,
+    reuse: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +331,7 @@ impl RawConnection {
     fn http(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<HttpTarget, Invalid> {
         self.refuse(key, "password", self.password.is_some(), "http")?;
         self.refuse(key, "access", self.access.is_some(), "http")?;
+        self.refuse(key, "reuse", self.reuse.is_some(), "http")?;
         let url: Uri = self
             .url
             .parse()
@@ -457,6 +459,7 @@ impl RawConnection {
                 password,
                 tls,
                 access,
+                reuse: self.reuse.unwrap_or(true),
             },
             root,
         ))

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -497,8 +498,21 @@ impl Inner {
                 connection: connection.clone(),
                 read_only: upstream.read_only,
             })];
-            self.relay(reader, w, up, chain, &connection, &principal)
-                .await
+            let (label, reusable) = self
+                .relay(
+                    reader,
+                    w,
+                    up,
+                    chain,
+                    &connection,
+                    &principal,
+                    upstream.reuse(),
+                )
+                .await;
+            if let Some(session) = reusable {
+                upstream.checkin(&params, session).await;
+            }
+            label
         } else {
             "caller_gone"
         };
@@ -516,7 +530,11 @@ impl Inner {
         );
     }
 
-    /// Move messages both ways until either side ends. Returns how it ended.
+    /// Move messages both ways until either side ends. Returns how it
+    /// ended, and the upstream session when it can serve another caller
+    /// (the caller said goodbye with nothing in flight and no transaction
+    /// open).
+    #[allow(clippy::too_many_arguments)]
     async fn relay<R, W>(
         &self,
         mut caller_r: FrameReader<R>,
@@ -525,7 +543,8 @@ impl Inner {
         chain: Vec<Box<dyn Inspector>>,
         connection: &str,
         principal: &Principal,
-    ) -> &'static str
+        reuse: bool,
+    ) -> (&'static str, Option<UpstreamSession>)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -533,8 +552,18 @@ impl Inner {
         let UpstreamSession {
             reader: mut up_r,
             writer: mut up_w,
-            ..
+            startup_messages,
+            pid: up_pid,
+            secret: up_secret,
+            status,
         } = up;
+        // Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
+        // seen: equal means nothing is in flight.
+        // (Atomics only because the future must be Send; both sides run
+        // in this one task.)
+        let syncs_sent = AtomicU64::new(0);
+        let ready_seen = AtomicU64::new(0);
+        let last_status = AtomicU8::new(status);
         let chain = Mutex::new(chain);
         let pending: Mutex<Pending> = Mutex::new(Pending::default());
         caller_r.set_max(self.max_message);
@@ -590,8 +619,15 @@ impl Inner {
                         }
                         Err(_) => return Exit::Internal,
                     }
+                    if matches!(tag, b'Q' | b'S' | b'F') {
+                        syncs_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                     if tag == b'X' {
                         terminate = true;
+                        if reuse {
+                            // Not forwarded: the session may serve the next caller.
+                            out.truncate(out.len() - 5);
+                        }
                         break;
                     }
                     next = match caller_r.buffered() {
@@ -604,7 +640,7 @@ impl Inner {
                 }
                 out.clear();
                 if terminate {
-                    return Exit::CallerGone;
+                    return Exit::CallerTerminated;
                 }
             }
         };
@@ -625,6 +661,11 @@ impl Inner {
                             .and_then(|mut p| p.take_if_placeholder(&self.nonce, &m))
                     {
                         m = messages::error(false, r.code, &r.message, None);
+                    }
+                    if m.tag == b'Z' {
+                        ready_seen.fetch_add(1, Ordering::Relaxed);
+                        last_status
+                            .store(m.body.first().copied().unwrap_or(b'E'), Ordering::Relaxed);
                     }
                     match chain.lock().map(|mut c| inspect::backend(&mut c, m)) {
                         Ok(Ok(m)) => m.encode(&mut out),
@@ -648,7 +689,7 @@ impl Inner {
             e = u2c => e,
         };
         let (label, last) = match &exit {
-            Exit::CallerGone => ("caller_closed", None),
+            Exit::CallerGone | Exit::CallerTerminated => ("caller_closed", None),
             Exit::UpstreamGone => (
                 "upstream_closed",
                 Some(fatal(
@@ -679,6 +720,23 @@ impl Inner {
             send(&mut caller_w, &m).await;
         }
         let _ = caller_w.shutdown().await;
+        let idle = syncs_sent.load(Ordering::Relaxed) == ready_seen.load(Ordering::Relaxed)
+            && last_status.load(Ordering::Relaxed) == b'I';
+        let no_refusals = pending
+            .lock()
+            .map(|p| p.waiting.is_empty())
+            .unwrap_or(false);
+        if reuse && matches!(exit, Exit::CallerTerminated) && idle && no_refusals {
+            let session = UpstreamSession {
+                reader: up_r,
+                writer: up_w,
+                startup_messages,
+                pid: up_pid,
+                secret: up_secret,
+                status: b'I',
+            };
+            return (label, Some(session));
+        }
         if !matches!(exit, Exit::UpstreamGone) {
             // Tell the target we are done, so its backend ends now.
             let _ = up_w
@@ -686,11 +744,13 @@ impl Inner {
                 .await;
             let _ = up_w.shutdown().await;
         }
-        label
+        (label, None)
     }
 }
 
 enum Exit {
+    /// The caller sent Terminate.
+    CallerTerminated,
     CallerGone,
     UpstreamGone,
     CallerBadFrame(FrameError),

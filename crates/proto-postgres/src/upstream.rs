@@ -103,7 +103,20 @@ pub struct PgUpstream {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     pub read_only: bool,
     timeout: Duration,
+    reuse: bool,
+    idle: std::sync::Mutex<Vec<Idle>>,
 }
+
+/// An upstream session waiting for its next caller.
+struct Idle {
+    key: Vec<(String, String)>,
+    session: UpstreamSession,
+    since: std::time::Instant,
+}
+
+/// How many idle sessions a connection keeps, and for how long.
+const MAX_IDLE: usize = 16;
+const IDLE_FOR: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for PgUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,7 +196,87 @@ impl PgUpstream {
             tls,
             read_only: t.access == Access::ReadOnly,
             timeout: conn.timeout,
+            reuse: t.reuse,
+            idle: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn reuse(&self) -> bool {
+        self.reuse
+    }
+
+    /// The caller's parameters that reach the target, normalised: sessions
+    /// are only reused between callers with the same ones.
+    fn passed(caller_params: &[(String, String)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = caller_params
+            .iter()
+            .filter(|(k, _)| PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An idle session for these parameters that is still alive.
+    async fn checkout(&self, key: &[(String, String)]) -> Option<UpstreamSession> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.retain(|i| i.since.elapsed() < IDLE_FOR);
+                let at = idle.iter().rposition(|i| i.key == key)?;
+                idle.swap_remove(at).session
+            };
+            let mut s = candidate;
+            // Anything the target sent while idle (an error about shutting
+            // down, EOF) means the session is not usable; silence means it is.
+            match tokio::time::timeout(Duration::ZERO, s.reader.next()).await {
+                Err(_) => return Some(s),
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reset a session whose caller left cleanly and keep it for the next
+    /// caller with the same parameters. Anything unexpected drops it.
+    pub async fn checkin(&self, caller_params: &[(String, String)], mut session: UpstreamSession) {
+        if !self.reuse {
+            return;
+        }
+        let reset = async {
+            session
+                .writer
+                .write_all(&messages::query("DISCARD ALL").to_bytes())
+                .await
+                .ok()?;
+            session.writer.flush().await.ok()?;
+            loop {
+                let m = session.reader.next().await.ok()??;
+                match m.tag {
+                    b'C' | b'N' | b'S' => {}
+                    b'Z' if m.body.first() == Some(&b'I') => return Some(()),
+                    _ => return None,
+                }
+            }
+        };
+        if tokio::time::timeout(self.timeout, reset)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            tracing::debug!(connection = %self.name, "upstream session not reusable; closed");
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                key: Self::passed(caller_params),
+                session,
+                since: std::time::Instant::now(),
+            });
+        }
     }
 
     async fn dial(&self) -> Result<BoxStream, UpstreamError> {
@@ -228,6 +321,12 @@ impl PgUpstream {
         &self,
         caller_params: &[(String, String)],
     ) -> Result<UpstreamSession, UpstreamError> {
+        if self.reuse
+            && let Some(s) = self.checkout(&Self::passed(caller_params)).await
+        {
+            tracing::debug!(connection = %self.name, "reusing an upstream session");
+            return Ok(s);
+        }
         tokio::time::timeout(self.timeout, self.connect_inner(caller_params))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
