@@ -5,7 +5,6 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::upstream::{self, TestUpstream};
@@ -128,29 +127,7 @@ connections = ["good", "slow", "untrusted", "wronghost", "down"]
         untrusted = untrusted.port,
         wronghost = wronghost.port,
     );
-    let cfg_path = dir.join("portcullis.toml");
-    std::fs::write(&cfg_path, config).unwrap();
-    let cfg = cfg_path.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            cfg,
-            "token",
-            "create",
-            "--principal",
-            "agent:tester",
-            "--group",
-            "testers",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+    let (gw, token) = gateway_with_config(dir, &config);
     Setup {
         ca: dir.join("ca.pem").display().to_string(),
         tmp,

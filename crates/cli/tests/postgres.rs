@@ -99,29 +99,7 @@ groups = ["testers"]
 connections = ["rw", "ro", "fresh", "wrongname", "untrusted", "api"]
 "#
         );
-        let cfg = dir.join("portcullis.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let cfg = cfg.to_str().unwrap();
-        let out = Command::new(BIN)
-            .args([
-                "--config",
-                cfg,
-                "token",
-                "create",
-                "--principal",
-                "agent:tester",
-                "--group",
-                "testers",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+        let (gw, token) = gateway_with_config(dir, &config);
         let port = gw.pg_port.expect("postgres listener");
         PgGateway {
             ca: dir.join("ca.pem").display().to_string(),

@@ -199,6 +199,15 @@ impl Config {
             })
     }
 
+    /// Every connection's protocol by name, so that a front can tell a
+    /// caller "that connection speaks X" instead of "unknown".
+    pub fn protocols(&self) -> std::collections::HashMap<String, &'static str> {
+        self.connections
+            .iter()
+            .map(|c| (c.name.clone(), c.target.protocol()))
+            .collect()
+    }
+
     pub fn connection(&self, name: &str) -> Option<&Connection> {
         self.connections.iter().find(|c| c.name == name)
     }

@@ -169,7 +169,24 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 addr: p.listen,
                 source,
             })?;
-            tracker.spawn(pg.serve(l, shutdown.clone(), tracker.clone()));
+            let stop = shutdown.clone();
+            tracker.spawn(listener::accept_loop(
+                l,
+                shutdown.clone(),
+                tracker.clone(),
+                move |stream, peer| {
+                    let pg = pg.clone();
+                    let stop = stop.clone();
+                    async move {
+                        // PostgreSQL sessions have no graceful end: they
+                        // are closed at shutdown.
+                        tokio::select! {
+                            _ = pg.connection(stream, peer) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
+                },
+            ));
             tracing::info!(%addr, "PostgreSQL listener");
             Some(addr)
         }

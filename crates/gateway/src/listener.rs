@@ -47,16 +47,17 @@ pub struct ListenerSettings {
     pub max_header_bytes: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve<H: Handler>(
+/// Accept on `listener` until `shutdown`, handing each socket to
+/// `on_conn` in a task of `tracker`.
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    front: H,
-    settings: Arc<ListenerSettings>,
-    metrics: TlsMetrics,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) {
+    on_conn: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -71,6 +72,23 @@ pub(crate) async fn serve<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
+        tracker.spawn(on_conn(stream, peer));
+    }
+}
+
+/// Serve HTTPS with `front` on `listener`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<H: Handler>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    front: H,
+    settings: Arc<ListenerSettings>,
+    metrics: TlsMetrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let stop = shutdown.clone();
+    accept_loop(listener, stop, tracker, move |stream, peer| {
         let conn = Connection {
             acceptor: acceptor.clone(),
             front: front.clone(),
@@ -78,8 +96,9 @@ pub(crate) async fn serve<H: Handler>(
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        tracker.spawn(conn.run(stream, peer));
-    }
+        conn.run(stream, peer)
+    })
+    .await
 }
 
 struct Connection<H> {

@@ -31,8 +31,8 @@ pub struct HttpFront {
 
 struct Inner {
     upstreams: HashMap<String, Upstream>,
-    /// Connections of other protocols, to say so instead of "unknown".
-    other_protocols: HashMap<String, &'static str>,
+    /// Every connection's protocol, to say so instead of "unknown".
+    protocols: HashMap<String, &'static str>,
     policy: Policy,
     auth: Authenticator,
     domain: Option<String>,
@@ -50,21 +50,15 @@ impl HttpFront {
         metrics: HttpMetrics,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
-        let mut other_protocols = HashMap::new();
         for c in &cfg.connections {
-            match &c.target {
-                Target::Http(t) => {
-                    upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
-                }
-                other => {
-                    other_protocols.insert(c.name.clone(), other.protocol());
-                }
+            if let Target::Http(t) = &c.target {
+                upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
             }
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 upstreams,
-                other_protocols,
+                protocols: cfg.protocols(),
                 policy: Policy::new(cfg.grants.clone()),
                 auth,
                 domain: cfg.gateway.domain.clone(),
@@ -175,7 +169,7 @@ impl Inner {
         });
         let r = route(host, req.uri().path(), self.domain.as_deref()).ok_or(ProxyError::NoRoute)?;
         let Some((name, upstream)) = self.upstreams.get_key_value(r.connection) else {
-            return Err(match self.other_protocols.get(r.connection) {
+            return Err(match self.protocols.get(r.connection) {
                 Some(protocol) => ProxyError::WrongProtocol {
                     connection: r.connection.to_owned(),
                     protocol,

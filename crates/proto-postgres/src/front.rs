@@ -18,10 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_rustls::server::TlsStream;
 
 use crate::frame::{FrameError, Message, Startup};
 use crate::inspect::{self, Inspector, Refusal, StatementRules};
@@ -95,7 +94,7 @@ pub struct PgFront {
 
 struct Inner {
     upstreams: HashMap<String, Arc<PgUpstream>>,
-    other_protocols: HashMap<String, &'static str>,
+    protocols: HashMap<String, &'static str>,
     policy: Policy,
     auth: Authenticator,
     acceptor: TlsAcceptor,
@@ -126,18 +125,12 @@ impl PgFront {
         tls_metrics: TlsMetrics,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
-        let mut other_protocols = HashMap::new();
         for c in &cfg.connections {
-            match &c.target {
-                Target::Postgres(t) => {
-                    upstreams.insert(
-                        c.name.clone(),
-                        Arc::new(PgUpstream::new(c, t, &cfg.upstream_tls)?),
-                    );
-                }
-                other => {
-                    other_protocols.insert(c.name.clone(), other.protocol());
-                }
+            if let Target::Postgres(t) = &c.target {
+                upstreams.insert(
+                    c.name.clone(),
+                    Arc::new(PgUpstream::new(c, t, &cfg.upstream_tls)?),
+                );
             }
         }
         let max_message = cfg
@@ -148,7 +141,7 @@ impl PgFront {
         Ok(Self {
             inner: Arc::new(Inner {
                 upstreams,
-                other_protocols,
+                protocols: cfg.protocols(),
                 policy: Policy::new(cfg.grants.clone()),
                 auth,
                 acceptor,
@@ -162,35 +155,9 @@ impl PgFront {
         })
     }
 
-    /// Accept callers until `shutdown`.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-    ) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let inner = self.inner.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    _ = inner.connection(stream, peer) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            });
-        }
+    /// Serve one caller's TCP connection until it ends.
+    pub async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
+        self.inner.clone().connection(stream, peer).await
     }
 }
 
@@ -205,6 +172,21 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) {
 }
 
 impl Inner {
+    async fn tls(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<TcpStream>, HandshakeRecord)> {
+        portcullis_tls::accept(
+            &self.acceptor,
+            stream,
+            peer,
+            self.handshake_timeout,
+            &self.tls_metrics,
+        )
+        .await
+    }
+
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first)).await {
@@ -213,15 +195,7 @@ impl Inner {
         }
         if first[0] == TLS_HANDSHAKE {
             // Direct TLS (PostgreSQL 17's sslnegotiation=direct).
-            let Some((tls, record)) = portcullis_tls::accept(
-                &self.acceptor,
-                stream,
-                peer,
-                self.handshake_timeout,
-                &self.tls_metrics,
-            )
-            .await
-            else {
+            let Some((tls, record)) = self.tls(stream, peer).await else {
                 return;
             };
             if record.alpn.as_deref() != Some("postgresql") {
@@ -292,15 +266,7 @@ impl Inner {
                     if stream.write_all(b"S").await.is_err() {
                         return;
                     }
-                    let Some((tls, record)) = portcullis_tls::accept(
-                        &self.acceptor,
-                        stream,
-                        peer,
-                        self.handshake_timeout,
-                        &self.tls_metrics,
-                    )
-                    .await
-                    else {
+                    let Some((tls, record)) = self.tls(stream, peer).await else {
                         return;
                     };
                     self.session(tls, record).await;
@@ -421,7 +387,7 @@ impl Inner {
         drop(password);
         let Some(upstream) = self.upstreams.get(&connection).cloned() else {
             outcome("unknown_connection", &connection);
-            let msg = match self.other_protocols.get(&connection) {
+            let msg = match self.protocols.get(&connection) {
                 Some(p) => format!("connection \"{connection}\" speaks {p}, not PostgreSQL"),
                 None => format!(
                     "no connection named \"{connection}\" (the database name selects the connection)"

@@ -104,6 +104,35 @@ impl Drop for Proc {
     }
 }
 
+/// Write `config` as `dir/portcullis.toml`, create a token for
+/// `agent:tester` in group `testers`, and start `portcullis gateway`.
+pub fn gateway_with_config(dir: &Path, config: &str) -> (Proc, String) {
+    let cfg_path = dir.join("portcullis.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            cfg,
+            "token",
+            "create",
+            "--principal",
+            "agent:tester",
+            "--group",
+            "testers",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+    (gw, token)
+}
+
 /// A quickstart in a fresh temporary folder.
 pub struct Quickstart {
     pub tmp: tempfile::TempDir,
