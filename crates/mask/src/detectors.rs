@@ -1,0 +1,166 @@
+//! The built-in detectors: a name, a pattern, and the check that turns a
+//! match into a finding.
+
+use crate::validate;
+
+pub struct Builtin {
+    pub name: &'static str,
+    /// What `redact` writes: `[LABEL]`.
+    pub label: &'static str,
+    pub pattern: &'static str,
+    /// Capture group holding the sensitive part (0: the whole match).
+    pub group: usize,
+    pub check: Option<fn(&str) -> bool>,
+    /// A weak pattern (phone numbers) only gets what stronger, validated
+    /// detectors did not claim: its matches are cut short before theirs.
+    pub weak: bool,
+}
+
+/// Every built-in detector, in priority order (earlier wins when two
+/// matches start at the same place and have the same length).
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "private_key",
+        label: "PRIVATE_KEY",
+        pattern: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "jwt",
+        label: "JWT",
+        pattern: r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "portcullis_token",
+        label: "TOKEN",
+        pattern: r"\bpcl_[A-Za-z0-9_-]{43}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "aws_access_key",
+        label: "AWS_KEY",
+        pattern: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "aws_secret",
+        label: "AWS_SECRET",
+        pattern: r#"(?i)aws[a-z_ -]{0,20}secret[a-z_ -]{0,20}["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})\b"#,
+        group: 1,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "github_token",
+        label: "GITHUB_TOKEN",
+        pattern: r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "gitlab_token",
+        label: "GITLAB_TOKEN",
+        pattern: r"\bglpat-[A-Za-z0-9_-]{20,}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "slack_token",
+        label: "SLACK_TOKEN",
+        pattern: r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "stripe_key",
+        label: "STRIPE_KEY",
+        pattern: r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "google_api_key",
+        label: "GOOGLE_API_KEY",
+        pattern: r"\bAIza[0-9A-Za-z_-]{35}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "secret_assignment",
+        label: "SECRET",
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)\s*[=:]\s*("[^"\s]{3,}"|'[^'\s]{3,}'|[^\s"',;&}]{3,})"#,
+        group: 1,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "email",
+        label: "EMAIL",
+        pattern: r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b",
+        group: 0,
+        check: None,
+        weak: false,
+    },
+    Builtin {
+        name: "iban",
+        label: "IBAN",
+        pattern: r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+        group: 0,
+        check: Some(validate::iban),
+        weak: false,
+    },
+    Builtin {
+        name: "card",
+        label: "CARD",
+        pattern: r"\b\d(?:[ -]?\d){12,18}\b",
+        group: 0,
+        check: Some(validate::card),
+        weak: false,
+    },
+    Builtin {
+        name: "ssn",
+        label: "SSN",
+        pattern: r"\b\d{3}-\d{2}-\d{4}\b",
+        group: 0,
+        check: Some(validate::ssn),
+        weak: false,
+    },
+    Builtin {
+        name: "phone",
+        label: "PHONE",
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b",
+        group: 0,
+        check: Some(validate::phone),
+        weak: true,
+    },
+    Builtin {
+        name: "ipv4",
+        label: "IP",
+        pattern: r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
+        group: 0,
+        check: Some(validate::ipv4),
+        weak: false,
+    },
+    Builtin {
+        name: "ipv6",
+        label: "IP",
+        pattern: r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{1,4}\b|(?i)\b(?:[0-9a-f]{1,4}:){1,7}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?",
+        group: 0,
+        check: Some(validate::ipv6),
+        weak: false,
+    },
+];

@@ -1,0 +1,541 @@
+//! Masking: find sensitive values in text, JSON and table cells, and
+//! replace them. Pure (no I/O), compiled once, one scan per input to learn
+//! which detectors can match before any of them runs.
+
+mod detectors;
+mod json;
+mod spec;
+pub mod validate;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex::{Regex, RegexSet};
+
+pub use detectors::BUILTINS;
+pub use json::JsonPath;
+pub use spec::{ActionKind, ActionSpec, CustomDetector, FieldRule, MaskSpec, WordList};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaskError {
+    #[error("`{key}`: {message}")]
+    Spec { key: String, message: String },
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+}
+
+fn spec_err(key: impl Into<String>, message: impl Into<String>) -> MaskError {
+    MaskError::Spec {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// One sensitive value found in a text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub detector: String,
+    pub start: usize,
+    pub end: usize,
+    pub action: &'static str,
+}
+
+/// How often each detector fired (for metrics; never values).
+pub type Stats = BTreeMap<String, u64>;
+
+#[derive(Debug, Clone)]
+struct Action {
+    kind: ActionKind,
+    keep_last: Option<usize>,
+    keep_domain: bool,
+}
+
+impl Action {
+    fn from_spec(a: &ActionSpec) -> Self {
+        Self {
+            kind: a.action,
+            keep_last: a.keep_last,
+            keep_domain: a.keep_domain,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ActionKind::Redact => "redact",
+            ActionKind::Partial => "partial",
+            ActionKind::Hash => "hash",
+            ActionKind::Drop => "drop",
+        }
+    }
+}
+
+struct Detector {
+    name: String,
+    label: String,
+    regex: Regex,
+    group: usize,
+    check: Option<fn(&str) -> bool>,
+    weak: bool,
+    action: Action,
+}
+
+struct Words {
+    name: String,
+    label: String,
+    matcher: AhoCorasick,
+    action: Action,
+}
+
+struct Field {
+    keys: Vec<String>,
+    paths: Vec<JsonPath>,
+    columns: Vec<String>,
+    action: Action,
+}
+
+/// A compiled rule set.
+pub struct Masker {
+    detectors: Vec<Detector>,
+    set: RegexSet,
+    words: Vec<Words>,
+    fields: Vec<Field>,
+    hash_key: aws_lc_rs::hmac::Key,
+}
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masker")
+            .field(
+                "detectors",
+                &self.detectors.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome for one SQL cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Keep,
+    Replace(String),
+    Null,
+}
+
+impl Masker {
+    /// Compile `spec`. `hash_key` keys the `hash` action's tokens; without
+    /// one, a random key is drawn (tokens then differ per process).
+    pub fn new(spec: &MaskSpec, hash_key: Option<&[u8]>) -> Result<Self, MaskError> {
+        let all = spec.detectors.iter().any(|d| d == "all");
+        for d in &spec.detectors {
+            if d != "all" && !BUILTINS.iter().any(|b| b.name == d) {
+                return Err(spec_err(
+                    "detectors",
+                    format!(
+                        "unknown detector {d:?}; valid: all, {}",
+                        BUILTINS
+                            .iter()
+                            .map(|b| b.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        for k in spec.actions.keys() {
+            let known =
+                BUILTINS.iter().any(|b| b.name == k) || spec.custom.iter().any(|c| &c.name == k);
+            if !known {
+                return Err(spec_err(format!("actions.{k}"), "no detector of that name"));
+            }
+        }
+        let default = Action {
+            kind: spec.action,
+            keep_last: None,
+            keep_domain: false,
+        };
+        let mut detectors = Vec::new();
+        for b in BUILTINS
+            .iter()
+            .filter(|b| all || spec.detectors.iter().any(|d| d == b.name))
+        {
+            let regex = Regex::new(b.pattern).map_err(|e| spec_err(b.name, e.to_string()))?;
+            detectors.push(Detector {
+                name: b.name.to_string(),
+                label: b.label.to_string(),
+                regex,
+                group: b.group,
+                check: b.check,
+                weak: b.weak,
+                action: spec
+                    .actions
+                    .get(b.name)
+                    .map(Action::from_spec)
+                    .unwrap_or_else(|| default.clone()),
+            });
+        }
+        for (i, c) in spec.custom.iter().enumerate() {
+            let regex = Regex::new(&c.regex)
+                .map_err(|e| spec_err(format!("custom[{i}].regex"), e.to_string()))?;
+            if regex.is_match("") {
+                return Err(spec_err(
+                    format!("custom[{i}].regex"),
+                    "matches the empty string",
+                ));
+            }
+            detectors.push(Detector {
+                name: c.name.clone(),
+                label: c.name.to_ascii_uppercase(),
+                regex,
+                group: 0,
+                check: None,
+                weak: false,
+                action: spec
+                    .actions
+                    .get(&c.name)
+                    .map(Action::from_spec)
+                    .unwrap_or(Action {
+                        kind: c.action,
+                        keep_last: c.keep_last,
+                        keep_domain: false,
+                    }),
+            });
+        }
+        let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
+            .map_err(|e| spec_err("detectors", e.to_string()))?;
+        let mut words = Vec::new();
+        for (i, w) in spec.words.iter().enumerate() {
+            if w.words.iter().any(|x| x.trim().is_empty()) {
+                return Err(spec_err(format!("words[{i}].words"), "empty word"));
+            }
+            let matcher = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&w.words)
+                .map_err(|e| spec_err(format!("words[{i}]"), e.to_string()))?;
+            words.push(Words {
+                name: w.name.clone(),
+                label: w.name.to_ascii_uppercase(),
+                matcher,
+                action: Action {
+                    kind: w.action,
+                    keep_last: None,
+                    keep_domain: false,
+                },
+            });
+        }
+        let mut fields = Vec::new();
+        for (i, f) in spec.fields.iter().enumerate() {
+            let paths = f
+                .paths
+                .iter()
+                .map(|p| JsonPath::parse(p).map_err(|e| spec_err(format!("fields[{i}].paths"), e)))
+                .collect::<Result<_, _>>()?;
+            if f.keys.is_empty() && f.paths.is_empty() && f.columns.is_empty() {
+                return Err(spec_err(
+                    format!("fields[{i}]"),
+                    "name at least one of keys, paths, columns",
+                ));
+            }
+            fields.push(Field {
+                keys: f.keys.iter().map(|k| k.to_ascii_lowercase()).collect(),
+                paths,
+                columns: f.columns.iter().map(|c| c.to_ascii_lowercase()).collect(),
+                action: Action {
+                    kind: f.action,
+                    keep_last: f.keep_last,
+                    keep_domain: f.keep_domain,
+                },
+            });
+        }
+        let key = match hash_key {
+            Some(k) => aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k),
+            None => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
+                    .map_err(|_| spec_err("hash_key", "no randomness for a hash key"))?
+            }
+        };
+        Ok(Self {
+            detectors,
+            set,
+            words,
+            fields,
+            hash_key: key,
+        })
+    }
+
+    /// Every finding in `text`, non-overlapping, in order.
+    pub fn find(&self, text: &str) -> Vec<Finding> {
+        self.spans(text)
+            .into_iter()
+            .map(|s| Finding {
+                detector: s.name.to_string(),
+                start: s.start,
+                end: s.end,
+                action: s.action.name(),
+            })
+            .collect()
+    }
+
+    fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
+        let mut spans: Vec<Span<'a>> = Vec::new();
+        // One scan says which detectors can match at all.
+        let matched = self.set.matches(text);
+        let strong_first = matched
+            .iter()
+            .filter(|&i| !self.detectors[i].weak)
+            .chain(matched.iter().filter(|&i| self.detectors[i].weak));
+        for i in strong_first {
+            let d = &self.detectors[i];
+            if d.group == 0 {
+                let mut pos = 0;
+                while pos <= text.len() {
+                    let Some(m) = d.regex.find_at(text, pos) else {
+                        break;
+                    };
+                    let mut end = m.end();
+                    if d.weak {
+                        // Stop short of anything a stronger detector claimed.
+                        if let Some(s) = spans
+                            .iter()
+                            .filter(|s| s.start >= m.start() && s.start < end)
+                            .map(|s| s.start)
+                            .min()
+                        {
+                            end = text[..s].trim_end_matches([' ', '-', '.']).len();
+                        }
+                    }
+                    let b = text.as_bytes();
+                    // In the middle of a longer run of digit groups (an
+                    // account number, a near-miss IBAN): not a phone number.
+                    let mid_run = m.start() >= 2
+                        && b[m.start()].is_ascii_digit()
+                        && matches!(b[m.start() - 1], b' ' | b'-')
+                        && b[m.start() - 2].is_ascii_digit();
+                    let claimed = d.weak
+                        && (mid_run
+                            || spans
+                                .iter()
+                                .any(|s| s.start <= m.start() && m.start() < s.end));
+                    let found = if end <= m.start() || claimed {
+                        None
+                    } else {
+                        match d.check {
+                            None => Some(end),
+                            Some(check) => checked_end(text, m.start(), end, check),
+                        }
+                    };
+                    match found {
+                        Some(e) => {
+                            spans.push(Span::of(d, m.start(), e));
+                            pos = e.max(m.start() + 1);
+                        }
+                        // A rejected match may hide a real one that starts
+                        // at its next group: resume there, not after it.
+                        None => {
+                            pos = text[m.start()..m.end()]
+                                .find([' ', '-', '.'])
+                                .map(|i| m.start() + i + 1)
+                                .unwrap_or(m.end())
+                                .max(m.start() + 1);
+                        }
+                    }
+                    while pos < text.len() && !text.is_char_boundary(pos) {
+                        pos += 1;
+                    }
+                }
+            } else {
+                for c in d.regex.captures_iter(text) {
+                    if let Some(m) = c.get(d.group) {
+                        let (mut s, mut e) = (m.start(), m.end());
+                        let v = m.as_str();
+                        // Keep quotes around a quoted value.
+                        if v.len() >= 2 && (v.starts_with('"') || v.starts_with('\'')) {
+                            s += 1;
+                            e -= 1;
+                        }
+                        spans.push(Span::of(d, s, e));
+                    }
+                }
+            }
+        }
+        for w in &self.words {
+            for m in w.matcher.find_iter(text) {
+                let before = text[..m.start()].chars().next_back();
+                let after = text[m.end()..].chars().next();
+                let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
+                if boundary(before) && boundary(after) {
+                    spans.push(Span {
+                        name: &w.name,
+                        label: &w.label,
+                        start: m.start(),
+                        end: m.end(),
+                        action: &w.action,
+                    });
+                }
+            }
+        }
+        // Earliest first, then longest; drop anything overlapping a kept one.
+        spans.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        let mut kept: Vec<Span<'a>> = Vec::with_capacity(spans.len());
+        for s in spans {
+            if kept.last().is_none_or(|k| s.start >= k.end) {
+                kept.push(s);
+            }
+        }
+        kept
+    }
+
+    /// Mask every finding in `text`; counts go to `stats`.
+    pub fn mask_str<'t>(&self, text: &'t str, stats: &mut Stats) -> Cow<'t, str> {
+        let spans = self.spans(text);
+        if spans.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for s in &spans {
+            out.push_str(&text[at..s.start]);
+            out.push_str(&self.apply(s.action, s.label, &text[s.start..s.end]));
+            *stats.entry(s.name.to_string()).or_default() += 1;
+            at = s.end;
+        }
+        out.push_str(&text[at..]);
+        Cow::Owned(out)
+    }
+
+    /// The replacement for `value` under `action`.
+    fn apply(&self, action: &Action, label: &str, value: &str) -> String {
+        match action.kind {
+            ActionKind::Redact => format!("[{label}]"),
+            ActionKind::Drop => String::new(),
+            ActionKind::Hash => {
+                let tag =
+                    aws_lc_rs::hmac::sign(&self.hash_key, format!("{label}\0{value}").as_bytes());
+                format!("[{label}:{}]", hex::encode(&tag.as_ref()[..8]))
+            }
+            ActionKind::Partial => {
+                if action.keep_domain
+                    && let Some(at) = value.rfind('@')
+                {
+                    return format!("***{}", &value[at..]);
+                }
+                let keep = action.keep_last.unwrap_or(4);
+                let total = value.chars().filter(|c| c.is_alphanumeric()).count();
+                let mut seen = 0;
+                value
+                    .chars()
+                    .map(|c| {
+                        if c.is_alphanumeric() {
+                            seen += 1;
+                            if seen + keep > total { c } else { '*' }
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The rule for a SQL column (`name` or `table.name`), if one names it.
+    fn column_rule(&self, column: &str, table: Option<&str>) -> Option<&Action> {
+        let col = column.to_ascii_lowercase();
+        let qualified = table.map(|t| format!("{}.{col}", t.to_ascii_lowercase()));
+        self.fields
+            .iter()
+            .find(|f| {
+                f.columns
+                    .iter()
+                    .any(|c| *c == col || qualified.as_deref() == Some(c.as_str()))
+            })
+            .map(|f| &f.action)
+    }
+
+    /// Whether any field rule names SQL columns.
+    pub fn has_column_rules(&self) -> bool {
+        self.fields.iter().any(|f| !f.columns.is_empty())
+    }
+
+    /// Mask one SQL cell (text form) of `column`.
+    pub fn mask_cell(
+        &self,
+        column: &str,
+        table: Option<&str>,
+        value: &str,
+        stats: &mut Stats,
+    ) -> Cell {
+        if let Some(action) = self.column_rule(column, table) {
+            *stats
+                .entry(format!("column:{}", column.to_ascii_lowercase()))
+                .or_default() += 1;
+            return match action.kind {
+                ActionKind::Drop => Cell::Null,
+                _ => Cell::Replace(self.apply(action, &column.to_ascii_uppercase(), value)),
+            };
+        }
+        match self.mask_str(value, stats) {
+            Cow::Borrowed(_) => Cell::Keep,
+            Cow::Owned(s) => Cell::Replace(s),
+        }
+    }
+
+    /// Mask a JSON document in place.
+    pub fn mask_json(&self, v: &mut serde_json::Value, stats: &mut Stats) {
+        json::walk(self, v, &mut Vec::new(), stats);
+    }
+
+    /// Parse, mask and re-serialise a JSON body.
+    pub fn mask_json_bytes(&self, body: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskError> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| MaskError::InvalidJson(e.to_string()))?;
+        self.mask_json(&mut v, stats);
+        serde_json::to_vec(&v).map_err(|e| MaskError::InvalidJson(e.to_string()))
+    }
+}
+
+/// The longest prefix of `text[start..end]`, cut at a separator, that
+/// passes `check`. Greedy patterns over digit groups (phones, cards) can
+/// swallow a neighbouring number; trimming whole groups from the end finds
+/// the value itself, and a cut just before `-<digit>` is refused because
+/// it would split another token (an SSN, a date).
+fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut e = end;
+    loop {
+        let splits_token = b.get(e) == Some(&b'-') && b.get(e + 1).is_some_and(u8::is_ascii_digit);
+        if !splits_token && check(&text[start..e]) {
+            return Some(e);
+        }
+        // Cut at the last separator before `e`.
+        let cut = text[start..e].rfind([' ', '-', '.'])?;
+        if cut == 0 {
+            return None;
+        }
+        e = start + cut;
+    }
+}
+
+struct Span<'a> {
+    name: &'a str,
+    label: &'a str,
+    start: usize,
+    end: usize,
+    action: &'a Action,
+}
+
+impl<'a> Span<'a> {
+    fn of(d: &'a Detector, start: usize, end: usize) -> Self {
+        Self {
+            name: &d.name,
+            label: &d.label,
+            start,
+            end,
+            action: &d.action,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

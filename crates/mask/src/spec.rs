@@ -1,0 +1,112 @@
+//! Masking rules as written in configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// What to do with a sensitive value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    /// Replace with `[LABEL]`.
+    #[default]
+    Redact,
+    /// Keep part of it: `keep_last` characters, or the domain of an email.
+    Partial,
+    /// A stable keyed token, `[LABEL:0123456789abcdef]`: equal values give
+    /// equal tokens, so a caller can still group and join.
+    Hash,
+    /// Remove the value (empty text, JSON null, SQL NULL).
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    #[serde(default)]
+    pub action: ActionKind,
+    /// With `partial`: how many trailing letters and digits stay visible.
+    pub keep_last: Option<usize>,
+    /// With `partial` on emails: keep the domain.
+    #[serde(default)]
+    pub keep_domain: bool,
+}
+
+/// Structure-aware rules: JSON keys and paths, SQL columns.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// JSON object keys, case-insensitive (`password`, `api_key`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// JSON paths: `$.users[*].ssn`, `$.items[0]['card']`.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// SQL result columns: `ssn` or `users.ssn`, case-insensitive.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub action: ActionKind,
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub keep_domain: bool,
+}
+
+/// A user-defined regex detector.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDetector {
+    pub name: String,
+    pub regex: String,
+    #[serde(default)]
+    pub action: ActionKind,
+    pub keep_last: Option<usize>,
+}
+
+/// A list of words (case-insensitive, whole words) to mask.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WordList {
+    pub name: String,
+    pub words: Vec<String>,
+    #[serde(default)]
+    pub action: ActionKind,
+}
+
+/// One set of masking rules.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSpec {
+    /// Built-in detectors to run: names, or `["all"]` (the default).
+    #[serde(default = "all")]
+    pub detectors: Vec<String>,
+    /// The action for detector findings without their own.
+    #[serde(default)]
+    pub action: ActionKind,
+    /// Per-detector actions: `card = { action = "partial", keep_last = 4 }`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionSpec>,
+    #[serde(default)]
+    pub fields: Vec<FieldRule>,
+    #[serde(default)]
+    pub custom: Vec<CustomDetector>,
+    #[serde(default)]
+    pub words: Vec<WordList>,
+}
+
+fn all() -> Vec<String> {
+    vec!["all".to_string()]
+}
+
+impl Default for MaskSpec {
+    fn default() -> Self {
+        Self {
+            detectors: all(),
+            action: ActionKind::Redact,
+            actions: BTreeMap::new(),
+            fields: Vec::new(),
+            custom: Vec::new(),
+            words: Vec::new(),
+        }
+    }
+}

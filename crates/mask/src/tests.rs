@@ -1,0 +1,358 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn masker() -> Masker {
+    Masker::new(&MaskSpec::default(), Some(b"test-key")).unwrap()
+}
+
+fn mask(text: &str) -> String {
+    masker().mask_str(text, &mut Stats::new()).into_owned()
+}
+
+#[test]
+fn detectors_positive_and_negative() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("mail alice.smith+x@example.co.uk now", Some("email")),
+        ("card 4111 1111 1111 1111.", Some("card")),
+        ("card 4111-1111-1111-1112", None),
+        ("iban DE89 3704 0044 0532 0130 00", Some("iban")),
+        ("iban DE89 3704 0044 0532 0130 01", None),
+        ("ssn 123-45-6789", Some("ssn")),
+        ("ssn 666-45-6789", None),
+        ("call +1 415 555 0132", Some("phone")),
+        ("call (415) 555-0132", Some("phone")),
+        ("at 2024-01-15 10:30:00", None),
+        ("host 10.20.30.40", Some("ipv4")),
+        ("version 1.2.3", None),
+        ("ip6 2001:db8::8a2e:370:7334 here", Some("ipv6")),
+        ("uuid 550e8400-e29b-41d4-a716-446655440000", None),
+        ("key AKIAIOSFODNN7EXAMPLE", Some("aws_access_key")),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            Some("aws_secret"),
+        ),
+        (
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            Some("github_token"),
+        ),
+        ("glpat-abcdefghij0123456789", Some("gitlab_token")),
+        ("xoxb-123456789012-abcdefghij", Some("slack_token")),
+        ("sk_live_abcdefghijklmnop1234", Some("stripe_key")),
+        (
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345",
+            Some("google_api_key"),
+        ),
+        ("password=hunter22", Some("secret_assignment")),
+        (
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJl",
+            Some("jwt"),
+        ),
+        ("nothing to see here, order 12345", None),
+    ];
+    let m = masker();
+    for (text, want) in cases {
+        let got = m.find(text);
+        match want {
+            Some(d) => assert!(got.iter().any(|f| f.detector == *d), "{text}: {got:?}"),
+            None => assert!(got.is_empty(), "{text}: {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn private_key_blocks() {
+    let pem =
+        "x\n-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\nabc\n-----END RSA PRIVATE KEY-----\ny";
+    assert_eq!(mask(pem), "x\n[PRIVATE_KEY]\ny");
+}
+
+#[test]
+fn actions() {
+    let spec = MaskSpec {
+        actions: [
+            (
+                "card".to_string(),
+                ActionSpec {
+                    action: ActionKind::Partial,
+                    keep_last: Some(4),
+                    keep_domain: false,
+                },
+            ),
+            (
+                "email".to_string(),
+                ActionSpec {
+                    action: ActionKind::Partial,
+                    keep_last: None,
+                    keep_domain: true,
+                },
+            ),
+            (
+                "ssn".to_string(),
+                ActionSpec {
+                    action: ActionKind::Hash,
+                    ..Default::default()
+                },
+            ),
+            (
+                "ipv4".to_string(),
+                ActionSpec {
+                    action: ActionKind::Drop,
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        ..MaskSpec::default()
+    };
+    let m = Masker::new(&spec, Some(b"k")).unwrap();
+    let s = &mut Stats::new();
+    assert_eq!(m.mask_str("4111 1111 1111 1111", s), "**** **** **** 1111");
+    assert_eq!(m.mask_str("bob@example.com", s), "***@example.com");
+    let a = m.mask_str("123-45-6789", s).into_owned();
+    let b = m.mask_str("id 123-45-6789", s).into_owned();
+    assert!(
+        a.starts_with("[SSN:") && b.ends_with(&a),
+        "stable tokens: {a} {b}"
+    );
+    assert_ne!(m.mask_str("123-45-6780", s), a);
+    assert_eq!(m.mask_str("from 10.1.2.3!", s), "from !");
+    assert_eq!(s["card"], 1);
+    assert_eq!(s["ssn"], 3);
+    // Another key, other tokens.
+    let other = Masker::new(&spec, Some(b"other")).unwrap();
+    assert_ne!(other.mask_str("123-45-6789", s), a);
+}
+
+#[test]
+fn json_keys_paths_and_detectors() {
+    let spec = MaskSpec {
+        fields: vec![
+            FieldRule {
+                keys: vec!["Password".into(), "api_key".into()],
+                ..Default::default()
+            },
+            FieldRule {
+                paths: vec!["$.users[*].ssn".into()],
+                action: ActionKind::Drop,
+                ..Default::default()
+            },
+        ],
+        ..MaskSpec::default()
+    };
+    let m = Masker::new(&spec, Some(b"k")).unwrap();
+    let mut v = json!({
+        "users": [
+            {"name": "Ann", "email": "ann@example.com", "ssn": "123-45-6789", "card": 4111111111111111u64},
+            {"name": "Bo", "password": "x", "nested": {"API_KEY": {"deep": 1}}}
+        ],
+        "note": "call +1 415 555 0132",
+        "count": 3
+    });
+    let mut s = Stats::new();
+    m.mask_json(&mut v, &mut s);
+    assert_eq!(v["users"][0]["email"], "[EMAIL]");
+    assert_eq!(v["users"][0]["ssn"], serde_json::Value::Null);
+    assert_eq!(v["users"][0]["card"], "[CARD]");
+    assert_eq!(v["users"][1]["password"], "[PASSWORD]");
+    assert_eq!(v["users"][1]["nested"]["API_KEY"], "[API_KEY]");
+    assert_eq!(v["note"], "call [PHONE]");
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["users"][0]["name"], "Ann");
+}
+
+#[test]
+fn json_bytes_and_errors() {
+    let m = masker();
+    let out = m
+        .mask_json_bytes(br#"{"a":"x@y.io"}"#, &mut Stats::new())
+        .unwrap();
+    assert_eq!(out, br#"{"a":"[EMAIL]"}"#);
+    assert!(matches!(
+        m.mask_json_bytes(b"{nope", &mut Stats::new()),
+        Err(MaskError::InvalidJson(_))
+    ));
+}
+
+#[test]
+fn columns() {
+    let spec = MaskSpec {
+        fields: vec![
+            FieldRule {
+                columns: vec!["users.ssn".into()],
+                action: ActionKind::Drop,
+                ..Default::default()
+            },
+            FieldRule {
+                columns: vec!["secret_note".into()],
+                ..Default::default()
+            },
+        ],
+        ..MaskSpec::default()
+    };
+    let m = Masker::new(&spec, Some(b"k")).unwrap();
+    let s = &mut Stats::new();
+    assert_eq!(
+        m.mask_cell("ssn", Some("users"), "123-45-6789", s),
+        Cell::Null
+    );
+    assert_eq!(
+        m.mask_cell("SECRET_NOTE", None, "x", s),
+        Cell::Replace("[SECRET_NOTE]".into())
+    );
+    assert_eq!(
+        m.mask_cell("email", None, "a@b.io", s),
+        Cell::Replace("[EMAIL]".into())
+    );
+    assert_eq!(m.mask_cell("name", None, "Ann", s), Cell::Keep);
+}
+
+#[test]
+fn custom_detectors_and_words() {
+    let spec = MaskSpec {
+        detectors: vec!["email".into()],
+        custom: vec![CustomDetector {
+            name: "employee_id".into(),
+            regex: r"\bEMP-\d{6}\b".into(),
+            action: ActionKind::Redact,
+            keep_last: None,
+        }],
+        words: vec![WordList {
+            name: "codename".into(),
+            words: vec!["Bluebird".into()],
+            action: ActionKind::Redact,
+        }],
+        ..MaskSpec::default()
+    };
+    let m = Masker::new(&spec, None).unwrap();
+    assert_eq!(
+        m.mask_str(
+            "EMP-123456 on bluebird, not bluebirds; 4111111111111111",
+            &mut Stats::new()
+        ),
+        "[EMPLOYEE_ID] on [CODENAME], not bluebirds; 4111111111111111"
+    );
+}
+
+#[test]
+fn spec_errors_name_the_key() {
+    let bad = |spec: MaskSpec| Masker::new(&spec, None).unwrap_err().to_string();
+    assert!(
+        bad(MaskSpec {
+            detectors: vec!["emial".into()],
+            ..MaskSpec::default()
+        })
+        .contains("`detectors`")
+    );
+    let e = bad(MaskSpec {
+        custom: vec![CustomDetector {
+            name: "x".into(),
+            regex: "(".into(),
+            action: ActionKind::Redact,
+            keep_last: None,
+        }],
+        ..MaskSpec::default()
+    });
+    assert!(e.contains("custom[0].regex"), "{e}");
+    let e = bad(MaskSpec {
+        custom: vec![CustomDetector {
+            name: "x".into(),
+            regex: "a*".into(),
+            action: ActionKind::Redact,
+            keep_last: None,
+        }],
+        ..MaskSpec::default()
+    });
+    assert!(e.contains("empty string"), "{e}");
+    let e = bad(MaskSpec {
+        fields: vec![FieldRule {
+            paths: vec!["users".into()],
+            ..Default::default()
+        }],
+        ..MaskSpec::default()
+    });
+    assert!(e.contains("fields[0].paths"), "{e}");
+}
+
+#[test]
+fn json_paths() {
+    let p = JsonPath::parse("$.users[*]['ssn']").unwrap();
+    use json::Step;
+    assert!(p.matches(&[
+        Step::Key("users".into()),
+        Step::Index(3),
+        Step::Key("ssn".into())
+    ]));
+    assert!(!p.matches(&[Step::Key("users".into()), Step::Key("ssn".into())]));
+    assert!(JsonPath::parse("$.a[").is_err());
+    assert!(JsonPath::parse("a.b").is_err());
+}
+
+proptest! {
+    #[test]
+    fn masking_never_panics_and_is_idempotent(s in "\\PC{0,200}") {
+        let m = masker();
+        let once = m.mask_str(&s, &mut Stats::new()).into_owned();
+        let twice = m.mask_str(&once, &mut Stats::new()).into_owned();
+        prop_assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn idempotent_on_sensitive_looking_text(
+        parts in proptest::collection::vec(prop_oneof![
+            Just("4111 1111 1111 1111".to_string()),
+            Just("bob@example.com".to_string()),
+            Just("+1 415 555 0132".to_string()),
+            Just("123-45-6789".to_string()),
+            Just("10.0.0.1".to_string()),
+            Just("DE89370400440532013000".to_string()),
+            "[a-z ]{0,10}",
+            "[0-9 -]{0,20}",
+        ], 0..8)
+    ) {
+        let text = parts.join(" ");
+        let m = masker();
+        let once = m.mask_str(&text, &mut Stats::new()).into_owned();
+        prop_assert_eq!(&m.mask_str(&once, &mut Stats::new()).into_owned(), &once);
+    }
+
+    #[test]
+    fn json_stays_valid(v in arb_json()) {
+        let m = masker();
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let out = m.mask_json_bytes(&bytes, &mut Stats::new()).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        prop_assert_eq!(shape(&back), shape(&v));
+    }
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        "\\PC{0,40}".prop_map(serde_json::Value::String),
+        Just(json!("4111111111111111")),
+        Just(json!("x@example.org")),
+    ];
+    leaf.prop_recursive(3, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The structure of a document: objects keep their keys, arrays their
+/// lengths; leaves are erased (masking may change a leaf's type).
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(shape).collect()),
+        serde_json::Value::Object(o) => {
+            serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        _ => serde_json::Value::Null,
+    }
+}

@@ -1,0 +1,170 @@
+//! Checks that turn a pattern match into a finding: checksums and ranges.
+//! Each takes the matched text and says whether it is the real thing.
+
+/// Luhn checksum over the digits of `s` (separators ignored).
+pub fn luhn(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if digits.len() < 2 {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// A payment card number: 13-19 digits, a known issuer prefix, Luhn-valid.
+pub fn card(s: &str) -> bool {
+    let d: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
+    if !(13..=19).contains(&d.len()) {
+        return false;
+    }
+    let p2: u32 = d[..2].parse().unwrap_or(0);
+    let p4: u32 = d[..4].parse().unwrap_or(0);
+    let n = d.len();
+    // Issuer prefixes with the lengths each issues.
+    let known = (d.starts_with('4') && matches!(n, 13 | 16 | 19))
+        || (((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && n == 16)
+        || ((p2 == 34 || p2 == 37) && n == 15)
+        || ((p4 == 6011 || p2 == 65 || (644..=649).contains(&(p4 / 10))) && (16..=19).contains(&n))
+        || (p2 == 35 && (16..=19).contains(&n))
+        || ((p2 == 36 || p2 == 38 || p2 == 30) && (14..=19).contains(&n))
+        || (p2 == 62 && (16..=19).contains(&n));
+    known && luhn(&d)
+}
+
+/// An IBAN: country, check digits, mod-97 == 1.
+pub fn iban(s: &str) -> bool {
+    let c: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&c.len()) {
+        return false;
+    }
+    let (head, tail) = c.split_at(4);
+    let mut rem: u64 = 0;
+    for ch in tail.chars().chain(head.chars()) {
+        let v = match ch {
+            '0'..='9' => ch as u64 - '0' as u64,
+            'A'..='Z' => ch as u64 - 'A' as u64 + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// A US SSN `AAA-GG-SSSS` outside the never-issued ranges.
+pub fn ssn(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() != 3 {
+        return false;
+    }
+    let (a, g, n) = (parts[0], parts[1], parts[2]);
+    let area: u32 = a.parse().unwrap_or(0);
+    area != 0 && area != 666 && area < 900 && g != "00" && n != "0000"
+}
+
+pub fn ipv4(s: &str) -> bool {
+    s.parse::<std::net::Ipv4Addr>().is_ok()
+        && s.split('.').all(|o| o.len() == 1 || !o.starts_with('0'))
+}
+
+pub fn ipv6(s: &str) -> bool {
+    s.contains(':') && s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// A phone number: 10-15 digits (8-15 after a `+`), and not a date or a
+/// time that happens to look like digit groups.
+pub fn phone(s: &str) -> bool {
+    let digits = s.chars().filter(|c| c.is_ascii_digit()).count();
+    let plus = s.starts_with('+');
+    // International numbers carry their `+`; national ones are 10-11
+    // digits (longer digit runs are account numbers, cards, IBAN parts).
+    let ok_len = if plus {
+        (8..=15).contains(&digits)
+    } else {
+        (10..=11).contains(&digits)
+    };
+    if !ok_len {
+        return false;
+    }
+    // 2024-01-15 10 ... : an ISO date is not a phone number.
+    let b = s.as_bytes();
+    let date_like = b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-';
+    !date_like
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_and_cards() {
+        for good in [
+            "4111 1111 1111 1111",
+            "5500-0000-0000-0004",
+            "378282246310005",
+            "6011111111111117",
+            "4242424242424242",
+        ] {
+            assert!(card(good), "{good}");
+        }
+        for bad in [
+            "4111 1111 1111 1112",
+            "1234567812345670",
+            "411111111111",
+            "00000000000000000",
+        ] {
+            assert!(!card(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ibans() {
+        assert!(iban("DE89370400440532013000"));
+        assert!(iban("GB82 WEST 1234 5698 7654 32"));
+        assert!(iban("FR1420041010050500013M02606"));
+        assert!(!iban("DE89370400440532013001"));
+        assert!(!iban("XX00"));
+    }
+
+    #[test]
+    fn ssns() {
+        assert!(ssn("123-45-6789"));
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+        ] {
+            assert!(!ssn(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ips_and_phones() {
+        assert!(ipv4("192.168.1.20") && !ipv4("999.1.1.1") && !ipv4("01.2.3.4"));
+        assert!(ipv6("2001:db8::8a2e:370:7334") && !ipv6("12:30") && !ipv6("a:b"));
+        assert!(phone("+1 415 555 0132") && phone("(415) 555-0132") && phone("+442079460958"));
+        assert!(!phone("2024-01-15 10") && !phone("123-4567") && !phone("+12 34"));
+        assert!(!phone("3704 0044 0532") && !phone("1111 1111 1111"));
+    }
+}
