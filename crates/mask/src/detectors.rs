@@ -158,7 +158,9 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "ipv6",
         label: "IP",
-        pattern: r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{1,4}\b|(?i)\b(?:[0-9a-f]{1,4}:){1,7}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?",
+        // The compressed form (with `::`) first: leftmost-first matching
+        // would otherwise stop at the full form's shorter prefix.
+        pattern: r"(?i)\b(?:[0-9a-f]{1,4}:){1,7}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}\b)?|\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b",
         group: 0,
         check: Some(validate::ipv6),
         weak: false,
