@@ -65,9 +65,11 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
 
     let secrets = dir.join("secrets");
     create_private_dir(&secrets)?;
-    let key_file = secrets.join("demo-api-key");
-    if !key_file.exists() {
-        write_private(&key_file, format!("{}\n", random_hex(32)?).as_bytes())?;
+    for name in ["demo-api-key", "mask-hash-key"] {
+        let f = secrets.join(name);
+        if !f.exists() {
+            write_private(&f, format!("{}\n", random_hex(32)?).as_bytes())?;
+        }
     }
 
     let config_path = cli
@@ -156,6 +158,9 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     println!(
         "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/hello\""
     );
+    println!(
+        "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/customers\"   # masked"
+    );
     if pg.is_some() {
         println!(
             "  PGPASSWORD=$PORTCULLIS_TOKEN psql \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname={PG_CONNECTION} user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\""
@@ -226,6 +231,21 @@ credential = {{ header = "x-api-key", secret = "file:secrets/demo-api-key" }}
 name = "quickstart-demo"
 principals = ["{PRINCIPAL}"]
 connections = ["{CONNECTION}"]
+
+# Mask what comes back from every connection: all built-in detectors,
+# card numbers keeping their last 4 digits, emails their domain, and
+# anything under an api_key, token or password key removed outright.
+[masking]
+hash_key = "file:secrets/mask-hash-key"
+
+[[masking.rules]]
+name = "quickstart-pii"
+connections = ["*"]
+actions = {{ card = {{ action = "partial", keep_last = 4 }}, email = {{ action = "partial", keep_domain = true }} }}
+
+[[masking.rules.fields]]
+keys = ["api_key", "token", "password", "secret"]
+action = "redact"
 "#
     )
 }

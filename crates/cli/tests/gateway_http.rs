@@ -118,6 +118,12 @@ type = "http"
 url = "https://localhost:{good}"
 ca_file = "ca.pem"
 
+[[masking.rules]]
+name = "good-pii"
+connections = ["good"]
+[[masking.rules.fields]]
+keys = ["password"]
+
 [[grants]]
 name = "testers"
 groups = ["testers"]
@@ -441,4 +447,47 @@ fn the_upstream_secret_appears_nowhere_but_the_upstream() {
     let db = std::fs::read(s.tmp.path().join("portcullis.db")).unwrap();
     assert!(!contains(&db, CANARY) && !contains(&db, &tok));
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn responses_are_masked_and_uninspectable_bodies_refused() {
+    let s = setup("intermediate");
+    // gzip JSON: decoded, masked, sent back identity-encoded and valid.
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        "-D",
+        "-",
+        &format!("{}/c/good/pii.gz", s.gw.url),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let (head, body) = r.body.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(!head.contains("etag"), "{head}");
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["user"]["email"], "[EMAIL]");
+    assert_eq!(j["user"]["card"], "[CARD]");
+    assert_eq!(j["user"]["password"], "[PASSWORD]");
+    assert!(!body.contains("carol") && !body.contains("4242") && !body.contains("s3cr3t"));
+
+    // Not inspectable: refused, never passed raw.
+    for path in ["/c/good/compress", "/c/good/badjson"] {
+        let r = s.get(path);
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+        let j = r.json();
+        assert_eq!(j["error"], "masking_failed");
+        assert!(!r.body.contains("carol@example.com"), "{path}: {}", r.body);
+    }
+    // Binary content types are not text: passed as they are.
+    let r = s.get("/c/good/image");
+    assert_eq!(r.status, 200);
+    // A connection without a rule is not masked.
+    let r = s.get("/c/slow/pii-free");
+    assert_eq!(r.status, 200);
+
+    let m = s.gw.logs();
+    assert!(!m.contains("carol@example.com"));
 }

@@ -368,3 +368,50 @@ fn the_demo_api_key_never_leaks() {
         }
     }
 }
+
+#[test]
+fn quickstart_masks_the_demo_customers() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = (
+        qs.var("PORTCULLIS_URL"),
+        qs.var("PORTCULLIS_CA"),
+        qs.var("PORTCULLIS_TOKEN"),
+    );
+    let r = get(url, ca, Some(token), "/c/demo-api/customers");
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(
+        j["customers"].as_array().unwrap().len(),
+        3,
+        "structure kept"
+    );
+    assert_eq!(
+        j["customers"][0]["name"], "Ada Lovelace",
+        "non-sensitive values kept"
+    );
+    for raw in [
+        "ada.lovelace@example.com",
+        "grace.hopper",
+        "7946 0958",
+        "555-0132",
+        "4111 1111 1111 1111",
+        "5500-0000-0000",
+        "378282246310005",
+        "GB82 WEST",
+        "DE89370400440532013000",
+        "203.0.113.42",
+        "2001:db8::8a2e:370:7334",
+        "sk_live_",
+        "ghp_",
+        "enigma-1912",
+    ] {
+        assert!(!r.body.contains(raw), "{raw} leaked: {}", r.body);
+    }
+    assert_eq!(j["customers"][0]["card"], "**** **** **** 1111");
+    assert_eq!(j["customers"][0]["email"], "***@example.com");
+    let m = get(qs.var("PORTCULLIS_ADMIN_URL"), ca, None, "/metrics").body;
+    assert!(
+        m.contains("portcullis_masked_values_total{connection=\"demo-api\",detector=\"card\"} 3"),
+        "{m}"
+    );
+}

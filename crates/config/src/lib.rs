@@ -48,6 +48,15 @@ pub struct Config {
     pub grants: Vec<Grant>,
     pub demo: Option<DemoConfig>,
     pub postgres: Option<PostgresListener>,
+    pub masking: Masking,
+}
+
+/// `[masking]`: rules applied to what comes back from targets.
+#[derive(Debug, Clone, Default)]
+pub struct Masking {
+    /// Keys the `hash` action; without one, tokens change per process.
+    pub hash_key: Option<SecretRef>,
+    pub rules: Vec<portcullis_mask::MaskSpec>,
 }
 
 /// The PostgreSQL listener (`[postgres]`).

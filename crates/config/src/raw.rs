@@ -28,6 +28,16 @@ pub(crate) struct Root {
     grants: Vec<RawGrant>,
     demo: Option<RawDemo>,
     postgres: Option<RawPostgres>,
+    #[serde(default)]
+    masking: RawMasking,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    hash_key: Option<String>,
+    #[serde(default)]
+    rules: Vec<portcullis_mask::MaskSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +246,31 @@ impl Root {
             });
         }
 
+        for (i, r) in self.masking.rules.iter().enumerate() {
+            for c in &r.connections {
+                if c != "*" && !names.contains(c.as_str()) {
+                    return Err(invalid(
+                        format!("masking.rules[{i}].connections"),
+                        format!(
+                            "no connection named {c:?}; defined: {}",
+                            sorted(&names).join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        portcullis_mask::RuleSet::new(&self.masking.rules, Some(b"validation"))
+            .map_err(|e| invalid("masking", e.to_string()))?;
+        let masking = Masking {
+            hash_key: match &self.masking.hash_key {
+                Some(k) => {
+                    Some(SecretRef::parse(k, base).map_err(|e| invalid("masking.hash_key", e))?)
+                }
+                None => None,
+            },
+            rules: self.masking.rules.clone(),
+        };
+
         let demo = match self.demo {
             None => None,
             Some(d) => Some(DemoConfig {
@@ -266,6 +301,7 @@ impl Root {
             connections,
             grants,
             demo,
+            masking,
             postgres: self.postgres.map(|p| PostgresListener {
                 listen: p.listen,
                 max_message_bytes: p.max_message_bytes,

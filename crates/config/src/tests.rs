@@ -236,3 +236,25 @@ fn postgres_listener_section() {
     assert_eq!(p.listen.port(), 15432);
     assert_eq!(p.max_message_bytes, 16 * 1024 * 1024);
 }
+
+#[test]
+fn masking_rules() {
+    let c = parse(&conn("url = \"https://x\"\n[masking]\nhash_key = \"env:MASK_KEY\"\n[[masking.rules]]\nname = \"pii\"\nconnections = [\"api\"]\nactions = { card = { action = \"partial\", keep_last = 4 } }\n[[masking.rules.fields]]\nkeys = [\"password\"]\n")).unwrap();
+    assert_eq!(c.masking.rules.len(), 1);
+    assert_eq!(c.masking.hash_key, Some(SecretRef::Env("MASK_KEY".into())));
+    let e = err(&conn(
+        "url = \"https://x\"\n[[masking.rules]]\nconnections = [\"nope\"]\n",
+    ));
+    assert!(e.contains("masking.rules[0].connections"), "{e}");
+    let e = err(&conn(
+        "url = \"https://x\"\n[[masking.rules]]\ndetectors = [\"emial\"]\n",
+    ));
+    assert!(
+        e.contains("rules[0].detectors") && e.contains("email"),
+        "{e}"
+    );
+    let e = err(&conn(
+        "url = \"https://x\"\n[[masking.rules]]\non_error = \"shrug\"\n",
+    ));
+    assert!(e.contains("refuse") && e.contains("mask_as_text"), "{e}");
+}

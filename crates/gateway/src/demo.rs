@@ -44,6 +44,7 @@ impl Handler for DemoApi {
                     "caller_authorization_seen": saw_authorization,
                 }),
             ),
+            (Method::GET, "/customers") => json_response(StatusCode::OK, &customers()),
             (method, "/echo") => {
                 let path = req
                     .uri()
@@ -69,8 +70,46 @@ impl Handler for DemoApi {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "demo endpoints: GET /hello, ANY /echo"}),
+                &serde_json::json!({"error": "not_found", "message": "demo endpoints: GET /hello, GET /customers, ANY /echo"}),
             ),
         }
     }
+}
+
+/// Synthetic customer records full of sensitive values (all invented: test
+/// card numbers, example.com addresses, reserved phone numbers).
+pub fn customers() -> serde_json::Value {
+    serde_json::json!({
+        "customers": [
+            {
+                "id": 1,
+                "name": "Ada Lovelace",
+                "email": "ada.lovelace@example.com",
+                "phone": "+44 20 7946 0958",
+                "card": "4111 1111 1111 1111",
+                "iban": "GB82 WEST 1234 5698 7654 32",
+                "address": {"city": "London", "ip_last_login": "203.0.113.42"},
+                "integrations": {"billing": {"api_key": "sk_live_51HbV2dKq9XyZ8aBcD3eFgH4"}}
+            },
+            {
+                "id": 2,
+                "name": "Grace Hopper",
+                "email": "grace.hopper@example.org",
+                "phone": "(415) 555-0132",
+                "card": "5500-0000-0000-0004",
+                "iban": "DE89370400440532013000",
+                "address": {"city": "Arlington", "ip_last_login": "2001:db8::8a2e:370:7334"},
+                "integrations": {"github": {"token": "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"}}
+            },
+            {
+                "id": 3,
+                "name": "Alan Turing",
+                "email": "alan@example.net",
+                "phone": "+1 212 555 0199",
+                "card": 378282246310005u64,
+                "iban": "FR1420041010050500013M02606",
+                "notes": "prefers contact by email: alan.t@example.net; password=enigma-1912"
+            }
+        ]
+    })
 }

@@ -40,6 +40,10 @@ pub enum GatewayError {
     PgUpstream(#[from] portcullis_postgres::SetupError),
     #[error("demo API key {reference}: {reason}")]
     DemoSecret { reference: String, reason: String },
+    #[error("masking hash key {reference}: {reason}")]
+    MaskKey { reference: String, reason: String },
+    #[error("masking rules: {0}")]
+    Mask(#[from] portcullis_mask::MaskError),
 }
 
 /// A gateway that is accepting connections.
@@ -142,8 +146,27 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         }
     };
 
+    let hash_key = match &cfg.masking.hash_key {
+        None => None,
+        Some(r) => Some(r.resolve().map_err(|reason| GatewayError::MaskKey {
+            reference: r.to_string(),
+            reason,
+        })?),
+    };
+    let masks = Arc::new(portcullis_mask::RuleSet::new(
+        &cfg.masking.rules,
+        hash_key.as_ref().map(|k| k.expose().as_bytes()),
+    )?);
+    let mask_metrics = portcullis_http::MaskMetrics::register(&mut registry);
+
     let auth = Authenticator::new(Arc::new(store));
-    let front = HttpFront::new(cfg, auth.clone(), http_metrics)?;
+    let front = HttpFront::new(
+        cfg,
+        auth.clone(),
+        http_metrics,
+        masks.clone(),
+        mask_metrics.clone(),
+    )?;
 
     let postgres_addr = match &cfg.postgres {
         None => None,

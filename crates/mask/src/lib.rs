@@ -15,7 +15,64 @@ use regex::{Regex, RegexSet};
 
 pub use detectors::BUILTINS;
 pub use json::JsonPath;
-pub use spec::{ActionKind, ActionSpec, CustomDetector, FieldRule, MaskSpec, WordList};
+pub use spec::{ActionKind, ActionSpec, CustomDetector, FieldRule, MaskSpec, OnError, WordList};
+
+/// The masking rules in force, each compiled, chosen per connection and
+/// principal group.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub connections: Vec<String>,
+    pub groups: Vec<String>,
+    pub on_error: OnError,
+    pub max_body_bytes: usize,
+    pub masker: Masker,
+}
+
+impl RuleSet {
+    /// Compile every rule; errors name `rules[N].…`.
+    pub fn new(specs: &[MaskSpec], hash_key: Option<&[u8]>) -> Result<Self, MaskError> {
+        let rules = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let masker = Masker::new(s, hash_key).map_err(|e| match e {
+                    MaskError::Spec { key, message } => {
+                        spec_err(format!("rules[{i}].{key}"), message)
+                    }
+                    other => other,
+                })?;
+                Ok(Rule {
+                    name: s.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+                    connections: s.connections.clone(),
+                    groups: s.groups.clone(),
+                    on_error: s.on_error,
+                    max_body_bytes: s.max_body_bytes,
+                    masker,
+                })
+            })
+            .collect::<Result<_, MaskError>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The first rule for `connection` that applies to a principal in
+    /// `groups`.
+    pub fn select(&self, connection: &str, groups: &[String]) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            r.connections.iter().any(|c| c == "*" || c == connection)
+                && (r.groups.is_empty() || r.groups.iter().any(|g| groups.contains(g)))
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {

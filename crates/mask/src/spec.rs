@@ -73,10 +73,33 @@ pub struct WordList {
     pub action: ActionKind,
 }
 
-/// One set of masking rules.
+/// When a body cannot be inspected (invalid JSON where JSON was declared,
+/// an unknown content encoding): refuse, or mask it as plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Refuse,
+    MaskAsText,
+}
+
+/// One set of masking rules, and whom it applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskSpec {
+    /// Shown in logs and `--explain` (default: rules[N]).
+    pub name: Option<String>,
+    /// Connections the rule applies to; `["*"]` (the default) for all.
+    #[serde(default = "star")]
+    pub connections: Vec<String>,
+    /// Principals' groups it applies to; empty (the default) for everyone.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Largest response body that is masked; larger ones are refused.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
     /// Built-in detectors to run: names, or `["all"]` (the default).
     #[serde(default = "all")]
     pub detectors: Vec<String>,
@@ -98,9 +121,22 @@ fn all() -> Vec<String> {
     vec!["all".to_string()]
 }
 
+fn star() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+
 impl Default for MaskSpec {
     fn default() -> Self {
         Self {
+            name: None,
+            connections: star(),
+            groups: Vec::new(),
+            on_error: OnError::Refuse,
+            max_body_bytes: default_max_body(),
             detectors: all(),
             action: ActionKind::Redact,
             actions: BTreeMap::new(),

@@ -356,3 +356,34 @@ fn shape(v: &serde_json::Value) -> serde_json::Value {
         _ => serde_json::Value::Null,
     }
 }
+
+#[test]
+fn rules_are_chosen_per_connection_and_group() {
+    let specs = vec![
+        MaskSpec {
+            name: Some("ops".into()),
+            connections: vec!["db".into()],
+            groups: vec!["ops".into()],
+            detectors: vec!["email".into()],
+            ..MaskSpec::default()
+        },
+        MaskSpec {
+            name: Some("everyone".into()),
+            ..MaskSpec::default()
+        },
+    ];
+    let rs = RuleSet::new(&specs, None).unwrap();
+    assert_eq!(rs.select("db", &["ops".into()]).unwrap().name, "ops");
+    assert_eq!(rs.select("db", &["dev".into()]).unwrap().name, "everyone");
+    assert_eq!(rs.select("api", &["ops".into()]).unwrap().name, "everyone");
+    let e = RuleSet::new(
+        &[MaskSpec {
+            detectors: vec!["nope".into()],
+            ..MaskSpec::default()
+        }],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("rules[0].detectors"), "{e}");
+    assert!(RuleSet::new(&[], None).unwrap().select("x", &[]).is_none());
+}

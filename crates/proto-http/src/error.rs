@@ -35,6 +35,8 @@ pub enum ProxyError {
     UpstreamTimeout { connection: String, after: Duration },
     #[error("connection {connection:?}: {reason}")]
     Upstream { connection: String, reason: String },
+    #[error("connection {connection:?}: the response could not be masked: {reason}")]
+    MaskFailed { connection: String, reason: String },
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -53,7 +55,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::CallerBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -69,6 +71,7 @@ impl ProxyError {
             Self::CallerBody(_) => "bad_request",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::Upstream { .. } => "bad_gateway",
+            Self::MaskFailed { .. } => "masking_failed",
         }
     }
 
@@ -80,7 +83,8 @@ impl ProxyError {
         match &self {
             Self::UnknownConnection(c)
             | Self::UpstreamTimeout { connection: c, .. }
-            | Self::Upstream { connection: c, .. } => body["connection"] = c.clone().into(),
+            | Self::Upstream { connection: c, .. }
+            | Self::MaskFailed { connection: c, .. } => body["connection"] = c.clone().into(),
             Self::Forbidden(DenyReason::NoGrant {
                 principal,
                 connection,

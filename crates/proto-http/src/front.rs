@@ -9,12 +9,15 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::{Config, Target};
 use portcullis_identity::{AuthError, Authenticator, Credential, Principal, token};
+use portcullis_mask::RuleSet;
 use portcullis_policy::{Decision, Policy};
 use portcullis_tls::HandshakeRecord;
 
 use crate::metrics::{ConnectionLabel, RequestLabels};
 use crate::route::{has_dot_segment, route};
-use crate::{Body, BodyState, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
+use crate::{
+    Body, BodyState, ForwardError, HttpMetrics, MaskMetrics, ProxyError, SetupError, Upstream,
+};
 
 /// What the listener knows about the caller's connection.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ struct Inner {
     domain: Option<String>,
     max_body: u64,
     metrics: HttpMetrics,
+    masks: Arc<RuleSet>,
+    mask_metrics: MaskMetrics,
 }
 
 impl HttpFront {
@@ -48,6 +53,8 @@ impl HttpFront {
         cfg: &Config,
         auth: Authenticator,
         metrics: HttpMetrics,
+        masks: Arc<RuleSet>,
+        mask_metrics: MaskMetrics,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -64,6 +71,8 @@ impl HttpFront {
                 domain: cfg.gateway.domain.clone(),
                 max_body: cfg.limits.max_request_body_bytes,
                 metrics,
+                masks,
+                mask_metrics,
             }),
         })
     }
@@ -206,6 +215,7 @@ impl Inner {
             .target_uri(r.rest, req.uri().query())
             .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
 
+        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         crate::headers::request_to_upstream(&mut parts.headers, upstream.injected_header());
@@ -247,11 +257,22 @@ impl Inner {
                 reason,
             },
         })?;
+        let resp = match self.masks.select(name, &principal.groups) {
+            None => resp.map(|b| b.map_err(Into::into).boxed()),
+            Some(rule) => {
+                let mut stats = portcullis_mask::Stats::new();
+                let masked = crate::masking::mask_response(rule, &method, resp, &mut stats)
+                    .await
+                    .map_err(|f| ProxyError::MaskFailed {
+                        connection: name.clone(),
+                        reason: f.0,
+                    })?;
+                self.mask_metrics.record(name, &stats);
+                masked
+            }
+        };
         let (mut parts, body) = resp.into_parts();
         crate::headers::response_to_caller(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed(),
-        ))
+        Ok(Response::from_parts(parts, body))
     }
 }

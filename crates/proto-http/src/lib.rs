@@ -5,6 +5,7 @@
 mod error;
 mod front;
 pub mod headers;
+mod masking;
 mod metrics;
 pub mod route;
 mod upstream;
@@ -21,6 +22,7 @@ use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
 pub use front::{ConnInfo, HttpFront};
+pub use masking::MaskMetrics;
 pub use metrics::HttpMetrics;
 pub use upstream::{ForwardError, SetupError, Upstream};
 

@@ -146,12 +146,40 @@ async fn answer(
         authority,
         version,
     });
-    match path.as_str() {
+    // Connections may add a base path; the routes below are after it.
+    match path.strip_prefix("/base").unwrap_or(&path) {
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Response::new(Full::new(Bytes::from_static(b"late\n")))
         }
         "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        "/pii.gz" => {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(br#"{"user":{"email":"carol@example.com","card":"4242 4242 4242 4242","password":"s3cr3t-pw"}}"#)
+                .unwrap();
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .header("etag", "\"abc\"")
+                .body(Full::new(Bytes::from(gz.finish().unwrap())))
+                .unwrap()
+        }
+        "/compress" => Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "compress")
+            .body(Full::new(Bytes::from_static(b"\x1f\x9d carol@example.com")))
+            .unwrap(),
+        "/badjson" => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                b"{not json, carol@example.com",
+            )))
+            .unwrap(),
+        "/image" => Response::builder()
+            .header("content-type", "image/png")
+            .body(Full::new(Bytes::from_static(b"\x89PNG carol@example.com")))
+            .unwrap(),
         _ => Response::builder()
             .header("content-type", "application/json")
             .header("x-upstream", "test")

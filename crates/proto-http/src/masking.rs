@@ -1,0 +1,323 @@
+//! Masking responses on their way back to the caller. A body that cannot
+//! be inspected is never passed raw: it is refused, or masked as text when
+//! the rule says so.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use portcullis_mask::{OnError, Rule, Stats};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::{Body, full};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MaskLabels {
+    connection: String,
+    detector: String,
+}
+
+/// Masked values by connection and detector (never the values).
+#[derive(Clone)]
+pub struct MaskMetrics(Family<MaskLabels, Counter>);
+
+impl MaskMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let f = Family::default();
+        registry.register(
+            "portcullis_masked_values",
+            "Values masked in responses, by connection and detector",
+            f.clone(),
+        );
+        Self(f)
+    }
+
+    pub fn record(&self, connection: &str, stats: &Stats) {
+        for (detector, n) in stats {
+            self.0
+                .get_or_create(&MaskLabels {
+                    connection: connection.to_string(),
+                    detector: detector.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Json,
+    Text,
+    Form,
+    /// Images, archives, octet streams: not text, not inspected.
+    Opaque,
+}
+
+fn kind(content_type: Option<&HeaderValue>) -> Kind {
+    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+        // Undeclared: inspect it as text rather than trust it.
+        return Kind::Text;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "application/x-ndjson"
+    {
+        Kind::Json
+    } else if essence == "application/x-www-form-urlencoded" {
+        Kind::Form
+    } else if essence.starts_with("text/")
+        || essence == "application/xml"
+        || essence.ends_with("+xml")
+        || essence == "application/javascript"
+        || essence == "application/graphql-response+json"
+    {
+        Kind::Text
+    } else {
+        Kind::Opaque
+    }
+}
+
+/// Why a body could not be masked (said to the caller in a 502).
+#[derive(Debug)]
+pub struct MaskFailure(pub String);
+
+/// Mask `resp` under `rule`. Bodies are read whole, up to the rule's
+/// `max_body_bytes` (after decompression too), so memory stays bounded.
+pub async fn mask_response(
+    rule: &Rule,
+    method: &Method,
+    resp: Response<Incoming>,
+    stats: &mut Stats,
+) -> Result<Response<Body>, MaskFailure> {
+    let (mut parts, body) = resp.into_parts();
+    let no_body = method == Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || parts.status.is_informational();
+    let k = kind(parts.headers.get(header::CONTENT_TYPE));
+    if no_body || k == Kind::Opaque {
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ));
+    }
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let limit = rule.max_body_bytes;
+    let raw = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                MaskFailure(format!(
+                    "the response body exceeds the masking limit of {limit} bytes (rule {:?})",
+                    rule.name
+                ))
+            } else {
+                MaskFailure(format!("reading the response body failed: {e}"))
+            }
+        })?
+        .to_bytes();
+    let plain = decode(&encoding, &raw, limit)?;
+
+    let masked: Vec<u8> = match k {
+        Kind::Json => match rule.masker.mask_json_bytes(&plain, stats) {
+            Ok(b) => b,
+            Err(e) => match rule.on_error {
+                OnError::Refuse => {
+                    return Err(MaskFailure(format!(
+                        "the response declares JSON but {e}; refused by rule {:?} (on_error = \"refuse\")",
+                        rule.name
+                    )));
+                }
+                OnError::MaskAsText => mask_text(rule, &plain, stats)?,
+            },
+        },
+        Kind::Form => mask_form(rule, &plain, stats)?,
+        Kind::Text | Kind::Opaque => mask_text(rule, &plain, stats)?,
+    };
+
+    // The body is now identity-encoded and of a new length; validators of
+    // the old bytes no longer hold.
+    for h in [
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        header::CONTENT_RANGE,
+    ] {
+        parts.headers.remove(h);
+    }
+    parts.headers.remove("content-md5");
+    parts.headers.remove("digest");
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+    Ok(Response::from_parts(parts, full(Bytes::from(masked))))
+}
+
+fn mask_text(rule: &Rule, plain: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskFailure> {
+    let text = std::str::from_utf8(plain).map_err(|_| {
+        MaskFailure(format!(
+            "the response body is not UTF-8 text; refused by rule {:?}",
+            rule.name
+        ))
+    })?;
+    Ok(rule.masker.mask_str(text, stats).into_owned().into_bytes())
+}
+
+/// `a=b&c=d`: each value decoded, masked, encoded again.
+fn mask_form(rule: &Rule, plain: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskFailure> {
+    let text =
+        std::str::from_utf8(plain).map_err(|_| MaskFailure("the form body is not UTF-8".into()))?;
+    let mut out = Vec::with_capacity(plain.len());
+    for (i, pair) in text.split('&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.extend_from_slice(k.as_bytes());
+        if pair.contains('=') {
+            out.push(b'=');
+            let decoded = percent_decode(v);
+            let masked = rule.masker.mask_str(&decoded, stats);
+            out.extend_from_slice(percent_encode(&masked).as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undo a content encoding, reading at most `limit` bytes of output (a
+/// small compressed body may expand without bound).
+fn decode(encoding: &str, raw: &[u8], limit: usize) -> Result<Vec<u8>, MaskFailure> {
+    let reader: Box<dyn Read + '_> = match encoding {
+        "" | "identity" => return Ok(raw.to_vec()),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(raw)),
+        "br" => Box::new(brotli_decompressor::Decompressor::new(raw, 4096)),
+        "zstd" => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(raw)
+                .map_err(|e| MaskFailure(format!("the zstd body is invalid: {e}")))?,
+        ),
+        other => {
+            return Err(MaskFailure(format!(
+                "the response uses content encoding {other:?}, which cannot be inspected"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| MaskFailure(format!("the {encoding} body could not be decoded: {e}")))?;
+    if out.len() > limit {
+        return Err(MaskFailure(format!(
+            "the decoded response body exceeds the masking limit of {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn content_kinds() {
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(
+            kind(Some(&h("application/json; charset=utf-8"))),
+            Kind::Json
+        );
+        assert_eq!(kind(Some(&h("application/problem+json"))), Kind::Json);
+        assert_eq!(kind(Some(&h("text/csv"))), Kind::Text);
+        assert_eq!(
+            kind(Some(&h("application/x-www-form-urlencoded"))),
+            Kind::Form
+        );
+        assert_eq!(kind(Some(&h("image/png"))), Kind::Opaque);
+        assert_eq!(kind(None), Kind::Text);
+    }
+
+    #[test]
+    fn decoders_and_bombs() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&vec![b'a'; 10_000]).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decode("gzip", &gz, 20_000).unwrap().len(), 10_000);
+        assert!(
+            decode("gzip", &gz, 1_000)
+                .unwrap_err()
+                .0
+                .contains("exceeds")
+        );
+        assert!(
+            decode("compress", b"x", 10)
+                .unwrap_err()
+                .0
+                .contains("cannot be inspected")
+        );
+        assert!(decode("gzip", b"not gzip", 10).is_err());
+    }
+
+    #[test]
+    fn percent_round_trip() {
+        assert_eq!(percent_decode("a%40b.io+x"), "a@b.io x");
+        assert_eq!(percent_encode("[EMAIL] x"), "%5BEMAIL%5D+x");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}
