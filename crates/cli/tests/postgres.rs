@@ -84,6 +84,12 @@ password = "file:pgpw"
 reuse = false
 
 [[connections]]
+name = "masked"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+
+[[connections]]
 name = "nogrant"
 type = "postgres"
 url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
@@ -96,7 +102,14 @@ url = "https://localhost:1"
 
 [[grants]]
 groups = ["testers"]
-connections = ["rw", "ro", "fresh", "wrongname", "untrusted", "api"]
+connections = ["rw", "ro", "fresh", "masked", "wrongname", "untrusted", "api"]
+
+[[masking.rules]]
+name = "pg-pii"
+connections = ["masked"]
+[[masking.rules.fields]]
+columns = ["ssn"]
+action = "drop"
 "#
         );
         let (gw, token) = gateway_with_config(dir, &config);
@@ -769,4 +782,88 @@ fn upstream_sessions_are_reused_and_reset_between_callers() {
     let a = pid("fresh");
     let b = pid("fresh");
     assert_ne!(a, b);
+}
+
+#[test]
+fn result_rows_are_masked_in_text_binary_and_copy() {
+    let g = PgGateway::start();
+    let table = format!("people_{}", std::process::id());
+    let o = g.psql(
+        "masked",
+        &["-q", "-c", &format!("create table {table} (id int, email text, card text, ssn text, note text)"), "-c",
+          &format!("insert into {table} values (1, 'ann@example.com', '4111 1111 1111 1111', '123-45-6789', 'call +1 415 555 0132 today')")],
+        None,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    // Simple protocol, text format.
+    let o = g.psql(
+        "masked",
+        &[
+            "-F",
+            ",",
+            "-c",
+            &format!("select id, email, card, ssn, note from {table}"),
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&o).0,
+        "1,[EMAIL],[CARD],,call [PHONE] today",
+        "{:?}",
+        text(&o)
+    );
+    // COPY out.
+    let o = g.psql(
+        "masked",
+        &[
+            "-c",
+            &format!("\\copy (select email, note from {table}) to stdout"),
+        ],
+        None,
+    );
+    assert_eq!(text(&o).0, "[EMAIL]\tcall [PHONE] today", "{:?}", text(&o));
+    // The target holds the real values.
+    assert_eq!(
+        PgCluster::shared().psql_direct(&format!("select email from {table}")),
+        "ann@example.com"
+    );
+    // Unmasked connection to the same server: real values (no rule there).
+    assert_eq!(
+        text(&g.psql("rw", &["-c", &format!("select email from {table}")], None)).0,
+        "ann@example.com"
+    );
+
+    // Extended protocol with binary results (tokio-postgres).
+    rt().block_on(async {
+        let c = g.client("masked", &g.token).await.unwrap();
+        let row = c
+            .query_one(
+                &format!("select email, id, 4111111111111111::int8 as n, ssn from {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "[EMAIL]");
+        assert_eq!(row.get::<_, i32>(1), 1);
+        assert_eq!(
+            row.get::<_, Option<i64>>(2),
+            None,
+            "a card number in a binary int8 becomes NULL"
+        );
+        assert_eq!(row.get::<_, Option<String>>(3), None, "column rule: drop");
+        let stmt = c
+            .prepare(&format!("select note from {table} where id = $1"))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let r = c.query_one(&stmt, &[&1i32]).await.unwrap();
+            assert_eq!(r.get::<_, String>(0), "call [PHONE] today");
+        }
+    });
+    let o = g.psql(
+        "masked",
+        &["-q", "-c", &format!("drop table {table}")],
+        None,
+    );
+    assert!(o.status.success());
 }

@@ -157,7 +157,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         &cfg.masking.rules,
         hash_key.as_ref().map(|k| k.expose().as_bytes()),
     )?);
-    let mask_metrics = portcullis_http::MaskMetrics::register(&mut registry);
+    let mask_metrics = portcullis_mask::MaskMetrics::register(&mut registry);
 
     let auth = Authenticator::new(Arc::new(store));
     let front = HttpFront::new(
@@ -185,6 +185,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 acceptor,
                 pg_metrics,
                 tls_metrics.clone(),
+                masks.clone(),
+                mask_metrics.clone(),
             )?;
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {

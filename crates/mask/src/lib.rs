@@ -4,6 +4,7 @@
 
 mod detectors;
 mod json;
+mod metrics;
 mod spec;
 pub mod validate;
 
@@ -15,13 +16,14 @@ use regex::{Regex, RegexSet};
 
 pub use detectors::BUILTINS;
 pub use json::JsonPath;
+pub use metrics::MaskMetrics;
 pub use spec::{ActionKind, ActionSpec, CustomDetector, FieldRule, MaskSpec, OnError, WordList};
 
 /// The masking rules in force, each compiled, chosen per connection and
 /// principal group.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    rules: Vec<Rule>,
+    rules: Vec<std::sync::Arc<Rule>>,
 }
 
 #[derive(Debug)]
@@ -47,14 +49,14 @@ impl RuleSet {
                     }
                     other => other,
                 })?;
-                Ok(Rule {
+                Ok(std::sync::Arc::new(Rule {
                     name: s.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
                     connections: s.connections.clone(),
                     groups: s.groups.clone(),
                     on_error: s.on_error,
                     max_body_bytes: s.max_body_bytes,
                     masker,
-                })
+                }))
             })
             .collect::<Result<_, MaskError>>()?;
         Ok(Self { rules })
@@ -62,7 +64,7 @@ impl RuleSet {
 
     /// The first rule for `connection` that applies to a principal in
     /// `groups`.
-    pub fn select(&self, connection: &str, groups: &[String]) -> Option<&Rule> {
+    pub fn select(&self, connection: &str, groups: &[String]) -> Option<&std::sync::Arc<Rule>> {
         self.rules.iter().find(|r| {
             r.connections.iter().any(|c| c == "*" || c == connection)
                 && (r.groups.is_empty() || r.groups.iter().any(|g| groups.contains(g)))

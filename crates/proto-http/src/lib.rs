@@ -22,8 +22,8 @@ use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
 pub use front::{ConnInfo, HttpFront};
-pub use masking::MaskMetrics;
 pub use metrics::HttpMetrics;
+pub use portcullis_mask::MaskMetrics;
 pub use upstream::{ForwardError, SetupError, Upstream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

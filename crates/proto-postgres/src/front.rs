@@ -103,6 +103,8 @@ struct Inner {
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
     metrics: PgMetrics,
     tls_metrics: TlsMetrics,
+    masks: Arc<portcullis_mask::RuleSet>,
+    mask_metrics: portcullis_mask::MaskMetrics,
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
@@ -123,6 +125,8 @@ impl PgFront {
         acceptor: TlsAcceptor,
         metrics: PgMetrics,
         tls_metrics: TlsMetrics,
+        masks: Arc<portcullis_mask::RuleSet>,
+        mask_metrics: portcullis_mask::MaskMetrics,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -150,6 +154,8 @@ impl PgFront {
                 cancels: Mutex::new(HashMap::new()),
                 metrics,
                 tls_metrics,
+                masks,
+                mask_metrics,
                 nonce: format!("{:016x}", random_u64()),
             }),
         })
@@ -460,10 +466,16 @@ impl Inner {
         messages::backend_key_data(pid, secret).encode(&mut hello);
         messages::ready_for_query(up.status).encode(&mut hello);
         let result = if w.write_all(&hello).await.is_ok() && w.flush().await.is_ok() {
-            let chain: Vec<Box<dyn Inspector>> = vec![Box::new(StatementRules {
+            let mut chain: Vec<Box<dyn Inspector>> = vec![Box::new(StatementRules {
                 connection: connection.clone(),
                 read_only: upstream.read_only,
             })];
+            if let Some(rule) = self.masks.select(&connection, &principal.groups) {
+                chain.push(Box::new(
+                    crate::masking::MaskInspector::new(rule.clone(), &connection)
+                        .with_metrics(self.mask_metrics.clone()),
+                ));
+            }
             let (label, reusable) = self
                 .relay(
                     reader,
@@ -573,14 +585,23 @@ impl Inner {
                                 .lock()
                                 .map(|mut p| p.push(&self.nonce, refusal))
                                 .unwrap_or_default();
-                            match tag {
+                            let stand_in = match tag {
                                 b'P' => {
                                     let name = messages::parse_text(&m)
                                         .map(|(n, _)| n)
                                         .unwrap_or_default();
-                                    messages::parse_named(&name, &placeholder).encode(&mut out)
+                                    messages::parse_named(&name, &placeholder)
                                 }
-                                _ => messages::query(&placeholder).encode(&mut out),
+                                _ => messages::query(&placeholder),
+                            };
+                            // The stand-in goes through the chain too, so
+                            // every inspector sees what the target will answer.
+                            match chain
+                                .lock()
+                                .map(|mut c| inspect::frontend(&mut c, stand_in))
+                            {
+                                Ok(Ok(m)) => m.encode(&mut out),
+                                _ => return Exit::Internal,
                             }
                         }
                         Err(_) => return Exit::Internal,

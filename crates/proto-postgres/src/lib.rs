@@ -8,6 +8,7 @@ pub mod frame;
 mod front;
 pub mod inspect;
 pub mod io;
+pub mod masking;
 pub mod messages;
 mod upstream;
 
