@@ -2,6 +2,7 @@
 //! below return typed errors.
 
 mod gateway_cmd;
+mod mask_cmd;
 mod quickstart;
 mod token_cmd;
 
@@ -53,6 +54,9 @@ enum Command {
     /// Create, list and revoke gateway-issued tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),
+    /// Mask standard input with the configured rules (or every built-in
+    /// detector), to test rules before deploying them.
+    Mask(mask_cmd::Args),
     /// Print the version.
     Version,
 }
@@ -120,6 +124,7 @@ fn main() -> std::process::ExitCode {
             Command::Quickstart(args) => quickstart::run(&cli, args).await,
             Command::Gateway => gateway_cmd::run(&cli).await,
             Command::Token(t) => token_cmd::run(&cli, t).await,
+            Command::Mask(a) => mask_cmd::run(&cli, a),
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())
