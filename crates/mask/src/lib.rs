@@ -337,113 +337,163 @@ impl Masker {
             .collect()
     }
 
+    /// The findings in `text`, left to right, non-overlapping. Each source
+    /// (detector or word list) keeps its next candidate at or after the
+    /// current position; the earliest (then longest, then strongest) wins,
+    /// and sources whose candidate it overlapped search again after it.
+    /// Masking the output again therefore finds nothing new: every value
+    /// is looked for in the same context either way.
     fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
-        let mut spans: Vec<Span<'a>> = Vec::new();
-        // One scan says which detectors can match at all.
         let matched = self.set.matches(text);
-        let strong_first = matched
+        let mut sources: Vec<Cursor> = matched
             .iter()
-            .filter(|&i| !self.detectors[i].weak)
-            .chain(matched.iter().filter(|&i| self.detectors[i].weak));
-        for i in strong_first {
-            let d = &self.detectors[i];
-            if d.group == 0 {
-                let mut pos = 0;
+            .map(Source::Detector)
+            .chain((0..self.words.len()).map(Source::Words))
+            .map(|source| Cursor {
+                source,
+                next: None,
+                done: false,
+            })
+            .collect();
+        let mut out: Vec<Span<'a>> = Vec::new();
+        let mut pos = 0;
+        loop {
+            for src in sources.iter_mut() {
+                if !src.done && src.next.is_none_or(|(s, _)| s < pos) {
+                    src.next = self.next_from(src.source, text, pos);
+                    src.done = src.next.is_none();
+                }
+            }
+            let best = sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.next.map(|(st, en)| (i, st, en)))
+                .min_by_key(|&(i, st, en)| {
+                    (st, std::cmp::Reverse(en), self.is_weak(sources[i].source))
+                });
+            let Some((i, start, mut end)) = best else {
+                break;
+            };
+            let source = sources[i].source;
+            if self.is_weak(source) {
+                // A weak match gives way to a strong one starting inside it.
+                let strong_start = sources
+                    .iter()
+                    .filter(|s| !self.is_weak(s.source))
+                    .filter_map(|s| s.next.map(|(st, _)| st))
+                    .filter(|&st| st > start && st < end)
+                    .min();
+                if let Some(cut) = strong_start {
+                    let trimmed = text[..cut].trim_end_matches([' ', '-', '.']).len();
+                    let Source::Detector(d) = source else {
+                        unreachable!("words are never weak")
+                    };
+                    match self.detectors[d]
+                        .check
+                        .and_then(|c| checked_end(text, start, trimmed, c))
+                    {
+                        Some(e) if e > start => end = e,
+                        _ => {
+                            // Not a value on its own: look again after it.
+                            sources[i].next =
+                                self.next_from(source, text, next_group(text, start, end));
+                            sources[i].done = sources[i].next.is_none();
+                            continue;
+                        }
+                    }
+                }
+            }
+            out.push(self.span(source, start, end));
+            pos = end;
+        }
+        out
+    }
+
+    fn is_weak(&self, s: Source) -> bool {
+        matches!(s, Source::Detector(d) if self.detectors[d].weak)
+    }
+
+    fn span(&self, s: Source, start: usize, end: usize) -> Span<'_> {
+        match s {
+            Source::Detector(d) => Span::of(&self.detectors[d], start, end),
+            Source::Words(w) => Span {
+                name: &self.words[w].name,
+                label: &self.words[w].label,
+                start,
+                end,
+                action: &self.words[w].action,
+            },
+        }
+    }
+
+    /// The next valid finding of one source starting at or after `pos`.
+    fn next_from(&self, s: Source, text: &str, mut pos: usize) -> Option<(usize, usize)> {
+        match s {
+            Source::Words(w) => {
+                let words = &self.words[w];
+                let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
                 while pos <= text.len() {
-                    let Some(m) = d.regex.find_at(text, pos) else {
-                        break;
-                    };
-                    let mut end = m.end();
-                    if d.weak {
-                        // Stop short of anything a stronger detector claimed.
-                        if let Some(s) = spans
-                            .iter()
-                            .filter(|s| s.start >= m.start() && s.start < end)
-                            .map(|s| s.start)
-                            .min()
-                        {
-                            end = text[..s].trim_end_matches([' ', '-', '.']).len();
-                        }
+                    let m = words
+                        .matcher
+                        .find(aho_corasick::Input::new(text).range(pos..))?;
+                    if boundary(text[..m.start()].chars().next_back())
+                        && boundary(text[m.end()..].chars().next())
+                    {
+                        return Some((m.start(), m.end()));
                     }
-                    let b = text.as_bytes();
-                    // In the middle of a longer run of digit groups (an
-                    // account number, a near-miss IBAN): not a phone number.
-                    let mid_run = m.start() >= 2
-                        && b[m.start()].is_ascii_digit()
-                        && matches!(b[m.start() - 1], b' ' | b'-')
-                        && b[m.start() - 2].is_ascii_digit();
-                    let claimed = d.weak
-                        && (mid_run
-                            || spans
-                                .iter()
-                                .any(|s| s.start <= m.start() && m.start() < s.end));
-                    let found = if end <= m.start() || claimed {
-                        None
-                    } else {
-                        match d.check {
-                            None => Some(end),
-                            Some(check) => checked_end(text, m.start(), end, check),
-                        }
-                    };
-                    match found {
-                        Some(e) => {
-                            spans.push(Span::of(d, m.start(), e));
-                            pos = e.max(m.start() + 1);
-                        }
-                        // A rejected match may hide a real one that starts
-                        // at its next group: resume there, not after it.
-                        None => {
-                            pos = text[m.start()..m.end()]
-                                .find([' ', '-', '.'])
-                                .map(|i| m.start() + i + 1)
-                                .unwrap_or(m.end())
-                                .max(m.start() + 1);
-                        }
-                    }
+                    pos = m.start() + 1;
                     while pos < text.len() && !text.is_char_boundary(pos) {
                         pos += 1;
                     }
                 }
-            } else {
-                for c in d.regex.captures_iter(text) {
-                    if let Some(m) = c.get(d.group) {
-                        let (mut s, mut e) = (m.start(), m.end());
-                        let v = m.as_str();
-                        // Keep quotes around a quoted value.
-                        if v.len() >= 2 && (v.starts_with('"') || v.starts_with('\'')) {
-                            s += 1;
-                            e -= 1;
+                None
+            }
+            Source::Detector(i) => {
+                let d = &self.detectors[i];
+                let b = text.as_bytes();
+                while pos <= text.len() {
+                    if d.group > 0 {
+                        let c = d.regex.captures_at(text, pos)?;
+                        let whole = c.get(0)?;
+                        if let Some(m) = c.get(d.group) {
+                            let (mut st, mut en) = (m.start(), m.end());
+                            let v = m.as_str();
+                            // Keep quotes around a quoted value.
+                            if v.len() >= 2 && (v.starts_with('"') || v.starts_with('\'')) {
+                                st += 1;
+                                en -= 1;
+                            }
+                            return Some((st, en));
                         }
-                        spans.push(Span::of(d, s, e));
+                        pos = whole.end().max(whole.start() + 1);
+                        continue;
                     }
+                    let m = d.regex.find_at(text, pos)?;
+                    // In the middle of a longer run of digit groups (an
+                    // account number, a near-miss IBAN) a weak pattern is not
+                    // a value. A mask token (`…]`) counts as the value it
+                    // replaced, so masking twice sees the same context.
+                    let mid_run = d.weak
+                        && m.start() >= 2
+                        && b[m.start()].is_ascii_digit()
+                        && matches!(b[m.start() - 1], b' ' | b'-')
+                        && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']');
+                    if !mid_run {
+                        let end = match d.check {
+                            None => Some(m.end()),
+                            Some(check) => checked_end(text, m.start(), m.end(), check),
+                        };
+                        if let Some(e) = end {
+                            return Some((m.start(), e));
+                        }
+                    }
+                    // A rejected match may hide a real one that starts at
+                    // its next group: resume there, not after it.
+                    pos = next_group(text, m.start(), m.end());
                 }
+                None
             }
         }
-        for w in &self.words {
-            for m in w.matcher.find_iter(text) {
-                let before = text[..m.start()].chars().next_back();
-                let after = text[m.end()..].chars().next();
-                let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
-                if boundary(before) && boundary(after) {
-                    spans.push(Span {
-                        name: &w.name,
-                        label: &w.label,
-                        start: m.start(),
-                        end: m.end(),
-                        action: &w.action,
-                    });
-                }
-            }
-        }
-        // Earliest first, then longest; drop anything overlapping a kept one.
-        spans.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-        let mut kept: Vec<Span<'a>> = Vec::with_capacity(spans.len());
-        for s in spans {
-            if kept.last().is_none_or(|k| s.start >= k.end) {
-                kept.push(s);
-            }
-        }
-        kept
     }
 
     /// Mask every finding in `text`; counts go to `stats`.
@@ -563,7 +613,10 @@ fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) ->
     let b = text.as_bytes();
     let mut e = end;
     loop {
-        let splits_token = b.get(e) == Some(&b'-') && b.get(e + 1).is_some_and(u8::is_ascii_digit);
+        // Only a cut of our own can split a token; the pattern's own end
+        // is where it chose to stop.
+        let splits_token =
+            e != end && b.get(e) == Some(&b'-') && b.get(e + 1).is_some_and(u8::is_ascii_digit);
         if !splits_token && check(&text[start..e]) {
             return Some(e);
         }
@@ -574,6 +627,34 @@ fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) ->
         }
         e = start + cut;
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Detector(usize),
+    Words(usize),
+}
+
+/// A source and its next candidate.
+struct Cursor {
+    source: Source,
+    /// The next candidate, if searched.
+    next: Option<(usize, usize)>,
+    /// No candidate left after the last search position.
+    done: bool,
+}
+
+/// Where to resume after a rejected match: its next digit group.
+fn next_group(text: &str, start: usize, end: usize) -> usize {
+    let mut pos = text[start..end]
+        .find([' ', '-', '.'])
+        .map(|i| start + i + 1)
+        .unwrap_or(end)
+        .max(start + 1);
+    while pos < text.len() && !text.is_char_boundary(pos) {
+        pos += 1;
+    }
+    pos
 }
 
 struct Span<'a> {

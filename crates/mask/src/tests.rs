@@ -387,3 +387,29 @@ fn rules_are_chosen_per_connection_and_group() {
     assert!(e.to_string().contains("rules[0].detectors"), "{e}");
     assert!(RuleSet::new(&[], None).unwrap().select("x", &[]).is_none());
 }
+
+#[test]
+fn fuzz_regression_ipv6_neighbours() {
+    let m = masker();
+    for s in [
+        ".111--91\u{1}\0\u{13}}\0\0\0\0\00::c-3::cc2:[ſ",
+        "10.1.1.1 313-33 31313 3 313-33 31313 3q?3",
+    ] {
+        let once = m.mask_str(s, &mut Stats::new()).into_owned();
+        let twice = m.mask_str(&once, &mut Stats::new()).into_owned();
+        assert_eq!(once, twice);
+    }
+}
+
+#[test]
+fn fuzz_regression_overlapping_losers_search_again() {
+    let m = masker();
+    for s in [
+        "3-1)\0\0\0$xoxb-1234567890ab:1::E",
+        "xoxb-1234567890ab:1::E",
+    ] {
+        let once = m.mask_str(s, &mut Stats::new()).into_owned();
+        let twice = m.mask_str(&once, &mut Stats::new()).into_owned();
+        assert_eq!(once, twice, "{s:?}");
+    }
+}
