@@ -90,6 +90,12 @@ url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
 password = "file:pgpw"
 
 [[connections]]
+name = "tokens"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
+password = "file:pgpw"
+
+[[connections]]
 name = "nogrant"
 type = "postgres"
 url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
@@ -102,7 +108,7 @@ url = "https://localhost:1"
 
 [[grants]]
 groups = ["testers"]
-connections = ["rw", "ro", "fresh", "masked", "wrongname", "untrusted", "api"]
+connections = ["rw", "ro", "fresh", "masked", "tokens", "wrongname", "untrusted", "api"]
 
 [[masking.rules]]
 name = "pg-pii"
@@ -110,6 +116,11 @@ connections = ["masked"]
 [[masking.rules.fields]]
 columns = ["ssn"]
 action = "drop"
+
+[[masking.rules]]
+name = "pg-tokens"
+connections = ["tokens"]
+actions = {{ email = {{ action = "hash", reversible = true }} }}
 "#
         );
         let (gw, token) = gateway_with_config(dir, &config);
@@ -866,4 +877,54 @@ fn result_rows_are_masked_in_text_binary_and_copy() {
         None,
     );
     assert!(o.status.success());
+}
+
+#[test]
+fn reversible_tokens_can_be_sent_back_in_the_same_session() {
+    let g = PgGateway::start();
+    let table = format!("tok_{}", std::process::id());
+    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (id int, email text); insert into {table} values (7, 'dana@example.com')")], None).status.success());
+    rt().block_on(async {
+        let c = g.client("tokens", &g.token).await.unwrap();
+        let token: String = c
+            .query_one(&format!("select email from {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(token.starts_with("[EMAIL:"), "{token}");
+        assert!(!token.contains("dana"));
+        // The caller joins on the token; the target sees the real value.
+        let id: i32 = c
+            .query_one(
+                &format!("select id from {table} where email = '{token}'"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(id, 7);
+        // Through the simple protocol too.
+        let rows = c
+            .simple_query(&format!("select id from {table} where email = '{token}'"))
+            .await
+            .unwrap();
+        assert!(rows.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("7"))
+        ));
+        // Another session never saw that token: it is not swapped there.
+        let other = g.client("tokens", &g.token).await.unwrap();
+        let n = other
+            .query(
+                &format!("select id from {table} where email = '{token}'"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(n.is_empty());
+    });
+    assert!(
+        g.psql("rw", &["-q", "-c", &format!("drop table {table}")], None)
+            .status
+            .success()
+    );
 }

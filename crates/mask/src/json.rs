@@ -91,7 +91,13 @@ impl JsonPath {
     }
 }
 
-pub(crate) fn walk(m: &Masker, v: &mut Value, at: &mut Vec<Step>, stats: &mut Stats) {
+pub(crate) fn walk(
+    m: &Masker,
+    v: &mut Value,
+    at: &mut Vec<Step>,
+    stats: &mut Stats,
+    vault: &mut Option<&mut crate::Vault>,
+) {
     // A rule on this exact position or key takes the whole value.
     let key = match at.last() {
         Some(Step::Key(k)) => Some(k.to_ascii_lowercase()),
@@ -109,9 +115,13 @@ pub(crate) fn walk(m: &Masker, v: &mut Value, at: &mut Vec<Step>, stats: &mut St
             .or_default() += 1;
         *v = match (&f.action.kind, &*v) {
             (ActionKind::Drop, _) | (_, Value::Null) => Value::Null,
-            (_, Value::String(s)) => Value::String(m.apply(&f.action, &label, s)),
-            (_, Value::Number(n)) => Value::String(m.apply(&f.action, &label, &n.to_string())),
-            (_, Value::Bool(b)) => Value::String(m.apply(&f.action, &label, &b.to_string())),
+            (_, Value::String(s)) => Value::String(m.apply_in(&f.action, &label, s, vault)),
+            (_, Value::Number(n)) => {
+                Value::String(m.apply_in(&f.action, &label, &n.to_string(), vault))
+            }
+            (_, Value::Bool(b)) => {
+                Value::String(m.apply_in(&f.action, &label, &b.to_string(), vault))
+            }
             // A whole object or array under a sensitive key goes, whatever
             // the action: there is no part of it to keep.
             _ => Value::String(format!("[{label}]")),
@@ -120,7 +130,7 @@ pub(crate) fn walk(m: &Masker, v: &mut Value, at: &mut Vec<Step>, stats: &mut St
     }
     match v {
         Value::String(s) => {
-            if let std::borrow::Cow::Owned(masked) = m.mask_str(s, stats) {
+            if let std::borrow::Cow::Owned(masked) = m.mask_str_in(s, stats, vault) {
                 *s = masked;
             }
         }
@@ -128,7 +138,7 @@ pub(crate) fn walk(m: &Masker, v: &mut Value, at: &mut Vec<Step>, stats: &mut St
             // 4111111111111111 written as a number is still a card number.
             let text = n.to_string();
             if text.len() >= 8
-                && let std::borrow::Cow::Owned(masked) = m.mask_str(&text, stats)
+                && let std::borrow::Cow::Owned(masked) = m.mask_str_in(&text, stats, vault)
             {
                 *v = Value::String(masked);
             }
@@ -136,14 +146,14 @@ pub(crate) fn walk(m: &Masker, v: &mut Value, at: &mut Vec<Step>, stats: &mut St
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 at.push(Step::Index(i));
-                walk(m, item, at, stats);
+                walk(m, item, at, stats, vault);
                 at.pop();
             }
         }
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
                 at.push(Step::Key(k.clone()));
-                walk(m, item, at, stats);
+                walk(m, item, at, stats, vault);
                 at.pop();
             }
         }

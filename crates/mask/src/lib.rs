@@ -108,6 +108,7 @@ struct Action {
     kind: ActionKind,
     keep_last: Option<usize>,
     keep_domain: bool,
+    reversible: bool,
 }
 
 impl Action {
@@ -116,6 +117,7 @@ impl Action {
             kind: a.action,
             keep_last: a.keep_last,
             keep_domain: a.keep_domain,
+            reversible: a.reversible && a.action == ActionKind::Hash,
         }
     }
 
@@ -212,6 +214,7 @@ impl Masker {
             kind: spec.action,
             keep_last: None,
             keep_domain: false,
+            reversible: false,
         };
         let mut detectors = Vec::new();
         for b in BUILTINS
@@ -257,6 +260,7 @@ impl Masker {
                         kind: c.action,
                         keep_last: c.keep_last,
                         keep_domain: false,
+                        reversible: false,
                     }),
             });
         }
@@ -280,6 +284,7 @@ impl Masker {
                     kind: w.action,
                     keep_last: None,
                     keep_domain: false,
+                    reversible: false,
                 },
             });
         }
@@ -304,6 +309,7 @@ impl Masker {
                     kind: f.action,
                     keep_last: f.keep_last,
                     keep_domain: f.keep_domain,
+                    reversible: f.reversible && f.action == ActionKind::Hash,
                 },
             });
         }
@@ -498,6 +504,22 @@ impl Masker {
 
     /// Mask every finding in `text`; counts go to `stats`.
     pub fn mask_str<'t>(&self, text: &'t str, stats: &mut Stats) -> Cow<'t, str> {
+        self.mask_str_in(text, stats, &mut None)
+    }
+
+    /// Whether any action issues reversible tokens.
+    pub fn has_reversible(&self) -> bool {
+        self.detectors.iter().any(|d| d.action.reversible)
+            || self.fields.iter().any(|f| f.action.reversible)
+    }
+
+    /// [`Self::mask_str`], remembering reversible tokens in `vault`.
+    pub fn mask_str_in<'t>(
+        &self,
+        text: &'t str,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Cow<'t, str> {
         let spans = self.spans(text);
         if spans.is_empty() {
             return Cow::Borrowed(text);
@@ -506,12 +528,30 @@ impl Masker {
         let mut at = 0;
         for s in &spans {
             out.push_str(&text[at..s.start]);
-            out.push_str(&self.apply(s.action, s.label, &text[s.start..s.end]));
+            out.push_str(&self.apply_in(s.action, s.label, &text[s.start..s.end], vault));
             *stats.entry(s.name.to_string()).or_default() += 1;
             at = s.end;
         }
         out.push_str(&text[at..]);
         Cow::Owned(out)
+    }
+
+    /// The replacement for `value` under `action`, noting a reversible
+    /// token in `vault`.
+    fn apply_in(
+        &self,
+        action: &Action,
+        label: &str,
+        value: &str,
+        vault: &mut Option<&mut Vault>,
+    ) -> String {
+        let out = self.apply(action, label, value);
+        if action.reversible
+            && let Some(v) = vault.as_deref_mut()
+        {
+            v.remember(&out, value);
+        }
+        out
     }
 
     /// The replacement for `value` under `action`.
@@ -575,16 +615,30 @@ impl Masker {
         value: &str,
         stats: &mut Stats,
     ) -> Cell {
+        self.mask_cell_in(column, table, value, stats, &mut None)
+    }
+
+    /// [`Self::mask_cell`], remembering reversible tokens in `vault`.
+    pub fn mask_cell_in(
+        &self,
+        column: &str,
+        table: Option<&str>,
+        value: &str,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Cell {
         if let Some(action) = self.column_rule(column, table) {
             *stats
                 .entry(format!("column:{}", column.to_ascii_lowercase()))
                 .or_default() += 1;
             return match action.kind {
                 ActionKind::Drop => Cell::Null,
-                _ => Cell::Replace(self.apply(action, &column.to_ascii_uppercase(), value)),
+                _ => {
+                    Cell::Replace(self.apply_in(action, &column.to_ascii_uppercase(), value, vault))
+                }
             };
         }
-        match self.mask_str(value, stats) {
+        match self.mask_str_in(value, stats, vault) {
             Cow::Borrowed(_) => Cell::Keep,
             Cow::Owned(s) => Cell::Replace(s),
         }
@@ -592,14 +646,24 @@ impl Masker {
 
     /// Mask a JSON document in place.
     pub fn mask_json(&self, v: &mut serde_json::Value, stats: &mut Stats) {
-        json::walk(self, v, &mut Vec::new(), stats);
+        json::walk(self, v, &mut Vec::new(), stats, &mut None);
     }
 
     /// Parse, mask and re-serialise a JSON body.
     pub fn mask_json_bytes(&self, body: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskError> {
+        self.mask_json_bytes_in(body, stats, &mut None)
+    }
+
+    /// [`Self::mask_json_bytes`], remembering reversible tokens in `vault`.
+    pub fn mask_json_bytes_in(
+        &self,
+        body: &[u8],
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Result<Vec<u8>, MaskError> {
         let mut v: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| MaskError::InvalidJson(e.to_string()))?;
-        self.mask_json(&mut v, stats);
+        json::walk(self, &mut v, &mut Vec::new(), stats, vault);
         serde_json::to_vec(&v).map_err(|e| MaskError::InvalidJson(e.to_string()))
     }
 }
@@ -627,6 +691,64 @@ fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) ->
         }
         e = start + cut;
     }
+}
+
+/// Reversible tokens a session has been shown, and their originals. Kept
+/// by the gateway per session; bounded (the oldest are forgotten).
+#[derive(Debug, Default)]
+pub struct Vault {
+    map: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const VAULT_MAX: usize = 10_000;
+
+impl Vault {
+    fn remember(&mut self, token: &str, original: &str) {
+        if self.map.contains_key(token) {
+            return;
+        }
+        if self.order.len() >= VAULT_MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        self.map.insert(token.to_string(), original.to_string());
+        self.order.push_back(token.to_string());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// `text` with every known token replaced by `escape(original)`; `None`
+    /// when there was nothing to replace.
+    pub fn reverse(&self, text: &str, escape: impl Fn(&str) -> String) -> Option<String> {
+        if self.map.is_empty() || !text.contains(':') {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        let mut changed = false;
+        for m in token_pattern().find_iter(text) {
+            if let Some(orig) = self.map.get(m.as_str()) {
+                out.push_str(&text[at..m.start()]);
+                out.push_str(&escape(orig));
+                at = m.end();
+                changed = true;
+            }
+        }
+        if !changed {
+            return None;
+        }
+        out.push_str(&text[at..]);
+        Some(out)
+    }
+}
+
+fn token_pattern() -> &'static Regex {
+    static P: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    P.get_or_init(|| Regex::new(r"\[[A-Z0-9_]{1,40}:[0-9a-f]{16}\]").expect("valid pattern"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

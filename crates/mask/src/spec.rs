@@ -30,6 +30,11 @@ pub struct ActionSpec {
     /// With `partial` on emails: keep the domain.
     #[serde(default)]
     pub keep_domain: bool,
+    /// With `hash`: a token the caller sends back (in a later request or
+    /// statement of the same session) is swapped for the original on the
+    /// way in, by the gateway only.
+    #[serde(default)]
+    pub reversible: bool,
 }
 
 /// Structure-aware rules: JSON keys and paths, SQL columns.
@@ -50,6 +55,8 @@ pub struct FieldRule {
     pub keep_last: Option<usize>,
     #[serde(default)]
     pub keep_domain: bool,
+    #[serde(default)]
+    pub reversible: bool,
 }
 
 /// A user-defined regex detector.

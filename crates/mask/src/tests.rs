@@ -77,6 +77,7 @@ fn actions() {
                     action: ActionKind::Partial,
                     keep_last: Some(4),
                     keep_domain: false,
+                    reversible: false,
                 },
             ),
             (
@@ -85,6 +86,7 @@ fn actions() {
                     action: ActionKind::Partial,
                     keep_last: None,
                     keep_domain: true,
+                    reversible: false,
                 },
             ),
             (
@@ -412,4 +414,64 @@ fn fuzz_regression_overlapping_losers_search_again() {
         let twice = m.mask_str(&once, &mut Stats::new()).into_owned();
         assert_eq!(once, twice, "{s:?}");
     }
+}
+
+#[test]
+fn reversible_tokens_round_trip_through_the_vault() {
+    let spec = MaskSpec {
+        actions: [(
+            "email".to_string(),
+            ActionSpec {
+                action: ActionKind::Hash,
+                reversible: true,
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..MaskSpec::default()
+    };
+    let m = Masker::new(&spec, Some(b"k")).unwrap();
+    assert!(m.has_reversible());
+    let mut vault = Vault::default();
+    let masked = m
+        .mask_str_in(
+            "owner: oneil@example.com",
+            &mut Stats::new(),
+            &mut Some(&mut vault),
+        )
+        .into_owned();
+    let token = masked.strip_prefix("owner: ").unwrap().to_string();
+    assert!(token.starts_with("[EMAIL:"), "{token}");
+    let sql = format!("select * from t where email = '{token}'");
+    let back = vault.reverse(&sql, |o| format!("<{o}>")).unwrap();
+    assert_eq!(
+        back, "select * from t where email = '<oneil@example.com>'",
+        "escaped by the caller's rule"
+    );
+    // Unknown or forged tokens stay as they are.
+    assert_eq!(
+        vault.reverse("[EMAIL:0000000000000000]", str::to_string),
+        None
+    );
+    // Without a vault nothing is remembered, and non-reversible hashes are not.
+    let plain = Masker::new(
+        &MaskSpec {
+            actions: [(
+                "email".to_string(),
+                ActionSpec {
+                    action: ActionKind::Hash,
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..MaskSpec::default()
+        },
+        Some(b"k"),
+    )
+    .unwrap();
+    let mut v2 = Vault::default();
+    plain.mask_str_in("a@example.com", &mut Stats::new(), &mut Some(&mut v2));
+    assert!(v2.is_empty());
 }

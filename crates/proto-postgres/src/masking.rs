@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use portcullis_mask::{Cell, Rule, Stats};
+use portcullis_mask::{Cell, Rule, Stats, Vault};
 
 use crate::frame::{Message, take_cstr};
 use crate::inspect::{Inspector, Refusal, Verdict};
@@ -43,6 +43,8 @@ pub struct MaskInspector {
     copy_binary: bool,
     pub stats: Stats,
     metrics: Option<portcullis_mask::MaskMetrics>,
+    /// Reversible tokens this session was shown.
+    vault: Vault,
 }
 
 impl MaskInspector {
@@ -63,6 +65,7 @@ impl MaskInspector {
             copy_binary: false,
             stats: Stats::new(),
             metrics: None,
+            vault: Vault::default(),
         }
     }
 
@@ -155,6 +158,7 @@ impl MaskInspector {
     /// `None`: leave the bytes as they are.
     fn mask_value(&mut self, col: &Col, value: &[u8]) -> Result<Option<Cell>, &'static str> {
         let m = &self.rule.masker;
+        let vault = &mut Some(&mut self.vault);
         let text: Option<String> = if col.format == 0 {
             Some(String::from_utf8(value.to_vec()).map_err(|_| "a text cell is not UTF-8")?)
         } else {
@@ -199,10 +203,12 @@ impl MaskInspector {
             }
         };
         let text = text.unwrap_or_default();
-        Ok(match m.mask_cell(&col.name, None, &text, &mut self.stats) {
-            Cell::Keep => None,
-            other => Some(other),
-        })
+        Ok(
+            match m.mask_cell_in(&col.name, None, &text, &mut self.stats, vault) {
+                Cell::Keep => None,
+                other => Some(other),
+            },
+        )
     }
 
     /// Pop expectations up to and including the next sync point.
@@ -289,8 +295,46 @@ fn parse_bind(body: &[u8]) -> Option<(String, String, Vec<i16>)> {
     Some((portal, statement, formats))
 }
 
+impl MaskInspector {
+    /// A statement with the session's reversible tokens swapped back for
+    /// their originals (as SQL string content: quotes doubled).
+    fn reverse(&self, msg: &Message) -> Option<Message> {
+        if self.vault.is_empty() {
+            return None;
+        }
+        let sql_literal = |o: &str| o.replace('\'', "''");
+        match msg.tag {
+            b'Q' => {
+                let sql = crate::messages::query_text(msg)?;
+                Some(crate::messages::query(
+                    &self.vault.reverse(&sql, sql_literal)?,
+                ))
+            }
+            b'P' => {
+                let mut b = &msg.body[..];
+                let name = take_cstr(&mut b)?;
+                let sql = take_cstr(&mut b)?;
+                let new = self.vault.reverse(&sql, sql_literal)?;
+                // Keep the parameter types that follow the SQL.
+                let mut out = BytesMut::with_capacity(msg.body.len() + 64);
+                out.put_slice(name.as_bytes());
+                out.put_u8(0);
+                out.put_slice(new.as_bytes());
+                out.put_u8(0);
+                out.put_slice(b);
+                Some(Message::new(b'P', out.freeze()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Inspector for MaskInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
+        if let Some(rewritten) = self.reverse(msg) {
+            let _ = self.frontend(&rewritten);
+            return Verdict::Rewrite(rewritten);
+        }
         let mut b = &msg.body[..];
         match msg.tag {
             b'Q' => self.expect.push_back(Expect::Query),
@@ -389,7 +433,11 @@ impl Inspector for MaskInspector {
                 let Ok(text) = std::str::from_utf8(&msg.body) else {
                     return self.refuse("COPY data is not UTF-8");
                 };
-                match self.rule.masker.mask_str(text, &mut self.stats) {
+                match self.rule.masker.mask_str_in(
+                    text,
+                    &mut self.stats,
+                    &mut Some(&mut self.vault),
+                ) {
                     std::borrow::Cow::Borrowed(_) => Verdict::Pass,
                     std::borrow::Cow::Owned(s) => {
                         Verdict::Rewrite(Message::new(b'd', s.into_bytes()))
