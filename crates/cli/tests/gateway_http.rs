@@ -124,6 +124,11 @@ connections = ["good"]
 [[masking.rules.fields]]
 keys = ["password"]
 
+[[masking.rules]]
+name = "slow-tokens"
+connections = ["slow"]
+actions = {{ email = {{ action = "hash", reversible = true }} }}
+
 [[grants]]
 name = "testers"
 groups = ["testers"]
@@ -490,4 +495,54 @@ fn responses_are_masked_and_uninspectable_bodies_refused() {
 
     let m = s.gw.logs();
     assert!(!m.contains("carol@example.com"));
+}
+
+#[test]
+fn reversible_tokens_are_swapped_back_on_the_way_in() {
+    let s = setup("intermediate");
+    let r = s.get("/c/slow/whoami");
+    let token = r.json()["email"].as_str().unwrap().to_string();
+    assert!(token.starts_with("[EMAIL:"), "{token}");
+    // In the query string (percent-encoded, as clients send it).
+    let enc: String = token
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let r = s.get(&format!("/c/slow/lookup?email={enc}&x=1"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        s.good.last().path_and_query,
+        "/lookup?email=erin%40example.com&x=1"
+    );
+    // In a JSON body.
+    let body = format!(r#"{{"email":"{token}","note":"keep"}}"#);
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &body,
+        &format!("{}/c/slow/search", s.gw.url),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        s.good.last().body,
+        r#"{"email":"erin@example.com","note":"keep"}"#
+    );
+    // A forged token is passed as it is.
+    let r = s.get("/c/slow/lookup?email=%5BEMAIL%3A0000000000000000%5D");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s.good.last().path_and_query,
+        "/lookup?email=%5BEMAIL%3A0000000000000000%5D"
+    );
 }

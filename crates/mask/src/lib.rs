@@ -602,6 +602,19 @@ impl Masker {
             .map(|f| &f.action)
     }
 
+    /// Table names used in `table.column` rules (lower-case).
+    pub fn column_rule_tables(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .fields
+            .iter()
+            .flat_map(|f| f.columns.iter())
+            .filter_map(|c| c.split_once('.').map(|(t, _)| t.to_string()))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Whether any field rule names SQL columns.
     pub fn has_column_rules(&self) -> bool {
         self.fields.iter().any(|f| !f.columns.is_empty())

@@ -43,6 +43,9 @@ struct Inner {
     metrics: HttpMetrics,
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
+    /// Reversible tokens shown to each principal on each connection.
+    vaults:
+        std::sync::Mutex<HashMap<(String, String), Arc<std::sync::Mutex<portcullis_mask::Vault>>>>,
 }
 
 impl HttpFront {
@@ -73,6 +76,7 @@ impl HttpFront {
                 metrics,
                 masks,
                 mask_metrics,
+                vaults: Default::default(),
             }),
         })
     }
@@ -211,8 +215,26 @@ impl Inner {
                 limit: self.max_body,
             });
         }
+        let rule = self.masks.select(name, &principal.groups);
+        let vault = rule
+            .filter(|r| r.masker.has_reversible())
+            .and_then(|_| self.vaults.lock().ok())
+            .map(|mut v| {
+                v.entry((principal.subject.clone(), name.clone()))
+                    .or_default()
+                    .clone()
+            });
+        let query = req.uri().query().map(str::to_owned);
+        let query = match (&vault, &query) {
+            (Some(v), Some(q)) => v
+                .lock()
+                .ok()
+                .and_then(|v| crate::masking::reverse_query(q, &v))
+                .or(query.clone()),
+            _ => query,
+        };
         let uri = upstream
-            .target_uri(r.rest, req.uri().query())
+            .target_uri(r.rest, query.as_deref())
             .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
 
         let method = req.method().clone();
@@ -227,6 +249,39 @@ impl Inner {
             .insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let state = Arc::new(BodyState::default());
         let body = state.watch(body, self.max_body);
+        let has_tokens = vault
+            .as_ref()
+            .is_some_and(|v| v.lock().map(|v| !v.is_empty()).unwrap_or(false));
+        let body = if has_tokens {
+            // Tokens may be in the body: read it (bounded by the request
+            // limit) and swap them back before it goes upstream.
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|_| {
+                    if state.over_limit() {
+                        ProxyError::BodyTooLarge {
+                            limit: self.max_body,
+                        }
+                    } else {
+                        ProxyError::CallerBody("the request body could not be read".into())
+                    }
+                })?
+                .to_bytes();
+            let ct = parts.headers.get(header::CONTENT_TYPE).cloned();
+            let swapped = vault.as_ref().and_then(|v| {
+                v.lock()
+                    .ok()
+                    .and_then(|v| crate::masking::reverse_body(ct.as_ref(), &bytes, &v))
+            });
+            let bytes = swapped.map(bytes::Bytes::from).unwrap_or(bytes);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            crate::full(bytes)
+        } else {
+            body
+        };
 
         let sent = Instant::now();
         let result = upstream
@@ -257,16 +312,22 @@ impl Inner {
                 reason,
             },
         })?;
-        let resp = match self.masks.select(name, &principal.groups) {
+        let resp = match rule {
             None => resp.map(|b| b.map_err(Into::into).boxed()),
             Some(rule) => {
                 let mut stats = portcullis_mask::Stats::new();
-                let masked = crate::masking::mask_response(rule, &method, resp, &mut stats)
-                    .await
-                    .map_err(|f| ProxyError::MaskFailed {
-                        connection: name.clone(),
-                        reason: f.0,
-                    })?;
+                let masked = crate::masking::mask_response(
+                    rule,
+                    &method,
+                    resp,
+                    &mut stats,
+                    vault.as_deref(),
+                )
+                .await
+                .map_err(|f| ProxyError::MaskFailed {
+                    connection: name.clone(),
+                    reason: f.0,
+                })?;
                 self.mask_metrics.record(name, &stats);
                 masked
             }

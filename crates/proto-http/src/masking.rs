@@ -9,7 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use portcullis_mask::{OnError, Rule, Stats};
+use portcullis_mask::{OnError, Rule, Stats, Vault};
 
 use crate::{Body, full};
 
@@ -63,6 +63,7 @@ pub async fn mask_response(
     method: &Method,
     resp: Response<Incoming>,
     stats: &mut Stats,
+    vault: Option<&std::sync::Mutex<Vault>>,
 ) -> Result<Response<Body>, MaskFailure> {
     let (mut parts, body) = resp.into_parts();
     let no_body = method == Method::HEAD
@@ -99,8 +100,10 @@ pub async fn mask_response(
         .to_bytes();
     let plain = decode(&encoding, &raw, limit)?;
 
+    let mut guard = vault.and_then(|v| v.lock().ok());
+    let vault = &mut guard.as_deref_mut();
     let masked: Vec<u8> = match k {
-        Kind::Json => match rule.masker.mask_json_bytes(&plain, stats) {
+        Kind::Json => match rule.masker.mask_json_bytes_in(&plain, stats, vault) {
             Ok(b) => b,
             Err(e) => match rule.on_error {
                 OnError::Refuse => {
@@ -109,12 +112,13 @@ pub async fn mask_response(
                         rule.name
                     )));
                 }
-                OnError::MaskAsText => mask_text(rule, &plain, stats)?,
+                OnError::MaskAsText => mask_text(rule, &plain, stats, vault)?,
             },
         },
-        Kind::Form => mask_form(rule, &plain, stats)?,
-        Kind::Text | Kind::Opaque => mask_text(rule, &plain, stats)?,
+        Kind::Form => mask_form(rule, &plain, stats, vault)?,
+        Kind::Text | Kind::Opaque => mask_text(rule, &plain, stats, vault)?,
     };
+    drop(guard);
 
     // The body is now identity-encoded and of a new length; validators of
     // the old bytes no longer hold.
@@ -134,18 +138,32 @@ pub async fn mask_response(
     Ok(Response::from_parts(parts, full(Bytes::from(masked))))
 }
 
-fn mask_text(rule: &Rule, plain: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskFailure> {
+fn mask_text(
+    rule: &Rule,
+    plain: &[u8],
+    stats: &mut Stats,
+    vault: &mut Option<&mut Vault>,
+) -> Result<Vec<u8>, MaskFailure> {
     let text = std::str::from_utf8(plain).map_err(|_| {
         MaskFailure(format!(
             "the response body is not UTF-8 text; refused by rule {:?}",
             rule.name
         ))
     })?;
-    Ok(rule.masker.mask_str(text, stats).into_owned().into_bytes())
+    Ok(rule
+        .masker
+        .mask_str_in(text, stats, vault)
+        .into_owned()
+        .into_bytes())
 }
 
 /// `a=b&c=d`: each value decoded, masked, encoded again.
-fn mask_form(rule: &Rule, plain: &[u8], stats: &mut Stats) -> Result<Vec<u8>, MaskFailure> {
+fn mask_form(
+    rule: &Rule,
+    plain: &[u8],
+    stats: &mut Stats,
+    vault: &mut Option<&mut Vault>,
+) -> Result<Vec<u8>, MaskFailure> {
     let text =
         std::str::from_utf8(plain).map_err(|_| MaskFailure("the form body is not UTF-8".into()))?;
     let mut out = Vec::with_capacity(plain.len());
@@ -158,7 +176,7 @@ fn mask_form(rule: &Rule, plain: &[u8], stats: &mut Stats) -> Result<Vec<u8>, Ma
         if pair.contains('=') {
             out.push(b'=');
             let decoded = percent_decode(v);
-            let masked = rule.masker.mask_str(&decoded, stats);
+            let masked = rule.masker.mask_str_in(&decoded, stats, vault);
             out.extend_from_slice(percent_encode(&masked).as_bytes());
         }
     }
@@ -282,5 +300,46 @@ mod tests {
         assert_eq!(percent_decode("a%40b.io+x"), "a@b.io x");
         assert_eq!(percent_encode("[EMAIL] x"), "%5BEMAIL%5D+x");
         assert_eq!(percent_decode("100%"), "100%");
+    }
+}
+
+/// A request with the caller's reversible tokens swapped back: in the
+/// query string and in a JSON, text or form body (read whole, up to
+/// `limit`). `None` when nothing changed.
+pub fn reverse_query(query: &str, vault: &Vault) -> Option<String> {
+    let mut changed = false;
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match vault.reverse(&percent_decode(v), str::to_string) {
+                Some(orig) if pair.contains('=') => {
+                    changed = true;
+                    format!("{k}={}", percent_encode(&orig))
+                }
+                _ => pair.to_string(),
+            }
+        })
+        .collect();
+    changed.then(|| pairs.join("&"))
+}
+
+pub fn reverse_body(
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+    vault: &Vault,
+) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    match kind(content_type) {
+        Kind::Json => vault
+            .reverse(text, |o| {
+                // Inside a JSON string: escape as JSON does, without quotes.
+                let q = serde_json::to_string(o).unwrap_or_default();
+                q[1..q.len().saturating_sub(1)].to_string()
+            })
+            .map(String::into_bytes),
+        Kind::Form => reverse_query(text, vault).map(String::into_bytes),
+        Kind::Text => vault.reverse(text, str::to_string).map(String::into_bytes),
+        Kind::Opaque => None,
     }
 }

@@ -458,6 +458,40 @@ impl Inner {
                 break key;
             }
         };
+        // `table.column` masking rules need the tables' OIDs, which only
+        // the target knows: ask it before the caller gets the session.
+        let mut up = up;
+        let mut tables = HashMap::new();
+        if let Some(rule) = self.masks.select(&connection, &principal.groups) {
+            let names = rule.masker.column_rule_tables();
+            if !names.is_empty() {
+                let list = names
+                    .iter()
+                    .map(|n| format!("'{}'", n.replace('\'', "''")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT c.oid::text, lower(c.relname) FROM pg_catalog.pg_class c WHERE lower(c.relname) IN ({list})"
+                );
+                match up.simple_rows(&sql).await {
+                    Ok(rows) => {
+                        for r in rows {
+                            if let (Some(Some(oid)), Some(Some(name))) = (r.first(), r.get(1))
+                                && let Ok(oid) = oid.parse::<u32>()
+                            {
+                                tables.insert(oid, name.clone());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Fail closed: without the lookup a rule could not apply.
+                        tracing::warn!(connection = %connection, error = %e, "table lookup for masking failed");
+                        send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, &format!("connection \"{connection}\": masking rules could not be prepared"))).await;
+                        return;
+                    }
+                }
+            }
+        }
         let mut hello = BytesMut::new();
         messages::auth_ok().encode(&mut hello);
         for m in &up.startup_messages {
@@ -473,7 +507,8 @@ impl Inner {
             if let Some(rule) = self.masks.select(&connection, &principal.groups) {
                 chain.push(Box::new(
                     crate::masking::MaskInspector::new(rule.clone(), &connection)
-                        .with_metrics(self.mask_metrics.clone()),
+                        .with_metrics(self.mask_metrics.clone())
+                        .with_tables(tables.clone()),
                 ));
             }
             let (label, reusable) = self

@@ -16,6 +16,7 @@ use crate::messages::sqlstate;
 #[derive(Debug, Clone)]
 struct Col {
     name: String,
+    table_oid: u32,
     type_oid: u32,
     format: i16,
 }
@@ -45,6 +46,8 @@ pub struct MaskInspector {
     metrics: Option<portcullis_mask::MaskMetrics>,
     /// Reversible tokens this session was shown.
     vault: Vault,
+    /// Table names by OID, for `table.column` rules.
+    tables: HashMap<u32, String>,
 }
 
 impl MaskInspector {
@@ -66,7 +69,15 @@ impl MaskInspector {
             stats: Stats::new(),
             metrics: None,
             vault: Vault::default(),
+            tables: HashMap::new(),
         }
+    }
+
+    /// Table names by OID (looked up by the session when the rule has
+    /// `table.column` rules).
+    pub fn with_tables(mut self, tables: HashMap<u32, String>) -> Self {
+        self.tables = tables;
+        self
     }
 
     fn refuse(&self, why: &str) -> Verdict {
@@ -159,6 +170,7 @@ impl MaskInspector {
     fn mask_value(&mut self, col: &Col, value: &[u8]) -> Result<Option<Cell>, &'static str> {
         let m = &self.rule.masker;
         let vault = &mut Some(&mut self.vault);
+        let table = self.tables.get(&col.table_oid).map(String::as_str);
         let text: Option<String> = if col.format == 0 {
             Some(String::from_utf8(value.to_vec()).map_err(|_| "a text cell is not UTF-8")?)
         } else {
@@ -180,7 +192,7 @@ impl MaskInspector {
                         _ => return Err("a binary integer cell has a bad length"),
                     };
                     return Ok(
-                        match m.mask_cell(&col.name, None, &n.to_string(), &mut self.stats) {
+                        match m.mask_cell(&col.name, table, &n.to_string(), &mut self.stats) {
                             Cell::Keep => None,
                             _ => Some(Cell::Null),
                         },
@@ -189,7 +201,7 @@ impl MaskInspector {
                 // Other binary types (bool, floats, dates, uuid, bytea…)
                 // hold no text to find; a column rule still applies.
                 _ => {
-                    return Ok(match m.mask_cell(&col.name, None, "", &mut Stats::new()) {
+                    return Ok(match m.mask_cell(&col.name, table, "", &mut Stats::new()) {
                         Cell::Keep => None,
                         _ => {
                             *self
@@ -204,7 +216,7 @@ impl MaskInspector {
         };
         let text = text.unwrap_or_default();
         Ok(
-            match m.mask_cell_in(&col.name, None, &text, &mut self.stats, vault) {
+            match m.mask_cell_in(&col.name, table, &text, &mut self.stats, vault) {
                 Cell::Keep => None,
                 other => Some(other),
             },
@@ -256,7 +268,7 @@ fn row_description(body: &[u8]) -> Option<Vec<Col>> {
     let mut cols = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n {
         let name = take_cstr(&mut b)?;
-        let _table = read_u32(&mut b)?;
+        let table_oid = read_u32(&mut b)?;
         let _attnum = read_i16(&mut b)?;
         let type_oid = read_u32(&mut b)?;
         let _typlen = read_i16(&mut b)?;
@@ -264,6 +276,7 @@ fn row_description(body: &[u8]) -> Option<Vec<Col>> {
         let format = read_i16(&mut b)?;
         cols.push(Col {
             name,
+            table_oid,
             type_oid,
             format,
         });

@@ -523,6 +523,62 @@ fn password_message(p: &[u8]) -> Message {
     Message::new(b'p', b.freeze())
 }
 
+impl UpstreamSession {
+    /// Run one simple query on the session (before it is handed to a
+    /// caller) and return its rows as text; `None` values are NULLs.
+    pub async fn simple_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
+        self.writer
+            .write_all(&messages::query(sql).to_bytes())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let m = self.reader.next().await?.ok_or_else(|| {
+                UpstreamError::Protocol("the target closed the connection".into())
+            })?;
+            match m.tag {
+                b'D' => {
+                    let mut b = &m.body[..];
+                    let n = b
+                        .get(..2)
+                        .map(|x| i16::from_be_bytes([x[0], x[1]]))
+                        .unwrap_or(0);
+                    b = b.get(2..).unwrap_or_default();
+                    let mut row = Vec::new();
+                    for _ in 0..n {
+                        let len = b
+                            .get(..4)
+                            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+                            .unwrap_or(-1);
+                        b = b.get(4..).unwrap_or_default();
+                        if len < 0 {
+                            row.push(None);
+                        } else {
+                            let (v, rest) = b.split_at((len as usize).min(b.len()));
+                            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+                            b = rest;
+                        }
+                    }
+                    rows.push(row);
+                }
+                b'E' => failed = Some(error_text(&m)),
+                b'Z' => {
+                    self.status = m.body.first().copied().unwrap_or(b'I');
+                    return match failed {
+                        Some(e) => Err(UpstreamError::Server(e)),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// "CODE: message" of an ErrorResponse.
 pub fn error_text(m: &Message) -> String {
     let f = messages::parse_fields(&m.body);

@@ -20,6 +20,7 @@ pub struct Seen {
     /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
     pub authority: String,
     pub version: String,
+    pub body: String,
 }
 
 impl Seen {
@@ -132,12 +133,14 @@ async fn answer(
         })
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
-    let body_len = req
+    let body = req
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body_len = body.len();
+    let body = String::from_utf8_lossy(&body).into_owned();
     seen.lock().unwrap().push(Seen {
         method,
         path_and_query: path_and_query.clone(),
@@ -145,6 +148,7 @@ async fn answer(
         body_len,
         authority,
         version,
+        body,
     });
     // Connections may add a base path; the routes below are after it.
     match path.strip_prefix("/base").unwrap_or(&path) {
@@ -174,6 +178,12 @@ async fn answer(
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(
                 b"{not json, carol@example.com",
+            )))
+            .unwrap(),
+        "/whoami" => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"email":"erin@example.com"}"#,
             )))
             .unwrap(),
         "/image" => Response::builder()
