@@ -19,6 +19,9 @@ use crate::{
     Body, BodyState, ForwardError, HttpMetrics, MaskMetrics, ProxyError, SetupError, Upstream,
 };
 
+/// The reversible tokens of one principal on one connection.
+type SharedVault = Arc<std::sync::Mutex<portcullis_mask::Vault>>;
+
 /// What the listener knows about the caller's connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -44,8 +47,7 @@ struct Inner {
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
     /// Reversible tokens shown to each principal on each connection.
-    vaults:
-        std::sync::Mutex<HashMap<(String, String), Arc<std::sync::Mutex<portcullis_mask::Vault>>>>,
+    vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
 }
 
 impl HttpFront {
