@@ -252,6 +252,47 @@ fn decode(encoding: &str, raw: &[u8], limit: usize) -> Result<Vec<u8>, MaskFailu
     Ok(out)
 }
 
+/// A request with the caller's reversible tokens swapped back: in the
+/// query string and in a JSON, text or form body (read whole, up to
+/// `limit`). `None` when nothing changed.
+pub fn reverse_query(query: &str, vault: &Vault) -> Option<String> {
+    let mut changed = false;
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match vault.reverse(&percent_decode(v), str::to_string) {
+                Some(orig) if pair.contains('=') => {
+                    changed = true;
+                    format!("{k}={}", percent_encode(&orig))
+                }
+                _ => pair.to_string(),
+            }
+        })
+        .collect();
+    changed.then(|| pairs.join("&"))
+}
+
+pub fn reverse_body(
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+    vault: &Vault,
+) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    match kind(content_type) {
+        Kind::Json => vault
+            .reverse(text, |o| {
+                // Inside a JSON string: escape as JSON does, without quotes.
+                let q = serde_json::to_string(o).unwrap_or_default();
+                q[1..q.len().saturating_sub(1)].to_string()
+            })
+            .map(String::into_bytes),
+        Kind::Form => reverse_query(text, vault).map(String::into_bytes),
+        Kind::Text => vault.reverse(text, str::to_string).map(String::into_bytes),
+        Kind::Opaque => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,46 +341,5 @@ mod tests {
         assert_eq!(percent_decode("a%40b.io+x"), "a@b.io x");
         assert_eq!(percent_encode("[EMAIL] x"), "%5BEMAIL%5D+x");
         assert_eq!(percent_decode("100%"), "100%");
-    }
-}
-
-/// A request with the caller's reversible tokens swapped back: in the
-/// query string and in a JSON, text or form body (read whole, up to
-/// `limit`). `None` when nothing changed.
-pub fn reverse_query(query: &str, vault: &Vault) -> Option<String> {
-    let mut changed = false;
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match vault.reverse(&percent_decode(v), str::to_string) {
-                Some(orig) if pair.contains('=') => {
-                    changed = true;
-                    format!("{k}={}", percent_encode(&orig))
-                }
-                _ => pair.to_string(),
-            }
-        })
-        .collect();
-    changed.then(|| pairs.join("&"))
-}
-
-pub fn reverse_body(
-    content_type: Option<&HeaderValue>,
-    body: &[u8],
-    vault: &Vault,
-) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(body).ok()?;
-    match kind(content_type) {
-        Kind::Json => vault
-            .reverse(text, |o| {
-                // Inside a JSON string: escape as JSON does, without quotes.
-                let q = serde_json::to_string(o).unwrap_or_default();
-                q[1..q.len().saturating_sub(1)].to_string()
-            })
-            .map(String::into_bytes),
-        Kind::Form => reverse_query(text, vault).map(String::into_bytes),
-        Kind::Text => vault.reverse(text, str::to_string).map(String::into_bytes),
-        Kind::Opaque => None,
     }
 }
