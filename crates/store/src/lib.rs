@@ -160,6 +160,135 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
     })
 }
 
+/// One audit log row, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    /// Canonical JSON of the event.
+    pub event: String,
+}
+
+/// One row of the session index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub principal: String,
+    pub connection: String,
+    pub protocol: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub recording_digest: Option<String>,
+}
+
+impl Store {
+    /// Append an audit row; fails if `seq` is taken (another writer got
+    /// there first), which keeps the chain linear.
+    pub async fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(r.seq)
+        .bind(r.time_ms)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .bind(&r.event)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last (seq, hash) of the audit chain.
+    pub async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()
+    }
+
+    /// Audit rows with `seq > after`, oldest first, at most `limit`.
+    pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, prev_hash, hash, event FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    time_ms: r.try_get("time_ms")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                    event: r.try_get("event")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn session_start(&self, s: &SessionRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.principal)
+        .bind(&s.connection)
+        .bind(&s.protocol)
+        .bind(s.started_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session_end(
+        &self,
+        id: &str,
+        ended_at_ms: i64,
+        outcome: &str,
+        digest: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET ended_at_ms = ?, outcome = ?, recording_digest = ? WHERE id = ?",
+        )
+        .bind(ended_at_ms)
+        .bind(outcome)
+        .bind(digest)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<SessionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest \
+             FROM sessions ORDER BY started_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    id: r.try_get("id")?,
+                    principal: r.try_get("principal")?,
+                    connection: r.try_get("connection")?,
+                    protocol: r.try_get("protocol")?,
+                    started_at_ms: r.try_get("started_at_ms")?,
+                    ended_at_ms: r.try_get("ended_at_ms")?,
+                    outcome: r.try_get("outcome")?,
+                    recording_digest: r.try_get("recording_digest")?,
+                })
+            })
+            .collect()
+    }
+}
+
 impl portcullis_identity::TokenStore for Store {
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
         Box::pin(async move {

@@ -7,9 +7,10 @@ use sqlx::SqlitePool;
 
 use crate::StoreError;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE tokens (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE tokens (
         id TEXT PRIMARY KEY,
         hash BLOB NOT NULL UNIQUE,
         subject TEXT NOT NULL,
@@ -18,7 +19,31 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         expires_at INTEGER,
         revoked_at INTEGER
     )",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        event TEXT NOT NULL
+    )",
+    ),
+    (
+        3,
+        "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        outcome TEXT,
+        recording_digest TEXT
+    )",
+    ),
+];
 
 pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
     sqlx::query(

@@ -1,0 +1,42 @@
+//! The events the audit log records. Typed, so that every entry of a kind
+//! carries the same fields; never a secret.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// Written before the first byte reaches the target.
+    SessionStart {
+        session: String,
+        principal: String,
+        principal_kind: String,
+        auth: serde_json::Value,
+        connection: String,
+        protocol: String,
+        peer: String,
+        tls: serde_json::Value,
+        rule: String,
+    },
+    SessionEnd {
+        session: String,
+        duration_ms: u64,
+        bytes_from_caller: u64,
+        bytes_to_caller: u64,
+        requests: u64,
+        outcome: String,
+        error: Option<String>,
+        recording_digest: Option<String>,
+    },
+    Refusal {
+        principal: Option<String>,
+        connection: Option<String>,
+        protocol: String,
+        peer: String,
+        reason: String,
+    },
+    Admin {
+        action: String,
+        detail: serde_json::Value,
+    },
+}
