@@ -123,19 +123,36 @@ impl AuditLog {
         })?;
         let canonical = chain::canonical(&value);
         let mut head = self.inner.head.lock().await;
-        let seq = head.0 + 1;
-        let time_ms = now_ms();
-        let hash = chain::entry_hash(seq, time_ms, &head.1, &canonical);
-        self.inner
-            .store
-            .audit_insert(&AuditRow {
+        // Another process (the CLI revoking a token, another gateway) may
+        // have appended since: on a taken sequence number, re-read the head
+        // and link to it instead.
+        let mut attempt = 0;
+        let (seq, hash) = loop {
+            let seq = head.0 + 1;
+            let time_ms = now_ms();
+            let hash = chain::entry_hash(seq, time_ms, &head.1, &canonical);
+            let row = AuditRow {
                 seq,
                 time_ms,
                 prev_hash: head.1.clone(),
                 hash: hash.clone(),
-                event: canonical,
-            })
-            .await?;
+                event: canonical.clone(),
+            };
+            match self.inner.store.audit_insert(&row).await {
+                Ok(()) => break (seq, hash),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "audit head moved; re-reading it");
+                    *head = self
+                        .inner
+                        .store
+                        .audit_head()
+                        .await?
+                        .unwrap_or((0, chain::GENESIS.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         *head = (seq, hash.clone());
         if seq % CHECKPOINT_EVERY == 0 {
             self.write_checkpoint(seq, &hash)?;

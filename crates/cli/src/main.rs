@@ -1,6 +1,7 @@
 //! The `portcullis` binary. `anyhow` lives here, at the edge; the crates
 //! below return typed errors.
 
+mod audit_cmd;
 mod gateway_cmd;
 mod mask_cmd;
 mod quickstart;
@@ -54,6 +55,9 @@ enum Command {
     /// Create, list and revoke gateway-issued tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),
+    /// Verify, tail or export the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Mask standard input with the configured rules (or every built-in
     /// detector), to test rules before deploying them.
     Mask(mask_cmd::Args),
@@ -125,6 +129,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway => gateway_cmd::run(&cli).await,
             Command::Token(t) => token_cmd::run(&cli, t).await,
             Command::Mask(a) => mask_cmd::run(&cli, a),
+            Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

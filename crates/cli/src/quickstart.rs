@@ -122,6 +122,13 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
                 crate::token_cmd::create(&store, PRINCIPAL, &["quickstart".to_string()], TOKEN_TTL)
                     .await?;
             eprintln!("created token {id} for {PRINCIPAL}");
+            crate::token_cmd::audit_admin(
+                &store,
+                &dir,
+                "token_created",
+                serde_json::json!({"token_id": id, "principal": PRINCIPAL, "by": "quickstart"}),
+            )
+            .await?;
             secret
         }
     };

@@ -67,8 +67,24 @@ pub(crate) async fn create(
     Ok((id, t.secret, expires_at))
 }
 
+/// Record an administrative action in the audit log of the data folder.
+pub(crate) async fn audit_admin(
+    store: &Store,
+    dir: &std::path::Path,
+    action: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let log = portcullis_audit::AuditLog::open(store.clone(), dir).await?;
+    log.append(&portcullis_audit::AuditEvent::Admin {
+        action: action.to_string(),
+        detail,
+    })
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
-    let (_, store) = cli.load().await?;
+    let (config, store) = cli.load().await?;
     match cmd {
         TokenCommand::Create {
             principal,
@@ -77,6 +93,13 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
             json,
         } => {
             let (id, secret, expires_at) = create(&store, principal, groups, *ttl).await?;
+            audit_admin(
+                &store,
+                config.dir(),
+                "token_created",
+                serde_json::json!({"token_id": id, "principal": principal, "groups": groups}),
+            )
+            .await?;
             if *json {
                 println!(
                     "{}",
@@ -122,6 +145,13 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { id } => {
             if store.revoke_token(id, unix_now()).await? {
+                audit_admin(
+                    &store,
+                    config.dir(),
+                    "token_revoked",
+                    serde_json::json!({"token_id": id}),
+                )
+                .await?;
                 tracing::info!(token_id = %id, "token revoked");
                 eprintln!("revoked token {id}");
             } else {

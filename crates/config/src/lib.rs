@@ -221,6 +221,15 @@ impl Config {
         self.connections.iter().find(|c| c.name == name)
     }
 
+    /// The folder of the config file: where the CA, keys and audit
+    /// checkpoints live.
+    pub fn dir(&self) -> &Path {
+        self.source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
     /// The https URL callers use, for messages and generated files.
     pub fn public_url(&self) -> String {
         self.gateway

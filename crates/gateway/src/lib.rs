@@ -44,6 +44,8 @@ pub enum GatewayError {
     MaskKey { reference: String, reason: String },
     #[error("masking rules: {0}")]
     Mask(#[from] portcullis_mask::MaskError),
+    #[error(transparent)]
+    Audit(#[from] portcullis_audit::AuditError),
 }
 
 /// A gateway that is accepting connections.
@@ -55,6 +57,7 @@ pub struct RunningGateway {
     pub public_url: String,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    audit: portcullis_audit::AuditLog,
 }
 
 impl RunningGateway {
@@ -68,6 +71,9 @@ impl RunningGateway {
             .is_err()
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+        if let Err(e) = self.audit.checkpoint().await {
+            tracing::error!(error = %e, "final audit checkpoint failed");
         }
     }
 }
@@ -159,6 +165,16 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     )?);
     let mask_metrics = portcullis_mask::MaskMetrics::register(&mut registry);
 
+    let audit = portcullis_audit::AuditLog::open(store.clone(), cfg.dir()).await?;
+    let digest = std::fs::read(&cfg.source)
+        .map(|b| portcullis_tls::sha256_hex(&b))
+        .unwrap_or_default();
+    audit
+        .append(&portcullis_audit::AuditEvent::Admin {
+            action: "config_loaded".into(),
+            detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
+        })
+        .await?;
     let auth = Authenticator::new(Arc::new(store));
     let front = HttpFront::new(
         cfg,
@@ -166,6 +182,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         http_metrics,
         masks.clone(),
         mask_metrics.clone(),
+        audit.clone(),
     )?;
 
     let postgres_addr = match &cfg.postgres {
@@ -187,6 +204,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 tls_metrics.clone(),
                 masks.clone(),
                 mask_metrics.clone(),
+                audit.clone(),
             )?;
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {
@@ -288,5 +306,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         public_url,
         shutdown,
         tracker,
+        audit,
     })
 }

@@ -37,6 +37,8 @@ pub enum ProxyError {
     Upstream { connection: String, reason: String },
     #[error("connection {connection:?}: the response could not be masked: {reason}")]
     MaskFailed { connection: String, reason: String },
+    #[error("the audit log cannot record this request, so it is refused")]
+    AuditUnavailable,
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -49,7 +51,9 @@ impl ProxyError {
             Self::NoRoute | Self::UnknownConnection(_) | Self::WrongProtocol { .. } => {
                 StatusCode::NOT_FOUND
             }
-            Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(AuthError::Unavailable) | Self::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +76,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::Upstream { .. } => "bad_gateway",
             Self::MaskFailed { .. } => "masking_failed",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 

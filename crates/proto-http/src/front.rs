@@ -46,6 +46,7 @@ struct Inner {
     metrics: HttpMetrics,
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
+    audit: portcullis_audit::AuditLog,
     /// Reversible tokens shown to each principal on each connection.
     vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
 }
@@ -60,6 +61,7 @@ impl HttpFront {
         metrics: HttpMetrics,
         masks: Arc<RuleSet>,
         mask_metrics: MaskMetrics,
+        audit: portcullis_audit::AuditLog,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -79,6 +81,7 @@ impl HttpFront {
                 masks,
                 mask_metrics,
                 vaults: Default::default(),
+                audit,
             }),
         })
     }
@@ -92,6 +95,7 @@ impl HttpFront {
         let resp = match self.inner.proxy(req, conn, &mut seen).await {
             Ok(r) => r,
             Err(e) => {
+                seen.error.get_or_insert_with(|| e.to_string());
                 if e.status().is_server_error() {
                     tracing::warn!(connection = seen.connection.unwrap_or("-"), error = %e, "request failed");
                 }
@@ -99,6 +103,9 @@ impl HttpFront {
             }
         };
         let status = resp.status().as_u16();
+        self.inner
+            .audit_outcome(&seen, conn, status, started, &resp)
+            .await;
         let connection = seen.connection.unwrap_or("-").to_owned();
         tracing::info!(
             target: "portcullis::access",
@@ -141,15 +148,69 @@ async fn linger(mut body: Incoming) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-/// What was learnt about a request on its way through, for the access log.
+/// What was learnt about a request on its way through, for the access
+/// and audit logs.
 #[derive(Default)]
 struct Seen<'a> {
     connection: Option<&'a str>,
     principal: Option<Principal>,
     rule: Option<String>,
+    /// Set once the session-start entry is durable.
+    session: Option<String>,
+    error: Option<String>,
+    bytes_from_caller: Option<u64>,
+}
+
+fn session_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
 }
 
 impl Inner {
+    /// The audit entry that closes a request: the session's end, or a
+    /// refusal when no session started.
+    async fn audit_outcome(
+        &self,
+        seen: &Seen<'_>,
+        conn: &ConnInfo,
+        status: u16,
+        started: Instant,
+        resp: &Response<Body>,
+    ) {
+        use portcullis_audit::AuditEvent;
+        let event = match &seen.session {
+            Some(id) => AuditEvent::SessionEnd {
+                session: id.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes_from_caller: seen.bytes_from_caller.unwrap_or(0),
+                bytes_to_caller: resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0),
+                requests: 1,
+                outcome: status.to_string(),
+                error: seen.error.clone(),
+                recording_digest: None,
+            },
+            None if status >= 400 => AuditEvent::Refusal {
+                principal: seen.principal.as_ref().map(|p| p.subject.clone()),
+                connection: seen.connection.map(str::to_owned),
+                protocol: "http".into(),
+                peer: conn.peer.to_string(),
+                reason: seen
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {status}")),
+            },
+            None => return,
+        };
+        if let Err(e) = self.audit.append(&event).await {
+            tracing::error!(error = %e, "audit append failed after a response");
+        }
+    }
+
     async fn proxy<'a>(
         &'a self,
         req: Request<Incoming>,
@@ -196,7 +257,10 @@ impl Inner {
 
         match self.policy.decide(principal, name) {
             Decision::Allow { rule, .. } => seen.rule = Some(rule),
-            Decision::Deny { reason } => return Err(ProxyError::Forbidden(reason)),
+            Decision::Deny { reason } => {
+                seen.error = Some(reason.to_string());
+                return Err(ProxyError::Forbidden(reason));
+            }
         }
 
         if has_dot_segment(r.rest) {
@@ -284,6 +348,27 @@ impl Inner {
         } else {
             body
         };
+
+        // Durable before the first byte goes to the target; no entry, no
+        // request (fail closed).
+        let id = session_id();
+        let start = portcullis_audit::AuditEvent::SessionStart {
+            session: id.clone(),
+            principal: principal.subject.clone(),
+            principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
+            auth: serde_json::to_value(&principal.via).unwrap_or_default(),
+            connection: name.clone(),
+            protocol: "http".into(),
+            peer: conn.peer.to_string(),
+            tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
+            rule: seen.rule.clone().unwrap_or_default(),
+        };
+        if let Err(e) = self.audit.append(&start).await {
+            tracing::error!(error = %e, "audit append failed; request refused");
+            return Err(ProxyError::AuditUnavailable);
+        }
+        seen.session = Some(id);
+        seen.bytes_from_caller = declared;
 
         let sent = Instant::now();
         let result = upstream

@@ -105,6 +105,7 @@ struct Inner {
     tls_metrics: TlsMetrics,
     masks: Arc<portcullis_mask::RuleSet>,
     mask_metrics: portcullis_mask::MaskMetrics,
+    audit: portcullis_audit::AuditLog,
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
@@ -127,6 +128,7 @@ impl PgFront {
         tls_metrics: TlsMetrics,
         masks: Arc<portcullis_mask::RuleSet>,
         mask_metrics: portcullis_mask::MaskMetrics,
+        audit: portcullis_audit::AuditLog,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -156,6 +158,7 @@ impl PgFront {
                 tls_metrics,
                 masks,
                 mask_metrics,
+                audit,
                 nonce: format!("{:016x}", random_u64()),
             }),
         })
@@ -178,6 +181,48 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) {
 }
 
 impl Inner {
+    async fn refusal(
+        &self,
+        principal: Option<&str>,
+        connection: &str,
+        peer: &SocketAddr,
+        reason: &str,
+    ) {
+        let e = portcullis_audit::AuditEvent::Refusal {
+            principal: principal.map(str::to_owned),
+            connection: Some(connection.to_string()),
+            protocol: "postgres".into(),
+            peer: peer.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Err(err) = self.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed for a refusal");
+        }
+    }
+
+    async fn session_end(
+        &self,
+        id: &str,
+        started: Instant,
+        bytes: &(AtomicU64, AtomicU64),
+        outcome: &str,
+        error: Option<String>,
+    ) {
+        let e = portcullis_audit::AuditEvent::SessionEnd {
+            session: id.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes_from_caller: bytes.0.load(Ordering::Relaxed),
+            bytes_to_caller: bytes.1.load(Ordering::Relaxed),
+            requests: 0,
+            outcome: outcome.to_string(),
+            error,
+            recording_digest: None,
+        };
+        if let Err(err) = self.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed at session end");
+        }
+    }
+
     async fn tls(
         &self,
         stream: TcpStream,
@@ -383,6 +428,7 @@ impl Inner {
             Ok(p) => p,
             Err(e) => {
                 outcome("unauthenticated", &connection);
+                self.refusal(None, &connection, &peer, &e.to_string()).await;
                 tracing::info!(%peer, connection = %connection, reason = %e, "postgres caller not authenticated");
                 let msg =
                     format!("password authentication failed for connection \"{connection}\": {e}");
@@ -393,6 +439,13 @@ impl Inner {
         drop(password);
         let Some(upstream) = self.upstreams.get(&connection).cloned() else {
             outcome("unknown_connection", &connection);
+            self.refusal(
+                Some(&principal.subject),
+                &connection,
+                &peer,
+                "unknown connection",
+            )
+            .await;
             let msg = match self.protocols.get(&connection) {
                 Some(p) => format!("connection \"{connection}\" speaks {p}, not PostgreSQL"),
                 None => format!(
@@ -406,6 +459,13 @@ impl Inner {
             Decision::Allow { rule, .. } => rule,
             Decision::Deny { reason } => {
                 outcome("forbidden", &connection);
+                self.refusal(
+                    Some(&principal.subject),
+                    &connection,
+                    &peer,
+                    &reason.to_string(),
+                )
+                .await;
                 tracing::info!(%peer, principal = %principal.subject, connection = %connection, "postgres session denied");
                 send(
                     &mut w,
@@ -416,10 +476,49 @@ impl Inner {
             }
         };
 
+        // Durable before the first byte goes to the target; no entry, no
+        // session (fail closed).
+        let session_id = {
+            let mut b = [0u8; 12];
+            let _ = SystemRandom::new().fill(&mut b);
+            hex::encode(b)
+        };
+        let start = portcullis_audit::AuditEvent::SessionStart {
+            session: session_id.clone(),
+            principal: principal.subject.clone(),
+            principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
+            auth: serde_json::to_value(&principal.via).unwrap_or_default(),
+            connection: connection.clone(),
+            protocol: "postgres".into(),
+            peer: peer.to_string(),
+            tls: serde_json::to_value(&record).unwrap_or_default(),
+            rule: rule.clone(),
+        };
+        if let Err(e) = self.audit.append(&start).await {
+            tracing::error!(error = %e, "audit append failed; session refused");
+            send(
+                &mut w,
+                &fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "the audit log cannot record this session, so it is refused",
+                ),
+            )
+            .await;
+            return;
+        }
         let started = Instant::now();
+        let bytes = (AtomicU64::new(0), AtomicU64::new(0));
         let up = match upstream.connect(&params).await {
             Ok(u) => u,
             Err(e) => {
+                self.session_end(
+                    &session_id,
+                    started,
+                    &bytes,
+                    "upstream_error",
+                    Some(e.to_string()),
+                )
+                .await;
                 outcome("upstream_error", &connection);
                 tracing::warn!(connection = %connection, error = %e, "postgres upstream failed");
                 let msg = format!("connection \"{connection}\": {e}");
@@ -520,6 +619,7 @@ impl Inner {
                     &connection,
                     &principal,
                     upstream.reuse(),
+                    &bytes,
                 )
                 .await;
             if let Some(session) = reusable {
@@ -532,6 +632,8 @@ impl Inner {
         if let Ok(mut m) = self.cancels.lock() {
             m.remove(&(pid, secret));
         }
+        self.session_end(&session_id, started, &bytes, result, None)
+            .await;
         tracing::info!(
             target: "portcullis::access",
             %peer,
@@ -557,6 +659,7 @@ impl Inner {
         connection: &str,
         principal: &Principal,
         reuse: bool,
+        bytes: &(AtomicU64, AtomicU64),
     ) -> (&'static str, Option<UpstreamSession>)
     where
         R: AsyncRead + Unpin,
@@ -657,6 +760,7 @@ impl Inner {
                         Err(e) => return Exit::CallerBadFrame(e),
                     };
                 }
+                bytes.0.fetch_add(out.len() as u64, Ordering::Relaxed);
                 if up_w.write_all(&out).await.is_err() || up_w.flush().await.is_err() {
                     return Exit::UpstreamGone;
                 }
@@ -699,6 +803,7 @@ impl Inner {
                         Err(_) => return Exit::UpstreamGone,
                     };
                 }
+                bytes.1.fetch_add(out.len() as u64, Ordering::Relaxed);
                 if caller_w.write_all(&out).await.is_err() || caller_w.flush().await.is_err() {
                     return Exit::CallerGone;
                 }
