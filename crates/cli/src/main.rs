@@ -5,6 +5,7 @@ mod audit_cmd;
 mod gateway_cmd;
 mod mask_cmd;
 mod quickstart;
+mod sessions_cmd;
 mod token_cmd;
 
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ enum Command {
     /// Create, list and revoke gateway-issued tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),
+    /// List recorded sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Play a recorded session in the terminal.
+    Replay(sessions_cmd::ReplayArgs),
     /// Verify, tail or export the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -63,6 +69,12 @@ enum Command {
     Mask(mask_cmd::Args),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Sessions, oldest first (filters: principal, connection, outcome, since).
+    List(sessions_cmd::ListArgs),
 }
 
 impl Cli {
@@ -130,6 +142,8 @@ fn main() -> std::process::ExitCode {
             Command::Token(t) => token_cmd::run(&cli, t).await,
             Command::Mask(a) => mask_cmd::run(&cli, a),
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
+            Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
+            Command::Replay(a) => sessions_cmd::replay(&cli, a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -175,7 +175,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
         })
         .await?;
-    let auth = Authenticator::new(Arc::new(store));
+    let auth = Authenticator::new(Arc::new(store.clone()));
     let front = HttpFront::new(
         cfg,
         auth.clone(),
@@ -205,6 +205,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 masks.clone(),
                 mask_metrics.clone(),
                 audit.clone(),
+                store.clone(),
             )?;
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {

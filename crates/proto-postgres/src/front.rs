@@ -106,6 +106,8 @@ struct Inner {
     masks: Arc<portcullis_mask::RuleSet>,
     mask_metrics: portcullis_mask::MaskMetrics,
     audit: portcullis_audit::AuditLog,
+    store: portcullis_store::Store,
+    recordings: std::path::PathBuf,
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
@@ -132,6 +134,7 @@ impl PgFront {
         masks: Arc<portcullis_mask::RuleSet>,
         mask_metrics: portcullis_mask::MaskMetrics,
         audit: portcullis_audit::AuditLog,
+        store: portcullis_store::Store,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -162,6 +165,8 @@ impl PgFront {
                 masks,
                 mask_metrics,
                 audit,
+                store,
+                recordings: cfg.dir().join("recordings"),
                 nonce: format!("{:016x}", random_u64()),
             }),
         })
@@ -171,6 +176,13 @@ impl PgFront {
     pub async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
         self.inner.clone().connection(stream, peer).await
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A message for the caller that ends the session.
@@ -210,7 +222,27 @@ impl Inner {
         bytes: &(AtomicU64, AtomicU64),
         outcome: &str,
         error: Option<String>,
+        recorder: &portcullis_record::Recorder,
     ) {
+        let _ = recorder.event(portcullis_record::Event::SessionEnd {
+            outcome: outcome.to_string(),
+        });
+        // Sealed: the recording's final digest goes into the audit chain.
+        let digest = match recorder.finish() {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "recording could not be finished");
+                None
+            }
+            None => None,
+        };
+        if let Err(e) = self
+            .store
+            .session_end(id, now_ms(), outcome, digest.as_deref())
+            .await
+        {
+            tracing::warn!(error = %e, "session index not updated");
+        }
         let e = portcullis_audit::AuditEvent::SessionEnd {
             session: id.to_string(),
             duration_ms: started.elapsed().as_millis() as u64,
@@ -219,7 +251,7 @@ impl Inner {
             requests: 0,
             outcome: outcome.to_string(),
             error,
-            recording_digest: None,
+            recording_digest: digest,
         };
         if let Err(err) = self.audit.append(&e).await {
             tracing::error!(error = %err, "audit append failed at session end");
@@ -509,6 +541,43 @@ impl Inner {
             .await;
             return;
         }
+        let recorder = match portcullis_record::Writer::create(&self.recordings, &session_id) {
+            Ok(w) => portcullis_record::Recorder::start(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a recording; session refused");
+                send(
+                    &mut w,
+                    &fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        "the session cannot be recorded, so it is refused",
+                    ),
+                )
+                .await;
+                return;
+            }
+        };
+        let _ = recorder.event(portcullis_record::Event::SessionStart {
+            session: session_id.clone(),
+            principal: principal.subject.clone(),
+            connection: connection.clone(),
+            protocol: "postgres".into(),
+        });
+        if let Err(e) = self
+            .store
+            .session_start(&portcullis_store::SessionRow {
+                id: session_id.clone(),
+                principal: principal.subject.clone(),
+                connection: connection.clone(),
+                protocol: "postgres".into(),
+                started_at_ms: now_ms(),
+                ended_at_ms: None,
+                outcome: None,
+                recording_digest: None,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "session index not updated");
+        }
         let started = Instant::now();
         let bytes = (AtomicU64::new(0), AtomicU64::new(0));
         let up = match upstream.connect(&params).await {
@@ -520,6 +589,7 @@ impl Inner {
                     &bytes,
                     "upstream_error",
                     Some(e.to_string()),
+                    &recorder,
                 )
                 .await;
                 outcome("upstream_error", &connection);
@@ -613,6 +683,10 @@ impl Inner {
                         .with_tables(tables.clone()),
                 ));
             }
+            // Last: the recording holds what the caller saw.
+            chain.push(Box::new(crate::recording::RecordInspector::new(
+                recorder.clone(),
+            )));
             let (label, reusable) = self
                 .relay(
                     reader,
@@ -635,7 +709,7 @@ impl Inner {
         if let Ok(mut m) = self.cancels.lock() {
             m.remove(&(pid, secret));
         }
-        self.session_end(&session_id, started, &bytes, result, None)
+        self.session_end(&session_id, started, &bytes, result, None, &recorder)
             .await;
         tracing::info!(
             target: "portcullis::access",

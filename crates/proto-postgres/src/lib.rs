@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod io;
 pub mod masking;
 pub mod messages;
+pub mod recording;
 mod upstream;
 
 pub use front::{ALPN, PgFront, PgMetrics};

@@ -1,0 +1,199 @@
+//! `portcullis sessions list` and `portcullis replay`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use portcullis_record::Event;
+
+use crate::Cli;
+use crate::token_cmd::rfc3339;
+
+#[derive(clap::Args)]
+pub(crate) struct ListArgs {
+    /// One JSON object per session.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    connection: Option<String>,
+    /// e.g. caller_closed, upstream_error, refused.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only sessions started at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<humantime::Timestamp>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// The session id (see `portcullis sessions list`).
+    session: String,
+    /// Print everything at once instead of with the original timing.
+    #[arg(long)]
+    no_wait: bool,
+    /// Play faster (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// One JSON event per line, for tools.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
+    let (_, store) = cli.load().await?;
+    let since_ms = a
+        .since
+        .map(|t| {
+            std::time::SystemTime::from(t)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let rows: Vec<_> = store
+        .sessions()
+        .await?
+        .into_iter()
+        .filter(|s| a.principal.as_ref().is_none_or(|p| *p == s.principal))
+        .filter(|s| a.connection.as_ref().is_none_or(|c| *c == s.connection))
+        .filter(|s| {
+            a.outcome
+                .as_ref()
+                .is_none_or(|o| Some(o) == s.outcome.as_ref())
+        })
+        .filter(|s| s.started_at_ms >= since_ms)
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for s in &rows {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "id": s.id,
+                    "principal": s.principal,
+                    "connection": s.connection,
+                    "protocol": s.protocol,
+                    "started_at": rfc3339(s.started_at_ms / 1000),
+                    "ended_at": s.ended_at_ms.map(|t| rfc3339(t / 1000)),
+                    "outcome": s.outcome.clone().unwrap_or_else(|| "open".into()),
+                    "recording_digest": s.recording_digest,
+                })
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<26} {:<22} {:<14} {:<9} {:<21} OUTCOME",
+            "ID", "PRINCIPAL", "CONNECTION", "PROTOCOL", "STARTED"
+        )?;
+        for s in &rows {
+            writeln!(
+                out,
+                "{:<26} {:<22} {:<14} {:<9} {:<21} {}",
+                s.id,
+                s.principal,
+                s.connection,
+                s.protocol,
+                rfc3339(s.started_at_ms / 1000),
+                s.outcome.as_deref().unwrap_or("open")
+            )?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
+    let (config, store) = cli.load().await?;
+    store.close().await;
+    if !a.session.chars().all(|c| c.is_ascii_hexdigit()) || a.session.is_empty() {
+        anyhow::bail!("{:?} is not a session id", a.session);
+    }
+    let path = config
+        .dir()
+        .join("recordings")
+        .join(format!("{}.rec", a.session));
+    if !path.exists() {
+        anyhow::bail!(
+            "no recording for session {} (see `portcullis sessions list`)",
+            a.session
+        );
+    }
+    let (records, digest) = portcullis_record::read(&path)?;
+    let mut out = std::io::stdout().lock();
+    let speed = if a.speed > 0.0 { a.speed } else { 1.0 };
+    let mut last = 0u64;
+    for r in &records {
+        if !a.no_wait && !a.json && r.t_us > last {
+            out.flush()?;
+            std::thread::sleep(
+                Duration::from_micros(((r.t_us - last) as f64 / speed) as u64)
+                    .min(Duration::from_secs(5)),
+            );
+        }
+        last = r.t_us;
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+            continue;
+        }
+        let t = format!("[{:>9.3}s]", r.t_us as f64 / 1e6);
+        match &r.event {
+            Event::SessionStart {
+                session,
+                principal,
+                connection,
+                protocol,
+            } => writeln!(
+                out,
+                "{t} session {session}: {principal} on {connection} ({protocol})"
+            )?,
+            Event::SessionEnd { outcome } => writeln!(out, "{t} session ended: {outcome}")?,
+            Event::HttpRequest {
+                method, path, body, ..
+            } => {
+                writeln!(out, "{t} > {method} {path}")?;
+                if let Some(b) = body {
+                    writeln!(out, "{b}")?;
+                }
+            }
+            Event::HttpResponse { status, body, .. } => {
+                writeln!(out, "{t} < {status}")?;
+                if let Some(b) = body {
+                    writeln!(out, "{b}")?;
+                }
+            }
+            Event::PgQuery { sql } => writeln!(out, "{t} => {sql}")?,
+            Event::PgParse { statement, sql } => {
+                writeln!(out, "{t} => PREPARE {statement:?}: {sql}")?
+            }
+            Event::PgBind {
+                statement, params, ..
+            } => writeln!(out, "{t}    bind {statement:?} ({params} parameters)")?,
+            Event::PgExecute { .. } => {}
+            Event::PgRowDescription { columns } => writeln!(out, "{}", columns.join(" | "))?,
+            Event::PgDataRow { cells } => writeln!(
+                out,
+                "{}",
+                cells
+                    .iter()
+                    .map(|c| c.as_deref().unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )?,
+            Event::PgCommandComplete { tag } => writeln!(out, "{t} ({tag})")?,
+            Event::PgError { code, message } => writeln!(out, "{t} ERROR {code}: {message}")?,
+            Event::PgNotice { message } => writeln!(out, "{t} NOTICE: {message}")?,
+        }
+    }
+    if !a.json {
+        writeln!(
+            out,
+            "-- {} events, recording digest {}",
+            records.len(),
+            digest
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The recording tap: the last inspector in the chain, so it records what
+//! the target was sent and what the caller saw (after masking).
+
+use portcullis_record::{Event, Recorder};
+
+use crate::frame::{Message, take_cstr};
+use crate::inspect::{Inspector, Refusal, Verdict};
+use crate::messages::{self, sqlstate};
+
+pub struct RecordInspector {
+    recorder: Recorder,
+}
+
+impl RecordInspector {
+    pub fn new(recorder: Recorder) -> Self {
+        Self { recorder }
+    }
+
+    fn record(&self, e: Option<Event>) -> Verdict {
+        let Some(e) = e else { return Verdict::Pass };
+        match self.recorder.event(e) {
+            Ok(()) => Verdict::Pass,
+            // Fail closed: a session that cannot be recorded ends.
+            Err(err) => Verdict::Refuse(Refusal {
+                code: sqlstate::CONNECTION_FAILURE,
+                message: format!(
+                    "portcullis: the session cannot be recorded ({err}); it is closed"
+                ),
+            }),
+        }
+    }
+}
+
+fn cell_text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("\\x{}", hex::encode(v)),
+    }
+}
+
+fn frontend_event(msg: &Message) -> Option<Event> {
+    let mut b = &msg.body[..];
+    match msg.tag {
+        b'Q' => Some(Event::PgQuery {
+            sql: messages::query_text(msg)?,
+        }),
+        b'P' => {
+            let (statement, sql) = messages::parse_text(msg)?;
+            Some(Event::PgParse { statement, sql })
+        }
+        b'B' => {
+            let portal = take_cstr(&mut b)?;
+            let statement = take_cstr(&mut b)?;
+            let nf = i16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+            let rest = b.get(2 + 2 * nf..)?;
+            let params = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            Some(Event::PgBind {
+                portal,
+                statement,
+                params,
+            })
+        }
+        b'E' => Some(Event::PgExecute {
+            portal: take_cstr(&mut b)?,
+        }),
+        _ => None,
+    }
+}
+
+fn backend_event(msg: &Message) -> Option<Event> {
+    let mut b = &msg.body[..];
+    match msg.tag {
+        b'T' => {
+            let n = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+            b = &b[2..];
+            let mut columns = Vec::new();
+            for _ in 0..n {
+                columns.push(take_cstr(&mut b)?);
+                b = b.get(18..)?;
+            }
+            Some(Event::PgRowDescription { columns })
+        }
+        b'D' => {
+            let n = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+            b = &b[2..];
+            let mut cells = Vec::new();
+            for _ in 0..n {
+                let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+                b = &b[4..];
+                if len < 0 {
+                    cells.push(None);
+                } else {
+                    let v = b.get(..len as usize)?;
+                    cells.push(Some(cell_text(v)));
+                    b = &b[len as usize..];
+                }
+            }
+            Some(Event::PgDataRow { cells })
+        }
+        b'C' => Some(Event::PgCommandComplete {
+            tag: take_cstr(&mut b)?,
+        }),
+        b'E' | b'N' => {
+            let f = messages::parse_fields(&msg.body);
+            let message = messages::field(&f, b'M').unwrap_or_default().to_string();
+            if msg.tag == b'E' {
+                Some(Event::PgError {
+                    code: messages::field(&f, b'C').unwrap_or_default().to_string(),
+                    message,
+                })
+            } else {
+                Some(Event::PgNotice { message })
+            }
+        }
+        _ => None,
+    }
+}
+
+impl Inspector for RecordInspector {
+    fn frontend(&mut self, msg: &Message) -> Verdict {
+        self.record(frontend_event(msg))
+    }
+
+    fn backend(&mut self, msg: &Message) -> Verdict {
+        self.record(backend_event(msg))
+    }
+}
