@@ -17,7 +17,9 @@ pub(crate) struct ListArgs {
     principal: Option<String>,
     #[arg(long)]
     connection: Option<String>,
-    /// e.g. caller_closed, upstream_error, refused.
+    /// e.g. caller_closed, upstream_error, 200; `open` for sessions that
+    /// never ended (the gateway stopped abruptly). 200; `open` for
+    /// sessions that never ended (a crash).
     #[arg(long)]
     outcome: Option<String>,
     /// Only sessions started at or after this time (RFC 3339).
@@ -60,7 +62,7 @@ pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
         .filter(|s| {
             a.outcome
                 .as_ref()
-                .is_none_or(|o| Some(o) == s.outcome.as_ref())
+                .is_none_or(|o| o == s.outcome.as_deref().unwrap_or("open"))
         })
         .filter(|s| s.started_at_ms >= since_ms)
         .collect();

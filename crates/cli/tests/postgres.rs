@@ -1024,3 +1024,54 @@ fn a_psql_session_is_recorded_and_replays_with_its_rows() {
         .collect();
     assert!(!all.contains(&g.token) && !all.contains(PG_PASSWORD));
 }
+
+#[test]
+fn kill_9_mid_session_keeps_audit_and_recording_readable() {
+    let mut g = PgGateway::start();
+    let script: String = (0..200)
+        .map(|i| format!("select {i} as step, pg_sleep(0.02);\n"))
+        .collect();
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", "-f", "-"])
+        .arg(g.conninfo("rw"))
+        .env("PGPASSWORD", &g.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    g.gw.child.kill().unwrap();
+    let _ = g.gw.child.wait();
+    let _ = child.wait();
+
+    let cfg = g.tmp.path().join("portcullis.toml");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let v = cli(&["audit", "verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let list = String::from_utf8(cli(&["sessions", "list", "--json", "--outcome", "open"]).stdout)
+        .unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(list.lines().last().expect("an open session")).unwrap();
+    let r = cli(&["replay", s["id"].as_str().unwrap(), "--no-wait"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let replay = String::from_utf8(r.stdout).unwrap();
+    let steps = replay.lines().filter(|l| l.contains("=> select")).count();
+    assert!(steps >= 10, "only {steps} statements survived:\n{replay}");
+}

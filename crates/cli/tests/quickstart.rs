@@ -415,3 +415,60 @@ fn quickstart_masks_the_demo_customers() {
         "{m}"
     );
 }
+
+#[test]
+fn http_requests_are_recorded_masked_and_replayable() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = (
+        qs.var("PORTCULLIS_URL"),
+        qs.var("PORTCULLIS_CA"),
+        qs.var("PORTCULLIS_TOKEN"),
+    );
+    assert_eq!(
+        get(url, ca, Some(token), "/c/demo-api/customers").status,
+        200
+    );
+    let out = qs.cli(&["sessions", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (
+            s["protocol"].as_str(),
+            s["connection"].as_str(),
+            s["outcome"].as_str()
+        ),
+        (Some("http"), Some("demo-api"), Some("200"))
+    );
+    let out = qs.cli(&["replay", s["id"].as_str().unwrap(), "--no-wait"]);
+    let replay = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        replay.contains("> GET /customers") && replay.contains("< 200"),
+        "{replay}"
+    );
+    assert!(
+        replay.contains("***@example.com") && !replay.contains("ada.lovelace@"),
+        "{replay}"
+    );
+    let key = std::fs::read_to_string(qs.data().join("secrets/demo-api-key")).unwrap();
+    for (path, bytes) in all_files(&qs.data().join("recordings")) {
+        let (records, _) = (path.clone(), bytes);
+        let json = qs.cli(&[
+            "replay",
+            path.file_stem().unwrap().to_str().unwrap(),
+            "--json",
+        ]);
+        let j = String::from_utf8(json.stdout).unwrap();
+        assert!(
+            !j.contains(token) && !j.contains(key.trim()),
+            "secret recorded in {}",
+            records.display()
+        );
+    }
+    let bad = qs.cli(&["replay", "nothex!"]);
+    assert!(!bad.status.success());
+}

@@ -183,6 +183,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         masks.clone(),
         mask_metrics.clone(),
         audit.clone(),
+        store.clone(),
     )?;
 
     let postgres_addr = match &cfg.postgres {

@@ -47,6 +47,8 @@ struct Inner {
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
     audit: portcullis_audit::AuditLog,
+    store: portcullis_store::Store,
+    recordings: std::path::PathBuf,
     /// Reversible tokens shown to each principal on each connection.
     vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
 }
@@ -62,6 +64,7 @@ impl HttpFront {
         masks: Arc<RuleSet>,
         mask_metrics: MaskMetrics,
         audit: portcullis_audit::AuditLog,
+        store: portcullis_store::Store,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -82,6 +85,8 @@ impl HttpFront {
                 mask_metrics,
                 vaults: Default::default(),
                 audit,
+                store,
+                recordings: cfg.dir().join("recordings"),
             }),
         })
     }
@@ -104,7 +109,7 @@ impl HttpFront {
         };
         let status = resp.status().as_u16();
         self.inner
-            .audit_outcome(&seen, conn, status, started, &resp)
+            .audit_outcome(&mut seen, conn, status, started, &resp)
             .await;
         let connection = seen.connection.unwrap_or("-").to_owned();
         tracing::info!(
@@ -159,6 +164,14 @@ struct Seen<'a> {
     session: Option<String>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
+    recording: Option<portcullis_record::Writer>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn session_id() -> String {
@@ -172,13 +185,36 @@ impl Inner {
     /// refusal when no session started.
     async fn audit_outcome(
         &self,
-        seen: &Seen<'_>,
+        seen: &mut Seen<'_>,
         conn: &ConnInfo,
         status: u16,
         started: Instant,
         resp: &Response<Body>,
     ) {
         use portcullis_audit::AuditEvent;
+        let digest = match seen.recording.take() {
+            None => None,
+            Some(mut w) => {
+                let _ = w.event(portcullis_record::Event::SessionEnd {
+                    outcome: status.to_string(),
+                });
+                match w.finish() {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recording could not be finished");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(id) = &seen.session
+            && let Err(e) = self
+                .store
+                .session_end(id, now_ms(), &status.to_string(), digest.as_deref())
+                .await
+        {
+            tracing::warn!(error = %e, "session index not updated");
+        }
         let event = match &seen.session {
             Some(id) => AuditEvent::SessionEnd {
                 session: id.clone(),
@@ -192,7 +228,7 @@ impl Inner {
                 requests: 1,
                 outcome: status.to_string(),
                 error: seen.error.clone(),
-                recording_digest: None,
+                recording_digest: digest,
             },
             None if status >= 400 => AuditEvent::Refusal {
                 principal: seen.principal.as_ref().map(|p| p.subject.clone()),
@@ -367,6 +403,55 @@ impl Inner {
             tracing::error!(error = %e, "audit append failed; request refused");
             return Err(ProxyError::AuditUnavailable);
         }
+        let mut writer = portcullis_record::Writer::create(&self.recordings, &id).map_err(|e| {
+            tracing::error!(error = %e, "cannot start a recording; request refused");
+            ProxyError::AuditUnavailable
+        })?;
+        let recorded = writer
+            .event(portcullis_record::Event::SessionStart {
+                session: id.clone(),
+                principal: principal.subject.clone(),
+                connection: name.clone(),
+                protocol: "http".into(),
+            })
+            .and_then(|_| {
+                writer.event(portcullis_record::Event::HttpRequest {
+                    method: method.to_string(),
+                    path: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: portcullis_record::redact_headers(
+                        parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+                    ),
+                    body: None,
+                })
+            });
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "recording failed; request refused");
+            return Err(ProxyError::AuditUnavailable);
+        }
+        if let Err(e) = self
+            .store
+            .session_start(&portcullis_store::SessionRow {
+                id: id.clone(),
+                principal: principal.subject.clone(),
+                connection: name.clone(),
+                protocol: "http".into(),
+                started_at_ms: now_ms(),
+                ended_at_ms: None,
+                outcome: None,
+                recording_digest: None,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "session index not updated");
+        }
+        seen.recording = Some(writer);
         seen.session = Some(id);
         seen.bytes_from_caller = declared;
 
@@ -399,8 +484,8 @@ impl Inner {
                 reason,
             },
         })?;
-        let resp = match rule {
-            None => resp.map(|b| b.map_err(Into::into).boxed()),
+        let (resp, body_seen) = match rule {
+            None => (resp.map(|b| b.map_err(Into::into).boxed()), None),
             Some(rule) => {
                 let mut stats = portcullis_mask::Stats::new();
                 let masked = crate::masking::mask_response(
@@ -421,6 +506,24 @@ impl Inner {
         };
         let (mut parts, body) = resp.into_parts();
         crate::headers::response_to_caller(&mut parts.headers);
+        // The caller's view of the response. Bodies that stream through
+        // unmasked are not held in memory, so only their head is recorded.
+        if let Some(w) = seen.recording.as_mut() {
+            let event = portcullis_record::Event::HttpResponse {
+                status: parts.status.as_u16(),
+                headers: portcullis_record::redact_headers(
+                    parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_bytes())),
+                ),
+                body: body_seen.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            };
+            if let Err(e) = w.event(event) {
+                tracing::error!(error = %e, "recording failed; response withheld");
+                return Err(ProxyError::AuditUnavailable);
+            }
+        }
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -56,6 +56,9 @@ fn kind(content_type: Option<&HeaderValue>) -> Kind {
 #[derive(Debug)]
 pub struct MaskFailure(pub String);
 
+/// A masked response, and its body when it was read (for the recording).
+pub type Masked = (Response<Body>, Option<Bytes>);
+
 /// Mask `resp` under `rule`. Bodies are read whole, up to the rule's
 /// `max_body_bytes` (after decompression too), so memory stays bounded.
 pub async fn mask_response(
@@ -64,7 +67,7 @@ pub async fn mask_response(
     resp: Response<Incoming>,
     stats: &mut Stats,
     vault: Option<&std::sync::Mutex<Vault>>,
-) -> Result<Response<Body>, MaskFailure> {
+) -> Result<Masked, MaskFailure> {
     let (mut parts, body) = resp.into_parts();
     let no_body = method == Method::HEAD
         || parts.status == StatusCode::NO_CONTENT
@@ -72,9 +75,9 @@ pub async fn mask_response(
         || parts.status.is_informational();
     let k = kind(parts.headers.get(header::CONTENT_TYPE));
     if no_body || k == Kind::Opaque {
-        return Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed(),
+        return Ok((
+            Response::from_parts(parts, body.map_err(Into::into).boxed()),
+            None,
         ));
     }
     let encoding = parts
@@ -135,7 +138,11 @@ pub async fn mask_response(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-    Ok(Response::from_parts(parts, full(Bytes::from(masked))))
+    let masked = Bytes::from(masked);
+    Ok((
+        Response::from_parts(parts, full(masked.clone())),
+        Some(masked),
+    ))
 }
 
 fn mask_text(
