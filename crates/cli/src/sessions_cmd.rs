@@ -172,7 +172,15 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
             }
             Event::PgBind {
                 statement, params, ..
-            } => writeln!(out, "{t}    bind {statement:?} ({params} parameters)")?,
+            } => writeln!(
+                out,
+                "{t}    bind {statement:?} ({})",
+                params
+                    .iter()
+                    .map(|p| p.as_deref().unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?,
             Event::PgExecute { .. } => {}
             Event::PgRowDescription { columns } => writeln!(out, "{}", columns.join(" | "))?,
             Event::PgDataRow { cells } => writeln!(

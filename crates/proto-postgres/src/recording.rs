@@ -52,8 +52,20 @@ fn frontend_event(msg: &Message) -> Option<Event> {
             let portal = take_cstr(&mut b)?;
             let statement = take_cstr(&mut b)?;
             let nf = i16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
-            let rest = b.get(2 + 2 * nf..)?;
-            let params = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            let mut rest = b.get(2 + 2 * nf..)?;
+            let np = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            rest = &rest[2..];
+            let mut params = Vec::with_capacity(np);
+            for _ in 0..np {
+                let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+                rest = &rest[4..];
+                if len < 0 {
+                    params.push(None);
+                } else {
+                    params.push(Some(cell_text(rest.get(..len as usize)?)));
+                    rest = &rest[len as usize..];
+                }
+            }
             Some(Event::PgBind {
                 portal,
                 statement,

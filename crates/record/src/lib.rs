@@ -81,10 +81,11 @@ pub enum Event {
         statement: String,
         sql: String,
     },
+    /// Parameter values as text (binary ones as `\x` hex); None is NULL.
     PgBind {
         portal: String,
         statement: String,
-        params: usize,
+        params: Vec<Option<String>>,
     },
     PgExecute {
         portal: String,
@@ -362,7 +363,7 @@ mod tests {
             Event::PgBind {
                 portal: "".into(),
                 statement: "s1".into(),
-                params: 1,
+                params: vec![Some("7".into()), None],
             },
             Event::PgExecute { portal: "".into() },
             Event::PgRowDescription {
