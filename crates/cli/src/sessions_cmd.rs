@@ -181,6 +181,7 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             )?,
+            Event::HttpBody { data, .. } => writeln!(out, "{data}")?,
             Event::PgExecute { .. } => {}
             Event::PgRowDescription { columns } => writeln!(out, "{}", columns.join(" | "))?,
             Event::PgDataRow { cells } => writeln!(

@@ -108,8 +108,10 @@ impl HttpFront {
             }
         };
         let status = resp.status().as_u16();
-        self.inner
-            .audit_outcome(&mut seen, conn, status, started, &resp)
+        let resp = self
+            .inner
+            .clone()
+            .audit_outcome(&mut seen, conn, status, started, resp)
             .await;
         let connection = seen.connection.unwrap_or("-").to_owned();
         tracing::info!(
@@ -164,7 +166,7 @@ struct Seen<'a> {
     session: Option<String>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
-    recording: Option<portcullis_record::Writer>,
+    recording: Option<portcullis_record::Recorder>,
 }
 
 fn now_ms() -> i64 {
@@ -181,70 +183,78 @@ fn session_id() -> String {
 }
 
 impl Inner {
-    /// The audit entry that closes a request: the session's end, or a
-    /// refusal when no session started.
+    /// The audit entry that closes a request: a refusal at once when no
+    /// session started, else the session's end, written when the response
+    /// body has been sent (the recording then covers it, and its digest is
+    /// sealed into the entry).
     async fn audit_outcome(
-        &self,
+        self: Arc<Self>,
         seen: &mut Seen<'_>,
         conn: &ConnInfo,
         status: u16,
         started: Instant,
-        resp: &Response<Body>,
-    ) {
+        resp: Response<Body>,
+    ) -> Response<Body> {
         use portcullis_audit::AuditEvent;
-        let digest = match seen.recording.take() {
-            None => None,
-            Some(mut w) => {
-                let _ = w.event(portcullis_record::Event::SessionEnd {
-                    outcome: status.to_string(),
-                });
-                match w.finish() {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        tracing::error!(error = %e, "recording could not be finished");
-                        None
-                    }
+        let (Some(id), Some(recorder)) = (seen.session.clone(), seen.recording.take()) else {
+            if status >= 400 {
+                let event = AuditEvent::Refusal {
+                    principal: seen.principal.as_ref().map(|p| p.subject.clone()),
+                    connection: seen.connection.map(str::to_owned),
+                    protocol: "http".into(),
+                    peer: conn.peer.to_string(),
+                    reason: seen
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("HTTP {status}")),
+                };
+                if let Err(e) = self.audit.append(&event).await {
+                    tracing::error!(error = %e, "audit append failed for a refusal");
                 }
             }
+            return resp;
         };
-        if let Some(id) = &seen.session
-            && let Err(e) = self
-                .store
-                .session_end(id, now_ms(), &status.to_string(), digest.as_deref())
-                .await
-        {
-            tracing::warn!(error = %e, "session index not updated");
-        }
-        let event = match &seen.session {
-            Some(id) => AuditEvent::SessionEnd {
-                session: id.clone(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                bytes_from_caller: seen.bytes_from_caller.unwrap_or(0),
-                bytes_to_caller: resp
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(0),
-                requests: 1,
-                outcome: status.to_string(),
-                error: seen.error.clone(),
-                recording_digest: digest,
-            },
-            None if status >= 400 => AuditEvent::Refusal {
-                principal: seen.principal.as_ref().map(|p| p.subject.clone()),
-                connection: seen.connection.map(str::to_owned),
-                protocol: "http".into(),
-                peer: conn.peer.to_string(),
-                reason: seen
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| format!("HTTP {status}")),
-            },
-            None => return,
-        };
-        if let Err(e) = self.audit.append(&event).await {
-            tracing::error!(error = %e, "audit append failed after a response");
-        }
+        let error = seen.error.clone();
+        let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
+        let inner = self.clone();
+        let (parts, body) = resp.into_parts();
+        let body =
+            crate::tap::Tap::new(body, recorder.clone(), false).on_end(move |bytes_to_caller| {
+                tokio::spawn(async move {
+                    let _ = recorder.event(portcullis_record::Event::SessionEnd {
+                        outcome: status.to_string(),
+                    });
+                    let digest = match recorder.finish() {
+                        Some(Ok(d)) => Some(d),
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, "recording could not be finished");
+                            None
+                        }
+                        None => None,
+                    };
+                    if let Err(e) = inner
+                        .store
+                        .session_end(&id, now_ms(), &status.to_string(), digest.as_deref())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "session index not updated");
+                    }
+                    let event = AuditEvent::SessionEnd {
+                        session: id,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        bytes_from_caller,
+                        bytes_to_caller,
+                        requests: 1,
+                        outcome: status.to_string(),
+                        error,
+                        recording_digest: digest,
+                    };
+                    if let Err(e) = inner.audit.append(&event).await {
+                        tracing::error!(error = %e, "audit append failed at session end");
+                    }
+                });
+            });
+        Response::from_parts(parts, body.boxed())
     }
 
     async fn proxy<'a>(
@@ -403,10 +413,11 @@ impl Inner {
             tracing::error!(error = %e, "audit append failed; request refused");
             return Err(ProxyError::AuditUnavailable);
         }
-        let mut writer = portcullis_record::Writer::create(&self.recordings, &id).map_err(|e| {
+        let writer = portcullis_record::Writer::create(&self.recordings, &id).map_err(|e| {
             tracing::error!(error = %e, "cannot start a recording; request refused");
             ProxyError::AuditUnavailable
         })?;
+        let writer = portcullis_record::Recorder::start(writer);
         let recorded = writer
             .event(portcullis_record::Event::SessionStart {
                 session: id.clone(),
@@ -451,6 +462,7 @@ impl Inner {
         {
             tracing::warn!(error = %e, "session index not updated");
         }
+        let body = crate::tap::Tap::new(body, writer.clone(), true).boxed();
         seen.recording = Some(writer);
         seen.session = Some(id);
         seen.bytes_from_caller = declared;
@@ -484,8 +496,8 @@ impl Inner {
                 reason,
             },
         })?;
-        let (resp, body_seen) = match rule {
-            None => (resp.map(|b| b.map_err(Into::into).boxed()), None),
+        let resp = match rule {
+            None => resp.map(|b| b.map_err(Into::into).boxed()),
             Some(rule) => {
                 let mut stats = portcullis_mask::Stats::new();
                 let masked = crate::masking::mask_response(
@@ -508,7 +520,7 @@ impl Inner {
         crate::headers::response_to_caller(&mut parts.headers);
         // The caller's view of the response. Bodies that stream through
         // unmasked are not held in memory, so only their head is recorded.
-        if let Some(w) = seen.recording.as_mut() {
+        if let Some(w) = seen.recording.as_ref() {
             let event = portcullis_record::Event::HttpResponse {
                 status: parts.status.as_u16(),
                 headers: portcullis_record::redact_headers(
@@ -517,7 +529,8 @@ impl Inner {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_bytes())),
                 ),
-                body: body_seen.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                // The body follows as `http_body` events, as it is sent.
+                body: None,
             };
             if let Err(e) = w.event(event) {
                 tracing::error!(error = %e, "recording failed; response withheld");

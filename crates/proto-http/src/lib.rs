@@ -8,6 +8,7 @@ pub mod headers;
 mod masking;
 mod metrics;
 pub mod route;
+mod tap;
 mod upstream;
 
 use std::pin::Pin;

@@ -56,9 +56,6 @@ fn kind(content_type: Option<&HeaderValue>) -> Kind {
 #[derive(Debug)]
 pub struct MaskFailure(pub String);
 
-/// A masked response, and its body when it was read (for the recording).
-pub type Masked = (Response<Body>, Option<Bytes>);
-
 /// Mask `resp` under `rule`. Bodies are read whole, up to the rule's
 /// `max_body_bytes` (after decompression too), so memory stays bounded.
 pub async fn mask_response(
@@ -67,7 +64,7 @@ pub async fn mask_response(
     resp: Response<Incoming>,
     stats: &mut Stats,
     vault: Option<&std::sync::Mutex<Vault>>,
-) -> Result<Masked, MaskFailure> {
+) -> Result<Response<Body>, MaskFailure> {
     let (mut parts, body) = resp.into_parts();
     let no_body = method == Method::HEAD
         || parts.status == StatusCode::NO_CONTENT
@@ -75,9 +72,9 @@ pub async fn mask_response(
         || parts.status.is_informational();
     let k = kind(parts.headers.get(header::CONTENT_TYPE));
     if no_body || k == Kind::Opaque {
-        return Ok((
-            Response::from_parts(parts, body.map_err(Into::into).boxed()),
-            None,
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
         ));
     }
     let encoding = parts
@@ -138,11 +135,7 @@ pub async fn mask_response(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-    let masked = Bytes::from(masked);
-    Ok((
-        Response::from_parts(parts, full(masked.clone())),
-        Some(masked),
-    ))
+    Ok(Response::from_parts(parts, full(Bytes::from(masked))))
 }
 
 fn mask_text(

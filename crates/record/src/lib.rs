@@ -74,6 +74,11 @@ pub enum Event {
         headers: Vec<(String, String)>,
         body: Option<String>,
     },
+    /// A piece of a body, in order (`from_caller`: request, else response).
+    HttpBody {
+        from_caller: bool,
+        data: String,
+    },
     PgQuery {
         sql: String,
     },

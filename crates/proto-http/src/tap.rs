@@ -1,0 +1,96 @@
+//! A body that records what passes through it, and runs a finaliser when
+//! it ends (or is dropped): how an HTTP session's recording and its
+//! session-end audit entry cover bodies that stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Frame;
+use portcullis_record::{Event, Recorder};
+
+use crate::{Body, BoxError};
+
+type Finaliser = Box<dyn FnOnce(u64) + Send + Sync>;
+
+pub struct Tap {
+    inner: Body,
+    recorder: Recorder,
+    from_caller: bool,
+    bytes: Arc<AtomicU64>,
+    on_end: Option<Finaliser>,
+}
+
+impl Tap {
+    pub fn new(inner: Body, recorder: Recorder, from_caller: bool) -> Self {
+        Self {
+            inner,
+            recorder,
+            from_caller,
+            bytes: Arc::default(),
+            on_end: None,
+        }
+    }
+
+    /// Run `f(bytes seen)` once, when the body ends or is dropped.
+    pub fn on_end(mut self, f: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
+        self.on_end = Some(Box::new(f));
+        self
+    }
+
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl http_body::Body for Tap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let event = Event::HttpBody {
+                        from_caller: this.from_caller,
+                        data: String::from_utf8_lossy(data).into_owned(),
+                    };
+                    // Fail closed: a body that cannot be recorded stops.
+                    if let Err(e) = this.recorder.event(event) {
+                        this.end();
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
