@@ -428,14 +428,22 @@ fn http_requests_are_recorded_masked_and_replayable() {
         get(url, ca, Some(token), "/c/demo-api/customers").status,
         200
     );
-    let out = qs.cli(&["sessions", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let s: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // The session ends (and is sealed) once its body has been sent.
+    let mut s = serde_json::Value::Null;
+    for _ in 0..40 {
+        let out = qs.cli(&["sessions", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        s = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        if s["outcome"] != "open" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         (
             s["protocol"].as_str(),
