@@ -109,6 +109,16 @@ fn the_log_verifies_and_every_kind_of_tampering_is_named() {
         !export.contains(token.as_str()) && !export.contains(key.trim()),
         "secret in the audit log"
     );
+    // Every session that started has its end, sealed with a recording
+    // digest, even though the gateway was stopped right after.
+    let starts = export.matches("\"session_start\"").count();
+    let ends = export.matches("\"session_end\"").count();
+    assert_eq!(starts, ends, "{export}");
+    assert_eq!(
+        export.matches("\"recording_digest\":\"").count(),
+        ends,
+        "{export}"
+    );
     let n = export.lines().count();
     assert!(n >= 8, "{export}");
 

@@ -58,6 +58,7 @@ pub struct RunningGateway {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     audit: portcullis_audit::AuditLog,
+    front: HttpFront,
 }
 
 impl RunningGateway {
@@ -72,6 +73,7 @@ impl RunningGateway {
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+        let _ = tokio::time::timeout(grace, self.front.drain()).await;
         if let Err(e) = self.audit.checkpoint().await {
             tracing::error!(error = %e, "final audit checkpoint failed");
         }
@@ -292,7 +294,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     tracker.spawn(listener::serve(
         l,
         acceptor,
-        front,
+        front.clone(),
         settings(public_url.clone()),
         tls_metrics,
         shutdown.clone(),
@@ -309,5 +311,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         shutdown,
         tracker,
         audit,
+        front,
     })
 }

@@ -49,6 +49,8 @@ struct Inner {
     audit: portcullis_audit::AuditLog,
     store: portcullis_store::Store,
     recordings: std::path::PathBuf,
+    /// Session-end work that runs after a response body is sent.
+    finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
     vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
 }
@@ -87,8 +89,16 @@ impl HttpFront {
                 audit,
                 store,
                 recordings: cfg.dir().join("recordings"),
+                finishing: tokio_util::task::TaskTracker::new(),
             }),
         })
+    }
+
+    /// Wait for the session-end entries of responses already sent (at
+    /// shutdown: nothing accepted is lost).
+    pub async fn drain(&self) {
+        self.inner.finishing.close();
+        self.inner.finishing.wait().await;
     }
 
     /// Answer one request. Never fails: every refusal is a JSON response.
@@ -218,9 +228,10 @@ impl Inner {
         let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
         let inner = self.clone();
         let (parts, body) = resp.into_parts();
+        let tasks = self.finishing.clone();
         let body =
             crate::tap::Tap::new(body, recorder.clone(), false).on_end(move |bytes_to_caller| {
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let _ = recorder.event(portcullis_record::Event::SessionEnd {
                         outcome: status.to_string(),
                     });
