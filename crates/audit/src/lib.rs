@@ -7,6 +7,7 @@
 
 pub mod chain;
 mod event;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::sync::Mutex;
 
 pub use chain::{Checkpoint, Entry, Summary, VerifyError};
 pub use event::AuditEvent;
+pub use session::{Closing, OpenSession, Opening, Sessions};
 
 const KEY_FILE: &str = "audit-signing.key";
 const PUB_FILE: &str = "audit-signing.pub";
@@ -39,6 +41,8 @@ pub enum AuditError {
     Corrupt { seq: i64, reason: String },
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error("recording: {0}")]
+    Recording(String),
 }
 
 /// The log, shared by every front.

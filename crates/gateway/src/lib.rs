@@ -177,6 +177,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
         })
         .await?;
+    let sessions =
+        portcullis_audit::Sessions::new(audit.clone(), store.clone(), cfg.dir().join("recordings"));
     let auth = Authenticator::new(Arc::new(store.clone()));
     let front = HttpFront::new(
         cfg,
@@ -184,8 +186,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         http_metrics,
         masks.clone(),
         mask_metrics.clone(),
-        audit.clone(),
-        store.clone(),
+        sessions.clone(),
     )?;
 
     let postgres_addr = match &cfg.postgres {
@@ -207,8 +208,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 tls_metrics.clone(),
                 masks.clone(),
                 mask_metrics.clone(),
-                audit.clone(),
-                store.clone(),
+                sessions.clone(),
             )?;
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {

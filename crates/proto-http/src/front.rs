@@ -46,9 +46,7 @@ struct Inner {
     metrics: HttpMetrics,
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
-    audit: portcullis_audit::AuditLog,
-    store: portcullis_store::Store,
-    recordings: std::path::PathBuf,
+    sessions: portcullis_audit::Sessions,
     /// Session-end work that runs after a response body is sent.
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
@@ -65,8 +63,7 @@ impl HttpFront {
         metrics: HttpMetrics,
         masks: Arc<RuleSet>,
         mask_metrics: MaskMetrics,
-        audit: portcullis_audit::AuditLog,
-        store: portcullis_store::Store,
+        sessions: portcullis_audit::Sessions,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -86,9 +83,7 @@ impl HttpFront {
                 masks,
                 mask_metrics,
                 vaults: Default::default(),
-                audit,
-                store,
-                recordings: cfg.dir().join("recordings"),
+                sessions,
                 finishing: tokio_util::task::TaskTracker::new(),
             }),
         })
@@ -121,7 +116,7 @@ impl HttpFront {
         let resp = self
             .inner
             .clone()
-            .audit_outcome(&mut seen, conn, status, started, resp)
+            .audit_outcome(&mut seen, conn, status, resp)
             .await;
         let connection = seen.connection.unwrap_or("-").to_owned();
         tracing::info!(
@@ -173,23 +168,9 @@ struct Seen<'a> {
     principal: Option<Principal>,
     rule: Option<String>,
     /// Set once the session-start entry is durable.
-    session: Option<String>,
+    open: Option<portcullis_audit::OpenSession>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
-    recording: Option<portcullis_record::Recorder>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn session_id() -> String {
-    let mut b = [0u8; 12];
-    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
-    hex::encode(b)
 }
 
 impl Inner {
@@ -202,69 +183,40 @@ impl Inner {
         seen: &mut Seen<'_>,
         conn: &ConnInfo,
         status: u16,
-        started: Instant,
         resp: Response<Body>,
     ) -> Response<Body> {
-        use portcullis_audit::AuditEvent;
-        let (Some(id), Some(recorder)) = (seen.session.clone(), seen.recording.take()) else {
+        let Some(open) = seen.open.take() else {
             if status >= 400 {
-                let event = AuditEvent::Refusal {
-                    principal: seen.principal.as_ref().map(|p| p.subject.clone()),
-                    connection: seen.connection.map(str::to_owned),
-                    protocol: "http".into(),
-                    peer: conn.peer.to_string(),
-                    reason: seen
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| format!("HTTP {status}")),
-                };
-                if let Err(e) = self.audit.append(&event).await {
-                    tracing::error!(error = %e, "audit append failed for a refusal");
-                }
+                let reason = seen
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                self.sessions
+                    .refusal(
+                        seen.principal.as_ref().map(|p| p.subject.clone()),
+                        seen.connection.map(str::to_owned),
+                        "http",
+                        conn.peer.to_string(),
+                        reason,
+                    )
+                    .await;
             }
             return resp;
         };
         let error = seen.error.clone();
         let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
-        let inner = self.clone();
         let (parts, body) = resp.into_parts();
         let tasks = self.finishing.clone();
-        let body =
-            crate::tap::Tap::new(body, recorder.clone(), false).on_end(move |bytes_to_caller| {
-                tasks.spawn(async move {
-                    let _ = recorder.event(portcullis_record::Event::SessionEnd {
-                        outcome: status.to_string(),
-                    });
-                    let digest = match recorder.finish() {
-                        Some(Ok(d)) => Some(d),
-                        Some(Err(e)) => {
-                            tracing::error!(error = %e, "recording could not be finished");
-                            None
-                        }
-                        None => None,
-                    };
-                    if let Err(e) = inner
-                        .store
-                        .session_end(&id, now_ms(), &status.to_string(), digest.as_deref())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "session index not updated");
-                    }
-                    let event = AuditEvent::SessionEnd {
-                        session: id,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        bytes_from_caller,
-                        bytes_to_caller,
-                        requests: 1,
-                        outcome: status.to_string(),
-                        error,
-                        recording_digest: digest,
-                    };
-                    if let Err(e) = inner.audit.append(&event).await {
-                        tracing::error!(error = %e, "audit append failed at session end");
-                    }
-                });
-            });
+        let recorder = open.recorder.clone();
+        let body = crate::tap::Tap::new(body, recorder, false).on_end(move |bytes_to_caller| {
+            tasks.spawn(open.seal(portcullis_audit::Closing {
+                outcome: status.to_string(),
+                error,
+                bytes_from_caller,
+                bytes_to_caller,
+                requests: 1,
+            }));
+        });
         Response::from_parts(parts, body.boxed())
     }
 
@@ -408,74 +360,41 @@ impl Inner {
 
         // Durable before the first byte goes to the target; no entry, no
         // request (fail closed).
-        let id = session_id();
-        let start = portcullis_audit::AuditEvent::SessionStart {
-            session: id.clone(),
+        let opening = portcullis_audit::Opening {
             principal: principal.subject.clone(),
             principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
             auth: serde_json::to_value(&principal.via).unwrap_or_default(),
             connection: name.clone(),
-            protocol: "http".into(),
+            protocol: "http",
             peer: conn.peer.to_string(),
             tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
             rule: seen.rule.clone().unwrap_or_default(),
         };
-        if let Err(e) = self.audit.append(&start).await {
-            tracing::error!(error = %e, "audit append failed; request refused");
-            return Err(ProxyError::AuditUnavailable);
-        }
-        let writer = portcullis_record::Writer::create(&self.recordings, &id).map_err(|e| {
-            tracing::error!(error = %e, "cannot start a recording; request refused");
+        let open = self.sessions.open(opening).await.map_err(|e| {
+            tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
         })?;
-        let writer = portcullis_record::Recorder::start(writer);
-        let recorded = writer
-            .event(portcullis_record::Event::SessionStart {
-                session: id.clone(),
-                principal: principal.subject.clone(),
-                connection: name.clone(),
-                protocol: "http".into(),
-            })
-            .and_then(|_| {
-                writer.event(portcullis_record::Event::HttpRequest {
-                    method: method.to_string(),
-                    path: parts
-                        .uri
-                        .path_and_query()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    headers: portcullis_record::redact_headers(
-                        parts
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), v.as_bytes())),
-                    ),
-                    body: None,
-                })
-            });
-        if let Err(e) = recorded {
+        let request = portcullis_record::Event::HttpRequest {
+            method: method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: portcullis_record::redact_headers(
+                parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
+            ),
+            body: None,
+        };
+        if let Err(e) = open.recorder.event(request) {
             tracing::error!(error = %e, "recording failed; request refused");
             return Err(ProxyError::AuditUnavailable);
         }
-        if let Err(e) = self
-            .store
-            .session_start(&portcullis_store::SessionRow {
-                id: id.clone(),
-                principal: principal.subject.clone(),
-                connection: name.clone(),
-                protocol: "http".into(),
-                started_at_ms: now_ms(),
-                ended_at_ms: None,
-                outcome: None,
-                recording_digest: None,
-            })
-            .await
-        {
-            tracing::warn!(error = %e, "session index not updated");
-        }
-        let body = crate::tap::Tap::new(body, writer.clone(), true).boxed();
-        seen.recording = Some(writer);
-        seen.session = Some(id);
+        let body = crate::tap::Tap::new(body, open.recorder.clone(), true).boxed();
+        seen.open = Some(open);
         seen.bytes_from_caller = declared;
 
         let sent = Instant::now();
@@ -531,7 +450,7 @@ impl Inner {
         crate::headers::response_to_caller(&mut parts.headers);
         // The caller's view of the response. Bodies that stream through
         // unmasked are not held in memory, so only their head is recorded.
-        if let Some(w) = seen.recording.as_ref() {
+        if let Some(w) = seen.open.as_ref().map(|o| &o.recorder) {
             let event = portcullis_record::Event::HttpResponse {
                 status: parts.status.as_u16(),
                 headers: portcullis_record::redact_headers(

@@ -105,9 +105,7 @@ struct Inner {
     tls_metrics: TlsMetrics,
     masks: Arc<portcullis_mask::RuleSet>,
     mask_metrics: portcullis_mask::MaskMetrics,
-    audit: portcullis_audit::AuditLog,
-    store: portcullis_store::Store,
-    recordings: std::path::PathBuf,
+    sessions: portcullis_audit::Sessions,
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
@@ -133,8 +131,7 @@ impl PgFront {
         tls_metrics: TlsMetrics,
         masks: Arc<portcullis_mask::RuleSet>,
         mask_metrics: portcullis_mask::MaskMetrics,
-        audit: portcullis_audit::AuditLog,
-        store: portcullis_store::Store,
+        sessions: portcullis_audit::Sessions,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
@@ -164,9 +161,7 @@ impl PgFront {
                 tls_metrics,
                 masks,
                 mask_metrics,
-                audit,
-                store,
-                recordings: cfg.dir().join("recordings"),
+                sessions,
                 nonce: format!("{:016x}", random_u64()),
             }),
         })
@@ -178,11 +173,18 @@ impl PgFront {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+fn closing(
+    bytes: &(AtomicU64, AtomicU64),
+    outcome: &str,
+    error: Option<String>,
+) -> portcullis_audit::Closing {
+    portcullis_audit::Closing {
+        outcome: outcome.to_string(),
+        error,
+        bytes_from_caller: bytes.0.load(Ordering::Relaxed),
+        bytes_to_caller: bytes.1.load(Ordering::Relaxed),
+        requests: 0,
+    }
 }
 
 /// A message for the caller that ends the session.
@@ -203,59 +205,15 @@ impl Inner {
         peer: &SocketAddr,
         reason: &str,
     ) {
-        let e = portcullis_audit::AuditEvent::Refusal {
-            principal: principal.map(str::to_owned),
-            connection: Some(connection.to_string()),
-            protocol: "postgres".into(),
-            peer: peer.to_string(),
-            reason: reason.to_string(),
-        };
-        if let Err(err) = self.audit.append(&e).await {
-            tracing::error!(error = %err, "audit append failed for a refusal");
-        }
-    }
-
-    async fn session_end(
-        &self,
-        id: &str,
-        started: Instant,
-        bytes: &(AtomicU64, AtomicU64),
-        outcome: &str,
-        error: Option<String>,
-        recorder: &portcullis_record::Recorder,
-    ) {
-        let _ = recorder.event(portcullis_record::Event::SessionEnd {
-            outcome: outcome.to_string(),
-        });
-        // Sealed: the recording's final digest goes into the audit chain.
-        let digest = match recorder.finish() {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "recording could not be finished");
-                None
-            }
-            None => None,
-        };
-        if let Err(e) = self
-            .store
-            .session_end(id, now_ms(), outcome, digest.as_deref())
-            .await
-        {
-            tracing::warn!(error = %e, "session index not updated");
-        }
-        let e = portcullis_audit::AuditEvent::SessionEnd {
-            session: id.to_string(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            bytes_from_caller: bytes.0.load(Ordering::Relaxed),
-            bytes_to_caller: bytes.1.load(Ordering::Relaxed),
-            requests: 0,
-            outcome: outcome.to_string(),
-            error,
-            recording_digest: digest,
-        };
-        if let Err(err) = self.audit.append(&e).await {
-            tracing::error!(error = %err, "audit append failed at session end");
-        }
+        self.sessions
+            .refusal(
+                principal.map(str::to_owned),
+                Some(connection.to_string()),
+                "postgres",
+                peer.to_string(),
+                reason.to_string(),
+            )
+            .await;
     }
 
     async fn tls(
@@ -513,85 +471,33 @@ impl Inner {
 
         // Durable before the first byte goes to the target; no entry, no
         // session (fail closed).
-        let session_id = {
-            let mut b = [0u8; 12];
-            let _ = SystemRandom::new().fill(&mut b);
-            hex::encode(b)
-        };
-        let start = portcullis_audit::AuditEvent::SessionStart {
-            session: session_id.clone(),
+        let opening = portcullis_audit::Opening {
             principal: principal.subject.clone(),
             principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
             auth: serde_json::to_value(&principal.via).unwrap_or_default(),
             connection: connection.clone(),
-            protocol: "postgres".into(),
+            protocol: "postgres",
             peer: peer.to_string(),
             tls: serde_json::to_value(&record).unwrap_or_default(),
             rule: rule.clone(),
         };
-        if let Err(e) = self.audit.append(&start).await {
-            tracing::error!(error = %e, "audit append failed; session refused");
-            send(
-                &mut w,
-                &fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "the audit log cannot record this session, so it is refused",
-                ),
-            )
-            .await;
-            return;
-        }
-        let recorder = match portcullis_record::Writer::create(&self.recordings, &session_id) {
-            Ok(w) => portcullis_record::Recorder::start(w),
+        let open = match self.sessions.open(opening).await {
+            Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start a recording; session refused");
-                send(
-                    &mut w,
-                    &fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        "the session cannot be recorded, so it is refused",
-                    ),
-                )
-                .await;
+                tracing::error!(error = %e, "audit or recording unavailable; session refused");
+                let msg = "the session cannot be audited and recorded, so it is refused";
+                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
                 return;
             }
         };
-        let _ = recorder.event(portcullis_record::Event::SessionStart {
-            session: session_id.clone(),
-            principal: principal.subject.clone(),
-            connection: connection.clone(),
-            protocol: "postgres".into(),
-        });
-        if let Err(e) = self
-            .store
-            .session_start(&portcullis_store::SessionRow {
-                id: session_id.clone(),
-                principal: principal.subject.clone(),
-                connection: connection.clone(),
-                protocol: "postgres".into(),
-                started_at_ms: now_ms(),
-                ended_at_ms: None,
-                outcome: None,
-                recording_digest: None,
-            })
-            .await
-        {
-            tracing::warn!(error = %e, "session index not updated");
-        }
+        let recorder = open.recorder.clone();
         let started = Instant::now();
         let bytes = (AtomicU64::new(0), AtomicU64::new(0));
         let up = match upstream.connect(&params).await {
             Ok(u) => u,
             Err(e) => {
-                self.session_end(
-                    &session_id,
-                    started,
-                    &bytes,
-                    "upstream_error",
-                    Some(e.to_string()),
-                    &recorder,
-                )
-                .await;
+                open.seal(closing(&bytes, "upstream_error", Some(e.to_string())))
+                    .await;
                 outcome("upstream_error", &connection);
                 tracing::warn!(connection = %connection, error = %e, "postgres upstream failed");
                 let msg = format!("connection \"{connection}\": {e}");
@@ -709,8 +615,7 @@ impl Inner {
         if let Ok(mut m) = self.cancels.lock() {
             m.remove(&(pid, secret));
         }
-        self.session_end(&session_id, started, &bytes, result, None, &recorder)
-            .await;
+        open.seal(closing(&bytes, result, None)).await;
         tracing::info!(
             target: "portcullis::access",
             %peer,

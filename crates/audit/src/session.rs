@@ -1,0 +1,184 @@
+//! A session's edges, the same for every protocol: opened (audit entry
+//! durable, recording started, index row) before the target is reached,
+//! and sealed (recording finished, its digest in the audit chain) at the
+//! end.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use portcullis_record::{Event, Recorder, Writer};
+use portcullis_store::{SessionRow, Store};
+
+use crate::{AuditError, AuditEvent, AuditLog};
+
+/// Who opened a session, where, and under which rule.
+pub struct Opening {
+    pub principal: String,
+    pub principal_kind: String,
+    pub auth: serde_json::Value,
+    pub connection: String,
+    pub protocol: &'static str,
+    pub peer: String,
+    pub tls: serde_json::Value,
+    pub rule: String,
+}
+
+/// How a session ended.
+pub struct Closing {
+    pub outcome: String,
+    pub error: Option<String>,
+    pub bytes_from_caller: u64,
+    pub bytes_to_caller: u64,
+    pub requests: u64,
+}
+
+/// Opens and seals sessions; shared by the fronts.
+#[derive(Clone)]
+pub struct Sessions {
+    audit: AuditLog,
+    store: Store,
+    recordings: PathBuf,
+}
+
+/// A session that is open: its id and recorder.
+pub struct OpenSession {
+    pub id: String,
+    pub recorder: Recorder,
+    started: Instant,
+    sessions: Sessions,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}
+
+impl Sessions {
+    pub fn new(audit: AuditLog, store: Store, recordings: PathBuf) -> Self {
+        Self {
+            audit,
+            store,
+            recordings,
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Open a session. On error nothing may reach the target: the caller
+    /// refuses the session (fail closed).
+    pub async fn open(&self, o: Opening) -> Result<OpenSession, AuditError> {
+        let id = new_id();
+        self.audit
+            .append(&AuditEvent::SessionStart {
+                session: id.clone(),
+                principal: o.principal.clone(),
+                principal_kind: o.principal_kind,
+                auth: o.auth,
+                connection: o.connection.clone(),
+                protocol: o.protocol.into(),
+                peer: o.peer,
+                tls: o.tls,
+                rule: o.rule,
+            })
+            .await?;
+        let writer = Writer::create(&self.recordings, &id)
+            .map_err(|e| AuditError::Recording(e.to_string()))?;
+        let recorder = Recorder::start(writer);
+        recorder
+            .event(Event::SessionStart {
+                session: id.clone(),
+                principal: o.principal.clone(),
+                connection: o.connection.clone(),
+                protocol: o.protocol.into(),
+            })
+            .map_err(|e| AuditError::Recording(e.to_string()))?;
+        let row = SessionRow {
+            id: id.clone(),
+            principal: o.principal,
+            connection: o.connection,
+            protocol: o.protocol.into(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            outcome: None,
+            recording_digest: None,
+        };
+        if let Err(e) = self.store.session_start(&row).await {
+            tracing::warn!(error = %e, "session index not updated");
+        }
+        Ok(OpenSession {
+            id,
+            recorder,
+            started: Instant::now(),
+            sessions: self.clone(),
+        })
+    }
+
+    /// Record a refusal (no session was opened).
+    pub async fn refusal(
+        &self,
+        principal: Option<String>,
+        connection: Option<String>,
+        protocol: &str,
+        peer: String,
+        reason: String,
+    ) {
+        let e = AuditEvent::Refusal {
+            principal,
+            connection,
+            protocol: protocol.into(),
+            peer,
+            reason,
+        };
+        if let Err(err) = self.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed for a refusal");
+        }
+    }
+}
+
+impl OpenSession {
+    /// Finish the recording and seal its digest into the audit chain.
+    pub async fn seal(self, c: Closing) {
+        let _ = self.recorder.event(Event::SessionEnd {
+            outcome: c.outcome.clone(),
+        });
+        let digest = match self.recorder.finish() {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "recording could not be finished");
+                None
+            }
+            None => None,
+        };
+        let s = &self.sessions;
+        if let Err(e) = s
+            .store
+            .session_end(&self.id, now_ms(), &c.outcome, digest.as_deref())
+            .await
+        {
+            tracing::warn!(error = %e, "session index not updated");
+        }
+        let e = AuditEvent::SessionEnd {
+            session: self.id,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            bytes_from_caller: c.bytes_from_caller,
+            bytes_to_caller: c.bytes_to_caller,
+            requests: c.requests,
+            outcome: c.outcome,
+            error: c.error,
+            recording_digest: digest,
+        };
+        if let Err(err) = s.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed at session end");
+        }
+    }
+}
