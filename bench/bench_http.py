@@ -1,0 +1,278 @@
+"""HTTP benchmark: the same job through each system, TLS in and TLS out,
+with the upstream's API key injected by the proxy.
+
+direct      client -> upstream nginx (the client sends the key itself)
+portcullis  client -> Portcullis -> upstream (token in, key injected)
+nginx       client -> nginx reverse proxy -> upstream
+haproxy     client -> HAProxy -> upstream
+
+Measured with wrk: latency at 1 keep-alive connection (p50, p99), requests
+per second and p99 at 64 connections, with 1 KiB and 64 KiB JSON
+responses; masking off and on (Portcullis only); new-connection rate (a
+full TLS handshake per request). Resident memory of Portcullis idle and
+with 1,000 and 10,000 idle TLS connections. Results go to
+bench/results/<date>-http.md and .json.
+"""
+import datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys, time
+
+KEY = "bench-upstream-key"
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def start(cmd, log, **kw):
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), **kw)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(parts[11]) + int(parts[12])) / tick
+
+
+def parse_wrk(out):
+    def dur(v, unit):
+        v = float(v)
+        return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    res = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else None
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        res[f"p{pct}_ms"] = dur(*m.groups()) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["errors"] = int(m.group(1)) if m else 0
+    return res
+
+
+def run(args, root, certs, free_port, wait_port):
+    import tempfile
+    d = tempfile.mkdtemp(prefix="portcullis-bench-http-")
+    os.chmod(d, 0o755)
+    certs(d)
+    with open(f"{d}/server.pem", "w") as f:
+        f.write(open(f"{d}/server.crt").read() + open(f"{d}/server.key").read())
+    os.makedirs(f"{d}/www", exist_ok=True)
+    for name, size in (("1k", 1024), ("64k", 65536)):
+        item = '{"sku":"SKU-00000001","title":"Stainless steel bottle","price":19.99,"created":"2026-11-25T20:08:17Z"},'
+        body = '{"items":[' + (item * (size // len(item) + 1))[: size - 20].rstrip(",") + "]}"
+        body = body[: size - 2] + "]}" if len(body) > size else body
+        write(f"{d}/www/{name}.json", body)
+    ports = {k: free_port() for k in ("upstream", "nginx", "haproxy")}
+    procs = []
+    try:
+        write(f"{d}/upstream.conf", f"""
+worker_processes 1; pid {d}/upstream.pid; error_log {d}/upstream-error.log; daemon off;
+events {{ worker_connections 4096; }}
+http {{ access_log off; types {{ application/json json; }}
+  server {{ listen 127.0.0.1:{ports['upstream']} ssl;
+    ssl_certificate {d}/server.crt; ssl_certificate_key {d}/server.key;
+    keepalive_requests 100000;
+    root {d}/www;
+    location / {{ if ($http_x_api_key != "{KEY}") {{ return 401; }} try_files $uri =404; }} }} }}
+""")
+        write(f"{d}/nginx.conf", f"""
+worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log; daemon off;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  upstream up {{ server 127.0.0.1:{ports['upstream']}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{ports['nginx']} ssl;
+    ssl_certificate {d}/server.crt; ssl_certificate_key {d}/server.key;
+    keepalive_requests 100000;
+    location / {{ proxy_pass https://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Api-Key "{KEY}"; proxy_set_header Authorization "";
+      proxy_ssl_verify on; proxy_ssl_trusted_certificate {d}/ca.pem; proxy_ssl_name localhost;
+      proxy_ssl_server_name on; proxy_ssl_session_reuse on; }} }} }}
+""")
+        write(f"{d}/haproxy.cfg", f"""
+global
+  maxconn 20000
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:{ports['haproxy']} ssl crt {d}/server.pem
+  http-request set-header X-Api-Key {KEY}
+  http-request del-header Authorization
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:{ports['upstream']} ssl verify required ca-file {d}/ca.pem sni str(localhost) verifyhost localhost
+""")
+        write(f"{d}/key", KEY + "\n")
+        write(f"{d}/portcullis.toml", f"""
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.crt"
+key = "server.key"
+
+[limits]
+max_header_bytes = 16384
+
+[[connections]]
+name = "bench"
+type = "http"
+url = "https://localhost:{ports['upstream']}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:key" }}
+
+[[connections]]
+name = "bench-masked"
+type = "http"
+url = "https://localhost:{ports['upstream']}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:key" }}
+
+[[masking.rules]]
+connections = ["bench-masked"]
+
+[[grants]]
+principals = ["agent:bench"]
+connections = ["bench", "bench-masked"]
+""")
+        nofile = (65536, 65536)
+        raise_limits = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        procs.append(start(["nginx", "-c", f"{d}/upstream.conf"], f"{d}/upstream.log", preexec_fn=raise_limits))
+        procs.append(start(["nginx", "-c", f"{d}/nginx.conf"], f"{d}/nginx.log", preexec_fn=raise_limits))
+        procs.append(start(["haproxy", "-f", f"{d}/haproxy.cfg"], f"{d}/haproxy.log", preexec_fn=raise_limits))
+        exe = os.path.join(root, "target/release/portcullis")
+        cfg = f"{d}/portcullis.toml"
+        token = subprocess.run([exe, "--config", cfg, "token", "create", "--principal", "agent:bench"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        gw = subprocess.Popen([exe, "--config", cfg, "--log", "warn", "gateway"], stdout=subprocess.PIPE,
+                              stderr=open(f"{d}/portcullis.log", "w"), text=True, preexec_fn=raise_limits)
+        procs.append(gw)
+        line = gw.stdout.readline()
+        gw_port = int(re.search(r"url=https://localhost:(\d+)", line).group(1))
+        for p in ports.values():
+            wait_port(p)
+
+        base = {
+            "direct": (f"https://localhost:{ports['upstream']}", ["-H", f"X-Api-Key: {KEY}"]),
+            "portcullis": (f"https://localhost:{gw_port}/c/bench", ["-H", f"Authorization: Bearer {token}"]),
+            "portcullis+mask": (f"https://localhost:{gw_port}/c/bench-masked", ["-H", f"Authorization: Bearer {token}"]),
+            "nginx": (f"https://localhost:{ports['nginx']}", []),
+            "haproxy": (f"https://localhost:{ports['haproxy']}", []),
+        }
+        # Everyone must answer 200 with the body before anything is timed.
+        for name, (url, hdr) in base.items():
+            h = [x for x in hdr]
+            r = subprocess.run(["curl", "-sS", "--cacert", f"{d}/ca.pem", "-o", "/dev/null", "-w", "%{http_code}",
+                                *sum([["-H", x] for x in h[1::2]], []), f"{url}/1k.json"], capture_output=True, text=True)
+            if r.stdout != "200":
+                sys.exit(f"{name} is not serving: {r.stdout} {r.stderr}")
+
+        jobs = []
+        for size in ("1k", "64k"):
+            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "nginx", "haproxy"]))
+            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "nginx", "haproxy"]))
+        jobs.append(("new connection per request c=16 1k", ["-t2", "-c16", "-H", "Connection: close"], "1k",
+                     ["direct", "portcullis", "nginx", "haproxy"]))
+        results, loads, cpu = {}, [], {}
+        for name, flags, size, systems in jobs:
+            for _ in range(args.reps):
+                for s in systems:
+                    url, hdr = base[s]
+                    before = cpu_seconds(gw.pid) if s.startswith("portcullis") else None
+                    out = subprocess.run(["wrk", *flags, "-d", f"{args.seconds}s", "--latency", *hdr, f"{url}/{size}.json"],
+                                         capture_output=True, text=True).stdout
+                    r = parse_wrk(out)
+                    loads.append(os.getloadavg()[0])
+                    if before is not None and r["requests"]:
+                        cpu.setdefault(s, []).append((cpu_seconds(gw.pid) - before) / r["requests"] * 1e6)
+                    results.setdefault(name, {}).setdefault(s, []).append(r)
+            print(f"done: {name}", file=sys.stderr)
+
+        memory = idle_memory(gw.pid, gw_port, f"{d}/ca.pem")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    report(root, args, results, loads, cpu, memory)
+
+
+def idle_memory(pid, port, ca):
+    """RSS idle, and with 1,000 and 10,000 idle TLS connections."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    ctx = ssl.create_default_context(cafile=ca)
+    out = {"idle_kib": rss_kib(pid)}
+    socks = []
+    for target in (1000, 10000):
+        while len(socks) < target:
+            try:
+                s = socket.create_connection(("127.0.0.1", port))
+                socks.append(ctx.wrap_socket(s, server_hostname="localhost"))
+            except OSError as e:
+                print(f"stopped at {len(socks)} connections: {e}", file=sys.stderr)
+                break
+        time.sleep(1)
+        out[f"conns_{len(socks)}_kib"] = rss_kib(pid)
+        out[f"bytes_per_conn_at_{len(socks)}"] = (rss_kib(pid) - out["idle_kib"]) * 1024 // max(len(socks), 1)
+    for s in socks:
+        s.close()
+    return out
+
+
+def report(root, args, results, loads, cpu, memory):
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    med = lambda xs: statistics.median(xs) if xs else None
+    rows = []
+    data = {}
+    for job, per in results.items():
+        summary = {}
+        for s, runs in per.items():
+            summary[s] = {k: med([r[k] for r in runs if r[k] is not None]) for k in ("rps", "p50_ms", "p99_ms")}
+            summary[s]["rps_range"] = [min(r["rps"] or 0 for r in runs), max(r["rps"] or 0 for r in runs)]
+            summary[s]["errors"] = sum(r["errors"] for r in runs)
+        data[job] = summary
+        direct = summary.get("direct", {})
+        peers = [summary[p]["rps"] for p in ("nginx", "haproxy") if p in summary and summary[p]["rps"]]
+        best_peer = max(peers) if peers else None
+        for s, v in summary.items():
+            ratio_d = f"{v['rps'] / direct['rps']:.2f}" if v["rps"] and direct.get("rps") else "-"
+            ratio_p = f"{v['rps'] / best_peer:.2f}" if v["rps"] and best_peer else "-"
+            added = (f"{(v['p50_ms'] - direct['p50_ms']):+.3f}" if v["p50_ms"] is not None and direct.get("p50_ms") is not None else "-")
+            rows.append(f"| {job} | {s} | {v['rps']:,.0f} [{v['rps_range'][0]:,.0f}-{v['rps_range'][1]:,.0f}] | "
+                        f"{v['p50_ms'] if v['p50_ms'] is not None else '-'} | {v['p99_ms'] if v['p99_ms'] is not None else '-'} | "
+                        f"{added} | {ratio_d} | {ratio_p} | {v['errors']} |")
+    cpu_us = {s: med(v) for s, v in cpu.items()}
+    md = [f"# HTTP through Portcullis, nginx and HAProxy ({date})", "",
+          f"Machine: {os.cpu_count()} cores, load average {min(loads):.2f}-{max(loads):.2f}. Median of {args.reps} "
+          f"interleaved wrk runs of {args.seconds} s each [min-max RPS]. TLS on both hops everywhere; the proxies "
+          "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes audit entries and a recording per request.", "",
+          "| job | system | requests/s | p50 ms | p99 ms | added p50 ms vs direct | / direct | / best peer | non-2xx |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
+          "CPU per request in the Portcullis process (µs): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
+          "Resident memory of the Portcullis process: " + json.dumps(memory), ""]
+    out_dir = os.path.join(root, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, f"{date}-http")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md))
+    with open(base + ".json", "w") as f:
+        json.dump({"date": date, "cores": os.cpu_count(), "seconds": args.seconds, "reps": args.reps,
+                   "load_average": [min(loads), max(loads)], "jobs": data, "cpu_us_per_request": cpu_us,
+                   "memory": memory}, f, indent=2)
+    print("\n".join(md))
