@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-use portcullis_store::{AuditRow, Store};
-use tokio::sync::Mutex;
+use portcullis_store::{AuditRow, SessionRow, Store};
 
 pub use chain::{Checkpoint, Entry, Summary, VerifyError};
 pub use event::AuditEvent;
@@ -43,21 +42,34 @@ pub enum AuditError {
     Verify(#[from] VerifyError),
     #[error("recording: {0}")]
     Recording(String),
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// The log, shared by every front.
+/// The log, shared by every front. Appends go to one writer task that
+/// commits whatever has queued up in a single transaction (group commit),
+/// so concurrent sessions share round trips to the database; each caller
+/// still returns only once its own entry is committed.
 #[derive(Clone)]
 pub struct AuditLog {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: Store,
+    jobs: tokio::sync::mpsc::Sender<Job>,
     key: Ed25519KeyPair,
     checkpoints: PathBuf,
-    /// (last seq, last hash): one writer at a time keeps the chain linear.
-    head: Mutex<(i64, String)>,
+    /// (last seq, last hash), as committed.
+    head: std::sync::Mutex<(i64, String)>,
 }
+
+struct Job {
+    event: String,
+    session: Option<SessionRow>,
+    reply: tokio::sync::oneshot::Sender<Result<i64, String>>,
+}
+
+const MAX_BATCH: usize = 256;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -109,81 +121,188 @@ impl AuditLog {
             .audit_head()
             .await?
             .unwrap_or((0, chain::GENESIS.to_string()));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                store,
-                key,
-                checkpoints: dir.join(CHECKPOINTS_FILE),
-                head: Mutex::new(head),
-            }),
-        })
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let inner = Arc::new(Inner {
+            jobs: tx,
+            key,
+            checkpoints: dir.join(CHECKPOINTS_FILE),
+            head: std::sync::Mutex::new(head),
+        });
+        tokio::spawn(writer(Arc::downgrade(&inner), store, rx));
+        Ok(Self { inner })
     }
 
-    /// Append `event`; returns its sequence number once it is durable.
+    /// Append `event`; returns its sequence number once it is committed.
     pub async fn append(&self, event: &AuditEvent) -> Result<i64, AuditError> {
+        self.append_with(event, None).await
+    }
+
+    /// Append `event` and write `session` to the session index in the
+    /// same transaction.
+    pub async fn append_with(
+        &self,
+        event: &AuditEvent,
+        session: Option<SessionRow>,
+    ) -> Result<i64, AuditError> {
         let value = serde_json::to_value(event).map_err(|e| AuditError::Corrupt {
             seq: 0,
             reason: e.to_string(),
         })?;
-        let canonical = chain::canonical(&value);
-        let mut head = self.inner.head.lock().await;
-        // Another process (the CLI revoking a token, another gateway) may
-        // have appended since: on a taken sequence number, re-read the head
-        // and link to it instead.
-        let mut attempt = 0;
-        let (seq, hash) = loop {
-            let seq = head.0 + 1;
-            let time_ms = now_ms();
-            let hash = chain::entry_hash(seq, time_ms, &head.1, &canonical);
-            let row = AuditRow {
-                seq,
-                time_ms,
-                prev_hash: head.1.clone(),
-                hash: hash.clone(),
-                event: canonical.clone(),
-            };
-            match self.inner.store.audit_insert(&row).await {
-                Ok(()) => break (seq, hash),
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "audit head moved; re-reading it");
-                    *head = self
-                        .inner
-                        .store
-                        .audit_head()
-                        .await?
-                        .unwrap_or((0, chain::GENESIS.to_string()));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            event: chain::canonical(&value),
+            session,
+            reply,
         };
-        *head = (seq, hash.clone());
-        if seq % CHECKPOINT_EVERY == 0 {
-            self.write_checkpoint(seq, &hash)?;
-        }
-        Ok(seq)
+        self.inner
+            .jobs
+            .send(job)
+            .await
+            .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))?
+            .map_err(AuditError::Unavailable)
     }
 
     /// Sign a checkpoint at the current head (at shutdown, for instance).
     pub async fn checkpoint(&self) -> Result<(), AuditError> {
-        let head = self.inner.head.lock().await;
+        // Let queued appends land first.
+        let _ = self.append_probe().await;
+        let head = self
+            .inner
+            .head
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or((0, String::new()));
         if head.0 > 0 {
-            self.write_checkpoint(head.0, &head.1)?;
+            self.inner.write_checkpoint(head.0, &head.1)?;
         }
         Ok(())
     }
 
+    async fn append_probe(&self) -> Result<(), AuditError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // An empty event string is the writer's "flush" marker.
+        let job = Job {
+            event: String::new(),
+            session: None,
+            reply,
+        };
+        if self.inner.jobs.send(job).await.is_ok() {
+            let _ = answer.await;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
     fn write_checkpoint(&self, seq: i64, hash: &str) -> Result<(), AuditError> {
         let c = Checkpoint {
             seq,
             hash: hash.to_string(),
             time_ms: now_ms(),
-            signature: hex::encode(self.inner.key.sign(&chain::checkpoint_message(seq, hash))),
+            signature: hex::encode(self.key.sign(&chain::checkpoint_message(seq, hash))),
         };
         append_line(
-            &self.inner.checkpoints,
+            &self.checkpoints,
             &serde_json::to_string(&c).unwrap_or_default(),
         )
+    }
+}
+
+/// The one writer: drain what is queued, chain it, commit it in one
+/// transaction, answer everyone. Another process (the CLI, another
+/// gateway) may have appended in between: on a taken sequence number the
+/// head is re-read and the batch re-chained.
+async fn writer(
+    inner: std::sync::Weak<Inner>,
+    store: Store,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { break };
+        let mut head = inner
+            .head
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or((0, chain::GENESIS.to_string()));
+        let mut result: Result<Vec<i64>, String> = Err("not attempted".into());
+        for attempt in 0..5 {
+            let mut rows = Vec::new();
+            let mut seqs = Vec::new();
+            let (mut seq, mut prev) = head.clone();
+            for j in jobs.iter().filter(|j| !j.event.is_empty()) {
+                seq += 1;
+                let time_ms = now_ms();
+                let hash = chain::entry_hash(seq, time_ms, &prev, &j.event);
+                rows.push(AuditRow {
+                    seq,
+                    time_ms,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                    event: j.event.clone(),
+                });
+                seqs.push(seq);
+                prev = hash;
+            }
+            let sessions: Vec<SessionRow> = jobs.iter().filter_map(|j| j.session.clone()).collect();
+            if rows.is_empty() && sessions.is_empty() {
+                result = Ok(seqs);
+                break;
+            }
+            match store.audit_batch(&rows, &sessions).await {
+                Ok(()) => {
+                    let crossed = (head.0 / CHECKPOINT_EVERY) != (seq / CHECKPOINT_EVERY);
+                    head = (seq, prev);
+                    if let Ok(mut h) = inner.head.lock() {
+                        *h = head.clone();
+                    }
+                    if crossed && let Err(e) = inner.write_checkpoint(head.0, &head.1) {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                    }
+                    result = Ok(seqs);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "audit batch failed; re-reading the head");
+                    result = Err(e.to_string());
+                    match store.audit_head().await {
+                        Ok(h) => head = h.unwrap_or((0, chain::GENESIS.to_string())),
+                        Err(e) => {
+                            result = Err(e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        match result {
+            Ok(seqs) => {
+                let mut seqs = seqs.into_iter();
+                for j in jobs {
+                    let seq = if j.event.is_empty() {
+                        0
+                    } else {
+                        seqs.next().unwrap_or(0)
+                    };
+                    let _ = j.reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit batch could not be written");
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

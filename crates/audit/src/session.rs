@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use portcullis_record::{Event, Recorder, Writer};
-use portcullis_store::{SessionRow, Store};
+use portcullis_store::SessionRow;
 
 use crate::{AuditError, AuditEvent, AuditLog};
 
@@ -36,7 +36,6 @@ pub struct Closing {
 #[derive(Clone)]
 pub struct Sessions {
     audit: AuditLog,
-    store: Store,
     recordings: PathBuf,
 }
 
@@ -45,6 +44,7 @@ pub struct OpenSession {
     pub id: String,
     pub recorder: Recorder,
     started: Instant,
+    row: SessionRow,
     sessions: Sessions,
 }
 
@@ -62,12 +62,8 @@ fn new_id() -> String {
 }
 
 impl Sessions {
-    pub fn new(audit: AuditLog, store: Store, recordings: PathBuf) -> Self {
-        Self {
-            audit,
-            store,
-            recordings,
-        }
+    pub fn new(audit: AuditLog, recordings: PathBuf) -> Self {
+        Self { audit, recordings }
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -78,47 +74,44 @@ impl Sessions {
     /// refuses the session (fail closed).
     pub async fn open(&self, o: Opening) -> Result<OpenSession, AuditError> {
         let id = new_id();
-        self.audit
-            .append(&AuditEvent::SessionStart {
-                session: id.clone(),
-                principal: o.principal.clone(),
-                principal_kind: o.principal_kind,
-                auth: o.auth,
-                connection: o.connection.clone(),
-                protocol: o.protocol.into(),
-                peer: o.peer,
-                tls: o.tls,
-                rule: o.rule,
-            })
-            .await?;
-        let writer = Writer::create(&self.recordings, &id)
-            .map_err(|e| AuditError::Recording(e.to_string()))?;
-        let recorder = Recorder::start(writer);
-        recorder
-            .event(Event::SessionStart {
-                session: id.clone(),
-                principal: o.principal.clone(),
-                connection: o.connection.clone(),
-                protocol: o.protocol.into(),
-            })
-            .map_err(|e| AuditError::Recording(e.to_string()))?;
         let row = SessionRow {
             id: id.clone(),
-            principal: o.principal,
-            connection: o.connection,
+            principal: o.principal.clone(),
+            connection: o.connection.clone(),
             protocol: o.protocol.into(),
             started_at_ms: now_ms(),
             ended_at_ms: None,
             outcome: None,
             recording_digest: None,
         };
-        if let Err(e) = self.store.session_start(&row).await {
-            tracing::warn!(error = %e, "session index not updated");
-        }
+        let start = AuditEvent::SessionStart {
+            session: id.clone(),
+            principal: o.principal.clone(),
+            principal_kind: o.principal_kind,
+            auth: o.auth,
+            connection: o.connection.clone(),
+            protocol: o.protocol.into(),
+            peer: o.peer,
+            tls: o.tls,
+            rule: o.rule,
+        };
+        self.audit.append_with(&start, Some(row.clone())).await?;
+        let writer = Writer::create(&self.recordings, &id)
+            .map_err(|e| AuditError::Recording(e.to_string()))?;
+        let recorder = Recorder::start(writer);
+        recorder
+            .event(Event::SessionStart {
+                session: id.clone(),
+                principal: o.principal,
+                connection: o.connection,
+                protocol: o.protocol.into(),
+            })
+            .map_err(|e| AuditError::Recording(e.to_string()))?;
         Ok(OpenSession {
             id,
             recorder,
             started: Instant::now(),
+            row,
             sessions: self.clone(),
         })
     }
@@ -160,13 +153,12 @@ impl OpenSession {
             None => None,
         };
         let s = &self.sessions;
-        if let Err(e) = s
-            .store
-            .session_end(&self.id, now_ms(), &c.outcome, digest.as_deref())
-            .await
-        {
-            tracing::warn!(error = %e, "session index not updated");
-        }
+        let row = SessionRow {
+            ended_at_ms: Some(now_ms()),
+            outcome: Some(c.outcome.clone()),
+            recording_digest: digest.clone(),
+            ..self.row
+        };
         let e = AuditEvent::SessionEnd {
             session: self.id,
             duration_ms: self.started.elapsed().as_millis() as u64,
@@ -177,7 +169,7 @@ impl OpenSession {
             error: c.error,
             recording_digest: digest,
         };
-        if let Err(err) = s.audit.append(&e).await {
+        if let Err(err) = s.audit.append_with(&e, Some(row)).await {
             tracing::error!(error = %err, "audit append failed at session end");
         }
     }

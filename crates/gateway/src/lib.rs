@@ -177,8 +177,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
         })
         .await?;
-    let sessions =
-        portcullis_audit::Sessions::new(audit.clone(), store.clone(), cfg.dir().join("recordings"));
+    let sessions = portcullis_audit::Sessions::new(audit.clone(), cfg.dir().join("recordings"));
     let auth = Authenticator::new(Arc::new(store.clone()));
     let front = HttpFront::new(
         cfg,

@@ -189,6 +189,53 @@ pub struct SessionRow {
 }
 
 impl Store {
+    /// Write audit rows and session-index rows in one transaction, with one
+    /// statement each (group commit: many sessions, few round trips). Fails
+    /// as a whole if a sequence number is taken.
+    pub async fn audit_batch(
+        &self,
+        rows: &[AuditRow],
+        sessions: &[SessionRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(150) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.seq)
+                    .push_bind(r.time_ms)
+                    .push_bind(&r.prev_hash)
+                    .push_bind(&r.hash)
+                    .push_bind(&r.event);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in sessions.chunks(100) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest) ",
+            );
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(&s.id)
+                    .push_bind(&s.principal)
+                    .push_bind(&s.connection)
+                    .push_bind(&s.protocol)
+                    .push_bind(s.started_at_ms)
+                    .push_bind(s.ended_at_ms)
+                    .push_bind(&s.outcome)
+                    .push_bind(&s.recording_digest);
+            });
+            // An end row updates the start row written earlier.
+            q.push(
+                " ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
+                 outcome = excluded.outcome, recording_digest = excluded.recording_digest",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Append an audit row; fails if `seq` is taken (another writer got
     /// there first), which keeps the chain linear.
     pub async fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {
