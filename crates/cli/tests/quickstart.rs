@@ -83,11 +83,7 @@ fn quickstart_serves_the_demo_api_with_the_injected_key() {
 #[test]
 fn bad_credentials_get_401_with_json_and_the_gateway_keeps_serving() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (
-        qs.var("PORTCULLIS_URL"),
-        qs.var("PORTCULLIS_CA"),
-        qs.var("PORTCULLIS_TOKEN"),
-    );
+    let (url, ca, token) = qs.creds();
     let unknown = format!("pcl_{}", "A".repeat(43));
     let cases: [(Option<&str>, &str); 4] = [
         (None, "no credential"),
@@ -326,11 +322,7 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
 #[test]
 fn the_demo_api_key_never_leaks() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (
-        qs.var("PORTCULLIS_URL"),
-        qs.var("PORTCULLIS_CA"),
-        qs.var("PORTCULLIS_TOKEN"),
-    );
+    let (url, ca, token) = qs.creds();
     let key = std::fs::read_to_string(qs.data().join("secrets/demo-api-key")).unwrap();
     let key = key.trim();
     assert!(key.len() >= 32);
@@ -372,11 +364,7 @@ fn the_demo_api_key_never_leaks() {
 #[test]
 fn quickstart_masks_the_demo_customers() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (
-        qs.var("PORTCULLIS_URL"),
-        qs.var("PORTCULLIS_CA"),
-        qs.var("PORTCULLIS_TOKEN"),
-    );
+    let (url, ca, token) = qs.creds();
     let r = get(url, ca, Some(token), "/c/demo-api/customers");
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
@@ -419,11 +407,7 @@ fn quickstart_masks_the_demo_customers() {
 #[test]
 fn http_requests_are_recorded_masked_and_replayable() {
     let qs = Quickstart::start();
-    let (url, ca, token) = (
-        qs.var("PORTCULLIS_URL"),
-        qs.var("PORTCULLIS_CA"),
-        qs.var("PORTCULLIS_TOKEN"),
-    );
+    let (url, ca, token) = qs.creds();
     assert_eq!(
         get(url, ca, Some(token), "/c/demo-api/customers").status,
         200

@@ -175,6 +175,15 @@ impl Quickstart {
             .unwrap_or_else(|| panic!("{k} missing from quickstart.env"))
     }
 
+    /// PORTCULLIS_URL, PORTCULLIS_CA and PORTCULLIS_TOKEN.
+    pub fn creds(&self) -> (&str, &str, &str) {
+        (
+            self.var("PORTCULLIS_URL"),
+            self.var("PORTCULLIS_CA"),
+            self.var("PORTCULLIS_TOKEN"),
+        )
+    }
+
     /// Run a CLI subcommand against this quickstart's data folder.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
