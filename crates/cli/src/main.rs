@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod gateway_cmd;
 mod mask_cmd;
+mod policy_cmd;
 mod quickstart;
 mod sessions_cmd;
 mod token_cmd;
@@ -61,6 +62,9 @@ enum Command {
     Sessions(SessionsCommand),
     /// Play a recorded session in the terminal.
     Replay(sessions_cmd::ReplayArgs),
+    /// Explain access decisions.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Verify, tail or export the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -141,6 +145,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway => gateway_cmd::run(&cli).await,
             Command::Token(t) => token_cmd::run(&cli, t).await,
             Command::Mask(a) => mask_cmd::run(&cli, a),
+            Command::Policy(p) => policy_cmd::run(&cli, p),
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
             Command::Replay(a) => sessions_cmd::replay(&cli, a).await,

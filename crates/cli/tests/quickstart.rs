@@ -464,3 +464,56 @@ fn http_requests_are_recorded_masked_and_replayable() {
     let bad = qs.cli(&["replay", "nothex!"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn policy_explain_names_the_rule_or_the_denial() {
+    let qs = Quickstart::start();
+    let out = qs.cli(&[
+        "policy",
+        "explain",
+        "--principal",
+        "agent:quickstart",
+        "--connection",
+        "demo-api",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("ALLOW") && text.contains("\"quickstart-demo\""),
+        "{text}"
+    );
+    let out = qs.cli(&[
+        "policy",
+        "explain",
+        "--principal",
+        "agent:other",
+        "--connection",
+        "demo-api",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["reason"]["kind"], "no_grant");
+    assert_eq!(v["connection_defined"], true);
+    let out = qs.cli(&[
+        "policy",
+        "explain",
+        "--principal",
+        "agent:quickstart",
+        "--connection",
+        "nope",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("DENY") && text.contains("no connection named"),
+        "{text}"
+    );
+    let out = qs.cli(&[
+        "policy",
+        "explain",
+        "--principal",
+        "bad",
+        "--connection",
+        "demo-api",
+    ]);
+    assert!(!out.status.success());
+}
