@@ -2,6 +2,7 @@
 //! below return typed errors.
 
 mod audit_cmd;
+mod cert_cmd;
 mod gateway_cmd;
 mod mask_cmd;
 mod policy_cmd;
@@ -62,6 +63,9 @@ enum Command {
     Sessions(SessionsCommand),
     /// Play a recorded session in the terminal.
     Replay(sessions_cmd::ReplayArgs),
+    /// Certificates from the internal CA.
+    #[command(subcommand)]
+    Cert(cert_cmd::CertCommand),
     /// Explain access decisions.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -146,6 +150,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(t) => token_cmd::run(&cli, t).await,
             Command::Mask(a) => mask_cmd::run(&cli, a),
             Command::Policy(p) => policy_cmd::run(&cli, p),
+            Command::Cert(c) => cert_cmd::run(&cli, c),
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
             Command::Replay(a) => sessions_cmd::replay(&cli, a).await,

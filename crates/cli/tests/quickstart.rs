@@ -517,3 +517,82 @@ fn policy_explain_names_the_rule_or_the_denial() {
     ]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn cert_issue_and_rotate_server() {
+    let qs = Quickstart::start();
+    let prefix = qs.tmp.path().join("bot");
+    let out = qs.cli(&[
+        "cert",
+        "issue",
+        "--principal",
+        "agent:bot",
+        "--ttl",
+        "1d",
+        "--out",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = qs.var("PORTCULLIS_CA");
+    let verify = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let pem = prefix.with_extension("pem");
+    let v = verify(&[
+        "verify",
+        "-CAfile",
+        ca,
+        "-purpose",
+        "sslclient",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(v.contains(": OK"), "{v}");
+    let v = verify(&[
+        "verify",
+        "-CAfile",
+        ca,
+        "-purpose",
+        "sslserver",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(
+        !v.contains(": OK"),
+        "a client certificate is not a server certificate: {v}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(prefix.with_extension("key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let before = std::fs::read(qs.data().join("server.pem")).unwrap();
+    let out = qs.cli(&["cert", "rotate-server", "--name", "gw.example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = qs.data().join("server.pem");
+    assert_ne!(std::fs::read(&after).unwrap(), before);
+    let v = verify(&[
+        "verify",
+        "-CAfile",
+        ca,
+        "-purpose",
+        "sslserver",
+        "-verify_hostname",
+        "gw.example.com",
+        after.to_str().unwrap(),
+    ]);
+    assert!(v.contains(": OK"), "{v}");
+}

@@ -149,6 +149,23 @@ impl CertificateAuthority {
         })
     }
 
+    /// Issue a leaf and write it as `<prefix>.pem` and `<prefix>.key` (the
+    /// key 0600), replacing what is there.
+    pub fn write_leaf(
+        &self,
+        kind: LeafKind,
+        prefix: &Path,
+        names: &[String],
+        validity: std::time::Duration,
+    ) -> Result<(PathBuf, PathBuf), TlsError> {
+        let issued = self.issue(kind, names, validity)?;
+        let cert = prefix.with_extension("pem");
+        let key = prefix.with_extension("key");
+        write_private(&key, issued.key_pem.as_bytes())?;
+        write_public(&cert, issued.cert_pem.as_bytes())?;
+        Ok((cert, key))
+    }
+
     /// Issue a server certificate and write it as `<stem>.pem` / `<stem>.key`
     /// in `dir`, unless a valid pair exists there already (kept as is).
     /// Returns whether a new pair was written.
