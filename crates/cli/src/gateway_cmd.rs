@@ -8,9 +8,10 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
         .map(|b| portcullis_tls::sha256_hex(&b))
         .unwrap_or_default();
     tracing::info!(file = %config.source.display(), sha256 = %digest, "config loaded");
+    let stop = crate::shutdown_signal();
     let running = portcullis_gateway::start(&config, store).await?;
     println!("{}", crate::ready_line(&running));
-    crate::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())

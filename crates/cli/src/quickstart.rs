@@ -133,6 +133,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         }
     };
 
+    let stop = crate::shutdown_signal();
     let running = portcullis_gateway::start(&config, store).await?;
     let url = running.public_url.clone();
     let ca_path = ca.cert_path().to_path_buf();
@@ -177,7 +178,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     println!("{}", crate::ready_line(&running));
     let _ = std::io::stdout().flush();
 
-    crate::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
