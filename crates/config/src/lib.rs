@@ -16,6 +16,7 @@ use http::{HeaderName, Uri};
 use portcullis_policy::Grant;
 use portcullis_tls::TlsPolicy;
 
+pub use portcullis_tls::CertName;
 pub use secret::{Secret, SecretRef};
 
 /// A configuration error, phrased for the person editing the file.
@@ -49,6 +50,55 @@ pub struct Config {
     pub demo: Option<DemoConfig>,
     pub postgres: Option<PostgresListener>,
     pub masking: Masking,
+    /// `[[oidc]]`: identity providers whose tokens are accepted.
+    pub oidc: Vec<OidcIssuer>,
+}
+
+/// An OpenID provider the gateway trusts (`[[oidc]]`).
+#[derive(Debug, Clone)]
+pub struct OidcIssuer {
+    pub settings: portcullis_identity::IssuerSettings,
+    /// Extra trusted roots for discovery and JWKS, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    pub refresh_interval: Duration,
+    /// What `portcullis login` uses against this issuer.
+    pub login: Option<OidcLogin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcLogin {
+    /// A public client registered at the provider for the CLI.
+    pub client_id: String,
+    pub scopes: String,
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCertMode {
+    #[default]
+    Off,
+    /// Verified if presented; callers without one use a token.
+    Optional,
+    /// The handshake fails without a certificate from `ca_file`.
+    Required,
+}
+
+/// `client_auth` of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub mode: ClientCertMode,
+    pub ca_file: Option<PathBuf>,
+    pub principal_from: Vec<CertName>,
+}
+
+impl Default for ClientAuth {
+    fn default() -> Self {
+        Self {
+            mode: ClientCertMode::Off,
+            ca_file: None,
+            principal_from: vec![CertName::Spiffe, CertName::Dns, CertName::CommonName],
+        }
+    }
 }
 
 /// `[masking]`: rules applied to what comes back from targets.
@@ -65,6 +115,7 @@ pub struct PostgresListener {
     pub listen: SocketAddr,
     /// Largest message a caller may send (bytes).
     pub max_message_bytes: usize,
+    pub client_auth: ClientAuth,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +131,7 @@ pub struct GatewayConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub tls: TlsPolicy,
+    pub client_auth: ClientAuth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,138 @@ pub(crate) struct Root {
     postgres: Option<RawPostgres>,
     #[serde(default)]
     masking: RawMasking,
+    #[serde(default)]
+    oidc: Vec<RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    groups_claim: Option<String>,
+    subject_claim: Option<String>,
+    leeway: Option<String>,
+    ca_file: Option<String>,
+    refresh_interval: Option<String>,
+    login_client_id: Option<String>,
+    login_scopes: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    mode: String,
+    ca_file: Option<String>,
+    principal_from: Option<Vec<String>>,
+}
+
+impl RawClientAuth {
+    fn validate(&self, key: &str, base: &Path) -> Result<ClientAuth, Invalid> {
+        let mode = match self.mode.as_str() {
+            "off" => ClientCertMode::Off,
+            "optional" => ClientCertMode::Optional,
+            "required" => ClientCertMode::Required,
+            other => {
+                return Err(invalid(
+                    format!("{key}.mode"),
+                    format!("{other:?}: expected \"off\", \"optional\" or \"required\""),
+                ));
+            }
+        };
+        let ca_file = self.ca_file.as_deref().map(|p| base.join(p));
+        if mode != ClientCertMode::Off && ca_file.is_none() {
+            return Err(invalid(
+                format!("{key}.ca_file"),
+                "client certificates need the CA bundle that issues them (the internal CA is ca.pem)",
+            ));
+        }
+        let mut principal_from = Vec::new();
+        for name in self
+            .principal_from
+            .clone()
+            .unwrap_or_else(|| vec!["spiffe".into(), "dns".into(), "cn".into()])
+        {
+            principal_from.push(match name.as_str() {
+                "spiffe" => CertName::Spiffe,
+                "dns" => CertName::Dns,
+                "cn" => CertName::CommonName,
+                other => {
+                    return Err(invalid(
+                        format!("{key}.principal_from"),
+                        format!("{other:?}: expected \"spiffe\", \"dns\" or \"cn\""),
+                    ));
+                }
+            });
+        }
+        if principal_from.is_empty() {
+            return Err(invalid(
+                format!("{key}.principal_from"),
+                "list at least one source",
+            ));
+        }
+        Ok(ClientAuth {
+            mode,
+            ca_file,
+            principal_from,
+        })
+    }
+}
+
+impl RawOidc {
+    fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<OidcIssuer, Invalid> {
+        if !self.issuer.starts_with("https://") {
+            return Err(invalid(key("issuer"), "must be an https:// URL"));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(invalid(
+                key("audiences"),
+                "list the audience(s) this gateway accepts (the `aud` of its tokens)",
+            ));
+        }
+        let names = self
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into(), "PS256".into()]);
+        let mut algorithms = Vec::new();
+        for a in &names {
+            algorithms.push(
+                portcullis_identity::oidc::parse_algorithm(a)
+                    .map_err(|e| invalid(key("algorithms"), e))?,
+            );
+        }
+        if algorithms.is_empty() {
+            return Err(invalid(key("algorithms"), "list at least one algorithm"));
+        }
+        let leeway = duration(&key("leeway"), self.leeway.as_deref().unwrap_or("60s"))?;
+        let refresh_interval = duration(
+            &key("refresh_interval"),
+            self.refresh_interval.as_deref().unwrap_or("1h"),
+        )?;
+        if refresh_interval < Duration::from_secs(10) {
+            return Err(invalid(key("refresh_interval"), "must be at least 10s"));
+        }
+        Ok(OidcIssuer {
+            settings: portcullis_identity::IssuerSettings {
+                issuer: self.issuer.clone(),
+                audiences: self.audiences.clone(),
+                algorithms,
+                groups_claim: self.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+                subject_claim: self.subject_claim.clone().unwrap_or_else(|| "sub".into()),
+                leeway_secs: leeway.as_secs(),
+            },
+            ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
+            refresh_interval,
+            login: self.login_client_id.clone().map(|client_id| OidcLogin {
+                client_id,
+                scopes: self
+                    .login_scopes
+                    .clone()
+                    .unwrap_or_else(|| "openid offline_access".into()),
+            }),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -44,6 +176,7 @@ struct RawMasking {
 #[serde(deny_unknown_fields)]
 struct RawPostgres {
     listen: SocketAddr,
+    client_auth: Option<RawClientAuth>,
     #[serde(default = "default_max_message")]
     max_message_bytes: usize,
 }
@@ -63,6 +196,7 @@ struct RawGateway {
     key: String,
     #[serde(default)]
     tls: TlsPolicy,
+    client_auth: Option<RawClientAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,8 +416,32 @@ impl Root {
             }),
         };
 
+        let mut issuers = HashSet::new();
+        let mut oidc = Vec::with_capacity(self.oidc.len());
+        for (i, o) in self.oidc.iter().enumerate() {
+            let key = |k: &str| format!("oidc[{i}].{k}");
+            unique(&key("issuer"), &mut issuers, &o.issuer)?;
+            oidc.push(o.validate(&key, base)?);
+        }
+        let gateway_client_auth = match &self.gateway.client_auth {
+            Some(c) => c.validate("gateway.client_auth", base)?,
+            None => ClientAuth::default(),
+        };
+        let postgres = match self.postgres {
+            None => None,
+            Some(p) => Some(PostgresListener {
+                listen: p.listen,
+                max_message_bytes: p.max_message_bytes,
+                client_auth: match &p.client_auth {
+                    Some(c) => c.validate("postgres.client_auth", base)?,
+                    None => ClientAuth::default(),
+                },
+            }),
+        };
+
         Ok(Config {
             source: Default::default(),
+            oidc,
             gateway: GatewayConfig {
                 listen: self.gateway.listen,
                 admin_listen: self.gateway.admin_listen,
@@ -292,6 +450,7 @@ impl Root {
                 cert: path(&self.gateway.cert),
                 key: path(&self.gateway.key),
                 tls: self.gateway.tls,
+                client_auth: gateway_client_auth,
             },
             limits,
             upstream_tls: self.upstream_tls,
@@ -302,10 +461,7 @@ impl Root {
             grants,
             demo,
             masking,
-            postgres: self.postgres.map(|p| PostgresListener {
-                listen: p.listen,
-                max_message_bytes: p.max_message_bytes,
-            }),
+            postgres,
         })
     }
 }

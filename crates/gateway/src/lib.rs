@@ -46,6 +46,8 @@ pub enum GatewayError {
     Mask(#[from] portcullis_mask::MaskError),
     #[error(transparent)]
     Audit(#[from] portcullis_audit::AuditError),
+    #[error("OIDC: {0}")]
+    Oidc(String),
 }
 
 /// A gateway that is accepting connections.
@@ -80,6 +82,39 @@ impl RunningGateway {
     }
 }
 
+/// How often certificate files are checked for a rotation.
+pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A listener's TLS acceptor: the gateway's (reloadable) certificate and
+/// that listener's client-certificate settings.
+fn listener_tls(
+    cfg: &Config,
+    certs: &Arc<portcullis_tls::ReloadingCert>,
+    client_auth: &portcullis_config::ClientAuth,
+    alpn: &[&[u8]],
+    what: &'static str,
+) -> Result<TlsAcceptor, GatewayError> {
+    let wrap = |source| GatewayError::Tls { what, source };
+    use portcullis_config::ClientCertMode as M;
+    let roots = |path: &Option<std::path::PathBuf>| -> Result<_, GatewayError> {
+        let path = path.as_deref().ok_or_else(|| GatewayError::Tls {
+            what,
+            source: portcullis_tls::TlsError::Policy("client_auth needs ca_file".into()),
+        })?;
+        Ok(Arc::new(
+            portcullis_tls::load_roots(path, false).map_err(wrap)?,
+        ))
+    };
+    let clients = match client_auth.mode {
+        M::Off => portcullis_tls::ClientCerts::Off,
+        M::Optional => portcullis_tls::ClientCerts::Optional(roots(&client_auth.ca_file)?),
+        M::Required => portcullis_tls::ClientCerts::Required(roots(&client_auth.ca_file)?),
+    };
+    let sc = portcullis_tls::listener_config(&cfg.gateway.tls, certs.clone(), &clients, alpn)
+        .map_err(wrap)?;
+    Ok(TlsAcceptor::from(sc))
+}
+
 fn server_tls(
     cfg: &Config,
     cert: &std::path::Path,
@@ -94,6 +129,46 @@ fn server_tls(
     Ok(TlsAcceptor::from(sc))
 }
 
+/// The OIDC verifier for `[[oidc]]`, with keys fetched once before the
+/// gateway reports ready (a provider that is down is logged, and its
+/// tokens are refused until a refresh succeeds).
+async fn oidc_verifier(
+    cfg: &Config,
+) -> Result<Option<portcullis_identity::OidcVerifier>, GatewayError> {
+    if cfg.oidc.is_empty() {
+        return Ok(None);
+    }
+    let wrap = |source| GatewayError::Tls {
+        what: "OIDC discovery",
+        source,
+    };
+    let mut roots = portcullis_tls::system_roots();
+    for o in &cfg.oidc {
+        if let Some(ca) = &o.ca_file {
+            for c in portcullis_tls::load_cert_chain(ca).map_err(wrap)? {
+                roots
+                    .add(c)
+                    .map_err(|e| GatewayError::Oidc(format!("{}: {e}", ca.display())))?;
+            }
+        }
+    }
+    let tls = portcullis_tls::client_config(&Default::default(), roots).map_err(wrap)?;
+    let settings = cfg.oidc.iter().map(|o| o.settings.clone()).collect();
+    let verifier =
+        portcullis_identity::OidcVerifier::new(settings, tls).map_err(GatewayError::Oidc)?;
+    for (issuer, e) in verifier.refresh_all().await {
+        tracing::error!(%issuer, error = %e, "OIDC provider unreachable; its tokens are refused until its keys can be fetched");
+    }
+    let every = cfg
+        .oidc
+        .iter()
+        .map(|o| o.refresh_interval)
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
+    verifier.spawn_refresh(every);
+    Ok(Some(verifier))
+}
+
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, GatewayError> {
     TcpListener::bind(addr)
         .await
@@ -106,6 +181,26 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let tracker = TaskTracker::new();
     let mut registry = Registry::default();
     let tls_metrics = portcullis_tls::TlsMetrics::register(&mut registry);
+    let cert_metrics = portcullis_tls::CertMetrics::register(&mut registry);
+    let provider = cfg
+        .gateway
+        .tls
+        .provider()
+        .map_err(|source| GatewayError::Tls {
+            what: "the gateway listener",
+            source,
+        })?;
+    let certs = portcullis_tls::ReloadingCert::load(
+        &cfg.gateway.cert,
+        &cfg.gateway.key,
+        provider,
+        Some(cert_metrics),
+    )
+    .map_err(|source| GatewayError::Tls {
+        what: "the gateway certificate",
+        source,
+    })?;
+    tracker.spawn(certs.clone().watch(CERT_CHECK_INTERVAL, shutdown.clone()));
     let http_metrics = HttpMetrics::register(&mut registry);
 
     let settings = |public_url: String| {
@@ -179,6 +274,10 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .await?;
     let sessions = portcullis_audit::Sessions::new(audit.clone(), cfg.dir().join("recordings"));
     let auth = Authenticator::new(Arc::new(store.clone()));
+    let auth = match oidc_verifier(cfg).await? {
+        Some(v) => auth.with_oidc(v),
+        None => auth,
+    };
     let front = HttpFront::new(
         cfg,
         auth.clone(),
@@ -191,10 +290,10 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let postgres_addr = match &cfg.postgres {
         None => None,
         Some(p) => {
-            let acceptor = server_tls(
+            let acceptor = listener_tls(
                 cfg,
-                &cfg.gateway.cert,
-                &cfg.gateway.key,
+                &certs,
+                &p.client_auth,
                 &[portcullis_postgres::ALPN],
                 "the PostgreSQL listener",
             )?;
@@ -237,10 +336,10 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             Some(addr)
         }
     };
-    let acceptor = server_tls(
+    let acceptor = listener_tls(
         cfg,
-        &cfg.gateway.cert,
-        &cfg.gateway.key,
+        &certs,
+        &cfg.gateway.client_auth,
         &[b"h2", b"http/1.1"],
         "the gateway listener",
     )?;
@@ -259,10 +358,10 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let admin_addr = match cfg.gateway.admin_listen {
         None => None,
         Some(a) => {
-            let acceptor = server_tls(
+            let acceptor = listener_tls(
                 cfg,
-                &cfg.gateway.cert,
-                &cfg.gateway.key,
+                &certs,
+                &Default::default(),
                 &[b"http/1.1"],
                 "the admin listener",
             )?;

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::OidcVerifier;
 use crate::token::{self, TokenHash, TokenRecord};
 use crate::{AuthError, Principal};
 
@@ -15,6 +16,12 @@ pub enum Credential<'a> {
     /// A bearer string (from `Authorization: Bearer`, or a PostgreSQL
     /// password).
     Bearer(&'a str),
+    /// A client certificate the TLS handshake verified (leaf, DER), and
+    /// where the listener reads the principal's name from.
+    Certificate {
+        der: &'a [u8],
+        names: &'a [portcullis_tls::CertName],
+    },
 }
 
 pub type LookupFuture<'a> =
@@ -29,11 +36,18 @@ pub trait TokenStore: Send + Sync {
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Arc<dyn TokenStore>,
+    oidc: Option<OidcVerifier>,
 }
 
 impl Authenticator {
     pub fn new(tokens: Arc<dyn TokenStore>) -> Self {
-        Self { tokens }
+        Self { tokens, oidc: None }
+    }
+
+    /// Also accept JWTs from the verifier's issuers.
+    pub fn with_oidc(mut self, oidc: OidcVerifier) -> Self {
+        self.oidc = (!oidc.is_empty()).then_some(oidc);
+        self
     }
 
     /// Authenticate a credential. Every lookup goes to the store, so a
@@ -41,6 +55,22 @@ impl Authenticator {
     /// request.
     pub async fn authenticate(&self, cred: Credential<'_>) -> Result<Principal, AuthError> {
         match cred {
+            Credential::Bearer(s) if crate::oidc::looks_like_jwt(s) => match &self.oidc {
+                Some(v) => Ok(v.verify(s).await?),
+                None => Err(AuthError::OidcNotConfigured),
+            },
+            Credential::Certificate { der, names } => {
+                let subject = portcullis_tls::client_cert::principal_name(der, names)
+                    .map_err(|e| AuthError::Certificate(e.to_string()))?;
+                Ok(Principal {
+                    kind: crate::PrincipalKind::of_subject(&subject),
+                    subject,
+                    groups: Vec::new(),
+                    via: crate::AuthMethod::ClientCertificate {
+                        fingerprint: portcullis_tls::sha256_hex(der),
+                    },
+                })
+            }
             Credential::Bearer(s) => {
                 let hash = token::parse(s)?;
                 let record = self

@@ -26,6 +26,22 @@ impl PrincipalKind {
 pub enum AuthMethod {
     /// A gateway-issued `pcl_` token; `token_id` is its public id.
     GatewayToken { token_id: String },
+    /// A JWT from a configured OpenID provider.
+    Oidc { issuer: String },
+    /// A client certificate verified during the TLS handshake;
+    /// `fingerprint` is the SHA-256 of the certificate, in hex.
+    ClientCertificate { fingerprint: String },
+}
+
+impl AuthMethod {
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::GatewayToken { .. } => "token",
+            Self::Oidc { .. } => "oidc",
+            Self::ClientCertificate { .. } => "mtls",
+        }
+    }
 }
 
 /// An authenticated caller.

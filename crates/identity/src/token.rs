@@ -33,6 +33,12 @@ pub enum AuthError {
     Revoked { id: String },
     #[error("credential store unavailable")]
     Unavailable,
+    #[error("OIDC token refused: {0}")]
+    Oidc(#[from] crate::OidcError),
+    #[error("OIDC tokens are not accepted here: no issuer is configured")]
+    OidcNotConfigured,
+    #[error("{0}")]
+    Certificate(String),
 }
 
 /// SHA-256 of a token: what the store keeps and looks up by.

@@ -51,6 +51,8 @@ struct Inner {
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
     vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
+    /// Where a client certificate's principal is read from.
+    cert_names: Vec<portcullis_config::CertName>,
 }
 
 impl HttpFront {
@@ -85,6 +87,7 @@ impl HttpFront {
                 vaults: Default::default(),
                 sessions,
                 finishing: tokio_util::task::TaskTracker::new(),
+                cert_names: cfg.gateway.client_auth.principal_from.clone(),
             }),
         })
     }
@@ -228,22 +231,24 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         // Authenticate before routing, so that unauthenticated callers
         // learn nothing about which connections exist.
-        let bearer = token::bearer(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-        .map_err(ProxyError::Auth)?;
-        let principal = self
-            .auth
-            .authenticate(Credential::Bearer(bearer))
-            .await
-            .map_err(|e| {
-                if e != AuthError::Unavailable {
-                    tracing::info!(peer = %conn.peer, reason = %e, "caller not authenticated");
-                }
-                ProxyError::Auth(e)
-            })?;
+        // A bearer token names the caller when present; otherwise the
+        // client certificate verified in the handshake does.
+        let authorization = req.headers().get(header::AUTHORIZATION);
+        let credential = match (authorization, &conn.tls.client_cert) {
+            (None, Some(der)) => Credential::Certificate {
+                der,
+                names: &self.cert_names,
+            },
+            _ => Credential::Bearer(
+                token::bearer(authorization.map(|v| v.as_bytes())).map_err(ProxyError::Auth)?,
+            ),
+        };
+        let principal = self.auth.authenticate(credential).await.map_err(|e| {
+            if e != AuthError::Unavailable {
+                tracing::info!(peer = %conn.peer, reason = %e, "caller not authenticated");
+            }
+            ProxyError::Auth(e)
+        })?;
         seen.principal = Some(principal);
         let principal = seen.principal.as_ref().expect("just set");
 

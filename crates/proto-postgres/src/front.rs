@@ -109,6 +109,7 @@ struct Inner {
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
+    cert_names: Vec<portcullis_config::CertName>,
 }
 
 fn random_u64() -> u64 {
@@ -163,6 +164,11 @@ impl PgFront {
                 mask_metrics,
                 sessions,
                 nonce: format!("{:016x}", random_u64()),
+                cert_names: cfg
+                    .postgres
+                    .as_ref()
+                    .map(|p| p.client_auth.principal_from.clone())
+                    .unwrap_or_default(),
             }),
         })
     }
@@ -391,20 +397,37 @@ impl Inner {
             return;
         }
 
-        // The password message carries the caller's token: safe inside TLS.
-        send(&mut w, &messages::auth_cleartext()).await;
-        reader.set_max(self.max_message.min(64 * 1024));
-        let password = match tokio::time::timeout(self.handshake_timeout, reader.next()).await {
-            Ok(Ok(Some(m))) if m.tag == b'p' => messages::password_text(&m),
-            _ => None,
+        // A verified client certificate names the caller by itself;
+        // otherwise the password message carries the caller's token
+        // (safe inside TLS).
+        let password = match &record.client_cert {
+            Some(_) => None,
+            None => {
+                send(&mut w, &messages::auth_cleartext()).await;
+                reader.set_max(self.max_message.min(64 * 1024));
+                let password =
+                    match tokio::time::timeout(self.handshake_timeout, reader.next()).await {
+                        Ok(Ok(Some(m))) if m.tag == b'p' => messages::password_text(&m),
+                        _ => None,
+                    };
+                let Some(password) = password else {
+                    send(
+                        &mut w,
+                        &fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
+                    )
+                    .await;
+                    return;
+                };
+                Some(password)
+            }
         };
-        let Some(password) = password else {
-            send(
-                &mut w,
-                &fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
-            )
-            .await;
-            return;
+        let credential = match (&password, &record.client_cert) {
+            (Some(p), _) => Credential::Bearer(p),
+            (None, Some(der)) => Credential::Certificate {
+                der,
+                names: &self.cert_names,
+            },
+            (None, None) => return,
         };
 
         let outcome = |o: &'static str, c: &str| {
@@ -417,7 +440,7 @@ impl Inner {
                 })
                 .inc();
         };
-        let principal = match self.auth.authenticate(Credential::Bearer(&password)).await {
+        let principal = match self.auth.authenticate(credential).await {
             Ok(p) => p,
             Err(e) => {
                 outcome("unauthenticated", &connection);

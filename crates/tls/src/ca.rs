@@ -126,7 +126,21 @@ impl CertificateAuthority {
         validity: std::time::Duration,
     ) -> Result<IssuedCert, TlsError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut params = match kind {
+            LeafKind::Server => CertificateParams::new(names.to_vec())?,
+            // A client's names are principals (`agent:ci`): carried as
+            // the CN and as a SPIFFE ID, never as DNS names.
+            LeafKind::Client => {
+                let mut p = CertificateParams::default();
+                for n in names {
+                    if let Some(id) = crate::client_cert::spiffe_id(n) {
+                        p.subject_alt_names
+                            .push(rcgen::SanType::URI(id.as_str().try_into()?));
+                    }
+                }
+                p
+            }
+        };
         let mut dn = DistinguishedName::new();
         if let Some(first) = names.first() {
             dn.push(DnType::CommonName, first.as_str());

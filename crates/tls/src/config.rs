@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -11,11 +12,27 @@ use crate::{TlsError, TlsPolicy};
 
 /// Every certificate in a PEM file, in order (leaf first for a chain).
 pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+    parse_cert_chain(&read(path)?, path)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    parse_private_key(&read(path)?, path)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let chain = CertificateDer::pem_slice_iter(&bytes)
+    })
+}
+
+/// [`load_cert_chain`] on bytes already read; `path` names them in errors.
+pub(crate) fn parse_cert_chain(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadCertificate {
             path: path.to_path_buf(),
@@ -29,14 +46,13 @@ pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsE
     Ok(chain)
 }
 
-/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// [`load_private_key`] on bytes already read.
+pub(crate) fn parse_private_key(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     // The parse error is deliberately generic: it must not echo key bytes.
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::BadKey {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|_| TlsError::BadKey {
         path: path.to_path_buf(),
         reason: "expected a PEM PRIVATE KEY block".into(),
     })
@@ -72,7 +88,20 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
-/// A server config for `policy`, presenting `chain`/`key`, offering `alpn`.
+/// Whether (and against which roots) a listener verifies client
+/// certificates.
+#[derive(Clone, Default)]
+pub enum ClientCerts {
+    #[default]
+    Off,
+    /// Verified when presented; a caller without one continues.
+    Optional(Arc<RootCertStore>),
+    /// The handshake fails without a valid one.
+    Required(Arc<RootCertStore>),
+}
+
+/// A server config for `policy` with a fixed certificate (tests, the demo
+/// target).
 pub fn server_config(
     policy: &TlsPolicy,
     chain: Vec<CertificateDer<'static>>,
@@ -83,6 +112,38 @@ pub fn server_config(
         .with_protocol_versions(&policy.versions()?)?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// A listener's server config: the certificate comes from `certs` (so it
+/// can be rotated live) and client certificates are asked for as
+/// `clients` says.
+pub fn listener_config(
+    policy: &TlsPolicy,
+    certs: Arc<dyn ResolvesServerCert>,
+    clients: &ClientCerts,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = policy.provider()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&policy.versions()?)?;
+    let verifier = |roots: &Arc<RootCertStore>, optional: bool| {
+        let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        let b = if optional {
+            b.allow_unauthenticated()
+        } else {
+            b
+        };
+        b.build()
+            .map_err(|e| TlsError::Policy(format!("client certificate verifier: {e}")))
+    };
+    let builder = match clients {
+        ClientCerts::Off => builder.with_no_client_auth(),
+        ClientCerts::Optional(roots) => builder.with_client_cert_verifier(verifier(roots, true)?),
+        ClientCerts::Required(roots) => builder.with_client_cert_verifier(verifier(roots, false)?),
+    };
+    let mut cfg = builder.with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -7,22 +7,26 @@
 
 mod accept;
 mod ca;
+pub mod client_cert;
 mod config;
 mod error;
 pub mod metrics;
 mod profile;
 mod record;
+mod reload;
 
 pub use accept::accept;
 pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
+pub use client_cert::CertName;
 pub use config::{
-    client_config, load_cert_chain, load_private_key, load_roots, server_config, sha256_hex,
-    system_roots,
+    ClientCerts, client_config, listener_config, load_cert_chain, load_private_key, load_roots,
+    server_config, sha256_hex, system_roots,
 };
 pub use error::TlsError;
 pub use metrics::TlsMetrics;
 pub use profile::{TlsPolicy, TlsProfile};
 pub use record::HandshakeRecord;
+pub use reload::{CertMetrics, EXPIRY_WARNING, ReloadingCert};
 
 /// Install aws-lc-rs as the process-wide default provider. Call it first
 /// thing in `main`: a library that asks rustls for "the default" then gets

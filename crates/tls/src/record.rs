@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls::ServerConnection;
+use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub struct HandshakeRecord {
     /// SHA-256 of the client certificate (DER), lower-case hex.
     pub client_cert_sha256: Option<String>,
     pub duration_us: u64,
+    /// The verified client certificate (leaf), when one was presented.
+    #[serde(skip)]
+    pub client_cert: Option<CertificateDer<'static>>,
 }
 
 impl HandshakeRecord {
@@ -47,6 +51,10 @@ impl HandshakeRecord {
                 .and_then(|c| c.first())
                 .map(|c| crate::sha256_hex(c)),
             duration_us: took.as_micros().min(u64::MAX as u128) as u64,
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned()),
         }
     }
 }

@@ -1,0 +1,283 @@
+//! One test per refusal rule, with real ES256 signatures.
+
+use super::*;
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+
+const ISS: &str = "https://idp.test";
+const NOW: i64 = 1_800_000_000;
+
+struct Issuer {
+    enc: EncodingKey,
+    jwk: Jwk,
+    public_pem: Vec<u8>,
+}
+
+fn issuer(kid: &str) -> Issuer {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let enc = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    Issuer {
+        enc,
+        jwk,
+        public_pem: pair.public_key_pem().into_bytes(),
+    }
+}
+
+fn settings() -> IssuerSettings {
+    IssuerSettings {
+        issuer: ISS.into(),
+        audiences: vec!["portcullis".into()],
+        algorithms: vec![Algorithm::ES256, Algorithm::RS256],
+        groups_claim: "groups".into(),
+        subject_claim: "sub".into(),
+        leeway_secs: 30,
+    }
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISS, "aud": "portcullis", "sub": "alice",
+        "exp": NOW + 600, "iat": NOW, "groups": ["dba", "dev"],
+    })
+}
+
+fn sign(iss: &Issuer, kid: &str, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, &iss.enc).unwrap()
+}
+
+/// The whole pipeline as the authenticator runs it.
+fn check(token: &str, keys: &JwkSet) -> Result<Principal, OidcError> {
+    let s = settings();
+    let iss = unverified_issuer(token)?;
+    if iss != s.issuer {
+        return Err(OidcError::UnknownIssuer(iss));
+    }
+    let (alg, kid) = header_of(token, &s)?;
+    let key = select_key(keys, kid.as_deref(), alg)?.ok_or(OidcError::UnknownKey {
+        kid: kid.unwrap_or_default(),
+        issuer: s.issuer.clone(),
+    })?;
+    verify(token, &s, alg, key, NOW)
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+fn keys_of(i: &Issuer) -> JwkSet {
+    JwkSet {
+        keys: vec![i.jwk.clone()],
+    }
+}
+
+#[test]
+fn good_token_yields_user_with_groups() {
+    let i = issuer("k1");
+    let p = check(&sign(&i, "k1", &claims()), &keys_of(&i)).unwrap();
+    assert_eq!(p.subject, "user:alice");
+    assert_eq!(p.kind, PrincipalKind::Human);
+    assert_eq!(p.groups, vec!["dba", "dev"]);
+    assert_eq!(p.via, AuthMethod::Oidc { issuer: ISS.into() });
+}
+
+#[test]
+fn client_credentials_token_is_an_agent() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["sub"] = json!("ci-bot");
+    c["client_id"] = json!("ci-bot");
+    c.as_object_mut().unwrap().remove("groups");
+    let p = check(&sign(&i, "k1", &c), &keys_of(&i)).unwrap();
+    assert_eq!(p.subject, "agent:ci-bot");
+    assert_eq!(p.kind, PrincipalKind::Agent);
+    assert!(p.groups.is_empty());
+}
+
+#[test]
+fn alg_none_is_refused() {
+    let i = issuer("k1");
+    let t = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "kid": "k1"})),
+        b64(&claims())
+    );
+    assert_eq!(check(&t, &keys_of(&i)), Err(OidcError::AlgorithmNone));
+    let t = format!("{}.{}.", b64(&json!({"alg": "NONE"})), b64(&claims()));
+    assert_eq!(check(&t, &keys_of(&i)), Err(OidcError::AlgorithmNone));
+}
+
+#[test]
+fn hs256_signed_with_the_public_key_is_refused() {
+    // Algorithm confusion: an attacker signs an HMAC with the issuer's
+    // public key as the secret, hoping the verifier uses the key as given.
+    let i = issuer("k1");
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let t = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(&i.public_pem)).unwrap();
+    assert!(matches!(
+        check(&t, &keys_of(&i)),
+        Err(OidcError::AlgorithmNotAllowed { alg, .. }) if alg == "HS256"
+    ));
+    // Even if a careless configuration listed it.
+    let mut s = settings();
+    s.algorithms.push(Algorithm::HS256);
+    assert!(matches!(
+        header_of(&t, &s),
+        Err(OidcError::AlgorithmNotAllowed { .. })
+    ));
+}
+
+#[test]
+fn expired_and_not_yet_valid_are_refused() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["exp"] = json!(NOW - 31);
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::Expired)
+    );
+    // Inside the leeway: accepted.
+    c["exp"] = json!(NOW - 10);
+    assert!(check(&sign(&i, "k1", &c), &keys_of(&i)).is_ok());
+    let mut c = claims();
+    c["nbf"] = json!(NOW + 120);
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::NotYetValid)
+    );
+}
+
+#[test]
+fn wrong_issuer_and_audience_are_refused() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["iss"] = json!("https://evil.test");
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::UnknownIssuer("https://evil.test".into()))
+    );
+    let mut c = claims();
+    c["aud"] = json!(["someone-else"]);
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::WrongAudience)
+    );
+    // One of several audiences is enough.
+    c["aud"] = json!(["someone-else", "portcullis"]);
+    assert!(check(&sign(&i, "k1", &c), &keys_of(&i)).is_ok());
+}
+
+#[test]
+fn unknown_kid_and_foreign_key_are_refused() {
+    let i = issuer("k1");
+    let other = issuer("k1");
+    assert!(matches!(
+        check(&sign(&i, "k9", &claims()), &keys_of(&i)),
+        Err(OidcError::UnknownKey { kid, .. }) if kid == "k9"
+    ));
+    // Another issuer's key, presented under this issuer's kid and iss.
+    assert_eq!(
+        check(&sign(&other, "k1", &claims()), &keys_of(&i)),
+        Err(OidcError::BadSignature)
+    );
+}
+
+#[test]
+fn tampered_payload_is_refused() {
+    let i = issuer("k1");
+    let t = sign(&i, "k1", &claims());
+    let mut parts: Vec<&str> = t.split('.').collect();
+    let mut c = claims();
+    c["sub"] = json!("admin");
+    let forged = b64(&c);
+    parts[1] = &forged;
+    assert_eq!(
+        check(&parts.join("."), &keys_of(&i)),
+        Err(OidcError::BadSignature)
+    );
+}
+
+#[test]
+fn missing_claims_are_refused() {
+    let i = issuer("k1");
+    for claim in ["sub", "exp", "aud"] {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove(claim);
+        let got = check(&sign(&i, "k1", &c), &keys_of(&i));
+        assert_eq!(got, Err(OidcError::MissingClaim(claim.into())), "{claim}");
+    }
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("iss");
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::MissingClaim("iss".into()))
+    );
+    let mut c = claims();
+    c["groups"] = json!({"not": "a list"});
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::BadClaim("groups".into()))
+    );
+    let mut c = claims();
+    c["sub"] = json!("has space");
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::BadClaim("sub".into()))
+    );
+}
+
+#[test]
+fn oversized_and_malformed_tokens_are_refused() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["pad"] = json!("x".repeat(MAX_TOKEN_LEN));
+    assert!(matches!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::TooLarge { .. })
+    ));
+    for bad in ["a.b", "a.b.c.d", "eyJ.eyJ.x", "!!.??.x"] {
+        assert!(
+            matches!(check(bad, &keys_of(&i)), Err(OidcError::Malformed(_))),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn key_published_for_another_algorithm_is_refused() {
+    let i = issuer("k1");
+    let mut jwk = i.jwk.clone();
+    jwk.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::RS256);
+    let keys = JwkSet { keys: vec![jwk] };
+    assert!(matches!(
+        check(&sign(&i, "k1", &claims()), &keys),
+        Err(OidcError::KeyAlgorithmMismatch { .. })
+    ));
+}
+
+#[test]
+fn kid_may_be_omitted_only_with_a_single_key() {
+    let i = issuer("k1");
+    let j = issuer("k2");
+    let t = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &i.enc).unwrap();
+    assert!(check(&t, &keys_of(&i)).is_ok());
+    let both = JwkSet {
+        keys: vec![i.jwk.clone(), j.jwk.clone()],
+    };
+    assert_eq!(check(&t, &both), Err(OidcError::MissingKeyId));
+}
+
+#[test]
+fn error_messages_never_echo_the_token() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["aud"] = json!("wrong");
+    let t = sign(&i, "k1", &c);
+    let msg = check(&t, &keys_of(&i)).unwrap_err().to_string();
+    let sig = t.rsplit('.').next().unwrap();
+    assert!(!msg.contains(sig) && !msg.contains(&t[..20]));
+}

@@ -1,0 +1,176 @@
+//! Naming the caller behind a verified client certificate.
+//!
+//! The handshake has already verified the chain; this only decides which
+//! name in the certificate is the principal, in the order the listener's
+//! `principal_from` lists: a SPIFFE ID (`spiffe://DOMAIN/KIND/NAME` →
+//! `KIND:NAME`), else a DNS name (→ `agent:NAME`), else the subject CN
+//! (`KIND:NAME` as is, otherwise `agent:CN`).
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The trust domain of SPIFFE IDs in certificates from the internal CA.
+pub const SPIFFE_DOMAIN: &str = "portcullis";
+
+/// Where a principal name is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertName {
+    Spiffe,
+    Dns,
+    CommonName,
+}
+
+/// Why no principal could be named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertNameError {
+    #[error("client certificate does not parse")]
+    Unparsable,
+    #[error("client certificate has no usable name (looked at: {0})")]
+    NoName(String),
+}
+
+/// The SPIFFE ID for a principal `KIND:NAME`.
+pub fn spiffe_id(principal: &str) -> Option<String> {
+    let (kind, name) = principal.split_once(':')?;
+    Some(format!("spiffe://{SPIFFE_DOMAIN}/{kind}/{name}"))
+}
+
+/// The principal named by `der`, trying `order` in turn.
+pub fn principal_name(der: &[u8], order: &[CertName]) -> Result<String, CertNameError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| CertNameError::Unparsable)?;
+    let sans: Vec<GeneralName<'_>> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| ext.value.general_names.clone())
+        .unwrap_or_default();
+    for source in order {
+        let found = match source {
+            CertName::Spiffe => sans.iter().find_map(|n| match n {
+                GeneralName::URI(u) => from_spiffe(u),
+                _ => None,
+            }),
+            CertName::Dns => sans.iter().find_map(|n| match n {
+                GeneralName::DNSName(d) if valid_name(d) => Some(format!("agent:{d}")),
+                _ => None,
+            }),
+            CertName::CommonName => cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .and_then(|cn| {
+                    if cn.contains(':') {
+                        valid_principal(cn).then(|| cn.to_string())
+                    } else {
+                        valid_name(cn).then(|| format!("agent:{cn}"))
+                    }
+                }),
+        };
+        if let Some(p) = found {
+            return Ok(p);
+        }
+    }
+    Err(CertNameError::NoName(
+        order
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
+}
+
+/// `spiffe://DOMAIN/KIND/NAME` → `KIND:NAME` (any trust domain: the chain
+/// was verified against the listener's configured CA, which is what
+/// scopes trust).
+fn from_spiffe(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (_domain, path) = rest.split_once('/')?;
+    let (kind, name) = path.split_once('/')?;
+    let p = format!("{kind}:{name}");
+    (valid_name(kind) && valid_principal(&p)).then_some(p)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 120
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+fn valid_principal(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((k, n)) => {
+            valid_name(k)
+                && !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c))
+                && s.len() <= 128
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
+        let mut p = CertificateParams::default();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    const ALL: &[CertName] = &[CertName::Spiffe, CertName::Dns, CertName::CommonName];
+
+    #[test]
+    fn spiffe_first_then_dns_then_cn() {
+        let c = cert(
+            Some("agent:from-cn"),
+            vec![
+                SanType::DnsName("bot.example.com".try_into().unwrap()),
+                SanType::URI("spiffe://corp/agent/deployer".try_into().unwrap()),
+            ],
+        );
+        assert_eq!(principal_name(&c, ALL).unwrap(), "agent:deployer");
+        assert_eq!(
+            principal_name(&c, &[CertName::Dns]).unwrap(),
+            "agent:bot.example.com"
+        );
+        assert_eq!(
+            principal_name(&c, &[CertName::CommonName]).unwrap(),
+            "agent:from-cn"
+        );
+        let c = cert(Some("build-box"), vec![]);
+        assert_eq!(principal_name(&c, ALL).unwrap(), "agent:build-box");
+        let c = cert(Some("user:alice"), vec![]);
+        assert_eq!(principal_name(&c, ALL).unwrap(), "user:alice");
+    }
+
+    #[test]
+    fn odd_names_are_not_principals() {
+        let c = cert(
+            Some("has space"),
+            vec![SanType::URI(
+                "spiffe://corp/just-one-segment".try_into().unwrap(),
+            )],
+        );
+        assert!(matches!(
+            principal_name(&c, ALL),
+            Err(CertNameError::NoName(_))
+        ));
+        assert_eq!(principal_name(b"junk", ALL), Err(CertNameError::Unparsable));
+    }
+
+    #[test]
+    fn spiffe_id_round_trips() {
+        let id = spiffe_id("agent:ci").unwrap();
+        assert_eq!(id, "spiffe://portcullis/agent/ci");
+        assert_eq!(from_spiffe(&id).unwrap(), "agent:ci");
+    }
+}
