@@ -70,7 +70,7 @@ pub(crate) fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
             all.extend(names.iter().cloned());
             let (cert, _) = ca.write_leaf(LeafKind::Server, &dir.join("server"), &all, *ttl)?;
             eprintln!(
-                "wrote a new server certificate to {} (a running gateway picks it up on restart)",
+                "wrote a new server certificate to {} (a running gateway serves it within seconds, no restart)",
                 cert.display()
             );
         }

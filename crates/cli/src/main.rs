@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod cert_cmd;
 mod gateway_cmd;
+mod login;
 mod mask_cmd;
 mod policy_cmd;
 mod quickstart;
@@ -75,6 +76,14 @@ enum Command {
     /// Mask standard input with the configured rules (or every built-in
     /// detector), to test rules before deploying them.
     Mask(mask_cmd::Args),
+    /// Sign in with the gateway's identity provider (device code, or a
+    /// browser with --browser); the token is cached for `env` and tools.
+    Login(login::LoginArgs),
+    /// Forget the cached sign-in for a gateway.
+    Logout(login::GatewayArgs),
+    /// Print shell exports for tools (PORTCULLIS_TOKEN, PGHOST, PGPORT,
+    /// PGPASSWORD, …) from the cached sign-in: `eval "$(portcullis env)"`.
+    Env(login::GatewayArgs),
     /// Print the version.
     Version,
 }
@@ -154,6 +163,9 @@ fn main() -> std::process::ExitCode {
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
             Command::Replay(a) => sessions_cmd::replay(&cli, a).await,
+            Command::Login(a) => login::login(a).await,
+            Command::Logout(a) => login::logout(a),
+            Command::Env(a) => login::env(a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -314,6 +314,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 addr: p.listen,
                 source,
             })?;
+            front.set_postgres_port(addr.port());
             let stop = shutdown.clone();
             tracker.spawn(listener::accept_loop(
                 l,

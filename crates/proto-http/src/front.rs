@@ -53,7 +53,14 @@ struct Inner {
     vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
     /// Where a client certificate's principal is read from.
     cert_names: Vec<portcullis_config::CertName>,
+    /// Public login settings of each `[[oidc]]` issuer that has them.
+    login: Vec<serde_json::Value>,
+    postgres_port: std::sync::OnceLock<u16>,
 }
+
+/// The gateway's own discovery document for `portcullis login` and
+/// `portcullis env`.
+pub const WELL_KNOWN: &str = "/.well-known/portcullis";
 
 impl HttpFront {
     /// Build the front for `cfg`. Fails if any connection's TLS settings
@@ -88,8 +95,39 @@ impl HttpFront {
                 sessions,
                 finishing: tokio_util::task::TaskTracker::new(),
                 cert_names: cfg.gateway.client_auth.principal_from.clone(),
+                login: cfg
+                    .oidc
+                    .iter()
+                    .filter_map(|o| {
+                        let l = o.login.as_ref()?;
+                        Some(serde_json::json!({
+                            "issuer": o.settings.issuer,
+                            "client_id": l.client_id,
+                            "scopes": l.scopes,
+                        }))
+                    })
+                    .collect(),
+                postgres_port: Default::default(),
             }),
         })
+    }
+
+    /// Where the PostgreSQL listener ended up (after binding), for
+    /// [`WELL_KNOWN`].
+    pub fn set_postgres_port(&self, port: u16) {
+        let _ = self.inner.postgres_port.set(port);
+    }
+
+    /// What a CLI needs to log in and set up tools: the identity
+    /// providers' public login settings and the PostgreSQL port. Public
+    /// by design (like an OpenID discovery document): no secrets, no
+    /// connection names.
+    fn well_known(&self) -> Response<Body> {
+        let body = serde_json::json!({
+            "oidc": self.inner.login,
+            "postgres": self.inner.postgres_port.get().map(|p| serde_json::json!({"port": p})),
+        });
+        crate::error::json_response(http::StatusCode::OK, &body)
     }
 
     /// Wait for the session-end entries of responses already sent (at
@@ -101,6 +139,9 @@ impl HttpFront {
 
     /// Answer one request. Never fails: every refusal is a JSON response.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        if req.uri().path() == WELL_KNOWN && req.method() == http::Method::GET {
+            return self.well_known();
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();

@@ -2,6 +2,7 @@
 //! at run time, and talks to it with real clients (curl, openssl, rustls).
 #![allow(dead_code)]
 
+pub mod idp;
 pub mod pg;
 pub mod upstream;
 

@@ -1,0 +1,213 @@
+//! A real OpenID provider for the identity tests: panva's `oidc-provider`
+//! (certified) run by Node.js from `tests/oidc/idp.mjs`, over HTTPS on
+//! loopback with a certificate from a test CA.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+use portcullis_tls::{CertificateAuthority, LeafKind};
+
+pub const CI_CLIENT: &str = "ci-bot";
+pub const CI_SECRET: &str = "ci-bot-secret-not-a-canary";
+pub const CLI_CLIENT: &str = "portcullis-cli";
+pub const AUDIENCE: &str = "https://portcullis.test";
+
+fn harness_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc")
+}
+
+/// `npm ci` once per test binary when the harness's packages are missing
+/// (the README's test command must work on a fresh clone).
+fn ensure_packages() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = harness_dir();
+        if dir.join("node_modules/oidc-provider").exists() {
+            return;
+        }
+        let st = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the OIDC tests (Node.js 20+)");
+        assert!(st.success(), "npm ci in {} failed", dir.display());
+    });
+}
+
+pub struct Idp {
+    child: Child,
+    pub issuer: String,
+    /// The CA that signed the provider's HTTPS certificate.
+    pub ca: PathBuf,
+}
+
+impl Idp {
+    /// Start a provider whose interactive logins succeed as `user` in
+    /// `groups`. `dir` receives its certificate and log.
+    pub fn start(dir: &Path, user: &str, groups: &str) -> Idp {
+        ensure_packages();
+        std::fs::create_dir_all(dir).unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+        let leaf = ca
+            .issue(
+                LeafKind::Server,
+                &["127.0.0.1".into()],
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+        std::fs::write(dir.join("idp.pem"), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("idp.key"), leaf.key_pem).unwrap();
+        let log = std::fs::File::create(dir.join("idp.log")).unwrap();
+        let mut child = Command::new("node")
+            .arg(harness_dir().join("idp.mjs"))
+            .args(["--cert", dir.join("idp.pem").to_str().unwrap()])
+            .args(["--key", dir.join("idp.key").to_str().unwrap()])
+            .args(["--user", user, "--groups", groups])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("node is needed for the OIDC tests");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(i) = line.strip_prefix("idp: ready issuer=") {
+                    let _ = tx.send(i.to_string());
+                }
+            }
+        });
+        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(i) => i,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the test IdP did not start:\n{}",
+                    std::fs::read_to_string(dir.join("idp.log")).unwrap_or_default()
+                );
+            }
+        };
+        Idp {
+            child,
+            issuer,
+            ca: ca.cert_path().to_path_buf(),
+        }
+    }
+
+    fn curl(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                self.ca.to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "IdP reply is not JSON: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// An access token (JWT) for the `ci-bot` client (client credentials).
+    pub fn client_credentials_token(&self) -> String {
+        let v = self.curl(&[
+            "-u",
+            &format!("{CI_CLIENT}:{CI_SECRET}"),
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            &format!("resource={AUDIENCE}"),
+            &format!("{}/token", self.issuer),
+        ]);
+        v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {v}"))
+            .to_string()
+    }
+
+    /// Play the user's browser for a device-flow `verification_uri_complete`:
+    /// open the page, submit the code, confirm, follow to the end.
+    pub fn approve_device(&self, verification_uri_complete: &str, jar: &Path) {
+        let ca = self.ca.to_str().unwrap();
+        let jar = jar.to_str().unwrap();
+        let page = |args: &[&str]| -> String {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-L",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                    ca,
+                    "-c",
+                    jar,
+                    "-b",
+                    jar,
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let hidden = |html: &str, name: &str| -> String {
+            let marker = format!("name=\"{name}\" value=\"");
+            let start = html
+                .find(&marker)
+                .unwrap_or_else(|| panic!("no {name} in device page: {html}"))
+                + marker.len();
+            html[start..].split('"').next().unwrap().to_string()
+        };
+        let device = format!("{}/device", self.issuer);
+        // 1. The code-entry page, prefilled.
+        let p1 = page(&[verification_uri_complete]);
+        let code = hidden(&p1, "user_code");
+        // 2. Submit the code: the confirmation page.
+        let p2 = page(&[
+            "--data-urlencode",
+            &format!("xsrf={}", hidden(&p1, "xsrf")),
+            "--data-urlencode",
+            &format!("user_code={code}"),
+            &device,
+        ]);
+        // 3. Confirm: login and consent (automatic), then the success page.
+        let p3 = page(&[
+            "--data-urlencode",
+            &format!("xsrf={}", hidden(&p2, "xsrf")),
+            "--data-urlencode",
+            &format!("user_code={code}"),
+            "--data-urlencode",
+            "confirm=yes",
+            &device,
+        ]);
+        assert!(p3.contains("Sign-in Success"), "device approval: {p3}");
+    }
+
+    /// Play the browser for an authorization-code URL: follow every
+    /// redirect, ending at the CLI's loopback callback.
+    pub fn follow_authorize(&self, url: &str, jar: &Path) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-L", "--max-time", "20"])
+            .args(["--cacert", self.ca.to_str().unwrap()])
+            .args(["-c", jar.to_str().unwrap(), "-b", jar.to_str().unwrap()])
+            .arg(url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

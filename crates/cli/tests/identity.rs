@@ -1,0 +1,465 @@
+//! Identity end to end: OIDC tokens from a real OpenID provider
+//! (oidc-provider on Node.js), mTLS client certificates from the internal
+//! CA, and live rotation of the server certificate under load.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::idp::{self, Idp};
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::upstream::{self, TestUpstream};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+
+const CANARY: &str = "canary-identity-upstream-key-51c0";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    ca: String,
+    api: TestUpstream,
+    idp: Idp,
+}
+
+fn write_leaf(ca: &CertificateAuthority, dir: &Path, stem: &str) {
+    let leaf = ca
+        .issue(
+            LeafKind::Server,
+            &["localhost".into(), "127.0.0.1".into()],
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+}
+
+/// A gateway trusting the test IdP, with an HTTP connection `api` and a
+/// PostgreSQL connection `db`; mTLS optional on HTTPS, required on
+/// PostgreSQL.
+fn setup() -> Setup {
+    let pg = PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let idp = Idp::start(&dir.join("idp"), "alice", "dba,dev");
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    write_leaf(&ca, dir, "api");
+    let api = upstream::start(&dir.join("api.pem"), &dir.join("api.key"));
+    std::fs::write(dir.join("api-key"), CANARY).unwrap();
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
+
+[postgres]
+listen = "127.0.0.1:0"
+client_auth = {{ mode = "required", ca_file = "ca.pem" }}
+
+[[oidc]]
+issuer = "{issuer}"
+audiences = ["{aud}", "{cli}"]
+algorithms = ["ES256", "RS256"]
+ca_file = "{idp_ca}"
+login_client_id = "{cli}"
+login_scopes = "openid offline_access groups"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{api}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
+password = "file:pgpw"
+
+[[grants]]
+name = "ci-bot-api"
+principals = ["agent:ci-bot"]
+connections = ["api"]
+
+[[grants]]
+name = "dbas"
+groups = ["dba"]
+connections = ["api", "db"]
+
+[[grants]]
+name = "deployer"
+principals = ["agent:deployer"]
+connections = ["api", "db"]
+"#,
+        issuer = idp.issuer,
+        aud = idp::AUDIENCE,
+        cli = idp::CLI_CLIENT,
+        idp_ca = idp.ca.display(),
+        api = api.port,
+        pgport = pg.port,
+        pgca = pg.ca.display(),
+    );
+    let (gw, _token) = gateway_with_config(dir, &config);
+    let ca = dir.join("ca.pem").to_str().unwrap().to_string();
+    Setup {
+        tmp,
+        gw,
+        ca,
+        api,
+        idp,
+    }
+}
+
+fn tamper(token: &str) -> String {
+    // Flip one character of the payload: still base64url, still JSON-ish
+    // once decoded or not, and never validly signed.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let p = &mut parts[1];
+    let last = p.pop().unwrap();
+    p.push(if last == 'A' { 'B' } else { 'A' });
+    parts.join(".")
+}
+
+#[test]
+fn oidc_tokens_from_a_real_provider() {
+    let s = setup();
+    let url = &s.gw.url;
+    let jwt = s.idp.client_credentials_token();
+
+    // A client-credentials token is the agent `agent:ci-bot`.
+    let r = get(url, &s.ca, Some(&jwt), "/c/api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = s.api.last();
+    assert_eq!(seen.header("x-api-key"), Some(CANARY));
+    assert!(
+        seen.header("authorization").is_none(),
+        "the caller's token must not reach the target"
+    );
+
+    // Tampered payload: refused, saying why, without echoing the token.
+    let r = get(url, &s.ca, Some(&tamper(&jwt)), "/c/api/hello");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body.contains("signature") || r.body.contains("malformed"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains(&jwt[jwt.len() - 20..]));
+
+    // A token from another provider (its own issuer and keys): refused.
+    let other = Idp::start(&s.tmp.path().join("idp2"), "mallory", "dba");
+    let foreign = other.client_credentials_token();
+    let r = get(url, &s.ca, Some(&foreign), "/c/api/hello");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("not configured"), "{}", r.body);
+
+    // The audit log names the principal and how it authenticated.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(audit.contains("agent:ci-bot"), "{audit}");
+    assert!(audit.contains("\"oidc\""), "{audit}");
+    // The JWT is a credential: never in the gateway's files or log.
+    let sig = jwt.rsplit('.').next().unwrap();
+    for (path, bytes) in all_files(s.tmp.path()) {
+        if path.starts_with(s.tmp.path().join("idp")) {
+            continue;
+        }
+        assert!(!contains(&bytes, sig), "token in {}", path.display());
+    }
+    assert!(!s.gw.logs().contains(sig));
+}
+
+#[test]
+fn device_flow_login_then_curl_and_psql_as_the_user() {
+    let s = setup();
+    let home = s.tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("HOME", &home)
+            .env("SSL_CERT_FILE", &s.idp.ca)
+            .env("PORTCULLIS_CA", &s.ca)
+            .args(args);
+        c
+    };
+    // `portcullis login` prints the verification URL, then waits.
+    let mut login = cli(&["login", "--gateway", &s.gw.url, "--device"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = login.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let verification = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("login printed no verification URL");
+        if let Some(u) = line.split_whitespace().find(|w| w.contains("user_code=")) {
+            break u.to_string();
+        }
+    };
+    s.idp
+        .approve_device(&verification, &s.tmp.path().join("jar"));
+    let st = login.wait().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(st.success(), "login failed: {rest:?}");
+
+    // The cached credential is private to the user.
+    let cache = home.join(".config/portcullis/credentials.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // `portcullis env` prints what tools need, with the user's token.
+    let out = cli(&["env", "--gateway", &s.gw.url]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = String::from_utf8(out.stdout).unwrap();
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+            .map(|v| v.trim_matches('\'').to_string())
+            .unwrap_or_else(|| panic!("{k} missing from: {env}"))
+    };
+    let token = var("PORTCULLIS_TOKEN");
+    assert_eq!(var("PGPASSWORD"), token);
+
+    // As user:alice (group dba) over HTTP…
+    let r = get(&s.gw.url, &s.ca, Some(&token), "/c/api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // …and over PostgreSQL, where this listener requires a client
+    // certificate as well: without one the handshake fails.
+    let pg_port = s.gw.pg_port.unwrap().to_string();
+    let psql = |extra: &[(&str, &str)]| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-A", "-t", "-c", "select current_user"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", &pg_port)
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "alice")
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &s.ca)
+            .env("PGCONNECT_TIMEOUT", "10");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = psql(&[("PGPASSWORD", &token)]);
+    assert!(!out.status.success());
+
+    // With a certificate for agent:deployer, no password is asked.
+    let out = Command::new(BIN)
+        .args(["--data-dir", s.tmp.path().to_str().unwrap()])
+        .args([
+            "cert",
+            "issue",
+            "--principal",
+            "agent:deployer",
+            "--ttl",
+            "1h",
+        ])
+        .args(["--out", s.tmp.path().join("deployer").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = s.tmp.path().join("deployer.pem");
+    let key = s.tmp.path().join("deployer.key");
+    let out = psql(&[
+        ("PGSSLCERT", cert.to_str().unwrap()),
+        ("PGSSLKEY", key.to_str().unwrap()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres");
+}
+
+#[test]
+fn client_certificates_name_the_caller() {
+    let s = setup();
+    let data = s.tmp.path();
+    let issue = |principal: &str, stem: &str| {
+        let out = Command::new(BIN)
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(["cert", "issue", "--principal", principal])
+            .args(["--out", data.join(stem).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    issue("agent:deployer", "deployer");
+    issue("agent:nobody", "nobody");
+    let with_cert = |stem: &str| {
+        let cert = data.join(format!("{stem}.pem"));
+        let key = data.join(format!("{stem}.key"));
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &format!("{}/c/api/hello", s.gw.url),
+        ])
+    };
+    // A certificate alone authenticates (optional mode)…
+    let r = with_cert("deployer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // …and grants still decide: agent:nobody has none.
+    let r = with_cert("nobody");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("agent:nobody"), "{}", r.body);
+    // Without a certificate or a token: 401.
+    let r = get(&s.gw.url, &s.ca, None, "/c/api/hello");
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // A certificate from a CA the listener does not trust fails the
+    // handshake.
+    let other = data.join("other-ca");
+    std::fs::create_dir_all(&other).unwrap();
+    let (rogue, _) = CertificateAuthority::load_or_create(&other).unwrap();
+    rogue
+        .write_leaf(
+            LeafKind::Client,
+            &data.join("rogue"),
+            &["agent:deployer".into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let r = with_cert("rogue");
+    assert_eq!(r.status, 0, "rogue certificate accepted: {}", r.body);
+    assert!(s.gw.logs().contains("invalid_certificate") || s.gw.logs().contains("alert"));
+    // The handshake log names the client certificate of the good one.
+    assert!(s.gw.logs().contains("client_cert_sha256"));
+}
+
+#[test]
+fn server_certificate_rotates_under_load_without_failures() {
+    let q = Quickstart::start();
+    let (url, ca, token) = q.creds();
+    let port = q.proc.port();
+    let ca_path = std::path::PathBuf::from(ca);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let fingerprints = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, fps) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            fingerprints.clone(),
+        );
+        let ca_path = ca_path.clone();
+        let token = token.to_string();
+        workers.push(rt.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while !stop.load(Ordering::Relaxed) {
+                // A new connection (and handshake) per request.
+                let mut tls = tls_connect(port, &ca_path).await;
+                let fp = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                fps.lock().unwrap().insert(portcullis_tls::sha256_hex(&fp));
+                let req = format!(
+                    "GET /c/demo-api/hello HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+                );
+                let mut buf = Vec::new();
+                let res = async {
+                    tls.write_all(req.as_bytes()).await?;
+                    tls.read_to_end(&mut buf).await
+                }
+                .await;
+                if res.is_ok() && buf.starts_with(b"HTTP/1.1 200") {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = q.cli(&["cert", "rotate-server"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wait until new handshakes present the new certificate.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fingerprints.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for w in workers {
+            w.await.unwrap();
+        }
+    });
+    assert_eq!(
+        fingerprints.lock().unwrap().len(),
+        2,
+        "the rotated certificate was never served"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    assert!(q.proc.logs().contains("server certificate reloaded"));
+
+    // Expiry and reloads are exported.
+    let admin = q.var("PORTCULLIS_ADMIN_URL");
+    let m = get(admin, ca, None, "/metrics");
+    assert!(
+        m.body.contains("portcullis_certificate_not_after_seconds{"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("result=\"ok\"} 1"), "{}", m.body);
+    let _ = url;
+}
