@@ -41,6 +41,7 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
         groups: groups.clone(),
         via: AuthMethod::GatewayToken {
             token_id: "explain".into(),
+            on_behalf_of: None,
         },
     };
     let known = config.connection(connection).is_some();

@@ -17,12 +17,21 @@ pub(crate) enum TokenCommand {
         /// A group of the principal (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// How long the token is valid, e.g. 12h, 30d, 1y.
-        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
-        ttl: Duration,
+        /// How long the token is valid, e.g. 12h, 30d, 1y [default: 30d;
+        /// 8h with --gateway, at most 24h].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
         /// Print a JSON object instead of the bare token.
         #[arg(long)]
         json: bool,
+        /// Mint the token through a running gateway as the person signed in
+        /// with `portcullis login`, for an agent acting on their behalf:
+        /// the token carries your groups and names you in every audit entry.
+        #[arg(long, conflicts_with = "groups")]
+        gateway: Option<String>,
+        /// Extra CA to trust for --gateway (PEM).
+        #[arg(long, env = "PORTCULLIS_CA", requires = "gateway")]
+        ca: Option<std::path::PathBuf>,
     },
     /// List tokens (never their secrets).
     List {
@@ -58,6 +67,7 @@ pub(crate) async fn create(
         .insert_token(&NewTokenRow {
             hash: t.hash,
             subject: principal,
+            on_behalf_of: None,
             groups,
             created_at: now,
             expires_at: Some(expires_at),
@@ -84,6 +94,17 @@ pub(crate) async fn audit_admin(
 }
 
 pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
+    if let TokenCommand::Create {
+        principal,
+        ttl,
+        json,
+        gateway: Some(gateway),
+        ca,
+        ..
+    } = cmd
+    {
+        return crate::login::mint_remote(gateway, ca.as_ref(), principal, *ttl, *json).await;
+    }
     let (config, store) = cli.load().await?;
     match cmd {
         TokenCommand::Create {
@@ -91,8 +112,10 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
             groups,
             ttl,
             json,
+            ..
         } => {
-            let (id, secret, expires_at) = create(&store, principal, groups, *ttl).await?;
+            let ttl = ttl.unwrap_or(Duration::from_secs(30 * 86400));
+            let (id, secret, expires_at) = create(&store, principal, groups, ttl).await?;
             audit_admin(
                 &store,
                 config.dir(),

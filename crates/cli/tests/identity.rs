@@ -42,10 +42,14 @@ fn write_leaf(ca: &CertificateAuthority, dir: &Path, stem: &str) {
 /// PostgreSQL connection `db`; mTLS optional on HTTPS, required on
 /// PostgreSQL.
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+fn setup_with(idp_args: &[&str]) -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let idp = Idp::start(&dir.join("idp"), "alice", "dba,dev");
+    let idp = Idp::start_with(&dir.join("idp"), "alice", "dba,dev", idp_args);
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     write_leaf(&ca, dir, "server");
     write_leaf(&ca, dir, "api");
@@ -155,6 +159,19 @@ fn oidc_tokens_from_a_real_provider() {
     );
     assert!(!r.body.contains(&jwt[jwt.len() - 20..]));
 
+    // An agent cannot mint tokens for other agents.
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        &format!("Authorization: Bearer {jwt}"),
+        "--json",
+        r#"{"principal": "agent:other"}"#,
+        &format!("{url}/api/v1/tokens"),
+    ]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("only a person"), "{}", r.body);
+
     // A token from another provider (its own issuer and keys): refused.
     let other = Idp::start(&s.tmp.path().join("idp2"), "mallory", "dba");
     let foreign = other.client_credentials_token();
@@ -185,22 +202,22 @@ fn oidc_tokens_from_a_real_provider() {
     assert!(!s.gw.logs().contains(sig));
 }
 
-#[test]
-fn device_flow_login_then_curl_and_psql_as_the_user() {
-    let s = setup();
-    let home = s.tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let cli = |args: &[&str]| {
-        let mut c = Command::new(BIN);
-        c.env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("HOME", &home)
-            .env("SSL_CERT_FILE", &s.idp.ca)
-            .env("PORTCULLIS_CA", &s.ca)
-            .args(args);
-        c
-    };
-    // `portcullis login` prints the verification URL, then waits.
-    let mut login = cli(&["login", "--gateway", &s.gw.url, "--device"])
+/// `portcullis ARGS` as a user whose home is `home`, trusting the IdP's
+/// CA (as a system root would) and the gateway's.
+fn user_cli(s: &Setup, home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("HOME", home)
+        .env("SSL_CERT_FILE", &s.idp.ca)
+        .env("PORTCULLIS_CA", &s.ca)
+        .args(args);
+    c
+}
+
+/// Run `portcullis login …`, hand the first stderr line holding a URL
+/// with `marker` to `browser`, and wait for login to succeed.
+fn login_with(s: &Setup, home: &Path, args: &[&str], marker: &str, browser: impl FnOnce(&str)) {
+    let mut login = user_cli(s, home, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -217,19 +234,97 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    let verification = loop {
+    let url = loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("login printed no verification URL");
-        if let Some(u) = line.split_whitespace().find(|w| w.contains("user_code=")) {
+            .expect("login printed no URL");
+        if let Some(u) = line.split_whitespace().find(|w| w.contains(marker)) {
             break u.to_string();
         }
     };
-    s.idp
-        .approve_device(&verification, &s.tmp.path().join("jar"));
+    browser(&url);
     let st = login.wait().unwrap();
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(st.success(), "login failed: {rest:?}");
+}
+
+/// `portcullis env` parsed into (name, value) pairs.
+fn env_vars(s: &Setup, home: &Path) -> std::collections::HashMap<String, String> {
+    let out = user_cli(s, home, &["env", "--gateway", &s.gw.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+#[test]
+fn browser_login_with_pkce_and_refresh() {
+    // Access tokens live 30 s: inside `env`'s refresh margin, so every
+    // `env` refreshes with the refresh token.
+    let s = setup_with(&["--access-ttl", "30"]);
+    let home = s.tmp.path().join("home");
+    let jar = s.tmp.path().join("jar");
+    login_with(
+        &s,
+        &home,
+        &["login", "--gateway", &s.gw.url, "--browser"],
+        "code_challenge=",
+        |url| {
+            assert!(url.contains("code_challenge_method=S256"), "{url}");
+            let page = s.idp.follow_authorize(url, &jar);
+            assert!(page.contains("Signed in to Portcullis"), "{page}");
+        },
+    );
+    let cache = home.join(".config/portcullis/credentials.json");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let first = cached["gateways"][&s.gw.url]["bearer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(cached["gateways"][&s.gw.url]["refresh_token"].is_string());
+
+    let token = env_vars(&s, &home)["PORTCULLIS_TOKEN"].clone();
+    assert_ne!(
+        token, first,
+        "env should have refreshed the short-lived token"
+    );
+    let r = get(&s.gw.url, &s.ca, Some(&token), "/c/api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Signed out: env refuses, naming the fix.
+    let out = user_cli(&s, &home, &["logout", "--gateway", &s.gw.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = user_cli(&s, &home, &["env", "--gateway", &s.gw.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("portcullis login"));
+}
+
+#[test]
+fn device_flow_login_then_curl_and_psql_as_the_user() {
+    let s = setup();
+    let home = s.tmp.path().join("home");
+    login_with(
+        &s,
+        &home,
+        &["login", "--gateway", &s.gw.url, "--device"],
+        "user_code=",
+        |url| s.idp.approve_device(url, &s.tmp.path().join("jar")),
+    );
 
     // The cached credential is private to the user.
     let cache = home.join(".config/portcullis/credentials.json");
@@ -238,25 +333,61 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     assert_eq!(mode & 0o777, 0o600);
 
     // `portcullis env` prints what tools need, with the user's token.
-    let out = cli(&["env", "--gateway", &s.gw.url]).output().unwrap();
+    let env = env_vars(&s, &home);
+    let token = env["PORTCULLIS_TOKEN"].clone();
+    assert_eq!(env["PGPASSWORD"], token);
+    assert_eq!(env["PGPORT"], s.gw.pg_port.unwrap().to_string());
+    assert_eq!(env["PGSSLMODE"], "verify-full");
+
+    // As user:alice (group dba) over HTTP…
+    let r = get(&s.gw.url, &s.ca, Some(&token), "/c/api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Alice mints a token for an agent acting for her: it carries her
+    // groups, and the audit log names both.
+    let out = user_cli(
+        &s,
+        &home,
+        &["token", "create", "--principal", "agent:claude"],
+    )
+    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let env = String::from_utf8(out.stdout).unwrap();
-    let var = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .map(|v| v.trim_matches('\'').to_string())
-            .unwrap_or_else(|| panic!("{k} missing from: {env}"))
-    };
-    let token = var("PORTCULLIS_TOKEN");
-    assert_eq!(var("PGPASSWORD"), token);
-
-    // As user:alice (group dba) over HTTP…
-    let r = get(&s.gw.url, &s.ca, Some(&token), "/c/api/hello");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acting for user:alice"));
+    let delegated = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = get(&s.gw.url, &s.ca, Some(&delegated), "/c/api/hello");
     assert_eq!(r.status, 200, "{}", r.body);
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    let start = audit
+        .lines()
+        .find(|l| l.contains("session_start") && l.contains("agent:claude"))
+        .unwrap_or_else(|| panic!("no session of agent:claude in {audit}"));
+    assert!(start.contains("\"on_behalf_of\":\"user:alice\""), "{start}");
+    assert!(audit.contains("token_delegated"));
+    // More than a day is refused.
+    let out = user_cli(
+        &s,
+        &home,
+        &["token", "create", "--principal", "agent:claude"],
+    )
+    .args(["--gateway", &s.gw.url, "--ttl", "2d"])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 24 hours"));
 
     // …and over PostgreSQL, where this listener requires a client
     // certificate as well: without one the handshake fails.

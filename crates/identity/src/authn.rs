@@ -31,6 +31,46 @@ pub type LookupFuture<'a> =
 /// futures keep the trait object-safe.
 pub trait TokenStore: Send + Sync {
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> LookupFuture<'a>;
+    /// Store a token a person minted for an agent; returns its id.
+    fn mint<'a>(&'a self, m: &'a Mint<'a>) -> MintFuture<'a>;
+}
+
+pub type MintFuture<'a> = Pin<Box<dyn Future<Output = Result<String, AuthError>> + Send + 'a>>;
+
+/// A delegated token to store (its hash only).
+pub struct Mint<'a> {
+    pub hash: TokenHash,
+    pub subject: &'a str,
+    pub groups: &'a [String],
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub on_behalf_of: &'a str,
+}
+
+/// The longest a delegated token may live: an agent acting for a person
+/// should not outlast that person's working day by much.
+pub const MAX_DELEGATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Why a person could not mint a token for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegateError {
+    #[error(
+        "only a person signed in with the identity provider can mint tokens for agents (this caller is {0})"
+    )]
+    NotAPerson(String),
+    #[error("{0:?} is not an agent principal (expected agent:NAME)")]
+    NotAnAgent(String),
+    #[error("a delegated token may live at most {max_hours} hours")]
+    TooLong { max_hours: u64 },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// A token minted for an agent; `secret` is shown to the person once.
+pub struct Delegated {
+    pub secret: String,
+    pub id: String,
+    pub expires_at: i64,
 }
 
 #[derive(Clone)]
@@ -48,6 +88,48 @@ impl Authenticator {
     pub fn with_oidc(mut self, oidc: OidcVerifier) -> Self {
         self.oidc = (!oidc.is_empty()).then_some(oidc);
         self
+    }
+
+    /// Mint a token for `agent` acting for `person`: the token carries the
+    /// person's groups (at minting time) and names the person, so every
+    /// session it opens is recorded with both identities.
+    pub async fn delegate(
+        &self,
+        person: &Principal,
+        agent: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Delegated, DelegateError> {
+        let signed_in = matches!(person.via, crate::AuthMethod::Oidc { .. });
+        if person.kind != crate::PrincipalKind::Human || !signed_in {
+            return Err(DelegateError::NotAPerson(person.subject.clone()));
+        }
+        if crate::validate_subject(agent).is_err() || !agent.starts_with("agent:") {
+            return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
+        }
+        if ttl > MAX_DELEGATION || ttl.is_zero() {
+            return Err(DelegateError::TooLong {
+                max_hours: MAX_DELEGATION.as_secs() / 3600,
+            });
+        }
+        let t = token::generate()?;
+        let now = unix_now();
+        let expires_at = now + ttl.as_secs() as i64;
+        let id = self
+            .tokens
+            .mint(&Mint {
+                hash: t.hash,
+                subject: agent,
+                groups: &person.groups,
+                created_at: now,
+                expires_at,
+                on_behalf_of: &person.subject,
+            })
+            .await?;
+        Ok(Delegated {
+            secret: t.secret,
+            id,
+            expires_at,
+        })
     }
 
     /// Authenticate a credential. Every lookup goes to the store, so a
@@ -103,6 +185,48 @@ mod tests {
             let found = self.0.get(&hash.0).cloned();
             Box::pin(async move { Ok(found) })
         }
+        fn mint<'a>(&'a self, m: &'a Mint<'a>) -> MintFuture<'a> {
+            let id = m.hash.id();
+            Box::pin(async move { Ok(id) })
+        }
+    }
+
+    #[test]
+    fn only_signed_in_people_delegate_to_agents_for_a_bounded_time() {
+        let a = Authenticator::new(Arc::new(Mem(HashMap::new())));
+        let person = |subject: &str, via| Principal {
+            subject: subject.into(),
+            kind: crate::PrincipalKind::of_subject(subject),
+            groups: vec!["dba".into()],
+            via,
+        };
+        let oidc = || crate::AuthMethod::Oidc {
+            issuer: "https://i".into(),
+        };
+        let alice = person("user:alice", oidc());
+        let hour = std::time::Duration::from_secs(3600);
+        let d = block(a.delegate(&alice, "agent:claude", hour)).unwrap();
+        assert!(d.secret.starts_with("pcl_"));
+        assert!(matches!(
+            block(a.delegate(&person("agent:ci", oidc()), "agent:x", hour)),
+            Err(DelegateError::NotAPerson(_))
+        ));
+        let via_token = crate::AuthMethod::GatewayToken {
+            token_id: "t".into(),
+            on_behalf_of: None,
+        };
+        assert!(matches!(
+            block(a.delegate(&person("user:bob", via_token), "agent:x", hour)),
+            Err(DelegateError::NotAPerson(_))
+        ));
+        assert!(matches!(
+            block(a.delegate(&alice, "user:mallory", hour)),
+            Err(DelegateError::NotAnAgent(_))
+        ));
+        assert!(matches!(
+            block(a.delegate(&alice, "agent:claude", hour * 25)),
+            Err(DelegateError::TooLong { .. })
+        ));
     }
 
     fn block<F: Future>(f: F) -> F::Output {
@@ -128,6 +252,7 @@ mod tests {
             created_at: 0,
             expires_at: None,
             revoked_at,
+            on_behalf_of: None,
         };
         let mut m = HashMap::new();
         m.insert(good.hash.0, rec("g", None));

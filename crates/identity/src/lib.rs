@@ -10,7 +10,10 @@ pub mod oidc_keys;
 mod principal;
 pub mod token;
 
-pub use authn::{Authenticator, Credential, LookupFuture, TokenStore, unix_now};
+pub use authn::{
+    Authenticator, Credential, DelegateError, Delegated, LookupFuture, MAX_DELEGATION, Mint,
+    MintFuture, TokenStore, unix_now,
+};
 pub use oidc::{IssuerSettings, OidcError};
 pub use oidc_keys::OidcVerifier;
 pub use principal::{AuthMethod, Principal, PrincipalKind, validate_subject};

@@ -25,7 +25,13 @@ impl PrincipalKind {
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum AuthMethod {
     /// A gateway-issued `pcl_` token; `token_id` is its public id.
-    GatewayToken { token_id: String },
+    GatewayToken {
+        token_id: String,
+        /// A person who minted the token for this agent: both identities
+        /// appear wherever the principal is recorded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
+    },
     /// A JWT from a configured OpenID provider.
     Oidc { issuer: String },
     /// A client certificate verified during the TLS handshake;

@@ -118,6 +118,8 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The person who minted this token for an agent, if one did.
+    pub on_behalf_of: Option<String>,
 }
 
 impl TokenRecord {
@@ -140,6 +142,7 @@ impl TokenRecord {
             groups: self.groups.clone(),
             via: AuthMethod::GatewayToken {
                 token_id: self.id.clone(),
+                on_behalf_of: self.on_behalf_of.clone(),
             },
         })
     }
@@ -205,6 +208,7 @@ mod tests {
             created_at: 0,
             expires_at: Some(100),
             revoked_at: None,
+            on_behalf_of: None,
         }
     }
 

@@ -112,6 +112,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             via: AuthMethod::GatewayToken {
                 token_id: "t".into(),
+                on_behalf_of: None,
             },
         }
     }

@@ -39,6 +39,10 @@ pub enum ProxyError {
     MaskFailed { connection: String, reason: String },
     #[error("the audit log cannot record this request, so it is refused")]
     AuditUnavailable,
+    #[error("{0}")]
+    Delegate(portcullis_identity::DelegateError),
+    #[error("{0} is not allowed here; use {1}")]
+    Method(http::Method, &'static str),
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -60,6 +64,14 @@ impl ProxyError {
             Self::CallerBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Delegate(portcullis_identity::DelegateError::Auth(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Delegate(_) => StatusCode::BAD_REQUEST,
+            Self::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -77,6 +89,9 @@ impl ProxyError {
             Self::Upstream { .. } => "bad_gateway",
             Self::MaskFailed { .. } => "masking_failed",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => "forbidden",
+            Self::Delegate(_) => "bad_request",
+            Self::Method(..) => "method_not_allowed",
         }
     }
 

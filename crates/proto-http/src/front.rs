@@ -35,18 +35,18 @@ pub struct HttpFront {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     upstreams: HashMap<String, Upstream>,
     /// Every connection's protocol, to say so instead of "unknown".
     protocols: HashMap<String, &'static str>,
     policy: Policy,
-    auth: Authenticator,
+    pub(crate) auth: Authenticator,
     domain: Option<String>,
     max_body: u64,
     metrics: HttpMetrics,
     masks: Arc<RuleSet>,
     mask_metrics: MaskMetrics,
-    sessions: portcullis_audit::Sessions,
+    pub(crate) sessions: portcullis_audit::Sessions,
     /// Session-end work that runs after a response body is sent.
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
@@ -298,7 +298,14 @@ impl Inner {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let r = route(host, req.uri().path(), self.domain.as_deref()).ok_or(ProxyError::NoRoute)?;
+        let r = match route(host, req.uri().path(), self.domain.as_deref()) {
+            Some(r) => r,
+            // The gateway's own API lives on paths no connection routes.
+            None if req.uri().path() == crate::api::TOKENS => {
+                return crate::api::mint_for_agent(self, req, principal).await;
+            }
+            None => return Err(ProxyError::NoRoute),
+        };
         let Some((name, upstream)) = self.upstreams.get_key_value(r.connection) else {
             return Err(match self.protocols.get(r.connection) {
                 Some(protocol) => ProxyError::WrongProtocol {

@@ -44,6 +44,8 @@ pub struct NewTokenRow<'a> {
     pub groups: &'a [String],
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    /// For a token a person minted for an agent: that person.
+    pub on_behalf_of: Option<&'a str>,
 }
 
 impl Store {
@@ -85,8 +87,8 @@ impl Store {
             reason: e.to_string(),
         })?;
         sqlx::query(
-            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(&t.hash.0[..])
@@ -94,6 +96,7 @@ impl Store {
         .bind(groups)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.on_behalf_of)
         .execute(&self.pool)
         .await?;
         Ok(id)
@@ -101,7 +104,7 @@ impl Store {
 
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens WHERE hash = ?",
         )
         .bind(&hash.0[..])
@@ -112,7 +115,7 @@ impl Store {
 
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens WHERE id = ?",
         )
         .bind(id)
@@ -123,7 +126,7 @@ impl Store {
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
@@ -161,6 +164,7 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
     })
 }
 
@@ -341,6 +345,27 @@ impl Store {
 }
 
 impl portcullis_identity::TokenStore for Store {
+    fn mint<'a>(
+        &'a self,
+        m: &'a portcullis_identity::Mint<'a>,
+    ) -> portcullis_identity::MintFuture<'a> {
+        Box::pin(async move {
+            self.insert_token(&NewTokenRow {
+                hash: m.hash,
+                subject: m.subject,
+                groups: m.groups,
+                created_at: m.created_at,
+                expires_at: Some(m.expires_at),
+                on_behalf_of: Some(m.on_behalf_of),
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "storing a delegated token failed");
+                portcullis_identity::AuthError::Unavailable
+            })
+        })
+    }
+
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
         Box::pin(async move {
             self.token_by_hash(hash).await.map_err(|e| {
@@ -369,6 +394,7 @@ mod tests {
                 groups: &groups,
                 created_at: 10,
                 expires_at: Some(1000),
+                on_behalf_of: None,
             })
             .await
             .unwrap();
@@ -401,6 +427,7 @@ mod tests {
                 groups: &[],
                 created_at: 1,
                 expires_at: None,
+                on_behalf_of: None,
             })
             .await
             .unwrap();

@@ -43,6 +43,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
         recording_digest TEXT
     )",
     ),
+    // A token a person minted for an agent names that person.
+    (4, "ALTER TABLE tokens ADD COLUMN on_behalf_of TEXT"),
 ];
 
 pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {

@@ -170,6 +170,55 @@ pub(crate) async fn token_for(gateway: &str) -> anyhow::Result<String> {
     Ok(bearer)
 }
 
+/// `token create --gateway`: ask the gateway to mint a token for an agent
+/// acting for the signed-in person.
+pub(crate) async fn mint_remote(
+    gateway: &str,
+    ca: Option<&PathBuf>,
+    principal: &str,
+    ttl: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let gateway = normalize(gateway)?;
+    let bearer = token_for(&gateway).await?;
+    let mut body = serde_json::json!({ "principal": principal });
+    if let Some(t) = ttl {
+        body["ttl"] = format!("{}s", t.as_secs()).into();
+    }
+    let url = format!("{gateway}/api/v1/tokens");
+    let resp = http(ca)?
+        .post(&url)
+        .bearer_auth(&bearer)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url}: HTTP {status}, not JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "the gateway refused (HTTP {status}): {}",
+            v["message"].as_str().unwrap_or("no message")
+        );
+    }
+    if json {
+        println!("{v}");
+    } else {
+        eprintln!(
+            "created token {} for {} acting for {}, expires at {} (Unix time). It is shown once:",
+            v["id"].as_str().unwrap_or("?"),
+            v["principal"].as_str().unwrap_or("?"),
+            v["on_behalf_of"].as_str().unwrap_or("?"),
+            v["expires_at"]
+        );
+        println!("{}", v["token"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
 /// Single-quote for POSIX shells.
 fn sh(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))

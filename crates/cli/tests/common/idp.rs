@@ -48,6 +48,11 @@ impl Idp {
     /// Start a provider whose interactive logins succeed as `user` in
     /// `groups`. `dir` receives its certificate and log.
     pub fn start(dir: &Path, user: &str, groups: &str) -> Idp {
+        Self::start_with(dir, user, groups, &[])
+    }
+
+    /// [`Idp::start`] with more `idp.mjs` options (e.g. `--access-ttl`).
+    pub fn start_with(dir: &Path, user: &str, groups: &str, extra: &[&str]) -> Idp {
         ensure_packages();
         std::fs::create_dir_all(dir).unwrap();
         let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
@@ -66,6 +71,7 @@ impl Idp {
             .args(["--cert", dir.join("idp.pem").to_str().unwrap()])
             .args(["--key", dir.join("idp.key").to_str().unwrap()])
             .args(["--user", user, "--groups", groups])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
