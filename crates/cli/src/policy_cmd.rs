@@ -25,6 +25,13 @@ pub(crate) enum PolicyCommand {
     },
 }
 
+fn kind_name(k: PrincipalKind) -> &'static str {
+    match k {
+        PrincipalKind::Human => "human",
+        PrincipalKind::Agent => "agent",
+    }
+}
+
 pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
     let PolicyCommand::Explain {
         principal,
@@ -49,6 +56,7 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
     if *json {
         let mut v = serde_json::to_value(&decision)?;
         v["principal"] = principal.clone().into();
+        v["kind"] = serde_json::to_value(p.kind)?;
         v["connection"] = connection.clone().into();
         v["connection_defined"] = known.into();
         println!("{v}");
@@ -60,10 +68,14 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
                     Match::Group(g) => format!("it names group {g}"),
                 };
                 println!(
-                    "ALLOW: {principal} may reach {connection:?}: grant {rule:?} applies ({how})"
+                    "ALLOW: {principal} ({kind}) may reach {connection:?}: grant {rule:?} applies ({how})",
+                    kind = kind_name(p.kind)
                 );
             }
-            Decision::Deny { reason } => println!("DENY: {reason} (deny by default)"),
+            Decision::Deny { reason } => println!(
+                "DENY: {reason} ({} principals are denied by default)",
+                kind_name(p.kind)
+            ),
         }
         if !known {
             println!(

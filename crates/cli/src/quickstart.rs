@@ -217,6 +217,9 @@ admin_listen = "{admin}"
 cert = "server.pem"
 key = "server.key"
 tls = {{ profile = "intermediate" }}
+# Client certificates from this folder's CA (`portcullis cert issue`)
+# authenticate callers; without one, callers use a token.
+client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
 
 [store]
 path = "portcullis.db"

@@ -592,5 +592,13 @@ fn server_certificate_rotates_under_load_without_failures() {
         m.body
     );
     assert!(m.body.contains("result=\"ok\"} 1"), "{}", m.body);
+    // The CA bundle of the demo connection is exported too.
+    assert!(
+        m.body.lines().any(
+            |l| l.starts_with("portcullis_certificate_not_after_seconds{") && l.contains("ca.pem")
+        ),
+        "{}",
+        m.body
+    );
     let _ = url;
 }

@@ -258,3 +258,79 @@ fn masking_rules() {
     ));
     assert!(e.contains("refuse") && e.contains("mask_as_text"), "{e}");
 }
+
+#[test]
+fn oidc_issuers() {
+    let c = parse(&with(
+        r#"
+[[oidc]]
+issuer = "https://idp.example.com"
+audiences = ["portcullis"]
+login_client_id = "portcullis-cli"
+"#,
+    ))
+    .unwrap();
+    let o = &c.oidc[0];
+    assert_eq!(o.settings.issuer, "https://idp.example.com");
+    assert_eq!(o.settings.groups_claim, "groups");
+    assert_eq!(o.settings.subject_claim, "sub");
+    assert_eq!(o.settings.leeway_secs, 60);
+    assert_eq!(o.refresh_interval, Duration::from_secs(3600));
+    assert_eq!(o.login.as_ref().unwrap().scopes, "openid offline_access");
+
+    let base = "[[oidc]]\nissuer = \"https://i\"\naudiences = [\"a\"]\n";
+    let e = err(&with(&format!("{base}algorithms = [\"HS256\"]\n")));
+    assert!(
+        e.contains("oidc[0].algorithms") && e.contains("symmetric"),
+        "{e}"
+    );
+    let e = err(&with(&format!("{base}algorithms = [\"none\"]\n")));
+    assert!(e.contains("oidc[0].algorithms"), "{e}");
+    let e = err(&with(
+        "[[oidc]]\nissuer = \"http://i\"\naudiences = [\"a\"]\n",
+    ));
+    assert!(e.contains("oidc[0].issuer") && e.contains("https"), "{e}");
+    let e = err(&with("[[oidc]]\nissuer = \"https://i\"\naudiences = []\n"));
+    assert!(e.contains("oidc[0].audiences"), "{e}");
+    let e = err(&with(&format!("{base}refresh_interval = \"1s\"\n")));
+    assert!(e.contains("oidc[0].refresh_interval"), "{e}");
+    let e = err(&with(&format!("{base}\n{base}")));
+    assert!(e.contains("oidc[1].issuer"), "{e}");
+}
+
+#[test]
+fn client_auth_per_listener() {
+    let c = parse(&MINIMAL.replace(
+        "key = \"s.key\"",
+        "key = \"s.key\"\nclient_auth = { mode = \"required\", ca_file = \"clients.pem\", principal_from = [\"cn\"] }",
+    ))
+    .unwrap();
+    let a = &c.gateway.client_auth;
+    assert_eq!(a.mode, ClientCertMode::Required);
+    assert_eq!(
+        a.ca_file.as_deref(),
+        Some(Path::new("/etc/portcullis/clients.pem"))
+    );
+    assert_eq!(a.principal_from, vec![CertName::CommonName]);
+    assert_eq!(
+        parse(MINIMAL).unwrap().gateway.client_auth,
+        ClientAuth::default()
+    );
+
+    let e = err(&MINIMAL.replace(
+        "key = \"s.key\"",
+        "key = \"s.key\"\nclient_auth = { mode = \"optional\" }",
+    ));
+    assert!(e.contains("gateway.client_auth.ca_file"), "{e}");
+    let e = err(&with(
+        "[postgres]\nlisten = \"127.0.0.1:0\"\nclient_auth = { mode = \"sometimes\", ca_file = \"c.pem\" }\n",
+    ));
+    assert!(
+        e.contains("postgres.client_auth.mode") && e.contains("required"),
+        "{e}"
+    );
+    let e = err(&with(
+        "[postgres]\nlisten = \"127.0.0.1:0\"\nclient_auth = { mode = \"optional\", ca_file = \"c.pem\", principal_from = [\"email\"] }\n",
+    ));
+    assert!(e.contains("principal_from"), "{e}");
+}

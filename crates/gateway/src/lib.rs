@@ -190,6 +190,22 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             what: "the gateway listener",
             source,
         })?;
+    let bundles = cfg
+        .connections
+        .iter()
+        .filter_map(|c| c.ca_file.clone())
+        .chain(cfg.oidc.iter().filter_map(|o| o.ca_file.clone()))
+        .chain(cfg.gateway.client_auth.ca_file.clone())
+        .chain(
+            cfg.postgres
+                .as_ref()
+                .and_then(|p| p.client_auth.ca_file.clone()),
+        );
+    for path in bundles.collect::<std::collections::BTreeSet<_>>() {
+        if let Err(e) = cert_metrics.report_bundle(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read certificate bundle for its expiry");
+        }
+    }
     let certs = portcullis_tls::ReloadingCert::load(
         &cfg.gateway.cert,
         &cfg.gateway.key,

@@ -71,6 +71,28 @@ impl CertMetrics {
     }
 }
 
+impl CertMetrics {
+    /// Export the earliest expiry in a PEM bundle (a CA file of a
+    /// connection, a listener's client CA, an identity provider's CA), and
+    /// warn when it is near.
+    pub fn report_bundle(&self, path: &Path) -> Result<(), TlsError> {
+        let chain = crate::load_cert_chain(path)?;
+        let mut earliest = i64::MAX;
+        for c in &chain {
+            earliest = earliest.min(not_after_of(c, path)?);
+        }
+        self.not_after
+            .get_or_create(&CertLabels {
+                path: path.display().to_string(),
+            })
+            .set(earliest);
+        if earliest - unix_now() < EXPIRY_WARNING.as_secs() as i64 {
+            tracing::warn!(path = %path.display(), not_after = earliest, "a certificate in this bundle expires soon");
+        }
+        Ok(())
+    }
+}
+
 struct Loaded {
     key: Arc<CertifiedKey>,
     /// The files' bytes this was built from.
