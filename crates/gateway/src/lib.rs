@@ -48,6 +48,8 @@ pub enum GatewayError {
     Audit(#[from] portcullis_audit::AuditError),
     #[error("OIDC: {0}")]
     Oidc(String),
+    #[error(transparent)]
+    Mcp(#[from] portcullis_mcp::SetupError),
 }
 
 /// A gateway that is accepting connections.
@@ -406,10 +408,36 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         }
     };
 
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .map(String::from)
+        .to_vec();
+    if let Some(h) = public_url
+        .strip_prefix("https://")
+        .and_then(|r| r.split(['/', ':']).next())
+        .filter(|h| !h.is_empty())
+    {
+        hosts.push(h.to_string());
+    }
+    hosts.push(https_addr.ip().to_string());
+    if let Some(d) = &cfg.gateway.domain {
+        hosts.push(d.clone());
+    }
+    let mcp = portcullis_mcp::McpEndpoint::new(
+        cfg,
+        masks.clone(),
+        mask_metrics.clone(),
+        sessions.clone(),
+        hosts,
+    )?;
+    let main = listener::GatewayFront {
+        http: front.clone(),
+        mcp,
+        sessions: sessions.clone(),
+    };
     tracker.spawn(listener::serve(
         l,
         acceptor,
-        front.clone(),
+        main,
         settings(public_url.clone()),
         tls_metrics,
         shutdown.clone(),

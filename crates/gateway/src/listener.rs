@@ -40,6 +40,48 @@ impl Handler for HttpFront {
     }
 }
 
+/// The gateway's main listener: the proxy, plus the MCP endpoint at
+/// `/mcp` (on the gateway's own host; a connection's host name or a
+/// `/c/<connection>/mcp` path still goes to that connection).
+#[derive(Clone)]
+pub struct GatewayFront {
+    pub http: HttpFront,
+    pub mcp: portcullis_mcp::McpEndpoint,
+    pub sessions: portcullis_audit::Sessions,
+}
+
+pub const MCP_PATH: &str = "/mcp";
+
+impl Handler for GatewayFront {
+    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        let host = req.uri().host().map(str::to_owned).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+        let path = req.uri().path();
+        if path != MCP_PATH || self.http.routes(host.as_deref(), path) {
+            return self.http.handle(req, &conn).await;
+        }
+        match self.http.authenticate(req.headers(), &conn).await {
+            Ok(principal) => {
+                let caller = portcullis_mcp::Caller {
+                    principal,
+                    peer: conn.peer.to_string(),
+                };
+                self.mcp.handle(req, caller).await
+            }
+            Err(e) => {
+                self.sessions
+                    .refusal(None, None, "mcp", conn.peer.to_string(), e.to_string())
+                    .await;
+                e.into_response()
+            }
+        }
+    }
+}
+
 pub struct ListenerSettings {
     pub public_url: String,
     pub handshake_timeout: Duration,

@@ -112,6 +112,22 @@ impl HttpFront {
         })
     }
 
+    /// Authenticate a request the way the front does (for the gateway's
+    /// other endpoints on this listener, such as `/mcp`).
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<Principal, ProxyError> {
+        self.inner.authenticate(headers, conn).await
+    }
+
+    /// Whether `host`/`path` routes to a connection (and so belongs to
+    /// the proxy, not to the gateway's own endpoints).
+    pub fn routes(&self, host: Option<&str>, path: &str) -> bool {
+        route(host, path, self.inner.domain.as_deref()).is_some()
+    }
+
     /// Where the PostgreSQL listener ended up (after binding), for
     /// [`WELL_KNOWN`].
     pub fn set_postgres_port(&self, port: u16) {
@@ -264,17 +280,14 @@ impl Inner {
         Response::from_parts(parts, body.boxed())
     }
 
-    async fn proxy<'a>(
-        &'a self,
-        req: Request<Incoming>,
+    /// Who is calling: a bearer token when present, otherwise the client
+    /// certificate verified in the handshake.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
         conn: &ConnInfo,
-        seen: &mut Seen<'a>,
-    ) -> Result<Response<Body>, ProxyError> {
-        // Authenticate before routing, so that unauthenticated callers
-        // learn nothing about which connections exist.
-        // A bearer token names the caller when present; otherwise the
-        // client certificate verified in the handshake does.
-        let authorization = req.headers().get(header::AUTHORIZATION);
+    ) -> Result<Principal, ProxyError> {
+        let authorization = headers.get(header::AUTHORIZATION);
         let credential = match (authorization, &conn.tls.client_cert) {
             (None, Some(der)) => Credential::Certificate {
                 der,
@@ -284,12 +297,23 @@ impl Inner {
                 token::bearer(authorization.map(|v| v.as_bytes())).map_err(ProxyError::Auth)?,
             ),
         };
-        let principal = self.auth.authenticate(credential).await.map_err(|e| {
+        self.auth.authenticate(credential).await.map_err(|e| {
             if e != AuthError::Unavailable {
                 tracing::info!(peer = %conn.peer, reason = %e, "caller not authenticated");
             }
             ProxyError::Auth(e)
-        })?;
+        })
+    }
+
+    async fn proxy<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        seen: &mut Seen<'a>,
+    ) -> Result<Response<Body>, ProxyError> {
+        // Authenticate before routing, so that unauthenticated callers
+        // learn nothing about which connections exist.
+        let principal = self.authenticate(req.headers(), conn).await?;
         seen.principal = Some(principal);
         let principal = seen.principal.as_ref().expect("just set");
 

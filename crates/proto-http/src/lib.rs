@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
 pub use front::{ConnInfo, HttpFront};
+pub use masking::{MaskFailure, mask_response};
 pub use metrics::HttpMetrics;
 pub use portcullis_mask::MaskMetrics;
 pub use upstream::{ForwardError, SetupError, Upstream};

@@ -31,11 +31,15 @@ pub enum SetupError {
 }
 
 /// Why one forwarded request failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    #[error("the target did not answer within {:.1}s", .0.as_secs_f64())]
     Timeout(Duration),
+    #[error("the request body is over the limit")]
     BodyTooLarge,
+    #[error("{0}")]
     CallerBody(String),
+    #[error("{0}")]
     Upstream(String),
 }
 

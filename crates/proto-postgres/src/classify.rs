@@ -55,6 +55,13 @@ pub fn classify(sql: &str) -> Class {
     }
 }
 
+/// How many statements `sql` holds; `None` when it does not parse.
+pub fn statement_count(sql: &str) -> Option<usize> {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .ok()
+        .map(|s| s.len())
+}
+
 /// Settings a caller may not change on a guarded connection: they would
 /// undo the read-only session or change who the session acts as.
 const GUARDED_SETTINGS: &[&str] = &[

@@ -14,4 +14,4 @@ pub mod recording;
 mod upstream;
 
 pub use front::{ALPN, PgFront, PgMetrics};
-pub use upstream::{PgUpstream, SetupError, UpstreamError, UpstreamSession};
+pub use upstream::{PgUpstream, QueryOutcome, SetupError, UpstreamError, UpstreamSession};

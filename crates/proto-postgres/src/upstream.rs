@@ -541,30 +541,7 @@ impl UpstreamSession {
                 UpstreamError::Protocol("the target closed the connection".into())
             })?;
             match m.tag {
-                b'D' => {
-                    let mut b = &m.body[..];
-                    let n = b
-                        .get(..2)
-                        .map(|x| i16::from_be_bytes([x[0], x[1]]))
-                        .unwrap_or(0);
-                    b = b.get(2..).unwrap_or_default();
-                    let mut row = Vec::new();
-                    for _ in 0..n {
-                        let len = b
-                            .get(..4)
-                            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
-                            .unwrap_or(-1);
-                        b = b.get(4..).unwrap_or_default();
-                        if len < 0 {
-                            row.push(None);
-                        } else {
-                            let (v, rest) = b.split_at((len as usize).min(b.len()));
-                            row.push(Some(String::from_utf8_lossy(v).into_owned()));
-                            b = rest;
-                        }
-                    }
-                    rows.push(row);
-                }
+                b'D' => rows.push(data_row_text(&m.body)),
                 b'E' => failed = Some(error_text(&m)),
                 b'Z' => {
                     self.status = m.body.first().copied().unwrap_or(b'I');
@@ -577,6 +554,113 @@ impl UpstreamSession {
             }
         }
     }
+}
+
+/// The result of [`UpstreamSession::query`]: the last result set's
+/// columns and up to `max_rows` of its rows (text format).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryOutcome {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows the statement returned, including those not kept.
+    pub total_rows: u64,
+    /// CommandComplete tags, in order (e.g. `SELECT 3`).
+    pub tags: Vec<String>,
+}
+
+impl UpstreamSession {
+    /// Run `sql` as a simple query, keeping at most `max_rows` rows in
+    /// memory (the rest are read and counted, not kept): the caller sets
+    /// a `statement_timeout` first to bound the time as well.
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<QueryOutcome, UpstreamError> {
+        self.writer
+            .write_all(&messages::query(sql).to_bytes())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let mut out = QueryOutcome::default();
+        let mut failed = None;
+        loop {
+            let m = self.reader.next().await?.ok_or_else(|| {
+                UpstreamError::Protocol("the target closed the connection".into())
+            })?;
+            match m.tag {
+                b'T' => {
+                    out.columns = row_description_names(&m.body);
+                    out.rows.clear();
+                    out.total_rows = 0;
+                }
+                b'D' => {
+                    out.total_rows += 1;
+                    if out.rows.len() < max_rows {
+                        out.rows.push(data_row_text(&m.body));
+                    }
+                }
+                b'C' => out.tags.push(
+                    String::from_utf8_lossy(m.body.strip_suffix(&[0]).unwrap_or(&m.body))
+                        .into_owned(),
+                ),
+                b'E' => failed = Some(error_text(&m)),
+                b'Z' => {
+                    self.status = m.body.first().copied().unwrap_or(b'I');
+                    return match failed {
+                        Some(e) => Err(UpstreamError::Server(e)),
+                        None => Ok(out),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Column names of a RowDescription body.
+fn row_description_names(body: &[u8]) -> Vec<String> {
+    let n = body
+        .get(..2)
+        .map(|x| i16::from_be_bytes([x[0], x[1]]))
+        .unwrap_or(0)
+        .max(0) as usize;
+    let mut rest = body.get(2..).unwrap_or_default();
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            break;
+        };
+        names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        // name NUL, then table oid (4), column (2), type oid (4), size (2),
+        // modifier (4), format (2).
+        rest = rest.get(end + 1 + 18..).unwrap_or_default();
+    }
+    names
+}
+
+/// Cells of a DataRow body as text; `None` is NULL.
+fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
+    let n = body
+        .get(..2)
+        .map(|x| i16::from_be_bytes([x[0], x[1]]))
+        .unwrap_or(0);
+    let mut b = body.get(2..).unwrap_or_default();
+    let mut row = Vec::new();
+    for _ in 0..n {
+        let len = b
+            .get(..4)
+            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+            .unwrap_or(-1);
+        b = b.get(4..).unwrap_or_default();
+        if len < 0 {
+            row.push(None);
+        } else {
+            let (v, rest) = b.split_at((len as usize).min(b.len()));
+            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+            b = rest;
+        }
+    }
+    row
 }
 
 /// "CODE: message" of an ErrorResponse.

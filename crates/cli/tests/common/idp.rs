@@ -1,5 +1,5 @@
 //! A real OpenID provider for the identity tests: panva's `oidc-provider`
-//! (certified) run by Node.js from `tests/oidc/idp.mjs`, over HTTPS on
+//! (certified) run by Node.js from `tests/node/idp.mjs`, over HTTPS on
 //! loopback with a certificate from a test CA.
 
 use std::io::{BufRead, BufReader};
@@ -15,17 +15,20 @@ pub const CI_SECRET: &str = "ci-bot-secret-not-a-canary";
 pub const CLI_CLIENT: &str = "portcullis-cli";
 pub const AUDIENCE: &str = "https://portcullis.test";
 
-fn harness_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc")
+pub fn harness_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
 }
 
-/// `npm ci` once per test binary when the harness's packages are missing
+/// `npm ci` once per test binary when the harness's packages (the IdP
+/// and the MCP client SDK) are missing
 /// (the README's test command must work on a fresh clone).
-fn ensure_packages() {
+pub fn ensure_packages() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = harness_dir();
-        if dir.join("node_modules/oidc-provider").exists() {
+        if dir.join("node_modules/oidc-provider").exists()
+            && dir.join("node_modules/@modelcontextprotocol/sdk").exists()
+        {
             return;
         }
         let st = Command::new("npm")

@@ -1,0 +1,175 @@
+//! Portcullis as an MCP server: a Streamable HTTP endpoint (`/mcp` on the
+//! gateway's TLS listener) whose tools reach the connections the caller
+//! has been granted, through the same policy, guardrails, masking,
+//! recording and audit as psql or curl.
+//!
+//! The gateway authenticates the request before it gets here and passes
+//! the [`Caller`] along in the request's extensions; rmcp (the official
+//! SDK) does the protocol. Each tool call that touches a connection is its
+//! own session (protocol `mcp`) in the audit log and the recordings.
+
+mod server;
+mod sql;
+mod tools;
+mod web;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use portcullis_config::{Access, Config, Target};
+use portcullis_identity::Principal;
+use portcullis_policy::Policy;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+pub use server::McpServer;
+
+/// Who called, as the gateway established it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub peer: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Http(#[from] portcullis_http::SetupError),
+    #[error(transparent)]
+    Postgres(#[from] portcullis_postgres::SetupError),
+}
+
+/// One connection as the tools see it.
+pub(crate) struct Conn {
+    pub name: String,
+    pub kind: Kind,
+}
+
+pub(crate) enum Kind {
+    Http(portcullis_http::Upstream),
+    Postgres {
+        upstream: Arc<portcullis_postgres::PgUpstream>,
+        read_only: bool,
+    },
+}
+
+impl Kind {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Kind::Http(_) => "http",
+            Kind::Postgres { .. } => "postgres",
+        }
+    }
+
+    pub fn access(&self) -> &'static str {
+        match self {
+            Kind::Postgres {
+                read_only: true, ..
+            } => "read-only",
+            _ => "read-write",
+        }
+    }
+}
+
+/// What the tools share.
+pub(crate) struct Context {
+    pub connections: Vec<Conn>,
+    pub by_name: HashMap<String, usize>,
+    pub policy: Policy,
+    pub masks: Arc<portcullis_mask::RuleSet>,
+    pub mask_metrics: portcullis_mask::MaskMetrics,
+    pub sessions: portcullis_audit::Sessions,
+}
+
+impl Context {
+    pub fn get(&self, name: &str) -> Option<&Conn> {
+        self.by_name.get(name).map(|&i| &self.connections[i])
+    }
+}
+
+/// The `/mcp` endpoint.
+#[derive(Clone)]
+pub struct McpEndpoint {
+    service: Arc<StreamableHttpService<McpServer, LocalSessionManager>>,
+}
+
+impl McpEndpoint {
+    /// Build the endpoint for `cfg`'s connections. `hosts` are the names
+    /// callers use for the gateway (checked against `Host`, rmcp's
+    /// DNS-rebinding guard).
+    pub fn new(
+        cfg: &Config,
+        masks: Arc<portcullis_mask::RuleSet>,
+        mask_metrics: portcullis_mask::MaskMetrics,
+        sessions: portcullis_audit::Sessions,
+        hosts: Vec<String>,
+    ) -> Result<Self, SetupError> {
+        let mut connections = Vec::new();
+        for c in &cfg.connections {
+            let kind = match &c.target {
+                Target::Http(t) => Kind::Http(portcullis_http::Upstream::new(
+                    c,
+                    t,
+                    &cfg.upstream_tls,
+                )?),
+                Target::Postgres(t) => Kind::Postgres {
+                    upstream: Arc::new(portcullis_postgres::PgUpstream::new(
+                        c,
+                        t,
+                        &cfg.upstream_tls,
+                    )?),
+                    read_only: t.access == Access::ReadOnly,
+                },
+            };
+            connections.push(Conn {
+                name: c.name.clone(),
+                kind,
+            });
+        }
+        let by_name = connections
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let ctx = Arc::new(Context {
+            connections,
+            by_name,
+            policy: Policy::new(cfg.grants.clone()),
+            masks,
+            mask_metrics,
+            sessions,
+        });
+        let mut config = StreamableHttpServerConfig::default();
+        // Stateless, one JSON answer per request: nothing to resume, and
+        // each call is authenticated on its own.
+        config.legacy_session_mode = false;
+        config.json_response = true;
+        config.allowed_hosts = hosts;
+        let service = StreamableHttpService::new(
+            move || Ok(McpServer::new(ctx.clone())),
+            Default::default(),
+            config,
+        );
+        Ok(Self {
+            service: Arc::new(service),
+        })
+    }
+
+    /// Serve one authenticated request.
+    pub async fn handle<B>(&self, mut req: Request<B>, caller: Caller) -> Response<Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        req.extensions_mut().insert(caller);
+        let resp = self.service.handle(req).await;
+        resp.map(|b| b.map_err(|never| match never {}).boxed())
+    }
+}
+
+pub type Body = portcullis_http::Body;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+//! `sql_query` and `describe_schema`: one statement on an upstream
+//! session from the connection's pool, bounded in rows (kept) and time
+//! (`statement_timeout` on the target), with every cell masked by the
+//! connection's rule before it is recorded or returned.
+
+use std::time::Duration;
+
+use portcullis_mask::Cell;
+use portcullis_postgres::classify::{self, Class};
+use portcullis_postgres::{QueryOutcome, UpstreamError};
+use portcullis_record::Event;
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::{Value, json};
+
+use crate::tools::{self, ToolError, int_arg, str_arg};
+use crate::{Caller, Context, Kind};
+
+/// Longest cell shown in the text table; the structured result has all.
+const CELL_WIDTH: usize = 60;
+
+pub async fn sql_query(
+    ctx: &Context,
+    who: &Caller,
+    args: &Value,
+) -> Result<CallToolResult, ToolError> {
+    let name = str_arg(args, "connection")?;
+    let sql = str_arg(args, "sql")?;
+    if sql.len() > 100_000 {
+        return Err(ToolError::Params("sql is longer than 100000 bytes".into()));
+    }
+    let max_rows = int_arg(args, "max_rows", tools::DEFAULT_ROWS, 1, tools::MAX_ROWS_LIMIT)?;
+    let timeout_ms = int_arg(
+        args,
+        "timeout_ms",
+        tools::DEFAULT_TIMEOUT_MS,
+        100,
+        tools::MAX_TIMEOUT_MS,
+    )?;
+    let (conn, rule) = tools::admit(ctx, who, name, "postgres", "sql_query").await?;
+    let Kind::Postgres { read_only, .. } = &conn.kind else {
+        unreachable!("admit checked the protocol")
+    };
+    // One statement per call: the result is one table, and a guard cannot
+    // be undone by a second statement in the same string.
+    match classify::statement_count(sql) {
+        Some(1) => {}
+        Some(0) => return Err(ToolError::Params("sql holds no statement".into())),
+        Some(n) => {
+            return Err(ToolError::Params(format!(
+                "send one statement per call (this holds {n})"
+            )));
+        }
+        None if *read_only => {
+            return Err(refused(ctx, who, name, "the statement does not parse, so it cannot be shown to be read-only").await);
+        }
+        None => {}
+    }
+    if *read_only {
+        let class = classify::classify(sql);
+        if class != Class::Read {
+            let reason = format!(
+                "access = \"read-only\": a {} statement is not allowed",
+                class.as_str()
+            );
+            return Err(refused(ctx, who, name, &reason).await);
+        }
+    }
+    run(ctx, who, name, rule, sql, max_rows as usize, timeout_ms, |out, masked| {
+        let table = text_table(&out.columns, &masked);
+        let shown = masked.len() as u64;
+        let mut text = table;
+        if out.total_rows > shown {
+            text.push_str(&format!(
+                "\n({} of {} rows shown; raise max_rows or narrow the query)",
+                shown, out.total_rows
+            ));
+        } else if out.columns.is_empty() {
+            text = out.tags.join("\n");
+        }
+        let mut r = CallToolResult::structured(json!({
+            "columns": out.columns,
+            "rows": masked,
+            "row_count": out.total_rows,
+            "truncated": out.total_rows > shown,
+            "command": out.tags.last(),
+        }));
+        r.content = vec![ContentBlock::text(text)];
+        r
+    })
+    .await
+}
+
+pub async fn describe_schema(
+    ctx: &Context,
+    who: &Caller,
+    args: &Value,
+) -> Result<CallToolResult, ToolError> {
+    let name = str_arg(args, "connection")?;
+    let filter = match args.get("schema").and_then(Value::as_str) {
+        None => "table_schema NOT IN ('pg_catalog', 'information_schema')".to_string(),
+        Some(s)
+            if !s.is_empty()
+                && s.len() <= 63
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            // Checked to be an identifier above: safe to quote as a literal.
+            format!("table_schema = '{s}'")
+        }
+        Some(_) => return Err(ToolError::Params("schema must be an identifier".into())),
+    };
+    let (_, rule) = tools::admit(ctx, who, name, "postgres", "describe_schema").await?;
+    let sql = format!(
+        "SELECT table_schema, table_name, column_name, data_type, is_nullable \
+         FROM information_schema.columns WHERE {filter} \
+         ORDER BY table_schema, table_name, ordinal_position"
+    );
+    run(ctx, who, name, rule, &sql, 5000, 10_000, |_, rows| {
+        let mut tables: Vec<Value> = Vec::new();
+        let mut text = String::new();
+        for r in &rows {
+            let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            let (schema, table) = (cell(0), cell(1));
+            let same = tables
+                .last()
+                .is_some_and(|t| t["schema"] == schema.as_str() && t["table"] == table.as_str());
+            if !same {
+                text.push_str(&format!("{schema}.{table}\n"));
+                tables.push(json!({"schema": schema, "table": table, "columns": []}));
+            }
+            let column = json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
+            text.push_str(&format!("  {} {}{}\n", cell(2), cell(3), if cell(4) == "YES" { "" } else { " not null" }));
+            if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
+                cols.push(column);
+            }
+        }
+        let mut r = CallToolResult::structured(json!({ "tables": tables }));
+        r.content = vec![ContentBlock::text(if text.is_empty() {
+            "no tables".to_string()
+        } else {
+            text
+        })];
+        r
+    })
+    .await
+}
+
+async fn refused(ctx: &Context, who: &Caller, name: &str, reason: &str) -> ToolError {
+    ctx.sessions
+        .refusal(
+            Some(who.principal.subject.clone()),
+            Some(name.to_string()),
+            "mcp",
+            who.peer.clone(),
+            reason.to_string(),
+        )
+        .await;
+    ToolError::Refused {
+        connection: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Open the session, run `sql`, mask, record, seal; `shape` turns the
+/// outcome and its masked rows into the tool result.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    rule: String,
+    sql: &str,
+    max_rows: usize,
+    timeout_ms: u64,
+    shape: impl FnOnce(&QueryOutcome, Vec<Vec<Option<String>>>) -> CallToolResult,
+) -> Result<CallToolResult, ToolError> {
+    let Some(conn) = ctx.get(name) else {
+        return Err(ToolError::UnknownConnection(name.into()));
+    };
+    let Kind::Postgres { upstream, .. } = &conn.kind else {
+        return Err(ToolError::UnknownConnection(name.into()));
+    };
+    let open = tools::open(ctx, who, name, rule).await?;
+    let rec = open.recorder.clone();
+    let _ = rec.event(Event::PgQuery { sql: sql.to_string() });
+    let target_err = |reason: String| ToolError::Target {
+        connection: name.to_string(),
+        reason,
+    };
+    let work = async {
+        let mut session = upstream
+            .connect(&[])
+            .await
+            .map_err(|e| target_err(e.to_string()))?;
+        session
+            .query(&format!("SET statement_timeout = {timeout_ms}"), 0)
+            .await
+            .map_err(|e| target_err(e.to_string()))?;
+        let result = session.query(sql, max_rows).await;
+        // A session that ends idle goes back to the pool (DISCARD ALL);
+        // one left inside a transaction is dropped.
+        if session.status == b'I' {
+            upstream.checkin(&[], session).await;
+        }
+        Ok::<_, ToolError>(result)
+    };
+    // The target stops the statement at statement_timeout; this bounds
+    // the rest (connecting, a target that does not answer at all).
+    let deadline = Duration::from_millis(timeout_ms) + Duration::from_secs(5);
+    let result = match tokio::time::timeout(deadline, work).await {
+        Err(_) => Err(target_err("the target did not answer in time".into())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Err(UpstreamError::Server(msg)))) => {
+            let msg = mask_text(ctx, who, name, &msg);
+            let (code, message) = msg.split_once(": ").unwrap_or(("?????", &msg));
+            let _ = rec.event(Event::PgError {
+                code: code.to_string(),
+                message: message.to_string(),
+            });
+            Err(target_err(msg.clone()))
+        }
+        Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
+        Ok(Ok(Ok(out))) => {
+            let masked = mask_rows(ctx, who, name, &out);
+            let _ = rec.event(Event::PgRowDescription {
+                columns: out.columns.clone(),
+            });
+            for row in &masked {
+                let _ = rec.event(Event::PgDataRow { cells: row.clone() });
+            }
+            for tag in &out.tags {
+                let _ = rec.event(Event::PgCommandComplete { tag: tag.clone() });
+            }
+            Ok(shape(&out, masked))
+        }
+    };
+    let sent = match &result {
+        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
+        Err(e) => e.to_string().len() as u64,
+    };
+    tools::seal(open, &result, sent).await;
+    result
+}
+
+fn mask_rows(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    out: &QueryOutcome,
+) -> Vec<Vec<Option<String>>> {
+    let Some(rule) = ctx.masks.select(name, &who.principal.groups) else {
+        return out.rows.clone();
+    };
+    let mut stats = Default::default();
+    let rows = out
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(i, cell)| {
+                    let v = cell.as_deref()?;
+                    let column = out.columns.get(i).map(String::as_str).unwrap_or("");
+                    match rule.masker.mask_cell(column, None, v, &mut stats) {
+                        Cell::Keep => Some(v.to_string()),
+                        Cell::Replace(s) => Some(s),
+                        Cell::Null => None,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    ctx.mask_metrics.record(name, &stats);
+    rows
+}
+
+fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {
+    match ctx.masks.select(name, &who.principal.groups) {
+        Some(rule) => {
+            let mut stats = Default::default();
+            rule.masker.mask_str(text, &mut stats).into_owned()
+        }
+        None => text.to_string(),
+    }
+}
+
+/// A compact, pipe-separated table for the model to read.
+pub fn text_table(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
+    let clip = |s: &str| -> String {
+        let one_line = s.replace(['\n', '\r'], " ");
+        if one_line.chars().count() > CELL_WIDTH {
+            let cut: String = one_line.chars().take(CELL_WIDTH - 1).collect();
+            format!("{cut}…")
+        } else {
+            one_line
+        }
+    };
+    let mut out = columns.join(" | ");
+    for row in rows {
+        out.push('\n');
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| c.as_deref().map(clip).unwrap_or_else(|| "NULL".into()))
+            .collect();
+        out.push_str(&cells.join(" | "));
+    }
+    out
+}

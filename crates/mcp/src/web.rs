@@ -1,0 +1,196 @@
+//! `http_request`: one request to an HTTP connection through its upstream
+//! half (verified TLS, credential injected), the response masked by the
+//! connection's rule and cut at [`MAX_BODY`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use portcullis_http::BodyState;
+use portcullis_record::Event;
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::{Value, json};
+
+use crate::tools::{self, ToolError, str_arg};
+use crate::{Caller, Context, Kind};
+
+/// Largest response body returned to the model (and recorded).
+const MAX_BODY: usize = 1024 * 1024;
+/// Largest request body accepted from the model.
+const MAX_REQUEST: usize = 1024 * 1024;
+
+pub async fn http_request(
+    ctx: &Context,
+    who: &Caller,
+    args: &Value,
+) -> Result<CallToolResult, ToolError> {
+    let name = str_arg(args, "connection")?;
+    let path = str_arg(args, "path")?;
+    let method = match args.get("method").and_then(Value::as_str).unwrap_or("GET") {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| ToolError::Params("bad method".into()))?
+        }
+        other => return Err(ToolError::Params(format!("method {other:?} is not supported"))),
+    };
+    if !path.starts_with('/') || path.contains(['?', '#']) {
+        return Err(ToolError::Params(
+            "path must start with / and carry no query or fragment (use `query`)".into(),
+        ));
+    }
+    if portcullis_http::route::has_dot_segment(path) {
+        return Err(ToolError::Params(
+            "paths with `.` or `..` segments are not forwarded".into(),
+        ));
+    }
+    let query = match args.get("query") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in m {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(ToolError::Params(format!(
+                            "query value of {k:?} must be a string, number or boolean"
+                        )));
+                    }
+                };
+                q.append_pair(k, &v);
+            }
+            Some(q.finish())
+        }
+        Some(_) => return Err(ToolError::Params("query must be an object".into())),
+    };
+    let body = match args.get("body") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let b = serde_json::to_vec(v).map_err(|e| ToolError::Params(e.to_string()))?;
+            if b.len() > MAX_REQUEST {
+                return Err(ToolError::Params(format!(
+                    "body is larger than {MAX_REQUEST} bytes"
+                )));
+            }
+            Some(b)
+        }
+    };
+
+    let (conn, rule) = tools::admit(ctx, who, name, "http", "http_request").await?;
+    let Kind::Http(upstream) = &conn.kind else {
+        unreachable!("admit checked the protocol")
+    };
+    let uri = upstream
+        .target_uri(path, query.as_deref())
+        .map_err(|e| ToolError::Params(format!("path: {e}")))?;
+    let open = tools::open(ctx, who, name, rule).await?;
+    let rec = open.recorder.clone();
+    let _ = rec.event(Event::HttpRequest {
+        method: method.to_string(),
+        path: match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        },
+        headers: vec![],
+        body: body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+    });
+
+    let result: Result<CallToolResult, ToolError> = async {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::ACCEPT, "application/json, text/*;q=0.9, */*;q=0.1")
+            .header(header::USER_AGENT, "portcullis-mcp");
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(
+                Full::new(Bytes::from(body.clone().unwrap_or_default()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| ToolError::Params(e.to_string()))?;
+        let target = |reason: String| ToolError::Target {
+            connection: name.to_string(),
+            reason,
+        };
+        let resp = upstream
+            .forward(req, &Arc::new(BodyState::default()))
+            .await
+            .map_err(|e| target(e.to_string()))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let masked = match ctx.masks.select(name, &who.principal.groups) {
+            Some(rule) => {
+                let mut stats = Default::default();
+                let r = portcullis_http::mask_response(rule, &method, resp, &mut stats, None)
+                    .await
+                    .map_err(|e| target(format!("the response could not be masked: {}", e.0)))?;
+                ctx.mask_metrics.record(name, &stats);
+                r
+            }
+            None => resp.map(|b| {
+                b.map_err(|e: hyper::Error| -> portcullis_http::BoxError { Box::new(e) })
+                    .boxed()
+            }),
+        };
+        // Read by hand rather than with `Limited`: its boxed error trips a
+        // rustc limitation (higher-ranked `From` on `Send` futures).
+        let mut body = masked.into_body();
+        let mut buf = Vec::new();
+        let mut truncated = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| target(format!("reading the response: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_BODY {
+                    truncated = true;
+                    buf.clear();
+                    break;
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        let bytes = Bytes::from(buf);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let _ = rec.event(Event::HttpResponse {
+            status: status.as_u16(),
+            headers: vec![("content-type".into(), content_type.clone())],
+            body: Some(text.clone()),
+        });
+        let parsed: Option<Value> = if content_type.contains("json") {
+            serde_json::from_slice(&bytes).ok()
+        } else {
+            None
+        };
+        let shown = if truncated {
+            format!("HTTP {} ({content_type}); the body is over {MAX_BODY} bytes and was not returned", status.as_u16())
+        } else {
+            format!("HTTP {} ({content_type})\n{text}", status.as_u16())
+        };
+        let mut r = CallToolResult::structured(json!({
+            "status": status.as_u16(),
+            "content_type": content_type,
+            "body": parsed.unwrap_or(Value::String(if truncated { String::new() } else { text })),
+            "truncated": truncated,
+        }));
+        r.content = vec![ContentBlock::text(shown)];
+        if status.is_client_error() || status.is_server_error() {
+            r.is_error = Some(true);
+        }
+        Ok(r)
+    }
+    .await;
+    let sent = match &result {
+        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
+        Err(e) => e.to_string().len() as u64,
+    };
+    tools::seal(open, &result, sent).await;
+    result
+}
