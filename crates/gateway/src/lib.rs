@@ -408,9 +408,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         }
     };
 
-    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
-        .map(String::from)
-        .to_vec();
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     if let Some(h) = public_url
         .strip_prefix("https://")
         .and_then(|r| r.split(['/', ':']).next())

@@ -109,11 +109,9 @@ impl McpEndpoint {
         let mut connections = Vec::new();
         for c in &cfg.connections {
             let kind = match &c.target {
-                Target::Http(t) => Kind::Http(portcullis_http::Upstream::new(
-                    c,
-                    t,
-                    &cfg.upstream_tls,
-                )?),
+                Target::Http(t) => {
+                    Kind::Http(portcullis_http::Upstream::new(c, t, &cfg.upstream_tls)?)
+                }
                 Target::Postgres(t) => Kind::Postgres {
                     upstream: Arc::new(portcullis_postgres::PgUpstream::new(
                         c,

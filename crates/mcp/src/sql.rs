@@ -28,7 +28,13 @@ pub async fn sql_query(
     if sql.len() > 100_000 {
         return Err(ToolError::Params("sql is longer than 100000 bytes".into()));
     }
-    let max_rows = int_arg(args, "max_rows", tools::DEFAULT_ROWS, 1, tools::MAX_ROWS_LIMIT)?;
+    let max_rows = int_arg(
+        args,
+        "max_rows",
+        tools::DEFAULT_ROWS,
+        1,
+        tools::MAX_ROWS_LIMIT,
+    )?;
     let timeout_ms = int_arg(
         args,
         "timeout_ms",
@@ -51,7 +57,13 @@ pub async fn sql_query(
             )));
         }
         None if *read_only => {
-            return Err(refused(ctx, who, name, "the statement does not parse, so it cannot be shown to be read-only").await);
+            return Err(refused(
+                ctx,
+                who,
+                name,
+                "the statement does not parse, so it cannot be shown to be read-only",
+            )
+            .await);
         }
         None => {}
     }
@@ -65,28 +77,37 @@ pub async fn sql_query(
             return Err(refused(ctx, who, name, &reason).await);
         }
     }
-    run(ctx, who, name, rule, sql, max_rows as usize, timeout_ms, |out, masked| {
-        let table = text_table(&out.columns, &masked);
-        let shown = masked.len() as u64;
-        let mut text = table;
-        if out.total_rows > shown {
-            text.push_str(&format!(
-                "\n({} of {} rows shown; raise max_rows or narrow the query)",
-                shown, out.total_rows
-            ));
-        } else if out.columns.is_empty() {
-            text = out.tags.join("\n");
-        }
-        let mut r = CallToolResult::structured(json!({
-            "columns": out.columns,
-            "rows": masked,
-            "row_count": out.total_rows,
-            "truncated": out.total_rows > shown,
-            "command": out.tags.last(),
-        }));
-        r.content = vec![ContentBlock::text(text)];
-        r
-    })
+    run(
+        ctx,
+        who,
+        name,
+        rule,
+        sql,
+        max_rows as usize,
+        timeout_ms,
+        |out, masked| {
+            let table = text_table(&out.columns, &masked);
+            let shown = masked.len() as u64;
+            let mut text = table;
+            if out.total_rows > shown {
+                text.push_str(&format!(
+                    "\n({} of {} rows shown; raise max_rows or narrow the query)",
+                    shown, out.total_rows
+                ));
+            } else if out.columns.is_empty() {
+                text = out.tags.join("\n");
+            }
+            let mut r = CallToolResult::structured(json!({
+                "columns": out.columns,
+                "rows": masked,
+                "row_count": out.total_rows,
+                "truncated": out.total_rows > shown,
+                "command": out.tags.last(),
+            }));
+            r.content = vec![ContentBlock::text(text)];
+            r
+        },
+    )
     .await
 }
 
@@ -128,7 +149,12 @@ pub async fn describe_schema(
                 tables.push(json!({"schema": schema, "table": table, "columns": []}));
             }
             let column = json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
-            text.push_str(&format!("  {} {}{}\n", cell(2), cell(3), if cell(4) == "YES" { "" } else { " not null" }));
+            text.push_str(&format!(
+                "  {} {}{}\n",
+                cell(2),
+                cell(3),
+                if cell(4) == "YES" { "" } else { " not null" }
+            ));
             if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
                 cols.push(column);
             }
@@ -181,7 +207,9 @@ async fn run(
     };
     let open = tools::open(ctx, who, name, rule).await?;
     let rec = open.recorder.clone();
-    let _ = rec.event(Event::PgQuery { sql: sql.to_string() });
+    let _ = rec.event(Event::PgQuery {
+        sql: sql.to_string(),
+    });
     let target_err = |reason: String| ToolError::Target {
         connection: name.to_string(),
         reason,

@@ -8,7 +8,12 @@ fn every_tool_has_a_closed_object_schema() {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["list_connections", "sql_query", "http_request", "describe_schema"]
+        [
+            "list_connections",
+            "sql_query",
+            "http_request",
+            "describe_schema"
+        ]
     );
     for t in &tools {
         assert_eq!(t.input_schema["type"], "object", "{}", t.name);
@@ -31,7 +36,10 @@ fn integer_arguments_are_bounded() {
 fn text_table_clips_and_shows_nulls() {
     let t = text_table(
         &["id".into(), "note".into()],
-        &[vec![Some("1".into()), None], vec![Some("2".into()), Some("x\ny".repeat(40))]],
+        &[
+            vec![Some("1".into()), None],
+            vec![Some("2".into()), Some("x\ny".repeat(40))],
+        ],
     );
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines[0], "id | note");

@@ -165,7 +165,13 @@ pub fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
 }
 
 /// An optional integer argument within `min..=max`.
-pub fn int_arg(args: &Value, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ToolError> {
+pub fn int_arg(
+    args: &Value,
+    key: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ToolError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => match v.as_u64() {
@@ -199,7 +205,9 @@ pub async fn admit<'c>(
     };
     let Some(conn) = ctx.get(name) else {
         refuse("unknown connection".into()).await;
-        return Err(ToolError::UnknownConnection(name.chars().take(128).collect()));
+        return Err(ToolError::UnknownConnection(
+            name.chars().take(128).collect(),
+        ));
     };
     if conn.kind.protocol() != protocol {
         return Err(ToolError::WrongProtocol {

@@ -31,7 +31,11 @@ pub async fn http_request(
         m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") => {
             Method::from_bytes(m.as_bytes()).map_err(|_| ToolError::Params("bad method".into()))?
         }
-        other => return Err(ToolError::Params(format!("method {other:?} is not supported"))),
+        other => {
+            return Err(ToolError::Params(format!(
+                "method {other:?} is not supported"
+            )));
+        }
     };
     if !path.starts_with('/') || path.contains(['?', '#']) {
         return Err(ToolError::Params(
@@ -93,7 +97,9 @@ pub async fn http_request(
             None => path.to_string(),
         },
         headers: vec![],
-        body: body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+        body: body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
     });
 
     let result: Result<CallToolResult, ToolError> = async {
@@ -170,7 +176,10 @@ pub async fn http_request(
             None
         };
         let shown = if truncated {
-            format!("HTTP {} ({content_type}); the body is over {MAX_BODY} bytes and was not returned", status.as_u16())
+            format!(
+                "HTTP {} ({content_type}); the body is over {MAX_BODY} bytes and was not returned",
+                status.as_u16()
+            )
         } else {
             format!("HTTP {} ({content_type})\n{text}", status.as_u16())
         };

@@ -1,0 +1,439 @@
+//! The MCP endpoint driven by real MCP clients: rmcp's client (the official
+//! Rust SDK) and the official TypeScript SDK's client on Node.js, against
+//! the real PostgreSQL of the suite and a real HTTPS target.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::upstream::{self, TestUpstream};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+const API_CANARY: &str = "canary-mcp-api-key-93b1";
+const EMAIL: &str = "grace.hopper@navy.example";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    ca: String,
+    token: String,
+    api: TestUpstream,
+}
+
+fn setup() -> Setup {
+    let pg = PgCluster::shared();
+    // Once per binary: concurrent CREATE TABLE IF NOT EXISTS can collide.
+    static TABLE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        pg.psql_direct(&format!(
+            "CREATE TABLE IF NOT EXISTS mcp_customers (id int primary key, name text, email text);
+             INSERT INTO mcp_customers VALUES (1, 'Grace', '{EMAIL}') ON CONFLICT DO NOTHING;"
+        ));
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    for stem in ["server", "api"] {
+        let leaf = ca
+            .issue(
+                LeafKind::Server,
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+    }
+    let api = upstream::start(&dir.join("api.pem"), &dir.join("api.key"));
+    std::fs::write(dir.join("api-key"), API_CANARY).unwrap();
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    let pgurl = format!(
+        "postgres://postgres@localhost:{}/postgres?sslrootcert={}",
+        pg.port,
+        pg.ca.display()
+    );
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[[connections]]
+name = "db-rw"
+type = "postgres"
+url = "{pgurl}"
+password = "file:pgpw"
+
+[[connections]]
+name = "db-ro"
+type = "postgres"
+url = "{pgurl}"
+password = "file:pgpw"
+access = "read-only"
+
+[[connections]]
+name = "secret-db"
+type = "postgres"
+url = "{pgurl}"
+password = "file:pgpw"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{api}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["db-rw", "db-ro", "api"]
+
+[[masking.rules]]
+name = "pii"
+connections = ["*"]
+actions = {{ email = {{ action = "partial", keep_domain = true }} }}
+"#,
+        api = api.port,
+    );
+    let (gw, token) = gateway_with_config(dir, &config);
+    Setup {
+        ca: dir.join("ca.pem").to_str().unwrap().to_string(),
+        tmp,
+        gw,
+        token,
+        api,
+    }
+}
+
+fn http_client(ca: &str) -> reqwest::Client {
+    let roots = portcullis_tls::load_roots(std::path::Path::new(ca), false).unwrap();
+    let tls = portcullis_tls::client_config(&Default::default(), roots).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+fn text_of(r: &CallToolResult) -> String {
+    serde_json::to_value(&r.content)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["text"].as_str().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn call(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    name: &'static str,
+    args: Value,
+) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn rust_mcp_client_end_to_end() {
+    // Setup starts its own runtimes (test target, cluster): outside ours.
+    let s = setup();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(rust_client(&s));
+}
+
+async fn rust_client(s: &Setup) {
+    let transport = StreamableHttpClientTransport::with_client(
+        http_client(&s.ca),
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.gw.url))
+            .auth_header(s.token.clone()),
+    );
+    let client = ().serve(transport).await.expect("MCP initialize");
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "list_connections",
+            "sql_query",
+            "http_request",
+            "describe_schema"
+        ]
+    );
+
+    // Only granted connections are listed, with type and access.
+    let r = call(&client, "list_connections", json!({})).await;
+    let conns = r.structured_content.clone().unwrap();
+    let listed: Vec<_> = conns["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["access"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&("db-ro".into(), "read-only".into())),
+        "{listed:?}"
+    );
+    assert!(listed.iter().any(|(n, _)| n == "api"));
+    assert!(!listed.iter().any(|(n, _)| n == "secret-db"));
+
+    // Schema, for planning.
+    let r = call(
+        &client,
+        "describe_schema",
+        json!({"connection": "db-rw", "schema": "public"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text_of(&r));
+    assert!(
+        text_of(&r).contains("public.mcp_customers"),
+        "{}",
+        text_of(&r)
+    );
+    assert!(text_of(&r).contains("email text"), "{}", text_of(&r));
+
+    // A query: rows come back masked, as text and structured content.
+    let r = call(
+        &client,
+        "sql_query",
+        json!({"connection": "db-rw", "sql": "SELECT id, name, email FROM mcp_customers ORDER BY id"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text_of(&r));
+    let body = serde_json::to_string(&r).unwrap();
+    assert!(!body.contains(EMAIL), "unmasked email in {body}");
+    assert!(body.contains("@navy.example"), "{body}");
+    let sc = r.structured_content.clone().unwrap();
+    assert_eq!(sc["columns"], json!(["id", "name", "email"]));
+    assert_eq!(sc["rows"][0][1], "Grace");
+
+    // Row limit.
+    let r = call(
+        &client,
+        "sql_query",
+        json!({"connection": "db-rw", "sql": "SELECT g FROM generate_series(1, 10) g", "max_rows": 3}),
+    )
+    .await;
+    let sc = r.structured_content.clone().unwrap();
+    assert_eq!(sc["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(sc["row_count"], 10);
+    assert_eq!(sc["truncated"], true);
+
+    // Timeout, enforced by the target.
+    let r = call(
+        &client,
+        "sql_query",
+        json!({"connection": "db-rw", "sql": "SELECT pg_sleep(5)", "timeout_ms": 300}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text_of(&r).contains("57014"), "{}", text_of(&r));
+
+    // A write on a read-only connection is refused before it is sent.
+    let r = call(
+        &client,
+        "sql_query",
+        json!({"connection": "db-ro", "sql": "DELETE FROM mcp_customers"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text_of(&r).contains("read-only"), "{}", text_of(&r));
+    assert_eq!(
+        PgCluster::shared().psql_direct("SELECT count(*) FROM mcp_customers"),
+        "1"
+    );
+    // …and so is a second statement smuggled after a read (one statement
+    // per call, as the schema says: an invalid-params error).
+    let err = client
+        .call_tool(
+            CallToolRequestParams::new("sql_query").with_arguments(
+                json!({"connection": "db-ro", "sql": "SELECT 1; SET default_transaction_read_only = off"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("one statement per call"), "{err}");
+
+    // No grant, no call.
+    let r = call(
+        &client,
+        "sql_query",
+        json!({"connection": "secret-db", "sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text_of(&r).contains("agent:tester"), "{}", text_of(&r));
+
+    // An API call: the gateway adds the credential; the caller never sees it.
+    let r = call(
+        &client,
+        "http_request",
+        json!({"connection": "api", "path": "/things", "query": {"q": "x y"}}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text_of(&r));
+    assert_eq!(r.structured_content.clone().unwrap()["status"], 200);
+    let seen = s.api.last();
+    assert_eq!(seen.header("x-api-key"), Some(API_CANARY));
+    assert_eq!(seen.path_and_query, "/things?q=x+y");
+    assert!(seen.header("authorization").is_none());
+    assert!(!serde_json::to_string(&r).unwrap().contains(API_CANARY));
+    // Path tricks are refused as malformed arguments.
+    let err = client
+        .call_tool(
+            CallToolRequestParams::new("http_request").with_arguments(
+                json!({"connection": "api", "path": "/a/../admin"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await;
+    assert!(err.is_err(), "{err:?}");
+
+    client.cancel().await.ok();
+
+    // Every call is a session of the principal, in the audit log and the
+    // recordings; secrets are nowhere in the gateway's files.
+    let cfg = s.tmp.path().join("portcullis.toml");
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "sessions",
+            "list",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let sessions = String::from_utf8_lossy(&out.stdout).to_string();
+    let mcp: Vec<Value> = sessions
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["protocol"] == "mcp")
+        .collect();
+    assert!(mcp.len() >= 5, "{sessions}");
+    assert!(mcp.iter().all(|v| v["principal"] == "agent:tester"));
+    let select = mcp
+        .iter()
+        .find(|v| v["connection"] == "db-rw" && v["outcome"] == "ok")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "replay", "--json"])
+        .arg(select["id"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(replay.contains("pg_query"), "{replay}");
+    assert!(!replay.contains(EMAIL));
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (path, bytes) in all_files(s.tmp.path()) {
+        if path.ends_with("api-key") || path.ends_with("pgpw") || path.ends_with("portcullis.toml")
+        {
+            continue;
+        }
+        assert!(
+            !contains(&bytes, API_CANARY),
+            "API key in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, PG_PASSWORD),
+            "PG password in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, EMAIL),
+            "unmasked email in {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn typescript_sdk_client_and_refusals() {
+    let s = setup();
+    common::idp::ensure_packages();
+    let client = |token: &str, steps: &[&str]| -> Vec<Value> {
+        let out = Command::new("node")
+            .arg(common::idp::harness_dir().join("mcp-client.mjs"))
+            .arg(format!("{}/mcp", s.gw.url))
+            .arg(token)
+            .args(steps)
+            .env("NODE_EXTRA_CA_CERTS", &s.ca)
+            .output()
+            .expect("node runs the MCP SDK client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let out = client(
+        &s.token,
+        &[
+            "list",
+            "call",
+            "sql_query",
+            r#"{"connection": "db-ro", "sql": "SELECT email FROM mcp_customers"}"#,
+        ],
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 4);
+    assert_eq!(out[1]["isError"], false, "{}", out[1]);
+    let text = out[1].to_string();
+    assert!(
+        text.contains("@navy.example") && !text.contains(EMAIL),
+        "{text}"
+    );
+
+    // Unauthenticated: refused by the gateway, in JSON, before MCP.
+    let out = client(
+        "pcl_not-a-real-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &["list"],
+    );
+    let err = out[0]["client_error"].as_str().unwrap_or_default();
+    assert!(err.contains("unauthenticated"), "{out:?}");
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &format!("{}/mcp", s.gw.url),
+    ]);
+    assert_eq!(r.status, 401, "{}", r.body);
+}
