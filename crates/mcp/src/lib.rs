@@ -48,7 +48,7 @@ pub(crate) struct Conn {
 }
 
 pub(crate) enum Kind {
-    Http(portcullis_http::Upstream),
+    Http(Box<portcullis_http::Upstream>),
     Postgres {
         upstream: Arc<portcullis_postgres::PgUpstream>,
         read_only: bool,
@@ -109,9 +109,11 @@ impl McpEndpoint {
         let mut connections = Vec::new();
         for c in &cfg.connections {
             let kind = match &c.target {
-                Target::Http(t) => {
-                    Kind::Http(portcullis_http::Upstream::new(c, t, &cfg.upstream_tls)?)
-                }
+                Target::Http(t) => Kind::Http(Box::new(portcullis_http::Upstream::new(
+                    c,
+                    t,
+                    &cfg.upstream_tls,
+                )?)),
                 Target::Postgres(t) => Kind::Postgres {
                     upstream: Arc::new(portcullis_postgres::PgUpstream::new(
                         c,
