@@ -18,15 +18,20 @@ const client = new Client({ name: 'portcullis-test-client', version: '1.0.0' });
 try {
   await client.connect(transport);
   for (let i = 0; i < steps.length; i++) {
-    if (steps[i] === 'list') {
-      const r = await client.listTools();
-      console.log(JSON.stringify({ tools: r.tools.map((t) => t.name) }));
-    } else if (steps[i] === 'call') {
-      const name = steps[++i];
-      const args = JSON.parse(steps[++i]);
-      console.log(JSON.stringify(await client.callTool({ name, arguments: args })));
-    } else {
-      throw new Error(`unknown step ${steps[i]}`);
+    // A failing step prints {"error": ...} and the next step runs.
+    try {
+      if (steps[i] === 'list') {
+        const r = await client.listTools();
+        console.log(JSON.stringify({ tools: r.tools.map((t) => t.name) }));
+      } else if (steps[i] === 'call') {
+        const name = steps[++i];
+        const args = JSON.parse(steps[++i]);
+        console.log(JSON.stringify(await client.callTool({ name, arguments: args })));
+      } else {
+        throw new Error(`unknown step ${steps[i]}`);
+      }
+    } catch (err) {
+      console.log(JSON.stringify({ error: String(err && err.message ? err.message : err) }));
     }
   }
   await client.close();

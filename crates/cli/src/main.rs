@@ -6,6 +6,7 @@ mod cert_cmd;
 mod gateway_cmd;
 mod login;
 mod mask_cmd;
+mod mcp_cmd;
 mod policy_cmd;
 mod quickstart;
 mod sessions_cmd;
@@ -84,6 +85,10 @@ enum Command {
     /// Print shell exports for tools (PORTCULLIS_TOKEN, PGHOST, PGPORT,
     /// PGPASSWORD, …) from the cached sign-in: `eval "$(portcullis env)"`.
     Env(login::GatewayArgs),
+    /// MCP: set up AI clients (Claude Code, Cursor, Codex) to use the
+    /// gateway's /mcp endpoint.
+    #[command(subcommand)]
+    Mcp(mcp_cmd::McpCommand),
     /// Print the version.
     Version,
 }
@@ -166,6 +171,7 @@ fn main() -> std::process::ExitCode {
             Command::Login(a) => login::login(a).await,
             Command::Logout(a) => login::logout(a),
             Command::Env(a) => login::env(a).await,
+            Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -437,3 +437,206 @@ fn typescript_sdk_client_and_refusals() {
     ]);
     assert_eq!(r.status, 401, "{}", r.body);
 }
+
+/// The upstream MCP server (TypeScript SDK) in its own process.
+struct Upstream {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mcp_upstream(dir: &std::path::Path, key: &str) -> Upstream {
+    use std::io::BufRead;
+    common::idp::ensure_packages();
+    let mut child = Command::new("node")
+        .arg(common::idp::harness_dir().join("mcp-upstream.mjs"))
+        .args(["--cert", dir.join("api.pem").to_str().unwrap()])
+        .args(["--key", dir.join("api.key").to_str().unwrap()])
+        .args(["--api-key", key])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("mcp-upstream.log")).unwrap())
+        .spawn()
+        .expect("node runs the upstream MCP server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("mcp-upstream: ready port=")
+        .unwrap_or_else(|| panic!("upstream MCP server did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    Upstream { child, port }
+}
+
+#[test]
+fn mcp_proxy_filters_pins_and_masks_upstream_tools() {
+    let s = setup();
+    let dir = s.tmp.path();
+    let up_key = "canary-upstream-mcp-key-7d2e";
+    let up = start_mcp_upstream(dir, up_key);
+    std::fs::write(dir.join("up-key"), up_key).unwrap();
+    // Add the MCP connection to the running setup's config and restart.
+    let cfg_path = dir.join("portcullis.toml");
+    let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    cfg.push_str(&format!(
+        r#"
+[[connections]]
+name = "directory"
+type = "mcp"
+url = "https://localhost:{port}/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+tools_deny = ["delete_*"]
+
+[[grants]]
+name = "directory-users"
+groups = ["testers"]
+connections = ["directory"]
+"#,
+        port = up.port
+    ));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    drop(s.gw);
+    let gw = Proc::spawn(
+        dir,
+        &["--config", cfg_path.to_str().unwrap(), "gateway"],
+        "gateway2.log",
+    );
+    let url = format!("{}/c/directory/", gw.url);
+
+    let client = |steps: &[&str]| -> Vec<Value> {
+        let out = Command::new("node")
+            .arg(common::idp::harness_dir().join("mcp-client.mjs"))
+            .arg(&url)
+            .arg(&s.token)
+            .args(steps)
+            .env("NODE_EXTRA_CA_CERTS", &s.ca)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let upstream_calls = || -> String {
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &format!("x-upstream-key: {up_key}"),
+            &format!("https://localhost:{}/calls", up.port),
+        ])
+        .body
+    };
+
+    // Denied tools are hidden and refused; results are masked.
+    let out = client(&[
+        "list",
+        "call",
+        "search",
+        r#"{"q": "ada"}"#,
+        "call",
+        "delete_everything",
+        "{}",
+    ]);
+    assert_eq!(out[0]["tools"], json!(["search"]), "{out:?}");
+    let found = out[1].to_string();
+    assert!(
+        found.contains("@example.com") && !found.contains("ada.lovelace@"),
+        "{found}"
+    );
+    let refused = out[2]["error"].as_str().unwrap_or_default();
+    assert!(refused.contains("not allowed"), "{out:?}");
+    assert_eq!(
+        upstream_calls(),
+        "1",
+        "the denied call reached the upstream"
+    );
+
+    // The upstream changes a tool's description: it is held.
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-X",
+        "POST",
+        "-H",
+        &format!("x-upstream-key: {up_key}"),
+        &format!("https://localhost:{}/bump", up.port),
+    ]);
+    assert_eq!(r.body, "bumped");
+    let out = client(&["list", "call", "search", r#"{"q": "x"}"#]);
+    assert_eq!(out[0]["tools"], json!([]), "{out:?}");
+    assert!(
+        out[1]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("changed its definition"),
+        "{out:?}"
+    );
+    assert_eq!(upstream_calls(), "1");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--config", cfg_path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let tools = String::from_utf8_lossy(
+        &cli(&["mcp", "tools", "--connection", "directory", "--json"]).stdout,
+    )
+    .to_string();
+    assert!(tools.contains("\"state\":\"held\""), "{tools}");
+
+    // A person approves the change: the tool is back.
+    let out = cli(&[
+        "mcp",
+        "approve",
+        "--connection",
+        "directory",
+        "--tool",
+        "search",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(&["list", "call", "search", r#"{"q": "y"}"#]);
+    assert_eq!(out[0]["tools"], json!(["search"]), "{out:?}");
+    assert_ne!(out[1]["isError"], true, "{out:?}");
+    assert!(
+        out[1].to_string().contains("found ***@example.com for y"),
+        "{out:?}"
+    );
+    assert_eq!(upstream_calls(), "2");
+
+    let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
+    for action in ["mcp_tool_pinned", "mcp_tool_changed", "mcp_tool_approved"] {
+        assert!(audit.contains(action), "{action} missing");
+    }
+    assert!(!gw.logs().contains(up_key));
+    for (path, bytes) in all_files(dir) {
+        if path.ends_with("up-key") || path.ends_with("mcp-upstream.log") {
+            continue;
+        }
+        assert!(
+            !contains(&bytes, up_key),
+            "upstream key in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, "ada.lovelace@example.com"),
+            "unmasked in {}",
+            path.display()
+        );
+    }
+}

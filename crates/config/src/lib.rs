@@ -171,6 +171,30 @@ pub struct Connection {
 pub enum Target {
     Http(HttpTarget),
     Postgres(PgTarget),
+    /// An upstream MCP server (Streamable HTTP), fronted with tool
+    /// filtering, pinning and masking.
+    Mcp(McpTarget),
+}
+
+/// `type = "mcp"`: an HTTP target plus which of its tools may be used.
+#[derive(Debug, Clone)]
+pub struct McpTarget {
+    pub http: HttpTarget,
+    /// Tool names or `prefix*` patterns; default `["*"]`.
+    pub tools_allow: Vec<String>,
+    /// Checked after `tools_allow`; a match hides and refuses the tool.
+    pub tools_deny: Vec<String>,
+}
+
+impl McpTarget {
+    /// Whether the configuration lets callers see and call `tool`.
+    pub fn allows(&self, tool: &str) -> bool {
+        let hit = |p: &String| match p.strip_suffix('*') {
+            Some(prefix) => tool.starts_with(prefix),
+            None => p == tool,
+        };
+        self.tools_allow.iter().any(hit) && !self.tools_deny.iter().any(hit)
+    }
 }
 
 impl Target {
@@ -178,6 +202,7 @@ impl Target {
         match self {
             Target::Http(_) => "http",
             Target::Postgres(_) => "postgres",
+            Target::Mcp(_) => "mcp",
         }
     }
 }

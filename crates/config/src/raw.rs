@@ -247,6 +247,8 @@ struct RawConnection {
     password: Option<String>,
     access: Option<String>,
     reuse: Option<bool>,
+    tools_allow: Option<Vec<String>>,
+    tools_deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,8 +482,39 @@ impl RawConnection {
         };
         let mut ca_file = self.ca_file.as_deref().map(|p| base.join(p));
         let target = match self.kind.as_str() {
-            "http" => Target::Http(self.http(key, base)?),
+            "http" => {
+                self.refuse(key, "tools_allow", self.tools_allow.is_some(), "http")?;
+                self.refuse(key, "tools_deny", self.tools_deny.is_some(), "http")?;
+                Target::Http(self.http(key, base)?)
+            }
+            "mcp" => {
+                let check = |k: &str, list: &[String]| -> Result<(), Invalid> {
+                    for p in list {
+                        let body = p.strip_suffix('*').unwrap_or(p);
+                        if p.is_empty() || body.contains('*') || body.len() > 128 {
+                            return Err(invalid(
+                                key(k),
+                                format!(
+                                    "{p:?}: a tool name, or a prefix ending in * (e.g. \"get_*\")"
+                                ),
+                            ));
+                        }
+                    }
+                    Ok(())
+                };
+                let allow = self.tools_allow.clone().unwrap_or_else(|| vec!["*".into()]);
+                let deny = self.tools_deny.clone().unwrap_or_default();
+                check("tools_allow", &allow)?;
+                check("tools_deny", &deny)?;
+                Target::Mcp(McpTarget {
+                    http: self.http(key, base)?,
+                    tools_allow: allow,
+                    tools_deny: deny,
+                })
+            }
             "postgres" => {
+                self.refuse(key, "tools_allow", self.tools_allow.is_some(), "postgres")?;
+                self.refuse(key, "tools_deny", self.tools_deny.is_some(), "postgres")?;
                 let (t, root) = self.postgres(key, base)?;
                 if ca_file.is_none() {
                     ca_file = root;
@@ -491,7 +524,9 @@ impl RawConnection {
             other => {
                 return Err(invalid(
                     key("type"),
-                    format!("unknown connection type {other:?}; valid: \"http\", \"postgres\""),
+                    format!(
+                        "unknown connection type {other:?}; valid: \"http\", \"postgres\", \"mcp\""
+                    ),
                 ));
             }
         };

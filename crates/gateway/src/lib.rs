@@ -425,12 +425,14 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         masks.clone(),
         mask_metrics.clone(),
         sessions.clone(),
+        store.clone(),
         hosts,
     )?;
     let main = listener::GatewayFront {
         http: front.clone(),
         mcp,
         sessions: sessions.clone(),
+        domain: cfg.gateway.domain.clone(),
     };
     tracker.spawn(listener::serve(
         l,

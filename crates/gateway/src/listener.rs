@@ -48,6 +48,7 @@ pub struct GatewayFront {
     pub http: HttpFront,
     pub mcp: portcullis_mcp::McpEndpoint,
     pub sessions: portcullis_audit::Sessions,
+    pub domain: Option<String>,
 }
 
 pub const MCP_PATH: &str = "/mcp";
@@ -60,8 +61,13 @@ impl Handler for GatewayFront {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
         });
-        let path = req.uri().path();
-        if path != MCP_PATH || self.http.routes(host.as_deref(), path) {
+        let path = req.uri().path().to_owned();
+        // A connection of type "mcp": the MCP proxy.
+        let mcp_route =
+            portcullis_http::route::route(host.as_deref(), &path, self.domain.as_deref())
+                .filter(|r| self.mcp.is_mcp_connection(r.connection))
+                .map(|r| (r.connection.to_owned(), r.rest.to_owned()));
+        if mcp_route.is_none() && (path != MCP_PATH || self.http.routes(host.as_deref(), &path)) {
             return self.http.handle(req, &conn).await;
         }
         match self.http.authenticate(req.headers(), &conn).await {
@@ -70,7 +76,12 @@ impl Handler for GatewayFront {
                     principal,
                     peer: conn.peer.to_string(),
                 };
-                self.mcp.handle(req, caller).await
+                match mcp_route {
+                    Some((connection, rest)) => {
+                        self.mcp.proxy(req, caller, &connection, &rest).await
+                    }
+                    None => self.mcp.handle(req, caller).await,
+                }
             }
             Err(e) => {
                 self.sessions

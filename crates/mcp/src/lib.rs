@@ -8,6 +8,8 @@
 //! SDK) does the protocol. Each tool call that touches a connection is its
 //! own session (protocol `mcp`) in the audit log and the recordings.
 
+mod pins;
+mod proxy;
 mod server;
 mod sql;
 mod tools;
@@ -53,6 +55,11 @@ pub(crate) enum Kind {
         upstream: Arc<portcullis_postgres::PgUpstream>,
         read_only: bool,
     },
+    /// An upstream MCP server behind this gateway.
+    Mcp {
+        upstream: Box<portcullis_http::Upstream>,
+        target: Box<portcullis_config::McpTarget>,
+    },
 }
 
 impl Kind {
@@ -60,6 +67,7 @@ impl Kind {
         match self {
             Kind::Http(_) => "http",
             Kind::Postgres { .. } => "postgres",
+            Kind::Mcp { .. } => "mcp",
         }
     }
 
@@ -81,6 +89,7 @@ pub(crate) struct Context {
     pub masks: Arc<portcullis_mask::RuleSet>,
     pub mask_metrics: portcullis_mask::MaskMetrics,
     pub sessions: portcullis_audit::Sessions,
+    pub store: portcullis_store::Store,
 }
 
 impl Context {
@@ -89,10 +98,11 @@ impl Context {
     }
 }
 
-/// The `/mcp` endpoint.
+/// The `/mcp` endpoint, and the proxy to `type = "mcp"` connections.
 #[derive(Clone)]
 pub struct McpEndpoint {
     service: Arc<StreamableHttpService<McpServer, LocalSessionManager>>,
+    ctx: Arc<Context>,
 }
 
 impl McpEndpoint {
@@ -104,6 +114,7 @@ impl McpEndpoint {
         masks: Arc<portcullis_mask::RuleSet>,
         mask_metrics: portcullis_mask::MaskMetrics,
         sessions: portcullis_audit::Sessions,
+        store: portcullis_store::Store,
         hosts: Vec<String>,
     ) -> Result<Self, SetupError> {
         let mut connections = Vec::new();
@@ -121,6 +132,14 @@ impl McpEndpoint {
                         &cfg.upstream_tls,
                     )?),
                     read_only: t.access == Access::ReadOnly,
+                },
+                Target::Mcp(t) => Kind::Mcp {
+                    upstream: Box::new(portcullis_http::Upstream::new(
+                        c,
+                        &t.http,
+                        &cfg.upstream_tls,
+                    )?),
+                    target: Box::new(t.clone()),
                 },
             };
             connections.push(Conn {
@@ -140,7 +159,9 @@ impl McpEndpoint {
             masks,
             mask_metrics,
             sessions,
+            store,
         });
+        let shared = ctx.clone();
         let mut config = StreamableHttpServerConfig::default();
         // Stateless, one JSON answer per request: nothing to resume, and
         // each call is authenticated on its own.
@@ -154,7 +175,28 @@ impl McpEndpoint {
         );
         Ok(Self {
             service: Arc::new(service),
+            ctx: shared,
         })
+    }
+
+    /// Whether `connection` is an upstream MCP server (served by
+    /// [`Self::proxy`]).
+    pub fn is_mcp_connection(&self, connection: &str) -> bool {
+        self.ctx
+            .get(connection)
+            .is_some_and(|c| matches!(c.kind, Kind::Mcp { .. }))
+    }
+
+    /// Relay one request to the MCP connection `connection` (`rest` is the
+    /// path after the connection's prefix).
+    pub async fn proxy(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        caller: Caller,
+        connection: &str,
+        rest: &str,
+    ) -> Response<Body> {
+        proxy::handle(&self.ctx, req, &caller, connection, rest).await
     }
 
     /// Serve one authenticated request.

@@ -213,10 +213,11 @@ pub async fn admit<'c>(
         return Err(ToolError::WrongProtocol {
             connection: name.to_string(),
             protocol: conn.kind.protocol(),
-            tool: if conn.kind.protocol() == "http" {
-                "http_request"
-            } else {
-                "sql_query"
+            tool: match conn.kind.protocol() {
+                "http" => "http_request",
+                "postgres" => "sql_query",
+                // Its own tools, at /c/<name>/ as an MCP server.
+                _ => "its own MCP endpoint at /c/<connection>/",
             },
         });
     }

@@ -146,6 +146,88 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Pins of one MCP connection's tools.
+    pub async fn tool_pins(&self, connection: &str) -> Result<Vec<ToolPin>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT connection, tool, hash, pending_hash, first_seen, approved_at \
+             FROM mcp_tool_pins WHERE connection = ? ORDER BY tool",
+        )
+        .bind(connection)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ToolPin {
+                    connection: r.try_get("connection")?,
+                    tool: r.try_get("tool")?,
+                    hash: r.try_get("hash")?,
+                    pending_hash: r.try_get("pending_hash")?,
+                    first_seen: r.try_get("first_seen")?,
+                    approved_at: r.try_get("approved_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Pin a tool seen for the first time (trust on first use). Returns
+    /// false when a pin existed already (it is left alone).
+    pub async fn pin_tool(
+        &self,
+        connection: &str,
+        tool: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO mcp_tool_pins (connection, tool, hash, first_seen, approved_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (connection, tool) DO NOTHING",
+        )
+        .bind(connection)
+        .bind(tool)
+        .bind(hash)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Note a changed definition, held until approved.
+    pub async fn flag_tool(
+        &self,
+        connection: &str,
+        tool: &str,
+        pending_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE mcp_tool_pins SET pending_hash = ? WHERE connection = ? AND tool = ?")
+            .bind(pending_hash)
+            .bind(connection)
+            .bind(tool)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Approve a tool's pending definition. Returns the approved hash, or
+    /// None when nothing was pending.
+    pub async fn approve_tool(
+        &self,
+        connection: &str,
+        tool: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE mcp_tool_pins SET hash = pending_hash, pending_hash = NULL, approved_at = ? \
+             WHERE connection = ? AND tool = ? AND pending_hash IS NOT NULL RETURNING hash",
+        )
+        .bind(now)
+        .bind(connection)
+        .bind(tool)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("hash")).transpose()?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -166,6 +248,18 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
         revoked_at: r.try_get("revoked_at")?,
         on_behalf_of: r.try_get("on_behalf_of")?,
     })
+}
+
+/// The approved definition of an upstream MCP tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPin {
+    pub connection: String,
+    pub tool: String,
+    pub hash: String,
+    /// A changed definition seen since, not yet approved.
+    pub pending_hash: Option<String>,
+    pub first_seen: i64,
+    pub approved_at: Option<i64>,
 }
 
 /// One audit log row, as stored.

@@ -45,6 +45,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // A token a person minted for an agent names that person.
     (4, "ALTER TABLE tokens ADD COLUMN on_behalf_of TEXT"),
+    // The approved definition (hash) of each upstream MCP tool, and a
+    // changed one waiting for approval.
+    (
+        5,
+        "CREATE TABLE mcp_tool_pins (
+        connection TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        pending_hash TEXT,
+        first_seen INTEGER NOT NULL,
+        approved_at INTEGER,
+        PRIMARY KEY (connection, tool)
+    )",
+    ),
 ];
 
 pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {

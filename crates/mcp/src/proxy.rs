@@ -1,0 +1,489 @@
+//! The MCP proxy: a `type = "mcp"` connection fronts an upstream MCP
+//! server (Streamable HTTP). Requests are JSON-RPC; the gateway reads each
+//! one (bounded), refuses calls to tools that policy or pinning does not
+//! allow with a JSON-RPC error, forwards the rest with the upstream's
+//! credential, then rewrites the answer: `tools/list` filtered to the
+//! allowed and approved tools, `tools/call` results masked. JSON and SSE
+//! answers are both handled; the server-initiated GET stream is not
+//! relayed (405, which the protocol allows).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use portcullis_http::BodyState;
+use portcullis_policy::Decision;
+use portcullis_record::Event;
+use serde_json::{Value, json};
+
+use crate::pins::{self, PinState};
+use crate::tools::ToolError;
+use crate::{Body, Caller, Context, Kind};
+
+/// Largest JSON-RPC request accepted from a caller.
+const MAX_REQUEST: usize = 1024 * 1024;
+/// Largest upstream answer read (it is rewritten as a whole).
+const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+/// JSON-RPC error code for a policy refusal (implementation-defined
+/// server-error range).
+const POLICY_REFUSAL: i64 = -32001;
+/// Headers of the Streamable HTTP transport passed in both directions.
+const PASSED: &[&str] = &["mcp-session-id", "mcp-protocol-version", "last-event-id"];
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    portcullis_http::json_response(status, &json!({"error": code, "message": message}))
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON-RPC error answer to request `id`.
+fn rpc_error(id: &Value, message: &str) -> Response<Body> {
+    let body =
+        json!({"jsonrpc": "2.0", "id": id, "error": {"code": POLICY_REFUSAL, "message": message}});
+    let mut r = Response::new(full(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(format!("larger than {limit} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+pub async fn handle(
+    ctx: &Context,
+    req: Request<Incoming>,
+    who: &Caller,
+    name: &str,
+    rest: &str,
+) -> Response<Body> {
+    let Some(Kind::Mcp { upstream, target }) = ctx.get(name).map(|c| &c.kind) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_connection",
+            "no such MCP connection",
+        );
+    };
+    let refuse = |reason: String| async move {
+        ctx.sessions
+            .refusal(
+                Some(who.principal.subject.clone()),
+                Some(name.to_string()),
+                "mcp",
+                who.peer.clone(),
+                reason,
+            )
+            .await;
+    };
+    let rule = match ctx.policy.decide(&who.principal, name) {
+        Decision::Allow { rule, .. } => rule,
+        Decision::Deny { reason } => {
+            refuse(reason.to_string()).await;
+            return json_error(StatusCode::FORBIDDEN, "forbidden", &reason.to_string());
+        }
+    };
+    if req.method() == Method::GET {
+        let mut r = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "server-initiated streams are not relayed through the gateway; use POST",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+        return r;
+    }
+    if portcullis_http::route::has_dot_segment(rest) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "paths with `.` or `..` segments are not forwarded",
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(body, MAX_REQUEST).await {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the JSON-RPC request is {e}"),
+            );
+        }
+    };
+
+    // Which method each request id asked for, to know what each answer is.
+    let mut methods: HashMap<String, String> = HashMap::new();
+    if parts.method == Method::POST {
+        let msg: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("the body is not JSON-RPC: {e}"),
+                );
+            }
+        };
+        let items: Vec<&Value> = match &msg {
+            Value::Array(a) => a.iter().collect(),
+            one => vec![one],
+        };
+        let pinned = match ctx.store.tool_pins(name).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "tool pins unavailable");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "tool approvals cannot be checked, so the call is refused",
+                );
+            }
+        };
+        for m in &items {
+            let (Some(method), Some(id)) = (m.get("method").and_then(Value::as_str), m.get("id"))
+            else {
+                continue;
+            };
+            methods.insert(id.to_string(), method.to_string());
+            if method != "tools/call" {
+                continue;
+            }
+            let tool = m
+                .pointer("/params/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let pin = pinned.iter().find(|p| p.tool == tool);
+            let why = if !target.allows(tool) {
+                Some(format!(
+                    "tool {tool:?} is not allowed on connection {name:?}"
+                ))
+            } else {
+                match pin {
+                    None => Some(format!(
+                        "tool {tool:?} has not been reviewed on connection {name:?}: list the tools first"
+                    )),
+                    Some(p) if p.pending_hash.is_some() => Some(format!(
+                        "tool {tool:?} changed its definition since it was approved; it is held until \
+                         `portcullis mcp approve --connection {name} --tool {tool}`"
+                    )),
+                    Some(_) => None,
+                }
+            };
+            if let Some(why) = why {
+                tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
+                refuse(why.clone()).await;
+                return rpc_error(id, &why);
+            }
+        }
+    }
+
+    let open = match crate::tools::open(ctx, who, name, rule).await {
+        Ok(o) => o,
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &e.to_string(),
+            );
+        }
+    };
+    let rec = open.recorder.clone();
+    let _ = rec.event(Event::HttpRequest {
+        method: parts.method.to_string(),
+        path: rest.to_string(),
+        headers: vec![],
+        body: Some(String::from_utf8_lossy(&bytes).into_owned()),
+    });
+    let result = relay(
+        ctx, who, name, upstream, target, &parts, bytes, rest, &methods,
+    )
+    .await;
+    let (resp, sent, outcome) = match result {
+        Ok((resp, body)) => {
+            let _ = rec.event(Event::HttpResponse {
+                status: resp.status().as_u16(),
+                headers: vec![],
+                body: Some(String::from_utf8_lossy(&body).into_owned()),
+            });
+            let n = body.len() as u64;
+            let (p, _) = resp.into_parts();
+            (Response::from_parts(p, full(body)), n, Ok(()))
+        }
+        Err(e) => {
+            let status = match &e {
+                ToolError::Target { reason, .. } if reason.contains("did not answer") => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let msg = e.to_string();
+            (
+                json_error(status, "bad_gateway", &msg),
+                msg.len() as u64,
+                Err(e),
+            )
+        }
+    };
+    let sealed: Result<rmcp::model::CallToolResult, ToolError> = match outcome {
+        Ok(()) => Ok(rmcp::model::CallToolResult::success(vec![])),
+        Err(e) => Err(e),
+    };
+    crate::tools::seal(open, &sealed, sent).await;
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    upstream: &portcullis_http::Upstream,
+    target: &portcullis_config::McpTarget,
+    parts: &http::request::Parts,
+    body: Bytes,
+    rest: &str,
+    methods: &HashMap<String, String>,
+) -> Result<(Response<()>, Bytes), ToolError> {
+    let target_err = |reason: String| ToolError::Target {
+        connection: name.to_string(),
+        reason,
+    };
+    let uri = upstream
+        .target_uri(rest, parts.uri.query())
+        .map_err(|e| target_err(e.to_string()))?;
+    let mut req = Request::builder().method(parts.method.clone()).uri(uri);
+    for h in [header::CONTENT_TYPE, header::ACCEPT]
+        .iter()
+        .map(|h| h.as_str())
+        .chain(PASSED.iter().copied())
+    {
+        if let Some(v) = parts.headers.get(h) {
+            req = req.header(h, v);
+        }
+    }
+    let req = req
+        .body(full(body))
+        .map_err(|e| target_err(e.to_string()))?;
+    let resp = upstream
+        .forward(req, &Arc::new(BodyState::default()))
+        .await
+        .map_err(|e| target_err(e.to_string()))?;
+    let (head, body) = resp.into_parts();
+    let raw = read_body(body, MAX_RESPONSE)
+        .await
+        .map_err(|e| target_err(format!("the answer is {e}")))?;
+    let content_type = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let rewritten = if content_type.starts_with("text/event-stream") {
+        let text = String::from_utf8_lossy(&raw);
+        let mut out = String::with_capacity(text.len());
+        for event in split_events(&text) {
+            out.push_str(&rewrite_event(ctx, who, name, target, methods, event).await);
+        }
+        Bytes::from(out)
+    } else if content_type.starts_with("application/json") && !raw.is_empty() {
+        match serde_json::from_slice::<Value>(&raw) {
+            Ok(mut v) => {
+                rewrite(ctx, who, name, target, methods, &mut v).await;
+                Bytes::from(v.to_string())
+            }
+            Err(_) => return Err(target_err("the server's JSON answer does not parse".into())),
+        }
+    } else {
+        raw
+    };
+    let mut out = Response::builder().status(head.status);
+    if !content_type.is_empty() {
+        out = out.header(header::CONTENT_TYPE, &content_type);
+    }
+    for h in PASSED {
+        if let Some(v) = head.headers.get(*h) {
+            out = out.header(*h, v);
+        }
+    }
+    let out = out.body(()).map_err(|e| target_err(e.to_string()))?;
+    Ok((out, rewritten))
+}
+
+/// SSE events (separated by a blank line), line endings normalised.
+fn split_events(text: &str) -> Vec<String> {
+    text.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn rewrite_event(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    target: &portcullis_config::McpTarget,
+    methods: &HashMap<String, String>,
+    event: String,
+) -> String {
+    let mut data = String::new();
+    let mut other = Vec::new();
+    for line in event.lines() {
+        match line.strip_prefix("data:") {
+            Some(d) => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+            None => other.push(line.to_string()),
+        }
+    }
+    let mut out = other.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    if !data.is_empty() {
+        let data = match serde_json::from_str::<Value>(&data) {
+            Ok(mut v) => {
+                rewrite(ctx, who, name, target, methods, &mut v).await;
+                v.to_string()
+            }
+            // Not JSON: masked as text, never passed raw.
+            Err(_) => mask_text(ctx, who, name, &data),
+        };
+        out.push_str(&format!("data: {data}\n"));
+    }
+    out.push('\n');
+    out
+}
+
+/// Rewrite one JSON-RPC message (or a batch) from the server.
+async fn rewrite(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    target: &portcullis_config::McpTarget,
+    methods: &HashMap<String, String>,
+    v: &mut Value,
+) {
+    if let Value::Array(items) = v {
+        for item in items {
+            Box::pin(rewrite(ctx, who, name, target, methods, item)).await;
+        }
+        return;
+    }
+    let method = v
+        .get("id")
+        .and_then(|id| methods.get(&id.to_string()))
+        .cloned();
+    match method.as_deref() {
+        Some("tools/list") => {
+            if let Some(Value::Array(tools)) = v.pointer_mut("/result/tools") {
+                let listed = std::mem::take(tools);
+                *tools = review(ctx, name, target, listed).await;
+            }
+        }
+        Some("initialize") => {}
+        _ => {
+            // Tool results and anything else with a result: masked.
+            if let Some(result) = v.get_mut("result")
+                && let Some(rule) = ctx.masks.select(name, &who.principal.groups)
+            {
+                let mut stats = Default::default();
+                rule.masker.mask_json(result, &mut stats);
+                ctx.mask_metrics.record(name, &stats);
+            }
+        }
+    }
+}
+
+/// Keep the tools policy allows and pinning approves; pin new ones; flag
+/// changed ones (hidden until approved).
+async fn review(
+    ctx: &Context,
+    name: &str,
+    target: &portcullis_config::McpTarget,
+    tools: Vec<Value>,
+) -> Vec<Value> {
+    let pinned = ctx.store.tool_pins(name).await.unwrap_or_default();
+    let now = portcullis_identity::unix_now();
+    let mut kept = Vec::with_capacity(tools.len());
+    for t in tools {
+        let Some(tool) = t.get("name").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        if !target.allows(&tool) {
+            continue;
+        }
+        let hash = pins::tool_hash(&t);
+        let pin = pinned.iter().find(|p| p.tool == tool);
+        match pins::state(pin.map(|p| p.hash.as_str()), &hash) {
+            PinState::Same => kept.push(t),
+            PinState::New => {
+                if ctx.store.pin_tool(name, &tool, &hash, now).await.is_ok() {
+                    admin(
+                        ctx,
+                        "mcp_tool_pinned",
+                        json!({"connection": name, "tool": tool, "hash": hash}),
+                    )
+                    .await;
+                    kept.push(t);
+                }
+            }
+            PinState::Changed => {
+                if pin.and_then(|p| p.pending_hash.as_deref()) != Some(hash.as_str()) {
+                    tracing::warn!(connection = %name, %tool, "MCP tool definition changed; held until approved");
+                    let _ = ctx.store.flag_tool(name, &tool, &hash).await;
+                    admin(
+                        ctx,
+                        "mcp_tool_changed",
+                        json!({"connection": name, "tool": tool, "hash": hash}),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    kept
+}
+
+async fn admin(ctx: &Context, action: &str, detail: Value) {
+    let e = portcullis_audit::AuditEvent::Admin {
+        action: action.into(),
+        detail,
+    };
+    if let Err(err) = ctx.sessions.audit().append(&e).await {
+        tracing::error!(error = %err, "audit append failed");
+    }
+}
+
+fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {
+    match ctx.masks.select(name, &who.principal.groups) {
+        Some(rule) => {
+            let mut stats = Default::default();
+            rule.masker.mask_str(text, &mut stats).into_owned()
+        }
+        None => text.to_string(),
+    }
+}
