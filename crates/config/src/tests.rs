@@ -334,3 +334,41 @@ fn client_auth_per_listener() {
     ));
     assert!(e.contains("principal_from"), "{e}");
 }
+
+#[test]
+fn mcp_connections() {
+    let c = parse(&with(
+        r#"
+[[connections]]
+name = "tools"
+type = "mcp"
+url = "https://mcp.internal/mcp"
+credential = { header = "authorization", prefix = "Bearer ", secret = "env:MCP_TOKEN" }
+tools_allow = ["search", "get_*"]
+tools_deny = ["get_secret"]
+"#,
+    ))
+    .unwrap();
+    let Target::Mcp(t) = &c.connection("tools").unwrap().target else {
+        panic!("mcp")
+    };
+    assert!(t.allows("search") && t.allows("get_user"));
+    assert!(!t.allows("get_secret") && !t.allows("delete_user"));
+    assert_eq!(c.protocols()["tools"], "mcp");
+
+    let e = err(&with(
+        "[[connections]]\nname = \"t\"\ntype = \"mcp\"\nurl = \"https://m\"\ntools_allow = [\"a*b\"]\n",
+    ));
+    assert!(e.contains("connections[0].tools_allow"), "{e}");
+    let e = err(&with(
+        "[[connections]]\nname = \"t\"\ntype = \"http\"\nurl = \"https://m\"\ntools_deny = [\"x\"]\n",
+    ));
+    assert!(
+        e.contains("connections[0].tools_deny") && e.contains("\"http\""),
+        "{e}"
+    );
+    let e = err(&with(
+        "[[connections]]\nname = \"t\"\ntype = \"ftp\"\nurl = \"https://m\"\n",
+    ));
+    assert!(e.contains("\"mcp\""), "{e}");
+}

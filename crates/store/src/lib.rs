@@ -476,6 +476,35 @@ mod tests {
     use portcullis_identity::token;
 
     #[tokio::test]
+    async fn tool_pins_hold_changes_until_approved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        assert!(store.pin_tool("c", "search", "h1", 10).await.unwrap());
+        assert!(
+            !store.pin_tool("c", "search", "h9", 11).await.unwrap(),
+            "first pin wins"
+        );
+        assert_eq!(store.approve_tool("c", "search", 12).await.unwrap(), None);
+        store.flag_tool("c", "search", "h2").await.unwrap();
+        let p = &store.tool_pins("c").await.unwrap()[0];
+        assert_eq!(
+            (p.hash.as_str(), p.pending_hash.as_deref()),
+            ("h1", Some("h2"))
+        );
+        assert_eq!(
+            store
+                .approve_tool("c", "search", 13)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("h2")
+        );
+        let p = &store.tool_pins("c").await.unwrap()[0];
+        assert_eq!((p.hash.as_str(), p.pending_hash.as_deref()), ("h2", None));
+        assert!(store.tool_pins("other").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn token_round_trip_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
