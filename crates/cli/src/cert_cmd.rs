@@ -21,6 +21,16 @@ pub(crate) enum CertCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a client certificate (a caller's or an agent's): refused from
+    /// the next request, and an agent's live link is cut within seconds.
+    Revoke {
+        /// The certificate (PEM) to revoke.
+        #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+        cert: Option<PathBuf>,
+        /// Its SHA-256 fingerprint (hex), as logged at the handshake.
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
     /// Issue a new server certificate for localhost, 127.0.0.1 and ::1 (and
     /// --name …), replacing the data folder's server.pem/server.key.
     RotateServer {
@@ -32,7 +42,48 @@ pub(crate) enum CertCommand {
     },
 }
 
-pub(crate) fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
+    if let CertCommand::Revoke { cert, fingerprint } = cmd {
+        let (fp, subject) = match (cert, fingerprint) {
+            (Some(path), _) => {
+                let chain = portcullis_tls::load_cert_chain(path)?;
+                let leaf = chain.first().ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+                let subject = portcullis_tls::client_cert::principal_name(
+                    leaf,
+                    &[
+                        portcullis_tls::CertName::Spiffe,
+                        portcullis_tls::CertName::Dns,
+                        portcullis_tls::CertName::CommonName,
+                    ],
+                )
+                .ok();
+                (portcullis_tls::sha256_hex(leaf), subject)
+            }
+            (None, Some(f)) => {
+                let f = f.to_ascii_lowercase();
+                if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
+                    anyhow::bail!("--fingerprint: 64 hex digits (SHA-256 of the certificate)");
+                }
+                (f, None)
+            }
+            (None, None) => anyhow::bail!("give --cert FILE or --fingerprint HEX"),
+        };
+        let (config, store) = cli.load().await?;
+        let now = portcullis_identity::unix_now();
+        store.revoke_cert(&fp, subject.as_deref(), now).await?;
+        crate::token_cmd::audit_admin(
+            &store,
+            config.dir(),
+            "certificate_revoked",
+            serde_json::json!({"fingerprint": fp, "subject": subject}),
+        )
+        .await?;
+        eprintln!(
+            "revoked certificate {fp}{}",
+            subject.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+        return Ok(());
+    }
     let dir = &cli.data_dir;
     if !dir.join("ca.pem").exists() {
         anyhow::bail!(
@@ -65,6 +116,7 @@ pub(crate) fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
                 key.display()
             );
         }
+        CertCommand::Revoke { .. } => unreachable!("handled above"),
         CertCommand::RotateServer { names, ttl } => {
             let mut all: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
             all.extend(names.iter().cloned());

@@ -1,6 +1,7 @@
 //! The `portcullis` binary. `anyhow` lives here, at the edge; the crates
 //! below return typed errors.
 
+mod agent_cmd;
 mod audit_cmd;
 mod cert_cmd;
 mod gateway_cmd;
@@ -89,6 +90,12 @@ enum Command {
     /// gateway's /mcp endpoint.
     #[command(subcommand)]
     Mcp(mcp_cmd::McpCommand),
+    /// Run an agent: dial out to the gateway and serve the connections of
+    /// its config (--config, default <data-dir>/agent/agent.toml).
+    Agent,
+    /// Agents connected to a running gateway.
+    #[command(subcommand)]
+    Agents(agent_cmd::AgentsCommand),
     /// Print the version.
     Version,
 }
@@ -164,7 +171,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(t) => token_cmd::run(&cli, t).await,
             Command::Mask(a) => mask_cmd::run(&cli, a),
             Command::Policy(p) => policy_cmd::run(&cli, p),
-            Command::Cert(c) => cert_cmd::run(&cli, c),
+            Command::Cert(c) => cert_cmd::run(&cli, c).await,
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
             Command::Replay(a) => sessions_cmd::replay(&cli, a).await,
@@ -172,6 +179,8 @@ fn main() -> std::process::ExitCode {
             Command::Logout(a) => login::logout(a),
             Command::Env(a) => login::env(a).await,
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
+            Command::Agent => agent_cmd::run_agent(&cli).await,
+            Command::Agents(a) => agent_cmd::agents(a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())
@@ -195,6 +204,9 @@ pub(crate) fn ready_line(g: &portcullis_gateway::RunningGateway) -> String {
     }
     if let Some(a) = g.admin_addr {
         line.push_str(&format!(" admin={a}"));
+    }
+    if let Some(a) = g.agent_addr {
+        line.push_str(&format!(" agents={a}"));
     }
     line
 }

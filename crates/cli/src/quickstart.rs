@@ -38,7 +38,15 @@ pub(crate) struct Args {
     /// PostgreSQL listener address (overrides `postgres.listen`).
     #[arg(long)]
     pg_listen: Option<SocketAddr>,
+    /// Route `demo-api` through an agent: the demo API and its key live
+    /// only under <data-dir>/agent/, served by a second process
+    /// (`portcullis agent`) that dials out to the gateway.
+    #[arg(long)]
+    agent_demo: bool,
 }
+
+/// The agent of `--agent-demo` (certificate `connector:quickstart`).
+const AGENT: &str = "quickstart";
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9443";
@@ -61,23 +69,45 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     }
     let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
     ca.ensure_server_cert(&dir, "server", &names, CERT_TTL)?;
-    ca.ensure_server_cert(&dir, "demo-api", &names, CERT_TTL)?;
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| dir.join("portcullis.toml"));
+    // An existing folder keeps the mode it was set up in.
+    let agent_mode = if config_path.exists() {
+        std::fs::read_to_string(&config_path)
+            .map(|t| t.contains("[agent_listener]"))
+            .unwrap_or(false)
+    } else {
+        args.agent_demo
+    };
+    if args.agent_demo && !agent_mode {
+        anyhow::bail!(
+            "{} was set up without --agent-demo; use a new --data-dir for the agent demo",
+            dir.display()
+        );
+    }
+    if !agent_mode {
+        ca.ensure_server_cert(&dir, "demo-api", &names, CERT_TTL)?;
+    }
 
     let secrets = dir.join("secrets");
     create_private_dir(&secrets)?;
-    for name in ["demo-api-key", "mask-hash-key"] {
+    let own_secrets: &[&str] = if agent_mode {
+        &["mask-hash-key"]
+    } else {
+        &["demo-api-key", "mask-hash-key"]
+    };
+    for name in own_secrets.iter().copied() {
         let f = secrets.join(name);
         if !f.exists() {
             write_private(&f, format!("{}\n", random_hex(32)?).as_bytes())?;
         }
     }
 
-    let config_path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| dir.join("portcullis.toml"));
     if !config_path.exists() {
         let text = generated_config(
+            agent_mode.then(free_loopback_port).transpose()?,
             args.listen
                 .map(|a| a.to_string())
                 .as_deref()
@@ -135,6 +165,11 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
 
     let stop = crate::shutdown_signal();
     let running = portcullis_gateway::start(&config, store).await?;
+    // With --agent-demo: the agent's folder and process.
+    let _agent = match running.agent_addr {
+        Some(addr) => Some(start_agent(&ca, &dir, addr, &running).await?),
+        None => None,
+    };
     let url = running.public_url.clone();
     let ca_path = ca.cert_path().to_path_buf();
     let mut env = vec![
@@ -159,7 +194,14 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
 
     println!();
     println!("Portcullis is running at {url}");
-    println!("Connection {CONNECTION:?} reaches a demo HTTPS API; the gateway holds its key.");
+    if running.agent_addr.is_some() {
+        println!(
+            "Connection {CONNECTION:?} reaches a demo HTTPS API through agent {AGENT:?}; only the agent ({}) holds its key.",
+            dir.join("agent").display()
+        );
+    } else {
+        println!("Connection {CONNECTION:?} reaches a demo HTTPS API; the gateway holds its key.");
+    }
     println!();
     println!("In another shell:");
     println!("  . {}", env_path.display());
@@ -206,7 +248,119 @@ async fn reusable_token(env_path: &Path, store: &portcullis_store::Store) -> Opt
     }
 }
 
-fn generated_config(listen: &str, admin: &str, demo_port: u16) -> String {
+/// Set up `<dir>/agent/` (certificate `connector:quickstart`, the
+/// gateway's CA, the demo API's certificate and key, `agent.toml`) and
+/// start `portcullis agent` on it; wait until it has connected.
+async fn start_agent(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    gateway: SocketAddr,
+    running: &portcullis_gateway::RunningGateway,
+) -> anyhow::Result<tokio::process::Child> {
+    let adir = dir.join("agent");
+    create_private_dir(&adir)?;
+    let asecrets = adir.join("secrets");
+    create_private_dir(&asecrets)?;
+    let key = asecrets.join("demo-api-key");
+    if !key.exists() {
+        write_private(&key, format!("{}\n", random_hex(32)?).as_bytes())?;
+    }
+    std::fs::copy(ca.cert_path(), adir.join("gateway-ca.pem"))?;
+    let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
+    ca.ensure_server_cert(&adir, "demo-api", &names, CERT_TTL)?;
+    if !adir.join("agent.pem").exists() {
+        ca.write_leaf(
+            portcullis_tls::LeafKind::Client,
+            &adir.join("agent"),
+            &[format!("connector:{AGENT}")],
+            CERT_TTL,
+        )?;
+    }
+    let config = adir.join("agent.toml");
+    let demo_port = match std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| portcullis_config::AgentConfig::parse(&t, &config).ok())
+        .and_then(|c| c.demo.map(|d| d.listen.port()))
+    {
+        Some(p) => p,
+        None => free_loopback_port()?,
+    };
+    std::fs::write(&config, agent_config(gateway.port(), demo_port))?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(&config)
+        .arg("agent")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `portcullis agent`")?;
+    for _ in 0..150 {
+        if running.links.list().iter().any(|a| a.agent == AGENT) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the agent did not connect within 15 seconds (see its log above)")
+}
+
+fn agent_config(gateway_port: u16, demo_port: u16) -> String {
+    format!(
+        r#"# Generated by `portcullis quickstart --agent-demo`: the agent's own
+# configuration. Only this folder holds the demo API's key.
+
+[agent]
+gateway = "localhost:{gateway_port}"
+ca_file = "gateway-ca.pem"
+cert = "agent.pem"
+key = "agent.key"
+
+# The demo API (the "target"), run by the agent in its network.
+[demo]
+listen = "127.0.0.1:{demo_port}"
+cert = "demo-api.pem"
+key = "demo-api.key"
+api_key = "file:secrets/demo-api-key"
+
+[[connections]]
+name = "{CONNECTION}"
+type = "http"
+url = "https://localhost:{demo_port}"
+ca_file = "gateway-ca.pem"
+credential = {{ header = "x-api-key", secret = "file:secrets/demo-api-key" }}
+"#
+    )
+}
+
+fn generated_config(agent_port: Option<u16>, listen: &str, admin: &str, demo_port: u16) -> String {
+    let target = match agent_port {
+        None => format!(
+            r#"# The demo API runs inside the quickstart process, on loopback.
+[demo]
+listen = "127.0.0.1:{demo_port}"
+cert = "demo-api.pem"
+key = "demo-api.key"
+api_key = "file:secrets/demo-api-key"
+
+[[connections]]
+name = "{CONNECTION}"
+type = "http"
+url = "https://localhost:{demo_port}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:secrets/demo-api-key" }}"#
+        ),
+        Some(port) => format!(
+            r#"# Agents dial in here (client certificate connector:NAME from ca.pem).
+[agent_listener]
+listen = "127.0.0.1:{port}"
+ca_file = "ca.pem"
+
+# Served by agent "{AGENT}": its URL and key are in agent/agent.toml only.
+[[connections]]
+name = "{CONNECTION}"
+type = "http"
+agent = "{AGENT}""#
+        ),
+    };
     format!(
         r#"# Generated by `portcullis quickstart`. Every key is documented in
 # portcullis.example.toml in the repository. Paths are relative to this file.
@@ -224,19 +378,7 @@ client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
 [store]
 path = "portcullis.db"
 
-# The demo API runs inside the quickstart process, on loopback.
-[demo]
-listen = "127.0.0.1:{demo_port}"
-cert = "demo-api.pem"
-key = "demo-api.key"
-api_key = "file:secrets/demo-api-key"
-
-[[connections]]
-name = "{CONNECTION}"
-type = "http"
-url = "https://localhost:{demo_port}"
-ca_file = "ca.pem"
-credential = {{ header = "x-api-key", secret = "file:secrets/demo-api-key" }}
+{target}
 
 [[grants]]
 name = "quickstart-demo"

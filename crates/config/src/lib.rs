@@ -52,6 +52,75 @@ pub struct Config {
     pub masking: Masking,
     /// `[[oidc]]`: identity providers whose tokens are accepted.
     pub oidc: Vec<OidcIssuer>,
+    /// `[agent_listener]`: where agents dial in.
+    pub agent_listener: Option<AgentListener>,
+}
+
+/// The listener agents connect to (TLS, client certificate required).
+#[derive(Debug, Clone)]
+pub struct AgentListener {
+    pub listen: SocketAddr,
+    /// The CA that issues agent certificates (`connector:NAME`).
+    pub ca_file: PathBuf,
+}
+
+/// A connection served by an agent: only its name, protocol and access
+/// mode are known to the gateway.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    pub agent: String,
+    /// `http` or `postgres`.
+    pub protocol: &'static str,
+    pub access: Access,
+}
+
+/// `agent.toml`: what `portcullis agent` serves and where it connects.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub source: PathBuf,
+    pub gateway_host: String,
+    pub gateway_port: u16,
+    /// Name the gateway's certificate is checked against.
+    pub server_name: String,
+    /// CA bundle that verifies the gateway.
+    pub ca_file: PathBuf,
+    /// The agent's client certificate and key (`connector:NAME`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub upstream_tls: TlsPolicy,
+    pub connections: Vec<Connection>,
+    /// The quickstart's demo API, run by the agent (`--agent-demo`).
+    pub demo: Option<DemoConfig>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let root: raw::AgentRoot = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut cfg = root
+            .validate(base)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        cfg.source = path.to_path_buf();
+        Ok(cfg)
+    }
 }
 
 /// An OpenID provider the gateway trusts (`[[oidc]]`).
@@ -174,6 +243,8 @@ pub enum Target {
     /// An upstream MCP server (Streamable HTTP), fronted with tool
     /// filtering, pinning and masking.
     Mcp(McpTarget),
+    /// Served through a connected agent.
+    Agent(AgentTarget),
 }
 
 /// `type = "mcp"`: an HTTP target plus which of its tools may be used.
@@ -203,6 +274,7 @@ impl Target {
             Target::Http(_) => "http",
             Target::Postgres(_) => "postgres",
             Target::Mcp(_) => "mcp",
+            Target::Agent(a) => a.protocol,
         }
     }
 }

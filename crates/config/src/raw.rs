@@ -32,6 +32,95 @@ pub(crate) struct Root {
     masking: RawMasking,
     #[serde(default)]
     oidc: Vec<RawOidc>,
+    agent_listener: Option<RawAgentListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentListener {
+    listen: SocketAddr,
+    ca_file: String,
+}
+
+/// `agent.toml`, the configuration of `portcullis agent`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentRoot {
+    agent: RawAgentSection,
+    #[serde(default)]
+    upstream_tls: TlsPolicy,
+    #[serde(default)]
+    connections: Vec<RawConnection>,
+    demo: Option<RawDemo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentSection {
+    gateway: String,
+    server_name: Option<String>,
+    ca_file: String,
+    cert: String,
+    key: String,
+}
+
+impl AgentRoot {
+    pub(crate) fn validate(self, base: &Path) -> Result<AgentConfig, Invalid> {
+        let a = &self.agent;
+        let (host, port) = a
+            .gateway
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "agent.gateway",
+                    "expected HOST:PORT of the gateway's agent listener, e.g. gw.example.com:8444",
+                )
+            })?;
+        self.upstream_tls
+            .provider()
+            .map_err(|e| invalid("upstream_tls", e.to_string()))?;
+        let mut names = HashSet::new();
+        let mut connections = Vec::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let key = |k: &str| format!("connections[{i}].{k}");
+            check_name(&key("name"), &c.name)?;
+            unique(&key("name"), &mut names, &c.name)?;
+            if c.agent.is_some() {
+                return Err(invalid(
+                    key("agent"),
+                    "an agent serves its connections itself; `agent` belongs in the gateway's config",
+                ));
+            }
+            let conn = c.validate(&key, base)?;
+            if matches!(conn.target, Target::Mcp(_)) {
+                return Err(invalid(key("type"), "agents serve \"http\" and \"postgres\" connections"));
+            }
+            connections.push(conn);
+        }
+        let demo = match self.demo {
+            None => None,
+            Some(d) => Some(DemoConfig {
+                listen: d.listen,
+                cert: base.join(&d.cert),
+                key: base.join(&d.key),
+                api_key: SecretRef::parse(&d.api_key, base).map_err(|e| invalid("demo.api_key", e))?,
+            }),
+        };
+        Ok(AgentConfig {
+            source: Default::default(),
+            gateway_host: host.to_string(),
+            gateway_port: port,
+            server_name: a.server_name.clone().unwrap_or_else(|| host.to_string()),
+            ca_file: base.join(&a.ca_file),
+            cert: base.join(&a.cert),
+            key: base.join(&a.key),
+            upstream_tls: self.upstream_tls,
+            connections,
+            demo,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +328,7 @@ struct RawConnection {
     name: String,
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
     url: String,
     tls: Option<String>,
     ca_file: Option<String>,
@@ -249,6 +339,7 @@ struct RawConnection {
     reuse: Option<bool>,
     tools_allow: Option<Vec<String>>,
     tools_deny: Option<Vec<String>>,
+    agent: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,8 +532,32 @@ impl Root {
             }),
         };
 
+        let agent_listener = match &self.agent_listener {
+            None => {
+                if let Some((i, c)) = connections
+                    .iter()
+                    .enumerate()
+                    .find(|(_, c)| matches!(c.target, Target::Agent(_)))
+                {
+                    return Err(invalid(
+                        format!("connections[{i}].agent"),
+                        format!(
+                            "connection {:?} is served by an agent, but there is no [agent_listener] for agents to connect to",
+                            c.name
+                        ),
+                    ));
+                }
+                None
+            }
+            Some(a) => Some(AgentListener {
+                listen: a.listen,
+                ca_file: path(&a.ca_file),
+            }),
+        };
+
         Ok(Config {
             source: Default::default(),
+            agent_listener,
             oidc,
             gateway: GatewayConfig {
                 listen: self.gateway.listen,
@@ -481,6 +596,9 @@ impl RawConnection {
             None => Duration::from_secs(30),
         };
         let mut ca_file = self.ca_file.as_deref().map(|p| base.join(p));
+        if let Some(agent) = &self.agent {
+            return self.via_agent(key, agent, timeout);
+        }
         let target = match self.kind.as_str() {
             "http" => {
                 self.refuse(key, "tools_allow", self.tools_allow.is_some(), "http")?;
@@ -553,6 +671,62 @@ impl RawConnection {
         } else {
             Ok(())
         }
+    }
+
+    /// A connection an agent serves: the gateway knows its name, protocol
+    /// and access mode only; URL and secret live in the agent's config.
+    fn via_agent(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        agent: &str,
+        timeout: Duration,
+    ) -> Result<Connection, Invalid> {
+        check_name(&key("agent"), agent)?;
+        let protocol = match self.kind.as_str() {
+            "http" => "http",
+            "postgres" => "postgres",
+            other => {
+                return Err(invalid(
+                    key("type"),
+                    format!("{other:?} connections cannot be served by an agent (\"http\", \"postgres\")"),
+                ));
+            }
+        };
+        let why = "is kept by the agent (agent.toml), not the gateway";
+        for (field, set) in [
+            ("url", !self.url.is_empty()),
+            ("credential", self.credential.is_some()),
+            ("password", self.password.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("tls", self.tls.is_some()),
+            ("reuse", self.reuse.is_some()),
+            ("tools_allow", self.tools_allow.is_some()),
+            ("tools_deny", self.tools_deny.is_some()),
+        ] {
+            if set {
+                return Err(invalid(key(field), format!("with `agent` set, `{field}` {why}")));
+            }
+        }
+        let access = match (protocol, self.access.as_deref()) {
+            (_, None) | (_, Some("read-write")) => Access::ReadWrite,
+            ("postgres", Some("read-only")) => Access::ReadOnly,
+            (_, Some(other)) => {
+                return Err(invalid(
+                    key("access"),
+                    format!("{other:?}: \"read-write\" or (postgres) \"read-only\""),
+                ));
+            }
+        };
+        Ok(Connection {
+            name: self.name.clone(),
+            ca_file: None,
+            timeout,
+            target: Target::Agent(AgentTarget {
+                agent: agent.to_string(),
+                protocol,
+                access,
+            }),
+        })
     }
 
     fn http(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<HttpTarget, Invalid> {

@@ -14,6 +14,7 @@ use crate::listener::Handler;
 #[derive(Clone)]
 pub struct Admin {
     pub(crate) registry: Arc<Registry>,
+    pub(crate) links: Arc<portcullis_link::AgentRegistry>,
 }
 
 impl Handler for Admin {
@@ -36,12 +37,16 @@ impl Handler for Admin {
                 );
                 resp
             }
+            (&Method::GET, "/agents") => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"agents": self.links.list()}),
+            ),
             (&Method::GET, "/healthz") => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz"}),
+                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /agents"}),
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! Wiring: from a [`Config`] and a [`Store`] to running listeners.
 
 mod admin;
+mod agents;
 mod demo;
 mod listener;
 
@@ -55,6 +56,9 @@ pub enum GatewayError {
 /// A gateway that is accepting connections.
 pub struct RunningGateway {
     pub https_addr: SocketAddr,
+    /// Where agents connect, when `[agent_listener]` is set.
+    pub agent_addr: Option<SocketAddr>,
+    pub links: Arc<portcullis_link::AgentRegistry>,
     pub admin_addr: Option<SocketAddr>,
     pub demo_addr: Option<SocketAddr>,
     pub postgres_addr: Option<SocketAddr>,
@@ -70,6 +74,7 @@ impl RunningGateway {
     /// then drop what is left.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
+        self.links.cut_all();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -117,19 +122,6 @@ fn listener_tls(
     Ok(TlsAcceptor::from(sc))
 }
 
-fn server_tls(
-    cfg: &Config,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    alpn: &[&[u8]],
-    what: &'static str,
-) -> Result<TlsAcceptor, GatewayError> {
-    let wrap = |source| GatewayError::Tls { what, source };
-    let chain = portcullis_tls::load_cert_chain(cert).map_err(wrap)?;
-    let key = portcullis_tls::load_private_key(key).map_err(wrap)?;
-    let sc = portcullis_tls::server_config(&cfg.gateway.tls, chain, key, alpn).map_err(wrap)?;
-    Ok(TlsAcceptor::from(sc))
-}
 
 /// The OIDC verifier for `[[oidc]]`, with keys fetched once before the
 /// gateway reports ready (a provider that is down is logged, and its
@@ -175,6 +167,61 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Gatew
     TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+/// Run the quickstart's demo API (an HTTPS target that wants its own
+/// key) until `shutdown`. The gateway runs it, or, with
+/// `quickstart --agent-demo`, the agent does.
+pub async fn serve_demo(
+    d: &portcullis_config::DemoConfig,
+    policy: &portcullis_tls::TlsPolicy,
+    handshake_timeout: Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<SocketAddr, GatewayError> {
+    let key = d
+        .api_key
+        .resolve()
+        .map_err(|reason| GatewayError::DemoSecret {
+            reference: d.api_key.to_string(),
+            reason,
+        })?;
+    let wrap = |source| GatewayError::Tls {
+        what: "the demo API",
+        source,
+    };
+    let chain = portcullis_tls::load_cert_chain(&d.cert).map_err(wrap)?;
+    let pkey = portcullis_tls::load_private_key(&d.key).map_err(wrap)?;
+    let sc = portcullis_tls::server_config(policy, chain, pkey, &[b"http/1.1"]).map_err(wrap)?;
+    let acceptor = TlsAcceptor::from(sc);
+    let l = bind(d.listen, "demo API").await?;
+    let addr = l.local_addr().map_err(|source| GatewayError::Bind {
+        what: "demo API",
+        addr: d.listen,
+        source,
+    })?;
+    let handler = demo::DemoApi {
+        api_key: Arc::new(key),
+    };
+    // Its handshakes are not the gateway's: count them apart.
+    let own_metrics = portcullis_tls::TlsMetrics::register(&mut Registry::default());
+    let settings = Arc::new(ListenerSettings {
+        public_url: portcullis_config::url_for(addr),
+        handshake_timeout,
+        idle_timeout: Duration::from_secs(300),
+        max_header_bytes: 16 * 1024,
+    });
+    tracker.spawn(listener::serve(
+        l,
+        acceptor,
+        handler,
+        settings,
+        own_metrics,
+        shutdown,
+        tracker.clone(),
+    ));
+    tracing::info!(%addr, "demo API listening");
+    Ok(addr)
 }
 
 /// Start every listener the config asks for.
@@ -233,38 +280,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     // The demo target first, so the gateway's first request can reach it.
     let demo_addr = match &cfg.demo {
         None => None,
-        Some(d) => {
-            let key = d
-                .api_key
-                .resolve()
-                .map_err(|reason| GatewayError::DemoSecret {
-                    reference: d.api_key.to_string(),
-                    reason,
-                })?;
-            let acceptor = server_tls(cfg, &d.cert, &d.key, &[b"http/1.1"], "the demo API")?;
-            let l = bind(d.listen, "demo API").await?;
-            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
-                what: "demo API",
-                addr: d.listen,
-                source,
-            })?;
-            let handler = demo::DemoApi {
-                api_key: Arc::new(key),
-            };
-            // Its handshakes are not the gateway's: count them apart.
-            let own_metrics = portcullis_tls::TlsMetrics::register(&mut Registry::default());
-            tracker.spawn(listener::serve(
-                l,
-                acceptor,
-                handler,
-                settings(portcullis_config::url_for(addr)),
-                own_metrics,
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-            tracing::info!(%addr, "demo API listening");
-            Some(addr)
-        }
+        Some(d) => Some(serve_demo(d, &cfg.gateway.tls, cfg.limits.handshake_timeout, shutdown.clone(), tracker.clone()).await?),
     };
 
     let hash_key = match &cfg.masking.hash_key {
@@ -291,6 +307,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         })
         .await?;
     let sessions = portcullis_audit::Sessions::new(audit.clone(), cfg.dir().join("recordings"));
+    let links = portcullis_link::AgentRegistry::new();
     let auth = Authenticator::new(Arc::new(store.clone()));
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),
@@ -303,6 +320,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         masks.clone(),
         mask_metrics.clone(),
         sessions.clone(),
+        links.clone(),
     )?;
 
     let postgres_addr = match &cfg.postgres {
@@ -325,6 +343,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 masks.clone(),
                 mask_metrics.clone(),
                 sessions.clone(),
+                links.clone(),
             )?;
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {
@@ -374,6 +393,46 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .clone()
         .unwrap_or_else(|| portcullis_config::url_for(https_addr));
 
+    let agent_addr = match &cfg.agent_listener {
+        None => None,
+        Some(a) => {
+            let clients = portcullis_config::ClientAuth {
+                mode: portcullis_config::ClientCertMode::Required,
+                ca_file: Some(a.ca_file.clone()),
+                principal_from: vec![
+                    portcullis_config::CertName::Spiffe,
+                    portcullis_config::CertName::CommonName,
+                ],
+            };
+            let acceptor = listener_tls(
+                cfg,
+                &certs,
+                &clients,
+                &[portcullis_link::ALPN],
+                "the agent listener",
+            )?;
+            let l = bind(a.listen, "agents").await?;
+            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
+                what: "agents",
+                addr: a.listen,
+                source,
+            })?;
+            tracker.spawn(agents::serve(
+                l,
+                acceptor,
+                agents::Assignments::from_config(cfg),
+                links.clone(),
+                store.clone(),
+                tls_metrics.clone(),
+                cfg.limits.handshake_timeout,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(%addr, "agent listener");
+            Some(addr)
+        }
+    };
+
     let admin_addr = match cfg.gateway.admin_listen {
         None => None,
         Some(a) => {
@@ -393,6 +452,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             let admin_metrics = tls_metrics.clone();
             let handler = admin::Admin {
                 registry: Arc::new(std::mem::take(&mut registry)),
+                links: links.clone(),
             };
             tracker.spawn(listener::serve(
                 al,
@@ -426,6 +486,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         mask_metrics.clone(),
         sessions.clone(),
         store.clone(),
+        links.clone(),
         hosts,
     )?;
     let main = listener::GatewayFront {
@@ -446,6 +507,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     tracing::info!(addr = %https_addr, url = %public_url, connections = cfg.connections.len(), grants = cfg.grants.len(), "gateway listening");
 
     Ok(RunningGateway {
+        agent_addr,
+        links,
         https_addr,
         admin_addr,
         demo_addr,

@@ -33,7 +33,11 @@ pub trait TokenStore: Send + Sync {
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> LookupFuture<'a>;
     /// Store a token a person minted for an agent; returns its id.
     fn mint<'a>(&'a self, m: &'a Mint<'a>) -> MintFuture<'a>;
+    /// Whether a client certificate (SHA-256 hex) has been revoked.
+    fn cert_revoked<'a>(&'a self, fingerprint: &'a str) -> RevokedFuture<'a>;
 }
+
+pub type RevokedFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, AuthError>> + Send + 'a>>;
 
 pub type MintFuture<'a> = Pin<Box<dyn Future<Output = Result<String, AuthError>> + Send + 'a>>;
 
@@ -144,13 +148,23 @@ impl Authenticator {
             Credential::Certificate { der, names } => {
                 let subject = portcullis_tls::client_cert::principal_name(der, names)
                     .map_err(|e| AuthError::Certificate(e.to_string()))?;
+                if subject.starts_with("connector:") {
+                    return Err(AuthError::Certificate(
+                        "an agent link certificate cannot be used to call connections".into(),
+                    ));
+                }
+                let fingerprint = portcullis_tls::sha256_hex(der);
+                if self.tokens.cert_revoked(&fingerprint).await? {
+                    return Err(AuthError::Certificate(format!(
+                        "client certificate {} has been revoked",
+                        &fingerprint[..16]
+                    )));
+                }
                 Ok(Principal {
                     kind: crate::PrincipalKind::of_subject(&subject),
                     subject,
                     groups: Vec::new(),
-                    via: crate::AuthMethod::ClientCertificate {
-                        fingerprint: portcullis_tls::sha256_hex(der),
-                    },
+                    via: crate::AuthMethod::ClientCertificate { fingerprint },
                 })
             }
             Credential::Bearer(s) => {
@@ -188,6 +202,9 @@ mod tests {
         fn mint<'a>(&'a self, m: &'a Mint<'a>) -> MintFuture<'a> {
             let id = m.hash.id();
             Box::pin(async move { Ok(id) })
+        }
+        fn cert_revoked<'a>(&'a self, _fp: &'a str) -> RevokedFuture<'a> {
+            Box::pin(async move { Ok(false) })
         }
     }
 

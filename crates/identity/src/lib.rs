@@ -12,7 +12,7 @@ pub mod token;
 
 pub use authn::{
     Authenticator, Credential, DelegateError, Delegated, LookupFuture, MAX_DELEGATION, Mint,
-    MintFuture, TokenStore, unix_now,
+    MintFuture, RevokedFuture, TokenStore, unix_now,
 };
 pub use oidc::{IssuerSettings, OidcError};
 pub use oidc_keys::OidcVerifier;

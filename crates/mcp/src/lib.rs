@@ -115,6 +115,7 @@ impl McpEndpoint {
         mask_metrics: portcullis_mask::MaskMetrics,
         sessions: portcullis_audit::Sessions,
         store: portcullis_store::Store,
+        links: Arc<portcullis_link::AgentRegistry>,
         hosts: Vec<String>,
     ) -> Result<Self, SetupError> {
         let mut connections = Vec::new();
@@ -132,6 +133,13 @@ impl McpEndpoint {
                         &cfg.upstream_tls,
                     )?),
                     read_only: t.access == Access::ReadOnly,
+                },
+                Target::Agent(a) if a.protocol == "http" => Kind::Http(Box::new(
+                    portcullis_http::Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?,
+                )),
+                Target::Agent(a) => Kind::Postgres {
+                    upstream: Arc::new(portcullis_postgres::PgUpstream::via_agent(c, a, links.clone())),
+                    read_only: a.access == Access::ReadOnly,
                 },
                 Target::Mcp(t) => Kind::Mcp {
                     upstream: Box::new(portcullis_http::Upstream::new(

@@ -39,6 +39,8 @@ pub enum ProxyError {
     MaskFailed { connection: String, reason: String },
     #[error("the audit log cannot record this request, so it is refused")]
     AuditUnavailable,
+    #[error("connection {connection:?} is served by agent {agent:?}, which is not connected")]
+    AgentUnavailable { connection: String, agent: String },
     #[error("{0}")]
     Delegate(portcullis_identity::DelegateError),
     #[error("{0} is not allowed here; use {1}")]
@@ -64,6 +66,7 @@ impl ProxyError {
             Self::CallerBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::AgentUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => {
                 StatusCode::FORBIDDEN
             }
@@ -89,6 +92,7 @@ impl ProxyError {
             Self::Upstream { .. } => "bad_gateway",
             Self::MaskFailed { .. } => "masking_failed",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::AgentUnavailable { .. } => "agent_unavailable",
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => "forbidden",
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
@@ -105,6 +109,10 @@ impl ProxyError {
             | Self::UpstreamTimeout { connection: c, .. }
             | Self::Upstream { connection: c, .. }
             | Self::MaskFailed { connection: c, .. } => body["connection"] = c.clone().into(),
+            Self::AgentUnavailable { connection, agent } => {
+                body["connection"] = connection.clone().into();
+                body["agent"] = agent.clone().into();
+            }
             Self::Forbidden(DenyReason::NoGrant {
                 principal,
                 connection,

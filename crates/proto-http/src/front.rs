@@ -73,11 +73,19 @@ impl HttpFront {
         masks: Arc<RuleSet>,
         mask_metrics: MaskMetrics,
         sessions: portcullis_audit::Sessions,
+        links: Arc<portcullis_link::AgentRegistry>,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
-            if let Target::Http(t) = &c.target {
-                upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
+            match &c.target {
+                Target::Http(t) => {
+                    upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
+                }
+                Target::Agent(a) if a.protocol == "http" => {
+                    let u = Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?;
+                    upstreams.insert(c.name.clone(), u);
+                }
+                _ => {}
             }
         }
         Ok(Self {
@@ -501,6 +509,10 @@ impl Inner {
             ForwardError::Upstream(reason) => ProxyError::Upstream {
                 connection: name.clone(),
                 reason,
+            },
+            ForwardError::AgentUnavailable(agent) => ProxyError::AgentUnavailable {
+                connection: name.clone(),
+                agent,
             },
         })?;
         let resp = match rule {

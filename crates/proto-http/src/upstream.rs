@@ -3,6 +3,7 @@
 //! a target's secret; the outbound agent will run this same half.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -41,6 +42,8 @@ pub enum ForwardError {
     CallerBody(String),
     #[error("{0}")]
     Upstream(String),
+    #[error("agent {0:?} is not connected")]
+    AgentUnavailable(String),
 }
 
 pub struct Upstream {
@@ -51,6 +54,8 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     credential: Option<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    /// Served through an agent: (agent name, the gateway's links).
+    via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -136,7 +141,45 @@ impl Upstream {
             client,
             credential,
             timeout: conn.timeout,
+            via: None,
         })
+    }
+
+    /// The gateway's half for a connection an agent serves: requests go
+    /// through the agent's link; the agent holds the URL and credential.
+    pub fn via_agent(
+        conn: &Connection,
+        agent: &str,
+        links: Arc<portcullis_link::AgentRegistry>,
+        policy: &TlsPolicy,
+    ) -> Result<Self, SetupError> {
+        let tls = portcullis_tls::client_config(policy, rustls::RootCertStore::empty()).map_err(
+            |e| SetupError::Tls {
+                connection: conn.name.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+        // Never dialled: the link carries the requests.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(HttpConnector::new());
+        Ok(Self {
+            name: conn.name.clone(),
+            scheme: Scheme::HTTPS,
+            authority: Authority::from_static("agent.invalid"),
+            base_path: String::new(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            credential: None,
+            timeout: conn.timeout,
+            via: Some((agent.to_string(), links)),
+        })
+    }
+
+    /// The agent serving this connection, if one does.
+    pub fn agent(&self) -> Option<&str> {
+        self.via.as_ref().map(|(a, _)| a.as_str())
     }
 
     pub fn name(&self) -> &str {
@@ -168,6 +211,9 @@ impl Upstream {
         mut req: Request<Body>,
         body_state: &BodyState,
     ) -> Result<Response<Incoming>, ForwardError> {
+        if let Some((agent, links)) = &self.via {
+            return self.forward_via(agent, links, req).await;
+        }
         // Whatever the caller spoke, ALPN decides what the target gets.
         *req.version_mut() = Version::HTTP_11;
         if let Some((name, value)) = &self.credential {
@@ -184,6 +230,43 @@ impl Upstream {
             )),
             Ok(Err(e)) => Err(classify(&e, self.authority.host())),
         }
+    }
+}
+
+impl Upstream {
+    async fn forward_via(
+        &self,
+        agent: &str,
+        links: &portcullis_link::AgentRegistry,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        use portcullis_link::LinkError;
+        let sent = tokio::time::timeout(self.timeout, links.send_http(agent, &self.name, req));
+        let resp = match sent.await {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(LinkError::NotConnected { agent })) => {
+                return Err(ForwardError::AgentUnavailable(agent));
+            }
+            Ok(Err(e)) => return Err(ForwardError::Upstream(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        if !resp.headers().contains_key(portcullis_link::HDR_LINK_ERROR) {
+            return Ok(resp);
+        }
+        // The agent's own failure (target down, untrusted…), not the
+        // target's answer.
+        use http_body_util::BodyExt;
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let e: Option<portcullis_link::RemoteError> = serde_json::from_slice(&body).ok();
+        Err(match e {
+            Some(e) if e.error == "upstream_timeout" => ForwardError::Timeout(self.timeout),
+            Some(e) => ForwardError::Upstream(format!("via agent {agent:?}: {}", e.message)),
+            None => ForwardError::Upstream(format!("agent {agent:?} failed")),
+        })
     }
 }
 

@@ -133,14 +133,24 @@ impl PgFront {
         masks: Arc<portcullis_mask::RuleSet>,
         mask_metrics: portcullis_mask::MaskMetrics,
         sessions: portcullis_audit::Sessions,
+        links: Arc<portcullis_link::AgentRegistry>,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
         for c in &cfg.connections {
-            if let Target::Postgres(t) = &c.target {
-                upstreams.insert(
-                    c.name.clone(),
-                    Arc::new(PgUpstream::new(c, t, &cfg.upstream_tls)?),
-                );
+            match &c.target {
+                Target::Postgres(t) => {
+                    upstreams.insert(
+                        c.name.clone(),
+                        Arc::new(PgUpstream::new(c, t, &cfg.upstream_tls)?),
+                    );
+                }
+                Target::Agent(a) if a.protocol == "postgres" => {
+                    upstreams.insert(
+                        c.name.clone(),
+                        Arc::new(PgUpstream::via_agent(c, a, links.clone())),
+                    );
+                }
+                _ => {}
             }
         }
         let max_message = cfg

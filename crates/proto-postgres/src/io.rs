@@ -85,6 +85,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.inner
     }
 
+    /// The reader and whatever it has buffered beyond the last frame.
+    pub fn into_parts(self) -> (R, bytes::BytesMut) {
+        (self.inner, self.buf)
+    }
+
     pub fn into_inner(self) -> R {
         self.inner
     }

@@ -59,6 +59,10 @@ pub enum UpstreamError {
     Server(String),
     #[error("protocol error talking to the target: {0}")]
     Protocol(String),
+    #[error("connection {connection:?} is served by agent {agent:?}, which is not connected")]
+    AgentUnavailable { connection: String, agent: String },
+    #[error("{0}")]
+    Agent(String),
 }
 
 impl From<ReadError> for UpstreamError {
@@ -105,6 +109,8 @@ pub struct PgUpstream {
     timeout: Duration,
     reuse: bool,
     idle: std::sync::Mutex<Vec<Idle>>,
+    /// Served through an agent: (agent name, the gateway's links).
+    via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
 }
 
 /// An upstream session waiting for its next caller.
@@ -198,7 +204,38 @@ impl PgUpstream {
             timeout: conn.timeout,
             reuse: t.reuse,
             idle: std::sync::Mutex::new(Vec::new()),
+            via: None,
         })
+    }
+
+    /// The gateway's half for a connection an agent serves: the agent
+    /// connects and authenticates; the session arrives over the link.
+    pub fn via_agent(
+        conn: &Connection,
+        t: &portcullis_config::AgentTarget,
+        links: Arc<portcullis_link::AgentRegistry>,
+    ) -> Self {
+        Self {
+            name: conn.name.clone(),
+            host: String::new(),
+            port: 0,
+            database: String::new(),
+            user: String::new(),
+            password: portcullis_config::Secret::new(String::new()),
+            tls: None,
+            read_only: t.access == Access::ReadOnly,
+            timeout: conn.timeout,
+            // A session crosses the link once; the agent's side decides
+            // about its own connections.
+            reuse: false,
+            idle: std::sync::Mutex::new(Vec::new()),
+            via: Some((t.agent.clone(), links)),
+        }
+    }
+
+    /// The agent serving this connection, if one does.
+    pub fn agent(&self) -> Option<&str> {
+        self.via.as_ref().map(|(a, _)| a.as_str())
     }
 
     pub fn reuse(&self) -> bool {
@@ -327,9 +364,54 @@ impl PgUpstream {
             tracing::debug!(connection = %self.name, "reusing an upstream session");
             return Ok(s);
         }
+        if let Some((agent, links)) = &self.via {
+            return tokio::time::timeout(self.timeout, self.connect_via(agent, links, caller_params))
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.timeout))?;
+        }
         tokio::time::timeout(self.timeout, self.connect_inner(caller_params))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+
+    async fn connect_via(
+        &self,
+        agent: &str,
+        links: &portcullis_link::AgentRegistry,
+        caller_params: &[(String, String)],
+    ) -> Result<UpstreamSession, UpstreamError> {
+        let passed: Vec<(String, String)> = Self::passed(caller_params);
+        let io = links
+            .open_pg(agent, &self.name, &passed)
+            .await
+            .map_err(|e| self.link_error(e))?;
+        let stream: BoxStream = Box::new(io);
+        let (r, w) = tokio::io::split(stream);
+        let reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
+        read_startup(reader, w).await
+    }
+
+    fn link_error(&self, e: portcullis_link::LinkError) -> UpstreamError {
+        match e {
+            portcullis_link::LinkError::NotConnected { agent } => UpstreamError::AgentUnavailable {
+                connection: self.name.clone(),
+                agent,
+            },
+            other => UpstreamError::Agent(other.to_string()),
+        }
+    }
+
+    /// Hand a caller's session (already authenticated by whoever dialled
+    /// it) to a relay: the agent side of a link uses this to carry the
+    /// target's startup messages to the gateway.
+    pub fn startup_bytes(session: &UpstreamSession) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in &session.startup_messages {
+            out.extend_from_slice(&m.to_bytes());
+        }
+        out.extend_from_slice(&messages::backend_key_data(session.pid, session.secret).to_bytes());
+        out.extend_from_slice(&messages::ready_for_query(session.status).to_bytes());
+        out
     }
 
     async fn connect_inner(
@@ -356,39 +438,7 @@ impl PgUpstream {
             .map_err(UpstreamError::Connect)?;
 
         self.authenticate(&mut reader, &mut w).await?;
-
-        let mut startup_messages = Vec::new();
-        let (mut pid, mut secret) = (0, 0);
-        loop {
-            let m = reader.next().await?.ok_or_else(|| {
-                UpstreamError::Protocol("the target closed the connection during startup".into())
-            })?;
-            match m.tag {
-                b'S' | b'N' => startup_messages.push(m),
-                b'K' if m.body.len() == 8 => {
-                    pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
-                    secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
-                }
-                b'Z' => {
-                    let status = m.body.first().copied().unwrap_or(b'I');
-                    return Ok(UpstreamSession {
-                        reader,
-                        writer: w,
-                        startup_messages,
-                        pid,
-                        secret,
-                        status,
-                    });
-                }
-                b'E' => return Err(UpstreamError::Server(error_text(&m))),
-                _ => {
-                    return Err(UpstreamError::Protocol(format!(
-                        "unexpected {:?} during startup",
-                        m.tag as char
-                    )));
-                }
-            }
-        }
+        read_startup(reader, w).await
     }
 
     async fn authenticate<R, W>(
@@ -498,6 +548,12 @@ impl PgUpstream {
 
     /// Forward a cancel request for the target's backend `pid`/`secret`.
     pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), UpstreamError> {
+        if let Some((agent, links)) = &self.via {
+            return links
+                .cancel_pg(agent, &self.name, pid, secret)
+                .await
+                .map_err(|e| self.link_error(e));
+        }
         let fut = async {
             let mut s = self.dial().await?;
             s.write_all(&messages::cancel_request(pid, secret))
@@ -662,6 +718,46 @@ fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
     }
     row
 }
+
+/// After authentication: ParameterStatus and notices, BackendKeyData,
+/// then ReadyForQuery.
+async fn read_startup(
+    mut reader: FrameReader<tokio::io::ReadHalf<BoxStream>>,
+    w: tokio::io::WriteHalf<BoxStream>,
+) -> Result<UpstreamSession, UpstreamError> {
+    let mut startup_messages = Vec::new();
+        let (mut pid, mut secret) = (0, 0);
+        loop {
+            let m = reader.next().await?.ok_or_else(|| {
+                UpstreamError::Protocol("the target closed the connection during startup".into())
+            })?;
+            match m.tag {
+                b'S' | b'N' => startup_messages.push(m),
+                b'K' if m.body.len() == 8 => {
+                    pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+                    secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
+                }
+                b'Z' => {
+                    let status = m.body.first().copied().unwrap_or(b'I');
+                    return Ok(UpstreamSession {
+                        reader,
+                        writer: w,
+                        startup_messages,
+                        pid,
+                        secret,
+                        status,
+                    });
+                }
+                b'E' => return Err(UpstreamError::Server(error_text(&m))),
+                _ => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "unexpected {:?} during startup",
+                        m.tag as char
+                    )));
+                }
+            }
+        }
+    }
 
 /// "CODE: message" of an ErrorResponse.
 pub fn error_text(m: &Message) -> String {

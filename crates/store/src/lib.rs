@@ -146,6 +146,34 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Revoke a client certificate by its SHA-256 fingerprint (hex).
+    pub async fn revoke_cert(
+        &self,
+        fingerprint: &str,
+        subject: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO revoked_certs (fingerprint, subject, revoked_at) VALUES (?, ?, ?) \
+             ON CONFLICT (fingerprint) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .bind(subject)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?")
+                .bind(fingerprint)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+
     /// Pins of one MCP connection's tools.
     pub async fn tool_pins(&self, connection: &str) -> Result<Vec<ToolPin>, StoreError> {
         let rows = sqlx::query(
@@ -439,6 +467,15 @@ impl Store {
 }
 
 impl portcullis_identity::TokenStore for Store {
+    fn cert_revoked<'a>(&'a self, fingerprint: &'a str) -> portcullis_identity::RevokedFuture<'a> {
+        Box::pin(async move {
+            self.is_cert_revoked(fingerprint).await.map_err(|e| {
+                tracing::error!(error = %e, "revocation lookup failed");
+                portcullis_identity::AuthError::Unavailable
+            })
+        })
+    }
+
     fn mint<'a>(
         &'a self,
         m: &'a portcullis_identity::Mint<'a>,

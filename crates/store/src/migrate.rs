@@ -59,6 +59,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (connection, tool)
     )",
     ),
+    // Client certificates (agents' and callers') revoked before expiry.
+    (
+        6,
+        "CREATE TABLE revoked_certs (
+        fingerprint TEXT PRIMARY KEY,
+        subject TEXT,
+        revoked_at INTEGER NOT NULL
+    )",
+    ),
 ];
 
 pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {

@@ -156,6 +156,20 @@ pub fn client_config(policy: &TlsPolicy, roots: RootCertStore) -> Result<ClientC
         .with_no_client_auth())
 }
 
+/// A client config that also presents a client certificate (the agent's,
+/// to the gateway).
+pub fn client_config_with_cert(
+    policy: &TlsPolicy,
+    roots: RootCertStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(policy.provider()?)
+        .with_protocol_versions(&policy.versions()?)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
 /// Lower-case hex SHA-256 of `bytes` (certificate fingerprints).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))

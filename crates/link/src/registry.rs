@@ -1,0 +1,267 @@
+//! The gateway's side: which agents are connected, and the operations the
+//! fronts run through them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Announced, Body, HDR_CONNECTION, HDR_OP, HDR_PG_PARAMS, HDR_PG_PID, HDR_PG_SECRET, LinkError,
+    PG_PROTOCOL, RemoteError,
+};
+
+/// A session's byte stream over the link (tokio I/O).
+pub type TunnelStream = hyper_util::rt::TokioIo<Upgraded>;
+
+/// One connected agent.
+pub(crate) struct Link {
+    pub id: u64,
+    pub agent: String,
+    pub version: String,
+    pub peer: SocketAddr,
+    pub connections: Vec<Announced>,
+    pub connected_at: i64,
+    pub last_heartbeat: AtomicI64,
+    pub send: SendRequest<Body>,
+    /// Cancelled to cut the link (revocation, replacement, shutdown).
+    pub cut: CancellationToken,
+}
+
+/// What `portcullis agents list` and the admin API show.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub agent: String,
+    pub version: String,
+    pub address: String,
+    pub connections: Vec<Announced>,
+    pub connected_at: i64,
+    pub last_heartbeat: i64,
+}
+
+#[derive(Default)]
+pub struct AgentRegistry {
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    next_id: AtomicU64,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl AgentRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Add a link; an older link of the same agent is cut (the agent
+    /// reconnected, or a second instance took over).
+    pub(crate) fn register(&self, link: Arc<Link>) {
+        let old = self
+            .links
+            .lock()
+            .ok()
+            .and_then(|mut m| m.insert(link.agent.clone(), link));
+        if let Some(old) = old {
+            old.cut.cancel();
+        }
+    }
+
+    /// Remove the link `id` of `agent` (not a newer one).
+    pub(crate) fn remove(&self, agent: &str, id: u64) {
+        if let Ok(mut m) = self.links.lock()
+            && m.get(agent).is_some_and(|l| l.id == id)
+        {
+            m.remove(agent);
+        }
+    }
+
+    /// Cut every link (gateway shutdown).
+    pub fn cut_all(&self) {
+        if let Ok(m) = self.links.lock() {
+            for l in m.values() {
+                l.cut.cancel();
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let mut v: Vec<AgentInfo> = self
+            .links
+            .lock()
+            .map(|m| {
+                m.values()
+                    .map(|l| AgentInfo {
+                        agent: l.agent.clone(),
+                        version: l.version.clone(),
+                        address: l.peer.to_string(),
+                        connections: l.connections.clone(),
+                        connected_at: l.connected_at,
+                        last_heartbeat: l.last_heartbeat.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.agent.cmp(&b.agent));
+        v
+    }
+
+    fn get(&self, agent: &str) -> Result<Arc<Link>, LinkError> {
+        self.links
+            .lock()
+            .ok()
+            .and_then(|m| m.get(agent).cloned())
+            .ok_or_else(|| LinkError::NotConnected {
+                agent: agent.to_string(),
+            })
+    }
+
+    async fn send(
+        &self,
+        agent: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, LinkError> {
+        let link = self.get(agent)?;
+        let mut send = link.send.clone();
+        let failed = |e: hyper::Error| LinkError::Link {
+            agent: agent.to_string(),
+            reason: e.to_string(),
+        };
+        send.ready().await.map_err(failed)?;
+        send.send_request(req).await.map_err(failed)
+    }
+
+    /// Relay an HTTP request to `connection` through `agent`. The request
+    /// carries an origin-form URI (path and query); the agent adds its
+    /// base URL and the credential.
+    pub async fn send_http(
+        &self,
+        agent: &str,
+        connection: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, LinkError> {
+        let h = req.headers_mut();
+        h.insert(HDR_OP, http::HeaderValue::from_static("http"));
+        h.insert(HDR_CONNECTION, header_value(connection)?);
+        // HTTP/2 needs an absolute URI; the authority is the link's own.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        *req.uri_mut() = format!("https://agent{pq}")
+            .parse()
+            .map_err(|_| remote(agent, "bad request path"))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        self.send(agent, req).await
+    }
+
+    /// Open a PostgreSQL session on `connection` through `agent`: the
+    /// agent connects and authenticates to the target, then the returned
+    /// stream carries the target's startup messages (ParameterStatus …,
+    /// BackendKeyData, ReadyForQuery) and the session.
+    pub async fn open_pg(
+        &self,
+        agent: &str,
+        connection: &str,
+        params: &[(String, String)],
+    ) -> Result<TunnelStream, LinkError> {
+        let params = serde_json::to_string(params).map_err(|e| remote(agent, &e.to_string()))?;
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("https://agent/pg")
+            .version(http::Version::HTTP_2)
+            .header(HDR_OP, "pg")
+            .header(HDR_CONNECTION, header_value(connection)?)
+            .header(HDR_PG_PARAMS, header_value(&params)?)
+            .body(empty())
+            .map_err(|e| remote(agent, &e.to_string()))?;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(PG_PROTOCOL));
+        let resp = self.send(agent, req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(remote_answer(agent, resp).await);
+        }
+        hyper::upgrade::on(resp)
+            .await
+            .map(hyper_util::rt::TokioIo::new)
+            .map_err(|e| LinkError::Link {
+                agent: agent.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Ask `agent` to cancel a running query of `connection`.
+    pub async fn cancel_pg(
+        &self,
+        agent: &str,
+        connection: &str,
+        pid: i32,
+        secret: i32,
+    ) -> Result<(), LinkError> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("https://agent/pg-cancel")
+            .version(http::Version::HTTP_2)
+            .header(HDR_OP, "pg-cancel")
+            .header(HDR_CONNECTION, header_value(connection)?)
+            .header(HDR_PG_PID, pid)
+            .header(HDR_PG_SECRET, secret)
+            .body(empty())
+            .map_err(|e| remote(agent, &e.to_string()))?;
+        let resp = self.send(agent, req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(remote_answer(agent, resp).await);
+        }
+        Ok(())
+    }
+}
+
+fn header_value(s: &str) -> Result<http::HeaderValue, LinkError> {
+    http::HeaderValue::from_str(s).map_err(|_| LinkError::Remote {
+        agent: String::new(),
+        message: "a value cannot be carried in a header".into(),
+    })
+}
+
+pub(crate) fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn remote(agent: &str, message: &str) -> LinkError {
+    LinkError::Remote {
+        agent: agent.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The agent's JSON error answer, as a [`LinkError`].
+async fn remote_answer(agent: &str, resp: Response<Incoming>) -> LinkError {
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    match serde_json::from_slice::<RemoteError>(&body) {
+        Ok(e) => remote(agent, &e.message),
+        Err(_) => remote(agent, &format!("HTTP {status}")),
+    }
+}

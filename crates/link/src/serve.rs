@@ -1,0 +1,187 @@
+//! One link, gateway side: HTTP/2 client handshake on the accepted TLS
+//! connection, `hello` and its check, registration, heartbeats, and the
+//! end (agent gone, revoked, replaced, or gateway shutdown).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Link, empty, unix_now};
+use crate::{AgentRegistry, HDR_OP, Hello, check_announced};
+
+/// How often the gateway pings each agent (and re-checks revocation).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// No answer to a ping in this long: the link is dead.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The handshake or `hello` failed.
+    Handshake(String),
+    /// The agent announced a connection it may not serve.
+    Refused(String),
+    /// The agent's certificate was revoked.
+    Revoked,
+    /// A newer link of the same agent replaced this one.
+    Replaced,
+    /// The agent went away or stopped answering.
+    Lost(String),
+    Shutdown,
+}
+
+/// Serve one agent link until it ends. `allowed` lists the (connection,
+/// protocol) pairs this agent may announce; `revoked` is asked on every
+/// heartbeat whether the agent's certificate has been revoked since.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_link<IO, R, RF>(
+    io: IO,
+    peer: SocketAddr,
+    agent: String,
+    allowed: Vec<(String, String)>,
+    registry: Arc<AgentRegistry>,
+    stop: CancellationToken,
+    revoked: R,
+) -> LinkEnd
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    R: Fn() -> RF,
+    RF: Future<Output = bool>,
+{
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(io))
+        .await;
+    let (mut send, conn) = match handshake {
+        Ok(x) => x,
+        Err(e) => return LinkEnd::Handshake(e.to_string()),
+    };
+    let cut = CancellationToken::new();
+    let driver_cut = cut.clone();
+    // Dropping the connection future ends every stream on the link.
+    let driver = tokio::spawn(async move {
+        tokio::select! {
+            r = conn => r.map_err(|e| e.to_string()),
+            _ = driver_cut.cancelled() => Ok(()),
+        }
+    });
+
+    let hello = async {
+        send.ready().await.map_err(|e| e.to_string())?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("https://agent/hello")
+            .header(HDR_OP, "hello")
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("hello answered {}", resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 256 * 1024)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        serde_json::from_slice::<Hello>(&body).map_err(|e| format!("hello: {e}"))
+    };
+    let hello = match tokio::time::timeout(HEARTBEAT_TIMEOUT, hello).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            cut.cancel();
+            return LinkEnd::Handshake(e);
+        }
+        Err(_) => {
+            cut.cancel();
+            return LinkEnd::Handshake("no hello in time".into());
+        }
+    };
+    if let Err(reason) = check_announced(&hello, &allowed) {
+        tracing::warn!(%agent, %peer, %reason, "agent link refused");
+        // Tell the agent why before closing, so its operator sees it.
+        let body = serde_json::json!({"reason": reason}).to_string();
+        if let Ok(req) = Request::builder()
+            .method(Method::POST)
+            .uri("https://agent/refused")
+            .header(HDR_OP, "refused")
+            .body(
+                Full::new(bytes::Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.send_request(req)).await;
+        }
+        cut.cancel();
+        return LinkEnd::Refused(reason);
+    }
+
+    let link = Arc::new(Link {
+        id: registry.next_id(),
+        agent: agent.clone(),
+        version: hello.version.clone(),
+        peer,
+        connections: hello.connections.clone(),
+        connected_at: unix_now(),
+        last_heartbeat: unix_now().into(),
+        send: send.clone(),
+        cut: cut.clone(),
+    });
+    registry.register(link.clone());
+    tracing::info!(%agent, %peer, version = %hello.version, connections = hello.connections.len(), "agent connected");
+
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break LinkEnd::Shutdown,
+            _ = cut.cancelled() => break LinkEnd::Replaced,
+            _ = tick.tick() => {}
+        }
+        if revoked().await {
+            break LinkEnd::Revoked;
+        }
+        let ping = async {
+            let mut s = send.clone();
+            s.ready().await.map_err(|e| e.to_string())?;
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri("https://agent/ping")
+                .header(HDR_OP, "ping")
+                .body(empty())
+                .map_err(|e| e.to_string())?;
+            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            if resp.status() == StatusCode::OK {
+                Ok(())
+            } else {
+                Err(format!("ping answered {}", resp.status()))
+            }
+        };
+        match tokio::time::timeout(HEARTBEAT_TIMEOUT, ping).await {
+            Ok(Ok(())) => link.last_heartbeat.store(unix_now(), Ordering::Relaxed),
+            Ok(Err(e)) => break LinkEnd::Lost(e),
+            Err(_) => break LinkEnd::Lost("heartbeat timed out".into()),
+        }
+    };
+    registry.remove(&agent, link.id);
+    cut.cancel();
+    let _ = driver.await;
+    match &end {
+        LinkEnd::Revoked => {
+            tracing::warn!(%agent, %peer, "agent certificate revoked: link and its sessions cut")
+        }
+        other => tracing::info!(%agent, %peer, end = ?other, "agent disconnected"),
+    }
+    end
+}
