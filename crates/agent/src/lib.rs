@@ -118,7 +118,9 @@ impl Agent {
             };
             match result {
                 Ok(()) => tracing::info!(gateway = %self.gateway(), "link to the gateway closed"),
-                Err(e) => tracing::warn!(gateway = %self.gateway(), error = %e, "link to the gateway failed"),
+                Err(e) => {
+                    tracing::warn!(gateway = %self.gateway(), error = %e, "link to the gateway failed")
+                }
             }
             // A link that lived a while resets the backoff.
             if started.elapsed() > Duration::from_secs(10) {
@@ -126,7 +128,10 @@ impl Agent {
             }
             let wait = backoff(attempt, random_u32());
             attempt = attempt.saturating_add(1);
-            tracing::info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the gateway");
+            tracing::info!(
+                retry_in_ms = wait.as_millis() as u64,
+                "reconnecting to the gateway"
+            );
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

@@ -66,6 +66,9 @@ where
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .enable_connect_protocol()
+        .initial_stream_window_size(portcullis_link::STREAM_WINDOW)
+        .initial_connection_window_size(portcullis_link::LINK_WINDOW)
+        .max_concurrent_streams(1000)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -222,9 +225,7 @@ async fn open_pg(
         let (reader, writer) = (session.reader, session.writer);
         let (read_half, buffered) = reader.into_parts();
         let mut target = read_half.unsplit(writer);
-        if tunnel.write_all(&startup).await.is_err()
-            || tunnel.write_all(&buffered).await.is_err()
-        {
+        if tunnel.write_all(&startup).await.is_err() || tunnel.write_all(&buffered).await.is_err() {
             return;
         }
         // Each direction has its own HTTP/2 flow-control window: a caller

@@ -25,7 +25,11 @@ pub(crate) enum CertCommand {
     /// the next request, and an agent's live link is cut within seconds.
     Revoke {
         /// The certificate (PEM) to revoke.
-        #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+        #[arg(
+            long,
+            conflicts_with = "fingerprint",
+            required_unless_present = "fingerprint"
+        )]
         cert: Option<PathBuf>,
         /// Its SHA-256 fingerprint (hex), as logged at the handshake.
         #[arg(long)]
@@ -47,7 +51,9 @@ pub(crate) async fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
         let (fp, subject) = match (cert, fingerprint) {
             (Some(path), _) => {
                 let chain = portcullis_tls::load_cert_chain(path)?;
-                let leaf = chain.first().ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+                let leaf = chain
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no certificate"))?;
                 let subject = portcullis_tls::client_cert::principal_name(
                     leaf,
                     &[

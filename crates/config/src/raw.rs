@@ -95,7 +95,10 @@ impl AgentRoot {
             }
             let conn = c.validate(&key, base)?;
             if matches!(conn.target, Target::Mcp(_)) {
-                return Err(invalid(key("type"), "agents serve \"http\" and \"postgres\" connections"));
+                return Err(invalid(
+                    key("type"),
+                    "agents serve \"http\" and \"postgres\" connections",
+                ));
             }
             connections.push(conn);
         }
@@ -105,7 +108,8 @@ impl AgentRoot {
                 listen: d.listen,
                 cert: base.join(&d.cert),
                 key: base.join(&d.key),
-                api_key: SecretRef::parse(&d.api_key, base).map_err(|e| invalid("demo.api_key", e))?,
+                api_key: SecretRef::parse(&d.api_key, base)
+                    .map_err(|e| invalid("demo.api_key", e))?,
             }),
         };
         Ok(AgentConfig {
@@ -688,7 +692,9 @@ impl RawConnection {
             other => {
                 return Err(invalid(
                     key("type"),
-                    format!("{other:?} connections cannot be served by an agent (\"http\", \"postgres\")"),
+                    format!(
+                        "{other:?} connections cannot be served by an agent (\"http\", \"postgres\")"
+                    ),
                 ));
             }
         };
@@ -704,7 +710,10 @@ impl RawConnection {
             ("tools_deny", self.tools_deny.is_some()),
         ] {
             if set {
-                return Err(invalid(key(field), format!("with `agent` set, `{field}` {why}")));
+                return Err(invalid(
+                    key(field),
+                    format!("with `agent` set, `{field}` {why}"),
+                ));
             }
         }
         let access = match (protocol, self.access.as_deref()) {

@@ -122,7 +122,6 @@ fn listener_tls(
     Ok(TlsAcceptor::from(sc))
 }
 
-
 /// The OIDC verifier for `[[oidc]]`, with keys fetched once before the
 /// gateway reports ready (a provider that is down is logged, and its
 /// tokens are refused until a refresh succeeds).
@@ -280,7 +279,16 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     // The demo target first, so the gateway's first request can reach it.
     let demo_addr = match &cfg.demo {
         None => None,
-        Some(d) => Some(serve_demo(d, &cfg.gateway.tls, cfg.limits.handshake_timeout, shutdown.clone(), tracker.clone()).await?),
+        Some(d) => Some(
+            serve_demo(
+                d,
+                &cfg.gateway.tls,
+                cfg.limits.handshake_timeout,
+                shutdown.clone(),
+                tracker.clone(),
+            )
+            .await?,
+        ),
     };
 
     let hash_key = match &cfg.masking.hash_key {

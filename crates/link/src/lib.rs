@@ -15,11 +15,12 @@
 //! PING keep-alives and GOAWAY come with it; yamux would need a hand-made
 //! driver and keep-alive, and QUIC's UDP is often blocked on egress.
 
+mod kill;
 mod registry;
 mod serve;
 
 pub use registry::{AgentInfo, AgentRegistry, TunnelStream};
-pub use serve::{LinkEnd, run_link};
+pub use serve::{LINK_WINDOW, LinkEnd, STREAM_WINDOW, run_link};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

@@ -131,19 +131,21 @@ impl AgentRegistry {
             })
     }
 
-    async fn send(
-        &self,
-        agent: &str,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, LinkError> {
+    async fn send(&self, agent: &str, req: Request<Body>) -> Result<Response<Incoming>, LinkError> {
         let link = self.get(agent)?;
         let mut send = link.send.clone();
-        let failed = |e: hyper::Error| LinkError::Link {
+        if send.ready().await.is_err() {
+            // The link just died: say so as "not connected", and drop it.
+            link.cut.cancel();
+            self.remove(agent, link.id);
+            return Err(LinkError::NotConnected {
+                agent: agent.to_string(),
+            });
+        }
+        send.send_request(req).await.map_err(|e| LinkError::Link {
             agent: agent.to_string(),
             reason: e.to_string(),
-        };
-        send.ready().await.map_err(failed)?;
-        send.send_request(req).await.map_err(failed)
+        })
     }
 
     /// Relay an HTTP request to `connection` through `agent`. The request

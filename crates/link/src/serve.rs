@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::{Link, empty, unix_now};
 use crate::{AgentRegistry, HDR_OP, Hello, check_announced};
 
+/// Flow-control windows of each session and of the whole link.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const LINK_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// How often the gateway pings each agent (and re-checks revocation).
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// No answer to a ping in this long: the link is dead.
@@ -56,25 +60,35 @@ where
     R: Fn() -> RF,
     RF: Future<Output = bool>,
 {
+    let cut = CancellationToken::new();
+    let io = crate::kill::Killable::new(io, cut.clone());
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
+        // A session's window is small next to the link's: a caller that
+        // stops reading fills its stream's window and nobody else's.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(LINK_WINDOW)
+        .max_concurrent_reset_streams(1024)
         .handshake(TokioIo::new(io))
         .await;
     let (mut send, conn) = match handshake {
         Ok(x) => x,
         Err(e) => return LinkEnd::Handshake(e.to_string()),
     };
-    let cut = CancellationToken::new();
-    let driver_cut = cut.clone();
+    // Set when the connection itself ended (agent gone, network down).
+    let gone = CancellationToken::new();
+    let (driver_cut, driver_gone) = (cut.clone(), gone.clone());
     // Dropping the connection future ends every stream on the link.
     let driver = tokio::spawn(async move {
-        tokio::select! {
+        let r = tokio::select! {
             r = conn => r.map_err(|e| e.to_string()),
             _ = driver_cut.cancelled() => Ok(()),
-        }
+        };
+        driver_gone.cancel();
+        r
     });
 
     let hello = async {
@@ -146,6 +160,7 @@ where
     let end = loop {
         tokio::select! {
             _ = stop.cancelled() => break LinkEnd::Shutdown,
+            _ = gone.cancelled() => break LinkEnd::Lost("the connection closed".into()),
             _ = cut.cancelled() => break LinkEnd::Replaced,
             _ = tick.tick() => {}
         }

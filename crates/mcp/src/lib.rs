@@ -134,11 +134,20 @@ impl McpEndpoint {
                     )?),
                     read_only: t.access == Access::ReadOnly,
                 },
-                Target::Agent(a) if a.protocol == "http" => Kind::Http(Box::new(
-                    portcullis_http::Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?,
-                )),
+                Target::Agent(a) if a.protocol == "http" => {
+                    Kind::Http(Box::new(portcullis_http::Upstream::via_agent(
+                        c,
+                        &a.agent,
+                        links.clone(),
+                        &cfg.upstream_tls,
+                    )?))
+                }
                 Target::Agent(a) => Kind::Postgres {
-                    upstream: Arc::new(portcullis_postgres::PgUpstream::via_agent(c, a, links.clone())),
+                    upstream: Arc::new(portcullis_postgres::PgUpstream::via_agent(
+                        c,
+                        a,
+                        links.clone(),
+                    )),
                     read_only: a.access == Access::ReadOnly,
                 },
                 Target::Mcp(t) => Kind::Mcp {

@@ -153,12 +153,13 @@ impl Upstream {
         links: Arc<portcullis_link::AgentRegistry>,
         policy: &TlsPolicy,
     ) -> Result<Self, SetupError> {
-        let tls = portcullis_tls::client_config(policy, rustls::RootCertStore::empty()).map_err(
-            |e| SetupError::Tls {
-                connection: conn.name.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        let tls =
+            portcullis_tls::client_config(policy, rustls::RootCertStore::empty()).map_err(|e| {
+                SetupError::Tls {
+                    connection: conn.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         // Never dialled: the link carries the requests.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

@@ -365,9 +365,12 @@ impl PgUpstream {
             return Ok(s);
         }
         if let Some((agent, links)) = &self.via {
-            return tokio::time::timeout(self.timeout, self.connect_via(agent, links, caller_params))
-                .await
-                .map_err(|_| UpstreamError::Timeout(self.timeout))?;
+            return tokio::time::timeout(
+                self.timeout,
+                self.connect_via(agent, links, caller_params),
+            )
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?;
         }
         tokio::time::timeout(self.timeout, self.connect_inner(caller_params))
             .await
@@ -726,38 +729,38 @@ async fn read_startup(
     w: tokio::io::WriteHalf<BoxStream>,
 ) -> Result<UpstreamSession, UpstreamError> {
     let mut startup_messages = Vec::new();
-        let (mut pid, mut secret) = (0, 0);
-        loop {
-            let m = reader.next().await?.ok_or_else(|| {
-                UpstreamError::Protocol("the target closed the connection during startup".into())
-            })?;
-            match m.tag {
-                b'S' | b'N' => startup_messages.push(m),
-                b'K' if m.body.len() == 8 => {
-                    pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
-                    secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
-                }
-                b'Z' => {
-                    let status = m.body.first().copied().unwrap_or(b'I');
-                    return Ok(UpstreamSession {
-                        reader,
-                        writer: w,
-                        startup_messages,
-                        pid,
-                        secret,
-                        status,
-                    });
-                }
-                b'E' => return Err(UpstreamError::Server(error_text(&m))),
-                _ => {
-                    return Err(UpstreamError::Protocol(format!(
-                        "unexpected {:?} during startup",
-                        m.tag as char
-                    )));
-                }
+    let (mut pid, mut secret) = (0, 0);
+    loop {
+        let m = reader.next().await?.ok_or_else(|| {
+            UpstreamError::Protocol("the target closed the connection during startup".into())
+        })?;
+        match m.tag {
+            b'S' | b'N' => startup_messages.push(m),
+            b'K' if m.body.len() == 8 => {
+                pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+                secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
+            }
+            b'Z' => {
+                let status = m.body.first().copied().unwrap_or(b'I');
+                return Ok(UpstreamSession {
+                    reader,
+                    writer: w,
+                    startup_messages,
+                    pid,
+                    secret,
+                    status,
+                });
+            }
+            b'E' => return Err(UpstreamError::Server(error_text(&m))),
+            _ => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected {:?} during startup",
+                    m.tag as char
+                )));
             }
         }
     }
+}
 
 /// "CODE: message" of an ErrorResponse.
 pub fn error_text(m: &Message) -> String {

@@ -166,11 +166,10 @@ impl Store {
     }
 
     pub async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?")
-                .bind(fingerprint)
-                .fetch_one(&self.pool)
-                .await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?")
+            .bind(fingerprint)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n > 0)
     }
 

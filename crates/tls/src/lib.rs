@@ -19,8 +19,8 @@ pub use accept::accept;
 pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
 pub use client_cert::CertName;
 pub use config::{
-    ClientCerts, client_config, client_config_with_cert, listener_config, load_cert_chain, load_private_key, load_roots,
-    server_config, sha256_hex, system_roots,
+    ClientCerts, client_config, client_config_with_cert, listener_config, load_cert_chain,
+    load_private_key, load_roots, server_config, sha256_hex, system_roots,
 };
 pub use error::TlsError;
 pub use metrics::TlsMetrics;

@@ -157,6 +157,7 @@ async fn answer(
             Response::new(Full::new(Bytes::from_static(b"late\n")))
         }
         "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        "/huge" => Response::new(Full::new(Bytes::from(vec![b'x'; 32 << 20]))),
         "/pii.gz" => {
             use std::io::Write;
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -1,0 +1,516 @@
+//! The outbound agent end to end: a real gateway and a real
+//! `portcullis agent` process on loopback, psql and curl through the
+//! agent, the agent killed and restarted, the gateway restarted, 100
+//! sessions on one link with a stalled reader, an agent announcing what it
+//! may not serve, and a revoked agent certificate.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::upstream::{self, TestUpstream};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+
+const API_CANARY: &str = "canary-agent-held-api-key-4e91";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Option<Proc>,
+    agent: Option<std::process::Child>,
+    ca: String,
+    token: String,
+    api: TestUpstream,
+    agent_port: u16,
+    gw_port: u16,
+    pg_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_leaf(ca: &CertificateAuthority, dir: &Path, stem: &str) {
+    let leaf = ca
+        .issue(
+            LeafKind::Server,
+            &["localhost".into(), "127.0.0.1".into()],
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+}
+
+impl Setup {
+    fn gw_dir(&self) -> PathBuf {
+        self.tmp.path().join("gw")
+    }
+
+    fn agent_dir(&self) -> PathBuf {
+        self.tmp.path().join("agent")
+    }
+
+    fn start_gateway(&mut self) {
+        let dir = self.gw_dir();
+        let cfg = dir.join("portcullis.toml");
+        self.gw = Some(Proc::spawn(
+            &dir,
+            &["--config", cfg.to_str().unwrap(), "gateway"],
+            "gateway.log",
+        ));
+    }
+
+    fn start_agent(&mut self, config: &str) {
+        let dir = self.agent_dir();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", dir.join(config).to_str().unwrap(), "agent"])
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.agent_dir().join("agent.log")).unwrap_or_default()
+    }
+
+    fn gw(&self) -> &Proc {
+        self.gw.as_ref().unwrap()
+    }
+
+    /// Wait until curl through the agent answers 200 (the agent has
+    /// (re)connected).
+    fn wait_through(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = get(&self.gw().url, &self.ca, Some(&self.token), "/c/api/hello");
+            if r.status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never became reachable: {} {}\nagent log:\n{}",
+                r.status,
+                r.body,
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn psql(&self, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", self.pg_port.to_string())
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &self.token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &self.ca)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+fn setup() -> Setup {
+    let pg = PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let gw_dir = tmp.path().join("gw");
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&gw_dir).unwrap();
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let (ca, _) = CertificateAuthority::load_or_create(&gw_dir).unwrap();
+    write_leaf(&ca, &gw_dir, "server");
+    write_leaf(&ca, &agent_dir, "api");
+    let api = upstream::start(&agent_dir.join("api.pem"), &agent_dir.join("api.key"));
+
+    // The agent's side: certificate, the gateway's CA, and the secrets.
+    ca.write_leaf(
+        LeafKind::Client,
+        &agent_dir.join("agent"),
+        &["connector:dc1".into()],
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    std::fs::copy(ca.cert_path(), agent_dir.join("gateway-ca.pem")).unwrap();
+    std::fs::write(agent_dir.join("api-key"), API_CANARY).unwrap();
+    std::fs::write(agent_dir.join("pgpw"), PG_PASSWORD).unwrap();
+
+    let (agent_port, gw_port, pg_port) = (free_port(), free_port(), free_port());
+    let connections = format!(
+        r#"
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{api}"
+ca_file = "gateway-ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
+password = "file:pgpw"
+"#,
+        api = api.port,
+        pgport = pg.port,
+        pgca = pg.ca.display(),
+    );
+    let agent_head = format!(
+        r#"
+[agent]
+gateway = "localhost:{agent_port}"
+ca_file = "gateway-ca.pem"
+cert = "agent.pem"
+key = "agent.key"
+"#
+    );
+    std::fs::write(
+        agent_dir.join("agent.toml"),
+        format!("{agent_head}{connections}"),
+    )
+    .unwrap();
+    // An agent that also announces a connection it is not assigned.
+    std::fs::write(
+        agent_dir.join("greedy.toml"),
+        format!(
+            "{agent_head}{connections}\n[[connections]]\nname = \"billing\"\ntype = \"http\"\nurl = \"https://localhost:1\"\n"
+        ),
+    )
+    .unwrap();
+
+    let gw_config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:{gw_port}"
+cert = "server.pem"
+key = "server.key"
+admin_listen = "127.0.0.1:0"
+
+[postgres]
+listen = "127.0.0.1:{pg_port}"
+
+[agent_listener]
+listen = "127.0.0.1:{agent_port}"
+ca_file = "ca.pem"
+
+[[connections]]
+name = "api"
+type = "http"
+agent = "dc1"
+timeout = "5s"
+
+[[connections]]
+name = "db"
+type = "postgres"
+agent = "dc1"
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["api", "db"]
+"#
+    );
+    let (gw, token) = gateway_with_config(&gw_dir, &gw_config);
+    let mut s = Setup {
+        ca: gw_dir.join("ca.pem").to_str().unwrap().to_string(),
+        tmp,
+        gw: Some(gw),
+        agent: None,
+        token,
+        api,
+        agent_port,
+        gw_port,
+        pg_port,
+    };
+    s.start_agent("agent.toml");
+    s.wait_through();
+    s
+}
+
+#[test]
+fn psql_and_curl_through_the_agent_with_credentials_only_there() {
+    let s = setup();
+    let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello?x=1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = s.api.last();
+    assert_eq!(seen.header("x-api-key"), Some(API_CANARY));
+    assert_eq!(seen.path_and_query, "/hello?x=1");
+    assert!(seen.header("authorization").is_none());
+    assert!(!r.body.contains(API_CANARY));
+
+    let out = s.psql("SELECT current_user, 40 + 2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres|42");
+
+    // The gateway knows the agent and what it serves.
+    let admin = format!(
+        "https://127.0.0.1:{}",
+        s.gw()
+            .logs()
+            .lines()
+            .find(|l| l.contains("admin listener"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .unwrap()
+    );
+    let out = Command::new(BIN)
+        .args(["agents", "list", "--json", "--admin", &admin, "--ca", &s.ca])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("\"agent\":\"dc1\""), "{listed}");
+    assert!(listed.contains("\"name\":\"db\""), "{listed}");
+
+    // Credentials exist only in the agent's folder.
+    let gw_dir = s.gw_dir();
+    for (path, bytes) in all_files(&gw_dir) {
+        assert!(
+            !contains(&bytes, API_CANARY),
+            "API key in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, PG_PASSWORD),
+            "PG password in {}",
+            path.display()
+        );
+    }
+    assert!(!s.agent_log().contains(API_CANARY) && !s.agent_log().contains(PG_PASSWORD));
+}
+
+#[test]
+fn agent_killed_mid_session_then_back_and_gateway_restarted() {
+    let mut s = setup();
+    // A long statement through the agent…
+    let pg_port = s.pg_port;
+    let (ca, token) = (s.ca.clone(), s.token.clone());
+    let long = std::thread::spawn(move || {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(20)"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", pg_port.to_string())
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca)
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // …and the agent dies.
+    let killed = Instant::now();
+    s.kill_agent();
+    let out = long.join().unwrap();
+    assert!(!out.status.success(), "the session should have failed");
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "the caller waited for nothing"
+    );
+
+    // Callers get a clear error naming the agent, not a hang.
+    let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "agent_unavailable");
+    assert_eq!(r.json()["agent"], "dc1");
+    let out = s.psql("SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dc1") && err.contains("not connected"),
+        "{err}"
+    );
+    // The gateway keeps serving what does not need the agent.
+    let r = get(&s.gw().url, &s.ca, None, "/.well-known/portcullis");
+    assert_eq!(r.status, 200);
+
+    // The agent comes back; the next session works.
+    s.start_agent("agent.toml");
+    s.wait_through();
+    let out = s.psql("SELECT 7");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The gateway restarts; the agent reconnects by itself.
+    let gw = s.gw.take().unwrap();
+    assert!(gw.stop().success());
+    std::thread::sleep(Duration::from_millis(500));
+    s.start_gateway();
+    assert_eq!(s.gw().port(), s.gw_port);
+    s.wait_through();
+    let out = s.psql("SELECT 8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.agent_log().contains("reconnecting to the gateway"));
+}
+
+#[test]
+fn hundred_sessions_over_one_link_with_a_stalled_reader() {
+    let s = setup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = s.gw().port();
+    let ca = PathBuf::from(&s.ca);
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A caller asks for 32 MiB and then stops reading.
+        let mut stalled = tls_connect(port, &ca).await;
+        let req = format!(
+            "GET /c/api/huge HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
+            s.token
+        );
+        stalled.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 64];
+        let n = stalled.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+
+        // 100 others, at once, on the same link.
+        let done = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let ca = ca.clone();
+            let token = s.token.clone();
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tls = tls_connect(port, &ca).await;
+                let req = format!(
+                    "GET /c/api/n{i} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+                );
+                tls.write_all(req.as_bytes()).await.unwrap();
+                let mut buf = Vec::new();
+                tls.read_to_end(&mut buf).await.unwrap();
+                if buf.starts_with(b"HTTP/1.1 200") {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a session was stalled by another")
+                .unwrap();
+        }
+        assert_eq!(done.load(Ordering::Relaxed), 100);
+        eprintln!("100 sessions beside a stalled one: {:?}", started.elapsed());
+        drop(stalled);
+    });
+    // Still one link.
+    assert_eq!(s.gw().logs().matches("agent connected").count(), 1);
+}
+
+#[test]
+fn an_agent_announcing_foreign_connections_is_refused_and_revocation_cuts_the_link() {
+    let mut s = setup();
+    // Revoke the agent's certificate: the link (and a live session) is cut.
+    let pg_port = s.pg_port;
+    let (ca, token) = (s.ca.clone(), s.token.clone());
+    let long = std::thread::spawn(move || {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(20)"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", pg_port.to_string())
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca)
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let cfg = s.gw_dir().join("portcullis.toml");
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "cert",
+            "revoke",
+            "--cert",
+        ])
+        .arg(s.agent_dir().join("agent.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked_at = Instant::now();
+    let out = long.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the live session survived revocation; gateway log:\n{}",
+        s.gw().logs()
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(10));
+    let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(s.gw().logs().contains("revoked"));
+
+    // A fresh certificate, but a config that announces `billing`, which
+    // the gateway does not assign to dc1: refused, and the agent says why.
+    s.kill_agent();
+    let (ca, _) = CertificateAuthority::load_or_create(&s.gw_dir()).unwrap();
+    ca.write_leaf(
+        LeafKind::Client,
+        &s.agent_dir().join("agent"),
+        &["connector:dc1".into()],
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    s.start_agent("greedy.toml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.agent_log().contains("refused this agent's link") {
+        assert!(Instant::now() < deadline, "agent log:\n{}", s.agent_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(s.agent_log().contains("billing"));
+    assert!(s.gw().logs().contains("agent link refused"));
+    let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello");
+    assert_eq!(r.status, 503);
+    let _ = s.agent_port;
+}
