@@ -596,3 +596,74 @@ fn cert_issue_and_rotate_server() {
     ]);
     assert!(v.contains(": OK"), "{v}");
 }
+
+#[test]
+fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let proc = Proc::spawn(
+        tmp.path(),
+        &[
+            "quickstart",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--agent-demo",
+        ],
+        "quickstart.log",
+    );
+    let env = read_env(&data.join("quickstart.env"));
+    let (url, ca, token) = (
+        &env["PORTCULLIS_URL"],
+        &env["PORTCULLIS_CA"],
+        &env["PORTCULLIS_TOKEN"],
+    );
+    // The README's curl works unchanged.
+    let r = get(url, ca, Some(token), "/c/demo-api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["api_key_valid"], true);
+
+    // The key exists only under data/agent/; the gateway's config routes
+    // demo-api to the agent and holds no secret for it.
+    let key = std::fs::read_to_string(data.join("agent/secrets/demo-api-key")).unwrap();
+    let key = key.trim();
+    assert!(!data.join("secrets/demo-api-key").exists());
+    let config = std::fs::read_to_string(data.join("portcullis.toml")).unwrap();
+    assert!(config.contains("agent = \"quickstart\""), "{config}");
+    for (path, bytes) in all_files(&data) {
+        if path.starts_with(data.join("agent")) {
+            continue;
+        }
+        assert!(!contains(&bytes, key), "the demo key is in {}", path.display());
+    }
+    assert!(!proc.logs().contains(key));
+
+    // The agent is a second process, listed by the gateway.
+    let out = std::process::Command::new(BIN)
+        .args(["agents", "list"])
+        .args(["--admin", &env["PORTCULLIS_ADMIN_URL"], "--ca", ca])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with("quickstart ") && listed.contains("demo-api"), "{listed}");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let agent_cfg = data.join("agent/agent.toml");
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains(agent_cfg.to_str().unwrap()),
+        "no agent process"
+    );
+    // Stopping the quickstart stops its agent too.
+    assert!(proc.stop().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains(agent_cfg.to_str().unwrap()));
+}
