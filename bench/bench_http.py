@@ -3,6 +3,7 @@ with the upstream's API key injected by the proxy.
 
 direct      client -> upstream nginx (the client sends the key itself)
 portcullis  client -> Portcullis -> upstream (token in, key injected)
+portcullis+agent  client -> Portcullis -> agent (HTTP/2 link) -> upstream (the agent injects the key)
 nginx       client -> nginx reverse proxy -> upstream
 haproxy     client -> HAProxy -> upstream
 
@@ -66,7 +67,7 @@ def parse_wrk(out):
     return res
 
 
-def run(args, root, certs, free_port, wait_port):
+def run(args, root, certs, free_port, wait_port, start_agent):
     import tempfile
     d = tempfile.mkdtemp(prefix="portcullis-bench-http-")
     os.chmod(d, 0o755)
@@ -127,6 +128,7 @@ backend be
   server up 127.0.0.1:{ports['upstream']} ssl verify required ca-file {d}/ca.pem sni str(localhost) verifyhost localhost
 """)
         write(f"{d}/key", KEY + "\n")
+        agent_port = free_port()
         write(f"{d}/portcullis.toml", f"""
 [gateway]
 listen = "127.0.0.1:0"
@@ -150,12 +152,21 @@ url = "https://localhost:{ports['upstream']}"
 ca_file = "ca.pem"
 credential = {{ header = "x-api-key", secret = "file:key" }}
 
+[[connections]]
+name = "bench-agent"
+type = "http"
+agent = "bench"
+
+[agent_listener]
+listen = "127.0.0.1:{agent_port}"
+ca_file = "ca.pem"
+
 [[masking.rules]]
 connections = ["bench-masked"]
 
 [[grants]]
 principals = ["agent:bench"]
-connections = ["bench", "bench-masked"]
+connections = ["bench", "bench-masked", "bench-agent"]
 """)
         raise_limits = raise_nofile
         procs.append(start(["nginx", "-c", f"{d}/upstream.conf"], f"{d}/upstream.log", preexec_fn=raise_limits))
@@ -170,6 +181,10 @@ connections = ["bench", "bench-masked"]
         procs.append(gw)
         line = gw.stdout.readline()
         gw_port = int(re.search(r"url=https://localhost:(\d+)", line).group(1))
+        procs.append(start_agent(exe, d, agent_port, (
+            '\n[[connections]]\nname = "bench-agent"\ntype = "http"\n'
+            f'url = "https://localhost:{ports["upstream"]}"\nca_file = "ca.pem"\n'
+            'credential = { header = "x-api-key", secret = "file:key" }\n')))
         for name, p in ports.items():
             for _ in range(100):
                 try:
@@ -185,11 +200,19 @@ connections = ["bench", "bench-masked"]
             "direct": (f"https://localhost:{ports['upstream']}", ["-H", f"X-Api-Key: {KEY}"]),
             "portcullis": (f"https://localhost:{gw_port}/c/bench", ["-H", f"Authorization: Bearer {token}"]),
             "portcullis+mask": (f"https://localhost:{gw_port}/c/bench-masked", ["-H", f"Authorization: Bearer {token}"]),
+            "portcullis+agent": (f"https://localhost:{gw_port}/c/bench-agent", ["-H", f"Authorization: Bearer {token}"]),
             "nginx": (f"https://localhost:{ports['nginx']}", []),
             "haproxy": (f"https://localhost:{ports['haproxy']}", []),
         }
-        # Everyone must answer 200 with the body before anything is timed.
+        # Everyone must answer 200 with the body before anything is timed
+        # (the agent may take a moment to connect).
         for name, (url, hdr) in base.items():
+            for _ in range(50):
+                probe = subprocess.run(["curl", "-sS", "--cacert", f"{d}/ca.pem", "-o", "/dev/null", "-w", "%{http_code}",
+                                        *sum([["-H", x] for x in hdr[1::2]], []), f"{url}/1k.json"], capture_output=True, text=True)
+                if probe.stdout == "200":
+                    break
+                time.sleep(0.2)
             h = [x for x in hdr]
             r = subprocess.run(["curl", "-sS", "--cacert", f"{d}/ca.pem", "-o", "/dev/null", "-w", "%{http_code}",
                                 *sum([["-H", x] for x in h[1::2]], []), f"{url}/1k.json"], capture_output=True, text=True)
@@ -198,8 +221,8 @@ connections = ["bench", "bench-masked"]
 
         jobs = []
         for size in ("1k", "64k"):
-            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "nginx", "haproxy"]))
-            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "nginx", "haproxy"]))
+            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "nginx", "haproxy"]))
+            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "nginx", "haproxy"]))
         jobs.append(("new connection per request c=16 1k", ["-t2", "-c16", "-H", "Connection: close"], "1k",
                      ["direct", "portcullis", "nginx", "haproxy"]))
         results, loads, cpu = {}, [], {}
