@@ -637,7 +637,11 @@ fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
         if path.starts_with(data.join("agent")) {
             continue;
         }
-        assert!(!contains(&bytes, key), "the demo key is in {}", path.display());
+        assert!(
+            !contains(&bytes, key),
+            "the demo key is in {}",
+            path.display()
+        );
     }
     assert!(!proc.logs().contains(key));
 
@@ -648,7 +652,10 @@ fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.starts_with("quickstart ") && listed.contains("demo-api"), "{listed}");
+    assert!(
+        listed.starts_with("quickstart ") && listed.contains("demo-api"),
+        "{listed}"
+    );
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()

@@ -375,9 +375,8 @@ tools_deny = ["get_secret"]
 
 #[test]
 fn agent_served_connections_hold_no_secrets_on_the_gateway() {
-    let base = format!(
-        "{MINIMAL}\n[agent_listener]\nlisten = \"127.0.0.1:8444\"\nca_file = \"ca.pem\"\n"
-    );
+    let base =
+        format!("{MINIMAL}\n[agent_listener]\nlisten = \"127.0.0.1:8444\"\nca_file = \"ca.pem\"\n");
     let c = parse(&format!(
         "{base}[[connections]]\nname = \"db\"\ntype = \"postgres\"\nagent = \"dc1\"\naccess = \"read-only\"\n"
     ))
@@ -385,19 +384,27 @@ fn agent_served_connections_hold_no_secrets_on_the_gateway() {
     let Target::Agent(a) = &c.connection("db").unwrap().target else {
         panic!("agent")
     };
-    assert_eq!((a.agent.as_str(), a.protocol, a.access), ("dc1", "postgres", Access::ReadOnly));
+    assert_eq!(
+        (a.agent.as_str(), a.protocol, a.access),
+        ("dc1", "postgres", Access::ReadOnly)
+    );
     assert_eq!(c.protocols()["db"], "postgres");
 
     let e = err(&format!(
         "{base}[[connections]]\nname = \"api\"\ntype = \"http\"\nagent = \"dc1\"\ncredential = {{ header = \"x\", secret = \"env:K\" }}\n"
     ));
-    assert!(e.contains("connections[0].credential") && e.contains("agent"), "{e}");
+    assert!(
+        e.contains("connections[0].credential") && e.contains("agent"),
+        "{e}"
+    );
     let e = err(&format!(
         "{base}[[connections]]\nname = \"m\"\ntype = \"mcp\"\nagent = \"dc1\"\n"
     ));
     assert!(e.contains("connections[0].type"), "{e}");
     // No listener for agents: the connection could never be served.
-    let e = err(&with("[[connections]]\nname = \"api\"\ntype = \"http\"\nagent = \"dc1\"\n"));
+    let e = err(&with(
+        "[[connections]]\nname = \"api\"\ntype = \"http\"\nagent = \"dc1\"\n",
+    ));
     assert!(e.contains("agent_listener"), "{e}");
 }
 
@@ -421,7 +428,10 @@ credential = { header = "x-api-key", secret = "file:api-key" }
         path,
     )
     .unwrap();
-    assert_eq!((c.gateway_host.as_str(), c.gateway_port), ("gw.example.com", 8444));
+    assert_eq!(
+        (c.gateway_host.as_str(), c.gateway_port),
+        ("gw.example.com", 8444)
+    );
     assert_eq!(c.server_name, "gw.example.com");
     assert_eq!(c.cert, Path::new("/etc/portcullis-agent/agent.pem"));
     assert!(matches!(c.connections[0].target, Target::Http(_)));
@@ -429,7 +439,10 @@ credential = { header = "x-api-key", secret = "file:api-key" }
     let bad = |text: &str| AgentConfig::parse(text, path).unwrap_err().to_string();
     let head = "[agent]\ngateway = \"gw:8444\"\nca_file = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
     let e = bad("[agent]\ngateway = \"gw\"\nca_file = \"c\"\ncert = \"c\"\nkey = \"k\"\n");
-    assert!(e.contains("agent.gateway") && e.contains("HOST:PORT"), "{e}");
+    assert!(
+        e.contains("agent.gateway") && e.contains("HOST:PORT"),
+        "{e}"
+    );
     let e = bad(&format!(
         "{head}[[connections]]\nname = \"x\"\ntype = \"http\"\nurl = \"https://x\"\nagent = \"a\"\n"
     ));
