@@ -54,6 +54,53 @@ pub struct Config {
     pub oidc: Vec<OidcIssuer>,
     /// `[agent_listener]`: where agents dial in.
     pub agent_listener: Option<AgentListener>,
+    /// `[approvals]`: how reviewers are told.
+    pub approvals: Approvals,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Default)]
+pub struct Approvals {
+    pub webhook: Option<Webhook>,
+}
+
+/// Where new reviews are announced (POST, body signed with HMAC-SHA256).
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: SecretRef,
+    /// A Slack-compatible incoming-webhook body instead of the generic one.
+    pub slack: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a connection's `approval` holds for a person's yes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalMode {
+    None,
+    /// Just-in-time access: the first use in a window needs approval, the
+    /// grant then lasts `session`.
+    Session,
+    /// Statements of `classes`, HTTP `methods`, MCP `tools`.
+    Statements,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    pub mode: ApprovalMode,
+    pub classes: Vec<String>,
+    pub methods: Vec<String>,
+    pub tools: Vec<String>,
+    /// Groups whose (human) members may approve.
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed.
+    pub required: u32,
+    /// How long a caller waits for the decision.
+    pub wait: Duration,
+    /// How long a review, and an approval, stays valid.
+    pub expires: Duration,
+    /// Length of a just-in-time grant.
+    pub session: Duration,
 }
 
 /// The listener agents connect to (TLS, client certificate required).
@@ -233,6 +280,8 @@ pub struct Connection {
     /// Connecting (and, for HTTP, waiting for a response head).
     pub timeout: Duration,
     pub target: Target,
+    /// Actions held for approval on this connection.
+    pub approval: Option<ApprovalRule>,
 }
 
 /// What a connection reaches, by protocol.

@@ -33,6 +33,17 @@ pub(crate) struct Root {
     #[serde(default)]
     oidc: Vec<RawOidc>,
     agent_listener: Option<RawAgentListener>,
+    #[serde(default)]
+    approvals: RawApprovals,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    webhook: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_format: Option<String>,
+    webhook_ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +355,83 @@ struct RawConnection {
     tools_allow: Option<Vec<String>>,
     tools_deny: Option<Vec<String>>,
     agent: Option<String>,
+    approval: Option<RawApproval>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    mode: String,
+    #[serde(default)]
+    classes: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    tools: Vec<String>,
+    approvers: Vec<String>,
+    required: Option<u32>,
+    wait: Option<String>,
+    expires: Option<String>,
+    session: Option<String>,
+}
+
+impl RawApproval {
+    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<ApprovalRule, Invalid> {
+        let k = |f: &str| key(&format!("approval.{f}"));
+        let mode = match self.mode.as_str() {
+            "none" => ApprovalMode::None,
+            "session" => ApprovalMode::Session,
+            "statements" => ApprovalMode::Statements,
+            other => {
+                return Err(invalid(
+                    k("mode"),
+                    format!("{other:?}: expected \"none\", \"session\" or \"statements\""),
+                ));
+            }
+        };
+        for c in &self.classes {
+            if !["write", "ddl", "admin", "unknown", "read"].contains(&c.as_str()) {
+                return Err(invalid(
+                    k("classes"),
+                    format!("{c:?}: statement classes are read, write, ddl, admin, unknown"),
+                ));
+            }
+        }
+        let methods: Vec<String> = self.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+        for m in &methods {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(invalid(k("methods"), format!("{m:?} is not an HTTP method")));
+            }
+        }
+        if mode == ApprovalMode::Statements
+            && self.classes.is_empty()
+            && methods.is_empty()
+            && self.tools.is_empty()
+        {
+            return Err(invalid(
+                k("classes"),
+                "mode = \"statements\" needs `classes` (SQL), `methods` (HTTP) or `tools` (MCP) to know what to hold",
+            ));
+        }
+        if self.approvers.is_empty() {
+            return Err(invalid(k("approvers"), "name the group(s) whose members may approve"));
+        }
+        let required = self.required.unwrap_or(1);
+        if !(1..=10).contains(&required) {
+            return Err(invalid(k("required"), "between 1 and 10 distinct approvers"));
+        }
+        Ok(ApprovalRule {
+            mode,
+            classes: self.classes.clone(),
+            methods,
+            tools: self.tools.clone(),
+            approvers: self.approvers.clone(),
+            required,
+            wait: duration(&k("wait"), self.wait.as_deref().unwrap_or("60s"))?,
+            expires: duration(&k("expires"), self.expires.as_deref().unwrap_or("1h"))?,
+            session: duration(&k("session"), self.session.as_deref().unwrap_or("1h"))?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,8 +647,41 @@ impl Root {
             }),
         };
 
+        let a = &self.approvals;
+        let webhook = match &a.webhook {
+            None => None,
+            Some(url) => {
+                if !url.starts_with("https://") {
+                    return Err(invalid("approvals.webhook", "must be an https:// URL"));
+                }
+                let secret = a.webhook_secret.as_deref().ok_or_else(|| {
+                    invalid(
+                        "approvals.webhook_secret",
+                        "the webhook body is signed (HMAC-SHA256): give a secret reference",
+                    )
+                })?;
+                Some(Webhook {
+                    url: url.clone(),
+                    secret: SecretRef::parse(secret, base)
+                        .map_err(|e| invalid("approvals.webhook_secret", e))?,
+                    slack: match a.webhook_format.as_deref() {
+                        None | Some("generic") => false,
+                        Some("slack") => true,
+                        Some(other) => {
+                            return Err(invalid(
+                                "approvals.webhook_format",
+                                format!("{other:?}: \"generic\" or \"slack\""),
+                            ));
+                        }
+                    },
+                    ca_file: a.webhook_ca_file.as_deref().map(|p| base.join(p)),
+                })
+            }
+        };
+
         Ok(Config {
             source: Default::default(),
+            approvals: Approvals { webhook },
             agent_listener,
             oidc,
             gateway: GatewayConfig {
@@ -652,11 +773,16 @@ impl RawConnection {
                 ));
             }
         };
+        let approval = match &self.approval {
+            Some(a) => Some(a.validate(key)?).filter(|r| r.mode != ApprovalMode::None),
+            None => None,
+        };
         Ok(Connection {
             name: self.name.clone(),
             ca_file,
             timeout,
             target,
+            approval,
         })
     }
 
@@ -726,9 +852,14 @@ impl RawConnection {
                 ));
             }
         };
+        let approval = match &self.approval {
+            Some(a) => Some(a.validate(key)?).filter(|r| r.mode != ApprovalMode::None),
+            None => None,
+        };
         Ok(Connection {
             name: self.name.clone(),
             ca_file: None,
+            approval,
             timeout,
             target: Target::Agent(AgentTarget {
                 agent: agent.to_string(),

@@ -146,6 +146,133 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    pub async fn insert_review(&self, r: &ReviewRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO reviews (id, created_at, expires_at, requester, on_behalf_of, connection, kind, \
+             action, action_sha256, classification, state, required, approvers, approvals, decided_by, \
+             reason, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .bind(&r.requester)
+        .bind(&r.on_behalf_of)
+        .bind(&r.connection)
+        .bind(&r.kind)
+        .bind(&r.action)
+        .bind(&r.action_sha256)
+        .bind(&r.classification)
+        .bind(&r.state)
+        .bind(r.required)
+        .bind(&r.approvers)
+        .bind(&r.approvals)
+        .bind(&r.decided_by)
+        .bind(&r.reason)
+        .bind(r.used_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Write a review's decision fields, only if its state is still
+    /// `expected` (two approvers racing cannot both win).
+    pub async fn update_review(&self, r: &ReviewRow, expected: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviews SET state = ?, approvals = ?, decided_by = ?, reason = ?, used_at = ? \
+             WHERE id = ? AND state = ?",
+        )
+        .bind(&r.state)
+        .bind(&r.approvals)
+        .bind(&r.decided_by)
+        .bind(&r.reason)
+        .bind(r.used_at)
+        .bind(&r.id)
+        .bind(expected)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn review(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM reviews WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| review_from_row(&r)).transpose()
+    }
+
+    /// Reviews, newest first; `state` filters.
+    pub async fn reviews(&self, state: Option<&str>) -> Result<Vec<ReviewRow>, StoreError> {
+        let rows = match state {
+            Some(s) => {
+                sqlx::query("SELECT * FROM reviews WHERE state = ? ORDER BY created_at DESC, id")
+                    .bind(s)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM reviews ORDER BY created_at DESC, id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(review_from_row).collect()
+    }
+
+    /// The newest pending or approved review of this exact action.
+    pub async fn review_for_action(
+        &self,
+        requester: &str,
+        connection: &str,
+        action_sha256: &str,
+    ) -> Result<Option<ReviewRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM reviews WHERE requester = ? AND connection = ? AND action_sha256 = ? \
+             AND state IN ('pending', 'approved') ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(requester)
+        .bind(connection)
+        .bind(action_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| review_from_row(&r)).transpose()
+    }
+
+    pub async fn grant_jit(
+        &self,
+        principal: &str,
+        connection: &str,
+        until: i64,
+        review: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jit_grants (principal, connection, until, review) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (principal, connection) DO UPDATE SET until = excluded.until, review = excluded.review",
+        )
+        .bind(principal)
+        .bind(connection)
+        .bind(until)
+        .bind(review)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Until when `principal` holds just-in-time access to `connection`.
+    pub async fn jit_until(
+        &self,
+        principal: &str,
+        connection: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT until FROM jit_grants WHERE principal = ? AND connection = ?")
+                .bind(principal)
+                .bind(connection)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Revoke a client certificate by its SHA-256 fingerprint (hex).
     pub async fn revoke_cert(
         &self,
@@ -274,6 +401,50 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
         on_behalf_of: r.try_get("on_behalf_of")?,
+    })
+}
+
+/// A review as stored; `approvers` and `approvals` are JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRow {
+    pub id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub requester: String,
+    pub on_behalf_of: Option<String>,
+    pub connection: String,
+    pub kind: String,
+    pub action: String,
+    pub action_sha256: String,
+    pub classification: String,
+    pub state: String,
+    pub required: i64,
+    pub approvers: String,
+    pub approvals: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub used_at: Option<i64>,
+}
+
+fn review_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ReviewRow, StoreError> {
+    Ok(ReviewRow {
+        id: r.try_get("id")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        requester: r.try_get("requester")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
+        connection: r.try_get("connection")?,
+        kind: r.try_get("kind")?,
+        action: r.try_get("action")?,
+        action_sha256: r.try_get("action_sha256")?,
+        classification: r.try_get("classification")?,
+        state: r.try_get("state")?,
+        required: r.try_get("required")?,
+        approvers: r.try_get("approvers")?,
+        approvals: r.try_get("approvals")?,
+        decided_by: r.try_get("decided_by")?,
+        reason: r.try_get("reason")?,
+        used_at: r.try_get("used_at")?,
     })
 }
 

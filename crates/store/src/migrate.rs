@@ -68,6 +68,37 @@ const MIGRATIONS: &[(i64, &str)] = &[
         revoked_at INTEGER NOT NULL
     )",
     ),
+    // Reviews of held actions, and the just-in-time grants they yield.
+    (
+        7,
+        "CREATE TABLE reviews (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        requester TEXT NOT NULL,
+        on_behalf_of TEXT,
+        connection TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT NOT NULL,
+        action_sha256 TEXT NOT NULL,
+        classification TEXT NOT NULL,
+        state TEXT NOT NULL,
+        required INTEGER NOT NULL,
+        approvers TEXT NOT NULL,
+        approvals TEXT NOT NULL,
+        decided_by TEXT,
+        reason TEXT,
+        used_at INTEGER
+    );
+    CREATE INDEX reviews_lookup ON reviews (requester, connection, action_sha256);
+    CREATE TABLE jit_grants (
+        principal TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        review TEXT NOT NULL,
+        PRIMARY KEY (principal, connection)
+    )",
+    ),
 ];
 
 pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
@@ -93,7 +124,8 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let step = async {
             let mut tx = pool.begin().await?;
-            sqlx::query(*sql).execute(&mut *tx).await?;
+            // raw_sql: a step may hold several statements.
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO portcullis_schema (version) VALUES (?)")
                 .bind(version)
                 .execute(&mut *tx)

@@ -1,0 +1,410 @@
+//! Human in the loop. A front that meets an action its connection holds
+//! for approval asks [`Approvals::check`]: an approval already given for
+//! exactly this action is consumed (once); otherwise a review is created
+//! (or the pending one reused), announced by webhook, and the front waits
+//! with [`Approvals::wait`] — in its own protocol — for a person's
+//! decision through [`Approvals::decide`]. Every step is an audit entry.
+//! Reviews live in the store, so pending ones survive a restart.
+
+mod review;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::ApprovalRule;
+use portcullis_identity::{AuthMethod, Principal, PrincipalKind, unix_now};
+use portcullis_store::{ReviewRow, Store};
+use tokio::sync::Notify;
+
+pub use review::{Approval, Decider, Review, ReviewError, State, action_hash};
+pub use webhook::Webhook;
+
+/// What is being held.
+pub struct Held<'a> {
+    pub requester: &'a Principal,
+    pub connection: &'a str,
+    /// `statement`, `http`, `tool` or `session`.
+    pub kind: &'a str,
+    pub action: &'a str,
+    pub classification: &'a str,
+    pub rule: &'a ApprovalRule,
+}
+
+/// The first answer for a held action.
+#[derive(Debug)]
+pub enum Check {
+    /// An approval for exactly this action existed and is now used.
+    Approved(Review),
+    /// Waiting for people: tell the caller, then [`Approvals::wait`].
+    Pending(Review),
+}
+
+/// How the wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved(Review),
+    Denied(Review),
+    Expired(Review),
+    /// Still pending when the caller's wait ran out.
+    TimedOut(Review),
+}
+
+#[derive(Clone)]
+pub struct Approvals {
+    store: Store,
+    audit: portcullis_audit::AuditLog,
+    webhook: Option<Arc<Webhook>>,
+    decided: Arc<Notify>,
+}
+
+/// The person an agent acts for, when its token says so.
+pub fn on_behalf_of(p: &Principal) -> Option<String> {
+    match &p.via {
+        AuthMethod::GatewayToken { on_behalf_of, .. } => on_behalf_of.clone(),
+        _ => None,
+    }
+}
+
+fn to_row(r: &Review) -> ReviewRow {
+    ReviewRow {
+        id: r.id.clone(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        requester: r.requester.clone(),
+        on_behalf_of: r.on_behalf_of.clone(),
+        connection: r.connection.clone(),
+        kind: r.kind.clone(),
+        action: r.action.clone(),
+        action_sha256: r.action_sha256.clone(),
+        classification: r.classification.clone(),
+        state: r.state.as_str().into(),
+        required: r.required as i64,
+        approvers: serde_json::to_string(&r.approvers).unwrap_or_else(|_| "[]".into()),
+        approvals: serde_json::to_string(&r.approvals).unwrap_or_else(|_| "[]".into()),
+        decided_by: r.decided_by.clone(),
+        reason: r.reason.clone(),
+        used_at: r.used_at,
+    }
+}
+
+fn from_row(r: ReviewRow) -> Review {
+    Review {
+        state: State::parse(&r.state).unwrap_or(State::Expired),
+        approvers: serde_json::from_str(&r.approvers).unwrap_or_default(),
+        approvals: serde_json::from_str(&r.approvals).unwrap_or_default(),
+        required: r.required.max(1) as u32,
+        id: r.id,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        requester: r.requester,
+        on_behalf_of: r.on_behalf_of,
+        connection: r.connection,
+        kind: r.kind,
+        action: r.action,
+        action_sha256: r.action_sha256,
+        classification: r.classification,
+        decided_by: r.decided_by,
+        reason: r.reason,
+        used_at: r.used_at,
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
+    format!("rv_{}", hex::encode(b))
+}
+
+fn unavailable<E: std::fmt::Display>(e: E) -> ReviewError {
+    tracing::error!(error = %e, "review store failed");
+    ReviewError::Unavailable
+}
+
+impl Approvals {
+    pub fn new(
+        store: Store,
+        audit: portcullis_audit::AuditLog,
+        webhook: Option<Webhook>,
+    ) -> Self {
+        Self {
+            store,
+            audit,
+            webhook: webhook.map(Arc::new),
+            decided: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn audit(&self, action: &str, r: &Review, extra: serde_json::Value) {
+        let mut detail = serde_json::json!({
+            "review": r.id, "requester": r.requester, "on_behalf_of": r.on_behalf_of,
+            "connection": r.connection, "kind": r.kind, "action_sha256": r.action_sha256,
+            "classification": r.classification,
+        });
+        if let (Some(d), serde_json::Value::Object(x)) = (detail.as_object_mut(), extra) {
+            d.extend(x);
+        }
+        let e = portcullis_audit::AuditEvent::Admin {
+            action: action.into(),
+            detail,
+        };
+        if let Err(err) = self.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed for a review");
+        }
+    }
+
+    /// Consume an approved review; false when someone else used it first.
+    async fn consume(&self, r: &mut Review) -> Result<bool, ReviewError> {
+        let now = unix_now();
+        if !r.consume(now) {
+            return Ok(false);
+        }
+        let won = self
+            .store
+            .update_review(&to_row(r), "approved")
+            .await
+            .map_err(unavailable)?;
+        if won {
+            self.audit("review_used", r, serde_json::json!({})).await;
+            if r.kind == "session" {
+                self.store
+                    .grant_jit(&r.requester, &r.connection, r.expires_at.max(now), &r.id)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(won)
+    }
+
+    /// An approval for exactly this action (consumed now), or the pending
+    /// review to wait for (created and announced if there was none).
+    pub async fn check(&self, h: &Held<'_>) -> Result<Check, ReviewError> {
+        let who = &h.requester.subject;
+        let hash = action_hash(who, h.connection, h.kind, h.action);
+        let now = unix_now();
+        if let Some(row) = self
+            .store
+            .review_for_action(who, h.connection, &hash)
+            .await
+            .map_err(unavailable)?
+        {
+            let mut r = from_row(row);
+            if r.expire_if_due(now) {
+                let _ = self.store.update_review(&to_row(&r), "pending").await;
+                let _ = self.store.update_review(&to_row(&r), "approved").await;
+                self.audit("review_expired", &r, serde_json::json!({})).await;
+            } else if r.state == State::Approved {
+                if self.consume(&mut r).await? {
+                    return Ok(Check::Approved(r));
+                }
+            } else if r.state == State::Pending {
+                return Ok(Check::Pending(r));
+            }
+        }
+        // A session review lasts as long as the grant it asks for.
+        let life = if h.kind == "session" {
+            h.rule.session
+        } else {
+            h.rule.expires
+        };
+        let r = Review {
+            id: new_id(),
+            created_at: now,
+            expires_at: now + life.as_secs() as i64,
+            requester: who.clone(),
+            on_behalf_of: on_behalf_of(h.requester),
+            connection: h.connection.to_string(),
+            kind: h.kind.to_string(),
+            action: h.action.to_string(),
+            action_sha256: hash,
+            classification: h.classification.to_string(),
+            state: State::Pending,
+            required: h.rule.required,
+            approvers: h.rule.approvers.clone(),
+            approvals: Vec::new(),
+            decided_by: None,
+            reason: None,
+            used_at: None,
+        };
+        self.store
+            .insert_review(&to_row(&r))
+            .await
+            .map_err(unavailable)?;
+        self.audit(
+            "review_created",
+            &r,
+            serde_json::json!({"action": r.action, "required": r.required, "approvers": r.approvers}),
+        )
+        .await;
+        tracing::info!(review = %r.id, requester = %r.requester, connection = %r.connection, "action held for review");
+        if let Some(w) = &self.webhook {
+            let (w, r) = (w.clone(), r.clone());
+            tokio::spawn(async move { w.send(&r).await });
+        }
+        Ok(Check::Pending(r))
+    }
+
+    /// Wait up to `timeout` for review `id` to be decided.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Outcome, ReviewError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before reading, so a decision in between is not missed.
+            let notified = self.decided.notified();
+            let mut r = self.get(id).await?;
+            match r.state {
+                State::Approved => {
+                    if self.consume(&mut r).await? {
+                        return Ok(Outcome::Approved(r));
+                    }
+                    continue;
+                }
+                State::Denied => return Ok(Outcome::Denied(r)),
+                State::Expired | State::Used => return Ok(Outcome::Expired(r)),
+                State::Pending => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Outcome::TimedOut(r));
+            }
+            // The in-process notification, or a poll for decisions made
+            // elsewhere.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// One review (expired ones are marked so).
+    pub async fn get(&self, id: &str) -> Result<Review, ReviewError> {
+        let row = self
+            .store
+            .review(id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| ReviewError::Unknown(id.chars().take(64).collect()))?;
+        let mut r = from_row(row);
+        let before = r.state;
+        if r.expire_if_due(unix_now())
+            && self
+                .store
+                .update_review(&to_row(&r), before.as_str())
+                .await
+                .map_err(unavailable)?
+        {
+            self.audit("review_expired", &r, serde_json::json!({})).await;
+        }
+        Ok(r)
+    }
+
+    pub async fn list(&self, state: Option<State>) -> Result<Vec<Review>, ReviewError> {
+        let rows = self
+            .store
+            .reviews(state.map(State::as_str))
+            .await
+            .map_err(unavailable)?;
+        let now = unix_now();
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut r = from_row(row);
+                r.expire_if_due(now);
+                r
+            })
+            .filter(|r| state.is_none_or(|s| r.state == s))
+            .collect())
+    }
+
+    /// A person's decision on review `id`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        who: &Principal,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<Review, ReviewError> {
+        let mut r = self.get(id).await?;
+        let d = Decider {
+            subject: &who.subject,
+            human: who.kind == PrincipalKind::Human,
+            groups: &who.groups,
+        };
+        let now = unix_now();
+        if approve {
+            r.approve(&d, now)?;
+        } else {
+            r.deny(&d, reason.clone(), now)?;
+        }
+        if !self
+            .store
+            .update_review(&to_row(&r), "pending")
+            .await
+            .map_err(unavailable)?
+        {
+            // Someone decided in between: report the current state.
+            let now_state = self.get(id).await?;
+            return Err(ReviewError::NotPending {
+                id: id.to_string(),
+                state: now_state.state.as_str(),
+            });
+        }
+        let action = if approve {
+            "review_approved"
+        } else {
+            "review_denied"
+        };
+        self.audit(
+            action,
+            &r,
+            serde_json::json!({"by": who.subject, "reason": reason, "state": r.state.as_str()}),
+        )
+        .await;
+        self.decided.notify_waiters();
+        Ok(r)
+    }
+
+    /// Until when `principal` has just-in-time access to `connection`.
+    pub async fn jit_until(&self, principal: &str, connection: &str) -> Result<Option<i64>, ReviewError> {
+        self.store
+            .jit_until(principal, connection)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Whether `rule` holds a SQL statement of `class`.
+pub fn holds_statement(rule: &ApprovalRule, class: &str) -> bool {
+    rule.mode == portcullis_config::ApprovalMode::Statements
+        && rule.classes.iter().any(|c| c == class)
+}
+
+/// Whether `rule` holds an HTTP request with `method`.
+pub fn holds_method(rule: &ApprovalRule, method: &str) -> bool {
+    rule.mode == portcullis_config::ApprovalMode::Statements
+        && rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// Whether `rule` holds MCP tool `tool` (`name` or `name:METHOD`).
+pub fn holds_tool(rule: &ApprovalRule, tool: &str, method: Option<&str>) -> bool {
+    rule.mode == portcullis_config::ApprovalMode::Statements
+        && rule.tools.iter().any(|t| match t.split_once(':') {
+            Some((name, m)) => name == tool && method.is_some_and(|x| x.eq_ignore_ascii_case(m)),
+            None => t == tool,
+        })
+}
+
+/// The words a caller is told while an action waits.
+pub fn waiting_message(r: &Review) -> String {
+    format!(
+        "portcullis: this {} on connection \"{}\" needs approval: review {} is waiting for {} approver(s) in group(s) {}; approve with `portcullis reviews approve {}`",
+        r.kind,
+        r.connection,
+        r.id,
+        r.required,
+        r.approvers.join(", "),
+        r.id
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The service against a real SQLite store and audit log.
+
+use std::time::Duration;
+
+use portcullis_config::{ApprovalMode, ApprovalRule};
+use portcullis_identity::{AuthMethod, Principal, PrincipalKind};
+
+use super::*;
+
+fn rule(required: u32) -> ApprovalRule {
+    ApprovalRule {
+        mode: ApprovalMode::Statements,
+        classes: vec!["write".into()],
+        methods: vec!["DELETE".into()],
+        tools: vec!["http_request:DELETE".into()],
+        approvers: vec!["dba".into()],
+        required,
+        wait: Duration::from_secs(5),
+        expires: Duration::from_secs(3600),
+        session: Duration::from_secs(60),
+    }
+}
+
+fn person(subject: &str, groups: &[&str]) -> Principal {
+    Principal {
+        subject: subject.into(),
+        kind: PrincipalKind::of_subject(subject),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        via: AuthMethod::GatewayToken {
+            token_id: "t".into(),
+            on_behalf_of: None,
+        },
+    }
+}
+
+async fn service(dir: &std::path::Path) -> Approvals {
+    let store = Store::open_sqlite(&dir.join("p.db")).await.unwrap();
+    let audit = portcullis_audit::AuditLog::open(store.clone(), dir).await.unwrap();
+    Approvals::new(store, audit, None)
+}
+
+#[tokio::test]
+async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path()).await;
+    let agent = person("agent:claude", &[]);
+    let r = rule(1);
+    let held = |action: &'static str| Held {
+        requester: &agent,
+        connection: "db",
+        kind: "statement",
+        action,
+        classification: "write",
+        rule: &r,
+    };
+    let Check::Pending(rv) = a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap() else {
+        panic!("should wait")
+    };
+    // The same action again reuses the pending review.
+    let Check::Pending(again) = a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(again.id, rv.id);
+
+    let waiter = {
+        let a = a.clone();
+        let id = rv.id.clone();
+        tokio::spawn(async move { a.wait(&id, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        a.decide(&rv.id, &agent, true, None).await.unwrap_err(),
+        ReviewError::SelfApproval
+    );
+    a.decide(&rv.id, &person("user:bob", &["dba"]), true, None)
+        .await
+        .unwrap();
+    match waiter.await.unwrap().unwrap() {
+        Outcome::Approved(r) => assert_eq!(r.state, State::Used),
+        other => panic!("{other:?}"),
+    }
+    // Used: the same text needs a new review; a different text never rode on it.
+    assert!(matches!(
+        a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap(),
+        Check::Pending(r) if r.id != rv.id
+    ));
+    assert!(matches!(
+        a.check(&held("DELETE FROM t")).await.unwrap(),
+        Check::Pending(_)
+    ));
+    let all = a.list(None).await.unwrap();
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn denial_and_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path()).await;
+    let agent = person("agent:claude", &[]);
+    let r = rule(2);
+    let held = Held {
+        requester: &agent,
+        connection: "db",
+        kind: "statement",
+        action: "DROP TABLE t",
+        classification: "ddl",
+        rule: &r,
+    };
+    let Check::Pending(rv) = a.check(&held).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        a.wait(&rv.id, Duration::from_millis(200)).await.unwrap(),
+        Outcome::TimedOut(_)
+    ));
+    // Two approvers needed: one is not enough, then a denial ends it.
+    let r1 = a
+        .decide(&rv.id, &person("user:bob", &["dba"]), true, None)
+        .await
+        .unwrap();
+    assert_eq!(r1.state, State::Pending);
+    a.decide(
+        &rv.id,
+        &person("user:dave", &["dba"]),
+        false,
+        Some("not in prod".into()),
+    )
+    .await
+    .unwrap();
+    match a.wait(&rv.id, Duration::from_secs(1)).await.unwrap() {
+        Outcome::Denied(r) => assert_eq!(r.reason.as_deref(), Some("not in prod")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn what_rules_hold() {
+    let r = rule(1);
+    assert!(holds_statement(&r, "write") && !holds_statement(&r, "read"));
+    assert!(holds_method(&r, "delete") && !holds_method(&r, "GET"));
+    assert!(holds_tool(&r, "http_request", Some("DELETE")));
+    assert!(!holds_tool(&r, "http_request", Some("GET")));
+    assert!(!holds_tool(&r, "sql_query", None));
+}
