@@ -122,11 +122,7 @@ fn unavailable<E: std::fmt::Display>(e: E) -> ReviewError {
 }
 
 impl Approvals {
-    pub fn new(
-        store: Store,
-        audit: portcullis_audit::AuditLog,
-        webhook: Option<Webhook>,
-    ) -> Self {
+    pub fn new(store: Store, audit: portcullis_audit::AuditLog, webhook: Option<Webhook>) -> Self {
         Self {
             store,
             audit,
@@ -192,7 +188,8 @@ impl Approvals {
             if r.expire_if_due(now) {
                 let _ = self.store.update_review(&to_row(&r), "pending").await;
                 let _ = self.store.update_review(&to_row(&r), "approved").await;
-                self.audit("review_expired", &r, serde_json::json!({})).await;
+                self.audit("review_expired", &r, serde_json::json!({}))
+                    .await;
             } else if r.state == State::Approved {
                 if self.consume(&mut r).await? {
                     return Ok(Check::Approved(r));
@@ -292,7 +289,8 @@ impl Approvals {
                 .await
                 .map_err(unavailable)?
         {
-            self.audit("review_expired", &r, serde_json::json!({})).await;
+            self.audit("review_expired", &r, serde_json::json!({}))
+                .await;
         }
         Ok(r)
     }
@@ -364,7 +362,11 @@ impl Approvals {
     }
 
     /// Until when `principal` has just-in-time access to `connection`.
-    pub async fn jit_until(&self, principal: &str, connection: &str) -> Result<Option<i64>, ReviewError> {
+    pub async fn jit_until(
+        &self,
+        principal: &str,
+        connection: &str,
+    ) -> Result<Option<i64>, ReviewError> {
         self.store
             .jit_until(principal, connection)
             .await

@@ -172,7 +172,12 @@ impl Review {
         Ok(self.state)
     }
 
-    pub fn deny(&mut self, d: &Decider<'_>, reason: Option<String>, now: i64) -> Result<(), ReviewError> {
+    pub fn deny(
+        &mut self,
+        d: &Decider<'_>,
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<(), ReviewError> {
         self.check_decider(d, now)?;
         self.state = State::Denied;
         self.decided_by = Some(d.subject.to_string());
@@ -205,7 +210,12 @@ mod tests {
             connection: "db".into(),
             kind: "statement".into(),
             action: "DELETE FROM t WHERE id = 1".into(),
-            action_sha256: action_hash("agent:claude", "db", "statement", "DELETE FROM t WHERE id = 1"),
+            action_sha256: action_hash(
+                "agent:claude",
+                "db",
+                "statement",
+                "DELETE FROM t WHERE id = 1",
+            ),
             classification: "write".into(),
             state: State::Pending,
             required,
@@ -225,17 +235,30 @@ mod tests {
     fn hash_binds_every_part() {
         let h = action_hash("a", "db", "statement", "DELETE FROM t WHERE id = 1");
         assert_ne!(h, action_hash("a", "db", "statement", "DELETE FROM t"));
-        assert_ne!(h, action_hash("b", "db", "statement", "DELETE FROM t WHERE id = 1"));
-        assert_ne!(h, action_hash("a", "db2", "statement", "DELETE FROM t WHERE id = 1"));
+        assert_ne!(
+            h,
+            action_hash("b", "db", "statement", "DELETE FROM t WHERE id = 1")
+        );
+        assert_ne!(
+            h,
+            action_hash("a", "db2", "statement", "DELETE FROM t WHERE id = 1")
+        );
         // Length prefixes: moving a boundary changes the hash.
-        assert_ne!(action_hash("ab", "c", "k", "x"), action_hash("a", "bc", "k", "x"));
+        assert_ne!(
+            action_hash("ab", "c", "k", "x"),
+            action_hash("a", "bc", "k", "x")
+        );
     }
 
     #[test]
     fn one_approver_approves_then_the_action_uses_it_once() {
         let mut r = review(1);
         let (s, g) = dba("user:bob");
-        let d = Decider { subject: &s, human: true, groups: &g };
+        let d = Decider {
+            subject: &s,
+            human: true,
+            groups: &g,
+        };
         assert_eq!(r.approve(&d, 200), Ok(State::Approved));
         assert!(r.consume(201));
         assert!(!r.consume(202), "single use");
@@ -247,7 +270,11 @@ mod tests {
         let mut r = review(1);
         for who in ["agent:claude", "user:alice"] {
             let (s, g) = dba(who);
-            let d = Decider { subject: &s, human: true, groups: &g };
+            let d = Decider {
+                subject: &s,
+                human: true,
+                groups: &g,
+            };
             assert_eq!(r.approve(&d, 200), Err(ReviewError::SelfApproval));
         }
     }
@@ -256,22 +283,47 @@ mod tests {
     fn approvers_must_be_people_in_the_groups() {
         let mut r = review(1);
         let g = vec!["dev".to_string()];
-        let d = Decider { subject: "user:carol", human: true, groups: &g };
-        assert!(matches!(r.approve(&d, 200), Err(ReviewError::NotAnApprover { .. })));
+        let d = Decider {
+            subject: "user:carol",
+            human: true,
+            groups: &g,
+        };
+        assert!(matches!(
+            r.approve(&d, 200),
+            Err(ReviewError::NotAnApprover { .. })
+        ));
         let (s, g) = dba("agent:bot");
-        let d = Decider { subject: &s, human: false, groups: &g };
-        assert!(matches!(r.approve(&d, 200), Err(ReviewError::NotAPerson(_))));
+        let d = Decider {
+            subject: &s,
+            human: false,
+            groups: &g,
+        };
+        assert!(matches!(
+            r.approve(&d, 200),
+            Err(ReviewError::NotAPerson(_))
+        ));
     }
 
     #[test]
     fn two_distinct_approvers_are_two() {
         let mut r = review(2);
         let (s, g) = dba("user:bob");
-        let bob = Decider { subject: &s, human: true, groups: &g };
+        let bob = Decider {
+            subject: &s,
+            human: true,
+            groups: &g,
+        };
         assert_eq!(r.approve(&bob, 200), Ok(State::Pending));
-        assert_eq!(r.approve(&bob, 201), Err(ReviewError::AlreadyApproved("user:bob".into())));
+        assert_eq!(
+            r.approve(&bob, 201),
+            Err(ReviewError::AlreadyApproved("user:bob".into()))
+        );
         let (s2, g2) = dba("user:dave");
-        let dave = Decider { subject: &s2, human: true, groups: &g2 };
+        let dave = Decider {
+            subject: &s2,
+            human: true,
+            groups: &g2,
+        };
         assert_eq!(r.approve(&dave, 202), Ok(State::Approved));
         assert_eq!(r.decided_by.as_deref(), Some("user:bob, user:dave"));
     }
@@ -280,10 +332,17 @@ mod tests {
     fn denial_and_expiry_end_a_review() {
         let mut r = review(1);
         let (s, g) = dba("user:bob");
-        let d = Decider { subject: &s, human: true, groups: &g };
+        let d = Decider {
+            subject: &s,
+            human: true,
+            groups: &g,
+        };
         r.deny(&d, Some("not today".into()), 200).unwrap();
         assert_eq!(r.state, State::Denied);
-        assert!(matches!(r.approve(&d, 201), Err(ReviewError::NotPending { .. })));
+        assert!(matches!(
+            r.approve(&d, 201),
+            Err(ReviewError::NotPending { .. })
+        ));
 
         let mut r = review(1);
         assert!(r.expire_if_due(1000));

@@ -35,7 +35,9 @@ fn person(subject: &str, groups: &[&str]) -> Principal {
 
 async fn service(dir: &std::path::Path) -> Approvals {
     let store = Store::open_sqlite(&dir.join("p.db")).await.unwrap();
-    let audit = portcullis_audit::AuditLog::open(store.clone(), dir).await.unwrap();
+    let audit = portcullis_audit::AuditLog::open(store.clone(), dir)
+        .await
+        .unwrap();
     Approvals::new(store, audit, None)
 }
 

@@ -56,7 +56,10 @@ impl Webhook {
     }
 
     pub fn sign(&self, body: &[u8]) -> String {
-        format!("sha256={}", hex::encode(hmac::sign(&self.key, body).as_ref()))
+        format!(
+            "sha256={}",
+            hex::encode(hmac::sign(&self.key, body).as_ref())
+        )
     }
 
     pub async fn send(&self, r: &Review) {
@@ -82,4 +85,3 @@ impl Webhook {
         }
     }
 }
-

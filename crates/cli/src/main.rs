@@ -10,6 +10,7 @@ mod mask_cmd;
 mod mcp_cmd;
 mod policy_cmd;
 mod quickstart;
+mod reviews_cmd;
 mod sessions_cmd;
 mod token_cmd;
 
@@ -96,6 +97,9 @@ enum Command {
     /// Agents connected to a running gateway.
     #[command(subcommand)]
     Agents(agent_cmd::AgentsCommand),
+    /// Reviews of held actions: list, show, approve, deny (as an approver).
+    #[command(subcommand)]
+    Reviews(reviews_cmd::ReviewsCommand),
     /// Print the version.
     Version,
 }
@@ -180,6 +184,7 @@ fn main() -> std::process::ExitCode {
             Command::Env(a) => login::env(a).await,
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
+            Command::Reviews(r) => reviews_cmd::run(r).await,
             Command::Agents(a) => agent_cmd::agents(a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));

@@ -52,6 +52,10 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9443";
 const DEFAULT_PG_LISTEN: &str = "127.0.0.1:15432";
 const PG_CONNECTION: &str = "demo-pg";
+const PG_GUARDED: &str = "demo-pg-guarded";
+/// The quickstart's human approver and its group.
+const APPROVER: &str = "user:approver";
+const APPROVERS: &str = "approvers";
 
 pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
@@ -163,6 +167,29 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         }
     };
 
+    // With a guarded connection: a person who may approve.
+    let approver = if config.connection(PG_GUARDED).is_some() {
+        Some(match reusable_approver(&env_path, &store).await {
+            Some(t) => t,
+            None => {
+                let (id, secret, _) =
+                    crate::token_cmd::create(&store, APPROVER, &[APPROVERS.to_string()], TOKEN_TTL)
+                        .await?;
+                eprintln!("created token {id} for {APPROVER} (group {APPROVERS})");
+                crate::token_cmd::audit_admin(
+                    &store,
+                    &dir,
+                    "token_created",
+                    serde_json::json!({"token_id": id, "principal": APPROVER, "by": "quickstart"}),
+                )
+                .await?;
+                secret
+            }
+        })
+    } else {
+        None
+    };
+
     let stop = crate::shutdown_signal();
     let running = portcullis_gateway::start(&config, store).await?;
     // With --agent-demo: the agent's folder and process.
@@ -189,6 +216,10 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         env.push(("PORTCULLIS_PG_HOST", "localhost".to_string()));
         env.push(("PORTCULLIS_PG_PORT", a.port().to_string()));
         env.push(("PORTCULLIS_DEMO_PG", PG_CONNECTION.to_string()));
+        if let Some(t) = &approver {
+            env.push(("PORTCULLIS_DEMO_PG_GUARDED", PG_GUARDED.to_string()));
+            env.push(("PORTCULLIS_APPROVER_TOKEN", t.clone()));
+        }
     }
     write_env(&env_path, &env)?;
 
@@ -224,6 +255,20 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// The approver's token in an earlier quickstart.env, if still good.
+async fn reusable_approver(env_path: &Path, store: &portcullis_store::Store) -> Option<String> {
+    let text = std::fs::read_to_string(env_path).ok()?;
+    let token = text.lines().find_map(|l| {
+        l.strip_prefix("export PORTCULLIS_APPROVER_TOKEN=")
+            .map(|v| v.trim_matches('\'').to_string())
+    })?;
+    let auth = Authenticator::new(std::sync::Arc::new(store.clone()));
+    match auth.authenticate(Credential::Bearer(&token)).await {
+        Ok(p) if p.subject == APPROVER => Some(token),
+        _ => None,
+    }
 }
 
 /// The token in an earlier quickstart.env, if it still authenticates.
@@ -452,15 +497,29 @@ fn add_postgres(
 [[connections]]
 name = "{PG_CONNECTION}"
 type = "postgres"
-url = "{}"
+url = "{url}"
 password = "file:secrets/demo-pg-password"
 
 [[grants]]
 name = "quickstart-demo-pg"
 principals = ["{PRINCIPAL}"]
 connections = ["{PG_CONNECTION}"]
+
+# The same server, but writes and DDL wait for one person's approval
+# (`portcullis reviews approve ID` with an approver's token).
+[[connections]]
+name = "{PG_GUARDED}"
+type = "postgres"
+url = "{url}"
+password = "file:secrets/demo-pg-password"
+approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["{APPROVERS}"], required = 1, wait = "120s" }}
+
+[[grants]]
+name = "quickstart-demo-pg-guarded"
+principals = ["{PRINCIPAL}"]
+connections = ["{PG_GUARDED}"]
 "#,
-        parsed.without_password()
+        url = parsed.without_password()
     ));
     // Validate before writing: a bad URL must not leave a broken config.
     Config::parse(&text, config_path)?;

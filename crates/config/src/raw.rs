@@ -397,10 +397,17 @@ impl RawApproval {
                 ));
             }
         }
-        let methods: Vec<String> = self.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+        let methods: Vec<String> = self
+            .methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
         for m in &methods {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
-                return Err(invalid(k("methods"), format!("{m:?} is not an HTTP method")));
+                return Err(invalid(
+                    k("methods"),
+                    format!("{m:?} is not an HTTP method"),
+                ));
             }
         }
         if mode == ApprovalMode::Statements
@@ -414,11 +421,17 @@ impl RawApproval {
             ));
         }
         if self.approvers.is_empty() {
-            return Err(invalid(k("approvers"), "name the group(s) whose members may approve"));
+            return Err(invalid(
+                k("approvers"),
+                "name the group(s) whose members may approve",
+            ));
         }
         let required = self.required.unwrap_or(1);
         if !(1..=10).contains(&required) {
-            return Err(invalid(k("required"), "between 1 and 10 distinct approvers"));
+            return Err(invalid(
+                k("required"),
+                "between 1 and 10 distinct approvers",
+            ));
         }
         Ok(ApprovalRule {
             mode,

@@ -49,6 +49,8 @@ pub enum GatewayError {
     Audit(#[from] portcullis_audit::AuditError),
     #[error("OIDC: {0}")]
     Oidc(String),
+    #[error("review webhook: {0}")]
+    Webhook(String),
     #[error(transparent)]
     Mcp(#[from] portcullis_mcp::SetupError),
 }
@@ -120,6 +122,30 @@ fn listener_tls(
     let sc = portcullis_tls::listener_config(&cfg.gateway.tls, certs.clone(), &clients, alpn)
         .map_err(wrap)?;
     Ok(TlsAcceptor::from(sc))
+}
+
+/// The review webhook: its secret resolved and its TLS trust set once.
+fn webhook(w: &portcullis_config::Webhook) -> Result<portcullis_approval::Webhook, GatewayError> {
+    let secret = w
+        .secret
+        .resolve()
+        .map_err(|reason| GatewayError::Webhook(format!("secret {}: {reason}", w.secret)))?;
+    let roots = match &w.ca_file {
+        Some(ca) => portcullis_tls::load_roots(ca, true),
+        None => Ok(portcullis_tls::system_roots()),
+    }
+    .map_err(|source| GatewayError::Tls {
+        what: "the review webhook",
+        source,
+    })?;
+    let tls = portcullis_tls::client_config(&Default::default(), roots).map_err(|source| {
+        GatewayError::Tls {
+            what: "the review webhook",
+            source,
+        }
+    })?;
+    portcullis_approval::Webhook::new(w.url.clone(), &secret, w.slack, tls)
+        .map_err(GatewayError::Webhook)
 }
 
 /// The OIDC verifier for `[[oidc]]`, with keys fetched once before the
@@ -316,6 +342,14 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .await?;
     let sessions = portcullis_audit::Sessions::new(audit.clone(), cfg.dir().join("recordings"));
     let links = portcullis_link::AgentRegistry::new();
+    let approvals = portcullis_approval::Approvals::new(
+        store.clone(),
+        audit.clone(),
+        match &cfg.approvals.webhook {
+            None => None,
+            Some(w) => Some(webhook(w)?),
+        },
+    );
     let auth = Authenticator::new(Arc::new(store.clone()));
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),
@@ -330,6 +364,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         sessions.clone(),
         links.clone(),
     )?;
+    front.set_approvals(approvals.clone());
 
     let postgres_addr = match &cfg.postgres {
         None => None,
@@ -353,6 +388,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 sessions.clone(),
                 links.clone(),
             )?;
+            pg.set_approvals(approvals.clone());
             let l = bind(p.listen, "postgres").await?;
             let addr = l.local_addr().map_err(|source| GatewayError::Bind {
                 what: "postgres",

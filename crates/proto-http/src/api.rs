@@ -12,6 +12,7 @@ use crate::front::Inner;
 use crate::{Body, ProxyError};
 
 pub const TOKENS: &str = "/api/v1/tokens";
+pub const REVIEWS: &str = "/api/v1/reviews";
 /// The request is a few dozen bytes; anything larger is not one.
 const MAX_BODY: usize = 4096;
 
@@ -22,6 +23,72 @@ struct MintRequest {
     principal: String,
     /// e.g. `8h` (default), at most 24h.
     ttl: Option<String>,
+}
+
+/// `GET /api/v1/reviews[?state=S]`, `GET /api/v1/reviews/ID`,
+/// `POST /api/v1/reviews/ID/approve|deny` (`{"reason": "…"}`). People see
+/// every review; an agent sees its own. Deciding is for people in the
+/// review's approver groups (checked by the review itself).
+pub(crate) async fn reviews(
+    inner: &Inner,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    use portcullis_identity::PrincipalKind;
+    let Some(approvals) = inner.approvals.get() else {
+        return Err(ProxyError::NoRoute);
+    };
+    let path = req.uri().path().to_string();
+    let rest = path.strip_prefix(REVIEWS).unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let visible = |r: &portcullis_approval::Review| {
+        who.kind == PrincipalKind::Human || r.requester == who.subject
+    };
+    let ok = |v: serde_json::Value| crate::error::json_response(StatusCode::OK, &v);
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, []) => {
+            let state = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("state="))
+                    .and_then(portcullis_approval::State::parse)
+            });
+            let list = approvals.list(state).await.map_err(ProxyError::ReviewApi)?;
+            let list: Vec<_> = list.into_iter().filter(|r| visible(r)).collect();
+            Ok(ok(serde_json::json!({ "reviews": list })))
+        }
+        (Method::GET, [id]) => {
+            let r = approvals.get(id).await.map_err(ProxyError::ReviewApi)?;
+            if !visible(&r) {
+                return Err(ProxyError::ReviewApi(
+                    portcullis_approval::ReviewError::Unknown(id.to_string()),
+                ));
+            }
+            Ok(ok(serde_json::to_value(&r).unwrap_or_default()))
+        }
+        (Method::POST, [id, verb @ ("approve" | "deny")]) => {
+            let id = id.to_string();
+            let approve = *verb == "approve";
+            let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+            let bytes = limited
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let reason = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(|s| s.chars().take(500).collect()));
+            let r = approvals
+                .decide(&id, who, approve, reason)
+                .await
+                .map_err(ProxyError::ReviewApi)?;
+            tracing::info!(review = %r.id, by = %who.subject, approve, state = r.state.as_str(), "review decided");
+            Ok(ok(serde_json::to_value(&r).unwrap_or_default()))
+        }
+        (m, _) => Err(ProxyError::Method(
+            m,
+            "GET /api/v1/reviews[/ID] or POST /api/v1/reviews/ID/approve|deny",
+        )),
+    }
 }
 
 pub(crate) async fn mint_for_agent(

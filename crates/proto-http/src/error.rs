@@ -39,6 +39,15 @@ pub enum ProxyError {
     MaskFailed { connection: String, reason: String },
     #[error("the audit log cannot record this request, so it is refused")]
     AuditUnavailable,
+    #[error("{message}")]
+    Review {
+        review: String,
+        /// `approval_required`, `approval_denied` or `approval_expired`.
+        code: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    ReviewApi(portcullis_approval::ReviewError),
     #[error("connection {connection:?} is served by agent {agent:?}, which is not connected")]
     AgentUnavailable { connection: String, agent: String },
     #[error("{0}")]
@@ -67,6 +76,17 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::AgentUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Review { .. } => StatusCode::FORBIDDEN,
+            Self::ReviewApi(portcullis_approval::ReviewError::Unknown(_)) => StatusCode::NOT_FOUND,
+            Self::ReviewApi(portcullis_approval::ReviewError::Unavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::ReviewApi(
+                portcullis_approval::ReviewError::NotPending { .. }
+                | portcullis_approval::ReviewError::Expired(_)
+                | portcullis_approval::ReviewError::AlreadyApproved(_),
+            ) => StatusCode::CONFLICT,
+            Self::ReviewApi(_) => StatusCode::FORBIDDEN,
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => {
                 StatusCode::FORBIDDEN
             }
@@ -93,6 +113,16 @@ impl ProxyError {
             Self::MaskFailed { .. } => "masking_failed",
             Self::AuditUnavailable => "audit_unavailable",
             Self::AgentUnavailable { .. } => "agent_unavailable",
+            Self::Review { code, .. } => code,
+            Self::ReviewApi(portcullis_approval::ReviewError::Unknown(_)) => "not_found",
+            Self::ReviewApi(portcullis_approval::ReviewError::SelfApproval) => "self_approval",
+            Self::ReviewApi(portcullis_approval::ReviewError::Unavailable) => "store_unavailable",
+            Self::ReviewApi(
+                portcullis_approval::ReviewError::NotPending { .. }
+                | portcullis_approval::ReviewError::Expired(_)
+                | portcullis_approval::ReviewError::AlreadyApproved(_),
+            ) => "conflict",
+            Self::ReviewApi(_) => "forbidden",
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => "forbidden",
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
@@ -109,6 +139,10 @@ impl ProxyError {
             | Self::UpstreamTimeout { connection: c, .. }
             | Self::Upstream { connection: c, .. }
             | Self::MaskFailed { connection: c, .. } => body["connection"] = c.clone().into(),
+            Self::Review { review, .. } => {
+                body["review"] = review.clone().into();
+                body["approve_with"] = format!("portcullis reviews approve {review}").into();
+            }
             Self::AgentUnavailable { connection, agent } => {
                 body["connection"] = connection.clone().into();
                 body["agent"] = agent.clone().into();

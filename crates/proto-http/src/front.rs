@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     /// Public login settings of each `[[oidc]]` issuer that has them.
     login: Vec<serde_json::Value>,
     postgres_port: std::sync::OnceLock<u16>,
+    approval_rules: HashMap<String, portcullis_config::ApprovalRule>,
+    pub(crate) approvals: std::sync::OnceLock<portcullis_approval::Approvals>,
 }
 
 /// The gateway's own discovery document for `portcullis login` and
@@ -116,6 +118,12 @@ impl HttpFront {
                     })
                     .collect(),
                 postgres_port: Default::default(),
+                approval_rules: cfg
+                    .connections
+                    .iter()
+                    .filter_map(|c| c.approval.clone().map(|r| (c.name.clone(), r)))
+                    .collect(),
+                approvals: Default::default(),
             }),
         })
     }
@@ -134,6 +142,12 @@ impl HttpFront {
     /// the proxy, not to the gateway's own endpoints).
     pub fn routes(&self, host: Option<&str>, path: &str) -> bool {
         route(host, path, self.inner.domain.as_deref()).is_some()
+    }
+
+    /// Hold requests for approval where a connection's rule says so, and
+    /// serve the review API.
+    pub fn set_approvals(&self, approvals: portcullis_approval::Approvals) {
+        let _ = self.inner.approvals.set(approvals);
     }
 
     /// Where the PostgreSQL listener ended up (after binding), for
@@ -336,6 +350,9 @@ impl Inner {
             None if req.uri().path() == crate::api::TOKENS => {
                 return crate::api::mint_for_agent(self, req, principal).await;
             }
+            None if req.uri().path().starts_with(crate::api::REVIEWS) => {
+                return crate::api::reviews(self, req, principal).await;
+            }
             None => return Err(ProxyError::NoRoute),
         };
         let Some((name, upstream)) = self.upstreams.get_key_value(r.connection) else {
@@ -393,6 +410,11 @@ impl Inner {
                 .or(query.clone()),
             _ => query,
         };
+        // The caller's own path and query: what a reviewer sees.
+        let caller_pq = match &query {
+            Some(q) => format!("{}?{q}", r.rest),
+            None => r.rest.to_string(),
+        };
         let uri = upstream
             .target_uri(r.rest, query.as_deref())
             .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
@@ -441,6 +463,23 @@ impl Inner {
             crate::full(bytes)
         } else {
             body
+        };
+        let body = match (self.approval_rules.get(name.as_str()), self.approvals.get()) {
+            (Some(rule), Some(approvals)) => {
+                crate::review::hold(
+                    approvals,
+                    rule,
+                    principal,
+                    name,
+                    &method,
+                    &caller_pq,
+                    body,
+                    &state,
+                    self.max_body,
+                )
+                .await?
+            }
+            _ => body,
         };
 
         // Durable before the first byte goes to the target; no entry, no

@@ -8,6 +8,7 @@ mod front;
 pub mod headers;
 mod masking;
 mod metrics;
+mod review;
 pub mod route;
 mod tap;
 mod upstream;

@@ -110,6 +110,20 @@ struct Inner {
     /// an error that the gateway would rewrite.
     nonce: String,
     cert_names: Vec<portcullis_config::CertName>,
+    /// Each connection's approval rule.
+    approval_rules: HashMap<String, portcullis_config::ApprovalRule>,
+    approvals: std::sync::OnceLock<portcullis_approval::Approvals>,
+}
+
+/// What holds statements of one session for approval.
+struct Gate {
+    approvals: portcullis_approval::Approvals,
+    rule: portcullis_config::ApprovalRule,
+    principal: Principal,
+    connection: String,
+    /// For just-in-time access: the grant's end (Unix seconds); -1 until
+    /// the first statement asks for it.
+    jit_until: std::sync::atomic::AtomicI64,
 }
 
 fn random_u64() -> u64 {
@@ -179,8 +193,19 @@ impl PgFront {
                     .as_ref()
                     .map(|p| p.client_auth.principal_from.clone())
                     .unwrap_or_default(),
+                approval_rules: cfg
+                    .connections
+                    .iter()
+                    .filter_map(|c| c.approval.clone().map(|r| (c.name.clone(), r)))
+                    .collect(),
+                approvals: Default::default(),
             }),
         })
+    }
+
+    /// Hold actions for approval where a connection's rule says so.
+    pub fn set_approvals(&self, approvals: portcullis_approval::Approvals) {
+        let _ = self.inner.approvals.set(approvals);
     }
 
     /// Serve one caller's TCP connection until it ends.
@@ -526,6 +551,20 @@ impl Inner {
         let recorder = open.recorder.clone();
         let started = Instant::now();
         let bytes = (AtomicU64::new(0), AtomicU64::new(0));
+        let gate = match (self.approval_rules.get(&connection), self.approvals.get()) {
+            (Some(rule), Some(approvals)) => {
+                // Just-in-time access is asked for by the first statement:
+                // a notice can reach the caller only once it is logged in.
+                Some(Gate {
+                    approvals: approvals.clone(),
+                    rule: rule.clone(),
+                    principal: principal.clone(),
+                    connection: connection.clone(),
+                    jit_until: std::sync::atomic::AtomicI64::new(-1),
+                })
+            }
+            _ => None,
+        };
         let up = match upstream.connect(&params).await {
             Ok(u) => u,
             Err(e) => {
@@ -636,6 +675,7 @@ impl Inner {
                     &principal,
                     upstream.reuse(),
                     &bytes,
+                    gate.as_ref(),
                 )
                 .await;
             if let Some(session) = reusable {
@@ -668,13 +708,14 @@ impl Inner {
     async fn relay<R, W>(
         &self,
         mut caller_r: FrameReader<R>,
-        mut caller_w: W,
+        caller_w: W,
         up: UpstreamSession,
         chain: Vec<Box<dyn Inspector>>,
         connection: &str,
         principal: &Principal,
         reuse: bool,
         bytes: &(AtomicU64, AtomicU64),
+        gate: Option<&Gate>,
     ) -> (&'static str, Option<UpstreamSession>)
     where
         R: AsyncRead + Unpin,
@@ -698,6 +739,9 @@ impl Inner {
         let chain = Mutex::new(chain);
         let pending: Mutex<Pending> = Mutex::new(Pending::default());
         caller_r.set_max(self.max_message);
+        // Both directions write to the caller: results from the target,
+        // and notices about held statements.
+        let caller_w = tokio::sync::Mutex::new(caller_w);
 
         let c2u = async {
             let mut out = BytesMut::new();
@@ -712,9 +756,29 @@ impl Inner {
                 let mut terminate = false;
                 while let Some(m) = next.take() {
                     let tag = m.tag;
-                    let verdict = chain
-                        .lock()
-                        .map(|mut c| inspect::frontend(&mut c, m.clone()));
+                    let held = match gate {
+                        Some(g) if matches!(tag, b'Q' | b'P') => {
+                            // What was batched before goes first: only
+                            // this statement waits.
+                            if !out.is_empty() {
+                                bytes.0.fetch_add(out.len() as u64, Ordering::Relaxed);
+                                if up_w.write_all(&out).await.is_err()
+                                    || up_w.flush().await.is_err()
+                                {
+                                    return Exit::UpstreamGone;
+                                }
+                                out.clear();
+                            }
+                            self.hold(g, &m, &caller_w).await
+                        }
+                        _ => None,
+                    };
+                    let verdict = match held {
+                        Some(refusal) => Ok(Err(refusal)),
+                        None => chain
+                            .lock()
+                            .map(|mut c| inspect::frontend(&mut c, m.clone())),
+                    };
                     match verdict {
                         Ok(Ok(m)) => m.encode(&mut out),
                         Ok(Err(refusal)) => {
@@ -819,9 +883,11 @@ impl Inner {
                     };
                 }
                 bytes.1.fetch_add(out.len() as u64, Ordering::Relaxed);
-                if caller_w.write_all(&out).await.is_err() || caller_w.flush().await.is_err() {
+                let mut cw = caller_w.lock().await;
+                if cw.write_all(&out).await.is_err() || cw.flush().await.is_err() {
                     return Exit::CallerGone;
                 }
+                drop(cw);
                 out.clear();
             }
         };
@@ -858,6 +924,7 @@ impl Inner {
                 )),
             ),
         };
+        let mut caller_w = caller_w.into_inner();
         if let Some(m) = last {
             send(&mut caller_w, &m).await;
         }
@@ -889,6 +956,170 @@ impl Inner {
         (label, None)
     }
 }
+
+impl Inner {
+    /// Just-in-time access: a live grant, or a person's yes now.
+    async fn just_in_time<W: AsyncWrite + Unpin>(
+        &self,
+        g: &Gate,
+        caller_w: &tokio::sync::Mutex<W>,
+    ) -> Result<i64, Refusal> {
+        let now = portcullis_identity::unix_now();
+        if let Ok(Some(until)) = g
+            .approvals
+            .jit_until(&g.principal.subject, &g.connection)
+            .await
+            && until > now
+        {
+            return Ok(until);
+        }
+        let action = format!(
+            "session on {} for {}s",
+            g.connection,
+            g.rule.session.as_secs()
+        );
+        let held = portcullis_approval::Held {
+            requester: &g.principal,
+            connection: &g.connection,
+            kind: "session",
+            action: &action,
+            classification: "session",
+            rule: &g.rule,
+        };
+        let review = match g.approvals.check(&held).await {
+            Ok(portcullis_approval::Check::Approved(r)) => return Ok(r.expires_at),
+            Ok(portcullis_approval::Check::Pending(r)) => r,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        {
+            let mut w = caller_w.lock().await;
+            send(
+                &mut *w,
+                &messages::notice("01000", &portcullis_approval::waiting_message(&review)),
+            )
+            .await;
+        }
+        outcome_of(g, &review, g.approvals.wait(&review.id, g.rule.wait).await).map(|r| {
+            r.map(|r| r.expires_at)
+                .unwrap_or(now + g.rule.session.as_secs() as i64)
+        })
+    }
+
+    /// Hold one statement for approval when the rule says so: `None`
+    /// lets it through, `Some` refuses it in protocol order.
+    async fn hold<W: AsyncWrite + Unpin>(
+        &self,
+        g: &Gate,
+        m: &Message,
+        caller_w: &tokio::sync::Mutex<W>,
+    ) -> Option<Refusal> {
+        if g.rule.mode == portcullis_config::ApprovalMode::Session {
+            let mut until = g.jit_until.load(Ordering::Relaxed);
+            if until < 0 {
+                match self.just_in_time(g, caller_w).await {
+                    Ok(u) => {
+                        g.jit_until.store(u, Ordering::Relaxed);
+                        until = u;
+                    }
+                    Err(refusal) => return Some(refusal),
+                }
+            }
+            if portcullis_identity::unix_now() >= until {
+                return Some(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: format!(
+                        "portcullis: just-in-time access to connection \"{}\" ended; reconnect to ask for it again",
+                        g.connection
+                    ),
+                });
+            }
+            return None;
+        }
+        let sql = match m.tag {
+            b'Q' => messages::query_text(m)?,
+            _ => messages::parse_text(m).map(|(_, s)| s)?,
+        };
+        let class = crate::classify::classify(&sql);
+        if !portcullis_approval::holds_statement(&g.rule, class.as_str()) {
+            return None;
+        }
+        let held = portcullis_approval::Held {
+            requester: &g.principal,
+            connection: &g.connection,
+            kind: "statement",
+            action: &sql,
+            classification: class.as_str(),
+            rule: &g.rule,
+        };
+        let review = match g.approvals.check(&held).await {
+            Ok(portcullis_approval::Check::Approved(_)) => return None,
+            Ok(portcullis_approval::Check::Pending(r)) => r,
+            Err(e) => return Some(unavailable(&e)),
+        };
+        {
+            let mut w = caller_w.lock().await;
+            send(
+                &mut *w,
+                &messages::notice("01000", &portcullis_approval::waiting_message(&review)),
+            )
+            .await;
+        }
+        tracing::info!(target: "portcullis::access", principal = %g.principal.subject, connection = %g.connection, review = %review.id, "statement held for review");
+        outcome_of(g, &review, g.approvals.wait(&review.id, g.rule.wait).await).err()
+    }
+}
+
+fn unavailable(e: &portcullis_approval::ReviewError) -> Refusal {
+    Refusal {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "portcullis: the statement needs approval, which cannot be checked now ({e})"
+        ),
+    }
+}
+
+/// A wait's outcome as the caller hears it.
+fn outcome_of(
+    g: &Gate,
+    review: &portcullis_approval::Review,
+    o: Result<portcullis_approval::Outcome, portcullis_approval::ReviewError>,
+) -> Result<Option<portcullis_approval::Review>, Refusal> {
+    use portcullis_approval::Outcome;
+    match o {
+        Ok(Outcome::Approved(r)) => Ok(Some(r)),
+        Ok(Outcome::Denied(r)) => Err(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: review {} was denied by {}{}",
+                r.id,
+                r.decided_by.as_deref().unwrap_or("an approver"),
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
+            ),
+        }),
+        Ok(Outcome::Expired(r)) => Err(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!("portcullis: review {} expired before it was approved", r.id),
+        }),
+        Ok(Outcome::TimedOut(r)) => Err(Refusal {
+            code: QUERY_CANCELED,
+            message: format!(
+                "portcullis: review {} was not decided within {}s; it stays open until it expires: once approved, run the same statement again",
+                r.id,
+                g.rule.wait.as_secs()
+            ),
+        }),
+        Err(e) => {
+            let _ = review;
+            Err(unavailable(&e))
+        }
+    }
+}
+
+/// SQLSTATE 57014: the statement waited too long for its review.
+const QUERY_CANCELED: &str = "57014";
 
 enum Exit {
     /// The caller sent Terminate.

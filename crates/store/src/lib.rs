@@ -264,13 +264,13 @@ impl Store {
         principal: &str,
         connection: &str,
     ) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT until FROM jit_grants WHERE principal = ? AND connection = ?")
-                .bind(principal)
-                .bind(connection)
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT until FROM jit_grants WHERE principal = ? AND connection = ?",
         )
+        .bind(principal)
+        .bind(connection)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Revoke a client certificate by its SHA-256 fingerprint (hex).

@@ -1,0 +1,449 @@
+//! Human in the loop, end to end: psql statements held for review and
+//! approved, denied or timed out through `portcullis reviews`; binding to
+//! the exact statement, single use, no self-approval, two approvers, the
+//! signed webhook, just-in-time access ending mid-session, and HTTP.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::upstream::{self, TestUpstream};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+use serde_json::Value;
+
+const HOOK_SECRET: &str = "webhook-secret-for-tests";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    ca: String,
+    token: String,
+    bob: String,
+    dave: String,
+    eve: String,
+    hook: TestUpstream,
+}
+
+fn token(dir: &std::path::Path, principal: &str, group: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["--config", dir.join("portcullis.toml").to_str().unwrap()])
+        .args([
+            "token",
+            "create",
+            "--principal",
+            principal,
+            "--group",
+            group,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn setup() -> Setup {
+    let pg = PgCluster::shared();
+    static TABLE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        pg.psql_direct(
+            "CREATE TABLE IF NOT EXISTS appr_t (id int);
+             INSERT INTO appr_t SELECT g FROM generate_series(1, 1000) g;",
+        );
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    for stem in ["server", "hook"] {
+        let leaf = ca
+            .issue(
+                LeafKind::Server,
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+    }
+    let hook = upstream::start(&dir.join("hook.pem"), &dir.join("hook.key"));
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    std::fs::write(dir.join("hook-secret"), HOOK_SECRET).unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslrootcert={}",
+        pg.port,
+        pg.ca.display()
+    );
+    let pgconn = |name: &str, approval: &str| {
+        format!(
+            "[[connections]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\npassword = \"file:pgpw\"\napproval = {approval}\n"
+        )
+    };
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[postgres]
+listen = "127.0.0.1:0"
+
+[approvals]
+webhook = "https://localhost:{hook}/hook"
+webhook_secret = "file:hook-secret"
+webhook_ca_file = "ca.pem"
+
+{guarded}
+{two}
+{quick}
+{jit}
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["*"]
+"#,
+        hook = hook.port,
+        guarded = pgconn(
+            "guarded",
+            r#"{ mode = "statements", classes = ["write", "ddl"], approvers = ["dba"], wait = "30s" }"#
+        ),
+        two = pgconn(
+            "guarded2",
+            r#"{ mode = "statements", classes = ["write"], approvers = ["dba"], required = 2, wait = "30s" }"#
+        ),
+        quick = pgconn(
+            "quick",
+            r#"{ mode = "statements", classes = ["write"], approvers = ["dba"], wait = "1s" }"#
+        ),
+        jit = pgconn(
+            "jit",
+            r#"{ mode = "session", approvers = ["dba"], wait = "30s", session = "4s" }"#
+        ),
+    );
+    let (gw, tester) = gateway_with_config(dir, &config);
+    Setup {
+        ca: dir.join("ca.pem").to_str().unwrap().to_string(),
+        bob: token(dir, "user:bob", "dba"),
+        dave: token(dir, "user:dave", "dba"),
+        eve: token(dir, "user:eve", "dev"),
+        tmp,
+        gw,
+        token: tester,
+        hook,
+    }
+}
+
+impl Setup {
+    fn psql(&self, db: &str, script: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", self.gw.pg_port.unwrap().to_string())
+            .env("PGDATABASE", db)
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &self.token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &self.ca)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn psql_bg(&self, db: &str, script: &str) -> std::thread::JoinHandle<Output> {
+        let me = SetupRef {
+            pg_port: self.gw.pg_port.unwrap(),
+            ca: self.ca.clone(),
+            token: self.token.clone(),
+        };
+        let (db, script) = (db.to_string(), script.to_string());
+        std::thread::spawn(move || me.psql(&db, &script))
+    }
+
+    fn reviews(&self, as_token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(["reviews"])
+            .args(args)
+            .env("PORTCULLIS_URL", &self.gw.url)
+            .env("PORTCULLIS_CA", &self.ca)
+            .env("PORTCULLIS_TOKEN", as_token)
+            .env("HOME", self.tmp.path())
+            .output()
+            .unwrap()
+    }
+
+    /// The pending review whose action contains `needle`, waited for.
+    fn pending(&self, needle: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.reviews(&self.bob, &["list", "--json", "--state", "pending"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let found = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["action"].as_str().unwrap_or("").contains(needle));
+            if let Some(r) = found {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no pending review for {needle}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn decide(&self, as_token: &str, verb: &str, id: &str, reason: Option<&str>) -> Output {
+        let mut args = vec![verb, id];
+        if let Some(r) = reason {
+            args.extend(["--reason", r]);
+        }
+        self.reviews(as_token, &args)
+    }
+}
+
+/// What a background psql needs (Setup itself is not Send-able across).
+struct SetupRef {
+    pg_port: u16,
+    ca: String,
+    token: String,
+}
+
+impl SetupRef {
+    fn psql(&self, db: &str, script: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", self.pg_port.to_string())
+            .env("PGDATABASE", db)
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &self.token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &self.ca)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// How many rows with `id` remain (tests share the table: each uses its
+/// own ids).
+fn rows_with(id: i32) -> String {
+    PgCluster::shared().psql_direct(&format!("SELECT count(*) FROM appr_t WHERE id = {id}"))
+}
+
+#[test]
+fn a_held_delete_runs_once_approved_and_reads_pass() {
+    let s = setup();
+    // Reads are not held.
+    let out = s.psql("guarded", "SELECT count(*) > 0 FROM appr_t;\n");
+    assert!(text(&out).contains('t'), "{}", text(&out));
+
+    let bg = s.psql_bg("guarded", "DELETE FROM appr_t WHERE id = 1;\n");
+    let r = s.pending("WHERE id = 1");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(r["requester"], "agent:tester");
+    assert_eq!(r["connection"], "guarded");
+    assert_eq!(r["classification"], "write");
+
+    // Nobody approves their own request, and only approvers approve.
+    let out = s.decide(&s.token, "approve", &id, None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("own request"), "{}", text(&out));
+    let out = s.decide(&s.eve, "approve", &id, None);
+    assert!(text(&out).contains("approver groups"), "{}", text(&out));
+
+    let out = s.decide(&s.bob, "approve", &id, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = bg.join().unwrap();
+    let t = text(&out);
+    assert!(t.contains(&id), "the caller was told which review: {t}");
+    assert!(t.contains("DELETE 1") || !t.contains("ERROR"), "{t}");
+    assert_eq!(rows_with(1), "0");
+
+    // The webhook got a signed announcement.
+    let hook = s
+        .hook
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|x| x.path_and_query == "/hook" && x.body.contains(&id))
+        .cloned()
+        .expect("webhook call");
+    let sig = hook.header("x-portcullis-signature").unwrap().to_string();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, HOOK_SECRET.as_bytes());
+    let expected = format!(
+        "sha256={}",
+        hex::encode(aws_lc_rs::hmac::sign(&key, hook.body.as_bytes()).as_ref())
+    );
+    assert_eq!(sig, expected);
+    let body: Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(body["review"]["id"], id);
+    assert!(body["approve_command"].as_str().unwrap().contains(&id));
+
+    // The audit chain tells the story.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for e in ["review_created", "review_approved", "review_used"] {
+        assert!(audit.contains(e), "{e} missing");
+    }
+    assert!(audit.contains("user:bob"));
+}
+
+#[test]
+fn denial_timeout_binding_and_single_use() {
+    let s = setup();
+    // Denied: the statement fails with 42501 naming the review and the
+    // reason, and the session goes on.
+    let bg = s.psql_bg(
+        "guarded",
+        "DELETE FROM appr_t WHERE id = 2;\nSELECT 40 + 2;\n",
+    );
+    let r = s.pending("WHERE id = 2");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(
+        s.decide(&s.bob, "deny", &id, Some("not on a Friday"))
+            .status
+            .success()
+    );
+    let t = text(&bg.join().unwrap());
+    assert!(t.contains(&id) && t.contains("not on a Friday"), "{t}");
+    assert!(t.contains("42"), "the session stayed usable: {t}");
+    assert_eq!(rows_with(2), "1");
+
+    // Timeout (1 s on `quick`): 57014-style refusal naming the review;
+    // the session goes on.
+    let out = s.psql(
+        "quick",
+        "DELETE FROM appr_t WHERE id = 3;\nSELECT 'alive';\n",
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("not decided within 1s") && t.contains("alive"),
+        "{t}"
+    );
+    let held = s.pending("WHERE id = 3");
+    let id3 = held["id"].as_str().unwrap().to_string();
+    assert!(s.decide(&s.bob, "approve", &id3, None).status.success());
+
+    // A different statement cannot ride on that approval…
+    let t = text(&s.psql("quick", "DELETE FROM appr_t WHERE id >= 3;\n"));
+    assert!(t.contains("not decided") && !t.contains(&id3), "{t}");
+    assert_eq!(rows_with(500), "1");
+    // …the approved one runs at once…
+    let t = text(&s.psql("quick", "DELETE FROM appr_t WHERE id = 3;\n"));
+    assert!(t.contains("DELETE 1"), "{t}");
+    assert_eq!(rows_with(3), "0");
+    // …and only once.
+    let t = text(&s.psql("quick", "DELETE FROM appr_t WHERE id = 3;\n"));
+    assert!(t.contains("not decided"), "{t}");
+}
+
+#[test]
+fn two_approvers_and_http_requests() {
+    let s = setup();
+    let bg = s.psql_bg("guarded2", "DELETE FROM appr_t WHERE id = 4;\n");
+    let r = s.pending("WHERE id = 4");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(s.decide(&s.bob, "approve", &id, None).status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!bg.is_finished(), "one approval of two is not enough");
+    let out = s.decide(&s.bob, "approve", &id, None);
+    assert!(text(&out).contains("already approved"), "{}", text(&out));
+    assert!(s.decide(&s.dave, "approve", &id, None).status.success());
+    let t = text(&bg.join().unwrap());
+    assert!(!t.contains("ERROR"), "{t}");
+    assert_eq!(rows_with(4), "0");
+
+    // HTTP: a DELETE waits 1 s, then 403 with the review; once approved
+    // the identical request runs, once; GET is not held.
+    let del = |body: &str| {
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "-X",
+            "DELETE",
+            "-H",
+            &format!("Authorization: Bearer {}", s.token),
+            "-d",
+            body,
+            &format!("{}/c/api/items/9", s.gw.url),
+        ])
+    };
+    let r = del("{\"why\":\"cleanup\"}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let review = r.json()["review"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["error"], "approval_required");
+    assert!(s.decide(&s.dave, "approve", &review, None).status.success());
+    let other = del("{\"why\":\"something else\"}");
+    assert_eq!(other.status, 403, "a different body is a different action");
+    assert_eq!(del("{\"why\":\"cleanup\"}").status, 200);
+    assert_eq!(del("{\"why\":\"cleanup\"}").status, 403, "single use");
+    let r = get(&s.gw.url, &s.ca, Some(&s.token), "/c/api/items/9");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn just_in_time_access_ends_while_the_session_is_open() {
+    let s = setup();
+    let bg = s.psql_bg(
+        "jit",
+        "SELECT 'first';\nSELECT pg_sleep(5);\nSELECT 'after the grant';\n",
+    );
+    let r = s.pending("session on jit");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(s.decide(&s.bob, "approve", &id, None).status.success());
+    let t = text(&bg.join().unwrap());
+    assert!(t.contains("first"), "{t}");
+    assert!(t.contains("just-in-time access"), "{t}");
+    assert!(!t.contains("after the grant\n"), "{t}");
+}
