@@ -447,3 +447,36 @@ fn just_in_time_access_ends_while_the_session_is_open() {
     assert!(t.contains("just-in-time access"), "{t}");
     assert!(!t.contains("after the grant\n"), "{t}");
 }
+
+#[test]
+fn mcp_tool_calls_are_held_the_same_way() {
+    let s = setup();
+    common::idp::ensure_packages();
+    let call = |args: &str| -> Value {
+        let out = Command::new("node")
+            .arg(common::idp::harness_dir().join("mcp-client.mjs"))
+            .arg(format!("{}/mcp", s.gw.url))
+            .arg(&s.token)
+            .args(["call", "sql_query", args])
+            .env("NODE_EXTRA_CA_CERTS", &s.ca)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null)
+    };
+    let args = r#"{"connection": "quick", "sql": "DELETE FROM appr_t WHERE id = 6"}"#;
+    let r = call(args);
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(r.to_string().contains("needs approval"), "{r}");
+    let review = s.pending("WHERE id = 6");
+    let id = review["id"].as_str().unwrap();
+    assert!(s.decide(&s.bob, "approve", id, None).status.success());
+    let r = call(args);
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(rows_with(6), "0");
+    // Reads are not held.
+    let r = call(r#"{"connection": "quick", "sql": "SELECT count(*) FROM appr_t"}"#);
+    assert_eq!(r["isError"], false, "{r}");
+}

@@ -648,6 +648,59 @@ fn quickstart_with_postgres_and_no_leaks() {
         .unwrap();
     assert_eq!(text(&o).0, "8", "{:?}", text(&o));
 
+    // demo-pg-guarded: writes wait for the quickstart's approver.
+    assert_eq!(env["PORTCULLIS_DEMO_PG_GUARDED"], "demo-pg-guarded");
+    let script = format!(
+        ". '{}' && PGPASSWORD=$PORTCULLIS_TOKEN psql -X -A -t \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname=demo-pg-guarded user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\" -c 'create table if not exists qs_guarded (x int)' 2>&1",
+        data.join("quickstart.env").display()
+    );
+    let held =
+        std::thread::spawn(move || Command::new("sh").arg("-c").arg(script).output().unwrap());
+    let reviews = |args: &[&str]| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                ". '{}' && PORTCULLIS_TOKEN=$PORTCULLIS_APPROVER_TOKEN {BIN} reviews {}",
+                data.join("quickstart.env").display(),
+                args.join(" ")
+            ))
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let review = loop {
+        let out = reviews(&["list", "--json"]);
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["state"] == "pending");
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no review: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for key in ["id", "requester", "connection", "action", "state"] {
+        assert!(review.get(key).is_some(), "{key} missing from {review}");
+    }
+    assert_eq!(review["connection"], "demo-pg-guarded");
+    let out = reviews(&["approve", review["id"].as_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = held.join().unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("CREATE TABLE") && t.contains(review["id"].as_str().unwrap()),
+        "{t}"
+    );
+
     // The upstream password lives only in the secret file.
     let logs = qs.logs();
     assert!(!logs.contains(PG_PASSWORD));

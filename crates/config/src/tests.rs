@@ -450,3 +450,55 @@ credential = { header = "x-api-key", secret = "file:api-key" }
     let e = bad(&format!("{head}surprise = 1\n"));
     assert!(e.contains("surprise"), "{e}");
 }
+
+#[test]
+fn approval_rules() {
+    let c = parse(&with(
+        r#"
+[[connections]]
+name = "prod"
+type = "postgres"
+url = "postgres://u@db.internal/prod"
+password = "env:PW"
+approval = { mode = "statements", classes = ["write", "ddl"], approvers = ["dba"], required = 2, wait = "30s" }
+
+[approvals]
+webhook = "https://hooks.example.com/portcullis"
+webhook_secret = "env:HOOK_SECRET"
+webhook_format = "slack"
+"#,
+    ))
+    .unwrap();
+    let a = c.connection("prod").unwrap().approval.clone().unwrap();
+    assert_eq!(a.mode, ApprovalMode::Statements);
+    assert_eq!((a.required, a.wait), (2, Duration::from_secs(30)));
+    assert_eq!(a.expires, Duration::from_secs(3600));
+    assert!(c.approvals.webhook.as_ref().unwrap().slack);
+
+    let conn = |approval: &str| {
+        format!(
+            "[[connections]]\nname = \"x\"\ntype = \"http\"\nurl = \"https://x\"\napproval = {approval}\n"
+        )
+    };
+    let e = err(&with(&conn(
+        r#"{ mode = "statements", approvers = ["dba"] }"#,
+    )));
+    assert!(e.contains("connections[0].approval.classes"), "{e}");
+    let e = err(&with(&conn(r#"{ mode = "always", approvers = ["dba"] }"#)));
+    assert!(e.contains("approval.mode"), "{e}");
+    let e = err(&with(&conn(r#"{ mode = "session", approvers = [] }"#)));
+    assert!(e.contains("approval.approvers"), "{e}");
+    let e = err(&with(&conn(
+        r#"{ mode = "statements", classes = ["writes"], approvers = ["a"] }"#,
+    )));
+    assert!(e.contains("approval.classes"), "{e}");
+    let e = err(&with(&conn(
+        r#"{ mode = "session", approvers = ["a"], required = 0 }"#,
+    )));
+    assert!(e.contains("approval.required"), "{e}");
+    let e = err(&with("[approvals]\nwebhook = \"https://h\"\n"));
+    assert!(e.contains("approvals.webhook_secret"), "{e}");
+    // "none" is the same as no rule.
+    let c = parse(&with(&conn(r#"{ mode = "none", approvers = ["a"] }"#))).unwrap();
+    assert!(c.connection("x").unwrap().approval.is_none());
+}

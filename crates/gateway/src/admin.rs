@@ -15,6 +15,7 @@ use crate::listener::Handler;
 pub struct Admin {
     pub(crate) registry: Arc<Registry>,
     pub(crate) links: Arc<portcullis_link::AgentRegistry>,
+    pub(crate) approvals: portcullis_approval::Approvals,
 }
 
 impl Handler for Admin {
@@ -41,12 +42,21 @@ impl Handler for Admin {
                 StatusCode::OK,
                 &serde_json::json!({"agents": self.links.list()}),
             ),
+            // Read-only: deciding needs a person's identity, so it is on
+            // the gateway's API (`portcullis reviews approve`).
+            (&Method::GET, "/reviews") => match self.approvals.list(None).await {
+                Ok(list) => json_response(StatusCode::OK, &serde_json::json!({"reviews": list})),
+                Err(e) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
+                ),
+            },
             (&Method::GET, "/healthz") => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /agents"}),
+                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /agents, GET /reviews"}),
             ),
         }
     }

@@ -497,6 +497,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             let handler = admin::Admin {
                 registry: Arc::new(std::mem::take(&mut registry)),
                 links: links.clone(),
+                approvals: approvals.clone(),
             };
             tracker.spawn(listener::serve(
                 al,
@@ -533,6 +534,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         links.clone(),
         hosts,
     )?;
+    mcp.set_approvals(approvals.clone());
     let main = listener::GatewayFront {
         http: front.clone(),
         mcp,

@@ -90,6 +90,8 @@ pub(crate) struct Context {
     pub mask_metrics: portcullis_mask::MaskMetrics,
     pub sessions: portcullis_audit::Sessions,
     pub store: portcullis_store::Store,
+    pub approval_rules: HashMap<String, portcullis_config::ApprovalRule>,
+    pub approvals: std::sync::OnceLock<portcullis_approval::Approvals>,
 }
 
 impl Context {
@@ -177,6 +179,12 @@ impl McpEndpoint {
             mask_metrics,
             sessions,
             store,
+            approval_rules: cfg
+                .connections
+                .iter()
+                .filter_map(|c| c.approval.clone().map(|r| (c.name.clone(), r)))
+                .collect(),
+            approvals: Default::default(),
         });
         let shared = ctx.clone();
         let mut config = StreamableHttpServerConfig::default();
@@ -194,6 +202,11 @@ impl McpEndpoint {
             service: Arc::new(service),
             ctx: shared,
         })
+    }
+
+    /// Hold tool calls for approval where a connection's rule says so.
+    pub fn set_approvals(&self, approvals: portcullis_approval::Approvals) {
+        let _ = self.ctx.approvals.set(approvals);
     }
 
     /// Whether `connection` is an upstream MCP server (served by

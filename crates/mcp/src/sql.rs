@@ -77,6 +77,12 @@ pub async fn sql_query(
             return Err(refused(ctx, who, name, &reason).await);
         }
     }
+    let class = classify::classify(sql);
+    tools::approve(ctx, who, name, "statement", sql, class.as_str(), |r| {
+        portcullis_approval::holds_statement(r, class.as_str())
+            || portcullis_approval::holds_tool(r, "sql_query", None)
+    })
+    .await?;
     run(
         ctx,
         who,

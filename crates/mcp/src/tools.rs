@@ -231,6 +231,90 @@ pub async fn admit<'c>(
     }
 }
 
+/// Ask for approval when the connection's rule holds this call: `held`
+/// says whether the rule's statement classes, methods or tools match.
+/// Just-in-time rules hold every call until a grant is live.
+pub async fn approve(
+    ctx: &Context,
+    who: &Caller,
+    connection: &str,
+    kind: &str,
+    action: &str,
+    classification: &str,
+    held: impl Fn(&portcullis_config::ApprovalRule) -> bool,
+) -> Result<(), ToolError> {
+    use portcullis_approval::{Check, Held, Outcome};
+    use portcullis_config::ApprovalMode;
+    let (Some(rule), Some(approvals)) = (ctx.approval_rules.get(connection), ctx.approvals.get())
+    else {
+        return Ok(());
+    };
+    let refused = |reason: String| ToolError::Refused {
+        connection: connection.to_string(),
+        reason,
+    };
+    let session_action;
+    let (kind, action, classification) = match rule.mode {
+        ApprovalMode::Session => {
+            let live = approvals
+                .jit_until(&who.principal.subject, connection)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|u| u > portcullis_identity::unix_now());
+            if live {
+                return Ok(());
+            }
+            session_action = format!("session on {connection} for {}s", rule.session.as_secs());
+            ("session", session_action.as_str(), "session")
+        }
+        ApprovalMode::Statements if held(rule) => (kind, action, classification),
+        _ => return Ok(()),
+    };
+    let h = Held {
+        requester: &who.principal,
+        connection,
+        kind,
+        action,
+        classification,
+        rule,
+    };
+    let unavailable = |e: portcullis_approval::ReviewError| {
+        refused(format!(
+            "this call needs approval, which cannot be checked now ({e})"
+        ))
+    };
+    let review = match approvals.check(&h).await.map_err(unavailable)? {
+        Check::Approved(_) => return Ok(()),
+        Check::Pending(r) => r,
+    };
+    match approvals
+        .wait(&review.id, rule.wait)
+        .await
+        .map_err(unavailable)?
+    {
+        Outcome::Approved(_) => Ok(()),
+        Outcome::Denied(r) => Err(refused(format!(
+            "review {} was denied by {}{}",
+            r.id,
+            r.decided_by.as_deref().unwrap_or("an approver"),
+            r.reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        ))),
+        Outcome::Expired(r) => Err(refused(format!(
+            "review {} expired before it was approved",
+            r.id
+        ))),
+        Outcome::TimedOut(r) => Err(refused(format!(
+            "{}; not decided within {}s: once approved, make the identical call again",
+            portcullis_approval::waiting_message(&r),
+            rule.wait.as_secs()
+        ))),
+    }
+}
+
 /// Open the session of one tool call.
 pub async fn open(
     ctx: &Context,

@@ -85,6 +85,19 @@ pub async fn http_request(
     let Kind::Http(upstream) = &conn.kind else {
         unreachable!("admit checked the protocol")
     };
+    let digest = portcullis_tls::sha256_hex(body.as_deref().unwrap_or_default());
+    let pq = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    // The same action text as the HTTP front's, so one approval fits
+    // either way of sending the request.
+    let action = format!("{method} {pq} body-sha256:{digest}");
+    tools::approve(ctx, who, name, "http", &action, method.as_str(), |r| {
+        portcullis_approval::holds_method(r, method.as_str())
+            || portcullis_approval::holds_tool(r, "http_request", Some(method.as_str()))
+    })
+    .await?;
     let uri = upstream
         .target_uri(path, query.as_deref())
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;
