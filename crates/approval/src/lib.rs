@@ -29,6 +29,8 @@ pub struct Held<'a> {
     pub action: &'a str,
     pub classification: &'a str,
     pub rule: &'a ApprovalRule,
+    /// The session the action belongs to, when one is open (audit link).
+    pub session: Option<&'a str>,
 }
 
 /// The first answer for a held action.
@@ -150,7 +152,7 @@ impl Approvals {
     }
 
     /// Consume an approved review; false when someone else used it first.
-    async fn consume(&self, r: &mut Review) -> Result<bool, ReviewError> {
+    async fn consume(&self, r: &mut Review, session: Option<&str>) -> Result<bool, ReviewError> {
         let now = unix_now();
         if !r.consume(now) {
             return Ok(false);
@@ -161,7 +163,8 @@ impl Approvals {
             .await
             .map_err(unavailable)?;
         if won {
-            self.audit("review_used", r, serde_json::json!({})).await;
+            self.audit("review_used", r, serde_json::json!({ "session": session }))
+                .await;
             if r.kind == "session" {
                 self.store
                     .grant_jit(&r.requester, &r.connection, r.expires_at.max(now), &r.id)
@@ -191,7 +194,7 @@ impl Approvals {
                 self.audit("review_expired", &r, serde_json::json!({}))
                     .await;
             } else if r.state == State::Approved {
-                if self.consume(&mut r).await? {
+                if self.consume(&mut r, h.session).await? {
                     return Ok(Check::Approved(r));
                 }
             } else if r.state == State::Pending {
@@ -230,7 +233,10 @@ impl Approvals {
         self.audit(
             "review_created",
             &r,
-            serde_json::json!({"action": r.action, "required": r.required, "approvers": r.approvers}),
+            serde_json::json!({
+                "action": r.action, "required": r.required, "approvers": r.approvers,
+                "session": h.session,
+            }),
         )
         .await;
         tracing::info!(review = %r.id, requester = %r.requester, connection = %r.connection, "action held for review");
@@ -242,7 +248,12 @@ impl Approvals {
     }
 
     /// Wait up to `timeout` for review `id` to be decided.
-    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Outcome, ReviewError> {
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+        session: Option<&str>,
+    ) -> Result<Outcome, ReviewError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Registered before reading, so a decision in between is not missed.
@@ -250,7 +261,7 @@ impl Approvals {
             let mut r = self.get(id).await?;
             match r.state {
                 State::Approved => {
-                    if self.consume(&mut r).await? {
+                    if self.consume(&mut r, session).await? {
                         return Ok(Outcome::Approved(r));
                     }
                     continue;

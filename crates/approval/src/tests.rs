@@ -54,6 +54,7 @@ async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
         action,
         classification: "write",
         rule: &r,
+        session: None,
     };
     let Check::Pending(rv) = a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap() else {
         panic!("should wait")
@@ -67,7 +68,7 @@ async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
     let waiter = {
         let a = a.clone();
         let id = rv.id.clone();
-        tokio::spawn(async move { a.wait(&id, Duration::from_secs(10)).await })
+        tokio::spawn(async move { a.wait(&id, Duration::from_secs(10), None).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
@@ -107,12 +108,15 @@ async fn denial_and_timeout() {
         action: "DROP TABLE t",
         classification: "ddl",
         rule: &r,
+        session: None,
     };
     let Check::Pending(rv) = a.check(&held).await.unwrap() else {
         panic!()
     };
     assert!(matches!(
-        a.wait(&rv.id, Duration::from_millis(200)).await.unwrap(),
+        a.wait(&rv.id, Duration::from_millis(200), None)
+            .await
+            .unwrap(),
         Outcome::TimedOut(_)
     ));
     // Two approvers needed: one is not enough, then a denial ends it.
@@ -129,7 +133,7 @@ async fn denial_and_timeout() {
     )
     .await
     .unwrap();
-    match a.wait(&rv.id, Duration::from_secs(1)).await.unwrap() {
+    match a.wait(&rv.id, Duration::from_secs(1), None).await.unwrap() {
         Outcome::Denied(r) => assert_eq!(r.reason.as_deref(), Some("not in prod")),
         other => panic!("{other:?}"),
     }

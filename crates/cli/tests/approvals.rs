@@ -336,6 +336,22 @@ fn a_held_delete_runs_once_approved_and_reads_pass() {
     for e in ["review_created", "review_approved", "review_used"] {
         assert!(audit.contains(e), "{e} missing");
     }
+    // Linked to the session the statement belonged to.
+    let used = audit
+        .lines()
+        .find(|l| l.contains("review_used") && l.contains(&id))
+        .unwrap();
+    let v: Value = serde_json::from_str(used).unwrap();
+    let session = v
+        .pointer("/event/detail/session")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{used}"));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("session_start") && l.contains(session)),
+        "no session {session}"
+    );
     assert!(audit.contains("user:bob"));
 }
 

@@ -278,6 +278,7 @@ pub async fn approve(
         action,
         classification,
         rule,
+        session: None,
     };
     let unavailable = |e: portcullis_approval::ReviewError| {
         refused(format!(
@@ -289,7 +290,7 @@ pub async fn approve(
         Check::Pending(r) => r,
     };
     match approvals
-        .wait(&review.id, rule.wait)
+        .wait(&review.id, rule.wait, None)
         .await
         .map_err(unavailable)?
     {

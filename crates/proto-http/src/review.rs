@@ -62,6 +62,7 @@ pub(crate) async fn hold(
         action: &action,
         classification: &classification,
         rule,
+        session: None,
     };
     let review = match approvals.check(&held).await.map_err(unavailable)? {
         Check::Approved(_) => return Ok(body),
@@ -69,7 +70,7 @@ pub(crate) async fn hold(
     };
     tracing::info!(target: "portcullis::access", principal = %principal.subject, connection, review = %review.id, "request held for review");
     match approvals
-        .wait(&review.id, rule.wait)
+        .wait(&review.id, rule.wait, None)
         .await
         .map_err(unavailable)?
     {

@@ -124,6 +124,8 @@ struct Gate {
     /// For just-in-time access: the grant's end (Unix seconds); -1 until
     /// the first statement asks for it.
     jit_until: std::sync::atomic::AtomicI64,
+    /// The audited session these statements belong to.
+    session: String,
 }
 
 fn random_u64() -> u64 {
@@ -561,6 +563,7 @@ impl Inner {
                     principal: principal.clone(),
                     connection: connection.clone(),
                     jit_until: std::sync::atomic::AtomicI64::new(-1),
+                    session: open.id.clone(),
                 })
             }
             _ => None,
@@ -985,6 +988,7 @@ impl Inner {
             action: &action,
             classification: "session",
             rule: &g.rule,
+            session: Some(&g.session),
         };
         let review = match g.approvals.check(&held).await {
             Ok(portcullis_approval::Check::Approved(r)) => return Ok(r.expires_at),
@@ -999,7 +1003,14 @@ impl Inner {
             )
             .await;
         }
-        outcome_of(g, &review, g.approvals.wait(&review.id, g.rule.wait).await).map(|r| {
+        outcome_of(
+            g,
+            &review,
+            g.approvals
+                .wait(&review.id, g.rule.wait, Some(&g.session))
+                .await,
+        )
+        .map(|r| {
             r.map(|r| r.expires_at)
                 .unwrap_or(now + g.rule.session.as_secs() as i64)
         })
@@ -1050,6 +1061,7 @@ impl Inner {
             action: &sql,
             classification: class.as_str(),
             rule: &g.rule,
+            session: Some(&g.session),
         };
         let review = match g.approvals.check(&held).await {
             Ok(portcullis_approval::Check::Approved(_)) => return None,
@@ -1065,7 +1077,14 @@ impl Inner {
             .await;
         }
         tracing::info!(target: "portcullis::access", principal = %g.principal.subject, connection = %g.connection, review = %review.id, "statement held for review");
-        outcome_of(g, &review, g.approvals.wait(&review.id, g.rule.wait).await).err()
+        outcome_of(
+            g,
+            &review,
+            g.approvals
+                .wait(&review.id, g.rule.wait, Some(&g.session))
+                .await,
+        )
+        .err()
     }
 }
 
