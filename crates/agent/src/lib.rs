@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_config::{AgentConfig, Target};
+use portcullis_config::{AgentConfig, GatewayAddress, Target};
 use portcullis_link::{ALPN, Announced, Hello};
 use tokio_util::sync::CancellationToken;
 
@@ -106,21 +106,29 @@ impl Agent {
         Ok(Arc::new(c))
     }
 
-    /// Keep a link to the gateway until `stop`: reconnect with jittered
-    /// exponential backoff whenever it drops.
+    /// Keep a link to every configured gateway until `stop`.
     pub async fn run(&self, stop: CancellationToken) {
+        let loops = self
+            .cfg
+            .gateways
+            .iter()
+            .map(|g| self.run_one(g, stop.clone()));
+        futures_util::future::join_all(loops).await;
+    }
+
+    /// Keep a link to one gateway: reconnect with jittered exponential
+    /// backoff whenever it drops.
+    async fn run_one(&self, gateway: &GatewayAddress, stop: CancellationToken) {
         let mut attempt = 0u32;
         loop {
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.link_once(stop.clone()) => r,
+                r = self.link_once(gateway, stop.clone()) => r,
             };
             match result {
-                Ok(()) => tracing::info!(gateway = %self.gateway(), "link to the gateway closed"),
-                Err(e) => {
-                    tracing::warn!(gateway = %self.gateway(), error = %e, "link to the gateway failed")
-                }
+                Ok(()) => tracing::info!(%gateway, "link to the gateway closed"),
+                Err(e) => tracing::warn!(%gateway, error = %e, "link to the gateway failed"),
             }
             // A link that lived a while resets the backoff.
             if started.elapsed() > Duration::from_secs(10) {
@@ -128,10 +136,7 @@ impl Agent {
             }
             let wait = backoff(attempt, random_u32());
             attempt = attempt.saturating_add(1);
-            tracing::info!(
-                retry_in_ms = wait.as_millis() as u64,
-                "reconnecting to the gateway"
-            );
+            tracing::info!(%gateway, retry_in_ms = wait.as_millis() as u64, "reconnecting to the gateway");
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -139,22 +144,22 @@ impl Agent {
         }
     }
 
-    fn gateway(&self) -> String {
-        format!("{}:{}", self.cfg.gateway_host, self.cfg.gateway_port)
-    }
-
-    async fn link_once(&self, stop: CancellationToken) -> Result<(), String> {
+    async fn link_once(
+        &self,
+        gateway: &GatewayAddress,
+        stop: CancellationToken,
+    ) -> Result<(), String> {
         let tls = self.tls().map_err(|e| e.to_string())?;
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio::net::TcpStream::connect((self.cfg.gateway_host.as_str(), self.cfg.gateway_port)),
+            tokio::net::TcpStream::connect((gateway.host.as_str(), gateway.port)),
         )
         .await
         .map_err(|_| "connecting timed out".to_string())?
         .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let name = rustls_pki_types::ServerName::try_from(self.cfg.server_name.clone())
-            .map_err(|_| format!("{:?} is not a valid server name", self.cfg.server_name))?;
+        let name = rustls_pki_types::ServerName::try_from(gateway.server_name.clone())
+            .map_err(|_| format!("{:?} is not a valid server name", gateway.server_name))?;
         let stream = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
@@ -162,7 +167,7 @@ impl Agent {
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS: {e}"))?;
-        tracing::info!(gateway = %self.gateway(), "link established; serving");
+        tracing::info!(%gateway, "link established; serving");
         serve::serve_link(stream, self.locals.clone(), self.hello.clone(), stop).await
     }
 }

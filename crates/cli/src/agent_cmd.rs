@@ -33,9 +33,12 @@ pub(crate) async fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     let agent = portcullis_agent::Agent::new(cfg.clone())
         .with_context(|| format!("preparing the connections of {}", path.display()))?;
     println!(
-        "portcullis: agent running gateway={}:{} connections={}",
-        cfg.gateway_host,
-        cfg.gateway_port,
+        "portcullis: agent running gateways={} connections={}",
+        cfg.gateways
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         cfg.connections.len()
     );
     tokio::select! {

@@ -514,3 +514,62 @@ fn an_agent_announcing_foreign_connections_is_refused_and_revocation_cuts_the_li
     assert_eq!(r.status, 503);
     let _ = s.agent_port;
 }
+
+#[test]
+fn an_agent_keeps_a_link_to_every_gateway() {
+    let mut s = setup();
+    // A second gateway beside the first (same CA, same store), with its
+    // own listeners.
+    let dir = s.gw_dir();
+    let a_cfg = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap();
+    let (b_port, b_pg, b_agents) = (free_port(), free_port(), free_port());
+    let b_cfg = a_cfg
+        .replace(
+            &format!("127.0.0.1:{}\"", s.gw_port),
+            &format!("127.0.0.1:{b_port}\""),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", s.pg_port),
+            &format!("127.0.0.1:{b_pg}\""),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", s.agent_port),
+            &format!("127.0.0.1:{b_agents}\""),
+        );
+    std::fs::write(dir.join("b.toml"), b_cfg).unwrap();
+    let b = Proc::spawn(
+        &dir,
+        &["--config", dir.join("b.toml").to_str().unwrap(), "gateway"],
+        "gateway-b.log",
+    );
+    // The agent now dials both.
+    let agent_cfg = s.agent_dir().join("agent.toml");
+    let text = std::fs::read_to_string(&agent_cfg).unwrap().replace(
+        &format!("gateway = \"localhost:{}\"", s.agent_port),
+        &format!(
+            "gateway = [\"localhost:{}\", \"localhost:{b_agents}\"]",
+            s.agent_port
+        ),
+    );
+    std::fs::write(s.agent_dir().join("both.toml"), text).unwrap();
+    s.kill_agent();
+    s.start_agent("both.toml");
+    s.wait_through();
+    // Callers reach the agent's connections through either gateway, with
+    // the same token (the gateways share the store).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(&b.url, &s.ca, Some(&s.token), "/c/api/hello");
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", r.status, r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // One gateway goes away; the other keeps serving through the agent.
+    let a = s.gw.take().unwrap();
+    assert!(a.stop().success());
+    let r = get(&b.url, &s.ca, Some(&s.token), "/c/api/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(b.logs().contains("agent connected"));
+}

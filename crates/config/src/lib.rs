@@ -121,14 +121,27 @@ pub struct AgentTarget {
     pub access: Access,
 }
 
+/// A gateway's agent listener, as an agent dials it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAddress {
+    pub host: String,
+    pub port: u16,
+    /// Name the gateway's certificate is checked against.
+    pub server_name: String,
+}
+
+impl std::fmt::Display for GatewayAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 /// `agent.toml`: what `portcullis agent` serves and where it connects.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub source: PathBuf,
-    pub gateway_host: String,
-    pub gateway_port: u16,
-    /// Name the gateway's certificate is checked against.
-    pub server_name: String,
+    /// Every gateway the agent keeps a link to.
+    pub gateways: Vec<GatewayAddress>,
     /// CA bundle that verifies the gateway.
     pub ca_file: PathBuf,
     /// The agent's client certificate and key (`connector:NAME`).

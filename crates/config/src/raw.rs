@@ -68,27 +68,50 @@ pub(crate) struct AgentRoot {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgentSection {
-    gateway: String,
+    gateway: OneOrMany,
     server_name: Option<String>,
     ca_file: String,
     cert: String,
     key: String,
 }
 
+/// One gateway or several: with several gateways behind a load balancer,
+/// an agent keeps a link to each, so callers find it wherever they land.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 impl AgentRoot {
     pub(crate) fn validate(self, base: &Path) -> Result<AgentConfig, Invalid> {
         let a = &self.agent;
-        let (host, port) = a
-            .gateway
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-            .filter(|(h, _)| !h.is_empty())
-            .ok_or_else(|| {
-                invalid(
-                    "agent.gateway",
-                    "expected HOST:PORT of the gateway's agent listener, e.g. gw.example.com:8444",
-                )
-            })?;
+        let list = match &a.gateway {
+            OneOrMany::One(g) => vec![g.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if list.is_empty() {
+            return Err(invalid("agent.gateway", "name at least one gateway"));
+        }
+        let mut gateways = Vec::new();
+        for g in &list {
+            let (host, port) = g
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "agent.gateway",
+                        format!("{g:?}: expected HOST:PORT of a gateway's agent listener, e.g. gw.example.com:8444"),
+                    )
+                })?;
+            gateways.push(GatewayAddress {
+                host: host.to_string(),
+                port,
+                server_name: a.server_name.clone().unwrap_or_else(|| host.to_string()),
+            });
+        }
         self.upstream_tls
             .provider()
             .map_err(|e| invalid("upstream_tls", e.to_string()))?;
@@ -125,9 +148,7 @@ impl AgentRoot {
         };
         Ok(AgentConfig {
             source: Default::default(),
-            gateway_host: host.to_string(),
-            gateway_port: port,
-            server_name: a.server_name.clone().unwrap_or_else(|| host.to_string()),
+            gateways,
             ca_file: base.join(&a.ca_file),
             cert: base.join(&a.cert),
             key: base.join(&a.key),

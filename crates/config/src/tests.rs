@@ -428,11 +428,18 @@ credential = { header = "x-api-key", secret = "file:api-key" }
         path,
     )
     .unwrap();
+    assert_eq!(c.gateways.len(), 1);
     assert_eq!(
-        (c.gateway_host.as_str(), c.gateway_port),
+        (c.gateways[0].host.as_str(), c.gateways[0].port),
         ("gw.example.com", 8444)
     );
-    assert_eq!(c.server_name, "gw.example.com");
+    assert_eq!(c.gateways[0].server_name, "gw.example.com");
+    let two = AgentConfig::parse(
+        "[agent]\ngateway = [\"gw-a:8444\", \"gw-b:8444\"]\nca_file = \"c\"\ncert = \"c\"\nkey = \"k\"\n",
+        path,
+    )
+    .unwrap();
+    assert_eq!(two.gateways[1].to_string(), "gw-b:8444");
     assert_eq!(c.cert, Path::new("/etc/portcullis-agent/agent.pem"));
     assert!(matches!(c.connections[0].target, Target::Http(_)));
 
