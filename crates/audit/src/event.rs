@@ -17,6 +17,9 @@ pub enum AuditEvent {
         peer: String,
         tls: serde_json::Value,
         rule: String,
+        /// The agent the session went through, for agent-served connections.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
     },
     SessionEnd {
         session: String,

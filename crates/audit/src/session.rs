@@ -21,6 +21,8 @@ pub struct Opening {
     pub peer: String,
     pub tls: serde_json::Value,
     pub rule: String,
+    /// The agent the session goes through, if any.
+    pub agent: Option<String>,
 }
 
 /// How a session ended.
@@ -94,6 +96,7 @@ impl Sessions {
             peer: o.peer,
             tls: o.tls,
             rule: o.rule,
+            agent: o.agent,
         };
         self.audit.append_with(&start, Some(row.clone())).await?;
         let writer = Writer::create(&self.recordings, &id)

@@ -299,6 +299,23 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     assert!(listed.contains("\"agent\":\"dc1\""), "{listed}");
     assert!(listed.contains("\"name\":\"db\""), "{listed}");
 
+    // Audit entries say which agent a session went through.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.gw_dir().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        audit.lines().any(|l| l.contains("session_start")
+            && l.contains("\"agent\":\"dc1\"")
+            && l.contains("\"db\"")),
+        "{audit}"
+    );
+
     // Credentials exist only in the agent's folder.
     let gw_dir = s.gw_dir();
     for (path, bytes) in all_files(&gw_dir) {

@@ -333,6 +333,11 @@ pub async fn open(
             peer: who.peer.clone(),
             tls: Value::Null,
             rule,
+            agent: ctx.get(connection).and_then(|c| match &c.kind {
+                crate::Kind::Http(u) => u.agent().map(str::to_owned),
+                crate::Kind::Postgres { upstream, .. } => upstream.agent().map(str::to_owned),
+                crate::Kind::Mcp { .. } => None,
+            }),
         })
         .await
         .map_err(|e| {

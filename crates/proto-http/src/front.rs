@@ -493,6 +493,7 @@ impl Inner {
             peer: conn.peer.to_string(),
             tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
             rule: seen.rule.clone().unwrap_or_default(),
+            agent: upstream.agent().map(str::to_owned),
         };
         let open = self.sessions.open(opening).await.map_err(|e| {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");

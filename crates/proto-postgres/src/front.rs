@@ -540,6 +540,7 @@ impl Inner {
             peer: peer.to_string(),
             tls: serde_json::to_value(&record).unwrap_or_default(),
             rule: rule.clone(),
+            agent: upstream.agent().map(str::to_owned),
         };
         let open = match self.sessions.open(opening).await {
             Ok(o) => o,
