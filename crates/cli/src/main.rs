@@ -130,9 +130,14 @@ impl Cli {
             );
         }
         let config = portcullis_config::Config::load(&path)?;
-        let store = portcullis_store::Store::open_sqlite(&config.store.path)
-            .await
-            .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+        let store = portcullis_store::Store::open(
+            &config
+                .store
+                .open_url()
+                .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
+        )
+        .await
+        .with_context(|| format!("opening the store {}", config.store.describe()))?;
         Ok((config, store))
     }
 }

@@ -145,9 +145,14 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         config.gateway.admin_listen = Some(a);
     }
 
-    let store = portcullis_store::Store::open_sqlite(&config.store.path)
-        .await
-        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    let store = portcullis_store::Store::open(
+        &config
+            .store
+            .open_url()
+            .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
+    )
+    .await
+    .with_context(|| format!("opening the store {}", config.store.describe()))?;
     let env_path = dir.join("quickstart.env");
     let token = match reusable_token(&env_path, &store).await {
         Some(t) => t,

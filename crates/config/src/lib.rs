@@ -273,7 +273,48 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite file (the default store).
     pub path: PathBuf,
+    /// A shared PostgreSQL store (`postgres://…`, verified TLS), instead.
+    pub url: Option<String>,
+    pub password: Option<SecretRef>,
+}
+
+impl StoreConfig {
+    /// The URL to open: the PostgreSQL one with its password filled in
+    /// from its reference, or the SQLite file. Never log it.
+    pub fn open_url(&self) -> Result<String, String> {
+        let Some(url) = &self.url else {
+            return Ok(format!("sqlite://{}?mode=rwc", self.path.display()));
+        };
+        let Some(pw) = &self.password else {
+            return Ok(url.clone());
+        };
+        let secret = pw.resolve()?;
+        let encoded: String = secret
+            .expose()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (scheme, rest) = url.split_once("://").ok_or("bad store URL")?;
+        let (user, host) = rest
+            .split_once('@')
+            .ok_or("the store URL needs USER@HOST")?;
+        Ok(format!("{scheme}://{user}:{encoded}@{host}"))
+    }
+
+    /// What to show in logs and errors.
+    pub fn describe(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
 }
 
 /// Whether the gateway speaks TLS to the target.

@@ -348,13 +348,76 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     path: String,
+    url: Option<String>,
+    password: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             path: "portcullis.db".into(),
+            url: None,
+            password: None,
         }
+    }
+}
+
+impl RawStore {
+    fn validate(&self, base: &Path) -> Result<StoreConfig, Invalid> {
+        let path = base.join(&self.path);
+        let Some(url) = &self.url else {
+            if self.password.is_some() {
+                return Err(invalid("store.password", "only with a postgres:// `url`"));
+            }
+            return Ok(StoreConfig {
+                path,
+                url: None,
+                password: None,
+            });
+        };
+        if let Some(p) = url.strip_prefix("sqlite://") {
+            return Ok(StoreConfig {
+                path: base.join(p.split('?').next().unwrap_or(p)),
+                url: None,
+                password: None,
+            });
+        }
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(invalid(
+                "store.url",
+                "sqlite://PATH or postgres://USER@HOST:PORT/DB",
+            ));
+        }
+        let mut parsed = crate::pgurl::parse(url).map_err(|e| invalid("store.url", e))?;
+        if let Some(root) = &parsed.sslrootcert {
+            parsed.sslrootcert = Some(base.join(root).display().to_string());
+        }
+        if parsed.password.is_some() {
+            return Err(invalid(
+                "store.url",
+                "the password may not be written in the URL; give `store.password = \"env:NAME\"` or \"file:PATH\"",
+            ));
+        }
+        // Verified TLS only: the store holds every token hash and the audit chain.
+        if parsed.sslmode != crate::pgurl::SslMode::VerifyFull {
+            return Err(invalid(
+                "store.url",
+                "the store is reached over verified TLS: use sslmode=verify-full (the default)",
+            ));
+        }
+        let password = match &self.password {
+            Some(p) => Some(SecretRef::parse(p, base).map_err(|e| invalid("store.password", e))?),
+            None => None,
+        };
+        // Spelled out for the driver, whose own default is not verify-full.
+        let mut normalized = parsed.without_password();
+        normalized.push(if normalized.contains('?') { '&' } else { '?' });
+        normalized.push_str("sslmode=verify-full");
+        Ok(StoreConfig {
+            path,
+            url: Some(normalized),
+            password,
+        })
     }
 }
 
@@ -730,9 +793,7 @@ impl Root {
             },
             limits,
             upstream_tls: self.upstream_tls,
-            store: StoreConfig {
-                path: path(&self.store.path),
-            },
+            store: self.store.validate(base)?,
             connections,
             grants,
             demo,

@@ -509,3 +509,36 @@ webhook_format = "slack"
     let c = parse(&with(&conn(r#"{ mode = "none", approvers = ["a"] }"#))).unwrap();
     assert!(c.connection("x").unwrap().approval.is_none());
 }
+
+#[test]
+fn store_by_url() {
+    let c = parse(&with(
+        "[store]\nurl = \"postgres://portcullis@db.internal:5432/portcullis?sslrootcert=db-ca.pem\"\npassword = \"env:PORTCULLIS_DB_PASSWORD\"\n",
+    ))
+    .unwrap();
+    let url = c.store.url.clone().unwrap();
+    assert!(url.contains("sslmode=verify-full"), "{url}");
+    assert!(
+        url.contains("sslrootcert=%2Fetc%2Fportcullis%2Fdb-ca.pem")
+            || url.contains("/etc/portcullis/db-ca.pem"),
+        "{url}"
+    );
+    let e = err(&with("[store]\nurl = \"postgres://u:hunter2@db/p\"\n"));
+    assert!(e.contains("store.url") && !e.contains("hunter2"), "{e}");
+    let e = err(&with(
+        "[store]\nurl = \"postgres://u@db/p?sslmode=disable\"\n",
+    ));
+    assert!(e.contains("verify-full"), "{e}");
+    let e = err(&with("[store]\nurl = \"mysql://u@db/p\"\n"));
+    assert!(e.contains("store.url"), "{e}");
+    let e = err(&with("[store]\npassword = \"env:X\"\n"));
+    assert!(e.contains("store.password"), "{e}");
+    let c = parse(&with("[store]\nurl = \"sqlite://state/p.db\"\n")).unwrap();
+    assert_eq!(c.store.path, Path::new("/etc/portcullis/state/p.db"));
+    assert!(
+        c.store
+            .open_url()
+            .unwrap()
+            .starts_with("sqlite:///etc/portcullis/state/p.db")
+    );
+}

@@ -1,18 +1,17 @@
 //! Persistence. The embedded default is one SQLite database in the data
-//! folder; PostgreSQL arrives with the several-gateways work behind the
-//! same methods.
+//! folder; several gateways share one PostgreSQL database instead
+//! (`store.url = "postgres://…"`). Both run through sqlx's `Any` driver
+//! with the same queries: written with `?` placeholders, which
+//! [`Store::q`] turns into `$1, $2, …` for PostgreSQL.
 
 mod migrate;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use portcullis_identity::{TokenHash, TokenRecord};
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::{AnyPool, pool::PoolOptions};
+type AnyPoolOptions = PoolOptions<sqlx::Any>;
+use sqlx::{AssertSqlSafe, Executor, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,7 +32,15 @@ pub enum StoreError {
 /// A handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Which database engine a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// A token to insert (the secret itself is never given to the store).
@@ -52,32 +59,66 @@ impl Store {
     /// Open (creating if needed) the SQLite database at `path` and bring
     /// its schema up to date.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        let url = format!("sqlite://{}", path.display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?
-            .create_if_missing(true)
-            // WAL lets the CLI (`token revoke`) write while a gateway reads.
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode, NORMAL makes a commit durable against a crash of
-            // the process (what `kill -9` tests) without an fsync per
-            // commit; a power loss may lose the last commits, never corrupt
-            // the chain. FULL would put an fsync on every request's path.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
+        Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Open the store at `url` (`sqlite://PATH` or `postgres://…`, TLS
+    /// settings in the URL as libpq spells them) and bring its schema up
+    /// to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Open {
+                path: redact(url),
+                source: sqlx::Error::Configuration(
+                    "store URLs are sqlite://PATH or postgres://…".into(),
+                ),
+            });
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets the CLI (`token revoke`) write while a
+                        // gateway reads. In WAL mode, NORMAL makes a commit
+                        // durable against a crash of the process (what
+                        // `kill -9` tests) without an fsync per commit; a
+                        // power loss may lose the last commits, never
+                        // corrupt the chain. FULL would put an fsync on
+                        // every request's path.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options
+            .connect(url)
             .await
             .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
+                path: redact(url),
                 source,
             })?;
-        migrate::run(&pool).await?;
-        Ok(Self { pool })
+        migrate::run(&pool, backend).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `sql` for this backend: `?` placeholders become `$N` on
+    /// PostgreSQL. The queries here hold no `?` inside literals.
+    pub(crate) fn q(&self, sql: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(placeholders(sql, self.backend))
     }
 
     pub async fn insert_token(&self, t: &NewTokenRow<'_>) -> Result<String, StoreError> {
@@ -86,10 +127,10 @@ impl Store {
             table: "tokens",
             reason: e.to_string(),
         })?;
-        sqlx::query(
+        sqlx::query(self.q(
             "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
+        ))
         .bind(&id)
         .bind(&t.hash.0[..])
         .bind(t.subject)
@@ -103,10 +144,10 @@ impl Store {
     }
 
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(self.q(
             "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens WHERE hash = ?",
-        )
+        ))
         .bind(&hash.0[..])
         .fetch_optional(&self.pool)
         .await?;
@@ -114,10 +155,10 @@ impl Store {
     }
 
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(self.q(
             "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens WHERE id = ?",
-        )
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -125,10 +166,10 @@ impl Store {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.q(
             "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
              FROM tokens ORDER BY created_at, id",
-        )
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(token_from_row).collect()
@@ -137,21 +178,20 @@ impl Store {
     /// Revoke a token by id. Returns false if no such token exists; a token
     /// revoked twice keeps its first revocation time.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query(
+            self.q("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"),
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
     pub async fn insert_review(&self, r: &ReviewRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO reviews (id, created_at, expires_at, requester, on_behalf_of, connection, kind, \
+        sqlx::query(self.q("INSERT INTO reviews (id, created_at, expires_at, requester, on_behalf_of, connection, kind, \
              action, action_sha256, classification, state, required, approvers, approvals, decided_by, \
-             reason, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+             reason, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
         .bind(&r.id)
         .bind(r.created_at)
         .bind(r.expires_at)
@@ -177,10 +217,10 @@ impl Store {
     /// Write a review's decision fields, only if its state is still
     /// `expected` (two approvers racing cannot both win).
     pub async fn update_review(&self, r: &ReviewRow, expected: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(self.q(
             "UPDATE reviews SET state = ?, approvals = ?, decided_by = ?, reason = ?, used_at = ? \
              WHERE id = ? AND state = ?",
-        )
+        ))
         .bind(&r.state)
         .bind(&r.approvals)
         .bind(&r.decided_by)
@@ -194,7 +234,7 @@ impl Store {
     }
 
     pub async fn review(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM reviews WHERE id = ?")
+        let row = sqlx::query(self.q("SELECT * FROM reviews WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -205,13 +245,15 @@ impl Store {
     pub async fn reviews(&self, state: Option<&str>) -> Result<Vec<ReviewRow>, StoreError> {
         let rows = match state {
             Some(s) => {
-                sqlx::query("SELECT * FROM reviews WHERE state = ? ORDER BY created_at DESC, id")
-                    .bind(s)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(
+                    self.q("SELECT * FROM reviews WHERE state = ? ORDER BY created_at DESC, id"),
+                )
+                .bind(s)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
-                sqlx::query("SELECT * FROM reviews ORDER BY created_at DESC, id")
+                sqlx::query(self.q("SELECT * FROM reviews ORDER BY created_at DESC, id"))
                     .fetch_all(&self.pool)
                     .await?
             }
@@ -226,10 +268,10 @@ impl Store {
         connection: &str,
         action_sha256: &str,
     ) -> Result<Option<ReviewRow>, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(self.q(
             "SELECT * FROM reviews WHERE requester = ? AND connection = ? AND action_sha256 = ? \
              AND state IN ('pending', 'approved') ORDER BY created_at DESC LIMIT 1",
-        )
+        ))
         .bind(requester)
         .bind(connection)
         .bind(action_sha256)
@@ -245,10 +287,8 @@ impl Store {
         until: i64,
         review: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO jit_grants (principal, connection, until, review) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (principal, connection) DO UPDATE SET until = excluded.until, review = excluded.review",
-        )
+        sqlx::query(self.q("INSERT INTO jit_grants (principal, connection, until, review) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (principal, connection) DO UPDATE SET until = excluded.until, review = excluded.review"))
         .bind(principal)
         .bind(connection)
         .bind(until)
@@ -265,7 +305,7 @@ impl Store {
         connection: &str,
     ) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT until FROM jit_grants WHERE principal = ? AND connection = ?",
+            self.q("SELECT until FROM jit_grants WHERE principal = ? AND connection = ?"),
         )
         .bind(principal)
         .bind(connection)
@@ -280,10 +320,10 @@ impl Store {
         subject: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(self.q(
             "INSERT INTO revoked_certs (fingerprint, subject, revoked_at) VALUES (?, ?, ?) \
              ON CONFLICT (fingerprint) DO NOTHING",
-        )
+        ))
         .bind(fingerprint)
         .bind(subject)
         .bind(now)
@@ -293,19 +333,20 @@ impl Store {
     }
 
     pub async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?")
-            .bind(fingerprint)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar(self.q("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?"))
+                .bind(fingerprint)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n > 0)
     }
 
     /// Pins of one MCP connection's tools.
     pub async fn tool_pins(&self, connection: &str) -> Result<Vec<ToolPin>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.q(
             "SELECT connection, tool, hash, pending_hash, first_seen, approved_at \
              FROM mcp_tool_pins WHERE connection = ? ORDER BY tool",
-        )
+        ))
         .bind(connection)
         .fetch_all(&self.pool)
         .await?;
@@ -332,10 +373,10 @@ impl Store {
         hash: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(self.q(
             "INSERT INTO mcp_tool_pins (connection, tool, hash, first_seen, approved_at) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (connection, tool) DO NOTHING",
-        )
+        ))
         .bind(connection)
         .bind(tool)
         .bind(hash)
@@ -353,12 +394,14 @@ impl Store {
         tool: &str,
         pending_hash: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE mcp_tool_pins SET pending_hash = ? WHERE connection = ? AND tool = ?")
-            .bind(pending_hash)
-            .bind(connection)
-            .bind(tool)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            self.q("UPDATE mcp_tool_pins SET pending_hash = ? WHERE connection = ? AND tool = ?"),
+        )
+        .bind(pending_hash)
+        .bind(connection)
+        .bind(tool)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -370,10 +413,10 @@ impl Store {
         tool: &str,
         now: i64,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(self.q(
             "UPDATE mcp_tool_pins SET hash = pending_hash, pending_hash = NULL, approved_at = ? \
              WHERE connection = ? AND tool = ? AND pending_hash IS NOT NULL RETURNING hash",
-        )
+        ))
         .bind(now)
         .bind(connection)
         .bind(tool)
@@ -387,7 +430,7 @@ impl Store {
     }
 }
 
-fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
     let groups: String = r.try_get("groups")?;
     let groups = serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
         table: "tokens",
@@ -426,7 +469,7 @@ pub struct ReviewRow {
     pub used_at: Option<i64>,
 }
 
-fn review_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ReviewRow, StoreError> {
+fn review_from_row(r: &sqlx::any::AnyRow) -> Result<ReviewRow, StoreError> {
     Ok(ReviewRow {
         id: r.try_get("id")?,
         created_at: r.try_get("created_at")?,
@@ -446,6 +489,38 @@ fn review_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ReviewRow, StoreError>
         reason: r.try_get("reason")?,
         used_at: r.try_get("used_at")?,
     })
+}
+
+/// Numbered placeholders for PostgreSQL.
+fn placeholders(sql: &str, backend: Backend) -> String {
+    if backend == Backend::Sqlite {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A store URL for messages: the password never appears.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The approved definition of an upstream MCP tool.
@@ -495,38 +570,42 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(150) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.seq)
-                    .push_bind(r.time_ms)
-                    .push_bind(&r.prev_hash)
-                    .push_bind(&r.hash)
-                    .push_bind(&r.event);
-            });
-            q.build().execute(&mut *tx).await?;
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = self.q(&format!(
+                "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) VALUES {values}"
+            ));
+            let mut q = sqlx::query(sql);
+            for r in chunk {
+                q = q
+                    .bind(r.seq)
+                    .bind(r.time_ms)
+                    .bind(r.prev_hash.clone())
+                    .bind(r.hash.clone())
+                    .bind(r.event.clone());
+            }
+            q.execute(&mut *tx).await?;
         }
         for chunk in sessions.chunks(100) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest) ",
-            );
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(&s.id)
-                    .push_bind(&s.principal)
-                    .push_bind(&s.connection)
-                    .push_bind(&s.protocol)
-                    .push_bind(s.started_at_ms)
-                    .push_bind(s.ended_at_ms)
-                    .push_bind(&s.outcome)
-                    .push_bind(&s.recording_digest);
-            });
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             // An end row updates the start row written earlier.
-            q.push(
-                " ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
-                 outcome = excluded.outcome, recording_digest = excluded.recording_digest",
-            );
-            q.build().execute(&mut *tx).await?;
+            let sql = self.q(&format!(
+                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest) \
+                 VALUES {values} ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
+                 outcome = excluded.outcome, recording_digest = excluded.recording_digest"
+            ));
+            let mut q = sqlx::query(sql);
+            for s in chunk {
+                q = q
+                    .bind(s.id.clone())
+                    .bind(s.principal.clone())
+                    .bind(s.connection.clone())
+                    .bind(s.protocol.clone())
+                    .bind(s.started_at_ms)
+                    .bind(s.ended_at_ms)
+                    .bind(s.outcome.clone())
+                    .bind(s.recording_digest.clone());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -535,9 +614,9 @@ impl Store {
     /// Append an audit row; fails if `seq` is taken (another writer got
     /// there first), which keeps the chain linear.
     pub async fn audit_insert(&self, r: &AuditRow) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(self.q(
             "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) VALUES (?, ?, ?, ?, ?)",
-        )
+        ))
         .bind(r.seq)
         .bind(r.time_ms)
         .bind(&r.prev_hash)
@@ -550,7 +629,7 @@ impl Store {
 
     /// The last (seq, hash) of the audit chain.
     pub async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        let row = sqlx::query(self.q("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
@@ -559,9 +638,7 @@ impl Store {
 
     /// Audit rows with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, time_ms, prev_hash, hash, event FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
+        let rows = sqlx::query(self.q("SELECT seq, time_ms, prev_hash, hash, event FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"))
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -580,9 +657,7 @@ impl Store {
     }
 
     pub async fn session_start(&self, s: &SessionRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms) VALUES (?, ?, ?, ?, ?)",
-        )
+        sqlx::query(self.q("INSERT INTO sessions (id, principal, connection, protocol, started_at_ms) VALUES (?, ?, ?, ?, ?)"))
         .bind(&s.id)
         .bind(&s.principal)
         .bind(&s.connection)
@@ -600,9 +675,9 @@ impl Store {
         outcome: &str,
         digest: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(self.q(
             "UPDATE sessions SET ended_at_ms = ?, outcome = ?, recording_digest = ? WHERE id = ?",
-        )
+        ))
         .bind(ended_at_ms)
         .bind(outcome)
         .bind(digest)
@@ -613,10 +688,8 @@ impl Store {
     }
 
     pub async fn sessions(&self) -> Result<Vec<SessionRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest \
-             FROM sessions ORDER BY started_at_ms, id",
-        )
+        let rows = sqlx::query(self.q("SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest \
+             FROM sessions ORDER BY started_at_ms, id"))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -677,71 +750,19 @@ impl portcullis_identity::TokenStore for Store {
     }
 }
 
+pub mod testsuite;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use portcullis_identity::token;
 
     #[tokio::test]
-    async fn tool_pins_hold_changes_until_approved() {
+    async fn the_suite_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
-        assert!(store.pin_tool("c", "search", "h1", 10).await.unwrap());
-        assert!(
-            !store.pin_tool("c", "search", "h9", 11).await.unwrap(),
-            "first pin wins"
-        );
-        assert_eq!(store.approve_tool("c", "search", 12).await.unwrap(), None);
-        store.flag_tool("c", "search", "h2").await.unwrap();
-        let p = &store.tool_pins("c").await.unwrap()[0];
-        assert_eq!(
-            (p.hash.as_str(), p.pending_hash.as_deref()),
-            ("h1", Some("h2"))
-        );
-        assert_eq!(
-            store
-                .approve_tool("c", "search", 13)
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("h2")
-        );
-        let p = &store.tool_pins("c").await.unwrap()[0];
-        assert_eq!((p.hash.as_str(), p.pending_hash.as_deref()), ("h2", None));
-        assert!(store.tool_pins("other").await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn token_round_trip_and_revoke() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
-        let t = token::generate().unwrap();
-        let groups = vec!["ci".to_string()];
-        let id = store
-            .insert_token(&NewTokenRow {
-                hash: t.hash,
-                subject: "agent:ci",
-                groups: &groups,
-                created_at: 10,
-                expires_at: Some(1000),
-                on_behalf_of: None,
-            })
-            .await
-            .unwrap();
-        let rec = store.token_by_hash(&t.hash).await.unwrap().unwrap();
-        assert_eq!(rec.id, id);
-        assert_eq!(rec.groups, groups);
-        assert!(rec.principal_at(20).is_ok());
-        assert!(store.revoke_token(&id, 30).await.unwrap());
-        assert!(store.revoke_token(&id, 40).await.unwrap());
-        let rec = store.token_by_id(&id).await.unwrap().unwrap();
-        assert_eq!(rec.revoked_at, Some(30));
-        assert!(rec.principal_at(50).is_err());
-        assert!(!store.revoke_token("nope", 1).await.unwrap());
-        assert_eq!(store.list_tokens().await.unwrap().len(), 1);
-
-        let other = token::generate().unwrap();
-        assert!(store.token_by_hash(&other.hash).await.unwrap().is_none());
+        assert_eq!(store.backend(), Backend::Sqlite);
+        testsuite::run_all(&store).await;
     }
 
     #[tokio::test]
@@ -765,5 +786,15 @@ mod tests {
         }
         let s = Store::open_sqlite(&path).await.unwrap();
         assert!(s.token_by_hash(&t.hash).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn placeholders_and_redaction() {
+        assert_eq!(
+            placeholders("a = ? AND b = ?", Backend::Postgres),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(placeholders("a = ?", Backend::Sqlite), "a = ?");
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
     }
 }

@@ -3,7 +3,10 @@
 //! needs sqlx's proc-macro crate (minutes of build time on CI's 2 cores)
 //! for what is a dozen lines here.
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
+use sqlx::AssertSqlSafe;
+
+use crate::Backend;
 
 use crate::StoreError;
 
@@ -101,18 +104,59 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
-    sqlx::query(
+/// The DDL of `sql` for `backend`: the steps are written for SQLite;
+/// PostgreSQL wants 64-bit integers and BYTEA.
+fn ddl(sql: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => sql.to_string(),
+        Backend::Postgres => sql.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA"),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Arbitrary, fixed: the advisory lock that serialises gateways migrating
+/// one shared PostgreSQL database at the same time.
+const MIGRATION_LOCK: i64 = 0x706f_7274_6375;
+
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT pg_advisory_lock({MIGRATION_LOCK})"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let result = migrate(&mut conn, backend).await;
+    if backend == Backend::Postgres {
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "SELECT pg_advisory_unlock({MIGRATION_LOCK})"
+        )))
+        .execute(&mut *conn)
+        .await;
+    }
+    result
+}
+
+async fn migrate(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    sqlx::query(AssertSqlSafe(ddl(
         "CREATE TABLE IF NOT EXISTS portcullis_schema (
             version INTEGER PRIMARY KEY,
-            applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+            applied_at INTEGER NOT NULL
         )",
-    )
-    .execute(pool)
+        backend,
+    )))
+    .execute(&mut *conn)
     .await?;
     let current: i64 =
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM portcullis_schema")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > known {
@@ -121,13 +165,20 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
             known,
         });
     }
+    let insert = match backend {
+        Backend::Sqlite => "INSERT INTO portcullis_schema (version, applied_at) VALUES (?, ?)",
+        Backend::Postgres => "INSERT INTO portcullis_schema (version, applied_at) VALUES ($1, $2)",
+    };
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let step = async {
-            let mut tx = pool.begin().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // raw_sql: a step may hold several statements.
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO portcullis_schema (version) VALUES (?)")
-                .bind(version)
+            sqlx::raw_sql(AssertSqlSafe(ddl(sql, backend)))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(insert)
+                .bind(*version)
+                .bind(now())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await

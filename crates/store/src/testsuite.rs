@@ -1,0 +1,214 @@
+//! The repository tests, written once and run against every backend: the
+//! store's unit tests run them on SQLite, the integration tests on the
+//! suite's PostgreSQL server. They panic on the first failure. Each run
+//! uses fresh random names, so it can share a database with other runs.
+
+use portcullis_identity::token;
+
+use crate::{AuditRow, NewTokenRow, ReviewRow, SessionRow, Store};
+
+fn tag() -> String {
+    token::generate()
+        .map(|t| t.hash.id())
+        .unwrap_or_else(|_| "x".into())
+}
+
+pub async fn run_all(store: &Store) {
+    tokens(store).await;
+    tool_pins(store).await;
+    reviews_and_jit(store).await;
+    revocation(store).await;
+    audit_and_sessions(store).await;
+}
+
+pub async fn tokens(store: &Store) {
+    let t = token::generate().unwrap();
+    let groups = vec!["ci".to_string()];
+    let id = store
+        .insert_token(&NewTokenRow {
+            hash: t.hash,
+            subject: "agent:ci",
+            groups: &groups,
+            created_at: 10,
+            expires_at: Some(1000),
+            on_behalf_of: Some("user:alice"),
+        })
+        .await
+        .unwrap();
+    let rec = store.token_by_hash(&t.hash).await.unwrap().unwrap();
+    assert_eq!(rec.id, id);
+    assert_eq!(rec.groups, groups);
+    assert_eq!(rec.on_behalf_of.as_deref(), Some("user:alice"));
+    assert!(rec.principal_at(20).is_ok());
+    assert!(store.revoke_token(&id, 30).await.unwrap());
+    assert!(store.revoke_token(&id, 40).await.unwrap());
+    let rec = store.token_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(rec.revoked_at, Some(30), "the first revocation time stays");
+    assert!(rec.principal_at(50).is_err());
+    assert!(!store.revoke_token("nope", 1).await.unwrap());
+    assert!(
+        store
+            .list_tokens()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == id)
+    );
+    let other = token::generate().unwrap();
+    assert!(store.token_by_hash(&other.hash).await.unwrap().is_none());
+}
+
+pub async fn tool_pins(store: &Store) {
+    let c = format!("c-{}", tag());
+    assert!(store.pin_tool(&c, "search", "h1", 10).await.unwrap());
+    assert!(
+        !store.pin_tool(&c, "search", "h9", 11).await.unwrap(),
+        "first pin wins"
+    );
+    assert_eq!(store.approve_tool(&c, "search", 12).await.unwrap(), None);
+    store.flag_tool(&c, "search", "h2").await.unwrap();
+    let p = &store.tool_pins(&c).await.unwrap()[0];
+    assert_eq!(
+        (p.hash.as_str(), p.pending_hash.as_deref()),
+        ("h1", Some("h2"))
+    );
+    assert_eq!(
+        store
+            .approve_tool(&c, "search", 13)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("h2")
+    );
+    let p = &store.tool_pins(&c).await.unwrap()[0];
+    assert_eq!((p.hash.as_str(), p.pending_hash.as_deref()), ("h2", None));
+    assert!(
+        store
+            .tool_pins("no-such-connection")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn reviews_and_jit(store: &Store) {
+    let t = tag();
+    let r = ReviewRow {
+        id: format!("rv_{t}"),
+        created_at: 100,
+        expires_at: 200,
+        requester: format!("agent:{t}"),
+        on_behalf_of: None,
+        connection: "db".into(),
+        kind: "statement".into(),
+        action: "DELETE FROM t".into(),
+        action_sha256: format!("h{t}"),
+        classification: "write".into(),
+        state: "pending".into(),
+        required: 1,
+        approvers: "[\"dba\"]".into(),
+        approvals: "[]".into(),
+        decided_by: None,
+        reason: None,
+        used_at: None,
+    };
+    store.insert_review(&r).await.unwrap();
+    assert_eq!(store.review(&r.id).await.unwrap().unwrap(), r);
+    let found = store
+        .review_for_action(&r.requester, "db", &r.action_sha256)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, r.id);
+    // A decision only applies to the state it was made on.
+    let approved = ReviewRow {
+        state: "approved".into(),
+        decided_by: Some("user:bob".into()),
+        ..r.clone()
+    };
+    assert!(store.update_review(&approved, "pending").await.unwrap());
+    assert!(!store.update_review(&approved, "pending").await.unwrap());
+    assert!(
+        store
+            .reviews(Some("approved"))
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.id == r.id)
+    );
+    let who = format!("agent:{t}");
+    assert_eq!(store.jit_until(&who, "db").await.unwrap(), None);
+    store.grant_jit(&who, "db", 500, &r.id).await.unwrap();
+    store.grant_jit(&who, "db", 900, &r.id).await.unwrap();
+    assert_eq!(store.jit_until(&who, "db").await.unwrap(), Some(900));
+}
+
+pub async fn revocation(store: &Store) {
+    let fp = format!("{:0>64}", tag());
+    assert!(!store.is_cert_revoked(&fp).await.unwrap());
+    assert!(store.revoke_cert(&fp, Some("agent:x"), 1).await.unwrap());
+    assert!(!store.revoke_cert(&fp, None, 2).await.unwrap());
+    assert!(store.is_cert_revoked(&fp).await.unwrap());
+}
+
+pub async fn audit_and_sessions(store: &Store) {
+    let head = store.audit_head().await.unwrap().map(|h| h.0).unwrap_or(0);
+    let t = tag();
+    let row = |seq: i64| AuditRow {
+        seq,
+        time_ms: seq,
+        prev_hash: format!("p{seq}"),
+        hash: format!("h{seq}-{t}"),
+        event: "{}".into(),
+    };
+    let session = SessionRow {
+        id: format!("s_{t}"),
+        principal: "agent:x".into(),
+        connection: "db".into(),
+        protocol: "postgres".into(),
+        started_at_ms: 1,
+        ended_at_ms: None,
+        outcome: None,
+        recording_digest: None,
+    };
+    store
+        .audit_batch(
+            &[row(head + 1), row(head + 2)],
+            std::slice::from_ref(&session),
+        )
+        .await
+        .unwrap();
+    // A sequence number is taken: the whole batch fails, nothing half-written.
+    let ended = SessionRow {
+        ended_at_ms: Some(5),
+        outcome: Some("ok".into()),
+        ..session.clone()
+    };
+    assert!(
+        store
+            .audit_batch(
+                &[row(head + 3), row(head + 2)],
+                std::slice::from_ref(&ended)
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, head + 2);
+    store
+        .audit_batch(&[row(head + 3)], std::slice::from_ref(&ended))
+        .await
+        .unwrap();
+    let rows = store.audit_rows(head, 10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![head + 1, head + 2, head + 3]
+    );
+    let s = store
+        .sessions()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == session.id)
+        .unwrap();
+    assert_eq!((s.ended_at_ms, s.outcome.as_deref()), (Some(5), Some("ok")));
+}
