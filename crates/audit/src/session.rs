@@ -3,7 +3,6 @@
 //! and sealed (recording finished, its digest in the audit chain) at the
 //! end.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use portcullis_record::{Event, Recorder, Writer};
@@ -38,7 +37,7 @@ pub struct Closing {
 #[derive(Clone)]
 pub struct Sessions {
     audit: AuditLog,
-    recordings: PathBuf,
+    sink: portcullis_recordings::RecordingSink,
 }
 
 /// A session that is open: its id and recorder.
@@ -64,8 +63,12 @@ fn new_id() -> String {
 }
 
 impl Sessions {
-    pub fn new(audit: AuditLog, recordings: PathBuf) -> Self {
-        Self { audit, recordings }
+    pub fn new(audit: AuditLog, sink: portcullis_recordings::RecordingSink) -> Self {
+        Self { audit, sink }
+    }
+
+    pub fn sink(&self) -> &portcullis_recordings::RecordingSink {
+        &self.sink
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -99,7 +102,9 @@ impl Sessions {
             agent: o.agent,
         };
         self.audit.append_with(&start, Some(row.clone())).await?;
-        let writer = Writer::create(&self.recordings, &id)
+        // Recordings that cannot be stored are not made: fail closed.
+        self.sink.healthy().map_err(AuditError::Recording)?;
+        let writer = Writer::create(self.sink.spool(), &id)
             .map_err(|e| AuditError::Recording(e.to_string()))?;
         let recorder = Recorder::start(writer);
         recorder
@@ -156,6 +161,9 @@ impl OpenSession {
             None => None,
         };
         let s = &self.sessions;
+        if digest.is_some() {
+            s.sink.finished(&self.id);
+        }
         let row = SessionRow {
             ended_at_ms: Some(now_ms()),
             outcome: Some(c.outcome.clone()),

@@ -113,16 +113,17 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
     if !a.session.chars().all(|c| c.is_ascii_hexdigit()) || a.session.is_empty() {
         anyhow::bail!("{:?} is not a session id", a.session);
     }
-    let path = config
-        .dir()
-        .join("recordings")
-        .join(format!("{}.rec", a.session));
-    if !path.exists() {
-        anyhow::bail!(
+    // From this gateway's spool, or from the shared object store.
+    let sink = portcullis_recordings::from_config(&config.recordings)?;
+    let scratch = tempfile::tempdir()?;
+    let path = match sink.fetch(&a.session, scratch.path()).await {
+        Ok(p) => p,
+        Err(portcullis_recordings::SinkError::NotFound(_)) => anyhow::bail!(
             "no recording for session {} (see `portcullis sessions list`)",
             a.session
-        );
-    }
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let (records, digest) = portcullis_record::read(&path)?;
     let mut out = std::io::stdout().lock();
     let speed = if a.speed > 0.0 { a.speed } else { 1.0 };

@@ -256,3 +256,203 @@ connections = ["db"]
     // The store password never lands in either gateway's log.
     assert!(!b.logs().contains(PG_PASSWORD));
 }
+
+/// An S3-compatible server (moto, from PyPI) on a loopback port.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+        let m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while curl(&["-X", "PUT", &m.url("/recs")]).status != 200 {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        m
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn keys(&self) -> String {
+        curl(&[&self.url("/recs?list-type=2")]).body
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn recordings_in_s3_replay_anywhere_and_survive_an_outage() {
+    let (_, url) = database("s3");
+    let moto_port = free_port();
+    let mut moto = Moto::start(moto_port);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    let leaf = ca
+        .issue(
+            LeafKind::Server,
+            &["localhost".into(), "127.0.0.1".into()],
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    std::fs::write(dir.join("ak"), "testing").unwrap();
+    std::fs::write(dir.join("sk"), "testing-secret").unwrap();
+    let pg = PgCluster::shared();
+    let config = |spool: &str| {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[store]
+url = "{url}"
+password = "file:pgpw"
+
+[recordings]
+url = "s3://recs/gateways"
+endpoint = "http://127.0.0.1:{moto_port}"
+allow_http = true
+access_key_id = "file:ak"
+secret_access_key = "file:sk"
+spool = "{spool}"
+max_backlog = "4s"
+
+[postgres]
+listen = "127.0.0.1:0"
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{}/postgres?sslrootcert={}"
+password = "file:pgpw"
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["db"]
+"#,
+            pg.port,
+            pg.ca.display()
+        )
+    };
+    std::fs::write(dir.join("b.toml"), config("spool-b")).unwrap();
+    let (a, token) = gateway_with_config(dir, &config("spool-a"));
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", sql])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", a.pg_port.unwrap().to_string())
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "agent")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", dir.join("ca.pem"))
+            .output()
+            .unwrap()
+    };
+    let b_cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--config", dir.join("b.toml").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let newest_session = || {
+        let out = b_cli(&["sessions", "list", "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|s| s["outcome"].is_string())
+            .last()
+            .and_then(|s| s["id"].as_str().map(str::to_string))
+            .unwrap()
+    };
+    let wait_uploaded = |m: &Moto, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !m.keys().contains(&format!("gateways/{id}.rec")) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached the bucket: {}",
+                m.keys()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // A session through A is recorded, uploaded, dropped from A's spool,
+    // and replays from B.
+    assert!(psql("SELECT 'recorded'").status.success());
+    let first = newest_session();
+    wait_uploaded(&moto, &first);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!dir.join("spool-a").join(format!("{first}.rec")).exists());
+    let out = b_cli(&["replay", "--json", &first]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recorded"));
+
+    // The store goes away: sessions go on while the backlog is young…
+    drop(moto);
+    assert!(psql("SELECT 'during the outage'").status.success());
+    let second = newest_session();
+    assert!(dir.join("spool-a").join(format!("{second}.rec")).exists());
+    // …and are refused once a recording has waited longer than 4 s.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = psql("SELECT 'too late'");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("recorded"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Back: the spooled recording is uploaded, nothing lost, sessions resume.
+    moto = Moto::start(moto_port);
+    wait_uploaded(&moto, &second);
+    let out = b_cli(&["replay", "--json", &second]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("during the outage"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !psql("SELECT 'after'").status.success() {
+        assert!(Instant::now() < deadline, "sessions did not resume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = b_cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!a.logs().contains("testing-secret"));
+    let _ = &moto;
+}

@@ -56,6 +56,30 @@ pub struct Config {
     pub agent_listener: Option<AgentListener>,
     /// `[approvals]`: how reviewers are told.
     pub approvals: Approvals,
+    /// `[recordings]`: where recordings are kept.
+    pub recordings: Recordings,
+}
+
+/// `[recordings]`.
+#[derive(Debug, Clone)]
+pub struct Recordings {
+    /// Where sessions write (and, with `file://`, where recordings stay).
+    pub spool: PathBuf,
+    pub s3: Option<S3Recordings>,
+    /// With S3: refuse new sessions when a recording has waited this long.
+    pub max_backlog: Duration,
+}
+
+/// `recordings.url = "s3://BUCKET/PREFIX"`.
+#[derive(Debug, Clone)]
+pub struct S3Recordings {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<SecretRef>,
+    pub secret_access_key: Option<SecretRef>,
+    pub allow_http: bool,
 }
 
 /// `[approvals]`.

@@ -35,6 +35,93 @@ pub(crate) struct Root {
     agent_listener: Option<RawAgentListener>,
     #[serde(default)]
     approvals: RawApprovals,
+    #[serde(default)]
+    recordings: RawRecordings,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecordings {
+    url: Option<String>,
+    spool: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    allow_http: Option<bool>,
+    max_backlog: Option<String>,
+}
+
+impl RawRecordings {
+    fn validate(&self, base: &Path) -> Result<Recordings, Invalid> {
+        let spool = base.join(self.spool.as_deref().unwrap_or("recordings"));
+        let max_backlog = duration(
+            "recordings.max_backlog",
+            self.max_backlog.as_deref().unwrap_or("5m"),
+        )?;
+        let url = self.url.as_deref().unwrap_or("file://recordings");
+        let s3_only = [
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            ("secret_access_key", self.secret_access_key.is_some()),
+            ("allow_http", self.allow_http.is_some()),
+        ];
+        if let Some(dir) = url.strip_prefix("file://") {
+            if let Some((k, _)) = s3_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(format!("recordings.{k}"), "only with an s3:// url"));
+            }
+            return Ok(Recordings {
+                spool: base.join(dir),
+                s3: None,
+                max_backlog,
+            });
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(invalid(
+                "recordings.url",
+                "file://DIR or s3://BUCKET/PREFIX",
+            ));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid(
+                "recordings.url",
+                "s3://BUCKET/PREFIX needs a bucket",
+            ));
+        }
+        let secret = |k: &str, v: &Option<String>| -> Result<Option<SecretRef>, Invalid> {
+            v.as_deref()
+                .map(|r| {
+                    SecretRef::parse(r, base).map_err(|e| invalid(format!("recordings.{k}"), e))
+                })
+                .transpose()
+        };
+        let endpoint = self.endpoint.clone();
+        let allow_http = self.allow_http.unwrap_or(false);
+        if let Some(e) = &endpoint
+            && e.starts_with("http://")
+            && !allow_http
+        {
+            return Err(invalid(
+                "recordings.endpoint",
+                "plaintext http:// to the object store needs `allow_http = true` written out",
+            ));
+        }
+        Ok(Recordings {
+            spool,
+            max_backlog,
+            s3: Some(S3Recordings {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                endpoint,
+                region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: secret("access_key_id", &self.access_key_id)?,
+                secret_access_key: secret("secret_access_key", &self.secret_access_key)?,
+                allow_http,
+            }),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -776,8 +863,11 @@ impl Root {
             }
         };
 
+        let recordings = self.recordings.validate(base)?;
+
         Ok(Config {
             source: Default::default(),
+            recordings,
             approvals: Approvals { webhook },
             agent_listener,
             oidc,

@@ -51,6 +51,8 @@ pub enum GatewayError {
     Oidc(String),
     #[error("review webhook: {0}")]
     Webhook(String),
+    #[error("recordings: {0}")]
+    Recordings(String),
     #[error(transparent)]
     Mcp(#[from] portcullis_mcp::SetupError),
 }
@@ -69,6 +71,7 @@ pub struct RunningGateway {
     tracker: TaskTracker,
     audit: portcullis_audit::AuditLog,
     front: HttpFront,
+    sink: portcullis_recordings::RecordingSink,
 }
 
 impl RunningGateway {
@@ -85,6 +88,8 @@ impl RunningGateway {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
         let _ = tokio::time::timeout(grace, self.front.drain()).await;
+        // Recordings sealed during the drain still go to the store.
+        self.sink.drain(grace).await;
         if let Err(e) = self.audit.checkpoint().await {
             tracing::error!(error = %e, "final audit checkpoint failed");
         }
@@ -340,7 +345,10 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
         })
         .await?;
-    let sessions = portcullis_audit::Sessions::new(audit.clone(), cfg.dir().join("recordings"));
+    let sink = portcullis_recordings::from_config(&cfg.recordings)
+        .map_err(|e| GatewayError::Recordings(e.to_string()))?;
+    tracker.spawn(sink.clone().run_uploads(shutdown.clone()));
+    let sessions = portcullis_audit::Sessions::new(audit.clone(), sink.clone());
     let links = portcullis_link::AgentRegistry::new();
     let approvals = portcullis_approval::Approvals::new(
         store.clone(),
@@ -564,5 +572,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         tracker,
         audit,
         front,
+        sink,
     })
 }
