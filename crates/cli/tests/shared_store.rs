@@ -235,6 +235,30 @@ connections = ["db"]
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Each gateway's admin /status shows the shared store and both peers.
+    let admin = |gw: &Proc| {
+        let port = gw
+            .logs()
+            .lines()
+            .find(|l| l.contains("admin listener"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next().map(str::to_string))
+            .unwrap();
+        format!("https://127.0.0.1:{port}")
+    };
+    let status = get(
+        &admin(&b),
+        dir.join("ca.pem").to_str().unwrap(),
+        None,
+        "/status",
+    );
+    assert_eq!(status.status, 200, "{}", status.body);
+    let v = status.json();
+    assert_eq!(v["store"]["backend"], "postgres");
+    assert_eq!(v["store"]["ok"], true);
+    assert_eq!(v["peers"].as_array().map(Vec::len), Some(2), "{v}");
+
     // A dies mid-traffic; B keeps serving new sessions.
     let mut a = a;
     let _ = a.child.kill();

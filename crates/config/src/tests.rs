@@ -542,3 +542,46 @@ fn store_by_url() {
             .starts_with("sqlite:///etc/portcullis/state/p.db")
     );
 }
+
+#[test]
+fn the_deployment_examples_parse() {
+    let gw = include_str!("../../../deploy/gateway.toml");
+    let c = parse(gw).unwrap();
+    assert!(c.store.url.as_deref().unwrap().starts_with("postgres://"));
+    assert!(c.recordings.s3.is_some());
+    assert!(c.agent_listener.is_some());
+    let agent = include_str!("../../../deploy/agent.toml");
+    let a = AgentConfig::parse(agent, Path::new("/etc/portcullis/agent.toml")).unwrap();
+    assert_eq!(a.gateways.len(), 2);
+    // And the examples in the repository's root.
+    let example = include_str!("../../../agent.example.toml");
+    AgentConfig::parse(example, Path::new("/etc/portcullis/agent.toml")).unwrap();
+}
+
+#[test]
+fn recordings_by_url() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.recordings.s3.is_none());
+    assert_eq!(c.recordings.spool, Path::new("/etc/portcullis/recordings"));
+    let e = err(&with(
+        "[recordings]\nurl = \"s3://b/p\"\nendpoint = \"http://minio:9000\"\n",
+    ));
+    assert!(e.contains("allow_http"), "{e}");
+    let e = err(&with("[recordings]\nendpoint = \"https://x\"\n"));
+    assert!(
+        e.contains("recordings.endpoint") && e.contains("s3://"),
+        "{e}"
+    );
+    let e = err(&with("[recordings]\nurl = \"ftp://x\"\n"));
+    assert!(e.contains("recordings.url"), "{e}");
+    let c = parse(&with(
+        "[recordings]\nurl = \"s3://bucket/some/prefix/\"\nmax_backlog = \"1m\"\n",
+    ))
+    .unwrap();
+    let s3 = c.recordings.s3.unwrap();
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_str()),
+        ("bucket", "some/prefix")
+    );
+    assert_eq!(c.recordings.max_backlog, Duration::from_secs(60));
+}

@@ -16,6 +16,54 @@ pub struct Admin {
     pub(crate) registry: Arc<Registry>,
     pub(crate) links: Arc<portcullis_link::AgentRegistry>,
     pub(crate) approvals: portcullis_approval::Approvals,
+    pub(crate) store: portcullis_store::Store,
+    pub(crate) sink: portcullis_recordings::RecordingSink,
+    pub(crate) id: String,
+}
+
+impl Admin {
+    /// This gateway, its store, its recordings and its peers.
+    async fn status(&self) -> Response<Body> {
+        let now = portcullis_identity::unix_now();
+        let store = match self.store.ping().await {
+            Ok(()) => {
+                serde_json::json!({"backend": format!("{:?}", self.store.backend()).to_ascii_lowercase(), "ok": true})
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        };
+        let peers: Vec<serde_json::Value> = self
+            .store
+            .gateways(now - 30)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, url, started, seen)| {
+                serde_json::json!({"id": id, "url": url, "started_at": started, "last_seen": seen, "self": id == self.id})
+            })
+            .collect();
+        let (pending, oldest) = self.sink.backlog();
+        let healthy = self.sink.healthy();
+        let ok = store["ok"] == true && healthy.is_ok();
+        json_response(
+            if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            &serde_json::json!({
+                "id": self.id,
+                "store": store,
+                "recordings": {
+                    "pending_uploads": pending,
+                    "oldest_pending_s": oldest.map(|d| d.as_secs()),
+                    "accepting_sessions": healthy.is_ok(),
+                    "error": healthy.err(),
+                },
+                "peers": peers,
+                "agents": self.links.list(),
+            }),
+        )
+    }
 }
 
 impl Handler for Admin {
@@ -51,12 +99,13 @@ impl Handler for Admin {
                     &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
                 ),
             },
+            (&Method::GET, "/status") => self.status().await,
             (&Method::GET, "/healthz") => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /agents, GET /reviews"}),
+                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /status, GET /agents, GET /reviews"}),
             ),
         }
     }

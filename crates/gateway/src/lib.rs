@@ -57,6 +57,10 @@ pub enum GatewayError {
     Mcp(#[from] portcullis_mcp::SetupError),
 }
 
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A gateway that is accepting connections.
 pub struct RunningGateway {
     pub https_addr: SocketAddr,
@@ -485,6 +489,35 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         }
     };
 
+    // Announce this gateway to the peers sharing the store.
+    let gateway_id = {
+        let mut b = [0u8; 6];
+        let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
+        format!("gw_{}", hex_encode(&b))
+    };
+    {
+        let (store, id, url, stop) = (
+            store.clone(),
+            gateway_id.clone(),
+            public_url.clone(),
+            shutdown.clone(),
+        );
+        let started = portcullis_identity::unix_now();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = portcullis_identity::unix_now();
+                if let Err(e) = store.gateway_heartbeat(&id, &url, started, now).await {
+                    tracing::warn!(error = %e, "store heartbeat failed");
+                }
+            }
+        });
+    }
+
     let admin_addr = match cfg.gateway.admin_listen {
         None => None,
         Some(a) => {
@@ -506,6 +539,9 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 registry: Arc::new(std::mem::take(&mut registry)),
                 links: links.clone(),
                 approvals: approvals.clone(),
+                store: store.clone(),
+                sink: sink.clone(),
+                id: gateway_id.clone(),
             };
             tracker.spawn(listener::serve(
                 al,

@@ -313,6 +313,56 @@ impl Store {
         .await?)
     }
 
+    /// This gateway is alive (peers see it on `/status`).
+    pub async fn gateway_heartbeat(
+        &self,
+        id: &str,
+        public_url: &str,
+        started_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "INSERT INTO gateways (id, public_url, started_at, last_seen) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, public_url = excluded.public_url",
+        ))
+        .bind(id.to_string())
+        .bind(public_url.to_string())
+        .bind(started_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gateways seen since `since` (Unix seconds): (id, public_url, started_at, last_seen).
+    pub async fn gateways(
+        &self,
+        since: i64,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(self.q(
+            "SELECT id, public_url, started_at, last_seen FROM gateways WHERE last_seen >= ? ORDER BY id",
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("public_url")?,
+                    r.try_get("started_at")?,
+                    r.try_get("last_seen")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A round trip to the database (`/status`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Revoke a client certificate by its SHA-256 fingerprint (hex).
     pub async fn revoke_cert(
         &self,

@@ -102,6 +102,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (principal, connection)
     )",
     ),
+    // Gateways sharing this store announce themselves (peers on /status).
+    (
+        8,
+        "CREATE TABLE gateways (
+        id TEXT PRIMARY KEY,
+        public_url TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    )",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;
