@@ -259,18 +259,38 @@ connections = ["db"]
     assert_eq!(v["store"]["ok"], true);
     assert_eq!(v["peers"].as_array().map(Vec::len), Some(2), "{v}");
 
-    // A dies mid-traffic; B keeps serving new sessions.
+    // A dies mid-traffic; B keeps serving new sessions throughout.
     let mut a = a;
-    let _ = a.child.kill();
+    let b_ok = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let psql = &psql;
+        let (b, b_ok, a_ref) = (&b, &b_ok, &a);
+        scope.spawn(move || {
+            for i in 0..12 {
+                if psql(b, &format!("SELECT {i}, pg_sleep(0.05)"))
+                    .status
+                    .success()
+                {
+                    b_ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        scope.spawn(move || {
+            for i in 0..6 {
+                let _ = psql(a_ref, &format!("SELECT {i}, pg_sleep(0.05)"));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-KILL", &a_ref.child.id().to_string()])
+            .status();
+    });
     let _ = a.child.wait();
-    for i in 0..5 {
-        let out = psql(&b, &format!("SELECT {i}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_eq!(
+        b_ok.load(Ordering::Relaxed),
+        12,
+        "B dropped sessions while A died"
+    );
     let out = cli(&["audit", "verify"]);
     assert!(
         out.status.success(),
