@@ -309,12 +309,14 @@ struct Moto {
 
 impl Moto {
     fn start(port: u16) -> Moto {
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m` rather than the `moto_server` script: no PATH or
+        // pyenv-shim surprises on a fresh machine.
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]'; .ci/run installs it)");
+            .expect("python3 with moto (pip install 'moto[server]'; .ci/run installs it)");
         let m = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while curl(&["-X", "PUT", &m.url("/recs")]).status != 200 {
