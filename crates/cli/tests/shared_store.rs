@@ -312,7 +312,14 @@ impl Moto {
         // `python3 -m` rather than the `moto_server` script: no PATH or
         // pyenv-shim surprises on a fresh machine.
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
