@@ -292,7 +292,16 @@ fn a_held_delete_runs_once_approved_and_reads_pass() {
     assert!(!out.status.success());
     assert!(text(&out).contains("own request"), "{}", text(&out));
     let out = s.decide(&s.eve, "approve", &id, None);
-    assert!(text(&out).contains("approver groups"), "{}", text(&out));
+    assert!(!out.status.success(), "{}", text(&out));
+    // …and people outside the approver groups do not even see it.
+    let out = s.reviews(&s.eve, &["list", "--json"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&id));
+    let out = s.reviews(&s.token, &["list", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&id),
+        "the requester sees its own"
+    );
 
     let out = s.decide(&s.bob, "approve", &id, None);
     assert!(out.status.success(), "{}", text(&out));

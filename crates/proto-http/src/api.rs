@@ -26,9 +26,10 @@ struct MintRequest {
 }
 
 /// `GET /api/v1/reviews[?state=S]`, `GET /api/v1/reviews/ID`,
-/// `POST /api/v1/reviews/ID/approve|deny` (`{"reason": "…"}`). People see
-/// every review; an agent sees its own. Deciding is for people in the
-/// review's approver groups (checked by the review itself).
+/// `POST /api/v1/reviews/ID/approve|deny` (`{"reason": "…"}`). A review
+/// (whose action may hold data) is visible to its requester, the person
+/// it acts for, and members of its approver groups; deciding is for
+/// people in those groups (checked by the review itself).
 pub(crate) async fn reviews(
     inner: &Inner,
     req: Request<Incoming>,
@@ -42,7 +43,10 @@ pub(crate) async fn reviews(
     let rest = path.strip_prefix(REVIEWS).unwrap_or_default();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let visible = |r: &portcullis_approval::Review| {
-        who.kind == PrincipalKind::Human || r.requester == who.subject
+        r.requester == who.subject
+            || r.on_behalf_of.as_deref() == Some(who.subject.as_str())
+            || (who.kind == PrincipalKind::Human
+                && r.approvers.iter().any(|g| who.groups.contains(g)))
     };
     let ok = |v: serde_json::Value| crate::error::json_response(StatusCode::OK, &v);
     match (req.method().clone(), parts.as_slice()) {
