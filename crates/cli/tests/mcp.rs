@@ -435,7 +435,15 @@ fn typescript_sdk_client_and_refusals() {
         "{}",
         &format!("{}/mcp", s.gw.url),
     ]);
-    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        r.status,
+        401,
+        "curl exit {} body {:?} stderr {:?}\ngateway log:\n{}",
+        r.curl_exit,
+        r.body,
+        r.stderr,
+        s.gw.logs()
+    );
 }
 
 /// The upstream MCP server (TypeScript SDK) in its own process.

@@ -87,6 +87,9 @@ impl Handler for GatewayFront {
                 self.sessions
                     .refusal(None, None, "mcp", conn.peer.to_string(), e.to_string())
                     .await;
+                // Read what the caller is still sending, or it may see a
+                // reset instead of the 401.
+                portcullis_http::linger(req.into_body()).await;
                 e.into_response()
             }
         }

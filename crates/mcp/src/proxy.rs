@@ -99,6 +99,7 @@ pub async fn handle(
         Decision::Allow { rule, .. } => rule,
         Decision::Deny { reason } => {
             refuse(reason.to_string()).await;
+            portcullis_http::linger(req.into_body()).await;
             return json_error(StatusCode::FORBIDDEN, "forbidden", &reason.to_string());
         }
     };
@@ -113,6 +114,7 @@ pub async fn handle(
         return r;
     }
     if portcullis_http::route::has_dot_segment(rest) {
+        portcullis_http::linger(req.into_body()).await;
         return json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",

@@ -229,7 +229,9 @@ impl HttpFront {
 const LINGER_MAX_BYTES: u64 = 8 * 1024 * 1024;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn linger(mut body: Incoming) {
+/// Read and discard what is left of a refused request's body (bounded in
+/// size and time), so the client reads the refusal instead of a reset.
+pub async fn linger(mut body: Incoming) {
     let drain = async {
         let mut read = 0u64;
         while let Some(Ok(frame)) = body.frame().await {
@@ -335,7 +337,15 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         // Authenticate before routing, so that unauthenticated callers
         // learn nothing about which connections exist.
-        let principal = self.authenticate(req.headers(), conn).await?;
+        let principal = match self.authenticate(req.headers(), conn).await {
+            Ok(p) => p,
+            Err(e) => {
+                // A refused caller may still be sending its body: read it,
+                // or the client may see a reset instead of the 401.
+                linger(req.into_body()).await;
+                return Err(e);
+            }
+        };
         seen.principal = Some(principal);
         let principal = seen.principal.as_ref().expect("just set");
 
@@ -370,6 +380,7 @@ impl Inner {
             Decision::Allow { rule, .. } => seen.rule = Some(rule),
             Decision::Deny { reason } => {
                 seen.error = Some(reason.to_string());
+                linger(req.into_body()).await;
                 return Err(ProxyError::Forbidden(reason));
             }
         }

@@ -24,7 +24,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
-pub use front::{ConnInfo, HttpFront};
+pub use front::{ConnInfo, HttpFront, linger};
 pub use masking::{MaskFailure, mask_response};
 pub use metrics::HttpMetrics;
 pub use portcullis_mask::MaskMetrics;
