@@ -66,8 +66,10 @@ pub struct Recordings {
     /// Where sessions write (and, with `file://`, where recordings stay).
     pub spool: PathBuf,
     pub s3: Option<S3Recordings>,
-    /// With S3: refuse new sessions when a recording has waited this long.
+    /// With S3: refuse new sessions when a recording has waited this long…
     pub max_backlog: Duration,
+    /// …or when this many bytes wait in the spool (default 10 GiB).
+    pub max_spool_bytes: u64,
 }
 
 /// `recordings.url = "s3://BUCKET/PREFIX"`.

@@ -50,6 +50,7 @@ struct RawRecordings {
     secret_access_key: Option<String>,
     allow_http: Option<bool>,
     max_backlog: Option<String>,
+    max_spool_bytes: Option<u64>,
 }
 
 impl RawRecordings {
@@ -59,6 +60,7 @@ impl RawRecordings {
             "recordings.max_backlog",
             self.max_backlog.as_deref().unwrap_or("5m"),
         )?;
+        let max_spool_bytes = self.max_spool_bytes.unwrap_or(10 << 30);
         let url = self.url.as_deref().unwrap_or("file://recordings");
         let s3_only = [
             ("endpoint", self.endpoint.is_some()),
@@ -66,6 +68,7 @@ impl RawRecordings {
             ("access_key_id", self.access_key_id.is_some()),
             ("secret_access_key", self.secret_access_key.is_some()),
             ("allow_http", self.allow_http.is_some()),
+            ("max_spool_bytes", self.max_spool_bytes.is_some()),
         ];
         if let Some(dir) = url.strip_prefix("file://") {
             if let Some((k, _)) = s3_only.iter().find(|(_, set)| *set) {
@@ -75,6 +78,7 @@ impl RawRecordings {
                 spool: base.join(dir),
                 s3: None,
                 max_backlog,
+                max_spool_bytes,
             });
         }
         let Some(rest) = url.strip_prefix("s3://") else {
@@ -111,6 +115,7 @@ impl RawRecordings {
         Ok(Recordings {
             spool,
             max_backlog,
+            max_spool_bytes,
             s3: Some(S3Recordings {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),

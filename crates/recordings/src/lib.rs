@@ -49,9 +49,11 @@ pub struct S3Settings {
 struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// Recording id → when it was queued.
-    pending: Mutex<BTreeMap<String, Instant>>,
+    /// Recording id → when it was queued, and its size.
+    pending: Mutex<BTreeMap<String, (Instant, u64)>>,
     max_backlog: Duration,
+    /// The spool's bound: queued bytes beyond this refuse new sessions.
+    max_spool_bytes: u64,
     wake: Notify,
 }
 
@@ -81,6 +83,7 @@ pub fn from_config(r: &portcullis_config::Recordings) -> Result<RecordingSink, S
             allow_http: s3.allow_http,
         },
         r.max_backlog,
+        r.max_spool_bytes,
     )
 }
 
@@ -101,7 +104,12 @@ impl RecordingSink {
     }
 
     /// Recordings go to an S3-compatible bucket through `spool`.
-    pub fn s3(spool: PathBuf, s: &S3Settings, max_backlog: Duration) -> Result<Self, SinkError> {
+    pub fn s3(
+        spool: PathBuf,
+        s: &S3Settings,
+        max_backlog: Duration,
+        max_spool_bytes: u64,
+    ) -> Result<Self, SinkError> {
         let mut b = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&s.bucket)
             .with_region(&s.region)
@@ -120,6 +128,7 @@ impl RecordingSink {
                 prefix: s.prefix.trim_matches('/').to_string(),
                 pending: Mutex::new(BTreeMap::new()),
                 max_backlog,
+                max_spool_bytes,
                 wake: Notify::new(),
             })),
         })
@@ -142,8 +151,12 @@ impl RecordingSink {
     /// A recording is complete: queue it for upload.
     pub fn finished(&self, id: &str) {
         if let Some(r) = &self.remote {
+            let size = std::fs::metadata(self.spool.join(format!("{id}.{EXT}")))
+                .map(|m| m.len())
+                .unwrap_or(0);
             if let Ok(mut p) = r.pending.lock() {
-                p.entry(id.to_string()).or_insert_with(Instant::now);
+                p.entry(id.to_string())
+                    .or_insert_with(|| (Instant::now(), size));
             }
             r.wake.notify_one();
         }
@@ -155,8 +168,21 @@ impl RecordingSink {
             return (0, None);
         };
         let p = r.pending.lock().map(|p| p.clone()).unwrap_or_default();
-        let oldest = p.values().min().map(|t| t.elapsed());
+        let oldest = p.values().map(|(t, _)| *t).min().map(|t| t.elapsed());
         (p.len(), oldest)
+    }
+
+    /// Bytes of recordings waiting for upload.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.remote
+            .as_ref()
+            .and_then(|r| {
+                r.pending
+                    .lock()
+                    .ok()
+                    .map(|p| p.values().map(|(_, b)| b).sum())
+            })
+            .unwrap_or(0)
     }
 
     /// `Err` when recordings have waited too long for the store: new
@@ -165,11 +191,16 @@ impl RecordingSink {
         let Some(r) = &self.remote else {
             return Ok(());
         };
+        let bytes = self.backlog_bytes();
         match self.backlog() {
             (n, Some(oldest)) if oldest > r.max_backlog => Err(format!(
                 "{n} recording(s) could not be stored for {}s (limit {}s)",
                 oldest.as_secs(),
                 r.max_backlog.as_secs()
+            )),
+            (n, _) if bytes > r.max_spool_bytes => Err(format!(
+                "{n} recording(s), {bytes} bytes, wait for the store (spool limit {} bytes)",
+                r.max_spool_bytes
             )),
             _ => Ok(()),
         }
@@ -200,11 +231,11 @@ impl RecordingSink {
         let mut delay = Duration::from_millis(500);
         let mut last_error: Option<String> = None;
         loop {
-            let next = r
-                .pending
-                .lock()
-                .ok()
-                .and_then(|p| p.iter().min_by_key(|(_, t)| **t).map(|(id, _)| id.clone()));
+            let next = r.pending.lock().ok().and_then(|p| {
+                p.iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(id, _)| id.clone())
+            });
             let Some(id) = next else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -329,8 +360,13 @@ mod tests {
             secret_access_key: Some("s".into()),
             allow_http: true,
         };
-        let sink =
-            RecordingSink::s3(dir.path().to_path_buf(), &s, Duration::from_millis(300)).unwrap();
+        let sink = RecordingSink::s3(
+            dir.path().to_path_buf(),
+            &s,
+            Duration::from_millis(300),
+            1 << 30,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("s1.rec"), b"x").unwrap();
         sink.finished("s1");
         assert!(sink.healthy().is_ok());
@@ -343,5 +379,28 @@ mod tests {
         assert!(dir.path().join("s1.rec").exists());
         stop.cancel();
         let _ = task.await;
+    }
+
+    #[test]
+    fn the_spool_is_bounded_in_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = S3Settings {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: "us-east-1".into(),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            allow_http: true,
+        };
+        let sink = RecordingSink::s3(dir.path().to_path_buf(), &s, Duration::from_secs(3600), 100)
+            .unwrap();
+        std::fs::write(dir.path().join("a.rec"), vec![0u8; 60]).unwrap();
+        sink.finished("a");
+        assert!(sink.healthy().is_ok());
+        std::fs::write(dir.path().join("b.rec"), vec![0u8; 60]).unwrap();
+        sink.finished("b");
+        assert_eq!(sink.backlog_bytes(), 120);
+        assert!(sink.healthy().unwrap_err().contains("spool limit"));
     }
 }
