@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,18 +37,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn write_leaf(ca: &CertificateAuthority, dir: &Path, stem: &str) {
-    let leaf = ca
-        .issue(
-            LeafKind::Server,
-            &["localhost".into(), "127.0.0.1".into()],
-            Duration::from_secs(86400),
-        )
-        .unwrap();
-    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
-    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
 }
 
 impl Setup {

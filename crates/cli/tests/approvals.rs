@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::upstream::{self, TestUpstream};
 use common::*;
-use portcullis_tls::{CertificateAuthority, LeafKind};
+use portcullis_tls::CertificateAuthority;
 use serde_json::Value;
 
 const HOOK_SECRET: &str = "webhook-secret-for-tests";
@@ -61,15 +61,7 @@ fn setup() -> Setup {
     let dir = tmp.path();
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     for stem in ["server", "hook"] {
-        let leaf = ca
-            .issue(
-                LeafKind::Server,
-                &["localhost".into(), "127.0.0.1".into()],
-                Duration::from_secs(86400),
-            )
-            .unwrap();
-        std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+        write_leaf(&ca, dir, stem);
     }
     let hook = upstream::start(&dir.join("hook.pem"), &dir.join("hook.key"));
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
@@ -148,36 +140,19 @@ connections = ["*"]
 
 impl Setup {
     fn psql(&self, db: &str, script: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
-            .env("PGHOST", "localhost")
-            .env("PGPORT", self.gw.pg_port.unwrap().to_string())
-            .env("PGDATABASE", db)
-            .env("PGUSER", "agent")
-            .env("PGPASSWORD", &self.token)
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &self.ca)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        self.conn().psql(db, script)
     }
 
-    fn psql_bg(&self, db: &str, script: &str) -> std::thread::JoinHandle<Output> {
-        let me = SetupRef {
+    fn conn(&self) -> SetupRef {
+        SetupRef {
             pg_port: self.gw.pg_port.unwrap(),
             ca: self.ca.clone(),
             token: self.token.clone(),
-        };
+        }
+    }
+
+    fn psql_bg(&self, db: &str, script: &str) -> std::thread::JoinHandle<Output> {
+        let me = self.conn();
         let (db, script) = (db.to_string(), script.to_string());
         std::thread::spawn(move || me.psql(&db, &script))
     }

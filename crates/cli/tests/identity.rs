@@ -26,18 +26,6 @@ struct Setup {
     idp: Idp,
 }
 
-fn write_leaf(ca: &CertificateAuthority, dir: &Path, stem: &str) {
-    let leaf = ca
-        .issue(
-            LeafKind::Server,
-            &["localhost".into(), "127.0.0.1".into()],
-            Duration::from_secs(86400),
-        )
-        .unwrap();
-    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
-    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
-}
-
 /// A gateway trusting the test IdP, with an HTTP connection `api` and a
 /// PostgreSQL connection `db`; mTLS optional on HTTPS, required on
 /// PostgreSQL.

@@ -5,12 +5,11 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::upstream::{self, TestUpstream};
 use common::*;
-use portcullis_tls::{CertificateAuthority, LeafKind};
+use portcullis_tls::CertificateAuthority;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -42,15 +41,7 @@ fn setup() -> Setup {
     let dir = tmp.path();
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     for stem in ["server", "api"] {
-        let leaf = ca
-            .issue(
-                LeafKind::Server,
-                &["localhost".into(), "127.0.0.1".into()],
-                Duration::from_secs(86400),
-            )
-            .unwrap();
-        std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+        write_leaf(&ca, dir, stem);
     }
     let api = upstream::start(&dir.join("api.pem"), &dir.join("api.key"));
     std::fs::write(dir.join("api-key"), API_CANARY).unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
-use portcullis_tls::{CertificateAuthority, LeafKind};
+use portcullis_tls::CertificateAuthority;
 
 /// A fresh database in the suite's cluster, and its URL (verified TLS).
 fn database(name: &str) -> (String, String) {
@@ -49,15 +49,7 @@ fn two_gateways_share_tokens_audit_and_reviews() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
-    let leaf = ca
-        .issue(
-            LeafKind::Server,
-            &["localhost".into(), "127.0.0.1".into()],
-            Duration::from_secs(86400),
-        )
-        .unwrap();
-    std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+    write_leaf(&ca, dir, "server");
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
     let pg = PgCluster::shared();
     let target = format!(
@@ -365,15 +357,7 @@ fn recordings_in_s3_replay_anywhere_and_survive_an_outage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
-    let leaf = ca
-        .issue(
-            LeafKind::Server,
-            &["localhost".into(), "127.0.0.1".into()],
-            Duration::from_secs(86400),
-        )
-        .unwrap();
-    std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+    write_leaf(&ca, dir, "server");
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
     std::fs::write(dir.join("ak"), "testing").unwrap();
     std::fs::write(dir.join("sk"), "testing-secret").unwrap();

@@ -181,32 +181,43 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let root: raw::AgentRoot = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut cfg = root
-            .validate(base)
-            .map_err(|(key, message)| ConfigError::Invalid {
-                file: path.to_path_buf(),
-                key,
-                message,
-            })?;
+        let mut cfg = parse_with(text, path, raw::AgentRoot::validate)?;
         cfg.source = path.to_path_buf();
         Ok(cfg)
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Deserialize `text` into `R` and validate it, relative paths resolving
+/// next to `path`; every error names the file (and the key).
+fn parse_with<R: serde::de::DeserializeOwned, T>(
+    text: &str,
+    path: &Path,
+    validate: impl FnOnce(R, &Path) -> Result<T, (String, String)>,
+) -> Result<T, ConfigError> {
+    let raw: R = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    validate(raw, base).map_err(|(key, message)| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        key,
+        message,
+    })
 }
 
 /// An OpenID provider the gateway trusts (`[[oidc]]`).
@@ -456,34 +467,15 @@ pub struct DemoConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read(path)?, path)
     }
 
     /// Parse `text` as if read from `path` (relative paths resolve next to
     /// it).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: raw::Root = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        raw.validate(base)
-            .map_err(|(key, message)| ConfigError::Invalid {
-                file: path.to_path_buf(),
-                key,
-                message,
-            })
-            .map(|mut c| {
-                c.source = path.to_path_buf();
-                c
-            })
+        let mut cfg = parse_with(text, path, raw::Root::validate)?;
+        cfg.source = path.to_path_buf();
+        Ok(cfg)
     }
 
     /// Every connection's protocol by name, so that a front can tell a

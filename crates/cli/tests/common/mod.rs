@@ -134,6 +134,20 @@ pub fn gateway_with_config(dir: &Path, config: &str) -> (Proc, String) {
     (gw, token)
 }
 
+/// A server certificate for localhost and 127.0.0.1 from `ca`, written
+/// as `dir/STEM.pem` and `dir/STEM.key`.
+pub fn write_leaf(ca: &portcullis_tls::CertificateAuthority, dir: &Path, stem: &str) {
+    let leaf = ca
+        .issue(
+            portcullis_tls::LeafKind::Server,
+            &["localhost".into(), "127.0.0.1".into()],
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+}
+
 /// A quickstart in a fresh temporary folder.
 pub struct Quickstart {
     pub tmp: tempfile::TempDir,
