@@ -188,9 +188,9 @@ impl Approvals {
             .map_err(unavailable)?
         {
             let mut r = from_row(row);
+            let before = r.state;
             if r.expire_if_due(now) {
-                let _ = self.store.update_review(&to_row(&r), "pending").await;
-                let _ = self.store.update_review(&to_row(&r), "approved").await;
+                let _ = self.store.update_review(&to_row(&r), before.as_str()).await;
                 self.audit("review_expired", &r, serde_json::json!({}))
                     .await;
             } else if r.state == State::Approved {

@@ -110,20 +110,31 @@ impl Setup {
         }
     }
 
-    fn psql(&self, sql: &str) -> std::process::Output {
-        Command::new("psql")
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGHOST", "localhost")
-            .env("PGPORT", self.pg_port.to_string())
-            .env("PGDATABASE", "db")
-            .env("PGUSER", "agent")
-            .env("PGPASSWORD", &self.token)
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &self.ca)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .unwrap()
+    /// `SELECT pg_sleep(20)` through the agent, in the background.
+    fn long_statement(&self) -> std::thread::JoinHandle<std::process::Output> {
+        let (pg_port, ca, token) = (self.pg_port, self.ca.clone(), self.token.clone());
+        std::thread::spawn(move || psql_as(pg_port, &ca, &token, "SELECT pg_sleep(20)"))
     }
+
+    fn psql(&self, sql: &str) -> std::process::Output {
+        psql_as(self.pg_port, &self.ca, &self.token, sql)
+    }
+}
+
+/// psql on the gateway's connection `db` with `token`.
+fn psql_as(pg_port: u16, ca: &str, token: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGHOST", "localhost")
+        .env("PGPORT", pg_port.to_string())
+        .env("PGDATABASE", "db")
+        .env("PGUSER", "agent")
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", ca)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap()
 }
 
 impl Drop for Setup {
@@ -325,21 +336,7 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
 fn agent_killed_mid_session_then_back_and_gateway_restarted() {
     let mut s = setup();
     // A long statement through the agent…
-    let pg_port = s.pg_port;
-    let (ca, token) = (s.ca.clone(), s.token.clone());
-    let long = std::thread::spawn(move || {
-        Command::new("psql")
-            .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(20)"])
-            .env("PGHOST", "localhost")
-            .env("PGPORT", pg_port.to_string())
-            .env("PGDATABASE", "db")
-            .env("PGUSER", "agent")
-            .env("PGPASSWORD", &token)
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &ca)
-            .output()
-            .unwrap()
-    });
+    let long = s.long_statement();
     std::thread::sleep(Duration::from_millis(1500));
     // …and the agent dies.
     let killed = Instant::now();
@@ -451,21 +448,7 @@ fn hundred_sessions_over_one_link_with_a_stalled_reader() {
 fn an_agent_announcing_foreign_connections_is_refused_and_revocation_cuts_the_link() {
     let mut s = setup();
     // Revoke the agent's certificate: the link (and a live session) is cut.
-    let pg_port = s.pg_port;
-    let (ca, token) = (s.ca.clone(), s.token.clone());
-    let long = std::thread::spawn(move || {
-        Command::new("psql")
-            .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(20)"])
-            .env("PGHOST", "localhost")
-            .env("PGPORT", pg_port.to_string())
-            .env("PGDATABASE", "db")
-            .env("PGUSER", "agent")
-            .env("PGPASSWORD", &token)
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &ca)
-            .output()
-            .unwrap()
-    });
+    let long = s.long_statement();
     std::thread::sleep(Duration::from_millis(1000));
     let cfg = s.gw_dir().join("portcullis.toml");
     let out = Command::new(BIN)

@@ -42,8 +42,12 @@ pub async fn sql_query(
         100,
         tools::MAX_TIMEOUT_MS,
     )?;
-    let (conn, rule) = tools::admit(ctx, who, name, "postgres", "sql_query").await?;
-    let Kind::Postgres { read_only, .. } = &conn.kind else {
+    let (conn, rule) = tools::admit(ctx, who, name, "postgres").await?;
+    let Kind::Postgres {
+        read_only,
+        upstream,
+    } = &conn.kind
+    else {
         unreachable!("admit checked the protocol")
     };
     // One statement per call: the result is one table, and a guard cannot
@@ -87,6 +91,7 @@ pub async fn sql_query(
         ctx,
         who,
         name,
+        upstream,
         rule,
         sql,
         max_rows as usize,
@@ -135,44 +140,58 @@ pub async fn describe_schema(
         }
         Some(_) => return Err(ToolError::Params("schema must be an identifier".into())),
     };
-    let (_, rule) = tools::admit(ctx, who, name, "postgres", "describe_schema").await?;
+    let (conn, rule) = tools::admit(ctx, who, name, "postgres").await?;
+    let Kind::Postgres { upstream, .. } = &conn.kind else {
+        unreachable!("admit checked the protocol")
+    };
     let sql = format!(
         "SELECT table_schema, table_name, column_name, data_type, is_nullable \
          FROM information_schema.columns WHERE {filter} \
          ORDER BY table_schema, table_name, ordinal_position"
     );
-    run(ctx, who, name, rule, &sql, 5000, 10_000, |_, rows| {
-        let mut tables: Vec<Value> = Vec::new();
-        let mut text = String::new();
-        for r in &rows {
-            let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-            let (schema, table) = (cell(0), cell(1));
-            let same = tables
-                .last()
-                .is_some_and(|t| t["schema"] == schema.as_str() && t["table"] == table.as_str());
-            if !same {
-                text.push_str(&format!("{schema}.{table}\n"));
-                tables.push(json!({"schema": schema, "table": table, "columns": []}));
+    run(
+        ctx,
+        who,
+        name,
+        upstream,
+        rule,
+        &sql,
+        5000,
+        10_000,
+        |_, rows| {
+            let mut tables: Vec<Value> = Vec::new();
+            let mut text = String::new();
+            for r in &rows {
+                let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                let (schema, table) = (cell(0), cell(1));
+                let same = tables.last().is_some_and(|t| {
+                    t["schema"] == schema.as_str() && t["table"] == table.as_str()
+                });
+                if !same {
+                    text.push_str(&format!("{schema}.{table}\n"));
+                    tables.push(json!({"schema": schema, "table": table, "columns": []}));
+                }
+                let column =
+                    json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
+                text.push_str(&format!(
+                    "  {} {}{}\n",
+                    cell(2),
+                    cell(3),
+                    if cell(4) == "YES" { "" } else { " not null" }
+                ));
+                if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
+                    cols.push(column);
+                }
             }
-            let column = json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
-            text.push_str(&format!(
-                "  {} {}{}\n",
-                cell(2),
-                cell(3),
-                if cell(4) == "YES" { "" } else { " not null" }
-            ));
-            if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
-                cols.push(column);
-            }
-        }
-        let mut r = CallToolResult::structured(json!({ "tables": tables }));
-        r.content = vec![ContentBlock::text(if text.is_empty() {
-            "no tables".to_string()
-        } else {
-            text
-        })];
-        r
-    })
+            let mut r = CallToolResult::structured(json!({ "tables": tables }));
+            r.content = vec![ContentBlock::text(if text.is_empty() {
+                "no tables".to_string()
+            } else {
+                text
+            })];
+            r
+        },
+    )
     .await
 }
 
@@ -199,18 +218,13 @@ async fn run(
     ctx: &Context,
     who: &Caller,
     name: &str,
+    upstream: &portcullis_postgres::PgUpstream,
     rule: String,
     sql: &str,
     max_rows: usize,
     timeout_ms: u64,
     shape: impl FnOnce(&QueryOutcome, Vec<Vec<Option<String>>>) -> CallToolResult,
 ) -> Result<CallToolResult, ToolError> {
-    let Some(conn) = ctx.get(name) else {
-        return Err(ToolError::UnknownConnection(name.into()));
-    };
-    let Kind::Postgres { upstream, .. } = &conn.kind else {
-        return Err(ToolError::UnknownConnection(name.into()));
-    };
     let open = tools::open(ctx, who, name, rule).await?;
     let rec = open.recorder.clone();
     let _ = rec.event(Event::PgQuery {

@@ -190,7 +190,6 @@ pub async fn admit<'c>(
     who: &Caller,
     name: &str,
     protocol: &'static str,
-    tool: &'static str,
 ) -> Result<(&'c Conn, String), ToolError> {
     let refuse = |reason: String| async move {
         ctx.sessions
@@ -225,7 +224,6 @@ pub async fn admit<'c>(
         Decision::Allow { rule, .. } => Ok((conn, rule)),
         Decision::Deny { reason } => {
             refuse(reason.to_string()).await;
-            let _ = tool;
             Err(ToolError::Denied(reason.to_string()))
         }
     }

@@ -81,7 +81,7 @@ pub async fn http_request(
         }
     };
 
-    let (conn, rule) = tools::admit(ctx, who, name, "http", "http_request").await?;
+    let (conn, rule) = tools::admit(ctx, who, name, "http").await?;
     let Kind::Http(upstream) = &conn.kind else {
         unreachable!("admit checked the protocol")
     };

@@ -1006,7 +1006,6 @@ impl Inner {
         }
         outcome_of(
             g,
-            &review,
             g.approvals
                 .wait(&review.id, g.rule.wait, Some(&g.session))
                 .await,
@@ -1080,7 +1079,6 @@ impl Inner {
         tracing::info!(target: "portcullis::access", principal = %g.principal.subject, connection = %g.connection, review = %review.id, "statement held for review");
         outcome_of(
             g,
-            &review,
             g.approvals
                 .wait(&review.id, g.rule.wait, Some(&g.session))
                 .await,
@@ -1101,7 +1099,6 @@ fn unavailable(e: &portcullis_approval::ReviewError) -> Refusal {
 /// A wait's outcome as the caller hears it.
 fn outcome_of(
     g: &Gate,
-    review: &portcullis_approval::Review,
     o: Result<portcullis_approval::Outcome, portcullis_approval::ReviewError>,
 ) -> Result<Option<portcullis_approval::Review>, Refusal> {
     use portcullis_approval::Outcome;
@@ -1131,10 +1128,7 @@ fn outcome_of(
                 g.rule.wait.as_secs()
             ),
         }),
-        Err(e) => {
-            let _ = review;
-            Err(unavailable(&e))
-        }
+        Err(e) => Err(unavailable(&e)),
     }
 }
 
