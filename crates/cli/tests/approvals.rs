@@ -480,3 +480,81 @@ fn mcp_tool_calls_are_held_the_same_way() {
     let r = call(r#"{"connection": "quick", "sql": "SELECT count(*) FROM appr_t"}"#);
     assert_eq!(r["isError"], false, "{r}");
 }
+
+/// The extended protocol (tokio-postgres): a statement prepared once is
+/// held at each Bind with its parameters, so an approval covers those
+/// values only; the private name it lives under cannot be run around the
+/// gate.
+#[test]
+fn bound_parameters_are_part_of_the_approved_action() {
+    let s = setup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*client_tls(std::path::Path::new(&s.ca), &[])).clone(),
+        );
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("localhost")
+            .port(s.gw.pg_port.unwrap())
+            .dbname("quick")
+            .user("agent")
+            .password(&s.token)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = cfg.connect(tls).await.unwrap();
+        tokio::spawn(conn);
+        let not_decided = |e: tokio_postgres::Error| {
+            let db = e.as_db_error().expect("a database error").clone();
+            assert_eq!(db.code().code(), "57014", "{}", db.message());
+            assert!(db.message().contains("not decided"), "{}", db.message());
+            db.message().to_string()
+        };
+
+        // Preparing waits for no one: nothing runs yet.
+        let stmt = client
+            .prepare("DELETE FROM appr_t WHERE id = $1")
+            .await
+            .unwrap();
+        // Bound to 11 (int4, sent binary), it waits 1 s and is not decided.
+        not_decided(client.execute(&stmt, &[&11i32]).await.unwrap_err());
+        let r = s.pending("-- parameters: $1 = '\\x0000000b' (binary)");
+        let id = r["id"].as_str().unwrap().to_string();
+        assert!(
+            r["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("DELETE FROM appr_t WHERE id = $1"),
+            "{r}"
+        );
+        assert!(s.decide(&s.bob, "approve", &id, None).status.success());
+
+        // The same statement bound to 12 is another action.
+        let m = not_decided(client.execute(&stmt, &[&12i32]).await.unwrap_err());
+        assert!(!m.contains(&id), "{m}");
+        assert_eq!(rows_with(12), "1");
+        // Bound to 11 it runs, once.
+        assert_eq!(client.execute(&stmt, &[&11i32]).await.unwrap(), 1);
+        assert_eq!(rows_with(11), "0");
+        not_decided(client.execute(&stmt, &[&11i32]).await.unwrap_err());
+
+        // The target knows the statement only by the gateway's name; a
+        // caller that reads it there and runs it with EXECUTE is held too.
+        let names = client
+            .query("SELECT name FROM pg_prepared_statements", &[])
+            .await
+            .unwrap();
+        let private: String = names
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .find(|n| n.starts_with("portcullis_held_"))
+            .expect("the held statement under its private name");
+        let e = client
+            .simple_query(&format!("EXECUTE {private}(13)"))
+            .await
+            .unwrap_err();
+        not_decided(e);
+        assert_eq!(rows_with(13), "1");
+        // The session is still usable.
+        let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    });
+}

@@ -55,6 +55,14 @@ pub fn classify(sql: &str) -> Class {
     }
 }
 
+/// Whether `sql` runs a statement prepared earlier (`EXECUTE name`):
+/// what that does was decided when it was prepared, so a rule that holds
+/// any class must hold this too.
+pub fn executes_prepared(sql: &str) -> bool {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .is_ok_and(|stmts| stmts.iter().any(|s| matches!(s, Statement::Execute { .. })))
+}
+
 /// How many statements `sql` holds; `None` when it does not parse.
 pub fn statement_count(sql: &str) -> Option<usize> {
     Parser::parse_sql(&PostgreSqlDialect {}, sql)
@@ -333,5 +341,9 @@ mod tests {
         assert_eq!(c("SELEC 1"), Class::Unknown);
         assert_eq!(c("DELETE FROM"), Class::Unknown);
         assert_eq!(c("EXECUTE stmt(1)"), Class::Unknown);
+        assert!(executes_prepared("EXECUTE stmt(1)"));
+        assert!(executes_prepared("SELECT 1; EXECUTE stmt"));
+        assert!(!executes_prepared("SELECT 'EXECUTE stmt'"));
+        assert!(!executes_prepared("EXECUTE"));
     }
 }

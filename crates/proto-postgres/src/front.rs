@@ -126,6 +126,44 @@ struct Gate {
     jit_until: std::sync::atomic::AtomicI64,
     /// The audited session these statements belong to.
     session: String,
+    /// Prepared statements held at every Bind.
+    held: Mutex<crate::held::HeldStatements>,
+}
+
+impl Gate {
+    fn held(&self) -> std::sync::MutexGuard<'_, crate::held::HeldStatements> {
+        // Only a panic while holding it poisons it; the table is still whole.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `m` may wait for a person, so what was batched before it
+    /// must reach the target first.
+    fn may_wait(&self, m: &Message) -> bool {
+        match self.rule.mode {
+            portcullis_config::ApprovalMode::Session => matches!(m.tag, b'Q' | b'P'),
+            portcullis_config::ApprovalMode::Statements => match m.tag {
+                b'Q' => true,
+                b'B' => {
+                    messages::bind(&m.body).is_some_and(|b| self.held().get(&b.statement).is_some())
+                }
+                _ => false,
+            },
+            portcullis_config::ApprovalMode::None => false,
+        }
+    }
+
+    /// The class under which `sql` needs approval, if it does.
+    fn needs_approval(&self, sql: &str) -> Option<&'static str> {
+        let class = crate::classify::classify(sql);
+        if portcullis_approval::holds_statement(&self.rule, class.as_str()) {
+            return Some(class.as_str());
+        }
+        // EXECUTE runs whatever was prepared: held whenever anything is.
+        (class == crate::classify::Class::Unknown
+            && !self.rule.classes.is_empty()
+            && crate::classify::executes_prepared(sql))
+        .then_some("execute")
+    }
 }
 
 fn random_u64() -> u64 {
@@ -565,6 +603,7 @@ impl Inner {
                     connection: connection.clone(),
                     jit_until: std::sync::atomic::AtomicI64::new(-1),
                     session: open.id.clone(),
+                    held: Mutex::new(crate::held::HeldStatements::new(&self.nonce)),
                 })
             }
             _ => None,
@@ -760,11 +799,11 @@ impl Inner {
                 let mut terminate = false;
                 while let Some(m) = next.take() {
                     let tag = m.tag;
-                    let held = match gate {
-                        Some(g) if matches!(tag, b'Q' | b'P') => {
+                    let gated = match gate {
+                        Some(g) => {
                             // What was batched before goes first: only
                             // this statement waits.
-                            if !out.is_empty() {
+                            if g.may_wait(&m) && !out.is_empty() {
                                 bytes.0.fetch_add(out.len() as u64, Ordering::Relaxed);
                                 if up_w.write_all(&out).await.is_err()
                                     || up_w.flush().await.is_err()
@@ -773,20 +812,18 @@ impl Inner {
                                 }
                                 out.clear();
                             }
-                            self.hold(g, &m, &caller_w).await
+                            self.gate(g, &m, &caller_w).await
                         }
-                        _ => None,
+                        None => Ok(m.clone()),
                     };
-                    let verdict = match held {
-                        Some(refusal) => Ok(Err(refusal)),
-                        None => chain
-                            .lock()
-                            .map(|mut c| inspect::frontend(&mut c, m.clone())),
+                    let verdict = match gated {
+                        Err(refusal) => Ok(Err(refusal)),
+                        Ok(m) => chain.lock().map(|mut c| inspect::frontend(&mut c, m)),
                     };
                     match verdict {
                         Ok(Ok(m)) => m.encode(&mut out),
                         Ok(Err(refusal)) => {
-                            if !matches!(tag, b'Q' | b'P' | b'F') {
+                            if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
                                 return Exit::Refused(refusal);
                             }
                             self.metrics
@@ -802,16 +839,25 @@ impl Inner {
                                 reason = %refusal.message,
                                 "statement refused"
                             );
-                            let placeholder = pending
+                            let marker = pending
                                 .lock()
                                 .map(|mut p| p.push(&self.nonce, refusal))
                                 .unwrap_or_default();
+                            let placeholder = format!("SELECT {marker}()");
                             let stand_in = match tag {
                                 b'P' => {
                                     let name = messages::parse_text(&m)
                                         .map(|(n, _)| n)
                                         .unwrap_or_default();
                                     messages::parse_named(&name, &placeholder)
+                                }
+                                // Binding a statement that cannot exist
+                                // fails in order, like the Parse above.
+                                b'B' => {
+                                    let portal = messages::bind(&m.body)
+                                        .map(|b| b.portal)
+                                        .unwrap_or_default();
+                                    messages::bind_message(&portal, &marker)
                                 }
                                 _ => messages::query(&placeholder),
                             };
@@ -1016,57 +1062,129 @@ impl Inner {
         })
     }
 
-    /// Hold one statement for approval when the rule says so: `None`
-    /// lets it through, `Some` refuses it in protocol order.
-    async fn hold<W: AsyncWrite + Unpin>(
+    /// What the approval gate makes of one message from the caller: the
+    /// message to send on (a held statement renamed to its private name,
+    /// see [`crate::held`]), once a person has said yes where one must;
+    /// or a refusal to give in protocol order.
+    async fn gate<W: AsyncWrite + Unpin>(
         &self,
         g: &Gate,
         m: &Message,
         caller_w: &tokio::sync::Mutex<W>,
-    ) -> Option<Refusal> {
-        if g.rule.mode == portcullis_config::ApprovalMode::Session {
-            let mut until = g.jit_until.load(Ordering::Relaxed);
-            if until < 0 {
-                match self.just_in_time(g, caller_w).await {
-                    Ok(u) => {
-                        g.jit_until.store(u, Ordering::Relaxed);
-                        until = u;
+    ) -> Result<Message, Refusal> {
+        use portcullis_config::ApprovalMode;
+        match g.rule.mode {
+            ApprovalMode::None => return Ok(m.clone()),
+            ApprovalMode::Session => {
+                if matches!(m.tag, b'Q' | b'P') {
+                    self.hold_session(g, caller_w).await?;
+                }
+                return Ok(m.clone());
+            }
+            ApprovalMode::Statements => {}
+        }
+        match m.tag {
+            b'Q' => {
+                if let Some(sql) = messages::query_text(m)
+                    && let Some(class) = g.needs_approval(&sql)
+                {
+                    self.hold(g, &sql, class, caller_w).await?;
+                }
+                Ok(m.clone())
+            }
+            // Held at each Bind, with its parameters, not here.
+            b'P' => {
+                let Some((name, sql)) = messages::parse_text(m) else {
+                    return Ok(m.clone());
+                };
+                match g.needs_approval(&sql) {
+                    None => {
+                        g.held().forget(&name);
+                        Ok(m.clone())
                     }
-                    Err(refusal) => return Some(refusal),
+                    Some(class) => {
+                        let private = g.held().prepare(&name, &sql, class).map_err(held_refusal)?;
+                        messages::rename_parse(m, &private)
+                            .ok_or_else(|| held_refusal(crate::held::HeldError::Reserved(name)))
+                    }
                 }
             }
-            if portcullis_identity::unix_now() >= until {
-                return Some(Refusal {
-                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
-                    message: format!(
-                        "portcullis: just-in-time access to connection \"{}\" ended; reconnect to ask for it again",
-                        g.connection
-                    ),
-                });
+            b'B' => {
+                let Some(bind) = messages::bind(&m.body) else {
+                    return Ok(m.clone());
+                };
+                if crate::held::reserved(&bind.statement) {
+                    return Err(held_refusal(crate::held::HeldError::Reserved(
+                        bind.statement,
+                    )));
+                }
+                let Some(h) = g.held().get(&bind.statement).cloned() else {
+                    return Ok(m.clone());
+                };
+                let action = crate::held::action(&h.sql, &bind);
+                self.hold(g, &action, h.class, caller_w).await?;
+                Ok(bind.encode_for(&h.private))
             }
-            return None;
+            b'D' | b'C' => {
+                let Some(name) = messages::statement_target(m) else {
+                    return Ok(m.clone());
+                };
+                let private = match m.tag {
+                    b'C' => g.held().close(&name),
+                    _ => g.held().get(&name).map(|h| h.private.clone()),
+                };
+                Ok(private.map_or_else(|| m.clone(), |p| messages::statement_message(m.tag, &p)))
+            }
+            _ => Ok(m.clone()),
         }
-        let sql = match m.tag {
-            b'Q' => messages::query_text(m)?,
-            _ => messages::parse_text(m).map(|(_, s)| s)?,
-        };
-        let class = crate::classify::classify(&sql);
-        if !portcullis_approval::holds_statement(&g.rule, class.as_str()) {
-            return None;
+    }
+
+    /// Just-in-time access, asked for by the first statement and checked
+    /// by every one after.
+    async fn hold_session<W: AsyncWrite + Unpin>(
+        &self,
+        g: &Gate,
+        caller_w: &tokio::sync::Mutex<W>,
+    ) -> Result<(), Refusal> {
+        let mut until = g.jit_until.load(Ordering::Relaxed);
+        if until < 0 {
+            until = self.just_in_time(g, caller_w).await?;
+            g.jit_until.store(until, Ordering::Relaxed);
         }
+        if portcullis_identity::unix_now() >= until {
+            return Err(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                message: format!(
+                    "portcullis: just-in-time access to connection \"{}\" ended; reconnect to ask for it again",
+                    g.connection
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Hold `action` (a statement, with its parameters when bound) until
+    /// a person decides, or let it through at once if already approved.
+    async fn hold<W: AsyncWrite + Unpin>(
+        &self,
+        g: &Gate,
+        action: &str,
+        class: &str,
+        caller_w: &tokio::sync::Mutex<W>,
+    ) -> Result<(), Refusal> {
         let held = portcullis_approval::Held {
             requester: &g.principal,
             connection: &g.connection,
             kind: "statement",
-            action: &sql,
-            classification: class.as_str(),
+            action,
+            classification: class,
             rule: &g.rule,
             session: Some(&g.session),
         };
         let review = match g.approvals.check(&held).await {
-            Ok(portcullis_approval::Check::Approved(_)) => return None,
+            Ok(portcullis_approval::Check::Approved(_)) => return Ok(()),
             Ok(portcullis_approval::Check::Pending(r)) => r,
-            Err(e) => return Some(unavailable(&e)),
+            Err(e) => return Err(unavailable(&e)),
         };
         {
             let mut w = caller_w.lock().await;
@@ -1083,7 +1201,18 @@ impl Inner {
                 .wait(&review.id, g.rule.wait, Some(&g.session))
                 .await,
         )
-        .err()
+        .map(|_| ())
+    }
+}
+
+fn held_refusal(e: crate::held::HeldError) -> Refusal {
+    let code = match e {
+        crate::held::HeldError::Reserved(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+        crate::held::HeldError::TooMany => sqlstate::PROGRAM_LIMIT,
+    };
+    Refusal {
+        code,
+        message: format!("portcullis: {e}"),
     }
 }
 
@@ -1154,17 +1283,17 @@ struct Pending {
 }
 
 impl Pending {
-    /// Queue `r` and return the placeholder SQL to send in its place: a
-    /// call to a function that cannot exist, which the target rejects at
-    /// parse time, in order, aborting the transaction just as a real error
-    /// would.
+    /// Queue `r` and return the name of a placeholder to send in its
+    /// place: a function or prepared statement that cannot exist, which
+    /// the target rejects in order, aborting the transaction just as a
+    /// real error would, with the name in its message.
     fn push(&mut self, nonce: &str, r: Refusal) -> String {
         self.seq += 1;
         if self.waiting.len() >= MAX_PENDING_REFUSALS {
             self.waiting.pop_front();
         }
         self.waiting.push_back((self.seq, r));
-        format!("SELECT portcullis_refused_{nonce}_{}()", self.seq)
+        format!("portcullis_refused_{nonce}_{}", self.seq)
     }
 
     /// If `m` is the target's error for one of our placeholders, the

@@ -6,6 +6,7 @@
 pub mod classify;
 pub mod frame;
 mod front;
+mod held;
 pub mod inspect;
 pub mod io;
 pub mod masking;

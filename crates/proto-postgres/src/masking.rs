@@ -284,30 +284,6 @@ fn row_description(body: &[u8]) -> Option<Vec<Col>> {
     Some(cols)
 }
 
-/// Bind: portal, statement, parameter formats, parameters, result formats.
-fn parse_bind(body: &[u8]) -> Option<(String, String, Vec<i16>)> {
-    let mut b = body;
-    let portal = take_cstr(&mut b)?;
-    let statement = take_cstr(&mut b)?;
-    let nf = read_i16(&mut b)?;
-    for _ in 0..nf {
-        read_i16(&mut b)?;
-    }
-    let np = read_i16(&mut b)?;
-    for _ in 0..np {
-        let len = read_i32(&mut b)?;
-        if len > 0 {
-            b = b.get(len as usize..)?;
-        }
-    }
-    let nr = read_i16(&mut b)?;
-    let mut formats = Vec::with_capacity(nr.max(0) as usize);
-    for _ in 0..nr {
-        formats.push(read_i16(&mut b)?);
-    }
-    Some((portal, statement, formats))
-}
-
 impl MaskInspector {
     /// A statement with the session's reversible tokens swapped back for
     /// their originals (as SQL string content: quotes doubled).
@@ -357,9 +333,10 @@ impl Inspector for MaskInspector {
                     self.statements.remove(&name);
                 }
             }
-            b'B' => match parse_bind(&msg.body) {
-                Some((portal, statement, formats)) => {
-                    self.portals.insert(portal, (statement, formats));
+            b'B' => match crate::messages::bind(&msg.body) {
+                Some(bind) => {
+                    self.portals
+                        .insert(bind.portal, (bind.statement, bind.result_formats));
                 }
                 None => return self.refuse("a Bind message could not be read"),
             },

@@ -138,6 +138,16 @@ pub fn parse_named(name: &str, sql: &str) -> Message {
     Message::new(b'P', b.freeze())
 }
 
+/// The same Parse (`P`), preparing the statement as `name` instead.
+pub fn rename_parse(m: &Message, name: &str) -> Option<Message> {
+    let mut rest = &m.body[..];
+    take_cstr(&mut rest)?;
+    let mut b = BytesMut::with_capacity(name.len() + 1 + rest.len());
+    put_cstr(&mut b, name);
+    b.put_slice(rest);
+    Some(Message::new(b'P', b.freeze()))
+}
+
 /// The text of a PasswordMessage (`p`).
 pub fn password_text(m: &Message) -> Option<String> {
     let mut b = &m.body[..];
@@ -217,4 +227,125 @@ mod tests {
         assert_eq!(password_text(&p).as_deref(), Some("pcl_x"));
         assert_eq!(password_text(&Message::new(b'p', &b"no-nul"[..])), None);
     }
+}
+
+/// A Bind (`B`) as read: the portal, the prepared statement it binds, the
+/// parameters (`None` is SQL NULL) with their formats, and the rest of
+/// the body (result-column formats) as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: String,
+    pub statement: String,
+    pub param_formats: Vec<i16>,
+    pub params: Vec<Option<&'a [u8]>>,
+    pub result_formats: Vec<i16>,
+}
+
+fn take_i16(b: &mut &[u8]) -> Option<i16> {
+    let (head, rest) = b.split_first_chunk::<2>()?;
+    *b = rest;
+    Some(i16::from_be_bytes(*head))
+}
+
+fn take_i32(b: &mut &[u8]) -> Option<i32> {
+    let (head, rest) = b.split_first_chunk::<4>()?;
+    *b = rest;
+    Some(i32::from_be_bytes(*head))
+}
+
+/// Read a Bind's body; `None` when it is malformed (negative counts,
+/// lengths past the end, trailing bytes).
+pub fn bind(body: &[u8]) -> Option<Bind<'_>> {
+    let mut b = body;
+    let portal = take_cstr(&mut b)?;
+    let statement = take_cstr(&mut b)?;
+    let nf = usize::try_from(take_i16(&mut b)?).ok()?;
+    let param_formats = (0..nf).map(|_| take_i16(&mut b)).collect::<Option<_>>()?;
+    let np = usize::try_from(take_i16(&mut b)?).ok()?;
+    let mut params = Vec::with_capacity(np);
+    for _ in 0..np {
+        let len = take_i32(&mut b)?;
+        if len == -1 {
+            params.push(None);
+        } else {
+            let len = usize::try_from(len).ok()?;
+            let (v, rest) = b.split_at_checked(len)?;
+            params.push(Some(v));
+            b = rest;
+        }
+    }
+    let nr = usize::try_from(take_i16(&mut b)?).ok()?;
+    let result_formats = (0..nr).map(|_| take_i16(&mut b)).collect::<Option<_>>()?;
+    b.is_empty().then_some(Bind {
+        portal,
+        statement,
+        param_formats,
+        params,
+        result_formats,
+    })
+}
+
+impl Bind<'_> {
+    /// The format (0 text, 1 binary) of parameter `i`: one code for all,
+    /// one per parameter, or none (all text).
+    pub fn param_format(&self, i: usize) -> i16 {
+        match self.param_formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    /// The message again, binding `statement` instead.
+    pub fn encode_for(&self, statement: &str) -> Message {
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, &self.portal);
+        put_cstr(&mut b, statement);
+        b.put_i16(self.param_formats.len() as i16);
+        for f in &self.param_formats {
+            b.put_i16(*f);
+        }
+        b.put_i16(self.params.len() as i16);
+        for p in &self.params {
+            match p {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.put_i16(self.result_formats.len() as i16);
+        for f in &self.result_formats {
+            b.put_i16(*f);
+        }
+        Message::new(b'B', b.freeze())
+    }
+}
+
+/// A Bind of `portal` to `statement` with no parameters.
+pub fn bind_message(portal: &str, statement: &str) -> Message {
+    Bind {
+        portal: portal.to_string(),
+        statement: statement.to_string(),
+        param_formats: Vec::new(),
+        params: Vec::new(),
+        result_formats: Vec::new(),
+    }
+    .encode_for(statement)
+}
+
+/// The name a Describe (`D`) or Close (`C`) of a prepared statement
+/// (`S`) targets; `None` for portals or malformed bodies.
+pub fn statement_target(m: &Message) -> Option<String> {
+    let (&kind, mut rest) = m.body.split_first()?;
+    (kind == b'S').then(|| take_cstr(&mut rest)).flatten()
+}
+
+/// A Describe or Close of prepared statement `name`.
+pub fn statement_message(tag: u8, name: &str) -> Message {
+    let mut b = BytesMut::new();
+    b.put_u8(b'S');
+    put_cstr(&mut b, name);
+    Message::new(tag, b.freeze())
 }

@@ -49,27 +49,11 @@ fn frontend_event(msg: &Message) -> Option<Event> {
             Some(Event::PgParse { statement, sql })
         }
         b'B' => {
-            let portal = take_cstr(&mut b)?;
-            let statement = take_cstr(&mut b)?;
-            let nf = i16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
-            let mut rest = b.get(2 + 2 * nf..)?;
-            let np = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            rest = &rest[2..];
-            let mut params = Vec::with_capacity(np);
-            for _ in 0..np {
-                let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-                rest = &rest[4..];
-                if len < 0 {
-                    params.push(None);
-                } else {
-                    params.push(Some(cell_text(rest.get(..len as usize)?)));
-                    rest = &rest[len as usize..];
-                }
-            }
+            let bind = messages::bind(&msg.body)?;
             Some(Event::PgBind {
-                portal,
-                statement,
-                params,
+                params: bind.params.iter().map(|p| p.map(cell_text)).collect(),
+                portal: bind.portal,
+                statement: bind.statement,
             })
         }
         b'E' => Some(Event::PgExecute {

@@ -1,0 +1,225 @@
+//! Prepared statements that need approval, and how they stay bound to
+//! their parameters.
+//!
+//! In the extended protocol a statement is parsed once and run by later
+//! Binds, each with its own parameters: `DELETE FROM t WHERE id = $1`
+//! approved for `$1 = 1` must not run for `$1 = 2`. So a statement whose
+//! class needs approval is not held at Parse; it is prepared on the
+//! target under a name only the gateway uses, and every Bind of the
+//! caller's name is held with the statement *and* its parameters as the
+//! action. The caller's own name never reaches the target for such a
+//! statement, so no Bind the gateway did not hold can run it — even when
+//! a later Parse under the same name is skipped by the target after an
+//! error, which a table of "what the target holds" could not know.
+
+use std::collections::HashMap;
+
+use crate::messages::Bind;
+
+/// Prefixes of names the gateway uses on the target; a caller binding
+/// one (it can read them in `pg_prepared_statements`) is refused.
+const RESERVED: [&str; 2] = ["portcullis_held_", "portcullis_refused_"];
+
+/// At most this many statements are prepared under private names per
+/// session: unnamed statements replaced in a loop would otherwise pile up
+/// on the target until the session ends.
+pub const MAX_PRIVATE: u64 = 10_000;
+
+/// Whether `name` is one of the gateway's own statement names.
+pub fn reserved(name: &str) -> bool {
+    RESERVED.iter().any(|p| name.starts_with(p))
+}
+
+/// A statement held at every Bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldStatement {
+    /// The name it is prepared under on the target.
+    pub private: String,
+    pub sql: String,
+    pub class: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeldError {
+    #[error(
+        "prepared statement names starting with \"portcullis_\" are the gateway's own: \"{0}\" cannot be used"
+    )]
+    Reserved(String),
+    #[error("more than {MAX_PRIVATE} statements that need approval were prepared in this session")]
+    TooMany,
+}
+
+/// One session's statements that need approval, by the caller's name.
+#[derive(Debug)]
+pub struct HeldStatements {
+    nonce: String,
+    created: u64,
+    by_name: HashMap<String, HeldStatement>,
+}
+
+impl HeldStatements {
+    pub fn new(nonce: &str) -> Self {
+        Self {
+            nonce: nonce.to_string(),
+            created: 0,
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// A Parse of `sql` as `name` that needs approval (its class): the
+    /// name to prepare it under on the target.
+    pub fn prepare(
+        &mut self,
+        name: &str,
+        sql: &str,
+        class: &'static str,
+    ) -> Result<String, HeldError> {
+        if reserved(name) {
+            return Err(HeldError::Reserved(name.to_string()));
+        }
+        if self.created >= MAX_PRIVATE {
+            return Err(HeldError::TooMany);
+        }
+        self.created += 1;
+        let private = format!("portcullis_held_{}_{}", self.nonce, self.created);
+        self.by_name.insert(
+            name.to_string(),
+            HeldStatement {
+                private: private.clone(),
+                sql: sql.to_string(),
+                class,
+            },
+        );
+        Ok(private)
+    }
+
+    /// A Parse of a statement that needs no approval as `name`: binding
+    /// `name` no longer means the held one (which stays, unreachable, on
+    /// the target until the session ends).
+    pub fn forget(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+
+    /// What a Bind, Describe or Close of `name` refers to, if held.
+    pub fn get(&self, name: &str) -> Option<&HeldStatement> {
+        self.by_name.get(name)
+    }
+
+    /// A Close of `name`: the private name to close instead.
+    pub fn close(&mut self, name: &str) -> Option<String> {
+        self.by_name.remove(name).map(|h| h.private)
+    }
+}
+
+/// The action a reviewer approves for one Bind: the statement and every
+/// parameter as the target will receive it (text quoted as SQL literals,
+/// binary as hex, NULL as NULL).
+pub fn action(sql: &str, bind: &Bind<'_>) -> String {
+    if bind.params.is_empty() {
+        return sql.to_string();
+    }
+    let params: Vec<String> = bind
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let value = match p {
+                None => "NULL".to_string(),
+                Some(v) if bind.param_format(i) == 0 => match std::str::from_utf8(v) {
+                    Ok(s) => format!("'{}'", s.replace('\'', "''")),
+                    Err(_) => format!("'\\x{}' (not UTF-8)", hex::encode(v)),
+                },
+                Some(v) => format!("'\\x{}' (binary)", hex::encode(v)),
+            };
+            format!("${} = {value}", i + 1)
+        })
+        .collect();
+    format!("{sql}\n-- parameters: {}", params.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind<'a>(formats: Vec<i16>, params: Vec<Option<&'a [u8]>>) -> Bind<'a> {
+        Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: formats,
+            params,
+            result_formats: vec![],
+        }
+    }
+
+    #[test]
+    fn each_parameter_is_part_of_the_action() {
+        let sql = "DELETE FROM t WHERE id = $1 AND name = $2";
+        let one = action(sql, &bind(vec![], vec![Some(b"1"), Some(b"o'hara")]));
+        let two = action(sql, &bind(vec![], vec![Some(b"2"), Some(b"o'hara")]));
+        assert_ne!(one, two);
+        assert_eq!(
+            one,
+            "DELETE FROM t WHERE id = $1 AND name = $2\n-- parameters: $1 = '1', $2 = 'o''hara'"
+        );
+        // Binary and NULL are told apart from text.
+        let b = action(sql, &bind(vec![1, 0], vec![Some(&[0, 0, 0, 1]), None]));
+        assert_eq!(
+            b,
+            "DELETE FROM t WHERE id = $1 AND name = $2\n-- parameters: $1 = '\\x00000001' (binary), $2 = NULL"
+        );
+        assert_ne!(
+            action(sql, &bind(vec![], vec![Some(b"NULL")])),
+            action(sql, &bind(vec![], vec![None]))
+        );
+        assert_eq!(
+            action("DROP TABLE t", &bind(vec![], vec![])),
+            "DROP TABLE t"
+        );
+    }
+
+    #[test]
+    fn held_statements_live_under_private_names() {
+        let mut h = HeldStatements::new("abc");
+        let p = h
+            .prepare("", "DELETE FROM t WHERE id = $1", "write")
+            .unwrap();
+        assert!(reserved(&p), "{p}");
+        assert_eq!(h.get("").unwrap().private, p);
+        // A new unnamed statement that needs no approval replaces it for
+        // the caller; the private one is out of reach.
+        h.forget("");
+        assert!(h.get("").is_none());
+        // Each held Parse gets its own private name.
+        let a = h.prepare("s1", "DELETE FROM t", "write").unwrap();
+        let b = h.prepare("s2", "DELETE FROM t", "write").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(h.close("s1"), Some(a));
+        assert!(h.get("s1").is_none());
+        assert_eq!(h.close("s1"), None);
+    }
+
+    #[test]
+    fn gateway_names_cannot_be_used_by_callers() {
+        let mut h = HeldStatements::new("abc");
+        assert!(reserved("portcullis_held_abc_1"));
+        assert!(reserved("portcullis_refused_abc_1"));
+        assert!(!reserved("portcullis"));
+        assert!(!reserved("s1"));
+        assert_eq!(
+            h.prepare("portcullis_held_x", "DELETE FROM t", "write"),
+            Err(HeldError::Reserved("portcullis_held_x".into()))
+        );
+    }
+
+    #[test]
+    fn private_statements_are_bounded_per_session() {
+        let mut h = HeldStatements::new("n");
+        for _ in 0..MAX_PRIVATE {
+            h.prepare("", "DELETE FROM t", "write").unwrap();
+        }
+        assert_eq!(
+            h.prepare("", "DELETE FROM t", "write"),
+            Err(HeldError::TooMany)
+        );
+    }
+}
