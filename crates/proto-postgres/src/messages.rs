@@ -197,38 +197,6 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     b.freeze()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_fields_round_trip() {
-        let e = error(
-            false,
-            "42501",
-            "connection \"db\" is read-only",
-            Some("use a read-write connection"),
-        );
-        let f = parse_fields(&e.body);
-        assert_eq!(field(&f, b'S'), Some("ERROR"));
-        assert_eq!(field(&f, b'C'), Some("42501"));
-        assert_eq!(field(&f, b'M'), Some("connection \"db\" is read-only"));
-        assert_eq!(field(&f, b'H'), Some("use a read-write connection"));
-    }
-
-    #[test]
-    fn texts() {
-        assert_eq!(query_text(&query("select 1")).as_deref(), Some("select 1"));
-        assert_eq!(
-            parse_text(&parse("delete from t")),
-            Some((String::new(), "delete from t".into()))
-        );
-        let p = Message::new(b'p', &b"pcl_x\0"[..]);
-        assert_eq!(password_text(&p).as_deref(), Some("pcl_x"));
-        assert_eq!(password_text(&Message::new(b'p', &b"no-nul"[..])), None);
-    }
-}
-
 /// A Bind (`B`) as read: the portal, the prepared statement it binds, the
 /// parameters (`None` is SQL NULL) with their formats, and the rest of
 /// the body (result-column formats) as it came.
@@ -348,4 +316,87 @@ pub fn statement_message(tag: u8, name: &str) -> Message {
     b.put_u8(b'S');
     put_cstr(&mut b, name);
     Message::new(tag, b.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_fields_round_trip() {
+        let e = error(
+            false,
+            "42501",
+            "connection \"db\" is read-only",
+            Some("use a read-write connection"),
+        );
+        let f = parse_fields(&e.body);
+        assert_eq!(field(&f, b'S'), Some("ERROR"));
+        assert_eq!(field(&f, b'C'), Some("42501"));
+        assert_eq!(field(&f, b'M'), Some("connection \"db\" is read-only"));
+        assert_eq!(field(&f, b'H'), Some("use a read-write connection"));
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(query_text(&query("select 1")).as_deref(), Some("select 1"));
+        assert_eq!(
+            parse_text(&parse("delete from t")),
+            Some((String::new(), "delete from t".into()))
+        );
+        let p = Message::new(b'p', &b"pcl_x\0"[..]);
+        assert_eq!(password_text(&p).as_deref(), Some("pcl_x"));
+        assert_eq!(password_text(&Message::new(b'p', &b"no-nul"[..])), None);
+    }
+
+    #[test]
+    fn a_bind_reads_back_what_was_written() {
+        let b = Bind {
+            portal: "p".into(),
+            statement: "s1".into(),
+            param_formats: vec![0, 1],
+            params: vec![Some(b"42"), None],
+            result_formats: vec![1],
+        };
+        let m = b.encode_for("s1");
+        assert_eq!(bind(&m.body), Some(b.clone()));
+        let renamed = b.encode_for("other");
+        assert_eq!(bind(&renamed.body).unwrap().statement, "other");
+        assert_eq!(b.param_format(0), 0);
+        assert_eq!(b.param_format(1), 1);
+        let empty = bind_message("", "x");
+        assert_eq!(
+            bind(&empty.body).unwrap().params,
+            Vec::<Option<&[u8]>>::new()
+        );
+    }
+
+    #[test]
+    fn malformed_binds_are_refused() {
+        let good = Bind {
+            portal: String::new(),
+            statement: "s".into(),
+            param_formats: vec![],
+            params: vec![Some(b"abc")],
+            result_formats: vec![],
+        }
+        .encode_for("s");
+        let body = &good.body[..];
+        // Cut anywhere: never read.
+        for cut in 0..body.len() {
+            assert_eq!(bind(&body[..cut]), None, "cut at {cut}");
+        }
+        // Trailing bytes.
+        let mut long = body.to_vec();
+        long.push(0);
+        assert_eq!(bind(&long), None);
+        // A negative count, and a length below -1.
+        let mut neg = b"\0s\0".to_vec();
+        neg.extend_from_slice(&(-2i16).to_be_bytes());
+        assert_eq!(bind(&neg), None);
+        let mut len = b"\0s\0\0\0\0\x01".to_vec();
+        len.extend_from_slice(&(-5i32).to_be_bytes());
+        len.extend_from_slice(&[0, 0]);
+        assert_eq!(bind(&len), None);
+    }
 }
