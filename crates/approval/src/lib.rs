@@ -31,6 +31,74 @@ pub struct Held<'a> {
     pub rule: &'a ApprovalRule,
     /// The session the action belongs to, when one is open (audit link).
     pub session: Option<&'a str>,
+    /// For just-in-time access: how long the grant asked for lasts.
+    pub grant: Option<Duration>,
+}
+
+/// A caller's ask for just-in-time access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// What the grant will last: what was asked for, at most the rule's
+    /// `session` (which is also what an ask without a duration gets).
+    pub duration: Duration,
+    /// What was asked for, when it was more than the rule allows.
+    pub cut_from: Option<Duration>,
+    /// The action a reviewer sees and approves.
+    pub action: String,
+}
+
+impl SessionRequest {
+    pub fn new(connection: &str, rule: &ApprovalRule, asked: Option<Duration>) -> Self {
+        let max = rule.session;
+        let duration = asked.unwrap_or(max).min(max);
+        Self {
+            duration,
+            cut_from: asked.filter(|a| *a > max),
+            action: format!("session on {connection} for {}s", duration.as_secs()),
+        }
+    }
+
+    /// What to tell a caller who asked for more than the rule allows.
+    pub fn cut_notice(&self) -> Option<String> {
+        self.cut_from.map(|asked| {
+            format!(
+                "portcullis: asked for {}s of access; the rule allows at most {}s, so that is what is asked for",
+                asked.as_secs(),
+                self.duration.as_secs()
+            )
+        })
+    }
+
+    pub fn held<'a>(
+        &'a self,
+        requester: &'a Principal,
+        connection: &'a str,
+        rule: &'a ApprovalRule,
+        session: Option<&'a str>,
+    ) -> Held<'a> {
+        Held {
+            requester,
+            connection,
+            kind: "session",
+            action: &self.action,
+            classification: "session",
+            rule,
+            session,
+            grant: Some(self.duration),
+        }
+    }
+}
+
+/// A requested just-in-time duration as callers write it (`30m`, `2h`,
+/// `90s`): a clear error for anything else, zero included.
+pub fn parse_session_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.as_secs() > 0 => Ok(d),
+        Ok(_) => Err(format!(
+            "\"{text}\" is not a duration of at least one second"
+        )),
+        Err(e) => Err(format!("\"{text}\" is not a duration like 30m or 2h ({e})")),
+    }
 }
 
 /// The first answer for a held action.
@@ -203,7 +271,7 @@ impl Approvals {
         }
         // A session review lasts as long as the grant it asks for.
         let life = if h.kind == "session" {
-            h.rule.session
+            h.grant.unwrap_or(h.rule.session).min(h.rule.session)
         } else {
             h.rule.expires
         };

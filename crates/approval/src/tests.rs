@@ -55,6 +55,7 @@ async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
         classification: "write",
         rule: &r,
         session: None,
+        grant: None,
     };
     let Check::Pending(rv) = a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap() else {
         panic!("should wait")
@@ -109,6 +110,7 @@ async fn denial_and_timeout() {
         classification: "ddl",
         rule: &r,
         session: None,
+        grant: None,
     };
     let Check::Pending(rv) = a.check(&held).await.unwrap() else {
         panic!()
@@ -147,4 +149,48 @@ fn what_rules_hold() {
     assert!(holds_tool(&r, "http_request", Some("DELETE")));
     assert!(!holds_tool(&r, "http_request", Some("GET")));
     assert!(!holds_tool(&r, "sql_query", None));
+}
+
+#[test]
+fn a_session_ask_is_cut_to_the_rule_and_names_its_length() {
+    let r = rule(1); // session = 60 s
+    let asked = SessionRequest::new("db", &r, Some(Duration::from_secs(20)));
+    assert_eq!(asked.duration, Duration::from_secs(20));
+    assert_eq!(asked.action, "session on db for 20s");
+    assert_eq!(asked.cut_notice(), None);
+    let default = SessionRequest::new("db", &r, None);
+    assert_eq!(default.duration, Duration::from_secs(60));
+    let greedy = SessionRequest::new("db", &r, Some(Duration::from_secs(7200)));
+    assert_eq!(greedy.duration, Duration::from_secs(60));
+    assert_eq!(greedy.action, "session on db for 60s");
+    let notice = greedy.cut_notice().unwrap();
+    assert!(
+        notice.contains("7200s") && notice.contains("60s"),
+        "{notice}"
+    );
+    // Two lengths are two actions: approving one does not approve the other.
+    assert_ne!(asked.action, default.action);
+
+    assert_eq!(parse_session_duration("30m"), Ok(Duration::from_secs(1800)));
+    assert_eq!(
+        parse_session_duration(" 2h "),
+        Ok(Duration::from_secs(7200))
+    );
+    assert!(parse_session_duration("0s").is_err());
+    assert!(parse_session_duration("soon").is_err());
+    assert!(parse_session_duration("").is_err());
+}
+
+#[tokio::test]
+async fn a_session_review_lasts_the_asked_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path()).await;
+    let agent = person("agent:claude", &[]);
+    let mut r = rule(1);
+    r.mode = ApprovalMode::Session;
+    let ask = SessionRequest::new("db", &r, Some(Duration::from_secs(20)));
+    let Check::Pending(rv) = a.check(&ask.held(&agent, "db", &r, None)).await.unwrap() else {
+        panic!("should wait")
+    };
+    assert!((rv.expires_at - rv.created_at - 20).abs() <= 1, "{rv:?}");
 }

@@ -102,6 +102,13 @@ url = "https://localhost:{hook}"
 ca_file = "ca.pem"
 approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
 
+[[connections]]
+name = "api-jit"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+approval = {{ mode = "session", approvers = ["dba"], wait = "1s", session = "30m" }}
+
 [[grants]]
 name = "testers"
 groups = ["testers"]
@@ -122,7 +129,7 @@ connections = ["*"]
         ),
         jit = pgconn(
             "jit",
-            r#"{ mode = "session", approvers = ["dba"], wait = "30s", session = "4s" }"#
+            r#"{ mode = "session", approvers = ["dba"], wait = "30s", session = "1h" }"#
         ),
     );
     let (gw, tester) = gateway_with_config(dir, &config);
@@ -148,11 +155,25 @@ impl Setup {
             pg_port: self.gw.pg_port.unwrap(),
             ca: self.ca.clone(),
             token: self.token.clone(),
+            options: String::new(),
         }
     }
 
     fn psql_bg(&self, db: &str, script: &str) -> std::thread::JoinHandle<Output> {
-        let me = self.conn();
+        self.psql_bg_with(db, script, "")
+    }
+
+    /// psql in the background with `PGOPTIONS`.
+    fn psql_bg_with(
+        &self,
+        db: &str,
+        script: &str,
+        options: &str,
+    ) -> std::thread::JoinHandle<Output> {
+        let me = SetupRef {
+            options: options.to_string(),
+            ..self.conn()
+        };
         let (db, script) = (db.to_string(), script.to_string());
         std::thread::spawn(move || me.psql(&db, &script))
     }
@@ -205,6 +226,8 @@ struct SetupRef {
     pg_port: u16,
     ca: String,
     token: String,
+    /// `PGOPTIONS`.
+    options: String,
 }
 
 impl SetupRef {
@@ -219,6 +242,7 @@ impl SetupRef {
             .env("PGPASSWORD", &self.token)
             .env("PGSSLMODE", "verify-full")
             .env("PGSSLROOTCERT", &self.ca)
+            .env("PGOPTIONS", &self.options)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -435,17 +459,74 @@ fn two_approvers_and_http_requests() {
 #[test]
 fn just_in_time_access_ends_while_the_session_is_open() {
     let s = setup();
-    let bg = s.psql_bg(
+    // The caller asks for 4 s (the rule allows up to an hour).
+    let bg = s.psql_bg_with(
         "jit",
         "SELECT 'first';\nSELECT pg_sleep(5);\nSELECT 'after the grant';\n",
+        "-c portcullis.session=4s",
     );
-    let r = s.pending("session on jit");
+    let r = s.pending("session on jit for 4s");
     let id = r["id"].as_str().unwrap().to_string();
     assert!(s.decide(&s.bob, "approve", &id, None).status.success());
     let t = text(&bg.join().unwrap());
     assert!(t.contains("first"), "{t}");
     assert!(t.contains("just-in-time access"), "{t}");
     assert!(!t.contains("after the grant\n"), "{t}");
+
+    // More than the rule allows is cut to its maximum, and the caller is
+    // told; a duration that is not one is refused at startup.
+    let bg = s.psql_bg_with("jit", "SELECT 'granted';\n", "-c portcullis.session=2h");
+    let r = s.pending("session on jit for 3600s");
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(s.decide(&s.bob, "deny", &id, None).status.success());
+    let t = text(&bg.join().unwrap());
+    assert!(
+        t.contains("asked for 7200s") && t.contains("at most 3600s"),
+        "{t}"
+    );
+    let t = text(
+        &s.psql_bg_with("jit", "SELECT 1;\n", "-c portcullis.session=soon")
+            .join()
+            .unwrap(),
+    );
+    assert!(
+        t.contains("portcullis.session") && t.contains("not a duration"),
+        "{t}"
+    );
+
+    // HTTP asks with a header, which the target never sees.
+    let ask = |value: &str| {
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &format!("Authorization: Bearer {}", s.token),
+            "-H",
+            &format!("Portcullis-Session: {value}"),
+            &format!("{}/c/api-jit/jit-probe", s.gw.url),
+        ])
+    };
+    let r = ask("10m");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let review = r.json()["review"].as_str().unwrap().to_string();
+    let shown = s.reviews(&s.bob, &["show", &review]);
+    assert!(
+        text(&shown).contains("session on api-jit for 600s"),
+        "{}",
+        text(&shown)
+    );
+    assert!(s.decide(&s.bob, "approve", &review, None).status.success());
+    assert_eq!(ask("10m").status, 200);
+    let bad = ask("forever");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["error"], "bad_request");
+    let seen = s.hook.seen.lock().unwrap();
+    let probes: Vec<_> = seen
+        .iter()
+        .filter(|x| x.path_and_query == "/jit-probe")
+        .collect();
+    assert_eq!(probes.len(), 1);
+    assert!(probes[0].header("portcullis-session").is_none());
 }
 
 #[test]

@@ -125,7 +125,8 @@ pub struct ApprovalRule {
     pub wait: Duration,
     /// How long a review, and an approval, stays valid.
     pub expires: Duration,
-    /// Length of a just-in-time grant.
+    /// Longest just-in-time grant, and the length of one whose caller
+    /// does not ask for less.
     pub session: Duration,
 }
 

@@ -251,7 +251,8 @@ pub async fn approve(
         connection: connection.to_string(),
         reason,
     };
-    let session_action;
+    let session_ask;
+    let mut grant = None;
     let (kind, action, classification) = match rule.mode {
         ApprovalMode::Session => {
             let live = approvals
@@ -263,8 +264,10 @@ pub async fn approve(
             if live {
                 return Ok(());
             }
-            session_action = format!("session on {connection} for {}s", rule.session.as_secs());
-            ("session", session_action.as_str(), "session")
+            // A tool call cannot say how long it wants: the rule's `session`.
+            session_ask = portcullis_approval::SessionRequest::new(connection, rule, None);
+            grant = Some(session_ask.duration);
+            ("session", session_ask.action.as_str(), "session")
         }
         ApprovalMode::Statements if held(rule) => (kind, action, classification),
         _ => return Ok(()),
@@ -277,6 +280,7 @@ pub async fn approve(
         classification,
         rule,
         session: None,
+        grant,
     };
     let unavailable = |e: portcullis_approval::ReviewError| {
         refused(format!(

@@ -433,6 +433,7 @@ impl Inner {
         let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
+        let asked_session = crate::review::requested_session(&parts.headers)?;
         crate::headers::request_to_upstream(&mut parts.headers, upstream.injected_header());
         if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
             parts.headers.insert("x-forwarded-for", v);
@@ -483,6 +484,7 @@ impl Inner {
                     principal,
                     name,
                     &method,
+                    asked_session,
                     &caller_pq,
                     body,
                     &state,

@@ -47,6 +47,8 @@ pub fn request_to_upstream(h: &mut HeaderMap, injected: Option<&HeaderName>) {
     h.remove("x-forwarded-for");
     h.remove("x-forwarded-proto");
     h.remove("x-forwarded-host");
+    // Said to the gateway (a just-in-time duration), not to the target.
+    h.remove(crate::review::SESSION_HEADER);
 }
 
 /// Headers of the target's response as they may go back to the caller.

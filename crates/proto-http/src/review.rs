@@ -4,11 +4,33 @@
 
 use http::Method;
 use http_body_util::BodyExt;
-use portcullis_approval::{Approvals, Check, Held, Outcome};
+use portcullis_approval::{Approvals, Check, Held, Outcome, SessionRequest};
 use portcullis_config::{ApprovalMode, ApprovalRule};
 use portcullis_identity::{Principal, unix_now};
 
 use crate::{Body, BodyState, ProxyError};
+
+/// The header a caller asks for a just-in-time duration with (`30m`).
+pub const SESSION_HEADER: &str = "portcullis-session";
+
+/// The just-in-time duration the caller asked for, if any.
+pub(crate) fn requested_session(
+    headers: &http::HeaderMap,
+) -> Result<Option<std::time::Duration>, ProxyError> {
+    let Some(v) = headers.get(SESSION_HEADER) else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ProxyError::BadHeader {
+        name: SESSION_HEADER,
+        reason,
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| bad("not a duration like 30m or 2h".into()))?;
+    portcullis_approval::parse_session_duration(text)
+        .map(Some)
+        .map_err(bad)
+}
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn hold(
@@ -17,6 +39,7 @@ pub(crate) async fn hold(
     principal: &Principal,
     connection: &str,
     method: &Method,
+    asked_session: Option<std::time::Duration>,
     path_and_query: &str,
     body: Body,
     state: &BodyState,
@@ -27,6 +50,7 @@ pub(crate) async fn hold(
         code: "approval_required",
         message: format!("this request needs approval, which cannot be checked now ({e})"),
     };
+    let mut grant = None;
     let (kind, action, classification, body) = match rule.mode {
         ApprovalMode::Session => {
             if let Ok(Some(until)) = approvals.jit_until(&principal.subject, connection).await
@@ -34,8 +58,9 @@ pub(crate) async fn hold(
             {
                 return Ok(body);
             }
-            let action = format!("session on {connection} for {}s", rule.session.as_secs());
-            ("session", action, "session".to_string(), body)
+            let ask = SessionRequest::new(connection, rule, asked_session);
+            grant = Some(ask.duration);
+            ("session", ask.action, "session".to_string(), body)
         }
         ApprovalMode::Statements if portcullis_approval::holds_method(rule, method.as_str()) => {
             let bytes = body
@@ -63,6 +88,7 @@ pub(crate) async fn hold(
         classification: &classification,
         rule,
         session: None,
+        grant,
     };
     let review = match approvals.check(&held).await.map_err(unavailable)? {
         Check::Approved(_) => return Ok(body),

@@ -126,6 +126,8 @@ struct Gate {
     jit_until: std::sync::atomic::AtomicI64,
     /// The audited session these statements belong to.
     session: String,
+    /// The just-in-time duration the caller asked for (startup `options`).
+    asked_session: Option<Duration>,
     /// Prepared statements held at every Bind.
     held: Mutex<crate::held::HeldStatements>,
 }
@@ -460,6 +462,19 @@ impl Inner {
             .or_else(|| get("user"))
             .unwrap_or("")
             .to_string();
+        // How long a just-in-time grant is asked for, if the caller says.
+        let asked_session = match get("options")
+            .and_then(|o| crate::options::setting(o, "portcullis.session"))
+            .map(|v| portcullis_approval::parse_session_duration(&v))
+        {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                let msg = format!("portcullis.session: {e}");
+                send(&mut w, &fatal(sqlstate::INVALID_PARAMETER_VALUE, &msg)).await;
+                return;
+            }
+        };
         if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
             send(
                 &mut w,
@@ -603,6 +618,7 @@ impl Inner {
                     connection: connection.clone(),
                     jit_until: std::sync::atomic::AtomicI64::new(-1),
                     session: open.id.clone(),
+                    asked_session,
                     held: Mutex::new(crate::held::HeldStatements::new(&self.nonce)),
                 })
             }
@@ -1023,20 +1039,8 @@ impl Inner {
         {
             return Ok(until);
         }
-        let action = format!(
-            "session on {} for {}s",
-            g.connection,
-            g.rule.session.as_secs()
-        );
-        let held = portcullis_approval::Held {
-            requester: &g.principal,
-            connection: &g.connection,
-            kind: "session",
-            action: &action,
-            classification: "session",
-            rule: &g.rule,
-            session: Some(&g.session),
-        };
+        let ask = portcullis_approval::SessionRequest::new(&g.connection, &g.rule, g.asked_session);
+        let held = ask.held(&g.principal, &g.connection, &g.rule, Some(&g.session));
         let review = match g.approvals.check(&held).await {
             Ok(portcullis_approval::Check::Approved(r)) => return Ok(r.expires_at),
             Ok(portcullis_approval::Check::Pending(r)) => r,
@@ -1044,6 +1048,9 @@ impl Inner {
         };
         {
             let mut w = caller_w.lock().await;
+            if let Some(cut) = ask.cut_notice() {
+                send(&mut *w, &messages::notice("01000", &cut)).await;
+            }
             send(
                 &mut *w,
                 &messages::notice("01000", &portcullis_approval::waiting_message(&review)),
@@ -1058,7 +1065,7 @@ impl Inner {
         )
         .map(|r| {
             r.map(|r| r.expires_at)
-                .unwrap_or(now + g.rule.session.as_secs() as i64)
+                .unwrap_or(now + ask.duration.as_secs() as i64)
         })
     }
 
@@ -1180,6 +1187,7 @@ impl Inner {
             classification: class,
             rule: &g.rule,
             session: Some(&g.session),
+            grant: None,
         };
         let review = match g.approvals.check(&held).await {
             Ok(portcullis_approval::Check::Approved(_)) => return Ok(()),

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod io;
 pub mod masking;
 pub mod messages;
+mod options;
 pub mod recording;
 mod upstream;
 

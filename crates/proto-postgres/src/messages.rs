@@ -23,6 +23,8 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT: &str = "54000";
     /// feature_not_supported
     pub const NOT_SUPPORTED: &str = "0A000";
+    /// invalid_parameter_value
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
     /// admin_shutdown
     pub const ADMIN_SHUTDOWN: &str = "57P01";
 }
