@@ -80,6 +80,7 @@ fn setup() -> Setup {
         r#"
 [gateway]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 cert = "server.pem"
 key = "server.key"
 
@@ -423,7 +424,26 @@ fn two_approvers_and_http_requests() {
     assert!(!bg.is_finished(), "one approval of two is not enough");
     let out = s.decide(&s.bob, "approve", &id, None);
     assert!(text(&out).contains("already approved"), "{}", text(&out));
-    assert!(s.decide(&s.dave, "approve", &id, None).status.success());
+    // The second approval through the admin listener: the same endpoint,
+    // for the holder of a person's token.
+    let admin = s.gw.admin.clone().expect("admin listener");
+    let admin_post = |token: Option<&str>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["--cacert", &s.ca, "-X", "POST", "-d", "{}"];
+        if let Some(a) = &auth {
+            args.extend(["-H", a.as_str()]);
+        }
+        let url = format!("https://{admin}/reviews/{id}/approve");
+        args.push(&url);
+        curl(&args)
+    };
+    let r = admin_post(None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = admin_post(Some(&s.eve));
+    assert_eq!(r.status, 403, "not an approver: {}", r.body);
+    let r = admin_post(Some(&s.dave));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "approved");
     let t = text(&bg.join().unwrap());
     assert!(!t.contains("ERROR"), "{t}");
     assert_eq!(rows_with(4), "0");

@@ -1,5 +1,7 @@
-//! The admin listener: metrics and health. Served over TLS like
-//! everything else; meant for loopback or a private interface.
+//! The admin listener: metrics, health, agents and reviews. Served over
+//! TLS like everything else; meant for loopback or a private interface.
+//! Reading is open to whoever reaches it; deciding a review needs a
+//! person's token, as on the gateway's API.
 
 use std::sync::Arc;
 
@@ -19,9 +21,40 @@ pub struct Admin {
     pub(crate) store: portcullis_store::Store,
     pub(crate) sink: portcullis_recordings::RecordingSink,
     pub(crate) id: String,
+    /// Identifies approvers deciding reviews here.
+    pub(crate) auth: portcullis_identity::Authenticator,
 }
 
 impl Admin {
+    /// `GET /reviews/ID`, `POST /reviews/ID/approve|deny`: the gateway
+    /// API's review endpoints, for the holder of a bearer token.
+    async fn review_api(&self, req: Request<Incoming>) -> Response<Body> {
+        use portcullis_http::ProxyError;
+        let bearer = portcullis_identity::token::bearer(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
+        let who = match bearer {
+            Ok(t) => self
+                .auth
+                .authenticate(portcullis_identity::Credential::Bearer(t))
+                .await
+                .map_err(ProxyError::Auth),
+            Err(e) => Err(ProxyError::Auth(e)),
+        };
+        let who = match who {
+            Ok(p) => p,
+            Err(e) => {
+                portcullis_http::linger(req.into_body()).await;
+                return e.into_response();
+            }
+        };
+        portcullis_http::api::reviews(&self.approvals, "/reviews", req, &who)
+            .await
+            .unwrap_or_else(ProxyError::into_response)
+    }
+
     /// This gateway, its store, its recordings and its peers.
     async fn status(&self) -> Response<Body> {
         let now = portcullis_identity::unix_now();
@@ -90,8 +123,7 @@ impl Handler for Admin {
                 StatusCode::OK,
                 &serde_json::json!({"agents": self.links.list()}),
             ),
-            // Read-only: deciding needs a person's identity, so it is on
-            // the gateway's API (`portcullis reviews approve`).
+            // The operator's view: every review.
             (&Method::GET, "/reviews") => match self.approvals.list(None).await {
                 Ok(list) => json_response(StatusCode::OK, &serde_json::json!({"reviews": list})),
                 Err(e) => json_response(
@@ -99,13 +131,14 @@ impl Handler for Admin {
                     &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
                 ),
             },
+            (_, p) if p.starts_with("/reviews/") => self.review_api(req).await,
             (&Method::GET, "/status") => self.status().await,
             (&Method::GET, "/healthz") => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /status, GET /agents, GET /reviews"}),
+                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /status, GET /agents, GET /reviews, GET /reviews/ID, POST /reviews/ID/approve|deny (bearer token)"}),
             ),
         }
     }

@@ -542,6 +542,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                 store: store.clone(),
                 sink: sink.clone(),
                 id: gateway_id.clone(),
+                auth: auth.clone(),
             };
             tracker.spawn(listener::serve(
                 al,

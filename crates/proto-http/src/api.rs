@@ -25,22 +25,21 @@ struct MintRequest {
     ttl: Option<String>,
 }
 
-/// `GET /api/v1/reviews[?state=S]`, `GET /api/v1/reviews/ID`,
-/// `POST /api/v1/reviews/ID/approve|deny` (`{"reason": "…"}`). A review
-/// (whose action may hold data) is visible to its requester, the person
-/// it acts for, and members of its approver groups; deciding is for
-/// people in those groups (checked by the review itself).
-pub(crate) async fn reviews(
-    inner: &Inner,
+/// `GET PREFIX[?state=S]`, `GET PREFIX/ID`, `POST PREFIX/ID/approve|deny`
+/// (`{"reason": "…"}`), where PREFIX is `/api/v1/reviews` on the gateway's
+/// listener and `/reviews` on the admin listener. A review (whose action
+/// may hold data) is visible to its requester, the person it acts for,
+/// and members of its approver groups; deciding is for people in those
+/// groups (checked by the review itself).
+pub async fn reviews(
+    approvals: &portcullis_approval::Approvals,
+    prefix: &str,
     req: Request<Incoming>,
     who: &Principal,
 ) -> Result<Response<Body>, ProxyError> {
     use portcullis_identity::PrincipalKind;
-    let Some(approvals) = inner.approvals.get() else {
-        return Err(ProxyError::NoRoute);
-    };
     let path = req.uri().path().to_string();
-    let rest = path.strip_prefix(REVIEWS).unwrap_or_default();
+    let rest = path.strip_prefix(prefix).unwrap_or_default();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let visible = |r: &portcullis_approval::Review| {
         r.requester == who.subject
@@ -90,7 +89,7 @@ pub(crate) async fn reviews(
         }
         (m, _) => Err(ProxyError::Method(
             m,
-            "GET /api/v1/reviews[/ID] or POST /api/v1/reviews/ID/approve|deny",
+            "GET on the list or a review, or POST …/ID/approve|deny",
         )),
     }
 }

@@ -361,7 +361,10 @@ impl Inner {
                 return crate::api::mint_for_agent(self, req, principal).await;
             }
             None if req.uri().path().starts_with(crate::api::REVIEWS) => {
-                return crate::api::reviews(self, req, principal).await;
+                let Some(approvals) = self.approvals.get() else {
+                    return Err(ProxyError::NoRoute);
+                };
+                return crate::api::reviews(approvals, crate::api::REVIEWS, req, principal).await;
             }
             None => return Err(ProxyError::NoRoute),
         };

@@ -23,6 +23,8 @@ pub struct Proc {
     pub url: String,
     /// `postgres=ADDR` from the ready line, when a PostgreSQL listener runs.
     pub pg_port: Option<u16>,
+    /// `admin=ADDR` from the ready line, when the admin listener runs.
+    pub admin: Option<String>,
 }
 
 impl Proc {
@@ -72,6 +74,7 @@ impl Proc {
             log,
             url,
             pg_port,
+            admin: field("admin="),
         }
     }
 
