@@ -154,15 +154,24 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
             )?,
             Event::SessionEnd { outcome } => writeln!(out, "{t} session ended: {outcome}")?,
             Event::HttpRequest {
-                method, path, body, ..
+                request,
+                method,
+                path,
+                body,
+                ..
             } => {
-                writeln!(out, "{t} > {method} {path}")?;
+                writeln!(out, "{t}{} > {method} {path}", numbered(*request))?;
                 if let Some(b) = body {
                     writeln!(out, "{b}")?;
                 }
             }
-            Event::HttpResponse { status, body, .. } => {
-                writeln!(out, "{t} < {status}")?;
+            Event::HttpResponse {
+                request,
+                status,
+                body,
+                ..
+            } => {
+                writeln!(out, "{t}{} < {status}", numbered(*request))?;
                 if let Some(b) = body {
                     writeln!(out, "{b}")?;
                 }
@@ -208,4 +217,9 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// ` #N` for a numbered request of a multi-request HTTP session.
+fn numbered(request: Option<u64>) -> String {
+    request.map(|n| format!(" #{n}")).unwrap_or_default()
 }

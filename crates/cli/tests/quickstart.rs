@@ -465,6 +465,87 @@ fn http_requests_are_recorded_masked_and_replayable() {
     assert!(!bad.status.success());
 }
 
+/// A keep-alive connection is one session: one start, one end counting
+/// its requests, one recording with the requests numbered. Each request
+/// is still authenticated on its own: a bad token mid-connection is
+/// refused while the session goes on.
+#[test]
+fn a_keep_alive_connection_is_one_session_with_numbered_requests() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = qs.creds();
+    // One curl, four requests: one TLS connection (curl reuses it
+    // across --next); the third request carries a wrong token.
+    let mut cmd = std::process::Command::new("curl");
+    for (i, (tok, path)) in [
+        (token, "/hello"),
+        (token, "/customers"),
+        ("pcl_not-a-token", "/hello"),
+        (token, "/hello"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if i > 0 {
+            cmd.arg("--next");
+        }
+        cmd.args([
+            "-sS",
+            "--cacert",
+            ca,
+            "-w",
+            "\n%{http_code} %{num_connects}\n",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {tok}")])
+        .arg(format!("{url}/c/demo-api{path}"));
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() == 5 && l.as_bytes()[3] == b' ')
+        .collect();
+    assert_eq!(
+        codes,
+        ["200 1", "200 0", "401 0", "200 0"],
+        "one connection: {text}"
+    );
+
+    // The session ends once the connection has closed.
+    let ended = |qs: &Quickstart| -> Vec<serde_json::Value> {
+        let out = qs.cli(&["audit", "export"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.pointer("/event/kind") == Some(&"session_end".into()))
+            .collect()
+    };
+    let mut ends = ended(&qs);
+    for _ in 0..40 {
+        if !ends.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        ends = ended(&qs);
+    }
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    let end = &ends[0]["event"];
+    assert_eq!(end["requests"], 3, "the refused request is not one: {end}");
+    assert_eq!(end["outcome"], "200", "{end}");
+    let id = end["session"].as_str().unwrap();
+    let out = qs.cli(&["replay", id, "--no-wait"]);
+    let replay = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "#1 > GET /hello",
+        "#2 > GET /customers",
+        "#3 > GET /hello",
+        "#3 < 200",
+    ] {
+        assert!(replay.contains(line), "{line} missing:\n{replay}");
+    }
+    // Masked in the recording as in the response.
+    assert!(!replay.contains("ada.lovelace@"), "{replay}");
+}
+
 #[test]
 fn policy_explain_names_the_rule_or_the_denial() {
     let qs = Quickstart::start();

@@ -189,6 +189,7 @@ impl<H: Handler> Connection<H> {
         let info = Arc::new(ConnInfo {
             peer,
             tls: Arc::new(record),
+            sessions: Default::default(),
         });
         let front = self.front.clone();
         let svc = service_fn(move |req| {

@@ -211,6 +211,7 @@ pub async fn handle(
     };
     let rec = open.recorder.clone();
     let _ = rec.event(Event::HttpRequest {
+        request: None,
         method: parts.method.to_string(),
         path: rest.to_string(),
         headers: vec![],
@@ -223,6 +224,7 @@ pub async fn handle(
     let (resp, sent, outcome) = match result {
         Ok((resp, body)) => {
             let _ = rec.event(Event::HttpResponse {
+                request: None,
                 status: resp.status().as_u16(),
                 headers: vec![],
                 body: Some(String::from_utf8_lossy(&body).into_owned()),

@@ -104,6 +104,7 @@ pub async fn http_request(
     let open = tools::open(ctx, who, name, rule).await?;
     let rec = open.recorder.clone();
     let _ = rec.event(Event::HttpRequest {
+        request: None,
         method: method.to_string(),
         path: match &query {
             Some(q) => format!("{path}?{q}"),
@@ -179,6 +180,7 @@ pub async fn http_request(
         let bytes = Bytes::from(buf);
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let _ = rec.event(Event::HttpResponse {
+            request: None,
             status: status.as_u16(),
             headers: vec![("content-type".into(), content_type.clone())],
             body: Some(text.clone()),

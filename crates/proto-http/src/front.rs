@@ -23,10 +23,12 @@ use crate::{
 type SharedVault = Arc<std::sync::Mutex<portcullis_mask::Vault>>;
 
 /// What the listener knows about the caller's connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: Arc<HandshakeRecord>,
+    /// The audited sessions this connection carries.
+    pub sessions: crate::session::ConnSessions,
 }
 
 /// The HTTP front: one per gateway, shared by every caller connection.
@@ -251,8 +253,9 @@ struct Seen<'a> {
     connection: Option<&'a str>,
     principal: Option<Principal>,
     rule: Option<String>,
-    /// Set once the session-start entry is durable.
-    open: Option<portcullis_audit::OpenSession>,
+    /// Set once the session-start entry is durable: the session, and
+    /// this request's number in it.
+    live: Option<(Arc<crate::session::LiveSession>, u64)>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
 }
@@ -269,7 +272,7 @@ impl Inner {
         status: u16,
         resp: Response<Body>,
     ) -> Response<Body> {
-        let Some(open) = seen.open.take() else {
+        let Some((live, request)) = seen.live.take() else {
             if status >= 400 {
                 let reason = seen
                     .error
@@ -290,17 +293,12 @@ impl Inner {
         let error = seen.error.clone();
         let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
         let (parts, body) = resp.into_parts();
-        let tasks = self.finishing.clone();
-        let recorder = open.recorder.clone();
-        let body = crate::tap::Tap::new(body, recorder, false).on_end(move |bytes_to_caller| {
-            tasks.spawn(open.seal(portcullis_audit::Closing {
-                outcome: status.to_string(),
-                error,
-                bytes_from_caller,
-                bytes_to_caller,
-                requests: 1,
-            }));
-        });
+        let recorder = live.recorder.clone();
+        let body = crate::tap::Tap::new(body, recorder, Some(request), false).on_end(
+            move |bytes_to_caller| {
+                live.finished(status, error, bytes_from_caller, bytes_to_caller);
+            },
+        );
         Response::from_parts(parts, body.boxed())
     }
 
@@ -511,11 +509,26 @@ impl Inner {
             rule: seen.rule.clone().unwrap_or_default(),
             agent: upstream.agent().map(str::to_owned),
         };
-        let open = self.sessions.open(opening).await.map_err(|e| {
+        let key = crate::session::SessionKey {
+            principal: principal.subject.clone(),
+            auth: opening.auth.to_string(),
+            connection: name.clone(),
+        };
+        let refused = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
-        })?;
+        };
+        let live = conn
+            .sessions
+            .get_or_open(key, &self.finishing, self.sessions.open(opening))
+            .await
+            .map_err(|e| refused(&e))?;
+        // A session opened earlier still stops taking requests when its
+        // recordings cannot be stored (fail closed).
+        self.sessions.sink().healthy().map_err(|e| refused(&e))?;
+        let request_no = live.next_request();
         let request = portcullis_record::Event::HttpRequest {
+            request: Some(request_no),
             method: method.to_string(),
             path: parts
                 .uri
@@ -530,12 +543,13 @@ impl Inner {
             ),
             body: None,
         };
-        if let Err(e) = open.recorder.event(request) {
+        if let Err(e) = live.recorder.event(request) {
             tracing::error!(error = %e, "recording failed; request refused");
             return Err(ProxyError::AuditUnavailable);
         }
-        let body = crate::tap::Tap::new(body, open.recorder.clone(), true).boxed();
-        seen.open = Some(open);
+        let body =
+            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
+        seen.live = Some((live, request_no));
         seen.bytes_from_caller = declared;
 
         let sent = Instant::now();
@@ -595,8 +609,10 @@ impl Inner {
         crate::headers::response_to_caller(&mut parts.headers);
         // The caller's view of the response. Bodies that stream through
         // unmasked are not held in memory, so only their head is recorded.
-        if let Some(w) = seen.open.as_ref().map(|o| &o.recorder) {
+        if let Some((live, request_no)) = seen.live.as_ref() {
+            let w = &live.recorder;
             let event = portcullis_record::Event::HttpResponse {
+                request: Some(*request_no),
                 status: parts.status.as_u16(),
                 headers: portcullis_record::redact_headers(
                     parts

@@ -10,6 +10,7 @@ mod masking;
 mod metrics;
 mod review;
 pub mod route;
+mod session;
 mod tap;
 mod upstream;
 
@@ -28,6 +29,7 @@ pub use front::{ConnInfo, HttpFront, linger};
 pub use masking::{MaskFailure, mask_response};
 pub use metrics::HttpMetrics;
 pub use portcullis_mask::MaskMetrics;
+pub use session::ConnSessions;
 pub use upstream::{ForwardError, SetupError, Upstream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

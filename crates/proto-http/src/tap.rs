@@ -18,16 +18,19 @@ type Finaliser = Box<dyn FnOnce(u64) + Send + Sync>;
 pub struct Tap {
     inner: Body,
     recorder: Recorder,
+    /// The request's number in its session.
+    request: Option<u64>,
     from_caller: bool,
     bytes: Arc<AtomicU64>,
     on_end: Option<Finaliser>,
 }
 
 impl Tap {
-    pub fn new(inner: Body, recorder: Recorder, from_caller: bool) -> Self {
+    pub fn new(inner: Body, recorder: Recorder, request: Option<u64>, from_caller: bool) -> Self {
         Self {
             inner,
             recorder,
+            request,
             from_caller,
             bytes: Arc::default(),
             on_end: None,
@@ -61,6 +64,7 @@ impl http_body::Body for Tap {
                 if let Some(data) = frame.data_ref() {
                     this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                     let event = Event::HttpBody {
+                        request: this.request,
                         from_caller: this.from_caller,
                         data: String::from_utf8_lossy(data).into_owned(),
                     };

@@ -63,19 +63,28 @@ pub enum Event {
         connection: String,
         protocol: String,
     },
+    /// `request` numbers the requests of a session (an HTTP session is a
+    /// caller's connection, whose HTTP/2 streams interleave); absent in
+    /// recordings of one request.
     HttpRequest {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
         method: String,
         path: String,
         headers: Vec<(String, String)>,
         body: Option<String>,
     },
     HttpResponse {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
         status: u16,
         headers: Vec<(String, String)>,
         body: Option<String>,
     },
     /// A piece of a body, in order (`from_caller`: request, else response).
     HttpBody {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
         from_caller: bool,
         data: String,
     },
@@ -350,12 +359,14 @@ mod tests {
                 protocol: "postgres".into(),
             },
             Event::HttpRequest {
+                request: Some(2),
                 method: "GET".into(),
                 path: "/x".into(),
                 headers: vec![("a".into(), "b".into())],
                 body: Some("{}".into()),
             },
             Event::HttpResponse {
+                request: None,
                 status: 200,
                 headers: vec![],
                 body: None,

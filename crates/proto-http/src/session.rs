@@ -1,0 +1,139 @@
+//! HTTP sessions: a caller's connection, per principal and target.
+//!
+//! Every request is still authenticated, authorised and held for approval
+//! on its own; what a keep-alive connection shares is the audited session
+//! around them: one session-start entry (durable before the first request
+//! is forwarded), one recording with the requests numbered, and one
+//! session-end entry sealing the recording's digest when the connection
+//! is gone and the last response body has been sent. A request per
+//! session made every request pay two committed audit entries and a
+//! recording file (see docs/performance.md).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use portcullis_audit::{Closing, OpenSession};
+use portcullis_record::Recorder;
+use tokio_util::task::TaskTracker;
+
+/// Who is talking to which target: requests on one connection with the
+/// same key share a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SessionKey {
+    pub principal: String,
+    /// How the principal authenticated (token id, OIDC issuer,
+    /// certificate), so two credentials never share a session.
+    pub auth: String,
+    pub connection: String,
+}
+
+/// The sessions of one caller connection. Lives in [`crate::ConnInfo`].
+#[derive(Default)]
+pub struct ConnSessions {
+    live: tokio::sync::Mutex<HashMap<SessionKey, Arc<LiveSession>>>,
+}
+
+impl std::fmt::Debug for ConnSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnSessions")
+    }
+}
+
+impl ConnSessions {
+    /// The session for `key`, opened with `open` if there is none yet.
+    /// Opening is serialised per connection, so concurrent first requests
+    /// (HTTP/2) share one session.
+    pub(crate) async fn get_or_open<F, E>(
+        &self,
+        key: SessionKey,
+        finishing: &TaskTracker,
+        open: F,
+    ) -> Result<Arc<LiveSession>, E>
+    where
+        F: Future<Output = Result<OpenSession, E>>,
+    {
+        let mut live = self.live.lock().await;
+        if let Some(s) = live.get(&key) {
+            return Ok(s.clone());
+        }
+        let opened = open.await?;
+        let s = Arc::new(LiveSession {
+            recorder: opened.recorder.clone(),
+            open: Mutex::new(Some(opened)),
+            requests: AtomicU64::new(0),
+            bytes_from_caller: AtomicU64::new(0),
+            bytes_to_caller: AtomicU64::new(0),
+            last: Mutex::new(Last::default()),
+            finishing: finishing.clone(),
+        });
+        live.insert(key, s.clone());
+        Ok(s)
+    }
+}
+
+#[derive(Default)]
+struct Last {
+    status: u16,
+    error: Option<String>,
+}
+
+/// An open session shared by the requests of one connection. Sealed when
+/// the last reference goes: the connection has closed and every response
+/// body it carried has ended.
+pub(crate) struct LiveSession {
+    pub recorder: Recorder,
+    open: Mutex<Option<OpenSession>>,
+    requests: AtomicU64,
+    bytes_from_caller: AtomicU64,
+    bytes_to_caller: AtomicU64,
+    last: Mutex<Last>,
+    finishing: TaskTracker,
+}
+
+impl LiveSession {
+    /// Number the next request (from 1).
+    pub fn next_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A request's response has been sent (or given up on).
+    pub fn finished(&self, status: u16, error: Option<String>, from_caller: u64, to_caller: u64) {
+        self.bytes_from_caller
+            .fetch_add(from_caller, Ordering::Relaxed);
+        self.bytes_to_caller.fetch_add(to_caller, Ordering::Relaxed);
+        if let Ok(mut last) = self.last.lock() {
+            last.status = status;
+            if error.is_some() {
+                last.error = error;
+            }
+        }
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        let Some(open) = self.open.get_mut().ok().and_then(Option::take) else {
+            return;
+        };
+        let last = self.last.get_mut().map(std::mem::take).unwrap_or_default();
+        let closing = Closing {
+            // The status of the last request; each one's is in the recording.
+            outcome: if last.status == 0 {
+                "closed".to_string()
+            } else {
+                last.status.to_string()
+            },
+            error: last.error,
+            bytes_from_caller: self.bytes_from_caller.load(Ordering::Relaxed),
+            bytes_to_caller: self.bytes_to_caller.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        };
+        // Drops happen on the runtime's threads; without one (the process
+        // is exiting) the end is lost like any crash, and the chain still
+        // verifies.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.finishing.spawn_on(open.seal(closing), &rt);
+        }
+    }
+}
