@@ -301,7 +301,7 @@ def report(root, args, results, loads, cpu, memory):
     md = [f"# HTTP through Portcullis, nginx and HAProxy ({date})", "",
           f"Machine: {os.cpu_count()} cores, load average {min(loads):.2f}-{max(loads):.2f}. Median of {args.reps} "
           f"interleaved wrk runs of {args.seconds} s each [min-max RPS]. TLS on both hops everywhere; the proxies "
-          "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes audit entries and a recording per request.", "",
+          "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes a session (audit entries and a recording) per caller connection.", "",
           "| job | system | requests/s | p50 ms | p99 ms | added p50 ms vs direct | / direct | / best peer | non-2xx |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
           "CPU per request in the Portcullis process (µs): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
