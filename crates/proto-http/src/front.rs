@@ -496,12 +496,19 @@ impl Inner {
             _ => body,
         };
 
-        // Durable before the first byte goes to the target; no entry, no
-        // request (fail closed).
-        let opening = portcullis_audit::Opening {
+        // The connection's session with this target, opened (durably, before
+        // the first byte goes to the target; no entry, no request: fail
+        // closed) by its first request.
+        let auth = serde_json::to_value(&principal.via).unwrap_or_default();
+        let key = crate::session::SessionKey {
+            principal: principal.subject.clone(),
+            auth: auth.to_string(),
+            connection: name.clone(),
+        };
+        let opening = || portcullis_audit::Opening {
             principal: principal.subject.clone(),
             principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
-            auth: serde_json::to_value(&principal.via).unwrap_or_default(),
+            auth,
             connection: name.clone(),
             protocol: "http",
             peer: conn.peer.to_string(),
@@ -509,18 +516,13 @@ impl Inner {
             rule: seen.rule.clone().unwrap_or_default(),
             agent: upstream.agent().map(str::to_owned),
         };
-        let key = crate::session::SessionKey {
-            principal: principal.subject.clone(),
-            auth: opening.auth.to_string(),
-            connection: name.clone(),
-        };
         let refused = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
         };
         let live = conn
             .sessions
-            .get_or_open(key, &self.finishing, self.sessions.open(opening))
+            .get_or_open(key, &self.finishing, || self.sessions.open(opening()))
             .await
             .map_err(|e| refused(&e))?;
         // A session opened earlier still stops taking requests when its

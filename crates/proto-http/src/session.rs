@@ -44,20 +44,21 @@ impl ConnSessions {
     /// The session for `key`, opened with `open` if there is none yet.
     /// Opening is serialised per connection, so concurrent first requests
     /// (HTTP/2) share one session.
-    pub(crate) async fn get_or_open<F, E>(
+    pub(crate) async fn get_or_open<F, Fut, E>(
         &self,
         key: SessionKey,
         finishing: &TaskTracker,
         open: F,
     ) -> Result<Arc<LiveSession>, E>
     where
-        F: Future<Output = Result<OpenSession, E>>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<OpenSession, E>>,
     {
         let mut live = self.live.lock().await;
         if let Some(s) = live.get(&key) {
             return Ok(s.clone());
         }
-        let opened = open.await?;
+        let opened = open().await?;
         let s = Arc::new(LiveSession {
             recorder: opened.recorder.clone(),
             open: Mutex::new(Some(opened)),

@@ -1111,8 +1111,11 @@ impl Inner {
                     }
                     Some(class) => {
                         let private = g.held().prepare(&name, &sql, class).map_err(held_refusal)?;
-                        messages::rename_parse(m, &private)
-                            .ok_or_else(|| held_refusal(crate::held::HeldError::Reserved(name)))
+                        // It was read above, so it reads again; if not, fail closed.
+                        messages::rename_parse(m, &private).ok_or_else(|| Refusal {
+                            code: sqlstate::PROTOCOL_VIOLATION,
+                            message: "portcullis: a Parse message could not be read".into(),
+                        })
                     }
                 }
             }
