@@ -544,6 +544,48 @@ fn a_keep_alive_connection_is_one_session_with_numbered_requests() {
     }
     // Masked in the recording as in the response.
     assert!(!replay.contains("ada.lovelace@"), "{replay}");
+
+    // HTTP/2: four requests in parallel on one connection share one
+    // session; their body events carry their numbers, so interleaved
+    // streams stay apart.
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--http2", "-Z", "--cacert", ca, "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}\n"])
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    for _ in 0..4 {
+        cmd.arg(format!("{url}/c/demo-api/customers"));
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("2 200").count(), 4, "{text}");
+    let mut ends = ended(&qs);
+    for _ in 0..40 {
+        if ends.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        ends = ended(&qs);
+    }
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    let end = &ends[1]["event"];
+    assert_eq!(end["requests"], 4, "{end}");
+    let id = end["session"].as_str().unwrap();
+    let out = qs.cli(&["replay", id, "--json"]);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for n in 1..=4 {
+        let of = |kind: &str| {
+            records
+                .iter()
+                .filter(|r| r["type"] == kind && r["request"] == n)
+                .count()
+        };
+        assert_eq!(of("http_request"), 1, "request {n}");
+        assert_eq!(of("http_response"), 1, "request {n}");
+        assert!(of("http_body") >= 1, "request {n}'s body");
+    }
 }
 
 #[test]
