@@ -81,6 +81,12 @@ impl Store {
         };
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            // A pooled SQLite connection is a file handle that cannot go
+            // stale, and pinging it before each use doubled the hand-offs to
+            // sqlx's worker thread on every request's token lookup (the
+            // largest cost left on the HTTP path). A network connection to
+            // PostgreSQL can die while idle, so it is still checked.
+            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
