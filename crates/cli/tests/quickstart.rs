@@ -797,3 +797,42 @@ fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&ps.stdout).contains(agent_cfg.to_str().unwrap()));
 }
+
+/// One connection carries a bounded number of sessions: each distinct
+/// credential opens its own, and past the limit a request is refused with
+/// 429 while the connection's other sessions go on.
+#[test]
+fn sessions_per_connection_are_bounded() {
+    let qs = Quickstart::start();
+    let (url, ca, _) = qs.creds();
+    let tokens: Vec<String> = (0..65)
+        .map(|_| {
+            let out = qs.cli(&["token", "create", "--principal", "agent:quickstart"]);
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        })
+        .collect();
+    let mut cmd = std::process::Command::new("curl");
+    for (i, tok) in tokens.iter().chain(tokens.first()).enumerate() {
+        if i > 0 {
+            cmd.arg("--next");
+        }
+        cmd.args(["-sS", "--cacert", ca, "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{num_connects}\n"])
+            .args(["-H", &format!("Authorization: Bearer {tok}")])
+            .arg(format!("{url}/c/demo-api/hello"));
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 66, "{text}");
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with(" 1")).count(),
+        1,
+        "one connection: {text}"
+    );
+    assert!(lines[..64].iter().all(|l| l.starts_with("200")), "{text}");
+    assert!(lines[64].starts_with("429"), "{text}");
+    // A credential that already has its session on the connection goes on.
+    assert!(lines[65].starts_with("200"), "{text}");
+}

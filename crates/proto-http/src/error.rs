@@ -41,6 +41,10 @@ pub enum ProxyError {
     MaskFailed { connection: String, reason: String },
     #[error("the audit log cannot record this request, so it is refused")]
     AuditUnavailable,
+    #[error(
+        "this connection already carries {limit} sessions (principal and target pairs); open another connection"
+    )]
+    TooManySessions { limit: usize },
     #[error("{message}")]
     Review {
         review: String,
@@ -97,6 +101,7 @@ impl ProxyError {
             }
             Self::Delegate(_) => StatusCode::BAD_REQUEST,
             Self::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -128,6 +133,7 @@ impl ProxyError {
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => "forbidden",
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
+            Self::TooManySessions { .. } => "too_many_sessions",
         }
     }
 

@@ -524,7 +524,12 @@ impl Inner {
             .sessions
             .get_or_open(key, &self.finishing, || self.sessions.open(opening()))
             .await
-            .map_err(|e| refused(&e))?;
+            .map_err(|e| match e {
+                crate::session::SessionError::Open(e) => refused(&e),
+                crate::session::SessionError::TooMany => ProxyError::TooManySessions {
+                    limit: crate::session::MAX_PER_CONNECTION,
+                },
+            })?;
         // A session opened earlier still stops taking requests when its
         // recordings cannot be stored (fail closed).
         self.sessions.sink().healthy().map_err(|e| refused(&e))?;

@@ -28,6 +28,20 @@ pub(crate) struct SessionKey {
     pub connection: String,
 }
 
+/// At most this many sessions (principal × target) live on one caller
+/// connection: each holds a recording file and its flush task until the
+/// connection closes.
+pub const MAX_PER_CONNECTION: usize = 64;
+
+/// Why a request could not join or open a session.
+#[derive(Debug)]
+pub(crate) enum SessionError<E> {
+    /// The session could not be opened (audit or recording unavailable).
+    Open(E),
+    /// [`MAX_PER_CONNECTION`] sessions are already open on the connection.
+    TooMany,
+}
+
 /// The sessions of one caller connection. Lives in [`crate::ConnInfo`].
 #[derive(Default)]
 pub struct ConnSessions {
@@ -49,7 +63,7 @@ impl ConnSessions {
         key: SessionKey,
         finishing: &TaskTracker,
         open: F,
-    ) -> Result<Arc<LiveSession>, E>
+    ) -> Result<Arc<LiveSession>, SessionError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<OpenSession, E>>,
@@ -58,7 +72,10 @@ impl ConnSessions {
         if let Some(s) = live.get(&key) {
             return Ok(s.clone());
         }
-        let opened = open().await?;
+        if live.len() >= MAX_PER_CONNECTION {
+            return Err(SessionError::TooMany);
+        }
+        let opened = open().await.map_err(SessionError::Open)?;
         let s = Arc::new(LiveSession {
             recorder: opened.recorder.clone(),
             open: Mutex::new(Some(opened)),
