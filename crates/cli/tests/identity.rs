@@ -492,6 +492,30 @@ fn client_certificates_name_the_caller() {
     assert!(s.gw.logs().contains("invalid_certificate") || s.gw.logs().contains("alert"));
     // The handshake log names the client certificate of the good one.
     assert!(s.gw.logs().contains("client_cert_sha256"));
+
+    // The listener's client CA bundle is reloaded without a restart:
+    // once the other CA is added to the bundle, its certificate is let in.
+    let bundle = data.join("ca.pem");
+    let mut pem = std::fs::read_to_string(&bundle).unwrap();
+    pem.push_str(&std::fs::read_to_string(other.join("ca.pem")).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = with_cert("rogue");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client CA bundle not reloaded: {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(s.gw.logs().contains("client CA bundle reloaded"));
+    // The first CA still counts.
+    assert_eq!(with_cert("deployer").status, 200);
 }
 
 #[test]

@@ -103,34 +103,62 @@ impl RunningGateway {
 /// How often certificate files are checked for a rotation.
 pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A listener's TLS acceptor: the gateway's (reloadable) certificate and
-/// that listener's client-certificate settings.
-fn listener_tls(
-    cfg: &Config,
-    certs: &Arc<portcullis_tls::ReloadingCert>,
-    client_auth: &portcullis_config::ClientAuth,
-    alpn: &[&[u8]],
-    what: &'static str,
-) -> Result<TlsAcceptor, GatewayError> {
-    let wrap = |source| GatewayError::Tls { what, source };
-    use portcullis_config::ClientCertMode as M;
-    let roots = |path: &Option<std::path::PathBuf>| -> Result<_, GatewayError> {
-        let path = path.as_deref().ok_or_else(|| GatewayError::Tls {
-            what,
-            source: portcullis_tls::TlsError::Policy("client_auth needs ca_file".into()),
-        })?;
-        Ok(Arc::new(
-            portcullis_tls::load_roots(path, false).map_err(wrap)?,
-        ))
-    };
-    let clients = match client_auth.mode {
-        M::Off => portcullis_tls::ClientCerts::Off,
-        M::Optional => portcullis_tls::ClientCerts::Optional(roots(&client_auth.ca_file)?),
-        M::Required => portcullis_tls::ClientCerts::Required(roots(&client_auth.ca_file)?),
-    };
-    let sc = portcullis_tls::listener_config(&cfg.gateway.tls, certs.clone(), &clients, alpn)
-        .map_err(wrap)?;
-    Ok(TlsAcceptor::from(sc))
+/// Reloads certificate files for the listeners: the server certificate
+/// (shared by all) and each listener's client CA bundle.
+struct ListenerCerts {
+    certs: Arc<portcullis_tls::ReloadingCert>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    metrics: portcullis_tls::CertMetrics,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl ListenerCerts {
+    /// A listener's TLS acceptor: the gateway's certificate and that
+    /// listener's client-certificate settings, the CA bundle watched for
+    /// changes like the certificate.
+    fn acceptor(
+        &self,
+        cfg: &Config,
+        client_auth: &portcullis_config::ClientAuth,
+        alpn: &[&[u8]],
+        what: &'static str,
+    ) -> Result<TlsAcceptor, GatewayError> {
+        use portcullis_config::ClientCertMode as M;
+        let wrap = |source| GatewayError::Tls { what, source };
+        let optional = match client_auth.mode {
+            M::Off => None,
+            M::Optional => Some(true),
+            M::Required => Some(false),
+        };
+        let clients = match optional {
+            None => portcullis_tls::ClientCerts::Off,
+            Some(optional) => {
+                let path = client_auth.ca_file.as_deref().ok_or_else(|| {
+                    wrap(portcullis_tls::TlsError::Policy(
+                        "client_auth needs ca_file".into(),
+                    ))
+                })?;
+                let ca = portcullis_tls::ReloadingClientCa::load(
+                    path,
+                    optional,
+                    self.provider.clone(),
+                    Some(self.metrics.clone()),
+                )
+                .map_err(wrap)?;
+                self.tracker.spawn(portcullis_tls::watch(
+                    ca.clone(),
+                    CERT_CHECK_INTERVAL,
+                    self.shutdown.clone(),
+                ));
+                portcullis_tls::ClientCerts::Verified(ca)
+            }
+        };
+        let sc =
+            portcullis_tls::listener_config(&cfg.gateway.tls, self.certs.clone(), &clients, alpn)
+                .map_err(wrap)?;
+        Ok(TlsAcceptor::from(sc))
+    }
 }
 
 /// The review webhook: its secret resolved and its TLS trust set once.
@@ -277,13 +305,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .connections
         .iter()
         .filter_map(|c| c.ca_file.clone())
-        .chain(cfg.oidc.iter().filter_map(|o| o.ca_file.clone()))
-        .chain(cfg.gateway.client_auth.ca_file.clone())
-        .chain(
-            cfg.postgres
-                .as_ref()
-                .and_then(|p| p.client_auth.ca_file.clone()),
-        );
+        // (Listeners' client CA bundles report themselves as they load.)
+        .chain(cfg.oidc.iter().filter_map(|o| o.ca_file.clone()));
     for path in bundles.collect::<std::collections::BTreeSet<_>>() {
         if let Err(e) = cert_metrics.report_bundle(&path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot read certificate bundle for its expiry");
@@ -292,14 +315,21 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let certs = portcullis_tls::ReloadingCert::load(
         &cfg.gateway.cert,
         &cfg.gateway.key,
-        provider,
-        Some(cert_metrics),
+        provider.clone(),
+        Some(cert_metrics.clone()),
     )
     .map_err(|source| GatewayError::Tls {
         what: "the gateway certificate",
         source,
     })?;
     tracker.spawn(certs.clone().watch(CERT_CHECK_INTERVAL, shutdown.clone()));
+    let listener_certs = ListenerCerts {
+        certs: certs.clone(),
+        provider,
+        metrics: cert_metrics,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
     let http_metrics = HttpMetrics::register(&mut registry);
 
     let settings = |public_url: String| {
@@ -381,9 +411,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let postgres_addr = match &cfg.postgres {
         None => None,
         Some(p) => {
-            let acceptor = listener_tls(
+            let acceptor = listener_certs.acceptor(
                 cfg,
-                &certs,
                 &p.client_auth,
                 &[portcullis_postgres::ALPN],
                 "the PostgreSQL listener",
@@ -430,9 +459,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             Some(addr)
         }
     };
-    let acceptor = listener_tls(
+    let acceptor = listener_certs.acceptor(
         cfg,
-        &certs,
         &cfg.gateway.client_auth,
         &[b"h2", b"http/1.1"],
         "the gateway listener",
@@ -460,9 +488,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
                     portcullis_config::CertName::CommonName,
                 ],
             };
-            let acceptor = listener_tls(
+            let acceptor = listener_certs.acceptor(
                 cfg,
-                &certs,
                 &clients,
                 &[portcullis_link::ALPN],
                 "the agent listener",
@@ -521,9 +548,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let admin_addr = match cfg.gateway.admin_listen {
         None => None,
         Some(a) => {
-            let acceptor = listener_tls(
+            let acceptor = listener_certs.acceptor(
                 cfg,
-                &certs,
                 &Default::default(),
                 &[b"http/1.1"],
                 "the admin listener",

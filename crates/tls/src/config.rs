@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,7 +20,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     parse_private_key(&read(path)?, path)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
@@ -66,13 +66,25 @@ pub fn load_roots(bundle: &Path, with_system: bool) -> Result<RootCertStore, Tls
     } else {
         RootCertStore::empty()
     };
-    for cert in load_cert_chain(bundle)? {
+    add_roots(&mut roots, &read(bundle)?, bundle)?;
+    Ok(roots)
+}
+
+/// The CAs of a PEM bundle already read (`path` names it in errors).
+pub(crate) fn roots_from_pem(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    add_roots(&mut roots, pem, path)?;
+    Ok(roots)
+}
+
+fn add_roots(roots: &mut RootCertStore, pem: &[u8], path: &Path) -> Result<(), TlsError> {
+    for cert in parse_cert_chain(pem, path)? {
         roots.add(cert).map_err(|e| TlsError::BadCertificate {
-            path: bundle.to_path_buf(),
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     }
-    Ok(roots)
+    Ok(())
 }
 
 /// The operating system's trusted roots. Unreadable entries are skipped
@@ -94,10 +106,9 @@ pub fn system_roots() -> RootCertStore {
 pub enum ClientCerts {
     #[default]
     Off,
-    /// Verified when presented; a caller without one continues.
-    Optional(Arc<RootCertStore>),
-    /// The handshake fails without a valid one.
-    Required(Arc<RootCertStore>),
+    /// Verified against a CA bundle that is reloaded when it changes
+    /// (optional or required, as the verifier says).
+    Verified(Arc<crate::ReloadingClientCa>),
 }
 
 /// A server config for `policy` with a fixed certificate (tests, the demo
@@ -128,20 +139,9 @@ pub fn listener_config(
     let provider = policy.provider()?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&policy.versions()?)?;
-    let verifier = |roots: &Arc<RootCertStore>, optional: bool| {
-        let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-        let b = if optional {
-            b.allow_unauthenticated()
-        } else {
-            b
-        };
-        b.build()
-            .map_err(|e| TlsError::Policy(format!("client certificate verifier: {e}")))
-    };
     let builder = match clients {
         ClientCerts::Off => builder.with_no_client_auth(),
-        ClientCerts::Optional(roots) => builder.with_client_cert_verifier(verifier(roots, true)?),
-        ClientCerts::Required(roots) => builder.with_client_cert_verifier(verifier(roots, false)?),
+        ClientCerts::Verified(v) => builder.with_client_cert_verifier(v.clone()),
     };
     let mut cfg = builder.with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

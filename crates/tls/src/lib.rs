@@ -7,6 +7,7 @@
 
 mod accept;
 mod ca;
+mod client_ca;
 pub mod client_cert;
 mod config;
 mod error;
@@ -17,6 +18,7 @@ mod reload;
 
 pub use accept::accept;
 pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
+pub use client_ca::ReloadingClientCa;
 pub use client_cert::CertName;
 pub use config::{
     ClientCerts, client_config, client_config_with_cert, listener_config, load_cert_chain,
@@ -26,7 +28,7 @@ pub use error::TlsError;
 pub use metrics::TlsMetrics;
 pub use profile::{TlsPolicy, TlsProfile};
 pub use record::HandshakeRecord;
-pub use reload::{CertMetrics, EXPIRY_WARNING, ReloadingCert};
+pub use reload::{CertMetrics, EXPIRY_WARNING, Reloadable, ReloadingCert, watch};
 
 /// Install aws-lc-rs as the process-wide default provider. Call it first
 /// thing in `main`: a library that asks rustls for "the default" then gets

@@ -146,9 +146,20 @@ impl ReloadingCert {
         self.current.read().map(|c| c.not_after).unwrap_or(0)
     }
 
+    /// [`watch`] this certificate.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        watch(self, every, stop).await
+    }
+}
+
+impl Reloadable for ReloadingCert {
+    fn path(&self) -> &Path {
+        &self.cert_path
+    }
+
     /// Re-read the files; swap when they changed and form a valid pair.
     /// Returns whether a new certificate is now in use.
-    pub fn check(&self) -> Result<bool, TlsError> {
+    fn check(&self) -> Result<bool, TlsError> {
         let cert = read(&self.cert_path)?;
         let key = read(&self.key_path)?;
         let unchanged = self
@@ -186,38 +197,6 @@ impl ReloadingCert {
         }
     }
 
-    /// Check every `every` until `stop`; failures are logged and the
-    /// certificate in use is kept.
-    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error: Option<String> = None;
-        let mut ticks: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            ticks += 1;
-            match self.check() {
-                Ok(_) => last_error = None,
-                Err(e) => {
-                    // Once per distinct error: a bad file would otherwise
-                    // log every tick.
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(&msg) {
-                        tracing::warn!(path = %self.cert_path.display(), error = %msg, "certificate reload failed; keeping the current certificate");
-                        last_error = Some(msg);
-                    }
-                }
-            }
-            // Re-warn about expiry about once an hour.
-            if ticks.is_multiple_of((3600 / every.as_secs().max(1)).max(1)) {
-                self.report();
-            }
-        }
-    }
-
     fn report(&self) {
         let not_after = self.not_after();
         if let Some(m) = &self.metrics {
@@ -235,6 +214,50 @@ impl ReloadingCert {
                 days_left = left / 86400,
                 "certificate expires soon: rotate it (portcullis cert rotate-server, or your PKI)"
             );
+        }
+    }
+}
+
+/// Something loaded from a file and swapped in when the file changes: the
+/// server certificate, a client CA bundle.
+pub trait Reloadable: Send + Sync + 'static {
+    /// The file, for logs and metrics.
+    fn path(&self) -> &Path;
+    /// Re-read; swap when changed and valid. Whether something new is now
+    /// in use.
+    fn check(&self) -> Result<bool, TlsError>;
+    /// Export expiry and warn when it is near.
+    fn report(&self);
+}
+
+/// Call [`Reloadable::check`] every `every` until `stop`; failures are
+/// logged (once per distinct error) and what is in use is kept.
+pub async fn watch<R: Reloadable>(r: Arc<R>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        ticks += 1;
+        match r.check() {
+            Ok(_) => last_error = None,
+            Err(e) => {
+                // Once per distinct error: a bad file would otherwise log
+                // every tick.
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(&msg) {
+                    tracing::warn!(path = %r.path().display(), error = %msg, "reload failed; keeping what is in use");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        // Re-warn about expiry about once an hour.
+        if ticks.is_multiple_of((3600 / every.as_secs().max(1)).max(1)) {
+            r.report();
         }
     }
 }
