@@ -190,7 +190,7 @@ fn main() -> std::process::ExitCode {
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
             Command::Reviews(r) => reviews_cmd::run(r).await,
-            Command::Agents(a) => agent_cmd::agents(a).await,
+            Command::Agents(a) => agent_cmd::agents(&cli, a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -224,6 +224,7 @@ listen = "127.0.0.1:{pg_port}"
 [agent_listener]
 listen = "127.0.0.1:{agent_port}"
 ca_file = "ca.pem"
+enrol_ca_key = "ca.key"
 
 [[connections]]
 name = "api"
@@ -560,4 +561,102 @@ fn an_agent_keeps_a_link_to_every_gateway() {
     let r = get(&b.url, &s.ca, Some(&s.token), "/c/api/hello");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(b.logs().contains("agent connected"));
+}
+
+/// An agent host gets its certificate with a one-time token instead of
+/// files copied from the gateway's CA: its key is made there and never
+/// leaves; the token works once.
+#[test]
+fn an_agent_enrols_with_a_one_time_token() {
+    let mut s = setup();
+    s.kill_agent();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.gw_dir().join("portcullis.toml").to_str().unwrap(),
+            "agents",
+            "enrol",
+            "--name",
+            "dc1",
+            "--ttl",
+            "10m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("pce_"), "{token}");
+    let dir = s.agent_dir();
+    std::fs::write(dir.join("enrol-token"), &token).unwrap();
+    let config = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+    let enrolled = |cert: &str| {
+        config.replace(
+            "cert = \"agent.pem\"\nkey = \"agent.key\"\n",
+            &format!(
+                "cert = \"{cert}.pem\"\nkey = \"{cert}.key\"\nenrol = {{ url = \"https://localhost:{}\", token = \"file:enrol-token\" }}\n",
+                s.gw_port
+            ),
+        )
+    };
+    std::fs::write(dir.join("enrolled.toml"), enrolled("enrolled")).unwrap();
+    std::fs::write(dir.join("again.toml"), enrolled("again")).unwrap();
+
+    s.start_agent("enrolled.toml");
+    s.wait_through();
+    let key = std::fs::read_to_string(dir.join("enrolled.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("enrolled.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The key stayed on the agent's host: not in any gateway file or log.
+    // (Past the ASN.1 prefix every key of this kind shares.)
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let body = &body[body.len() / 2 - 20..];
+    for (path, bytes) in all_files(&s.gw_dir()) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&body[..40]),
+            "agent key in {}",
+            path.display()
+        );
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&token),
+            "enrolment token in {}",
+            path.display()
+        );
+    }
+    let audit = Command::new(BIN)
+        .args([
+            "--config",
+            s.gw_dir().join("portcullis.toml").to_str().unwrap(),
+            "audit",
+            "export",
+        ])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("agent_enrolment_created"), "{audit}");
+    assert!(
+        audit.contains("agent_enrolled") && audit.contains("connector:dc1"),
+        "{audit}"
+    );
+
+    // Once only: a second agent with the same token is refused.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            dir.join("again.toml").to_str().unwrap(),
+            "agent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already used"), "{err}");
+    assert!(!dir.join("again.pem").exists() && !dir.join("again.key").exists());
 }

@@ -136,6 +136,19 @@ pub struct AgentListener {
     pub listen: SocketAddr,
     /// The CA that issues agent certificates (`connector:NAME`).
     pub ca_file: PathBuf,
+    /// That CA's key: set, agents may enrol (a one-time token for a
+    /// certificate, `POST /api/v1/agents/enrol`).
+    pub enrol_ca_key: Option<PathBuf>,
+    /// How long an enrolled agent's certificate is valid.
+    pub enrol_validity: Duration,
+}
+
+/// How an agent without a certificate gets one.
+#[derive(Debug, Clone)]
+pub struct AgentEnrol {
+    /// The gateway's HTTPS URL.
+    pub url: String,
+    pub token: SecretRef,
 }
 
 /// A connection served by an agent: only its name, protocol and access
@@ -171,6 +184,8 @@ pub struct AgentConfig {
     pub gateways: Vec<GatewayAddress>,
     /// CA bundle that verifies the gateway.
     pub ca_file: PathBuf,
+    /// Exchange a one-time token for `cert`/`key` when they do not exist.
+    pub enrol: Option<AgentEnrol>,
     /// The agent's client certificate and key (`connector:NAME`).
     pub cert: PathBuf,
     pub key: PathBuf,

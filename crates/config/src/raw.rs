@@ -143,6 +143,10 @@ struct RawApprovals {
 struct RawAgentListener {
     listen: SocketAddr,
     ca_file: String,
+    /// The key of `ca_file`'s CA: with it, agents may exchange a one-time
+    /// enrolment token for their certificate.
+    enrol_ca_key: Option<String>,
+    enrol_validity: Option<String>,
 }
 
 /// `agent.toml`, the configuration of `portcullis agent`.
@@ -165,6 +169,17 @@ struct RawAgentSection {
     ca_file: String,
     cert: String,
     key: String,
+    enrol: Option<RawEnrol>,
+}
+
+/// Where and with what an agent without a certificate gets one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrol {
+    /// The gateway's HTTPS URL (its main listener).
+    url: String,
+    /// The one-time token, by reference (`file:`, `env:`).
+    token: String,
 }
 
 /// One gateway or several: with several gateways behind a load balancer,
@@ -238,9 +253,26 @@ impl AgentRoot {
                     .map_err(|e| invalid("demo.api_key", e))?,
             }),
         };
+        let enrol = match &a.enrol {
+            None => None,
+            Some(e) => {
+                if !e.url.starts_with("https://") {
+                    return Err(invalid(
+                        "agent.enrol.url",
+                        "must be the gateway's https:// URL",
+                    ));
+                }
+                Some(AgentEnrol {
+                    url: e.url.trim_end_matches('/').to_string(),
+                    token: SecretRef::parse(&e.token, base)
+                        .map_err(|err| invalid("agent.enrol.token", err))?,
+                })
+            }
+        };
         Ok(AgentConfig {
             source: Default::default(),
             gateways,
+            enrol,
             ca_file: base.join(&a.ca_file),
             cert: base.join(&a.cert),
             key: base.join(&a.key),
@@ -833,6 +865,11 @@ impl Root {
             Some(a) => Some(AgentListener {
                 listen: a.listen,
                 ca_file: path(&a.ca_file),
+                enrol_ca_key: a.enrol_ca_key.as_deref().map(path),
+                enrol_validity: duration(
+                    "agent_listener.enrol_validity",
+                    a.enrol_validity.as_deref().unwrap_or("90d"),
+                )?,
             }),
         };
 

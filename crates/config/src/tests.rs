@@ -456,6 +456,22 @@ credential = { header = "x-api-key", secret = "file:api-key" }
     assert!(e.contains("connections[0].agent"), "{e}");
     let e = bad(&format!("{head}surprise = 1\n"));
     assert!(e.contains("surprise"), "{e}");
+
+    // Enrolment: the gateway's https URL and a token by reference.
+    let enrol = |e: &str| format!("{head}enrol = {e}\n");
+    let c = AgentConfig::parse(
+        &enrol(r#"{ url = "https://gw.example.com:8443/", token = "file:enrol-token" }"#),
+        path,
+    )
+    .unwrap();
+    let e = c.enrol.unwrap();
+    assert_eq!(e.url, "https://gw.example.com:8443");
+    let err = bad(&enrol(r#"{ url = "http://gw:8443", token = "file:t" }"#));
+    assert!(err.contains("agent.enrol.url"), "{err}");
+    let err = bad(&enrol(
+        r#"{ url = "https://gw:8443", token = "pce_inline" }"#,
+    ));
+    assert!(err.contains("agent.enrol.token"), "{err}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod demo;
+pub mod enrol;
 mod listener;
 
 use std::net::SocketAddr;
@@ -102,6 +103,32 @@ impl RunningGateway {
 
 /// How often certificate files are checked for a rotation.
 pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Agent enrolment, when `[agent_listener]` names its CA's key.
+fn enrolment(
+    cfg: &Config,
+    store: &Store,
+    audit: &portcullis_audit::AuditLog,
+) -> Result<Option<enrol::Enrolment>, GatewayError> {
+    let Some(a) = &cfg.agent_listener else {
+        return Ok(None);
+    };
+    let Some(key) = &a.enrol_ca_key else {
+        return Ok(None);
+    };
+    let ca = portcullis_tls::CertificateAuthority::load(&a.ca_file, key).map_err(|source| {
+        GatewayError::Tls {
+            what: "the agent enrolment CA",
+            source,
+        }
+    })?;
+    Ok(Some(enrol::Enrolment {
+        ca: Arc::new(ca),
+        validity: a.enrol_validity,
+        store: store.clone(),
+        audit: audit.clone(),
+    }))
+}
 
 /// Reloads certificate files for the listeners: the server certificate
 /// (shared by all) and each listener's client CA bundle.
@@ -611,6 +638,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         mcp,
         sessions: sessions.clone(),
         domain: cfg.gateway.domain.clone(),
+        enrol: enrolment(cfg, &store, &audit)?,
     };
     tracker.spawn(listener::serve(
         l,

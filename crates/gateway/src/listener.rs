@@ -49,6 +49,8 @@ pub struct GatewayFront {
     pub mcp: portcullis_mcp::McpEndpoint,
     pub sessions: portcullis_audit::Sessions,
     pub domain: Option<String>,
+    /// Agent enrolment, when the agent listener's CA key is configured.
+    pub enrol: Option<crate::enrol::Enrolment>,
 }
 
 pub const MCP_PATH: &str = "/mcp";
@@ -62,6 +64,10 @@ impl Handler for GatewayFront {
                 .map(str::to_owned)
         });
         let path = req.uri().path().to_owned();
+        // Before authentication: the enrolment token is the credential.
+        if path == crate::enrol::ENROL_PATH {
+            return crate::enrol::handle(self.enrol.as_ref(), req).await;
+        }
         // A connection of type "mcp": the MCP proxy.
         let mcp_route =
             portcullis_http::route::route(host.as_deref(), &path, self.domain.as_deref())

@@ -388,6 +388,55 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Record a one-time enrolment token (its hash) for agent `agent`.
+    pub async fn insert_enrolment(
+        &self,
+        id: &str,
+        hash: &[u8],
+        agent: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "INSERT INTO enrolments (id, hash, agent, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(id)
+        .bind(hash)
+        .bind(agent)
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Use the enrolment token with `hash`: the agent it was made for
+    /// (with the token's id), once, and only before it expires. The
+    /// update is the check, so two gateways racing on one token cannot
+    /// both win.
+    pub async fn use_enrolment(
+        &self,
+        hash: &[u8],
+        now: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let done = sqlx::query(self.q("UPDATE enrolments SET used_at = ? \
+             WHERE hash = ? AND used_at IS NULL AND expires_at > ?"))
+        .bind(now)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(self.q("SELECT id, agent FROM enrolments WHERE hash = ?"))
+            .bind(hash)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some((row.try_get(0)?, row.try_get(1)?)))
+    }
+
     pub async fn is_cert_revoked(&self, fingerprint: &str) -> Result<bool, StoreError> {
         let n: i64 =
             sqlx::query_scalar(self.q("SELECT COUNT(*) FROM revoked_certs WHERE fingerprint = ?"))

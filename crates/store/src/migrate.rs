@@ -112,6 +112,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         last_seen INTEGER NOT NULL
     )",
     ),
+    // One-time tokens an agent exchanges for its certificate.
+    (
+        9,
+        "CREATE TABLE enrolments (
+        id TEXT PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    )",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -18,6 +18,7 @@ pub async fn run_all(store: &Store) {
     tool_pins(store).await;
     reviews_and_jit(store).await;
     revocation(store).await;
+    enrolments(store).await;
     audit_and_sessions(store).await;
 }
 
@@ -149,6 +150,33 @@ pub async fn revocation(store: &Store) {
     assert!(store.revoke_cert(&fp, Some("agent:x"), 1).await.unwrap());
     assert!(!store.revoke_cert(&fp, None, 2).await.unwrap());
     assert!(store.is_cert_revoked(&fp).await.unwrap());
+}
+
+pub async fn enrolments(store: &Store) {
+    let t = tag();
+    let (live, old) = (format!("live-{t}"), format!("old-{t}"));
+    store
+        .insert_enrolment(&format!("e1{t}"), live.as_bytes(), "dc1", 100, 200)
+        .await
+        .unwrap();
+    store
+        .insert_enrolment(&format!("e2{t}"), old.as_bytes(), "dc2", 100, 150)
+        .await
+        .unwrap();
+    // Expired: refused; unknown: refused; live: once.
+    assert_eq!(
+        store.use_enrolment(old.as_bytes(), 160).await.unwrap(),
+        None
+    );
+    assert_eq!(store.use_enrolment(b"nope", 160).await.unwrap(), None);
+    assert_eq!(
+        store.use_enrolment(live.as_bytes(), 160).await.unwrap(),
+        Some((format!("e1{t}"), "dc1".to_string()))
+    );
+    assert_eq!(
+        store.use_enrolment(live.as_bytes(), 161).await.unwrap(),
+        None
+    );
 }
 
 pub async fn audit_and_sessions(store: &Store) {

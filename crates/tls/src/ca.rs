@@ -62,7 +62,7 @@ impl CertificateAuthority {
         }
     }
 
-    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadKey {
@@ -126,43 +126,34 @@ impl CertificateAuthority {
         validity: std::time::Duration,
     ) -> Result<IssuedCert, TlsError> {
         let key = KeyPair::generate()?;
-        let mut params = match kind {
-            LeafKind::Server => CertificateParams::new(names.to_vec())?,
-            // A client's names are principals (`agent:ci`): carried as
-            // the CN and as a SPIFFE ID, never as DNS names.
-            LeafKind::Client => {
-                let mut p = CertificateParams::default();
-                for n in names {
-                    if let Some(id) = crate::client_cert::spiffe_id(n) {
-                        p.subject_alt_names
-                            .push(rcgen::SanType::URI(id.as_str().try_into()?));
-                    }
-                }
-                p
-            }
-        };
-        let mut dn = DistinguishedName::new();
-        if let Some(first) = names.first() {
-            dn.push(DnType::CommonName, first.as_str());
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match kind {
-            LeafKind::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            LeafKind::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::seconds(validity.as_secs() as i64);
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(kind, names, validity)?.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
 
+    /// Sign the public key of a certificate signing request (PEM; its
+    /// signature is checked, proving the requester holds the key) as a
+    /// leaf for `names`. Only the key is taken from the request: names,
+    /// usages and validity are the CA's to decide.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        kind: LeafKind,
+        names: &[String],
+        validity: std::time::Duration,
+    ) -> Result<String, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            TlsError::BadCertificate {
+                path: PathBuf::from("certificate signing request"),
+                reason: e.to_string(),
+            }
+        })?;
+        // (`check_request` is the same parse without the signing.)
+        let cert = leaf_params(kind, names, validity)?.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(cert.pem())
+    }
     /// Issue a leaf and write it as `<prefix>.pem` and `<prefix>.key` (the
     /// key 0600), replacing what is there.
     pub fn write_leaf(
@@ -225,7 +216,8 @@ fn read(path: &Path) -> Result<String, TlsError> {
     })
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Write a certificate (0644).
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     fs::write(path, bytes).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
@@ -234,7 +226,8 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 
 /// Write a file readable by its owner only, created with that mode so that
 /// there is no window in which it is world-readable.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Write a private key (0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     let wrap = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
@@ -249,6 +242,69 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     let mut f = opts.open(path).map_err(wrap)?;
     f.write_all(bytes).map_err(wrap)?;
     f.sync_all().map_err(wrap)
+}
+
+/// A new key pair and a certificate signing request for it (PEM): what an
+/// agent sends to enrol, keeping the key.
+pub fn key_and_request() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    let pem = csr.pem().map_err(|e| TlsError::BadCertificate {
+        path: PathBuf::from("certificate signing request"),
+        reason: e.to_string(),
+    })?;
+    Ok((key.serialize_pem(), pem))
+}
+
+/// Whether `csr_pem` is a certificate signing request whose signature
+/// matches its key (what [`CertificateAuthority::sign_request`] checks).
+pub fn check_request(csr_pem: &str) -> Result<(), TlsError> {
+    rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| TlsError::BadCertificate {
+            path: PathBuf::from("certificate signing request"),
+            reason: e.to_string(),
+        })
+}
+
+/// The parameters of a leaf for `names` (DNS names or IP addresses; for a
+/// client certificate the first name is also the common name).
+fn leaf_params(
+    kind: LeafKind,
+    names: &[String],
+    validity: std::time::Duration,
+) -> Result<CertificateParams, TlsError> {
+    let mut params = match kind {
+        LeafKind::Server => CertificateParams::new(names.to_vec())?,
+        // A client's names are principals (`agent:ci`): carried as
+        // the CN and as a SPIFFE ID, never as DNS names.
+        LeafKind::Client => {
+            let mut p = CertificateParams::default();
+            for n in names {
+                if let Some(id) = crate::client_cert::spiffe_id(n) {
+                    p.subject_alt_names
+                        .push(rcgen::SanType::URI(id.as_str().try_into()?));
+                }
+            }
+            p
+        }
+    };
+    let mut dn = DistinguishedName::new();
+    if let Some(first) = names.first() {
+        dn.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match kind {
+        LeafKind::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        LeafKind::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::seconds(validity.as_secs() as i64);
+    Ok(params)
 }
 
 #[cfg(test)]
@@ -328,6 +384,71 @@ mod tests {
             verifier
                 .verify_server_cert(&chain[0], &[], &wrong, &[], now)
                 .is_err()
+        );
+    }
+}
+
+#[cfg(test)]
+mod sign_request_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gets_the_cas_names_on_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        // The request asks for more than it may have; only its key counts.
+        let mut asked = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        asked.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = ca
+            .sign_request(
+                &csr,
+                LeafKind::Client,
+                &["connector:dc1".to_string()],
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let der = crate::config::parse_cert_chain(pem.as_bytes(), Path::new("x"))
+            .unwrap()
+            .remove(0);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        assert!(!cert.is_ca());
+        assert_eq!(
+            crate::client_cert::principal_name(&der, &[crate::CertName::Spiffe]).unwrap(),
+            "connector:dc1"
+        );
+        assert_eq!(
+            crate::client_cert::principal_name(&der, &[crate::CertName::CommonName]).unwrap(),
+            "connector:dc1"
+        );
+        assert!(crate::client_cert::principal_name(&der, &[crate::CertName::Dns]).is_err());
+
+        // A request whose signature does not match its key is refused.
+        let mut bad = csr.clone();
+        let at = bad.len() / 2;
+        bad.replace_range(at..at + 1, if &bad[at..at + 1] == "A" { "B" } else { "A" });
+        assert!(
+            ca.sign_request(
+                &bad,
+                LeafKind::Client,
+                &["connector:dc1".into()],
+                std::time::Duration::from_secs(60)
+            )
+            .is_err()
+        );
+        assert!(
+            ca.sign_request(
+                "junk",
+                LeafKind::Client,
+                &["connector:dc1".into()],
+                std::time::Duration::from_secs(60)
+            )
+            .is_err()
         );
     }
 }

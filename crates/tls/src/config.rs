@@ -15,6 +15,11 @@ pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsE
     parse_cert_chain(&read(path)?, path)
 }
 
+/// The certificates of a PEM text (a certificate just issued, say).
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    parse_cert_chain(pem, Path::new("PEM text"))
+}
+
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     parse_private_key(&read(path)?, path)

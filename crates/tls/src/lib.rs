@@ -17,12 +17,15 @@ mod record;
 mod reload;
 
 pub use accept::accept;
-pub use ca::{CertificateAuthority, IssuedCert, LeafKind};
+pub use ca::{
+    CertificateAuthority, IssuedCert, LeafKind, check_request, key_and_request, write_private,
+    write_public,
+};
 pub use client_ca::ReloadingClientCa;
 pub use client_cert::CertName;
 pub use config::{
     ClientCerts, client_config, client_config_with_cert, listener_config, load_cert_chain,
-    load_private_key, load_roots, server_config, sha256_hex, system_roots,
+    load_private_key, load_roots, pem_certificates, server_config, sha256_hex, system_roots,
 };
 pub use error::TlsError;
 pub use metrics::TlsMetrics;
