@@ -68,15 +68,8 @@ async fn enrol(
 ) -> anyhow::Result<()> {
     let token = e.token.resolve().map_err(anyhow::Error::msg)?;
     let (key_pem, csr) = portcullis_tls::key_and_request()?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in portcullis_tls::load_cert_chain(&cfg.ca_file)? {
-        roots.add(c)?;
-    }
-    let tls = portcullis_tls::client_config(&Default::default(), roots)?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(std::time::Duration::from_secs(20))
-        .build()?;
+    // Only the gateway's CA, as for the link itself.
+    let http = crate::login::https_client(portcullis_tls::load_roots(&cfg.ca_file, false)?)?;
     let url = format!("{}{}", e.url, portcullis_gateway::enrol::ENROL_PATH);
     let resp = http
         .post(&url)
@@ -202,17 +195,7 @@ pub(crate) async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<()>
         AgentsCommand::List(a) => a,
         AgentsCommand::Enrol(e) => return create_enrolment(cli, e).await,
     };
-    let mut roots = portcullis_tls::system_roots();
-    if let Some(ca) = &a.ca {
-        for c in portcullis_tls::load_cert_chain(ca)? {
-            roots.add(c)?;
-        }
-    }
-    let tls = portcullis_tls::client_config(&Default::default(), roots)?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
+    let http = crate::login::http(a.ca.as_ref())?;
     let url = format!("{}/agents", a.admin.trim_end_matches('/'));
     let v: serde_json::Value = http
         .get(&url)

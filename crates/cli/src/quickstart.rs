@@ -156,40 +156,14 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let env_path = dir.join("quickstart.env");
     let token = match reusable_token(&env_path, &store).await {
         Some(t) => t,
-        None => {
-            let (id, secret, _) =
-                crate::token_cmd::create(&store, PRINCIPAL, &["quickstart".to_string()], TOKEN_TTL)
-                    .await?;
-            eprintln!("created token {id} for {PRINCIPAL}");
-            crate::token_cmd::audit_admin(
-                &store,
-                &dir,
-                "token_created",
-                serde_json::json!({"token_id": id, "principal": PRINCIPAL, "by": "quickstart"}),
-            )
-            .await?;
-            secret
-        }
+        None => quickstart_token(&store, &dir, PRINCIPAL, "quickstart").await?,
     };
 
     // With a guarded connection: a person who may approve.
     let approver = if config.connection(PG_GUARDED).is_some() {
         Some(match reusable_approver(&env_path, &store).await {
             Some(t) => t,
-            None => {
-                let (id, secret, _) =
-                    crate::token_cmd::create(&store, APPROVER, &[APPROVERS.to_string()], TOKEN_TTL)
-                        .await?;
-                eprintln!("created token {id} for {APPROVER} (group {APPROVERS})");
-                crate::token_cmd::audit_admin(
-                    &store,
-                    &dir,
-                    "token_created",
-                    serde_json::json!({"token_id": id, "principal": APPROVER, "by": "quickstart"}),
-                )
-                .await?;
-                secret
-            }
+            None => quickstart_token(&store, &dir, APPROVER, APPROVERS).await?,
         })
     } else {
         None
@@ -590,4 +564,24 @@ fn write_env(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
     write_private(&tmp, text.as_bytes())?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// A token for `principal` in `group`, made (and audited) by the quickstart.
+async fn quickstart_token(
+    store: &portcullis_store::Store,
+    dir: &std::path::Path,
+    principal: &str,
+    group: &str,
+) -> anyhow::Result<String> {
+    let (id, secret, _) =
+        crate::token_cmd::create(store, principal, &[group.to_string()], TOKEN_TTL).await?;
+    eprintln!("created token {id} for {principal} (group {group})");
+    crate::token_cmd::audit_admin(
+        store,
+        dir,
+        "token_created",
+        serde_json::json!({"token_id": id, "principal": principal, "by": "quickstart"}),
+    )
+    .await?;
+    Ok(secret)
 }

@@ -68,17 +68,7 @@ impl Api {
             Some(t) if !t.is_empty() => t.clone(),
             _ => crate::login::token_for(&base).await?,
         };
-        let mut roots = portcullis_tls::system_roots();
-        if let Some(ca) = &c.ca {
-            for cert in portcullis_tls::load_cert_chain(ca)? {
-                roots.add(cert)?;
-            }
-        }
-        let tls = portcullis_tls::client_config(&Default::default(), roots)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
+        let http = crate::login::http(c.ca.as_ref())?;
         Ok(Self { base, token, http })
     }
 

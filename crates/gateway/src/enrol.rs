@@ -64,14 +64,14 @@ pub async fn handle(e: Option<&Enrolment>, req: Request<Incoming>) -> Response<B
             "POST a certificate signing request",
         );
     }
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| t.starts_with(TOKEN_PREFIX) && t.len() < 200)
-        .map(str::to_owned);
+    let token = portcullis_identity::token::bearer(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )
+    .ok()
+    .filter(|t| t.starts_with(TOKEN_PREFIX) && t.len() < 200)
+    .map(str::to_owned);
     let bytes: Bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await

@@ -65,7 +65,7 @@ struct PgInfo {
 
 /// An HTTP client trusting the system's roots (which honour
 /// `SSL_CERT_FILE`) plus `extra`.
-fn http(extra: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http(extra: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
     let mut roots = portcullis_tls::system_roots();
     if let Some(ca) = extra {
         for c in portcullis_tls::load_cert_chain(ca)? {
@@ -74,6 +74,11 @@ fn http(extra: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
                 .with_context(|| format!("adding {} to the trusted roots", ca.display()))?;
         }
     }
+    https_client(roots)
+}
+
+/// An HTTP client that trusts exactly `roots` (TLS only, our policy).
+pub(crate) fn https_client(roots: rustls::RootCertStore) -> anyhow::Result<reqwest::Client> {
     let tls = portcullis_tls::client_config(&Default::default(), roots)?;
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
