@@ -13,8 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_http::BodyState;
 use portcullis_link::{
-    Body, HDR_CONNECTION, HDR_LINK_ERROR, HDR_OP, HDR_PG_PARAMS, HDR_PG_PID, HDR_PG_SECRET, Hello,
-    RemoteError,
+    Body, HDR_CONNECTION, HDR_LINK_ERROR, HDR_OP, HDR_PG_ACCESS, HDR_PG_PARAMS, HDR_PG_PID,
+    HDR_PG_SECRET, Hello, RemoteError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -203,7 +203,13 @@ async fn open_pg(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default();
-    let session = match upstream.connect(&params).await {
+    // The gateway's mode for this connection; anything but an explicit
+    // read-write is read-only (fail closed).
+    let read_only = req
+        .headers()
+        .get(HDR_PG_ACCESS)
+        .is_none_or(|v| v.as_bytes() != b"read-write");
+    let session = match upstream.connect_as(&params, read_only).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%connection, error = %e, "target session failed");

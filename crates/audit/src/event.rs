@@ -38,6 +38,21 @@ pub enum AuditEvent {
         peer: String,
         reason: String,
     },
+    /// Something the caller sent inside an open session and the gateway
+    /// refused: evidence of what was tried. The statement itself is in
+    /// the session's recording; its digest binds the two.
+    StatementRefused {
+        session: String,
+        principal: String,
+        connection: String,
+        rule: String,
+        /// The class the gateway gave it (`write`, `unknown`, ...).
+        class: String,
+        /// SHA-256 of the statement as the caller sent it.
+        statement_sha256: String,
+        code: String,
+        reason: String,
+    },
     Admin {
         action: String,
         detail: serde_json::Value,

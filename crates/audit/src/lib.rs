@@ -17,7 +17,7 @@ use portcullis_store::{AuditRow, SessionRow, Store};
 
 pub use chain::{Checkpoint, Entry, Summary, VerifyError};
 pub use event::AuditEvent;
-pub use session::{Closing, OpenSession, Opening, Sessions};
+pub use session::{Closing, OpenSession, Opening, Refused, Sessions};
 
 const KEY_FILE: &str = "audit-signing.key";
 const PUB_FILE: &str = "audit-signing.pub";

@@ -146,7 +146,47 @@ impl Sessions {
     }
 }
 
+/// A statement refused inside a session (see [`OpenSession::refused`]).
+pub struct Refused<'a> {
+    pub principal: &'a str,
+    pub connection: &'a str,
+    pub rule: &'a str,
+    pub class: &'a str,
+    /// What the caller sent, as it sent it.
+    pub statement: &'a str,
+    pub code: &'a str,
+    pub reason: &'a str,
+}
+
 impl OpenSession {
+    /// Evidence of a refusal inside this session: the statement as the
+    /// caller sent it goes into the recording, and an audit entry names
+    /// the principal, connection, rule and the statement's digest.
+    pub async fn refused(&self, r: Refused<'_>) {
+        let _ = self.recorder.event(Event::Refused {
+            statement: r.statement.to_string(),
+            code: r.code.to_string(),
+            reason: r.reason.to_string(),
+        });
+        let digest = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            r.statement.as_bytes(),
+        ));
+        let e = AuditEvent::StatementRefused {
+            session: self.id.clone(),
+            principal: r.principal.to_string(),
+            connection: r.connection.to_string(),
+            rule: r.rule.to_string(),
+            class: r.class.to_string(),
+            statement_sha256: digest,
+            code: r.code.to_string(),
+            reason: r.reason.to_string(),
+        };
+        if let Err(err) = self.sessions.audit.append(&e).await {
+            tracing::error!(error = %err, "audit append failed for a refused statement");
+        }
+    }
+
     /// Finish the recording and seal its digest into the audit chain.
     pub async fn seal(self, c: Closing) {
         let _ = self.recorder.event(Event::SessionEnd {

@@ -206,6 +206,11 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
             Event::PgCommandComplete { tag } => writeln!(out, "{t} ({tag})")?,
             Event::PgError { code, message } => writeln!(out, "{t} ERROR {code}: {message}")?,
             Event::PgNotice { message } => writeln!(out, "{t} NOTICE: {message}")?,
+            Event::Refused {
+                statement,
+                code,
+                reason,
+            } => writeln!(out, "{t} REFUSED [{code}] {statement}\n{t}   {reason}")?,
         }
     }
     if !a.json {

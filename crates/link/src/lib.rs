@@ -34,6 +34,9 @@ pub const HDR_OP: &str = "portcullis-link-op";
 pub const HDR_CONNECTION: &str = "portcullis-connection";
 /// A PostgreSQL caller's startup parameters (JSON list of pairs).
 pub const HDR_PG_PARAMS: &str = "portcullis-pg-params";
+/// The access mode the gateway enforces for a PostgreSQL session
+/// (`read-only` or `read-write`): the agent enforces it on the target too.
+pub const HDR_PG_ACCESS: &str = "portcullis-pg-access";
 pub const HDR_PG_PID: &str = "portcullis-pg-pid";
 pub const HDR_PG_SECRET: &str = "portcullis-pg-secret";
 /// Set by the agent on an answer that is its own error (JSON

@@ -182,6 +182,7 @@ impl AgentRegistry {
         agent: &str,
         connection: &str,
         params: &[(String, String)],
+        read_only: bool,
     ) -> Result<TunnelStream, LinkError> {
         let params = serde_json::to_string(params).map_err(|e| remote(agent, &e.to_string()))?;
         let mut req = Request::builder()
@@ -191,6 +192,10 @@ impl AgentRegistry {
             .header(HDR_OP, "pg")
             .header(HDR_CONNECTION, header_value(connection)?)
             .header(HDR_PG_PARAMS, header_value(&params)?)
+            .header(
+                crate::HDR_PG_ACCESS,
+                if read_only { "read-only" } else { "read-write" },
+            )
             .body(empty())
             .map_err(|e| remote(agent, &e.to_string()))?;
         req.extensions_mut()

@@ -1,17 +1,29 @@
 //! Statement classification with a real SQL parser. Pure: SQL text in, a
-//! class out. When in doubt the answer is the stricter class, and text the
+//! class out.
+//!
+//! Prove, don't guess: a statement is a read only if its kind is on an
+//! allow-list *and* every function it calls is known to have no side
+//! effects. [`analyse`] returns the class the statement's kinds give and
+//! the calls still to be proven; the front proves them against the
+//! target's own catalog (`pg_proc.provolatile`, see [`crate::catalog`]) and
+//! [`Analysis::resolve`] combines the two. [`classify`] is the same without
+//! a catalog: only a short built-in list counts as proven there. Text the
 //! parser cannot read is `Unknown`, never a guess.
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, Statement, visit_expressions, visit_statements};
+use sqlparser::ast::{
+    BinaryOperator, CopyTarget, Expr, ObjectName, Query, Select, Statement, TableFactor, Visit,
+    Visitor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 /// What a statement can do, from least to most powerful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Class {
     /// Reads data, or only controls the session/transaction harmlessly.
+    #[default]
     Read,
     /// Changes data.
     Write,
@@ -19,7 +31,9 @@ pub enum Class {
     Ddl,
     /// Changes privileges, server state, or the session's safety settings.
     Admin,
-    /// The parser could not read it.
+    /// Not proven: the parser could not read it, or it runs code whose
+    /// effects the gateway cannot see (a volatile or unknown function, a
+    /// procedure, a prepared statement).
     Unknown,
 }
 
@@ -35,24 +49,140 @@ impl Class {
     }
 }
 
+/// A function a statement calls, by the name it was written with:
+/// lower-cased unless quoted, as PostgreSQL folds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Call {
+    /// The schema, when the call names one.
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// What the target's catalog says about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Every function the name can reach is immutable or stable (or a
+    /// volatile built-in known to be harmless).
+    Pure,
+    /// Some function the name can reach is volatile.
+    Volatile,
+    /// No function of that name is visible: not proven.
+    Missing,
+}
+
+/// A statement's class before its calls are proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// The class its kinds (and calls known by name) give.
+    pub class: Class,
+    /// Calls that still need a proof; the statement is no more than
+    /// `class` only if each is [`Proof::Pure`].
+    pub calls: Vec<Call>,
+}
+
+impl Analysis {
+    /// The statement's class once each call has a proof.
+    pub fn resolve(&self, mut proof: impl FnMut(&Call) -> Proof) -> Class {
+        if self.class == Class::Unknown {
+            return Class::Unknown;
+        }
+        if self.calls.iter().all(|c| proof(c) == Proof::Pure) {
+            self.class
+        } else {
+            Class::Unknown
+        }
+    }
+
+    /// Whether the catalog has anything to say.
+    pub fn needs_proof(&self) -> bool {
+        self.class != Class::Unknown && !self.calls.is_empty()
+    }
+}
+
 /// The class of the most powerful statement in `sql` (which may hold
-/// several, separated by semicolons).
+/// several, separated by semicolons), with only the built-in list of
+/// side-effect-free functions as proof. The front proves calls against the
+/// target's catalog instead ([`analyse`] + [`Analysis::resolve`]).
 pub fn classify(sql: &str) -> Class {
+    analyse(sql).resolve(|c| builtin_proof(c))
+}
+
+/// The proof the built-in list gives without a catalog: the common
+/// functions of `pg_catalog` that are immutable or stable there.
+pub fn builtin_proof(c: &Call) -> Proof {
+    let in_catalog = c.schema.as_deref().is_none_or(|s| s == "pg_catalog");
+    if in_catalog
+        && (BUILTIN_PURE.contains(&c.name.as_str()) || HARMLESS_VOLATILE.contains(&c.name.as_str()))
+    {
+        Proof::Pure
+    } else {
+        Proof::Missing
+    }
+}
+
+/// Every statement in `sql`, classified by kind, and the calls it makes
+/// that need a proof.
+pub fn analyse(sql: &str) -> Analysis {
     if sql.trim().trim_matches(';').trim().is_empty() {
-        return Class::Read;
+        return Analysis {
+            class: Class::Read,
+            calls: Vec::new(),
+        };
     }
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(stmts) => stmts
-            .iter()
-            .map(|s| match s {
-                // Plain EXPLAIN plans without running anything.
-                Statement::Explain { analyze: false, .. } => Class::Read,
-                _ => statement(s).max(nested(s)),
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Analysis {
+            class: Class::Unknown,
+            calls: Vec::new(),
+        };
+    };
+    let mut w = Walker::default();
+    for s in &stmts {
+        match s {
+            // Plain EXPLAIN plans without running anything (planning may
+            // fold immutable functions, which have no effects).
+            Statement::Explain { .. } if !explain_runs(s) => {}
+            Statement::Explain { statement, .. } => w.walk(statement),
+            _ => w.walk(s),
+        }
+    }
+    let mut calls: Vec<Call> = w.calls.into_iter().collect();
+    calls.sort();
+    Analysis {
+        class: w.class,
+        calls,
+    }
+}
+
+/// Whether an EXPLAIN executes its statement: `ANALYZE` in either
+/// spelling (`EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE[, …]) …`,
+/// `EXPLAIN (ANALYZE true) …`). Any ANALYZE option whose value is not
+/// plainly false counts.
+fn explain_runs(s: &Statement) -> bool {
+    let Statement::Explain {
+        analyze, options, ..
+    } = s
+    else {
+        return false;
+    };
+    if *analyze {
+        return true;
+    }
+    options.iter().flatten().any(|o| {
+        o.name.value.eq_ignore_ascii_case("analyze")
+            && !o.arg.as_ref().is_some_and(|a| {
+                let v = a.to_string().trim_matches('\'').to_ascii_lowercase();
+                matches!(v.as_str(), "false" | "off" | "0" | "no")
             })
-            .max()
-            .unwrap_or(Class::Read),
-        Err(_) => Class::Unknown,
-    }
+    })
 }
 
 /// Whether `sql` runs a statement prepared earlier (`EXECUTE name`):
@@ -85,34 +215,15 @@ fn mentions_guarded(s: &Statement) -> bool {
     GUARDED_SETTINGS.iter().any(|g| text.contains(g))
 }
 
+/// The class of one statement by its kind alone (what it nests is the
+/// walker's business).
 fn statement(s: &Statement) -> Class {
     use Statement as S;
     match s {
-        S::Query(q) => {
-            let text = q.to_string().to_ascii_lowercase();
-            // SELECT … INTO creates a table; FOR UPDATE/SHARE takes row locks.
-            if text.contains(" into ") && !text.contains("insert into") {
-                Class::Ddl
-            } else if !q.locks.is_empty()
-                || text.contains(" for update")
-                || text.contains(" for share")
-            {
-                Class::Write
-            } else {
-                Class::Read
-            }
-        }
-        S::Explain {
-            statement: inner,
-            analyze,
-            ..
-        } => {
-            if *analyze {
-                statement(inner)
-            } else {
-                Class::Read
-            }
-        }
+        // Locks and SELECT INTO are found where they are, in any
+        // (sub)query, by the walker.
+        S::Query(_) => Class::Read,
+        S::Explain { .. } => Class::Read,
         S::ExplainTable { .. }
         | S::ShowFunctions { .. }
         | S::ShowVariable { .. }
@@ -135,15 +246,9 @@ fn statement(s: &Statement) -> Class {
         | S::Discard { .. }
         | S::Deallocate { .. }
         | S::LISTEN { .. }
-        | S::UNLISTEN { .. } => Class::Read,
-        S::Declare { .. } => {
-            // A cursor is as powerful as its query.
-            if s.to_string().to_ascii_lowercase().contains("for update") {
-                Class::Write
-            } else {
-                Class::Read
-            }
-        }
+        | S::UNLISTEN { .. }
+        // A cursor is as powerful as its query, which the walker visits.
+        | S::Declare { .. } => Class::Read,
         S::StartTransaction { .. } | S::Set(_) | S::Reset(_) => {
             if mentions_guarded(s) {
                 Class::Admin
@@ -151,21 +256,23 @@ fn statement(s: &Statement) -> Class {
                 Class::Read
             }
         }
-        S::Copy { to, .. } => {
-            if *to {
-                Class::Read
-            } else {
-                Class::Write
-            }
-        }
+        // COPY TO STDOUT reads; to a file or a program it runs on the
+        // server's file system as the server (`admin`); FROM writes.
+        S::Copy { to, target, .. } => match (to, target) {
+            (true, CopyTarget::Stdout) => Class::Read,
+            (_, CopyTarget::File { .. } | CopyTarget::Program { .. }) => Class::Admin,
+            _ => Class::Write,
+        },
         S::Insert(_)
         | S::Update(_)
         | S::Delete(_)
         | S::Merge(_)
         | S::Truncate(_)
-        | S::Call(_)
         | S::Lock(_)
         | S::NOTIFY { .. } => Class::Write,
+        // A procedure's body is not visible here: judged like a volatile
+        // call, never by its text.
+        S::Call(_) => Class::Unknown,
         S::Prepare {
             statement: inner, ..
         } => statement(inner),
@@ -205,14 +312,15 @@ fn statement(s: &Statement) -> Class {
         | S::Comment { .. }
         | S::RefreshMaterializedView(_)
         | S::RenameTable(_) => Class::Ddl,
-        // Roles, grants, extensions, databases, vacuum, and everything not
-        // listed above: the strictest known class.
+        // Roles, grants, extensions, databases, vacuum, DO blocks and
+        // everything not listed above: the strictest known class.
         _ => Class::Admin,
     }
 }
 
 /// Functions that change server or session state even inside a read-only
-/// transaction (`set_config` could switch the read-only default off).
+/// transaction (`set_config` could switch the read-only default off), or
+/// reach the server's files: `admin` wherever they appear, in any schema.
 const ADMIN_FUNCTIONS: &[&str] = &[
     "set_config",
     "pg_terminate_backend",
@@ -234,116 +342,281 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "pg_advisory_xact_lock",
 ];
 
-/// The class implied by statements and function calls nested anywhere in
-/// `s` (data-modifying CTEs, `SELECT set_config(…)`).
-fn nested(s: &Statement) -> Class {
-    let mut worst = Class::Read;
-    let _ = visit_statements(s, |inner| {
-        if !std::ptr::eq(inner, s) && !matches!(inner, Statement::Query(_)) {
-            worst = worst.max(statement(inner));
+/// Functions the catalog calls stable although they run SQL handed to
+/// them as text, which the gateway never sees parsed: their volatility
+/// proves nothing about what they run.
+const RUNS_SQL_TEXT: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
+];
+
+/// Names the parser reports as function calls that PostgreSQL treats as
+/// syntax (no `pg_proc` entry, no user code), when written unquoted and
+/// unqualified.
+const SYNTAX_FUNCTIONS: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "current_catalog",
+    "current_schema",
+    "row",
+    "array",
+    "exists",
+    "grouping",
+];
+
+/// Volatile built-ins with no effect beyond the statement's own result.
+pub(crate) const HARMLESS_VOLATILE: &[&str] = &[
+    "random",
+    "random_normal",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "pg_sleep",
+    "currval",
+    "lastval",
+];
+
+/// Common immutable or stable functions of `pg_catalog`: the proof the
+/// pure [`classify`] accepts without a catalog.
+const BUILTIN_PURE: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "bool_and",
+    "bool_or",
+    "every",
+    "string_agg",
+    "array_agg",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "variance",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    "now",
+    "lower",
+    "upper",
+    "length",
+    "char_length",
+    "octet_length",
+    "substr",
+    "replace",
+    "concat",
+    "concat_ws",
+    "left",
+    "right",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "lpad",
+    "rpad",
+    "split_part",
+    "strpos",
+    "md5",
+    "abs",
+    "round",
+    "trunc",
+    "ceil",
+    "floor",
+    "mod",
+    "power",
+    "sqrt",
+    "date_trunc",
+    "date_part",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+    "to_number",
+    "age",
+    "generate_series",
+    "unnest",
+    "array_length",
+    "cardinality",
+    "jsonb_build_object",
+    "json_build_object",
+    "jsonb_build_array",
+    "json_build_array",
+    "to_json",
+    "to_jsonb",
+    "row_to_json",
+    "jsonb_array_elements",
+    "json_array_elements",
+    "jsonb_each",
+    "json_each",
+    "jsonb_typeof",
+    "json_typeof",
+    "format",
+    "pg_typeof",
+    "version",
+    "current_setting",
+    "pg_backend_pid",
+    "encode",
+    "decode",
+    "regexp_replace",
+    "regexp_match",
+    "regexp_matches",
+    "starts_with",
+    "initcap",
+    "reverse",
+    "repeat",
+    "translate",
+    "quote_ident",
+    "quote_literal",
+    "has_table_privilege",
+    "pg_get_viewdef",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_relation_size",
+    "pg_size_pretty",
+    "obj_description",
+    "col_description",
+    "format_type",
+    "pg_get_expr",
+    "pg_get_constraintdef",
+    "pg_get_indexdef",
+    "pg_get_userbyid",
+    "pg_table_is_visible",
+    "pg_get_function_arguments",
+    "pg_get_function_result",
+    "array_to_string",
+    "string_to_array",
+    "extract",
+    "make_interval",
+    "make_date",
+];
+
+/// Walks every statement, query, expression and table reference of a
+/// statement: the kinds it nests and the functions it calls, wherever
+/// they are (select list, FROM, joins, WHERE, CTEs, subqueries, VALUES,
+/// LATERAL, defaults).
+#[derive(Default)]
+struct Walker {
+    class: Class,
+    calls: std::collections::BTreeSet<Call>,
+}
+
+impl Walker {
+    fn walk(&mut self, s: &Statement) {
+        let _ = s.visit(self);
+    }
+
+    fn call(&mut self, name: &ObjectName, may_be_syntax: bool) {
+        let parts: Vec<(String, bool)> = name
+            .0
+            .iter()
+            .map(|p| match p.as_ident() {
+                Some(i) => match i.quote_style {
+                    Some(_) => (i.value.clone(), true),
+                    None => (i.value.to_lowercase(), false),
+                },
+                // A computed name part cannot be proven.
+                None => (String::new(), true),
+            })
+            .collect();
+        let Some((base, quoted)) = parts.last().cloned() else {
+            self.class = Class::Unknown;
+            return;
+        };
+        if base.is_empty() || parts.len() > 3 {
+            self.class = Class::Unknown;
+            return;
         }
-        ControlFlow::<()>::Continue(())
-    });
-    let _ = visit_expressions(s, |e| {
-        if let Expr::Function(f) = e {
-            let name = f.name.to_string().to_ascii_lowercase();
-            let base = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
-            if ADMIN_FUNCTIONS.contains(&base) {
-                worst = Class::Admin;
-            }
+        if ADMIN_FUNCTIONS.contains(&base.as_str()) {
+            self.class = self.class.max(Class::Admin);
+            return;
         }
-        ControlFlow::<()>::Continue(())
-    });
-    worst
+        if RUNS_SQL_TEXT.contains(&base.as_str()) {
+            self.class = Class::Unknown;
+            return;
+        }
+        if parts.len() == 1 && !quoted && may_be_syntax && SYNTAX_FUNCTIONS.contains(&base.as_str())
+        {
+            return;
+        }
+        let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].0.clone());
+        self.calls.insert(Call { schema, name: base });
+    }
+}
+
+impl Visitor for Walker {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        self.class = self.class.max(statement(s));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        // FOR UPDATE / SHARE take row locks: a write, wherever it is.
+        if !q.locks.is_empty() {
+            self.class = self.class.max(Class::Write);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        // SELECT … INTO creates a table.
+        if s.into.is_some() {
+            self.class = self.class.max(Class::Ddl);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        match t {
+            // `FROM f(…)`: a function in the FROM list is a call like any.
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => self.call(name, false),
+            TableFactor::Function { name, .. } => self.call(name, false),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Function(f) => self.call(&f.name, true),
+            // A user-defined operator runs its function: not proven here.
+            Expr::BinaryOp {
+                op: BinaryOperator::Custom(_) | BinaryOperator::PGCustomBinaryOperator(_),
+                ..
+            } => self.class = Class::Unknown,
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(sql: &str) -> Class {
-        classify(sql)
-    }
-
-    #[test]
-    fn reads() {
-        for sql in [
-            "SELECT 1",
-            "select abalance from pgbench_accounts where aid = $1",
-            "WITH x AS (SELECT 1) SELECT * FROM x",
-            "EXPLAIN DELETE FROM t",
-            "SHOW search_path",
-            "BEGIN",
-            "BEGIN READ ONLY",
-            "COMMIT",
-            "ROLLBACK",
-            "SET search_path TO public",
-            "SET application_name = 'x'",
-            "COPY t TO STDOUT",
-            "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)",
-            "",
-            " ; ",
-            "LISTEN chan",
-        ] {
-            assert_eq!(c(sql), Class::Read, "{sql}");
-        }
-    }
-
-    #[test]
-    fn writes() {
-        for sql in [
-            "INSERT INTO t VALUES (1)",
-            "UPDATE t SET a = 1",
-            "DELETE FROM t WHERE id = 1",
-            "COPY t FROM STDIN",
-            "SELECT * FROM t FOR UPDATE",
-            "TRUNCATE t",
-            "NOTIFY chan, 'x'",
-            "EXPLAIN ANALYZE DELETE FROM t",
-            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
-            "SELECT 1; DELETE FROM t",
-            "SELECT * FROM (WITH u AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM u) s",
-        ] {
-            assert!(c(sql) >= Class::Write, "{sql}: {:?}", c(sql));
-            assert_ne!(c(sql), Class::Read, "{sql}");
-        }
-    }
-
-    #[test]
-    fn ddl_and_admin() {
-        assert_eq!(c("CREATE TABLE t (a int)"), Class::Ddl);
-        assert_eq!(c("DROP TABLE t"), Class::Ddl);
-        assert_eq!(c("ALTER TABLE t ADD COLUMN b int"), Class::Ddl);
-        assert_eq!(c("SELECT * INTO t2 FROM t"), Class::Ddl);
-        assert_eq!(c("GRANT ALL ON t TO bob"), Class::Admin);
-        assert_eq!(c("SET default_transaction_read_only = off"), Class::Admin);
-        assert_eq!(
-            c("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"),
-            Class::Admin
-        );
-        assert_eq!(c("START TRANSACTION READ WRITE"), Class::Admin);
-        assert_eq!(c("SET ROLE postgres"), Class::Admin);
-        assert_eq!(c("RESET default_transaction_read_only"), Class::Admin);
-        assert_eq!(c("CREATE EXTENSION pgcrypto"), Class::Admin);
-        assert_eq!(
-            c("SELECT set_config('default_transaction_read_only', 'off', false)"),
-            Class::Admin
-        );
-        assert_eq!(
-            c("select pg_catalog.pg_terminate_backend(42)"),
-            Class::Admin
-        );
-        assert_eq!(c("SELECT count(*), max(a) FROM t"), Class::Read);
-    }
-
-    #[test]
-    fn unparseable_is_unknown() {
-        assert_eq!(c("SELEC 1"), Class::Unknown);
-        assert_eq!(c("DELETE FROM"), Class::Unknown);
-        assert_eq!(c("EXECUTE stmt(1)"), Class::Unknown);
-        assert!(executes_prepared("EXECUTE stmt(1)"));
-        assert!(executes_prepared("SELECT 1; EXECUTE stmt"));
-        assert!(!executes_prepared("SELECT 'EXECUTE stmt'"));
-        assert!(!executes_prepared("EXECUTE"));
-    }
-}
+mod tests;

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::classify::Class;
 use crate::frame::{FrameError, Message, Startup};
-use crate::inspect::{self, Inspector, Refusal, StatementRules};
+use crate::inspect::{self, Inspector, Refusal};
 use crate::io::{FrameReader, ReadError};
 use crate::messages::{self, sqlstate};
 use crate::upstream::{PgUpstream, SetupError, UpstreamSession};
@@ -142,9 +143,9 @@ impl Gate {
     /// must reach the target first.
     fn may_wait(&self, m: &Message) -> bool {
         match self.rule.mode {
-            portcullis_config::ApprovalMode::Session => matches!(m.tag, b'Q' | b'P'),
+            portcullis_config::ApprovalMode::Session => matches!(m.tag, b'Q' | b'P' | b'F'),
             portcullis_config::ApprovalMode::Statements => match m.tag {
-                b'Q' => true,
+                b'Q' | b'F' => true,
                 b'B' => {
                     messages::bind(&m.body).is_some_and(|b| self.held().get(&b.statement).is_some())
                 }
@@ -154,17 +155,54 @@ impl Gate {
         }
     }
 
-    /// The class under which `sql` needs approval, if it does.
-    fn needs_approval(&self, sql: &str) -> Option<&'static str> {
-        let class = crate::classify::classify(sql);
+    /// The class under which a statement of `class` needs approval, if
+    /// it does.
+    fn needs_approval(&self, class: Class) -> Option<&'static str> {
         if portcullis_approval::holds_statement(&self.rule, class.as_str()) {
             return Some(class.as_str());
         }
-        // EXECUTE runs whatever was prepared: held whenever anything is.
-        (class == crate::classify::Class::Unknown
-            && !self.rule.classes.is_empty()
-            && crate::classify::executes_prepared(sql))
-        .then_some("execute")
+        // What is not proven (a volatile function, EXECUTE of whatever was
+        // prepared, a procedure) may do anything: held whenever anything is.
+        (class == Class::Unknown && !self.rule.classes.is_empty()).then_some(class.as_str())
+    }
+}
+
+/// What one session's relay and statement rules work with.
+#[derive(Clone, Copy)]
+struct SessionCtx<'a> {
+    connection: &'a str,
+    principal: &'a Principal,
+    /// The grant that admitted the session.
+    rule: &'a str,
+    upstream: &'a PgUpstream,
+    open: &'a portcullis_audit::OpenSession,
+    gate: Option<&'a Gate>,
+    bytes: &'a (AtomicU64, AtomicU64),
+    /// Whether masking rules apply to this session.
+    masked: bool,
+}
+
+/// A statement's proven class, and (for a fast-path call) the function's
+/// name as the target knows it.
+struct Checked {
+    class: Class,
+    name: String,
+}
+
+/// What the caller sent, for the evidence of a refusal.
+fn sent_text(m: &Message) -> String {
+    match m.tag {
+        b'Q' => messages::query_text(m).unwrap_or_default(),
+        b'P' => messages::parse_text(m).map(|(_, s)| s).unwrap_or_default(),
+        b'B' => messages::bind(&m.body).map_or_else(String::new, |b| {
+            format!(
+                "-- Bind of prepared statement \"{}\" with {} parameter(s)",
+                b.statement,
+                b.params.len()
+            )
+        }),
+        b'F' => format!("-- fast-path function call: \\x{}", hex::encode(&m.body)),
+        t => format!("-- message '{}'", t.escape_ascii()),
     }
 }
 
@@ -709,11 +747,9 @@ impl Inner {
         messages::backend_key_data(pid, secret).encode(&mut hello);
         messages::ready_for_query(up.status).encode(&mut hello);
         let result = if w.write_all(&hello).await.is_ok() && w.flush().await.is_ok() {
-            let mut chain: Vec<Box<dyn Inspector>> = vec![Box::new(StatementRules {
-                connection: connection.clone(),
-                read_only: upstream.read_only,
-            })];
-            if let Some(rule) = self.masks.select(&connection, &principal.groups) {
+            let mut chain: Vec<Box<dyn Inspector>> = Vec::new();
+            let masks = self.masks.select(&connection, &principal.groups);
+            if let Some(rule) = masks {
                 chain.push(Box::new(
                     crate::masking::MaskInspector::new(rule.clone(), &connection)
                         .with_metrics(self.mask_metrics.clone())
@@ -721,22 +757,21 @@ impl Inner {
                 ));
             }
             // Last: the recording holds what the caller saw.
-            chain.push(Box::new(crate::recording::RecordInspector::new(
-                recorder.clone(),
-            )));
-            let (label, reusable) = self
-                .relay(
-                    reader,
-                    w,
-                    up,
-                    chain,
-                    &connection,
-                    &principal,
-                    upstream.reuse(),
-                    &bytes,
-                    gate.as_ref(),
-                )
-                .await;
+            chain.push(Box::new(
+                crate::recording::RecordInspector::new(recorder.clone())
+                    .skipping(format!("portcullis_refused_{}_", self.nonce)),
+            ));
+            let ctx = SessionCtx {
+                connection: &connection,
+                principal: &principal,
+                rule: &rule,
+                upstream: &upstream,
+                open: &open,
+                gate: gate.as_ref(),
+                bytes: &bytes,
+                masked: masks.is_some(),
+            };
+            let (label, reusable) = self.relay(reader, w, up, chain, &ctx).await;
             if let Some(session) = reusable {
                 upstream.checkin(&params, session).await;
             }
@@ -763,23 +798,26 @@ impl Inner {
     /// ended, and the upstream session when it can serve another caller
     /// (the caller said goodbye with nothing in flight and no transaction
     /// open).
-    #[allow(clippy::too_many_arguments)]
     async fn relay<R, W>(
         &self,
         mut caller_r: FrameReader<R>,
         caller_w: W,
         up: UpstreamSession,
         chain: Vec<Box<dyn Inspector>>,
-        connection: &str,
-        principal: &Principal,
-        reuse: bool,
-        bytes: &(AtomicU64, AtomicU64),
-        gate: Option<&Gate>,
+        ctx: &SessionCtx<'_>,
     ) -> (&'static str, Option<UpstreamSession>)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let SessionCtx {
+            connection,
+            principal,
+            gate,
+            bytes,
+            ..
+        } = *ctx;
+        let reuse = ctx.upstream.reuse();
         let UpstreamSession {
             reader: mut up_r,
             writer: mut up_w,
@@ -815,8 +853,14 @@ impl Inner {
                 let mut terminate = false;
                 while let Some(m) = next.take() {
                     let tag = m.tag;
-                    let gated = match gate {
-                        Some(g) => {
+                    let checked = self.check(ctx, &m).await;
+                    let class = checked
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| c.as_ref().map(|c| c.class));
+                    let gated = match (checked, gate) {
+                        (Err(refusal), _) => Err(refusal),
+                        (Ok(checked), Some(g)) => {
                             // What was batched before goes first: only
                             // this statement waits.
                             if g.may_wait(&m) && !out.is_empty() {
@@ -828,9 +872,9 @@ impl Inner {
                                 }
                                 out.clear();
                             }
-                            self.gate(g, &m, &caller_w).await
+                            self.gate(g, &m, checked.as_ref(), &caller_w).await
                         }
-                        None => Ok(m.clone()),
+                        (Ok(_), None) => Ok(m.clone()),
                     };
                     let verdict = match gated {
                         Err(refusal) => Ok(Err(refusal)),
@@ -855,6 +899,19 @@ impl Inner {
                                 reason = %refusal.message,
                                 "statement refused"
                             );
+                            // Refusals are evidence: what the caller sent,
+                            // in the recording and the audit chain.
+                            ctx.open
+                                .refused(portcullis_audit::Refused {
+                                    principal: &principal.subject,
+                                    connection,
+                                    rule: ctx.rule,
+                                    class: class.map_or("-", Class::as_str),
+                                    statement: &sent_text(&m),
+                                    code: refusal.code,
+                                    reason: &refusal.message,
+                                })
+                                .await;
                             let marker = pending
                                 .lock()
                                 .map(|mut p| p.push(&self.nonce, refusal))
@@ -1024,6 +1081,69 @@ impl Inner {
 }
 
 impl Inner {
+    /// The statement rules' half that needs no person: prove the class of
+    /// what `m` carries (Query, Parse, FunctionCall) and apply the
+    /// read-only rule. `None`: no rule of this session looks at `m`.
+    async fn check(&self, ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
+        let up = ctx.upstream;
+        let gated = ctx
+            .gate
+            .is_some_and(|g| g.rule.mode == portcullis_config::ApprovalMode::Statements);
+        if !matches!(m.tag, b'Q' | b'P' | b'F') || !(up.read_only || gated || ctx.masked) {
+            return Ok(None);
+        }
+        let unproven = |e: crate::catalog::ProofError| Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: connection \"{}\": the statement could not be proven free of side effects ({e}), so it was refused",
+                ctx.connection
+            ),
+        };
+        let checked = match m.tag {
+            b'F' if ctx.masked => {
+                // Its result is not a row the masker can read.
+                return Err(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: format!(
+                        "portcullis: connection \"{}\" masks results: fast-path function calls are refused",
+                        ctx.connection
+                    ),
+                });
+            }
+            _ if !(up.read_only || gated) => return Ok(None),
+            b'F' => match messages::function_call_oid(m) {
+                Some(oid) => {
+                    let (class, name) = up.function_class(oid).await.map_err(unproven)?;
+                    Checked { class, name }
+                }
+                None => Checked {
+                    class: Class::Unknown,
+                    name: "?".into(),
+                },
+            },
+            _ => {
+                let sql = match m.tag {
+                    b'Q' => messages::query_text(m),
+                    _ => messages::parse_text(m).map(|(_, s)| s),
+                };
+                let class = match sql {
+                    Some(sql) => up.classify(&sql).await.map_err(unproven)?,
+                    None => Class::Unknown,
+                };
+                Checked {
+                    class,
+                    name: String::new(),
+                }
+            }
+        };
+        if up.read_only
+            && let Some(r) = inspect::read_only(ctx.connection, checked.class)
+        {
+            return Err(r);
+        }
+        Ok(Some(checked))
+    }
+
     /// Just-in-time access: a live grant, or a person's yes now.
     async fn just_in_time<W: AsyncWrite + Unpin>(
         &self,
@@ -1077,13 +1197,14 @@ impl Inner {
         &self,
         g: &Gate,
         m: &Message,
+        checked: Option<&Checked>,
         caller_w: &tokio::sync::Mutex<W>,
     ) -> Result<Message, Refusal> {
         use portcullis_config::ApprovalMode;
         match g.rule.mode {
             ApprovalMode::None => return Ok(m.clone()),
             ApprovalMode::Session => {
-                if matches!(m.tag, b'Q' | b'P') {
+                if matches!(m.tag, b'Q' | b'P' | b'F') {
                     self.hold_session(g, caller_w).await?;
                 }
                 return Ok(m.clone());
@@ -1093,9 +1214,24 @@ impl Inner {
         match m.tag {
             b'Q' => {
                 if let Some(sql) = messages::query_text(m)
-                    && let Some(class) = g.needs_approval(&sql)
+                    && let Some(class) = checked.and_then(|c| g.needs_approval(c.class))
                 {
                     self.hold(g, &sql, class, caller_w).await?;
+                }
+                Ok(m.clone())
+            }
+            // A fast-path call is held like the statement that would call
+            // it, its arguments part of the action.
+            b'F' => {
+                if let Some(c) = checked
+                    && let Some(class) = g.needs_approval(c.class)
+                {
+                    let action = format!(
+                        "-- fast-path function call\n{}(...) -- message: \\x{}",
+                        c.name,
+                        hex::encode(&m.body)
+                    );
+                    self.hold(g, &action, class, caller_w).await?;
                 }
                 Ok(m.clone())
             }
@@ -1104,7 +1240,7 @@ impl Inner {
                 let Some((name, sql)) = messages::parse_text(m) else {
                     return Ok(m.clone());
                 };
-                match g.needs_approval(&sql) {
+                match checked.and_then(|c| g.needs_approval(c.class)) {
                     None => {
                         g.held().forget(&name);
                         Ok(m.clone())

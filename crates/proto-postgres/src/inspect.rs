@@ -1,10 +1,12 @@
 //! The inspector chain: every message crossing a session passes through
-//! it, in order. Statement rules live here now; masking (DataRow cells)
-//! and recording plug in as further inspectors.
+//! it, in order: masking (DataRow cells) and recording are inspectors.
+//! The statement rules (read-only, approvals) are decided just before the
+//! chain, because proving a statement may need the target's catalog
+//! (`front.rs`); [`read_only`] is their pure half.
 
-use crate::classify::{Class, classify};
+use crate::classify::Class;
 use crate::frame::Message;
-use crate::messages::{self, sqlstate};
+use crate::messages::sqlstate;
 
 /// A refusal, said to the caller as an ErrorResponse in protocol order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,57 +37,21 @@ pub trait Inspector: Send {
     }
 }
 
-/// Per-connection statement rules (`access = "read-only"`).
-pub struct StatementRules {
-    pub connection: String,
-    pub read_only: bool,
-}
-
-impl StatementRules {
-    fn check(&self, sql: &str) -> Verdict {
-        let class = classify(sql);
-        if class == Class::Read {
-            return Verdict::Pass;
-        }
-        let what = match class {
-            Class::Unknown => "a statement that could not be parsed".to_string(),
-            c => format!("a {} statement", c.as_str()),
-        };
-        Verdict::Refuse(Refusal {
-            code: sqlstate::INSUFFICIENT_PRIVILEGE,
-            message: format!(
-                "portcullis: connection \"{}\" is read-only (rule access = \"read-only\"): {what} was refused",
-                self.connection
-            ),
-        })
-    }
-}
-
-impl Inspector for StatementRules {
-    fn frontend(&mut self, msg: &Message) -> Verdict {
-        if !self.read_only {
-            return Verdict::Pass;
-        }
-        match msg.tag {
-            b'Q' => match messages::query_text(msg) {
-                Some(sql) => self.check(&sql),
-                None => self.check("\u{0}"),
-            },
-            b'P' => match messages::parse_text(msg) {
-                Some((_, sql)) => self.check(&sql),
-                None => self.check("\u{0}"),
-            },
-            // The fast-path function call can run anything.
-            b'F' => Verdict::Refuse(Refusal {
-                code: sqlstate::INSUFFICIENT_PRIVILEGE,
-                message: format!(
-                    "portcullis: connection \"{}\" is read-only: function calls are refused",
-                    self.connection
-                ),
-            }),
-            _ => Verdict::Pass,
-        }
-    }
+/// The read-only rule (`access = "read-only"`): only a statement proven
+/// to be a read passes (see [`crate::classify`]); anything else is
+/// refused, naming the rule.
+pub fn read_only(connection: &str, class: Class) -> Option<Refusal> {
+    let what = match class {
+        Class::Read => return None,
+        Class::Unknown => "a statement that could not be proven free of side effects".to_string(),
+        c => format!("a {} statement", c.as_str()),
+    };
+    Some(Refusal {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "portcullis: connection \"{connection}\" is read-only (rule access = \"read-only\"): {what} was refused"
+        ),
+    })
 }
 
 /// Run `msg` through the chain; the first non-pass verdict wins, and a
@@ -117,37 +83,23 @@ pub fn backend(chain: &mut [Box<dyn Inspector>], msg: Message) -> Result<Message
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rules(read_only: bool) -> Vec<Box<dyn Inspector>> {
-        vec![Box::new(StatementRules {
-            connection: "db".into(),
-            read_only,
-        })]
-    }
+    use crate::classify::classify;
 
     #[test]
-    fn read_only_refuses_writes_and_ddl_naming_the_rule() {
-        let mut c = rules(true);
-        assert!(frontend(&mut c, messages::query("select 1")).is_ok());
-        let r = frontend(&mut c, messages::query("DELETE FROM t")).unwrap_err();
+    fn read_only_refuses_all_but_proven_reads_naming_the_rule() {
+        assert!(read_only("db", classify("select 1")).is_none());
+        let r = read_only("db", classify("DELETE FROM t")).unwrap();
         assert_eq!(r.code, "42501");
         assert!(
             r.message.contains("read-only") && r.message.contains("write"),
             "{}",
             r.message
         );
-        let r = frontend(&mut c, messages::parse("CREATE TABLE x (a int)")).unwrap_err();
+        let r = read_only("db", classify("CREATE TABLE x (a int)")).unwrap();
         assert!(r.message.contains("ddl"), "{}", r.message);
-        let r = frontend(&mut c, messages::query("SELEC garbage")).unwrap_err();
-        assert!(r.message.contains("could not be parsed"), "{}", r.message);
-        assert!(frontend(&mut c, Message::new(b'F', &b"\0\0\0\0"[..])).is_err());
-        // Other messages pass.
-        assert!(frontend(&mut c, Message::new(b'S', &b""[..])).is_ok());
-    }
-
-    #[test]
-    fn read_write_passes_everything() {
-        let mut c = rules(false);
-        assert!(frontend(&mut c, messages::query("DROP TABLE t")).is_ok());
+        let r = read_only("db", classify("SELEC garbage")).unwrap();
+        assert!(r.message.contains("could not be proven"), "{}", r.message);
+        let r = read_only("db", classify("SELECT purge(1)")).unwrap();
+        assert!(r.message.contains("could not be proven"), "{}", r.message);
     }
 }

@@ -3,6 +3,7 @@
 //! connection. The upstream half ([`PgUpstream`]) holds the target's
 //! credential. Between them every message passes the inspector chain.
 
+pub mod catalog;
 pub mod classify;
 pub mod frame;
 mod front;

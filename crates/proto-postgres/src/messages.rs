@@ -171,6 +171,12 @@ pub fn parse_text(m: &Message) -> Option<(String, String)> {
     Some((name, sql))
 }
 
+/// The function OID a fast-path FunctionCall (`F`) names.
+pub fn function_call_oid(m: &Message) -> Option<u32> {
+    let b: [u8; 4] = m.body.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
 /// A startup packet (untagged) with these parameters.
 pub fn startup(params: &[(&str, &str)]) -> Bytes {
     let mut body = BytesMut::new();
@@ -323,6 +329,13 @@ pub fn statement_message(tag: u8, name: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_call_oid_reads_the_first_field_only() {
+        let m = Message::new(b'F', &[0u8, 0, 0x0b, 0xb8, 0, 1, 0, 0][..]);
+        assert_eq!(function_call_oid(&m), Some(3000));
+        assert_eq!(function_call_oid(&Message::new(b'F', &[0u8, 1][..])), None);
+    }
 
     #[test]
     fn error_fields_round_trip() {

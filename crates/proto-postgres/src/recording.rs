@@ -9,11 +9,48 @@ use crate::messages::{self, sqlstate};
 
 pub struct RecordInspector {
     recorder: Recorder,
+    /// The gateway's placeholder names for refused statements: the
+    /// relay records what the caller sent instead of the stand-in.
+    placeholder: Option<String>,
 }
 
 impl RecordInspector {
     pub fn new(recorder: Recorder) -> Self {
-        Self { recorder }
+        Self {
+            recorder,
+            placeholder: None,
+        }
+    }
+
+    /// Skip the stand-ins named with `marker` (unguessable: it carries the
+    /// gateway's nonce, so a caller cannot hide its own statements).
+    pub fn skipping(mut self, marker: String) -> Self {
+        self.placeholder = Some(marker);
+        self
+    }
+
+    fn is_stand_in(&self, msg: &Message) -> bool {
+        let Some(marker) = &self.placeholder else {
+            return false;
+        };
+        let mut b = &msg.body[..];
+        match msg.tag {
+            b'Q' => b
+                .strip_prefix(b"SELECT ".as_slice())
+                .is_some_and(|r| r.starts_with(marker.as_bytes())),
+            b'P' | b'B' => {
+                if take_cstr(&mut b).is_none() {
+                    return false;
+                }
+                let b = if msg.tag == b'P' {
+                    b.strip_prefix(b"SELECT ".as_slice()).unwrap_or(&[])
+                } else {
+                    b
+                };
+                b.starts_with(marker.as_bytes())
+            }
+            _ => false,
+        }
     }
 
     fn record(&self, e: Option<Event>) -> Verdict {
@@ -114,6 +151,9 @@ fn backend_event(msg: &Message) -> Option<Event> {
 
 impl Inspector for RecordInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
+        if self.is_stand_in(msg) {
+            return Verdict::Pass;
+        }
         self.record(frontend_event(msg))
     }
 

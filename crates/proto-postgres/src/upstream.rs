@@ -111,6 +111,8 @@ pub struct PgUpstream {
     idle: std::sync::Mutex<Vec<Idle>>,
     /// Served through an agent: (agent name, the gateway's links).
     via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
+    /// Proofs about the target's functions, for the statement rules.
+    catalog: crate::catalog::Catalog,
 }
 
 /// An upstream session waiting for its next caller.
@@ -205,6 +207,7 @@ impl PgUpstream {
             reuse: t.reuse,
             idle: std::sync::Mutex::new(Vec::new()),
             via: None,
+            catalog: Default::default(),
         })
     }
 
@@ -230,6 +233,7 @@ impl PgUpstream {
             reuse: false,
             idle: std::sync::Mutex::new(Vec::new()),
             via: Some((t.agent.clone(), links)),
+            catalog: Default::default(),
         }
     }
 
@@ -242,6 +246,35 @@ impl PgUpstream {
         self.reuse
     }
 
+    /// The class of `sql`, its function calls proven against the target's
+    /// own catalog (see [`crate::catalog`]).
+    pub async fn classify(
+        &self,
+        sql: &str,
+    ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
+        let a = crate::classify::analyse(sql);
+        let class = self.catalog.resolve(&a, || self.connect(&[])).await?;
+        if class >= crate::classify::Class::Ddl {
+            // It may change what the catalog says.
+            self.catalog.forget();
+        }
+        Ok(class)
+    }
+
+    /// The class of a fast-path call ('F') of function `oid`, and the
+    /// function's name as the target knows it.
+    pub async fn function_class(
+        &self,
+        oid: u32,
+    ) -> Result<(crate::classify::Class, String), crate::catalog::ProofError> {
+        let row = self.catalog.function(oid, || self.connect(&[])).await?;
+        let name = row.as_ref().map_or_else(
+            || format!("oid {oid}"),
+            |r| format!("{}.{}", r.schema, r.name),
+        );
+        Ok((crate::catalog::function_call_class(row.as_ref()), name))
+    }
+
     /// The caller's parameters that reach the target, normalised: sessions
     /// are only reused between callers with the same ones.
     fn passed(caller_params: &[(String, String)]) -> Vec<(String, String)> {
@@ -252,6 +285,17 @@ impl PgUpstream {
             .collect();
         v.sort();
         v
+    }
+
+    /// What an idle session is kept under: the caller's parameters and
+    /// the mode it was opened in (a read-write session never serves a
+    /// read-only open).
+    fn key(caller_params: &[(String, String)], read_only: bool) -> Vec<(String, String)> {
+        let mut k = Self::passed(caller_params);
+        if read_only {
+            k.push(("portcullis.read_only".into(), "on".into()));
+        }
+        k
     }
 
     /// An idle session for these parameters that is still alive.
@@ -309,7 +353,7 @@ impl PgUpstream {
                 idle.remove(0);
             }
             idle.push(Idle {
-                key: Self::passed(caller_params),
+                key: Self::key(caller_params, self.read_only),
                 session,
                 since: std::time::Instant::now(),
             });
@@ -358,8 +402,20 @@ impl PgUpstream {
         &self,
         caller_params: &[(String, String)],
     ) -> Result<UpstreamSession, UpstreamError> {
+        self.connect_as(caller_params, self.read_only).await
+    }
+
+    /// [`Self::connect`], read-only on the target if `read_only` or this
+    /// connection's own mode says so: an agent enforces the mode the
+    /// gateway sends as well as its own, whichever is stricter.
+    pub async fn connect_as(
+        &self,
+        caller_params: &[(String, String)],
+        read_only: bool,
+    ) -> Result<UpstreamSession, UpstreamError> {
+        let read_only = read_only || self.read_only;
         if self.reuse
-            && let Some(s) = self.checkout(&Self::passed(caller_params)).await
+            && let Some(s) = self.checkout(&Self::key(caller_params, read_only)).await
         {
             tracing::debug!(connection = %self.name, "reusing an upstream session");
             return Ok(s);
@@ -372,7 +428,7 @@ impl PgUpstream {
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?;
         }
-        tokio::time::timeout(self.timeout, self.connect_inner(caller_params))
+        tokio::time::timeout(self.timeout, self.connect_inner(caller_params, read_only))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
     }
@@ -385,7 +441,7 @@ impl PgUpstream {
     ) -> Result<UpstreamSession, UpstreamError> {
         let passed: Vec<(String, String)> = Self::passed(caller_params);
         let io = links
-            .open_pg(agent, &self.name, &passed)
+            .open_pg(agent, &self.name, &passed, self.read_only)
             .await
             .map_err(|e| self.link_error(e))?;
         let stream: BoxStream = Box::new(io);
@@ -420,6 +476,7 @@ impl PgUpstream {
     async fn connect_inner(
         &self,
         caller_params: &[(String, String)],
+        read_only: bool,
     ) -> Result<UpstreamSession, UpstreamError> {
         let stream = self.dial().await?;
         let (r, mut w) = tokio::io::split(stream);
@@ -432,7 +489,7 @@ impl PgUpstream {
                 params.push((k, v));
             }
         }
-        if self.read_only {
+        if read_only {
             // Belt and braces: the target refuses writes too.
             params.push(("default_transaction_read_only", "on"));
         }

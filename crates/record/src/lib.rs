@@ -120,6 +120,13 @@ pub enum Event {
     PgNotice {
         message: String,
     },
+    /// Something the caller sent that the gateway refused, as it was sent
+    /// (the target saw a placeholder, or nothing).
+    Refused {
+        statement: String,
+        code: String,
+        reason: String,
+    },
     SessionEnd {
         outcome: String,
     },

@@ -1,0 +1,331 @@
+//! Proofs from the target's own catalog: whether the functions a
+//! statement calls are free of side effects (`pg_proc.provolatile`).
+//!
+//! Looked up on a session of the gateway's own (never the caller's, whose
+//! pipeline may be mid-flight), cached per connection for a bounded time,
+//! and forgotten when a statement that may change the schema passes.
+//!
+//! Names are resolved conservatively instead of through the caller's
+//! `search_path`: an unqualified name stands for every function of that
+//! name in every schema, and if any of them is volatile, the call is. A
+//! caller who moves `pg_catalog` behind a schema of its own therefore
+//! gains nothing.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::classify::{self, Analysis, Call, Class, Proof};
+use crate::upstream::{UpstreamError, UpstreamSession};
+
+/// How long a proof is trusted: a function replaced outside the gateway
+/// is seen again after this long at most.
+const TTL: Duration = Duration::from_secs(30);
+/// Entries kept per connection before the cache starts over.
+const MAX_ENTRIES: usize = 4096;
+
+/// One function the catalog knows under a name or OID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcRow {
+    pub schema: String,
+    pub name: String,
+    /// `i` immutable, `s` stable, `v` volatile.
+    pub volatility: u8,
+}
+
+/// Why a statement could not be proven: it is refused (or held), never
+/// let through.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error("the target's catalog could not be read: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Name(String),
+    Oid(u32),
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    /// The gateway's own session for look-ups; opened on first use and
+    /// again after an error.
+    session: tokio::sync::Mutex<Option<UpstreamSession>>,
+    cache: std::sync::Mutex<HashMap<Key, (Vec<ProcRow>, Instant)>>,
+}
+
+/// Whether `rows` (every function a call's name can reach) prove `call`
+/// free of side effects.
+pub fn prove(call: &Call, rows: &[ProcRow]) -> Proof {
+    if call
+        .schema
+        .as_deref()
+        .is_some_and(|s| s.starts_with("pg_temp"))
+    {
+        // Another session's temporary functions are not what the caller's
+        // session would reach.
+        return Proof::Missing;
+    }
+    let reachable: Vec<&ProcRow> = rows
+        .iter()
+        .filter(|r| r.name == call.name && call.schema.as_ref().is_none_or(|s| *s == r.schema))
+        .collect();
+    if reachable.is_empty() {
+        return Proof::Missing;
+    }
+    if reachable.iter().all(|r| pure_row(r)) {
+        Proof::Pure
+    } else {
+        Proof::Volatile
+    }
+}
+
+fn pure_row(r: &ProcRow) -> bool {
+    r.volatility != b'v'
+        || (r.schema == "pg_catalog" && classify::HARMLESS_VOLATILE.contains(&r.name.as_str()))
+}
+
+/// The class of a fast-path function call ('F') to the function `row`
+/// (`None`: no such function).
+pub fn function_call_class(row: Option<&ProcRow>) -> Class {
+    let Some(r) = row else {
+        return Class::Unknown;
+    };
+    let call = Call {
+        schema: Some(r.schema.clone()),
+        name: r.name.clone(),
+    };
+    // The name decides first (set_config is admin wherever it is), then
+    // the catalog.
+    let named = classify::analyse(&format!(
+        "SELECT {}.{}()",
+        quote_ident(&r.schema),
+        quote_ident(&r.name)
+    ));
+    if named.class != Class::Read {
+        return named.class;
+    }
+    match prove(&call, std::slice::from_ref(r)) {
+        Proof::Pure => Class::Read,
+        _ => Class::Unknown,
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A literal the target reads the same whatever its settings
+/// (`standard_conforming_strings`, encoding): hex of the UTF-8 bytes.
+fn literal(s: &str) -> String {
+    format!("convert_from(decode('{}', 'hex'), 'UTF8')", hex::encode(s))
+}
+
+impl Catalog {
+    /// Forget every proof: something that may change the schema passed.
+    pub fn forget(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    fn cached(&self, key: &Key) -> Option<Vec<ProcRow>> {
+        let c = self.cache.lock().ok()?;
+        c.get(key)
+            .filter(|(_, at)| at.elapsed() < TTL)
+            .map(|(rows, _)| rows.clone())
+    }
+
+    fn store(&self, key: Key, rows: Vec<ProcRow>) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= MAX_ENTRIES {
+                c.clear();
+            }
+            c.insert(key, (rows, Instant::now()));
+        }
+    }
+
+    /// The class of `a` with its calls proven against the catalog.
+    /// `open` dials the look-up session when there is none.
+    pub async fn resolve<F, Fut>(&self, a: &Analysis, open: F) -> Result<Class, ProofError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        if !a.needs_proof() {
+            return Ok(a.resolve(|_| Proof::Missing));
+        }
+        let mut known: HashMap<String, Vec<ProcRow>> = HashMap::new();
+        let mut missing = Vec::new();
+        for c in &a.calls {
+            match self.cached(&Key::Name(c.name.clone())) {
+                Some(rows) => {
+                    known.insert(c.name.clone(), rows);
+                }
+                None if !missing.contains(&c.name) => missing.push(c.name.clone()),
+                None => {}
+            }
+        }
+        if !missing.is_empty() {
+            let list = missing
+                .iter()
+                .map(|n| literal(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE p.proname::text IN ({list})"
+            );
+            let rows = self.query(&sql, open).await?;
+            for name in missing {
+                let mine: Vec<ProcRow> = rows.iter().filter(|r| r.name == name).cloned().collect();
+                self.store(Key::Name(name.clone()), mine.clone());
+                known.insert(name, mine);
+            }
+        }
+        Ok(a.resolve(|c| prove(c, known.get(&c.name).map_or(&[][..], |v| v))))
+    }
+
+    /// The function a fast-path call names by OID.
+    pub async fn function<F, Fut>(&self, oid: u32, open: F) -> Result<Option<ProcRow>, ProofError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        if let Some(rows) = self.cached(&Key::Oid(oid)) {
+            return Ok(rows.into_iter().next());
+        }
+        let sql = format!(
+            "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = {oid}"
+        );
+        let rows = self.query(&sql, open).await?;
+        self.store(Key::Oid(oid), rows.clone());
+        Ok(rows.into_iter().next())
+    }
+
+    async fn query<F, Fut>(&self, sql: &str, open: F) -> Result<Vec<ProcRow>, ProofError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        let mut slot = self.session.lock().await;
+        if slot.is_none() {
+            *slot = Some(open().await?);
+        }
+        let Some(session) = slot.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let rows = match session.simple_rows(sql).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A broken session is dialled again next time.
+                *slot = None;
+                return Err(e.into());
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                let schema = it.next()??;
+                let name = it.next()??;
+                let volatility = *it.next()??.as_bytes().first()?;
+                Some(ProcRow {
+                    schema,
+                    name,
+                    volatility,
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(schema: &str, name: &str, v: u8) -> ProcRow {
+        ProcRow {
+            schema: schema.into(),
+            name: name.into(),
+            volatility: v,
+        }
+    }
+
+    fn call(schema: Option<&str>, name: &str) -> Call {
+        Call {
+            schema: schema.map(str::to_owned),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn every_overload_a_name_can_reach_must_be_pure() {
+        let rows = [
+            row("pg_catalog", "lower", b'i'),
+            row("public", "lower", b'v'),
+        ];
+        // Unqualified: the caller's search_path could reach public.lower.
+        assert_eq!(prove(&call(None, "lower"), &rows), Proof::Volatile);
+        assert_eq!(
+            prove(&call(Some("pg_catalog"), "lower"), &rows),
+            Proof::Pure
+        );
+        assert_eq!(
+            prove(&call(Some("public"), "lower"), &rows),
+            Proof::Volatile
+        );
+        assert_eq!(prove(&call(Some("other"), "lower"), &rows), Proof::Missing);
+        assert_eq!(prove(&call(None, "nothing"), &rows), Proof::Missing);
+        assert_eq!(
+            prove(&call(Some("pg_temp"), "lower"), &rows),
+            Proof::Missing
+        );
+    }
+
+    #[test]
+    fn harmless_volatile_builtins_only_in_pg_catalog() {
+        let rows = [row("pg_catalog", "random", b'v')];
+        assert_eq!(prove(&call(None, "random"), &rows), Proof::Pure);
+        let rows = [
+            row("pg_catalog", "random", b'v'),
+            row("public", "random", b'v'),
+        ];
+        assert_eq!(prove(&call(None, "random"), &rows), Proof::Volatile);
+        let rows = [row("pg_catalog", "nextval", b'v')];
+        assert_eq!(prove(&call(None, "nextval"), &rows), Proof::Volatile);
+    }
+
+    #[test]
+    fn function_calls_by_oid() {
+        assert_eq!(function_call_class(None), Class::Unknown);
+        assert_eq!(
+            function_call_class(Some(&row("pg_catalog", "lower", b'i'))),
+            Class::Read
+        );
+        assert_eq!(
+            function_call_class(Some(&row("pg_catalog", "set_config", b'v'))),
+            Class::Admin
+        );
+        assert_eq!(
+            function_call_class(Some(&row("pg_catalog", "lo_creat", b'v'))),
+            Class::Unknown
+        );
+        assert_eq!(
+            function_call_class(Some(&row("pg_catalog", "query_to_xml", b's'))),
+            Class::Unknown
+        );
+    }
+
+    #[test]
+    fn literals_survive_any_quoting() {
+        let l = literal("a'b\\c\"");
+        assert_eq!(l.matches('\'').count(), 6, "{l}");
+        assert!(
+            l.starts_with("convert_from(decode('6127625c6322', 'hex')"),
+            "{l}"
+        );
+    }
+}

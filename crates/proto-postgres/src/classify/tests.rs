@@ -1,0 +1,215 @@
+use super::*;
+
+fn c(sql: &str) -> Class {
+    classify(sql)
+}
+
+fn calls(sql: &str) -> Vec<String> {
+    analyse(sql).calls.iter().map(|c| c.to_string()).collect()
+}
+
+#[test]
+fn reads() {
+    for sql in [
+        "SELECT 1",
+        "select abalance from pgbench_accounts where aid = $1",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "EXPLAIN DELETE FROM t",
+        "EXPLAIN (ANALYZE false) DELETE FROM t",
+        "EXPLAIN (ANALYZE off, VERBOSE) DELETE FROM t",
+        "EXPLAIN SELECT purge_customer(2)",
+        "SHOW search_path",
+        "BEGIN",
+        "BEGIN READ ONLY",
+        "COMMIT",
+        "ROLLBACK",
+        "SET search_path TO public",
+        "SET application_name = 'x'",
+        "COPY t TO STDOUT",
+        "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)",
+        "",
+        " ; ",
+        "LISTEN chan",
+        // Not a SELECT INTO, not a lock: words in a string.
+        "SELECT 'pour into cup', 'for update'",
+        "SELECT coalesce(a, 1), nullif(b, 2), greatest(1, 2), current_timestamp FROM t",
+        "SELECT count(*), max(a), lower(b) FROM t GROUP BY b",
+        "SELECT * FROM generate_series(1, 3) AS g(i)",
+        "SELECT a, row_number() OVER (PARTITION BY b ORDER BY c) FROM t",
+        "SELECT random(), clock_timestamp()",
+        "DECLARE c CURSOR FOR SELECT * FROM t",
+    ] {
+        assert_eq!(c(sql), Class::Read, "{sql}");
+    }
+}
+
+#[test]
+fn writes() {
+    for sql in [
+        "INSERT INTO t VALUES (1)",
+        "UPDATE t SET a = 1",
+        "DELETE FROM t WHERE id = 1",
+        "COPY t FROM STDIN",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * FROM t FOR SHARE",
+        "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+        "TRUNCATE t",
+        "NOTIFY chan, 'x'",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "SELECT 1; DELETE FROM t",
+        "SELECT * FROM (WITH u AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM u) s",
+        "DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE",
+    ] {
+        assert!(c(sql) >= Class::Write, "{sql}: {:?}", c(sql));
+        assert_ne!(c(sql), Class::Read, "{sql}");
+    }
+}
+
+/// The security review's findings (issue 16), each one a regression.
+#[test]
+fn review_findings() {
+    // EXPLAIN with ANALYZE as an option runs its statement.
+    for sql in [
+        "EXPLAIN (ANALYZE) UPDATE t SET a = 1",
+        "EXPLAIN (ANALYZE true) UPDATE t SET a = 1",
+        "EXPLAIN (ANALYZE 1) DELETE FROM t",
+        "EXPLAIN (ANALYZE on, VERBOSE) DELETE FROM t",
+        "EXPLAIN (VERBOSE, analyze) DELETE FROM t",
+        "explain (format json, ANALYZE) insert into t values (1)",
+    ] {
+        assert!(c(sql) >= Class::Write, "{sql}: {:?}", c(sql));
+    }
+    // A function in the FROM list is a call like any other.
+    assert_eq!(
+        c("SELECT * FROM set_config('default_transaction_read_only','off',false)"),
+        Class::Admin
+    );
+    assert_eq!(
+        c("SELECT * FROM pg_catalog.set_config('default_transaction_read_only','off',false) AS x"),
+        Class::Admin
+    );
+    assert_eq!(
+        c("SELECT 1 FROM t, LATERAL set_config('role', 'postgres', false)"),
+        Class::Admin
+    );
+    // COPY to a file or a program is admin, never a read.
+    assert_eq!(c("COPY t TO PROGRAM 'id > /tmp/x'"), Class::Admin);
+    assert_eq!(c("COPY (SELECT 1) TO '/tmp/x'"), Class::Admin);
+    assert_eq!(c("COPY t FROM PROGRAM 'id'"), Class::Admin);
+    assert_eq!(c("COPY t FROM '/etc/passwd'"), Class::Admin);
+    // Functions with side effects, anywhere, are not proven reads.
+    for sql in [
+        "SELECT purge_customer(2)",
+        "SELECT setval('s', 1)",
+        "SELECT nextval('s')",
+        "SELECT lo_unlink(16384)",
+        "SELECT lo_create(0)",
+        "SELECT * FROM purge_customer(2)",
+        "SELECT * FROM t WHERE id IN (SELECT purge_customer(2))",
+        "WITH x AS (SELECT purge_customer(2)) SELECT * FROM x",
+        "VALUES (purge_customer(2))",
+        "SELECT * FROM t, LATERAL purge_customer(t.id)",
+        "SELECT * FROM t JOIN purge_customer(2) p ON true",
+        "SELECT CASE WHEN true THEN purge_customer(2) END",
+        "SELECT a FROM t ORDER BY purge_customer(a)",
+        "SELECT a FROM t GROUP BY a HAVING purge_customer(a) > 0",
+        "DECLARE c CURSOR FOR SELECT purge_customer(2)",
+        "EXPLAIN ANALYZE SELECT purge_customer(2)",
+        "EXPLAIN (ANALYZE) SELECT purge_customer(2)",
+        "SELECT \"coalesce\"(1)",
+        "SELECT public.count(*) FROM t",
+        "CALL do_things()",
+        "SELECT query_to_xml('select set_config(''role'',''x'',false)', true, true, '')",
+        "SELECT 1 OPERATOR(public.+++) 2",
+    ] {
+        assert_eq!(c(sql), Class::Unknown, "{sql}");
+    }
+}
+
+#[test]
+fn calls_are_named_as_postgresql_folds_them() {
+    assert_eq!(
+        calls("SELECT MySchema.F(1), \"MixedCase\"(), \"s\".\"G\"() FROM h(2)"),
+        vec!["MixedCase", "h", "myschema.f", "s.G"]
+    );
+    assert!(calls("SELECT coalesce(1, 2), current_date").is_empty());
+    assert_eq!(calls("SELECT count(*) FROM t"), vec!["count"]);
+    // A plain EXPLAIN calls nothing.
+    assert!(calls("EXPLAIN SELECT f(1)").is_empty());
+    assert_eq!(calls("EXPLAIN ANALYZE SELECT f(1)"), vec!["f"]);
+}
+
+#[test]
+fn resolve_needs_every_call_pure() {
+    let a = analyse("SELECT f(1), g(2) FROM t");
+    assert!(a.needs_proof());
+    assert_eq!(a.resolve(|_| Proof::Pure), Class::Read);
+    assert_eq!(
+        a.resolve(|c| if c.name == "g" {
+            Proof::Volatile
+        } else {
+            Proof::Pure
+        }),
+        Class::Unknown
+    );
+    assert_eq!(a.resolve(|_| Proof::Missing), Class::Unknown);
+    // A write stays a write once its calls are proven.
+    let a = analyse("UPDATE t SET a = lower(b)");
+    assert_eq!(a.resolve(|_| Proof::Pure), Class::Write);
+    // Unknown is not made better by proofs.
+    assert_eq!(analyse("SELEC 1").resolve(|_| Proof::Pure), Class::Unknown);
+}
+
+#[test]
+fn ddl_and_admin() {
+    assert_eq!(c("CREATE TABLE t (a int)"), Class::Ddl);
+    assert_eq!(c("DROP TABLE t"), Class::Ddl);
+    assert_eq!(c("ALTER TABLE t ADD COLUMN b int"), Class::Ddl);
+    assert_eq!(c("SELECT * INTO t2 FROM t"), Class::Ddl);
+    assert_eq!(c("GRANT ALL ON t TO bob"), Class::Admin);
+    assert_eq!(c("SET default_transaction_read_only = off"), Class::Admin);
+    assert_eq!(
+        c("SET \"default_transaction_read_only\" = off"),
+        Class::Admin
+    );
+    assert_eq!(c("SET transaction_read_only = off"), Class::Admin);
+    assert_eq!(
+        c("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"),
+        Class::Admin
+    );
+    assert_eq!(c("START TRANSACTION READ WRITE"), Class::Admin);
+    assert_eq!(c("BEGIN READ WRITE"), Class::Admin);
+    assert_eq!(c("SET ROLE postgres"), Class::Admin);
+    assert_eq!(c("SET SESSION AUTHORIZATION postgres"), Class::Admin);
+    assert_eq!(c("SET session_replication_role = replica"), Class::Admin);
+    assert_eq!(c("RESET default_transaction_read_only"), Class::Admin);
+    assert_eq!(c("CREATE EXTENSION pgcrypto"), Class::Admin);
+    assert_eq!(
+        c("SELECT set_config('default_transaction_read_only', 'off', false)"),
+        Class::Admin
+    );
+    assert_eq!(c("SELECT \"set_config\"('role', 'x', false)"), Class::Admin);
+    assert_eq!(
+        c("select pg_catalog.pg_terminate_backend(42)"),
+        Class::Admin
+    );
+    assert_eq!(c("SELECT count(*), max(a) FROM t"), Class::Read);
+}
+
+#[test]
+fn unparseable_is_unknown() {
+    assert_eq!(c("SELEC 1"), Class::Unknown);
+    assert_eq!(c("DELETE FROM"), Class::Unknown);
+    assert_eq!(c("EXECUTE stmt(1)"), Class::Unknown);
+    assert!(executes_prepared("EXECUTE stmt(1)"));
+    assert!(executes_prepared("SELECT 1; EXECUTE stmt"));
+    assert!(!executes_prepared("SELECT 'EXECUTE stmt'"));
+    assert!(!executes_prepared("EXECUTE"));
+}
+
+#[test]
+fn do_blocks_are_never_reads() {
+    let class = c("DO $$ BEGIN PERFORM purge_customer(2); END $$");
+    assert!(class >= Class::Admin, "{class:?}");
+}
