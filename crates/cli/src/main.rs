@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod cert_cmd;
+mod doctor_cmd;
 mod gateway_cmd;
 mod login;
 mod mask_cmd;
@@ -100,6 +101,10 @@ enum Command {
     /// Reviews of held actions: list, show, approve, deny (as an approver).
     #[command(subcommand)]
     Reviews(reviews_cmd::ReviewsCommand),
+    /// Check that the database role of each PostgreSQL connection is least
+    /// privilege (read-only connections fail on a superuser, an owner or
+    /// write privileges) and print the role to create instead.
+    Doctor(doctor_cmd::Args),
     /// Print the version.
     Version,
 }
@@ -191,6 +196,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent => agent_cmd::run_agent(&cli).await,
             Command::Reviews(r) => reviews_cmd::run(r).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,
+            Command::Doctor(a) => doctor_cmd::run(&cli, a).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

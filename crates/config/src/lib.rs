@@ -297,6 +297,10 @@ pub struct PostgresListener {
     pub listen: SocketAddr,
     /// Largest message a caller may send (bytes).
     pub max_message_bytes: usize,
+    /// Refuse to start when the database role of a read-only connection
+    /// could undo read-only (superuser, owner, write privileges); without
+    /// it such roles are only logged. `portcullis doctor` shows the same.
+    pub strict_roles: bool,
     pub client_auth: ClientAuth,
 }
 

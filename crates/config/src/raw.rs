@@ -428,6 +428,10 @@ struct RawPostgres {
     client_auth: Option<RawClientAuth>,
     #[serde(default = "default_max_message")]
     max_message_bytes: usize,
+    /// Refuse to start when a read-only connection's role is not least
+    /// privilege (see `portcullis doctor`).
+    #[serde(default)]
+    strict_roles: bool,
 }
 
 fn default_max_message() -> usize {
@@ -838,6 +842,7 @@ impl Root {
             Some(p) => Some(PostgresListener {
                 listen: p.listen,
                 max_message_bytes: p.max_message_bytes,
+                strict_roles: p.strict_roles,
                 client_auth: match &p.client_auth {
                     Some(c) => c.validate("postgres.client_auth", base)?,
                     None => ClientAuth::default(),

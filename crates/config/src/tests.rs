@@ -235,6 +235,20 @@ fn postgres_listener_section() {
     let p = c.postgres.unwrap();
     assert_eq!(p.listen.port(), 15432);
     assert_eq!(p.max_message_bytes, 16 * 1024 * 1024);
+    assert!(!p.strict_roles);
+}
+
+#[test]
+fn postgres_strict_roles() {
+    let c = parse(&with(
+        "[postgres]\nlisten = \"127.0.0.1:15432\"\nstrict_roles = true\n",
+    ))
+    .unwrap();
+    assert!(c.postgres.unwrap().strict_roles);
+    let e = err(&with(
+        "[postgres]\nlisten = \"127.0.0.1:15432\"\nstrict_roles = \"yes\"\n",
+    ));
+    assert!(e.contains("strict_roles"), "{e}");
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod agents;
 mod demo;
 pub mod enrol;
 mod listener;
+pub mod roles;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,10 @@ pub enum GatewayError {
     Recordings(String),
     #[error(transparent)]
     Mcp(#[from] portcullis_mcp::SetupError),
+    /// `[postgres] strict_roles`: a read-only connection's database role
+    /// could undo read-only, or could not be checked.
+    #[error("strict_roles: {0}")]
+    Roles(String),
 }
 
 fn hex_encode(b: &[u8]) -> String {
@@ -434,6 +439,9 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         links.clone(),
     )?;
     front.set_approvals(approvals.clone());
+    // Read-only connections' database roles: waited for (and fatal) with
+    // `strict_roles`, else checked in the background and logged.
+    roles::check_read_only_roles(cfg).await?;
 
     let postgres_addr = match &cfg.postgres {
         None => None,

@@ -138,6 +138,12 @@ pub fn analyse(sql: &str) -> Analysis {
             calls: Vec::new(),
         };
     }
+    if is_table_statement(sql) {
+        return Analysis {
+            class: Class::Read,
+            calls: Vec::new(),
+        };
+    }
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Analysis {
             class: Class::Unknown,
@@ -159,6 +165,52 @@ pub fn analyse(sql: &str) -> Analysis {
     Analysis {
         class: w.class,
         calls,
+    }
+}
+
+/// `TABLE name` (PostgreSQL's short form of `SELECT * FROM name`), which
+/// the parser does not read: a read only when what follows is exactly one
+/// relation name, plain or quoted, qualified or not.
+fn is_table_statement(sql: &str) -> bool {
+    let s = sql.trim().trim_end_matches(';').trim_end();
+    let Some(rest) = s
+        .get(..5)
+        .filter(|k| k.eq_ignore_ascii_case("table"))
+        .and_then(|_| s.get(5..))
+        .filter(|r| r.starts_with(char::is_whitespace))
+    else {
+        return false;
+    };
+    let mut chars = rest.trim_start().chars().peekable();
+    let mut parts = 0;
+    loop {
+        match chars.next() {
+            Some('"') => loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                    }
+                    Some('"') => break,
+                    Some(_) => {}
+                    None => return false,
+                }
+            },
+            Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+                while chars
+                    .peek()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$')
+                {
+                    chars.next();
+                }
+            }
+            _ => return false,
+        }
+        parts += 1;
+        match chars.next() {
+            None => return parts <= 3,
+            Some('.') => {}
+            Some(_) => return false,
+        }
     }
 }
 

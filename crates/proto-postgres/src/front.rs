@@ -878,7 +878,12 @@ impl Inner {
                     };
                     let verdict = match gated {
                         Err(refusal) => Ok(Err(refusal)),
-                        Ok(m) => chain.lock().map(|mut c| inspect::frontend(&mut c, m)),
+                        // (The poisoned guard is dropped here: it must not live
+                        // across the awaits below.)
+                        Ok(m) => chain
+                            .lock()
+                            .map(|mut c| inspect::frontend(&mut c, m))
+                            .map_err(drop),
                     };
                     match verdict {
                         Ok(Ok(m)) => m.encode(&mut out),

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod classify;
+pub mod doctor;
 pub mod frame;
 mod front;
 mod held;

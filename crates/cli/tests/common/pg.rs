@@ -188,6 +188,11 @@ impl PgCluster {
 
     /// Run SQL directly against the cluster (over the local socket).
     pub fn psql_direct(&self, sql: &str) -> String {
+        self.psql_db("postgres", sql)
+    }
+
+    /// Run SQL directly against database `db` of the cluster.
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
@@ -197,7 +202,7 @@ impl PgCluster {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-c",
                 sql,
             ])

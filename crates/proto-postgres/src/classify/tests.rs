@@ -213,3 +213,14 @@ fn do_blocks_are_never_reads() {
     let class = c("DO $$ BEGIN PERFORM purge_customer(2); END $$");
     assert!(class >= Class::Admin, "{class:?}");
 }
+
+#[test]
+fn table_statement_is_a_read_of_one_relation() {
+    assert_eq!(c("TABLE customers"), Class::Read);
+    assert_eq!(c("table public.\"Customers\" ;"), Class::Read);
+    assert_eq!(c("TABLE \"a; DELETE FROM t\""), Class::Read);
+    assert_eq!(c("TABLE t; DELETE FROM t"), Class::Unknown);
+    assert_eq!(c("TABLE t WHERE purge(1) > 0"), Class::Unknown);
+    assert_eq!(c("TABLE \"unterminated"), Class::Unknown);
+    assert_eq!(c("TABLE"), Class::Unknown);
+}

@@ -1,0 +1,622 @@
+//! Read-only and approvals against a caller who writes hostile SQL
+//! (issue 16), on the suite's real PostgreSQL, with real clients: psql,
+//! tokio-postgres (simple and extended protocol) and a raw-protocol client
+//! for the fast-path function call ('F').
+//!
+//! The oracle: a fingerprint of the whole test database (table contents,
+//! sequences, large objects, relations, functions, roles, settings) taken
+//! directly from the server before and after every hostile statement, which
+//! goes through a read-only connection and through an approval connection
+//! nobody approves. Any difference is a broken guarantee. The generator
+//! crosses side-effect functions with every position a call can take;
+//! `PORTCULLIS_ORACLE_CASES=N` runs N of them (0: all; default 160).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::*;
+use portcullis_tls::{CertificateAuthority, LeafKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Guard {
+    tmp: tempfile::TempDir,
+    _gw: Proc,
+    ca: String,
+    token: String,
+    port: u16,
+    db: String,
+    marker: String,
+}
+
+const SETUP: &str = r#"
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+INSERT INTO customers SELECT i, 'name' || i, 'user' || i || '@example.com' FROM generate_series(1, 6) i;
+CREATE TABLE side_effects (what text);
+CREATE SEQUENCE s;
+SELECT lo_create(4242);
+CREATE FUNCTION purge_customer(i int) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ DELETE FROM customers WHERE id = i; INSERT INTO side_effects VALUES ('purged'); SELECT 1 $$;
+CREATE FUNCTION stable_name(i int) RETURNS text LANGUAGE sql STABLE AS
+  $$ SELECT name FROM customers WHERE id = i $$;
+CREATE PROCEDURE purge_proc(i int) LANGUAGE sql AS $$ DELETE FROM customers WHERE id = i $$;
+"#;
+
+/// Everything a statement could change, read straight from the server.
+const FINGERPRINT: &str = r#"SELECT concat_ws(' | ',
+  (SELECT string_agg(c::text, ',' ORDER BY id) FROM customers c),
+  (SELECT coalesce(string_agg(what, ',' ORDER BY what), '') FROM side_effects),
+  (SELECT last_value::text || is_called::text FROM s),
+  (SELECT string_agg(oid::text, ',' ORDER BY oid) FROM pg_largeobject_metadata),
+  (SELECT string_agg(relname || ':' || relkind::text || ':' || relnatts, ',' ORDER BY relname)
+     FROM pg_class WHERE relnamespace = 'public'::regnamespace),
+  (SELECT string_agg(proname || provolatile::text, ',' ORDER BY proname)
+     FROM pg_proc WHERE pronamespace = 'public'::regnamespace),
+  (SELECT string_agg(rolname || rolsuper::text, ',' ORDER BY rolname) FROM pg_roles),
+  (SELECT coalesce(string_agg(array_to_string(setconfig, ','), ';' ORDER BY setdatabase, setrole), '')
+     FROM pg_db_role_setting),
+  (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace),
+  (SELECT coalesce(obj_description('customers'::regclass), '')),
+  (SELECT coalesce(string_agg(relacl::text, ','), '') FROM pg_class WHERE relname = 'customers'))"#;
+
+impl Guard {
+    /// A gateway in front of a database of its own, `guard_<test>_<pid>`
+    /// (tests run in parallel).
+    fn start(test: &str) -> Guard {
+        let pg = PgCluster::shared();
+        let pid = std::process::id();
+        let db = format!("guard_{test}_{pid}");
+        pg.psql_direct(&format!("DROP DATABASE IF EXISTS {db}"));
+        pg.psql_direct(&format!("CREATE DATABASE {db}"));
+        pg.psql_db(&db, SETUP);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+        let leaf = ca
+            .issue(
+                LeafKind::Server,
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::from_secs(86400),
+            )
+            .unwrap();
+        std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+        std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
+        let url = format!(
+            "postgres://postgres@localhost:{}/{db}?sslrootcert={}",
+            pg.port,
+            pg.ca.display()
+        );
+        // The role is the cluster's superuser on purpose: the worst case
+        // an operator can configure, so only the gateway stands between.
+        let config = format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[postgres]
+listen = "127.0.0.1:0"
+
+[[connections]]
+name = "ro"
+type = "postgres"
+url = "{url}"
+password = "file:pgpw"
+access = "read-only"
+
+[[connections]]
+name = "guarded"
+type = "postgres"
+url = "{url}"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["dba"], wait = "100ms" }}
+
+[[grants]]
+groups = ["testers"]
+connections = ["ro", "guarded"]
+"#
+        );
+        let (gw, token) = gateway_with_config(dir, &config);
+        let port = gw.pg_port.expect("postgres listener");
+        Guard {
+            ca: dir.join("ca.pem").display().to_string(),
+            tmp,
+            _gw: gw,
+            token,
+            port,
+            db,
+            marker: format!("/tmp/portcullis-oracle-{test}-{pid}"),
+        }
+    }
+
+    async fn client(&self, connection: &str) -> tokio_postgres::Client {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*client_tls(Path::new(&self.ca), &[])).clone(),
+        );
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("localhost")
+            .port(self.port)
+            .dbname(connection)
+            .user("agent")
+            .password(&self.token)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = cfg.connect(tls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// A client straight to the server, around the gateway.
+    async fn direct(&self) -> tokio_postgres::Client {
+        let pg = PgCluster::shared();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&pg.dir)
+            .port(pg.port)
+            .user("postgres")
+            .dbname(&self.db);
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new(BIN)
+            .arg("--config")
+            .arg(self.tmp.path().join("portcullis.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+async fn fingerprint(direct: &tokio_postgres::Client) -> String {
+    direct
+        .query_one(FINGERPRINT, &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| format!("fingerprint failed: {e:?}"))
+}
+
+/// Side-effect functions, spelled every way a caller might.
+const FUNCS: &[&str] = &[
+    "purge_customer(1)",
+    "public.purge_customer(2)",
+    "\"purge_customer\"(3)",
+    "PUBLIC.PURGE_CUSTOMER(4)",
+    "\"public\".\"purge_customer\"(5)",
+    "setval('s', 99)",
+    "nextval('s')",
+    "lo_unlink(4242)",
+    "lo_create(777)",
+    "set_config('default_transaction_read_only', 'off', false)",
+    "pg_catalog.set_config('transaction_read_only', 'off', true)",
+    "query_to_xml('select set_config(''default_transaction_read_only'',''off'',false)', true, true, '')",
+];
+
+/// Every place a call can hide.
+const POSITIONS: &[&str] = &[
+    "SELECT {f}",
+    "SELECT * FROM {f} AS x",
+    "SELECT 1 FROM customers, LATERAL (SELECT {f}) x",
+    "SELECT * FROM customers WHERE id IN (SELECT {f})",
+    "WITH x AS (SELECT {f}) SELECT * FROM x",
+    "WITH x AS MATERIALIZED (SELECT {f}) SELECT 1",
+    "VALUES ({f})",
+    "SELECT CASE WHEN id > 0 THEN {f} END FROM customers",
+    "SELECT id FROM customers ORDER BY {f}",
+    "SELECT count(*) FROM customers GROUP BY id HAVING {f} IS NOT NULL",
+    "SELECT (SELECT {f})",
+    "SELECT ARRAY(SELECT {f})",
+    "EXPLAIN ANALYZE SELECT {f}",
+    "EXPLAIN (ANALYZE) SELECT {f}",
+    "EXPLAIN (ANALYZE true, FORMAT JSON) SELECT {f}",
+    "explain (costs off, analyze on) select {f}",
+    "SELECT /* comment */ {f} -- trailing",
+    "SELECT * FROM ROWS FROM ({f}) AS r",
+    "TABLE customers; SELECT {f}",
+    "BEGIN; SELECT {f}; COMMIT",
+    "BEGIN READ ONLY; SELECT {f}; COMMIT",
+    "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT {f}; COMMIT",
+    "SELECT {f} FROM generate_series(1, 2)",
+    "PREPARE p AS SELECT {f}; EXECUTE p",
+];
+
+/// Whole statements that write, change the schema, reach the server's
+/// files, or switch the guards off.
+fn statements(db: &str, marker: &str) -> Vec<String> {
+    [
+        "EXPLAIN ANALYZE DELETE FROM customers",
+        "EXPLAIN (ANALYZE) UPDATE customers SET name = 'x'",
+        "EXPLAIN (ANALYZE 1) INSERT INTO side_effects VALUES ('e')",
+        "EXPLAIN (VERBOSE, ANALYZE on) DELETE FROM customers WHERE id = 1",
+        "COPY customers TO PROGRAM 'touch {marker}'",
+        "COPY (SELECT 1) TO '{marker}'",
+        "COPY customers FROM PROGRAM 'echo 9,x,y'",
+        "COPY side_effects FROM '/etc/hostname'",
+        "DELETE FROM customers",
+        "WITH d AS (DELETE FROM customers RETURNING *) SELECT * FROM d",
+        "SELECT * FROM (WITH u AS (UPDATE customers SET name = 'u' RETURNING 1) SELECT * FROM u) s",
+        "TRUNCATE side_effects",
+        "INSERT INTO side_effects VALUES ('direct')",
+        "MERGE INTO customers c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN DELETE",
+        "CREATE TABLE made_here (a int)",
+        "SELECT * INTO made_here2 FROM customers",
+        "CREATE TEMP TABLE t_here (a int)",
+        "DROP TABLE side_effects",
+        "ALTER TABLE customers ADD COLUMN z int",
+        "COMMENT ON TABLE customers IS 'x'",
+        "GRANT ALL ON customers TO PUBLIC",
+        "CREATE ROLE intruder",
+        "ALTER DATABASE {db} SET default_transaction_read_only = off",
+        "CREATE OR REPLACE FUNCTION stable_name(i int) RETURNS text LANGUAGE sql VOLATILE AS $$ SELECT 'x' $$",
+        "CALL purge_proc(1)",
+        "DO $$ BEGIN DELETE FROM customers; END $$",
+        "DO LANGUAGE plpgsql $x$ BEGIN PERFORM purge_customer(5); END $x$",
+        "SET default_transaction_read_only = off; DELETE FROM customers",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; DELETE FROM customers",
+        "BEGIN READ WRITE; DELETE FROM customers; COMMIT",
+        "START TRANSACTION READ WRITE; INSERT INTO side_effects VALUES ('x'); COMMIT",
+        "BEGIN; SET TRANSACTION READ WRITE; DELETE FROM customers; COMMIT",
+        "RESET ALL; DELETE FROM customers",
+        "SET ROLE postgres; DELETE FROM customers",
+        "PREPARE q AS DELETE FROM customers; EXECUTE q",
+        "SELECT lo_import('/etc/hostname')",
+        "SELECT U&\"purge\\005fcustomer\"(1)",
+        "sElEcT PuRgE_CuStOmEr(1)",
+        "SELECT pg_catalog.lo_unlink(4242)",
+        "SELECT 1; DELETE FROM customers",
+        "SELECT 1 /* ; */; DELETE FROM customers WHERE id = 2",
+    ]
+    .iter()
+    .map(|s| s.replace("{db}", db).replace("{marker}", marker))
+    .collect()
+}
+
+/// Ordinary reads that must pass on both connections (no false refusals).
+const READS: &[&str] = &[
+    "SELECT * FROM customers",
+    "SELECT c.id, count(*) FROM customers c JOIN customers d ON c.id = d.id GROUP BY c.id ORDER BY 1",
+    "SELECT id, row_number() OVER (ORDER BY name), lag(name) OVER (ORDER BY id) FROM customers",
+    "WITH x AS (SELECT * FROM customers) SELECT max(id), min(name) FROM x",
+    "SELECT coalesce(email, 'none'), lower(name), upper(name), length(name) FROM customers",
+    "SELECT now(), current_date, current_timestamp, random() < 2",
+    "SELECT * FROM generate_series(1, 3) g",
+    "SELECT stable_name(1)",
+    "SELECT * FROM customers WHERE name LIKE 'n%' OR id IN (SELECT id FROM customers LIMIT 2)",
+    "SELECT jsonb_build_object('a', id) FROM customers",
+    "SELECT 'purge_customer(1)' AS looks_like_a_call, $q$DELETE FROM customers$q$",
+    "SELECT 'pour into cup', 'for update'",
+    "EXPLAIN SELECT * FROM customers",
+    "EXPLAIN DELETE FROM customers",
+    "SHOW search_path",
+    "BEGIN; SELECT 1; COMMIT",
+    "SELECT to_char(now(), 'YYYY'), date_trunc('day', now())",
+    "SELECT string_agg(name, ',') FROM customers",
+    "TABLE customers",
+    "SELECT pg_sleep(0)",
+];
+
+fn cases(g: &Guard) -> Vec<String> {
+    let mut all: Vec<String> = statements(&g.db, &g.marker);
+    for p in POSITIONS {
+        for f in FUNCS {
+            all.push(p.replace("{f}", f));
+        }
+    }
+    let want: usize = std::env::var("PORTCULLIS_ORACLE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(160);
+    if want == 0 || want >= all.len() {
+        return all;
+    }
+    // The whole-statement list always runs; a deterministic sample of the
+    // generated ones (a different slice per seed) fills the rest.
+    let fixed = statements(&g.db, &g.marker).len();
+    let mut generated = all.split_off(fixed);
+    let seed: u64 = std::env::var("PORTCULLIS_ORACLE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    for i in (1..generated.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        generated.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    generated.truncate(want.saturating_sub(fixed));
+    all.extend(generated);
+    all
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn hostile_sql_changes_nothing_through_read_only_or_unapproved_connections() {
+    let g = Guard::start("oracle");
+    let cases = cases(&g);
+    eprintln!("oracle: {} hostile statements x 2 connections", cases.len());
+    rt().block_on(async {
+        let direct = g.direct().await;
+        let before = fingerprint(&direct).await;
+        assert!(before.contains("user1@example.com"), "{before}");
+        for connection in ["ro", "guarded"] {
+            let c = g.client(connection).await;
+            for (i, sql) in cases.iter().enumerate() {
+                let simple = c.simple_query(sql).await;
+                // The extended protocol too, for what is one statement.
+                let extended = if sql.contains(';') {
+                    None
+                } else {
+                    Some(c.query(sql.as_str(), &[]).await)
+                };
+                let _ = c.simple_query("ROLLBACK").await;
+                let after = fingerprint(&direct).await;
+                assert_eq!(
+                    before, after,
+                    "case {i} on {connection} changed the database: {sql}\n simple: {simple:?}\n extended: {extended:?}"
+                );
+                assert!(
+                    !Path::new(&g.marker).exists(),
+                    "case {i} on {connection} reached the server's files: {sql}"
+                );
+                if connection == "ro" {
+                    let r = c
+                        .simple_query("SHOW default_transaction_read_only")
+                        .await
+                        .unwrap();
+                    let on = r.iter().any(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+                        _ => false,
+                    });
+                    assert!(on, "case {i} switched the read-only backstop off: {sql}");
+                }
+            }
+            // No false refusals: ordinary reads run, in both protocols.
+            for sql in READS {
+                c.simple_query(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{connection}: {sql}: {e}"));
+                if !sql.contains(';') {
+                    c.query(*sql, &[])
+                        .await
+                        .unwrap_or_else(|e| panic!("{connection} (extended): {sql}: {e}"));
+                }
+            }
+        }
+        assert_eq!(before, fingerprint(&direct).await);
+    });
+}
+
+/// The review's findings, one by one, with psql.
+#[test]
+fn review_findings_are_refused_or_held_with_psql() {
+    let g = Guard::start("findings");
+    let psql = |connection: &str, sql: &str| {
+        let o = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(format!(
+                "host=localhost port={} dbname={connection} user=agent sslmode=verify-full sslrootcert={}",
+                g.port, g.ca
+            ))
+            .env("PGPASSWORD", &g.token)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let pg = PgCluster::shared();
+    let count = || pg.psql_db(&g.db, "SELECT count(*) FROM customers");
+    assert_eq!(count(), "6");
+
+    // EXPLAIN (ANALYZE) UPDATE on the approval connection is held.
+    let (ok, out) = psql(
+        "guarded",
+        "EXPLAIN (ANALYZE) UPDATE customers SET name = 'x'",
+    );
+    assert!(!ok && out.contains("review"), "{out}");
+    assert_eq!(
+        pg.psql_db(&g.db, "SELECT count(*) FROM customers WHERE name = 'x'"),
+        "0"
+    );
+    // set_config in the FROM list cannot switch the backstop off, so the
+    // EXPLAIN (ANALYZE) DELETE after it is refused as well.
+    let (ok, out) = psql(
+        "ro",
+        "SELECT * FROM set_config('default_transaction_read_only','off',false)",
+    );
+    assert!(!ok && out.contains("admin"), "{out}");
+    let (ok, out) = psql("ro", "EXPLAIN (ANALYZE) DELETE FROM customers");
+    assert!(!ok && out.contains("read-only"), "{out}");
+    assert_eq!(count(), "6");
+    // COPY TO PROGRAM is admin.
+    let copy = format!("COPY customers TO PROGRAM 'touch {}'", g.marker);
+    let (ok, out) = psql("ro", &copy);
+    assert!(!ok && out.contains("admin"), "{out}");
+    assert!(!Path::new(&g.marker).exists());
+    // A side-effect function in a SELECT is held on the approval connection.
+    let (ok, out) = psql("guarded", "SELECT purge_customer(2)");
+    assert!(!ok && out.contains("review"), "{out}");
+    assert_eq!(count(), "6");
+    // A stable function of the application's own is a proven read.
+    let (ok, out) = psql("ro", "SELECT stable_name(3)");
+    assert!(ok && out.trim() == "name3", "{out}");
+
+    // Refusals are evidence: the audit chain has the statement's digest
+    // and the recording has what the caller sent, not the placeholder.
+    let refused_sql = "DELETE FROM customers WHERE id = 3";
+    let (ok, _) = psql("ro", refused_sql);
+    assert!(!ok);
+    let digest = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        refused_sql.as_bytes(),
+    ));
+    let audit = g.cli(&["audit", "export"]);
+    let entry = audit
+        .lines()
+        .find(|l| l.contains("statement_refused") && l.contains(&digest))
+        .unwrap_or_else(|| panic!("no statement_refused entry for {digest}:\n{audit}"));
+    assert!(
+        entry.contains("agent:tester") && entry.contains("\"ro\"") && entry.contains("write"),
+        "{entry}"
+    );
+    let list = g.cli(&["sessions", "list", "--json", "--connection", "ro"]);
+    let replays: Vec<String> = list
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .map(|id| g.cli(&["replay", &id, "--no-wait"]))
+        .collect();
+    let replay = replays
+        .iter()
+        .find(|r| r.contains(refused_sql))
+        .unwrap_or_else(|| panic!("no replay shows the refused statement: {replays:?}"));
+    assert!(replay.contains("REFUSED"), "{replay}");
+    assert!(
+        !replays.iter().any(|r| r.contains("portcullis_refused_")),
+        "{replays:?}"
+    );
+}
+
+/// The fast-path function call ('F'), from a raw-protocol client.
+#[test]
+fn function_call_messages_are_classified_by_their_function() {
+    let g = Guard::start("fastpath");
+    let pg = PgCluster::shared();
+    let oid = |sig: &str| -> u32 {
+        pg.psql_db(&g.db, &format!("SELECT '{sig}'::regprocedure::oid"))
+            .parse()
+            .unwrap()
+    };
+    // (abs: a fast-path call carries no collation, so no text function.)
+    let (abs, purge) = (oid("abs(integer)"), oid("purge_customer(int)"));
+    rt().block_on(async {
+        // A non-volatile function runs on a read-only connection.
+        let answers = fast_path(&g, "ro", abs, b"-42").await;
+        let v = answers
+            .iter()
+            .find(|(t, _)| *t == b'V')
+            .unwrap_or_else(|| panic!("no FunctionCallResponse: {answers:?}"));
+        assert!(
+            v.1.ends_with(b"42") && !v.1.ends_with(b"-42"),
+            "{answers:?}"
+        );
+        // A volatile one is refused there...
+        let answers = fast_path(&g, "ro", purge, b"1").await;
+        let e = error_of(&answers);
+        assert!(e.contains("42501") && e.contains("read-only"), "{e}");
+        // ...and held on the approval connection.
+        let answers = fast_path(&g, "guarded", purge, b"1").await;
+        assert!(
+            answers
+                .iter()
+                .any(|(t, b)| *t == b'N' && String::from_utf8_lossy(b).contains("review")),
+            "{answers:?}"
+        );
+        let e = error_of(&answers);
+        assert!(e.contains("57014"), "{e}");
+        assert!(
+            fast_path(&g, "guarded", abs, b"7")
+                .await
+                .iter()
+                .any(|(t, _)| *t == b'V')
+        );
+    });
+    assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM customers"), "6");
+}
+
+fn error_of(answers: &[(u8, Vec<u8>)]) -> String {
+    answers
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).replace('\0', " "))
+        .unwrap_or_else(|| format!("no error in {answers:?}"))
+}
+
+/// Log in over direct TLS and send one FunctionCall with one text
+/// argument; every message up to ReadyForQuery comes back.
+async fn fast_path(g: &Guard, connection: &str, oid: u32, arg: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+        .await
+        .unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[b"postgresql"]));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let params = format!("user\0agent\0database\0{connection}\0\0");
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(params.as_bytes());
+    tls.write_all(&startup).await.unwrap();
+    let login = read_until_ready(&mut tls, Some(&g.token)).await;
+    assert!(login.iter().any(|(t, _)| *t == b'Z'), "{login:?}");
+    let mut body = Vec::new();
+    body.extend_from_slice(&oid.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+    body.extend_from_slice(arg);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    let mut m = vec![b'F'];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(&body);
+    tls.write_all(&m).await.unwrap();
+    read_until_ready(&mut tls, None).await
+}
+
+/// Read messages up to ReadyForQuery, answering a password request with
+/// `password`.
+async fn read_until_ready<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    password: Option<&str>,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head))
+            .await
+            .is_err()
+        {
+            panic!("no ReadyForQuery; got {out:?}");
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        if head[0] == b'R'
+            && body == [0, 0, 0, 3]
+            && let Some(p) = password
+        {
+            let mut m = vec![b'p'];
+            m.extend_from_slice(&((p.len() + 5) as u32).to_be_bytes());
+            m.extend_from_slice(p.as_bytes());
+            m.push(0);
+            s.write_all(&m).await.unwrap();
+        }
+        let tag = head[0];
+        out.push((tag, body));
+        if tag == b'Z' || (tag == b'E' && out.len() == 1) {
+            return out;
+        }
+    }
+}
