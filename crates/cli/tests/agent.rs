@@ -123,11 +123,22 @@ impl Setup {
 
 /// psql on the gateway's connection `db` with `token`.
 fn psql_as(pg_port: u16, ca: &str, token: &str, sql: &str) -> std::process::Output {
+    psql_on("db", pg_port, ca, token, sql)
+}
+
+/// psql on the gateway's connection `connection` with `token`.
+fn psql_on(
+    connection: &str,
+    pg_port: u16,
+    ca: &str,
+    token: &str,
+    sql: &str,
+) -> std::process::Output {
     Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGHOST", "localhost")
         .env("PGPORT", pg_port.to_string())
-        .env("PGDATABASE", "db")
+        .env("PGDATABASE", connection)
         .env("PGUSER", "agent")
         .env("PGPASSWORD", token)
         .env("PGSSLMODE", "verify-full")
@@ -179,6 +190,12 @@ credential = {{ header = "x-api-key", secret = "file:api-key" }}
 
 [[connections]]
 name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
+password = "file:pgpw"
+
+[[connections]]
+name = "dbro"
 type = "postgres"
 url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
 password = "file:pgpw"
@@ -237,10 +254,17 @@ name = "db"
 type = "postgres"
 agent = "dc1"
 
+# Read-only at the gateway only: the agent's own definition says nothing.
+[[connections]]
+name = "dbro"
+type = "postgres"
+agent = "dc1"
+access = "read-only"
+
 [[grants]]
 name = "testers"
 groups = ["testers"]
-connections = ["api", "db"]
+connections = ["api", "db", "dbro"]
 "#
     );
     let (gw, token) = gateway_with_config(&gw_dir, &gw_config);
@@ -278,6 +302,35 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres|42");
+
+    // The gateway's read-only mode reaches the target through the agent:
+    // the agent opens the server session read-only although its own
+    // definition of the connection does not say so (defence in depth).
+    let show = |connection: &str| {
+        let o = psql_on(
+            connection,
+            s.pg_port,
+            &s.ca,
+            &s.token,
+            "SHOW default_transaction_read_only",
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(show("dbro"), "on");
+    assert_eq!(show("db"), "off");
+    let o = psql_on(
+        "dbro",
+        s.pg_port,
+        &s.ca,
+        &s.token,
+        "SELECT nextval('no_such_seq')",
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // The gateway knows the agent and what it serves.
     let admin = format!(

@@ -113,7 +113,7 @@ impl Analysis {
 /// side-effect-free functions as proof. The front proves calls against the
 /// target's catalog instead ([`analyse`] + [`Analysis::resolve`]).
 pub fn classify(sql: &str) -> Class {
-    analyse(sql).resolve(|c| builtin_proof(c))
+    analyse(sql).resolve(builtin_proof)
 }
 
 /// The proof the built-in list gives without a catalog: the common
