@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
-use portcullis_tls::{CertificateAuthority, LeafKind};
+use portcullis_tls::CertificateAuthority;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Guard {
@@ -75,15 +75,7 @@ impl Guard {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
-        let leaf = ca
-            .issue(
-                LeafKind::Server,
-                &["localhost".into(), "127.0.0.1".into()],
-                Duration::from_secs(86400),
-            )
-            .unwrap();
-        std::fs::write(dir.join("server.pem"), leaf.cert_pem).unwrap();
-        std::fs::write(dir.join("server.key"), leaf.key_pem).unwrap();
+        write_leaf(&ca, dir, "server");
         std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
         let url = format!(
             "postgres://postgres@localhost:{}/{db}?sslrootcert={}",
@@ -276,6 +268,13 @@ fn statements(db: &str, marker: &str) -> Vec<String> {
         "SELECT pg_catalog.lo_unlink(4242)",
         "SELECT 1; DELETE FROM customers",
         "SELECT 1 /* ; */; DELETE FROM customers WHERE id = 2",
+        // The adversarial review's parser differentials.
+        "EXPLAIN (ANALYSE) DELETE FROM customers",
+        "EXPLAIN (ANALYSE) SELECT pg_catalog.set_config('default_transaction_read_only','off',false)",
+        "SELECT 1 ORDER BY 1 USING </* LIMIT ' */ ; COPY (SELECT 1) TO PROGRAM $$touch {marker}$$; --'",
+        "SET standard_conforming_strings = off",
+        "SELECT 'a\\', '; DELETE FROM customers; --'",
+        "SET client_encoding = 'SJIS'",
     ]
     .iter()
     .map(|s| s.replace("{db}", db).replace("{marker}", marker))

@@ -138,6 +138,12 @@ pub fn analyse(sql: &str) -> Analysis {
             calls: Vec::new(),
         };
     }
+    if lexes_differently(sql) {
+        return Analysis {
+            class: Class::Unknown,
+            calls: Vec::new(),
+        };
+    }
     if is_table_statement(sql) {
         return Analysis {
             class: Class::Read,
@@ -165,6 +171,21 @@ pub fn analyse(sql: &str) -> Analysis {
     Analysis {
         class: w.class,
         calls,
+    }
+}
+
+/// Whether the parser's tokens could differ from PostgreSQL's lexer: an
+/// operator token holding a comment opener (PostgreSQL ends an operator
+/// before `/*` or `--`, the parser does not), so that text one reads as
+/// a comment the other reads as a statement. Not proven: unknown.
+fn lexes_differently(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() {
+        Ok(tokens) => tokens.iter().any(|t| match t {
+            Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
+            _ => false,
+        }),
+        Err(_) => true,
     }
 }
 
@@ -228,14 +249,32 @@ fn explain_runs(s: &Statement) -> bool {
     if *analyze {
         return true;
     }
+    // An allow-list, not a look for "analyze": PostgreSQL also reads
+    // ANALYSE, and an option the gateway does not know may run it too.
     options.iter().flatten().any(|o| {
-        o.name.value.eq_ignore_ascii_case("analyze")
-            && !o.arg.as_ref().is_some_and(|a| {
-                let v = a.to_string().trim_matches('\'').to_ascii_lowercase();
-                matches!(v.as_str(), "false" | "off" | "0" | "no")
-            })
+        let name = o.name.value.to_ascii_lowercase();
+        let off = o.arg.as_ref().is_some_and(|a| {
+            let v = a.to_string().trim_matches('\'').to_ascii_lowercase();
+            matches!(v.as_str(), "false" | "off" | "0" | "no")
+        });
+        !(EXPLAIN_OPTIONS.contains(&name.as_str())
+            || (ANALYZE_SPELLINGS.contains(&name.as_str()) && off))
     })
 }
+
+/// EXPLAIN options that only shape the plan's output.
+const EXPLAIN_OPTIONS: &[&str] = &[
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "buffers",
+    "wal",
+    "timing",
+    "summary",
+    "format",
+];
+const ANALYZE_SPELLINGS: &[&str] = &["analyze", "analyse"];
 
 /// Whether `sql` runs a statement prepared earlier (`EXECUTE name`):
 /// what that does was decided when it was prepared, so a rule that holds
@@ -261,6 +300,69 @@ const GUARDED_SETTINGS: &[&str] = &[
     "session authorization",
     "role",
 ];
+
+/// Settings a caller may change on a guarded connection: an allow-list.
+/// Everything else is `admin`, notably what changes how the server reads
+/// later text (`standard_conforming_strings`, `client_encoding`/`NAMES`,
+/// `backslash_quote`), who the session is, or the read-only guard.
+const SAFE_SETTINGS: &[&str] = &[
+    "application_name",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "extra_float_digits",
+    "bytea_output",
+    "client_min_messages",
+    "work_mem",
+    "jit",
+    "plan_cache_mode",
+    "random_page_cost",
+    "max_parallel_workers_per_gather",
+    "default_transaction_isolation",
+    "transaction_isolation",
+];
+
+/// The class of a SET or RESET: a read for the settings on the
+/// allow-list (and transaction modes that are not READ WRITE), else admin.
+fn setting(s: &Statement) -> Class {
+    let text = s.to_string().to_ascii_lowercase();
+    let mut rest = text
+        .strip_prefix("set ")
+        .or_else(|| text.strip_prefix("reset "))
+        .unwrap_or("")
+        .trim_start();
+    while let Some(r) = rest
+        .strip_prefix("local ")
+        .or_else(|| rest.strip_prefix("session "))
+    {
+        rest = r.trim_start();
+    }
+    if rest.starts_with("transaction") || rest.starts_with("characteristics") {
+        return if mentions_guarded(s) {
+            Class::Admin
+        } else {
+            Class::Read
+        };
+    }
+    if rest == "all" || rest.starts_with("time zone") {
+        return Class::Read;
+    }
+    let name: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '=')
+        .filter(|c| *c != '"')
+        .collect();
+    if SAFE_SETTINGS.contains(&name.as_str()) || name.starts_with("enable_") {
+        Class::Read
+    } else {
+        Class::Admin
+    }
+}
 
 fn mentions_guarded(s: &Statement) -> bool {
     let text = s.to_string().to_ascii_lowercase();
@@ -301,13 +403,14 @@ fn statement(s: &Statement) -> Class {
         | S::UNLISTEN { .. }
         // A cursor is as powerful as its query, which the walker visits.
         | S::Declare { .. } => Class::Read,
-        S::StartTransaction { .. } | S::Set(_) | S::Reset(_) => {
+        S::StartTransaction { .. } => {
             if mentions_guarded(s) {
                 Class::Admin
             } else {
                 Class::Read
             }
         }
+        S::Set(_) | S::Reset(_) => setting(s),
         // COPY TO STDOUT reads; to a file or a program it runs on the
         // server's file system as the server (`admin`); FROM writes.
         S::Copy { to, target, .. } => match (to, target) {
@@ -563,6 +666,9 @@ const BUILTIN_PURE: &[&str] = &[
     "extract",
     "make_interval",
     "make_date",
+    "substring",
+    "position",
+    "overlay",
 ];
 
 /// Walks every statement, query, expression and table reference of a
@@ -618,6 +724,15 @@ impl Walker {
     }
 }
 
+impl Walker {
+    fn builtin(&mut self, name: &str) {
+        self.calls.insert(Call {
+            schema: None,
+            name: name.into(),
+        });
+    }
+}
+
 impl Visitor for Walker {
     type Break = ();
 
@@ -659,6 +774,13 @@ impl Visitor for Walker {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
             Expr::Function(f) => self.call(&f.name, true),
+            // Special forms the parser reads as syntax are ordinary
+            // functions to PostgreSQL, found through search_path.
+            Expr::Ceil { .. } => self.builtin("ceil"),
+            Expr::Floor { .. } => self.builtin("floor"),
+            Expr::Substring { .. } => self.builtin("substring"),
+            Expr::Position { .. } => self.builtin("position"),
+            Expr::Overlay { .. } => self.builtin("overlay"),
             // A user-defined operator runs its function: not proven here.
             Expr::BinaryOp {
                 op: BinaryOperator::Custom(_) | BinaryOperator::PGCustomBinaryOperator(_),

@@ -160,6 +160,20 @@ const PASSED_PARAMS: &[&str] = &[
     "search_path",
 ];
 
+/// Whether a caller's startup parameter reaches the target. The gateway
+/// reads statements as UTF-8: a client encoding in which the server would
+/// lex the same bytes differently (SJIS can swallow a backslash) is not
+/// passed, so the server stays on UTF-8.
+fn passes(k: &str, v: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    PASSED_PARAMS.contains(&k.as_str())
+        && (k != "client_encoding"
+            || matches!(
+                v.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
+                "utf8" | "unicode"
+            ))
+}
+
 impl PgUpstream {
     pub fn new(conn: &Connection, t: &PgTarget, policy: &TlsPolicy) -> Result<Self, SetupError> {
         let password = t.password.resolve().map_err(|reason| SetupError::Secret {
@@ -280,7 +294,7 @@ impl PgUpstream {
     fn passed(caller_params: &[(String, String)]) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = caller_params
             .iter()
-            .filter(|(k, _)| PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
+            .filter(|(k, v)| passes(k, v))
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
         v.sort();
@@ -485,7 +499,7 @@ impl PgUpstream {
         let mut params: Vec<(&str, &str)> =
             vec![("user", &self.user), ("database", &self.database)];
         for (k, v) in caller_params {
-            if PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+            if passes(k, v) {
                 params.push((k, v));
             }
         }

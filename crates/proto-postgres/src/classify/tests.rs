@@ -224,3 +224,60 @@ fn table_statement_is_a_read_of_one_relation() {
     assert_eq!(c("TABLE \"unterminated"), Class::Unknown);
     assert_eq!(c("TABLE"), Class::Unknown);
 }
+
+/// The adversarial review's bypasses (they passed as reads once).
+#[test]
+fn parser_differentials_and_session_settings() {
+    // ANALYSE is PostgreSQL's other spelling; unknown options run too.
+    assert!(c("EXPLAIN (ANALYSE) DELETE FROM t") >= Class::Write);
+    assert_eq!(
+        c(
+            "EXPLAIN (ANALYSE) SELECT pg_catalog.set_config('default_transaction_read_only','off',false)"
+        ),
+        Class::Admin
+    );
+    assert!(c("EXPLAIN (SOMETHING_NEW) DELETE FROM t") >= Class::Write);
+    assert_eq!(
+        c("EXPLAIN (COSTS off, FORMAT json) DELETE FROM t"),
+        Class::Read
+    );
+    assert_eq!(c("EXPLAIN (ANALYSE false) DELETE FROM t"), Class::Read);
+    // An operator that swallows a comment opener lexes differently.
+    assert_eq!(
+        c(
+            "SELECT 1 ORDER BY 1 USING </* LIMIT ' */ ; COPY (SELECT 1) TO PROGRAM $$touch /tmp/x$$; --'"
+        ),
+        Class::Unknown
+    );
+    assert_eq!(c("SELECT 1 -/* x */ 1"), Class::Unknown);
+    // Settings: an allow-list.
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'SJIS'",
+        "SET backslash_quote = on",
+        "SET LOCAL \"standard_conforming_strings\" TO off",
+        "RESET standard_conforming_strings",
+        "SET default_transaction_read_only = off",
+        "SET role = postgres",
+    ] {
+        assert_eq!(c(sql), Class::Admin, "{sql}");
+    }
+    for sql in [
+        "SET search_path TO public",
+        "SET LOCAL statement_timeout = '5s'",
+        "SET SESSION application_name = 'x'",
+        "SET TIME ZONE 'UTC'",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET enable_seqscan = off",
+        "RESET ALL",
+        "RESET search_path",
+    ] {
+        assert_eq!(c(sql), Class::Read, "{sql}");
+    }
+    // Special forms are calls to prove.
+    assert_eq!(
+        calls("SELECT ceil(1.5), substring('abc' from 1 for 2)"),
+        vec!["ceil", "substring"]
+    );
+}
