@@ -185,16 +185,7 @@ actions = {{ email = {{ action = "hash", reversible = true }} }}
         db: &str,
         token: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            (*client_tls(Path::new(&self.ca), &[])).clone(),
-        );
-        let mut cfg = self.pg_config(db);
-        cfg.password(token);
-        // The rustls config above verifies the gateway against its CA.
-        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let (client, conn) = cfg.connect(tls).await?;
-        tokio::spawn(conn);
-        Ok(client)
+        pg_client(self.port, Path::new(&self.ca), db, token).await
     }
 }
 

@@ -108,9 +108,17 @@ url = "{url}"
 password = "file:pgpw"
 approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["dba"], wait = "100ms" }}
 
+# DDL passes unheld; writes and anything unproven wait.
+[[connections]]
+name = "ddl-free"
+type = "postgres"
+url = "{url}"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["write"], approvers = ["dba"], wait = "100ms" }}
+
 [[grants]]
 groups = ["testers"]
-connections = ["ro", "guarded"]
+connections = ["ro", "guarded", "ddl-free"]
 "#
         );
         let (gw, token) = gateway_with_config(dir, &config);
@@ -127,19 +135,9 @@ connections = ["ro", "guarded"]
     }
 
     async fn client(&self, connection: &str) -> tokio_postgres::Client {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            (*client_tls(Path::new(&self.ca), &[])).clone(),
-        );
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("localhost")
-            .port(self.port)
-            .dbname(connection)
-            .user("agent")
-            .password(&self.token)
-            .ssl_mode(tokio_postgres::config::SslMode::Require);
-        let (client, conn) = cfg.connect(tls).await.unwrap();
-        tokio::spawn(conn);
-        client
+        pg_client(self.port, Path::new(&self.ca), connection, &self.token)
+            .await
+            .unwrap()
     }
 
     /// A client straight to the server, around the gateway.
@@ -618,4 +616,50 @@ async fn read_until_ready<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
             return out;
         }
     }
+}
+
+/// A proof must not outlive the schema it was made on: a function made
+/// volatile inside a transaction through the gateway, while another
+/// session proves (and caches) the old stable one, is volatile once the
+/// transaction commits.
+#[test]
+fn a_schema_change_through_the_gateway_ends_the_proofs_made_before_it() {
+    let g = Guard::start("stale");
+    let pg = PgCluster::shared();
+    rt().block_on(async {
+        let a = g.client("ddl-free").await;
+        let b = g.client("ddl-free").await;
+        let name = |r: Vec<tokio_postgres::SimpleQueryMessage>| {
+            r.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            name(b.simple_query("SELECT stable_name(1)").await.unwrap()),
+            Some("name1".into())
+        );
+        a.batch_execute(
+            "BEGIN; CREATE OR REPLACE FUNCTION stable_name(i int) RETURNS text LANGUAGE sql VOLATILE AS \
+             $$ DELETE FROM customers WHERE id = i; SELECT 'gone' $$",
+        )
+        .await
+        .unwrap();
+        // Proven again (and cached) while the change is not yet visible.
+        assert_eq!(
+            name(b.simple_query("SELECT stable_name(2)").await.unwrap()),
+            Some("name2".into())
+        );
+        a.batch_execute("COMMIT").await.unwrap();
+        let e = b
+            .simple_query("SELECT stable_name(3)")
+            .await
+            .expect_err("a volatile function runs unreviewed");
+        let message = e.as_db_error().map(|d| d.message().to_string());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("review")),
+            "{e:?}"
+        );
+    });
+    assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM customers"), "6");
 }

@@ -97,7 +97,7 @@ pub async fn sql_query(
             || portcullis_approval::holds_tool(r, "sql_query", None)
     })
     .await?;
-    run(
+    let result = run(
         ctx,
         who,
         name,
@@ -129,7 +129,12 @@ pub async fn sql_query(
             r
         },
     )
-    .await
+    .await;
+    if class >= Class::Ddl {
+        // It may have changed what the catalog says.
+        upstream.forget_catalog();
+    }
+    result
 }
 
 pub async fn describe_schema(

@@ -12,6 +12,7 @@
 //! gains nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::classify::{self, Analysis, Call, Class, Proof};
@@ -40,10 +41,28 @@ pub enum ProofError {
     Upstream(#[from] UpstreamError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Name(String),
-    Oid(u32),
+/// What the catalog said about one name or OID, and when.
+type Entry = (Arc<[ProcRow]>, Instant);
+
+/// Proofs by function name (every overload, every schema) and by OID.
+#[derive(Default)]
+struct Cache {
+    names: HashMap<String, Entry>,
+    oids: HashMap<u32, Entry>,
+}
+
+impl Cache {
+    fn fresh(e: Option<&Entry>) -> Option<Arc<[ProcRow]>> {
+        e.filter(|(_, at)| at.elapsed() < TTL)
+            .map(|(rows, _)| rows.clone())
+    }
+
+    fn room(&mut self) {
+        if self.names.len() + self.oids.len() >= MAX_ENTRIES {
+            self.names.clear();
+            self.oids.clear();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -51,7 +70,7 @@ pub struct Catalog {
     /// The gateway's own session for look-ups; opened on first use and
     /// again after an error.
     session: tokio::sync::Mutex<Option<UpstreamSession>>,
-    cache: std::sync::Mutex<HashMap<Key, (Vec<ProcRow>, Instant)>>,
+    cache: std::sync::Mutex<Cache>,
 }
 
 /// Whether `rows` (every function a call's name can reach) prove `call`
@@ -91,28 +110,13 @@ pub fn function_call_class(row: Option<&ProcRow>) -> Class {
     let Some(r) = row else {
         return Class::Unknown;
     };
-    let call = Call {
-        schema: Some(r.schema.clone()),
-        name: r.name.clone(),
-    };
     // The name decides first (set_config is admin wherever it is), then
     // the catalog.
-    let named = classify::analyse(&format!(
-        "SELECT {}.{}()",
-        quote_ident(&r.schema),
-        quote_ident(&r.name)
-    ));
-    if named.class != Class::Read {
-        return named.class;
+    match classify::named_class(&r.name) {
+        Some(class) => class,
+        None if pure_row(r) => Class::Read,
+        None => Class::Unknown,
     }
-    match prove(&call, std::slice::from_ref(r)) {
-        Proof::Pure => Class::Read,
-        _ => Class::Unknown,
-    }
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// A literal the target reads the same whatever its settings
@@ -125,23 +129,7 @@ impl Catalog {
     /// Forget every proof: something that may change the schema passed.
     pub fn forget(&self) {
         if let Ok(mut c) = self.cache.lock() {
-            c.clear();
-        }
-    }
-
-    fn cached(&self, key: &Key) -> Option<Vec<ProcRow>> {
-        let c = self.cache.lock().ok()?;
-        c.get(key)
-            .filter(|(_, at)| at.elapsed() < TTL)
-            .map(|(rows, _)| rows.clone())
-    }
-
-    fn store(&self, key: Key, rows: Vec<ProcRow>) {
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= MAX_ENTRIES {
-                c.clear();
-            }
-            c.insert(key, (rows, Instant::now()));
+            *c = Cache::default();
         }
     }
 
@@ -155,15 +143,19 @@ impl Catalog {
         if !a.needs_proof() {
             return Ok(a.resolve(|_| Proof::Missing));
         }
-        let mut known: HashMap<String, Vec<ProcRow>> = HashMap::new();
-        let mut missing = Vec::new();
-        for c in &a.calls {
-            match self.cached(&Key::Name(c.name.clone())) {
-                Some(rows) => {
-                    known.insert(c.name.clone(), rows);
+        let mut known: HashMap<&str, Arc<[ProcRow]>> = HashMap::new();
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            // A poisoned cache is only a cold one.
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &a.calls {
+                match Cache::fresh(cache.names.get(&c.name)) {
+                    Some(rows) => {
+                        known.insert(&c.name, rows);
+                    }
+                    None if !missing.contains(&c.name.as_str()) => missing.push(&c.name),
+                    None => {}
                 }
-                None if !missing.contains(&c.name) => missing.push(c.name.clone()),
-                None => {}
             }
         }
         if !missing.is_empty() {
@@ -178,13 +170,18 @@ impl Catalog {
                  WHERE p.proname::text IN ({list})"
             );
             let rows = self.query(&sql, open).await?;
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.room();
             for name in missing {
-                let mine: Vec<ProcRow> = rows.iter().filter(|r| r.name == name).cloned().collect();
-                self.store(Key::Name(name.clone()), mine.clone());
+                let mine: Arc<[ProcRow]> =
+                    rows.iter().filter(|r| r.name == name).cloned().collect();
+                cache
+                    .names
+                    .insert(name.to_string(), (mine.clone(), Instant::now()));
                 known.insert(name, mine);
             }
         }
-        Ok(a.resolve(|c| prove(c, known.get(&c.name).map_or(&[][..], |v| v))))
+        Ok(a.resolve(|c| prove(c, known.get(c.name.as_str()).map_or(&[][..], |v| v))))
     }
 
     /// The function a fast-path call names by OID.
@@ -193,16 +190,22 @@ impl Catalog {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
-        if let Some(rows) = self.cached(&Key::Oid(oid)) {
-            return Ok(rows.into_iter().next());
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            Cache::fresh(cache.oids.get(&oid))
+        };
+        if let Some(rows) = cached {
+            return Ok(rows.first().cloned());
         }
         let sql = format!(
             "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = {oid}"
         );
-        let rows = self.query(&sql, open).await?;
-        self.store(Key::Oid(oid), rows.clone());
-        Ok(rows.into_iter().next())
+        let rows: Arc<[ProcRow]> = self.query(&sql, open).await?.into();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.room();
+        cache.oids.insert(oid, (rows.clone(), Instant::now()));
+        Ok(rows.first().cloned())
     }
 
     async fn query<F, Fut>(&self, sql: &str, open: F) -> Result<Vec<ProcRow>, ProofError>

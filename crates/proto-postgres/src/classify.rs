@@ -18,6 +18,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// What a statement can do, from least to most powerful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -138,11 +139,17 @@ pub fn analyse(sql: &str) -> Analysis {
             calls: Vec::new(),
         };
     }
-    if lexes_differently(sql) {
-        return Analysis {
-            class: Class::Unknown,
-            calls: Vec::new(),
-        };
+    let unknown = Analysis {
+        class: Class::Unknown,
+        calls: Vec::new(),
+    };
+    let dialect = PostgreSqlDialect {};
+    // One tokenization serves the differential check and the parse.
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+        return unknown;
+    };
+    if lexes_differently(&tokens) {
+        return unknown;
     }
     if is_table_statement(sql) {
         return Analysis {
@@ -150,11 +157,11 @@ pub fn analyse(sql: &str) -> Analysis {
             calls: Vec::new(),
         };
     }
-    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Analysis {
-            class: Class::Unknown,
-            calls: Vec::new(),
-        };
+    let Ok(stmts) = Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+    else {
+        return unknown;
     };
     let mut w = Walker::default();
     for s in &stmts {
@@ -178,15 +185,11 @@ pub fn analyse(sql: &str) -> Analysis {
 /// operator token holding a comment opener (PostgreSQL ends an operator
 /// before `/*` or `--`, the parser does not), so that text one reads as
 /// a comment the other reads as a statement. Not proven: unknown.
-fn lexes_differently(sql: &str) -> bool {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() {
-        Ok(tokens) => tokens.iter().any(|t| match t {
-            Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
-            _ => false,
-        }),
-        Err(_) => true,
-    }
+fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
+    tokens.iter().any(|t| match &t.token {
+        Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
+        _ => false,
+    })
 }
 
 /// `TABLE name` (PostgreSQL's short form of `SELECT * FROM name`), which
@@ -497,6 +500,19 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "pg_advisory_xact_lock",
 ];
 
+/// The class a function's name alone gives it, in any schema: `admin`
+/// for server-state functions, `unknown` for those that run SQL text;
+/// `None`: its catalog entry decides.
+pub fn named_class(name: &str) -> Option<Class> {
+    if ADMIN_FUNCTIONS.contains(&name) {
+        Some(Class::Admin)
+    } else if RUNS_SQL_TEXT.contains(&name) {
+        Some(Class::Unknown)
+    } else {
+        None
+    }
+}
+
 /// Functions the catalog calls stable although they run SQL handed to
 /// them as text, which the gateway never sees parsed: their volatility
 /// proves nothing about what they run.
@@ -693,7 +709,9 @@ impl Walker {
             .map(|p| match p.as_ident() {
                 Some(i) => match i.quote_style {
                     Some(_) => (i.value.clone(), true),
-                    None => (i.value.to_lowercase(), false),
+                    // PostgreSQL folds ASCII letters only (in UTF-8):
+                    // folding more would prove a function it never calls.
+                    None => (i.value.to_ascii_lowercase(), false),
                 },
                 // A computed name part cannot be proven.
                 None => (String::new(), true),
@@ -707,12 +725,8 @@ impl Walker {
             self.class = Class::Unknown;
             return;
         }
-        if ADMIN_FUNCTIONS.contains(&base.as_str()) {
-            self.class = self.class.max(Class::Admin);
-            return;
-        }
-        if RUNS_SQL_TEXT.contains(&base.as_str()) {
-            self.class = Class::Unknown;
+        if let Some(class) = named_class(&base) {
+            self.class = self.class.max(class);
             return;
         }
         if parts.len() == 1 && !quoted && may_be_syntax && SYNTAX_FUNCTIONS.contains(&base.as_str())

@@ -282,6 +282,16 @@ mod tests {
         values.iter().map(|v| v.map(str::to_string)).collect()
     }
 
+    /// The query's row for a least-privilege role named `role`.
+    fn clean_row(role: &str) -> Vec<Option<String>> {
+        let mut r = row(&[Some("f"); 13]);
+        r[0] = Some(role.into());
+        r[8] = Some("0".into());
+        r[9] = Some("0".into());
+        r[10] = None;
+        r
+    }
+
     #[test]
     fn a_clean_role_has_no_problems() {
         assert!(clean().problems().is_empty());
@@ -381,22 +391,7 @@ mod tests {
 
     #[test]
     fn parses_a_clean_row_with_no_examples() {
-        let r = parse_row(&row(&[
-            Some("reader"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("0"),
-            Some("0"),
-            None,
-            Some("f"),
-            Some("f"),
-        ]))
-        .unwrap();
+        let r = parse_row(&clean_row("reader")).unwrap();
         assert_eq!(r, clean());
         assert!(r.problems().is_empty());
     }
@@ -406,21 +401,8 @@ mod tests {
         assert_eq!(parse_row(&row(&[Some("app"), Some("f")])), None);
         let mut bad = row(&[Some("x"); 13]);
         assert_eq!(parse_row(&bad), None);
-        bad = row(&[
-            Some("app"),
-            Some("yes"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("f"),
-            Some("0"),
-            Some("0"),
-            None,
-            Some("f"),
-            Some("f"),
-        ]);
+        bad = clean_row("app");
+        bad[1] = Some("yes".into());
         assert_eq!(parse_row(&bad), None);
         // The role name may not be NULL.
         bad[0] = None;

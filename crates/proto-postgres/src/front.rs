@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +153,17 @@ impl Gate {
             },
             portcullis_config::ApprovalMode::None => false,
         }
+    }
+
+    /// Whether `m` binds a held statement that may change the schema (it
+    /// was proven at Parse; this is when it runs).
+    fn binds_schema_change(&self, m: &Message) -> bool {
+        m.tag == b'B'
+            && messages::bind(&m.body).is_some_and(|b| {
+                self.held()
+                    .get(&b.statement)
+                    .is_some_and(|h| matches!(h.class, "ddl" | "admin" | "unknown"))
+            })
     }
 
     /// The class under which a statement of `class` needs approval, if
@@ -833,6 +844,11 @@ impl Inner {
         let syncs_sent = AtomicU64::new(0);
         let ready_seen = AtomicU64::new(0);
         let last_status = AtomicU8::new(status);
+        // A statement that may change the schema went to the target: the
+        // catalog's proofs are forgotten at each ReadyForQuery until the
+        // session is out of its transaction (until then other sessions
+        // still see, and may cache, the old schema).
+        let schema_dirty = AtomicBool::new(false);
         let chain = Mutex::new(chain);
         let pending: Mutex<Pending> = Mutex::new(Pending::default());
         caller_r.set_max(self.max_message);
@@ -886,7 +902,14 @@ impl Inner {
                             .map_err(drop),
                     };
                     match verdict {
-                        Ok(Ok(m)) => m.encode(&mut out),
+                        Ok(Ok(m)) => {
+                            if class.is_some_and(|c| c >= Class::Ddl)
+                                || gate.is_some_and(|g| g.binds_schema_change(&m))
+                            {
+                                schema_dirty.store(true, Ordering::Relaxed);
+                            }
+                            m.encode(&mut out)
+                        }
                         Ok(Err(refusal)) => {
                             if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
                                 return Exit::Refused(refusal);
@@ -997,8 +1020,12 @@ impl Inner {
                     }
                     if m.tag == b'Z' {
                         ready_seen.fetch_add(1, Ordering::Relaxed);
-                        last_status
-                            .store(m.body.first().copied().unwrap_or(b'E'), Ordering::Relaxed);
+                        let status = m.body.first().copied().unwrap_or(b'E');
+                        last_status.store(status, Ordering::Relaxed);
+                        if schema_dirty.load(Ordering::Relaxed) {
+                            ctx.upstream.forget_catalog();
+                            schema_dirty.store(status != b'I', Ordering::Relaxed);
+                        }
                     }
                     match chain.lock().map(|mut c| inspect::backend(&mut c, m)) {
                         Ok(Ok(m)) => m.encode(&mut out),

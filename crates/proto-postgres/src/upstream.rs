@@ -267,12 +267,14 @@ impl PgUpstream {
         sql: &str,
     ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
         let a = crate::classify::analyse(sql);
-        let class = self.catalog.resolve(&a, || self.connect(&[])).await?;
-        if class >= crate::classify::Class::Ddl {
-            // It may change what the catalog says.
-            self.catalog.forget();
-        }
-        Ok(class)
+        self.catalog.resolve(&a, || self.connect(&[])).await
+    }
+
+    /// Forget the catalog's proofs: a statement that may have changed the
+    /// schema has finished (called once it is done, not when it is
+    /// admitted, so no proof of the old schema outlives the change).
+    pub fn forget_catalog(&self) {
+        self.catalog.forget();
     }
 
     /// The class of a fast-path call ('F') of function `oid`, and the

@@ -307,6 +307,28 @@ pub fn client_tls(ca: &Path, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientCon
     std::sync::Arc::new(cfg)
 }
 
+/// tokio-postgres through the gateway's PostgreSQL listener on `port`:
+/// connection `db`, the token as the password, TLS verified against `ca`.
+pub async fn pg_client(
+    port: u16,
+    ca: &Path,
+    db: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*client_tls(ca, &[])).clone());
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("localhost")
+        .port(port)
+        .dbname(db)
+        .user("agent")
+        .password(token)
+        // The rustls config above verifies the gateway against its CA.
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, conn) = cfg.connect(tls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// Open a TLS connection to the gateway on loopback as `localhost`.
 pub async fn tls_connect(
     port: u16,

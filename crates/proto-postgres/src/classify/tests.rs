@@ -133,6 +133,9 @@ fn calls_are_named_as_postgresql_folds_them() {
         calls("SELECT MySchema.F(1), \"MixedCase\"(), \"s\".\"G\"() FROM h(2)"),
         vec!["MixedCase", "h", "myschema.f", "s.G"]
     );
+    // PostgreSQL folds ASCII letters only: ÄRGER() calls "Ärger", never a
+    // function "ärger" that might be proven pure instead.
+    assert_eq!(calls("SELECT ÄRGER(1), Ärger(2)"), vec!["Ärger"]);
     assert!(calls("SELECT coalesce(1, 2), current_date").is_empty());
     assert_eq!(calls("SELECT count(*) FROM t"), vec!["count"]);
     // A plain EXPLAIN calls nothing.
