@@ -474,6 +474,18 @@ pub fn holds_tool(rule: &ApprovalRule, tool: &str, method: Option<&str>) -> bool
         })
 }
 
+/// The action a reviewer sees and approves for an HTTP request: the
+/// method, the caller's own path and query, and the SHA-256 of the body.
+/// One text whichever way the request is sent (the proxy or the
+/// `http_request` tool), so one approval fits either.
+pub fn http_action(method: &str, path_and_query: &str, body: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    format!(
+        "{method} {path_and_query} body-sha256:{}",
+        hex::encode(digest)
+    )
+}
+
 /// The words a caller is told while an action waits.
 pub fn waiting_message(r: &Review) -> String {
     format!(

@@ -7,7 +7,6 @@
 
 pub mod chain;
 mod event;
-mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use portcullis_store::{AuditRow, SessionRow, Store};
 
 pub use chain::{Checkpoint, Entry, Summary, VerifyError};
 pub use event::AuditEvent;
-pub use session::{Closing, OpenSession, Opening, Refused, Sessions};
 
 const KEY_FILE: &str = "audit-signing.key";
 const PUB_FILE: &str = "audit-signing.pub";
@@ -40,8 +38,6 @@ pub enum AuditError {
     Corrupt { seq: i64, reason: String },
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("recording: {0}")]
-    Recording(String),
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
 }

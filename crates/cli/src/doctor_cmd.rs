@@ -94,7 +94,7 @@ async fn examine(config: &Config, c: &Connection) -> Option<Finding> {
             }
             Some(f)
         }
-        Target::Agent(a) if a.protocol == "postgres" => Some(Finding {
+        Target::Agent(a) if a.protocol == portcullis_config::Protocol::Postgres => Some(Finding {
             connection: c.name.clone(),
             read_only: a.access == Access::ReadOnly,
             role: None,
@@ -149,7 +149,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         for c in &config.connections {
             let mode = match &c.target {
                 Target::Postgres(t) => t.access,
-                Target::Agent(a) if a.protocol == "postgres" => a.access,
+                Target::Agent(a) if a.protocol == portcullis_config::Protocol::Postgres => a.access,
                 _ => continue,
             };
             if (mode == Access::ReadOnly) != read_only {

@@ -156,8 +156,8 @@ pub struct AgentEnrol {
 #[derive(Debug, Clone)]
 pub struct AgentTarget {
     pub agent: String,
-    /// `http` or `postgres`.
-    pub protocol: &'static str,
+    /// [`Protocol::Http`] or [`Protocol::Postgres`].
+    pub protocol: Protocol,
     pub access: Access,
 }
 
@@ -395,6 +395,54 @@ pub struct Connection {
     pub approval: Option<ApprovalRule>,
 }
 
+/// The protocol a connection speaks: which front serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Postgres,
+    /// An upstream MCP server (Streamable HTTP), or the gateway's own MCP
+    /// endpoint.
+    Mcp,
+}
+
+impl Protocol {
+    /// The name used in config files, audit entries and recordings.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Postgres => "postgres",
+            Protocol::Mcp => "mcp",
+        }
+    }
+
+    /// What a person calls it, for messages (`speaks PostgreSQL`).
+    pub const fn display_name(self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Postgres => "PostgreSQL",
+            Protocol::Mcp => "MCP",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "http" => Ok(Protocol::Http),
+            "postgres" => Ok(Protocol::Postgres),
+            "mcp" => Ok(Protocol::Mcp),
+            _ => Err(()),
+        }
+    }
+}
+
 /// What a connection reaches, by protocol.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -429,11 +477,11 @@ impl McpTarget {
 }
 
 impl Target {
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> Protocol {
         match self {
-            Target::Http(_) => "http",
-            Target::Postgres(_) => "postgres",
-            Target::Mcp(_) => "mcp",
+            Target::Http(_) => Protocol::Http,
+            Target::Postgres(_) => Protocol::Postgres,
+            Target::Mcp(_) => Protocol::Mcp,
             Target::Agent(a) => a.protocol,
         }
     }
@@ -500,7 +548,7 @@ impl Config {
 
     /// Every connection's protocol by name, so that a front can tell a
     /// caller "that connection speaks X" instead of "unknown".
-    pub fn protocols(&self) -> std::collections::HashMap<String, &'static str> {
+    pub fn protocols(&self) -> std::collections::HashMap<String, Protocol> {
         self.connections
             .iter()
             .map(|c| (c.name.clone(), c.target.protocol()))

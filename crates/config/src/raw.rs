@@ -1045,8 +1045,8 @@ impl RawConnection {
     ) -> Result<Connection, Invalid> {
         check_name(&key("agent"), agent)?;
         let protocol = match self.kind.as_str() {
-            "http" => "http",
-            "postgres" => "postgres",
+            "http" => crate::Protocol::Http,
+            "postgres" => crate::Protocol::Postgres,
             other => {
                 return Err(invalid(
                     key("type"),
@@ -1076,7 +1076,7 @@ impl RawConnection {
         }
         let access = match (protocol, self.access.as_deref()) {
             (_, None) | (_, Some("read-write")) => Access::ReadWrite,
-            ("postgres", Some("read-only")) => Access::ReadOnly,
+            (crate::Protocol::Postgres, Some("read-only")) => Access::ReadOnly,
             (_, Some(other)) => {
                 return Err(invalid(
                     key("access"),

@@ -368,7 +368,7 @@ tools_deny = ["get_secret"]
     };
     assert!(t.allows("search") && t.allows("get_user"));
     assert!(!t.allows("get_secret") && !t.allows("delete_user"));
-    assert_eq!(c.protocols()["tools"], "mcp");
+    assert_eq!(c.protocols()["tools"], crate::Protocol::Mcp);
 
     let e = err(&with(
         "[[connections]]\nname = \"t\"\ntype = \"mcp\"\nurl = \"https://m\"\ntools_allow = [\"a*b\"]\n",
@@ -400,9 +400,9 @@ fn agent_served_connections_hold_no_secrets_on_the_gateway() {
     };
     assert_eq!(
         (a.agent.as_str(), a.protocol, a.access),
-        ("dc1", "postgres", Access::ReadOnly)
+        ("dc1", crate::Protocol::Postgres, Access::ReadOnly)
     );
-    assert_eq!(c.protocols()["db"], "postgres");
+    assert_eq!(c.protocols()["db"], crate::Protocol::Postgres);
 
     let e = err(&format!(
         "{base}[[connections]]\nname = \"api\"\ntype = \"http\"\nagent = \"dc1\"\ncredential = {{ header = \"x\", secret = \"env:K\" }}\n"

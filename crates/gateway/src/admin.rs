@@ -50,7 +50,7 @@ impl Admin {
                 return e.into_response();
             }
         };
-        portcullis_http::api::reviews(&self.approvals, "/reviews", req, &who)
+        crate::api::reviews(&self.approvals, "/reviews", req, &who)
             .await
             .unwrap_or_else(ProxyError::into_response)
     }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agents;
+mod api;
 mod demo;
 pub mod enrol;
 mod listener;
@@ -318,76 +319,110 @@ pub async fn serve_demo(
     Ok(addr)
 }
 
-/// Start every listener the config asks for.
-pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, GatewayError> {
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let mut registry = Registry::default();
-    let tls_metrics = portcullis_tls::TlsMetrics::register(&mut registry);
-    let cert_metrics = portcullis_tls::CertMetrics::register(&mut registry);
-    let provider = cfg
-        .gateway
-        .tls
-        .provider()
+/// What every listener's setup shares, built once by [`start`] (as
+/// linkerd2-proxy builds one runtime for its stacks).
+struct Runtime {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    registry: Registry,
+    tls_metrics: portcullis_tls::TlsMetrics,
+    certs: ListenerCerts,
+}
+
+impl Runtime {
+    /// The gateway's certificate (watched for rotation) and the metrics.
+    fn new(cfg: &Config) -> Result<Self, GatewayError> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut registry = Registry::default();
+        let tls_metrics = portcullis_tls::TlsMetrics::register(&mut registry);
+        let cert_metrics = portcullis_tls::CertMetrics::register(&mut registry);
+        let provider = cfg
+            .gateway
+            .tls
+            .provider()
+            .map_err(|source| GatewayError::Tls {
+                what: "the gateway listener",
+                source,
+            })?;
+        let bundles = cfg
+            .connections
+            .iter()
+            .filter_map(|c| c.ca_file.clone())
+            // (Listeners' client CA bundles report themselves as they load.)
+            .chain(cfg.oidc.iter().filter_map(|o| o.ca_file.clone()));
+        for path in bundles.collect::<std::collections::BTreeSet<_>>() {
+            if let Err(e) = cert_metrics.report_bundle(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read certificate bundle for its expiry");
+            }
+        }
+        let certs = portcullis_tls::ReloadingCert::load(
+            &cfg.gateway.cert,
+            &cfg.gateway.key,
+            provider.clone(),
+            Some(cert_metrics.clone()),
+        )
         .map_err(|source| GatewayError::Tls {
-            what: "the gateway listener",
+            what: "the gateway certificate",
             source,
         })?;
-    let bundles = cfg
-        .connections
-        .iter()
-        .filter_map(|c| c.ca_file.clone())
-        // (Listeners' client CA bundles report themselves as they load.)
-        .chain(cfg.oidc.iter().filter_map(|o| o.ca_file.clone()));
-    for path in bundles.collect::<std::collections::BTreeSet<_>>() {
-        if let Err(e) = cert_metrics.report_bundle(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read certificate bundle for its expiry");
-        }
+        tracker.spawn(certs.clone().watch(CERT_CHECK_INTERVAL, shutdown.clone()));
+        let certs = ListenerCerts {
+            certs,
+            provider,
+            metrics: cert_metrics,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        Ok(Self {
+            shutdown,
+            tracker,
+            registry,
+            tls_metrics,
+            certs,
+        })
     }
-    let certs = portcullis_tls::ReloadingCert::load(
-        &cfg.gateway.cert,
-        &cfg.gateway.key,
-        provider.clone(),
-        Some(cert_metrics.clone()),
-    )
-    .map_err(|source| GatewayError::Tls {
-        what: "the gateway certificate",
-        source,
-    })?;
-    tracker.spawn(certs.clone().watch(CERT_CHECK_INTERVAL, shutdown.clone()));
-    let listener_certs = ListenerCerts {
-        certs: certs.clone(),
-        provider,
-        metrics: cert_metrics,
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let http_metrics = HttpMetrics::register(&mut registry);
 
-    let settings = |public_url: String| {
+    fn settings(&self, cfg: &Config, public_url: String) -> Arc<ListenerSettings> {
         Arc::new(ListenerSettings {
             public_url,
             handshake_timeout: cfg.limits.handshake_timeout,
             idle_timeout: cfg.limits.idle_timeout,
             max_header_bytes: cfg.limits.max_header_bytes,
         })
-    };
+    }
 
-    // The demo target first, so the gateway's first request can reach it.
-    let demo_addr = match &cfg.demo {
-        None => None,
-        Some(d) => Some(
-            serve_demo(
-                d,
-                &cfg.gateway.tls,
-                cfg.limits.handshake_timeout,
-                shutdown.clone(),
-                tracker.clone(),
-            )
-            .await?,
-        ),
-    };
+    /// Serve HTTPS with `handler` on `l`.
+    fn serve<H: Handler>(
+        &self,
+        l: TcpListener,
+        acceptor: TlsAcceptor,
+        handler: H,
+        settings: Arc<ListenerSettings>,
+    ) {
+        self.tracker.spawn(listener::serve(
+            l,
+            acceptor,
+            handler,
+            settings,
+            self.tls_metrics.clone(),
+            self.shutdown.clone(),
+            self.tracker.clone(),
+        ));
+    }
+}
 
+/// What the fronts share, and what the gateway keeps to shut down.
+struct Shared {
+    ctx: Arc<portcullis_front::FrontContext>,
+    audit: portcullis_audit::AuditLog,
+    sink: portcullis_recordings::RecordingSink,
+    links: Arc<portcullis_link::AgentRegistry>,
+}
+
+/// The admission path's parts: masking rules, the audit log (its first
+/// entry the config's digest), recordings, approvals, authentication.
+async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared, GatewayError> {
     let hash_key = match &cfg.masking.hash_key {
         None => None,
         Some(r) => Some(r.resolve().map_err(|reason| GatewayError::MaskKey {
@@ -399,8 +434,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         &cfg.masking.rules,
         hash_key.as_ref().map(|k| k.expose().as_bytes()),
     )?);
-    let mask_metrics = portcullis_mask::MaskMetrics::register(&mut registry);
-
+    let mask_metrics = portcullis_mask::MaskMetrics::register(&mut rt.registry);
     let audit = portcullis_audit::AuditLog::open(store.clone(), cfg.dir()).await?;
     let digest = std::fs::read(&cfg.source)
         .map(|b| portcullis_tls::sha256_hex(&b))
@@ -413,212 +447,202 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .await?;
     let sink = portcullis_recordings::from_config(&cfg.recordings)
         .map_err(|e| GatewayError::Recordings(e.to_string()))?;
-    tracker.spawn(sink.clone().run_uploads(shutdown.clone()));
-    let sessions = portcullis_audit::Sessions::new(audit.clone(), sink.clone());
-    let links = portcullis_link::AgentRegistry::new();
-    let approvals = portcullis_approval::Approvals::new(
-        store.clone(),
-        audit.clone(),
-        match &cfg.approvals.webhook {
-            None => None,
-            Some(w) => Some(webhook(w)?),
-        },
-    );
+    rt.tracker
+        .spawn(sink.clone().run_uploads(rt.shutdown.clone()));
+    let sessions = portcullis_front::Sessions::new(audit.clone(), sink.clone());
+    let webhook = match &cfg.approvals.webhook {
+        None => None,
+        Some(w) => Some(webhook(w)?),
+    };
+    let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
     let auth = Authenticator::new(Arc::new(store.clone()));
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),
         None => auth,
     };
-    let front = HttpFront::new(
-        cfg,
-        auth.clone(),
-        http_metrics,
-        masks.clone(),
-        mask_metrics.clone(),
-        sessions.clone(),
-        links.clone(),
-    )?;
-    front.set_approvals(approvals.clone());
-    // Read-only connections' database roles: waited for (and fatal) with
-    // `strict_roles`, else checked in the background and logged.
-    roles::check_read_only_roles(cfg).await?;
+    let ctx =
+        portcullis_front::FrontContext::new(cfg, auth, masks, mask_metrics, sessions, approvals);
+    Ok(Shared {
+        ctx: Arc::new(ctx),
+        audit,
+        sink,
+        links: portcullis_link::AgentRegistry::new(),
+    })
+}
 
-    let postgres_addr = match &cfg.postgres {
-        None => None,
-        Some(p) => {
-            let acceptor = listener_certs.acceptor(
-                cfg,
-                &p.client_auth,
-                &[portcullis_postgres::ALPN],
-                "the PostgreSQL listener",
-            )?;
-            let pg_metrics = portcullis_postgres::PgMetrics::register(&mut registry);
-            let pg = portcullis_postgres::PgFront::new(
-                cfg,
-                auth.clone(),
-                acceptor,
-                pg_metrics,
-                tls_metrics.clone(),
-                masks.clone(),
-                mask_metrics.clone(),
-                sessions.clone(),
-                links.clone(),
-            )?;
-            pg.set_approvals(approvals.clone());
-            let l = bind(p.listen, "postgres").await?;
-            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
-                what: "postgres",
-                addr: p.listen,
-                source,
-            })?;
-            front.set_postgres_port(addr.port());
-            let stop = shutdown.clone();
-            tracker.spawn(listener::accept_loop(
-                l,
-                shutdown.clone(),
-                tracker.clone(),
-                move |stream, peer| {
-                    let pg = pg.clone();
-                    let stop = stop.clone();
-                    async move {
-                        // PostgreSQL sessions have no graceful end: they
-                        // are closed at shutdown.
-                        tokio::select! {
-                            _ = pg.connection(stream, peer) => {}
-                            _ = stop.cancelled() => {}
-                        }
-                    }
-                },
-            ));
-            tracing::info!(%addr, "PostgreSQL listener");
-            Some(addr)
-        }
+/// The PostgreSQL listener, when `[postgres]` is set.
+async fn start_postgres(
+    cfg: &Config,
+    rt: &mut Runtime,
+    shared: &Shared,
+) -> Result<Option<SocketAddr>, GatewayError> {
+    let Some(p) = &cfg.postgres else {
+        return Ok(None);
     };
-    let acceptor = listener_certs.acceptor(
+    let acceptor = rt.certs.acceptor(
         cfg,
-        &cfg.gateway.client_auth,
-        &[b"h2", b"http/1.1"],
-        "the gateway listener",
+        &p.client_auth,
+        &[portcullis_postgres::ALPN],
+        "the PostgreSQL listener",
     )?;
-    let l = bind(cfg.gateway.listen, "gateway").await?;
-    let https_addr = l.local_addr().map_err(|source| GatewayError::Bind {
-        what: "gateway",
-        addr: cfg.gateway.listen,
+    let pg_metrics = portcullis_postgres::PgMetrics::register(&mut rt.registry);
+    let pg = portcullis_postgres::PgFront::new(
+        shared.ctx.clone(),
+        cfg,
+        acceptor,
+        pg_metrics,
+        rt.tls_metrics.clone(),
+        shared.links.clone(),
+    )?;
+    let l = bind(p.listen, "postgres").await?;
+    let addr = local_addr(&l, p.listen, "postgres")?;
+    let stop = rt.shutdown.clone();
+    rt.tracker.spawn(listener::accept_loop(
+        l,
+        rt.shutdown.clone(),
+        rt.tracker.clone(),
+        move |stream, peer| {
+            let pg = pg.clone();
+            let stop = stop.clone();
+            async move {
+                // PostgreSQL sessions have no graceful end: they are
+                // closed at shutdown.
+                tokio::select! {
+                    _ = pg.connection(stream, peer) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        },
+    ));
+    tracing::info!(%addr, "PostgreSQL listener");
+    Ok(Some(addr))
+}
+
+fn local_addr(
+    l: &TcpListener,
+    wanted: SocketAddr,
+    what: &'static str,
+) -> Result<SocketAddr, GatewayError> {
+    l.local_addr().map_err(|source| GatewayError::Bind {
+        what,
+        addr: wanted,
         source,
-    })?;
-    let public_url = cfg
-        .gateway
-        .public_url
-        .clone()
-        .unwrap_or_else(|| portcullis_config::url_for(https_addr));
+    })
+}
 
-    let agent_addr = match &cfg.agent_listener {
-        None => None,
-        Some(a) => {
-            let clients = portcullis_config::ClientAuth {
-                mode: portcullis_config::ClientCertMode::Required,
-                ca_file: Some(a.ca_file.clone()),
-                principal_from: vec![
-                    portcullis_config::CertName::Spiffe,
-                    portcullis_config::CertName::CommonName,
-                ],
-            };
-            let acceptor = listener_certs.acceptor(
-                cfg,
-                &clients,
-                &[portcullis_link::ALPN],
-                "the agent listener",
-            )?;
-            let l = bind(a.listen, "agents").await?;
-            let addr = l.local_addr().map_err(|source| GatewayError::Bind {
-                what: "agents",
-                addr: a.listen,
-                source,
-            })?;
-            tracker.spawn(agents::serve(
-                l,
-                acceptor,
-                agents::Assignments::from_config(cfg),
-                links.clone(),
-                store.clone(),
-                tls_metrics.clone(),
-                cfg.limits.handshake_timeout,
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-            tracing::info!(%addr, "agent listener");
-            Some(addr)
-        }
+/// The agent listener, when `[agent_listener]` is set.
+async fn start_agents(
+    cfg: &Config,
+    rt: &Runtime,
+    store: &Store,
+    links: &Arc<portcullis_link::AgentRegistry>,
+) -> Result<Option<SocketAddr>, GatewayError> {
+    let Some(a) = &cfg.agent_listener else {
+        return Ok(None);
     };
+    let clients = portcullis_config::ClientAuth {
+        mode: portcullis_config::ClientCertMode::Required,
+        ca_file: Some(a.ca_file.clone()),
+        principal_from: vec![
+            portcullis_config::CertName::Spiffe,
+            portcullis_config::CertName::CommonName,
+        ],
+    };
+    let acceptor = rt.certs.acceptor(
+        cfg,
+        &clients,
+        &[portcullis_link::ALPN],
+        "the agent listener",
+    )?;
+    let l = bind(a.listen, "agents").await?;
+    let addr = local_addr(&l, a.listen, "agents")?;
+    rt.tracker.spawn(agents::serve(
+        l,
+        acceptor,
+        agents::Assignments::from_config(cfg),
+        links.clone(),
+        store.clone(),
+        rt.tls_metrics.clone(),
+        cfg.limits.handshake_timeout,
+        rt.shutdown.clone(),
+        rt.tracker.clone(),
+    ));
+    tracing::info!(%addr, "agent listener");
+    Ok(Some(addr))
+}
 
-    // Announce this gateway to the peers sharing the store.
+/// Announce this gateway to the peers sharing the store, every 5 s.
+fn start_heartbeat(rt: &Runtime, store: &Store, public_url: &str) -> String {
     let gateway_id = {
         let mut b = [0u8; 6];
         let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
         format!("gw_{}", hex_encode(&b))
     };
-    {
-        let (store, id, url, stop) = (
-            store.clone(),
-            gateway_id.clone(),
-            public_url.clone(),
-            shutdown.clone(),
-        );
-        let started = portcullis_identity::unix_now();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let now = portcullis_identity::unix_now();
-                if let Err(e) = store.gateway_heartbeat(&id, &url, started, now).await {
-                    tracing::warn!(error = %e, "store heartbeat failed");
-                }
+    let (store, id, url, stop) = (
+        store.clone(),
+        gateway_id.clone(),
+        public_url.to_owned(),
+        rt.shutdown.clone(),
+    );
+    let started = portcullis_identity::unix_now();
+    rt.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
             }
-        });
-    }
-
-    let admin_addr = match cfg.gateway.admin_listen {
-        None => None,
-        Some(a) => {
-            let acceptor = listener_certs.acceptor(
-                cfg,
-                &Default::default(),
-                &[b"http/1.1"],
-                "the admin listener",
-            )?;
-            let al = bind(a, "admin").await?;
-            let addr = al.local_addr().map_err(|source| GatewayError::Bind {
-                what: "admin",
-                addr: a,
-                source,
-            })?;
-            let admin_metrics = tls_metrics.clone();
-            let handler = admin::Admin {
-                registry: Arc::new(std::mem::take(&mut registry)),
-                links: links.clone(),
-                approvals: approvals.clone(),
-                store: store.clone(),
-                sink: sink.clone(),
-                id: gateway_id.clone(),
-                auth: auth.clone(),
-            };
-            tracker.spawn(listener::serve(
-                al,
-                acceptor,
-                handler,
-                settings(portcullis_config::url_for(addr)),
-                admin_metrics,
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-            tracing::info!(%addr, "admin listener (metrics, health)");
-            Some(addr)
+            let now = portcullis_identity::unix_now();
+            if let Err(e) = store.gateway_heartbeat(&id, &url, started, now).await {
+                tracing::warn!(error = %e, "store heartbeat failed");
+            }
         }
-    };
+    });
+    gateway_id
+}
 
+/// The admin listener (metrics, health, reviews), when `admin_listen`
+/// is set. Takes the metrics registry: every metric is registered by now.
+async fn start_admin(
+    cfg: &Config,
+    rt: &mut Runtime,
+    store: &Store,
+    shared: &Shared,
+    gateway_id: String,
+) -> Result<Option<SocketAddr>, GatewayError> {
+    let Some(a) = cfg.gateway.admin_listen else {
+        return Ok(None);
+    };
+    let acceptor = rt.certs.acceptor(
+        cfg,
+        &Default::default(),
+        &[b"http/1.1"],
+        "the admin listener",
+    )?;
+    let al = bind(a, "admin").await?;
+    let addr = local_addr(&al, a, "admin")?;
+    let handler = admin::Admin {
+        registry: Arc::new(std::mem::take(&mut rt.registry)),
+        links: shared.links.clone(),
+        approvals: shared.ctx.approvals.clone(),
+        store: store.clone(),
+        sink: shared.sink.clone(),
+        id: gateway_id,
+        auth: shared.ctx.auth.clone(),
+    };
+    rt.serve(
+        al,
+        acceptor,
+        handler,
+        rt.settings(cfg, portcullis_config::url_for(addr)),
+    );
+    tracing::info!(%addr, "admin listener (metrics, health)");
+    Ok(Some(addr))
+}
+
+/// The names callers use for the gateway, checked against `Host` by the
+/// MCP endpoint (rmcp's DNS-rebinding guard).
+fn mcp_hosts(cfg: &Config, public_url: &str, https_addr: SocketAddr) -> Vec<String> {
     let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     if let Some(h) = public_url
         .strip_prefix("https://")
@@ -631,46 +655,81 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     if let Some(d) = &cfg.gateway.domain {
         hosts.push(d.clone());
     }
-    let mcp = portcullis_mcp::McpEndpoint::new(
+    hosts
+}
+
+/// Start every listener the config asks for.
+pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, GatewayError> {
+    let mut rt = Runtime::new(cfg)?;
+    // The demo target first, so the gateway's first request can reach it.
+    let demo_addr = match &cfg.demo {
+        None => None,
+        Some(d) => Some(
+            serve_demo(
+                d,
+                &cfg.gateway.tls,
+                cfg.limits.handshake_timeout,
+                rt.shutdown.clone(),
+                rt.tracker.clone(),
+            )
+            .await?,
+        ),
+    };
+    let shared = shared(cfg, &store, &mut rt).await?;
+    let http_metrics = HttpMetrics::register(&mut rt.registry);
+    let front = HttpFront::new(shared.ctx.clone(), cfg, http_metrics, shared.links.clone())?;
+    // Read-only connections' database roles: waited for (and fatal) with
+    // `strict_roles`, else checked in the background and logged.
+    roles::check_read_only_roles(cfg).await?;
+    let postgres_addr = start_postgres(cfg, &mut rt, &shared).await?;
+    if let Some(addr) = postgres_addr {
+        front.set_postgres_port(addr.port());
+    }
+    let acceptor = rt.certs.acceptor(
         cfg,
-        masks.clone(),
-        mask_metrics.clone(),
-        sessions.clone(),
-        store.clone(),
-        links.clone(),
-        hosts,
+        &cfg.gateway.client_auth,
+        &[b"h2", b"http/1.1"],
+        "the gateway listener",
     )?;
-    mcp.set_approvals(approvals.clone());
+    let l = bind(cfg.gateway.listen, "gateway").await?;
+    let https_addr = local_addr(&l, cfg.gateway.listen, "gateway")?;
+    let public_url = cfg
+        .gateway
+        .public_url
+        .clone()
+        .unwrap_or_else(|| portcullis_config::url_for(https_addr));
+    let agent_addr = start_agents(cfg, &rt, &store, &shared.links).await?;
+    let gateway_id = start_heartbeat(&rt, &store, &public_url);
+    let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
+    let mcp = portcullis_mcp::McpEndpoint::new(
+        shared.ctx.clone(),
+        cfg,
+        store.clone(),
+        shared.links.clone(),
+        mcp_hosts(cfg, &public_url, https_addr),
+    )?;
     let main = listener::GatewayFront {
         http: front.clone(),
         mcp,
-        sessions: sessions.clone(),
+        ctx: shared.ctx.clone(),
         domain: cfg.gateway.domain.clone(),
-        enrol: enrolment(cfg, &store, &audit)?,
+        enrol: enrolment(cfg, &store, &shared.audit)?,
     };
-    tracker.spawn(listener::serve(
-        l,
-        acceptor,
-        main,
-        settings(public_url.clone()),
-        tls_metrics,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    rt.serve(l, acceptor, main, rt.settings(cfg, public_url.clone()));
     tracing::info!(addr = %https_addr, url = %public_url, connections = cfg.connections.len(), grants = cfg.grants.len(), "gateway listening");
 
     Ok(RunningGateway {
         agent_addr,
-        links,
+        links: shared.links,
         https_addr,
         admin_addr,
         demo_addr,
         postgres_addr,
         public_url,
-        shutdown,
-        tracker,
-        audit,
+        shutdown: rt.shutdown,
+        tracker: rt.tracker,
+        audit: shared.audit,
         front,
-        sink,
+        sink: shared.sink,
     })
 }

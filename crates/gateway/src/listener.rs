@@ -47,7 +47,8 @@ impl Handler for HttpFront {
 pub struct GatewayFront {
     pub http: HttpFront,
     pub mcp: portcullis_mcp::McpEndpoint,
-    pub sessions: portcullis_audit::Sessions,
+    /// For the gateway's own API (`/api/v1`).
+    pub ctx: Arc<portcullis_front::FrontContext>,
     pub domain: Option<String>,
     /// Agent enrolment, when the agent listener's CA key is configured.
     pub enrol: Option<crate::enrol::Enrolment>,
@@ -68,15 +69,24 @@ impl Handler for GatewayFront {
         if path == crate::enrol::ENROL_PATH {
             return crate::enrol::handle(self.enrol.as_ref(), req).await;
         }
+        let routed = self.http.routes(host.as_deref(), &path);
+        // The gateway's own API lives on paths no connection routes.
+        if !routed && is_api(&path) {
+            return self.api(req, &conn).await;
+        }
         // A connection of type "mcp": the MCP proxy.
         let mcp_route =
             portcullis_http::route::route(host.as_deref(), &path, self.domain.as_deref())
                 .filter(|r| self.mcp.is_mcp_connection(r.connection))
                 .map(|r| (r.connection.to_owned(), r.rest.to_owned()));
-        if mcp_route.is_none() && (path != MCP_PATH || self.http.routes(host.as_deref(), &path)) {
+        if mcp_route.is_none() && (path != MCP_PATH || routed) {
             return self.http.handle(req, &conn).await;
         }
-        match self.http.authenticate(req.headers(), &conn).await {
+        let principal = self
+            .http
+            .authenticate(req.headers(), &conn, portcullis_config::Protocol::Mcp)
+            .await;
+        match principal {
             Ok(principal) => {
                 let caller = portcullis_mcp::Caller {
                     principal,
@@ -90,15 +100,56 @@ impl Handler for GatewayFront {
                 }
             }
             Err(e) => {
-                self.sessions
-                    .refusal(None, None, "mcp", conn.peer.to_string(), e.to_string())
-                    .await;
-                // Read what the caller is still sending, or it may see a
-                // reset instead of the 401.
+                // (Audited by the admission path.) Read what the caller is
+                // still sending, or it may see a reset instead of the 401.
                 portcullis_http::linger(req.into_body()).await;
                 e.into_response()
             }
         }
+    }
+}
+
+fn is_api(path: &str) -> bool {
+    path == crate::api::TOKENS || path.starts_with(crate::api::REVIEWS)
+}
+
+impl GatewayFront {
+    /// `/api/v1`: the caller authenticated by the shared admission path.
+    async fn api(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let front = portcullis_config::Protocol::Http;
+        let who = match self.http.authenticate(req.headers(), conn, front).await {
+            Ok(p) => p,
+            Err(e) => {
+                portcullis_http::linger(req.into_body()).await;
+                return e.into_response();
+            }
+        };
+        let path = req.uri().path().to_owned();
+        let answer = if path == crate::api::TOKENS {
+            crate::api::mint_for_agent(&self.ctx, req, &who).await
+        } else {
+            let prefix = crate::api::REVIEWS;
+            crate::api::reviews(&self.ctx.approvals, prefix, req, &who).await
+        };
+        let resp = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                // Refusals are evidence, here as on the fronts.
+                let origin = portcullis_front::Origin {
+                    peer: conn.peer.to_string(),
+                    front,
+                    tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
+                };
+                let reason = e.to_string();
+                self.ctx
+                    .refuse(Some(&who.subject), None, &origin, &reason)
+                    .await;
+                e.into_response()
+            }
+        };
+        let status = resp.status().as_u16();
+        tracing::info!(target: "portcullis::access", peer = %conn.peer, principal = %who.subject, %path, status, "api request");
+        resp
     }
 }
 

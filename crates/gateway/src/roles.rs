@@ -50,7 +50,10 @@ pub(crate) async fn check_read_only_roles(cfg: &Config) -> Result<(), GatewayErr
                     ),
                 }
             }
-            Target::Agent(a) if a.protocol == "postgres" && a.access == Access::ReadOnly => {
+            Target::Agent(a)
+                if a.protocol == portcullis_config::Protocol::Postgres
+                    && a.access == Access::ReadOnly =>
+            {
                 tracing::debug!(
                     connection = %c.name,
                     agent = %a.agent,

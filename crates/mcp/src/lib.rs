@@ -8,6 +8,7 @@
 //! SDK) does the protocol. Each tool call that touches a connection is its
 //! own session (protocol `mcp`) in the audit log and the recordings.
 
+mod call;
 mod pins;
 mod proxy;
 mod server;
@@ -20,9 +21,9 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use portcullis_config::{Access, Config, Target};
+use portcullis_config::{Access, Config, Protocol, Target};
+use portcullis_front::{FrontContext, Origin};
 use portcullis_identity::Principal;
-use portcullis_policy::Policy;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -33,6 +34,17 @@ pub use server::McpServer;
 pub struct Caller {
     pub principal: Principal,
     pub peer: String,
+}
+
+impl Caller {
+    /// Where a tool call or proxied request comes from, for admission.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin {
+            peer: self.peer.clone(),
+            front: Protocol::Mcp,
+            tls: serde_json::Value::Null,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +75,20 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> Protocol {
         match self {
-            Kind::Http(_) => "http",
-            Kind::Postgres { .. } => "postgres",
-            Kind::Mcp { .. } => "mcp",
+            Kind::Http(_) => Protocol::Http,
+            Kind::Postgres { .. } => Protocol::Postgres,
+            Kind::Mcp { .. } => Protocol::Mcp,
+        }
+    }
+
+    /// The agent the connection is reached through, if any.
+    pub fn agent(&self) -> Option<String> {
+        match self {
+            Kind::Http(u) => u.agent().map(str::to_owned),
+            Kind::Postgres { upstream, .. } => upstream.agent().map(str::to_owned),
+            Kind::Mcp { .. } => None,
         }
     }
 
@@ -85,13 +106,10 @@ impl Kind {
 pub(crate) struct Context {
     pub connections: Vec<Conn>,
     pub by_name: HashMap<String, usize>,
-    pub policy: Policy,
-    pub masks: Arc<portcullis_mask::RuleSet>,
-    pub mask_metrics: portcullis_mask::MaskMetrics,
-    pub sessions: portcullis_audit::Sessions,
+    /// The admission path, masking rules and sessions every front shares.
+    pub front: Arc<FrontContext>,
+    /// Tool pins.
     pub store: portcullis_store::Store,
-    pub approval_rules: HashMap<String, portcullis_config::ApprovalRule>,
-    pub approvals: std::sync::OnceLock<portcullis_approval::Approvals>,
 }
 
 impl Context {
@@ -112,10 +130,8 @@ impl McpEndpoint {
     /// callers use for the gateway (checked against `Host`, rmcp's
     /// DNS-rebinding guard).
     pub fn new(
+        front: Arc<FrontContext>,
         cfg: &Config,
-        masks: Arc<portcullis_mask::RuleSet>,
-        mask_metrics: portcullis_mask::MaskMetrics,
-        sessions: portcullis_audit::Sessions,
         store: portcullis_store::Store,
         links: Arc<portcullis_link::AgentRegistry>,
         hosts: Vec<String>,
@@ -136,7 +152,7 @@ impl McpEndpoint {
                     )?),
                     read_only: t.access == Access::ReadOnly,
                 },
-                Target::Agent(a) if a.protocol == "http" => {
+                Target::Agent(a) if a.protocol == Protocol::Http => {
                     Kind::Http(Box::new(portcullis_http::Upstream::via_agent(
                         c,
                         &a.agent,
@@ -174,17 +190,8 @@ impl McpEndpoint {
         let ctx = Arc::new(Context {
             connections,
             by_name,
-            policy: Policy::new(cfg.grants.clone()),
-            masks,
-            mask_metrics,
-            sessions,
+            front,
             store,
-            approval_rules: cfg
-                .connections
-                .iter()
-                .filter_map(|c| c.approval.clone().map(|r| (c.name.clone(), r)))
-                .collect(),
-            approvals: Default::default(),
         });
         let shared = ctx.clone();
         let mut config = StreamableHttpServerConfig::default();
@@ -202,11 +209,6 @@ impl McpEndpoint {
             service: Arc::new(service),
             ctx: shared,
         })
-    }
-
-    /// Hold tool calls for approval where a connection's rule says so.
-    pub fn set_approvals(&self, approvals: portcullis_approval::Approvals) {
-        let _ = self.ctx.approvals.set(approvals);
     }
 
     /// Whether `connection` is an upstream MCP server (served by

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use portcullis_config::Protocol;
 use portcullis_http::BodyState;
-use portcullis_policy::Decision;
 use portcullis_record::Event;
 use serde_json::{Value, json};
 
@@ -84,23 +84,26 @@ pub async fn handle(
             "no such MCP connection",
         );
     };
-    let refuse = |reason: String| async move {
-        ctx.sessions
-            .refusal(
-                Some(who.principal.subject.clone()),
-                Some(name.to_string()),
-                "mcp",
-                who.peer.clone(),
-                reason,
-            )
-            .await;
+    let origin = who.origin();
+    let refuse = |reason: String| {
+        let origin = &origin;
+        async move {
+            let principal = Some(who.principal.subject.as_str());
+            ctx.front
+                .refuse(principal, Some(name), origin, &reason)
+                .await;
+        }
     };
-    let rule = match ctx.policy.decide(&who.principal, name) {
-        Decision::Allow { rule, .. } => rule,
-        Decision::Deny { reason } => {
-            refuse(reason.to_string()).await;
+    // The shared admission path (its refusals are audited there).
+    let admitted = match ctx
+        .front
+        .authorize(who.principal.clone(), name, Protocol::Mcp, &origin)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
             portcullis_http::linger(req.into_body()).await;
-            return json_error(StatusCode::FORBIDDEN, "forbidden", &reason.to_string());
+            return json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string());
         }
     };
     if req.method() == Method::GET {
@@ -199,7 +202,7 @@ pub async fn handle(
         }
     }
 
-    let open = match crate::tools::open(ctx, who, name, rule).await {
+    let open = match crate::call::open(ctx, &admitted).await {
         Ok(o) => o,
         Err(e) => {
             return json_error(
@@ -217,10 +220,15 @@ pub async fn handle(
         headers: vec![],
         body: Some(String::from_utf8_lossy(&bytes).into_owned()),
     });
-    let result = relay(
-        ctx, who, name, upstream, target, &parts, bytes, rest, &methods,
-    )
-    .await;
+    let call = Call {
+        ctx,
+        who,
+        name,
+        upstream,
+        target,
+        methods: &methods,
+    };
+    let result = relay(&call, &parts, bytes, rest).await;
     let (resp, sent, outcome) = match result {
         Ok((resp, body)) => {
             let _ = rec.event(Event::HttpResponse {
@@ -252,22 +260,30 @@ pub async fn handle(
         Ok(()) => Ok(rmcp::model::CallToolResult::success(vec![])),
         Err(e) => Err(e),
     };
-    crate::tools::seal(open, &sealed, sent).await;
+    crate::call::seal(open, &sealed, sent).await;
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One admitted request to an MCP connection.
+struct Call<'a> {
+    ctx: &'a Context,
+    who: &'a Caller,
+    name: &'a str,
+    upstream: &'a portcullis_http::Upstream,
+    target: &'a portcullis_config::McpTarget,
+    /// Which method each request id asked for, to know what each answer is.
+    methods: &'a HashMap<String, String>,
+}
+
+/// Forward the request; rewrite the answer (tool lists filtered, results
+/// masked).
 async fn relay(
-    ctx: &Context,
-    who: &Caller,
-    name: &str,
-    upstream: &portcullis_http::Upstream,
-    target: &portcullis_config::McpTarget,
+    call: &Call<'_>,
     parts: &http::request::Parts,
     body: Bytes,
     rest: &str,
-    methods: &HashMap<String, String>,
 ) -> Result<(Response<()>, Bytes), ToolError> {
+    let (name, upstream) = (call.name, call.upstream);
     let target_err = |reason: String| ToolError::Target {
         connection: name.to_string(),
         reason,
@@ -306,13 +322,13 @@ async fn relay(
         let text = String::from_utf8_lossy(&raw);
         let mut out = String::with_capacity(text.len());
         for event in split_events(&text) {
-            out.push_str(&rewrite_event(ctx, who, name, target, methods, event).await);
+            out.push_str(&rewrite_event(call, event).await);
         }
         Bytes::from(out)
     } else if content_type.starts_with("application/json") && !raw.is_empty() {
         match serde_json::from_slice::<Value>(&raw) {
             Ok(mut v) => {
-                rewrite(ctx, who, name, target, methods, &mut v).await;
+                rewrite(call, &mut v).await;
                 Bytes::from(v.to_string())
             }
             Err(_) => return Err(target_err("the server's JSON answer does not parse".into())),
@@ -342,14 +358,8 @@ fn split_events(text: &str) -> Vec<String> {
         .collect()
 }
 
-async fn rewrite_event(
-    ctx: &Context,
-    who: &Caller,
-    name: &str,
-    target: &portcullis_config::McpTarget,
-    methods: &HashMap<String, String>,
-    event: String,
-) -> String {
+async fn rewrite_event(call: &Call<'_>, event: String) -> String {
+    let (ctx, who, name) = (call.ctx, call.who, call.name);
     let mut data = String::new();
     let mut other = Vec::new();
     for line in event.lines() {
@@ -370,7 +380,7 @@ async fn rewrite_event(
     if !data.is_empty() {
         let data = match serde_json::from_str::<Value>(&data) {
             Ok(mut v) => {
-                rewrite(ctx, who, name, target, methods, &mut v).await;
+                rewrite(call, &mut v).await;
                 v.to_string()
             }
             // Not JSON: masked as text, never passed raw.
@@ -383,20 +393,21 @@ async fn rewrite_event(
 }
 
 /// Rewrite one JSON-RPC message (or a batch) from the server.
-async fn rewrite(
-    ctx: &Context,
-    who: &Caller,
-    name: &str,
-    target: &portcullis_config::McpTarget,
-    methods: &HashMap<String, String>,
-    v: &mut Value,
-) {
+async fn rewrite(call: &Call<'_>, v: &mut Value) {
     if let Value::Array(items) = v {
         for item in items {
-            Box::pin(rewrite(ctx, who, name, target, methods, item)).await;
+            Box::pin(rewrite(call, item)).await;
         }
         return;
     }
+    let Call {
+        ctx,
+        who,
+        name,
+        target,
+        methods,
+        ..
+    } = *call;
     let method = v
         .get("id")
         .and_then(|id| methods.get(&id.to_string()))
@@ -412,11 +423,11 @@ async fn rewrite(
         _ => {
             // Tool results and anything else with a result: masked.
             if let Some(result) = v.get_mut("result")
-                && let Some(rule) = ctx.masks.select(name, &who.principal.groups)
+                && let Some(rule) = ctx.front.mask_rule(name, &who.principal)
             {
                 let mut stats = Default::default();
                 rule.masker.mask_json(result, &mut stats);
-                ctx.mask_metrics.record(name, &stats);
+                ctx.front.mask_metrics.record(name, &stats);
             }
         }
     }
@@ -477,13 +488,13 @@ async fn admin(ctx: &Context, action: &str, detail: Value) {
         action: action.into(),
         detail,
     };
-    if let Err(err) = ctx.sessions.audit().append(&e).await {
+    if let Err(err) = ctx.front.sessions.audit().append(&e).await {
         tracing::error!(error = %err, "audit append failed");
     }
 }
 
 fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {
-    match ctx.masks.select(name, &who.principal.groups) {
+    match ctx.front.mask_rule(name, &who.principal) {
         Some(rule) => {
             let mut stats = Default::default();
             rule.masker.mask_str(text, &mut stats).into_owned()

@@ -12,8 +12,19 @@ use portcullis_record::Event;
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{Value, json};
 
-use crate::tools::{self, ToolError, int_arg, str_arg};
+use portcullis_config::Protocol;
+use portcullis_front::Admitted;
+
+use crate::call::{self, ToolError, int_arg, refused, str_arg};
+use crate::tools;
 use crate::{Caller, Context, Kind};
+
+/// One statement, bounded.
+struct Query<'a> {
+    sql: &'a str,
+    max_rows: usize,
+    timeout_ms: u64,
+}
 
 /// Longest cell shown in the text table; the structured result has all.
 const CELL_WIDTH: usize = 60;
@@ -42,7 +53,7 @@ pub async fn sql_query(
         100,
         tools::MAX_TIMEOUT_MS,
     )?;
-    let (conn, rule) = tools::admit(ctx, who, name, "postgres").await?;
+    let (conn, admitted) = call::admit(ctx, who, name, Protocol::Postgres).await?;
     let Kind::Postgres {
         read_only,
         upstream,
@@ -91,44 +102,39 @@ pub async fn sql_query(
         };
         return Err(refused(ctx, who, name, &reason).await);
     }
-    tools::approve(ctx, who, name, "statement", sql, class.as_str(), |r| {
+    call::approve(&admitted, "statement", sql, class.as_str(), |r| {
         portcullis_approval::holds_statement(r, class.as_str())
             || (class == Class::Unknown && !r.classes.is_empty())
             || portcullis_approval::holds_tool(r, "sql_query", None)
     })
     .await?;
-    let result = run(
-        ctx,
-        who,
-        name,
-        upstream,
-        rule,
+    let query = Query {
         sql,
-        max_rows as usize,
+        max_rows: max_rows as usize,
         timeout_ms,
-        |out, masked| {
-            let table = text_table(&out.columns, &masked);
-            let shown = masked.len() as u64;
-            let mut text = table;
-            if out.total_rows > shown {
-                text.push_str(&format!(
-                    "\n({} of {} rows shown; raise max_rows or narrow the query)",
-                    shown, out.total_rows
-                ));
-            } else if out.columns.is_empty() {
-                text = out.tags.join("\n");
-            }
-            let mut r = CallToolResult::structured(json!({
-                "columns": out.columns,
-                "rows": masked,
-                "row_count": out.total_rows,
-                "truncated": out.total_rows > shown,
-                "command": out.tags.last(),
-            }));
-            r.content = vec![ContentBlock::text(text)];
-            r
-        },
-    )
+    };
+    let result = run(ctx, who, &admitted, upstream, query, |out, masked| {
+        let table = text_table(&out.columns, &masked);
+        let shown = masked.len() as u64;
+        let mut text = table;
+        if out.total_rows > shown {
+            text.push_str(&format!(
+                "\n({} of {} rows shown; raise max_rows or narrow the query)",
+                shown, out.total_rows
+            ));
+        } else if out.columns.is_empty() {
+            text = out.tags.join("\n");
+        }
+        let mut r = CallToolResult::structured(json!({
+            "columns": out.columns,
+            "rows": masked,
+            "row_count": out.total_rows,
+            "truncated": out.total_rows > shown,
+            "command": out.tags.last(),
+        }));
+        r.content = vec![ContentBlock::text(text)];
+        r
+    })
     .await;
     if class >= Class::Ddl {
         // It may have changed what the catalog says.
@@ -155,7 +161,7 @@ pub async fn describe_schema(
         }
         Some(_) => return Err(ToolError::Params("schema must be an identifier".into())),
     };
-    let (conn, rule) = tools::admit(ctx, who, name, "postgres").await?;
+    let (conn, admitted) = call::admit(ctx, who, name, Protocol::Postgres).await?;
     let Kind::Postgres { upstream, .. } = &conn.kind else {
         unreachable!("admit checked the protocol")
     };
@@ -164,83 +170,63 @@ pub async fn describe_schema(
          FROM information_schema.columns WHERE {filter} \
          ORDER BY table_schema, table_name, ordinal_position"
     );
-    run(
-        ctx,
-        who,
-        name,
-        upstream,
-        rule,
-        &sql,
-        5000,
-        10_000,
-        |_, rows| {
-            let mut tables: Vec<Value> = Vec::new();
-            let mut text = String::new();
-            for r in &rows {
-                let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-                let (schema, table) = (cell(0), cell(1));
-                let same = tables.last().is_some_and(|t| {
-                    t["schema"] == schema.as_str() && t["table"] == table.as_str()
-                });
-                if !same {
-                    text.push_str(&format!("{schema}.{table}\n"));
-                    tables.push(json!({"schema": schema, "table": table, "columns": []}));
-                }
-                let column =
-                    json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
-                text.push_str(&format!(
-                    "  {} {}{}\n",
-                    cell(2),
-                    cell(3),
-                    if cell(4) == "YES" { "" } else { " not null" }
-                ));
-                if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
-                    cols.push(column);
-                }
+    let query = Query {
+        sql: &sql,
+        max_rows: 5000,
+        timeout_ms: 10_000,
+    };
+    run(ctx, who, &admitted, upstream, query, |_, rows| {
+        let mut tables: Vec<Value> = Vec::new();
+        let mut text = String::new();
+        for r in &rows {
+            let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            let (schema, table) = (cell(0), cell(1));
+            let same = tables
+                .last()
+                .is_some_and(|t| t["schema"] == schema.as_str() && t["table"] == table.as_str());
+            if !same {
+                text.push_str(&format!("{schema}.{table}\n"));
+                tables.push(json!({"schema": schema, "table": table, "columns": []}));
             }
-            let mut r = CallToolResult::structured(json!({ "tables": tables }));
-            r.content = vec![ContentBlock::text(if text.is_empty() {
-                "no tables".to_string()
-            } else {
-                text
-            })];
-            r
-        },
-    )
+            let column = json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
+            text.push_str(&format!(
+                "  {} {}{}\n",
+                cell(2),
+                cell(3),
+                if cell(4) == "YES" { "" } else { " not null" }
+            ));
+            if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
+                cols.push(column);
+            }
+        }
+        let mut r = CallToolResult::structured(json!({ "tables": tables }));
+        r.content = vec![ContentBlock::text(if text.is_empty() {
+            "no tables".to_string()
+        } else {
+            text
+        })];
+        r
+    })
     .await
-}
-
-async fn refused(ctx: &Context, who: &Caller, name: &str, reason: &str) -> ToolError {
-    ctx.sessions
-        .refusal(
-            Some(who.principal.subject.clone()),
-            Some(name.to_string()),
-            "mcp",
-            who.peer.clone(),
-            reason.to_string(),
-        )
-        .await;
-    ToolError::Refused {
-        connection: name.to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 /// Open the session, run `sql`, mask, record, seal; `shape` turns the
 /// outcome and its masked rows into the tool result.
-#[allow(clippy::too_many_arguments)]
 async fn run(
     ctx: &Context,
     who: &Caller,
-    name: &str,
+    admitted: &Admitted,
     upstream: &portcullis_postgres::PgUpstream,
-    rule: String,
-    sql: &str,
-    max_rows: usize,
-    timeout_ms: u64,
+    query: Query<'_>,
     shape: impl FnOnce(&QueryOutcome, Vec<Vec<Option<String>>>) -> CallToolResult,
 ) -> Result<CallToolResult, ToolError> {
-    let open = tools::open(ctx, who, name, rule).await?;
+    let Query {
+        sql,
+        max_rows,
+        timeout_ms,
+    } = query;
+    let name = admitted.connection.as_str();
+    let open = call::open(ctx, admitted).await?;
     let rec = open.recorder.clone();
     let _ = rec.event(Event::PgQuery {
         sql: sql.to_string(),
@@ -300,7 +286,7 @@ async fn run(
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
         Err(e) => e.to_string().len() as u64,
     };
-    tools::seal(open, &result, sent).await;
+    call::seal(open, &result, sent).await;
     result
 }
 
@@ -310,7 +296,7 @@ fn mask_rows(
     name: &str,
     out: &QueryOutcome,
 ) -> Vec<Vec<Option<String>>> {
-    let Some(rule) = ctx.masks.select(name, &who.principal.groups) else {
+    let Some(rule) = ctx.front.mask_rule(name, &who.principal) else {
         return out.rows.clone();
     };
     let mut stats = Default::default();
@@ -332,12 +318,12 @@ fn mask_rows(
                 .collect()
         })
         .collect();
-    ctx.mask_metrics.record(name, &stats);
+    ctx.front.mask_metrics.record(name, &stats);
     rows
 }
 
 fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {
-    match ctx.masks.select(name, &who.principal.groups) {
+    match ctx.front.mask_rule(name, &who.principal) {
         Some(rule) => {
             let mut stats = Default::default();
             rule.masker.mask_str(text, &mut stats).into_owned()

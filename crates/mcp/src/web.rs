@@ -12,7 +12,9 @@ use portcullis_record::Event;
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{Value, json};
 
-use crate::tools::{self, ToolError, str_arg};
+use portcullis_config::Protocol;
+
+use crate::call::{self, ToolError, str_arg};
 use crate::{Caller, Context, Kind};
 
 /// Largest response body returned to the model (and recorded).
@@ -81,19 +83,19 @@ pub async fn http_request(
         }
     };
 
-    let (conn, rule) = tools::admit(ctx, who, name, "http").await?;
+    let (conn, admitted) = call::admit(ctx, who, name, Protocol::Http).await?;
     let Kind::Http(upstream) = &conn.kind else {
         unreachable!("admit checked the protocol")
     };
-    let digest = portcullis_tls::sha256_hex(body.as_deref().unwrap_or_default());
     let pq = match &query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
     // The same action text as the HTTP front's, so one approval fits
     // either way of sending the request.
-    let action = format!("{method} {pq} body-sha256:{digest}");
-    tools::approve(ctx, who, name, "http", &action, method.as_str(), |r| {
+    let body_bytes = body.as_deref().unwrap_or_default();
+    let action = portcullis_approval::http_action(method.as_str(), &pq, body_bytes);
+    call::approve(&admitted, "http", &action, method.as_str(), |r| {
         portcullis_approval::holds_method(r, method.as_str())
             || portcullis_approval::holds_tool(r, "http_request", Some(method.as_str()))
     })
@@ -101,7 +103,7 @@ pub async fn http_request(
     let uri = upstream
         .target_uri(path, query.as_deref())
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;
-    let open = tools::open(ctx, who, name, rule).await?;
+    let open = call::open(ctx, &admitted).await?;
     let rec = open.recorder.clone();
     let _ = rec.event(Event::HttpRequest {
         request: None,
@@ -147,13 +149,13 @@ pub async fn http_request(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let masked = match ctx.masks.select(name, &who.principal.groups) {
+        let masked = match ctx.front.mask_rule(name, &who.principal) {
             Some(rule) => {
                 let mut stats = Default::default();
                 let r = portcullis_http::mask_response(rule, &method, resp, &mut stats, None)
                     .await
                     .map_err(|e| target(format!("the response could not be masked: {}", e.0)))?;
-                ctx.mask_metrics.record(name, &stats);
+                ctx.front.mask_metrics.record(name, &stats);
                 r
             }
             None => resp.map(|b| {
@@ -215,6 +217,6 @@ pub async fn http_request(
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
         Err(e) => e.to_string().len() as u64,
     };
-    tools::seal(open, &result, sent).await;
+    call::seal(open, &result, sent).await;
     result
 }

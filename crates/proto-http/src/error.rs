@@ -23,7 +23,7 @@ pub enum ProxyError {
     #[error("connection {connection:?} speaks {protocol}, not HTTP")]
     WrongProtocol {
         connection: String,
-        protocol: &'static str,
+        protocol: portcullis_config::Protocol,
     },
     #[error("{0}")]
     Forbidden(DenyReason),

@@ -7,17 +7,14 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use portcullis_config::{Config, Target};
-use portcullis_identity::{AuthError, Authenticator, Credential, Principal, token};
-use portcullis_mask::RuleSet;
-use portcullis_policy::{Decision, Policy};
+use portcullis_config::{Config, Protocol, Target};
+use portcullis_front::{AdmitError, Admitted, FrontContext, Origin};
+use portcullis_identity::{Credential, Principal, token};
 use portcullis_tls::HandshakeRecord;
 
 use crate::metrics::{ConnectionLabel, RequestLabels};
 use crate::route::{has_dot_segment, route};
-use crate::{
-    Body, BodyState, ForwardError, HttpMetrics, MaskMetrics, ProxyError, SetupError, Upstream,
-};
+use crate::{Body, BodyState, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
 
 /// The reversible tokens of one principal on one connection.
 type SharedVault = Arc<std::sync::Mutex<portcullis_mask::Vault>>;
@@ -37,18 +34,12 @@ pub struct HttpFront {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
+    ctx: Arc<FrontContext>,
     upstreams: HashMap<String, Upstream>,
-    /// Every connection's protocol, to say so instead of "unknown".
-    protocols: HashMap<String, &'static str>,
-    policy: Policy,
-    pub(crate) auth: Authenticator,
     domain: Option<String>,
     max_body: u64,
     metrics: HttpMetrics,
-    masks: Arc<RuleSet>,
-    mask_metrics: MaskMetrics,
-    pub(crate) sessions: portcullis_audit::Sessions,
     /// Session-end work that runs after a response body is sent.
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
@@ -57,9 +48,8 @@ pub(crate) struct Inner {
     cert_names: Vec<portcullis_config::CertName>,
     /// Public login settings of each `[[oidc]]` issuer that has them.
     login: Vec<serde_json::Value>,
+    /// Where the PostgreSQL listener ended up, once it is bound.
     postgres_port: std::sync::OnceLock<u16>,
-    approval_rules: HashMap<String, portcullis_config::ApprovalRule>,
-    pub(crate) approvals: std::sync::OnceLock<portcullis_approval::Approvals>,
 }
 
 /// The gateway's own discovery document for `portcullis login` and
@@ -71,12 +61,9 @@ impl HttpFront {
     /// or credential cannot be loaded: a gateway that cannot guard a
     /// connection does not start.
     pub fn new(
+        ctx: Arc<FrontContext>,
         cfg: &Config,
-        auth: Authenticator,
         metrics: HttpMetrics,
-        masks: Arc<RuleSet>,
-        mask_metrics: MaskMetrics,
-        sessions: portcullis_audit::Sessions,
         links: Arc<portcullis_link::AgentRegistry>,
     ) -> Result<Self, SetupError> {
         let mut upstreams = HashMap::new();
@@ -85,7 +72,7 @@ impl HttpFront {
                 Target::Http(t) => {
                     upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
                 }
-                Target::Agent(a) if a.protocol == "http" => {
+                Target::Agent(a) if a.protocol == Protocol::Http => {
                     let u = Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?;
                     upstreams.insert(c.name.clone(), u);
                 }
@@ -94,17 +81,12 @@ impl HttpFront {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                ctx,
                 upstreams,
-                protocols: cfg.protocols(),
-                policy: Policy::new(cfg.grants.clone()),
-                auth,
                 domain: cfg.gateway.domain.clone(),
                 max_body: cfg.limits.max_request_body_bytes,
                 metrics,
-                masks,
-                mask_metrics,
                 vaults: Default::default(),
-                sessions,
                 finishing: tokio_util::task::TaskTracker::new(),
                 cert_names: cfg.gateway.client_auth.principal_from.clone(),
                 login: cfg
@@ -120,36 +102,26 @@ impl HttpFront {
                     })
                     .collect(),
                 postgres_port: Default::default(),
-                approval_rules: cfg
-                    .connections
-                    .iter()
-                    .filter_map(|c| c.approval.clone().map(|r| (c.name.clone(), r)))
-                    .collect(),
-                approvals: Default::default(),
             }),
         })
     }
 
     /// Authenticate a request the way the front does (for the gateway's
-    /// other endpoints on this listener, such as `/mcp`).
+    /// other endpoints on this listener: `/mcp`, `/api/v1`), a refusal
+    /// audited as `front`'s.
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         conn: &ConnInfo,
+        front: Protocol,
     ) -> Result<Principal, ProxyError> {
-        self.inner.authenticate(headers, conn).await
+        self.inner.authenticate(headers, conn, front).await
     }
 
     /// Whether `host`/`path` routes to a connection (and so belongs to
     /// the proxy, not to the gateway's own endpoints).
     pub fn routes(&self, host: Option<&str>, path: &str) -> bool {
         route(host, path, self.inner.domain.as_deref()).is_some()
-    }
-
-    /// Hold requests for approval where a connection's rule says so, and
-    /// serve the review API.
-    pub fn set_approvals(&self, approvals: portcullis_approval::Approvals) {
-        let _ = self.inner.approvals.set(approvals);
     }
 
     /// Where the PostgreSQL listener ended up (after binding), for
@@ -253,11 +225,26 @@ struct Seen<'a> {
     connection: Option<&'a str>,
     principal: Option<Principal>,
     rule: Option<String>,
+    /// The refusal is already in the audit log (the admission path wrote
+    /// it).
+    audited: bool,
     /// Set once the session-start entry is durable: the session, and
     /// this request's number in it.
     live: Option<(Arc<crate::session::LiveSession>, u64)>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
+}
+
+/// A request on its way to the target, after the caller's checks.
+struct Outgoing {
+    parts: http::request::Parts,
+    body: Body,
+    state: Arc<BodyState>,
+    /// The caller's own path and query: what a reviewer sees.
+    caller_pq: String,
+    asked_session: Option<std::time::Duration>,
+    vault: Option<SharedVault>,
+    declared: Option<u64>,
 }
 
 impl Inner {
@@ -273,19 +260,15 @@ impl Inner {
         resp: Response<Body>,
     ) -> Response<Body> {
         let Some((live, request)) = seen.live.take() else {
-            if status >= 400 {
+            if status >= 400 && !seen.audited {
                 let reason = seen
                     .error
                     .clone()
                     .unwrap_or_else(|| format!("HTTP {status}"));
-                self.sessions
-                    .refusal(
-                        seen.principal.as_ref().map(|p| p.subject.clone()),
-                        seen.connection.map(str::to_owned),
-                        "http",
-                        conn.peer.to_string(),
-                        reason,
-                    )
+                let origin = origin(conn, Protocol::Http);
+                let principal = seen.principal.as_ref().map(|p| p.subject.as_str());
+                self.ctx
+                    .refuse(principal, seen.connection, &origin, &reason)
                     .await;
             }
             return resp;
@@ -303,28 +286,32 @@ impl Inner {
     }
 
     /// Who is calling: a bearer token when present, otherwise the client
-    /// certificate verified in the handshake.
-    pub(crate) async fn authenticate(
+    /// certificate verified in the handshake. A refusal is audited.
+    async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         conn: &ConnInfo,
+        front: Protocol,
     ) -> Result<Principal, ProxyError> {
         let authorization = headers.get(header::AUTHORIZATION);
+        let origin = origin(conn, front);
         let credential = match (authorization, &conn.tls.client_cert) {
             (None, Some(der)) => Credential::Certificate {
                 der,
                 names: &self.cert_names,
             },
-            _ => Credential::Bearer(
-                token::bearer(authorization.map(|v| v.as_bytes())).map_err(ProxyError::Auth)?,
-            ),
+            _ => match token::bearer(authorization.map(|v| v.as_bytes())) {
+                Ok(t) => Credential::Bearer(t),
+                Err(e) => {
+                    self.ctx.refuse(None, None, &origin, &e.to_string()).await;
+                    return Err(ProxyError::Auth(e));
+                }
+            },
         };
-        self.auth.authenticate(credential).await.map_err(|e| {
-            if e != AuthError::Unavailable {
-                tracing::info!(peer = %conn.peer, reason = %e, "caller not authenticated");
-            }
-            ProxyError::Auth(e)
-        })
+        self.ctx
+            .authenticate(credential, None, &origin)
+            .await
+            .map_err(ProxyError::from)
     }
 
     async fn proxy<'a>(
@@ -335,58 +322,106 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         // Authenticate before routing, so that unauthenticated callers
         // learn nothing about which connections exist.
-        let principal = match self.authenticate(req.headers(), conn).await {
+        let principal = match self.authenticate(req.headers(), conn, Protocol::Http).await {
             Ok(p) => p,
             Err(e) => {
+                seen.audited = true;
                 // A refused caller may still be sending its body: read it,
                 // or the client may see a reset instead of the 401.
                 linger(req.into_body()).await;
                 return Err(e);
             }
         };
-        seen.principal = Some(principal);
-        let principal = seen.principal.as_ref().expect("just set");
-
+        seen.principal = Some(principal.clone());
         let host = req.uri().host().or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let r = match route(host, req.uri().path(), self.domain.as_deref()) {
-            Some(r) => r,
-            // The gateway's own API lives on paths no connection routes.
-            None if req.uri().path() == crate::api::TOKENS => {
-                return crate::api::mint_for_agent(self, req, principal).await;
-            }
-            None if req.uri().path().starts_with(crate::api::REVIEWS) => {
-                let Some(approvals) = self.approvals.get() else {
-                    return Err(ProxyError::NoRoute);
-                };
-                return crate::api::reviews(approvals, crate::api::REVIEWS, req, principal).await;
-            }
-            None => return Err(ProxyError::NoRoute),
+        let Some(r) = route(host, req.uri().path(), self.domain.as_deref()) else {
+            return Err(ProxyError::NoRoute);
         };
-        let Some((name, upstream)) = self.upstreams.get_key_value(r.connection) else {
-            return Err(match self.protocols.get(r.connection) {
-                Some(protocol) => ProxyError::WrongProtocol {
-                    connection: r.connection.to_owned(),
-                    protocol,
-                },
-                None => ProxyError::UnknownConnection(r.connection.to_owned()),
-            });
+        let rest = r.rest.to_owned();
+        let (name, upstream, admitted) = match self.authorize(principal, r.connection, conn).await {
+            Ok(a) => a,
+            Err(e) => {
+                seen.audited = true;
+                if matches!(e, ProxyError::Forbidden(_)) {
+                    linger(req.into_body()).await;
+                }
+                return Err(e);
+            }
         };
         seen.connection = Some(name);
-
-        match self.policy.decide(principal, name) {
-            Decision::Allow { rule, .. } => seen.rule = Some(rule),
-            Decision::Deny { reason } => {
-                seen.error = Some(reason.to_string());
-                linger(req.into_body()).await;
-                return Err(ProxyError::Forbidden(reason));
+        seen.rule = Some(admitted.rule.clone());
+        let out = self.outgoing(req, &rest, upstream, &admitted, conn).await?;
+        let Outgoing {
+            parts,
+            body,
+            state,
+            caller_pq,
+            asked_session,
+            vault,
+            declared,
+        } = out;
+        let method = parts.method.clone();
+        let body = match &admitted.gate {
+            Some(gate) => {
+                let held = crate::review::HeldRequest {
+                    method: &method,
+                    path_and_query: &caller_pq,
+                    asked_session,
+                };
+                crate::review::hold(gate, held, body, &state, self.max_body).await?
             }
-        }
+            None => body,
+        };
+        let (live, request_no) = self.session(&admitted, upstream, conn, &parts).await?;
+        let body =
+            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
+        seen.live = Some((live.clone(), request_no));
+        seen.bytes_from_caller = declared;
+        let resp = self
+            .forward(name, upstream, Request::from_parts(parts, body), &state)
+            .await?;
+        let resp = self
+            .mask(&admitted, &method, resp, vault.as_deref())
+            .await?;
+        record_response(resp, &live, request_no)
+    }
 
-        if has_dot_segment(r.rest) {
+    /// The shared admission path for the routed connection, and its
+    /// upstream half.
+    async fn authorize(
+        &self,
+        principal: Principal,
+        connection: &str,
+        conn: &ConnInfo,
+    ) -> Result<(&String, &Upstream, Admitted), ProxyError> {
+        let origin = origin(conn, Protocol::Http);
+        let admitted = self
+            .ctx
+            .authorize(principal, connection, Protocol::Http, &origin)
+            .await?;
+        match self.upstreams.get_key_value(connection) {
+            Some((name, upstream)) => Ok((name, upstream, admitted)),
+            // Admission knows every connection; the table was built from
+            // the same config.
+            None => Err(ProxyError::UnknownConnection(connection.to_owned())),
+        }
+    }
+
+    /// The caller's checks on the request (path, size), then the request
+    /// for the target: its URI, headers, and tokens swapped back.
+    async fn outgoing(
+        &self,
+        req: Request<Incoming>,
+        rest: &str,
+        upstream: &Upstream,
+        admitted: &Admitted,
+        conn: &ConnInfo,
+    ) -> Result<Outgoing, ProxyError> {
+        if has_dot_segment(rest) {
             return Err(ProxyError::CallerBody(
                 "paths with `.` or `..` segments are not forwarded".into(),
             ));
@@ -404,15 +439,7 @@ impl Inner {
                 limit: self.max_body,
             });
         }
-        let rule = self.masks.select(name, &principal.groups);
-        let vault = rule
-            .filter(|r| r.masker.has_reversible())
-            .and_then(|_| self.vaults.lock().ok())
-            .map(|mut v| {
-                v.entry((principal.subject.clone(), name.clone()))
-                    .or_default()
-                    .clone()
-            });
+        let vault = self.vault(admitted);
         let query = req.uri().query().map(str::to_owned);
         let query = match (&vault, &query) {
             (Some(v), Some(q)) => v
@@ -422,16 +449,13 @@ impl Inner {
                 .or(query.clone()),
             _ => query,
         };
-        // The caller's own path and query: what a reviewer sees.
         let caller_pq = match &query {
-            Some(q) => format!("{}?{q}", r.rest),
-            None => r.rest.to_string(),
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
         };
         let uri = upstream
-            .target_uri(r.rest, query.as_deref())
+            .target_uri(rest, query.as_deref())
             .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
-
-        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         let asked_session = crate::review::requested_session(&parts.headers)?;
@@ -444,85 +468,100 @@ impl Inner {
             .insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let state = Arc::new(BodyState::default());
         let body = state.watch(body, self.max_body);
-        let has_tokens = vault
-            .as_ref()
-            .is_some_and(|v| v.lock().map(|v| !v.is_empty()).unwrap_or(false));
-        let body = if has_tokens {
-            // Tokens may be in the body: read it (bounded by the request
-            // limit) and swap them back before it goes upstream.
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|_| {
-                    if state.over_limit() {
-                        ProxyError::BodyTooLarge {
-                            limit: self.max_body,
-                        }
-                    } else {
-                        ProxyError::CallerBody("the request body could not be read".into())
-                    }
-                })?
-                .to_bytes();
-            let ct = parts.headers.get(header::CONTENT_TYPE).cloned();
-            let swapped = vault.as_ref().and_then(|v| {
-                v.lock()
-                    .ok()
-                    .and_then(|v| crate::masking::reverse_body(ct.as_ref(), &bytes, &v))
-            });
-            let bytes = swapped.map(bytes::Bytes::from).unwrap_or(bytes);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            crate::full(bytes)
-        } else {
-            body
-        };
-        let body = match (self.approval_rules.get(name.as_str()), self.approvals.get()) {
-            (Some(rule), Some(approvals)) => {
-                crate::review::hold(
-                    approvals,
-                    rule,
-                    principal,
-                    name,
-                    &method,
-                    asked_session,
-                    &caller_pq,
-                    body,
-                    &state,
-                    self.max_body,
-                )
-                .await?
-            }
-            _ => body,
-        };
+        let body = self
+            .reverse_tokens(body, &mut parts, vault.as_ref(), &state)
+            .await?;
+        Ok(Outgoing {
+            parts,
+            body,
+            state,
+            caller_pq,
+            asked_session,
+            vault,
+            declared,
+        })
+    }
 
-        // The connection's session with this target, opened (durably, before
-        // the first byte goes to the target; no entry, no request: fail
-        // closed) by its first request.
-        let auth = serde_json::to_value(&principal.via).unwrap_or_default();
+    /// The reversible tokens shown to this principal on this connection,
+    /// when its masking rule makes any.
+    fn vault(&self, admitted: &Admitted) -> Option<SharedVault> {
+        let rule = self
+            .ctx
+            .mask_rule(&admitted.connection, &admitted.principal)?;
+        if !rule.masker.has_reversible() {
+            return None;
+        }
+        let mut vaults = self.vaults.lock().ok()?;
+        let key = (
+            admitted.principal.subject.clone(),
+            admitted.connection.clone(),
+        );
+        Some(vaults.entry(key).or_default().clone())
+    }
+
+    /// Tokens may be in the body: read it (bounded by the request limit)
+    /// and swap them back before it goes upstream.
+    async fn reverse_tokens(
+        &self,
+        body: Body,
+        parts: &mut http::request::Parts,
+        vault: Option<&SharedVault>,
+        state: &BodyState,
+    ) -> Result<Body, ProxyError> {
+        let Some(vault) = vault.filter(|v| v.lock().map(|v| !v.is_empty()).unwrap_or(false)) else {
+            return Ok(body);
+        };
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|_| {
+                if state.over_limit() {
+                    ProxyError::BodyTooLarge {
+                        limit: self.max_body,
+                    }
+                } else {
+                    ProxyError::CallerBody("the request body could not be read".into())
+                }
+            })?
+            .to_bytes();
+        let ct = parts.headers.get(header::CONTENT_TYPE).cloned();
+        let swapped = vault
+            .lock()
+            .ok()
+            .and_then(|v| crate::masking::reverse_body(ct.as_ref(), &bytes, &v));
+        let bytes = swapped.map(bytes::Bytes::from).unwrap_or(bytes);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(crate::full(bytes))
+    }
+
+    /// The connection's session with this target, opened (durably, before
+    /// the first byte goes to the target; no entry, no request: fail
+    /// closed) by its first request; this request recorded in it.
+    async fn session(
+        &self,
+        admitted: &Admitted,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+        parts: &http::request::Parts,
+    ) -> Result<(Arc<crate::session::LiveSession>, u64), ProxyError> {
+        let principal = &admitted.principal;
         let key = crate::session::SessionKey {
             principal: principal.subject.clone(),
-            auth: auth.to_string(),
-            connection: name.clone(),
+            auth: serde_json::to_value(&principal.via)
+                .unwrap_or_default()
+                .to_string(),
+            connection: admitted.connection.clone(),
         };
-        let opening = || portcullis_audit::Opening {
-            principal: principal.subject.clone(),
-            principal_kind: format!("{:?}", principal.kind).to_ascii_lowercase(),
-            auth,
-            connection: name.clone(),
-            protocol: "http",
-            peer: conn.peer.to_string(),
-            tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
-            rule: seen.rule.clone().unwrap_or_default(),
-            agent: upstream.agent().map(str::to_owned),
-        };
+        let agent = upstream.agent().map(str::to_owned);
         let refused = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
         };
         let live = conn
             .sessions
-            .get_or_open(key, &self.finishing, || self.sessions.open(opening()))
+            .get_or_open(key, &self.finishing, || self.ctx.open(admitted, agent))
             .await
             .map_err(|e| match e {
                 crate::session::SessionError::Open(e) => refused(&e),
@@ -532,11 +571,15 @@ impl Inner {
             })?;
         // A session opened earlier still stops taking requests when its
         // recordings cannot be stored (fail closed).
-        self.sessions.sink().healthy().map_err(|e| refused(&e))?;
+        self.ctx
+            .sessions
+            .sink()
+            .healthy()
+            .map_err(|e| refused(&e))?;
         let request_no = live.next_request();
         let request = portcullis_record::Event::HttpRequest {
             request: Some(request_no),
-            method: method.to_string(),
+            method: parts.method.to_string(),
             path: parts
                 .uri
                 .path_and_query()
@@ -554,19 +597,23 @@ impl Inner {
             tracing::error!(error = %e, "recording failed; request refused");
             return Err(ProxyError::AuditUnavailable);
         }
-        let body =
-            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
-        seen.live = Some((live, request_no));
-        seen.bytes_from_caller = declared;
+        Ok((live, request_no))
+    }
 
+    /// Send the request to the target and wait for its answer's head.
+    async fn forward(
+        &self,
+        name: &str,
+        upstream: &Upstream,
+        req: Request<Body>,
+        state: &BodyState,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let sent = Instant::now();
-        let result = upstream
-            .forward(Request::from_parts(parts, body), &state)
-            .await;
+        let result = upstream.forward(req, state).await;
         self.metrics
             .upstream_seconds
             .get_or_create(&ConnectionLabel {
-                connection: name.clone(),
+                connection: name.to_owned(),
             })
             .observe(sent.elapsed().as_secs_f64());
         if state.over_limit()
@@ -574,9 +621,9 @@ impl Inner {
         {
             linger(rest).await;
         }
-        let resp = result.map_err(|e| match e {
+        result.map_err(|e| match e {
             ForwardError::Timeout(after) => ProxyError::UpstreamTimeout {
-                connection: name.clone(),
+                connection: name.to_owned(),
                 after,
             },
             ForwardError::BodyTooLarge => ProxyError::BodyTooLarge {
@@ -584,57 +631,89 @@ impl Inner {
             },
             ForwardError::CallerBody(reason) => ProxyError::CallerBody(reason),
             ForwardError::Upstream(reason) => ProxyError::Upstream {
-                connection: name.clone(),
+                connection: name.to_owned(),
                 reason,
             },
             ForwardError::AgentUnavailable(agent) => ProxyError::AgentUnavailable {
-                connection: name.clone(),
+                connection: name.to_owned(),
                 agent,
             },
-        })?;
-        let resp = match rule {
-            None => resp.map(|b| b.map_err(Into::into).boxed()),
-            Some(rule) => {
-                let mut stats = portcullis_mask::Stats::new();
-                let masked = crate::masking::mask_response(
-                    rule,
-                    &method,
-                    resp,
-                    &mut stats,
-                    vault.as_deref(),
-                )
-                .await
-                .map_err(|f| ProxyError::MaskFailed {
-                    connection: name.clone(),
-                    reason: f.0,
-                })?;
-                self.mask_metrics.record(name, &stats);
-                masked
-            }
+        })
+    }
+
+    /// The answer as the caller may see it: masked by the connection's
+    /// rule, if one applies.
+    async fn mask(
+        &self,
+        admitted: &Admitted,
+        method: &http::Method,
+        resp: Response<Incoming>,
+        vault: Option<&std::sync::Mutex<portcullis_mask::Vault>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let name = &admitted.connection;
+        let Some(rule) = self.ctx.mask_rule(name, &admitted.principal) else {
+            return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
         };
-        let (mut parts, body) = resp.into_parts();
-        crate::headers::response_to_caller(&mut parts.headers);
-        // The caller's view of the response. Bodies that stream through
-        // unmasked are not held in memory, so only their head is recorded.
-        if let Some((live, request_no)) = seen.live.as_ref() {
-            let w = &live.recorder;
-            let event = portcullis_record::Event::HttpResponse {
-                request: Some(*request_no),
-                status: parts.status.as_u16(),
-                headers: portcullis_record::redact_headers(
-                    parts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_bytes())),
-                ),
-                // The body follows as `http_body` events, as it is sent.
-                body: None,
-            };
-            if let Err(e) = w.event(event) {
-                tracing::error!(error = %e, "recording failed; response withheld");
-                return Err(ProxyError::AuditUnavailable);
-            }
+        let mut stats = portcullis_mask::Stats::new();
+        let masked = crate::masking::mask_response(rule, method, resp, &mut stats, vault)
+            .await
+            .map_err(|f| ProxyError::MaskFailed {
+                connection: name.clone(),
+                reason: f.0,
+            })?;
+        self.ctx.mask_metrics.record(name, &stats);
+        Ok(masked)
+    }
+}
+
+/// The caller's view of the response head, recorded. Bodies that stream
+/// through unmasked are not held in memory: the body follows as
+/// `http_body` events, as it is sent.
+fn record_response(
+    resp: Response<Body>,
+    live: &crate::session::LiveSession,
+    request_no: u64,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    crate::headers::response_to_caller(&mut parts.headers);
+    let event = portcullis_record::Event::HttpResponse {
+        request: Some(request_no),
+        status: parts.status.as_u16(),
+        headers: portcullis_record::redact_headers(
+            parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        ),
+        body: None,
+    };
+    if let Err(e) = live.recorder.event(event) {
+        tracing::error!(error = %e, "recording failed; response withheld");
+        return Err(ProxyError::AuditUnavailable);
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+fn origin(conn: &ConnInfo, front: Protocol) -> Origin {
+    Origin {
+        peer: conn.peer.to_string(),
+        front,
+        tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
+    }
+}
+
+impl From<AdmitError> for ProxyError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::Unauthenticated(e) => ProxyError::Auth(e),
+            AdmitError::UnknownConnection(name) => ProxyError::UnknownConnection(name),
+            AdmitError::WrongProtocol {
+                connection, speaks, ..
+            } => ProxyError::WrongProtocol {
+                connection,
+                protocol: speaks,
+            },
+            AdmitError::Forbidden(reason) => ProxyError::Forbidden(reason),
         }
-        Ok(Response::from_parts(parts, body))
     }
 }

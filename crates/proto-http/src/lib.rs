@@ -2,7 +2,6 @@
 //! path (`/c/<connection>/…`) or host, asks policy, and streams the request
 //! to the connection's [`Upstream`], the half that holds the credential.
 
-pub mod api;
 mod error;
 mod front;
 pub mod headers;

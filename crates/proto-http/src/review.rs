@@ -2,11 +2,12 @@
 //! the caller's path and query, and the SHA-256 of the body (read whole,
 //! within the request limit, so the digest covers what will be sent).
 
+use std::time::Duration;
+
 use http::Method;
 use http_body_util::BodyExt;
-use portcullis_approval::{Approvals, Check, Held, Outcome, SessionRequest};
-use portcullis_config::{ApprovalMode, ApprovalRule};
-use portcullis_identity::{Principal, unix_now};
+use portcullis_config::ApprovalMode;
+use portcullis_front::{Ask, Gate, HoldError};
 
 use crate::{Body, BodyState, ProxyError};
 
@@ -14,9 +15,7 @@ use crate::{Body, BodyState, ProxyError};
 pub const SESSION_HEADER: &str = "portcullis-session";
 
 /// The just-in-time duration the caller asked for, if any.
-pub(crate) fn requested_session(
-    headers: &http::HeaderMap,
-) -> Result<Option<std::time::Duration>, ProxyError> {
+pub(crate) fn requested_session(headers: &http::HeaderMap) -> Result<Option<Duration>, ProxyError> {
     let Some(v) = headers.get(SESSION_HEADER) else {
         return Ok(None);
     };
@@ -32,37 +31,30 @@ pub(crate) fn requested_session(
         .map_err(bad)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The request as a reviewer sees it.
+pub(crate) struct HeldRequest<'a> {
+    pub method: &'a Method,
+    /// The caller's own path and query (not the target's URI).
+    pub path_and_query: &'a str,
+    /// The just-in-time duration the caller asked for.
+    pub asked_session: Option<Duration>,
+}
+
+/// Hold the request where the connection's rule says so; the body is
+/// read whole (within the request limit) when it must be, so the action's
+/// digest covers exactly what is sent.
 pub(crate) async fn hold(
-    approvals: &Approvals,
-    rule: &ApprovalRule,
-    principal: &Principal,
-    connection: &str,
-    method: &Method,
-    asked_session: Option<std::time::Duration>,
-    path_and_query: &str,
+    gate: &Gate,
+    req: HeldRequest<'_>,
     body: Body,
     state: &BodyState,
     max_body: u64,
 ) -> Result<Body, ProxyError> {
-    let unavailable = |e: portcullis_approval::ReviewError| ProxyError::Review {
-        review: String::new(),
-        code: "approval_required",
-        message: format!("this request needs approval, which cannot be checked now ({e})"),
-    };
-    let mut grant = None;
-    let (kind, action, classification, body) = match rule.mode {
-        ApprovalMode::Session => {
-            if let Ok(Some(until)) = approvals.jit_until(&principal.subject, connection).await
-                && until > unix_now()
-            {
-                return Ok(body);
-            }
-            let ask = SessionRequest::new(connection, rule, asked_session);
-            grant = Some(ask.duration);
-            ("session", ask.action, "session".to_string(), body)
-        }
-        ApprovalMode::Statements if portcullis_approval::holds_method(rule, method.as_str()) => {
+    let held = match gate.mode() {
+        ApprovalMode::Session => gate.hold_session(req.asked_session).await.map(|_| body),
+        ApprovalMode::Statements
+            if portcullis_approval::holds_method(&gate.rule, req.method.as_str()) =>
+        {
             let bytes = body
                 .collect()
                 .await
@@ -74,59 +66,43 @@ pub(crate) async fn hold(
                     }
                 })?
                 .to_bytes();
-            let digest = portcullis_tls::sha256_hex(&bytes);
-            let action = format!("{method} {path_and_query} body-sha256:{digest}");
-            ("http", action, method.to_string(), crate::full(bytes))
+            let method = req.method.as_str();
+            let action = portcullis_approval::http_action(method, req.path_and_query, &bytes);
+            let ask = Ask {
+                kind: "http",
+                action: &action,
+                classification: method,
+                grant: None,
+            };
+            gate.hold(&ask).await.map(|_| crate::full(bytes))
         }
         _ => return Ok(body),
     };
-    let held = Held {
-        requester: principal,
-        connection,
-        kind,
-        action: &action,
-        classification: &classification,
-        rule,
-        session: None,
-        grant,
-    };
-    let review = match approvals.check(&held).await.map_err(unavailable)? {
-        Check::Approved(_) => return Ok(body),
-        Check::Pending(r) => r,
-    };
-    tracing::info!(target: "portcullis::access", principal = %principal.subject, connection, review = %review.id, "request held for review");
-    match approvals
-        .wait(&review.id, rule.wait, None)
-        .await
-        .map_err(unavailable)?
-    {
-        Outcome::Approved(_) => Ok(body),
-        Outcome::Denied(r) => Err(ProxyError::Review {
-            review: r.id.clone(),
-            code: "approval_denied",
-            message: format!(
-                "review {} was denied by {}{}",
-                r.id,
-                r.decided_by.as_deref().unwrap_or("an approver"),
-                r.reason
-                    .as_deref()
-                    .map(|x| format!(": {x}"))
-                    .unwrap_or_default()
-            ),
-        }),
-        Outcome::Expired(r) => Err(ProxyError::Review {
-            review: r.id.clone(),
-            code: "approval_expired",
-            message: format!("review {} expired before it was approved", r.id),
-        }),
-        Outcome::TimedOut(r) => Err(ProxyError::Review {
-            review: r.id.clone(),
-            code: "approval_required",
-            message: format!(
+    held.map_err(|e| refusal(e, gate.rule.wait))
+}
+
+/// A hold's outcome as the caller hears it.
+fn refusal(e: HoldError, wait: Duration) -> ProxyError {
+    let review = e.review().map(|r| r.id.clone()).unwrap_or_default();
+    let (code, message) = match &e {
+        HoldError::Unavailable(inner) => (
+            "approval_required",
+            format!("this request needs approval, which cannot be checked now ({inner})"),
+        ),
+        HoldError::Denied(_) => ("approval_denied", e.to_string()),
+        HoldError::Expired(_) => ("approval_expired", e.to_string()),
+        HoldError::TimedOut { review, .. } => (
+            "approval_required",
+            format!(
                 "{}; not decided within {}s: once approved, send the identical request again",
-                portcullis_approval::waiting_message(&r),
-                rule.wait.as_secs()
+                portcullis_approval::waiting_message(review),
+                wait.as_secs()
             ),
-        }),
+        ),
+    };
+    ProxyError::Review {
+        review,
+        code,
+        message,
     }
 }

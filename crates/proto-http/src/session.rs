@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use portcullis_audit::{Closing, OpenSession};
+use portcullis_front::{Closing, OpenSession, Outcome};
 use portcullis_record::Recorder;
 use tokio_util::task::TaskTracker;
 
@@ -138,9 +138,9 @@ impl Drop for LiveSession {
         let closing = Closing {
             // The status of the last request; each one's is in the recording.
             outcome: if last.status == 0 {
-                "closed".to_string()
+                Outcome::NoResponse
             } else {
-                last.status.to_string()
+                Outcome::HttpStatus(last.status)
             },
             error: last.error,
             bytes_from_caller: self.bytes_from_caller.load(Ordering::Relaxed),

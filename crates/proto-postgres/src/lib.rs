@@ -15,6 +15,8 @@ pub mod masking;
 pub mod messages;
 mod options;
 pub mod recording;
+mod relay;
+mod statements;
 mod upstream;
 
 pub use front::{ALPN, PgFront, PgMetrics};

@@ -27,6 +27,8 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     /// admin_shutdown
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// query_canceled: a statement waited too long for its review.
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 fn put_cstr(b: &mut BytesMut, s: &str) {

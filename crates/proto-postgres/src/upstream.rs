@@ -27,6 +27,8 @@ pub type BoxStream = Box<dyn Stream>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error("the system's random source failed")]
+    Random,
     #[error("connection {connection:?}: {reason}")]
     Tls { connection: String, reason: String },
     #[error("connection {connection:?}: password {reference}: {reason}")]

@@ -1,6 +1,8 @@
-//! The gateway's own API on the HTTPS listener (paths that no connection
-//! routes). For now one endpoint: a signed-in person mints a short-lived
-//! token for an agent that acts for them.
+//! The gateway's own REST API (`/api/v1`) on the HTTPS listener, beside
+//! the fronts (paths that no connection routes): a signed-in person mints
+//! a short-lived token for an agent that acts for them, and reviews are
+//! listed and decided. The caller is authenticated by the shared admission
+//! path first.
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -8,8 +10,8 @@ use hyper::body::Incoming;
 use portcullis_identity::Principal;
 use serde::Deserialize;
 
-use crate::front::Inner;
-use crate::{Body, ProxyError};
+use portcullis_front::FrontContext;
+use portcullis_http::{Body, ProxyError};
 
 pub const TOKENS: &str = "/api/v1/tokens";
 pub const REVIEWS: &str = "/api/v1/reviews";
@@ -47,7 +49,7 @@ pub async fn reviews(
             || (who.kind == PrincipalKind::Human
                 && r.approvers.iter().any(|g| who.groups.contains(g)))
     };
-    let ok = |v: serde_json::Value| crate::error::json_response(StatusCode::OK, &v);
+    let ok = |v: serde_json::Value| portcullis_http::json_response(StatusCode::OK, &v);
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, []) => {
             let state = req.uri().query().and_then(|q| {
@@ -95,7 +97,7 @@ pub async fn reviews(
 }
 
 pub(crate) async fn mint_for_agent(
-    inner: &Inner,
+    ctx: &FrontContext,
     req: Request<Incoming>,
     person: &Principal,
 ) -> Result<Response<Body>, ProxyError> {
@@ -120,15 +122,14 @@ pub(crate) async fn mint_for_agent(
             .map_err(|e| ProxyError::CallerBody(format!("ttl {t:?}: {e}")))?,
         None => std::time::Duration::from_secs(8 * 3600),
     };
-    let minted = inner
+    let minted = ctx
         .auth
         .delegate(person, &m.principal, ttl)
         .await
         .map_err(ProxyError::Delegate)?;
     // Durable before the token is shown: an unaudited token must not exist
     // in anyone's hands.
-    inner
-        .sessions
+    ctx.sessions
         .audit()
         .append(&portcullis_audit::AuditEvent::Admin {
             action: "token_delegated".into(),
@@ -143,7 +144,7 @@ pub(crate) async fn mint_for_agent(
         .await
         .map_err(|_| ProxyError::AuditUnavailable)?;
     tracing::info!(token_id = %minted.id, principal = %m.principal, on_behalf_of = %person.subject, "token minted for an agent");
-    Ok(crate::error::json_response(
+    Ok(portcullis_http::json_response(
         StatusCode::CREATED,
         &serde_json::json!({
             "token": minted.secret,

@@ -5,10 +5,20 @@
 
 use std::time::Instant;
 
+use portcullis_audit::{AuditError, AuditEvent, AuditLog};
+use portcullis_config::Protocol;
 use portcullis_record::{Event, Recorder, Writer};
 use portcullis_store::SessionRow;
 
-use crate::{AuditError, AuditEvent, AuditLog};
+/// Why a session could not be opened. Either way nothing may reach the
+/// target: the front refuses the session (fail closed).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("recording: {0}")]
+    Recording(String),
+}
 
 /// Who opened a session, where, and under which rule.
 pub struct Opening {
@@ -16,7 +26,9 @@ pub struct Opening {
     pub principal_kind: String,
     pub auth: serde_json::Value,
     pub connection: String,
-    pub protocol: &'static str,
+    /// The front the caller came through (an MCP tool call reaching a
+    /// PostgreSQL connection is an `mcp` session).
+    pub protocol: Protocol,
     pub peer: String,
     pub tls: serde_json::Value,
     pub rule: String,
@@ -24,9 +36,62 @@ pub struct Opening {
     pub agent: Option<String>,
 }
 
+/// How a session ended, as the audit log and the session index say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The caller ended the session (or said goodbye).
+    CallerClosed,
+    /// The caller went away before the session was handed over.
+    CallerGone,
+    /// The target ended the session.
+    UpstreamClosed,
+    /// The target could not be reached or refused the gateway.
+    UpstreamError,
+    /// The caller broke the protocol.
+    CallerProtocolError,
+    /// A rule ended the session.
+    Refused,
+    /// The gateway failed; the caller was told so.
+    InternalError,
+    /// A one-shot session (an MCP tool call) that succeeded.
+    Ok,
+    /// A one-shot session that failed.
+    Error,
+    /// An HTTP session, by the status of its last request.
+    HttpStatus(u16),
+    /// An HTTP session that ended before any request was answered.
+    NoResponse,
+}
+
+impl Outcome {
+    /// The label used in the audit log, the index and metrics.
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow::Borrowed;
+        match self {
+            Outcome::CallerClosed => Borrowed("caller_closed"),
+            Outcome::CallerGone => Borrowed("caller_gone"),
+            Outcome::UpstreamClosed => Borrowed("upstream_closed"),
+            Outcome::UpstreamError => Borrowed("upstream_error"),
+            Outcome::CallerProtocolError => Borrowed("caller_protocol_error"),
+            Outcome::Refused => Borrowed("refused"),
+            Outcome::InternalError => Borrowed("internal_error"),
+            Outcome::Ok => Borrowed("ok"),
+            Outcome::Error => Borrowed("error"),
+            Outcome::HttpStatus(s) => std::borrow::Cow::Owned(s.to_string()),
+            Outcome::NoResponse => Borrowed("closed"),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
 /// How a session ended.
 pub struct Closing {
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error: Option<String>,
     pub bytes_from_caller: u64,
     pub bytes_to_caller: u64,
@@ -77,13 +142,13 @@ impl Sessions {
 
     /// Open a session. On error nothing may reach the target: the caller
     /// refuses the session (fail closed).
-    pub async fn open(&self, o: Opening) -> Result<OpenSession, AuditError> {
+    pub async fn open(&self, o: Opening) -> Result<OpenSession, SessionError> {
         let id = new_id();
         let row = SessionRow {
             id: id.clone(),
             principal: o.principal.clone(),
             connection: o.connection.clone(),
-            protocol: o.protocol.into(),
+            protocol: o.protocol.as_str().into(),
             started_at_ms: now_ms(),
             ended_at_ms: None,
             outcome: None,
@@ -95,7 +160,7 @@ impl Sessions {
             principal_kind: o.principal_kind,
             auth: o.auth,
             connection: o.connection.clone(),
-            protocol: o.protocol.into(),
+            protocol: o.protocol.as_str().into(),
             peer: o.peer,
             tls: o.tls,
             rule: o.rule,
@@ -103,18 +168,18 @@ impl Sessions {
         };
         self.audit.append_with(&start, Some(row.clone())).await?;
         // Recordings that cannot be stored are not made: fail closed.
-        self.sink.healthy().map_err(AuditError::Recording)?;
+        self.sink.healthy().map_err(SessionError::Recording)?;
         let writer = Writer::create(self.sink.spool(), &id)
-            .map_err(|e| AuditError::Recording(e.to_string()))?;
+            .map_err(|e| SessionError::Recording(e.to_string()))?;
         let recorder = Recorder::start(writer);
         recorder
             .event(Event::SessionStart {
                 session: id.clone(),
                 principal: o.principal,
                 connection: o.connection,
-                protocol: o.protocol.into(),
+                protocol: o.protocol.as_str().into(),
             })
-            .map_err(|e| AuditError::Recording(e.to_string()))?;
+            .map_err(|e| SessionError::Recording(e.to_string()))?;
         Ok(OpenSession {
             id,
             recorder,
@@ -129,14 +194,14 @@ impl Sessions {
         &self,
         principal: Option<String>,
         connection: Option<String>,
-        protocol: &str,
+        protocol: Protocol,
         peer: String,
         reason: String,
     ) {
         let e = AuditEvent::Refusal {
             principal,
             connection,
-            protocol: protocol.into(),
+            protocol: protocol.as_str().into(),
             peer,
             reason,
         };
@@ -189,8 +254,9 @@ impl OpenSession {
 
     /// Finish the recording and seal its digest into the audit chain.
     pub async fn seal(self, c: Closing) {
+        let outcome = c.outcome.label().into_owned();
         let _ = self.recorder.event(Event::SessionEnd {
-            outcome: c.outcome.clone(),
+            outcome: outcome.clone(),
         });
         let digest = match self.recorder.finish() {
             Some(Ok(d)) => Some(d),
@@ -206,7 +272,7 @@ impl OpenSession {
         }
         let row = SessionRow {
             ended_at_ms: Some(now_ms()),
-            outcome: Some(c.outcome.clone()),
+            outcome: Some(outcome.clone()),
             recording_digest: digest.clone(),
             ..self.row
         };
@@ -216,7 +282,7 @@ impl OpenSession {
             bytes_from_caller: c.bytes_from_caller,
             bytes_to_caller: c.bytes_to_caller,
             requests: c.requests,
-            outcome: c.outcome,
+            outcome,
             error: c.error,
             recording_digest: digest,
         };

@@ -1,0 +1,302 @@
+//! The admission path against a real SQLite store, audit log and
+//! recording spool: each refusal is the right error *and* leaves its
+//! audit entry; an admitted caller gets its grant and approval gate.
+
+use std::sync::Arc;
+
+use portcullis_audit::AuditLog;
+use portcullis_config::{Config, Protocol};
+use portcullis_identity::{Authenticator, Credential};
+use portcullis_store::{NewTokenRow, Store};
+
+use super::*;
+
+const CONFIG: &str = r#"
+[gateway]
+listen = "127.0.0.1:8443"
+cert = "s.pem"
+key = "s.key"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:1"
+
+[[connections]]
+name = "held"
+type = "http"
+url = "https://localhost:1"
+approval = { mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }
+
+[[connections]]
+name = "tools"
+type = "mcp"
+url = "https://localhost:1/mcp"
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["api", "held", "tools"]
+"#;
+
+struct World {
+    ctx: FrontContext,
+    store: Store,
+    tester: String,
+    outsider: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
+    let t = portcullis_identity::token::generate().unwrap();
+    store
+        .insert_token(&NewTokenRow {
+            hash: t.hash,
+            subject,
+            groups,
+            created_at: 0,
+            expires_at: None,
+            on_behalf_of: None,
+        })
+        .await
+        .unwrap();
+    t.secret
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(CONFIG, &dir.path().join("portcullis.toml")).unwrap();
+    let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+    let audit = AuditLog::open(store.clone(), dir.path()).await.unwrap();
+    let sink = portcullis_recordings::RecordingSink::local(dir.path().join("rec"));
+    let sessions = Sessions::new(audit.clone(), sink);
+    let approvals = portcullis_approval::Approvals::new(store.clone(), audit, None);
+    let masks = portcullis_mask::RuleSet::new(&[], None).unwrap();
+    let metrics = portcullis_mask::MaskMetrics::register(&mut Default::default());
+    let auth = Authenticator::new(Arc::new(store.clone()));
+    let ctx = FrontContext::new(&cfg, auth, Arc::new(masks), metrics, sessions, approvals);
+    let tester = token(&store, "agent:tester", &["testers".into()]).await;
+    let outsider = token(&store, "agent:outsider", &[]).await;
+    World {
+        ctx,
+        store,
+        tester,
+        outsider,
+        _dir: dir,
+    }
+}
+
+fn origin() -> Origin {
+    Origin {
+        peer: "127.0.0.1:5000".into(),
+        front: Protocol::Http,
+        tls: serde_json::Value::Null,
+    }
+}
+
+/// The audit log's refusal entries, as (principal, connection, reason).
+async fn refusals(store: &Store) -> Vec<serde_json::Value> {
+    portcullis_audit::entries(store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e["kind"] == "refusal")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bad_credential_is_refused_and_audited() {
+    let w = world().await;
+    let e = w
+        .ctx
+        .admit(
+            Credential::Bearer("pcl_nope"),
+            "api",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AdmitError::Unauthenticated(_)), "{e}");
+    let r = refusals(&w.store).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["connection"], "api");
+    assert!(r[0]["principal"].is_null());
+    assert_eq!(r[0]["protocol"], "http");
+    // The presented secret never reaches the evidence.
+    assert!(!r[0].to_string().contains("pcl_nope"), "{}", r[0]);
+}
+
+#[tokio::test]
+async fn every_refusal_of_an_authenticated_caller_is_audited() {
+    let w = world().await;
+    type Case<'a> = (&'a str, &'a str, Protocol, fn(&AdmitError) -> bool);
+    let cases: [Case; 3] = [
+        (
+            &w.tester,
+            "nowhere",
+            Protocol::Http,
+            |e| matches!(e, AdmitError::UnknownConnection(n) if n == "nowhere"),
+        ),
+        (&w.tester, "tools", Protocol::Http, |e| {
+            matches!(
+                e,
+                AdmitError::WrongProtocol {
+                    speaks: Protocol::Mcp,
+                    wanted: Protocol::Http,
+                    ..
+                }
+            )
+        }),
+        (&w.outsider, "api", Protocol::Http, |e| {
+            matches!(e, AdmitError::Forbidden(_))
+        }),
+    ];
+    for (i, (token, connection, wanted, expected)) in cases.into_iter().enumerate() {
+        let e = w
+            .ctx
+            .admit(Credential::Bearer(token), connection, wanted, &origin())
+            .await
+            .unwrap_err();
+        assert!(expected(&e), "{connection}: {e:?}");
+        let r = refusals(&w.store).await;
+        assert_eq!(r.len(), i + 1, "one entry per refusal: {r:?}");
+        assert_eq!(r[i]["connection"], connection);
+        assert!(r[i]["principal"].as_str().unwrap().starts_with("agent:"));
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_name_in_messages_is_bounded() {
+    let w = world().await;
+    let long = "x".repeat(10_000);
+    let e = w
+        .ctx
+        .admit(
+            Credential::Bearer(&w.tester),
+            &long,
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+}
+
+#[tokio::test]
+async fn admitted_callers_get_their_grant_gate_and_a_durable_session() {
+    let w = world().await;
+    let a = w
+        .ctx
+        .admit(
+            Credential::Bearer(&w.tester),
+            "api",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.rule.as_str(), a.connection.as_str()), ("testers", "api"));
+    assert!(a.gate.is_none(), "no approval rule on api");
+    let held = w
+        .ctx
+        .admit(
+            Credential::Bearer(&w.tester),
+            "held",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap();
+    let gate = held.gate.as_ref().expect("held has an approval rule");
+    assert_eq!(gate.connection(), "held");
+    assert_eq!(gate.principal().subject, "agent:tester");
+
+    let open = w.ctx.open(&a, None).await.unwrap();
+    let entries = portcullis_audit::entries(&w.store).await.unwrap();
+    let start = entries
+        .iter()
+        .map(|e| &e.event)
+        .find(|e| e["kind"] == "session_start")
+        .expect("the session's start is durable once open returns");
+    assert_eq!(start["session"], open.id.as_str());
+    assert_eq!(start["rule"], "testers");
+    assert_eq!(start["protocol"], "http");
+    open.seal(Closing {
+        outcome: Outcome::HttpStatus(204),
+        error: None,
+        bytes_from_caller: 0,
+        bytes_to_caller: 0,
+        requests: 1,
+    })
+    .await;
+    let entries = portcullis_audit::entries(&w.store).await.unwrap();
+    let end = entries.last().unwrap();
+    assert_eq!(end.event["kind"], "session_end");
+    assert_eq!(end.event["outcome"], "204");
+}
+
+#[tokio::test]
+async fn a_held_action_waits_times_out_then_passes_once_approved() {
+    let w = world().await;
+    let a = w
+        .ctx
+        .admit(
+            Credential::Bearer(&w.tester),
+            "held",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap();
+    let gate = a.gate.unwrap();
+    let ask = Ask {
+        kind: "http",
+        action: "DELETE /x body-sha256:00",
+        classification: "DELETE",
+        grant: None,
+    };
+    let e = gate.hold(&ask).await.unwrap_err();
+    let HoldError::TimedOut { review, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert!(e.to_string().contains("not decided within 1s"), "{e}");
+    let dba = portcullis_identity::Principal {
+        subject: "alice@example.com".into(),
+        kind: portcullis_identity::PrincipalKind::of_subject("alice@example.com"),
+        groups: vec!["dba".into()],
+        via: portcullis_identity::AuthMethod::GatewayToken {
+            token_id: "t".into(),
+            on_behalf_of: None,
+        },
+    };
+    w.ctx
+        .approvals
+        .decide(&review.id, &dba, true, None)
+        .await
+        .unwrap();
+    gate.hold(&ask).await.expect("approved once");
+    // Single use: the same action waits again.
+    let again = gate.hold(&ask).await.unwrap_err();
+    assert!(matches!(again, HoldError::TimedOut { .. }), "{again:?}");
+}
+
+#[test]
+fn outcomes_keep_their_labels() {
+    // The labels are in audit entries and dashboards: they must not move.
+    for (o, label) in [
+        (Outcome::CallerClosed, "caller_closed"),
+        (Outcome::UpstreamClosed, "upstream_closed"),
+        (Outcome::UpstreamError, "upstream_error"),
+        (Outcome::CallerProtocolError, "caller_protocol_error"),
+        (Outcome::Refused, "refused"),
+        (Outcome::InternalError, "internal_error"),
+        (Outcome::CallerGone, "caller_gone"),
+        (Outcome::Ok, "ok"),
+        (Outcome::Error, "error"),
+        (Outcome::HttpStatus(502), "502"),
+    ] {
+        assert_eq!(o.to_string(), label);
+    }
+}

@@ -1,0 +1,187 @@
+//! What every tool call goes through: the connection exists and speaks
+//! the tool's protocol and a grant allows the caller (the shared admission
+//! path), the connection's approval rule, then a session of its own
+//! (audit entry durable before the target is reached), sealed at the end.
+
+use portcullis_config::{ApprovalMode, Protocol};
+use portcullis_front::{AdmitError, Admitted, Ask, Closing, HoldError, OpenSession, Outcome};
+use rmcp::model::CallToolResult;
+use serde_json::Value;
+
+use crate::{Caller, Conn, Context};
+
+/// Why a tool call did not succeed. Everything but `Params` is returned
+/// to the model as a tool result with `isError: true`.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{0}")]
+    Params(String),
+    #[error("no connection named {0:?} (call list_connections)")]
+    UnknownConnection(String),
+    #[error("connection {connection:?} speaks {protocol}; use {tool}")]
+    WrongProtocol {
+        connection: String,
+        protocol: Protocol,
+        tool: &'static str,
+    },
+    #[error("{0}")]
+    Denied(String),
+    #[error("refused by connection {connection:?}: {reason}")]
+    Refused { connection: String, reason: String },
+    #[error("connection {connection:?}: {reason}")]
+    Target { connection: String, reason: String },
+    #[error("the call cannot be audited and recorded, so it is refused")]
+    AuditUnavailable,
+}
+
+/// A required string argument.
+pub fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
+    args.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::Params(format!("missing string argument {key:?}")))
+}
+
+/// An optional integer argument within `min..=max`.
+pub fn int_arg(
+    args: &Value,
+    key: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ToolError> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ToolError::Params(format!(
+                "{key} must be an integer from {min} to {max}"
+            ))),
+        },
+    }
+}
+
+/// The connection `name`, of the protocol `tool` needs, that the caller
+/// is granted (the shared admission path: refusals are audited).
+pub async fn admit<'c>(
+    ctx: &'c Context,
+    who: &Caller,
+    name: &str,
+    protocol: Protocol,
+) -> Result<(&'c Conn, Admitted), ToolError> {
+    let admitted = ctx
+        .front
+        .authorize(who.principal.clone(), name, protocol, &who.origin())
+        .await
+        .map_err(|e| match e {
+            AdmitError::UnknownConnection(name) => ToolError::UnknownConnection(name),
+            AdmitError::WrongProtocol {
+                connection, speaks, ..
+            } => ToolError::WrongProtocol {
+                connection,
+                protocol: speaks,
+                tool: match speaks {
+                    Protocol::Http => "http_request",
+                    Protocol::Postgres => "sql_query",
+                    // Its own tools, at /c/<name>/ as an MCP server.
+                    Protocol::Mcp => "its own MCP endpoint at /c/<connection>/",
+                },
+            },
+            other => ToolError::Denied(other.to_string()),
+        })?;
+    match ctx.get(name) {
+        Some(conn) => Ok((conn, admitted)),
+        // Admission knows every connection; the table was built from the
+        // same config.
+        None => Err(ToolError::UnknownConnection(
+            name.chars().take(128).collect(),
+        )),
+    }
+}
+
+/// Ask for approval when the connection's rule holds this call: `held`
+/// says whether the rule's statement classes, methods or tools match.
+/// Just-in-time rules hold every call until a grant is live (a tool call
+/// cannot say how long it wants: the rule's `session`).
+pub async fn approve(
+    admitted: &Admitted,
+    kind: &str,
+    action: &str,
+    classification: &str,
+    held: impl Fn(&portcullis_config::ApprovalRule) -> bool,
+) -> Result<(), ToolError> {
+    let Some(gate) = &admitted.gate else {
+        return Ok(());
+    };
+    let outcome = match gate.mode() {
+        ApprovalMode::Session => gate.hold_session(None).await,
+        ApprovalMode::Statements if held(&gate.rule) => {
+            let ask = Ask {
+                kind,
+                action,
+                classification,
+                grant: None,
+            };
+            gate.hold(&ask).await
+        }
+        _ => return Ok(()),
+    };
+    outcome.map_err(|e| {
+        let reason = match &e {
+            HoldError::Unavailable(inner) => {
+                format!("this call needs approval, which cannot be checked now ({inner})")
+            }
+            HoldError::TimedOut { review, waited } => format!(
+                "{}; not decided within {}s: once approved, make the identical call again",
+                portcullis_approval::waiting_message(review),
+                waited.as_secs()
+            ),
+            _ => e.to_string(),
+        };
+        ToolError::Refused {
+            connection: admitted.connection.clone(),
+            reason,
+        }
+    })
+}
+
+/// Open the session of one tool call.
+pub async fn open(ctx: &Context, admitted: &Admitted) -> Result<OpenSession, ToolError> {
+    let agent = ctx.get(&admitted.connection).and_then(|c| c.kind.agent());
+    ctx.front
+        .open(admitted, agent)
+        .await
+        .map_err(|_| ToolError::AuditUnavailable)
+}
+
+/// Seal a tool call's session.
+pub async fn seal(open: OpenSession, result: &Result<CallToolResult, ToolError>, sent: u64) {
+    let (outcome, error) = match result {
+        Ok(_) => (Outcome::Ok, None),
+        Err(e) => (Outcome::Error, Some(e.to_string())),
+    };
+    open.seal(Closing {
+        outcome,
+        error,
+        bytes_from_caller: 0,
+        bytes_to_caller: sent,
+        requests: 1,
+    })
+    .await;
+}
+
+/// Evidence of a call refused by a connection's rules, and the error the
+/// model reads.
+pub async fn refused(ctx: &Context, who: &Caller, name: &str, reason: &str) -> ToolError {
+    ctx.front
+        .refuse(
+            Some(&who.principal.subject),
+            Some(name),
+            &who.origin(),
+            reason,
+        )
+        .await;
+    ToolError::Refused {
+        connection: name.to_string(),
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,519 @@
+//! The relay: messages both ways until either side ends. Each direction
+//! is a loop over whole messages, as many as arrived together, sent on
+//! in one write. From the caller, each message is proven and held by the
+//! statement rules ([`crate::statements`]), then goes through the
+//! inspector chain; a refusal is sent on as a placeholder that fails in
+//! protocol order (see [`Pending`]). From the target, each message goes
+//! through the chain backwards and on to the caller.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use portcullis_front::{OpenSession, Outcome};
+use portcullis_identity::Principal;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::classify::Class;
+use crate::frame::{FrameError, Message, tag};
+use crate::inspect::{self, Inspector, Refusal};
+use crate::io::{FrameReader, ReadError};
+use crate::messages::{self, sqlstate};
+use crate::statements::{self, Gate};
+use crate::upstream::{PgUpstream, UpstreamSession};
+
+/// Placeholder refusals older than this many are forgotten (their error
+/// was swallowed by an aborted transaction).
+const MAX_PENDING_REFUSALS: usize = 64;
+
+/// What one session's relay and statement rules work with.
+#[derive(Clone, Copy)]
+pub(crate) struct SessionCtx<'a> {
+    pub connection: &'a str,
+    pub principal: &'a Principal,
+    /// The grant that admitted the session.
+    pub rule: &'a str,
+    pub upstream: &'a PgUpstream,
+    pub open: &'a OpenSession,
+    pub gate: Option<&'a Gate>,
+    /// Whether masking rules apply to this session.
+    pub masked: bool,
+    /// Makes placeholder statements unguessable, so a caller cannot
+    /// forge an error that the gateway would rewrite.
+    pub nonce: &'a str,
+    /// Largest message accepted from the caller.
+    pub max_message: usize,
+    /// Statements refused on this connection.
+    pub refused: &'a Counter,
+}
+
+/// How the relay ended.
+pub(crate) struct RelayEnd {
+    pub outcome: Outcome,
+    /// The target's session, when it can serve another caller (the caller
+    /// said goodbye with nothing in flight and no transaction open).
+    pub reusable: Option<UpstreamSession>,
+    pub bytes_from_caller: u64,
+    pub bytes_to_caller: u64,
+}
+
+enum Exit {
+    /// The caller sent Terminate.
+    CallerTerminated,
+    CallerGone,
+    UpstreamGone,
+    CallerBadFrame(FrameError),
+    Refused(Refusal),
+    Internal,
+}
+
+impl Exit {
+    /// The outcome, and the last word for the caller.
+    fn outcome(&self, connection: &str) -> (Outcome, Option<Message>) {
+        match self {
+            Exit::CallerGone | Exit::CallerTerminated => (Outcome::CallerClosed, None),
+            Exit::UpstreamGone => (
+                Outcome::UpstreamClosed,
+                Some(fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!("connection \"{connection}\": the target closed the connection"),
+                )),
+            ),
+            Exit::CallerBadFrame(e) => {
+                let code = match e {
+                    FrameError::TooLong { .. } => sqlstate::PROGRAM_LIMIT,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                let m = fatal(code, &format!("invalid message: {e}"));
+                (Outcome::CallerProtocolError, Some(m))
+            }
+            Exit::Refused(r) => (Outcome::Refused, Some(fatal(r.code, &r.message))),
+            Exit::Internal => (
+                Outcome::InternalError,
+                Some(fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "internal error in the gateway",
+                )),
+            ),
+        }
+    }
+}
+
+/// A message for the caller that ends the session.
+pub(crate) fn fatal(code: &str, message: &str) -> Message {
+    messages::error(true, code, message, None)
+}
+
+pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) {
+    let _ = w.write_all(&m.to_bytes()).await;
+    let _ = w.flush().await;
+}
+
+/// Write what was batched, in one go.
+async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, count: &AtomicU64) -> bool {
+    count.fetch_add(out.len() as u64, Ordering::Relaxed);
+    let ok = w.write_all(out).await.is_ok() && w.flush().await.is_ok();
+    out.clear();
+    ok
+}
+
+/// The state both directions share. (Atomics only because the future
+/// must be Send; both directions run in one task.)
+pub(crate) struct Relay<'a, W> {
+    ctx: &'a SessionCtx<'a>,
+    /// Both directions write to the caller: results from the target, and
+    /// notices about held statements.
+    caller_w: tokio::sync::Mutex<W>,
+    chain: Mutex<Vec<Box<dyn Inspector>>>,
+    pending: Mutex<Pending>,
+    bytes_from_caller: AtomicU64,
+    bytes_to_caller: AtomicU64,
+    /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
+    /// seen: equal means nothing is in flight.
+    syncs_sent: AtomicU64,
+    ready_seen: AtomicU64,
+    last_status: AtomicU8,
+    /// A statement that may change the schema went to the target: the
+    /// catalog's proofs are forgotten at each ReadyForQuery until the
+    /// session is out of its transaction (until then other sessions
+    /// still see, and may cache, the old schema).
+    schema_dirty: AtomicBool,
+}
+
+/// What one message from the caller becomes.
+enum Step {
+    /// Encoded into the batch for the target.
+    Sent,
+    /// Terminate: the batch ends here.
+    Terminate,
+}
+
+impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
+    /// Relay until either side ends.
+    pub async fn run<R: AsyncRead + Unpin>(
+        ctx: &'a SessionCtx<'a>,
+        mut caller_r: FrameReader<R>,
+        caller_w: W,
+        up: UpstreamSession,
+        chain: Vec<Box<dyn Inspector>>,
+    ) -> RelayEnd {
+        let relay = Relay {
+            ctx,
+            caller_w: tokio::sync::Mutex::new(caller_w),
+            chain: Mutex::new(chain),
+            pending: Mutex::new(Pending::default()),
+            bytes_from_caller: AtomicU64::new(0),
+            bytes_to_caller: AtomicU64::new(0),
+            syncs_sent: AtomicU64::new(0),
+            ready_seen: AtomicU64::new(0),
+            last_status: AtomicU8::new(up.status),
+            schema_dirty: AtomicBool::new(false),
+        };
+        let UpstreamSession {
+            reader: mut up_r,
+            writer: mut up_w,
+            startup_messages,
+            pid,
+            secret,
+            status: _,
+        } = up;
+        caller_r.set_max(ctx.max_message);
+        let exit = tokio::select! {
+            e = relay.caller_to_target(&mut caller_r, &mut up_w) => e,
+            e = relay.target_to_caller(&mut up_r) => e,
+        };
+        let (outcome, reusable) = relay.say_goodbye(&exit).await;
+        let reusable = if reusable {
+            Some(UpstreamSession {
+                reader: up_r,
+                writer: up_w,
+                startup_messages,
+                pid,
+                secret,
+                status: b'I',
+            })
+        } else {
+            if !matches!(exit, Exit::UpstreamGone) {
+                // Tell the target we are done, so its backend ends now.
+                let bye = Message::new(tag::TERMINATE, bytes::Bytes::new());
+                let _ = up_w.write_all(&bye.to_bytes()).await;
+                let _ = up_w.shutdown().await;
+            }
+            None
+        };
+        RelayEnd {
+            outcome,
+            reusable,
+            bytes_from_caller: relay.bytes_from_caller.load(Ordering::Relaxed),
+            bytes_to_caller: relay.bytes_to_caller.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The caller's last word; the outcome, and whether the target's
+    /// session may serve another caller.
+    async fn say_goodbye(&self, exit: &Exit) -> (Outcome, bool) {
+        let (outcome, last) = exit.outcome(self.ctx.connection);
+        let mut w = self.caller_w.lock().await;
+        if let Some(m) = last {
+            send(&mut *w, &m).await;
+        }
+        let _ = w.shutdown().await;
+        let idle = self.syncs_sent.load(Ordering::Relaxed)
+            == self.ready_seen.load(Ordering::Relaxed)
+            && self.last_status.load(Ordering::Relaxed) == b'I';
+        let no_refusals = self
+            .pending
+            .lock()
+            .map(|p| p.waiting.is_empty())
+            .unwrap_or(false);
+        let reusable = self.ctx.upstream.reuse()
+            && matches!(exit, Exit::CallerTerminated)
+            && idle
+            && no_refusals;
+        (outcome, reusable)
+    }
+
+    /// Caller → target, until either side ends.
+    async fn caller_to_target<R, UW>(&self, caller_r: &mut FrameReader<R>, up_w: &mut UW) -> Exit
+    where
+        R: AsyncRead + Unpin,
+        UW: AsyncWrite + Unpin,
+    {
+        let mut out = BytesMut::new();
+        loop {
+            let mut next = match caller_r.next().await {
+                Ok(Some(m)) => Some(m),
+                Ok(None) => return Exit::CallerGone,
+                Err(ReadError::Frame(e)) => return Exit::CallerBadFrame(e),
+                Err(_) => return Exit::CallerGone,
+            };
+            let mut terminate = false;
+            while let Some(m) = next.take() {
+                match self.on_caller_message(m, &mut out, up_w).await {
+                    Ok(Step::Sent) => {}
+                    Ok(Step::Terminate) => {
+                        terminate = true;
+                        break;
+                    }
+                    Err(exit) => return exit,
+                }
+                next = match caller_r.buffered() {
+                    Ok(m) => m,
+                    Err(e) => return Exit::CallerBadFrame(e),
+                };
+            }
+            if !flush_to(up_w, &mut out, &self.bytes_from_caller).await {
+                return Exit::UpstreamGone;
+            }
+            if terminate {
+                return Exit::CallerTerminated;
+            }
+        }
+    }
+
+    /// One message from the caller: proven, held where a rule says, then
+    /// through the chain into `out` (or refused in its place).
+    async fn on_caller_message<UW: AsyncWrite + Unpin>(
+        &self,
+        m: Message,
+        out: &mut BytesMut,
+        up_w: &mut UW,
+    ) -> Result<Step, Exit> {
+        let tag = m.tag;
+        let checked = statements::check(self.ctx, &m).await;
+        let class = checked
+            .as_ref()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.class));
+        let gated = match (checked, self.ctx.gate) {
+            (Err(refusal), _) => Err(refusal),
+            (Ok(checked), Some(g)) => {
+                // What was batched before goes first: only this statement waits.
+                if g.may_wait(&m)
+                    && !out.is_empty()
+                    && !flush_to(up_w, out, &self.bytes_from_caller).await
+                {
+                    return Err(Exit::UpstreamGone);
+                }
+                g.admit(&m, checked.as_ref(), &self.caller_w).await
+            }
+            (Ok(_), None) => Ok(m.clone()),
+        };
+        let verdict = match gated {
+            Err(refusal) => Err(refusal),
+            Ok(m) => self.inspect_frontend(m)?,
+        };
+        match verdict {
+            Ok(passed) => {
+                let changes_schema = class.is_some_and(|c| c >= Class::Ddl)
+                    || self
+                        .ctx
+                        .gate
+                        .is_some_and(|g| g.binds_schema_change(&passed));
+                if changes_schema {
+                    self.schema_dirty.store(true, Ordering::Relaxed);
+                }
+                passed.encode(out);
+            }
+            Err(refusal) => {
+                if !matches!(
+                    tag,
+                    tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
+                ) {
+                    return Err(Exit::Refused(refusal));
+                }
+                let stand_in = self.refuse(&m, refusal, class).await;
+                // The stand-in goes through the chain too, so every
+                // inspector sees what the target will answer.
+                match self.inspect_frontend(stand_in)? {
+                    Ok(m) => m.encode(out),
+                    Err(_) => return Err(Exit::Internal),
+                }
+            }
+        }
+        if matches!(tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
+            self.syncs_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if tag == tag::TERMINATE {
+            if self.ctx.upstream.reuse() {
+                // Not forwarded: the session may serve the next caller.
+                out.truncate(out.len() - 5);
+            }
+            return Ok(Step::Terminate);
+        }
+        Ok(Step::Sent)
+    }
+
+    /// The chain's verdict on a message to the target. (The poisoned
+    /// guard is dropped here: it must not live across an await.)
+    fn inspect_frontend(&self, m: Message) -> Result<Result<Message, Refusal>, Exit> {
+        self.chain
+            .lock()
+            .map(|mut c| inspect::frontend(&mut c, m))
+            .map_err(|_| Exit::Internal)
+    }
+
+    /// Leave the evidence of a refused statement and return the
+    /// placeholder that takes its place: the target fails it in order,
+    /// aborting the transaction as a real error would, and its error is
+    /// swapped for the refusal on the way back.
+    async fn refuse(&self, m: &Message, refusal: Refusal, class: Option<Class>) -> Message {
+        let ctx = self.ctx;
+        ctx.refused.inc();
+        tracing::info!(
+            target: "portcullis::access",
+            principal = %ctx.principal.subject,
+            connection = ctx.connection,
+            reason = %refusal.message,
+            "statement refused"
+        );
+        // Refusals are evidence: what the caller sent, in the recording
+        // and the audit chain.
+        ctx.open
+            .refused(portcullis_front::Refused {
+                principal: &ctx.principal.subject,
+                connection: ctx.connection,
+                rule: ctx.rule,
+                class: class.map_or("-", Class::as_str),
+                statement: &sent_text(m),
+                code: refusal.code,
+                reason: &refusal.message,
+            })
+            .await;
+        let marker = self
+            .pending
+            .lock()
+            .map(|mut p| p.push(ctx.nonce, refusal))
+            .unwrap_or_default();
+        let placeholder = format!("SELECT {marker}()");
+        match m.tag {
+            tag::PARSE => {
+                let name = messages::parse_text(m).map(|(n, _)| n).unwrap_or_default();
+                messages::parse_named(&name, &placeholder)
+            }
+            // Binding a statement that cannot exist fails in order, like
+            // the Parse above.
+            tag::BIND => {
+                let portal = messages::bind(&m.body)
+                    .map(|b| b.portal)
+                    .unwrap_or_default();
+                messages::bind_message(&portal, &marker)
+            }
+            _ => messages::query(&placeholder),
+        }
+    }
+
+    /// Target → caller, until either side ends.
+    async fn target_to_caller<UR: AsyncRead + Unpin>(&self, up_r: &mut FrameReader<UR>) -> Exit {
+        let mut out = BytesMut::new();
+        loop {
+            let mut next = match up_r.next().await {
+                Ok(Some(m)) => Some(m),
+                Ok(None) | Err(_) => return Exit::UpstreamGone,
+            };
+            while let Some(m) = next.take() {
+                match self.on_target_message(m) {
+                    Ok(m) => m.encode(&mut out),
+                    Err(exit) => return exit,
+                }
+                next = match up_r.buffered() {
+                    Ok(m) => m,
+                    Err(_) => return Exit::UpstreamGone,
+                };
+            }
+            let mut cw = self.caller_w.lock().await;
+            if !flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await {
+                return Exit::CallerGone;
+            }
+        }
+    }
+
+    /// One message from the target: a placeholder's error becomes its
+    /// refusal; ReadyForQuery is counted; then the chain.
+    fn on_target_message(&self, mut m: Message) -> Result<Message, Exit> {
+        if m.tag == tag::ERROR_RESPONSE
+            && let Some(r) = self
+                .pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.take_if_placeholder(self.ctx.nonce, &m))
+        {
+            m = messages::error(false, r.code, &r.message, None);
+        }
+        if m.tag == tag::READY_FOR_QUERY {
+            self.ready_seen.fetch_add(1, Ordering::Relaxed);
+            let status = m.body.first().copied().unwrap_or(b'E');
+            self.last_status.store(status, Ordering::Relaxed);
+            if self.schema_dirty.load(Ordering::Relaxed) {
+                self.ctx.upstream.forget_catalog();
+                self.schema_dirty.store(status != b'I', Ordering::Relaxed);
+            }
+        }
+        match self.chain.lock().map(|mut c| inspect::backend(&mut c, m)) {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(refusal)) => Err(Exit::Refused(refusal)),
+            Err(_) => Err(Exit::Internal),
+        }
+    }
+}
+
+/// What the caller sent, for the evidence of a refusal.
+fn sent_text(m: &Message) -> String {
+    match m.tag {
+        tag::QUERY => messages::query_text(m).unwrap_or_default(),
+        tag::PARSE => messages::parse_text(m).map(|(_, s)| s).unwrap_or_default(),
+        tag::BIND => messages::bind(&m.body).map_or_else(String::new, |b| {
+            format!(
+                "-- Bind of prepared statement \"{}\" with {} parameter(s)",
+                b.statement,
+                b.params.len()
+            )
+        }),
+        tag::FUNCTION_CALL => format!("-- fast-path function call: \\x{}", hex::encode(&m.body)),
+        t => format!("-- message '{}'", t.escape_ascii()),
+    }
+}
+
+/// Refusals waiting for their placeholder's error to come back from the
+/// target, keyed by sequence number.
+#[derive(Default)]
+struct Pending {
+    seq: u64,
+    waiting: VecDeque<(u64, Refusal)>,
+}
+
+impl Pending {
+    /// Queue `r` and return the name of a placeholder to send in its
+    /// place: a function or prepared statement that cannot exist, which
+    /// the target rejects in order, aborting the transaction just as a
+    /// real error would, with the name in its message.
+    fn push(&mut self, nonce: &str, r: Refusal) -> String {
+        self.seq += 1;
+        if self.waiting.len() >= MAX_PENDING_REFUSALS {
+            self.waiting.pop_front();
+        }
+        self.waiting.push_back((self.seq, r));
+        format!("portcullis_refused_{nonce}_{}", self.seq)
+    }
+
+    /// If `m` is the target's error for one of our placeholders, the
+    /// refusal to send instead.
+    fn take_if_placeholder(&mut self, nonce: &str, m: &Message) -> Option<Refusal> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let fields = messages::parse_fields(&m.body);
+        let text = messages::field(&fields, b'M')?;
+        let marker = format!("portcullis_refused_{nonce}_");
+        let at = text.find(&marker)? + marker.len();
+        let seq: u64 = text[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        let i = self.waiting.iter().position(|(s, _)| *s == seq)?;
+        self.waiting.remove(i).map(|(_, r)| r)
+    }
+}

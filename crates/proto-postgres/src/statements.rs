@@ -1,0 +1,393 @@
+//! The statement rules of one session: what a message carries is proven
+//! (Query, Parse, FunctionCall), the read-only rule applied, and what the
+//! connection's approval rule holds waits for a person. Asking and waiting
+//! are the shared [`portcullis_front::Gate`]'s; what is held, and what the
+//! caller is told meanwhile (notices), is PostgreSQL's.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use portcullis_approval::Check;
+use portcullis_config::ApprovalMode;
+use portcullis_front::{Ask, HoldError};
+use tokio::io::AsyncWrite;
+
+use crate::classify::Class;
+use crate::frame::{Message, tag};
+use crate::held::{HeldError, HeldStatements};
+use crate::inspect::{self, Refusal};
+use crate::messages::{self, sqlstate};
+use crate::relay::{SessionCtx, send};
+
+/// A statement's proven class, and (for a fast-path call) the function's
+/// name as the target knows it.
+pub(crate) struct Checked {
+    pub class: Class,
+    pub name: String,
+}
+
+/// What holds statements of one session for approval.
+pub(crate) struct Gate {
+    approval: portcullis_front::Gate,
+    /// For just-in-time access: the grant's end (Unix seconds); -1 until
+    /// the first statement asks for it.
+    jit_until: AtomicI64,
+    /// The just-in-time duration the caller asked for (startup `options`).
+    asked_session: Option<Duration>,
+    /// Prepared statements held at every Bind.
+    held: Mutex<HeldStatements>,
+}
+
+/// What the caller may be told while a statement waits.
+type CallerWriter<'a, W> = &'a tokio::sync::Mutex<W>;
+
+impl Gate {
+    pub fn new(
+        approval: portcullis_front::Gate,
+        asked_session: Option<Duration>,
+        nonce: &str,
+    ) -> Self {
+        Self {
+            approval,
+            jit_until: AtomicI64::new(-1),
+            asked_session,
+            held: Mutex::new(HeldStatements::new(nonce)),
+        }
+    }
+
+    fn mode(&self) -> ApprovalMode {
+        self.approval.rule.mode
+    }
+
+    /// Whether statements are proven for this rule (it holds classes).
+    pub fn holds_statements(&self) -> bool {
+        self.mode() == ApprovalMode::Statements
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldStatements> {
+        // Only a panic while holding it poisons it; the table is still whole.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `m` may wait for a person, so what was batched before it
+    /// must reach the target first.
+    pub fn may_wait(&self, m: &Message) -> bool {
+        match self.mode() {
+            ApprovalMode::Session => matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL),
+            ApprovalMode::Statements => match m.tag {
+                tag::QUERY | tag::FUNCTION_CALL => true,
+                tag::BIND => {
+                    messages::bind(&m.body).is_some_and(|b| self.held().get(&b.statement).is_some())
+                }
+                _ => false,
+            },
+            ApprovalMode::None => false,
+        }
+    }
+
+    /// Whether `m` binds a held statement that may change the schema (it
+    /// was proven at Parse; this is when it runs).
+    pub fn binds_schema_change(&self, m: &Message) -> bool {
+        m.tag == tag::BIND
+            && messages::bind(&m.body).is_some_and(|b| {
+                self.held()
+                    .get(&b.statement)
+                    .is_some_and(|h| matches!(h.class, "ddl" | "admin" | "unknown"))
+            })
+    }
+
+    /// The class under which a statement of `class` needs approval, if
+    /// it does.
+    fn needs_approval(&self, class: Class) -> Option<&'static str> {
+        let rule = &self.approval.rule;
+        if portcullis_approval::holds_statement(rule, class.as_str()) {
+            return Some(class.as_str());
+        }
+        // What is not proven (a volatile function, EXECUTE of whatever was
+        // prepared, a procedure) may do anything: held whenever anything is.
+        (class == Class::Unknown && !rule.classes.is_empty()).then_some(class.as_str())
+    }
+
+    /// What the gate makes of one message from the caller: the message to
+    /// send on (a held statement renamed to its private name, see
+    /// [`crate::held`]), once a person has said yes where one must; or a
+    /// refusal to give in protocol order.
+    pub async fn admit<W: AsyncWrite + Unpin>(
+        &self,
+        m: &Message,
+        checked: Option<&Checked>,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<Message, Refusal> {
+        match self.mode() {
+            ApprovalMode::None => return Ok(m.clone()),
+            ApprovalMode::Session => {
+                if matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL) {
+                    self.hold_session(caller_w).await?;
+                }
+                return Ok(m.clone());
+            }
+            ApprovalMode::Statements => {}
+        }
+        let class = checked.and_then(|c| self.needs_approval(c.class));
+        match m.tag {
+            tag::QUERY => {
+                if let (Some(sql), Some(class)) = (messages::query_text(m), class) {
+                    self.hold(&sql, class, caller_w).await?;
+                }
+                Ok(m.clone())
+            }
+            // A fast-path call is held like the statement that would call
+            // it, its arguments part of the action.
+            tag::FUNCTION_CALL => {
+                if let (Some(c), Some(class)) = (checked, class) {
+                    let action = format!(
+                        "-- fast-path function call\n{}(...) -- message: \\x{}",
+                        c.name,
+                        hex::encode(&m.body)
+                    );
+                    self.hold(&action, class, caller_w).await?;
+                }
+                Ok(m.clone())
+            }
+            tag::PARSE => self.parse(m, class),
+            tag::BIND => self.bind(m, caller_w).await,
+            tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m)),
+            _ => Ok(m.clone()),
+        }
+    }
+
+    /// A Parse is held at each Bind, with its parameters, not here: it is
+    /// renamed to a private name the caller cannot bind directly.
+    fn parse(&self, m: &Message, class: Option<&'static str>) -> Result<Message, Refusal> {
+        let Some((name, sql)) = messages::parse_text(m) else {
+            return Ok(m.clone());
+        };
+        let Some(class) = class else {
+            self.held().forget(&name);
+            return Ok(m.clone());
+        };
+        let private = self
+            .held()
+            .prepare(&name, &sql, class)
+            .map_err(held_refusal)?;
+        // It was read above, so it reads again; if not, fail closed.
+        messages::rename_parse(m, &private).ok_or_else(|| Refusal {
+            code: sqlstate::PROTOCOL_VIOLATION,
+            message: "portcullis: a Parse message could not be read".into(),
+        })
+    }
+
+    async fn bind<W: AsyncWrite + Unpin>(
+        &self,
+        m: &Message,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<Message, Refusal> {
+        let Some(bind) = messages::bind(&m.body) else {
+            return Ok(m.clone());
+        };
+        if crate::held::reserved(&bind.statement) {
+            return Err(held_refusal(HeldError::Reserved(bind.statement)));
+        }
+        let Some(h) = self.held().get(&bind.statement).cloned() else {
+            return Ok(m.clone());
+        };
+        let action = crate::held::action(&h.sql, &bind);
+        self.hold(&action, h.class, caller_w).await?;
+        Ok(bind.encode_for(&h.private))
+    }
+
+    /// Describe and Close of a held statement name its private name.
+    fn rename(&self, m: &Message) -> Message {
+        let Some(name) = messages::statement_target(m) else {
+            return m.clone();
+        };
+        let private = match m.tag {
+            tag::CLOSE => self.held().close(&name),
+            _ => self.held().get(&name).map(|h| h.private.clone()),
+        };
+        private.map_or_else(|| m.clone(), |p| messages::statement_message(m.tag, &p))
+    }
+
+    /// Just-in-time access, asked for by the first statement (a notice
+    /// can reach the caller only once it is logged in) and checked by
+    /// every one after.
+    async fn hold_session<W: AsyncWrite + Unpin>(
+        &self,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<(), Refusal> {
+        let mut until = self.jit_until.load(Ordering::Relaxed);
+        if until < 0 {
+            until = self.just_in_time(caller_w).await?;
+            self.jit_until.store(until, Ordering::Relaxed);
+        }
+        if portcullis_identity::unix_now() >= until {
+            return Err(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                message: format!(
+                    "portcullis: just-in-time access to connection \"{}\" ended; reconnect to ask for it again",
+                    self.approval.connection()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A live grant's end, or a person's yes now.
+    async fn just_in_time<W: AsyncWrite + Unpin>(
+        &self,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<i64, Refusal> {
+        if let Some(until) = self.approval.live_grant().await {
+            return Ok(until);
+        }
+        let ask = self.approval.session_request(self.asked_session);
+        let asked = Ask {
+            kind: "session",
+            action: &ask.action,
+            classification: "session",
+            grant: Some(ask.duration),
+        };
+        let review = match self.approval.check(&asked).await.map_err(hold_refusal)? {
+            Check::Approved(r) => return Ok(r.expires_at),
+            Check::Pending(r) => r,
+        };
+        {
+            let mut w = caller_w.lock().await;
+            if let Some(cut) = ask.cut_notice() {
+                send(&mut *w, &messages::notice("01000", &cut)).await;
+            }
+            let waiting = portcullis_approval::waiting_message(&review);
+            send(&mut *w, &messages::notice("01000", &waiting)).await;
+        }
+        let approved = self.approval.wait(&review).await.map_err(hold_refusal)?;
+        Ok(approved.expires_at)
+    }
+
+    /// Hold `action` (a statement, with its parameters when bound) until
+    /// a person decides, or let it through at once if already approved.
+    async fn hold<W: AsyncWrite + Unpin>(
+        &self,
+        action: &str,
+        class: &str,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<(), Refusal> {
+        let ask = Ask {
+            kind: "statement",
+            action,
+            classification: class,
+            grant: None,
+        };
+        let review = match self.approval.check(&ask).await.map_err(hold_refusal)? {
+            Check::Approved(_) => return Ok(()),
+            Check::Pending(r) => r,
+        };
+        {
+            let mut w = caller_w.lock().await;
+            let waiting = portcullis_approval::waiting_message(&review);
+            send(&mut *w, &messages::notice("01000", &waiting)).await;
+        }
+        self.approval
+            .wait(&review)
+            .await
+            .map(drop)
+            .map_err(hold_refusal)
+    }
+}
+
+/// The statement rules' half that needs no person: prove the class of
+/// what `m` carries (Query, Parse, FunctionCall) and apply the read-only
+/// rule. `None`: no rule of this session looks at `m`.
+pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
+    let up = ctx.upstream;
+    let gated = ctx.gate.is_some_and(Gate::holds_statements);
+    let proven = matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL);
+    if !proven || !(up.read_only || gated || ctx.masked) {
+        return Ok(None);
+    }
+    if m.tag == tag::FUNCTION_CALL && ctx.masked {
+        // Its result is not a row the masker can read.
+        return Err(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: connection \"{}\" masks results: fast-path function calls are refused",
+                ctx.connection
+            ),
+        });
+    }
+    if !(up.read_only || gated) {
+        return Ok(None);
+    }
+    let unproven = |e: crate::catalog::ProofError| Refusal {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "portcullis: connection \"{}\": the statement could not be proven free of side effects ({e}), so it was refused",
+            ctx.connection
+        ),
+    };
+    let checked = match m.tag {
+        tag::FUNCTION_CALL => match messages::function_call_oid(m) {
+            Some(oid) => {
+                let (class, name) = up.function_class(oid).await.map_err(unproven)?;
+                Checked { class, name }
+            }
+            None => Checked {
+                class: Class::Unknown,
+                name: "?".into(),
+            },
+        },
+        _ => {
+            let sql = match m.tag {
+                tag::QUERY => messages::query_text(m),
+                _ => messages::parse_text(m).map(|(_, s)| s),
+            };
+            let class = match sql {
+                Some(sql) => up.classify(&sql).await.map_err(unproven)?,
+                None => Class::Unknown,
+            };
+            Checked {
+                class,
+                name: String::new(),
+            }
+        }
+    };
+    if up.read_only
+        && let Some(r) = inspect::read_only(ctx.connection, checked.class)
+    {
+        return Err(r);
+    }
+    Ok(Some(checked))
+}
+
+fn held_refusal(e: HeldError) -> Refusal {
+    let code = match e {
+        HeldError::Reserved(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+        HeldError::TooMany => sqlstate::PROGRAM_LIMIT,
+    };
+    Refusal {
+        code,
+        message: format!("portcullis: {e}"),
+    }
+}
+
+/// A hold's outcome as the caller hears it.
+fn hold_refusal(e: HoldError) -> Refusal {
+    match e {
+        HoldError::Unavailable(e) => Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: the statement needs approval, which cannot be checked now ({e})"
+            ),
+        },
+        HoldError::Denied(_) | HoldError::Expired(_) => Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!("portcullis: {e}"),
+        },
+        HoldError::TimedOut { .. } => Refusal {
+            code: sqlstate::QUERY_CANCELED,
+            message: format!(
+                "portcullis: {e}; it stays open until it expires: once approved, run the same statement again"
+            ),
+        },
+    }
+}
