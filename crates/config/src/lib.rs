@@ -348,17 +348,13 @@ impl StoreConfig {
             return Ok(url.clone());
         };
         let secret = pw.resolve()?;
-        let encoded: String = secret
-            .expose()
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        // Only RFC 3986's unreserved characters stay as they are.
+        const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
+        let encoded = percent_encoding::utf8_percent_encode(secret.expose(), USERINFO).to_string();
         let (scheme, rest) = url.split_once("://").ok_or("bad store URL")?;
         let (user, host) = rest
             .split_once('@')

@@ -145,38 +145,36 @@ pub fn parse(s: &str) -> Result<PgUrl, String> {
     })
 }
 
+/// What a URL's user, password and path keep unencoded: RFC 3986's
+/// unreserved characters (and `/` between path segments).
+const URL_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 fn decode(s: &str) -> Result<String, String> {
+    // percent-encoding passes a malformed escape through as text; in a
+    // credential that would silently change it, so it is an error here.
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
+    let malformed = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !b
                 .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            let v = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("invalid percent-encoding in the URL")?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err("invalid percent-encoding in the URL".into());
     }
-    String::from_utf8(out).map_err(|_| "the URL is not UTF-8 after decoding".to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "the URL is not UTF-8 after decoding".to_string())
 }
 
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, URL_PART).to_string()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::route::{has_dot_segment, route};
 use crate::{Body, BodyState, ForwardError, HttpMetrics, ProxyError, SetupError, Upstream};
 
 /// The reversible tokens of one principal on one connection.
-type SharedVault = Arc<std::sync::Mutex<portcullis_mask::Vault>>;
+use crate::vaults::{SharedVault, Vaults};
 
 /// What the listener knows about the caller's connection.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ struct Inner {
     /// Session-end work that runs after a response body is sent.
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
-    vaults: std::sync::Mutex<HashMap<(String, String), SharedVault>>,
+    vaults: Vaults,
     /// Where a client certificate's principal is read from.
     cert_names: Vec<portcullis_config::CertName>,
     /// Public login settings of each `[[oidc]]` issuer that has them.
@@ -384,9 +384,7 @@ impl Inner {
         let resp = self
             .forward(name, upstream, Request::from_parts(parts, body), &state)
             .await?;
-        let resp = self
-            .mask(&admitted, &method, resp, vault.as_deref())
-            .await?;
+        let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
         record_response(resp, &live, request_no)
     }
 
@@ -491,12 +489,8 @@ impl Inner {
         if !rule.masker.has_reversible() {
             return None;
         }
-        let mut vaults = self.vaults.lock().ok()?;
-        let key = (
-            admitted.principal.subject.clone(),
-            admitted.connection.clone(),
-        );
-        Some(vaults.entry(key).or_default().clone())
+        self.vaults
+            .get(&admitted.principal.subject, &admitted.connection)
     }
 
     /// Tokens may be in the body: read it (bounded by the request limit)
@@ -648,7 +642,7 @@ impl Inner {
         admitted: &Admitted,
         method: &http::Method,
         resp: Response<Incoming>,
-        vault: Option<&std::sync::Mutex<portcullis_mask::Vault>>,
+        vault: Option<&SharedVault>,
     ) -> Result<Response<Body>, ProxyError> {
         let name = &admitted.connection;
         let Some(rule) = self.ctx.mask_rule(name, &admitted.principal) else {

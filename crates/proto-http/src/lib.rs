@@ -12,6 +12,7 @@ pub mod route;
 mod session;
 mod tap;
 mod upstream;
+mod vaults;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,7 @@
 //! the rule says so.
 
 use std::io::Read;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -56,14 +57,20 @@ fn kind(content_type: Option<&HeaderValue>) -> Kind {
 #[derive(Debug)]
 pub struct MaskFailure(pub String);
 
+/// Bodies larger than this are decoded and masked on the blocking pool:
+/// a multi-megabyte body takes milliseconds of CPU that would otherwise
+/// stall every other caller on the async worker. Smaller ones stay inline,
+/// where the hand-off would cost more than the work.
+const INLINE_MAX: usize = 64 * 1024;
+
 /// Mask `resp` under `rule`. Bodies are read whole, up to the rule's
 /// `max_body_bytes` (after decompression too), so memory stays bounded.
 pub async fn mask_response(
-    rule: &Rule,
+    rule: &Arc<Rule>,
     method: &Method,
     resp: Response<Incoming>,
     stats: &mut Stats,
-    vault: Option<&std::sync::Mutex<Vault>>,
+    vault: Option<&Arc<Mutex<Vault>>>,
 ) -> Result<Response<Body>, MaskFailure> {
     let (mut parts, body) = resp.into_parts();
     let no_body = method == Method::HEAD
@@ -98,8 +105,49 @@ pub async fn mask_response(
             }
         })?
         .to_bytes();
-    let plain = decode(&encoding, &raw, limit)?;
+    let masked = if raw.len() <= INLINE_MAX {
+        mask_body(rule, k, &encoding, &raw, stats, vault.map(|v| &**v))?
+    } else {
+        let (rule, vault) = (rule.clone(), vault.cloned());
+        let mut taken = std::mem::take(stats);
+        let (masked, taken) = tokio::task::spawn_blocking(move || {
+            let masked = mask_body(&rule, k, &encoding, &raw, &mut taken, vault.as_deref());
+            (masked, taken)
+        })
+        .await
+        .map_err(|e| MaskFailure(format!("masking failed: {e}")))?;
+        *stats = taken;
+        masked?
+    };
 
+    // The body is now identity-encoded and of a new length; validators of
+    // the old bytes no longer hold.
+    for h in [
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        header::CONTENT_RANGE,
+    ] {
+        parts.headers.remove(h);
+    }
+    parts.headers.remove("content-md5");
+    parts.headers.remove("digest");
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+    Ok(Response::from_parts(parts, full(Bytes::from(masked))))
+}
+
+/// Decode and mask one whole body (CPU only: no I/O).
+fn mask_body(
+    rule: &Rule,
+    k: Kind,
+    encoding: &str,
+    raw: &[u8],
+    stats: &mut Stats,
+    vault: Option<&Mutex<Vault>>,
+) -> Result<Vec<u8>, MaskFailure> {
+    let plain = decode(encoding, raw, rule.max_body_bytes)?;
     let mut guard = vault.and_then(|v| v.lock().ok());
     let vault = &mut guard.as_deref_mut();
     let masked: Vec<u8> = match k {
@@ -118,24 +166,7 @@ pub async fn mask_response(
         Kind::Form => mask_form(rule, &plain, stats, vault)?,
         Kind::Text | Kind::Opaque => mask_text(rule, &plain, stats, vault)?,
     };
-    drop(guard);
-
-    // The body is now identity-encoded and of a new length; validators of
-    // the old bytes no longer hold.
-    for h in [
-        header::CONTENT_ENCODING,
-        header::CONTENT_LENGTH,
-        header::ETAG,
-        header::CONTENT_RANGE,
-    ] {
-        parts.headers.remove(h);
-    }
-    parts.headers.remove("content-md5");
-    parts.headers.remove("digest");
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-    Ok(Response::from_parts(parts, full(Bytes::from(masked))))
+    Ok(masked)
 }
 
 fn mask_text(
@@ -183,42 +214,17 @@ fn mask_form(
     Ok(out)
 }
 
+/// A form value as text (`+` is a space in forms).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
+/// A form value as `application/x-www-form-urlencoded` writes it.
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
-            out.push(b as char);
-        } else if b == b' ' {
-            out.push('+');
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Undo a content encoding, reading at most `limit` bytes of output (a

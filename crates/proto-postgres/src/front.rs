@@ -744,3 +744,6 @@ fn closing(outcome: Outcome, error: Option<String>, from: u64, to: u64) -> Closi
         requests: 0,
     }
 }
+
+#[cfg(test)]
+mod tests;

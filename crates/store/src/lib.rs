@@ -855,6 +855,9 @@ impl portcullis_identity::TokenStore for Store {
     }
 }
 
+/// The repository suite, for this crate's tests and the shared-store
+/// test against PostgreSQL; not built into the binary.
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 #[cfg(test)]
