@@ -703,9 +703,67 @@ const FORBIDDEN_CREDENTIAL_HEADERS: &[&str] = &[
 ];
 
 impl Root {
+    /// One section at a time, in the order a reader meets them; each
+    /// error names its key.
     pub(crate) fn validate(self, base: &Path) -> Result<Config, Invalid> {
         let path = |p: &str| base.join(p);
+        self.check_gateway()?;
+        let limits = self.limits.validate()?;
+        let (connections, names) = self.connections(base)?;
+        let grants = self.grants(&names)?;
+        let masking = self.masking(&names, base)?;
+        let demo = match &self.demo {
+            None => None,
+            Some(d) => Some(d.validate(base)?),
+        };
+        let mut issuers = HashSet::new();
+        let mut oidc = Vec::with_capacity(self.oidc.len());
+        for (i, o) in self.oidc.iter().enumerate() {
+            let key = |k: &str| format!("oidc[{i}].{k}");
+            unique(&key("issuer"), &mut issuers, &o.issuer)?;
+            oidc.push(o.validate(&key, base)?);
+        }
+        let gateway_client_auth = match &self.gateway.client_auth {
+            Some(c) => c.validate("gateway.client_auth", base)?,
+            None => ClientAuth::default(),
+        };
+        let postgres = match &self.postgres {
+            None => None,
+            Some(p) => Some(p.validate(base)?),
+        };
+        let agent_listener = self.agent_listener(&connections, base)?;
+        let approvals = self.approvals.validate(base)?;
+        let recordings = self.recordings.validate(base)?;
+        let store = self.store.validate(base)?;
+        Ok(Config {
+            source: Default::default(),
+            recordings,
+            approvals,
+            agent_listener,
+            oidc,
+            gateway: GatewayConfig {
+                listen: self.gateway.listen,
+                admin_listen: self.gateway.admin_listen,
+                public_url: self.gateway.public_url,
+                domain: self.gateway.domain.map(|d| d.to_ascii_lowercase()),
+                cert: path(&self.gateway.cert),
+                key: path(&self.gateway.key),
+                tls: self.gateway.tls,
+                client_auth: gateway_client_auth,
+            },
+            limits,
+            upstream_tls: self.upstream_tls,
+            store,
+            connections,
+            grants,
+            demo,
+            masking,
+            postgres,
+        })
+    }
 
+    /// `[gateway]` and `[upstream_tls]`: TLS profiles, domain, public URL.
+    fn check_gateway(&self) -> Result<(), Invalid> {
         self.gateway
             .tls
             .provider()
@@ -726,18 +784,11 @@ impl Root {
         {
             return Err(invalid("gateway.public_url", "must be an https:// URL"));
         }
+        Ok(())
+    }
 
-        let l = &self.limits;
-        if l.max_header_bytes < 8192 {
-            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
-        }
-        let limits = Limits {
-            max_header_bytes: l.max_header_bytes,
-            max_request_body_bytes: l.max_request_body_bytes,
-            handshake_timeout: duration("limits.handshake_timeout", &l.handshake_timeout)?,
-            idle_timeout: duration("limits.idle_timeout", &l.idle_timeout)?,
-        };
-
+    /// `[[connections]]`, and the set of their names.
+    fn connections(&self, base: &Path) -> Result<(Vec<Connection>, HashSet<&str>), Invalid> {
         let mut names = HashSet::new();
         let mut connections = Vec::with_capacity(self.connections.len());
         for (i, c) in self.connections.iter().enumerate() {
@@ -746,7 +797,12 @@ impl Root {
             unique(&key("name"), &mut names, &c.name)?;
             connections.push(c.validate(&key, base)?);
         }
+        Ok((connections, names))
+    }
 
+    /// `[[grants]]`: each names principals or groups, and connections
+    /// that exist.
+    fn grants(&self, names: &HashSet<&str>) -> Result<Vec<Grant>, Invalid> {
         let mut grant_names = HashSet::new();
         let mut grants = Vec::with_capacity(self.grants.len());
         for (i, g) in self.grants.iter().enumerate() {
@@ -771,17 +827,7 @@ impl Root {
                     "list at least one connection, or \"*\"",
                 ));
             }
-            for c in &g.connections {
-                if c != "*" && !names.contains(c.as_str()) {
-                    return Err(invalid(
-                        key("connections"),
-                        format!(
-                            "no connection named {c:?}; defined: {}",
-                            sorted(&names).join(", ")
-                        ),
-                    ));
-                }
-            }
+            known_connections(&key("connections"), &g.connections, names)?;
             grants.push(Grant {
                 name,
                 principals: g.principals.clone(),
@@ -789,155 +835,166 @@ impl Root {
                 connections: g.connections.clone(),
             });
         }
+        Ok(grants)
+    }
 
+    /// `[masking]`: rules over connections that exist, which compile.
+    fn masking(&self, names: &HashSet<&str>, base: &Path) -> Result<Masking, Invalid> {
         for (i, r) in self.masking.rules.iter().enumerate() {
-            for c in &r.connections {
-                if c != "*" && !names.contains(c.as_str()) {
-                    return Err(invalid(
-                        format!("masking.rules[{i}].connections"),
-                        format!(
-                            "no connection named {c:?}; defined: {}",
-                            sorted(&names).join(", ")
-                        ),
-                    ));
-                }
-            }
+            let key = format!("masking.rules[{i}].connections");
+            known_connections(&key, &r.connections, names)?;
         }
         portcullis_mask::RuleSet::new(&self.masking.rules, Some(b"validation"))
             .map_err(|e| invalid("masking", e.to_string()))?;
-        let masking = Masking {
-            hash_key: match &self.masking.hash_key {
-                Some(k) => {
-                    Some(SecretRef::parse(k, base).map_err(|e| invalid("masking.hash_key", e))?)
-                }
-                None => None,
-            },
+        let hash_key = match &self.masking.hash_key {
+            Some(k) => Some(SecretRef::parse(k, base).map_err(|e| invalid("masking.hash_key", e))?),
+            None => None,
+        };
+        Ok(Masking {
+            hash_key,
             rules: self.masking.rules.clone(),
-        };
-
-        let demo = match self.demo {
-            None => None,
-            Some(d) => Some(DemoConfig {
-                listen: d.listen,
-                cert: path(&d.cert),
-                key: path(&d.key),
-                api_key: SecretRef::parse(&d.api_key, base)
-                    .map_err(|e| invalid("demo.api_key", e))?,
-            }),
-        };
-
-        let mut issuers = HashSet::new();
-        let mut oidc = Vec::with_capacity(self.oidc.len());
-        for (i, o) in self.oidc.iter().enumerate() {
-            let key = |k: &str| format!("oidc[{i}].{k}");
-            unique(&key("issuer"), &mut issuers, &o.issuer)?;
-            oidc.push(o.validate(&key, base)?);
-        }
-        let gateway_client_auth = match &self.gateway.client_auth {
-            Some(c) => c.validate("gateway.client_auth", base)?,
-            None => ClientAuth::default(),
-        };
-        let postgres = match self.postgres {
-            None => None,
-            Some(p) => Some(PostgresListener {
-                listen: p.listen,
-                max_message_bytes: p.max_message_bytes,
-                strict_roles: p.strict_roles,
-                client_auth: match &p.client_auth {
-                    Some(c) => c.validate("postgres.client_auth", base)?,
-                    None => ClientAuth::default(),
-                },
-            }),
-        };
-
-        let agent_listener = match &self.agent_listener {
-            None => {
-                if let Some((i, c)) = connections
-                    .iter()
-                    .enumerate()
-                    .find(|(_, c)| matches!(c.target, Target::Agent(_)))
-                {
-                    return Err(invalid(
-                        format!("connections[{i}].agent"),
-                        format!(
-                            "connection {:?} is served by an agent, but there is no [agent_listener] for agents to connect to",
-                            c.name
-                        ),
-                    ));
-                }
-                None
-            }
-            Some(a) => Some(AgentListener {
-                listen: a.listen,
-                ca_file: path(&a.ca_file),
-                enrol_ca_key: a.enrol_ca_key.as_deref().map(path),
-                enrol_validity: duration(
-                    "agent_listener.enrol_validity",
-                    a.enrol_validity.as_deref().unwrap_or("90d"),
-                )?,
-            }),
-        };
-
-        let a = &self.approvals;
-        let webhook = match &a.webhook {
-            None => None,
-            Some(url) => {
-                if !url.starts_with("https://") {
-                    return Err(invalid("approvals.webhook", "must be an https:// URL"));
-                }
-                let secret = a.webhook_secret.as_deref().ok_or_else(|| {
-                    invalid(
-                        "approvals.webhook_secret",
-                        "the webhook body is signed (HMAC-SHA256): give a secret reference",
-                    )
-                })?;
-                Some(Webhook {
-                    url: url.clone(),
-                    secret: SecretRef::parse(secret, base)
-                        .map_err(|e| invalid("approvals.webhook_secret", e))?,
-                    slack: match a.webhook_format.as_deref() {
-                        None | Some("generic") => false,
-                        Some("slack") => true,
-                        Some(other) => {
-                            return Err(invalid(
-                                "approvals.webhook_format",
-                                format!("{other:?}: \"generic\" or \"slack\""),
-                            ));
-                        }
-                    },
-                    ca_file: a.webhook_ca_file.as_deref().map(|p| base.join(p)),
-                })
-            }
-        };
-
-        let recordings = self.recordings.validate(base)?;
-
-        Ok(Config {
-            source: Default::default(),
-            recordings,
-            approvals: Approvals { webhook },
-            agent_listener,
-            oidc,
-            gateway: GatewayConfig {
-                listen: self.gateway.listen,
-                admin_listen: self.gateway.admin_listen,
-                public_url: self.gateway.public_url,
-                domain: self.gateway.domain.map(|d| d.to_ascii_lowercase()),
-                cert: path(&self.gateway.cert),
-                key: path(&self.gateway.key),
-                tls: self.gateway.tls,
-                client_auth: gateway_client_auth,
-            },
-            limits,
-            upstream_tls: self.upstream_tls,
-            store: self.store.validate(base)?,
-            connections,
-            grants,
-            demo,
-            masking,
-            postgres,
         })
     }
+
+    /// `[agent_listener]`: required as soon as a connection is served by
+    /// an agent.
+    fn agent_listener(
+        &self,
+        connections: &[Connection],
+        base: &Path,
+    ) -> Result<Option<AgentListener>, Invalid> {
+        let Some(a) = &self.agent_listener else {
+            let by_agent = connections
+                .iter()
+                .enumerate()
+                .find(|(_, c)| matches!(c.target, Target::Agent(_)));
+            return match by_agent {
+                Some((i, c)) => Err(invalid(
+                    format!("connections[{i}].agent"),
+                    format!(
+                        "connection {:?} is served by an agent, but there is no [agent_listener] for agents to connect to",
+                        c.name
+                    ),
+                )),
+                None => Ok(None),
+            };
+        };
+        Ok(Some(AgentListener {
+            listen: a.listen,
+            ca_file: base.join(&a.ca_file),
+            enrol_ca_key: a.enrol_ca_key.as_deref().map(|p| base.join(p)),
+            enrol_validity: duration(
+                "agent_listener.enrol_validity",
+                a.enrol_validity.as_deref().unwrap_or("90d"),
+            )?,
+        }))
+    }
+}
+
+/// Every name in `list` is `*` or a defined connection.
+fn known_connections(key: &str, list: &[String], names: &HashSet<&str>) -> Result<(), Invalid> {
+    match list
+        .iter()
+        .find(|c| *c != "*" && !names.contains(c.as_str()))
+    {
+        None => Ok(()),
+        Some(c) => Err(invalid(
+            key,
+            format!(
+                "no connection named {c:?}; defined: {}",
+                sorted(names).join(", ")
+            ),
+        )),
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, Invalid> {
+        if self.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
+        }
+        Ok(Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_request_body_bytes: self.max_request_body_bytes,
+            handshake_timeout: duration("limits.handshake_timeout", &self.handshake_timeout)?,
+            idle_timeout: duration("limits.idle_timeout", &self.idle_timeout)?,
+        })
+    }
+}
+
+impl RawDemo {
+    fn validate(&self, base: &Path) -> Result<DemoConfig, Invalid> {
+        Ok(DemoConfig {
+            listen: self.listen,
+            cert: base.join(&self.cert),
+            key: base.join(&self.key),
+            api_key: SecretRef::parse(&self.api_key, base)
+                .map_err(|e| invalid("demo.api_key", e))?,
+        })
+    }
+}
+
+impl RawPostgres {
+    fn validate(&self, base: &Path) -> Result<PostgresListener, Invalid> {
+        Ok(PostgresListener {
+            listen: self.listen,
+            max_message_bytes: self.max_message_bytes,
+            strict_roles: self.strict_roles,
+            client_auth: match &self.client_auth {
+                Some(c) => c.validate("postgres.client_auth", base)?,
+                None => ClientAuth::default(),
+            },
+        })
+    }
+}
+
+impl RawApprovals {
+    /// `[approvals]`: the review webhook, signed, over https.
+    fn validate(&self, base: &Path) -> Result<Approvals, Invalid> {
+        let Some(url) = &self.webhook else {
+            return Ok(Approvals { webhook: None });
+        };
+        if !url.starts_with("https://") {
+            return Err(invalid("approvals.webhook", "must be an https:// URL"));
+        }
+        let secret = self.webhook_secret.as_deref().ok_or_else(|| {
+            invalid(
+                "approvals.webhook_secret",
+                "the webhook body is signed (HMAC-SHA256): give a secret reference",
+            )
+        })?;
+        let slack = one_of(
+            "approvals.webhook_format",
+            self.webhook_format.as_deref(),
+            &[("generic", false), ("slack", true)],
+        )?;
+        Ok(Approvals {
+            webhook: Some(Webhook {
+                url: url.clone(),
+                secret: SecretRef::parse(secret, base)
+                    .map_err(|e| invalid("approvals.webhook_secret", e))?,
+                slack,
+                ca_file: self.webhook_ca_file.as_deref().map(|p| base.join(p)),
+            }),
+        })
+    }
+}
+
+/// A config value from a closed set: `None` is the first choice (the
+/// default); anything else is an error naming the key and every choice.
+/// (By hand rather than serde enums: serde's error would not name the key.)
+fn one_of<T: Copy>(key: &str, value: Option<&str>, choices: &[(&str, T)]) -> Result<T, Invalid> {
+    let Some(v) = value else {
+        return Ok(choices[0].1);
+    };
+    if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v) {
+        return Ok(*t);
+    }
+    let valid: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+    Err(invalid(
+        key,
+        format!("unknown value {v:?}; valid: {}", valid.join(", ")),
+    ))
 }
 
 fn sorted<'a>(names: &HashSet<&'a str>) -> Vec<&'a str> {

@@ -40,78 +40,86 @@ impl Assignments {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    assignments: Assignments,
-    links: Arc<AgentRegistry>,
-    store: portcullis_store::Store,
-    metrics: TlsMetrics,
-    handshake_timeout: Duration,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let stop = shutdown.clone();
-    crate::listener::accept_loop(listener, stop, tracker, move |stream, peer| {
-        let acceptor = acceptor.clone();
-        let assignments = assignments.clone();
-        let links = links.clone();
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let Some((tls, record)) =
-                portcullis_tls::accept(&acceptor, stream, peer, handshake_timeout, &metrics).await
-            else {
-                return;
-            };
-            let Some(der) = record.client_cert.clone() else {
-                return;
-            };
-            let fingerprint = portcullis_tls::sha256_hex(&der);
-            let principal = match portcullis_tls::client_cert::principal_name(
-                &der,
-                &[CertName::Spiffe, CertName::CommonName],
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "agent certificate names no agent");
-                    return;
-                }
-            };
-            let Some(agent) = principal.strip_prefix(AGENT_KIND).map(str::to_string) else {
-                tracing::warn!(%peer, %principal, "not an agent certificate (expected connector:NAME); link refused");
-                return;
-            };
-            let revoked = {
-                let store = store.clone();
-                let fingerprint = fingerprint.clone();
-                move || {
-                    let store = store.clone();
-                    let fingerprint = fingerprint.clone();
-                    async move {
-                        // A store failure keeps the link (it is logged by
-                        // the store); revocation is re-checked next beat.
-                        store.is_cert_revoked(&fingerprint).await.unwrap_or(false)
-                    }
-                }
-            };
-            if revoked().await {
-                tracing::warn!(%peer, %agent, "revoked agent certificate; link refused");
+/// The agent listener: who may link, and what they may announce.
+#[derive(Clone)]
+pub(crate) struct AgentListener {
+    pub acceptor: TlsAcceptor,
+    pub assignments: Assignments,
+    pub links: Arc<AgentRegistry>,
+    pub store: portcullis_store::Store,
+    pub metrics: TlsMetrics,
+    pub handshake_timeout: Duration,
+}
+
+impl AgentListener {
+    /// Accept agents on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let stop = shutdown.clone();
+        crate::listener::accept_loop(listener, stop, tracker, move |stream, peer| {
+            self.clone().link(stream, peer, shutdown.clone())
+        })
+        .await
+    }
+
+    /// One agent's link: its certificate names it (and must not be
+    /// revoked), then the link runs until it ends.
+    async fn link(
+        self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let accepted = portcullis_tls::accept(
+            &self.acceptor,
+            stream,
+            peer,
+            self.handshake_timeout,
+            &self.metrics,
+        )
+        .await;
+        let Some((tls, record)) = accepted else {
+            return;
+        };
+        let Some(der) = record.client_cert.clone() else {
+            return;
+        };
+        let fingerprint = portcullis_tls::sha256_hex(&der);
+        let principal = match portcullis_tls::client_cert::principal_name(
+            &der,
+            &[CertName::Spiffe, CertName::CommonName],
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "agent certificate names no agent");
                 return;
             }
-            portcullis_link::run_link(
-                tls,
-                peer,
-                agent.clone(),
-                assignments.of(&agent),
-                links,
-                shutdown,
-                revoked,
-            )
-            .await;
+        };
+        let Some(agent) = principal.strip_prefix(AGENT_KIND).map(str::to_string) else {
+            tracing::warn!(%peer, %principal, "not an agent certificate (expected connector:NAME); link refused");
+            return;
+        };
+        let revoked = {
+            let store = self.store.clone();
+            move || {
+                let store = store.clone();
+                let fingerprint = fingerprint.clone();
+                async move {
+                    // A store failure keeps the link (it is logged by the
+                    // store); revocation is re-checked next beat.
+                    store.is_cert_revoked(&fingerprint).await.unwrap_or(false)
+                }
+            }
+        };
+        if revoked().await {
+            tracing::warn!(%peer, %agent, "revoked agent certificate; link refused");
+            return;
         }
-    })
-    .await
+        let allowed = self.assignments.of(&agent);
+        portcullis_link::run_link(tls, peer, agent, allowed, self.links, shutdown, revoked).await;
+    }
 }

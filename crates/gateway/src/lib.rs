@@ -556,17 +556,16 @@ async fn start_agents(
     )?;
     let l = bind(a.listen, "agents").await?;
     let addr = local_addr(&l, a.listen, "agents")?;
-    rt.tracker.spawn(agents::serve(
-        l,
+    let agents = agents::AgentListener {
         acceptor,
-        agents::Assignments::from_config(cfg),
-        links.clone(),
-        store.clone(),
-        rt.tls_metrics.clone(),
-        cfg.limits.handshake_timeout,
-        rt.shutdown.clone(),
-        rt.tracker.clone(),
-    ));
+        assignments: agents::Assignments::from_config(cfg),
+        links: links.clone(),
+        store: store.clone(),
+        metrics: rt.tls_metrics.clone(),
+        handshake_timeout: cfg.limits.handshake_timeout,
+    };
+    rt.tracker
+        .spawn(agents.serve(l, rt.shutdown.clone(), rt.tracker.clone()));
     tracing::info!(%addr, "agent listener");
     Ok(Some(addr))
 }

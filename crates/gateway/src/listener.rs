@@ -190,7 +190,6 @@ pub(crate) async fn accept_loop<F, Fut>(
 }
 
 /// Serve HTTPS with `front` on `listener`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,

@@ -84,20 +84,10 @@ pub async fn handle(
             "no such MCP connection",
         );
     };
-    let origin = who.origin();
-    let refuse = |reason: String| {
-        let origin = &origin;
-        async move {
-            let principal = Some(who.principal.subject.as_str());
-            ctx.front
-                .refuse(principal, Some(name), origin, &reason)
-                .await;
-        }
-    };
     // The shared admission path (its refusals are audited there).
     let admitted = match ctx
         .front
-        .authorize(who.principal.clone(), name, Protocol::Mcp, &origin)
+        .authorize(who.principal.clone(), name, Protocol::Mcp, &who.origin())
         .await
     {
         Ok(a) => a,
@@ -106,6 +96,51 @@ pub async fn handle(
             return json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string());
         }
     };
+    let (parts, bytes) = match read_request(req, rest).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let methods = match check_calls(ctx, who, name, target, &parts, &bytes).await {
+        Ok(m) => m,
+        Err(refused) => return refused,
+    };
+    let call = Call {
+        ctx,
+        who,
+        name,
+        upstream,
+        target,
+        methods,
+    };
+    let open = match crate::call::open(ctx, &admitted).await {
+        Ok(o) => o,
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &e.to_string(),
+            );
+        }
+    };
+    let rec = open.recorder.clone();
+    let _ = rec.event(Event::HttpRequest {
+        request: None,
+        method: parts.method.to_string(),
+        path: rest.to_string(),
+        headers: vec![],
+        body: Some(String::from_utf8_lossy(&bytes).into_owned()),
+    });
+    let result = relay(&call, &parts, bytes, rest).await;
+    let (resp, sent, sealed) = answer(result, &rec);
+    crate::call::seal(open, &sealed, sent).await;
+    resp
+}
+
+/// The request, read whole (bounded); GET streams and odd paths refused.
+async fn read_request(
+    req: Request<Incoming>,
+    rest: &str,
+) -> Result<(http::request::Parts, Bytes), Response<Body>> {
     if req.method() == Method::GET {
         let mut r = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -114,39 +149,51 @@ pub async fn handle(
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
-        return r;
+        return Err(r);
     }
     if portcullis_http::route::has_dot_segment(rest) {
         portcullis_http::linger(req.into_body()).await;
-        return json_error(
+        return Err(json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "paths with `.` or `..` segments are not forwarded",
-        );
+        ));
     }
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, MAX_REQUEST).await {
         Ok(b) => b,
         Err(e) => {
-            return json_error(
+            return Err(json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 &format!("the JSON-RPC request is {e}"),
-            );
+            ));
         }
     };
+    Ok((parts, bytes))
+}
 
-    // Which method each request id asked for, to know what each answer is.
+/// Which method each request id asked for (to know what each answer is);
+/// a call to a tool that policy or pinning does not allow is refused
+/// with a JSON-RPC error, and audited.
+async fn check_calls(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    target: &portcullis_config::McpTarget,
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+) -> Result<HashMap<String, String>, Response<Body>> {
     let mut methods: HashMap<String, String> = HashMap::new();
     if parts.method == Method::POST {
-        let msg: Value = match serde_json::from_slice(&bytes) {
+        let msg: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,
             Err(e) => {
-                return json_error(
+                return Err(json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     &format!("the body is not JSON-RPC: {e}"),
-                );
+                ));
             }
         };
         let items: Vec<&Value> = match &msg {
@@ -157,11 +204,11 @@ pub async fn handle(
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "tool pins unavailable");
-                return json_error(
+                return Err(json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
                     "tool approvals cannot be checked, so the call is refused",
-                );
+                ));
             }
         };
         for m in &items {
@@ -196,40 +243,28 @@ pub async fn handle(
             };
             if let Some(why) = why {
                 tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
-                refuse(why.clone()).await;
-                return rpc_error(id, &why);
+                let principal = Some(who.principal.subject.as_str());
+                ctx.front
+                    .refuse(principal, Some(name), &who.origin(), &why)
+                    .await;
+                return Err(rpc_error(id, &why));
             }
         }
     }
 
-    let open = match crate::call::open(ctx, &admitted).await {
-        Ok(o) => o,
-        Err(e) => {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                &e.to_string(),
-            );
-        }
-    };
-    let rec = open.recorder.clone();
-    let _ = rec.event(Event::HttpRequest {
-        request: None,
-        method: parts.method.to_string(),
-        path: rest.to_string(),
-        headers: vec![],
-        body: Some(String::from_utf8_lossy(&bytes).into_owned()),
-    });
-    let call = Call {
-        ctx,
-        who,
-        name,
-        upstream,
-        target,
-        methods: &methods,
-    };
-    let result = relay(&call, &parts, bytes, rest).await;
-    let (resp, sent, outcome) = match result {
+    Ok(methods)
+}
+
+/// What the caller gets, what was sent, and the outcome to seal.
+fn answer(
+    result: Result<(Response<()>, Bytes), ToolError>,
+    rec: &portcullis_record::Recorder,
+) -> (
+    Response<Body>,
+    u64,
+    Result<rmcp::model::CallToolResult, ToolError>,
+) {
+    match result {
         Ok((resp, body)) => {
             let _ = rec.event(Event::HttpResponse {
                 request: None,
@@ -239,7 +274,8 @@ pub async fn handle(
             });
             let n = body.len() as u64;
             let (p, _) = resp.into_parts();
-            (Response::from_parts(p, full(body)), n, Ok(()))
+            let ok = rmcp::model::CallToolResult::success(vec![]);
+            (Response::from_parts(p, full(body)), n, Ok(ok))
         }
         Err(e) => {
             let status = match &e {
@@ -255,13 +291,7 @@ pub async fn handle(
                 Err(e),
             )
         }
-    };
-    let sealed: Result<rmcp::model::CallToolResult, ToolError> = match outcome {
-        Ok(()) => Ok(rmcp::model::CallToolResult::success(vec![])),
-        Err(e) => Err(e),
-    };
-    crate::call::seal(open, &sealed, sent).await;
-    resp
+    }
 }
 
 /// One admitted request to an MCP connection.
@@ -272,7 +302,7 @@ struct Call<'a> {
     upstream: &'a portcullis_http::Upstream,
     target: &'a portcullis_config::McpTarget,
     /// Which method each request id asked for, to know what each answer is.
-    methods: &'a HashMap<String, String>,
+    methods: HashMap<String, String>,
 }
 
 /// Forward the request; rewrite the answer (tool lists filtered, results
@@ -405,7 +435,7 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         who,
         name,
         target,
-        methods,
+        ref methods,
         ..
     } = *call;
     let method = v

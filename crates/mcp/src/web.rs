@@ -22,12 +22,92 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Largest request body accepted from the model.
 const MAX_REQUEST: usize = 1024 * 1024;
 
+/// One call's arguments, checked.
+struct ApiCall<'a> {
+    connection: &'a str,
+    method: Method,
+    path: &'a str,
+    query: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
+impl ApiCall<'_> {
+    /// The caller's own path and query: what a reviewer sees.
+    fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.to_string(),
+        }
+    }
+}
+
+/// The answer as the model gets it (masked, bounded).
+struct Answer {
+    status: http::StatusCode,
+    content_type: String,
+    body: Bytes,
+    truncated: bool,
+}
+
 pub async fn http_request(
     ctx: &Context,
     who: &Caller,
     args: &Value,
 ) -> Result<CallToolResult, ToolError> {
-    let name = str_arg(args, "connection")?;
+    let a = parse_args(args)?;
+    let (conn, admitted) = call::admit(ctx, who, a.connection, Protocol::Http).await?;
+    let Kind::Http(upstream) = &conn.kind else {
+        unreachable!("admit checked the protocol")
+    };
+    let pq = a.path_and_query();
+    // The same action text as the HTTP front's, so one approval fits
+    // either way of sending the request.
+    let body_bytes = a.body.as_deref().unwrap_or_default();
+    let method = a.method.as_str();
+    let action = portcullis_approval::http_action(method, &pq, body_bytes);
+    call::approve(&admitted, "http", &action, method, |r| {
+        portcullis_approval::holds_method(r, method)
+            || portcullis_approval::holds_tool(r, "http_request", Some(method))
+    })
+    .await?;
+    let uri = upstream
+        .target_uri(a.path, a.query.as_deref())
+        .map_err(|e| ToolError::Params(format!("path: {e}")))?;
+    let open = call::open(ctx, &admitted).await?;
+    let rec = open.recorder.clone();
+    let _ = rec.event(Event::HttpRequest {
+        request: None,
+        method: a.method.to_string(),
+        path: pq,
+        headers: vec![],
+        body: a
+            .body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+    });
+    let result = match send(ctx, who, upstream, &a, uri).await {
+        Ok(answer) => {
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            let _ = rec.event(Event::HttpResponse {
+                request: None,
+                status: answer.status.as_u16(),
+                headers: vec![("content-type".into(), answer.content_type.clone())],
+                body: Some(text.clone()),
+            });
+            Ok(tool_result(&answer, text))
+        }
+        Err(e) => Err(e),
+    };
+    let sent = match &result {
+        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
+        Err(e) => e.to_string().len() as u64,
+    };
+    call::seal(open, &result, sent).await;
+    result
+}
+
+fn parse_args(args: &Value) -> Result<ApiCall<'_>, ToolError> {
+    let connection = str_arg(args, "connection")?;
     let path = str_arg(args, "path")?;
     let method = match args.get("method").and_then(Value::as_str).unwrap_or("GET") {
         m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") => {
@@ -49,174 +129,161 @@ pub async fn http_request(
             "paths with `.` or `..` segments are not forwarded".into(),
         ));
     }
-    let query = match args.get("query") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => {
-            let mut q = url::form_urlencoded::Serializer::new(String::new());
-            for (k, v) in m {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    _ => {
-                        return Err(ToolError::Params(format!(
-                            "query value of {k:?} must be a string, number or boolean"
-                        )));
-                    }
-                };
-                q.append_pair(k, &v);
-            }
-            Some(q.finish())
-        }
+    Ok(ApiCall {
+        connection,
+        method,
+        path,
+        query: query_arg(args)?,
+        body: body_arg(args)?,
+    })
+}
+
+/// `query`: an object of strings, numbers and booleans.
+fn query_arg(args: &Value) -> Result<Option<String>, ToolError> {
+    let m = match args.get("query") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
         Some(_) => return Err(ToolError::Params("query must be an object".into())),
     };
-    let body = match args.get("body") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let b = serde_json::to_vec(v).map_err(|e| ToolError::Params(e.to_string()))?;
-            if b.len() > MAX_REQUEST {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in m {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
                 return Err(ToolError::Params(format!(
-                    "body is larger than {MAX_REQUEST} bytes"
+                    "query value of {k:?} must be a string, number or boolean"
                 )));
             }
-            Some(b)
-        }
-    };
-
-    let (conn, admitted) = call::admit(ctx, who, name, Protocol::Http).await?;
-    let Kind::Http(upstream) = &conn.kind else {
-        unreachable!("admit checked the protocol")
-    };
-    let pq = match &query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    // The same action text as the HTTP front's, so one approval fits
-    // either way of sending the request.
-    let body_bytes = body.as_deref().unwrap_or_default();
-    let action = portcullis_approval::http_action(method.as_str(), &pq, body_bytes);
-    call::approve(&admitted, "http", &action, method.as_str(), |r| {
-        portcullis_approval::holds_method(r, method.as_str())
-            || portcullis_approval::holds_tool(r, "http_request", Some(method.as_str()))
-    })
-    .await?;
-    let uri = upstream
-        .target_uri(path, query.as_deref())
-        .map_err(|e| ToolError::Params(format!("path: {e}")))?;
-    let open = call::open(ctx, &admitted).await?;
-    let rec = open.recorder.clone();
-    let _ = rec.event(Event::HttpRequest {
-        request: None,
-        method: method.to_string(),
-        path: match &query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        },
-        headers: vec![],
-        body: body
-            .as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned()),
-    });
-
-    let result: Result<CallToolResult, ToolError> = async {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header(header::ACCEPT, "application/json, text/*;q=0.9, */*;q=0.1")
-            .header(header::USER_AGENT, "portcullis-mcp");
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(
-                Full::new(Bytes::from(body.clone().unwrap_or_default()))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .map_err(|e| ToolError::Params(e.to_string()))?;
-        let target = |reason: String| ToolError::Target {
-            connection: name.to_string(),
-            reason,
         };
-        let resp = upstream
-            .forward(req, &Arc::new(BodyState::default()))
-            .await
-            .map_err(|e| target(e.to_string()))?;
-        let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let masked = match ctx.front.mask_rule(name, &who.principal) {
-            Some(rule) => {
-                let mut stats = Default::default();
-                let r = portcullis_http::mask_response(rule, &method, resp, &mut stats, None)
-                    .await
-                    .map_err(|e| target(format!("the response could not be masked: {}", e.0)))?;
-                ctx.front.mask_metrics.record(name, &stats);
-                r
-            }
-            None => resp.map(|b| {
-                b.map_err(|e: hyper::Error| -> portcullis_http::BoxError { Box::new(e) })
-                    .boxed()
-            }),
-        };
-        // Read by hand rather than with `Limited`: its boxed error trips a
-        // rustc limitation (higher-ranked `From` on `Send` futures).
-        let mut body = masked.into_body();
-        let mut buf = Vec::new();
-        let mut truncated = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| target(format!("reading the response: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > MAX_BODY {
-                    truncated = true;
-                    buf.clear();
-                    break;
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        let bytes = Bytes::from(buf);
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let _ = rec.event(Event::HttpResponse {
-            request: None,
-            status: status.as_u16(),
-            headers: vec![("content-type".into(), content_type.clone())],
-            body: Some(text.clone()),
-        });
-        let parsed: Option<Value> = if content_type.contains("json") {
-            serde_json::from_slice(&bytes).ok()
-        } else {
-            None
-        };
-        let shown = if truncated {
-            format!(
-                "HTTP {} ({content_type}); the body is over {MAX_BODY} bytes and was not returned",
-                status.as_u16()
-            )
-        } else {
-            format!("HTTP {} ({content_type})\n{text}", status.as_u16())
-        };
-        let mut r = CallToolResult::structured(json!({
-            "status": status.as_u16(),
-            "content_type": content_type,
-            "body": parsed.unwrap_or(Value::String(if truncated { String::new() } else { text })),
-            "truncated": truncated,
-        }));
-        r.content = vec![ContentBlock::text(shown)];
-        if status.is_client_error() || status.is_server_error() {
-            r.is_error = Some(true);
-        }
-        Ok(r)
+        q.append_pair(k, &v);
     }
-    .await;
-    let sent = match &result {
-        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
-        Err(e) => e.to_string().len() as u64,
+    Ok(Some(q.finish()))
+}
+
+/// `body`: any JSON, at most [`MAX_REQUEST`] bytes.
+fn body_arg(args: &Value) -> Result<Option<Vec<u8>>, ToolError> {
+    let Some(v) = args.get("body").filter(|v| !v.is_null()) else {
+        return Ok(None);
     };
-    call::seal(open, &result, sent).await;
-    result
+    let b = serde_json::to_vec(v).map_err(|e| ToolError::Params(e.to_string()))?;
+    if b.len() > MAX_REQUEST {
+        return Err(ToolError::Params(format!(
+            "body is larger than {MAX_REQUEST} bytes"
+        )));
+    }
+    Ok(Some(b))
+}
+
+/// Send the request through the connection's upstream half; the answer
+/// masked by the caller's rule and cut at [`MAX_BODY`].
+async fn send(
+    ctx: &Context,
+    who: &Caller,
+    upstream: &portcullis_http::Upstream,
+    a: &ApiCall<'_>,
+    uri: http::Uri,
+) -> Result<Answer, ToolError> {
+    let name = a.connection;
+    let mut req = Request::builder()
+        .method(a.method.clone())
+        .uri(uri)
+        .header(header::ACCEPT, "application/json, text/*;q=0.9, */*;q=0.1")
+        .header(header::USER_AGENT, "portcullis-mcp");
+    if a.body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(
+            Full::new(Bytes::from(a.body.clone().unwrap_or_default()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .map_err(|e| ToolError::Params(e.to_string()))?;
+    let target = |reason: String| ToolError::Target {
+        connection: name.to_string(),
+        reason,
+    };
+    let resp = upstream
+        .forward(req, &Arc::new(BodyState::default()))
+        .await
+        .map_err(|e| target(e.to_string()))?;
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let masked = match ctx.front.mask_rule(name, &who.principal) {
+        Some(rule) => {
+            let mut stats = Default::default();
+            let r = portcullis_http::mask_response(rule, &a.method, resp, &mut stats, None)
+                .await
+                .map_err(|e| target(format!("the response could not be masked: {}", e.0)))?;
+            ctx.front.mask_metrics.record(name, &stats);
+            r
+        }
+        None => resp.map(|b| {
+            b.map_err(|e: hyper::Error| -> portcullis_http::BoxError { Box::new(e) })
+                .boxed()
+        }),
+    };
+    // Read by hand rather than with `Limited`: its boxed error trips a
+    // rustc limitation (higher-ranked `From` on `Send` futures).
+    let mut body = masked.into_body();
+    let mut buf = Vec::new();
+    let mut truncated = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| target(format!("reading the response: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                truncated = true;
+                buf.clear();
+                break;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Answer {
+        status,
+        content_type,
+        body: Bytes::from(buf),
+        truncated,
+    })
+}
+
+/// The tool result: structured (status, type, body parsed when JSON) and
+/// as text for the model.
+fn tool_result(a: &Answer, text: String) -> CallToolResult {
+    let (status, content_type) = (a.status.as_u16(), &a.content_type);
+    let parsed: Option<Value> = if content_type.contains("json") {
+        serde_json::from_slice(&a.body).ok()
+    } else {
+        None
+    };
+    let shown = if a.truncated {
+        format!(
+            "HTTP {status} ({content_type}); the body is over {MAX_BODY} bytes and was not returned"
+        )
+    } else {
+        format!("HTTP {status} ({content_type})\n{text}")
+    };
+    let body = parsed.unwrap_or(Value::String(if a.truncated {
+        String::new()
+    } else {
+        text
+    }));
+    let mut r = CallToolResult::structured(json!({
+        "status": status,
+        "content_type": content_type,
+        "body": body,
+        "truncated": a.truncated,
+    }));
+    r.content = vec![ContentBlock::text(shown)];
+    if a.status.is_client_error() || a.status.is_server_error() {
+        r.is_error = Some(true);
+    }
+    r
 }
