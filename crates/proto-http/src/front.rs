@@ -711,3 +711,6 @@ impl From<AdmitError> for ProxyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,7 @@ use crate::messages::sqlstate;
 /// A refusal, said to the caller as an ErrorResponse in protocol order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: &'static str,
+    pub code: crate::messages::SqlState,
     pub message: String,
 }
 
@@ -89,7 +89,7 @@ mod tests {
     fn read_only_refuses_all_but_proven_reads_naming_the_rule() {
         assert!(read_only("db", classify("select 1")).is_none());
         let r = read_only("db", classify("DELETE FROM t")).unwrap();
-        assert_eq!(r.code, "42501");
+        assert_eq!(r.code, crate::messages::sqlstate::INSUFFICIENT_PRIVILEGE);
         assert!(
             r.message.contains("read-only") && r.message.contains("write"),
             "{}",

@@ -6,29 +6,54 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::frame::{Message, take_cstr};
 
 /// SQLSTATE codes the gateway answers with.
+/// A SQLSTATE (PostgreSQL, "Appendix A. Error Codes"): what a client
+/// program branches on, so each refusal names the class it belongs to.
+/// Only the codes in [`sqlstate`] exist: the type is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState(&'static str);
+
+impl SqlState {
+    /// The five-character code.
+    pub const fn code(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SqlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 pub mod sqlstate {
+    use super::SqlState;
+
+    /// warning (the class of notices the gateway sends)
+    pub const WARNING: SqlState = SqlState("01000");
+    /// undefined_function
+    pub const UNDEFINED_FUNCTION: SqlState = SqlState("42883");
     /// invalid_authorization_specification
-    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     /// invalid_password
-    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
     /// insufficient_privilege
-    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// invalid_catalog_name (unknown database = unknown connection)
-    pub const INVALID_CATALOG: &str = "3D000";
+    pub const INVALID_CATALOG: SqlState = SqlState("3D000");
     /// connection_failure
-    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
     /// protocol_violation
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     /// program_limit_exceeded
-    pub const PROGRAM_LIMIT: &str = "54000";
+    pub const PROGRAM_LIMIT: SqlState = SqlState("54000");
     /// feature_not_supported
-    pub const NOT_SUPPORTED: &str = "0A000";
+    pub const NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// invalid_parameter_value
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// admin_shutdown
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// query_canceled: a statement waited too long for its review.
-    pub const QUERY_CANCELED: &str = "57014";
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
 }
 
 fn put_cstr(b: &mut BytesMut, s: &str) {
@@ -39,19 +64,19 @@ fn put_cstr(b: &mut BytesMut, s: &str) {
 }
 
 /// An ErrorResponse (`E`) with severity FATAL or ERROR.
-pub fn error(fatal: bool, code: &str, message: &str, hint: Option<&str>) -> Message {
+pub fn error(fatal: bool, code: SqlState, message: &str, hint: Option<&str>) -> Message {
     fields_message(
         b'E',
         if fatal { "FATAL" } else { "ERROR" },
-        code,
+        code.code(),
         message,
         hint,
     )
 }
 
 /// A NoticeResponse (`N`).
-pub fn notice(code: &str, message: &str) -> Message {
-    fields_message(b'N', "NOTICE", code, message, None)
+pub fn notice(code: SqlState, message: &str) -> Message {
+    fields_message(b'N', "NOTICE", code.code(), message, None)
 }
 
 fn fields_message(
@@ -343,7 +368,7 @@ mod tests {
     fn error_fields_round_trip() {
         let e = error(
             false,
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             "connection \"db\" is read-only",
             Some("use a read-write connection"),
         );

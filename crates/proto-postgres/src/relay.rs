@@ -20,7 +20,7 @@ use crate::classify::Class;
 use crate::frame::{FrameError, Message, tag};
 use crate::inspect::{self, Inspector, Refusal};
 use crate::io::{FrameReader, ReadError};
-use crate::messages::{self, sqlstate};
+use crate::messages::{self, SqlState, sqlstate};
 use crate::statements::{self, Gate};
 use crate::upstream::{PgUpstream, UpstreamSession};
 
@@ -102,7 +102,7 @@ impl Exit {
 }
 
 /// A message for the caller that ends the session.
-pub(crate) fn fatal(code: &str, message: &str) -> Message {
+pub(crate) fn fatal(code: SqlState, message: &str) -> Message {
     messages::error(true, code, message, None)
 }
 
@@ -378,7 +378,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 rule: ctx.rule,
                 class: class.map_or("-", Class::as_str),
                 statement: &sent_text(m),
-                code: refusal.code,
+                code: refusal.code.code(),
                 reason: &refusal.message,
             })
             .await;

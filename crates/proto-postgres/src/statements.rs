@@ -255,10 +255,10 @@ impl Gate {
         {
             let mut w = caller_w.lock().await;
             if let Some(cut) = ask.cut_notice() {
-                send(&mut *w, &messages::notice("01000", &cut)).await;
+                send(&mut *w, &messages::notice(sqlstate::WARNING, &cut)).await;
             }
             let waiting = portcullis_approval::waiting_message(&review);
-            send(&mut *w, &messages::notice("01000", &waiting)).await;
+            send(&mut *w, &messages::notice(sqlstate::WARNING, &waiting)).await;
         }
         let approved = self.approval.wait(&review).await.map_err(hold_refusal)?;
         Ok(approved.expires_at)
@@ -285,7 +285,7 @@ impl Gate {
         {
             let mut w = caller_w.lock().await;
             let waiting = portcullis_approval::waiting_message(&review);
-            send(&mut *w, &messages::notice("01000", &waiting)).await;
+            send(&mut *w, &messages::notice(sqlstate::WARNING, &waiting)).await;
         }
         self.approval
             .wait(&review)

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::frame::Message;
+use crate::messages::SqlState;
 
 /// A value the masking rule must never let through.
 const PLANTED: &str = "ada.lovelace@example.com";
@@ -181,7 +182,8 @@ async fn serve_target(s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
                 if let Some(at) = sql.find("portcullis_refused_") {
                     let name = sql[at..].trim_end_matches("()");
                     let msg = format!("function {name}() does not exist");
-                    messages::error(false, "42883", &msg, None).encode(&mut out);
+                    messages::error(false, sqlstate::UNDEFINED_FUNCTION, &msg, None)
+                        .encode(&mut out);
                 } else {
                     row_description("email").encode(&mut out);
                     data_row(PLANTED).encode(&mut out);
@@ -315,7 +317,7 @@ async fn refusals(store: &Store) -> usize {
 #[tokio::test]
 async fn admission_refusals_are_said_in_sqlstates_and_audited() {
     let w = world().await;
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, SqlState); 4] = [
         ("db", "pcl_not_a_token", sqlstate::INVALID_PASSWORD),
         ("nowhere", &w.token, sqlstate::INVALID_CATALOG),
         ("api", &w.token, sqlstate::INVALID_CATALOG),
@@ -325,7 +327,7 @@ async fn admission_refusals_are_said_in_sqlstates_and_audited() {
         let mut c = Caller::start(&w, &[("user", "x"), ("database", db)]).await;
         let got = c.login(token).await;
         let (got_code, msg) = error_of(&got).expect("an ErrorResponse");
-        assert_eq!(got_code, code, "{db}: {msg}");
+        assert_eq!(got_code, code.code(), "{db}: {msg}");
         assert!(!msg.contains(token) || token.is_empty(), "{msg}");
         c.session.await.unwrap();
         assert_eq!(
@@ -360,7 +362,7 @@ async fn startup_mistakes_are_refused_before_the_password() {
     for (params, code) in cases {
         let mut c = Caller::start(&w, &params).await;
         let got = c.until_ready().await;
-        assert_eq!(error_of(&got).map(|e| e.0).as_deref(), Some(code));
+        assert_eq!(error_of(&got).map(|e| e.0).as_deref(), Some(code.code()));
     }
 }
 
@@ -383,7 +385,7 @@ async fn a_session_relays_masks_and_refuses_in_protocol_order() {
         .await;
     let got = c.until_ready().await;
     let (code, msg) = error_of(&got).expect("refused");
-    assert_eq!(code, sqlstate::INSUFFICIENT_PRIVILEGE, "{msg}");
+    assert_eq!(code, sqlstate::INSUFFICIENT_PRIVILEGE.code(), "{msg}");
     assert!(msg.contains("fast-path"), "{msg}");
     assert!(
         !msg.contains("portcullis_refused_"),
@@ -434,7 +436,7 @@ async fn a_broken_message_ends_the_session_with_a_protocol_error() {
     let got = c.until_ready().await;
     assert_eq!(
         error_of(&got).map(|e| e.0).as_deref(),
-        Some(sqlstate::PROTOCOL_VIOLATION)
+        Some(sqlstate::PROTOCOL_VIOLATION.code())
     );
     c.session.await.unwrap();
     let entries = portcullis_audit::entries(&w.store).await.unwrap();
