@@ -105,8 +105,10 @@ impl FrontContext {
             AdmitError::UnknownConnection(_) => "unknown connection".to_owned(),
             other => other.to_string(),
         };
-        tracing::info!(peer = %origin.peer, principal = %principal.subject, connection, front = %origin.front, %reason, "caller refused");
-        self.refuse(Some(&principal.subject), Some(connection), origin, &reason)
+        // The name is the caller's: bounded in the log and the evidence.
+        let shown = bounded(connection);
+        tracing::info!(peer = %origin.peer, principal = %principal.subject, connection = %shown, front = %origin.front, %reason, "caller refused");
+        self.refuse(Some(&principal.subject), Some(&shown), origin, &reason)
             .await;
         Err(refused)
     }
@@ -133,9 +135,7 @@ impl FrontContext {
         wanted: Protocol,
     ) -> Result<String, AdmitError> {
         let Some(entry) = self.connections.get(connection) else {
-            // Bounded: the name is the caller's, and goes into messages.
-            let shown = connection.chars().take(128).collect();
-            return Err(AdmitError::UnknownConnection(shown));
+            return Err(AdmitError::UnknownConnection(bounded(connection)));
         };
         if entry.protocol != wanted {
             return Err(AdmitError::WrongProtocol {
@@ -188,6 +188,11 @@ impl FrontContext {
         }
         opened
     }
+}
+
+/// A caller-chosen connection name as messages and audit entries show it.
+fn bounded(name: &str) -> String {
+    name.chars().take(128).collect()
 }
 
 impl Admitted {

@@ -90,11 +90,9 @@ pub async fn admit<'c>(
         })?;
     match ctx.get(name) {
         Some(conn) => Ok((conn, admitted)),
-        // Admission knows every connection; the table was built from the
-        // same config.
-        None => Err(ToolError::UnknownConnection(
-            name.chars().take(128).collect(),
-        )),
+        // Admission knows every connection and the table was built from
+        // the same config: unreachable, but refused with evidence.
+        None => Err(refused(ctx, who, name, "no upstream for this connection").await),
     }
 }
 

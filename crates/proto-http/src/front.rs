@@ -347,6 +347,11 @@ impl Inner {
             Err(e) => {
                 seen.audited = true;
                 if matches!(e, ProxyError::Forbidden(_)) {
+                    // A known connection: named in the access log and metrics.
+                    seen.connection = self
+                        .upstreams
+                        .get_key_value(r.connection)
+                        .map(|(k, _)| k.as_str());
                     linger(req.into_body()).await;
                 }
                 return Err(e);
@@ -403,9 +408,16 @@ impl Inner {
             .await?;
         match self.upstreams.get_key_value(connection) {
             Some((name, upstream)) => Ok((name, upstream, admitted)),
-            // Admission knows every connection; the table was built from
-            // the same config.
-            None => Err(ProxyError::UnknownConnection(connection.to_owned())),
+            // Admission knows every connection and the table was built from
+            // the same config: unreachable, but refused with evidence.
+            None => {
+                let principal = Some(admitted.principal.subject.as_str());
+                let reason = "no HTTP upstream for this connection";
+                self.ctx
+                    .refuse(principal, Some(connection), &origin, reason)
+                    .await;
+                Err(ProxyError::UnknownConnection(connection.to_owned()))
+            }
         }
     }
 

@@ -479,9 +479,17 @@ impl Inner {
         let refusal = match admitted {
             Ok(a) => match self.upstreams.get(connection) {
                 Some(u) => return Some((a, u.clone())),
-                // Admission knows every connection; the table was built
-                // from the same config.
-                None => AdmitError::UnknownConnection(connection.clone()),
+                // Admission knows every connection and the table was built
+                // from the same config: unreachable, but refused with
+                // evidence.
+                None => {
+                    let principal = Some(a.principal.subject.as_str());
+                    let reason = "no PostgreSQL upstream for this connection";
+                    self.ctx
+                        .refuse(principal, Some(connection), &origin, reason)
+                        .await;
+                    AdmitError::UnknownConnection(connection.clone())
+                }
             },
             Err(e) => e,
         };
