@@ -689,7 +689,9 @@ impl Inner {
                 connection: connection.to_string(),
             })
             .clone();
+        let prepared = Mutex::new(crate::statements::Prepared::default());
         let ctx = SessionCtx {
+            prepared: &prepared,
             connection,
             principal,
             rule: &live.admitted.rule,

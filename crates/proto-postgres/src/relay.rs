@@ -47,6 +47,15 @@ pub(crate) struct SessionCtx<'a> {
     pub max_message: usize,
     /// Statements refused on this connection.
     pub refused: &'a Counter,
+    /// Prepared statements to re-prove at each Bind.
+    pub prepared: &'a Mutex<crate::statements::Prepared>,
+}
+
+impl SessionCtx<'_> {
+    pub(crate) fn prepared(&self) -> std::sync::MutexGuard<'_, crate::statements::Prepared> {
+        // Only a panic while holding it poisons it; the table is still whole.
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How the relay ended.

@@ -4,8 +4,9 @@
 //! are the shared [`portcullis_front::Gate`]'s; what is held, and what the
 //! caller is told meanwhile (notices), is PostgreSQL's.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_approval::Check;
@@ -13,7 +14,7 @@ use portcullis_config::ApprovalMode;
 use portcullis_front::{Ask, HoldError};
 use tokio::io::AsyncWrite;
 
-use crate::classify::Class;
+use crate::classify::{Analysis, Class};
 use crate::frame::{Message, tag};
 use crate::held::{HeldError, HeldStatements};
 use crate::inspect::{self, Refusal};
@@ -25,6 +26,56 @@ use crate::relay::{SessionCtx, send};
 pub(crate) struct Checked {
     pub class: Class,
     pub name: String,
+}
+
+/// Prepared statements whose proof rested on function calls: re-proven at
+/// each Bind, since a function proven stable at Parse may have been
+/// replaced since (by a reviewed DDL, or by someone else on the target),
+/// and a Bind runs whatever the function is now.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    proofs: HashMap<String, Proven>,
+}
+
+/// What a Parse was proven to be.
+struct Proven {
+    analysis: Arc<Analysis>,
+    class: Class,
+}
+
+/// Prepared statements with function calls tracked per session at most;
+/// past it a Parse is refused (fail closed), as held statements are.
+const MAX_PREPARED: usize = 1024;
+
+impl Prepared {
+    fn remember(&mut self, name: &str, analysis: Analysis, class: Class) -> Result<(), Refusal> {
+        if !analysis.needs_proof() {
+            self.proofs.remove(name);
+            return Ok(());
+        }
+        if self.proofs.len() >= MAX_PREPARED && !self.proofs.contains_key(name) {
+            return Err(Refusal {
+                code: sqlstate::PROGRAM_LIMIT,
+                message: format!(
+                    "portcullis: more than {MAX_PREPARED} prepared statements that call functions; close some first"
+                ),
+            });
+        }
+        let proven = Proven {
+            analysis: Arc::new(analysis),
+            class,
+        };
+        self.proofs.insert(name.to_owned(), proven);
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<(Arc<Analysis>, Class)> {
+        self.proofs.get(name).map(|p| (p.analysis.clone(), p.class))
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.proofs.remove(name);
+    }
 }
 
 /// What holds statements of one session for approval.
@@ -99,7 +150,7 @@ impl Gate {
 
     /// The class under which a statement of `class` needs approval, if
     /// it does.
-    fn needs_approval(&self, class: Class) -> Option<&'static str> {
+    pub(crate) fn needs_approval(&self, class: Class) -> Option<&'static str> {
         let rule = &self.approval.rule;
         if portcullis_approval::holds_statement(rule, class.as_str()) {
             return Some(class.as_str());
@@ -296,12 +347,16 @@ impl Gate {
 }
 
 /// The statement rules' half that needs no person: prove the class of
-/// what `m` carries (Query, Parse, FunctionCall) and apply the read-only
-/// rule. `None`: no rule of this session looks at `m`.
+/// what `m` carries (Query, Parse, FunctionCall; a Bind re-proves its
+/// prepared statement) and apply the read-only rule. `None`: no rule of
+/// this session looks at `m`.
 pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
     let up = ctx.upstream;
     let gated = ctx.gate.is_some_and(Gate::holds_statements);
-    let proven = matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL);
+    let proven = matches!(
+        m.tag,
+        tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::BIND | tag::CLOSE
+    );
     if !proven || !(up.read_only || gated || ctx.masked) {
         return Ok(None);
     }
@@ -318,17 +373,17 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
     if !(up.read_only || gated) {
         return Ok(None);
     }
-    let unproven = |e: crate::catalog::ProofError| Refusal {
-        code: sqlstate::INSUFFICIENT_PRIVILEGE,
-        message: format!(
-            "portcullis: connection \"{}\": the statement could not be proven free of side effects ({e}), so it was refused",
-            ctx.connection
-        ),
-    };
     let checked = match m.tag {
+        tag::BIND => return rebind(ctx, m).await,
+        tag::CLOSE => {
+            if let Some(name) = messages::statement_target(m) {
+                ctx.prepared().forget(&name);
+            }
+            return Ok(None);
+        }
         tag::FUNCTION_CALL => match messages::function_call_oid(m) {
             Some(oid) => {
-                let (class, name) = up.function_class(oid).await.map_err(unproven)?;
+                let (class, name) = up.function_class(oid).await.map_err(|e| unproven(ctx, e))?;
                 Checked { class, name }
             }
             None => Checked {
@@ -336,13 +391,9 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
                 name: "?".into(),
             },
         },
-        _ => {
-            let sql = match m.tag {
-                tag::QUERY => messages::query_text(m),
-                _ => messages::parse_text(m).map(|(_, s)| s),
-            };
-            let class = match sql {
-                Some(sql) => up.classify(&sql).await.map_err(unproven)?,
+        tag::QUERY => {
+            let class = match messages::query_text(m) {
+                Some(sql) => up.classify(&sql).await.map_err(|e| unproven(ctx, e))?,
                 None => Class::Unknown,
             };
             Checked {
@@ -350,13 +401,91 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
                 name: String::new(),
             }
         }
+        _ => return parse(ctx, m).await,
     };
-    if up.read_only
-        && let Some(r) = inspect::read_only(ctx.connection, checked.class)
+    read_only_rule(ctx, checked.class)?;
+    Ok(Some(checked))
+}
+
+/// A Parse: proven, and remembered for its Binds when its proof rested
+/// on function calls.
+async fn parse(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
+    let Some((name, sql)) = messages::parse_text(m) else {
+        read_only_rule(ctx, Class::Unknown)?;
+        return Ok(Some(Checked {
+            class: Class::Unknown,
+            name: String::new(),
+        }));
+    };
+    let analysis = crate::classify::analyse(&sql);
+    let class = ctx
+        .upstream
+        .resolve(&analysis)
+        .await
+        .map_err(|e| unproven(ctx, e))?;
+    read_only_rule(ctx, class)?;
+    ctx.prepared().remember(&name, analysis, class)?;
+    Ok(Some(Checked {
+        class,
+        name: String::new(),
+    }))
+}
+
+/// A Bind of a statement whose proof rested on function calls: proven
+/// again against the catalog as it is now. Worse than at Parse and no
+/// longer allowed (read-only), or newly in need of a review (approvals:
+/// only the Parse can be held), it is refused: prepare it again.
+async fn rebind(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
+    let Some(bind) = messages::bind(&m.body) else {
+        return Ok(None);
+    };
+    let Some((analysis, was)) = ctx.prepared().get(&bind.statement) else {
+        return Ok(None);
+    };
+    let now = ctx
+        .upstream
+        .resolve(&analysis)
+        .await
+        .map_err(|e| unproven(ctx, e))?;
+    if now <= was {
+        return Ok(None);
+    }
+    let newly_held = ctx
+        .gate
+        .is_some_and(|g| g.needs_approval(now).is_some() && g.needs_approval(was).is_none());
+    let refused_now = ctx.upstream.read_only && inspect::read_only(ctx.connection, now).is_some();
+    if newly_held || refused_now {
+        return Err(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: connection \"{}\": prepared statement \"{}\" was proven {} when it was prepared, but a function it calls has changed since ({} now); prepare it again",
+                ctx.connection,
+                bind.statement,
+                was.as_str(),
+                now.as_str()
+            ),
+        });
+    }
+    Ok(None)
+}
+
+fn read_only_rule(ctx: &SessionCtx<'_>, class: Class) -> Result<(), Refusal> {
+    if ctx.upstream.read_only
+        && let Some(r) = inspect::read_only(ctx.connection, class)
     {
         return Err(r);
     }
-    Ok(Some(checked))
+    Ok(())
+}
+
+fn unproven(ctx: &SessionCtx<'_>, e: crate::catalog::ProofError) -> Refusal {
+    Refusal {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "portcullis: connection \"{}\": the statement could not be proven free of side effects ({e}), so it was refused",
+            ctx.connection
+        ),
+    }
 }
 
 fn held_refusal(e: HeldError) -> Refusal {

@@ -268,8 +268,16 @@ impl PgUpstream {
         &self,
         sql: &str,
     ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
-        let a = crate::classify::analyse(sql);
-        self.catalog.resolve(&a, || self.connect(&[])).await
+        self.resolve(&crate::classify::analyse(sql)).await
+    }
+
+    /// The class of an analysed statement, its calls proven against the
+    /// catalog as it is now (cached; forgotten after a schema change).
+    pub async fn resolve(
+        &self,
+        a: &crate::classify::Analysis,
+    ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
+        self.catalog.resolve(a, || self.connect(&[])).await
     }
 
     /// Forget the catalog's proofs: a statement that may have changed the

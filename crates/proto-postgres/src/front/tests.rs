@@ -27,8 +27,8 @@ struct World {
     store: Store,
     token: String,
     outsider: String,
-    /// Queries the target received, in order.
-    seen: Arc<Mutex<Vec<String>>>,
+    /// What the target received, and how it answers.
+    target: Arc<TargetState>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +54,20 @@ name = "masked"
 type = "postgres"
 url = "postgres://app@127.0.0.1:{port}/app?sslmode=disable"
 password = "file:pgpw"
+
+[[connections]]
+name = "ro"
+type = "postgres"
+url = "postgres://app@127.0.0.1:{port}/app?sslmode=disable"
+password = "file:pgpw"
+access = "read-only"
+
+[[connections]]
+name = "guarded"
+type = "postgres"
+url = "postgres://app@127.0.0.1:{port}/app?sslmode=disable"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["write"], approvers = ["dba"], wait = "1s" }}
 
 [[connections]]
 name = "api"
@@ -87,7 +101,7 @@ async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let (port, seen) = scripted_target().await;
+    let (port, target) = scripted_target().await;
     std::fs::write(dir.path().join("pgpw"), "pw").unwrap();
     let path = dir.path().join("portcullis.toml");
     let cfg = Config::parse(&config(port), &path).unwrap();
@@ -127,7 +141,7 @@ async fn world() -> World {
         store,
         token: tester,
         outsider,
-        seen,
+        target,
         _dir: dir,
     }
 }
@@ -146,23 +160,36 @@ fn acceptor() -> TlsAcceptor {
     TlsAcceptor::from(sc)
 }
 
-/// A target that speaks just enough of the protocol: trusts the gateway,
-/// answers each query with one text row holding [`PLANTED`], and fails a
-/// call of an unknown function the way PostgreSQL does.
-async fn scripted_target() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve_target(s, log.clone()));
-        }
-    });
-    (port, seen)
+/// The scripted target's log and its one function's volatility.
+struct TargetState {
+    /// Queries (and Binds, as `BIND name`) received, in order.
+    seen: Mutex<Vec<String>>,
+    /// `provolatile` of function `public.f` in the scripted catalog.
+    volatility: std::sync::atomic::AtomicU8,
 }
 
-async fn serve_target(s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+/// A target that speaks just enough of the protocol: trusts the gateway,
+/// answers each query with one text row holding [`PLANTED`], answers
+/// catalog look-ups for one function `public.f`, and fails a call of an
+/// unknown function (or a Bind of an unknown statement) the way
+/// PostgreSQL does.
+async fn scripted_target() -> (u16, Arc<TargetState>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let state = Arc::new(TargetState {
+        seen: Mutex::new(Vec::new()),
+        volatility: std::sync::atomic::AtomicU8::new(b's'),
+    });
+    let shared = state.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve_target(s, shared.clone()));
+        }
+    });
+    (port, state)
+}
+
+async fn serve_target(s: TcpStream, state: Arc<TargetState>) {
     let (r, mut w) = tokio::io::split(s);
     let mut r = FrameReader::new(r, 1 << 20);
     if !matches!(r.startup().await, Ok(Some(Startup::Startup { .. }))) {
@@ -173,23 +200,46 @@ async fn serve_target(s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
     messages::backend_key_data(7, 8).encode(&mut hello);
     messages::ready_for_query(b'I').encode(&mut hello);
     let _ = w.write_all(&hello).await;
+    // After an error in an extended-protocol batch, everything up to Sync
+    // is skipped, as PostgreSQL does.
+    let mut failed = false;
     while let Ok(Some(m)) = r.next().await {
         let mut out = BytesMut::new();
         match m.tag {
-            tag::QUERY => {
-                let sql = messages::query_text(&m).unwrap_or_default();
-                seen.lock().unwrap().push(sql.clone());
+            tag::QUERY => answer_query(&m, &state, &mut out),
+            tag::PARSE if !failed => {
+                let sql = messages::parse_text(&m).map(|p| p.1).unwrap_or_default();
                 if let Some(at) = sql.find("portcullis_refused_") {
                     let name = sql[at..].trim_end_matches("()");
                     let msg = format!("function {name}() does not exist");
                     messages::error(false, sqlstate::UNDEFINED_FUNCTION, &msg, None)
                         .encode(&mut out);
+                    failed = true;
                 } else {
-                    row_description("email").encode(&mut out);
-                    data_row(PLANTED).encode(&mut out);
-                    Message::new(tag::COMMAND_COMPLETE, Bytes::from_static(b"SELECT 1\0"))
-                        .encode(&mut out);
+                    Message::new(tag::PARSE_COMPLETE, Bytes::new()).encode(&mut out);
                 }
+            }
+            tag::BIND if !failed => {
+                let name = messages::bind(&m.body)
+                    .map(|b| b.statement)
+                    .unwrap_or_default();
+                state.seen.lock().unwrap().push(format!("BIND {name}"));
+                if name.starts_with("portcullis_refused_") {
+                    let msg = format!("prepared statement \"{name}\" does not exist");
+                    messages::error(false, sqlstate::INVALID_PARAMETER_VALUE, &msg, None)
+                        .encode(&mut out);
+                    failed = true;
+                } else {
+                    Message::new(tag::BIND_COMPLETE, Bytes::new()).encode(&mut out);
+                }
+            }
+            tag::EXECUTE if !failed => {
+                data_row(PLANTED).encode(&mut out);
+                Message::new(tag::COMMAND_COMPLETE, Bytes::from_static(b"SELECT 1\0"))
+                    .encode(&mut out);
+            }
+            tag::SYNC => {
+                failed = false;
                 messages::ready_for_query(b'I').encode(&mut out);
             }
             tag::TERMINATE => return,
@@ -199,6 +249,43 @@ async fn serve_target(s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
             return;
         }
     }
+}
+
+fn answer_query(m: &Message, state: &TargetState, out: &mut BytesMut) {
+    let sql = messages::query_text(m).unwrap_or_default();
+    if sql.contains("pg_catalog.pg_proc") {
+        // The gateway's own catalog look-up.
+        let v = [state.volatility.load(std::sync::atomic::Ordering::Relaxed)];
+        let v = std::str::from_utf8(&v).unwrap_or("v");
+        // (Names arrive hex-encoded: 'f' is 66.)
+        if sql.contains("'66'") {
+            data_row_cells(&["public", "f", v]).encode(out);
+        }
+        Message::new(tag::COMMAND_COMPLETE, Bytes::from_static(b"SELECT 1\0")).encode(out);
+        messages::ready_for_query(b'I').encode(out);
+        return;
+    }
+    state.seen.lock().unwrap().push(sql.clone());
+    if let Some(at) = sql.find("portcullis_refused_") {
+        let name = sql[at..].trim_end_matches("()");
+        let msg = format!("function {name}() does not exist");
+        messages::error(false, sqlstate::UNDEFINED_FUNCTION, &msg, None).encode(out);
+    } else {
+        row_description("email").encode(out);
+        data_row(PLANTED).encode(out);
+        Message::new(tag::COMMAND_COMPLETE, Bytes::from_static(b"SELECT 1\0")).encode(out);
+    }
+    messages::ready_for_query(b'I').encode(out);
+}
+
+fn data_row_cells(cells: &[&str]) -> Message {
+    let mut b = BytesMut::new();
+    b.put_i16(cells.len() as i16);
+    for c in cells {
+        b.put_i32(c.len() as i32);
+        b.put_slice(c.as_bytes());
+    }
+    Message::new(tag::DATA_ROW, b.freeze())
 }
 
 fn row_description(column: &str) -> Message {
@@ -216,11 +303,7 @@ fn row_description(column: &str) -> Message {
 }
 
 fn data_row(cell: &str) -> Message {
-    let mut b = BytesMut::new();
-    b.put_i16(1);
-    b.put_i32(cell.len() as i32);
-    b.put_slice(cell.as_bytes());
-    Message::new(tag::DATA_ROW, b.freeze())
+    data_row_cells(&[cell])
 }
 
 fn record() -> HandshakeRecord {
@@ -337,7 +420,7 @@ async fn admission_refusals_are_said_in_sqlstates_and_audited() {
         );
     }
     assert!(
-        w.seen.lock().unwrap().is_empty(),
+        w.target.seen.lock().unwrap().is_empty(),
         "nothing reached the target"
     );
 }
@@ -402,7 +485,7 @@ async fn a_session_relays_masks_and_refuses_in_protocol_order() {
 
     c.send(Message::new(tag::TERMINATE, Bytes::new())).await;
     c.session.await.unwrap();
-    let seen = w.seen.lock().unwrap().clone();
+    let seen = w.target.seen.lock().unwrap().clone();
     // The caller said goodbye with nothing in flight: the target's
     // session is cleaned for the next caller rather than closed.
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -442,4 +525,72 @@ async fn a_broken_message_ends_the_session_with_a_protocol_error() {
     let entries = portcullis_audit::entries(&w.store).await.unwrap();
     let end = entries.last().unwrap();
     assert_eq!(end.event["outcome"], "caller_protocol_error");
+}
+
+#[tokio::test]
+async fn a_prepared_statement_is_proven_again_at_each_bind() {
+    // Read-only: the new class is not allowed. Approvals: the new class
+    // needs a review, which only a Parse can be held for.
+    for db in ["ro", "guarded"] {
+        rebind_case(db).await;
+    }
+}
+
+async fn rebind_case(db: &str) {
+    use std::sync::atomic::Ordering;
+    let w = world().await;
+    let mut c = Caller::start(&w, &[("user", "x"), ("database", db)]).await;
+    assert!(error_of(&c.login(&w.token).await).is_none());
+    let sync = || Message::new(tag::SYNC, Bytes::new());
+    let execute = || Message::new(tag::EXECUTE, Bytes::from_static(b"\0\0\0\0\0"));
+
+    // Prepared while f is stable: a read, allowed, and it runs.
+    c.send(messages::parse_named("s1", "SELECT f()")).await;
+    c.send(messages::bind_message("", "s1")).await;
+    c.send(execute()).await;
+    c.send(sync()).await;
+    let got = c.until_ready().await;
+    assert!(error_of(&got).is_none(), "{db}: {:?}", error_of(&got));
+    assert!(got.iter().any(|m| m.tag == tag::DATA_ROW));
+
+    // f is replaced by a volatile function, and the gateway's catalog
+    // learns it (a schema change through it, or its cache running out).
+    w.target.volatility.store(b'v', Ordering::Relaxed);
+    w.front.inner.upstreams[db].forget_catalog();
+    c.send(messages::bind_message("", "s1")).await;
+    c.send(execute()).await;
+    c.send(sync()).await;
+    let got = c.until_ready().await;
+    let (code, msg) = error_of(&got).expect("refused");
+    assert_eq!(code, sqlstate::INSUFFICIENT_PRIVILEGE.code(), "{db}: {msg}");
+    assert!(msg.contains("prepare it again"), "{db}: {msg}");
+    assert!(
+        !got.iter().any(|m| m.tag == tag::DATA_ROW),
+        "{db}: it did not run"
+    );
+
+    let binds: Vec<String> = w
+        .target
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with("BIND"))
+        .cloned()
+        .collect();
+    assert_eq!(binds[0], "BIND s1", "{db}: {binds:?}");
+    assert!(
+        binds[1].starts_with("BIND portcullis_refused_"),
+        "{db}: the second Bind never reached the target: {binds:?}"
+    );
+    if db == "ro" {
+        // Prepared again: proven against the new definition, refused at Parse.
+        c.send(messages::parse_named("s1", "SELECT f()")).await;
+        c.send(sync()).await;
+        let got = c.until_ready().await;
+        assert!(
+            error_of(&got).is_some(),
+            "a volatile call on a read-only connection"
+        );
+    }
 }
