@@ -9,8 +9,10 @@
 //! own session (protocol `mcp`) in the audit log and the recordings.
 
 mod call;
+mod list;
 mod pins;
 mod proxy;
+mod schema;
 mod server;
 mod sql;
 mod tools;

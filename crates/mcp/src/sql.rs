@@ -1,7 +1,7 @@
-//! `sql_query` and `describe_schema`: one statement on an upstream
-//! session from the connection's pool, bounded in rows (kept) and time
-//! (`statement_timeout` on the target), with every cell masked by the
-//! connection's rule before it is recorded or returned.
+//! `sql_query`: one statement on an upstream session from the
+//! connection's pool, bounded in rows (kept) and time (`statement_timeout`
+//! on the target), with every cell masked by the connection's rule before
+//! it is recorded or returned. [`run`] is shared with `describe_schema`.
 
 use std::time::Duration;
 
@@ -20,10 +20,10 @@ use crate::tools;
 use crate::{Caller, Context, Kind};
 
 /// One statement, bounded.
-struct Query<'a> {
-    sql: &'a str,
-    max_rows: usize,
-    timeout_ms: u64,
+pub(crate) struct Query<'a> {
+    pub sql: &'a str,
+    pub max_rows: usize,
+    pub timeout_ms: u64,
 }
 
 /// Longest cell shown in the text table; the structured result has all.
@@ -143,76 +143,9 @@ pub async fn sql_query(
     result
 }
 
-pub async fn describe_schema(
-    ctx: &Context,
-    who: &Caller,
-    args: &Value,
-) -> Result<CallToolResult, ToolError> {
-    let name = str_arg(args, "connection")?;
-    let filter = match args.get("schema").and_then(Value::as_str) {
-        None => "table_schema NOT IN ('pg_catalog', 'information_schema')".to_string(),
-        Some(s)
-            if !s.is_empty()
-                && s.len() <= 63
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-        {
-            // Checked to be an identifier above: safe to quote as a literal.
-            format!("table_schema = '{s}'")
-        }
-        Some(_) => return Err(ToolError::Params("schema must be an identifier".into())),
-    };
-    let (conn, admitted) = call::admit(ctx, who, name, Protocol::Postgres).await?;
-    let Kind::Postgres { upstream, .. } = &conn.kind else {
-        unreachable!("admit checked the protocol")
-    };
-    let sql = format!(
-        "SELECT table_schema, table_name, column_name, data_type, is_nullable \
-         FROM information_schema.columns WHERE {filter} \
-         ORDER BY table_schema, table_name, ordinal_position"
-    );
-    let query = Query {
-        sql: &sql,
-        max_rows: 5000,
-        timeout_ms: 10_000,
-    };
-    run(ctx, who, &admitted, upstream, query, |_, rows| {
-        let mut tables: Vec<Value> = Vec::new();
-        let mut text = String::new();
-        for r in &rows {
-            let cell = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-            let (schema, table) = (cell(0), cell(1));
-            let same = tables
-                .last()
-                .is_some_and(|t| t["schema"] == schema.as_str() && t["table"] == table.as_str());
-            if !same {
-                text.push_str(&format!("{schema}.{table}\n"));
-                tables.push(json!({"schema": schema, "table": table, "columns": []}));
-            }
-            let column = json!({"name": cell(2), "type": cell(3), "nullable": cell(4) == "YES"});
-            text.push_str(&format!(
-                "  {} {}{}\n",
-                cell(2),
-                cell(3),
-                if cell(4) == "YES" { "" } else { " not null" }
-            ));
-            if let Some(Value::Array(cols)) = tables.last_mut().map(|t| &mut t["columns"]) {
-                cols.push(column);
-            }
-        }
-        let mut r = CallToolResult::structured(json!({ "tables": tables }));
-        r.content = vec![ContentBlock::text(if text.is_empty() {
-            "no tables".to_string()
-        } else {
-            text
-        })];
-        r
-    })
-    .await
-}
-
 /// Open the session, run `sql`, mask, record, seal; `shape` turns the
 /// outcome and its masked rows into the tool result.
-async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     who: &Caller,
     admitted: &Admitted,

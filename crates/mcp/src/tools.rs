@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use portcullis_policy::Decision;
 use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use serde_json::{Value, json};
 
@@ -101,35 +100,10 @@ pub async fn call(
     args: Value,
 ) -> Result<CallToolResult, ToolError> {
     match name {
-        "list_connections" => Ok(list_connections(ctx, who)),
+        "list_connections" => Ok(crate::list::list_connections(ctx, who)),
         "sql_query" => crate::sql::sql_query(ctx, who, &args).await,
-        "describe_schema" => crate::sql::describe_schema(ctx, who, &args).await,
+        "describe_schema" => crate::schema::describe_schema(ctx, who, &args).await,
         "http_request" => crate::web::http_request(ctx, who, &args).await,
         other => Err(ToolError::Params(format!("unknown tool {other:?}"))),
     }
-}
-
-fn list_connections(ctx: &Context, who: &Caller) -> CallToolResult {
-    let mut out = Vec::new();
-    for c in &ctx.connections {
-        if let Decision::Allow { rule, .. } = ctx.front.policy.decide(&who.principal, &c.name) {
-            out.push(json!({
-                "name": c.name,
-                "type": c.kind.protocol().as_str(),
-                "access": c.kind.access(),
-                "grant": rule,
-            }));
-        }
-    }
-    let text = if out.is_empty() {
-        format!("{} has no grants on any connection.", who.principal.subject)
-    } else {
-        out.iter()
-            .map(|c| format!("{} ({}, {})", c["name"], c["type"], c["access"]).replace('"', ""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut r = CallToolResult::structured(json!({ "connections": out }));
-    r.content = vec![rmcp::model::ContentBlock::text(text)];
-    r
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use portcullis_mask::{Cell, Rule, Stats, Vault};
 
-use crate::frame::{Message, take_cstr};
+use crate::frame::{Message, tag, take_cstr};
 use crate::inspect::{Inspector, Refusal, Verdict};
 use crate::messages::sqlstate;
 
@@ -163,7 +163,7 @@ impl MaskInspector {
                 }
             }
         }
-        Ok(changed.then(|| Message::new(b'D', out.freeze())))
+        Ok(changed.then(|| Message::new(tag::DATA_ROW, out.freeze())))
     }
 
     /// `None`: leave the bytes as they are.
@@ -293,13 +293,13 @@ impl MaskInspector {
         }
         let sql_literal = |o: &str| o.replace('\'', "''");
         match msg.tag {
-            b'Q' => {
+            tag::QUERY => {
                 let sql = crate::messages::query_text(msg)?;
                 Some(crate::messages::query(
                     &self.vault.reverse(&sql, sql_literal)?,
                 ))
             }
-            b'P' => {
+            tag::PARSE => {
                 let mut b = &msg.body[..];
                 let name = take_cstr(&mut b)?;
                 let sql = take_cstr(&mut b)?;
@@ -311,7 +311,7 @@ impl MaskInspector {
                 out.put_slice(new.as_bytes());
                 out.put_u8(0);
                 out.put_slice(b);
-                Some(Message::new(b'P', out.freeze()))
+                Some(Message::new(tag::PARSE, out.freeze()))
             }
             _ => None,
         }
@@ -326,21 +326,21 @@ impl Inspector for MaskInspector {
         }
         let mut b = &msg.body[..];
         match msg.tag {
-            b'Q' => self.expect.push_back(Expect::Query),
-            b'S' => self.expect.push_back(Expect::Sync),
-            b'P' => {
+            tag::QUERY => self.expect.push_back(Expect::Query),
+            tag::SYNC => self.expect.push_back(Expect::Sync),
+            tag::PARSE => {
                 if let Some(name) = take_cstr(&mut b) {
                     self.statements.remove(&name);
                 }
             }
-            b'B' => match crate::messages::bind(&msg.body) {
+            tag::BIND => match crate::messages::bind(&msg.body) {
                 Some(bind) => {
                     self.portals
                         .insert(bind.portal, (bind.statement, bind.result_formats));
                 }
                 None => return self.refuse("a Bind message could not be read"),
             },
-            b'D' => {
+            tag::DESCRIBE => {
                 let kind = b.first().copied();
                 b = b.get(1..).unwrap_or_default();
                 let name = take_cstr(&mut b).unwrap_or_default();
@@ -357,7 +357,7 @@ impl Inspector for MaskInspector {
                     _ => {}
                 }
             }
-            b'E' => {
+            tag::EXECUTE => {
                 let portal = take_cstr(&mut b).unwrap_or_default();
                 let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
                 self.expect
@@ -370,7 +370,7 @@ impl Inspector for MaskInspector {
 
     fn backend(&mut self, msg: &Message) -> Verdict {
         match msg.tag {
-            b'T' => {
+            tag::ROW_DESCRIPTION => {
                 let Some(cols) = row_description(&msg.body) else {
                     return self.refuse("a RowDescription could not be read");
                 };
@@ -385,7 +385,7 @@ impl Inspector for MaskInspector {
                 }
                 Verdict::Pass
             }
-            b'n' => {
+            tag::NO_DATA => {
                 if matches!(
                     self.expect.front(),
                     Some(Expect::DescribeStatement(_) | Expect::DescribePortal(_))
@@ -394,7 +394,7 @@ impl Inspector for MaskInspector {
                 }
                 Verdict::Pass
             }
-            b'D' => {
+            tag::DATA_ROW => {
                 let Some(cols) = self.layout() else {
                     return self.refuse("a row arrived whose columns are unknown");
                 };
@@ -404,14 +404,14 @@ impl Inspector for MaskInspector {
                     Err(why) => self.refuse(why),
                 }
             }
-            b'C' | b's' | b'I' => {
+            tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {
                 if matches!(self.expect.front(), Some(Expect::Execute { .. })) {
                     self.expect.pop_front();
                 }
                 self.current = None;
                 Verdict::Pass
             }
-            b'H' => {
+            tag::COPY_OUT_RESPONSE => {
                 // CopyOutResponse: overall format 0 = text.
                 self.copy_binary = msg.body.first().copied() == Some(1);
                 if self.copy_binary {
@@ -419,7 +419,7 @@ impl Inspector for MaskInspector {
                 }
                 Verdict::Pass
             }
-            b'd' => {
+            tag::COPY_DATA => {
                 let Ok(text) = std::str::from_utf8(&msg.body) else {
                     return self.refuse("COPY data is not UTF-8");
                 };
@@ -430,11 +430,11 @@ impl Inspector for MaskInspector {
                 ) {
                     std::borrow::Cow::Borrowed(_) => Verdict::Pass,
                     std::borrow::Cow::Owned(s) => {
-                        Verdict::Rewrite(Message::new(b'd', s.into_bytes()))
+                        Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))
                     }
                 }
             }
-            b'E' => {
+            tag::ERROR_RESPONSE => {
                 // After an error the target skips to the next Sync.
                 while matches!(
                     self.expect.front(),
@@ -449,7 +449,7 @@ impl Inspector for MaskInspector {
                 self.current = None;
                 Verdict::Pass
             }
-            b'Z' => {
+            tag::READY_FOR_QUERY => {
                 self.end_of_cycle();
                 if let Some(m) = &self.metrics
                     && !self.stats.is_empty()

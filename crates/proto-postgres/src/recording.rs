@@ -3,7 +3,7 @@
 
 use portcullis_record::{Event, Recorder};
 
-use crate::frame::{Message, take_cstr};
+use crate::frame::{Message, tag, take_cstr};
 use crate::inspect::{Inspector, Refusal, Verdict};
 use crate::messages::{self, sqlstate};
 
@@ -35,14 +35,14 @@ impl RecordInspector {
         };
         let mut b = &msg.body[..];
         match msg.tag {
-            b'Q' => b
+            tag::QUERY => b
                 .strip_prefix(b"SELECT ".as_slice())
                 .is_some_and(|r| r.starts_with(marker.as_bytes())),
-            b'P' | b'B' => {
+            tag::PARSE | tag::BIND => {
                 if take_cstr(&mut b).is_none() {
                     return false;
                 }
-                let b = if msg.tag == b'P' {
+                let b = if msg.tag == tag::PARSE {
                     b.strip_prefix(b"SELECT ".as_slice()).unwrap_or(&[])
                 } else {
                     b
@@ -78,14 +78,14 @@ fn cell_text(v: &[u8]) -> String {
 fn frontend_event(msg: &Message) -> Option<Event> {
     let mut b = &msg.body[..];
     match msg.tag {
-        b'Q' => Some(Event::PgQuery {
+        tag::QUERY => Some(Event::PgQuery {
             sql: messages::query_text(msg)?,
         }),
-        b'P' => {
+        tag::PARSE => {
             let (statement, sql) = messages::parse_text(msg)?;
             Some(Event::PgParse { statement, sql })
         }
-        b'B' => {
+        tag::BIND => {
             let bind = messages::bind(&msg.body)?;
             Some(Event::PgBind {
                 params: bind.params.iter().map(|p| p.map(cell_text)).collect(),
@@ -93,7 +93,7 @@ fn frontend_event(msg: &Message) -> Option<Event> {
                 statement: bind.statement,
             })
         }
-        b'E' => Some(Event::PgExecute {
+        tag::EXECUTE => Some(Event::PgExecute {
             portal: take_cstr(&mut b)?,
         }),
         _ => None,
@@ -103,7 +103,7 @@ fn frontend_event(msg: &Message) -> Option<Event> {
 fn backend_event(msg: &Message) -> Option<Event> {
     let mut b = &msg.body[..];
     match msg.tag {
-        b'T' => {
+        tag::ROW_DESCRIPTION => {
             let n = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
             b = &b[2..];
             let mut columns = Vec::new();
@@ -113,7 +113,7 @@ fn backend_event(msg: &Message) -> Option<Event> {
             }
             Some(Event::PgRowDescription { columns })
         }
-        b'D' => {
+        tag::DATA_ROW => {
             let n = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
             b = &b[2..];
             let mut cells = Vec::new();
@@ -130,13 +130,13 @@ fn backend_event(msg: &Message) -> Option<Event> {
             }
             Some(Event::PgDataRow { cells })
         }
-        b'C' => Some(Event::PgCommandComplete {
+        tag::COMMAND_COMPLETE => Some(Event::PgCommandComplete {
             tag: take_cstr(&mut b)?,
         }),
-        b'E' | b'N' => {
+        tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
             let f = messages::parse_fields(&msg.body);
             let message = messages::field(&f, b'M').unwrap_or_default().to_string();
-            if msg.tag == b'E' {
+            if msg.tag == tag::ERROR_RESPONSE {
                 Some(Event::PgError {
                     code: messages::field(&f, b'C').unwrap_or_default().to_string(),
                     message,

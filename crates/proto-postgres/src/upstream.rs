@@ -13,7 +13,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::frame::{Message, take_cstr};
+use crate::frame::{Message, tag, take_cstr};
 use crate::io::{FrameReader, ReadError};
 use crate::messages;
 
@@ -359,8 +359,8 @@ impl PgUpstream {
             loop {
                 let m = session.reader.next().await.ok()??;
                 match m.tag {
-                    b'C' | b'N' | b'S' => {}
-                    b'Z' if m.body.first() == Some(&b'I') => return Some(()),
+                    tag::COMMAND_COMPLETE | tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS => {}
+                    tag::READY_FOR_QUERY if m.body.first() == Some(&b'I') => return Some(()),
                     _ => return None,
                 }
             }
@@ -544,8 +544,8 @@ impl PgUpstream {
                 )
             })?;
             match m.tag {
-                b'E' => return Err(UpstreamError::Auth(error_text(&m))),
-                b'R' if m.body.len() >= 4 => {}
+                tag::ERROR_RESPONSE => return Err(UpstreamError::Auth(error_text(&m))),
+                tag::AUTHENTICATION if m.body.len() >= 4 => {}
                 _ => {
                     return Err(UpstreamError::Protocol(
                         "expected an authentication request".into(),
@@ -596,7 +596,7 @@ impl PgUpstream {
                     b.put_i32(s.message().len() as i32);
                     b.put_slice(s.message());
                     scram = Some(s);
-                    Message::new(b'p', b.freeze())
+                    Message::new(tag::PASSWORD, b.freeze())
                 }
                 11 => {
                     let s = scram.as_mut().ok_or_else(|| {
@@ -604,7 +604,7 @@ impl PgUpstream {
                     })?;
                     s.update(data)
                         .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-                    Message::new(b'p', Bytes::copy_from_slice(s.message()))
+                    Message::new(tag::PASSWORD, Bytes::copy_from_slice(s.message()))
                 }
                 12 => {
                     let s = scram.as_mut().ok_or_else(|| {
@@ -662,7 +662,7 @@ fn password_message(p: &[u8]) -> Message {
     let mut b = BytesMut::with_capacity(p.len() + 1);
     b.put_slice(p);
     b.put_u8(0);
-    Message::new(b'p', b.freeze())
+    Message::new(tag::PASSWORD, b.freeze())
 }
 
 impl UpstreamSession {
@@ -683,9 +683,9 @@ impl UpstreamSession {
                 UpstreamError::Protocol("the target closed the connection".into())
             })?;
             match m.tag {
-                b'D' => rows.push(data_row_text(&m.body)),
-                b'E' => failed = Some(error_text(&m)),
-                b'Z' => {
+                tag::DATA_ROW => rows.push(data_row_text(&m.body)),
+                tag::ERROR_RESPONSE => failed = Some(error_text(&m)),
+                tag::READY_FOR_QUERY => {
                     self.status = m.body.first().copied().unwrap_or(b'I');
                     return match failed {
                         Some(e) => Err(UpstreamError::Server(e)),
@@ -730,23 +730,23 @@ impl UpstreamSession {
                 UpstreamError::Protocol("the target closed the connection".into())
             })?;
             match m.tag {
-                b'T' => {
+                tag::ROW_DESCRIPTION => {
                     out.columns = row_description_names(&m.body);
                     out.rows.clear();
                     out.total_rows = 0;
                 }
-                b'D' => {
+                tag::DATA_ROW => {
                     out.total_rows += 1;
                     if out.rows.len() < max_rows {
                         out.rows.push(data_row_text(&m.body));
                     }
                 }
-                b'C' => out.tags.push(
+                tag::COMMAND_COMPLETE => out.tags.push(
                     String::from_utf8_lossy(m.body.strip_suffix(&[0]).unwrap_or(&m.body))
                         .into_owned(),
                 ),
-                b'E' => failed = Some(error_text(&m)),
-                b'Z' => {
+                tag::ERROR_RESPONSE => failed = Some(error_text(&m)),
+                tag::READY_FOR_QUERY => {
                     self.status = m.body.first().copied().unwrap_or(b'I');
                     return match failed {
                         Some(e) => Err(UpstreamError::Server(e)),
@@ -818,12 +818,12 @@ async fn read_startup(
             UpstreamError::Protocol("the target closed the connection during startup".into())
         })?;
         match m.tag {
-            b'S' | b'N' => startup_messages.push(m),
-            b'K' if m.body.len() == 8 => {
+            tag::PARAMETER_STATUS | tag::NOTICE_RESPONSE => startup_messages.push(m),
+            tag::BACKEND_KEY_DATA if m.body.len() == 8 => {
                 pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
                 secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
             }
-            b'Z' => {
+            tag::READY_FOR_QUERY => {
                 let status = m.body.first().copied().unwrap_or(b'I');
                 return Ok(UpstreamSession {
                     reader,
@@ -834,7 +834,7 @@ async fn read_startup(
                     status,
                 });
             }
-            b'E' => return Err(UpstreamError::Server(error_text(&m))),
+            tag::ERROR_RESPONSE => return Err(UpstreamError::Server(error_text(&m))),
             _ => {
                 return Err(UpstreamError::Protocol(format!(
                     "unexpected {:?} during startup",
