@@ -360,10 +360,42 @@ fn setting(s: &Statement) -> Class {
         .take_while(|c| !c.is_whitespace() && *c != '=')
         .filter(|c| *c != '"')
         .collect();
+    if name == "search_path" && !text.starts_with("reset") {
+        // The value: whatever follows the name and `TO` or `=`.
+        let value = rest[name.len()..].trim_start_matches(|c: char| c == '"' || c.is_whitespace());
+        let value = value
+            .strip_prefix("to ")
+            .or_else(|| value.strip_prefix('='))
+            .unwrap_or(value);
+        if !search_path_keeps_catalog_first(value) {
+            return Class::Admin;
+        }
+    }
     if SAFE_SETTINGS.contains(&name.as_str()) || name.starts_with("enable_") {
         Class::Read
     } else {
         Class::Admin
+    }
+}
+
+/// Whether a `search_path` value leaves `pg_catalog` searched first:
+/// unnamed (PostgreSQL then searches it before the path) or named first.
+/// Named later, a schema before it could shadow built-in functions and
+/// operators, which the proofs take to be the built-in ones.
+pub fn search_path_keeps_catalog_first(value: &str) -> bool {
+    let schemas: Vec<String> = value
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .trim_matches(|c| c == '\'' || c == '"')
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    match schemas.iter().position(|s| s == "pg_catalog") {
+        None => true,
+        Some(i) => i == 0,
     }
 }
 

@@ -174,6 +174,8 @@ fn passes(k: &str, v: &str) -> bool {
                 v.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
                 "utf8" | "unicode"
             ))
+        // The same rule as `SET search_path` (see classify).
+        && (k != "search_path" || crate::classify::search_path_keeps_catalog_first(v))
 }
 
 impl PgUpstream {

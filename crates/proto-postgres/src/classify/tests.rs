@@ -284,3 +284,27 @@ fn parser_differentials_and_session_settings() {
         vec!["ceil", "substring"]
     );
 }
+
+#[test]
+fn search_path_may_not_put_a_schema_before_pg_catalog() {
+    for sql in [
+        "SET search_path TO public",
+        "SET search_path TO pg_catalog, evil",
+        "SET search_path TO \"$user\", public",
+        "RESET search_path",
+    ] {
+        assert_eq!(classify(sql), Class::Read, "{sql}");
+    }
+    for sql in [
+        "SET search_path TO evil, pg_catalog",
+        "SET search_path = public, pg_catalog",
+        "SET search_path = 'evil', 'pg_catalog'",
+        "SET LOCAL search_path TO evil,pg_catalog",
+        "SET SESSION search_path = \"evil\", \"PG_CATALOG\"",
+    ] {
+        assert_eq!(classify(sql), Class::Admin, "{sql}");
+    }
+    assert!(search_path_keeps_catalog_first("public"));
+    assert!(search_path_keeps_catalog_first(" pg_catalog , public"));
+    assert!(!search_path_keeps_catalog_first("evil, pg_catalog"));
+}
