@@ -78,9 +78,16 @@ impl Agent {
                     )));
                 }
             };
+            // The mode its config states, for the gateway to compare with
+            // its own; unstated, the gateway's mode applies (stricter wins).
+            let access = match &c.target {
+                Target::Postgres(t) if t.access_stated => Some(t.access.as_str().to_owned()),
+                _ => None,
+            };
             announced.push(Announced {
                 name: c.name.clone(),
                 protocol: c.target.protocol().to_string(),
+                access,
             });
             locals.insert(c.name.clone(), local);
         }

@@ -497,6 +497,16 @@ pub enum Access {
     ReadOnly,
 }
 
+impl Access {
+    /// As config files write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadWrite => "read-write",
+            Access::ReadOnly => "read-only",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     pub host: String,
@@ -506,6 +516,9 @@ pub struct PgTarget {
     pub password: SecretRef,
     pub tls: UpstreamTls,
     pub access: Access,
+    /// Whether `access` was written out (an agent announces only a mode
+    /// its config states, and a gateway that disagrees refuses the link).
+    pub access_stated: bool,
     /// Keep authenticated upstream sessions and hand them to the next
     /// caller after `DISCARD ALL` (default on).
     pub reuse: bool,

@@ -1289,6 +1289,7 @@ impl RawConnection {
                 password,
                 tls,
                 access,
+                access_stated: self.access.is_some(),
                 reuse: self.reuse.unwrap_or(true),
             },
             root,

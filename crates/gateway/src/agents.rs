@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_config::{Config, Target};
-use portcullis_link::AgentRegistry;
+use portcullis_link::{AgentRegistry, Assignment};
 use portcullis_tls::{CertName, TlsMetrics};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -20,22 +20,24 @@ pub const AGENT_KIND: &str = "connector:";
 
 /// Which connections each agent may serve (from `agent = "NAME"`).
 #[derive(Clone, Default)]
-pub struct Assignments(Arc<HashMap<String, Vec<(String, String)>>>);
+pub struct Assignments(Arc<HashMap<String, Vec<Assignment>>>);
 
 impl Assignments {
     pub fn from_config(cfg: &Config) -> Self {
-        let mut m: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut m: HashMap<String, Vec<Assignment>> = HashMap::new();
         for c in &cfg.connections {
             if let Target::Agent(a) = &c.target {
-                m.entry(a.agent.clone())
-                    .or_default()
-                    .push((c.name.clone(), a.protocol.to_string()));
+                m.entry(a.agent.clone()).or_default().push(Assignment {
+                    name: c.name.clone(),
+                    protocol: a.protocol.to_string(),
+                    access: a.access.as_str().to_owned(),
+                });
             }
         }
         Self(Arc::new(m))
     }
 
-    fn of(&self, agent: &str) -> Vec<(String, String)> {
+    fn of(&self, agent: &str) -> Vec<Assignment> {
         self.0.get(agent).cloned().unwrap_or_default()
     }
 }

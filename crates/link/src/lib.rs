@@ -61,6 +61,21 @@ pub struct Announced {
     pub name: String,
     /// `http` or `postgres`.
     pub protocol: String,
+    /// `read-only` or `read-write`, as the agent's own config says. Absent
+    /// from agents older than this field (their sessions still get the
+    /// gateway's mode, the stricter one winning on the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+}
+
+/// What the gateway's config lets one agent serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub name: String,
+    /// `http` or `postgres`.
+    pub protocol: String,
+    /// `read-only` or `read-write`.
+    pub access: String,
 }
 
 /// Why a link operation failed. Messages name the agent, never secrets.
@@ -82,16 +97,27 @@ pub struct RemoteError {
 }
 
 /// Whether `hello` announces only what the gateway allows this agent to
-/// serve; `Err` names the first connection that is not.
-pub fn check_announced(hello: &Hello, allowed: &[(String, String)]) -> Result<(), String> {
+/// serve, in the mode the gateway has for it; `Err` names the first
+/// connection that is not. Two configs that disagree about a connection's
+/// mode are a mistake somewhere: the link is refused rather than one side
+/// guessed right.
+pub fn check_announced(hello: &Hello, allowed: &[Assignment]) -> Result<(), String> {
     for a in &hello.connections {
-        let ok = allowed
+        let Some(assigned) = allowed
             .iter()
-            .any(|(name, protocol)| *name == a.name && *protocol == a.protocol);
-        if !ok {
+            .find(|x| x.name == a.name && x.protocol == a.protocol)
+        else {
             return Err(format!(
                 "connection {:?} ({}) is not assigned to this agent on the gateway",
                 a.name, a.protocol
+            ));
+        };
+        if let Some(access) = &a.access
+            && *access != assigned.access
+        {
+            return Err(format!(
+                "connection {:?}: the agent serves it {access}, the gateway's config says {}; make them agree",
+                a.name, assigned.access
             ));
         }
     }
@@ -110,16 +136,39 @@ mod tests {
                 .map(|(n, p)| Announced {
                     name: n.to_string(),
                     protocol: p.to_string(),
+                    access: None,
                 })
                 .collect(),
         }
     }
 
+    fn assigned(name: &str, protocol: &str, access: &str) -> Assignment {
+        Assignment {
+            name: name.into(),
+            protocol: protocol.into(),
+            access: access.into(),
+        }
+    }
+
+    #[test]
+    fn an_agent_that_disagrees_about_the_mode_is_refused() {
+        let allowed = vec![assigned("db", "postgres", "read-only")];
+        let mut h = hello(&[("db", "postgres")]);
+        // An agent that does not say (older) is accepted: the gateway's
+        // mode still reaches it with each session.
+        assert!(check_announced(&h, &allowed).is_ok());
+        h.connections[0].access = Some("read-only".into());
+        assert!(check_announced(&h, &allowed).is_ok());
+        h.connections[0].access = Some("read-write".into());
+        let e = check_announced(&h, &allowed).unwrap_err();
+        assert!(e.contains("read-write") && e.contains("read-only"), "{e}");
+    }
+
     #[test]
     fn announcements_must_match_the_gateways_assignment() {
         let allowed = vec![
-            ("api".to_string(), "http".to_string()),
-            ("db".to_string(), "postgres".to_string()),
+            assigned("api", "http", "read-write"),
+            assigned("db", "postgres", "read-write"),
         ];
         assert!(check_announced(&hello(&[("api", "http")]), &allowed).is_ok());
         assert!(check_announced(&hello(&[]), &allowed).is_ok());

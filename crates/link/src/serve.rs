@@ -42,15 +42,15 @@ pub enum LinkEnd {
     Shutdown,
 }
 
-/// Serve one agent link until it ends. `allowed` lists the (connection,
-/// protocol) pairs this agent may announce; `revoked` is asked on every
+/// Serve one agent link until it ends. `allowed` lists the connections
+/// (name, protocol, mode) this agent may announce; `revoked` is asked on every
 /// heartbeat whether the agent's certificate has been revoked since.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_link<IO, R, RF>(
     io: IO,
     peer: SocketAddr,
     agent: String,
-    allowed: Vec<(String, String)>,
+    allowed: Vec<crate::Assignment>,
     registry: Arc<AgentRegistry>,
     stop: CancellationToken,
     revoked: R,
