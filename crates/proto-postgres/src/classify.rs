@@ -109,6 +109,41 @@ impl Analysis {
     }
 }
 
+/// Analyses of statement texts seen before. [`analyse`] is a pure
+/// function of the text, so a remembered answer is the answer; parsing is
+/// most of the cost of a proof. Bounded in entries and in text length (a
+/// long text is analysed every time rather than kept), and emptied when
+/// full.
+#[derive(Default)]
+pub struct AnalysisCache {
+    map: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Arc<Analysis>>>,
+}
+
+/// Texts kept at most.
+const ANALYSES_MAX: usize = 1024;
+/// Longest text kept.
+const ANALYSIS_TEXT_MAX: usize = 4096;
+
+impl AnalysisCache {
+    pub fn get_or_analyse(&self, sql: &str) -> std::sync::Arc<Analysis> {
+        if sql.len() > ANALYSIS_TEXT_MAX {
+            return std::sync::Arc::new(analyse(sql));
+        }
+        // Only a panic while holding it poisons it; the map is still whole.
+        let lock = || self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = lock().get(sql) {
+            return a.clone();
+        }
+        let a = std::sync::Arc::new(analyse(sql));
+        let mut map = lock();
+        if map.len() >= ANALYSES_MAX {
+            map.clear();
+        }
+        map.insert(sql.into(), a.clone());
+        a
+    }
+}
+
 /// The class of the most powerful statement in `sql` (which may hold
 /// several, separated by semicolons), with only the built-in list of
 /// side-effect-free functions as proof. The front proves calls against the

@@ -48,7 +48,12 @@ struct Proven {
 const MAX_PREPARED: usize = 1024;
 
 impl Prepared {
-    fn remember(&mut self, name: &str, analysis: Analysis, class: Class) -> Result<(), Refusal> {
+    fn remember(
+        &mut self,
+        name: &str,
+        analysis: Arc<Analysis>,
+        class: Class,
+    ) -> Result<(), Refusal> {
         if !analysis.needs_proof() {
             self.proofs.remove(name);
             return Ok(());
@@ -61,10 +66,7 @@ impl Prepared {
                 ),
             });
         }
-        let proven = Proven {
-            analysis: Arc::new(analysis),
-            class,
-        };
+        let proven = Proven { analysis, class };
         self.proofs.insert(name.to_owned(), proven);
         Ok(())
     }
@@ -417,7 +419,7 @@ async fn parse(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Ref
             name: String::new(),
         }));
     };
-    let analysis = crate::classify::analyse(&sql);
+    let analysis = ctx.upstream.analyse(&sql);
     let class = ctx
         .upstream
         .resolve(&analysis)

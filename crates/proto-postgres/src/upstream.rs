@@ -115,6 +115,8 @@ pub struct PgUpstream {
     via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
     /// Proofs about the target's functions, for the statement rules.
     catalog: crate::catalog::Catalog,
+    /// Statement texts already analysed (pure: the text decides).
+    analyses: crate::classify::AnalysisCache,
 }
 
 /// An upstream session waiting for its next caller.
@@ -226,6 +228,7 @@ impl PgUpstream {
             idle: std::sync::Mutex::new(Vec::new()),
             via: None,
             catalog: Default::default(),
+            analyses: Default::default(),
         })
     }
 
@@ -252,6 +255,7 @@ impl PgUpstream {
             idle: std::sync::Mutex::new(Vec::new()),
             via: Some((t.agent.clone(), links)),
             catalog: Default::default(),
+            analyses: Default::default(),
         }
     }
 
@@ -270,7 +274,13 @@ impl PgUpstream {
         &self,
         sql: &str,
     ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
-        self.resolve(&crate::classify::analyse(sql)).await
+        self.resolve(&self.analyse(sql)).await
+    }
+
+    /// [`crate::classify::analyse`], remembered for texts seen before (a
+    /// driver's prepared statements, an agent's repeated queries).
+    pub fn analyse(&self, sql: &str) -> std::sync::Arc<crate::classify::Analysis> {
+        self.analyses.get_or_analyse(sql)
     }
 
     /// The class of an analysed statement, its calls proven against the

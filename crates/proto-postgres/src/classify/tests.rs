@@ -308,3 +308,28 @@ fn search_path_may_not_put_a_schema_before_pg_catalog() {
     assert!(search_path_keeps_catalog_first(" pg_catalog , public"));
     assert!(!search_path_keeps_catalog_first("evil, pg_catalog"));
 }
+
+#[test]
+fn the_analysis_cache_gives_the_same_answer_and_stays_bounded() {
+    let cache = AnalysisCache::default();
+    for sql in ["SELECT 1", "SELECT f()", "DELETE FROM t", "SELECT nope("] {
+        let first = cache.get_or_analyse(sql);
+        let again = cache.get_or_analyse(sql);
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "{sql}");
+        let fresh = analyse(sql);
+        assert_eq!(
+            (first.class, first.calls.len()),
+            (fresh.class, fresh.calls.len()),
+            "{sql}"
+        );
+    }
+    for i in 0..(ANALYSES_MAX + 10) {
+        cache.get_or_analyse(&format!("SELECT {i}"));
+    }
+    assert!(cache.map.lock().unwrap().len() <= ANALYSES_MAX);
+    // A long text is analysed, not kept.
+    let long = format!("SELECT 1 -- {}", "x".repeat(ANALYSIS_TEXT_MAX));
+    let a = cache.get_or_analyse(&long);
+    assert_eq!(a.class, Class::Read);
+    assert!(!cache.map.lock().unwrap().contains_key(long.as_str()));
+}
