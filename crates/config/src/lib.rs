@@ -410,32 +410,11 @@ impl Protocol {
             Protocol::Mcp => "mcp",
         }
     }
-
-    /// What a person calls it, for messages (`speaks PostgreSQL`).
-    pub const fn display_name(self) -> &'static str {
-        match self {
-            Protocol::Http => "HTTP",
-            Protocol::Postgres => "PostgreSQL",
-            Protocol::Mcp => "MCP",
-        }
-    }
 }
 
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "http" => Ok(Protocol::Http),
-            "postgres" => Ok(Protocol::Postgres),
-            "mcp" => Ok(Protocol::Mcp),
-            _ => Err(()),
-        }
     }
 }
 

@@ -2,9 +2,12 @@
 //! connection they name through this front. Every refusal is audited here,
 //! so no front can forget to leave the evidence.
 
+use std::sync::Arc;
+
 use portcullis_config::Protocol;
 use portcullis_identity::{AuthError, Credential, Principal};
 use portcullis_policy::{Decision, DenyReason};
+use portcullis_tls::HandshakeRecord;
 
 use crate::FrontContext;
 use crate::gate::Gate;
@@ -18,9 +21,11 @@ pub struct Origin {
     /// The front the caller came through (recorded as the session's and
     /// the refusal's protocol).
     pub front: Protocol,
-    /// The TLS handshake, as the audit log shows it (`null` when the
-    /// front has none of its own, such as a tool call).
-    pub tls: serde_json::Value,
+    /// The TLS handshake (none when the front has none of its own, such
+    /// as a tool call). Kept as it is and written out only when a session
+    /// opens: a refusal or a request on an open session does not pay for
+    /// it.
+    pub tls: Option<Arc<HandshakeRecord>>,
 }
 
 /// Why a caller was not admitted. Each front says it on its own wire
@@ -206,7 +211,13 @@ impl Admitted {
             connection: self.connection.clone(),
             protocol: self.origin.front,
             peer: self.origin.peer.clone(),
-            tls: self.origin.tls.clone(),
+            tls: self
+                .origin
+                .tls
+                .as_deref()
+                .map_or(serde_json::Value::Null, |r| {
+                    serde_json::to_value(r).unwrap_or_default()
+                }),
             rule: self.rule.clone(),
             agent,
         }

@@ -83,11 +83,6 @@ impl FrontContext {
         }
     }
 
-    /// The protocol `connection` speaks, if it exists.
-    pub fn protocol_of(&self, connection: &str) -> Option<Protocol> {
-        self.connections.get(connection).map(|c| c.protocol)
-    }
-
     /// The masking rule that applies to `principal` on `connection`.
     pub fn mask_rule(
         &self,
@@ -98,5 +93,7 @@ impl FrontContext {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

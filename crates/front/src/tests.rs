@@ -2,12 +2,9 @@
 //! recording spool: each refusal is the right error *and* leaves its
 //! audit entry; an admitted caller gets its grant and approval gate.
 
-use std::sync::Arc;
-
-use portcullis_audit::AuditLog;
 use portcullis_config::{Config, Protocol};
-use portcullis_identity::{Authenticator, Credential};
-use portcullis_store::{NewTokenRow, Store};
+use portcullis_identity::Credential;
+use portcullis_store::Store;
 
 use super::*;
 
@@ -47,36 +44,12 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
-    let t = portcullis_identity::token::generate().unwrap();
-    store
-        .insert_token(&NewTokenRow {
-            hash: t.hash,
-            subject,
-            groups,
-            created_at: 0,
-            expires_at: None,
-            on_behalf_of: None,
-        })
-        .await
-        .unwrap();
-    t.secret
-}
-
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config::parse(CONFIG, &dir.path().join("portcullis.toml")).unwrap();
-    let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
-    let audit = AuditLog::open(store.clone(), dir.path()).await.unwrap();
-    let sink = portcullis_recordings::RecordingSink::local(dir.path().join("rec"));
-    let sessions = Sessions::new(audit.clone(), sink);
-    let approvals = portcullis_approval::Approvals::new(store.clone(), audit, None);
-    let masks = portcullis_mask::RuleSet::new(&[], None).unwrap();
-    let metrics = portcullis_mask::MaskMetrics::register(&mut Default::default());
-    let auth = Authenticator::new(Arc::new(store.clone()));
-    let ctx = FrontContext::new(&cfg, auth, Arc::new(masks), metrics, sessions, approvals);
-    let tester = token(&store, "agent:tester", &["testers".into()]).await;
-    let outsider = token(&store, "agent:outsider", &[]).await;
+    let (ctx, store) = testing::context(&cfg, dir.path()).await;
+    let tester = testing::token(&store, "agent:tester", &["testers".into()]).await;
+    let outsider = testing::token(&store, "agent:outsider", &[]).await;
     World {
         ctx,
         store,
@@ -90,7 +63,7 @@ fn origin() -> Origin {
     Origin {
         peer: "127.0.0.1:5000".into(),
         front: Protocol::Http,
-        tls: serde_json::Value::Null,
+        tls: None,
     }
 }
 

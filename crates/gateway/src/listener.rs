@@ -138,7 +138,7 @@ impl GatewayFront {
                 let origin = portcullis_front::Origin {
                     peer: conn.peer.to_string(),
                     front,
-                    tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
+                    tls: Some(conn.tls.clone()),
                 };
                 let reason = e.to_string();
                 self.ctx

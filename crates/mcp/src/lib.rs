@@ -44,7 +44,7 @@ impl Caller {
         Origin {
             peer: self.peer.clone(),
             front: Protocol::Mcp,
-            tls: serde_json::Value::Null,
+            tls: None,
         }
     }
 }

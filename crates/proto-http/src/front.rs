@@ -704,7 +704,7 @@ fn origin(conn: &ConnInfo, front: Protocol) -> Origin {
     Origin {
         peer: conn.peer.to_string(),
         front,
-        tls: serde_json::to_value(&*conn.tls).unwrap_or_default(),
+        tls: Some(conn.tls.clone()),
     }
 }
 

@@ -418,16 +418,27 @@ fn setting(s: &Statement) -> Class {
 /// Named later, a schema before it could shadow built-in functions and
 /// operators, which the proofs take to be the built-in ones.
 pub fn search_path_keeps_catalog_first(value: &str) -> bool {
-    let schemas: Vec<String> = value
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .trim_matches(|c| c == '\'' || c == '"')
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut schemas = Vec::new();
+    for s in value.split(',') {
+        let s = s.trim();
+        let bare = s
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .or_else(|| s.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
+            .unwrap_or(s);
+        // Only plain names are read here: an escape (E'…', U&"…"), a
+        // quote inside a name or any other spelling PostgreSQL might read
+        // as `pg_catalog` is not judged, it is refused (fail closed).
+        if !bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        {
+            return false;
+        }
+        if !bare.is_empty() {
+            schemas.push(bare.to_ascii_lowercase());
+        }
+    }
     match schemas.iter().position(|s| s == "pg_catalog") {
         None => true,
         Some(i) => i == 0,

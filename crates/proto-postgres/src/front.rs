@@ -469,7 +469,7 @@ impl Inner {
         let origin = Origin {
             peer: record.peer.to_string(),
             front: Protocol::Postgres,
-            tls: serde_json::to_value(record).unwrap_or_default(),
+            tls: Some(Arc::new(record.clone())),
         };
         let connection = &startup.connection;
         let admitted = self

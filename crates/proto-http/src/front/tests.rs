@@ -11,8 +11,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis_front::Sessions;
-use portcullis_store::{NewTokenRow, Store};
+use portcullis_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -68,20 +67,6 @@ connections = ["*"]
     )
 }
 
-async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
-    let t = portcullis_identity::token::generate().unwrap();
-    let row = NewTokenRow {
-        hash: t.hash,
-        subject,
-        groups,
-        created_at: 0,
-        expires_at: None,
-        on_behalf_of: None,
-    };
-    store.insert_token(&row).await.unwrap();
-    t.secret
-}
-
 /// A target that answers every request with JSON holding [`PLANTED`].
 async fn scripted_target() -> (u16, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -121,30 +106,14 @@ async fn world() -> World {
     std::fs::write(dir.path().join("pgpw"), "pw").unwrap();
     let path = dir.path().join("portcullis.toml");
     let cfg = Config::parse(&config(port), &path).unwrap();
-    let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
-    let audit = portcullis_audit::AuditLog::open(store.clone(), dir.path())
-        .await
-        .unwrap();
-    let sink = portcullis_recordings::RecordingSink::local(dir.path().join("rec"));
-    let sessions = Sessions::new(audit.clone(), sink);
-    let approvals = portcullis_approval::Approvals::new(store.clone(), audit, None);
-    let masks = portcullis_mask::RuleSet::new(&cfg.masking.rules, None).unwrap();
+    let (ctx, store) = portcullis_front::testing::context(&cfg, dir.path()).await;
     let mut registry = Registry::default();
-    let mask_metrics = portcullis_mask::MaskMetrics::register(&mut registry);
-    let auth = portcullis_identity::Authenticator::new(Arc::new(store.clone()));
-    let ctx = FrontContext::new(
-        &cfg,
-        auth,
-        Arc::new(masks),
-        mask_metrics,
-        sessions,
-        approvals,
-    );
     let metrics = HttpMetrics::register(&mut registry);
     let links = portcullis_link::AgentRegistry::new();
     let front = HttpFront::new(Arc::new(ctx), &cfg, metrics, links).unwrap();
-    let tester = token(&store, "agent:tester", &["testers".into()]).await;
-    let outsider = token(&store, "agent:outsider", &[]).await;
+    let tester =
+        portcullis_front::testing::token(&store, "agent:tester", &["testers".into()]).await;
+    let outsider = portcullis_front::testing::token(&store, "agent:outsider", &[]).await;
     World {
         front,
         store,

@@ -301,12 +301,21 @@ fn search_path_may_not_put_a_schema_before_pg_catalog() {
         "SET search_path = 'evil', 'pg_catalog'",
         "SET LOCAL search_path TO evil,pg_catalog",
         "SET SESSION search_path = \"evil\", \"PG_CATALOG\"",
+        // Spellings PostgreSQL reads as pg_catalog that a name match would
+        // miss: escapes are refused, not judged.
+        "SET search_path = 'evil', E'pg\\x5fcatalog'",
+        "SET search_path = evil, U&\"\\0070g_catalog\"",
     ] {
         assert_eq!(classify(sql), Class::Admin, "{sql}");
     }
     assert!(search_path_keeps_catalog_first("public"));
     assert!(search_path_keeps_catalog_first(" pg_catalog , public"));
     assert!(!search_path_keeps_catalog_first("evil, pg_catalog"));
+    assert!(!search_path_keeps_catalog_first("evil, E'pg\\x5fcatalog'"));
+    assert!(!search_path_keeps_catalog_first(
+        "evil, U&\"\\0070g_catalog\""
+    ));
+    assert!(search_path_keeps_catalog_first("\"$user\", public"));
 }
 
 #[test]

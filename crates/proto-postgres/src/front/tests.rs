@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use portcullis_front::{FrontContext, Sessions};
-use portcullis_store::{NewTokenRow, Store};
+use portcullis_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
@@ -85,45 +84,14 @@ connections = ["*"]
     )
 }
 
-async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
-    let t = portcullis_identity::token::generate().unwrap();
-    let row = NewTokenRow {
-        hash: t.hash,
-        subject,
-        groups,
-        created_at: 0,
-        expires_at: None,
-        on_behalf_of: None,
-    };
-    store.insert_token(&row).await.unwrap();
-    t.secret
-}
-
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let (port, target) = scripted_target().await;
     std::fs::write(dir.path().join("pgpw"), "pw").unwrap();
     let path = dir.path().join("portcullis.toml");
     let cfg = Config::parse(&config(port), &path).unwrap();
-    let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
-    let audit = portcullis_audit::AuditLog::open(store.clone(), dir.path())
-        .await
-        .unwrap();
-    let sink = portcullis_recordings::RecordingSink::local(dir.path().join("rec"));
-    let sessions = Sessions::new(audit.clone(), sink);
-    let approvals = portcullis_approval::Approvals::new(store.clone(), audit, None);
-    let masks = portcullis_mask::RuleSet::new(&cfg.masking.rules, None).unwrap();
+    let (ctx, store) = portcullis_front::testing::context(&cfg, dir.path()).await;
     let mut registry = Registry::default();
-    let mask_metrics = portcullis_mask::MaskMetrics::register(&mut registry);
-    let auth = portcullis_identity::Authenticator::new(Arc::new(store.clone()));
-    let ctx = FrontContext::new(
-        &cfg,
-        auth,
-        Arc::new(masks),
-        mask_metrics,
-        sessions,
-        approvals,
-    );
     let acceptor = acceptor();
     let front = PgFront::new(
         Arc::new(ctx),
@@ -134,8 +102,9 @@ async fn world() -> World {
         portcullis_link::AgentRegistry::new(),
     )
     .unwrap();
-    let tester = token(&store, "agent:tester", &["testers".into()]).await;
-    let outsider = token(&store, "agent:outsider", &[]).await;
+    let tester =
+        portcullis_front::testing::token(&store, "agent:tester", &["testers".into()]).await;
+    let outsider = portcullis_front::testing::token(&store, "agent:outsider", &[]).await;
     World {
         front,
         store,
