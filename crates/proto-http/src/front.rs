@@ -591,12 +591,7 @@ impl Inner {
                 .path_and_query()
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
-            headers: portcullis_record::redact_headers(
-                parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
-            ),
+            headers: recorded_headers(&parts.headers),
             body: None,
         };
         if let Err(e) = live.recorder.event(request) {
@@ -685,12 +680,7 @@ fn record_response(
     let event = portcullis_record::Event::HttpResponse {
         request: Some(request_no),
         status: parts.status.as_u16(),
-        headers: portcullis_record::redact_headers(
-            parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_bytes())),
-        ),
+        headers: recorded_headers(&parts.headers),
         body: None,
     };
     if let Err(e) = live.recorder.event(event) {
@@ -698,6 +688,11 @@ fn record_response(
         return Err(ProxyError::AuditUnavailable);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// Headers as a recording keeps them (credentials redacted).
+fn recorded_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    portcullis_record::redact_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
 }
 
 fn origin(conn: &ConnInfo, front: Protocol) -> Origin {
