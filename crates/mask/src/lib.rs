@@ -615,6 +615,39 @@ impl Masker {
         t
     }
 
+    /// The column part of every SQL column rule (lower-case, sorted).
+    pub fn column_rule_names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self
+            .fields
+            .iter()
+            .flat_map(|f| f.columns.iter())
+            .map(|c| {
+                c.rsplit_once('.')
+                    .map_or(c.as_str(), |(_, c)| c)
+                    .to_string()
+            })
+            .collect();
+        n.sort();
+        n.dedup();
+        n
+    }
+
+    /// The table a rule names with `column`, if the first rule naming it
+    /// is qualified (`users.ssn`).
+    pub fn column_rule_table(&self, column: &str) -> Option<String> {
+        let col = column.to_ascii_lowercase();
+        self.fields
+            .iter()
+            .flat_map(|f| f.columns.iter())
+            .find(|c| c.rsplit_once('.').map_or(c.as_str(), |(_, c)| c) == col)
+            .and_then(|c| c.rsplit_once('.').map(|(t, _)| t.to_string()))
+    }
+
+    /// Whether a column rule names `column` (of `table`).
+    pub fn column_rule_applies(&self, column: &str, table: Option<&str>) -> bool {
+        self.column_rule(column, table).is_some()
+    }
+
     /// Whether any field rule names SQL columns.
     pub fn has_column_rules(&self) -> bool {
         self.fields.iter().any(|f| !f.columns.is_empty())

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use portcullis_mask::Cell;
 use portcullis_postgres::classify::{self, Class};
 use portcullis_postgres::{QueryOutcome, UpstreamError};
 use portcullis_record::Event;
@@ -177,7 +176,26 @@ pub(crate) async fn run(
             .query(&format!("SET statement_timeout = {timeout_ms}"), 0)
             .await
             .map_err(|e| target_err(e.to_string()))?;
-        let result = session.query(sql, max_rows).await;
+        // The wire protocol's masker, so there is one place where rules
+        // are applied (column sources, binary values, errors).
+        let mut masker = match ctx.front.mask_rule(name, &who.principal) {
+            Some(rule) => Some(
+                portcullis_postgres::masking::prepare(
+                    rule,
+                    &mut session,
+                    name,
+                    upstream.analyses(),
+                )
+                .await
+                .map_err(|e| target_err(format!("masking rules could not be prepared: {e}")))?
+                .with_metrics(ctx.front.mask_metrics.clone()),
+            ),
+            None => None,
+        };
+        let inspector = masker
+            .as_mut()
+            .map(|m| m as &mut dyn portcullis_postgres::inspect::Inspector);
+        let result = session.query_inspected(sql, max_rows, inspector).await;
         // A session that ends idle goes back to the pool (DISCARD ALL);
         // one left inside a transaction is dropped.
         if session.status == b'I' {
@@ -192,7 +210,6 @@ pub(crate) async fn run(
         Err(_) => Err(target_err("the target did not answer in time".into())),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Err(UpstreamError::Server(msg)))) => {
-            let msg = mask_text(ctx, who, name, &msg);
             let (code, message) = msg.split_once(": ").unwrap_or(("?????", &msg));
             let _ = rec.event(Event::PgError {
                 code: code.to_string(),
@@ -202,7 +219,7 @@ pub(crate) async fn run(
         }
         Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
         Ok(Ok(Ok(out))) => {
-            let masked = mask_rows(ctx, who, name, &out);
+            let masked = out.rows.clone();
             let _ = rec.event(Event::PgRowDescription {
                 columns: out.columns.clone(),
             });
@@ -221,48 +238,6 @@ pub(crate) async fn run(
     };
     call::seal(open, &result, sent).await;
     result
-}
-
-fn mask_rows(
-    ctx: &Context,
-    who: &Caller,
-    name: &str,
-    out: &QueryOutcome,
-) -> Vec<Vec<Option<String>>> {
-    let Some(rule) = ctx.front.mask_rule(name, &who.principal) else {
-        return out.rows.clone();
-    };
-    let mut stats = Default::default();
-    let rows = out
-        .rows
-        .iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .map(|(i, cell)| {
-                    let v = cell.as_deref()?;
-                    let column = out.columns.get(i).map(String::as_str).unwrap_or("");
-                    match rule.masker.mask_cell(column, None, v, &mut stats) {
-                        Cell::Keep => Some(v.to_string()),
-                        Cell::Replace(s) => Some(s),
-                        Cell::Null => None,
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    ctx.front.mask_metrics.record(name, &stats);
-    rows
-}
-
-fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {
-    match ctx.front.mask_rule(name, &who.principal) {
-        Some(rule) => {
-            let mut stats = Default::default();
-            rule.masker.mask_str(text, &mut stats).into_owned()
-        }
-        None => text.to_string(),
-    }
 }
 
 /// A compact, pipe-separated table for the model to read.

@@ -88,6 +88,38 @@ pub struct Analysis {
     /// Calls that still need a proof; the statement is no more than
     /// `class` only if each is [`Proof::Pure`].
     pub calls: Vec<Call>,
+    /// What the statement reads by name, for the masker's column rules.
+    pub refs: References,
+}
+
+/// The names a statement refers to, folded as PostgreSQL folds them: what
+/// column rules need to know whether a computed output may derive from a
+/// protected column (see `crate::masking`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct References {
+    /// Relations read or written (the last part of the name); names of
+    /// the statement's own CTEs are left out.
+    pub relations: std::collections::BTreeSet<String>,
+    /// Identifiers used as values: a column (the last part of a compound
+    /// name), or a bare name that may be a whole row (`row_to_json(t)`),
+    /// and the qualifier of `t.*` inside an expression.
+    pub values: std::collections::BTreeSet<String>,
+    /// Aliases given to relations, and the relation each stands for.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// A `*` or `t.*` in a select list: every column of a relation.
+    pub wildcard: bool,
+    /// What the statement returns was decided elsewhere (`FETCH`,
+    /// `EXECUTE`), or the text could not be read: nothing is known.
+    pub opaque: bool,
+}
+
+impl References {
+    fn opaque() -> Self {
+        Self {
+            opaque: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Analysis {
@@ -172,11 +204,13 @@ pub fn analyse(sql: &str) -> Analysis {
         return Analysis {
             class: Class::Read,
             calls: Vec::new(),
+            refs: References::default(),
         };
     }
     let unknown = Analysis {
         class: Class::Unknown,
         calls: Vec::new(),
+        refs: References::opaque(),
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
@@ -186,10 +220,14 @@ pub fn analyse(sql: &str) -> Analysis {
     if lexes_differently(&tokens) {
         return unknown;
     }
-    if is_table_statement(sql) {
+    if let Some(name) = table_statement(sql) {
         return Analysis {
             class: Class::Read,
             calls: Vec::new(),
+            refs: References {
+                relations: [name].into(),
+                ..References::default()
+            },
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
@@ -210,9 +248,14 @@ pub fn analyse(sql: &str) -> Analysis {
     }
     let mut calls: Vec<Call> = w.calls.into_iter().collect();
     calls.sort();
+    let mut refs = w.refs;
+    for cte in &w.ctes {
+        refs.relations.remove(cte);
+    }
     Analysis {
         class: w.class,
         calls,
+        refs,
     }
 }
 
@@ -229,9 +272,49 @@ fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
 
 /// `TABLE name` (PostgreSQL's short form of `SELECT * FROM name`), which
 /// the parser does not read: a read only when what follows is exactly one
-/// relation name, plain or quoted, qualified or not.
-fn is_table_statement(sql: &str) -> bool {
+/// relation name, plain or quoted, qualified or not. The relation's own
+/// name (last part, folded) when it is one.
+fn table_statement(sql: &str) -> Option<String> {
     let s = sql.trim().trim_end_matches(';').trim_end();
+    if !is_table_statement(s) {
+        return None;
+    }
+    let rest = s[5..].trim();
+    let last = split_name(rest).pop()?;
+    Some(last)
+}
+
+/// The parts of a dotted name, each folded as PostgreSQL folds it
+/// (ASCII letters lower-cased unless quoted; `""` in quotes is `"`).
+fn split_name(name: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(q) = chars.next() {
+                    if q == '"' {
+                        if chars.peek() == Some(&'"') {
+                            chars.next();
+                            cur.push('"');
+                        } else {
+                            break;
+                        }
+                    } else {
+                        cur.push(q);
+                    }
+                }
+            }
+            '.' => parts.push(std::mem::take(&mut cur)),
+            c => cur.push(c.to_ascii_lowercase()),
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+fn is_table_statement(s: &str) -> bool {
     let Some(rest) = s
         .get(..5)
         .filter(|k| k.eq_ignore_ascii_case("table"))
@@ -773,6 +856,26 @@ const BUILTIN_PURE: &[&str] = &[
 struct Walker {
     class: Class,
     calls: std::collections::BTreeSet<Call>,
+    refs: References,
+    /// Names of the statement's CTEs (relations by those names are its own).
+    ctes: std::collections::BTreeSet<String>,
+}
+
+/// An identifier as PostgreSQL folds it.
+fn folded(i: &sqlparser::ast::Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_ascii_lowercase(),
+    }
+}
+
+/// The last part of a name, folded; empty if it is not a plain identifier.
+fn last_part(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(folded)
+        .unwrap_or_default()
 }
 
 impl Walker {
@@ -817,6 +920,41 @@ impl Walker {
 }
 
 impl Walker {
+    /// Names an expression reads as values (see [`References::values`]).
+    fn value_refs(&mut self, e: &Expr) {
+        use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+        let values = &mut self.refs.values;
+        match e {
+            Expr::Identifier(i) => {
+                values.insert(folded(i));
+            }
+            Expr::CompoundIdentifier(parts) => {
+                if let Some(last) = parts.last() {
+                    values.insert(folded(last));
+                }
+            }
+            Expr::QualifiedWildcard(name, _) => {
+                values.insert(last_part(name));
+            }
+            Expr::Function(f) => {
+                // `f(t.*)`: a whole row as an argument.
+                if let FunctionArguments::List(list) = &f.args {
+                    for a in &list.args {
+                        let arg = match a {
+                            FunctionArg::Named { arg, .. }
+                            | FunctionArg::ExprNamed { arg, .. }
+                            | FunctionArg::Unnamed(arg) => arg,
+                        };
+                        if let FunctionArgExpr::QualifiedWildcard(name) = arg {
+                            values.insert(last_part(name));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn builtin(&mut self, name: &str) {
         self.calls.insert(Call {
             schema: None,
@@ -830,10 +968,36 @@ impl Visitor for Walker {
 
     fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
         self.class = self.class.max(statement(s));
+        if matches!(s, Statement::Fetch { .. } | Statement::Execute { .. }) {
+            self.refs.opaque = true;
+        }
+        if let Statement::Copy {
+            source:
+                sqlparser::ast::CopySource::Table {
+                    table_name,
+                    columns,
+                },
+            ..
+        } = s
+        {
+            self.refs.relations.insert(last_part(table_name));
+            self.refs.values.extend(columns.iter().map(folded));
+            self.refs.wildcard |= columns.is_empty();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        self.refs.relations.insert(last_part(r));
         ControlFlow::Continue(())
     }
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(folded(&cte.alias.name));
+            }
+        }
         // FOR UPDATE / SHARE take row locks: a write, wherever it is.
         if !q.locks.is_empty() {
             self.class = self.class.max(Class::Write);
@@ -842,6 +1006,13 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        use sqlparser::ast::SelectItem;
+        self.refs.wildcard |= s.projection.iter().any(|p| {
+            matches!(
+                p,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
         // SELECT … INTO creates a table.
         if s.into.is_some() {
             self.class = self.class.max(Class::Ddl);
@@ -850,6 +1021,17 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            alias: Some(alias),
+            args: None,
+            ..
+        } = t
+        {
+            self.refs
+                .aliases
+                .insert(folded(&alias.name), last_part(name));
+        }
         match t {
             // `FROM f(…)`: a function in the FROM list is a call like any.
             TableFactor::Table {
@@ -864,6 +1046,7 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        self.value_refs(e);
         match e {
             Expr::Function(f) => self.call(&f.name, true),
             // Special forms the parser reads as syntax are ordinary

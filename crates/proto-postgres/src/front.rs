@@ -655,17 +655,17 @@ impl Inner {
         let mut chain: Vec<Box<dyn Inspector>> = Vec::new();
         if let Some(rule) = masks {
             // Before the caller gets the session: fail closed without it.
-            let Some(tables) = mask_tables(rule, &mut up, connection).await else {
-                let msg =
-                    format!("connection \"{connection}\": masking rules could not be prepared");
-                send(w, &fatal(sqlstate::CONNECTION_FAILURE, &msg)).await;
-                return Err(Outcome::UpstreamError);
-            };
-            chain.push(Box::new(
-                crate::masking::MaskInspector::new(rule.clone(), connection)
-                    .with_metrics(self.ctx.mask_metrics.clone())
-                    .with_tables(tables),
-            ));
+            let analyses = live.upstream.analyses();
+            match crate::masking::prepare(rule, &mut up, connection, analyses).await {
+                Ok(i) => chain.push(Box::new(i.with_metrics(self.ctx.mask_metrics.clone()))),
+                Err(e) => {
+                    tracing::warn!(connection, error = %e, "catalog look-up for masking failed");
+                    let msg =
+                        format!("connection \"{connection}\": masking rules could not be prepared");
+                    send(w, &fatal(sqlstate::CONNECTION_FAILURE, &msg)).await;
+                    return Err(Outcome::UpstreamError);
+                }
+            }
         }
         // Last: the recording holds what the caller saw.
         chain.push(Box::new(
@@ -704,44 +704,6 @@ impl Inner {
             refused: &refused,
         };
         Ok(Relay::run(&ctx, reader, w, up, chain).await)
-    }
-}
-
-/// `table.column` masking rules need the tables' OIDs, which only the
-/// target knows. `None` if the look-up failed.
-async fn mask_tables(
-    rule: &portcullis_mask::Rule,
-    up: &mut UpstreamSession,
-    connection: &str,
-) -> Option<HashMap<u32, String>> {
-    let mut tables = HashMap::new();
-    let names = rule.masker.column_rule_tables();
-    if names.is_empty() {
-        return Some(tables);
-    }
-    let list = names
-        .iter()
-        .map(|n| format!("'{}'", n.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(",");
-    let sql = format!(
-        "SELECT c.oid::text, lower(c.relname) FROM pg_catalog.pg_class c WHERE lower(c.relname) IN ({list})"
-    );
-    match up.simple_rows(&sql).await {
-        Ok(rows) => {
-            for r in rows {
-                if let (Some(Some(oid)), Some(Some(name))) = (r.first(), r.get(1))
-                    && let Ok(oid) = oid.parse::<u32>()
-                {
-                    tables.insert(oid, name.clone());
-                }
-            }
-            Some(tables)
-        }
-        Err(e) => {
-            tracing::warn!(connection, error = %e, "table lookup for masking failed");
-            None
-        }
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Verdict {
     Pass,
     /// Send this message instead.
     Rewrite(Message),
+    /// Do not send it, and say nothing in its place (only from the
+    /// target: the masker withholding the rest of a statement it ended).
+    Drop,
     /// Do not send it; the caller gets an error in its place. Only for
     /// statements (`Q`, `P`, `F`); on any other message it ends the
     /// session (fail closed).
@@ -63,21 +66,31 @@ pub fn frontend(chain: &mut [Box<dyn Inspector>], msg: Message) -> Result<Messag
             Verdict::Pass => {}
             Verdict::Rewrite(m) => msg = m,
             Verdict::Refuse(r) => return Err(r),
+            // Nothing from the caller is dropped silently.
+            Verdict::Drop => {
+                return Err(Refusal {
+                    code: sqlstate::PROTOCOL_VIOLATION,
+                    message: "portcullis: a message was withheld".into(),
+                });
+            }
         }
     }
     Ok(msg)
 }
 
-pub fn backend(chain: &mut [Box<dyn Inspector>], msg: Message) -> Result<Message, Refusal> {
+/// `Ok(None)`: the message is withheld (an inspector dropped it; the
+/// later ones never see it).
+pub fn backend(chain: &mut [Box<dyn Inspector>], msg: Message) -> Result<Option<Message>, Refusal> {
     let mut msg = msg;
     for i in chain.iter_mut() {
         match i.backend(&msg) {
             Verdict::Pass => {}
             Verdict::Rewrite(m) => msg = m,
+            Verdict::Drop => return Ok(None),
             Verdict::Refuse(r) => return Err(r),
         }
     }
-    Ok(msg)
+    Ok(Some(msg))
 }
 
 #[cfg(test)]

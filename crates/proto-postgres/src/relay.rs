@@ -424,7 +424,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             };
             while let Some(m) = next.take() {
                 match self.on_target_message(m) {
-                    Ok(m) => m.encode(&mut out),
+                    Ok(Some(m)) => m.encode(&mut out),
+                    Ok(None) => {}
                     Err(exit) => return exit,
                 }
                 next = match up_r.buffered() {
@@ -440,8 +441,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     }
 
     /// One message from the target: a placeholder's error becomes its
-    /// refusal; ReadyForQuery is counted; then the chain.
-    fn on_target_message(&self, mut m: Message) -> Result<Message, Exit> {
+    /// refusal; ReadyForQuery is counted; then the chain, which may
+    /// withhold it (`None`).
+    fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
         if m.tag == tag::ERROR_RESPONSE
             && let Some(r) = self
                 .pending

@@ -116,7 +116,7 @@ pub struct PgUpstream {
     /// Proofs about the target's functions, for the statement rules.
     catalog: crate::catalog::Catalog,
     /// Statement texts already analysed (pure: the text decides).
-    analyses: crate::classify::AnalysisCache,
+    analyses: Arc<crate::classify::AnalysisCache>,
 }
 
 /// An upstream session waiting for its next caller.
@@ -281,6 +281,12 @@ impl PgUpstream {
     /// driver's prepared statements, an agent's repeated queries).
     pub fn analyse(&self, sql: &str) -> std::sync::Arc<crate::classify::Analysis> {
         self.analyses.get_or_analyse(sql)
+    }
+
+    /// The remembered analyses, shared with the masker (which needs what
+    /// a statement reads for column rules).
+    pub fn analyses(&self) -> Arc<crate::classify::AnalysisCache> {
+        self.analyses.clone()
     }
 
     /// The class of an analysed statement, its calls proven against the
@@ -731,8 +737,25 @@ impl UpstreamSession {
         sql: &str,
         max_rows: usize,
     ) -> Result<QueryOutcome, UpstreamError> {
+        self.query_inspected(sql, max_rows, None).await
+    }
+
+    /// [`Self::query`] with every message through `inspector` (the
+    /// masker), as the wire protocol's messages are: one masking path. A
+    /// refusal ends the query with its error, and the session is left
+    /// marked unusable (not idle), so it is not reused.
+    pub async fn query_inspected(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+        mut inspector: Option<&mut (dyn crate::inspect::Inspector + '_)>,
+    ) -> Result<QueryOutcome, UpstreamError> {
+        let q = messages::query(sql);
+        if let Some(i) = inspector.as_deref_mut() {
+            i.frontend(&q);
+        }
         self.writer
-            .write_all(&messages::query(sql).to_bytes())
+            .write_all(&q.to_bytes())
             .await
             .map_err(UpstreamError::Connect)?;
         let mut out = QueryOutcome::default();
@@ -741,6 +764,19 @@ impl UpstreamSession {
             let m = self.reader.next().await?.ok_or_else(|| {
                 UpstreamError::Protocol("the target closed the connection".into())
             })?;
+            let m = match inspector.as_deref_mut().map(|i| i.backend(&m)) {
+                None | Some(crate::inspect::Verdict::Pass) => m,
+                Some(crate::inspect::Verdict::Rewrite(new)) => new,
+                Some(crate::inspect::Verdict::Drop) => continue,
+                Some(crate::inspect::Verdict::Refuse(r)) => {
+                    self.status = 0;
+                    return Err(UpstreamError::Server(format!(
+                        "{}: {}",
+                        r.code.code(),
+                        r.message
+                    )));
+                }
+            };
             match m.tag {
                 tag::ROW_DESCRIPTION => {
                     out.columns = row_description_names(&m.body);

@@ -1,0 +1,773 @@
+//! Masking what the target sends. The inspector follows the protocol to
+//! know each row's layout (column sources, types, text or binary), masks
+//! DataRow cells in either format, COPY-out lines, errors, notices and
+//! notifications, and keeps every frame valid. Column rules follow the
+//! data's source (see [`sources`]), not the output label. A value the
+//! masker cannot read ends its statement with an error; a row whose
+//! layout it cannot know ends the session (fail closed).
+
+pub mod binary;
+mod notices;
+pub mod sources;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use portcullis_mask::{Cell, Rule, Stats, Vault};
+
+use crate::classify::AnalysisCache;
+use crate::frame::{Message, tag, take_cstr};
+use crate::inspect::{Inspector, Refusal, Verdict};
+use crate::messages::sqlstate;
+use binary::{Types, oid};
+use sources::{Guard, Sources};
+
+#[derive(Debug, Clone)]
+struct Col {
+    name: String,
+    table_oid: u32,
+    type_oid: u32,
+    format: i16,
+    /// The column rule its data falls under, by source.
+    guard: Option<Guard>,
+}
+
+/// What column rules need to know about one statement text.
+#[derive(Debug, Clone, Default)]
+struct Info {
+    /// The rule over its computed outputs, if they may derive from a
+    /// protected column.
+    derived: Option<Guard>,
+    /// It reads a protected relation (a COPY of it is refused).
+    reads_protected: bool,
+}
+
+/// What the target will answer next, in order.
+#[derive(Debug)]
+enum Expect {
+    Query(Info),
+    DescribeStatement(String),
+    DescribePortal(String),
+    Execute {
+        statement: String,
+        formats: Vec<i16>,
+    },
+    Sync,
+}
+
+/// Why a row could not be passed.
+enum RowError {
+    /// The target's message is malformed: the session ends.
+    Corrupt(&'static str),
+    /// A value the masker cannot read: the statement ends.
+    Unreadable(&'static str),
+}
+
+pub struct MaskInspector {
+    rule: Arc<Rule>,
+    connection: String,
+    expect: VecDeque<Expect>,
+    statements: HashMap<String, Vec<Col>>,
+    /// What each prepared statement's text reads (column rules only).
+    parsed: HashMap<String, Info>,
+    portals: HashMap<String, (String, Vec<i16>)>,
+    current: Option<Vec<Col>>,
+    pub stats: Stats,
+    metrics: Option<portcullis_mask::MaskMetrics>,
+    /// Reversible tokens this session was shown.
+    vault: Vault,
+    types: Types,
+    sources: Sources,
+    analyses: Arc<AnalysisCache>,
+    /// A statement being ended: its refusal, and whether it was said.
+    failing: Option<(Refusal, bool)>,
+}
+
+/// The masking inspector for one session: the catalog look-ups it needs
+/// (types; with column rules, where protected columns are) are made on
+/// `up` before the caller gets the session. `Err`: they failed, and the
+/// session must not start (fail closed).
+pub async fn prepare(
+    rule: &Arc<Rule>,
+    up: &mut crate::upstream::UpstreamSession,
+    connection: &str,
+    analyses: Arc<AnalysisCache>,
+) -> Result<MaskInspector, crate::upstream::UpstreamError> {
+    let rows = up.simple_rows(&sources::query(&rule.masker)).await?;
+    let (types, sources) = sources::read(&rule.masker, &rows);
+    let mut i = MaskInspector::new(rule.clone(), connection);
+    i.types = types;
+    i.sources = sources;
+    i.analyses = analyses;
+    Ok(i)
+}
+
+impl MaskInspector {
+    /// Count findings into `metrics` at every ReadyForQuery.
+    pub fn with_metrics(mut self, metrics: portcullis_mask::MaskMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn new(rule: Arc<Rule>, connection: &str) -> Self {
+        Self {
+            rule,
+            connection: connection.to_string(),
+            expect: VecDeque::new(),
+            statements: HashMap::new(),
+            parsed: HashMap::new(),
+            portals: HashMap::new(),
+            current: None,
+            stats: Stats::new(),
+            metrics: None,
+            vault: Vault::default(),
+            types: Types::default(),
+            sources: Sources::default(),
+            analyses: Arc::default(),
+            failing: None,
+        }
+    }
+
+    fn refuse(&self, why: &str) -> Verdict {
+        Verdict::Refuse(Refusal {
+            code: sqlstate::CONNECTION_FAILURE,
+            message: format!(
+                "portcullis: connection \"{}\": results cannot be masked ({why}); the session is closed (rule {:?})",
+                self.connection, self.rule.name
+            ),
+        })
+    }
+
+    /// End the statement being answered: its rows are withheld and the
+    /// caller gets this error in their place.
+    fn fail_statement(&mut self, why: &str) -> Verdict {
+        let refusal = Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "portcullis: connection \"{}\": {why}, which masking rule {:?} cannot inspect; the statement was ended and its results withheld",
+                self.connection, self.rule.name
+            ),
+        };
+        self.failing = Some((refusal, false));
+        Verdict::Drop
+    }
+
+    /// What column rules need from a statement text.
+    fn info(&self, sql: &str) -> Info {
+        if !self.rule.masker.has_column_rules() {
+            return Info::default();
+        }
+        let a = self.analyses.get_or_analyse(sql);
+        Info {
+            derived: self.sources.derived(&a),
+            reads_protected: self.sources.reads_protected(&a),
+        }
+    }
+
+    /// The statement whose results come next.
+    fn answering(&self) -> Info {
+        match self.expect.front() {
+            Some(Expect::Query(info)) => info.clone(),
+            Some(Expect::Execute { statement, .. })
+            | Some(Expect::DescribeStatement(statement))
+            | Some(Expect::DescribePortal(statement)) => self
+                .parsed
+                .get(statement)
+                .cloned()
+                .unwrap_or_else(|| self.unknown()),
+            _ => Info::default(),
+        }
+    }
+
+    /// For a statement whose text was never seen (or was forgotten): the
+    /// strictest answer.
+    fn unknown(&self) -> Info {
+        if !self.rule.masker.has_column_rules() {
+            return Info::default();
+        }
+        Info {
+            derived: self.sources.fallback(),
+            reads_protected: true,
+        }
+    }
+
+    /// The layout for the next DataRow.
+    fn layout(&mut self) -> Option<Vec<Col>> {
+        if let Some(c) = &self.current {
+            return Some(c.clone());
+        }
+        if let Some(Expect::Execute { statement, formats }) = self.expect.front() {
+            let cols = self.statements.get(statement)?;
+            let cols: Vec<Col> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Col {
+                    format: match formats.len() {
+                        0 => 0,
+                        1 => formats[0],
+                        _ => formats.get(i).copied().unwrap_or(0),
+                    },
+                    ..c.clone()
+                })
+                .collect();
+            self.current = Some(cols.clone());
+            return Some(cols);
+        }
+        None
+    }
+
+    fn mask_row(&mut self, body: &[u8], cols: &[Col]) -> Result<Option<Message>, RowError> {
+        let corrupt = RowError::Corrupt;
+        let mut b = body;
+        let n = read_i16(&mut b).ok_or(corrupt("truncated DataRow"))? as usize;
+        if n != cols.len() {
+            return Err(corrupt("DataRow does not match its RowDescription"));
+        }
+        let mut out = BytesMut::with_capacity(body.len() + 16);
+        out.put_i16(n as i16);
+        let mut changed = false;
+        for col in cols {
+            let len = read_i32(&mut b).ok_or(corrupt("truncated DataRow"))?;
+            if len < 0 {
+                out.put_i32(-1);
+                continue;
+            }
+            let len = len as usize;
+            if b.len() < len {
+                return Err(corrupt("truncated DataRow"));
+            }
+            let (value, rest) = b.split_at(len);
+            b = rest;
+            match self.mask_value(col, value)? {
+                binary::Out::Keep => {
+                    out.put_i32(len as i32);
+                    out.put_slice(value);
+                }
+                binary::Out::Null => {
+                    changed = true;
+                    out.put_i32(-1);
+                }
+                binary::Out::Replace(bytes) => {
+                    changed = true;
+                    out.put_i32(bytes.len() as i32);
+                    out.put_slice(&bytes);
+                }
+            }
+        }
+        Ok(changed.then(|| Message::new(tag::DATA_ROW, out.freeze())))
+    }
+
+    /// One cell: a column rule decides it whole; else the detectors look
+    /// at the text in it, in either format.
+    fn mask_value(&mut self, col: &Col, value: &[u8]) -> Result<binary::Out, RowError> {
+        let rule = self.rule.clone();
+        let m = &rule.masker;
+        let t = binary::base(col.type_oid, &self.types);
+        let label_table = self.sources.table(col.table_oid).map(str::to_string);
+        let guard = col.guard.clone().or_else(|| {
+            m.column_rule_applies(&col.name, label_table.as_deref())
+                .then(|| Guard {
+                    column: col.name.clone(),
+                    table: label_table.clone(),
+                })
+        });
+        let holds_text = col.format == 0 || binary::is_text(t, &self.types) || t == oid::BYTEA;
+        if let Some(g) = guard {
+            let text = if holds_text {
+                String::from_utf8_lossy(value).into_owned()
+            } else {
+                String::new()
+            };
+            let vault = &mut Some(&mut self.vault);
+            return Ok(
+                match m.mask_cell_in(&g.column, g.table.as_deref(), &text, &mut self.stats, vault) {
+                    Cell::Replace(s) if holds_text => {
+                        let prefix: &[u8] = match (col.format, t) {
+                            (1, oid::JSONB | oid::JSONPATH) => &[1],
+                            _ => &[],
+                        };
+                        binary::Out::Replace([prefix, s.as_bytes()].concat())
+                    }
+                    // A column rule always replaces; a type that cannot
+                    // hold the replacement gets NULL.
+                    _ => binary::Out::Null,
+                },
+            );
+        }
+        let stats = &mut self.stats;
+        let vault = &mut self.vault;
+        let mut detect = |s: &str| match m.mask_str_in(s, stats, &mut Some(&mut *vault)) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(o) => Some(o),
+        };
+        if col.format == 0 {
+            let text = std::str::from_utf8(value)
+                .map_err(|_| RowError::Corrupt("a text cell is not UTF-8"))?;
+            let new = if t == oid::BYTEA {
+                binary::bytea_text(text, &mut detect)
+            } else {
+                detect(text)
+            };
+            return Ok(new.map_or(binary::Out::Keep, |s| binary::Out::Replace(s.into_bytes())));
+        }
+        binary::mask(t, value, &self.types, &mut detect).map_err(RowError::Unreadable)
+    }
+
+    /// Pop expectations up to and including the next sync point.
+    fn end_of_cycle(&mut self) {
+        while let Some(e) = self.expect.pop_front() {
+            if matches!(e, Expect::Sync | Expect::Query(_)) {
+                break;
+            }
+        }
+        self.current = None;
+    }
+
+    fn notices(&mut self) -> notices::Scope<'_> {
+        notices::Scope {
+            masker: &self.rule.masker,
+            stats: &mut self.stats,
+            vault: &mut self.vault,
+            withhold_row_values: self.rule.masker.has_column_rules(),
+        }
+    }
+
+    /// The messages of a statement being ended: its rows are dropped, its
+    /// end becomes the refusal, the rest until ReadyForQuery is dropped,
+    /// and ReadyForQuery says a transaction block failed.
+    fn while_failing(&mut self, msg: &Message) -> Verdict {
+        let own = match msg.tag {
+            tag::DATA_ROW | tag::COPY_DATA => Verdict::Drop,
+            _ => self.inspect(msg),
+        };
+        match msg.tag {
+            tag::PARAMETER_STATUS | tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => own,
+            tag::READY_FOR_QUERY => {
+                self.failing = None;
+                let status = msg.body.first().copied().unwrap_or(b'I');
+                let status = if status == b'T' { b'E' } else { status };
+                Verdict::Rewrite(crate::messages::ready_for_query(status))
+            }
+            tag::COMMAND_COMPLETE
+            | tag::PORTAL_SUSPENDED
+            | tag::EMPTY_QUERY
+            | tag::ERROR_RESPONSE
+            | tag::COPY_DONE => match &mut self.failing {
+                Some((refusal, said @ false)) => {
+                    *said = true;
+                    Verdict::Rewrite(crate::messages::error(
+                        false,
+                        refusal.code,
+                        &refusal.message,
+                        None,
+                    ))
+                }
+                _ => Verdict::Drop,
+            },
+            _ => Verdict::Drop,
+        }
+    }
+}
+
+fn read_i16(b: &mut &[u8]) -> Option<i16> {
+    let (h, t) = b.split_first_chunk::<2>()?;
+    *b = t;
+    Some(i16::from_be_bytes(*h))
+}
+
+fn read_i32(b: &mut &[u8]) -> Option<i32> {
+    let (h, t) = b.split_first_chunk::<4>()?;
+    *b = t;
+    Some(i32::from_be_bytes(*h))
+}
+
+fn read_u32(b: &mut &[u8]) -> Option<u32> {
+    read_i32(b).map(|v| v as u32)
+}
+
+fn row_description(body: &[u8], sources: &Sources, info: &Info) -> Option<Vec<Col>> {
+    let mut b = body;
+    let n = read_i16(&mut b)?;
+    let mut cols = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let name = take_cstr(&mut b)?;
+        let table_oid = read_u32(&mut b)?;
+        let attnum = read_i16(&mut b)?;
+        let type_oid = read_u32(&mut b)?;
+        let _typlen = read_i16(&mut b)?;
+        let _typmod = read_i32(&mut b)?;
+        let format = read_i16(&mut b)?;
+        cols.push(Col {
+            guard: sources.column(table_oid, attnum, info.derived.as_ref()),
+            name,
+            table_oid,
+            type_oid,
+            format,
+        });
+    }
+    Some(cols)
+}
+
+impl MaskInspector {
+    /// A statement with the session's reversible tokens swapped back for
+    /// their originals (as SQL string content: quotes doubled).
+    fn reverse(&self, msg: &Message) -> Option<Message> {
+        if self.vault.is_empty() {
+            return None;
+        }
+        let sql_literal = |o: &str| o.replace('\'', "''");
+        match msg.tag {
+            tag::QUERY => {
+                let sql = crate::messages::query_text(msg)?;
+                Some(crate::messages::query(
+                    &self.vault.reverse(&sql, sql_literal)?,
+                ))
+            }
+            tag::PARSE => {
+                let mut b = &msg.body[..];
+                let name = take_cstr(&mut b)?;
+                let sql = take_cstr(&mut b)?;
+                let new = self.vault.reverse(&sql, sql_literal)?;
+                // Keep the parameter types that follow the SQL.
+                let mut out = BytesMut::with_capacity(msg.body.len() + 64);
+                out.put_slice(name.as_bytes());
+                out.put_u8(0);
+                out.put_slice(new.as_bytes());
+                out.put_u8(0);
+                out.put_slice(b);
+                Some(Message::new(tag::PARSE, out.freeze()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A message from the target, when no statement is being ended.
+    fn inspect(&mut self, msg: &Message) -> Verdict {
+        match msg.tag {
+            tag::ROW_DESCRIPTION => {
+                let info = self.answering();
+                let Some(cols) = row_description(&msg.body, &self.sources, &info) else {
+                    return self.refuse("a RowDescription could not be read");
+                };
+                match self.expect.front() {
+                    Some(Expect::DescribeStatement(name)) | Some(Expect::DescribePortal(name)) => {
+                        // Formats in a statement's description are not yet
+                        // known; Bind says them per portal.
+                        self.statements.insert(name.clone(), cols);
+                        self.expect.pop_front();
+                    }
+                    _ => self.current = Some(cols),
+                }
+                Verdict::Pass
+            }
+            tag::NO_DATA => {
+                if matches!(
+                    self.expect.front(),
+                    Some(Expect::DescribeStatement(_) | Expect::DescribePortal(_))
+                ) {
+                    self.expect.pop_front();
+                }
+                Verdict::Pass
+            }
+            tag::DATA_ROW => {
+                let Some(cols) = self.layout() else {
+                    return self.refuse("a row arrived whose columns are unknown");
+                };
+                match self.mask_row(&msg.body, &cols) {
+                    Ok(Some(m)) => Verdict::Rewrite(m),
+                    Ok(None) => Verdict::Pass,
+                    Err(RowError::Corrupt(why)) => self.refuse(why),
+                    Err(RowError::Unreadable(why)) => self.fail_statement(why),
+                }
+            }
+            tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {
+                if matches!(self.expect.front(), Some(Expect::Execute { .. })) {
+                    self.expect.pop_front();
+                }
+                self.current = None;
+                Verdict::Pass
+            }
+            tag::COPY_OUT_RESPONSE => {
+                // CopyOutResponse: overall format 0 = text.
+                if msg.body.first().copied() == Some(1) {
+                    return self.fail_statement("binary COPY output");
+                }
+                if self.answering().reads_protected {
+                    return self.fail_statement(
+                        "COPY out of a relation holding a protected column (COPY carries no column sources)",
+                    );
+                }
+                Verdict::Pass
+            }
+            tag::COPY_DATA => {
+                let Ok(text) = std::str::from_utf8(&msg.body) else {
+                    return self.fail_statement("COPY data that is not UTF-8");
+                };
+                match self.rule.masker.mask_str_in(
+                    text,
+                    &mut self.stats,
+                    &mut Some(&mut self.vault),
+                ) {
+                    std::borrow::Cow::Borrowed(_) => Verdict::Pass,
+                    std::borrow::Cow::Owned(s) => {
+                        Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))
+                    }
+                }
+            }
+            tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
+                if msg.tag == tag::ERROR_RESPONSE {
+                    // After an error the target skips to the next Sync.
+                    while matches!(
+                        self.expect.front(),
+                        Some(
+                            Expect::Execute { .. }
+                                | Expect::DescribeStatement(_)
+                                | Expect::DescribePortal(_)
+                        )
+                    ) {
+                        self.expect.pop_front();
+                    }
+                    self.current = None;
+                }
+                match notices::fields(msg, &mut self.notices()) {
+                    Some(m) => Verdict::Rewrite(m),
+                    None => Verdict::Pass,
+                }
+            }
+            tag::NOTIFICATION_RESPONSE => match notices::notification(msg, &mut self.notices()) {
+                Some(m) => Verdict::Rewrite(m),
+                None => Verdict::Pass,
+            },
+            // Only a fast-path call answers with this, and those are
+            // refused on masked connections before they reach the target.
+            tag::FUNCTION_CALL_RESPONSE => self.refuse("a function-call result"),
+            tag::READY_FOR_QUERY => {
+                self.end_of_cycle();
+                if let Some(m) = &self.metrics
+                    && !self.stats.is_empty()
+                {
+                    m.record(&self.connection, &self.stats);
+                    self.stats.clear();
+                }
+                Verdict::Pass
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+impl Inspector for MaskInspector {
+    fn frontend(&mut self, msg: &Message) -> Verdict {
+        if let Some(rewritten) = self.reverse(msg) {
+            let _ = self.frontend(&rewritten);
+            return Verdict::Rewrite(rewritten);
+        }
+        let mut b = &msg.body[..];
+        match msg.tag {
+            tag::QUERY => {
+                let info = crate::messages::query_text(msg)
+                    .map(|sql| self.info(&sql))
+                    .unwrap_or_default();
+                self.expect.push_back(Expect::Query(info));
+            }
+            tag::SYNC => self.expect.push_back(Expect::Sync),
+            tag::PARSE => {
+                if let Some(name) = take_cstr(&mut b) {
+                    self.statements.remove(&name);
+                    let info = take_cstr(&mut b)
+                        .map(|sql| self.info(&sql))
+                        .unwrap_or_default();
+                    if self.parsed.len() >= MAX_PARSED && !self.parsed.contains_key(&name) {
+                        // Bounded: what is forgotten gets the strictest
+                        // answer (`unknown`).
+                        self.parsed.clear();
+                    }
+                    self.parsed.insert(name, info);
+                }
+            }
+            tag::BIND => match crate::messages::bind(&msg.body) {
+                Some(bind) => {
+                    self.portals
+                        .insert(bind.portal, (bind.statement, bind.result_formats));
+                }
+                None => return self.refuse("a Bind message could not be read"),
+            },
+            tag::DESCRIBE => {
+                let kind = b.first().copied();
+                b = b.get(1..).unwrap_or_default();
+                let name = take_cstr(&mut b).unwrap_or_default();
+                match kind {
+                    Some(b'S') => self.expect.push_back(Expect::DescribeStatement(name)),
+                    Some(b'P') => {
+                        let stmt = self
+                            .portals
+                            .get(&name)
+                            .map(|p| p.0.clone())
+                            .unwrap_or_default();
+                        self.expect.push_back(Expect::DescribePortal(stmt));
+                    }
+                    _ => {}
+                }
+            }
+            tag::EXECUTE => {
+                let portal = take_cstr(&mut b).unwrap_or_default();
+                let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
+                self.expect
+                    .push_back(Expect::Execute { statement, formats });
+            }
+            _ => {}
+        }
+        Verdict::Pass
+    }
+
+    fn backend(&mut self, msg: &Message) -> Verdict {
+        if self.failing.is_some() {
+            return self.while_failing(msg);
+        }
+        self.inspect(msg)
+    }
+}
+
+/// Prepared statements whose analyses are kept per session.
+const MAX_PARSED: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use binary::oid::{INT4, INT8, TEXT, VARCHAR};
+    use portcullis_mask::{MaskSpec, RuleSet};
+
+    fn inspector() -> MaskInspector {
+        let rs = RuleSet::new(&[MaskSpec::default()], Some(b"k")).unwrap();
+        MaskInspector::new(rs.select("db", &[]).unwrap().clone(), "db")
+    }
+
+    fn row_desc(cols: &[(&str, u32, i16)]) -> Message {
+        let mut b = BytesMut::new();
+        b.put_i16(cols.len() as i16);
+        for (name, oid, fmt) in cols {
+            b.put_slice(name.as_bytes());
+            b.put_u8(0);
+            b.put_u32(0);
+            b.put_i16(0);
+            b.put_u32(*oid);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(*fmt);
+        }
+        Message::new(b'T', b.freeze())
+    }
+
+    fn data_row(cells: &[Option<&[u8]>]) -> Message {
+        let mut b = BytesMut::new();
+        b.put_i16(cells.len() as i16);
+        for c in cells {
+            match c {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        Message::new(b'D', b.freeze())
+    }
+
+    #[test]
+    fn simple_query_rows_are_masked_and_stay_valid() {
+        let mut i = inspector();
+        i.frontend(&crate::messages::query("select ..."));
+        assert_eq!(
+            i.backend(&row_desc(&[("id", INT4, 0), ("email", TEXT, 0)])),
+            Verdict::Pass
+        );
+        let v = i.backend(&data_row(&[Some(b"1"), Some(b"ann@example.com")]));
+        assert_eq!(
+            v,
+            Verdict::Rewrite(data_row(&[Some(b"1"), Some(b"[EMAIL]")]))
+        );
+        assert_eq!(i.backend(&data_row(&[Some(b"2"), None])), Verdict::Pass);
+        assert_eq!(i.stats["email"], 1);
+    }
+
+    #[test]
+    fn extended_protocol_with_binary_results() {
+        let mut i = inspector();
+        // Parse + Describe(S) + Sync, then Bind(binary) + Execute + Sync.
+        i.frontend(&crate::messages::parse_named(
+            "s1",
+            "select id, email from t",
+        ));
+        let mut d = BytesMut::new();
+        d.put_u8(b'S');
+        d.put_slice(b"s1\0");
+        i.frontend(&Message::new(b'D', d.freeze()));
+        i.frontend(&Message::new(b'S', bytes::Bytes::new()));
+        let mut bind = BytesMut::new();
+        bind.put_slice(b"\0s1\0");
+        bind.put_i16(0);
+        bind.put_i16(0);
+        bind.put_i16(1);
+        bind.put_i16(1);
+        i.frontend(&Message::new(b'B', bind.freeze()));
+        i.frontend(&Message::new(b'E', &b"\0\0\0\0\0"[..]));
+        i.frontend(&Message::new(b'S', bytes::Bytes::new()));
+
+        i.backend(&Message::new(b'1', bytes::Bytes::new()));
+        i.backend(&Message::new(b't', &b"\0\0"[..]));
+        i.backend(&row_desc(&[("id", INT8, 0), ("email", VARCHAR, 0)]));
+        i.backend(&crate::messages::ready_for_query(b'I'));
+        i.backend(&Message::new(b'2', bytes::Bytes::new()));
+        let card = 4111111111111111i64.to_be_bytes();
+        let v = i.backend(&data_row(&[Some(&card), Some(b"bo@example.org")]));
+        assert_eq!(v, Verdict::Rewrite(data_row(&[None, Some(b"[EMAIL]")])));
+        let seven = 7i64.to_be_bytes();
+        assert_eq!(i.backend(&data_row(&[Some(&seven), None])), Verdict::Pass);
+    }
+
+    #[test]
+    fn unknown_layout_fails_closed() {
+        let mut i = inspector();
+        assert!(matches!(
+            i.backend(&data_row(&[Some(b"x")])),
+            Verdict::Refuse(_)
+        ));
+        // Binary COPY: the statement ends with an error, the data is
+        // withheld, and the session goes on.
+        let mut i = inspector();
+        i.frontend(&crate::messages::query("copy t to stdout"));
+        assert_eq!(
+            i.backend(&Message::new(b'H', &b"\x01\x00\x00"[..])),
+            Verdict::Drop
+        );
+        assert_eq!(
+            i.backend(&Message::new(b'd', &b"PGCOPY"[..])),
+            Verdict::Drop
+        );
+        let Verdict::Rewrite(e) = i.backend(&Message::new(b'c', bytes::Bytes::new())) else {
+            panic!("the end of the copy becomes the refusal");
+        };
+        assert_eq!(e.tag, b'E');
+        assert_eq!(
+            i.backend(&Message::new(b'C', &b"COPY 1\0"[..])),
+            Verdict::Drop
+        );
+        assert_eq!(
+            i.backend(&crate::messages::ready_for_query(b'T')),
+            Verdict::Rewrite(crate::messages::ready_for_query(b'E'))
+        );
+        i.frontend(&crate::messages::query("select 1"));
+        assert_eq!(i.backend(&row_desc(&[("a", TEXT, 0)])), Verdict::Pass);
+        let mut i = inspector();
+        i.frontend(&crate::messages::query("copy t to stdout"));
+        assert_eq!(
+            i.backend(&Message::new(b'H', &b"\x00\x00\x00"[..])),
+            Verdict::Pass
+        );
+        assert_eq!(
+            i.backend(&Message::new(b'd', &b"1\tann@example.com\n"[..])),
+            Verdict::Rewrite(Message::new(b'd', &b"1\t[EMAIL]\n"[..]))
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Errors, notices and notifications carry row data too: `invalid input
+//! syntax for type integer: "ada@example.com"`, a constraint's `Key
+//! (email)=(…)` or `Failing row contains (…)`, a trigger's RAISE, a
+//! NOTIFY payload. Every text field that can hold data goes through the
+//! masker; the fields that name things (severity, code, position, schema,
+//! table, column, constraint, source file) are kept.
+
+use bytes::{BufMut, BytesMut};
+use portcullis_mask::{Masker, Stats, Vault};
+
+use crate::frame::{Message, take_cstr};
+use crate::messages::parse_fields;
+
+/// Fields of ErrorResponse/NoticeResponse that may hold data: message,
+/// detail, hint, context ("where"), internal query.
+const DATA_FIELDS: &[u8] = b"MDHWq";
+
+/// What the masker needs for one message.
+pub struct Scope<'a> {
+    pub masker: &'a Masker,
+    pub stats: &'a mut Stats,
+    pub vault: &'a mut Vault,
+    /// Whether the values a constraint message quotes may be protected by
+    /// a column rule (they are then withheld whole: a column rule's value
+    /// need not look like anything a detector knows).
+    pub withhold_row_values: bool,
+}
+
+impl Scope<'_> {
+    fn text(&mut self, s: &str) -> Option<String> {
+        match self
+            .masker
+            .mask_str_in(s, self.stats, &mut Some(&mut *self.vault))
+        {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(o) => Some(o),
+        }
+    }
+}
+
+/// An ErrorResponse or NoticeResponse with its data fields masked;
+/// `None` if nothing changed.
+pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
+    let fields = parse_fields(&msg.body);
+    let mut changed = false;
+    let mut out = BytesMut::with_capacity(msg.body.len() + 16);
+    for (code, value) in &fields {
+        let mut v = value.clone();
+        if DATA_FIELDS.contains(code) {
+            if *code == b'D'
+                && scope.withhold_row_values
+                && let Some(w) = withhold(&v)
+            {
+                v = w;
+            }
+            if let Some(m) = scope.text(&v) {
+                v = m;
+            }
+        }
+        changed |= v != *value;
+        out.put_u8(*code);
+        out.put_slice(v.as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    changed.then(|| Message::new(msg.tag, out.freeze()))
+}
+
+/// A NotificationResponse (`A`: pid, channel, payload) with channel and
+/// payload masked.
+pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
+    let (pid, mut b) = msg.body.split_first_chunk::<4>()?;
+    let channel = take_cstr(&mut b)?;
+    let payload = take_cstr(&mut b)?;
+    let c = scope.text(&channel);
+    let p = scope.text(&payload);
+    if c.is_none() && p.is_none() {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_slice(pid);
+    out.put_slice(c.as_deref().unwrap_or(&channel).as_bytes());
+    out.put_u8(0);
+    out.put_slice(p.as_deref().unwrap_or(&payload).as_bytes());
+    out.put_u8(0);
+    Some(Message::new(msg.tag, out.freeze()))
+}
+
+/// The row values a constraint's DETAIL quotes, withheld: `Key (a, b)=(…)`
+/// and `Failing row contains (…)` (PostgreSQL's own wording, which is
+/// not translated when `lc_messages` is C; other languages say it
+/// differently, and only the detectors apply to them).
+fn withhold(detail: &str) -> Option<String> {
+    const FAILING: &str = "Failing row contains (";
+    if let Some(at) = detail.find(FAILING) {
+        return Some(format!(
+            "{}(withheld by masking)",
+            &detail[..at + FAILING.len() - 1]
+        ));
+    }
+    let key = detail.find("Key (")?;
+    let eq = key + detail[key..].find(")=(")?;
+    let end = detail.rfind(')').filter(|e| *e > eq + 2)?;
+    Some(format!(
+        "{}=(withheld by masking){}",
+        &detail[..eq + 1],
+        &detail[end + 1..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_mask::MaskSpec;
+
+    fn error(fields: &[(u8, &str)]) -> Message {
+        let mut b = BytesMut::new();
+        for (c, v) in fields {
+            b.put_u8(*c);
+            b.put_slice(v.as_bytes());
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+        Message::new(b'E', b.freeze())
+    }
+
+    #[test]
+    fn data_fields_are_masked_and_names_kept() {
+        let m = Masker::new(&MaskSpec::default(), Some(b"k")).unwrap();
+        let (mut stats, mut vault) = (Stats::new(), Vault::default());
+        let mut scope = Scope {
+            masker: &m,
+            stats: &mut stats,
+            vault: &mut vault,
+            withhold_row_values: true,
+        };
+        let e = error(&[
+            (b'S', "ERROR"),
+            (b'C', "22P02"),
+            (
+                b'M',
+                "invalid input syntax for type integer: \"ada.lovelace@example.com\"",
+            ),
+            (b'D', "Key (ssn)=(secret-value-9) already exists."),
+            (b't', "users"),
+        ]);
+        let out = fields(&e, &mut scope).unwrap();
+        let f = parse_fields(&out.body);
+        let get = |c| f.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get(b'M'),
+            Some("invalid input syntax for type integer: \"[EMAIL]\"")
+        );
+        assert_eq!(
+            get(b'D'),
+            Some("Key (ssn)=(withheld by masking) already exists.")
+        );
+        assert_eq!(get(b't'), Some("users"));
+        assert_eq!(get(b'C'), Some("22P02"));
+        assert_eq!(
+            withhold("Failing row contains (1, x, 123).").as_deref(),
+            Some("Failing row contains (withheld by masking)")
+        );
+        assert_eq!(fields(&error(&[(b'M', "plain")]), &mut scope), None);
+    }
+
+    #[test]
+    fn notification_payloads_are_masked() {
+        let m = Masker::new(&MaskSpec::default(), Some(b"k")).unwrap();
+        let (mut stats, mut vault) = (Stats::new(), Vault::default());
+        let mut scope = Scope {
+            masker: &m,
+            stats: &mut stats,
+            vault: &mut vault,
+            withhold_row_values: false,
+        };
+        let mut b = BytesMut::new();
+        b.put_i32(7);
+        b.put_slice(b"ch\0ann@example.com\0");
+        let out = notification(&Message::new(b'A', b.freeze()), &mut scope).unwrap();
+        assert_eq!(&out.body[4..], b"ch\0[EMAIL]\0");
+    }
+}
