@@ -632,15 +632,21 @@ impl Masker {
         n
     }
 
-    /// The table a rule names with `column`, if the first rule naming it
-    /// is qualified (`users.ssn`).
-    pub fn column_rule_table(&self, column: &str) -> Option<String> {
-        let col = column.to_ascii_lowercase();
-        self.fields
+    /// Every SQL column rule as (table, column): the table only when the
+    /// rule is qualified (`users.ssn`). Lower-case, sorted.
+    pub fn column_rules(&self) -> Vec<(Option<String>, String)> {
+        let mut r: Vec<(Option<String>, String)> = self
+            .fields
             .iter()
             .flat_map(|f| f.columns.iter())
-            .find(|c| c.rsplit_once('.').map_or(c.as_str(), |(_, c)| c) == col)
-            .and_then(|c| c.rsplit_once('.').map(|(t, _)| t.to_string()))
+            .map(|c| match c.rsplit_once('.') {
+                Some((t, c)) => (Some(t.to_string()), c.to_string()),
+                None => (None, c.clone()),
+            })
+            .collect();
+        r.sort();
+        r.dedup();
+        r
     }
 
     /// Whether a column rule names `column` (of `table`).

@@ -324,12 +324,14 @@ impl MaskInspector {
         self.current = None;
     }
 
-    fn notices(&mut self) -> notices::Scope<'_> {
+    /// `touches`: the statement answered may touch a protected column.
+    fn notices(&mut self, touches: bool) -> notices::Scope<'_> {
         notices::Scope {
             masker: &self.rule.masker,
             stats: &mut self.stats,
             vault: &mut self.vault,
             withhold_row_values: self.rule.masker.has_column_rules(),
+            touches,
         }
     }
 
@@ -516,6 +518,7 @@ impl MaskInspector {
                 }
             }
             tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
+                let touches = self.answering().derived.is_some();
                 if msg.tag == tag::ERROR_RESPONSE {
                     // After an error the target skips to the next Sync.
                     while matches!(
@@ -530,15 +533,17 @@ impl MaskInspector {
                     }
                     self.current = None;
                 }
-                match notices::fields(msg, &mut self.notices()) {
+                match notices::fields(msg, &mut self.notices(touches)) {
                     Some(m) => Verdict::Rewrite(m),
                     None => Verdict::Pass,
                 }
             }
-            tag::NOTIFICATION_RESPONSE => match notices::notification(msg, &mut self.notices()) {
-                Some(m) => Verdict::Rewrite(m),
-                None => Verdict::Pass,
-            },
+            tag::NOTIFICATION_RESPONSE => {
+                match notices::notification(msg, &mut self.notices(false)) {
+                    Some(m) => Verdict::Rewrite(m),
+                    None => Verdict::Pass,
+                }
+            }
             // Only a fast-path call answers with this, and those are
             // refused on masked connections before they reach the target.
             tag::FUNCTION_CALL_RESPONSE => self.refuse("a function-call result"),

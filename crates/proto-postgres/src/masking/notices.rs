@@ -24,6 +24,12 @@ pub struct Scope<'a> {
     /// a column rule (they are then withheld whole: a column rule's value
     /// need not look like anything a detector knows).
     pub withhold_row_values: bool,
+    /// Whether the statement answered may touch a protected column: its
+    /// messages' text is then withheld, except errors of classes whose
+    /// messages name things rather than quote values (a column rule's
+    /// value need not look like anything a detector knows, and a
+    /// function's RAISE can say it unquoted).
+    pub touches: bool,
 }
 
 impl Scope<'_> {
@@ -42,6 +48,10 @@ impl Scope<'_> {
 /// `None` if nothing changed.
 pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     let fields = parse_fields(&msg.body);
+    let class = crate::messages::field(&fields, b'C').unwrap_or("").get(..2);
+    let withhold_text = scope.touches
+        && !(msg.tag == crate::frame::tag::ERROR_RESPONSE
+            && class.is_some_and(|c| NAMING_CLASSES.contains(&c)));
     let mut changed = false;
     let mut out = BytesMut::with_capacity(msg.body.len() + 16);
     for (code, value) in &fields {
@@ -52,6 +62,9 @@ pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
                 && let Some(w) = withhold(&v)
             {
                 v = w;
+            }
+            if withhold_text {
+                v = WITHHELD.to_string();
             }
             if let Some(m) = scope.text(&v) {
                 v = m;
@@ -85,6 +98,18 @@ pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     out.put_u8(0);
     Some(Message::new(msg.tag, out.freeze()))
 }
+
+/// What a withheld message says.
+const WITHHELD: &str = "(withheld by masking: the statement may read a protected column)";
+
+/// SQLSTATE classes whose messages name objects, settings or the
+/// caller's own text, never a row's values: syntax and access (42),
+/// transaction state (25, 40), resources and limits (53, 54, 55, 57),
+/// connection (08), features (0A), catalog and schema names (3D, 3F),
+/// authorization (28), statement names (26, 34).
+const NAMING_CLASSES: &[&str] = &[
+    "42", "25", "40", "53", "54", "55", "57", "08", "0A", "3D", "3F", "28", "26", "34",
+];
 
 /// The row values a constraint's DETAIL quotes, withheld: `Key (a, b)=(…)`
 /// and `Failing row contains (…)` (PostgreSQL's own wording, which is
@@ -133,6 +158,7 @@ mod tests {
             stats: &mut stats,
             vault: &mut vault,
             withhold_row_values: true,
+            touches: false,
         };
         let e = error(&[
             (b'S', "ERROR"),
@@ -162,6 +188,14 @@ mod tests {
             Some("Failing row contains (withheld by masking)")
         );
         assert_eq!(fields(&error(&[(b'M', "plain")]), &mut scope), None);
+        // A statement that may read a protected column: a data error's
+        // text is withheld; an undefined-column error's is not.
+        scope.touches = true;
+        let e = error(&[(b'C', "22P02"), (b'M', "invalid input: \"SECRET-1\"")]);
+        let f = parse_fields(&fields(&e, &mut scope).unwrap().body);
+        assert_eq!(f[1].1, WITHHELD);
+        let e = error(&[(b'C', "42703"), (b'M', "column \"x\" does not exist")]);
+        assert_eq!(fields(&e, &mut scope), None);
     }
 
     #[test]
@@ -173,6 +207,7 @@ mod tests {
             stats: &mut stats,
             vault: &mut vault,
             withhold_row_values: false,
+            touches: false,
         };
         let mut b = BytesMut::new();
         b.put_i32(7);

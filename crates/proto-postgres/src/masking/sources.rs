@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use portcullis_mask::Masker;
 
 use super::binary::Types;
-use crate::classify::{Analysis, Proof, builtin_proof};
+use crate::classify::{Analysis, Call, Proof, builtin_proof};
 
 /// The column rule a value falls under: the protected column's name, and
 /// its table, as the rule names them.
@@ -51,8 +51,12 @@ pub struct Sources {
     /// Every relation at session start: OID → name.
     known: HashMap<u32, String>,
     known_names: HashSet<String>,
-    /// Column names the rules name (the column part).
-    names: HashMap<String, Guard>,
+    /// Functions of `pg_catalog`, and names that functions elsewhere
+    /// have (which may read any table).
+    builtin_functions: HashSet<String>,
+    user_functions: HashSet<String>,
+    /// The rules by the column part of their names.
+    names: HashMap<String, Vec<Guard>>,
     /// The rule applied where no single column is to blame.
     fallback: Option<Guard>,
 }
@@ -81,6 +85,12 @@ impl Sources {
         if let Some(g) = self.columns.get(&(table, attnum)) {
             return Some(g.clone());
         }
+        // Attribute 0 is the whole row (`SELECT t FROM t`).
+        if attnum == 0
+            && let Some(g) = self.table(table).and_then(|n| self.relations.get(n))
+        {
+            return Some(g.clone());
+        }
         if let Some(g) = self.views.get(&table) {
             return Some(g.clone());
         }
@@ -99,7 +109,7 @@ impl Sources {
         let r = &a.refs;
         let unproven = r.opaque
             || a.class == crate::classify::Class::Unknown
-            || a.calls.iter().any(|c| builtin_proof(c) != Proof::Pure)
+            || a.calls.iter().any(|c| !self.reads_nothing(c))
             || r.relations
                 .iter()
                 .any(|n| !self.known_names.contains(&n.to_ascii_lowercase()));
@@ -113,9 +123,15 @@ impl Sources {
         {
             return Some(g.clone());
         }
+        let reads = |table: &str| r.relations.iter().any(|n| n.eq_ignore_ascii_case(table));
         for v in &r.values {
             let v = v.to_ascii_lowercase();
-            if let Some(g) = self.names.get(&v) {
+            // A `table.column` rule counts only where that table is read.
+            if let Some(g) = self
+                .names
+                .get(&v)
+                .and_then(|gs| gs.iter().find(|g| g.table.as_deref().is_none_or(reads)))
+            {
                 return Some(g.clone());
             }
             // A whole row of a protected relation, by its name or alias.
@@ -125,6 +141,21 @@ impl Sources {
             }
         }
         None
+    }
+
+    /// Whether a call can only be a built-in function, which reads no
+    /// table: `pg_catalog` has a function of that name and no other
+    /// schema has one. (Built-ins that run SQL text are never proven:
+    /// the analysis marks them unknown.)
+    fn reads_nothing(&self, c: &Call) -> bool {
+        let in_catalog = c.schema.as_deref().is_none_or(|s| s == "pg_catalog");
+        if self.builtin_functions.is_empty() {
+            // No catalog (tests of the pure half): the short list.
+            return builtin_proof(c) == Proof::Pure;
+        }
+        in_catalog
+            && self.builtin_functions.contains(&c.name)
+            && !self.user_functions.contains(&c.name)
     }
 
     /// Whether a COPY of the statement's output may carry a protected
@@ -167,6 +198,9 @@ pub fn query(masker: &Masker) -> String {
         " UNION ALL SELECT 'a', a.attrelid::text, a.attnum::text, lower(c.relname), lower(a.attname), '' \
          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND lower(a.attname) IN ({list}) \
+         UNION ALL SELECT DISTINCT 'f', CASE WHEN n.nspname = 'pg_catalog' THEN 'b' ELSE 'u' END, '', '', p.proname::text, '' \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname <> 'information_schema' \
          UNION ALL SELECT 'r', c.oid::text, '', '', lower(c.relname), '' FROM pg_catalog.pg_class c \
          WHERE c.relkind IN ('r','v','m','f','p') \
          UNION ALL SELECT 'v', v.view::text, v.relid::text, v.attnum::text, '', '' FROM ( \
@@ -180,7 +214,7 @@ pub fn query(masker: &Masker) -> String {
              SELECT r.ev_class, v.relid, v.attnum FROM pg_catalog.pg_depend d \
              JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid JOIN v ON d.refobjid = v.view \
              WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.ev_class <> d.refobjid) \
-           SELECT DISTINCT ON (view) view, relid, attnum FROM v) v"
+           SELECT DISTINCT view, relid, attnum FROM v) v"
     ));
     sql
 }
@@ -224,6 +258,13 @@ pub fn read(masker: &Masker, rows: &[Vec<Option<String>>]) -> (Types, Sources) {
                     s.columns.insert((oid, attnum), g);
                 }
             }
+            "f" => {
+                let set = match cell(r, 1).as_str() {
+                    "b" => &mut s.builtin_functions,
+                    _ => &mut s.user_functions,
+                };
+                set.insert(cell(r, 4));
+            }
             "r" => {
                 let name = cell(r, 4);
                 s.known_names.insert(name.clone());
@@ -237,6 +278,8 @@ pub fn read(masker: &Masker, rows: &[Vec<Option<String>>]) -> (Types, Sources) {
             _ => {}
         }
     }
+    // A view reading several candidate columns has a row for each; only
+    // those the rules protect count.
     for (view, relid, attnum) in views {
         if let Some(g) = s.columns.get(&(relid, attnum)).cloned() {
             if let Some(name) = s.known.get(&view) {
@@ -246,17 +289,13 @@ pub fn read(masker: &Masker, rows: &[Vec<Option<String>>]) -> (Types, Sources) {
             s.views.insert(view, g);
         }
     }
-    for c in masker.column_rule_names() {
-        let table = masker.column_rule_table(&c);
-        s.names
-            .entry(c.clone())
-            .or_insert(Guard { column: c, table });
+    for (table, column) in masker.column_rules() {
+        let g = Guard { column, table };
+        if s.fallback.is_none() {
+            s.fallback = Some(g.clone());
+        }
+        s.names.entry(g.column.clone()).or_default().push(g);
     }
-    s.fallback = s
-        .names
-        .values()
-        .min_by(|a, b| a.column.cmp(&b.column))
-        .cloned();
     (types, s)
 }
 
@@ -296,6 +335,7 @@ mod tests {
         });
         assert_eq!(s.column(100, 3, None), ssn);
         assert_eq!(s.column(100, 1, None), None);
+        assert_eq!(s.column(100, 0, None), ssn, "the whole row");
         // A view reading users.ssn: every column of it.
         assert_eq!(s.column(400, 1, None), ssn);
         // A relation newer than the session: not proven.
