@@ -93,6 +93,8 @@ connections = ["db-rw", "db-ro", "api"]
 name = "pii"
 connections = ["*"]
 actions = {{ email = {{ action = "partial", keep_domain = true }} }}
+[[masking.rules.fields]]
+columns = ["mcp_customers.name"]
 "#,
         api = api.port,
     );
@@ -218,7 +220,25 @@ async fn rust_client(s: &Setup) {
     assert!(body.contains("@navy.example"), "{body}");
     let sc = r.structured_content.clone().unwrap();
     assert_eq!(sc["columns"], json!(["id", "name", "email"]));
-    assert_eq!(sc["rows"][0][1], "Grace");
+    assert_eq!(sc["rows"][0][1], "[NAME]", "a table.column rule");
+
+    // The same masker as the wire protocol: the rule follows the column's
+    // source through an alias, a computed output and a whole row.
+    for sql in [
+        "SELECT name AS n FROM mcp_customers",
+        "SELECT upper(name) FROM mcp_customers",
+        "SELECT row_to_json(c) FROM mcp_customers c",
+    ] {
+        let r = call(
+            &client,
+            "sql_query",
+            json!({"connection": "db-rw", "sql": sql}),
+        )
+        .await;
+        let body = serde_json::to_string(&r).unwrap();
+        assert_ne!(r.is_error, Some(true), "{sql}: {body}");
+        assert!(!body.to_lowercase().contains("grace"), "{sql}: {body}");
+    }
 
     // Row limit.
     let r = call(
