@@ -151,10 +151,27 @@ pub(crate) fn walk(
             }
         }
         Value::Object(map) => {
+            // Keys carry data too (`{"ada@example.com": {...}}`): each is
+            // masked like a string. Rules still see the original key.
+            let mut renamed = false;
             for (k, item) in map.iter_mut() {
                 at.push(Step::Key(k.clone()));
                 walk(m, item, at, stats, vault);
                 at.pop();
+                renamed |= matches!(m.mask_str(k, &mut Stats::new()), std::borrow::Cow::Owned(_));
+            }
+            if renamed {
+                let old = std::mem::take(map);
+                for (k, item) in old {
+                    let mut key = m.mask_str_in(&k, stats, vault).into_owned();
+                    // Two keys masked alike stay two entries.
+                    let mut n = 1;
+                    while map.contains_key(&key) {
+                        n += 1;
+                        key = format!("{} ({n})", m.mask_str(&k, &mut Stats::new()));
+                    }
+                    map.insert(key, item);
+                }
             }
         }
         Value::Null | Value::Bool(_) => {}

@@ -33,7 +33,22 @@ pub struct Rule {
     pub groups: Vec<String>,
     pub on_error: OnError,
     pub max_body_bytes: usize,
+    /// Content types passed without inspection (lower-case; `type/*`).
+    pub pass_content_types: Vec<String>,
     pub masker: Masker,
+}
+
+impl Rule {
+    /// Whether a response of content type `essence` (lower-case, no
+    /// parameters) may pass without inspection.
+    pub fn passes_content_type(&self, essence: &str) -> bool {
+        self.pass_content_types
+            .iter()
+            .any(|p| match p.strip_suffix("/*") {
+                Some(major) => essence.split_once('/').is_some_and(|(m, _)| m == major),
+                None => p == essence,
+            })
+    }
 }
 
 impl RuleSet {
@@ -55,6 +70,11 @@ impl RuleSet {
                     groups: s.groups.clone(),
                     on_error: s.on_error,
                     max_body_bytes: s.max_body_bytes,
+                    pass_content_types: s
+                        .pass_content_types
+                        .iter()
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .collect(),
                     masker,
                 }))
             })

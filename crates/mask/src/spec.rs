@@ -107,6 +107,10 @@ pub struct MaskSpec {
     /// Largest response body that is masked; larger ones are refused.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// HTTP content types passed without inspection (`image/png`,
+    /// `image/*`). Every other type the masker cannot read is refused.
+    #[serde(default)]
+    pub pass_content_types: Vec<String>,
     /// Built-in detectors to run: names, or `["all"]` (the default).
     #[serde(default = "all")]
     pub detectors: Vec<String>,
@@ -144,6 +148,7 @@ impl Default for MaskSpec {
             groups: Vec::new(),
             on_error: OnError::Refuse,
             max_body_bytes: default_max_body(),
+            pass_content_types: Vec::new(),
             detectors: all(),
             action: ActionKind::Redact,
             actions: BTreeMap::new(),

@@ -19,21 +19,34 @@ enum Kind {
     Json,
     Text,
     Form,
-    /// Images, archives, octet streams: not text, not inspected.
+    /// Images, archives, octet streams: not text the masker can read.
+    /// Refused unless the rule lists the type to pass.
     Opaque,
 }
 
+/// A content type's essence: lower-case, without parameters.
+fn essence(content_type: Option<&HeaderValue>) -> Option<String> {
+    let ct = content_type?.to_str().ok()?;
+    Some(
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
 fn kind(content_type: Option<&HeaderValue>) -> Kind {
-    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+    if content_type.is_some_and(|v| v.to_str().is_err()) {
+        return Kind::Opaque;
+    }
+    let Some(essence) = essence(content_type) else {
         // Undeclared: inspect it as text rather than trust it.
         return Kind::Text;
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    if essence.is_empty() {
+        return Kind::Text;
+    }
     if essence == "application/json"
         || essence.ends_with("+json")
         || essence == "application/x-ndjson"
@@ -44,8 +57,18 @@ fn kind(content_type: Option<&HeaderValue>) -> Kind {
     } else if essence.starts_with("text/")
         || essence == "application/xml"
         || essence.ends_with("+xml")
-        || essence == "application/javascript"
-        || essence == "application/graphql-response+json"
+        || essence.ends_with("+yaml")
+        || matches!(
+            essence.as_str(),
+            "application/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "application/yaml"
+                | "application/x-yaml"
+                | "application/csv"
+                | "application/sql"
+                | "application/graphql"
+        )
     {
         Kind::Text
     } else {
@@ -73,12 +96,15 @@ pub async fn mask_response(
     vault: Option<&Arc<Mutex<Vault>>>,
 ) -> Result<Response<Body>, MaskFailure> {
     let (mut parts, body) = resp.into_parts();
+    mask_headers(rule, &mut parts.headers, stats, vault)?;
     let no_body = method == Method::HEAD
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
         || parts.status.is_informational();
-    let k = kind(parts.headers.get(header::CONTENT_TYPE));
-    if no_body || k == Kind::Opaque {
+    let ct = parts.headers.get(header::CONTENT_TYPE);
+    let k = kind(ct);
+    let passed = k == Kind::Opaque && essence(ct).is_some_and(|e| rule.passes_content_type(&e));
+    if no_body || passed {
         return Ok(Response::from_parts(
             parts,
             body.map_err(Into::into).boxed(),
@@ -138,6 +164,103 @@ pub async fn mask_response(
     Ok(Response::from_parts(parts, full(Bytes::from(masked))))
 }
 
+/// Response headers carry data too (`X-User-Email`, a `Location` naming
+/// a person): every value is masked, except the headers that only
+/// describe the message. A value that is not text is removed (it cannot
+/// be inspected). The percent-decoded form of a URL is masked as well.
+fn mask_headers(
+    rule: &Rule,
+    h: &mut http::HeaderMap,
+    stats: &mut Stats,
+    vault: Option<&Arc<Mutex<Vault>>>,
+) -> Result<(), MaskFailure> {
+    let mut guard = vault.and_then(|v| v.lock().ok());
+    let vault = &mut guard.as_deref_mut();
+    let names: Vec<header::HeaderName> = h
+        .keys()
+        .filter(|n| !STRUCTURAL.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        let values: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();
+        let mut out = Vec::with_capacity(values.len());
+        let mut changed = false;
+        for v in values {
+            let Ok(text) = v.to_str() else {
+                changed = true;
+                continue;
+            };
+            let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+            let masked = match rule.masker.mask_str_in(&decoded, stats, vault) {
+                std::borrow::Cow::Owned(m) => Some(m),
+                std::borrow::Cow::Borrowed(_) if decoded != text => {
+                    match rule.masker.mask_str_in(text, stats, vault) {
+                        std::borrow::Cow::Owned(m) => Some(m),
+                        std::borrow::Cow::Borrowed(_) => None,
+                    }
+                }
+                std::borrow::Cow::Borrowed(_) => None,
+            };
+            match masked {
+                Some(m) => {
+                    changed = true;
+                    let safe: String = m
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_graphic() || c == ' ' {
+                                c
+                            } else {
+                                '?'
+                            }
+                        })
+                        .collect();
+                    let value = HeaderValue::from_str(&safe).map_err(|_| {
+                        MaskFailure(format!("the masked {name} header is not a header value"))
+                    })?;
+                    out.push(value);
+                }
+                None => out.push(v),
+            }
+        }
+        if changed {
+            h.remove(&name);
+            for v in out {
+                h.append(name.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Headers that only describe the message (lengths, types, times,
+/// caching, security policy) and are kept as they are.
+const STRUCTURAL: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "date",
+    "cache-control",
+    "expires",
+    "last-modified",
+    "etag",
+    "vary",
+    "age",
+    "accept-ranges",
+    "strict-transport-security",
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "retry-after",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-allow-credentials",
+    "access-control-max-age",
+    "access-control-expose-headers",
+];
+
 /// Decode and mask one whole body (CPU only: no I/O).
 fn mask_body(
     rule: &Rule,
@@ -164,7 +287,15 @@ fn mask_body(
             },
         },
         Kind::Form => mask_form(rule, &plain, stats, vault)?,
-        Kind::Text | Kind::Opaque => mask_text(rule, &plain, stats, vault)?,
+        Kind::Text => mask_text(rule, &plain, stats, vault)?,
+        // An empty body says nothing; anything else is refused.
+        Kind::Opaque if plain.is_empty() => Vec::new(),
+        Kind::Opaque => {
+            return Err(MaskFailure(format!(
+                "the response's content type cannot be inspected; refused by rule {:?} (list it in pass_content_types to let it through)",
+                rule.name
+            )));
+        }
     };
     Ok(masked)
 }
@@ -318,7 +449,32 @@ mod tests {
             Kind::Form
         );
         assert_eq!(kind(Some(&h("image/png"))), Kind::Opaque);
+        assert_eq!(kind(Some(&h("Application/Octet-Stream"))), Kind::Opaque);
+        assert_eq!(kind(Some(&h("TEXT/Plain; Charset=UTF-8"))), Kind::Text);
+        assert_eq!(kind(Some(&h("APPLICATION/JSON"))), Kind::Json);
+        assert_eq!(kind(Some(&h("application/yaml"))), Kind::Text);
         assert_eq!(kind(None), Kind::Text);
+    }
+
+    #[test]
+    fn headers_are_masked_but_structural_ones_kept() {
+        let rs = portcullis_mask::RuleSet::new(&[portcullis_mask::MaskSpec::default()], Some(b"k"))
+            .unwrap();
+        let rule = rs.select("x", &[]).unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user-email", HeaderValue::from_static("ada@example.com"));
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://t/users/ada%40example.com?x=1"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert("x-plain", HeaderValue::from_static("nothing here"));
+        let mut stats = Stats::new();
+        mask_headers(rule, &mut h, &mut stats, None).unwrap();
+        assert_eq!(h["x-user-email"], "[EMAIL]");
+        assert_eq!(h[header::LOCATION], "https://t/users/[EMAIL]?x=1");
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(h["x-plain"], "nothing here");
     }
 
     #[test]
