@@ -121,6 +121,13 @@ async fn answer(
         })
         .collect();
     let path = req.uri().path().to_string();
+    let range_start_end = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
     let authority = req
         .uri()
         .authority()
@@ -187,6 +194,44 @@ async fn answer(
                 br#"{"email":"erin@example.com"}"#,
             )))
             .unwrap(),
+        "/octet" => Response::builder()
+            .header("content-type", "Application/Octet-Stream")
+            .body(Full::new(Bytes::from_static(b"\x00\x01 carol@example.com")))
+            .unwrap(),
+        "/headers" => Response::builder()
+            .status(302)
+            .header("content-type", "text/plain")
+            .header("x-user-email", "carol@example.com")
+            .header("location", "https://localhost/users/carol%40example.com")
+            .body(Full::new(Bytes::from_static(b"moved")))
+            .unwrap(),
+        "/keys" => Response::builder()
+            .header("content-type", "application/json; charset=UTF-8")
+            .body(Full::new(Bytes::from_static(
+                br#"{"carol@example.com":{"visits":3},"dave@example.org":{"visits":4}}"#,
+            )))
+            .unwrap(),
+        "/ranged" => {
+            // Honours a Range (as a file server would).
+            let text: &[u8] = b"contact carol@example.com today";
+            match range_start_end {
+                Some((a, b)) if a < text.len() => Response::builder()
+                    .status(206)
+                    .header("content-type", "text/plain")
+                    .header(
+                        "content-range",
+                        format!("bytes {a}-{}/{}", b.min(text.len() - 1), text.len()),
+                    )
+                    .body(Full::new(Bytes::copy_from_slice(
+                        &text[a..=b.min(text.len() - 1)],
+                    )))
+                    .unwrap(),
+                _ => Response::builder()
+                    .header("content-type", "text/plain")
+                    .body(Full::new(Bytes::from_static(text)))
+                    .unwrap(),
+            }
+        }
         "/image" => Response::builder()
             .header("content-type", "image/png")
             .body(Full::new(Bytes::from_static(b"\x89PNG carol@example.com")))
