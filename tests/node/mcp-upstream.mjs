@@ -26,13 +26,36 @@ let searchDescription = 'Search the customer directory.';
 let calls = 0;
 
 function build() {
-  const mcp = new McpServer({ name: 'directory', version: '1.0.0' });
+  const mcp = new McpServer(
+    { name: 'directory', version: '1.0.0' },
+    { capabilities: { logging: {} } },
+  );
   mcp.registerTool(
     'search',
     { description: searchDescription, inputSchema: { q: z.string() } },
     async ({ q }) => {
       calls += 1;
       return { content: [{ type: 'text', text: `found ada.lovelace@example.com for ${q}` }] };
+    },
+  );
+  mcp.registerTool(
+    'notify',
+    { description: 'Log a line, then answer.', inputSchema: {} },
+    async (_args, extra) => {
+      calls += 1;
+      await extra.sendNotification({
+        method: 'notifications/message',
+        params: { level: 'info', data: 'looked up grace.hopper@example.com' },
+      });
+      return { content: [{ type: 'text', text: 'done' }] };
+    },
+  );
+  mcp.registerTool(
+    'fail',
+    { description: 'Fail, naming a person.', inputSchema: {} },
+    async () => {
+      calls += 1;
+      throw new Error('no access to grace.hopper@example.com');
     },
   );
   mcp.registerTool(

@@ -516,10 +516,18 @@ ca_file = "ca.pem"
 credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
 tools_deny = ["delete_*"]
 
+[[connections]]
+name = "directory-held"
+type = "mcp"
+url = "https://localhost:{port}/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+approval = {{ mode = "statements", tools = ["search"], approvers = ["approvers"], wait = "1s" }}
+
 [[grants]]
 name = "directory-users"
 groups = ["testers"]
-connections = ["directory"]
+connections = ["directory", "directory-held"]
 "#,
         port = up.port
     ));
@@ -532,10 +540,10 @@ connections = ["directory"]
     );
     let url = format!("{}/c/directory/", gw.url);
 
-    let client = |steps: &[&str]| -> Vec<Value> {
+    let client_at = |url: &str, steps: &[&str]| -> Vec<Value> {
         let out = Command::new("node")
             .arg(common::idp::harness_dir().join("mcp-client.mjs"))
-            .arg(&url)
+            .arg(url)
             .arg(&s.token)
             .args(steps)
             .env("NODE_EXTRA_CA_CERTS", &s.ca)
@@ -546,6 +554,7 @@ connections = ["directory"]
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     };
+    let client = |steps: &[&str]| client_at(&url, steps);
     let upstream_calls = || -> String {
         curl(&[
             "--cacert",
@@ -567,7 +576,11 @@ connections = ["directory"]
         "delete_everything",
         "{}",
     ]);
-    assert_eq!(out[0]["tools"], json!(["search"]), "{out:?}");
+    assert_eq!(
+        out[0]["tools"],
+        json!(["search", "notify", "fail"]),
+        "{out:?}"
+    );
     let found = out[1].to_string();
     assert!(
         found.contains("@example.com") && !found.contains("ada.lovelace@"),
@@ -581,6 +594,78 @@ connections = ["directory"]
         "the denied call reached the upstream"
     );
 
+    // Side doors (issue 17), as raw JSON-RPC.
+    let rpc = |body: &str| {
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &format!("authorization: Bearer {}", s.token),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2025-06-18",
+            "--data-binary",
+            body,
+            &url,
+        ])
+    };
+    // A call and a list sharing an id: refused (the answer would be read
+    // as the list's, and pass unmasked).
+    let r = rpc(
+        r#"[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"a"}}},{"jsonrpc":"2.0","id":7,"method":"tools/list"}]"#,
+    );
+    assert!(r.body.contains("appears twice"), "{r:?}");
+    assert!(!r.body.contains("ada.lovelace@"), "{r:?}");
+    // A denied tool called as a notification (no id): refused.
+    let r = rpc(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_everything"}}"#);
+    assert_eq!(r.status, 403, "{r:?}");
+    // A duplicate key: the gateway forwards what it checked.
+    let r = rpc(
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","method":"tools/call","params":{"name":"delete_everything","arguments":{}}}"#,
+    );
+    assert!(r.body.contains("not allowed"), "{r:?}");
+    assert_eq!(upstream_calls(), "1", "a refused call reached the upstream");
+    // Server notifications and a failing tool's message: masked.
+    let r = rpc(
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notify","arguments":{}}}"#,
+    );
+    assert!(
+        r.body.contains("looked up") && !r.body.contains("grace.hopper@"),
+        "{r:?}"
+    );
+    let r = rpc(
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"fail","arguments":{}}}"#,
+    );
+    assert!(
+        r.body.contains("no access") && !r.body.contains("grace.hopper@"),
+        "{r:?}"
+    );
+    assert_eq!(upstream_calls(), "3");
+
+    // An approval rule on an MCP connection holds the tools it names: no
+    // one approves within its wait, so the call is refused and never
+    // reaches the upstream; a tool it does not name runs.
+    let held_url = format!("{}/c/directory-held/", gw.url);
+    let out = client_at(
+        &held_url,
+        &[
+            "list",
+            "call",
+            "search",
+            r#"{"q": "held"}"#,
+            "call",
+            "notify",
+            "{}",
+        ],
+    );
+    let refused = out[1]["error"].as_str().unwrap_or_default();
+    assert!(refused.contains("not decided"), "{out:?}");
+    assert_ne!(out[2]["isError"], true, "{out:?}");
+    assert_eq!(upstream_calls(), "4", "only the call not held ran");
+
     // The upstream changes a tool's description: it is held.
     let r = curl(&[
         "--cacert",
@@ -593,7 +678,7 @@ connections = ["directory"]
     ]);
     assert_eq!(r.body, "bumped");
     let out = client(&["list", "call", "search", r#"{"q": "x"}"#]);
-    assert_eq!(out[0]["tools"], json!([]), "{out:?}");
+    assert_eq!(out[0]["tools"], json!(["notify", "fail"]), "{out:?}");
     assert!(
         out[1]["error"]
             .as_str()
@@ -601,7 +686,7 @@ connections = ["directory"]
             .contains("changed its definition"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "1");
+    assert_eq!(upstream_calls(), "4");
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(["--config", cfg_path.to_str().unwrap()])
@@ -630,13 +715,17 @@ connections = ["directory"]
         String::from_utf8_lossy(&out.stderr)
     );
     let out = client(&["list", "call", "search", r#"{"q": "y"}"#]);
-    assert_eq!(out[0]["tools"], json!(["search"]), "{out:?}");
+    assert_eq!(
+        out[0]["tools"],
+        json!(["search", "notify", "fail"]),
+        "{out:?}"
+    );
     assert_ne!(out[1]["isError"], true, "{out:?}");
     assert!(
         out[1].to_string().contains("found ***@example.com for y"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "2");
+    assert_eq!(upstream_calls(), "5");
 
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     for action in ["mcp_tool_pinned", "mcp_tool_changed", "mcp_tool_approved"] {

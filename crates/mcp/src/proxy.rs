@@ -43,10 +43,16 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// JSON-RPC's "invalid request".
+const INVALID_REQUEST: i64 = -32600;
+
 /// A JSON-RPC error answer to request `id`.
 fn rpc_error(id: &Value, message: &str) -> Response<Body> {
-    let body =
-        json!({"jsonrpc": "2.0", "id": id, "error": {"code": POLICY_REFUSAL, "message": message}});
+    rpc_error_code(id, POLICY_REFUSAL, message)
+}
+
+fn rpc_error_code(id: &Value, code: i64, message: &str) -> Response<Body> {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     let mut r = Response::new(full(body.to_string()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -100,7 +106,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let methods = match check_calls(ctx, who, name, target, &parts, &bytes).await {
+    let (methods, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
         Ok(m) => m,
         Err(refused) => return refused,
     };
@@ -173,86 +179,133 @@ async fn read_request(
     Ok((parts, bytes))
 }
 
-/// Which method each request id asked for (to know what each answer is);
-/// a call to a tool that policy or pinning does not allow is refused
-/// with a JSON-RPC error, and audited.
+/// Which method each request id asked for (to know what each answer is),
+/// and the body to forward: re-serialised from what was checked, so the
+/// server reads exactly that (a duplicate key one parser takes first and
+/// another last cannot differ). A call (or a notification) naming a tool
+/// that policy or pinning does not allow is refused with a JSON-RPC error
+/// and audited; one the connection's approval rule holds waits for a
+/// person's yes. Ids repeated within a batch are refused: each answer
+/// must be known for what it is.
 async fn check_calls(
     ctx: &Context,
     who: &Caller,
-    name: &str,
+    admitted: &portcullis_front::Admitted,
     target: &portcullis_config::McpTarget,
     parts: &http::request::Parts,
     bytes: &Bytes,
-) -> Result<HashMap<String, String>, Response<Body>> {
+) -> Result<(HashMap<String, String>, Bytes), Response<Body>> {
     let mut methods: HashMap<String, String> = HashMap::new();
-    if parts.method == Method::POST {
-        let msg: Value = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("the body is not JSON-RPC: {e}"),
-                ));
-            }
+    if parts.method != Method::POST {
+        return Ok((methods, bytes.clone()));
+    }
+    let name = admitted.connection.as_str();
+    let msg: Value = serde_json::from_slice(bytes).map_err(|e| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("the body is not JSON-RPC: {e}"),
+        )
+    })?;
+    let items: Vec<&Value> = match &msg {
+        Value::Array(a) => a.iter().collect(),
+        one => vec![one],
+    };
+    let pinned = ctx.store.tool_pins(name).await.map_err(|e| {
+        tracing::error!(error = %e, "tool pins unavailable");
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "tool approvals cannot be checked, so the call is refused",
+        )
+    })?;
+    for m in &items {
+        let method = m.get("method").and_then(Value::as_str);
+        let id = m.get("id");
+        if let (Some(method), Some(id)) = (method, id)
+            && methods.insert(id.to_string(), method.to_string()).is_some()
+        {
+            return Err(rpc_error_code(
+                &Value::Null,
+                INVALID_REQUEST,
+                &format!("request id {id} appears twice in the batch"),
+            ));
+        }
+        if method != Some("tools/call") {
+            continue;
+        }
+        let tool = m
+            .pointer("/params/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let why = match tool_refusal(name, target, tool, &pinned) {
+            Some(why) => Some(why),
+            None => held(admitted, tool, m).await.err(),
         };
-        let items: Vec<&Value> = match &msg {
-            Value::Array(a) => a.iter().collect(),
-            one => vec![one],
-        };
-        let pinned = match ctx.store.tool_pins(name).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "tool pins unavailable");
-                return Err(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "tool approvals cannot be checked, so the call is refused",
-                ));
-            }
-        };
-        for m in &items {
-            let (Some(method), Some(id)) = (m.get("method").and_then(Value::as_str), m.get("id"))
-            else {
-                continue;
-            };
-            methods.insert(id.to_string(), method.to_string());
-            if method != "tools/call" {
-                continue;
-            }
-            let tool = m
-                .pointer("/params/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let pin = pinned.iter().find(|p| p.tool == tool);
-            let why = if !target.allows(tool) {
-                Some(format!(
-                    "tool {tool:?} is not allowed on connection {name:?}"
-                ))
-            } else {
-                match pin {
-                    None => Some(format!(
-                        "tool {tool:?} has not been reviewed on connection {name:?}: list the tools first"
-                    )),
-                    Some(p) if p.pending_hash.is_some() => Some(format!(
-                        "tool {tool:?} changed its definition since it was approved; it is held until \
-                         `portcullis mcp approve --connection {name} --tool {tool}`"
-                    )),
-                    Some(_) => None,
-                }
-            };
-            if let Some(why) = why {
-                tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
-                let principal = Some(who.principal.subject.as_str());
-                ctx.front
-                    .refuse(principal, Some(name), &who.origin(), &why)
-                    .await;
-                return Err(rpc_error(id, &why));
-            }
+        if let Some(why) = why {
+            tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
+            let principal = Some(who.principal.subject.as_str());
+            ctx.front
+                .refuse(principal, Some(name), &who.origin(), &why)
+                .await;
+            return Err(match id {
+                Some(id) => rpc_error(id, &why),
+                // A notification has no answer of its own: the request is.
+                None => json_error(StatusCode::FORBIDDEN, "forbidden", &why),
+            });
         }
     }
+    let forwarded = serde_json::to_vec(&msg)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
+    Ok((methods, Bytes::from(forwarded)))
+}
 
-    Ok(methods)
+/// Why policy or pinning refuses a call to `tool`, if they do.
+fn tool_refusal(
+    name: &str,
+    target: &portcullis_config::McpTarget,
+    tool: &str,
+    pinned: &[portcullis_store::ToolPin],
+) -> Option<String> {
+    if !target.allows(tool) {
+        return Some(format!(
+            "tool {tool:?} is not allowed on connection {name:?}"
+        ));
+    }
+    match pinned.iter().find(|p| p.tool == tool) {
+        None => Some(format!(
+            "tool {tool:?} has not been reviewed on connection {name:?}: list the tools first"
+        )),
+        Some(p) if p.pending_hash.is_some() => Some(format!(
+            "tool {tool:?} changed its definition since it was approved; it is held until \
+             `portcullis mcp approve --connection {name} --tool {tool}`"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The connection's approval rule over a tool call: `tools` names the
+/// tools it holds (`"*"`: all); just-in-time rules hold every call until a
+/// grant is live. The action a reviewer approves is the tool and its
+/// exact arguments.
+async fn held(
+    admitted: &portcullis_front::Admitted,
+    tool: &str,
+    call: &Value,
+) -> Result<(), String> {
+    let args = call
+        .pointer("/params/arguments")
+        .map(Value::to_string)
+        .unwrap_or_else(|| "{}".into());
+    let action = format!("tools/call {tool} {args}");
+    crate::call::approve(admitted, "mcp_tool", &action, "tool", |r| {
+        r.tools.iter().any(|t| t == "*" || t == tool)
+    })
+    .await
+    .map_err(|e| match e {
+        ToolError::Refused { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// What the caller gets, what was sent, and the outcome to seal.
@@ -348,14 +401,27 @@ async fn relay(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let rewritten = if content_type.starts_with("text/event-stream") {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let masked = call
+        .ctx
+        .front
+        .mask_rule(name, &call.who.principal)
+        .is_some();
+    let rewritten = if raw.is_empty() {
+        raw
+    } else if essence == "text/event-stream" {
         let text = String::from_utf8_lossy(&raw);
         let mut out = String::with_capacity(text.len());
         for event in split_events(&text) {
             out.push_str(&rewrite_event(call, event).await);
         }
         Bytes::from(out)
-    } else if content_type.starts_with("application/json") && !raw.is_empty() {
+    } else if essence == "application/json" || essence.ends_with("+json") {
         match serde_json::from_slice::<Value>(&raw) {
             Ok(mut v) => {
                 rewrite(call, &mut v).await;
@@ -363,8 +429,16 @@ async fn relay(
             }
             Err(_) => return Err(target_err("the server's JSON answer does not parse".into())),
         }
-    } else {
+    } else if !masked {
         raw
+    } else if essence.starts_with("text/") || essence.is_empty() {
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| target_err("the server's text answer is not UTF-8".into()))?;
+        Bytes::from(mask_text(call.ctx, call.who, name, text))
+    } else {
+        return Err(target_err(format!(
+            "the server answered with content type {essence:?}, which masking cannot inspect"
+        )));
     };
     let mut out = Response::builder().status(head.status);
     if !content_type.is_empty() {
@@ -442,6 +516,17 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         .get("id")
         .and_then(|id| methods.get(&id.to_string()))
         .cloned();
+    if let Some(rule) = ctx.front.mask_rule(name, &who.principal) {
+        // Errors, and what the server sends of its own accord
+        // (notifications, requests: their params), carry data as results do.
+        let mut stats = Default::default();
+        for part in ["error", "params"] {
+            if let Some(x) = v.get_mut(part) {
+                rule.masker.mask_json(x, &mut stats);
+            }
+        }
+        ctx.front.mask_metrics.record(name, &stats);
+    }
     match method.as_deref() {
         Some("tools/list") => {
             if let Some(Value::Array(tools)) = v.pointer_mut("/result/tools") {
