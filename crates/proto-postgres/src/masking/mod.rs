@@ -776,3 +776,123 @@ mod tests {
         );
     }
 }
+
+/// Random result sets with planted values, in every format the masker
+/// reads: none of the planted values comes back in the clear, and every
+/// rewritten row is still a valid DataRow of the same width.
+#[cfg(test)]
+mod planted {
+    use super::*;
+    use portcullis_mask::{MaskSpec, RuleSet};
+    use proptest::prelude::*;
+
+    const PLANTED: &[&str] = &["ada.lovelace@example.com", "4111 1111 1111 1111"];
+
+    fn cell() -> impl Strategy<Value = (u32, i16, String)> {
+        let text = (
+            "[a-z ]{0,12}",
+            0..PLANTED.len(),
+            "[a-z ]{0,12}",
+            any::<bool>(),
+        )
+            .prop_map(|(a, p, b, plant)| {
+                if plant {
+                    format!("{a} {} {b}", PLANTED[p])
+                } else {
+                    format!("{a}{b}")
+                }
+            });
+        (
+            prop_oneof![
+                Just(binary::oid::TEXT),
+                Just(binary::oid::VARCHAR),
+                Just(binary::oid::BYTEA),
+                Just(binary::oid::JSONB),
+                Just(1009u32),
+            ],
+            0i16..2,
+            text,
+        )
+    }
+
+    /// The wire form of `text` as a value of type `t` in `format`.
+    fn encode(t: u32, format: i16, text: &str) -> Vec<u8> {
+        match (t, format) {
+            (binary::oid::BYTEA, 0) => format!("\\x{}", hex::encode(text)).into_bytes(),
+            (binary::oid::JSONB, 1) => {
+                [&[1u8][..], serde_json::json!(text).to_string().as_bytes()].concat()
+            }
+            (binary::oid::JSONB, 0) => serde_json::json!(text).to_string().into_bytes(),
+            (1009, 1) => {
+                let mut v = Vec::new();
+                for x in [1i32, 0, binary::oid::TEXT as i32, 1, 1, text.len() as i32] {
+                    v.extend_from_slice(&x.to_be_bytes());
+                }
+                v.extend_from_slice(text.as_bytes());
+                v
+            }
+            (1009, 0) => format!("{{\"{text}\"}}").into_bytes(),
+            _ => text.as_bytes().to_vec(),
+        }
+    }
+
+    /// The planted values visible in a value as the caller would read it.
+    fn shows_planted(t: u32, format: i16, v: &[u8]) -> bool {
+        let readable = match (t, format) {
+            (binary::oid::BYTEA, 0) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.strip_prefix("\\x"))
+                .and_then(|h| hex::decode(h).ok())
+                .unwrap_or_else(|| v.to_vec()),
+            _ => v.to_vec(),
+        };
+        let s = String::from_utf8_lossy(&readable);
+        PLANTED.iter().any(|p| s.contains(p))
+    }
+
+    proptest! {
+        #[test]
+        fn no_planted_value_passes(cols in proptest::collection::vec(cell(), 1..6)) {
+            let rs = RuleSet::new(&[MaskSpec::default()], Some(b"k")).unwrap();
+            let mut i = MaskInspector::new(rs.select("db", &[]).unwrap().clone(), "db");
+            i.frontend(&crate::messages::query("select ..."));
+            let mut d = BytesMut::new();
+            d.put_i16(cols.len() as i16);
+            for (n, (t, f, _)) in cols.iter().enumerate() {
+                d.put_slice(format!("c{n}\0").as_bytes());
+                d.put_u32(0);
+                d.put_i16(0);
+                d.put_u32(*t);
+                d.put_i16(-1);
+                d.put_i32(-1);
+                d.put_i16(*f);
+            }
+            prop_assert_eq!(i.backend(&Message::new(tag::ROW_DESCRIPTION, d.freeze())), Verdict::Pass);
+            let mut row = BytesMut::new();
+            row.put_i16(cols.len() as i16);
+            for (t, f, text) in &cols {
+                let v = encode(*t, *f, text);
+                row.put_i32(v.len() as i32);
+                row.put_slice(&v);
+            }
+            let sent = Message::new(tag::DATA_ROW, row.freeze());
+            let out = match i.backend(&sent) {
+                Verdict::Pass => sent,
+                Verdict::Rewrite(m) => m,
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            };
+            let mut b = &out.body[..];
+            prop_assert_eq!(read_i16(&mut b), Some(cols.len() as i16));
+            for (t, f, _) in &cols {
+                let len = read_i32(&mut b).unwrap();
+                if len < 0 {
+                    continue;
+                }
+                let (v, rest) = b.split_at(len as usize);
+                b = rest;
+                prop_assert!(!shows_planted(*t, *f, v), "{:?}", String::from_utf8_lossy(v));
+            }
+            prop_assert!(b.is_empty());
+        }
+    }
+}
