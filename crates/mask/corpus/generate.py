@@ -61,6 +61,12 @@ def phone():
         f"{rnd.randint(201, 989)}-{rnd.randint(200, 999)}-{rnd.randint(0, 9999):04d}",
         f"+44 20 {rnd.randint(1000, 9999)} {rnd.randint(1000, 9999)}",
         f"+49{rnd.randint(1000000000, 9999999999)}",
+        # National formats (issue 17): Berlin, Munich, a UK mobile, Paris.
+        f"+49 30 {rnd.randint(2000000, 9999999)}",
+        f"030 {rnd.randint(2000000, 9999999)}",
+        f"(089) {rnd.randint(2000000, 9999999)}",
+        f"07700 900{rnd.randint(0, 999):03d}",
+        f"+33 1 {rnd.randint(10, 99)} {rnd.randint(10, 99)} {rnd.randint(10, 99)} {rnd.randint(10, 99)}",
     ])
 
 
@@ -122,6 +128,11 @@ NEAR_MISSES = [
     lambda: "AKIA" + alnum(10),
     lambda: f"user at example dot com",
     lambda: f"12:30:45",
+    # Look like national phone numbers, are not (issue 17).
+    lambda: f"invoice 000{rnd.randint(10000, 99999)}",
+    lambda: f"batch {rnd.randint(1000, 9999)} {rnd.randint(1000, 9999)}",
+    lambda: f"{rnd.randint(1, 28):02d}.{rnd.randint(1, 12):02d}.{rnd.randint(2020, 2026)}",
+    lambda: f"+999 {rnd.randint(1000, 9999)} {rnd.randint(1000, 9999)}",
 ]
 
 TEMPLATES = [

@@ -54,6 +54,9 @@ impl Rule {
 impl RuleSet {
     /// Compile every rule; errors name `rules[N].…`.
     pub fn new(specs: &[MaskSpec], hash_key: Option<&[u8]>) -> Result<Self, MaskError> {
+        if !specs.is_empty() {
+            validate::warm_phone_metadata();
+        }
         let rules = specs
             .iter()
             .enumerate()

@@ -86,21 +86,15 @@ pub fn ipv6(s: &str) -> bool {
     s.contains(':') && s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
-/// A phone number: 10-15 digits (8-15 after a `+`), and not a date or a
-/// time that happens to look like digit groups.
+/// A phone number: not a date or a time that happens to look like digit
+/// groups, and either
+/// - international (`+`): 8-15 digits whose country code libphonenumber's
+///   metadata (the `phonenumber` crate) knows;
+/// - 10-11 digits (NANP and most national forms);
+/// - or a trunk-prefixed national number (`030 1234567`, `0911 12345`)
+///   that the metadata says is valid in a region dialling `0` first.
 pub fn phone(s: &str) -> bool {
     let digits = s.chars().filter(|c| c.is_ascii_digit()).count();
-    let plus = s.starts_with('+');
-    // International numbers carry their `+`; national ones are 10-11
-    // digits (longer digit runs are account numbers, cards, IBAN parts).
-    let ok_len = if plus {
-        (8..=15).contains(&digits)
-    } else {
-        (10..=11).contains(&digits)
-    };
-    if !ok_len {
-        return false;
-    }
     // 2024-01-15 10 ... : an ISO date is not a phone number.
     let b = s.as_bytes();
     let date_like = b.len() >= 10
@@ -108,8 +102,36 @@ pub fn phone(s: &str) -> bool {
         && b[4] == b'-'
         && b[5..7].iter().all(u8::is_ascii_digit)
         && b[7] == b'-';
-    !date_like
+    if date_like {
+        return false;
+    }
+    if s.starts_with('+') {
+        return (8..=15).contains(&digits) && phonenumber::parse(None, s).is_ok();
+    }
+    if (10..=11).contains(&digits) {
+        return true;
+    }
+    let national = s.trim_start_matches('(').starts_with('0') && !s.starts_with("00");
+    national
+        && (7..=12).contains(&digits)
+        && TRUNK_ZERO
+            .iter()
+            .any(|r| phonenumber::parse(Some(*r), s).is_ok_and(|n| phonenumber::is_valid(&n)))
 }
+
+/// Load libphonenumber's metadata now (it is read on first use, which
+/// would otherwise be the first phone-like value a caller sends).
+pub fn warm_phone_metadata() {
+    let _ = phonenumber::parse(None, "+1 201 555 0123");
+}
+
+/// Regions whose national numbers are written with a leading `0`.
+const TRUNK_ZERO: &[phonenumber::country::Id] = {
+    use phonenumber::country::Id::*;
+    &[
+        DE, GB, FR, NL, BE, AT, CH, SE, NO, FI, DK, IE, AU, NZ, IN, JP, ZA, TR, IL, BR,
+    ]
+};
 
 #[cfg(test)]
 mod tests {
@@ -165,6 +187,11 @@ mod tests {
         assert!(ipv6("2001:db8::8a2e:370:7334") && !ipv6("12:30") && !ipv6("a:b"));
         assert!(phone("+1 415 555 0132") && phone("(415) 555-0132") && phone("+442079460958"));
         assert!(!phone("2024-01-15 10") && !phone("123-4567") && !phone("+12 34"));
+        // National formats libphonenumber knows: Berlin, Nuremberg, a UK mobile.
+        assert!(phone("030 1234567") && phone("(0911) 123456") && phone("+49 30 1234567"));
+        assert!(phone("07700 900123"));
+        // Not a country code, not a trunk-prefixed number.
+        assert!(!phone("+999 1234 5678") && !phone("00012345") && !phone("1234 5678"));
         assert!(!phone("3704 0044 0532") && !phone("1111 1111 1111"));
     }
 }

@@ -76,7 +76,10 @@ fn precision_and_recall_per_detector() {
             "{d:<16} precision {p:.3} recall {r:.3} (tp {} fp {} fn {})\n",
             s.tp, s.fp, s.fn_
         ));
-        if p < 0.95 || r < 0.95 {
+        // Phones are held to a higher recall: national formats are the
+        // ones a hand-written pattern used to miss.
+        let min_recall = if d == "phone" { 0.97 } else { 0.95 };
+        if p < 0.95 || r < min_recall {
             failed = true;
         }
     }
