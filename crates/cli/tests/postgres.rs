@@ -124,6 +124,7 @@ columns = ["people_{pid}.id"]
 [[masking.rules]]
 name = "pg-tokens"
 connections = ["tokens"]
+pass_pg_types = ["tsvector"]
 actions = {{ email = {{ action = "hash", reversible = true }} }}
 "#
         );
@@ -1091,8 +1092,17 @@ fn masking_has_no_side_doors() {
             .map(|d| d.message().to_string())
             .unwrap_or_default();
         assert!(msg.contains("pg-pii") && !msg.contains(EMAIL), "{msg}");
+        assert!(msg.contains("pass_pg_types"), "{msg}");
         let one: i32 = c.query_one("select 1", &[]).await.unwrap().get(0);
         assert_eq!(one, 1);
+        // A rule that lists the type lets it pass.
+        let c = g.client("tokens", &g.token).await.unwrap();
+        let v: Raw = c
+            .query_one("select to_tsvector('simple', 'plain words')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!v.0.is_empty());
     });
     // A function made in the session: unknown, not proven.
     let o = g.psql(

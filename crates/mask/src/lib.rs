@@ -35,6 +35,8 @@ pub struct Rule {
     pub max_body_bytes: usize,
     /// Content types passed without inspection (lower-case; `type/*`).
     pub pass_content_types: Vec<String>,
+    /// PostgreSQL type names whose binary values pass uninspected.
+    pub pass_pg_types: Vec<String>,
     pub masker: Masker,
 }
 
@@ -78,6 +80,7 @@ impl RuleSet {
                         .iter()
                         .map(|t| t.trim().to_ascii_lowercase())
                         .collect(),
+                    pass_pg_types: s.pass_pg_types.clone(),
                     masker,
                 }))
             })

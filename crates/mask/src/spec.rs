@@ -111,6 +111,12 @@ pub struct MaskSpec {
     /// `image/*`). Every other type the masker cannot read is refused.
     #[serde(default)]
     pub pass_content_types: Vec<String>,
+    /// PostgreSQL types (by name: `tsvector`, `geometry`) whose binary
+    /// values pass without inspection; every other binary type the masker
+    /// cannot read ends its statement with an error. Column rules still
+    /// apply to them.
+    #[serde(default)]
+    pub pass_pg_types: Vec<String>,
     /// Built-in detectors to run: names, or `["all"]` (the default).
     #[serde(default = "all")]
     pub detectors: Vec<String>,
@@ -149,6 +155,7 @@ impl Default for MaskSpec {
             on_error: OnError::Refuse,
             max_body_bytes: default_max_body(),
             pass_content_types: Vec::new(),
+            pass_pg_types: Vec::new(),
             detectors: all(),
             action: ActionKind::Redact,
             actions: BTreeMap::new(),

@@ -329,6 +329,43 @@ proptest! {
     }
 }
 
+/// Values planted in keys as well as values, at any depth.
+fn arb_json_planted() -> impl Strategy<Value = serde_json::Value> {
+    let planted = || {
+        prop_oneof![
+            Just("x@example.org".to_string()),
+            Just("4111 1111 1111 1111".to_string()),
+            Just("call +49 30 1234567".to_string()),
+            "[a-z]{1,6}",
+        ]
+    };
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(|n| json!(n)),
+        Just(json!(4111111111111111u64)),
+        planted().prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(3, 32, 4, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map(planted(), inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn no_planted_value_survives_in_json_keys_or_values(v in arb_json_planted()) {
+        let m = masker();
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let out = String::from_utf8(m.mask_json_bytes(&bytes, &mut Stats::new()).unwrap()).unwrap();
+        for p in ["x@example.org", "4111 1111 1111 1111", "4111111111111111", "1234567"] {
+            prop_assert!(!out.contains(p), "{p} in {out}");
+        }
+    }
+}
+
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),

@@ -94,7 +94,7 @@ pub async fn prepare(
     connection: &str,
     analyses: Arc<AnalysisCache>,
 ) -> Result<MaskInspector, crate::upstream::UpstreamError> {
-    let rows = up.simple_rows(&sources::query(&rule.masker)).await?;
+    let rows = up.simple_rows(&sources::query(rule)).await?;
     let (types, sources) = sources::read(&rule.masker, &rows);
     let mut i = MaskInspector::new(rule.clone(), connection);
     i.types = types;
@@ -480,7 +480,9 @@ impl MaskInspector {
                     Ok(Some(m)) => Verdict::Rewrite(m),
                     Ok(None) => Verdict::Pass,
                     Err(RowError::Corrupt(why)) => self.refuse(why),
-                    Err(RowError::Unreadable(why)) => self.fail_statement(why),
+                    Err(RowError::Unreadable(why)) => self.fail_statement(&format!(
+                        "{why} (ask for text results, or list the type in the rule's pass_pg_types)"
+                    )),
                 }
             }
             tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {

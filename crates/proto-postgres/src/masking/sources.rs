@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use portcullis_mask::Masker;
+use portcullis_mask::{Masker, Rule};
 
 use super::binary::Types;
 use crate::classify::{Analysis, Call, Proof, builtin_proof};
@@ -173,23 +173,28 @@ impl Sources {
     }
 }
 
-/// The catalog query: types always; with column rules, the attributes
-/// the rules may name, the views reading them, and every relation.
-pub fn query(masker: &Masker) -> String {
+/// The catalog query: types always (and those the rule passes); with
+/// column rules, the attributes the rules may name, the views reading
+/// them, every relation and every function name.
+pub fn query(rule: &Rule) -> String {
+    let masker = &rule.masker;
     let mut sql = String::from(
         "SELECT 't', t.oid::text, t.typtype::text, t.typbasetype::text, t.typname::text, '' \
          FROM pg_catalog.pg_type t WHERE t.typtype IN ('d','e','c') OR t.typname = 'citext' \
          OR (t.typtype = 'b' AND t.typelem <> 0 AND t.typlen = -1)",
     );
+    if !rule.pass_pg_types.is_empty() {
+        sql.push_str(&format!(
+            " UNION ALL SELECT 'p', t.oid::text, '', '', t.typname::text, '' \
+             FROM pg_catalog.pg_type t WHERE t.typname IN ({})",
+            quoted(&rule.pass_pg_types)
+        ));
+    }
     let names = masker.column_rule_names();
     if names.is_empty() {
         return sql;
     }
-    let list = names
-        .iter()
-        .map(|n| format!("'{}'", n.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = quoted(&names);
     let attrs = format!(
         "SELECT a.attrelid, a.attnum FROM pg_catalog.pg_attribute a \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND lower(a.attname) IN ({list})"
@@ -217,6 +222,15 @@ pub fn query(masker: &Masker) -> String {
            SELECT DISTINCT view, relid, attnum FROM v) v"
     ));
     sql
+}
+
+/// Names as a SQL list of string literals.
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{}'", n.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Read the query's rows.
@@ -257,6 +271,9 @@ pub fn read(masker: &Masker, rows: &[Vec<Option<String>>]) -> (Types, Sources) {
                     s.relations.entry(table).or_insert_with(|| g.clone());
                     s.columns.insert((oid, attnum), g);
                 }
+            }
+            "p" => {
+                types.passed.insert(oid);
             }
             "f" => {
                 let set = match cell(r, 1).as_str() {
