@@ -91,6 +91,12 @@ pub enum OidcError {
     BadClaim(String),
     #[error("keys of issuer {0} are unavailable")]
     KeysUnavailable(String),
+    #[error("the token's header lists critical extension {0:?}, which is not supported")]
+    CriticalHeader(String),
+    #[error("the token is typed {0:?}, not as an access or ID token")]
+    WrongType(String),
+    #[error("key {0:?} is not published for verifying signatures")]
+    KeyNotForSigning(String),
 }
 
 /// What the gateway trusts an issuer for. Built from configuration.
@@ -146,6 +152,26 @@ pub fn header_of(
     if !settings.algorithms.contains(&parsed) || !ASYMMETRIC.contains(&parsed) {
         return Err(not_allowed());
     }
+    // RFC 7515 §4.1.11: an extension the verifier does not understand
+    // makes the token invalid; this verifier understands none.
+    if let Some(crit) = header.get("crit") {
+        let first = crit
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("(not a list of names)");
+        return Err(OidcError::CriticalHeader(first.chars().take(40).collect()));
+    }
+    // RFC 8725 §3.11: a token typed as something else (a logout token, a
+    // security event, a DPoP proof) is not a credential, whatever it holds.
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if ACCEPTED_TYPES.iter().any(|a| t.eq_ignore_ascii_case(a)) => {}
+        Some(t) => {
+            let shown: String = t.to_string().chars().take(40).collect();
+            return Err(OidcError::WrongType(shown));
+        }
+    }
     let kid = match header.get("kid") {
         Some(Value::String(k)) => Some(k.clone()),
         None => None,
@@ -153,6 +179,10 @@ pub fn header_of(
     };
     Ok((parsed, kid))
 }
+
+/// `typ` values of the tokens a gateway accepts as credentials: plain JWTs
+/// (ID tokens) and OAuth access tokens (RFC 9068).
+const ACCEPTED_TYPES: &[&str] = &["JWT", "application/jwt", "at+jwt", "application/at+jwt"];
 
 /// Pick the verification key: by `kid`, or the only key when the token
 /// has none. `Ok(None)` means "not published (yet)": the caller may
@@ -171,6 +201,23 @@ pub fn select_key<'a>(
         None => return Err(OidcError::MissingKeyId),
     };
     let Some(key) = key else { return Ok(None) };
+    // RFC 7517 §4.2-4.3: a key published for encryption, or whose
+    // operations do not include verifying, does not verify signatures.
+    let for_signing = !matches!(
+        key.common.public_key_use,
+        Some(
+            jsonwebtoken::jwk::PublicKeyUse::Encryption | jsonwebtoken::jwk::PublicKeyUse::Other(_)
+        )
+    ) && key
+        .common
+        .key_operations
+        .as_ref()
+        .is_none_or(|ops| ops.contains(&jsonwebtoken::jwk::KeyOperations::Verify));
+    if !for_signing {
+        return Err(OidcError::KeyNotForSigning(
+            kid.unwrap_or_default().chars().take(100).collect(),
+        ));
+    }
     if let Some(key_alg) = key.common.key_algorithm {
         let key_alg = format!("{key_alg:?}");
         if key_alg != format!("{alg:?}") {

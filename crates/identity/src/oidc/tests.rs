@@ -281,3 +281,78 @@ fn error_messages_never_echo_the_token() {
     let sig = t.rsplit('.').next().unwrap();
     assert!(!msg.contains(sig) && !msg.contains(&t[..20]));
 }
+
+/// A token with a hand-made header, signed for real.
+fn sign_with_header(i: &Issuer, header: &Value, claims: &Value) -> String {
+    let msg = format!("{}.{}", b64(header), b64(claims));
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &i.enc, Algorithm::ES256).unwrap();
+    format!("{msg}.{sig}")
+}
+
+#[test]
+fn unknown_critical_extensions_are_refused() {
+    // RFC 7515 §4.1.11.
+    let i = issuer("k1");
+    let h = json!({"alg": "ES256", "kid": "k1", "crit": ["exp"], "exp": 1});
+    let t = sign_with_header(&i, &h, &claims());
+    assert_eq!(
+        check(&t, &keys_of(&i)),
+        Err(OidcError::CriticalHeader("exp".into()))
+    );
+    let h = json!({"alg": "ES256", "kid": "k1", "crit": []});
+    let t = sign_with_header(&i, &h, &claims());
+    assert!(matches!(
+        check(&t, &keys_of(&i)),
+        Err(OidcError::CriticalHeader(_))
+    ));
+    // The same header without `crit` verifies: the signature is good.
+    let h = json!({"alg": "ES256", "kid": "k1"});
+    assert!(check(&sign_with_header(&i, &h, &claims()), &keys_of(&i)).is_ok());
+}
+
+#[test]
+fn tokens_typed_as_something_else_are_refused() {
+    // RFC 8725 §3.11: explicit typing keeps one kind of JWT from being
+    // used as another.
+    let i = issuer("k1");
+    for typ in ["JWT", "at+jwt", "application/at+JWT"] {
+        let h = json!({"alg": "ES256", "kid": "k1", "typ": typ});
+        assert!(
+            check(&sign_with_header(&i, &h, &claims()), &keys_of(&i)).is_ok(),
+            "{typ}"
+        );
+    }
+    for typ in [json!("logout+jwt"), json!("dpop+jwt"), json!(7)] {
+        let h = json!({"alg": "ES256", "kid": "k1", "typ": typ});
+        assert!(
+            matches!(
+                check(&sign_with_header(&i, &h, &claims()), &keys_of(&i)),
+                Err(OidcError::WrongType(_))
+            ),
+            "{typ}"
+        );
+    }
+}
+
+#[test]
+fn keys_not_published_for_verifying_are_refused() {
+    // RFC 7517 §4.2 (`use`) and §4.3 (`key_ops`).
+    let i = issuer("k1");
+    let t = sign(&i, "k1", &claims());
+    let mut enc = i.jwk.clone();
+    enc.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Encryption);
+    assert_eq!(
+        check(&t, &JwkSet { keys: vec![enc] }),
+        Err(OidcError::KeyNotForSigning("k1".into()))
+    );
+    let mut ops = i.jwk.clone();
+    ops.common.key_operations = Some(vec![jsonwebtoken::jwk::KeyOperations::Sign]);
+    assert_eq!(
+        check(&t, &JwkSet { keys: vec![ops] }),
+        Err(OidcError::KeyNotForSigning("k1".into()))
+    );
+    let mut sig = i.jwk.clone();
+    sig.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    sig.common.key_operations = Some(vec![jsonwebtoken::jwk::KeyOperations::Verify]);
+    assert!(check(&t, &JwkSet { keys: vec![sig] }).is_ok());
+}
