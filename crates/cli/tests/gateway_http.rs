@@ -285,6 +285,53 @@ fn upstream_failures_are_502_or_504_with_reasons() {
     assert_eq!(s.get("/c/good/ping").status, 200);
 }
 
+/// Mozilla's server-side guidelines, checked from outside: the server's
+/// suite order wins over the client's, and the gateway's responses carry
+/// HSTS.
+#[test]
+fn server_cipher_order_and_hsts() {
+    let s = setup("intermediate");
+    // The client prefers AES-128; the server prefers AES-256.
+    let t13 = s_client(
+        s.gw.port(),
+        &s.ca,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384",
+        ],
+    );
+    assert!(t13.contains("TLS_AES_256_GCM_SHA384"), "{t13}");
+    let t12 = s_client(
+        s.gw.port(),
+        &s.ca,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384",
+        ],
+    );
+    assert!(t12.contains("AES256-GCM-SHA384"), "{t12}");
+    for path in ["/healthz", "/nothing", "/c/good/ping"] {
+        let r = curl(&[
+            "--cacert",
+            &s.ca,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{}{path}", s.gw.url),
+        ]);
+        assert!(
+            r.body
+                .to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=63072000"),
+            "{path}: {}",
+            r.body
+        );
+    }
+}
+
 #[test]
 fn policy_denies_by_default() {
     let s = setup("intermediate");

@@ -779,6 +779,20 @@ fn direct_tls_with_alpn_and_gssenc_refusal() {
         let mut auth = [0u8; 9];
         tls.read_exact(&mut auth).await.unwrap();
         assert_eq!(auth[0], b'R');
+
+        // GSSENCRequest again after its 'N': a protocol violation, the
+        // connection is closed (a loop of them would hold it forever).
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+            .await
+            .unwrap();
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await.unwrap();
+        tcp.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"N");
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await.unwrap();
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.first(), Some(&b'E'), "{rest:?}");
+        assert!(String::from_utf8_lossy(&rest).contains("08P01"));
     });
 }
 

@@ -251,7 +251,15 @@ impl<H: Handler> Connection<H> {
         let svc = service_fn(move |req| {
             let front = front.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(front.handle(req, info).await) }
+            async move {
+                let mut resp = front.handle(req, info).await;
+                // This host speaks HTTPS only: browsers (the console, an
+                // OAuth sign-in) must never try it in plaintext.
+                resp.headers_mut()
+                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(http::HeaderValue::from_static(HSTS));
+                Ok::<_, Infallible>(resp)
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -277,6 +285,9 @@ impl<H: Handler> Connection<H> {
         }
     }
 }
+
+/// Two years, as Mozilla's server-side TLS guidelines recommend.
+const HSTS: &str = "max-age=63072000";
 
 /// Answer a plaintext request with 400 and the https URL, then close.
 /// Reads what the caller sent first (briefly) so the reply is not lost to

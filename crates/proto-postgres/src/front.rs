@@ -236,6 +236,9 @@ impl Inner {
         }
 
         let mut reader = FrameReader::new(stream, crate::frame::MAX_STARTUP_LEN);
+        // One GSSENC request per connection (then SSLRequest or nothing):
+        // a client repeating it would hold the socket without end.
+        let mut gssenc_declined = false;
         loop {
             let startup = match tokio::time::timeout(self.handshake_timeout, reader.startup()).await
             {
@@ -255,9 +258,19 @@ impl Inner {
                 }
             };
             match startup {
+                Startup::GssEncRequest if gssenc_declined => {
+                    let mut s = reader.into_inner();
+                    let m = fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "GSSENC was already declined on this connection; send SSLRequest",
+                    );
+                    send(&mut s, &m).await;
+                    return;
+                }
                 Startup::GssEncRequest => {
                     // No GSSAPI encryption; the client may go on with an
                     // SSLRequest on the same socket.
+                    gssenc_declined = true;
                     if reader.get_mut().write_all(b"N").await.is_err() {
                         return;
                     }

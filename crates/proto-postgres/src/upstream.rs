@@ -18,8 +18,10 @@ use crate::io::{FrameReader, ReadError};
 use crate::messages;
 
 /// Largest message accepted from a target: PostgreSQL's own field limit
-/// is 1 GiB; a row this large is buffered whole, so stop well before.
-pub const MAX_BACKEND_MESSAGE: usize = 512 * 1024 * 1024;
+/// is 1 GiB, but a row is buffered whole (the masker reads it whole), so
+/// a few concurrent giant rows must not exhaust memory. A larger message
+/// ends the session.
+pub const MAX_BACKEND_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

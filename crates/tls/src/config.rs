@@ -129,6 +129,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 
@@ -150,6 +151,9 @@ pub fn listener_config(
     };
     let mut cfg = builder.with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The server's suite order (strongest first) decides, not a client
+    // that lists a weaker suite first (Mozilla's guidelines).
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 
