@@ -474,6 +474,34 @@ fn two_approvers_and_http_requests() {
     assert_eq!(del("{\"why\":\"cleanup\"}").status, 403, "single use");
     let r = get(&s.gw.url, &s.ca, Some(&s.token), "/c/api/items/9");
     assert_eq!(r.status, 200);
+
+    // A POST the target would read as a DELETE (a method override) does
+    // not walk around the rule: refused, and nothing reaches the target.
+    let posted = |extra: &[&str], path: &str| {
+        let auth = format!("Authorization: Bearer {}", s.token);
+        let url = format!("{}{path}", s.gw.url);
+        let mut args = vec!["--cacert", &s.ca, "-X", "POST", "-H", &auth];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    for (extra, path) in [
+        (
+            &["-H", "X-HTTP-Method-Override: DELETE"][..],
+            "/c/api/items/9",
+        ),
+        (&["-H", "X-HTTP-Method: DELETE"][..], "/c/api/items/9"),
+        (&[][..], "/c/api/items/9?_method=DELETE"),
+    ] {
+        let r = posted(extra, path);
+        assert_eq!(r.status, 400, "{extra:?} {path}: {}", r.body);
+        assert!(r.body.contains("method overrides"), "{}", r.body);
+    }
+    assert_eq!(
+        posted(&[], "/c/api/items/9").status,
+        200,
+        "a plain POST is not held"
+    );
 }
 
 #[test]

@@ -372,6 +372,7 @@ impl Inner {
         let method = parts.method.clone();
         let body = match &admitted.gate {
             Some(gate) => {
+                crate::review::refuse_method_override(gate, &parts.headers, parts.uri.query())?;
                 let held = crate::review::HeldRequest {
                     method: &method,
                     path_and_query: &caller_pq,

@@ -40,6 +40,49 @@ pub(crate) struct HeldRequest<'a> {
     pub asked_session: Option<Duration>,
 }
 
+/// Headers and query parameters frameworks read as "the real method"
+/// (Rails, Laravel, Express's method-override, ASP.NET, Google APIs).
+const OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+const OVERRIDE_PARAMS: &[&str] = &["_method", "method", "x-http-method-override"];
+
+/// The method a request asks the target to see instead of its own, if
+/// any: `X-HTTP-Method-Override: DELETE`, `?_method=DELETE`.
+pub(crate) fn method_override(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+    for h in OVERRIDE_HEADERS {
+        if let Some(v) = headers.get(*h) {
+            return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
+    }
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A rule that holds some methods cannot be walked around by a method
+/// override: a POST that the target reads as a DELETE is refused (400)
+/// on such a connection.
+pub(crate) fn refuse_method_override(
+    gate: &Gate,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<(), ProxyError> {
+    if gate.mode() != ApprovalMode::Statements || gate.rule.methods.is_empty() {
+        return Ok(());
+    }
+    match method_override(headers, query) {
+        Some(m) => Err(ProxyError::CallerBody(format!(
+            "method overrides ({:?}) are refused on this connection: its approval rule holds methods {:?}; send the method itself",
+            m.chars().take(16).collect::<String>(),
+            gate.rule.methods
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Hold the request where the connection's rule says so; the body is
 /// read whole (within the request limit) when it must be, so the action's
 /// digest covers exactly what is sent.
@@ -104,5 +147,29 @@ fn refusal(e: HoldError, wait: Duration) -> ProxyError {
         review,
         code,
         message,
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_found_in_headers_and_query() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(method_override(&h, Some("a=1")), None);
+        assert_eq!(
+            method_override(&h, Some("a=1&_method=DELETE")).as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            method_override(&h, Some("_METHOD=delete")).as_deref(),
+            Some("delete")
+        );
+        h.insert(
+            "x-http-method-override",
+            http::HeaderValue::from_static("DELETE"),
+        );
+        assert_eq!(method_override(&h, None).as_deref(), Some("DELETE"));
     }
 }
