@@ -186,6 +186,10 @@ pub(crate) struct ListArgs {
     /// CA that signed the gateway's certificate (PEM).
     #[arg(long, env = "PORTCULLIS_CA")]
     ca: Option<PathBuf>,
+    /// A token the gateway accepts (the admin listener answers
+    /// authenticated callers only, apart from /healthz and /metrics).
+    #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
+    token: String,
     #[arg(long)]
     json: bool,
 }
@@ -199,6 +203,7 @@ pub(crate) async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<()>
     let url = format!("{}/agents", a.admin.trim_end_matches('/'));
     let v: serde_json::Value = http
         .get(&url)
+        .bearer_auth(&a.token)
         .send()
         .await
         .with_context(|| format!("GET {url}"))?

@@ -346,6 +346,7 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     );
     let out = Command::new(BIN)
         .args(["agents", "list", "--json", "--admin", &admin, "--ca", &s.ca])
+        .args(["--token", &s.token])
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);

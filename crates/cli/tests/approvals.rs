@@ -444,6 +444,18 @@ fn two_approvers_and_http_requests() {
     let r = admin_post(Some(&s.dave));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["state"], "approved");
+    // Listing reviews there: for an authenticated caller, and only the
+    // reviews they may see (statements and parameters stay private).
+    let admin_get =
+        |token: Option<&str>| get(&format!("https://{admin}"), &s.ca, token, "/reviews");
+    assert_eq!(admin_get(None).status, 401);
+    let seen = |token: &str| {
+        let r = admin_get(Some(token));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body.contains(&id)
+    };
+    assert!(seen(&s.dave), "an approver sees it");
+    assert!(!seen(&s.eve), "someone else does not");
     let t = text(&bg.join().unwrap());
     assert!(!t.contains("ERROR"), "{t}");
     assert_eq!(rows_with(4), "0");

@@ -239,12 +239,12 @@ connections = ["db"]
             .unwrap();
         format!("https://127.0.0.1:{port}")
     };
-    let status = get(
-        &admin(&b),
-        dir.join("ca.pem").to_str().unwrap(),
-        None,
-        "/status",
-    );
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    // Only health and metrics are open on the admin listener.
+    assert_eq!(get(&admin(&b), ca, None, "/status").status, 401);
+    assert_eq!(get(&admin(&b), ca, None, "/healthz").status, 200);
+    let status = get(&admin(&b), ca, Some(&token), "/status");
     assert_eq!(status.status, 200, "{}", status.body);
     let v = status.json();
     assert_eq!(v["store"]["backend"], "postgres");

@@ -1,7 +1,9 @@
-//! The admin listener: metrics, health, agents and reviews. Served over
-//! TLS like everything else; meant for loopback or a private interface.
-//! Reading is open to whoever reaches it; deciding a review needs a
-//! person's token, as on the gateway's API.
+//! The admin listener: metrics, health, status, agents and reviews.
+//! Served over TLS like everything else; meant for loopback or a private
+//! interface. Only `/healthz` and `/metrics` (which carry no statements,
+//! parameters or names of people) are open to whoever reaches it;
+//! everything else needs a bearer token, and reviews are shown and decided
+//! under the same visibility rules as on the gateway's API.
 
 use std::sync::Arc;
 
@@ -26,33 +28,49 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// `GET /reviews/ID`, `POST /reviews/ID/approve|deny`: the gateway
-    /// API's review endpoints, for the holder of a bearer token.
-    async fn review_api(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Who is calling: the bearer token's principal, or the refusal.
+    async fn caller(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<portcullis_identity::Principal, portcullis_http::ProxyError> {
         use portcullis_http::ProxyError;
         let bearer = portcullis_identity::token::bearer(
             req.headers()
                 .get(header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
-        );
-        let who = match bearer {
-            Ok(t) => self
-                .auth
-                .authenticate(portcullis_identity::Credential::Bearer(t))
-                .await
-                .map_err(ProxyError::Auth),
-            Err(e) => Err(ProxyError::Auth(e)),
-        };
-        let who = match who {
+        )
+        .map_err(ProxyError::Auth)?;
+        self.auth
+            .authenticate(portcullis_identity::Credential::Bearer(bearer))
+            .await
+            .map_err(ProxyError::Auth)
+    }
+
+    /// Everything but health and metrics: for an authenticated caller.
+    async fn authenticated(&self, req: Request<Incoming>) -> Response<Body> {
+        use portcullis_http::ProxyError;
+        let who = match self.caller(&req).await {
             Ok(p) => p,
             Err(e) => {
                 portcullis_http::linger(req.into_body()).await;
                 return e.into_response();
             }
         };
-        crate::api::reviews(&self.approvals, "/reviews", req, &who)
-            .await
-            .unwrap_or_else(ProxyError::into_response)
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/agents") => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"agents": self.links.list()}),
+            ),
+            (&Method::GET, "/status") => self.status().await,
+            // The gateway API's review endpoints: a caller sees the
+            // reviews they asked for or may decide, nothing else.
+            (_, p) if p == "/reviews" || p.starts_with("/reviews/") => {
+                crate::api::reviews(&self.approvals, "/reviews", req, &who)
+                    .await
+                    .unwrap_or_else(ProxyError::into_response)
+            }
+            _ => not_found(),
+        }
     }
 
     /// This gateway, its store, its recordings and its peers.
@@ -119,27 +137,27 @@ impl Handler for Admin {
                 );
                 resp
             }
-            (&Method::GET, "/agents") => json_response(
-                StatusCode::OK,
-                &serde_json::json!({"agents": self.links.list()}),
-            ),
-            // The operator's view: every review.
-            (&Method::GET, "/reviews") => match self.approvals.list(None).await {
-                Ok(list) => json_response(StatusCode::OK, &serde_json::json!({"reviews": list})),
-                Err(e) => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
-                ),
-            },
-            (_, p) if p.starts_with("/reviews/") => self.review_api(req).await,
-            (&Method::GET, "/status") => self.status().await,
+            // Open (a load balancer's health check): the verdict of
+            // /status without its details.
             (&Method::GET, "/healthz") => {
-                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                let ok = self.store.ping().await.is_ok() && self.sink.healthy().is_ok();
+                if ok {
+                    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "unavailable"}),
+                    )
+                }
             }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz, GET /status, GET /agents, GET /reviews, GET /reviews/ID, POST /reviews/ID/approve|deny (bearer token)"}),
-            ),
+            _ => self.authenticated(req).await,
         }
     }
+}
+
+fn not_found() -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found", "message": "admin endpoints: GET /metrics, GET /healthz (open); GET /status, GET /agents, GET /reviews, GET /reviews/ID, POST /reviews/ID/approve|deny (bearer token)"}),
+    )
 }
