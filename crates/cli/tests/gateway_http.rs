@@ -42,6 +42,11 @@ fn write_cert(
 }
 
 fn setup(profile: &str) -> Setup {
+    setup_with(profile, "")
+}
+
+/// `limits`: extra lines for the `[limits]` section.
+fn setup_with(profile: &str, limits: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("ca2")).unwrap();
@@ -74,6 +79,7 @@ tls = {{ profile = "{profile}" }}
 [limits]
 max_request_body_bytes = 100000
 max_header_bytes = 8192
+{limits}
 
 [[connections]]
 name = "good"
@@ -652,4 +658,69 @@ fn reversible_tokens_are_swapped_back_on_the_way_in() {
         s.good.last().path_and_query,
         "/lookup?email=%5BEMAIL%3A0000000000000000%5D"
     );
+}
+
+/// A caller opening connections past the per-peer cap gets a clear 503
+/// for the new ones, while the connections it already has keep working;
+/// a place freed is usable again.
+#[test]
+fn connections_past_the_cap_are_refused_and_existing_ones_continue() {
+    let s = setup_with("intermediate", "max_connections_per_peer = 3");
+    let ca = PathBuf::from(&s.ca);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let request = format!(
+            "GET /c/good/ping HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            s.token
+        );
+        // One request on a held connection: the status line's code.
+        async fn ask(
+            c: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            request: &str,
+        ) -> String {
+            c.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = c.read(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        }
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut c = tls_connect(s.gw.port(), &ca).await;
+            let r = ask(&mut c, &request).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            held.push(c);
+        }
+        // The fourth: refused in HTTP, with the reason.
+        let r = tokio::task::spawn_blocking({
+            let (ca, url) = (s.ca.clone(), format!("{}/c/good/ping", s.gw.url));
+            let auth = s.auth();
+            move || curl(&["--cacert", &ca, "-H", &auth, &url])
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.json()["error"], "too_many_connections");
+        // Those already accepted go on.
+        for c in held.iter_mut() {
+            let r = ask(c, &request).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+        // A place freed is usable again.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = tokio::task::spawn_blocking({
+            let (ca, url) = (s.ca.clone(), format!("{}/c/good/ping", s.gw.url));
+            let auth = s.auth();
+            move || curl(&["--cacert", &ca, "-H", &auth, &url])
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    });
+    // Counted.
+    let m = s.gw.logs();
+    assert!(m.contains("connection refused at a cap"), "{m}");
 }

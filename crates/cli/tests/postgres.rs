@@ -24,6 +24,11 @@ struct PgGateway {
 
 impl PgGateway {
     fn start() -> PgGateway {
+        Self::start_with("")
+    }
+
+    /// `limits`: lines for a `[limits]` section.
+    fn start_with(limits: &str) -> PgGateway {
         let pg = PgCluster::shared();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
@@ -51,6 +56,9 @@ key = "server.key"
 [postgres]
 listen = "127.0.0.1:0"
 max_message_bytes = 1048576
+
+[limits]
+{limits}
 
 [[connections]]
 name = "rw"
@@ -1316,4 +1324,50 @@ fn kill_9_mid_session_keeps_audit_and_recording_readable() {
     let replay = String::from_utf8(r.stdout).unwrap();
     let steps = replay.lines().filter(|l| l.contains("=> select")).count();
     assert!(steps >= 10, "only {steps} statements survived:\n{replay}");
+}
+
+/// Past the per-peer cap, psql is told why (53300, as a server at its
+/// max_connections says it), and the sessions already open go on.
+#[test]
+fn connections_past_the_cap_are_refused_in_protocol() {
+    let g = PgGateway::start_with("max_connections_per_peer = 2");
+    // Two sessions held open by psql waiting on stdin.
+    let hold = |tag: &str| {
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t"])
+            .arg(g.conninfo("rw"))
+            .env("PGPASSWORD", &g.token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "select '{tag}';").unwrap();
+        (child, stdin)
+    };
+    let a = hold("first");
+    let b = hold("second");
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = g.psql("rw", &["-c", "select 1"], None);
+    assert!(!o.status.success());
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("as many connections as the gateway accepts"),
+        "{err}"
+    );
+    // The held sessions answer and end normally.
+    for (child, stdin) in [a, b] {
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Places freed: a new session works.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(text(&g.psql("rw", &["-c", "select 1"], None)).0, "1");
 }

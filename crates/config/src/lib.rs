@@ -322,6 +322,10 @@ pub struct GatewayConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// Connections each listener holds at most; more are refused.
+    pub max_connections: usize,
+    /// Connections one peer address holds at most, per listener.
+    pub max_connections_per_peer: usize,
     pub max_header_bytes: usize,
     pub max_request_body_bytes: u64,
     pub handshake_timeout: Duration,

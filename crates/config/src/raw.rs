@@ -459,6 +459,8 @@ struct RawLimits {
     max_request_body_bytes: u64,
     handshake_timeout: String,
     idle_timeout: String,
+    max_connections: usize,
+    max_connections_per_peer: usize,
 }
 
 impl Default for RawLimits {
@@ -468,6 +470,8 @@ impl Default for RawLimits {
             max_request_body_bytes: 10 * 1024 * 1024,
             handshake_timeout: "10s".into(),
             idle_timeout: "5m".into(),
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
         }
     }
 }
@@ -913,7 +917,15 @@ impl RawLimits {
         if self.max_header_bytes < 8192 {
             return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
         }
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return Err(invalid(
+                "limits.max_connections",
+                "max_connections and max_connections_per_peer must be at least 1",
+            ));
+        }
         Ok(Limits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
             max_header_bytes: self.max_header_bytes,
             max_request_body_bytes: self.max_request_body_bytes,
             handshake_timeout: duration("limits.handshake_timeout", &self.handshake_timeout)?,

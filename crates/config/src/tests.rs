@@ -49,6 +49,8 @@ fn minimal_config_has_sane_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert!(c.connections.is_empty() && c.grants.is_empty());
     assert_eq!(c.limits.max_header_bytes, 16384);
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.limits.max_connections_per_peer, 1_000);
     assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.gateway.admin_listen, None);
 }

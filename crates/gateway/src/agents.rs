@@ -55,16 +55,29 @@ pub(crate) struct AgentListener {
 
 impl AgentListener {
     /// Accept agents on `listener` until `shutdown`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        limits: std::sync::Arc<crate::limits::ConnLimits>,
     ) {
         let stop = shutdown.clone();
-        crate::listener::accept_loop(listener, stop, tracker, move |stream, peer| {
-            self.clone().link(stream, peer, shutdown.clone())
-        })
+        crate::listener::accept_loop(
+            listener,
+            stop,
+            tracker,
+            limits,
+            move |stream, peer, admission| {
+                let this = self.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    // Over a cap: closed (an agent retries with backoff).
+                    let Ok(_permit) = admission else { return };
+                    this.link(stream, peer, shutdown).await
+                }
+            },
+        )
         .await
     }
 

@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod demo;
 pub mod enrol;
+mod limits;
 mod listener;
 pub mod roles;
 
@@ -306,6 +307,12 @@ pub async fn serve_demo(
         idle_timeout: Duration::from_secs(300),
         max_header_bytes: 16 * 1024,
     });
+    let limits = limits::ConnLimits::new(
+        "demo",
+        usize::MAX,
+        usize::MAX,
+        limits::ConnMetrics::default(),
+    );
     tracker.spawn(listener::serve(
         l,
         acceptor,
@@ -314,6 +321,7 @@ pub async fn serve_demo(
         own_metrics,
         shutdown,
         tracker.clone(),
+        limits,
     ));
     tracing::info!(%addr, "demo API listening");
     Ok(addr)
@@ -326,6 +334,7 @@ struct Runtime {
     tracker: TaskTracker,
     registry: Registry,
     tls_metrics: portcullis_tls::TlsMetrics,
+    conn_metrics: limits::ConnMetrics,
     certs: ListenerCerts,
 }
 
@@ -336,6 +345,7 @@ impl Runtime {
         let tracker = TaskTracker::new();
         let mut registry = Registry::default();
         let tls_metrics = portcullis_tls::TlsMetrics::register(&mut registry);
+        let conn_metrics = limits::ConnMetrics::register(&mut registry);
         let cert_metrics = portcullis_tls::CertMetrics::register(&mut registry);
         let provider = cfg
             .gateway
@@ -379,6 +389,7 @@ impl Runtime {
             tracker,
             registry,
             tls_metrics,
+            conn_metrics,
             certs,
         })
     }
@@ -392,13 +403,24 @@ impl Runtime {
         })
     }
 
-    /// Serve HTTPS with `handler` on `l`.
+    /// The connection caps of listener `name` (`[limits]`).
+    fn limits(&self, cfg: &Config, name: &'static str) -> Arc<limits::ConnLimits> {
+        limits::ConnLimits::new(
+            name,
+            cfg.limits.max_connections,
+            cfg.limits.max_connections_per_peer,
+            self.conn_metrics.clone(),
+        )
+    }
+
+    /// Serve HTTPS with `handler` on `l` (listener `name`).
     fn serve<H: Handler>(
         &self,
         l: TcpListener,
         acceptor: TlsAcceptor,
         handler: H,
         settings: Arc<ListenerSettings>,
+        limits: Arc<limits::ConnLimits>,
     ) {
         self.tracker.spawn(listener::serve(
             l,
@@ -408,6 +430,7 @@ impl Runtime {
             self.tls_metrics.clone(),
             self.shutdown.clone(),
             self.tracker.clone(),
+            limits,
         ));
     }
 }
@@ -501,10 +524,15 @@ async fn start_postgres(
         l,
         rt.shutdown.clone(),
         rt.tracker.clone(),
-        move |stream, peer| {
+        rt.limits(cfg, "postgres"),
+        move |stream, peer, admission| {
             let pg = pg.clone();
             let stop = stop.clone();
             async move {
+                let _permit = match admission {
+                    Ok(p) => p,
+                    Err(full) => return pg.refuse_busy(stream, peer, full.message()).await,
+                };
                 // PostgreSQL sessions have no graceful end: they are
                 // closed at shutdown.
                 tokio::select! {
@@ -564,8 +592,12 @@ async fn start_agents(
         metrics: rt.tls_metrics.clone(),
         handshake_timeout: cfg.limits.handshake_timeout,
     };
-    rt.tracker
-        .spawn(agents.serve(l, rt.shutdown.clone(), rt.tracker.clone()));
+    rt.tracker.spawn(agents.serve(
+        l,
+        rt.shutdown.clone(),
+        rt.tracker.clone(),
+        rt.limits(cfg, "agents"),
+    ));
     tracing::info!(%addr, "agent listener");
     Ok(Some(addr))
 }
@@ -634,6 +666,7 @@ async fn start_admin(
         acceptor,
         handler,
         rt.settings(cfg, portcullis_config::url_for(addr)),
+        rt.limits(cfg, "admin"),
     );
     tracing::info!(%addr, "admin listener (metrics, health)");
     Ok(Some(addr))
@@ -714,7 +747,13 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         domain: cfg.gateway.domain.clone(),
         enrol: enrolment(cfg, &store, &shared.audit)?,
     };
-    rt.serve(l, acceptor, main, rt.settings(cfg, public_url.clone()));
+    rt.serve(
+        l,
+        acceptor,
+        main,
+        rt.settings(cfg, public_url.clone()),
+        rt.limits(cfg, "https"),
+    );
     tracing::info!(addr = %https_addr, url = %public_url, connections = cfg.connections.len(), grants = cfg.grants.len(), "gateway listening");
 
     Ok(RunningGateway {

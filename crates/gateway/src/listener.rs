@@ -10,6 +10,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+
+use crate::limits::{ConnLimits, Full, Permit};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_http::{Body, ConnInfo, HttpFront};
@@ -161,14 +163,17 @@ pub struct ListenerSettings {
 }
 
 /// Accept on `listener` until `shutdown`, handing each socket to
-/// `on_conn` in a task of `tracker`.
+/// `on_conn` in a task of `tracker`, with its place under `limits` (held
+/// for as long as the task runs) or why there is none: the listener's
+/// protocol says the refusal.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    limits: Arc<ConnLimits>,
     on_conn: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Result<Permit, Full>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -185,11 +190,16 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(on_conn(stream, peer));
+        let admission = limits.admit(peer.ip());
+        if let Err(full) = admission {
+            tracing::warn!(%peer, ?full, "connection refused at a cap");
+        }
+        tracker.spawn(on_conn(stream, peer, admission));
     }
 }
 
 /// Serve HTTPS with `front` on `listener`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -198,18 +208,30 @@ pub(crate) async fn serve<H: Handler>(
     metrics: TlsMetrics,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    limits: Arc<ConnLimits>,
 ) {
     let stop = shutdown.clone();
-    accept_loop(listener, stop, tracker, move |stream, peer| {
-        let conn = Connection {
-            acceptor: acceptor.clone(),
-            front: front.clone(),
-            settings: settings.clone(),
-            metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-        };
-        conn.run(stream, peer)
-    })
+    accept_loop(
+        listener,
+        stop,
+        tracker,
+        limits,
+        move |stream, peer, admission| {
+            let conn = Connection {
+                acceptor: acceptor.clone(),
+                front: front.clone(),
+                settings: settings.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            };
+            async move {
+                match admission {
+                    Ok(_permit) => conn.run(stream, peer).await,
+                    Err(full) => conn.refuse_full(stream, peer, full).await,
+                }
+            }
+        },
+    )
     .await
 }
 
@@ -283,6 +305,34 @@ impl<H: Handler> Connection<H> {
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+impl<H: Handler> Connection<H> {
+    /// Over a cap: the handshake, then 503 to every request on the
+    /// connection (in the caller's HTTP version), then close.
+    async fn refuse_full(self, stream: TcpStream, peer: SocketAddr, full: Full) {
+        let deadline = self.settings.handshake_timeout;
+        let Some((tls, _)) =
+            portcullis_tls::accept(&self.acceptor, stream, peer, deadline, &self.metrics).await
+        else {
+            return;
+        };
+        let svc = service_fn(move |_req| async move {
+            let mut r = portcullis_http::json_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "too_many_connections", "message": full.message()}),
+            );
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, Infallible>(r)
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().keep_alive(false);
+        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+        let _ = tokio::time::timeout(deadline, conn).await;
     }
 }
 

@@ -196,6 +196,60 @@ impl PgFront {
     pub async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
         self.inner.clone().connection(stream, peer).await
     }
+
+    /// Refuse a connection over a cap with a FATAL 53300
+    /// too_many_connections (what a server at its `max_connections`
+    /// says). Said inside TLS, after the caller's startup packet, so that
+    /// libpq shows the reason; nothing else is read.
+    pub async fn refuse_busy(&self, stream: TcpStream, peer: SocketAddr, why: &str) {
+        let m = fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            &format!("portcullis: {why}"),
+        );
+        let inner = &self.inner;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(inner.handshake_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => {}
+            _ => return,
+        }
+        let tls = if first[0] == TLS_HANDSHAKE {
+            inner.tls(stream, peer).await
+        } else {
+            let mut reader = FrameReader::new(stream, crate::frame::MAX_STARTUP_LEN);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let next = tokio::time::timeout(inner.handshake_timeout, reader.startup()).await;
+                match next {
+                    Ok(Ok(Some(Startup::SslRequest))) => {
+                        let mut stream = reader.into_inner();
+                        if stream.write_all(b"S").await.is_err() {
+                            return;
+                        }
+                        break inner.tls(stream, peer).await;
+                    }
+                    Ok(Ok(Some(Startup::GssEncRequest))) if tries == 1 => {
+                        if reader.get_mut().write_all(b"N").await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Ok(Some(_))) => {
+                        let mut stream = reader.into_inner();
+                        return send(&mut stream, &m).await;
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let Some((tls, _)) = tls else { return };
+        let mut reader = FrameReader::new(tls, crate::frame::MAX_STARTUP_LEN);
+        if let Ok(Ok(Some(_))) =
+            tokio::time::timeout(inner.handshake_timeout, reader.startup()).await
+        {
+            let mut tls = reader.into_inner();
+            send(&mut tls, &m).await;
+        }
+    }
 }
 
 impl Inner {
