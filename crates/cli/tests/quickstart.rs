@@ -772,6 +772,7 @@ fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
     let out = std::process::Command::new(BIN)
         .args(["agents", "list"])
         .args(["--admin", &env["PORTCULLIS_ADMIN_URL"], "--ca", ca])
+        .env("PORTCULLIS_TOKEN", &env["PORTCULLIS_TOKEN"])
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
