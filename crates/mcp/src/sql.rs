@@ -180,15 +180,10 @@ pub(crate) async fn run(
         // are applied (column sources, binary values, errors).
         let mut masker = match ctx.front.mask_rule(name, &who.principal) {
             Some(rule) => Some(
-                portcullis_postgres::masking::prepare(
-                    rule,
-                    &mut session,
-                    name,
-                    upstream.analyses(),
-                )
-                .await
-                .map_err(|e| target_err(format!("masking rules could not be prepared: {e}")))?
-                .with_metrics(ctx.front.mask_metrics.clone()),
+                portcullis_postgres::masking::prepare(rule, &mut session, upstream, name)
+                    .await
+                    .map_err(|e| target_err(format!("masking rules could not be prepared: {e}")))?
+                    .with_metrics(ctx.front.mask_metrics.clone()),
             ),
             None => None,
         };

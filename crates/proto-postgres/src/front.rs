@@ -722,8 +722,7 @@ impl Inner {
         let mut chain: Vec<Box<dyn Inspector>> = Vec::new();
         if let Some(rule) = masks {
             // Before the caller gets the session: fail closed without it.
-            let analyses = live.upstream.analyses();
-            match crate::masking::prepare(rule, &mut up, connection, analyses).await {
+            match crate::masking::prepare(rule, &mut up, live.upstream, connection).await {
                 Ok(i) => chain.push(Box::new(i.with_metrics(self.ctx.mask_metrics.clone()))),
                 Err(e) => {
                     tracing::warn!(connection, error = %e, "catalog look-up for masking failed");

@@ -119,7 +119,21 @@ pub struct PgUpstream {
     catalog: crate::catalog::Catalog,
     /// Statement texts already analysed (pure: the text decides).
     analyses: Arc<crate::classify::AnalysisCache>,
+    /// The masker's catalog look-ups (types, protected columns' sources),
+    /// by query text: see [`PgUpstream::mask_catalog`].
+    mask_catalog:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Arc<CatalogRows>)>>,
 }
+
+/// Rows of a catalog query, as text.
+pub type CatalogRows = Vec<Vec<Option<String>>>;
+
+/// How long the masker's catalog rows are reused: as long as the
+/// statement proofs' catalog cache (changes made through the gateway
+/// forget both at once).
+const MASK_CATALOG_FOR: Duration = Duration::from_secs(30);
+/// Distinct masking rules' queries kept.
+const MASK_CATALOG_MAX: usize = 16;
 
 /// An upstream session waiting for its next caller.
 struct Idle {
@@ -231,6 +245,7 @@ impl PgUpstream {
             via: None,
             catalog: Default::default(),
             analyses: Default::default(),
+            mask_catalog: Default::default(),
         })
     }
 
@@ -258,6 +273,7 @@ impl PgUpstream {
             via: Some((t.agent.clone(), links)),
             catalog: Default::default(),
             analyses: Default::default(),
+            mask_catalog: Default::default(),
         }
     }
 
@@ -305,6 +321,38 @@ impl PgUpstream {
     /// admitted, so no proof of the old schema outlives the change).
     pub fn forget_catalog(&self) {
         self.catalog.forget();
+        if let Ok(mut m) = self.mask_catalog.lock() {
+            m.clear();
+        }
+    }
+
+    /// The rows of the masker's catalog query `sql`, run on `session`
+    /// unless the same query was answered in the last 30 seconds and no
+    /// schema change went through the gateway since. What a stale answer
+    /// can miss fails closed: a relation, view or function newer than it
+    /// is unknown to the masker and treated as protected (see
+    /// `masking::sources`).
+    pub async fn mask_catalog(
+        &self,
+        sql: &str,
+        session: &mut UpstreamSession,
+    ) -> Result<Arc<CatalogRows>, UpstreamError> {
+        let cached = self.mask_catalog.lock().ok().and_then(|m| {
+            m.get(sql)
+                .filter(|(at, _)| at.elapsed() < MASK_CATALOG_FOR)
+                .map(|(_, rows)| rows.clone())
+        });
+        if let Some(rows) = cached {
+            return Ok(rows);
+        }
+        let rows = Arc::new(session.simple_rows(sql).await?);
+        if let Ok(mut m) = self.mask_catalog.lock() {
+            if m.len() >= MASK_CATALOG_MAX {
+                m.clear();
+            }
+            m.insert(sql.to_string(), (std::time::Instant::now(), rows.clone()));
+        }
+        Ok(rows)
     }
 
     /// The class of a fast-path call ('F') of function `oid`, and the

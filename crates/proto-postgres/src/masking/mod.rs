@@ -91,15 +91,15 @@ pub struct MaskInspector {
 pub async fn prepare(
     rule: &Arc<Rule>,
     up: &mut crate::upstream::UpstreamSession,
+    upstream: &crate::upstream::PgUpstream,
     connection: &str,
-    analyses: Arc<AnalysisCache>,
 ) -> Result<MaskInspector, crate::upstream::UpstreamError> {
-    let rows = up.simple_rows(&sources::query(rule)).await?;
+    let rows = upstream.mask_catalog(&sources::query(rule), up).await?;
     let (types, sources) = sources::read(&rule.masker, &rows);
     let mut i = MaskInspector::new(rule.clone(), connection);
     i.types = types;
     i.sources = sources;
-    i.analyses = analyses;
+    i.analyses = upstream.analyses();
     Ok(i)
 }
 
