@@ -72,6 +72,13 @@ ca_file = "ca.pem"
 credential = {{ header = "x-api-key", secret = "file:api-key" }}
 
 [[connections]]
+name = "releases"
+type = "http"
+url = "https://localhost:{api}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[connections]]
 name = "db"
 type = "postgres"
 url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
@@ -90,7 +97,7 @@ connections = ["api", "db"]
 [[grants]]
 name = "deployer"
 principals = ["agent:deployer"]
-connections = ["api", "db"]
+connections = ["api", "db", "releases"]
 "#,
         issuer = idp.issuer,
         aud = idp::AUDIENCE,
@@ -365,6 +372,49 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
         .unwrap_or_else(|| panic!("no session of agent:claude in {audit}"));
     assert!(start.contains("\"on_behalf_of\":\"user:alice\""), "{start}");
     assert!(audit.contains("token_delegated"));
+    assert!(start.contains("agent:claude@alice"), "namespaced: {start}");
+    // Alice mints a token naming agent:deployer: it is
+    // agent:deployer@alice, not the real agent, and gets none of its
+    // grants (releases is granted to agent:deployer only); the real
+    // agent's token does.
+    let out = user_cli(
+        &s,
+        &home,
+        &["token", "create", "--principal", "agent:deployer"],
+    )
+    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let impostor = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = get(&s.gw.url, &s.ca, Some(&impostor), "/c/releases/hello");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("agent:deployer@alice"), "{}", r.body);
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["token", "create", "--principal", "agent:deployer"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = get(&s.gw.url, &s.ca, Some(&real), "/c/releases/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Already namespaced under someone else: refused at minting.
+    let out = user_cli(
+        &s,
+        &home,
+        &["token", "create", "--principal", "agent:deployer@bob"],
+    )
+    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
     // More than a day is refused.
     let out = user_cli(
         &s,

@@ -271,6 +271,10 @@ pub struct ClientAuth {
     pub mode: ClientCertMode,
     pub ca_file: Option<PathBuf>,
     pub principal_from: Vec<CertName>,
+    /// Principal kinds a certificate from another CA may name.
+    pub principal_kinds: Vec<String>,
+    /// SPIFFE trust domains accepted beyond the gateway's own.
+    pub trust_domains: Vec<String>,
 }
 
 impl Default for ClientAuth {
@@ -279,6 +283,19 @@ impl Default for ClientAuth {
             mode: ClientCertMode::Off,
             ca_file: None,
             principal_from: vec![CertName::Spiffe, CertName::Dns, CertName::CommonName],
+            principal_kinds: vec!["agent".into()],
+            trust_domains: Vec::new(),
+        }
+    }
+}
+
+impl ClientAuth {
+    /// What this listener accepts from client certificates.
+    pub fn cert_policy(&self) -> portcullis_tls::CertPolicy {
+        portcullis_tls::CertPolicy {
+            order: self.principal_from.clone(),
+            kinds: self.principal_kinds.clone(),
+            trust_domains: self.trust_domains.clone(),
         }
     }
 }

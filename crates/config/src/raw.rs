@@ -304,6 +304,9 @@ struct RawClientAuth {
     mode: String,
     ca_file: Option<String>,
     principal_from: Option<Vec<String>>,
+    principal_kinds: Option<Vec<String>>,
+    #[serde(default)]
+    trust_domains: Vec<String>,
 }
 
 impl RawClientAuth {
@@ -350,10 +353,30 @@ impl RawClientAuth {
                 "list at least one source",
             ));
         }
+        let principal_kinds = self
+            .principal_kinds
+            .clone()
+            .unwrap_or_else(|| vec!["agent".into()]);
+        for k in principal_kinds.iter().chain(&self.trust_domains) {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    format!("{key}.principal_kinds"),
+                    format!(
+                        "{k:?}: kinds and trust domains are plain names (letters, digits, - _ .)"
+                    ),
+                ));
+            }
+        }
         Ok(ClientAuth {
             mode,
             ca_file,
             principal_from,
+            principal_kinds,
+            trust_domains: self.trust_domains.clone(),
         })
     }
 }

@@ -20,6 +20,7 @@
 
 mod admit;
 mod gate;
+mod live;
 mod session;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use portcullis_policy::Policy;
 
 pub use admit::{AdmitError, Admitted, Origin};
 pub use gate::{Ask, Gate, HoldError};
+pub use live::{Liveness, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
 
 /// One configured connection, as admission sees it.
@@ -48,6 +50,8 @@ pub struct FrontContext {
     pub mask_metrics: portcullis_mask::MaskMetrics,
     pub sessions: Sessions,
     pub approvals: portcullis_approval::Approvals,
+    /// Live sessions by credential, ended when it is revoked.
+    pub live: Arc<Liveness>,
     /// Every connection by name: its protocol and approval rule.
     connections: HashMap<String, ConnectionEntry>,
 }
@@ -79,6 +83,7 @@ impl FrontContext {
             mask_metrics,
             sessions,
             approvals,
+            live: Arc::default(),
             connections,
         }
     }

@@ -61,6 +61,8 @@ pub enum Outcome {
     HttpStatus(u16),
     /// An HTTP session that ended before any request was answered.
     NoResponse,
+    /// The credential the session was opened with was revoked or expired.
+    CredentialEnded,
 }
 
 impl Outcome {
@@ -79,6 +81,7 @@ impl Outcome {
             Outcome::Error => Borrowed("error"),
             Outcome::HttpStatus(s) => std::borrow::Cow::Owned(s.to_string()),
             Outcome::NoResponse => Borrowed("closed"),
+            Outcome::CredentialEnded => Borrowed("credential_ended"),
         }
     }
 }

@@ -269,6 +269,7 @@ fn outcomes_keep_their_labels() {
         (Outcome::Ok, "ok"),
         (Outcome::Error, "error"),
         (Outcome::HttpStatus(502), "502"),
+        (Outcome::CredentialEnded, "credential_ended"),
     ] {
         assert_eq!(o.to_string(), label);
     }

@@ -135,7 +135,7 @@ pub(crate) async fn mint_for_agent(
             action: "token_delegated".into(),
             detail: serde_json::json!({
                 "token_id": minted.id,
-                "principal": m.principal,
+                "principal": minted.subject,
                 "on_behalf_of": person.subject,
                 "groups": person.groups,
                 "expires_at": minted.expires_at,
@@ -143,13 +143,13 @@ pub(crate) async fn mint_for_agent(
         })
         .await
         .map_err(|_| ProxyError::AuditUnavailable)?;
-    tracing::info!(token_id = %minted.id, principal = %m.principal, on_behalf_of = %person.subject, "token minted for an agent");
+    tracing::info!(token_id = %minted.id, principal = %minted.subject, on_behalf_of = %person.subject, "token minted for an agent");
     Ok(portcullis_http::json_response(
         StatusCode::CREATED,
         &serde_json::json!({
             "token": minted.secret,
             "id": minted.id,
-            "principal": m.principal,
+            "principal": minted.subject,
             "on_behalf_of": person.subject,
             "groups": person.groups,
             "expires_at": minted.expires_at,

@@ -575,6 +575,7 @@ async fn start_agents(
             portcullis_config::CertName::Spiffe,
             portcullis_config::CertName::CommonName,
         ],
+        ..Default::default()
     };
     let acceptor = rt.certs.acceptor(
         cfg,
@@ -603,6 +604,18 @@ async fn start_agents(
 }
 
 /// Announce this gateway to the peers sharing the store, every 5 s.
+/// Live sessions end within about a second of their credential's
+/// revocation or expiry, here or on any gateway sharing the store.
+fn start_liveness(rt: &Runtime, store: &Store, shared: &Shared) {
+    let (live, store, stop) = (shared.ctx.live.clone(), store.clone(), rt.shutdown.clone());
+    rt.tracker.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = live.poll(store, Duration::from_secs(1)) => {}
+        }
+    });
+}
+
 fn start_heartbeat(rt: &Runtime, store: &Store, public_url: &str) -> String {
     let gateway_id = {
         let mut b = [0u8; 6];
@@ -708,6 +721,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         ),
     };
     let shared = shared(cfg, &store, &mut rt).await?;
+    start_liveness(&rt, &store, &shared);
     let http_metrics = HttpMetrics::register(&mut rt.registry);
     let front = HttpFront::new(shared.ctx.clone(), cfg, http_metrics, shared.links.clone())?;
     // Read-only connections' database roles: waited for (and fatal) with

@@ -17,10 +17,11 @@ pub enum Credential<'a> {
     /// password).
     Bearer(&'a str),
     /// A client certificate the TLS handshake verified (leaf, DER), and
-    /// where the listener reads the principal's name from.
+    /// what the listener accepts from it (where the name is read, which
+    /// kinds and trust domains).
     Certificate {
         der: &'a [u8],
-        names: &'a [portcullis_tls::CertName],
+        names: &'a portcullis_tls::CertPolicy,
     },
 }
 
@@ -62,7 +63,7 @@ pub enum DelegateError {
         "only a person signed in with the identity provider can mint tokens for agents (this caller is {0})"
     )]
     NotAPerson(String),
-    #[error("{0:?} is not an agent principal (expected agent:NAME)")]
+    #[error("{0:?} is not an agent principal (expected agent:NAME, without @)")]
     NotAnAgent(String),
     #[error("a delegated token may live at most {max_hours} hours")]
     TooLong { max_hours: u64 },
@@ -75,6 +76,8 @@ pub struct Delegated {
     pub secret: String,
     pub id: String,
     pub expires_at: i64,
+    /// The token's principal: the agent namespaced under its person.
+    pub subject: String,
 }
 
 #[derive(Clone)]
@@ -107,7 +110,22 @@ impl Authenticator {
         if person.kind != crate::PrincipalKind::Human || !signed_in {
             return Err(DelegateError::NotAPerson(person.subject.clone()));
         }
-        if crate::validate_subject(agent).is_err() || !agent.starts_with("agent:") {
+        // `agent:NAME`, never already namespaced (`agent:x@bob` would be
+        // someone else's).
+        if crate::validate_subject(agent).is_err()
+            || !agent.starts_with("agent:")
+            || agent.contains('@')
+        {
+            return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
+        }
+        // Namespaced under the person: grants written for a bare
+        // `agent:NAME` never cover it, and approvals are bound to it.
+        let person_name = person
+            .subject
+            .strip_prefix("user:")
+            .unwrap_or(&person.subject);
+        let agent = &format!("{agent}@{person_name}");
+        if crate::validate_subject(agent).is_err() {
             return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
         }
         if ttl > MAX_DELEGATION || ttl.is_zero() {
@@ -133,6 +151,7 @@ impl Authenticator {
             secret: t.secret,
             id,
             expires_at,
+            subject: agent.clone(),
         })
     }
 
@@ -146,7 +165,7 @@ impl Authenticator {
                 None => Err(AuthError::OidcNotConfigured),
             },
             Credential::Certificate { der, names } => {
-                let subject = portcullis_tls::client_cert::principal_name(der, names)
+                let subject = portcullis_tls::client_cert::principal_for(der, names)
                     .map_err(|e| AuthError::Certificate(e.to_string()))?;
                 if subject.starts_with("connector:") {
                     return Err(AuthError::Certificate(

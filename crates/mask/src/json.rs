@@ -153,13 +153,17 @@ pub(crate) fn walk(
         Value::Object(map) => {
             // Keys carry data too (`{"ada@example.com": {...}}`): each is
             // masked like a string. Rules still see the original key.
-            let mut renamed = false;
             for (k, item) in map.iter_mut() {
                 at.push(Step::Key(k.clone()));
                 walk(m, item, at, stats, vault);
                 at.pop();
-                renamed |= matches!(m.mask_str(k, &mut Stats::new()), std::borrow::Cow::Owned(_));
             }
+            // A cheap first look at each key; only one that may match is
+            // masked in full.
+            let renamed = map.keys().any(|k| {
+                m.may_match(k)
+                    && matches!(m.mask_str(k, &mut Stats::new()), std::borrow::Cow::Owned(_))
+            });
             if renamed {
                 let old = std::mem::take(map);
                 for (k, item) in old {

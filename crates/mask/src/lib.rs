@@ -375,6 +375,12 @@ impl Masker {
     /// and sources whose candidate it overlapped search again after it.
     /// Masking the output again therefore finds nothing new: every value
     /// is looked for in the same context either way.
+    /// Whether any detector or word list may match in `text` (a cheap
+    /// first look: false means [`Self::mask_str`] would change nothing).
+    pub fn may_match(&self, text: &str) -> bool {
+        self.set.is_match(text) || self.words.iter().any(|w| w.matcher.is_match(text))
+    }
+
     fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
         let matched = self.set.matches(text);
         let mut sources: Vec<Cursor> = matched

@@ -2,7 +2,7 @@
 //! no I/O. Every decision names the rule that made it, so that
 //! `policy explain`, the audit log and error messages can say why.
 
-use portcullis_identity::Principal;
+use portcullis_identity::{AuthMethod, Principal, PrincipalKind};
 use serde::Serialize;
 
 /// One grant: these principals and groups may open sessions on these
@@ -22,8 +22,9 @@ impl Grant {
     }
 
     fn covers_principal(&self, p: &Principal) -> Option<Match> {
-        if self.principals.iter().any(|s| s == &p.subject) {
-            return Some(Match::Principal(p.subject.clone()));
+        let subject = effective_subject(p);
+        if self.principals.contains(&subject) {
+            return Some(Match::Principal(subject));
         }
         self.groups
             .iter()
@@ -55,6 +56,51 @@ pub enum DenyReason {
         principal: String,
         connection: String,
     },
+    #[error(
+        "{principal} acts for {person}, who has no grant to connection {connection:?}: a delegated token reaches no more than its person"
+    )]
+    Delegation {
+        principal: String,
+        person: String,
+        connection: String,
+    },
+}
+
+/// The person a delegated token acts for, as a principal with the groups
+/// the token carries (the person's, when it was minted).
+fn delegated_person(p: &Principal) -> Option<Principal> {
+    match &p.via {
+        AuthMethod::GatewayToken {
+            on_behalf_of: Some(person),
+            ..
+        } => Some(Principal {
+            subject: person.clone(),
+            kind: PrincipalKind::Human,
+            groups: p.groups.clone(),
+            via: AuthMethod::Oidc {
+                issuer: String::new(),
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// The subject grants are matched against: a delegated agent is
+/// namespaced under its person (`agent:claude@alice`), so a grant written
+/// for a bare `agent:NAME` never covers a token someone else minted.
+/// (Tokens minted before namespacing carry the bare name; they are
+/// matched as namespaced all the same.)
+pub fn effective_subject(p: &Principal) -> String {
+    match &p.via {
+        AuthMethod::GatewayToken {
+            on_behalf_of: Some(person),
+            ..
+        } if !p.subject.contains('@') => {
+            let name = person.strip_prefix("user:").unwrap_or(person);
+            format!("{}@{name}", p.subject)
+        }
+        _ => p.subject.clone(),
+    }
 }
 
 impl Decision {
@@ -80,7 +126,26 @@ impl Policy {
 
     /// May `principal` open a session on `connection`? The first grant
     /// that covers both wins; no grant means deny.
+    ///
+    /// A delegated principal (an agent acting for a person) is allowed
+    /// only where its person would be too: the intersection.
     pub fn decide(&self, principal: &Principal, connection: &str) -> Decision {
+        let d = self.decide_one(principal, connection);
+        if let (true, Some(person)) = (d.is_allow(), delegated_person(principal))
+            && !self.decide_one(&person, connection).is_allow()
+        {
+            return Decision::Deny {
+                reason: DenyReason::Delegation {
+                    principal: effective_subject(principal),
+                    person: person.subject,
+                    connection: connection.to_string(),
+                },
+            };
+        }
+        d
+    }
+
+    fn decide_one(&self, principal: &Principal, connection: &str) -> Decision {
         self.grants
             .iter()
             .filter(|g| g.covers_connection(connection))
@@ -93,7 +158,7 @@ impl Policy {
             })
             .unwrap_or_else(|| Decision::Deny {
                 reason: DenyReason::NoGrant {
-                    principal: principal.subject.clone(),
+                    principal: effective_subject(principal),
                     connection: connection.to_string(),
                 },
             })
@@ -103,7 +168,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_identity::{AuthMethod, PrincipalKind};
 
     fn principal(subject: &str, groups: &[&str]) -> Principal {
         Principal {
@@ -125,6 +189,55 @@ mod tests {
             groups: own(groups),
             connections: own(conns),
         }
+    }
+
+    fn delegated(agent: &str, person: &str, groups: &[&str]) -> Principal {
+        Principal {
+            via: AuthMethod::GatewayToken {
+                token_id: "d".into(),
+                on_behalf_of: Some(person.into()),
+            },
+            ..principal(agent, groups)
+        }
+    }
+
+    #[test]
+    fn a_delegated_token_never_borrows_a_bare_agents_grant() {
+        let p = Policy::new(vec![
+            grant("deployer", &["agent:deployer"], &[], &["releases"]),
+            grant(
+                "alice-claude",
+                &["agent:claude@alice"],
+                &[],
+                &["db", "secrets"],
+            ),
+            grant("dbas", &[], &["dba"], &["db"]),
+            grant("alice", &["user:alice"], &[], &["db"]),
+        ]);
+        // Alice mints `agent:deployer`: namespaced under her, it is not
+        // the real agent:deployer.
+        let impostor = delegated("agent:deployer@alice", "user:alice", &["dba"]);
+        assert!(!p.decide(&impostor, "releases").is_allow());
+        assert!(
+            p.decide(&principal("agent:deployer", &[]), "releases")
+                .is_allow()
+        );
+        // A token minted before namespacing (bare subject) is matched as
+        // namespaced all the same.
+        let old = delegated("agent:deployer", "user:alice", &["dba"]);
+        assert!(!p.decide(&old, "releases").is_allow());
+        // Its person's groups reach what they reach.
+        assert!(p.decide(&impostor, "db").is_allow());
+        // A grant for the namespaced agent, within the person's reach.
+        let claude = delegated("agent:claude@alice", "user:alice", &[]);
+        assert!(p.decide(&claude, "db").is_allow());
+        // …but never beyond it: the intersection.
+        let d = p.decide(&claude, "secrets");
+        let Decision::Deny { reason } = d else {
+            panic!("allowed beyond the person's reach: {d:?}")
+        };
+        assert!(matches!(reason, DenyReason::Delegation { .. }), "{reason}");
+        assert!(reason.to_string().contains("acts for user:alice"));
     }
 
     #[test]

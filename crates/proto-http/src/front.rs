@@ -44,8 +44,8 @@ struct Inner {
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
     vaults: Vaults,
-    /// Where a client certificate's principal is read from.
-    cert_names: Vec<portcullis_config::CertName>,
+    /// What a client certificate may name.
+    cert_names: portcullis_tls::CertPolicy,
     /// Public login settings of each `[[oidc]]` issuer that has them.
     login: Vec<serde_json::Value>,
     /// Where the PostgreSQL listener ended up, once it is bound.
@@ -88,7 +88,7 @@ impl HttpFront {
                 metrics,
                 vaults: Default::default(),
                 finishing: tokio_util::task::TaskTracker::new(),
-                cert_names: cfg.gateway.client_auth.principal_from.clone(),
+                cert_names: cfg.gateway.client_auth.cert_policy(),
                 login: cfg
                     .oidc
                     .iter()

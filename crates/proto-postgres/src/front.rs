@@ -107,7 +107,7 @@ struct Inner {
     /// Makes placeholder statements unguessable, so a caller cannot forge
     /// an error that the gateway would rewrite.
     nonce: String,
-    cert_names: Vec<portcullis_config::CertName>,
+    cert_names: portcullis_tls::CertPolicy,
 }
 
 /// What the caller's startup packet asked for.
@@ -186,7 +186,7 @@ impl PgFront {
                 cert_names: cfg
                     .postgres
                     .as_ref()
-                    .map(|p| p.client_auth.principal_from.clone())
+                    .map(|p| p.client_auth.cert_policy())
                     .unwrap_or_default(),
             }),
         })
@@ -756,8 +756,10 @@ impl Inner {
             })
             .clone();
         let prepared = Mutex::new(crate::statements::Prepared::default());
+        let watch = self.ctx.live.watch(principal);
         let ctx = SessionCtx {
             prepared: &prepared,
+            watch: watch.as_ref(),
             connection,
             principal,
             rule: &live.admitted.rule,

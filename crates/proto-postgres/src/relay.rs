@@ -49,6 +49,8 @@ pub(crate) struct SessionCtx<'a> {
     pub refused: &'a Counter,
     /// Prepared statements to re-prove at each Bind.
     pub prepared: &'a Mutex<crate::statements::Prepared>,
+    /// Ends the session when its credential is revoked or expires.
+    pub watch: Option<&'a portcullis_front::Watch>,
 }
 
 impl SessionCtx<'_> {
@@ -75,6 +77,9 @@ enum Exit {
     UpstreamGone,
     CallerBadFrame(FrameError),
     Refused(Refusal),
+    /// The credential the session was opened with ended (revoked,
+    /// expired): the reason.
+    CredentialEnded(String),
     Internal,
 }
 
@@ -99,6 +104,13 @@ impl Exit {
                 (Outcome::CallerProtocolError, Some(m))
             }
             Exit::Refused(r) => (Outcome::Refused, Some(fatal(r.code, &r.message))),
+            Exit::CredentialEnded(why) => (
+                Outcome::CredentialEnded,
+                Some(fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    &format!("portcullis: {why}; the session is closed"),
+                )),
+            ),
             Exit::Internal => (
                 Outcome::InternalError,
                 Some(fatal(
@@ -189,9 +201,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             status: _,
         } = up;
         caller_r.set_max(ctx.max_message);
+        let credential_ended = async {
+            match ctx.watch {
+                Some(w) => Exit::CredentialEnded(w.ended().await),
+                None => std::future::pending().await,
+            }
+        };
         let exit = tokio::select! {
             e = relay.caller_to_target(&mut caller_r, &mut up_w) => e,
             e = relay.target_to_caller(&mut up_r) => e,
+            e = credential_ended => e,
         };
         let (outcome, reusable) = relay.say_goodbye(&exit).await;
         let reusable = if reusable {

@@ -181,6 +181,49 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
+    /// Credentials that stopped being valid between `since` and `now`
+    /// (Unix seconds, both included), as `token:ID` or `cert:FINGERPRINT`
+    /// with the reason: tokens revoked or expired, certificates revoked.
+    pub async fn ended_credentials(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let tokens = sqlx::query(self.q(
+            "SELECT id, revoked_at FROM tokens WHERE (revoked_at IS NOT NULL AND revoked_at >= ?) \
+             OR (expires_at IS NOT NULL AND expires_at >= ? AND expires_at <= ?)",
+        ))
+        .bind(since)
+        .bind(since)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let certs =
+            sqlx::query(self.q("SELECT fingerprint FROM revoked_certs WHERE revoked_at >= ?"))
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut ended = Vec::with_capacity(tokens.len() + certs.len());
+        for r in &tokens {
+            let id: String = r.try_get("id")?;
+            let revoked: Option<i64> = r.try_get("revoked_at")?;
+            let why = if revoked.is_some() {
+                "revoked"
+            } else {
+                "expired"
+            };
+            ended.push((format!("token:{id}"), format!("the token was {why}")));
+        }
+        for r in &certs {
+            let fp: String = r.try_get("fingerprint")?;
+            ended.push((
+                format!("cert:{fp}"),
+                "the client certificate was revoked".into(),
+            ));
+        }
+        Ok(ended)
+    }
+
     /// Revoke a token by id. Returns false if no such token exists; a token
     /// revoked twice keeps its first revocation time.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {

@@ -27,6 +27,59 @@ pub enum CertNameError {
     Unparsable,
     #[error("client certificate has no usable name (looked at: {0})")]
     NoName(String),
+    #[error("client certificate names {0}, which this listener does not accept: {1}")]
+    NotAccepted(String, String),
+}
+
+/// What a listener accepts from client certificates. Certificates from
+/// the gateway's own CA carry a SPIFFE ID in its trust domain
+/// ([`SPIFFE_DOMAIN`]) and name any principal, as `cert issue` made them.
+/// Any other name (a SPIFFE ID from another trust domain, a DNS name, a
+/// subject CN) names a principal only if the listener lists its trust
+/// domain and its kind: a certificate from another CA in the bundle must
+/// not be able to call itself `user:alice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPolicy {
+    /// Where the name is read from, in order.
+    pub order: Vec<CertName>,
+    /// Principal kinds other names may have (`agent`, `service`).
+    pub kinds: Vec<String>,
+    /// SPIFFE trust domains accepted beyond the gateway's own.
+    pub trust_domains: Vec<String>,
+}
+
+impl Default for CertPolicy {
+    fn default() -> Self {
+        Self {
+            order: vec![CertName::Spiffe, CertName::Dns, CertName::CommonName],
+            kinds: vec!["agent".into()],
+            trust_domains: Vec::new(),
+        }
+    }
+}
+
+/// The principal `der` names under `policy` (see [`CertPolicy`]).
+pub fn principal_for(der: &[u8], policy: &CertPolicy) -> Result<String, CertNameError> {
+    let (principal, domain) = named(der, &policy.order)?;
+    if domain.as_deref() == Some(SPIFFE_DOMAIN) {
+        return Ok(principal);
+    }
+    if let Some(d) = &domain
+        && !policy.trust_domains.iter().any(|t| t == d)
+    {
+        return Err(CertNameError::NotAccepted(
+            principal,
+            format!("SPIFFE trust domain {d:?} is not among the listener's trust_domains"),
+        ));
+    }
+    let kind = principal.split_once(':').map(|(k, _)| k).unwrap_or("");
+    if !policy.kinds.iter().any(|k| k == kind) {
+        return Err(CertNameError::NotAccepted(
+            principal.clone(),
+            format!("kind {kind:?} is not among the listener's principal_kinds"),
+        ));
+    }
+    Ok(principal)
 }
 
 /// The SPIFFE ID for a principal `KIND:NAME`.
@@ -35,8 +88,15 @@ pub fn spiffe_id(principal: &str) -> Option<String> {
     Some(format!("spiffe://{SPIFFE_DOMAIN}/{kind}/{name}"))
 }
 
-/// The principal named by `der`, trying `order` in turn.
+/// The principal named by `der`, trying `order` in turn, whatever its
+/// kind or trust domain (agent links, whose chain is the gateway's own
+/// CA; callers go through [`principal_for`]).
 pub fn principal_name(der: &[u8], order: &[CertName]) -> Result<String, CertNameError> {
+    named(der, order).map(|(p, _)| p)
+}
+
+/// The principal and, when it came from a SPIFFE ID, its trust domain.
+fn named(der: &[u8], order: &[CertName]) -> Result<(String, Option<String>), CertNameError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| CertNameError::Unparsable)?;
     let sans: Vec<GeneralName<'_>> = cert
         .subject_alternative_name()
@@ -47,11 +107,11 @@ pub fn principal_name(der: &[u8], order: &[CertName]) -> Result<String, CertName
     for source in order {
         let found = match source {
             CertName::Spiffe => sans.iter().find_map(|n| match n {
-                GeneralName::URI(u) => from_spiffe(u),
+                GeneralName::URI(u) => from_spiffe(u).map(|(p, d)| (p, Some(d))),
                 _ => None,
             }),
             CertName::Dns => sans.iter().find_map(|n| match n {
-                GeneralName::DNSName(d) if valid_name(d) => Some(format!("agent:{d}")),
+                GeneralName::DNSName(d) if valid_name(d) => Some((format!("agent:{d}"), None)),
                 _ => None,
             }),
             CertName::CommonName => cert
@@ -65,7 +125,8 @@ pub fn principal_name(der: &[u8], order: &[CertName]) -> Result<String, CertName
                     } else {
                         valid_name(cn).then(|| format!("agent:{cn}"))
                     }
-                }),
+                })
+                .map(|p| (p, None)),
         };
         if let Some(p) = found {
             return Ok(p);
@@ -80,15 +141,14 @@ pub fn principal_name(der: &[u8], order: &[CertName]) -> Result<String, CertName
     ))
 }
 
-/// `spiffe://DOMAIN/KIND/NAME` → `KIND:NAME` (any trust domain: the chain
-/// was verified against the listener's configured CA, which is what
-/// scopes trust).
-fn from_spiffe(uri: &str) -> Option<String> {
+/// `spiffe://DOMAIN/KIND/NAME` → (`KIND:NAME`, `DOMAIN`); whether the
+/// domain is trusted is [`principal_for`]'s question.
+fn from_spiffe(uri: &str) -> Option<(String, String)> {
     let rest = uri.strip_prefix("spiffe://")?;
-    let (_domain, path) = rest.split_once('/')?;
+    let (domain, path) = rest.split_once('/')?;
     let (kind, name) = path.split_once('/')?;
     let p = format!("{kind}:{name}");
-    (valid_name(kind) && valid_principal(&p)).then_some(p)
+    (valid_name(kind) && valid_name(domain) && valid_principal(&p)).then(|| (p, domain.to_string()))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -171,6 +231,51 @@ mod tests {
     fn spiffe_id_round_trips() {
         let id = spiffe_id("agent:ci").unwrap();
         assert_eq!(id, "spiffe://portcullis/agent/ci");
-        assert_eq!(from_spiffe(&id).unwrap(), "agent:ci");
+        assert_eq!(
+            from_spiffe(&id).unwrap(),
+            ("agent:ci".to_string(), "portcullis".to_string())
+        );
+    }
+
+    #[test]
+    fn other_cas_name_only_listed_kinds_and_trust_domains() {
+        let policy = CertPolicy::default();
+        // The gateway's own trust domain: any kind, as `cert issue` made it.
+        let own = cert(
+            None,
+            vec![SanType::URI(
+                "spiffe://portcullis/user/alice".try_into().unwrap(),
+            )],
+        );
+        assert_eq!(principal_for(&own, &policy).unwrap(), "user:alice");
+        // Another trust domain: refused unless listed.
+        let corp = cert(
+            None,
+            vec![SanType::URI(
+                "spiffe://corp/agent/deployer".try_into().unwrap(),
+            )],
+        );
+        assert!(matches!(
+            principal_for(&corp, &policy),
+            Err(CertNameError::NotAccepted(..))
+        ));
+        let listed = CertPolicy {
+            trust_domains: vec!["corp".into()],
+            ..CertPolicy::default()
+        };
+        assert_eq!(principal_for(&corp, &listed).unwrap(), "agent:deployer");
+        // A CN naming a person: only if the listener accepts that kind.
+        let cn_user = cert(Some("user:alice"), vec![]);
+        let e = principal_for(&cn_user, &policy).unwrap_err();
+        assert!(e.to_string().contains("principal_kinds"), "{e}");
+        let users = CertPolicy {
+            kinds: vec!["agent".into(), "user".into()],
+            ..CertPolicy::default()
+        };
+        assert_eq!(principal_for(&cn_user, &users).unwrap(), "user:alice");
+        assert_eq!(
+            principal_for(&cert(Some("build-box"), vec![]), &policy).unwrap(),
+            "agent:build-box"
+        );
     }
 }
