@@ -724,3 +724,48 @@ fn connections_past_the_cap_are_refused_and_existing_ones_continue() {
     let m = s.gw.logs();
     assert!(m.contains("connection refused at a cap"), "{m}");
 }
+
+/// An HTTP/2 connection with no request for `idle_timeout` is closed
+/// (GOAWAY), like an idle HTTP/1 keep-alive connection; one in use is not.
+#[test]
+fn idle_http2_connections_are_closed() {
+    let s = setup_with("intermediate", "idle_timeout = \"2s\"");
+    let ca = PathBuf::from(&s.ca);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port()))
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_tls(&ca, &[b"h2"]));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        let closed = tokio::spawn(conn);
+        let ask = |sender: &mut hyper::client::conn::http2::SendRequest<
+            http_body_util::Empty<bytes::Bytes>,
+        >| {
+            let req = http::Request::get(format!("https://localhost:{}/c/good/ping", s.gw.port()))
+                .header("authorization", format!("Bearer {}", s.token))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.send_request(req)
+        };
+        // In use: requests a second apart keep it open past the timeout.
+        for _ in 0..4 {
+            let r = ask(&mut sender).await.unwrap();
+            assert_eq!(r.status(), 200);
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        // Then quiet: closed by the gateway.
+        let ended = tokio::time::timeout(Duration::from_secs(6), closed).await;
+        assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    });
+}

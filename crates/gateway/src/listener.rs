@@ -11,6 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::limits::{ConnLimits, Full, Permit};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -270,9 +272,16 @@ impl<H: Handler> Connection<H> {
             sessions: Default::default(),
         });
         let front = self.front.clone();
+        // When the connection last started a request (seconds since it
+        // opened): an idle HTTP/2 connection is closed like an idle
+        // keep-alive one.
+        let opened = std::time::Instant::now();
+        let last_request = Arc::new(AtomicU64::new(0));
+        let seen = last_request.clone();
         let svc = service_fn(move |req| {
             let front = front.clone();
             let info = info.clone();
+            seen.store(opened.elapsed().as_secs(), Ordering::Relaxed);
             async move {
                 let mut resp = front.handle(req, info).await;
                 // This host speaks HTTPS only: browsers (the console, an
@@ -292,14 +301,30 @@ impl<H: Handler> Connection<H> {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(self.settings.max_header_bytes as u32);
+            .max_header_list_size(self.settings.max_header_bytes as u32)
+            .max_concurrent_streams(MAX_STREAMS);
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let idle = self.settings.idle_timeout;
+        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.shutdown.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = tick.tick(), if !closing => {
+                    let quiet = opened.elapsed().as_secs()
+                        .saturating_sub(last_request.load(Ordering::Relaxed));
+                    if quiet >= idle.as_secs().max(1) {
+                        // GOAWAY (HTTP/2) or close after the response in
+                        // flight (HTTP/1): streams already running finish.
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         };
         if let Err(e) = result {
@@ -335,6 +360,9 @@ impl<H: Handler> Connection<H> {
         let _ = tokio::time::timeout(deadline, conn).await;
     }
 }
+
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS: u32 = 100;
 
 /// Two years, as Mozilla's server-side TLS guidelines recommend.
 const HSTS: &str = "max-age=63072000";
