@@ -121,12 +121,15 @@ pub struct PgUpstream {
     analyses: Arc<crate::classify::AnalysisCache>,
     /// The masker's catalog look-ups (types, protected columns' sources),
     /// by query text: see [`PgUpstream::mask_catalog`].
-    mask_catalog:
-        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Arc<CatalogRows>)>>,
+    mask_catalog: std::sync::Mutex<MaskCatalogs>,
 }
 
 /// Rows of a catalog query, as text.
 pub type CatalogRows = Vec<Vec<Option<String>>>;
+
+/// The masker's catalog readings by query text, and when each was read.
+type MaskCatalogs =
+    std::collections::HashMap<String, (std::time::Instant, Arc<crate::masking::Catalog>)>;
 
 /// How long the masker's catalog rows are reused: as long as the
 /// statement proofs' catalog cache (changes made through the gateway
@@ -336,23 +339,30 @@ impl PgUpstream {
         &self,
         sql: &str,
         session: &mut UpstreamSession,
-    ) -> Result<Arc<CatalogRows>, UpstreamError> {
+        read: impl FnOnce(&CatalogRows) -> crate::masking::Catalog,
+    ) -> Result<Arc<crate::masking::Catalog>, UpstreamError> {
         let cached = self.mask_catalog.lock().ok().and_then(|m| {
             m.get(sql)
                 .filter(|(at, _)| at.elapsed() < MASK_CATALOG_FOR)
-                .map(|(_, rows)| rows.clone())
+                .map(|(_, c)| c.clone())
         });
-        if let Some(rows) = cached {
-            return Ok(rows);
+        if let Some(c) = cached {
+            return Ok(c);
         }
-        let rows = Arc::new(session.simple_rows(sql).await?);
+        let rows = session.simple_rows(sql).await?;
+        // Reading thousands of rows into maps is CPU work: done once per
+        // answer, not per session.
+        let catalog = Arc::new(read(&rows));
         if let Ok(mut m) = self.mask_catalog.lock() {
             if m.len() >= MASK_CATALOG_MAX {
                 m.clear();
             }
-            m.insert(sql.to_string(), (std::time::Instant::now(), rows.clone()));
+            m.insert(
+                sql.to_string(),
+                (std::time::Instant::now(), catalog.clone()),
+            );
         }
-        Ok(rows)
+        Ok(catalog)
     }
 
     /// The class of a fast-path call ('F') of function `oid`, and the

@@ -77,8 +77,9 @@ pub struct MaskInspector {
     metrics: Option<portcullis_mask::MaskMetrics>,
     /// Reversible tokens this session was shown.
     vault: Vault,
-    types: Types,
-    sources: Sources,
+    /// What the target's catalog says (shared by the sessions of a
+    /// connection and rule while it is fresh).
+    catalog: Arc<Catalog>,
     analyses: Arc<AnalysisCache>,
     /// A statement being ended: its refusal, and whether it was said.
     failing: Option<(Refusal, bool)>,
@@ -94,13 +95,23 @@ pub async fn prepare(
     upstream: &crate::upstream::PgUpstream,
     connection: &str,
 ) -> Result<MaskInspector, crate::upstream::UpstreamError> {
-    let rows = upstream.mask_catalog(&sources::query(rule), up).await?;
-    let (types, sources) = sources::read(&rule.masker, &rows);
+    let catalog = upstream
+        .mask_catalog(&sources::query(rule), up, |rows| {
+            let (types, sources) = sources::read(&rule.masker, rows);
+            Catalog { types, sources }
+        })
+        .await?;
     let mut i = MaskInspector::new(rule.clone(), connection);
-    i.types = types;
-    i.sources = sources;
+    i.catalog = catalog;
     i.analyses = upstream.analyses();
     Ok(i)
+}
+
+/// The masker's reading of the target's catalog.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    types: Types,
+    sources: Sources,
 }
 
 impl MaskInspector {
@@ -122,8 +133,7 @@ impl MaskInspector {
             stats: Stats::new(),
             metrics: None,
             vault: Vault::default(),
-            types: Types::default(),
-            sources: Sources::default(),
+            catalog: Arc::default(),
             analyses: Arc::default(),
             failing: None,
         }
@@ -160,8 +170,8 @@ impl MaskInspector {
         }
         let a = self.analyses.get_or_analyse(sql);
         Info {
-            derived: self.sources.derived(&a),
-            reads_protected: self.sources.reads_protected(&a),
+            derived: self.catalog.sources.derived(&a),
+            reads_protected: self.catalog.sources.reads_protected(&a),
         }
     }
 
@@ -187,7 +197,7 @@ impl MaskInspector {
             return Info::default();
         }
         Info {
-            derived: self.sources.fallback(),
+            derived: self.catalog.sources.fallback(),
             reads_protected: true,
         }
     }
@@ -263,8 +273,12 @@ impl MaskInspector {
     fn mask_value(&mut self, col: &Col, value: &[u8]) -> Result<binary::Out, RowError> {
         let rule = self.rule.clone();
         let m = &rule.masker;
-        let t = binary::base(col.type_oid, &self.types);
-        let label_table = self.sources.table(col.table_oid).map(str::to_string);
+        let t = binary::base(col.type_oid, &self.catalog.types);
+        let label_table = self
+            .catalog
+            .sources
+            .table(col.table_oid)
+            .map(str::to_string);
         let guard = col.guard.clone().or_else(|| {
             m.column_rule_applies(&col.name, label_table.as_deref())
                 .then(|| Guard {
@@ -272,7 +286,8 @@ impl MaskInspector {
                     table: label_table.clone(),
                 })
         });
-        let holds_text = col.format == 0 || binary::is_text(t, &self.types) || t == oid::BYTEA;
+        let holds_text =
+            col.format == 0 || binary::is_text(t, &self.catalog.types) || t == oid::BYTEA;
         if let Some(g) = guard {
             let text = if holds_text {
                 String::from_utf8_lossy(value).into_owned()
@@ -311,7 +326,7 @@ impl MaskInspector {
             };
             return Ok(new.map_or(binary::Out::Keep, |s| binary::Out::Replace(s.into_bytes())));
         }
-        binary::mask(t, value, &self.types, &mut detect).map_err(RowError::Unreadable)
+        binary::mask(t, value, &self.catalog.types, &mut detect).map_err(RowError::Unreadable)
     }
 
     /// Pop expectations up to and including the next sync point.
@@ -449,7 +464,7 @@ impl MaskInspector {
         match msg.tag {
             tag::ROW_DESCRIPTION => {
                 let info = self.answering();
-                let Some(cols) = row_description(&msg.body, &self.sources, &info) else {
+                let Some(cols) = row_description(&msg.body, &self.catalog.sources, &info) else {
                     return self.refuse("a RowDescription could not be read");
                 };
                 match self.expect.front() {
