@@ -251,6 +251,67 @@ connections = ["db"]
     assert_eq!(v["store"]["ok"], true);
     assert_eq!(v["peers"].as_array().map(Vec::len), Some(2), "{v}");
 
+    // Nothing stale across gateways: a psql session open on B ends when
+    // its token is revoked through A's store (within about a second).
+    let cli_a = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(dir.join("portcullis.toml"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli_a(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:doomed",
+        "--group",
+        "testers",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doomed = created["token"].as_str().unwrap().to_string();
+    let mut held = Command::new("psql")
+        .args(["-X", "-A", "-t"])
+        .env("PGHOST", "localhost")
+        .env("PGPORT", b.pg_port.unwrap().to_string())
+        .env("PGDATABASE", "db")
+        .env("PGUSER", "agent")
+        .env("PGPASSWORD", &doomed)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", dir.join("ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = held.stdin.take().unwrap();
+        writeln!(stdin, "select 'open on B';").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let id = created["id"].as_str().unwrap();
+        assert!(cli_a(&["token", "revoke", id]).status.success());
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let _ = writeln!(stdin, "select 'still open';");
+    }
+    let out = held.wait_with_output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        o.contains("open on B") && !o.contains("still open"),
+        "{o} {e}"
+    );
+    assert!(e.contains("the token was revoked"), "{e}");
+
     // A dies mid-traffic; B keeps serving new sessions throughout.
     let mut a = a;
     let b_ok = AtomicUsize::new(0);
