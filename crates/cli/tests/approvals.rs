@@ -104,6 +104,14 @@ ca_file = "ca.pem"
 approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
 
 [[connections]]
+name = "api-overrides"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+method_overrides = true
+approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
+
+[[connections]]
 name = "api-jit"
 type = "http"
 url = "https://localhost:{hook}"
@@ -514,6 +522,15 @@ fn two_approvers_and_http_requests() {
         200,
         "a plain POST is not held"
     );
+    // Where the connection says its target reads overrides, the rule sees
+    // the overriding method: the POST is held as the DELETE it is.
+    let r = posted(
+        &["-H", "X-HTTP-Method-Override: DELETE"],
+        "/c/api-overrides/items/9",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "approval_required");
+    assert_eq!(posted(&[], "/c/api-overrides/items/9").status, 200);
 }
 
 #[test]

@@ -410,6 +410,11 @@ pub struct Connection {
     pub target: Target,
     /// Actions held for approval on this connection.
     pub approval: Option<ApprovalRule>,
+    /// HTTP: the target reads method overrides (`X-HTTP-Method-Override`,
+    /// `?_method=`), and the approval rule looks at the overriding
+    /// method. Otherwise an override is refused where the rule holds
+    /// methods.
+    pub method_overrides: bool,
 }
 
 /// The protocol a connection speaks: which front serves it.

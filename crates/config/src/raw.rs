@@ -595,6 +595,7 @@ struct RawConnection {
     tools_deny: Option<Vec<String>>,
     agent: Option<String>,
     approval: Option<RawApproval>,
+    method_overrides: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1045,6 +1046,12 @@ impl RawConnection {
             None => Duration::from_secs(30),
         };
         let mut ca_file = self.ca_file.as_deref().map(|p| base.join(p));
+        if self.method_overrides.is_some() && self.kind != "http" {
+            return Err(invalid(
+                key("method_overrides"),
+                format!("only for HTTP connections, not {:?}", self.kind),
+            ));
+        }
         if let Some(agent) = &self.agent {
             return self.via_agent(key, agent, timeout);
         }
@@ -1107,6 +1114,7 @@ impl RawConnection {
             timeout,
             target,
             approval,
+            method_overrides: self.method_overrides.unwrap_or(false),
         })
     }
 
@@ -1184,6 +1192,7 @@ impl RawConnection {
             name: self.name.clone(),
             ca_file: None,
             approval,
+            method_overrides: self.method_overrides.unwrap_or(false),
             timeout,
             target: Target::Agent(AgentTarget {
                 agent: agent.to_string(),

@@ -372,9 +372,15 @@ impl Inner {
         let method = parts.method.clone();
         let body = match &admitted.gate {
             Some(gate) => {
-                crate::review::refuse_method_override(gate, &parts.headers, parts.uri.query())?;
+                let held_method = crate::review::held_method(
+                    gate,
+                    &method,
+                    &parts.headers,
+                    parts.uri.query(),
+                    upstream.method_overrides(),
+                )?;
                 let held = crate::review::HeldRequest {
-                    method: &method,
+                    method: &held_method,
                     path_and_query: &caller_pq,
                     asked_session,
                 };

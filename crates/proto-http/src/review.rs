@@ -62,25 +62,32 @@ pub(crate) fn method_override(headers: &http::HeaderMap, query: Option<&str>) ->
         .map(|(_, v)| v.into_owned())
 }
 
-/// A rule that holds some methods cannot be walked around by a method
-/// override: a POST that the target reads as a DELETE is refused (400)
-/// on such a connection.
-pub(crate) fn refuse_method_override(
+/// The method the approval rule must look at. A rule that holds some
+/// methods cannot be walked around by a method override: on a connection
+/// whose target reads overrides (`method_overrides = true`) the rule sees
+/// the overriding method; elsewhere an override is refused (400).
+pub(crate) fn held_method(
     gate: &Gate,
+    method: &http::Method,
     headers: &http::HeaderMap,
     query: Option<&str>,
-) -> Result<(), ProxyError> {
+    overrides_allowed: bool,
+) -> Result<http::Method, ProxyError> {
     if gate.mode() != ApprovalMode::Statements || gate.rule.methods.is_empty() {
-        return Ok(());
+        return Ok(method.clone());
     }
-    match method_override(headers, query) {
-        Some(m) => Err(ProxyError::CallerBody(format!(
-            "method overrides ({:?}) are refused on this connection: its approval rule holds methods {:?}; send the method itself",
-            m.chars().take(16).collect::<String>(),
+    let Some(m) = method_override(headers, query) else {
+        return Ok(method.clone());
+    };
+    let shown: String = m.chars().take(16).collect();
+    if !overrides_allowed {
+        return Err(ProxyError::CallerBody(format!(
+            "method overrides ({shown:?}) are refused on this connection: its approval rule holds methods {:?}; send the method itself",
             gate.rule.methods
-        ))),
-        None => Ok(()),
+        )));
     }
+    http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+        .map_err(|_| ProxyError::CallerBody(format!("{shown:?} is not an HTTP method")))
 }
 
 /// Hold the request where the connection's rule says so; the body is

@@ -56,6 +56,8 @@ pub struct Upstream {
     timeout: Duration,
     /// Served through an agent: (agent name, the gateway's links).
     via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
+    /// The target reads method overrides (see `Connection`).
+    method_overrides: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -142,6 +144,7 @@ impl Upstream {
             credential,
             timeout: conn.timeout,
             via: None,
+            method_overrides: conn.method_overrides,
         })
     }
 
@@ -175,6 +178,7 @@ impl Upstream {
             credential: None,
             timeout: conn.timeout,
             via: Some((agent.to_string(), links)),
+            method_overrides: conn.method_overrides,
         })
     }
 
@@ -185,6 +189,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the target reads method overrides.
+    pub fn method_overrides(&self) -> bool {
+        self.method_overrides
     }
 
     pub fn injected_header(&self) -> Option<&HeaderName> {
