@@ -80,13 +80,19 @@ pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
 }
 
 /// A NotificationResponse (`A`: pid, channel, payload) with channel and
-/// payload masked.
+/// payload masked. Under column rules the payload is withheld whole: any
+/// session (`SELECT pg_notify('c', ssn) FROM users`) may have sent it, so
+/// no statement of this one says where it came from.
 pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     let (pid, mut b) = msg.body.split_first_chunk::<4>()?;
     let channel = take_cstr(&mut b)?;
     let payload = take_cstr(&mut b)?;
     let c = scope.text(&channel);
-    let p = scope.text(&payload);
+    let p = if scope.withhold_row_values && !payload.is_empty() {
+        Some("(withheld by masking)".to_string())
+    } else {
+        scope.text(&payload)
+    };
     if c.is_none() && p.is_none() {
         return None;
     }
@@ -212,7 +218,12 @@ mod tests {
         let mut b = BytesMut::new();
         b.put_i32(7);
         b.put_slice(b"ch\0ann@example.com\0");
-        let out = notification(&Message::new(b'A', b.freeze()), &mut scope).unwrap();
+        let sent = Message::new(b'A', b.freeze());
+        let out = notification(&sent, &mut scope).unwrap();
         assert_eq!(&out.body[4..], b"ch\0[EMAIL]\0");
+        // Under column rules, the payload is withheld whole.
+        scope.withhold_row_values = true;
+        let out = notification(&sent, &mut scope).unwrap();
+        assert_eq!(&out.body[4..], b"ch\0(withheld by masking)\0");
     }
 }
