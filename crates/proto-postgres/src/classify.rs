@@ -220,7 +220,7 @@ pub fn analyse(sql: &str) -> Analysis {
     if lexes_differently(&tokens) {
         return unknown;
     }
-    if let Some(name) = table_statement(sql) {
+    if let Some(name) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
         return Analysis {
             class: Class::Read,
             calls: Vec::new(),
@@ -252,11 +252,22 @@ pub fn analyse(sql: &str) -> Analysis {
     for cte in &w.ctes {
         refs.relations.remove(cte);
     }
+    // `U&"\0073sn"` is `ssn` to PostgreSQL (with any escape character
+    // `UESCAPE` names): names spelled with escapes are not compared.
+    refs.opaque |= has_escaped_identifier(sql);
     Analysis {
         class: w.class,
         calls,
         refs,
     }
+}
+
+/// Whether `sql` has a Unicode-escaped identifier (`U&"…"`), whose name
+/// only PostgreSQL's own unescaping gives.
+fn has_escaped_identifier(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(3)
+        .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'"')
 }
 
 /// Whether the parser's tokens could differ from PostgreSQL's lexer: an

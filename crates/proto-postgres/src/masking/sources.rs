@@ -379,6 +379,11 @@ mod tests {
         assert!(derived("EXECUTE p"));
         assert!(derived("SELECT query_to_xml('select 1', true, true, '')"));
         assert!(derived("not sql at all"));
+        // A name spelled with escapes is the same name to PostgreSQL.
+        assert!(derived("SELECT lower(U&\"\\0073sn\") FROM users"));
+        assert!(derived(
+            "SELECT lower(U&\"\\0073sn\" UESCAPE '!') FROM users"
+        ));
         assert!(derived(
             "WITH x AS (SELECT ssn AS y FROM users) SELECT lower(y) FROM x"
         ));
