@@ -1043,6 +1043,7 @@ fn masking_has_no_side_doors() {
         format!("select x from (select ssn as x from {t}) s"),
         format!("select query_to_xml('select ssn from {t}', true, true, '')"),
         format!("select {t}_fn()"),
+        format!("select lower(x) from {t} as p(a, b, x)"),
         format!("select lower(U&\"\\0073sn\") from {t}"),
         format!("select lower(U&\"x0073sn\" UESCAPE 'x') from {t}"),
         format!("select public.{t}_fn() as harmless"),

@@ -108,6 +108,9 @@ pub struct References {
     pub aliases: std::collections::BTreeMap<String, String>,
     /// A `*` or `t.*` in a select list: every column of a relation.
     pub wildcard: bool,
+    /// Relations whose columns an alias renames (`FROM users u(a, b, x)`):
+    /// a name read from them says nothing about which column it is.
+    pub renamed: std::collections::BTreeSet<String>,
     /// What the statement returns was decided elsewhere (`FETCH`,
     /// `EXECUTE`), or the text could not be read: nothing is known.
     pub opaque: bool,
@@ -1042,6 +1045,9 @@ impl Visitor for Walker {
             self.refs
                 .aliases
                 .insert(folded(&alias.name), last_part(name));
+            if !alias.columns.is_empty() {
+                self.refs.renamed.insert(last_part(name));
+            }
         }
         match t {
             // `FROM f(…)`: a function in the FROM list is a call like any.

@@ -123,6 +123,15 @@ impl Sources {
         {
             return Some(g.clone());
         }
+        // Columns renamed by an alias: `lower(x)` over `users u(a, b, x)`
+        // may be the protected one under another name.
+        if let Some(g) = r
+            .renamed
+            .iter()
+            .find_map(|n| self.relations.get(&n.to_ascii_lowercase()))
+        {
+            return Some(g.clone());
+        }
         let reads = |table: &str| r.relations.iter().any(|n| n.eq_ignore_ascii_case(table));
         for v in &r.values {
             let v = v.to_ascii_lowercase();
@@ -379,6 +388,9 @@ mod tests {
         assert!(derived("EXECUTE p"));
         assert!(derived("SELECT query_to_xml('select 1', true, true, '')"));
         assert!(derived("not sql at all"));
+        // Columns renamed by a table alias.
+        assert!(derived("SELECT lower(x) FROM users AS u(a, b, x)"));
+        assert!(!derived("SELECT lower(x) FROM orders AS o(a, x)"));
         // A name spelled with escapes is the same name to PostgreSQL.
         assert!(derived("SELECT lower(U&\"\\0073sn\") FROM users"));
         assert!(derived(
