@@ -1044,6 +1044,8 @@ fn masking_has_no_side_doors() {
         format!("select query_to_xml('select ssn from {t}', true, true, '')"),
         format!("select {t}_fn()"),
         format!("select lower(x) from {t} as p(a, b, x)"),
+        format!("select lower(c) from (select p.* from {t} p) as s(a, b, c)"),
+        format!("with w(a, b, c) as (select * from {t}) select lower(c) from w"),
         format!("select lower(U&\"\\0073sn\") from {t}"),
         format!("select lower(U&\"x0073sn\" UESCAPE 'x') from {t}"),
         format!("select public.{t}_fn() as harmless"),

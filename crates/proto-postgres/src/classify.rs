@@ -108,9 +108,10 @@ pub struct References {
     pub aliases: std::collections::BTreeMap<String, String>,
     /// A `*` or `t.*` in a select list: every column of a relation.
     pub wildcard: bool,
-    /// Relations whose columns an alias renames (`FROM users u(a, b, x)`):
-    /// a name read from them says nothing about which column it is.
-    pub renamed: std::collections::BTreeSet<String>,
+    /// An alias renames columns somewhere (`FROM users u(a, b, x)`,
+    /// `(SELECT u.* …) s(a, b, x)`, `WITH c(a, b, x) AS …`): a name read
+    /// through it says nothing about which column it is.
+    pub renames_columns: bool,
     /// What the statement returns was decided elsewhere (`FETCH`,
     /// `EXECUTE`), or the text could not be read: nothing is known.
     pub opaque: bool,
@@ -1010,6 +1011,7 @@ impl Visitor for Walker {
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(folded(&cte.alias.name));
+                self.refs.renames_columns |= !cte.alias.columns.is_empty();
             }
         }
         // FOR UPDATE / SHARE take row locks: a write, wherever it is.
@@ -1045,9 +1047,24 @@ impl Visitor for Walker {
             self.refs
                 .aliases
                 .insert(folded(&alias.name), last_part(name));
-            if !alias.columns.is_empty() {
-                self.refs.renamed.insert(last_part(name));
+        }
+        // An alias with a column list renames what it aliases, whatever
+        // it is (a table, a subquery, a function's result).
+        let alias = match t {
+            TableFactor::Table { alias, .. }
+            | TableFactor::Derived { alias, .. }
+            | TableFactor::TableFunction { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::NestedJoin { alias, .. } => alias.as_ref(),
+            // Kinds PostgreSQL does not have: not proven either way.
+            _ => {
+                self.refs.renames_columns = true;
+                None
             }
+        };
+        if alias.is_some_and(|a| !a.columns.is_empty()) {
+            self.refs.renames_columns = true;
         }
         match t {
             // `FROM f(…)`: a function in the FROM list is a call like any.

@@ -124,11 +124,13 @@ impl Sources {
             return Some(g.clone());
         }
         // Columns renamed by an alias: `lower(x)` over `users u(a, b, x)`
-        // may be the protected one under another name.
-        if let Some(g) = r
-            .renamed
-            .iter()
-            .find_map(|n| self.relations.get(&n.to_ascii_lowercase()))
+        // (or a subquery or CTE renamed so) may be the protected one under
+        // another name, if the statement reads a protected relation.
+        if r.renames_columns
+            && let Some(g) = r
+                .relations
+                .iter()
+                .find_map(|n| self.relations.get(&n.to_ascii_lowercase()))
         {
             return Some(g.clone());
         }
@@ -391,6 +393,12 @@ mod tests {
         // Columns renamed by a table alias.
         assert!(derived("SELECT lower(x) FROM users AS u(a, b, x)"));
         assert!(!derived("SELECT lower(x) FROM orders AS o(a, x)"));
+        assert!(derived(
+            "SELECT lower(c) FROM (SELECT u.* FROM users u) AS s(a, b, c)"
+        ));
+        assert!(derived(
+            "WITH x(a, b, c) AS (SELECT * FROM users) SELECT lower(c) FROM x"
+        ));
         // A name spelled with escapes is the same name to PostgreSQL.
         assert!(derived("SELECT lower(U&\"\\0073sn\") FROM users"));
         assert!(derived(
