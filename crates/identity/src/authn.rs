@@ -120,11 +120,7 @@ impl Authenticator {
         }
         // Namespaced under the person: grants written for a bare
         // `agent:NAME` never cover it, and approvals are bound to it.
-        let person_name = person
-            .subject
-            .strip_prefix("user:")
-            .unwrap_or(&person.subject);
-        let agent = &format!("{agent}@{person_name}");
+        let agent = &crate::delegated_subject(agent, &person.subject);
         if crate::validate_subject(agent).is_err() {
             return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
         }

@@ -16,5 +16,5 @@ pub use authn::{
 };
 pub use oidc::{IssuerSettings, OidcError};
 pub use oidc_keys::OidcVerifier;
-pub use principal::{AuthMethod, Principal, PrincipalKind, validate_subject};
+pub use principal::{AuthMethod, Principal, PrincipalKind, delegated_subject, validate_subject};
 pub use token::{AuthError, TokenHash, TokenRecord};

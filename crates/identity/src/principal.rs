@@ -59,6 +59,18 @@ pub struct Principal {
     pub via: AuthMethod,
 }
 
+/// The principal of a token `person` minted for `agent`: the agent
+/// namespaced under the person (`agent:claude` by `user:alice` is
+/// `agent:claude@alice`), so that grants, audit entries and approvals
+/// never confuse it with the agent itself. Already namespaced: as is.
+pub fn delegated_subject(agent: &str, person: &str) -> String {
+    if agent.contains('@') {
+        return agent.to_string();
+    }
+    let name = person.strip_prefix("user:").unwrap_or(person);
+    format!("{agent}@{name}")
+}
+
 /// Check a principal name given on a command line or in config:
 /// `kind:name`, printable ASCII, no spaces.
 pub fn validate_subject(subject: &str) -> Result<(), String> {

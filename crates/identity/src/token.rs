@@ -136,9 +136,15 @@ impl TokenRecord {
                 id: self.id.clone(),
             });
         }
+        // A token minted for an agent is its namespaced principal, even
+        // if minted before namespacing (its record holds the bare name).
+        let subject = match &self.on_behalf_of {
+            Some(person) => crate::delegated_subject(&self.subject, person),
+            None => self.subject.clone(),
+        };
         Ok(Principal {
-            subject: self.subject.clone(),
-            kind: PrincipalKind::of_subject(&self.subject),
+            kind: PrincipalKind::of_subject(&subject),
+            subject,
             groups: self.groups.clone(),
             via: AuthMethod::GatewayToken {
                 token_id: self.id.clone(),
@@ -229,6 +235,23 @@ mod tests {
             revoked.principal_at(10),
             Err(AuthError::Revoked { id: "abc".into() })
         );
+    }
+
+    #[test]
+    fn a_delegated_token_is_its_namespaced_agent() {
+        // Minted before namespacing: the record holds the bare name.
+        let old = TokenRecord {
+            subject: "agent:deployer".into(),
+            on_behalf_of: Some("user:alice".into()),
+            ..record()
+        };
+        assert_eq!(old.principal_at(1).unwrap().subject, "agent:deployer@alice");
+        let new = TokenRecord {
+            subject: "agent:deployer@alice".into(),
+            ..old.clone()
+        };
+        assert_eq!(new.principal_at(1).unwrap().subject, "agent:deployer@alice");
+        assert_eq!(record().principal_at(1).unwrap().subject, "agent:ci");
     }
 
     #[test]

@@ -634,31 +634,9 @@ impl Masker {
             .map(|f| &f.action)
     }
 
-    /// Table names used in `table.column` rules (lower-case).
-    pub fn column_rule_tables(&self) -> Vec<String> {
-        let mut t: Vec<String> = self
-            .fields
-            .iter()
-            .flat_map(|f| f.columns.iter())
-            .filter_map(|c| c.split_once('.').map(|(t, _)| t.to_string()))
-            .collect();
-        t.sort();
-        t.dedup();
-        t
-    }
-
     /// The column part of every SQL column rule (lower-case, sorted).
     pub fn column_rule_names(&self) -> Vec<String> {
-        let mut n: Vec<String> = self
-            .fields
-            .iter()
-            .flat_map(|f| f.columns.iter())
-            .map(|c| {
-                c.rsplit_once('.')
-                    .map_or(c.as_str(), |(_, c)| c)
-                    .to_string()
-            })
-            .collect();
+        let mut n: Vec<String> = self.column_rules().into_iter().map(|(_, c)| c).collect();
         n.sort();
         n.dedup();
         n

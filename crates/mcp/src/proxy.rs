@@ -516,36 +516,36 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         .get("id")
         .and_then(|id| methods.get(&id.to_string()))
         .cloned();
-    if let Some(rule) = ctx.front.mask_rule(name, &who.principal) {
-        // Errors, and what the server sends of its own accord
-        // (notifications, requests: their params), carry data as results do.
-        let mut stats = Default::default();
-        for part in ["error", "params"] {
-            if let Some(x) = v.get_mut(part) {
-                rule.masker.mask_json(x, &mut stats);
-            }
-        }
-        ctx.front.mask_metrics.record(name, &stats);
-    }
-    match method.as_deref() {
+    // Tool lists are filtered (and pinned); a tool's definition is not
+    // data. Every other result is masked.
+    let masks_result = match method.as_deref() {
         Some("tools/list") => {
             if let Some(Value::Array(tools)) = v.pointer_mut("/result/tools") {
                 let listed = std::mem::take(tools);
                 *tools = review(ctx, name, target, listed).await;
             }
+            false
         }
-        Some("initialize") => {}
-        _ => {
-            // Tool results and anything else with a result: masked.
-            if let Some(result) = v.get_mut("result")
-                && let Some(rule) = ctx.front.mask_rule(name, &who.principal)
-            {
-                let mut stats = Default::default();
-                rule.masker.mask_json(result, &mut stats);
-                ctx.front.mask_metrics.record(name, &stats);
-            }
+        Some("initialize") => false,
+        _ => true,
+    };
+    let Some(rule) = ctx.front.mask_rule(name, &who.principal) else {
+        return;
+    };
+    // Errors, and what the server sends of its own accord (notifications,
+    // requests: their params), carry data as results do.
+    let mut stats = Default::default();
+    let parts: &[&str] = if masks_result {
+        &["result", "error", "params"]
+    } else {
+        &["error", "params"]
+    };
+    for part in parts {
+        if let Some(x) = v.get_mut(*part) {
+            rule.masker.mask_json(x, &mut stats);
         }
     }
+    ctx.front.mask_metrics.record(name, &stats);
 }
 
 /// Keep the tools policy allows and pinning approves; pin new ones; flag

