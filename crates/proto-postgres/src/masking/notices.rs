@@ -25,10 +25,11 @@ pub struct Scope<'a> {
     /// need not look like anything a detector knows).
     pub withhold_row_values: bool,
     /// Whether the statement answered may touch a protected column: its
-    /// messages' text is then withheld, except errors of classes whose
-    /// messages name things rather than quote values (a column rule's
-    /// value need not look like anything a detector knows, and a
-    /// function's RAISE can say it unquoted).
+    /// messages' text is then withheld (a column rule's value need not
+    /// look like anything a detector knows; a RAISE says it unquoted; a
+    /// name lookup such as `ssn::regtype` quotes it in a syntax error's
+    /// message and context), except the message of errors whose class
+    /// says nothing of values.
     pub touches: bool,
 }
 
@@ -49,9 +50,8 @@ impl Scope<'_> {
 pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     let fields = parse_fields(&msg.body);
     let class = crate::messages::field(&fields, b'C').unwrap_or("").get(..2);
-    let withhold_text = scope.touches
-        && !(msg.tag == crate::frame::tag::ERROR_RESPONSE
-            && class.is_some_and(|c| NAMING_CLASSES.contains(&c)));
+    let keeps_message = msg.tag == crate::frame::tag::ERROR_RESPONSE
+        && class.is_some_and(|c| VALUELESS_CLASSES.contains(&c));
     let mut changed = false;
     let mut out = BytesMut::with_capacity(msg.body.len() + 16);
     for (code, value) in &fields {
@@ -63,7 +63,7 @@ pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
             {
                 v = w;
             }
-            if withhold_text {
+            if scope.touches && !(*code == b'M' && keeps_message) {
                 v = WITHHELD.to_string();
             }
             if let Some(m) = scope.text(&v) {
@@ -108,14 +108,11 @@ pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
 /// What a withheld message says.
 const WITHHELD: &str = "(withheld by masking: the statement may read a protected column)";
 
-/// SQLSTATE classes whose messages name objects, settings or the
-/// caller's own text, never a row's values: syntax and access (42),
-/// transaction state (25, 40), resources and limits (53, 54, 55, 57),
-/// connection (08), features (0A), catalog and schema names (3D, 3F),
-/// authorization (28), statement names (26, 34).
-const NAMING_CLASSES: &[&str] = &[
-    "42", "25", "40", "53", "54", "55", "57", "08", "0A", "3D", "3F", "28", "26", "34",
-];
+/// SQLSTATE classes whose messages say nothing of values: transaction
+/// state (25, 40), resources (53), operator intervention (57), connection
+/// (08). Not the classes that name objects (42, 3D, 3F, …): an object's
+/// name can come from data (`ssn::regclass`, dynamic SQL in a function).
+const VALUELESS_CLASSES: &[&str] = &["25", "40", "53", "57", "08"];
 
 /// The row values a constraint's DETAIL quotes, withheld: `Key (a, b)=(…)`
 /// and `Failing row contains (…)` (PostgreSQL's own wording, which is
@@ -195,12 +192,21 @@ mod tests {
         );
         assert_eq!(fields(&error(&[(b'M', "plain")]), &mut scope), None);
         // A statement that may read a protected column: a data error's
-        // text is withheld; an undefined-column error's is not.
+        // text is withheld, and so is a name error's (`ssn::regtype`
+        // quotes the value as a type name, in the message and the
+        // context); a serialization failure's message says no value.
         scope.touches = true;
         let e = error(&[(b'C', "22P02"), (b'M', "invalid input: \"SECRET-1\"")]);
         let f = parse_fields(&fields(&e, &mut scope).unwrap().body);
         assert_eq!(f[1].1, WITHHELD);
-        let e = error(&[(b'C', "42703"), (b'M', "column \"x\" does not exist")]);
+        let e = error(&[
+            (b'C', "42601"),
+            (b'M', "syntax error at or near \"-\""),
+            (b'W', "invalid type name \"SECRET-1\""),
+        ]);
+        let f = parse_fields(&fields(&e, &mut scope).unwrap().body);
+        assert!(f.iter().all(|(_, v)| !v.contains("SECRET")), "{f:?}");
+        let e = error(&[(b'C', "40001"), (b'M', "could not serialize access")]);
         assert_eq!(fields(&e, &mut scope), None);
     }
 
