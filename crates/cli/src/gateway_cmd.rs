@@ -9,10 +9,47 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     tracing::info!(file = %config.source.display(), sha256 = %digest, "config loaded");
     let stop = crate::shutdown_signal();
+    let mut hangups = hangups();
     let running = portcullis_gateway::start(&config, store).await?;
     println!("{}", crate::ready_line(&running));
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = hangups.recv() => {
+                // Logged, counted and audited by the gateway, either way.
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = running.reload().await;
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// SIGHUP, the conventional "read your config again". Installed before
+/// the gateway starts, so an early one is not the default action (exit).
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        // Several while one reload runs are one more reload.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP cannot be caught; the config still reloads when its file changes")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }

@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from.
     pub source: PathBuf,
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// `[recordings]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Recordings {
     /// Where sessions write (and, with `file://`, where recordings stay).
     pub spool: PathBuf,
@@ -73,7 +73,7 @@ pub struct Recordings {
 }
 
 /// `recordings.url = "s3://BUCKET/PREFIX"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct S3Recordings {
     pub bucket: String,
     pub prefix: String,
@@ -85,13 +85,13 @@ pub struct S3Recordings {
 }
 
 /// `[approvals]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Approvals {
     pub webhook: Option<Webhook>,
 }
 
 /// Where new reviews are announced (POST, body signed with HMAC-SHA256).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub url: String,
     pub secret: SecretRef,
@@ -131,7 +131,7 @@ pub struct ApprovalRule {
 }
 
 /// The listener agents connect to (TLS, client certificate required).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentListener {
     pub listen: SocketAddr,
     /// The CA that issues agent certificates (`connector:NAME`).
@@ -144,7 +144,7 @@ pub struct AgentListener {
 }
 
 /// How an agent without a certificate gets one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentEnrol {
     /// The gateway's HTTPS URL.
     pub url: String,
@@ -153,7 +153,7 @@ pub struct AgentEnrol {
 
 /// A connection served by an agent: only its name, protocol and access
 /// mode are known to the gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentTarget {
     pub agent: String,
     /// [`Protocol::Http`] or [`Protocol::Postgres`].
@@ -177,7 +177,7 @@ impl std::fmt::Display for GatewayAddress {
 }
 
 /// `agent.toml`: what `portcullis agent` serves and where it connects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub source: PathBuf,
     /// Every gateway the agent keeps a link to.
@@ -223,7 +223,7 @@ fn parse_with<R: serde::de::DeserializeOwned, T>(
 ) -> Result<T, ConfigError> {
     let raw: R = toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: path.to_path_buf(),
-        message: e.to_string(),
+        message: parse_message(text, &e),
     })?;
     let base = path
         .parent()
@@ -236,8 +236,34 @@ fn parse_with<R: serde::de::DeserializeOwned, T>(
     })
 }
 
+/// Where a TOML error is and what it is, without the excerpt of the file
+/// that `toml`'s own message quotes: a line pasted with a secret in it
+/// must not reach the log (or the audit entry of a refused reload).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // The key on that line is no secret, and says more than a column.
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        });
+    match key {
+        Some(k) => format!("line {line}, `{k}`: {}", e.message()),
+        None => format!("line {line}, column {column}: {}", e.message()),
+    }
+}
+
 /// An OpenID provider the gateway trusts (`[[oidc]]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OidcIssuer {
     pub settings: portcullis_identity::IssuerSettings,
     /// Extra trusted roots for discovery and JWKS, added to the system's.
@@ -247,7 +273,7 @@ pub struct OidcIssuer {
     pub login: Option<OidcLogin>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OidcLogin {
     /// A public client registered at the provider for the CLI.
     pub client_id: String,
@@ -301,7 +327,7 @@ impl ClientAuth {
 }
 
 /// `[masking]`: rules applied to what comes back from targets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Masking {
     /// Keys the `hash` action; without one, tokens change per process.
     pub hash_key: Option<SecretRef>,
@@ -309,7 +335,7 @@ pub struct Masking {
 }
 
 /// The PostgreSQL listener (`[postgres]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PostgresListener {
     pub listen: SocketAddr,
     /// Largest message a caller may send (bytes).
@@ -321,7 +347,7 @@ pub struct PostgresListener {
     pub client_auth: ClientAuth,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
@@ -349,7 +375,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     /// The SQLite file (the default store).
     pub path: PathBuf,
@@ -400,7 +426,7 @@ pub enum UpstreamTls {
     Disable,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
     pub name: String,
     /// Extra trusted roots for this target, added to the system's.
@@ -445,7 +471,7 @@ impl std::fmt::Display for Protocol {
 }
 
 /// What a connection reaches, by protocol.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     Http(HttpTarget),
     Postgres(PgTarget),
@@ -457,7 +483,7 @@ pub enum Target {
 }
 
 /// `type = "mcp"`: an HTTP target plus which of its tools may be used.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct McpTarget {
     pub http: HttpTarget,
     /// Tool names or `prefix*` patterns; default `["*"]`.
@@ -488,7 +514,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpTarget {
     pub url: Uri,
     pub tls: UpstreamTls,
@@ -512,7 +538,7 @@ impl Access {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PgTarget {
     pub host: String,
     pub port: u16,
@@ -530,7 +556,7 @@ pub struct PgTarget {
 }
 
 /// A header the gateway adds to every request to the target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InjectedCredential {
     pub header: HeaderName,
     /// Written before the secret, e.g. `"Bearer "`.
@@ -539,7 +565,7 @@ pub struct InjectedCredential {
 }
 
 /// The quickstart's in-process demo API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DemoConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,

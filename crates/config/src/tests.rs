@@ -617,3 +617,12 @@ fn recordings_by_url() {
     );
     assert_eq!(c.recordings.max_backlog, Duration::from_secs(60));
 }
+
+#[test]
+fn a_syntax_error_says_where_without_quoting_the_file() {
+    let text = "[gateway]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\napi_key = \"CANARY-hunter2\n";
+    let e = Config::parse(text, Path::new("/x/portcullis.toml")).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.contains("line 5"), "{shown}");
+    assert!(!shown.contains("CANARY"), "{shown}");
+}

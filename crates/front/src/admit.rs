@@ -132,8 +132,9 @@ impl FrontContext {
         self.authorize(principal, connection, wanted, origin).await
     }
 
-    /// The pure half of [`Self::authorize`]: the grant's name, or why not.
-    fn decide(
+    /// The pure half of [`Self::authorize`]: the grant's name, or why
+    /// not (also how a reload asks a live session again).
+    pub fn decide(
         &self,
         principal: &Principal,
         connection: &str,

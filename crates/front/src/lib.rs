@@ -32,7 +32,7 @@ use portcullis_policy::Policy;
 
 pub use admit::{AdmitError, Admitted, Origin};
 pub use gate::{Ask, Gate, HoldError};
-pub use live::{Liveness, Watch};
+pub use live::{Ended, LiveSession, Liveness, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
 
 /// One configured connection, as admission sees it.
@@ -88,6 +88,26 @@ impl FrontContext {
         }
     }
 
+    /// The context a reloaded config gives: its grants, connections and
+    /// masking rules; the same authentication, sessions, approvals and
+    /// live-session registry as `self` (state that outlives a reload).
+    pub fn reloaded(&self, cfg: &Config, masks: Arc<portcullis_mask::RuleSet>) -> Self {
+        Self::new(
+            cfg,
+            self.auth.clone(),
+            masks,
+            self.mask_metrics.clone(),
+            self.sessions.clone(),
+            self.approvals.clone(),
+        )
+        .sharing_live(self.live.clone())
+    }
+
+    fn sharing_live(mut self, live: Arc<Liveness>) -> Self {
+        self.live = live;
+        self
+    }
+
     /// The masking rule that applies to `principal` on `connection`.
     pub fn mask_rule(
         &self,
@@ -95,6 +115,31 @@ impl FrontContext {
         principal: &Principal,
     ) -> Option<&Arc<portcullis_mask::Rule>> {
         self.masks.select(connection, &principal.groups)
+    }
+}
+
+/// A value that a reload replaces while readers keep the one they took.
+///
+/// A read lock around an `Arc`: a reader holds the lock only to clone the
+/// `Arc` (no await under it), and a reload writes once, so contention is
+/// nil; this spares a dependency for the few lines `arc-swap` would save.
+pub struct Current<T>(std::sync::RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    pub fn new(value: T) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(value)))
+    }
+
+    /// The value now.
+    pub fn load(&self) -> Arc<T> {
+        // Poisoned only by a panic in `store`, which cannot panic while
+        // holding it; the Arc inside is whole either way.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the value; readers that took the old one keep it.
+    pub fn store(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 }
 

@@ -1,27 +1,68 @@
-//! Nothing stale: a session opened with a gateway token or a client
-//! certificate ends when that credential is revoked or its token expires,
-//! within about a second, on this gateway or any other sharing the store.
+//! Nothing stale: a session ends when what admitted it no longer holds —
+//! its credential is revoked or its token expires (on this gateway or any
+//! other sharing the store), or a config reload takes away its grant or
+//! changes its connection or masking — within about a second.
 //!
-//! Sessions register the credential they were opened with ([`Liveness::
+//! Sessions register who opened them and on which connection ([`Liveness::
 //! watch`]); one poller per gateway ([`Liveness::poll`]) asks the store
 //! which credentials ended since it last asked (one query, and none while
-//! no session is registered) and tells the sessions holding them. The
-//! store is the meeting point, so a revocation written by another gateway
-//! or by the CLI is seen the same way. Requests that authenticate each
-//! time (HTTP, MCP) are refused at their next request anyway; this ends
-//! what runs on: PostgreSQL sessions.
+//! no session is registered) and tells the sessions holding them; a reload
+//! asks every registered session again ([`Liveness::recheck`]). The store
+//! is the meeting point, so a revocation written by another gateway or by
+//! the CLI is seen the same way. Requests that are admitted each time
+//! (HTTP, MCP) are refused at their next request anyway; this ends what
+//! runs on: PostgreSQL sessions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portcullis_config::Protocol;
 use portcullis_identity::{AuthMethod, Principal};
 use tokio::sync::watch;
 
-/// The sessions open per credential: each one's id and the sender that
-/// tells it why it ends.
-type Open = HashMap<String, Vec<(u64, watch::Sender<Option<String>>)>>;
+/// One registered session.
+struct Entry {
+    /// Its credential's registry key; `None` for credentials the store
+    /// cannot revoke (an OIDC token lives until its `exp`).
+    key: Option<String>,
+    principal: Principal,
+    connection: String,
+    front: Protocol,
+    tx: watch::Sender<Option<Ended>>,
+}
+
+/// Why a live session must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The credential it was opened with was revoked or expired.
+    Credential(String),
+    /// What admitted it no longer holds: the grant, the connection or
+    /// its masking changed (a config reload).
+    Access(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Credential(r) | Ended::Access(r) => f.write_str(r),
+        }
+    }
+}
+
+/// What a reload checks a live session against: who, where, through
+/// which front.
+pub struct LiveSession<'a> {
+    pub principal: &'a Principal,
+    pub connection: &'a str,
+    pub front: Protocol,
+}
+
+/// Every open session by registration id. Revocations are rare and the
+/// map holds at most the gateway's connection cap, so a linear scan per
+/// revocation is cheaper than keeping a second index in step.
+type Open = HashMap<u64, Entry>;
 
 #[derive(Default)]
 pub struct Liveness {
@@ -32,19 +73,20 @@ pub struct Liveness {
 /// One session's registration; dropping it deregisters.
 pub struct Watch {
     live: Arc<Liveness>,
-    key: String,
     id: u64,
-    rx: watch::Receiver<Option<String>>,
+    rx: watch::Receiver<Option<Ended>>,
 }
 
 impl Watch {
-    /// Resolves when the credential has ended, with the reason.
-    pub async fn ended(&self) -> String {
+    /// Resolves when the session must end, with the reason.
+    pub async fn ended(&self) -> Ended {
         let mut rx = self.rx.clone();
         // (The guard `wait_for` returns must not live across an await.)
         let reason = rx.wait_for(Option::is_some).await.ok().map(|r| r.clone());
         match reason {
-            Some(r) => r.unwrap_or_default(),
+            Some(Some(r)) => r,
+            // `wait_for` returned only once the value is `Some`.
+            Some(None) => std::future::pending().await,
             // The sender lives in the registry until this watch is
             // dropped; it cannot go first.
             None => std::future::pending().await,
@@ -54,13 +96,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut open = self.live.lock();
-        if let Some(list) = open.get_mut(&self.key) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                open.remove(&self.key);
-            }
-        }
+        self.live.lock().remove(&self.id);
     }
 }
 
@@ -80,31 +116,73 @@ impl Liveness {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register a session opened by `principal`.
-    pub fn watch(self: &Arc<Self>, principal: &Principal) -> Option<Watch> {
-        let key = key(principal)?;
+    /// Register a session opened by `principal` on `connection` through
+    /// `front`.
+    pub fn watch(
+        self: &Arc<Self>,
+        principal: &Principal,
+        connection: &str,
+        front: Protocol,
+    ) -> Watch {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        self.lock().entry(key.clone()).or_default().push((id, tx));
-        Some(Watch {
+        let entry = Entry {
+            key: key(principal),
+            principal: principal.clone(),
+            connection: connection.to_owned(),
+            front,
+            tx,
+        };
+        self.lock().insert(id, entry);
+        Watch {
             live: self.clone(),
-            key,
             id,
             rx,
-        })
+        }
     }
 
     /// End every session holding credential `key`.
     pub fn end(&self, key: &str, reason: &str) -> usize {
         let open = self.lock();
-        let Some(list) = open.get(key) else { return 0 };
-        for (_, tx) in list {
-            let _ = tx.send(Some(reason.to_string()));
+        let mut n = 0;
+        for e in open.values().filter(|e| e.key.as_deref() == Some(key)) {
+            let _ = e.tx.send(Some(Ended::Credential(reason.to_string())));
+            n += 1;
         }
-        list.len()
+        n
     }
 
-    fn is_empty(&self) -> bool {
+    /// Ask every live session again (after a config reload): each one
+    /// `still` answers with a reason ends.
+    pub fn recheck(&self, still: impl Fn(&LiveSession<'_>) -> Option<String>) -> usize {
+        let open = self.lock();
+        let mut n = 0;
+        for e in open.values() {
+            let s = LiveSession {
+                principal: &e.principal,
+                connection: &e.connection,
+                front: e.front,
+            };
+            if let Some(reason) = still(&s) {
+                tracing::info!(principal = %e.principal.subject, connection = %e.connection, %reason, "live session ended");
+                let _ = e.tx.send(Some(Ended::Access(reason)));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Whether any live session holds a credential the store can revoke.
+    fn watches_credentials(&self) -> bool {
+        self.lock().values().any(|e| e.key.is_some())
+    }
+
+    /// How many sessions are registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
 
@@ -117,7 +195,7 @@ impl Liveness {
         loop {
             tick.tick().await;
             let now = portcullis_identity::unix_now();
-            if self.is_empty() {
+            if !self.watches_credentials() {
                 since = now;
                 continue;
             }
@@ -157,17 +235,29 @@ mod tests {
         }
     }
 
+    fn watch(live: &Arc<Liveness>, token: &str, connection: &str) -> Watch {
+        live.watch(&principal(token), connection, Protocol::Postgres)
+    }
+
+    async fn still_running(w: &Watch) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), w.ended())
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn ending_a_credential_ends_only_its_sessions() {
         let live = Arc::new(Liveness::default());
-        let a1 = live.watch(&principal("a")).unwrap();
-        let a2 = live.watch(&principal("a")).unwrap();
-        let b = live.watch(&principal("b")).unwrap();
+        let a1 = watch(&live, "a", "db");
+        let a2 = watch(&live, "a", "db");
+        let b = watch(&live, "b", "db");
         assert_eq!(live.end("token:a", "revoked"), 2);
-        assert_eq!(a1.ended().await, "revoked");
-        assert_eq!(a2.ended().await, "revoked");
-        let not_yet = tokio::time::timeout(Duration::from_millis(50), b.ended()).await;
-        assert!(not_yet.is_err(), "another credential's session goes on");
+        assert_eq!(a1.ended().await, Ended::Credential("revoked".into()));
+        assert_eq!(a2.ended().await, Ended::Credential("revoked".into()));
+        assert!(
+            still_running(&b).await,
+            "another credential's session goes on"
+        );
         drop((a1, a2));
         assert_eq!(
             live.end("token:a", "again"),
@@ -176,5 +266,32 @@ mod tests {
         );
         drop(b);
         assert!(live.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_recheck_ends_only_the_sessions_it_refuses() {
+        let live = Arc::new(Liveness::default());
+        let on_a = watch(&live, "t", "a");
+        let on_b = watch(&live, "t", "b");
+        let n = live.recheck(|s| (s.connection == "a").then(|| "grant removed".to_owned()));
+        assert_eq!(n, 1);
+        assert_eq!(on_a.ended().await, Ended::Access("grant removed".into()));
+        assert!(still_running(&on_b).await);
+        drop(on_a);
+        assert_eq!(live.recheck(|_| None), 0);
+        assert_eq!(live.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn oidc_sessions_are_rechecked_but_not_polled() {
+        let live = Arc::new(Liveness::default());
+        let mut p = principal("x");
+        p.via = AuthMethod::Oidc {
+            issuer: "https://idp".into(),
+        };
+        let w = live.watch(&p, "db", Protocol::Postgres);
+        assert!(!live.watches_credentials());
+        assert_eq!(live.recheck(|_| Some("gone".into())), 1);
+        assert_eq!(w.ended().await, Ended::Access("gone".into()));
     }
 }

@@ -63,6 +63,9 @@ pub enum Outcome {
     NoResponse,
     /// The credential the session was opened with was revoked or expired.
     CredentialEnded,
+    /// What admitted the session no longer holds (a config reload took
+    /// its grant, or changed its connection or masking).
+    AccessEnded,
 }
 
 impl Outcome {
@@ -82,6 +85,7 @@ impl Outcome {
             Outcome::HttpStatus(s) => std::borrow::Cow::Owned(s.to_string()),
             Outcome::NoResponse => Borrowed("closed"),
             Outcome::CredentialEnded => Borrowed("credential_ended"),
+            Outcome::AccessEnded => Borrowed("access_ended"),
         }
     }
 }

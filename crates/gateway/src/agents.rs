@@ -18,28 +18,51 @@ use tokio_util::task::TaskTracker;
 /// The principal kind of agent certificates.
 pub const AGENT_KIND: &str = "connector:";
 
-/// Which connections each agent may serve (from `agent = "NAME"`).
-#[derive(Clone, Default)]
-pub struct Assignments(Arc<HashMap<String, Vec<Assignment>>>);
+type ByAgent = HashMap<String, Vec<Assignment>>;
+
+/// Which connections each agent may serve (from `agent = "NAME"`), as
+/// the config in force says: a reload replaces it.
+#[derive(Clone)]
+pub struct Assignments(Arc<portcullis_front::Current<ByAgent>>);
 
 impl Assignments {
     pub fn from_config(cfg: &Config) -> Self {
-        let mut m: HashMap<String, Vec<Assignment>> = HashMap::new();
-        for c in &cfg.connections {
-            if let Target::Agent(a) = &c.target {
-                m.entry(a.agent.clone()).or_default().push(Assignment {
-                    name: c.name.clone(),
-                    protocol: a.protocol.to_string(),
-                    access: a.access.as_str().to_owned(),
-                });
-            }
-        }
-        Self(Arc::new(m))
+        Self(Arc::new(portcullis_front::Current::new(by_agent(cfg))))
+    }
+
+    /// Take `cfg`'s assignments; the agents whose assignments changed.
+    pub fn replace(&self, cfg: &Config) -> Vec<String> {
+        let new = by_agent(cfg);
+        let old = self.0.load();
+        let mut changed: Vec<String> = old
+            .keys()
+            .chain(new.keys())
+            .filter(|a| old.get(*a) != new.get(*a))
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        self.0.store(Arc::new(new));
+        changed
     }
 
     fn of(&self, agent: &str) -> Vec<Assignment> {
-        self.0.get(agent).cloned().unwrap_or_default()
+        self.0.load().get(agent).cloned().unwrap_or_default()
     }
+}
+
+fn by_agent(cfg: &Config) -> ByAgent {
+    let mut m: ByAgent = HashMap::new();
+    for c in &cfg.connections {
+        if let Target::Agent(a) = &c.target {
+            m.entry(a.agent.clone()).or_default().push(Assignment {
+                name: c.name.clone(),
+                protocol: a.protocol.to_string(),
+                access: a.access.as_str().to_owned(),
+            });
+        }
+    }
+    m
 }
 
 /// The agent listener: who may link, and what they may announce.

@@ -7,6 +7,7 @@ mod demo;
 pub mod enrol;
 mod limits;
 mod listener;
+mod reload;
 pub mod roles;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use demo::DEMO_KEY_HEADER;
 pub use listener::{Handler, ListenerSettings};
+pub use reload::{ReloadError, Reloaded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -84,9 +86,16 @@ pub struct RunningGateway {
     audit: portcullis_audit::AuditLog,
     front: HttpFront,
     sink: portcullis_recordings::RecordingSink,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl RunningGateway {
+    /// Read the config file again and apply what it changes (SIGHUP);
+    /// on an error the running config is kept.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload().await
+    }
+
     /// Stop accepting, let in-flight requests finish for up to `grace`,
     /// then drop what is left.
     pub async fn shutdown(self, grace: Duration) {
@@ -107,6 +116,9 @@ impl RunningGateway {
         }
     }
 }
+
+/// How often the config file is checked for a change.
+pub const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often certificate files are checked for a rotation.
 pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -446,17 +458,7 @@ struct Shared {
 /// The admission path's parts: masking rules, the audit log (its first
 /// entry the config's digest), recordings, approvals, authentication.
 async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared, GatewayError> {
-    let hash_key = match &cfg.masking.hash_key {
-        None => None,
-        Some(r) => Some(r.resolve().map_err(|reason| GatewayError::MaskKey {
-            reference: r.to_string(),
-            reason,
-        })?),
-    };
-    let masks = Arc::new(portcullis_mask::RuleSet::new(
-        &cfg.masking.rules,
-        hash_key.as_ref().map(|k| k.expose().as_bytes()),
-    )?);
+    let masks = mask_rules(cfg)?;
     let mask_metrics = portcullis_mask::MaskMetrics::register(&mut rt.registry);
     let audit = portcullis_audit::AuditLog::open(store.clone(), cfg.dir()).await?;
     let digest = std::fs::read(&cfg.source)
@@ -493,12 +495,33 @@ async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared,
     })
 }
 
+/// `[masking]`'s rules, with the hash key resolved.
+fn mask_rules(cfg: &Config) -> Result<Arc<portcullis_mask::RuleSet>, GatewayError> {
+    let hash_key = match &cfg.masking.hash_key {
+        None => None,
+        Some(r) => Some(r.resolve().map_err(|reason| GatewayError::MaskKey {
+            reference: r.to_string(),
+            reason,
+        })?),
+    };
+    Ok(Arc::new(portcullis_mask::RuleSet::new(
+        &cfg.masking.rules,
+        hash_key.as_ref().map(|k| k.expose().as_bytes()),
+    )?))
+}
+
 /// The PostgreSQL listener, when `[postgres]` is set.
 async fn start_postgres(
     cfg: &Config,
     rt: &mut Runtime,
     shared: &Shared,
-) -> Result<Option<SocketAddr>, GatewayError> {
+) -> Result<
+    Option<(
+        SocketAddr,
+        Arc<portcullis_front::Current<portcullis_postgres::PgFront>>,
+    )>,
+    GatewayError,
+> {
     let Some(p) = &cfg.postgres else {
         return Ok(None);
     };
@@ -520,13 +543,16 @@ async fn start_postgres(
     let l = bind(p.listen, "postgres").await?;
     let addr = local_addr(&l, p.listen, "postgres")?;
     let stop = rt.shutdown.clone();
+    let current = Arc::new(portcullis_front::Current::new(pg));
+    let fronts = current.clone();
     rt.tracker.spawn(listener::accept_loop(
         l,
         rt.shutdown.clone(),
         rt.tracker.clone(),
         rt.limits(cfg, "postgres"),
         move |stream, peer, admission| {
-            let pg = pg.clone();
+            // The front of the config in force when the caller arrived.
+            let pg = fronts.load();
             let stop = stop.clone();
             async move {
                 let _permit = match admission {
@@ -543,7 +569,7 @@ async fn start_postgres(
         },
     ));
     tracing::info!(%addr, "PostgreSQL listener");
-    Ok(Some(addr))
+    Ok(Some((addr, current)))
 }
 
 fn local_addr(
@@ -564,6 +590,7 @@ async fn start_agents(
     rt: &Runtime,
     store: &Store,
     links: &Arc<portcullis_link::AgentRegistry>,
+    assignments: &agents::Assignments,
 ) -> Result<Option<SocketAddr>, GatewayError> {
     let Some(a) = &cfg.agent_listener else {
         return Ok(None);
@@ -587,7 +614,7 @@ async fn start_agents(
     let addr = local_addr(&l, a.listen, "agents")?;
     let agents = agents::AgentListener {
         acceptor,
-        assignments: agents::Assignments::from_config(cfg),
+        assignments: assignments.clone(),
         links: links.clone(),
         store: store.clone(),
         metrics: rt.tls_metrics.clone(),
@@ -727,10 +754,11 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     // Read-only connections' database roles: waited for (and fatal) with
     // `strict_roles`, else checked in the background and logged.
     roles::check_read_only_roles(cfg).await?;
-    let postgres_addr = start_postgres(cfg, &mut rt, &shared).await?;
-    if let Some(addr) = postgres_addr {
+    let postgres = start_postgres(cfg, &mut rt, &shared).await?;
+    if let Some((addr, _)) = &postgres {
         front.set_postgres_port(addr.port());
     }
+    let (postgres_addr, pg) = postgres.unzip();
     let acceptor = rt.certs.acceptor(
         cfg,
         &cfg.gateway.client_auth,
@@ -744,20 +772,42 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .public_url
         .clone()
         .unwrap_or_else(|| portcullis_config::url_for(https_addr));
-    let agent_addr = start_agents(cfg, &rt, &store, &shared.links).await?;
+    let assignments = agents::Assignments::from_config(cfg);
+    let agent_addr = start_agents(cfg, &rt, &store, &shared.links, &assignments).await?;
     let gateway_id = start_heartbeat(&rt, &store, &public_url);
+    let reload_metrics = reload::ReloadMetrics::register(&mut rt.registry);
     let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
+    let hosts = mcp_hosts(cfg, &public_url, https_addr);
     let mcp = portcullis_mcp::McpEndpoint::new(
         shared.ctx.clone(),
         cfg,
         store.clone(),
         shared.links.clone(),
-        mcp_hosts(cfg, &public_url, https_addr),
+        hosts.clone(),
     )?;
-    let main = listener::GatewayFront {
+    let stack = Arc::new(portcullis_front::Current::new(reload::Stack {
+        ctx: shared.ctx.clone(),
         http: front.clone(),
         mcp,
-        ctx: shared.ctx.clone(),
+    }));
+    let reloader = Arc::new(reload::Reloader::new(
+        cfg,
+        stack.clone(),
+        pg,
+        assignments,
+        shared.links.clone(),
+        store.clone(),
+        hosts,
+        shared.audit.clone(),
+        reload_metrics,
+    ));
+    rt.tracker.spawn(
+        reloader
+            .clone()
+            .watch(CONFIG_CHECK_INTERVAL, rt.shutdown.clone()),
+    );
+    let main = listener::GatewayFront {
+        stack,
         domain: cfg.gateway.domain.clone(),
         enrol: enrolment(cfg, &store, &shared.audit)?,
     };
@@ -783,5 +833,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         audit: shared.audit,
         front,
         sink: shared.sink,
+        reloader,
     })
 }

@@ -49,10 +49,9 @@ impl Handler for HttpFront {
 /// `/c/<connection>/mcp` path still goes to that connection).
 #[derive(Clone)]
 pub struct GatewayFront {
-    pub http: HttpFront,
-    pub mcp: portcullis_mcp::McpEndpoint,
-    /// For the gateway's own API (`/api/v1`).
-    pub ctx: Arc<portcullis_front::FrontContext>,
+    /// The fronts of the config in force (a reload replaces them; a
+    /// request keeps the ones it started with).
+    pub stack: Arc<portcullis_front::Current<crate::reload::Stack>>,
     pub domain: Option<String>,
     /// Agent enrolment, when the agent listener's CA key is configured.
     pub enrol: Option<crate::enrol::Enrolment>,
@@ -62,6 +61,17 @@ pub const MCP_PATH: &str = "/mcp";
 
 impl Handler for GatewayFront {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        self.stack.load().handle(req, conn, self).await
+    }
+}
+
+impl crate::reload::Stack {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        listener: &GatewayFront,
+    ) -> Response<Body> {
         let host = req.uri().host().map(str::to_owned).or_else(|| {
             req.headers()
                 .get(http::header::HOST)
@@ -71,7 +81,7 @@ impl Handler for GatewayFront {
         let path = req.uri().path().to_owned();
         // Before authentication: the enrolment token is the credential.
         if path == crate::enrol::ENROL_PATH {
-            return crate::enrol::handle(self.enrol.as_ref(), req).await;
+            return crate::enrol::handle(listener.enrol.as_ref(), req).await;
         }
         let routed = self.http.routes(host.as_deref(), &path);
         // The gateway's own API lives on paths no connection routes.
@@ -80,7 +90,7 @@ impl Handler for GatewayFront {
         }
         // A connection of type "mcp": the MCP proxy.
         let mcp_route =
-            portcullis_http::route::route(host.as_deref(), &path, self.domain.as_deref())
+            portcullis_http::route::route(host.as_deref(), &path, listener.domain.as_deref())
                 .filter(|r| self.mcp.is_mcp_connection(r.connection))
                 .map(|r| (r.connection.to_owned(), r.rest.to_owned()));
         if mcp_route.is_none() && (path != MCP_PATH || routed) {
@@ -117,7 +127,7 @@ fn is_api(path: &str) -> bool {
     path == crate::api::TOKENS || path.starts_with(crate::api::REVIEWS)
 }
 
-impl GatewayFront {
+impl crate::reload::Stack {
     /// `/api/v1`: the caller authenticated by the shared admission path.
     async fn api(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let front = portcullis_config::Protocol::Http;

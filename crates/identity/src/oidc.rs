@@ -100,7 +100,7 @@ pub enum OidcError {
 }
 
 /// What the gateway trusts an issuer for. Built from configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerSettings {
     /// Exactly as in the `iss` claim and the discovery document.
     pub issuer: String,

@@ -91,6 +91,13 @@ impl AgentRegistry {
         }
     }
 
+    /// Cut the link of `agent`, if it has one (its assignments changed:
+    /// it links again and announces what it serves now).
+    pub fn cut(&self, agent: &str) -> bool {
+        let link = self.links.lock().ok().and_then(|m| m.get(agent).cloned());
+        link.map(|l| l.cut.cancel()).is_some()
+    }
+
     /// Cut every link (gateway shutdown).
     pub fn cut_all(&self) {
         if let Ok(m) = self.links.lock() {

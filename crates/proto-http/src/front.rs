@@ -37,19 +37,42 @@ pub struct HttpFront {
 struct Inner {
     ctx: Arc<FrontContext>,
     upstreams: HashMap<String, Upstream>,
+    /// For upstreams served by agents, here and after a reload.
+    links: Arc<portcullis_link::AgentRegistry>,
     domain: Option<String>,
     max_body: u64,
     metrics: HttpMetrics,
     /// Session-end work that runs after a response body is sent.
     finishing: tokio_util::task::TaskTracker,
     /// Reversible tokens shown to each principal on each connection.
-    vaults: Vaults,
+    vaults: Arc<Vaults>,
     /// What a client certificate may name.
     cert_names: portcullis_tls::CertPolicy,
     /// Public login settings of each `[[oidc]]` issuer that has them.
     login: Vec<serde_json::Value>,
     /// Where the PostgreSQL listener ended up, once it is bound.
     postgres_port: std::sync::OnceLock<u16>,
+}
+
+/// The HTTP upstream of each connection that speaks HTTP.
+fn upstreams(
+    cfg: &Config,
+    links: &Arc<portcullis_link::AgentRegistry>,
+) -> Result<HashMap<String, Upstream>, SetupError> {
+    let mut upstreams = HashMap::new();
+    for c in &cfg.connections {
+        match &c.target {
+            Target::Http(t) => {
+                upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
+            }
+            Target::Agent(a) if a.protocol == Protocol::Http => {
+                let u = Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?;
+                upstreams.insert(c.name.clone(), u);
+            }
+            _ => {}
+        }
+    }
+    Ok(upstreams)
 }
 
 /// The gateway's own discovery document for `portcullis login` and
@@ -66,23 +89,12 @@ impl HttpFront {
         metrics: HttpMetrics,
         links: Arc<portcullis_link::AgentRegistry>,
     ) -> Result<Self, SetupError> {
-        let mut upstreams = HashMap::new();
-        for c in &cfg.connections {
-            match &c.target {
-                Target::Http(t) => {
-                    upstreams.insert(c.name.clone(), Upstream::new(c, t, &cfg.upstream_tls)?);
-                }
-                Target::Agent(a) if a.protocol == Protocol::Http => {
-                    let u = Upstream::via_agent(c, &a.agent, links.clone(), &cfg.upstream_tls)?;
-                    upstreams.insert(c.name.clone(), u);
-                }
-                _ => {}
-            }
-        }
+        let upstreams = upstreams(cfg, &links)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
                 upstreams,
+                links,
                 domain: cfg.gateway.domain.clone(),
                 max_body: cfg.limits.max_request_body_bytes,
                 metrics,
@@ -102,6 +114,33 @@ impl HttpFront {
                     })
                     .collect(),
                 postgres_port: Default::default(),
+            }),
+        })
+    }
+
+    /// The front a reloaded config gives: its connections and the
+    /// reloaded admission context; the listener's settings, metrics,
+    /// reversible-token vaults and unfinished session ends kept (so that
+    /// a drain at shutdown waits for those of every generation).
+    pub fn reloaded(&self, ctx: Arc<FrontContext>, cfg: &Config) -> Result<Self, SetupError> {
+        let i = &self.inner;
+        let postgres_port = std::sync::OnceLock::new();
+        if let Some(p) = i.postgres_port.get() {
+            let _ = postgres_port.set(*p);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ctx,
+                upstreams: upstreams(cfg, &i.links)?,
+                links: i.links.clone(),
+                domain: i.domain.clone(),
+                max_body: i.max_body,
+                metrics: i.metrics.clone(),
+                finishing: i.finishing.clone(),
+                vaults: i.vaults.clone(),
+                cert_names: i.cert_names.clone(),
+                login: i.login.clone(),
+                postgres_port,
             }),
         })
     }

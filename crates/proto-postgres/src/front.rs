@@ -98,10 +98,13 @@ pub struct PgFront {
 struct Inner {
     ctx: Arc<FrontContext>,
     upstreams: HashMap<String, Arc<PgUpstream>>,
+    /// For upstreams served by agents, here and after a reload.
+    links: Arc<portcullis_link::AgentRegistry>,
     acceptor: TlsAcceptor,
     max_message: usize,
     handshake_timeout: Duration,
-    cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    /// Shared with the fronts of later reloads.
+    cancels: Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>,
     metrics: PgMetrics,
     tls_metrics: TlsMetrics,
     /// Makes placeholder statements unguessable, so a caller cannot forge
@@ -138,6 +141,25 @@ struct Session<R, W> {
     tls_version: String,
 }
 
+/// The PostgreSQL upstream of each connection that speaks it.
+fn upstreams(
+    cfg: &Config,
+    links: &Arc<portcullis_link::AgentRegistry>,
+) -> Result<HashMap<String, Arc<PgUpstream>>, SetupError> {
+    let mut upstreams = HashMap::new();
+    for c in &cfg.connections {
+        let upstream = match &c.target {
+            Target::Postgres(t) => PgUpstream::new(c, t, &cfg.upstream_tls)?,
+            Target::Agent(a) if a.protocol == Protocol::Postgres => {
+                PgUpstream::via_agent(c, a, links.clone())
+            }
+            _ => continue,
+        };
+        upstreams.insert(c.name.clone(), Arc::new(upstream));
+    }
+    Ok(upstreams)
+}
+
 fn random_u64() -> Option<u64> {
     let mut b = [0u8; 8];
     SystemRandom::new().fill(&mut b).ok()?;
@@ -153,17 +175,7 @@ impl PgFront {
         tls_metrics: TlsMetrics,
         links: Arc<portcullis_link::AgentRegistry>,
     ) -> Result<Self, SetupError> {
-        let mut upstreams = HashMap::new();
-        for c in &cfg.connections {
-            let upstream = match &c.target {
-                Target::Postgres(t) => PgUpstream::new(c, t, &cfg.upstream_tls)?,
-                Target::Agent(a) if a.protocol == Protocol::Postgres => {
-                    PgUpstream::via_agent(c, a, links.clone())
-                }
-                _ => continue,
-            };
-            upstreams.insert(c.name.clone(), Arc::new(upstream));
-        }
+        let upstreams = upstreams(cfg, &links)?;
         let max_message = cfg
             .postgres
             .as_ref()
@@ -176,10 +188,11 @@ impl PgFront {
             inner: Arc::new(Inner {
                 ctx,
                 upstreams,
+                links,
                 acceptor,
                 max_message,
                 handshake_timeout: cfg.limits.handshake_timeout,
-                cancels: Mutex::new(HashMap::new()),
+                cancels: Default::default(),
                 metrics,
                 tls_metrics,
                 nonce: format!("{nonce:016x}"),
@@ -188,6 +201,29 @@ impl PgFront {
                     .as_ref()
                     .map(|p| p.client_auth.cert_policy())
                     .unwrap_or_default(),
+            }),
+        })
+    }
+
+    /// The front a reloaded config gives: its connections and the
+    /// reloaded admission context; the listener's settings, cancel keys
+    /// (sessions opened before the reload can still be cancelled) and
+    /// metrics kept.
+    pub fn reloaded(&self, ctx: Arc<FrontContext>, cfg: &Config) -> Result<Self, SetupError> {
+        let i = &self.inner;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ctx,
+                upstreams: upstreams(cfg, &i.links)?,
+                links: i.links.clone(),
+                acceptor: i.acceptor.clone(),
+                max_message: i.max_message,
+                handshake_timeout: i.handshake_timeout,
+                cancels: i.cancels.clone(),
+                metrics: i.metrics.clone(),
+                tls_metrics: i.tls_metrics.clone(),
+                nonce: i.nonce.clone(),
+                cert_names: i.cert_names.clone(),
             }),
         })
     }
@@ -756,10 +792,13 @@ impl Inner {
             })
             .clone();
         let prepared = Mutex::new(crate::statements::Prepared::default());
-        let watch = self.ctx.live.watch(principal);
+        let watch = self
+            .ctx
+            .live
+            .watch(principal, connection, Protocol::Postgres);
         let ctx = SessionCtx {
             prepared: &prepared,
-            watch: watch.as_ref(),
+            watch: Some(&watch),
             connection,
             principal,
             rule: &live.admitted.rule,

@@ -80,6 +80,8 @@ enum Exit {
     /// The credential the session was opened with ended (revoked,
     /// expired): the reason.
     CredentialEnded(String),
+    /// A config reload took what admitted the session: the reason.
+    AccessEnded(String),
     Internal,
 }
 
@@ -108,6 +110,13 @@ impl Exit {
                 Outcome::CredentialEnded,
                 Some(fatal(
                     sqlstate::INVALID_AUTHORIZATION,
+                    &format!("portcullis: {why}; the session is closed"),
+                )),
+            ),
+            Exit::AccessEnded(why) => (
+                Outcome::AccessEnded,
+                Some(fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
                     &format!("portcullis: {why}; the session is closed"),
                 )),
             ),
@@ -203,7 +212,10 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         caller_r.set_max(ctx.max_message);
         let credential_ended = async {
             match ctx.watch {
-                Some(w) => Exit::CredentialEnded(w.ended().await),
+                Some(w) => match w.ended().await {
+                    portcullis_front::Ended::Credential(why) => Exit::CredentialEnded(why),
+                    portcullis_front::Ended::Access(why) => Exit::AccessEnded(why),
+                },
                 None => std::future::pending().await,
             }
         };

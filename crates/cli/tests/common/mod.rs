@@ -366,3 +366,47 @@ pub fn s_client(port: u16, ca: &str, extra: &[&str]) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// A psql session held open: statements written to its stdin as the test
+/// goes, its output read when it ends.
+pub struct HeldPsql {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl HeldPsql {
+    /// Open psql on `conninfo` with `password` and run `select 'before';`.
+    pub fn open(conninfo: &str, password: &str) -> HeldPsql {
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t"])
+            .arg(conninfo)
+            .env("PGPASSWORD", password)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql");
+        let stdin = child.stdin.take();
+        let mut held = HeldPsql { child, stdin };
+        held.send("select 'before';");
+        held
+    }
+
+    /// Write `sql` (a whole statement) to the session.
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        if let Some(i) = self.stdin.as_mut() {
+            let _ = writeln!(i, "{sql}");
+        }
+    }
+
+    /// Close stdin and wait: (stdout, stderr).
+    pub fn finish(mut self) -> (String, String) {
+        self.stdin.take();
+        let out = self.child.wait_with_output().expect("psql output");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}

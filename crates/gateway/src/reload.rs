@@ -1,0 +1,412 @@
+//! Config reload: connections, grants, approval and masking rules change
+//! without a restart, on SIGHUP or when the file changes.
+//!
+//! A reload is all or nothing. The new file is read and validated, and
+//! every part it changes is built (masking rules, each front's upstreams,
+//! read-only role checks under `strict_roles`) before anything is
+//! replaced; any failure keeps the running config and is logged, counted
+//! and audited. Once built, the fronts are swapped (a request or session
+//! already under way keeps the ones it started with) and every live
+//! session is asked again: one whose grant is gone, or whose connection
+//! or masking changed, ends with its protocol's error. Nothing stale.
+//!
+//! What the listeners are made of (addresses, TLS, identity providers,
+//! the store, recordings, limits) is not reloaded: a change there is
+//! reported as needing a restart, and the rest of the file still applies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::Config;
+use portcullis_front::{Current, FrontContext, LiveSession};
+use portcullis_http::HttpFront;
+use portcullis_mcp::McpEndpoint;
+use portcullis_postgres::PgFront;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::GatewayError;
+
+/// The fronts of one config generation, as the HTTPS listener serves
+/// them.
+pub struct Stack {
+    pub ctx: Arc<FrontContext>,
+    pub http: HttpFront,
+    pub mcp: McpEndpoint,
+}
+
+/// Why a reload was refused (the running config is kept).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] portcullis_config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] GatewayError),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub sha256: String,
+    /// What changed: `connection NAME added|removed|changed`, `grants`,
+    /// `masking`, ….
+    pub changed: Vec<String>,
+    /// Sections that changed but only apply at the next start.
+    pub restart_needed: Vec<&'static str>,
+    /// Live sessions ended because what admitted them no longer holds.
+    pub sessions_ended: usize,
+    /// Agents whose links were cut to pick up new assignments.
+    pub agents_relinked: Vec<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// `portcullis_config_reloads_total{result="ok"|"error"}`.
+#[derive(Clone, Default)]
+pub(crate) struct ReloadMetrics {
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl ReloadMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "portcullis_config_reloads",
+            "Config reloads, by result (an error keeps the running config)",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    fn count(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+/// What a reload replaces, and what it needs to build the new parts.
+pub(crate) struct Reloader {
+    /// The config in force; the lock also makes reloads one at a time.
+    running: tokio::sync::Mutex<Config>,
+    pub(crate) stack: Arc<Current<Stack>>,
+    pub(crate) pg: Option<Arc<Current<PgFront>>>,
+    pub(crate) assignments: crate::agents::Assignments,
+    pub(crate) links: Arc<portcullis_link::AgentRegistry>,
+    pub(crate) store: portcullis_store::Store,
+    pub(crate) mcp_hosts: Vec<String>,
+    pub(crate) audit: portcullis_audit::AuditLog,
+    pub(crate) metrics: ReloadMetrics,
+}
+
+impl Reloader {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: &Config,
+        stack: Arc<Current<Stack>>,
+        pg: Option<Arc<Current<PgFront>>>,
+        assignments: crate::agents::Assignments,
+        links: Arc<portcullis_link::AgentRegistry>,
+        store: portcullis_store::Store,
+        mcp_hosts: Vec<String>,
+        audit: portcullis_audit::AuditLog,
+        metrics: ReloadMetrics,
+    ) -> Self {
+        Self {
+            running: tokio::sync::Mutex::new(cfg.clone()),
+            stack,
+            pg,
+            assignments,
+            links,
+            store,
+            mcp_hosts,
+            audit,
+            metrics,
+        }
+    }
+
+    /// Read the config file again and apply it, or keep the running one
+    /// and say why not (logged, counted and audited either way).
+    pub(crate) async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let mut running = self.running.lock().await;
+        let path = running.source.clone();
+        let result = self.apply(&mut running, &path).await;
+        match &result {
+            Ok(r) => {
+                self.metrics.count("ok");
+                tracing::info!(
+                    file = %path.display(),
+                    sha256 = %r.sha256,
+                    changed = ?r.changed,
+                    restart_needed = ?r.restart_needed,
+                    sessions_ended = r.sessions_ended,
+                    "config reloaded"
+                );
+                if !r.restart_needed.is_empty() {
+                    tracing::warn!(sections = ?r.restart_needed, "these sections changed but apply only after a restart");
+                }
+            }
+            Err(e) => {
+                self.metrics.count("error");
+                tracing::error!(file = %path.display(), error = %e, "config reload refused; the running config is kept");
+                self.audit_failure(&path, e).await;
+            }
+        }
+        result
+    }
+
+    async fn apply(&self, running: &mut Config, path: &Path) -> Result<Reloaded, ReloadError> {
+        let bytes = std::fs::read(path).map_err(|source| portcullis_config::ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let next = Config::parse(&text, path)?;
+        let mut report = Reloaded {
+            sha256: portcullis_tls::sha256_hex(&bytes),
+            changed: changes(running, &next),
+            restart_needed: restart_needed(running, &next),
+            ..Default::default()
+        };
+        // Build everything before replacing anything.
+        let old = self.stack.load();
+        let masks = crate::mask_rules(&next)?;
+        let ctx = Arc::new(old.ctx.reloaded(&next, masks));
+        let http = old
+            .http
+            .reloaded(ctx.clone(), &next)
+            .map_err(GatewayError::from)?;
+        let mcp = McpEndpoint::new(
+            ctx.clone(),
+            &next,
+            self.store.clone(),
+            self.links.clone(),
+            self.mcp_hosts.clone(),
+        )
+        .map_err(GatewayError::from)?;
+        let pg = match &self.pg {
+            Some(cur) => Some(
+                cur.load()
+                    .reloaded(ctx.clone(), &next)
+                    .map_err(GatewayError::from)?,
+            ),
+            None => None,
+        };
+        crate::roles::check_read_only_roles(&next).await?;
+
+        // Swap: upstreams with the admission context that names them.
+        if let (Some(cur), Some(pg)) = (&self.pg, pg) {
+            cur.store(Arc::new(pg));
+        }
+        self.stack.store(Arc::new(Stack {
+            ctx: ctx.clone(),
+            http,
+            mcp,
+        }));
+        report.agents_relinked = self.assignments.replace(&next);
+        for agent in &report.agents_relinked {
+            self.links.cut(agent);
+        }
+        report.sessions_ended = ctx
+            .live
+            .recheck(|s| still_holds(s, (running, &old.ctx), (&next, &ctx)));
+        *running = next;
+        self.audit_success(path, &report).await;
+        Ok(report)
+    }
+
+    async fn audit_success(&self, path: &Path, r: &Reloaded) {
+        let detail = serde_json::json!({
+            "file": path.display().to_string(),
+            "sha256": r.sha256,
+            "reload": true,
+            "changed": r.changed,
+            "restart_needed": r.restart_needed,
+            "sessions_ended": r.sessions_ended,
+            "agents_relinked": r.agents_relinked,
+        });
+        self.audit_admin("config_loaded", detail).await;
+    }
+
+    async fn audit_failure(&self, path: &Path, e: &ReloadError) {
+        let detail = serde_json::json!({
+            "file": path.display().to_string(),
+            // Config errors name the file, line and key, never a value.
+            "error": e.to_string(),
+        });
+        self.audit_admin("config_reload_refused", detail).await;
+    }
+
+    async fn audit_admin(&self, action: &str, detail: serde_json::Value) {
+        let event = portcullis_audit::AuditEvent::Admin {
+            action: action.into(),
+            detail,
+        };
+        if let Err(e) = self.audit.append(&event).await {
+            tracing::error!(error = %e, action, "audit entry for the config reload could not be written");
+        }
+    }
+
+    /// Reload whenever the file's content changes (checked every
+    /// `every`), until `stop`. A file that fails is not retried until it
+    /// changes again.
+    pub(crate) async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let path: PathBuf = self.running.lock().await.source.clone();
+        let mut seen = digest(&path);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = digest(&path);
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            let _ = self.reload().await;
+        }
+    }
+}
+
+fn digest(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| portcullis_tls::sha256_hex(&b))
+}
+
+/// Whether a live session may go on under the new config: the reason it
+/// may not, if so.
+fn still_holds(
+    s: &LiveSession<'_>,
+    (old_cfg, old_ctx): (&Config, &FrontContext),
+    (new_cfg, new_ctx): (&Config, &FrontContext),
+) -> Option<String> {
+    let name = s.connection;
+    if let Err(e) = new_ctx.decide(s.principal, name, s.front) {
+        return Some(format!(
+            "access to connection \"{name}\" was withdrawn by a config reload ({e})"
+        ));
+    }
+    let connection = |c: &Config| c.connections.iter().find(|c| c.name == name).cloned();
+    if connection(old_cfg) != connection(new_cfg) {
+        return Some(format!(
+            "connection \"{name}\" was changed by a config reload"
+        ));
+    }
+    let masked_before = old_ctx.mask_rule(name, s.principal).is_some();
+    let masked_now = new_ctx.mask_rule(name, s.principal).is_some();
+    if old_cfg.masking != new_cfg.masking && (masked_before || masked_now) {
+        return Some(format!(
+            "the masking rules for connection \"{name}\" were changed by a config reload"
+        ));
+    }
+    None
+}
+
+/// What a reload changes, for the log and the audit entry.
+fn changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &new.connections {
+        match old.connections.iter().find(|o| o.name == c.name) {
+            None => out.push(format!("connection {} added", c.name)),
+            Some(o) if o != c => out.push(format!("connection {} changed", c.name)),
+            Some(_) => {}
+        }
+    }
+    for o in &old.connections {
+        if !new.connections.iter().any(|c| c.name == o.name) {
+            out.push(format!("connection {} removed", o.name));
+        }
+    }
+    if old.grants != new.grants {
+        out.push("grants".into());
+    }
+    if old.masking != new.masking {
+        out.push("masking".into());
+    }
+    if old.upstream_tls != new.upstream_tls {
+        out.push("upstream_tls".into());
+    }
+    out
+}
+
+/// The sections that changed but are read only at start.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name, same: bool| {
+        if !same {
+            out.push(name);
+        }
+    };
+    check("gateway", old.gateway == new.gateway);
+    check("limits", old.limits == new.limits);
+    check("store", old.store == new.store);
+    check("demo", old.demo == new.demo);
+    check("postgres", old.postgres == new.postgres);
+    check("oidc", old.oidc == new.oidc);
+    check("agent_listener", old.agent_listener == new.agent_listener);
+    check("approvals", old.approvals == new.approvals);
+    check("recordings", old.recordings == new.recordings);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "gw.crt"
+key = "gw.key"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://127.0.0.1:1"
+
+[[grants]]
+name = "testers-api"
+principals = ["group:testers"]
+connections = ["api"]
+{extra}
+"#
+        );
+        Config::parse(&text, Path::new("/tmp/portcullis.toml")).expect("config parses")
+    }
+
+    #[test]
+    fn an_unchanged_file_changes_nothing() {
+        let a = parse("");
+        assert!(changes(&a, &a).is_empty());
+        assert!(restart_needed(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn changes_name_each_connection_and_section() {
+        let a = parse("");
+        let b = parse(
+            r#"
+[[connections]]
+name = "api2"
+type = "http"
+url = "https://127.0.0.1:2"
+
+[limits]
+max_connections = 10
+"#,
+        );
+        assert_eq!(changes(&a, &b), vec!["connection api2 added"]);
+        assert_eq!(changes(&b, &a), vec!["connection api2 removed"]);
+        assert_eq!(restart_needed(&a, &b), vec!["limits"]);
+    }
+}
