@@ -486,11 +486,21 @@ pub fn http_action(method: &str, path_and_query: &str, body: &[u8]) -> String {
     )
 }
 
+/// A review's kind as a caller reads it.
+fn kind_words(kind: &str) -> &str {
+    match kind {
+        "http" => "HTTP request",
+        "sql" | "statement" => "statement",
+        "tool" | "mcp" => "tool call",
+        other => other,
+    }
+}
+
 /// The words a caller is told while an action waits.
 pub fn waiting_message(r: &Review) -> String {
     format!(
         "portcullis: this {} on connection \"{}\" needs approval: review {} is waiting for {} approver(s) in group(s) {}; approve with `portcullis reviews approve {}`",
-        r.kind,
+        kind_words(&r.kind),
         r.connection,
         r.id,
         r.required,

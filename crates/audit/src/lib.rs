@@ -319,8 +319,12 @@ fn append_line(path: &Path, line: &str) -> Result<(), AuditError> {
 
 /// Every entry of the log, oldest first, as stored.
 pub async fn entries(store: &Store) -> Result<Vec<Entry>, AuditError> {
+    entries_after(store, 0).await
+}
+
+/// The entries after sequence number `after`, oldest first.
+pub async fn entries_after(store: &Store, mut after: i64) -> Result<Vec<Entry>, AuditError> {
     let mut out = Vec::new();
-    let mut after = 0;
     loop {
         let rows = store.audit_rows(after, 1000).await?;
         if rows.is_empty() {

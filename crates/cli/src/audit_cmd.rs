@@ -20,11 +20,18 @@ pub(crate) enum AuditCommand {
         /// folder's audit-signing.pub].
         #[arg(long)]
         public_key: Option<String>,
+        /// Print a JSON object ({"ok", "entries", "last_seq", …} or
+        /// {"ok": false, "error"}); the exit status is the same.
+        #[arg(long)]
+        json: bool,
     },
-    /// Print the last entries.
+    /// Print the last entries (JSON lines).
     Tail {
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
+        /// Keep printing entries as they are written, until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Print every entry, oldest first, for a SIEM.
     Export {
@@ -37,7 +44,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
     let (config, store) = cli.load().await?;
     let dir = config.dir().to_path_buf();
     match cmd {
-        AuditCommand::Verify { public_key } => {
+        AuditCommand::Verify { public_key, json } => {
             let key = match public_key {
                 None => None,
                 Some(k) => {
@@ -53,6 +60,16 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
                 }
             };
             match portcullis_audit::verify(&store, &dir, key.as_deref()).await {
+                Ok(s) if *json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true,
+                        "entries": s.entries,
+                        "last_seq": s.last_seq,
+                        "last_hash": s.last_hash,
+                        "checkpoints": s.checkpoints,
+                    })
+                ),
                 Ok(s) => {
                     println!(
                         "audit log OK: {} entries, last {} ({}), {} signed checkpoint(s)",
@@ -63,18 +80,39 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
                     );
                 }
                 Err(portcullis_audit::AuditError::Verify(e)) => {
-                    println!("audit log FAILED verification: {e}");
+                    if *json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": false, "error": e.to_string()})
+                        );
+                    } else {
+                        println!("audit log FAILED verification: {e}");
+                    }
                     store.close().await;
                     std::process::exit(1);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        AuditCommand::Tail { lines } => {
+        AuditCommand::Tail { lines, follow } => {
             let all = portcullis_audit::entries(&store).await?;
-            let mut out = std::io::stdout().lock();
-            for e in all.iter().skip(all.len().saturating_sub(*lines)) {
-                writeln!(out, "{}", serde_json::to_string(e)?)?;
+            let mut last = all.last().map_or(0, |e| e.seq);
+            print_entries(all.iter().skip(all.len().saturating_sub(*lines)))?;
+            if *follow {
+                let stop = crate::shutdown_signal();
+                tokio::pin!(stop);
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tick.tick() => {}
+                    }
+                    let new = portcullis_audit::entries_after(&store, last).await?;
+                    if let Some(e) = new.last() {
+                        last = e.seq;
+                    }
+                    print_entries(new.iter())?;
+                }
             }
         }
         AuditCommand::Export {
@@ -87,5 +125,17 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
         }
     }
     store.close().await;
+    Ok(())
+}
+
+/// One JSON line per entry, flushed (a follower reads them as they come).
+fn print_entries<'a>(
+    entries: impl Iterator<Item = &'a portcullis_audit::Entry>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    }
+    out.flush()?;
     Ok(())
 }

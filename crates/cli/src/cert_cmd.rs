@@ -20,6 +20,9 @@ pub(crate) enum CertCommand {
         /// Write PREFIX.pem and PREFIX.key (0600) [default: ./<name>].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print a JSON object ({"principal", "cert", "key", "expires_at"}).
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a client certificate (a caller's or an agent's): refused from
     /// the next request, and an agent's live link is cut within seconds.
@@ -103,6 +106,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
             principal,
             ttl,
             out,
+            json,
         } => {
             portcullis_identity::validate_subject(principal).map_err(anyhow::Error::msg)?;
             let name = principal
@@ -116,11 +120,25 @@ pub(crate) async fn run(cli: &Cli, cmd: &CertCommand) -> anyhow::Result<()> {
                 std::slice::from_ref(principal),
                 *ttl,
             )?;
-            eprintln!(
-                "issued a client certificate for {principal}: {} and {}",
-                cert.display(),
-                key.display()
-            );
+            if *json {
+                let expires = portcullis_identity::unix_now()
+                    .saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "principal": principal,
+                        "cert": cert.display().to_string(),
+                        "key": key.display().to_string(),
+                        "expires_at": crate::token_cmd::rfc3339(expires),
+                    })
+                );
+            } else {
+                eprintln!(
+                    "issued a client certificate for {principal}: {} and {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
         }
         CertCommand::Revoke { .. } => unreachable!("handled above"),
         CertCommand::RotateServer { names, ttl } => {

@@ -9,9 +9,21 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     tracing::info!(file = %config.source.display(), sha256 = %digest, "config loaded");
     let stop = crate::shutdown_signal();
-    let mut hangups = hangups();
+    let hangups = hangups();
     let running = portcullis_gateway::start(&config, store).await?;
     println!("{}", crate::ready_line(&running));
+    serve(&running, stop, hangups).await;
+    tracing::info!("shutting down");
+    running.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Run until `stop`, reloading the config at each SIGHUP.
+pub(crate) async fn serve(
+    running: &portcullis_gateway::RunningGateway,
+    stop: impl std::future::Future<Output = ()>,
+    mut hangups: tokio::sync::mpsc::Receiver<()>,
+) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -23,14 +35,11 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
-    Ok(())
 }
 
 /// SIGHUP, the conventional "read your config again". Installed before
 /// the gateway starts, so an early one is not the default action (exit).
-fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+pub(crate) fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
     {

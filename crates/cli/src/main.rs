@@ -40,9 +40,14 @@ struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log filter, e.g. `info` or `portcullis=debug` (RUST_LOG also works).
-    #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, e.g. `info` or `portcullis=debug` (RUST_LOG also works)
+    /// [default: info for gateway, agent and quickstart; warn for one-shot
+    /// commands, so that their output stands alone].
+    #[arg(long, global = true, env = "PORTCULLIS_LOG")]
+    log: Option<String>,
+    /// More log lines: -v info, -vv debug (unless --log says otherwise).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,11 +116,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SessionsCommand {
-    /// Sessions, oldest first (filters: principal, connection, outcome, since).
+    /// Sessions, newest first (filters: principal, connection, outcome,
+    /// since; --limit).
     List(sessions_cmd::ListArgs),
 }
 
 impl Cli {
+    /// `--log`, else what the command and `-v` call for.
+    fn log_filter(&self) -> String {
+        if let Some(f) = &self.log {
+            return f.clone();
+        }
+        let serves = matches!(
+            self.command,
+            Command::Quickstart(_) | Command::Gateway | Command::Agent
+        );
+        match (serves, self.verbose) {
+            (_, 2..) => "debug",
+            (true, _) | (false, 1) => "info",
+            (false, 0) => "warn",
+        }
+        .to_owned()
+    }
+
     fn config_path(&self) -> PathBuf {
         self.config
             .clone()
@@ -167,7 +190,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 fn main() -> std::process::ExitCode {
     portcullis_tls::install_default_provider();
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log);
+    init_logging(cli.log_format, &cli.log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,7 +217,7 @@ fn main() -> std::process::ExitCode {
             Command::Env(a) => login::env(a).await,
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
-            Command::Reviews(r) => reviews_cmd::run(r).await,
+            Command::Reviews(r) => reviews_cmd::run(&cli, r).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,
             Command::Doctor(a) => doctor_cmd::run(&cli, a).await,
             Command::Version => {

@@ -118,9 +118,9 @@ pub(crate) async fn run(cli: &crate::Cli, cmd: &McpCommand) -> anyhow::Result<()
     print!("{}", snippet(*client, gateway, name));
     if let Some(ca) = ca {
         let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
-        // These clients run on Node.js, which reads extra roots from here.
         eprintln!(
-            "note: the gateway's certificate is from a private CA; start the client with\n  export NODE_EXTRA_CA_CERTS={}",
+            "note: the gateway's certificate is from a private CA; start the client with\n  export {}={}",
+            ca_variable(*client),
             ca.display()
         );
     }
@@ -130,12 +130,25 @@ pub(crate) async fn run(cli: &crate::Cli, cmd: &McpCommand) -> anyhow::Result<()
     Ok(())
 }
 
+/// Where each client reads extra trusted roots from: Claude Code and
+/// Cursor run on Node.js; Codex is a Rust binary that reads
+/// `CODEX_CA_CERTIFICATE` (then `SSL_CERT_FILE`).
+fn ca_variable(client: McpClient) -> &'static str {
+    match client {
+        McpClient::ClaudeCode | McpClient::Cursor => "NODE_EXTRA_CA_CERTS",
+        McpClient::Codex => "CODEX_CA_CERTIFICATE",
+    }
+}
+
 fn snippet(client: McpClient, gateway: &str, name: &str) -> String {
     let url = format!("{gateway}/mcp");
     match client {
-        // The shell expands the variable when the command runs.
+        // Single quotes: the shell must not expand the variable, or the
+        // token itself would be written into the config. `claude mcp add`
+        // stores the header as typed; Claude Code expands `${VAR}` (not
+        // `$VAR`) in a project's .mcp.json when it connects.
         McpClient::ClaudeCode => format!(
-            "claude mcp add --transport http {name} {url} --header \"Authorization: Bearer $PORTCULLIS_TOKEN\"\n"
+            "claude mcp add --scope project --transport http {name} {url} --header 'Authorization: Bearer ${{PORTCULLIS_TOKEN}}'\n"
         ),
         // Cursor interpolates ${env:NAME} in mcp.json.
         McpClient::Cursor => {
@@ -163,10 +176,29 @@ mod tests {
     #[test]
     fn snippets() {
         let g = "https://gw.example.com:8443";
+        let claude = snippet(McpClient::ClaudeCode, g, "portcullis");
         assert_eq!(
-            snippet(McpClient::ClaudeCode, g, "portcullis"),
-            "claude mcp add --transport http portcullis https://gw.example.com:8443/mcp --header \"Authorization: Bearer $PORTCULLIS_TOKEN\"\n"
+            claude,
+            "claude mcp add --scope project --transport http portcullis https://gw.example.com:8443/mcp --header 'Authorization: Bearer ${PORTCULLIS_TOKEN}'\n"
         );
+        // What a shell runs it as: the variable reaches claude unexpanded,
+        // so no token is written into its config.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s\\n' {}",
+                claude.trim_start_matches("claude ")
+            ))
+            .env("PORTCULLIS_TOKEN", "pc_CANARY")
+            .output()
+            .unwrap();
+        let argv = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            argv.contains("Authorization: Bearer ${PORTCULLIS_TOKEN}"),
+            "{argv}"
+        );
+        assert!(!argv.contains("pc_CANARY"), "{argv}");
+        assert_eq!(ca_variable(McpClient::Codex), "CODEX_CA_CERTIFICATE");
         let v: serde_json::Value =
             serde_json::from_str(&snippet(McpClient::Cursor, g, "pc")).unwrap();
         assert_eq!(

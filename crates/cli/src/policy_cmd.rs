@@ -9,7 +9,9 @@ use crate::Cli;
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
-    /// Print the decision for PRINCIPAL on CONNECTION and the rule behind it.
+    /// Print the decision for PRINCIPAL on CONNECTION, the grant behind it
+    /// and what else applies there (access mode, approval rule, masking
+    /// rule). Exit status 1 on DENY.
     Explain {
         /// e.g. agent:ci or user:alice.
         #[arg(long)]
@@ -51,14 +53,21 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
             on_behalf_of: None,
         },
     };
-    let known = config.connection(connection).is_some();
+    let conn = config.connection(connection);
+    let known = conn.is_some();
     let decision = Policy::new(config.grants.clone()).decide(&p, connection);
+    let terms = conn.map(|c| terms(&config, c, groups)).transpose()?;
     if *json {
         let mut v = serde_json::to_value(&decision)?;
         v["principal"] = principal.clone().into();
         v["kind"] = serde_json::to_value(p.kind)?;
         v["connection"] = connection.clone().into();
         v["connection_defined"] = known.into();
+        if let Some(t) = &terms {
+            v["access"] = t.access.into();
+            v["approval"] = t.approval.clone().into();
+            v["masking"] = t.masking.clone().into();
+        }
         println!("{v}");
     } else {
         match &decision {
@@ -77,6 +86,20 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
                 kind_name(p.kind)
             ),
         }
+        if let (Some(t), Decision::Allow { .. }) = (&terms, &decision) {
+            println!("  access:   {}", t.access);
+            println!(
+                "  approval: {}",
+                t.approval.as_deref().unwrap_or("none (nothing is held)")
+            );
+            println!(
+                "  masking:  {}",
+                t.masking
+                    .as_deref()
+                    .map(|r| format!("rule {r:?}"))
+                    .unwrap_or_else(|| "none (results pass unmasked)".into())
+            );
+        }
         if !known {
             println!(
                 "note: no connection named {connection:?} is defined in {}",
@@ -84,5 +107,68 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
             );
         }
     }
+    if matches!(decision, Decision::Deny { .. }) {
+        // Like grep: scripts can test the answer.
+        std::process::exit(1);
+    }
     Ok(())
+}
+
+/// What applies on a connection besides the grant.
+struct Terms {
+    access: &'static str,
+    /// The approval rule, in words.
+    approval: Option<String>,
+    /// The name of the masking rule that applies to these groups.
+    masking: Option<String>,
+}
+
+fn terms(
+    cfg: &portcullis_config::Config,
+    c: &portcullis_config::Connection,
+    groups: &[String],
+) -> anyhow::Result<Terms> {
+    use portcullis_config::{Access, ApprovalMode, Target};
+    let access = match &c.target {
+        Target::Postgres(t) if t.access == Access::ReadOnly => "read-only",
+        Target::Agent(a) if a.access == Access::ReadOnly => "read-only",
+        Target::Postgres(_) | Target::Agent(_) => "read-write",
+        Target::Http(_) | Target::Mcp(_) => {
+            "as the grant allows (HTTP and MCP have no read-only mode)"
+        }
+    };
+    let approval = c.approval.as_ref().map(|r| {
+        let held = match r.mode {
+            ApprovalMode::Session => format!(
+                "the first use in a session (just-in-time, up to {:?})",
+                r.session
+            ),
+            ApprovalMode::Statements | ApprovalMode::None => {
+                let mut what = Vec::new();
+                if !r.classes.is_empty() {
+                    what.push(format!("statements of class {}", r.classes.join(", ")));
+                }
+                if !r.methods.is_empty() {
+                    what.push(format!("HTTP {}", r.methods.join(", ")));
+                }
+                if !r.tools.is_empty() {
+                    what.push(format!("tools {}", r.tools.join(", ")));
+                }
+                what.join("; ")
+            }
+        };
+        format!(
+            "{held} wait for {} approval(s) from group(s) {}",
+            r.required,
+            r.approvers.join(", ")
+        )
+    });
+    // Only which rule applies is asked: any key selects the same one.
+    let rules = portcullis_mask::RuleSet::new(&cfg.masking.rules, Some(b"explain"))?;
+    let masking = rules.select(&c.name, groups).map(|r| r.name.clone());
+    Ok(Terms {
+        access,
+        approval,
+        masking,
+    })
 }

@@ -53,6 +53,7 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9443";
 const DEFAULT_PG_LISTEN: &str = "127.0.0.1:15432";
 const PG_CONNECTION: &str = "demo-pg";
 const PG_GUARDED: &str = "demo-pg-guarded";
+const PG_READONLY: &str = "demo-pg-readonly";
 /// The quickstart's human approver and its group.
 const APPROVER: &str = "user:approver";
 const APPROVERS: &str = "approvers";
@@ -170,10 +171,13 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     };
 
     let stop = crate::shutdown_signal();
+    let hangups = crate::gateway_cmd::hangups();
     let running = portcullis_gateway::start(&config, store).await?;
     // With --agent-demo: the agent's folder and process.
     let _agent = match running.agent_addr {
-        Some(addr) => Some(start_agent(&ca, &dir, addr, &running).await?),
+        Some(addr) => Some(AgentProcess::watch(
+            start_agent(&ca, &dir, addr, &running).await?,
+        )),
         None => None,
     };
     let url = running.public_url.clone();
@@ -195,12 +199,18 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         env.push(("PORTCULLIS_PG_HOST", "localhost".to_string()));
         env.push(("PORTCULLIS_PG_PORT", a.port().to_string()));
         env.push(("PORTCULLIS_DEMO_PG", PG_CONNECTION.to_string()));
+        if config.connection(PG_READONLY).is_some() {
+            env.push(("PORTCULLIS_DEMO_PG_READONLY", PG_READONLY.to_string()));
+        }
         if let Some(t) = &approver {
             env.push(("PORTCULLIS_DEMO_PG_GUARDED", PG_GUARDED.to_string()));
             env.push(("PORTCULLIS_APPROVER_TOKEN", t.clone()));
         }
     }
     write_env(&env_path, &env)?;
+    if pg.is_some() {
+        check_postgres(&config).await;
+    }
 
     println!();
     println!("Portcullis is running at {url}");
@@ -230,10 +240,31 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     println!("{}", crate::ready_line(&running));
     let _ = std::io::stdout().flush();
 
-    stop.await;
+    crate::gateway_cmd::serve(&running, stop, hangups).await;
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Whether the gateway can sign in to the PostgreSQL demo target: a
+/// warning (not a failure: the rest of the demo works) that says how to
+/// fix it.
+async fn check_postgres(config: &Config) {
+    let Some(c) = config.connection(PG_CONNECTION) else {
+        return;
+    };
+    let portcullis_config::Target::Postgres(t) = &c.target else {
+        return;
+    };
+    if let Err(e) = portcullis_gateway::roles::check_connection(config, c, t).await {
+        eprintln!(
+            "WARNING: the gateway cannot reach PostgreSQL for {PG_CONNECTION:?}: {e}\n\
+             \x20 Fix the server or the URL, then run the quickstart again with \
+             --postgres URL (a new password replaces the stored one), or edit \
+             secrets/demo-pg-password and send the quickstart SIGHUP (kill -HUP {}).",
+            std::process::id()
+        );
+    }
 }
 
 /// The approver's token in an earlier quickstart.env, if still good.
@@ -325,6 +356,42 @@ async fn start_agent(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the agent did not connect within 15 seconds (see its log above)")
+}
+
+/// The `--agent-demo` agent, watched: if it exits, that is logged (and
+/// the process reaped, no zombie); when this is dropped, it is stopped.
+struct AgentProcess {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl AgentProcess {
+    fn watch(mut child: tokio::process::Child) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    tracing::error!(
+                        %status,
+                        "the demo agent exited ({status}); {CONNECTION:?} is unreachable \
+                         until the quickstart is started again"
+                    );
+                }
+                _ = stopped.cancelled() => {
+                    // Kill and reap.
+                    let _ = child.kill().await;
+                }
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 fn agent_config(gateway_port: u16, demo_port: u16) -> String {
@@ -427,8 +494,11 @@ action = "redact"
     )
 }
 
-/// Add connection `demo-pg` (and the `[postgres]` listener) to the config,
-/// with the password in a secret file. An existing `demo-pg` is kept.
+/// Add the PostgreSQL demo to the config: the `[postgres]` listener and
+/// connections `demo-pg`, `demo-pg-readonly` and `demo-pg-guarded`, with
+/// the password in a secret file. What exists already is kept, except
+/// the password: a re-run with another one replaces the stored secret
+/// (and says so), since that is why people re-run it.
 fn add_postgres(
     dir: &Path,
     config_path: &Path,
@@ -450,62 +520,96 @@ fn add_postgres(
         let abs = std::path::absolute(root).with_context(|| format!("resolving {root}"))?;
         parsed.sslrootcert = Some(abs.display().to_string());
     }
+    let secret = dir.join("secrets/demo-pg-password");
+    let stored = std::fs::read_to_string(&secret).ok();
+    if stored.as_deref().map(|s| s.trim_end_matches(['\r', '\n'])) != Some(password.as_str()) {
+        if stored.is_some() {
+            eprintln!(
+                "replaced the stored PostgreSQL password ({}) with the one in --postgres",
+                secret.display()
+            );
+        }
+        write_private(&secret, format!("{password}\n").as_bytes())?;
+    }
     let existing = Config::load(config_path)?;
-    if existing.connection(PG_CONNECTION).is_some() {
+    let url = parsed.without_password();
+    if let Some(c) = existing.connection(PG_CONNECTION)
+        && let portcullis_config::Target::Postgres(t) = &c.target
+        && (
+            t.host.as_str(),
+            t.port,
+            t.database.as_str(),
+            t.user.as_str(),
+        ) != (
+            parsed.host.as_str(),
+            parsed.port,
+            parsed.database.as_str(),
+            parsed.user.as_str(),
+        )
+    {
         eprintln!(
-            "connection {PG_CONNECTION:?} already exists in {}; keeping it",
+            "connection {PG_CONNECTION:?} in {} keeps its URL; edit the file to change it \
+             (the gateway reloads it on save)",
             config_path.display()
         );
-        return Ok(());
     }
-    write_private(
-        &dir.join("secrets/demo-pg-password"),
-        format!("{password}\n").as_bytes(),
-    )?;
     let mut text = std::fs::read_to_string(config_path)?;
+    let before = text.len();
     if existing.postgres.is_none() {
         let listen = listen
             .map(|l| l.to_string())
             .unwrap_or_else(|| DEFAULT_PG_LISTEN.to_string());
         text.push_str(&format!(
-            "\n# PostgreSQL callers: psql \"host=localhost port=PORT dbname=<connection> sslmode=verify-full\"\n[postgres]\nlisten = \"{listen}\"\n"
+            r#"
+# PostgreSQL callers: psql "host=localhost port=PORT dbname=<connection> sslmode=verify-full"
+# with a token as the password, or a client certificate from ca.pem.
+[postgres]
+listen = "{listen}"
+client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
+"#
         ));
     }
-    text.push_str(&format!(
-        r#"
-[[connections]]
-name = "{PG_CONNECTION}"
+    for (name, extra, comment) in [
+        (PG_CONNECTION, "", ""),
+        (
+            PG_READONLY,
+            "access = \"read-only\"\n",
+            "# The same server, read-only: only statements proven to be reads run.\n",
+        ),
+        (
+            PG_GUARDED,
+            "approval = { mode = \"statements\", classes = [\"write\", \"ddl\", \"admin\", \"unknown\"], approvers = [\"approvers\"], required = 1, wait = \"120s\" }\n",
+            "# The same server, but writes and DDL wait for one person's approval\n\
+             # (`portcullis reviews approve ID` with an approver's token).\n",
+        ),
+    ] {
+        if existing.connection(name).is_some() {
+            continue;
+        }
+        text.push_str(&format!(
+            r#"
+{comment}[[connections]]
+name = "{name}"
 type = "postgres"
 url = "{url}"
 password = "file:secrets/demo-pg-password"
-
+{extra}
 [[grants]]
-name = "quickstart-demo-pg"
+name = "quickstart-{name}"
 principals = ["{PRINCIPAL}"]
-connections = ["{PG_CONNECTION}"]
-
-# The same server, but writes and DDL wait for one person's approval
-# (`portcullis reviews approve ID` with an approver's token).
-[[connections]]
-name = "{PG_GUARDED}"
-type = "postgres"
-url = "{url}"
-password = "file:secrets/demo-pg-password"
-approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["{APPROVERS}"], required = 1, wait = "120s" }}
-
-[[grants]]
-name = "quickstart-demo-pg-guarded"
-principals = ["{PRINCIPAL}"]
-connections = ["{PG_GUARDED}"]
-"#,
-        url = parsed.without_password()
-    ));
+connections = ["{name}"]
+"#
+        ));
+    }
+    if text.len() == before {
+        return Ok(());
+    }
     // Validate before writing: a bad URL must not leave a broken config.
     Config::parse(&text, config_path)?;
     std::fs::write(config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     eprintln!(
-        "added connection {PG_CONNECTION:?} to {}",
+        "added the PostgreSQL demo connections to {}",
         config_path.display()
     );
     Ok(())

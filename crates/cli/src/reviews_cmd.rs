@@ -9,8 +9,12 @@ use clap::{Args, Subcommand};
 
 #[derive(Args)]
 pub(crate) struct Conn {
+    /// The gateway's URL [default: the config's `public_url`, else its
+    /// `listen` address].
     #[arg(long, env = "PORTCULLIS_URL")]
-    gateway: String,
+    gateway: Option<String>,
+    /// CA to trust for the gateway [default: the data folder's ca.pem,
+    /// when the URL came from the config].
     #[arg(long, env = "PORTCULLIS_CA")]
     ca: Option<PathBuf>,
     /// The approver's token [default: the `portcullis login` sign-in].
@@ -31,11 +35,14 @@ pub(crate) enum ReviewsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One review, whole (JSON).
+    /// One review, whole (JSON, times in RFC 3339).
     Show {
         #[command(flatten)]
         conn: Conn,
         id: String,
+        /// As the API returns it (times in Unix seconds).
+        #[arg(long)]
+        json: bool,
     },
     /// Approve a review (one of the approvals it needs).
     Approve {
@@ -62,13 +69,17 @@ struct Api {
 }
 
 impl Api {
-    async fn new(c: &Conn) -> anyhow::Result<Self> {
-        let base = c.gateway.trim_end_matches('/').to_string();
+    async fn new(c: &Conn, cli: &crate::Cli) -> anyhow::Result<Self> {
+        let (base, ca) = match &c.gateway {
+            Some(g) => (g.clone(), c.ca.clone()),
+            None => from_config(cli, c.ca.clone())?,
+        };
+        let base = base.trim_end_matches('/').to_string();
         let token = match &c.token {
             Some(t) if !t.is_empty() => t.clone(),
             _ => crate::login::token_for(&base).await?,
         };
-        let http = crate::login::http(c.ca.as_ref())?;
+        let http = crate::login::http(ca.as_ref())?;
         Ok(Self { base, token, http })
     }
 
@@ -89,10 +100,43 @@ impl Api {
     }
 }
 
-pub(crate) async fn run(cmd: &ReviewsCommand) -> anyhow::Result<()> {
+/// The gateway's URL from the config, and the CA to trust for it.
+fn from_config(cli: &crate::Cli, ca: Option<PathBuf>) -> anyhow::Result<(String, Option<PathBuf>)> {
+    let path = cli.config_path();
+    let cfg = portcullis_config::Config::load(&path).map_err(|e| {
+        anyhow::anyhow!("--gateway not given and the config cannot say where the gateway is: {e}")
+    })?;
+    let url = cfg
+        .gateway
+        .public_url
+        .clone()
+        .unwrap_or_else(|| portcullis_config::url_for(cfg.gateway.listen));
+    let ca = ca.or_else(|| Some(cfg.dir().join("ca.pem")).filter(|p| p.exists()));
+    Ok((url, ca))
+}
+
+/// Unix-second times (`*_at`, `at`) as RFC 3339, for people to read.
+fn readable_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.as_i64() {
+                    Some(t) if k == "at" || k.ends_with("_at") => {
+                        *x = crate::token_cmd::rfc3339(t).into();
+                    }
+                    _ => readable_times(x),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(readable_times),
+        _ => {}
+    }
+}
+
+pub(crate) async fn run(cli: &crate::Cli, cmd: &ReviewsCommand) -> anyhow::Result<()> {
     match cmd {
         ReviewsCommand::List { conn, state, json } => {
-            let api = Api::new(conn).await?;
+            let api = Api::new(conn, cli).await?;
             let mut url = format!("{}/api/v1/reviews", api.base);
             if let Some(s) = state {
                 url.push_str(&format!("?state={s}"));
@@ -119,12 +163,17 @@ pub(crate) async fn run(cmd: &ReviewsCommand) -> anyhow::Result<()> {
                 eprintln!("no reviews");
             }
         }
-        ReviewsCommand::Show { conn, id } => {
-            let api = Api::new(conn).await?;
-            let v = api
+        ReviewsCommand::Show { conn, id, json } => {
+            let api = Api::new(conn, cli).await?;
+            let mut v = api
                 .call(api.http.get(format!("{}/api/v1/reviews/{id}", api.base)))
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            if *json {
+                println!("{v}");
+            } else {
+                readable_times(&mut v);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
         }
         ReviewsCommand::Approve { conn, id, reason }
         | ReviewsCommand::Deny { conn, id, reason } => {
@@ -133,7 +182,7 @@ pub(crate) async fn run(cmd: &ReviewsCommand) -> anyhow::Result<()> {
             } else {
                 "deny"
             };
-            let api = Api::new(conn).await?;
+            let api = Api::new(conn, cli).await?;
             let v = api
                 .call(
                     api.http

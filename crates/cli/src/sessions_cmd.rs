@@ -22,14 +22,37 @@ pub(crate) struct ListArgs {
     /// sessions that never ended (a crash).
     #[arg(long)]
     outcome: Option<String>,
-    /// Only sessions started at or after this time (RFC 3339).
-    #[arg(long)]
-    since: Option<humantime::Timestamp>,
+    /// Only sessions started at or after this time: RFC 3339
+    /// (2026-12-01T10:00:00Z) or a duration ago (90s, 30m, 1h, 2d).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<i64>,
+    /// At most this many sessions, newest first (0: all).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+/// `--since`: Unix milliseconds from an RFC 3339 time or a duration ago.
+fn parse_since(s: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match s.parse::<humantime::Timestamp>() {
+        Ok(t) => std::time::SystemTime::from(t),
+        Err(_) => {
+            let ago = humantime::parse_duration(s).map_err(|_| {
+                format!("{s:?} is neither a time (2026-12-01T10:00:00Z) nor a duration (1h, 30m)")
+            })?;
+            now.checked_sub(ago).ok_or("that is before 1970")?
+        }
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 #[derive(clap::Args)]
 pub(crate) struct ReplayArgs {
-    /// The session id (see `portcullis sessions list`).
+    /// The session id, or a prefix of it that names one session (see
+    /// `portcullis sessions list`).
     session: String,
     /// Print everything at once instead of with the original timing.
     #[arg(long)]
@@ -44,16 +67,8 @@ pub(crate) struct ReplayArgs {
 
 pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
     let (_, store) = cli.load().await?;
-    let since_ms = a
-        .since
-        .map(|t| {
-            std::time::SystemTime::from(t)
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
-    let rows: Vec<_> = store
+    let since_ms = a.since.unwrap_or(0);
+    let mut rows: Vec<_> = store
         .sessions()
         .await?
         .into_iter()
@@ -66,6 +81,15 @@ pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
         })
         .filter(|s| s.started_at_ms >= since_ms)
         .collect();
+    rows.sort_by_key(|s| std::cmp::Reverse(s.started_at_ms));
+    let matched = rows.len();
+    if a.limit > 0 && matched > a.limit {
+        rows.truncate(a.limit);
+        eprintln!(
+            "the newest {} of {matched} sessions (--limit 0 for all)",
+            a.limit
+        );
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         for s in &rows {
@@ -107,21 +131,43 @@ pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one session whose id starts with `prefix` (a whole id is its
+/// own prefix).
+async fn unique_session(store: &portcullis_store::Store, prefix: &str) -> anyhow::Result<String> {
+    let ids: Vec<String> = store
+        .sessions()
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| id.starts_with(prefix))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        // Not in the index (an older store): the recording may still be.
+        [] => Ok(prefix.to_owned()),
+        many => anyhow::bail!(
+            "{prefix:?} names {} sessions; give more of the id",
+            many.len()
+        ),
+    }
+}
+
 pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
     let (config, store) = cli.load().await?;
-    store.close().await;
     if !a.session.chars().all(|c| c.is_ascii_hexdigit()) || a.session.is_empty() {
         anyhow::bail!("{:?} is not a session id", a.session);
     }
+    let session = unique_session(&store, &a.session).await;
+    store.close().await;
+    let session = session?;
     // From this gateway's spool, or from the shared object store.
     let sink = portcullis_recordings::from_config(&config.recordings)?;
     let scratch = tempfile::tempdir()?;
-    let path = match sink.fetch(&a.session, scratch.path()).await {
+    let path = match sink.fetch(&session, scratch.path()).await {
         Ok(p) => p,
-        Err(portcullis_recordings::SinkError::NotFound(_)) => anyhow::bail!(
-            "no recording for session {} (see `portcullis sessions list`)",
-            a.session
-        ),
+        Err(portcullis_recordings::SinkError::NotFound(_)) => {
+            anyhow::bail!("no recording for session {session} (see `portcullis sessions list`)")
+        }
         Err(e) => return Err(e.into()),
     };
     let (records, digest) = portcullis_record::read(&path)?;

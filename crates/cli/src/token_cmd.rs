@@ -29,8 +29,10 @@ pub(crate) enum TokenCommand {
         /// the token carries your groups and names you in every audit entry.
         #[arg(long, conflicts_with = "groups")]
         gateway: Option<String>,
-        /// Extra CA to trust for --gateway (PEM).
-        #[arg(long, env = "PORTCULLIS_CA", requires = "gateway")]
+        /// Extra CA to trust for --gateway (PEM); ignored without it, so
+        /// that a sourced quickstart.env does not change what `token
+        /// create` does.
+        #[arg(long, env = "PORTCULLIS_CA")]
         ca: Option<std::path::PathBuf>,
     },
     /// List tokens (never their secrets).
@@ -39,8 +41,14 @@ pub(crate) enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token by id; a running gateway refuses it from the next request.
-    Revoke { id: String },
+    /// Revoke a token by id; running gateways end its sessions within a
+    /// second and refuse it from the next request.
+    Revoke {
+        id: String,
+        /// Print a JSON object ({"id", "revoked_at"}).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Create a token in `store` and return (id, secret, expires_at).
@@ -166,8 +174,9 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        TokenCommand::Revoke { id } => {
-            if store.revoke_token(id, unix_now()).await? {
+        TokenCommand::Revoke { id, json } => {
+            let now = unix_now();
+            if store.revoke_token(id, now).await? {
                 audit_admin(
                     &store,
                     config.dir(),
@@ -176,7 +185,14 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 tracing::info!(token_id = %id, "token revoked");
-                eprintln!("revoked token {id}");
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": id, "revoked_at": rfc3339(now)})
+                    );
+                } else {
+                    eprintln!("revoked token {id}");
+                }
             } else {
                 anyhow::bail!("no token with id {id:?} (see `portcullis token list`)");
             }

@@ -1334,7 +1334,7 @@ fn kill_9_mid_session_keeps_audit_and_recording_readable() {
     let list = String::from_utf8(cli(&["sessions", "list", "--json", "--outcome", "open"]).stdout)
         .unwrap();
     let s: serde_json::Value =
-        serde_json::from_str(list.lines().last().expect("an open session")).unwrap();
+        serde_json::from_str(list.lines().next().expect("an open session")).unwrap();
     let r = cli(&["replay", s["id"].as_str().unwrap(), "--no-wait"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let replay = String::from_utf8(r.stdout).unwrap();

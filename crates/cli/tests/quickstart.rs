@@ -422,7 +422,8 @@ fn http_requests_are_recorded_masked_and_replayable() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8(out.stdout).unwrap();
-        s = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        // Newest first.
+        s = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         if s["outcome"] != "open" {
             break;
         }
@@ -599,11 +600,15 @@ fn policy_explain_names_the_rule_or_the_denial() {
         "--connection",
         "demo-api",
     ]);
+    assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.starts_with("ALLOW") && text.contains("\"quickstart-demo\""),
         "{text}"
     );
+    // What else applies there: masking, no approval.
+    assert!(text.contains("masking:  rule \"quickstart-pii\""), "{text}");
+    assert!(text.contains("approval: none"), "{text}");
     let out = qs.cli(&[
         "policy",
         "explain",
@@ -613,8 +618,10 @@ fn policy_explain_names_the_rule_or_the_denial() {
         "demo-api",
         "--json",
     ]);
+    assert_eq!(out.status.code(), Some(1), "DENY exits 1");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "deny");
+    assert_eq!(v["masking"], "quickstart-pii");
     assert_eq!(v["reason"]["kind"], "no_grant");
     assert_eq!(v["connection_defined"], true);
     let out = qs.cli(&[

@@ -489,7 +489,8 @@ connections = ["db"]
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .rfind(|s| s["outcome"].is_string())
+            // Newest first.
+            .find(|s| s["outcome"].is_string())
             .and_then(|s| s["id"].as_str().map(str::to_string))
             .unwrap()
     };

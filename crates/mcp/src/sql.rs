@@ -90,15 +90,10 @@ pub async fn sql_query(
         }
     };
     if *read_only && class != Class::Read {
-        let reason = match class {
-            Class::Unknown => {
-                "access = \"read-only\": a statement that could not be proven free of side effects is not allowed".to_string()
-            }
-            c => format!(
-                "access = \"read-only\": a {} statement is not allowed",
-                c.as_str()
-            ),
-        };
+        let reason = format!(
+            "access = \"read-only\": {} is not allowed",
+            class.statement()
+        );
         return Err(refused(ctx, who, name, &reason).await);
     }
     call::approve(&admitted, "statement", sql, class.as_str(), |r| {

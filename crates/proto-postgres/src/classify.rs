@@ -39,6 +39,18 @@ pub enum Class {
 }
 
 impl Class {
+    /// The class with its article, for messages: "a write statement",
+    /// "an admin statement".
+    pub fn statement(self) -> &'static str {
+        match self {
+            Class::Read => "a read statement",
+            Class::Write => "a write statement",
+            Class::Ddl => "a DDL statement",
+            Class::Admin => "an admin statement",
+            Class::Unknown => "a statement that could not be proven free of side effects",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Read => "read",

@@ -44,11 +44,10 @@ pub trait Inspector: Send {
 /// to be a read passes (see [`crate::classify`]); anything else is
 /// refused, naming the rule.
 pub fn read_only(connection: &str, class: Class) -> Option<Refusal> {
-    let what = match class {
-        Class::Read => return None,
-        Class::Unknown => "a statement that could not be proven free of side effects".to_string(),
-        c => format!("a {} statement", c.as_str()),
-    };
+    if class == Class::Read {
+        return None;
+    }
+    let what = class.statement();
     Some(Refusal {
         code: sqlstate::INSUFFICIENT_PRIVILEGE,
         message: format!(
@@ -109,7 +108,7 @@ mod tests {
             r.message
         );
         let r = read_only("db", classify("CREATE TABLE x (a int)")).unwrap();
-        assert!(r.message.contains("ddl"), "{}", r.message);
+        assert!(r.message.contains("a DDL statement"), "{}", r.message);
         let r = read_only("db", classify("SELEC garbage")).unwrap();
         assert!(r.message.contains("could not be proven"), "{}", r.message);
         let r = read_only("db", classify("SELECT purge(1)")).unwrap();

@@ -88,7 +88,8 @@ impl Idp {
                 }
             }
         });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
+        // Generous: node starts slowly while the suite loads both cores.
+        let issuer = match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(i) => i,
             Err(_) => {
                 let _ = child.kill();
