@@ -1,0 +1,173 @@
+//! The CLI as an operator uses it for a day, against a running quickstart:
+//! quiet one-shot commands, newest-first session lists with --limit and
+//! --since, replay by id prefix, --json where scripts need it, and
+//! `audit tail --follow`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn one_shot_commands_are_quiet_unless_asked() {
+    let qs = Quickstart::start();
+    let out = ok(qs.cli(&["token", "create", "--principal", "agent:quiet"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("INFO"), "no log lines by default: {err}");
+    assert!(err.contains("It is shown once"), "{err}");
+    // (The quickstart's env sets PORTCULLIS_LOG for the gateway only.)
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(qs.data())
+        .args(["-v", "token", "create", "--principal", "agent:loud"])
+        .env_remove("PORTCULLIS_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INFO") && err.contains("token created"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sessions_newest_first_limited_and_since_a_duration() {
+    let qs = Quickstart::start();
+    let (url, ca, token) = qs.creds();
+    for path in ["/c/demo-api/hello", "/c/demo-api/customers"] {
+        // One connection each: two sessions, the second the newest.
+        assert_eq!(get(url, ca, Some(token), path).status, 200);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let wait_sealed = || {
+        for _ in 0..40 {
+            let all = lines(&ok(qs.cli(&["sessions", "list", "--json"])));
+            if all.len() >= 2 && all.iter().all(|s| s["outcome"] != "open") {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("sessions were not sealed");
+    };
+    let all = wait_sealed();
+    let started: Vec<&str> = all
+        .iter()
+        .map(|s| s["started_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = started.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(started, sorted, "newest first");
+
+    let one = lines(&ok(qs.cli(&["sessions", "list", "--json", "--limit", "1"])));
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["id"], all[0]["id"]);
+    let recent = lines(&ok(qs.cli(&["sessions", "list", "--json", "--since", "1h"])));
+    assert_eq!(recent.len(), all.len());
+    let future = lines(&ok(qs.cli(&[
+        "sessions",
+        "list",
+        "--json",
+        "--since",
+        "2099-01-01T00:00:00Z",
+    ])));
+    assert!(future.is_empty());
+    let bad = qs.cli(&["sessions", "list", "--since", "yesterday-ish"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a time"));
+
+    // Replay by a prefix of the id.
+    let id = all[0]["id"].as_str().unwrap();
+    let out = ok(qs.cli(&["replay", &id[..8], "--no-wait"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("customers"));
+}
+
+#[test]
+fn json_where_scripts_need_it() {
+    let qs = Quickstart::start();
+    let v = lines(&ok(qs.cli(&["audit", "verify", "--json"])));
+    assert_eq!(v[0]["ok"], true);
+    assert!(v[0]["entries"].as_u64().unwrap() > 0);
+
+    let prefix = qs.tmp.path().join("bot");
+    let out = ok(qs.cli(&[
+        "cert",
+        "issue",
+        "--principal",
+        "agent:bot",
+        "--out",
+        prefix.to_str().unwrap(),
+        "--json",
+    ]));
+    let v = lines(&out);
+    assert_eq!(v[0]["principal"], "agent:bot");
+    assert!(std::path::Path::new(v[0]["cert"].as_str().unwrap()).exists());
+
+    let created = lines(&ok(qs.cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:gone",
+        "--json",
+    ])));
+    let id = created[0]["id"].as_str().unwrap();
+    let revoked = lines(&ok(qs.cli(&["token", "revoke", id, "--json"])));
+    assert_eq!(revoked[0]["id"], id);
+    assert!(revoked[0]["revoked_at"].is_string());
+}
+
+#[test]
+fn audit_tail_follows_new_entries() {
+    let qs = Quickstart::start();
+    let mut tail = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(qs.data())
+        .args(["audit", "tail", "-n", "1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the last entry");
+    assert!(first.contains("\"seq\""), "{first}");
+    ok(qs.cli(&["token", "create", "--principal", "agent:followed"]));
+    let mut seen = String::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push_str(&l);
+        if l.contains("agent:followed") {
+            break;
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(
+        seen.contains("token_created") && seen.contains("agent:followed"),
+        "{seen}"
+    );
+}
