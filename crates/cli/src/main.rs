@@ -187,6 +187,20 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
+/// An error and its causes, each said once: many errors already quote
+/// their cause in their own message, and `{:#}` would repeat it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
 fn main() -> std::process::ExitCode {
     portcullis_tls::install_default_provider();
     let cli = Cli::parse();
@@ -229,7 +243,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portcullis: error: {e:#}");
+            eprintln!("portcullis: error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -154,6 +154,11 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("opening the store {}", config.store.describe()))?;
+    let stop = crate::shutdown_signal();
+    let hangups = crate::gateway_cmd::hangups();
+    let running = portcullis_gateway::start(&config, store.clone()).await?;
+    // Tokens only once the gateway runs: a start that fails (a port in
+    // use) leaves no token that nobody received.
     let env_path = dir.join("quickstart.env");
     let token = match reusable_token(&env_path, &store).await {
         Some(t) => t,
@@ -170,9 +175,6 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         None
     };
 
-    let stop = crate::shutdown_signal();
-    let hangups = crate::gateway_cmd::hangups();
-    let running = portcullis_gateway::start(&config, store).await?;
     // With --agent-demo: the agent's folder and process.
     let _agent = match running.agent_addr {
         Some(addr) => Some(AgentProcess::watch(

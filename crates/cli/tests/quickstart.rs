@@ -207,6 +207,69 @@ fn plaintext_is_refused_with_the_https_url() {
         m.body
     );
     assert!(!m.body.contains("connection=\"demo-api\""), "{}", m.body);
+
+    // psql pointed at the HTTPS port is told so in its own protocol.
+    let port = qs.proc.port().to_string();
+    let psql = |sslmode: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(format!(
+                "host=localhost port={port} dbname=demo-api user=agent sslmode={sslmode} connect_timeout=10"
+            ))
+            .args(["-c", "select 1"])
+            .env("PGPASSWORD", "x")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = psql("prefer");
+    assert!(
+        e.contains("HTTPS port") && e.contains("PostgreSQL listener"),
+        "{e}"
+    );
+    let e = psql("verify-full");
+    assert!(!e.contains("invalid response to SSL negotiation"), "{e}");
+    assert!(e.contains("does not support SSL"), "{e}");
+}
+
+/// A port already in use: one clear error, and no token left behind for
+/// a gateway that never ran.
+#[test]
+fn a_port_in_use_is_one_clear_error_and_leaves_no_token() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = std::process::Command::new(BIN)
+        .args(["quickstart", "--data-dir", data.to_str().unwrap()])
+        .args(["--listen", &addr, "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("portcullis: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&addr), "{line}");
+    assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+    assert!(!data.join("quickstart.env").exists());
+    let tokens = std::process::Command::new(BIN)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "token",
+            "list",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(tokens.status.success());
+    assert!(
+        tokens.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&tokens.stdout)
+    );
 }
 
 #[test]

@@ -387,6 +387,9 @@ async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr, public_url: &
         .ok()
         .and_then(Result::ok)
         .unwrap_or(0);
+    if let Some(kind) = postgres_packet(&buf[..n]) {
+        return refuse_postgres(stream, peer, kind).await;
+    }
     let path = request_path(&buf[..n]).unwrap_or("/");
     let url = format!("{}{}", public_url.trim_end_matches('/'), path);
     tracing::warn!(%peer, "plaintext refused on a TLS-only listener");
@@ -402,6 +405,70 @@ async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr, public_url: &
     );
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// What a PostgreSQL client sends first, when it is one.
+#[derive(Debug, PartialEq, Eq)]
+enum PgFirst {
+    /// SSLRequest or GSSENCRequest: it waits for one byte.
+    EncryptionRequest,
+    Startup,
+}
+
+/// Whether `head` starts with a PostgreSQL client's first message (a
+/// length, then the SSLRequest, GSSENCRequest or protocol 3 code).
+fn postgres_packet(head: &[u8]) -> Option<PgFirst> {
+    let len = u32::from_be_bytes(head.get(0..4)?.try_into().ok()?);
+    let code = u32::from_be_bytes(head.get(4..8)?.try_into().ok()?);
+    match (len, code) {
+        (8, 80_877_103 | 80_877_104) => Some(PgFirst::EncryptionRequest),
+        (9..=10_000, 196_608) => Some(PgFirst::Startup),
+        _ => None,
+    }
+}
+
+/// A PostgreSQL client on the HTTPS port: told so in its own protocol
+/// (libpq would otherwise say "invalid response to SSL negotiation: H").
+/// Encryption is declined ('N'); a client that then goes on in plaintext
+/// gets a FATAL naming the mistake, one that insists on TLS reports that
+/// the server does not support it, and nothing is served either way.
+async fn refuse_postgres(mut stream: TcpStream, peer: SocketAddr, first: PgFirst) {
+    tracing::warn!(%peer, "a PostgreSQL client on the HTTPS port: refused");
+    if first == PgFirst::EncryptionRequest {
+        if stream.write_all(b"N").await.is_err() {
+            return;
+        }
+        let mut startup = vec![0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut startup));
+        if !matches!(read.await, Ok(Ok(n)) if n > 0) {
+            return;
+        }
+    }
+    let message = "this is the Portcullis gateway's HTTPS port; connect PostgreSQL clients \
+                   to its PostgreSQL listener ([postgres] listen) with sslmode=verify-full";
+    let _ = stream.write_all(&pg_fatal("08P01", message)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// An ErrorResponse with severity FATAL. (Three fields: written here
+/// rather than depending on the PostgreSQL front from the listener.)
+fn pg_fatal(code: &str, message: &str) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        fields.push(tag);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut out = vec![b'E'];
+    out.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&fields);
+    out
 }
 
 /// The path of an HTTP/1 request line, if it is a plain origin-form path
@@ -423,7 +490,25 @@ fn request_path(head: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::request_path;
+    use super::{PgFirst, pg_fatal, postgres_packet, request_path};
+
+    #[test]
+    fn postgres_first_messages_are_recognised() {
+        let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
+        assert_eq!(postgres_packet(&ssl), Some(PgFirst::EncryptionRequest));
+        let gss = [0, 0, 0, 8, 4, 210, 22, 48];
+        assert_eq!(postgres_packet(&gss), Some(PgFirst::EncryptionRequest));
+        let startup = [0, 0, 0, 40, 0, 3, 0, 0, b'u'];
+        assert_eq!(postgres_packet(&startup), Some(PgFirst::Startup));
+        assert_eq!(postgres_packet(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(postgres_packet(&[0, 0, 0, 8]), None);
+        let e = pg_fatal("08P01", "m");
+        assert_eq!(e[0], b'E');
+        assert_eq!(
+            u32::from_be_bytes(e[1..5].try_into().unwrap()) as usize,
+            e.len() - 1
+        );
+    }
 
     #[test]
     fn request_path_is_extracted_safely() {
