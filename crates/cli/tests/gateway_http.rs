@@ -400,6 +400,17 @@ fn limits_on_headers_and_bodies() {
     // Chunked: no length declared up front; refused when the limit is hit.
     let r = post(&big, &["-H", "Transfer-Encoding: chunked"]);
     assert_eq!(r.status, 413, "{r:?}");
+    // HTTP/2 callers get the same 413 JSON, not a stream error, however
+    // far over the limit the body is.
+    let r = post(&big, &["--http2"]);
+    assert_eq!(r.status, 413, "{r:?}");
+    let far = s.tmp.path().join("far.bin");
+    std::fs::write(&far, vec![b'a'; 12 * 1024 * 1024]).unwrap();
+    for v in ["--http1.1", "--http2"] {
+        let r = post(&far, &[v]);
+        assert_eq!(r.status, 413, "{v}: {r:?}");
+        assert_eq!(r.json()["error"], "payload_too_large");
+    }
 
     let huge = format!("x-big: {}", "h".repeat(20_000));
     let r = curl(&["--cacert", &s.ca, "-H", &s.auth(), "-H", &huge, &u]);

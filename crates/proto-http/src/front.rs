@@ -242,14 +242,25 @@ impl HttpFront {
 const LINGER_MAX_BYTES: u64 = 8 * 1024 * 1024;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// HTTP/2: a request body dropped before its response is sent resets
+/// the stream (RST_STREAM CANCEL), and clients report a framing error
+/// instead of the refusal; read up to this much of an oversized body
+/// (within [`LINGER_TIME`]) so that the 413 arrives. HTTP/1 closes the
+/// connection after a refusal instead.
+const H2_LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Read and discard what is left of a refused request's body (bounded in
 /// size and time), so the client reads the refusal instead of a reset.
-pub async fn linger(mut body: Incoming) {
+pub async fn linger(body: Incoming) {
+    linger_up_to(body, LINGER_MAX_BYTES).await
+}
+
+async fn linger_up_to(mut body: Incoming, max: u64) {
     let drain = async {
         let mut read = 0u64;
         while let Some(Ok(frame)) = body.frame().await {
             read += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if read > LINGER_MAX_BYTES {
+            if read > max {
                 break;
             }
         }
@@ -488,8 +499,12 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if let Some(n) = declared.filter(|n| *n > self.max_body) {
-            if n <= LINGER_MAX_BYTES {
-                linger(req.into_body()).await;
+            let max = match req.version() {
+                http::Version::HTTP_2 => H2_LINGER_MAX_BYTES,
+                _ => LINGER_MAX_BYTES,
+            };
+            if n <= max {
+                linger_up_to(req.into_body(), max).await;
             }
             return Err(ProxyError::BodyTooLarge {
                 limit: self.max_body,
