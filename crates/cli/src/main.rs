@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod cert_cmd;
+mod docs_cmd;
 mod doctor_cmd;
 mod gateway_cmd;
 mod login;
@@ -110,6 +111,10 @@ enum Command {
     /// privilege (read-only connections fail on a superuser, an owner or
     /// write privileges) and print the role to create instead.
     Doctor(doctor_cmd::Args),
+    /// Print a shell completion script: `source <(portcullis completions bash)`.
+    Completions(docs_cmd::CompletionsArgs),
+    /// Print the man page (roff), or write all of them with --out DIR.
+    Man(docs_cmd::ManArgs),
     /// Print the version.
     Version,
 }
@@ -234,6 +239,8 @@ fn main() -> std::process::ExitCode {
             Command::Reviews(r) => reviews_cmd::run(&cli, r).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,
             Command::Doctor(a) => doctor_cmd::run(&cli, a).await,
+            Command::Completions(a) => docs_cmd::completions(a),
+            Command::Man(a) => docs_cmd::man(a),
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

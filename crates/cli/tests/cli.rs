@@ -171,3 +171,47 @@ fn audit_tail_follows_new_entries() {
         "{seen}"
     );
 }
+
+/// Completions and man pages are generated from the CLI definition: they
+/// name today's subcommands and flags, and bash accepts the script.
+#[test]
+fn completions_and_man_pages_come_from_the_cli() {
+    let script = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source <('{BIN}' completions bash) && complete -p portcullis && \
+             COMP_WORDS=(portcullis sessions list --l); COMP_CWORD=3; \
+             _portcullis portcullis --l list; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        ))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&script.stdout);
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    assert!(out.contains("-F _portcullis portcullis"), "{out}");
+    assert!(
+        out.contains("--limit"),
+        "completes a flag added this month: {out}"
+    );
+    for shell in ["zsh", "fish"] {
+        let out = ok(Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("reviews"));
+    }
+
+    let page = ok(Command::new(BIN).arg("man").output().unwrap());
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains(".TH portcullis 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    ok(Command::new(BIN)
+        .args(["man", "--out", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap());
+    let list = std::fs::read_to_string(dir.path().join("portcullis-sessions-list.1")).unwrap();
+    assert!(list.contains("limit"), "{list}");
+}
