@@ -215,3 +215,79 @@ fn completions_and_man_pages_come_from_the_cli() {
     let list = std::fs::read_to_string(dir.path().join("portcullis-sessions-list.1")).unwrap();
     assert!(list.contains("limit"), "{list}");
 }
+
+/// `dist/package` (run here on the test build, as CI has no time for a
+/// release build): a tarball with the stripped binary, completions and
+/// man pages, the symbols apart, a SHA-256 that checks, and the glibc
+/// floor said.
+#[test]
+fn the_release_package_is_stripped_checksummed_and_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let run = ok(Command::new(root.join("dist/package"))
+        .args(["--binary", BIN, "--out", out.path().to_str().unwrap()])
+        .output()
+        .unwrap());
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(said.contains("needs GLIBC_"), "{said}");
+    let tarball = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-linux-gnu.tar.gz"))
+        .expect("the tarball");
+    ok(Command::new("sha256sum")
+        .args([
+            "-c",
+            &format!("{}.sha256", tarball.file_name().unwrap().to_string_lossy()),
+        ])
+        .current_dir(out.path())
+        .output()
+        .unwrap());
+    let x = tempfile::tempdir().unwrap();
+    ok(Command::new("tar")
+        .args([
+            "-xzf",
+            tarball.to_str().unwrap(),
+            "-C",
+            x.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    let top = std::fs::read_dir(x.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let bin = top.join("portcullis");
+    let v = ok(Command::new(&bin).arg("version").output().unwrap());
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("portcullis "));
+    for f in [
+        "completions/portcullis.bash",
+        "man/portcullis.1",
+        "README.md",
+    ] {
+        assert!(top.join(f).exists(), "{f}");
+    }
+    let sections = |p: &std::path::Path| {
+        String::from_utf8_lossy(
+            &Command::new("objdump")
+                .arg("-h")
+                .arg(p)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
+    assert!(!sections(&bin).contains(".debug_line"), "stripped");
+    assert!(
+        sections(&bin).contains(".gnu_debuglink"),
+        "points at its symbols"
+    );
+    assert!(
+        std::fs::metadata(&bin).unwrap().len() < std::fs::metadata(BIN).unwrap().len(),
+        "smaller than the unstripped build"
+    );
+}
