@@ -548,6 +548,9 @@ fn just_in_time_access_ends_while_the_session_is_open() {
     let t = text(&bg.join().unwrap());
     assert!(t.contains("first"), "{t}");
     assert!(t.contains("just-in-time access"), "{t}");
+    // The session itself ends when the grant runs out (during the
+    // pg_sleep), not only the next statement.
+    assert!(t.contains("the session is closed"), "{t}");
     assert!(!t.contains("after the grant\n"), "{t}");
 
     // More than the rule allows is cut to its maximum, and the caller is

@@ -34,6 +34,11 @@ fn setup() -> Setup {
 }
 
 fn setup_with(idp_args: &[&str]) -> Setup {
+    setup_full(idp_args, "required")
+}
+
+/// `pg_certs`: the PostgreSQL listener's client certificate mode.
+fn setup_full(idp_args: &[&str], pg_certs: &str) -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -54,7 +59,7 @@ client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
 
 [postgres]
 listen = "127.0.0.1:0"
-client_auth = {{ mode = "required", ca_file = "ca.pem" }}
+client_auth = {{ mode = "{pg_certs}", ca_file = "ca.pem" }}
 
 [[oidc]]
 issuer = "{issuer}"
@@ -663,4 +668,32 @@ fn server_certificate_rotates_under_load_without_failures() {
         m.body
     );
     let _ = url;
+}
+
+/// Nothing stale: a psql session opened with an identity provider's token
+/// ends when that token expires (nobody revokes an OIDC token; its `exp`
+/// is the end), with FATAL 28000, while the session is open.
+#[test]
+fn a_psql_session_ends_when_its_oidc_token_expires() {
+    let s = setup_full(&["--access-ttl", "6"], "optional");
+    let home = s.tmp.path().join("home");
+    login_with(
+        &s,
+        &home,
+        &["login", "--gateway", &s.gw.url, "--device"],
+        "user_code=",
+        |url| s.idp.approve_device(url, &s.tmp.path().join("jar")),
+    );
+    let env = env_vars(&s, &home);
+    let conninfo = format!(
+        "host=localhost port={} dbname=db user=alice sslmode=verify-full sslrootcert={}",
+        s.gw.pg_port.unwrap(),
+        s.ca,
+    );
+    let mut held = HeldPsql::open(&conninfo, &env["PGPASSWORD"]);
+    std::thread::sleep(Duration::from_secs(9));
+    held.send("select 'after';");
+    let (o, e) = held.finish();
+    assert!(o.contains("before") && !o.contains("after"), "{o} {e}");
+    assert!(e.contains("token expired"), "{e}");
 }

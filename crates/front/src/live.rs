@@ -75,11 +75,28 @@ pub struct Watch {
     live: Arc<Liveness>,
     id: u64,
     rx: watch::Receiver<Option<Ended>>,
+    /// When the credential itself runs out (an OIDC token's `exp`):
+    /// nobody revokes it, it just ends.
+    expires_at: Option<i64>,
 }
 
 impl Watch {
     /// Resolves when the session must end, with the reason.
     pub async fn ended(&self) -> Ended {
+        let Some(exp) = self.expires_at else {
+            return self.told().await;
+        };
+        let left = exp.saturating_sub(portcullis_identity::unix_now()).max(0) as u64;
+        tokio::select! {
+            e = self.told() => e,
+            _ = tokio::time::sleep(Duration::from_secs(left)) => {
+                Ended::Credential("the identity provider's token expired".into())
+            }
+        }
+    }
+
+    /// Resolves when the registry says the session must end.
+    async fn told(&self) -> Ended {
         let mut rx = self.rx.clone();
         // (The guard `wait_for` returns must not live across an await.)
         let reason = rx.wait_for(Option::is_some).await.ok().map(|r| r.clone());
@@ -134,10 +151,15 @@ impl Liveness {
             tx,
         };
         self.lock().insert(id, entry);
+        let expires_at = match &principal.via {
+            AuthMethod::Oidc { expires_at, .. } => *expires_at,
+            _ => None,
+        };
         Watch {
             live: self.clone(),
             id,
             rx,
+            expires_at,
         }
     }
 
@@ -288,10 +310,31 @@ mod tests {
         let mut p = principal("x");
         p.via = AuthMethod::Oidc {
             issuer: "https://idp".into(),
+            expires_at: None,
         };
         let w = live.watch(&p, "db", Protocol::Postgres);
         assert!(!live.watches_credentials());
         assert_eq!(live.recheck(|_| Some("gone".into())), 1);
         assert_eq!(w.ended().await, Ended::Access("gone".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oidc_session_ends_when_its_token_expires() {
+        let live = Arc::new(Liveness::default());
+        let mut p = principal("x");
+        let exp = portcullis_identity::unix_now() + 30;
+        p.via = AuthMethod::Oidc {
+            issuer: "https://idp".into(),
+            expires_at: Some(exp),
+        };
+        let w = live.watch(&p, "db", Protocol::Postgres);
+        let mut ended = Box::pin(w.ended());
+        let early = tokio::time::timeout(Duration::from_secs(25), &mut ended).await;
+        assert!(early.is_err(), "not before exp");
+        let ended = tokio::time::timeout(Duration::from_secs(10), ended).await;
+        assert!(
+            matches!(ended, Ok(Ended::Credential(ref r)) if r.contains("expired")),
+            "{ended:?}"
+        );
     }
 }

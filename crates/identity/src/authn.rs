@@ -234,6 +234,7 @@ mod tests {
         };
         let oidc = || crate::AuthMethod::Oidc {
             issuer: "https://i".into(),
+            expires_at: None,
         };
         let alice = person("user:alice", oidc());
         let hour = std::time::Duration::from_secs(3600);

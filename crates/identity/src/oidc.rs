@@ -265,11 +265,11 @@ pub fn verify(
     })?;
     let claims = data.claims;
     let leeway = settings.leeway_secs as i64;
-    match claims.get("exp").and_then(Value::as_i64) {
+    let exp = match claims.get("exp").and_then(Value::as_i64) {
         Some(exp) if exp + leeway <= now => return Err(OidcError::Expired),
-        Some(_) => {}
+        Some(exp) => exp,
         None => return Err(OidcError::BadClaim("exp".into())),
-    }
+    };
     if let Some(nbf) = claims.get("nbf") {
         match nbf.as_i64() {
             Some(nbf) if nbf - leeway > now => return Err(OidcError::NotYetValid),
@@ -277,7 +277,12 @@ pub fn verify(
             None => return Err(OidcError::BadClaim("nbf".into())),
         }
     }
-    principal_from(&claims, settings)
+    let mut p = principal_from(&claims, settings)?;
+    p.via = AuthMethod::Oidc {
+        issuer: settings.issuer.clone(),
+        expires_at: Some(exp),
+    };
+    Ok(p)
 }
 
 /// Subject and groups from verified claims. A token with no human behind
@@ -326,6 +331,7 @@ fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal
         groups,
         via: AuthMethod::Oidc {
             issuer: settings.issuer.clone(),
+            expires_at: None,
         },
     })
 }

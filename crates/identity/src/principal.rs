@@ -32,8 +32,13 @@ pub enum AuthMethod {
         #[serde(skip_serializing_if = "Option::is_none")]
         on_behalf_of: Option<String>,
     },
-    /// A JWT from a configured OpenID provider.
-    Oidc { issuer: String },
+    /// A JWT from a configured OpenID provider, valid until `expires_at`
+    /// (its `exp`, Unix seconds): a session it opened ends then.
+    Oidc {
+        issuer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
     /// A client certificate verified during the TLS handshake;
     /// `fingerprint` is the SHA-256 of the certificate, in hex.
     ClientCertificate { fingerprint: String },

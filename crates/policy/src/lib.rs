@@ -78,6 +78,7 @@ fn delegated_person(p: &Principal) -> Option<Principal> {
             groups: p.groups.clone(),
             via: AuthMethod::Oidc {
                 issuer: String::new(),
+                expires_at: None,
             },
         }),
         _ => None,

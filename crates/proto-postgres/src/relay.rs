@@ -85,6 +85,28 @@ enum Exit {
     Internal,
 }
 
+/// Resolves when the session's just-in-time grant has run out: the
+/// session ends then, not at its next statement (checked each second;
+/// pending for sessions without one).
+async fn just_in_time_ended(ctx: &SessionCtx<'_>) -> Exit {
+    let Some(gate) = ctx.gate.filter(|g| g.is_just_in_time()) else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if gate
+            .jit_until()
+            .is_some_and(|until| portcullis_identity::unix_now() >= until)
+        {
+            return Exit::AccessEnded(format!(
+                "just-in-time access to connection \"{}\" ended; reconnect to ask for it again",
+                ctx.connection
+            ));
+        }
+    }
+}
+
 impl Exit {
     /// The outcome, and the last word for the caller.
     fn outcome(&self, connection: &str) -> (Outcome, Option<Message>) {
@@ -223,6 +245,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             e = relay.caller_to_target(&mut caller_r, &mut up_w) => e,
             e = relay.target_to_caller(&mut up_r) => e,
             e = credential_ended => e,
+            e = just_in_time_ended(ctx) => e,
         };
         let (outcome, reusable) = relay.say_goodbye(&exit).await;
         let reusable = if reusable {

@@ -113,6 +113,17 @@ impl Gate {
         self.approval.rule.mode
     }
 
+    /// When this session's just-in-time grant ends, once it has one.
+    pub fn jit_until(&self) -> Option<i64> {
+        let until = self.jit_until.load(Ordering::Relaxed);
+        (self.mode() == ApprovalMode::Session && until >= 0).then_some(until)
+    }
+
+    /// Whether this session runs on just-in-time access.
+    pub fn is_just_in_time(&self) -> bool {
+        self.mode() == ApprovalMode::Session
+    }
+
     /// Whether statements are proven for this rule (it holds classes).
     pub fn holds_statements(&self) -> bool {
         self.mode() == ApprovalMode::Statements
