@@ -907,3 +907,62 @@ fn sessions_per_connection_are_bounded() {
     // A credential that already has its session on the connection goes on.
     assert!(lines[65].starts_with("200"), "{text}");
 }
+
+/// Nothing stale: revoking a token closes the keep-alive connection its
+/// HTTP session lives on within about a second (the listener cuts the
+/// connection whatever its protocol; HTTP/1.1 here), and the session's
+/// end entry says why.
+#[test]
+fn revoking_a_token_closes_its_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let qs = Quickstart::start();
+    let out = qs.cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:quickstart",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let ca = std::path::PathBuf::from(qs.var("PORTCULLIS_CA"));
+    let port = qs.proc.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // HTTP/1.1 keep-alive: one request answered, then idle.
+    let mut h1 = rt.block_on(async {
+        let mut s = tls_connect(port, &ca).await;
+        let req = format!(
+            "GET /c/demo-api/hello HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        s
+    });
+    let revoked_at = std::time::Instant::now();
+    assert!(qs.cli(&["token", "revoke", &id]).status.success());
+    let closed = rt.block_on(async {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(5), h1.read(&mut buf)).await
+    });
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection is closed: {closed:?}"
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(4));
+    // The session's end says why.
+    std::thread::sleep(Duration::from_millis(500));
+    let audit = String::from_utf8_lossy(&qs.cli(&["audit", "export"]).stdout).to_string();
+    let end = audit
+        .lines()
+        .filter(|l| l.contains("session_end"))
+        .find(|l| l.contains("credential_ended"))
+        .unwrap_or_else(|| panic!("no credential_ended session end in {audit}"));
+    assert!(end.contains("revoked"), "{end}");
+}

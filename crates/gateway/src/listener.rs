@@ -276,10 +276,12 @@ impl<H: Handler> Connection<H> {
             return;
         };
 
+        let cut = tokio_util::sync::CancellationToken::new();
         let info = Arc::new(ConnInfo {
             peer,
             tls: Arc::new(record),
             sessions: Default::default(),
+            cut: cut.clone(),
         });
         let front = self.front.clone();
         // When the connection last started a request (seconds since it
@@ -318,9 +320,23 @@ impl<H: Handler> Connection<H> {
         let idle = self.settings.idle_timeout;
         let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
         let mut closing = false;
+        // Set when a session on the connection was cut: what is still
+        // running after a short grace is dropped, not waited for.
+        let mut hard_stop: Option<tokio::time::Instant> = None;
         let result = loop {
+            let stop_at = hard_stop
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
             tokio::select! {
                 r = conn.as_mut() => break r,
+                _ = cut.cancelled(), if hard_stop.is_none() => {
+                    tracing::info!(%peer, "connection closed: a session on it ended");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    hard_stop = Some(tokio::time::Instant::now() + CUT_GRACE);
+                }
+                _ = tokio::time::sleep_until(stop_at), if hard_stop.is_some() => {
+                    return;
+                }
                 _ = self.shutdown.cancelled(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
@@ -376,6 +392,10 @@ const MAX_STREAMS: u32 = 100;
 
 /// Two years, as Mozilla's server-side TLS guidelines recommend.
 const HSTS: &str = "max-age=63072000";
+
+/// How long requests already running on a connection whose session was
+/// cut may finish before the connection is dropped.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Answer a plaintext request with 400 and the https URL, then close.
 /// Reads what the caller sent first (briefly) so the reply is not lost to

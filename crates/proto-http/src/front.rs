@@ -26,6 +26,10 @@ pub struct ConnInfo {
     pub tls: Arc<HandshakeRecord>,
     /// The audited sessions this connection carries.
     pub sessions: crate::session::ConnSessions,
+    /// Cancelled when a session on this connection must end (its
+    /// credential revoked or expired, its grant gone): the listener then
+    /// closes the connection.
+    pub cut: tokio_util::sync::CancellationToken,
 }
 
 /// The HTTP front: one per gateway, shared by every caller connection.
@@ -637,9 +641,21 @@ impl Inner {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
         };
+        let watch = || {
+            let w = self
+                .ctx
+                .live
+                .watch(principal, &admitted.connection, Protocol::Http);
+            (w, conn.cut.clone())
+        };
         let live = conn
             .sessions
-            .get_or_open(key, &self.finishing, || self.ctx.open(admitted, agent))
+            .get_or_open(
+                key,
+                &self.finishing,
+                || self.ctx.open(admitted, agent),
+                watch,
+            )
             .await
             .map_err(|e| match e {
                 crate::session::SessionError::Open(e) => refused(&e),

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use portcullis_front::{Closing, OpenSession, Outcome};
+use portcullis_front::{Closing, Ended, OpenSession, Outcome, Watch};
 use portcullis_record::Recorder;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Who is talking to which target: requests on one connection with the
@@ -58,15 +59,19 @@ impl ConnSessions {
     /// The session for `key`, opened with `open` if there is none yet.
     /// Opening is serialised per connection, so concurrent first requests
     /// (HTTP/2) share one session.
-    pub(crate) async fn get_or_open<F, Fut, E>(
+    /// `watch` registers the new session as live and names the
+    /// connection's cut: when the session must end, the connection closes.
+    pub(crate) async fn get_or_open<F, Fut, E, W>(
         &self,
         key: SessionKey,
         finishing: &TaskTracker,
         open: F,
+        watch: W,
     ) -> Result<Arc<LiveSession>, SessionError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<OpenSession, E>>,
+        W: FnOnce() -> (Watch, CancellationToken),
     {
         let mut live = self.live.lock().await;
         if let Some(s) = live.get(&key) {
@@ -84,7 +89,11 @@ impl ConnSessions {
             bytes_to_caller: AtomicU64::new(0),
             last: Mutex::new(Last::default()),
             finishing: finishing.clone(),
+            ended: Mutex::new(None),
+            gone: CancellationToken::new(),
         });
+        let (w, cut) = watch();
+        s.guard(w, cut);
         live.insert(key, s.clone());
         Ok(s)
     }
@@ -107,9 +116,35 @@ pub(crate) struct LiveSession {
     bytes_to_caller: AtomicU64,
     last: Mutex<Last>,
     finishing: TaskTracker,
+    /// Why the session was cut, when it was.
+    ended: Mutex<Option<Ended>>,
+    /// Cancelled when the session is sealed: its guard stops watching.
+    gone: CancellationToken,
 }
 
 impl LiveSession {
+    /// Watch the session while it lives: when `w` says it must end, it
+    /// is marked so and the connection is cut (HTTP re-admits every
+    /// request anyway; this closes what would otherwise stay open, idle
+    /// keep-alives and long responses, and seals the session saying why).
+    fn guard(self: &Arc<Self>, w: Watch, cut: CancellationToken) {
+        let session = Arc::downgrade(self);
+        let gone = self.gone.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                why = w.ended() => {
+                    if let Some(s) = session.upgrade()
+                        && let Ok(mut e) = s.ended.lock()
+                    {
+                        *e = Some(why);
+                    }
+                    cut.cancel();
+                }
+                _ = gone.cancelled() => {}
+            }
+        });
+    }
+
     /// Number the next request (from 1).
     pub fn next_request(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
@@ -134,15 +169,19 @@ impl Drop for LiveSession {
         let Some(open) = self.open.get_mut().ok().and_then(Option::take) else {
             return;
         };
+        self.gone.cancel();
         let last = self.last.get_mut().map(std::mem::take).unwrap_or_default();
-        let closing = Closing {
+        let ended = self.ended.get_mut().ok().and_then(Option::take);
+        let (outcome, error) = match ended {
+            Some(Ended::Credential(why)) => (Outcome::CredentialEnded, Some(why)),
+            Some(Ended::Access(why)) => (Outcome::AccessEnded, Some(why)),
             // The status of the last request; each one's is in the recording.
-            outcome: if last.status == 0 {
-                Outcome::NoResponse
-            } else {
-                Outcome::HttpStatus(last.status)
-            },
-            error: last.error,
+            None if last.status == 0 => (Outcome::NoResponse, last.error),
+            None => (Outcome::HttpStatus(last.status), last.error),
+        };
+        let closing = Closing {
+            outcome,
+            error,
             bytes_from_caller: self.bytes_from_caller.load(Ordering::Relaxed),
             bytes_to_caller: self.bytes_to_caller.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),

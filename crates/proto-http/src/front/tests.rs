@@ -127,6 +127,7 @@ async fn world() -> World {
 fn conn() -> Arc<ConnInfo> {
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     Arc::new(ConnInfo {
+        cut: Default::default(),
         peer,
         tls: Arc::new(HandshakeRecord {
             peer,
