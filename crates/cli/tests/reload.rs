@@ -230,6 +230,23 @@ fn a_bad_change_is_refused_and_the_running_config_kept() {
     assert_eq!(s.status("/c/api/x"), 200);
     assert_eq!(s.reloads("ok"), 0);
 
+    // Who may call changed (a new identity provider): that needs a
+    // restart, and nothing else from the file applies meanwhile.
+    let idp = format!(
+        "{BOTH}\n[[oidc]]\nissuer = \"https://idp.example\"\naudiences = [\"portcullis\"]\n"
+    );
+    s.rewrite(&idp);
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.reloads("error") < 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.reloads("error"), 3, "{}", s.gw.logs());
+    assert!(
+        s.gw.logs().contains("restart the gateway"),
+        "{}",
+        s.gw.logs()
+    );
+
     let logs = s.gw.logs();
     assert!(logs.contains("config reload refused"), "{logs}");
     assert!(!logs.contains("CANARY-reload-secret"), "secret in the log");
@@ -349,4 +366,112 @@ fn a_changed_connection_ends_its_sessions() {
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("read-only"), "{e}");
+}
+
+/// A request held for approval across a reload is not forwarded under
+/// the rules it was admitted by: once approved it gets 503
+/// config_changed, and sent again it is admitted under the new ones.
+#[test]
+fn a_request_held_across_a_reload_is_not_forwarded_under_old_rules() {
+    let held = r#"
+[[connections]]
+name = "guarded"
+type = "http"
+url = "https://localhost:APIPORT"
+ca_file = "ca.pem"
+approval = { mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "20s" }
+
+[[grants]]
+name = "testers"
+groups = ["testers"]
+connections = ["db", "api", "guarded"]
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (ca, _) = CertificateAuthority::load_or_create(&dir).unwrap();
+    write_leaf(&ca, &dir, "server");
+    std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
+    let up = upstream::start(&dir.join("server.pem"), &dir.join("server.key"));
+    let rest = held.replace("APIPORT", &up.port.to_string());
+    let (gw, token) = gateway_with_config(&dir, &config(up.port, &rest));
+    let s = Setup {
+        ca: dir.join("ca.pem").display().to_string(),
+        dir,
+        _tmp: tmp,
+        gw,
+        token,
+        api_port: up.port,
+        _upstream: up,
+    };
+    let cfg = s.dir.join("portcullis.toml");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "token",
+        "create",
+        "--principal",
+        "user:dana",
+        "--group",
+        "dba",
+    ]);
+    let approver = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let before = s._upstream.count();
+    let (url, ca, token) = (s.gw.url.clone(), s.ca.clone(), s.token.clone());
+    let caller = std::thread::spawn(move || {
+        curl(&[
+            "--cacert",
+            &ca,
+            "-X",
+            "DELETE",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{url}/c/guarded/items/1"),
+        ])
+    });
+    // The review exists; then a reload (an unrelated connection added).
+    let reviews = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("reviews")
+            .args(args)
+            .env("PORTCULLIS_URL", &s.gw.url)
+            .env("PORTCULLIS_CA", &s.ca)
+            .env("PORTCULLIS_TOKEN", &approver)
+            .output()
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let out = reviews(&["list", "--json", "--state", "pending"]);
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_owned);
+        if let Some(l) = line {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            break v["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < until, "no review");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let more = format!(
+        "{rest}\n[[connections]]\nname = \"other\"\ntype = \"http\"\nurl = \"https://localhost:{}\"\nca_file = \"ca.pem\"\n",
+        s.api_port
+    );
+    s.rewrite(&more);
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.reloads("ok") < 1 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.reloads("ok"), 1, "{}", s.gw.logs());
+    assert!(reviews(&["approve", &id]).status.success());
+    let r = caller.join().unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "config_changed");
+    assert_eq!(s._upstream.count(), before, "nothing reached the target");
 }

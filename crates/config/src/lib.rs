@@ -256,10 +256,44 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
                 && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         });
+    let message = without_values(e.message());
     match key {
-        Some(k) => format!("line {line}, `{k}`: {}", e.message()),
-        None => format!("line {line}, column {column}: {}", e.message()),
+        Some(k) => format!("line {line}, `{k}`: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
     }
+}
+
+/// A deserializer's message without the values it quotes: serde says
+/// `invalid type: string "…", expected a table`, and the string may be a
+/// secret pasted in the wrong place. Field names (in backticks, in
+/// `unknown field` messages) are kept: they are the config's own words.
+fn without_values(message: &str) -> String {
+    for kind in ["invalid type", "invalid value", "invalid length"] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            return match rest.find(", expected") {
+                Some(i) => format!("{kind}{}", &rest[i..]),
+                None => kind.to_string(),
+            };
+        }
+    }
+    // Anything else in double quotes is a value.
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                out.push_str("\"…");
+                quoted = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                quoted = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// An OpenID provider the gateway trusts (`[[oidc]]`).

@@ -626,3 +626,21 @@ fn a_syntax_error_says_where_without_quoting_the_file() {
     assert!(shown.contains("line 5"), "{shown}");
     assert!(!shown.contains("CANARY"), "{shown}");
 }
+
+#[test]
+fn a_value_in_the_wrong_place_is_not_quoted_back() {
+    // A secret pasted where a table belongs: serde would quote it.
+    let text = "[gateway]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\n\n[[connections]]\nname = \"a\"\ntype = \"http\"\nurl = \"https://x\"\ncredential = \"Bearer CANARY-sk-live\"\n";
+    let e = Config::parse(text, Path::new("/x/portcullis.toml")).unwrap_err();
+    let shown = e.to_string();
+    assert!(!shown.contains("CANARY"), "{shown}");
+    assert!(
+        shown.contains("credential") || shown.contains("line"),
+        "{shown}"
+    );
+    let n = "[gateway]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\n\n[limits]\nmax_connections = \"CANARY-2\"\n";
+    let shown = Config::parse(n, Path::new("/x/portcullis.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(!shown.contains("CANARY"), "{shown}");
+}

@@ -54,6 +54,8 @@ pub struct FrontContext {
     pub live: Arc<Liveness>,
     /// Every connection by name: its protocol and approval rule.
     connections: HashMap<String, ConnectionEntry>,
+    /// Which config this is: 0 at start, one more at each reload.
+    pub generation: u64,
 }
 
 impl FrontContext {
@@ -85,7 +87,15 @@ impl FrontContext {
             approvals,
             live: Arc::default(),
             connections,
+            generation: 0,
         }
+    }
+
+    /// Whether this is still the config in force: work admitted under a
+    /// replaced one (a request held, a body still arriving) must not go
+    /// on under rules that no longer exist.
+    pub fn is_current(&self) -> bool {
+        self.generation >= self.live.generation()
     }
 
     /// The context a reloaded config gives: its grants, connections and
@@ -100,11 +110,13 @@ impl FrontContext {
             self.sessions.clone(),
             self.approvals.clone(),
         )
-        .sharing_live(self.live.clone())
+        .following(self)
     }
 
-    fn sharing_live(mut self, live: Arc<Liveness>) -> Self {
-        self.live = live;
+    /// The next generation after `previous`, sharing its live registry.
+    fn following(mut self, previous: &Self) -> Self {
+        self.live = previous.live.clone();
+        self.generation = previous.generation + 1;
         self
     }
 

@@ -68,6 +68,10 @@ type Open = HashMap<u64, Entry>;
 pub struct Liveness {
     open: Mutex<Open>,
     next: AtomicU64,
+    /// The config generation in force, set by [`Self::recheck`] under the
+    /// registry's lock: a session admitted under an older one and
+    /// registered after the recheck ran was never checked, and ends.
+    generation: AtomicU64,
 }
 
 /// One session's registration; dropping it deregisters.
@@ -133,16 +137,31 @@ impl Liveness {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The config generation in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Register a session opened by `principal` on `connection` through
-    /// `front`.
+    /// `front`, admitted under config `generation`. One admitted under a
+    /// generation a reload has since replaced ends at once: the reload's
+    /// recheck could not see it.
     pub fn watch(
         self: &Arc<Self>,
         principal: &Principal,
         connection: &str,
         front: Protocol,
+        generation: u64,
     ) -> Watch {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
+        let mut open = self.lock();
+        if generation < self.generation() {
+            let _ = tx.send(Some(Ended::Access(
+                "the gateway's config changed while this session was being admitted; connect again"
+                    .into(),
+            )));
+        }
         let entry = Entry {
             key: key(principal),
             principal: principal.clone(),
@@ -150,7 +169,8 @@ impl Liveness {
             front,
             tx,
         };
-        self.lock().insert(id, entry);
+        open.insert(id, entry);
+        drop(open);
         let expires_at = match &principal.via {
             AuthMethod::Oidc { expires_at, .. } => *expires_at,
             _ => None,
@@ -174,10 +194,15 @@ impl Liveness {
         n
     }
 
-    /// Ask every live session again (after a config reload): each one
-    /// `still` answers with a reason ends.
-    pub fn recheck(&self, still: impl Fn(&LiveSession<'_>) -> Option<String>) -> usize {
+    /// Ask every live session again after a reload to config
+    /// `generation`: each one `still` answers with a reason ends.
+    pub fn recheck(
+        &self,
+        generation: u64,
+        still: impl Fn(&LiveSession<'_>) -> Option<String>,
+    ) -> usize {
         let open = self.lock();
+        self.generation.fetch_max(generation, Ordering::AcqRel);
         let mut n = 0;
         for e in open.values() {
             let s = LiveSession {
@@ -258,7 +283,7 @@ mod tests {
     }
 
     fn watch(live: &Arc<Liveness>, token: &str, connection: &str) -> Watch {
-        live.watch(&principal(token), connection, Protocol::Postgres)
+        live.watch(&principal(token), connection, Protocol::Postgres, 0)
     }
 
     async fn still_running(w: &Watch) -> bool {
@@ -295,13 +320,25 @@ mod tests {
         let live = Arc::new(Liveness::default());
         let on_a = watch(&live, "t", "a");
         let on_b = watch(&live, "t", "b");
-        let n = live.recheck(|s| (s.connection == "a").then(|| "grant removed".to_owned()));
+        let n = live.recheck(1, |s| {
+            (s.connection == "a").then(|| "grant removed".to_owned())
+        });
         assert_eq!(n, 1);
         assert_eq!(on_a.ended().await, Ended::Access("grant removed".into()));
         assert!(still_running(&on_b).await);
         drop(on_a);
-        assert_eq!(live.recheck(|_| None), 0);
+        assert_eq!(live.recheck(1, |_| None), 0);
         assert_eq!(live.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_admitted_before_a_reload_and_registered_after_ends() {
+        let live = Arc::new(Liveness::default());
+        live.recheck(3, |_| None);
+        let late = live.watch(&principal("t"), "db", Protocol::Postgres, 2);
+        assert!(matches!(late.ended().await, Ended::Access(r) if r.contains("config changed")));
+        let current = live.watch(&principal("t"), "db", Protocol::Postgres, 3);
+        assert!(still_running(&current).await);
     }
 
     #[tokio::test]
@@ -312,9 +349,9 @@ mod tests {
             issuer: "https://idp".into(),
             expires_at: None,
         };
-        let w = live.watch(&p, "db", Protocol::Postgres);
+        let w = live.watch(&p, "db", Protocol::Postgres, 0);
         assert!(!live.watches_credentials());
-        assert_eq!(live.recheck(|_| Some("gone".into())), 1);
+        assert_eq!(live.recheck(1, |_| Some("gone".into())), 1);
         assert_eq!(w.ended().await, Ended::Access("gone".into()));
     }
 
@@ -327,7 +364,7 @@ mod tests {
             issuer: "https://idp".into(),
             expires_at: Some(exp),
         };
-        let w = live.watch(&p, "db", Protocol::Postgres);
+        let w = live.watch(&p, "db", Protocol::Postgres, 0);
         let mut ended = Box::pin(w.ended());
         let early = tokio::time::timeout(Duration::from_secs(25), &mut ended).await;
         assert!(early.is_err(), "not before exp");

@@ -46,6 +46,12 @@ pub enum ReloadError {
     Config(#[from] portcullis_config::ConfigError),
     #[error(transparent)]
     Build(#[from] GatewayError),
+    /// Who may call and how they are verified changed: applied only by a
+    /// restart, and meanwhile nothing else from the file is (a reload
+    /// that dropped an identity provider or a CA and kept trusting it
+    /// would be worse than none).
+    #[error("{} changed: identity and TLS settings apply only at a restart; restart the gateway to apply this file (the running config is kept)", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
 }
 
 /// What a reload changed.
@@ -165,8 +171,17 @@ impl Reloader {
             file: path.to_path_buf(),
             source,
         })?;
-        let text = String::from_utf8_lossy(&bytes);
+        let text = String::from_utf8(bytes.clone()).map_err(|_| {
+            portcullis_config::ConfigError::Parse {
+                file: path.to_path_buf(),
+                message: "the file is not UTF-8".into(),
+            }
+        })?;
         let next = Config::parse(&text, path)?;
+        let identity = identity_changes(running, &next);
+        if !identity.is_empty() {
+            return Err(ReloadError::NeedsRestart(identity));
+        }
         let mut report = Reloaded {
             sha256: portcullis_tls::sha256_hex(&bytes),
             changed: changes(running, &next),
@@ -212,9 +227,9 @@ impl Reloader {
         for agent in &report.agents_relinked {
             self.links.cut(agent);
         }
-        report.sessions_ended = ctx
-            .live
-            .recheck(|s| still_holds(s, (running, &old.ctx), (&next, &ctx)));
+        report.sessions_ended = ctx.live.recheck(ctx.generation, |s| {
+            still_holds(s, (running, &old.ctx), (&next, &ctx))
+        });
         *running = next;
         self.audit_success(path, &report).await;
         Ok(report)
@@ -252,12 +267,15 @@ impl Reloader {
         }
     }
 
-    /// Reload whenever the file's content changes (checked every
-    /// `every`), until `stop`. A file that fails is not retried until it
+    /// Reload whenever the file's content changes and then stays the same
+    /// for one more check (`every`), until `stop`: a file caught half
+    /// written (an editor or a tool writing in place) may still parse,
+    /// without its last rules. A file that fails is not retried until it
     /// changes again.
     pub(crate) async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let path: PathBuf = self.running.lock().await.source.clone();
         let mut seen = digest(&path);
+        let mut settling: Option<String> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -267,8 +285,14 @@ impl Reloader {
             }
             let now = digest(&path);
             if now.is_none() || now == seen {
+                settling = None;
                 continue;
             }
+            if settling != now {
+                settling = now;
+                continue;
+            }
+            settling = None;
             seen = now;
             let _ = self.reload().await;
         }
@@ -333,6 +357,30 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.upstream_tls != new.upstream_tls {
         out.push("upstream_tls".into());
+    }
+    out
+}
+
+/// Who may call and how they are verified: a change refuses the reload.
+fn identity_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let pg_auth = |c: &Config| c.postgres.as_ref().map(|p| p.client_auth.clone());
+    let mut out = Vec::new();
+    if old.oidc != new.oidc {
+        out.push("[[oidc]]");
+    }
+    if old.gateway.client_auth != new.gateway.client_auth {
+        out.push("gateway.client_auth");
+    }
+    if pg_auth(old) != pg_auth(new) {
+        out.push("postgres.client_auth");
+    }
+    if old.gateway.tls != new.gateway.tls {
+        out.push("gateway.tls");
+    }
+    if old.agent_listener.as_ref().map(|a| &a.ca_file)
+        != new.agent_listener.as_ref().map(|a| &a.ca_file)
+    {
+        out.push("agent_listener.ca_file");
     }
     out
 }
@@ -408,5 +456,14 @@ max_connections = 10
         assert_eq!(changes(&a, &b), vec!["connection api2 added"]);
         assert_eq!(changes(&b, &a), vec!["connection api2 removed"]);
         assert_eq!(restart_needed(&a, &b), vec!["limits"]);
+        assert!(identity_changes(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn identity_and_tls_changes_are_named() {
+        let a = parse("");
+        let mut b = a.clone();
+        b.gateway.client_auth.mode = portcullis_config::ClientCertMode::Required;
+        assert_eq!(identity_changes(&a, &b), vec!["gateway.client_auth"]);
     }
 }

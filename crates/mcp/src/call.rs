@@ -144,6 +144,15 @@ pub async fn approve(
 
 /// Open the session of one tool call.
 pub async fn open(ctx: &Context, admitted: &Admitted) -> Result<OpenSession, ToolError> {
+    // Admitted (and perhaps held for approval) under rules a reload has
+    // since replaced: not run under them.
+    if !ctx.front.is_current() {
+        return Err(ToolError::Refused {
+            connection: admitted.connection.clone(),
+            reason: "the gateway's config changed while this call was being admitted; make the call again"
+                .into(),
+        });
+    }
     let agent = ctx.get(&admitted.connection).and_then(|c| c.kind.agent());
     ctx.front
         .open(admitted, agent)

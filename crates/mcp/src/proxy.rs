@@ -240,7 +240,13 @@ async fn check_calls(
             .unwrap_or_default();
         let why = match tool_refusal(name, target, tool, &pinned) {
             Some(why) => Some(why),
-            None => held(admitted, tool, m).await.err(),
+            None => held(admitted, tool, m).await.err().or_else(|| {
+                // A hold may have lasted across a reload.
+                (!ctx.front.is_current()).then(|| {
+                    "the gateway's config changed while this call was being admitted; make the call again"
+                        .to_owned()
+                })
+            }),
         };
         if let Some(why) = why {
             tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");

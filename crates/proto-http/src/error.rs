@@ -60,6 +60,11 @@ pub enum ProxyError {
     Delegate(portcullis_identity::DelegateError),
     #[error("{0} is not allowed here; use {1}")]
     Method(http::Method, &'static str),
+    /// A reload replaced the rules this request was admitted under while
+    /// it was held or its body arrived: not forwarded under rules that no
+    /// longer exist.
+    #[error("the gateway's config changed while this request was being admitted; send it again")]
+    ConfigChanged,
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -81,7 +86,7 @@ impl ProxyError {
             Self::CallerBody(_) | Self::BadHeader { .. } => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::AgentUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AgentUnavailable { .. } | Self::ConfigChanged => StatusCode::SERVICE_UNAVAILABLE,
             Self::Review { .. } => StatusCode::FORBIDDEN,
             Self::ReviewApi(portcullis_approval::ReviewError::Unknown(_)) => StatusCode::NOT_FOUND,
             Self::ReviewApi(portcullis_approval::ReviewError::Unavailable) => {
@@ -134,6 +139,7 @@ impl ProxyError {
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
             Self::TooManySessions { .. } => "too_many_sessions",
+            Self::ConfigChanged => "config_changed",
         }
     }
 

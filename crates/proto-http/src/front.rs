@@ -442,6 +442,12 @@ impl Inner {
             }
             None => body,
         };
+        // Held or read for a while: the rules it was admitted under must
+        // still be the ones in force (re-admitted under the new ones when
+        // the caller sends it again).
+        if !self.ctx.is_current() {
+            return Err(ProxyError::ConfigChanged);
+        }
         let (live, request_no) = self.session(&admitted, upstream, conn, &parts).await?;
         let body =
             crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
@@ -642,10 +648,12 @@ impl Inner {
             ProxyError::AuditUnavailable
         };
         let watch = || {
-            let w = self
-                .ctx
-                .live
-                .watch(principal, &admitted.connection, Protocol::Http);
+            let w = self.ctx.live.watch(
+                principal,
+                &admitted.connection,
+                Protocol::Http,
+                self.ctx.generation,
+            );
             (w, conn.cut.clone())
         };
         let live = conn

@@ -792,10 +792,12 @@ impl Inner {
             })
             .clone();
         let prepared = Mutex::new(crate::statements::Prepared::default());
-        let watch = self
-            .ctx
-            .live
-            .watch(principal, connection, Protocol::Postgres);
+        let watch = self.ctx.live.watch(
+            principal,
+            connection,
+            Protocol::Postgres,
+            self.ctx.generation,
+        );
         let ctx = SessionCtx {
             prepared: &prepared,
             watch: Some(&watch),
