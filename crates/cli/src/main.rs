@@ -14,6 +14,7 @@ mod policy_cmd;
 mod quickstart;
 mod reviews_cmd;
 mod sessions_cmd;
+mod telemetry;
 mod token_cmd;
 
 use std::path::PathBuf;
@@ -46,6 +47,11 @@ struct Cli {
     /// commands, so that their output stands alone].
     #[arg(long, global = true, env = "PORTCULLIS_LOG")]
     log: Option<String>,
+    /// Export traces to this OTLP/HTTP receiver (e.g.
+    /// http://127.0.0.1:4318/v1/traces): a span per session and per
+    /// request or statement. gateway, agent and quickstart only.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// More log lines: -v info, -vv debug (unless --log says otherwise).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -175,23 +181,6 @@ impl Cli {
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 /// An error and its causes, each said once: many errors already quote
 /// their cause in their own message, and `{:#}` would repeat it.
 fn error_chain(e: &anyhow::Error) -> String {
@@ -209,7 +198,18 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn main() -> std::process::ExitCode {
     portcullis_tls::install_default_provider();
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_filter());
+    let serves = matches!(
+        cli.command,
+        Command::Quickstart(_) | Command::Gateway | Command::Agent
+    );
+    let otlp = cli.otlp_endpoint.as_deref().filter(|_| serves);
+    let traces = match telemetry::init(cli.log_format, &cli.log_filter(), otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portcullis: error: {}", error_chain(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -247,6 +247,14 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    // The runtime is gone: the exporter's blocking client may now send
+    // the last batch.
+    drop(runtime);
+    if let Some(t) = traces
+        && let Err(e) = t.shutdown()
+    {
+        eprintln!("portcullis: the last traces could not be exported: {e}");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

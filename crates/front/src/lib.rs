@@ -35,6 +35,11 @@ pub use gate::{Ask, Gate, HoldError};
 pub use live::{Ended, LiveSession, Liveness, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
 
+/// The target of the trace spans the fronts make (a session, a request,
+/// a statement, a refusal), exported over OTLP when the binary is asked
+/// to; at DEBUG so that they cost next to nothing otherwise.
+pub const TRACE_TARGET: &str = "portcullis::trace";
+
 /// One configured connection, as admission sees it.
 #[derive(Debug, Clone)]
 struct ConnectionEntry {

@@ -119,6 +119,9 @@ pub struct OpenSession {
     started: Instant,
     row: SessionRow,
     sessions: Sessions,
+    /// The session's trace span (exported when OTLP is on): open until
+    /// the session is sealed.
+    pub span: tracing::Span,
 }
 
 fn now_ms() -> i64 {
@@ -161,6 +164,18 @@ impl Sessions {
             outcome: None,
             recording_digest: None,
         };
+        let span = tracing::debug_span!(
+            target: crate::TRACE_TARGET,
+            "session",
+            otel.name = %format!("{} session", o.protocol.as_str()),
+            session.id = %id,
+            principal = %o.principal,
+            connection = %o.connection,
+            protocol = o.protocol.as_str(),
+            rule = %o.rule,
+            decision = "allowed",
+            outcome = tracing::field::Empty,
+        );
         let start = AuditEvent::SessionStart {
             session: id.clone(),
             principal: o.principal.clone(),
@@ -193,6 +208,7 @@ impl Sessions {
             started: Instant::now(),
             row,
             sessions: self.clone(),
+            span,
         })
     }
 
@@ -205,6 +221,16 @@ impl Sessions {
         peer: String,
         reason: String,
     ) {
+        // A refusal is a span of its own: no session follows it.
+        let _span = tracing::debug_span!(
+            target: crate::TRACE_TARGET,
+            "refusal",
+            principal = principal.as_deref().unwrap_or(""),
+            connection = connection.as_deref().unwrap_or(""),
+            protocol = protocol.as_str(),
+            decision = "refused",
+            reason = %reason,
+        );
         let e = AuditEvent::Refusal {
             principal,
             connection,
@@ -262,6 +288,7 @@ impl OpenSession {
     /// Finish the recording and seal its digest into the audit chain.
     pub async fn seal(self, c: Closing) {
         let outcome = c.outcome.label().into_owned();
+        self.span.record("outcome", outcome.as_str());
         let _ = self.recorder.event(Event::SessionEnd {
             outcome: outcome.clone(),
         });

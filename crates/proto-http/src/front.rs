@@ -201,7 +201,26 @@ impl HttpFront {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut seen = Seen::default();
-        let resp = match self.inner.proxy(req, conn, &mut seen).await {
+        // Exported over OTLP when asked: who, where, the decision; never
+        // the path (its query may carry a secret) or a credential.
+        let span = tracing::debug_span!(
+            target: portcullis_front::TRACE_TARGET,
+            "http_request",
+            otel.name = "HTTP request",
+            method = %method,
+            principal = tracing::field::Empty,
+            connection = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let proxied = {
+            use tracing::Instrument;
+            self.inner
+                .proxy(req, conn, &mut seen)
+                .instrument(span.clone())
+                .await
+        };
+        let resp = match proxied {
             Ok(r) => r,
             Err(e) => {
                 seen.error.get_or_insert_with(|| e.to_string());
@@ -218,6 +237,18 @@ impl HttpFront {
             .audit_outcome(&mut seen, conn, status, resp)
             .await;
         let connection = seen.connection.unwrap_or("-").to_owned();
+        if !span.is_disabled() {
+            let principal = seen.principal.as_ref().map(|p| p.subject.as_str());
+            span.record("principal", principal.unwrap_or("-"));
+            span.record("connection", connection.as_str());
+            let decision = if seen.rule.is_some() {
+                "allowed"
+            } else {
+                "refused"
+            };
+            span.record("decision", decision);
+            span.record("status", status);
+        }
         tracing::info!(
             target: "portcullis::access",
             peer = %conn.peer,

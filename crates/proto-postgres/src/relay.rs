@@ -345,11 +345,29 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         up_w: &mut UW,
     ) -> Result<Step, Exit> {
         let tag = m.tag;
+        // A span per statement, exported over OTLP when asked: who,
+        // where, its class and the decision; never its text.
+        let span = if matches!(tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL) {
+            tracing::debug_span!(
+                target: portcullis_front::TRACE_TARGET,
+                "pg_statement",
+                otel.name = "SQL statement",
+                principal = %self.ctx.principal.subject,
+                connection = self.ctx.connection,
+                class = tracing::field::Empty,
+                decision = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let checked = statements::check(self.ctx, &m).await;
         let class = checked
             .as_ref()
             .ok()
             .and_then(|c| c.as_ref().map(|c| c.class));
+        if let Some(c) = class {
+            span.record("class", c.as_str());
+        }
         let gated = match (checked, self.ctx.gate) {
             (Err(refusal), _) => Err(refusal),
             (Ok(checked), Some(g)) => {
@@ -368,6 +386,15 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             Err(refusal) => Err(refusal),
             Ok(m) => self.inspect_frontend(m)?,
         };
+        span.record(
+            "decision",
+            if verdict.is_ok() {
+                "allowed"
+            } else {
+                "refused"
+            },
+        );
+        drop(span);
         match verdict {
             Ok(passed) => {
                 let changes_schema = class.is_some_and(|c| c >= Class::Ddl)
