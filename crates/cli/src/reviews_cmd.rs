@@ -72,7 +72,7 @@ impl Api {
     async fn new(c: &Conn, cli: &crate::Cli) -> anyhow::Result<Self> {
         let (base, ca) = match &c.gateway {
             Some(g) => (g.clone(), c.ca.clone()),
-            None => from_config(cli, c.ca.clone())?,
+            None => from_config(cli, c.ca.clone()).await?,
         };
         let base = base.trim_end_matches('/').to_string();
         let token = match &c.token {
@@ -100,17 +100,34 @@ impl Api {
     }
 }
 
-/// The gateway's URL from the config, and the CA to trust for it.
-fn from_config(cli: &crate::Cli, ca: Option<PathBuf>) -> anyhow::Result<(String, Option<PathBuf>)> {
-    let path = cli.config_path();
-    let cfg = portcullis_config::Config::load(&path).map_err(|e| {
+/// The gateway's URL when none was given: a gateway seen in the store in
+/// the last 30 s (it announces the URL it really listens on, port 0
+/// resolved), else the config's `public_url` or `listen`; and the CA to
+/// trust for it (the data folder's).
+async fn from_config(
+    cli: &crate::Cli,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<(String, Option<PathBuf>)> {
+    let (cfg, store) = cli.load().await.map_err(|e| {
         anyhow::anyhow!("--gateway not given and the config cannot say where the gateway is: {e}")
     })?;
-    let url = cfg
-        .gateway
-        .public_url
-        .clone()
-        .unwrap_or_else(|| portcullis_config::url_for(cfg.gateway.listen));
+    let since = portcullis_identity::unix_now() - 30;
+    let live = store.gateways(since).await.unwrap_or_default();
+    store.close().await;
+    let seen = live
+        .into_iter()
+        .max_by_key(|(_, _, _, last_seen)| *last_seen)
+        .map(|(_, url, _, _)| url);
+    let url = match (seen, &cfg.gateway.public_url) {
+        (Some(u), _) => u,
+        (None, Some(u)) => u.clone(),
+        (None, None) if cfg.gateway.listen.port() != 0 => {
+            portcullis_config::url_for(cfg.gateway.listen)
+        }
+        (None, None) => anyhow::bail!(
+            "--gateway not given, no gateway is running on this store, and the config listens on port 0"
+        ),
+    };
     let ca = ca.or_else(|| Some(cfg.dir().join("ca.pem")).filter(|p| p.exists()));
     Ok((url, ca))
 }

@@ -313,6 +313,24 @@ fn a_held_delete_runs_once_approved_and_reads_pass() {
 
     let out = s.decide(&s.bob, "approve", &id, None);
     assert!(out.status.success(), "{}", text(&out));
+    // With no --gateway and no PORTCULLIS_URL the CLI finds the running
+    // gateway through the store; `show` prints times people can read.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["reviews", "show", &id])
+        .env_remove("PORTCULLIS_URL")
+        .env_remove("PORTCULLIS_CA")
+        .env("PORTCULLIS_TOKEN", &s.bob)
+        .env("HOME", s.tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let created = shown["created_at"].as_str().unwrap_or_default();
+    assert!(created.contains('T') && created.ends_with('Z'), "{shown}");
     let out = bg.join().unwrap();
     let t = text(&out);
     assert!(t.contains(&id), "the caller was told which review: {t}");

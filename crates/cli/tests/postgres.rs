@@ -1461,3 +1461,65 @@ fn revoking_a_token_ends_its_open_sessions() {
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     assert!(audit.contains("credential_ended"), "{audit}");
 }
+
+/// The quickstart with a wrong PostgreSQL password says so at start (and
+/// how to fix it) but runs; re-run with the right one, it replaces the
+/// stored secret, says so, and psql works.
+#[test]
+fn quickstart_rerun_with_a_corrected_password() {
+    let pg = PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let good = pg.url("localhost", "");
+    let bad = good.replace(PG_PASSWORD, "not-the-password");
+    let run = |url: &str, log: &str| {
+        Proc::spawn(
+            tmp.path(),
+            &[
+                "quickstart",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--pg-listen",
+                "127.0.0.1:0",
+                "--postgres",
+                url,
+            ],
+            log,
+        )
+    };
+    let qs = run(&bad, "first.log");
+    let first = qs.logs();
+    assert!(
+        first.contains("cannot reach PostgreSQL") && first.contains("--postgres"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("not-the-password"),
+        "the password is not logged"
+    );
+    assert!(qs.stop().success());
+
+    let qs = run(&good, "second.log");
+    let second = qs.logs();
+    assert!(
+        second.contains("replaced the stored PostgreSQL password"),
+        "{second}"
+    );
+    assert!(!second.contains("cannot reach PostgreSQL"), "{second}");
+    let env = read_env(&data.join("quickstart.env"));
+    assert_eq!(env["PORTCULLIS_DEMO_PG_READONLY"], "demo-pg-readonly");
+    let o = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "select 5"])
+        .arg(format!(
+            "host=localhost port={} dbname=demo-pg user=agent sslmode=verify-full sslrootcert={}",
+            env["PORTCULLIS_PG_PORT"], env["PORTCULLIS_CA"]
+        ))
+        .env("PGPASSWORD", &env["PORTCULLIS_TOKEN"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o).0, "5", "{:?}", text(&o));
+}

@@ -859,7 +859,39 @@ fn agent_demo_routes_demo_api_through_a_separate_agent_process() {
         String::from_utf8_lossy(&ps.stdout).contains(agent_cfg.to_str().unwrap()),
         "no agent process"
     );
-    // Stopping the quickstart stops its agent too.
+    // If the agent dies, the quickstart says so and reaps it (no zombie).
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &proc.child.id().to_string()])
+        .output()
+        .unwrap();
+    let agent_pid = String::from_utf8_lossy(&children.stdout)
+        .lines()
+        .next()
+        .expect("the agent is a child of the quickstart")
+        .trim()
+        .to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &agent_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        proc.logs().contains("the demo agent exited"),
+        "{}",
+        proc.logs()
+    );
+    let state = std::process::Command::new("ps")
+        .args(["-o", "stat=", "-p", &agent_pid])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&state.stdout).trim().is_empty(),
+        "reaped, not a zombie: {}",
+        String::from_utf8_lossy(&state.stdout)
+    );
     assert!(proc.stop().success());
     std::thread::sleep(Duration::from_millis(300));
     let ps = std::process::Command::new("ps")

@@ -138,7 +138,15 @@ connections = ["db", "api"]
     );
     assert_eq!(get(&gw.url, &ca, Some(&stranger), "/c/api/x").status, 403);
     let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "select 1", "-c", "create table t_otel (x int)"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select 1",
+            "-c",
+            "create table t_otel (x int)",
+        ])
         .arg(format!(
             "host=localhost port={} dbname=db user=agent sslmode=verify-full sslrootcert={ca}",
             gw.pg_port.unwrap()
@@ -185,7 +193,9 @@ connections = ["db", "api"]
     let stmt = find("SQL statement", &|a| a["class"] == "read");
     assert_eq!(stmt["attributes"]["decision"], "allowed");
     assert_eq!(stmt["attributes"]["connection"], "db");
-    find("SQL statement", &|a| a["decision"] == "refused" && a["connection"] == "db");
+    find("SQL statement", &|a| {
+        a["decision"] == "refused" && a["connection"] == "db"
+    });
     find("postgres session", &|a| a["principal"] == "agent:tester");
 
     // No credential, and no query string, in anything sent.
