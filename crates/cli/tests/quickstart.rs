@@ -998,3 +998,42 @@ fn revoking_a_token_closes_its_keep_alive_connections() {
         .unwrap_or_else(|| panic!("no credential_ended session end in {audit}"));
     assert!(end.contains("revoked"), "{end}");
 }
+
+/// The admin listener authenticates everything but /healthz and /metrics,
+/// with an operator's token or a client certificate from the gateway's CA.
+#[test]
+fn the_admin_listener_takes_a_token_or_a_client_certificate() {
+    let qs = Quickstart::start();
+    let admin = qs.var("PORTCULLIS_ADMIN_URL");
+    let ca = qs.var("PORTCULLIS_CA");
+    let prefix = qs.tmp.path().join("ops");
+    let out = qs.cli(&[
+        "cert",
+        "issue",
+        "--principal",
+        "agent:ops",
+        "--out",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let (cert, key) = (
+        format!("{}.pem", prefix.display()),
+        format!("{}.key", prefix.display()),
+    );
+    let status = format!("{admin}/status");
+    let anonymous = curl(&["--cacert", ca, &status]);
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let with_cert = curl(&["--cacert", ca, "--cert", &cert, "--key", &key, &status]);
+    assert_eq!(with_cert.status, 200, "{with_cert:?}");
+    let auth = format!("Authorization: Bearer {}", qs.var("PORTCULLIS_TOKEN"));
+    assert_eq!(curl(&["--cacert", ca, "-H", &auth, &status]).status, 200);
+    // Probes need nothing.
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("{admin}/healthz")]).status,
+        200
+    );
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("{admin}/metrics")]).status,
+        200
+    );
+}

@@ -25,31 +25,42 @@ pub struct Admin {
     pub(crate) id: String,
     /// Identifies approvers deciding reviews here.
     pub(crate) auth: portcullis_identity::Authenticator,
+    /// What a client certificate may name (the gateway listener's rules:
+    /// the admin listener asks for one from the same CA, optionally).
+    pub(crate) cert_names: portcullis_tls::CertPolicy,
 }
 
 impl Admin {
-    /// Who is calling: the bearer token's principal, or the refusal.
+    /// Who is calling: the bearer token's principal, or (with no
+    /// `Authorization`) the client certificate's; or the refusal.
     async fn caller(
         &self,
         req: &Request<Incoming>,
+        conn: &ConnInfo,
     ) -> Result<portcullis_identity::Principal, portcullis_http::ProxyError> {
         use portcullis_http::ProxyError;
-        let bearer = portcullis_identity::token::bearer(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-        .map_err(ProxyError::Auth)?;
+        use portcullis_identity::Credential;
+        let authorization = req.headers().get(header::AUTHORIZATION);
+        let credential = match (authorization, &conn.tls.client_cert) {
+            (None, Some(der)) => Credential::Certificate {
+                der,
+                names: &self.cert_names,
+            },
+            _ => Credential::Bearer(
+                portcullis_identity::token::bearer(authorization.map(|v| v.as_bytes()))
+                    .map_err(ProxyError::Auth)?,
+            ),
+        };
         self.auth
-            .authenticate(portcullis_identity::Credential::Bearer(bearer))
+            .authenticate(credential)
             .await
             .map_err(ProxyError::Auth)
     }
 
     /// Everything but health and metrics: for an authenticated caller.
-    async fn authenticated(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn authenticated(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         use portcullis_http::ProxyError;
-        let who = match self.caller(&req).await {
+        let who = match self.caller(&req, conn).await {
             Ok(p) => p,
             Err(e) => {
                 portcullis_http::linger(req.into_body()).await;
@@ -118,7 +129,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut text = String::new();
@@ -150,7 +161,7 @@ impl Handler for Admin {
                     )
                 }
             }
-            _ => self.authenticated(req).await,
+            _ => self.authenticated(req, &conn).await,
         }
     }
 }

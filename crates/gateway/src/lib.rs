@@ -684,12 +684,18 @@ async fn start_admin(
     let Some(a) = cfg.gateway.admin_listen else {
         return Ok(None);
     };
-    let acceptor = rt.certs.acceptor(
-        cfg,
-        &Default::default(),
-        &[b"http/1.1"],
-        "the admin listener",
-    )?;
+    // Client certificates from the gateway listener's CA, asked for but
+    // never required: /healthz and /metrics stay open to probes.
+    let clients = match cfg.gateway.client_auth.mode {
+        portcullis_config::ClientCertMode::Off => Default::default(),
+        _ => portcullis_config::ClientAuth {
+            mode: portcullis_config::ClientCertMode::Optional,
+            ..cfg.gateway.client_auth.clone()
+        },
+    };
+    let acceptor = rt
+        .certs
+        .acceptor(cfg, &clients, &[b"http/1.1"], "the admin listener")?;
     let al = bind(a, "admin").await?;
     let addr = local_addr(&al, a, "admin")?;
     let handler = admin::Admin {
@@ -700,6 +706,7 @@ async fn start_admin(
         sink: shared.sink.clone(),
         id: gateway_id,
         auth: shared.ctx.auth.clone(),
+        cert_names: cfg.gateway.client_auth.cert_policy(),
     };
     rt.serve(
         al,
