@@ -30,7 +30,41 @@ struct Entry {
     principal: Principal,
     connection: String,
     front: Protocol,
-    tx: watch::Sender<Option<Ended>>,
+    tell: Tell,
+}
+
+/// How a registered session is told it must end.
+enum Tell {
+    /// A session that waits on its [`Watch`] (PostgreSQL's relay).
+    Channel(watch::Sender<Option<Ended>>),
+    /// A callback run at once, under the registry's lock (so it must be
+    /// quick and must not call back into the registry): an HTTP session
+    /// marks itself and cuts its connection, with no task of its own.
+    Call(Box<dyn Fn(Ended) + Send + Sync>),
+}
+
+impl Tell {
+    fn send(&self, why: Ended) {
+        match self {
+            Tell::Channel(tx) => {
+                let _ = tx.send(Some(why));
+            }
+            Tell::Call(f) => f(why),
+        }
+    }
+}
+
+/// A session registered with a callback ([`Liveness::register`]);
+/// dropping it deregisters.
+pub struct Registration {
+    live: Arc<Liveness>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
 }
 
 /// Why a live session must end.
@@ -153,24 +187,8 @@ impl Liveness {
         front: Protocol,
         generation: u64,
     ) -> Watch {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        let mut open = self.lock();
-        if generation < self.generation() {
-            let _ = tx.send(Some(Ended::Access(
-                "the gateway's config changed while this session was being admitted; connect again"
-                    .into(),
-            )));
-        }
-        let entry = Entry {
-            key: key(principal),
-            principal: principal.clone(),
-            connection: connection.to_owned(),
-            front,
-            tx,
-        };
-        open.insert(id, entry);
-        drop(open);
+        let id = self.insert(principal, connection, front, generation, Tell::Channel(tx));
         let expires_at = match &principal.via {
             AuthMethod::Oidc { expires_at, .. } => *expires_at,
             _ => None,
@@ -183,12 +201,63 @@ impl Liveness {
         }
     }
 
+    /// Register a session that `on_end` tells when it must end (at once,
+    /// under the registry's lock: it must be quick and must not call back
+    /// into the registry), admitted under config `generation`.
+    pub fn register(
+        self: &Arc<Self>,
+        principal: &Principal,
+        connection: &str,
+        front: Protocol,
+        generation: u64,
+        on_end: impl Fn(Ended) + Send + Sync + 'static,
+    ) -> Registration {
+        let id = self.insert(
+            principal,
+            connection,
+            front,
+            generation,
+            Tell::Call(Box::new(on_end)),
+        );
+        Registration {
+            live: self.clone(),
+            id,
+        }
+    }
+
+    fn insert(
+        &self,
+        principal: &Principal,
+        connection: &str,
+        front: Protocol,
+        generation: u64,
+        tell: Tell,
+    ) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut open = self.lock();
+        if generation < self.generation() {
+            tell.send(Ended::Access(
+                "the gateway's config changed while this session was being admitted; connect again"
+                    .into(),
+            ));
+        }
+        let entry = Entry {
+            key: key(principal),
+            principal: principal.clone(),
+            connection: connection.to_owned(),
+            front,
+            tell,
+        };
+        open.insert(id, entry);
+        id
+    }
+
     /// End every session holding credential `key`.
     pub fn end(&self, key: &str, reason: &str) -> usize {
         let open = self.lock();
         let mut n = 0;
         for e in open.values().filter(|e| e.key.as_deref() == Some(key)) {
-            let _ = e.tx.send(Some(Ended::Credential(reason.to_string())));
+            e.tell.send(Ended::Credential(reason.to_string()));
             n += 1;
         }
         n
@@ -212,7 +281,7 @@ impl Liveness {
             };
             if let Some(reason) = still(&s) {
                 tracing::info!(principal = %e.principal.subject, connection = %e.connection, %reason, "live session ended");
-                let _ = e.tx.send(Some(Ended::Access(reason)));
+                e.tell.send(Ended::Access(reason));
                 n += 1;
             }
         }
@@ -329,6 +398,23 @@ mod tests {
         drop(on_a);
         assert_eq!(live.recheck(1, |_| None), 0);
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn a_registered_callback_is_told_once_and_dropping_deregisters() {
+        let live = Arc::new(Liveness::default());
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = told.clone();
+        let r = live.register(&principal("t"), "api", Protocol::Http, 0, move |why| {
+            t.lock().unwrap().push(why)
+        });
+        assert_eq!(live.end("token:t", "revoked"), 1);
+        assert_eq!(
+            *told.lock().unwrap(),
+            vec![Ended::Credential("revoked".into())]
+        );
+        drop(r);
+        assert!(live.is_empty());
     }
 
     #[tokio::test]

@@ -678,14 +678,20 @@ impl Inner {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
             ProxyError::AuditUnavailable
         };
-        let watch = || {
-            let w = self.ctx.live.watch(
+        // A session that must end (its credential revoked or expired, its
+        // grant gone) is marked and its connection cut, from the registry.
+        let register = |mark: Box<dyn Fn(portcullis_front::Ended) + Send + Sync>| {
+            let cut = conn.cut.clone();
+            self.ctx.live.register(
                 principal,
                 &admitted.connection,
                 Protocol::Http,
                 self.ctx.generation,
-            );
-            (w, conn.cut.clone())
+                move |why| {
+                    mark(why);
+                    cut.cancel();
+                },
+            )
         };
         let live = conn
             .sessions
@@ -693,7 +699,7 @@ impl Inner {
                 key,
                 &self.finishing,
                 || self.ctx.open(admitted, agent),
-                watch,
+                register,
             )
             .await
             .map_err(|e| match e {

@@ -13,9 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use portcullis_front::{Closing, Ended, OpenSession, Outcome, Watch};
+use portcullis_front::{Closing, Ended, OpenSession, Outcome, Registration};
 use portcullis_record::Recorder;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Who is talking to which target: requests on one connection with the
@@ -59,19 +58,20 @@ impl ConnSessions {
     /// The session for `key`, opened with `open` if there is none yet.
     /// Opening is serialised per connection, so concurrent first requests
     /// (HTTP/2) share one session.
-    /// `watch` registers the new session as live and names the
-    /// connection's cut: when the session must end, the connection closes.
-    pub(crate) async fn get_or_open<F, Fut, E, W>(
+    /// `register` registers the new session as live with the callback it
+    /// is given: when the session must end, it is marked so and the
+    /// connection is cut.
+    pub(crate) async fn get_or_open<F, Fut, E, R>(
         &self,
         key: SessionKey,
         finishing: &TaskTracker,
         open: F,
-        watch: W,
+        register: R,
     ) -> Result<Arc<LiveSession>, SessionError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<OpenSession, E>>,
-        W: FnOnce() -> (Watch, CancellationToken),
+        R: FnOnce(Box<dyn Fn(Ended) + Send + Sync>) -> Registration,
     {
         let mut live = self.live.lock().await;
         if let Some(s) = live.get(&key) {
@@ -89,11 +89,18 @@ impl ConnSessions {
             bytes_to_caller: AtomicU64::new(0),
             last: Mutex::new(Last::default()),
             finishing: finishing.clone(),
-            ended: Mutex::new(None),
-            gone: CancellationToken::new(),
+            ended: Arc::new(Mutex::new(None)),
+            registration: Mutex::new(None),
         });
-        let (w, cut) = watch();
-        s.guard(w, cut);
+        let ended = s.ended.clone();
+        let registration = register(Box::new(move |why| {
+            if let Ok(mut e) = ended.lock() {
+                e.get_or_insert(why);
+            }
+        }));
+        if let Ok(mut r) = s.registration.lock() {
+            *r = Some(registration);
+        }
         live.insert(key, s.clone());
         Ok(s)
     }
@@ -116,35 +123,14 @@ pub(crate) struct LiveSession {
     bytes_to_caller: AtomicU64,
     last: Mutex<Last>,
     finishing: TaskTracker,
-    /// Why the session was cut, when it was.
-    ended: Mutex<Option<Ended>>,
-    /// Cancelled when the session is sealed: its guard stops watching.
-    gone: CancellationToken,
+    /// Why the session was cut, when it was (set by its registration's
+    /// callback).
+    ended: Arc<Mutex<Option<Ended>>>,
+    /// Its place in the live-session registry, left when it is sealed.
+    registration: Mutex<Option<Registration>>,
 }
 
 impl LiveSession {
-    /// Watch the session while it lives: when `w` says it must end, it
-    /// is marked so and the connection is cut (HTTP re-admits every
-    /// request anyway; this closes what would otherwise stay open, idle
-    /// keep-alives and long responses, and seals the session saying why).
-    fn guard(self: &Arc<Self>, w: Watch, cut: CancellationToken) {
-        let session = Arc::downgrade(self);
-        let gone = self.gone.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                why = w.ended() => {
-                    if let Some(s) = session.upgrade()
-                        && let Ok(mut e) = s.ended.lock()
-                    {
-                        *e = Some(why);
-                    }
-                    cut.cancel();
-                }
-                _ = gone.cancelled() => {}
-            }
-        });
-    }
-
     /// Number the next request (from 1).
     pub fn next_request(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
@@ -169,9 +155,10 @@ impl Drop for LiveSession {
         let Some(open) = self.open.get_mut().ok().and_then(Option::take) else {
             return;
         };
-        self.gone.cancel();
+        // Out of the registry first: nothing tells a sealed session.
+        drop(self.registration.get_mut().ok().and_then(Option::take));
         let last = self.last.get_mut().map(std::mem::take).unwrap_or_default();
-        let ended = self.ended.get_mut().ok().and_then(Option::take);
+        let ended = self.ended.lock().ok().and_then(|mut e| e.take());
         let (outcome, error) = match ended {
             Some(Ended::Credential(why)) => (Outcome::CredentialEnded, Some(why)),
             Some(Ended::Access(why)) => (Outcome::AccessEnded, Some(why)),
