@@ -1037,3 +1037,71 @@ fn the_admin_listener_takes_a_token_or_a_client_certificate() {
         200
     );
 }
+
+/// A client certificate from the listener's own CA still names only the
+/// principal kinds the listener accepts (`principal_kinds`, default
+/// agents): a CN of `user:root` is refused with the reason, an agent's
+/// is admitted. Certificates made with openssl, as an operator would.
+#[test]
+fn a_client_certificate_naming_another_kind_is_refused() {
+    let qs = Quickstart::start();
+    let (url, ca, _) = qs.creds();
+    let dir = qs.tmp.path();
+    let data = qs.data();
+    let issue = |cn: &str| {
+        let (key, csr, cert) = (
+            dir.join(format!("{}.key", cn.replace(':', "_"))),
+            dir.join("r.csr"),
+            dir.join(format!("{}.pem", cn.replace(':', "_"))),
+        );
+        let req = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .args(["-subj", &format!("/CN={cn}"), "-out"])
+            .arg(&csr)
+            .output()
+            .unwrap();
+        assert!(
+            req.status.success(),
+            "{}",
+            String::from_utf8_lossy(&req.stderr)
+        );
+        std::fs::write(dir.join("ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        let sign = std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(data.join("ca.pem"))
+            .arg("-CAkey")
+            .arg(data.join("ca.key"))
+            .arg("-extfile")
+            .arg(dir.join("ext"))
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            sign.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sign.stderr)
+        );
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let hello = format!("{url}/c/demo-api/hello");
+    let (cert, key) = issue("user:root");
+    let r = curl(&["--cacert", ca, "--cert", &cert, "--key", &key, &hello]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.body.contains("principal_kinds"), "{}", r.body);
+    let (cert, key) = issue("agent:quickstart");
+    let r = curl(&["--cacert", ca, "--cert", &cert, "--key", &key, &hello]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
