@@ -780,3 +780,11 @@ fn idle_http2_connections_are_closed() {
         assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
     });
 }
+
+/// `tls = { profile = "modern" }` meets Mozilla's modern profile, checked
+/// from outside with sslyze.
+#[test]
+fn the_modern_profile_meets_mozillas_modern_guidelines() {
+    let s = setup("modern");
+    mozilla_compliant(s.gw.port(), &s.ca, "modern", None);
+}

@@ -1523,3 +1523,11 @@ fn quickstart_rerun_with_a_corrected_password() {
         .unwrap();
     assert_eq!(text(&o).0, "5", "{:?}", text(&o));
 }
+
+/// The PostgreSQL listener meets Mozilla's intermediate profile, checked
+/// from outside with sslyze (STARTTLS: the SSLRequest).
+#[test]
+fn the_postgres_listener_meets_mozillas_intermediate_profile() {
+    let g = PgGateway::start();
+    mozilla_compliant(g.port, &g.ca, "intermediate", Some("postgres"));
+}

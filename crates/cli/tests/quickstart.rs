@@ -1105,3 +1105,21 @@ fn a_client_certificate_naming_another_kind_is_refused() {
     let r = curl(&["--cacert", ca, "--cert", &cert, "--key", &key, &hello]);
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Mozilla's server-side TLS guidelines, checked from outside with
+/// sslyze: the HTTPS and admin listeners meet the intermediate profile
+/// (protocols, suites, curves, server cipher order, certificate).
+#[test]
+fn listeners_meet_mozillas_intermediate_profile() {
+    let qs = Quickstart::start();
+    let ca = qs.var("PORTCULLIS_CA");
+    mozilla_compliant(qs.proc.port(), ca, "intermediate", None);
+    let admin: u16 = qs
+        .var("PORTCULLIS_ADMIN_URL")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    mozilla_compliant(admin, ca, "intermediate", None);
+}

@@ -410,3 +410,27 @@ impl HeldPsql {
         )
     }
 }
+
+/// Scan `localhost:port` with sslyze against Mozilla's `profile`
+/// (`intermediate` or `modern`), trusting `ca`; `starttls` for a
+/// PostgreSQL listener. Returns sslyze's report; panics unless it says
+/// the listener is compliant.
+pub fn mozilla_compliant(port: u16, ca: &str, profile: &str, starttls: Option<&str>) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "sslyze", &format!("--mozilla_config={profile}")])
+        .args(["--certinfo_ca_file", ca]);
+    if let Some(p) = starttls {
+        cmd.args(["--starttls", p]);
+    }
+    let out = cmd
+        .arg(format!("localhost:{port}"))
+        .output()
+        .expect("python3 with sslyze (.ci/run installs it)");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains(&format!("localhost:{port}: OK - Compliant")),
+        "not compliant with Mozilla's {profile} profile:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
