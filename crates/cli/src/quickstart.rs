@@ -522,17 +522,6 @@ fn add_postgres(
         let abs = std::path::absolute(root).with_context(|| format!("resolving {root}"))?;
         parsed.sslrootcert = Some(abs.display().to_string());
     }
-    let secret = dir.join("secrets/demo-pg-password");
-    let stored = std::fs::read_to_string(&secret).ok();
-    if stored.as_deref().map(|s| s.trim_end_matches(['\r', '\n'])) != Some(password.as_str()) {
-        if stored.is_some() {
-            eprintln!(
-                "replaced the stored PostgreSQL password ({}) with the one in --postgres",
-                secret.display()
-            );
-        }
-        write_private(&secret, format!("{password}\n").as_bytes())?;
-    }
     let existing = Config::load(config_path)?;
     let url = parsed.without_password();
     if let Some(c) = existing.connection(PG_CONNECTION)
@@ -603,17 +592,31 @@ connections = ["{name}"]
 "#
         ));
     }
-    if text.len() == before {
-        return Ok(());
+    // Validate before writing anything: a bad URL must leave neither a
+    // broken config nor a replaced password.
+    let added = text.len() != before;
+    if added {
+        Config::parse(&text, config_path)?;
     }
-    // Validate before writing: a bad URL must not leave a broken config.
-    Config::parse(&text, config_path)?;
-    std::fs::write(config_path, text)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    eprintln!(
-        "added the PostgreSQL demo connections to {}",
-        config_path.display()
-    );
+    let secret = dir.join("secrets/demo-pg-password");
+    let stored = std::fs::read_to_string(&secret).ok();
+    if stored.as_deref().map(|s| s.trim_end_matches(['\r', '\n'])) != Some(password.as_str()) {
+        if stored.is_some() {
+            eprintln!(
+                "replaced the stored PostgreSQL password ({}) with the one in --postgres",
+                secret.display()
+            );
+        }
+        write_private(&secret, format!("{password}\n").as_bytes())?;
+    }
+    if added {
+        std::fs::write(config_path, text)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        eprintln!(
+            "added the PostgreSQL demo connections to {}",
+            config_path.display()
+        );
+    }
     Ok(())
 }
 

@@ -1395,15 +1395,8 @@ fn connections_past_the_cap_are_refused_in_protocol() {
 fn revoking_a_token_ends_its_open_sessions() {
     let g = PgGateway::start();
     let cfg = g.tmp.path().join("portcullis.toml");
-    let cli = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = cli(&[
+    let cli = |args: &[&str]| cli_at(&cfg, args);
+    let (doomed, id) = created_token(&cli(&[
         "token",
         "create",
         "--principal",
@@ -1411,50 +1404,20 @@ fn revoking_a_token_ends_its_open_sessions() {
         "--group",
         "testers",
         "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let doomed = created["token"].as_str().unwrap().to_string();
-    let id = created["id"].as_str().unwrap().to_string();
+    ]));
     // Two open sessions: one with the doomed token, one with the other.
-    let open = |token: &str| {
-        let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t"])
-            .arg(g.conninfo("rw"))
-            .env("PGPASSWORD", token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "select 'before';").unwrap();
-        (child, stdin)
-    };
-    let (doomed_psql, mut doomed_in) = open(&doomed);
-    let (other_psql, mut other_in) = open(&g.token);
+    let mut doomed_psql = HeldPsql::open(&g.conninfo("rw"), &doomed);
+    let mut other_psql = HeldPsql::open(&g.conninfo("rw"), &g.token);
     std::thread::sleep(Duration::from_millis(1500));
     let revoked_at = std::time::Instant::now();
     assert!(cli(&["token", "revoke", &id]).status.success());
     std::thread::sleep(Duration::from_millis(2500));
-    use std::io::Write;
-    let _ = writeln!(doomed_in, "select 'after';");
-    let _ = writeln!(other_in, "select 'other after';");
-    drop((doomed_in, other_in));
-    let out = doomed_psql.wait_with_output().unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    );
+    doomed_psql.send("select 'after';");
+    other_psql.send("select 'other after';");
+    let (o, e) = doomed_psql.finish();
     assert!(o.contains("before") && !o.contains("after"), "{o} {e}");
     assert!(e.contains("the token was revoked"), "{e}");
-    let out = other_psql.wait_with_output().unwrap();
-    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    let (o, _) = other_psql.finish();
     assert!(o.contains("other after"), "the other session goes on: {o}");
     assert!(revoked_at.elapsed() < Duration::from_secs(10));
     // The session's end says why, in the audit log.

@@ -130,14 +130,7 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
         "1h",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tok = created["token"].as_str().unwrap().to_string();
-    let id = created["id"].as_str().unwrap().to_string();
+    let (tok, id) = created_token(&out);
     assert_eq!(get(url, ca, Some(&tok), "/c/demo-api/hello").status, 200);
 
     // The list never shows secrets.
@@ -955,10 +948,7 @@ fn revoking_a_token_closes_its_keep_alive_connections() {
         "agent:quickstart",
         "--json",
     ]);
-    assert!(out.status.success());
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = created["token"].as_str().unwrap().to_string();
-    let id = created["id"].as_str().unwrap().to_string();
+    let (token, id) = created_token(&out);
     let ca = std::path::PathBuf::from(qs.var("PORTCULLIS_CA"));
     let port = qs.proc.port();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -19,12 +19,14 @@ struct Setup {
     token: String,
     ca: String,
     api_port: u16,
-    _upstream: upstream::TestUpstream,
+    upstream: upstream::TestUpstream,
 }
 
 /// The config: a PostgreSQL and an HTTP connection, then `rest`
-/// (grants, more connections, masking rules).
+/// (grants, more connections, masking rules; `APIPORT` in it is the test
+/// upstream's port).
 fn config(api_port: u16, rest: &str) -> String {
+    let rest = rest.replace("APIPORT", &api_port.to_string());
     let pg = PgCluster::shared();
     let (p, root) = (pg.port, pg.ca.display());
     format!(
@@ -76,7 +78,7 @@ fn setup(rest: &str) -> Setup {
         gw,
         token,
         api_port: up.port,
-        _upstream: up,
+        upstream: up,
     }
 }
 
@@ -123,13 +125,17 @@ impl Setup {
     }
 
     fn audit(&self) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(self.dir.join("portcullis.toml"))
-            .args(["audit", "export"])
-            .output()
-            .unwrap();
+        let out = cli_at(&self.dir.join("portcullis.toml"), &["audit", "export"]);
         String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Wait up to 10 s for `n` reloads with `result`; how many there were.
+    fn wait_reloads(&self, result: &str, n: u64) -> u64 {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.reloads(result) < n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.reloads(result)
     }
 
     fn conninfo(&self, db: &str) -> String {
@@ -166,22 +172,19 @@ connections = ["db"]
     assert_eq!(s.status("/c/api/x"), 403, "no grant yet");
     assert_eq!(s.status("/c/api2/x"), 404, "no such connection yet");
 
-    let more = format!(
-        r#"
+    let more = r#"
 [[connections]]
 name = "api2"
 type = "http"
-url = "https://localhost:{}"
+url = "https://localhost:APIPORT"
 ca_file = "ca.pem"
 
 [[grants]]
 name = "testers"
 groups = ["testers"]
 connections = ["db", "api", "api2"]
-"#,
-        s.api_port
-    );
-    s.rewrite(&more);
+"#;
+    s.rewrite(more);
     assert_eq!(s.wait_for("/c/api/x", 200, 10), 200, "{}", s.gw.logs());
     assert_eq!(s.status("/c/api2/x"), 200, "the added connection routes");
     assert_eq!(s.reloads("ok"), 1);
@@ -192,11 +195,7 @@ connections = ["db", "api", "api2"]
 
     // SIGHUP reads the file again even when it did not change.
     s.sighup();
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("ok") < 2 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("ok"), 2, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("ok", 2), 2, "{}", s.gw.logs());
     assert_eq!(s.status("/c/api2/x"), 200);
 }
 
@@ -212,21 +211,13 @@ fn a_bad_change_is_refused_and_the_running_config_kept() {
     let broken =
         format!("{BOTH}\n[[connections]]\nname = \"x\"\npassword = \"CANARY-reload-secret\n");
     s.rewrite(&broken);
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("error") < 1 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("error"), 1, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("error", 1), 1, "{}", s.gw.logs());
     assert_eq!(s.status("/c/api/x"), 200, "the running config is kept");
 
     // Valid TOML, but a grant naming a connection that does not exist.
     let dangling = BOTH.replace("[\"db\", \"api\"]", "[\"db\", \"api\", \"nope\"]");
     s.rewrite(&dangling);
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("error") < 2 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("error"), 2, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("error", 2), 2, "{}", s.gw.logs());
     assert_eq!(s.status("/c/api/x"), 200);
     assert_eq!(s.reloads("ok"), 0);
 
@@ -236,11 +227,7 @@ fn a_bad_change_is_refused_and_the_running_config_kept() {
         "{BOTH}\n[[oidc]]\nissuer = \"https://idp.example\"\naudiences = [\"portcullis\"]\n"
     );
     s.rewrite(&idp);
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("error") < 3 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("error"), 3, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("error", 3), 3, "{}", s.gw.logs());
     assert!(
         s.gw.logs().contains("restart the gateway"),
         "{}",
@@ -263,11 +250,7 @@ fn a_bad_change_is_refused_and_the_running_config_kept() {
 
     // Fixed again: it applies.
     s.rewrite(BOTH);
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("ok") < 1 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("ok"), 1, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("ok", 1), 1, "{}", s.gw.logs());
     // (The CLI reads the file too: the audit once it is valid again.)
     let audit = s.audit();
     assert!(audit.contains("config_reload_refused"), "{audit}");
@@ -348,10 +331,7 @@ fn a_changed_connection_ends_its_sessions() {
         "password = \"file:pgpw\"\naccess = \"read-only\"\n",
     );
     std::fs::write(s.dir.join("portcullis.toml"), read_only).unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("ok") < 1 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_reloads("ok", 1);
     std::thread::sleep(Duration::from_millis(1000));
     held.send("select 'after';");
     let (o, e) = held.finish();
@@ -386,42 +366,20 @@ name = "testers"
 groups = ["testers"]
 connections = ["db", "api", "guarded"]
 "#;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let (ca, _) = CertificateAuthority::load_or_create(&dir).unwrap();
-    write_leaf(&ca, &dir, "server");
-    std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
-    let up = upstream::start(&dir.join("server.pem"), &dir.join("server.key"));
-    let rest = held.replace("APIPORT", &up.port.to_string());
-    let (gw, token) = gateway_with_config(&dir, &config(up.port, &rest));
-    let s = Setup {
-        ca: dir.join("ca.pem").display().to_string(),
-        dir,
-        _tmp: tmp,
-        gw,
-        token,
-        api_port: up.port,
-        _upstream: up,
-    };
-    let cfg = s.dir.join("portcullis.toml");
-    let cli = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = cli(&[
-        "token",
-        "create",
-        "--principal",
-        "user:dana",
-        "--group",
-        "dba",
-    ]);
+    let s = setup(held);
+    let out = cli_at(
+        &s.dir.join("portcullis.toml"),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "user:dana",
+            "--group",
+            "dba",
+        ],
+    );
     let approver = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let before = s._upstream.count();
+    let before = s.upstream.count();
     let (url, ca, token) = (s.gw.url.clone(), s.ca.clone(), s.token.clone());
     let caller = std::thread::spawn(move || {
         curl(&[
@@ -460,18 +418,13 @@ connections = ["db", "api", "guarded"]
         std::thread::sleep(Duration::from_millis(200));
     };
     let more = format!(
-        "{rest}\n[[connections]]\nname = \"other\"\ntype = \"http\"\nurl = \"https://localhost:{}\"\nca_file = \"ca.pem\"\n",
-        s.api_port
+        "{held}\n[[connections]]\nname = \"other\"\ntype = \"http\"\nurl = \"https://localhost:APIPORT\"\nca_file = \"ca.pem\"\n"
     );
     s.rewrite(&more);
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.reloads("ok") < 1 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s.reloads("ok"), 1, "{}", s.gw.logs());
+    assert_eq!(s.wait_reloads("ok", 1), 1, "{}", s.gw.logs());
     assert!(reviews(&["approve", &id]).status.success());
     let r = caller.join().unwrap();
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.json()["error"], "config_changed");
-    assert_eq!(s._upstream.count(), before, "nothing reached the target");
+    assert_eq!(s.upstream.count(), before, "nothing reached the target");
 }

@@ -261,7 +261,7 @@ connections = ["db"]
             .output()
             .unwrap()
     };
-    let out = cli_a(&[
+    let (doomed, id) = created_token(&cli_a(&[
         "token",
         "create",
         "--principal",
@@ -269,14 +269,7 @@ connections = ["db"]
         "--group",
         "testers",
         "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let doomed = created["token"].as_str().unwrap().to_string();
+    ]));
     let mut held = Command::new("psql")
         .args(["-X", "-A", "-t"])
         .env("PGHOST", "localhost")
@@ -296,8 +289,7 @@ connections = ["db"]
         let mut stdin = held.stdin.take().unwrap();
         writeln!(stdin, "select 'open on B';").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        let id = created["id"].as_str().unwrap();
-        assert!(cli_a(&["token", "revoke", id]).status.success());
+        assert!(cli_a(&["token", "revoke", &id]).status.success());
         std::thread::sleep(std::time::Duration::from_millis(2500));
         let _ = writeln!(stdin, "select 'still open';");
     }

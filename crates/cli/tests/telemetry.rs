@@ -52,25 +52,11 @@ fn receiver(dir: &std::path::Path) -> Receiver {
 }
 
 fn token(cfg: &std::path::Path, principal: &str) -> String {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args([
-            "token",
-            "create",
-            "--principal",
-            principal,
-            "--group",
-            "testers",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = cli_at(
+        cfg,
+        &["token", "create", "--principal", principal, "--json"],
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    created_token(&out).0
 }
 
 #[test]

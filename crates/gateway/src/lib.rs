@@ -802,9 +802,11 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         stack.clone(),
         pg,
         assignments,
-        shared.links.clone(),
-        store.clone(),
-        hosts,
+        reload::Parts {
+            store: store.clone(),
+            links: shared.links.clone(),
+            mcp_hosts: hosts,
+        },
         shared.audit.clone(),
         reload_metrics,
     ));

@@ -324,8 +324,12 @@ impl<H: Handler> Connection<H> {
         // running after a short grace is dropped, not waited for.
         let mut hard_stop: Option<tokio::time::Instant> = None;
         let result = loop {
-            let stop_at = hard_stop
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+            let dropped = async {
+                match hard_stop {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = cut.cancelled(), if hard_stop.is_none() => {
@@ -334,9 +338,7 @@ impl<H: Handler> Connection<H> {
                     closing = true;
                     hard_stop = Some(tokio::time::Instant::now() + CUT_GRACE);
                 }
-                _ = tokio::time::sleep_until(stop_at), if hard_stop.is_some() => {
-                    return;
-                }
+                _ = dropped => return,
                 _ = self.shutdown.cancelled(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;

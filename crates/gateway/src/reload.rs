@@ -39,6 +39,78 @@ pub struct Stack {
     pub mcp: McpEndpoint,
 }
 
+/// What every generation's fronts are built with, beside the config.
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub(crate) store: portcullis_store::Store,
+    pub(crate) links: Arc<portcullis_link::AgentRegistry>,
+    /// The names callers use for the gateway (the MCP endpoint checks
+    /// `Host` against them).
+    pub(crate) mcp_hosts: Vec<String>,
+}
+
+/// What a reload builds from, taken before it leaves the async workers.
+struct Build {
+    old: Arc<Stack>,
+    pg: Option<Arc<PgFront>>,
+    parts: Parts,
+}
+
+/// The fronts of a new config, built and not yet in force.
+struct Fronts {
+    ctx: Arc<FrontContext>,
+    http: HttpFront,
+    mcp: McpEndpoint,
+    pg: Option<PgFront>,
+}
+
+impl Build {
+    fn fronts(self, next: &Config) -> Result<Fronts, ReloadError> {
+        let masks = crate::mask_rules(next)?;
+        let ctx = Arc::new(self.old.ctx.reloaded(next, masks));
+        let http = self
+            .old
+            .http
+            .reloaded(ctx.clone(), next)
+            .map_err(GatewayError::from)?;
+        let Parts {
+            store,
+            links,
+            mcp_hosts,
+        } = self.parts;
+        let mcp = McpEndpoint::new(ctx.clone(), next, store, links, mcp_hosts)
+            .map_err(GatewayError::from)?;
+        let pg = match self.pg {
+            Some(pg) => Some(pg.reloaded(ctx.clone(), next).map_err(GatewayError::from)?),
+            None => None,
+        };
+        Ok(Fronts { ctx, http, mcp, pg })
+    }
+}
+
+/// The config at `path` and the SHA-256 of its bytes.
+fn read(path: &Path) -> Result<(Config, String), ReloadError> {
+    let bytes = std::fs::read(path).map_err(|source| portcullis_config::ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let sha256 = portcullis_tls::sha256_hex(&bytes);
+    let text = String::from_utf8(bytes).map_err(|_| portcullis_config::ConfigError::Parse {
+        file: path.to_path_buf(),
+        message: "the file is not UTF-8".into(),
+    })?;
+    Ok((Config::parse(&text, path)?, sha256))
+}
+
+/// Run `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
+) -> Result<T, ReloadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))?
+}
+
 /// Why a reload was refused (the running config is kept).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -52,6 +124,9 @@ pub enum ReloadError {
     /// would be worse than none).
     #[error("{} changed: identity and TLS settings apply only at a restart; restart the gateway to apply this file (the running config is kept)", .0.join(", "))]
     NeedsRestart(Vec<&'static str>),
+    /// The task that read or built the new config did not finish.
+    #[error("the reload stopped before its config was built: {0}")]
+    Task(String),
 }
 
 /// What a reload changed.
@@ -103,23 +178,18 @@ pub(crate) struct Reloader {
     pub(crate) stack: Arc<Current<Stack>>,
     pub(crate) pg: Option<Arc<Current<PgFront>>>,
     pub(crate) assignments: crate::agents::Assignments,
-    pub(crate) links: Arc<portcullis_link::AgentRegistry>,
-    pub(crate) store: portcullis_store::Store,
-    pub(crate) mcp_hosts: Vec<String>,
+    pub(crate) parts: Parts,
     pub(crate) audit: portcullis_audit::AuditLog,
     pub(crate) metrics: ReloadMetrics,
 }
 
 impl Reloader {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: &Config,
         stack: Arc<Current<Stack>>,
         pg: Option<Arc<Current<PgFront>>>,
         assignments: crate::agents::Assignments,
-        links: Arc<portcullis_link::AgentRegistry>,
-        store: portcullis_store::Store,
-        mcp_hosts: Vec<String>,
+        parts: Parts,
         audit: portcullis_audit::AuditLog,
         metrics: ReloadMetrics,
     ) -> Self {
@@ -128,9 +198,7 @@ impl Reloader {
             stack,
             pg,
             assignments,
-            links,
-            store,
-            mcp_hosts,
+            parts,
             audit,
             metrics,
         }
@@ -167,51 +235,32 @@ impl Reloader {
     }
 
     async fn apply(&self, running: &mut Config, path: &Path) -> Result<Reloaded, ReloadError> {
-        let bytes = std::fs::read(path).map_err(|source| portcullis_config::ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let text = String::from_utf8(bytes.clone()).map_err(|_| {
-            portcullis_config::ConfigError::Parse {
-                file: path.to_path_buf(),
-                message: "the file is not UTF-8".into(),
-            }
-        })?;
-        let next = Config::parse(&text, path)?;
+        // Reading, parsing and building (masking rules compile regexes,
+        // upstreams load TLS roots) run off the async workers.
+        let file = path.to_path_buf();
+        let (next, sha256) = blocking(move || read(&file)).await?;
         let identity = identity_changes(running, &next);
         if !identity.is_empty() {
             return Err(ReloadError::NeedsRestart(identity));
         }
         let mut report = Reloaded {
-            sha256: portcullis_tls::sha256_hex(&bytes),
+            sha256,
             changed: changes(running, &next),
             restart_needed: restart_needed(running, &next),
             ..Default::default()
         };
         // Build everything before replacing anything.
         let old = self.stack.load();
-        let masks = crate::mask_rules(&next)?;
-        let ctx = Arc::new(old.ctx.reloaded(&next, masks));
-        let http = old
-            .http
-            .reloaded(ctx.clone(), &next)
-            .map_err(GatewayError::from)?;
-        let mcp = McpEndpoint::new(
-            ctx.clone(),
-            &next,
-            self.store.clone(),
-            self.links.clone(),
-            self.mcp_hosts.clone(),
-        )
-        .map_err(GatewayError::from)?;
-        let pg = match &self.pg {
-            Some(cur) => Some(
-                cur.load()
-                    .reloaded(ctx.clone(), &next)
-                    .map_err(GatewayError::from)?,
-            ),
-            None => None,
+        let build = Build {
+            old: old.clone(),
+            pg: self.pg.as_ref().map(|cur| cur.load()),
+            parts: self.parts.clone(),
         };
+        let (next, Fronts { ctx, http, mcp, pg }) = blocking(move || {
+            let fronts = build.fronts(&next)?;
+            Ok((next, fronts))
+        })
+        .await?;
         crate::roles::check_read_only_roles(&next).await?;
 
         // Swap: upstreams with the admission context that names them.
@@ -225,10 +274,11 @@ impl Reloader {
         }));
         report.agents_relinked = self.assignments.replace(&next);
         for agent in &report.agents_relinked {
-            self.links.cut(agent);
+            self.parts.links.cut(agent);
         }
+        let masking_changed = running.masking != next.masking;
         report.sessions_ended = ctx.live.recheck(ctx.generation, |s| {
-            still_holds(s, (running, &old.ctx), (&next, &ctx))
+            still_holds(s, (running, &old.ctx), (&next, &ctx), masking_changed)
         });
         *running = next;
         self.audit_success(path, &report).await;
@@ -274,7 +324,11 @@ impl Reloader {
     /// changes again.
     pub(crate) async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let path: PathBuf = self.running.lock().await.source.clone();
-        let mut seen = digest(&path);
+        let file = path.clone();
+        let mut seen = tokio::task::spawn_blocking(move || digest(&file))
+            .await
+            .ok()
+            .flatten();
         let mut settling: Option<String> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -283,7 +337,11 @@ impl Reloader {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = digest(&path);
+            let file = path.clone();
+            let now = tokio::task::spawn_blocking(move || digest(&file))
+                .await
+                .ok()
+                .flatten();
             if now.is_none() || now == seen {
                 settling = None;
                 continue;
@@ -311,6 +369,7 @@ fn still_holds(
     s: &LiveSession<'_>,
     (old_cfg, old_ctx): (&Config, &FrontContext),
     (new_cfg, new_ctx): (&Config, &FrontContext),
+    masking_changed: bool,
 ) -> Option<String> {
     let name = s.connection;
     if let Err(e) = new_ctx.decide(s.principal, name, s.front) {
@@ -318,15 +377,15 @@ fn still_holds(
             "access to connection \"{name}\" was withdrawn by a config reload ({e})"
         ));
     }
-    let connection = |c: &Config| c.connections.iter().find(|c| c.name == name).cloned();
-    if connection(old_cfg) != connection(new_cfg) {
+    let before = old_cfg.connections.iter().find(|c| c.name == name);
+    let after = new_cfg.connections.iter().find(|c| c.name == name);
+    if before != after {
         return Some(format!(
             "connection \"{name}\" was changed by a config reload"
         ));
     }
-    let masked_before = old_ctx.mask_rule(name, s.principal).is_some();
-    let masked_now = new_ctx.mask_rule(name, s.principal).is_some();
-    if old_cfg.masking != new_cfg.masking && (masked_before || masked_now) {
+    let masked = |ctx: &FrontContext| ctx.mask_rule(name, s.principal).is_some();
+    if masking_changed && (masked(old_ctx) || masked(new_ctx)) {
         return Some(format!(
             "the masking rules for connection \"{name}\" were changed by a config reload"
         ));

@@ -81,6 +81,13 @@ impl ConnSessions {
             return Err(SessionError::TooMany);
         }
         let opened = open().await.map_err(SessionError::Open)?;
+        let ended: Arc<Mutex<Option<Ended>>> = Arc::default();
+        let marks = ended.clone();
+        let registration = register(Box::new(move |why| {
+            if let Ok(mut e) = marks.lock() {
+                e.get_or_insert(why);
+            }
+        }));
         let s = Arc::new(LiveSession {
             recorder: opened.recorder.clone(),
             open: Mutex::new(Some(opened)),
@@ -89,18 +96,9 @@ impl ConnSessions {
             bytes_to_caller: AtomicU64::new(0),
             last: Mutex::new(Last::default()),
             finishing: finishing.clone(),
-            ended: Arc::new(Mutex::new(None)),
-            registration: Mutex::new(None),
+            ended,
+            _registration: registration,
         });
-        let ended = s.ended.clone();
-        let registration = register(Box::new(move |why| {
-            if let Ok(mut e) = ended.lock() {
-                e.get_or_insert(why);
-            }
-        }));
-        if let Ok(mut r) = s.registration.lock() {
-            *r = Some(registration);
-        }
         live.insert(key, s.clone());
         Ok(s)
     }
@@ -127,7 +125,7 @@ pub(crate) struct LiveSession {
     /// callback).
     ended: Arc<Mutex<Option<Ended>>>,
     /// Its place in the live-session registry, left when it is sealed.
-    registration: Mutex<Option<Registration>>,
+    _registration: Registration,
 }
 
 impl LiveSession {
@@ -155,8 +153,6 @@ impl Drop for LiveSession {
         let Some(open) = self.open.get_mut().ok().and_then(Option::take) else {
             return;
         };
-        // Out of the registry first: nothing tells a sealed session.
-        drop(self.registration.get_mut().ok().and_then(Option::take));
         let last = self.last.get_mut().map(std::mem::take).unwrap_or_default();
         let ended = self.ended.lock().ok().and_then(|mut e| e.take());
         let (outcome, error) = match ended {

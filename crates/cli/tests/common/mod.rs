@@ -434,3 +434,25 @@ pub fn mozilla_compliant(port: u16, ca: &str, profile: &str, starttls: Option<&s
     );
     report
 }
+
+/// Run `portcullis --config CFG ARGS`.
+pub fn cli_at(cfg: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The secret and the id of a `token create … --json` that succeeded.
+pub fn created_token(out: &std::process::Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let field = |k: &str| created[k].as_str().unwrap().to_string();
+    (field("token"), field("id"))
+}
