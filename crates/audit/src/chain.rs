@@ -19,14 +19,20 @@ pub struct Entry {
     pub event: serde_json::Value,
 }
 
-/// A signed statement: "entry `seq` has hash `hash`". Kept outside the
-/// log too, so that cutting the log's tail is seen.
+/// A signed statement: "entry `seq` of chain `chain` has hash `hash`".
+/// Kept outside the log too, so that cutting the log's tail is seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: i64,
     pub hash: String,
     pub time_ms: i64,
-    /// Ed25519 over `checkpoint_message(seq, hash)`, hex.
+    /// The chain this checkpoint belongs to: the hash of its first entry.
+    /// A checkpoint of another store's chain is then reported as such
+    /// rather than as a rewrite. Absent in checkpoints signed before the
+    /// field existed (their message does not cover it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Ed25519 over `checkpoint_message(chain, seq, hash)`, hex.
     pub signature: String,
 }
 
@@ -52,8 +58,13 @@ pub fn entry_hash(seq: i64, time_ms: i64, prev_hash: &str, event_canonical: &str
     hex::encode(digest(&SHA256, &buf))
 }
 
-pub fn checkpoint_message(seq: i64, hash: &str) -> Vec<u8> {
-    format!("portcullis-audit-checkpoint\n{seq}\n{hash}").into_bytes()
+/// What a checkpoint's signature covers. The chain is part of it when
+/// known, in a message that cannot be read as the older form.
+pub fn checkpoint_message(chain: Option<&str>, seq: i64, hash: &str) -> Vec<u8> {
+    match chain {
+        None => format!("portcullis-audit-checkpoint\n{seq}\n{hash}").into_bytes(),
+        Some(c) => format!("portcullis-audit-checkpoint-v2\n{c}\n{seq}\n{hash}").into_bytes(),
+    }
 }
 
 /// The first entry (or checkpoint) that breaks the chain, and why.
@@ -71,6 +82,10 @@ pub enum VerifyError {
     CheckpointMismatch { seq: i64 },
     #[error("checkpoint at entry {seq}: the log ends at entry {last} (its tail was cut)")]
     Truncated { seq: i64, last: i64 },
+    #[error(
+        "checkpoint at entry {seq}: it was signed for another chain (a checkpoint file from another store?)"
+    )]
+    OtherChain { seq: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,24 +96,31 @@ pub struct Summary {
     pub checkpoints: usize,
 }
 
-/// Streaming verifier: feed entries in order, then checkpoints.
+/// Streaming verifier: built from the checkpoints, fed entries in
+/// order, then finished. Memory is bounded by the number of checkpoints,
+/// whatever the length of the chain: only the hashes a checkpoint names
+/// are kept.
 pub struct Verifier {
     expected: i64,
     prev: String,
-    seen: std::collections::HashMap<i64, String>,
-}
-
-impl Default for Verifier {
-    fn default() -> Self {
-        Self {
-            expected: 1,
-            prev: GENESIS.to_string(),
-            seen: Default::default(),
-        }
-    }
+    /// The first entry's hash: the chain's name.
+    chain: Option<String>,
+    checkpoints: Vec<Checkpoint>,
+    wanted: std::collections::HashMap<i64, Option<String>>,
 }
 
 impl Verifier {
+    pub fn new(checkpoints: Vec<Checkpoint>) -> Self {
+        let wanted = checkpoints.iter().map(|c| (c.seq, None)).collect();
+        Self {
+            expected: 1,
+            prev: GENESIS.to_string(),
+            chain: None,
+            checkpoints,
+            wanted,
+        }
+    }
+
     pub fn entry(&mut self, e: &Entry) -> Result<(), VerifyError> {
         if e.seq != self.expected {
             return Err(VerifyError::Gap {
@@ -112,27 +134,36 @@ impl Verifier {
         if entry_hash(e.seq, e.time_ms, &e.prev_hash, &canonical(&e.event)) != e.hash {
             return Err(VerifyError::Hash { seq: e.seq });
         }
-        self.seen.insert(e.seq, e.hash.clone());
+        if let Some(slot) = self.wanted.get_mut(&e.seq) {
+            *slot = Some(e.hash.clone());
+        }
+        if e.seq == 1 {
+            self.chain = Some(e.hash.clone());
+        }
         self.prev = e.hash.clone();
         self.expected += 1;
         Ok(())
     }
 
-    /// Check checkpoints against what was seen, and return the summary.
-    pub fn finish(
-        self,
-        checkpoints: &[Checkpoint],
-        public_key: &[u8],
-    ) -> Result<Summary, VerifyError> {
+    /// Check the checkpoints against what was seen, and return the summary.
+    pub fn finish(self, public_key: &[u8]) -> Result<Summary, VerifyError> {
         let last = self.expected - 1;
         let key = UnparsedPublicKey::new(&ED25519, public_key);
-        for c in checkpoints {
+        for c in &self.checkpoints {
             let sig =
                 hex::decode(&c.signature).map_err(|_| VerifyError::Signature { seq: c.seq })?;
-            key.verify(&checkpoint_message(c.seq, &c.hash), &sig)
-                .map_err(|_| VerifyError::Signature { seq: c.seq })?;
-            match self.seen.get(&c.seq) {
-                Some(h) if *h == c.hash => {}
+            key.verify(
+                &checkpoint_message(c.chain.as_deref(), c.seq, &c.hash),
+                &sig,
+            )
+            .map_err(|_| VerifyError::Signature { seq: c.seq })?;
+            if let Some(chain) = &c.chain
+                && self.chain.as_ref().is_some_and(|ours| ours != chain)
+            {
+                return Err(VerifyError::OtherChain { seq: c.seq });
+            }
+            match self.wanted.get(&c.seq).cloned().flatten() {
+                Some(h) if h == c.hash => {}
                 Some(_) => return Err(VerifyError::CheckpointMismatch { seq: c.seq }),
                 None => return Err(VerifyError::Truncated { seq: c.seq, last }),
             }
@@ -141,7 +172,7 @@ impl Verifier {
             entries: last,
             last_seq: last,
             last_hash: self.prev,
-            checkpoints: checkpoints.len(),
+            checkpoints: self.checkpoints.len(),
         })
     }
 }
@@ -177,11 +208,16 @@ mod tests {
     }
 
     fn checkpoint(k: &Ed25519KeyPair, e: &Entry) -> Checkpoint {
+        signed(k, None, e)
+    }
+
+    fn signed(k: &Ed25519KeyPair, chain: Option<&str>, e: &Entry) -> Checkpoint {
         Checkpoint {
             seq: e.seq,
             hash: e.hash.clone(),
             time_ms: 0,
-            signature: hex::encode(k.sign(&checkpoint_message(e.seq, &e.hash))),
+            chain: chain.map(str::to_owned),
+            signature: hex::encode(k.sign(&checkpoint_message(chain, e.seq, &e.hash))),
         }
     }
 
@@ -190,11 +226,40 @@ mod tests {
         cps: &[Checkpoint],
         k: &Ed25519KeyPair,
     ) -> Result<Summary, VerifyError> {
-        let mut v = Verifier::default();
+        let mut v = Verifier::new(cps.to_vec());
         for e in entries {
             v.entry(e)?;
         }
-        v.finish(cps, k.public_key().as_ref())
+        v.finish(k.public_key().as_ref())
+    }
+
+    #[test]
+    fn a_checkpoint_names_its_chain() {
+        let k = key();
+        let ours = chain(6);
+        let first = ours[0].hash.clone();
+        // Signed for this chain: verifies.
+        let good = signed(&k, Some(&first), &ours[4]);
+        assert_eq!(
+            verify(&ours, std::slice::from_ref(&good), &k)
+                .unwrap()
+                .checkpoints,
+            1
+        );
+        // Signed for another store's chain: named as such, not as a rewrite.
+        let foreign = signed(&k, Some(&"ab".repeat(32)), &ours[4]);
+        assert_eq!(
+            verify(&ours, &[foreign], &k),
+            Err(VerifyError::OtherChain { seq: 5 })
+        );
+        // The chain is covered by the signature: moving a checkpoint to
+        // another chain by editing the field breaks it.
+        let mut moved = good;
+        moved.chain = Some("cd".repeat(32));
+        assert_eq!(
+            verify(&ours, &[moved], &k),
+            Err(VerifyError::Signature { seq: 5 })
+        );
     }
 
     #[test]

@@ -57,4 +57,20 @@ pub enum AuditEvent {
         action: String,
         detail: serde_json::Value,
     },
+    /// The store could not take entries from `since_ms` to `until_ms`:
+    /// sessions were refused meanwhile (`unanswered` appends failed or
+    /// timed out). Written by the first write that lands afterwards.
+    AuditOutage {
+        since_ms: i64,
+        until_ms: i64,
+        reason: String,
+        unanswered: u64,
+    },
+    /// The store ends at `store_ends_at` but a signed checkpoint names
+    /// entry `signed_up_to`: entries in between were lost. The chain goes
+    /// on after the checkpoint, so no sequence number is used twice.
+    AuditGap {
+        store_ends_at: i64,
+        signed_up_to: i64,
+    },
 }

@@ -95,9 +95,12 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Tail { lines, follow } => {
-            let all = portcullis_audit::entries(&store).await?;
-            let mut last = all.last().map_or(0, |e| e.seq);
-            print_entries(all.iter().skip(all.len().saturating_sub(*lines)))?;
+            // Only the last `lines` entries are read, however long the log.
+            let head = store.audit_head().await?.map_or(0, |h| h.0);
+            let from = head.saturating_sub(*lines as i64).max(0);
+            let recent = portcullis_audit::entries_after(&store, from).await?;
+            let mut last = recent.last().map_or(from, |e| e.seq);
+            print_entries(recent.iter())?;
             if *follow {
                 let stop = crate::shutdown_signal();
                 tokio::pin!(stop);
@@ -118,10 +121,20 @@ pub(crate) async fn run(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Export {
             format: ExportFormat::Jsonl,
         } => {
-            let mut out = std::io::stdout().lock();
-            for e in portcullis_audit::entries(&store).await? {
-                writeln!(out, "{}", serde_json::to_string(&e)?)?;
-            }
+            // A page at a time: memory stays bounded for any log.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            portcullis_audit::for_each_entry(&store, 0, |e| {
+                let line = serde_json::to_string(&e).map_err(|e| {
+                    portcullis_audit::AuditError::Corrupt {
+                        seq: 0,
+                        reason: e.to_string(),
+                    }
+                })?;
+                writeln!(out, "{line}")
+                    .map_err(|e| portcullis_audit::AuditError::Unavailable(e.to_string()))
+            })
+            .await?;
+            out.flush()?;
         }
     }
     store.close().await;

@@ -9,6 +9,9 @@ use portcullis_audit::{AuditError, AuditEvent, AuditLog};
 use portcullis_config::Protocol;
 use portcullis_record::{Event, Recorder, Writer};
 use portcullis_store::SessionRow;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Why a session could not be opened. Either way nothing may reach the
 /// target: the front refuses the session (fail closed).
@@ -16,7 +19,7 @@ use portcullis_store::SessionRow;
 pub enum SessionError {
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error("recording: {0}")]
+    #[error("recording_unavailable: {0}")]
     Recording(String),
 }
 
@@ -66,6 +69,12 @@ pub enum Outcome {
     /// What admitted the session no longer holds (a config reload took
     /// its grant, or changed its connection or masking).
     AccessEnded,
+    /// The session's recording could not be written (a full spool): it
+    /// ended rather than go on unrecorded.
+    RecordingFailed,
+    /// The gateway process stopped (killed, crashed) while the session
+    /// was open; closed at the next start.
+    CutByRestart,
 }
 
 impl Outcome {
@@ -86,6 +95,8 @@ impl Outcome {
             Outcome::NoResponse => Borrowed("closed"),
             Outcome::CredentialEnded => Borrowed("credential_ended"),
             Outcome::AccessEnded => Borrowed("access_ended"),
+            Outcome::RecordingFailed => Borrowed("recording_failed"),
+            Outcome::CutByRestart => Borrowed("cut_by_restart"),
         }
     }
 }
@@ -110,6 +121,17 @@ pub struct Closing {
 pub struct Sessions {
     audit: AuditLog,
     sink: portcullis_recordings::RecordingSink,
+    /// This gateway's id, kept on each session's index row (so a session
+    /// this process leaves open is closed at its restart, or by a peer).
+    gateway: Option<String>,
+    faults: Family<FaultLabels, Counter>,
+}
+
+/// Why a session was refused for the gateway's own fault.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// `audit_store` or `recording_spool`.
+    pub cause: &'static str,
 }
 
 /// A session that is open: its id and recorder.
@@ -139,7 +161,31 @@ fn new_id() -> String {
 
 impl Sessions {
     pub fn new(audit: AuditLog, sink: portcullis_recordings::RecordingSink) -> Self {
-        Self { audit, sink }
+        Self {
+            audit,
+            sink,
+            gateway: None,
+            faults: Family::default(),
+        }
+    }
+
+    /// Sessions opened here are marked as this gateway's.
+    pub fn of_gateway(mut self, id: &str) -> Self {
+        self.gateway = Some(id.to_owned());
+        self
+    }
+
+    /// `portcullis_fault_refusals_total{cause}`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "portcullis_fault_refusals",
+            "Sessions refused because the gateway could not audit or record them, by cause",
+            self.faults.clone(),
+        );
+    }
+
+    fn fault(&self, cause: &'static str) {
+        self.faults.get_or_create(&FaultLabels { cause }).inc();
     }
 
     pub fn sink(&self) -> &portcullis_recordings::RecordingSink {
@@ -163,6 +209,7 @@ impl Sessions {
             ended_at_ms: None,
             outcome: None,
             recording_digest: None,
+            gateway: self.gateway.clone(),
         };
         let span = tracing::debug_span!(
             target: crate::TRACE_TARGET,
@@ -176,6 +223,23 @@ impl Sessions {
             decision = "allowed",
             outcome = tracing::field::Empty,
         );
+        // The recording first: a spool that cannot take it refuses the
+        // session before any entry says it started.
+        let writer = match self.recording(&id) {
+            Ok(w) => w,
+            Err(e) => {
+                // Evidence of the refusal (the store still takes entries).
+                self.refusal(
+                    Some(o.principal),
+                    Some(o.connection),
+                    o.protocol,
+                    o.peer,
+                    e.to_string(),
+                )
+                .await;
+                return Err(e);
+            }
+        };
         let start = AuditEvent::SessionStart {
             session: id.clone(),
             principal: o.principal.clone(),
@@ -188,28 +252,139 @@ impl Sessions {
             rule: o.rule,
             agent: o.agent,
         };
-        self.audit.append_with(&start, Some(row.clone())).await?;
-        // Recordings that cannot be stored are not made: fail closed.
-        self.sink.healthy().map_err(SessionError::Recording)?;
-        let writer = Writer::create(self.sink.spool(), &id)
-            .map_err(|e| SessionError::Recording(e.to_string()))?;
+        if let Err(e) = self.audit.append_with(&start, Some(row.clone())).await {
+            // No session: no recording of one either.
+            let path = writer.path().to_path_buf();
+            drop(writer);
+            let _ = std::fs::remove_file(path);
+            self.fault("audit_store");
+            return Err(e.into());
+        }
         let recorder = Recorder::start(writer);
-        recorder
-            .event(Event::SessionStart {
-                session: id.clone(),
-                principal: o.principal,
-                connection: o.connection,
-                protocol: o.protocol.as_str().into(),
-            })
-            .map_err(|e| SessionError::Recording(e.to_string()))?;
-        Ok(OpenSession {
-            id,
+        let opened = OpenSession {
+            id: id.clone(),
             recorder,
             started: Instant::now(),
             row,
             sessions: self.clone(),
             span,
-        })
+        };
+        if let Err(e) = opened.recorder.event(Event::SessionStart {
+            session: id,
+            principal: o.principal,
+            connection: o.connection,
+            protocol: o.protocol.as_str().into(),
+        }) {
+            let e = SessionError::Recording(e.to_string());
+            opened.seal(Closing::refused(&e)).await;
+            return Err(e);
+        }
+        Ok(opened)
+    }
+
+    /// Close the sessions a gateway left open when its process died: this
+    /// gateway's own from before its restart, and those of peers whose
+    /// heartbeat stopped before `stale_before` (Unix seconds). Each gets
+    /// its end entry (`cut_by_restart`) and, where its recording is in
+    /// this spool, the recording is sealed as far as it got. Returns how
+    /// many were closed.
+    pub async fn close_cut(
+        &self,
+        store: &portcullis_store::Store,
+        stale_before: i64,
+    ) -> Result<usize, AuditError> {
+        let Some(gateway) = &self.gateway else {
+            return Ok(0);
+        };
+        let unowned = store.backend() == portcullis_store::Backend::Sqlite;
+        let cut = store.cut_sessions(gateway, stale_before, unowned).await?;
+        let n = cut.len();
+        for row in cut {
+            let ours = row.gateway.as_deref().is_none_or(|g| g == gateway);
+            let digest = if ours {
+                self.seal_left_recording(&row.id)
+            } else {
+                None
+            };
+            let by = row
+                .gateway
+                .clone()
+                .unwrap_or_else(|| "an earlier run".into());
+            let ended = SessionRow {
+                ended_at_ms: Some(now_ms()),
+                outcome: Some(Outcome::CutByRestart.label().into_owned()),
+                recording_digest: digest.clone(),
+                ..row
+            };
+            let e = AuditEvent::SessionEnd {
+                session: ended.id.clone(),
+                duration_ms: 0,
+                bytes_from_caller: 0,
+                bytes_to_caller: 0,
+                requests: 0,
+                outcome: Outcome::CutByRestart.label().into_owned(),
+                error: Some(format!(
+                    "gateway {by} stopped while the session was open; closed by {gateway}"
+                )),
+                recording_digest: digest,
+            };
+            self.audit.append_with(&e, Some(ended)).await?;
+        }
+        if n > 0 {
+            tracing::warn!(
+                sessions = n,
+                "closed sessions left open by a gateway that stopped"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Seal a recording left in the spool by a process that died.
+    fn seal_left_recording(&self, id: &str) -> Option<String> {
+        let path = self
+            .sink
+            .spool()
+            .join(format!("{id}.{}", portcullis_recordings::EXT));
+        if !path.exists() {
+            return None;
+        }
+        let sealed = Writer::resume(&path).and_then(|mut w| {
+            w.event(Event::SessionEnd {
+                outcome: Outcome::CutByRestart.label().into_owned(),
+            })?;
+            Ok(w.seal())
+        });
+        match sealed {
+            Ok((digest, None)) => {
+                self.sink.finished(id);
+                Some(digest)
+            }
+            Ok((digest, Some(why))) => {
+                tracing::error!(session = %id, %why, "a cut session's recording could not be sealed");
+                Some(digest)
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "a cut session's recording could not be read");
+                None
+            }
+        }
+    }
+
+    /// A new recording in the spool, or why the spool cannot take one.
+    fn recording(&self, id: &str) -> Result<Writer, SessionError> {
+        let refuse = |reason: String| {
+            self.fault("recording_spool");
+            SessionError::Recording(reason)
+        };
+        self.sink.healthy().map_err(refuse)?;
+        let sink = self.sink.clone();
+        match Writer::create(self.sink.spool(), id) {
+            Ok(w) => Ok(w.on_failure(std::sync::Arc::new(move |why| sink.spool_failed(why)))),
+            Err(e) => {
+                self.sink.spool_failed(&e.to_string());
+                Err(refuse(e.to_string()))
+            }
+        }
     }
 
     /// Record a refusal (no session was opened).
@@ -285,21 +460,28 @@ impl OpenSession {
         }
     }
 
-    /// Finish the recording and seal its digest into the audit chain.
+    /// Finish the recording and seal its digest into the audit chain. A
+    /// recording that stopped early (a full spool) is sealed as far as it
+    /// got, and the session's end says so whatever else ended it.
     pub async fn seal(self, c: Closing) {
-        let outcome = c.outcome.label().into_owned();
-        self.span.record("outcome", outcome.as_str());
         let _ = self.recorder.event(Event::SessionEnd {
-            outcome: outcome.clone(),
+            outcome: c.outcome.label().into_owned(),
         });
-        let digest = match self.recorder.finish() {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "recording could not be finished");
-                None
-            }
-            None => None,
+        let (digest, stopped) = match self.recorder.seal() {
+            Some((d, stopped)) => (Some(d), stopped),
+            None => (None, None),
         };
+        let (outcome, error) = match stopped {
+            Some(reason) => {
+                tracing::error!(session = %self.id, %reason, "the session's recording stopped; the session ended");
+                (
+                    Outcome::RecordingFailed.label().into_owned(),
+                    Some(format!("recording_failed: {reason}")),
+                )
+            }
+            None => (c.outcome.label().into_owned(), c.error),
+        };
+        self.span.record("outcome", outcome.as_str());
         let s = &self.sessions;
         if digest.is_some() {
             s.sink.finished(&self.id);
@@ -317,11 +499,24 @@ impl OpenSession {
             bytes_to_caller: c.bytes_to_caller,
             requests: c.requests,
             outcome,
-            error: c.error,
+            error,
             recording_digest: digest,
         };
         if let Err(err) = s.audit.append_with(&e, Some(row)).await {
             tracing::error!(error = %err, "audit append failed at session end");
+        }
+    }
+}
+
+impl Closing {
+    /// A session refused by the gateway before anything reached the target.
+    pub fn refused(e: &SessionError) -> Self {
+        Closing {
+            outcome: Outcome::Refused,
+            error: Some(e.to_string()),
+            bytes_from_caller: 0,
+            bytes_to_caller: 0,
+            requests: 0,
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct Admin {
     pub(crate) approvals: portcullis_approval::Approvals,
     pub(crate) store: portcullis_store::Store,
     pub(crate) sink: portcullis_recordings::RecordingSink,
+    pub(crate) audit: portcullis_audit::AuditLog,
     pub(crate) id: String,
     /// Identifies approvers deciding reviews here.
     pub(crate) auth: portcullis_identity::Authenticator,
@@ -84,15 +85,38 @@ impl Admin {
         }
     }
 
+    /// Whether sessions can be opened now: the store answers and takes
+    /// audit entries, and the spool takes recordings. The reasons, if not.
+    async fn readiness(&self) -> (serde_json::Value, Result<(), String>) {
+        let ping = tokio::time::timeout(PROBE_TIMEOUT, self.store.ping()).await;
+        let outage = self.audit.outage();
+        let store = match (&ping, &outage) {
+            (Ok(Ok(())), None) => {
+                serde_json::json!({"backend": format!("{:?}", self.store.backend()).to_ascii_lowercase(), "ok": true})
+            }
+            (Ok(Err(e)), _) => serde_json::json!({"ok": false, "error": e.to_string()}),
+            (Err(_), _) => {
+                serde_json::json!({"ok": false, "error": format!("the store did not answer within {} ms", PROBE_TIMEOUT.as_millis())})
+            }
+            (Ok(Ok(())), Some(o)) => serde_json::json!({
+                "ok": false,
+                "error": format!("audit entries cannot be written: {}", o.reason),
+                "failing_since_ms": o.since_ms,
+                "unanswered": o.unanswered,
+            }),
+        };
+        let verdict = match (store["ok"] == true, self.sink.healthy()) {
+            (true, Ok(())) => Ok(()),
+            (false, _) => Err("audit_store".to_owned()),
+            (_, Err(_)) => Err("recording_spool".to_owned()),
+        };
+        (store, verdict)
+    }
+
     /// This gateway, its store, its recordings and its peers.
     async fn status(&self) -> Response<Body> {
         let now = portcullis_identity::unix_now();
-        let store = match self.store.ping().await {
-            Ok(()) => {
-                serde_json::json!({"backend": format!("{:?}", self.store.backend()).to_ascii_lowercase(), "ok": true})
-            }
-            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
-        };
+        let (store, verdict) = self.readiness().await;
         let peers: Vec<serde_json::Value> = self
             .store
             .gateways(now - 30)
@@ -105,15 +129,16 @@ impl Admin {
             .collect();
         let (pending, oldest) = self.sink.backlog();
         let healthy = self.sink.healthy();
-        let ok = store["ok"] == true && healthy.is_ok();
         json_response(
-            if ok {
+            if verdict.is_ok() {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             },
             &serde_json::json!({
                 "id": self.id,
+                "accepting_sessions": verdict.is_ok(),
+                "refusing_for": verdict.err(),
                 "store": store,
                 "recordings": {
                     "pending_uploads": pending,
@@ -127,6 +152,9 @@ impl Admin {
         )
     }
 }
+
+/// How long `/status` and `/healthz` wait for the store.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Handler for Admin {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
@@ -150,17 +178,13 @@ impl Handler for Admin {
             }
             // Open (a load balancer's health check): the verdict of
             // /status without its details.
-            (&Method::GET, "/healthz") => {
-                let ok = self.store.ping().await.is_ok() && self.sink.healthy().is_ok();
-                if ok {
-                    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-                } else {
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({"status": "unavailable"}),
-                    )
-                }
-            }
+            (&Method::GET, "/healthz") => match self.readiness().await.1 {
+                Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+                Err(cause) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "unavailable", "cause": cause}),
+                ),
+            },
             _ => self.authenticated(req, &conn).await,
         }
     }

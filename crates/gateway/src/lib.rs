@@ -67,10 +67,6 @@ pub enum GatewayError {
     Roles(String),
 }
 
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A gateway that is accepting connections.
 pub struct RunningGateway {
     pub https_addr: SocketAddr,
@@ -474,7 +470,13 @@ async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared,
         .map_err(|e| GatewayError::Recordings(e.to_string()))?;
     rt.tracker
         .spawn(sink.clone().run_uploads(rt.shutdown.clone()));
-    let sessions = portcullis_front::Sessions::new(audit.clone(), sink.clone());
+    let sessions =
+        portcullis_front::Sessions::new(audit.clone(), sink.clone()).of_gateway(&gateway_id(cfg));
+    sessions.register(&mut rt.registry);
+    // Sessions this gateway left open when its process died are closed
+    // before it serves again (their recordings sealed as far as they got).
+    let stale = portcullis_identity::unix_now() - PEER_STALE.as_secs() as i64;
+    sessions.close_cut(store, stale).await?;
     let webhook = match &cfg.approvals.webhook {
         None => None,
         Some(w) => Some(webhook(w)?),
@@ -643,15 +645,34 @@ fn start_liveness(rt: &Runtime, store: &Store, shared: &Shared) {
     });
 }
 
-fn start_heartbeat(rt: &Runtime, store: &Store, public_url: &str) -> String {
-    let gateway_id = {
-        let mut b = [0u8; 6];
-        let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
-        format!("gw_{}", hex_encode(&b))
-    };
-    let (store, id, url, stop) = (
+/// This gateway's id: the same across restarts of the same config on the
+/// same host (so that at start it finds the sessions it left open when it
+/// died), different for each config and host sharing a store.
+fn gateway_id(cfg: &Config) -> String {
+    let path = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let digest =
+        portcullis_tls::sha256_hex(format!("{}\n{}", host.trim(), path.display()).as_bytes());
+    format!("gw_{}", &digest[..12])
+}
+
+/// A peer whose heartbeat is older than this is taken for dead: its open
+/// sessions are closed by whichever gateway sweeps first.
+const PEER_STALE: Duration = Duration::from_secs(30);
+
+fn start_heartbeat(
+    rt: &Runtime,
+    store: &Store,
+    sessions: &portcullis_front::Sessions,
+    gateway_id: &str,
+    public_url: &str,
+) {
+    let (store, sessions, id, url, stop) = (
         store.clone(),
-        gateway_id.clone(),
+        sessions.clone(),
+        gateway_id.to_owned(),
         public_url.to_owned(),
         rt.shutdown.clone(),
     );
@@ -667,9 +688,12 @@ fn start_heartbeat(rt: &Runtime, store: &Store, public_url: &str) -> String {
             if let Err(e) = store.gateway_heartbeat(&id, &url, started, now).await {
                 tracing::warn!(error = %e, "store heartbeat failed");
             }
+            let stale = now - PEER_STALE.as_secs() as i64;
+            if let Err(e) = sessions.close_cut(&store, stale).await {
+                tracing::warn!(error = %e, "closing sessions of stopped gateways failed");
+            }
         }
     });
-    gateway_id
 }
 
 /// The admin listener (metrics, health, reviews), when `admin_listen`
@@ -704,6 +728,7 @@ async fn start_admin(
         approvals: shared.ctx.approvals.clone(),
         store: store.clone(),
         sink: shared.sink.clone(),
+        audit: shared.audit.clone(),
         id: gateway_id,
         auth: shared.ctx.auth.clone(),
         cert_names: cfg.gateway.client_auth.cert_policy(),
@@ -781,7 +806,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .unwrap_or_else(|| portcullis_config::url_for(https_addr));
     let assignments = agents::Assignments::from_config(cfg);
     let agent_addr = start_agents(cfg, &rt, &store, &shared.links, &assignments).await?;
-    let gateway_id = start_heartbeat(&rt, &store, &public_url);
+    let gateway_id = gateway_id(cfg);
+    start_heartbeat(&rt, &store, &shared.ctx.sessions, &gateway_id, &public_url);
     let reload_metrics = reload::ReloadMetrics::register(&mut rt.registry);
     let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
     let hosts = mcp_hosts(cfg, &public_url, https_addr);

@@ -32,6 +32,21 @@ pub enum ToolError {
     Target { connection: String, reason: String },
     #[error("the call cannot be audited and recorded, so it is refused")]
     AuditUnavailable,
+    #[error("the call cannot be recorded, so it is refused ({0})")]
+    RecordingUnavailable(String),
+}
+
+/// Record `events` in order; the first that cannot be recorded fails the
+/// call (its result is not given to the caller unrecorded).
+pub fn record(
+    rec: &portcullis_record::Recorder,
+    events: impl IntoIterator<Item = portcullis_record::Event>,
+) -> Result<(), ToolError> {
+    for e in events {
+        rec.event(e)
+            .map_err(|e| ToolError::RecordingUnavailable(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// A required string argument.
@@ -154,10 +169,10 @@ pub async fn open(ctx: &Context, admitted: &Admitted) -> Result<OpenSession, Too
         });
     }
     let agent = ctx.get(&admitted.connection).and_then(|c| c.kind.agent());
-    ctx.front
-        .open(admitted, agent)
-        .await
-        .map_err(|_| ToolError::AuditUnavailable)
+    ctx.front.open(admitted, agent).await.map_err(|e| match e {
+        portcullis_front::SessionError::Audit(_) => ToolError::AuditUnavailable,
+        portcullis_front::SessionError::Recording(r) => ToolError::RecordingUnavailable(r),
+    })
 }
 
 /// Seal a tool call's session.

@@ -121,22 +121,25 @@ pub async fn handle(
     let open = match crate::call::open(ctx, &admitted).await {
         Ok(o) => o,
         Err(e) => {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                &e.to_string(),
-            );
+            let code = match e {
+                ToolError::RecordingUnavailable(_) => "recording_unavailable",
+                _ => "audit_unavailable",
+            };
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());
         }
     };
     let rec = open.recorder.clone();
-    let _ = rec.event(Event::HttpRequest {
+    let request = Event::HttpRequest {
         request: None,
         method: parts.method.to_string(),
         path: rest.to_string(),
         headers: vec![],
         body: Some(String::from_utf8_lossy(&bytes).into_owned()),
-    });
-    let result = relay(&call, &parts, bytes, rest).await;
+    };
+    let result = match crate::call::record(&rec, [request]) {
+        Ok(()) => relay(&call, &parts, bytes, rest).await,
+        Err(e) => Err(e),
+    };
     let (resp, sent, sealed) = answer(result, &rec);
     crate::call::seal(open, &sealed, sent).await;
     resp
@@ -325,30 +328,42 @@ fn answer(
 ) {
     match result {
         Ok((resp, body)) => {
-            let _ = rec.event(Event::HttpResponse {
+            let response = Event::HttpResponse {
                 request: None,
                 status: resp.status().as_u16(),
                 headers: vec![],
                 body: Some(String::from_utf8_lossy(&body).into_owned()),
-            });
+            };
+            if let Err(e) = crate::call::record(rec, [response]) {
+                // Not handed over unrecorded.
+                let msg = e.to_string();
+                return (
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "recording_unavailable",
+                        &msg,
+                    ),
+                    msg.len() as u64,
+                    Err(e),
+                );
+            }
             let n = body.len() as u64;
             let (p, _) = resp.into_parts();
             let ok = rmcp::model::CallToolResult::success(vec![]);
             (Response::from_parts(p, full(body)), n, Ok(ok))
         }
         Err(e) => {
-            let status = match &e {
+            let (status, code) = match &e {
                 ToolError::Target { reason, .. } if reason.contains("did not answer") => {
-                    StatusCode::GATEWAY_TIMEOUT
+                    (StatusCode::GATEWAY_TIMEOUT, "bad_gateway")
                 }
-                _ => StatusCode::BAD_GATEWAY,
+                ToolError::RecordingUnavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "recording_unavailable")
+                }
+                _ => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             };
             let msg = e.to_string();
-            (
-                json_error(status, "bad_gateway", &msg),
-                msg.len() as u64,
-                Err(e),
-            )
+            (json_error(status, code, &msg), msg.len() as u64, Err(e))
         }
     }
 }

@@ -155,9 +155,16 @@ pub(crate) async fn run(
     let name = admitted.connection.as_str();
     let open = call::open(ctx, admitted).await?;
     let rec = open.recorder.clone();
-    let _ = rec.event(Event::PgQuery {
-        sql: sql.to_string(),
-    });
+    if let Err(e) = call::record(
+        &rec,
+        [Event::PgQuery {
+            sql: sql.to_string(),
+        }],
+    ) {
+        let refused = Err(e);
+        call::seal(open, &refused, 0).await;
+        return refused;
+    }
     let target_err = |reason: String| ToolError::Target {
         connection: name.to_string(),
         reason,
@@ -201,26 +208,33 @@ pub(crate) async fn run(
         Ok(Err(e)) => Err(e),
         Ok(Ok(Err(UpstreamError::Server(msg)))) => {
             let (code, message) = msg.split_once(": ").unwrap_or(("?????", &msg));
-            let _ = rec.event(Event::PgError {
-                code: code.to_string(),
-                message: message.to_string(),
-            });
-            Err(target_err(msg.clone()))
+            call::record(
+                &rec,
+                [Event::PgError {
+                    code: code.to_string(),
+                    message: message.to_string(),
+                }],
+            )
+            .and(Err(target_err(msg.clone())))
         }
         Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
         Ok(Ok(Ok(mut out))) => {
             // Masked already, by the inspector the rows came through.
             let masked = std::mem::take(&mut out.rows);
-            let _ = rec.event(Event::PgRowDescription {
+            let events = std::iter::once(Event::PgRowDescription {
                 columns: out.columns.clone(),
-            });
-            for row in &masked {
-                let _ = rec.event(Event::PgDataRow { cells: row.clone() });
-            }
-            for tag in &out.tags {
-                let _ = rec.event(Event::PgCommandComplete { tag: tag.clone() });
-            }
-            Ok(shape(&out, masked))
+            })
+            .chain(
+                masked
+                    .iter()
+                    .map(|row| Event::PgDataRow { cells: row.clone() }),
+            )
+            .chain(
+                out.tags
+                    .iter()
+                    .map(|tag| Event::PgCommandComplete { tag: tag.clone() }),
+            );
+            call::record(&rec, events).map(|()| shape(&out, masked))
         }
     };
     let sent = match &result {

@@ -75,7 +75,7 @@ pub async fn http_request(
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;
     let open = call::open(ctx, &admitted).await?;
     let rec = open.recorder.clone();
-    let _ = rec.event(Event::HttpRequest {
+    let request = Event::HttpRequest {
         request: None,
         method: a.method.to_string(),
         path: pq,
@@ -84,19 +84,22 @@ pub async fn http_request(
             .body
             .as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned()),
-    });
-    let result = match send(ctx, who, upstream, &a, uri).await {
-        Ok(answer) => {
-            let text = String::from_utf8_lossy(&answer.body).into_owned();
-            let _ = rec.event(Event::HttpResponse {
-                request: None,
-                status: answer.status.as_u16(),
-                headers: vec![("content-type".into(), answer.content_type.clone())],
-                body: Some(text.clone()),
-            });
-            Ok(tool_result(&answer, text))
-        }
+    };
+    let result = match call::record(&rec, [request]) {
         Err(e) => Err(e),
+        Ok(()) => match send(ctx, who, upstream, &a, uri).await {
+            Ok(answer) => {
+                let text = String::from_utf8_lossy(&answer.body).into_owned();
+                let response = Event::HttpResponse {
+                    request: None,
+                    status: answer.status.as_u16(),
+                    headers: vec![("content-type".into(), answer.content_type.clone())],
+                    body: Some(text.clone()),
+                };
+                call::record(&rec, [response]).map(|()| tool_result(&answer, text))
+            }
+            Err(e) => Err(e),
+        },
     };
     let sent = match &result {
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
@@ -221,7 +224,12 @@ async fn send(
             let mut stats = Default::default();
             let r = portcullis_http::mask_response(rule, &a.method, resp, &mut stats, None)
                 .await
-                .map_err(|e| target(format!("the response could not be masked: {}", e.0)))?;
+                .map_err(|e| match e {
+                    portcullis_http::ResponseError::Mask(f) => {
+                        target(format!("the response could not be masked: {}", f.0))
+                    }
+                    portcullis_http::ResponseError::Target(reason) => target(reason),
+                })?;
             ctx.front.mask_metrics.record(name, &stats);
             r
         }

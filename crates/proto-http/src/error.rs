@@ -41,6 +41,10 @@ pub enum ProxyError {
     MaskFailed { connection: String, reason: String },
     #[error("the audit log cannot record this request, so it is refused")]
     AuditUnavailable,
+    /// The session's recording cannot be written (a full spool): the
+    /// request is refused and the connection's session ends.
+    #[error("this session cannot be recorded, so it is refused and ends ({0})")]
+    RecordingUnavailable(String),
     #[error(
         "this connection already carries {limit} sessions (principal and target pairs); open another connection"
     )]
@@ -86,7 +90,9 @@ impl ProxyError {
             Self::CallerBody(_) | Self::BadHeader { .. } => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::AgentUnavailable { .. } | Self::ConfigChanged => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AgentUnavailable { .. } | Self::ConfigChanged | Self::RecordingUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Review { .. } => StatusCode::FORBIDDEN,
             Self::ReviewApi(portcullis_approval::ReviewError::Unknown(_)) => StatusCode::NOT_FOUND,
             Self::ReviewApi(portcullis_approval::ReviewError::Unavailable) => {
@@ -124,6 +130,7 @@ impl ProxyError {
             Self::Upstream { .. } => "bad_gateway",
             Self::MaskFailed { .. } => "masking_failed",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::RecordingUnavailable(_) => "recording_unavailable",
             Self::AgentUnavailable { .. } => "agent_unavailable",
             Self::Review { code, .. } => code,
             Self::ReviewApi(portcullis_approval::ReviewError::Unknown(_)) => "not_found",

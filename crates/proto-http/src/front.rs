@@ -224,6 +224,11 @@ impl HttpFront {
             Ok(r) => r,
             Err(e) => {
                 seen.error.get_or_insert_with(|| e.to_string());
+                if matches!(e, ProxyError::RecordingUnavailable(_)) {
+                    // Nothing more on this connection is recorded: it ends
+                    // after this answer (its session seals what was written).
+                    conn.cut.cancel();
+                }
                 if e.status().is_server_error() {
                     tracing::warn!(connection = seen.connection.unwrap_or("-"), error = %e, "request failed");
                 }
@@ -674,9 +679,14 @@ impl Inner {
             connection: admitted.connection.clone(),
         };
         let agent = upstream.agent().map(str::to_owned);
-        let refused = |e: &dyn std::fmt::Display| {
+        let refused = |e: &portcullis_front::SessionError| {
             tracing::error!(error = %e, "audit or recording unavailable; request refused");
-            ProxyError::AuditUnavailable
+            match e {
+                portcullis_front::SessionError::Audit(_) => ProxyError::AuditUnavailable,
+                portcullis_front::SessionError::Recording(r) => {
+                    ProxyError::RecordingUnavailable(r.clone())
+                }
+            }
         };
         // A session that must end (its credential revoked or expired, its
         // grant gone) is marked and its connection cut, from the registry.
@@ -714,7 +724,7 @@ impl Inner {
             .sessions
             .sink()
             .healthy()
-            .map_err(|e| refused(&e))?;
+            .map_err(ProxyError::RecordingUnavailable)?;
         let request_no = live.next_request();
         let request = portcullis_record::Event::HttpRequest {
             request: Some(request_no),
@@ -729,7 +739,7 @@ impl Inner {
         };
         if let Err(e) = live.recorder.event(request) {
             tracing::error!(error = %e, "recording failed; request refused");
-            return Err(ProxyError::AuditUnavailable);
+            return Err(ProxyError::RecordingUnavailable(e.to_string()));
         }
         Ok((live, request_no))
     }
@@ -791,9 +801,15 @@ impl Inner {
         let mut stats = portcullis_mask::Stats::new();
         let masked = crate::masking::mask_response(rule, method, resp, &mut stats, vault)
             .await
-            .map_err(|f| ProxyError::MaskFailed {
-                connection: name.clone(),
-                reason: f.0,
+            .map_err(|f| match f {
+                crate::masking::ResponseError::Mask(f) => ProxyError::MaskFailed {
+                    connection: name.clone(),
+                    reason: f.0,
+                },
+                crate::masking::ResponseError::Target(reason) => ProxyError::Upstream {
+                    connection: name.clone(),
+                    reason,
+                },
             })?;
         self.ctx.mask_metrics.record(name, &stats);
         Ok(masked)
@@ -818,7 +834,7 @@ fn record_response(
     };
     if let Err(e) = live.recorder.event(event) {
         tracing::error!(error = %e, "recording failed; response withheld");
-        return Err(ProxyError::AuditUnavailable);
+        return Err(ProxyError::RecordingUnavailable(e.to_string()));
     }
     Ok(Response::from_parts(parts, body))
 }

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
 pub use front::{ConnInfo, HttpFront, linger};
-pub use masking::{MaskFailure, mask_response};
+pub use masking::{MaskFailure, ResponseError, mask_response};
 pub use metrics::HttpMetrics;
 pub use portcullis_mask::MaskMetrics;
 pub use session::ConnSessions;

@@ -80,6 +80,21 @@ fn kind(content_type: Option<&HeaderValue>) -> Kind {
 #[derive(Debug)]
 pub struct MaskFailure(pub String);
 
+/// Why [`mask_response`] gives no response: the rules could not be
+/// applied, or the target broke off its response before the body was
+/// whole (not a masking failure: said as the target's fault).
+#[derive(Debug)]
+pub enum ResponseError {
+    Mask(MaskFailure),
+    Target(String),
+}
+
+impl From<MaskFailure> for ResponseError {
+    fn from(f: MaskFailure) -> Self {
+        ResponseError::Mask(f)
+    }
+}
+
 /// Bodies larger than this are decoded and masked on the blocking pool:
 /// a multi-megabyte body takes milliseconds of CPU that would otherwise
 /// stall every other caller on the async worker. Smaller ones stay inline,
@@ -94,7 +109,7 @@ pub async fn mask_response(
     resp: Response<Incoming>,
     stats: &mut Stats,
     vault: Option<&Arc<Mutex<Vault>>>,
-) -> Result<Response<Body>, MaskFailure> {
+) -> Result<Response<Body>, ResponseError> {
     let (mut parts, body) = resp.into_parts();
     mask_headers(rule, &mut parts.headers, stats, vault)?;
     let no_body = method == Method::HEAD
@@ -122,12 +137,12 @@ pub async fn mask_response(
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                MaskFailure(format!(
+                ResponseError::Mask(MaskFailure(format!(
                     "the response body exceeds the masking limit of {limit} bytes (rule {:?})",
                     rule.name
-                ))
+                )))
             } else {
-                MaskFailure(format!("reading the response body failed: {e}"))
+                ResponseError::Target(format!("the target broke off its response: {e}"))
             }
         })?
         .to_bytes();

@@ -645,10 +645,20 @@ impl Inner {
         // Durable before the first byte goes to the target; no entry, no
         // session (fail closed).
         let agent = upstream.agent().map(str::to_owned);
-        let Ok(open) = self.ctx.open(&admitted, agent).await else {
-            let msg = "the session cannot be audited and recorded, so it is refused";
-            send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
-            return;
+        let open = match self.ctx.open(&admitted, agent).await {
+            Ok(open) => open,
+            Err(e) => {
+                let msg = match e {
+                    portcullis_front::SessionError::Audit(_) => {
+                        "portcullis: the session cannot be audited (the audit store is unavailable), so it is refused"
+                    }
+                    portcullis_front::SessionError::Recording(_) => {
+                        "portcullis: the session cannot be recorded (the recordings spool is unavailable), so it is refused"
+                    }
+                };
+                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
+                return;
+            }
         };
         let started = Instant::now();
         let gate = admitted

@@ -55,6 +55,11 @@ pub enum UpstreamError {
     Tls(String),
     #[error("the target refused the gateway's credentials: {0}")]
     Auth(String),
+    /// Refused during sign-in for another reason than credentials: the
+    /// server is starting or shutting down (57P03), has too many
+    /// connections (53300), has no such database (3D000)…
+    #[error("the target did not accept the connection: {0}")]
+    NotAccepting(String),
     #[error("the target asked for a cleartext or md5 password over plaintext; refused")]
     InsecureAuth,
     #[error("the target asked for an unsupported authentication method ({0})")]
@@ -622,7 +627,16 @@ impl PgUpstream {
                 )
             })?;
             match m.tag {
-                tag::ERROR_RESPONSE => return Err(UpstreamError::Auth(error_text(&m))),
+                tag::ERROR_RESPONSE => {
+                    let text = error_text(&m);
+                    // Class 28 is "invalid authorization specification";
+                    // anything else is not about the credentials.
+                    return Err(if text.starts_with("28") {
+                        UpstreamError::Auth(text)
+                    } else {
+                        UpstreamError::NotAccepting(text)
+                    });
+                }
                 tag::AUTHENTICATION if m.body.len() >= 4 => {}
                 _ => {
                     return Err(UpstreamError::Protocol(

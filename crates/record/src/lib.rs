@@ -36,6 +36,10 @@ pub enum RecordError {
     NotARecording { path: PathBuf },
     #[error("recording {path}: segment {segment} does not match its digest (edited)")]
     Digest { path: PathBuf, segment: usize },
+    /// An earlier write failed (a full disk): the recording was cut back
+    /// to its last whole segment and takes nothing more.
+    #[error("recording {path} stopped: {reason}")]
+    Stopped { path: PathBuf, reason: String },
     #[error("recording {path}: segment {segment}: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -132,6 +136,9 @@ pub enum Event {
     },
 }
 
+/// Called once when a recording stops taking writes (the spool's health).
+pub type FailureHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Writes one session's recording.
 pub struct Writer {
     path: PathBuf,
@@ -141,6 +148,11 @@ pub struct Writer {
     started: Instant,
     last_flush: Instant,
     segments: usize,
+    /// Bytes of the file that hold whole segments.
+    written: u64,
+    /// Set by the first failed write; every later call fails with it.
+    failed: Option<String>,
+    on_failure: Option<FailureHook>,
 }
 
 impl Writer {
@@ -159,7 +171,12 @@ impl Writer {
             o.mode(0o600);
         }
         let mut file = o.open(&path).map_err(io)?;
-        file.write_all(MAGIC).map_err(io)?;
+        if let Err(e) = file.write_all(MAGIC) {
+            // Not even the header fits: leave no empty file behind.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(io(e));
+        }
         Ok(Self {
             path,
             file,
@@ -168,15 +185,69 @@ impl Writer {
             started: Instant::now(),
             last_flush: Instant::now(),
             segments: 0,
+            written: MAGIC.len() as u64,
+            failed: None,
+            on_failure: None,
         })
+    }
+
+    /// Reopen a recording a process left unfinished (it died): a torn
+    /// last segment is cut off, and what is appended chains onto the last
+    /// whole one, so the recording can be sealed as far as it got.
+    pub fn resume(path: &Path) -> Result<Self, RecordError> {
+        let io = |source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let data = std::fs::read(path).map_err(io)?;
+        let scan = scan(path, &data)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        file.set_len(scan.end as u64).map_err(io)?;
+        let mut file = file;
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        let elapsed = Duration::from_micros(scan.records.last().map_or(0, |r| r.t_us));
+        let now = Instant::now();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            prev: scan.prev,
+            buf: Vec::new(),
+            started: now.checked_sub(elapsed).unwrap_or(now),
+            last_flush: now,
+            segments: scan.segments,
+            written: scan.end as u64,
+            failed: None,
+            on_failure: None,
+        })
+    }
+
+    /// Call `hook` when a write first fails.
+    pub fn on_failure(mut self, hook: FailureHook) -> Self {
+        self.on_failure = Some(hook);
+        self
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    fn stopped(&self) -> Result<(), RecordError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(reason) => Err(RecordError::Stopped {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
     /// Buffer an event; writes a segment when one is due.
     pub fn event(&mut self, event: Event) -> Result<(), RecordError> {
+        self.stopped()?;
         let r = Record {
             t_us: self.started.elapsed().as_micros() as u64,
             event,
@@ -193,8 +264,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Write buffered events as a segment (in the file on return).
+    /// Write buffered events as a segment (in the file on return). A
+    /// failed write stops the recording for good: the file is cut back to
+    /// its last whole segment (still readable, its digest still the one
+    /// the chain knows), and the session must end.
     pub fn flush(&mut self) -> Result<(), RecordError> {
+        self.stopped()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
             return Ok(());
@@ -207,10 +282,6 @@ impl Writer {
         ctx.update(&self.prev);
         ctx.update(&frame);
         let digest: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or(GENESIS);
-        let io = |source| RecordError::Io {
-            path: self.path.clone(),
-            source,
-        };
         let mut seg = Vec::with_capacity(frame.len() + 36);
         seg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
         seg.extend_from_slice(&digest);
@@ -218,7 +289,17 @@ impl Writer {
         // Handed to the kernel: survives a crash of the process. An fsync
         // per segment (power-loss durability) would cost every HTTP request
         // a disk flush; the audit chain seals the digest either way.
-        self.file.write_all(&seg).map_err(io)?;
+        if let Err(e) = self.file.write_all(&seg) {
+            let reason = format!("a write failed: {e}");
+            let _ = self.file.set_len(self.written);
+            tracing::error!(path = %self.path.display(), error = %e, "recording write failed; the session ends");
+            if let Some(hook) = &self.on_failure {
+                hook(&reason);
+            }
+            self.failed = Some(reason);
+            return self.stopped();
+        }
+        self.written += seg.len() as u64;
         self.prev = digest;
         self.buf.clear();
         self.segments += 1;
@@ -229,6 +310,22 @@ impl Writer {
     pub fn finish(mut self) -> Result<String, RecordError> {
         self.flush()?;
         Ok(hex::encode(self.prev))
+    }
+
+    /// The digest of what is in the file (hex), for a recording that
+    /// stopped: what the session's end entry seals.
+    pub fn digest_so_far(&self) -> String {
+        hex::encode(self.prev)
+    }
+
+    /// Flush what is left and return the digest of what the file holds,
+    /// with the reason the recording stopped early, if it did.
+    pub fn seal(mut self) -> (String, Option<String>) {
+        let failed = self.flush().err().map(|e| match e {
+            RecordError::Stopped { reason, .. } => reason,
+            other => other.to_string(),
+        });
+        (hex::encode(self.prev), failed)
     }
 }
 
@@ -277,16 +374,36 @@ impl Recorder {
         let w = self.inner.lock().ok()?.take()?;
         Some(w.finish())
     }
+
+    /// Finish the recording as far as it got: the digest of what the file
+    /// holds, and why it stopped early if it did (see [`Writer::seal`]).
+    pub fn seal(&self) -> Option<(String, Option<String>)> {
+        let w = self.inner.lock().ok()?.take()?;
+        Some(w.seal())
+    }
 }
 
 /// Read a recording: every complete segment, verified against the chain.
 /// Returns the records and the last digest.
 pub fn read(path: &Path) -> Result<(Vec<Record>, String), RecordError> {
-    let io = |source| RecordError::Io {
+    let data = std::fs::read(path).map_err(|source| RecordError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let data = std::fs::read(path).map_err(io)?;
+    })?;
+    let s = scan(path, &data)?;
+    Ok((s.records, hex::encode(s.prev)))
+}
+
+/// What a recording's bytes hold.
+struct Scan {
+    records: Vec<Record>,
+    prev: [u8; 32],
+    segments: usize,
+    /// Where the last whole segment ends.
+    end: usize,
+}
+
+fn scan(path: &Path, data: &[u8]) -> Result<Scan, RecordError> {
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
         return Err(RecordError::NotARecording {
             path: path.to_path_buf(),
@@ -330,7 +447,12 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, String), RecordError> {
         at += 36 + len;
         segment += 1;
     }
-    Ok((records, hex::encode(prev)))
+    Ok(Scan {
+        records,
+        prev,
+        segments: segment,
+        end: at,
+    })
 }
 
 /// Headers that never go into a recording.
@@ -457,6 +579,67 @@ mod tests {
         std::fs::write(&path, &good[..good.len() - 5]).unwrap();
         let (records, _) = read(&path).unwrap();
         assert_eq!(records.len(), all_events().len() - 1);
+    }
+
+    #[test]
+    fn a_recording_left_unfinished_is_sealed_as_far_as_it_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "s3").unwrap();
+        let events = all_events();
+        for e in &events[..3] {
+            w.event(e.clone()).unwrap();
+            w.flush().unwrap();
+        }
+        let path = w.path().to_path_buf();
+        // The process dies mid-segment: a torn tail.
+        drop(w);
+        let mut torn = std::fs::read(&path).unwrap();
+        torn.extend_from_slice(&[0, 0, 0, 99, 1, 2, 3]);
+        std::fs::write(&path, &torn).unwrap();
+        let mut w = Writer::resume(&path).unwrap();
+        w.event(Event::SessionEnd {
+            outcome: "cut_by_restart".into(),
+        })
+        .unwrap();
+        let digest = w.finish().unwrap();
+        let (records, last) = read(&path).unwrap();
+        assert_eq!(last, digest);
+        assert_eq!(records.len(), 4);
+        assert_eq!(
+            records[3].event,
+            Event::SessionEnd {
+                outcome: "cut_by_restart".into()
+            }
+        );
+        assert!(records[3].t_us >= records[2].t_us);
+    }
+
+    /// A write that fails (a full disk; here a file opened read-only) stops
+    /// the recording: later events fail, the hook is told once, and what
+    /// was written before still reads with its digest.
+    #[test]
+    fn a_failed_write_stops_the_recording_and_keeps_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "s4").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        w.flush().unwrap();
+        let good = w.digest_so_far();
+        let path = w.path().to_path_buf();
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = told.clone();
+        let mut w = w.on_failure(Arc::new(move |_| {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        w.file = std::fs::File::open(&path).unwrap();
+        w.event(all_events()[1].clone()).unwrap();
+        assert!(matches!(w.flush(), Err(RecordError::Stopped { .. })));
+        assert!(matches!(
+            w.event(all_events()[2].clone()),
+            Err(RecordError::Stopped { .. })
+        ));
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (records, last) = read(&path).unwrap();
+        assert_eq!((records.len(), last), (1, good));
     }
 
     #[test]

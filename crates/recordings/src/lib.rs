@@ -87,12 +87,37 @@ pub fn from_config(r: &portcullis_config::Recordings) -> Result<RecordingSink, S
     )
 }
 
+/// Write and remove a scratch file in the spool.
+fn probe(spool: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = spool.join(".probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 /// Where recordings are kept; cheap to clone.
 #[derive(Clone)]
 pub struct RecordingSink {
     spool: PathBuf,
     remote: Option<Arc<Remote>>,
+    /// Set when a recording could not be written to the spool (a full
+    /// disk); cleared once a probe write succeeds again.
+    fault: Arc<Mutex<Option<SpoolFault>>>,
 }
+
+struct SpoolFault {
+    reason: String,
+    last_probe: Instant,
+}
+
+/// How much a probe writes to see whether the spool takes writes again:
+/// about what a busy session writes in its first seconds.
+const PROBE_BYTES: usize = 256 << 10;
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl RecordingSink {
     /// Recordings stay in `dir` (the embedded default).
@@ -100,6 +125,7 @@ impl RecordingSink {
         Self {
             spool: dir,
             remote: None,
+            fault: Arc::default(),
         }
     }
 
@@ -123,6 +149,7 @@ impl RecordingSink {
         let store = b.build().map_err(|e| SinkError::Store(e.to_string()))?;
         Ok(Self {
             spool,
+            fault: Arc::default(),
             remote: Some(Arc::new(Remote {
                 store: Arc::new(store),
                 prefix: s.prefix.trim_matches('/').to_string(),
@@ -185,9 +212,44 @@ impl RecordingSink {
             .unwrap_or(0)
     }
 
-    /// `Err` when recordings have waited too long for the store: new
-    /// sessions are refused until uploads catch up.
+    /// A recording could not be written to the spool: new sessions are
+    /// refused (and `/status` fails) until the spool takes writes again.
+    pub fn spool_failed(&self, reason: &str) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = Some(SpoolFault {
+                reason: reason.to_owned(),
+                last_probe: Instant::now(),
+            });
+        }
+    }
+
+    /// While the spool is marked failed, try a write (at most once a
+    /// second); a probe that lands clears the mark.
+    fn spool_writable(&self) -> Result<(), String> {
+        let Ok(mut guard) = self.fault.lock() else {
+            return Ok(());
+        };
+        let Some(f) = guard.as_mut() else {
+            return Ok(());
+        };
+        if f.last_probe.elapsed() >= PROBE_EVERY {
+            f.last_probe = Instant::now();
+            if probe(&self.spool).is_ok() {
+                tracing::info!(spool = %self.spool.display(), "the recordings spool takes writes again");
+                *guard = None;
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "the recordings spool cannot be written ({})",
+            f.reason
+        ))
+    }
+
+    /// `Err` when the spool cannot be written, or recordings have waited
+    /// too long for the store: new sessions are refused until then.
     pub fn healthy(&self) -> Result<(), String> {
+        self.spool_writable()?;
         let Some(r) = &self.remote else {
             return Ok(());
         };

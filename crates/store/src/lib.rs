@@ -29,6 +29,14 @@ pub enum StoreError {
     Corrupt { table: &'static str, reason: String },
 }
 
+impl StoreError {
+    /// A unique key was taken: another writer got there first (the audit
+    /// chain's next sequence number), as opposed to a store that fails.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Query(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -705,6 +713,8 @@ pub struct SessionRow {
     pub ended_at_ms: Option<i64>,
     pub outcome: Option<String>,
     pub recording_digest: Option<String>,
+    /// The gateway that ran it (absent for sessions from before it was kept).
+    pub gateway: Option<String>,
 }
 
 impl Store {
@@ -716,7 +726,35 @@ impl Store {
         rows: &[AuditRow],
         sessions: &[SessionRow],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let result = self.audit_batch_on(&mut conn, rows, sessions).await;
+        if result.is_err() {
+            // A failed COMMIT (SQLITE_FULL) rolls the transaction back in
+            // SQLite while sqlx still counts it as open: returned to the
+            // pool, that connection's next "BEGIN" became a SAVEPOINT inside
+            // a transaction that never ended, holding the write lock for
+            // good ("database is locked" after the disk had room again) and
+            // reporting commits that were never durable. A connection whose
+            // transaction failed is never reused.
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn audit_batch_on(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+        rows: &[AuditRow],
+        sessions: &[SessionRow],
+    ) -> Result<(), StoreError> {
+        // IMMEDIATE takes SQLite's write lock up front (no lock upgrade to
+        // fail half-way); sqlx refuses `begin_with` on a connection it
+        // believes is already in a transaction rather than nesting.
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        let mut tx = sqlx::Connection::begin_with(&mut **conn, begin).await?;
         for chunk in rows.chunks(150) {
             let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = self.q(&format!(
@@ -734,10 +772,10 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in sessions.chunks(100) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             // An end row updates the start row written earlier.
             let sql = self.q(&format!(
-                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest) \
+                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway) \
                  VALUES {values} ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
                  outcome = excluded.outcome, recording_digest = excluded.recording_digest"
             ));
@@ -751,7 +789,8 @@ impl Store {
                     .bind(s.started_at_ms)
                     .bind(s.ended_at_ms)
                     .bind(s.outcome.clone())
-                    .bind(s.recording_digest.clone());
+                    .bind(s.recording_digest.clone())
+                    .bind(s.gateway.clone());
             }
             q.execute(&mut *tx).await?;
         }
@@ -836,25 +875,54 @@ impl Store {
     }
 
     pub async fn sessions(&self) -> Result<Vec<SessionRow>, StoreError> {
-        let rows = sqlx::query(self.q("SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest \
-             FROM sessions ORDER BY started_at_ms, id"))
+        let rows = sqlx::query(self.q(
+            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
+             FROM sessions ORDER BY started_at_ms, id",
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SessionRow {
-                    id: r.try_get("id")?,
-                    principal: r.try_get("principal")?,
-                    connection: r.try_get("connection")?,
-                    protocol: r.try_get("protocol")?,
-                    started_at_ms: r.try_get("started_at_ms")?,
-                    ended_at_ms: r.try_get("ended_at_ms")?,
-                    outcome: r.try_get("outcome")?,
-                    recording_digest: r.try_get("recording_digest")?,
-                })
-            })
-            .collect()
+        rows.iter().map(session_from_row).collect()
     }
+
+    /// Sessions with no end that were run by `gateway`, or by a gateway
+    /// not seen since `stale_before` (Unix seconds): cut by a process that
+    /// died. With `unowned`, sessions from before gateways were recorded
+    /// count too (a SQLite store has one gateway).
+    pub async fn cut_sessions(
+        &self,
+        gateway: &str,
+        stale_before: i64,
+        unowned: bool,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let rows = sqlx::query(self.q(
+            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
+             FROM sessions WHERE ended_at_ms IS NULL AND (gateway = ? \
+             OR (gateway IS NULL AND ? = 1) \
+             OR gateway IN (SELECT id FROM gateways WHERE last_seen < ? AND id <> ?)) \
+             ORDER BY started_at_ms, id LIMIT 1000",
+        ))
+        .bind(gateway)
+        .bind(i64::from(unowned))
+        .bind(stale_before)
+        .bind(gateway)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+}
+
+fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRow, StoreError> {
+    Ok(SessionRow {
+        id: r.try_get("id")?,
+        principal: r.try_get("principal")?,
+        connection: r.try_get("connection")?,
+        protocol: r.try_get("protocol")?,
+        started_at_ms: r.try_get("started_at_ms")?,
+        ended_at_ms: r.try_get("ended_at_ms")?,
+        outcome: r.try_get("outcome")?,
+        recording_digest: r.try_get("recording_digest")?,
+        gateway: r.try_get("gateway")?,
+    })
 }
 
 impl portcullis_identity::TokenStore for Store {

@@ -124,6 +124,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         used_at INTEGER
     )",
     ),
+    // The gateway that ran each session, so that a gateway that died
+    // with sessions open has them closed (by itself at restart, or by a
+    // peer once its heartbeat is stale).
+    (10, "ALTER TABLE sessions ADD COLUMN gateway TEXT"),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -20,6 +20,7 @@ pub async fn run_all(store: &Store) {
     revocation(store).await;
     enrolments(store).await;
     audit_and_sessions(store).await;
+    cut_sessions(store).await;
 }
 
 pub async fn tokens(store: &Store) {
@@ -198,6 +199,7 @@ pub async fn audit_and_sessions(store: &Store) {
         ended_at_ms: None,
         outcome: None,
         recording_digest: None,
+        gateway: Some(format!("gw_{t}")),
     };
     store
         .audit_batch(
@@ -239,4 +241,58 @@ pub async fn audit_and_sessions(store: &Store) {
         .find(|s| s.id == session.id)
         .unwrap();
     assert_eq!((s.ended_at_ms, s.outcome.as_deref()), (Some(5), Some("ok")));
+    assert_eq!(s.gateway, session.gateway);
+}
+
+/// A session left open by a gateway that died is found by that gateway
+/// at restart, and by a peer once the dead one's heartbeat is stale; not
+/// while its gateway is alive, and never once ended.
+pub async fn cut_sessions(store: &Store) {
+    let t = tag();
+    let (mine, dead, alive) = (format!("gw_m{t}"), format!("gw_d{t}"), format!("gw_a{t}"));
+    store
+        .gateway_heartbeat(&dead, "https://d", 1, 100)
+        .await
+        .unwrap();
+    store
+        .gateway_heartbeat(&alive, "https://a", 1, 10_000)
+        .await
+        .unwrap();
+    let open = |id: &str, gw: &str| SessionRow {
+        id: format!("{id}_{t}"),
+        principal: "agent:x".into(),
+        connection: "db".into(),
+        protocol: "postgres".into(),
+        started_at_ms: 1,
+        ended_at_ms: None,
+        outcome: None,
+        recording_digest: None,
+        gateway: Some(gw.to_owned()),
+    };
+    let ended = SessionRow {
+        ended_at_ms: Some(2),
+        outcome: Some("ok".into()),
+        ..open("ended", &mine)
+    };
+    let rows = [
+        open("mine", &mine),
+        open("dead", &dead),
+        open("alive", &alive),
+        ended,
+    ];
+    store.audit_batch(&[], &rows).await.unwrap();
+    let found = |v: Vec<SessionRow>| {
+        let mut ids: Vec<String> = v
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|id| id.ends_with(&t))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let cut = store.cut_sessions(&mine, 1_000, false).await.unwrap();
+    assert_eq!(found(cut), vec![format!("dead_{t}"), format!("mine_{t}")]);
+    // The dead gateway's heartbeat is recent: only this gateway's own.
+    let cut = store.cut_sessions(&mine, 50, false).await.unwrap();
+    assert_eq!(found(cut), vec![format!("mine_{t}")]);
 }

@@ -86,7 +86,10 @@ impl CertMetrics {
                 path: path.display().to_string(),
             })
             .set(earliest);
-        if earliest - unix_now() < EXPIRY_WARNING.as_secs() as i64 {
+        let left = earliest - unix_now();
+        if left <= 0 {
+            tracing::error!(path = %path.display(), not_after = earliest, "a certificate in this bundle has EXPIRED");
+        } else if left < EXPIRY_WARNING.as_secs() as i64 {
             tracing::warn!(path = %path.display(), not_after = earliest, "a certificate in this bundle expires soon");
         }
         Ok(())
@@ -207,7 +210,14 @@ impl Reloadable for ReloadingCert {
                 .set(not_after);
         }
         let left = not_after - unix_now();
-        if left < EXPIRY_WARNING.as_secs() as i64 {
+        if left <= 0 {
+            tracing::error!(
+                path = %self.cert_path.display(),
+                not_after,
+                days_ago = -left / 86400,
+                "certificate has EXPIRED: callers will refuse it; rotate it (portcullis cert rotate-server, or your PKI)"
+            );
+        } else if left < EXPIRY_WARNING.as_secs() as i64 {
             tracing::warn!(
                 path = %self.cert_path.display(),
                 not_after,
