@@ -97,7 +97,24 @@ struct Job {
     outage: bool,
 }
 
+/// The most entries the writer keeps for a store that is failing; past
+/// it the oldest are dropped (their sessions are closed as cut at the
+/// next start).
+const MAX_OWED: usize = 100_000;
+
 impl Job {
+    /// Written once the store takes writes again if this attempt fails:
+    /// everything but a session start (a refused session must not be
+    /// logged as started) and the flush marker.
+    fn owed_if_failed(&self) -> bool {
+        !self.event.is_empty()
+            && !self.outage
+            && !self
+                .session
+                .as_ref()
+                .is_some_and(|r| r.ended_at_ms.is_none())
+    }
+
     fn own(event: &AuditEvent, session: Option<SessionRow>) -> Self {
         let value = serde_json::to_value(event).unwrap_or_default();
         Job {
@@ -251,12 +268,27 @@ impl AuditLog {
             reason: e.to_string(),
         })?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Job {
+        let mut job = Job {
             event: chain::canonical(&value),
             session,
             reply: Some(reply),
             outage: false,
         };
+        // While the store is known to be failing, nobody waits on it: a
+        // session start is refused at once; anything else (an end, a
+        // refusal) is left with the writer, which owes it to the log.
+        if let Some(o) = self.outage() {
+            self.inner.note_failure(&o.reason);
+            if job.owed_if_failed() {
+                job.reply = None;
+                let _ = self.inner.jobs.try_send(job);
+            }
+            return Err(AuditError::Unavailable(format!(
+                "the audit store has been failing for {} ms: {}",
+                (now_ms() - o.since_ms).max(0),
+                o.reason
+            )));
+        }
         let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
         let wait = async {
             self.inner.jobs.send(job).await.map_err(|_| stopped())?;
@@ -458,16 +490,23 @@ async fn writer(
                 failing = true;
                 tracing::error!(error = %e, "audit batch could not be written");
                 inner.note_failure(&e);
-                for j in jobs {
-                    match j.reply {
-                        Some(r) => {
-                            let _ = r.send(Err(e.clone()));
-                        }
-                        // The writer's own entries wait for the store
-                        // (the outage entry is made afresh each time).
-                        None if !j.outage => owed.push(j),
-                        None => {}
+                for mut j in jobs {
+                    if let Some(r) = j.reply.take() {
+                        let _ = r.send(Err(e.clone()));
                     }
+                    // Ends and evidence wait for the store; the outage
+                    // entry is made afresh each time.
+                    if j.owed_if_failed() {
+                        owed.push(j);
+                    }
+                }
+                if owed.len() > MAX_OWED {
+                    let dropped = owed.len() - MAX_OWED;
+                    owed.drain(..dropped);
+                    tracing::error!(
+                        dropped,
+                        "the audit store has failed for long: entries dropped"
+                    );
                 }
             }
         }
