@@ -416,6 +416,8 @@ pub struct StoreConfig {
     /// A shared PostgreSQL store (`postgres://…`, verified TLS), instead.
     pub url: Option<String>,
     pub password: Option<SecretRef>,
+    /// How long a session waits for its audit entry before it is refused.
+    pub write_timeout: Duration,
 }
 
 impl StoreConfig {

@@ -505,6 +505,7 @@ struct RawStore {
     path: String,
     url: Option<String>,
     password: Option<String>,
+    write_timeout: Option<String>,
 }
 
 impl Default for RawStore {
@@ -513,6 +514,7 @@ impl Default for RawStore {
             path: "portcullis.db".into(),
             url: None,
             password: None,
+            write_timeout: None,
         }
     }
 }
@@ -520,6 +522,16 @@ impl Default for RawStore {
 impl RawStore {
     fn validate(&self, base: &Path) -> Result<StoreConfig, Invalid> {
         let path = base.join(&self.path);
+        let write_timeout = duration(
+            "store.write_timeout",
+            self.write_timeout.as_deref().unwrap_or("800ms"),
+        )?;
+        if write_timeout.is_zero() || write_timeout > std::time::Duration::from_secs(30) {
+            return Err(invalid(
+                "store.write_timeout",
+                "between 1ms and 30s (a caller waits this long before a session is refused)",
+            ));
+        }
         let Some(url) = &self.url else {
             if self.password.is_some() {
                 return Err(invalid("store.password", "only with a postgres:// `url`"));
@@ -528,6 +540,7 @@ impl RawStore {
                 path,
                 url: None,
                 password: None,
+                write_timeout,
             });
         };
         if let Some(p) = url.strip_prefix("sqlite://") {
@@ -535,6 +548,7 @@ impl RawStore {
                 path: base.join(p.split('?').next().unwrap_or(p)),
                 url: None,
                 password: None,
+                write_timeout,
             });
         }
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -572,6 +586,7 @@ impl RawStore {
             path,
             url: Some(normalized),
             password,
+            write_timeout,
         })
     }
 }

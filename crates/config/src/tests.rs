@@ -172,6 +172,20 @@ fn durations_are_explained() {
     );
 }
 
+#[test]
+fn the_store_write_timeout_is_bounded() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().store.write_timeout,
+        Duration::from_millis(800)
+    );
+    let c = parse(&with("[store]\nwrite_timeout = \"2s\"\n")).unwrap();
+    assert_eq!(c.store.write_timeout, Duration::from_secs(2));
+    for bad in ["0s", "5m"] {
+        let e = err(&with(&format!("[store]\nwrite_timeout = \"{bad}\"\n")));
+        assert!(e.contains("store.write_timeout"), "{e}");
+    }
+}
+
 fn pg(body: &str) -> String {
     with(&format!(
         "[[connections]]\nname = \"db\"\ntype = \"postgres\"\n{body}\n"

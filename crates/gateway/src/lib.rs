@@ -456,7 +456,9 @@ struct Shared {
 async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared, GatewayError> {
     let masks = mask_rules(cfg)?;
     let mask_metrics = portcullis_mask::MaskMetrics::register(&mut rt.registry);
-    let audit = portcullis_audit::AuditLog::open(store.clone(), cfg.dir()).await?;
+    let audit =
+        portcullis_audit::AuditLog::open_with(store.clone(), cfg.dir(), cfg.store.write_timeout)
+            .await?;
     let digest = std::fs::read(&cfg.source)
         .map(|b| portcullis_tls::sha256_hex(&b))
         .unwrap_or_default();

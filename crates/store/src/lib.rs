@@ -728,7 +728,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         let result = self.audit_batch_on(&mut conn, rows, sessions).await;
-        if result.is_err() {
+        // A taken sequence number (another gateway appended first) fails
+        // an INSERT, not the COMMIT: the rollback leaves the connection
+        // clean, and reconnecting (TLS to a shared store) on every race
+        // would slow the gateways that race most.
+        if result.as_ref().is_err_and(|e| !e.is_conflict()) {
             // A failed COMMIT (SQLITE_FULL) rolls the transaction back in
             // SQLite while sqlx still counts it as open: returned to the
             // pool, that connection's next "BEGIN" became a SAVEPOINT inside
