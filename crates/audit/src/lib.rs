@@ -109,10 +109,10 @@ impl Job {
     fn owed_if_failed(&self) -> bool {
         !self.event.is_empty()
             && !self.outage
-            && !self
+            && self
                 .session
                 .as_ref()
-                .is_some_and(|r| r.ended_at_ms.is_none())
+                .is_none_or(|r| r.ended_at_ms.is_some())
     }
 
     fn own(event: &AuditEvent, session: Option<SessionRow>) -> Self {
