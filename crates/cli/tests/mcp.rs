@@ -394,6 +394,68 @@ async fn rust_client(s: &Setup) {
     }
 }
 
+/// A tool call already running when its token is revoked is stopped
+/// within about a second, with the reason, and its session ends as
+/// `credential_ended` (not after the query would have finished).
+#[test]
+fn a_running_tool_call_stops_when_its_token_is_revoked() {
+    let s = setup();
+    let cfg = s.tmp.path().join("portcullis.toml");
+    let out = cli_at(
+        &cfg,
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:doomed",
+            "--group",
+            "testers",
+            "--json",
+        ],
+    );
+    let (token, id) = created_token(&out);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (stopped_after, text) = rt.block_on(async {
+        let transport = StreamableHttpClientTransport::with_client(
+            http_client(&s.ca),
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.gw.url))
+                .auth_header(token),
+        );
+        let client = ().serve(transport).await.expect("MCP initialize");
+        let cfg = cfg.clone();
+        let revoke = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let out = tokio::task::spawn_blocking(move || cli_at(&cfg, &["token", "revoke", &id]))
+                .await
+                .unwrap();
+            assert!(out.status.success());
+            std::time::Instant::now()
+        });
+        let r = call(
+            &client,
+            "sql_query",
+            json!({"connection": "db-rw", "sql": "SELECT pg_sleep(20)", "timeout_ms": 30000}),
+        )
+        .await;
+        let ended = std::time::Instant::now();
+        let revoked_at = revoke.await.unwrap();
+        assert_eq!(r.is_error, Some(true), "{}", text_of(&r));
+        (ended.duration_since(revoked_at), text_of(&r))
+    });
+    assert!(text.contains("revoked"), "{text}");
+    assert!(
+        stopped_after < std::time::Duration::from_secs(3),
+        "stopped {stopped_after:?} after the revocation"
+    );
+    let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("session_end") && l.contains("credential_ended")),
+        "{audit}"
+    );
+}
+
 #[test]
 fn typescript_sdk_client_and_refusals() {
     let s = setup();

@@ -34,6 +34,30 @@ pub enum ToolError {
     AuditUnavailable,
     #[error("the call cannot be recorded, so it is refused ({0})")]
     RecordingUnavailable(String),
+    /// The caller's credential was revoked or ran out, or a reload took
+    /// its grant, while the call ran: it was stopped.
+    #[error("the call was stopped: {0}")]
+    Ended(portcullis_front::Ended),
+}
+
+/// Run a tool call's `work` until it finishes, or until the access that
+/// admitted it ends (the token revoked, the OIDC token expired, the grant
+/// gone in a reload): a long query or request does not outlive it.
+pub async fn while_admitted<T>(
+    ctx: &Context,
+    admitted: &Admitted,
+    work: impl std::future::Future<Output = Result<T, ToolError>>,
+) -> Result<T, ToolError> {
+    let watch = ctx.front.live.watch(
+        &admitted.principal,
+        &admitted.connection,
+        admitted.origin.front,
+        ctx.front.generation,
+    );
+    tokio::select! {
+        r = work => r,
+        why = watch.ended() => Err(ToolError::Ended(why)),
+    }
 }
 
 /// Record `events` in order; the first that cannot be recorded fails the
@@ -179,6 +203,12 @@ pub async fn open(ctx: &Context, admitted: &Admitted) -> Result<OpenSession, Too
 pub async fn seal(open: OpenSession, result: &Result<CallToolResult, ToolError>, sent: u64) {
     let (outcome, error) = match result {
         Ok(_) => (Outcome::Ok, None),
+        Err(e @ ToolError::Ended(portcullis_front::Ended::Credential(_))) => {
+            (Outcome::CredentialEnded, Some(e.to_string()))
+        }
+        Err(e @ ToolError::Ended(portcullis_front::Ended::Access(_))) => {
+            (Outcome::AccessEnded, Some(e.to_string()))
+        }
         Err(e) => (Outcome::Error, Some(e.to_string())),
     };
     open.seal(Closing {

@@ -137,7 +137,9 @@ pub async fn handle(
         body: Some(String::from_utf8_lossy(&bytes).into_owned()),
     };
     let result = match crate::call::record(&rec, [request]) {
-        Ok(()) => relay(&call, &parts, bytes, rest).await,
+        Ok(()) => {
+            crate::call::while_admitted(ctx, &admitted, relay(&call, &parts, bytes, rest)).await
+        }
         Err(e) => Err(e),
     };
     let (resp, sent, sealed) = answer(result, &rec);
@@ -359,6 +361,12 @@ fn answer(
                 }
                 ToolError::RecordingUnavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "recording_unavailable")
+                }
+                ToolError::Ended(portcullis_front::Ended::Credential(_)) => {
+                    (StatusCode::UNAUTHORIZED, "credential_ended")
+                }
+                ToolError::Ended(portcullis_front::Ended::Access(_)) => {
+                    (StatusCode::FORBIDDEN, "access_ended")
                 }
                 _ => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             };

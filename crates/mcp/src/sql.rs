@@ -203,8 +203,13 @@ pub(crate) async fn run(
     // The target stops the statement at statement_timeout; this bounds
     // the rest (connecting, a target that does not answer at all).
     let deadline = Duration::from_millis(timeout_ms) + Duration::from_secs(5);
-    let result = match tokio::time::timeout(deadline, work).await {
-        Err(_) => Err(target_err("the target did not answer in time".into())),
+    let bounded = async {
+        tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| target_err("the target did not answer in time".into()))
+    };
+    let result = match call::while_admitted(ctx, admitted, bounded).await {
+        Err(e) => Err(e),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Err(UpstreamError::Server(msg)))) => {
             let (code, message) = msg.split_once(": ").unwrap_or(("?????", &msg));
