@@ -252,6 +252,24 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
             Event::PgCommandComplete { tag } => writeln!(out, "{t} ({tag})")?,
             Event::PgError { code, message } => writeln!(out, "{t} ERROR {code}: {message}")?,
             Event::PgNotice { message } => writeln!(out, "{t} NOTICE: {message}")?,
+            Event::PgCopyData { from_caller, data } => {
+                let dir = if *from_caller { "COPY IN" } else { "COPY OUT" };
+                write!(out, "{t} {dir} {data}")?;
+                if !data.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+            Event::PgFunctionCall { oid, args } => writeln!(
+                out,
+                "{t} FUNCTION CALL oid {oid} ({})",
+                args.iter()
+                    .map(|a| a.as_deref().unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?,
+            Event::PgFunctionResult { value } => {
+                writeln!(out, "{t} = {}", value.as_deref().unwrap_or("NULL"))?
+            }
             Event::Refused {
                 statement,
                 code,

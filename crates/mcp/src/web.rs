@@ -87,19 +87,21 @@ pub async fn http_request(
     };
     let result = match call::record(&rec, [request]) {
         Err(e) => Err(e),
-        Ok(()) => match call::while_admitted(ctx, &admitted, send(ctx, who, upstream, &a, uri)).await {
-            Ok(answer) => {
-                let text = String::from_utf8_lossy(&answer.body).into_owned();
-                let response = Event::HttpResponse {
-                    request: None,
-                    status: answer.status.as_u16(),
-                    headers: vec![("content-type".into(), answer.content_type.clone())],
-                    body: Some(text.clone()),
-                };
-                call::record(&rec, [response]).map(|()| tool_result(&answer, text))
+        Ok(()) => {
+            match call::while_admitted(ctx, &admitted, send(ctx, who, upstream, &a, uri)).await {
+                Ok(answer) => {
+                    let text = String::from_utf8_lossy(&answer.body).into_owned();
+                    let response = Event::HttpResponse {
+                        request: None,
+                        status: answer.status.as_u16(),
+                        headers: vec![("content-type".into(), answer.content_type.clone())],
+                        body: Some(text.clone()),
+                    };
+                    call::record(&rec, [response]).map(|()| tool_result(&answer, text))
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
     };
     let sent = match &result {
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),

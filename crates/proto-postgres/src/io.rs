@@ -15,6 +15,17 @@ pub enum ReadError {
     TruncatedMessage,
 }
 
+/// What [`FrameReader::next_or_large`] read.
+#[derive(Debug)]
+pub enum Frame {
+    Whole(Message),
+    /// The head of a large message; `len` body bytes follow.
+    Large {
+        tag: u8,
+        len: usize,
+    },
+}
+
 /// A buffered frame reader.
 pub struct FrameReader<R> {
     inner: R,
@@ -50,6 +61,53 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
+    }
+
+    /// The next message, or, for a message of one of `tags` whose body is
+    /// longer than `over`, only its head: the body is then read with
+    /// [`Self::body_chunk`] and passed on as it arrives, so a large COPY
+    /// row never sits whole in memory.
+    pub async fn next_or_large(
+        &mut self,
+        tags: &[u8],
+        over: usize,
+    ) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if self.buf.len() >= 5 && tags.contains(&self.buf[0]) {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let body = (len as usize).saturating_sub(4);
+                // Lengths outside the limits are parse_message's to refuse.
+                if len >= 4 && len as usize <= self.max && body > over {
+                    let tag = self.buf[0];
+                    let _ = self.buf.split_to(5);
+                    return Ok(Some(Frame::Large { tag, len: body }));
+                }
+            }
+            if let Some(m) = frame::parse_message(&mut self.buf, self.max)? {
+                return Ok(Some(Frame::Whole(m)));
+            }
+            if self.fill().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::TruncatedMessage)
+                };
+            }
+        }
+    }
+
+    /// Up to `max` (and at most `remaining`) bytes of the body of a
+    /// [`Frame::Large`] being passed on.
+    pub async fn body_chunk(
+        &mut self,
+        remaining: usize,
+        max: usize,
+    ) -> Result<bytes::Bytes, ReadError> {
+        if self.buf.is_empty() && self.fill().await? == 0 {
+            return Err(ReadError::TruncatedMessage);
+        }
+        let n = remaining.min(max).min(self.buf.len());
+        Ok(self.buf.split_to(n).freeze())
     }
 
     /// The next startup packet; `None` on a clean end of stream.

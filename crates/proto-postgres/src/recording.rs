@@ -96,8 +96,35 @@ fn frontend_event(msg: &Message) -> Option<Event> {
         tag::EXECUTE => Some(Event::PgExecute {
             portal: take_cstr(&mut b)?,
         }),
+        tag::COPY_DATA => Some(Event::PgCopyData {
+            from_caller: true,
+            data: cell_text(&msg.body),
+        }),
+        tag::FUNCTION_CALL => function_call(&msg.body),
         _ => None,
     }
+}
+
+/// 'F': OID, argument formats, arguments (length-prefixed), result format.
+fn function_call(body: &[u8]) -> Option<Event> {
+    let oid = u32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let mut b = body.get(4..)?;
+    let formats = i16::from_be_bytes(b.get(..2)?.try_into().ok()?).max(0) as usize;
+    b = b.get(2 + 2 * formats..)?;
+    let n = i16::from_be_bytes(b.get(..2)?.try_into().ok()?).max(0) as usize;
+    b = b.get(2..)?;
+    let mut args = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+        b = b.get(4..)?;
+        if len < 0 {
+            args.push(None);
+        } else {
+            args.push(Some(cell_text(b.get(..len as usize)?)));
+            b = b.get(len as usize..)?;
+        }
+    }
+    Some(Event::PgFunctionCall { oid, args })
 }
 
 fn backend_event(msg: &Message) -> Option<Event> {
@@ -133,6 +160,18 @@ fn backend_event(msg: &Message) -> Option<Event> {
         tag::COMMAND_COMPLETE => Some(Event::PgCommandComplete {
             tag: take_cstr(&mut b)?,
         }),
+        tag::COPY_DATA => Some(Event::PgCopyData {
+            from_caller: false,
+            data: cell_text(&msg.body),
+        }),
+        tag::FUNCTION_CALL_RESPONSE => {
+            let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+            let value = match len {
+                l if l < 0 => None,
+                l => Some(cell_text(b.get(4..4 + l as usize)?)),
+            };
+            Some(Event::PgFunctionResult { value })
+        }
         tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
             let f = messages::parse_fields(&msg.body);
             let message = messages::field(&f, b'M').unwrap_or_default().to_string();

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::classify::Class;
 use crate::frame::{FrameError, Message, tag};
 use crate::inspect::{self, Inspector, Refusal};
-use crate::io::{FrameReader, ReadError};
+use crate::io::{Frame, FrameReader, ReadError};
 use crate::messages::{self, SqlState, sqlstate};
 use crate::statements::{self, Gate};
 use crate::upstream::{PgUpstream, UpstreamSession};
@@ -306,8 +306,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     {
         let mut out = BytesMut::new();
         loop {
-            let mut next = match caller_r.next().await {
-                Ok(Some(m)) => Some(m),
+            let mut next = match caller_r.next_or_large(&[tag::COPY_DATA], STREAM_OVER).await {
+                Ok(Some(Frame::Whole(m))) => Some(m),
+                Ok(Some(Frame::Large { tag, len })) => {
+                    if !flush_to(up_w, &mut out, &self.bytes_from_caller).await {
+                        return Exit::UpstreamGone;
+                    }
+                    if let Err(exit) = self.pass_large(caller_r, up_w, tag, len).await {
+                        return exit;
+                    }
+                    continue;
+                }
                 Ok(None) => return Exit::CallerGone,
                 Err(ReadError::Frame(e)) => return Exit::CallerBadFrame(e),
                 Err(_) => return Exit::CallerGone,
@@ -334,6 +343,52 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 return Exit::CallerTerminated;
             }
         }
+    }
+
+    /// A large COPY row from the caller, passed on as it arrives (no
+    /// statement in it to prove, nothing for the masker to reverse) and
+    /// recorded piece by piece; a piece that cannot be recorded ends the
+    /// session before it is sent.
+    async fn pass_large<R, UW>(
+        &self,
+        caller_r: &mut FrameReader<R>,
+        up_w: &mut UW,
+        tag: u8,
+        len: usize,
+    ) -> Result<(), Exit>
+    where
+        R: AsyncRead + Unpin,
+        UW: AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(STREAM_CHUNK + 5);
+        buf.extend_from_slice(&[tag]);
+        buf.extend_from_slice(&(len as u32 + 4).to_be_bytes());
+        let mut text = Utf8Pieces::default();
+        let mut left = len;
+        while left > 0 {
+            let chunk = caller_r
+                .body_chunk(left, STREAM_CHUNK)
+                .await
+                .map_err(|_| Exit::CallerGone)?;
+            left -= chunk.len();
+            let event = portcullis_record::Event::PgCopyData {
+                from_caller: true,
+                data: text.push(&chunk, left == 0),
+            };
+            if let Err(e) = self.ctx.open.recorder.event(event) {
+                return Err(Exit::Refused(Refusal {
+                    code: sqlstate::CONNECTION_FAILURE,
+                    message: format!(
+                        "portcullis: the session cannot be recorded ({e}); it is closed"
+                    ),
+                }));
+            }
+            buf.extend_from_slice(&chunk);
+            if !flush_to(up_w, &mut buf, &self.bytes_from_caller).await {
+                return Err(Exit::UpstreamGone);
+            }
+        }
+        Ok(())
     }
 
     /// One message from the caller: proven, held where a rule says, then
@@ -551,6 +606,41 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     }
 }
 
+/// A COPY row from the caller longer than this is passed on as it
+/// arrives rather than held whole: memory per session stays bounded by
+/// the chunk, not by the message limit. (Rows from the target are held
+/// whole: the masker and the recording read them by column.)
+const STREAM_OVER: usize = 256 << 10;
+const STREAM_CHUNK: usize = 64 << 10;
+
+/// The text of a byte stream cut into pieces: a character split between
+/// two pieces is held back for the next, so the recording keeps text as
+/// text; bytes that are not UTF-8 are recorded as `\x` hex from there on.
+#[derive(Default)]
+struct Utf8Pieces {
+    carry: Vec<u8>,
+    binary: bool,
+}
+
+impl Utf8Pieces {
+    fn push(&mut self, piece: &[u8], last: bool) -> String {
+        let mut bytes = std::mem::take(&mut self.carry);
+        bytes.extend_from_slice(piece);
+        if !self.binary {
+            match std::str::from_utf8(&bytes) {
+                Ok(s) => return s.to_owned(),
+                // Cut inside a character: keep its start for the next piece.
+                Err(e) if e.error_len().is_none() && !last => {
+                    self.carry = bytes.split_off(e.valid_up_to());
+                    return String::from_utf8(bytes).unwrap_or_default();
+                }
+                Err(_) => self.binary = true,
+            }
+        }
+        format!("\\x{}", hex::encode(bytes))
+    }
+}
+
 /// What the caller sent, for the evidence of a refusal.
 fn sent_text(m: &Message) -> String {
     match m.tag {
@@ -607,5 +697,32 @@ impl Pending {
             .ok()?;
         let i = self.waiting.iter().position(|(s, _)| *s == seq)?;
         self.waiting.remove(i).map(|(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::Utf8Pieces;
+
+    #[test]
+    fn text_cut_inside_a_character_stays_text() {
+        let text = "caf\u{e9} \u{1f600} ok";
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            let mut p = Utf8Pieces::default();
+            let joined = p.push(&bytes[..cut], false) + &p.push(&bytes[cut..], true);
+            assert_eq!(joined, text, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_hex() {
+        let mut p = Utf8Pieces::default();
+        assert_eq!(p.push(b"ab", false), "ab");
+        assert_eq!(p.push(&[0xff, 0x00], false), "\\xff00");
+        assert_eq!(p.push(b"c", true), "\\x63");
+        // A character cut at the very end is not waited for.
+        let mut p = Utf8Pieces::default();
+        assert_eq!(p.push(&[b'a', 0xc3], true), "\\x61c3");
     }
 }

@@ -124,6 +124,22 @@ pub enum Event {
     PgNotice {
         message: String,
     },
+    /// COPY data as it passed (`from_caller`: COPY FROM STDIN, else COPY
+    /// TO STDOUT as the caller saw it, masked); text, binary as `\x` hex.
+    PgCopyData {
+        from_caller: bool,
+        data: String,
+    },
+    /// A function called through the protocol's fast path ('F'), by OID,
+    /// with its arguments as text (binary ones as `\x` hex).
+    PgFunctionCall {
+        oid: u32,
+        args: Vec<Option<String>>,
+    },
+    /// What a fast-path function call returned; None is NULL.
+    PgFunctionResult {
+        value: Option<String>,
+    },
     /// Something the caller sent that the gateway refused, as it was sent
     /// (the target saw a placeholder, or nothing).
     Refused {
@@ -528,6 +544,17 @@ mod tests {
             },
             Event::PgNotice {
                 message: "n".into(),
+            },
+            Event::PgCopyData {
+                from_caller: true,
+                data: "1\tGrace\n".into(),
+            },
+            Event::PgFunctionCall {
+                oid: 764,
+                args: vec![Some("/etc/passwd".into()), None],
+            },
+            Event::PgFunctionResult {
+                value: Some("16401".into()),
             },
             Event::SessionEnd {
                 outcome: "caller_closed".into(),
