@@ -177,9 +177,11 @@ impl AnalysisCache {
         if sql.len() > ANALYSIS_TEXT_MAX {
             return std::sync::Arc::new(analyse(sql));
         }
+        let key = number_free_key(sql);
+        let key = key.as_deref().unwrap_or(sql);
         // Only a panic while holding it poisons it; the map is still whole.
         let lock = || self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = lock().get(sql) {
+        if let Some(a) = lock().get(key) {
             return a.clone();
         }
         let a = std::sync::Arc::new(analyse(sql));
@@ -187,9 +189,61 @@ impl AnalysisCache {
         if map.len() >= ANALYSES_MAX {
             map.clear();
         }
-        map.insert(sql.into(), a.clone());
+        map.insert(key.into(), a.clone());
         a
     }
+}
+
+/// Statements whose analysis no number in them can change, by their first
+/// word: the walker branches on kinds, names and calls, never on a
+/// numeric literal's value. (Not EXPLAIN, SET, COPY, FETCH…: an option or
+/// a setting may be a number.)
+const NUMBER_FREE_KINDS: &[&str] = &["select", "insert", "update", "delete", "values", "with"];
+
+/// The cache key for a text that differs from others only in its numbers
+/// (`… WHERE aid = 12345`, sent with a new literal each time by clients
+/// of the simple protocol): each number replaced by `#`. Only for the
+/// plainest texts, where telling a number from anything else needs no
+/// lexer: ASCII, one statement of a kind in [`NUMBER_FREE_KINDS`], and no
+/// quote, dollar, backslash or comment anywhere — so every digit run
+/// that does not continue a name is a numeric literal (or part of one),
+/// and two texts with the same key parse to the same tree but for the
+/// values of those literals. `None`: the text is its own key.
+fn number_free_key(sql: &str) -> Option<String> {
+    // One statement: a semicolon only at the very end.
+    let body = sql.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body);
+    let plain = body
+        .bytes()
+        .all(|c| c.is_ascii() && !matches!(c, b'\'' | b'"' | b'$' | b'\\' | b';' | 0));
+    if !plain || body.contains("--") || body.contains("/*") {
+        return None;
+    }
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_lowercase();
+    if !NUMBER_FREE_KINDS.contains(&first.as_str()) {
+        return None;
+    }
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut key = String::with_capacity(sql.len());
+    let mut prev = b' ';
+    let mut in_number = false;
+    for &c in sql.as_bytes() {
+        if c.is_ascii_digit() && (in_number || !ident(prev)) {
+            if !in_number {
+                key.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            key.push(c as char);
+        }
+        prev = c;
+    }
+    Some(key)
 }
 
 /// The class of the most powerful statement in `sql` (which may hold
