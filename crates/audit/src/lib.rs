@@ -93,8 +93,13 @@ struct Job {
     session: Option<SessionRow>,
     /// None for entries the writer makes itself.
     reply: Option<tokio::sync::oneshot::Sender<Result<i64, String>>>,
-    /// The outage entry, made afresh for each attempt.
-    outage: bool,
+    /// Written once the store takes writes again if this attempt fails:
+    /// a session's end and evidence of a refusal. Never a session start
+    /// (a refused session must not be logged as started), never an entry
+    /// its caller writes *before* acting and skips the action without
+    /// (an enrolment, a delegated token), never the outage entry (made
+    /// afresh each attempt).
+    owed: bool,
 }
 
 /// The most entries the writer keeps for a store that is failing; past
@@ -103,25 +108,19 @@ struct Job {
 const MAX_OWED: usize = 100_000;
 
 impl Job {
-    /// Written once the store takes writes again if this attempt fails:
-    /// everything but a session start (a refused session must not be
-    /// logged as started) and the flush marker.
-    fn owed_if_failed(&self) -> bool {
-        !self.event.is_empty()
-            && !self.outage
-            && self
-                .session
-                .as_ref()
-                .is_none_or(|r| r.ended_at_ms.is_some())
-    }
-
-    fn own(event: &AuditEvent, session: Option<SessionRow>) -> Self {
+    fn new(event: &AuditEvent, session: Option<SessionRow>) -> Self {
         let value = serde_json::to_value(event).unwrap_or_default();
         Job {
             event: chain::canonical(&value),
+            owed: matches!(
+                event,
+                AuditEvent::SessionEnd { .. }
+                    | AuditEvent::Refusal { .. }
+                    | AuditEvent::StatementRefused { .. }
+                    | AuditEvent::AuditGap { .. }
+            ),
             session,
             reply: None,
-            outage: matches!(event, AuditEvent::AuditOutage { .. }),
         }
     }
 }
@@ -236,7 +235,7 @@ impl AuditLog {
             write_timeout,
         });
         let first = gap.map(|(store_ends_at, signed_up_to)| {
-            Job::own(
+            Job::new(
                 &AuditEvent::AuditGap {
                     store_ends_at,
                     signed_up_to,
@@ -263,23 +262,15 @@ impl AuditLog {
         event: &AuditEvent,
         session: Option<SessionRow>,
     ) -> Result<i64, AuditError> {
-        let value = serde_json::to_value(event).map_err(|e| AuditError::Corrupt {
-            seq: 0,
-            reason: e.to_string(),
-        })?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut job = Job {
-            event: chain::canonical(&value),
-            session,
-            reply: Some(reply),
-            outage: false,
-        };
+        let mut job = Job::new(event, session);
+        job.reply = Some(reply);
         // While the store is known to be failing, nobody waits on it: a
         // session start is refused at once; anything else (an end, a
         // refusal) is left with the writer, which owes it to the log.
         if let Some(o) = self.outage() {
             self.inner.note_failure(&o.reason);
-            if job.owed_if_failed() {
+            if job.owed {
                 job.reply = None;
                 let _ = self.inner.jobs.try_send(job);
             }
@@ -331,7 +322,7 @@ impl AuditLog {
             event: String::new(),
             session: None,
             reply: Some(reply),
-            outage: false,
+            owed: false,
         };
         if self.inner.jobs.send(job).await.is_ok() {
             let _ = tokio::time::timeout(BATCH_TIMEOUT, answer).await;
@@ -340,19 +331,34 @@ impl AuditLog {
 }
 
 impl Inner {
-    /// Sign what the store holds, read back from it: never an entry the
-    /// writer believes it committed but the store does not have.
+    /// Sign the store's head, read back from it: never an entry the
+    /// writer believes it committed but the store does not have, and never
+    /// one it cannot vouch for. The store's head must be the writer's own,
+    /// or chain from it (another gateway sharing the store appended since):
+    /// anything else — a shorter store, a different hash at the writer's
+    /// head, a tail that does not chain — is logged and not signed, so a
+    /// rewrite of the store is never sealed by the gateway's key.
     async fn checkpoint_durable(&self) -> Result<(), AuditError> {
         let Some((seq, hash)) = self.store.audit_head().await? else {
             return Ok(());
         };
-        let believed = self.head.lock().map(|h| h.0).unwrap_or(0);
-        if believed != seq {
-            tracing::warn!(
-                believed,
-                durable = seq,
-                "the audit store's head is not the writer's; signing the store's"
-            );
+        let (ours, our_hash) = self
+            .head
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or((0, chain::GENESIS.to_string()));
+        let vouched = if seq < ours {
+            Err(format!(
+                "the store ends at entry {seq}, the writer wrote up to {ours}"
+            ))
+        } else if seq - ours > CHECK_BEFORE_SIGNING {
+            Err(format!("{} entries past the writer's head", seq - ours))
+        } else {
+            self.chains_from(ours, &our_hash, seq).await
+        };
+        if let Err(why) = vouched {
+            tracing::error!(%why, "audit checkpoint not signed: the store is not what this gateway wrote");
+            return Ok(());
         }
         let chain = match self.chain.lock().ok().and_then(|c| c.clone()) {
             Some(c) => Some(c),
@@ -364,6 +370,36 @@ impl Inner {
                 .map(|r| r.hash.clone()),
         };
         self.write_checkpoint(chain.as_deref(), seq, &hash)
+    }
+
+    /// Whether the store's entries after `from` (whose hash must be
+    /// `from_hash`) up to `to` each link to the one before and match their
+    /// hashes.
+    async fn chains_from(&self, from: i64, from_hash: &str, to: i64) -> Result<(), String> {
+        if from > 0 && !landed(&self.store, from, from_hash).await {
+            return Err(format!("entry {from} is not the one this gateway wrote"));
+        }
+        let mut prev = from_hash.to_owned();
+        let mut at = from;
+        while at < to {
+            let rows = self
+                .store
+                .audit_rows(at, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows.into_iter().take_while(|r| r.seq <= to) {
+                let hash = chain::entry_hash(r.seq, r.time_ms, &r.prev_hash, &r.event);
+                if r.seq != at + 1 || r.prev_hash != prev || hash != r.hash {
+                    return Err(format!("entry {} does not chain", r.seq));
+                }
+                prev = r.hash;
+                at = r.seq;
+            }
+        }
+        Ok(())
     }
 
     fn write_checkpoint(
@@ -442,7 +478,9 @@ async fn writer(
                 Next::Closed => break,
             }
         }
-        while jobs.len() < MAX_BATCH {
+        // New jobs are taken whatever is owed, so the queue never backs
+        // up behind a long outage.
+        for _ in 0..MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -453,7 +491,7 @@ async fn writer(
         if let Some(o) = &outage {
             jobs.insert(
                 0,
-                Job::own(
+                Job::new(
                     &AuditEvent::AuditOutage {
                         since_ms: o.since_ms,
                         until_ms: now_ms(),
@@ -464,14 +502,10 @@ async fn writer(
                 ),
             );
         }
-        let result = match tokio::time::timeout(BATCH_TIMEOUT, commit(&inner, &store, &jobs)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "the audit store did not commit within {} s",
-                BATCH_TIMEOUT.as_secs()
-            )),
-        };
+        // Not cancelled on a timer: a COMMIT dropped in flight may still
+        // land, and the writer would then believe a head the store does
+        // not have. Callers stop waiting on their own bound instead.
+        let result = commit(&inner, &store, &jobs).await;
         match result {
             Ok(seqs) => {
                 if outage.is_some()
@@ -496,7 +530,7 @@ async fn writer(
                     }
                     // Ends and evidence wait for the store; the outage
                     // entry is made afresh each time.
-                    if j.owed_if_failed() {
+                    if j.owed {
                         owed.push(j);
                     }
                 }
@@ -542,7 +576,7 @@ fn abandoned_end(row: SessionRow) -> Job {
         recording_digest: None,
         ..row
     };
-    Job::own(
+    Job::new(
         &AuditEvent::SessionEnd {
             session: ended.id.clone(),
             duration_ms: 0,
@@ -589,7 +623,16 @@ async fn commit(inner: &Inner, store: &Store, jobs: &[Job]) -> Result<Vec<i64>, 
         if rows.is_empty() && sessions.is_empty() {
             return Ok(seqs);
         }
-        match store.audit_batch(&rows, &sessions).await {
+        let written = match store.audit_batch(&rows, &sessions).await {
+            // A COMMIT can fail after the server applied it (a connection
+            // lost on the way back): the store says whether it landed.
+            Err(e) if !e.is_conflict() && landed(store, seq, &prev).await => {
+                tracing::warn!(error = %e, "an audit batch reported as failed had landed");
+                Ok(())
+            }
+            other => other,
+        };
+        match written {
             Ok(()) => {
                 let crossed = (head.0 / CHECKPOINT_EVERY) != (seq / CHECKPOINT_EVERY);
                 if head.0 == 0
@@ -619,6 +662,18 @@ async fn commit(inner: &Inner, store: &Store, jobs: &[Job]) -> Result<Vec<i64>, 
     }
     Err("the audit chain's head kept moving (another writer?)".into())
 }
+
+/// Whether entry `seq` is in the store with hash `hash`.
+async fn landed(store: &Store, seq: i64, hash: &str) -> bool {
+    matches!(
+        store.audit_rows(seq - 1, 1).await.as_deref(),
+        Ok([row]) if row.seq == seq && row.hash == hash
+    )
+}
+
+/// Entries past the writer's head that [`Inner::checkpoint_durable`]
+/// checks before signing; past this it does not sign.
+const CHECK_BEFORE_SIGNING: i64 = 100_000;
 
 fn append_line(path: &Path, line: &str) -> Result<(), AuditError> {
     use std::io::Write;

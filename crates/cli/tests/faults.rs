@@ -552,6 +552,49 @@ fn a_full_spool_ends_the_session_that_cannot_be_recorded() {
     g.verify();
 }
 
+/// The sweep that closes sessions of dead gateways (every heartbeat)
+/// never touches this gateway's own live sessions: a psql session held
+/// across several heartbeats still works, ends as the caller closed it
+/// (once), and its recording reads with the digest its end sealed.
+#[test]
+fn a_live_session_outlives_the_heartbeat_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let mut g = gateway(&data, &logs, None);
+    let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
+    psql.send("select 'early';");
+    std::thread::sleep(Duration::from_secs(12));
+    psql.send("select 'late';");
+    let (out, err) = psql.finish();
+    assert!(out.contains("early") && out.contains("late"), "{out}{err}");
+    g.wait_for("the session to end", 10, || {
+        g.with_outcome("open").is_empty()
+    });
+    let ended = g.with_outcome("caller_closed");
+    assert_eq!(ended.len(), 1, "{:?}", g.sessions());
+    assert!(g.with_outcome("cut_by_restart").is_empty());
+    let id = ended[0]["id"].as_str().unwrap();
+    let ends = g
+        .audit()
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "session_end" && e["event"]["session"] == id)
+        .count();
+    assert_eq!(ends, 1, "one end entry");
+    let replay = g.cli(&["replay", id, "--no-wait"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(text.contains("late"), "{text}");
+    g.stop();
+    g.verify();
+}
+
 /// `kill -9` while HTTP and PostgreSQL sessions are open: at the next
 /// start the gateway closes what it left open (`cut_by_restart`), their
 /// recordings are sealed as far as they got and replay, no recording is

@@ -282,30 +282,29 @@ impl Sessions {
         Ok(opened)
     }
 
-    /// Close the sessions a gateway left open when its process died: this
-    /// gateway's own from before its restart, and those of peers whose
-    /// heartbeat stopped before `stale_before` (Unix seconds). Each gets
-    /// its end entry (`cut_by_restart`) and, where its recording is in
-    /// this spool, the recording is sealed as far as it got. Returns how
-    /// many were closed.
+    /// Close the sessions a gateway left open when its process died:
+    /// `previous` (this gateway's id in its last run, known dead: this
+    /// process holds its lock), with `unowned` the sessions from before
+    /// gateways were recorded, and those of peers whose heartbeat is more
+    /// than `stale_secs` old by the store's clock. Never this process's
+    /// own. Each gets its end entry (`cut_by_restart`); a recording found
+    /// in this spool is sealed as far as it got. Returns how many.
     pub async fn close_cut(
         &self,
         store: &portcullis_store::Store,
-        stale_before: i64,
+        previous: Option<&str>,
+        unowned: bool,
+        stale_secs: i64,
     ) -> Result<usize, AuditError> {
         let Some(gateway) = &self.gateway else {
             return Ok(0);
         };
-        let unowned = store.backend() == portcullis_store::Backend::Sqlite;
-        let cut = store.cut_sessions(gateway, stale_before, unowned).await?;
+        let cut = store
+            .cut_sessions(previous, gateway, stale_secs, unowned)
+            .await?;
         let n = cut.len();
         for row in cut {
-            let ours = row.gateway.as_deref().is_none_or(|g| g == gateway);
-            let digest = if ours {
-                self.seal_left_recording(&row.id)
-            } else {
-                None
-            };
+            let digest = self.seal_left_recording(&row.id);
             let by = row
                 .gateway
                 .clone()

@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod demo;
 pub mod enrol;
+mod instance;
 mod limits;
 mod listener;
 mod reload;
@@ -83,6 +84,8 @@ pub struct RunningGateway {
     front: HttpFront,
     sink: portcullis_recordings::RecordingSink,
     reloader: Arc<reload::Reloader>,
+    /// This run's id and the lock that says it is alive.
+    _instance: Arc<instance::Instance>,
 }
 
 impl RunningGateway {
@@ -453,7 +456,12 @@ struct Shared {
 
 /// The admission path's parts: masking rules, the audit log (its first
 /// entry the config's digest), recordings, approvals, authentication.
-async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared, GatewayError> {
+async fn shared(
+    cfg: &Config,
+    store: &Store,
+    rt: &mut Runtime,
+    me: &instance::Instance,
+) -> Result<Shared, GatewayError> {
     let masks = mask_rules(cfg)?;
     let mask_metrics = portcullis_mask::MaskMetrics::register(&mut rt.registry);
     let audit =
@@ -472,13 +480,20 @@ async fn shared(cfg: &Config, store: &Store, rt: &mut Runtime) -> Result<Shared,
         .map_err(|e| GatewayError::Recordings(e.to_string()))?;
     rt.tracker
         .spawn(sink.clone().run_uploads(rt.shutdown.clone()));
-    let sessions =
-        portcullis_front::Sessions::new(audit.clone(), sink.clone()).of_gateway(&gateway_id(cfg));
+    let sessions = portcullis_front::Sessions::new(audit.clone(), sink.clone()).of_gateway(&me.id);
     sessions.register(&mut rt.registry);
-    // Sessions this gateway left open when its process died are closed
-    // before it serves again (their recordings sealed as far as they got).
-    let stale = portcullis_identity::unix_now() - PEER_STALE.as_secs() as i64;
-    sessions.close_cut(store, stale).await?;
+    // Sessions the previous run left open when its process died are
+    // closed before this one serves (their recordings sealed as far as
+    // they got), and those of peers that stopped beating.
+    let unowned = me.holds_lock() && store.backend() == portcullis_store::Backend::Sqlite;
+    sessions
+        .close_cut(
+            store,
+            me.previous.as_deref(),
+            unowned,
+            PEER_STALE.as_secs() as i64,
+        )
+        .await?;
     let webhook = match &cfg.approvals.webhook {
         None => None,
         Some(w) => Some(webhook(w)?),
@@ -647,22 +662,10 @@ fn start_liveness(rt: &Runtime, store: &Store, shared: &Shared) {
     });
 }
 
-/// This gateway's id: the same across restarts of the same config on the
-/// same host (so that at start it finds the sessions it left open when it
-/// died), different for each config and host sharing a store.
-fn gateway_id(cfg: &Config) -> String {
-    let path = std::fs::canonicalize(&cfg.source).unwrap_or_else(|_| cfg.source.clone());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let digest =
-        portcullis_tls::sha256_hex(format!("{}\n{}", host.trim(), path.display()).as_bytes());
-    format!("gw_{}", &digest[..12])
-}
-
-/// A peer whose heartbeat is older than this is taken for dead: its open
-/// sessions are closed by whichever gateway sweeps first.
-const PEER_STALE: Duration = Duration::from_secs(30);
+/// A peer whose heartbeat (every 5 s) is older than this, by the store's
+/// clock, is taken for dead: its open sessions are closed by whichever
+/// gateway sweeps first.
+const PEER_STALE: Duration = Duration::from_secs(60);
 
 fn start_heartbeat(
     rt: &Runtime,
@@ -686,12 +689,11 @@ fn start_heartbeat(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = portcullis_identity::unix_now();
-            if let Err(e) = store.gateway_heartbeat(&id, &url, started, now).await {
+            if let Err(e) = store.gateway_heartbeat(&id, &url, started).await {
                 tracing::warn!(error = %e, "store heartbeat failed");
             }
-            let stale = now - PEER_STALE.as_secs() as i64;
-            if let Err(e) = sessions.close_cut(&store, stale).await {
+            let stale = PEER_STALE.as_secs() as i64;
+            if let Err(e) = sessions.close_cut(&store, None, false, stale).await {
                 tracing::warn!(error = %e, "closing sessions of stopped gateways failed");
             }
         }
@@ -781,7 +783,8 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             .await?,
         ),
     };
-    let shared = shared(cfg, &store, &mut rt).await?;
+    let me = Arc::new(instance::Instance::claim(cfg));
+    let shared = shared(cfg, &store, &mut rt, &me).await?;
     start_liveness(&rt, &store, &shared);
     let http_metrics = HttpMetrics::register(&mut rt.registry);
     let front = HttpFront::new(shared.ctx.clone(), cfg, http_metrics, shared.links.clone())?;
@@ -808,7 +811,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         .unwrap_or_else(|| portcullis_config::url_for(https_addr));
     let assignments = agents::Assignments::from_config(cfg);
     let agent_addr = start_agents(cfg, &rt, &store, &shared.links, &assignments).await?;
-    let gateway_id = gateway_id(cfg);
+    let gateway_id = me.id.clone();
     start_heartbeat(&rt, &store, &shared.ctx.sessions, &gateway_id, &public_url);
     let reload_metrics = reload::ReloadMetrics::register(&mut rt.registry);
     let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
@@ -871,5 +874,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         front,
         sink: shared.sink,
         reloader,
+        _instance: me,
     })
 }

@@ -177,14 +177,21 @@ impl AnalysisCache {
         if sql.len() > ANALYSIS_TEXT_MAX {
             return std::sync::Arc::new(analyse(sql));
         }
-        let key = number_free_key(sql);
-        let key = key.as_deref().unwrap_or(sql);
+        let shared = number_free_key(sql);
         // Only a panic while holding it poisons it; the map is still whole.
         let lock = || self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = lock().get(key) {
+        if let Some(a) = lock().get(shared.as_deref().unwrap_or(sql)) {
             return a.clone();
         }
         let a = std::sync::Arc::new(analyse(sql));
+        // A text the parser could not read is kept under its own text
+        // only: a number out of range (`varchar(99999999999999999999)`)
+        // fails where any other would parse, so `Unknown` is not an
+        // answer for the texts that share its numbers-free key.
+        let key = match &shared {
+            Some(k) if a.class != Class::Unknown => k.as_str(),
+            _ => sql,
+        };
         let mut map = lock();
         if map.len() >= ANALYSES_MAX {
             map.clear();
@@ -202,7 +209,8 @@ const NUMBER_FREE_KINDS: &[&str] = &["select", "insert", "update", "delete", "va
 
 /// The cache key for a text that differs from others only in its numbers
 /// (`… WHERE aid = 12345`, sent with a new literal each time by clients
-/// of the simple protocol): each number replaced by `#`. Only for the
+/// of the simple protocol): each number replaced by a NUL (which no plain
+/// text holds; `#` is an operator). Only for the
 /// plainest texts, where telling a number from anything else needs no
 /// lexer: ASCII, one statement of a kind in [`NUMBER_FREE_KINDS`], and no
 /// quote, dollar, backslash or comment anywhere — so every digit run
@@ -234,10 +242,16 @@ fn number_free_key(sql: &str) -> Option<String> {
     for &c in sql.as_bytes() {
         if c.is_ascii_digit() && (in_number || !ident(prev)) {
             if !in_number {
-                key.push('#');
+                key.push('\0');
             }
             in_number = true;
         } else {
+            // A number run into a name (`1e5`, `0x1F`, `9x1F`, `1_000`)
+            // lexes by its digits (`0x` is hex, `9x` a number and an
+            // alias): not merged.
+            if in_number && (c.is_ascii_alphabetic() || c == b'_') {
+                return None;
+            }
             in_number = false;
             key.push(c as char);
         }

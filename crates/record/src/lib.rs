@@ -216,7 +216,7 @@ impl Writer {
             source,
         };
         let data = std::fs::read(path).map_err(io)?;
-        let scan = scan(path, &data)?;
+        let scan = scan(path, &data, true)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
@@ -406,7 +406,7 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, String), RecordError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let s = scan(path, &data)?;
+    let s = scan(path, &data, false)?;
     Ok((s.records, hex::encode(s.prev)))
 }
 
@@ -419,7 +419,10 @@ struct Scan {
     end: usize,
 }
 
-fn scan(path: &Path, data: &[u8]) -> Result<Scan, RecordError> {
+/// With `zero_tail`, a last stretch of zero bytes (space a power loss
+/// left allocated but unwritten) ends the recording like a torn segment;
+/// reading for replay stays strict.
+fn scan(path: &Path, data: &[u8], zero_tail: bool) -> Result<Scan, RecordError> {
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
         return Err(RecordError::NotARecording {
             path: path.to_path_buf(),
@@ -440,6 +443,9 @@ fn scan(path: &Path, data: &[u8]) -> Result<Scan, RecordError> {
         ctx.update(&prev);
         ctx.update(frame);
         if ctx.finish().as_ref() != digest {
+            if zero_tail && data[at..].iter().all(|&b| b == 0) {
+                break;
+            }
             return Err(RecordError::Digest {
                 path: path.to_path_buf(),
                 segment,
@@ -639,6 +645,33 @@ mod tests {
             }
         );
         assert!(records[3].t_us >= records[2].t_us);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut_off_when_resuming_but_an_edit_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "s5").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        w.flush().unwrap();
+        let path = w.path().to_path_buf();
+        drop(w);
+        let good = std::fs::read(&path).unwrap();
+        let mut zeroed = good.clone();
+        zeroed.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &zeroed).unwrap();
+        let w = Writer::resume(&path).unwrap();
+        assert_eq!(w.seal().1, None);
+        assert_eq!(read(&path).unwrap().0.len(), 1);
+        // Anything but zeros after a bad digest is an edit: not repaired.
+        let mut edited = good.clone();
+        let last = edited.len() - 1;
+        edited[last] ^= 0x55;
+        edited.extend_from_slice(&[0u8; 64]);
+        std::fs::write(&path, &edited).unwrap();
+        assert!(matches!(
+            Writer::resume(&path),
+            Err(RecordError::Digest { .. })
+        ));
     }
 
     /// A write that fails (a full disk; here a file opened read-only) stops

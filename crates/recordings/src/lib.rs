@@ -112,6 +112,8 @@ pub struct RecordingSink {
 struct SpoolFault {
     reason: String,
     last_probe: Instant,
+    /// A probe is running.
+    probing: bool,
 }
 
 /// How much a probe writes to see whether the spool takes writes again:
@@ -219,12 +221,14 @@ impl RecordingSink {
             *f = Some(SpoolFault {
                 reason: reason.to_owned(),
                 last_probe: Instant::now(),
+                probing: false,
             });
         }
     }
 
     /// While the spool is marked failed, try a write (at most once a
-    /// second); a probe that lands clears the mark.
+    /// second, on the blocking pool: a hung disk must not stall the async
+    /// workers); a probe that lands clears the mark.
     fn spool_writable(&self) -> Result<(), String> {
         let Ok(mut guard) = self.fault.lock() else {
             return Ok(());
@@ -232,18 +236,31 @@ impl RecordingSink {
         let Some(f) = guard.as_mut() else {
             return Ok(());
         };
-        if f.last_probe.elapsed() >= PROBE_EVERY {
+        let reason = format!("the recordings spool cannot be written ({})", f.reason);
+        if f.last_probe.elapsed() >= PROBE_EVERY && !f.probing {
             f.last_probe = Instant::now();
-            if probe(&self.spool).is_ok() {
-                tracing::info!(spool = %self.spool.display(), "the recordings spool takes writes again");
-                *guard = None;
-                return Ok(());
+            f.probing = true;
+            let (spool, fault) = (self.spool.clone(), self.fault.clone());
+            let run = move || {
+                let ok = probe(&spool).is_ok();
+                if let Ok(mut g) = fault.lock() {
+                    match (ok, g.as_mut()) {
+                        (true, _) => {
+                            tracing::info!(spool = %spool.display(), "the recordings spool takes writes again");
+                            *g = None;
+                        }
+                        (false, Some(f)) => f.probing = false,
+                        (false, None) => {}
+                    }
+                }
+            };
+            drop(guard);
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(run)),
+                Err(_) => run(),
             }
         }
-        Err(format!(
-            "the recordings spool cannot be written ({})",
-            f.reason
-        ))
+        Err(reason)
     }
 
     /// `Err` when the spool cannot be written, or recordings have waited

@@ -371,24 +371,33 @@ impl Store {
     }
 
     /// This gateway is alive (peers see it on `/status`).
+    /// Seen now, by the database's clock: gateways whose clocks disagree
+    /// still agree on who stopped beating (see [`Self::cut_sessions`]).
     pub async fn gateway_heartbeat(
         &self,
         id: &str,
         public_url: &str,
         started_at: i64,
-        now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(self.q(
-            "INSERT INTO gateways (id, public_url, started_at, last_seen) VALUES (?, ?, ?, ?) \
+        sqlx::query(self.q(&format!(
+            "INSERT INTO gateways (id, public_url, started_at, last_seen) VALUES (?, ?, ?, {}) \
              ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, public_url = excluded.public_url",
-        ))
+            self.now_sql()
+        )))
         .bind(id.to_string())
         .bind(public_url.to_string())
         .bind(started_at)
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The database's clock, in Unix seconds, as SQL.
+    fn now_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "CAST(strftime('%s', 'now') AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
+        }
     }
 
     /// Gateways seen since `since` (Unix seconds): (id, public_url, started_at, last_seen).
@@ -888,27 +897,31 @@ impl Store {
         rows.iter().map(session_from_row).collect()
     }
 
-    /// Sessions with no end that were run by `gateway`, or by a gateway
-    /// not seen since `stale_before` (Unix seconds): cut by a process that
-    /// died. With `unowned`, sessions from before gateways were recorded
-    /// count too (a SQLite store has one gateway).
+    /// Sessions with no end left by a process that died: those of
+    /// `previous` (this gateway's id in its last run, known dead because
+    /// this process holds its lock), with `unowned` those from before
+    /// gateways were recorded, and those of any other gateway whose last
+    /// heartbeat is more than `stale_secs` old by the database's clock.
+    /// Never `me`'s own.
     pub async fn cut_sessions(
         &self,
-        gateway: &str,
-        stale_before: i64,
+        previous: Option<&str>,
+        me: &str,
+        stale_secs: i64,
         unowned: bool,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        let rows = sqlx::query(self.q(
+        let rows = sqlx::query(self.q(&format!(
             "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
-             FROM sessions WHERE ended_at_ms IS NULL AND (gateway = ? \
+             FROM sessions WHERE ended_at_ms IS NULL AND (gateway IS NULL OR gateway <> ?) AND (gateway = ? \
              OR (gateway IS NULL AND ? = 1) \
-             OR gateway IN (SELECT id FROM gateways WHERE last_seen < ? AND id <> ?)) \
+             OR gateway IN (SELECT id FROM gateways WHERE last_seen < {} - ?)) \
              ORDER BY started_at_ms, id LIMIT 1000",
-        ))
-        .bind(gateway)
+            self.now_sql()
+        )))
+        .bind(me)
+        .bind(previous.unwrap_or(""))
         .bind(i64::from(unowned))
-        .bind(stale_before)
-        .bind(gateway)
+        .bind(stale_secs)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(session_from_row).collect()

@@ -244,20 +244,15 @@ pub async fn audit_and_sessions(store: &Store) {
     assert_eq!(s.gateway, session.gateway);
 }
 
-/// A session left open by a gateway that died is found by that gateway
-/// at restart, and by a peer once the dead one's heartbeat is stale; not
-/// while its gateway is alive, and never once ended.
+/// A session left open by a gateway that died is found by that gateway's
+/// next run, and by a peer once the dead one's heartbeat is stale by the
+/// database's clock; never the asking gateway's own, and never once ended.
 pub async fn cut_sessions(store: &Store) {
     let t = tag();
-    let (mine, dead, alive) = (format!("gw_m{t}"), format!("gw_d{t}"), format!("gw_a{t}"));
-    store
-        .gateway_heartbeat(&dead, "https://d", 1, 100)
-        .await
-        .unwrap();
-    store
-        .gateway_heartbeat(&alive, "https://a", 1, 10_000)
-        .await
-        .unwrap();
+    let (me, previous, peer) = (format!("gw_m{t}"), format!("gw_p{t}"), format!("gw_o{t}"));
+    for gw in [&me, &previous, &peer] {
+        store.gateway_heartbeat(gw, "https://g", 1).await.unwrap();
+    }
     let open = |id: &str, gw: &str| SessionRow {
         id: format!("{id}_{t}"),
         principal: "agent:x".into(),
@@ -272,12 +267,12 @@ pub async fn cut_sessions(store: &Store) {
     let ended = SessionRow {
         ended_at_ms: Some(2),
         outcome: Some("ok".into()),
-        ..open("ended", &mine)
+        ..open("ended", &previous)
     };
     let rows = [
-        open("mine", &mine),
-        open("dead", &dead),
-        open("alive", &alive),
+        open("mine", &me),
+        open("previous", &previous),
+        open("peer", &peer),
         ended,
     ];
     store.audit_batch(&[], &rows).await.unwrap();
@@ -290,9 +285,16 @@ pub async fn cut_sessions(store: &Store) {
         ids.sort();
         ids
     };
-    let cut = store.cut_sessions(&mine, 1_000, false).await.unwrap();
-    assert_eq!(found(cut), vec![format!("dead_{t}"), format!("mine_{t}")]);
-    // The dead gateway's heartbeat is recent: only this gateway's own.
-    let cut = store.cut_sessions(&mine, 50, false).await.unwrap();
-    assert_eq!(found(cut), vec![format!("mine_{t}")]);
+    // Every heartbeat is fresh: only the previous run's.
+    let cut = store
+        .cut_sessions(Some(&previous), &me, 60, false)
+        .await
+        .unwrap();
+    assert_eq!(found(cut), vec![format!("previous_{t}")]);
+    // Every heartbeat counts as stale: the peer's too, never our own.
+    let cut = store.cut_sessions(None, &me, -3600, false).await.unwrap();
+    assert_eq!(
+        found(cut),
+        vec![format!("peer_{t}"), format!("previous_{t}")]
+    );
 }
