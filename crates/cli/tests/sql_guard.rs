@@ -663,3 +663,53 @@ fn a_schema_change_through_the_gateway_ends_the_proofs_made_before_it() {
     });
     assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM customers"), "6");
 }
+
+/// Functions PostgreSQL calls without the statement naming them: a view
+/// over a volatile function, and an operator of a built-in symbol (`=`)
+/// whose code is volatile. Once either exists, statements that touch a
+/// relation are not proven: refused on the read-only connection, held on
+/// the approval one; nothing changes in the database.
+#[test]
+fn views_and_operators_that_run_volatile_code_are_not_proven() {
+    let g = Guard::start("hidden");
+    let pg = PgCluster::shared();
+    let db = g.db.clone();
+    // Made outside the gateway before its first statement (a change made
+    // outside is seen within the catalog cache's 30 s, as for functions).
+    let before = rt().block_on(async { fingerprint(&g.direct().await).await });
+    pg.psql_db(
+        &db,
+        "CREATE FUNCTION eq_purge(a int, b text) RETURNS bool LANGUAGE sql VOLATILE AS \
+           $$ INSERT INTO side_effects VALUES ('operator'); SELECT a::text = b $$; \
+         CREATE OPERATOR = (leftarg = int, rightarg = text, function = eq_purge); \
+         CREATE VIEW purging AS SELECT purge_customer(6) AS gone;",
+    );
+    let after_ddl = rt().block_on(async { fingerprint(&g.direct().await).await });
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            for sql in [
+                "SELECT * FROM purging",
+                "SELECT name FROM customers WHERE id = '2'::text",
+            ] {
+                let e = c
+                    .simple_query(sql)
+                    .await
+                    .expect_err(&format!("{conn}: {sql} ran unproven"));
+                let m = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                // The gateway's refusal or hold, not the server's
+                // read-only backstop catching the write afterwards.
+                assert!(
+                    m.contains("proven") || m.contains("review"),
+                    "{conn}: {sql}: {m}"
+                );
+            }
+        }
+    });
+    let after = rt().block_on(async { fingerprint(&g.direct().await).await });
+    assert_eq!(after, after_ddl, "nothing ran");
+    assert_ne!(before, after_ddl, "the DDL itself changed the schema");
+}

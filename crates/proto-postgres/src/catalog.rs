@@ -49,6 +49,52 @@ type Entry = (Arc<[ProcRow]>, Instant);
 struct Cache {
     names: HashMap<String, Entry>,
     oids: HashMap<u32, Entry>,
+    /// The volatile functions PostgreSQL may call without the statement
+    /// naming them ([`HIDDEN_VOLATILE`]).
+    hidden: Option<Entry>,
+}
+
+/// Functions outside `pg_catalog` that are volatile and that PostgreSQL
+/// calls without a statement naming them: an operator's code (and its
+/// planner estimators), a cast, a type's input and output, operator-class
+/// support (ORDER BY, hashing), an aggregate's steps, and anything a view
+/// (its rewrite rule) or a row-security policy calls. A statement that
+/// touches a relation or calls a function could reach any of them, so
+/// while one exists no such statement on the connection is proven: it is
+/// `unknown` (refused on read-only connections, held where approvals
+/// apply). The first few are named in the log.
+const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE p.provolatile = 'v' AND n.nspname <> 'pg_catalog' AND p.oid IN ( \
+       SELECT oprcode::oid FROM pg_catalog.pg_operator \
+       UNION SELECT oprrest::oid FROM pg_catalog.pg_operator \
+       UNION SELECT oprjoin::oid FROM pg_catalog.pg_operator \
+       UNION SELECT castfunc FROM pg_catalog.pg_cast \
+       UNION SELECT typinput::oid FROM pg_catalog.pg_type \
+       UNION SELECT typoutput::oid FROM pg_catalog.pg_type \
+       UNION SELECT typreceive::oid FROM pg_catalog.pg_type \
+       UNION SELECT typsend::oid FROM pg_catalog.pg_type \
+       UNION SELECT typmodin::oid FROM pg_catalog.pg_type \
+       UNION SELECT typmodout::oid FROM pg_catalog.pg_type \
+       UNION SELECT amproc::oid FROM pg_catalog.pg_amproc \
+       UNION SELECT aggtransfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggfinalfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggcombinefn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggserialfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggdeserialfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggmtransfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggminvtransfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT aggmfinalfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT d.refobjid FROM pg_catalog.pg_depend d \
+         WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass \
+           AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass) \
+     ) ORDER BY 1, 2 LIMIT 5";
+
+/// Whether a statement could reach a function PostgreSQL calls on its
+/// own: it reads or writes a relation, calls a function, or cannot be
+/// read through.
+fn reaches_hidden(a: &Analysis) -> bool {
+    !a.refs.relations.is_empty() || !a.calls.is_empty() || a.refs.opaque
 }
 
 impl Cache {
@@ -136,6 +182,44 @@ impl Catalog {
     /// The class of `a` with its calls proven against the catalog.
     /// `open` dials the look-up session when there is none.
     pub async fn resolve<F, Fut>(&self, a: &Analysis, open: F) -> Result<Class, ProofError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        if a.class < Class::Ddl && reaches_hidden(a) && !self.hidden(&open).await?.is_empty() {
+            return Ok(Class::Unknown);
+        }
+        self.resolve_calls(a, &open).await
+    }
+
+    /// The volatile functions PostgreSQL may call on its own (cached as
+    /// the other proofs are, and forgotten with them).
+    async fn hidden<F, Fut>(&self, open: F) -> Result<Arc<[ProcRow]>, ProofError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            Cache::fresh(cache.hidden.as_ref())
+        };
+        if let Some(rows) = cached {
+            return Ok(rows);
+        }
+        let rows: Arc<[ProcRow]> = self.query(HIDDEN_VOLATILE, open).await?.into();
+        if !rows.is_empty() {
+            let names: Vec<String> = rows
+                .iter()
+                .map(|r| format!("{}.{}", r.schema, r.name))
+                .collect();
+            tracing::warn!(functions = ?names, "the target has volatile functions PostgreSQL calls without a statement naming them (operators, casts, types, views, policies…): statements that touch relations are not proven on this connection");
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.hidden = Some((rows.clone(), Instant::now()));
+        Ok(rows)
+    }
+
+    async fn resolve_calls<F, Fut>(&self, a: &Analysis, open: F) -> Result<Class, ProofError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
