@@ -143,6 +143,18 @@ connections = ["db", "api"]
     g
 }
 
+/// [`gateway`] in a fresh folder (not a tmpfs); the folder lives as long
+/// as the returned guard.
+fn plain_gateway() -> (tempfile::TempDir, Gateway) {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let g = gateway(&data, &logs, None);
+    (tmp, g)
+}
+
 impl Gateway {
     fn start(&mut self) {
         let n = std::fs::read_dir(&self.logs).map_or(0, |d| d.count());
@@ -383,12 +395,8 @@ fn a_full_data_folder_refuses_fast_and_recovers_by_itself() {
 /// closed.
 #[test]
 fn a_stalled_store_refuses_fast() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().join("logs");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::create_dir_all(&data).unwrap();
-    let mut g = gateway(&data, &logs, None);
+    let (_tmp, mut g) = plain_gateway();
+    let data = g.dir.clone();
     assert_eq!(g.request("/c/api/before").0, 200);
 
     let db = data.join("portcullis.db");
@@ -558,12 +566,7 @@ fn a_full_spool_ends_the_session_that_cannot_be_recorded() {
 /// (once), and its recording reads with the digest its end sealed.
 #[test]
 fn a_live_session_outlives_the_heartbeat_sweep() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().join("logs");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::create_dir_all(&data).unwrap();
-    let mut g = gateway(&data, &logs, None);
+    let (_tmp, mut g) = plain_gateway();
     let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
     psql.send("select 'early';");
     std::thread::sleep(Duration::from_secs(12));
@@ -601,12 +604,8 @@ fn a_live_session_outlives_the_heartbeat_sweep() {
 /// empty, and the chain verifies.
 #[test]
 fn kill_9_under_load_leaves_no_session_open() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().join("logs");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::create_dir_all(&data).unwrap();
-    let mut g = gateway(&data, &logs, None);
+    let (_tmp, mut g) = plain_gateway();
+    let data = g.dir.clone();
 
     let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
     psql.send("select 'first';");
