@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
-use portcullis_tls::CertificateAuthority;
 
 /// A tmpfs mounted for one test; unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -76,66 +74,14 @@ struct Gateway {
 /// says otherwise, recordings) lives in `dir`; logs in `logs`, outside any
 /// tmpfs. Connections: `api` (HTTP) and `db` (PostgreSQL).
 fn gateway(dir: &Path, logs: &Path, spool: Option<&Path>) -> Gateway {
-    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
-    write_leaf(&ca, dir, "server");
-    std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
-    let up = upstream::start(&dir.join("server.pem"), &dir.join("server.key"));
-    let pg = PgCluster::shared();
+    let up = db_api::prepare(dir);
     let recordings = spool
         .map(|s| format!("[recordings]\nurl = \"file://{}\"\n", s.display()))
         .unwrap_or_default();
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-admin_listen = "127.0.0.1:0"
-
-[postgres]
-listen = "127.0.0.1:0"
-
-[[connections]]
-name = "db"
-type = "postgres"
-url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
-password = "file:pgpw"
-
-[[connections]]
-name = "api"
-type = "http"
-url = "https://localhost:{api}"
-ca_file = "ca.pem"
-
-[[grants]]
-name = "testers"
-groups = ["testers"]
-connections = ["db", "api"]
-
-{recordings}"#,
-        p = pg.port,
-        root = pg.ca.display(),
-        api = up.port,
-    );
     let cfg = dir.join("portcullis.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let out = cli_at(
-        &cfg,
-        &[
-            "token",
-            "create",
-            "--principal",
-            "agent:tester",
-            "--group",
-            "testers",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rest = format!("{}{recordings}", db_api::TESTERS);
+    std::fs::write(&cfg, db_api::config(up.port, &rest)).unwrap();
+    let token = tester_token(&cfg);
     let mut g = Gateway {
         dir: dir.to_path_buf(),
         logs: logs.to_path_buf(),
@@ -210,29 +156,11 @@ impl Gateway {
     }
 
     fn sessions(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["sessions", "list", "--json", "--limit", "100000"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&self.cli(&["sessions", "list", "--json", "--limit", "100000"]))
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["audit", "export"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&self.cli(&["audit", "export"]))
     }
 
     fn verify(&self) {
@@ -670,17 +598,8 @@ fn kill_9_under_load_leaves_no_session_open() {
     assert!(cut.iter().any(|s| s["protocol"] == "postgres"), "{cut:?}");
     for s in &cut {
         let id = s["id"].as_str().unwrap();
-        let out = g.cli(&["replay", id, "--json", "--no-wait"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .unwrap();
+        let records = json_lines(&g.cli(&["replay", id, "--json", "--no-wait"]));
+        let last = records.last().unwrap();
         assert_eq!(last["type"], "session_end", "{last}");
         assert_eq!(last["outcome"], "cut_by_restart");
     }

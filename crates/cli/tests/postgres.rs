@@ -1321,18 +1321,7 @@ fn copy_data_and_fast_path_calls_are_recorded() {
     let cfg = g.tmp.path().join("portcullis.toml");
     let replays: String = ["rw", "masked"]
         .iter()
-        .flat_map(|c| {
-            let list = cli_at(&cfg, &["sessions", "list", "--json", "--connection", c]);
-            String::from_utf8_lossy(&list.stdout)
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|c| session_ids(&cfg, c))
         .map(|id| {
             String::from_utf8_lossy(&cli_at(&cfg, &["replay", &id, "--no-wait"]).stdout).to_string()
         })
@@ -1379,20 +1368,11 @@ fn a_large_copy_row_streams_through_and_is_recorded() {
         assert_eq!(n as usize, row.len());
     });
     let cfg = g.tmp.path().join("portcullis.toml");
-    let list = cli_at(&cfg, &["sessions", "list", "--json", "--connection", "rw"]);
-    let pieces: Vec<usize> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let pieces: Vec<usize> = session_ids(&cfg, "rw")
+        .into_iter()
         .flat_map(|id| {
-            let out = cli_at(&cfg, &["replay", &id, "--json", "--no-wait"]);
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            json_lines(&cli_at(&cfg, &["replay", &id, "--json", "--no-wait"]))
+                .into_iter()
                 .filter(|r| r["type"] == "pg_copy_data" && r["from_caller"] == true)
                 .map(|r| r["data"].as_str().unwrap().matches('y').count())
                 .collect::<Vec<_>>()

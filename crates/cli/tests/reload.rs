@@ -8,9 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg::{PG_PASSWORD, PgCluster};
+use common::pg::PgCluster;
 use common::*;
-use portcullis_tls::CertificateAuthority;
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -22,54 +21,14 @@ struct Setup {
     upstream: upstream::TestUpstream,
 }
 
-/// The config: a PostgreSQL and an HTTP connection, then `rest`
-/// (grants, more connections, masking rules; `APIPORT` in it is the test
-/// upstream's port).
-fn config(api_port: u16, rest: &str) -> String {
-    let rest = rest.replace("APIPORT", &api_port.to_string());
-    let pg = PgCluster::shared();
-    let (p, root) = (pg.port, pg.ca.display());
-    format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-admin_listen = "127.0.0.1:0"
+use common::db_api::config;
 
-[postgres]
-listen = "127.0.0.1:0"
-
-[[connections]]
-name = "db"
-type = "postgres"
-url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
-password = "file:pgpw"
-
-[[connections]]
-name = "api"
-type = "http"
-url = "https://localhost:{api_port}"
-ca_file = "ca.pem"
-{rest}
-"#
-    )
-}
-
-const BOTH: &str = r#"
-[[grants]]
-name = "testers"
-groups = ["testers"]
-connections = ["db", "api"]
-"#;
+const BOTH: &str = common::db_api::TESTERS;
 
 fn setup(rest: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let (ca, _) = CertificateAuthority::load_or_create(&dir).unwrap();
-    write_leaf(&ca, &dir, "server");
-    std::fs::write(dir.join("pgpw"), format!("{PG_PASSWORD}\n")).unwrap();
-    let up = upstream::start(&dir.join("server.pem"), &dir.join("server.key"));
+    let up = common::db_api::prepare(&dir);
     let (gw, token) = gateway_with_config(&dir, &config(up.port, rest));
     Setup {
         ca: dir.join("ca.pem").display().to_string(),

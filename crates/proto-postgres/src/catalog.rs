@@ -59,7 +59,7 @@ struct Cache {
 /// planner estimators), a cast, a type's input and output, operator-class
 /// support (ORDER BY, hashing), an aggregate's steps, and anything a view
 /// (its rewrite rule) or a row-security policy calls. A statement that
-/// touches a relation or calls a function could reach any of them, so
+/// evaluates anything could reach any of them ([`reaches_hidden`]), so
 /// while one exists no such statement on the connection is proven: it is
 /// `unknown` (refused on read-only connections, held where approvals
 /// apply). The first few are named in the log.
@@ -91,10 +91,11 @@ const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
      ) ORDER BY 1, 2 LIMIT 5";
 
 /// Whether a statement could reach a function PostgreSQL calls on its
-/// own: it reads or writes a relation, calls a function, or cannot be
-/// read through.
+/// own: it evaluates an expression, reads or writes a relation, calls a
+/// function, or cannot be read through. (Transaction control, SET and
+/// SHOW do not.)
 fn reaches_hidden(a: &Analysis) -> bool {
-    !a.refs.relations.is_empty() || !a.calls.is_empty() || a.refs.opaque
+    a.evaluates || !a.refs.relations.is_empty() || !a.calls.is_empty() || a.refs.opaque
 }
 
 impl Cache {

@@ -102,6 +102,11 @@ pub struct Analysis {
     pub calls: Vec<Call>,
     /// What the statement reads by name, for the masker's column rules.
     pub refs: References,
+    /// It evaluates expressions (a query, or an expression beyond a plain
+    /// value or name), so PostgreSQL may call operators, casts and the
+    /// like on its own: `SELECT 1 = '1'::text` touches no relation and
+    /// names no function, yet runs an operator's code.
+    pub evaluates: bool,
 }
 
 /// The names a statement refers to, folded as PostgreSQL folds them: what
@@ -289,12 +294,14 @@ pub fn analyse(sql: &str) -> Analysis {
             class: Class::Read,
             calls: Vec::new(),
             refs: References::default(),
+            evaluates: false,
         };
     }
     let unknown = Analysis {
         class: Class::Unknown,
         calls: Vec::new(),
         refs: References::opaque(),
+        evaluates: true,
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
@@ -312,6 +319,7 @@ pub fn analyse(sql: &str) -> Analysis {
                 relations: [name].into(),
                 ..References::default()
             },
+            evaluates: true,
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
@@ -324,8 +332,9 @@ pub fn analyse(sql: &str) -> Analysis {
     for s in &stmts {
         match s {
             // Plain EXPLAIN plans without running anything (planning may
-            // fold immutable functions, which have no effects).
-            Statement::Explain { .. } if !explain_runs(s) => {}
+            // fold immutable functions, which have no effects; it may call
+            // an operator's estimators, hence `evaluates`).
+            Statement::Explain { .. } if !explain_runs(s) => w.evaluates = true,
             Statement::Explain { statement, .. } => w.walk(statement),
             _ => w.walk(s),
         }
@@ -343,6 +352,7 @@ pub fn analyse(sql: &str) -> Analysis {
         class: w.class,
         calls,
         refs,
+        evaluates: w.evaluates,
     }
 }
 
@@ -954,6 +964,7 @@ struct Walker {
     refs: References,
     /// Names of the statement's CTEs (relations by those names are its own).
     ctes: std::collections::BTreeSet<String>,
+    evaluates: bool,
 }
 
 /// An identifier as PostgreSQL folds it.
@@ -1088,6 +1099,7 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        self.evaluates = true;
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(folded(&cte.alias.name));
@@ -1160,6 +1172,11 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        // A plain value or name (a SET's) calls nothing by itself.
+        self.evaluates |= !matches!(
+            e,
+            Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+        );
         self.value_refs(e);
         match e {
             Expr::Function(f) => self.call(&f.name, true),

@@ -2,6 +2,7 @@
 //! at run time, and talks to it with real clients (curl, openssl, rustls).
 #![allow(dead_code)]
 
+pub mod db_api;
 pub mod idp;
 pub mod pg;
 pub mod upstream;
@@ -113,28 +114,45 @@ impl Drop for Proc {
 pub fn gateway_with_config(dir: &Path, config: &str) -> (Proc, String) {
     let cfg_path = dir.join("portcullis.toml");
     std::fs::write(&cfg_path, config).unwrap();
+    let token = tester_token(&cfg_path);
     let cfg = cfg_path.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            cfg,
+    let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
+    (gw, token)
+}
+
+/// A token for `agent:tester` in group `testers`, from the config `cfg`.
+pub fn tester_token(cfg: &Path) -> String {
+    let out = cli_at(
+        cfg,
+        &[
             "token",
             "create",
             "--principal",
             "agent:tester",
             "--group",
             "testers",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let gw = Proc::spawn(dir, &["--config", cfg, "gateway"], "gateway.log");
-    (gw, token)
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The JSON lines a command that succeeded printed (`--json` lists,
+/// `audit export`, `replay --json`).
+pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A server certificate for localhost and 127.0.0.1 from `ca`, written
@@ -455,4 +473,15 @@ pub fn created_token(out: &std::process::Output) -> (String, String) {
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let field = |k: &str| created[k].as_str().unwrap().to_string();
     (field("token"), field("id"))
+}
+
+/// The ids of the sessions on `connection` in the index of config `cfg`.
+pub fn session_ids(cfg: &Path, connection: &str) -> Vec<String> {
+    json_lines(&cli_at(
+        cfg,
+        &["sessions", "list", "--json", "--connection", connection],
+    ))
+    .iter()
+    .map(|s| s["id"].as_str().unwrap().to_owned())
+    .collect()
 }

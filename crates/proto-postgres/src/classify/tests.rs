@@ -420,3 +420,28 @@ fn an_unreadable_number_does_not_poison_its_key() {
     let good = cache.get_or_analyse("SELECT CAST(v AS varchar(255)) FROM t");
     assert_eq!(good.class, Class::Read);
 }
+
+/// What may make PostgreSQL call an operator, cast or type function on
+/// its own: any query or expression; not transaction control or SET.
+#[test]
+fn statements_that_evaluate_expressions_are_marked() {
+    for sql in [
+        "SELECT 1 = '1'::text",
+        "VALUES (1)",
+        "EXPLAIN SELECT 1",
+        "UPDATE t SET a = a + 1",
+        "TABLE t",
+        "not sql at all (",
+    ] {
+        assert!(analyse(sql).evaluates, "{sql}");
+    }
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "SET statement_timeout = 0",
+        "SHOW search_path",
+        "",
+    ] {
+        assert!(!analyse(sql).evaluates, "{sql}");
+    }
+}
