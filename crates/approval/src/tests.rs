@@ -29,6 +29,7 @@ fn person(subject: &str, groups: &[&str]) -> Principal {
         via: AuthMethod::GatewayToken {
             token_id: "t".into(),
             on_behalf_of: None,
+            audience: None,
         },
     }
 }

@@ -51,6 +51,7 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
         via: AuthMethod::GatewayToken {
             token_id: "explain".into(),
             on_behalf_of: None,
+            audience: None,
         },
     };
     let conn = config.connection(connection);

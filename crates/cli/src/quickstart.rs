@@ -277,7 +277,13 @@ async fn reusable_approver(env_path: &Path, store: &portcullis_store::Store) -> 
             .map(|v| v.trim_matches('\'').to_string())
     })?;
     let auth = Authenticator::new(std::sync::Arc::new(store.clone()));
-    match auth.authenticate(Credential::Bearer(&token)).await {
+    match auth
+        .authenticate(
+            Credential::Bearer(&token),
+            portcullis_identity::Resource::Other,
+        )
+        .await
+    {
         Ok(p) if p.subject == APPROVER => Some(token),
         _ => None,
     }
@@ -292,7 +298,13 @@ async fn reusable_token(env_path: &Path, store: &portcullis_store::Store) -> Opt
             .map(|v| v.trim_matches('\'').to_string())
     })?;
     let auth = Authenticator::new(std::sync::Arc::new(store.clone()));
-    match auth.authenticate(Credential::Bearer(&token)).await {
+    match auth
+        .authenticate(
+            Credential::Bearer(&token),
+            portcullis_identity::Resource::Other,
+        )
+        .await
+    {
         Ok(p) if p.subject == PRINCIPAL => Some(token),
         Ok(_) => None,
         Err(e) => {

@@ -76,6 +76,8 @@ pub(crate) async fn create(
             hash: t.hash,
             subject: principal,
             on_behalf_of: None,
+            audience: None,
+            oauth_family: None,
             groups,
             created_at: now,
             expires_at: Some(expires_at),
@@ -203,10 +205,12 @@ pub(crate) async fn run(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
 }
 
 fn status(t: &TokenRecord, now: i64) -> &'static str {
-    match t.principal_at(now) {
-        Ok(_) => "active",
-        Err(portcullis_identity::AuthError::Revoked { .. }) => "revoked",
-        Err(_) => "expired",
+    if t.revoked_at.is_some() {
+        "revoked"
+    } else if t.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        "active"
     }
 }
 
@@ -219,6 +223,7 @@ fn token_json(t: &TokenRecord, now: i64) -> serde_json::Value {
         "expires_at": t.expires_at.map(rfc3339),
         "revoked_at": t.revoked_at.map(rfc3339),
         "status": status(t, now),
+        "audience": t.audience,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Relative paths are taken from the config file's folder. Secrets are
 //! references (`env:NAME`, `file:PATH`), see [`SecretRef`].
 
+pub mod oauth;
 pub mod pgurl;
 mod raw;
 mod secret;
@@ -58,6 +59,8 @@ pub struct Config {
     pub approvals: Approvals,
     /// `[recordings]`: where recordings are kept.
     pub recordings: Recordings,
+    /// `[oauth]`: the gateway as the authorization server of MCP clients.
+    pub oauth: Option<oauth::OAuth>,
 }
 
 /// `[recordings]`.

@@ -37,6 +37,7 @@ pub(crate) struct Root {
     approvals: RawApprovals,
     #[serde(default)]
     recordings: RawRecordings,
+    oauth: Option<crate::oauth::RawOAuth>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -778,8 +779,13 @@ impl Root {
         let approvals = self.approvals.validate(base)?;
         let recordings = self.recordings.validate(base)?;
         let store = self.store.validate(base)?;
+        let oauth = match &self.oauth {
+            None => None,
+            Some(o) => Some(o.validate(&oidc, base)?),
+        };
         Ok(Config {
             source: Default::default(),
+            oauth,
             recordings,
             approvals,
             agent_listener,

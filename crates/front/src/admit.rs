@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use portcullis_config::Protocol;
-use portcullis_identity::{AuthError, Credential, Principal};
+use portcullis_identity::{AuthError, Credential, Principal, Resource};
 use portcullis_policy::{Decision, DenyReason};
 use portcullis_tls::HandshakeRecord;
 
@@ -60,15 +60,16 @@ pub struct Admitted {
 }
 
 impl FrontContext {
-    /// Who `credential` names. A refusal is audited against the
-    /// connection the caller asked for (when it said).
+    /// Who `credential`, presented at `at`, names. A refusal is audited
+    /// against the connection the caller asked for (when it said).
     pub async fn authenticate(
         &self,
         credential: Credential<'_>,
+        at: Resource<'_>,
         connection: Option<&str>,
         origin: &Origin,
     ) -> Result<Principal, AdmitError> {
-        match self.auth.authenticate(credential).await {
+        match self.auth.authenticate(credential, at).await {
             Ok(p) => Ok(p),
             Err(e) => {
                 if e != AuthError::Unavailable {
@@ -118,7 +119,8 @@ impl FrontContext {
         Err(refused)
     }
 
-    /// [`Self::authenticate`], then [`Self::authorize`].
+    /// [`Self::authenticate`], then [`Self::authorize`] (for fronts where
+    /// no audience-bound token is accepted).
     pub async fn admit(
         &self,
         credential: Credential<'_>,
@@ -127,7 +129,7 @@ impl FrontContext {
         origin: &Origin,
     ) -> Result<Admitted, AdmitError> {
         let principal = self
-            .authenticate(credential, Some(connection), origin)
+            .authenticate(credential, Resource::Other, Some(connection), origin)
             .await?;
         self.authorize(principal, connection, wanted, origin).await
     }

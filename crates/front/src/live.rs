@@ -347,6 +347,7 @@ mod tests {
             via: AuthMethod::GatewayToken {
                 token_id: token.into(),
                 on_behalf_of: None,
+                audience: None,
             },
         }
     }

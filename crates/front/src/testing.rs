@@ -46,6 +46,8 @@ pub async fn token(store: &Store, subject: &str, groups: &[String]) -> String {
         created_at: 0,
         expires_at: None,
         on_behalf_of: None,
+        audience: None,
+        oauth_family: None,
     };
     store.insert_token(&row).await.expect("token stored");
     t.secret

@@ -242,6 +242,7 @@ async fn a_held_action_waits_times_out_then_passes_once_approved() {
         via: portcullis_identity::AuthMethod::GatewayToken {
             token_id: "t".into(),
             on_behalf_of: None,
+            audience: None,
         },
     };
     w.ctx

@@ -53,7 +53,7 @@ impl Admin {
             ),
         };
         self.auth
-            .authenticate(credential)
+            .authenticate(credential, portcullis_identity::Resource::Other)
             .await
             .map_err(ProxyError::Auth)
     }

@@ -96,9 +96,10 @@ impl crate::reload::Stack {
         if mcp_route.is_none() && (path != MCP_PATH || routed) {
             return self.http.handle(req, &conn).await;
         }
+        let at = portcullis_identity::Resource::Mcp(mcp_route.as_ref().map(|(c, _)| c.as_str()));
         let principal = self
             .http
-            .authenticate(req.headers(), &conn, portcullis_config::Protocol::Mcp)
+            .authenticate(req.headers(), &conn, portcullis_config::Protocol::Mcp, at)
             .await;
         match principal {
             Ok(principal) => {
@@ -131,7 +132,8 @@ impl crate::reload::Stack {
     /// `/api/v1`: the caller authenticated by the shared admission path.
     async fn api(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let front = portcullis_config::Protocol::Http;
-        let who = match self.http.authenticate(req.headers(), conn, front).await {
+        let at = portcullis_identity::Resource::Other;
+        let who = match self.http.authenticate(req.headers(), conn, front, at).await {
             Ok(p) => p,
             Err(e) => {
                 portcullis_http::linger(req.into_body()).await;

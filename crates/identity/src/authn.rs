@@ -151,10 +151,14 @@ impl Authenticator {
         })
     }
 
-    /// Authenticate a credential. Every lookup goes to the store, so a
-    /// revocation written by another process takes effect on the next
-    /// request.
-    pub async fn authenticate(&self, cred: Credential<'_>) -> Result<Principal, AuthError> {
+    /// Authenticate a credential presented at `at`. Every lookup goes to
+    /// the store, so a revocation written by another process takes effect
+    /// on the next request.
+    pub async fn authenticate(
+        &self,
+        cred: Credential<'_>,
+        at: crate::Resource<'_>,
+    ) -> Result<Principal, AuthError> {
         match cred {
             Credential::Bearer(s) if crate::oidc::looks_like_jwt(s) => match &self.oidc {
                 Some(v) => Ok(v.verify(s).await?),
@@ -189,7 +193,7 @@ impl Authenticator {
                     .token_by_hash(&hash)
                     .await?
                     .ok_or(AuthError::Unknown)?;
-                record.principal_at(unix_now())
+                record.principal_at(unix_now(), at)
             }
         }
     }
@@ -247,6 +251,7 @@ mod tests {
         let via_token = crate::AuthMethod::GatewayToken {
             token_id: "t".into(),
             on_behalf_of: None,
+            audience: None,
         };
         assert!(matches!(
             block(a.delegate(&person("user:bob", via_token), "agent:x", hour)),
@@ -286,28 +291,29 @@ mod tests {
             expires_at: None,
             revoked_at,
             on_behalf_of: None,
+            audience: None,
         };
         let mut m = HashMap::new();
         m.insert(good.hash.0, rec("g", None));
         m.insert(revoked.hash.0, rec("r", Some(1)));
         let a = Authenticator::new(Arc::new(Mem(m)));
         assert_eq!(
-            block(a.authenticate(Credential::Bearer(&good.secret)))
+            block(a.authenticate(Credential::Bearer(&good.secret), crate::Resource::Other))
                 .unwrap()
                 .subject,
             "agent:a"
         );
         assert_eq!(
-            block(a.authenticate(Credential::Bearer(&revoked.secret))),
+            block(a.authenticate(Credential::Bearer(&revoked.secret), crate::Resource::Other)),
             Err(AuthError::Revoked { id: "r".into() })
         );
         let other = token::generate().unwrap();
         assert_eq!(
-            block(a.authenticate(Credential::Bearer(&other.secret))),
+            block(a.authenticate(Credential::Bearer(&other.secret), crate::Resource::Other)),
             Err(AuthError::Unknown)
         );
         assert!(matches!(
-            block(a.authenticate(Credential::Bearer("garbage"))),
+            block(a.authenticate(Credential::Bearer("garbage"), crate::Resource::Other)),
             Err(AuthError::Malformed(_))
         ));
     }

@@ -16,5 +16,7 @@ pub use authn::{
 };
 pub use oidc::{IssuerSettings, OidcError};
 pub use oidc_keys::OidcVerifier;
-pub use principal::{AuthMethod, Principal, PrincipalKind, delegated_subject, validate_subject};
+pub use principal::{
+    AuthMethod, Principal, PrincipalKind, Resource, delegated_subject, validate_subject,
+};
 pub use token::{AuthError, TokenHash, TokenRecord};

@@ -31,6 +31,9 @@ pub enum AuthMethod {
         /// appear wherever the principal is recorded.
         #[serde(skip_serializing_if = "Option::is_none")]
         on_behalf_of: Option<String>,
+        /// An OAuth access token's resource (see [`Resource::key`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
     },
     /// A JWT from a configured OpenID provider, valid until `expires_at`
     /// (its `exp`, Unix seconds): a session it opened ends then.
@@ -51,6 +54,31 @@ impl AuthMethod {
             Self::GatewayToken { .. } => "token",
             Self::Oidc { .. } => "oidc",
             Self::ClientCertificate { .. } => "mtls",
+        }
+    }
+}
+
+/// Where a credential is presented. A token bound to one resource (an
+/// OAuth access token, RFC 8707) is accepted there and nowhere else, so
+/// every front names where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// The gateway's own MCP endpoint (`/mcp`), or a connection of type
+    /// `mcp` by name.
+    Mcp(Option<&'a str>),
+    /// Anything else: the HTTP and PostgreSQL fronts, the API, the admin
+    /// listener. No audience-bound token is accepted here.
+    Other,
+}
+
+impl Resource<'_> {
+    /// The audience a token bound to this resource carries: `mcp` or
+    /// `mcp/<connection>`; `None` for [`Resource::Other`].
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Self::Mcp(None) => Some("mcp".into()),
+            Self::Mcp(Some(c)) => Some(format!("mcp/{c}")),
+            Self::Other => None,
         }
     }
 }

@@ -39,6 +39,10 @@ pub enum AuthError {
     OidcNotConfigured,
     #[error("{0}")]
     Certificate(String),
+    /// An OAuth access token presented anywhere but the resource it was
+    /// issued for (RFC 8707): a token for `/mcp` opens nothing else.
+    #[error("token {id} was issued for {audience} and is not accepted here")]
+    WrongAudience { id: String, audience: String },
 }
 
 /// SHA-256 of a token: what the store keeps and looks up by.
@@ -120,12 +124,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
     /// The person who minted this token for an agent, if one did.
     pub on_behalf_of: Option<String>,
+    /// The one resource this token is accepted at (an OAuth access
+    /// token's audience, as a [`crate::Resource::key`]); `None`: every
+    /// front.
+    pub audience: Option<String>,
 }
 
 impl TokenRecord {
     /// The principal this record stands for, if it is usable at `now`
-    /// (unix seconds).
-    pub fn principal_at(&self, now: i64) -> Result<Principal, AuthError> {
+    /// (unix seconds) and presented at `at`.
+    pub fn principal_at(&self, now: i64, at: crate::Resource<'_>) -> Result<Principal, AuthError> {
         if self.revoked_at.is_some() {
             return Err(AuthError::Revoked {
                 id: self.id.clone(),
@@ -134,6 +142,14 @@ impl TokenRecord {
         if self.expires_at.is_some_and(|t| t <= now) {
             return Err(AuthError::Expired {
                 id: self.id.clone(),
+            });
+        }
+        if let Some(audience) = &self.audience
+            && at.key().as_deref() != Some(audience.as_str())
+        {
+            return Err(AuthError::WrongAudience {
+                id: self.id.clone(),
+                audience: audience.clone(),
             });
         }
         // A token minted for an agent is its namespaced principal, even
@@ -149,6 +165,7 @@ impl TokenRecord {
             via: AuthMethod::GatewayToken {
                 token_id: self.id.clone(),
                 on_behalf_of: self.on_behalf_of.clone(),
+                audience: self.audience.clone(),
             },
         })
     }
@@ -215,16 +232,17 @@ mod tests {
             expires_at: Some(100),
             revoked_at: None,
             on_behalf_of: None,
+            audience: None,
         }
     }
 
     #[test]
     fn expiry_and_revocation() {
         let r = record();
-        let p = r.principal_at(99).unwrap();
+        let p = r.principal_at(99, crate::Resource::Other).unwrap();
         assert_eq!(p.kind, PrincipalKind::Agent);
         assert_eq!(
-            r.principal_at(100),
+            r.principal_at(100, crate::Resource::Other),
             Err(AuthError::Expired { id: "abc".into() })
         );
         let revoked = TokenRecord {
@@ -232,7 +250,7 @@ mod tests {
             ..record()
         };
         assert_eq!(
-            revoked.principal_at(10),
+            revoked.principal_at(10, crate::Resource::Other),
             Err(AuthError::Revoked { id: "abc".into() })
         );
     }
@@ -245,13 +263,59 @@ mod tests {
             on_behalf_of: Some("user:alice".into()),
             ..record()
         };
-        assert_eq!(old.principal_at(1).unwrap().subject, "agent:deployer@alice");
+        assert_eq!(
+            old.principal_at(1, crate::Resource::Other).unwrap().subject,
+            "agent:deployer@alice"
+        );
         let new = TokenRecord {
             subject: "agent:deployer@alice".into(),
             ..old.clone()
         };
-        assert_eq!(new.principal_at(1).unwrap().subject, "agent:deployer@alice");
-        assert_eq!(record().principal_at(1).unwrap().subject, "agent:ci");
+        assert_eq!(
+            new.principal_at(1, crate::Resource::Other).unwrap().subject,
+            "agent:deployer@alice"
+        );
+        assert_eq!(
+            record()
+                .principal_at(1, crate::Resource::Other)
+                .unwrap()
+                .subject,
+            "agent:ci"
+        );
+    }
+
+    #[test]
+    fn an_audience_bound_token_opens_only_its_resource() {
+        use crate::Resource;
+        let bound = TokenRecord {
+            audience: Some("mcp/docs".into()),
+            ..record()
+        };
+        let p = bound.principal_at(1, Resource::Mcp(Some("docs"))).unwrap();
+        assert!(
+            matches!(&p.via, AuthMethod::GatewayToken { audience: Some(a), .. } if a == "mcp/docs")
+        );
+        for elsewhere in [
+            Resource::Other,
+            Resource::Mcp(None),
+            Resource::Mcp(Some("doc")),
+            Resource::Mcp(Some("docs/x")),
+        ] {
+            assert!(
+                matches!(
+                    bound.principal_at(1, elsewhere),
+                    Err(AuthError::WrongAudience { .. })
+                ),
+                "{elsewhere:?}"
+            );
+        }
+        // A token without an audience is accepted everywhere, as before.
+        assert!(record().principal_at(1, Resource::Mcp(None)).is_ok());
+        // Expiry still comes first.
+        assert!(matches!(
+            bound.principal_at(100, Resource::Mcp(Some("docs"))),
+            Err(AuthError::Expired { .. })
+        ));
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
             via: AuthMethod::GatewayToken {
                 token_id: "t".into(),
                 on_behalf_of: None,
+                audience: None,
             },
         }
     }
@@ -178,6 +179,7 @@ mod tests {
             via: AuthMethod::GatewayToken {
                 token_id: "d".into(),
                 on_behalf_of: Some(person.into()),
+                audience: None,
             },
             ..principal(agent, groups)
         }

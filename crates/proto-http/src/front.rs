@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::{Config, Protocol, Target};
 use portcullis_front::{AdmitError, Admitted, FrontContext, Origin};
-use portcullis_identity::{Credential, Principal, token};
+use portcullis_identity::{Credential, Principal, Resource, token};
 use portcullis_tls::HandshakeRecord;
 
 use crate::metrics::{ConnectionLabel, RequestLabels};
@@ -157,8 +157,9 @@ impl HttpFront {
         headers: &http::HeaderMap,
         conn: &ConnInfo,
         front: Protocol,
+        at: Resource<'_>,
     ) -> Result<Principal, ProxyError> {
-        self.inner.authenticate(headers, conn, front).await
+        self.inner.authenticate(headers, conn, front, at).await
     }
 
     /// Whether `host`/`path` routes to a connection (and so belongs to
@@ -382,6 +383,7 @@ impl Inner {
         headers: &http::HeaderMap,
         conn: &ConnInfo,
         front: Protocol,
+        at: Resource<'_>,
     ) -> Result<Principal, ProxyError> {
         let authorization = headers.get(header::AUTHORIZATION);
         let origin = origin(conn, front);
@@ -399,7 +401,7 @@ impl Inner {
             },
         };
         self.ctx
-            .authenticate(credential, None, &origin)
+            .authenticate(credential, at, None, &origin)
             .await
             .map_err(ProxyError::from)
     }
@@ -412,7 +414,10 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         // Authenticate before routing, so that unauthenticated callers
         // learn nothing about which connections exist.
-        let principal = match self.authenticate(req.headers(), conn, Protocol::Http).await {
+        let principal = match self
+            .authenticate(req.headers(), conn, Protocol::Http, Resource::Other)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 seen.audited = true;

@@ -5,6 +5,9 @@
 //! [`Store::q`] turns into `$1, $2, …` for PostgreSQL.
 
 mod migrate;
+mod oauth;
+
+pub use oauth::{GrantKind, OAuthClientRow, OAuthGrantRow, Spent};
 
 use std::path::Path;
 
@@ -61,6 +64,10 @@ pub struct NewTokenRow<'a> {
     pub expires_at: Option<i64>,
     /// For a token a person minted for an agent: that person.
     pub on_behalf_of: Option<&'a str>,
+    /// The one resource an OAuth access token is accepted at.
+    pub audience: Option<&'a str>,
+    /// The OAuth grant family an access token belongs to (revoked with it).
+    pub oauth_family: Option<&'a str>,
 }
 
 impl Store {
@@ -142,8 +149,8 @@ impl Store {
             reason: e.to_string(),
         })?;
         sqlx::query(self.q(
-            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
+             audience, oauth_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(&id)
         .bind(&t.hash.0[..])
@@ -152,6 +159,8 @@ impl Store {
         .bind(t.created_at)
         .bind(t.expires_at)
         .bind(t.on_behalf_of)
+        .bind(t.audience)
+        .bind(t.oauth_family)
         .execute(&self.pool)
         .await?;
         Ok(id)
@@ -159,7 +168,7 @@ impl Store {
 
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(self.q(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of, audience \
              FROM tokens WHERE hash = ?",
         ))
         .bind(&hash.0[..])
@@ -170,7 +179,7 @@ impl Store {
 
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(self.q(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of, audience \
              FROM tokens WHERE id = ?",
         ))
         .bind(id)
@@ -181,7 +190,7 @@ impl Store {
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(self.q(
-            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of \
+            "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of, audience \
              FROM tokens ORDER BY created_at, id",
         ))
         .fetch_all(&self.pool)
@@ -609,6 +618,7 @@ fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
         on_behalf_of: r.try_get("on_behalf_of")?,
+        audience: r.try_get("audience")?,
     })
 }
 
@@ -964,6 +974,8 @@ impl portcullis_identity::TokenStore for Store {
                 created_at: m.created_at,
                 expires_at: Some(m.expires_at),
                 on_behalf_of: Some(m.on_behalf_of),
+                audience: None,
+                oauth_family: None,
             })
             .await
             .map_err(|e| {
@@ -1015,6 +1027,8 @@ mod tests {
                 created_at: 1,
                 expires_at: None,
                 on_behalf_of: None,
+                audience: None,
+                oauth_family: None,
             })
             .await
             .unwrap();

@@ -128,6 +128,36 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // with sessions open has them closed (by itself at restart, or by a
     // peer once its heartbeat is stale).
     (10, "ALTER TABLE sessions ADD COLUMN gateway TEXT"),
+    // The gateway as an OAuth 2.1 authorization server for MCP clients:
+    // registered clients; one-time and rotating secrets (pending sign-ins,
+    // consents, authorization codes, refresh tokens) by hash, each in a
+    // family that is revoked as one; access tokens bound to a resource.
+    (
+        11,
+        "ALTER TABLE tokens ADD COLUMN audience TEXT;
+    ALTER TABLE tokens ADD COLUMN oauth_family TEXT;
+    CREATE INDEX tokens_oauth_family ON tokens (oauth_family);
+    CREATE TABLE oauth_clients (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        redirect_uris TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE oauth_grants (
+        hash BLOB PRIMARY KEY,
+        kind TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        family TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        spent_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE INDEX oauth_grants_family ON oauth_grants (family);
+    CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

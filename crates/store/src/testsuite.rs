@@ -5,7 +5,10 @@
 
 use portcullis_identity::token;
 
-use crate::{AuditRow, NewTokenRow, ReviewRow, SessionRow, Store};
+use crate::{
+    AuditRow, GrantKind, NewTokenRow, OAuthClientRow, OAuthGrantRow, ReviewRow, SessionRow, Spent,
+    Store,
+};
 
 fn tag() -> String {
     token::generate()
@@ -21,6 +24,7 @@ pub async fn run_all(store: &Store) {
     enrolments(store).await;
     audit_and_sessions(store).await;
     cut_sessions(store).await;
+    oauth(store).await;
 }
 
 pub async fn tokens(store: &Store) {
@@ -34,6 +38,8 @@ pub async fn tokens(store: &Store) {
             created_at: 10,
             expires_at: Some(1000),
             on_behalf_of: Some("user:alice"),
+            audience: None,
+            oauth_family: None,
         })
         .await
         .unwrap();
@@ -41,12 +47,18 @@ pub async fn tokens(store: &Store) {
     assert_eq!(rec.id, id);
     assert_eq!(rec.groups, groups);
     assert_eq!(rec.on_behalf_of.as_deref(), Some("user:alice"));
-    assert!(rec.principal_at(20).is_ok());
+    assert!(
+        rec.principal_at(20, portcullis_identity::Resource::Other)
+            .is_ok()
+    );
     assert!(store.revoke_token(&id, 30).await.unwrap());
     assert!(store.revoke_token(&id, 40).await.unwrap());
     let rec = store.token_by_id(&id).await.unwrap().unwrap();
     assert_eq!(rec.revoked_at, Some(30), "the first revocation time stays");
-    assert!(rec.principal_at(50).is_err());
+    assert!(
+        rec.principal_at(50, portcullis_identity::Resource::Other)
+            .is_err()
+    );
     assert!(!store.revoke_token("nope", 1).await.unwrap());
     assert!(
         store
@@ -296,5 +308,155 @@ pub async fn cut_sessions(store: &Store) {
     assert_eq!(
         found(cut),
         vec![format!("peer_{t}"), format!("previous_{t}")]
+    );
+}
+
+/// Clients, one-time secrets and families: a code is spent once, reuse
+/// is reported with its family, and revoking the family (or the client)
+/// revokes its access tokens.
+pub async fn oauth(store: &Store) {
+    let client = format!("client-{}", tag());
+    store
+        .insert_oauth_client(&OAuthClientRow {
+            id: client.clone(),
+            name: "Test client".into(),
+            redirect_uris: vec!["http://127.0.0.1/cb".into()],
+            created_at: 5,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let got = store.oauth_client(&client).await.unwrap().unwrap();
+    assert_eq!(got.redirect_uris, ["http://127.0.0.1/cb"]);
+    assert!(store.oauth_clients().await.unwrap().contains(&got));
+    let family = format!("fam-{}", tag());
+    let secret = |n: u8| {
+        let mut h = token::generate().unwrap().hash.0;
+        h[0] = n;
+        h
+    };
+    let code = secret(1);
+    let row = |hash, kind, expires_at| OAuthGrantRow {
+        hash,
+        kind,
+        client_id: client.clone(),
+        family: family.clone(),
+        data: "{\"k\":1}".into(),
+        created_at: 10,
+        expires_at,
+    };
+    store
+        .insert_oauth_grant(&row(code, GrantKind::Code, 100))
+        .await
+        .unwrap();
+    // Another kind with the same hash does not match.
+    assert_eq!(
+        store
+            .spend_oauth_grant(&code, GrantKind::Refresh, 20)
+            .await
+            .unwrap(),
+        Spent::Invalid
+    );
+    assert!(matches!(
+        store.spend_oauth_grant(&code, GrantKind::Code, 20).await.unwrap(),
+        Spent::Fresh { data, .. } if data == "{\"k\":1}"
+    ));
+    assert_eq!(
+        store
+            .spend_oauth_grant(&code, GrantKind::Code, 21)
+            .await
+            .unwrap(),
+        Spent::Reused {
+            client_id: client.clone(),
+            family: family.clone()
+        }
+    );
+    // Expired is invalid, not reuse.
+    let old = secret(2);
+    store
+        .insert_oauth_grant(&row(old, GrantKind::Code, 30))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .spend_oauth_grant(&old, GrantKind::Code, 30)
+            .await
+            .unwrap(),
+        Spent::Invalid
+    );
+    // An access token of the family, revoked with it.
+    let t = token::generate().unwrap();
+    let subject = format!("agent:{client}");
+    store
+        .insert_token(&NewTokenRow {
+            hash: t.hash,
+            subject: &subject,
+            groups: &[],
+            created_at: 10,
+            expires_at: Some(i64::MAX / 2),
+            on_behalf_of: Some("user:alice"),
+            audience: Some("mcp"),
+            oauth_family: Some(&family),
+        })
+        .await
+        .unwrap();
+    let rec = store.token_by_hash(&t.hash).await.unwrap().unwrap();
+    assert_eq!(rec.audience.as_deref(), Some("mcp"));
+    let refresh = secret(3);
+    store
+        .insert_oauth_grant(&row(refresh, GrantKind::Refresh, 1000))
+        .await
+        .unwrap();
+    assert!(!store.oauth_family_revoked(&family).await.unwrap());
+    assert_eq!(store.revoke_oauth_family(&family, 40).await.unwrap(), 1);
+    assert!(store.oauth_family_revoked(&family).await.unwrap());
+    assert!(
+        store
+            .token_by_hash(&t.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .spend_oauth_grant(&refresh, GrantKind::Refresh, 41)
+            .await
+            .unwrap(),
+        Spent::Invalid
+    );
+    // Revoking the client revokes the grants of every family it has.
+    let family2 = format!("fam-{}", tag());
+    let r2 = secret(4);
+    store
+        .insert_oauth_grant(&OAuthGrantRow {
+            family: family2.clone(),
+            ..row(r2, GrantKind::Refresh, 1000)
+        })
+        .await
+        .unwrap();
+    assert!(store.revoke_oauth_client(&client, 50).await.unwrap());
+    assert!(
+        !store
+            .revoke_oauth_client("no-such-client", 50)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .oauth_client(&client)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(50)
+    );
+    assert_eq!(
+        store
+            .spend_oauth_grant(&r2, GrantKind::Refresh, 51)
+            .await
+            .unwrap(),
+        Spent::Invalid
     );
 }

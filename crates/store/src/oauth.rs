@@ -1,0 +1,256 @@
+//! The OAuth authorization server's state: registered clients, and the
+//! secrets of a sign-in (pending requests, consents, authorization codes,
+//! refresh tokens), kept by hash only. Every secret belongs to a family
+//! (one person's grant to one client); reusing a spent one revokes the
+//! family, access tokens included. Spending is one conditional UPDATE,
+//! so two gateways racing on one code cannot both win.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// A client registered through dynamic client registration (RFC 7591).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClientRow {
+    pub id: String,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// What a secret in `oauth_grants` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// A sign-in sent to the identity provider, waiting for its answer.
+    Request,
+    /// A signed-in person's pending decision on a client's request.
+    Consent,
+    /// An authorization code (RFC 6749 §4.1).
+    Code,
+    /// A refresh token; rotated on every use.
+    Refresh,
+}
+
+impl GrantKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Consent => "consent",
+            Self::Code => "code",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+/// A secret to keep (its hash) with what it stands for (`data`, JSON
+/// written and read by the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthGrantRow {
+    pub hash: [u8; 32],
+    pub kind: GrantKind,
+    pub client_id: String,
+    pub family: String,
+    pub data: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// The result of spending a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spent {
+    /// Spent now, by this caller.
+    Fresh {
+        client_id: String,
+        family: String,
+        data: String,
+    },
+    /// Spent before: the family it belongs to (the caller decides whether
+    /// reuse revokes it).
+    Reused { client_id: String, family: String },
+    /// Unknown, of another kind, expired or revoked.
+    Invalid,
+}
+
+impl Store {
+    pub async fn insert_oauth_client(&self, c: &OAuthClientRow) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&c.redirect_uris).map_err(|e| StoreError::Corrupt {
+            table: "oauth_clients",
+            reason: e.to_string(),
+        })?;
+        sqlx::query(self.q(
+            "INSERT INTO oauth_clients (id, name, redirect_uris, created_at) VALUES (?, ?, ?, ?)",
+        ))
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(uris)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn oauth_client(&self, id: &str) -> Result<Option<OAuthClientRow>, StoreError> {
+        let row = sqlx::query(self.q(
+            "SELECT id, name, redirect_uris, created_at, revoked_at FROM oauth_clients WHERE id = ?",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| client_from_row(&r)).transpose()
+    }
+
+    pub async fn oauth_clients(&self) -> Result<Vec<OAuthClientRow>, StoreError> {
+        let rows = sqlx::query(self.q(
+            "SELECT id, name, redirect_uris, created_at, revoked_at FROM oauth_clients \
+             ORDER BY created_at, id",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(client_from_row).collect()
+    }
+
+    /// Revoke a client with everything issued to it: its pending and
+    /// refresh secrets and its access tokens (which ends the sessions
+    /// they opened). False if there is no such client.
+    pub async fn revoke_oauth_client(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            self.q("UPDATE oauth_clients SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"),
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(self.q(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE oauth_family IN \
+             (SELECT family FROM oauth_grants WHERE client_id = ?)",
+        ))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            self.q(
+                "UPDATE oauth_grants SET revoked_at = COALESCE(revoked_at, ?) WHERE client_id = ?",
+            ),
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn insert_oauth_grant(&self, g: &OAuthGrantRow) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&g.hash[..])
+        .bind(g.kind.as_str())
+        .bind(&g.client_id)
+        .bind(&g.family)
+        .bind(&g.data)
+        .bind(g.created_at)
+        .bind(g.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Spend the secret with `hash`, once, if it is of `kind`, unexpired
+    /// and unrevoked at `now`. The update is the check.
+    pub async fn spend_oauth_grant(
+        &self,
+        hash: &[u8; 32],
+        kind: GrantKind,
+        now: i64,
+    ) -> Result<Spent, StoreError> {
+        let done = sqlx::query(self.q(
+            "UPDATE oauth_grants SET spent_at = ? WHERE hash = ? AND kind = ? \
+             AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+        ))
+        .bind(now)
+        .bind(&hash[..])
+        .bind(kind.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(self.q(
+            "SELECT client_id, family, data, spent_at FROM oauth_grants WHERE hash = ? AND kind = ?",
+        ))
+        .bind(&hash[..])
+        .bind(kind.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Spent::Invalid);
+        };
+        let client_id: String = row.try_get("client_id")?;
+        let family: String = row.try_get("family")?;
+        if done.rows_affected() == 1 {
+            return Ok(Spent::Fresh {
+                client_id,
+                family,
+                data: row.try_get("data")?,
+            });
+        }
+        let spent: Option<i64> = row.try_get("spent_at")?;
+        Ok(match spent {
+            Some(_) => Spent::Reused { client_id, family },
+            None => Spent::Invalid,
+        })
+    }
+
+    /// Revoke a family: every secret in it and every access token issued
+    /// from it. Returns how many access tokens were live.
+    pub async fn revoke_oauth_family(&self, family: &str, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            self.q("UPDATE oauth_grants SET revoked_at = COALESCE(revoked_at, ?) WHERE family = ?"),
+        )
+        .bind(now)
+        .bind(family)
+        .execute(&mut *tx)
+        .await?;
+        let tokens =
+            sqlx::query(self.q(
+                "UPDATE tokens SET revoked_at = ? WHERE oauth_family = ? AND revoked_at IS NULL",
+            ))
+            .bind(now)
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(tokens.rows_affected())
+    }
+
+    /// Whether a family may still be used: not revoked (a family whose
+    /// every secret was revoked is revoked).
+    pub async fn oauth_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            self.q("SELECT COUNT(*) FROM oauth_grants WHERE family = ? AND revoked_at IS NOT NULL"),
+        )
+        .bind(family)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+}
+
+fn client_from_row(r: &sqlx::any::AnyRow) -> Result<OAuthClientRow, StoreError> {
+    let uris: String = r.try_get("redirect_uris")?;
+    let redirect_uris = serde_json::from_str(&uris).map_err(|e| StoreError::Corrupt {
+        table: "oauth_clients",
+        reason: format!("redirect_uris: {e}"),
+    })?;
+    Ok(OAuthClientRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        redirect_uris,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
