@@ -3,6 +3,22 @@
 
 use serde::Serialize;
 
+/// What happened in an [`AuditEvent::OAuth`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthAction {
+    ClientRegistered,
+    ClientRevoked,
+    /// A person allowed a client to act for them.
+    Consented,
+    /// A person declined.
+    Declined,
+    TokenIssued,
+    TokenRefreshed,
+    /// A spent code or refresh token came back: the grant is revoked.
+    ReuseDetected,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuditEvent {
@@ -56,6 +72,30 @@ pub enum AuditEvent {
     Admin {
         action: String,
         detail: serde_json::Value,
+    },
+    /// The gateway as an OAuth authorization server: a client registered
+    /// or revoked, a person's consent, a token issued or refreshed, a
+    /// spent secret presented again (and the grant revoked for it).
+    #[serde(rename = "oauth")]
+    OAuth {
+        action: OAuthAction,
+        client_id: String,
+        /// The principal the client acts as (`agent:CLIENT@person`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
+        /// The access token issued (its public id).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_id: Option<String>,
+        /// The grant (one person's consent to one client) it belongs to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        family: Option<String>,
+        /// The resource the token is bound to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resource: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The store could not take entries from `since_ms` to `until_ms`:
     /// sessions were refused meanwhile (`unanswered` appends failed or

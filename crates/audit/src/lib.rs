@@ -16,7 +16,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use portcullis_store::{AuditRow, SessionRow, Store};
 
 pub use chain::{Checkpoint, Entry, Summary, VerifyError};
-pub use event::AuditEvent;
+pub use event::{AuditEvent, OAuthAction};
 
 const KEY_FILE: &str = "audit-signing.key";
 const PUB_FILE: &str = "audit-signing.pub";

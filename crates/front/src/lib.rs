@@ -106,6 +106,17 @@ impl FrontContext {
     /// The context a reloaded config gives: its grants, connections and
     /// masking rules; the same authentication, sessions, approvals and
     /// live-session registry as `self` (state that outlives a reload).
+    /// Every connection's name and protocol, sorted by name.
+    pub fn connections(&self) -> Vec<(&str, Protocol)> {
+        let mut all: Vec<_> = self
+            .connections
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.protocol))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn reloaded(&self, cfg: &Config, masks: Arc<portcullis_mask::RuleSet>) -> Self {
         Self::new(
             cfg,

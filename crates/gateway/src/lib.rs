@@ -8,6 +8,7 @@ pub mod enrol;
 mod instance;
 mod limits;
 mod listener;
+mod oauth;
 mod reload;
 pub mod roles;
 
@@ -748,6 +749,38 @@ async fn start_admin(
     Ok(Some(addr))
 }
 
+/// The OAuth authorization server, when `[oauth]` is configured (it signs
+/// people in through an `[[oidc]]` issuer, so that verifier exists).
+fn oauth_server(
+    cfg: &Config,
+    public_url: &str,
+    store: &Store,
+    shared: &Shared,
+    hosts: Vec<String>,
+) -> Result<Option<Arc<oauth::OAuthServer>>, GatewayError> {
+    let Some(o) = &cfg.oauth else {
+        return Ok(None);
+    };
+    let verifier = shared
+        .ctx
+        .auth
+        .oidc()
+        .cloned()
+        .ok_or_else(|| GatewayError::Oidc("[oauth] needs an [[oidc]] issuer".into()))?;
+    let server = oauth::OAuthServer::new(
+        o.clone(),
+        public_url,
+        store.clone(),
+        shared.audit.clone(),
+        verifier,
+        hosts,
+        cfg.gateway.domain.clone(),
+    )
+    .map_err(GatewayError::Oidc)?;
+    tracing::info!(issuer = %o.issuer, "OAuth authorization server for MCP clients");
+    Ok(Some(server))
+}
+
 /// The names callers use for the gateway, checked against `Host` by the
 /// MCP endpoint (rmcp's DNS-rebinding guard).
 fn mcp_hosts(cfg: &Config, public_url: &str, https_addr: SocketAddr) -> Vec<String> {
@@ -836,7 +869,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         reload::Parts {
             store: store.clone(),
             links: shared.links.clone(),
-            mcp_hosts: hosts,
+            mcp_hosts: hosts.clone(),
         },
         shared.audit.clone(),
         reload_metrics,
@@ -850,6 +883,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         stack,
         domain: cfg.gateway.domain.clone(),
         enrol: enrolment(cfg, &store, &shared.audit)?,
+        oauth: oauth_server(cfg, &public_url, &store, &shared, hosts.clone())?,
     };
     rt.serve(
         l,

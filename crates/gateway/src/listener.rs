@@ -55,6 +55,8 @@ pub struct GatewayFront {
     pub domain: Option<String>,
     /// Agent enrolment, when the agent listener's CA key is configured.
     pub enrol: Option<crate::enrol::Enrolment>,
+    /// The OAuth authorization server, when `[oauth]` is configured.
+    pub oauth: Option<Arc<crate::oauth::OAuthServer>>,
 }
 
 pub const MCP_PATH: &str = "/mcp";
@@ -84,6 +86,21 @@ impl crate::reload::Stack {
             return crate::enrol::handle(listener.enrol.as_ref(), req).await;
         }
         let routed = self.http.routes(host.as_deref(), &path);
+        // OAuth discovery and endpoints, unless an HTTP connection owns
+        // the path (a target's own `/.well-known` stays its own).
+        if !routed && crate::oauth::is_oauth_path(&path) {
+            return match &listener.oauth {
+                Some(o) => o.handle(req, &self.ctx, &self.mcp).await,
+                None => {
+                    portcullis_http::linger(req.into_body()).await;
+                    portcullis_http::json_response(
+                        http::StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": "oauth_disabled",
+                            "message": "this gateway is not an OAuth authorization server (configure [oauth])"}),
+                    )
+                }
+            };
+        }
         // The gateway's own API lives on paths no connection routes.
         if !routed && is_api(&path) {
             return self.api(req, &conn).await;
@@ -117,8 +134,27 @@ impl crate::reload::Stack {
             Err(e) => {
                 // (Audited by the admission path.) Read what the caller is
                 // still sending, or it may see a reset instead of the 401.
+                let authority = crate::oauth::authority(&req);
                 portcullis_http::linger(req.into_body()).await;
-                e.into_response()
+                // Where an OAuth client learns how to get a token (RFC 9728 §5.1).
+                let missing = matches!(
+                    e,
+                    portcullis_http::ProxyError::Auth(portcullis_identity::AuthError::Missing)
+                );
+                let mut resp = e.into_response();
+                if resp.status() == http::StatusCode::UNAUTHORIZED
+                    && listener.oauth.is_some()
+                    && let Some(v) = crate::oauth::challenge_header(
+                        authority.as_deref(),
+                        &path,
+                        &self.mcp,
+                        listener.domain.as_deref(),
+                        !missing,
+                    )
+                {
+                    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                resp
             }
         }
     }

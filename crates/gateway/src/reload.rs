@@ -427,6 +427,9 @@ fn identity_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.oidc != new.oidc {
         out.push("[[oidc]]");
     }
+    if old.oauth != new.oauth {
+        out.push("[oauth]");
+    }
     if old.gateway.client_auth != new.gateway.client_auth {
         out.push("gateway.client_auth");
     }

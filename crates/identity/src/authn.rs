@@ -91,6 +91,12 @@ impl Authenticator {
         Self { tokens, oidc: None }
     }
 
+    /// The OIDC verifier, when issuers are configured (the gateway's own
+    /// sign-in of people uses its keys and HTTP client).
+    pub fn oidc(&self) -> Option<&OidcVerifier> {
+        self.oidc.as_ref()
+    }
+
     /// Also accept JWTs from the verifier's issuers.
     pub fn with_oidc(mut self, oidc: OidcVerifier) -> Self {
         self.oidc = (!oidc.is_empty()).then_some(oidc);

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use serde_json::Value;
 
@@ -99,6 +100,41 @@ impl OidcVerifier {
             .iter()
             .find(|i| i.settings.issuer == iss)
             .ok_or_else(|| OidcError::UnknownIssuer(iss.chars().take(200).collect()))?;
+        let (alg, key) = self.key_for(issuer, token).await?;
+        oidc::verify(token, &issuer.settings, alg, &key, unix_now())
+    }
+
+    /// Verify an ID token `issuer` gave the gateway for its own client
+    /// `client_id` in answer to a sign-in sent with `nonce`.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        issuer: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<Principal, OidcError> {
+        let found = self
+            .issuers
+            .iter()
+            .find(|i| i.settings.issuer == issuer)
+            .ok_or_else(|| OidcError::UnknownIssuer(issuer.chars().take(200).collect()))?;
+        let (alg, key) = self.key_for(found, token).await?;
+        let settings = IssuerSettings {
+            audiences: vec![client_id.to_owned()],
+            ..found.settings.clone()
+        };
+        oidc::verify_id_token(token, &settings, alg, &key, unix_now(), nonce)
+    }
+
+    /// The HTTP client for this verifier's providers (their CA trusted,
+    /// no redirects followed, bounded in time).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The algorithm and key `token` is signed with, fetching the
+    /// issuer's keys when they are missing or the key is new.
+    async fn key_for(&self, issuer: &Issuer, token: &str) -> Result<(Algorithm, Jwk), OidcError> {
         let (alg, kid) = oidc::header_of(token, &issuer.settings)?;
         let mut keys = self.cached(issuer);
         if keys.is_none() && self.refresh_allowed(issuer) {
@@ -123,7 +159,7 @@ impl OidcVerifier {
             kid: kid.unwrap_or_default().chars().take(100).collect(),
             issuer: issuer.settings.issuer.clone(),
         })?;
-        oidc::verify(token, &issuer.settings, alg, &key, unix_now())
+        Ok((alg, key))
     }
 
     fn cached(&self, issuer: &Issuer) -> Option<Arc<JwkSet>> {

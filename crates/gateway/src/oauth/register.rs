@@ -1,0 +1,228 @@
+//! `POST /oauth/register`: dynamic client registration (RFC 7591). Anyone
+//! may register (that is what lets `claude mcp add` work with no set-up),
+//! so what a registration can do is narrow: public clients only, redirect
+//! URIs from the operator's allow-list, names and counts bounded. A
+//! client is nothing until a person consents to it.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use portcullis_audit::OAuthAction;
+use portcullis_http::{Body, json_response};
+use portcullis_store::OAuthClientRow;
+use serde::Deserialize;
+
+use super::{OAuthEntry, OAuthServer, body, json_error, secret, unix_now};
+
+/// Registered clients, at most (unauthenticated registration must not
+/// fill the store).
+const MAX_CLIENTS: usize = 10_000;
+const MAX_REDIRECTS: usize = 10;
+const MAX_NAME: usize = 100;
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    client_name: Option<String>,
+    #[serde(default)]
+    grant_types: Option<Vec<String>>,
+    #[serde(default)]
+    response_types: Option<Vec<String>>,
+}
+
+impl OAuthServer {
+    pub(super) async fn register(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::POST {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "POST the client's metadata as JSON",
+            );
+        }
+        let Some(bytes) = body(req).await else {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_client_metadata",
+                "the metadata is too large",
+            );
+        };
+        let m: Metadata = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client_metadata",
+                    &format!("expected JSON client metadata: {e}"),
+                );
+            }
+        };
+        let name = match self.check(&m) {
+            Ok(name) => name,
+            Err((error, description)) => {
+                return json_error(StatusCode::BAD_REQUEST, error, &description);
+            }
+        };
+        match self.store.oauth_clients().await {
+            Ok(all) if all.iter().filter(|c| c.revoked_at.is_none()).count() >= MAX_CLIENTS => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many registered clients; an operator can revoke unused ones",
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return unavailable(&e),
+        }
+        let Ok((random, _)) = secret() else {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "no randomness",
+            );
+        };
+        let id = format!(
+            "{}-{}",
+            slug(&name),
+            &random[..8].to_ascii_lowercase().replace(['-', '_'], "x")
+        );
+        let row = OAuthClientRow {
+            id: id.clone(),
+            name: name.clone(),
+            redirect_uris: m.redirect_uris.clone(),
+            created_at: unix_now(),
+            revoked_at: None,
+        };
+        if let Err(e) = self.store.insert_oauth_client(&row).await {
+            return unavailable(&e);
+        }
+        let mut entry = OAuthEntry::new(OAuthAction::ClientRegistered, &id);
+        entry.reason = Some(format!(
+            "name {name:?}, redirect_uris {:?}",
+            m.redirect_uris
+        ));
+        if self.audit(entry).await.is_err() {
+            // Not usable without its entry: revoke what was just stored.
+            let _ = self.store.revoke_oauth_client(&id, unix_now()).await;
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the audit log is unavailable",
+            );
+        }
+        tracing::info!(client_id = %id, name = %name, "OAuth client registered");
+        json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({
+                "client_id": id,
+                "client_id_issued_at": row.created_at,
+                "client_name": name,
+                "redirect_uris": m.redirect_uris,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                // Public clients only: the gateway issues no client
+                // secrets; PKCE binds a code to the client that asked.
+                "token_endpoint_auth_method": "none",
+            }),
+        )
+    }
+
+    /// The client's name, when its metadata is acceptable; else the
+    /// RFC 7591 error and why.
+    fn check(&self, m: &Metadata) -> Result<String, (&'static str, String)> {
+        let bad_meta = |d: &str| ("invalid_client_metadata", d.to_owned());
+        if m.redirect_uris.is_empty() || m.redirect_uris.len() > MAX_REDIRECTS {
+            return Err((
+                "invalid_redirect_uri",
+                format!("register between 1 and {MAX_REDIRECTS} redirect URIs"),
+            ));
+        }
+        for uri in &m.redirect_uris {
+            if uri.len() > 2000 || !self.cfg.redirect_uris.iter().any(|p| p.allows(uri)) {
+                let allowed: Vec<&str> =
+                    self.cfg.redirect_uris.iter().map(|p| p.as_str()).collect();
+                return Err((
+                    "invalid_redirect_uri",
+                    format!(
+                        "{:?} is not allowed by this gateway (allowed: {})",
+                        uri.chars().take(200).collect::<String>(),
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(g) = &m.grant_types
+            && g.iter()
+                .any(|g| g != "authorization_code" && g != "refresh_token")
+        {
+            return Err(bad_meta(
+                "grant_types: only authorization_code and refresh_token are supported",
+            ));
+        }
+        if let Some(r) = &m.response_types
+            && r.iter().any(|r| r != "code")
+        {
+            return Err(bad_meta("response_types: only code is supported"));
+        }
+        let name = m.client_name.clone().unwrap_or_else(|| "MCP client".into());
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
+            return Err(bad_meta(&format!(
+                "client_name: 1 to {MAX_NAME} printable characters"
+            )));
+        }
+        Ok(name)
+    }
+}
+
+fn unavailable(e: &portcullis_store::StoreError) -> Response<Body> {
+    tracing::error!(error = %e, "OAuth store operation failed");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the store is unavailable",
+    )
+}
+
+/// A principal-safe label from a client's chosen name: lowercase ASCII
+/// letters and digits, other runs as one `-`, at most 24 characters. The
+/// random suffix of the id, not this label, is what identifies a client.
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 24 {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "client".into()
+    } else {
+        out.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_principal_safe() {
+        assert_eq!(slug("Claude Code"), "claude-code");
+        assert_eq!(slug("  ../../etc  "), "etc");
+        assert_eq!(slug("ü@:x"), "x");
+        assert_eq!(slug("!!!"), "client");
+        assert!(slug(&"a".repeat(200)).len() <= 24);
+        for s in ["Claude Code", "x y", "!!!"] {
+            let subject = format!("agent:{}-abcdefgh@alice", slug(s));
+            assert!(
+                portcullis_identity::validate_subject(&subject).is_ok(),
+                "{subject}"
+            );
+        }
+    }
+}

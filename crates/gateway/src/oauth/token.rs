@@ -1,0 +1,328 @@
+//! `POST /oauth/token`: a code or a refresh token in, a short-lived
+//! access token bound to one resource and a new refresh token out. Every
+//! secret is spent before it is checked, so a wrong verifier burns the
+//! code; a spent secret that comes back (a stolen refresh token racing
+//! its owner, a replayed code) revokes the whole grant, access tokens
+//! included (OAuth 2.1 §4.3.1, RFC 6749 §4.1.2).
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use portcullis_audit::OAuthAction;
+use portcullis_http::{Body, json_response};
+use portcullis_mcp::McpEndpoint;
+use portcullis_store::{GrantKind, NewTokenRow, OAuthGrantRow, Spent};
+use serde::{Deserialize, Serialize};
+
+use super::authorize::Code;
+use super::{
+    OAuthEntry, OAuthServer, Person, SCOPE, form, hash, json_error, one, s256, secret, unix_now,
+};
+
+/// What a refresh token stands for.
+#[derive(Serialize, Deserialize)]
+struct Refresh {
+    resource: String,
+    audience: String,
+    person: Person,
+}
+
+/// A refusal at the token endpoint (RFC 6749 §5.2).
+struct Refused {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+fn refused(error: &'static str, description: impl Into<String>) -> Refused {
+    let status = if error == "invalid_client" {
+        StatusCode::UNAUTHORIZED
+    } else if error == "temporarily_unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Refused {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refused {
+    tracing::error!(error = %e, "OAuth token endpoint: store or audit unavailable");
+    refused(
+        "temporarily_unavailable",
+        "the store or the audit log is unavailable",
+    )
+}
+
+type Params = [(String, String)];
+
+fn param<'a>(params: &'a Params, name: &str) -> Result<Option<&'a str>, Refused> {
+    one(params, name).map_err(|e| refused("invalid_request", e))
+}
+
+fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, Refused> {
+    param(params, name)?.ok_or_else(|| refused("invalid_request", format!("{name} is missing")))
+}
+
+impl OAuthServer {
+    pub(super) async fn token(&self, req: Request<Incoming>, mcp: &McpEndpoint) -> Response<Body> {
+        if req.method() != Method::POST {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "POST a form",
+            );
+        }
+        let Some(params) = form(req).await else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "expected an application/x-www-form-urlencoded body of at most 16 KiB",
+            );
+        };
+        match self.grant(&params, mcp).await {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(r) => {
+                tracing::info!(error = r.error, description = %r.description, "OAuth token request refused");
+                json_error(r.status, r.error, &r.description)
+            }
+        }
+    }
+
+    async fn grant(
+        &self,
+        params: &Params,
+        mcp: &McpEndpoint,
+    ) -> Result<serde_json::Value, Refused> {
+        let grant_type = required(params, "grant_type")?;
+        if grant_type != "authorization_code" && grant_type != "refresh_token" {
+            return Err(refused(
+                "unsupported_grant_type",
+                "grant_type must be authorization_code or refresh_token",
+            ));
+        }
+        let client_id = required(params, "client_id")?;
+        match self.store.oauth_client(client_id).await {
+            Ok(Some(c)) if c.revoked_at.is_none() => {}
+            Ok(_) => return Err(refused("invalid_client", "unknown or revoked client")),
+            Err(e) => return Err(unavailable(e)),
+        }
+        let resource = param(params, "resource")?;
+        if grant_type == "authorization_code" {
+            self.code_grant(params, client_id, resource, mcp).await
+        } else {
+            self.refresh_grant(params, client_id, resource, mcp).await
+        }
+    }
+
+    async fn code_grant(
+        &self,
+        params: &Params,
+        client_id: &str,
+        resource: Option<&str>,
+        mcp: &McpEndpoint,
+    ) -> Result<serde_json::Value, Refused> {
+        let code = required(params, "code")?;
+        let verifier = required(params, "code_verifier")?;
+        let redirect_uri = param(params, "redirect_uri")?;
+        let (family, data) = self.spend(code, GrantKind::Code, client_id).await?;
+        let code: Code = serde_json::from_str(&data).map_err(unavailable)?;
+        if redirect_uri.is_some_and(|r| r != code.ask.redirect_uri) {
+            return Err(refused(
+                "invalid_grant",
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        if s256(verifier) != code.ask.challenge {
+            return Err(refused(
+                "invalid_grant",
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        self.check_resource(resource, &code.ask.audience, mcp)?;
+        let grant = Refresh {
+            resource: code.ask.resource,
+            audience: code.ask.audience,
+            person: code.person,
+        };
+        self.issue(client_id, &family, grant, OAuthAction::TokenIssued)
+            .await
+    }
+
+    async fn refresh_grant(
+        &self,
+        params: &Params,
+        client_id: &str,
+        resource: Option<&str>,
+        mcp: &McpEndpoint,
+    ) -> Result<serde_json::Value, Refused> {
+        let token = required(params, "refresh_token")?;
+        let (family, data) = self.spend(token, GrantKind::Refresh, client_id).await?;
+        let grant: Refresh = serde_json::from_str(&data).map_err(unavailable)?;
+        self.check_resource(resource, &grant.audience, mcp)?;
+        self.issue(client_id, &family, grant, OAuthAction::TokenRefreshed)
+            .await
+    }
+
+    /// A `resource` sent with a token request must name the one the grant
+    /// is for (a token is never widened to another resource).
+    fn check_resource(
+        &self,
+        resource: Option<&str>,
+        audience: &str,
+        mcp: &McpEndpoint,
+    ) -> Result<(), Refused> {
+        match resource {
+            None => Ok(()),
+            Some(r) => match self.audience_of(r, mcp) {
+                Ok(a) if a == audience => Ok(()),
+                Ok(_) => Err(refused(
+                    "invalid_target",
+                    "the grant is for another resource",
+                )),
+                Err(e) => Err(refused("invalid_target", e)),
+            },
+        }
+    }
+
+    /// Spend a code or refresh token of `client_id`: its family and data.
+    /// Reuse, or a secret presented by another client, revokes the family.
+    async fn spend(
+        &self,
+        presented: &str,
+        kind: GrantKind,
+        client_id: &str,
+    ) -> Result<(String, String), Refused> {
+        let now = unix_now();
+        let what = if kind == GrantKind::Code {
+            "code"
+        } else {
+            "refresh token"
+        };
+        match self
+            .store
+            .spend_oauth_grant(&hash(presented), kind, now)
+            .await
+        {
+            Ok(Spent::Fresh {
+                client_id: owner,
+                family,
+                data,
+            }) if owner == client_id => Ok((family, data)),
+            Ok(Spent::Fresh {
+                client_id: owner,
+                family,
+                ..
+            }) => {
+                self.revoke_for_reuse(
+                    &owner,
+                    &family,
+                    &format!("a {what} was presented by another client"),
+                )
+                .await;
+                Err(refused(
+                    "invalid_grant",
+                    format!("the {what} was not issued to this client"),
+                ))
+            }
+            Ok(Spent::Reused {
+                client_id: owner,
+                family,
+            }) => {
+                self.revoke_for_reuse(
+                    &owner,
+                    &family,
+                    &format!("a spent {what} was presented again"),
+                )
+                .await;
+                Err(refused(
+                    "invalid_grant",
+                    format!("the {what} was already used; the grant is revoked"),
+                ))
+            }
+            Ok(Spent::Invalid) => Err(refused(
+                "invalid_grant",
+                format!("the {what} is unknown, expired or revoked"),
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn revoke_for_reuse(&self, client_id: &str, family: &str, reason: &str) {
+        let revoked = self.store.revoke_oauth_family(family, unix_now()).await;
+        let mut entry = OAuthEntry::new(OAuthAction::ReuseDetected, client_id);
+        entry.family = Some(family);
+        entry.reason = Some(match &revoked {
+            Ok(n) => format!("{reason}; grant revoked with {n} live access token(s)"),
+            Err(e) => format!("{reason}; revoking the grant failed: {e}"),
+        });
+        tracing::warn!(%client_id, %family, %reason, "OAuth secret reused; grant revoked");
+        let _ = self.audit(entry).await;
+    }
+
+    /// A new access token and refresh token for `grant`.
+    async fn issue(
+        &self,
+        client_id: &str,
+        family: &str,
+        grant: Refresh,
+        action: OAuthAction,
+    ) -> Result<serde_json::Value, Refused> {
+        let now = unix_now();
+        let deadline = grant.person.deadline;
+        if deadline <= now {
+            return Err(refused(
+                "invalid_grant",
+                "the grant has ended; sign in again",
+            ));
+        }
+        let expires_at = (now + self.cfg.access_token_ttl.as_secs() as i64).min(deadline);
+        let access = portcullis_identity::token::generate().map_err(unavailable)?;
+        let (refresh, refresh_hash) = secret().map_err(|_| unavailable("no randomness"))?;
+        let subject = format!("agent:{client_id}");
+        let principal = portcullis_identity::delegated_subject(&subject, &grant.person.subject);
+        let mut entry = OAuthEntry::new(action, client_id);
+        entry.principal = Some(principal);
+        entry.person = Some(&grant.person.subject);
+        entry.token_id = Some(access.hash.id());
+        entry.family = Some(family);
+        entry.resource = Some(&grant.resource);
+        // Durable before the token exists: no token without its evidence.
+        self.audit(entry).await.map_err(unavailable)?;
+        self.store
+            .insert_token(&NewTokenRow {
+                hash: access.hash,
+                subject: &subject,
+                groups: &grant.person.groups,
+                created_at: now,
+                expires_at: Some(expires_at),
+                on_behalf_of: Some(&grant.person.subject),
+                audience: Some(&grant.audience),
+                oauth_family: Some(family),
+            })
+            .await
+            .map_err(unavailable)?;
+        let row = OAuthGrantRow {
+            hash: refresh_hash,
+            kind: GrantKind::Refresh,
+            client_id: client_id.to_owned(),
+            family: family.to_owned(),
+            data: serde_json::to_string(&grant).map_err(unavailable)?,
+            created_at: now,
+            expires_at: deadline,
+        };
+        self.store
+            .insert_oauth_grant(&row)
+            .await
+            .map_err(unavailable)?;
+        Ok(serde_json::json!({
+            "access_token": access.secret,
+            "token_type": "Bearer",
+            "expires_in": expires_at - now,
+            "refresh_token": refresh,
+            "scope": SCOPE,
+        }))
+    }
+}
