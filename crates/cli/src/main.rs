@@ -10,6 +10,7 @@ mod gateway_cmd;
 mod login;
 mod mask_cmd;
 mod mcp_cmd;
+mod oauth_cmd;
 mod policy_cmd;
 mod quickstart;
 mod reviews_cmd;
@@ -104,6 +105,9 @@ enum Command {
     /// gateway's /mcp endpoint.
     #[command(subcommand)]
     Mcp(mcp_cmd::McpCommand),
+    /// The gateway's OAuth authorization server: registered MCP clients.
+    #[command(subcommand)]
+    Oauth(oauth_cmd::OAuthCommand),
     /// Run an agent: dial out to the gateway and serve the connections of
     /// its config (--config, default <data-dir>/agent/agent.toml).
     Agent,
@@ -235,6 +239,7 @@ fn main() -> std::process::ExitCode {
             Command::Logout(a) => login::logout(a),
             Command::Env(a) => login::env(a).await,
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
+            Command::Oauth(o) => oauth_cmd::run(&cli, o).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
             Command::Reviews(r) => reviews_cmd::run(&cli, r).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,

@@ -46,17 +46,30 @@ pub(crate) enum McpCommand {
         /// snippet then says how to make the client trust it.
         #[arg(long, env = "PORTCULLIS_CA")]
         ca: Option<std::path::PathBuf>,
+        /// How the client signs in: `oauth` (no token in the snippet; the
+        /// client opens a browser), `token` (PORTCULLIS_TOKEN), or `auto`:
+        /// oauth when the config (--config) has an [oauth] section.
+        #[arg(long, value_enum, default_value = "auto")]
+        auth: McpAuth,
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum McpAuth {
+    Auto,
+    Oauth,
+    Token,
+}
+
 pub(crate) async fn run(cli: &crate::Cli, cmd: &McpCommand) -> anyhow::Result<()> {
-    let (client, gateway, name, ca) = match cmd {
+    let (client, gateway, name, ca, auth) = match cmd {
         McpCommand::Config {
             client,
             gateway,
             name,
             ca,
-        } => (client, gateway, name, ca),
+            auth,
+        } => (client, gateway, name, ca, auth),
         McpCommand::Tools { connection, json } => {
             let (_, store) = cli.load().await?;
             let pins = store.tool_pins(connection).await?;
@@ -115,7 +128,19 @@ pub(crate) async fn run(cli: &crate::Cli, cmd: &McpCommand) -> anyhow::Result<()
     {
         anyhow::bail!("--name: letters, digits, - and _ only");
     }
-    print!("{}", snippet(*client, gateway, name));
+    let oauth = match auth {
+        McpAuth::Oauth => true,
+        McpAuth::Token => false,
+        // A config that cannot be read says nothing: the token form.
+        McpAuth::Auto => portcullis_config::Config::load(&cli.config_path())
+            .map(|c| c.oauth.is_some())
+            .unwrap_or(false),
+    };
+    if oauth {
+        print!("{}", oauth_snippet(*client, gateway, name));
+    } else {
+        print!("{}", snippet(*client, gateway, name));
+    }
     if let Some(ca) = ca {
         let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
         eprintln!(
@@ -124,10 +149,37 @@ pub(crate) async fn run(cli: &crate::Cli, cmd: &McpCommand) -> anyhow::Result<()
             ca.display()
         );
     }
-    eprintln!(
-        "note: export PORTCULLIS_TOKEN=<your token> (or `eval \"$(portcullis env)\"`) before starting the client"
-    );
+    if oauth {
+        eprintln!(
+            "note: the client signs you in through the gateway in a browser the first time it connects; no token to export"
+        );
+    } else {
+        eprintln!(
+            "note: export PORTCULLIS_TOKEN=<your token> (or `eval \"$(portcullis env)\"`) before starting the client"
+        );
+    }
     Ok(())
+}
+
+/// The snippet without a token: the client finds the gateway's
+/// authorization server from the 401 and signs the person in (OAuth 2.1,
+/// as the MCP specification has it).
+fn oauth_snippet(client: McpClient, gateway: &str, name: &str) -> String {
+    let url = format!("{gateway}/mcp");
+    match client {
+        McpClient::ClaudeCode => {
+            format!("claude mcp add --scope project --transport http {name} {url}\n")
+        }
+        McpClient::Cursor => {
+            let v = serde_json::json!({"mcpServers": {name: {"url": url}}});
+            format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        // Codex signs in with `codex mcp login NAME` once the server is
+        // configured without a bearer token.
+        McpClient::Codex => {
+            format!("[mcp_servers.{name}]\nurl = \"{url}\"\n# then: codex mcp login {name}\n")
+        }
+    }
 }
 
 /// Where each client reads extra trusted roots from: Claude Code and
@@ -205,6 +257,15 @@ mod tests {
             v["mcpServers"]["pc"]["url"],
             "https://gw.example.com:8443/mcp"
         );
+        let oauth = oauth_snippet(McpClient::ClaudeCode, g, "portcullis");
+        assert_eq!(
+            oauth,
+            "claude mcp add --scope project --transport http portcullis https://gw.example.com:8443/mcp\n"
+        );
+        for c in [McpClient::ClaudeCode, McpClient::Cursor, McpClient::Codex] {
+            let s = oauth_snippet(c, g, "pc");
+            assert!(!s.contains("Authorization") && !s.contains("TOKEN"), "{s}");
+        }
         let codex = snippet(McpClient::Codex, g, "pc");
         assert!(codex.starts_with("[mcp_servers.pc]\nurl = \"https://gw.example.com:8443/mcp\""));
     }
