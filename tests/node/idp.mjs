@@ -6,6 +6,7 @@
 // Usage: node idp.mjs --cert CERT --key KEY
 //                     [--user alice] [--groups dba,dev] [--cli-client portcullis-cli]
 //                     [--audience https://portcullis.test]
+//                     [--gateway-client portcullis-gateway --gateway-secret SECRET]
 //
 // It listens on 127.0.0.1 with an ephemeral port (HTTPS), and prints one
 // line `idp: ready issuer=https://127.0.0.1:PORT` when it serves.
@@ -29,6 +30,8 @@ const { values: args } = parseArgs({
     'cli-client': { type: 'string', default: 'portcullis-cli' },
     audience: { type: 'string', default: 'https://portcullis.test' },
     'access-ttl': { type: 'string', default: '600' },
+    'gateway-client': { type: 'string' },
+    'gateway-secret': { type: 'string' },
   },
 });
 
@@ -79,6 +82,15 @@ server.listen(0, '127.0.0.1', () => {
         response_types: [],
         redirect_uris: [],
       },
+      // The gateway itself, signing people in for MCP clients (its
+      // `[oauth]`): a confidential web client.
+      ...(args['gateway-client'] ? [{
+        client_id: args['gateway-client'],
+        client_secret: args['gateway-secret'],
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: ['https://localhost/oauth/callback'],
+      }] : []),
     ],
     claims: {
       openid: ['sub'],
@@ -133,6 +145,15 @@ server.listen(0, '127.0.0.1', () => {
     cookies: { keys: ['portcullis-test-idp-cookie-key'] },
   });
   provider.proxy = false;
+  // The gateway listens on an ephemeral port, known only after this
+  // provider starts: its callback is allowed on any loopback port.
+  const allowed = provider.Client.prototype.redirectUriAllowed;
+  provider.Client.prototype.redirectUriAllowed = function (value) {
+    if (args['gateway-client'] && this.clientId === args['gateway-client']) {
+      return /^https:\/\/(localhost|127\.0\.0\.1):\d+\/oauth\/callback$/.test(value);
+    }
+    return allowed.call(this, value);
+  };
 
   const callback = provider.callback();
   server.on('request', async (req, res) => {

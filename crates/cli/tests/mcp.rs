@@ -519,51 +519,12 @@ fn typescript_sdk_client_and_refusals() {
     );
 }
 
-/// The upstream MCP server (TypeScript SDK) in its own process.
-struct Upstream {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_mcp_upstream(dir: &std::path::Path, key: &str) -> Upstream {
-    use std::io::BufRead;
-    common::idp::ensure_packages();
-    let mut child = Command::new("node")
-        .arg(common::idp::harness_dir().join("mcp-upstream.mjs"))
-        .args(["--cert", dir.join("api.pem").to_str().unwrap()])
-        .args(["--key", dir.join("api.key").to_str().unwrap()])
-        .args(["--api-key", key])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("mcp-upstream.log")).unwrap())
-        .spawn()
-        .expect("node runs the upstream MCP server");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("mcp-upstream: ready port=")
-        .unwrap_or_else(|| panic!("upstream MCP server did not start: {line:?}"))
-        .parse()
-        .unwrap();
-    Upstream { child, port }
-}
-
 #[test]
 fn mcp_proxy_filters_pins_and_masks_upstream_tools() {
     let s = setup();
     let dir = s.tmp.path();
     let up_key = "canary-upstream-mcp-key-7d2e";
-    let up = start_mcp_upstream(dir, up_key);
+    let up = mcp_upstream(dir, up_key);
     std::fs::write(dir.join("up-key"), up_key).unwrap();
     // Add the MCP connection to the running setup's config and restart.
     let cfg_path = dir.join("portcullis.toml");

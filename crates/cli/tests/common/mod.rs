@@ -485,3 +485,44 @@ pub fn session_ids(cfg: &Path, connection: &str) -> Vec<String> {
     .map(|s| s["id"].as_str().unwrap().to_owned())
     .collect()
 }
+
+/// The upstream MCP server (TypeScript SDK) in its own process.
+pub struct McpUpstream {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for McpUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `tests/node/mcp-upstream.mjs` with `dir/api.pem` and
+/// `dir/api.key`, answering callers that send `key`.
+pub fn mcp_upstream(dir: &std::path::Path, key: &str) -> McpUpstream {
+    use std::io::BufRead;
+    idp::ensure_packages();
+    let mut child = Command::new("node")
+        .arg(idp::harness_dir().join("mcp-upstream.mjs"))
+        .args(["--cert", dir.join("api.pem").to_str().unwrap()])
+        .args(["--key", dir.join("api.key").to_str().unwrap()])
+        .args(["--api-key", key])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("mcp-upstream.log")).unwrap())
+        .spawn()
+        .expect("node runs the upstream MCP server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("mcp-upstream: ready port=")
+        .unwrap_or_else(|| panic!("upstream MCP server did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    McpUpstream { child, port }
+}
