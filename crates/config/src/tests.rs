@@ -658,3 +658,39 @@ fn a_value_in_the_wrong_place_is_not_quoted_back() {
         .to_string();
     assert!(!shown.contains("CANARY"), "{shown}");
 }
+
+#[test]
+fn oauth_needs_an_issuer_and_bounded_lifetimes() {
+    let oidc = "[[oidc]]\nissuer = \"https://idp.example.com\"\naudiences = [\"gw\"]\n";
+    let e = err(&with("[oauth]\nclient_id = \"gw\"\n"));
+    assert!(e.contains("oauth") && e.contains("[[oidc]]"), "{e}");
+    let c = parse(&with(&format!("{oidc}[oauth]\nclient_id = \"gw\"\n"))).unwrap();
+    let o = c.oauth.unwrap();
+    assert_eq!(o.issuer, "https://idp.example.com");
+    assert_eq!(o.access_token_ttl, Duration::from_secs(600));
+    assert_eq!(o.refresh_token_ttl, Duration::from_secs(24 * 3600));
+    assert!(
+        o.redirect_uris
+            .iter()
+            .any(|p| p.allows("http://127.0.0.1:5555/cb"))
+    );
+    for (extra, key) in [
+        ("access_token_ttl = \"2h\"", "oauth.access_token_ttl"),
+        ("refresh_token_ttl = \"30d\"", "oauth.refresh_token_ttl"),
+        (
+            "redirect_uris = [\"http://example.com/*\"]",
+            "oauth.redirect_uris",
+        ),
+        ("issuer = \"https://other.example.com\"", "oauth.issuer"),
+        ("client_secret = \"inline-secret\"", "oauth.client_secret"),
+    ] {
+        let e = err(&with(&format!(
+            "{oidc}[oauth]\nclient_id = \"gw\"\n{extra}\n"
+        )));
+        assert!(e.contains(key), "{extra}: {e}");
+        assert!(
+            !e.contains("inline-secret"),
+            "the error echoes a secret: {e}"
+        );
+    }
+}
