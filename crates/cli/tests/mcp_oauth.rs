@@ -532,6 +532,8 @@ fn an_mcp_client_signs_in_with_oauth_and_acts_for_the_person() {
     assert_eq!(out[0]["authorization_error"], "access_denied", "{out:?}");
     assert!(!oauth_entries(&s.audit(), "declined").is_empty());
 
+    claude_code_sees_a_server_that_needs_sign_in(&s);
+
     // `mcp config` prints the no-token form for this config.
     let out = cli_at(
         &s.cfg(),
@@ -780,5 +782,53 @@ fn oauth_refuses_what_the_rfcs_refuse() {
             .as_str()
             .unwrap()
             .contains("expired")
+    );
+}
+
+/// Claude Code, when installed (`.ci/run` installs it under
+/// `tests/node/claude`; `CLAUDE_BIN` points elsewhere): `claude mcp add
+/// --transport http` with no header, then `claude mcp list`, shows the
+/// gateway as needing authentication, not as failed.
+fn claude_code_sees_a_server_that_needs_sign_in(s: &Setup) {
+    let claude = std::env::var_os("CLAUDE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| idp::harness_dir().join("claude/node_modules/.bin/claude"));
+    if !claude.exists() {
+        eprintln!(
+            "SKIPPED: Claude Code is not installed at {}",
+            claude.display()
+        );
+        return;
+    }
+    let home = s.tmp.path().join("claude-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&claude)
+            .args(args)
+            .current_dir(&home)
+            .env("HOME", &home)
+            .env("NODE_EXTRA_CA_CERTS", &s.ca)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let url = format!("{}/mcp", s.gw.url);
+    let added = run(&["mcp", "add", "--transport", "http", "portcullis", &url]);
+    let listed = run(&["mcp", "list"]);
+    eprintln!("claude mcp add: {added}\nclaude mcp list: {listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.contains("portcullis"))
+        .unwrap_or_else(|| panic!("not listed: {added}\n{listed}"));
+    assert!(
+        line.to_ascii_lowercase().contains("auth") && !line.contains("Failed"),
+        "{line}"
     );
 }
