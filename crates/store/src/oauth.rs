@@ -240,6 +240,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Forget OAuth secrets whose grant ended before `before` (a spent
+    /// refresh token is kept until then: reuse detection needs it), and
+    /// access tokens of OAuth grants that expired before it. Returns how
+    /// many rows went.
+    pub async fn sweep_oauth(&self, before: i64) -> Result<u64, StoreError> {
+        let grants = sqlx::query(self.q("DELETE FROM oauth_grants WHERE expires_at < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        let tokens = sqlx::query(
+            self.q("DELETE FROM tokens WHERE oauth_family IS NOT NULL AND expires_at < ?"),
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(grants.rows_affected() + tokens.rows_affected())
+    }
+}
+
 fn client_from_row(r: &sqlx::any::AnyRow) -> Result<OAuthClientRow, StoreError> {
     let uris: String = r.try_get("redirect_uris")?;
     let redirect_uris = serde_json::from_str(&uris).map_err(|e| StoreError::Corrupt {

@@ -87,7 +87,14 @@ pub struct OAuthServer {
     /// Host names callers use for the gateway (a resource must name one).
     hosts: Vec<String>,
     domain: Option<String>,
+    /// When the store was last swept of ended grants (Unix seconds).
+    swept: std::sync::atomic::AtomicI64,
 }
+
+/// How often, at most, ended grants are swept, and how long after their
+/// end they are kept (for an operator looking at `token list`).
+const SWEEP_EVERY_SECS: i64 = 3600;
+const KEEP_ENDED_SECS: i64 = 24 * 3600;
 
 impl OAuthServer {
     pub fn new(
@@ -116,7 +123,31 @@ impl OAuthServer {
             verifier,
             hosts,
             domain,
+            swept: std::sync::atomic::AtomicI64::new(0),
         }))
+    }
+
+    /// Sweep ended grants from the store, in the background, at most
+    /// once an hour (each refresh adds a token row and a secret).
+    fn sweep_now_and_then(&self) {
+        use std::sync::atomic::Ordering;
+        let now = unix_now();
+        let last = self.swept.load(Ordering::Relaxed);
+        if now - last < SWEEP_EVERY_SECS
+            || self
+                .swept
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            match store.sweep_oauth(now - KEEP_ENDED_SECS).await {
+                Ok(n) => tracing::debug!(rows = n, "ended OAuth grants swept"),
+                Err(e) => tracing::warn!(error = %e, "sweeping ended OAuth grants failed"),
+            }
+        });
     }
 
     /// Serve one request to an OAuth path. `ctx` is the config in force
