@@ -657,7 +657,25 @@ fn oauth_refuses_what_the_rfcs_refuse() {
             "{extra:?}: {location}"
         );
         assert_eq!(param(&location, "state").as_deref(), Some("s1"));
+        assert_eq!(param(&location, "iss").as_deref(), Some(s.gw.url.as_str()));
     }
+    // Started under another name for the gateway: sent to the issuer's
+    // host first (its cookie must come back to the callback there).
+    let other_host = s.gw.url.replace("localhost", "127.0.0.1");
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(base(&[]).iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert", &s.ca])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+        .arg(format!("{other_host}/oauth/authorize?{q}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with(&format!("302 {}/oauth/authorize?", s.gw.url)),
+        "{text}"
+    );
 
     // Codes: one real sign-in per case.
     let jar = s.tmp.path().join("jar");
@@ -711,7 +729,12 @@ fn oauth_refuses_what_the_rfcs_refuse() {
     let r = exchange(&code, &good, &[("resource", &docs)]);
     assert_eq!(r.json()["error"], "invalid_target", "{}", r.body);
     // Another redirect URI than the request's.
-    let (code, good) = code_for("d", &[]);
+    let (code, good) = code_for("short", &[]);
+    let r = exchange(&code, "too-short", &[]);
+    assert_eq!(r.json()["error"], "invalid_grant", "{}", r.body);
+    let (code, good_d) = code_for("d", &[]);
+    let _ = good;
+    let good = good_d;
     let r = exchange(
         &code,
         &good,
@@ -771,6 +794,101 @@ fn oauth_refuses_what_the_rfcs_refuse() {
     );
     assert_eq!(r.status, 400);
     assert!(!r.body.contains("<script"), "pages carry no script");
+
+    // Races: two requests spending one code or one refresh token at once.
+    // Whoever wins, nothing of the grant is usable afterwards (a
+    // revocation racing an issue is never lost).
+    let setup = &s;
+    let race = |fields: Vec<(&'static str, String)>| -> Vec<Reply> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let barrier = barrier.clone();
+                    let fields = fields.clone();
+                    scope.spawn(move || {
+                        let f: Vec<(&str, &str)> =
+                            fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        barrier.wait();
+                        setup.post_form("/oauth/token", &f)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    for round in 0..3 {
+        let (code, good) = code_for(&format!("race{round}"), &[]);
+        let replies = race(vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", code),
+            ("code_verifier", good),
+            ("client_id", client.clone()),
+        ]);
+        assert!(replies.iter().any(|r| r.status == 400), "one loses");
+        for r in replies.iter().filter(|r| r.status == 200) {
+            let access = r.json()["access_token"].as_str().unwrap().to_owned();
+            let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+            assert_eq!(
+                mcp_status(&s, "/mcp", Some(&access)).0,
+                401,
+                "round {round}"
+            );
+            let again = s.post_form(
+                "/oauth/token",
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                    ("client_id", &client),
+                ],
+            );
+            assert_eq!(again.json()["error"], "invalid_grant", "round {round}");
+        }
+        // The same for a refresh token.
+        let (code, good) = code_for(&format!("rrace{round}"), &[]);
+        let first = exchange(&code, &good, &[]).json();
+        let replies = race(vec![
+            ("grant_type", "refresh_token".into()),
+            (
+                "refresh_token",
+                first["refresh_token"].as_str().unwrap().to_owned(),
+            ),
+            ("client_id", client.clone()),
+        ]);
+        for r in replies.iter().filter(|r| r.status == 200) {
+            let access = r.json()["access_token"].as_str().unwrap().to_owned();
+            assert_eq!(
+                mcp_status(&s, "/mcp", Some(&access)).0,
+                401,
+                "refresh round {round}"
+            );
+        }
+        let access = first["access_token"].as_str().unwrap();
+        assert_eq!(mcp_status(&s, "/mcp", Some(access)).0, 401);
+    }
+
+    // Names that would reorder the consent page are refused; one address
+    // registers a bounded number of clients.
+    let spoof = serde_json::json!({"client_name": "Claude Code\u{202e}gninruter", "redirect_uris": [REDIRECT]});
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &spoof.to_string(),
+        &format!("{}/oauth/register", s.gw.url),
+    ]);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
+    let statuses: Vec<u16> = (0..25).map(|_| s.register(REDIRECT).status).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(
+        s.register(REDIRECT).json()["error"],
+        "temporarily_unavailable"
+    );
 
     // An expired code (codes live 60 s).
     let wait = Duration::from_secs(62).saturating_sub(started.elapsed());

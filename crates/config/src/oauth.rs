@@ -75,9 +75,30 @@ impl RedirectPattern {
         &self.0
     }
 
-    /// Whether a client's redirect URI is allowed by this pattern.
+    /// Whether a client's redirect URI is allowed by this pattern. A URI
+    /// a browser would read as another path than it says (dot segments,
+    /// also percent-encoded; backslashes; empty segments) is never
+    /// allowed, or `https://app/oauth/../open-redirect` would pass a
+    /// prefix `https://app/oauth/*`.
     pub fn allows(&self, uri: &str) -> bool {
-        if uri.contains('#') || uri.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        if uri.contains(['#', '\\']) || uri.chars().any(|c| !c.is_ascii_graphic()) {
+            return false;
+        }
+        let after_scheme = uri.split_once("://").map_or("", |(_, r)| r);
+        let path = after_scheme
+            .find('/')
+            .map_or("", |i| &after_scheme[i..])
+            .split(['?'])
+            .next()
+            .unwrap_or("");
+        let dot = |seg: &str| {
+            let s = seg.to_ascii_lowercase().replace("%2e", ".");
+            s == "." || s == ".."
+        };
+        if path.contains("//")
+            || path.split('/').any(dot)
+            || path.to_ascii_lowercase().contains("%2f")
+        {
             return false;
         }
         let uri = without_loopback_port(uri, &self.0);
@@ -245,6 +266,7 @@ mod tests {
             "http://127.0.0.1:1/cb#frag",
             "http://127.0.0.1:x/cb",
             "http://evil.test/http://127.0.0.1/",
+            "http://127.0.0.1:1/cb\u{202e}",
         ] {
             assert!(!lo.allows(bad), "{bad}");
         }
@@ -261,6 +283,19 @@ mod tests {
         let prefix = p("https://app.example.com/oauth/*");
         assert!(prefix.allows("https://app.example.com/oauth/cb"));
         assert!(!prefix.allows("https://app.example.com.evil.test/oauth/cb"));
+        // Paths a browser reads as another path stay out of a prefix.
+        for escape in [
+            "https://app.example.com/oauth/../logout?next=https://evil.test/",
+            "https://app.example.com/oauth/%2e%2e/redirect",
+            "https://app.example.com/oauth/%2E./redirect",
+            "https://app.example.com/oauth/x/..\\..\\redirect",
+            "https://app.example.com/oauth//evil.test/",
+            "https://app.example.com/oauth/a%2f..%2fb",
+            "https://app.example.com/oauth/ü",
+        ] {
+            assert!(!prefix.allows(escape), "{escape}");
+        }
+        assert!(prefix.allows("https://app.example.com/oauth/cb?x=../y"));
         // A port on the pattern is kept exact.
         let port = p("http://127.0.0.1:9000/cb");
         assert!(port.allows("http://127.0.0.1:9000/cb"));

@@ -90,7 +90,7 @@ impl crate::reload::Stack {
         // the path (a target's own `/.well-known` stays its own).
         if !routed && crate::oauth::is_oauth_path(&path) {
             return match &listener.oauth {
-                Some(o) => o.handle(req, &self.ctx, &self.mcp).await,
+                Some(o) => o.handle(req, conn.peer.ip(), &self.ctx, &self.mcp).await,
                 None => {
                     portcullis_http::linger(req.into_body()).await;
                     portcullis_http::json_response(

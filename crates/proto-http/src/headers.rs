@@ -49,17 +49,87 @@ pub fn request_to_upstream(h: &mut HeaderMap, injected: Option<&HeaderName>) {
     h.remove("x-forwarded-host");
     // Said to the gateway (a just-in-time duration), not to the target.
     h.remove(crate::review::SESSION_HEADER);
+    without_gateway_cookies(h);
 }
 
-/// Headers of the target's response as they may go back to the caller.
+/// The prefix of the gateway's own cookies (the OAuth sign-in's browser
+/// binding). Path-routed targets share the gateway's origin, so the
+/// cookie's `__Host-` scope does not keep them apart: the gateway does.
+pub const GATEWAY_COOKIE_PREFIX: &str = "__Host-portcullis";
+
+/// `Cookie` without the gateway's own cookies.
+fn without_gateway_cookies(h: &mut HeaderMap) {
+    let values: Vec<_> = h.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    let kept: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(GATEWAY_COOKIE_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+        && !kept.is_empty()
+    {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// Headers of the target's response as they may go back to the caller:
+/// no hop-by-hop headers, and no cookie in the gateway's own name.
 pub fn response_to_caller(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
+    if h.contains_key(header::SET_COOKIE) {
+        let kept: Vec<_> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| {
+                !v.as_bytes()
+                    .trim_ascii_start()
+                    .starts_with(GATEWAY_COOKIE_PREFIX.as_bytes())
+            })
+            .cloned()
+            .collect();
+        h.remove(header::SET_COOKIE);
+        for v in kept {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_gateways_own_cookies_never_cross_the_proxy() {
+        let mut req = map(&[
+            ("cookie", "a=1; __Host-portcullis-oauth=victim"),
+            ("cookie", "__Host-portcullis-x=y"),
+            ("cookie", "b=2"),
+        ]);
+        request_to_upstream(&mut req, None);
+        let sent: Vec<_> = req.get_all(header::COOKIE).iter().collect();
+        assert_eq!(sent, ["a=1; b=2"]);
+        let mut only = map(&[("cookie", "__Host-portcullis-oauth=v")]);
+        request_to_upstream(&mut only, None);
+        assert!(!only.contains_key(header::COOKIE));
+        let mut resp = map(&[
+            (
+                "set-cookie",
+                "__Host-portcullis-oauth=planted; Path=/; Secure",
+            ),
+            ("set-cookie", "session=ok; Path=/"),
+        ]);
+        response_to_caller(&mut resp);
+        let back: Vec<_> = resp.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(back, ["session=ok; Path=/"]);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

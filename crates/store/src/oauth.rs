@@ -205,15 +205,47 @@ impl Store {
     }
 
     /// Revoke a family: every secret in it and every access token issued
-    /// from it. Returns how many access tokens were live.
+    /// from it, and every one issued from it later (a token endpoint racing
+    /// this one checks [`Self::oauth_family_live`] after it stored what it
+    /// issues). Returns how many access tokens were live.
+    ///
+    /// The marker is committed before the rows are revoked: an issuer that
+    /// stored its rows before the marker has them revoked here; one that
+    /// stores them after sees the marker.
     pub async fn revoke_oauth_family(&self, family: &str, now: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let client: Option<String> = sqlx::query_scalar(
+            self.q("SELECT client_id FROM oauth_grants WHERE family = ? LIMIT 1"),
+        )
+        .bind(family)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut marker = [0u8; 32];
+        marker.copy_from_slice(
+            aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                format!("revoked-family:{family}").as_bytes(),
+            )
+            .as_ref(),
+        );
+        sqlx::query(self.q(
+            "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at, revoked_at) \
+             VALUES (?, 'revoked', ?, ?, '{}', ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+        ))
+        .bind(&marker[..])
+        .bind(client.unwrap_or_default())
+        .bind(family)
+        .bind(now)
+        // Outlives every member of the family (a grant lasts at most a day).
+        .bind(now + 2 * 24 * 3600)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         sqlx::query(
             self.q("UPDATE oauth_grants SET revoked_at = COALESCE(revoked_at, ?) WHERE family = ?"),
         )
         .bind(now)
         .bind(family)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
         let tokens =
             sqlx::query(self.q(
@@ -221,29 +253,48 @@ impl Store {
             ))
             .bind(now)
             .bind(family)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
         Ok(tokens.rows_affected())
     }
 
-    /// Whether a family may still be used: not revoked (a family whose
-    /// every secret was revoked is revoked).
-    pub async fn oauth_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            self.q("SELECT COUNT(*) FROM oauth_grants WHERE family = ? AND revoked_at IS NOT NULL"),
+    /// Whether a family may still be used: not revoked, and its client
+    /// not revoked. Asked after issuing, so that a revocation racing the
+    /// issue is never lost.
+    pub async fn oauth_family_live(
+        &self,
+        family: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let revoked: i64 = sqlx::query_scalar(
+            self.q("SELECT COUNT(*) FROM oauth_grants WHERE family = ? AND kind = 'revoked'"),
         )
         .bind(family)
         .fetch_one(&self.pool)
         .await?;
-        Ok(n > 0)
+        let client_revoked: i64 = sqlx::query_scalar(
+            self.q("SELECT COUNT(*) FROM oauth_clients WHERE id = ? AND revoked_at IS NOT NULL"),
+        )
+        .bind(client_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(revoked == 0 && client_revoked == 0)
     }
-}
 
-impl Store {
-    /// Forget OAuth secrets whose grant ended before `before` (a spent
-    /// refresh token is kept until then: reuse detection needs it), and
-    /// access tokens of OAuth grants that expired before it. Returns how
+    /// Registered clients not revoked.
+    pub async fn oauth_live_clients(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            self.q("SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL"),
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Forget OAuth secrets that ended before `before` (a spent refresh
+    /// token is kept until its grant's end: reuse detection needs it),
+    /// access tokens of OAuth grants that expired before it, and clients
+    /// registered before it that never got a person's consent (anyone may
+    /// register, so unused registrations must not pile up). Returns how
     /// many rows went.
     pub async fn sweep_oauth(&self, before: i64) -> Result<u64, StoreError> {
         let grants = sqlx::query(self.q("DELETE FROM oauth_grants WHERE expires_at < ?"))
@@ -256,7 +307,16 @@ impl Store {
         .bind(before)
         .execute(&self.pool)
         .await?;
-        Ok(grants.rows_affected() + tokens.rows_affected())
+        let clients = sqlx::query(self.q(
+            "DELETE FROM oauth_clients WHERE created_at < ? AND NOT EXISTS \
+             (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.id \
+              AND g.kind IN ('code', 'refresh', 'revoked')) \
+             AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.subject = 'agent:' || oauth_clients.id)",
+        ))
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(grants.rows_affected() + tokens.rows_affected() + clients.rows_affected())
     }
 }
 

@@ -407,9 +407,18 @@ pub async fn oauth(store: &Store) {
         .insert_oauth_grant(&row(refresh, GrantKind::Refresh, 1000))
         .await
         .unwrap();
-    assert!(!store.oauth_family_revoked(&family).await.unwrap());
+    assert!(store.oauth_family_live(&family, &client).await.unwrap());
     assert_eq!(store.revoke_oauth_family(&family, 40).await.unwrap(), 1);
-    assert!(store.oauth_family_revoked(&family).await.unwrap());
+    assert!(!store.oauth_family_live(&family, &client).await.unwrap());
+    // Rows issued after the revocation (an issue racing it) find the
+    // family dead when they look.
+    let late = secret(6);
+    store
+        .insert_oauth_grant(&row(late, GrantKind::Refresh, 1000))
+        .await
+        .unwrap();
+    assert!(!store.oauth_family_live(&family, &client).await.unwrap());
+    assert!(store.oauth_live_clients().await.unwrap() >= 1);
     assert!(
         store
             .token_by_hash(&t.hash)
@@ -436,7 +445,9 @@ pub async fn oauth(store: &Store) {
         })
         .await
         .unwrap();
+    assert!(store.oauth_family_live(&family2, &client).await.unwrap());
     assert!(store.revoke_oauth_client(&client, 50).await.unwrap());
+    assert!(!store.oauth_family_live(&family2, &client).await.unwrap());
     assert!(
         !store
             .revoke_oauth_client("no-such-client", 50)

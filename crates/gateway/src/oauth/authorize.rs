@@ -62,6 +62,19 @@ impl OAuthServer {
         if req.method() != Method::GET {
             return page(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "Use GET.");
         }
+        // The sign-in's cookie and the provider's callback belong to the
+        // issuer's host: a request that came in under another name for the
+        // gateway goes there first, or the cookie would never come back.
+        let issuer_authority = self.issuer.strip_prefix("https://").unwrap_or("");
+        if let Some(a) = super::metadata::authority_of(&req)
+            && !a.as_str().eq_ignore_ascii_case(issuer_authority)
+        {
+            let q = req.uri().query().unwrap_or("");
+            return redirect(
+                StatusCode::FOUND,
+                &format!("{}{}?{q}", self.issuer, super::AUTHORIZE),
+            );
+        }
         let params = query(&req);
         let ask = match self.check_client(&params).await {
             Ok(ask) => ask,
@@ -69,7 +82,7 @@ impl OAuthServer {
         };
         let mut ask = ask;
         if let Err((error, description)) = self.check_request(&params, &mut ask, mcp) {
-            return redirect_error(&ask, error, &description);
+            return redirect_error(&self.issuer, &ask, error, &description);
         }
         match self.send_to_provider(ask).await {
             Ok(resp) => resp,
@@ -271,10 +284,11 @@ impl OAuthServer {
                 "the identity provider answered {}",
                 error.chars().take(64).collect::<String>()
             );
-            return redirect_error(&pending.ask, "access_denied", &why);
+            return redirect_error(&self.issuer, &pending.ask, "access_denied", &why);
         }
         let Ok(Some(code)) = one(&params, "code") else {
             return redirect_error(
+                &self.issuer,
                 &pending.ask,
                 "server_error",
                 "the identity provider sent no code",
@@ -298,7 +312,7 @@ impl OAuthServer {
         };
         let refused = |why: String| {
             tracing::warn!(reason = %why, "OAuth sign-in refused");
-            page(StatusCode::FORBIDDEN, "Sign-in refused", &why)
+            page(StatusCode::FORBIDDEN, "Sign-in refused", &escape(&why))
         };
         let id_token = self
             .idp
@@ -431,7 +445,12 @@ impl OAuthServer {
             let mut entry = OAuthEntry::new(OAuthAction::Declined, &consent.ask.client_id);
             entry.person = Some(&consent.person.subject);
             let _ = self.audit(entry).await;
-            redirect_error(&consent.ask, "access_denied", "the person declined")
+            redirect_error(
+                &self.issuer,
+                &consent.ask,
+                "access_denied",
+                "the person declined",
+            )
         };
         set_cookie(&mut resp, "", 0);
         resp
@@ -570,7 +589,7 @@ fn consent_html(
         .and_then(|r| r.split(['/', '?']).next())
         .unwrap_or("");
     format!(
-        "<p><strong>{name}</strong> (client <code>{id}</code>, returning to <code>{host}</code>) \
+        "<p><strong><bdi>{name}</bdi></strong> (client <code>{id}</code>, returning to <code>{host}</code>) \
          asks to act for you, <strong>{person}</strong>.</p>\
          <p>It will act as <code>{agent}</code> at <code>{resource}</code>, with at most your \
          groups ({groups}), for up to {hours} hours; each token it holds lasts {minutes} minutes. \
@@ -654,13 +673,15 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
 }
 
 /// Send the browser back to the client with an error (RFC 6749 §4.1.2.1).
-fn redirect_error(ask: &Ask, error: &str, description: &str) -> Response<Body> {
+fn redirect_error(issuer: &str, ask: &Ask, error: &str, description: &str) -> Response<Body> {
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("error", error);
     q.append_pair("error_description", description);
     if let Some(s) = &ask.state {
         q.append_pair("state", s);
     }
+    // RFC 9207: errors name the issuer too.
+    q.append_pair("iss", issuer);
     redirect(StatusCode::FOUND, &join(&ask.redirect_uri, &q.finish()))
 }
 

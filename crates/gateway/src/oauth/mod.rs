@@ -89,6 +89,7 @@ pub struct OAuthServer {
     domain: Option<String>,
     /// When the store was last swept of ended grants (Unix seconds).
     swept: std::sync::atomic::AtomicI64,
+    registrations: register::Registrations,
 }
 
 /// How often, at most, ended grants are swept, and how long after their
@@ -124,6 +125,7 @@ impl OAuthServer {
             hosts,
             domain,
             swept: std::sync::atomic::AtomicI64::new(0),
+            registrations: Default::default(),
         }))
     }
 
@@ -155,6 +157,7 @@ impl OAuthServer {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
+        peer: std::net::IpAddr,
         ctx: &portcullis_front::FrontContext,
         mcp: &portcullis_mcp::McpEndpoint,
     ) -> Response<Body> {
@@ -164,8 +167,9 @@ impl OAuthServer {
         } else if path == WELL_KNOWN_SERVER {
             self.server_metadata()
         } else if path == REGISTER {
-            self.register(req).await
+            self.register(req, peer).await
         } else if path == AUTHORIZE {
+            self.sweep_now_and_then();
             self.authorize(req, mcp).await
         } else if path == CALLBACK {
             self.callback(req, ctx).await
@@ -367,6 +371,11 @@ mod tests {
             s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn the_proxy_keeps_the_sign_in_cookie_from_targets() {
+        assert!(COOKIE.starts_with(portcullis_http::headers::GATEWAY_COOKIE_PREFIX));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! URIs from the operator's allow-list, names and counts bounded. A
 //! client is nothing until a person consents to it.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use portcullis_audit::OAuthAction;
@@ -15,7 +18,38 @@ use super::{OAuthEntry, OAuthServer, body, json_error, secret, unix_now};
 
 /// Registered clients, at most (unauthenticated registration must not
 /// fill the store).
-const MAX_CLIENTS: usize = 10_000;
+const MAX_CLIENTS: i64 = 10_000;
+/// Registrations one address may make per window: a person's tools
+/// register a handful of times, a flood from one place is refused.
+const PER_PEER: u32 = 20;
+const WINDOW_SECS: i64 = 600;
+/// Addresses remembered at most (a flood from many addresses empties it,
+/// and then the store's cap still holds).
+const MAX_PEERS: usize = 10_000;
+
+/// Registrations per address in the current window.
+#[derive(Default)]
+pub(super) struct Registrations(std::sync::Mutex<HashMap<IpAddr, (i64, u32)>>);
+
+impl Registrations {
+    fn allow(&self, peer: IpAddr, now: i64) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return false;
+        };
+        if seen.len() >= MAX_PEERS {
+            seen.retain(|_, (start, _)| now - *start < WINDOW_SECS);
+            if seen.len() >= MAX_PEERS {
+                seen.clear();
+            }
+        }
+        let entry = seen.entry(peer).or_insert((now, 0));
+        if now - entry.0 >= WINDOW_SECS {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= PER_PEER
+    }
+}
 const MAX_REDIRECTS: usize = 10;
 const MAX_NAME: usize = 100;
 
@@ -31,7 +65,17 @@ struct Metadata {
 }
 
 impl OAuthServer {
-    pub(super) async fn register(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn register(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        if !self.registrations.allow(peer, unix_now()) {
+            return json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                &format!(
+                    "at most {PER_PEER} registrations per {} minutes from one address",
+                    WINDOW_SECS / 60
+                ),
+            );
+        }
         if req.method() != Method::POST {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -62,8 +106,9 @@ impl OAuthServer {
                 return json_error(StatusCode::BAD_REQUEST, error, &description);
             }
         };
-        match self.store.oauth_clients().await {
-            Ok(all) if all.iter().filter(|c| c.revoked_at.is_none()).count() >= MAX_CLIENTS => {
+        self.sweep_now_and_then();
+        match self.store.oauth_live_clients().await {
+            Ok(n) if n >= MAX_CLIENTS => {
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -109,7 +154,7 @@ impl OAuthServer {
                 "the audit log is unavailable",
             );
         }
-        tracing::info!(client_id = %id, name = %name, "OAuth client registered");
+        tracing::info!(client_id = %id, name = ?name, "OAuth client registered");
         json_response(
             StatusCode::CREATED,
             &serde_json::json!({
@@ -164,10 +209,13 @@ impl OAuthServer {
             return Err(bad_meta("response_types: only code is supported"));
         }
         let name = m.client_name.clone().unwrap_or_else(|| "MCP client".into());
-        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
-        {
+        // Letters and digits of any script, spaces and ASCII punctuation:
+        // no control, format or bidi characters that could reorder what
+        // the consent page says around the name.
+        let shown = |c: char| c.is_alphanumeric() || c == ' ' || c.is_ascii_punctuation();
+        if name.trim().is_empty() || name.chars().count() > MAX_NAME || !name.chars().all(shown) {
             return Err(bad_meta(&format!(
-                "client_name: 1 to {MAX_NAME} printable characters"
+                "client_name: 1 to {MAX_NAME} letters, digits, spaces and punctuation"
             )));
         }
         Ok(name)
@@ -209,6 +257,19 @@ fn slug(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrations_per_address_are_bounded() {
+        let r = Registrations::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..PER_PEER {
+            assert!(r.allow(a, 100));
+        }
+        assert!(!r.allow(a, 100));
+        assert!(r.allow(b, 100), "another address is not affected");
+        assert!(r.allow(a, 100 + WINDOW_SECS), "a new window");
+    }
 
     #[test]
     fn slugs_are_principal_safe() {

@@ -129,6 +129,12 @@ impl OAuthServer {
         let redirect_uri = param(params, "redirect_uri")?;
         let (family, data) = self.spend(code, GrantKind::Code, client_id).await?;
         let code: Code = serde_json::from_str(&data).map_err(unavailable)?;
+        // RFC 7636 §4.1: 43 to 128 unreserved characters (checked after
+        // the code is spent: a malformed verifier burns it too).
+        let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+        if !(43..=128).contains(&verifier.len()) || !verifier.chars().all(unreserved) {
+            return Err(refused("invalid_grant", "code_verifier is malformed"));
+        }
         if redirect_uri.is_some_and(|r| r != code.ask.redirect_uri) {
             return Err(refused(
                 "invalid_grant",
@@ -317,6 +323,21 @@ impl OAuthServer {
             .insert_oauth_grant(&row)
             .await
             .map_err(unavailable)?;
+        // A revocation racing this issue (a reused secret seen by another
+        // request, an operator revoking the client) either revoked the rows
+        // just stored or left a mark that is seen here.
+        match self.store.oauth_family_live(family, client_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = self.store.revoke_oauth_family(family, now).await;
+                return Err(refused("invalid_grant", "the grant was revoked"));
+            }
+            Err(e) => {
+                let _ = self.store.revoke_oauth_family(family, now).await;
+                return Err(unavailable(e));
+            }
+        }
+        self.sweep_now_and_then();
         Ok(serde_json::json!({
             "access_token": access.secret,
             "token_type": "Bearer",
