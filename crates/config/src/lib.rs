@@ -3,6 +3,7 @@
 //! Relative paths are taken from the config file's folder. Secrets are
 //! references (`env:NAME`, `file:PATH`), see [`SecretRef`].
 
+pub mod console;
 pub mod oauth;
 pub mod pgurl;
 mod raw;
@@ -61,6 +62,8 @@ pub struct Config {
     pub recordings: Recordings,
     /// `[oauth]`: the gateway as the authorization server of MCP clients.
     pub oauth: Option<oauth::OAuth>,
+    /// `[console]`: the web console.
+    pub console: console::Console,
 }
 
 /// `[recordings]`.

@@ -38,6 +38,8 @@ pub(crate) struct Root {
     #[serde(default)]
     recordings: RawRecordings,
     oauth: Option<crate::oauth::RawOAuth>,
+    #[serde(default)]
+    console: crate::console::RawConsole,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -783,9 +785,11 @@ impl Root {
             None => None,
             Some(o) => Some(o.validate(&oidc, base)?),
         };
+        let console = self.console.validate()?;
         Ok(Config {
             source: Default::default(),
             oauth,
+            console,
             recordings,
             approvals,
             agent_listener,

@@ -33,22 +33,25 @@ struct MintRequest {
 /// may hold data) is visible to its requester, the person it acts for,
 /// and members of its approver groups; deciding is for people in those
 /// groups (checked by the review itself).
+/// Whether `who` may see review `r`: its requester, the person it acts
+/// for, and people in its approver groups.
+pub(crate) fn review_visible(r: &portcullis_approval::Review, who: &Principal) -> bool {
+    use portcullis_identity::PrincipalKind;
+    r.requester == who.subject
+        || r.on_behalf_of.as_deref() == Some(who.subject.as_str())
+        || (who.kind == PrincipalKind::Human && r.approvers.iter().any(|g| who.groups.contains(g)))
+}
+
 pub async fn reviews(
     approvals: &portcullis_approval::Approvals,
     prefix: &str,
     req: Request<Incoming>,
     who: &Principal,
 ) -> Result<Response<Body>, ProxyError> {
-    use portcullis_identity::PrincipalKind;
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix(prefix).unwrap_or_default();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let visible = |r: &portcullis_approval::Review| {
-        r.requester == who.subject
-            || r.on_behalf_of.as_deref() == Some(who.subject.as_str())
-            || (who.kind == PrincipalKind::Human
-                && r.approvers.iter().any(|g| who.groups.contains(g)))
-    };
+    let visible = |r: &portcullis_approval::Review| review_visible(r, who);
     let ok = |v: serde_json::Value| portcullis_http::json_response(StatusCode::OK, &v);
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, []) => {

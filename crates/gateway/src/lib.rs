@@ -3,6 +3,7 @@
 mod admin;
 mod agents;
 mod api;
+pub mod console;
 mod demo;
 pub mod enrol;
 mod instance;
@@ -757,6 +758,7 @@ fn oauth_server(
     store: &Store,
     shared: &Shared,
     hosts: Vec<String>,
+    console: &Arc<console::Console>,
 ) -> Result<Option<Arc<oauth::OAuthServer>>, GatewayError> {
     let Some(o) = &cfg.oauth else {
         return Ok(None);
@@ -775,6 +777,7 @@ fn oauth_server(
         verifier,
         hosts,
         cfg.gateway.domain.clone(),
+        console.clone(),
     )
     .map_err(GatewayError::Oidc)?;
     tracing::info!(issuer = %o.issuer, "OAuth authorization server for MCP clients");
@@ -879,11 +882,18 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             .clone()
             .watch(CONFIG_CHECK_INTERVAL, rt.shutdown.clone()),
     );
+    let console = console::Console::new(
+        store.clone(),
+        shared.audit.clone(),
+        cfg.console.clone(),
+        &public_url,
+    );
     let main = listener::GatewayFront {
         stack,
         domain: cfg.gateway.domain.clone(),
         enrol: enrolment(cfg, &store, &shared.audit)?,
-        oauth: oauth_server(cfg, &public_url, &store, &shared, hosts.clone())?,
+        oauth: oauth_server(cfg, &public_url, &store, &shared, hosts.clone(), &console)?,
+        console,
     };
     rt.serve(
         l,

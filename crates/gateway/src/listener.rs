@@ -57,6 +57,8 @@ pub struct GatewayFront {
     pub enrol: Option<crate::enrol::Enrolment>,
     /// The OAuth authorization server, when `[oauth]` is configured.
     pub oauth: Option<Arc<crate::oauth::OAuthServer>>,
+    /// The web console under `/ui/`.
+    pub console: Arc<crate::console::Console>,
 }
 
 pub const MCP_PATH: &str = "/mcp";
@@ -101,9 +103,16 @@ impl crate::reload::Stack {
                 }
             };
         }
-        // The gateway's own API lives on paths no connection routes.
+        // The console's pages, then the gateway's own API, on paths no
+        // connection routes.
+        if !routed && (path == crate::console::UI || path.starts_with("/ui/")) {
+            return listener
+                .console
+                .handle(req, listener.oauth.as_deref())
+                .await;
+        }
         if !routed && is_api(&path) {
-            return self.api(req, &conn).await;
+            return self.api(req, &conn, &listener.console).await;
         }
         // A connection of type "mcp": the MCP proxy.
         let mcp_route =
@@ -161,24 +170,86 @@ impl crate::reload::Stack {
 }
 
 fn is_api(path: &str) -> bool {
-    path == crate::api::TOKENS || path.starts_with(crate::api::REVIEWS)
+    use crate::console::api::{ME, SESSIONS};
+    path == crate::api::TOKENS
+        || path.starts_with(crate::api::REVIEWS)
+        || path == ME
+        || path == SESSIONS
 }
 
 impl crate::reload::Stack {
     /// `/api/v1`: the caller authenticated by the shared admission path.
-    async fn api(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    async fn api(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        console: &crate::console::Console,
+    ) -> Response<Body> {
+        use crate::console::api::{ME, REVIEW_EVENTS, SESSIONS};
         let front = portcullis_config::Protocol::Http;
-        let at = portcullis_identity::Resource::Other;
-        let who = match self.http.authenticate(req.headers(), conn, front, at).await {
+        // The console's session cookie, when no other credential is sent:
+        // accepted here only (its audience), with CSRF on state changes.
+        let session = match req.headers().contains_key(http::header::AUTHORIZATION) {
+            true => None,
+            false => crate::console::session_cookie(req.headers()),
+        };
+        let authenticated = match &session {
+            Some(secret) => {
+                let mut h = http::HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {secret}")) {
+                    h.insert(http::header::AUTHORIZATION, v);
+                }
+                self.http
+                    .authenticate(&h, conn, front, crate::console::RESOURCE)
+                    .await
+            }
+            None => {
+                let at = portcullis_identity::Resource::Other;
+                self.http.authenticate(req.headers(), conn, front, at).await
+            }
+        };
+        let origin = || portcullis_front::Origin {
+            peer: conn.peer.to_string(),
+            front,
+            tls: Some(conn.tls.clone()),
+        };
+        let who = match authenticated {
             Ok(p) => p,
             Err(e) => {
                 portcullis_http::linger(req.into_body()).await;
                 return e.into_response();
             }
         };
+        let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        if let Some(secret) = &session
+            && changes
+            && !crate::console::csrf_ok(req.headers(), secret, console.origin())
+        {
+            let reason = "a console request that changes state without its CSRF value";
+            self.ctx
+                .refuse(Some(&who.subject), None, &origin(), reason)
+                .await;
+            portcullis_http::linger(req.into_body()).await;
+            return portcullis_http::json_response(
+                http::StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "csrf", "message": reason}),
+            );
+        }
         let path = req.uri().path().to_owned();
         let answer = if path == crate::api::TOKENS {
             crate::api::mint_for_agent(&self.ctx, req, &who).await
+        } else if path == ME {
+            Ok(crate::console::api::me(console, &who, session.as_deref()))
+        } else if path == SESSIONS {
+            crate::console::api::sessions(console, console.store(), &req, &who).await
+        } else if path == REVIEW_EVENTS && req.method() == http::Method::GET {
+            let store = console.store().clone();
+            let approvals = self.ctx.approvals.clone();
+            Ok(crate::console::api::review_events(
+                approvals,
+                store,
+                who.clone(),
+            ))
         } else {
             let prefix = crate::api::REVIEWS;
             crate::api::reviews(&self.ctx.approvals, prefix, req, &who).await
@@ -187,14 +258,9 @@ impl crate::reload::Stack {
             Ok(r) => r,
             Err(e) => {
                 // Refusals are evidence, here as on the fronts.
-                let origin = portcullis_front::Origin {
-                    peer: conn.peer.to_string(),
-                    front,
-                    tls: Some(conn.tls.clone()),
-                };
                 let reason = e.to_string();
                 self.ctx
-                    .refuse(Some(&who.subject), None, &origin, &reason)
+                    .refuse(Some(&who.subject), None, &origin(), &reason)
                     .await;
                 e.into_response()
             }

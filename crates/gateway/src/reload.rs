@@ -464,6 +464,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("agent_listener", old.agent_listener == new.agent_listener);
     check("approvals", old.approvals == new.approvals);
     check("recordings", old.recordings == new.recordings);
+    check("console", old.console == new.console);
     out
 }
 

@@ -66,6 +66,8 @@ pub enum Resource<'a> {
     /// The gateway's own MCP endpoint (`/mcp`), or a connection of type
     /// `mcp` by name.
     Mcp(Option<&'a str>),
+    /// The web console's session (its cookie, at the gateway's API).
+    Console,
     /// Anything else: the HTTP and PostgreSQL fronts, the API, the admin
     /// listener. No audience-bound token is accepted here.
     Other,
@@ -78,6 +80,7 @@ impl Resource<'_> {
         match self {
             Self::Mcp(None) => Some("mcp".into()),
             Self::Mcp(Some(c)) => Some(format!("mcp/{c}")),
+            Self::Console => Some("console".into()),
             Self::Other => None,
         }
     }

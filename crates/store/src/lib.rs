@@ -622,6 +622,29 @@ fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
     })
 }
 
+/// Which sessions a page lists.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery<'a> {
+    /// Only sessions of this principal, or of principals ending in this
+    /// suffix (the agents acting for a person: `@alice`).
+    pub visible_to: Option<(&'a str, &'a str)>,
+    pub principal: Option<&'a str>,
+    pub connection: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    pub live_only: bool,
+    /// Started before this (Unix ms): the next page.
+    pub before_ms: Option<i64>,
+    pub limit: i64,
+}
+
+/// `s` for a LIKE pattern with `\` as the escape character.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
 /// A review as stored; `approvers` and `approvals` are JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewRow {
@@ -904,6 +927,45 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// A page of sessions, newest first, started before `q.before_ms`
+    /// and matching every filter given.
+    pub async fn sessions_page(&self, q: &SessionQuery<'_>) -> Result<Vec<SessionRow>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
+             FROM sessions WHERE started_at_ms < ?",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        if let Some((subject, suffix)) = q.visible_to {
+            sql.push_str(" AND (principal = ? OR principal LIKE ? ESCAPE '\\')");
+            binds.push(subject.to_owned());
+            binds.push(format!("%{}", like_escape(suffix)));
+        }
+        for (column, value) in [
+            ("principal", q.principal),
+            ("connection", q.connection),
+            ("protocol", q.protocol),
+            ("outcome", q.outcome),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                binds.push(v.to_owned());
+            }
+        }
+        if q.live_only {
+            sql.push_str(" AND ended_at_ms IS NULL");
+        }
+        sql.push_str(" ORDER BY started_at_ms DESC, id DESC LIMIT ?");
+        let mut query = sqlx::query(self.q(&sql)).bind(q.before_ms.unwrap_or(i64::MAX));
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query
+            .bind(q.limit.clamp(1, 500))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(session_from_row).collect()
     }
 

@@ -158,6 +158,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX oauth_grants_family ON oauth_grants (family);
     CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
     ),
+    // The console lists sessions newest first, a page at a time.
+    (
+        12,
+        "CREATE INDEX sessions_started ON sessions (started_at_ms)",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -30,6 +30,8 @@ pub enum GrantKind {
     Code,
     /// A refresh token; rotated on every use.
     Refresh,
+    /// A one-time sign-in link to the web console (the quickstart's).
+    Link,
 }
 
 impl GrantKind {
@@ -39,6 +41,7 @@ impl GrantKind {
             Self::Consent => "consent",
             Self::Code => "code",
             Self::Refresh => "refresh",
+            Self::Link => "link",
         }
     }
 }

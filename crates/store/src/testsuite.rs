@@ -6,8 +6,8 @@
 use portcullis_identity::token;
 
 use crate::{
-    AuditRow, GrantKind, NewTokenRow, OAuthClientRow, OAuthGrantRow, ReviewRow, SessionRow, Spent,
-    Store,
+    AuditRow, GrantKind, NewTokenRow, OAuthClientRow, OAuthGrantRow, ReviewRow, SessionQuery,
+    SessionRow, Spent, Store,
 };
 
 fn tag() -> String {
@@ -25,6 +25,7 @@ pub async fn run_all(store: &Store) {
     audit_and_sessions(store).await;
     cut_sessions(store).await;
     oauth(store).await;
+    session_pages(store).await;
 }
 
 pub async fn tokens(store: &Store) {
@@ -470,4 +471,79 @@ pub async fn oauth(store: &Store) {
             .unwrap(),
         Spent::Invalid
     );
+}
+
+/// Pages of sessions: newest first, filtered, visible to a person (their
+/// own and their agents'), never a look-alike name.
+pub async fn session_pages(store: &Store) {
+    let t = tag();
+    let connection = format!("c_{t}");
+    let mk = |i: i64, principal: &str| SessionRow {
+        id: format!("sp_{t}_{i}"),
+        principal: principal.into(),
+        connection: connection.clone(),
+        protocol: "postgres".into(),
+        started_at_ms: 1_000 + i,
+        ended_at_ms: (i % 2 == 0).then_some(2_000 + i),
+        outcome: (i % 2 == 0).then(|| "ok".to_string()),
+        recording_digest: None,
+        gateway: None,
+    };
+    let people = [
+        "user:al_ce",
+        "agent:claude@al_ce",
+        "agent:x@alxce",
+        "user:bob",
+    ];
+    for i in 0..8 {
+        let row = mk(i, people[i as usize % 4]);
+        store.session_start(&row).await.unwrap();
+        if let Some(end) = row.ended_at_ms {
+            store.session_end(&row.id, end, "ok", None).await.unwrap();
+        }
+    }
+    let page = |q: SessionQuery<'static>| async move {
+        store
+            .sessions_page(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.id.starts_with("sp_"))
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    };
+    let conn: &'static str = Box::leak(connection.clone().into_boxed_str());
+    let all = page(SessionQuery {
+        connection: Some(conn),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[0], format!("sp_{t}_7"), "newest first");
+    let next = page(SessionQuery {
+        connection: Some(conn),
+        before_ms: Some(1_004),
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(next, [format!("sp_{t}_3"), format!("sp_{t}_2")]);
+    let mine = page(SessionQuery {
+        connection: Some(conn),
+        visible_to: Some(("user:al_ce", "@al_ce")),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    // `_` is not a wildcard: alxce's agent is not al_ce's.
+    assert_eq!(mine.len(), 4, "{mine:?}");
+    let live = page(SessionQuery {
+        connection: Some(conn),
+        live_only: true,
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(live.len(), 4);
 }

@@ -26,10 +26,20 @@ use super::{
     SIGN_IN_SECS, cookie, form, hash, one, query, s256, secret, unix_now,
 };
 
+/// What a person signs in for.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+enum Purpose {
+    /// To let an MCP client act for them (then the consent page).
+    Client(Ask),
+    /// To use the web console.
+    Console,
+}
+
 /// A sign-in sent to the identity provider.
 #[derive(Serialize, Deserialize)]
 struct Pending {
-    ask: Ask,
+    purpose: Purpose,
     nonce: String,
     /// The PKCE verifier of the gateway's own request to the provider.
     verifier: String,
@@ -84,7 +94,7 @@ impl OAuthServer {
         if let Err((error, description)) = self.check_request(&params, &mut ask, mcp) {
             return redirect_error(&self.issuer, &ask, error, &description);
         }
-        match self.send_to_provider(ask).await {
+        match self.send_to_provider(Purpose::Client(ask)).await {
             Ok(resp) => resp,
             Err(message) => {
                 tracing::error!(error = %message, "OAuth sign-in could not start");
@@ -199,16 +209,19 @@ impl OAuthServer {
     }
 
     /// Keep the sign-in and send the browser to the identity provider.
-    async fn send_to_provider(&self, ask: Ask) -> Result<Response<Body>, String> {
+    async fn send_to_provider(&self, purpose: Purpose) -> Result<Response<Body>, String> {
         let endpoints = self.idp.endpoints(self.verifier.http()).await?;
         let fail = |_| "no randomness".to_string();
         let (handle, handle_hash) = secret().map_err(fail)?;
         let (nonce, _) = secret().map_err(fail)?;
         let (verifier, _) = secret().map_err(fail)?;
         let (browser, _) = secret().map_err(fail)?;
-        let client_id = ask.client_id.clone();
+        let client_id = match &purpose {
+            Purpose::Client(ask) => ask.client_id.clone(),
+            Purpose::Console => String::new(),
+        };
         let pending = Pending {
-            ask,
+            purpose,
             nonce: nonce.clone(),
             verifier: verifier.clone(),
             browser: b64_hash(&browser),
@@ -279,17 +292,21 @@ impl OAuthServer {
         if !same_browser(&req, &pending.browser) {
             return other_browser();
         }
+        let ask = match &pending.purpose {
+            Purpose::Client(ask) => ask,
+            Purpose::Console => return self.console_callback(&params, &pending).await,
+        };
         if let Ok(Some(error)) = one(&params, "error") {
             let why = format!(
                 "the identity provider answered {}",
                 error.chars().take(64).collect::<String>()
             );
-            return redirect_error(&self.issuer, &pending.ask, "access_denied", &why);
+            return redirect_error(&self.issuer, ask, "access_denied", &why);
         }
         let Ok(Some(code)) = one(&params, "code") else {
             return redirect_error(
                 &self.issuer,
-                &pending.ask,
+                ask,
                 "server_error",
                 "the identity provider sent no code",
             );
@@ -298,7 +315,52 @@ impl OAuthServer {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        self.consent_page(pending, person, ctx).await
+        let Purpose::Client(ask) = pending.purpose else {
+            return expired();
+        };
+        self.consent_page(ask, pending.browser, person, ctx).await
+    }
+
+    /// The provider's answer to a console sign-in: the console's session.
+    async fn console_callback(
+        &self,
+        params: &[(String, String)],
+        pending: &Pending,
+    ) -> Response<Body> {
+        let refused = |why: &str| page(StatusCode::FORBIDDEN, "Sign-in refused", &escape(why));
+        if let Ok(Some(error)) = one(params, "error") {
+            return refused(&format!(
+                "the identity provider answered {}",
+                error.chars().take(64).collect::<String>()
+            ));
+        }
+        let Ok(Some(code)) = one(params, "code") else {
+            return refused("the identity provider sent no code");
+        };
+        match self.sign_in(code, pending).await {
+            Ok(person) => {
+                let mut resp = self.console.signed_in(&person, "oidc").await;
+                set_cookie(&mut resp, "", 0);
+                resp
+            }
+            Err(resp) => resp,
+        }
+    }
+
+    /// `GET /ui/login`: a person signs in to the console through the
+    /// provider.
+    pub async fn console_sign_in(&self) -> Response<Body> {
+        match self.send_to_provider(Purpose::Console).await {
+            Ok(resp) => resp,
+            Err(message) => {
+                tracing::error!(error = %message, "console sign-in could not start");
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    "The identity provider or the store cannot be reached; try again shortly.",
+                )
+            }
+        }
     }
 
     /// The person the provider's code stands for.
@@ -339,7 +401,8 @@ impl OAuthServer {
 
     async fn consent_page(
         &self,
-        pending: Pending,
+        ask: Ask,
+        browser: String,
         person: Principal,
         ctx: &FrontContext,
     ) -> Response<Body> {
@@ -350,7 +413,7 @@ impl OAuthServer {
             deadline: now + self.cfg.refresh_token_ttl.as_secs() as i64,
         };
         let agent = portcullis_identity::delegated_subject(
-            &format!("agent:{}", pending.ask.client_id),
+            &format!("agent:{}", ask.client_id),
             &person.subject,
         );
         if portcullis_identity::validate_subject(&agent).is_err() {
@@ -360,14 +423,14 @@ impl OAuthServer {
                 "Your name cannot be used in a principal.",
             );
         }
-        let reach = reachable(ctx, &agent, &person, &pending.ask.audience);
+        let reach = reachable(ctx, &agent, &person, &ask.audience);
         let Ok((handle, handle_hash)) = secret() else {
             return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "No randomness.");
         };
         let consent = Consent {
-            ask: pending.ask,
+            ask,
             person,
-            browser: pending.browser,
+            browser,
         };
         let row = OAuthGrantRow {
             hash: handle_hash,

@@ -90,6 +90,8 @@ pub struct OAuthServer {
     /// When the store was last swept of ended grants (Unix seconds).
     swept: std::sync::atomic::AtomicI64,
     registrations: register::Registrations,
+    /// Where a console sign-in ends.
+    console: Arc<crate::console::Console>,
 }
 
 /// How often, at most, ended grants are swept, and how long after their
@@ -106,6 +108,7 @@ impl OAuthServer {
         verifier: OidcVerifier,
         hosts: Vec<String>,
         domain: Option<String>,
+        console: Arc<crate::console::Console>,
     ) -> Result<Arc<Self>, String> {
         let client_secret = match &cfg.client_secret {
             None => None,
@@ -126,6 +129,7 @@ impl OAuthServer {
             domain,
             swept: std::sync::atomic::AtomicI64::new(0),
             registrations: Default::default(),
+            console,
         }))
     }
 

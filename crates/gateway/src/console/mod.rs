@@ -1,0 +1,410 @@
+//! The web console under `/ui/`: pages embedded in the binary that read
+//! and write through the same `/api/v1` the CLI uses, so the two can never
+//! disagree about who sees what.
+//!
+//! A console sign-in is a gateway token bound to the audience `console`
+//! and carried only in a cookie (`__Host-`, `HttpOnly`, `Secure`,
+//! `SameSite=Strict`): no script can read it, no other front accepts it,
+//! signing out revokes it, and the HTTP proxy never passes it to a target.
+//! A state change made with it must also carry the CSRF value the page
+//! read from `/api/v1/me` (derived from the token, so nothing more is
+//! stored). People sign in through the `[oauth]` provider client, or on a
+//! quickstart through a one-time link.
+
+pub mod api;
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use portcullis_audit::{AuditEvent, AuditLog};
+use portcullis_http::{Body, full};
+use portcullis_identity::{AuthMethod, Principal, Resource};
+use portcullis_store::{GrantKind, NewTokenRow, OAuthGrantRow, Spent, Store};
+
+/// Where the console lives.
+pub const UI: &str = "/ui";
+/// The console's session cookie.
+pub const COOKIE: &str = "__Host-portcullis-console";
+/// The header a cookie-authenticated state change carries.
+pub const CSRF_HEADER: &str = "x-portcullis-csrf";
+/// How long a quickstart's sign-in link stays usable.
+const LINK_SECS: i64 = 24 * 3600;
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// The console: sign-in, sign-out and its pages.
+pub struct Console {
+    store: Store,
+    audit: AuditLog,
+    cfg: portcullis_config::console::Console,
+    /// The gateway's public URL (the origin state changes must come from).
+    origin: String,
+}
+
+/// What a quickstart sign-in link signs in.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LinkData {
+    subject: String,
+    groups: Vec<String>,
+}
+
+impl Console {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        cfg: portcullis_config::console::Console,
+        public_url: &str,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            audit,
+            cfg,
+            origin: public_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Whether `p` may see everything (every session, the audit log).
+    pub fn is_admin(&self, p: &Principal) -> bool {
+        p.groups.iter().any(|g| self.cfg.admin_groups.contains(g))
+    }
+
+    /// Serve `/ui/…`. `oauth` signs people in through the provider.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        oauth: Option<&crate::oauth::OAuthServer>,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let rest = path.strip_prefix(UI).unwrap_or("");
+        match (req.method(), rest) {
+            (&Method::GET, "" | "/" | "/index.html") => asset(INDEX, "text/html; charset=utf-8"),
+            (&Method::GET, "/app.js") => asset(APP_JS, "text/javascript; charset=utf-8"),
+            (&Method::GET, "/app.css") => asset(APP_CSS, "text/css; charset=utf-8"),
+            (&Method::GET, "/login") => match oauth {
+                Some(o) => o.console_sign_in().await,
+                None => message(
+                    StatusCode::NOT_FOUND,
+                    "sign-in through an identity provider needs [oauth] in the gateway's config",
+                ),
+            },
+            (&Method::GET, "/link") => self.link(&req).await,
+            (&Method::POST, "/logout") => self.logout(&req).await,
+            _ => message(StatusCode::NOT_FOUND, "no such page"),
+        }
+    }
+
+    /// A person signed in (by the provider, or a link): their console
+    /// session, and the browser sent to the console.
+    pub async fn signed_in(&self, person: &Principal, via: &str) -> Response<Body> {
+        match self
+            .open_session(&person.subject, &person.groups, via)
+            .await
+        {
+            Ok(secret) => {
+                let mut resp = redirect(&format!("{UI}/"));
+                let ttl = self.cfg.session_ttl.as_secs();
+                set_cookie(&mut resp, &secret, ttl as i64);
+                resp
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "console sign-in could not be stored or audited");
+                message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store or the audit log is unavailable",
+                )
+            }
+        }
+    }
+
+    async fn open_session(
+        &self,
+        subject: &str,
+        groups: &[String],
+        via: &str,
+    ) -> Result<String, String> {
+        let token = portcullis_identity::token::generate().map_err(|e| e.to_string())?;
+        let now = portcullis_identity::unix_now();
+        let expires_at = now + self.cfg.session_ttl.as_secs() as i64;
+        // Durable evidence first: no console session without its entry.
+        self.audit
+            .append(&AuditEvent::Admin {
+                action: "console_signed_in".into(),
+                detail: serde_json::json!({
+                    "principal": subject,
+                    "groups": groups,
+                    "token_id": token.hash.id(),
+                    "via": via,
+                    "expires_at": expires_at,
+                }),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.store
+            .insert_token(&NewTokenRow {
+                hash: token.hash,
+                subject,
+                groups,
+                created_at: now,
+                expires_at: Some(expires_at),
+                on_behalf_of: None,
+                audience: Some("console"),
+                oauth_family: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(principal = %subject, token_id = %token.hash.id(), via, "console sign-in");
+        Ok(token.secret)
+    }
+
+    /// `GET /ui/link?t=…`: a quickstart's one-time sign-in link.
+    async fn link(&self, req: &Request<Incoming>) -> Response<Body> {
+        let t = req
+            .uri()
+            .query()
+            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "t"))
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let hash = digest(&SHA256, t.as_bytes());
+        let mut h = [0u8; 32];
+        h.copy_from_slice(hash.as_ref());
+        let now = portcullis_identity::unix_now();
+        let data = match self.store.spend_oauth_grant(&h, GrantKind::Link, now).await {
+            Ok(Spent::Fresh { data, .. }) => data,
+            Ok(_) => {
+                return message(
+                    StatusCode::FORBIDDEN,
+                    "this sign-in link is unknown, expired or already used; start the quickstart again for a new one",
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "console link lookup failed");
+                return message(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+            }
+        };
+        let Ok(who) = serde_json::from_str::<LinkData>(&data) else {
+            return message(StatusCode::FORBIDDEN, "this sign-in link is damaged");
+        };
+        let person = Principal {
+            kind: portcullis_identity::PrincipalKind::of_subject(&who.subject),
+            subject: who.subject,
+            groups: who.groups,
+            via: AuthMethod::GatewayToken {
+                token_id: String::new(),
+                on_behalf_of: None,
+                audience: None,
+            },
+        };
+        self.signed_in(&person, "link").await
+    }
+
+    /// `POST /ui/logout`: revoke the session (every gateway refuses it
+    /// from the next request) and clear the cookie.
+    async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(secret) = session_cookie(req.headers())
+            && csrf_ok(req.headers(), &secret, &self.origin)
+            && let Ok(hash) = portcullis_identity::token::parse(&secret)
+        {
+            let now = portcullis_identity::unix_now();
+            if let Err(e) = self.store.revoke_token(&hash.id(), now).await {
+                tracing::error!(error = %e, "console sign-out could not revoke its session");
+                return message(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+            }
+            let _ = self
+                .audit
+                .append(&AuditEvent::Admin {
+                    action: "console_signed_out".into(),
+                    detail: serde_json::json!({"token_id": hash.id()}),
+                })
+                .await;
+        } else {
+            return message(
+                StatusCode::FORBIDDEN,
+                "sign-out needs the console's own request",
+            );
+        }
+        let mut resp = message(StatusCode::OK, "signed out");
+        set_cookie(&mut resp, "", 0);
+        resp
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where state changes made with the cookie must come from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// Make a one-time console sign-in link for `subject` in `groups` (the
+/// quickstart's local admin): the secret to put in the URL.
+pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Result<String, String> {
+    let token = portcullis_identity::token::generate().map_err(|e| e.to_string())?;
+    let secret = token
+        .secret
+        .replacen(portcullis_identity::token::PREFIX, "pcs_", 1);
+    let mut h = [0u8; 32];
+    h.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+    let now = portcullis_identity::unix_now();
+    let data = serde_json::to_string(&LinkData {
+        subject: subject.to_owned(),
+        groups: groups.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    store
+        .insert_oauth_grant(&OAuthGrantRow {
+            hash: h,
+            kind: GrantKind::Link,
+            client_id: String::new(),
+            family: String::new(),
+            data,
+            created_at: now,
+            expires_at: now + LINK_SECS,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+/// The console session token in a request's cookies.
+pub fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The CSRF value of a console session: derived from its token, so that
+/// only a page that could read `/api/v1/me` (same origin) knows it.
+pub fn csrf_value(secret: &str) -> String {
+    hex::encode(digest(
+        &SHA256,
+        format!("portcullis-csrf:{secret}").as_bytes(),
+    ))
+}
+
+/// Whether a cookie-authenticated state change is the console's own: the
+/// CSRF header matches, and an `Origin`, when sent, is the gateway's.
+pub fn csrf_ok(headers: &http::HeaderMap, secret: &str, origin: &str) -> bool {
+    let header_ok = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let want = csrf_value(secret);
+            aws_lc_rs::constant_time::verify_slices_are_equal(v.as_bytes(), want.as_bytes()).is_ok()
+        });
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(o) => o.eq_ignore_ascii_case(origin),
+    };
+    header_ok && origin_ok
+}
+
+/// Where a console session's token is accepted.
+pub const RESOURCE: Resource<'static> = Resource::Console;
+
+/// The console's pages: scripts and styles only from this origin, no
+/// framing, no referrer.
+pub fn secure(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(bytes::Bytes::from_static(body.as_bytes())));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    secure(resp)
+}
+
+fn message(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = portcullis_http::json_response(
+        status,
+        &serde_json::json!({"error": status.canonical_reason().unwrap_or("error"), "message": text}),
+    );
+    *resp.status_mut() = status;
+    secure(resp)
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    secure(resp)
+}
+
+fn set_cookie(resp: &mut Response<Body>, value: &str, max_age: i64) {
+    let c =
+        format!("{COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_needs_the_value_and_the_origin() {
+        let secret = "pcl_x";
+        let mut h = http::HeaderMap::new();
+        assert!(!csrf_ok(&h, secret, "https://gw"));
+        h.insert(
+            CSRF_HEADER,
+            HeaderValue::from_str(&csrf_value(secret)).unwrap(),
+        );
+        assert!(csrf_ok(&h, secret, "https://gw"));
+        assert!(
+            !csrf_ok(&h, "pcl_y", "https://gw"),
+            "another session's value"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.test"),
+        );
+        assert!(!csrf_ok(&h, secret, "https://gw"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://gw"));
+        assert!(csrf_ok(&h, secret, "https://gw"));
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-portcullis-console=pcl_abc; b=2"),
+        );
+        assert_eq!(session_cookie(&h).as_deref(), Some("pcl_abc"));
+        assert!(COOKIE.starts_with(portcullis_http::headers::GATEWAY_COOKIE_PREFIX));
+    }
+}
