@@ -769,16 +769,16 @@ fn oauth_server(
         .oidc()
         .cloned()
         .ok_or_else(|| GatewayError::Oidc("[oauth] needs an [[oidc]] issuer".into()))?;
-    let server = oauth::OAuthServer::new(
-        o.clone(),
-        public_url,
-        store.clone(),
-        shared.audit.clone(),
+    let server = oauth::OAuthServer::new(oauth::Parts {
+        cfg: o.clone(),
+        public_url: public_url.to_owned(),
+        store: store.clone(),
+        audit: shared.audit.clone(),
         verifier,
         hosts,
-        cfg.gateway.domain.clone(),
-        console.clone(),
-    )
+        domain: cfg.gateway.domain.clone(),
+        console: console.clone(),
+    })
     .map_err(GatewayError::Oidc)?;
     tracing::info!(issuer = %o.issuer, "OAuth authorization server for MCP clients");
     Ok(Some(server))

@@ -73,6 +73,19 @@ pub fn is_oauth_path(path: &str) -> bool {
         || path.starts_with("/oauth/")
 }
 
+/// What the authorization server is built from.
+pub struct Parts {
+    pub cfg: OAuth,
+    pub public_url: String,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub verifier: OidcVerifier,
+    /// Host names callers use for the gateway.
+    pub hosts: Vec<String>,
+    pub domain: Option<String>,
+    pub console: Arc<crate::console::Console>,
+}
+
 /// The authorization server: built once at start (`[oauth]` changes
 /// need a restart, like `[[oidc]]`).
 pub struct OAuthServer {
@@ -100,16 +113,17 @@ const SWEEP_EVERY_SECS: i64 = 3600;
 const KEEP_ENDED_SECS: i64 = 24 * 3600;
 
 impl OAuthServer {
-    pub fn new(
-        cfg: OAuth,
-        public_url: &str,
-        store: Store,
-        audit: AuditLog,
-        verifier: OidcVerifier,
-        hosts: Vec<String>,
-        domain: Option<String>,
-        console: Arc<crate::console::Console>,
-    ) -> Result<Arc<Self>, String> {
+    pub fn new(p: Parts) -> Result<Arc<Self>, String> {
+        let Parts {
+            cfg,
+            public_url,
+            store,
+            audit,
+            verifier,
+            hosts,
+            domain,
+            console,
+        } = p;
         let client_secret = match &cfg.client_secret {
             None => None,
             Some(r) => Some(
