@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod cert_cmd;
+mod console_cmd;
 mod docs_cmd;
 mod doctor_cmd;
 mod gateway_cmd;
@@ -105,6 +106,10 @@ enum Command {
     /// gateway's /mcp endpoint.
     #[command(subcommand)]
     Mcp(mcp_cmd::McpCommand),
+    /// The web console: a one-time sign-in link for a person with no
+    /// identity provider.
+    #[command(subcommand)]
+    Console(console_cmd::ConsoleCommand),
     /// The gateway's OAuth authorization server: registered MCP clients.
     #[command(subcommand)]
     Oauth(oauth_cmd::OAuthCommand),
@@ -240,6 +245,7 @@ fn main() -> std::process::ExitCode {
             Command::Env(a) => login::env(a).await,
             Command::Mcp(m) => mcp_cmd::run(&cli, m).await,
             Command::Oauth(o) => oauth_cmd::run(&cli, o).await,
+            Command::Console(c) => console_cmd::run(&cli, c).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
             Command::Reviews(r) => reviews_cmd::run(&cli, r).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,

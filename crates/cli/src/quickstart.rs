@@ -57,6 +57,10 @@ const PG_READONLY: &str = "demo-pg-readonly";
 /// The quickstart's human approver and its group.
 const APPROVER: &str = "user:approver";
 const APPROVERS: &str = "approvers";
+/// The console's local person on a quickstart (no identity provider): an
+/// approver, and a console admin.
+const CONSOLE_ADMIN: &str = "user:admin";
+const CONSOLE_ADMINS: &str = "admins";
 
 pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
@@ -209,6 +213,13 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
             env.push(("PORTCULLIS_APPROVER_TOKEN", t.clone()));
         }
     }
+    // A one-time sign-in link to the console, new at every start.
+    let groups = [APPROVERS.to_string(), CONSOLE_ADMINS.to_string()];
+    let link = portcullis_gateway::console::make_link(&store, CONSOLE_ADMIN, &groups)
+        .await
+        .map_err(|e| anyhow::anyhow!("console sign-in link: {e}"))?;
+    let console_url = format!("{url}/ui/link?t={link}");
+    env.push(("PORTCULLIS_CONSOLE_URL", console_url.clone()));
     write_env(&env_path, &env)?;
     if pg.is_some() {
         check_postgres(&config).await;
@@ -224,6 +235,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     } else {
         println!("Connection {CONNECTION:?} reaches a demo HTTPS API; the gateway holds its key.");
     }
+    println!("Console (signs you in once as {CONSOLE_ADMIN}): {console_url}");
     println!();
     println!("In another shell:");
     println!("  . {}", env_path.display());

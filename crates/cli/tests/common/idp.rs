@@ -28,6 +28,7 @@ pub fn ensure_packages() {
         let dir = harness_dir();
         if dir.join("node_modules/oidc-provider").exists()
             && dir.join("node_modules/@modelcontextprotocol/sdk").exists()
+            && dir.join("node_modules/playwright-core").exists()
         {
             return;
         }

@@ -1,0 +1,170 @@
+// The Portcullis console: a page that reads and writes through the same
+// /api/v1 the CLI uses. Every value is put into the page as text (never as
+// HTML); the session cookie is HttpOnly, and state changes carry the CSRF
+// value /api/v1/me gives this page.
+'use strict';
+
+const state = { me: null, events: null };
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '';
+}
+
+async function api(path, options) {
+  const opts = Object.assign({ credentials: 'same-origin', headers: {} }, options || {});
+  if (opts.method && opts.method !== 'GET' && state.me && state.me.csrf) {
+    opts.headers['x-portcullis-csrf'] = state.me.csrf;
+  }
+  const resp = await fetch(path, opts);
+  let body = null;
+  try { body = await resp.json(); } catch (_) { body = null; }
+  return { status: resp.status, body };
+}
+
+async function start() {
+  document.getElementById('signout').addEventListener('click', signOut);
+  const r = await api('/api/v1/me');
+  if (r.status !== 200) {
+    document.getElementById('signin').hidden = false;
+    return;
+  }
+  state.me = r.body;
+  document.getElementById('nav').hidden = false;
+  document.getElementById('who').hidden = false;
+  document.getElementById('principal').textContent =
+    state.me.principal + (state.me.admin ? ' (admin)' : '');
+  window.addEventListener('hashchange', route);
+  route();
+}
+
+async function signOut() {
+  await api('/ui/logout', { method: 'POST' });
+  window.location.assign('/ui/');
+}
+
+function route() {
+  const page = document.getElementById('page');
+  page.replaceChildren();
+  if (state.events) { state.events.close(); state.events = null; }
+  const which = window.location.hash.startsWith('#/reviews') ? 'reviews' : 'sessions';
+  for (const name of ['sessions', 'reviews']) {
+    const link = document.getElementById('nav-' + name);
+    if (name === which) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  if (which === 'reviews') reviewsPage(page);
+  else sessionsPage(page);
+}
+
+// Sessions: newest first, filtered, a page at a time.
+function sessionsPage(page) {
+  const fields = ['principal', 'connection', 'protocol', 'outcome'];
+  const inputs = {};
+  const form = el('form', { class: 'filters', role: 'search', 'aria-label': 'Filter sessions' });
+  for (const f of fields) {
+    inputs[f] = el('input', { name: f, id: 'filter-' + f });
+    form.append(el('label', { for: 'filter-' + f }, f[0].toUpperCase() + f.slice(1), inputs[f]));
+  }
+  const live = el('input', { type: 'checkbox', id: 'filter-live' });
+  form.append(el('label', { for: 'filter-live' }, 'Live only', live));
+  form.append(el('button', { type: 'submit', text: 'Filter' }));
+  const tbody = el('tbody', { id: 'sessions' });
+  const more = el('button', { type: 'button', id: 'older', text: 'Older', hidden: true });
+  const status = el('p', { class: 'note', id: 'sessions-status' });
+  let before = null;
+  async function load(reset) {
+    if (reset) { tbody.replaceChildren(); before = null; }
+    const q = new URLSearchParams();
+    for (const f of fields) if (inputs[f].value) q.set(f, inputs[f].value);
+    if (live.checked) q.set('live', '1');
+    if (before) q.set('before', before);
+    const r = await api('/api/v1/sessions?' + q.toString());
+    if (r.status !== 200) {
+      status.textContent = (r.body && r.body.message) || 'Could not list sessions.';
+      status.className = 'error';
+      return;
+    }
+    for (const s of r.body.sessions) {
+      tbody.append(el('tr', { 'data-session': s.id },
+        el('td', { text: when(s.started_at_ms) }),
+        el('td', { text: s.principal }),
+        el('td', { text: s.connection }),
+        el('td', { text: s.protocol }),
+        s.live ? el('td', { class: 'live', text: 'live' }) : el('td', { text: s.outcome || '' }),
+        el('td', { text: s.id })));
+    }
+    before = r.body.next_before;
+    more.hidden = !before;
+    status.textContent = tbody.children.length ? '' : 'No sessions.';
+  }
+  form.addEventListener('submit', (e) => { e.preventDefault(); load(true); });
+  more.addEventListener('click', () => load(false));
+  const table = el('table', { 'aria-label': 'Sessions' },
+    el('thead', {}, el('tr', {}, ...['Started', 'Principal', 'Connection', 'Protocol', 'Outcome', 'Session']
+      .map((h) => el('th', { scope: 'col', text: h })))),
+    tbody);
+  page.append(el('h2', { text: 'Sessions' }), form, status, table, more);
+  load(true);
+}
+
+// Reviews: pending first, kept current by server-sent events.
+function reviewsPage(page) {
+  const list = el('div', { id: 'reviews' });
+  const status = el('p', { class: 'note', id: 'reviews-status', text: 'Loading…' });
+  page.append(el('h2', { text: 'Reviews' }),
+    el('p', { class: 'note', text: 'You cannot approve your own request, nor one an agent made for you. A review needs as many distinct approvers as it says.' }),
+    status, list);
+  const render = (reviews) => {
+    reviews.sort((a, b) => (a.state === 'pending' ? 0 : 1) - (b.state === 'pending' ? 0 : 1) || b.created_at - a.created_at);
+    list.replaceChildren(...reviews.map(reviewCard));
+    status.textContent = reviews.length ? '' : 'No reviews.';
+  };
+  const source = new EventSource('/api/v1/reviews/events');
+  source.addEventListener('reviews', (e) => render(JSON.parse(e.data).reviews));
+  source.addEventListener('error', () => { status.textContent = 'Reconnecting…'; });
+  state.events = source;
+}
+
+function reviewCard(r) {
+  const mine = r.requester === state.me.principal || r.on_behalf_of === state.me.principal;
+  const card = el('article', { class: 'review', 'data-review': r.id, 'aria-label': 'Review ' + r.id });
+  card.append(
+    el('h3', {}, el('span', { text: r.id + ' · ' }), el('span', { class: 'state', text: r.state })),
+    el('p', { text: `${r.requester}${r.on_behalf_of ? ' for ' + r.on_behalf_of : ''} on ${r.connection} (${r.kind}, ${r.classification})` }),
+    el('pre', { text: r.action }),
+    el('p', { class: 'note', text: `${r.approvals.length} of ${r.required} approvals · approvers: ${r.approvers.join(', ')} · expires ${when(r.expires_at * 1000)}` }));
+  if (r.reason) card.append(el('p', { text: 'Reason: ' + r.reason }));
+  if (r.state === 'pending') {
+    const reason = el('input', { name: 'reason', 'aria-label': 'Reason for ' + r.id, placeholder: 'Reason' });
+    const message = el('p', { class: 'error', role: 'alert' });
+    const decide = async (verb) => {
+      const res = await api(`/api/v1/reviews/${encodeURIComponent(r.id)}/${verb}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ reason: reason.value || undefined }),
+      });
+      message.textContent = res.status === 200 ? '' : ((res.body && res.body.message) || `Refused (${res.status}).`);
+    };
+    const approve = el('button', { type: 'button', class: 'approve', text: 'Approve', onclick: () => decide('approve') });
+    const deny = el('button', { type: 'button', class: 'deny', text: 'Deny', onclick: () => decide('deny') });
+    if (mine) {
+      approve.disabled = true;
+      card.append(el('p', { class: 'note', text: 'This request is yours (or your agent’s): someone else must approve it.' }));
+    }
+    card.append(el('div', {}, reason, ' ', approve, ' ', deny), message);
+  }
+  return card;
+}
+
+start();

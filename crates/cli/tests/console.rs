@@ -1,0 +1,352 @@
+//! The web console in a real browser: Playwright driving Debian's
+//! Chromium (headless) against the real binary, people signing in through
+//! the suite's OpenID provider and through a one-time link, a psql
+//! statement held on a guarded connection until an approver approves it
+//! in the browser. Says SKIPPED where Chromium is not installed (`.ci/run`
+//! installs it).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::idp::{self, Idp};
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::*;
+use portcullis_tls::CertificateAuthority;
+use serde_json::Value;
+
+fn chromium() -> Option<String> {
+    let c = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    Path::new(&c).exists().then_some(c)
+}
+
+/// Base64 SHA-256 of a certificate's public key (what Chromium's
+/// `--ignore-certificate-errors-spki-list` names): only these two keys
+/// are accepted without a public CA.
+fn spki(cert: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            cert.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    gw: Proc,
+    spki: String,
+    tester: String,
+    _idp: Idp,
+}
+
+fn setup() -> Setup {
+    let pg = PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let idp = Idp::start_with(
+        &dir.join("idp"),
+        "alice",
+        "dba",
+        &[
+            "--gateway-client",
+            "portcullis-gateway",
+            "--gateway-secret",
+            "gw-secret-not-a-canary",
+        ],
+    );
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    std::fs::write(dir.join("idp-secret"), "gw-secret-not-a-canary").unwrap();
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[postgres]
+listen = "127.0.0.1:0"
+
+[[oidc]]
+issuer = "{issuer}"
+audiences = ["{aud}"]
+algorithms = ["ES256", "RS256"]
+ca_file = "{idp_ca}"
+
+[oauth]
+client_id = "portcullis-gateway"
+client_secret = "file:idp-secret"
+scopes = "openid groups"
+
+[[connections]]
+name = "guarded"
+type = "postgres"
+url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["dba", "admins"], required = 1, wait = "120s" }}
+
+[[grants]]
+name = "testers"
+groups = ["testers", "admins"]
+connections = ["guarded"]
+"#,
+        issuer = idp.issuer,
+        aud = idp::AUDIENCE,
+        idp_ca = idp.ca.display(),
+        pgport = pg.port,
+        pgca = pg.ca.display(),
+    );
+    let (gw, tester) = gateway_with_config(dir, &config);
+    let spki = format!(
+        "{},{}",
+        spki(&dir.join("server.pem")),
+        spki(&dir.join("idp/idp.pem"))
+    );
+    Setup {
+        tmp,
+        gw,
+        spki,
+        tester,
+        _idp: idp,
+    }
+}
+
+impl Setup {
+    fn cfg(&self) -> std::path::PathBuf {
+        self.tmp.path().join("portcullis.toml")
+    }
+
+    fn browser(&self, steps: &[&str]) -> Vec<Value> {
+        let shots = std::env::var("PORTCULLIS_SCREENSHOTS").ok();
+        let out = Command::new("node")
+            .arg(idp::harness_dir().join("console.mjs"))
+            .arg(&self.gw.url)
+            .args(steps)
+            .env("SPKI", &self.spki)
+            .envs(shots.map(|s| ("SHOTS", s)))
+            .output()
+            .expect("node runs Playwright");
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        for l in &lines {
+            assert!(
+                l.get("error").is_none(),
+                "{l}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        lines
+    }
+
+    fn psql(&self, token: &str) -> HeldPsql {
+        let conninfo = format!(
+            "host=localhost port={} dbname=guarded user=agent sslmode=verify-full sslrootcert={}",
+            self.gw.pg_port.unwrap(),
+            self.tmp.path().join("ca.pem").display()
+        );
+        HeldPsql::open(&conninfo, token)
+    }
+
+    fn link(&self, principal: &str, groups: &[&str]) -> String {
+        let mut args = vec![
+            "console",
+            "link",
+            "--principal",
+            principal,
+            "--gateway",
+            &self.gw.url,
+        ];
+        for g in groups {
+            args.extend(["--group", g]);
+        }
+        let out = cli_at(&self.cfg(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+fn step<'a>(lines: &'a [Value], name: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["step"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+}
+
+#[test]
+fn an_approver_approves_a_held_statement_in_the_browser() {
+    if chromium().is_none() {
+        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium)");
+        return;
+    }
+    let s = setup();
+    let table = format!("console_t_{}", std::process::id());
+
+    // An agent's DDL waits for a person.
+    let mut held = s.psql(&s.tester);
+    held.send(&format!("CREATE TABLE {table} (x int);"));
+    held.send("select 'after';");
+
+    // Alice (group dba) signs in through the provider and approves it;
+    // the page updates from the server's events.
+    let out = s.browser(&[
+        "signin-oidc",
+        "review",
+        &table,
+        "shot",
+        "reviews",
+        "approve",
+        &table,
+        "storage",
+        "sessions",
+        "axe",
+        "sessions",
+        "axe",
+        "reviews",
+    ]);
+    assert_eq!(step(&out, "signin-oidc")["principal"], "user:alice");
+    assert_eq!(step(&out, "review")["enabled"], true);
+    // Approved, and (the statement ran at once) already used.
+    let state = step(&out, "approve")["state"].as_str().unwrap().to_owned();
+    assert!(state == "approved" || state == "used", "{state}");
+    let (stdout, stderr) = held.finish();
+    assert!(stdout.contains("after"), "{stdout}{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let verify = PgCluster::shared().psql_direct(&format!("SELECT count(*) FROM {table}"));
+    assert!(verify.contains('0'), "{verify}");
+
+    // Nothing a script could steal.
+    let storage = step(&out, "storage");
+    assert_eq!(storage["cookie"], "", "the session cookie is HttpOnly");
+    assert_eq!(
+        (storage["local"].as_u64(), storage["session"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        !storage["html"].as_str().unwrap().contains("pcl_"),
+        "no token in the page"
+    );
+    assert!(
+        !storage["url"].as_str().unwrap().contains("pcl_"),
+        "no token in the URL"
+    );
+    // Alice is no admin: the tester's session is not hers to see.
+    let rows = step(&out, "sessions")["rows"].as_array().unwrap().clone();
+    assert!(
+        rows.iter().all(|r| r["principal"] != "agent:tester"),
+        "{rows:?}"
+    );
+    for l in out.iter().filter(|l| l["step"] == "axe") {
+        assert_eq!(l["violations"], serde_json::json!([]), "{l}");
+    }
+
+    // An admin (signed in by a one-time link) sees every session; the link
+    // works once.
+    let link = s.link("user:admin", &["admins"]);
+    let out = s.browser(&["signin-link", &link, "sessions", "shot", "sessions"]);
+    assert_eq!(step(&out, "signin-link")["principal"], "user:admin (admin)");
+    let rows = step(&out, "sessions")["rows"].as_array().unwrap().clone();
+    assert!(
+        rows.iter()
+            .any(|r| r["principal"] == "agent:tester" && r["connection"] == "guarded"),
+        "{rows:?}"
+    );
+    let again = curl(&["-k", "-o", "/dev/null", &link]);
+    assert_eq!(again.status, 403, "a link works once");
+}
+
+#[test]
+fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
+    if chromium().is_none() {
+        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium)");
+        return;
+    }
+    let s = setup();
+    let table = format!("console_self_{}", std::process::id());
+    // user:admin asks, with a token of their own; the console signs the
+    // same person in.
+    let out = cli_at(
+        &s.cfg(),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "user:admin",
+            "--group",
+            "admins",
+        ],
+    );
+    assert!(out.status.success());
+    let admin_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut held = s.psql(&admin_token);
+    held.send(&format!("CREATE TABLE {table} (x int);"));
+
+    let link = s.link("user:admin", &["admins"]);
+    let out = s.browser(&[
+        "signin-link",
+        &link,
+        "review",
+        &table,
+        "post-without-csrf",
+        &table,
+        "post-with-csrf",
+        &table,
+        "signout",
+        "me",
+    ]);
+    // The page explains, and the API refuses what the page would not send.
+    let review = step(&out, "review");
+    assert_eq!(review["enabled"], false);
+    assert!(
+        review["text"]
+            .as_str()
+            .unwrap()
+            .contains("someone else must approve")
+    );
+    let forged = step(&out, "post-without-csrf");
+    assert_eq!(forged["status"], 403, "{forged}");
+    assert!(forged["body"].as_str().unwrap().contains("csrf"));
+    let own = step(&out, "post-with-csrf");
+    assert_ne!(own["status"], 200, "{own}");
+    assert!(own["body"].as_str().unwrap().contains("own"), "{own}");
+    // Signing out revokes the session on the server.
+    assert_eq!(step(&out, "signout")["status"], 401);
+    assert_eq!(step(&out, "me")["status"], 401);
+    drop(held);
+
+    // The API without a browser: no cookie, no session.
+    let ca = s.tmp.path().join("ca.pem");
+    let r = get(&s.gw.url, ca.to_str().unwrap(), None, "/api/v1/sessions");
+    assert_eq!(r.status, 401);
+    // Pages carry a strict policy: scripts from the gateway only.
+    let head = Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .arg(format!("{}/ui/", s.gw.url))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"));
+}

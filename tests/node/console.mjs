@@ -1,0 +1,169 @@
+// A person at the Portcullis console: Playwright driving Debian's Chromium
+// (headless) against the real gateway. Runs STEPs in one browser context
+// and prints one JSON line per step.
+//
+// Usage: node console.mjs BASE_URL STEP...
+//   env CHROMIUM (default /usr/bin/chromium), SPKI (comma-separated
+//   base64 SHA-256 of the public keys the browser accepts without a public
+//   CA: the gateway's and the identity provider's), SHOTS (a folder for
+//   screenshots; none without it)
+// Steps:
+//   signin-oidc            click "Sign in" and go through the provider
+//   signin-link URL        open a one-time sign-in link
+//   me                     the principal shown, and /api/v1/me's status
+//   sessions [FILTER=V]    the rows of the sessions page
+//   review TEXT            the pending review whose action contains TEXT:
+//                          whether Approve is enabled, and the note shown
+//   approve TEXT           approve it (a reason is given); the message shown
+//   post-without-csrf TEXT POST approve with the cookie but no CSRF value
+//   post-with-csrf TEXT    POST approve from the page's own script
+//   storage                what script can read: cookies, local/session storage
+//   axe PAGE               axe-core on #/PAGE: serious or critical violations
+//   shot NAME              a full-page screenshot (with SHOTS)
+//   signout                click Sign out; /api/v1/me's status afterwards
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+const [base, ...steps] = process.argv.slice(2);
+const spki = (process.env.SPKI || '').split(',').filter(Boolean);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ...(spki.length ? [`--ignore-certificate-errors-spki-list=${spki.join(',')}`] : []),
+  ],
+});
+const context = await browser.newContext();
+const page = await context.newPage();
+page.setDefaultTimeout(20000);
+const out = (v) => console.log(JSON.stringify(v));
+
+async function reviewCard(text) {
+  await page.goto(`${base}/ui/#/reviews`);
+  const card = page.locator('article.review', { hasText: text }).first();
+  await card.waitFor();
+  return card;
+}
+
+// In the page's own context: the review's id and the CSRF value.
+async function reviewId(text) {
+  const card = await reviewCard(text);
+  return card.getAttribute('data-review');
+}
+
+try {
+  for (let i = 0; i < steps.length; i++) {
+    const step = steps[i];
+    try {
+      if (step === 'signin-oidc') {
+        await page.goto(`${base}/ui/`);
+        await page.click('#signin-link');
+        await page.waitForSelector('#principal:not(:empty)');
+        out({ step, principal: await page.textContent('#principal') });
+      } else if (step === 'signin-link') {
+        await page.goto(steps[++i]);
+        await page.waitForSelector('#principal:not(:empty)');
+        out({ step, principal: await page.textContent('#principal') });
+      } else if (step === 'me') {
+        const status = await page.evaluate(async () => (await fetch('/api/v1/me')).status);
+        out({ step, status });
+      } else if (step === 'sessions') {
+        const filter = steps[i + 1] && steps[i + 1].includes('=') ? steps[++i] : null;
+        await page.goto(`${base}/ui/#/sessions`);
+        if (filter) {
+          const [k, v] = filter.split('=');
+          await page.fill(`#filter-${k}`, v);
+          await page.click('form.filters button[type=submit]');
+        }
+        await page.waitForFunction(() => {
+          const s = document.getElementById('sessions-status');
+          return document.querySelectorAll('#sessions tr').length > 0 || (s && s.textContent);
+        });
+        await page.waitForTimeout(300);
+        const rows = await page.$$eval('#sessions tr', (trs) => trs.map((tr) => {
+          const c = [...tr.children].map((td) => td.textContent);
+          return { principal: c[1], connection: c[2], protocol: c[3], outcome: c[4] };
+        }));
+        out({ step, rows });
+      } else if (step === 'review') {
+        const card = await reviewCard(steps[++i]);
+        const approve = card.locator('button.approve');
+        out({
+          step,
+          id: await card.getAttribute('data-review'),
+          enabled: await approve.isEnabled(),
+          text: await card.textContent(),
+        });
+      } else if (step === 'approve') {
+        const card = await reviewCard(steps[++i]);
+        await card.locator('input[name=reason]').fill('looks right');
+        await card.locator('button.approve').click();
+        // Updated by the server's events: the card leaves "pending".
+        await page.waitForFunction((id) => {
+          const c = document.querySelector(`article[data-review="${id}"] .state`);
+          return c && c.textContent !== 'pending';
+        }, await card.getAttribute('data-review'));
+        const id = await card.getAttribute('data-review');
+        out({ step, id, state: await page.textContent(`article[data-review="${id}"] .state`) });
+      } else if (step === 'post-without-csrf' || step === 'post-with-csrf') {
+        const id = await reviewId(steps[++i]);
+        const withCsrf = step === 'post-with-csrf';
+        const r = await page.evaluate(async ([id, withCsrf]) => {
+          const headers = { 'content-type': 'application/json' };
+          if (withCsrf) headers['x-portcullis-csrf'] = (await (await fetch('/api/v1/me')).json()).csrf;
+          const resp = await fetch(`/api/v1/reviews/${id}/approve`, { method: 'POST', headers, body: '{}' });
+          return { status: resp.status, body: await resp.text() };
+        }, [id, withCsrf]);
+        out({ step, id, ...r });
+      } else if (step === 'storage') {
+        const r = await page.evaluate(() => ({
+          cookie: document.cookie,
+          local: localStorage.length,
+          session: sessionStorage.length,
+          html: document.documentElement.outerHTML,
+        }));
+        out({ step, ...r, url: page.url() });
+      } else if (step === 'axe') {
+        const which = steps[++i];
+        await page.goto(`${base}/ui/#/${which}`);
+        await page.waitForTimeout(800);
+        // Evaluated by the browser's debugging protocol: the page's own
+        // policy (no inline script) stays as it is.
+        await page.evaluate(fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8'));
+        const result = await page.evaluate(async () => {
+          // eslint-disable-next-line no-undef
+          const r = await axe.run(document, { resultTypes: ['violations'] });
+          return r.violations
+            .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+            .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
+        });
+        out({ step, page: which, violations: result });
+      } else if (step === 'shot') {
+        const name = steps[++i];
+        if (process.env.SHOTS) {
+          await page.waitForTimeout(500);
+          await page.screenshot({ path: path.join(process.env.SHOTS, `${name}.png`), fullPage: true });
+        }
+        out({ step, name });
+      } else if (step === 'signout') {
+        await page.goto(`${base}/ui/`);
+        await page.click('#signout');
+        await page.waitForSelector('#signin:not([hidden])');
+        const status = await page.evaluate(async () => (await fetch('/api/v1/me')).status);
+        out({ step, status });
+      } else {
+        throw new Error(`unknown step ${step}`);
+      }
+    } catch (err) {
+      out({ step, error: String(err && err.message ? err.message : err) });
+    }
+  }
+} finally {
+  await browser.close();
+}
