@@ -357,6 +357,60 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
     );
     assert_eq!(r.status, 200, "{r:?}");
 
+    // The console's one-time link, new at each start: it signs in the
+    // local admin once, into an HttpOnly cookie the API accepts.
+    let link = &env2["PORTCULLIS_CONSOLE_URL"];
+    assert_ne!(&env1["PORTCULLIS_CONSOLE_URL"], link);
+    let head = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &env2["PORTCULLIS_CA"],
+            link,
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 303") || head.starts_with("HTTP/2 303"),
+        "{head}"
+    );
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: __Host-portcullis-console="))
+        .unwrap_or_else(|| panic!("{head}"));
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let me = curl(&[
+        "--cacert",
+        &env2["PORTCULLIS_CA"],
+        "-H",
+        &format!("cookie: __Host-portcullis-console={session}"),
+        &format!("{}/api/v1/me", env2["PORTCULLIS_URL"]),
+    ])
+    .json();
+    assert_eq!(
+        (me["principal"].as_str(), me["admin"].as_bool()),
+        (Some("user:admin"), Some(true))
+    );
+    // The console's session opens nothing else.
+    let r = get(
+        &env2["PORTCULLIS_URL"],
+        &env2["PORTCULLIS_CA"],
+        Some(session),
+        "/c/demo-api/hello",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let again = curl(&["-o", "/dev/null", "--cacert", &env2["PORTCULLIS_CA"], link]);
+    assert_eq!(again.status, 403, "a link works once");
+
     // Private material is private.
     use std::os::unix::fs::PermissionsExt;
     for f in [
