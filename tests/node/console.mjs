@@ -18,6 +18,8 @@
 //   post-without-csrf TEXT POST approve with the cookie but no CSRF value
 //   post-with-csrf TEXT    POST approve from the page's own script
 //   storage                what script can read: cookies, local/session storage
+//   fetch PATH             the status of a GET from the page's own script
+//   audit-verify           the audit page: its rows and the verdict of "Verify"
 //   axe PAGE               axe-core on #/PAGE: serious or critical violations
 //   shot NAME              a full-page screenshot (with SHOTS)
 //   signout                click Sign out; /api/v1/me's status afterwards
@@ -121,6 +123,23 @@ try {
           return { status: resp.status, body: await resp.text() };
         }, [id, withCsrf]);
         out({ step, id, ...r });
+      } else if (step === 'fetch') {
+        const p = steps[++i];
+        const status = await page.evaluate(async (p) => (await fetch(p)).status, p);
+        out({ step, path: p, status });
+      } else if (step === 'audit-verify') {
+        await page.goto(`${base}/ui/#/audit`);
+        await page.waitForSelector('#audit tr');
+        await page.click('#audit-verify');
+        await page.waitForFunction(() => {
+          const v = document.getElementById('audit-verdict');
+          return v && v.textContent && !v.textContent.startsWith('Verifying');
+        });
+        out({
+          step,
+          rows: await page.$$eval('#audit tr', (r) => r.length),
+          verdict: await page.textContent('#audit-verdict'),
+        });
       } else if (step === 'storage') {
         const r = await page.evaluate(() => ({
           cookie: document.cookie,

@@ -214,6 +214,8 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "sessions",
         "axe",
         "reviews",
+        "fetch",
+        "/api/v1/audit",
     ]);
     assert_eq!(step(&out, "signin-oidc")["principal"], "user:alice");
     assert_eq!(step(&out, "review")["enabled"], true);
@@ -250,11 +252,37 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     for l in out.iter().filter(|l| l["step"] == "axe") {
         assert_eq!(l["violations"], serde_json::json!([]), "{l}");
     }
+    assert_eq!(
+        step(&out, "fetch")["status"],
+        403,
+        "the audit log is for admins"
+    );
 
     // An admin (signed in by a one-time link) sees every session; the link
     // works once.
     let link = s.link("user:admin", &["admins"]);
-    let out = s.browser(&["signin-link", &link, "sessions", "shot", "sessions"]);
+    let out = s.browser(&[
+        "signin-link",
+        &link,
+        "sessions",
+        "shot",
+        "sessions",
+        "audit-verify",
+        "shot",
+        "audit",
+        "axe",
+        "audit",
+    ]);
+    let audit = step(&out, "audit-verify");
+    assert!(audit["rows"].as_u64().unwrap() > 3, "{audit}");
+    assert!(
+        audit["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("Chain intact"),
+        "{audit}"
+    );
+    assert_eq!(step(&out, "axe")["violations"], serde_json::json!([]));
     assert_eq!(step(&out, "signin-link")["principal"], "user:admin (admin)");
     let rows = step(&out, "sessions")["rows"].as_array().unwrap().clone();
     assert!(

@@ -887,6 +887,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         shared.audit.clone(),
         cfg.console.clone(),
         &public_url,
+        cfg.dir(),
     );
     let main = listener::GatewayFront {
         stack,

@@ -170,11 +170,10 @@ impl crate::reload::Stack {
 }
 
 fn is_api(path: &str) -> bool {
-    use crate::console::api::{ME, SESSIONS};
+    use crate::console::api::{AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, SESSIONS};
     path == crate::api::TOKENS
         || path.starts_with(crate::api::REVIEWS)
-        || path == ME
-        || path == SESSIONS
+        || [ME, SESSIONS, AUDIT, AUDIT_VERIFY, AUDIT_EXPORT].contains(&path)
 }
 
 impl crate::reload::Stack {
@@ -185,7 +184,7 @@ impl crate::reload::Stack {
         conn: &ConnInfo,
         console: &crate::console::Console,
     ) -> Response<Body> {
-        use crate::console::api::{ME, REVIEW_EVENTS, SESSIONS};
+        use crate::console::api::{AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, REVIEW_EVENTS, SESSIONS};
         let front = portcullis_config::Protocol::Http;
         // The console's session cookie, when no other credential is sent:
         // accepted here only (its audience), with CSRF on state changes.
@@ -242,6 +241,12 @@ impl crate::reload::Stack {
             Ok(crate::console::api::me(console, &who, session.as_deref()))
         } else if path == SESSIONS {
             crate::console::api::sessions(console, console.store(), &req, &who).await
+        } else if path == AUDIT {
+            crate::console::api::audit(console, &req, &who).await
+        } else if path == AUDIT_VERIFY {
+            Ok(crate::console::api::audit_verify(console, &who).await)
+        } else if path == AUDIT_EXPORT {
+            Ok(crate::console::api::audit_export(console, &who))
         } else if path == REVIEW_EVENTS && req.method() == http::Method::GET {
             let store = console.store().clone();
             let approvals = self.ctx.approvals.clone();

@@ -876,19 +876,40 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    seq: r.try_get("seq")?,
-                    time_ms: r.try_get("time_ms")?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                    event: r.try_get("event")?,
-                })
-            })
-            .collect()
+        audit_rows_of(&rows)
     }
 
+    /// The entries before sequence number `before`, newest first (the
+    /// console's pages).
+    pub async fn audit_rows_before(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(self.q("SELECT seq, time_ms, prev_hash, hash, event FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?"))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        audit_rows_of(&rows)
+    }
+}
+
+fn audit_rows_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<AuditRow>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRow {
+                seq: r.try_get("seq")?,
+                time_ms: r.try_get("time_ms")?,
+                prev_hash: r.try_get("prev_hash")?,
+                hash: r.try_get("hash")?,
+                event: r.try_get("event")?,
+            })
+        })
+        .collect()
+}
+
+impl Store {
     pub async fn session_start(&self, s: &SessionRow) -> Result<(), StoreError> {
         sqlx::query(self.q("INSERT INTO sessions (id, principal, connection, protocol, started_at_ms) VALUES (?, ?, ?, ?, ?)"))
         .bind(&s.id)

@@ -185,3 +185,132 @@ impl http_body::Body for Events {
         self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
     }
 }
+
+pub const AUDIT: &str = "/api/v1/audit";
+pub const AUDIT_VERIFY: &str = "/api/v1/audit/verify";
+pub const AUDIT_EXPORT: &str = "/api/v1/audit/export";
+
+fn forbidden(what: &str) -> Response<Body> {
+    json_response(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": "forbidden", "message": format!("{what} is for the console's admin groups")}),
+    )
+}
+
+fn entry_json(r: &portcullis_store::AuditRow) -> serde_json::Value {
+    serde_json::json!({
+        "seq": r.seq,
+        "time_ms": r.time_ms,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+        "event": serde_json::from_str::<serde_json::Value>(&r.event).unwrap_or_default(),
+    })
+}
+
+/// `GET /api/v1/audit?before=SEQ&limit=N`: entries, newest first (admins).
+pub async fn audit(
+    console: &Console,
+    req: &Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    if !console.is_admin(who) {
+        return Ok(forbidden("the audit log"));
+    }
+    let param = |k: &str| {
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+    };
+    let limit = param("limit").unwrap_or(100).clamp(1, 500);
+    let before = param("before").unwrap_or(i64::MAX);
+    let rows = console
+        .store()
+        .audit_rows_before(before, limit)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the audit log failed");
+            ProxyError::AuditUnavailable
+        })?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    let list: Vec<_> = rows.iter().map(entry_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"entries": list, "next_before": next}),
+    ))
+}
+
+/// `GET /api/v1/audit/verify`: the whole chain checked against the
+/// signed checkpoints, as `portcullis audit verify` does (admins; one at
+/// a time).
+pub async fn audit_verify(console: &Console, who: &Principal) -> Response<Body> {
+    if !console.is_admin(who) {
+        return forbidden("verifying the audit log");
+    }
+    let Ok(_one) = console.verifying.try_acquire() else {
+        return json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({"error": "busy", "message": "a verification is already running"}),
+        );
+    };
+    // Hashing the whole log is CPU work: off the async workers.
+    let (store, dir) = (console.store().clone(), console.audit_dir.clone());
+    let handle = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        handle.block_on(portcullis_audit::verify(&store, &dir, None))
+    })
+    .await
+    .unwrap_or_else(|e| Err(portcullis_audit::AuditError::Unavailable(e.to_string())));
+    let body = match result {
+        Ok(s) => serde_json::json!({
+            "ok": true,
+            "entries": s.entries,
+            "last_seq": s.last_seq,
+            "last_hash": s.last_hash,
+            "checkpoints": s.checkpoints,
+        }),
+        Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// `GET /api/v1/audit/export`: every entry as JSON lines, oldest first,
+/// streamed a page at a time (admins).
+pub fn audit_export(console: &Console, who: &Principal) -> Response<Body> {
+    if !console.is_admin(who) {
+        return forbidden("exporting the audit log");
+    }
+    let store = console.store().clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let rows = match store.audit_rows(after, 1000).await {
+                Ok(r) if !r.is_empty() => r,
+                _ => return,
+            };
+            let mut chunk = String::new();
+            for r in &rows {
+                after = r.seq;
+                chunk.push_str(&entry_json(r).to_string());
+                chunk.push('\n');
+            }
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(Events(rx).boxed());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jsonl"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"portcullis-audit.jsonl\""),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

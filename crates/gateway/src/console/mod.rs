@@ -43,6 +43,10 @@ pub struct Console {
     cfg: portcullis_config::console::Console,
     /// The gateway's public URL (the origin state changes must come from).
     origin: String,
+    /// Where the audit log's checkpoints and public key are.
+    audit_dir: std::path::PathBuf,
+    /// One chain verification at a time (it reads the whole log).
+    verifying: tokio::sync::Semaphore,
 }
 
 /// What a quickstart sign-in link signs in.
@@ -58,12 +62,15 @@ impl Console {
         audit: AuditLog,
         cfg: portcullis_config::console::Console,
         public_url: &str,
+        audit_dir: &std::path::Path,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             audit,
             cfg,
             origin: public_url.trim_end_matches('/').to_owned(),
+            audit_dir: audit_dir.to_path_buf(),
+            verifying: tokio::sync::Semaphore::new(1),
         })
     }
 

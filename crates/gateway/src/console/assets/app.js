@@ -41,6 +41,7 @@ async function start() {
   }
   state.me = r.body;
   document.getElementById('nav').hidden = false;
+  document.getElementById('nav-audit').hidden = !state.me.admin;
   document.getElementById('who').hidden = false;
   document.getElementById('principal').textContent =
     state.me.principal + (state.me.admin ? ' (admin)' : '');
@@ -57,13 +58,16 @@ function route() {
   const page = document.getElementById('page');
   page.replaceChildren();
   if (state.events) { state.events.close(); state.events = null; }
-  const which = window.location.hash.startsWith('#/reviews') ? 'reviews' : 'sessions';
-  for (const name of ['sessions', 'reviews']) {
+  const hash = window.location.hash;
+  const which = hash.startsWith('#/reviews') ? 'reviews'
+    : (hash.startsWith('#/audit') && state.me.admin ? 'audit' : 'sessions');
+  for (const name of ['sessions', 'reviews', 'audit']) {
     const link = document.getElementById('nav-' + name);
     if (name === which) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   if (which === 'reviews') reviewsPage(page);
+  else if (which === 'audit') auditPage(page);
   else sessionsPage(page);
 }
 
@@ -165,6 +169,61 @@ function reviewCard(r) {
     card.append(el('div', {}, reason, ' ', approve, ' ', deny), message);
   }
   return card;
+}
+
+// Audit (admins): entries newest first, the chain checked on demand
+// against the signed checkpoints, and the whole log as JSON lines.
+function auditPage(page) {
+  const verdict = el('p', { id: 'audit-verdict', role: 'status' });
+  const verify = el('button', { type: 'button', id: 'audit-verify', text: 'Verify the chain' });
+  verify.addEventListener('click', async () => {
+    verify.disabled = true;
+    verdict.textContent = 'Verifying…';
+    const r = await api('/api/v1/audit/verify');
+    verify.disabled = false;
+    if (r.status === 200 && r.body.ok) {
+      verdict.className = 'live';
+      verdict.textContent = `Chain intact: ${r.body.entries} entries up to ${r.body.last_seq}, ${r.body.checkpoints} signed checkpoint(s).`;
+    } else {
+      verdict.className = 'error';
+      verdict.textContent = 'Verification failed: ' + ((r.body && (r.body.error || r.body.message)) || r.status);
+    }
+  });
+  const exportLink = el('a', { class: 'button', href: '/api/v1/audit/export', text: 'Export (JSON lines)' });
+  const tbody = el('tbody', { id: 'audit' });
+  const more = el('button', { type: 'button', id: 'audit-older', text: 'Older', hidden: true });
+  let before = null;
+  async function load() {
+    const q = new URLSearchParams({ limit: '100' });
+    if (before) q.set('before', before);
+    const r = await api('/api/v1/audit?' + q.toString());
+    if (r.status !== 200) {
+      verdict.className = 'error';
+      verdict.textContent = (r.body && r.body.message) || 'Could not read the audit log.';
+      return;
+    }
+    for (const e of r.body.entries) {
+      const ev = e.event || {};
+      const who = ev.principal || ev.requester || (ev.detail && ev.detail.principal) || '';
+      const what = [ev.connection, ev.action, ev.outcome, ev.reason].filter(Boolean).join(' · ');
+      tbody.append(el('tr', { 'data-seq': String(e.seq) },
+        el('td', { text: String(e.seq) }),
+        el('td', { text: when(e.time_ms) }),
+        el('td', { text: ev.kind || '' }),
+        el('td', { text: typeof who === 'string' ? who : '' }),
+        el('td', {}, el('span', { text: typeof what === 'string' ? what : '' }),
+          el('details', {}, el('summary', { text: 'entry' }), el('pre', { text: JSON.stringify(e, null, 2) })))));
+    }
+    before = r.body.next_before;
+    more.hidden = !before;
+  }
+  more.addEventListener('click', load);
+  const table = el('table', { 'aria-label': 'Audit entries' },
+    el('thead', {}, el('tr', {}, ...['Seq', 'Time', 'Kind', 'Principal', 'What']
+      .map((h) => el('th', { scope: 'col', text: h })))),
+    tbody);
+  page.append(el('h2', { text: 'Audit' }), el('div', {}, verify, ' ', exportLink), verdict, table, more);
+  load();
 }
 
 start();
