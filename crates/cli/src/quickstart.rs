@@ -218,6 +218,13 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let link = portcullis_gateway::console::make_link(&store, CONSOLE_ADMIN, &groups)
         .await
         .map_err(|e| anyhow::anyhow!("console sign-in link: {e}"))?;
+    crate::token_cmd::audit_admin(
+        &store,
+        &dir,
+        "console_link_created",
+        serde_json::json!({"principal": CONSOLE_ADMIN, "groups": groups}),
+    )
+    .await?;
     let console_url = format!("{url}/ui/link?t={link}");
     env.push(("PORTCULLIS_CONSOLE_URL", console_url.clone()));
     write_env(&env_path, &env)?;

@@ -318,7 +318,9 @@ fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
     assert!(out.status.success());
     let admin_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let mut held = s.psql(&admin_token);
-    held.send(&format!("CREATE TABLE {table} (x int);"));
+    // With a right-to-left override in a comment: the page must show the
+    // statement as it runs, not as the override makes it read.
+    held.send(&format!("CREATE TABLE {table} /* \u{202e} */ (x int);"));
 
     let link = s.link("user:admin", &["admins"]);
     let out = s.browser(&[
@@ -336,11 +338,11 @@ fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
     // The page explains, and the API refuses what the page would not send.
     let review = step(&out, "review");
     assert_eq!(review["enabled"], false);
+    let text = review["text"].as_str().unwrap();
+    assert!(text.contains("someone else must approve"));
     assert!(
-        review["text"]
-            .as_str()
-            .unwrap()
-            .contains("someone else must approve")
+        text.contains("⟨U+202E⟩") && !text.contains('\u{202e}'),
+        "{text}"
     );
     let forged = step(&out, "post-without-csrf");
     assert_eq!(forged["status"], 403, "{forged}");
@@ -355,19 +357,122 @@ fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
 
     // The API without a browser: no cookie, no session.
     let ca = s.tmp.path().join("ca.pem");
-    let r = get(&s.gw.url, ca.to_str().unwrap(), None, "/api/v1/sessions");
+    let ca = ca.to_str().unwrap();
+    let r = get(&s.gw.url, ca, None, "/api/v1/sessions");
     assert_eq!(r.status, 401);
+    // An agent in an admin group is no console admin: it sees its own
+    // sessions only, and no audit log.
+    let out = cli_at(
+        &s.cfg(),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:ops",
+            "--group",
+            "admins",
+        ],
+    );
+    let agent = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let me = get(&s.gw.url, ca, Some(&agent), "/api/v1/me").json();
+    assert_eq!(me["admin"], false, "{me}");
+    assert_eq!(
+        get(&s.gw.url, ca, Some(&agent), "/api/v1/audit").status,
+        403
+    );
+    let sessions = get(&s.gw.url, ca, Some(&agent), "/api/v1/sessions").json();
+    assert!(
+        sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["principal"] == "agent:ops")
+    );
+    // Review streams are bounded per principal.
+    let streams: Vec<_> = (0..5)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "--max-time",
+                    "8",
+                    "--cacert",
+                    ca,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .args(["-H", &format!("Authorization: Bearer {agent}")])
+                .arg(format!("{}/api/v1/reviews/events", s.gw.url))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<String> = streams
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
+        .collect();
+    assert!(codes.iter().any(|c| c == "429"), "{codes:?}");
+    // Sign-out with a made-up session writes nothing.
+    let fake = "pcl_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let csrf: String = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("portcullis-csrf:{fake}").as_bytes(),
+    )
+    .as_ref()
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect();
+    let r = curl(&[
+        "--cacert",
+        ca,
+        "-X",
+        "POST",
+        "-H",
+        &format!("cookie: __Host-portcullis-console={fake}"),
+        "-H",
+        &format!("x-portcullis-csrf: {csrf}"),
+        &format!("{}/ui/logout", s.gw.url),
+    ]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let audit =
+        String::from_utf8_lossy(&cli_at(&s.cfg(), &["audit", "export"]).stdout).into_owned();
+    assert_eq!(
+        audit.matches("console_signed_out").count(),
+        1,
+        "only the real sign-out"
+    );
+    // Answers of the API are not cached; sign-ins per address are bounded.
+    let head = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert", ca])
+        .args(["-H", &format!("Authorization: Bearer {agent}")])
+        .arg(format!("{}/api/v1/me", s.gw.url))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("cache-control: no-store") && head.contains("nosniff"),
+        "{head}"
+    );
+    let codes: Vec<u16> = (0..62)
+        .map(|_| {
+            curl(&[
+                "-o",
+                "/dev/null",
+                "--cacert",
+                ca,
+                &format!("{}/ui/login", s.gw.url),
+            ])
+            .status
+        })
+        .collect();
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
     // Pages carry a strict policy: scripts from the gateway only.
     let head = Command::new("curl")
-        .args([
-            "-sS",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "--cacert",
-            ca.to_str().unwrap(),
-        ])
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert", ca])
         .arg(format!("{}/ui/", s.gw.url))
         .output()
         .unwrap();

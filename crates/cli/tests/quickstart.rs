@@ -361,6 +361,16 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
     // local admin once, into an HttpOnly cookie the API accepts.
     let link = &env2["PORTCULLIS_CONSOLE_URL"];
     assert_ne!(&env1["PORTCULLIS_CONSOLE_URL"], link);
+    // (The first run listened elsewhere: its link's path, on this run.)
+    let old_path = &env1["PORTCULLIS_CONSOLE_URL"][env1["PORTCULLIS_URL"].len()..];
+    let old = curl(&[
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &env2["PORTCULLIS_CA"],
+        &format!("{}{old_path}", env2["PORTCULLIS_URL"]),
+    ]);
+    assert_eq!(old.status, 403, "a new link replaces the previous one");
     let head = std::process::Command::new("curl")
         .args([
             "-sS",

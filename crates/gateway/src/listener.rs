@@ -106,10 +106,8 @@ impl crate::reload::Stack {
         // The console's pages, then the gateway's own API, on paths no
         // connection routes.
         if !routed && (path == crate::console::UI || path.starts_with("/ui/")) {
-            return listener
-                .console
-                .handle(req, listener.oauth.as_deref())
-                .await;
+            let oauth = listener.oauth.as_deref();
+            return listener.console.handle(req, oauth, conn.peer.ip()).await;
         }
         if !routed && is_api(&path) {
             return self.api(req, &conn, &listener.console).await;
@@ -248,18 +246,17 @@ impl crate::reload::Stack {
         } else if path == AUDIT_EXPORT {
             Ok(crate::console::api::audit_export(console, &who))
         } else if path == REVIEW_EVENTS && req.method() == http::Method::GET {
-            let store = console.store().clone();
             let approvals = self.ctx.approvals.clone();
             Ok(crate::console::api::review_events(
+                console,
                 approvals,
-                store,
                 who.clone(),
             ))
         } else {
             let prefix = crate::api::REVIEWS;
             crate::api::reviews(&self.ctx.approvals, prefix, req, &who).await
         };
-        let resp = match answer {
+        let mut resp = match answer {
             Ok(r) => r,
             Err(e) => {
                 // Refusals are evidence, here as on the fronts.
@@ -270,6 +267,16 @@ impl crate::reload::Stack {
                 e.into_response()
             }
         };
+        // Answers (the CSRF value among them) are never cached nor sniffed.
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        h.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        );
         let status = resp.status().as_u16();
         tracing::info!(target: "portcullis::access", peer = %conn.peer, principal = %who.subject, %path, status, "api request");
         resp

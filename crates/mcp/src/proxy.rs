@@ -469,7 +469,14 @@ async fn relay(
             "the server answered with content type {essence:?}, which masking cannot inspect"
         )));
     };
-    let mut out = Response::builder().status(head.status);
+    let mut out = Response::builder()
+        .status(head.status)
+        // A text/html answer rendered by a browser must not run as the
+        // gateway (its console shares this origin).
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            portcullis_http::headers::TARGET_SANDBOX,
+        );
     if !content_type.is_empty() {
         out = out.header(header::CONTENT_TYPE, &content_type);
     }

@@ -79,18 +79,33 @@ fn without_gateway_cookies(h: &mut HeaderMap) {
     }
 }
 
+/// What every target's response says to a browser: render in a unique
+/// origin of your own. Path-routed targets share the gateway's origin
+/// (its console, its sign-in pages), so a target's page, script or
+/// upload must not run as the gateway; host-routed ones are the same
+/// site. Scripts and forms still run, without the gateway's cookies or
+/// storage.
+pub const TARGET_SANDBOX: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
+
 /// Headers of the target's response as they may go back to the caller:
-/// no hop-by-hop headers, and no cookie in the gateway's own name.
+/// no hop-by-hop headers, no cookie in the gateway's own name, and a
+/// sandbox for whatever a browser would render.
 pub fn response_to_caller(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
+    h.append(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(TARGET_SANDBOX),
+    );
     if h.contains_key(header::SET_COOKIE) {
+        let prefix = GATEWAY_COOKIE_PREFIX.to_ascii_lowercase();
         let kept: Vec<_> = h
             .get_all(header::SET_COOKIE)
             .iter()
             .filter(|v| {
                 !v.as_bytes()
                     .trim_ascii_start()
-                    .starts_with(GATEWAY_COOKIE_PREFIX.as_bytes())
+                    .to_ascii_lowercase()
+                    .starts_with(prefix.as_bytes())
             })
             .cloned()
             .collect();
@@ -124,11 +139,18 @@ mod tests {
                 "set-cookie",
                 "__Host-portcullis-oauth=planted; Path=/; Secure",
             ),
+            ("set-cookie", "__HOST-PORTCULLIS-console=x; Path=/; Secure"),
             ("set-cookie", "session=ok; Path=/"),
         ]);
         response_to_caller(&mut resp);
         let back: Vec<_> = resp.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(back, ["session=ok; Path=/"]);
+        // Whatever a browser renders from a target runs in its own origin.
+        let csp: Vec<_> = resp
+            .get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .collect();
+        assert_eq!(csp, [TARGET_SANDBOX]);
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

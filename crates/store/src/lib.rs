@@ -625,16 +625,18 @@ fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
 /// Which sessions a page lists.
 #[derive(Debug, Clone, Default)]
 pub struct SessionQuery<'a> {
-    /// Only sessions of this principal, or of principals ending in this
-    /// suffix (the agents acting for a person: `@alice`).
+    /// Only sessions of this principal (`user:alice`), and of the agents
+    /// acting for the person of this name (`agent:NAME@alice`, where NAME
+    /// has no `@`: `agent:x@bob@alice` is bob@alice's, not alice's).
     pub visible_to: Option<(&'a str, &'a str)>,
     pub principal: Option<&'a str>,
     pub connection: Option<&'a str>,
     pub protocol: Option<&'a str>,
     pub outcome: Option<&'a str>,
     pub live_only: bool,
-    /// Started before this (Unix ms): the next page.
-    pub before_ms: Option<i64>,
+    /// Started before this (Unix ms), or at that time with a smaller id:
+    /// the next page, where the last one ended.
+    pub before: Option<(i64, &'a str)>,
     pub limit: i64,
 }
 
@@ -956,13 +958,17 @@ impl Store {
     pub async fn sessions_page(&self, q: &SessionQuery<'_>) -> Result<Vec<SessionRow>, StoreError> {
         let mut sql = String::from(
             "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
-             FROM sessions WHERE started_at_ms < ?",
+             FROM sessions WHERE (started_at_ms < ? OR (started_at_ms = ? AND id < ?))",
         );
         let mut binds: Vec<String> = Vec::new();
-        if let Some((subject, suffix)) = q.visible_to {
-            sql.push_str(" AND (principal = ? OR principal LIKE ? ESCAPE '\\')");
+        if let Some((subject, person)) = q.visible_to {
+            sql.push_str(
+                " AND (principal = ? OR (principal LIKE ? ESCAPE '\\' \
+                 AND principal NOT LIKE ? ESCAPE '\\'))",
+            );
             binds.push(subject.to_owned());
-            binds.push(format!("%{}", like_escape(suffix)));
+            binds.push(format!("agent:%@{}", like_escape(person)));
+            binds.push(format!("agent:%@%@{}", like_escape(person)));
         }
         for (column, value) in [
             ("principal", q.principal),
@@ -979,7 +985,11 @@ impl Store {
             sql.push_str(" AND ended_at_ms IS NULL");
         }
         sql.push_str(" ORDER BY started_at_ms DESC, id DESC LIMIT ?");
-        let mut query = sqlx::query(self.q(&sql)).bind(q.before_ms.unwrap_or(i64::MAX));
+        let (before_ms, before_id) = q.before.unwrap_or((i64::MAX, ""));
+        let mut query = sqlx::query(self.q(&sql))
+            .bind(before_ms)
+            .bind(before_ms)
+            .bind(before_id.to_owned());
         for b in binds {
             query = query.bind(b);
         }

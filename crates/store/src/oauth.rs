@@ -163,6 +163,26 @@ impl Store {
         Ok(())
     }
 
+    /// Revoke every unspent secret of `kind` kept for `client_id` (a new
+    /// one-time link replaces the person's previous one).
+    pub async fn revoke_oauth_grants_of(
+        &self,
+        kind: GrantKind,
+        client_id: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(self.q(
+            "UPDATE oauth_grants SET revoked_at = ? WHERE kind = ? AND client_id = ? \
+             AND revoked_at IS NULL AND spent_at IS NULL",
+        ))
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(client_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Spend the secret with `hash`, once, if it is of `kind`, unexpired
     /// and unrevoked at `now`. The update is the check.
     pub async fn spend_oauth_grant(

@@ -523,7 +523,7 @@ pub async fn session_pages(store: &Store) {
     assert_eq!(all[0], format!("sp_{t}_7"), "newest first");
     let next = page(SessionQuery {
         connection: Some(conn),
-        before_ms: Some(1_004),
+        before: Some((1_004, "")),
         limit: 2,
         ..Default::default()
     })
@@ -531,13 +531,44 @@ pub async fn session_pages(store: &Store) {
     assert_eq!(next, [format!("sp_{t}_3"), format!("sp_{t}_2")]);
     let mine = page(SessionQuery {
         connection: Some(conn),
-        visible_to: Some(("user:al_ce", "@al_ce")),
+        visible_to: Some(("user:al_ce", "al_ce")),
         limit: 100,
         ..Default::default()
     })
     .await;
-    // `_` is not a wildcard: alxce's agent is not al_ce's.
+    // `_` is not a wildcard (alxce's agent is not al_ce's), and bob@al_ce's
+    // agent is not al_ce's.
     assert_eq!(mine.len(), 4, "{mine:?}");
+    // Sessions started in one millisecond are not skipped between pages.
+    let same = |i: i64| SessionRow {
+        id: format!("sq_{t}_{i}"),
+        started_at_ms: 5_000,
+        ..mk(i, "user:same")
+    };
+    for i in 0..3 {
+        store.session_start(&same(i)).await.unwrap();
+    }
+    let first = store
+        .sessions_page(&SessionQuery {
+            principal: Some("user:same"),
+            connection: Some(conn),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let last = first.last().unwrap();
+    let rest = store
+        .sessions_page(&SessionQuery {
+            principal: Some("user:same"),
+            connection: Some(conn),
+            before: Some((last.started_at_ms, last.id.as_str())),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len() + rest.len(), 3, "{first:?} {rest:?}");
     let live = page(SessionQuery {
         connection: Some(conn),
         live_only: true,

@@ -90,7 +90,7 @@ impl Idp {
             }
         });
         // Generous: node starts slowly while the suite loads both cores.
-        let issuer = match rx.recv_timeout(Duration::from_secs(90)) {
+        let issuer = match rx.recv_timeout(Duration::from_secs(180)) {
             Ok(i) => i,
             Err(_) => {
                 let _ = child.kill();

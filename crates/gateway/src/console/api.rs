@@ -43,7 +43,7 @@ pub fn me(console: &Console, who: &Principal, session: Option<&str>) -> Response
     )
 }
 
-/// `GET /api/v1/sessions?principal=&connection=&protocol=&outcome=&live=1&before=MS&limit=N`.
+/// `GET /api/v1/sessions?principal=&connection=&protocol=&outcome=&live=1&before=MS&before_id=ID&limit=N`.
 pub async fn sessions(
     console: &Console,
     store: &Store,
@@ -73,17 +73,22 @@ pub async fn sessions(
             })
             .transpose()
     };
-    let name = who.subject.strip_prefix("user:").unwrap_or(&who.subject);
-    let suffix = format!("@{name}");
+    // A person sees their own and their agents' sessions (an agent only
+    // its own: no `user:` name to match).
+    let name = match who.subject.strip_prefix("user:") {
+        Some(n) if who.kind == portcullis_identity::PrincipalKind::Human => n,
+        _ => "\u{0}",
+    };
     let limit = number("limit")?.unwrap_or(50).clamp(1, 200);
+    let before = number("before")?.map(|ms| (ms, get("before_id").unwrap_or("")));
     let q = SessionQuery {
-        visible_to: (!console.is_admin(who)).then_some((who.subject.as_str(), suffix.as_str())),
+        visible_to: (!console.is_admin(who)).then_some((who.subject.as_str(), name)),
         principal: get("principal"),
         connection: get("connection"),
         protocol: get("protocol"),
         outcome: get("outcome"),
         live_only: get("live") == Some("1"),
-        before_ms: number("before")?,
+        before,
         limit: limit + 1,
     };
     let mut rows = store.sessions_page(&q).await.map_err(|e| {
@@ -92,7 +97,12 @@ pub async fn sessions(
     })?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = more.then(|| rows.last().map(|r| r.started_at_ms)).flatten();
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|r| serde_json::json!({"ms": r.started_at_ms, "id": r.id}))
+        })
+        .flatten();
     let list: Vec<_> = rows.iter().map(session_json).collect();
     Ok(json_response(
         StatusCode::OK,
@@ -118,12 +128,20 @@ fn session_json(s: &SessionRow) -> serde_json::Value {
 /// again each time they change, for ten minutes; ends early when the
 /// caller's token is revoked or expires.
 pub fn review_events(
+    console: &Console,
     approvals: portcullis_approval::Approvals,
-    store: Store,
     who: Principal,
 ) -> Response<Body> {
+    let Some(slot) = console.stream_slot(&who.subject) else {
+        return json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({"error": "busy", "message": "too many review streams open"}),
+        );
+    };
+    let store = console.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let until = tokio::time::Instant::now() + EVENTS_FOR;
         let mut last = String::new();
         while tokio::time::Instant::now() < until && credential_live(&store, &who).await {
@@ -141,7 +159,11 @@ pub fn review_events(
                     last = json;
                 }
             }
-            tokio::time::sleep(EVENTS_EVERY).await;
+            // A stream whose reader went away stops at once.
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(EVENTS_EVERY) => {}
+            }
         }
     });
     let mut resp = Response::new(Events(rx).boxed());
@@ -166,7 +188,10 @@ async fn credential_live(store: &Store, who: &Principal) -> bool {
             expires_at: Some(exp),
             ..
         } => *exp > now,
-        _ => true,
+        AuthMethod::ClientCertificate { fingerprint } => {
+            matches!(store.is_cert_revoked(fingerprint).await, Ok(false))
+        }
+        AuthMethod::Oidc { .. } => true,
     }
 }
 

@@ -47,6 +47,31 @@ pub struct Console {
     audit_dir: std::path::PathBuf,
     /// One chain verification at a time (it reads the whole log).
     verifying: tokio::sync::Semaphore,
+    /// Open review streams per principal (each polls the store).
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// Review streams one principal may hold open, and all together.
+const STREAMS_PER_PRINCIPAL: usize = 4;
+const STREAMS_IN_ALL: usize = 256;
+
+/// A place among the open review streams, given back when dropped.
+pub struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.streams.lock()
+            && let Some(n) = m.get_mut(&self.principal)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.principal);
+            }
+        }
+    }
 }
 
 /// What a quickstart sign-in link signs in.
@@ -71,12 +96,39 @@ impl Console {
             origin: public_url.trim_end_matches('/').to_owned(),
             audit_dir: audit_dir.to_path_buf(),
             verifying: tokio::sync::Semaphore::new(1),
+            streams: Default::default(),
         })
     }
 
-    /// Whether `p` may see everything (every session, the audit log).
+    /// A place for one more review stream of `principal`, if there is one.
+    pub fn stream_slot(&self, principal: &str) -> Option<StreamSlot> {
+        let mut m = self.streams.lock().ok()?;
+        let all: usize = m.values().sum();
+        let mine = m.get(principal).copied().unwrap_or(0);
+        if all >= STREAMS_IN_ALL || mine >= STREAMS_PER_PRINCIPAL {
+            return None;
+        }
+        m.insert(principal.to_owned(), mine + 1);
+        Some(StreamSlot {
+            streams: self.streams.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+
+    /// Whether `p` may see everything (every session, the audit log): a
+    /// person (not an agent, not an agent acting for a person) in one of
+    /// the admin groups.
     pub fn is_admin(&self, p: &Principal) -> bool {
-        p.groups.iter().any(|g| self.cfg.admin_groups.contains(g))
+        let delegated = matches!(
+            &p.via,
+            AuthMethod::GatewayToken {
+                on_behalf_of: Some(_),
+                ..
+            }
+        );
+        p.kind == portcullis_identity::PrincipalKind::Human
+            && !delegated
+            && p.groups.iter().any(|g| self.cfg.admin_groups.contains(g))
     }
 
     /// Serve `/ui/…`. `oauth` signs people in through the provider.
@@ -84,6 +136,7 @@ impl Console {
         &self,
         req: Request<Incoming>,
         oauth: Option<&crate::oauth::OAuthServer>,
+        peer: std::net::IpAddr,
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let rest = path.strip_prefix(UI).unwrap_or("");
@@ -92,7 +145,7 @@ impl Console {
             (&Method::GET, "/app.js") => asset(APP_JS, "text/javascript; charset=utf-8"),
             (&Method::GET, "/app.css") => asset(APP_CSS, "text/css; charset=utf-8"),
             (&Method::GET, "/login") => match oauth {
-                Some(o) => o.console_sign_in().await,
+                Some(o) => o.console_sign_in(peer).await,
                 None => message(
                     StatusCode::NOT_FOUND,
                     "sign-in through an identity provider needs [oauth] in the gateway's config",
@@ -211,10 +264,24 @@ impl Console {
     /// `POST /ui/logout`: revoke the session (every gateway refuses it
     /// from the next request) and clear the cookie.
     async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
-        if let Some(secret) = session_cookie(req.headers())
-            && csrf_ok(req.headers(), &secret, &self.origin)
-            && let Ok(hash) = portcullis_identity::token::parse(&secret)
-        {
+        let live = match session_cookie(req.headers()) {
+            Some(secret) if csrf_ok(req.headers(), &secret, &self.origin) => {
+                match portcullis_identity::token::parse(&secret) {
+                    Ok(hash) => match self.store.token_by_hash(&hash).await {
+                        Ok(Some(t))
+                            if t.audience.as_deref() == Some("console")
+                                && t.revoked_at.is_none() =>
+                        {
+                            Some(hash)
+                        }
+                        _ => None,
+                    },
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(hash) = live {
             let now = portcullis_identity::unix_now();
             if let Err(e) = self.store.revoke_token(&hash.id(), now).await {
                 tracing::error!(error = %e, "console sign-out could not revoke its session");
@@ -249,7 +316,8 @@ impl Console {
 }
 
 /// Make a one-time console sign-in link for `subject` in `groups` (the
-/// quickstart's local admin): the secret to put in the URL.
+/// quickstart's local admin): the secret to put in the URL. It replaces
+/// the person's previous link.
 pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Result<String, String> {
     let token = portcullis_identity::token::generate().map_err(|e| e.to_string())?;
     let secret = token
@@ -258,6 +326,10 @@ pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Resul
     let mut h = [0u8; 32];
     h.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
     let now = portcullis_identity::unix_now();
+    store
+        .revoke_oauth_grants_of(GrantKind::Link, subject, now)
+        .await
+        .map_err(|e| e.to_string())?;
     let data = serde_json::to_string(&LinkData {
         subject: subject.to_owned(),
         groups: groups.to_vec(),
@@ -267,7 +339,7 @@ pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Resul
         .insert_oauth_grant(&OAuthGrantRow {
             hash: h,
             kind: GrantKind::Link,
-            client_id: String::new(),
+            client_id: subject.to_owned(),
             family: String::new(),
             data,
             created_at: now,

@@ -349,7 +349,11 @@ impl OAuthServer {
 
     /// `GET /ui/login`: a person signs in to the console through the
     /// provider.
-    pub async fn console_sign_in(&self) -> Response<Body> {
+    pub async fn console_sign_in(&self, peer: std::net::IpAddr) -> Response<Body> {
+        if !self.sign_ins.allow(peer, unix_now()) {
+            return super::too_many_sign_ins();
+        }
+        self.sweep_now_and_then();
         match self.send_to_provider(Purpose::Console).await {
             Ok(resp) => resp,
             Err(message) => {

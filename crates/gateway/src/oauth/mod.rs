@@ -102,7 +102,9 @@ pub struct OAuthServer {
     domain: Option<String>,
     /// When the store was last swept of ended grants (Unix seconds).
     swept: std::sync::atomic::AtomicI64,
-    registrations: register::Registrations,
+    registrations: register::PerPeer,
+    /// Sign-ins started per address (each keeps a row until it expires).
+    sign_ins: register::PerPeer,
     /// Where a console sign-in ends.
     console: Arc<crate::console::Console>,
 }
@@ -142,7 +144,8 @@ impl OAuthServer {
             hosts,
             domain,
             swept: std::sync::atomic::AtomicI64::new(0),
-            registrations: Default::default(),
+            registrations: register::PerPeer::new(register::PER_PEER),
+            sign_ins: register::PerPeer::new(register::SIGN_INS_PER_PEER),
             console,
         }))
     }
@@ -188,6 +191,9 @@ impl OAuthServer {
             self.register(req, peer).await
         } else if path == AUTHORIZE {
             self.sweep_now_and_then();
+            if !self.sign_ins.allow(peer, unix_now()) {
+                return no_store(too_many_sign_ins());
+            }
             self.authorize(req, mcp).await
         } else if path == CALLBACK {
             self.callback(req, ctx).await
@@ -293,6 +299,14 @@ fn s256(verifier: &str) -> String {
 
 fn unix_now() -> i64 {
     portcullis_identity::unix_now()
+}
+
+fn too_many_sign_ins() -> Response<Body> {
+    json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+        "too many sign-ins started from this address; try again in a few minutes",
+    )
 }
 
 /// An OAuth error as JSON (RFC 6749 §5.2, RFC 7591 §3.2.2).

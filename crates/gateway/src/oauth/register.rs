@@ -21,19 +21,32 @@ use super::{OAuthEntry, OAuthServer, body, json_error, secret, unix_now};
 const MAX_CLIENTS: i64 = 10_000;
 /// Registrations one address may make per window: a person's tools
 /// register a handful of times, a flood from one place is refused.
-const PER_PEER: u32 = 20;
+pub(super) const PER_PEER: u32 = 20;
 const WINDOW_SECS: i64 = 600;
 /// Addresses remembered at most (a flood from many addresses empties it,
 /// and then the store's cap still holds).
 const MAX_PEERS: usize = 10_000;
 
-/// Registrations per address in the current window.
-#[derive(Default)]
-pub(super) struct Registrations(std::sync::Mutex<HashMap<IpAddr, (i64, u32)>>);
+/// Sign-ins one address may start per window (each keeps a row in the
+/// store until it expires).
+pub(super) const SIGN_INS_PER_PEER: u32 = 60;
 
-impl Registrations {
-    fn allow(&self, peer: IpAddr, now: i64) -> bool {
-        let Ok(mut seen) = self.0.lock() else {
+/// Requests per address in the current window, at most `limit`.
+pub(super) struct PerPeer {
+    limit: u32,
+    seen: std::sync::Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl PerPeer {
+    pub(super) fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            seen: Default::default(),
+        }
+    }
+
+    pub(super) fn allow(&self, peer: IpAddr, now: i64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
         if seen.len() >= MAX_PEERS {
@@ -47,7 +60,7 @@ impl Registrations {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 <= PER_PEER
+        entry.1 <= self.limit
     }
 }
 const MAX_REDIRECTS: usize = 10;
@@ -260,7 +273,7 @@ mod tests {
 
     #[test]
     fn registrations_per_address_are_bounded() {
-        let r = Registrations::default();
+        let r = PerPeer::new(PER_PEER);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..PER_PEER {

@@ -6,14 +6,25 @@
 
 const state = { me: null, events: null };
 
+// Bidirectional and invisible format characters shown as what they are:
+// a statement must read on the page as it runs (U+202E can make
+// `DELETE … WHERE x = 1` out of `DELETE …; /* …`).
+const HIDDEN = /[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+function visible(text) {
+  return String(text).replace(HIDDEN, (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}⟩`);
+}
+
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === 'text') e.textContent = v;
+    if (k === 'text') e.textContent = visible(v);
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : v);
   }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(typeof c === 'string' ? visible(c) : c);
+  }
   return e;
 }
 
@@ -92,7 +103,7 @@ function sessionsPage(page) {
     const q = new URLSearchParams();
     for (const f of fields) if (inputs[f].value) q.set(f, inputs[f].value);
     if (live.checked) q.set('live', '1');
-    if (before) q.set('before', before);
+    if (before) { q.set('before', before.ms); q.set('before_id', before.id); }
     const r = await api('/api/v1/sessions?' + q.toString());
     if (r.status !== 200) {
       status.textContent = (r.body && r.body.message) || 'Could not list sessions.';
