@@ -140,7 +140,7 @@ impl Console {
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let rest = path.strip_prefix(UI).unwrap_or("");
-        match (req.method(), rest) {
+        let resp = match (req.method(), rest) {
             (&Method::GET, "" | "/" | "/index.html") => asset(INDEX, "text/html; charset=utf-8"),
             (&Method::GET, "/app.js") => asset(APP_JS, "text/javascript; charset=utf-8"),
             (&Method::GET, "/app.css") => asset(APP_CSS, "text/css; charset=utf-8"),
@@ -154,7 +154,11 @@ impl Console {
             (&Method::GET, "/link") => self.link(&req).await,
             (&Method::POST, "/logout") => self.logout(&req).await,
             _ => message(StatusCode::NOT_FOUND, "no such page"),
-        }
+        };
+        // Whatever the browser still sends is read, so the answer is not
+        // lost to a reset stream.
+        portcullis_http::linger(req.into_body()).await;
+        resp
     }
 
     /// A person signed in (by the provider, or a link): their console

@@ -80,6 +80,9 @@ struct Metadata {
 impl OAuthServer {
     pub(super) async fn register(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         if !self.registrations.allow(peer, unix_now()) {
+            // Read what the client is still sending, or it sees a reset
+            // stream instead of the refusal.
+            portcullis_http::linger(req.into_body()).await;
             return json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "temporarily_unavailable",
