@@ -20,6 +20,8 @@
 //   storage                what script can read: cookies, local/session storage
 //   fetch PATH             the status of a GET from the page's own script
 //   audit-verify           the audit page: its rows and the verdict of "Verify"
+//   explain P G C          the access page: connections listed, and the
+//                          answer for principal P in groups G on connection C
 //   axe PAGE               axe-core on #/PAGE: serious or critical violations
 //   shot NAME              a full-page screenshot (with SHOTS)
 //   signout                click Sign out; /api/v1/me's status afterwards
@@ -139,6 +141,20 @@ try {
           step,
           rows: await page.$$eval('#audit tr', (r) => r.length),
           verdict: await page.textContent('#audit-verdict'),
+        });
+      } else if (step === 'explain') {
+        const [p, g, c] = [steps[++i], steps[++i], steps[++i]];
+        await page.goto(`${base}/ui/#/access`);
+        await page.waitForSelector('#access-connections tr');
+        await page.fill('#explain-principal', p);
+        await page.fill('#explain-groups', g);
+        await page.fill('#explain-connection', c);
+        await page.click('#explain button[type=submit]');
+        await page.waitForFunction(() => document.getElementById('explain-answer').textContent);
+        out({
+          step,
+          connections: await page.$$eval('#access-connections tr', (r) => r.map((tr) => tr.textContent)),
+          answer: await page.textContent('#explain-answer'),
         });
       } else if (step === 'storage') {
         const r = await page.evaluate(() => ({

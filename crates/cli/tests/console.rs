@@ -216,6 +216,10 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "reviews",
         "fetch",
         "/api/v1/audit",
+        "fetch",
+        "/api/v1/access",
+        "fetch",
+        "/api/v1/access/explain?principal=agent:x&connection=guarded",
     ]);
     assert_eq!(step(&out, "signin-oidc")["principal"], "user:alice");
     assert_eq!(step(&out, "review")["enabled"], true);
@@ -252,11 +256,12 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     for l in out.iter().filter(|l| l["step"] == "axe") {
         assert_eq!(l["violations"], serde_json::json!([]), "{l}");
     }
-    assert_eq!(
-        step(&out, "fetch")["status"],
-        403,
-        "the audit log is for admins"
-    );
+    for f in out.iter().filter(|l| l["step"] == "fetch") {
+        assert_eq!(
+            f["status"], 403,
+            "the audit log and the policy are for admins: {f}"
+        );
+    }
 
     // An admin (signed in by a one-time link) sees every session; the link
     // works once.
@@ -272,6 +277,18 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "audit",
         "axe",
         "audit",
+        "explain",
+        "agent:tester",
+        "testers",
+        "guarded",
+        "shot",
+        "access",
+        "axe",
+        "access",
+        "explain",
+        "agent:stranger",
+        "",
+        "guarded",
     ]);
     let audit = step(&out, "audit-verify");
     assert!(audit["rows"].as_u64().unwrap() > 3, "{audit}");
@@ -282,7 +299,22 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
             .starts_with("Chain intact"),
         "{audit}"
     );
-    assert_eq!(step(&out, "axe")["violations"], serde_json::json!([]));
+    for l in out.iter().filter(|l| l["step"] == "axe") {
+        assert_eq!(l["violations"], serde_json::json!([]), "{l}");
+    }
+    let explained: Vec<&Value> = out.iter().filter(|l| l["step"] == "explain").collect();
+    assert!(
+        explained[0]["connections"].to_string().contains("guarded"),
+        "{explained:?}"
+    );
+    assert_eq!(explained[0]["answer"], "Allowed by grant testers.");
+    assert!(
+        explained[1]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("Denied"),
+        "{explained:?}"
+    );
     assert_eq!(step(&out, "signin-link")["principal"], "user:admin (admin)");
     let rows = step(&out, "sessions")["rows"].as_array().unwrap().clone();
     assert!(

@@ -106,6 +106,11 @@ impl FrontContext {
     /// The context a reloaded config gives: its grants, connections and
     /// masking rules; the same authentication, sessions, approvals and
     /// live-session registry as `self` (state that outlives a reload).
+    /// A connection's approval rule, if it has one.
+    pub fn approval_of(&self, connection: &str) -> Option<&ApprovalRule> {
+        self.connections.get(connection)?.approval.as_ref()
+    }
+
     /// Every connection's name and protocol, sorted by name.
     pub fn connections(&self) -> Vec<(&str, Protocol)> {
         let mut all: Vec<_> = self

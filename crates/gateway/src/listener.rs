@@ -168,10 +168,21 @@ impl crate::reload::Stack {
 }
 
 fn is_api(path: &str) -> bool {
-    use crate::console::api::{AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, SESSIONS};
+    use crate::console::api::{
+        ACCESS, ACCESS_EXPLAIN, AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, SESSIONS,
+    };
     path == crate::api::TOKENS
         || path.starts_with(crate::api::REVIEWS)
-        || [ME, SESSIONS, AUDIT, AUDIT_VERIFY, AUDIT_EXPORT].contains(&path)
+        || [
+            ME,
+            SESSIONS,
+            AUDIT,
+            AUDIT_VERIFY,
+            AUDIT_EXPORT,
+            ACCESS,
+            ACCESS_EXPLAIN,
+        ]
+        .contains(&path)
 }
 
 impl crate::reload::Stack {
@@ -182,7 +193,9 @@ impl crate::reload::Stack {
         conn: &ConnInfo,
         console: &crate::console::Console,
     ) -> Response<Body> {
-        use crate::console::api::{AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, REVIEW_EVENTS, SESSIONS};
+        use crate::console::api::{
+            ACCESS, ACCESS_EXPLAIN, AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, REVIEW_EVENTS, SESSIONS,
+        };
         let front = portcullis_config::Protocol::Http;
         // The console's session cookie, when no other credential is sent:
         // accepted here only (its audience), with CSRF on state changes.
@@ -239,6 +252,10 @@ impl crate::reload::Stack {
             Ok(crate::console::api::me(console, &who, session.as_deref()))
         } else if path == SESSIONS {
             crate::console::api::sessions(console, console.store(), &req, &who).await
+        } else if path == ACCESS {
+            Ok(crate::console::api::access(console, &self.ctx, &who))
+        } else if path == ACCESS_EXPLAIN {
+            crate::console::api::explain(console, &self.ctx, &req, &who)
         } else if path == AUDIT {
             crate::console::api::audit(console, &req, &who).await
         } else if path == AUDIT_VERIFY {

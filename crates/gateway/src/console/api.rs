@@ -339,3 +339,115 @@ pub fn audit_export(console: &Console, who: &Principal) -> Response<Body> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+pub const ACCESS: &str = "/api/v1/access";
+pub const ACCESS_EXPLAIN: &str = "/api/v1/access/explain";
+
+/// `GET /api/v1/access`: connections with their protocol and approval
+/// rule, the grants that reach each, and every grant (admins).
+pub fn access(
+    console: &Console,
+    ctx: &portcullis_front::FrontContext,
+    who: &Principal,
+) -> Response<Body> {
+    if !console.is_admin(who) {
+        return forbidden("the access overview");
+    }
+    let grants = ctx.policy.grants();
+    let connections: Vec<_> = ctx
+        .connections()
+        .into_iter()
+        .map(|(name, protocol)| {
+            let approval = ctx.approval_of(name).map(|a| {
+                serde_json::json!({
+                    "mode": format!("{:?}", a.mode).to_ascii_lowercase(),
+                    "classes": a.classes,
+                    "methods": a.methods,
+                    "tools": a.tools,
+                    "approvers": a.approvers,
+                    "required": a.required,
+                })
+            });
+            let by: Vec<&str> = grants
+                .iter()
+                .filter(|g| g.connections.iter().any(|c| c == "*" || c == name))
+                .map(|g| g.name.as_str())
+                .collect();
+            serde_json::json!({"name": name, "protocol": protocol.to_string(), "approval": approval, "grants": by})
+        })
+        .collect();
+    let grants: Vec<_> = grants
+        .iter()
+        .map(|g| {
+            serde_json::json!({"name": g.name, "principals": g.principals, "groups": g.groups, "connections": g.connections})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"connections": connections, "grants": grants}),
+    )
+}
+
+/// `GET /api/v1/access/explain?principal=P&groups=G1,G2&connection=C[&on_behalf_of=user:X]`:
+/// what the policy decides for that caller, and by which grant (admins).
+pub fn explain(
+    console: &Console,
+    ctx: &portcullis_front::FrontContext,
+    req: &Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    if !console.is_admin(who) {
+        return Ok(forbidden("explaining the policy"));
+    }
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .take(8)
+            .collect();
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let principal =
+        get("principal").ok_or_else(|| ProxyError::CallerBody("principal is missing".into()))?;
+    portcullis_identity::validate_subject(&principal).map_err(ProxyError::CallerBody)?;
+    let connection =
+        get("connection").ok_or_else(|| ProxyError::CallerBody("connection is missing".into()))?;
+    let groups: Vec<String> = get("groups")
+        .map(|g| {
+            g.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let on_behalf_of = get("on_behalf_of");
+    let Some((_, protocol)) = ctx
+        .connections()
+        .into_iter()
+        .find(|(n, _)| *n == connection)
+    else {
+        return Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"allow": false, "reason": format!("no connection named {connection:?}")}),
+        ));
+    };
+    let asked = Principal {
+        kind: portcullis_identity::PrincipalKind::of_subject(&principal),
+        subject: principal,
+        groups,
+        via: AuthMethod::GatewayToken {
+            token_id: String::new(),
+            on_behalf_of,
+            audience: None,
+        },
+    };
+    let body = match ctx.decide(&asked, &connection, protocol) {
+        Ok(rule) => serde_json::json!({"allow": true, "grant": rule}),
+        Err(e) => serde_json::json!({"allow": false, "reason": e.to_string()}),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}

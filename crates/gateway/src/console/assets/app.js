@@ -53,6 +53,7 @@ async function start() {
   state.me = r.body;
   document.getElementById('nav').hidden = false;
   document.getElementById('nav-audit').hidden = !state.me.admin;
+  document.getElementById('nav-access').hidden = !state.me.admin;
   document.getElementById('who').hidden = false;
   document.getElementById('principal').textContent =
     state.me.principal + (state.me.admin ? ' (admin)' : '');
@@ -70,15 +71,18 @@ function route() {
   page.replaceChildren();
   if (state.events) { state.events.close(); state.events = null; }
   const hash = window.location.hash;
-  const which = hash.startsWith('#/reviews') ? 'reviews'
-    : (hash.startsWith('#/audit') && state.me.admin ? 'audit' : 'sessions');
-  for (const name of ['sessions', 'reviews', 'audit']) {
+  let which = 'sessions';
+  if (hash.startsWith('#/reviews')) which = 'reviews';
+  else if (hash.startsWith('#/audit') && state.me.admin) which = 'audit';
+  else if (hash.startsWith('#/access') && state.me.admin) which = 'access';
+  for (const name of ['sessions', 'reviews', 'access', 'audit']) {
     const link = document.getElementById('nav-' + name);
     if (name === which) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   if (which === 'reviews') reviewsPage(page);
   else if (which === 'audit') auditPage(page);
+  else if (which === 'access') accessPage(page);
   else sessionsPage(page);
 }
 
@@ -180,6 +184,59 @@ function reviewCard(r) {
     card.append(el('div', {}, reason, ' ', approve, ' ', deny), message);
   }
   return card;
+}
+
+// Access (admins): connections, their approval rules and the grants that
+// reach them; every grant; and the policy asked about any caller.
+async function accessPage(page) {
+  const r = await api('/api/v1/access');
+  if (r.status !== 200) {
+    page.append(el('p', { class: 'error', text: (r.body && r.body.message) || 'Could not read the access rules.' }));
+    return;
+  }
+  const conns = el('tbody', { id: 'access-connections' }, ...r.body.connections.map((c) => el('tr', {},
+    el('td', { text: c.name }),
+    el('td', { text: c.protocol }),
+    el('td', { text: c.approval ? `${c.approval.mode}: ${c.approval.required} of ${c.approval.approvers.join(', ')}` : 'none' }),
+    el('td', { text: c.grants.join(', ') || 'nobody' }))));
+  const grants = el('tbody', { id: 'access-grants' }, ...r.body.grants.map((g) => el('tr', {},
+    el('td', { text: g.name }),
+    el('td', { text: g.principals.join(', ') }),
+    el('td', { text: g.groups.join(', ') }),
+    el('td', { text: g.connections.join(', ') }))));
+  const fields = {};
+  const form = el('form', { class: 'filters', id: 'explain', 'aria-label': 'Explain a decision' });
+  for (const [name, label] of [['principal', 'Principal'], ['groups', 'Groups (comma-separated)'], ['connection', 'Connection'], ['on_behalf_of', 'On behalf of (optional)']]) {
+    fields[name] = el('input', { name, id: 'explain-' + name });
+    form.append(el('label', { for: 'explain-' + name }, label, fields[name]));
+  }
+  form.append(el('button', { type: 'submit', text: 'Explain' }));
+  const answer = el('p', { id: 'explain-answer', role: 'status' });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, input] of Object.entries(fields)) if (input.value) q.set(k, input.value);
+    const res = await api('/api/v1/access/explain?' + q.toString());
+    if (res.status !== 200) {
+      answer.className = 'error';
+      answer.textContent = (res.body && res.body.message) || `Refused (${res.status}).`;
+    } else if (res.body.allow) {
+      answer.className = 'live';
+      answer.textContent = `Allowed by grant ${res.body.grant}.`;
+    } else {
+      answer.className = 'error';
+      answer.textContent = 'Denied: ' + res.body.reason;
+    }
+  });
+  const head = (...names) => el('thead', {}, el('tr', {}, ...names.map((h) => el('th', { scope: 'col', text: h }))));
+  page.append(
+    el('h2', { text: 'Access' }),
+    el('h3', { text: 'Connections' }),
+    el('table', { 'aria-label': 'Connections' }, head('Connection', 'Protocol', 'Approval', 'Grants'), conns),
+    el('h3', { text: 'Grants' }),
+    el('table', { 'aria-label': 'Grants' }, head('Grant', 'Principals', 'Groups', 'Connections'), grants),
+    el('h3', { text: 'Who can reach it, and how' }),
+    form, answer);
 }
 
 // Audit (admins): entries newest first, the chain checked on demand
