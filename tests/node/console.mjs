@@ -20,6 +20,8 @@
 //   storage                what script can read: cookies, local/session storage
 //   fetch PATH             the status of a GET from the page's own script
 //   audit-verify           the audit page: its rows and the verdict of "Verify"
+//   replay ID              the replay page of session ID: the digest line,
+//                          the events' types, the rows' cells, or the error
 //   explain P G C          the access page: connections listed, and the
 //                          answer for principal P in groups G on connection C
 //   axe PAGE               axe-core on #/PAGE: serious or critical violations
@@ -141,6 +143,18 @@ try {
           step,
           rows: await page.$$eval('#audit tr', (r) => r.length),
           verdict: await page.textContent('#audit-verdict'),
+        });
+      } else if (step === 'replay') {
+        const id = steps[++i];
+        await page.goto(`${base}/ui/#/replay/${id}`);
+        await page.waitForSelector('#replay, #replay-error');
+        out({
+          step,
+          error: undefined,
+          failed: await page.$eval('#replay-error', (e) => e.textContent).catch(() => null),
+          digest: await page.$eval('#replay-digest', (e) => e.textContent).catch(() => null),
+          types: await page.$$eval('#replay > li', (l) => l.map((x) => x.dataset.type)),
+          text: await page.$eval('#replay', (e) => e.textContent).catch(() => ''),
         });
       } else if (step === 'explain') {
         const [p, g, c] = [steps[++i], steps[++i], steps[++i]];

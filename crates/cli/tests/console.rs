@@ -177,6 +177,23 @@ impl Setup {
     }
 }
 
+/// The id of `principal`'s session (waiting for it to be admitted).
+fn session_of(s: &Setup, principal: &str) -> String {
+    for _ in 0..100 {
+        let out = cli_at(&s.cfg(), &["sessions", "list", "--json"]);
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["principal"] == principal)
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        if let Some(id) = found {
+            return id;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no session of {principal}");
+}
+
 fn step<'a>(lines: &'a [Value], name: &str) -> &'a Value {
     lines
         .iter()
@@ -197,6 +214,7 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     let mut held = s.psql(&s.tester);
     held.send(&format!("CREATE TABLE {table} (x int);"));
     held.send("select 'after';");
+    let sid = session_of(&s, "agent:tester");
 
     // Alice (group dba) signs in through the provider and approves it;
     // the page updates from the server's events.
@@ -214,6 +232,8 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "sessions",
         "axe",
         "reviews",
+        "replay",
+        &sid,
         "fetch",
         "/api/v1/audit",
         "fetch",
@@ -256,6 +276,13 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     for l in out.iter().filter(|l| l["step"] == "axe") {
         assert_eq!(l["violations"], serde_json::json!([]), "{l}");
     }
+    // Not hers to replay either: as absent as a missing one.
+    assert!(
+        step(&out, "replay")["failed"]
+            .as_str()
+            .unwrap()
+            .contains("no such session")
+    );
     for f in out.iter().filter(|l| l["step"] == "fetch") {
         assert_eq!(
             f["status"], 403,
@@ -289,7 +316,30 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "agent:stranger",
         "",
         "guarded",
+        "replay",
+        &sid,
+        "shot",
+        "replay",
     ]);
+    // The replay: what the caller saw, with the sealed digest.
+    let replay = step(&out, "replay");
+    assert!(
+        replay["digest"]
+            .as_str()
+            .unwrap()
+            .contains("matches the audit log"),
+        "{replay}"
+    );
+    let types = replay["types"].to_string();
+    assert!(
+        types.contains("pg_query") && types.contains("session_end"),
+        "{types}"
+    );
+    let text = replay["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("CREATE TABLE {table}")) && text.contains("after"),
+        "{text}"
+    );
     let audit = step(&out, "audit-verify");
     assert!(audit["rows"].as_u64().unwrap() > 3, "{audit}");
     assert!(

@@ -888,6 +888,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         cfg.console.clone(),
         &public_url,
         cfg.dir(),
+        shared.sink.clone(),
     );
     let main = listener::GatewayFront {
         stack,

@@ -171,18 +171,19 @@ fn is_api(path: &str) -> bool {
     use crate::console::api::{
         ACCESS, ACCESS_EXPLAIN, AUDIT, AUDIT_EXPORT, AUDIT_VERIFY, ME, SESSIONS,
     };
+    let exact = [
+        ME,
+        SESSIONS,
+        AUDIT,
+        AUDIT_VERIFY,
+        AUDIT_EXPORT,
+        ACCESS,
+        ACCESS_EXPLAIN,
+    ];
     path == crate::api::TOKENS
         || path.starts_with(crate::api::REVIEWS)
-        || [
-            ME,
-            SESSIONS,
-            AUDIT,
-            AUDIT_VERIFY,
-            AUDIT_EXPORT,
-            ACCESS,
-            ACCESS_EXPLAIN,
-        ]
-        .contains(&path)
+        || exact.contains(&path)
+        || (path.starts_with("/api/v1/sessions/") && path.ends_with("/recording"))
 }
 
 impl crate::reload::Stack {
@@ -252,6 +253,8 @@ impl crate::reload::Stack {
             Ok(crate::console::api::me(console, &who, session.as_deref()))
         } else if path == SESSIONS {
             crate::console::api::sessions(console, console.store(), &req, &who).await
+        } else if path.starts_with(SESSIONS) && path.ends_with("/recording") {
+            crate::console::api::recording(console, &path, &who).await
         } else if path == ACCESS {
             Ok(crate::console::api::access(console, &self.ctx, &who))
         } else if path == ACCESS_EXPLAIN {

@@ -953,6 +953,17 @@ impl Store {
         rows.iter().map(session_from_row).collect()
     }
 
+    pub async fn session_by_id(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query(self.q(
+            "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
+             FROM sessions WHERE id = ?",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| session_from_row(&r)).transpose()
+    }
+
     /// A page of sessions, newest first, started before `q.before_ms`
     /// and matching every filter given.
     pub async fn sessions_page(&self, q: &SessionQuery<'_>) -> Result<Vec<SessionRow>, StoreError> {

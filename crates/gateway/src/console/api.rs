@@ -451,3 +451,95 @@ pub fn explain(
     };
     Ok(json_response(StatusCode::OK, &body))
 }
+
+/// The most records a replay answer carries (the rest are counted).
+const MAX_RECORDS: usize = 5_000;
+
+/// Whether `who` may see a session of `principal`: their own, their own
+/// agents' (`agent:NAME@them`, NAME without `@`), or any for an admin.
+fn may_see(console: &Console, who: &Principal, principal: &str) -> bool {
+    if console.is_admin(who) || principal == who.subject {
+        return true;
+    }
+    let Some(name) = who
+        .subject
+        .strip_prefix("user:")
+        .filter(|_| who.kind == portcullis_identity::PrincipalKind::Human)
+    else {
+        return false;
+    };
+    principal
+        .strip_prefix("agent:")
+        .and_then(|rest| rest.split_once('@'))
+        .is_some_and(|(_, person)| person == name)
+}
+
+/// `GET /api/v1/sessions/ID/recording`: what the caller saw, as
+/// recorded (masked), with the recording's digest and whether it is the
+/// one the audit log sealed.
+pub async fn recording(
+    console: &Console,
+    path: &str,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    let id = path
+        .strip_prefix(SESSIONS)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_suffix("/recording"))
+        .unwrap_or("");
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ProxyError::CallerBody("not a session id".into()));
+    }
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found", "message": "no such session, or no recording of it yet"}),
+        )
+    };
+    let row = console.store().session_by_id(id).await.map_err(|e| {
+        tracing::error!(error = %e, "session lookup failed");
+        ProxyError::AuditUnavailable
+    })?;
+    // Another person's session is as absent as a missing one.
+    let Some(row) = row.filter(|r| may_see(console, who, &r.principal)) else {
+        return Ok(not_found());
+    };
+    let scratch = tempfile::tempdir().map_err(|e| ProxyError::CallerBody(e.to_string()))?;
+    let file = match console.sink().fetch(id, scratch.path()).await {
+        Ok(p) => p,
+        Err(portcullis_recordings::SinkError::NotFound(_)) => return Ok(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "recording fetch failed");
+            return Err(ProxyError::RecordingUnavailable(e.to_string()));
+        }
+    };
+    // Decompressing and hashing a recording is CPU work.
+    let read = tokio::task::spawn_blocking(move || {
+        let r = portcullis_record::read(&file);
+        drop(scratch);
+        r
+    })
+    .await;
+    let (mut records, digest) = match read {
+        Ok(Ok(r)) => r,
+        _ => {
+            return Ok(json_response(
+                StatusCode::CONFLICT,
+                &serde_json::json!({"error": "unreadable", "message": "the recording cannot be read (yet): try again when the session ends"}),
+            ));
+        }
+    };
+    let total = records.len();
+    records.truncate(MAX_RECORDS);
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "session": session_json(&row),
+            "records": records,
+            "total": total,
+            "digest": digest,
+            "audit_digest": row.recording_digest,
+            "digest_matches": row.recording_digest.as_deref() == Some(digest.as_str()),
+        }),
+    ))
+}

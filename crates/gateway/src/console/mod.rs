@@ -47,6 +47,9 @@ pub struct Console {
     audit_dir: std::path::PathBuf,
     /// One chain verification at a time (it reads the whole log).
     verifying: tokio::sync::Semaphore,
+    /// Where recordings are read from (this gateway's spool, or the
+    /// shared object store).
+    sink: portcullis_recordings::RecordingSink,
     /// Open review streams per principal (each polls the store).
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
@@ -88,6 +91,7 @@ impl Console {
         cfg: portcullis_config::console::Console,
         public_url: &str,
         audit_dir: &std::path::Path,
+        sink: portcullis_recordings::RecordingSink,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -97,6 +101,7 @@ impl Console {
             audit_dir: audit_dir.to_path_buf(),
             verifying: tokio::sync::Semaphore::new(1),
             streams: Default::default(),
+            sink,
         })
     }
 
@@ -307,6 +312,10 @@ impl Console {
         let mut resp = message(StatusCode::OK, "signed out");
         set_cookie(&mut resp, "", 0);
         resp
+    }
+
+    pub fn sink(&self) -> &portcullis_recordings::RecordingSink {
+        &self.sink
     }
 
     pub fn store(&self) -> &Store {

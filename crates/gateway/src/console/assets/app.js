@@ -72,15 +72,17 @@ function route() {
   if (state.events) { state.events.close(); state.events = null; }
   const hash = window.location.hash;
   let which = 'sessions';
-  if (hash.startsWith('#/reviews')) which = 'reviews';
+  if (hash.startsWith('#/replay/')) which = 'replay';
+  else if (hash.startsWith('#/reviews')) which = 'reviews';
   else if (hash.startsWith('#/audit') && state.me.admin) which = 'audit';
   else if (hash.startsWith('#/access') && state.me.admin) which = 'access';
   for (const name of ['sessions', 'reviews', 'access', 'audit']) {
     const link = document.getElementById('nav-' + name);
-    if (name === which) link.setAttribute('aria-current', 'page');
+    if (name === which || (which === 'replay' && name === 'sessions')) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  if (which === 'reviews') reviewsPage(page);
+  if (which === 'replay') replayPage(page, decodeURIComponent(hash.slice('#/replay/'.length)));
+  else if (which === 'reviews') reviewsPage(page);
   else if (which === 'audit') auditPage(page);
   else if (which === 'access') accessPage(page);
   else sessionsPage(page);
@@ -121,7 +123,7 @@ function sessionsPage(page) {
         el('td', { text: s.connection }),
         el('td', { text: s.protocol }),
         s.live ? el('td', { class: 'live', text: 'live' }) : el('td', { text: s.outcome || '' }),
-        el('td', { text: s.id })));
+        el('td', {}, el('a', { href: '#/replay/' + encodeURIComponent(s.id), text: s.id }))));
     }
     before = r.body.next_before;
     more.hidden = !before;
@@ -184,6 +186,86 @@ function reviewCard(r) {
     card.append(el('div', {}, reason, ' ', approve, ' ', deny), message);
   }
   return card;
+}
+
+// Replay: what the caller saw, as recorded (masked), event by event, with
+// the recording's digest checked against the one the audit log sealed.
+async function replayPage(page, id) {
+  const r = await api(`/api/v1/sessions/${encodeURIComponent(id)}/recording`);
+  page.append(el('h2', { text: 'Replay' }));
+  if (r.status !== 200) {
+    page.append(el('p', { class: 'error', id: 'replay-error', text: (r.body && r.body.message) || `Not available (${r.status}).` }));
+    return;
+  }
+  const s = r.body.session;
+  page.append(el('p', { text: `${s.principal} on ${s.connection} (${s.protocol}), ${when(s.started_at_ms)}, ${s.live ? 'live' : s.outcome}` }));
+  page.append(el('p', {
+    id: 'replay-digest',
+    class: r.body.digest_matches ? 'live' : 'error',
+    text: r.body.digest_matches
+      ? `Recording digest ${r.body.digest.slice(0, 16)}… matches the audit log.`
+      : `Recording digest ${r.body.digest.slice(0, 16)}… ${r.body.audit_digest ? 'does NOT match the audit log' : 'is not sealed yet (the session is live or was cut)'}.`,
+  }));
+  if (r.body.total > r.body.records.length) {
+    page.append(el('p', { class: 'note', text: `Showing the first ${r.body.records.length} of ${r.body.total} events.` }));
+  }
+  const speed = el('select', { id: 'replay-speed', 'aria-label': 'Speed' },
+    ...['1', '4', '16'].map((v) => el('option', { value: v, text: v + '×' })));
+  const play = el('button', { type: 'button', id: 'replay-play', text: 'Play' });
+  const list = el('ol', { id: 'replay', class: 'replay' });
+  let table = null;
+  r.body.records.forEach((rec, n) => {
+    const item = el('li', { id: `ev-${n}`, 'data-type': rec.type },
+      el('a', { href: `#/replay/${encodeURIComponent(id)}`, text: `${(rec.t_us / 1e6).toFixed(3)}s` }), ' ',
+      el('strong', { text: rec.type.replace(/_/g, ' ') }), ' ');
+    switch (rec.type) {
+      case 'pg_query': item.append(el('pre', { text: rec.sql })); table = null; break;
+      case 'pg_parse': item.append(el('pre', { text: rec.sql })); break;
+      case 'pg_bind': item.append(el('span', { text: `(${(rec.params || []).map((p) => (p === null ? 'NULL' : p)).join(', ')})` })); break;
+      case 'pg_row_description':
+        table = el('table', { 'aria-label': 'Rows' }, el('thead', {}, el('tr', {}, ...rec.columns.map((c) => el('th', { scope: 'col', text: c })))), el('tbody'));
+        item.append(table);
+        break;
+      case 'pg_data_row':
+        if (table) { table.tBodies[0].append(el('tr', {}, ...rec.cells.map((c) => el('td', { text: c === null ? 'NULL' : c })))); return; }
+        item.append(el('span', { text: rec.cells.join(' | ') }));
+        break;
+      case 'pg_command_complete': item.append(el('span', { text: rec.tag })); table = null; break;
+      case 'pg_error': item.append(el('span', { class: 'error', text: `${rec.code} ${rec.message}` })); break;
+      case 'refused': item.append(el('span', { class: 'error', text: `${rec.code} ${rec.reason}` }), el('pre', { text: rec.statement })); break;
+      case 'http_request': item.append(el('span', { text: `${rec.method} ${rec.path}` })); if (rec.body) item.append(el('pre', { text: pretty(rec.body) })); break;
+      case 'http_response': item.append(el('span', { text: String(rec.status) })); if (rec.body) item.append(el('pre', { text: pretty(rec.body) })); break;
+      case 'session_start': item.append(el('span', { text: `${rec.principal} on ${rec.connection} (${rec.protocol})` })); break;
+      case 'session_end': item.append(el('span', { text: rec.outcome })); break;
+      default: {
+        const rest = Object.assign({}, rec); delete rest.type; delete rest.t_us;
+        item.append(el('pre', { text: JSON.stringify(rest, null, 2) }));
+      }
+    }
+    list.append(item);
+  });
+  let timer = null;
+  play.addEventListener('click', () => {
+    if (timer) { clearTimeout(timer); timer = null; play.textContent = 'Play'; return; }
+    const items = [...list.children];
+    items.forEach((i) => { i.hidden = true; });
+    play.textContent = 'Pause';
+    let n = 0;
+    const times = r.body.records.map((x) => x.t_us);
+    const next = () => {
+      if (n >= items.length) { timer = null; play.textContent = 'Play'; return; }
+      items[n].hidden = false;
+      const gap = n + 1 < times.length ? (times[n + 1] - times[n]) / 1000 / Number(speed.value) : 0;
+      n += 1;
+      timer = setTimeout(next, Math.min(Math.max(gap, 0), 2000));
+    };
+    next();
+  });
+  page.append(el('div', {}, play, ' ', speed), list);
+}
+
+function pretty(body) {
+  try { return JSON.stringify(JSON.parse(body), null, 2); } catch (_) { return body; }
 }
 
 // Access (admins): connections, their approval rules and the grants that
