@@ -969,7 +969,7 @@ impl Store {
     pub async fn sessions_page(&self, q: &SessionQuery<'_>) -> Result<Vec<SessionRow>, StoreError> {
         let mut sql = String::from(
             "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
-             FROM sessions WHERE (started_at_ms < ? OR (started_at_ms = ? AND id < ?))",
+             FROM sessions WHERE started_at_ms <= ? AND (started_at_ms < ? OR id < ?)",
         );
         let mut binds: Vec<String> = Vec::new();
         if let Some((subject, person)) = q.visible_to {
@@ -995,7 +995,16 @@ impl Store {
         if q.live_only {
             sql.push_str(" AND ended_at_ms IS NULL");
         }
-        sql.push_str(" ORDER BY started_at_ms DESC, id DESC LIMIT ?");
+        // A person's view matches few rows scattered through the history:
+        // walking the time index backwards would visit every row in index
+        // order (measured 200 ms at 100,000 sessions); one pass and a
+        // top-N sort is five times faster. `+ 0` keeps the planner off the
+        // index for this order only (bench/console.py).
+        if q.visible_to.is_some() {
+            sql.push_str(" ORDER BY started_at_ms + 0 DESC, id DESC LIMIT ?");
+        } else {
+            sql.push_str(" ORDER BY started_at_ms DESC, id DESC LIMIT ?");
+        }
         let (before_ms, before_id) = q.before.unwrap_or((i64::MAX, ""));
         let mut query = sqlx::query(self.q(&sql))
             .bind(before_ms)

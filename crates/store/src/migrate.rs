@@ -161,7 +161,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // The console lists sessions newest first, a page at a time.
     (
         12,
-        "CREATE INDEX sessions_started ON sessions (started_at_ms)",
+        "CREATE INDEX sessions_started ON sessions (started_at_ms, id);
+    CREATE INDEX sessions_principal ON sessions (principal, started_at_ms, id)",
     ),
 ];
 
