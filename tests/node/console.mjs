@@ -146,7 +146,7 @@ try {
         });
       } else if (step === 'replay') {
         const id = steps[++i];
-        await page.goto(`${base}/ui/#/replay/${id}`);
+        await page.goto(`${base}/ui/#/replay/${id}?ev=1`);
         await page.waitForSelector('#replay, #replay-error');
         out({
           step,
@@ -155,6 +155,7 @@ try {
           digest: await page.$eval('#replay-digest', (e) => e.textContent).catch(() => null),
           types: await page.$$eval('#replay > li', (l) => l.map((x) => x.dataset.type)),
           text: await page.$eval('#replay', (e) => e.textContent).catch(() => ''),
+          current: await page.$eval('#replay li.current', (e) => e.id).catch(() => null),
         });
       } else if (step === 'explain') {
         const [p, g, c] = [steps[++i], steps[++i], steps[++i]];

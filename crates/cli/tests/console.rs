@@ -293,6 +293,7 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     // An admin (signed in by a one-time link) sees every session; the link
     // works once.
     let link = s.link("user:admin", &["admins"]);
+    let axe_replay = format!("replay/{sid}");
     let out = s.browser(&[
         "signin-link",
         &link,
@@ -320,9 +321,12 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         &sid,
         "shot",
         "replay",
+        "axe",
+        &axe_replay,
     ]);
     // The replay: what the caller saw, with the sealed digest.
     let replay = step(&out, "replay");
+    assert_eq!(replay["current"], "ev-1", "a link names one event");
     assert!(
         replay["digest"]
             .as_str()

@@ -81,7 +81,10 @@ function route() {
     if (name === which || (which === 'replay' && name === 'sessions')) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  if (which === 'replay') replayPage(page, decodeURIComponent(hash.slice('#/replay/'.length)));
+  if (which === 'replay') {
+    const [id, query] = hash.slice('#/replay/'.length).split('?');
+    replayPage(page, decodeURIComponent(id), new URLSearchParams(query || '').get('ev'));
+  }
   else if (which === 'reviews') reviewsPage(page);
   else if (which === 'audit') auditPage(page);
   else if (which === 'access') accessPage(page);
@@ -190,7 +193,7 @@ function reviewCard(r) {
 
 // Replay: what the caller saw, as recorded (masked), event by event, with
 // the recording's digest checked against the one the audit log sealed.
-async function replayPage(page, id) {
+async function replayPage(page, id, focus) {
   const r = await api(`/api/v1/sessions/${encodeURIComponent(id)}/recording`);
   page.append(el('h2', { text: 'Replay' }));
   if (r.status !== 200) {
@@ -216,7 +219,7 @@ async function replayPage(page, id) {
   let table = null;
   r.body.records.forEach((rec, n) => {
     const item = el('li', { id: `ev-${n}`, 'data-type': rec.type },
-      el('a', { href: `#/replay/${encodeURIComponent(id)}`, text: `${(rec.t_us / 1e6).toFixed(3)}s` }), ' ',
+      el('a', { href: `#/replay/${encodeURIComponent(id)}?ev=${n}`, text: `${(rec.t_us / 1e6).toFixed(3)}s`, title: `Link to event ${n + 1}` }), ' ',
       el('strong', { text: rec.type.replace(/_/g, ' ') }), ' ');
     switch (rec.type) {
       case 'pg_query': item.append(el('pre', { text: rec.sql })); table = null; break;
@@ -262,6 +265,12 @@ async function replayPage(page, id) {
     next();
   });
   page.append(el('div', {}, play, ' ', speed), list);
+  // A link to one event: shown and marked.
+  const target = focus !== null && document.getElementById(`ev-${focus}`);
+  if (target) {
+    target.classList.add('current');
+    target.scrollIntoView({ block: 'center' });
+  }
 }
 
 function pretty(body) {
