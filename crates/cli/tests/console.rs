@@ -48,21 +48,10 @@ fn setup() -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let idp = Idp::start_with(
-        &dir.join("idp"),
-        "alice",
-        "dba",
-        &[
-            "--gateway-client",
-            "portcullis-gateway",
-            "--gateway-secret",
-            "gw-secret-not-a-canary",
-        ],
-    );
+    let idp = Idp::start_for_gateway(dir, "alice", "dba", "gw-secret-not-a-canary");
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     write_leaf(&ca, dir, "server");
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
-    std::fs::write(dir.join("idp-secret"), "gw-secret-not-a-canary").unwrap();
     let config = format!(
         r#"
 [gateway]
@@ -73,17 +62,7 @@ key = "server.key"
 [postgres]
 listen = "127.0.0.1:0"
 
-[[oidc]]
-issuer = "{issuer}"
-audiences = ["{aud}"]
-algorithms = ["ES256", "RS256"]
-ca_file = "{idp_ca}"
-
-[oauth]
-client_id = "portcullis-gateway"
-client_secret = "file:idp-secret"
-scopes = "openid groups"
-
+{oauth}
 [[connections]]
 name = "guarded"
 type = "postgres"
@@ -96,9 +75,7 @@ name = "testers"
 groups = ["testers", "admins"]
 connections = ["guarded"]
 "#,
-        issuer = idp.issuer,
-        aud = idp::AUDIENCE,
-        idp_ca = idp.ca.display(),
+        oauth = idp.oauth_config(),
         pgport = pg.port,
         pgca = pg.ca.display(),
     );

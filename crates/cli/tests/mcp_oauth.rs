@@ -39,17 +39,7 @@ fn setup() -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let idp = Idp::start_with(
-        &dir.join("idp"),
-        "alice",
-        "dba",
-        &[
-            "--gateway-client",
-            "portcullis-gateway",
-            "--gateway-secret",
-            GW_SECRET,
-        ],
-    );
+    let idp = Idp::start_for_gateway(dir, "alice", "dba", GW_SECRET);
     let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
     write_leaf(&ca, dir, "server");
     write_leaf(&ca, dir, "api");
@@ -57,7 +47,6 @@ fn setup() -> Setup {
     let api = common::upstream::start(&dir.join("api.pem"), &dir.join("api.key"));
     std::fs::write(dir.join("up-key"), UP_KEY).unwrap();
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
-    std::fs::write(dir.join("idp-secret"), GW_SECRET).unwrap();
     let bundle = dir.join("bundle.pem");
     let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
     std::fs::write(&bundle, pem(&dir.join("ca.pem")) + &pem(&idp.ca)).unwrap();
@@ -71,17 +60,7 @@ key = "server.key"
 [postgres]
 listen = "127.0.0.1:0"
 
-[[oidc]]
-issuer = "{issuer}"
-audiences = ["{aud}"]
-algorithms = ["ES256", "RS256"]
-ca_file = "{idp_ca}"
-
-[oauth]
-client_id = "portcullis-gateway"
-client_secret = "file:idp-secret"
-scopes = "openid groups"
-
+{oauth}
 [[connections]]
 name = "db"
 type = "postgres"
@@ -106,9 +85,7 @@ name = "dbas"
 groups = ["dba"]
 connections = ["db", "docs", "api"]
 "#,
-        issuer = idp.issuer,
-        aud = idp::AUDIENCE,
-        idp_ca = idp.ca.display(),
+        oauth = idp.oauth_config(),
         pgport = pg.port,
         pgca = pg.ca.display(),
         up = up.port,

@@ -57,6 +57,18 @@ pub fn request_to_upstream(h: &mut HeaderMap, injected: Option<&HeaderName>) {
 /// cookie's `__Host-` scope does not keep them apart: the gateway does.
 pub const GATEWAY_COOKIE_PREFIX: &str = "__Host-portcullis";
 
+/// The value of cookie `name` in a request's `Cookie` headers (HTTP/2
+/// may split them).
+pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// `Cookie` without the gateway's own cookies.
 fn without_gateway_cookies(h: &mut HeaderMap) {
     let values: Vec<_> = h.get_all(header::COOKIE).iter().cloned().collect();

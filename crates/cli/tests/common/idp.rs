@@ -14,6 +14,8 @@ pub const CI_CLIENT: &str = "ci-bot";
 pub const CI_SECRET: &str = "ci-bot-secret-not-a-canary";
 pub const CLI_CLIENT: &str = "portcullis-cli";
 pub const AUDIENCE: &str = "https://portcullis.test";
+/// The gateway's own client at the provider (`[oauth]`).
+pub const GATEWAY_CLIENT: &str = "portcullis-gateway";
 
 pub fn harness_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
@@ -53,6 +55,40 @@ impl Idp {
     /// `groups`. `dir` receives its certificate and log.
     pub fn start(dir: &Path, user: &str, groups: &str) -> Idp {
         Self::start_with(dir, user, groups, &[])
+    }
+
+    /// A provider that also has the gateway as its client, with `secret`
+    /// (written to `gateway_dir/idp-secret` for the gateway's config).
+    pub fn start_for_gateway(gateway_dir: &Path, user: &str, groups: &str, secret: &str) -> Idp {
+        std::fs::write(gateway_dir.join("idp-secret"), secret).unwrap();
+        let args = [
+            "--gateway-client",
+            GATEWAY_CLIENT,
+            "--gateway-secret",
+            secret,
+        ];
+        Self::start_with(&gateway_dir.join("idp"), user, groups, &args)
+    }
+
+    /// `[[oidc]]` trusting this provider and `[oauth]` signing people in
+    /// through it (see [`Idp::start_for_gateway`]).
+    pub fn oauth_config(&self) -> String {
+        format!(
+            r#"
+[[oidc]]
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256", "RS256"]
+ca_file = "{ca}"
+
+[oauth]
+client_id = "{GATEWAY_CLIENT}"
+client_secret = "file:idp-secret"
+scopes = "openid groups"
+"#,
+            issuer = self.issuer,
+            ca = self.ca.display(),
+        )
     }
 
     /// [`Idp::start`] with more `idp.mjs` options (e.g. `--access-ttl`).

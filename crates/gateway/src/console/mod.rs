@@ -237,9 +237,7 @@ impl Console {
             .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "t"))
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        let hash = digest(&SHA256, t.as_bytes());
-        let mut h = [0u8; 32];
-        h.copy_from_slice(hash.as_ref());
+        let h = crate::oauth::hash(&t);
         let now = portcullis_identity::unix_now();
         let data = match self.store.spend_oauth_grant(&h, GrantKind::Link, now).await {
             Ok(Spent::Fresh { data, .. }) => data,
@@ -336,8 +334,7 @@ pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Resul
     let secret = token
         .secret
         .replacen(portcullis_identity::token::PREFIX, "pcs_", 1);
-    let mut h = [0u8; 32];
-    h.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+    let h = crate::oauth::hash(&secret);
     let now = portcullis_identity::unix_now();
     store
         .revoke_oauth_grants_of(GrantKind::Link, subject, now)
@@ -365,15 +362,9 @@ pub async fn make_link(store: &Store, subject: &str, groups: &[String]) -> Resul
 
 /// The console session token in a request's cookies.
 pub fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    portcullis_http::headers::cookie(headers, COOKIE)
         .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// The CSRF value of a console session: derived from its token, so that

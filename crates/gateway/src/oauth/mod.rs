@@ -286,7 +286,8 @@ fn secret() -> Result<(String, [u8; 32]), StatusCode> {
     Ok((s, h))
 }
 
-fn hash(s: &str) -> [u8; 32] {
+/// SHA-256 of a secret: what the store keeps and looks it up by.
+pub(crate) fn hash(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
     out
@@ -383,14 +384,7 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
 
 /// The value of cookie `name` in the request.
 fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    portcullis_http::headers::cookie(req.headers(), name)
 }
 
 #[cfg(test)]
