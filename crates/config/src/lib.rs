@@ -7,6 +7,7 @@ pub mod console;
 pub mod oauth;
 pub mod pgurl;
 mod raw;
+pub mod saml;
 mod secret;
 
 use std::collections::HashSet;
@@ -64,6 +65,8 @@ pub struct Config {
     pub oauth: Option<oauth::OAuth>,
     /// `[console]`: the web console.
     pub console: console::Console,
+    /// `[saml]`: console sign-in through a SAML identity provider.
+    pub saml: Option<saml::Saml>,
 }
 
 /// `[recordings]`.

@@ -40,6 +40,7 @@ pub(crate) struct Root {
     oauth: Option<crate::oauth::RawOAuth>,
     #[serde(default)]
     console: crate::console::RawConsole,
+    saml: Option<crate::saml::RawSaml>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -786,8 +787,13 @@ impl Root {
             Some(o) => Some(o.validate(&oidc, base)?),
         };
         let console = self.console.validate()?;
+        let saml = match &self.saml {
+            None => None,
+            Some(s) => Some(s.validate(base)?),
+        };
         Ok(Config {
             source: Default::default(),
+            saml,
             oauth,
             console,
             recordings,

@@ -58,6 +58,8 @@ pub enum GatewayError {
     Audit(#[from] portcullis_audit::AuditError),
     #[error("OIDC: {0}")]
     Oidc(String),
+    #[error("SAML: {0}")]
+    Saml(String),
     #[error("review webhook: {0}")]
     Webhook(String),
     #[error("recordings: {0}")]
@@ -882,6 +884,13 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             .clone()
             .watch(CONFIG_CHECK_INTERVAL, rt.shutdown.clone()),
     );
+    let saml = match &cfg.saml {
+        None => None,
+        Some(s) => Some(
+            console::saml::SamlSp::new(s, &public_url, store.clone(), shared.audit.clone())
+                .map_err(GatewayError::Saml)?,
+        ),
+    };
     let console = console::Console::new(
         store.clone(),
         shared.audit.clone(),
@@ -889,6 +898,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         &public_url,
         cfg.dir(),
         shared.sink.clone(),
+        saml,
     );
     let main = listener::GatewayFront {
         stack,

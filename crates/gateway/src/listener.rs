@@ -109,6 +109,9 @@ impl crate::reload::Stack {
             let oauth = listener.oauth.as_deref();
             return listener.console.handle(req, oauth, conn.peer.ip()).await;
         }
+        if !routed && path.starts_with("/saml/") {
+            return listener.console.handle_saml(req, conn.peer.ip()).await;
+        }
         if !routed && is_api(&path) {
             return self.api(req, &conn, &listener.console).await;
         }

@@ -430,6 +430,9 @@ fn identity_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.oauth != new.oauth {
         out.push("[oauth]");
     }
+    if old.saml != new.saml {
+        out.push("[saml]");
+    }
     if old.gateway.client_auth != new.gateway.client_auth {
         out.push("gateway.client_auth");
     }

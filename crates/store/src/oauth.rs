@@ -32,6 +32,12 @@ pub enum GrantKind {
     Refresh,
     /// A one-time sign-in link to the web console (the quickstart's).
     Link,
+    /// A console sign-in sent to a SAML identity provider (its request ID),
+    /// bound to the browser that started it.
+    SamlRequest,
+    /// A SAML assertion that signed someone in: kept until it expires, so
+    /// that the same assertion never signs in twice.
+    SamlAssertion,
 }
 
 impl GrantKind {
@@ -42,6 +48,8 @@ impl GrantKind {
             Self::Code => "code",
             Self::Refresh => "refresh",
             Self::Link => "link",
+            Self::SamlRequest => "saml_request",
+            Self::SamlAssertion => "saml_assertion",
         }
     }
 }
@@ -161,6 +169,26 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Keep `g` unless a secret with its hash is already kept: true if
+    /// this call kept it, false if it was there before (a replay). The
+    /// insert is the check, so two gateways cannot both accept it.
+    pub async fn insert_oauth_grant_once(&self, g: &OAuthGrantRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.q(
+            "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+        ))
+        .bind(&g.hash[..])
+        .bind(g.kind.as_str())
+        .bind(&g.client_id)
+        .bind(&g.family)
+        .bind(&g.data)
+        .bind(g.created_at)
+        .bind(g.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revoke every unspent secret of `kind` kept for `client_id` (a new

@@ -372,6 +372,21 @@ pub async fn oauth(store: &Store) {
             family: family.clone()
         }
     );
+    // Kept once: the second keeping of the same hash is a replay, on
+    // every gateway sharing the store.
+    let once = secret(7);
+    assert!(
+        store
+            .insert_oauth_grant_once(&row(once, GrantKind::SamlAssertion, 100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .insert_oauth_grant_once(&row(once, GrantKind::SamlAssertion, 100))
+            .await
+            .unwrap()
+    );
     // Expired is invalid, not reuse.
     let old = secret(2);
     store

@@ -12,6 +12,11 @@
 //! quickstart through a one-time link.
 
 pub mod api;
+#[cfg(feature = "saml")]
+pub mod saml;
+#[cfg(not(feature = "saml"))]
+#[path = "saml_absent.rs"]
+pub mod saml;
 
 use std::sync::Arc;
 
@@ -25,6 +30,13 @@ use portcullis_store::{GrantKind, NewTokenRow, OAuthGrantRow, Spent, Store};
 
 /// Where the console lives.
 pub const UI: &str = "/ui";
+/// The SAML service provider's metadata, and where the provider's answers
+/// are posted.
+pub const METADATA_PATH: &str = "/saml/metadata";
+pub const ACS_PATH: &str = "/saml/acs";
+/// Named in the metadata (samael requires one); answers that single
+/// logout is not supported.
+pub const SLO_PATH: &str = "/saml/slo";
 /// The console's session cookie.
 pub const COOKIE: &str = "__Host-portcullis-console";
 /// The header a cookie-authenticated state change carries.
@@ -52,6 +64,8 @@ pub struct Console {
     sink: portcullis_recordings::RecordingSink,
     /// Open review streams per principal (each polls the store).
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Sign-in through a SAML provider, with `[saml]`.
+    saml: Option<saml::SamlSp>,
 }
 
 /// Review streams one principal may hold open, and all together.
@@ -92,6 +106,7 @@ impl Console {
         public_url: &str,
         audit_dir: &std::path::Path,
         sink: portcullis_recordings::RecordingSink,
+        saml: Option<saml::SamlSp>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -102,6 +117,7 @@ impl Console {
             verifying: tokio::sync::Semaphore::new(1),
             streams: Default::default(),
             sink,
+            saml,
         })
     }
 
@@ -156,7 +172,19 @@ impl Console {
                     "sign-in through an identity provider needs [oauth] in the gateway's config",
                 ),
             },
+            (&Method::GET, "/login/saml") => match &self.saml {
+                Some(s) => s.sign_in(peer).await,
+                None => message(
+                    StatusCode::NOT_FOUND,
+                    "sign-in through a SAML provider needs [saml] in the gateway's config",
+                ),
+            },
             (&Method::GET, "/link") => self.link(&req).await,
+            // Which sign-in buttons the page shows.
+            (&Method::GET, "/methods") => secure(portcullis_http::json_response(
+                StatusCode::OK,
+                &serde_json::json!({"oidc": oauth.is_some(), "saml": self.saml.is_some()}),
+            )),
             (&Method::POST, "/logout") => self.logout(&req).await,
             _ => message(StatusCode::NOT_FOUND, "no such page"),
         };
@@ -164,6 +192,42 @@ impl Console {
         // lost to a reset stream.
         portcullis_http::linger(req.into_body()).await;
         resp
+    }
+
+    /// Serve `/saml/…`: the service provider's metadata and the endpoint
+    /// the provider's answers are posted to.
+    pub async fn handle_saml(
+        &self,
+        req: Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Response<Body> {
+        let Some(sp) = &self.saml else {
+            portcullis_http::linger(req.into_body()).await;
+            return message(
+                StatusCode::NOT_FOUND,
+                "this gateway is not a SAML service provider (configure [saml])",
+            );
+        };
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, METADATA_PATH) => sp.metadata(),
+            (&Method::POST, ACS_PATH) => sp.acs(req, self, peer).await,
+            (_, SLO_PATH) => {
+                portcullis_http::linger(req.into_body()).await;
+                message(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "single logout is not supported: sign out in the console, which revokes its session",
+                )
+            }
+            _ => {
+                portcullis_http::linger(req.into_body()).await;
+                message(StatusCode::NOT_FOUND, "no such SAML endpoint")
+            }
+        }
+    }
+
+    /// Whether the console offers sign-in through a SAML provider.
+    pub fn has_saml(&self) -> bool {
+        self.saml.is_some()
     }
 
     /// A person signed in (by the provider, or a link): their console

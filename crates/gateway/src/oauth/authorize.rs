@@ -681,7 +681,7 @@ fn consent_html(
 
 /// HTML text and attribute escaping for the few values these pages show.
 /// Written here rather than pulling in a template engine for two pages.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -697,7 +697,7 @@ fn escape(s: &str) -> String {
 }
 
 /// A page: no script, no framing, no referrer.
-fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
+pub(crate) fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · Portcullis</title></head>\
          <body><h1>{t}</h1>{body_html}</body></html>\n",

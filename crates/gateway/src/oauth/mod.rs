@@ -40,7 +40,9 @@ use portcullis_identity::OidcVerifier;
 use portcullis_store::Store;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use authorize::{escape, page};
 pub use metadata::challenge_header;
+pub(crate) use register::PerPeer;
 
 /// The authority a request was sent to, as text (for the challenge).
 pub fn authority<B>(req: &Request<B>) -> Option<String> {
@@ -276,7 +278,7 @@ struct Person {
 
 /// A fresh random secret (256 bits, base64url) and the hash it is kept
 /// under.
-fn secret() -> Result<(String, [u8; 32]), StatusCode> {
+pub(crate) fn secret() -> Result<(String, [u8; 32]), StatusCode> {
     let mut raw = [0u8; 32];
     SystemRandom::new()
         .fill(&mut raw)

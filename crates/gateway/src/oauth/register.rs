@@ -32,20 +32,20 @@ const MAX_PEERS: usize = 10_000;
 pub(super) const SIGN_INS_PER_PEER: u32 = 60;
 
 /// Requests per address in the current window, at most `limit`.
-pub(super) struct PerPeer {
+pub(crate) struct PerPeer {
     limit: u32,
     seen: std::sync::Mutex<HashMap<IpAddr, (i64, u32)>>,
 }
 
 impl PerPeer {
-    pub(super) fn new(limit: u32) -> Self {
+    pub(crate) fn new(limit: u32) -> Self {
         Self {
             limit,
             seen: Default::default(),
         }
     }
 
-    pub(super) fn allow(&self, peer: IpAddr, now: i64) -> bool {
+    pub(crate) fn allow(&self, peer: IpAddr, now: i64) -> bool {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };

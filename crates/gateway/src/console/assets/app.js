@@ -47,6 +47,11 @@ async function start() {
   document.getElementById('signout').addEventListener('click', signOut);
   const r = await api('/api/v1/me');
   if (r.status !== 200) {
+    const m = await api('/ui/methods');
+    const methods = (m.status === 200 && m.body) || {};
+    document.getElementById('signin-link').hidden = !methods.oidc;
+    document.getElementById('signin-saml').hidden = !methods.saml;
+    document.getElementById('signin-none').hidden = !!(methods.oidc || methods.saml);
     document.getElementById('signin').hidden = false;
     return;
   }
