@@ -9,6 +9,8 @@
 //   screenshots; none without it)
 // Steps:
 //   signin-oidc            click "Sign in" and go through the provider
+//   signin-saml USER       the sign-in buttons shown; click "Sign in with
+//                          SAML" and sign in as USER on the provider's page
 //   signin-link URL        open a one-time sign-in link
 //   me                     the principal shown, and /api/v1/me's status
 //   sessions [FILTER=V]    the rows of the sessions page
@@ -72,6 +74,21 @@ try {
         await page.click('#signin-link');
         await page.waitForSelector('#principal:not(:empty)');
         out({ step, principal: await page.textContent('#principal') });
+      } else if (step === 'signin-saml') {
+        const user = steps[++i];
+        await page.goto(`${base}/ui/`);
+        await page.waitForSelector('#signin:not([hidden])');
+        await page.waitForFunction(() => !document.getElementById('signin-saml').hidden
+          || !document.getElementById('signin-link').hidden
+          || !document.getElementById('signin-none').hidden);
+        const buttons = [];
+        if (await page.isVisible('#signin-link')) buttons.push('oidc');
+        if (await page.isVisible('#signin-saml')) buttons.push('saml');
+        await page.click('#signin-saml');
+        await page.fill('#user', user);
+        await page.click('#signin');
+        await page.waitForSelector('#principal:not(:empty)');
+        out({ step, buttons, principal: await page.textContent('#principal') });
       } else if (step === 'signin-link') {
         await page.goto(steps[++i]);
         await page.waitForSelector('#principal:not(:empty)');

@@ -40,8 +40,11 @@ use portcullis_identity::OidcVerifier;
 use portcullis_store::Store;
 use serde::{Deserialize, Serialize};
 
+// Shared with the console's SAML sign-in.
+#[cfg(feature = "saml")]
 pub(crate) use authorize::{escape, page};
 pub use metadata::challenge_header;
+#[cfg(feature = "saml")]
 pub(crate) use register::PerPeer;
 
 /// The authority a request was sent to, as text (for the challenge).
