@@ -29,6 +29,15 @@
 //   axe PAGE               axe-core on #/PAGE: serious or critical violations
 //   shot NAME              a full-page screenshot (with SHOTS)
 //   signout                click Sign out; /api/v1/me's status afterwards
+//   mint-token NAME        the tokens page: create a token for agent:NAME;
+//                          the secret shown once, and the page's text
+//   tokens                 the rows of the tokens page
+//   revoke-token TEXT      click Revoke on the token row containing TEXT;
+//                          the rows afterwards
+//   end-session ID         the sessions page (live only): click End on
+//                          session ID; the note shown
+//   post-end ID            POST …/sessions/ID/end from the page's own
+//                          script (with the CSRF value): status and body
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -218,6 +227,57 @@ try {
           await page.screenshot({ path: path.join(process.env.SHOTS, `${name}.png`), fullPage: true });
         }
         out({ step, name });
+      } else if (step === 'mint-token') {
+        const agent = steps[++i];
+        await page.goto(`${base}/ui/#/tokens`);
+        await page.waitForSelector('#token-agent');
+        await page.fill('#token-agent', agent);
+        await page.click('form.filters button[type=submit]');
+        await page.waitForSelector('#token-secret, #token-new .error');
+        out({
+          step,
+          secret: await page.$eval('#token-secret', (e) => e.textContent).catch(() => null),
+          text: await page.textContent('#token-new'),
+        });
+      } else if (step === 'tokens' || step === 'revoke-token') {
+        const text = step === 'revoke-token' ? steps[++i] : null;
+        await page.goto(`${base}/ui/#/tokens`);
+        await page.waitForFunction(() => {
+          const s = document.getElementById('tokens-status');
+          return document.querySelectorAll('#tokens tr').length > 0 || (s && s.textContent);
+        });
+        if (text) {
+          const row = page.locator('#tokens tr', { hasText: text }).first();
+          await row.locator('button.revoke').click();
+          await page.waitForFunction((t) => [...document.querySelectorAll('#tokens tr')]
+            .some((tr) => tr.textContent.includes(t) && tr.querySelector('.state').textContent === 'revoked'), text);
+        }
+        const rows = await page.$$eval('#tokens tr', (trs) => trs.map((tr) => {
+          const c = [...tr.children].map((td) => td.textContent);
+          return { id: tr.dataset.token, principal: c[1], kind: c[2], state: c[5] };
+        }));
+        out({ step, rows });
+      } else if (step === 'end-session') {
+        const id = steps[++i];
+        await page.goto(`${base}/ui/#/sessions`);
+        await page.check('#filter-live');
+        await page.click('form.filters button[type=submit]');
+        const row = page.locator(`#sessions tr[data-session="${id}"]`);
+        await row.locator('button.end').click();
+        await row.locator('[role=status]').filter({ hasText: /\S/ }).waitFor();
+        out({ step, note: (await row.locator('[role=status]').textContent()).trim() });
+      } else if (step === 'post-end') {
+        const id = steps[++i];
+        const r = await page.evaluate(async (sid) => {
+          const me = await (await fetch('/api/v1/me')).json();
+          const resp = await fetch(`/api/v1/sessions/${sid}/end`, {
+            method: 'POST',
+            headers: { 'x-portcullis-csrf': me.csrf, 'content-type': 'application/json' },
+            body: '{}',
+          });
+          return { status: resp.status, body: await resp.text() };
+        }, id);
+        out({ step, ...r });
       } else if (step === 'signout') {
         await page.goto(`${base}/ui/`);
         await page.click('#signout');

@@ -21,6 +21,11 @@ makes the answer hostile, for the tests that try to forge a sign-in:
   wrapped         a signed assertion for NAME, and before it an unsigned
                   copy naming `mallory` in the admins group (signature
                   wrapping)
+  comment         signed for NAME, then `<!---->` put after the first dot
+                  of every NameID and attribute value: canonical XML
+                  drops comments, so the signature still holds, and a
+                  reader that takes the first text node reads a prefix
+                  (`alice.evil` would become `alice`)
 """
 
 import argparse
@@ -162,6 +167,9 @@ def main():
         xml = str(xml)
         if variant == "wrapped":
             xml = wrap(xml)
+        if variant == "comment":
+            xml = re.sub(r"(<(\w+:)?(NameID|AttributeValue)\b[^>]*>)([^<.]*)\.",
+                         r"\1\4<!---->.", xml)
         return acs, base64.b64encode(xml.encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):

@@ -546,3 +546,109 @@ fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
     );
     assert!(head.contains("x-frame-options: deny"));
 }
+
+/// The outcome `sessions list` gives session `id`, once it has one.
+fn outcome_of(s: &Setup, id: &str) -> Option<String> {
+    for _ in 0..100 {
+        let out = cli_at(&s.cfg(), &["sessions", "list", "--json"]);
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["id"] == id)
+            .and_then(|v| v["outcome"].as_str().map(str::to_owned));
+        if found.is_some() {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
+    if chromium().is_none() {
+        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium)");
+        return;
+    }
+    let s = setup();
+    // The admin mints a token for an agent acting for them; psql uses it.
+    let link = s.link("user:admin", &["admins"]);
+    let out = s.browser(&["signin-link", &link, "mint-token", "claude", "tokens"]);
+    let minted = step(&out, "mint-token");
+    let secret = minted["secret"].as_str().expect("a secret shown once");
+    assert!(secret.starts_with("pcl_"), "{minted}");
+    assert!(
+        minted["text"]
+            .as_str()
+            .unwrap()
+            .contains("agent:claude@admin"),
+        "{minted}"
+    );
+    let rows = step(&out, "tokens")["rows"].to_string();
+    assert!(
+        rows.contains("agent:claude@admin for user:admin") && rows.contains("console session"),
+        "{rows}"
+    );
+    assert!(!rows.contains(secret), "the list never shows a secret");
+    let mut agent = s.psql(secret);
+    agent.send("select 'one';");
+    let agent_sid = session_of(&s, "agent:claude@admin");
+
+    // The tester's session, live; the admin ends it from the sessions page.
+    let mut tester = s.psql(&s.tester);
+    tester.send("select 'alive';");
+    let tester_sid = session_of(&s, "agent:tester");
+
+    // Bob (no admin) may not end it, nor see the admin's tokens.
+    let bob = s.link("user:bob", &["dev"]);
+    let out = s.browser(&["signin-link", &bob, "post-end", &tester_sid, "tokens"]);
+    let refused = step(&out, "post-end");
+    assert_eq!(refused["status"], 403, "{refused}");
+    let rows = step(&out, "tokens")["rows"].to_string();
+    assert!(
+        !rows.contains("admin") && rows.contains("user:bob"),
+        "{rows}"
+    );
+
+    let link = s.link("user:admin", &["admins"]);
+    let out = s.browser(&[
+        "signin-link",
+        &link,
+        "end-session",
+        &tester_sid,
+        "revoke-token",
+        "agent:claude@admin",
+    ]);
+    assert_eq!(step(&out, "end-session")["note"], "ending…");
+    // Both sessions end within about a second of the store's word.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    tester.send("select 'too late';");
+    agent.send("select 'two';");
+    let (t_out, t_err) = tester.finish();
+    assert!(
+        t_out.contains("alive") && !t_out.contains("too late"),
+        "{t_out}{t_err}"
+    );
+    assert!(t_err.contains("ended by user:admin"), "{t_err}");
+    let (a_out, a_err) = agent.finish();
+    assert!(
+        a_out.contains("one") && !a_out.contains("two"),
+        "{a_out}{a_err}"
+    );
+    assert_eq!(outcome_of(&s, &tester_sid).as_deref(), Some("access_ended"));
+    assert_eq!(
+        outcome_of(&s, &agent_sid).as_deref(),
+        Some("credential_ended")
+    );
+    // And the audit log says who asked.
+    let audit = json_lines(&cli_at(&s.cfg(), &["audit", "export"]));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event"]["action"] == "session_end_requested"
+                && e["event"]["detail"]["session"] == tester_sid.as_str()
+                && e["event"]["detail"]["by"] == "user:admin")
+    );
+    assert!(audit.iter().any(|e| e["event"]["action"] == "token_revoked"
+        && e["event"]["detail"]["principal"] == "agent:claude@admin"));
+}

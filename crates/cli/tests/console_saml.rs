@@ -298,6 +298,16 @@ idp_metadata = "saml-idp/idp-metadata.xml"
             refused(&p, "wrapped");
         }
 
+        // A comment put inside the signed name (canonical XML drops it, so
+        // the signature may still hold): `alice.evil` must never read as
+        // `alice`.
+        let (p, me) = s.sign_in("alice.evil", "comment");
+        if p.status == 303 {
+            assert_eq!(me.json()["principal"], "user:alice.evil");
+        } else {
+            refused(&p, "comment in the name");
+        }
+
         // Replay: a good answer, captured, presented again…
         let jar = s.jar("jar-replay");
         let location = s.begin(&jar);
@@ -331,6 +341,41 @@ idp_metadata = "saml-idp/idp-metadata.xml"
         let p = s.post(Some(&jar), &acs, &dtd);
         assert_eq!(p.status, 400, "{}", p.body);
         assert!(p.body.contains("DTD"), "{}", p.body);
+
+        // A made-up signature that points outside the answer: libxmlsec1
+        // would fetch the URL (or open the file, or run the XPath) before
+        // finding the signature bad. Refused unread; nothing is fetched.
+        let ssrf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ssrf.set_nonblocking(true).unwrap();
+        let port = ssrf.local_addr().unwrap().port();
+        let forged = |reference: &str, transforms: &str| {
+            let doc = format!(
+                r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="r1" Version="2.0" IssueInstant="2026-01-01T00:00:00Z"><ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/><ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/><ds:Reference URI="{reference}">{transforms}<ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><ds:DigestValue>AAAA</ds:DigestValue></ds:Reference></ds:SignedInfo><ds:SignatureValue>AAAA</ds:SignatureValue></ds:Signature><x ID="t">hello</x></samlp:Response>"#
+            );
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, doc)
+        };
+        let xpath = r#"<ds:Transforms><ds:Transform Algorithm="http://www.w3.org/TR/1999/REC-xpath-19991116"><ds:XPath>count(//. | //@* | //namespace::*) &gt; 0</ds:XPath></ds:Transform></ds:Transforms>"#;
+        for (reference, transforms) in [
+            (format!("http://127.0.0.1:{port}/ssrf"), ""),
+            ("file:///dev/zero".to_owned(), ""),
+            ("#t".to_owned(), xpath),
+        ] {
+            let jar = s.jar("jar-ssrf");
+            s.begin(&jar);
+            let p = s.post(Some(&jar), &acs, &forged(&reference, transforms));
+            assert_eq!(p.status, 400, "{reference}: {}", p.body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(ssrf.accept().is_err(), "the gateway fetched a reference");
+        // Another encoding can spell a DTD the check would not see.
+        let utf7 = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            r#"<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE r+AD4-<r/>"#,
+        );
+        let jar = s.jar("jar-utf7");
+        s.begin(&jar);
+        let p = s.post(Some(&jar), &acs, &utf7);
+        assert_eq!(p.status, 400, "{}", p.body);
 
         // Every refusal is in the audit log, and only alice and bob (the
         // replayed answer's first use, the wrapped one's signed person)

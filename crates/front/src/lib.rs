@@ -32,7 +32,7 @@ use portcullis_policy::Policy;
 
 pub use admit::{AdmitError, Admitted, Origin};
 pub use gate::{Ask, Gate, HoldError};
-pub use live::{Ended, LiveSession, Liveness, Registration, Watch};
+pub use live::{At, Ended, LiveSession, Liveness, Registration, SESSION_KEY, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
 
 /// The target of the trace spans the fronts make (a session, a request,

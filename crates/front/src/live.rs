@@ -1,7 +1,8 @@
 //! Nothing stale: a session ends when what admitted it no longer holds —
 //! its credential is revoked or its token expires (on this gateway or any
-//! other sharing the store), or a config reload takes away its grant or
-//! changes its connection or masking — within about a second.
+//! other sharing the store), a config reload takes away its grant or
+//! changes its connection or masking, or an admin ends it from the console
+//! — within about a second.
 //!
 //! Sessions register who opened them and on which connection ([`Liveness::
 //! watch`]); one poller per gateway ([`Liveness::poll`]) asks the store
@@ -27,6 +28,8 @@ struct Entry {
     /// Its credential's registry key; `None` for credentials the store
     /// cannot revoke (an OIDC token lives until its `exp`).
     key: Option<String>,
+    /// `session:ID`: what an admin's request to end it is keyed by.
+    session: String,
     principal: Principal,
     connection: String,
     front: Protocol,
@@ -108,6 +111,19 @@ pub struct Liveness {
     generation: AtomicU64,
 }
 
+/// The prefix of a session's key in the registry and in the store's
+/// answer to [`portcullis_store::Store::ended_credentials`].
+pub const SESSION_KEY: &str = "session:";
+
+/// Where a registered session runs: its id (as the store knows it), its
+/// connection and front, and the config generation that admitted it.
+pub struct At<'a> {
+    pub session: &'a str,
+    pub connection: &'a str,
+    pub front: Protocol,
+    pub generation: u64,
+}
+
 /// One session's registration; dropping it deregisters.
 pub struct Watch {
     live: Arc<Liveness>,
@@ -183,12 +199,19 @@ impl Liveness {
     pub fn watch(
         self: &Arc<Self>,
         principal: &Principal,
+        session: &str,
         connection: &str,
         front: Protocol,
         generation: u64,
     ) -> Watch {
         let (tx, rx) = watch::channel(None);
-        let id = self.insert(principal, connection, front, generation, Tell::Channel(tx));
+        let at = At {
+            session,
+            connection,
+            front,
+            generation,
+        };
+        let id = self.insert(principal, &at, Tell::Channel(tx));
         let expires_at = match &principal.via {
             AuthMethod::Oidc { expires_at, .. } => *expires_at,
             _ => None,
@@ -207,35 +230,20 @@ impl Liveness {
     pub fn register(
         self: &Arc<Self>,
         principal: &Principal,
-        connection: &str,
-        front: Protocol,
-        generation: u64,
+        at: &At<'_>,
         on_end: impl Fn(Ended) + Send + Sync + 'static,
     ) -> Registration {
-        let id = self.insert(
-            principal,
-            connection,
-            front,
-            generation,
-            Tell::Call(Box::new(on_end)),
-        );
+        let id = self.insert(principal, at, Tell::Call(Box::new(on_end)));
         Registration {
             live: self.clone(),
             id,
         }
     }
 
-    fn insert(
-        &self,
-        principal: &Principal,
-        connection: &str,
-        front: Protocol,
-        generation: u64,
-        tell: Tell,
-    ) -> u64 {
+    fn insert(&self, principal: &Principal, at: &At<'_>, tell: Tell) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut open = self.lock();
-        if generation < self.generation() {
+        if at.generation < self.generation() {
             tell.send(Ended::Access(
                 "the gateway's config changed while this session was being admitted; connect again"
                     .into(),
@@ -243,21 +251,30 @@ impl Liveness {
         }
         let entry = Entry {
             key: key(principal),
+            session: format!("{SESSION_KEY}{}", at.session),
             principal: principal.clone(),
-            connection: connection.to_owned(),
-            front,
+            connection: at.connection.to_owned(),
+            front: at.front,
             tell,
         };
         open.insert(id, entry);
         id
     }
 
-    /// End every session holding credential `key`.
+    /// End every session holding credential `key`, or the session `key`
+    /// names (`session:ID`, an admin's request).
     pub fn end(&self, key: &str, reason: &str) -> usize {
         let open = self.lock();
         let mut n = 0;
-        for e in open.values().filter(|e| e.key.as_deref() == Some(key)) {
-            e.tell.send(Ended::Credential(reason.to_string()));
+        let by_admin = key.starts_with(SESSION_KEY);
+        for e in open
+            .values()
+            .filter(|e| e.key.as_deref() == Some(key) || e.session == key)
+        {
+            e.tell.send(match by_admin {
+                true => Ended::Access(reason.to_string()),
+                false => Ended::Credential(reason.to_string()),
+            });
             n += 1;
         }
         n
@@ -288,9 +305,9 @@ impl Liveness {
         n
     }
 
-    /// Whether any live session holds a credential the store can revoke.
+    /// Whether any session is live (any can be ended by an admin).
     fn watches_credentials(&self) -> bool {
-        self.lock().values().any(|e| e.key.is_some())
+        !self.lock().is_empty()
     }
 
     /// How many sessions are registered.
@@ -353,7 +370,7 @@ mod tests {
     }
 
     fn watch(live: &Arc<Liveness>, token: &str, connection: &str) -> Watch {
-        live.watch(&principal(token), connection, Protocol::Postgres, 0)
+        live.watch(&principal(token), "s", connection, Protocol::Postgres, 0)
     }
 
     async fn still_running(w: &Watch) -> bool {
@@ -386,6 +403,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_admin_ends_one_session_and_not_its_credentials_others() {
+        let live = Arc::new(Liveness::default());
+        let one = live.watch(&principal("t"), "one", "db", Protocol::Postgres, 0);
+        let two = live.watch(&principal("t"), "two", "db", Protocol::Postgres, 0);
+        assert_eq!(live.end("session:one", "ended by user:root"), 1);
+        assert_eq!(
+            one.ended().await,
+            Ended::Access("ended by user:root".into())
+        );
+        assert!(still_running(&two).await);
+        assert_eq!(live.end("session:none", "x"), 0);
+    }
+
+    #[tokio::test]
     async fn a_recheck_ends_only_the_sessions_it_refuses() {
         let live = Arc::new(Liveness::default());
         let on_a = watch(&live, "t", "a");
@@ -406,9 +437,13 @@ mod tests {
         let live = Arc::new(Liveness::default());
         let told = Arc::new(Mutex::new(Vec::new()));
         let t = told.clone();
-        let r = live.register(&principal("t"), "api", Protocol::Http, 0, move |why| {
-            t.lock().unwrap().push(why)
-        });
+        let at = At {
+            session: "s1",
+            connection: "api",
+            front: Protocol::Http,
+            generation: 0,
+        };
+        let r = live.register(&principal("t"), &at, move |why| t.lock().unwrap().push(why));
         assert_eq!(live.end("token:t", "revoked"), 1);
         assert_eq!(
             *told.lock().unwrap(),
@@ -422,9 +457,9 @@ mod tests {
     async fn a_session_admitted_before_a_reload_and_registered_after_ends() {
         let live = Arc::new(Liveness::default());
         live.recheck(3, |_| None);
-        let late = live.watch(&principal("t"), "db", Protocol::Postgres, 2);
+        let late = live.watch(&principal("t"), "s", "db", Protocol::Postgres, 2);
         assert!(matches!(late.ended().await, Ended::Access(r) if r.contains("config changed")));
-        let current = live.watch(&principal("t"), "db", Protocol::Postgres, 3);
+        let current = live.watch(&principal("t"), "s", "db", Protocol::Postgres, 3);
         assert!(still_running(&current).await);
     }
 
@@ -436,7 +471,7 @@ mod tests {
             issuer: "https://idp".into(),
             expires_at: None,
         };
-        let w = live.watch(&p, "db", Protocol::Postgres, 0);
+        let w = live.watch(&p, "s", "db", Protocol::Postgres, 0);
         assert!(!live.watches_credentials());
         assert_eq!(live.recheck(1, |_| Some("gone".into())), 1);
         assert_eq!(w.ended().await, Ended::Access("gone".into()));
@@ -451,7 +486,7 @@ mod tests {
             issuer: "https://idp".into(),
             expires_at: Some(exp),
         };
-        let w = live.watch(&p, "db", Protocol::Postgres, 0);
+        let w = live.watch(&p, "s", "db", Protocol::Postgres, 0);
         let mut ended = Box::pin(w.ended());
         let early = tokio::time::timeout(Duration::from_secs(25), &mut ended).await;
         assert!(early.is_err(), "not before exp");

@@ -184,9 +184,11 @@ fn is_api(path: &str) -> bool {
         ACCESS_EXPLAIN,
     ];
     path == crate::api::TOKENS
+        || (path.starts_with(crate::api::TOKENS) && path.ends_with("/revoke"))
         || path.starts_with(crate::api::REVIEWS)
         || exact.contains(&path)
-        || (path.starts_with("/api/v1/sessions/") && path.ends_with("/recording"))
+        || (path.starts_with("/api/v1/sessions/")
+            && (path.ends_with("/recording") || path.ends_with("/end")))
 }
 
 impl crate::reload::Stack {
@@ -250,12 +252,18 @@ impl crate::reload::Stack {
             );
         }
         let path = req.uri().path().to_owned();
-        let answer = if path == crate::api::TOKENS {
+        let answer = if path == crate::api::TOKENS && req.method() == http::Method::GET {
+            crate::console::api::tokens(console, &who).await
+        } else if path == crate::api::TOKENS {
             crate::api::mint_for_agent(&self.ctx, req, &who).await
+        } else if path.starts_with(crate::api::TOKENS) {
+            crate::console::api::revoke_token(console, req, &who).await
         } else if path == ME {
             Ok(crate::console::api::me(console, &who, session.as_deref()))
         } else if path == SESSIONS {
             crate::console::api::sessions(console, console.store(), &req, &who).await
+        } else if path.starts_with(SESSIONS) && path.ends_with("/end") {
+            crate::console::api::end_session(console, req, &who).await
         } else if path.starts_with(SESSIONS) && path.ends_with("/recording") {
             crate::console::api::recording(console, &path, &who).await
         } else if path == ACCESS {

@@ -60,7 +60,7 @@ pub const MAX_DELEGATION: std::time::Duration = std::time::Duration::from_secs(2
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DelegateError {
     #[error(
-        "only a person signed in with the identity provider can mint tokens for agents (this caller is {0})"
+        "only a person signed in with the identity provider or to the console can mint tokens for agents (this caller is {0})"
     )]
     NotAPerson(String),
     #[error("{0:?} is not an agent principal (expected agent:NAME, without @)")]
@@ -112,7 +112,18 @@ impl Authenticator {
         agent: &str,
         ttl: std::time::Duration,
     ) -> Result<Delegated, DelegateError> {
-        let signed_in = matches!(person.via, crate::AuthMethod::Oidc { .. });
+        // A person fresh from the identity provider, or in a console
+        // session (which only a sign-in, through the provider or an
+        // operator's one-time link, opens): never a token an agent holds.
+        let signed_in = match &person.via {
+            crate::AuthMethod::Oidc { .. } => true,
+            crate::AuthMethod::GatewayToken {
+                on_behalf_of: None,
+                audience: Some(a),
+                ..
+            } => crate::Resource::Console.key().as_deref() == Some(a.as_str()),
+            _ => false,
+        };
         if person.kind != crate::PrincipalKind::Human || !signed_in {
             return Err(DelegateError::NotAPerson(person.subject.clone()));
         }
@@ -263,6 +274,22 @@ mod tests {
             block(a.delegate(&person("user:bob", via_token), "agent:x", hour)),
             Err(DelegateError::NotAPerson(_))
         ));
+        // A console session may; a token for another audience, or one an
+        // agent holds for a person, may not.
+        let via = |audience: &str, on_behalf_of: Option<&str>| crate::AuthMethod::GatewayToken {
+            token_id: "t".into(),
+            on_behalf_of: on_behalf_of.map(str::to_owned),
+            audience: Some(audience.into()),
+        };
+        assert!(
+            block(a.delegate(&person("user:bob", via("console", None)), "agent:x", hour)).is_ok()
+        );
+        for (aud, obo) in [("mcp", None), ("console", Some("user:bob"))] {
+            assert!(matches!(
+                block(a.delegate(&person("user:bob", via(aud, obo)), "agent:x", hour)),
+                Err(DelegateError::NotAPerson(_))
+            ));
+        }
         assert!(matches!(
             block(a.delegate(&alice, "user:mallory", hour)),
             Err(DelegateError::NotAnAgent(_))

@@ -46,10 +46,12 @@ pub enum ToolError {
 pub async fn while_admitted<T>(
     ctx: &Context,
     admitted: &Admitted,
+    session: &OpenSession,
     work: impl std::future::Future<Output = Result<T, ToolError>>,
 ) -> Result<T, ToolError> {
     let watch = ctx.front.live.watch(
         &admitted.principal,
+        &session.id,
         &admitted.connection,
         admitted.origin.front,
         ctx.front.generation,

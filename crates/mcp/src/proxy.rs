@@ -138,7 +138,8 @@ pub async fn handle(
     };
     let result = match crate::call::record(&rec, [request]) {
         Ok(()) => {
-            crate::call::while_admitted(ctx, &admitted, relay(&call, &parts, bytes, rest)).await
+            crate::call::while_admitted(ctx, &admitted, &open, relay(&call, &parts, bytes, rest))
+                .await
         }
         Err(e) => Err(e),
     };

@@ -208,7 +208,7 @@ pub(crate) async fn run(
             .await
             .map_err(|_| target_err("the target did not answer in time".into()))
     };
-    let result = match call::while_admitted(ctx, admitted, bounded).await {
+    let result = match call::while_admitted(ctx, admitted, &open, bounded).await {
         Err(e) => Err(e),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Err(UpstreamError::Server(msg)))) => {

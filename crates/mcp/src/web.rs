@@ -88,7 +88,9 @@ pub async fn http_request(
     let result = match call::record(&rec, [request]) {
         Err(e) => Err(e),
         Ok(()) => {
-            match call::while_admitted(ctx, &admitted, send(ctx, who, upstream, &a, uri)).await {
+            match call::while_admitted(ctx, &admitted, &open, send(ctx, who, upstream, &a, uri))
+                .await
+            {
                 Ok(answer) => {
                     let text = String::from_utf8_lossy(&answer.body).into_owned();
                     let response = Event::HttpResponse {

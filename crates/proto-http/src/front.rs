@@ -695,18 +695,18 @@ impl Inner {
         };
         // A session that must end (its credential revoked or expired, its
         // grant gone) is marked and its connection cut, from the registry.
-        let register = |mark: Box<dyn Fn(portcullis_front::Ended) + Send + Sync>| {
+        let register = |session: &str, mark: Box<dyn Fn(portcullis_front::Ended) + Send + Sync>| {
             let cut = conn.cut.clone();
-            self.ctx.live.register(
-                principal,
-                &admitted.connection,
-                Protocol::Http,
-                self.ctx.generation,
-                move |why| {
-                    mark(why);
-                    cut.cancel();
-                },
-            )
+            let at = portcullis_front::At {
+                session,
+                connection: &admitted.connection,
+                front: Protocol::Http,
+                generation: self.ctx.generation,
+            };
+            self.ctx.live.register(principal, &at, move |why| {
+                mark(why);
+                cut.cancel();
+            })
         };
         let live = conn
             .sessions

@@ -71,7 +71,7 @@ impl ConnSessions {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<OpenSession, E>>,
-        R: FnOnce(Box<dyn Fn(Ended) + Send + Sync>) -> Registration,
+        R: FnOnce(&str, Box<dyn Fn(Ended) + Send + Sync>) -> Registration,
     {
         let mut live = self.live.lock().await;
         if let Some(s) = live.get(&key) {
@@ -83,11 +83,14 @@ impl ConnSessions {
         let opened = open().await.map_err(SessionError::Open)?;
         let ended: Arc<Mutex<Option<Ended>>> = Arc::default();
         let marks = ended.clone();
-        let registration = register(Box::new(move |why| {
-            if let Ok(mut e) = marks.lock() {
-                e.get_or_insert(why);
-            }
-        }));
+        let registration = register(
+            &opened.id,
+            Box::new(move |why| {
+                if let Ok(mut e) = marks.lock() {
+                    e.get_or_insert(why);
+                }
+            }),
+        );
         let s = Arc::new(LiveSession {
             recorder: opened.recorder.clone(),
             open: Mutex::new(Some(opened)),

@@ -804,6 +804,7 @@ impl Inner {
         let prepared = Mutex::new(crate::statements::Prepared::default());
         let watch = self.ctx.live.watch(
             principal,
+            &live.open.id,
             connection,
             Protocol::Postgres,
             self.ctx.generation,

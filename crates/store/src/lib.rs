@@ -188,6 +188,39 @@ impl Store {
         row.map(|r| token_from_row(&r)).transpose()
     }
 
+    /// The newest `limit` tokens of `subject` or minted on its behalf
+    /// (every token, with `None`), newest first.
+    pub async fn tokens_of(
+        &self,
+        subject: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        const COLUMNS: &str = "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of, audience \
+             FROM tokens";
+        let rows = match subject {
+            Some(s) => {
+                sqlx::query(self.q(&format!(
+                    "{COLUMNS} WHERE subject = ? OR on_behalf_of = ? \
+                     ORDER BY created_at DESC, id DESC LIMIT ?"
+                )))
+                .bind(s)
+                .bind(s)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(self.q(&format!(
+                    "{COLUMNS} ORDER BY created_at DESC, id DESC LIMIT ?"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(token_from_row).collect()
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(self.q(
             "SELECT id, subject, groups, created_at, expires_at, revoked_at, on_behalf_of, audience \
@@ -220,7 +253,19 @@ impl Store {
                 .bind(since)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut ended = Vec::with_capacity(tokens.len() + certs.len());
+        let sessions = sqlx::query(self.q(
+            "SELECT session_id, requested_by, reason FROM session_ends WHERE requested_at >= ?",
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::with_capacity(tokens.len() + certs.len() + sessions.len());
+        for r in &sessions {
+            let id: String = r.try_get("session_id")?;
+            let by: String = r.try_get("requested_by")?;
+            let reason: String = r.try_get("reason")?;
+            ended.push((format!("session:{id}"), format!("ended by {by}: {reason}")));
+        }
         for r in &tokens {
             let id: String = r.try_get("id")?;
             let revoked: Option<i64> = r.try_get("revoked_at")?;
@@ -239,6 +284,30 @@ impl Store {
             ));
         }
         Ok(ended)
+    }
+
+    /// Ask whichever gateway runs live session `id` to end it. False when
+    /// there is no such session, it has already ended, or its end was
+    /// already asked for.
+    pub async fn request_session_end(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.q(
+            "INSERT INTO session_ends (session_id, requested_at, requested_by, reason) \
+             SELECT id, ?, ?, ? FROM sessions WHERE id = ? AND ended_at_ms IS NULL \
+             ON CONFLICT (session_id) DO NOTHING",
+        ))
+        .bind(now)
+        .bind(by)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revoke a token by id. Returns false if no such token exists; a token

@@ -164,6 +164,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE INDEX sessions_started ON sessions (started_at_ms, id);
     CREATE INDEX sessions_principal ON sessions (principal, started_at_ms, id)",
     ),
+    // An admin's request to end a live session, seen by whichever gateway
+    // runs it (the store is the meeting point).
+    (
+        13,
+        "CREATE TABLE session_ends (
+        session_id TEXT PRIMARY KEY,
+        requested_at INTEGER NOT NULL,
+        requested_by TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX session_ends_requested ON session_ends (requested_at)",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

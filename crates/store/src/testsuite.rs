@@ -69,6 +69,18 @@ pub async fn tokens(store: &Store) {
             .iter()
             .any(|r| r.id == id)
     );
+    // Alice's: minted on her behalf; not bob's.
+    let mine = store.tokens_of(Some("user:alice"), 1000).await.unwrap();
+    assert!(mine.iter().any(|r| r.id == id));
+    assert!(
+        mine.iter()
+            .all(|r| r.subject == "user:alice" || r.on_behalf_of.as_deref() == Some("user:alice"))
+    );
+    let bobs = store.tokens_of(Some("user:bob"), 1000).await.unwrap();
+    assert!(!bobs.iter().any(|r| r.id == id));
+    let all = store.tokens_of(None, 100_000).await.unwrap();
+    assert!(all.iter().any(|r| r.id == id));
+    assert!(all.windows(2).all(|w| w[0].created_at >= w[1].created_at));
     let other = token::generate().unwrap();
     assert!(store.token_by_hash(&other.hash).await.unwrap().is_none());
 }
@@ -221,6 +233,35 @@ pub async fn audit_and_sessions(store: &Store) {
         )
         .await
         .unwrap();
+    // An admin asks for its end: every gateway's next look sees it, once.
+    assert!(
+        store
+            .request_session_end(&session.id, "user:root", "enough", 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_session_end(&session.id, "user:root", "again", 101)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_session_end("no-such-session", "user:root", "x", 100)
+            .await
+            .unwrap()
+    );
+    let key = format!("session:{}", session.id);
+    let ended = store.ended_credentials(100, 100).await.unwrap();
+    assert!(
+        ended
+            .iter()
+            .any(|(k, why)| *k == key && why == "ended by user:root: enough"),
+        "{ended:?}"
+    );
+    let later = store.ended_credentials(102, 103).await.unwrap();
+    assert!(!later.iter().any(|(k, _)| *k == key));
     // A sequence number is taken: the whole batch fails, nothing half-written.
     let ended = SessionRow {
         ended_at_ms: Some(5),

@@ -477,6 +477,202 @@ fn may_see(console: &Console, who: &Principal, principal: &str) -> bool {
 /// `GET /api/v1/sessions/ID/recording`: what the caller saw, as
 /// recorded (masked), with the recording's digest and whether it is the
 /// one the audit log sealed.
+/// `GET /api/v1/tokens`: the caller's tokens and those of agents acting
+/// for them (every token, for an admin), newest first; never a secret
+/// (the store keeps only hashes).
+pub async fn tokens(console: &Console, who: &Principal) -> Result<Response<Body>, ProxyError> {
+    let admin = console.is_admin(who);
+    let subject = (!admin).then_some(who.subject.as_str());
+    let rows = console
+        .store()
+        .tokens_of(subject, if admin { 500 } else { 200 })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "listing tokens failed");
+            ProxyError::AuditUnavailable
+        })?;
+    let mine = match &who.via {
+        AuthMethod::GatewayToken { token_id, .. } => Some(token_id.as_str()),
+        _ => None,
+    };
+    let now = portcullis_identity::unix_now();
+    let list: Vec<_> = rows
+        .iter()
+        .map(|t| {
+            let kind = match (t.audience.as_deref(), &t.on_behalf_of) {
+                (Some("console"), _) => "console session",
+                (Some(_), _) => "OAuth access",
+                (None, Some(_)) => "agent, acting for a person",
+                (None, None) => "token",
+            };
+            let state = match (t.revoked_at, t.expires_at) {
+                (Some(_), _) => "revoked",
+                (None, Some(e)) if e <= now => "expired",
+                _ => "active",
+            };
+            serde_json::json!({
+                "id": t.id,
+                "principal": t.subject,
+                "on_behalf_of": t.on_behalf_of,
+                "groups": t.groups,
+                "audience": t.audience,
+                "kind": kind,
+                "state": state,
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "revoked_at": t.revoked_at,
+                "current": mine == Some(t.id.as_str()),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"tokens": list}),
+    ))
+}
+
+/// `POST /api/v1/tokens/ID/revoke`: the caller's own tokens and their
+/// agents' (any, for an admin); another's is as absent as a missing one.
+/// Sessions the token opened end within about a second, on every gateway.
+pub async fn revoke_token(
+    console: &Console,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    if req.method() != Method::POST {
+        return Err(ProxyError::Method(req.method().clone(), "POST"));
+    }
+    let path = req.uri().path().to_owned();
+    portcullis_http::linger(req.into_body()).await;
+    let id = path
+        .strip_prefix(crate::api::TOKENS)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_suffix("/revoke"))
+        .unwrap_or("");
+    let store_down = |e: portcullis_store::StoreError| {
+        tracing::error!(error = %e, "revoking a token failed");
+        ProxyError::AuditUnavailable
+    };
+    let found = match id.is_empty() || id.len() > 64 {
+        true => None,
+        false => console.store().token_by_id(id).await.map_err(store_down)?,
+    };
+    let visible = found.filter(|t| {
+        console.is_admin(who)
+            || t.subject == who.subject
+            || t.on_behalf_of.as_deref() == Some(who.subject.as_str())
+    });
+    let Some(t) = visible else {
+        return Ok(json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found", "message": "no such token of yours"}),
+        ));
+    };
+    console
+        .audit()
+        .append(&portcullis_audit::AuditEvent::Admin {
+            action: "token_revoked".into(),
+            detail: serde_json::json!({"token_id": t.id, "principal": t.subject, "by": who.subject}),
+        })
+        .await
+        .map_err(|_| ProxyError::AuditUnavailable)?;
+    let now = portcullis_identity::unix_now();
+    console
+        .store()
+        .revoke_token(&t.id, now)
+        .await
+        .map_err(store_down)?;
+    tracing::info!(token_id = %t.id, principal = %t.subject, by = %who.subject, "token revoked");
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"id": t.id, "revoked": true}),
+    ))
+}
+
+/// `POST /api/v1/sessions/ID/end` (`{"reason": "…"}`): an admin asks
+/// whichever gateway runs the live session to end it (within about a
+/// second, through the store); audited before it is asked.
+pub async fn end_session(
+    console: &Console,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    if req.method() != Method::POST {
+        return Err(ProxyError::Method(req.method().clone(), "POST"));
+    }
+    let path = req.uri().path().to_owned();
+    let id = path
+        .strip_prefix(SESSIONS)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_suffix("/end"))
+        .unwrap_or("")
+        .to_owned();
+    let body = http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::BodyTooLarge { limit: 4096 })?
+        .to_bytes();
+    if !console.is_admin(who) {
+        return Ok(forbidden("ending a session"));
+    }
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ProxyError::CallerBody("not a session id".into()));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct End {
+        reason: Option<String>,
+    }
+    let end: End = if body.is_empty() {
+        End { reason: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ProxyError::CallerBody(format!("expected {{\"reason\": \"…\"}}: {e}")))?
+    };
+    let reason: String = end
+        .reason
+        .unwrap_or_else(|| "ended from the console".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let store_down = |e: portcullis_store::StoreError| {
+        tracing::error!(error = %e, "ending a session failed");
+        ProxyError::AuditUnavailable
+    };
+    let live = console
+        .store()
+        .session_by_id(&id)
+        .await
+        .map_err(store_down)?
+        .is_some_and(|r| r.ended_at_ms.is_none());
+    if !live {
+        return Ok(json_response(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "not_live", "message": "no such live session"}),
+        ));
+    }
+    console
+        .audit()
+        .append(&portcullis_audit::AuditEvent::Admin {
+            action: "session_end_requested".into(),
+            detail: serde_json::json!({"session": id, "by": who.subject, "reason": reason}),
+        })
+        .await
+        .map_err(|_| ProxyError::AuditUnavailable)?;
+    let now = portcullis_identity::unix_now();
+    let asked = console
+        .store()
+        .request_session_end(&id, &who.subject, &reason, now)
+        .await
+        .map_err(store_down)?;
+    tracing::info!(session = %id, by = %who.subject, %reason, asked, "session end requested");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"session": id, "ending": asked, "reason": reason}),
+    ))
+}
+
 pub async fn recording(
     console: &Console,
     path: &str,

@@ -384,6 +384,10 @@ impl Console {
         &self.store
     }
 
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// Where state changes made with the cookie must come from.
     pub fn origin(&self) -> &str {
         &self.origin

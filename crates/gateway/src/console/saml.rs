@@ -12,7 +12,13 @@
 //! - an audience restriction naming this gateway (samael checks one only
 //!   when present);
 //! - only SHA-2 signature algorithms;
-//! - no DTD (SAML forbids them; they are how XML parsers are attacked);
+//! - no DTD (SAML forbids them; they are how XML parsers are attacked),
+//!   UTF-8 only (another declared encoding can spell a DTD this check
+//!   would not see);
+//! - signatures shaped as SAML's profile makes them (see [`check_shape`]):
+//!   libxmlsec1, as samael drives it, would otherwise follow any reference
+//!   (a URL, a local file) and run any transform (XPath, XSLT) named in an
+//!   unsigned `Signature` before it finds the signature bad;
 //! - an assertion that never signed anyone in before, on any gateway of
 //!   the store (its ID is kept until it expires).
 
@@ -348,6 +354,7 @@ impl SamlSp {
             if has_dtd(&xml) {
                 return Err(Refusal::Malformed("a DTD is not allowed"));
             }
+            check_shape(&xml).map_err(Refusal::Malformed)?;
             sp.parse_xml_response(&xml, Some(&[request_id.as_str()]))
                 .map_err(|e| Refusal::Invalid(bounded(&e.to_string())))
         })
@@ -478,7 +485,7 @@ fn person_of(
             .subject
             .as_ref()
             .and_then(|s| s.name_id.as_ref())
-            .map(|n| n.value.trim().to_owned()),
+            .map(|n| n.value.clone()),
     }
     .filter(|n| !n.is_empty())
     .ok_or_else(|| {
@@ -487,6 +494,11 @@ fn person_of(
             None => "no NameID".into(),
         })
     })?;
+    if name.trim() != name {
+        return Err(Refusal::BadPerson(
+            "the name has surrounding white space".into(),
+        ));
+    }
     let subject = format!("user:{name}");
     portcullis_identity::validate_subject(&subject)
         .map_err(|_| Refusal::BadPerson(bounded(&format!("{name:?} is not a usable name"))))?;
@@ -494,10 +506,10 @@ fn person_of(
     if groups.len() > MAX_GROUPS
         || groups
             .iter()
-            .any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN)
+            .any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN || g.trim() != g)
     {
         return Err(Refusal::BadPerson(format!(
-            "the {groups_attribute} attribute has more than {MAX_GROUPS} values, or an empty or over-long one"
+            "the {groups_attribute} attribute has more than {MAX_GROUPS} values, or an empty, over-long or space-padded one"
         )));
     }
     groups.sort();
@@ -522,7 +534,7 @@ fn attribute_values(a: &Assertion, name: &str) -> Vec<String> {
         .flat_map(|s| &s.attributes)
         .filter(|at| at.name.as_deref() == Some(name) || at.friendly_name.as_deref() == Some(name))
         .flat_map(|at| &at.values)
-        .filter_map(|v| v.value.as_deref().map(|s| s.trim().to_owned()))
+        .filter_map(|v| v.value.clone())
         .collect()
 }
 
@@ -543,9 +555,122 @@ fn expiry(a: &Assertion) -> Option<i64> {
         .max()
 }
 
-/// Whether an XML document declares a DTD (or entities).
+/// Transforms a SAML signature uses (SAML core §5.4.4): enveloped
+/// signature and canonicalisation; nothing that runs code or queries.
+const TRANSFORMS: &[&str] = &[
+    "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments",
+];
+/// Signatures in one answer at most (the response's and the assertion's).
+const MAX_SIGNATURES: usize = 2;
+/// Elements, and nesting depth, in one answer at most (a real one has a
+/// few dozen elements, nested under ten deep).
+const MAX_ELEMENTS: usize = 5_000;
+const MAX_DEPTH: usize = 32;
+
+/// Refuse, before libxmlsec1 sees it, what SAML's signature profile never
+/// needs and libxmlsec1 would act on while checking a signature it then
+/// finds bad: references to anything but an element of this document
+/// (`#ID`), transforms other than enveloped-signature and
+/// canonicalisation (XPath and XSLT run for as long as the document makes
+/// them), `RetrievalMethod` (a key fetched from elsewhere), more than two
+/// signatures, another encoding than UTF-8, a DTD. Names are matched
+/// without their namespace, so no prefix or namespace trick hides one.
+/// Written by hand because samael offers no way to set libxmlsec1's
+/// allowed references and transforms (`xmlSecDSigCtx`), and our code has
+/// no `unsafe` to set them itself.
+fn check_shape(xml: &str) -> Result<(), &'static str> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let (mut depth, mut elements, mut signatures) = (0usize, 0usize, 0usize);
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|_| "the answer is not well-formed XML")?;
+        let (e, opens) = match &event {
+            Event::Eof => return Ok(()),
+            Event::DocType(_) => return Err("a DTD is not allowed"),
+            Event::Decl(d) => {
+                let utf8 = match d.encoding() {
+                    None => true,
+                    Some(Ok(enc)) => enc.eq_ignore_ascii_case(b"utf-8"),
+                    Some(Err(_)) => false,
+                };
+                if !utf8 {
+                    return Err("only UTF-8 is accepted");
+                }
+                continue;
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            Event::Start(e) => (e, true),
+            Event::Empty(e) => (e, false),
+            _ => continue,
+        };
+        elements += 1;
+        if opens {
+            depth += 1;
+        }
+        if elements > MAX_ELEMENTS || depth > MAX_DEPTH {
+            return Err("the answer is larger or deeper than a SAML response is");
+        }
+        let attr = |name: &[u8]| -> Result<Option<String>, &'static str> {
+            for a in e.attributes() {
+                let a = a.map_err(|_| "the answer is not well-formed XML")?;
+                if a.key.local_name().as_ref() == name {
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::default())
+                        .map_err(|_| "the answer is not well-formed XML")?;
+                    return Ok(Some(v.into_owned()));
+                }
+            }
+            Ok(None)
+        };
+        match e.local_name().as_ref() {
+            b"Signature" => {
+                signatures += 1;
+                if signatures > MAX_SIGNATURES {
+                    return Err("more signatures than a SAML response has");
+                }
+            }
+            b"Reference" => {
+                let uri = attr(b"URI")?.unwrap_or_default();
+                let id = uri.strip_prefix('#').unwrap_or("");
+                let bare_name = !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                if !bare_name {
+                    return Err("a signature may only refer to an element of the answer (#ID)");
+                }
+            }
+            b"Transform" | b"CanonicalizationMethod" => {
+                let alg = attr(b"Algorithm")?.unwrap_or_default();
+                if !TRANSFORMS.contains(&alg.as_str()) {
+                    return Err(
+                        "a signature transform other than enveloped-signature or canonicalisation",
+                    );
+                }
+            }
+            b"RetrievalMethod" | b"KeyInfoReference" | b"XPath" | b"XPointer" | b"XSLT" => {
+                return Err("a signature that fetches or queries");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether an XML document declares a DTD (or entities), or could hide
+/// one from this check: NUL bytes mean another encoding than UTF-8
+/// (UTF-16 is valid UTF-8 byte by byte), which libxml2 would honour.
 fn has_dtd(xml: &str) -> bool {
-    xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") || xml.contains("<!doctype")
+    let upper = xml.to_ascii_uppercase();
+    upper.contains("<!DOCTYPE") || upper.contains("<!ENTITY") || xml.contains('\0')
 }
 
 /// The HTTP-Redirect binding's encoding: raw DEFLATE, then base64
@@ -635,10 +760,16 @@ mod tests {
             person_of(&a, Some("mail"), "groups"),
             Err(Refusal::BadPerson(_))
         ));
-        // A name that would be another kind of principal, or is not a name.
-        for bad in ["agent:x y", "a\u{202e}b", ""] {
-            let a = with(FOR_US, "", bad);
-            assert!(person_of(&a, None, "groups").is_err(), "{bad:?}");
+        // A name that would be another kind of principal, or is not a
+        // name, or is padded (" alice" is not alice).
+        for bad in ["agent:x y", "a\u{202e}b", " ", " alice", "alice\n"] {
+            let xml = format!(
+                r#"<saml:Assertion {NS} ID="a1" IssueInstant="2026-01-01T00:00:00Z" Version="2.0"><saml:Issuer>https://idp.test</saml:Issuer><saml:Subject><saml:NameID>{bad}</saml:NameID></saml:Subject></saml:Assertion>"#
+            );
+            // Refused when read, or when named.
+            if let Ok(a) = xml.parse::<Assertion>() {
+                assert!(person_of(&a, None, "groups").is_err(), "{bad:?}");
+            }
         }
     }
 
@@ -662,10 +793,60 @@ mod tests {
             "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"b\">]><x/>"
         ));
         assert!(!has_dtd("<x/>"));
+        assert!(has_dtd("<!doctype x><x/>"));
+        let utf16: String = "<!DOCTYPE x><x/>".chars().flat_map(|c| [c, '\0']).collect();
+        assert!(has_dtd(&utf16));
         assert!(is_loopback_http("http://127.0.0.1:8080/sso"));
         assert!(is_loopback_http("http://localhost/sso"));
         assert!(!is_loopback_http("http://127.0.0.1.evil.test/sso"));
         assert!(!is_loopback_http("http://idp.example.com/sso"));
+    }
+
+    const SIGNED: &str = r##"<?xml version="1.0" encoding="UTF-8"?><samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="r1"><ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/><ds:Reference URI="#r1"><ds:Transforms><ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/><ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms></ds:Reference></ds:SignedInfo></ds:Signature></samlp:Response>"##;
+
+    #[test]
+    fn signatures_are_shaped_as_saml_makes_them() {
+        assert_eq!(check_shape(SIGNED), Ok(()));
+        for (from, to) in [
+            // Anything but an element of this document.
+            (r##"URI="#r1""##, r#"URI="http://127.0.0.1:1/x""#),
+            (r##"URI="#r1""##, r#"URI="file:///dev/zero""#),
+            (r##"URI="#r1""##, r##"URI="#xpointer(/)""##),
+            (r##"URI="#r1""##, r#"URI="""#),
+            // Transforms that run queries or code.
+            ("xmldsig#enveloped-signature", "TR/1999/REC-xpath-19991116"),
+            (
+                r#"xml-exc-c14n#"/></ds:Transforms>"#,
+                r#"xml-exc-c14n#"><ds:XPath>count(//.)</ds:XPath></ds:Transform></ds:Transforms>"#,
+            ),
+            (
+                r#"CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#""#,
+                r#"CanonicalizationMethod Algorithm="http://www.w3.org/TR/1999/REC-xslt-19991116""#,
+            ),
+            // A key from elsewhere; another encoding; a DTD.
+            (
+                "</ds:SignedInfo>",
+                r#"</ds:SignedInfo><ds:KeyInfo><ds:RetrievalMethod URI="http://x"/></ds:KeyInfo>"#,
+            ),
+            (r#"encoding="UTF-8""#, r#"encoding="UTF-7""#),
+            ("?><samlp", "?><!DOCTYPE r><samlp"),
+        ] {
+            let bad = SIGNED.replacen(from, to, 1);
+            assert_ne!(bad, SIGNED, "{from}");
+            assert!(check_shape(&bad).is_err(), "{to}");
+        }
+        // A third signature, and depth, are beyond any response.
+        let sig = &SIGNED
+            [SIGNED.find("<ds:Signature").unwrap()..SIGNED.find("</samlp:Response>").unwrap()];
+        let three = SIGNED.replacen(
+            "</samlp:Response>",
+            &format!("{sig}{sig}</samlp:Response>"),
+            1,
+        );
+        assert!(check_shape(&three).is_err());
+        let deep = format!("{}{}", "<a>".repeat(40), "</a>".repeat(40));
+        assert!(check_shape(&deep).is_err());
+        assert!(check_shape("<a><b></a>").is_err());
     }
 
     #[test]

@@ -79,9 +79,10 @@ function route() {
   let which = 'sessions';
   if (hash.startsWith('#/replay/')) which = 'replay';
   else if (hash.startsWith('#/reviews')) which = 'reviews';
+  else if (hash.startsWith('#/tokens')) which = 'tokens';
   else if (hash.startsWith('#/audit') && state.me.admin) which = 'audit';
   else if (hash.startsWith('#/access') && state.me.admin) which = 'access';
-  for (const name of ['sessions', 'reviews', 'access', 'audit']) {
+  for (const name of ['sessions', 'reviews', 'tokens', 'access', 'audit']) {
     const link = document.getElementById('nav-' + name);
     if (name === which || (which === 'replay' && name === 'sessions')) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
@@ -91,6 +92,7 @@ function route() {
     replayPage(page, decodeURIComponent(id), new URLSearchParams(query || '').get('ev'));
   }
   else if (which === 'reviews') reviewsPage(page);
+  else if (which === 'tokens') tokensPage(page);
   else if (which === 'audit') auditPage(page);
   else if (which === 'access') accessPage(page);
   else sessionsPage(page);
@@ -130,7 +132,7 @@ function sessionsPage(page) {
         el('td', { text: s.principal }),
         el('td', { text: s.connection }),
         el('td', { text: s.protocol }),
-        s.live ? el('td', { class: 'live', text: 'live' }) : el('td', { text: s.outcome || '' }),
+        s.live ? liveCell(s) : el('td', { text: s.outcome || '' }),
         el('td', {}, el('a', { href: '#/replay/' + encodeURIComponent(s.id), text: s.id }))));
     }
     before = r.body.next_before;
@@ -145,6 +147,100 @@ function sessionsPage(page) {
     tbody);
   page.append(el('h2', { text: 'Sessions' }), form, status, table, more);
   load(true);
+}
+
+// A live session's outcome cell: an admin may end it (through the store,
+// on whichever gateway runs it).
+function liveCell(s) {
+  const cell = el('td', { class: 'live' }, 'live');
+  if (!state.me.admin) return cell;
+  const note = el('span', { role: 'status' });
+  const end = el('button', {
+    type: 'button', class: 'end', text: 'End', 'aria-label': 'End session ' + s.id,
+    onclick: async () => {
+      end.disabled = true;
+      const r = await api(`/api/v1/sessions/${encodeURIComponent(s.id)}/end`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ reason: 'ended from the console by ' + state.me.principal }),
+      });
+      note.textContent = r.status === 202 ? ' ending…' : ' ' + ((r.body && r.body.message) || `refused (${r.status})`);
+    },
+  });
+  cell.append(' ', end, note);
+  return cell;
+}
+
+// Tokens: yours and your agents' (everyone's for an admin); mint one for
+// an agent acting for you (its secret shown once), revoke.
+function tokensPage(page) {
+  const tbody = el('tbody', { id: 'tokens' });
+  const status = el('p', { class: 'note', id: 'tokens-status' });
+  const name = el('input', { id: 'token-agent', name: 'agent', required: true, pattern: '[A-Za-z0-9_.:-]+', placeholder: 'claude' });
+  const ttl = el('select', { id: 'token-ttl', name: 'ttl' },
+    ...['1h', '8h', '24h'].map((t) => el('option', { value: t, text: t, selected: t === '8h' })));
+  const shown = el('div', { id: 'token-new', role: 'status' });
+  const form = el('form', { class: 'filters', 'aria-label': 'New token for an agent' },
+    el('label', { for: 'token-agent' }, 'Agent name', name),
+    el('label', { for: 'token-ttl' }, 'Lifetime', ttl),
+    el('button', { type: 'submit', text: 'Create' }));
+  async function load() {
+    const r = await api('/api/v1/tokens');
+    if (r.status !== 200) {
+      status.textContent = (r.body && r.body.message) || 'Could not list tokens.';
+      status.className = 'error';
+      return;
+    }
+    tbody.replaceChildren(...r.body.tokens.map((t) => {
+      const cell = el('td', {});
+      if (t.state === 'active') {
+        cell.append(el('button', {
+          type: 'button', class: 'revoke', text: 'Revoke', 'aria-label': 'Revoke token ' + t.id,
+          onclick: async () => {
+            const res = await api(`/api/v1/tokens/${encodeURIComponent(t.id)}/revoke`, { method: 'POST' });
+            if (res.status === 200 && t.current) { window.location.reload(); return; }
+            status.textContent = res.status === 200 ? '' : ((res.body && res.body.message) || `Refused (${res.status}).`);
+            load();
+          },
+        }));
+      }
+      return el('tr', { 'data-token': t.id },
+        el('td', { text: t.id + (t.current ? ' (this session)' : '') }),
+        el('td', { text: t.principal + (t.on_behalf_of ? ' for ' + t.on_behalf_of : '') }),
+        el('td', { text: t.kind }),
+        el('td', { text: when(t.created_at * 1000) }),
+        el('td', { text: t.expires_at ? when(t.expires_at * 1000) : 'never' }),
+        el('td', { class: 'state', text: t.state }),
+        cell);
+    }));
+    status.textContent = tbody.children.length ? '' : 'No tokens.';
+  }
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const r = await api('/api/v1/tokens', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ principal: 'agent:' + name.value, ttl: ttl.value }),
+    });
+    if (r.status !== 201) {
+      shown.replaceChildren(el('p', { class: 'error', text: (r.body && r.body.message) || `Refused (${r.status}).` }));
+      return;
+    }
+    // Shown once: the gateway keeps only its hash.
+    shown.replaceChildren(
+      el('p', { text: `${r.body.principal}, acting for ${r.body.on_behalf_of} until ${when(r.body.expires_at * 1000)}. Copy it now; it is not shown again:` }),
+      el('code', { id: 'token-secret', text: r.body.token }));
+    name.value = '';
+    load();
+  });
+  const table = el('table', { 'aria-label': 'Tokens' },
+    el('thead', {}, el('tr', {}, ...['Token', 'Principal', 'Kind', 'Created', 'Expires', 'State', '']
+      .map((h) => el('th', { scope: 'col', text: h })))),
+    tbody);
+  page.append(el('h2', { text: 'Tokens' }),
+    el('p', { class: 'note', text: 'An agent’s token acts for you with your groups, and ends when you revoke it.' }),
+    form, shown, status, table);
+  load();
 }
 
 // Reviews: pending first, kept current by server-sent events.
