@@ -352,6 +352,32 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("\"agent\":\"dc1\""), "{listed}");
     assert!(listed.contains("\"name\":\"db\""), "{listed}");
+    // So does the console's access page (what an admin reads there).
+    let cfg = s.gw_dir().join("portcullis.toml");
+    let out = cli_at(
+        &cfg,
+        &[
+            "token",
+            "create",
+            "--principal",
+            "user:root",
+            "--group",
+            "admins",
+        ],
+    );
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let url = format!("https://localhost:{}", s.gw_port);
+    let access = get(&url, &s.ca, Some(&root), "/api/v1/access").json();
+    let db = access["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "db")
+        .unwrap();
+    assert_eq!(db["agent"]["name"], "dc1", "{access}");
+    assert_eq!(db["agent"]["linked"], true, "{access}");
+    assert!(db["agent"]["heartbeat_age_s"].as_i64().unwrap() < 60);
+    assert_eq!(access["agents"][0]["agent"], "dc1", "{access}");
 
     // Audit entries say which agent a session went through.
     let out = Command::new(BIN)

@@ -74,6 +74,15 @@ approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"
 name = "testers"
 groups = ["testers", "admins"]
 connections = ["guarded"]
+
+# Applies to no one here; the access page lists it.
+[[masking.rules]]
+name = "contractors-pii"
+connections = ["guarded"]
+groups = ["contractors"]
+[[masking.rules.fields]]
+columns = ["ssn"]
+action = "drop"
 "#,
         oauth = idp.oauth_config(),
         pgport = pg.port,
@@ -339,6 +348,12 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
         "{explained:?}"
     );
     assert_eq!(explained[0]["answer"], "Allowed by grant testers.");
+    // The connection's masking rules and how it is served.
+    let row = explained[0]["connections"].to_string();
+    assert!(
+        row.contains("contractors-pii (contractors)") && row.contains("direct"),
+        "{row}"
+    );
     assert!(
         explained[1]["answer"]
             .as_str()
@@ -618,6 +633,8 @@ fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
         &tester_sid,
         "revoke-token",
         "agent:claude@admin",
+        "shot",
+        "tokens",
     ]);
     assert_eq!(step(&out, "end-session")["note"], "ending…");
     // Both sessions end within about a second of the store's word.

@@ -45,6 +45,8 @@ pub const TRACE_TARGET: &str = "portcullis::trace";
 struct ConnectionEntry {
     protocol: Protocol,
     approval: Option<ApprovalRule>,
+    /// The agent that serves it, when an agent does.
+    agent: Option<String>,
 }
 
 /// What every front shares, built once per gateway.
@@ -79,6 +81,10 @@ impl FrontContext {
                 let entry = ConnectionEntry {
                     protocol: c.target.protocol(),
                     approval: c.approval.clone(),
+                    agent: match &c.target {
+                        portcullis_config::Target::Agent(a) => Some(a.agent.clone()),
+                        _ => None,
+                    },
                 };
                 (c.name.clone(), entry)
             })
@@ -109,6 +115,19 @@ impl FrontContext {
     /// A connection's approval rule, if it has one.
     pub fn approval_of(&self, connection: &str) -> Option<&ApprovalRule> {
         self.connections.get(connection)?.approval.as_ref()
+    }
+
+    /// The agent that serves `connection`, when an agent does.
+    pub fn agent_of(&self, connection: &str) -> Option<&str> {
+        self.connections.get(connection)?.agent.as_deref()
+    }
+
+    /// Every masking rule that names `connection`, in the order tried.
+    pub fn masking_of<'a>(
+        &'a self,
+        connection: &'a str,
+    ) -> impl Iterator<Item = &'a portcullis_mask::Rule> {
+        self.masks.for_connection(connection)
     }
 
     /// Every connection's name and protocol, sorted by name.

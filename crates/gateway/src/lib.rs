@@ -894,11 +894,14 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let console = console::Console::new(
         store.clone(),
         shared.audit.clone(),
-        cfg.console.clone(),
-        &public_url,
-        cfg.dir(),
-        shared.sink.clone(),
-        saml,
+        console::Parts {
+            cfg: cfg.console.clone(),
+            public_url: public_url.clone(),
+            audit_dir: cfg.dir().to_path_buf(),
+            sink: shared.sink.clone(),
+            saml,
+            links: shared.links.clone(),
+        },
     );
     let main = listener::GatewayFront {
         stack,

@@ -88,6 +88,15 @@ impl RuleSet {
         Ok(Self { rules })
     }
 
+    /// Every rule that names `connection`, in the order they are tried
+    /// (the first whose groups match a principal applies).
+    pub fn for_connection<'a>(&'a self, connection: &'a str) -> impl Iterator<Item = &'a Rule> {
+        self.rules
+            .iter()
+            .filter(move |r| r.connections.iter().any(|c| c == "*" || c == connection))
+            .map(|r| r.as_ref())
+    }
+
     /// The first rule for `connection` that applies to a principal in
     /// `groups`.
     pub fn select(&self, connection: &str, groups: &[String]) -> Option<&std::sync::Arc<Rule>> {

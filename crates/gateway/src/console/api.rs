@@ -354,6 +354,8 @@ pub fn access(
         return forbidden("the access overview");
     }
     let grants = ctx.policy.grants();
+    let agents = console.agents();
+    let now = portcullis_identity::unix_now();
     let connections: Vec<_> = ctx
         .connections()
         .into_iter()
@@ -373,7 +375,28 @@ pub fn access(
                 .filter(|g| g.connections.iter().any(|c| c == "*" || c == name))
                 .map(|g| g.name.as_str())
                 .collect();
-            serde_json::json!({"name": name, "protocol": protocol.to_string(), "approval": approval, "grants": by})
+            let masking: Vec<_> = ctx
+                .masking_of(name)
+                .map(|r| serde_json::json!({"rule": r.name, "groups": r.groups}))
+                .collect();
+            let agent = ctx.agent_of(name).map(|a| {
+                let linked = agents
+                    .iter()
+                    .find(|l| l.agent == a && l.connections.iter().any(|c| c.name == name));
+                serde_json::json!({
+                    "name": a,
+                    "linked": linked.is_some(),
+                    "heartbeat_age_s": linked.map(|l| (now - l.last_heartbeat).max(0)),
+                })
+            });
+            serde_json::json!({
+                "name": name,
+                "protocol": protocol.to_string(),
+                "approval": approval,
+                "grants": by,
+                "masking": masking,
+                "agent": agent,
+            })
         })
         .collect();
     let grants: Vec<_> = grants
@@ -382,9 +405,22 @@ pub fn access(
             serde_json::json!({"name": g.name, "principals": g.principals, "groups": g.groups, "connections": g.connections})
         })
         .collect();
+    let agents: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "agent": a.agent,
+                "version": a.version,
+                "address": a.address,
+                "connections": a.connections.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                "connected_at": a.connected_at,
+                "heartbeat_age_s": (now - a.last_heartbeat).max(0),
+            })
+        })
+        .collect();
     json_response(
         StatusCode::OK,
-        &serde_json::json!({"connections": connections, "grants": grants}),
+        &serde_json::json!({"connections": connections, "grants": grants, "agents": agents}),
     )
 }
 

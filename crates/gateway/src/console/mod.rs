@@ -66,6 +66,20 @@ pub struct Console {
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// Sign-in through a SAML provider, with `[saml]`.
     saml: Option<saml::SamlSp>,
+    /// The agents linked to this gateway (the access page's health).
+    links: Arc<portcullis_link::AgentRegistry>,
+}
+
+/// What the console is built from besides the store and the audit log.
+pub struct Parts {
+    pub cfg: portcullis_config::console::Console,
+    /// The gateway's public URL.
+    pub public_url: String,
+    /// Where the audit log's checkpoints and public key are.
+    pub audit_dir: std::path::PathBuf,
+    pub sink: portcullis_recordings::RecordingSink,
+    pub saml: Option<saml::SamlSp>,
+    pub links: Arc<portcullis_link::AgentRegistry>,
 }
 
 /// Review streams one principal may hold open, and all together.
@@ -99,26 +113,24 @@ struct LinkData {
 }
 
 impl Console {
-    pub fn new(
-        store: Store,
-        audit: AuditLog,
-        cfg: portcullis_config::console::Console,
-        public_url: &str,
-        audit_dir: &std::path::Path,
-        sink: portcullis_recordings::RecordingSink,
-        saml: Option<saml::SamlSp>,
-    ) -> Arc<Self> {
+    pub fn new(store: Store, audit: AuditLog, p: Parts) -> Arc<Self> {
         Arc::new(Self {
             store,
             audit,
-            cfg,
-            origin: public_url.trim_end_matches('/').to_owned(),
-            audit_dir: audit_dir.to_path_buf(),
+            cfg: p.cfg,
+            origin: p.public_url.trim_end_matches('/').to_owned(),
+            audit_dir: p.audit_dir,
             verifying: tokio::sync::Semaphore::new(1),
             streams: Default::default(),
-            sink,
-            saml,
+            sink: p.sink,
+            saml: p.saml,
+            links: p.links,
         })
+    }
+
+    /// The agents linked to this gateway.
+    pub fn agents(&self) -> Vec<portcullis_link::AgentInfo> {
+        self.links.list()
     }
 
     /// A place for one more review stream of `principal`, if there is one.

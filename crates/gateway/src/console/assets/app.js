@@ -386,11 +386,29 @@ async function accessPage(page) {
     page.append(el('p', { class: 'error', text: (r.body && r.body.message) || 'Could not read the access rules.' }));
     return;
   }
+  const masking = (c) => c.masking.length
+    ? c.masking.map((m) => `${m.rule} (${m.groups.length ? m.groups.join(', ') : 'everyone'})`).join('; ')
+    : 'none';
+  const agent = (c) => {
+    if (!c.agent) return 'direct';
+    return c.agent.linked
+      ? `${c.agent.name}: linked, heartbeat ${c.agent.heartbeat_age_s}s ago`
+      : `${c.agent.name}: not linked to this gateway`;
+  };
   const conns = el('tbody', { id: 'access-connections' }, ...r.body.connections.map((c) => el('tr', {},
     el('td', { text: c.name }),
     el('td', { text: c.protocol }),
     el('td', { text: c.approval ? `${c.approval.mode}: ${c.approval.required} of ${c.approval.approvers.join(', ')}` : 'none' }),
+    el('td', { text: masking(c) }),
+    el('td', { class: c.agent && !c.agent.linked ? 'error' : '', text: agent(c) }),
     el('td', { text: c.grants.join(', ') || 'nobody' }))));
+  const agents = el('tbody', { id: 'access-agents' }, ...r.body.agents.map((a) => el('tr', {},
+    el('td', { text: a.agent }),
+    el('td', { text: a.version }),
+    el('td', { text: a.address }),
+    el('td', { text: a.connections.join(', ') }),
+    el('td', { text: when(a.connected_at * 1000) }),
+    el('td', { text: `${a.heartbeat_age_s}s ago` }))));
   const grants = el('tbody', { id: 'access-grants' }, ...r.body.grants.map((g) => el('tr', {},
     el('td', { text: g.name }),
     el('td', { text: g.principals.join(', ') }),
@@ -424,7 +442,11 @@ async function accessPage(page) {
   page.append(
     el('h2', { text: 'Access' }),
     el('h3', { text: 'Connections' }),
-    el('table', { 'aria-label': 'Connections' }, head('Connection', 'Protocol', 'Approval', 'Grants'), conns),
+    el('table', { 'aria-label': 'Connections' }, head('Connection', 'Protocol', 'Approval', 'Masking', 'Served', 'Grants'), conns),
+    el('h3', { text: 'Agents linked to this gateway' }),
+    r.body.agents.length
+      ? el('table', { 'aria-label': 'Agents' }, head('Agent', 'Version', 'Address', 'Connections', 'Linked since', 'Heartbeat'), agents)
+      : el('p', { class: 'note', text: 'No agent is linked to this gateway.' }),
     el('h3', { text: 'Grants' }),
     el('table', { 'aria-label': 'Grants' }, head('Grant', 'Principals', 'Groups', 'Connections'), grants),
     el('h3', { text: 'Who can reach it, and how' }),
