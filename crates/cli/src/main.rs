@@ -139,6 +139,9 @@ enum SessionsCommand {
     /// Sessions, newest first (filters: principal, connection, outcome,
     /// since; --limit).
     List(sessions_cmd::ListArgs),
+    /// End a live session: whichever gateway runs it ends it within about
+    /// a second (outcome access_ended), as the console's End button does.
+    End(sessions_cmd::EndArgs),
 }
 
 impl Cli {
@@ -239,6 +242,7 @@ fn main() -> std::process::ExitCode {
             Command::Cert(c) => cert_cmd::run(&cli, c).await,
             Command::Audit(a) => audit_cmd::run(&cli, a).await,
             Command::Sessions(SessionsCommand::List(a)) => sessions_cmd::list(&cli, a).await,
+            Command::Sessions(SessionsCommand::End(a)) => sessions_cmd::end(&cli, a).await,
             Command::Replay(a) => sessions_cmd::replay(&cli, a).await,
             Command::Login(a) => login::login(a).await,
             Command::Logout(a) => login::logout(a),

@@ -65,6 +65,47 @@ pub(crate) struct ReplayArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub(crate) struct EndArgs {
+    /// The session's id (`portcullis sessions list`).
+    id: String,
+    /// Why: kept in the audit log and told to the caller.
+    #[arg(long, default_value = "ended by an operator")]
+    reason: String,
+}
+
+/// `portcullis sessions end ID`: ask, through the store, whichever gateway
+/// runs the session to end it; audited first.
+pub(crate) async fn end(cli: &Cli, a: &EndArgs) -> anyhow::Result<()> {
+    let (config, store) = cli.load().await?;
+    let live = store
+        .session_by_id(&a.id)
+        .await?
+        .is_some_and(|s| s.ended_at_ms.is_none());
+    if !live {
+        anyhow::bail!(
+            "no live session with id {:?} (see `portcullis sessions list`)",
+            a.id
+        );
+    }
+    let by = "operator (portcullis sessions end)";
+    crate::token_cmd::audit_admin(
+        &store,
+        config.dir(),
+        "session_end_requested",
+        serde_json::json!({"session": a.id, "by": by, "reason": a.reason}),
+    )
+    .await?;
+    let now = portcullis_identity::unix_now();
+    if store.request_session_end(&a.id, by, &a.reason, now).await? {
+        eprintln!("asked the gateway running session {} to end it", a.id);
+    } else {
+        eprintln!("session {} is already ending", a.id);
+    }
+    store.close().await;
+    Ok(())
+}
+
 pub(crate) async fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<()> {
     let (_, store) = cli.load().await?;
     let since_ms = a.since.unwrap_or(0);

@@ -657,6 +657,40 @@ fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
         outcome_of(&s, &agent_sid).as_deref(),
         Some("credential_ended")
     );
+    // The CLI ends one the same way; an ended one is refused.
+    let out = cli_at(
+        &s.cfg(),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:cli-end",
+            "--group",
+            "testers",
+        ],
+    );
+    let cli_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut third = s.psql(&cli_token);
+    third.send("select 'still';");
+    let third_sid = session_of(&s, "agent:cli-end");
+    let out = cli_at(
+        &s.cfg(),
+        &["sessions", "end", &third_sid, "--reason", "maintenance"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    third.send("select 'gone';");
+    let (o, e) = third.finish();
+    assert!(o.contains("still") && !o.contains("gone"), "{o}{e}");
+    assert!(e.contains("maintenance"), "{e}");
+    let again = cli_at(&s.cfg(), &["sessions", "end", &tester_sid]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live session"));
+
     // And the audit log says who asked.
     let audit = json_lines(&cli_at(&s.cfg(), &["audit", "export"]));
     assert!(
