@@ -260,6 +260,7 @@ try {
       } else if (step === 'end-session') {
         const id = steps[++i];
         await page.goto(`${base}/ui/#/sessions`);
+        for (const f of ['principal', 'person', 'connection', 'protocol', 'outcome']) await page.fill(`#filter-${f}`, '');
         await page.check('#filter-live');
         await page.click('form.filters button[type=submit]');
         const row = page.locator(`#sessions tr[data-session="${id}"]`);

@@ -629,6 +629,8 @@ fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
     let out = s.browser(&[
         "signin-link",
         &link,
+        "sessions",
+        "person=admin",
         "end-session",
         &tester_sid,
         "revoke-token",
@@ -637,6 +639,12 @@ fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
         "tokens",
     ]);
     assert_eq!(step(&out, "end-session")["note"], "ending…");
+    // The person behind the agent: the admin's agent, not the tester.
+    let rows = step(&out, "sessions")["rows"].to_string();
+    assert!(
+        rows.contains("agent:claude@admin") && !rows.contains("agent:tester"),
+        "{rows}"
+    );
     // Both sessions end within about a second of the store's word.
     std::thread::sleep(std::time::Duration::from_secs(3));
     tester.send("select 'too late';");

@@ -464,7 +464,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oidc_sessions_are_rechecked_but_not_polled() {
+    async fn oidc_sessions_are_rechecked_and_watched_for_an_admins_end() {
         let live = Arc::new(Liveness::default());
         let mut p = principal("x");
         p.via = AuthMethod::Oidc {
@@ -472,7 +472,9 @@ mod tests {
             expires_at: None,
         };
         let w = live.watch(&p, "s", "db", Protocol::Postgres, 0);
-        assert!(!live.watches_credentials());
+        // No credential the store can revoke, but an admin may end it.
+        assert!(live.watches_credentials());
+        assert_eq!(live.end("token:x", "revoked"), 0);
         assert_eq!(live.recheck(1, |_| Some("gone".into())), 1);
         assert_eq!(w.ended().await, Ended::Access("gone".into()));
     }

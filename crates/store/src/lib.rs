@@ -698,6 +698,11 @@ pub struct SessionQuery<'a> {
     /// acting for the person of this name (`agent:NAME@alice`, where NAME
     /// has no `@`: `agent:x@bob@alice` is bob@alice's, not alice's).
     pub visible_to: Option<(&'a str, &'a str)>,
+    /// Only the sessions of the person of this name and their agents
+    /// (`user:NAME`, `agent:X@NAME`): the same relation as `visible_to`.
+    pub person: Option<&'a str>,
+    /// Started at or after this (Unix ms).
+    pub since_ms: Option<i64>,
     pub principal: Option<&'a str>,
     pub connection: Option<&'a str>,
     pub protocol: Option<&'a str>,
@@ -1038,17 +1043,25 @@ impl Store {
     pub async fn sessions_page(&self, q: &SessionQuery<'_>) -> Result<Vec<SessionRow>, StoreError> {
         let mut sql = String::from(
             "SELECT id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway \
-             FROM sessions WHERE started_at_ms <= ? AND (started_at_ms < ? OR id < ?)",
+             FROM sessions WHERE started_at_ms <= ? AND (started_at_ms < ? OR id < ?) \
+             AND started_at_ms >= ?",
         );
         let mut binds: Vec<String> = Vec::new();
-        if let Some((subject, person)) = q.visible_to {
+        // A principal and the agents acting for the person of `name`.
+        let mut person_and_agents = |subject: String, name: &str| {
             sql.push_str(
                 " AND (principal = ? OR (principal LIKE ? ESCAPE '\\' \
                  AND principal NOT LIKE ? ESCAPE '\\'))",
             );
-            binds.push(subject.to_owned());
-            binds.push(format!("agent:%@{}", like_escape(person)));
-            binds.push(format!("agent:%@%@{}", like_escape(person)));
+            binds.push(subject);
+            binds.push(format!("agent:%@{}", like_escape(name)));
+            binds.push(format!("agent:%@%@{}", like_escape(name)));
+        };
+        if let Some((subject, person)) = q.visible_to {
+            person_and_agents(subject.to_owned(), person);
+        }
+        if let Some(name) = q.person {
+            person_and_agents(format!("user:{name}"), name);
         }
         for (column, value) in [
             ("principal", q.principal),
@@ -1078,7 +1091,8 @@ impl Store {
         let mut query = sqlx::query(self.q(&sql))
             .bind(before_ms)
             .bind(before_ms)
-            .bind(before_id.to_owned());
+            .bind(before_id.to_owned())
+            .bind(q.since_ms.unwrap_or(i64::MIN));
         for b in binds {
             query = query.bind(b);
         }

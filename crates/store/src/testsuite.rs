@@ -595,6 +595,23 @@ pub async fn session_pages(store: &Store) {
     // `_` is not a wildcard (alxce's agent is not al_ce's), and bob@al_ce's
     // agent is not al_ce's.
     assert_eq!(mine.len(), 4, "{mine:?}");
+    // An admin's filter by person is the same relation.
+    let by_person = page(SessionQuery {
+        connection: Some(conn),
+        person: Some("al_ce"),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_person, mine);
+    let recent = page(SessionQuery {
+        connection: Some(conn),
+        since_ms: Some(1_004),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(recent.len(), 4, "{recent:?}");
     // Sessions started in one millisecond are not skipped between pages.
     let same = |i: i64| SessionRow {
         id: format!("sq_{t}_{i}"),

@@ -43,7 +43,8 @@ pub fn me(console: &Console, who: &Principal, session: Option<&str>) -> Response
     )
 }
 
-/// `GET /api/v1/sessions?principal=&connection=&protocol=&outcome=&live=1&before=MS&before_id=ID&limit=N`.
+/// `GET /api/v1/sessions?principal=&person=&connection=&protocol=&outcome=&since=MS&live=1&before=MS&before_id=ID&limit=N`
+/// (`person=alice`: user:alice and the agents acting for her).
 pub async fn sessions(
     console: &Console,
     store: &Store,
@@ -83,6 +84,8 @@ pub async fn sessions(
     let before = number("before")?.map(|ms| (ms, get("before_id").unwrap_or("")));
     let q = SessionQuery {
         visible_to: (!console.is_admin(who)).then_some((who.subject.as_str(), name)),
+        person: get("person").map(|p| p.strip_prefix("user:").unwrap_or(p)),
+        since_ms: number("since")?,
         principal: get("principal"),
         connection: get("connection"),
         protocol: get("protocol"),

@@ -100,13 +100,17 @@ function route() {
 
 // Sessions: newest first, filtered, a page at a time.
 function sessionsPage(page) {
-  const fields = ['principal', 'connection', 'protocol', 'outcome'];
+  // `person`: a person's own sessions and their agents' (alice:
+  // user:alice and agent:NAME@alice).
+  const fields = ['principal', 'person', 'connection', 'protocol', 'outcome'];
   const inputs = {};
   const form = el('form', { class: 'filters', role: 'search', 'aria-label': 'Filter sessions' });
   for (const f of fields) {
     inputs[f] = el('input', { name: f, id: 'filter-' + f });
     form.append(el('label', { for: 'filter-' + f }, f[0].toUpperCase() + f.slice(1), inputs[f]));
   }
+  const since = el('input', { type: 'datetime-local', id: 'filter-since', name: 'since' });
+  form.append(el('label', { for: 'filter-since' }, 'Started after (UTC)', since));
   const live = el('input', { type: 'checkbox', id: 'filter-live' });
   form.append(el('label', { for: 'filter-live' }, 'Live only', live));
   form.append(el('button', { type: 'submit', text: 'Filter' }));
@@ -119,6 +123,7 @@ function sessionsPage(page) {
     const q = new URLSearchParams();
     for (const f of fields) if (inputs[f].value) q.set(f, inputs[f].value);
     if (live.checked) q.set('live', '1');
+    if (since.value) q.set('since', String(Date.parse(since.value + 'Z')));
     if (before) { q.set('before', before.ms); q.set('before_id', before.id); }
     const r = await api('/api/v1/sessions?' + q.toString());
     if (r.status !== 200) {
