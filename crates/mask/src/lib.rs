@@ -6,6 +6,7 @@ mod detectors;
 mod json;
 mod metrics;
 mod spec;
+mod stream;
 pub mod validate;
 
 use std::borrow::Cow;
@@ -197,6 +198,9 @@ pub struct Masker {
     words: Vec<Words>,
     fields: Vec<Field>,
     hash_key: aws_lc_rs::hmac::Key,
+    /// JSON may be masked in one pass over its bytes ([`stream`]): no path
+    /// rules, no pattern anchored to where the text ends.
+    streamable: bool,
 }
 
 impl std::fmt::Debug for Masker {
@@ -356,12 +360,15 @@ impl Masker {
                     .map_err(|_| spec_err("hash_key", "no randomness for a hash key"))?
             }
         };
+        let streamable = fields.iter().all(|f| f.paths.is_empty())
+            && !detectors.iter().any(|d| stream::anchored(d.regex.as_str()));
         Ok(Self {
             detectors,
             set,
             words,
             fields,
             hash_key: key,
+            streamable,
         })
     }
 
@@ -732,6 +739,20 @@ impl Masker {
         stats: &mut Stats,
         vault: &mut Option<&mut Vault>,
     ) -> Result<Vec<u8>, MaskError> {
+        if let Some(done) = stream::mask(self, body, stats, vault) {
+            return done;
+        }
+        self.mask_json_bytes_walked(body, stats, vault)
+    }
+
+    /// Parse, walk and re-serialise: what every JSON body took before the
+    /// one-pass path, and still takes where that path does not apply.
+    fn mask_json_bytes_walked(
+        &self,
+        body: &[u8],
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Result<Vec<u8>, MaskError> {
         let mut v: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| MaskError::InvalidJson(e.to_string()))?;
         json::walk(self, &mut v, &mut Vec::new(), stats, vault);
@@ -775,6 +796,15 @@ pub struct Vault {
 const VAULT_MAX: usize = 10_000;
 
 impl Vault {
+    /// Remember what `other` remembered, in its order.
+    fn absorb(&mut self, mut other: Vault) {
+        for token in other.order.drain(..) {
+            if let Some(original) = other.map.remove(&token) {
+                self.remember(&token, &original);
+            }
+        }
+    }
+
     fn remember(&mut self, token: &str, original: &str) {
         if self.map.contains_key(token) {
             return;

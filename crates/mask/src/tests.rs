@@ -512,3 +512,158 @@ fn reversible_tokens_round_trip_through_the_vault() {
     plain.mask_str_in("a@example.com", &mut Stats::new(), &mut Some(&mut v2));
     assert!(v2.is_empty());
 }
+
+// The one-pass JSON path (`stream`) against the parse-walk-serialise
+// path: the same document (as JSON values) and the same counts, for
+// maskers with key rules, word lists and drop actions, over documents
+// with planted values in keys, values, numbers and escapes.
+fn both_paths(m: &Masker, body: &[u8]) -> (serde_json::Value, Stats, serde_json::Value, Stats) {
+    let (mut fast_stats, mut slow_stats) = (Stats::new(), Stats::new());
+    let fast = m.mask_json_bytes(body, &mut fast_stats).unwrap();
+    let slow = m
+        .mask_json_bytes_walked(body, &mut slow_stats, &mut None)
+        .unwrap();
+    (
+        serde_json::from_slice(&fast).unwrap(),
+        fast_stats,
+        serde_json::from_slice(&slow).unwrap(),
+        slow_stats,
+    )
+}
+
+/// Equal JSON, numbers compared as what they denote: the walk re-writes a
+/// float through serde_json's (not exactly round-tripping) parser, where
+/// the one-pass path keeps the number as the target wrote it.
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match (a, b) {
+        (V::Number(x), V::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            _ if x == y => true,
+            (Some(p), Some(q)) => (p - q).abs() <= 1e-12 * p.abs().max(q.abs()),
+            _ => false,
+        },
+        (V::Array(x), V::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (V::Object(x), V::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, p)| y.get(k).is_some_and(|q| same(p, q)))
+        }
+        _ => a == b,
+    }
+}
+
+fn maskers() -> Vec<Masker> {
+    let keyed = MaskSpec {
+        fields: vec![
+            FieldRule {
+                keys: vec!["Password".into(), "x@example.org".into()],
+                ..Default::default()
+            },
+            FieldRule {
+                keys: vec!["token".into()],
+                action: ActionKind::Drop,
+                ..Default::default()
+            },
+        ],
+        ..MaskSpec::default()
+    };
+    vec![masker(), Masker::new(&keyed, Some(b"k")).unwrap()]
+}
+
+#[test]
+fn the_one_pass_path_agrees_on_hand_made_documents() {
+    let docs: &[&str] = &[
+        r#"{"a":"mail x@example.org now","b":"plain","n":4111111111111111,"f":1.5e3}"#,
+        r#"["x\u0040example.org", "4111\u00201111 1111 1111", "caf\u00e9", "a\"b"]"#,
+        r#"{"password":"hunter2","Password":{"deep":1},"token":"t","list":[true,null,1]}"#,
+        r#"{"password":12345678901,"token":{"a":1},"ok":false,"PASSWORD":null}"#,
+        r#"{"x@example.org":{"y":"z"},"k":"v"}"#,
+        r#"  "top-level x@example.org"  "#,
+        r#"{"a": [ 1, -2.5e-3, 1e300, 0.30000000000000004, 12345678, "4111 1111 1111 1111" ] }"#,
+        r#"{"pwd":"password=secret123","note":"call +49 30 1234567"}"#,
+        r#"{"d":{"d":{"d":{"password":"x","e":"x@example.org"}}}}"#,
+    ];
+    for m in maskers() {
+        for d in docs {
+            let (fast, fs, slow, ss) = both_paths(&m, d.as_bytes());
+            assert!(same(&fast, &slow), "{fast} != {slow} for {d}");
+            assert_eq!(fs, ss, "{d}");
+        }
+    }
+}
+
+#[test]
+fn the_one_pass_path_is_not_taken_where_it_could_differ() {
+    // A path rule, or an anchored custom pattern.
+    let paths = MaskSpec {
+        fields: vec![FieldRule {
+            paths: vec!["$.a".into()],
+            ..Default::default()
+        }],
+        ..MaskSpec::default()
+    };
+    assert!(!Masker::new(&paths, None).unwrap().streamable);
+    assert!(masker().streamable);
+    assert!(stream::anchored("^abc"));
+    assert!(stream::anchored(r"abc\z"));
+    assert!(stream::anchored("a$"));
+    assert!(!stream::anchored(r"[^\s]+\b"));
+    assert!(!stream::anchored(r"\$\d+"));
+    // Refusals are the same: invalid JSON, and a number out of range.
+    let m = masker();
+    for bad in [&b"{\"a\":"[..], b"[1,]", b"[1e400]", b"\"\\ud800x\""] {
+        let fast = m.mask_json_bytes(bad, &mut Stats::new()).is_err();
+        let slow = m
+            .mask_json_bytes_walked(bad, &mut Stats::new(), &mut None)
+            .is_err();
+        assert_eq!(fast, slow, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+fn arb_json_mixed() -> impl Strategy<Value = serde_json::Value> {
+    let text = || {
+        prop_oneof![
+            Just("x@example.org".to_string()),
+            Just("4111 1111 1111 1111".to_string()),
+            Just("call +49 30 1234567".to_string()),
+            Just("password".to_string()),
+            Just("token".to_string()),
+            Just("key=abcdef".to_string()),
+            "\\PC{0,12}",
+        ]
+    };
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        Just(json!(4111111111111111u64)),
+        text().prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 5, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map(text(), inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn the_one_pass_path_agrees_with_the_walk(v in arb_json_mixed(), pretty in any::<bool>()) {
+        let body = if pretty {
+            serde_json::to_vec_pretty(&v).unwrap()
+        } else {
+            serde_json::to_vec(&v).unwrap()
+        };
+        for m in maskers() {
+            let (fast, fs, slow, ss) = both_paths(&m, &body);
+            prop_assert!(same(&fast, &slow), "{fast} != {slow} for {}", String::from_utf8_lossy(&body));
+            prop_assert_eq!(fs, ss);
+        }
+    }
+}

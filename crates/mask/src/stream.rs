@@ -1,0 +1,423 @@
+//! JSON masked in one pass over its bytes: the document is copied as it
+//! is, and only the tokens a detector may match (or that a key rule
+//! names) are decoded, masked and written anew.
+//!
+//! The detectors run once over the whole body rather than once per string:
+//! a finding inside a string is also a match in the body at the same place,
+//! because every pattern sees the same context there (a quote outside a
+//! string is no word character, as the ends of an isolated string are not).
+//! So a string that overlaps no match in the body has no finding of its
+//! own, and is copied untouched. Patterns whose meaning depends on where
+//! the text ends (`^`, `$`, `\A`, `\z`) break that argument: a masker with
+//! one, or with path rules, takes the parse-walk-serialise path
+//! ([`crate::json::walk`]), as does a document where a key would be
+//! renamed or a key rule takes a whole object or array. Both paths give the
+//! same document (as JSON values) and the same counts; a differential test
+//! holds them to it.
+//!
+//! Written by hand because the parse-walk-serialise path spent most of its
+//! time building and writing back a `serde_json::Value`, and no crate
+//! scans JSON tokens in place and hands back their spans.
+
+use std::borrow::Cow;
+
+use crate::{ActionKind, MaskError, Masker, Stats, Vault};
+
+/// What the pass needs to know about the enclosing container.
+enum Frame {
+    Object {
+        /// The next string is a key.
+        expect_key: bool,
+        /// The current member's key, kept only when key rules exist.
+        key: Option<String>,
+    },
+    Array,
+}
+
+/// Mask `body` in one pass, or `None` when this masker or this document
+/// needs the full path.
+pub(crate) fn mask(
+    m: &Masker,
+    body: &[u8],
+    stats: &mut Stats,
+    vault: &mut Option<&mut Vault>,
+) -> Option<Result<Vec<u8>, MaskError>> {
+    if !m.streamable {
+        return None;
+    }
+    // The same document is accepted or refused as by parsing it whole.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Some(Err(MaskError::InvalidJson(e.to_string())));
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let hits = hits(m, text);
+    let mut pass = Pass {
+        m,
+        text,
+        hits: &hits,
+        next_hit: 0,
+        out: Vec::new(),
+        copied: 0,
+        stack: Vec::new(),
+    };
+    // Counts and reversible tokens are kept aside until the pass is known
+    // to stand: a fallback half way must not count anything twice.
+    let mut counted = Stats::new();
+    let mut remembered = Vault::default();
+    let keeps_tokens = vault.is_some();
+    let mut local = keeps_tokens.then_some(&mut remembered);
+    match pass.run(&mut counted, &mut local) {
+        Step::Done => {}
+        Step::Fallback => return None,
+        Step::Invalid(e) => return Some(Err(e)),
+    }
+    for (name, n) in counted {
+        *stats.entry(name).or_default() += n;
+    }
+    if let Some(v) = vault.as_deref_mut() {
+        v.absorb(remembered);
+    }
+    if pass.out.is_empty() && pass.copied == 0 {
+        return Some(Ok(body.to_vec()));
+    }
+    pass.out.extend_from_slice(&body[pass.copied..]);
+    Some(Ok(pass.out))
+}
+
+enum Step {
+    Done,
+    Fallback,
+    Invalid(MaskError),
+}
+
+/// Every place in `text` where a detector or word list matches, as
+/// disjoint intervals in order.
+fn hits(m: &Masker, text: &str) -> Vec<(usize, usize)> {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for i in m.set.matches(text).iter() {
+        spans.extend(
+            m.detectors[i]
+                .regex
+                .find_iter(text)
+                .map(|f| (f.start(), f.end())),
+        );
+    }
+    for w in &m.words {
+        spans.extend(w.matcher.find_iter(text).map(|f| (f.start(), f.end())));
+    }
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+struct Pass<'a> {
+    m: &'a Masker,
+    text: &'a str,
+    hits: &'a [(usize, usize)],
+    next_hit: usize,
+    out: Vec<u8>,
+    /// Bytes of `text` before this are in `out` (or replaced there).
+    copied: usize,
+    stack: Vec<Frame>,
+}
+
+impl Pass<'_> {
+    fn run(&mut self, stats: &mut Stats, vault: &mut Option<&mut Vault>) -> Step {
+        let b = self.text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    let (end, escaped) = string_end(b, i);
+                    let is_key = matches!(
+                        self.stack.last(),
+                        Some(Frame::Object {
+                            expect_key: true,
+                            ..
+                        })
+                    );
+                    let step = if is_key {
+                        self.key(i, end, escaped)
+                    } else {
+                        self.string(i, end, escaped, stats, vault)
+                    };
+                    if !matches!(step, Step::Done) {
+                        return step;
+                    }
+                    i = end;
+                }
+                b'{' | b'[' => {
+                    // A key rule takes a whole object or array: the full path.
+                    if self.field().is_some() {
+                        return Step::Fallback;
+                    }
+                    self.stack.push(if b[i] == b'{' {
+                        Frame::Object {
+                            expect_key: true,
+                            key: None,
+                        }
+                    } else {
+                        Frame::Array
+                    });
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    self.stack.pop();
+                    i += 1;
+                }
+                b',' => {
+                    if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+                        *expect_key = true;
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let end = i + b[i..]
+                        .iter()
+                        .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                        .unwrap_or(b.len() - i);
+                    let step = self.number(i, end, stats, vault);
+                    if !matches!(step, Step::Done) {
+                        return step;
+                    }
+                    i = end;
+                }
+                b't' | b'f' | b'n' => {
+                    let len = if b[i] == b'f' { 5 } else { 4 };
+                    self.literal(i, i + len, stats, vault);
+                    i += len;
+                }
+                _ => i += 1,
+            }
+        }
+        Step::Done
+    }
+
+    /// The key rule for the value about to be read, if any.
+    fn field(&self) -> Option<(&crate::Field, &str)> {
+        let Some(Frame::Object {
+            key: Some(key),
+            expect_key: false,
+        }) = self.stack.last()
+        else {
+            return None;
+        };
+        let lower = key.to_ascii_lowercase();
+        self.m
+            .fields
+            .iter()
+            .find(|f| f.keys.contains(&lower))
+            .map(|f| (f, key.as_str()))
+    }
+
+    /// Whether `start..end` overlaps a match.
+    fn hit(&mut self, start: usize, end: usize) -> bool {
+        while self.next_hit < self.hits.len() && self.hits[self.next_hit].1 <= start {
+            self.next_hit += 1;
+        }
+        self.hits.get(self.next_hit).is_some_and(|&(s, _)| s < end)
+    }
+
+    /// Replace `start..end` of the input with `with`.
+    fn replace(&mut self, start: usize, end: usize, with: &[u8]) {
+        if self.out.is_empty() {
+            self.out.reserve(self.text.len() + 64);
+        }
+        self.out
+            .extend_from_slice(&self.text.as_bytes()[self.copied..start]);
+        self.out.extend_from_slice(with);
+        self.copied = end;
+    }
+
+    fn decode(&self, start: usize, end: usize, escaped: bool) -> Result<Cow<'_, str>, MaskError> {
+        if !escaped {
+            return Ok(Cow::Borrowed(&self.text[start + 1..end - 1]));
+        }
+        serde_json::from_str::<String>(&self.text[start..end])
+            .map(Cow::Owned)
+            .map_err(|e| MaskError::InvalidJson(e.to_string()))
+    }
+
+    fn key(&mut self, start: usize, end: usize, escaped: bool) -> Step {
+        let flagged = escaped || self.hit(start, end);
+        let keep = !self.m.fields.is_empty();
+        if flagged || keep {
+            let key = match self.decode(start, end, escaped) {
+                Ok(k) => k.into_owned(),
+                Err(e) => return Step::Invalid(e),
+            };
+            // A key that would be masked is renamed, and two renamed alike
+            // are told apart: the full path does that.
+            if flagged
+                && self.m.may_match(&key)
+                && matches!(self.m.mask_str(&key, &mut Stats::new()), Cow::Owned(_))
+            {
+                return Step::Fallback;
+            }
+            if let Some(Frame::Object { key: k, .. }) = self.stack.last_mut() {
+                *k = keep.then_some(key);
+            }
+        }
+        if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+            *expect_key = false;
+        }
+        Step::Done
+    }
+
+    fn string(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Step {
+        if let Some((f, key)) = self.field() {
+            let label = key.to_ascii_uppercase();
+            let value = match self.decode(start, end, escaped) {
+                Ok(v) => v.into_owned(),
+                Err(e) => return Step::Invalid(e),
+            };
+            let with = field_value(self.m, f, &label, Some(&value), stats, vault);
+            self.replace(start, end, with.as_bytes());
+            return Step::Done;
+        }
+        if !(escaped || self.hit(start, end)) {
+            return Step::Done;
+        }
+        let value = match self.decode(start, end, escaped) {
+            Ok(v) => v.into_owned(),
+            Err(e) => return Step::Invalid(e),
+        };
+        if let Cow::Owned(masked) = self.m.mask_str_in(&value, stats, vault) {
+            self.replace(start, end, json_string(&masked).as_bytes());
+        }
+        Step::Done
+    }
+
+    fn number(
+        &mut self,
+        start: usize,
+        end: usize,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Step {
+        let raw = &self.text[start..end];
+        let field = self.field().map(|(f, k)| (f, k.to_ascii_uppercase()));
+        // The full path reads the number and masks its written form when
+        // it has 8 characters or more; a plain number shorter than 8 (no
+        // exponent) is never written longer, so it is left as it is.
+        let short = raw.len() < 8 && !raw.contains(['e', 'E']);
+        if field.is_none() && short {
+            return Step::Done;
+        }
+        let n: serde_json::Number = match serde_json::from_str(raw) {
+            Ok(n) => n,
+            Err(e) => return Step::Invalid(MaskError::InvalidJson(e.to_string())),
+        };
+        let written = n.to_string();
+        if let Some((f, label)) = field {
+            let with = field_value(self.m, f, &label, Some(&written), stats, vault);
+            self.replace(start, end, with.as_bytes());
+            return Step::Done;
+        }
+        if written.len() >= 8
+            && let Cow::Owned(masked) = self.m.mask_str_in(&written, stats, vault)
+        {
+            self.replace(start, end, json_string(&masked).as_bytes());
+        }
+        Step::Done
+    }
+
+    fn literal(
+        &mut self,
+        start: usize,
+        end: usize,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) {
+        let Some((f, key)) = self.field() else {
+            return;
+        };
+        let label = key.to_ascii_uppercase();
+        let value = match &self.text[start..end] {
+            "null" => None,
+            other => Some(other.to_owned()),
+        };
+        let with = field_value(self.m, f, &label, value.as_deref(), stats, vault);
+        self.replace(start, end, with.as_bytes());
+    }
+}
+
+/// What a key rule makes of a scalar (`None`: null), as the full path
+/// does: counted, dropped to null, or replaced by its action.
+fn field_value(
+    m: &Masker,
+    f: &crate::Field,
+    label: &str,
+    value: Option<&str>,
+    stats: &mut Stats,
+    vault: &mut Option<&mut Vault>,
+) -> String {
+    *stats
+        .entry(format!("field:{}", label.to_ascii_lowercase()))
+        .or_default() += 1;
+    match (&f.action.kind, value) {
+        (ActionKind::Drop, _) | (_, None) => "null".to_owned(),
+        (_, Some(v)) => json_string(&m.apply_in(&f.action, label, v, vault)),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    // Serialising a `str` cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// The index after the string starting at `start` (a quote), and whether
+/// it holds an escape. The document was validated, so the string ends.
+fn string_end(b: &[u8], start: usize) -> (usize, bool) {
+    let mut i = start + 1;
+    let mut escaped = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => return (i + 1, escaped),
+            _ => i += 1,
+        }
+    }
+    (b.len(), escaped)
+}
+
+/// Whether a pattern's meaning depends on where the text ends: `^` or `$`
+/// outside a class, `\A` or `\z`. Conservative: a misread class counts as
+/// anchored.
+pub(crate) fn anchored(pattern: &str) -> bool {
+    let mut chars = pattern.chars();
+    let mut class = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next()
+                    && class == 0
+                    && matches!(n, 'A' | 'z')
+                {
+                    return true;
+                }
+            }
+            '[' => class += 1,
+            ']' if class > 0 => class -= 1,
+            '^' | '$' if class == 0 => return true,
+            _ => {}
+        }
+    }
+    false
+}
