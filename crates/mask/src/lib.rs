@@ -201,6 +201,8 @@ pub struct Masker {
     /// JSON may be masked in one pass over its bytes ([`stream`]): no path
     /// rules, no pattern anchored to where the text ends.
     streamable: bool,
+    /// Every detector as one alternation (its matches' places only).
+    any: Option<Regex>,
 }
 
 impl std::fmt::Debug for Masker {
@@ -305,6 +307,19 @@ impl Masker {
         }
         let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
             .map_err(|e| spec_err("detectors", e.to_string()))?;
+        // Every detector in one pattern, for the one-pass JSON path: where
+        // any of them matches, in one scan. (None if it grows too large:
+        // that path then asks the set, then each detector it names.)
+        let any = (!detectors.is_empty())
+            .then(|| {
+                let alternation = detectors
+                    .iter()
+                    .map(|d| format!("(?:{})", d.regex.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                Regex::new(&alternation).ok()
+            })
+            .flatten();
         let mut words = Vec::new();
         for (i, w) in spec.words.iter().enumerate() {
             if w.words.iter().any(|x| x.trim().is_empty()) {
@@ -369,6 +384,7 @@ impl Masker {
             fields,
             hash_key: key,
             streamable,
+            any,
         })
     }
 

@@ -50,7 +50,7 @@ pub(crate) fn mask(
         return Some(Err(MaskError::InvalidJson(e.to_string())));
     }
     let text = std::str::from_utf8(body).ok()?;
-    let hits = hits(m, text);
+    let hits = hits(m, text)?;
     let mut pass = Pass {
         m,
         text,
@@ -91,19 +91,30 @@ enum Step {
 }
 
 /// Every place in `text` where a detector or word list matches, as
-/// disjoint intervals in order.
-fn hits(m: &Masker, text: &str) -> Vec<(usize, usize)> {
+/// disjoint intervals in order; `None` if a pattern matched nothing (an
+/// empty match could stand in front of another detector's at that place).
+fn hits(m: &Masker, text: &str) -> Option<Vec<(usize, usize)>> {
     let mut spans: Vec<(usize, usize)> = Vec::new();
-    for i in m.set.matches(text).iter() {
-        spans.extend(
-            m.detectors[i]
-                .regex
-                .find_iter(text)
-                .map(|f| (f.start(), f.end())),
-        );
+    match &m.any {
+        // Leftmost-first over the alternation still reaches every place a
+        // detector matches: a match it skips lies under one it reports.
+        Some(any) => spans.extend(any.find_iter(text).map(|f| (f.start(), f.end()))),
+        None => {
+            for i in m.set.matches(text).iter() {
+                spans.extend(
+                    m.detectors[i]
+                        .regex
+                        .find_iter(text)
+                        .map(|f| (f.start(), f.end())),
+                );
+            }
+        }
     }
     for w in &m.words {
         spans.extend(w.matcher.find_iter(text).map(|f| (f.start(), f.end())));
+    }
+    if spans.iter().any(|(s, e)| s == e) {
+        return None;
     }
     spans.sort_unstable();
     let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
@@ -113,7 +124,7 @@ fn hits(m: &Masker, text: &str) -> Vec<(usize, usize)> {
             _ => merged.push((s, e)),
         }
     }
-    merged
+    Some(merged)
 }
 
 struct Pass<'a> {

@@ -565,6 +565,17 @@ fn maskers() -> Vec<Masker> {
                 ..Default::default()
             },
         ],
+        custom: vec![CustomDetector {
+            name: "employee_id".into(),
+            regex: r"\bEMP-\d{6}\b".into(),
+            action: ActionKind::Redact,
+            keep_last: None,
+        }],
+        words: vec![WordList {
+            name: "codename".into(),
+            words: vec!["Bluebird".into()],
+            action: ActionKind::Redact,
+        }],
         ..MaskSpec::default()
     };
     vec![masker(), Masker::new(&keyed, Some(b"k")).unwrap()]
@@ -629,6 +640,7 @@ fn arb_json_mixed() -> impl Strategy<Value = serde_json::Value> {
             Just("password".to_string()),
             Just("token".to_string()),
             Just("key=abcdef".to_string()),
+            Just("the Bluebird file, EMP-123456".to_string()),
             "\\PC{0,12}",
         ]
     };
