@@ -338,6 +338,11 @@ impl Pass<'_> {
             self.replace(start, end, with.as_bytes());
             return Step::Done;
         }
+        // Written as the target wrote it: a finding in it is a match in the
+        // body at the same place, so no overlap means nothing to mask.
+        if written == raw && !self.hit(start, end) {
+            return Step::Done;
+        }
         if written.len() >= 8
             && let Cow::Owned(masked) = self.m.mask_str_in(&written, stats, vault)
         {
