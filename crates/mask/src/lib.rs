@@ -199,10 +199,8 @@ pub struct Masker {
     fields: Vec<Field>,
     hash_key: aws_lc_rs::hmac::Key,
     /// JSON may be masked in one pass over its bytes ([`stream`]): no path
-    /// rules, no pattern anchored to where the text ends.
+    /// rules.
     streamable: bool,
-    /// Every detector as one alternation (its matches' places only).
-    any: Option<Regex>,
 }
 
 impl std::fmt::Debug for Masker {
@@ -307,19 +305,7 @@ impl Masker {
         }
         let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
             .map_err(|e| spec_err("detectors", e.to_string()))?;
-        // Every detector in one pattern, for the one-pass JSON path: where
-        // any of them matches, in one scan. (None if it grows too large:
-        // that path then asks the set, then each detector it names.)
-        let any = (!detectors.is_empty())
-            .then(|| {
-                let alternation = detectors
-                    .iter()
-                    .map(|d| format!("(?:{})", d.regex.as_str()))
-                    .collect::<Vec<_>>()
-                    .join("|");
-                Regex::new(&alternation).ok()
-            })
-            .flatten();
+
         let mut words = Vec::new();
         for (i, w) in spec.words.iter().enumerate() {
             if w.words.iter().any(|x| x.trim().is_empty()) {
@@ -375,8 +361,7 @@ impl Masker {
                     .map_err(|_| spec_err("hash_key", "no randomness for a hash key"))?
             }
         };
-        let streamable = fields.iter().all(|f| f.paths.is_empty())
-            && !detectors.iter().any(|d| stream::anchored(d.regex.as_str()));
+        let streamable = fields.iter().all(|f| f.paths.is_empty());
         Ok(Self {
             detectors,
             set,
@@ -384,7 +369,6 @@ impl Masker {
             fields,
             hash_key: key,
             streamable,
-            any,
         })
     }
 
@@ -525,7 +509,7 @@ impl Masker {
                     if d.group > 0 {
                         let c = d.regex.captures_at(text, pos)?;
                         let whole = c.get(0)?;
-                        if let Some(m) = c.get(d.group) {
+                        if let Some(m) = c.get(d.group).filter(|m| !m.is_empty()) {
                             let (mut st, mut en) = (m.start(), m.end());
                             let v = m.as_str();
                             // Keep quotes around a quoted value.
@@ -539,6 +523,12 @@ impl Masker {
                         continue;
                     }
                     let m = d.regex.find_at(text, pos)?;
+                    // A custom pattern may match nothing in some context
+                    // (`x?\b`): no value, and no progress; look further on.
+                    if m.is_empty() {
+                        pos = m.end() + text[m.end()..].chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
                     // In the middle of a longer run of digit groups (an
                     // account number, a near-miss IBAN) a weak pattern is not
                     // a value. A mask token (`…]`) counts as the value it

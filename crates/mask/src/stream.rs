@@ -1,19 +1,19 @@
 //! JSON masked in one pass over its bytes: the document is copied as it
-//! is, and only the tokens a detector may match (or that a key rule
+//! is, and only the tokens that may hold a finding (or that a key rule
 //! names) are decoded, masked and written anew.
 //!
-//! The detectors run once over the whole body rather than once per string:
-//! a finding inside a string is also a match in the body at the same place,
-//! because every pattern sees the same context there (a quote outside a
-//! string is no word character, as the ends of an isolated string are not).
-//! So a string that overlaps no match in the body has no finding of its
-//! own, and is copied untouched. Patterns whose meaning depends on where
-//! the text ends (`^`, `$`, `\A`, `\z`) break that argument: a masker with
-//! one, or with path rules, takes the parse-walk-serialise path
-//! ([`crate::json::walk`]), as does a document where a key would be
-//! renamed or a key rule takes a whole object or array. Both paths give the
-//! same document (as JSON values) and the same counts; a differential test
-//! holds them to it.
+//! Each string is looked at on its own, as the walk ([`crate::json::walk`])
+//! looks at it: [`Masker::may_match`] (the detector set's and the word
+//! lists' cheap first look) on its text, and only where that says yes, or
+//! the string holds an escape, is it decoded and masked. No scan crosses a
+//! token, so every pattern sees exactly the text the walk gives it, and the
+//! cost stays linear in the body (a scan of the whole body with patterns
+//! that can span tokens was quadratic: review of 2026-12-02). Numbers are
+//! read and written back as the walk writes them. A masker with path rules
+//! takes the walk, as does a document where a key would be renamed, a key
+//! rule takes a whole object or array, or nesting is deeper than the walk
+//! reads. Both paths give the same document (as JSON values) and the same
+//! counts; a differential test holds them to it.
 //!
 //! Written by hand because the parse-walk-serialise path spent most of its
 //! time building and writing back a `serde_json::Value`, and no crate
@@ -22,6 +22,10 @@
 use std::borrow::Cow;
 
 use crate::{ActionKind, MaskError, Masker, Stats, Vault};
+
+/// Containers nested deeper than this go to the walk, which refuses them
+/// (serde_json reads at most 128 levels).
+const MAX_DEPTH: usize = 127;
 
 /// What the pass needs to know about the enclosing container.
 enum Frame {
@@ -50,12 +54,9 @@ pub(crate) fn mask(
         return Some(Err(MaskError::InvalidJson(e.to_string())));
     }
     let text = std::str::from_utf8(body).ok()?;
-    let hits = hits(m, text)?;
     let mut pass = Pass {
         m,
         text,
-        hits: &hits,
-        next_hit: 0,
         out: Vec::new(),
         copied: 0,
         stack: Vec::new(),
@@ -90,48 +91,9 @@ enum Step {
     Invalid(MaskError),
 }
 
-/// Every place in `text` where a detector or word list matches, as
-/// disjoint intervals in order; `None` if a pattern matched nothing (an
-/// empty match could stand in front of another detector's at that place).
-fn hits(m: &Masker, text: &str) -> Option<Vec<(usize, usize)>> {
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    match &m.any {
-        // Leftmost-first over the alternation still reaches every place a
-        // detector matches: a match it skips lies under one it reports.
-        Some(any) => spans.extend(any.find_iter(text).map(|f| (f.start(), f.end()))),
-        None => {
-            for i in m.set.matches(text).iter() {
-                spans.extend(
-                    m.detectors[i]
-                        .regex
-                        .find_iter(text)
-                        .map(|f| (f.start(), f.end())),
-                );
-            }
-        }
-    }
-    for w in &m.words {
-        spans.extend(w.matcher.find_iter(text).map(|f| (f.start(), f.end())));
-    }
-    if spans.iter().any(|(s, e)| s == e) {
-        return None;
-    }
-    spans.sort_unstable();
-    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
-    for (s, e) in spans {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    Some(merged)
-}
-
 struct Pass<'a> {
     m: &'a Masker,
     text: &'a str,
-    hits: &'a [(usize, usize)],
-    next_hit: usize,
     out: Vec<u8>,
     /// Bytes of `text` before this are in `out` (or replaced there).
     copied: usize,
@@ -164,8 +126,9 @@ impl Pass<'_> {
                     i = end;
                 }
                 b'{' | b'[' => {
-                    // A key rule takes a whole object or array: the full path.
-                    if self.field().is_some() {
+                    // A key rule takes a whole object or array, and nesting
+                    // the walk would refuse is refused by it: the full path.
+                    if self.field().is_some() || self.stack.len() >= MAX_DEPTH {
                         return Step::Fallback;
                     }
                     self.stack.push(if b[i] == b'{' {
@@ -227,12 +190,11 @@ impl Pass<'_> {
             .map(|f| (f, key.as_str()))
     }
 
-    /// Whether `start..end` overlaps a match.
-    fn hit(&mut self, start: usize, end: usize) -> bool {
-        while self.next_hit < self.hits.len() && self.hits[self.next_hit].1 <= start {
-            self.next_hit += 1;
-        }
-        self.hits.get(self.next_hit).is_some_and(|&(s, _)| s < end)
+    /// Whether the string token `start..end` (quotes included) may hold
+    /// a finding: an escape (decoded, it reads otherwise), or the first
+    /// look says so.
+    fn may_hold(&self, start: usize, end: usize, escaped: bool) -> bool {
+        escaped || self.m.may_match(&self.text[start + 1..end - 1])
     }
 
     /// Replace `start..end` of the input with `with`.
@@ -256,7 +218,7 @@ impl Pass<'_> {
     }
 
     fn key(&mut self, start: usize, end: usize, escaped: bool) -> Step {
-        let flagged = escaped || self.hit(start, end);
+        let flagged = self.may_hold(start, end, escaped);
         let keep = !self.m.fields.is_empty();
         if flagged || keep {
             let key = match self.decode(start, end, escaped) {
@@ -299,7 +261,7 @@ impl Pass<'_> {
             self.replace(start, end, with.as_bytes());
             return Step::Done;
         }
-        if !(escaped || self.hit(start, end)) {
+        if !self.may_hold(start, end, escaped) {
             return Step::Done;
         }
         let value = match self.decode(start, end, escaped) {
@@ -338,15 +300,16 @@ impl Pass<'_> {
             self.replace(start, end, with.as_bytes());
             return Step::Done;
         }
-        // Written as the target wrote it: a finding in it is a match in the
-        // body at the same place, so no overlap means nothing to mask.
-        if written == raw && !self.hit(start, end) {
-            return Step::Done;
-        }
         if written.len() >= 8
+            && self.m.may_match(&written)
             && let Cow::Owned(masked) = self.m.mask_str_in(&written, stats, vault)
         {
             self.replace(start, end, json_string(&masked).as_bytes());
+        } else if written != raw {
+            // Written back as the walk writes it: the number it read, not
+            // the digits the target sent (4111111111111111.9999 reads as
+            // 4111111111111112.0; the raw digits must not pass).
+            self.replace(start, end, written.as_bytes());
         }
         Step::Done
     }
@@ -411,29 +374,4 @@ fn string_end(b: &[u8], start: usize) -> (usize, bool) {
         }
     }
     (b.len(), escaped)
-}
-
-/// Whether a pattern's meaning depends on where the text ends: `^` or `$`
-/// outside a class, `\A` or `\z`. Conservative: a misread class counts as
-/// anchored.
-pub(crate) fn anchored(pattern: &str) -> bool {
-    let mut chars = pattern.chars();
-    let mut class = 0usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next()
-                    && class == 0
-                    && matches!(n, 'A' | 'z')
-                {
-                    return true;
-                }
-            }
-            '[' => class += 1,
-            ']' if class > 0 => class -= 1,
-            '^' | '$' if class == 0 => return true,
-            _ => {}
-        }
-    }
-    false
 }
