@@ -637,7 +637,14 @@ fn tokens_are_minted_and_revoked_and_live_sessions_ended_in_the_browser() {
         "agent:claude@admin",
         "shot",
         "tokens",
+        "axe",
+        "tokens",
+        "axe",
+        "sessions",
     ]);
+    for l in out.iter().filter(|l| l["step"] == "axe") {
+        assert_eq!(l["violations"], serde_json::json!([]), "{l}");
+    }
     assert_eq!(step(&out, "end-session")["note"], "ending…");
     // The person behind the agent: the admin's agent, not the tester.
     let rows = step(&out, "sessions")["rows"].to_string();
