@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::idp::{self, Idp};
@@ -15,26 +14,6 @@ use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
 use portcullis_tls::CertificateAuthority;
 use serde_json::Value;
-
-fn chromium() -> Option<String> {
-    let c = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    Path::new(&c).exists().then_some(c)
-}
-
-/// Base64 SHA-256 of a certificate's public key (what Chromium's
-/// `--ignore-certificate-errors-spki-list` names): only these two keys
-/// are accepted without a public CA.
-fn spki(cert: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
-            cert.display()
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -165,19 +144,30 @@ impl Setup {
 
 /// The id of `principal`'s session (waiting for it to be admitted).
 fn session_of(s: &Setup, principal: &str) -> String {
+    listed(s, "principal", principal, "id").unwrap_or_else(|| panic!("no session of {principal}"))
+}
+
+/// The outcome `sessions list` gives session `id`, once it has one.
+fn outcome_of(s: &Setup, id: &str) -> Option<String> {
+    listed(s, "id", id, "outcome")
+}
+
+/// Field `want` of the first session `sessions list` shows with `key` =
+/// `value`, once it has that field (waiting up to 10 s).
+fn listed(s: &Setup, key: &str, value: &str, want: &str) -> Option<String> {
     for _ in 0..100 {
         let out = cli_at(&s.cfg(), &["sessions", "list", "--json"]);
         let found = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["principal"] == principal)
-            .and_then(|v| v["id"].as_str().map(str::to_owned));
-        if let Some(id) = found {
-            return id;
+            .find(|v| v[key] == value)
+            .and_then(|v| v[want].as_str().map(str::to_owned));
+        if found.is_some() {
+            return found;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("no session of {principal}");
+    None
 }
 
 fn step<'a>(lines: &'a [Value], name: &str) -> &'a Value {
@@ -560,23 +550,6 @@ fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
         "{head}"
     );
     assert!(head.contains("x-frame-options: deny"));
-}
-
-/// The outcome `sessions list` gives session `id`, once it has one.
-fn outcome_of(s: &Setup, id: &str) -> Option<String> {
-    for _ in 0..100 {
-        let out = cli_at(&s.cfg(), &["sessions", "list", "--json"]);
-        let found = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["id"] == id)
-            .and_then(|v| v["outcome"].as_str().map(str::to_owned));
-        if found.is_some() {
-            return found;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    None
 }
 
 #[test]

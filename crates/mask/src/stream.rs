@@ -32,8 +32,10 @@ enum Frame {
     Object {
         /// The next string is a key.
         expect_key: bool,
-        /// The current member's key, kept only when key rules exist.
-        key: Option<String>,
+        /// The key rule naming the current member (its index in the
+        /// masker's fields) and the label it writes (the key, upper-case):
+        /// resolved once, when the key is read.
+        rule: Option<(usize, String)>,
     },
     Array,
 }
@@ -134,7 +136,7 @@ impl Pass<'_> {
                     self.stack.push(if b[i] == b'{' {
                         Frame::Object {
                             expect_key: true,
-                            key: None,
+                            rule: None,
                         }
                     } else {
                         Frame::Array
@@ -173,21 +175,15 @@ impl Pass<'_> {
         Step::Done
     }
 
-    /// The key rule for the value about to be read, if any.
+    /// The key rule for the value about to be read, and its label.
     fn field(&self) -> Option<(&crate::Field, &str)> {
-        let Some(Frame::Object {
-            key: Some(key),
-            expect_key: false,
-        }) = self.stack.last()
-        else {
-            return None;
-        };
-        let lower = key.to_ascii_lowercase();
-        self.m
-            .fields
-            .iter()
-            .find(|f| f.keys.contains(&lower))
-            .map(|f| (f, key.as_str()))
+        match self.stack.last() {
+            Some(Frame::Object {
+                rule: Some((i, label)),
+                expect_key: false,
+            }) => Some((&self.m.fields[*i], label.as_str())),
+            _ => None,
+        }
     }
 
     /// Whether the string token `start..end` (quotes included) may hold
@@ -219,10 +215,10 @@ impl Pass<'_> {
 
     fn key(&mut self, start: usize, end: usize, escaped: bool) -> Step {
         let flagged = self.may_hold(start, end, escaped);
-        let keep = !self.m.fields.is_empty();
-        if flagged || keep {
+        let mut rule = None;
+        if flagged || !self.m.fields.is_empty() {
             let key = match self.decode(start, end, escaped) {
-                Ok(k) => k.into_owned(),
+                Ok(k) => k,
                 Err(e) => return Step::Invalid(e),
             };
             // A key that would be masked is renamed, and two renamed alike
@@ -233,12 +229,21 @@ impl Pass<'_> {
             {
                 return Step::Fallback;
             }
-            if let Some(Frame::Object { key: k, .. }) = self.stack.last_mut() {
-                *k = keep.then_some(key);
-            }
+            // The first rule naming the key (rules keep keys lower-case).
+            rule = self
+                .m
+                .fields
+                .iter()
+                .position(|f| f.keys.iter().any(|k| k.eq_ignore_ascii_case(&key)))
+                .map(|i| (i, key.to_ascii_uppercase()));
         }
-        if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+        if let Some(Frame::Object {
+            expect_key,
+            rule: r,
+        }) = self.stack.last_mut()
+        {
             *expect_key = false;
+            *r = rule;
         }
         Step::Done
     }
@@ -251,13 +256,12 @@ impl Pass<'_> {
         stats: &mut Stats,
         vault: &mut Option<&mut Vault>,
     ) -> Step {
-        if let Some((f, key)) = self.field() {
-            let label = key.to_ascii_uppercase();
+        if let Some((f, label)) = self.field() {
             let value = match self.decode(start, end, escaped) {
                 Ok(v) => v.into_owned(),
                 Err(e) => return Step::Invalid(e),
             };
-            let with = field_value(self.m, f, &label, Some(&value), stats, vault);
+            let with = field_value(self.m, f, label, Some(&value), stats, vault);
             self.replace(start, end, with.as_bytes());
             return Step::Done;
         }
@@ -282,7 +286,7 @@ impl Pass<'_> {
         vault: &mut Option<&mut Vault>,
     ) -> Step {
         let raw = &self.text[start..end];
-        let field = self.field().map(|(f, k)| (f, k.to_ascii_uppercase()));
+        let field = self.field();
         // The full path reads the number and masks its written form when
         // it has 8 characters or more; a plain number shorter than 8 (no
         // exponent) is never written longer, so it is left as it is.
@@ -296,7 +300,7 @@ impl Pass<'_> {
         };
         let written = n.to_string();
         if let Some((f, label)) = field {
-            let with = field_value(self.m, f, &label, Some(&written), stats, vault);
+            let with = field_value(self.m, f, label, Some(&written), stats, vault);
             self.replace(start, end, with.as_bytes());
             return Step::Done;
         }
@@ -321,15 +325,14 @@ impl Pass<'_> {
         stats: &mut Stats,
         vault: &mut Option<&mut Vault>,
     ) {
-        let Some((f, key)) = self.field() else {
+        let Some((f, label)) = self.field() else {
             return;
         };
-        let label = key.to_ascii_uppercase();
         let value = match &self.text[start..end] {
             "null" => None,
             other => Some(other.to_owned()),
         };
-        let with = field_value(self.m, f, &label, value.as_deref(), stats, vault);
+        let with = field_value(self.m, f, label, value.as_deref(), stats, vault);
         self.replace(start, end, with.as_bytes());
     }
 }

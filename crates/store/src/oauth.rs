@@ -155,10 +155,16 @@ impl Store {
     }
 
     pub async fn insert_oauth_grant(&self, g: &OAuthGrantRow) -> Result<(), StoreError> {
-        sqlx::query(self.q(
+        self.insert_grant(g, "").await.map(drop)
+    }
+
+    /// Insert `g` (`then`: what follows the values, e.g. a conflict
+    /// clause); the rows it added.
+    async fn insert_grant(&self, g: &OAuthGrantRow, then: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(self.q(&format!(
             "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ))
+             VALUES (?, ?, ?, ?, ?, ?, ?){then}"
+        )))
         .bind(&g.hash[..])
         .bind(g.kind.as_str())
         .bind(&g.client_id)
@@ -168,27 +174,17 @@ impl Store {
         .bind(g.expires_at)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     /// Keep `g` unless a secret with its hash is already kept: true if
     /// this call kept it, false if it was there before (a replay). The
     /// insert is the check, so two gateways cannot both accept it.
     pub async fn insert_oauth_grant_once(&self, g: &OAuthGrantRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(self.q(
-            "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
-        ))
-        .bind(&g.hash[..])
-        .bind(g.kind.as_str())
-        .bind(&g.client_id)
-        .bind(&g.family)
-        .bind(&g.data)
-        .bind(g.created_at)
-        .bind(g.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(self
+            .insert_grant(g, " ON CONFLICT (hash) DO NOTHING")
+            .await?
+            == 1)
     }
 
     /// Revoke every unspent secret of `kind` kept for `client_id` (a new

@@ -530,3 +530,24 @@ pub fn mcp_upstream(dir: &std::path::Path, key: &str) -> McpUpstream {
         .unwrap();
     McpUpstream { child, port }
 }
+
+/// Debian's Chromium (or `$CHROMIUM`), for the console tests, if installed.
+pub fn chromium() -> Option<String> {
+    let c = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    Path::new(&c).exists().then_some(c)
+}
+
+/// Base64 SHA-256 of a certificate's public key (what Chromium's
+/// `--ignore-certificate-errors-spki-list` names): the keys a test's
+/// browser accepts without a public CA.
+pub fn spki(cert: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            cert.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -27,6 +27,29 @@ pub const REVIEW_EVENTS: &str = "/api/v1/reviews/events";
 const EVENTS_EVERY: Duration = Duration::from_secs(1);
 const EVENTS_FOR: Duration = Duration::from_secs(600);
 
+/// A request's query parameters (at most `max` of them are read).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(req: &Request<Incoming>, max: usize) -> Self {
+        Self(
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .take(max)
+                .collect(),
+        )
+    }
+
+    /// The value of the first `k`, unless it is empty.
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
 /// `GET /api/v1/me`: the caller, and (for a console session) the value
 /// its state changes must carry.
 pub fn me(console: &Console, who: &Principal, session: Option<&str>) -> Response<Body> {
@@ -54,18 +77,8 @@ pub async fn sessions(
     if req.method() != Method::GET {
         return Err(ProxyError::Method(req.method().clone(), "GET"));
     }
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .take(16)
-            .collect();
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let params = Query::of(req, 16);
+    let get = |k: &str| params.get(k);
     let number = |k: &str| -> Result<Option<i64>, ProxyError> {
         get(k)
             .map(|v| {
@@ -244,11 +257,8 @@ pub async fn audit(
     if !console.is_admin(who) {
         return Ok(forbidden("the audit log"));
     }
-    let param = |k: &str| {
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .find(|(n, _)| n == k)
-            .and_then(|(_, v)| v.parse::<i64>().ok())
-    };
+    let params = Query::of(req, 16);
+    let param = |k: &str| params.get(k).and_then(|v| v.parse::<i64>().ok());
     let limit = param("limit").unwrap_or(100).clamp(1, 500);
     let before = param("before").unwrap_or(i64::MAX);
     let rows = console
@@ -438,17 +448,13 @@ pub fn explain(
     if !console.is_admin(who) {
         return Ok(forbidden("explaining the policy"));
     }
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .take(8)
-            .collect();
+    let params = Query::of(req, 8);
     let get = |k: &str| {
         params
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.trim().to_owned())
+            .get(k)
+            .map(str::trim)
             .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     };
     let principal =
         get("principal").ok_or_else(|| ProxyError::CallerBody("principal is missing".into()))?;

@@ -425,16 +425,7 @@ impl SamlSp {
 
 /// The `SAMLResponse` field of a bounded form body.
 async fn saml_response(req: Request<Incoming>) -> Result<String, Refusal> {
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
+    let is_form = crate::oauth::is_form(req.headers());
     let body = http_body_util::Limited::new(req.into_body(), MAX_FORM)
         .collect()
         .await

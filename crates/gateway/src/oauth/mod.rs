@@ -336,19 +336,23 @@ fn no_store(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
+/// Whether a request says its body is a form
+/// (`application/x-www-form-urlencoded`, with or without parameters).
+pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 /// The body of a form POST, bounded, as name/value pairs; `None` when it
 /// is too large or not a form.
 async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
+    let is_form = is_form(req.headers());
     let bytes = body(req).await?;
     if !is_form {
         return None;
