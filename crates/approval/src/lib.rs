@@ -6,6 +6,7 @@
 //! decision through [`Approvals::decide`]. Every step is an audit entry.
 //! Reviews live in the store, so pending ones survive a restart.
 
+mod preview;
 mod review;
 mod webhook;
 
@@ -17,6 +18,7 @@ use portcullis_identity::{AuthMethod, Principal, PrincipalKind, unix_now};
 use portcullis_store::{ReviewRow, Store};
 use tokio::sync::Notify;
 
+pub use preview::{Preview, Sample, SampleRow, TableChange};
 pub use review::{Approval, Decider, Review, ReviewError, State, action_hash};
 pub use webhook::Webhook;
 
@@ -33,6 +35,10 @@ pub struct Held<'a> {
     pub session: Option<&'a str>,
     /// For just-in-time access: how long the grant asked for lasts.
     pub grant: Option<Duration>,
+    /// For a SQL write: what it would change, found by running it and
+    /// rolling back. An approval given on one preview is void when the
+    /// fresh one differs beyond the rule's `preview_tolerance`.
+    pub preview: Option<&'a Preview>,
 }
 
 /// A caller's ask for just-in-time access.
@@ -85,6 +91,7 @@ impl SessionRequest {
             rule,
             session,
             grant: Some(self.duration),
+            preview: None,
         }
     }
 }
@@ -155,6 +162,10 @@ fn to_row(r: &Review) -> ReviewRow {
         decided_by: r.decided_by.clone(),
         reason: r.reason.clone(),
         used_at: r.used_at,
+        preview: r
+            .preview
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok()),
     }
 }
 
@@ -177,6 +188,9 @@ fn from_row(r: ReviewRow) -> Review {
         decided_by: r.decided_by,
         reason: r.reason,
         used_at: r.used_at,
+        // A preview the store cannot read is shown as missing, never
+        // guessed; it binds nothing then (see `Preview::still_matches`).
+        preview: r.preview.and_then(|p| serde_json::from_str(&p).ok()),
     }
 }
 
@@ -261,6 +275,11 @@ impl Approvals {
                 let _ = self.store.update_review(&to_row(&r), before.as_str()).await;
                 self.audit("review_expired", &r, serde_json::json!({}))
                     .await;
+            } else if let Some(why) = self.differs(&r, h) {
+                // What a person saw is no longer what would run: that
+                // review ends, and the action is held again on the fresh
+                // preview.
+                self.supersede(&mut r, &why).await?;
             } else if r.state == State::Approved {
                 if self.consume(&mut r, h.session).await? {
                     return Ok(Check::Approved(r));
@@ -293,6 +312,7 @@ impl Approvals {
             decided_by: None,
             reason: None,
             used_at: None,
+            preview: h.preview.cloned(),
         };
         self.store
             .insert_review(&to_row(&r))
@@ -304,6 +324,7 @@ impl Approvals {
             serde_json::json!({
                 "action": r.action, "required": r.required, "approvers": r.approvers,
                 "session": h.session,
+                "preview": r.preview.as_ref().map(Preview::summary),
             }),
         )
         .await;
@@ -313,6 +334,41 @@ impl Approvals {
             tokio::spawn(async move { w.send(&r).await });
         }
         Ok(Check::Pending(r))
+    }
+
+    /// Why the pending or approved review `r` no longer stands for `h`:
+    /// the fresh preview differs from the one it was created with.
+    fn differs(&self, r: &Review, h: &Held<'_>) -> Option<String> {
+        if !matches!(r.state, State::Pending | State::Approved) {
+            return None;
+        }
+        let (was, now) = (r.preview.as_ref()?, h.preview?);
+        was.still_matches(now, h.rule.preview_tolerance).err()
+    }
+
+    /// End review `r` because what it would run changed since it was
+    /// created (`why`); audited as `review_superseded`.
+    async fn supersede(&self, r: &mut Review, why: &str) -> Result<(), ReviewError> {
+        let before = r.state;
+        r.state = State::Expired;
+        r.reason = Some(format!("superseded: {why}"));
+        if self
+            .store
+            .update_review(&to_row(r), before.as_str())
+            .await
+            .map_err(unavailable)?
+        {
+            self.superseded(r, why).await;
+        }
+        Ok(())
+    }
+
+    /// Record that approved review `r` was used up by an action whose
+    /// fresh preview (`why`) no longer matched it, so the action is held
+    /// again rather than run.
+    pub async fn superseded(&self, r: &Review, why: &str) {
+        self.audit("review_superseded", r, serde_json::json!({ "why": why }))
+            .await;
     }
 
     /// Wait up to `timeout` for review `id` to be decided.

@@ -69,6 +69,9 @@ pub struct Review {
     pub decided_by: Option<String>,
     pub reason: Option<String>,
     pub used_at: Option<i64>,
+    /// What a held SQL write would change (see [`crate::Preview`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<crate::Preview>,
 }
 
 /// Why a decision was not taken.
@@ -224,6 +227,7 @@ mod tests {
             decided_by: None,
             reason: None,
             used_at: None,
+            preview: None,
         }
     }
 

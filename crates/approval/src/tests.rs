@@ -18,6 +18,9 @@ fn rule(required: u32) -> ApprovalRule {
         wait: Duration::from_secs(5),
         expires: Duration::from_secs(3600),
         session: Duration::from_secs(60),
+        preview: true,
+        preview_tolerance: 0,
+        preview_timeout: Duration::from_secs(5),
     }
 }
 
@@ -57,6 +60,7 @@ async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
         rule: &r,
         session: None,
         grant: None,
+        preview: None,
     };
     let Check::Pending(rv) = a.check(&held("DELETE FROM t WHERE id = 1")).await.unwrap() else {
         panic!("should wait")
@@ -112,6 +116,7 @@ async fn denial_and_timeout() {
         rule: &r,
         session: None,
         grant: None,
+        preview: None,
     };
     let Check::Pending(rv) = a.check(&held).await.unwrap() else {
         panic!()

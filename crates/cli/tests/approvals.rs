@@ -96,6 +96,14 @@ webhook_ca_file = "ca.pem"
 {two}
 {quick}
 {jit}
+{previewed}
+# Applies to reviewers only, yet masks every preview's sample: who will
+# review is not known when it is taken.
+[[masking.rules]]
+name = "reviewers-pii"
+connections = ["previewed"]
+groups = ["dba"]
+
 [[connections]]
 name = "api"
 type = "http"
@@ -139,6 +147,10 @@ connections = ["*"]
         jit = pgconn(
             "jit",
             r#"{ mode = "session", approvers = ["dba"], wait = "30s", session = "1h" }"#
+        ),
+        previewed = pgconn(
+            "previewed",
+            r#"{ mode = "statements", classes = ["write", "unknown"], approvers = ["dba"], wait = "30s" }"#
         ),
     );
     let (gw, tester) = gateway_with_config(dir, &config);
@@ -736,4 +748,207 @@ fn bound_parameters_are_part_of_the_approved_action() {
         let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 42);
     });
+}
+
+/// The tables the preview tests change; made once per run.
+fn preview_tables() -> &'static PgCluster {
+    let pg = PgCluster::shared();
+    static TABLES: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        pg.psql_direct(
+            "CREATE TABLE prev_orders (id int PRIMARY KEY, email text, old boolean, qty int);
+             CREATE TABLE prev_lines (id int PRIMARY KEY,
+                 order_id int REFERENCES prev_orders ON DELETE CASCADE);
+             INSERT INTO prev_orders
+                 SELECT g, 'buyer' || g || '@example.com', g <= 4, g FROM generate_series(1, 10) g;
+             INSERT INTO prev_lines SELECT g, (g % 4) + 1 FROM generate_series(1, 6) g;
+             CREATE TABLE prev_items (id int PRIMARY KEY, qty int);
+             INSERT INTO prev_items SELECT g, g FROM generate_series(1, 10) g;
+             CREATE TABLE prev_trig (id int PRIMARY KEY, x int);
+             INSERT INTO prev_trig VALUES (1, 1);
+             CREATE FUNCTION prev_note() RETURNS trigger LANGUAGE plpgsql
+                 AS $$BEGIN PERFORM pg_notify('prev', 'changed'); RETURN NEW; END$$;
+             CREATE TRIGGER prev_t BEFORE UPDATE ON prev_trig
+                 FOR EACH ROW EXECUTE FUNCTION prev_note();
+             CREATE TABLE prev_serial (id serial PRIMARY KEY, v text);
+             CREATE FUNCTION prev_side() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';",
+        );
+    });
+    pg
+}
+
+/// Tables, a sequence and the locks on them: what a preview must leave
+/// exactly as it found it.
+fn fingerprint(pg: &PgCluster, tables: &[&str]) -> String {
+    let mut parts: Vec<String> = tables
+        .iter()
+        .map(|t| format!("SELECT string_agg(t::text, ',' ORDER BY t.id) x FROM {t} t"))
+        .collect();
+    parts.push("SELECT last_value || '/' || is_called FROM prev_serial_id_seq".into());
+    parts.push(format!(
+        "SELECT count(*)::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         WHERE c.relname IN ('{}')",
+        tables.join("', '")
+    ));
+    pg.psql_direct(&format!(
+        "SELECT md5(string_agg(coalesce(x, ''), '|')) FROM ({}) f",
+        parts.join(" UNION ALL ")
+    ))
+}
+
+fn table_change<'a>(preview: &'a Value, table: &str) -> &'a Value {
+    preview["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|c| c["table"] == table))
+        .unwrap_or_else(|| panic!("no {table} in {preview}"))
+}
+
+#[test]
+fn a_held_delete_shows_its_preview_and_is_held_again_when_the_data_changes() {
+    let s = setup();
+    let pg = preview_tables();
+    let before = fingerprint(pg, &["prev_orders", "prev_lines"]);
+    let bg = s.psql_bg("previewed", "DELETE FROM prev_orders WHERE old;\n");
+    let r = s.pending("FROM prev_orders WHERE old");
+    let p = &r["preview"];
+    assert_eq!(p["status"], "counted", "{r}");
+    // PostgreSQL's own counts, the cascade included.
+    assert_eq!(table_change(p, "public.prev_orders")["deleted"], 4, "{p}");
+    assert_eq!(table_change(p, "public.prev_lines")["deleted"], 6, "{p}");
+    // The sample: the four rows as they were, masked by a rule that
+    // applies only to reviewers (the agent itself reads them unmasked).
+    let sample = &p["sample"];
+    assert_eq!(sample["table"], "prev_orders", "{sample}");
+    assert_eq!(
+        sample["columns"],
+        serde_json::json!(["id", "email", "old", "qty"])
+    );
+    let rows = sample["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{sample}");
+    assert!(
+        rows.iter()
+            .all(|r| r["after"].is_null() && r["before"][2] == "t")
+    );
+    assert!(
+        !sample.to_string().contains("@example.com"),
+        "unmasked: {sample}"
+    );
+    let agent_reads = s.psql("previewed", "SELECT email FROM prev_orders WHERE id = 1;\n");
+    assert!(
+        text(&agent_reads).contains("buyer1@example.com"),
+        "{}",
+        text(&agent_reads)
+    );
+    // The preview left no trace: rows, cascade, sequence, locks.
+    assert_eq!(
+        fingerprint(pg, &["prev_orders", "prev_lines"]),
+        before,
+        "the preview changed the database"
+    );
+    // `reviews show` prints it.
+    let shown = s.reviews(&s.bob, &["show", r["id"].as_str().unwrap()]);
+    assert!(text(&shown).contains("\"deleted\": 4"), "{}", text(&shown));
+
+    // Someone else adds a matching row while the review waits: what was
+    // approved (4 rows) is not what would run (5), so it is held again.
+    pg.psql_direct("INSERT INTO prev_orders VALUES (11, 'late@example.com', true, 11)");
+    let first = r["id"].as_str().unwrap().to_string();
+    let out = s.decide(&s.bob, "approve", &first, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = s.pending("FROM prev_orders WHERE old");
+            if r["id"] != first.as_str() {
+                break r;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(
+        table_change(&again["preview"], "public.prev_orders")["deleted"],
+        5
+    );
+    assert_eq!(rows_left("prev_orders WHERE old"), "5", "nothing ran yet");
+    let out = s.decide(&s.bob, "approve", again["id"].as_str().unwrap(), None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = bg.join().unwrap();
+    let said = text(&out);
+    assert!(said.contains("DELETE 5"), "{said}");
+    assert!(said.contains("held again with a new preview"), "{said}");
+    assert!(said.contains("5 now"), "{said}");
+    assert_eq!(rows_left("prev_orders WHERE old"), "0");
+}
+
+fn rows_left(from_where: &str) -> String {
+    PgCluster::shared().psql_direct(&format!("SELECT count(*) FROM {from_where}"))
+}
+
+#[test]
+fn what_cannot_be_previewed_says_why_and_is_not_run() {
+    let s = setup();
+    let pg = preview_tables();
+    let mine = ["prev_items", "prev_trig", "prev_serial"];
+    let before = fingerprint(pg, &mine);
+    for (sql, needle, why) in [
+        (
+            "UPDATE prev_trig SET x = 2;",
+            "prev_trig SET x = 2",
+            "table prev_trig has trigger prev_t",
+        ),
+        (
+            "INSERT INTO prev_serial (v) VALUES ('a');",
+            "INSERT INTO prev_serial",
+            "column id of prev_serial advances a sequence",
+        ),
+        (
+            "DELETE FROM prev_items WHERE id = prev_side();",
+            "id = prev_side()",
+            "not proven free of side effects",
+        ),
+        (
+            "WITH x AS (DELETE FROM prev_items RETURNING id) DELETE FROM prev_trig WHERE id IN (SELECT id FROM x);",
+            "WITH x AS",
+            "more than one place",
+        ),
+    ] {
+        let bg = s.psql_bg("previewed", &format!("{sql}\n"));
+        let r = s.pending(needle);
+        assert_eq!(r["preview"]["status"], "not_previewed", "{sql}: {r}");
+        let reason = r["preview"]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{sql}: {reason}");
+        let out = s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), Some("test"));
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&bg.join().unwrap()).contains("denied"));
+    }
+    assert_eq!(
+        fingerprint(pg, &mine),
+        before,
+        "a statement that was not previewed ran"
+    );
+
+    // An UPDATE shows each sampled row before and after.
+    let bg = s.psql_bg(
+        "previewed",
+        "UPDATE prev_items SET qty = qty + 100 WHERE id IN (9, 10);\n",
+    );
+    let r = s.pending("qty = qty + 100");
+    let p = &r["preview"];
+    assert_eq!(table_change(p, "public.prev_items")["updated"], 2, "{p}");
+    let rows = p["sample"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{p}");
+    for row in rows {
+        let (b, a) = (&row["before"], &row["after"]);
+        assert_eq!(b[0], a[0], "paired by key: {p}");
+        let (qb, qa): (i64, i64) = (
+            b[1].as_str().unwrap().parse().unwrap(),
+            a[1].as_str().unwrap().parse().unwrap(),
+        );
+        assert_eq!(qa, qb + 100, "{p}");
+    }
+    let out = s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None);
+    assert!(out.status.success());
+    bg.join().unwrap();
+    assert_eq!(fingerprint(pg, &mine), before);
 }

@@ -137,6 +137,14 @@ pub struct ApprovalRule {
     /// Longest just-in-time grant, and the length of one whose caller
     /// does not ask for less.
     pub session: Duration,
+    /// Held SQL writes are previewed (run once and rolled back) for the
+    /// reviewer, when that is proven safe.
+    pub preview: bool,
+    /// How far (rows, per table and count) the counts when the approved
+    /// statement runs may be from the counts the reviewer saw.
+    pub preview_tolerance: u64,
+    /// The preview's `statement_timeout` (its `lock_timeout` is a fifth).
+    pub preview_timeout: Duration,
 }
 
 /// The listener agents connect to (TLS, client certificate required).

@@ -632,6 +632,9 @@ struct RawApproval {
     wait: Option<String>,
     expires: Option<String>,
     session: Option<String>,
+    preview: Option<bool>,
+    preview_tolerance: Option<u64>,
+    preview_timeout: Option<String>,
 }
 
 impl RawApproval {
@@ -692,6 +695,17 @@ impl RawApproval {
                 "between 1 and 10 distinct approvers",
             ));
         }
+        let preview_timeout = duration(
+            &k("preview_timeout"),
+            self.preview_timeout.as_deref().unwrap_or("5s"),
+        )?;
+        if preview_timeout > Duration::from_secs(60) || preview_timeout < Duration::from_millis(100)
+        {
+            return Err(invalid(
+                k("preview_timeout"),
+                "between 100ms and 60s: the preview runs while the caller waits",
+            ));
+        }
         Ok(ApprovalRule {
             mode,
             classes: self.classes.clone(),
@@ -702,6 +716,9 @@ impl RawApproval {
             wait: duration(&k("wait"), self.wait.as_deref().unwrap_or("60s"))?,
             expires: duration(&k("expires"), self.expires.as_deref().unwrap_or("1h"))?,
             session: duration(&k("session"), self.session.as_deref().unwrap_or("1h"))?,
+            preview: self.preview.unwrap_or(true),
+            preview_tolerance: self.preview_tolerance.unwrap_or(0),
+            preview_timeout,
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct Ask<'a> {
     pub classification: &'a str,
     /// For just-in-time access: how long the grant lasts.
     pub grant: Option<Duration>,
+    /// For a SQL write: what it would change (see
+    /// [`portcullis_approval::Preview`]).
+    pub preview: Option<&'a portcullis_approval::Preview>,
 }
 
 /// Why a held action may not go on.
@@ -140,6 +143,7 @@ impl Gate {
             rule: &self.rule,
             session: self.session.as_deref(),
             grant: ask.grant,
+            preview: ask.preview,
         };
         let check = self.approvals.check(&held).await?;
         if let Check::Pending(r) = &check {
@@ -166,6 +170,13 @@ impl Gate {
         }
     }
 
+    /// Record that approved review `r` was used up by an action whose
+    /// fresh preview no longer matched it (`why`): it is held again.
+    pub async fn superseded(&self, r: &Review, why: &str) {
+        tracing::info!(target: "portcullis::access", principal = %self.principal.subject, connection = %self.connection, review = %r.id, why, "approved action changed since its preview; held again");
+        self.approvals.superseded(r, why).await;
+    }
+
     /// [`Self::check`] then, if it must, [`Self::wait`], for fronts that
     /// cannot tell their caller anything in between.
     pub async fn hold(&self, ask: &Ask<'_>) -> Result<(), HoldError> {
@@ -188,6 +199,7 @@ impl Gate {
             action: &ask.action,
             classification: "session",
             grant: Some(ask.duration),
+            preview: None,
         })
         .await
     }

@@ -229,6 +229,7 @@ async fn a_held_action_waits_times_out_then_passes_once_approved() {
         action: "DELETE /x body-sha256:00",
         classification: "DELETE",
         grant: None,
+        preview: None,
     };
     let e = gate.hold(&ask).await.unwrap_err();
     let HoldError::TimedOut { review, .. } = &e else {

@@ -98,6 +98,15 @@ impl RuleSet {
             .map(|r| r.as_ref())
     }
 
+    /// Every rule for `connection`, whoever it applies to.
+    pub fn rules_for(&self, connection: &str) -> Vec<std::sync::Arc<Rule>> {
+        self.rules
+            .iter()
+            .filter(|r| r.connections.iter().any(|c| c == "*" || c == connection))
+            .cloned()
+            .collect()
+    }
+
     /// The first rule for `connection` that applies to a principal in
     /// `groups`.
     pub fn select(&self, connection: &str, groups: &[String]) -> Option<&std::sync::Arc<Rule>> {

@@ -159,6 +159,7 @@ pub async fn approve(
                 action,
                 classification,
                 grant: None,
+                preview: None,
             };
             gate.hold(&ask).await
         }

@@ -123,6 +123,7 @@ pub(crate) async fn hold(
                 action: &action,
                 classification: method,
                 grant: None,
+                preview: None,
             };
             gate.hold(&ask).await.map(|_| crate::full(bytes))
         }

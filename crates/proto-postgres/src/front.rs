@@ -661,10 +661,15 @@ impl Inner {
             }
         };
         let started = Instant::now();
-        let gate = admitted
-            .gate
-            .clone()
-            .map(|g| Gate::new(g.in_session(&open.id), startup.asked_session, &self.nonce));
+        let gate = admitted.gate.clone().map(|g| {
+            let masks = self.ctx.masks.rules_for(connection);
+            Gate::new(
+                g.in_session(&open.id),
+                startup.asked_session,
+                &self.nonce,
+                masks,
+            )
+        });
         let up = match upstream.connect(&startup.params).await {
             Ok(u) => u,
             Err(e) => {

@@ -14,6 +14,7 @@ pub mod io;
 pub mod masking;
 pub mod messages;
 mod options;
+pub mod preview;
 pub mod recording;
 mod relay;
 mod statements;

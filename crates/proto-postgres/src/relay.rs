@@ -433,7 +433,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 {
                     return Err(Exit::UpstreamGone);
                 }
-                g.admit(&m, checked.as_ref(), &self.caller_w).await
+                g.admit(&m, checked.as_ref(), self.ctx.upstream, &self.caller_w)
+                    .await
             }
             (Ok(_), None) => Ok(m.clone()),
         };

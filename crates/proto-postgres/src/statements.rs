@@ -20,6 +20,7 @@ use crate::held::{HeldError, HeldStatements};
 use crate::inspect::{self, Refusal};
 use crate::messages::{self, sqlstate};
 use crate::relay::{SessionCtx, send};
+use crate::upstream::PgUpstream;
 
 /// A statement's proven class, and (for a fast-path call) the function's
 /// name as the target knows it.
@@ -90,6 +91,9 @@ pub(crate) struct Gate {
     asked_session: Option<Duration>,
     /// Prepared statements held at every Bind.
     held: Mutex<HeldStatements>,
+    /// The connection's masking rules, all of them: a preview's sample
+    /// is masked by every one (see [`crate::preview`]).
+    masks: Vec<Arc<portcullis_mask::Rule>>,
 }
 
 /// What the caller may be told while a statement waits.
@@ -100,12 +104,14 @@ impl Gate {
         approval: portcullis_front::Gate,
         asked_session: Option<Duration>,
         nonce: &str,
+        masks: Vec<Arc<portcullis_mask::Rule>>,
     ) -> Self {
         Self {
             approval,
             jit_until: AtomicI64::new(-1),
             asked_session,
             held: Mutex::new(HeldStatements::new(nonce)),
+            masks,
         }
     }
 
@@ -181,6 +187,7 @@ impl Gate {
         &self,
         m: &Message,
         checked: Option<&Checked>,
+        up: &PgUpstream,
         caller_w: CallerWriter<'_, W>,
     ) -> Result<Message, Refusal> {
         match self.mode() {
@@ -197,7 +204,8 @@ impl Gate {
         match m.tag {
             tag::QUERY => {
                 if let (Some(sql), Some(class)) = (messages::query_text(m), class) {
-                    self.hold(&sql, class, caller_w).await?;
+                    let preview = Previewed::Text { up, sql: &sql };
+                    self.hold(&sql, class, preview, caller_w).await?;
                 }
                 Ok(m.clone())
             }
@@ -210,7 +218,7 @@ impl Gate {
                         c.name,
                         hex::encode(&m.body)
                     );
-                    self.hold(&action, class, caller_w).await?;
+                    self.hold(&action, class, Previewed::Not, caller_w).await?;
                 }
                 Ok(m.clone())
             }
@@ -257,7 +265,8 @@ impl Gate {
             return Ok(m.clone());
         };
         let action = crate::held::action(&h.sql, &bind);
-        self.hold(&action, h.class, caller_w).await?;
+        let preview = Previewed::Bound;
+        self.hold(&action, h.class, preview, caller_w).await?;
         Ok(bind.encode_for(&h.private))
     }
 
@@ -311,6 +320,7 @@ impl Gate {
             action: &ask.action,
             classification: "session",
             grant: Some(ask.duration),
+            preview: None,
         };
         let review = match self.approval.check(&asked).await.map_err(hold_refusal)? {
             Check::Approved(r) => return Ok(r.expires_at),
@@ -334,29 +344,101 @@ impl Gate {
         &self,
         action: &str,
         class: &str,
+        previewed: Previewed<'_>,
         caller_w: CallerWriter<'_, W>,
     ) -> Result<(), Refusal> {
-        let ask = Ask {
-            kind: "statement",
-            action,
-            classification: class,
-            grant: None,
-        };
-        let review = match self.approval.check(&ask).await.map_err(hold_refusal)? {
-            Check::Approved(_) => return Ok(()),
-            Check::Pending(r) => r,
-        };
-        {
-            let mut w = caller_w.lock().await;
-            let waiting = portcullis_approval::waiting_message(&review);
-            send(&mut *w, &messages::notice(sqlstate::WARNING, &waiting)).await;
+        let mut preview = self.preview(&previewed, class).await;
+        loop {
+            let ask = Ask {
+                kind: "statement",
+                action,
+                classification: class,
+                grant: None,
+                preview: preview.as_ref(),
+            };
+            // An approval waiting for exactly this action was checked
+            // against this fresh preview before it was used.
+            let review = match self.approval.check(&ask).await.map_err(hold_refusal)? {
+                Check::Approved(_) => return Ok(()),
+                Check::Pending(r) => r,
+            };
+            {
+                let mut w = caller_w.lock().await;
+                let waiting = portcullis_approval::waiting_message(&review);
+                send(&mut *w, &messages::notice(sqlstate::WARNING, &waiting)).await;
+            }
+            let approved = self.approval.wait(&review).await.map_err(hold_refusal)?;
+            // Time passed while people looked: what they approved must
+            // still be what would run.
+            let Some(was) = approved.preview.as_ref().filter(|p| p.tables().is_some()) else {
+                return Ok(());
+            };
+            let now = self.preview(&previewed, class).await;
+            let tolerance = self.approval.rule.preview_tolerance;
+            match now.as_ref().map(|n| was.still_matches(n, tolerance)) {
+                None | Some(Ok(())) => return Ok(()),
+                Some(Err(why)) => {
+                    self.approval.superseded(&approved, &why).await;
+                    let again = format!(
+                        "portcullis: the data changed since review {} was approved ({why}); the statement is held again with a new preview",
+                        approved.id
+                    );
+                    let mut w = caller_w.lock().await;
+                    send(&mut *w, &messages::notice(sqlstate::WARNING, &again)).await;
+                    preview = now;
+                }
+            }
         }
-        self.approval
-            .wait(&review)
-            .await
-            .map(drop)
-            .map_err(hold_refusal)
     }
+
+    /// What a held statement of `class` would change, for its review;
+    /// `None` where the rule turns previews off.
+    async fn preview(
+        &self,
+        previewed: &Previewed<'_>,
+        class: &str,
+    ) -> Option<portcullis_approval::Preview> {
+        use portcullis_approval::Preview;
+        let rule = &self.approval.rule;
+        if !rule.preview {
+            return None;
+        }
+        Some(match (previewed, class) {
+            (Previewed::Text { up, sql }, "write") => {
+                let limits = crate::preview::Limits {
+                    statement_timeout: rule.preview_timeout,
+                };
+                crate::preview::preview(up, sql, &self.masks, limits).await
+            }
+            (Previewed::Not, _) => {
+                Preview::not_previewed("a fast-path function call is not previewed")
+            }
+            (Previewed::Bound, "write") => Preview::not_previewed(
+                "a statement with bound parameters (extended protocol) is not previewed yet",
+            ),
+            (_, "unknown") => Preview::not_previewed(
+                "it is not proven free of side effects (a volatile function, a procedure, EXECUTE), so it is not run before approval",
+            ),
+            (_, other) => Preview::not_previewed(format!(
+                "only data changes are previewed, and this is {} statement",
+                if other == "admin" {
+                    "an admin"
+                } else {
+                    "a DDL"
+                }
+            )),
+        })
+    }
+}
+
+/// What a held statement can be previewed from.
+enum Previewed<'a> {
+    /// A simple query's text, on this connection.
+    Text { up: &'a PgUpstream, sql: &'a str },
+    /// A Bind of a held prepared statement.
+    Bound,
+    /// A fast-path function call.
+    Not,
 }
 
 /// The statement rules' half that needs no person: prove the class of

@@ -127,6 +127,8 @@ pub struct PgUpstream {
     /// The masker's catalog look-ups (types, protected columns' sources),
     /// by query text: see [`PgUpstream::mask_catalog`].
     mask_catalog: std::sync::Mutex<MaskCatalogs>,
+    /// Previews of held statements running now (see [`crate::preview`]).
+    previews: tokio::sync::Semaphore,
 }
 
 /// Rows of a catalog query, as text.
@@ -254,6 +256,7 @@ impl PgUpstream {
             catalog: Default::default(),
             analyses: Default::default(),
             mask_catalog: Default::default(),
+            previews: tokio::sync::Semaphore::new(crate::preview::MAX_CONCURRENT),
         })
     }
 
@@ -282,7 +285,14 @@ impl PgUpstream {
             catalog: Default::default(),
             analyses: Default::default(),
             mask_catalog: Default::default(),
+            previews: tokio::sync::Semaphore::new(crate::preview::MAX_CONCURRENT),
         }
+    }
+
+    /// A place for one more preview, while fewer than
+    /// [`crate::preview::MAX_CONCURRENT`] run.
+    pub fn preview_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.previews.try_acquire().ok()
     }
 
     /// The agent serving this connection, if one does.
@@ -882,7 +892,7 @@ impl UpstreamSession {
 }
 
 /// Column names of a RowDescription body.
-fn row_description_names(body: &[u8]) -> Vec<String> {
+pub(crate) fn row_description_names(body: &[u8]) -> Vec<String> {
     let n = body
         .get(..2)
         .map(|x| i16::from_be_bytes([x[0], x[1]]))
@@ -903,7 +913,7 @@ fn row_description_names(body: &[u8]) -> Vec<String> {
 }
 
 /// Cells of a DataRow body as text; `None` is NULL.
-fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
+pub(crate) fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
     let n = body
         .get(..2)
         .map(|x| i16::from_be_bytes([x[0], x[1]]))

@@ -326,7 +326,7 @@ impl Store {
     pub async fn insert_review(&self, r: &ReviewRow) -> Result<(), StoreError> {
         sqlx::query(self.q("INSERT INTO reviews (id, created_at, expires_at, requester, on_behalf_of, connection, kind, \
              action, action_sha256, classification, state, required, approvers, approvals, decided_by, \
-             reason, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+             reason, used_at, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
         .bind(&r.id)
         .bind(r.created_at)
         .bind(r.expires_at)
@@ -344,6 +344,7 @@ impl Store {
         .bind(&r.decided_by)
         .bind(&r.reason)
         .bind(r.used_at)
+        .bind(&r.preview)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -741,6 +742,8 @@ pub struct ReviewRow {
     pub decided_by: Option<String>,
     pub reason: Option<String>,
     pub used_at: Option<i64>,
+    /// What a held SQL write would change, as JSON.
+    pub preview: Option<String>,
 }
 
 fn review_from_row(r: &sqlx::any::AnyRow) -> Result<ReviewRow, StoreError> {
@@ -762,6 +765,7 @@ fn review_from_row(r: &sqlx::any::AnyRow) -> Result<ReviewRow, StoreError> {
         decided_by: r.try_get("decided_by")?,
         reason: r.try_get("reason")?,
         used_at: r.try_get("used_at")?,
+        preview: r.try_get("preview")?,
     })
 }
 

@@ -176,6 +176,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX session_ends_requested ON session_ends (requested_at)",
     ),
+    // A held SQL write's preview (JSON): what it would change.
+    (14, "ALTER TABLE reviews ADD COLUMN preview TEXT"),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -138,6 +138,7 @@ pub async fn reviews_and_jit(store: &Store) {
         decided_by: None,
         reason: None,
         used_at: None,
+        preview: Some(r#"{"status":"counted","tables":[]}"#.into()),
     };
     store.insert_review(&r).await.unwrap();
     assert_eq!(store.review(&r.id).await.unwrap().unwrap(), r);

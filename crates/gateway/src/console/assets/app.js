@@ -274,6 +274,7 @@ function reviewCard(r) {
     el('p', { text: `${r.requester}${r.on_behalf_of ? ' for ' + r.on_behalf_of : ''} on ${r.connection} (${r.kind}, ${r.classification})` }),
     el('pre', { text: r.action }),
     el('p', { class: 'note', text: `${r.approvals.length} of ${r.required} approvals · approvers: ${r.approvers.join(', ')} · expires ${when(r.expires_at * 1000)}` }));
+  if (r.preview) card.append(previewBlock(r.preview));
   if (r.reason) card.append(el('p', { text: 'Reason: ' + r.reason }));
   if (r.state === 'pending') {
     const reason = el('input', { name: 'reason', 'aria-label': 'Reason for ' + r.id, placeholder: 'Reason' });
@@ -295,6 +296,39 @@ function reviewCard(r) {
     card.append(el('div', {}, reason, ' ', approve, ' ', deny), message);
   }
   return card;
+}
+
+// What a held SQL write would change: counts per table, and a few rows
+// before and after (masked by every masking rule of the connection).
+function previewBlock(p) {
+  const box = el('section', { class: 'preview', 'aria-label': 'Preview' }, el('h4', { text: 'Preview' }));
+  if (p.status !== 'counted') {
+    box.append(el('p', { class: 'note', text: 'Not previewed: ' + p.reason }));
+    return box;
+  }
+  const counts = p.tables.length
+    ? el('table', { 'aria-label': 'Rows changed' },
+      el('thead', {}, el('tr', {}, ...['Table', 'Inserted', 'Updated', 'Deleted'].map((h) => el('th', { scope: 'col', text: h })))),
+      el('tbody', {}, ...p.tables.map((t) => el('tr', {},
+        el('td', { text: t.table }), el('td', { text: String(t.inserted) }),
+        el('td', { text: String(t.updated) }), el('td', { text: String(t.deleted) })))))
+    : el('p', { text: 'Changes no rows.' });
+  box.append(counts);
+  const sm = p.sample;
+  if (sm && sm.rows.length) {
+    const cell = (v) => el('td', { text: v === null ? 'NULL' : v });
+    const rows = [];
+    for (const row of sm.rows) {
+      if (row.before) rows.push(el('tr', { class: 'before' }, el('th', { scope: 'row', text: 'before' }), ...row.before.map(cell)));
+      if (row.after) rows.push(el('tr', { class: 'after' }, el('th', { scope: 'row', text: 'after' }), ...row.after.map(cell)));
+    }
+    box.append(el('table', { 'aria-label': 'Sample of ' + sm.table },
+      el('caption', { text: `Sample of ${sm.table} (masked)` }),
+      el('thead', {}, el('tr', {}, el('td', {}), ...sm.columns.map((c) => el('th', { scope: 'col', text: c })))),
+      el('tbody', {}, ...rows)));
+    if (sm.note) box.append(el('p', { class: 'note', text: sm.note }));
+  }
+  return box;
 }
 
 // Replay: what the caller saw, as recorded (masked), event by event, with
