@@ -150,7 +150,7 @@ connections = ["*"]
         ),
         previewed = pgconn(
             "previewed",
-            r#"{ mode = "statements", classes = ["write", "unknown"], approvers = ["dba"], wait = "30s" }"#
+            r#"{ mode = "statements", classes = ["write", "unknown"], approvers = ["dba"], wait = "30s", preview_timeout = "1s" }"#
         ),
     );
     let (gw, tester) = gateway_with_config(dir, &config);
@@ -762,6 +762,8 @@ fn preview_tables() -> &'static PgCluster {
              INSERT INTO prev_orders
                  SELECT g, 'buyer' || g || '@example.com', g <= 4, g FROM generate_series(1, 10) g;
              INSERT INTO prev_lines SELECT g, (g % 4) + 1 FROM generate_series(1, 6) g;
+             CREATE TABLE prev_race (id int PRIMARY KEY, old boolean);
+             INSERT INTO prev_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
              CREATE TABLE prev_items (id int PRIMARY KEY, qty int);
              INSERT INTO prev_items SELECT g, g FROM generate_series(1, 10) g;
              CREATE TABLE prev_trig (id int PRIMARY KEY, x int);
@@ -951,4 +953,61 @@ fn what_cannot_be_previewed_says_why_and_is_not_run() {
     assert!(out.status.success());
     bg.join().unwrap();
     assert_eq!(fingerprint(pg, &mine), before);
+}
+
+#[test]
+fn rows_that_change_after_the_last_preview_roll_the_approved_statement_back() {
+    let s = setup();
+    let pg = preview_tables();
+    let bg = s.psql_bg("previewed", "DELETE FROM prev_race WHERE old;\n");
+    let r = s.pending("FROM prev_race WHERE old");
+    assert_eq!(
+        table_change(&r["preview"], "public.prev_race")["deleted"],
+        4,
+        "{r}"
+    );
+    // Another session changes one of the rows and holds its lock past
+    // the gateway's last preview (which times out on it, so counts
+    // nothing): the statement itself then waits, and deletes 3 rows.
+    let locker = std::thread::spawn(|| {
+        PgCluster::shared().psql_direct(
+            "BEGIN; UPDATE prev_race SET old = false WHERE id = 1; SELECT pg_sleep(3); COMMIT;",
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql_direct(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%SET old = false WHERE id = 1%' AND wait_event = 'PgSleep'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the locker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = s.decide(&s.bob, "approve", r["id"].as_str().unwrap(), None);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&bg.join().unwrap());
+    locker.join().unwrap();
+    assert!(
+        said.contains("would have changed other rows than its preview")
+            && said.contains("rolled back"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("DELETE 3"),
+        "the count of a rolled-back statement was shown: {said}"
+    );
+    // Nothing of it stayed: the three rows it reached are still there.
+    assert_eq!(rows_left("prev_race WHERE old"), "3");
+    // And the session goes on: the same statement, sent again, is held
+    // again on the data as it is now.
+    let bg = s.psql_bg("previewed", "DELETE FROM prev_race WHERE old;\n");
+    let again = s.pending("FROM prev_race WHERE old");
+    assert_eq!(
+        table_change(&again["preview"], "public.prev_race")["deleted"],
+        3
+    );
+    let out = s.decide(&s.bob, "approve", again["id"].as_str().unwrap(), None);
+    assert!(out.status.success());
+    let said = text(&bg.join().unwrap());
+    assert!(said.contains("DELETE 3"), "{said}");
+    assert_eq!(rows_left("prev_race WHERE old"), "0");
 }

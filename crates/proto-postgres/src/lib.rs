@@ -4,6 +4,7 @@
 //! credential. Between them every message passes the inspector chain.
 
 pub mod catalog;
+mod checked;
 pub mod classify;
 pub mod doctor;
 pub mod frame;

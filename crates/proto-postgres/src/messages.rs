@@ -54,6 +54,8 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// query_canceled: a statement waited too long for its review.
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// The data changed under the statement: run it again.
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
     /// too_many_connections
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
 }

@@ -180,6 +180,8 @@ pub(crate) struct Relay<'a, W> {
     caller_w: tokio::sync::Mutex<W>,
     chain: Mutex<Vec<Box<dyn Inspector>>>,
     pending: Mutex<Pending>,
+    /// Approved statements running with their preview's counts checked.
+    checks: Mutex<crate::checked::Checks>,
     bytes_from_caller: AtomicU64,
     bytes_to_caller: AtomicU64,
     /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
@@ -216,6 +218,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             caller_w: tokio::sync::Mutex::new(caller_w),
             chain: Mutex::new(chain),
             pending: Mutex::new(Pending::default()),
+            checks: Mutex::new(Default::default()),
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
             syncs_sent: AtomicU64::new(0),
@@ -436,11 +439,15 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 g.admit(&m, checked.as_ref(), self.ctx.upstream, &self.caller_w)
                     .await
             }
-            (Ok(_), None) => Ok(m.clone()),
+            (Ok(_), None) => Ok(m.clone().into()),
         };
+        let mut counts = None;
         let verdict = match gated {
             Err(refusal) => Err(refusal),
-            Ok(m) => self.inspect_frontend(m)?,
+            Ok(admitted) => {
+                counts = admitted.checked;
+                self.inspect_frontend(admitted.message)?
+            }
         };
         span.record(
             "decision",
@@ -461,7 +468,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 if changes_schema {
                     self.schema_dirty.store(true, Ordering::Relaxed);
                 }
-                passed.encode(out);
+                self.checked(passed, counts)?.encode(out);
             }
             Err(refusal) => {
                 if !matches!(
@@ -490,6 +497,35 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             return Ok(Step::Terminate);
         }
         Ok(Step::Sent)
+    }
+
+    /// `m` as sent to the target: an approved simple query whose preview
+    /// counted rows runs with the counts checked before it commits
+    /// (after the chain: inspectors and the recording see the caller's
+    /// own text).
+    fn checked(
+        &self,
+        m: Message,
+        counts: Option<crate::checked::Expected>,
+    ) -> Result<Message, Exit> {
+        let (Some(expected), Some(sql)) = (counts, messages::query_text(&m)) else {
+            return Ok(m);
+        };
+        let in_flight = self
+            .syncs_sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ready_seen.load(Ordering::Relaxed));
+        let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
+        match checks.queue(&sql, self.ctx.nonce, expected, in_flight) {
+            Some(text) => Ok(messages::query(&text)),
+            None => Err(Exit::Refused(Refusal {
+                code: sqlstate::PROGRAM_LIMIT,
+                message: format!(
+                    "portcullis: more than {} approved statements in flight on one session",
+                    crate::checked::MAX_IN_FLIGHT
+                ),
+            })),
+        }
     }
 
     /// The chain's verdict on a message to the target. (The poisoned
@@ -560,10 +596,21 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 Ok(None) | Err(_) => return Exit::UpstreamGone,
             };
             while let Some(m) = next.take() {
-                match self.on_target_message(m) {
-                    Ok(Some(m)) => m.encode(&mut out),
-                    Ok(None) => {}
-                    Err(exit) => return exit,
+                let Ok(mut checks) = self.checks.lock() else {
+                    return Exit::Internal;
+                };
+                // Only while an approved statement runs checked is an
+                // answer taken apart (no allocation on the common path).
+                let several =
+                    (!checks.is_idle()).then(|| checks.backend(self.ctx.nonce, m.clone()));
+                drop(checks);
+                let single = several.is_none().then_some(m);
+                for m in several.into_iter().flatten().chain(single) {
+                    match self.on_target_message(m) {
+                        Ok(Some(m)) => m.encode(&mut out),
+                        Ok(None) => {}
+                        Err(exit) => return exit,
+                    }
                 }
                 next = match up_r.buffered() {
                     Ok(m) => m,

@@ -81,6 +81,23 @@ impl Prepared {
     }
 }
 
+/// A message the gate let through, and for an approved simple query
+/// with a counted preview, the counts its run must reproduce (see
+/// [`crate::checked`]).
+pub(crate) struct Admitted {
+    pub message: Message,
+    pub checked: Option<crate::checked::Expected>,
+}
+
+impl From<Message> for Admitted {
+    fn from(message: Message) -> Self {
+        Self {
+            message,
+            checked: None,
+        }
+    }
+}
+
 /// What holds statements of one session for approval.
 pub(crate) struct Gate {
     approval: portcullis_front::Gate,
@@ -189,25 +206,29 @@ impl Gate {
         checked: Option<&Checked>,
         up: &PgUpstream,
         caller_w: CallerWriter<'_, W>,
-    ) -> Result<Message, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         match self.mode() {
-            ApprovalMode::None => return Ok(m.clone()),
+            ApprovalMode::None => return Ok(m.clone().into()),
             ApprovalMode::Session => {
                 if matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL) {
                     self.hold_session(caller_w).await?;
                 }
-                return Ok(m.clone());
+                return Ok(m.clone().into());
             }
             ApprovalMode::Statements => {}
         }
         let class = checked.and_then(|c| self.needs_approval(c.class));
         match m.tag {
             tag::QUERY => {
+                let mut checked = None;
                 if let (Some(sql), Some(class)) = (messages::query_text(m), class) {
                     let preview = Previewed::Text { up, sql: &sql };
-                    self.hold(&sql, class, preview, caller_w).await?;
+                    checked = self.hold(&sql, class, preview, caller_w).await?;
                 }
-                Ok(m.clone())
+                Ok(Admitted {
+                    message: m.clone(),
+                    checked,
+                })
             }
             // A fast-path call is held like the statement that would call
             // it, its arguments part of the action.
@@ -220,12 +241,12 @@ impl Gate {
                     );
                     self.hold(&action, class, Previewed::Not, caller_w).await?;
                 }
-                Ok(m.clone())
+                Ok(m.clone().into())
             }
-            tag::PARSE => self.parse(m, class),
-            tag::BIND => self.bind(m, caller_w).await,
-            tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m)),
-            _ => Ok(m.clone()),
+            tag::PARSE => self.parse(m, class).map(Admitted::from),
+            tag::BIND => self.bind(m, caller_w).await.map(Admitted::from),
+            tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m).into()),
+            _ => Ok(m.clone().into()),
         }
     }
 
@@ -339,14 +360,15 @@ impl Gate {
     }
 
     /// Hold `action` (a statement, with its parameters when bound) until
-    /// a person decides, or let it through at once if already approved.
+    /// a person decides, or let it through at once if already approved;
+    /// the counts its run must reproduce when the approval had some.
     async fn hold<W: AsyncWrite + Unpin>(
         &self,
         action: &str,
         class: &str,
         previewed: Previewed<'_>,
         caller_w: CallerWriter<'_, W>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<crate::checked::Expected>, Refusal> {
         let mut preview = self.preview(&previewed, class).await;
         loop {
             let ask = Ask {
@@ -359,7 +381,7 @@ impl Gate {
             // An approval waiting for exactly this action was checked
             // against this fresh preview before it was used.
             let review = match self.approval.check(&ask).await.map_err(hold_refusal)? {
-                Check::Approved(_) => return Ok(()),
+                Check::Approved(r) => return Ok(self.expected(&r)),
                 Check::Pending(r) => r,
             };
             {
@@ -371,12 +393,12 @@ impl Gate {
             // Time passed while people looked: what they approved must
             // still be what would run.
             let Some(was) = approved.preview.as_ref().filter(|p| p.tables().is_some()) else {
-                return Ok(());
+                return Ok(None);
             };
             let now = self.preview(&previewed, class).await;
             let tolerance = self.approval.rule.preview_tolerance;
             match now.as_ref().map(|n| was.still_matches(n, tolerance)) {
-                None | Some(Ok(())) => return Ok(()),
+                None | Some(Ok(())) => return Ok(self.expected(&approved)),
                 Some(Err(why)) => {
                     self.approval.superseded(&approved, &why).await;
                     let again = format!(
@@ -389,6 +411,17 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// The counts the run of `approved` must reproduce: those a person
+    /// saw. Checked even when the last preview could not count (a lock
+    /// it timed out on may be the very change that makes them differ).
+    fn expected(&self, approved: &portcullis_approval::Review) -> Option<crate::checked::Expected> {
+        Some(crate::checked::Expected {
+            review: approved.id.clone(),
+            tables: approved.preview.as_ref()?.tables()?.to_vec(),
+            tolerance: self.approval.rule.preview_tolerance,
+        })
     }
 
     /// What a held statement of `class` would change, for its review;
