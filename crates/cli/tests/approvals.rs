@@ -764,6 +764,8 @@ fn preview_tables() -> &'static PgCluster {
              INSERT INTO prev_lines SELECT g, (g % 4) + 1 FROM generate_series(1, 6) g;
              CREATE TABLE prev_race (id int PRIMARY KEY, old boolean);
              INSERT INTO prev_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
+             CREATE TABLE prev_bound (id int PRIMARY KEY, qty int);
+             INSERT INTO prev_bound SELECT g, g FROM generate_series(1, 6) g;
              CREATE TABLE prev_items (id int PRIMARY KEY, qty int);
              INSERT INTO prev_items SELECT g, g FROM generate_series(1, 10) g;
              CREATE TABLE prev_trig (id int PRIMARY KEY, x int);
@@ -1010,4 +1012,53 @@ fn rows_that_change_after_the_last_preview_roll_the_approved_statement_back() {
     let said = text(&bg.join().unwrap());
     assert!(said.contains("DELETE 3"), "{said}");
     assert_eq!(rows_left("prev_race WHERE old"), "0");
+}
+
+#[test]
+fn a_statement_bound_through_the_extended_protocol_is_previewed_with_its_parameters() {
+    let s = setup();
+    let pg = preview_tables();
+    let before = fingerprint(pg, &["prev_bound"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*client_tls(std::path::Path::new(&s.ca), &[])).clone(),
+        );
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("localhost")
+            .port(s.gw.pg_port.unwrap())
+            .dbname("previewed")
+            .user("agent")
+            .password(&s.token)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = cfg.connect(tls).await.unwrap();
+        tokio::spawn(conn);
+        let client = std::sync::Arc::new(client);
+        // Parameters sent binary, with the types the driver named.
+        let stmt = client
+            .prepare("UPDATE prev_bound SET qty = qty + $2 WHERE id <= $1")
+            .await
+            .unwrap();
+        let run = {
+            let (client, stmt) = (client.clone(), stmt.clone());
+            tokio::spawn(async move { client.execute(&stmt, &[&3i32, &1000i32]).await })
+        };
+        let pending = tokio::task::block_in_place(|| s.pending("SET qty = qty + $2"));
+        let p = &pending["preview"];
+        assert_eq!(p["status"], "counted", "{pending}");
+        assert_eq!(table_change(p, "public.prev_bound")["updated"], 3, "{p}");
+        let rows = p["sample"]["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{p}");
+        for row in rows {
+            let q = |v: &Value| v[1].as_str().unwrap().parse::<i64>().unwrap();
+            assert_eq!(q(&row["after"]), q(&row["before"]) + 1000, "{p}");
+        }
+        assert_eq!(fingerprint(pg, &["prev_bound"]), before);
+        let id = pending["id"].as_str().unwrap();
+        assert!(s.decide(&s.bob, "deny", id, None).status.success());
+        let e = run.await.unwrap().unwrap_err();
+        let db = e.as_db_error().expect("a database error");
+        assert!(db.message().contains("denied"), "{}", db.message());
+    });
+    assert_eq!(fingerprint(pg, &["prev_bound"]), before);
 }

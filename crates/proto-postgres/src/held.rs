@@ -36,6 +36,8 @@ pub struct HeldStatement {
     /// The name it is prepared under on the target.
     pub private: String,
     pub sql: String,
+    /// The parameter types the caller's Parse named (for the preview).
+    pub types: Vec<u32>,
     pub class: &'static str,
 }
 
@@ -72,6 +74,7 @@ impl HeldStatements {
         &mut self,
         name: &str,
         sql: &str,
+        types: Vec<u32>,
         class: &'static str,
     ) -> Result<String, HeldError> {
         if reserved(name) {
@@ -87,6 +90,7 @@ impl HeldStatements {
             HeldStatement {
                 private: private.clone(),
                 sql: sql.to_string(),
+                types,
                 class,
             },
         );
@@ -181,7 +185,7 @@ mod tests {
     fn held_statements_live_under_private_names() {
         let mut h = HeldStatements::new("abc");
         let p = h
-            .prepare("", "DELETE FROM t WHERE id = $1", "write")
+            .prepare("", "DELETE FROM t WHERE id = $1", vec![], "write")
             .unwrap();
         assert!(reserved(&p), "{p}");
         assert_eq!(h.get("").unwrap().private, p);
@@ -190,8 +194,8 @@ mod tests {
         h.forget("");
         assert!(h.get("").is_none());
         // Each held Parse gets its own private name.
-        let a = h.prepare("s1", "DELETE FROM t", "write").unwrap();
-        let b = h.prepare("s2", "DELETE FROM t", "write").unwrap();
+        let a = h.prepare("s1", "DELETE FROM t", vec![], "write").unwrap();
+        let b = h.prepare("s2", "DELETE FROM t", vec![], "write").unwrap();
         assert_ne!(a, b);
         assert_eq!(h.close("s1"), Some(a));
         assert!(h.get("s1").is_none());
@@ -206,7 +210,7 @@ mod tests {
         assert!(!reserved("portcullis"));
         assert!(!reserved("s1"));
         assert_eq!(
-            h.prepare("portcullis_held_x", "DELETE FROM t", "write"),
+            h.prepare("portcullis_held_x", "DELETE FROM t", vec![], "write"),
             Err(HeldError::Reserved("portcullis_held_x".into()))
         );
     }
@@ -215,10 +219,10 @@ mod tests {
     fn private_statements_are_bounded_per_session() {
         let mut h = HeldStatements::new("n");
         for _ in 0..MAX_PRIVATE {
-            h.prepare("", "DELETE FROM t", "write").unwrap();
+            h.prepare("", "DELETE FROM t", vec![], "write").unwrap();
         }
         assert_eq!(
-            h.prepare("", "DELETE FROM t", "write"),
+            h.prepare("", "DELETE FROM t", vec![], "write"),
             Err(HeldError::TooMany)
         );
     }

@@ -171,6 +171,40 @@ pub fn parse_named(name: &str, sql: &str) -> Message {
     Message::new(b'P', b.freeze())
 }
 
+/// The parameter types a Parse (`P`) names (0: left to the server).
+pub fn parse_types(m: &Message) -> Option<Vec<u32>> {
+    let mut b = &m.body[..];
+    take_cstr(&mut b)?;
+    take_cstr(&mut b)?;
+    let n = usize::try_from(take_i16(&mut b)?).ok()?;
+    let types = (0..n)
+        .map(|_| take_i32(&mut b).map(|t| t as u32))
+        .collect::<Option<Vec<_>>>()?;
+    b.is_empty().then_some(types)
+}
+
+/// The unnamed statement: a Parse (`P`) of `sql` with parameter `types`.
+pub fn parse_typed(sql: &str, types: &[u32]) -> Message {
+    let mut b = BytesMut::new();
+    put_cstr(&mut b, "");
+    put_cstr(&mut b, sql);
+    b.put_i16(types.len() as i16);
+    for t in types {
+        b.put_u32(*t);
+    }
+    Message::new(b'P', b.freeze())
+}
+
+/// Describe (`D`) and Execute (`E`, no row limit) of the unnamed
+/// portal, then Sync (`S`).
+pub fn describe_execute_sync() -> [Message; 3] {
+    [
+        Message::new(b'D', Bytes::from_static(b"P\0")),
+        Message::new(b'E', Bytes::from_static(b"\0\0\0\0\0")),
+        Message::new(b'S', Bytes::new()),
+    ]
+}
+
 /// The same Parse (`P`), preparing the statement as `name` instead.
 pub fn rename_parse(m: &Message, name: &str) -> Option<Message> {
     let mut rest = &m.body[..];

@@ -301,6 +301,46 @@ impl Inspector for Chain {
     }
 }
 
+/// A held statement as the caller sent it.
+pub enum Sql<'a> {
+    /// A simple query.
+    Simple(&'a str),
+    /// A prepared statement's text, its parameter types, and the Bind
+    /// that runs it.
+    Bound {
+        sql: &'a str,
+        types: &'a [u32],
+        bind: &'a crate::messages::Bind<'a>,
+    },
+}
+
+impl Sql<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Sql::Simple(s) | Sql::Bound { sql: s, .. } => s,
+        }
+    }
+
+    /// Run `text` (this statement, or a variant of it with the same
+    /// parameters) on `session`.
+    async fn run(
+        &self,
+        session: &mut UpstreamSession,
+        text: &str,
+        max_rows: usize,
+        inspector: Option<&mut (dyn Inspector + '_)>,
+    ) -> Result<crate::upstream::QueryOutcome, UpstreamError> {
+        match self {
+            Sql::Simple(_) => session.query_inspected(text, max_rows, inspector).await,
+            Sql::Bound { types, bind, .. } => {
+                session
+                    .bound_inspected(text, types, bind, max_rows, inspector)
+                    .await
+            }
+        }
+    }
+}
+
 /// The preview's own limits, from the approval rule.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -317,11 +357,11 @@ impl Limits {
 /// it was not run. Never fails: every failure is a reason on the review.
 pub async fn preview(
     up: &PgUpstream,
-    sql: &str,
+    sql: &Sql<'_>,
     masks: &[Arc<portcullis_mask::Rule>],
     limits: Limits,
 ) -> Preview {
-    let target = match target(sql) {
+    let target = match target(sql.text()) {
         Ok(t) => t,
         Err(why) => return Preview::not_previewed(why),
     };
@@ -355,7 +395,7 @@ pub async fn preview(
 async fn run(
     up: &PgUpstream,
     session: &mut UpstreamSession,
-    sql: &str,
+    sql: &Sql<'_>,
     target: &Target,
     masks: &[Arc<portcullis_mask::Rule>],
     limits: Limits,
@@ -388,11 +428,11 @@ async fn run(
         .simple_rows("SAVEPOINT portcullis_preview")
         .await
         .map_err(server)?;
-    if let Err(e) = session.query(sql, 0).await {
+    if let Err(e) = sql.run(session, sql.text(), 0, None).await {
         return Ok(Preview::not_previewed(format!("running it failed: {e}")));
     }
     let tables = since(&baseline, counts(session).await.map_err(server)?);
-    let sample = sample(up, session, target, masks).await;
+    let sample = sample(up, session, sql, target, masks).await;
     Ok(Preview::Counted { tables, sample })
 }
 
@@ -435,6 +475,7 @@ fn table_change(row: Vec<Option<String>>) -> Option<TableChange> {
 async fn sample(
     up: &PgUpstream,
     session: &mut UpstreamSession,
+    sql: &Sql<'_>,
     target: &Target,
     masks: &[Arc<portcullis_mask::Rule>],
 ) -> Option<Sample> {
@@ -463,8 +504,8 @@ async fn sample(
         captured: Vec::new(),
         inner: &mut chain,
     };
-    let changed = session
-        .query_inspected(returning, SAMPLE_ROWS, Some(&mut tap))
+    let changed = sql
+        .run(session, returning, SAMPLE_ROWS, Some(&mut tap))
         .await
         .ok()?;
     let found = std::mem::take(&mut tap.captured);

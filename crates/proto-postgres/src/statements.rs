@@ -244,7 +244,7 @@ impl Gate {
                 Ok(m.clone().into())
             }
             tag::PARSE => self.parse(m, class).map(Admitted::from),
-            tag::BIND => self.bind(m, caller_w).await.map(Admitted::from),
+            tag::BIND => self.bind(m, up, caller_w).await.map(Admitted::from),
             tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m).into()),
             _ => Ok(m.clone().into()),
         }
@@ -260,9 +260,10 @@ impl Gate {
             self.held().forget(&name);
             return Ok(m.clone());
         };
+        let types = messages::parse_types(m).unwrap_or_default();
         let private = self
             .held()
-            .prepare(&name, &sql, class)
+            .prepare(&name, &sql, types, class)
             .map_err(held_refusal)?;
         // It was read above, so it reads again; if not, fail closed.
         messages::rename_parse(m, &private).ok_or_else(|| Refusal {
@@ -274,6 +275,7 @@ impl Gate {
     async fn bind<W: AsyncWrite + Unpin>(
         &self,
         m: &Message,
+        up: &PgUpstream,
         caller_w: CallerWriter<'_, W>,
     ) -> Result<Message, Refusal> {
         let Some(bind) = messages::bind(&m.body) else {
@@ -286,7 +288,12 @@ impl Gate {
             return Ok(m.clone());
         };
         let action = crate::held::action(&h.sql, &bind);
-        let preview = Previewed::Bound;
+        let preview = Previewed::Bound {
+            up,
+            sql: &h.sql,
+            types: &h.types,
+            bind: &bind,
+        };
         self.hold(&action, h.class, preview, caller_w).await?;
         Ok(bind.encode_for(&h.private))
     }
@@ -436,19 +443,29 @@ impl Gate {
         if !rule.preview {
             return None;
         }
+        let limits = crate::preview::Limits {
+            statement_timeout: rule.preview_timeout,
+        };
         Some(match (previewed, class) {
             (Previewed::Text { up, sql }, "write") => {
-                let limits = crate::preview::Limits {
-                    statement_timeout: rule.preview_timeout,
-                };
-                crate::preview::preview(up, sql, &self.masks, limits).await
+                let sql = crate::preview::Sql::Simple(sql);
+                crate::preview::preview(up, &sql, &self.masks, limits).await
+            }
+            (
+                Previewed::Bound {
+                    up,
+                    sql,
+                    types,
+                    bind,
+                },
+                "write",
+            ) => {
+                let sql = crate::preview::Sql::Bound { sql, types, bind };
+                crate::preview::preview(up, &sql, &self.masks, limits).await
             }
             (Previewed::Not, _) => {
                 Preview::not_previewed("a fast-path function call is not previewed")
             }
-            (Previewed::Bound, "write") => Preview::not_previewed(
-                "a statement with bound parameters (extended protocol) is not previewed yet",
-            ),
             (_, "unknown") => Preview::not_previewed(
                 "it is not proven free of side effects (a volatile function, a procedure, EXECUTE), so it is not run before approval",
             ),
@@ -468,8 +485,13 @@ impl Gate {
 enum Previewed<'a> {
     /// A simple query's text, on this connection.
     Text { up: &'a PgUpstream, sql: &'a str },
-    /// A Bind of a held prepared statement.
-    Bound,
+    /// A Bind of a held prepared statement, with its parameters.
+    Bound {
+        up: &'a PgUpstream,
+        sql: &'a str,
+        types: &'a [u32],
+        bind: &'a messages::Bind<'a>,
+    },
     /// A fast-path function call.
     Not,
 }

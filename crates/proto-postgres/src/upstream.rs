@@ -832,14 +832,59 @@ impl UpstreamSession {
         &mut self,
         sql: &str,
         max_rows: usize,
+        inspector: Option<&mut (dyn crate::inspect::Inspector + '_)>,
+    ) -> Result<QueryOutcome, UpstreamError> {
+        self.run_inspected(&[messages::query(sql)], max_rows, inspector)
+            .await
+    }
+
+    /// [`Self::query_inspected`] through the extended protocol: `sql`
+    /// with parameter `types`, bound to `params` as the caller's Bind
+    /// gave them (formats included), results in text.
+    pub async fn bound_inspected(
+        &mut self,
+        sql: &str,
+        types: &[u32],
+        params: &messages::Bind<'_>,
+        max_rows: usize,
+        inspector: Option<&mut (dyn crate::inspect::Inspector + '_)>,
+    ) -> Result<QueryOutcome, UpstreamError> {
+        let bind = messages::Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: params.param_formats.clone(),
+            params: params.params.clone(),
+            result_formats: Vec::new(),
+        }
+        .encode_for("");
+        let [describe, execute, sync] = messages::describe_execute_sync();
+        let msgs = [
+            messages::parse_typed(sql, types),
+            bind,
+            describe,
+            execute,
+            sync,
+        ];
+        self.run_inspected(&msgs, max_rows, inspector).await
+    }
+
+    /// Send `msgs` (through `inspector`) and read the answer up to
+    /// ReadyForQuery.
+    async fn run_inspected(
+        &mut self,
+        msgs: &[Message],
+        max_rows: usize,
         mut inspector: Option<&mut (dyn crate::inspect::Inspector + '_)>,
     ) -> Result<QueryOutcome, UpstreamError> {
-        let q = messages::query(sql);
-        if let Some(i) = inspector.as_deref_mut() {
-            i.frontend(&q);
+        let mut bytes = BytesMut::new();
+        for m in msgs {
+            if let Some(i) = inspector.as_deref_mut() {
+                i.frontend(m);
+            }
+            m.encode(&mut bytes);
         }
         self.writer
-            .write_all(&q.to_bytes())
+            .write_all(&bytes)
             .await
             .map_err(UpstreamError::Connect)?;
         let mut out = QueryOutcome::default();
