@@ -43,9 +43,16 @@ impl Webhook {
     pub fn body(&self, r: &Review) -> Vec<u8> {
         let command = format!("portcullis reviews approve {}", r.id);
         let v = if self.slack {
+            // Counts only: the sample stays in the gateway (a chat channel
+            // is not where masked rows belong).
+            let preview = r
+                .preview
+                .as_ref()
+                .map(|p| format!(" Preview: {}.", p.summary()))
+                .unwrap_or_default();
             serde_json::json!({
                 "text": format!(
-                    "Review {} — {} asks to run on {}: `{}` ({}). Approve: `{}`",
+                    "Review {} — {} asks to run on {}: `{}` ({}).{preview} Approve: `{}`",
                     r.id, r.requester, r.connection, r.action, r.classification, command
                 )
             })

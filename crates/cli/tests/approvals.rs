@@ -849,9 +849,21 @@ fn a_held_delete_shows_its_preview_and_is_held_again_when_the_data_changes() {
         before,
         "the preview changed the database"
     );
-    // `reviews show` prints it.
+    // `reviews show` prints it, and the webhook carried it (masked).
     let shown = s.reviews(&s.bob, &["show", r["id"].as_str().unwrap()]);
     assert!(text(&shown).contains("\"deleted\": 4"), "{}", text(&shown));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hook = loop {
+        let seen = s.hook.seen.lock().unwrap().clone();
+        if let Some(h) = seen.into_iter().find(|x| x.body.contains(r["id"].as_str().unwrap())) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no webhook call");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body: Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(body["review"]["preview"], *p);
+    assert!(!hook.body.contains("@example.com"), "{}", hook.body);
 
     // Someone else adds a matching row while the review waits: what was
     // approved (4 rows) is not what would run (5), so it is held again.
