@@ -764,6 +764,8 @@ fn preview_tables() -> &'static PgCluster {
              INSERT INTO prev_lines SELECT g, (g % 4) + 1 FROM generate_series(1, 6) g;
              CREATE TABLE prev_race (id int PRIMARY KEY, old boolean);
              INSERT INTO prev_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
+             CREATE TABLE prev_bound_race (id int PRIMARY KEY, old boolean);
+             INSERT INTO prev_bound_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
              CREATE TABLE prev_bound (id int PRIMARY KEY, qty int);
              INSERT INTO prev_bound SELECT g, g FROM generate_series(1, 6) g;
              CREATE TABLE prev_items (id int PRIMARY KEY, qty int);
@@ -855,7 +857,10 @@ fn a_held_delete_shows_its_preview_and_is_held_again_when_the_data_changes() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let hook = loop {
         let seen = s.hook.seen.lock().unwrap().clone();
-        if let Some(h) = seen.into_iter().find(|x| x.body.contains(r["id"].as_str().unwrap())) {
+        if let Some(h) = seen
+            .into_iter()
+            .find(|x| x.body.contains(r["id"].as_str().unwrap()))
+        {
             break h;
         }
         assert!(Instant::now() < deadline, "no webhook call");
@@ -1033,19 +1038,7 @@ fn a_statement_bound_through_the_extended_protocol_is_previewed_with_its_paramet
     let before = fingerprint(pg, &["prev_bound"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            (*client_tls(std::path::Path::new(&s.ca), &[])).clone(),
-        );
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("localhost")
-            .port(s.gw.pg_port.unwrap())
-            .dbname("previewed")
-            .user("agent")
-            .password(&s.token)
-            .ssl_mode(tokio_postgres::config::SslMode::Require);
-        let (client, conn) = cfg.connect(tls).await.unwrap();
-        tokio::spawn(conn);
-        let client = std::sync::Arc::new(client);
+        let client = std::sync::Arc::new(driver(&s, "previewed").await);
         // Parameters sent binary, with the types the driver named.
         let stmt = client
             .prepare("UPDATE prev_bound SET qty = qty + $2 WHERE id <= $1")
@@ -1073,4 +1066,90 @@ fn a_statement_bound_through_the_extended_protocol_is_previewed_with_its_paramet
         assert!(db.message().contains("denied"), "{}", db.message());
     });
     assert_eq!(fingerprint(pg, &["prev_bound"]), before);
+}
+
+/// A tokio-postgres client (extended protocol, binary parameters) on
+/// connection `db` as the agent.
+async fn driver(s: &Setup, db: &str) -> tokio_postgres::Client {
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+        (*client_tls(std::path::Path::new(&s.ca), &[])).clone(),
+    );
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("localhost")
+        .port(s.gw.pg_port.unwrap())
+        .dbname(db)
+        .user("agent")
+        .password(&s.token)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, conn) = cfg.connect(tls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[test]
+fn an_approved_bound_statement_runs_checked_in_its_own_transaction() {
+    let s = setup();
+    let pg = preview_tables();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = std::sync::Arc::new(driver(&s, "previewed").await);
+        let stmt = client
+            .prepare("DELETE FROM prev_bound_race WHERE old = $1")
+            .await
+            .unwrap();
+        let run = |client: std::sync::Arc<tokio_postgres::Client>, stmt: tokio_postgres::Statement| {
+            tokio::spawn(async move { client.execute(&stmt, &[&true]).await })
+        };
+        let first = run(client.clone(), stmt.clone());
+        let r = tokio::task::block_in_place(|| s.pending("FROM prev_bound_race WHERE old"));
+        assert_eq!(table_change(&r["preview"], "public.prev_bound_race")["deleted"], 4, "{r}");
+        // A row changes under it after the gateway's last preview (which
+        // times out on the lock): the run deletes 3, and is rolled back.
+        let locker = std::thread::spawn(|| {
+            PgCluster::shared().psql_direct(
+                "BEGIN; UPDATE prev_bound_race SET old = false WHERE id = 1; SELECT pg_sleep(3); COMMIT;",
+            )
+        });
+        tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pg.psql_direct(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%prev_bound_race SET old = false%' AND wait_event = 'PgSleep'",
+            ) != "1"
+            {
+                assert!(Instant::now() < deadline, "the locker did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(s.decide(&s.bob, "approve", r["id"].as_str().unwrap(), None).status.success());
+        });
+        let e = first.await.unwrap().unwrap_err();
+        let db = e.as_db_error().expect("a database error");
+        assert_eq!(db.code().code(), "40001", "{}", db.message());
+        assert!(db.message().contains(r["id"].as_str().unwrap()), "{}", db.message());
+        tokio::task::block_in_place(|| locker.join().unwrap());
+        assert_eq!(rows_left("prev_bound_race WHERE old"), "3");
+
+        // Sent again on the same connection: held on the data as it is,
+        // approved, it runs and reports its own count.
+        let second = run(client.clone(), stmt.clone());
+        let again = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let a = s.pending("FROM prev_bound_race WHERE old");
+                if a["id"] != r["id"] {
+                    break a;
+                }
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        assert_eq!(table_change(&again["preview"], "public.prev_bound_race")["deleted"], 3);
+        tokio::task::block_in_place(|| {
+            assert!(s.decide(&s.bob, "approve", again["id"].as_str().unwrap(), None).status.success());
+        });
+        assert_eq!(second.await.unwrap().unwrap(), 3);
+        // The session goes on.
+        let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    });
+    assert_eq!(rows_left("prev_bound_race WHERE old"), "0");
 }

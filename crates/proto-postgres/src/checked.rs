@@ -49,10 +49,20 @@ fn marker(nonce: &str, seq: u64) -> String {
     format!("portcullis_checked_{nonce}_{seq}")
 }
 
-/// The query to send for `sql`, checked against `expected`.
-pub fn wrap(sql: &str, nonce: &str, seq: u64, expected: &Expected) -> String {
+/// The statement that keeps the backend's counts before the run.
+fn before_sql(nonce: &str, seq: u64) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({setting}, coalesce((SELECT pg_catalog.json_agg(pg_catalog.json_build_array(relid, n_tup_ins, n_tup_upd, n_tup_del))::text \
+         FROM pg_catalog.pg_stat_xact_user_tables), '[]'), true) AS \"{m}\"",
+        setting = literal(&format!("portcullis.checked_{nonce}")),
+        m = marker(nonce, seq),
+    )
+}
+
+/// The statement that fails, naming the marker, when the run's counts
+/// differ from `expected` beyond its tolerance.
+fn check_sql(nonce: &str, seq: u64, expected: &Expected) -> String {
     let m = marker(nonce, seq);
-    let setting = format!("portcullis.checked_{nonce}");
     let json = serde_json::to_string(
         &expected
             .tables
@@ -64,13 +74,8 @@ pub fn wrap(sql: &str, nonce: &str, seq: u64, expected: &Expected) -> String {
     )
     .unwrap_or_else(|_| "[]".into());
     let tol = expected.tolerance;
-    // The line break ends a trailing `--` comment of the caller's text;
-    // the semicolon after it ends the caller's statement.
     format!(
-        "SELECT pg_catalog.set_config({setting}, coalesce((SELECT pg_catalog.json_agg(pg_catalog.json_build_array(relid, n_tup_ins, n_tup_upd, n_tup_del))::text \
-         FROM pg_catalog.pg_stat_xact_user_tables), '[]'), true) AS \"{m}\";\n\
-         {sql}\n;\n\
-         SELECT (CASE WHEN NOT EXISTS (\
+        "SELECT (CASE WHEN NOT EXISTS (\
            SELECT 1 FROM (\
              SELECT pg_catalog.format('%I.%I', s.schemaname, s.relname) AS t, \
                     s.n_tup_ins - coalesce((b.v->>1)::bigint, 0) AS i, \
@@ -84,22 +89,76 @@ pub fn wrap(sql: &str, nonce: &str, seq: u64, expected: &Expected) -> String {
               OR abs(coalesce(n.u, 0) - coalesce(e.u, 0)) > {tol} \
               OR abs(coalesce(n.d, 0) - coalesce(e.d, 0)) > {tol}) \
          THEN NULL ELSE {marker_lit} END)::int AS \"{m}\"",
-        setting = literal(&setting),
+        setting = literal(&format!("portcullis.checked_{nonce}")),
         json = literal(&json),
         marker_lit = literal(&m),
     )
 }
 
+/// The query to send for `sql`, checked against `expected`.
+pub fn wrap(sql: &str, nonce: &str, seq: u64, expected: &Expected) -> String {
+    // The line break ends a trailing `--` comment of the caller's text;
+    // the semicolon after it ends the caller's statement.
+    format!(
+        "{};\n{sql}\n;\n{}",
+        before_sql(nonce, seq),
+        check_sql(nonce, seq, expected)
+    )
+}
+
+fn cstr(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+}
+
+/// One of the gateway's statements in the extended protocol, under its
+/// own statement and portal name (the caller's unnamed ones untouched):
+/// Parse, Bind, Describe (its RowDescription names the marker, so its
+/// answer is told apart), Execute, and Close of both.
+fn extended(name: &str, sql: &str) -> [Message; 6] {
+    let named = |t: u8, kind: Option<u8>, tail: &[u8]| {
+        let mut b = Vec::new();
+        b.extend(kind);
+        cstr(&mut b, name);
+        b.extend_from_slice(tail);
+        Message::new(t, b)
+    };
+    [
+        messages::parse_named(name, sql),
+        messages::bind_message(name, name),
+        named(tag::DESCRIBE, Some(b'P'), &[]),
+        named(tag::EXECUTE, None, &[0, 0, 0, 0]),
+        named(tag::CLOSE, Some(b'S'), &[]),
+        named(tag::CLOSE, Some(b'P'), &[]),
+    ]
+}
+
+/// How a run was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One simple query of three statements.
+    Simple,
+    /// The caller's Bind and Execute between the gateway's own extended
+    /// statements, all before the caller's Sync.
+    Extended,
+}
+
 /// Where the answer to a checked run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// The counts before (dropped).
+    /// Before the counts are kept (extended: the caller's earlier
+    /// messages' answers pass).
     Before,
-    /// The caller's statement (passed, but its CommandComplete held).
+    /// The counts being kept (dropped).
+    Keeping,
+    /// The caller's statement (passed, but its completion held).
     Statement,
     /// The check (dropped; its error swapped).
     Check,
-    /// An error ended the query early: pass what is left.
+    /// The check passed (extended: the caller's later messages' answers
+    /// pass).
+    After,
+    /// An error ended it: pass what is left.
     Done,
 }
 
@@ -107,10 +166,18 @@ enum Phase {
 #[derive(Debug)]
 struct Run {
     seq: u64,
+    mode: Mode,
     expected: Expected,
     phase: Phase,
-    /// The caller's CommandComplete, until the check has passed.
+    /// The caller's completion (CommandComplete, PortalSuspended), until
+    /// the check has passed.
     held: Option<Message>,
+    /// ParseComplete and BindComplete not yet known to be the caller's
+    /// or the gateway's (extended: the gateway's come just before its
+    /// marked RowDescription).
+    maybe_ours: Vec<Message>,
+    /// CloseComplete answers of the gateway's statement seen.
+    closed: u8,
 }
 
 /// The checked runs of one session, in the order they were sent.
@@ -121,6 +188,9 @@ pub struct Checks {
     /// For each run, the answers (sync points: Query, Sync,
     /// FunctionCall) still due before its own.
     waiting_before: VecDeque<u64>,
+    /// An extended run whose check goes after the caller's Execute of
+    /// this portal.
+    armed: Option<(String, u64)>,
 }
 
 /// At most this many checked runs in flight per session (a caller who
@@ -128,6 +198,31 @@ pub struct Checks {
 pub const MAX_IN_FLIGHT: usize = 64;
 
 impl Checks {
+    fn push(&mut self, mode: Mode, expected: Expected, in_flight: u64) -> Option<u64> {
+        if self.runs.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        self.seq += 1;
+        // Those not already counted: the runs ahead, and what is due
+        // before each of them.
+        let counted = self.runs.len() as u64 + self.waiting_before.iter().sum::<u64>();
+        self.waiting_before
+            .push_back(in_flight.saturating_sub(counted));
+        self.runs.push_back(Run {
+            seq: self.seq,
+            mode,
+            expected,
+            phase: match mode {
+                Mode::Simple => Phase::Keeping,
+                Mode::Extended => Phase::Before,
+            },
+            held: None,
+            maybe_ours: Vec::new(),
+            closed: 0,
+        });
+        Some(self.seq)
+    }
+
     /// Queue a checked run of `sql`, sent after `in_flight` sync points
     /// still unanswered; the text to send, or `None` when too many are
     /// in flight.
@@ -138,23 +233,49 @@ impl Checks {
         expected: Expected,
         in_flight: u64,
     ) -> Option<String> {
-        if self.runs.len() >= MAX_IN_FLIGHT {
-            return None;
-        }
-        self.seq += 1;
-        let text = wrap(sql, nonce, self.seq, &expected);
-        // Those not already counted: the runs ahead, and what is due
-        // before each of them.
-        let counted = self.runs.len() as u64 + self.waiting_before.iter().sum::<u64>();
-        self.waiting_before
-            .push_back(in_flight.saturating_sub(counted));
-        self.runs.push_back(Run {
-            seq: self.seq,
-            expected,
-            phase: Phase::Before,
-            held: None,
-        });
+        let text = wrap(sql, nonce, self.seq + 1, &expected);
+        self.push(Mode::Simple, expected, in_flight)?;
         Some(text)
+    }
+
+    /// Queue a checked run of an approved Bind into `portal`: the
+    /// messages to send before it (its check goes after the caller's
+    /// Execute of that portal, see [`Self::after_caller`]).
+    pub fn queue_bound(
+        &mut self,
+        portal: &str,
+        nonce: &str,
+        expected: Expected,
+        in_flight: u64,
+    ) -> Option<[Message; 6]> {
+        let seq = self.push(Mode::Extended, expected, in_flight)?;
+        self.armed = Some((portal.to_string(), seq));
+        Some(extended(&marker(nonce, seq), &before_sql(nonce, seq)))
+    }
+
+    /// A message from the caller was sent: after the Execute of an armed
+    /// portal, the check to send. A Sync first disarms (the statement was
+    /// not run in this transaction; nothing to check).
+    pub fn after_caller(&mut self, nonce: &str, m: &Message) -> Option<[Message; 6]> {
+        let (portal, seq) = self.armed.as_ref()?;
+        match m.tag {
+            tag::SYNC | tag::QUERY => {
+                self.armed = None;
+                None
+            }
+            tag::EXECUTE
+                if crate::frame::take_cstr(&mut &m.body[..]).as_deref() == Some(portal) =>
+            {
+                let seq = *seq;
+                self.armed = None;
+                let expected = &self.runs.iter().find(|r| r.seq == seq)?.expected;
+                Some(extended(
+                    &marker(nonce, seq),
+                    &check_sql(nonce, seq, expected),
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// Nothing is waiting: the relay's fast path.
@@ -163,7 +284,7 @@ impl Checks {
     }
 
     /// One message from the target: what to pass on instead (nothing, the
-    /// message, or the held CommandComplete before it).
+    /// message, or what was held before it).
     pub fn backend(&mut self, nonce: &str, m: Message) -> Vec<Message> {
         // Answers to the sync points sent before the first run pass.
         if let Some(before) = self.waiting_before.front_mut()
@@ -178,41 +299,113 @@ impl Checks {
             return vec![m];
         };
         let mut out = Vec::new();
-        match (run.phase, m.tag) {
-            (_, tag::READY_FOR_QUERY) => {
-                if run.phase == Phase::Check || run.phase == Phase::Statement {
-                    // The check passed (or, in Statement, could not run:
-                    // no CommandComplete was held then).
-                    out.extend(run.held.take());
-                }
-                out.push(m);
-                self.runs.pop_front();
-                self.waiting_before.pop_front();
-                return out;
+        if m.tag == tag::READY_FOR_QUERY {
+            out.append(&mut run.maybe_ours);
+            if matches!(run.phase, Phase::Statement | Phase::Check) {
+                // Nothing failed: the check passed, or never ran (the
+                // caller synced before executing).
+                out.extend(run.held.take());
             }
-            (_, tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS) => out.push(m),
-            (Phase::Before, tag::ROW_DESCRIPTION | tag::DATA_ROW) => {}
-            (Phase::Before, tag::COMMAND_COMPLETE) => run.phase = Phase::Statement,
-            (Phase::Statement, tag::COMMAND_COMPLETE) => {
-                run.held = Some(m);
-                run.phase = Phase::Check;
-            }
-            (Phase::Check, tag::ROW_DESCRIPTION | tag::DATA_ROW | tag::COMMAND_COMPLETE) => {}
-            (Phase::Check, tag::ERROR_RESPONSE) => {
-                run.held = None;
-                run.phase = Phase::Done;
-                out.push(changed_error(nonce, run, &m).unwrap_or(m));
-            }
-            (_, tag::ERROR_RESPONSE) => {
-                run.held = None;
-                run.phase = Phase::Done;
-                out.push(m);
-            }
-            // The caller's own rows, and anything after an error.
-            _ => out.push(m),
+            out.push(m);
+            self.runs.pop_front();
+            self.waiting_before.pop_front();
+            return out;
+        }
+        if matches!(
+            m.tag,
+            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION_RESPONSE
+        ) {
+            return vec![m];
+        }
+        match run.mode {
+            Mode::Simple => simple(nonce, run, m, &mut out),
+            Mode::Extended => extended_answer(nonce, run, m, &mut out),
         }
         out
     }
+}
+
+/// A message of a simple checked run's answer.
+fn simple(nonce: &str, run: &mut Run, m: Message, out: &mut Vec<Message>) {
+    match (run.phase, m.tag) {
+        (Phase::Keeping, tag::ROW_DESCRIPTION | tag::DATA_ROW) => {}
+        (Phase::Keeping, tag::COMMAND_COMPLETE) => run.phase = Phase::Statement,
+        (Phase::Statement, tag::COMMAND_COMPLETE) => {
+            run.held = Some(m);
+            run.phase = Phase::Check;
+        }
+        (Phase::Check, tag::ROW_DESCRIPTION | tag::DATA_ROW | tag::COMMAND_COMPLETE) => {}
+        (_, tag::ERROR_RESPONSE) => failed(nonce, run, m, out),
+        // The caller's own rows, and anything after an error.
+        _ => out.push(m),
+    }
+}
+
+/// Whether `m` is the RowDescription of this run's own statement.
+fn is_marked(nonce: &str, run: &Run, m: &Message) -> bool {
+    m.tag == tag::ROW_DESCRIPTION
+        && crate::upstream::row_description_names(&m.body).first() == Some(&marker(nonce, run.seq))
+}
+
+/// A message of an extended checked run's answer.
+fn extended_answer(nonce: &str, run: &mut Run, m: Message, out: &mut Vec<Message>) {
+    let phase = run.phase;
+    // ParseComplete and BindComplete wait one message: the gateway's
+    // come right before its marked RowDescription.
+    if matches!(phase, Phase::Before | Phase::Statement)
+        && matches!(m.tag, tag::PARSE_COMPLETE | tag::BIND_COMPLETE)
+    {
+        run.maybe_ours.push(m);
+        if run.maybe_ours.len() > 2 {
+            out.push(run.maybe_ours.remove(0));
+        }
+        return;
+    }
+    if matches!(phase, Phase::Before | Phase::Statement) && is_marked(nonce, run, &m) {
+        run.maybe_ours.clear();
+        run.closed = 0;
+        run.phase = if phase == Phase::Before {
+            Phase::Keeping
+        } else {
+            Phase::Check
+        };
+        return;
+    }
+    out.append(&mut run.maybe_ours);
+    match (phase, m.tag) {
+        (Phase::Keeping | Phase::Check, tag::DATA_ROW | tag::COMMAND_COMPLETE) => {}
+        (Phase::Keeping | Phase::Check, tag::CLOSE_COMPLETE) => {
+            run.closed += 1;
+            if run.closed == 2 {
+                if phase == Phase::Keeping {
+                    run.phase = Phase::Statement;
+                } else {
+                    out.extend(run.held.take());
+                    run.phase = Phase::After;
+                }
+            }
+        }
+        (Phase::Statement, tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY) => {
+            // Each completion replaces the one before: the last before
+            // the check is the Execute's.
+            out.extend(run.held.replace(m));
+        }
+        (_, tag::ERROR_RESPONSE) => failed(nonce, run, m, out),
+        _ => out.push(m),
+    }
+}
+
+/// An error ends the run: the check's is swapped for the caller's words,
+/// and nothing held is shown (the statement will not commit).
+fn failed(nonce: &str, run: &mut Run, m: Message, out: &mut Vec<Message>) {
+    out.append(&mut run.maybe_ours);
+    let was = run.phase;
+    run.held = None;
+    run.phase = Phase::Done;
+    let swapped = (was == Phase::Check)
+        .then(|| changed_error(nonce, run, &m))
+        .flatten();
+    out.push(swapped.unwrap_or(m));
 }
 
 /// The check's error, as the caller is told it.
@@ -363,6 +556,121 @@ mod tests {
         }
         assert_eq!(out[0].body, own.body);
         assert_eq!(tags(&out), vec![tag::ERROR_RESPONSE, tag::READY_FOR_QUERY]);
+    }
+
+    fn marked(c: &Checks, nonce: &str) -> Message {
+        let name = marker(nonce, c.seq);
+        let mut b = vec![0, 1];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&[0; 18]);
+        Message::new(tag::ROW_DESCRIPTION, b)
+    }
+
+    fn execute(portal: &str) -> Message {
+        let mut b = portal.as_bytes().to_vec();
+        b.extend_from_slice(&[0, 0, 0, 0, 0]);
+        Message::new(tag::EXECUTE, b)
+    }
+
+    /// The answer to the caller's `Parse, Bind(p), Describe, Execute(p),
+    /// Sync` with the gateway's statements around its Bind and Execute.
+    fn extended_answer(c: &Checks, check: Option<Message>) -> Vec<Message> {
+        let mut v = vec![
+            simple(tag::PARSE_COMPLETE), // the caller's Parse
+            // the counts kept
+            simple(tag::PARSE_COMPLETE),
+            simple(tag::BIND_COMPLETE),
+            marked(c, "n0"),
+            simple(tag::DATA_ROW),
+            cc("SELECT 1"),
+            simple(tag::CLOSE_COMPLETE),
+            simple(tag::CLOSE_COMPLETE),
+            // the caller's Bind, Describe, Execute
+            simple(tag::BIND_COMPLETE),
+            simple(tag::NO_DATA),
+            cc("DELETE 4"),
+            // the check
+            simple(tag::PARSE_COMPLETE),
+            simple(tag::BIND_COMPLETE),
+            marked(c, "n0"),
+        ];
+        match check {
+            None => v.extend([
+                simple(tag::DATA_ROW),
+                cc("SELECT 1"),
+                simple(tag::CLOSE_COMPLETE),
+                simple(tag::CLOSE_COMPLETE),
+            ]),
+            Some(err) => v.push(err),
+        }
+        v.push(rfq());
+        v
+    }
+
+    #[test]
+    fn an_extended_run_shows_only_the_callers_answers() {
+        let mut c = Checks::default();
+        let before = c.queue_bound("p", "n0", expected(), 0).unwrap();
+        assert_eq!(before[0].tag, tag::PARSE);
+        // Other messages do not trigger the check; the Execute of the
+        // approved portal does.
+        assert!(c.after_caller("n0", &execute("other")).is_none());
+        let check = c.after_caller("n0", &execute("p")).unwrap();
+        assert!(c.after_caller("n0", &execute("p")).is_none(), "once");
+        assert_eq!(check[3].tag, tag::EXECUTE);
+        let mut out = Vec::new();
+        for m in extended_answer(&c, None) {
+            out.extend(c.backend("n0", m));
+        }
+        assert_eq!(
+            tags(&out),
+            vec![
+                tag::PARSE_COMPLETE,
+                tag::BIND_COMPLETE,
+                tag::NO_DATA,
+                tag::COMMAND_COMPLETE,
+                tag::READY_FOR_QUERY
+            ]
+        );
+        assert!(c.is_idle());
+    }
+
+    #[test]
+    fn an_extended_run_that_fails_its_check_shows_40001_and_no_count() {
+        let mut c = Checks::default();
+        c.queue_bound("", "n0", expected(), 0).unwrap();
+        c.after_caller("n0", &execute("")).unwrap();
+        let err = messages::error(
+            false,
+            messages::sqlstate::INVALID_PARAMETER_VALUE,
+            "invalid input syntax for type integer: \"portcullis_checked_n0_1\"",
+            None,
+        );
+        let mut out = Vec::new();
+        for m in extended_answer(&c, Some(err)) {
+            out.extend(c.backend("n0", m));
+        }
+        assert_eq!(
+            tags(&out),
+            vec![
+                tag::PARSE_COMPLETE,
+                tag::BIND_COMPLETE,
+                tag::NO_DATA,
+                tag::ERROR_RESPONSE,
+                tag::READY_FOR_QUERY
+            ]
+        );
+        let f = messages::parse_fields(&out[3].body);
+        assert_eq!(messages::field(&f, b'C'), Some("40001"));
+    }
+
+    #[test]
+    fn a_sync_before_the_execute_disarms() {
+        let mut c = Checks::default();
+        c.queue_bound("p", "n0", expected(), 0).unwrap();
+        assert!(c.after_caller("n0", &simple(tag::SYNC)).is_none());
+        assert!(c.after_caller("n0", &execute("p")).is_none());
     }
 
     #[test]

@@ -18,7 +18,11 @@ use crate::messages::Bind;
 
 /// Prefixes of names the gateway uses on the target; a caller binding
 /// one (it can read them in `pg_prepared_statements`) is refused.
-const RESERVED: [&str; 2] = ["portcullis_held_", "portcullis_refused_"];
+const RESERVED: [&str; 3] = [
+    "portcullis_held_",
+    "portcullis_refused_",
+    "portcullis_checked_",
+];
 
 /// At most this many statements are prepared under private names per
 /// session: unnamed statements replaced in a loop would otherwise pile up

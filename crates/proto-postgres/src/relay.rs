@@ -468,7 +468,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 if changes_schema {
                     self.schema_dirty.store(true, Ordering::Relaxed);
                 }
-                self.checked(passed, counts)?.encode(out);
+                self.send_checked(passed, counts, out)?;
             }
             Err(refusal) => {
                 if !matches!(
@@ -499,33 +499,63 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         Ok(Step::Sent)
     }
 
-    /// `m` as sent to the target: an approved simple query whose preview
-    /// counted rows runs with the counts checked before it commits
-    /// (after the chain: inspectors and the recording see the caller's
-    /// own text).
-    fn checked(
+    /// Encode `m` for the target: an approved statement whose preview
+    /// counted rows runs with the counts checked before it commits (see
+    /// [`crate::checked`]; after the chain: inspectors and the recording
+    /// see the caller's own messages).
+    fn send_checked(
         &self,
         m: Message,
         counts: Option<crate::checked::Expected>,
-    ) -> Result<Message, Exit> {
-        let (Some(expected), Some(sql)) = (counts, messages::query_text(&m)) else {
-            return Ok(m);
+        out: &mut BytesMut,
+    ) -> Result<(), Exit> {
+        let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
+        let Some(expected) = counts else {
+            m.encode(out);
+            // After the caller's Execute of an approved Bind: its check.
+            for c in checks
+                .after_caller(self.ctx.nonce, &m)
+                .into_iter()
+                .flatten()
+            {
+                c.encode(out);
+            }
+            return Ok(());
         };
         let in_flight = self
             .syncs_sent
             .load(Ordering::Relaxed)
             .saturating_sub(self.ready_seen.load(Ordering::Relaxed));
-        let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
-        match checks.queue(&sql, self.ctx.nonce, expected, in_flight) {
-            Some(text) => Ok(messages::query(&text)),
-            None => Err(Exit::Refused(Refusal {
+        let too_many = || {
+            Exit::Refused(Refusal {
                 code: sqlstate::PROGRAM_LIMIT,
                 message: format!(
                     "portcullis: more than {} approved statements in flight on one session",
                     crate::checked::MAX_IN_FLIGHT
                 ),
-            })),
+            })
+        };
+        match m.tag {
+            tag::QUERY => {
+                let sql = messages::query_text(&m).ok_or(Exit::Internal)?;
+                let text = checks
+                    .queue(&sql, self.ctx.nonce, expected, in_flight)
+                    .ok_or_else(too_many)?;
+                messages::query(&text).encode(out);
+            }
+            tag::BIND => {
+                let portal = messages::bind(&m.body).ok_or(Exit::Internal)?.portal;
+                let before = checks
+                    .queue_bound(&portal, self.ctx.nonce, expected, in_flight)
+                    .ok_or_else(too_many)?;
+                for b in before {
+                    b.encode(out);
+                }
+                m.encode(out);
+            }
+            _ => m.encode(out),
         }
+        Ok(())
     }
 
     /// The chain's verdict on a message to the target. (The poisoned

@@ -244,7 +244,7 @@ impl Gate {
                 Ok(m.clone().into())
             }
             tag::PARSE => self.parse(m, class).map(Admitted::from),
-            tag::BIND => self.bind(m, up, caller_w).await.map(Admitted::from),
+            tag::BIND => self.bind(m, up, caller_w).await,
             tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m).into()),
             _ => Ok(m.clone().into()),
         }
@@ -277,15 +277,15 @@ impl Gate {
         m: &Message,
         up: &PgUpstream,
         caller_w: CallerWriter<'_, W>,
-    ) -> Result<Message, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let Some(bind) = messages::bind(&m.body) else {
-            return Ok(m.clone());
+            return Ok(m.clone().into());
         };
         if crate::held::reserved(&bind.statement) {
             return Err(held_refusal(HeldError::Reserved(bind.statement)));
         }
         let Some(h) = self.held().get(&bind.statement).cloned() else {
-            return Ok(m.clone());
+            return Ok(m.clone().into());
         };
         let action = crate::held::action(&h.sql, &bind);
         let preview = Previewed::Bound {
@@ -294,8 +294,11 @@ impl Gate {
             types: &h.types,
             bind: &bind,
         };
-        self.hold(&action, h.class, preview, caller_w).await?;
-        Ok(bind.encode_for(&h.private))
+        let checked = self.hold(&action, h.class, preview, caller_w).await?;
+        Ok(Admitted {
+            message: bind.encode_for(&h.private),
+            checked,
+        })
     }
 
     /// Describe and Close of a held statement name its private name.
