@@ -215,6 +215,11 @@ impl Approvals {
         }
     }
 
+    /// The store reviews live in (shared with budgets).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     async fn audit(&self, action: &str, r: &Review, extra: serde_json::Value) {
         let mut detail = serde_json::json!({
             "review": r.id, "requester": r.requester, "on_behalf_of": r.on_behalf_of,

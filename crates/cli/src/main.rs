@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod audit_cmd;
+mod budgets_cmd;
 mod cert_cmd;
 mod console_cmd;
 mod docs_cmd;
@@ -122,6 +123,9 @@ enum Command {
     /// Reviews of held actions: list, show, approve, deny (as an approver).
     #[command(subcommand)]
     Reviews(reviews_cmd::ReviewsCommand),
+    /// Grants' budgets: what a principal used of each limit.
+    #[command(subcommand)]
+    Budgets(budgets_cmd::BudgetsCommand),
     /// Check that the database role of each PostgreSQL connection is least
     /// privilege (read-only connections fail on a superuser, an owner or
     /// write privileges) and print the role to create instead.
@@ -252,6 +256,7 @@ fn main() -> std::process::ExitCode {
             Command::Console(c) => console_cmd::run(&cli, c).await,
             Command::Agent => agent_cmd::run_agent(&cli).await,
             Command::Reviews(r) => reviews_cmd::run(&cli, r).await,
+            Command::Budgets(b) => budgets_cmd::run(&cli, b).await,
             Command::Agents(a) => agent_cmd::agents(&cli, a).await,
             Command::Doctor(a) => doctor_cmd::run(&cli, a).await,
             Command::Completions(a) => docs_cmd::completions(a),

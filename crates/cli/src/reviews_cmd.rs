@@ -62,14 +62,14 @@ pub(crate) enum ReviewsCommand {
     },
 }
 
-struct Api {
-    base: String,
+pub(crate) struct Api {
+    pub(crate) base: String,
     token: String,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    async fn new(c: &Conn, cli: &crate::Cli) -> anyhow::Result<Self> {
+    pub(crate) async fn new(c: &Conn, cli: &crate::Cli) -> anyhow::Result<Self> {
         let (base, ca) = match &c.gateway {
             Some(g) => (g.clone(), c.ca.clone()),
             None => from_config(cli, c.ca.clone()).await?,
@@ -83,7 +83,10 @@ impl Api {
         Ok(Self { base, token, http })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
         let resp = req.bearer_auth(&self.token).send().await?;
         let status = resp.status();
         let v: serde_json::Value = resp

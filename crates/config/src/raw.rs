@@ -741,6 +741,87 @@ struct RawGrant {
     #[serde(default)]
     groups: Vec<String>,
     connections: Vec<String>,
+    #[serde(default)]
+    budgets: Vec<RawBudget>,
+}
+
+/// One limit of a grant's budget: exactly one measure, with its number.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    rows: Option<u64>,
+    bytes: Option<u64>,
+    writes: Option<u64>,
+    requests: Option<u64>,
+    tool_calls: Option<u64>,
+    per: String,
+    method: Option<String>,
+    tool: Option<String>,
+}
+
+impl RawBudget {
+    fn validate(
+        &self,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<portcullis_policy::budget::Limit, Invalid> {
+        use portcullis_policy::budget::{Limit, Measure, Window};
+        let given: Vec<(Measure, u64)> = [
+            (Measure::Rows, self.rows),
+            (Measure::Bytes, self.bytes),
+            (Measure::Writes, self.writes),
+            (Measure::Requests, self.requests),
+            (Measure::ToolCalls, self.tool_calls),
+        ]
+        .into_iter()
+        .filter_map(|(m, n)| n.map(|n| (m, n)))
+        .collect();
+        let [(measure, limit)] = given[..] else {
+            return Err(invalid(
+                key("rows"),
+                "name exactly one of rows, bytes, writes, requests, tool_calls, with its limit",
+            ));
+        };
+        let per = match self.per.as_str() {
+            "session" => Window::Session,
+            "hour" => Window::Hour,
+            "day" => Window::Day,
+            other => {
+                return Err(invalid(
+                    key("per"),
+                    format!("{other:?}: expected \"session\", \"hour\" or \"day\""),
+                ));
+            }
+        };
+        let only = match (measure, &self.method, &self.tool) {
+            (_, Some(_), Some(_)) => {
+                return Err(invalid(key("method"), "name a method or a tool, not both"));
+            }
+            (Measure::Requests, Some(m), None) => {
+                let m = m.to_ascii_uppercase();
+                if http::Method::from_bytes(m.as_bytes()).is_err() {
+                    return Err(invalid(
+                        key("method"),
+                        format!("{m:?} is not an HTTP method"),
+                    ));
+                }
+                Some(m)
+            }
+            (Measure::ToolCalls, None, Some(t)) => Some(t.clone()),
+            (_, Some(_), None) => {
+                return Err(invalid(key("method"), "`method` only goes with `requests`"));
+            }
+            (_, None, Some(_)) => {
+                return Err(invalid(key("tool"), "`tool` only goes with `tool_calls`"));
+            }
+            (_, None, None) => None,
+        };
+        Ok(Limit {
+            measure,
+            per,
+            limit,
+            only,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -904,11 +985,18 @@ impl Root {
                 ));
             }
             known_connections(&key("connections"), &g.connections, names)?;
+            let budgets = g
+                .budgets
+                .iter()
+                .enumerate()
+                .map(|(j, b)| b.validate(&|k: &str| key(&format!("budgets[{j}].{k}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             grants.push(Grant {
                 name,
                 principals: g.principals.clone(),
                 groups: g.groups.clone(),
                 connections: g.connections.clone(),
+                budgets,
             });
         }
         Ok(grants)

@@ -19,6 +19,7 @@
 //! warpgate's `Services`) by every front.
 
 mod admit;
+mod budget;
 mod gate;
 mod live;
 mod session;
@@ -31,6 +32,7 @@ use portcullis_identity::{Authenticator, Principal};
 use portcullis_policy::Policy;
 
 pub use admit::{AdmitError, Admitted, Origin};
+pub use budget::{Budget, BudgetError, Budgets};
 pub use gate::{Ask, Gate, HoldError};
 pub use live::{At, Ended, LiveSession, Liveness, Registration, SESSION_KEY, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
@@ -59,6 +61,8 @@ pub struct FrontContext {
     pub approvals: portcullis_approval::Approvals,
     /// Live sessions by credential, ended when it is revoked.
     pub live: Arc<Liveness>,
+    /// Grants' budgets: what each session may still take.
+    pub budgets: Budgets,
     /// Every connection by name: its protocol and approval rule.
     connections: HashMap<String, ConnectionEntry>,
     /// Which config this is: 0 at start, one more at each reload.
@@ -95,6 +99,7 @@ impl FrontContext {
             masks,
             mask_metrics,
             sessions,
+            budgets: Budgets::new(approvals.store().clone()),
             approvals,
             live: Arc::default(),
             connections,
@@ -112,6 +117,16 @@ impl FrontContext {
     /// The context a reloaded config gives: its grants, connections and
     /// masking rules; the same authentication, sessions, approvals and
     /// live-session registry as `self` (state that outlives a reload).
+    /// The budget of an admitted session, when its grant has one.
+    pub fn budget(&self, admitted: &Admitted) -> Option<Budget> {
+        let grant = self
+            .policy
+            .grants()
+            .iter()
+            .find(|g| g.name == admitted.rule)?;
+        self.budgets.session(&admitted.principal.subject, grant)
+    }
+
     /// A connection's approval rule, if it has one.
     pub fn approval_of(&self, connection: &str) -> Option<&ApprovalRule> {
         self.connections.get(connection)?.approval.as_ref()
@@ -156,6 +171,8 @@ impl FrontContext {
     /// The next generation after `previous`, sharing its live registry.
     fn following(mut self, previous: &Self) -> Self {
         self.live = previous.live.clone();
+        // One refusal counter across reloads (the metric stays registered).
+        self.budgets = previous.budgets.clone();
         self.generation = previous.generation + 1;
         self
     }

@@ -15,6 +15,7 @@ use portcullis_http::{Body, ProxyError};
 
 pub const TOKENS: &str = "/api/v1/tokens";
 pub const REVIEWS: &str = "/api/v1/reviews";
+pub const BUDGETS: &str = "/api/v1/budgets";
 /// The request is a few dozen bytes; anything larger is not one.
 const MAX_BODY: usize = 4096;
 

@@ -510,6 +510,7 @@ async fn shared(
     };
     let ctx =
         portcullis_front::FrontContext::new(cfg, auth, masks, mask_metrics, sessions, approvals);
+    ctx.budgets.register(&mut rt.registry);
     Ok(Shared {
         ctx: Arc::new(ctx),
         audit,

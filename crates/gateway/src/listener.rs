@@ -184,6 +184,7 @@ fn is_api(path: &str) -> bool {
         ACCESS_EXPLAIN,
     ];
     path == crate::api::TOKENS
+        || path == crate::api::BUDGETS
         || (path.starts_with(crate::api::TOKENS) && path.ends_with("/revoke"))
         || path.starts_with(crate::api::REVIEWS)
         || exact.contains(&path)
@@ -268,6 +269,8 @@ impl crate::reload::Stack {
             crate::console::api::recording(console, &path, &who).await
         } else if path == ACCESS {
             Ok(crate::console::api::access(console, &self.ctx, &who))
+        } else if path == crate::api::BUDGETS && req.method() == http::Method::GET {
+            crate::console::api::budgets(console, &self.ctx, &req, &who).await
         } else if path == ACCESS_EXPLAIN {
             crate::console::api::explain(console, &self.ctx, &req, &who)
         } else if path == AUDIT {

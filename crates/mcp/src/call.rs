@@ -224,6 +224,26 @@ pub async fn seal(open: OpenSession, result: &Result<CallToolResult, ToolError>,
     .await;
 }
 
+/// One call of `tool` against its grant's budget: refused (with
+/// evidence) when the budget is used up or cannot be checked.
+pub async fn budget(
+    ctx: &Context,
+    who: &Caller,
+    admitted: &Admitted,
+    tool: &str,
+) -> Result<(), ToolError> {
+    let Some(b) = ctx.front.budget(admitted) else {
+        return Ok(());
+    };
+    match b
+        .take_one(portcullis_policy::budget::Measure::ToolCalls, Some(tool))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(refused(ctx, who, &admitted.connection, &e.to_string()).await),
+    }
+}
+
 /// Evidence of a call refused by a connection's rules, and the error the
 /// model reads.
 pub async fn refused(ctx: &Context, who: &Caller, name: &str, reason: &str) -> ToolError {

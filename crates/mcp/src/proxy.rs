@@ -205,6 +205,9 @@ async fn check_calls(
     if parts.method != Method::POST {
         return Ok((methods, bytes.clone()));
     }
+    // This request is the calls' session: a per-session limit counts the
+    // calls of one request.
+    let budget = ctx.front.budget(admitted);
     let name = admitted.connection.as_str();
     let msg: Value = serde_json::from_slice(bytes).map_err(|e| {
         json_error(
@@ -244,7 +247,7 @@ async fn check_calls(
             .pointer("/params/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let why = match tool_refusal(name, target, tool, &pinned) {
+        let mut why = match tool_refusal(name, target, tool, &pinned) {
             Some(why) => Some(why),
             None => held(admitted, tool, m).await.err().or_else(|| {
                 // A hold may have lasted across a reload.
@@ -254,6 +257,14 @@ async fn check_calls(
                 })
             }),
         };
+        if why.is_none()
+            && let Some(b) = &budget
+            && let Err(e) = b
+                .take_one(portcullis_policy::budget::Measure::ToolCalls, Some(tool))
+                .await
+        {
+            why = Some(e.to_string());
+        }
         if let Some(why) = why {
             tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
             let principal = Some(who.principal.subject.as_str());

@@ -36,6 +36,7 @@ pub async fn describe_schema(
          FROM information_schema.columns WHERE {filter} \
          ORDER BY table_schema, table_name, ordinal_position"
     );
+    call::budget(ctx, who, &admitted, "describe_schema").await?;
     let query = Query {
         sql: &sql,
         max_rows: 5000,

@@ -102,6 +102,7 @@ pub async fn sql_query(
             || portcullis_approval::holds_tool(r, "sql_query", None)
     })
     .await?;
+    call::budget(ctx, who, &admitted, "sql_query").await?;
     let query = Query {
         sql,
         max_rows: max_rows as usize,

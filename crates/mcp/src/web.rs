@@ -73,6 +73,7 @@ pub async fn http_request(
     let uri = upstream
         .target_uri(a.path, a.query.as_deref())
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;
+    call::budget(ctx, who, &admitted, "http_request").await?;
     let open = call::open(ctx, &admitted).await?;
     let rec = open.recorder.clone();
     let request = Event::HttpRequest {

@@ -2,6 +2,8 @@
 //! no I/O. Every decision names the rule that made it, so that
 //! `policy explain`, the audit log and error messages can say why.
 
+pub mod budget;
+
 use portcullis_identity::{AuthMethod, Principal, PrincipalKind};
 use serde::Serialize;
 
@@ -14,6 +16,8 @@ pub struct Grant {
     pub principals: Vec<String>,
     pub groups: Vec<String>,
     pub connections: Vec<String>,
+    /// What its principals may take (empty: no budget).
+    pub budgets: Vec<budget::Limit>,
 }
 
 impl Grant {
@@ -171,6 +175,7 @@ mod tests {
             principals: own(principals),
             groups: own(groups),
             connections: own(conns),
+            budgets: Vec::new(),
         }
     }
 

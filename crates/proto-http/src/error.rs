@@ -69,6 +69,10 @@ pub enum ProxyError {
     /// longer exist.
     #[error("the gateway's config changed while this request was being admitted; send it again")]
     ConfigChanged,
+    /// A budget of the grant is used up (429, with `Retry-After` when it
+    /// frees up), or cannot be checked (503).
+    #[error("portcullis: {0}")]
+    Budget(portcullis_front::BudgetError),
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -113,6 +117,12 @@ impl ProxyError {
             Self::Delegate(_) => StatusCode::BAD_REQUEST,
             Self::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Budget(portcullis_front::BudgetError::Exceeded { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Budget(portcullis_front::BudgetError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -147,6 +157,8 @@ impl ProxyError {
             Self::Method(..) => "method_not_allowed",
             Self::TooManySessions { .. } => "too_many_sessions",
             Self::ConfigChanged => "config_changed",
+            Self::Budget(portcullis_front::BudgetError::Exceeded { .. }) => "budget_exceeded",
+            Self::Budget(portcullis_front::BudgetError::Unavailable(_)) => "store_unavailable",
         }
     }
 
@@ -177,7 +189,27 @@ impl ProxyError {
             }
             _ => {}
         }
+        if let Self::Budget(portcullis_front::BudgetError::Exceeded {
+            grant,
+            what,
+            used,
+            limit,
+            resets_at,
+        }) = &self
+        {
+            body["budget"] = serde_json::json!({
+                "grant": grant, "what": what, "used": used, "limit": limit, "resets_at": resets_at,
+            });
+        }
+        let retry_after = match &self {
+            Self::Budget(b) => b.retry_after(),
+            _ => None,
+        };
         let mut resp = json_response(self.status(), &body);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if matches!(self, Self::Auth(_)) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use portcullis_config::{Config, Protocol, Target};
 use portcullis_front::{AdmitError, Admitted, FrontContext, Origin};
 use portcullis_identity::{Credential, Principal, Resource, token};
+use portcullis_policy::budget::Measure;
 use portcullis_tls::HandshakeRecord;
 
 use crate::metrics::{ConnectionLabel, RequestLabels};
@@ -490,6 +491,13 @@ impl Inner {
             return Err(ProxyError::ConfigChanged);
         }
         let (live, request_no) = self.session(&admitted, upstream, conn, &parts).await?;
+        // After the session opened (a refused request is evidence in its
+        // recording), before anything reaches the target.
+        if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
+            b.take_one(Measure::Requests, Some(method.as_str()))
+                .await
+                .map_err(ProxyError::Budget)?;
+        }
         let body =
             crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
         seen.live = Some((live.clone(), request_no));

@@ -101,6 +101,7 @@ impl ConnSessions {
             finishing: finishing.clone(),
             ended,
             _registration: registration,
+            budget: std::sync::OnceLock::new(),
         });
         live.insert(key, s.clone());
         Ok(s)
@@ -129,6 +130,8 @@ pub(crate) struct LiveSession {
     ended: Arc<Mutex<Option<Ended>>>,
     /// Its place in the live-session registry, left when it is sealed.
     _registration: Registration,
+    /// Its grant's budget, taken at its first request.
+    pub budget: std::sync::OnceLock<Option<portcullis_front::Budget>>,
 }
 
 impl LiveSession {

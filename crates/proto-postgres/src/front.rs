@@ -814,7 +814,9 @@ impl Inner {
             Protocol::Postgres,
             self.ctx.generation,
         );
+        let budget = self.ctx.budget(live.admitted);
         let ctx = SessionCtx {
+            budget: budget.as_ref(),
             prepared: &prepared,
             watch: Some(&watch),
             connection,

@@ -3,6 +3,7 @@
 //! connection. The upstream half ([`PgUpstream`]) holds the target's
 //! credential. Between them every message passes the inspector chain.
 
+mod budget;
 pub mod catalog;
 mod checked;
 pub mod classify;

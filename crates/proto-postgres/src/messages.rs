@@ -56,6 +56,8 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// The data changed under the statement: run it again.
     pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+    /// configuration_limit_exceeded: a grant's budget is used up.
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
     /// too_many_connections
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
 }

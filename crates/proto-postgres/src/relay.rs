@@ -51,6 +51,8 @@ pub(crate) struct SessionCtx<'a> {
     pub prepared: &'a Mutex<crate::statements::Prepared>,
     /// Ends the session when its credential is revoked or expires.
     pub watch: Option<&'a portcullis_front::Watch>,
+    /// Its grant's budget, when it has one.
+    pub budget: Option<&'a portcullis_front::Budget>,
 }
 
 impl SessionCtx<'_> {
@@ -182,6 +184,8 @@ pub(crate) struct Relay<'a, W> {
     pending: Mutex<Pending>,
     /// Approved statements running with their preview's counts checked.
     checks: Mutex<crate::checked::Checks>,
+    /// The budget's rows, bytes and writes, when the grant has one.
+    results: Option<crate::budget::Results>,
     bytes_from_caller: AtomicU64,
     bytes_to_caller: AtomicU64,
     /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
@@ -219,6 +223,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             chain: Mutex::new(chain),
             pending: Mutex::new(Pending::default()),
             checks: Mutex::new(Default::default()),
+            results: ctx.budget.map(|_| Default::default()),
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
             syncs_sent: AtomicU64::new(0),
@@ -426,6 +431,10 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if let Some(c) = class {
             span.record("class", c.as_str());
         }
+        let checked = match checked {
+            Ok(c) => self.budget_gate(&m, class).await.map(|()| c),
+            Err(r) => Err(r),
+        };
         let gated = match (checked, self.ctx.gate) {
             (Err(refusal), _) => Err(refusal),
             (Ok(checked), Some(g)) => {
@@ -558,6 +567,80 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         Ok(())
     }
 
+    /// The grant's budget before `m` (of `class`) goes on: a write is
+    /// counted (refused when none is left), and before a statement runs
+    /// the rows and bytes it may still return are read from the store.
+    async fn budget_gate(&self, m: &Message, class: Option<Class>) -> Result<(), Refusal> {
+        use portcullis_policy::budget::Measure;
+        let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
+            return Ok(());
+        };
+        let writes = b.counts(Measure::Writes);
+        let writing = class.is_some_and(|c| c >= Class::Write);
+        let names = || res.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match m.tag {
+            tag::QUERY | tag::FUNCTION_CALL
+                if writes && (writing || m.tag == tag::FUNCTION_CALL) =>
+            {
+                b.take_one(Measure::Writes, None)
+                    .await
+                    .map_err(budget_refusal)?;
+            }
+            tag::PARSE => {
+                if let Some((name, _)) = messages::parse_text(m) {
+                    if writing {
+                        names().insert(name);
+                        if writes {
+                            b.left(Measure::Writes, None)
+                                .await
+                                .map_err(budget_refusal)?;
+                        }
+                    } else {
+                        names().remove(&name);
+                    }
+                }
+            }
+            tag::BIND if writes => {
+                let bound = messages::bind(&m.body).map(|x| x.statement);
+                if bound.is_some_and(|s| names().contains(&s)) {
+                    b.take_one(Measure::Writes, None)
+                        .await
+                        .map_err(budget_refusal)?;
+                }
+            }
+            tag::CLOSE => {
+                if let Some(name) = messages::statement_target(m) {
+                    names().remove(&name);
+                }
+            }
+            _ => {}
+        }
+        if matches!(m.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
+            && (b.counts(Measure::Rows) || b.counts(Measure::Bytes))
+        {
+            let mut left = [None, None];
+            for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
+                if b.counts(measure) {
+                    left[i] = b.left(measure, None).await.map_err(budget_refusal)?;
+                }
+            }
+            res.allow(left[0], left[1]);
+        }
+        Ok(())
+    }
+
+    /// What was taken of rows and bytes since the last ReadyForQuery,
+    /// written back to the budget.
+    async fn budget_spend(&self) {
+        use portcullis_policy::budget::Measure;
+        let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
+            return;
+        };
+        let (rows, bytes) = res.ready_taken();
+        b.spend(Measure::Rows, None, rows).await;
+        b.spend(Measure::Bytes, None, bytes).await;
+    }
+
     /// The chain's verdict on a message to the target. (The poisoned
     /// guard is dropped here: it must not live across an await.)
     fn inspect_frontend(&self, m: Message) -> Result<Result<Message, Refusal>, Exit> {
@@ -651,6 +734,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             if !flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await {
                 return Exit::CallerGone;
             }
+            drop(cw);
+            self.budget_spend().await;
         }
     }
 
@@ -658,6 +743,33 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
+        if let Some(res) = &self.results {
+            match m.tag {
+                tag::DATA_ROW => match res.row(m.body.len()) {
+                    crate::budget::Row::Pass => {}
+                    crate::budget::Row::Drop => return Ok(None),
+                    crate::budget::Row::Cut { rows, .. } => {
+                        use portcullis_policy::budget::Measure;
+                        let measure = if rows { Measure::Rows } else { Measure::Bytes };
+                        let why = self
+                            .ctx
+                            .budget
+                            .map(|b| b.cut(measure, None).to_string())
+                            .unwrap_or_default();
+                        tracing::info!(target: "portcullis::access", principal = %self.ctx.principal.subject, connection = self.ctx.connection, reason = %why, "result cut by a budget");
+                        m = messages::error(
+                            false,
+                            sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                            &format!("portcullis: {why}; the result was cut at the limit"),
+                            None,
+                        );
+                    }
+                },
+                tag::READY_FOR_QUERY => res.ready(),
+                _ if res.cutting() => return Ok(None),
+                _ => {}
+            }
+        }
         if m.tag == tag::ERROR_RESPONSE
             && let Some(r) = self
                 .pending
@@ -775,6 +887,18 @@ impl Pending {
             .ok()?;
         let i = self.waiting.iter().position(|(s, _)| *s == seq)?;
         self.waiting.remove(i).map(|(_, r)| r)
+    }
+}
+
+/// A budget's refusal as the caller hears it: 53400 when used up.
+fn budget_refusal(e: portcullis_front::BudgetError) -> Refusal {
+    let code = match e {
+        portcullis_front::BudgetError::Exceeded { .. } => sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        portcullis_front::BudgetError::Unavailable(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+    };
+    Refusal {
+        code,
+        message: format!("portcullis: {e}"),
     }
 }
 

@@ -510,7 +510,11 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
         m.tag,
         tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::BIND | tag::CLOSE
     );
-    if !proven || !(up.read_only || gated || ctx.masked) {
+    // A budget on writes needs every statement's proven class.
+    let counted = ctx
+        .budget
+        .is_some_and(|b| b.counts(portcullis_policy::budget::Measure::Writes));
+    if !proven || !(up.read_only || gated || ctx.masked || counted) {
         return Ok(None);
     }
     if m.tag == tag::FUNCTION_CALL && ctx.masked {
@@ -523,7 +527,7 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
             ),
         });
     }
-    if !(up.read_only || gated) {
+    if !(up.read_only || gated || counted) {
         // Masked only: no proof is needed, but the masker's catalog rows
         // must be forgotten after a schema change (its kinds tell).
         let sql = match m.tag {

@@ -310,6 +310,64 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Add `n` to what `principal` used of `counter` under `grant` in
+    /// `minute` (Unix minutes).
+    pub async fn add_usage(
+        &self,
+        principal: &str,
+        grant: &str,
+        counter: &str,
+        minute: i64,
+        n: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "INSERT INTO budget_usage (principal, grant_name, counter, minute, used) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (principal, grant_name, counter, minute) \
+             DO UPDATE SET used = budget_usage.used + excluded.used",
+        ))
+        .bind(principal)
+        .bind(grant)
+        .bind(counter)
+        .bind(minute)
+        .bind(n)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What `principal` used of `counter` under `grant` from minute
+    /// `since` on, and the first minute with any use (when the window
+    /// starts to free up).
+    pub async fn usage_since(
+        &self,
+        principal: &str,
+        grant: &str,
+        counter: &str,
+        since: i64,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(self.q(
+            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) AS used, MIN(minute) AS first \
+             FROM budget_usage WHERE principal = ? AND grant_name = ? AND counter = ? AND minute >= ?",
+        ))
+        .bind(principal)
+        .bind(grant)
+        .bind(counter)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("used")?, row.try_get("first")?))
+    }
+
+    /// Forget use older than minute `before` (no window reaches it).
+    pub async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(self.q("DELETE FROM budget_usage WHERE minute < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Revoke a token by id. Returns false if no such token exists; a token
     /// revoked twice keeps its first revocation time.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {

@@ -178,6 +178,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // A held SQL write's preview (JSON): what it would change.
     (14, "ALTER TABLE reviews ADD COLUMN preview TEXT"),
+    // What each principal took under each grant's budget, by the minute:
+    // rolling windows are sums of minutes, kept here so they hold across
+    // gateways and restarts.
+    (
+        15,
+        "CREATE TABLE budget_usage (
+        principal TEXT NOT NULL,
+        grant_name TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        PRIMARY KEY (principal, grant_name, counter, minute)
+    );
+    CREATE INDEX budget_usage_minute ON budget_usage (minute)",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -26,6 +26,7 @@ pub async fn run_all(store: &Store) {
     cut_sessions(store).await;
     oauth(store).await;
     session_pages(store).await;
+    budget_usage(store).await;
 }
 
 pub async fn tokens(store: &Store) {
@@ -651,4 +652,37 @@ pub async fn session_pages(store: &Store) {
     })
     .await;
     assert_eq!(live.len(), 4);
+}
+
+pub async fn budget_usage(store: &Store) {
+    let t = tag();
+    let who = format!("agent:{t}");
+    assert_eq!(
+        store.usage_since(&who, "g", "rows", 0).await.unwrap(),
+        (0, None)
+    );
+    store.add_usage(&who, "g", "rows", 100, 5).await.unwrap();
+    store.add_usage(&who, "g", "rows", 100, 2).await.unwrap();
+    store.add_usage(&who, "g", "rows", 130, 1).await.unwrap();
+    store
+        .add_usage(&who, "g", "requests:GET", 130, 9)
+        .await
+        .unwrap();
+    store
+        .add_usage(&who, "other", "rows", 130, 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.usage_since(&who, "g", "rows", 0).await.unwrap(),
+        (8, Some(100))
+    );
+    assert_eq!(
+        store.usage_since(&who, "g", "rows", 101).await.unwrap(),
+        (1, Some(130))
+    );
+    assert!(store.prune_usage(101).await.unwrap() >= 1);
+    assert_eq!(
+        store.usage_since(&who, "g", "rows", 0).await.unwrap(),
+        (1, Some(130))
+    );
 }

@@ -784,3 +784,48 @@ pub async fn recording(
         }),
     ))
 }
+
+/// `GET /api/v1/budgets?principal=P`: what P has used of every grant's
+/// budget (its rolling windows, from the store; a per-session limit is
+/// counted by the live session and shown without use). Visible to P, the
+/// person an agent acts for, and admins.
+pub async fn budgets(
+    console: &Console,
+    ctx: &portcullis_front::FrontContext,
+    req: &Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Body>, ProxyError> {
+    let params = Query::of(req, 4);
+    let principal = params.get("principal").unwrap_or(who.subject.as_str());
+    if !may_see(console, who, principal) {
+        return Err(ProxyError::Forbidden(
+            portcullis_policy::DenyReason::NoGrant {
+                principal: who.subject.clone(),
+                connection: "the budgets of another principal".into(),
+            },
+        ));
+    }
+    let mut out = Vec::new();
+    for g in ctx.policy.grants().iter().filter(|g| !g.budgets.is_empty()) {
+        for l in &g.budgets {
+            let (used, first) = if l.per.minutes().is_some() {
+                let (u, f) = ctx.budgets.used(principal, &g.name, l).await.map_err(|e| {
+                    tracing::error!(error = %e, "reading budgets failed");
+                    ProxyError::Budget(portcullis_front::BudgetError::Unavailable(g.name.clone()))
+                })?;
+                (Some(u), f)
+            } else {
+                (None, None)
+            };
+            let resets_at = l.per.minutes().zip(first).map(|(m, f)| (f + m) * 60);
+            out.push(serde_json::json!({
+                "grant": g.name, "what": l.describe(), "measure": l.measure, "per": l.per,
+                "only": l.only, "limit": l.limit, "used": used, "resets_at": resets_at,
+            }));
+        }
+    }
+    Ok(portcullis_http::json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "principal": principal, "budgets": out }),
+    ))
+}

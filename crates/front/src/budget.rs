@@ -1,0 +1,387 @@
+//! A session's budget: what its grant lets the principal take, checked
+//! before each action and counted after it. Rolling windows are sums of
+//! minutes in the store, so a limit holds across gateways sharing it and
+//! across restarts; a session's own use is counted here. The store being
+//! unavailable refuses the action (fail closed), as for every other rule
+//! that needs it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use portcullis_identity::unix_now;
+use portcullis_policy::budget::{self, Limit, Measure, Window};
+use portcullis_store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// Why an action is refused by a budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "budget {what:?} of grant {grant:?} is used up ({used} of {limit}){}",
+        resets_words(*.resets_at)
+    )]
+    Exceeded {
+        grant: String,
+        /// "rows per hour", "DELETE requests per day"…
+        what: String,
+        used: u64,
+        limit: u64,
+        /// When use starts to leave the window (Unix seconds); `None` for
+        /// a per-session budget.
+        resets_at: Option<i64>,
+    },
+    #[error("the budget of grant {0:?} cannot be checked now (the store is unavailable)")]
+    Unavailable(String),
+}
+
+fn resets_words(at: Option<i64>) -> String {
+    match at {
+        Some(t) => format!("; it frees up from {}", rfc3339(t)),
+        None => "; it is for this session: a new session starts again".into(),
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    )
+    .to_string()
+}
+
+impl BudgetError {
+    /// Seconds until the budget frees up, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            BudgetError::Exceeded {
+                resets_at: Some(t), ..
+            } => Some((*t - unix_now()).max(1) as u64),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub grant: String,
+    pub measure: String,
+    pub per: String,
+}
+
+/// What every session's budget shares: the store, and the refusals
+/// counted by grant (`portcullis_budget_refusals_total`).
+#[derive(Clone)]
+pub struct Budgets {
+    store: Store,
+    pub refusals: Family<BudgetLabels, Counter>,
+}
+
+impl Budgets {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            refusals: Family::default(),
+        }
+    }
+
+    /// The budget of a session `principal` opened under `grant`, when
+    /// the grant has one.
+    pub fn session(&self, principal: &str, grant: &portcullis_policy::Grant) -> Option<Budget> {
+        (!grant.budgets.is_empty()).then(|| Budget {
+            shared: self.clone(),
+            principal: principal.to_string(),
+            grant: grant.name.clone(),
+            limits: grant.budgets.clone(),
+            session: Mutex::default(),
+        })
+    }
+
+    /// What `principal` used of `limit` of `grant` in its window now, and
+    /// the first minute of that use.
+    pub async fn used(
+        &self,
+        principal: &str,
+        grant: &str,
+        limit: &Limit,
+    ) -> Result<(u64, Option<i64>), portcullis_store::StoreError> {
+        let Some(minutes) = limit.per.minutes() else {
+            return Ok((0, None));
+        };
+        let since = unix_now() / 60 - minutes + 1;
+        let (used, first) = self
+            .store
+            .usage_since(principal, grant, &limit.counter(), since)
+            .await?;
+        Ok((used.max(0) as u64, first))
+    }
+
+    /// `portcullis_budget_refusals_total{grant,measure,per}`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "portcullis_budget_refusals",
+            "Actions refused (or results cut) because a grant's budget was used up",
+            self.refusals.clone(),
+        );
+    }
+}
+
+/// One session's budget.
+pub struct Budget {
+    shared: Budgets,
+    principal: String,
+    grant: String,
+    limits: Vec<Limit>,
+    /// This session's use, by counter.
+    session: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("grant", &self.grant)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Budget {
+    pub fn grant(&self) -> &str {
+        &self.grant
+    }
+
+    /// Whether any limit counts `measure` (a front skips the counting
+    /// otherwise).
+    pub fn counts(&self, measure: Measure) -> bool {
+        self.limits.iter().any(|l| l.measure == measure)
+    }
+
+    fn session_used(&self, counter: &str) -> u64 {
+        let s = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        s.get(counter).copied().unwrap_or(0)
+    }
+
+    /// How much of `measure` (a request of `qualifier`, …) may still be
+    /// taken: `None` when no limit applies; `Err` when none is left.
+    pub async fn left(
+        &self,
+        measure: Measure,
+        qualifier: Option<&str>,
+    ) -> Result<Option<u64>, BudgetError> {
+        let mut tightest: Option<(&Limit, u64, u64, Option<i64>)> = None;
+        for l in self.limits.iter().filter(|l| l.applies(measure, qualifier)) {
+            let (used, first) = match l.per {
+                Window::Session => (self.session_used(&l.counter()), None),
+                _ => self
+                    .shared
+                    .used(&self.principal, &self.grant, l)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, grant = %self.grant, "budget store unavailable");
+                        BudgetError::Unavailable(self.grant.clone())
+                    })?,
+            };
+            let left = l.limit.saturating_sub(used);
+            if tightest.is_none_or(|t| left < t.2) {
+                tightest = Some((l, used, left, first));
+            }
+        }
+        let Some((l, used, left, first)) = tightest else {
+            return Ok(None);
+        };
+        if left == 0 {
+            return Err(self.exceeded(l, used, first));
+        }
+        Ok(Some(left))
+    }
+
+    /// The refusal for limit `l`, counted.
+    pub fn exceeded(&self, l: &Limit, used: u64, first: Option<i64>) -> BudgetError {
+        self.shared
+            .refusals
+            .get_or_create(&BudgetLabels {
+                grant: self.grant.clone(),
+                measure: l.measure.as_str().into(),
+                per: l.per.as_str().into(),
+            })
+            .inc();
+        let resets_at = match (l.per.minutes(), first) {
+            (Some(m), Some(f)) => Some((f + m) * 60),
+            (Some(m), None) => Some((unix_now() / 60 + m) * 60),
+            (None, _) => None,
+        };
+        BudgetError::Exceeded {
+            grant: self.grant.clone(),
+            what: l.describe(),
+            used,
+            limit: l.limit,
+            resets_at,
+        }
+    }
+
+    /// The refusal for a result cut where it reached a limit on
+    /// `measure` (the smallest that applies: the allowance was the least
+    /// of what each had left).
+    pub fn cut(&self, measure: Measure, qualifier: Option<&str>) -> BudgetError {
+        let limit = self
+            .limits
+            .iter()
+            .filter(|l| l.applies(measure, qualifier))
+            .min_by_key(|l| l.limit)
+            .cloned()
+            .unwrap_or(Limit {
+                measure,
+                per: Window::Session,
+                limit: 0,
+                only: None,
+            });
+        self.exceeded(&limit, limit.limit, None)
+    }
+
+    /// One action of `measure` (a request, a tool call, a write): refused
+    /// when nothing is left, counted when it goes on.
+    pub async fn take_one(
+        &self,
+        measure: Measure,
+        qualifier: Option<&str>,
+    ) -> Result<(), BudgetError> {
+        self.left(measure, qualifier).await?;
+        self.spend(measure, qualifier, 1).await;
+        Ok(())
+    }
+
+    /// Count `n` of `measure` used: in this session, and in the store for
+    /// every rolling window that reads it. A store that fails here loses
+    /// the count (logged): the next check, which needs the store too,
+    /// refuses.
+    pub async fn spend(&self, measure: Measure, qualifier: Option<&str>, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut counters = vec![budget::counter(measure, None)];
+        if let Some(q) = qualifier {
+            counters.push(budget::counter(measure, Some(q)));
+        }
+        {
+            let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &counters {
+                *s.entry(c.clone()).or_default() += n;
+            }
+        }
+        let minute = unix_now() / 60;
+        for c in counters {
+            let stored = self
+                .limits
+                .iter()
+                .any(|l| l.per != Window::Session && l.counter() == c);
+            if !stored {
+                continue;
+            }
+            if let Err(e) = self
+                .shared
+                .store
+                .add_usage(&self.principal, &self.grant, &c, minute, n as i64)
+                .await
+            {
+                tracing::error!(error = %e, grant = %self.grant, counter = %c, "budget use not recorded");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn budgets() -> (tempfile::TempDir, Budgets) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
+        (dir, Budgets::new(store))
+    }
+
+    fn grant(limits: Vec<Limit>) -> portcullis_policy::Grant {
+        portcullis_policy::Grant {
+            name: "agents".into(),
+            principals: vec![],
+            groups: vec!["agents".into()],
+            connections: vec!["*".into()],
+            budgets: limits,
+        }
+    }
+
+    fn limit(measure: Measure, per: Window, limit: u64, only: Option<&str>) -> Limit {
+        Limit {
+            measure,
+            per,
+            limit,
+            only: only.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rolling_limit_holds_across_sessions() {
+        let (_d, b) = budgets().await;
+        let g = grant(vec![limit(
+            Measure::Requests,
+            Window::Hour,
+            2,
+            Some("DELETE"),
+        )]);
+        let one = b.session("agent:a", &g).unwrap();
+        one.take_one(Measure::Requests, Some("GET")).await.unwrap();
+        one.take_one(Measure::Requests, Some("delete"))
+            .await
+            .unwrap();
+        // Another session of the same principal (another gateway, after
+        // a restart: the same store) shares the window.
+        let two = b.session("agent:a", &g).unwrap();
+        two.take_one(Measure::Requests, Some("DELETE"))
+            .await
+            .unwrap();
+        let e = two
+            .take_one(Measure::Requests, Some("DELETE"))
+            .await
+            .unwrap_err();
+        let BudgetError::Exceeded {
+            used,
+            limit,
+            resets_at,
+            ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!((*used, *limit), (2, 2));
+        assert!(resets_at.unwrap() > unix_now());
+        assert!(e.retry_after().unwrap() <= 3600);
+        assert!(e.to_string().contains("DELETE requests per hour"), "{e}");
+        // Other principals and methods are not touched.
+        two.take_one(Measure::Requests, Some("GET")).await.unwrap();
+        let other = b.session("agent:b", &g).unwrap();
+        other
+            .take_one(Measure::Requests, Some("DELETE"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_limit_is_the_sessions_own() {
+        let (_d, b) = budgets().await;
+        let g = grant(vec![
+            limit(Measure::Rows, Window::Session, 10, None),
+            limit(Measure::Rows, Window::Day, 100, None),
+        ]);
+        let s = b.session("agent:a", &g).unwrap();
+        assert_eq!(s.left(Measure::Rows, None).await.unwrap(), Some(10));
+        s.spend(Measure::Rows, None, 7).await;
+        assert_eq!(s.left(Measure::Rows, None).await.unwrap(), Some(3));
+        s.spend(Measure::Rows, None, 3).await;
+        let e = s.left(Measure::Rows, None).await.unwrap_err();
+        assert!(e.to_string().contains("rows per session"), "{e}");
+        assert_eq!(e.retry_after(), None);
+        // A new session starts again, within the day's limit.
+        let t = b.session("agent:a", &g).unwrap();
+        assert_eq!(t.left(Measure::Rows, None).await.unwrap(), Some(10));
+        assert!(b.session("agent:a", &grant(vec![])).is_none());
+    }
+}
