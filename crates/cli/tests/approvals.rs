@@ -104,6 +104,16 @@ name = "reviewers-pii"
 connections = ["previewed"]
 groups = ["dba"]
 
+# Another group's: only prev_people.secret (a preview's sample is masked
+# by every rule of the connection).
+[[masking.rules]]
+name = "contractors-secret"
+connections = ["previewed"]
+groups = ["contractors"]
+detectors = []
+[[masking.rules.fields]]
+columns = ["prev_people.secret"]
+
 [[connections]]
 name = "api"
 type = "http"
@@ -764,6 +774,17 @@ fn preview_tables() -> &'static PgCluster {
              INSERT INTO prev_lines SELECT g, (g % 4) + 1 FROM generate_series(1, 6) g;
              CREATE TABLE prev_race (id int PRIMARY KEY, old boolean);
              INSERT INTO prev_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
+             CREATE TABLE prev_plain (id int PRIMARY KEY, qty int);
+             INSERT INTO prev_plain SELECT g, g FROM generate_series(1, 5) g;
+             CREATE TABLE prev_people (id int PRIMARY KEY, name text, secret text);
+             INSERT INTO prev_people VALUES (1, 'ann', 'ZQX-SECRET-0001'), (2, 'bo', 'ZQX-SECRET-0002');
+             CREATE SEQUENCE prev_s1; CREATE SEQUENCE prev_s2; CREATE SEQUENCE prev_s3; CREATE SEQUENCE prev_s4;
+             CREATE TABLE prev_def (id int PRIMARY KEY, n bigint DEFAULT nextval('prev_s1'::text));
+             CREATE DOMAIN prev_dom AS int CHECK (nextval('prev_s2') > 0);
+             CREATE TABLE prev_domt (id int PRIMARY KEY, v prev_dom);
+             CREATE VIEW prev_view AS SELECT nextval('prev_s3') AS n;
+             CREATE FUNCTION prev_lies(int) RETURNS int LANGUAGE plpgsql IMMUTABLE
+                 AS $$BEGIN PERFORM nextval('prev_s4'); RETURN $1; END$$;
              CREATE TABLE prev_bound_race (id int PRIMARY KEY, old boolean);
              INSERT INTO prev_bound_race SELECT g, g <= 4 FROM generate_series(1, 8) g;
              CREATE TABLE prev_bound (id int PRIMARY KEY, qty int);
@@ -921,7 +942,7 @@ fn what_cannot_be_previewed_says_why_and_is_not_run() {
         (
             "INSERT INTO prev_serial (v) VALUES ('a');",
             "INSERT INTO prev_serial",
-            "column id of prev_serial advances a sequence",
+            "the default of column id of prev_serial calls nextval",
         ),
         (
             "DELETE FROM prev_items WHERE id = prev_side();",
@@ -1152,4 +1173,110 @@ fn an_approved_bound_statement_runs_checked_in_its_own_transaction() {
         assert_eq!(row.get::<_, i32>(0), 42);
     });
     assert_eq!(rows_left("prev_bound_race WHERE old"), "0");
+}
+
+/// Each way a review found to make the preview leave a trace or show a
+/// protected value, kept: a sequence behind a text cast, a domain's
+/// check, a view the statement reads, a function labelled immutable by
+/// the connection's own role, a failing preview's error text, a
+/// protected value copied into another column.
+#[test]
+fn previews_the_review_broke_stay_fixed() {
+    let s = setup();
+    let pg = preview_tables();
+    let sequences = || {
+        pg.psql_direct(
+            "SELECT string_agg(coalesce(last_value::text, 'never'), ',' ORDER BY sequencename) \
+             FROM pg_sequences WHERE sequencename LIKE 'prev_s_'",
+        )
+    };
+    let before = (
+        sequences(),
+        fingerprint(pg, &["prev_def", "prev_domt", "prev_plain", "prev_people"]),
+    );
+    for (sql, needle, why) in [
+        (
+            "INSERT INTO prev_def (id) VALUES (1);",
+            "INSERT INTO prev_def",
+            "nextval",
+        ),
+        (
+            "INSERT INTO prev_domt (id, v) VALUES (1, 5);",
+            "INSERT INTO prev_domt",
+            "type prev_dom",
+        ),
+        (
+            "INSERT INTO prev_def (id, n) SELECT n, 0 FROM prev_view;",
+            "FROM prev_view",
+            "it reads prev_view, which is not a table",
+        ),
+        (
+            "DELETE FROM prev_plain WHERE id = prev_lies(-1);",
+            "prev_lies(-1)",
+            "prev_lies(integer)",
+        ),
+        (
+            "UPDATE prev_people SET id = secret::int WHERE id = 1;",
+            "SET id = secret::int",
+            "SQLSTATE 22P02",
+        ),
+        (
+            "UPDATE prev_plain SET qty = qty WHERE pg_sleep(0.2) IS NOT NULL;",
+            "pg_sleep(0.2)",
+            "pg_sleep",
+        ),
+        (
+            "DELETE FROM prev_plain WHERE current_setting('application_name') = 'psql';",
+            "current_setting",
+            "the caller's own session",
+        ),
+    ] {
+        let bg = s.psql_bg("previewed", &format!("{sql}\n"));
+        let r = s.pending(needle);
+        assert_eq!(r["preview"]["status"], "not_previewed", "{sql}: {r}");
+        let reason = r["preview"]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{sql}: {reason}");
+        assert!(!r.to_string().contains("ZQX-SECRET"), "{r}");
+        let out = s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None);
+        assert!(out.status.success(), "{}", text(&out));
+        bg.join().unwrap();
+    }
+    // A protected value copied into another column: counted, no rows.
+    let bg = s.psql_bg(
+        "previewed",
+        "UPDATE prev_people SET name = secret WHERE id = 2;\n",
+    );
+    let r = s.pending("SET name = secret");
+    assert_eq!(
+        table_change(&r["preview"], "public.prev_people")["updated"],
+        1,
+        "{r}"
+    );
+    assert_eq!(r["preview"]["sample"]["rows"], serde_json::json!([]), "{r}");
+    assert!(!r.to_string().contains("ZQX-SECRET"), "{r}");
+    // The requester sees the counts, never the sample.
+    let shown = s.reviews(&s.token, &["show", "--json", r["id"].as_str().unwrap()]);
+    let mine: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(mine["preview"]["status"], "counted", "{mine}");
+    assert!(mine["preview"].get("sample").is_none(), "{mine}");
+    assert!(
+        s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None)
+            .status
+            .success()
+    );
+    bg.join().unwrap();
+    let after = (
+        sequences(),
+        fingerprint(pg, &["prev_def", "prev_domt", "prev_plain", "prev_people"]),
+    );
+    assert_eq!(after, before, "a preview left a trace");
+    let audit = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&audit.stdout).contains("ZQX-SECRET"));
 }

@@ -697,7 +697,7 @@ impl RawApproval {
         }
         let preview_timeout = duration(
             &k("preview_timeout"),
-            self.preview_timeout.as_deref().unwrap_or("5s"),
+            self.preview_timeout.as_deref().unwrap_or("2s"),
         )?;
         if preview_timeout > Duration::from_secs(60) || preview_timeout < Duration::from_millis(100)
         {

@@ -43,6 +43,23 @@ pub(crate) fn review_visible(r: &portcullis_approval::Review, who: &Principal) -
         || (who.kind == PrincipalKind::Human && r.approvers.iter().any(|g| who.groups.contains(g)))
 }
 
+/// `r` as `who` may read it: a preview's sample (rows, however masked)
+/// is for the approvers; the requester and the person it acts for see
+/// the counts.
+pub(crate) fn review_for(
+    mut r: portcullis_approval::Review,
+    who: &Principal,
+) -> portcullis_approval::Review {
+    use portcullis_identity::PrincipalKind;
+    let approver =
+        who.kind == PrincipalKind::Human && r.approvers.iter().any(|g| who.groups.contains(g));
+    if !approver && let Some(portcullis_approval::Preview::Counted { sample, .. }) = &mut r.preview
+    {
+        *sample = None;
+    }
+    r
+}
+
 pub async fn reviews(
     approvals: &portcullis_approval::Approvals,
     prefix: &str,
@@ -62,7 +79,11 @@ pub async fn reviews(
                     .and_then(portcullis_approval::State::parse)
             });
             let list = approvals.list(state).await.map_err(ProxyError::ReviewApi)?;
-            let list: Vec<_> = list.into_iter().filter(|r| visible(r)).collect();
+            let list: Vec<_> = list
+                .into_iter()
+                .filter(|r| visible(r))
+                .map(|r| review_for(r, who))
+                .collect();
             Ok(ok(serde_json::json!({ "reviews": list })))
         }
         (Method::GET, [id]) => {
@@ -72,7 +93,9 @@ pub async fn reviews(
                     portcullis_approval::ReviewError::Unknown(id.to_string()),
                 ));
             }
-            Ok(ok(serde_json::to_value(&r).unwrap_or_default()))
+            Ok(ok(
+                serde_json::to_value(review_for(r, who)).unwrap_or_default()
+            ))
         }
         (Method::POST, [id, verb @ ("approve" | "deny")]) => {
             let id = id.to_string();

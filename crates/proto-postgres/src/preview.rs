@@ -56,6 +56,9 @@ pub struct Target {
     pub kind: Kind,
     /// The table it changes, as written (quoted as it was).
     pub table: String,
+    /// Every relation it names, as written (CTE names among them: they
+    /// resolve to nothing, or shadow a relation and are checked as one).
+    pub relations: Vec<String>,
     /// The same statement returning every column of the changed rows,
     /// for the sample (`None` for MERGE: PostgreSQL before 17 has no
     /// RETURNING there).
@@ -167,10 +170,18 @@ pub fn target(sql: &str) -> Result<Target, String> {
     if writes.0 != 1 {
         return more_than_one();
     }
+    let mut relations = Vec::new();
+    let _ = sqlparser::ast::visit_relations(&s, |r| {
+        relations.push(r.to_string());
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    relations.sort();
+    relations.dedup();
     let returning_all = (kind != Kind::Merge).then(|| s.to_string());
     Ok(Target {
         kind,
         table,
+        relations,
         returning_all,
     })
 }
@@ -181,17 +192,58 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Everything the change can reach from `table` (an oid list as SQL),
-/// and why any of it makes the preview unsafe: one row per reason.
-fn hazards_query(table: &str) -> String {
-    let harmless = crate::classify::HARMLESS_VOLATILE
-        .iter()
-        .map(|n| literal(n))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// Built-in volatile functions a preview may run: no effect beyond the
+/// statement's own result. (`pg_sleep` is harmless to data but not to a
+/// preview: it would hold the statement's locks while others wait.)
+const PREVIEW_HARMLESS: &[&str] = &[
+    "random",
+    "random_normal",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "currval",
+    "lastval",
+];
+
+/// Functions whose value depends on the session that runs them: the
+/// preview runs on the gateway's, the statement on the caller's.
+const SESSION_BOUND: &[&str] = &[
+    "current_setting",
+    "pg_backend_pid",
+    "inet_client_addr",
+    "inet_client_port",
+    "pg_my_temp_schema",
+    "current_schema",
+    "current_schemas",
+    "pg_current_xact_id",
+    "txid_current",
+    "pg_current_xact_id_if_assigned",
+];
+
+fn literals<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.into_iter().map(literal).collect();
+    if v.is_empty() {
+        "NULL".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Why running the change to `t` (calling `calls`) before anyone
+/// approves it could leave something behind: one row per reason.
+///
+/// A function is trusted for a preview only when it is built in and not
+/// volatile (or a harmless built-in), or declared immutable or stable by
+/// a role the connection's role is not a member of: a caller could have
+/// written a function of its own role's with any label. Functions are
+/// found in the expressions themselves (`pg_node_tree`: defaults, checks,
+/// domain constraints and defaults, policies, index expressions), not in
+/// `pg_depend`, which records nothing for built-ins (`nextval('s'::text)`
+/// names no sequence either).
+fn hazards_query(t: &Target, calls: &[String]) -> String {
     format!(
         r#"WITH RECURSIVE reach(oid) AS (
-    SELECT to_regclass({t})::oid
+    SELECT to_regclass({table})::oid
   UNION
     SELECT x.oid FROM reach r, LATERAL (
         SELECT i.inhrelid AS oid FROM pg_catalog.pg_inherits i WHERE i.inhparent = r.oid
@@ -201,14 +253,55 @@ fn hazards_query(table: &str) -> String {
            AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd'))
     ) x
 ),
-volatile(oid) AS (
+coltypes(oid) AS (
+    SELECT a.atttypid FROM reach r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid
+     WHERE a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT x.oid FROM coltypes c, LATERAL (
+        SELECT t.typbasetype AS oid FROM pg_catalog.pg_type t WHERE t.oid = c.oid AND t.typbasetype <> 0
+      UNION ALL
+        SELECT t.typelem FROM pg_catalog.pg_type t WHERE t.oid = c.oid AND t.typelem <> 0
+      UNION ALL
+        SELECT a.atttypid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
+         WHERE t.oid = c.oid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+    ) x
+),
+untrusted(oid) AS MATERIALIZED (
     SELECT p.oid FROM pg_catalog.pg_proc p
-     WHERE p.provolatile = 'v'
-       AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND p.proname IN ({harmless}))
+     WHERE NOT ((p.pronamespace = 'pg_catalog'::regnamespace
+                 AND (p.provolatile <> 'v' OR p.proname IN ({harmless})))
+             OR (p.pronamespace <> 'pg_catalog'::regnamespace AND p.provolatile <> 'v'
+                 AND NOT pg_catalog.pg_has_role(current_user, p.proowner, 'MEMBER')))
+),
+exprs(what, tree) AS (
+    SELECT format('the default of column %I of %s', a.attname, d.adrelid::regclass), d.adbin::text
+      FROM reach r JOIN pg_catalog.pg_attrdef d ON d.adrelid = r.oid
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+  UNION ALL
+    SELECT format('constraint %I of %s', c.conname, c.conrelid::regclass), c.conbin::text
+      FROM reach r JOIN pg_catalog.pg_constraint c ON c.conrelid = r.oid WHERE c.conbin IS NOT NULL
+  UNION ALL
+    SELECT format('constraint %I of type %s', c.conname, c.contypid::regtype), c.conbin::text
+      FROM coltypes t JOIN pg_catalog.pg_constraint c ON c.contypid = t.oid WHERE c.conbin IS NOT NULL
+  UNION ALL
+    SELECT format('the default of type %s', t.oid::regtype), t.typdefaultbin::text
+      FROM coltypes c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typdefaultbin IS NOT NULL
+  UNION ALL
+    SELECT format('policy %I of %s', p.polname, p.polrelid::regclass),
+           coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, '')
+      FROM reach r JOIN pg_catalog.pg_policy p ON p.polrelid = r.oid
+  UNION ALL
+    SELECT format('an index of %s', i.indrelid::regclass),
+           coalesce(i.indexprs::text, '') || coalesce(i.indpred::text, '')
+      FROM reach r JOIN pg_catalog.pg_index i ON i.indrelid = r.oid
 ),
 hazard(what) AS (
     SELECT format('%s is not a table (a view or a foreign table)', c.oid::regclass)
       FROM reach r JOIN pg_catalog.pg_class c ON c.oid = r.oid WHERE c.relkind NOT IN ('r', 'p')
+  UNION ALL
+    SELECT format('it reads %s, which is not a table: what it runs is not proven for a preview', c.oid::regclass)
+      FROM unnest(ARRAY[{relations}]::text[]) n(name)
+      JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name) WHERE c.relkind NOT IN ('r', 'p', 'm')
   UNION ALL
     SELECT format('table %s has trigger %I, which could act outside the transaction', t.tgrelid::regclass, t.tgname)
       FROM reach r JOIN pg_catalog.pg_trigger t ON t.tgrelid = r.oid WHERE NOT t.tgisinternal
@@ -220,31 +313,43 @@ hazard(what) AS (
       FROM reach r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid
      WHERE a.attidentity <> '' AND NOT a.attisdropped
   UNION ALL
-    SELECT format('the default of column %I of %s %s', a.attname, d.adrelid::regclass,
-                  CASE WHEN dep.refclassid = 'pg_catalog.pg_class'::regclass
-                       THEN 'advances a sequence' ELSE 'calls a volatile function' END)
-      FROM reach r JOIN pg_catalog.pg_attrdef d ON d.adrelid = r.oid
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-      JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::regclass AND dep.objid = d.oid
-     WHERE (dep.refclassid = 'pg_catalog.pg_class'::regclass
-            AND EXISTS (SELECT 1 FROM pg_catalog.pg_class s WHERE s.oid = dep.refobjid AND s.relkind = 'S'))
-        OR (dep.refclassid = 'pg_catalog.pg_proc'::regclass AND dep.refobjid IN (SELECT oid FROM volatile))
+    SELECT DISTINCT format('%s calls %s, which is not proven free of side effects for a preview', e.what, m[1]::oid::regprocedure)
+      FROM exprs e, regexp_matches(e.tree, ':(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)', 'g') m
+     WHERE m[1]::oid IN (SELECT oid FROM untrusted)
   UNION ALL
-    SELECT format('constraint %I of %s calls a volatile function', c.conname, c.conrelid::regclass)
-      FROM reach r JOIN pg_catalog.pg_constraint c ON c.conrelid = r.oid
-      JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_constraint'::regclass AND dep.objid = c.oid
-     WHERE dep.refclassid = 'pg_catalog.pg_proc'::regclass AND dep.refobjid IN (SELECT oid FROM volatile)
+    SELECT format('the input or output of type %s is %s, which is not proven free of side effects', t.oid::regtype, f.oid::regprocedure)
+      FROM coltypes c JOIN pg_catalog.pg_type t ON t.oid = c.oid,
+           unnest(ARRAY[t.typinput::oid, t.typoutput::oid, t.typreceive::oid, t.typsend::oid]) f(oid)
+     WHERE f.oid <> 0 AND f.oid IN (SELECT oid FROM untrusted)
   UNION ALL
-    SELECT format('policy %I of %s calls a volatile function', p.polname, p.polrelid::regclass)
-      FROM reach r JOIN pg_catalog.pg_policy p ON p.polrelid = r.oid
-      JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_policy'::regclass AND dep.objid = p.oid
-     WHERE dep.refclassid = 'pg_catalog.pg_proc'::regclass AND dep.refobjid IN (SELECT oid FROM volatile)
+    SELECT DISTINCT format('it calls %s, which is not proven free of side effects for a preview', p.oid::regprocedure)
+      FROM pg_catalog.pg_proc p
+     WHERE p.proname IN ({calls}) AND p.oid IN (SELECT oid FROM untrusted)
+  UNION ALL
+    SELECT DISTINCT format('%s runs behind an operator, cast, type or aggregate and is not proven free of side effects for a preview', p.oid::regprocedure)
+      FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.oid IN (SELECT oid FROM untrusted)
+       AND p.oid IN (
+             SELECT oprcode::oid FROM pg_catalog.pg_operator
+       UNION SELECT oprrest::oid FROM pg_catalog.pg_operator
+       UNION SELECT oprjoin::oid FROM pg_catalog.pg_operator
+       UNION SELECT castfunc FROM pg_catalog.pg_cast
+       UNION SELECT typinput::oid FROM pg_catalog.pg_type
+       UNION SELECT typoutput::oid FROM pg_catalog.pg_type
+       UNION SELECT typreceive::oid FROM pg_catalog.pg_type
+       UNION SELECT typsend::oid FROM pg_catalog.pg_type
+       UNION SELECT amproc::oid FROM pg_catalog.pg_amproc
+       UNION SELECT aggtransfn::oid FROM pg_catalog.pg_aggregate
+       UNION SELECT aggfinalfn::oid FROM pg_catalog.pg_aggregate)
 )
-SELECT CASE WHEN to_regclass({t}) IS NULL THEN format('table %s does not exist', {t}) END
+SELECT CASE WHEN to_regclass({table}) IS NULL THEN format('table %s does not exist', {table}) END
 UNION ALL
 SELECT what FROM hazard
 LIMIT 5"#,
-        t = literal(table)
+        table = literal(&t.table),
+        harmless = literals(PREVIEW_HARMLESS.iter().copied()),
+        relations = literals(t.relations.iter().map(String::as_str)),
+        calls = literals(calls.iter().map(String::as_str)),
     )
 }
 
@@ -400,9 +505,22 @@ async fn run(
     masks: &[Arc<portcullis_mask::Rule>],
     limits: Limits,
 ) -> Result<Preview, String> {
+    let calls: Vec<String> = up
+        .analyse(sql.text())
+        .calls
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    if let Some(c) = calls.iter().find(|c| SESSION_BOUND.contains(&c.as_str())) {
+        return Ok(Preview::not_previewed(format!(
+            "it calls {c}, whose value depends on the caller's own session, not the gateway's"
+        )));
+    }
+    // JIT off: the hazard query's estimates are large (recursive CTEs
+    // over the catalog), and compiling it took seconds, not the query.
     let setup = format!(
         "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-         SET LOCAL idle_in_transaction_session_timeout = {}",
+         SET LOCAL idle_in_transaction_session_timeout = {}; SET LOCAL jit = off",
         limits.statement_timeout.as_millis(),
         limits.lock_timeout().as_millis(),
         (limits.statement_timeout * 4).as_millis()
@@ -410,7 +528,7 @@ async fn run(
     let server = |e: UpstreamError| e.to_string();
     session.simple_rows(&setup).await.map_err(server)?;
     let hazards = session
-        .simple_rows(&hazards_query(&target.table))
+        .simple_rows(&hazards_query(target, &calls))
         .await
         .map_err(server)?;
     let reasons: Vec<String> = hazards
@@ -428,12 +546,86 @@ async fn run(
         .simple_rows("SAVEPOINT portcullis_preview")
         .await
         .map_err(server)?;
-    if let Err(e) = sql.run(session, sql.text(), 0, None).await {
-        return Ok(Preview::not_previewed(format!("running it failed: {e}")));
-    }
+    // Run once: the counts and the sample come from the same run. (The
+    // text returning every column is the statement's own but for its
+    // RETURNING list; the run-time check holds the real one to these
+    // counts.)
+    let mut chain = masking(up, session, masks).await;
+    let shown = chain
+        .as_ref()
+        .is_some_and(|c| !c.0.iter().any(|i| i.reads_protected(sql.text())));
+    let keys = match target.kind {
+        Kind::Update if shown => primary_key(session, &target.table).await,
+        _ => None,
+    };
+    let text = target.returning_all.as_deref().filter(|_| shown);
+    let outcome = match (text, chain.as_mut()) {
+        (Some(text), Some(chain)) => {
+            let mut tap = KeyTap {
+                keys: keys.as_deref().unwrap_or_default(),
+                positions: None,
+                captured: Vec::new(),
+                inner: chain,
+            };
+            let out = sql.run(session, text, SAMPLE_ROWS, Some(&mut tap)).await;
+            out.map(|o| Some((o, std::mem::take(&mut tap.captured))))
+        }
+        _ => sql.run(session, sql.text(), 0, None).await.map(|_| None),
+    };
+    let ran = match outcome {
+        Ok(r) => r,
+        // The code only: an error's text can quote the very values the
+        // masking rules protect ("invalid input syntax: \"secret\"").
+        Err(e) => {
+            let code = match &e {
+                UpstreamError::Server(m) => m.split(':').next().unwrap_or("?????").to_string(),
+                _ => "the target did not answer".into(),
+            };
+            return Ok(Preview::not_previewed(format!(
+                "running it failed (SQLSTATE {code})"
+            )));
+        }
+    };
     let tables = since(&baseline, counts(session).await.map_err(server)?);
-    let sample = sample(up, session, sql, target, masks).await;
+    let sample = match (ran, chain.as_mut()) {
+        (Some((changed, found)), Some(chain)) => {
+            Some(sample(session, target, changed, keys.as_deref(), &found, chain).await)
+        }
+        _ => Some(Sample {
+            table: target.table.clone(),
+            columns: Vec::new(),
+            rows: Vec::new(),
+            note: Some(
+                if target.kind == Kind::Merge {
+                    "MERGE shows no rows (PostgreSQL 15 has no RETURNING for it)"
+                } else if chain.is_none() {
+                    "no rows shown: the masking rules could not be prepared"
+                } else {
+                    "no rows shown: the statement reads a protected column into others"
+                }
+                .into(),
+            ),
+        }),
+    };
     Ok(Preview::Counted { tables, sample })
+}
+
+/// Every masking rule's inspector, prepared on `session`; `None` when
+/// one cannot be (then no row is shown).
+async fn masking(
+    up: &PgUpstream,
+    session: &mut UpstreamSession,
+    masks: &[Arc<portcullis_mask::Rule>],
+) -> Option<Chain> {
+    let mut chain = Chain(Vec::new());
+    for rule in masks {
+        chain.0.push(
+            crate::masking::prepare(rule, session, up, &up.name)
+                .await
+                .ok()?,
+        );
+    }
+    Some(chain)
 }
 
 async fn counts(session: &mut UpstreamSession) -> Result<Vec<TableChange>, UpstreamError> {
@@ -470,45 +662,16 @@ fn table_change(row: Vec<Option<String>>) -> Option<TableChange> {
     })
 }
 
-/// A few changed rows of the target table, masked; `None` when there is
-/// no way to show them (MERGE) or masking could not be prepared.
+/// The rows the run returned, masked, as before and after (an UPDATE's
+/// old values found by key once the run is undone).
 async fn sample(
-    up: &PgUpstream,
     session: &mut UpstreamSession,
-    sql: &Sql<'_>,
     target: &Target,
-    masks: &[Arc<portcullis_mask::Rule>],
-) -> Option<Sample> {
-    let returning = target.returning_all.as_deref()?;
-    let mut chain = Chain(Vec::new());
-    for rule in masks {
-        chain.0.push(
-            crate::masking::prepare(rule, session, up, &up.name)
-                .await
-                .ok()?,
-        );
-    }
-    // The first run's changes are undone, so the sample sees what the
-    // counted run saw.
-    session
-        .simple_rows("ROLLBACK TO SAVEPOINT portcullis_preview")
-        .await
-        .ok()?;
-    let keys = match target.kind {
-        Kind::Update => primary_key(session, &target.table).await,
-        _ => None,
-    };
-    let mut tap = KeyTap {
-        keys: keys.as_deref().unwrap_or_default(),
-        positions: None,
-        captured: Vec::new(),
-        inner: &mut chain,
-    };
-    let changed = sql
-        .run(session, returning, SAMPLE_ROWS, Some(&mut tap))
-        .await
-        .ok()?;
-    let found = std::mem::take(&mut tap.captured);
+    changed: crate::upstream::QueryOutcome,
+    keys: Option<&[KeyColumn]>,
+    found: &[Vec<Option<String>>],
+    chain: &mut Chain,
+) -> Sample {
     let table = session
         .simple_rows(&format!(
             "SELECT to_regclass({})::text",
@@ -524,30 +687,23 @@ async fn sample(
         rows: Vec::new(),
         note: None,
     };
-    match target.kind {
-        Kind::Delete => {
-            out.rows = changed
-                .rows
-                .into_iter()
-                .map(|r| SampleRow {
-                    before: Some(r),
-                    after: None,
-                })
-                .collect();
-        }
-        Kind::Insert => {
-            out.rows = changed
-                .rows
-                .into_iter()
-                .map(|r| SampleRow {
-                    before: None,
-                    after: Some(r),
-                })
-                .collect();
-        }
+    let rows = changed.rows.into_iter();
+    out.rows = match target.kind {
+        Kind::Delete => rows
+            .map(|r| SampleRow {
+                before: Some(r),
+                after: None,
+            })
+            .collect(),
+        Kind::Insert | Kind::Merge => rows
+            .map(|r| SampleRow {
+                before: None,
+                after: Some(r),
+            })
+            .collect(),
         Kind::Update => {
-            let before = match &keys {
-                Some(k) => old_rows(session, &out.table, k, &found, &mut chain).await,
+            let before = match keys {
+                Some(k) => old_rows(session, &out.table, k, found, chain).await,
                 None => None,
             };
             if before.is_none() {
@@ -556,19 +712,15 @@ async fn sample(
                         .into(),
                 );
             }
-            out.rows = changed
-                .rows
-                .into_iter()
-                .enumerate()
+            rows.enumerate()
                 .map(|(i, r)| SampleRow {
                     before: before.as_ref().and_then(|b: &Vec<_>| b.get(i).cloned()),
                     after: Some(r),
                 })
-                .collect();
+                .collect()
         }
-        Kind::Merge => return None,
-    }
-    Some(out)
+    };
+    out
 }
 
 /// A primary key column: its name as the target reports it, and quoted
@@ -693,6 +845,8 @@ mod tests {
         assert!(t.returning_all.unwrap().ends_with("RETURNING *"));
         let t = target("INSERT INTO t (a) SELECT a FROM u").unwrap();
         assert_eq!((t.kind, t.table.as_str()), (Kind::Insert, "t"));
+        // What it reads is checked too (a view can run anything).
+        assert_eq!(t.relations, vec!["t".to_string(), "u".to_string()]);
         let t = target("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE").unwrap();
         assert_eq!((t.kind, t.returning_all), (Kind::Merge, None));
     }
@@ -748,6 +902,14 @@ mod tests {
     #[test]
     fn literals_are_quoted() {
         assert_eq!(literal("it's"), "'it''s'");
-        assert!(hazards_query("x'; DROP TABLE t; --").contains("'x''; DROP TABLE t; --'"));
+        let t = Target {
+            kind: Kind::Delete,
+            table: "x'; DROP TABLE t; --".into(),
+            relations: vec!["it's".into()],
+            returning_all: None,
+        };
+        let q = hazards_query(&t, &["f'g".into()]);
+        assert!(q.contains("'x''; DROP TABLE t; --'"));
+        assert!(q.contains("'it''s'") && q.contains("'f''g'"));
     }
 }

@@ -165,6 +165,7 @@ pub fn review_events(
                 let visible: Vec<_> = list
                     .into_iter()
                     .filter(|r| crate::api::review_visible(r, &who))
+                    .map(|r| crate::api::review_for(r, &who))
                     .collect();
                 let json = serde_json::json!({"reviews": visible}).to_string();
                 if json != last {

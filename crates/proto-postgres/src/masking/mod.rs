@@ -115,6 +115,15 @@ pub struct Catalog {
 }
 
 impl MaskInspector {
+    /// Whether `sql` reads a column this rule protects into something
+    /// else (a computed value, another column), or all columns of a
+    /// relation with one: what a caller could see unmasked that way.
+    pub fn reads_protected(&self, sql: &str) -> bool {
+        self.catalog
+            .sources
+            .reads_protected(&self.analyses.get_or_analyse(sql))
+    }
+
     /// Count findings into `metrics` at every ReadyForQuery.
     pub fn with_metrics(mut self, metrics: portcullis_mask::MaskMetrics) -> Self {
         self.metrics = Some(metrics);
