@@ -108,15 +108,6 @@ columns = ["mcp_customers.name"]
     }
 }
 
-fn http_client(ca: &str) -> reqwest::Client {
-    let roots = portcullis_tls::load_roots(std::path::Path::new(ca), false).unwrap();
-    let tls = portcullis_tls::client_config(&Default::default(), roots).unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
-
 fn text_of(r: &CallToolResult) -> String {
     serde_json::to_value(&r.content)
         .unwrap()
@@ -153,7 +144,7 @@ fn rust_mcp_client_end_to_end() {
 
 async fn rust_client(s: &Setup) {
     let transport = StreamableHttpClientTransport::with_client(
-        http_client(&s.ca),
+        https_client(&s.ca),
         StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.gw.url))
             .auth_header(s.token.clone()),
     );
@@ -417,7 +408,7 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (stopped_after, text) = rt.block_on(async {
         let transport = StreamableHttpClientTransport::with_client(
-            http_client(&s.ca),
+            https_client(&s.ca),
             StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.gw.url))
                 .auth_header(token),
         );

@@ -551,3 +551,13 @@ pub fn spki(cert: &Path) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A reqwest client (the MCP SDK's transport) trusting the gateway's CA.
+pub fn https_client(ca: &str) -> reqwest::Client {
+    let roots = portcullis_tls::load_roots(std::path::Path::new(ca), false).unwrap();
+    let tls = portcullis_tls::client_config(&Default::default(), roots).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}

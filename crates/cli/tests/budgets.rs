@@ -1,0 +1,333 @@
+//! Budgets with real clients: psql is cut at its rows and refused its
+//! writes (53400), on two gateways sharing a PostgreSQL store and after
+//! a restart; curl on one keep-alive connection gets 429 with
+//! `Retry-After`; the MCP SDK's tool call is refused as a tool error.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::pg::{PG_PASSWORD, PgCluster};
+use common::*;
+use portcullis_tls::CertificateAuthority;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+/// A store database of its own on the suite's cluster.
+fn store_database() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let pg = PgCluster::shared();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("pcl_budgets_{}_{n}", std::process::id());
+    pg.psql_direct(&format!("DROP DATABASE IF EXISTS {db}"));
+    pg.psql_direct(&format!("CREATE DATABASE {db}"));
+    format!(
+        "postgres://postgres@localhost:{}/{db}?sslrootcert={}",
+        pg.port,
+        pg.ca.display()
+    )
+}
+
+fn config(store: &str, pg: &PgCluster, hook: u16) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[store]
+url = "{store}"
+password = "file:pgpw"
+
+[postgres]
+listen = "127.0.0.1:0"
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{port}/postgres?sslrootcert={ca}"
+password = "file:pgpw"
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+
+[[grants]]
+name = "readers"
+groups = ["testers"]
+connections = ["*"]
+budgets = [
+  {{ rows = 5, per = "hour" }},
+  {{ requests = 2, per = "hour", method = "GET" }},
+  {{ tool_calls = 1, per = "hour", tool = "http_request" }},
+]
+
+[[grants]]
+name = "writers"
+groups = ["writers"]
+connections = ["db"]
+budgets = [{{ writes = 2, per = "session" }}]
+"#,
+        port = pg.port,
+        ca = pg.ca.display(),
+    )
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    ca: String,
+    token: String,
+    writer: String,
+    _hook: common::upstream::TestUpstream,
+}
+
+fn setup() -> (Setup, Proc, Proc) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (ca, _) = CertificateAuthority::load_or_create(&dir).unwrap();
+    write_leaf(&ca, &dir, "server");
+    write_leaf(&ca, &dir, "hook");
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    let hook = common::upstream::start(&dir.join("hook.pem"), &dir.join("hook.key"));
+    let pg = PgCluster::shared();
+    let cfg = config(&store_database(), pg, hook.port);
+    std::fs::write(dir.join("portcullis.toml"), &cfg).unwrap();
+    let token = tester_token(&dir.join("portcullis.toml"));
+    let out = cli_at(
+        &dir.join("portcullis.toml"),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:writer",
+            "--group",
+            "writers",
+        ],
+    );
+    assert!(out.status.success());
+    let writer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let a = start(&dir);
+    let b = start(&dir);
+    let s = Setup {
+        _tmp: tmp,
+        ca: dir.join("ca.pem").to_str().unwrap().to_string(),
+        dir,
+        token,
+        writer,
+        _hook: hook,
+    };
+    (s, a, b)
+}
+
+/// One more gateway on the shared config and store.
+fn start(dir: &std::path::Path) -> Proc {
+    let cfg = dir.join("portcullis.toml");
+    let n = std::fs::read_dir(dir).unwrap().count();
+    Proc::spawn(
+        dir,
+        &["--config", cfg.to_str().unwrap(), "gateway"],
+        &format!("gw{n}.log"),
+    )
+}
+
+fn psql(gw: &Proc, s: &Setup, token: &str, script: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .env("PGHOST", "localhost")
+        .env("PGPORT", gw.pg_port.unwrap().to_string())
+        .env("PGDATABASE", "db")
+        .env("PGUSER", "agent")
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &s.ca)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("\\set VERBOSITY verbose\n{script}").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn both(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn budgets_hold_for_psql_across_gateways_and_a_restart() {
+    let (s, a, b) = setup();
+    // 3 of 5 rows on gateway A.
+    let out = psql(&a, &s, &s.token, "SELECT g FROM generate_series(1, 3) g;\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1\n2\n3",
+        "{}",
+        both(&out)
+    );
+    // On gateway B, 2 are left: the next 3 are cut at the limit, with
+    // an error, never silently short; then nothing is left.
+    let out = psql(
+        &b,
+        &s,
+        &s.token,
+        "SELECT g FROM generate_series(1, 3) g;\nSELECT 1;\n",
+    );
+    let said = both(&out);
+    assert!(said.contains("53400"), "{said}");
+    assert!(
+        said.contains("budget \"rows per hour\" of grant \"readers\" is used up"),
+        "{said}"
+    );
+    assert!(said.contains("the result was cut at the limit"), "{said}");
+    assert_eq!(said.matches("53400").count(), 2, "{said}");
+    assert!(said.contains("frees up from"), "{said}");
+    // The store keeps it across a restart.
+    assert!(b.stop().success());
+    let b = start(&s.dir);
+    let out = psql(&b, &s, &s.token, "SELECT 1;\n");
+    assert!(both(&out).contains("53400"), "{}", both(&out));
+    // `budgets show` says the same (as the principal itself).
+    let show = Command::new(BIN)
+        .args(["budgets", "show", "--json"])
+        .env("PORTCULLIS_URL", &b.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &s.token)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", both(&show));
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let rows = v["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["measure"] == "rows")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (rows["used"].as_u64(), rows["limit"].as_u64()),
+        (Some(5), Some(5)),
+        "{v}"
+    );
+    // Another principal's budgets are not the agent's to read.
+    let other = Command::new(BIN)
+        .args(["budgets", "show", "--principal", "agent:writer"])
+        .env("PORTCULLIS_URL", &b.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &s.token)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    assert!(!other.status.success(), "{}", both(&other));
+
+    // Writes per session: the third write of a session is refused, the
+    // statement never reaching the target; a new session starts again.
+    let script = "CREATE TEMP TABLE w (x int);\nINSERT INTO w VALUES (1);\nINSERT INTO w VALUES (2);\nSELECT count(*) FROM w;\n";
+    let out = psql(&a, &s, &s.writer, script);
+    let said = both(&out);
+    assert!(said.contains("budget \"writes per session\""), "{said}");
+    assert!(said.contains("53400"), "{said}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().ends_with('1'),
+        "{said}"
+    );
+    let out = psql(&a, &s, &s.writer, "CREATE TEMP TABLE w (x int);\n");
+    assert!(
+        out.status.success() && !both(&out).contains("53400"),
+        "{}",
+        both(&out)
+    );
+}
+
+#[test]
+fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
+    let (s, a, _b) = setup();
+    // Three GETs and a POST on one connection: the third GET is 429.
+    let url = format!("{}/c/api/hello", a.url);
+    let out = Command::new("curl")
+        .args(["-s", "--cacert", &s.ca])
+        .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+        .args(["-H", &format!("authorization: Bearer {}", s.token)])
+        .args(["-w", "%{http_code} %{num_connects} %header{retry-after}\n"])
+        .args([&url, &url, &url])
+        .args([
+            "--next",
+            "-s",
+            "--cacert",
+            &s.ca,
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", &format!("authorization: Bearer {}", s.token)])
+        .args(["-w", "%{http_code} %{num_connects}\n", &url])
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("200 1"), "{lines:?}");
+    assert!(lines[1].starts_with("200 0"), "{lines:?}");
+    let third: Vec<&str> = lines[2].split(' ').collect();
+    assert_eq!(&third[..2], ["429", "0"], "one connection: {lines:?}");
+    let retry: u64 = third[2].parse().expect("Retry-After");
+    assert!((1..=3600).contains(&retry), "{lines:?}");
+    assert!(
+        lines[3].starts_with("200"),
+        "POST is not limited: {lines:?}"
+    );
+
+    // MCP: one http_request call per hour; the second is a tool error.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let transport = StreamableHttpClientTransport::with_client(
+            https_client(&s.ca),
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", a.url))
+                .auth_header(s.token.clone()),
+        );
+        let client = ().serve(transport).await.expect("MCP initialize");
+        let args = serde_json::json!({"connection": "api", "method": "POST", "path": "/hello"});
+        let serde_json::Value::Object(args) = args else {
+            unreachable!()
+        };
+        let call = || {
+            client
+                .call_tool(CallToolRequestParams::new("http_request").with_arguments(args.clone()))
+        };
+        let first = call().await.expect("first call");
+        assert_ne!(first.is_error, Some(true), "{first:?}");
+        let second = call().await;
+        let text = format!("{second:?}");
+        assert!(
+            text.contains("calls of tool http_request per hour"),
+            "{text}"
+        );
+        let _ = client.cancel().await;
+    });
+}
