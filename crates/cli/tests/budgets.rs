@@ -72,6 +72,12 @@ name = "writers"
 groups = ["writers"]
 connections = ["db"]
 budgets = [{{ writes = 2, per = "session" }}]
+
+[[grants]]
+name = "copiers"
+groups = ["copiers"]
+connections = ["db"]
+budgets = [{{ rows = 4, per = "session" }}]
 "#,
         port = pg.port,
         ca = pg.ca.display(),
@@ -84,6 +90,7 @@ struct Setup {
     ca: String,
     token: String,
     writer: String,
+    copier: String,
     _hook: common::upstream::TestUpstream,
 }
 
@@ -112,6 +119,19 @@ fn setup() -> (Setup, Proc, Proc) {
     );
     assert!(out.status.success());
     let writer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = cli_at(
+        &dir.join("portcullis.toml"),
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:copier",
+            "--group",
+            "copiers",
+        ],
+    );
+    assert!(out.status.success());
+    let copier = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let a = start(&dir);
     let b = start(&dir);
     let s = Setup {
@@ -120,6 +140,7 @@ fn setup() -> (Setup, Proc, Proc) {
         dir,
         token,
         writer,
+        copier,
         _hook: hook,
     };
     (s, a, b)
@@ -261,6 +282,25 @@ fn budgets_hold_for_psql_across_gateways_and_a_restart() {
         "{}",
         both(&out)
     );
+
+    // COPY TO counts its rows too, and is cut the same way; with nothing
+    // left, statements that return no row (transaction control) still run.
+    let out = psql(
+        &a,
+        &s,
+        &s.copier,
+        "COPY (SELECT g FROM generate_series(1, 10) g) TO STDOUT;\nBEGIN;\nCOMMIT;\nSELECT 1;\n",
+    );
+    let said = both(&out);
+    let lines: Vec<&str> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.parse::<u32>().is_ok())
+        .map(|_| "")
+        .collect();
+    assert!(lines.len() <= 4, "more rows than the budget: {said}");
+    assert_eq!(said.matches("53400").count(), 2, "{said}");
+    assert!(said.contains("BEGIN") && said.contains("COMMIT"), "{said}");
 }
 
 #[test]
@@ -286,13 +326,27 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
         ])
         .args(["-H", &format!("authorization: Bearer {}", s.token)])
         .args(["-w", "%{http_code} %{num_connects}\n", &url])
+        // A method override counts under the method it names too.
+        .args([
+            "--next",
+            "-s",
+            "--cacert",
+            &s.ca,
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", &format!("authorization: Bearer {}", s.token)])
+        .args(["-H", "x-http-method-override: GET"])
+        .args(["-w", "%{http_code} %{num_connects}\n", &url])
         .output()
         .unwrap();
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(lines[0].starts_with("200 1"), "{lines:?}");
     assert!(lines[1].starts_with("200 0"), "{lines:?}");
     let third: Vec<&str> = lines[2].split(' ').collect();
@@ -303,6 +357,10 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
         lines[3].starts_with("200"),
         "POST is not limited: {lines:?}"
     );
+    assert!(
+        lines[4].starts_with("429"),
+        "an overriding GET is: {lines:?}"
+    );
 
     // MCP: one http_request call per hour; the second is a tool error.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -312,21 +370,22 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
                 .auth_header(s.token.clone()),
         );
         let client = ().serve(transport).await.expect("MCP initialize");
-        let args = serde_json::json!({"connection": "api", "method": "POST", "path": "/hello"});
-        let serde_json::Value::Object(args) = args else {
-            unreachable!()
+        let call = |method: &str| {
+            let args = serde_json::json!({"connection": "api", "method": method, "path": "/hello"});
+            let serde_json::Value::Object(args) = args else {
+                unreachable!()
+            };
+            client.call_tool(CallToolRequestParams::new("http_request").with_arguments(args))
         };
-        let call = || {
-            client
-                .call_tool(CallToolRequestParams::new("http_request").with_arguments(args.clone()))
-        };
-        let first = call().await.expect("first call");
+        // The tool's GET counts against the GET requests the proxy used up.
+        let get = format!("{:?}", call("GET").await);
+        assert!(get.contains("GET requests per hour"), "{get}");
+        let first = call("POST").await.expect("first call");
         assert_ne!(first.is_error, Some(true), "{first:?}");
-        let second = call().await;
-        let text = format!("{second:?}");
+        let second = format!("{:?}", call("POST").await);
         assert!(
-            text.contains("calls of tool http_request per hour"),
-            "{text}"
+            second.contains("calls of tool http_request per hour"),
+            "{second}"
         );
         let _ = client.cancel().await;
     });

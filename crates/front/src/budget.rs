@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use portcullis_identity::unix_now;
-use portcullis_policy::budget::{self, Limit, Measure, Window};
+use portcullis_policy::budget::{Limit, Measure, Window};
 use portcullis_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -245,8 +245,21 @@ impl Budget {
         measure: Measure,
         qualifier: Option<&str>,
     ) -> Result<(), BudgetError> {
-        self.left(measure, qualifier).await?;
-        self.spend(measure, qualifier, 1).await;
+        self.take_one_of(measure, &[qualifier]).await
+    }
+
+    /// One action that counts under several qualifiers at once (a
+    /// request whose method a target may read from an override header:
+    /// both methods' limits apply), counted once per counter.
+    pub async fn take_one_of(
+        &self,
+        measure: Measure,
+        qualifiers: &[Option<&str>],
+    ) -> Result<(), BudgetError> {
+        for q in qualifiers {
+            self.left(measure, *q).await?;
+        }
+        self.spend_all(measure, qualifiers, 1).await;
         Ok(())
     }
 
@@ -255,25 +268,35 @@ impl Budget {
     /// the count (logged): the next check, which needs the store too,
     /// refuses.
     pub async fn spend(&self, measure: Measure, qualifier: Option<&str>, n: u64) {
+        self.spend_all(measure, &[qualifier], n).await;
+    }
+
+    /// [`Self::spend`] under each limit that applies to any of
+    /// `qualifiers`, by the limit's own counter (a tool named `Echo`
+    /// counts for the limit on `echo` it was checked against).
+    async fn spend_all(&self, measure: Measure, qualifiers: &[Option<&str>], n: u64) {
         if n == 0 {
             return;
         }
-        let mut counters = vec![budget::counter(measure, None)];
-        if let Some(q) = qualifier {
-            counters.push(budget::counter(measure, Some(q)));
+        let mut counters: Vec<(String, bool)> = Vec::new();
+        for l in &self.limits {
+            if qualifiers.iter().any(|q| l.applies(measure, *q)) {
+                let c = l.counter();
+                let stored = l.per != Window::Session;
+                match counters.iter_mut().find(|(x, _)| *x == c) {
+                    Some(entry) => entry.1 |= stored,
+                    None => counters.push((c, stored)),
+                }
+            }
         }
         {
             let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &counters {
+            for (c, _) in &counters {
                 *s.entry(c.clone()).or_default() += n;
             }
         }
         let minute = unix_now() / 60;
-        for c in counters {
-            let stored = self
-                .limits
-                .iter()
-                .any(|l| l.per != Window::Session && l.counter() == c);
+        for (c, stored) in counters {
             if !stored {
                 continue;
             }
@@ -362,6 +385,37 @@ mod tests {
             .take_one(Measure::Requests, Some("DELETE"))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_name_in_another_case_counts_for_the_limit_it_matched() {
+        let (_d, b) = budgets().await;
+        let g = grant(vec![limit(
+            Measure::ToolCalls,
+            Window::Hour,
+            1,
+            Some("echo"),
+        )]);
+        let s = b.session("agent:a", &g).unwrap();
+        s.take_one(Measure::ToolCalls, Some("Echo")).await.unwrap();
+        assert!(s.take_one(Measure::ToolCalls, Some("echo")).await.is_err());
+        assert!(s.take_one(Measure::ToolCalls, Some("ECHO")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_overridden_method_counts_under_both() {
+        let (_d, b) = budgets().await;
+        let g = grant(vec![limit(
+            Measure::Requests,
+            Window::Hour,
+            1,
+            Some("DELETE"),
+        )]);
+        let s = b.session("agent:a", &g).unwrap();
+        s.take_one_of(Measure::Requests, &[Some("POST"), Some("DELETE")])
+            .await
+            .unwrap();
+        assert!(s.take_one(Measure::Requests, Some("DELETE")).await.is_err());
     }
 
     #[tokio::test]

@@ -232,16 +232,31 @@ pub async fn budget(
     admitted: &Admitted,
     tool: &str,
 ) -> Result<(), ToolError> {
+    use portcullis_policy::budget::Measure;
+    budget_of(ctx, who, admitted, &[(Measure::ToolCalls, Some(tool))]).await
+}
+
+/// One call against its grant's budget on each of `what` (a tool call,
+/// and what it does: a write, a request of a method), all checked before
+/// any is counted.
+pub async fn budget_of(
+    ctx: &Context,
+    who: &Caller,
+    admitted: &Admitted,
+    what: &[(portcullis_policy::budget::Measure, Option<&str>)],
+) -> Result<(), ToolError> {
     let Some(b) = ctx.front.budget(admitted) else {
         return Ok(());
     };
-    match b
-        .take_one(portcullis_policy::budget::Measure::ToolCalls, Some(tool))
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(refused(ctx, who, &admitted.connection, &e.to_string()).await),
+    for (measure, q) in what {
+        if let Err(e) = b.left(*measure, *q).await {
+            return Err(refused(ctx, who, &admitted.connection, &e.to_string()).await);
+        }
     }
+    for (measure, q) in what {
+        b.spend(*measure, *q, 1).await;
+    }
+    Ok(())
 }
 
 /// Evidence of a call refused by a connection's rules, and the error the

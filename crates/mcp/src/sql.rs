@@ -102,7 +102,14 @@ pub async fn sql_query(
             || portcullis_approval::holds_tool(r, "sql_query", None)
     })
     .await?;
-    call::budget(ctx, who, &admitted, "sql_query").await?;
+    {
+        use portcullis_policy::budget::Measure;
+        let mut what = vec![(Measure::ToolCalls, Some("sql_query"))];
+        if class >= Class::Write {
+            what.push((Measure::Writes, None));
+        }
+        call::budget_of(ctx, who, &admitted, &what).await?;
+    }
     let query = Query {
         sql,
         max_rows: max_rows as usize,

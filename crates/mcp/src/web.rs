@@ -73,7 +73,14 @@ pub async fn http_request(
     let uri = upstream
         .target_uri(a.path, a.query.as_deref())
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;
-    call::budget(ctx, who, &admitted, "http_request").await?;
+    {
+        use portcullis_policy::budget::Measure;
+        let what = [
+            (Measure::ToolCalls, Some("http_request")),
+            (Measure::Requests, Some(method)),
+        ];
+        call::budget_of(ctx, who, &admitted, &what).await?;
+    }
     let open = call::open(ctx, &admitted).await?;
     let rec = open.recorder.clone();
     let request = Event::HttpRequest {

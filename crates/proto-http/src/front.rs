@@ -494,9 +494,16 @@ impl Inner {
         // After the session opened (a refused request is evidence in its
         // recording), before anything reaches the target.
         if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
-            b.take_one(Measure::Requests, Some(method.as_str()))
-                .await
-                .map_err(ProxyError::Budget)?;
+            // A target may read the method from an override: the request
+            // counts under both.
+            let overridden = crate::review::method_override(&parts.headers, parts.uri.query())
+                .map(|m| m.trim().to_ascii_uppercase());
+            b.take_one_of(
+                Measure::Requests,
+                &[Some(method.as_str()), overridden.as_deref()],
+            )
+            .await
+            .map_err(ProxyError::Budget)?;
         }
         let body =
             crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();

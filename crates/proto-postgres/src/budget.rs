@@ -100,12 +100,18 @@ impl Results {
         self.cutting.store(false, Ordering::Relaxed);
     }
 
-    /// What was taken since the last call, to write back.
-    pub fn ready_taken(&self) -> (u64, u64) {
+    /// What was taken and not yet written back.
+    pub fn pending(&self) -> (u64, u64) {
         (
-            self.rows.swap(0, Ordering::Relaxed),
-            self.bytes.swap(0, Ordering::Relaxed),
+            self.rows.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// `rows` and `bytes` were written back.
+    pub fn spent(&self, rows: u64, bytes: u64) {
+        self.rows.fetch_sub(rows, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -130,8 +136,9 @@ mod tests {
         assert!(r.cutting());
         r.ready();
         assert!(!r.cutting());
-        assert_eq!(r.ready_taken(), (2, 20));
-        assert_eq!(r.ready_taken(), (0, 0));
+        assert_eq!(r.pending(), (2, 20));
+        r.spent(2, 20);
+        assert_eq!(r.pending(), (0, 0));
     }
 
     #[test]

@@ -186,6 +186,10 @@ pub(crate) struct Relay<'a, W> {
     checks: Mutex<crate::checked::Checks>,
     /// The budget's rows, bytes and writes, when the grant has one.
     results: Option<crate::budget::Results>,
+    /// A result was cut: cancel the target's statement.
+    cancel_now: AtomicBool,
+    /// The target session's cancel key (pid, secret).
+    cancel_key: (i32, i32),
     bytes_from_caller: AtomicU64,
     bytes_to_caller: AtomicU64,
     /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
@@ -224,6 +228,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             pending: Mutex::new(Pending::default()),
             checks: Mutex::new(Default::default()),
             results: ctx.budget.map(|_| Default::default()),
+            cancel_now: AtomicBool::new(false),
+            cancel_key: (up.pid, up.secret),
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
             syncs_sent: AtomicU64::new(0),
@@ -255,6 +261,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             e = credential_ended => e,
             e = just_in_time_ended(ctx) => e,
         };
+        // What the last answers took, when the session ended before it
+        // was written back.
+        relay.budget_spend().await;
         let (outcome, reusable) = relay.say_goodbye(&exit).await;
         let reusable = if reusable {
             Some(UpstreamSession {
@@ -595,10 +604,24 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                                 .await
                                 .map_err(budget_refusal)?;
                         }
-                    } else {
+                    } else if name.is_empty() {
+                        // Only the unnamed statement is replaced by a
+                        // Parse (even one that fails); a named one stays
+                        // what it was until it is closed (a second Parse
+                        // of its name fails on the target).
                         names().remove(&name);
                     }
                 }
+            }
+            // Its result is not rows the gateway can count.
+            tag::FUNCTION_CALL if b.counts(Measure::Rows) || b.counts(Measure::Bytes) => {
+                return Err(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: format!(
+                        "portcullis: grant \"{}\" limits rows or bytes returned: fast-path function calls are refused",
+                        b.grant()
+                    ),
+                });
             }
             tag::BIND if writes => {
                 let bound = messages::bind(&m.body).map(|x| x.statement);
@@ -618,10 +641,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if matches!(m.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
             && (b.counts(Measure::Rows) || b.counts(Measure::Bytes))
         {
+            // Used up, the allowance is 0: a statement that returns no row
+            // (COMMIT, an INSERT) still runs; the first row is cut.
             let mut left = [None, None];
             for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
                 if b.counts(measure) {
-                    left[i] = b.left(measure, None).await.map_err(budget_refusal)?;
+                    left[i] = match b.left(measure, None).await {
+                        Ok(n) => n,
+                        Err(portcullis_front::BudgetError::Exceeded { .. }) => Some(0),
+                        Err(e) => return Err(budget_refusal(e)),
+                    };
                 }
             }
             res.allow(left[0], left[1]);
@@ -636,9 +665,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
             return;
         };
-        let (rows, bytes) = res.ready_taken();
+        // Read, written, then taken off: a write cut short by the session
+        // ending is written again at its end (counted twice rather than
+        // not at all).
+        let (rows, bytes) = res.pending();
         b.spend(Measure::Rows, None, rows).await;
         b.spend(Measure::Bytes, None, bytes).await;
+        res.spent(rows, bytes);
     }
 
     /// The chain's verdict on a message to the target. (The poisoned
@@ -730,12 +763,24 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     Err(_) => return Exit::UpstreamGone,
                 };
             }
+            // Counted before the caller sees it: a caller that leaves at
+            // once is counted all the same.
+            self.budget_spend().await;
+            if self.cancel_now.swap(false, Ordering::Relaxed) {
+                // A result was cut: the target stops the statement (and
+                // what follows it in the same query) rather than finishing
+                // it unseen.
+                let _ = self
+                    .ctx
+                    .upstream
+                    .cancel(self.cancel_key.0, self.cancel_key.1)
+                    .await;
+            }
             let mut cw = self.caller_w.lock().await;
             if !flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await {
                 return Exit::CallerGone;
             }
             drop(cw);
-            self.budget_spend().await;
         }
     }
 
@@ -745,7 +790,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
         if let Some(res) = &self.results {
             match m.tag {
-                tag::DATA_ROW => match res.row(m.body.len()) {
+                // A COPY TO row is a row too.
+                tag::DATA_ROW | tag::COPY_DATA => match res.row(m.body.len()) {
                     crate::budget::Row::Pass => {}
                     crate::budget::Row::Drop => return Ok(None),
                     crate::budget::Row::Cut { rows, .. } => {
@@ -757,6 +803,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                             .map(|b| b.cut(measure, None).to_string())
                             .unwrap_or_default();
                         tracing::info!(target: "portcullis::access", principal = %self.ctx.principal.subject, connection = self.ctx.connection, reason = %why, "result cut by a budget");
+                        self.cancel_now.store(true, Ordering::Relaxed);
                         m = messages::error(
                             false,
                             sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
