@@ -387,6 +387,26 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
             second.contains("calls of tool http_request per hour"),
             "{second}"
         );
+
+        // sql_query's rows count too: more than is left is refused whole.
+        let sql = |text: &str| {
+            let args = serde_json::json!({"connection": "db", "sql": text});
+            let serde_json::Value::Object(args) = args else {
+                unreachable!()
+            };
+            client.call_tool(CallToolRequestParams::new("sql_query").with_arguments(args))
+        };
+        let many = format!("{:?}", sql("SELECT g FROM generate_series(1, 10) g").await);
+        assert!(
+            many.contains("rows per hour") && many.contains("nothing was returned"),
+            "{many}"
+        );
+        let few = sql("SELECT g FROM generate_series(1, 3) g")
+            .await
+            .expect("within the budget");
+        assert_ne!(few.is_error, Some(true), "{few:?}");
+        let rest = format!("{:?}", sql("SELECT g FROM generate_series(1, 3) g").await);
+        assert!(rest.contains("rows per hour"), "2 left, 3 asked: {rest}");
         let _ = client.cancel().await;
     });
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use portcullis_config::Protocol;
 use portcullis_front::Admitted;
+use portcullis_policy::budget::Measure;
 
 use crate::call::{self, ToolError, int_arg, refused, str_arg};
 use crate::tools;
@@ -103,7 +104,6 @@ pub async fn sql_query(
     })
     .await?;
     {
-        use portcullis_policy::budget::Measure;
         let mut what = vec![(Measure::ToolCalls, Some("sql_query"))];
         if class >= Class::Write {
             what.push((Measure::Writes, None));
@@ -161,6 +161,17 @@ pub(crate) async fn run(
         timeout_ms,
     } = query;
     let name = admitted.connection.as_str();
+    // The grant's rows budget: what is left bounds the rows kept; a result
+    // with more is refused whole (never silently shorter).
+    let budget = ctx.front.budget(admitted);
+    let rows_left = match &budget {
+        Some(b) if b.counts(Measure::Rows) => match b.left(Measure::Rows, None).await {
+            Ok(n) => n,
+            Err(e) => return Err(refused(ctx, who, name, &e.to_string()).await),
+        },
+        _ => None,
+    };
+    let max_rows = rows_left.map_or(max_rows, |n| max_rows.min(n as usize));
     let open = call::open(ctx, admitted).await?;
     let rec = open.recorder.clone();
     if let Err(e) = call::record(
@@ -231,9 +242,25 @@ pub(crate) async fn run(
             .and(Err(target_err(msg.clone())))
         }
         Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
+        Ok(Ok(Ok(out))) if rows_left.is_some_and(|n| out.total_rows > n) => {
+            let why = budget
+                .as_ref()
+                .map(|b| b.cut(Measure::Rows, None).to_string())
+                .unwrap_or_default();
+            Err(ToolError::Refused {
+                connection: name.to_string(),
+                reason: format!(
+                    "{why}: the result has {} rows; nothing was returned",
+                    out.total_rows
+                ),
+            })
+        }
         Ok(Ok(Ok(mut out))) => {
             // Masked already, by the inspector the rows came through.
             let masked = std::mem::take(&mut out.rows);
+            if let Some(b) = &budget {
+                b.spend(Measure::Rows, None, masked.len() as u64).await;
+            }
             let events = std::iter::once(Event::PgRowDescription {
                 columns: out.columns.clone(),
             })

@@ -184,6 +184,8 @@ pub(crate) struct Relay<'a, W> {
     pending: Mutex<Pending>,
     /// Approved statements running with their preview's counts checked.
     checks: Mutex<crate::checked::Checks>,
+    /// Whether any is (the common path skips the lock).
+    checking: AtomicBool,
     /// The budget's rows, bytes and writes, when the grant has one.
     results: Option<crate::budget::Results>,
     /// A result was cut: cancel the target's statement.
@@ -227,6 +229,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             chain: Mutex::new(chain),
             pending: Mutex::new(Pending::default()),
             checks: Mutex::new(Default::default()),
+            checking: AtomicBool::new(false),
             results: ctx.budget.map(|_| Default::default()),
             cancel_now: AtomicBool::new(false),
             cancel_key: (up.pid, up.secret),
@@ -527,9 +530,12 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         counts: Option<crate::checked::Expected>,
         out: &mut BytesMut,
     ) -> Result<(), Exit> {
-        let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
         let Some(expected) = counts else {
             m.encode(out);
+            if !self.checking.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
             // After the caller's Execute of an approved Bind: its check.
             for c in checks
                 .after_caller(self.ctx.nonce, &m)
@@ -540,6 +546,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             return Ok(());
         };
+        let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
+        self.checking.store(true, Ordering::Relaxed);
         let in_flight = self
             .syncs_sent
             .load(Ordering::Relaxed)
@@ -742,14 +750,19 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 Ok(None) | Err(_) => return Exit::UpstreamGone,
             };
             while let Some(m) = next.take() {
-                let Ok(mut checks) = self.checks.lock() else {
-                    return Exit::Internal;
-                };
                 // Only while an approved statement runs checked is an
-                // answer taken apart (no allocation on the common path).
-                let several =
-                    (!checks.is_idle()).then(|| checks.backend(self.ctx.nonce, m.clone()));
-                drop(checks);
+                // answer taken apart (no lock, no allocation on the common
+                // path).
+                let several = if self.checking.load(Ordering::Relaxed) {
+                    let Ok(mut checks) = self.checks.lock() else {
+                        return Exit::Internal;
+                    };
+                    let v = checks.backend(self.ctx.nonce, m.clone());
+                    self.checking.store(!checks.is_idle(), Ordering::Relaxed);
+                    Some(v)
+                } else {
+                    None
+                };
                 let single = several.is_none().then_some(m);
                 for m in several.into_iter().flatten().chain(single) {
                     match self.on_target_message(m) {
