@@ -73,6 +73,19 @@ groups = ["writers"]
 connections = ["db"]
 budgets = [{{ writes = 2, per = "session" }}]
 
+[[connections]]
+name = "api-lift"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+approval = {{ mode = "statements", methods = ["PATCH"], approvers = ["dba"], wait = "20s" }}
+
+[[grants]]
+name = "lifters"
+groups = ["lifters"]
+connections = ["api-lift"]
+budgets = [{{ requests = 1, per = "hour" }}]
+
 [[grants]]
 name = "copiers"
 groups = ["copiers"]
@@ -91,6 +104,8 @@ struct Setup {
     token: String,
     writer: String,
     copier: String,
+    lifter: String,
+    bob: String,
     _hook: common::upstream::TestUpstream,
 }
 
@@ -132,6 +147,23 @@ fn setup() -> (Setup, Proc, Proc) {
     );
     assert!(out.status.success());
     let copier = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token_for = |principal: &str, group: &str| {
+        let out = cli_at(
+            &dir.join("portcullis.toml"),
+            &[
+                "token",
+                "create",
+                "--principal",
+                principal,
+                "--group",
+                group,
+            ],
+        );
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let lifter = token_for("agent:lifter", "lifters");
+    let bob = token_for("user:bob", "dba");
     let a = start(&dir);
     let b = start(&dir);
     let s = Setup {
@@ -141,6 +173,8 @@ fn setup() -> (Setup, Proc, Proc) {
         token,
         writer,
         copier,
+        lifter,
+        bob,
         _hook: hook,
     };
     (s, a, b)
@@ -409,4 +443,91 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
         assert!(rest.contains("rows per hour"), "2 left, 3 asked: {rest}");
         let _ = client.cancel().await;
     });
+}
+
+/// The pending review of kind `budget`, waited for.
+fn pending_lift(gw: &Proc, s: &Setup) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = Command::new(BIN)
+            .args(["reviews", "list", "--json", "--state", "pending"])
+            .env("PORTCULLIS_URL", &gw.url)
+            .env("PORTCULLIS_CA", &s.ca)
+            .env("PORTCULLIS_TOKEN", &s.bob)
+            .env("HOME", &s.dir)
+            .output()
+            .unwrap();
+        if let Some(r) = json_lines(&out).into_iter().find(|r| r["kind"] == "budget") {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no budget review");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn decide(gw: &Proc, s: &Setup, verb: &str, id: &str) {
+    let out = Command::new(BIN)
+        .args(["reviews", verb, id])
+        .env("PORTCULLIS_URL", &gw.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &s.bob)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+}
+
+#[test]
+fn an_approver_lifts_a_budget_for_one_session() {
+    let (s, a, _b) = setup();
+    let url = format!("{}/c/api-lift/hello", a.url);
+    let gets = |n: usize| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--cacert", &s.ca])
+            .args(["-H", &format!("authorization: Bearer {}", s.lifter)])
+            .args(["-w", "%{http_code} %{num_connects}\n"]);
+        for _ in 0..n {
+            c.args(["-o", "/dev/null", &url]);
+        }
+        c
+    };
+    let out = gets(1).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200 1");
+    // One connection, two more requests: the first waits for a person,
+    // who lifts the limit for this session; the second needs no one.
+    let held = gets(2).spawn_output();
+    let r = pending_lift(&a, &s);
+    let action = r["action"].as_str().unwrap();
+    assert!(
+        action.starts_with("lift budget \"requests per hour\" of grant \"lifters\" for session "),
+        "{r}"
+    );
+    decide(&a, &s, "approve", r["id"].as_str().unwrap());
+    let out = held.join().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, ["200 1", "200 0"], "{}", both(&out));
+    // Another connection is another session: held again; denied, 429.
+    let held = gets(1).spawn_output();
+    let r = pending_lift(&a, &s);
+    decide(&a, &s, "deny", r["id"].as_str().unwrap());
+    let out = held.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "429 1",
+        "{}",
+        both(&out)
+    );
+}
+
+trait SpawnOutput {
+    fn spawn_output(self) -> std::thread::JoinHandle<Output>;
+}
+
+impl SpawnOutput for Command {
+    fn spawn_output(mut self) -> std::thread::JoinHandle<Output> {
+        std::thread::spawn(move || self.output().unwrap())
+    }
 }

@@ -31,6 +31,8 @@ pub enum BudgetError {
         /// When use starts to leave the window (Unix seconds); `None` for
         /// a per-session budget.
         resets_at: Option<i64>,
+        /// Which limit it is, for lifting it (see [`Budget::lift`]).
+        key: String,
     },
     #[error("the budget of grant {0:?} cannot be checked now (the store is unavailable)")]
     Unavailable(String),
@@ -94,6 +96,7 @@ impl Budgets {
             grant: grant.name.clone(),
             limits: grant.budgets.clone(),
             session: Mutex::default(),
+            lifted: Mutex::default(),
         })
     }
 
@@ -134,6 +137,13 @@ pub struct Budget {
     limits: Vec<Limit>,
     /// This session's use, by counter.
     session: Mutex<HashMap<String, u64>>,
+    /// Limits an approver lifted for this session.
+    lifted: Mutex<Vec<String>>,
+}
+
+/// What names one limit for lifting: its counter and window.
+fn lift_key(l: &Limit) -> String {
+    format!("{}/{}", l.counter(), l.per.as_str())
 }
 
 impl std::fmt::Debug for Budget {
@@ -169,7 +179,16 @@ impl Budget {
         qualifier: Option<&str>,
     ) -> Result<Option<u64>, BudgetError> {
         let mut tightest: Option<(&Limit, u64, u64, Option<i64>)> = None;
-        for l in self.limits.iter().filter(|l| l.applies(measure, qualifier)) {
+        let lifted = self
+            .lifted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in self
+            .limits
+            .iter()
+            .filter(|l| l.applies(measure, qualifier) && !lifted.contains(&lift_key(l)))
+        {
             let (used, first) = match l.per {
                 Window::Session => (self.session_used(&l.counter()), None),
                 _ => self
@@ -195,6 +214,29 @@ impl Budget {
         Ok(Some(left))
     }
 
+    /// The action a reviewer approves to lift the limit `e` names for
+    /// session `session` (its kind is `budget`).
+    pub fn lift_action(&self, e: &BudgetError, session: &str) -> Option<String> {
+        match e {
+            BudgetError::Exceeded { what, grant, .. } => Some(format!(
+                "lift budget {what:?} of grant {grant:?} for session {session}"
+            )),
+            BudgetError::Unavailable(_) => None,
+        }
+    }
+
+    /// An approver said yes: the limit `e` names no longer applies to
+    /// this session (other sessions and the window's count are as they
+    /// were).
+    pub fn lift(&self, e: &BudgetError) {
+        if let BudgetError::Exceeded { key, .. } = e {
+            let mut l = self.lifted.lock().unwrap_or_else(|e| e.into_inner());
+            if !l.contains(key) {
+                l.push(key.clone());
+            }
+        }
+    }
+
     /// The refusal for limit `l`, counted.
     pub fn exceeded(&self, l: &Limit, used: u64, first: Option<i64>) -> BudgetError {
         self.shared
@@ -216,6 +258,7 @@ impl Budget {
             used,
             limit: l.limit,
             resets_at,
+            key: lift_key(l),
         }
     }
 

@@ -177,6 +177,29 @@ impl Gate {
         self.approvals.superseded(r, why).await;
     }
 
+    /// Ask approvers to lift the budget limit `e` names for this session;
+    /// on a yes it no longer applies to it. `None` when there is nothing
+    /// to lift (the store was unavailable) or no session to lift it for.
+    pub async fn lift_budget(
+        &self,
+        budget: &crate::Budget,
+        e: &crate::BudgetError,
+    ) -> Option<Result<(), HoldError>> {
+        let action = budget.lift_action(e, self.session.as_deref()?)?;
+        let ask = Ask {
+            kind: "budget",
+            action: &action,
+            classification: "budget",
+            grant: None,
+            preview: None,
+        };
+        let outcome = self.hold(&ask).await;
+        if outcome.is_ok() {
+            budget.lift(e);
+        }
+        Some(outcome)
+    }
+
     /// [`Self::check`] then, if it must, [`Self::wait`], for fronts that
     /// cannot tell their caller anything in between.
     pub async fn hold(&self, ask: &Ask<'_>) -> Result<(), HoldError> {

@@ -195,6 +195,7 @@ impl ProxyError {
             used,
             limit,
             resets_at,
+            ..
         }) = &self
         {
             body["budget"] = serde_json::json!({

@@ -498,12 +498,22 @@ impl Inner {
             // counts under both.
             let overridden = crate::review::method_override(&parts.headers, parts.uri.query())
                 .map(|m| m.trim().to_ascii_uppercase());
-            b.take_one_of(
-                Measure::Requests,
-                &[Some(method.as_str()), overridden.as_deref()],
-            )
-            .await
-            .map_err(ProxyError::Budget)?;
+            let qualifiers = [Some(method.as_str()), overridden.as_deref()];
+            if let Err(e) = b.take_one_of(Measure::Requests, &qualifiers).await {
+                // Used up: an approver may lift it for this session.
+                let gate = admitted.gate.as_ref().zip(live.id());
+                let lifted = match gate {
+                    Some((g, id)) => g.clone().in_session(&id).lift_budget(b, &e).await,
+                    None => None,
+                };
+                match lifted {
+                    Some(Ok(())) => b
+                        .take_one_of(Measure::Requests, &qualifiers)
+                        .await
+                        .map_err(ProxyError::Budget)?,
+                    _ => return Err(ProxyError::Budget(e)),
+                }
+            }
         }
         let body =
             crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();

@@ -135,6 +135,11 @@ pub(crate) struct LiveSession {
 }
 
 impl LiveSession {
+    /// The audited session's id (`None` once sealed).
+    pub fn id(&self) -> Option<String> {
+        self.open.lock().ok()?.as_ref().map(|o| o.id.clone())
+    }
+
     /// Number the next request (from 1).
     pub fn next_request(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1

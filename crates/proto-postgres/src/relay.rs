@@ -599,9 +599,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::QUERY | tag::FUNCTION_CALL
                 if writes && (writing || m.tag == tag::FUNCTION_CALL) =>
             {
-                b.take_one(Measure::Writes, None)
-                    .await
-                    .map_err(budget_refusal)?;
+                self.take_write(b).await?;
             }
             tag::PARSE => {
                 if let Some((name, _)) = messages::parse_text(m) {
@@ -634,9 +632,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::BIND if writes => {
                 let bound = messages::bind(&m.body).map(|x| x.statement);
                 if bound.is_some_and(|s| names().contains(&s)) {
-                    b.take_one(Measure::Writes, None)
-                        .await
-                        .map_err(budget_refusal)?;
+                    self.take_write(b).await?;
                 }
             }
             tag::CLOSE => {
@@ -664,6 +660,26 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             res.allow(left[0], left[1]);
         }
         Ok(())
+    }
+
+    /// One write against the budget; used up, an approver may lift the
+    /// limit for this session (where the connection has approvers).
+    async fn take_write(&self, b: &portcullis_front::Budget) -> Result<(), Refusal> {
+        use portcullis_policy::budget::Measure;
+        let Err(e) = b.take_one(Measure::Writes, None).await else {
+            return Ok(());
+        };
+        let lifted = match self.ctx.gate {
+            Some(g) => g.lift_budget(b, &e).await,
+            None => None,
+        };
+        match lifted {
+            Some(Ok(())) => b
+                .take_one(Measure::Writes, None)
+                .await
+                .map_err(budget_refusal),
+            _ => Err(budget_refusal(e)),
+        }
     }
 
     /// What was taken of rows and bytes since the last ReadyForQuery,

@@ -157,6 +157,15 @@ impl Gate {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ask approvers to lift the budget limit `e` names for this session.
+    pub async fn lift_budget(
+        &self,
+        budget: &portcullis_front::Budget,
+        e: &portcullis_front::BudgetError,
+    ) -> Option<Result<(), HoldError>> {
+        self.approval.lift_budget(budget, e).await
+    }
+
     /// Whether `m` may wait for a person, so what was batched before it
     /// must reach the target first.
     pub fn may_wait(&self, m: &Message) -> bool {
