@@ -81,6 +81,12 @@ ca_file = "ca.pem"
 approval = {{ mode = "statements", methods = ["PATCH"], approvers = ["dba"], wait = "20s" }}
 
 [[grants]]
+name = "racers"
+groups = ["racers"]
+connections = ["db"]
+budgets = [{{ rows = 100, per = "hour" }}]
+
+[[grants]]
 name = "lifters"
 groups = ["lifters"]
 connections = ["api-lift"]
@@ -105,6 +111,7 @@ struct Setup {
     writer: String,
     copier: String,
     lifter: String,
+    racer: String,
     bob: String,
     _hook: common::upstream::TestUpstream,
 }
@@ -163,6 +170,7 @@ fn setup() -> (Setup, Proc, Proc) {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let lifter = token_for("agent:lifter", "lifters");
+    let racer = token_for("agent:racer", "racers");
     let bob = token_for("user:bob", "dba");
     let a = start(&dir);
     let b = start(&dir);
@@ -174,6 +182,7 @@ fn setup() -> (Setup, Proc, Proc) {
         writer,
         copier,
         lifter,
+        racer,
         bob,
         _hook: hook,
     };
@@ -530,4 +539,78 @@ impl SpawnOutput for Command {
     fn spawn_output(mut self) -> std::thread::JoinHandle<Output> {
         std::thread::spawn(move || self.output().unwrap())
     }
+}
+
+#[test]
+fn concurrent_sessions_share_one_allowance() {
+    let (s, a, _b) = setup();
+    // Eight sessions at once, 60 rows each, 100 rows an hour: what is left
+    // is reserved by the session that reads it, so together they get at
+    // most 100 (the rest is cut with 53400), and what was not used is
+    // given back.
+    let used = |s: &Setup, a: &Proc| {
+        let show = Command::new(BIN)
+            .args(["budgets", "show", "--json"])
+            .env("PORTCULLIS_URL", &a.url)
+            .env("PORTCULLIS_CA", &s.ca)
+            .env("PORTCULLIS_TOKEN", &s.racer)
+            .env("HOME", &s.dir)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        v["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["grant"] == "racers")
+            .and_then(|b| b["used"].as_u64())
+            .unwrap()
+    };
+    // One session alone: it reserves all 100, takes 30, gives 70 back.
+    let out = psql(
+        &a,
+        &s,
+        &s.racer,
+        "SELECT g FROM generate_series(1, 30) g;\n",
+    );
+    assert!(
+        out.status.success() && !both(&out).contains("53400"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(used(&s, &a), 30);
+    let s = std::sync::Arc::new(s);
+    let a = std::sync::Arc::new(a);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, a) = (s.clone(), a.clone());
+            std::thread::spawn(move || {
+                psql(
+                    &a,
+                    &s,
+                    &s.racer,
+                    "SELECT g FROM generate_series(1, 60) g;\n",
+                )
+            })
+        })
+        .collect();
+    let mut rows = 0;
+    let mut cut = 0;
+    for h in handles {
+        let out = h.join().unwrap();
+        rows += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim().parse::<u32>().is_ok())
+            .count();
+        cut += usize::from(both(&out).contains("53400"));
+    }
+    assert!(rows <= 70, "{rows} rows for the 70 left");
+    assert!(cut >= 7, "{rows} rows, {cut} cut");
+    // The store holds what was sent (psql prints no row of a result that
+    // ended in an error, so it may show fewer), never more than the limit.
+    let total = used(&s, &a);
+    assert!(
+        total <= 100 && total as usize >= 30 + rows,
+        "{total} used, {rows} shown"
+    );
 }

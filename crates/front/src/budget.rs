@@ -77,6 +77,9 @@ pub struct BudgetLabels {
 pub struct Budgets {
     store: Store,
     pub refusals: Family<BudgetLabels, Counter>,
+    /// One lock per principal and grant: reading what is left and taking
+    /// it is one step for the sessions of this gateway.
+    locks: std::sync::Arc<Mutex<HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Budgets {
@@ -84,13 +87,29 @@ impl Budgets {
         Self {
             store,
             refusals: Family::default(),
+            locks: Default::default(),
         }
     }
 
     /// The budget of a session `principal` opened under `grant`, when
     /// the grant has one.
     pub fn session(&self, principal: &str, grant: &portcullis_policy::Grant) -> Option<Budget> {
-        (!grant.budgets.is_empty()).then(|| Budget {
+        if grant.budgets.is_empty() {
+            return None;
+        }
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget locks nobody holds a session of, now and then.
+            if locks.len() > 10_000 {
+                locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            }
+            locks
+                .entry((principal.to_string(), grant.name.clone()))
+                .or_default()
+                .clone()
+        };
+        Some(Budget {
+            lock,
             shared: self.clone(),
             principal: principal.to_string(),
             grant: grant.name.clone(),
@@ -137,6 +156,8 @@ pub struct Budget {
     limits: Vec<Limit>,
     /// This session's use, by counter.
     session: Mutex<HashMap<String, u64>>,
+    /// Shared by the principal's sessions under this grant here.
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Limits an approver lifted for this session.
     lifted: Mutex<Vec<String>>,
 }
@@ -299,6 +320,7 @@ impl Budget {
         measure: Measure,
         qualifiers: &[Option<&str>],
     ) -> Result<(), BudgetError> {
+        let _one_at_a_time = self.lock.lock().await;
         for q in qualifiers {
             self.left(measure, *q).await?;
         }
@@ -312,6 +334,59 @@ impl Budget {
     /// refuses.
     pub async fn spend(&self, measure: Measure, qualifier: Option<&str>, n: u64) {
         self.spend_all(measure, &[qualifier], n).await;
+    }
+
+    /// Take all that is left of `measure` ahead (0 when it is used up),
+    /// to give back what is not used with [`Self::refund`]: a concurrent
+    /// session of the same principal on this gateway sees it gone at
+    /// once. (Across gateways the read and the write are two steps.)
+    pub async fn reserve(&self, measure: Measure) -> Result<u64, BudgetError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let left = match self.left(measure, None).await {
+            Ok(n) => n.unwrap_or(0),
+            Err(BudgetError::Exceeded { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        self.spend(measure, None, left).await;
+        Ok(left)
+    }
+
+    /// Give back `n` of `measure` that was counted ahead (a reservation
+    /// not used): in this session and in the store.
+    pub async fn refund(&self, measure: Measure, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let counters: Vec<(String, bool)> = self
+            .limits
+            .iter()
+            .filter(|l| l.applies(measure, None))
+            .map(|l| (l.counter(), l.per != Window::Session))
+            .collect();
+        {
+            let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            for (c, _) in &counters {
+                if let Some(v) = s.get_mut(c) {
+                    *v = v.saturating_sub(n);
+                }
+            }
+        }
+        let minute = unix_now() / 60;
+        let mut done: Vec<&str> = Vec::new();
+        for (c, stored) in &counters {
+            if !stored || done.contains(&c.as_str()) {
+                continue;
+            }
+            done.push(c);
+            if let Err(e) = self
+                .shared
+                .store
+                .add_usage(&self.principal, &self.grant, c, minute, -(n as i64))
+                .await
+            {
+                tracing::error!(error = %e, grant = %self.grant, counter = %c, "budget refund not recorded");
+            }
+        }
     }
 
     /// [`Self::spend`] under each limit that applies to any of

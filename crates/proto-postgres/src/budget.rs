@@ -1,11 +1,13 @@
 //! A session's budget at the wire: writes are counted when a statement
 //! that writes is admitted (a Query, or the Bind of a prepared one);
-//! rows and bytes of results as the target sends them. The allowance is
-//! read from the store before each statement runs; a result that would
-//! cross it is cut where it crosses, with a 53400 error in place of the
-//! row, and nothing else of that statement reaches the caller (never a
-//! silently shorter result). What was taken is written back at each
-//! ReadyForQuery.
+//! rows and bytes of results as the target sends them. Before a
+//! statement runs, what is left of the rows and bytes is *reserved*: taken
+//! in the store at once, so a concurrent session (here or on another
+//! gateway) sees it gone while this one streams; what was not used is
+//! given back once the session is idle. A result that would cross the
+//! reservation is cut where it crosses, with a 53400 error in place of
+//! the row, and nothing else of that statement reaches the caller (never
+//! a silently shorter result).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -16,55 +18,32 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub enum Row {
     /// Within it: passed on.
     Pass,
-    /// It crosses the rows (`true`) or bytes (`false`) allowance: the
+    /// It crosses the rows (`true`) or bytes (`false`) reservation: the
     /// error goes in its place.
-    Cut { rows: bool, used: u64 },
+    Cut { rows: bool },
     /// After a cut: dropped until ReadyForQuery.
     Drop,
 }
 
-/// Rows and bytes of one session: what is left, and what was taken since
-/// the last write-back. (Atomics only because the relay's future must be
+/// Rows (`[0]`) and bytes (`[1]`) of one session: what is reserved and
+/// what was taken of it. (Atomics only because the relay's future must be
 /// Send; both directions run in one task.)
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Results {
-    rows_left: AtomicU64,
-    bytes_left: AtomicU64,
-    rows: AtomicU64,
-    bytes: AtomicU64,
-    /// Taken since the allowance was last read.
-    rows_since: AtomicU64,
-    bytes_since: AtomicU64,
+    limited: [AtomicBool; 2],
+    reserved: [AtomicU64; 2],
+    taken: [AtomicU64; 2],
     cutting: AtomicBool,
     /// Prepared statements that write, by the caller's name: their Binds
     /// count as writes.
     pub writes: Mutex<HashSet<String>>,
 }
 
-impl Default for Results {
-    fn default() -> Self {
-        Self {
-            rows_left: AtomicU64::new(u64::MAX),
-            bytes_left: AtomicU64::new(u64::MAX),
-            rows: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            rows_since: AtomicU64::new(0),
-            bytes_since: AtomicU64::new(0),
-            cutting: AtomicBool::new(false),
-            writes: Mutex::default(),
-        }
-    }
-}
-
 impl Results {
-    /// The allowance as the store gives it now (`None`: no limit).
-    pub fn allow(&self, rows: Option<u64>, bytes: Option<u64>) {
-        self.rows_left
-            .store(rows.unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.bytes_left
-            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.rows_since.store(0, Ordering::Relaxed);
-        self.bytes_since.store(0, Ordering::Relaxed);
+    /// `n` more of measure `i` (0 rows, 1 bytes) was reserved.
+    pub fn reserve(&self, i: usize, n: u64) {
+        self.limited[i].store(true, Ordering::Relaxed);
+        self.reserved[i].fetch_add(n, Ordering::Relaxed);
     }
 
     /// A DataRow of `len` bytes from the target.
@@ -72,21 +51,20 @@ impl Results {
         if self.cutting.load(Ordering::Relaxed) {
             return Row::Drop;
         }
-        let rows = self.rows_since.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.bytes_since.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
-        let cut = if rows > self.rows_left.load(Ordering::Relaxed) {
-            Some((true, rows - 1))
-        } else if bytes > self.bytes_left.load(Ordering::Relaxed) {
-            Some((false, bytes - len as u64))
-        } else {
-            None
-        };
-        if let Some((rows, used)) = cut {
-            self.cutting.store(true, Ordering::Relaxed);
-            return Row::Cut { rows, used };
+        let add = [1, len as u64];
+        for i in 0..2 {
+            let taken = self.taken[i].fetch_add(add[i], Ordering::Relaxed) + add[i];
+            if self.limited[i].load(Ordering::Relaxed)
+                && taken > self.reserved[i].load(Ordering::Relaxed)
+            {
+                // Not taken: it is not sent.
+                for (j, a) in add.iter().enumerate().take(i + 1) {
+                    self.taken[j].fetch_sub(*a, Ordering::Relaxed);
+                }
+                self.cutting.store(true, Ordering::Relaxed);
+                return Row::Cut { rows: i == 0 };
+            }
         }
-        self.rows.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
         Row::Pass
     }
 
@@ -100,18 +78,22 @@ impl Results {
         self.cutting.store(false, Ordering::Relaxed);
     }
 
-    /// What was taken and not yet written back.
-    pub fn pending(&self) -> (u64, u64) {
-        (
-            self.rows.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-        )
+    /// What was reserved and not used, to give back: rows, bytes.
+    pub fn unused(&self) -> [u64; 2] {
+        [0, 1].map(|i| {
+            self.reserved[i]
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.taken[i].load(Ordering::Relaxed))
+        })
     }
 
-    /// `rows` and `bytes` were written back.
-    pub fn spent(&self, rows: u64, bytes: u64) {
-        self.rows.fetch_sub(rows, Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    /// The unused part was given back: the session starts again from
+    /// nothing reserved.
+    pub fn settled(&self) {
+        for i in 0..2 {
+            self.reserved[i].store(0, Ordering::Relaxed);
+            self.taken[i].store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -120,44 +102,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_result_is_cut_where_it_crosses_and_the_rest_dropped() {
+    fn a_result_is_cut_where_it_crosses_the_reservation() {
         let r = Results::default();
-        r.allow(Some(2), None);
+        r.reserve(0, 2);
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Pass);
-        assert_eq!(
-            r.row(10),
-            Row::Cut {
-                rows: true,
-                used: 2
-            }
-        );
+        assert_eq!(r.row(10), Row::Cut { rows: true });
         assert_eq!(r.row(10), Row::Drop);
         assert!(r.cutting());
         r.ready();
         assert!(!r.cutting());
-        assert_eq!(r.pending(), (2, 20));
-        r.spent(2, 20);
-        assert_eq!(r.pending(), (0, 0));
+        assert_eq!(r.unused(), [0, 0]);
+        r.settled();
+        r.reserve(0, 5);
+        assert_eq!(r.row(10), Row::Pass);
+        assert_eq!(r.unused(), [4, 0]);
     }
 
     #[test]
     fn bytes_cut_too() {
         let r = Results::default();
-        r.allow(None, Some(25));
+        r.reserve(1, 25);
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Pass);
-        assert_eq!(
-            r.row(10),
-            Row::Cut {
-                rows: false,
-                used: 20
-            }
-        );
+        assert_eq!(r.row(10), Row::Cut { rows: false });
+        assert_eq!(r.unused(), [0, 5]);
     }
 
     #[test]
-    fn no_allowance_means_no_limit() {
+    fn nothing_reserved_means_no_limit() {
         let r = Results::default();
         for _ in 0..1000 {
             assert_eq!(r.row(1 << 20), Row::Pass);

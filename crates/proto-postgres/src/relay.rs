@@ -264,9 +264,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             e = credential_ended => e,
             e = just_in_time_ended(ctx) => e,
         };
-        // What the last answers took, when the session ended before it
-        // was written back.
-        relay.budget_spend().await;
+        // What is still reserved when the session ends.
+        relay.budget_settle(true).await;
         let (outcome, reusable) = relay.say_goodbye(&exit).await;
         let reusable = if reusable {
             Some(UpstreamSession {
@@ -645,19 +644,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if matches!(m.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
             && (b.counts(Measure::Rows) || b.counts(Measure::Bytes))
         {
-            // Used up, the allowance is 0: a statement that returns no row
-            // (COMMIT, an INSERT) still runs; the first row is cut.
-            let mut left = [None, None];
+            // What is left is reserved now (taken in the store, so concurrent
+            // sessions see it gone) and the unused part given back once the
+            // session is idle. Used up, nothing is reserved: a statement
+            // that returns no row (COMMIT, an INSERT) still runs; the first
+            // row is cut.
             for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
                 if b.counts(measure) {
-                    left[i] = match b.left(measure, None).await {
-                        Ok(n) => n,
-                        Err(portcullis_front::BudgetError::Exceeded { .. }) => Some(0),
-                        Err(e) => return Err(budget_refusal(e)),
-                    };
+                    let left = b.reserve(measure).await.map_err(budget_refusal)?;
+                    res.reserve(i, left);
                 }
             }
-            res.allow(left[0], left[1]);
         }
         Ok(())
     }
@@ -682,20 +679,25 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         }
     }
 
-    /// What was taken of rows and bytes since the last ReadyForQuery,
-    /// written back to the budget.
-    async fn budget_spend(&self) {
+    /// The rows and bytes reserved and not used, given back to the
+    /// budget.
+    async fn budget_settle(&self, ended: bool) {
         use portcullis_policy::budget::Measure;
         let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
             return;
         };
-        // Read, written, then taken off: a write cut short by the session
-        // ending is written again at its end (counted twice rather than
-        // not at all).
-        let (rows, bytes) = res.pending();
-        b.spend(Measure::Rows, None, rows).await;
-        b.spend(Measure::Bytes, None, bytes).await;
-        res.spent(rows, bytes);
+        // Only when nothing is in flight (a pipelined statement may still
+        // be using the reservation); given back, then forgotten: a session
+        // that ends half way keeps it counted (more, never less).
+        let idle =
+            self.syncs_sent.load(Ordering::Relaxed) == self.ready_seen.load(Ordering::Relaxed);
+        if !(idle || ended) {
+            return;
+        }
+        let [rows, bytes] = res.unused();
+        b.refund(Measure::Rows, rows).await;
+        b.refund(Measure::Bytes, bytes).await;
+        res.settled();
     }
 
     /// The chain's verdict on a message to the target. (The poisoned
@@ -792,9 +794,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     Err(_) => return Exit::UpstreamGone,
                 };
             }
-            // Counted before the caller sees it: a caller that leaves at
-            // once is counted all the same.
-            self.budget_spend().await;
+            // Settled before the caller sees the answer (a caller that
+            // leaves at once leaves nothing unsettled).
+            self.budget_settle(false).await;
             if self.cancel_now.swap(false, Ordering::Relaxed) {
                 // A result was cut: the target stops the statement (and
                 // what follows it in the same query) rather than finishing
@@ -823,7 +825,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 tag::DATA_ROW | tag::COPY_DATA => match res.row(m.body.len()) {
                     crate::budget::Row::Pass => {}
                     crate::budget::Row::Drop => return Ok(None),
-                    crate::budget::Row::Cut { rows, .. } => {
+                    crate::budget::Row::Cut { rows } => {
                         use portcullis_policy::budget::Measure;
                         let measure = if rows { Measure::Rows } else { Measure::Bytes };
                         let why = self
