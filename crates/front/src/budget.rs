@@ -73,13 +73,16 @@ pub struct BudgetLabels {
 
 /// What every session's budget shares: the store, and the refusals
 /// counted by grant (`portcullis_budget_refusals_total`).
+/// Whose turn it is to read and take: one per principal and grant.
+type TurnLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 #[derive(Clone)]
 pub struct Budgets {
     store: Store,
     pub refusals: Family<BudgetLabels, Counter>,
     /// One lock per principal and grant: reading what is left and taking
     /// it is one step for the sessions of this gateway.
-    locks: std::sync::Arc<Mutex<HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>>>,
+    locks: std::sync::Arc<Mutex<HashMap<(String, String), TurnLock>>>,
 }
 
 impl Budgets {
@@ -157,7 +160,7 @@ pub struct Budget {
     /// This session's use, by counter.
     session: Mutex<HashMap<String, u64>>,
     /// Shared by the principal's sessions under this grant here.
-    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    lock: TurnLock,
     /// Limits an approver lifted for this session.
     lifted: Mutex<Vec<String>>,
 }
