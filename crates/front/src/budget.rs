@@ -339,6 +339,19 @@ impl Budget {
         self.spend_all(measure, &[qualifier], n).await;
     }
 
+    /// One action counted on each of `what` (a tool call, and the write or
+    /// request it makes), all checked before any is counted, in one step.
+    pub async fn take_each(&self, what: &[(Measure, Option<&str>)]) -> Result<(), BudgetError> {
+        let _one_at_a_time = self.lock.lock().await;
+        for (measure, q) in what {
+            self.left(*measure, *q).await?;
+        }
+        for (measure, q) in what {
+            self.spend(*measure, *q, 1).await;
+        }
+        Ok(())
+    }
+
     /// Take all that is left of `measure` ahead (0 when it is used up),
     /// to give back what is not used with [`Self::refund`]: a concurrent
     /// session of the same principal on this gateway sees it gone at

@@ -248,15 +248,10 @@ pub async fn budget_of(
     let Some(b) = ctx.front.budget(admitted) else {
         return Ok(());
     };
-    for (measure, q) in what {
-        if let Err(e) = b.left(*measure, *q).await {
-            return Err(refused(ctx, who, &admitted.connection, &e.to_string()).await);
-        }
+    match b.take_each(what).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(refused(ctx, who, &admitted.connection, &e.to_string()).await),
     }
-    for (measure, q) in what {
-        b.spend(*measure, *q, 1).await;
-    }
-    Ok(())
 }
 
 /// Evidence of a call refused by a connection's rules, and the error the
