@@ -81,6 +81,12 @@ ca_file = "ca.pem"
 approval = {{ mode = "statements", methods = ["PATCH"], approvers = ["dba"], wait = "20s" }}
 
 [[grants]]
+name = "explorers"
+groups = ["explorers"]
+connections = ["db"]
+budgets = [{{ tables = 2, per = "hour" }}]
+
+[[grants]]
 name = "racers"
 groups = ["racers"]
 connections = ["db"]
@@ -112,6 +118,7 @@ struct Setup {
     copier: String,
     lifter: String,
     racer: String,
+    explorer: String,
     bob: String,
     _hook: common::upstream::TestUpstream,
 }
@@ -171,6 +178,7 @@ fn setup() -> (Setup, Proc, Proc) {
     };
     let lifter = token_for("agent:lifter", "lifters");
     let racer = token_for("agent:racer", "racers");
+    let explorer = token_for("agent:explorer", "explorers");
     let bob = token_for("user:bob", "dba");
     let a = start(&dir);
     let b = start(&dir);
@@ -183,6 +191,7 @@ fn setup() -> (Setup, Proc, Proc) {
         copier,
         lifter,
         racer,
+        explorer,
         bob,
         _hook: hook,
     };
@@ -613,4 +622,37 @@ fn concurrent_sessions_share_one_allowance() {
         total <= 100 && total as usize >= 30 + rows,
         "{total} used, {rows} shown"
     );
+}
+
+#[test]
+fn distinct_tables_are_counted_across_sessions() {
+    let (s, a, b) = setup();
+    PgCluster::shared().psql_direct(
+        "CREATE TABLE IF NOT EXISTS bt1 (x int); CREATE TABLE IF NOT EXISTS bt2 (x int); \
+         CREATE TABLE IF NOT EXISTS bt3 (x int);",
+    );
+    let script = "SELECT count(*) FROM bt1;\nWITH c AS (SELECT 1) SELECT count(*) FROM bt2, c;\nSELECT count(*) FROM bt1;\nSELECT count(*) FROM bt3;\n";
+    let out = psql(&a, &s, &s.explorer, script);
+    let said = both(&out);
+    assert_eq!(said.matches("53400").count(), 1, "{said}");
+    assert!(
+        said.contains("budget \"distinct tables per hour\""),
+        "{said}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0\n0\n0",
+        "{said}"
+    );
+    // The window is the principal's, on every gateway: a table seen
+    // passes, a third does not.
+    let out = psql(
+        &b,
+        &s,
+        &s.explorer,
+        "SELECT count(*) FROM bt2;\nSELECT count(*) FROM bt3;\n",
+    );
+    let said = both(&out);
+    assert_eq!(said.matches("53400").count(), 1, "{said}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{said}");
 }

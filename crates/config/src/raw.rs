@@ -754,6 +754,7 @@ struct RawBudget {
     writes: Option<u64>,
     requests: Option<u64>,
     tool_calls: Option<u64>,
+    tables: Option<u64>,
     per: String,
     method: Option<String>,
     tool: Option<String>,
@@ -771,6 +772,7 @@ impl RawBudget {
             (Measure::Writes, self.writes),
             (Measure::Requests, self.requests),
             (Measure::ToolCalls, self.tool_calls),
+            (Measure::Tables, self.tables),
         ]
         .into_iter()
         .filter_map(|(m, n)| n.map(|n| (m, n)))
@@ -778,7 +780,7 @@ impl RawBudget {
         let [(measure, limit)] = given[..] else {
             return Err(invalid(
                 key("rows"),
-                "name exactly one of rows, bytes, writes, requests, tool_calls, with its limit",
+                "name exactly one of rows, bytes, writes, requests, tool_calls, tables, with its limit",
             ));
         };
         let per = match self.per.as_str() {

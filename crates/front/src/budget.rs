@@ -118,6 +118,7 @@ impl Budgets {
             grant: grant.name.clone(),
             limits: grant.budgets.clone(),
             session: Mutex::default(),
+            tables: Mutex::default(),
             lifted: Mutex::default(),
         })
     }
@@ -134,6 +135,13 @@ impl Budgets {
             return Ok((0, None));
         };
         let since = unix_now() / 60 - minutes + 1;
+        if limit.measure == Measure::Tables {
+            let (names, first) = self
+                .store
+                .counters_since(principal, grant, TABLES, since)
+                .await?;
+            return Ok((names.len() as u64, first));
+        }
         let (used, first) = self
             .store
             .usage_since(principal, grant, &limit.counter(), since)
@@ -159,11 +167,16 @@ pub struct Budget {
     limits: Vec<Limit>,
     /// This session's use, by counter.
     session: Mutex<HashMap<String, u64>>,
+    /// The distinct tables this session named.
+    tables: Mutex<Vec<String>>,
     /// Shared by the principal's sessions under this grant here.
     lock: TurnLock,
     /// Limits an approver lifted for this session.
     lifted: Mutex<Vec<String>>,
 }
+
+/// The counters of a distinct-tables budget: `tables:NAME`.
+const TABLES: &str = "tables:";
 
 /// What names one limit for lifting: its counter and window.
 fn lift_key(l: &Limit) -> String {
@@ -348,6 +361,82 @@ impl Budget {
         }
         for (measure, q) in what {
             self.spend(*measure, *q, 1).await;
+        }
+        Ok(())
+    }
+
+    /// A statement names `tables`: refused when that makes more distinct
+    /// tables than a `tables` limit allows (in this session, or in the
+    /// window across sessions), recorded otherwise. One step, like
+    /// [`Self::take_one`].
+    pub async fn touch_tables(&self, tables: &[String]) -> Result<(), BudgetError> {
+        if tables.is_empty() || !self.counts(Measure::Tables) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.lock.lock().await;
+        let lifted = self
+            .lifted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in self
+            .limits
+            .iter()
+            .filter(|l| l.measure == Measure::Tables && !lifted.contains(&lift_key(l)))
+        {
+            let (mut seen, first) = match l.per.minutes() {
+                None => (
+                    self.tables
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                    None,
+                ),
+                Some(m) => self
+                    .shared
+                    .store
+                    .counters_since(&self.principal, &self.grant, TABLES, unix_now() / 60 - m + 1)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, grant = %self.grant, "budget store unavailable");
+                        BudgetError::Unavailable(self.grant.clone())
+                    })?,
+            };
+            let before = seen.len() as u64;
+            for t in tables {
+                if !seen.contains(t) {
+                    seen.push(t.clone());
+                }
+            }
+            if seen.len() as u64 > l.limit {
+                return Err(self.exceeded(l, before, first));
+            }
+        }
+        {
+            let mut s = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            for t in tables {
+                if !s.contains(t) {
+                    s.push(t.clone());
+                }
+            }
+        }
+        if self
+            .limits
+            .iter()
+            .any(|l| l.measure == Measure::Tables && l.per != Window::Session)
+        {
+            let minute = unix_now() / 60;
+            for t in tables {
+                let c = format!("{TABLES}{t}");
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .add_usage(&self.principal, &self.grant, &c, minute, 1)
+                    .await
+                {
+                    tracing::error!(error = %e, grant = %self.grant, "budget use not recorded");
+                }
+            }
         }
         Ok(())
     }

@@ -104,6 +104,18 @@ pub async fn sql_query(
     })
     .await?;
     {
+        if let Some(b) = ctx.front.budget(&admitted) {
+            let names: Vec<String> = upstream
+                .analyse(sql)
+                .refs
+                .relations
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(e) = b.touch_tables(&names).await {
+                return Err(refused(ctx, who, name, &e.to_string()).await);
+            }
+        }
         let mut what = vec![(Measure::ToolCalls, Some("sql_query"))];
         if class >= Class::Write {
             what.push((Measure::Writes, None));

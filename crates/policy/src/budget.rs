@@ -19,6 +19,8 @@ pub enum Measure {
     Requests,
     /// MCP tool calls (optionally of one tool).
     ToolCalls,
+    /// Distinct tables (relations) a SQL statement names.
+    Tables,
 }
 
 impl Measure {
@@ -29,6 +31,7 @@ impl Measure {
             Measure::Writes => "writes",
             Measure::Requests => "requests",
             Measure::ToolCalls => "tool_calls",
+            Measure::Tables => "tables",
         }
     }
 }
@@ -101,6 +104,7 @@ impl Limit {
         let what = match (&self.only, self.measure) {
             (Some(m), Measure::Requests) => format!("{m} requests"),
             (Some(t), Measure::ToolCalls) => format!("calls of tool {t}"),
+            (_, Measure::Tables) => "distinct tables".to_string(),
             (_, m) => m.as_str().replace('_', " "),
         };
         format!("{what} per {}", self.per.as_str())

@@ -593,6 +593,25 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         };
         let writes = b.counts(Measure::Writes);
         let writing = class.is_some_and(|c| c >= Class::Write);
+        if b.counts(Measure::Tables) {
+            let sql = match m.tag {
+                tag::QUERY => messages::query_text(m),
+                tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                let names: Vec<String> = self
+                    .ctx
+                    .upstream
+                    .analyse(&sql)
+                    .refs
+                    .relations
+                    .iter()
+                    .cloned()
+                    .collect();
+                b.touch_tables(&names).await.map_err(budget_refusal)?;
+            }
+        }
         let names = || res.writes.lock().unwrap_or_else(|e| e.into_inner());
         match m.tag {
             tag::QUERY | tag::FUNCTION_CALL

@@ -359,6 +359,47 @@ impl Store {
         Ok((row.try_get("used")?, row.try_get("first")?))
     }
 
+    /// The distinct counters starting with `prefix` that `principal` used
+    /// under `grant` from minute `since` on (the tables a budget of
+    /// distinct tables has seen), and the first minute of them.
+    pub async fn counters_since(
+        &self,
+        principal: &str,
+        grant: &str,
+        prefix: &str,
+        since: i64,
+    ) -> Result<(Vec<String>, Option<i64>), StoreError> {
+        // The counters from `prefix` up to (not including) `prefix` with its
+        // last character one higher: the same range on either backend,
+        // with no pattern syntax to escape.
+        let mut upper: Vec<char> = prefix.chars().collect();
+        if let Some(last) = upper.last_mut() {
+            *last = char::from_u32(*last as u32 + 1).unwrap_or(char::MAX);
+        }
+        let upper: String = upper.into_iter().collect();
+        let rows = sqlx::query(self.q(
+            "SELECT counter, MIN(minute) AS first FROM budget_usage \
+             WHERE principal = ? AND grant_name = ? AND counter >= ? AND counter < ? AND minute >= ? \
+             GROUP BY counter ORDER BY counter",
+        ))
+        .bind(principal)
+        .bind(grant)
+        .bind(prefix)
+        .bind(upper)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut first: Option<i64> = None;
+        let mut names = Vec::with_capacity(rows.len());
+        for r in rows {
+            let c: String = r.try_get("counter")?;
+            let f: i64 = r.try_get("first")?;
+            first = Some(first.map_or(f, |x| x.min(f)));
+            names.push(c[prefix.len()..].to_string());
+        }
+        Ok((names, first))
+    }
+
     /// Forget use older than minute `before` (no window reaches it).
     pub async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(self.q("DELETE FROM budget_usage WHERE minute < ?"))

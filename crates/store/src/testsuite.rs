@@ -680,6 +680,22 @@ pub async fn budget_usage(store: &Store) {
         store.usage_since(&who, "g", "rows", 101).await.unwrap(),
         (1, Some(130))
     );
+    store
+        .add_usage(&who, "g", "tables:b", 130, 1)
+        .await
+        .unwrap();
+    store
+        .add_usage(&who, "g", "tables:a_%", 131, 1)
+        .await
+        .unwrap();
+    store
+        .add_usage(&who, "g", "tables:b", 131, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.counters_since(&who, "g", "tables:", 0).await.unwrap(),
+        (vec!["a_%".to_string(), "b".to_string()], Some(130))
+    );
     assert!(store.prune_usage(101).await.unwrap() >= 1);
     assert_eq!(
         store.usage_since(&who, "g", "rows", 0).await.unwrap(),
