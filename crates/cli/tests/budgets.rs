@@ -92,11 +92,18 @@ groups = ["racers"]
 connections = ["db"]
 budgets = [{{ rows = 100, per = "hour" }}]
 
+[[connections]]
+name = "db-lift"
+type = "postgres"
+url = "postgres://postgres@localhost:{port}/postgres?sslrootcert={ca}"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["ddl"], approvers = ["dba"], wait = "20s" }}
+
 [[grants]]
 name = "lifters"
 groups = ["lifters"]
-connections = ["api-lift"]
-budgets = [{{ requests = 1, per = "hour" }}]
+connections = ["api-lift", "db-lift"]
+budgets = [{{ requests = 1, per = "hour" }}, {{ rows = 2, per = "session" }}]
 
 [[grants]]
 name = "copiers"
@@ -210,6 +217,10 @@ fn start(dir: &std::path::Path) -> Proc {
 }
 
 fn psql(gw: &Proc, s: &Setup, token: &str, script: &str) -> Output {
+    psql_db(gw, s, token, "db", script)
+}
+
+fn psql_db(gw: &Proc, s: &Setup, token: &str, db: &str, script: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("psql")
         .args([
@@ -223,7 +234,7 @@ fn psql(gw: &Proc, s: &Setup, token: &str, script: &str) -> Output {
         ])
         .env("PGHOST", "localhost")
         .env("PGPORT", gw.pg_port.unwrap().to_string())
-        .env("PGDATABASE", "db")
+        .env("PGDATABASE", db)
         .env("PGUSER", "agent")
         .env("PGPASSWORD", token)
         .env("PGSSLMODE", "verify-full")
@@ -655,4 +666,42 @@ fn distinct_tables_are_counted_across_sessions() {
     let said = both(&out);
     assert_eq!(said.matches("53400").count(), 1, "{said}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{said}");
+}
+
+#[test]
+fn an_approver_lifts_a_rows_budget_for_one_psql_session() {
+    let (s, a, _b) = setup();
+    let s = std::sync::Arc::new(s);
+    let a = std::sync::Arc::new(a);
+    // Two rows per session: the first two pass; BEGIN and COMMIT return
+    // no rows and ask no one; the next read waits for a person, who lifts
+    // the limit for this session.
+    let bg = {
+        let (s, a) = (s.clone(), a.clone());
+        std::thread::spawn(move || {
+            let script = "SELECT g FROM generate_series(1, 2) g;\nBEGIN;\nCOMMIT;\nSELECT g FROM generate_series(3, 7) g;\n";
+            let mut out = psql_db(&a, &s, &s.lifter, "db-lift", script);
+            out.stdout.retain(|b| *b != b'\r');
+            out
+        })
+    };
+    let r = pending_lift(&a, &s);
+    assert!(
+        r["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("lift budget \"rows per session\""),
+        "{r}"
+    );
+    decide(&a, &s, "approve", r["id"].as_str().unwrap());
+    let out = bg.join().unwrap();
+    let said = both(&out);
+    assert!(!said.contains("53400"), "{said}");
+    let rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.parse::<u32>().is_ok())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rows, ["1", "2", "3", "4", "5", "6", "7"], "{said}");
 }

@@ -441,18 +441,17 @@ impl Budget {
         Ok(())
     }
 
-    /// Take all that is left of `measure` ahead (0 when it is used up),
-    /// to give back what is not used with [`Self::refund`]: a concurrent
+    /// Take all that is left of `measure` ahead (`None`: no limit applies,
+    /// lifted; `Err` when it is used up), to give back what is not used
+    /// with [`Self::refund`]: a concurrent
     /// session of the same principal on this gateway sees it gone at
     /// once. (Across gateways the read and the write are two steps.)
-    pub async fn reserve(&self, measure: Measure) -> Result<u64, BudgetError> {
+    pub async fn reserve(&self, measure: Measure) -> Result<Option<u64>, BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        let left = match self.left(measure, None).await {
-            Ok(n) => n.unwrap_or(0),
-            Err(BudgetError::Exceeded { .. }) => 0,
-            Err(e) => return Err(e),
-        };
-        self.spend(measure, None, left).await;
+        let left = self.left(measure, None).await?;
+        if let Some(n) = left {
+            self.spend(measure, None, n).await;
+        }
         Ok(left)
     }
 

@@ -46,6 +46,12 @@ impl Results {
         self.reserved[i].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// No limit applies to measure `i` any more (an approver lifted it for
+    /// this session).
+    pub fn unlimit(&self, i: usize) {
+        self.limited[i].store(false, Ordering::Relaxed);
+    }
+
     /// A DataRow of `len` bytes from the target.
     pub fn row(&self, len: usize) -> Row {
         if self.cutting.load(Ordering::Relaxed) {
@@ -91,6 +97,7 @@ impl Results {
     /// nothing reserved.
     pub fn settled(&self) {
         for i in 0..2 {
+            self.limited[i].store(false, Ordering::Relaxed);
             self.reserved[i].store(0, Ordering::Relaxed);
             self.taken[i].store(0, Ordering::Relaxed);
         }

@@ -609,7 +609,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     .iter()
                     .cloned()
                     .collect();
-                b.touch_tables(&names).await.map_err(budget_refusal)?;
+                if let Err(e) = b.touch_tables(&names).await {
+                    let lifted = match self.ctx.gate {
+                        Some(g) => g.lift_budget(b, &e).await,
+                        None => None,
+                    };
+                    match lifted {
+                        Some(Ok(())) => b.touch_tables(&names).await.map_err(budget_refusal)?,
+                        _ => return Err(budget_refusal(e)),
+                    }
+                }
             }
         }
         let names = || res.writes.lock().unwrap_or_else(|e| e.into_inner());
@@ -669,9 +678,28 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             // that returns no row (COMMIT, an INSERT) still runs; the first
             // row is cut.
             for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
-                if b.counts(measure) {
-                    let left = b.reserve(measure).await.map_err(budget_refusal)?;
-                    res.reserve(i, left);
+                if !b.counts(measure) {
+                    continue;
+                }
+                let reserved = match b.reserve(measure).await {
+                    Ok(n) => n,
+                    Err(e @ portcullis_front::BudgetError::Exceeded { .. }) => {
+                        // An approver may lift it for this session, when
+                        // the statement may return rows at all.
+                        let lifted = match self.ctx.gate {
+                            Some(g) if returns_rows(self.ctx, m) => g.lift_budget(b, &e).await,
+                            _ => None,
+                        };
+                        match lifted {
+                            Some(Ok(())) => b.reserve(measure).await.map_err(budget_refusal)?,
+                            _ => Some(0),
+                        }
+                    }
+                    Err(e) => return Err(budget_refusal(e)),
+                };
+                match reserved {
+                    Some(n) => res.reserve(i, n),
+                    None => res.unlimit(i),
                 }
             }
         }
@@ -984,6 +1012,19 @@ impl Pending {
             .ok()?;
         let i = self.waiting.iter().position(|(s, _)| *s == seq)?;
         self.waiting.remove(i).map(|(_, r)| r)
+    }
+}
+
+/// Whether `m` may return rows: a portal's Execute, or a query that reads
+/// a relation or evaluates anything (not COMMIT, SET and the like).
+fn returns_rows(ctx: &SessionCtx<'_>, m: &Message) -> bool {
+    match m.tag {
+        tag::EXECUTE => true,
+        tag::QUERY => messages::query_text(m).is_some_and(|sql| {
+            let a = ctx.upstream.analyse(&sql);
+            a.evaluates || !a.refs.relations.is_empty()
+        }),
+        _ => false,
     }
 }
 
