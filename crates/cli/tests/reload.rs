@@ -307,6 +307,29 @@ fn a_changed_connection_ends_its_sessions() {
     assert!(!out.status.success() && e.contains("read-only"), "{e}");
 }
 
+/// A budget changed by a reload ends the sessions its grant admitted:
+/// they count against limits taken when they opened, which are no longer
+/// the grant's.
+#[test]
+fn a_changed_budget_ends_its_sessions() {
+    let s = setup(BOTH);
+    let mut held = HeldPsql::open(&s.conninfo("db"), &s.token);
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(s.dir.join("portcullis.toml")).unwrap();
+    let budgeted = text.replace(
+        "connections = [\"db\", \"api\"]\n",
+        "connections = [\"db\", \"api\"]\nbudgets = [{ rows = 1000, per = \"hour\" }]\n",
+    );
+    assert_ne!(budgeted, text);
+    std::fs::write(s.dir.join("portcullis.toml"), budgeted).unwrap();
+    s.wait_reloads("ok", 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    held.send("select 'after';");
+    let (o, e) = held.finish();
+    assert!(!o.contains("after"), "{o} {e}");
+    assert!(e.contains("budget of the grant"), "{e}");
+}
+
 /// A request held for approval across a reload is not forwarded under
 /// the rules it was admitted by: once approved it gets 503
 /// config_changed, and sent again it is admitted under the new ones.

@@ -458,48 +458,25 @@ impl Budget {
     /// Give back `n` of `measure` that was counted ahead (a reservation
     /// not used): in this session and in the store.
     pub async fn refund(&self, measure: Measure, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let counters: Vec<(String, bool)> = self
-            .limits
-            .iter()
-            .filter(|l| l.applies(measure, None))
-            .map(|l| (l.counter(), l.per != Window::Session))
-            .collect();
-        {
-            let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
-            for (c, _) in &counters {
-                if let Some(v) = s.get_mut(c) {
-                    *v = v.saturating_sub(n);
-                }
-            }
-        }
-        let minute = unix_now() / 60;
-        let mut done: Vec<&str> = Vec::new();
-        for (c, stored) in &counters {
-            if !stored || done.contains(&c.as_str()) {
-                continue;
-            }
-            done.push(c);
-            if let Err(e) = self
-                .shared
-                .store
-                .add_usage(&self.principal, &self.grant, c, minute, -(n as i64))
-                .await
-            {
-                tracing::error!(error = %e, grant = %self.grant, counter = %c, "budget refund not recorded");
-            }
-        }
+        self.add(measure, &[None], -(n as i64)).await;
     }
 
     /// [`Self::spend`] under each limit that applies to any of
     /// `qualifiers`, by the limit's own counter (a tool named `Echo`
     /// counts for the limit on `echo` it was checked against).
     async fn spend_all(&self, measure: Measure, qualifiers: &[Option<&str>], n: u64) {
-        if n == 0 {
+        self.add(measure, qualifiers, n as i64).await;
+    }
+
+    /// Add `delta` (a refund when negative) to every counter a limit on
+    /// `measure` for any of `qualifiers` reads, each once: in this
+    /// session, and in the store for the rolling windows.
+    async fn add(&self, measure: Measure, qualifiers: &[Option<&str>], delta: i64) {
+        if delta == 0 {
             return;
         }
+        // (counter, whether a rolling window reads it): two limits on one
+        // counter (rows per session and per hour) count it once.
         let mut counters: Vec<(String, bool)> = Vec::new();
         for l in &self.limits {
             if qualifiers.iter().any(|q| l.applies(measure, *q)) {
@@ -514,7 +491,8 @@ impl Budget {
         {
             let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
             for (c, _) in &counters {
-                *s.entry(c.clone()).or_default() += n;
+                let v = s.entry(c.clone()).or_default();
+                *v = v.saturating_add_signed(delta);
             }
         }
         let minute = unix_now() / 60;
@@ -525,7 +503,7 @@ impl Budget {
             if let Err(e) = self
                 .shared
                 .store
-                .add_usage(&self.principal, &self.grant, &c, minute, n as i64)
+                .add_usage(&self.principal, &self.grant, &c, minute, delta)
                 .await
             {
                 tracing::error!(error = %e, grant = %self.grant, counter = %c, "budget use not recorded");
@@ -607,6 +585,20 @@ mod tests {
             .take_one(Measure::Requests, Some("DELETE"))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refund_under_two_limits_on_one_counter_is_given_back_once() {
+        let (_d, b) = budgets().await;
+        let g = grant(vec![
+            limit(Measure::Rows, Window::Session, 10, None),
+            limit(Measure::Rows, Window::Hour, 100, None),
+        ]);
+        let s = b.session("agent:a", &g).unwrap();
+        assert_eq!(s.reserve(Measure::Rows).await.unwrap(), Some(10));
+        // 2 taken of the 10 reserved: 8 given back, once.
+        s.refund(Measure::Rows, 8).await;
+        assert_eq!(s.left(Measure::Rows, None).await.unwrap(), Some(8));
     }
 
     #[tokio::test]

@@ -372,9 +372,35 @@ fn still_holds(
     masking_changed: bool,
 ) -> Option<String> {
     let name = s.connection;
-    if let Err(e) = new_ctx.decide(s.principal, name, s.front) {
+    let rule = match new_ctx.decide(s.principal, name, s.front) {
+        Ok(rule) => rule,
+        Err(e) => {
+            return Some(format!(
+                "access to connection \"{name}\" was withdrawn by a config reload ({e})"
+            ));
+        }
+    };
+    // A session counts against the budget of the grant that admitted it,
+    // taken when it opened: another grant's, or other limits, are not
+    // what it was admitted under.
+    let budget = |ctx: &FrontContext, rule: &str| {
+        ctx.policy
+            .grants()
+            .iter()
+            .find(|g| g.name == rule)
+            .map(|g| g.budgets.clone())
+            .unwrap_or_default()
+    };
+    let old_rule = old_ctx.decide(s.principal, name, s.front).ok();
+    let old_budget = old_rule
+        .as_deref()
+        .map(|r| budget(old_ctx, r))
+        .unwrap_or_default();
+    let new_budget = budget(new_ctx, &rule);
+    let budgeted = !old_budget.is_empty() || !new_budget.is_empty();
+    if budgeted && (old_rule.as_deref() != Some(rule.as_str()) || old_budget != new_budget) {
         return Some(format!(
-            "access to connection \"{name}\" was withdrawn by a config reload ({e})"
+            "the budget of the grant admitting connection \"{name}\" was changed by a config reload"
         ));
     }
     let before = old_cfg.connections.iter().find(|c| c.name == name);

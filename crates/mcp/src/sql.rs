@@ -108,7 +108,7 @@ pub async fn sql_query(
             let names: Vec<String> = upstream
                 .analyse(sql)
                 .refs
-                .relations
+                .qualified
                 .iter()
                 .cloned()
                 .collect();

@@ -168,7 +168,7 @@ pub fn function_call_class(row: Option<&ProcRow>) -> Class {
 
 /// A literal the target reads the same whatever its settings
 /// (`standard_conforming_strings`, encoding): hex of the UTF-8 bytes.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("convert_from(decode('{}', 'hex'), 'UTF8')", hex::encode(s))
 }
 

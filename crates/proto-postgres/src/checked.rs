@@ -38,12 +38,9 @@ pub struct Expected {
     pub tolerance: u64,
 }
 
-/// `text` as an SQL string literal (`standard_conforming_strings` is on
-/// for every session the gateway opens: a caller cannot change it, see
-/// `crate::classify`).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+// Literals the gateway writes into the caller's session are hex: the
+// caller may have changed how its session reads strings.
+use crate::catalog::literal;
 
 fn marker(nonce: &str, seq: u64) -> String {
     format!("portcullis_checked_{nonce}_{seq}")
@@ -475,9 +472,9 @@ mod tests {
             w.contains("DELETE FROM t WHERE x -- trailing comment\n;\n"),
             "{w}"
         );
-        assert!(w.contains("'portcullis_checked_n0_7'"));
+        assert!(w.contains(&literal("portcullis_checked_n0_7")));
         assert!(
-            w.contains(r#"'[{"d":4,"i":0,"t":"public.t","u":0}]'"#),
+            w.contains(&literal(r#"[{"d":4,"i":0,"t":"public.t","u":0}]"#)),
             "{w}"
         );
         let quoted = Expected {
@@ -489,7 +486,12 @@ mod tests {
             }],
             ..expected()
         };
-        assert!(wrap("x", "n0", 1, &quoted).contains("it''s"));
+        let w = wrap("x", "n0", 1, &quoted);
+        assert!(
+            w.contains(&literal(r#"[{"d":0,"i":1,"t":"public.\"it's\"","u":0}]"#)),
+            "{w}"
+        );
+        assert!(!w.contains("it's"), "only as hex: {w}");
     }
 
     #[test]

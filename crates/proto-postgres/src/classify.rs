@@ -117,6 +117,10 @@ pub struct References {
     /// Relations read or written (the last part of the name); names of
     /// the statement's own CTEs are left out.
     pub relations: std::collections::BTreeSet<String>,
+    /// The same relations by their whole name as written, each part
+    /// folded and quoted (`"s1"."t"` and `"s2"."t"` are two): what a
+    /// budget of distinct tables counts.
+    pub qualified: std::collections::BTreeSet<String>,
     /// Identifiers used as values: a column (the last part of a compound
     /// name), or a bare name that may be a whole row (`row_to_json(t)`),
     /// and the qualifier of `t.*` inside an expression.
@@ -311,12 +315,13 @@ pub fn analyse(sql: &str) -> Analysis {
     if lexes_differently(&tokens) {
         return unknown;
     }
-    if let Some(name) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
+    if let Some((name, whole)) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
         return Analysis {
             class: Class::Read,
             calls: Vec::new(),
             refs: References {
                 relations: [name].into(),
+                qualified: [whole].into(),
                 ..References::default()
             },
             evaluates: true,
@@ -344,6 +349,7 @@ pub fn analyse(sql: &str) -> Analysis {
     let mut refs = w.refs;
     for cte in &w.ctes {
         refs.relations.remove(cte);
+        refs.qualified.remove(&quote_part(cte));
     }
     // `U&"\0073sn"` is `ssn` to PostgreSQL (with any escape character
     // `UESCAPE` names): names spelled with escapes are not compared.
@@ -379,14 +385,19 @@ fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
 /// the parser does not read: a read only when what follows is exactly one
 /// relation name, plain or quoted, qualified or not. The relation's own
 /// name (last part, folded) when it is one.
-fn table_statement(sql: &str) -> Option<String> {
+fn table_statement(sql: &str) -> Option<(String, String)> {
     let s = sql.trim().trim_end_matches(';').trim_end();
     if !is_table_statement(s) {
         return None;
     }
     let rest = s[5..].trim();
-    let last = split_name(rest).pop()?;
-    Some(last)
+    let parts = split_name(rest);
+    let whole = parts
+        .iter()
+        .map(|p| quote_part(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    Some((parts.last()?.clone(), whole))
 }
 
 /// The parts of a dotted name, each folded as PostgreSQL folds it
@@ -975,6 +986,22 @@ fn folded(i: &sqlparser::ast::Ident) -> String {
     }
 }
 
+/// One folded name part, quoted as PostgreSQL quotes identifiers.
+fn quote_part(p: &str) -> String {
+    format!("\"{}\"", p.replace('"', "\"\""))
+}
+
+/// A whole name, each part folded and quoted: unambiguous (a quoted
+/// part may hold a dot).
+fn qualified(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|p| p.as_ident().map(folded).unwrap_or_default())
+        .map(|p| quote_part(&p))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The last part of a name, folded; empty if it is not a plain identifier.
 fn last_part(name: &ObjectName) -> String {
     name.0
@@ -1087,6 +1114,7 @@ impl Visitor for Walker {
         } = s
         {
             self.refs.relations.insert(last_part(table_name));
+            self.refs.qualified.insert(qualified(table_name));
             self.refs.values.extend(columns.iter().map(folded));
             self.refs.wildcard |= columns.is_empty();
         }
@@ -1095,6 +1123,7 @@ impl Visitor for Walker {
 
     fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
         self.refs.relations.insert(last_part(r));
+        self.refs.qualified.insert(qualified(r));
         ControlFlow::Continue(())
     }
 

@@ -186,24 +186,17 @@ pub fn target(sql: &str) -> Result<Target, String> {
     })
 }
 
-/// `text` as an SQL string literal (the gateway's own sessions keep
-/// `standard_conforming_strings` on, PostgreSQL's default).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use crate::catalog::literal;
 
-/// Built-in volatile functions a preview may run: no effect beyond the
-/// statement's own result. (`pg_sleep` is harmless to data but not to a
-/// preview: it would hold the statement's locks while others wait.)
-const PREVIEW_HARMLESS: &[&str] = &[
-    "random",
-    "random_normal",
-    "clock_timestamp",
-    "timeofday",
-    "gen_random_uuid",
-    "currval",
-    "lastval",
-];
+/// Built-in volatile functions a preview may run: the read proof's
+/// harmless ones but `pg_sleep`, harmless to data but not to a preview (it
+/// would hold the statement's locks while others wait).
+fn preview_harmless() -> impl Iterator<Item = &'static str> {
+    crate::classify::HARMLESS_VOLATILE
+        .iter()
+        .copied()
+        .filter(|n| *n != "pg_sleep")
+}
 
 /// Functions whose value depends on the session that runs them: the
 /// preview runs on the gateway's, the statement on the caller's.
@@ -347,7 +340,7 @@ UNION ALL
 SELECT what FROM hazard
 LIMIT 5"#,
         table = literal(&t.table),
-        harmless = literals(PREVIEW_HARMLESS.iter().copied()),
+        harmless = literals(preview_harmless()),
         relations = literals(t.relations.iter().map(String::as_str)),
         calls = literals(calls.iter().map(String::as_str)),
     )
@@ -362,7 +355,7 @@ const COUNTS: &str = "SELECT format('%I.%I', schemaname, relname), n_tup_ins, n_
 /// The primary key's columns of `table`, in key order.
 fn primary_key_query(table: &str) -> String {
     format!(
-        "SELECT a.attname, quote_ident(a.attname) FROM pg_catalog.pg_index i \
+        "SELECT a.attname, quote_ident(a.attname), format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_index i \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
          WHERE i.indrelid = to_regclass({}) AND i.indisprimary \
          ORDER BY array_position(i.indkey::int2[], a.attnum)",
@@ -728,6 +721,9 @@ async fn sample(
 struct KeyColumn {
     name: String,
     quoted: String,
+    /// Its type as SQL names it (`integer`, `character varying(20)`): a
+    /// key value read as text is cast back to it.
+    sql_type: String,
 }
 
 /// The primary key's columns, if the table has one.
@@ -742,6 +738,7 @@ async fn primary_key(session: &mut UpstreamSession, table: &str) -> Option<Vec<K
             Some(KeyColumn {
                 name: r.next()??,
                 quoted: r.next()??,
+                sql_type: r.next()??,
             })
         })
         .collect();
@@ -809,7 +806,7 @@ async fn old_rows(
             .iter()
             .zip(key)
             .map(|(k, v)| match v {
-                Some(v) => format!("{} = {}", k.quoted, literal(v)),
+                Some(v) => format!("{} = CAST({} AS {})", k.quoted, literal(v), k.sql_type),
                 None => format!("{} IS NULL", k.quoted),
             })
             .collect::<Vec<_>>()
@@ -901,7 +898,6 @@ mod tests {
 
     #[test]
     fn literals_are_quoted() {
-        assert_eq!(literal("it's"), "'it''s'");
         let t = Target {
             kind: Kind::Delete,
             table: "x'; DROP TABLE t; --".into(),
@@ -909,7 +905,12 @@ mod tests {
             returning_all: None,
         };
         let q = hazards_query(&t, &["f'g".into()]);
-        assert!(q.contains("'x''; DROP TABLE t; --'"));
-        assert!(q.contains("'it''s'") && q.contains("'f''g'"));
+        // Caller-written names reach the query only as hex, whatever the
+        // server's `standard_conforming_strings`.
+        for name in ["x'; DROP TABLE t; --", "it's", "f'g"] {
+            assert!(q.contains(&literal(name)), "{name}");
+        }
+        assert!(!q.contains("DROP TABLE"));
+        assert!(!preview_harmless().any(|n| n == "pg_sleep"));
     }
 }

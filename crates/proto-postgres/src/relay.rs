@@ -605,7 +605,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     .upstream
                     .analyse(&sql)
                     .refs
-                    .relations
+                    .qualified
                     .iter()
                     .cloned()
                     .collect();

@@ -445,3 +445,23 @@ fn statements_that_evaluate_expressions_are_marked() {
         assert!(!analyse(sql).evaluates, "{sql}");
     }
 }
+
+#[test]
+fn qualified_names_tell_schemas_and_quoted_dots_apart() {
+    let q = |sql: &str| -> Vec<String> { analyse(sql).refs.qualified.into_iter().collect() };
+    // Same table name in two schemas: two tables for a budget, one name
+    // for the masker's column rules.
+    assert_eq!(
+        q("SELECT * FROM s1.t, s2.t"),
+        vec![r#""s1"."t""#.to_string(), r#""s2"."t""#.to_string()]
+    );
+    assert_eq!(analyse("SELECT * FROM s1.t, s2.t").refs.relations.len(), 1);
+    // A quoted dot is not a schema; case folds as PostgreSQL folds it.
+    assert_eq!(q(r#"SELECT * FROM "a.b", a.b, A.B"#).len(), 2);
+    // A CTE is not a table; TABLE names one.
+    assert_eq!(
+        q("WITH c AS (SELECT 1) SELECT * FROM c, t"),
+        vec![r#""t""#.to_string()]
+    );
+    assert_eq!(q("TABLE s.\"T\""), vec![r#""s"."T""#.to_string()]);
+}
