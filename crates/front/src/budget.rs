@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use portcullis_identity::unix_now;
 use portcullis_policy::budget::{Limit, Measure, Window};
-use portcullis_store::Store;
+use portcullis_store::{Store, UsageWindow};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -178,6 +178,28 @@ pub struct Budget {
 /// The counters of a distinct-tables budget: `tables:NAME`.
 const TABLES: &str = "tables:";
 
+/// The window of rolling limit `l` at `minute`, for the store.
+fn window(l: &Limit, minute: i64) -> UsageWindow {
+    UsageWindow {
+        since: minute - l.per.minutes().unwrap_or(0) + 1,
+        limit: i64::try_from(l.limit).unwrap_or(i64::MAX),
+    }
+}
+
+/// The rolling limits among `limits`, by the counter they read (rows per
+/// hour and per day read one counter, taken in one step).
+fn rolling_by_counter<'a>(limits: &[&'a Limit]) -> Vec<(String, Vec<&'a Limit>)> {
+    let mut by: Vec<(String, Vec<&'a Limit>)> = Vec::new();
+    for l in limits.iter().filter(|l| l.per != Window::Session) {
+        let c = l.counter();
+        match by.iter_mut().find(|(x, _)| *x == c) {
+            Some((_, ls)) => ls.push(l),
+            None => by.push((c, vec![l])),
+        }
+    }
+    by
+}
+
 /// What names one limit for lifting: its counter and window.
 fn lift_key(l: &Limit) -> String {
     format!("{}/{}", l.counter(), l.per.as_str())
@@ -337,10 +359,9 @@ impl Budget {
         qualifiers: &[Option<&str>],
     ) -> Result<(), BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        for q in qualifiers {
-            self.left(measure, *q).await?;
+        if self.take(measure, qualifiers, 1).await?.is_none() {
+            self.spend_all(measure, qualifiers, 1).await;
         }
-        self.spend_all(measure, qualifiers, 1).await;
         Ok(())
     }
 
@@ -356,11 +377,18 @@ impl Budget {
     /// request it makes), all checked before any is counted, in one step.
     pub async fn take_each(&self, what: &[(Measure, Option<&str>)]) -> Result<(), BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        for (measure, q) in what {
-            self.left(*measure, *q).await?;
-        }
-        for (measure, q) in what {
-            self.spend(*measure, *q, 1).await;
+        for (i, (measure, q)) in what.iter().enumerate() {
+            match self.take(*measure, &[*q], 1).await {
+                Ok(Some(_)) => {}
+                Ok(None) => self.spend(*measure, *q, 1).await,
+                Err(e) => {
+                    // All or none: what this call took already goes back.
+                    for (m, q) in &what[..i] {
+                        self.add(*m, &[*q], -1, &[]).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -374,58 +402,48 @@ impl Budget {
             return Ok(());
         }
         let _one_at_a_time = self.lock.lock().await;
-        let lifted = self
-            .lifted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for l in self
+        let lifted = self.lifted_keys();
+        let binding: Vec<&Limit> = self
             .limits
             .iter()
             .filter(|l| l.measure == Measure::Tables && !lifted.contains(&lift_key(l)))
+            .collect();
         {
-            let (mut seen, first) = match l.per.minutes() {
-                None => (
-                    self.tables
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone(),
-                    None,
-                ),
-                Some(m) => self
-                    .shared
-                    .store
-                    .counters_since(&self.principal, &self.grant, TABLES, unix_now() / 60 - m + 1)
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, grant = %self.grant, "budget store unavailable");
-                        BudgetError::Unavailable(self.grant.clone())
-                    })?,
-            };
+            let seen = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            let new = tables.iter().filter(|t| !seen.contains(t)).count() as u64;
             let before = seen.len() as u64;
-            for t in tables {
-                if !seen.contains(t) {
-                    seen.push(t.clone());
-                }
-            }
-            if seen.len() as u64 > l.limit {
-                return Err(self.exceeded(l, before, first));
+            if let Some(l) = binding
+                .iter()
+                .find(|l| l.per == Window::Session && before + new > l.limit)
+            {
+                return Err(self.exceeded(l, before, None));
             }
         }
-        {
-            let mut s = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-            for t in tables {
-                if !s.contains(t) {
-                    s.push(t.clone());
-                }
+        let minute = unix_now() / 60;
+        let rolling: Vec<&Limit> = binding
+            .iter()
+            .filter(|l| l.per != Window::Session)
+            .copied()
+            .collect();
+        if !rolling.is_empty() {
+            // Checked and recorded in one step across gateways.
+            let windows: Vec<UsageWindow> = rolling.iter().map(|l| window(l, minute)).collect();
+            let done = self
+                .shared
+                .store
+                .take_distinct(&self.principal, &self.grant, TABLES, tables, minute, &windows)
+                .await
+                .map_err(|e| self.unavailable(&e))?;
+            if let Err(too_many) = done {
+                let l = rolling.get(too_many.window).copied().unwrap_or(rolling[0]);
+                return Err(self.exceeded(l, too_many.seen.max(0) as u64, too_many.first));
             }
-        }
-        if self
+        } else if self
             .limits
             .iter()
             .any(|l| l.measure == Measure::Tables && l.per != Window::Session)
         {
-            let minute = unix_now() / 60;
+            // Only lifted rolling limits: still counted for the window.
             for t in tables {
                 let c = format!("{TABLES}{t}");
                 if let Err(e) = self
@@ -438,6 +456,12 @@ impl Budget {
                 }
             }
         }
+        let mut s = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tables {
+            if !s.contains(t) {
+                s.push(t.clone());
+            }
+        }
         Ok(())
     }
 
@@ -448,30 +472,146 @@ impl Budget {
     /// once. (Across gateways the read and the write are two steps.)
     pub async fn reserve(&self, measure: Measure) -> Result<Option<u64>, BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        let left = self.left(measure, None).await?;
-        if let Some(n) = left {
-            self.spend(measure, None, n).await;
+        self.take(measure, &[None], u64::MAX).await
+    }
+
+    /// Take up to `want` of `measure` (an action of any of `qualifiers`):
+    /// as much as every limit that applies has left, counted on each
+    /// counter a rolling window reads in one step against every other
+    /// take, on this gateway or another sharing the store. `None` when no
+    /// limit binds it (none applies, or all are lifted): nothing is
+    /// counted then. `Err` when one has nothing left: nothing is counted.
+    async fn take(
+        &self,
+        measure: Measure,
+        qualifiers: &[Option<&str>],
+        want: u64,
+    ) -> Result<Option<u64>, BudgetError> {
+        let lifted = self.lifted_keys();
+        let binding: Vec<&Limit> = self
+            .limits
+            .iter()
+            .filter(|l| qualifiers.iter().any(|q| l.applies(measure, *q)))
+            .filter(|l| !lifted.contains(&lift_key(l)))
+            .collect();
+        if binding.is_empty() {
+            return Ok(None);
         }
-        Ok(left)
+        let mut want = want;
+        // This session's own limits first: they need no store.
+        for l in binding.iter().filter(|l| l.per == Window::Session) {
+            let used = self.session_used(&l.counter());
+            let left = l.limit.saturating_sub(used);
+            if left == 0 {
+                return Err(self.exceeded(l, used, None));
+            }
+            want = want.min(left);
+        }
+        let minute = unix_now() / 60;
+        let mut taken: Vec<(String, u64)> = Vec::new();
+        for (counter, limits) in rolling_by_counter(&binding) {
+            let windows: Vec<UsageWindow> = limits.iter().map(|l| window(l, minute)).collect();
+            let got = self
+                .shared
+                .store
+                .take_usage(
+                    &self.principal,
+                    &self.grant,
+                    &counter,
+                    minute,
+                    &windows,
+                    i64::try_from(want).unwrap_or(i64::MAX),
+                )
+                .await;
+            let got = match got {
+                Ok(got) if got.granted > 0 => got,
+                refused => {
+                    self.give_back(&taken, 0, minute).await;
+                    return Err(match refused {
+                        Ok(got) => self.refusal_of(&limits, &got.used),
+                        Err(e) => self.unavailable(&e),
+                    });
+                }
+            };
+            want = want.min(got.granted as u64);
+            taken.push((counter, got.granted as u64));
+        }
+        // A counter that took more than the tightest allowed gives the
+        // rest back; then the session's counters and those only lifted
+        // limits read count what was taken.
+        self.give_back(&taken, want, minute).await;
+        let stored: Vec<String> = taken.into_iter().map(|(c, _)| c).collect();
+        self.add(measure, qualifiers, want as i64, &stored).await;
+        Ok(Some(want))
+    }
+
+    /// Give back, on each taken counter, what it took beyond `keep`.
+    async fn give_back(&self, taken: &[(String, u64)], keep: u64, minute: i64) {
+        for (c, got) in taken {
+            if *got <= keep {
+                continue;
+            }
+            let back = -((got - keep) as i64);
+            if let Err(e) = self
+                .shared
+                .store
+                .add_usage(&self.principal, &self.grant, c, minute, back)
+                .await
+            {
+                tracing::error!(error = %e, grant = %self.grant, counter = %c, "budget use not given back");
+            }
+        }
+    }
+
+    /// The refusal when `limits` (of one counter) had `used` (each its
+    /// window's use and first minute): the one with the least left.
+    fn refusal_of(&self, limits: &[&Limit], used: &[(i64, Option<i64>)]) -> BudgetError {
+        let tightest = limits
+            .iter()
+            .zip(used)
+            .min_by_key(|(l, (u, _))| l.limit.saturating_sub((*u).max(0) as u64));
+        match tightest {
+            Some((l, (u, first))) => self.exceeded(l, (*u).max(0) as u64, *first),
+            None => BudgetError::Unavailable(self.grant.clone()),
+        }
+    }
+
+    fn unavailable(&self, e: &portcullis_store::StoreError) -> BudgetError {
+        tracing::error!(error = %e, grant = %self.grant, "budget store unavailable");
+        BudgetError::Unavailable(self.grant.clone())
+    }
+
+    fn lifted_keys(&self) -> Vec<String> {
+        self.lifted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Give back `n` of `measure` that was counted ahead (a reservation
     /// not used): in this session and in the store.
     pub async fn refund(&self, measure: Measure, n: u64) {
-        self.add(measure, &[None], -(n as i64)).await;
+        self.add(measure, &[None], -(n as i64), &[]).await;
     }
 
     /// [`Self::spend`] under each limit that applies to any of
     /// `qualifiers`, by the limit's own counter (a tool named `Echo`
     /// counts for the limit on `echo` it was checked against).
     async fn spend_all(&self, measure: Measure, qualifiers: &[Option<&str>], n: u64) {
-        self.add(measure, qualifiers, n as i64).await;
+        self.add(measure, qualifiers, n as i64, &[]).await;
     }
 
     /// Add `delta` (a refund when negative) to every counter a limit on
     /// `measure` for any of `qualifiers` reads, each once: in this
-    /// session, and in the store for the rolling windows.
-    async fn add(&self, measure: Measure, qualifiers: &[Option<&str>], delta: i64) {
+    /// session, and in the store for the rolling windows (but `stored`,
+    /// counted there already).
+    async fn add(
+        &self,
+        measure: Measure,
+        qualifiers: &[Option<&str>],
+        delta: i64,
+        stored: &[String],
+    ) {
         if delta == 0 {
             return;
         }
@@ -496,8 +636,8 @@ impl Budget {
             }
         }
         let minute = unix_now() / 60;
-        for (c, stored) in counters {
-            if !stored {
+        for (c, rolling) in counters {
+            if !rolling || stored.contains(&c) {
                 continue;
             }
             if let Err(e) = self
@@ -585,6 +725,43 @@ mod tests {
             .take_one(Measure::Requests, Some("DELETE"))
             .await
             .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn gateways_sharing_a_store_never_give_out_one_allowance_twice() {
+        // Two gateways (each its own Budgets, so its own turn locks) on
+        // one store, sessions of one principal racing on both: the read
+        // and the take are one step in the store.
+        let (_d, a) = budgets().await;
+        let b = Budgets::new(a.store.clone());
+        let g = grant(vec![
+            limit(Measure::Rows, Window::Hour, 50, None),
+            limit(Measure::Writes, Window::Day, 7, None),
+            limit(Measure::Tables, Window::Hour, 3, None),
+        ]);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let s = [&a, &b][i % 2].session("agent:a", &g).unwrap();
+            set.spawn(async move {
+                let rows = s.reserve(Measure::Rows).await.ok().flatten().unwrap_or(0);
+                let write = u64::from(s.take_one(Measure::Writes, None).await.is_ok());
+                let table = u64::from(s.touch_tables(&[format!("t{i}")]).await.is_ok());
+                (rows, write, table)
+            });
+        }
+        let (mut rows, mut writes, mut tables) = (0, 0, 0);
+        while let Some(r) = set.join_next().await {
+            let (r, w, t) = r.unwrap();
+            (rows, writes, tables) = (rows + r, writes + w, tables + t);
+        }
+        assert_eq!((rows, writes, tables), (50, 7, 3));
+        let used = a.store.usage_since("agent:a", "agents", "rows", 0).await.unwrap();
+        assert_eq!(used.0, 50);
+        // A refused take counted nothing.
+        let s = b.session("agent:a", &g).unwrap();
+        assert!(s.take_one(Measure::Writes, None).await.is_err());
+        let used = a.store.usage_since("agent:a", "agents", "writes", 0).await.unwrap();
+        assert_eq!(used.0, 7);
     }
 
     #[tokio::test]

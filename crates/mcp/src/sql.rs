@@ -173,18 +173,32 @@ pub(crate) async fn run(
         timeout_ms,
     } = query;
     let name = admitted.connection.as_str();
-    // The grant's rows budget: what is left bounds the rows kept; a result
-    // with more is refused whole (never silently shorter).
+    // The grant's rows budget: what is left is reserved (taken, so a
+    // concurrent session sees it gone) and bounds the rows kept; a result
+    // with more is refused whole (never silently shorter); what is not
+    // kept is given back.
     let budget = ctx.front.budget(admitted);
     let rows_left = match &budget {
-        Some(b) if b.counts(Measure::Rows) => match b.left(Measure::Rows, None).await {
+        Some(b) if b.counts(Measure::Rows) => match b.reserve(Measure::Rows).await {
             Ok(n) => n,
             Err(e) => return Err(refused(ctx, who, name, &e.to_string()).await),
         },
         _ => None,
     };
     let max_rows = rows_left.map_or(max_rows, |n| max_rows.min(n as usize));
-    let open = call::open(ctx, admitted).await?;
+    let budget = budget.as_ref();
+    let give_back = |kept: u64| async move {
+        if let (Some(b), Some(reserved)) = (budget, rows_left) {
+            b.refund(Measure::Rows, reserved.saturating_sub(kept)).await;
+        }
+    };
+    let open = match call::open(ctx, admitted).await {
+        Ok(open) => open,
+        Err(e) => {
+            give_back(0).await;
+            return Err(e);
+        }
+    };
     let rec = open.recorder.clone();
     if let Err(e) = call::record(
         &rec,
@@ -194,6 +208,7 @@ pub(crate) async fn run(
     ) {
         let refused = Err(e);
         call::seal(open, &refused, 0).await;
+        give_back(0).await;
         return refused;
     }
     let target_err = |reason: String| ToolError::Target {
@@ -239,6 +254,7 @@ pub(crate) async fn run(
             .await
             .map_err(|_| target_err("the target did not answer in time".into()))
     };
+    let mut kept = 0u64;
     let result = match call::while_admitted(ctx, admitted, &open, bounded).await {
         Err(e) => Err(e),
         Ok(Err(e)) => Err(e),
@@ -256,7 +272,6 @@ pub(crate) async fn run(
         Ok(Ok(Err(e))) => Err(target_err(e.to_string())),
         Ok(Ok(Ok(out))) if rows_left.is_some_and(|n| out.total_rows > n) => {
             let why = budget
-                .as_ref()
                 .map(|b| b.cut(Measure::Rows, None).to_string())
                 .unwrap_or_default();
             Err(ToolError::Refused {
@@ -270,9 +285,7 @@ pub(crate) async fn run(
         Ok(Ok(Ok(mut out))) => {
             // Masked already, by the inspector the rows came through.
             let masked = std::mem::take(&mut out.rows);
-            if let Some(b) = &budget {
-                b.spend(Measure::Rows, None, masked.len() as u64).await;
-            }
+            kept = masked.len() as u64;
             let events = std::iter::once(Event::PgRowDescription {
                 columns: out.columns.clone(),
             })
@@ -294,6 +307,7 @@ pub(crate) async fn run(
         Err(e) => e.to_string().len() as u64,
     };
     call::seal(open, &result, sent).await;
+    give_back(kept).await;
     result
 }
 

@@ -6,8 +6,10 @@
 
 mod migrate;
 mod oauth;
+mod usage;
 
 pub use oauth::{GrantKind, OAuthClientRow, OAuthGrantRow, Spent};
+pub use usage::{Taken, TooMany, UsageWindow};
 
 use std::path::Path;
 
@@ -308,105 +310,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// Add `n` to what `principal` used of `counter` under `grant` in
-    /// `minute` (Unix minutes).
-    pub async fn add_usage(
-        &self,
-        principal: &str,
-        grant: &str,
-        counter: &str,
-        minute: i64,
-        n: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(self.q(
-            "INSERT INTO budget_usage (principal, grant_name, counter, minute, used) \
-             VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (principal, grant_name, counter, minute) \
-             DO UPDATE SET used = budget_usage.used + excluded.used",
-        ))
-        .bind(principal)
-        .bind(grant)
-        .bind(counter)
-        .bind(minute)
-        .bind(n)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// What `principal` used of `counter` under `grant` from minute
-    /// `since` on, and the first minute with any use (when the window
-    /// starts to free up).
-    pub async fn usage_since(
-        &self,
-        principal: &str,
-        grant: &str,
-        counter: &str,
-        since: i64,
-    ) -> Result<(i64, Option<i64>), StoreError> {
-        let row = sqlx::query(self.q(
-            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) AS used, MIN(minute) AS first \
-             FROM budget_usage WHERE principal = ? AND grant_name = ? AND counter = ? AND minute >= ?",
-        ))
-        .bind(principal)
-        .bind(grant)
-        .bind(counter)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((row.try_get("used")?, row.try_get("first")?))
-    }
-
-    /// The distinct counters starting with `prefix` that `principal` used
-    /// under `grant` from minute `since` on (the tables a budget of
-    /// distinct tables has seen), and the first minute of them.
-    pub async fn counters_since(
-        &self,
-        principal: &str,
-        grant: &str,
-        prefix: &str,
-        since: i64,
-    ) -> Result<(Vec<String>, Option<i64>), StoreError> {
-        // The counters from `prefix` up to (not including) `prefix` with its
-        // last character one higher: the same range on either backend,
-        // with no pattern syntax to escape.
-        let mut upper: Vec<char> = prefix.chars().collect();
-        if let Some(last) = upper.last_mut() {
-            *last = char::from_u32(*last as u32 + 1).unwrap_or(char::MAX);
-        }
-        let upper: String = upper.into_iter().collect();
-        let rows = sqlx::query(self.q(
-            "SELECT counter, MIN(minute) AS first FROM budget_usage \
-             WHERE principal = ? AND grant_name = ? AND counter >= ? AND counter < ? AND minute >= ? \
-             GROUP BY counter ORDER BY counter",
-        ))
-        .bind(principal)
-        .bind(grant)
-        .bind(prefix)
-        .bind(upper)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut first: Option<i64> = None;
-        let mut names = Vec::with_capacity(rows.len());
-        for r in rows {
-            let c: String = r.try_get("counter")?;
-            let f: i64 = r.try_get("first")?;
-            first = Some(first.map_or(f, |x| x.min(f)));
-            names.push(c[prefix.len()..].to_string());
-        }
-        Ok((names, first))
-    }
-
-    /// Forget use older than minute `before` (no window reaches it).
-    pub async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(self.q("DELETE FROM budget_usage WHERE minute < ?"))
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
     }
 
     /// Revoke a token by id. Returns false if no such token exists; a token

@@ -7,7 +7,7 @@ use portcullis_identity::token;
 
 use crate::{
     AuditRow, GrantKind, NewTokenRow, OAuthClientRow, OAuthGrantRow, ReviewRow, SessionQuery,
-    SessionRow, Spent, Store,
+    SessionRow, Spent, Store, Taken, TooMany, UsageWindow,
 };
 
 fn tag() -> String {
@@ -27,6 +27,7 @@ pub async fn run_all(store: &Store) {
     oauth(store).await;
     session_pages(store).await;
     budget_usage(store).await;
+    budget_takes(store).await;
 }
 
 pub async fn tokens(store: &Store) {
@@ -701,4 +702,89 @@ pub async fn budget_usage(store: &Store) {
         store.usage_since(&who, "g", "rows", 0).await.unwrap(),
         (1, Some(130))
     );
+}
+
+pub async fn budget_takes(store: &Store) {
+    let who = format!("agent:{}", tag());
+    let w = |since, limit| UsageWindow { since, limit };
+    // As much as the tightest window has left, and no more.
+    let got = store
+        .take_usage(&who, "g", "rows", 300, &[w(0, 100), w(250, 10)], 4)
+        .await
+        .unwrap();
+    assert_eq!(got, Taken { granted: 4, used: vec![(0, None), (0, None)] });
+    let got = store
+        .take_usage(&who, "g", "rows", 301, &[w(0, 100), w(250, 10)], 50)
+        .await
+        .unwrap();
+    assert_eq!(got.granted, 6);
+    assert_eq!(got.used, vec![(4, Some(300)), (4, Some(300))]);
+    let got = store
+        .take_usage(&who, "g", "rows", 301, &[w(0, 100), w(250, 10)], 1)
+        .await
+        .unwrap();
+    assert_eq!(got.granted, 0);
+    assert_eq!(store.usage_since(&who, "g", "rows", 0).await.unwrap().0, 10);
+
+    // Many takes at once (one connection each on a pooled store, as
+    // gateways sharing it) never give out more than the limit.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (store, who) = (store.clone(), who.clone());
+        set.spawn(async move {
+            store
+                .take_usage(&who, "g", "writes", 400 + i % 2, &[w(0, 20)], 3)
+                .await
+                .unwrap()
+                .granted
+        });
+    }
+    let mut total = 0;
+    while let Some(g) = set.join_next().await {
+        total += g.unwrap();
+    }
+    assert_eq!(total, 20);
+    assert_eq!(store.usage_since(&who, "g", "writes", 0).await.unwrap().0, 20);
+
+    // Distinct names: known ones pass, a new one past the limit does not,
+    // and a refused take records nothing.
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let take = |n: Vec<String>| {
+        let (store, who) = (store.clone(), who.clone());
+        async move {
+            store
+                .take_distinct(&who, "g", "tables:", &n, 500, &[w(0, 3), w(490, 3)])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(take(names(&["a", "b"])).await, Ok(()));
+    assert_eq!(take(names(&["b", "c"])).await, Ok(()));
+    assert_eq!(
+        take(names(&["a", "d"])).await,
+        Err(TooMany { window: 0, seen: 3, first: Some(500) })
+    );
+    assert_eq!(take(names(&["c"])).await, Ok(()));
+    assert_eq!(
+        store.counters_since(&who, "g", "tables:", 0).await.unwrap().0,
+        names(&["a", "b", "c"])
+    );
+    // Racing: 6 takes of one new name each, 2 places left.
+    let who2 = format!("agent:{}", tag());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let (store, who2) = (store.clone(), who2.clone());
+        set.spawn(async move {
+            store
+                .take_distinct(&who2, "g", "tables:", &[format!("t{i}")], 500, &[w(0, 2)])
+                .await
+                .unwrap()
+                .is_ok()
+        });
+    }
+    let mut ok = 0;
+    while let Some(g) = set.join_next().await {
+        ok += usize::from(g.unwrap());
+    }
+    assert_eq!(ok, 2);
 }
