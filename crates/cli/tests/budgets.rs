@@ -106,6 +106,12 @@ connections = ["api-lift", "db-lift"]
 budgets = [{{ requests = 1, per = "hour" }}, {{ rows = 2, per = "session" }}]
 
 [[grants]]
+name = "takers"
+groups = ["takers"]
+connections = ["api", "db"]
+budgets = [{{ bytes = 2500, per = "hour" }}]
+
+[[grants]]
 name = "copiers"
 groups = ["copiers"]
 connections = ["db"]
@@ -126,6 +132,7 @@ struct Setup {
     lifter: String,
     racer: String,
     explorer: String,
+    taker: String,
     bob: String,
     _hook: common::upstream::TestUpstream,
 }
@@ -186,6 +193,7 @@ fn setup() -> (Setup, Proc, Proc) {
     let lifter = token_for("agent:lifter", "lifters");
     let racer = token_for("agent:racer", "racers");
     let explorer = token_for("agent:explorer", "explorers");
+    let taker = token_for("agent:taker", "takers");
     let bob = token_for("user:bob", "dba");
     let a = start(&dir);
     let b = start(&dir);
@@ -199,6 +207,7 @@ fn setup() -> (Setup, Proc, Proc) {
         lifter,
         racer,
         explorer,
+        taker,
         bob,
         _hook: hook,
     };
@@ -472,6 +481,89 @@ fn budgets_hold_for_http_keep_alive_and_mcp_tool_calls() {
         assert!(rest.contains("rows per hour"), "2 left, 3 asked: {rest}");
         let _ = client.cancel().await;
     });
+}
+
+#[test]
+fn bytes_returned_are_bounded_over_http_and_mcp() {
+    let (s, a, b) = setup();
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert", &s.ca])
+            .args(["-H", &format!("authorization: Bearer {}", s.taker)])
+            .args(["-w", "\n%{http_code} %header{retry-after}"])
+            .arg(format!("{}/c/api{path}", a.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, small) = get("/hello");
+    assert_eq!(code, Some(0));
+    assert!(small.ends_with("\n200 "), "{small}");
+    // A declared length larger than what is left: refused whole, never
+    // cut short (the 1 MiB never reaches the caller).
+    let (_, big) = get("/big");
+    assert!(big.contains("budget_exceeded") && big.contains("bytes per hour"), "{big}");
+    let status: Vec<&str> = big.lines().last().unwrap().split(' ').collect();
+    assert_eq!(status[0], "429", "{big}");
+    assert!(status[1].parse::<u64>().is_ok(), "Retry-After: {big}");
+    // A body that streams (no length) is cut where it would cross, with
+    // an error the client sees: curl does not get a complete response.
+    let (code, streamed) = get("/stream");
+    assert_ne!(code, Some(0), "a cut body is an error: {streamed}");
+    let body = streamed.rsplit_once('\n').map_or("", |x| x.0);
+    assert!(body.len() < 2500 && body.starts_with('a'), "{}", body.len());
+    // What the caller took is counted on the other gateway too (the
+    // store): MCP results larger than what is left are refused whole.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let transport = StreamableHttpClientTransport::with_client(
+            https_client(&s.ca),
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", b.url))
+                .auth_header(s.taker.clone()),
+        );
+        let client = ().serve(transport).await.expect("MCP initialize");
+        let sql = |text: &str| {
+            let args = serde_json::json!({"connection": "db", "sql": text});
+            let serde_json::Value::Object(args) = args else {
+                unreachable!()
+            };
+            client.call_tool(CallToolRequestParams::new("sql_query").with_arguments(args))
+        };
+        let big = format!("{:?}", sql("SELECT repeat('x', 1500)").await);
+        assert!(
+            big.contains("bytes per hour") && big.contains("nothing was returned"),
+            "{big}"
+        );
+        let mut refused = None;
+        for _ in 0..30 {
+            let r = format!("{:?}", sql("SELECT 1").await);
+            if r.contains("bytes per hour") {
+                refused = Some(r);
+                break;
+            }
+        }
+        assert!(refused.is_some(), "small results use the budget up");
+        let _ = client.cancel().await;
+    });
+    // The oracle: never more taken than the limit, on either gateway.
+    let show = Command::new(BIN)
+        .args(["budgets", "show", "--json"])
+        .env("PORTCULLIS_URL", &b.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &s.taker)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", both(&show));
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let takers = v["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["grant"] == "takers")
+        .unwrap();
+    let used = takers["used"].as_u64().unwrap();
+    assert!((2000..=2500).contains(&used), "{v}");
 }
 
 /// The pending review of kind `budget`, waited for.

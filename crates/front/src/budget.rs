@@ -465,6 +465,23 @@ impl Budget {
         Ok(())
     }
 
+    /// Take exactly `n` of `measure` (a response whose size is known
+    /// before it goes out), or nothing: refused whole, never cut, when
+    /// less is left. `None` when no limit binds it (nothing counted).
+    pub async fn take_exactly(&self, measure: Measure, n: u64) -> Result<Option<u64>, BudgetError> {
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        let _one_at_a_time = self.lock.lock().await;
+        match self.take(measure, &[None], n).await? {
+            Some(got) if got < n => {
+                self.add(measure, &[None], -(got as i64), &[]).await;
+                Err(self.cut(measure, None))
+            }
+            taken => Ok(taken),
+        }
+    }
+
     /// Take all that is left of `measure` ahead (`None`: no limit applies,
     /// lifted; `Err` when it is used up), to give back what is not used
     /// with [`Self::refund`]: a concurrent

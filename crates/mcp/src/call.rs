@@ -248,9 +248,44 @@ pub async fn budget_of(
     let Some(b) = ctx.front.budget(admitted) else {
         return Ok(());
     };
+    use portcullis_policy::budget::Measure;
+    // Nothing left to return: the call does not run.
+    if b.counts(Measure::Bytes)
+        && let Err(e) = b.left(Measure::Bytes, None).await
+    {
+        return Err(refused(ctx, who, &admitted.connection, &e.to_string()).await);
+    }
     match b.take_each(what).await {
         Ok(()) => Ok(()),
         Err(e) => Err(refused(ctx, who, &admitted.connection, &e.to_string()).await),
+    }
+}
+
+/// A tool result against its grant's bytes budget: taken whole (its
+/// size as sent), or refused whole when less is left (never cut short).
+pub async fn take_bytes(
+    ctx: &Context,
+    who: &Caller,
+    admitted: &Admitted,
+    result: Result<CallToolResult, ToolError>,
+) -> Result<CallToolResult, ToolError> {
+    use portcullis_policy::budget::Measure;
+    let Ok(r) = &result else {
+        return result;
+    };
+    let Some(b) = ctx.front.budget(admitted) else {
+        return result;
+    };
+    if !b.counts(Measure::Bytes) {
+        return result;
+    }
+    let n = serde_json::to_vec(r).map_or(0, |v| v.len() as u64);
+    match b.take_exactly(Measure::Bytes, n).await {
+        Ok(_) => result,
+        Err(e) => {
+            let reason = format!("{e}: the result has {n} bytes; nothing was returned");
+            Err(refused(ctx, who, &admitted.connection, &reason).await)
+        }
     }
 }
 

@@ -302,6 +302,10 @@ pub(crate) async fn run(
             call::record(&rec, events).map(|()| shape(&out, masked))
         }
     };
+    let result = call::take_bytes(ctx, who, admitted, result).await;
+    if result.is_err() {
+        kept = 0;
+    }
     let sent = match &result {
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
         Err(e) => e.to_string().len() as u64,

@@ -113,6 +113,7 @@ pub async fn http_request(
             }
         }
     };
+    let result = call::take_bytes(ctx, who, &admitted, result).await;
     let sent = match &result {
         Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
         Err(e) => e.to_string().len() as u64,

@@ -500,19 +500,16 @@ impl Inner {
                 .map(|m| m.trim().to_ascii_uppercase());
             let qualifiers = [Some(method.as_str()), overridden.as_deref()];
             if let Err(e) = b.take_one_of(Measure::Requests, &qualifiers).await {
-                // Used up: an approver may lift it for this session.
-                let gate = admitted.gate.as_ref().zip(live.id());
-                let lifted = match gate {
-                    Some((g, id)) => g.clone().in_session(&id).lift_budget(b, &e).await,
-                    None => None,
-                };
-                match lifted {
-                    Some(Ok(())) => b
-                        .take_one_of(Measure::Requests, &qualifiers)
-                        .await
-                        .map_err(ProxyError::Budget)?,
-                    _ => return Err(ProxyError::Budget(e)),
-                }
+                lift(&admitted, &live, b, e).await?;
+                b.take_one_of(Measure::Requests, &qualifiers)
+                    .await
+                    .map_err(ProxyError::Budget)?;
+            }
+            // Nothing left to return: the request does not run.
+            if b.counts(Measure::Bytes)
+                && let Err(e) = b.left(Measure::Bytes, None).await
+            {
+                lift(&admitted, &live, b, e).await?;
             }
         }
         let body =
@@ -523,6 +520,7 @@ impl Inner {
             .forward(name, upstream, Request::from_parts(parts, body), &state)
             .await?;
         let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
+        let resp = crate::budget::meter(resp, &live).await?;
         record_response(resp, &live, request_no)
     }
 
@@ -849,6 +847,25 @@ impl Inner {
 /// The caller's view of the response head, recorded. Bodies that stream
 /// through unmasked are not held in memory: the body follows as
 /// `http_body` events, as it is sent.
+/// A used-up budget: held for an approver to lift it for this session
+/// (on a connection with an approval rule), refused otherwise.
+async fn lift(
+    admitted: &Admitted,
+    live: &crate::session::LiveSession,
+    b: &portcullis_front::Budget,
+    e: portcullis_front::BudgetError,
+) -> Result<(), ProxyError> {
+    let gate = admitted.gate.as_ref().zip(live.id());
+    let lifted = match gate {
+        Some((g, id)) => g.clone().in_session(&id).lift_budget(b, &e).await,
+        None => None,
+    };
+    match lifted {
+        Some(Ok(())) => Ok(()),
+        _ => Err(ProxyError::Budget(e)),
+    }
+}
+
 fn record_response(
     resp: Response<Body>,
     live: &crate::session::LiveSession,

@@ -2,6 +2,7 @@
 //! path (`/c/<connection>/…`) or host, asks policy, and streams the request
 //! to the connection's [`Upstream`], the half that holds the credential.
 
+mod budget;
 mod error;
 mod front;
 pub mod headers;

@@ -85,7 +85,12 @@ pub fn start(cert: &Path, key: &Path) -> TestUpstream {
                 };
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let seen = seen.clone();
-                    async move { Ok::<_, Infallible>(answer(req, seen).await) }
+                    async move {
+                        if req.uri().path().ends_with("/stream") {
+                            return Ok(streamed());
+                        }
+                        Ok::<_, Infallible>(answer(req, seen).await.map(|b| b.boxed()))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -98,6 +103,23 @@ pub fn start(cert: &Path, key: &Path) -> TestUpstream {
         seen,
         _rt: rt,
     }
+}
+
+/// Four chunks of 1000 bytes with no declared length (chunked on
+/// HTTP/1.1), a little apart.
+fn streamed() -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 4 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let frame = hyper::body::Frame::data(Bytes::from(vec![b'a' + i; 1000]));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(http_body_util::StreamBody::new(chunks).boxed())
+        .unwrap()
 }
 
 async fn answer(
