@@ -10,7 +10,8 @@ use serde::Serialize;
 pub enum Measure {
     /// Rows returned by PostgreSQL.
     Rows,
-    /// Bytes of rows returned by PostgreSQL.
+    /// Bytes returned: PostgreSQL rows (DataRow, COPY TO), HTTP response
+    /// bodies as the caller receives them, MCP tool results as sent.
     Bytes,
     /// SQL statements that write (insert, update, delete, merge, copy in,
     /// or anything not proven a read).
