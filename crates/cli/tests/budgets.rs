@@ -354,6 +354,19 @@ fn budgets_hold_for_psql_across_gateways_and_a_restart() {
         "{}",
         both(&out)
     );
+    // One query of three writes (psql sends `\;`-joined statements as
+    // one Query) counts three: all or none, with two allowed.
+    let out = psql(
+        &a,
+        &s,
+        &s.writer,
+        "CREATE TEMP TABLE w (x int) \\; INSERT INTO w VALUES (1) \\; INSERT INTO w VALUES (2);\n",
+    );
+    let said = both(&out);
+    assert!(
+        said.contains("53400") && said.contains("has 2 of 2 left, not the 3 this needs"),
+        "{said}"
+    );
 
     // COPY TO counts its rows too, and is cut the same way; with nothing
     // left, statements that return no row (transaction control) still run.

@@ -19,7 +19,8 @@ use prometheus_client::metrics::family::Family;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BudgetError {
     #[error(
-        "budget {what:?} of grant {grant:?} is used up ({used} of {limit}){}",
+        "budget {what:?} of grant {grant:?} {}{}",
+        state_words(*.used, *.limit, *.asked),
         resets_words(*.resets_at)
     )]
     Exceeded {
@@ -33,9 +34,23 @@ pub enum BudgetError {
         resets_at: Option<i64>,
         /// Which limit it is, for lifting it (see [`Budget::lift`]).
         key: String,
+        /// What the refused action needed (1 for one action; the writes
+        /// of a query, the size of a response).
+        asked: u64,
     },
     #[error("the budget of grant {0:?} cannot be checked now (the store is unavailable)")]
     Unavailable(String),
+}
+
+fn state_words(used: u64, limit: u64, asked: u64) -> String {
+    if used >= limit {
+        format!("is used up ({used} of {limit})")
+    } else {
+        format!(
+            "has {} of {limit} left, not the {asked} this needs",
+            limit - used
+        )
+    }
 }
 
 fn resets_words(at: Option<i64>) -> String {
@@ -298,6 +313,11 @@ impl Budget {
 
     /// The refusal for limit `l`, counted.
     pub fn exceeded(&self, l: &Limit, used: u64, first: Option<i64>) -> BudgetError {
+        self.exceeded_asking(l, used, first, 1)
+    }
+
+    /// The refusal for limit `l` of an action needing `asked`, counted.
+    fn exceeded_asking(&self, l: &Limit, used: u64, first: Option<i64>, asked: u64) -> BudgetError {
         self.shared
             .refusals
             .get_or_create(&BudgetLabels {
@@ -318,6 +338,7 @@ impl Budget {
             limit: l.limit,
             resets_at,
             key: lift_key(l),
+            asked,
         }
     }
 
@@ -359,8 +380,18 @@ impl Budget {
         qualifiers: &[Option<&str>],
     ) -> Result<(), BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        if self.take(measure, qualifiers, 1).await?.is_none() {
+        if self.take(measure, qualifiers, 1, true).await?.is_none() {
             self.spend_all(measure, qualifiers, 1).await;
+        }
+        Ok(())
+    }
+
+    /// `n` actions of `measure` at once (the writes of one query), all
+    /// or none: refused when fewer are left, counted when it goes on.
+    pub async fn take_many(&self, measure: Measure, n: u64) -> Result<(), BudgetError> {
+        let _one_at_a_time = self.lock.lock().await;
+        if self.take(measure, &[None], n, true).await?.is_none() {
+            self.spend_all(measure, &[None], n).await;
         }
         Ok(())
     }
@@ -373,18 +404,18 @@ impl Budget {
         self.spend_all(measure, &[qualifier], n).await;
     }
 
-    /// One action counted on each of `what` (a tool call, and the write or
-    /// request it makes), all checked before any is counted, in one step.
-    pub async fn take_each(&self, what: &[(Measure, Option<&str>)]) -> Result<(), BudgetError> {
+    /// `n` actions counted on each of `what` (a tool call, and the writes
+    /// or request it makes), all or none, in one step.
+    pub async fn take_each(&self, what: &[(Measure, Option<&str>, u64)]) -> Result<(), BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        for (i, (measure, q)) in what.iter().enumerate() {
-            match self.take(*measure, &[*q], 1).await {
+        for (i, (measure, q, n)) in what.iter().enumerate() {
+            match self.take(*measure, &[*q], *n, true).await {
                 Ok(Some(_)) => {}
-                Ok(None) => self.spend(*measure, *q, 1).await,
+                Ok(None) => self.spend(*measure, *q, *n).await,
                 Err(e) => {
                     // All or none: what this call took already goes back.
-                    for (m, q) in &what[..i] {
-                        self.add(*m, &[*q], -1, &[]).await;
+                    for (m, q, n) in &what[..i] {
+                        self.add(*m, &[*q], -(*n as i64), &[]).await;
                     }
                     return Err(e);
                 }
@@ -416,7 +447,7 @@ impl Budget {
                 .iter()
                 .find(|l| l.per == Window::Session && before + new > l.limit)
             {
-                return Err(self.exceeded(l, before, None));
+                return Err(self.exceeded_asking(l, before, None, new));
             }
         }
         let minute = unix_now() / 60;
@@ -436,7 +467,8 @@ impl Budget {
                 .map_err(|e| self.unavailable(&e))?;
             if let Err(too_many) = done {
                 let l = rolling.get(too_many.window).copied().unwrap_or(rolling[0]);
-                return Err(self.exceeded(l, too_many.seen.max(0) as u64, too_many.first));
+                let (seen, new) = (too_many.seen.max(0) as u64, too_many.new.max(0) as u64);
+                return Err(self.exceeded_asking(l, seen, too_many.first, new));
             }
         } else if self
             .limits
@@ -473,13 +505,7 @@ impl Budget {
             return Ok(Some(0));
         }
         let _one_at_a_time = self.lock.lock().await;
-        match self.take(measure, &[None], n).await? {
-            Some(got) if got < n => {
-                self.add(measure, &[None], -(got as i64), &[]).await;
-                Err(self.cut(measure, None))
-            }
-            taken => Ok(taken),
-        }
+        self.take(measure, &[None], n, true).await
     }
 
     /// Take all that is left of `measure` ahead (`None`: no limit applies,
@@ -489,7 +515,7 @@ impl Budget {
     /// once. (Across gateways the read and the write are two steps.)
     pub async fn reserve(&self, measure: Measure) -> Result<Option<u64>, BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
-        self.take(measure, &[None], u64::MAX).await
+        self.take(measure, &[None], u64::MAX, false).await
     }
 
     /// Take up to `want` of `measure` (an action of any of `qualifiers`):
@@ -497,13 +523,16 @@ impl Budget {
     /// counter a rolling window reads in one step against every other
     /// take, on this gateway or another sharing the store. `None` when no
     /// limit binds it (none applies, or all are lifted): nothing is
-    /// counted then. `Err` when one has nothing left: nothing is counted.
+    /// counted then. `Err` when one has nothing left (or, `whole`, less
+    /// than `want`): nothing is counted then.
     async fn take(
         &self,
         measure: Measure,
         qualifiers: &[Option<&str>],
         want: u64,
+        whole: bool,
     ) -> Result<Option<u64>, BudgetError> {
+        let asked = want;
         let lifted = self.lifted_keys();
         let binding: Vec<&Limit> = self
             .limits
@@ -519,8 +548,8 @@ impl Budget {
         for l in binding.iter().filter(|l| l.per == Window::Session) {
             let used = self.session_used(&l.counter());
             let left = l.limit.saturating_sub(used);
-            if left == 0 {
-                return Err(self.exceeded(l, used, None));
+            if left == 0 || (whole && left < want) {
+                return Err(self.exceeded_asking(l, used, None, asked));
             }
             want = want.min(left);
         }
@@ -541,11 +570,15 @@ impl Budget {
                 )
                 .await;
             let got = match got {
-                Ok(got) if got.granted > 0 => got,
+                Ok(got) if got.granted > 0 && (!whole || got.granted as u64 >= want) => got,
                 refused => {
+                    if let Ok(got) = &refused {
+                        // Taken in part: given back with the rest.
+                        taken.push((counter, got.granted.max(0) as u64));
+                    }
                     self.give_back(&taken, 0, minute).await;
                     return Err(match refused {
-                        Ok(got) => self.refusal_of(&limits, &got.used),
+                        Ok(got) => self.refusal_of(&limits, &got.used, asked),
                         Err(e) => self.unavailable(&e),
                     });
                 }
@@ -582,13 +615,13 @@ impl Budget {
 
     /// The refusal when `limits` (of one counter) had `used` (each its
     /// window's use and first minute): the one with the least left.
-    fn refusal_of(&self, limits: &[&Limit], used: &[(i64, Option<i64>)]) -> BudgetError {
+    fn refusal_of(&self, limits: &[&Limit], used: &[(i64, Option<i64>)], asked: u64) -> BudgetError {
         let tightest = limits
             .iter()
             .zip(used)
             .min_by_key(|(l, (u, _))| l.limit.saturating_sub((*u).max(0) as u64));
         match tightest {
-            Some((l, (u, first))) => self.exceeded(l, (*u).max(0) as u64, *first),
+            Some((l, (u, first))) => self.exceeded_asking(l, (*u).max(0) as u64, *first, asked),
             None => BudgetError::Unavailable(self.grant.clone()),
         }
     }

@@ -233,7 +233,7 @@ pub async fn budget(
     tool: &str,
 ) -> Result<(), ToolError> {
     use portcullis_policy::budget::Measure;
-    budget_of(ctx, who, admitted, &[(Measure::ToolCalls, Some(tool))]).await
+    budget_of(ctx, who, admitted, &[(Measure::ToolCalls, Some(tool), 1)]).await
 }
 
 /// One call against its grant's budget on each of `what` (a tool call,
@@ -243,7 +243,7 @@ pub async fn budget_of(
     ctx: &Context,
     who: &Caller,
     admitted: &Admitted,
-    what: &[(portcullis_policy::budget::Measure, Option<&str>)],
+    what: &[(portcullis_policy::budget::Measure, Option<&str>, u64)],
 ) -> Result<(), ToolError> {
     let Some(b) = ctx.front.budget(admitted) else {
         return Ok(());

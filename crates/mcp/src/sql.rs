@@ -116,9 +116,11 @@ pub async fn sql_query(
                 return Err(refused(ctx, who, name, &e.to_string()).await);
             }
         }
-        let mut what = vec![(Measure::ToolCalls, Some("sql_query"))];
+        let mut what = vec![(Measure::ToolCalls, Some("sql_query"), 1)];
         if class >= Class::Write {
-            what.push((Measure::Writes, None));
+            // Each statement of a multi-statement text that may write.
+            let n = upstream.analyse(sql).writes.max(1) as u64;
+            what.push((Measure::Writes, None, n));
         }
         call::budget_of(ctx, who, &admitted, &what).await?;
     }

@@ -76,8 +76,8 @@ pub async fn http_request(
     {
         use portcullis_policy::budget::Measure;
         let what = [
-            (Measure::ToolCalls, Some("http_request")),
-            (Measure::Requests, Some(method)),
+            (Measure::ToolCalls, Some("http_request"), 1),
+            (Measure::Requests, Some(method), 1),
         ];
         call::budget_of(ctx, who, &admitted, &what).await?;
     }

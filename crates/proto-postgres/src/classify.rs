@@ -107,6 +107,12 @@ pub struct Analysis {
     /// like on its own: `SELECT 1 = '1'::text` touches no relation and
     /// names no function, yet runs an operator's code.
     pub evaluates: bool,
+    /// How many of its statements may write: each statement of a
+    /// multi-statement text that the parse alone does not show to be a
+    /// read (a write, DDL, admin, or one calling functions that need a
+    /// proof). A text the parser could not read counts each of its
+    /// statements (more, never less). What a writes budget counts.
+    pub writes: usize,
 }
 
 /// The names a statement refers to, folded as PostgreSQL folds them: what
@@ -299,21 +305,29 @@ pub fn analyse(sql: &str) -> Analysis {
             calls: Vec::new(),
             refs: References::default(),
             evaluates: false,
+            writes: 0,
         };
     }
-    let unknown = Analysis {
+    let unknown = |writes: usize| Analysis {
         class: Class::Unknown,
         calls: Vec::new(),
         refs: References::opaque(),
         evaluates: true,
+        writes,
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
-        return unknown;
+        // Every `;` may end a statement (some inside literals: more).
+        return unknown(sql.matches(';').count() + 1);
     };
+    let separated = tokens
+        .iter()
+        .filter(|t| t.token == Token::SemiColon)
+        .count()
+        + 1;
     if lexes_differently(&tokens) {
-        return unknown;
+        return unknown(separated);
     }
     if let Some((name, whole)) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
         return Analysis {
@@ -325,24 +339,24 @@ pub fn analyse(sql: &str) -> Analysis {
                 ..References::default()
             },
             evaluates: true,
+            writes: 0,
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
     else {
-        return unknown;
+        return unknown(separated);
     };
     let mut w = Walker::default();
+    let mut writes = 0;
     for s in &stmts {
-        match s {
-            // Plain EXPLAIN plans without running anything (planning may
-            // fold immutable functions, which have no effects; it may call
-            // an operator's estimators, hence `evaluates`).
-            Statement::Explain { .. } if !explain_runs(s) => w.evaluates = true,
-            Statement::Explain { statement, .. } => w.walk(statement),
-            _ => w.walk(s),
+        let mut one = Walker::default();
+        walk_top(&mut one, s);
+        if one.class >= Class::Write || !one.calls.is_empty() {
+            writes += 1;
         }
+        walk_top(&mut w, s);
     }
     let mut calls: Vec<Call> = w.calls.into_iter().collect();
     calls.sort();
@@ -359,6 +373,18 @@ pub fn analyse(sql: &str) -> Analysis {
         calls,
         refs,
         evaluates: w.evaluates,
+        writes,
+    }
+}
+
+/// Walk one top-level statement. Plain EXPLAIN plans without running
+/// anything (planning may fold immutable functions, which have no
+/// effects; it may call an operator's estimators, hence `evaluates`).
+fn walk_top(w: &mut Walker, s: &Statement) {
+    match s {
+        Statement::Explain { .. } if !explain_runs(s) => w.evaluates = true,
+        Statement::Explain { statement, .. } => w.walk(statement),
+        _ => w.walk(s),
     }
 }
 

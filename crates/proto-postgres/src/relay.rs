@@ -626,7 +626,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::QUERY | tag::FUNCTION_CALL
                 if writes && (writing || m.tag == tag::FUNCTION_CALL) =>
             {
-                self.take_write(b).await?;
+                // Each statement of a multi-statement query that may write.
+                let n = match m.tag {
+                    tag::QUERY => messages::query_text(m)
+                        .map_or(1, |sql| self.ctx.upstream.analyse(&sql).writes),
+                    _ => 1,
+                };
+                self.take_write(b, n.max(1) as u64).await?;
             }
             tag::PARSE => {
                 if let Some((name, _)) = messages::parse_text(m) {
@@ -659,7 +665,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::BIND if writes => {
                 let bound = messages::bind(&m.body).map(|x| x.statement);
                 if bound.is_some_and(|s| names().contains(&s)) {
-                    self.take_write(b).await?;
+                    self.take_write(b, 1).await?;
                 }
             }
             tag::CLOSE => {
@@ -706,11 +712,12 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         Ok(())
     }
 
-    /// One write against the budget; used up, an approver may lift the
-    /// limit for this session (where the connection has approvers).
-    async fn take_write(&self, b: &portcullis_front::Budget) -> Result<(), Refusal> {
+    /// `n` writes against the budget, all or none; used up, an approver
+    /// may lift the limit for this session (where the connection has
+    /// approvers).
+    async fn take_write(&self, b: &portcullis_front::Budget, n: u64) -> Result<(), Refusal> {
         use portcullis_policy::budget::Measure;
-        let Err(e) = b.take_one(Measure::Writes, None).await else {
+        let Err(e) = b.take_many(Measure::Writes, n).await else {
             return Ok(());
         };
         let lifted = match self.ctx.gate {
@@ -719,7 +726,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         };
         match lifted {
             Some(Ok(())) => b
-                .take_one(Measure::Writes, None)
+                .take_many(Measure::Writes, n)
                 .await
                 .map_err(budget_refusal),
             _ => Err(budget_refusal(e)),

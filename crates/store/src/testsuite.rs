@@ -762,7 +762,7 @@ pub async fn budget_takes(store: &Store) {
     assert_eq!(take(names(&["b", "c"])).await, Ok(()));
     assert_eq!(
         take(names(&["a", "d"])).await,
-        Err(TooMany { window: 0, seen: 3, first: Some(500) })
+        Err(TooMany { window: 0, seen: 3, first: Some(500), new: 1 })
     );
     assert_eq!(take(names(&["c"])).await, Ok(()));
     assert_eq!(

@@ -24,12 +24,14 @@ pub struct Taken {
 }
 
 /// A distinct-names take refused: window `window` had seen `seen` names
-/// from minute `first` on, and the new ones would pass its limit.
+/// from minute `first` on, and the `new` ones would pass its limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooMany {
     pub window: usize,
     pub seen: i64,
     pub first: Option<i64>,
+    /// How many of the names were new to it.
+    pub new: i64,
 }
 
 type Conn = sqlx::pool::PoolConnection<sqlx::Any>;
@@ -260,6 +262,7 @@ impl Store {
                     window: i,
                     seen: seen.len() as i64,
                     first,
+                    new: new as i64,
                 }));
             }
         }

@@ -465,3 +465,22 @@ fn qualified_names_tell_schemas_and_quoted_dots_apart() {
     );
     assert_eq!(q("TABLE s.\"T\""), vec![r#""s"."T""#.to_string()]);
 }
+
+#[test]
+fn each_statement_that_may_write_counts_for_a_writes_budget() {
+    let w = |sql: &str| analyse(sql).writes;
+    assert_eq!(w("SELECT 1"), 0);
+    assert_eq!(w("INSERT INTO t VALUES (1)"), 1);
+    // A batch is as many writes as it has writing statements: a budget
+    // of writes is not one query with a hundred INSERTs in it.
+    assert_eq!(
+        w("INSERT INTO t VALUES (1); SELECT 1; UPDATE t SET x = 2; DELETE FROM t"),
+        3
+    );
+    assert_eq!(w("BEGIN; INSERT INTO t VALUES (1); COMMIT"), 1);
+    assert_eq!(w("CREATE TABLE u (x int); DROP TABLE u"), 2);
+    // Calls that need a proof may write.
+    assert_eq!(w("SELECT f(); SELECT g(); SELECT 1"), 2);
+    // Not readable by the parser: each `;`-separated part counts.
+    assert_eq!(w("FROBNICATE a; FROBNICATE b; SELECT 1"), 3);
+}
