@@ -579,6 +579,26 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
     assert!((2000..=2500).contains(&used), "{v}");
 }
 
+#[test]
+fn error_text_counts_as_bytes_returned() {
+    // A value can come back in an error's text (a failed cast quotes
+    // it): that is bytes returned, so a bytes budget is not a door
+    // errors walk through. The error itself reaches the caller whole.
+    let (s, a, _b) = setup();
+    let out = psql(
+        &a,
+        &s,
+        &s.taker,
+        "SELECT repeat('x', 3000)::int;\nSELECT 'after';\n",
+    );
+    let said = both(&out);
+    assert!(said.contains("invalid input syntax") && said.contains(&"x".repeat(3000)), "{said}");
+    assert!(
+        said.contains("53400") && said.contains("bytes per hour") && !said.contains("after\n"),
+        "{said}"
+    );
+}
+
 /// The pending review of kind `budget`, waited for.
 fn pending_lift(gw: &Proc, s: &Setup) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

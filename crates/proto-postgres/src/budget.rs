@@ -74,6 +74,14 @@ impl Results {
         Row::Pass
     }
 
+    /// A notice or error of `len` bytes from the target: bytes returned
+    /// too (a value can come back in its text), counted but never cut
+    /// (an error must reach the caller; what it takes past the
+    /// reservation is counted when the session settles).
+    pub fn text(&self, len: usize) {
+        self.taken[1].fetch_add(len as u64, Ordering::Relaxed);
+    }
+
     /// Whether a cut is dropping the rest of a statement's answer.
     pub fn cutting(&self) -> bool {
         self.cutting.load(Ordering::Relaxed)
@@ -84,12 +92,13 @@ impl Results {
         self.cutting.store(false, Ordering::Relaxed);
     }
 
-    /// What was reserved and not used, to give back: rows, bytes.
-    pub fn unused(&self) -> [u64; 2] {
+    /// What was reserved and not used (to give back) or, negative, used
+    /// beyond it (notices and errors, a lifted limit: to count): rows,
+    /// bytes.
+    pub fn balance(&self) -> [i64; 2] {
         [0, 1].map(|i| {
-            self.reserved[i]
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.taken[i].load(Ordering::Relaxed))
+            let reserved = self.reserved[i].load(Ordering::Relaxed) as i64;
+            reserved - self.taken[i].load(Ordering::Relaxed) as i64
         })
     }
 
@@ -119,11 +128,11 @@ mod tests {
         assert!(r.cutting());
         r.ready();
         assert!(!r.cutting());
-        assert_eq!(r.unused(), [0, 0]);
+        assert_eq!(r.balance(), [0, -20]);
         r.settled();
         r.reserve(0, 5);
         assert_eq!(r.row(10), Row::Pass);
-        assert_eq!(r.unused(), [4, 0]);
+        assert_eq!(r.balance(), [4, -10]);
     }
 
     #[test]
@@ -133,7 +142,10 @@ mod tests {
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Cut { rows: false });
-        assert_eq!(r.unused(), [0, 5]);
+        assert_eq!(r.balance(), [-2, 5]);
+        // An error's text is bytes too, never cut: counted past it.
+        r.text(40);
+        assert_eq!(r.balance(), [-2, -35]);
     }
 
     #[test]

@@ -748,9 +748,12 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if !(idle || ended) {
             return;
         }
-        let [rows, bytes] = res.unused();
-        b.refund(Measure::Rows, rows).await;
-        b.refund(Measure::Bytes, bytes).await;
+        for (measure, balance) in [Measure::Rows, Measure::Bytes].into_iter().zip(res.balance()) {
+            match u64::try_from(balance) {
+                Ok(unused) => b.refund(measure, unused).await,
+                Err(_) => b.spend(measure, None, balance.unsigned_abs()).await,
+            }
+        }
         res.settled();
     }
 
@@ -899,6 +902,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 },
                 tag::READY_FOR_QUERY => res.ready(),
                 _ if res.cutting() => return Ok(None),
+                tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => res.text(m.body.len()),
                 _ => {}
             }
         }
