@@ -542,6 +542,19 @@ approval = {{ mode = "statements", tools = ["search"], approvers = ["approvers"]
 name = "directory-users"
 groups = ["testers"]
 connections = ["directory", "directory-held"]
+
+[[connections]]
+name = "directory-metered"
+type = "mcp"
+url = "https://localhost:{port}/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+
+[[grants]]
+name = "directory-metered"
+groups = ["testers"]
+connections = ["directory-metered"]
+budgets = [{{ bytes = 1, per = "hour" }}]
 "#,
         port = up.port
     ));
@@ -658,6 +671,31 @@ connections = ["directory", "directory-held"]
         "{r:?}"
     );
     assert_eq!(upstream_calls(), "3");
+
+    // A bytes budget covers a proxied server's answers too: one larger
+    // than what is left is refused whole (429), nothing of it handed over.
+    let metered = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        &format!("authorization: Bearer {}", s.token),
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-H",
+        "mcp-protocol-version: 2025-06-18",
+        "--data-binary",
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &format!("{}/c/directory-metered/", gw.url),
+    ]);
+    assert_eq!(metered.status, 429, "{metered:?}");
+    assert!(
+        metered.body.contains("budget_exceeded")
+            && metered.body.contains("bytes per hour")
+            && !metered.body.contains("search"),
+        "{metered:?}"
+    );
 
     // An approval rule on an MCP connection holds the tools it names: no
     // one approves within its wait, so the call is refused and never

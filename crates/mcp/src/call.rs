@@ -30,6 +30,9 @@ pub enum ToolError {
     Refused { connection: String, reason: String },
     #[error("connection {connection:?}: {reason}")]
     Target { connection: String, reason: String },
+    /// An answer larger than what the grant's bytes budget has left.
+    #[error("refused by connection {connection:?}: {reason}")]
+    Budget { connection: String, reason: String },
     #[error("the call cannot be audited and recorded, so it is refused")]
     AuditUnavailable,
     #[error("the call cannot be recorded, so it is refused ({0})")]

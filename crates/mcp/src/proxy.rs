@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use portcullis_config::Protocol;
 use portcullis_http::BodyState;
+use portcullis_policy::budget::Measure;
 use portcullis_record::Event;
 use serde_json::{Value, json};
 
@@ -143,6 +144,12 @@ pub async fn handle(
         }
         Err(e) => Err(e),
     };
+    let result = match result {
+        Ok((resp, body)) => within_budget(ctx, who, &admitted, body.len() as u64)
+            .await
+            .map(|()| (resp, body)),
+        Err(e) => Err(e),
+    };
     let (resp, sent, sealed) = answer(result, &rec);
     crate::call::seal(open, &sealed, sent).await;
     resp
@@ -257,11 +264,17 @@ async fn check_calls(
                 })
             }),
         };
+        // Nothing left to return: the call does not run.
         if why.is_none()
             && let Some(b) = &budget
-            && let Err(e) = b
-                .take_one(portcullis_policy::budget::Measure::ToolCalls, Some(tool))
-                .await
+            && b.counts(Measure::Bytes)
+            && let Err(e) = b.left(Measure::Bytes, None).await
+        {
+            why = Some(e.to_string());
+        }
+        if why.is_none()
+            && let Some(b) = &budget
+            && let Err(e) = b.take_one(Measure::ToolCalls, Some(tool)).await
         {
             why = Some(e.to_string());
         }
@@ -281,6 +294,32 @@ async fn check_calls(
     let forwarded = serde_json::to_vec(&msg)
         .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
     Ok((methods, Bytes::from(forwarded)))
+}
+
+/// An upstream answer of `n` bytes against the grant's bytes budget:
+/// taken whole, or refused whole (the answer is not handed over; the
+/// calls in it already ran upstream).
+async fn within_budget(
+    ctx: &Context,
+    who: &Caller,
+    admitted: &portcullis_front::Admitted,
+    n: u64,
+) -> Result<(), ToolError> {
+    let Some(b) = ctx.front.budget(admitted).filter(|b| b.counts(Measure::Bytes)) else {
+        return Ok(());
+    };
+    let Err(e) = b.take_exactly(Measure::Bytes, n).await else {
+        return Ok(());
+    };
+    let reason = format!("{e}: the answer has {n} bytes; nothing was returned");
+    let principal = Some(who.principal.subject.as_str());
+    ctx.front
+        .refuse(principal, Some(&admitted.connection), &who.origin(), &reason)
+        .await;
+    Err(ToolError::Budget {
+        connection: admitted.connection.clone(),
+        reason,
+    })
 }
 
 /// Why policy or pinning refuses a call to `tool`, if they do.
@@ -374,6 +413,7 @@ fn answer(
                 ToolError::RecordingUnavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "recording_unavailable")
                 }
+                ToolError::Budget { .. } => (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"),
                 ToolError::Ended(portcullis_front::Ended::Credential(_)) => {
                     (StatusCode::UNAUTHORIZED, "credential_ended")
                 }
