@@ -35,6 +35,7 @@ fn config(store: &str, pg: &PgCluster, hook: u16) -> String {
         r#"
 [gateway]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 cert = "server.pem"
 key = "server.key"
 
@@ -526,6 +527,24 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
     assert_ne!(code, Some(0), "a cut body is an error: {streamed}");
     let body = streamed.rsplit_once('\n').map_or("", |x| x.0);
     assert!(body.len() < 2500 && body.starts_with('a'), "{}", body.len());
+    // The gateway exports what it counted and gave back, by grant.
+    let metrics = common::get(
+        &format!("https://{}", a.admin.clone().unwrap()),
+        &s.ca,
+        None,
+        "/metrics",
+    )
+    .body;
+    let value = |name: &str| -> u64 {
+        let line = format!("{name}{{grant=\"takers\",measure=\"bytes\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {metrics}"))
+    };
+    let used = value("portcullis_budget_taken_total") - value("portcullis_budget_given_back_total");
+    assert!((2000..=2500).contains(&used), "{metrics}");
     // What the caller took is counted on the other gateway too (the
     // store): MCP results larger than what is left are refused whole.
     tokio::runtime::Runtime::new().unwrap().block_on(async {

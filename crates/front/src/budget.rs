@@ -86,15 +86,27 @@ pub struct BudgetLabels {
     pub per: String,
 }
 
-/// What every session's budget shares: the store, and the refusals
-/// counted by grant (`portcullis_budget_refusals_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UseLabels {
+    pub grant: String,
+    pub measure: String,
+}
+
 /// Whose turn it is to read and take: one per principal and grant.
 type TurnLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
+/// What every session's budget shares: the store, and the metrics by
+/// grant (`portcullis_budget_refusals_total`, `…_taken_total`,
+/// `…_given_back_total`).
 #[derive(Clone)]
 pub struct Budgets {
     store: Store,
     pub refusals: Family<BudgetLabels, Counter>,
+    /// What this gateway counted against budgets, by grant and measure
+    /// (reservations included when taken)…
+    taken: Family<UseLabels, Counter>,
+    /// …and what it gave back of them: used = taken − given back.
+    given_back: Family<UseLabels, Counter>,
     /// One lock per principal and grant: reading what is left and taking
     /// it is one step for the sessions of this gateway.
     locks: std::sync::Arc<Mutex<HashMap<(String, String), TurnLock>>>,
@@ -105,6 +117,8 @@ impl Budgets {
         Self {
             store,
             refusals: Family::default(),
+            taken: Family::default(),
+            given_back: Family::default(),
             locks: Default::default(),
         }
     }
@@ -164,12 +178,24 @@ impl Budgets {
         Ok((used.max(0) as u64, first))
     }
 
-    /// `portcullis_budget_refusals_total{grant,measure,per}`.
+    /// `portcullis_budget_refusals_total{grant,measure,per}`,
+    /// `portcullis_budget_taken_total{grant,measure}` and
+    /// `portcullis_budget_given_back_total{grant,measure}`.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "portcullis_budget_refusals",
             "Actions refused (or results cut) because a grant's budget was used up",
             self.refusals.clone(),
+        );
+        registry.register(
+            "portcullis_budget_taken",
+            "What this gateway counted against grants' budgets (rows, bytes, writes, requests, tool calls), reservations included",
+            self.taken.clone(),
+        );
+        registry.register(
+            "portcullis_budget_given_back",
+            "What this gateway gave back of what it counted (reserved and not used)",
+            self.given_back.clone(),
         );
     }
 }
@@ -678,6 +704,21 @@ impl Budget {
                 }
             }
         }
+        if counters.is_empty() {
+            return;
+        }
+        let labels = UseLabels {
+            grant: self.grant.clone(),
+            measure: measure.as_str().into(),
+        };
+        let family = if delta > 0 {
+            &self.shared.taken
+        } else {
+            &self.shared.given_back
+        };
+        family
+            .get_or_create(&labels)
+        .inc_by(delta.unsigned_abs());
         {
             let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
             for (c, _) in &counters {
