@@ -517,7 +517,10 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
     // A declared length larger than what is left: refused whole, never
     // cut short (the 1 MiB never reaches the caller).
     let (_, big) = get("/big");
-    assert!(big.contains("budget_exceeded") && big.contains("bytes per hour"), "{big}");
+    assert!(
+        big.contains("budget_exceeded") && big.contains("bytes per hour"),
+        "{big}"
+    );
     let status: Vec<&str> = big.lines().last().unwrap().split(' ').collect();
     assert_eq!(status[0], "429", "{big}");
     assert!(status[1].parse::<u64>().is_ok(), "Retry-After: {big}");
@@ -611,7 +614,10 @@ fn error_text_counts_as_bytes_returned() {
         "SELECT repeat('x', 3000)::int;\nSELECT 'after';\n",
     );
     let said = both(&out);
-    assert!(said.contains("invalid input syntax") && said.contains(&"x".repeat(3000)), "{said}");
+    assert!(
+        said.contains("invalid input syntax") && said.contains(&"x".repeat(3000)),
+        "{said}"
+    );
     assert!(
         said.contains("53400") && said.contains("bytes per hour") && !said.contains("after\n"),
         "{said}"

@@ -432,7 +432,10 @@ impl Budget {
 
     /// `n` actions counted on each of `what` (a tool call, and the writes
     /// or request it makes), all or none, in one step.
-    pub async fn take_each(&self, what: &[(Measure, Option<&str>, u64)]) -> Result<(), BudgetError> {
+    pub async fn take_each(
+        &self,
+        what: &[(Measure, Option<&str>, u64)],
+    ) -> Result<(), BudgetError> {
         let _one_at_a_time = self.lock.lock().await;
         for (i, (measure, q, n)) in what.iter().enumerate() {
             match self.take(*measure, &[*q], *n, true).await {
@@ -488,7 +491,14 @@ impl Budget {
             let done = self
                 .shared
                 .store
-                .take_distinct(&self.principal, &self.grant, TABLES, tables, minute, &windows)
+                .take_distinct(
+                    &self.principal,
+                    &self.grant,
+                    TABLES,
+                    tables,
+                    minute,
+                    &windows,
+                )
                 .await
                 .map_err(|e| self.unavailable(&e))?;
             if let Err(too_many) = done {
@@ -641,7 +651,12 @@ impl Budget {
 
     /// The refusal when `limits` (of one counter) had `used` (each its
     /// window's use and first minute): the one with the least left.
-    fn refusal_of(&self, limits: &[&Limit], used: &[(i64, Option<i64>)], asked: u64) -> BudgetError {
+    fn refusal_of(
+        &self,
+        limits: &[&Limit],
+        used: &[(i64, Option<i64>)],
+        asked: u64,
+    ) -> BudgetError {
         let tightest = limits
             .iter()
             .zip(used)
@@ -716,9 +731,7 @@ impl Budget {
         } else {
             &self.shared.given_back
         };
-        family
-            .get_or_create(&labels)
-        .inc_by(delta.unsigned_abs());
+        family.get_or_create(&labels).inc_by(delta.unsigned_abs());
         {
             let mut s = self.session.lock().unwrap_or_else(|e| e.into_inner());
             for (c, _) in &counters {
@@ -846,12 +859,20 @@ mod tests {
             (rows, writes, tables) = (rows + r, writes + w, tables + t);
         }
         assert_eq!((rows, writes, tables), (50, 7, 3));
-        let used = a.store.usage_since("agent:a", "agents", "rows", 0).await.unwrap();
+        let used = a
+            .store
+            .usage_since("agent:a", "agents", "rows", 0)
+            .await
+            .unwrap();
         assert_eq!(used.0, 50);
         // A refused take counted nothing.
         let s = b.session("agent:a", &g).unwrap();
         assert!(s.take_one(Measure::Writes, None).await.is_err());
-        let used = a.store.usage_since("agent:a", "agents", "writes", 0).await.unwrap();
+        let used = a
+            .store
+            .usage_since("agent:a", "agents", "writes", 0)
+            .await
+            .unwrap();
         assert_eq!(used.0, 7);
     }
 

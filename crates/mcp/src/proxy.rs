@@ -305,7 +305,11 @@ async fn within_budget(
     admitted: &portcullis_front::Admitted,
     n: u64,
 ) -> Result<(), ToolError> {
-    let Some(b) = ctx.front.budget(admitted).filter(|b| b.counts(Measure::Bytes)) else {
+    let Some(b) = ctx
+        .front
+        .budget(admitted)
+        .filter(|b| b.counts(Measure::Bytes))
+    else {
         return Ok(());
     };
     let Err(e) = b.take_exactly(Measure::Bytes, n).await else {
@@ -314,7 +318,12 @@ async fn within_budget(
     let reason = format!("{e}: the answer has {n} bytes; nothing was returned");
     let principal = Some(who.principal.subject.as_str());
     ctx.front
-        .refuse(principal, Some(&admitted.connection), &who.origin(), &reason)
+        .refuse(
+            principal,
+            Some(&admitted.connection),
+            &who.origin(),
+            &reason,
+        )
         .await;
     Err(ToolError::Budget {
         connection: admitted.connection.clone(),

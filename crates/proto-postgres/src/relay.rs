@@ -748,7 +748,10 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if !(idle || ended) {
             return;
         }
-        for (measure, balance) in [Measure::Rows, Measure::Bytes].into_iter().zip(res.balance()) {
+        for (measure, balance) in [Measure::Rows, Measure::Bytes]
+            .into_iter()
+            .zip(res.balance())
+        {
             match u64::try_from(balance) {
                 Ok(unused) => b.refund(measure, unused).await,
                 Err(_) => b.spend(measure, None, balance.unsigned_abs()).await,

@@ -712,7 +712,13 @@ pub async fn budget_takes(store: &Store) {
         .take_usage(&who, "g", "rows", 300, &[w(0, 100), w(250, 10)], 4)
         .await
         .unwrap();
-    assert_eq!(got, Taken { granted: 4, used: vec![(0, None), (0, None)] });
+    assert_eq!(
+        got,
+        Taken {
+            granted: 4,
+            used: vec![(0, None), (0, None)]
+        }
+    );
     let got = store
         .take_usage(&who, "g", "rows", 301, &[w(0, 100), w(250, 10)], 50)
         .await
@@ -744,7 +750,10 @@ pub async fn budget_takes(store: &Store) {
         total += g.unwrap();
     }
     assert_eq!(total, 20);
-    assert_eq!(store.usage_since(&who, "g", "writes", 0).await.unwrap().0, 20);
+    assert_eq!(
+        store.usage_since(&who, "g", "writes", 0).await.unwrap().0,
+        20
+    );
 
     // Distinct names: known ones pass, a new one past the limit does not,
     // and a refused take records nothing.
@@ -762,11 +771,20 @@ pub async fn budget_takes(store: &Store) {
     assert_eq!(take(names(&["b", "c"])).await, Ok(()));
     assert_eq!(
         take(names(&["a", "d"])).await,
-        Err(TooMany { window: 0, seen: 3, first: Some(500), new: 1 })
+        Err(TooMany {
+            window: 0,
+            seen: 3,
+            first: Some(500),
+            new: 1
+        })
     );
     assert_eq!(take(names(&["c"])).await, Ok(()));
     assert_eq!(
-        store.counters_since(&who, "g", "tables:", 0).await.unwrap().0,
+        store
+            .counters_since(&who, "g", "tables:", 0)
+            .await
+            .unwrap()
+            .0,
         names(&["a", "b", "c"])
     );
     // Racing: 6 takes of one new name each, 2 places left.
