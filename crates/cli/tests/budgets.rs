@@ -566,8 +566,15 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
         };
         let big = format!("{:?}", sql("SELECT repeat('x', 1500)").await);
         assert!(
-            big.contains("bytes per hour") && big.contains("nothing was returned"),
+            big.contains("bytes per hour") && big.contains("nothing of it was returned"),
             "{big}"
+        );
+        // The target's error text is bytes too (a failed cast quotes its
+        // input): larger than what is left, it is not handed over.
+        let quoted = format!("{:?}", sql("SELECT repeat('q', 3000)::int").await);
+        assert!(
+            quoted.contains("target's error") && !quoted.contains("qqqqqqqqqq"),
+            "{quoted}"
         );
         let mut refused = None;
         for _ in 0..30 {
@@ -602,26 +609,157 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
 }
 
 #[test]
-fn error_text_counts_as_bytes_returned() {
+fn error_text_notifications_and_settings_count_as_bytes_returned() {
     // A value can come back in an error's text (a failed cast quotes
-    // it): that is bytes returned, so a bytes budget is not a door
-    // errors walk through. The error itself reaches the caller whole.
+    // it), a notification's payload or a reported setting: bytes
+    // returned, so a bytes budget is not a door they walk through. What
+    // fits is counted; past what is left the text is withheld (the error
+    // and its SQLSTATE still reach the caller).
     let (s, a, _b) = setup();
     let out = psql(
         &a,
         &s,
         &s.taker,
-        "SELECT repeat('x', 3000)::int;\nSELECT 'after';\n",
+        "SELECT repeat('x', 2000)::int;\nSELECT repeat('y', 2000)::int;\n\
+         LISTEN c;\nSELECT pg_notify('c', repeat('z', 3000));\n\
+         SELECT set_config('application_name', repeat('w', 3000), false);\n",
     );
     let said = both(&out);
     assert!(
-        said.contains("invalid input syntax") && said.contains(&"x".repeat(3000)),
-        "{said}"
+        said.contains(&"x".repeat(2000)),
+        "within the budget: {said}"
     );
     assert!(
-        said.contains("53400") && said.contains("bytes per hour") && !said.contains("after\n"),
+        said.contains("22P02") && said.contains("error text was withheld"),
         "{said}"
     );
+    for leaked in ["yyyyyyyyyy", "zzzzzzzzzz"] {
+        assert!(!said.contains(leaked), "{leaked}: {said}");
+    }
+    // The row itself is cut; the notification never comes.
+    assert!(said.contains("53400"), "{said}");
+}
+
+#[test]
+fn review_findings_on_budgets_stay_fixed() {
+    let (s, a, _b) = setup();
+    let port = a.pg_port.unwrap();
+    let ca = std::path::PathBuf::from(&s.ca);
+    // Made before the gateway's first statement (its catalog proofs are
+    // cached for a while; a change made outside it is not seen at once).
+    let pg = PgCluster::shared();
+    let tag = std::process::id();
+    pg.psql_direct(&format!(
+        "CREATE TABLE IF NOT EXISTS bump_hits_{tag} (x int); \
+         CREATE OR REPLACE FUNCTION bump_{tag}() RETURNS int LANGUAGE sql VOLATILE AS \
+         'INSERT INTO bump_hits_{tag} VALUES (1) RETURNING 1'; \
+         CREATE OR REPLACE VIEW bumpv_{tag} AS SELECT bump_{tag}() AS x"
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // An Execute with no Sync after it is still in flight: its rows
+        // stay under the reservation (4 per session for copiers).
+        let mut w = common::wire::Wire::login(port, &ca, "db", &s.copier).await;
+        w.parse("", "SELECT g FROM generate_series(1, 1000) g")
+            .await;
+        w.bind("").await;
+        w.flush().await;
+        w.until(b'2').await;
+        w.execute().await;
+        w.flush().await;
+        let answers = w.until_any(&[b'E', b'C']).await;
+        let rows = answers.iter().filter(|(t, _)| *t == b'D').count();
+        assert!(
+            rows <= 4,
+            "{rows} rows: {}",
+            common::wire::error_of(&answers)
+        );
+        assert!(common::wire::error_of(&answers).contains("53400"));
+        w.sync().await;
+        w.until_ready(None).await;
+
+        // A statement prepared in SQL is not one the gateway saw parsed:
+        // each Bind of it counts as a write (2 per session for writers),
+        // and a protocol Parse of its name (which fails on the target)
+        // does not make it a read.
+        let mut w = common::wire::Wire::login(port, &ca, "db", &s.writer).await;
+        w.query("PREPARE s AS SELECT 1").await;
+        w.until_ready(None).await;
+        w.parse("s", "SELECT 2").await;
+        w.sync().await;
+        w.until_ready(None).await;
+        let mut refused = String::new();
+        for _ in 0..3 {
+            w.bind("s").await;
+            w.execute().await;
+            w.sync().await;
+            let answers = w.until_ready(None).await;
+            if answers.iter().any(|(t, _)| *t == b'E') {
+                refused = common::wire::error_of(&answers);
+                break;
+            }
+        }
+        assert!(
+            refused.contains("53400") && refused.contains("writes per session"),
+            "{refused:?}"
+        );
+    });
+
+    // A read the catalog cannot prove (a view over a volatile function)
+    // counts every statement of its query as a write.
+    let q = format!("SELECT * FROM bumpv_{tag}");
+    let out = psql(&a, &s, &s.writer, &format!("{q} \\; {q} \\; {q};\n"));
+    let said = both(&out);
+    assert!(said.contains("not the 3 this needs"), "{said}");
+
+    // Under a tables budget, a statement whose tables cannot be read
+    // from its text is refused (it would count none).
+    let out = psql(
+        &a,
+        &s,
+        &s.explorer,
+        "SELECT y FROM ROWS FROM (generate_series(1, 1)) AS x(y), pg_class LIMIT 1;\n",
+    );
+    let said = both(&out);
+    assert!(
+        said.contains("53400") && said.contains("cannot be read"),
+        "{said}"
+    );
+
+    // Every method override counts: a second override header naming GET
+    // is a GET (the readers' two GETs an hour).
+    let url = format!("{}/c/api/hello", a.url);
+    let codes = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--cacert",
+                &s.ca,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", &format!("authorization: Bearer {}", s.token)])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(codes(&[]), "200");
+    assert_eq!(codes(&[]), "200");
+    let sneaky = codes(&[
+        "-X",
+        "POST",
+        "-H",
+        "x-http-method-override: POST",
+        "-H",
+        "x-method-override: GET",
+    ]);
+    assert_eq!(sneaky, "429");
+    let repeated = codes(&["-X", "POST"]);
+    assert_eq!(repeated, "200", "a POST is not a GET");
 }
 
 /// The pending review of kind `budget`, waited for.

@@ -15,12 +15,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
 use portcullis_tls::CertificateAuthority;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Guard {
     tmp: tempfile::TempDir,
@@ -542,31 +540,12 @@ fn function_call_messages_are_classified_by_their_function() {
     assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM customers"), "6");
 }
 
-fn error_of(answers: &[(u8, Vec<u8>)]) -> String {
-    answers
-        .iter()
-        .find(|(t, _)| *t == b'E')
-        .map(|(_, b)| String::from_utf8_lossy(b).replace('\0', " "))
-        .unwrap_or_else(|| format!("no error in {answers:?}"))
-}
+use common::wire::error_of;
 
 /// Log in over direct TLS and send one FunctionCall with one text
 /// argument; every message up to ReadyForQuery comes back.
 async fn fast_path(g: &Guard, connection: &str, oid: u32, arg: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
-        .await
-        .unwrap();
-    let connector =
-        tokio_rustls::TlsConnector::from(client_tls(Path::new(&g.ca), &[b"postgresql"]));
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let params = format!("user\0agent\0database\0{connection}\0\0");
-    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&196608u32.to_be_bytes());
-    startup.extend_from_slice(params.as_bytes());
-    tls.write_all(&startup).await.unwrap();
-    let login = read_until_ready(&mut tls, Some(&g.token)).await;
-    assert!(login.iter().any(|(t, _)| *t == b'Z'), "{login:?}");
+    let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), connection, &g.token).await;
     let mut body = Vec::new();
     body.extend_from_slice(&oid.to_be_bytes());
     body.extend_from_slice(&1i16.to_be_bytes());
@@ -575,47 +554,8 @@ async fn fast_path(g: &Guard, connection: &str, oid: u32, arg: &[u8]) -> Vec<(u8
     body.extend_from_slice(&(arg.len() as i32).to_be_bytes());
     body.extend_from_slice(arg);
     body.extend_from_slice(&0i16.to_be_bytes());
-    let mut m = vec![b'F'];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(&body);
-    tls.write_all(&m).await.unwrap();
-    read_until_ready(&mut tls, None).await
-}
-
-/// Read messages up to ReadyForQuery, answering a password request with
-/// `password`.
-async fn read_until_ready<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    password: Option<&str>,
-) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        if tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head))
-            .await
-            .is_err()
-        {
-            panic!("no ReadyForQuery; got {out:?}");
-        }
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).await.unwrap();
-        if head[0] == b'R'
-            && body == [0, 0, 0, 3]
-            && let Some(p) = password
-        {
-            let mut m = vec![b'p'];
-            m.extend_from_slice(&((p.len() + 5) as u32).to_be_bytes());
-            m.extend_from_slice(p.as_bytes());
-            m.push(0);
-            s.write_all(&m).await.unwrap();
-        }
-        let tag = head[0];
-        out.push((tag, body));
-        if tag == b'Z' || (tag == b'E' && out.len() == 1) {
-            return out;
-        }
-    }
+    w.send(b'F', &body).await;
+    w.until_ready(None).await
 }
 
 /// A proof must not outlive the schema it was made on: a function made

@@ -273,8 +273,13 @@ pub async fn take_bytes(
     result: Result<CallToolResult, ToolError>,
 ) -> Result<CallToolResult, ToolError> {
     use portcullis_policy::budget::Measure;
-    let Ok(r) = &result else {
-        return result;
+    // A result, or the target's error (a failed cast quotes its input:
+    // values come back in error text too); the gateway's own refusals
+    // are not the target's data.
+    let n = match &result {
+        Ok(r) => serde_json::to_vec(r).map_or(0, |v| v.len() as u64),
+        Err(ToolError::Target { reason, .. }) => reason.len() as u64,
+        Err(_) => return result,
     };
     let Some(b) = ctx.front.budget(admitted) else {
         return result;
@@ -282,11 +287,15 @@ pub async fn take_bytes(
     if !b.counts(Measure::Bytes) {
         return result;
     }
-    let n = serde_json::to_vec(r).map_or(0, |v| v.len() as u64);
     match b.take_exactly(Measure::Bytes, n).await {
         Ok(_) => result,
         Err(e) => {
-            let reason = format!("{e}: the result has {n} bytes; nothing was returned");
+            let what = if result.is_ok() {
+                "result"
+            } else {
+                "target's error"
+            };
+            let reason = format!("{e}: the {what} has {n} bytes; nothing of it was returned");
             Err(refused(ctx, who, &admitted.connection, &reason).await)
         }
     }

@@ -105,21 +105,29 @@ pub async fn sql_query(
     .await?;
     {
         if let Some(b) = ctx.front.budget(&admitted) {
-            let names: Vec<String> = upstream
-                .analyse(sql)
-                .refs
-                .qualified
-                .iter()
-                .cloned()
-                .collect();
+            let a = upstream.analyse(sql);
+            if a.refs.opaque && b.counts(Measure::Tables) {
+                let reason = format!(
+                    "grant {:?} limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
+                    b.grant()
+                );
+                return Err(refused(ctx, who, name, &reason).await);
+            }
+            let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
             if let Err(e) = b.touch_tables(&names).await {
                 return Err(refused(ctx, who, name, &e.to_string()).await);
             }
         }
         let mut what = vec![(Measure::ToolCalls, Some("sql_query"), 1)];
         if class >= Class::Write {
-            // Each statement of a multi-statement text that may write.
-            let n = upstream.analyse(sql).writes.max(1) as u64;
+            // Each statement of a multi-statement text that may write
+            // (all of them when the catalog could not prove it).
+            let a = upstream.analyse(sql);
+            let n = match class {
+                Class::Unknown => a.statements,
+                _ => a.writes,
+            }
+            .max(1) as u64;
             what.push((Measure::Writes, None, n));
         }
         call::budget_of(ctx, who, &admitted, &what).await?;

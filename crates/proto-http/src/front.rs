@@ -496,9 +496,11 @@ impl Inner {
         if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
             // A target may read the method from an override: the request
             // counts under both.
-            let overridden = crate::review::method_override(&parts.headers, parts.uri.query())
-                .map(|m| m.trim().to_ascii_uppercase());
-            let qualifiers = [Some(method.as_str()), overridden.as_deref()];
+            let overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
+            let qualifiers: Vec<Option<&str>> = std::iter::once(method.as_str())
+                .chain(overridden.iter().map(String::as_str))
+                .map(Some)
+                .collect();
             if let Err(e) = b.take_one_of(Measure::Requests, &qualifiers).await {
                 lift(&admitted, &live, b, e).await?;
                 b.take_one_of(Measure::Requests, &qualifiers)

@@ -49,17 +49,32 @@ const OVERRIDE_HEADERS: &[&str] = &[
 ];
 const OVERRIDE_PARAMS: &[&str] = &["_method", "method", "x-http-method-override"];
 
-/// The method a request asks the target to see instead of its own, if
-/// any: `X-HTTP-Method-Override: DELETE`, `?_method=DELETE`.
-pub(crate) fn method_override(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+/// Every method a request asks the target to see instead of its own
+/// (`X-HTTP-Method-Override: DELETE`, `?_method=DELETE`), upper-cased,
+/// each once: every value of every override header and parameter, since
+/// frameworks differ in which they read (one header or another; PHP
+/// takes a repeated parameter's last value, others the first).
+pub(crate) fn method_overrides(headers: &http::HeaderMap, query: Option<&str>) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |v: &str| {
+        let m = v.trim().to_ascii_uppercase();
+        if !found.contains(&m) {
+            found.push(m);
+        }
+    };
     for h in OVERRIDE_HEADERS {
-        if let Some(v) = headers.get(*h) {
-            return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        for v in headers.get_all(*h) {
+            add(&String::from_utf8_lossy(v.as_bytes()));
         }
     }
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
-        .map(|(_, v)| v.into_owned())
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) {
+                add(&v);
+            }
+        }
+    }
+    found
 }
 
 /// The method the approval rule must look at. A rule that holds some
@@ -76,10 +91,16 @@ pub(crate) fn held_method(
     if gate.mode() != ApprovalMode::Statements || gate.rule.methods.is_empty() {
         return Ok(method.clone());
     }
-    let Some(m) = method_override(headers, query) else {
+    let overrides = method_overrides(headers, query);
+    let Some(m) = overrides.first() else {
         return Ok(method.clone());
     };
     let shown: String = m.chars().take(16).collect();
+    if overrides.len() > 1 {
+        return Err(ProxyError::CallerBody(format!(
+            "conflicting method overrides ({overrides:?}): send one, or the method itself"
+        )));
+    }
     if !overrides_allowed {
         return Err(ProxyError::CallerBody(format!(
             "method overrides ({shown:?}) are refused on this connection: its approval rule holds methods {:?}; send the method itself",
@@ -165,19 +186,21 @@ mod override_tests {
     #[test]
     fn overrides_are_found_in_headers_and_query() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(method_override(&h, Some("a=1")), None);
-        assert_eq!(
-            method_override(&h, Some("a=1&_method=DELETE")).as_deref(),
-            Some("DELETE")
-        );
-        assert_eq!(
-            method_override(&h, Some("_METHOD=delete")).as_deref(),
-            Some("delete")
-        );
+        assert!(method_overrides(&h, Some("a=1")).is_empty());
+        assert_eq!(method_overrides(&h, Some("a=1&_method=DELETE")), ["DELETE"]);
+        assert_eq!(method_overrides(&h, Some("_METHOD=delete")), ["DELETE"]);
         h.insert(
             "x-http-method-override",
             http::HeaderValue::from_static("DELETE"),
         );
-        assert_eq!(method_override(&h, None).as_deref(), Some("DELETE"));
+        assert_eq!(method_overrides(&h, None), ["DELETE"]);
+        // Every value counts: a repeated parameter (PHP reads the last),
+        // a second header (frameworks read different ones).
+        assert_eq!(
+            method_overrides(&h, Some("_method=POST&_method=PATCH")),
+            ["DELETE", "POST", "PATCH"]
+        );
+        h.append("x-method-override", http::HeaderValue::from_static("put"));
+        assert_eq!(method_overrides(&h, None), ["DELETE", "PUT"]);
     }
 }

@@ -34,9 +34,18 @@ pub struct Results {
     reserved: [AtomicU64; 2],
     taken: [AtomicU64; 2],
     cutting: AtomicBool,
-    /// Prepared statements that write, by the caller's name: their Binds
-    /// count as writes.
+    /// Prepared statements proven reads, by the caller's name (the
+    /// unnamed one as ""): a Bind of any other counts as a write.
+    pub reads: Mutex<HashSet<String>>,
+    /// Named statements parsed as writes and not closed: a later Parse of
+    /// the name fails on the target, so it stays a write.
     pub writes: Mutex<HashSet<String>>,
+    /// Set for good once the session ran something that may have made a
+    /// named prepared statement the gateway did not see parsed (SQL
+    /// `PREPARE`, or code it cannot read): from then on a Parse of a name
+    /// is not trusted (it fails on the target when the name exists), so
+    /// every Bind of a named statement counts as a write.
+    pub unseen_names: AtomicBool,
 }
 
 impl Results {
@@ -74,12 +83,21 @@ impl Results {
         Row::Pass
     }
 
-    /// A notice or error of `len` bytes from the target: bytes returned
-    /// too (a value can come back in its text), counted but never cut
-    /// (an error must reach the caller; what it takes past the
-    /// reservation is counted when the session settles).
-    pub fn text(&self, len: usize) {
-        self.taken[1].fetch_add(len as u64, Ordering::Relaxed);
+    /// A message of `len` bytes from the target that is not a row but
+    /// can carry values (an error's or notice's text, a notification's
+    /// payload, a reported setting): whether it fits in what is reserved
+    /// (then counted). One that does not is not taken: the relay
+    /// withholds its text.
+    pub fn text(&self, len: usize) -> bool {
+        let len = len as u64;
+        if self.limited[1].load(Ordering::Relaxed)
+            && self.taken[1].load(Ordering::Relaxed) + len
+                > self.reserved[1].load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.taken[1].fetch_add(len, Ordering::Relaxed);
+        true
     }
 
     /// Whether a cut is dropping the rest of a statement's answer.
@@ -92,24 +110,40 @@ impl Results {
         self.cutting.store(false, Ordering::Relaxed);
     }
 
-    /// What was reserved and not used (to give back) or, negative, used
-    /// beyond it (notices and errors, a lifted limit: to count): rows,
-    /// bytes.
-    pub fn balance(&self) -> [i64; 2] {
-        [0, 1].map(|i| {
-            let reserved = self.reserved[i].load(Ordering::Relaxed) as i64;
-            reserved - self.taken[i].load(Ordering::Relaxed) as i64
-        })
+    /// What is reserved and taken now, to settle: its
+    /// [`Settle::balance`] is given back (or counted), then
+    /// [`Self::settled`] takes exactly it off, so a reservation made
+    /// while the give-back was awaited stays whole.
+    pub fn snapshot(&self) -> Settle {
+        Settle {
+            reserved: [0, 1].map(|i| self.reserved[i].load(Ordering::Relaxed)),
+            taken: [0, 1].map(|i| self.taken[i].load(Ordering::Relaxed)),
+        }
     }
 
-    /// The unused part was given back: the session starts again from
-    /// nothing reserved.
-    pub fn settled(&self) {
+    /// `s` was given back or counted: taken off. Whether a limit applies
+    /// stays as it was (the next statement reserves again; a row with
+    /// nothing reserved is cut).
+    pub fn settled(&self, s: &Settle) {
         for i in 0..2 {
-            self.limited[i].store(false, Ordering::Relaxed);
-            self.reserved[i].store(0, Ordering::Relaxed);
-            self.taken[i].store(0, Ordering::Relaxed);
+            self.reserved[i].fetch_sub(s.reserved[i], Ordering::Relaxed);
+            self.taken[i].fetch_sub(s.taken[i], Ordering::Relaxed);
         }
+    }
+}
+
+/// A session's reservation and use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settle {
+    reserved: [u64; 2],
+    taken: [u64; 2],
+}
+
+impl Settle {
+    /// What was reserved and not used (to give back) or, negative, used
+    /// beyond it (a lifted limit: to count): rows, bytes.
+    pub fn balance(&self) -> [i64; 2] {
+        [0, 1].map(|i| self.reserved[i] as i64 - self.taken[i] as i64)
     }
 }
 
@@ -128,11 +162,13 @@ mod tests {
         assert!(r.cutting());
         r.ready();
         assert!(!r.cutting());
-        assert_eq!(r.balance(), [0, -20]);
-        r.settled();
+        let s = r.snapshot();
+        assert_eq!(s.balance(), [0, -20]);
+        // A reservation made while the give-back is awaited survives it.
         r.reserve(0, 5);
+        r.settled(&s);
         assert_eq!(r.row(10), Row::Pass);
-        assert_eq!(r.balance(), [4, -10]);
+        assert_eq!(r.snapshot().balance(), [4, -10]);
     }
 
     #[test]
@@ -142,10 +178,16 @@ mod tests {
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Pass);
         assert_eq!(r.row(10), Row::Cut { rows: false });
-        assert_eq!(r.balance(), [-2, 5]);
-        // An error's text is bytes too, never cut: counted past it.
-        r.text(40);
-        assert_eq!(r.balance(), [-2, -35]);
+        assert_eq!(r.snapshot().balance(), [-2, 5]);
+        // An error's text is bytes too: within what is left it is taken,
+        // past it it is not (the relay withholds the text).
+        assert!(r.text(5));
+        assert!(!r.text(1));
+        assert_eq!(r.snapshot().balance(), [-2, 0]);
+        // Settled, a limit still applies: nothing reserved cuts the next.
+        r.settled(&r.snapshot());
+        assert_eq!(r.row(1), Row::Cut { rows: false });
+        assert!(!r.text(1));
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Analysis {
     /// proof). A text the parser could not read counts each of its
     /// statements (more, never less). What a writes budget counts.
     pub writes: usize,
+    /// How many statements the text holds (each `;`-separated part of a
+    /// text the parser could not read).
+    pub statements: usize,
 }
 
 /// The names a statement refers to, folded as PostgreSQL folds them: what
@@ -306,6 +309,7 @@ pub fn analyse(sql: &str) -> Analysis {
             refs: References::default(),
             evaluates: false,
             writes: 0,
+            statements: 0,
         };
     }
     let unknown = |writes: usize| Analysis {
@@ -314,6 +318,7 @@ pub fn analyse(sql: &str) -> Analysis {
         refs: References::opaque(),
         evaluates: true,
         writes,
+        statements: writes,
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
@@ -340,6 +345,7 @@ pub fn analyse(sql: &str) -> Analysis {
             },
             evaluates: true,
             writes: 0,
+            statements: 1,
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
@@ -374,6 +380,7 @@ pub fn analyse(sql: &str) -> Analysis {
         refs,
         evaluates: w.evaluates,
         writes,
+        statements: stmts.len(),
     }
 }
 

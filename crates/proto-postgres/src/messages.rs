@@ -109,6 +109,19 @@ fn fields_message(
     Message::new(tag, b.freeze())
 }
 
+/// An ErrorResponse or NoticeResponse `m` with its text replaced by
+/// `message`: the severity and SQLSTATE kept (a client's retry logic
+/// reads them), every other field (detail, hint, context, where the
+/// values are) dropped.
+pub fn withheld(m: &Message, message: &str) -> Message {
+    let fields = parse_fields(&m.body);
+    let severity = field(&fields, b'V')
+        .or_else(|| field(&fields, b'S'))
+        .unwrap_or("ERROR");
+    let code = field(&fields, b'C').unwrap_or("XX000");
+    fields_message(m.tag, severity, code, message, None)
+}
+
 /// The fields of an ErrorResponse or NoticeResponse, by field code.
 pub fn parse_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut out = Vec::new();

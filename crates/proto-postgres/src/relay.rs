@@ -197,6 +197,9 @@ pub(crate) struct Relay<'a, W> {
     /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
     /// seen: equal means nothing is in flight.
     syncs_sent: AtomicU64,
+    /// An extended-protocol message was sent since the last Sync (its
+    /// Execute may still be answering).
+    unsynced: AtomicBool,
     ready_seen: AtomicU64,
     last_status: AtomicU8,
     /// A statement that may change the schema went to the target: the
@@ -236,6 +239,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
             syncs_sent: AtomicU64::new(0),
+            unsynced: AtomicBool::new(false),
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
             schema_dirty: AtomicBool::new(false),
@@ -509,6 +513,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if matches!(tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
             self.syncs_sent.fetch_add(1, Ordering::Relaxed);
         }
+        match tag {
+            tag::SYNC => self.unsynced.store(false, Ordering::Relaxed),
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+                self.unsynced.store(true, Ordering::Relaxed)
+            }
+            _ => {}
+        }
         if tag == tag::TERMINATE {
             if self.ctx.upstream.reuse() {
                 // Not forwarded: the session may serve the next caller.
@@ -600,15 +611,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 _ => None,
             };
             if let Some(sql) = sql {
-                let names: Vec<String> = self
-                    .ctx
-                    .upstream
-                    .analyse(&sql)
-                    .refs
-                    .qualified
-                    .iter()
-                    .cloned()
-                    .collect();
+                let a = self.ctx.upstream.analyse(&sql);
+                if a.refs.opaque {
+                    return Err(Refusal {
+                        code: sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                        message: format!(
+                            "portcullis: grant \"{}\" limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
+                            b.grant()
+                        ),
+                    });
+                }
+                let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
                 if let Err(e) = b.touch_tables(&names).await {
                     let lifted = match self.ctx.gate {
                         Some(g) => g.lift_budget(b, &e).await,
@@ -621,15 +634,38 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 }
             }
         }
-        let names = || res.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let reads = || res.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match m.tag {
+            tag::QUERY => messages::query_text(m),
+            tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
+            _ => None,
+        };
+        // What may create a named statement unseen: SQL PREPARE (found in
+        // the text, whatever the parser makes of it), or code the gateway
+        // cannot read.
+        let unreadable = class.is_none_or(|c| c == Class::Unknown);
+        let prepares = |t: &str| t.to_ascii_lowercase().contains("prepare");
+        if m.tag == tag::FUNCTION_CALL
+            || (text.is_some() && unreadable)
+            || text.as_deref().is_some_and(prepares)
+        {
+            res.unseen_names.store(true, Ordering::Relaxed);
+        }
         match m.tag {
             tag::QUERY | tag::FUNCTION_CALL
                 if writes && (writing || m.tag == tag::FUNCTION_CALL) =>
             {
                 // Each statement of a multi-statement query that may write.
-                let n = match m.tag {
-                    tag::QUERY => messages::query_text(m)
-                        .map_or(1, |sql| self.ctx.upstream.analyse(&sql).writes),
+                // Unknown to the catalog (a view calling a volatile
+                // function reads as a read to the parser): every statement.
+                let n = match (m.tag, &text) {
+                    (tag::QUERY, Some(sql)) => {
+                        let a = self.ctx.upstream.analyse(sql);
+                        match class {
+                            Some(Class::Unknown) => a.statements,
+                            _ => a.writes,
+                        }
+                    }
                     _ => 1,
                 };
                 self.take_write(b, n.max(1) as u64).await?;
@@ -637,18 +673,32 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::PARSE => {
                 if let Some((name, _)) = messages::parse_text(m) {
                     if writing {
-                        names().insert(name);
+                        reads().remove(&name);
+                        if !name.is_empty() {
+                            res.writes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(name);
+                        }
                         if writes {
                             b.left(Measure::Writes, None)
                                 .await
                                 .map_err(budget_refusal)?;
                         }
-                    } else if name.is_empty() {
-                        // Only the unnamed statement is replaced by a
-                        // Parse (even one that fails); a named one stays
-                        // what it was until it is closed (a second Parse
-                        // of its name fails on the target).
-                        names().remove(&name);
+                    } else {
+                        // The unnamed statement is replaced by a Parse
+                        // (even one that fails); a named one stays what it
+                        // was until it is closed (a second Parse of its
+                        // name fails on the target): trusted as a read
+                        // only while no name can exist unseen.
+                        let taken = res
+                            .writes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&name);
+                        if !taken {
+                            reads().insert(name);
+                        }
                     }
                 }
             }
@@ -664,13 +714,19 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             tag::BIND if writes => {
                 let bound = messages::bind(&m.body).map(|x| x.statement);
-                if bound.is_some_and(|s| names().contains(&s)) {
+                let unseen = res.unseen_names.load(Ordering::Relaxed);
+                let read = bound.is_some_and(|s| reads().contains(&s) && (s.is_empty() || !unseen));
+                if !read {
                     self.take_write(b, 1).await?;
                 }
             }
             tag::CLOSE => {
                 if let Some(name) = messages::statement_target(m) {
-                    names().remove(&name);
+                    reads().remove(&name);
+                    res.writes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
                 }
             }
             _ => {}
@@ -743,21 +799,23 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         // Only when nothing is in flight (a pipelined statement may still
         // be using the reservation); given back, then forgotten: a session
         // that ends half way keeps it counted (more, never less).
-        let idle =
-            self.syncs_sent.load(Ordering::Relaxed) == self.ready_seen.load(Ordering::Relaxed);
+        // An Execute (or any extended message) not yet followed by a Sync
+        // may still be sending rows: not idle.
+        let idle = self.syncs_sent.load(Ordering::Relaxed)
+            == self.ready_seen.load(Ordering::Relaxed)
+            && !self.unsynced.load(Ordering::Relaxed);
         if !(idle || ended) {
             return;
         }
-        for (measure, balance) in [Measure::Rows, Measure::Bytes]
-            .into_iter()
-            .zip(res.balance())
-        {
+        let snapshot = res.snapshot();
+        let balance = snapshot.balance();
+        for (measure, balance) in [Measure::Rows, Measure::Bytes].into_iter().zip(balance) {
             match u64::try_from(balance) {
                 Ok(unused) => b.refund(measure, unused).await,
                 Err(_) => b.spend(measure, None, balance.unsigned_abs()).await,
             }
         }
-        res.settled();
+        res.settled(&snapshot);
     }
 
     /// The chain's verdict on a message to the target. (The poisoned
@@ -875,6 +933,15 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         }
     }
 
+    /// The bytes budget a withheld text crossed, in words.
+    fn budget_words(&self) -> String {
+        use portcullis_policy::budget::Measure;
+        self.ctx
+            .budget
+            .map(|b| b.cut(Measure::Bytes, None).to_string())
+            .unwrap_or_default()
+    }
+
     /// One message from the target: a placeholder's error becomes its
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
@@ -905,7 +972,31 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 },
                 tag::READY_FOR_QUERY => res.ready(),
                 _ if res.cutting() => return Ok(None),
-                tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => res.text(m.body.len()),
+                // Not rows, but values can come back in them (a failed
+                // cast quotes its input; pg_notify and set_config carry
+                // any text): bytes, withheld past what is reserved.
+                tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE
+                    if !res.text(m.body.len()) =>
+                {
+                    let why = self.budget_words();
+                    m = match m.tag {
+                        tag::ERROR_RESPONSE => messages::withheld(
+                            &m,
+                            &format!("portcullis: {why}; the target's error text was withheld"),
+                        ),
+                        _ => messages::notice(
+                            sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                            &format!("portcullis: {why}; a notice or notification was withheld"),
+                        ),
+                    };
+                }
+                tag::PARAMETER_STATUS
+                    if !res.text(m.body.len()) && m.body.starts_with(b"application_name\0") =>
+                {
+                    // The one reported setting that holds any text; the
+                    // others are the server's own values, passed.
+                    return Ok(None);
+                }
                 _ => {}
             }
         }

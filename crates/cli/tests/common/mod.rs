@@ -6,6 +6,7 @@ pub mod db_api;
 pub mod idp;
 pub mod pg;
 pub mod upstream;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
