@@ -667,7 +667,7 @@ fn review_findings_on_budgets_stay_fixed() {
         w.until(b'2').await;
         w.execute().await;
         w.flush().await;
-        let answers = w.until_any(&[b'E', b'C']).await;
+        let answers = w.until_any(b"EC").await;
         let rows = answers.iter().filter(|(t, _)| *t == b'D').count();
         assert!(
             rows <= 4,
