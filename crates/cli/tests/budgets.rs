@@ -760,6 +760,11 @@ fn review_findings_on_budgets_stay_fixed() {
     assert_eq!(sneaky, "429");
     let repeated = codes(&["-X", "POST"]);
     assert_eq!(repeated, "200", "a POST is not a GET");
+    // A form body naming the method (Rails and Laravel read `_method`
+    // there) counts under it too; a multipart one naming it is refused.
+    assert_eq!(codes(&["--data", "a=1&_method=GET"]), "429");
+    assert_eq!(codes(&["-F", "_method=GET"]), "400");
+    assert_eq!(codes(&["--data", "a=1"]), "200");
 }
 
 /// The pending review of kind `budget`, waited for.

@@ -105,6 +105,11 @@ impl Gate {
         self.rule.mode
     }
 
+    /// Whether the rule holds requests by their method.
+    pub fn holds_methods(&self) -> bool {
+        self.rule.mode == ApprovalMode::Statements && !self.rule.methods.is_empty()
+    }
+
     pub fn principal(&self) -> &Principal {
         &self.principal
     }

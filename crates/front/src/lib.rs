@@ -127,6 +127,21 @@ impl FrontContext {
         self.budgets.session(&admitted.principal.subject, grant)
     }
 
+    /// Whether the grant admitting `admitted` limits requests of some
+    /// method (so the method a request asks the target to see matters).
+    pub fn limits_methods(&self, admitted: &Admitted) -> bool {
+        use portcullis_policy::budget::Measure;
+        self.policy
+            .grants()
+            .iter()
+            .find(|g| g.name == admitted.rule)
+            .is_some_and(|g| {
+                g.budgets
+                    .iter()
+                    .any(|l| l.measure == Measure::Requests && l.only.is_some())
+            })
+    }
+
     /// A connection's approval rule, if it has one.
     pub fn approval_of(&self, connection: &str) -> Option<&ApprovalRule> {
         self.connections.get(connection)?.approval.as_ref()

@@ -466,6 +466,15 @@ impl Inner {
             declared,
         } = out;
         let method = parts.method.clone();
+        // A form body may name the method too (`_method=DELETE`): read
+        // where the method matters.
+        let method_matters = admitted.gate.as_ref().is_some_and(|g| g.holds_methods())
+            || self.ctx.limits_methods(&admitted);
+        let (body, in_body) = if method_matters {
+            crate::review::form_overrides(&parts.headers, body, &state, self.max_body).await?
+        } else {
+            (body, Vec::new())
+        };
         let body = match &admitted.gate {
             Some(gate) => {
                 let held_method = crate::review::held_method(
@@ -473,6 +482,7 @@ impl Inner {
                     &method,
                     &parts.headers,
                     parts.uri.query(),
+                    &in_body,
                     upstream.method_overrides(),
                 )?;
                 let held = crate::review::HeldRequest {
@@ -496,7 +506,8 @@ impl Inner {
         if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
             // A target may read the method from an override: the request
             // counts under both.
-            let overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
+            let mut overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
+            overridden.extend(in_body.iter().cloned());
             let qualifiers: Vec<Option<&str>> = std::iter::once(method.as_str())
                 .chain(overridden.iter().map(String::as_str))
                 .map(Some)

@@ -77,6 +77,91 @@ pub(crate) fn method_overrides(headers: &http::HeaderMap, query: Option<&str>) -
     found
 }
 
+/// The methods a form body names as overrides (`_method=DELETE`: Rails
+/// and Laravel read it from the body), when the request's content type
+/// is a form; `Err` for a multipart form naming one, which is not read
+/// here (refused where the method matters).
+pub(crate) fn body_overrides(headers: &http::HeaderMap, body: &[u8]) -> Result<Vec<String>, ()> {
+    let kind = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if kind.starts_with("application/x-www-form-urlencoded") {
+        let mut found: Vec<String> = Vec::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            let m = v.trim().to_ascii_uppercase();
+            if OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) && !found.contains(&m) {
+                found.push(m);
+            }
+        }
+        return Ok(found);
+    }
+    if kind.starts_with("multipart/form-data") {
+        let lower = String::from_utf8_lossy(body).to_ascii_lowercase();
+        if OVERRIDE_PARAMS
+            .iter()
+            .any(|p| lower.contains(&format!("name=\"{p}\"")))
+        {
+            return Err(());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// A request body read whole (within the request limit).
+pub(crate) async fn read_whole(
+    body: Body,
+    state: &BodyState,
+    max_body: u64,
+) -> Result<bytes::Bytes, ProxyError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|_| {
+            if state.over_limit() {
+                ProxyError::BodyTooLarge { limit: max_body }
+            } else {
+                ProxyError::CallerBody("the request body could not be read".into())
+            }
+        })?
+        .to_bytes())
+}
+
+/// The methods a form body asks the target to see, read where the method
+/// matters (a rule holding methods, a per-method limit): the body is
+/// read whole and handed on.
+pub(crate) async fn form_overrides(
+    headers: &http::HeaderMap,
+    body: Body,
+    state: &BodyState,
+    max_body: u64,
+) -> Result<(Body, Vec<String>), ProxyError> {
+    if !is_form(headers) {
+        return Ok((body, Vec::new()));
+    }
+    let bytes = read_whole(body, state, max_body).await?;
+    let found = body_overrides(headers, &bytes).map_err(|()| {
+        ProxyError::CallerBody(
+            "a method override in a multipart form is refused on this connection (its rules look at the method); send the method itself"
+                .into(),
+        )
+    })?;
+    Ok((crate::full(bytes), found))
+}
+
+/// Whether a request with these headers may carry a form body.
+pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v.starts_with("application/x-www-form-urlencoded")
+                || v.starts_with("multipart/form-data")
+        })
+}
+
 /// The method the approval rule must look at. A rule that holds some
 /// methods cannot be walked around by a method override: on a connection
 /// whose target reads overrides (`method_overrides = true`) the rule sees
@@ -86,12 +171,18 @@ pub(crate) fn held_method(
     method: &http::Method,
     headers: &http::HeaderMap,
     query: Option<&str>,
+    in_body: &[String],
     overrides_allowed: bool,
 ) -> Result<http::Method, ProxyError> {
     if gate.mode() != ApprovalMode::Statements || gate.rule.methods.is_empty() {
         return Ok(method.clone());
     }
-    let overrides = method_overrides(headers, query);
+    let mut overrides = method_overrides(headers, query);
+    for m in in_body {
+        if !overrides.contains(m) {
+            overrides.push(m.clone());
+        }
+    }
     let Some(m) = overrides.first() else {
         return Ok(method.clone());
     };
@@ -126,17 +217,7 @@ pub(crate) async fn hold(
         ApprovalMode::Statements
             if portcullis_approval::holds_method(&gate.rule, req.method.as_str()) =>
         {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|_| {
-                    if state.over_limit() {
-                        ProxyError::BodyTooLarge { limit: max_body }
-                    } else {
-                        ProxyError::CallerBody("the request body could not be read".into())
-                    }
-                })?
-                .to_bytes();
+            let bytes = read_whole(body, state, max_body).await?;
             let method = req.method.as_str();
             let action = portcullis_approval::http_action(method, req.path_and_query, &bytes);
             let ask = Ask {
@@ -202,5 +283,37 @@ mod override_tests {
         );
         h.append("x-method-override", http::HeaderValue::from_static("put"));
         assert_eq!(method_overrides(&h, None), ["DELETE", "PUT"]);
+    }
+
+    #[test]
+    fn overrides_are_found_in_form_bodies() {
+        let form = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(ct),
+            );
+            h
+        };
+        let url = form("application/x-www-form-urlencoded; charset=utf-8");
+        assert!(is_form(&url));
+        assert_eq!(
+            body_overrides(&url, b"a=1&_method=delete&_METHOD=put"),
+            Ok(vec!["DELETE".to_string(), "PUT".to_string()])
+        );
+        assert_eq!(body_overrides(&url, b"a=1"), Ok(vec![]));
+        // A multipart form naming one is not read: refused by the caller.
+        let multi = form("Multipart/Form-Data; boundary=x");
+        assert!(is_form(&multi));
+        let body =
+            b"--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--x--";
+        assert_eq!(body_overrides(&multi, body), Err(()));
+        assert_eq!(body_overrides(&multi, b"--x--"), Ok(vec![]));
+        // JSON is not a form.
+        assert!(!is_form(&form("application/json")));
+        assert_eq!(
+            body_overrides(&form("application/json"), b"_method=DELETE"),
+            Ok(vec![])
+        );
     }
 }
