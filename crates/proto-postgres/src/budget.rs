@@ -186,6 +186,7 @@ mod tests {
         assert_eq!(r.snapshot().balance(), [-2, 0]);
         // Settled, a limit still applies: nothing reserved cuts the next.
         r.settled(&r.snapshot());
+        r.ready();
         assert_eq!(r.row(1), Row::Cut { rows: false });
         assert!(!r.text(1));
     }
