@@ -35,7 +35,8 @@ pub enum BudgetError {
         /// Which limit it is, for lifting it (see [`Budget::lift`]).
         key: String,
         /// What the refused action needed (1 for one action; the writes
-        /// of a query, the size of a response).
+        /// of a query), or 0 where that is the target's data (the rows or
+        /// bytes of a result: its size would tell what it holds).
         asked: u64,
     },
     #[error("the budget of grant {0:?} cannot be checked now (the store is unavailable)")]
@@ -45,6 +46,8 @@ pub enum BudgetError {
 fn state_words(used: u64, limit: u64, asked: u64) -> String {
     if used >= limit {
         format!("is used up ({used} of {limit})")
+    } else if asked == 0 {
+        format!("has {} of {limit} left, not enough for this", limit - used)
     } else {
         format!(
             "has {} of {limit} left, not the {asked} this needs",
@@ -364,7 +367,10 @@ impl Budget {
             limit: l.limit,
             resets_at,
             key: lift_key(l),
-            asked,
+            asked: match l.measure {
+                Measure::Rows | Measure::Bytes => 0,
+                _ => asked,
+            },
         }
     }
 

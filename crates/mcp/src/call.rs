@@ -295,7 +295,8 @@ pub async fn take_bytes(
             } else {
                 "target's error"
             };
-            let reason = format!("{e}: the {what} has {n} bytes; nothing of it was returned");
+            // Not its size: a size the target's data chose is data.
+            let reason = format!("{e}: the {what} is larger; nothing of it was returned");
             Err(refused(ctx, who, &admitted.connection, &reason).await)
         }
     }

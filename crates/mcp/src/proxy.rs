@@ -315,7 +315,8 @@ async fn within_budget(
     let Err(e) = b.take_exactly(Measure::Bytes, n).await else {
         return Ok(());
     };
-    let reason = format!("{e}: the answer has {n} bytes; nothing was returned");
+    // Not its size: a size the upstream's data chose is data.
+    let reason = format!("{e}: the answer is larger; nothing was returned");
     let principal = Some(who.principal.subject.as_str());
     ctx.front
         .refuse(

@@ -286,10 +286,7 @@ pub(crate) async fn run(
                 .unwrap_or_default();
             Err(ToolError::Refused {
                 connection: name.to_string(),
-                reason: format!(
-                    "{why}: the result has {} rows; nothing was returned",
-                    out.total_rows
-                ),
+                reason: format!("{why}: the result has more rows; nothing was returned"),
             })
         }
         Ok(Ok(Ok(mut out))) => {

@@ -49,6 +49,42 @@ const OVERRIDE_HEADERS: &[&str] = &[
 ];
 const OVERRIDE_PARAMS: &[&str] = &["_method", "method", "x-http-method-override"];
 
+/// Whether parameter `key` is an override parameter as a framework reads
+/// it: any case, and with PHP's mangling (`.`, space and `[` in a name
+/// become `_`, so `.method` is `_method`).
+fn is_override_key(key: &str) -> bool {
+    let k: String = key
+        .trim()
+        .chars()
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+        .collect();
+    OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p))
+}
+
+/// Whether a multipart body names an override field in any spelling a
+/// parser may accept (`name="_method"`, `name=_method`,
+/// `name*=UTF-8''_method`, a backslash-escaped name): read crudely and
+/// on the side of finding one.
+fn multipart_names_override(body: &[u8]) -> bool {
+    let lower = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("name") {
+        rest = &rest[i + 4..];
+        let tail: String = rest.chars().take(96).collect();
+        let tail = tail.trim_start_matches(|c: char| "*= \t\"'".contains(c));
+        let tail = tail.strip_prefix("utf-8''").unwrap_or(tail);
+        let name: String = tail
+            .chars()
+            .filter(|c| !matches!(c, '\\' | '"' | '\''))
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '['))
+            .collect();
+        if is_override_key(&name) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Every method a request asks the target to see instead of its own
 /// (`X-HTTP-Method-Override: DELETE`, `?_method=DELETE`), upper-cased,
 /// each once: every value of every override header and parameter, since
@@ -64,12 +100,15 @@ pub(crate) fn method_overrides(headers: &http::HeaderMap, query: Option<&str>) -
     };
     for h in OVERRIDE_HEADERS {
         for v in headers.get_all(*h) {
-            add(&String::from_utf8_lossy(v.as_bytes()));
+            // A list (`POST, DELETE`): each item.
+            for item in String::from_utf8_lossy(v.as_bytes()).split(',') {
+                add(item);
+            }
         }
     }
     if let Some(q) = query {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            if OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) {
+            if is_override_key(&k) {
                 add(&v);
             }
         }
@@ -87,26 +126,37 @@ pub(crate) fn body_overrides(headers: &http::HeaderMap, body: &[u8]) -> Result<V
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |v: &str| {
+        let m = v.trim().to_ascii_uppercase();
+        if !found.contains(&m) {
+            found.push(m);
+        }
+    };
     if kind.starts_with("application/x-www-form-urlencoded") {
-        let mut found: Vec<String> = Vec::new();
         for (k, v) in form_urlencoded::parse(body) {
-            let m = v.trim().to_ascii_uppercase();
-            if OVERRIDE_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) && !found.contains(&m) {
-                found.push(m);
+            if is_override_key(&k) {
+                add(&v);
             }
         }
-        return Ok(found);
-    }
-    if kind.starts_with("multipart/form-data") {
-        let lower = String::from_utf8_lossy(body).to_ascii_lowercase();
-        if OVERRIDE_PARAMS
-            .iter()
-            .any(|p| lower.contains(&format!("name=\"{p}\"")))
-        {
+    } else if kind.starts_with("multipart/form-data") {
+        if multipart_names_override(body) {
             return Err(());
         }
+    } else if kind.contains("json") {
+        // Laravel reads `_method` from a JSON body's input too.
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(body) {
+            for (k, v) in &o {
+                if is_override_key(k) {
+                    match v.as_str() {
+                        Some(s) => add(s),
+                        None => return Err(()),
+                    }
+                }
+            }
+        }
     }
-    Ok(Vec::new())
+    Ok(found)
 }
 
 /// A request body read whole (within the request limit).
@@ -143,7 +193,7 @@ pub(crate) async fn form_overrides(
     let bytes = read_whole(body, state, max_body).await?;
     let found = body_overrides(headers, &bytes).map_err(|()| {
         ProxyError::CallerBody(
-            "a method override in a multipart form is refused on this connection (its rules look at the method); send the method itself"
+            "a method override in a multipart form (or a JSON one that is not a string) is refused on this connection (its rules look at the method); send the method itself"
                 .into(),
         )
     })?;
@@ -159,6 +209,7 @@ pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| {
             v.starts_with("application/x-www-form-urlencoded")
                 || v.starts_with("multipart/form-data")
+                || v.contains("json")
         })
 }
 
@@ -309,11 +360,43 @@ mod override_tests {
             b"--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--x--";
         assert_eq!(body_overrides(&multi, body), Err(()));
         assert_eq!(body_overrides(&multi, b"--x--"), Ok(vec![]));
-        // JSON is not a form.
-        assert!(!is_form(&form("application/json")));
+        // Spellings a parser may accept, refused.
+        for body in [
+            &b"--x\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--x--"[..],
+            b"--x\r\nContent-Disposition: form-data; name*=UTF-8''_method\r\n\r\nDELETE",
+            b"--x\r\nContent-Disposition: form-data; name=\"_meth\\od\"\r\n\r\nDELETE",
+            b"--x\r\nContent-Disposition: form-data; name=\".method\"\r\n\r\nDELETE",
+        ] {
+            assert_eq!(
+                body_overrides(&multi, body),
+                Err(()),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // PHP's mangling: `.method` and ` method` are `_method`.
         assert_eq!(
-            body_overrides(&form("application/json"), b"_method=DELETE"),
-            Ok(vec![])
+            body_overrides(&url, b".method=delete&+method=put"),
+            Ok(vec!["DELETE".to_string(), "PUT".to_string()])
         );
+        let h = http::HeaderMap::new();
+        assert_eq!(method_overrides(&h, Some(".method=DELETE")), ["DELETE"]);
+        // A list in a header: each item.
+        let mut l = http::HeaderMap::new();
+        l.insert(
+            "x-http-method-override",
+            http::HeaderValue::from_static("POST, DELETE"),
+        );
+        assert_eq!(method_overrides(&l, None), ["POST", "DELETE"]);
+        // JSON (Laravel reads `_method` there too).
+        let json = form("application/json");
+        assert!(is_form(&json));
+        assert_eq!(
+            body_overrides(&json, br#"{"_method":"delete","a":1}"#),
+            Ok(vec!["DELETE".to_string()])
+        );
+        assert_eq!(body_overrides(&json, br#"{"_method":["DELETE"]}"#), Err(()));
+        assert_eq!(body_overrides(&json, b"not json"), Ok(vec![]));
+        assert!(!is_form(&form("text/plain")));
     }
 }

@@ -110,15 +110,21 @@ fn fields_message(
 }
 
 /// An ErrorResponse or NoticeResponse `m` with its text replaced by
-/// `message`: the severity and SQLSTATE kept (a client's retry logic
-/// reads them), every other field (detail, hint, context, where the
-/// values are) dropped.
+/// `message`, every field but the severity dropped (detail, hint,
+/// context: where the values are). The SQLSTATE is kept only where a
+/// client acts on it (class 40, retry the transaction; 08 and 57, the
+/// connection): any other is 53400, since a statement can choose its
+/// own (`RAISE … USING ERRCODE = …`) and spell data in it.
 pub fn withheld(m: &Message, message: &str) -> Message {
     let fields = parse_fields(&m.body);
     let severity = field(&fields, b'V')
         .or_else(|| field(&fields, b'S'))
         .unwrap_or("ERROR");
-    let code = field(&fields, b'C').unwrap_or("XX000");
+    let code = match field(&fields, b'C') {
+        Some(c @ ("40001" | "40P01" | "40002" | "40003" | "40000")) => c,
+        Some(c @ ("08000" | "08003" | "08006" | "57014" | "57P01" | "57P02" | "57P03")) => c,
+        _ => sqlstate::CONFIGURATION_LIMIT_EXCEEDED.code(),
+    };
     fields_message(m.tag, severity, code, message, None)
 }
 
