@@ -263,6 +263,34 @@ fn psql_db(gw: &Proc, s: &Setup, token: &str, db: &str, script: &str) -> Output 
     child.wait_with_output().unwrap()
 }
 
+/// `portcullis budgets show --json` on `gw` as `token`: the limit of
+/// `grant` on `measure`.
+fn budget_shown(
+    gw: &Proc,
+    s: &Setup,
+    token: &str,
+    grant: &str,
+    measure: &str,
+) -> serde_json::Value {
+    let show = Command::new(BIN)
+        .args(["budgets", "show", "--json"])
+        .env("PORTCULLIS_URL", &gw.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", token)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", both(&show));
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    v["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["grant"] == grant && b["measure"] == measure)
+        .unwrap_or_else(|| panic!("no {measure} budget of {grant}: {v}"))
+        .clone()
+}
+
 fn both(o: &Output) -> String {
     format!(
         "{}{}",
@@ -305,27 +333,11 @@ fn budgets_hold_for_psql_across_gateways_and_a_restart() {
     let out = psql(&b, &s, &s.token, "SELECT 1;\n");
     assert!(both(&out).contains("53400"), "{}", both(&out));
     // `budgets show` says the same (as the principal itself).
-    let show = Command::new(BIN)
-        .args(["budgets", "show", "--json"])
-        .env("PORTCULLIS_URL", &b.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", &s.token)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
-    assert!(show.status.success(), "{}", both(&show));
-    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    let rows = v["budgets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["measure"] == "rows")
-        .unwrap()
-        .clone();
+    let rows = budget_shown(&b, &s, &s.token, "readers", "rows");
     assert_eq!(
         (rows["used"].as_u64(), rows["limit"].as_u64()),
         (Some(5), Some(5)),
-        "{v}"
+        "{rows}"
     );
     // Another principal's budgets are not the agent's to read.
     let other = Command::new(BIN)
@@ -588,24 +600,9 @@ fn bytes_returned_are_bounded_over_http_and_mcp() {
         let _ = client.cancel().await;
     });
     // The oracle: never more taken than the limit, on either gateway.
-    let show = Command::new(BIN)
-        .args(["budgets", "show", "--json"])
-        .env("PORTCULLIS_URL", &b.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", &s.taker)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
-    assert!(show.status.success(), "{}", both(&show));
-    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    let takers = v["budgets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["grant"] == "takers")
-        .unwrap();
+    let takers = budget_shown(&b, &s, &s.taker, "takers", "bytes");
     let used = takers["used"].as_u64().unwrap();
-    assert!((2000..=2500).contains(&used), "{v}");
+    assert!((2000..=2500).contains(&used), "{takers}");
 }
 
 #[test]
@@ -865,21 +862,8 @@ fn concurrent_sessions_share_one_allowance() {
     // most 100 (the rest is cut with 53400), and what was not used is
     // given back.
     let used = |s: &Setup, a: &Proc| {
-        let show = Command::new(BIN)
-            .args(["budgets", "show", "--json"])
-            .env("PORTCULLIS_URL", &a.url)
-            .env("PORTCULLIS_CA", &s.ca)
-            .env("PORTCULLIS_TOKEN", &s.racer)
-            .env("HOME", &s.dir)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-        v["budgets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["grant"] == "racers")
-            .and_then(|b| b["used"].as_u64())
+        budget_shown(a, s, &s.racer, "racers", "rows")["used"]
+            .as_u64()
             .unwrap()
     };
     // One session alone: it reserves all 100, takes 30, gives 70 back.

@@ -622,7 +622,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     );
 
     // Side doors (issue 17), as raw JSON-RPC.
-    let rpc = |body: &str| {
+    let rpc_at = |url: &str, body: &str| {
         curl(&[
             "--cacert",
             &s.ca,
@@ -636,9 +636,10 @@ budgets = [{{ bytes = 1, per = "hour" }}]
             "mcp-protocol-version: 2025-06-18",
             "--data-binary",
             body,
-            &url,
+            url,
         ])
     };
+    let rpc = |body: &str| rpc_at(&url, body);
     // A call and a list sharing an id: refused (the answer would be read
     // as the list's, and pass unmasked).
     let r = rpc(
@@ -674,21 +675,10 @@ budgets = [{{ bytes = 1, per = "hour" }}]
 
     // A bytes budget covers a proxied server's answers too: one larger
     // than what is left is refused whole (429), nothing of it handed over.
-    let metered = curl(&[
-        "--cacert",
-        &s.ca,
-        "-H",
-        &format!("authorization: Bearer {}", s.token),
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-H",
-        "mcp-protocol-version: 2025-06-18",
-        "--data-binary",
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    let metered = rpc_at(
         &format!("{}/c/directory-metered/", gw.url),
-    ]);
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
     assert_eq!(metered.status, 429, "{metered:?}");
     assert!(
         metered.body.contains("budget_exceeded")

@@ -122,12 +122,7 @@ pub async fn sql_query(
         if class >= Class::Write {
             // Each statement of a multi-statement text that may write
             // (all of them when the catalog could not prove it).
-            let a = upstream.analyse(sql);
-            let n = match class {
-                Class::Unknown => a.statements,
-                _ => a.writes,
-            }
-            .max(1) as u64;
+            let n = upstream.analyse(sql).writes_under(class) as u64;
             what.push((Measure::Writes, None, n));
         }
         call::budget_of(ctx, who, &admitted, &what).await?;

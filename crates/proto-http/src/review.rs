@@ -121,11 +121,7 @@ pub(crate) fn method_overrides(headers: &http::HeaderMap, query: Option<&str>) -
 /// is a form; `Err` for a multipart form naming one, which is not read
 /// here (refused where the method matters).
 pub(crate) fn body_overrides(headers: &http::HeaderMap, body: &[u8]) -> Result<Vec<String>, ()> {
-    let kind = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
+    let kind = content_kind(headers)?;
     let mut found: Vec<String> = Vec::new();
     let mut add = |v: &str| {
         let m = v.trim().to_ascii_uppercase();
@@ -193,7 +189,7 @@ pub(crate) async fn form_overrides(
     let bytes = read_whole(body, state, max_body).await?;
     let found = body_overrides(headers, &bytes).map_err(|()| {
         ProxyError::CallerBody(
-            "a method override in a multipart form (or a JSON one that is not a string) is refused on this connection (its rules look at the method); send the method itself"
+            "a method override in a multipart form (or a JSON one that is not a string, or a body under two content types) is refused on this connection (its rules look at the method); send the method itself"
                 .into(),
         )
     })?;
@@ -202,15 +198,24 @@ pub(crate) async fn form_overrides(
 
 /// Whether a request with these headers may carry a form body.
 pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| {
-            v.starts_with("application/x-www-form-urlencoded")
-                || v.starts_with("multipart/form-data")
-                || v.contains("json")
-        })
+    content_kind(headers).map_or(true, |v| {
+        v.starts_with("application/x-www-form-urlencoded")
+            || v.starts_with("multipart/form-data")
+            || v.contains("json")
+    })
+}
+
+/// The request's content type, lower-cased ("" without one); `Err` for
+/// two of them or one that is not text (a target may read another than
+/// we would: read as a form, and refused).
+fn content_kind(headers: &http::HeaderMap) -> Result<String, ()> {
+    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let kind = match (all.next(), all.next()) {
+        (None, _) => return Ok(String::new()),
+        (Some(v), None) => v.to_str().map_err(|_| ())?,
+        (Some(_), Some(_)) => return Err(()),
+    };
+    Ok(kind.trim().to_ascii_lowercase())
 }
 
 /// The method the approval rule must look at. A rule that holds some
@@ -398,5 +403,13 @@ mod override_tests {
         assert_eq!(body_overrides(&json, br#"{"_method":["DELETE"]}"#), Err(()));
         assert_eq!(body_overrides(&json, b"not json"), Ok(vec![]));
         assert!(!is_form(&form("text/plain")));
+        // Two content types: a target may read either; refused.
+        let mut two = form("text/plain");
+        two.append(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(is_form(&two));
+        assert_eq!(body_overrides(&two, b"_method=DELETE"), Err(()));
     }
 }

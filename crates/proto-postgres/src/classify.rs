@@ -157,6 +157,18 @@ impl References {
 }
 
 impl Analysis {
+    /// The writes a writes budget counts for this text once its class is
+    /// proven `class`: every statement when the catalog could not prove
+    /// it (a view calling a volatile function reads as a read to the
+    /// parser), else those that may write; at least one.
+    pub fn writes_under(&self, class: Class) -> usize {
+        match class {
+            Class::Unknown => self.statements,
+            _ => self.writes,
+        }
+        .max(1)
+    }
+
     /// The statement's class once each call has a proof.
     pub fn resolve(&self, mut proof: impl FnMut(&Call) -> Proof) -> Class {
         if self.class == Class::Unknown {

@@ -604,47 +604,27 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         };
         let writes = b.counts(Measure::Writes);
         let writing = class.is_some_and(|c| c >= Class::Write);
-        if b.counts(Measure::Tables) {
-            let sql = match m.tag {
-                tag::QUERY => messages::query_text(m),
-                tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
-                _ => None,
-            };
-            if let Some(sql) = sql {
-                let a = self.ctx.upstream.analyse(&sql);
-                if a.refs.opaque {
-                    return Err(Refusal {
-                        code: sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
-                        message: format!(
-                            "portcullis: grant \"{}\" limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
-                            b.grant()
-                        ),
-                    });
-                }
-                let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
-                if let Err(e) = b.touch_tables(&names).await {
-                    let lifted = match self.ctx.gate {
-                        Some(g) => g.lift_budget(b, &e).await,
-                        None => None,
-                    };
-                    match lifted {
-                        Some(Ok(())) => b.touch_tables(&names).await.map_err(budget_refusal)?,
-                        _ => return Err(budget_refusal(e)),
-                    }
-                }
-            }
-        }
-        let reads = || res.reads.lock().unwrap_or_else(|e| e.into_inner());
         let text = match m.tag {
             tag::QUERY => messages::query_text(m),
             tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
             _ => None,
         };
+        if b.counts(Measure::Tables)
+            && let Some(sql) = &text
+        {
+            self.budget_tables(b, sql).await?;
+        }
+        let reads = || res.reads.lock().unwrap_or_else(|e| e.into_inner());
         // What may create a named statement unseen: SQL PREPARE (found in
         // the text, whatever the parser makes of it), or code the gateway
         // cannot read.
         let unreadable = class.is_none_or(|c| c == Class::Unknown);
-        let prepares = |t: &str| t.to_ascii_lowercase().contains("prepare");
+        // Any case, without copying the text.
+        let prepares = |t: &str| {
+            t.as_bytes()
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"prepare"))
+        };
         if m.tag == tag::FUNCTION_CALL
             || (text.is_some() && unreadable)
             || text.as_deref().is_some_and(prepares)
@@ -658,17 +638,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 // Each statement of a multi-statement query that may write.
                 // Unknown to the catalog (a view calling a volatile
                 // function reads as a read to the parser): every statement.
-                let n = match (m.tag, &text) {
-                    (tag::QUERY, Some(sql)) => {
-                        let a = self.ctx.upstream.analyse(sql);
-                        match class {
-                            Some(Class::Unknown) => a.statements,
-                            _ => a.writes,
-                        }
+                let n = match (m.tag, &text, class) {
+                    (tag::QUERY, Some(sql), Some(c)) => {
+                        self.ctx.upstream.analyse(sql).writes_under(c)
                     }
                     _ => 1,
                 };
-                self.take_write(b, n.max(1) as u64).await?;
+                self.take_write(b, n as u64).await?;
             }
             tag::PARSE => {
                 if let Some((name, _)) = messages::parse_text(m) {
@@ -763,6 +739,33 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     Some(n) => res.reserve(i, n),
                     None => res.unlimit(i),
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct tables `sql` names, against the budget (refused when
+    /// they cannot be read from it); used up, an approver may lift it.
+    async fn budget_tables(&self, b: &portcullis_front::Budget, sql: &str) -> Result<(), Refusal> {
+        let a = self.ctx.upstream.analyse(sql);
+        if a.refs.opaque {
+            return Err(Refusal {
+                code: sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                message: format!(
+                    "portcullis: grant \"{}\" limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
+                    b.grant()
+                ),
+            });
+        }
+        let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
+        if let Err(e) = b.touch_tables(&names).await {
+            let lifted = match self.ctx.gate {
+                Some(g) => g.lift_budget(b, &e).await,
+                None => None,
+            };
+            match lifted {
+                Some(Ok(())) => b.touch_tables(&names).await.map_err(budget_refusal)?,
+                _ => return Err(budget_refusal(e)),
             }
         }
         Ok(())
