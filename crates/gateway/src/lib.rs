@@ -503,7 +503,7 @@ async fn shared(
         Some(w) => Some(webhook(w)?),
     };
     let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
-    let auth = Authenticator::new(Arc::new(store.clone()));
+    let auth = Authenticator::new(Arc::new(store.cached_tokens()));
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),
         None => auth,

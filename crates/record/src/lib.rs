@@ -290,10 +290,15 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let frame = ruzstd::encoding::compress_to_vec(
-            &self.buf[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let frame = match zstd::bulk::compress(&self.buf[..], 1) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return Err(RecordError::Io {
+                    path: self.path.clone(),
+                    source: e,
+                });
+            }
+        };
         let mut ctx = Context::new(&SHA256);
         ctx.update(&self.prev);
         ctx.update(&frame);

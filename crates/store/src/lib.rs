@@ -6,9 +6,11 @@
 
 mod migrate;
 mod oauth;
+mod token_cache;
 mod usage;
 
 pub use oauth::{GrantKind, OAuthClientRow, OAuthGrantRow, Spent};
+pub use token_cache::CachedTokens;
 pub use usage::{Taken, TooMany, UsageWindow};
 
 use std::path::Path;
@@ -47,6 +49,8 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Moved by every revocation, read by [`CachedTokens`].
+    changes: token_cache::Changes,
 }
 
 /// Which database engine a store runs on.
@@ -131,7 +135,18 @@ impl Store {
                 source,
             })?;
         migrate::run(&pool, backend).await?;
-        Ok(Self { pool, backend })
+        let changes = match backend {
+            Backend::Sqlite => token_cache::Changes::for_sqlite_url(url),
+            // Other gateways write a shared PostgreSQL store, and no mark
+            // of theirs can be read without a round trip: uncached.
+            Backend::Postgres => token_cache::Changes::Unmarked,
+        };
+        changes.ensure().await;
+        Ok(Self {
+            pool,
+            backend,
+            changes,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -322,7 +337,14 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.changes.moved().await;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The token lookup the gateway authenticates through: cached, and as
+    /// strict as this store (see [`CachedTokens`]).
+    pub fn cached_tokens(&self) -> CachedTokens {
+        CachedTokens::new(self.clone())
     }
 
     pub async fn insert_review(&self, r: &ReviewRow) -> Result<(), StoreError> {

@@ -151,6 +151,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.changes.moved().await;
         Ok(done.rows_affected() > 0)
     }
 
@@ -302,6 +303,7 @@ impl Store {
             .bind(family)
             .execute(&self.pool)
             .await?;
+        self.changes.moved().await;
         Ok(tokens.rows_affected())
     }
 
