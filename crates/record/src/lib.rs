@@ -290,7 +290,7 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let frame = match zstd::bulk::compress(&self.buf[..], 1) {
+        let frame = match compress(&self.buf[..]) {
             Ok(frame) => frame,
             Err(e) => {
                 return Err(RecordError::Io {
@@ -348,6 +348,26 @@ impl Writer {
         });
         (hex::encode(self.prev), failed)
     }
+}
+
+/// One zstd frame (level 1) of `data`. The compression context is kept
+/// per thread: creating one allocates about a megabyte, which cost more
+/// than compressing a short session's recording.
+fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.try_borrow_mut().map_err(std::io::Error::other)?;
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(1)?);
+        }
+        match c.as_mut() {
+            Some(z) => z.compress(data),
+            None => Err(std::io::Error::other("no zstd context")),
+        }
+    })
 }
 
 /// A writer shared by a session's tasks, with a ticker that writes a
