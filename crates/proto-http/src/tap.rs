@@ -66,7 +66,7 @@ impl http_body::Body for Tap {
                     let event = Event::HttpBody {
                         request: this.request,
                         from_caller: this.from_caller,
-                        data: String::from_utf8_lossy(data).into_owned(),
+                        data: portcullis_record::text_of(data),
                     };
                     // Fail closed: a body that cannot be recorded stops.
                     if let Err(e) = this.recorder.event(event) {

@@ -975,7 +975,7 @@ pub(crate) fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
             row.push(None);
         } else {
             let (v, rest) = b.split_at((len as usize).min(b.len()));
-            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+            row.push(Some(portcullis_record::text_of(v)));
             b = rest;
         }
     }
