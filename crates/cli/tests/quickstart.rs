@@ -1053,6 +1053,68 @@ fn revoking_a_token_closes_its_keep_alive_connections() {
     assert!(end.contains("revoked"), "{end}");
 }
 
+/// The gateway keeps token records in memory (`CachedTokens`): a
+/// revocation written by another process (`portcullis token revoke`) must
+/// still hold from the very next request, while the token is busy on a
+/// keep-alive connection and the cache is warm.
+#[test]
+fn a_revocation_holds_from_the_next_request_while_the_token_is_in_use() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let qs = Quickstart::start();
+    let out = qs.cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:quickstart",
+        "--json",
+    ]);
+    let (token, id) = created_token(&out);
+    let (url, ca) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"));
+    let revoked = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load = {
+        let (revoked, url) = (revoked.clone(), format!("{url}/c/demo-api/hello"));
+        let client = https_client(&ca);
+        rt.spawn(async move {
+            let (mut served, mut refused) = (0u32, 0u32);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while refused < 50 && tokio::time::Instant::now() < deadline {
+                // Read before sending: true means the revocation had
+                // returned before this request left.
+                let after = revoked.load(Ordering::SeqCst);
+                match client.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) if after => {
+                        assert_eq!(
+                            r.status(),
+                            401,
+                            "a request sent after the revocation returned was served"
+                        );
+                        refused += 1;
+                    }
+                    Ok(r) => {
+                        served += u32::from(r.status() == 200);
+                        let _ = r.bytes().await;
+                    }
+                    // The revoked session's connection closed under it.
+                    Err(_) => {}
+                }
+            }
+            (served, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(qs.cli(&["token", "revoke", &id]).status.success());
+    revoked.store(true, Ordering::SeqCst);
+    let (served, refused) = rt.block_on(load).unwrap();
+    assert!(served > 0, "the token was in use before its revocation");
+    assert_eq!(refused, 50, "requests after the revocation were answered");
+}
+
 /// The admin listener authenticates everything but /healthz and /metrics,
 /// with an operator's token or a client certificate from the gateway's CA.
 #[test]

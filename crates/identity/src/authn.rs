@@ -168,9 +168,11 @@ impl Authenticator {
         })
     }
 
-    /// Authenticate a credential presented at `at`. Every lookup goes to
-    /// the store, so a revocation written by another process takes effect
-    /// on the next request.
+    /// Authenticate a credential presented at `at`. Every lookup asks the
+    /// token store, which must answer as of now: a revocation written by
+    /// another process takes effect on the next request (the gateway's
+    /// cache in front of the store keeps that promise: see
+    /// `portcullis_store::CachedTokens`).
     pub async fn authenticate(
         &self,
         cred: Credential<'_>,
