@@ -398,31 +398,43 @@ fn a_full_spool_ends_the_session_that_cannot_be_recorded() {
     };
     let mut g = gateway(&data, &logs, Some(&fs.0));
 
-    // Bodies that do not compress: each request adds ~64 KiB to the
-    // recording, so the spool fills within a few seconds.
-    let body = tmp.path().join("body");
+    // Bodies that compress little, each its own: each request adds ~40
+    // KiB to the recording, so the spool fills within a few seconds. (One
+    // body sent 40 times would not: zstd's window finds the repeats in a
+    // segment.)
     let mut seed = 0x2545f4914f6cdd1du64;
-    let text: String = (0..64 << 10)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from(b'a' + (seed % 26) as u8)
+    let bodies: Vec<std::path::PathBuf> = (0..40)
+        .map(|i| {
+            let text: String = (0..64 << 10)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'a' + (seed % 26) as u8)
+                })
+                .collect();
+            let body = tmp.path().join(format!("body{i}"));
+            std::fs::write(&body, text).unwrap();
+            body
         })
         .collect();
-    std::fs::write(&body, text).unwrap();
     let url = format!("{}/c/api/upload", g.gw().url);
     let auth = format!("Authorization: Bearer {}", g.token);
     // One curl, one keep-alive connection for as long as the gateway keeps
-    // it, paced so that the recording's one-second flushes fall between
-    // requests (the spool fills mid-session, not at its end).
+    // it (`--next` keeps it), paced so that the recording's one-second
+    // flushes fall between requests (the spool fills mid-session, not at
+    // its end).
     let mut curl = Command::new("curl");
-    curl.args(["-s", "--rate", "5/s", "--cacert", &g.ca, "-H", &auth])
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()))
-        .args(["-w", "%{http_code}\\n"]);
-    for _ in 0..40 {
-        curl.args(["-o", "/dev/null"]).arg(&url);
+    curl.args(["--rate", "5/s"]);
+    for (i, body) in bodies.iter().enumerate() {
+        if i > 0 {
+            curl.arg("--next");
+        }
+        curl.args(["-s", "--cacert", &g.ca, "-H", &auth])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "%{http_code}\\n", "-o", "/dev/null"])
+            .arg(&url);
     }
     let out = curl.output().unwrap();
     let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)

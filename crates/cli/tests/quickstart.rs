@@ -1079,7 +1079,7 @@ fn a_revocation_holds_from_the_next_request_while_the_token_is_in_use() {
         .unwrap();
     let load = {
         let (revoked, url) = (revoked.clone(), format!("{url}/c/demo-api/hello"));
-        let client = https_client(&ca);
+        let client = https_client(ca);
         rt.spawn(async move {
             let (mut served, mut refused) = (0u32, 0u32);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
