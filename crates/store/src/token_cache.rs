@@ -141,11 +141,16 @@ impl MarkFile {
             return Some(m);
         }
         // Not open yet, or the file was removed or replaced (a held
-        // descriptor would then never move again): open it by name.
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
+        // descriptor would then never move again): open it by name. Read
+        // only where it exists (a revoking CLI run as another user may
+        // have created it); created where it does not.
+        let f = std::fs::File::open(&self.path)
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+            })
             .ok()?;
         let m = mark_of(&f)?;
         *self.held.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
