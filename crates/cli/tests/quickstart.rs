@@ -1005,14 +1005,7 @@ fn sessions_per_connection_are_bounded() {
 fn revoking_a_token_closes_its_keep_alive_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let qs = Quickstart::start();
-    let out = qs.cli(&[
-        "token",
-        "create",
-        "--principal",
-        "agent:quickstart",
-        "--json",
-    ]);
-    let (token, id) = created_token(&out);
+    let (token, id) = qs.agent_token();
     let ca = std::path::PathBuf::from(qs.var("PORTCULLIS_CA"));
     let port = qs.proc.port();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1062,14 +1055,7 @@ fn a_revocation_holds_from_the_next_request_while_the_token_is_in_use() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let qs = Quickstart::start();
-    let out = qs.cli(&[
-        "token",
-        "create",
-        "--principal",
-        "agent:quickstart",
-        "--json",
-    ]);
-    let (token, id) = created_token(&out);
+    let (token, id) = qs.agent_token();
     let (url, ca) = (qs.var("PORTCULLIS_URL"), qs.var("PORTCULLIS_CA"));
     let revoked = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -337,8 +337,9 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        self.changes.moved().await;
-        Ok(done.rows_affected() > 0)
+        let found = done.rows_affected() > 0;
+        self.changes.moved_if(found).await;
+        Ok(found)
     }
 
     /// The token lookup the gateway authenticates through: cached, and as
@@ -1176,13 +1177,23 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRow, StoreError> {
     })
 }
 
+/// What a caller is told when the store fails under `what` (the cause is
+/// logged, never shown).
+pub(crate) fn unavailable(
+    what: &'static str,
+) -> impl Fn(StoreError) -> portcullis_identity::AuthError {
+    move |e| {
+        tracing::error!(error = %e, "{what} failed");
+        portcullis_identity::AuthError::Unavailable
+    }
+}
+
 impl portcullis_identity::TokenStore for Store {
     fn cert_revoked<'a>(&'a self, fingerprint: &'a str) -> portcullis_identity::RevokedFuture<'a> {
         Box::pin(async move {
-            self.is_cert_revoked(fingerprint).await.map_err(|e| {
-                tracing::error!(error = %e, "revocation lookup failed");
-                portcullis_identity::AuthError::Unavailable
-            })
+            self.is_cert_revoked(fingerprint)
+                .await
+                .map_err(unavailable("revocation lookup"))
         })
     }
 
@@ -1202,19 +1213,15 @@ impl portcullis_identity::TokenStore for Store {
                 oauth_family: None,
             })
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "storing a delegated token failed");
-                portcullis_identity::AuthError::Unavailable
-            })
+            .map_err(unavailable("storing a delegated token"))
         })
     }
 
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
         Box::pin(async move {
-            self.token_by_hash(hash).await.map_err(|e| {
-                tracing::error!(error = %e, "token lookup failed");
-                portcullis_identity::AuthError::Unavailable
-            })
+            self.token_by_hash(hash)
+                .await
+                .map_err(unavailable("token lookup"))
         })
     }
 }

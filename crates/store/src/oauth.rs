@@ -133,8 +133,8 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(self.q(
-            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE oauth_family IN \
+        let tokens = sqlx::query(self.q(
+            "UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL AND oauth_family IN \
              (SELECT family FROM oauth_grants WHERE client_id = ?)",
         ))
         .bind(now)
@@ -151,7 +151,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.changes.moved().await;
+        self.changes.moved_if(tokens.rows_affected() > 0).await;
         Ok(done.rows_affected() > 0)
     }
 
@@ -303,7 +303,7 @@ impl Store {
             .bind(family)
             .execute(&self.pool)
             .await?;
-        self.changes.moved().await;
+        self.changes.moved_if(tokens.rows_affected() > 0).await;
         Ok(tokens.rows_affected())
     }
 

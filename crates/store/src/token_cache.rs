@@ -5,8 +5,9 @@
 //! each way): the largest single cost left on a keep-alive HTTP request.
 //! A stored token never changes but for its revocation, so a copy may be
 //! used for as long as no revocation can have been committed since it was
-//! read. Every revocation path of [`Store`] moves the store's change mark
-//! ([`Changes`]) *after* its commit; an entry is used only while the mark
+//! read. Every revocation of [`Store`] that changes a token row moves the
+//! store's change mark ([`Changes`]) *after* its commit (one that changes
+//! none, such as a replayed refresh token's, leaves every cache as it is); an entry is used only while the mark
 //! reads as it did before the entry's lookup began. A request that starts
 //! after a revocation returned (in this process, in another gateway on the
 //! same file, or in `portcullis token revoke`) therefore misses and reads
@@ -100,13 +101,17 @@ impl Changes {
         }
     }
 
-    /// Move the mark (after a revocation committed). A failure is logged:
-    /// the revocation stands, and caches notice it within [`MAX_AGE`].
-    pub(crate) async fn moved(&self) {
+    /// Move the mark after a revocation committed, if it changed a token
+    /// row (`changed`). A failure is logged: the revocation stands, and
+    /// caches notice it within [`MAX_AGE`].
+    pub(crate) async fn moved_if(&self, changed: bool) {
         use tokio::io::AsyncWriteExt;
         let Changes::File(mark) = self else {
             return;
         };
+        if !changed {
+            return;
+        }
         let path = &mark.path;
         let appended = async {
             let mut f = tokio::fs::OpenOptions::new()
@@ -263,10 +268,9 @@ impl CachedTokens {
 impl portcullis_identity::TokenStore for CachedTokens {
     fn token_by_hash<'a>(&'a self, hash: &'a TokenHash) -> portcullis_identity::LookupFuture<'a> {
         Box::pin(async move {
-            self.token_by_hash(hash).await.map_err(|e| {
-                tracing::error!(error = %e, "token lookup failed");
-                portcullis_identity::AuthError::Unavailable
-            })
+            self.token_by_hash(hash)
+                .await
+                .map_err(crate::unavailable("token lookup"))
         })
     }
 
@@ -391,16 +395,66 @@ mod tests {
         assert_eq!(r.revoked_at, Some(9));
     }
 
+    /// An OAuth token of `family`, issued under `client`.
+    async fn oauth_token(store: &Store, client: &str, family: &str) {
+        let t = token::generate().unwrap();
+        store
+            .insert_token(&NewTokenRow {
+                hash: t.hash,
+                subject: "agent:a",
+                groups: &[],
+                created_at: 1,
+                expires_at: None,
+                on_behalf_of: None,
+                audience: None,
+                oauth_family: Some(family),
+            })
+            .await
+            .unwrap();
+        store
+            .insert_oauth_grant(&crate::OAuthGrantRow {
+                hash: token::generate().unwrap().hash.0,
+                kind: crate::GrantKind::Refresh,
+                client_id: client.into(),
+                family: family.into(),
+                data: "{}".into(),
+                created_at: 1,
+                expires_at: i64::MAX / 2,
+            })
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn oauth_revocations_move_the_mark() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        oauth_token(&store, "c1", "fam").await;
+        oauth_token(&store, "c2", "fam2").await;
         let a = store.changes.read().unwrap();
         store.revoke_oauth_family("fam", 1).await.unwrap();
         let b = store.changes.read().unwrap();
-        store.revoke_oauth_client("nobody", 1).await.unwrap();
+        store.revoke_oauth_client("c2", 1).await.unwrap();
         let c = store.changes.read().unwrap();
         assert!(a != b && b != c && a != c);
+    }
+
+    /// A revocation that changes no token (a spent refresh token replayed
+    /// again and again, an unknown id) leaves the caches alone: a caller
+    /// cannot empty every gateway's cache, or grow the mark, at will.
+    #[tokio::test]
+    async fn a_revocation_that_changes_no_token_leaves_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        oauth_token(&store, "c1", "fam").await;
+        store.revoke_oauth_family("fam", 1).await.unwrap();
+        let a = store.changes.read().unwrap();
+        for _ in 0..3 {
+            store.revoke_oauth_family("fam", 2).await.unwrap();
+            store.revoke_oauth_client("c1", 2).await.unwrap();
+            assert!(!store.revoke_token("000000000000", 2).await.unwrap());
+        }
+        assert_eq!(store.changes.read().unwrap(), a);
     }
 
     #[tokio::test]

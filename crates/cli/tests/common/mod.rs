@@ -230,6 +230,17 @@ impl Quickstart {
             .output()
             .unwrap()
     }
+
+    /// A new token for `agent:quickstart`: (secret, id).
+    pub fn agent_token(&self) -> (String, String) {
+        created_token(&self.cli(&[
+            "token",
+            "create",
+            "--principal",
+            "agent:quickstart",
+            "--json",
+        ]))
+    }
 }
 
 /// Parse `export K='V'` lines by asking a real shell to source the file.
