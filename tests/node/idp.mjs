@@ -47,6 +47,8 @@ const jwks = {
     signingKey('ec', { namedCurve: 'P-256' }, 'ES256', `es-${crypto.randomUUID()}`),
   ],
 };
+// Progress on stderr (the test's log): a start that stalls shows where.
+process.stderr.write('idp: signing keys made\n');
 const groups = args.groups.split(',').filter(Boolean);
 
 const server = https.createServer({
@@ -55,6 +57,7 @@ const server = https.createServer({
 });
 
 server.listen(0, '127.0.0.1', () => {
+  process.stderr.write('idp: listening\n');
   const { port } = server.address();
   const issuer = `https://127.0.0.1:${port}`;
 

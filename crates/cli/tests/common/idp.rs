@@ -43,6 +43,62 @@ pub fn ensure_packages() {
     });
 }
 
+/// One provider process; its issuer once it prints the ready line, or a
+/// report of what it was doing when it did not within the wait.
+fn spawn_provider(
+    dir: &Path,
+    user: &str,
+    groups: &str,
+    extra: &[&str],
+    attempt: u32,
+) -> Result<(Child, String), String> {
+    let log_path = dir.join(format!("idp-{attempt}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new("node")
+        .arg(harness_dir().join("idp.mjs"))
+        .args(["--cert", dir.join("idp.pem").to_str().unwrap()])
+        .args(["--key", dir.join("idp.key").to_str().unwrap()])
+        .args(["--user", user, "--groups", groups])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("node is needed for the OIDC tests");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.strip_prefix("idp: ready issuer=") {
+                let _ = tx.send(i.to_string());
+            }
+        }
+    });
+    // Node starts in about a second here; a minute is generous even while
+    // the suite loads both cores.
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(issuer) => Ok((child, issuer)),
+        Err(e) => {
+            let proc_file = |f: &str| {
+                std::fs::read_to_string(format!("/proc/{}/{f}", child.id())).unwrap_or_default()
+            };
+            let state = proc_file("status")
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: gone")
+                .to_string();
+            let report = format!(
+                "({e:?}; {state}; wchan {}; exit {:?})\n{}",
+                proc_file("wchan"),
+                child.try_wait(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(report)
+        }
+    }
+}
+
 pub struct Idp {
     child: Child,
     pub issuer: String,
@@ -92,6 +148,12 @@ scopes = "openid groups"
     }
 
     /// [`Idp::start`] with more `idp.mjs` options (e.g. `--access-ttl`).
+    ///
+    /// Node has twice (once in CI, once here under a loaded suite) sat
+    /// for the full wait without printing its ready line while other
+    /// providers in the same binary started in a second or two, so a
+    /// start that stalls is reported (with what the process was doing)
+    /// and retried with a fresh process rather than failing the test.
     pub fn start_with(dir: &Path, user: &str, groups: &str, extra: &[&str]) -> Idp {
         ensure_packages();
         std::fs::create_dir_all(dir).unwrap();
@@ -105,42 +167,24 @@ scopes = "openid groups"
             .unwrap();
         std::fs::write(dir.join("idp.pem"), leaf.cert_pem).unwrap();
         std::fs::write(dir.join("idp.key"), leaf.key_pem).unwrap();
-        let log = std::fs::File::create(dir.join("idp.log")).unwrap();
-        let mut child = Command::new("node")
-            .arg(harness_dir().join("idp.mjs"))
-            .args(["--cert", dir.join("idp.pem").to_str().unwrap()])
-            .args(["--key", dir.join("idp.key").to_str().unwrap()])
-            .args(["--user", user, "--groups", groups])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("node is needed for the OIDC tests");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(i) = line.strip_prefix("idp: ready issuer=") {
-                    let _ = tx.send(i.to_string());
+        const ATTEMPTS: u32 = 3;
+        let mut stalls = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match spawn_provider(dir, user, groups, extra, attempt) {
+                Ok((child, issuer)) => {
+                    return Idp {
+                        child,
+                        issuer,
+                        ca: ca.cert_path().to_path_buf(),
+                    };
+                }
+                Err(report) => {
+                    eprintln!("test IdP start {attempt}/{ATTEMPTS} stalled: {report}");
+                    stalls.push_str(&report);
                 }
             }
-        });
-        // Generous: node starts slowly while the suite loads both cores.
-        let issuer = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(i) => i,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the test IdP did not start:\n{}",
-                    std::fs::read_to_string(dir.join("idp.log")).unwrap_or_default()
-                );
-            }
-        };
-        Idp {
-            child,
-            issuer,
-            ca: ca.cert_path().to_path_buf(),
         }
+        panic!("the test IdP did not start in {ATTEMPTS} attempts:\n{stalls}");
     }
 
     fn curl(&self, args: &[&str]) -> serde_json::Value {
