@@ -5,6 +5,7 @@
 mod detectors;
 mod json;
 mod metrics;
+mod prefilter;
 mod spec;
 mod stream;
 pub mod validate;
@@ -204,6 +205,9 @@ struct Field {
 pub struct Masker {
     detectors: Vec<Detector>,
     set: RegexSet,
+    /// Custom patterns are in `set`: the built-ins' first look
+    /// ([`prefilter`]) does not stand for them.
+    has_custom: bool,
     words: Vec<Words>,
     fields: Vec<Field>,
     hash_key: aws_lc_rs::hmac::Key,
@@ -372,6 +376,7 @@ impl Masker {
         };
         let streamable = fields.iter().all(|f| f.paths.is_empty());
         Ok(Self {
+            has_custom: !spec.custom.is_empty(),
             detectors,
             set,
             words,
@@ -394,22 +399,33 @@ impl Masker {
             .collect()
     }
 
+    /// Whether any detector or word list may match in `text` (a cheap
+    /// first look: false means [`Self::mask_str`] would change nothing).
+    pub fn may_match(&self, text: &str) -> bool {
+        (self.set_may_match(text) && self.set.is_match(text))
+            || self.words.iter().any(|w| w.matcher.is_match(text))
+    }
+
+    /// False only when no detector in the set can match `text`: the
+    /// built-ins' byte-level condition, unless custom patterns are in it.
+    fn set_may_match(&self, text: &str) -> bool {
+        self.has_custom || prefilter::builtins_may_match(text)
+    }
+
     /// The findings in `text`, left to right, non-overlapping. Each source
     /// (detector or word list) keeps its next candidate at or after the
     /// current position; the earliest (then longest, then strongest) wins,
     /// and sources whose candidate it overlapped search again after it.
     /// Masking the output again therefore finds nothing new: every value
     /// is looked for in the same context either way.
-    /// Whether any detector or word list may match in `text` (a cheap
-    /// first look: false means [`Self::mask_str`] would change nothing).
-    pub fn may_match(&self, text: &str) -> bool {
-        self.set.is_match(text) || self.words.iter().any(|w| w.matcher.is_match(text))
-    }
-
     fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
-        let matched = self.set.matches(text);
+        let matched: Vec<usize> = if self.set_may_match(text) {
+            self.set.matches(text).into_iter().collect()
+        } else {
+            Vec::new()
+        };
         let mut sources: Vec<Cursor> = matched
-            .iter()
+            .into_iter()
             .map(Source::Detector)
             .chain((0..self.words.len()).map(Source::Words))
             .map(|source| Cursor {
