@@ -10,8 +10,8 @@ haproxy     client -> HAProxy -> upstream
 Measured with wrk: latency at 1 keep-alive connection (p50, p99), requests
 per second and p99 at 64 connections, with 1 KiB and 64 KiB JSON
 responses; masking off and on (Portcullis only); new-connection rate (a
-full TLS handshake per request). Resident memory of Portcullis idle and
-with 1,000 and 9,000 idle TLS connections (the hard limit on open files here is 20,000, and each idle connection costs the client a socket too). Results go to
+full TLS handshake per request). Resident memory of Portcullis fresh (before
+any load), idle after the load (and that over fresh), and with 1,000 and 9,000 idle TLS connections (the hard limit on open files here is 20,000, and each idle connection costs the client a socket too). Results go to
 bench/results/<date>-http.md and .json.
 """
 import datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys, time
@@ -196,6 +196,9 @@ connections = ["bench", "bench-masked", "bench-agent"]
                 logs = {f: open(f"{d}/{f}").read() for f in os.listdir(d) if f.endswith(".log")}
                 sys.exit(f"{name} is not listening on {p}: {json.dumps(logs, indent=1)}")
 
+        # Resident memory before any load (the target compares the idle
+        # figure after the load with this one).
+        fresh_kib = rss_kib(gw.pid)
         base = {
             "direct": (f"https://localhost:{ports['upstream']}", ["-H", f"X-Api-Key: {KEY}"]),
             "portcullis": (f"https://localhost:{gw_port}/c/bench", ["-H", f"Authorization: Bearer {token}"]),
@@ -240,7 +243,8 @@ connections = ["bench", "bench-masked", "bench-agent"]
                     results.setdefault(name, {}).setdefault(s, []).append(r)
             print(f"done: {name}", file=sys.stderr)
 
-        memory = idle_memory(gw.pid, gw_port, f"{d}/ca.pem")
+        memory = {"fresh_kib": fresh_kib, **idle_memory(gw.pid, gw_port, f"{d}/ca.pem")}
+        memory["after_load_over_fresh"] = round(memory["idle_kib"] / max(fresh_kib, 1), 2)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -22,6 +22,11 @@ mod token_cmd;
 
 use std::path::PathBuf;
 
+/// mimalloc rather than glibc's malloc: measured in bench/ (resident
+/// memory after a load ends, and CPU per request); see docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
