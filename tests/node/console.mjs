@@ -190,6 +190,9 @@ try {
         await page.fill('#explain-principal', p);
         await page.fill('#explain-groups', g);
         await page.fill('#explain-connection', c);
+        // Empty the last answer first: a second explain on the same page
+        // would otherwise read the first one before the new one arrives.
+        await page.evaluate(() => { document.getElementById('explain-answer').textContent = ''; });
         await page.click('#explain button[type=submit]');
         await page.waitForFunction(() => document.getElementById('explain-answer').textContent);
         out({
