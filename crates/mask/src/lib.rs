@@ -419,13 +419,10 @@ impl Masker {
     /// Masking the output again therefore finds nothing new: every value
     /// is looked for in the same context either way.
     fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
-        let matched: Vec<usize> = if self.set_may_match(text) {
-            self.set.matches(text).into_iter().collect()
-        } else {
-            Vec::new()
-        };
+        let matched = self.set_may_match(text).then(|| self.set.matches(text));
         let mut sources: Vec<Cursor> = matched
             .into_iter()
+            .flatten()
             .map(Source::Detector)
             .chain((0..self.words.len()).map(Source::Words))
             .map(|source| Cursor {

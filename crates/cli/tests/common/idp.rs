@@ -2,10 +2,9 @@
 //! (certified) run by Node.js from `tests/node/idp.mjs`, over HTTPS on
 //! loopback with a certificate from a test CA.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use portcullis_tls::{CertificateAuthority, LeafKind};
@@ -64,18 +63,9 @@ fn spawn_provider(
         .stderr(log)
         .spawn()
         .expect("node is needed for the OIDC tests");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.strip_prefix("idp: ready issuer=") {
-                let _ = tx.send(i.to_string());
-            }
-        }
-    });
     // Node starts in about a second here; a minute is generous even while
     // the suite loads both cores.
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match super::ready_line(&mut child, "idp: ready issuer=", Duration::from_secs(60)) {
         Ok(issuer) => Ok((child, issuer)),
         Err(e) => {
             let proc_file = |f: &str| {

@@ -29,6 +29,26 @@ pub struct Proc {
     pub admin: Option<String>,
 }
 
+/// The rest of the first line `child` prints on stdout (piped) that starts
+/// with `prefix`, read by a thread of its own; the error if none comes
+/// within `wait`.
+pub fn ready_line(
+    child: &mut Child,
+    prefix: &'static str,
+    wait: Duration,
+) -> Result<String, mpsc::RecvTimeoutError> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    rx.recv_timeout(wait)
+}
+
 impl Proc {
     /// Start `portcullis ARGS` with stderr going to `log`, and wait for its
     /// "ready" line on stdout.
@@ -43,16 +63,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .expect("spawn portcullis");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("portcullis: ready ") {
-                    let _ = tx.send(rest.to_string());
-                }
-            }
-        });
-        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+        let ready = match ready_line(&mut child, "portcullis: ready ", Duration::from_secs(60)) {
             Ok(u) => u,
             Err(_) => {
                 let _ = child.kill();
