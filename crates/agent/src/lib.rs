@@ -6,6 +6,7 @@
 //! credential (the HTTP header, SCRAM for PostgreSQL), through the same
 //! `Upstream`/`PgUpstream` types the gateway uses in-process.
 
+mod pg;
 mod serve;
 
 use std::collections::HashMap;

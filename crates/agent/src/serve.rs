@@ -13,10 +13,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_http::BodyState;
 use portcullis_link::{
-    Body, HDR_CONNECTION, HDR_LINK_ERROR, HDR_OP, HDR_PG_ACCESS, HDR_PG_PARAMS, HDR_PG_PID,
-    HDR_PG_SECRET, Hello, RemoteError,
+    Body, HDR_CONNECTION, HDR_LINK_ERROR, HDR_OP, HDR_PG_PID, HDR_PG_SECRET, Hello, RemoteError,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 /// The upstream half of one connection, as the agent runs it.
@@ -25,12 +24,12 @@ pub enum Local {
     Postgres(Arc<portcullis_postgres::PgUpstream>),
 }
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An answer that is the agent's own failure, not the target's.
-fn link_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
+pub(crate) fn link_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
     let body = serde_json::to_vec(&RemoteError {
         error: error.into(),
         message: message.into(),
@@ -116,7 +115,7 @@ async fn handle(
             _ => unknown(&connection, "http"),
         },
         "pg" => match locals.get(&connection) {
-            Some(Local::Postgres(u)) => open_pg(req, u.clone(), &connection).await,
+            Some(Local::Postgres(u)) => crate::pg::open(req, u.clone(), &connection).await,
             _ => unknown(&connection, "postgres"),
         },
         "pg-cancel" => match locals.get(&connection) {
@@ -188,60 +187,4 @@ async fn relay_http(
             link_error(StatusCode::BAD_GATEWAY, "upstream", &e.to_string())
         }
     }
-}
-
-/// Connect and authenticate to the target, answer 200, and once the
-/// stream is upgraded: send the target's startup messages, then relay.
-async fn open_pg(
-    mut req: Request<Incoming>,
-    upstream: Arc<portcullis_postgres::PgUpstream>,
-    connection: &str,
-) -> Response<Body> {
-    let params: Vec<(String, String)> = req
-        .headers()
-        .get(HDR_PG_PARAMS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_default();
-    // The gateway's mode for this connection; anything but an explicit
-    // read-write is read-only (fail closed).
-    let read_only = req
-        .headers()
-        .get(HDR_PG_ACCESS)
-        .is_none_or(|v| v.as_bytes() != b"read-write");
-    let session = match upstream.connect_as(&params, read_only).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(%connection, error = %e, "target session failed");
-            return link_error(StatusCode::BAD_GATEWAY, "upstream", &e.to_string());
-        }
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let connection = connection.to_string();
-    tokio::spawn(async move {
-        let tunnel = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::info!(%connection, error = %e, "session stream was not upgraded");
-                return;
-            }
-        };
-        let mut tunnel = TokioIo::new(tunnel);
-        let startup = portcullis_postgres::PgUpstream::startup_bytes(&session);
-        let (reader, writer) = (session.reader, session.writer);
-        let (read_half, buffered) = reader.into_parts();
-        let mut target = read_half.unsplit(writer);
-        if tunnel.write_all(&startup).await.is_err() || tunnel.write_all(&buffered).await.is_err() {
-            return;
-        }
-        // Each direction has its own HTTP/2 flow-control window: a caller
-        // that stops reading stalls only this session.
-        match tokio::io::copy_bidirectional(&mut tunnel, &mut target).await {
-            Ok((up, down)) => {
-                tracing::debug!(%connection, up, down, "session over the link ended")
-            }
-            Err(e) => tracing::debug!(%connection, error = %e, "session over the link ended"),
-        }
-    });
-    Response::new(full(Bytes::new()))
 }

@@ -67,7 +67,10 @@ impl Setup {
             .unwrap();
         let child = Command::new(BIN)
             .args(["--config", dir.join(config).to_str().unwrap(), "agent"])
-            .env("PORTCULLIS_LOG", "info")
+            .env(
+                "PORTCULLIS_LOG",
+                "info,portcullis_agent=debug,portcullis_postgres=debug",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -411,6 +414,85 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
         );
     }
     assert!(!s.agent_log().contains(API_CANARY) && !s.agent_log().contains(PG_PASSWORD));
+}
+
+/// The agent keeps a target session for the next caller only when the
+/// last one left it idle, and then reset: the same backend, nothing of the
+/// last caller's left in it. A caller that leaves inside a transaction,
+/// with an answer still in flight or in the middle of an unsynced
+/// pipeline costs the agent that session instead.
+#[test]
+fn the_agent_hands_on_only_idle_reset_sessions() {
+    let s = setup();
+    let ca = std::path::PathBuf::from(&s.ca);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let login = || wire::Wire::login(s.pg_port, &ca, "db", &s.token);
+    // The agent resets and keeps a session after the caller has gone.
+    let settle = || std::thread::sleep(Duration::from_millis(500));
+    rt.block_on(async {
+        let mut a = login().await;
+        let pid_a = a
+            .value(
+                "SET search_path TO pg_catalog; CREATE TEMP TABLE left_behind(x int); \
+                 PREPARE p AS SELECT 1; SELECT pg_backend_pid()",
+            )
+            .await;
+        a.terminate().await;
+        settle();
+
+        let mut b = login().await;
+        assert_eq!(
+            b.value("SELECT pg_backend_pid()").await,
+            pid_a,
+            "an idle session is kept; agent log:\n{}",
+            s.agent_log()
+        );
+        assert_eq!(
+            b.value("SELECT current_setting('search_path')").await,
+            "\"$user\", public"
+        );
+        assert_eq!(
+            b.value("SELECT count(*) FROM pg_prepared_statements").await,
+            "0"
+        );
+        assert_eq!(
+            b.value("SELECT to_regclass('pg_temp.left_behind') IS NULL")
+                .await,
+            "t"
+        );
+        b.terminate().await;
+        settle();
+
+        // Left inside a transaction: closed.
+        let mut c = login().await;
+        assert_eq!(c.value("BEGIN; SELECT pg_backend_pid()").await, pid_a);
+        c.terminate().await;
+        settle();
+        let mut d = login().await;
+        let pid_d = d.value("SELECT pg_backend_pid()").await;
+        assert_ne!(pid_d, pid_a, "a session left in a transaction was kept");
+
+        // Left with its answer still on the way: closed.
+        d.query("SELECT pg_sleep(0.5), 'from d'").await;
+        d.terminate().await;
+        settle();
+        settle();
+        let mut e = login().await;
+        let pid_e = e.value("SELECT pg_backend_pid()").await;
+        assert_ne!(pid_e, pid_d, "a session with an answer in flight was kept");
+        assert_eq!(e.value("SELECT 'from e'").await, "from e");
+
+        // Left in the middle of an unsynced pipeline: closed.
+        e.parse("", "SELECT 1").await;
+        e.bind("").await;
+        e.execute().await;
+        e.terminate().await;
+        settle();
+        let mut f = login().await;
+        let pid_f = f.value("SELECT pg_backend_pid()").await;
+        assert_ne!(pid_f, pid_e, "a session in an unsynced pipeline was kept");
+        f.terminate().await;
+    });
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! connection. The upstream half ([`PgUpstream`]) holds the target's
 //! credential. Between them every message passes the inspector chain.
 
+pub mod bounds;
 mod budget;
 pub mod catalog;
 mod checked;
@@ -23,4 +24,6 @@ mod statements;
 mod upstream;
 
 pub use front::{ALPN, PgFront, PgMetrics};
-pub use upstream::{PgUpstream, QueryOutcome, SetupError, UpstreamError, UpstreamSession};
+pub use upstream::{
+    MAX_BACKEND_MESSAGE, PgUpstream, QueryOutcome, SetupError, UpstreamError, UpstreamSession,
+};

@@ -173,6 +173,20 @@ async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, count: &
     ok
 }
 
+/// How long a session over an agent's link waits for the agent to close
+/// its side after the caller's goodbye.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Over an agent's link the target stream is an HTTP/2 stream, and
+/// dropping it resets it: whatever is still queued, the caller's
+/// Terminate included, is discarded. Waiting for the agent to close its
+/// side first lets it see the goodbye, and keep its target session if
+/// the caller left it idle.
+async fn linger<R: AsyncRead + Unpin>(up_r: &mut FrameReader<R>) {
+    let drain = async { while let Ok(Some(_)) = up_r.next().await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// The state both directions share. (Atomics only because the future
 /// must be Send; both directions run in one task.)
 pub(crate) struct Relay<'a, W> {
@@ -251,6 +265,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             pid,
             secret,
             status: _,
+            read_only,
         } = up;
         caller_r.set_max(ctx.max_message);
         let credential_ended = async {
@@ -279,13 +294,23 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 pid,
                 secret,
                 status: b'I',
+                read_only,
             })
         } else {
+            // The caller's own Terminate went through unless sessions are
+            // kept here; a second one would reach an agent as bytes after
+            // the goodbye and cost it the session it could keep.
+            let said = matches!(exit, Exit::CallerTerminated) && !ctx.upstream.reuse();
             if !matches!(exit, Exit::UpstreamGone) {
-                // Tell the target we are done, so its backend ends now.
-                let bye = Message::new(tag::TERMINATE, bytes::Bytes::new());
-                let _ = up_w.write_all(&bye.to_bytes()).await;
+                if !said {
+                    // Tell the target we are done, so its backend ends now.
+                    let bye = Message::new(tag::TERMINATE, bytes::Bytes::new());
+                    let _ = up_w.write_all(&bye.to_bytes()).await;
+                }
                 let _ = up_w.shutdown().await;
+                if said && ctx.upstream.agent().is_some() {
+                    linger(&mut up_r).await;
+                }
             }
             None
         };

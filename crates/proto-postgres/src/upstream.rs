@@ -176,6 +176,9 @@ pub struct UpstreamSession {
     pub pid: i32,
     pub secret: i32,
     pub status: u8,
+    /// Opened read-only on the target: an idle session is only handed
+    /// on to callers in the mode it was opened in.
+    pub read_only: bool,
 }
 
 /// Startup parameters a caller may pass through to the target. Anything
@@ -472,7 +475,7 @@ impl PgUpstream {
                 idle.remove(0);
             }
             idle.push(Idle {
-                key: Self::key(caller_params, self.read_only),
+                key: Self::key(caller_params, session.read_only),
                 session,
                 since: std::time::Instant::now(),
             });
@@ -566,7 +569,7 @@ impl PgUpstream {
         let stream: BoxStream = Box::new(io);
         let (r, w) = tokio::io::split(stream);
         let reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
-        read_startup(reader, w).await
+        read_startup(reader, w, self.read_only).await
     }
 
     fn link_error(&self, e: portcullis_link::LinkError) -> UpstreamError {
@@ -617,7 +620,7 @@ impl PgUpstream {
             .map_err(UpstreamError::Connect)?;
 
         self.authenticate(&mut reader, &mut w).await?;
-        read_startup(reader, w).await
+        read_startup(reader, w, read_only).await
     }
 
     async fn authenticate<R, W>(
@@ -987,6 +990,7 @@ pub(crate) fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
 async fn read_startup(
     mut reader: FrameReader<tokio::io::ReadHalf<BoxStream>>,
     w: tokio::io::WriteHalf<BoxStream>,
+    read_only: bool,
 ) -> Result<UpstreamSession, UpstreamError> {
     let mut startup_messages = Vec::new();
     let (mut pid, mut secret) = (0, 0);
@@ -1009,6 +1013,7 @@ async fn read_startup(
                     pid,
                     secret,
                     status,
+                    read_only,
                 });
             }
             tag::ERROR_RESPONSE => return Err(UpstreamError::Server(error_text(&m))),

@@ -74,6 +74,25 @@ impl Wire {
         self.send(b'Q', &[sql.as_bytes(), b"\0"].concat()).await;
     }
 
+    /// The first column of the first row `sql` answers, as text.
+    pub async fn value(&mut self, sql: &str) -> String {
+        self.query(sql).await;
+        let answers = self.until(b'Z').await;
+        let (_, row) = answers
+            .iter()
+            .find(|(t, _)| *t == b'D')
+            .unwrap_or_else(|| panic!("no row for {sql:?}: {answers:?}"));
+        let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]);
+        String::from_utf8_lossy(&row[6..6 + len as usize]).into_owned()
+    }
+
+    /// Say goodbye (Terminate) and close, without reading what is still
+    /// on its way.
+    pub async fn terminate(mut self) {
+        self.send(b'X', b"").await;
+        let _ = self.tls.shutdown().await;
+    }
+
     /// Answers up to and including the first of tag `last`.
     pub async fn until(&mut self, last: u8) -> Vec<Answer> {
         let mut out = Vec::new();
