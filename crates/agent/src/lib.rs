@@ -176,7 +176,15 @@ impl Agent {
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS: {e}"))?;
         tracing::info!(%gateway, "link established; serving");
-        serve::serve_link(stream, self.locals.clone(), self.hello.clone(), stop).await
+        let gateway: Arc<str> = gateway.to_string().into();
+        serve::serve_link(
+            stream,
+            self.locals.clone(),
+            self.hello.clone(),
+            gateway,
+            stop,
+        )
+        .await
     }
 }
 

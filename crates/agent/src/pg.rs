@@ -15,11 +15,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use portcullis_link::{Body, HDR_PG_ACCESS, HDR_PG_PARAMS};
-use portcullis_postgres::bounds::{Bounds, SYNC_POINTS};
+use portcullis_link::{Body, HDR_PG_ACCESS, HDR_PG_OWNER, HDR_PG_PARAMS};
+use portcullis_postgres::bounds::Bounds;
 use portcullis_postgres::frame::{Message, tag};
 use portcullis_postgres::io::FrameReader;
-use portcullis_postgres::{MAX_BACKEND_MESSAGE, PgUpstream, UpstreamSession};
+use portcullis_postgres::{MAX_BACKEND_MESSAGE, Owner, PgUpstream, UpstreamSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::serve::{full, link_error};
@@ -34,6 +34,7 @@ pub(crate) async fn open(
     mut req: Request<Incoming>,
     upstream: Arc<PgUpstream>,
     connection: &str,
+    gateway: &str,
 ) -> Response<Body> {
     let params: Vec<(String, String)> = req
         .headers()
@@ -47,7 +48,8 @@ pub(crate) async fn open(
         .headers()
         .get(HDR_PG_ACCESS)
         .is_none_or(|v| v.as_bytes() != b"read-write");
-    let session = match upstream.connect_as(&params, read_only).await {
+    let owner = owner(&req, gateway);
+    let session = match upstream.connect_as(&params, read_only, owner).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%connection, error = %e, "target session failed");
@@ -72,6 +74,17 @@ pub(crate) async fn open(
         }
     });
     Response::new(full(Bytes::new()))
+}
+
+/// Whose the session is: the owner the gateway named, through that
+/// gateway (an agent linked to several gateways keeps their callers
+/// apart, since each admits them under its own policy). Unnamed: nobody's,
+/// never kept.
+fn owner(req: &Request<Incoming>, gateway: &str) -> Owner {
+    match req.headers().get(HDR_PG_OWNER).map(|v| v.to_str()) {
+        Some(Ok(tag)) if !tag.is_empty() => Owner::Caller(format!("{gateway} {tag}")),
+        _ => Owner::Nobody,
+    }
 }
 
 /// How the caller's side of a relayed session ended.
@@ -103,10 +116,11 @@ pub(crate) async fn relay<T>(
         secret,
         status,
         read_only,
+        owner,
     } = session;
     let (mut target_r, buffered) = reader.into_parts();
     let (mut tunnel_r, mut tunnel_w) = tokio::io::split(tunnel);
-    let mut sent = Bounds::counting(SYNC_POINTS);
+    let mut sent = Bounds::caller();
     let mut answered = Bounds::after_startup(status);
     answered.feed(&buffered);
     if tunnel_w.write_all(&startup).await.is_err() || tunnel_w.write_all(&buffered).await.is_err() {
@@ -130,6 +144,7 @@ pub(crate) async fn relay<T>(
             secret,
             status: b'I',
             read_only,
+            owner,
         };
         // Resets it (DISCARD ALL, checked) or closes it.
         upstream.checkin(params, session).await;

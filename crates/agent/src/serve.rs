@@ -50,6 +50,7 @@ pub(crate) async fn serve_link<IO>(
     io: IO,
     locals: Arc<HashMap<String, Local>>,
     hello: Arc<Hello>,
+    gateway: Arc<str>,
     stop: CancellationToken,
 ) -> Result<(), String>
 where
@@ -58,7 +59,8 @@ where
     let svc = service_fn(move |req| {
         let locals = locals.clone();
         let hello = hello.clone();
-        async move { Ok::<_, Infallible>(handle(req, &locals, &hello).await) }
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(handle(req, &locals, &hello, &gateway).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -84,6 +86,7 @@ async fn handle(
     req: Request<Incoming>,
     locals: &HashMap<String, Local>,
     hello: &Hello,
+    gateway: &str,
 ) -> Response<Body> {
     let op = req
         .headers()
@@ -115,7 +118,7 @@ async fn handle(
             _ => unknown(&connection, "http"),
         },
         "pg" => match locals.get(&connection) {
-            Some(Local::Postgres(u)) => crate::pg::open(req, u.clone(), &connection).await,
+            Some(Local::Postgres(u)) => crate::pg::open(req, u.clone(), &connection, gateway).await,
             _ => unknown(&connection, "postgres"),
         },
         "pg-cancel" => match locals.get(&connection) {

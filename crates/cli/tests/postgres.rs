@@ -860,6 +860,29 @@ fn upstream_sessions_are_reused_and_reset_between_callers() {
     });
     assert!(gone, "the in-transaction upstream session was closed");
 
+    // Another principal never gets a session this one left: some state
+    // outlives DISCARD ALL (setseed, a dblink connection).
+    let mine = pid("rw");
+    assert_eq!(pid("rw"), mine);
+    let cfg = g.tmp.path().join("portcullis.toml");
+    let out = cli_at(
+        &cfg,
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:other",
+            "--group",
+            "testers",
+        ],
+    );
+    assert!(out.status.success());
+    let other = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let theirs = text(&g.psql_as(&other, "rw", &["-c", "select pg_backend_pid()"], None)).0;
+    assert!(!theirs.is_empty());
+    assert_ne!(theirs, mine, "another principal got agent:tester's session");
+    assert_eq!(pid("rw"), mine, "the principal that left it gets it back");
+
     // reuse = false: a new upstream session every time.
     let a = pid("fresh");
     let b = pid("fresh");

@@ -37,6 +37,10 @@ pub const HDR_PG_PARAMS: &str = "portcullis-pg-params";
 /// The access mode the gateway enforces for a PostgreSQL session
 /// (`read-only` or `read-write`): the agent enforces it on the target too.
 pub const HDR_PG_ACCESS: &str = "portcullis-pg-access";
+/// Whose session this is, as an opaque tag: the agent hands an idle
+/// target session back only to the same owner through the same gateway;
+/// absent, it never keeps the session.
+pub const HDR_PG_OWNER: &str = "portcullis-pg-owner";
 pub const HDR_PG_PID: &str = "portcullis-pg-pid";
 pub const HDR_PG_SECRET: &str = "portcullis-pg-secret";
 /// Set by the agent on an answer that is its own error (JSON

@@ -190,9 +190,14 @@ impl AgentRegistry {
         connection: &str,
         params: &[(String, String)],
         read_only: bool,
+        owner: Option<&str>,
     ) -> Result<TunnelStream, LinkError> {
         let params = serde_json::to_string(params).map_err(|e| remote(agent, &e.to_string()))?;
-        let mut req = Request::builder()
+        let mut req = Request::builder();
+        if let Some(owner) = owner {
+            req = req.header(crate::HDR_PG_OWNER, header_value(owner)?);
+        }
+        let mut req = req
             .method(Method::CONNECT)
             .uri("https://agent/pg")
             .version(http::Version::HTTP_2)

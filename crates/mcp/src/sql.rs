@@ -221,8 +221,9 @@ pub(crate) async fn run(
         reason,
     };
     let work = async {
+        let owner = portcullis_postgres::Owner::Caller(who.principal.subject.clone());
         let mut session = upstream
-            .connect(&[])
+            .connect(&[], owner)
             .await
             .map_err(|e| target_err(e.to_string()))?;
         session

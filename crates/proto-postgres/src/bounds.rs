@@ -29,6 +29,10 @@ pub struct Bounds {
     /// The tags counted (see [`Bounds::counted`]).
     counts: &'static [u8],
     counted: u64,
+    /// Tags that leave work unsynced until the next counted one.
+    opens: &'static [u8],
+    /// Such a message came after the last counted one.
+    unsynced: bool,
     header: [u8; 5],
     /// Header bytes of the current message seen so far (0 between
     /// messages).
@@ -50,13 +54,26 @@ pub struct Bounds {
 pub const SYNC_POINTS: &[u8] = &[tag::QUERY, tag::SYNC, tag::FUNCTION_CALL];
 /// The target's answer that closes each sync point.
 pub const READY: &[u8] = &[tag::READY_FOR_QUERY];
+/// Extended-protocol messages from the caller: the target answers them
+/// only once a sync point follows (and, after an error, discards what
+/// comes before it).
+pub const UNSYNCED: &[u8] = &[
+    tag::PARSE,
+    tag::BIND,
+    tag::DESCRIBE,
+    tag::EXECUTE,
+    tag::CLOSE,
+    tag::FLUSH,
+];
 
 impl Bounds {
     /// A stream at a message boundary, counting messages tagged `counts`.
-    pub fn counting(counts: &'static [u8]) -> Self {
+    fn counting(counts: &'static [u8], opens: &'static [u8]) -> Self {
         Self {
             counts,
             counted: 0,
+            opens,
+            unsynced: false,
             header: [0; 5],
             have: 0,
             left: 0,
@@ -70,7 +87,7 @@ impl Bounds {
     /// The target's side of a session whose startup ended with
     /// ReadyForQuery(`status`) (not counted: no caller's sync asked for it).
     pub fn after_startup(status: u8) -> Self {
-        let mut b = Self::counting(READY);
+        let mut b = Self::counting(READY, &[]);
         b.last = Some(Last {
             tag: tag::READY_FOR_QUERY,
             len: 5,
@@ -78,6 +95,12 @@ impl Bounds {
             began_at: None,
         });
         b
+    }
+
+    /// The caller's side of a session: its [`SYNC_POINTS`] counted, and
+    /// whether [`UNSYNCED`] work follows the last of them.
+    pub fn caller() -> Self {
+        Self::counting(SYNC_POINTS, UNSYNCED)
     }
 
     /// Follow `chunk`, the next bytes of the stream.
@@ -131,6 +154,9 @@ impl Bounds {
         let t = self.header[0];
         if self.counts.contains(&t) {
             self.counted += 1;
+            self.unsynced = false;
+        } else if self.opens.contains(&t) {
+            self.unsynced = true;
         }
         self.last = Some(Last {
             tag: t,
@@ -176,11 +202,13 @@ impl Bounds {
     /// Whether a target session is idle once the caller's side (`sent`,
     /// counting [`SYNC_POINTS`]) and the target's side (`answered`,
     /// counting [`READY`] after [`Bounds::after_startup`]) have stopped:
-    /// both between messages, every sync point answered, and the last
-    /// answer "idle, no transaction". Any doubt is a no: the session is
+    /// both between messages, no extended-protocol work after the last
+    /// sync point, every sync point answered, and the last answer "idle,
+    /// no transaction". Any doubt is a no: the session is
     /// then closed rather than handed on.
     pub fn idle_after(sent: &Bounds, answered: &Bounds) -> bool {
         sent.at_boundary()
+            && !sent.unsynced
             && answered.at_boundary()
             && sent.counted() == answered.counted()
             && answered.last().is_some_and(|l| {
@@ -215,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_query_and_its_answer_leave_the_session_idle() {
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         let mut down = Bounds::after_startup(b'I');
         up.feed(&messages::query("SELECT 1").to_bytes());
         assert!(!Bounds::idle_after(&up, &down), "the answer is still due");
@@ -229,7 +257,7 @@ mod tests {
 
     #[test]
     fn an_open_transaction_or_a_half_message_is_not_idle() {
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         up.feed(&messages::query("BEGIN").to_bytes());
         let mut down = Bounds::after_startup(b'I');
         down.feed(&messages::ready_for_query(b'T').to_bytes());
@@ -245,33 +273,48 @@ mod tests {
 
     #[test]
     fn terminate_counts_only_whole_and_last_in_its_chunk() {
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         let mut chunk = messages::query("SELECT 1").to_bytes().to_vec();
         chunk.extend(msg(tag::TERMINATE, b""));
         up.feed(&chunk);
         assert_eq!(up.ends_with_terminate(chunk.len()), Some(chunk.len() - 5));
 
         // Split across chunks: the first part already went to the target.
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         up.feed(&chunk[..chunk.len() - 2]);
         up.feed(&chunk[chunk.len() - 2..]);
         assert_eq!(up.ends_with_terminate(2), None);
 
         // Something after it, or a Terminate with a body, is not a goodbye.
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         let mut more = chunk.clone();
         more.extend(messages::query("SELECT 2").to_bytes());
         up.feed(&more);
         assert_eq!(up.ends_with_terminate(more.len()), None);
-        let mut up = Bounds::counting(SYNC_POINTS);
+        let mut up = Bounds::caller();
         let odd = msg(tag::TERMINATE, b"x");
         up.feed(&odd);
         assert_eq!(up.ends_with_terminate(odd.len()), None);
     }
 
     #[test]
+    fn extended_work_without_a_sync_is_not_idle() {
+        let down = Bounds::after_startup(b'I');
+        for t in UNSYNCED {
+            let mut up = Bounds::caller();
+            up.feed(&msg(*t, b"\0\0\0"));
+            assert!(!Bounds::idle_after(&up, &down), "{}", *t as char);
+            // A sync point after it, answered, settles it.
+            up.feed(&msg(tag::SYNC, b""));
+            let mut down = down.clone();
+            down.feed(&messages::ready_for_query(b'I').to_bytes());
+            assert!(Bounds::idle_after(&up, &down), "{}", *t as char);
+        }
+    }
+
+    #[test]
     fn a_length_under_four_breaks_the_stream_for_good() {
-        let mut b = Bounds::counting(SYNC_POINTS);
+        let mut b = Bounds::caller();
         b.feed(b"Q\0\0\0\x02");
         assert!(!b.at_boundary());
         b.feed(&messages::query("SELECT 1").to_bytes());
@@ -298,9 +341,9 @@ mod tests {
             let bytes = &bytes[..bytes.len().saturating_sub(trim)];
             let mut cuts = cuts;
             cuts.sort();
-            let mut whole = Bounds::counting(SYNC_POINTS);
+            let mut whole = Bounds::caller();
             whole.feed(bytes);
-            let mut split = Bounds::counting(SYNC_POINTS);
+            let mut split = Bounds::caller();
             feed_split(&mut split, bytes, &cuts);
             prop_assert_eq!(whole.at_boundary(), split.at_boundary());
             prop_assert_eq!(whole.counted(), split.counted());

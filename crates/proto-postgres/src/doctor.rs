@@ -245,7 +245,7 @@ pub fn advice(role_suggestion: &str, database: &str) -> String {
 /// Ask the target what the connection's role can do. Opens a session of
 /// its own and ends it.
 pub async fn check(upstream: &PgUpstream) -> Result<RoleReport, UpstreamError> {
-    let mut session = upstream.connect(&[]).await?;
+    let mut session = upstream.connect(&[], crate::Owner::Gateway).await?;
     let rows = tokio::time::timeout(QUERY_TIMEOUT, session.simple_rows(ROLE_QUERY))
         .await
         .map_err(|_| UpstreamError::Timeout(QUERY_TIMEOUT));

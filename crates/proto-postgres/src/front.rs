@@ -670,7 +670,8 @@ impl Inner {
                 masks,
             )
         });
-        let up = match upstream.connect(&startup.params).await {
+        let owner = crate::Owner::Caller(admitted.principal.subject.clone());
+        let up = match upstream.connect(&startup.params, owner).await {
             Ok(u) => u,
             Err(e) => {
                 open.seal(closing(Outcome::UpstreamError, Some(e.to_string()), 0, 0))

@@ -139,6 +139,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.max = max;
     }
 
+    /// Bytes read and not yet returned as a message.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }

@@ -25,5 +25,6 @@ mod upstream;
 
 pub use front::{ALPN, PgFront, PgMetrics};
 pub use upstream::{
-    MAX_BACKEND_MESSAGE, PgUpstream, QueryOutcome, SetupError, UpstreamError, UpstreamSession,
+    MAX_BACKEND_MESSAGE, Owner, PgUpstream, QueryOutcome, SetupError, UpstreamError,
+    UpstreamSession,
 };

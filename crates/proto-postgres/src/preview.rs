@@ -472,7 +472,10 @@ pub async fn preview(
     // a target that stops answering).
     let bound = limits.statement_timeout * 4 + Duration::from_secs(5);
     let run = async {
-        let mut session = up.connect(&[]).await.map_err(|e| e.to_string())?;
+        let mut session = up
+            .connect(&[], crate::Owner::Gateway)
+            .await
+            .map_err(|e| e.to_string())?;
         let outcome = run(up, &mut session, sql, &target, masks, limits).await;
         // Whatever happened, nothing stays: roll back, and keep the session
         // only if it is idle again.

@@ -266,6 +266,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             secret,
             status: _,
             read_only,
+            owner,
         } = up;
         caller_r.set_max(ctx.max_message);
         let credential_ended = async {
@@ -295,6 +296,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 secret,
                 status: b'I',
                 read_only,
+                owner,
             })
         } else {
             // The caller's own Terminate went through unless sessions are
@@ -333,6 +335,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         let _ = w.shutdown().await;
         let idle = self.syncs_sent.load(Ordering::Relaxed)
             == self.ready_seen.load(Ordering::Relaxed)
+            && !self.unsynced.load(Ordering::Relaxed)
             && self.last_status.load(Ordering::Relaxed) == b'I';
         let no_refusals = self
             .pending

@@ -145,9 +145,38 @@ const MASK_CATALOG_FOR: Duration = Duration::from_secs(30);
 /// Distinct masking rules' queries kept.
 const MASK_CATALOG_MAX: usize = 16;
 
+/// Whose a target session is, for reuse. An idle session goes back only
+/// to the owner that left it: `DISCARD ALL` resets what PostgreSQL itself
+/// keeps per session, but not everything an extension or a language keeps
+/// (a `dblink` connection and what it can read, `setseed`, PL/Perl's
+/// `%_SHARED`, a replication origin), and no such state may cross from one
+/// identity to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// The gateway's own work (catalog look-ups, previews): never handed
+    /// to a caller.
+    Gateway,
+    /// A caller, by principal (at an agent: the gateway it came through
+    /// and the principal that gateway named).
+    Caller(String),
+    /// Never reused: closed when its caller leaves.
+    Nobody,
+}
+
+/// What an idle session is kept under.
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    /// The caller's parameters that reached the target, normalised.
+    params: Vec<(String, String)>,
+    /// The mode it was opened in (a read-write session never serves a
+    /// read-only open).
+    read_only: bool,
+    owner: Owner,
+}
+
 /// An upstream session waiting for its next caller.
 struct Idle {
-    key: Vec<(String, String)>,
+    key: Key,
     session: UpstreamSession,
     since: std::time::Instant,
 }
@@ -179,6 +208,8 @@ pub struct UpstreamSession {
     /// Opened read-only on the target: an idle session is only handed
     /// on to callers in the mode it was opened in.
     pub read_only: bool,
+    /// Whose it is: an idle session is only handed back to its owner.
+    pub owner: Owner,
 }
 
 /// Startup parameters a caller may pass through to the target. Anything
@@ -334,7 +365,9 @@ impl PgUpstream {
         &self,
         a: &crate::classify::Analysis,
     ) -> Result<crate::classify::Class, crate::catalog::ProofError> {
-        self.catalog.resolve(a, || self.connect(&[])).await
+        self.catalog
+            .resolve(a, || self.connect(&[], Owner::Gateway))
+            .await
     }
 
     /// Forget the catalog's proofs: a statement that may have changed the
@@ -389,7 +422,10 @@ impl PgUpstream {
         &self,
         oid: u32,
     ) -> Result<(crate::classify::Class, String), crate::catalog::ProofError> {
-        let row = self.catalog.function(oid, || self.connect(&[])).await?;
+        let row = self
+            .catalog
+            .function(oid, || self.connect(&[], Owner::Gateway))
+            .await?;
         let name = row.as_ref().map_or_else(
             || format!("oid {oid}"),
             |r| format!("{}.{}", r.schema, r.name),
@@ -409,32 +445,31 @@ impl PgUpstream {
         v
     }
 
-    /// What an idle session is kept under: the caller's parameters and
-    /// the mode it was opened in (a read-write session never serves a
-    /// read-only open).
-    fn key(caller_params: &[(String, String)], read_only: bool) -> Vec<(String, String)> {
-        let mut k = Self::passed(caller_params);
-        if read_only {
-            k.push(("portcullis.read_only".into(), "on".into()));
-        }
-        k
+    /// What an idle session is kept under; `None`: it is not kept.
+    fn key(caller_params: &[(String, String)], read_only: bool, owner: &Owner) -> Option<Key> {
+        (*owner != Owner::Nobody).then(|| Key {
+            params: Self::passed(caller_params),
+            read_only,
+            owner: owner.clone(),
+        })
     }
 
-    /// An idle session for these parameters that is still alive.
-    async fn checkout(&self, key: &[(String, String)]) -> Option<UpstreamSession> {
+    /// An idle session kept under `key` that is still alive.
+    async fn checkout(&self, key: &Key) -> Option<UpstreamSession> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().ok()?;
                 idle.retain(|i| i.since.elapsed() < IDLE_FOR);
-                let at = idle.iter().rposition(|i| i.key == key)?;
+                let at = idle.iter().rposition(|i| i.key == *key)?;
                 idle.swap_remove(at).session
             };
             let mut s = candidate;
             // Anything the target sent while idle (an error about shutting
-            // down, EOF) means the session is not usable; silence means it is.
+            // down, EOF, even part of a message) means the session is not
+            // usable; silence means it is.
             match tokio::time::timeout(Duration::ZERO, s.reader.next()).await {
-                Err(_) => return Some(s),
-                Ok(_) => continue,
+                Err(_) if s.reader.pending() == 0 => return Some(s),
+                _ => continue,
             }
         }
     }
@@ -442,6 +477,9 @@ impl PgUpstream {
     /// Reset a session whose caller left cleanly and keep it for the next
     /// caller with the same parameters. Anything unexpected drops it.
     pub async fn checkin(&self, caller_params: &[(String, String)], mut session: UpstreamSession) {
+        let Some(key) = Self::key(caller_params, session.read_only, &session.owner) else {
+            return;
+        };
         if !self.reuse {
             return;
         }
@@ -475,7 +513,7 @@ impl PgUpstream {
                 idle.remove(0);
             }
             idle.push(Idle {
-                key: Self::key(caller_params, session.read_only),
+                key,
                 session,
                 since: std::time::Instant::now(),
             });
@@ -523,8 +561,9 @@ impl PgUpstream {
     pub async fn connect(
         &self,
         caller_params: &[(String, String)],
+        owner: Owner,
     ) -> Result<UpstreamSession, UpstreamError> {
-        self.connect_as(caller_params, self.read_only).await
+        self.connect_as(caller_params, self.read_only, owner).await
     }
 
     /// [`Self::connect`], read-only on the target if `read_only` or this
@@ -534,23 +573,28 @@ impl PgUpstream {
         &self,
         caller_params: &[(String, String)],
         read_only: bool,
+        owner: Owner,
     ) -> Result<UpstreamSession, UpstreamError> {
         let read_only = read_only || self.read_only;
         if self.reuse
-            && let Some(s) = self.checkout(&Self::key(caller_params, read_only)).await
+            && let Some(key) = Self::key(caller_params, read_only, &owner)
+            && let Some(s) = self.checkout(&key).await
         {
             tracing::debug!(connection = %self.name, "reusing an upstream session");
             return Ok(s);
         }
-        if let Some((agent, links)) = &self.via {
-            return tokio::time::timeout(
-                self.timeout,
-                self.connect_via(agent, links, caller_params),
-            )
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))?;
-        }
-        tokio::time::timeout(self.timeout, self.connect_inner(caller_params, read_only))
+        let open = async {
+            let mut s = match &self.via {
+                Some((agent, links)) => {
+                    self.connect_via(agent, links, caller_params, read_only, &owner)
+                        .await?
+                }
+                None => self.connect_inner(caller_params, read_only).await?,
+            };
+            s.owner = owner;
+            Ok(s)
+        };
+        tokio::time::timeout(self.timeout, open)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
     }
@@ -560,16 +604,24 @@ impl PgUpstream {
         agent: &str,
         links: &portcullis_link::AgentRegistry,
         caller_params: &[(String, String)],
+        read_only: bool,
+        owner: &Owner,
     ) -> Result<UpstreamSession, UpstreamError> {
         let passed: Vec<(String, String)> = Self::passed(caller_params);
         let io = links
-            .open_pg(agent, &self.name, &passed, self.read_only)
+            .open_pg(
+                agent,
+                &self.name,
+                &passed,
+                read_only,
+                owner_tag(owner).as_deref(),
+            )
             .await
             .map_err(|e| self.link_error(e))?;
         let stream: BoxStream = Box::new(io);
         let (r, w) = tokio::io::split(stream);
         let reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
-        read_startup(reader, w, self.read_only).await
+        read_startup(reader, w, read_only).await
     }
 
     fn link_error(&self, e: portcullis_link::LinkError) -> UpstreamError {
@@ -1014,6 +1066,8 @@ async fn read_startup(
                     secret,
                     status,
                     read_only,
+                    // Set by whoever opened it.
+                    owner: Owner::Nobody,
                 });
             }
             tag::ERROR_RESPONSE => return Err(UpstreamError::Server(error_text(&m))),
@@ -1025,6 +1079,19 @@ async fn read_startup(
             }
         }
     }
+}
+
+/// How a gateway names a session's owner to an agent: a digest (the agent
+/// needs to tell owners apart, not to know who they are; and a digest is
+/// always a valid header value). `None`: never to be reused.
+fn owner_tag(owner: &Owner) -> Option<String> {
+    let named = match owner {
+        Owner::Gateway => "gateway".to_string(),
+        Owner::Caller(p) => format!("caller:{p}"),
+        Owner::Nobody => return None,
+    };
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, named.as_bytes());
+    Some(hex::encode(d.as_ref()))
 }
 
 /// "CODE: message" of an ErrorResponse.
