@@ -82,7 +82,10 @@ pub(crate) async fn open(
 /// never kept.
 fn owner(req: &Request<Incoming>, gateway: &str) -> Owner {
     match req.headers().get(HDR_PG_OWNER).map(|v| v.to_str()) {
-        Some(Ok(tag)) if !tag.is_empty() => Owner::Caller(format!("{gateway} {tag}")),
+        Some(Ok(tag)) if !tag.is_empty() => Owner::Relayed {
+            gateway: gateway.to_string(),
+            tag: tag.to_string(),
+        },
         _ => Owner::Nobody,
     }
 }
@@ -121,6 +124,8 @@ pub(crate) async fn relay<T>(
     let (mut target_r, buffered) = reader.into_parts();
     let (mut tunnel_r, mut tunnel_w) = tokio::io::split(tunnel);
     let mut sent = Bounds::caller();
+    // A session nobody may have again passes the goodbye on.
+    let keep = upstream.reuse() && owner != Owner::Nobody;
     let mut answered = Bounds::after_startup(status);
     answered.feed(&buffered);
     if tunnel_w.write_all(&startup).await.is_err() || tunnel_w.write_all(&buffered).await.is_err() {
@@ -129,13 +134,13 @@ pub(crate) async fn relay<T>(
     // Each direction has its own HTTP/2 flow-control window: a caller
     // that stops reading stalls only this session.
     let end = tokio::select! {
-        e = caller_to_target(&mut tunnel_r, &mut target_w, &mut sent) => e,
+        e = caller_to_target(&mut tunnel_r, &mut target_w, &mut sent, keep) => e,
         () = target_to_caller(&mut target_r, &mut tunnel_w, &mut answered) => End::Other,
     };
     // Closing the link stream now lets the gateway finish its side of
     // the session without waiting for the reset below.
     drop((tunnel_r, tunnel_w));
-    if end == End::Goodbye && upstream.reuse() && Bounds::idle_after(&sent, &answered) {
+    if end == End::Goodbye && keep && Bounds::idle_after(&sent, &answered) {
         let session = UpstreamSession {
             reader: FrameReader::new(target_r, MAX_BACKEND_MESSAGE),
             writer: target_w,
@@ -159,7 +164,9 @@ pub(crate) async fn relay<T>(
     tracing::debug!(%connection, ?end, "session over the link ended");
 }
 
-async fn caller_to_target<R, W>(from: &mut R, to: &mut W, sent: &mut Bounds) -> End
+/// Caller → target until either ends; with `keep`, a goodbye is held back
+/// (the target session may serve the caller's next session).
+async fn caller_to_target<R, W>(from: &mut R, to: &mut W, sent: &mut Bounds, keep: bool) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -171,7 +178,7 @@ where
             Ok(n) => n,
         };
         sent.feed(&buf[..n]);
-        let goodbye = sent.ends_with_terminate(n);
+        let goodbye = sent.ends_with_terminate(n).filter(|_| keep);
         let pass = &buf[..goodbye.unwrap_or(n)];
         if to.write_all(pass).await.is_err() || to.flush().await.is_err() {
             return End::Other;

@@ -473,16 +473,15 @@ pub async fn preview(
     let bound = limits.statement_timeout * 4 + Duration::from_secs(5);
     let run = async {
         let mut session = up
-            .connect(&[], crate::Owner::Gateway)
+            // A caller's statement runs here: never kept for anyone.
+            .connect(&[], crate::Owner::Nobody)
             .await
             .map_err(|e| e.to_string())?;
         let outcome = run(up, &mut session, sql, &target, masks, limits).await;
-        // Whatever happened, nothing stays: roll back, and keep the session
-        // only if it is idle again.
+        // Whatever happened, nothing stays: roll back, and close the
+        // session (a caller's statement ran in it).
         let _ = session.simple_rows("ROLLBACK").await;
-        if session.status == b'I' {
-            up.checkin(&[], session).await;
-        }
+        session.close().await;
         outcome
     };
     match tokio::time::timeout(bound, run).await {

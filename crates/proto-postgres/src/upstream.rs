@@ -153,12 +153,14 @@ const MASK_CATALOG_MAX: usize = 16;
 /// identity to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// The gateway's own work (catalog look-ups, previews): never handed
-    /// to a caller.
+    /// The gateway's own work (catalog look-ups): never handed to a
+    /// caller.
     Gateway,
-    /// A caller, by principal (at an agent: the gateway it came through
-    /// and the principal that gateway named).
+    /// A caller, by principal.
     Caller(String),
+    /// At an agent: the owner a gateway named (see [`owner_tag`]), through
+    /// that gateway (each admits callers under its own policy).
+    Relayed { gateway: String, tag: String },
     /// Never reused: closed when its caller leaves.
     Nobody,
 }
@@ -823,6 +825,13 @@ fn password_message(p: &[u8]) -> Message {
 }
 
 impl UpstreamSession {
+    /// Say goodbye to the target (Terminate) and close the session.
+    pub async fn close(mut self) {
+        let bye = Message::new(tag::TERMINATE, bytes::Bytes::new()).to_bytes();
+        let _ = self.writer.write_all(&bye).await;
+        let _ = self.writer.shutdown().await;
+    }
+
     /// Run one simple query on the session (before it is handed to a
     /// caller) and return its rows as text; `None` values are NULLs.
     pub async fn simple_rows(
@@ -1081,14 +1090,16 @@ async fn read_startup(
     }
 }
 
-/// How a gateway names a session's owner to an agent: a digest (the agent
-/// needs to tell owners apart, not to know who they are; and a digest is
-/// always a valid header value). `None`: never to be reused.
+/// How a gateway names a session's owner to an agent: a digest, since the
+/// agent only needs to tell owners apart, and a digest is always a valid
+/// header value and keeps principals out of the agent's logs. (It is not
+/// a secret: anyone who knows a subject can compute its digest.) `None`:
+/// never to be reused.
 fn owner_tag(owner: &Owner) -> Option<String> {
     let named = match owner {
         Owner::Gateway => "gateway".to_string(),
         Owner::Caller(p) => format!("caller:{p}"),
-        Owner::Nobody => return None,
+        Owner::Relayed { .. } | Owner::Nobody => return None,
     };
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, named.as_bytes());
     Some(hex::encode(d.as_ref()))
