@@ -325,6 +325,13 @@ fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal
     };
     let client = claims.get("client_id").and_then(Value::as_str);
     let subject = if client == Some(sub) {
+        // `agent:NAME@person` is an agent acting for a person
+        // ([`crate::delegated_subject`]): a client the issuer names
+        // `claude@alice` must not take that principal's grants, sessions
+        // and approvals.
+        if sub.contains('@') {
+            return Err(OidcError::BadClaim("sub".into()));
+        }
         format!("agent:{sub}")
     } else {
         let name = match claims.get(&settings.subject_claim) {

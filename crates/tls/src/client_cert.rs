@@ -79,6 +79,16 @@ pub fn principal_for(der: &[u8], policy: &CertPolicy) -> Result<String, CertName
             format!("kind {kind:?} is not among the listener's principal_kinds"),
         ));
     }
+    // `agent:NAME@person` is an agent acting for a person (the gateway
+    // names it when a person delegates): another CA must not be able to
+    // take that principal's grants and sessions.
+    if kind == "agent" && principal.contains('@') {
+        return Err(CertNameError::NotAccepted(
+            principal,
+            "an agent name with `@` is an agent acting for a person, which only the gateway names"
+                .into(),
+        ));
+    }
     Ok(principal)
 }
 
@@ -273,6 +283,25 @@ mod tests {
             ..CertPolicy::default()
         };
         assert_eq!(principal_for(&cn_user, &users).unwrap(), "user:alice");
+        // A delegated agent's form (`agent:NAME@person`) from another CA:
+        // refused however it is named; the gateway's own CA may.
+        for named in [
+            cert(Some("claude@alice"), vec![]),
+            cert(Some("agent:claude@alice"), vec![]),
+        ] {
+            let e = principal_for(&named, &users).unwrap_err();
+            assert!(e.to_string().contains("acting for a person"), "{e}");
+        }
+        let own_delegated = cert(
+            None,
+            vec![SanType::URI(
+                "spiffe://portcullis/agent/claude@alice".try_into().unwrap(),
+            )],
+        );
+        assert_eq!(
+            principal_for(&own_delegated, &policy).unwrap(),
+            "agent:claude@alice"
+        );
         assert_eq!(
             principal_for(&cert(Some("build-box"), vec![]), &policy).unwrap(),
             "agent:build-box"

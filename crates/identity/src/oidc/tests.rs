@@ -101,6 +101,25 @@ fn client_credentials_token_is_an_agent() {
     assert!(p.groups.is_empty());
 }
 
+/// `agent:NAME@person` is the form of an agent acting for a person: a
+/// client id with `@` would take a delegated agent's principal.
+#[test]
+fn a_client_cannot_name_itself_a_delegated_agent() {
+    let i = issuer("k1");
+    let mut c = claims();
+    c["sub"] = json!("claude@alice");
+    c["client_id"] = json!("claude@alice");
+    assert_eq!(
+        check(&sign(&i, "k1", &c), &keys_of(&i)),
+        Err(OidcError::BadClaim("sub".into()))
+    );
+    // A person's `@` (an email as subject) stays a person's.
+    let mut c = claims();
+    c["sub"] = json!("alice@example.com");
+    let p = check(&sign(&i, "k1", &c), &keys_of(&i)).unwrap();
+    assert_eq!(p.kind, PrincipalKind::Human);
+}
+
 #[test]
 fn alg_none_is_refused() {
     let i = issuer("k1");
