@@ -131,7 +131,7 @@ impl Authenticator {
         // someone else's).
         if crate::validate_subject(agent).is_err()
             || !agent.starts_with("agent:")
-            || agent.contains('@')
+            || crate::is_delegated(agent)
         {
             return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
         }

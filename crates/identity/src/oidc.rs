@@ -325,11 +325,10 @@ fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal
     };
     let client = claims.get("client_id").and_then(Value::as_str);
     let subject = if client == Some(sub) {
-        // `agent:NAME@person` is an agent acting for a person
-        // ([`crate::delegated_subject`]): a client the issuer names
-        // `claude@alice` must not take that principal's grants, sessions
+        // A client the issuer names `claude@alice` must not take the
+        // principal of an agent acting for a person: its grants, sessions
         // and approvals.
-        if sub.contains('@') {
+        if crate::is_delegated(sub) {
             return Err(OidcError::BadClaim("sub".into()));
         }
         format!("agent:{sub}")

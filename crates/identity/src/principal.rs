@@ -95,12 +95,19 @@ pub struct Principal {
     pub via: AuthMethod,
 }
 
+/// Whether an agent's name has the form only the gateway gives: an agent
+/// acting for a person (`agent:NAME@person`, [`delegated_subject`]). No
+/// identity source outside the gateway may produce it.
+pub fn is_delegated(agent: &str) -> bool {
+    agent.contains('@')
+}
+
 /// The principal of a token `person` minted for `agent`: the agent
 /// namespaced under the person (`agent:claude` by `user:alice` is
 /// `agent:claude@alice`), so that grants, audit entries and approvals
 /// never confuse it with the agent itself. Already namespaced: as is.
 pub fn delegated_subject(agent: &str, person: &str) -> String {
-    if agent.contains('@') {
+    if is_delegated(agent) {
         return agent.to_string();
     }
     let name = person.strip_prefix("user:").unwrap_or(person);

@@ -81,7 +81,8 @@ pub fn principal_for(der: &[u8], policy: &CertPolicy) -> Result<String, CertName
     }
     // `agent:NAME@person` is an agent acting for a person (the gateway
     // names it when a person delegates): another CA must not be able to
-    // take that principal's grants and sessions.
+    // take that principal's grants and sessions. The same rule as
+    // `portcullis_identity::is_delegated`, which this crate sits below.
     if kind == "agent" && principal.contains('@') {
         return Err(CertNameError::NotAccepted(
             principal,
