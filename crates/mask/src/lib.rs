@@ -402,8 +402,20 @@ impl Masker {
     /// Whether any detector or word list may match in `text` (a cheap
     /// first look: false means [`Self::mask_str`] would change nothing).
     pub fn may_match(&self, text: &str) -> bool {
-        (self.set_may_match(text) && self.set.is_match(text))
-            || self.words.iter().any(|w| w.matcher.is_match(text))
+        self.may_match_looked(text, self.set_may_match(text))
+    }
+
+    /// [`Self::may_match`] with the set's first look already taken:
+    /// `set_may` is what [`Self::set_may_match`] says of `text`, or more
+    /// (true where it would be false only costs time).
+    pub(crate) fn may_match_looked(&self, text: &str, set_may: bool) -> bool {
+        (set_may && self.set.is_match(text)) || self.words.iter().any(|w| w.matcher.is_match(text))
+    }
+
+    /// Whether the set's first look is ours to take: without custom
+    /// patterns, the built-ins' condition ([`prefilter::FirstLook`]).
+    pub(crate) fn has_custom(&self) -> bool {
+        self.has_custom
     }
 
     /// False only when no detector in the set can match `text`: the

@@ -13,122 +13,154 @@
 //! set matches).
 //!
 //! Only ASCII text is judged: `\d`, `\s`, `\b` and `(?i)` are Unicode in
-//! these patterns (a non-ASCII digit is a `\d`, `ſ` matches `(?i)s`), so
-//! any other text goes to the set.
+//! these patterns, so a text with any other byte goes to the set.
 
 /// Whether a built-in detector may match `text`; false only when none can.
 pub(crate) fn builtins_may_match(text: &str) -> bool {
-    !text.is_ascii() || bytes_may_match(text.as_bytes())
+    bytes_may_match(text.as_bytes())
 }
 
-/// One pass over the bytes:
-/// - `@` email; `:` IPv6 (both forms), and with `=` the `[=:]` of secret
-///   assignments and AWS secrets; `+` and `(` the international and
-///   bracketed phone forms;
-/// - an upper-case letter then a digit: every IBAN starts `[A-Z]{2}\d{2}`;
-/// - a chain of at least 4 digits with at most one separator (space, `-`,
-///   `.` or `/`) between neighbours: every match of the card (13+ digits,
-///   `[ -]?` between), SSN (9, `-`), IPv4 (4+, `.`) and the remaining
-///   phone forms (`\d{2,5}[ -]\d{2,5}`, `\d{3}\.\d{3}\.\d{4}`,
-///   `0\d{1,5}[ /-]?\d{5,8}`) holds one;
-/// - a literal that the other patterns all contain ([`literal_at`]).
-///
-/// By hand rather than with an Aho-Corasick automaton: on the short
-/// strings of a JSON document the automaton's per-call cost was as large
-/// as the detector set's it was meant to save (measured with
-/// `cargo bench -p portcullis-mask`).
 fn bytes_may_match(b: &[u8]) -> bool {
-    let mut run = 0;
-    // The previous byte: a digit; a separator that followed a digit; an
-    // upper-case letter.
-    let (mut digit, mut sep, mut upper) = (false, false, false);
-    for (i, &c) in b.iter().enumerate() {
-        let class = CLASS[usize::from(c)];
-        if class == 0 {
-            // Most bytes of most strings: nothing to track.
-            (digit, sep, upper) = (false, false, false);
-            continue;
-        }
-        if class & DIGIT != 0 {
-            if upper {
-                return true;
-            }
-            run = if digit || sep { run + 1 } else { 1 };
-            if run >= 4 {
-                return true;
-            }
-            (digit, sep, upper) = (true, false, false);
-            continue;
-        }
-        if class & TRIGGER != 0 || (class & LITERAL != 0 && literal_at(&b[i..])) {
-            return true;
-        }
-        sep = digit && class & SEPARATOR != 0;
-        digit = false;
-        upper = class & UPPER != 0;
-    }
-    false
+    let seen = b.iter().fold(0, |seen, &c| seen | CLASS[usize::from(c)]);
+    decide(seen, b)
 }
+
+/// The first look on `b`, given `seen`: the [`CLASS`] bits of all its
+/// bytes, or-ed together (the JSON pass gathers them while it finds a
+/// string's end). A built-in may match only when the text holds:
+/// - a trigger (`@ : = + (` or a byte outside ASCII): email; IPv6; the
+///   `[=:]` of secret assignments and AWS secrets; the international and
+///   bracketed phone forms; and `\d`, `\s`, `\b` and `(?i)` are Unicode in
+///   these patterns (a non-ASCII digit is a `\d`, `ſ` matches `(?i)s`), so
+///   such a text goes to the set;
+/// - the digits of a card, SSN, IPv4, IBAN or the remaining phone forms
+///   ([`digits_may_match`]);
+/// - or the literal of a pattern with neither ([`literal_at`]).
+///
+/// Each step runs only when `seen` says it can succeed, and none branches
+/// on each byte's class: on ordinary text those branches were
+/// mispredicted often enough to be the dearest part of masking a JSON
+/// document (cachegrind's branch simulation, 2026-12-03).
+pub(crate) fn decide(seen: u8, b: &[u8]) -> bool {
+    if seen & TRIGGER != 0 {
+        return true;
+    }
+    (seen & DIGIT != 0 && digits_may_match(b))
+        || (seen & MARK != 0
+            && (0..b.len()).any(|i| CLASS[usize::from(b[i])] & MARK != 0 && literal_at(b, i)))
+}
+
+/// Whether `b` holds an upper-case letter then a digit (every IBAN starts
+/// `[A-Z]{2}\d{2}`), or a chain of at least 4 digits with at most one
+/// separator (space, `-`, `.` or `/`) between neighbours: every match of
+/// the card (13+ digits, `[ -]?` between), SSN (9, `-`), IPv4 (4+, `.`)
+/// and the remaining phone forms (`\d{2,5}[ -]\d{2,5}`,
+/// `\d{3}\.\d{3}\.\d{4}`, `0\d{1,5}[ /-]?\d{5,8}`) holds one. An automaton
+/// ([`DIGITS`]): one look-up per byte.
+fn digits_may_match(b: &[u8]) -> bool {
+    b.iter()
+        .fold(START, |s, &c| DIGITS[usize::from(s)][usize::from(c)])
+        == HIT
+}
+
+/// The automaton's states: after anything else; after an upper-case
+/// letter; after a chain of 1, 2 or 3 digits; after a separator that
+/// follows such a chain; and the match, which it never leaves. A trigger
+/// or a byte outside ASCII is a match too, so the automaton stands on its
+/// own (the tests run it on any text).
+const START: u8 = 0;
+const AFTER_UPPER: u8 = 1;
+const CHAIN: u8 = 2; // 2, 3, 4: chains of 1, 2, 3 digits
+const SEPARATED: u8 = 5; // 5, 6, 7: a separator after a chain of 1, 2, 3
+const HIT: u8 = 8;
+
+static DIGITS: [[u8; 256]; 9] = {
+    let mut t = [[START; 256]; 9];
+    let mut s = 0;
+    while s < 9 {
+        let mut c = 0;
+        while c < 256 {
+            let (st, b) = (s as u8, c as u8);
+            // Digits in the chain so far.
+            let run = match st {
+                CHAIN..SEPARATED => st - CHAIN + 1,
+                SEPARATED..HIT => st - SEPARATED + 1,
+                _ => 0,
+            };
+            t[s][c] = if st == HIT || CLASS[c] & TRIGGER != 0 {
+                HIT
+            } else if b.is_ascii_digit() {
+                if st == AFTER_UPPER || run == 3 {
+                    HIT
+                } else {
+                    CHAIN + run
+                }
+            } else if b.is_ascii_uppercase() {
+                AFTER_UPPER
+            } else if matches!(b, b' ' | b'-' | b'.' | b'/') && matches!(st, CHAIN..SEPARATED) {
+                SEPARATED + run - 1
+            } else {
+                START
+            };
+            c += 1;
+        }
+        s += 1;
+    }
+    t
+};
 
 const DIGIT: u8 = 1;
-/// `@ : = + (`: enough on their own.
+/// `@ : = + (` and any byte outside ASCII: enough on their own.
 const TRIGGER: u8 = 2;
-/// The first byte of a literal ([`literal_at`]).
-const LITERAL: u8 = 4;
-const SEPARATOR: u8 = 8;
-const UPPER: u8 = 16;
+/// The byte [`literal_at`] is anchored on: `-` `_` `J` `A`.
+const MARK: u8 = 4;
 
-/// Each byte's part in [`bytes_may_match`], looked up once per byte.
-static CLASS: [u8; 256] = {
+/// Each byte's part in the first look, looked up once per byte. The JSON
+/// pass builds its own table from this one, adding the bytes that end a
+/// string's plain run in the top bit.
+pub(crate) const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;
     while c < 256 {
         let b = c as u8;
         t[c] = if b.is_ascii_digit() {
             DIGIT
-        } else if matches!(b, b'@' | b':' | b'=' | b'+' | b'(') {
+        } else if matches!(b, b'@' | b':' | b'=' | b'+' | b'(') || !b.is_ascii() {
             TRIGGER
+        } else if matches!(b, b'-' | b'_' | b'J' | b'A') {
+            MARK
         } else {
-            let mut k = 0;
-            if matches!(b, b'-' | b'e' | b'p' | b'g' | b'x' | b'_' | b'a' | b'A') {
-                k |= LITERAL;
-            }
-            if matches!(b, b' ' | b'-' | b'.' | b'/') {
-                k |= SEPARATOR;
-            }
-            if b.is_ascii_uppercase() {
-                k |= UPPER;
-            }
-            k
+            0
         };
         c += 1;
     }
     t
 };
 
-/// Whether `rest` starts with a literal one of which every match of the
-/// other patterns contains: `-----` private keys; `eyJ` JWTs; `pcl_`
-/// Portcullis tokens; the AWS access key prefixes; `aws` in any case
-/// (the AWS secret pattern starts with it under `(?i)`); `gh` and
-/// `github_pat_` GitHub tokens (`gh[pousr]_`, fine-grained); `glpat-`
-/// GitLab; `xox` Slack;
-/// `_live_`/`_test_` Stripe; `AIza` Google.
-fn literal_at(rest: &[u8]) -> bool {
-    let has = |lit: &[u8]| rest.starts_with(lit);
-    match rest[0] {
-        b'-' => has(b"-----"),
-        b'e' => has(b"eyJ"),
-        b'p' => has(b"pcl_"),
-        b'g' => has(b"gh") || has(b"github_pat_") || has(b"glpat-"),
-        b'x' => has(b"xox"),
-        b'_' => has(b"_live_") || has(b"_test_"),
-        b'a' | b'A' => {
-            rest.get(..3)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"aws"))
-                || [b"AKIA", b"ASIA", b"ABIA", b"ACCA", b"AIza"]
-                    .iter()
-                    .any(|lit| has(*lit))
+/// Whether the mark at `b[i]` belongs to the literal of a pattern with no
+/// digit and no trigger (each holds one of these marks, and is matched
+/// case-sensitively): `-----` private keys and `glpat-` GitLab and
+/// `xox?-` Slack at `-`; `pcl_` Portcullis, `gh?_` and `github_` GitHub
+/// and `_live_`/`_test_` Stripe at `_`; `eyJ` JWTs at `J`; the AWS access
+/// key prefixes and `AIza` Google at `A`.
+fn literal_at(b: &[u8], i: usize) -> bool {
+    let (before, rest) = b.split_at(i);
+    let ends = |lit: &[u8]| before.ends_with(lit);
+    let ends_but_one =
+        |lit: &[u8]| before.len() > lit.len() && before[..before.len() - 1].ends_with(lit);
+    match b[i] {
+        b'-' => rest.starts_with(b"-----") || ends(b"glpat") || ends_but_one(b"xox"),
+        b'_' => {
+            ends(b"pcl")
+                || ends_but_one(b"gh")
+                || ends(b"github")
+                || rest.starts_with(b"_live_")
+                || rest.starts_with(b"_test_")
         }
+        b'J' => ends(b"ey"),
+        b'A' => [b"AKIA", b"ASIA", b"ABIA", b"ACCA", b"AIza"]
+            .iter()
+            .any(|lit| rest.starts_with(*lit)),
         _ => false,
     }
 }

@@ -781,3 +781,154 @@ fn fine_grained_github_tokens_are_masked_everywhere() {
         assert!(!v.to_string().contains(tok), "{tok}");
     }
 }
+
+// The one-pass path checks JSON's grammar itself (2026-12-03). Whatever it
+// does, the caller sees what the walk (serde_json) would decide: a body
+// the pass masks is one the walk accepts, masked alike; a body it refuses
+// is one the walk refuses.
+fn agrees_with_the_walk(m: &Masker, body: &[u8]) -> Result<(), String> {
+    let shown = || String::from_utf8_lossy(body).into_owned();
+    let walked = m.mask_json_bytes_walked(body, &mut Stats::new(), &mut None);
+    let mut stats = Stats::new();
+    match crate::stream::mask(m, body, &mut stats, &mut None) {
+        None => Ok(()),
+        Some(Err(e)) if walked.is_ok() => {
+            Err(format!("{:?}: refused ({e}), the walk accepts", shown()))
+        }
+        Some(Err(_)) => Ok(()),
+        Some(Ok(out)) => {
+            let Ok(slow) = walked else {
+                return Err(format!("{:?}: masked, the walk refuses", shown()));
+            };
+            let fast: serde_json::Value = serde_json::from_slice(&out)
+                .map_err(|e| format!("{:?}: wrote invalid JSON: {e}", shown()))?;
+            let slow: serde_json::Value =
+                serde_json::from_slice(&slow).map_err(|e| e.to_string())?;
+            if !same(&fast, &slow) {
+                return Err(format!("{:?}: {fast} != {slow}", shown()));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn the_one_pass_grammar_accepts_and_refuses_as_serde_json_does() {
+    let cases: &[&[u8]] = &[
+        b"",
+        b" ",
+        b"{}",
+        b"[]",
+        b"[1,]",
+        b"{\"a\":1,}",
+        b"{,}",
+        b"[,1]",
+        b"01",
+        b"-",
+        b"-0",
+        b"-01",
+        b"1.",
+        b".5",
+        b"1e",
+        b"1e+",
+        b"1E-5",
+        b"1.5e3x",
+        b"tru",
+        b"nul",
+        b"truex",
+        b"true false",
+        b"\"\\x\"",
+        b"\"\\u12\"",
+        b"\"\\u12g4\"",
+        b"\"\\uD800\"",
+        b"\"a\x01\"",
+        b"\"a\x7f\"",
+        b"\"a\x1f\"",
+        b"{\"a\" 1}",
+        b"{\"a\":}",
+        b"{1:2}",
+        b"[1 2]",
+        b"\"abc",
+        b"[\"a\"]]",
+        b"{}{}",
+        b"\xef\xbb\xbf{}",
+        b"[1]\n",
+        b"\t[1]\r\n",
+        b"[1]\x0b",
+        b"{\"a\":[}",
+        b"[{]}",
+        b"[}",
+        b"{]",
+        b"{\"a\"}",
+        b"{\"a\":1:2}",
+        b"[\"x@example.org\",]",
+        b"{\"x@example.org\"}",
+        b"[-]",
+        b"[1.5.3]",
+        b"[0x10]",
+        b"[+1]",
+        b"[Infinity]",
+        b"[NaN]",
+        b"'a'",
+        b"[\"\\/\"]",
+        b"[\"\xff\"]",
+        b"[\"\xc3\xa9\"]",
+        b"{\"a\":1}\x00",
+        b"[\"a\" ,\t1 ]",
+    ];
+    for m in maskers() {
+        for body in cases {
+            agrees_with_the_walk(&m, body).unwrap();
+        }
+    }
+    // Not vacuous: the pass itself refuses what is not JSON, in
+    // serde_json's words, and masks what is.
+    let m = masker();
+    for bad in [&b"[1,]"[..], b"{\"a\" 1}", b"\"a\x01\"", b"-01", b"[1]x"] {
+        let err = crate::stream::mask(&m, bad, &mut Stats::new(), &mut None);
+        assert!(
+            matches!(err, Some(Err(MaskError::InvalidJson(_)))),
+            "{bad:?}"
+        );
+    }
+}
+
+/// A document with `edits` applied: each deletes, inserts or replaces a
+/// byte at a position (taken modulo the length), the inserted bytes drawn
+/// from JSON's own structure, escapes, control and non-ASCII bytes.
+fn mutate(mut doc: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
+    const BYTES: &[u8] = b"\"\\{}[]:,-+.eE0123456789 \t\n\x01\x1f\x7fu/tfnrbx@\xc3\xa9\xff";
+    for &(at, kind, pick) in edits {
+        let at = at % (doc.len() + 1);
+        let byte = BYTES[usize::from(pick) % BYTES.len()];
+        match kind % 3 {
+            0 if at < doc.len() => {
+                doc.remove(at);
+            }
+            1 => doc.insert(at, byte),
+            _ if at < doc.len() => doc[at] = byte,
+            _ => doc.push(byte),
+        }
+    }
+    doc
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+    #[test]
+    fn the_one_pass_path_agrees_with_the_walk_on_mutated_documents(
+        v in arb_json_mixed(),
+        pretty in any::<bool>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let body = if pretty {
+            serde_json::to_vec_pretty(&v).unwrap()
+        } else {
+            serde_json::to_vec(&v).unwrap()
+        };
+        let body = mutate(body, &edits);
+        for m in maskers() {
+            agrees_with_the_walk(&m, &body).map_err(TestCaseError::fail)?;
+        }
+    }
+}
