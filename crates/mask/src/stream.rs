@@ -164,7 +164,7 @@ struct Pass<'a> {
     stack: Vec<Frame>,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
     fn run(&mut self, stats: &mut Stats, vault: &mut Option<&mut Vault>) -> Result<(), Stop> {
         let b = self.text.as_bytes();
         let mut want = Want::Value;
@@ -302,11 +302,14 @@ impl Pass<'_> {
         self.copied = end;
     }
 
-    fn decode(&self, start: usize, t: &Token) -> Result<Cow<'_, str>, Stop> {
+    /// The string token at `start`, decoded. Borrowed from the input (not
+    /// from the pass), so the pass can go on writing while it is held.
+    fn decode(&self, start: usize, t: &Token) -> Result<Cow<'a, str>, Stop> {
+        let text: &'a str = self.text;
         if !t.escaped {
-            return Ok(Cow::Borrowed(&self.text[start + 1..t.end - 1]));
+            return Ok(Cow::Borrowed(&text[start + 1..t.end - 1]));
         }
-        serde_json::from_str::<String>(&self.text[start..t.end])
+        serde_json::from_str::<String>(&text[start..t.end])
             .map(Cow::Owned)
             .map_err(|e| Stop::Invalid(MaskError::InvalidJson(e.to_string())))
     }
@@ -350,7 +353,7 @@ impl Pass<'_> {
         vault: &mut Option<&mut Vault>,
     ) -> Result<(), Stop> {
         if let Some((f, label)) = self.field() {
-            let value = self.decode(start, t)?.into_owned();
+            let value = self.decode(start, t)?;
             let with = field_value(self.m, f, label, Some(&value), stats, vault);
             self.replace(start, t.end, with.as_bytes());
             return Ok(());
@@ -358,7 +361,7 @@ impl Pass<'_> {
         if !self.may_hold(start, t) {
             return Ok(());
         }
-        let value = self.decode(start, t)?.into_owned();
+        let value = self.decode(start, t)?;
         if let Cow::Owned(masked) = self.m.mask_str_in(&value, stats, vault) {
             self.replace(start, t.end, json_string(&masked).as_bytes());
         }
