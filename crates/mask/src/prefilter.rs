@@ -55,59 +55,41 @@ pub(crate) fn decide(seen: u8, b: &[u8]) -> bool {
 /// separator (space, `-`, `.` or `/`) between neighbours: every match of
 /// the card (13+ digits, `[ -]?` between), SSN (9, `-`), IPv4 (4+, `.`)
 /// and the remaining phone forms (`\d{2,5}[ -]\d{2,5}`,
-/// `\d{3}\.\d{3}\.\d{4}`, `0\d{1,5}[ /-]?\d{5,8}`) holds one. An automaton
-/// ([`DIGITS`]): one look-up per byte.
+/// `\d{3}\.\d{3}\.\d{4}`, `0\d{1,5}[ /-]?\d{5,8}`) holds one.
+///
+/// Walked from digit to digit: the bytes between are only searched, so
+/// text with few digits costs little (an automaton over every byte was a
+/// chain of dependent look-ups, measured dearer with `perf`).
 fn digits_may_match(b: &[u8]) -> bool {
-    b.iter()
-        .fold(START, |s, &c| DIGITS[usize::from(s)][usize::from(c)])
-        == HIT
-}
-
-/// The automaton's states: after anything else; after an upper-case
-/// letter; after a chain of 1, 2 or 3 digits; after a separator that
-/// follows such a chain; and the match, which it never leaves. A trigger
-/// or a byte outside ASCII is a match too, so the automaton stands on its
-/// own (the tests run it on any text).
-const START: u8 = 0;
-const AFTER_UPPER: u8 = 1;
-const CHAIN: u8 = 2; // 2, 3, 4: chains of 1, 2, 3 digits
-const SEPARATED: u8 = 5; // 5, 6, 7: a separator after a chain of 1, 2, 3
-const HIT: u8 = 8;
-
-static DIGITS: [[u8; 256]; 9] = {
-    let mut t = [[START; 256]; 9];
-    let mut s = 0;
-    while s < 9 {
-        let mut c = 0;
-        while c < 256 {
-            let (st, b) = (s as u8, c as u8);
-            // Digits in the chain so far.
-            let run = match st {
-                CHAIN..SEPARATED => st - CHAIN + 1,
-                SEPARATED..HIT => st - SEPARATED + 1,
-                _ => 0,
-            };
-            t[s][c] = if st == HIT || CLASS[c] & TRIGGER != 0 {
-                HIT
-            } else if b.is_ascii_digit() {
-                if st == AFTER_UPPER || run == 3 {
-                    HIT
-                } else {
-                    CHAIN + run
-                }
-            } else if b.is_ascii_uppercase() {
-                AFTER_UPPER
-            } else if matches!(b, b' ' | b'-' | b'.' | b'/') && matches!(st, CHAIN..SEPARATED) {
-                SEPARATED + run - 1
-            } else {
-                START
-            };
-            c += 1;
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(u8::is_ascii_digit) {
+        let start = i + p;
+        // Only a chain's first digit can follow a letter.
+        if start > 0 && b[start - 1].is_ascii_uppercase() {
+            return true;
         }
-        s += 1;
+        let (mut run, mut j) = (0, start);
+        loop {
+            if b.get(j).is_some_and(u8::is_ascii_digit) {
+                run += 1;
+                if run >= 4 {
+                    return true;
+                }
+                j += 1;
+            } else if b
+                .get(j)
+                .is_some_and(|c| matches!(c, b' ' | b'-' | b'.' | b'/'))
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        i = j;
     }
-    t
-};
+    false
+}
 
 const DIGIT: u8 = 1;
 /// `@ : = + (` and any byte outside ASCII: enough on their own.
