@@ -1,21 +1,28 @@
 //! A cheaper first look for the built-in detectors: a condition every
-//! text a built-in pattern matches must meet, checked in one pass over the
-//! bytes. When it fails, no built-in can match and the detector set (a
-//! lazy DFA over the union of every pattern, which walks each byte of
-//! every string) is skipped. When it holds, the set decides as before, so
-//! this can only save work, never change a finding.
+//! text a built-in finds something in must meet, checked without a
+//! regular expression. When it fails, no built-in can find anything and
+//! the detector set (a lazy DFA over the union of every pattern, which
+//! walks each byte of every string) is skipped. When it holds, the set
+//! decides as before, so this can only save work, never change a finding.
+//!
+//! For every pattern but the phone's the condition stands for the pattern
+//! itself (no match, no finding). For the phone it stands for the pattern
+//! and its check together: dates, SKUs and other digit runs match the weak
+//! phone pattern everywhere and its check turns them all down, which cost
+//! as much as the rest of masking a JSON document (2026-12-03, `perf`).
 //!
 //! Written by hand because the condition is about these patterns: the
 //! `regex` crate's own literal prefilter finds nothing to use in a union
 //! where several patterns start with a digit class. Each rule below names
-//! the patterns it stands for; `tests` holds it to the set on generated
-//! texts (a differential test: the condition may never be false where the
-//! set matches).
+//! the patterns it stands for; `tests` holds it to the masker itself on
+//! generated texts (a differential test: the condition may never be false
+//! where masking without it finds something).
 //!
 //! Only ASCII text is judged: `\d`, `\s`, `\b` and `(?i)` are Unicode in
 //! these patterns, so a text with any other byte goes to the set.
 
-/// Whether a built-in detector may match `text`; false only when none can.
+/// Whether a built-in detector may find something in `text`; false only
+/// when none can.
 pub(crate) fn builtins_may_match(text: &str) -> bool {
     bytes_may_match(text.as_bytes())
 }
@@ -27,14 +34,16 @@ fn bytes_may_match(b: &[u8]) -> bool {
 
 /// The first look on `b`, given `seen`: the [`CLASS`] bits of all its
 /// bytes, or-ed together (the JSON pass gathers them while it finds a
-/// string's end). A built-in may match only when the text holds:
-/// - a trigger (`@ : = + (` or a byte outside ASCII): email; IPv6; the
-///   `[=:]` of secret assignments and AWS secrets; the international and
-///   bracketed phone forms; and `\d`, `\s`, `\b` and `(?i)` are Unicode in
-///   these patterns (a non-ASCII digit is a `\d`, `ſ` matches `(?i)s`), so
-///   such a text goes to the set;
-/// - the digits of a card, SSN, IPv4, IBAN or the remaining phone forms
-///   ([`digits_may_match`]);
+/// string's end). A built-in may find something only when the text holds:
+/// - a trigger (`@ = + (` or a byte outside ASCII): email; the `[=:]` of
+///   secret assignments and AWS secrets; the international and bracketed
+///   phone forms; and `\d`, `\s`, `\b` and `(?i)` are Unicode in these
+///   patterns (a non-ASCII digit is a `\d`, `ſ` matches `(?i)s`), so such a
+///   text goes to the set;
+/// - a `:` that IPv6 or a secret's assignment could use
+///   ([`colon_may_match`]): not the one of a time or a URL's port;
+/// - the digits of a card, SSN, IPv4 or IBAN ([`digits_may_match`]), or of
+///   a phone number its check would accept ([`phone_may_match`]);
 /// - or the literal of a pattern with neither ([`literal_at`]).
 ///
 /// Each step runs only when `seen` says it can succeed, and none branches
@@ -45,17 +54,18 @@ pub(crate) fn decide(seen: u8, b: &[u8]) -> bool {
     if seen & TRIGGER != 0 {
         return true;
     }
-    (seen & DIGIT != 0 && digits_may_match(b))
+    (seen & COLON != 0 && colon_may_match(b))
+        || (seen & DIGIT != 0 && digits_may_match(b))
         || (seen & MARK != 0
             && (0..b.len()).any(|i| CLASS[usize::from(b[i])] & MARK != 0 && literal_at(b, i)))
 }
 
-/// Whether `b` holds an upper-case letter then a digit (every IBAN starts
-/// `[A-Z]{2}\d{2}`), or a chain of at least 4 digits with at most one
-/// separator (space, `-`, `.` or `/`) between neighbours: every match of
-/// the card (13+ digits, `[ -]?` between), SSN (9, `-`), IPv4 (4+, `.`)
-/// and the remaining phone forms (`\d{2,5}[ -]\d{2,5}`,
-/// `\d{3}\.\d{3}\.\d{4}`, `0\d{1,5}[ /-]?\d{5,8}`) holds one.
+/// Whether `b` holds two upper-case letters then a digit (every IBAN
+/// starts `[A-Z]{2}\d{2}`), or a chain of digits with at most one
+/// separator (space, `-`, `.` or `/`) between neighbours that is long
+/// enough for a card (13+ digits, `[ -]?` between) or an SSN (9, `-`), or
+/// dotted like an IPv4 address (4+ digits, `.`); or a phone number
+/// ([`phone_may_match`]).
 ///
 /// Walked from digit to digit: the bytes between are only searched, so
 /// text with few digits costs little (an automaton over every byte was a
@@ -65,35 +75,75 @@ fn digits_may_match(b: &[u8]) -> bool {
     while let Some(p) = b[i..].iter().position(u8::is_ascii_digit) {
         let start = i + p;
         // Only a chain's first digit can follow a letter.
-        if start > 0 && b[start - 1].is_ascii_uppercase() {
+        if start >= 2 && b[start - 1].is_ascii_uppercase() && b[start - 2].is_ascii_uppercase() {
             return true;
         }
-        let (mut run, mut j) = (0, start);
+        let (mut digits, mut dotted, mut j) = (0, false, start);
         loop {
             if b.get(j).is_some_and(u8::is_ascii_digit) {
-                run += 1;
-                if run >= 4 {
-                    return true;
-                }
+                digits += 1;
                 j += 1;
             } else if b
                 .get(j)
                 .is_some_and(|c| matches!(c, b' ' | b'-' | b'.' | b'/'))
                 && b.get(j + 1).is_some_and(u8::is_ascii_digit)
             {
+                dotted |= b[j] == b'.';
                 j += 1;
             } else {
                 break;
             }
         }
+        if digits >= 9 || (dotted && digits >= 4) {
+            return true;
+        }
         i = j;
     }
-    false
+    phone_may_match(b)
+}
+
+/// Whether the phone detector can find a number its check accepts, in a
+/// text with no trigger (so no `+` or `(`: those forms go to the set).
+/// Every other form of the pattern starts with `\b\d` and holds only
+/// digits and the separators ` -./`; the check (`validate::phone`) takes
+/// what the pattern matched, or a shorter prefix of it, and accepts 10 or
+/// 11 digits, or 7 to 12 after a `0` that is not `00`. So a number starts
+/// at a digit with no letter, digit or `_` before it, and has at most the
+/// digits of the run of digits and separators from there.
+fn phone_may_match(b: &[u8]) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    (0..b.len()).any(|p| {
+        if !b[p].is_ascii_digit() || (p > 0 && word(b[p - 1])) {
+            return false;
+        }
+        let digits = b[p..]
+            .iter()
+            .take_while(|c| matches!(c, b'0'..=b'9' | b' ' | b'-' | b'.' | b'/'))
+            .filter(|c| c.is_ascii_digit())
+            .count();
+        digits >= 10 || (b[p] == b'0' && b.get(p + 1) != Some(&b'0') && digits >= 7)
+    })
+}
+
+/// Whether a `:` in `b` can be part of a match: IPv6 (`::`, or the seven
+/// colons of the full form), or the `[=:]` after a secret's name, every
+/// one of which holds `pass`, `pwd`, `secret`, `key` or `token` (matched
+/// without regard to case, as `(?i)` does in ASCII; `ſ` and the Kelvin
+/// sign are outside it, and triggers). Times (`20:08:17`) and ports
+/// (`:8443`) are neither.
+fn colon_may_match(b: &[u8]) -> bool {
+    b.windows(2).any(|w| w == b"::")
+        || b.iter().filter(|&&c| c == b':').count() >= 7
+        || [&b"pass"[..], b"pwd", b"secret", b"key", b"token"]
+            .iter()
+            .any(|word| b.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
 }
 
 const DIGIT: u8 = 1;
-/// `@ : = + (` and any byte outside ASCII: enough on their own.
+/// `@ = + (` and any byte outside ASCII: enough on their own.
 const TRIGGER: u8 = 2;
+/// `:`, which [`colon_may_match`] looks at again.
+const COLON: u8 = 8;
 /// The byte [`literal_at`] is anchored on: `-` `_` `J` `A`.
 const MARK: u8 = 4;
 
@@ -107,8 +157,10 @@ pub(crate) const CLASS: [u8; 256] = {
         let b = c as u8;
         t[c] = if b.is_ascii_digit() {
             DIGIT
-        } else if matches!(b, b'@' | b':' | b'=' | b'+' | b'(') || !b.is_ascii() {
+        } else if matches!(b, b'@' | b'=' | b'+' | b'(') || !b.is_ascii() {
             TRIGGER
+        } else if b == b':' {
+            COLON
         } else if matches!(b, b'-' | b'_' | b'J' | b'A') {
             MARK
         } else {
@@ -161,21 +213,38 @@ mod tests {
         &SET
     }
 
-    /// The digit chain on its own (texts with no other trigger): four
-    /// digits with single separators between them, never two in a row.
+    /// The digit rules on their own (texts with no trigger): chains long
+    /// enough for a card or an SSN, dotted ones for IPv4, two capitals
+    /// before a digit for an IBAN, and what a phone number's check takes.
     #[test]
     fn chains() {
         for (text, chained) in [
-            ("2026-11-25", true),
-            ("1-2-3-4", true),
             ("4111 1111 1111 1111", true),
-            ("750 ml, 24 hours", false),
+            ("078-05-1120", true),
+            ("10.0.0.1", true),
+            ("DE89", true),
+            ("555-123-4567", true),
+            ("555.123.4567", true),
+            ("030 1234567", true),
+            ("x 0301234567", true),
+            ("0012345678", true),
+            // Dates, times, SKUs, versions and UUIDs: the phone pattern
+            // matches several of these, and its check takes none.
+            ("2026-11-25", false),
+            ("2026-11-25T20:08:17Z", false),
+            ("SKU-00000001", false),
             ("1.4.2", false),
+            ("1-2-3-4", false),
+            ("00123456", false),
+            ("x 03012345", true),
+            ("a03012345", false),
+            ("T20", false),
+            ("750 ml, 24 hours", false),
             ("12  34", false),
             ("12-/34", false),
             ("-1-2-3-", false),
         ] {
-            assert_eq!(bytes_may_match(text.as_bytes()), chained, "{text}");
+            assert_eq!(digits_may_match(text.as_bytes()), chained, "{text}");
         }
     }
 
@@ -188,7 +257,7 @@ mod tests {
             "eyJhbGciOi.eyJzdWIiOi.sig",
             "pcl_0123456789012345678901234567890123456789abc",
             "AKIAIOSFODNN7EXAMPLE",
-            "aws_secret_access_key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
             // A review found fine-grained tokens passed through: `gh` is
             // not a prefix of `github_pat_`. Kept as regression cases.
@@ -201,6 +270,11 @@ mod tests {
             "sk_live_abcdefghijklmnop",
             "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345",
             "password=hunter22",
+            "password: hunter22",
+            "API-KEY : abcdef",
+            "Client_Secret:xyz123",
+            "access token:abc",
+            "1:2:3:4:5:6:7:8",
             "a@b.co",
             "DE89370400440532013000",
             "4111 1111 1111 1111",
@@ -213,13 +287,20 @@ mod tests {
             "fe80::1",
             "ԱБВ 12",
         ];
-        let set = set();
         for h in hits {
             assert!(builtins_may_match(h), "{h}");
         }
-        for miss in ["kitchen", "1.4.2", "750 ml, 24 hours", "support desk"] {
+        for miss in [
+            "kitchen",
+            "1.4.2",
+            "750 ml, 24 hours",
+            "support desk",
+            "SKU-00000001",
+            "2026-11-25T20:08:17Z",
+            "https://example.com:8443/x",
+        ] {
             assert!(!builtins_may_match(miss), "{miss}");
-            assert!(!set.is_match(miss), "{miss}");
+            assert!(!finds(miss), "{miss}");
         }
     }
 
@@ -278,7 +359,7 @@ mod tests {
         for i in 0..bytes.len() {
             for plain in [b'b', b' '] {
                 let before = std::mem::replace(&mut bytes[i], plain);
-                if std::str::from_utf8(&bytes).is_ok_and(|t| set().is_match(t)) {
+                if std::str::from_utf8(&bytes).is_ok_and(finds) {
                     break;
                 }
                 bytes[i] = before;
@@ -287,14 +368,39 @@ mod tests {
         String::from_utf8(bytes).expect("only ASCII bytes were written")
     }
 
-    /// Where the detector set matches `text`, the first look is true on
-    /// it and on it worn down to the fewest bytes that could trip the
-    /// first look while the set still matches (random tokens are full of
+    /// Whether the built-ins may find anything in `text`: the oracle. For
+    /// every pattern but the phone's, a match; for the phone, a number its
+    /// check accepts, asked of a masker with only the phone detector and
+    /// its first look skipped (alone it finds all that it would beside
+    /// the others, which only take from it).
+    fn finds(text: &str) -> bool {
+        static OTHERS: std::sync::LazyLock<RegexSet> = std::sync::LazyLock::new(|| {
+            RegexSet::new(
+                BUILTINS
+                    .iter()
+                    .filter(|b| b.name != "phone")
+                    .map(|b| b.pattern),
+            )
+            .expect("valid builtins")
+        });
+        static PHONE: std::sync::LazyLock<crate::Masker> = std::sync::LazyLock::new(|| {
+            let spec = crate::MaskSpec {
+                detectors: vec!["phone".into()],
+                ..crate::MaskSpec::default()
+            };
+            crate::Masker::new(&spec, None).expect("phone masker")
+        });
+        OTHERS.is_match(text) || (set().is_match(text) && PHONE.finds_without_first_look(text))
+    }
+
+    /// Where the built-ins find something in `text`, the first look is
+    /// true on it and on it worn down to the fewest bytes that could trip
+    /// the first look while they still find it (random tokens are full of
     /// upper-case-then-digit pairs and digit runs that hide a missing
     /// literal: a review found `github_pat_bbbbbbbbbbbbbbbbbbbbbb` that
     /// way).
     fn never_hides(text: &str) -> Result<(), TestCaseError> {
-        if set().is_match(text) {
+        if finds(text) {
             prop_assert!(builtins_may_match(text), "{text:?}");
             let plain = worn_down(text);
             prop_assert!(builtins_may_match(&plain), "{plain:?} (from {text:?})");

@@ -28,6 +28,7 @@
 //! scans JSON tokens in place and hands back their spans.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use crate::prefilter::{self, CLASS};
 use crate::{ActionKind, MaskError, Masker, Stats, Vault};
@@ -55,13 +56,28 @@ static SCAN: [u8; 256] = {
 };
 
 /// What the pass needs to know about the enclosing container.
-enum Frame {
-    /// The key rule naming the current member (its index in the masker's
-    /// fields) and the label it writes (the key, upper-case): resolved
-    /// once, when the key is read.
-    Object(Option<(usize, String)>),
+enum Frame<'a> {
+    Object {
+        /// The key rule naming the current member (its index in the
+        /// masker's fields) and the label it writes (the key, upper-case):
+        /// resolved once, when the key is read.
+        rule: Option<(usize, String)>,
+        /// The object's keys so far, to find one it repeats.
+        keys: Keys<'a>,
+    },
     Array,
 }
+
+/// An object's keys so far: a few are kept on the pass's shared stack of
+/// keys (from this index on), more in a set of their own.
+enum Keys<'a> {
+    Few(usize),
+    Many(HashSet<Cow<'a, str>>),
+}
+
+/// Keys an object keeps on the shared stack before it takes a set: a
+/// linear search is cheaper below this, and quadratic above it.
+const FEW_KEYS: usize = 16;
 
 /// What JSON's grammar allows next.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -139,6 +155,7 @@ pub(crate) fn mask(
         out: Vec::new(),
         copied: 0,
         stack: Vec::new(),
+        keys: Vec::new(),
     };
     // Counts and reversible tokens are kept aside until the pass is known
     // to stand: a fallback or a syntax error half way must count nothing.
@@ -180,7 +197,10 @@ struct Pass<'a> {
     out: Vec<u8>,
     /// Bytes of `text` before this are in `out` (or replaced there).
     copied: usize,
-    stack: Vec<Frame>,
+    stack: Vec<Frame<'a>>,
+    /// The keys of each open object that has [`Keys::Few`], innermost
+    /// last.
+    keys: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Pass<'a> {
@@ -210,11 +230,11 @@ impl<'a> Pass<'a> {
                 (Want::Next, b',') => {
                     i += 1;
                     match self.stack.last() {
-                        Some(Frame::Object(_)) => Want::Key,
+                        Some(Frame::Object { .. }) => Want::Key,
                         _ => Want::Value,
                     }
                 }
-                (Want::Next, b'}') if matches!(self.stack.last(), Some(Frame::Object(_))) => {
+                (Want::Next, b'}') if matches!(self.stack.last(), Some(Frame::Object { .. })) => {
                     self.close(&mut i)
                 }
                 (Want::Next, b']') if matches!(self.stack.last(), Some(Frame::Array)) => {
@@ -235,7 +255,13 @@ impl<'a> Pass<'a> {
     }
 
     fn close(&mut self, i: &mut usize) -> Want {
-        self.stack.pop();
+        if let Some(Frame::Object {
+            keys: Keys::Few(from),
+            ..
+        }) = self.stack.pop()
+        {
+            self.keys.truncate(from);
+        }
         *i += 1;
         self.after_value()
     }
@@ -263,7 +289,10 @@ impl<'a> Pass<'a> {
                 }
                 *i += 1;
                 return Ok(if open == b'{' {
-                    self.stack.push(Frame::Object(None));
+                    self.stack.push(Frame::Object {
+                        rule: None,
+                        keys: Keys::Few(self.keys.len()),
+                    });
                     Want::KeyOrClose
                 } else {
                     self.stack.push(Frame::Array);
@@ -295,7 +324,10 @@ impl<'a> Pass<'a> {
     /// The key rule for the value about to be read, and its label.
     fn field(&self) -> Option<(&crate::Field, &str)> {
         match self.stack.last() {
-            Some(Frame::Object(Some((i, label)))) => Some((&self.m.fields[*i], label.as_str())),
+            Some(Frame::Object {
+                rule: Some((i, label)),
+                ..
+            }) => Some((&self.m.fields[*i], label.as_str())),
             _ => None,
         }
     }
@@ -338,30 +370,56 @@ impl<'a> Pass<'a> {
         let start = *i;
         let t = scan_string(self.text.as_bytes(), start).ok_or(Stop::Syntax)?;
         *i = t.end();
-        let flagged = self.may_hold(start, t);
-        let mut rule = None;
-        if flagged || !self.m.fields.is_empty() {
-            let key = self.decode(start, t)?;
-            // A key that would be masked is renamed, and two renamed alike
-            // are told apart: the full path does that.
-            if flagged
-                && self.m.may_match(&key)
-                && matches!(self.m.mask_str(&key, &mut Stats::new()), Cow::Owned(_))
-            {
-                return Err(Stop::Fallback);
-            }
-            // The first rule naming the key (rules keep keys lower-case).
-            rule = self
-                .m
-                .fields
-                .iter()
-                .position(|f| f.keys.iter().any(|k| k.eq_ignore_ascii_case(&key)))
-                .map(|i| (i, key.to_ascii_uppercase()));
+        let key = self.decode(start, t)?;
+        // serde_json keeps the last of repeated keys, and the walk masks
+        // and counts only what it kept: it decides such an object.
+        if self.repeats(key.clone()) {
+            return Err(Stop::Fallback);
         }
-        if let Some(Frame::Object(r)) = self.stack.last_mut() {
+        let flagged = self.may_hold(start, t);
+        // A key that would be masked is renamed, and two renamed alike are
+        // told apart: the full path does that.
+        if flagged
+            && self.m.may_match(&key)
+            && matches!(self.m.mask_str(&key, &mut Stats::new()), Cow::Owned(_))
+        {
+            return Err(Stop::Fallback);
+        }
+        // The first rule naming the key (rules keep keys lower-case).
+        let rule = self
+            .m
+            .fields
+            .iter()
+            .position(|f| f.keys.iter().any(|k| k.eq_ignore_ascii_case(&key)))
+            .map(|i| (i, key.to_ascii_uppercase()));
+        if let Some(Frame::Object { rule: r, .. }) = self.stack.last_mut() {
             *r = rule;
         }
         Ok(Want::Colon)
+    }
+
+    /// Whether the current object has read `key` before; notes it if not.
+    fn repeats(&mut self, key: Cow<'a, str>) -> bool {
+        let Some(Frame::Object { keys, .. }) = self.stack.last_mut() else {
+            return false;
+        };
+        match keys {
+            Keys::Many(set) => !set.insert(key),
+            Keys::Few(from) => {
+                let mine = &self.keys[*from..];
+                if mine.contains(&key) {
+                    return true;
+                }
+                if mine.len() < FEW_KEYS {
+                    self.keys.push(key);
+                } else {
+                    let mut set: HashSet<_> = self.keys.drain(*from..).collect();
+                    set.insert(key);
+                    *keys = Keys::Many(set);
+                }
+                false
+            }
+        }
     }
 
     fn string(

@@ -932,3 +932,56 @@ proptest! {
         }
     }
 }
+
+// Found by review (2026-12-03): serde_json keeps the last of repeated
+// keys, so the walk masks and counts only that one; the one-pass path
+// counted (and, with reversible tokens, remembered) every copy. It now
+// leaves an object that repeats a key to the walk.
+#[test]
+fn repeated_keys_are_masked_and_counted_as_the_walk_does() {
+    let many: String = (0..40)
+        .map(|i| format!("\"k{i}\":\"x{i}@example.org\","))
+        .collect();
+    let docs = [
+        r#"{"a":"x@example.org","a":"1"}"#.to_string(),
+        r#"{"password":"a","password":"b"}"#.to_string(),
+        r#"{"k":1,"\u006b":"x@example.org"}"#.to_string(),
+        r#"[{"a":1},{"a":"x@example.org"},{"b":{"a":2},"a":3}]"#.to_string(),
+        format!("{{{many}\"k3\":\"4111 1111 1111 1111\"}}"),
+        format!("{{{many}\"last\":\"x@example.org\"}}"),
+    ];
+    for m in maskers() {
+        for d in &docs {
+            let (fast, fs, slow, ss) = both_paths(&m, d.as_bytes());
+            assert!(same(&fast, &slow), "{fast} != {slow} for {d}");
+            assert_eq!(fs, ss, "{d}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Objects written member by member from a few keys, so keys repeat.
+    #[test]
+    fn the_one_pass_path_agrees_with_the_walk_on_repeated_keys(
+        members in proptest::collection::vec(
+            (prop_oneof![Just("a"), Just("password"), Just("x@example.org"), Just("\\u0061")],
+             arb_json_mixed()),
+            0..24,
+        ),
+    ) {
+        let body = format!(
+            "{{{}}}",
+            members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for m in maskers() {
+            let (fast, fs, slow, ss) = both_paths(&m, body.as_bytes());
+            prop_assert!(same(&fast, &slow), "{fast} != {slow} for {body}");
+            prop_assert_eq!(fs, ss);
+        }
+    }
+}
