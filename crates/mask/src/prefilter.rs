@@ -132,11 +132,26 @@ fn phone_may_match(b: &[u8]) -> bool {
 /// sign are outside it, and triggers). Times (`20:08:17`) and ports
 /// (`:8443`) are neither.
 fn colon_may_match(b: &[u8]) -> bool {
-    b.windows(2).any(|w| w == b"::")
-        || b.iter().filter(|&&c| c == b':').count() >= 7
-        || [&b"pass"[..], b"pwd", b"secret", b"key", b"token"]
-            .iter()
-            .any(|word| b.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
+    let starts = |i: usize, word: &[u8]| {
+        b.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    let mut colons = 0;
+    (0..b.len()).any(|i| {
+        if b[i] == b':' {
+            colons += 1;
+            return colons >= 7 || b.get(i + 1) == Some(&b':');
+        }
+        // `| 0x20` folds an ASCII letter's case; only the letter itself
+        // and its capital fold onto each of these.
+        match b[i] | 0x20 {
+            b'p' => starts(i, b"pass") || starts(i, b"pwd"),
+            b's' => starts(i, b"secret"),
+            b'k' => starts(i, b"key"),
+            b't' => starts(i, b"token"),
+            _ => false,
+        }
+    })
 }
 
 const DIGIT: u8 = 1;
