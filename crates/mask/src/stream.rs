@@ -371,11 +371,6 @@ impl<'a> Pass<'a> {
         let t = scan_string(self.text.as_bytes(), start).ok_or(Stop::Syntax)?;
         *i = t.end();
         let key = self.decode(start, t)?;
-        // serde_json keeps the last of repeated keys, and the walk masks
-        // and counts only what it kept: it decides such an object.
-        if self.repeats(key.clone()) {
-            return Err(Stop::Fallback);
-        }
         let flagged = self.may_hold(start, t);
         // A key that would be masked is renamed, and two renamed alike are
         // told apart: the full path does that.
@@ -394,6 +389,11 @@ impl<'a> Pass<'a> {
             .map(|i| (i, key.to_ascii_uppercase()));
         if let Some(Frame::Object { rule: r, .. }) = self.stack.last_mut() {
             *r = rule;
+        }
+        // serde_json keeps the last of repeated keys, and the walk masks
+        // and counts only what it kept: it decides such an object.
+        if self.repeats(key) {
+            return Err(Stop::Fallback);
         }
         Ok(Want::Colon)
     }
