@@ -32,7 +32,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &ConsoleCommand) -> anyhow::Result<()> {
         groups,
         gateway,
     } = cmd;
-    portcullis_identity::validate_subject(principal).map_err(anyhow::Error::msg)?;
+    portcullis_identity::validate_principal(principal).map_err(anyhow::Error::msg)?;
     if !principal.starts_with("user:") {
         anyhow::bail!("the console is for people: use a user:NAME principal");
     }

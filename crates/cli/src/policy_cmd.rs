@@ -2,7 +2,7 @@
 //! connection, from the config alone.
 
 use clap::Subcommand;
-use portcullis_identity::{AuthMethod, Principal, PrincipalKind, validate_subject};
+use portcullis_identity::{AuthMethod, Principal, PrincipalKind, validate_principal};
 use portcullis_policy::{Decision, Match, Policy};
 
 use crate::Cli;
@@ -41,7 +41,7 @@ pub(crate) fn run(cli: &Cli, cmd: &PolicyCommand) -> anyhow::Result<()> {
         connection,
         json,
     } = cmd;
-    validate_subject(principal).map_err(anyhow::Error::msg)?;
+    validate_principal(principal).map_err(anyhow::Error::msg)?;
     let path = cli.config_path();
     let config = portcullis_config::Config::load(&path)?;
     let p = Principal {

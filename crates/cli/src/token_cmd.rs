@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use portcullis_identity::{TokenRecord, token, unix_now, validate_subject};
+use portcullis_identity::{TokenRecord, token, unix_now, validate_principal};
 use portcullis_store::{NewTokenRow, Store};
 
 use crate::Cli;
@@ -58,7 +58,7 @@ pub(crate) async fn create(
     groups: &[String],
     ttl: Duration,
 ) -> anyhow::Result<(String, String, i64)> {
-    validate_subject(principal).map_err(anyhow::Error::msg)?;
+    validate_principal(principal).map_err(anyhow::Error::msg)?;
     for g in groups {
         if g.is_empty()
             || !g

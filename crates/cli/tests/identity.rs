@@ -697,3 +697,110 @@ fn a_psql_session_ends_when_its_oidc_token_expires() {
     assert!(o.contains("before") && !o.contains("after"), "{o} {e}");
     assert!(e.contains("token expired"), "{e}");
 }
+
+/// Two real providers, each with a client `ci-bot`. The partner's is
+/// given a namespace: its `ci-bot` is `agent:partner/ci-bot`, which no
+/// grant for the home `agent:ci-bot` covers, and which the home provider
+/// cannot name. Left without namespaces, the gateway refuses to start.
+#[test]
+fn a_second_provider_names_its_callers_in_its_own_namespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let home = Idp::start(&dir.join("idp-home"), "alice", "dba");
+    let partner = Idp::start(&dir.join("idp-partner"), "alice", "dba");
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    write_leaf(&ca, dir, "api");
+    let api = upstream::start(&dir.join("api.pem"), &dir.join("api.key"));
+    std::fs::write(dir.join("api-key"), CANARY).unwrap();
+    let issuer = |idp: &Idp, extra: &str| {
+        format!(
+            "[[oidc]]\nissuer = \"{}\"\naudiences = [\"{}\"]\nca_file = \"{}\"\n{extra}\n",
+            idp.issuer,
+            idp::AUDIENCE,
+            idp.ca.display()
+        )
+    };
+    let config = |namespace: &str| {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+{home}
+{partner}
+
+[[connections]]
+name = "api"
+type = "http"
+url = "https://localhost:{port}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[connections]]
+name = "releases"
+type = "http"
+url = "https://localhost:{port}"
+ca_file = "ca.pem"
+credential = {{ header = "x-api-key", secret = "file:api-key" }}
+
+[[grants]]
+principals = ["agent:ci-bot"]
+connections = ["api"]
+
+[[grants]]
+principals = ["agent:partner/ci-bot"]
+connections = ["releases"]
+"#,
+            home = issuer(&home, ""),
+            partner = issuer(&partner, namespace),
+            port = api.port,
+        )
+    };
+
+    // Both bare, neither saying so: the gateway does not start, and says
+    // what to write.
+    let bare = dir.join("bare.toml");
+    std::fs::write(&bare, config("")).unwrap();
+    let out = Command::new("timeout")
+        .args(["60", BIN, "--config", bare.to_str().unwrap(), "gateway"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("oidc[0].namespace") && err.contains(&partner.issuer),
+        "{err}"
+    );
+
+    let (gw, _) = gateway_with_config(dir, &config("namespace = \"partner\""));
+    let ca = dir.join("ca.pem").to_str().unwrap().to_string();
+    let home_jwt = home.client_credentials_token();
+    let partner_jwt = partner.client_credentials_token();
+
+    // The home `ci-bot` has its grant; the partner's does not share it.
+    assert_eq!(
+        get(&gw.url, &ca, Some(&home_jwt), "/c/api/hello").status,
+        200
+    );
+    let r = get(&gw.url, &ca, Some(&partner_jwt), "/c/api/hello");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("agent:partner/ci-bot"), "{}", r.body);
+    // Its own grant names it with its namespace; the home one is not it.
+    let r = get(&gw.url, &ca, Some(&partner_jwt), "/c/releases/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&gw.url, &ca, Some(&home_jwt), "/c/releases/hello");
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // The audit log keeps the two apart.
+    let out = Command::new(BIN)
+        .args(["--config", dir.join("portcullis.toml").to_str().unwrap()])
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(audit.contains("\"agent:partner/ci-bot\""), "{audit}");
+    assert!(audit.contains("\"agent:ci-bot\""), "{audit}");
+}

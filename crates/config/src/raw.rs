@@ -300,6 +300,9 @@ struct RawOidc {
     refresh_interval: Option<String>,
     login_client_id: Option<String>,
     login_scopes: Option<String>,
+    /// Unset: bare names; `""`: bare names, shared on purpose with the
+    /// other bare issuers; a name: that namespace.
+    namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +429,14 @@ impl RawOidc {
                 groups_claim: self.groups_claim.clone().unwrap_or_else(|| "groups".into()),
                 subject_claim: self.subject_claim.clone().unwrap_or_else(|| "sub".into()),
                 leeway_secs: leeway.as_secs(),
+                namespace: match self.namespace.as_deref() {
+                    None | Some("") => portcullis_identity::Namespace::default(),
+                    Some(ns) => {
+                        portcullis_identity::validate_namespace(ns)
+                            .map_err(|e| invalid(key("namespace"), e))?;
+                        portcullis_identity::Namespace::Own(ns.to_string())
+                    }
+                },
             },
             ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
             refresh_interval,
@@ -870,6 +881,7 @@ impl Root {
             unique(&key("issuer"), &mut issuers, &o.issuer)?;
             oidc.push(o.validate(&key, base)?);
         }
+        self.namespaces_apart()?;
         let gateway_client_auth = match &self.gateway.client_auth {
             Some(c) => c.validate("gateway.client_auth", base)?,
             None => ClientAuth::default(),
@@ -887,10 +899,11 @@ impl Root {
             Some(o) => Some(o.validate(&oidc, base)?),
         };
         let console = self.console.validate()?;
-        let saml = match &self.saml {
+        let mut saml = match &self.saml {
             None => None,
             Some(s) => Some(s.validate(base)?),
         };
+        reserve_namespaces(&mut oidc, saml.as_mut());
         Ok(Config {
             source: Default::default(),
             saml,
@@ -959,6 +972,39 @@ impl Root {
         Ok((connections, names))
     }
 
+    /// Two `[[oidc]]` issuers that both name people bare (`user:alice`)
+    /// make each able to sign in as the other's people. That must be
+    /// said on purpose (`namespace = ""` on each); left unset, it is
+    /// refused.
+    fn namespaces_apart(&self) -> Result<(), Invalid> {
+        let bare: Vec<(usize, &RawOidc)> = self
+            .oidc
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.namespace.as_deref().is_none_or(str::is_empty))
+            .collect();
+        let unset = bare.iter().find(|(_, o)| o.namespace.is_none());
+        match unset {
+            Some((i, o)) if bare.len() > 1 => {
+                let other = bare
+                    .iter()
+                    .find(|(j, _)| j != i)
+                    .map_or("", |(_, x)| x.issuer.as_str());
+                Err(invalid(
+                    format!("oidc[{i}].namespace"),
+                    format!(
+                        "{} and {other} would both name people bare (user:NAME), so either \
+                         could sign in as the other's people: give each issuer its own \
+                         `namespace` (its people become user:NAMESPACE/NAME), or write \
+                         `namespace = \"\"` on each that names the same people",
+                        o.issuer
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `[[grants]]`: each names principals or groups, and connections
     /// that exist.
     fn grants(&self, names: &HashSet<&str>) -> Result<Vec<Grant>, Invalid> {
@@ -977,7 +1023,7 @@ impl Root {
                 ));
             }
             for p in &g.principals {
-                portcullis_identity::validate_subject(p)
+                portcullis_identity::validate_principal(p)
                     .map_err(|e| invalid(key("principals"), e))?;
             }
             if g.connections.is_empty() {
@@ -1476,5 +1522,32 @@ impl RawConnection {
             },
             root,
         ))
+    }
+}
+
+/// Every bare identity provider is told the namespaces of the others, so
+/// that it cannot name a group in one of them.
+fn reserve_namespaces(oidc: &mut [OidcIssuer], saml: Option<&mut crate::saml::Saml>) {
+    use portcullis_identity::Namespace;
+    let owned = |n: &Namespace| match n {
+        Namespace::Own(ns) => Some(ns.clone()),
+        Namespace::Bare { .. } => None,
+    };
+    let mut all: Vec<String> = oidc
+        .iter()
+        .map(|o| &o.settings.namespace)
+        .chain(saml.as_ref().map(|s| &s.namespace))
+        .filter_map(owned)
+        .collect();
+    all.sort();
+    all.dedup();
+    let spaces = oidc
+        .iter_mut()
+        .map(|o| &mut o.settings.namespace)
+        .chain(saml.map(|s| &mut s.namespace));
+    for n in spaces {
+        if let Namespace::Bare { reserved } = n {
+            *reserved = all.clone();
+        }
     }
 }

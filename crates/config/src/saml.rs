@@ -25,6 +25,8 @@ pub struct Saml {
     pub groups_attribute: String,
     /// How far the provider's clock may be from ours.
     pub clock_skew: Duration,
+    /// Whose names its assertions carry (`namespace`, as on `[[oidc]]`).
+    pub namespace: portcullis_identity::Namespace,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +37,7 @@ pub(crate) struct RawSaml {
     name_attribute: Option<String>,
     groups_attribute: Option<String>,
     clock_skew: Option<String>,
+    namespace: Option<String>,
 }
 
 impl RawSaml {
@@ -65,7 +68,16 @@ impl RawSaml {
         if groups_attribute.is_empty() {
             return Err(invalid("saml.groups_attribute", "must not be empty"));
         }
+        let namespace = match self.namespace.as_deref() {
+            None | Some("") => portcullis_identity::Namespace::default(),
+            Some(ns) => {
+                portcullis_identity::validate_namespace(ns)
+                    .map_err(|e| invalid("saml.namespace", e))?;
+                portcullis_identity::Namespace::Own(ns.to_string())
+            }
+        };
         Ok(Saml {
+            namespace,
             idp_metadata: base.join(&self.idp_metadata),
             entity_id: self.entity_id.clone(),
             name_attribute,

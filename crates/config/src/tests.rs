@@ -329,6 +329,87 @@ login_client_id = "portcullis-cli"
 }
 
 #[test]
+fn oidc_issuers_name_people_apart_unless_told_otherwise() {
+    use portcullis_identity::Namespace;
+    let issuer = |url: &str, extra: &str| {
+        format!("[[oidc]]\nissuer = \"{url}\"\naudiences = [\"a\"]\n{extra}\n")
+    };
+    // Two issuers naming people bare, neither saying so: refused, with
+    // what to write instead.
+    let e = err(&with(&format!(
+        "{}{}",
+        issuer("https://corp", ""),
+        issuer("https://partner", "")
+    )));
+    assert!(
+        e.contains("oidc[0].namespace")
+            && e.contains("https://partner")
+            && e.contains("namespace = \"\""),
+        "{e}"
+    );
+    // One bare, the other written bare on purpose: still refused, since
+    // the first did not say so.
+    let e = err(&with(&format!(
+        "{}{}",
+        issuer("https://corp", ""),
+        issuer("https://partner", "namespace = \"\"")
+    )));
+    assert!(e.contains("oidc[0].namespace"), "{e}");
+    // Both on purpose: accepted, both bare.
+    let c = parse(&with(&format!(
+        "{}{}",
+        issuer("https://corp", "namespace = \"\""),
+        issuer("https://partner", "namespace = \"\"")
+    )))
+    .unwrap();
+    assert!(
+        c.oidc
+            .iter()
+            .all(|o| o.settings.namespace == Namespace::default())
+    );
+    // One bare, one namespaced: the bare one may not name the other's
+    // groups.
+    let c = parse(&with(&format!(
+        "{}{}",
+        issuer("https://corp", ""),
+        issuer("https://partner", "namespace = \"partner\"")
+    )))
+    .unwrap();
+    assert_eq!(
+        c.oidc[0].settings.namespace,
+        Namespace::Bare {
+            reserved: vec!["partner".into()]
+        }
+    );
+    assert_eq!(
+        c.oidc[1].settings.namespace,
+        Namespace::Own("partner".into())
+    );
+    for bad in ["Partner", "a/b", "a:b", &"x".repeat(33)] {
+        let e = err(&with(&issuer(
+            "https://partner",
+            &format!("namespace = \"{bad}\""),
+        )));
+        assert!(e.contains("oidc[0].namespace"), "{bad}: {e}");
+    }
+    // A grant may name a namespaced person; not a malformed one.
+    let grant = |p: &str| {
+        conn("url = \"https://x\"")
+            + &format!("[[grants]]\nprincipals = [\"{p}\"]\nconnections = [\"api\"]\n")
+    };
+    for good in [
+        "user:partner/alice",
+        "agent:claude@partner/alice",
+        "user:alice",
+    ] {
+        assert!(parse(&grant(good)).is_ok(), "{good}");
+    }
+    for bad in ["user:partner/", "user:Partner/alice", "user:a/b/c"] {
+        assert!(err(&grant(bad)).contains("grants[0].principals"), "{bad}");
+    }
+}
+
+#[test]
 fn client_auth_per_listener() {
     let c = parse(&MINIMAL.replace(
         "key = \"s.key\"",

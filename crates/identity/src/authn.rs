@@ -138,7 +138,7 @@ impl Authenticator {
         // Namespaced under the person: grants written for a bare
         // `agent:NAME` never cover it, and approvals are bound to it.
         let agent = &crate::delegated_subject(agent, &person.subject);
-        if crate::validate_subject(agent).is_err() {
+        if crate::validate_principal(agent).is_err() {
             return Err(DelegateError::NotAnAgent(agent.chars().take(128).collect()));
         }
         if ttl > MAX_DELEGATION || ttl.is_zero() {

@@ -17,7 +17,7 @@ pub use authn::{
 pub use oidc::{IssuerSettings, OidcError};
 pub use oidc_keys::OidcVerifier;
 pub use principal::{
-    AuthMethod, Principal, PrincipalKind, Resource, delegated_subject, is_delegated,
-    validate_subject,
+    AuthMethod, Namespace, Principal, PrincipalKind, Resource, delegated_subject, is_delegated,
+    validate_namespace, validate_principal, validate_subject,
 };
 pub use token::{AuthError, TokenHash, TokenRecord};

@@ -115,6 +115,8 @@ pub struct IssuerSettings {
     pub subject_claim: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Whose names the issuer's tokens carry.
+    pub namespace: crate::Namespace,
 }
 
 /// Peek at the unverified `iss` claim, to choose which issuer's keys to
@@ -331,18 +333,22 @@ fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal
         if crate::is_delegated(sub) {
             return Err(OidcError::BadClaim("sub".into()));
         }
-        format!("agent:{sub}")
+        ("agent", sub)
     } else {
         let name = match claims.get(&settings.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.as_str(),
             Some(_) => return Err(OidcError::BadClaim(settings.subject_claim.clone())),
             None => return Err(OidcError::MissingClaim(settings.subject_claim.clone())),
         };
-        format!("user:{name}")
+        ("user", name)
     };
-    if crate::validate_subject(&subject).is_err() {
+    // The name as the issuer gives it must be a whole principal on its
+    // own (no `/`), before any namespace is put in front of it.
+    let (kind, name) = subject;
+    if crate::validate_subject(&format!("{kind}:{name}")).is_err() {
         return Err(OidcError::BadClaim(settings.subject_claim.clone()));
     }
+    let subject = settings.namespace.subject(kind, name);
     let groups = match claims.get(&settings.groups_claim) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -359,7 +365,11 @@ fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal
         Some(_) => return Err(OidcError::BadClaim(settings.groups_claim.clone())),
     };
     let dedup: HashSet<&String> = groups.iter().collect();
-    let mut groups: Vec<String> = dedup.into_iter().cloned().collect();
+    let mut groups = dedup
+        .into_iter()
+        .map(|g| settings.namespace.group(g))
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| OidcError::BadClaim(settings.groups_claim.clone()))?;
     groups.sort();
     Ok(Principal {
         kind: PrincipalKind::of_subject(&subject),

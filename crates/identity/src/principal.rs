@@ -133,9 +133,150 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
     }
 }
 
+/// Whose names an identity provider's tokens carry (`namespace` of an
+/// `[[oidc]]` issuer). Two providers that both name people `user:alice`
+/// are one person to every grant, approval and budget, so a provider that
+/// is not trusted to name the same people as the others gets its own
+/// namespace: its names and groups are written `NS/NAME`. No other
+/// source can produce a `/` in a principal ([`validate_subject`] refuses
+/// it), so a namespaced name cannot be claimed from outside its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespace {
+    /// Names as the provider gives them (`user:alice`), shared with every
+    /// other bare source. A group that begins with one of `reserved`
+    /// (another provider's namespace) and `/` is refused: it would be that
+    /// provider's group.
+    Bare { reserved: Vec<String> },
+    /// `user:NS/alice`, `agent:NS/ci`, group `NS/admins`.
+    Own(String),
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::Bare {
+            reserved: Vec::new(),
+        }
+    }
+}
+
+impl Namespace {
+    /// `kind:name` under this namespace. `name` must already have passed
+    /// [`validate_subject`] as `kind:name`, so it holds no `/`.
+    pub fn subject(&self, kind: &str, name: &str) -> String {
+        match self {
+            Self::Bare { .. } => format!("{kind}:{name}"),
+            Self::Own(ns) => format!("{kind}:{ns}/{name}"),
+        }
+    }
+
+    /// A group as the provider names it, under this namespace; `None` if
+    /// a bare provider names a group in another provider's namespace.
+    pub fn group(&self, group: &str) -> Option<String> {
+        match self {
+            Self::Own(ns) => Some(format!("{ns}/{group}")),
+            Self::Bare { reserved } => {
+                let taken = reserved.iter().any(|ns| {
+                    group
+                        .strip_prefix(ns.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+                });
+                (!taken).then(|| group.to_string())
+            }
+        }
+    }
+}
+
+/// Check a namespace's name: lowercase letters, digits, `-` and `_`, at
+/// most 32 characters.
+pub fn validate_namespace(ns: &str) -> Result<(), String> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 32
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid namespace {ns:?}: lowercase letters, digits, - and _, at most 32 characters"
+        ))
+    }
+}
+
+/// Check a principal written in config, on a command line or in a form:
+/// what [`validate_subject`] accepts, or the same with a namespace before
+/// the name (`user:corp/alice`) or before the person an agent acts for
+/// (`agent:claude@corp/alice`).
+pub fn validate_principal(subject: &str) -> Result<(), String> {
+    let Some((kind, name)) = subject.split_once(':') else {
+        return validate_subject(subject);
+    };
+    let Some((before, rest)) = name.split_once('/') else {
+        return validate_subject(subject);
+    };
+    // The namespace is what lies between the last `@` (a delegation) or
+    // the kind's `:` and the `/`.
+    let (agent, ns) = match before.rsplit_once('@') {
+        Some((agent, ns)) => (Some(agent), ns),
+        None => (None, before),
+    };
+    let plain = match agent {
+        Some(agent) => format!("{kind}:{agent}@{rest}"),
+        None => format!("{kind}:{rest}"),
+    };
+    match (validate_namespace(ns), validate_subject(&plain)) {
+        (Ok(()), Ok(())) if !rest.contains('/') => Ok(()),
+        _ => Err(format!(
+            "invalid principal {subject:?}: expected KIND:NAME such as agent:ci or user:alice, \
+             or KIND:NAMESPACE/NAME for an identity provider with a namespace (user:corp/alice)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaced_principals_are_validated() {
+        for good in [
+            "user:corp/alice",
+            "user:corp/alice@example.com",
+            "agent:corp/ci",
+            "agent:claude@corp/alice",
+            "user:alice",
+        ] {
+            assert!(validate_principal(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "user:/alice",
+            "user:corp/",
+            "user:Corp/alice",
+            "user:corp/a/b",
+            "user:co rp/alice",
+            "agent:cl aude@corp/alice",
+            "corp/alice",
+        ] {
+            assert!(validate_principal(bad).is_err(), "{bad}");
+        }
+        // What a source may name never holds a namespace.
+        assert!(validate_subject("user:corp/alice").is_err());
+    }
+
+    #[test]
+    fn a_bare_source_cannot_name_a_namespaced_group() {
+        let bare = Namespace::Bare {
+            reserved: vec!["corp".into()],
+        };
+        assert_eq!(bare.group("corp/admins"), None);
+        assert_eq!(bare.group("corp-admins").as_deref(), Some("corp-admins"));
+        assert_eq!(bare.group("corporate/x").as_deref(), Some("corporate/x"));
+        assert_eq!(bare.group("/corp/x").as_deref(), Some("/corp/x"));
+        let own = Namespace::Own("corp".into());
+        assert_eq!(own.group("admins").as_deref(), Some("corp/admins"));
+        assert_eq!(own.subject("user", "alice"), "user:corp/alice");
+        assert_eq!(bare.subject("user", "alice"), "user:alice");
+    }
 
     #[test]
     fn kind_follows_prefix() {

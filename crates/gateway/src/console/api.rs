@@ -459,7 +459,7 @@ pub fn explain(
     };
     let principal =
         get("principal").ok_or_else(|| ProxyError::CallerBody("principal is missing".into()))?;
-    portcullis_identity::validate_subject(&principal).map_err(ProxyError::CallerBody)?;
+    portcullis_identity::validate_principal(&principal).map_err(ProxyError::CallerBody)?;
     let connection =
         get("connection").ok_or_else(|| ProxyError::CallerBody("connection is missing".into()))?;
     let groups: Vec<String> = get("groups")

@@ -372,6 +372,7 @@ impl SamlSp {
             a,
             self.cfg.name_attribute.as_deref(),
             &self.cfg.groups_attribute,
+            &self.cfg.namespace,
         )
     }
 
@@ -469,6 +470,7 @@ fn person_of(
     a: &Assertion,
     name_attribute: Option<&str>,
     groups_attribute: &str,
+    namespace: &portcullis_identity::Namespace,
 ) -> Result<Principal, Refusal> {
     let name = match name_attribute {
         Some(attr) => attribute_values(a, attr).into_iter().next(),
@@ -490,10 +492,12 @@ fn person_of(
             "the name has surrounding white space".into(),
         ));
     }
-    let subject = format!("user:{name}");
-    portcullis_identity::validate_subject(&subject)
+    // The name as the provider gives it must be a whole principal on its
+    // own (no `/`), before any namespace is put in front of it.
+    portcullis_identity::validate_subject(&format!("user:{name}"))
         .map_err(|_| Refusal::BadPerson(bounded(&format!("{name:?} is not a usable name"))))?;
-    let mut groups = attribute_values(a, groups_attribute);
+    let subject = namespace.subject("user", &name);
+    let groups = attribute_values(a, groups_attribute);
     if groups.len() > MAX_GROUPS
         || groups
             .iter()
@@ -503,6 +507,15 @@ fn person_of(
             "the {groups_attribute} attribute has more than {MAX_GROUPS} values, or an empty, over-long or space-padded one"
         )));
     }
+    let mut groups = groups
+        .iter()
+        .map(|g| namespace.group(g))
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| {
+            Refusal::BadPerson(format!(
+                "the {groups_attribute} attribute names a group in another identity provider's namespace"
+            ))
+        })?;
     groups.sort();
     groups.dedup();
     Ok(Principal {
@@ -692,6 +705,7 @@ fn bounded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_identity::Namespace;
 
     fn assertion(xml: &str) -> Assertion {
         xml.parse().expect("test assertion parses")
@@ -739,16 +753,18 @@ mod tests {
         let attrs = r#"<saml:Attribute Name="uid"><saml:AttributeValue>bob</saml:AttributeValue></saml:Attribute>
 <saml:Attribute Name="groups"><saml:AttributeValue>ops</saml:AttributeValue><saml:AttributeValue>admins</saml:AttributeValue><saml:AttributeValue>ops</saml:AttributeValue></saml:Attribute>"#;
         let a = with(FOR_US, attrs, "alice");
-        let p = person_of(&a, None, "groups").unwrap();
+        let p = person_of(&a, None, "groups", &Namespace::default()).unwrap();
         assert_eq!(p.subject, "user:alice");
         assert_eq!(p.groups, ["admins", "ops"]);
         assert_eq!(p.kind, PrincipalKind::Human);
         assert_eq!(
-            person_of(&a, Some("uid"), "groups").unwrap().subject,
+            person_of(&a, Some("uid"), "groups", &Namespace::default())
+                .unwrap()
+                .subject,
             "user:bob"
         );
         assert!(matches!(
-            person_of(&a, Some("mail"), "groups"),
+            person_of(&a, Some("mail"), "groups", &Namespace::default()),
             Err(Refusal::BadPerson(_))
         ));
         // A name that would be another kind of principal, or is not a
@@ -759,8 +775,35 @@ mod tests {
             );
             // Refused when read, or when named.
             if let Ok(a) = xml.parse::<Assertion>() {
-                assert!(person_of(&a, None, "groups").is_err(), "{bad:?}");
+                assert!(
+                    person_of(&a, None, "groups", &Namespace::default()).is_err(),
+                    "{bad:?}"
+                );
             }
+        }
+    }
+
+    #[test]
+    fn a_namespace_is_put_before_the_name_and_groups() {
+        let attrs = r#"<saml:Attribute Name="groups"><saml:AttributeValue>ops</saml:AttributeValue><saml:AttributeValue>corp/admins</saml:AttributeValue></saml:Attribute>"#;
+        let a = with(FOR_US, attrs, "alice");
+        let own = Namespace::Own("partner".into());
+        let p = person_of(&a, None, "groups", &own).unwrap();
+        assert_eq!(p.subject, "user:partner/alice");
+        assert_eq!(p.groups, ["partner/corp/admins", "partner/ops"]);
+        // Bare, with another provider's namespace `corp`: its group is not
+        // this provider's to give.
+        let bare = Namespace::Bare {
+            reserved: vec!["corp".into()],
+        };
+        assert!(matches!(
+            person_of(&a, None, "groups", &bare),
+            Err(Refusal::BadPerson(_))
+        ));
+        // A name holding `/` could pose as a namespaced person.
+        let slash = with(FOR_US, "", "corp/alice");
+        for ns in [own, bare] {
+            assert!(person_of(&slash, None, "groups", &ns).is_err());
         }
     }
 

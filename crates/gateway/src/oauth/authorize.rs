@@ -420,7 +420,7 @@ impl OAuthServer {
             &format!("agent:{}", ask.client_id),
             &person.subject,
         );
-        if portcullis_identity::validate_subject(&agent).is_err() {
+        if portcullis_identity::validate_principal(&agent).is_err() {
             return page(
                 StatusCode::FORBIDDEN,
                 "Sign-in refused",

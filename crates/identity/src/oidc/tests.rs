@@ -33,6 +33,7 @@ fn settings() -> IssuerSettings {
         groups_claim: "groups".into(),
         subject_claim: "sub".into(),
         leeway_secs: 30,
+        namespace: crate::Namespace::default(),
     }
 }
 
@@ -51,7 +52,10 @@ fn sign(iss: &Issuer, kid: &str, claims: &Value) -> String {
 
 /// The whole pipeline as the authenticator runs it.
 fn check(token: &str, keys: &JwkSet) -> Result<Principal, OidcError> {
-    let s = settings();
+    check_as(settings(), token, keys)
+}
+
+fn check_as(s: IssuerSettings, token: &str, keys: &JwkSet) -> Result<Principal, OidcError> {
     let iss = unverified_issuer(token)?;
     if iss != s.issuer {
         return Err(OidcError::UnknownIssuer(iss));
@@ -378,4 +382,61 @@ fn keys_not_published_for_verifying_are_refused() {
     sig.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     sig.common.key_operations = Some(vec![jsonwebtoken::jwk::KeyOperations::Verify]);
     assert!(check(&t, &JwkSet { keys: vec![sig] }).is_ok());
+}
+
+#[test]
+fn a_namespaced_issuer_names_people_agents_and_groups_under_its_namespace() {
+    let i = issuer("k1");
+    let own = IssuerSettings {
+        namespace: crate::Namespace::Own("partner".into()),
+        ..settings()
+    };
+    let p = check_as(own.clone(), &sign(&i, "k1", &claims()), &keys_of(&i)).unwrap();
+    assert_eq!(p.subject, "user:partner/alice");
+    assert_eq!(p.kind, PrincipalKind::Human);
+    assert_eq!(p.groups, vec!["partner/dba", "partner/dev"]);
+
+    let mut c = claims();
+    c["sub"] = json!("ci-bot");
+    c["client_id"] = json!("ci-bot");
+    let p = check_as(own.clone(), &sign(&i, "k1", &c), &keys_of(&i)).unwrap();
+    assert_eq!(p.subject, "agent:partner/ci-bot");
+    assert_eq!(p.kind, PrincipalKind::Agent);
+
+    // A name that already holds a `/` could pose as another namespace's.
+    for sub in ["corp/alice", "partner/alice"] {
+        let mut c = claims();
+        c["sub"] = json!(sub);
+        for s in [own.clone(), settings()] {
+            assert!(
+                matches!(
+                    check_as(s, &sign(&i, "k1", &c), &keys_of(&i)),
+                    Err(OidcError::BadClaim(_))
+                ),
+                "{sub}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bare_issuer_cannot_name_a_group_in_another_namespace() {
+    let i = issuer("k1");
+    let bare = IssuerSettings {
+        namespace: crate::Namespace::Bare {
+            reserved: vec!["partner".into()],
+        },
+        ..settings()
+    };
+    let mut c = claims();
+    c["groups"] = json!(["dev", "partner/dba"]);
+    let err = check_as(bare.clone(), &sign(&i, "k1", &c), &keys_of(&i)).unwrap_err();
+    assert_eq!(err.to_string(), r#"claim "groups" has an unusable value"#);
+    // The same claim as one space-separated string.
+    c["groups"] = json!("dev partner/dba");
+    assert!(check_as(bare.clone(), &sign(&i, "k1", &c), &keys_of(&i)).is_err());
+    // A group that merely begins with the same letters is its own.
+    c["groups"] = json!(["partners/dba", "/partner/dba"]);
+    let p = check_as(bare, &sign(&i, "k1", &c), &keys_of(&i)).unwrap();
+    assert_eq!(p.groups, vec!["/partner/dba", "partners/dba"]);
 }
