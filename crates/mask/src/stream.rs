@@ -277,7 +277,7 @@ impl<'a> Pass<'a> {
         let start = *i;
         match b[start] {
             b'"' => {
-                let t = scan_string(b, start).ok_or(Stop::Syntax)?;
+                let t = scan_string(b, start).ok_or_else(|| Stop::Syntax)?;
                 self.string(start, t, stats, vault)?;
                 *i = t.end();
             }
@@ -300,7 +300,7 @@ impl<'a> Pass<'a> {
                 });
             }
             b'-' | b'0'..=b'9' => {
-                let end = number_end(b, start).ok_or(Stop::Syntax)?;
+                let end = number_end(b, start).ok_or_else(|| Stop::Syntax)?;
                 self.number(start, end, stats, vault)?;
                 *i = end;
             }
@@ -368,7 +368,7 @@ impl<'a> Pass<'a> {
     /// The key starting at `*i`.
     fn key(&mut self, i: &mut usize) -> Result<Want, Stop> {
         let start = *i;
-        let t = scan_string(self.text.as_bytes(), start).ok_or(Stop::Syntax)?;
+        let t = scan_string(self.text.as_bytes(), start).ok_or_else(|| Stop::Syntax)?;
         *i = t.end();
         let key = self.decode(start, t)?;
         let flagged = self.may_hold(start, t);
@@ -535,6 +535,17 @@ fn scan_string(b: &[u8], start: usize) -> Option<Token> {
     // the same look-up that finds the run's end (no branch on the class).
     let mut seen = 0;
     let mut i = start + 1;
+    // Eight bytes at a time while none of them ends the run: one branch
+    // and one bounds check per eight bytes instead of per byte (safe code
+    // the compiler unrolls; the byte loop below finds where it ends).
+    while let Some(chunk) = b.get(i..i + 8).and_then(|s| <&[u8; 8]>::try_from(s).ok()) {
+        let classes = chunk.iter().fold(0, |acc, &c| acc | SCAN[usize::from(c)]);
+        if classes & STOP != 0 {
+            break;
+        }
+        seen |= classes;
+        i += 8;
+    }
     let c = loop {
         let c = *b.get(i)?;
         let class = SCAN[usize::from(c)];
