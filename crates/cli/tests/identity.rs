@@ -542,6 +542,16 @@ fn client_certificates_name_the_caller() {
             Duration::from_secs(3600),
         )
         .unwrap();
+    // The same CA's certificate named by its CN alone (`agent:deployer`,
+    // a kind the listener accepts from other CAs).
+    rogue
+        .write_leaf(
+            LeafKind::Client,
+            &data.join("rogue-cn"),
+            &["deployer".into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
     let r = with_cert("rogue");
     assert_eq!(r.status, 0, "rogue certificate accepted: {}", r.body);
     assert!(s.gw.logs().contains("invalid_certificate") || s.gw.logs().contains("alert"));
@@ -556,7 +566,7 @@ fn client_certificates_name_the_caller() {
     std::fs::write(&bundle, pem).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let r = with_cert("rogue");
+        let r = with_cert("rogue-cn");
         if r.status == 200 {
             break;
         }
@@ -571,6 +581,27 @@ fn client_certificates_name_the_caller() {
     assert!(s.gw.logs().contains("client CA bundle reloaded"));
     // The first CA still counts.
     assert_eq!(with_cert("deployer").status, 200);
+    // A review found the other CA could write the gateway's own trust
+    // domain (`spiffe://portcullis/agent/deployer`, as `rogue` has it)
+    // and name any principal: refused, though the handshake passes.
+    let r = with_cert("rogue");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("internal_ca"), "{}", r.body);
+    rogue
+        .write_leaf(
+            LeafKind::Client,
+            &data.join("rogue-alice"),
+            &["user:alice".into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let r = with_cert("rogue-alice");
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The internal CA's own `user:alice` still names her.
+    issue("user:alice", "alice");
+    let r = with_cert("alice");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("user:alice"), "{}", r.body);
 }
 
 #[test]

@@ -412,6 +412,10 @@ pub struct GatewayConfig {
     pub key: PathBuf,
     pub tls: TlsPolicy,
     pub client_auth: ClientAuth,
+    /// The gateway's own CA (the first certificate of this file): the
+    /// only issuer whose certificates may name any principal (trust
+    /// domain `portcullis`, as `cert issue` makes them).
+    pub internal_ca: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

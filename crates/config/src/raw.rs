@@ -488,6 +488,7 @@ struct RawGateway {
     #[serde(default)]
     tls: TlsPolicy,
     client_auth: Option<RawClientAuth>,
+    internal_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -922,6 +923,7 @@ impl Root {
                 key: path(&self.gateway.key),
                 tls: self.gateway.tls,
                 client_auth: gateway_client_auth,
+                internal_ca: path(self.gateway.internal_ca.as_deref().unwrap_or("ca.pem")),
             },
             limits,
             upstream_tls: self.upstream_tls,

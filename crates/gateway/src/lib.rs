@@ -503,7 +503,20 @@ async fn shared(
         Some(w) => Some(webhook(w)?),
     };
     let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
-    let auth = Authenticator::new(Arc::new(store.cached_tokens()));
+    let own_ca =
+        portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca).map_err(|source| {
+            GatewayError::Tls {
+                what: "the gateway's own CA (internal_ca)",
+                source,
+            }
+        })?;
+    if own_ca.is_none() {
+        tracing::info!(
+            path = %cfg.gateway.internal_ca.display(),
+            "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
+        );
+    }
+    let auth = Authenticator::new(Arc::new(store.cached_tokens())).with_own_ca(own_ca);
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),
         None => auth,

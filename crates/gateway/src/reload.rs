@@ -459,6 +459,9 @@ fn identity_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.saml != new.saml {
         out.push("[saml]");
     }
+    if old.gateway.internal_ca != new.gateway.internal_ca {
+        out.push("gateway.internal_ca");
+    }
     if old.gateway.client_auth != new.gateway.client_auth {
         out.push("gateway.client_auth");
     }

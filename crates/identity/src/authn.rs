@@ -84,11 +84,24 @@ pub struct Delegated {
 pub struct Authenticator {
     tokens: Arc<dyn TokenStore>,
     oidc: Option<OidcVerifier>,
+    /// The only CA whose certificates may name any principal.
+    own_ca: Option<portcullis_tls::client_cert::OwnCa>,
 }
 
 impl Authenticator {
     pub fn new(tokens: Arc<dyn TokenStore>) -> Self {
-        Self { tokens, oidc: None }
+        Self {
+            tokens,
+            oidc: None,
+            own_ca: None,
+        }
+    }
+
+    /// The gateway's own CA (`[gateway] internal_ca`): certificates it
+    /// signed name any principal; without it, none uses its trust domain.
+    pub fn with_own_ca(mut self, ca: Option<portcullis_tls::client_cert::OwnCa>) -> Self {
+        self.own_ca = ca;
+        self
     }
 
     /// The OIDC verifier, when issuers are configured (the gateway's own
@@ -184,8 +197,9 @@ impl Authenticator {
                 None => Err(AuthError::OidcNotConfigured),
             },
             Credential::Certificate { der, names } => {
-                let subject = portcullis_tls::client_cert::principal_for(der, names)
-                    .map_err(|e| AuthError::Certificate(e.to_string()))?;
+                let subject =
+                    portcullis_tls::client_cert::principal_for(der, names, self.own_ca.as_ref())
+                        .map_err(|e| AuthError::Certificate(e.to_string()))?;
                 if subject.starts_with("connector:") {
                     return Err(AuthError::Certificate(
                         "an agent link certificate cannot be used to call connections".into(),

@@ -6,8 +6,16 @@
 //! `KIND:NAME`), else a DNS name (→ `agent:NAME`), else the subject CN
 //! (`KIND:NAME` as is, otherwise `agent:CN`).
 
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::TlsError;
 
 /// The trust domain of SPIFFE IDs in certificates from the internal CA.
 pub const SPIFFE_DOMAIN: &str = "portcullis";
@@ -58,11 +66,78 @@ impl Default for CertPolicy {
     }
 }
 
-/// The principal `der` names under `policy` (see [`CertPolicy`]).
-pub fn principal_for(der: &[u8], policy: &CertPolicy) -> Result<String, CertNameError> {
+/// The gateway's own CA (`[gateway] internal_ca`, the CA `cert issue`
+/// signs with): the one issuer whose certificates may use the trust
+/// domain [`SPIFFE_DOMAIN`] and so name any principal. The handshake
+/// verifies a client certificate against the listener's whole bundle,
+/// which may hold other CAs; a SPIFFE ID's domain is only text the issuer
+/// wrote, so which CA signed the certificate is checked again here.
+#[derive(Clone)]
+pub struct OwnCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for OwnCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnCa")
+    }
+}
+
+impl OwnCa {
+    /// The first certificate of the PEM file at `path`; `Ok(None)` when
+    /// there is no such file (then no certificate may use the domain).
+    pub fn load(path: &Path) -> Result<Option<Self>, TlsError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let first = crate::config::load_cert_chain(path)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::NoCertificate {
+                path: path.to_path_buf(),
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(first).map_err(|e| TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError::Policy(format!("internal CA verifier: {e}")))?;
+        Ok(Some(Self { verifier }))
+    }
+
+    /// Whether the CA signed `der` itself (no intermediate), and it is a
+    /// valid client certificate now.
+    pub fn issued(&self, der: &[u8]) -> bool {
+        self.verifier
+            .verify_client_cert(&CertificateDer::from(der), &[], UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// The principal `der` names under `policy` (see [`CertPolicy`]); `own`:
+/// the gateway's own CA, when it has one.
+pub fn principal_for(
+    der: &[u8],
+    policy: &CertPolicy,
+    own: Option<&OwnCa>,
+) -> Result<String, CertNameError> {
     let (principal, domain) = named(der, &policy.order)?;
     if domain.as_deref() == Some(SPIFFE_DOMAIN) {
-        return Ok(principal);
+        if own.is_some_and(|ca| ca.issued(der)) {
+            return Ok(principal);
+        }
+        // Another CA in the bundle wrote the gateway's own trust domain:
+        // it would name any principal (`user:alice`, `agent:x@alice`).
+        return Err(CertNameError::NotAccepted(
+            principal,
+            format!(
+                "the SPIFFE trust domain {SPIFFE_DOMAIN:?} is the gateway's own CA's \
+                 (internal_ca), which did not issue this certificate"
+            ),
+        ));
     }
     if let Some(d) = &domain
         && !policy.trust_domains.iter().any(|t| t == d)
@@ -248,17 +323,69 @@ mod tests {
         );
     }
 
+    /// The gateway's own CA and another, each in a folder of `dir`, and a
+    /// client certificate each issued for `names`.
+    fn two_cas(dir: &Path, names: &[&str]) -> (OwnCa, Vec<u8>, Vec<u8>) {
+        let issue = |sub: &str| {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).unwrap();
+            let (ca, _) = crate::CertificateAuthority::load_or_create(&d).unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let pem = ca
+                .issue(
+                    crate::LeafKind::Client,
+                    &names,
+                    std::time::Duration::from_secs(3600),
+                )
+                .unwrap()
+                .cert_pem;
+            crate::pem_certificates(pem.as_bytes())
+                .unwrap()
+                .remove(0)
+                .to_vec()
+        };
+        let (own, other) = (issue("own"), issue("other"));
+        let ca = OwnCa::load(&dir.join("own/ca.pem")).unwrap().unwrap();
+        (ca, own, other)
+    }
+
+    /// A review found that any CA in a listener's bundle could write the
+    /// gateway's own trust domain into a SPIFFE ID and name any principal
+    /// (`user:alice`, `agent:claude@alice`): the domain is only honoured
+    /// on a certificate the gateway's own CA signed.
     #[test]
-    fn other_cas_name_only_listed_kinds_and_trust_domains() {
-        let policy = CertPolicy::default();
-        // The gateway's own trust domain: any kind, as `cert issue` made it.
-        let own = cert(
+    fn only_the_gateways_own_ca_names_principals_in_its_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CertPolicy {
+            kinds: vec!["agent".into(), "user".into()],
+            trust_domains: vec![SPIFFE_DOMAIN.into()],
+            ..CertPolicy::default()
+        };
+        for name in ["user:alice", "agent:claude@alice", "agent:deployer"] {
+            let (ca, own, other) =
+                two_cas(&dir.path().join(name.replace([':', '@'], "-")), &[name]);
+            assert_eq!(principal_for(&own, &policy, Some(&ca)).unwrap(), name);
+            // Even with the domain listed and the kind accepted.
+            let e = principal_for(&other, &policy, Some(&ca)).unwrap_err();
+            assert!(e.to_string().contains("internal_ca"), "{e}");
+            // No own CA: nobody's certificate uses the domain.
+            assert!(principal_for(&own, &policy, None).is_err());
+        }
+        assert!(OwnCa::load(&dir.path().join("none.pem")).unwrap().is_none());
+        // A self-signed certificate naming the domain, as before.
+        let forged = cert(
             None,
             vec![SanType::URI(
                 "spiffe://portcullis/user/alice".try_into().unwrap(),
             )],
         );
-        assert_eq!(principal_for(&own, &policy).unwrap(), "user:alice");
+        let (ca, _, _) = two_cas(&dir.path().join("forged"), &["agent:x"]);
+        assert!(principal_for(&forged, &policy, Some(&ca)).is_err());
+    }
+
+    #[test]
+    fn other_cas_name_only_listed_kinds_and_trust_domains() {
+        let policy = CertPolicy::default();
         // Another trust domain: refused unless listed.
         let corp = cert(
             None,
@@ -267,44 +394,37 @@ mod tests {
             )],
         );
         assert!(matches!(
-            principal_for(&corp, &policy),
+            principal_for(&corp, &policy, None),
             Err(CertNameError::NotAccepted(..))
         ));
         let listed = CertPolicy {
             trust_domains: vec!["corp".into()],
             ..CertPolicy::default()
         };
-        assert_eq!(principal_for(&corp, &listed).unwrap(), "agent:deployer");
+        assert_eq!(
+            principal_for(&corp, &listed, None).unwrap(),
+            "agent:deployer"
+        );
         // A CN naming a person: only if the listener accepts that kind.
         let cn_user = cert(Some("user:alice"), vec![]);
-        let e = principal_for(&cn_user, &policy).unwrap_err();
+        let e = principal_for(&cn_user, &policy, None).unwrap_err();
         assert!(e.to_string().contains("principal_kinds"), "{e}");
         let users = CertPolicy {
             kinds: vec!["agent".into(), "user".into()],
             ..CertPolicy::default()
         };
-        assert_eq!(principal_for(&cn_user, &users).unwrap(), "user:alice");
+        assert_eq!(principal_for(&cn_user, &users, None).unwrap(), "user:alice");
         // A delegated agent's form (`agent:NAME@person`) from another CA:
         // refused however it is named; the gateway's own CA may.
         for named in [
             cert(Some("claude@alice"), vec![]),
             cert(Some("agent:claude@alice"), vec![]),
         ] {
-            let e = principal_for(&named, &users).unwrap_err();
+            let e = principal_for(&named, &users, None).unwrap_err();
             assert!(e.to_string().contains("acting for a person"), "{e}");
         }
-        let own_delegated = cert(
-            None,
-            vec![SanType::URI(
-                "spiffe://portcullis/agent/claude@alice".try_into().unwrap(),
-            )],
-        );
         assert_eq!(
-            principal_for(&own_delegated, &policy).unwrap(),
-            "agent:claude@alice"
-        );
-        assert_eq!(
-            principal_for(&cert(Some("build-box"), vec![]), &policy).unwrap(),
+            principal_for(&cert(Some("build-box"), vec![]), &policy, None).unwrap(),
             "agent:build-box"
         );
     }
