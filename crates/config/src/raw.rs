@@ -1,7 +1,7 @@
 //! The file's shape, exactly as written, and its validation into the typed
 //! model. Unknown keys are errors, so a typo never silently does nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -974,32 +974,61 @@ impl Root {
         Ok((connections, names))
     }
 
-    /// Two `[[oidc]]` issuers that both name people bare (`user:alice`)
-    /// make each able to sign in as the other's people. That must be
-    /// said on purpose (`namespace = ""` on each); left unset, it is
-    /// refused.
+    /// Two identity providers (`[[oidc]]` issuers, `[saml]`) that both
+    /// name people bare (`user:alice`) make each able to sign in as the
+    /// other's people. That must be said on purpose (`namespace = ""` on
+    /// each); left unset, it is refused. A namespace names one provider.
     fn namespaces_apart(&self) -> Result<(), Invalid> {
-        let bare: Vec<(usize, &RawOidc)> = self
+        // The key of its `namespace`, what it is, the namespace written.
+        let providers: Vec<(String, &str, Option<&str>)> = self
             .oidc
             .iter()
             .enumerate()
-            .filter(|(_, o)| o.namespace.as_deref().is_none_or(str::is_empty))
+            .map(|(i, o)| {
+                (
+                    format!("oidc[{i}].namespace"),
+                    o.issuer.as_str(),
+                    o.namespace.as_deref(),
+                )
+            })
+            .chain(
+                self.saml
+                    .iter()
+                    .map(|s| ("saml.namespace".to_string(), "[saml]", s.namespace())),
+            )
             .collect();
-        let unset = bare.iter().find(|(_, o)| o.namespace.is_none());
+        let mut owners = HashMap::new();
+        for (key, what, ns) in &providers {
+            if let Some(ns) = ns.filter(|n| !n.is_empty())
+                && let Some(first) = owners.insert(ns, what)
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "namespace {ns:?} is already {first}'s: a namespace names the people \
+                         of one provider"
+                    ),
+                ));
+            }
+        }
+        let bare: Vec<_> = providers
+            .iter()
+            .filter(|(_, _, ns)| ns.is_none_or(str::is_empty))
+            .collect();
+        let unset = bare.iter().find(|(_, _, ns)| ns.is_none());
         match unset {
-            Some((i, o)) if bare.len() > 1 => {
+            Some((key, what, _)) if bare.len() > 1 => {
                 let other = bare
                     .iter()
-                    .find(|(j, _)| j != i)
-                    .map_or("", |(_, x)| x.issuer.as_str());
+                    .find(|(k, ..)| k != key)
+                    .map_or("", |(_, w, _)| *w);
                 Err(invalid(
-                    format!("oidc[{i}].namespace"),
+                    key,
                     format!(
-                        "{} and {other} would both name people bare (user:NAME), so either \
-                         could sign in as the other's people: give each issuer its own \
+                        "{what} and {other} would both name people bare (user:NAME), so either \
+                         could sign in as the other's people: give each provider its own \
                          `namespace` (its people become user:NAMESPACE/NAME), or write \
-                         `namespace = \"\"` on each that names the same people",
-                        o.issuer
+                         `namespace = \"\"` on each that names the same people"
                     ),
                 ))
             }

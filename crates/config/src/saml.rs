@@ -41,6 +41,11 @@ pub(crate) struct RawSaml {
 }
 
 impl RawSaml {
+    /// `namespace` as written (see `[[oidc]]`'s).
+    pub(crate) fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
     pub(crate) fn validate(&self, base: &Path) -> Result<Saml, Invalid> {
         if self.idp_metadata.trim().is_empty() {
             return Err(invalid(

@@ -385,6 +385,50 @@ fn oidc_issuers_name_people_apart_unless_told_otherwise() {
         c.oidc[1].settings.namespace,
         Namespace::Own("partner".into())
     );
+    // One namespace, one provider.
+    let e = err(&with(&format!(
+        "{}{}",
+        issuer("https://corp", "namespace = \"partner\""),
+        issuer("https://partner", "namespace = \"partner\"")
+    )));
+    assert!(
+        e.contains("oidc[1].namespace") && e.contains("https://corp"),
+        "{e}"
+    );
+    // `[saml]` is a provider like the others.
+    let saml = |extra: &str| format!("[saml]\nidp_metadata = \"idp.xml\"\n{extra}\n");
+    let e = err(&with(&format!(
+        "{}{}",
+        issuer("https://corp", ""),
+        saml("")
+    )));
+    assert!(e.contains("[saml]") && e.contains("namespace"), "{e}");
+    let e = err(&with(&format!(
+        "{}{}",
+        issuer("https://corp", "namespace = \"x\""),
+        saml("namespace = \"x\"")
+    )));
+    assert!(e.contains("saml.namespace"), "{e}");
+    let c = parse(&with(&format!(
+        "{}{}",
+        issuer("https://corp", ""),
+        saml("namespace = \"staff\"")
+    )))
+    .unwrap();
+    assert_eq!(
+        c.oidc[0].settings.namespace,
+        Namespace::Bare {
+            reserved: vec!["staff".into()]
+        }
+    );
+    assert!(
+        parse(&with(&format!(
+            "{}{}",
+            issuer("https://corp", "namespace = \"\""),
+            saml("namespace = \"\"")
+        )))
+        .is_ok()
+    );
     for bad in ["Partner", "a/b", "a:b", &"x".repeat(33)] {
         let e = err(&with(&issuer(
             "https://partner",

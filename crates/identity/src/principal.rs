@@ -216,8 +216,14 @@ pub fn validate_principal(subject: &str) -> Result<(), String> {
     };
     // The namespace is what lies between the last `@` (a delegation) or
     // the kind's `:` and the `/`.
+    // Only an agent acts for a person, and it has a name.
     let (agent, ns) = match before.rsplit_once('@') {
-        Some((agent, ns)) => (Some(agent), ns),
+        Some((agent, ns)) if kind == "agent" && !agent.is_empty() => (Some(agent), ns),
+        Some(_) => {
+            return Err(format!(
+                "invalid principal {subject:?}: only agent:NAME@NAMESPACE/PERSON holds both `@` and `/`"
+            ));
+        }
         None => (None, before),
     };
     let plain = match agent {
@@ -255,6 +261,10 @@ mod tests {
             "user:corp/a/b",
             "user:co rp/alice",
             "agent:cl aude@corp/alice",
+            // Forms no source produces (a review): `@` before a namespace
+            // belongs to an agent acting for a person.
+            "user:claude@corp/alice",
+            "agent:@corp/alice",
             "corp/alice",
         ] {
             assert!(validate_principal(bad).is_err(), "{bad}");
