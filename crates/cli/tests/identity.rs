@@ -752,7 +752,7 @@ fn a_second_provider_names_its_callers_in_its_own_namespace() {
             idp.ca.display()
         )
     };
-    let config = |namespace: &str| {
+    let config_with = |home_ns: &str, namespace: &str| {
         format!(
             r#"
 [gateway]
@@ -785,11 +785,12 @@ connections = ["api"]
 principals = ["agent:partner/ci-bot"]
 connections = ["releases"]
 "#,
-            home = issuer(&home, ""),
+            home = issuer(&home, home_ns),
             partner = issuer(&partner, namespace),
             port = api.port,
         )
     };
+    let config = |namespace: &str| config_with("", namespace);
 
     // Both bare, neither saying so: the gateway does not start, and says
     // what to write.
@@ -806,8 +807,42 @@ connections = ["releases"]
         "{err}"
     );
 
-    let (gw, _) = gateway_with_config(dir, &config("namespace = \"partner\""));
+    // Both bare on purpose: they start. A token a person minted for an
+    // agent (written to the store as the gateway writes one) works.
+    let (gw, _) = gateway_with_config(dir, &config_with("namespace = \"\"", "namespace = \"\""));
     let ca = dir.join("ca.pem").to_str().unwrap().to_string();
+    let minted = portcullis_identity::token::generate().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = portcullis_store::Store::open_sqlite(&dir.join("portcullis.db"))
+            .await
+            .unwrap();
+        store
+            .insert_token(&portcullis_store::NewTokenRow {
+                hash: minted.hash,
+                subject: "agent:claude@alice",
+                groups: &[],
+                created_at: portcullis_identity::unix_now(),
+                expires_at: None,
+                on_behalf_of: Some("user:alice"),
+                audience: None,
+                oauth_family: None,
+            })
+            .await
+            .unwrap();
+    });
+    let delegated = minted.secret.clone();
+    let r = get(&gw.url, &ca, Some(&delegated), "/c/api/hello");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("agent:claude@alice"), "{}", r.body);
+    gw.stop();
+
+    // The partner gets a namespace: what was minted for people under the
+    // old naming is revoked at start (alice may have been the partner's).
+    let (gw, _) = gateway_with_config(dir, &config("namespace = \"partner\""));
+    let r = get(&gw.url, &ca, Some(&delegated), "/c/api/hello");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("revoked"), "{}", r.body);
     let home_jwt = home.client_credentials_token();
     let partner_jwt = partner.client_credentials_token();
 
@@ -834,4 +869,5 @@ connections = ["releases"]
     let audit = String::from_utf8_lossy(&out.stdout);
     assert!(audit.contains("\"agent:partner/ci-bot\""), "{audit}");
     assert!(audit.contains("\"agent:ci-bot\""), "{audit}");
+    assert!(audit.contains("identity_naming_changed"), "{audit}");
 }

@@ -643,6 +643,27 @@ impl Config {
         Ok(cfg)
     }
 
+    /// How the identity providers name people, as text for the store
+    /// to compare between starts: a line per provider with a namespace,
+    /// sorted; empty when every provider names people bare.
+    pub fn naming(&self) -> String {
+        use portcullis_identity::Namespace;
+        let mut lines: Vec<String> = self
+            .oidc
+            .iter()
+            .filter_map(|o| match &o.settings.namespace {
+                Namespace::Own(ns) => Some(format!("oidc {} {ns}", o.settings.issuer)),
+                Namespace::Bare { .. } => None,
+            })
+            .chain(self.saml.iter().filter_map(|s| match &s.namespace {
+                Namespace::Own(ns) => Some(format!("saml {ns}")),
+                Namespace::Bare { .. } => None,
+            }))
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
     /// Every connection's protocol by name, so that a front can tell a
     /// caller "that connection speaks X" instead of "unknown".
     pub fn protocols(&self) -> std::collections::HashMap<String, Protocol> {

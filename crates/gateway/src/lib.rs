@@ -56,6 +56,8 @@ pub enum GatewayError {
     Mask(#[from] portcullis_mask::MaskError),
     #[error(transparent)]
     Audit(#[from] portcullis_audit::AuditError),
+    #[error("store: {0}")]
+    Store(#[from] portcullis_store::StoreError),
     #[error("OIDC: {0}")]
     Oidc(String),
     #[error("SAML: {0}")]
@@ -125,6 +127,32 @@ pub const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often certificate files are checked for a rotation.
 pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Tokens minted for people carry the name their provider gave them; if
+/// providers name people differently from the last start (a namespace
+/// added, changed or removed), those tokens are revoked, with an audit
+/// entry, so that nobody keeps a name their provider no longer gives.
+async fn people_named_as_configured(
+    cfg: &Config,
+    store: &Store,
+    audit: &portcullis_audit::AuditLog,
+) -> Result<(), GatewayError> {
+    let naming = cfg.naming();
+    let now = portcullis_identity::unix_now();
+    if let Some(revoked) = store.record_naming(&naming, now).await? {
+        tracing::warn!(
+            revoked,
+            "identity providers name people differently from the last start: the tokens minted for people are revoked, and they sign in again"
+        );
+        audit
+            .append(&portcullis_audit::AuditEvent::Admin {
+                action: "identity_naming_changed".into(),
+                detail: serde_json::json!({"naming": naming, "revoked_tokens": revoked}),
+            })
+            .await?;
+    }
+    Ok(())
+}
 
 /// Agent enrolment, when `[agent_listener]` names its CA's key.
 fn enrolment(
@@ -480,6 +508,7 @@ async fn shared(
             detail: serde_json::json!({"file": cfg.source.display().to_string(), "sha256": digest}),
         })
         .await?;
+    people_named_as_configured(cfg, store, &audit).await?;
     let sink = portcullis_recordings::from_config(&cfg.recordings)
         .map_err(|e| GatewayError::Recordings(e.to_string()))?;
     rt.tracker

@@ -5,6 +5,7 @@
 //! [`Store::q`] turns into `$1, $2, …` for PostgreSQL.
 
 mod migrate;
+mod naming;
 mod oauth;
 mod token_cache;
 mod usage;

@@ -193,6 +193,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX budget_usage_minute ON budget_usage (minute)",
     ),
+    // How the identity providers named people when the gateway last
+    // started (`Store::record_naming`): one row.
+    (
+        16,
+        "CREATE TABLE identity_naming (
+        id INTEGER PRIMARY KEY,
+        naming TEXT NOT NULL,
+        changed_at INTEGER NOT NULL
+    )",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

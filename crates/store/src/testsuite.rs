@@ -28,6 +28,46 @@ pub async fn run_all(store: &Store) {
     session_pages(store).await;
     budget_usage(store).await;
     budget_takes(store).await;
+    naming(store).await;
+}
+
+/// A change in how providers name people revokes every token minted for
+/// a person, and no other.
+pub async fn naming(store: &Store) {
+    let insert = |subject: &'static str, on_behalf_of, audience| async move {
+        let t = token::generate().unwrap();
+        store
+            .insert_token(&NewTokenRow {
+                hash: t.hash,
+                subject,
+                groups: &[],
+                created_at: 10,
+                expires_at: None,
+                on_behalf_of,
+                audience,
+                oauth_family: None,
+            })
+            .await
+            .unwrap()
+    };
+    // Whatever an earlier run left: from here, "oidc https://a x".
+    store.record_naming("oidc https://a x", 100).await.unwrap();
+    let operator = insert("agent:ci", None, None).await;
+    let delegated = insert("agent:claude@alice", Some("user:alice"), None).await;
+    let console = insert("user:alice", None, Some("console")).await;
+    let unchanged = store.record_naming("oidc https://a x", 200).await.unwrap();
+    assert_eq!(unchanged, None);
+    let revoked =
+        |id: String| async move { store.token_by_id(&id).await.unwrap().unwrap().revoked_at };
+    assert_eq!(revoked(delegated.clone()).await, None);
+    let changed = store.record_naming("oidc https://a y", 300).await.unwrap();
+    assert!(changed.is_some_and(|n| n >= 2), "{changed:?}");
+    assert_eq!(revoked(delegated).await, Some(300));
+    assert_eq!(revoked(console).await, Some(300));
+    assert_eq!(revoked(operator).await, None, "an operator's token stays");
+    // Back to bare everywhere, as a fresh store starts.
+    assert!(store.record_naming("", 400).await.unwrap().is_some());
+    assert_eq!(store.record_naming("", 500).await.unwrap(), None);
 }
 
 pub async fn tokens(store: &Store) {

@@ -1,0 +1,61 @@
+//! How the identity providers name people, as the gateway last started
+//! with it: tokens minted for a person carry the name their provider gave
+//! then, and keep it when a provider's namespace changes. So a change
+//! revokes them (people sign in again and get the new name).
+
+use crate::{Store, StoreError};
+
+impl Store {
+    /// Record `naming` (the namespaced providers, as text: empty when
+    /// every provider names people bare, as before namespaces existed).
+    /// When it differs from what was recorded (nothing recorded counts as
+    /// empty), every token minted for a person is revoked at `now`: console
+    /// sessions, tokens a person minted for an agent, OAuth tokens and
+    /// their refresh tokens. Returns how many tokens that revoked, or
+    /// `None` when the naming is unchanged.
+    pub async fn record_naming(&self, naming: &str, now: i64) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let recorded: Option<String> =
+            sqlx::query_scalar(self.q("SELECT naming FROM identity_naming WHERE id = 1"))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if recorded.as_deref().unwrap_or("") == naming {
+            if recorded.is_none() {
+                sqlx::query(
+                    self.q("INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, ?, ?)"),
+                )
+                .bind(naming)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            return Ok(None);
+        }
+        let tokens = sqlx::query(
+            self.q("UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL \
+             AND (on_behalf_of IS NOT NULL OR audience = 'console' OR oauth_family IS NOT NULL)"),
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(self.q("UPDATE oauth_grants SET revoked_at = ? WHERE revoked_at IS NULL"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.q("DELETE FROM identity_naming WHERE id = 1"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            self.q("INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, ?, ?)"),
+        )
+        .bind(naming)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.changes.moved_if(tokens > 0).await;
+        Ok(Some(tokens))
+    }
+}
