@@ -707,6 +707,40 @@ fn an_agent_announcing_foreign_connections_is_refused_and_revocation_cuts_the_li
     assert!(s.gw().logs().contains("agent link refused"));
     let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello");
     assert_eq!(r.status, 503);
+
+    // A review found any CA in the listener's bundle could link as any
+    // agent and be sent its connections' traffic. A partner CA appended
+    // to the bundle (it is the callers' one too) passes the handshake;
+    // its `connector:dc1` is refused all the same.
+    s.kill_agent();
+    let partner_dir = s.tmp.path().join("partner");
+    std::fs::create_dir_all(&partner_dir).unwrap();
+    let (partner, _) = CertificateAuthority::load_or_create(&partner_dir).unwrap();
+    let bundle = s.gw_dir().join("ca.pem");
+    let mut pem = std::fs::read_to_string(&bundle).unwrap();
+    pem.push_str(partner.cert_pem());
+    std::fs::write(&bundle, pem).unwrap();
+    partner
+        .write_leaf(
+            LeafKind::Client,
+            &s.agent_dir().join("agent"),
+            &["connector:dc1".into()],
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+    s.start_agent("agent.toml");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.gw().logs().contains("not issued by the agents' CA") {
+        assert!(
+            Instant::now() < deadline,
+            "gateway log:\n{}\nagent log:\n{}",
+            s.gw().logs(),
+            s.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = get(&s.gw().url, &s.ca, Some(&s.token), "/c/api/hello");
+    assert_eq!(r.status, 503, "{}", r.body);
     let _ = s.agent_port;
 }
 

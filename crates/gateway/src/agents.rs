@@ -68,6 +68,8 @@ fn by_agent(cfg: &Config) -> ByAgent {
 /// The agent listener: who may link, and what they may announce.
 #[derive(Clone)]
 pub(crate) struct AgentListener {
+    /// The CA that alone may name a link (`agent_listener.ca_file`).
+    pub agents_ca: portcullis_tls::client_cert::OwnCa,
     pub acceptor: TlsAcceptor,
     pub assignments: Assignments,
     pub links: Arc<AgentRegistry>,
@@ -126,6 +128,10 @@ impl AgentListener {
         let Some(der) = record.client_cert.clone() else {
             return;
         };
+        if !self.agents_ca.issued(&der) {
+            tracing::warn!(%peer, "agent certificate not issued by the agents' CA (agent_listener.ca_file); link refused");
+            return;
+        }
         let fingerprint = portcullis_tls::sha256_hex(&der);
         let principal = match portcullis_tls::client_cert::principal_name(
             &der,

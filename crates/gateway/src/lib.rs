@@ -539,11 +539,16 @@ async fn shared(
                 source,
             }
         })?;
-    if own_ca.is_none() {
-        tracing::info!(
+    match &own_ca {
+        Some(ca) => tracing::info!(
+            path = %cfg.gateway.internal_ca.display(),
+            sha256 = ca.fingerprint(),
+            "internal CA: its certificates name any principal"
+        ),
+        None => tracing::info!(
             path = %cfg.gateway.internal_ca.display(),
             "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
-        );
+        ),
     }
     let auth = Authenticator::new(Arc::new(store.cached_tokens())).with_own_ca(own_ca);
     let auth = match oidc_verifier(cfg).await? {
@@ -676,9 +681,19 @@ async fn start_agents(
         &[portcullis_link::ALPN],
         "the agent listener",
     )?;
+    // The listener's bundle may be the callers' one too, holding partner
+    // CAs: only the agents' own CA may name a link (a review found any CA
+    // in the bundle could link as any agent and take its traffic).
+    let agents_ca = portcullis_tls::client_cert::OwnCa::load_one(&a.ca_file).map_err(|source| {
+        GatewayError::Tls {
+            what: "the agents' CA (agent_listener.ca_file)",
+            source,
+        }
+    })?;
     let l = bind(a.listen, "agents").await?;
     let addr = local_addr(&l, a.listen, "agents")?;
     let agents = agents::AgentListener {
+        agents_ca,
         acceptor,
         assignments: assignments.clone(),
         links: links.clone(),

@@ -75,6 +75,7 @@ impl Default for CertPolicy {
 #[derive(Clone)]
 pub struct OwnCa {
     verifier: Arc<dyn ClientCertVerifier>,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for OwnCa {
@@ -84,18 +85,34 @@ impl std::fmt::Debug for OwnCa {
 }
 
 impl OwnCa {
-    /// The first certificate of the PEM file at `path`; `Ok(None)` when
-    /// there is no such file (then no certificate may use the domain).
+    /// The CA certificate in the PEM file at `path`, which must hold it
+    /// alone: a file that also holds another CA (a partner's, appended to
+    /// a bundle) cannot say which is the gateway's. `Ok(None)` when there
+    /// is no such file (then no certificate may use the domain).
     pub fn load(path: &Path) -> Result<Option<Self>, TlsError> {
         if !path.exists() {
             return Ok(None);
         }
-        let first = crate::config::load_cert_chain(path)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| TlsError::NoCertificate {
+        Self::load_one(path).map(Some)
+    }
+
+    /// [`OwnCa::load`] of a file that must exist.
+    pub fn load_one(path: &Path) -> Result<Self, TlsError> {
+        let mut certs = crate::config::load_cert_chain(path)?;
+        if certs.len() > 1 {
+            return Err(TlsError::BadCertificate {
                 path: path.to_path_buf(),
-            })?;
+                reason: format!(
+                    "holds {} certificates; the gateway's own CA must be alone in its file \
+                     (keep other CAs in a separate bundle for client_auth.ca_file)",
+                    certs.len()
+                ),
+            });
+        }
+        let first = certs.pop().ok_or_else(|| TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        })?;
+        let fingerprint = crate::sha256_hex(&first);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(first).map_err(|e| TlsError::BadCertificate {
             path: path.to_path_buf(),
@@ -105,7 +122,15 @@ impl OwnCa {
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| TlsError::Policy(format!("internal CA verifier: {e}")))?;
-        Ok(Some(Self { verifier }))
+        Ok(Self {
+            verifier,
+            fingerprint,
+        })
+    }
+
+    /// The SHA-256 of the CA certificate, in hex (for the log at start).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Whether the CA signed `der` itself (no intermediate), and it is a
@@ -372,6 +397,13 @@ mod tests {
             assert!(principal_for(&own, &policy, None).is_err());
         }
         assert!(OwnCa::load(&dir.path().join("none.pem")).unwrap().is_none());
+        // A review put a partner CA first in the file: with two, which is
+        // the gateway's cannot be told, so the file is refused.
+        let both = dir.path().join("both.pem");
+        let pem = |d: &str| std::fs::read_to_string(dir.path().join(d).join("own/ca.pem")).unwrap();
+        std::fs::write(&both, pem("user-alice") + &pem("agent-deployer")).unwrap();
+        let e = OwnCa::load(&both).unwrap_err();
+        assert!(e.to_string().contains("holds 2 certificates"), "{e}");
         // A self-signed certificate naming the domain, as before.
         let forged = cert(
             None,
