@@ -644,22 +644,44 @@ impl Config {
     }
 
     /// How the identity providers name people, as text for the store
-    /// to compare between starts: a line per provider with a namespace,
-    /// sorted; empty when every provider names people bare.
+    /// to compare between starts: a line per provider that names people
+    /// otherwise than by default (a namespace, or the claim or attribute
+    /// a name or its groups come from), sorted; empty when every provider
+    /// names them bare from the default claims, as before namespaces.
     pub fn naming(&self) -> String {
         use portcullis_identity::Namespace;
-        let mut lines: Vec<String> = self
-            .oidc
-            .iter()
-            .filter_map(|o| match &o.settings.namespace {
-                Namespace::Own(ns) => Some(format!("oidc {} {ns}", o.settings.issuer)),
-                Namespace::Bare { .. } => None,
+        let ns = |n: &Namespace| match n {
+            Namespace::Own(ns) => ns.clone(),
+            Namespace::Bare { .. } => String::new(),
+        };
+        let oidc = self.oidc.iter().map(|o| {
+            let s = &o.settings;
+            let plain = ns(&s.namespace).is_empty()
+                && s.subject_claim == "sub"
+                && s.groups_claim == "groups";
+            (!plain).then(|| {
+                format!(
+                    "oidc {} namespace={} subject={} groups={}",
+                    s.issuer,
+                    ns(&s.namespace),
+                    s.subject_claim,
+                    s.groups_claim
+                )
             })
-            .chain(self.saml.iter().filter_map(|s| match &s.namespace {
-                Namespace::Own(ns) => Some(format!("saml {ns}")),
-                Namespace::Bare { .. } => None,
-            }))
-            .collect();
+        });
+        let saml = self.saml.iter().map(|s| {
+            let name = s.name_attribute.as_deref().unwrap_or("");
+            let plain =
+                ns(&s.namespace).is_empty() && name.is_empty() && s.groups_attribute == "groups";
+            (!plain).then(|| {
+                format!(
+                    "saml namespace={} name={name} groups={}",
+                    ns(&s.namespace),
+                    s.groups_attribute
+                )
+            })
+        });
+        let mut lines: Vec<String> = oidc.chain(saml).flatten().collect();
         lines.sort();
         lines.join("\n")
     }

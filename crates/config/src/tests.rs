@@ -429,6 +429,29 @@ fn oidc_issuers_name_people_apart_unless_told_otherwise() {
         )))
         .is_ok()
     );
+    // What the store compares between starts: empty for the defaults,
+    // and changed by a namespace or by the claims names come from.
+    let naming = |a: &str, b: &str| {
+        parse(&with(&format!(
+            "{}{}",
+            issuer("https://corp", a),
+            issuer("https://partner", b)
+        )))
+        .unwrap()
+        .naming()
+    };
+    let plain = naming("namespace = \"\"", "namespace = \"\"");
+    assert_eq!(plain, "");
+    let spaced = naming("", "namespace = \"partner\"");
+    let renamed = naming("", "namespace = \"partner\"\nsubject_claim = \"email\"");
+    let regrouped = naming("", "namespace = \"partner\"\ngroups_claim = \"roles\"");
+    let home_renamed = naming("subject_claim = \"email\"", "namespace = \"partner\"");
+    let all = [&plain, &spaced, &renamed, &regrouped, &home_renamed];
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
     for bad in ["Partner", "a/b", "a:b", &"x".repeat(33)] {
         let e = err(&with(&issuer(
             "https://partner",
