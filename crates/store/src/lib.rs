@@ -15,6 +15,7 @@ pub use token_cache::CachedTokens;
 pub use usage::{Taken, TooMany, UsageWindow};
 
 use std::path::Path;
+use std::sync::Arc;
 
 use portcullis_identity::{TokenHash, TokenRecord};
 use sqlx::{AnyPool, pool::PoolOptions};
@@ -35,6 +36,11 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error(
+        "another gateway on this store names people differently since it started: \
+         restart this one with the same identity providers before it signs anyone in"
+    )]
+    NamingChanged,
 }
 
 impl StoreError {
@@ -52,6 +58,10 @@ pub struct Store {
     backend: Backend,
     /// Moved by every revocation, read by [`CachedTokens`].
     changes: token_cache::Changes,
+    /// How this gateway's providers name people, once recorded
+    /// ([`Store::record_naming`]): a token minted for a person is written
+    /// only while the store records the same.
+    naming: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 /// Which database engine a store runs on.
@@ -147,6 +157,7 @@ impl Store {
             pool,
             backend,
             changes,
+            naming: Default::default(),
         })
     }
 
@@ -166,10 +177,17 @@ impl Store {
             table: "tokens",
             reason: e.to_string(),
         })?;
-        sqlx::query(self.q(
+        // A token for a person carries the name its provider gave: it is
+        // written only if the store still records this gateway's naming
+        // (one statement, so no other gateway's start can come between).
+        let for_person =
+            t.on_behalf_of.is_some() || t.audience == Some("console") || t.oauth_family.is_some();
+        let naming = self.my_naming().filter(|_| for_person);
+        let done = sqlx::query(self.q(&format!(
             "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
-             audience, oauth_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        ))
+             audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}",
+            if naming.is_some() { naming::STILL } else { "" }
+        )))
         .bind(&id)
         .bind(&t.hash.0[..])
         .bind(t.subject)
@@ -178,9 +196,14 @@ impl Store {
         .bind(t.expires_at)
         .bind(t.on_behalf_of)
         .bind(t.audience)
-        .bind(t.oauth_family)
-        .execute(&self.pool)
-        .await?;
+        .bind(t.oauth_family);
+        let done = match naming {
+            Some(n) => done.bind(n),
+            None => done,
+        };
+        if done.execute(&self.pool).await?.rows_affected() == 0 {
+            return Err(StoreError::NamingChanged);
+        }
         Ok(id)
     }
 

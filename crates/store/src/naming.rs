@@ -5,6 +5,12 @@
 
 use crate::{Store, StoreError};
 
+/// The condition a row for a person is written under: the store still
+/// records this gateway's naming (bound last). No row recorded counts as
+/// the empty naming.
+pub(crate) const STILL: &str =
+    " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1), '') = ?";
+
 impl Store {
     /// Record `naming` (the namespaced providers, as text: empty when
     /// every provider names people bare, as before namespaces existed).
@@ -20,6 +26,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if recorded.as_deref().unwrap_or("") == naming {
+            self.set_naming(naming);
             if recorded.is_none() {
                 sqlx::query(
                     self.q("INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, ?, ?)"),
@@ -56,6 +63,46 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.changes.moved_if(tokens > 0).await;
+        self.set_naming(naming);
         Ok(Some(tokens))
+    }
+
+    /// Another handle on the same database with its own naming, as a
+    /// second gateway sharing the store has (for the repository suite).
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn clone_fresh(&self) -> Store {
+        Store {
+            naming: Default::default(),
+            ..self.clone()
+        }
+    }
+
+    // A poisoned lock still holds a whole value (it is only assigned).
+    fn set_naming(&self, naming: &str) {
+        *self
+            .naming
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(naming.to_owned());
+    }
+
+    /// The naming this handle recorded last, if it recorded one.
+    pub(crate) fn my_naming(&self) -> Option<String> {
+        self.naming
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the store still records this gateway's naming (true
+    /// before it recorded one).
+    pub(crate) async fn naming_holds(&self) -> Result<bool, StoreError> {
+        let Some(mine) = self.my_naming() else {
+            return Ok(true);
+        };
+        let recorded: Option<String> =
+            sqlx::query_scalar(self.q("SELECT naming FROM identity_naming WHERE id = 1"))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(recorded.as_deref().unwrap_or("") == mine)
     }
 }

@@ -65,6 +65,66 @@ pub async fn naming(store: &Store) {
     assert_eq!(revoked(delegated).await, Some(300));
     assert_eq!(revoked(console).await, Some(300));
     assert_eq!(revoked(operator).await, None, "an operator's token stays");
+    // Another gateway on the same store, still on the old naming: it may
+    // not write a token or a grant for a person any more (a review had
+    // one go on minting under the old names), but an operator's token
+    // still goes in.
+    let old = store.clone_fresh();
+    old.record_naming("oidc https://a y", 310).await.unwrap();
+    store.record_naming("oidc https://a z", 320).await.unwrap();
+    let t = token::generate().unwrap();
+    let person = NewTokenRow {
+        hash: t.hash,
+        subject: "agent:claude@alice",
+        groups: &[],
+        created_at: 10,
+        expires_at: None,
+        on_behalf_of: Some("user:alice"),
+        audience: None,
+        oauth_family: None,
+    };
+    assert!(matches!(
+        old.insert_token(&person).await,
+        Err(crate::StoreError::NamingChanged)
+    ));
+    let grant = crate::OAuthGrantRow {
+        hash: [7; 32],
+        kind: crate::GrantKind::Refresh,
+        client_id: "c-naming".into(),
+        family: "f-naming".into(),
+        data: "{}".into(),
+        created_at: 10,
+        expires_at: 1000,
+    };
+    assert!(matches!(
+        old.insert_oauth_grant(&grant).await,
+        Err(crate::StoreError::NamingChanged)
+    ));
+    assert!(matches!(
+        old.insert_oauth_grant_once(&grant).await,
+        Err(crate::StoreError::NamingChanged)
+    ));
+    assert!(
+        old.insert_token(&NewTokenRow {
+            on_behalf_of: None,
+            subject: "agent:ops",
+            ..person
+        })
+        .await
+        .is_ok()
+    );
+    // The gateway on the current naming writes both.
+    let t = token::generate().unwrap();
+    assert!(
+        store
+            .insert_token(&NewTokenRow {
+                hash: t.hash,
+                ..person
+            })
+            .await
+            .is_ok()
+    );
+    assert!(store.insert_oauth_grant_once(&grant).await.unwrap());
     // Back to bare everywhere, as a fresh store starts.
     assert!(store.record_naming("", 400).await.unwrap().is_some());
     assert_eq!(store.record_naming("", 500).await.unwrap(), None);
