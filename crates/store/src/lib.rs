@@ -186,7 +186,11 @@ impl Store {
         let done = sqlx::query(self.q(&format!(
             "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
              audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}",
-            if naming.is_some() { naming::STILL } else { "" }
+            if naming.is_some() {
+                naming::still(self.backend)
+            } else {
+                ""
+            }
         )))
         .bind(&id)
         .bind(&t.hash.0[..])

@@ -6,37 +6,57 @@
 use crate::{Store, StoreError};
 
 /// The condition a row for a person is written under: the store still
-/// records this gateway's naming (bound last). No row recorded counts as
-/// the empty naming.
-pub(crate) const STILL: &str =
-    " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1), '') = ?";
+/// records this gateway's naming (bound last). On PostgreSQL the naming
+/// row is read `FOR SHARE`: a start recording another naming holds it
+/// `FOR UPDATE` until its revocation commits, so an insert either waits
+/// and then sees the new naming, or commits first and is revoked (a
+/// review found a token minted in that window that survived). SQLite has
+/// one writer at a time, and a statement is whole.
+pub(crate) fn still(backend: crate::Backend) -> &'static str {
+    match backend {
+        crate::Backend::Postgres => {
+            " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1 FOR SHARE), '') = ?"
+        }
+        crate::Backend::Sqlite => {
+            " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1), '') = ?"
+        }
+    }
+}
 
 impl Store {
-    /// Record `naming` (the namespaced providers, as text: empty when
-    /// every provider names people bare, as before namespaces existed).
-    /// When it differs from what was recorded (nothing recorded counts as
-    /// empty), every token minted for a person is revoked at `now`: console
-    /// sessions, tokens a person minted for an agent, OAuth tokens and
-    /// their refresh tokens. Returns how many tokens that revoked, or
-    /// `None` when the naming is unchanged.
+    /// Record `naming` (how the providers name people, as text). When it
+    /// differs from what was recorded (nothing recorded counts as empty,
+    /// the naming before namespaces existed), every token minted for a
+    /// person is revoked at `now`: console sessions, tokens a person
+    /// minted for an agent, OAuth tokens and every OAuth grant. Returns
+    /// how many tokens that revoked, or `None` when the naming is
+    /// unchanged.
     pub async fn record_naming(&self, naming: &str, now: i64) -> Result<Option<u64>, StoreError> {
+        // The row exists before anyone competes for it.
+        sqlx::query(self.q(
+            "INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, '', ?) \
+             ON CONFLICT (id) DO NOTHING",
+        ))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         let mut tx = self.pool.begin().await?;
-        let recorded: Option<String> =
-            sqlx::query_scalar(self.q("SELECT naming FROM identity_naming WHERE id = 1"))
-                .fetch_optional(&mut *tx)
-                .await?;
-        if recorded.as_deref().unwrap_or("") == naming {
+        // The naming is changed first: the row stays locked (PostgreSQL)
+        // or the database write-locked (SQLite) until the revocation
+        // below commits with it.
+        let changed = sqlx::query(self.q(
+            "UPDATE identity_naming SET naming = ?, changed_at = ? WHERE id = 1 AND naming <> ?",
+        ))
+        .bind(naming)
+        .bind(now)
+        .bind(naming)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !changed {
+            tx.commit().await?;
             self.set_naming(naming);
-            if recorded.is_none() {
-                sqlx::query(
-                    self.q("INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, ?, ?)"),
-                )
-                .bind(naming)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
             return Ok(None);
         }
         let tokens = sqlx::query(
@@ -51,16 +71,6 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(self.q("DELETE FROM identity_naming WHERE id = 1"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            self.q("INSERT INTO identity_naming (id, naming, changed_at) VALUES (1, ?, ?)"),
-        )
-        .bind(naming)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         self.changes.moved_if(tokens > 0).await;
         self.set_naming(naming);

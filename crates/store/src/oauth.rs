@@ -170,7 +170,7 @@ impl Store {
             "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
              SELECT ?, ?, ?, ?, ?, ?, ?{}{then}",
             // SQLite reads `ON CONFLICT` after a bare SELECT as a join's.
-            if naming.is_some() { crate::naming::STILL } else { " WHERE true" }
+            if naming.is_some() { crate::naming::still(self.backend) } else { " WHERE true" }
         )))
         .bind(&g.hash[..])
         .bind(g.kind.as_str())

@@ -4,6 +4,7 @@
 //! uses fresh random names, so it can share a database with other runs.
 
 use portcullis_identity::token;
+use sqlx::AssertSqlSafe;
 
 use crate::{
     AuditRow, GrantKind, NewTokenRow, OAuthClientRow, OAuthGrantRow, ReviewRow, SessionQuery,
@@ -125,6 +126,9 @@ pub async fn naming(store: &Store) {
             .is_ok()
     );
     assert!(store.insert_oauth_grant_once(&grant).await.unwrap());
+    if store.backend() == crate::Backend::Postgres {
+        naming_race_on_postgres(store, person.clone()).await;
+    }
     // Back to bare everywhere, as a fresh store starts.
     assert!(store.record_naming("", 400).await.unwrap().is_some());
     assert_eq!(store.record_naming("", 500).await.unwrap(), None);
@@ -905,4 +909,40 @@ pub async fn budget_takes(store: &Store) {
         ok += usize::from(g.unwrap());
     }
     assert_eq!(ok, 2);
+}
+
+/// A review found, on PostgreSQL, a token minted while another gateway's
+/// start was recording a new naming, committed after that start's
+/// revocation had looked: it survived. The insert now reads the naming
+/// row `FOR SHARE`, so it waits for the start and then sees its naming.
+async fn naming_race_on_postgres(store: &Store, person: NewTokenRow<'_>) {
+    let mine = store.my_naming().expect("recorded above");
+    let mut start = store.pool.begin().await.unwrap();
+    sqlx::query("UPDATE identity_naming SET naming = 'racing' WHERE id = 1")
+        .execute(&mut *start)
+        .await
+        .unwrap();
+    let t = token::generate().unwrap();
+    let row = NewTokenRow {
+        hash: t.hash,
+        ..person
+    };
+    let insert = store.insert_token(&row);
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        start.commit().await.unwrap();
+    };
+    let (inserted, ()) = tokio::join!(insert, commit);
+    assert!(
+        matches!(inserted, Err(crate::StoreError::NamingChanged)),
+        "{inserted:?}"
+    );
+    // Put the naming back for the rest of the suite.
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE identity_naming SET naming = '{}' WHERE id = 1",
+        mine.replace('\'', "''")
+    )))
+    .execute(&store.pool)
+    .await
+    .unwrap();
 }
