@@ -76,6 +76,10 @@ impl Default for CertPolicy {
 pub struct OwnCa {
     verifier: Arc<dyn ClientCertVerifier>,
     fingerprint: String,
+    /// The CA certificate's validity, Unix seconds: webpki does not check
+    /// a trust anchor's dates, and a CA past its time (retired, its key
+    /// perhaps kept carelessly) must not name anyone.
+    valid: std::ops::RangeInclusive<i64>,
 }
 
 impl std::fmt::Debug for OwnCa {
@@ -113,6 +117,21 @@ impl OwnCa {
             path: path.to_path_buf(),
         })?;
         let fingerprint = crate::sha256_hex(&first);
+        let valid = match X509Certificate::from_der(&first) {
+            Ok((_, c)) => c.validity().not_before.timestamp()..=c.validity().not_after.timestamp(),
+            Err(e) => {
+                return Err(TlsError::BadCertificate {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        if !valid.contains(&unix_now()) {
+            return Err(TlsError::BadCertificate {
+                path: path.to_path_buf(),
+                reason: "the CA certificate is outside its validity period".into(),
+            });
+        }
         let mut roots = rustls::RootCertStore::empty();
         roots.add(first).map_err(|e| TlsError::BadCertificate {
             path: path.to_path_buf(),
@@ -125,6 +144,7 @@ impl OwnCa {
         Ok(Self {
             verifier,
             fingerprint,
+            valid,
         })
     }
 
@@ -136,10 +156,18 @@ impl OwnCa {
     /// Whether the CA signed `der` itself (no intermediate), and it is a
     /// valid client certificate now.
     pub fn issued(&self, der: &[u8]) -> bool {
-        self.verifier
-            .verify_client_cert(&CertificateDer::from(der), &[], UnixTime::now())
-            .is_ok()
+        self.valid.contains(&unix_now())
+            && self
+                .verifier
+                .verify_client_cert(&CertificateDer::from(der), &[], UnixTime::now())
+                .is_ok()
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The principal `der` names under `policy` (see [`CertPolicy`]); `own`:
@@ -397,6 +425,23 @@ mod tests {
             assert!(principal_for(&own, &policy, None).is_err());
         }
         assert!(OwnCa::load(&dir.path().join("none.pem")).unwrap().is_none());
+        // A review found an expired or not yet valid CA still named
+        // anyone (webpki does not check a trust anchor's dates).
+        for (from, to) in [((2020, 1, 1), (2021, 1, 1)), ((2090, 1, 1), (2091, 1, 1))] {
+            let mut p = CertificateParams::default();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            let key = KeyPair::generate().unwrap();
+            let path = dir.path().join(format!("ca-{}.pem", from.0));
+            std::fs::write(&path, p.self_signed(&key).unwrap().pem()).unwrap();
+            let e = OwnCa::load(&path).unwrap_err();
+            assert!(e.to_string().contains("validity"), "{e}");
+        }
+        let (mut aged, own, _) = two_cas(&dir.path().join("aged"), &["user:alice"]);
+        assert!(aged.issued(&own));
+        aged.valid = 0..=1;
+        assert!(!aged.issued(&own));
         // A review put a partner CA first in the file: with two, which is
         // the gateway's cannot be told, so the file is refused.
         let both = dir.path().join("both.pem");
