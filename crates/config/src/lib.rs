@@ -643,12 +643,13 @@ impl Config {
         Ok(cfg)
     }
 
-    /// How the identity providers name people, as text for the store
-    /// to compare between starts: a line per provider that names people
-    /// otherwise than by default (a namespace, or the claim or attribute
-    /// a name or its groups come from), sorted; empty when every provider
-    /// names them bare from the default claims, as before namespaces.
-    pub fn naming(&self) -> String {
+    /// How the identity providers name people, as text for the store to
+    /// compare between starts: a line per provider (who it is, its
+    /// namespace, and the claims or attributes names and groups come
+    /// from), sorted; empty with no provider. `saml_idp`: the `[saml]`
+    /// provider's entity ID, read from its metadata by the caller (a
+    /// provider swapped behind the same file names other people).
+    pub fn naming(&self, saml_idp: Option<&str>) -> String {
         use portcullis_identity::Namespace;
         let ns = |n: &Namespace| match n {
             Namespace::Own(ns) => ns.clone(),
@@ -656,32 +657,24 @@ impl Config {
         };
         let oidc = self.oidc.iter().map(|o| {
             let s = &o.settings;
-            let plain = ns(&s.namespace).is_empty()
-                && s.subject_claim == "sub"
-                && s.groups_claim == "groups";
-            (!plain).then(|| {
-                format!(
-                    "oidc {} namespace={} subject={} groups={}",
-                    s.issuer,
-                    ns(&s.namespace),
-                    s.subject_claim,
-                    s.groups_claim
-                )
-            })
+            format!(
+                "oidc {} namespace={} subject={} groups={}",
+                s.issuer,
+                ns(&s.namespace),
+                s.subject_claim,
+                s.groups_claim
+            )
         });
         let saml = self.saml.iter().map(|s| {
-            let name = s.name_attribute.as_deref().unwrap_or("");
-            let plain =
-                ns(&s.namespace).is_empty() && name.is_empty() && s.groups_attribute == "groups";
-            (!plain).then(|| {
-                format!(
-                    "saml namespace={} name={name} groups={}",
-                    ns(&s.namespace),
-                    s.groups_attribute
-                )
-            })
+            format!(
+                "saml {} namespace={} name={} groups={}",
+                saml_idp.unwrap_or("?"),
+                ns(&s.namespace),
+                s.name_attribute.as_deref().unwrap_or(""),
+                s.groups_attribute
+            )
         });
-        let mut lines: Vec<String> = oidc.chain(saml).flatten().collect();
+        let mut lines: Vec<String> = oidc.chain(saml).collect();
         lines.sort();
         lines.join("\n")
     }

@@ -438,10 +438,24 @@ fn oidc_issuers_name_people_apart_unless_told_otherwise() {
             issuer("https://partner", b)
         )))
         .unwrap()
-        .naming()
+        .naming(None)
     };
+    assert_eq!(parse(MINIMAL).unwrap().naming(None), "");
     let plain = naming("namespace = \"\"", "namespace = \"\"");
-    assert_eq!(plain, "");
+    // A provider swapped for another is a change too (found in review).
+    let swapped = parse(&with(&format!(
+        "{}{}",
+        issuer("https://corp", "namespace = \"\""),
+        issuer("https://other", "namespace = \"\"")
+    )))
+    .unwrap()
+    .naming(None);
+    assert_ne!(plain, swapped);
+    let saml = parse(&with("[saml]\nidp_metadata = \"idp.xml\"\n")).unwrap();
+    assert_ne!(
+        saml.naming(Some("https://idp-a")),
+        saml.naming(Some("https://idp-b"))
+    );
     let spaced = naming("", "namespace = \"partner\"");
     let renamed = naming("", "namespace = \"partner\"\nsubject_claim = \"email\"");
     let regrouped = naming("", "namespace = \"partner\"\ngroups_claim = \"roles\"");

@@ -137,7 +137,8 @@ async fn people_named_as_configured(
     store: &Store,
     audit: &portcullis_audit::AuditLog,
 ) -> Result<(), GatewayError> {
-    let naming = cfg.naming();
+    let saml_idp = cfg.saml.as_ref().and_then(console::saml::idp_entity_id);
+    let naming = cfg.naming(saml_idp.as_deref());
     let now = portcullis_identity::unix_now();
     if let Some(revoked) = store.record_naming(&naming, now).await? {
         tracing::warn!(

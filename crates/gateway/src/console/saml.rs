@@ -672,6 +672,17 @@ fn check_shape(xml: &str) -> Result<(), &'static str> {
 /// Whether an XML document declares a DTD (or entities), or could hide
 /// one from this check: NUL bytes mean another encoding than UTF-8
 /// (UTF-16 is valid UTF-8 byte by byte), which libxml2 would honour.
+/// The provider's entity ID from its metadata (who names the people),
+/// for the naming the store compares between starts; `None` when the
+/// metadata does not read (then the sign-in refuses to start anyway).
+pub fn idp_entity_id(cfg: &Saml) -> Option<String> {
+    let xml = std::fs::read_to_string(&cfg.idp_metadata).ok()?;
+    if has_dtd(&xml) {
+        return None;
+    }
+    xml.parse::<EntityDescriptor>().ok()?.entity_id
+}
+
 fn has_dtd(xml: &str) -> bool {
     let upper = xml.to_ascii_uppercase();
     upper.contains("<!DOCTYPE") || upper.contains("<!ENTITY") || xml.contains('\0')

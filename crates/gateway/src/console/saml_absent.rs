@@ -13,6 +13,11 @@ use portcullis_store::Store;
 
 use super::Console;
 
+/// No provider's metadata is read in this build.
+pub fn idp_entity_id(_cfg: &Saml) -> Option<String> {
+    None
+}
+
 /// No value of this type exists.
 pub enum SamlSp {}
 
