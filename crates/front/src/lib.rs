@@ -117,14 +117,25 @@ impl FrontContext {
     /// The context a reloaded config gives: its grants, connections and
     /// masking rules; the same authentication, sessions, approvals and
     /// live-session registry as `self` (state that outlives a reload).
-    /// The budget of an admitted session, when its grant has one.
+    /// The budget of an admitted session, when its grant has one. An
+    /// agent acting for a person spends the person's budget: a delegated
+    /// token reaches no more than its person, and a review found that a
+    /// person minting agents (any number of names) took the budget once
+    /// per agent.
     pub fn budget(&self, admitted: &Admitted) -> Option<Budget> {
         let grant = self
             .policy
             .grants()
             .iter()
             .find(|g| g.name == admitted.rule)?;
-        self.budgets.session(&admitted.principal.subject, grant)
+        let holder = match &admitted.principal.via {
+            portcullis_identity::AuthMethod::GatewayToken {
+                on_behalf_of: Some(person),
+                ..
+            } => person,
+            _ => &admitted.principal.subject,
+        };
+        self.budgets.session(holder, grant)
     }
 
     /// Whether the grant admitting `admitted` limits requests of some

@@ -157,6 +157,93 @@ async fn an_unknown_name_in_messages_is_bounded() {
     assert!(e.to_string().len() < 300, "{}", e.to_string().len());
 }
 
+/// A person's agents share the person's budget: three agents minted by
+/// alice take two requests between them, not two each (a review took
+/// six under a limit of two).
+#[tokio::test]
+async fn delegated_agents_spend_their_persons_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        &CONFIG.replace(
+            "connections = [\"api\", \"held\", \"tools\"]",
+            "connections = [\"api\", \"held\", \"tools\"]\nbudgets = [{ requests = 2, per = \"hour\" }]",
+        ),
+        &dir.path().join("portcullis.toml"),
+    )
+    .unwrap();
+    let (ctx, store) = testing::context(&cfg, dir.path()).await;
+    let mut taken = 0;
+    let mut refused = 0;
+    for agent in ["a1", "a2", "a3"] {
+        let t = portcullis_identity::token::generate().unwrap();
+        let subject = format!("agent:{agent}@alice");
+        store
+            .insert_token(&portcullis_store::NewTokenRow {
+                hash: t.hash,
+                subject: &subject,
+                groups: &["testers".to_string()],
+                created_at: 0,
+                expires_at: None,
+                on_behalf_of: Some("user:alice"),
+                audience: None,
+                oauth_family: None,
+            })
+            .await
+            .unwrap();
+        let a = ctx
+            .admit(
+                Credential::Bearer(&t.secret),
+                "api",
+                Protocol::Http,
+                &origin(),
+            )
+            .await
+            .unwrap();
+        let budget = ctx.budget(&a).expect("the grant has a budget");
+        for _ in 0..2 {
+            match budget
+                .take_one(portcullis_policy::budget::Measure::Requests, Some("GET"))
+                .await
+            {
+                Ok(()) => taken += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert_eq!((taken, refused), (2, 4));
+    // Another person's agent has its own person's budget.
+    let t = portcullis_identity::token::generate().unwrap();
+    store
+        .insert_token(&portcullis_store::NewTokenRow {
+            hash: t.hash,
+            subject: "agent:a1@bob",
+            groups: &["testers".to_string()],
+            created_at: 0,
+            expires_at: None,
+            on_behalf_of: Some("user:bob"),
+            audience: None,
+            oauth_family: None,
+        })
+        .await
+        .unwrap();
+    let a = ctx
+        .admit(
+            Credential::Bearer(&t.secret),
+            "api",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap();
+    let budget = ctx.budget(&a).unwrap();
+    assert!(
+        budget
+            .take_one(portcullis_policy::budget::Measure::Requests, Some("GET"))
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test]
 async fn admitted_callers_get_their_grant_gate_and_a_durable_session() {
     let w = world().await;
