@@ -288,7 +288,8 @@ impl Console {
             })
             .await
             .map_err(|e| e.to_string())?;
-        self.store
+        let stored = self
+            .store
             .insert_token(&NewTokenRow {
                 hash: token.hash,
                 subject,
@@ -299,8 +300,24 @@ impl Console {
                 audience: Some("console"),
                 oauth_family: None,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await;
+        if let Err(e) = stored {
+            // The entry above names a session that never began: say so
+            // (a review found the log claiming a sign-in the store refused).
+            let _ = self
+                .audit
+                .append(&AuditEvent::Admin {
+                    action: "console_sign_in_refused".into(),
+                    detail: serde_json::json!({
+                        "principal": subject,
+                        "token_id": token.hash.id(),
+                        "via": via,
+                        "reason": e.to_string(),
+                    }),
+                })
+                .await;
+            return Err(e.to_string());
+        }
         tracing::info!(principal = %subject, token_id = %token.hash.id(), via, "console sign-in");
         Ok(token.secret)
     }
