@@ -871,3 +871,71 @@ connections = ["releases"]
     assert!(audit.contains("\"agent:ci-bot\""), "{audit}");
     assert!(audit.contains("identity_naming_changed"), "{audit}");
 }
+
+/// The default `ca.pem` beside the config may be a bundle of the
+/// operator's CAs rather than the gateway's own: the gateway starts,
+/// says why nothing names a principal in the trust domain `portcullis`,
+/// and refuses such certificates. Named explicitly, the same file stops it.
+#[test]
+fn a_bundle_is_never_taken_for_the_internal_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    ca.write_leaf(
+        LeafKind::Client,
+        &dir.join("alice"),
+        &["user:alice".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    CertificateAuthority::load_or_create(&other).unwrap();
+    let mut pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    pem.push_str(&std::fs::read_to_string(other.join("ca.pem")).unwrap());
+    std::fs::write(dir.join("ca.pem"), pem).unwrap();
+    let config = |extra: &str| {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+client_auth = {{ mode = "optional", ca_file = "ca.pem" }}
+{extra}
+
+[[grants]]
+principals = ["user:alice"]
+connections = ["*"]
+"#
+        )
+    };
+    let explicit = dir.join("explicit.toml");
+    std::fs::write(&explicit, config("internal_ca = \"ca.pem\"")).unwrap();
+    let out = Command::new("timeout")
+        .args(["60", BIN, "--config", explicit.to_str().unwrap(), "gateway"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("holds 2 certificates"), "{err}");
+
+    let (gw, _) = gateway_with_config(dir, &config(""));
+    assert!(
+        gw.logs().contains("not taken as the internal CA"),
+        "{}",
+        gw.logs()
+    );
+    let r = curl(&[
+        "--cacert",
+        dir.join("ca.pem").to_str().unwrap(),
+        "--cert",
+        dir.join("alice.pem").to_str().unwrap(),
+        "--key",
+        dir.join("alice.key").to_str().unwrap(),
+        &format!("{}/api/v1/me", gw.url),
+    ]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("internal_ca"), "{}", r.body);
+}

@@ -412,10 +412,14 @@ pub struct GatewayConfig {
     pub key: PathBuf,
     pub tls: TlsPolicy,
     pub client_auth: ClientAuth,
-    /// The gateway's own CA (the first certificate of this file): the
-    /// only issuer whose certificates may name any principal (trust
-    /// domain `portcullis`, as `cert issue` makes them).
+    /// The gateway's own CA, alone in this file: the only issuer whose
+    /// certificates may name any principal (trust domain `portcullis`,
+    /// as `cert issue` makes them).
     pub internal_ca: PathBuf,
+    /// Whether `internal_ca` was written in the config (else it is the
+    /// default `ca.pem`, which may be some other bundle: then it names no
+    /// internal CA, with a warning, rather than stopping the gateway).
+    pub internal_ca_set: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -924,6 +924,7 @@ impl Root {
                 tls: self.gateway.tls,
                 client_auth: gateway_client_auth,
                 internal_ca: path(self.gateway.internal_ca.as_deref().unwrap_or("ca.pem")),
+                internal_ca_set: self.gateway.internal_ca.is_some(),
             },
             limits,
             upstream_tls: self.upstream_tls,

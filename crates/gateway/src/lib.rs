@@ -533,13 +533,25 @@ async fn shared(
         Some(w) => Some(webhook(w)?),
     };
     let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
-    let own_ca =
-        portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca).map_err(|source| {
-            GatewayError::Tls {
+    let own_ca = match portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca) {
+        Ok(ca) => ca,
+        // The default `ca.pem` may be a bundle that is no internal CA
+        // (an operator's own CAs, for client_auth): it names nobody.
+        Err(e) if !cfg.gateway.internal_ca_set => {
+            tracing::warn!(
+                path = %cfg.gateway.internal_ca.display(),
+                error = %e,
+                "not taken as the internal CA: client certificates in the trust domain \"portcullis\" are refused (set [gateway] internal_ca to the gateway's own CA, alone in its file)"
+            );
+            None
+        }
+        Err(source) => {
+            return Err(GatewayError::Tls {
                 what: "the gateway's own CA (internal_ca)",
                 source,
-            }
-        })?;
+            });
+        }
+    };
     match &own_ca {
         Some(ca) => tracing::info!(
             path = %cfg.gateway.internal_ca.display(),
