@@ -128,14 +128,8 @@ impl FrontContext {
             .grants()
             .iter()
             .find(|g| g.name == admitted.rule)?;
-        let holder = match &admitted.principal.via {
-            portcullis_identity::AuthMethod::GatewayToken {
-                on_behalf_of: Some(person),
-                ..
-            } => person,
-            _ => &admitted.principal.subject,
-        };
-        self.budgets.session(holder, grant)
+        self.budgets
+            .session(admitted.principal.accountable(), grant)
     }
 
     /// Whether the grant admitting `admitted` limits requests of some

@@ -95,6 +95,22 @@ pub struct Principal {
     pub via: AuthMethod,
 }
 
+impl Principal {
+    /// Who answers for what this principal spends or holds: the person a
+    /// delegated token acts for, else the principal itself. Anything a
+    /// person could multiply by minting agents (budgets, open streams)
+    /// is counted against this.
+    pub fn accountable(&self) -> &str {
+        match &self.via {
+            AuthMethod::GatewayToken {
+                on_behalf_of: Some(person),
+                ..
+            } => person,
+            _ => &self.subject,
+        }
+    }
+}
+
 /// Whether an agent's name has the form only the gateway gives: an agent
 /// acting for a person (`agent:NAME@person`, [`delegated_subject`]). No
 /// identity source outside the gateway may produce it.

@@ -115,11 +115,21 @@ impl Policy {
     ///
     /// A delegated principal (an agent acting for a person) is allowed
     /// only where its person would be too: the intersection.
+    ///
+    /// The grant that admits it (and so its budget) is its person's,
+    /// unless a grant names the delegated principal itself: a review found
+    /// an agent matching a group grant without a budget while its person's
+    /// own grant, listed first, had one.
     pub fn decide(&self, principal: &Principal, connection: &str) -> Decision {
         let d = self.decide_one(principal, connection);
-        if let (true, Some(person)) = (d.is_allow(), delegated_person(principal))
-            && !self.decide_one(&person, connection).is_allow()
-        {
+        let Some(person) = delegated_person(principal) else {
+            return d;
+        };
+        if !d.is_allow() {
+            return d;
+        }
+        let persons = self.decide_one(&person, connection);
+        if !persons.is_allow() {
             return Decision::Deny {
                 reason: DenyReason::Delegation {
                     principal: principal.subject.clone(),
@@ -128,7 +138,17 @@ impl Policy {
                 },
             };
         }
-        d
+        let named = self
+            .grants
+            .iter()
+            .find(|g| g.covers_connection(connection) && g.principals.contains(&principal.subject));
+        match named {
+            Some(g) => Decision::Allow {
+                rule: g.name.clone(),
+                matched: Match::Principal(principal.subject.clone()),
+            },
+            None => persons,
+        }
     }
 
     fn decide_one(&self, principal: &Principal, connection: &str) -> Decision {
@@ -223,6 +243,30 @@ mod tests {
         };
         assert!(matches!(reason, DenyReason::Delegation { .. }), "{reason}");
         assert!(reason.to_string().contains("acts for user:alice"));
+    }
+
+    /// A review found an agent admitted by a group grant with no budget
+    /// while its person's own grant, listed first, had one: a delegated
+    /// principal is admitted by its person's grant unless a grant names it.
+    #[test]
+    fn a_delegated_token_is_admitted_by_its_persons_grant() {
+        let p = Policy::new(vec![
+            grant("alice", &["user:alice"], &[], &["db"]),
+            grant("eng", &[], &["eng"], &["db", "wiki"]),
+            grant("alice-bot", &["agent:bot@alice"], &[], &["db"]),
+        ]);
+        let rule = |d: Decision| match d {
+            Decision::Allow { rule, .. } => rule,
+            Decision::Deny { reason } => panic!("{reason}"),
+        };
+        let x = delegated("agent:x@alice", "user:alice", &["eng"]);
+        assert_eq!(rule(p.decide(&x, "db")), "alice");
+        assert_eq!(rule(p.decide(&x, "wiki")), "eng");
+        // A grant naming the delegated agent is its own.
+        let bot = delegated("agent:bot@alice", "user:alice", &["eng"]);
+        assert_eq!(rule(p.decide(&bot, "db")), "alice-bot");
+        // Not delegated: as before.
+        assert_eq!(rule(p.decide(&principal("agent:y", &["eng"]), "db")), "eng");
     }
 
     #[test]

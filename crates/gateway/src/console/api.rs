@@ -148,7 +148,9 @@ pub fn review_events(
     approvals: portcullis_approval::Approvals,
     who: Principal,
 ) -> Response<Body> {
-    let Some(slot) = console.stream_slot(&who.subject) else {
+    // Counted per person: agents a person mints share the person's slots
+    // (a review filled every slot with one person's agents).
+    let Some(slot) = console.stream_slot(who.accountable()) else {
         return json_response(
             StatusCode::TOO_MANY_REQUESTS,
             &serde_json::json!({"error": "busy", "message": "too many review streams open"}),
