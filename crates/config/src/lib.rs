@@ -654,17 +654,12 @@ impl Config {
     /// provider's entity ID, read from its metadata by the caller (a
     /// provider swapped behind the same file names other people).
     pub fn naming(&self, saml_idp: Option<&str>) -> String {
-        use portcullis_identity::Namespace;
-        let ns = |n: &Namespace| match n {
-            Namespace::Own(ns) => ns.clone(),
-            Namespace::Bare { .. } => String::new(),
-        };
         let oidc = self.oidc.iter().map(|o| {
             let s = &o.settings;
             format!(
                 "oidc {} namespace={} subject={} groups={}",
                 s.issuer,
-                ns(&s.namespace),
+                s.namespace.own().unwrap_or(""),
                 s.subject_claim,
                 s.groups_claim
             )
@@ -673,7 +668,7 @@ impl Config {
             format!(
                 "saml {} namespace={} name={} groups={}",
                 saml_idp.unwrap_or("?"),
-                ns(&s.namespace),
+                s.namespace.own().unwrap_or(""),
                 s.name_attribute.as_deref().unwrap_or(""),
                 s.groups_attribute
             )

@@ -429,14 +429,8 @@ impl RawOidc {
                 groups_claim: self.groups_claim.clone().unwrap_or_else(|| "groups".into()),
                 subject_claim: self.subject_claim.clone().unwrap_or_else(|| "sub".into()),
                 leeway_secs: leeway.as_secs(),
-                namespace: match self.namespace.as_deref() {
-                    None | Some("") => portcullis_identity::Namespace::default(),
-                    Some(ns) => {
-                        portcullis_identity::validate_namespace(ns)
-                            .map_err(|e| invalid(key("namespace"), e))?;
-                        portcullis_identity::Namespace::Own(ns.to_string())
-                    }
-                },
+                namespace: portcullis_identity::Namespace::from_config(self.namespace.as_deref())
+                    .map_err(|e| invalid(key("namespace"), e))?,
             },
             ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
             refresh_interval,
@@ -1561,15 +1555,11 @@ impl RawConnection {
 /// that it cannot name a group in one of them.
 fn reserve_namespaces(oidc: &mut [OidcIssuer], saml: Option<&mut crate::saml::Saml>) {
     use portcullis_identity::Namespace;
-    let owned = |n: &Namespace| match n {
-        Namespace::Own(ns) => Some(ns.clone()),
-        Namespace::Bare { .. } => None,
-    };
     let mut all: Vec<String> = oidc
         .iter()
         .map(|o| &o.settings.namespace)
         .chain(saml.as_ref().map(|s| &s.namespace))
-        .filter_map(owned)
+        .filter_map(|n| n.own().map(str::to_string))
         .collect();
     all.sort();
     all.dedup();

@@ -73,14 +73,8 @@ impl RawSaml {
         if groups_attribute.is_empty() {
             return Err(invalid("saml.groups_attribute", "must not be empty"));
         }
-        let namespace = match self.namespace.as_deref() {
-            None | Some("") => portcullis_identity::Namespace::default(),
-            Some(ns) => {
-                portcullis_identity::validate_namespace(ns)
-                    .map_err(|e| invalid("saml.namespace", e))?;
-                portcullis_identity::Namespace::Own(ns.to_string())
-            }
-        };
+        let namespace = portcullis_identity::Namespace::from_config(self.namespace.as_deref())
+            .map_err(|e| invalid("saml.namespace", e))?;
         Ok(Saml {
             namespace,
             idp_metadata: base.join(&self.idp_metadata),

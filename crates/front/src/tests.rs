@@ -172,39 +172,42 @@ async fn delegated_agents_spend_their_persons_budget() {
     )
     .unwrap();
     let (ctx, store) = testing::context(&cfg, dir.path()).await;
-    let mut taken = 0;
-    let mut refused = 0;
-    for agent in ["a1", "a2", "a3"] {
-        let t = portcullis_identity::token::generate().unwrap();
-        let subject = format!("agent:{agent}@alice");
-        store
-            .insert_token(&portcullis_store::NewTokenRow {
-                hash: t.hash,
-                subject: &subject,
-                groups: &["testers".to_string()],
-                created_at: 0,
-                expires_at: None,
-                on_behalf_of: Some("user:alice"),
-                audience: None,
-                oauth_family: None,
-            })
-            .await
-            .unwrap();
-        let a = ctx
-            .admit(
-                Credential::Bearer(&t.secret),
-                "api",
-                Protocol::Http,
-                &origin(),
-            )
-            .await
-            .unwrap();
-        let budget = ctx.budget(&a).expect("the grant has a budget");
-        for _ in 0..2 {
-            match budget
-                .take_one(portcullis_policy::budget::Measure::Requests, Some("GET"))
+    // The budget of `agent` acting for `person`, as admitted on `api`.
+    let budget_of = |agent: &'static str, person: &'static str| {
+        let (ctx, store) = (&ctx, &store);
+        async move {
+            let t = portcullis_identity::token::generate().unwrap();
+            store
+                .insert_token(&portcullis_store::NewTokenRow {
+                    hash: t.hash,
+                    subject: agent,
+                    groups: &["testers".to_string()],
+                    created_at: 0,
+                    expires_at: None,
+                    on_behalf_of: Some(person),
+                    audience: None,
+                    oauth_family: None,
+                })
                 .await
-            {
+                .unwrap();
+            let a = ctx
+                .admit(
+                    Credential::Bearer(&t.secret),
+                    "api",
+                    Protocol::Http,
+                    &origin(),
+                )
+                .await
+                .unwrap();
+            ctx.budget(&a).expect("the grant has a budget")
+        }
+    };
+    let get = portcullis_policy::budget::Measure::Requests;
+    let (mut taken, mut refused) = (0, 0);
+    for agent in ["agent:a1@alice", "agent:a2@alice", "agent:a3@alice"] {
+        let budget = budget_of(agent, "user:alice").await;
+        for _ in 0..2 {
+            match budget.take_one(get, Some("GET")).await {
                 Ok(()) => taken += 1,
                 Err(_) => refused += 1,
             }
@@ -212,36 +215,8 @@ async fn delegated_agents_spend_their_persons_budget() {
     }
     assert_eq!((taken, refused), (2, 4));
     // Another person's agent has its own person's budget.
-    let t = portcullis_identity::token::generate().unwrap();
-    store
-        .insert_token(&portcullis_store::NewTokenRow {
-            hash: t.hash,
-            subject: "agent:a1@bob",
-            groups: &["testers".to_string()],
-            created_at: 0,
-            expires_at: None,
-            on_behalf_of: Some("user:bob"),
-            audience: None,
-            oauth_family: None,
-        })
-        .await
-        .unwrap();
-    let a = ctx
-        .admit(
-            Credential::Bearer(&t.secret),
-            "api",
-            Protocol::Http,
-            &origin(),
-        )
-        .await
-        .unwrap();
-    let budget = ctx.budget(&a).unwrap();
-    assert!(
-        budget
-            .take_one(portcullis_policy::budget::Measure::Requests, Some("GET"))
-            .await
-            .is_ok()
-    );
+    let bobs = budget_of("agent:a1@bob", "user:bob").await;
+    assert!(bobs.take_one(get, Some("GET")).await.is_ok());
 }
 
 #[tokio::test]

@@ -534,7 +534,21 @@ async fn shared(
     };
     let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
     let own_ca = match portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca) {
-        Ok(ca) => ca,
+        Ok(Some(ca)) => {
+            tracing::info!(
+                path = %cfg.gateway.internal_ca.display(),
+                sha256 = ca.fingerprint(),
+                "internal CA: its certificates name any principal"
+            );
+            Some(ca)
+        }
+        Ok(None) => {
+            tracing::info!(
+                path = %cfg.gateway.internal_ca.display(),
+                "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
+            );
+            None
+        }
         // The default `ca.pem` may be a bundle that is no internal CA
         // (an operator's own CAs, for client_auth): it names nobody.
         Err(e) if !cfg.gateway.internal_ca_set => {
@@ -552,17 +566,6 @@ async fn shared(
             });
         }
     };
-    match &own_ca {
-        Some(ca) => tracing::info!(
-            path = %cfg.gateway.internal_ca.display(),
-            sha256 = ca.fingerprint(),
-            "internal CA: its certificates name any principal"
-        ),
-        None => tracing::info!(
-            path = %cfg.gateway.internal_ca.display(),
-            "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
-        ),
-    }
     let auth = Authenticator::new(Arc::new(store.cached_tokens())).with_own_ca(own_ca);
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),

@@ -176,6 +176,23 @@ impl Default for Namespace {
 }
 
 impl Namespace {
+    /// A provider's `namespace` as written in config: unset or `""` is
+    /// bare, anything else must be a valid namespace.
+    pub fn from_config(written: Option<&str>) -> Result<Self, String> {
+        match written {
+            None | Some("") => Ok(Self::default()),
+            Some(ns) => validate_namespace(ns).map(|()| Self::Own(ns.to_string())),
+        }
+    }
+
+    /// The namespace's name, when the provider has one.
+    pub fn own(&self) -> Option<&str> {
+        match self {
+            Self::Own(ns) => Some(ns),
+            Self::Bare { .. } => None,
+        }
+    }
+
     /// `kind:name` under this namespace. `name` must already have passed
     /// [`validate_subject`] as `kind:name`, so it holds no `/`.
     pub fn subject(&self, kind: &str, name: &str) -> String {

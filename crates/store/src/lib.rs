@@ -180,9 +180,7 @@ impl Store {
         // A token for a person carries the name its provider gave: it is
         // written only if the store still records this gateway's naming
         // (one statement, so no other gateway's start can come between).
-        let for_person =
-            t.on_behalf_of.is_some() || t.audience == Some("console") || t.oauth_family.is_some();
-        let naming = self.my_naming().filter(|_| for_person);
+        let naming = self.my_naming().filter(|_| naming::is_for_person(t));
         let done = sqlx::query(self.q(&format!(
             "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
              audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}",

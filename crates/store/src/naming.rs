@@ -23,6 +23,18 @@ pub(crate) fn still(backend: crate::Backend) -> &'static str {
     }
 }
 
+/// Which token rows are a person's (they carry the name the person's
+/// provider gave): a console session, a token a person minted for an
+/// agent, an OAuth access token. [`is_for_person`] is the same rule on a
+/// row about to be written; the two stay side by side.
+const PERSON_TOKENS: &str =
+    "(on_behalf_of IS NOT NULL OR audience = 'console' OR oauth_family IS NOT NULL)";
+
+/// [`PERSON_TOKENS`] for a row about to be written.
+pub(crate) fn is_for_person(t: &crate::NewTokenRow<'_>) -> bool {
+    t.on_behalf_of.is_some() || t.audience == Some("console") || t.oauth_family.is_some()
+}
+
 impl Store {
     /// Record `naming` (how the providers name people, as text). When it
     /// differs from what was recorded (nothing recorded counts as empty,
@@ -59,10 +71,9 @@ impl Store {
             self.set_naming(naming);
             return Ok(None);
         }
-        let tokens = sqlx::query(
-            self.q("UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL \
-             AND (on_behalf_of IS NOT NULL OR audience = 'console' OR oauth_family IS NOT NULL)"),
-        )
+        let tokens = sqlx::query(self.q(&format!(
+            "UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL AND {PERSON_TOKENS}"
+        )))
         .bind(now)
         .execute(&mut *tx)
         .await?

@@ -89,10 +89,10 @@ pub async fn naming(store: &Store) {
         Err(crate::StoreError::NamingChanged)
     ));
     let grant = crate::OAuthGrantRow {
-        hash: [7; 32],
+        hash: token::generate().unwrap().hash.0,
         kind: crate::GrantKind::Refresh,
-        client_id: "c-naming".into(),
-        family: "f-naming".into(),
+        client_id: format!("c-{}", token::generate().unwrap().hash.id()),
+        family: format!("f-{}", token::generate().unwrap().hash.id()),
         data: "{}".into(),
         created_at: 10,
         expires_at: 1000,

@@ -16,6 +16,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::TlsError;
+use crate::reload::unix_now;
 
 /// The trust domain of SPIFFE IDs in certificates from the internal CA.
 pub const SPIFFE_DOMAIN: &str = "portcullis";
@@ -162,12 +163,6 @@ impl OwnCa {
                 .verify_client_cert(&CertificateDer::from(der), &[], UnixTime::now())
                 .is_ok()
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The principal `der` names under `policy` (see [`CertPolicy`]); `own`:

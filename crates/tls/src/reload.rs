@@ -339,7 +339,7 @@ fn not_after_of(der: &[u8], path: &Path) -> Result<i64, TlsError> {
     Ok(x509.validity().not_after.timestamp())
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
