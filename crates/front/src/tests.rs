@@ -202,12 +202,12 @@ async fn delegated_agents_spend_their_persons_budget() {
             ctx.budget(&a).expect("the grant has a budget")
         }
     };
-    let get = portcullis_policy::budget::Measure::Requests;
+    let requests = portcullis_policy::budget::Measure::Requests;
     let (mut taken, mut refused) = (0, 0);
     for agent in ["agent:a1@alice", "agent:a2@alice", "agent:a3@alice"] {
         let budget = budget_of(agent, "user:alice").await;
         for _ in 0..2 {
-            match budget.take_one(get, Some("GET")).await {
+            match budget.take_one(requests, Some("GET")).await {
                 Ok(()) => taken += 1,
                 Err(_) => refused += 1,
             }
@@ -216,7 +216,7 @@ async fn delegated_agents_spend_their_persons_budget() {
     assert_eq!((taken, refused), (2, 4));
     // Another person's agent has its own person's budget.
     let bobs = budget_of("agent:a1@bob", "user:bob").await;
-    assert!(bobs.take_one(get, Some("GET")).await.is_ok());
+    assert!(bobs.take_one(requests, Some("GET")).await.is_ok());
 }
 
 #[tokio::test]
