@@ -432,6 +432,77 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 24 hours"));
 
+    // A person holds at most 256 live tokens for agents (two are minted
+    // above): minting past that is refused in HTTP's words, 429, over one
+    // connection at a time, and the CLI says why.
+    let mint_url = format!("{}/api/v1/tokens", s.gw.url);
+    let auth = format!("Authorization: Bearer {token}");
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "300",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &auth,
+        "--json",
+        r#"{"principal": "agent:many", "ttl": "1h"}"#,
+        "-w",
+        "\n%{http_code}\n",
+    ];
+    args.extend(std::iter::repeat_n(mint_url.as_str(), 260));
+    let out = Command::new("curl").args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() == 3 && l.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(codes.len(), 260, "{}", String::from_utf8_lossy(&out.stderr));
+    let created = codes.iter().take_while(|c| **c == "201").count();
+    assert_eq!(created, 254, "{codes:?}");
+    assert!(codes[created..].iter().all(|c| *c == "429"), "{codes:?}");
+    assert!(text.contains("too_many_tokens"), "{text}");
+    assert!(text.contains("256 live tokens"), "{text}");
+    let out = user_cli(
+        &s,
+        &home,
+        &["token", "create", "--principal", "agent:claude"],
+    )
+    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("256 live tokens"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Revoking one frees its place.
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
+        ])
+        .args(["token", "revoke", first["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = curl(&[
+        "--cacert",
+        &s.ca,
+        "-H",
+        &auth,
+        "--json",
+        r#"{"principal": "agent:many", "ttl": "1h"}"#,
+        &mint_url,
+    ]);
+    assert_eq!(r.status, 201, "{}", r.body);
+
     // …and over PostgreSQL, where this listener requires a client
     // certificate as well: without one the handshake fails.
     let pg_port = s.gw.pg_port.unwrap().to_string();

@@ -40,7 +40,10 @@ pub trait TokenStore: Send + Sync {
 
 pub type RevokedFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, AuthError>> + Send + 'a>>;
 
-pub type MintFuture<'a> = Pin<Box<dyn Future<Output = Result<String, AuthError>> + Send + 'a>>;
+/// A mint's outcome: the token's id, or why it was not stored
+/// ([`DelegateError::TooMany`], or the store's failure as
+/// [`DelegateError::Auth`]).
+pub type MintFuture<'a> = Pin<Box<dyn Future<Output = Result<String, DelegateError>> + Send + 'a>>;
 
 /// A delegated token to store (its hash only).
 pub struct Mint<'a> {
@@ -67,6 +70,13 @@ pub enum DelegateError {
     NotAnAgent(String),
     #[error("a delegated token may live at most {max_hours} hours")]
     TooLong { max_hours: u64 },
+    /// The person already holds as many live tokens for agents as one
+    /// may: the store's bound, so that minting cannot grow it without end.
+    #[error(
+        "you already hold {max} live tokens for agents, the most a person may: \
+         revoke one (`portcullis token revoke ID`, or the console) or let one expire"
+    )]
+    TooMany { max: i64 },
     #[error(transparent)]
     Auth(#[from] AuthError),
 }

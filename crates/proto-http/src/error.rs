@@ -114,6 +114,9 @@ impl ProxyError {
             Self::Delegate(portcullis_identity::DelegateError::Auth(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Delegate(portcullis_identity::DelegateError::TooMany { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Delegate(_) => StatusCode::BAD_REQUEST,
             Self::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -153,6 +156,7 @@ impl ProxyError {
             ) => "conflict",
             Self::ReviewApi(_) => "forbidden",
             Self::Delegate(portcullis_identity::DelegateError::NotAPerson(_)) => "forbidden",
+            Self::Delegate(portcullis_identity::DelegateError::TooMany { .. }) => "too_many_tokens",
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
             Self::TooManySessions { .. } => "too_many_sessions",

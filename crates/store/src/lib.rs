@@ -41,6 +41,11 @@ pub enum StoreError {
          restart this one with the same identity providers before it signs anyone in"
     )]
     NamingChanged,
+    #[error(
+        "{person} already holds {max} live tokens for agents, the most a person may hold: \
+         revoke one (`portcullis token revoke ID`, or the console) or let one expire"
+    )]
+    TooManyForAgents { person: String, max: i64 },
 }
 
 impl StoreError {
@@ -62,7 +67,21 @@ pub struct Store {
     /// ([`Store::record_naming`]): a token minted for a person is written
     /// only while the store records the same.
     naming: Arc<std::sync::RwLock<Option<String>>>,
+    /// The most live tokens minted on behalf of one person (for agents,
+    /// and OAuth access tokens) at once: [`MAX_LIVE_FOR_AGENTS`].
+    live_for_agents: i64,
 }
+
+/// Live tokens one person may hold for agents at once (minted with
+/// `token create --for`, the console or `/api/v1/tokens`, and OAuth access
+/// tokens). Each lives at most a day, but without a bound one person could
+/// grow the tokens table and the audit chain without end.
+pub const MAX_LIVE_FOR_AGENTS: i64 = 256;
+
+/// The condition a token minted on a person's behalf is written under
+/// (binds: the person, now, the bound).
+const LIVE_FOR_AGENTS_BELOW: &str = "(SELECT COUNT(*) FROM tokens WHERE on_behalf_of = ? \
+     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)) < ?";
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +177,7 @@ impl Store {
             backend,
             changes,
             naming: Default::default(),
+            live_for_agents: MAX_LIVE_FOR_AGENTS,
         })
     }
 
@@ -171,42 +191,85 @@ impl Store {
         AssertSqlSafe(placeholders(sql, self.backend))
     }
 
+    /// Write a token. A token for a person is written only while the
+    /// store records this gateway's naming ([`StoreError::NamingChanged`]),
+    /// and one minted on a person's behalf only while that person holds
+    /// fewer than [`MAX_LIVE_FOR_AGENTS`] live ones
+    /// ([`StoreError::TooManyForAgents`]).
     pub async fn insert_token(&self, t: &NewTokenRow<'_>) -> Result<String, StoreError> {
         let id = t.hash.id();
         let groups = serde_json::to_string(t.groups).map_err(|e| StoreError::Corrupt {
             table: "tokens",
             reason: e.to_string(),
         })?;
-        // A token for a person carries the name its provider gave: it is
-        // written only if the store still records this gateway's naming
-        // (one statement, so no other gateway's start can come between).
+        // Both conditions are part of the one INSERT, so no other
+        // gateway's start (naming) or mint (count) can come between the
+        // check and the write.
         let naming = self.my_naming().filter(|_| naming::is_for_person(t));
-        let done = sqlx::query(self.q(&format!(
-            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
-             audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}",
-            if naming.is_some() {
-                naming::still(self.backend)
-            } else {
-                ""
-            }
-        )))
-        .bind(&id)
-        .bind(&t.hash.0[..])
-        .bind(t.subject)
-        .bind(groups)
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(t.on_behalf_of)
-        .bind(t.audience)
-        .bind(t.oauth_family);
-        let done = match naming {
-            Some(n) => done.bind(n),
-            None => done,
-        };
-        if done.execute(&self.pool).await?.rows_affected() == 0 {
-            return Err(StoreError::NamingChanged);
+        let mut conditions = Vec::new();
+        if naming.is_some() {
+            conditions.push(naming::still(self.backend));
         }
-        Ok(id)
+        if t.on_behalf_of.is_some() {
+            conditions.push(LIVE_FOR_AGENTS_BELOW);
+        }
+        let sql = format!(
+            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
+             audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}{}",
+            if conditions.is_empty() { "" } else { " WHERE " },
+            conditions.join(" AND ")
+        );
+        let mut insert = sqlx::query(self.q(&sql))
+            .bind(&id)
+            .bind(&t.hash.0[..])
+            .bind(t.subject)
+            .bind(groups)
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .bind(t.on_behalf_of)
+            .bind(t.audience)
+            .bind(t.oauth_family);
+        if let Some(n) = &naming {
+            insert = insert.bind(n);
+        }
+        if let Some(person) = t.on_behalf_of {
+            insert = insert
+                .bind(person)
+                .bind(t.created_at)
+                .bind(self.live_for_agents);
+        }
+        let mut tx = self.pool.begin().await?;
+        if let (Some(person), Backend::Postgres) = (t.on_behalf_of, self.backend) {
+            // Two mints for one person at once would each count the other
+            // out (READ COMMITTED): they take turns. SQLite has one writer
+            // at a time, and a statement is whole.
+            sqlx::query(self.q("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
+                .bind(person)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let written = insert.execute(&mut *tx).await?.rows_affected() > 0;
+        tx.commit().await?;
+        if written {
+            return Ok(id);
+        }
+        match t.on_behalf_of {
+            Some(person) if naming.is_none() || self.naming_holds().await? => {
+                Err(StoreError::TooManyForAgents {
+                    person: person.to_owned(),
+                    max: self.live_for_agents,
+                })
+            }
+            _ => Err(StoreError::NamingChanged),
+        }
+    }
+
+    /// This handle with at most `max` live tokens per person for agents
+    /// (for tests that reach the bound without minting hundreds).
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn with_live_for_agents(mut self, max: i64) -> Self {
+        self.live_for_agents = max;
+        self
     }
 
     pub async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
@@ -1239,7 +1302,12 @@ impl portcullis_identity::TokenStore for Store {
                 oauth_family: None,
             })
             .await
-            .map_err(unavailable("storing a delegated token"))
+            .map_err(|e| match e {
+                StoreError::TooManyForAgents { max, .. } => {
+                    portcullis_identity::DelegateError::TooMany { max }
+                }
+                e => unavailable("storing a delegated token")(e).into(),
+            })
         })
     }
 

@@ -203,6 +203,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
         changed_at INTEGER NOT NULL
     )",
     ),
+    // A token minted on a person's behalf is written only while the
+    // person holds fewer than the bound of live ones (`insert_token`
+    // counts them); listing a person's tokens reads the same column.
+    (
+        17,
+        "CREATE INDEX tokens_on_behalf_of ON tokens (on_behalf_of)",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;

@@ -5,7 +5,7 @@
 
 use crate::{Store, StoreError};
 
-/// The condition a row for a person is written under: the store still
+/// The condition a row for a person is written under (after `WHERE`): the store still
 /// records this gateway's naming (bound last). On PostgreSQL the naming
 /// row is read `FOR SHARE`: a start recording another naming holds it
 /// `FOR UPDATE` until its revocation commits, so an insert either waits
@@ -15,10 +15,10 @@ use crate::{Store, StoreError};
 pub(crate) fn still(backend: crate::Backend) -> &'static str {
     match backend {
         crate::Backend::Postgres => {
-            " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1 FOR SHARE), '') = ?"
+            "COALESCE((SELECT naming FROM identity_naming WHERE id = 1 FOR SHARE), '') = ?"
         }
         crate::Backend::Sqlite => {
-            " WHERE COALESCE((SELECT naming FROM identity_naming WHERE id = 1), '') = ?"
+            "COALESCE((SELECT naming FROM identity_naming WHERE id = 1), '') = ?"
         }
     }
 }

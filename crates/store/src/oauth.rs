@@ -168,9 +168,9 @@ impl Store {
         let naming = self.my_naming();
         let done = sqlx::query(self.q(&format!(
             "INSERT INTO oauth_grants (hash, kind, client_id, family, data, created_at, expires_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?{}{then}",
+             SELECT ?, ?, ?, ?, ?, ?, ? WHERE {}{then}",
             // SQLite reads `ON CONFLICT` after a bare SELECT as a join's.
-            if naming.is_some() { crate::naming::still(self.backend) } else { " WHERE true" }
+            if naming.is_some() { crate::naming::still(self.backend) } else { "true" }
         )))
         .bind(&g.hash[..])
         .bind(g.kind.as_str())

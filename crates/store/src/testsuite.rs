@@ -30,6 +30,98 @@ pub async fn run_all(store: &Store) {
     budget_usage(store).await;
     budget_takes(store).await;
     naming(store).await;
+    live_for_agents(store).await;
+}
+
+/// A person holds at most the bound of live tokens for agents: a mint past
+/// it is refused, even when many arrive at once; revoked and expired ones
+/// do not count, nor other people's, nor an operator's tokens.
+pub async fn live_for_agents(store: &Store) {
+    let capped = store.clone().with_live_for_agents(3);
+    let person = format!("user:p-{}", tag());
+    let mint = |person: String, created_at: i64| {
+        let capped = capped.clone();
+        async move {
+            let t = token::generate().unwrap();
+            capped
+                .insert_token(&NewTokenRow {
+                    hash: t.hash,
+                    subject: "agent:bot",
+                    groups: &[],
+                    created_at,
+                    expires_at: Some(1000),
+                    on_behalf_of: Some(&person),
+                    audience: None,
+                    oauth_family: None,
+                })
+                .await
+        }
+    };
+    let ids: Vec<String> = futures_join(3, || mint(person.clone(), 100))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let past = mint(person.clone(), 100).await;
+    assert!(
+        matches!(&past, Err(crate::StoreError::TooManyForAgents { max: 3, person: p }) if *p == person),
+        "{past:?}"
+    );
+    assert!(
+        mint(format!("user:q-{}", tag()), 100).await.is_ok(),
+        "another person's own bound"
+    );
+    let operator = token::generate().unwrap();
+    assert!(
+        capped
+            .insert_token(&NewTokenRow {
+                hash: operator.hash,
+                subject: "agent:bot",
+                groups: &[],
+                created_at: 100,
+                expires_at: Some(1000),
+                on_behalf_of: None,
+                audience: None,
+                oauth_family: None,
+            })
+            .await
+            .is_ok(),
+        "an operator's token is not minted for a person"
+    );
+    assert!(capped.revoke_token(&ids[0], 110).await.unwrap());
+    assert!(
+        mint(person.clone(), 120).await.is_ok(),
+        "a revoked one is freed"
+    );
+    assert!(mint(person.clone(), 120).await.is_err());
+    // At 1000 every one of them has expired.
+    assert!(
+        mint(person.clone(), 1000).await.is_ok(),
+        "expired ones are freed"
+    );
+    // Many at once for a fresh person: exactly the bound gets in.
+    let fresh = format!("user:r-{}", tag());
+    let all = futures_join(12, || mint(fresh.clone(), 100)).await;
+    let written = all.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(written, 3, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|r| r.is_ok() || matches!(r, Err(crate::StoreError::TooManyForAgents { .. })))
+    );
+}
+
+/// `n` futures from `make`, run at once on the runtime's threads.
+async fn futures_join<T, F>(n: usize, make: impl Fn() -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(make())).collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
 }
 
 /// A change in how providers name people revokes every token minted for

@@ -309,7 +309,14 @@ impl OAuthServer {
                 oauth_family: Some(family),
             })
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| match e {
+                // A client refreshing in a loop, or many clients: the
+                // person's bound on live tokens for agents holds here too.
+                e @ portcullis_store::StoreError::TooManyForAgents { .. } => {
+                    refused("invalid_request", e.to_string())
+                }
+                e => unavailable(e),
+            })?;
         let row = OAuthGrantRow {
             hash: refresh_hash,
             kind: GrantKind::Refresh,
