@@ -74,7 +74,7 @@ pub enum DelegateError {
     /// may: the store's bound, so that minting cannot grow it without end.
     #[error(
         "you already hold {max} live tokens for agents, the most a person may: \
-         revoke one (`portcullis token revoke ID`, or the console) or let one expire"
+         revoke one (in the console, or POST /api/v1/tokens/ID/revoke) or let one expire"
     )]
     TooMany { max: i64 },
     #[error(transparent)]

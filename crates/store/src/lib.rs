@@ -41,10 +41,7 @@ pub enum StoreError {
          restart this one with the same identity providers before it signs anyone in"
     )]
     NamingChanged,
-    #[error(
-        "{person} already holds {max} live tokens for agents, the most a person may hold: \
-         revoke one (`portcullis token revoke ID`, or the console) or let one expire"
-    )]
+    #[error("{person} already holds {max} live tokens for agents, the most a person may hold")]
     TooManyForAgents { person: String, max: i64 },
 }
 
@@ -73,15 +70,21 @@ pub struct Store {
 }
 
 /// Live tokens one person may hold for agents at once (minted with
-/// `token create --for`, the console or `/api/v1/tokens`, and OAuth access
-/// tokens). Each lives at most a day, but without a bound one person could
-/// grow the tokens table and the audit chain without end.
+/// `token create --principal agent:NAME --gateway URL`, the console or
+/// `/api/v1/tokens`; an OAuth grant's access tokens count once). Each
+/// lives at most a day, but without a bound one person could hold any
+/// number live at once.
 pub const MAX_LIVE_FOR_AGENTS: i64 = 256;
 
 /// The condition a token minted on a person's behalf is written under
-/// (binds: the person, now, the bound).
-const LIVE_FOR_AGENTS_BELOW: &str = "(SELECT COUNT(*) FROM tokens WHERE on_behalf_of = ? \
-     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)) < ?";
+/// (binds: the person, now, the token's OAuth family, the bound). An OAuth
+/// grant's access tokens count once, as their family, and not against a
+/// new one of the same family: a client refreshing in a loop would
+/// otherwise fill its person's places (found in review).
+const LIVE_FOR_AGENTS_BELOW: &str = "(SELECT COUNT(DISTINCT COALESCE(oauth_family, id)) \
+     FROM tokens WHERE on_behalf_of = ? AND revoked_at IS NULL \
+     AND (expires_at IS NULL OR expires_at > ?) \
+     AND (oauth_family IS NULL OR oauth_family <> COALESCE(?, ''))) < ?";
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,20 +239,27 @@ impl Store {
             insert = insert
                 .bind(person)
                 .bind(t.created_at)
+                .bind(t.oauth_family)
                 .bind(self.live_for_agents);
         }
-        let mut tx = self.pool.begin().await?;
-        if let (Some(person), Backend::Postgres) = (t.on_behalf_of, self.backend) {
+        let written = match (t.on_behalf_of, self.backend) {
             // Two mints for one person at once would each count the other
-            // out (READ COMMITTED): they take turns. SQLite has one writer
-            // at a time, and a statement is whole.
-            sqlx::query(self.q("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
-                .bind(person)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let written = insert.execute(&mut *tx).await?.rows_affected() > 0;
-        tx.commit().await?;
+            // out (READ COMMITTED): they take turns.
+            (Some(person), Backend::Postgres) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(self.q("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
+                    .bind(person)
+                    .execute(&mut *tx)
+                    .await?;
+                let written = insert.execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                written
+            }
+            // SQLite has one writer at a time and a statement is whole; no
+            // transaction of ours to leave open on a failed commit (see
+            // `audit_batch`).
+            _ => insert.execute(&self.pool).await?.rows_affected(),
+        } > 0;
         if written {
             return Ok(id);
         }

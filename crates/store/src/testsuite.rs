@@ -99,6 +99,48 @@ pub async fn live_for_agents(store: &Store) {
         mint(person.clone(), 1000).await.is_ok(),
         "expired ones are freed"
     );
+    // An OAuth grant's access tokens count once, however often its client
+    // refreshes, and a grant at the bound still refreshes.
+    let oauth_person = format!("user:o-{}", tag());
+    let access = |family: String| {
+        let (capped, person) = (capped.clone(), oauth_person.clone());
+        async move {
+            let t = token::generate().unwrap();
+            capped
+                .insert_token(&NewTokenRow {
+                    hash: t.hash,
+                    subject: "agent:client",
+                    groups: &[],
+                    created_at: 100,
+                    expires_at: Some(1000),
+                    on_behalf_of: Some(&person),
+                    audience: Some("mcp"),
+                    oauth_family: Some(&family),
+                })
+                .await
+        }
+    };
+    let family = format!("f-{}", tag());
+    for _ in 0..5 {
+        assert!(
+            access(family.clone()).await.is_ok(),
+            "a refresh of one grant"
+        );
+    }
+    assert!(mint(oauth_person.clone(), 100).await.is_ok());
+    assert!(mint(oauth_person.clone(), 100).await.is_ok());
+    assert!(
+        mint(oauth_person.clone(), 100).await.is_err(),
+        "the grant counted once"
+    );
+    assert!(
+        access(family.clone()).await.is_ok(),
+        "its own grant refreshes"
+    );
+    assert!(
+        access(format!("f-{}", tag())).await.is_err(),
+        "a new grant counts"
+    );
     // Many at once for a fresh person: exactly the bound gets in.
     let fresh = format!("user:r-{}", tag());
     let all = futures_join(12, || mint(fresh.clone(), 100)).await;

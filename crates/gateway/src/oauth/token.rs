@@ -310,11 +310,21 @@ impl OAuthServer {
             })
             .await
             .map_err(|e| match e {
-                // A client refreshing in a loop, or many clients: the
-                // person's bound on live tokens for agents holds here too.
-                e @ portcullis_store::StoreError::TooManyForAgents { .. } => {
-                    refused("invalid_request", e.to_string())
-                }
+                // The person's bound on live tokens for agents holds here
+                // too (a grant's own tokens count once, so only the
+                // person's other tokens and grants can reach it). The
+                // code or refresh token is spent: `invalid_grant` sends the
+                // client to sign in again rather than retry a spent secret
+                // (which would revoke the family as a reuse). The person's
+                // name is not the client's to see.
+                portcullis_store::StoreError::TooManyForAgents { max, .. } => refused(
+                    "invalid_grant",
+                    format!(
+                        "the person already holds {max} live tokens for agents, the most \
+                         allowed: they must revoke one (in the console) before this client \
+                         can be given a token"
+                    ),
+                ),
                 e => unavailable(e),
             })?;
         let row = OAuthGrantRow {
