@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
-use portcullis_record::{Event, Recorder};
+use portcullis_record::Recorder;
 
 use crate::{Body, BoxError};
 
@@ -63,13 +63,9 @@ impl http_body::Body for Tap {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let event = Event::HttpBody {
-                        request: this.request,
-                        from_caller: this.from_caller,
-                        data: portcullis_record::text_of(data),
-                    };
                     // Fail closed: a body that cannot be recorded stops.
-                    if let Err(e) = this.recorder.event(event) {
+                    let recorded = this.recorder.body(this.request, this.from_caller, data);
+                    if let Err(e) = recorded {
                         this.end();
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
