@@ -1,8 +1,9 @@
 //! Session recordings.
 //!
 //! A recording is a file of segments. Each segment is a zstd frame of
-//! JSON lines (one [`Record`] per line) with its length and a digest that
-//! chains it to the previous segment: `digest = SHA-256(prev || frame)`.
+//! JSON lines (one [`Record`] per line; since version 2 an HTTP body is a
+//! [`RawBody`] line followed by its bytes) with its length and a digest
+//! that chains it to the previous segment: `digest = SHA-256(prev || frame)`.
 //! The writer buffers events and writes a segment at least every second
 //! and at the end, so a crash loses at most the last second, and what was
 //! written stays readable (a torn last segment is ignored). The last
@@ -307,24 +308,36 @@ impl Writer {
             });
         }
         self.stopped()?;
-        let header = RawBody {
-            raw: data.len(),
-            t_us: self.started.elapsed().as_micros() as u64,
-            request,
-            from_caller,
-        };
-        serde_json::to_writer(&mut self.buf, &header).map_err(|e| RecordError::Corrupt {
-            path: self.path.clone(),
-            segment: self.segments,
-            reason: e.to_string(),
-        })?;
-        self.buf.push(b'\n');
-        self.buf.extend_from_slice(data);
-        self.buf.push(b'\n');
-        if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
-            self.flush()?;
+        let t_us = self.started.elapsed().as_micros() as u64;
+        // A piece at most `FLUSH_BYTES` long, each whole in one segment:
+        // one body read whole (a held or masked one) of 64 MiB would
+        // otherwise make a segment the reader refuses, and with it the
+        // whole recording (found in review).
+        let mut pieces = data.chunks(FLUSH_BYTES);
+        let mut piece = pieces.next().unwrap_or_default();
+        loop {
+            let header = RawBody {
+                raw: piece.len(),
+                t_us,
+                request,
+                from_caller,
+            };
+            serde_json::to_writer(&mut self.buf, &header).map_err(|e| RecordError::Corrupt {
+                path: self.path.clone(),
+                segment: self.segments,
+                reason: e.to_string(),
+            })?;
+            self.buf.push(b'\n');
+            self.buf.extend_from_slice(piece);
+            self.buf.push(b'\n');
+            if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
+                self.flush()?;
+            }
+            match pieces.next() {
+                Some(next) => piece = next,
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Write buffered events as a segment (in the file on return). A
@@ -554,7 +567,7 @@ fn scan(path: &Path, data: &[u8], zero_tail: bool) -> Result<Scan, RecordError> 
             .take(MAX_SEGMENT as u64)
             .read_to_end(&mut text)
             .map_err(|e| corrupt(e.to_string()))?;
-        records_of(&text, &mut records).map_err(corrupt)?;
+        records_of(&text, raw_bodies, &mut records).map_err(corrupt)?;
         prev = digest;
         at += 36 + len;
         segment += 1;
@@ -584,7 +597,7 @@ struct RawBody {
 /// The records of one segment's text: JSON lines, and [`RawBody`] lines
 /// each followed by its bytes (skipped by their length, never read as
 /// lines: a body cannot forge a record).
-fn records_of(text: &[u8], records: &mut Vec<Record>) -> Result<(), String> {
+fn records_of(text: &[u8], raw_bodies: bool, records: &mut Vec<Record>) -> Result<(), String> {
     let mut rest = text;
     while !rest.is_empty() {
         let (line, after) = match rest.iter().position(|&b| b == b'\n') {
@@ -595,7 +608,7 @@ fn records_of(text: &[u8], records: &mut Vec<Record>) -> Result<(), String> {
         if line.is_empty() {
             continue;
         }
-        if !line.starts_with(b"{\"raw\":") {
+        if !(raw_bodies && line.starts_with(b"{\"raw\":")) {
             records.push(serde_json::from_slice(line).map_err(|e| e.to_string())?);
             continue;
         }
@@ -796,6 +809,7 @@ mod tests {
         assert!(
             records_of(
                 b"{\"raw\":10,\"t_us\":0,\"from_caller\":true}\nshort\n",
+                true,
                 &mut records
             )
             .is_err()
@@ -803,6 +817,7 @@ mod tests {
         assert!(
             records_of(
                 b"{\"raw\":2,\"t_us\":0,\"from_caller\":true}\nabc\n",
+                true,
                 &mut records
             )
             .is_err()
@@ -810,11 +825,81 @@ mod tests {
         assert!(
             records_of(
                 b"{\"raw\":3,\"t_us\":0,\"from_caller\":true}\nabc\n",
+                true,
                 &mut records
             )
             .is_ok()
         );
         assert_eq!(records.len(), 1);
+        // In a version 1 file such a line is only JSON, and not a record.
+        assert!(
+            records_of(
+                b"{\"raw\":3,\"t_us\":0,\"from_caller\":true}\nabc\n",
+                false,
+                &mut records
+            )
+            .is_err()
+        );
+    }
+
+    /// Bodies of any bytes and sizes (past a segment's bound too), with
+    /// other events and flushes at arbitrary points between them: every
+    /// piece reads back in order, and the pieces of a body are the body.
+    #[test]
+    fn raw_bodies_round_trip_at_any_flush_point_and_any_size() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "sizes").unwrap();
+        let alphabet = b"\n{}\"raw:,\\ a\xff\xc3\xa9";
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        for round in 0..60 {
+            let len = match round {
+                7 => FLUSH_BYTES,
+                8 => 2 * FLUSH_BYTES + 5,
+                _ => (next() % 300) as usize,
+            };
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            w.body(Some(round), true, &body).unwrap();
+            sent.push(body);
+            if next() % 4 == 0 {
+                w.flush().unwrap();
+            }
+            if next() % 5 == 0 {
+                w.event(Event::PgQuery { sql: "x".into() }).unwrap();
+            }
+        }
+        let path = w.path().to_path_buf();
+        w.finish().unwrap();
+        let (records, _) = read(&path).unwrap();
+        for (round, body) in sent.iter().enumerate() {
+            let pieces: Vec<&str> = records
+                .iter()
+                .filter_map(|r| match &r.event {
+                    Event::HttpBody { request, data, .. } if *request == Some(round as u64) => {
+                        Some(data.as_str())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let whole: Vec<u8> = body
+                .chunks(FLUSH_BYTES)
+                .flat_map(|c| text_of(c).into_bytes())
+                .collect();
+            assert_eq!(pieces.concat().into_bytes(), whole, "round {round}");
+            assert_eq!(
+                pieces.len(),
+                body.len().div_ceil(FLUSH_BYTES).max(1),
+                "round {round}"
+            );
+        }
     }
 
     /// A version 1 file (bodies as JSON text) still reads, and resumed it
