@@ -228,95 +228,7 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
             continue;
         }
-        let t = format!("[{:>9.3}s]", r.t_us as f64 / 1e6);
-        match &r.event {
-            Event::SessionStart {
-                session,
-                principal,
-                connection,
-                protocol,
-            } => writeln!(
-                out,
-                "{t} session {session}: {principal} on {connection} ({protocol})"
-            )?,
-            Event::SessionEnd { outcome } => writeln!(out, "{t} session ended: {outcome}")?,
-            Event::HttpRequest {
-                request,
-                method,
-                path,
-                body,
-                ..
-            } => {
-                writeln!(out, "{t}{} > {method} {path}", numbered(*request))?;
-                if let Some(b) = body {
-                    writeln!(out, "{b}")?;
-                }
-            }
-            Event::HttpResponse {
-                request,
-                status,
-                body,
-                ..
-            } => {
-                writeln!(out, "{t}{} < {status}", numbered(*request))?;
-                if let Some(b) = body {
-                    writeln!(out, "{b}")?;
-                }
-            }
-            Event::PgQuery { sql } => writeln!(out, "{t} => {sql}")?,
-            Event::PgParse { statement, sql } => {
-                writeln!(out, "{t} => PREPARE {statement:?}: {sql}")?
-            }
-            Event::PgBind {
-                statement, params, ..
-            } => writeln!(
-                out,
-                "{t}    bind {statement:?} ({})",
-                params
-                    .iter()
-                    .map(|p| p.as_deref().unwrap_or("NULL"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?,
-            Event::HttpBody { data, .. } => writeln!(out, "{data}")?,
-            Event::PgExecute { .. } => {}
-            Event::PgRowDescription { columns } => writeln!(out, "{}", columns.join(" | "))?,
-            Event::PgDataRow { cells } => writeln!(
-                out,
-                "{}",
-                cells
-                    .iter()
-                    .map(|c| c.as_deref().unwrap_or("NULL"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            )?,
-            Event::PgCommandComplete { tag } => writeln!(out, "{t} ({tag})")?,
-            Event::PgError { code, message } => writeln!(out, "{t} ERROR {code}: {message}")?,
-            Event::PgNotice { message } => writeln!(out, "{t} NOTICE: {message}")?,
-            Event::PgCopyData { from_caller, data } => {
-                let dir = if *from_caller { "COPY IN" } else { "COPY OUT" };
-                write!(out, "{t} {dir} {data}")?;
-                if !data.ends_with('\n') {
-                    writeln!(out)?;
-                }
-            }
-            Event::PgFunctionCall { oid, args } => writeln!(
-                out,
-                "{t} FUNCTION CALL oid {oid} ({})",
-                args.iter()
-                    .map(|a| a.as_deref().unwrap_or("NULL"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?,
-            Event::PgFunctionResult { value } => {
-                writeln!(out, "{t} = {}", value.as_deref().unwrap_or("NULL"))?
-            }
-            Event::Refused {
-                statement,
-                code,
-                reason,
-            } => writeln!(out, "{t} REFUSED [{code}] {statement}\n{t}   {reason}")?,
-        }
+        write!(out, "{}", shown_event(r))?;
     }
     if !a.json {
         writeln!(
@@ -330,6 +242,202 @@ pub(crate) async fn replay(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// ` #N` for a numbered request of a multi-request HTTP session.
+/// An event as `replay` shows it: one line (or a few) starting with its
+/// time in brackets; whatever the caller or the target sent follows on
+/// the same line or on lines indented under it, with control characters
+/// shown as escapes. So no body, cell or statement can print a line that
+/// reads as another event, nor move the terminal's cursor (a review found
+/// a body holding `\n[    2.000s] #7 > DELETE /admin` shown as a request).
+fn shown_event(r: &portcullis_record::Record) -> String {
+    let t = format!("[{:>9.3}s]", r.t_us as f64 / 1e6);
+    let list = |items: &[Option<String>], sep: &str| {
+        items
+            .iter()
+            .map(|c| shown(c.as_deref().unwrap_or("NULL")))
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let line = match &r.event {
+        Event::SessionStart {
+            session,
+            principal,
+            connection,
+            protocol,
+        } => format!(
+            "{t} session {session}: {} on {} ({protocol})",
+            shown(principal),
+            shown(connection)
+        ),
+        Event::SessionEnd { outcome } => format!("{t} session ended: {}", shown(outcome)),
+        Event::HttpRequest {
+            request,
+            method,
+            path,
+            body,
+            ..
+        } => format!(
+            "{t}{} > {} {}{}",
+            numbered(*request),
+            shown(method),
+            shown(path),
+            body.as_deref().map(indented).unwrap_or_default()
+        ),
+        Event::HttpResponse {
+            request,
+            status,
+            body,
+            ..
+        } => format!(
+            "{t}{} < {status}{}",
+            numbered(*request),
+            body.as_deref().map(indented).unwrap_or_default()
+        ),
+        Event::HttpBody {
+            request,
+            from_caller,
+            data,
+        } => format!(
+            "{t}{} {} body{}",
+            numbered(*request),
+            if *from_caller { ">" } else { "<" },
+            indented(data)
+        ),
+        Event::PgQuery { sql } => format!("{t} => {}", shown(sql)),
+        Event::PgParse { statement, sql } => {
+            format!("{t} => PREPARE {statement:?}: {}", shown(sql))
+        }
+        Event::PgBind {
+            statement, params, ..
+        } => format!("{t}    bind {statement:?} ({})", list(params, ", ")),
+        Event::PgExecute { .. } => return String::new(),
+        Event::PgRowDescription { columns } => format!(
+            "{t}    {}",
+            columns
+                .iter()
+                .map(|c| shown(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+        Event::PgDataRow { cells } => format!("{t}    {}", list(cells, " | ")),
+        Event::PgCommandComplete { tag } => format!("{t} ({})", shown(tag)),
+        Event::PgError { code, message } => {
+            format!("{t} ERROR {}: {}", shown(code), shown(message))
+        }
+        Event::PgNotice { message } => format!("{t} NOTICE: {}", shown(message)),
+        Event::PgCopyData { from_caller, data } => format!(
+            "{t} {} {}",
+            if *from_caller { "COPY IN" } else { "COPY OUT" },
+            shown(data.strip_suffix('\n').unwrap_or(data))
+        ),
+        Event::PgFunctionCall { oid, args } => {
+            format!("{t} FUNCTION CALL oid {oid} ({})", list(args, ", "))
+        }
+        Event::PgFunctionResult { value } => {
+            format!("{t} = {}", shown(value.as_deref().unwrap_or("NULL")))
+        }
+        Event::Refused {
+            statement,
+            code,
+            reason,
+        } => format!(
+            "{t} REFUSED [{}] {}\n{t}   {}",
+            shown(code),
+            shown(statement),
+            shown(reason)
+        ),
+    };
+    line + "\n"
+}
+
+/// Text from a session, on its event's line: control characters as
+/// escapes (`\u{1b}`), and each line after the first indented.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\n      "),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A body under its event's line, every line indented.
+fn indented(body: &str) -> String {
+    format!("\n      {}", shown(body.strip_suffix('\n').unwrap_or(body)))
+}
+
 fn numbered(request: Option<u64>) -> String {
     request.map(|n| format!(" #{n}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use portcullis_record::Record;
+
+    /// Every line `replay` prints for `event` at 1 s.
+    fn lines(event: Event) -> Vec<String> {
+        shown_event(&Record {
+            t_us: 1_000_000,
+            event,
+        })
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    const FORGED: &str = "ok\n[    2.000s] #7 > DELETE /admin\r\u{1b}[2K\u{9b}A";
+
+    /// Whatever a caller or target sent, only the event's own first line
+    /// starts with a time, and no control character reaches the terminal.
+    #[test]
+    fn session_text_cannot_print_another_event_or_move_the_cursor() {
+        let events = vec![
+            Event::HttpBody {
+                request: Some(1),
+                from_caller: false,
+                data: FORGED.into(),
+            },
+            Event::HttpRequest {
+                request: Some(1),
+                method: "GET".into(),
+                path: FORGED.into(),
+                headers: vec![],
+                body: Some(FORGED.into()),
+            },
+            Event::PgQuery { sql: FORGED.into() },
+            Event::PgDataRow {
+                cells: vec![Some(FORGED.into()), None],
+            },
+            Event::PgError {
+                code: "XX000".into(),
+                message: FORGED.into(),
+            },
+            Event::PgCopyData {
+                from_caller: true,
+                data: FORGED.into(),
+            },
+        ];
+        for e in events {
+            let shown = lines(e.clone());
+            assert!(shown[0].starts_with("[    1.000s]"), "{shown:?}");
+            assert!(
+                shown[1..].iter().all(|l| l.starts_with("      ")),
+                "{e:?}: {shown:?}"
+            );
+            assert!(
+                shown
+                    .iter()
+                    .all(|l| !l.chars().any(|c| c.is_control() && c != '\t')),
+                "{shown:?}"
+            );
+            assert!(
+                shown.concat().contains("DELETE /admin"),
+                "still shown: {shown:?}"
+            );
+        }
+    }
 }
