@@ -223,7 +223,12 @@ impl Writer {
             source,
         };
         let data = std::fs::read(path).map_err(io)?;
-        let scan = scan(path, &data, true)?;
+        // Only the last record's time is needed: none is kept.
+        let kept = Kept {
+            max_records: 0,
+            ..Kept::all()
+        };
+        let scan = scan(path, &data, true, kept)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
@@ -232,7 +237,7 @@ impl Writer {
         let mut file = file;
         use std::io::Seek;
         file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-        let elapsed = Duration::from_micros(scan.records.last().map_or(0, |r| r.t_us));
+        let elapsed = Duration::from_micros(scan.records.last_t_us);
         let now = Instant::now();
         Ok(Self {
             path: path.to_path_buf(),
@@ -505,13 +510,86 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, String), RecordError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let s = scan(path, &data, false)?;
-    Ok((s.records, hex::encode(s.prev)))
+    let s = scan(path, &data, false, Kept::all())?;
+    Ok((s.records.records, hex::encode(s.prev)))
+}
+
+/// A recording's first records, as many as fit in `max_records` and
+/// `max_bytes` (each record's size as JSON), with how many it holds in all
+/// and its last digest: every segment is still verified and counted, but
+/// only what is kept stays in memory (the console shows a recording in
+/// the gateway's own process).
+pub fn read_first(path: &Path, max_records: usize, max_bytes: usize) -> Result<First, RecordError> {
+    let data = std::fs::read(path).map_err(|source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let kept = Kept {
+        max_records,
+        max_bytes,
+        ..Kept::all()
+    };
+    let s = scan(path, &data, false, kept)?;
+    Ok(First {
+        records: s.records.records,
+        total: s.records.total,
+        digest: hex::encode(s.prev),
+    })
+}
+
+/// What [`read_first`] returns.
+pub struct First {
+    pub records: Vec<Record>,
+    /// Records in the whole recording.
+    pub total: usize,
+    pub digest: String,
+}
+
+/// The records a scan keeps: the first ones, up to a count and a size.
+struct Kept {
+    records: Vec<Record>,
+    total: usize,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+    /// The time of the last record seen, kept or not.
+    last_t_us: u64,
+}
+
+impl Kept {
+    fn all() -> Self {
+        Self {
+            records: Vec::new(),
+            total: 0,
+            bytes: 0,
+            max_records: usize::MAX,
+            max_bytes: usize::MAX,
+            last_t_us: 0,
+        }
+    }
+
+    fn keep(&mut self, r: Record) {
+        self.total += 1;
+        self.last_t_us = r.t_us;
+        if self.records.len() >= self.max_records || self.bytes >= self.max_bytes {
+            return;
+        }
+        if self.max_bytes != usize::MAX {
+            let size = serde_json::to_vec(&r).map_or(usize::MAX, |v| v.len());
+            if self.bytes.saturating_add(size) > self.max_bytes {
+                // Nothing after it is kept either: the first records, in order.
+                self.bytes = self.max_bytes;
+                return;
+            }
+            self.bytes += size;
+        }
+        self.records.push(r);
+    }
 }
 
 /// What a recording's bytes hold.
 struct Scan {
-    records: Vec<Record>,
+    records: Kept,
     prev: [u8; 32],
     segments: usize,
     /// Where the last whole segment ends.
@@ -523,7 +601,7 @@ struct Scan {
 /// With `zero_tail`, a last stretch of zero bytes (space a power loss
 /// left allocated but unwritten) ends the recording like a torn segment;
 /// reading for replay stays strict.
-fn scan(path: &Path, data: &[u8], zero_tail: bool) -> Result<Scan, RecordError> {
+fn scan(path: &Path, data: &[u8], zero_tail: bool, mut records: Kept) -> Result<Scan, RecordError> {
     let raw_bodies = match data.get(..MAGIC.len()) {
         Some(m) if m == MAGIC => true,
         Some(m) if m == MAGIC_V1 => false,
@@ -535,7 +613,6 @@ fn scan(path: &Path, data: &[u8], zero_tail: bool) -> Result<Scan, RecordError> 
     };
     let mut at = MAGIC.len();
     let mut prev = GENESIS;
-    let mut records = Vec::new();
     let mut segment = 0;
     while data.len() >= at + 36 {
         let len = u32::from_be_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
@@ -597,7 +674,7 @@ struct RawBody {
 /// The records of one segment's text: JSON lines, and [`RawBody`] lines
 /// each followed by its bytes (skipped by their length, never read as
 /// lines: a body cannot forge a record).
-fn records_of(text: &[u8], raw_bodies: bool, records: &mut Vec<Record>) -> Result<(), String> {
+fn records_of(text: &[u8], raw_bodies: bool, records: &mut Kept) -> Result<(), String> {
     let mut rest = text;
     while !rest.is_empty() {
         let (line, after) = match rest.iter().position(|&b| b == b'\n') {
@@ -609,14 +686,14 @@ fn records_of(text: &[u8], raw_bodies: bool, records: &mut Vec<Record>) -> Resul
             continue;
         }
         if !(raw_bodies && line.starts_with(b"{\"raw\":")) {
-            records.push(serde_json::from_slice(line).map_err(|e| e.to_string())?);
+            records.keep(serde_json::from_slice(line).map_err(|e| e.to_string())?);
             continue;
         }
         let h: RawBody = serde_json::from_slice(line).map_err(|e| e.to_string())?;
         let (Some(data), Some(b'\n')) = (rest.get(..h.raw), rest.get(h.raw)) else {
             return Err(format!("a body of {} bytes runs past its segment", h.raw));
         };
-        records.push(Record {
+        records.keep(Record {
             t_us: h.t_us,
             event: Event::HttpBody {
                 request: h.request,
@@ -801,11 +878,34 @@ mod tests {
         assert_eq!(last, digest);
     }
 
+    /// The first records within a count and a size, the rest counted,
+    /// the digest the same as a whole read's.
+    #[test]
+    fn read_first_keeps_the_first_records_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "first").unwrap();
+        for i in 0..50u64 {
+            w.body(Some(i), true, &vec![b'x'; 1000]).unwrap();
+            if i % 7 == 0 {
+                w.flush().unwrap();
+            }
+        }
+        let path = w.path().to_path_buf();
+        let digest = w.finish().unwrap();
+        let few = read_first(&path, 10, usize::MAX).unwrap();
+        assert_eq!((few.records.len(), few.total), (10, 50));
+        assert_eq!(few.digest, digest);
+        let small = read_first(&path, 1000, 5_500).unwrap();
+        assert_eq!((small.records.len(), small.total), (5, 50));
+        let (all, _) = read(&path).unwrap();
+        assert_eq!(small.records[..], all[..5]);
+    }
+
     /// A raw header whose length runs past its segment, or whose bytes
     /// are not followed by the newline, is a corrupt segment.
     #[test]
     fn a_raw_body_that_overruns_its_segment_is_corrupt() {
-        let mut records = Vec::new();
+        let mut records = Kept::all();
         assert!(
             records_of(
                 b"{\"raw\":10,\"t_us\":0,\"from_caller\":true}\nshort\n",
@@ -830,7 +930,7 @@ mod tests {
             )
             .is_ok()
         );
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.records.len(), 1);
         // In a version 1 file such a line is only JSON, and not a record.
         assert!(
             records_of(

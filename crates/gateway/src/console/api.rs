@@ -502,6 +502,9 @@ pub fn explain(
 
 /// The most records a replay answer carries (the rest are counted).
 const MAX_RECORDS: usize = 5_000;
+/// ... and at most this much of them (as JSON): a record may hold a 1 MiB
+/// piece of a body, and a recording is never held decompressed whole.
+const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// Whether `who` may see a session of `principal`: their own, their own
 /// agents' (`agent:NAME@them`, NAME without `@`), or any for an admin.
@@ -759,12 +762,16 @@ pub async fn recording(
     };
     // Decompressing and hashing a recording is CPU work.
     let read = tokio::task::spawn_blocking(move || {
-        let r = portcullis_record::read(&file);
+        let r = portcullis_record::read_first(&file, MAX_RECORDS, MAX_RECORD_BYTES);
         drop(scratch);
         r
     })
     .await;
-    let (mut records, digest) = match read {
+    let portcullis_record::First {
+        records,
+        total,
+        digest,
+    } = match read {
         Ok(Ok(r)) => r,
         _ => {
             return Ok(json_response(
@@ -773,8 +780,6 @@ pub async fn recording(
             ));
         }
     };
-    let total = records.len();
-    records.truncate(MAX_RECORDS);
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({
