@@ -357,11 +357,18 @@ fn shown(text: &str) -> String {
         match c {
             '\n' => out.push_str("\n      "),
             '\t' => out.push('\t'),
-            c if c.is_control() => out.extend(c.escape_default()),
+            c if c.is_control() || is_bidi_control(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
     out
+}
+
+/// The characters that reorder text on screen (Unicode's bidirectional
+/// embeddings, overrides and isolates, and the marks): a terminal that
+/// honours them could show an indented line as if it began with a time.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A body under its event's line, every line indented.
@@ -389,7 +396,7 @@ mod replay_tests {
         .collect()
     }
 
-    const FORGED: &str = "ok\n[    2.000s] #7 > DELETE /admin\r\u{1b}[2K\u{9b}A";
+    const FORGED: &str = "ok\n[    2.000s] #7 > DELETE /admin\r\u{1b}[2K\u{9b}A\n\u{202e}]s000.3[";
 
     /// Whatever a caller or target sent, only the event's own first line
     /// starts with a time, and no control character reaches the terminal.
@@ -437,6 +444,10 @@ mod replay_tests {
             assert!(
                 shown.concat().contains("DELETE /admin"),
                 "still shown: {shown:?}"
+            );
+            assert!(
+                !shown.concat().chars().any(is_bidi_control),
+                "no reordering: {shown:?}"
             );
         }
     }

@@ -214,6 +214,15 @@ fn user_cli(s: &Setup, home: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `portcullis token create --principal PRINCIPAL --gateway … --ttl TTL`
+/// as the user signed in under `home`: a token for an agent acting for them.
+fn mint_as_user(s: &Setup, home: &Path, principal: &str, ttl: &str) -> std::process::Output {
+    user_cli(s, home, &["token", "create", "--principal", principal])
+        .args(["--gateway", &s.gw.url, "--ttl", ttl])
+        .output()
+        .unwrap()
+}
+
 /// Run `portcullis login …`, hand the first stderr line holding a URL
 /// with `marker` to `browser`, and wait for login to succeed.
 fn login_with(s: &Setup, home: &Path, args: &[&str], marker: &str, browser: impl FnOnce(&str)) {
@@ -345,14 +354,7 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
 
     // Alice mints a token for an agent acting for her: it carries her
     // groups, and the audit log names both.
-    let out = user_cli(
-        &s,
-        &home,
-        &["token", "create", "--principal", "agent:claude"],
-    )
-    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
-    .output()
-    .unwrap();
+    let out = mint_as_user(&s, &home, "agent:claude", "1h");
     assert!(
         out.status.success(),
         "{}",
@@ -382,14 +384,7 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     // agent:deployer@alice, not the real agent, and gets none of its
     // grants (releases is granted to agent:deployer only); the real
     // agent's token does.
-    let out = user_cli(
-        &s,
-        &home,
-        &["token", "create", "--principal", "agent:deployer"],
-    )
-    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
-    .output()
-    .unwrap();
+    let out = mint_as_user(&s, &home, "agent:deployer", "1h");
     assert!(
         out.status.success(),
         "{}",
@@ -411,24 +406,10 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     let r = get(&s.gw.url, &s.ca, Some(&real), "/c/releases/hello");
     assert_eq!(r.status, 200, "{}", r.body);
     // Already namespaced under someone else: refused at minting.
-    let out = user_cli(
-        &s,
-        &home,
-        &["token", "create", "--principal", "agent:deployer@bob"],
-    )
-    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
-    .output()
-    .unwrap();
+    let out = mint_as_user(&s, &home, "agent:deployer@bob", "1h");
     assert!(!out.status.success());
     // More than a day is refused.
-    let out = user_cli(
-        &s,
-        &home,
-        &["token", "create", "--principal", "agent:claude"],
-    )
-    .args(["--gateway", &s.gw.url, "--ttl", "2d"])
-    .output()
-    .unwrap();
+    let out = mint_as_user(&s, &home, "agent:claude", "2d");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 24 hours"));
 
@@ -463,14 +444,7 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     assert!(codes[created..].iter().all(|c| *c == "429"), "{codes:?}");
     assert!(text.contains("too_many_tokens"), "{text}");
     assert!(text.contains("256 live tokens"), "{text}");
-    let out = user_cli(
-        &s,
-        &home,
-        &["token", "create", "--principal", "agent:claude"],
-    )
-    .args(["--gateway", &s.gw.url, "--ttl", "1h"])
-    .output()
-    .unwrap();
+    let out = mint_as_user(&s, &home, "agent:claude", "1h");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("256 live tokens"),
@@ -479,14 +453,10 @@ fn device_flow_login_then_curl_and_psql_as_the_user() {
     );
     // Revoking one frees its place.
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            s.tmp.path().join("portcullis.toml").to_str().unwrap(),
-        ])
-        .args(["token", "revoke", first["id"].as_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = cli_at(
+        &s.tmp.path().join("portcullis.toml"),
+        &["token", "revoke", first["id"].as_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -281,12 +281,22 @@ impl Writer {
             t_us: self.started.elapsed().as_micros() as u64,
             event,
         };
-        serde_json::to_writer(&mut self.buf, &r).map_err(|e| RecordError::Corrupt {
+        self.line(&r, None)
+    }
+
+    /// Buffer `value` as a JSON line, then the raw bytes `after` it (a
+    /// body's, and their newline), and write a segment when one is due.
+    fn line(&mut self, value: &impl Serialize, after: Option<&[u8]>) -> Result<(), RecordError> {
+        serde_json::to_writer(&mut self.buf, value).map_err(|e| RecordError::Corrupt {
             path: self.path.clone(),
             segment: self.segments,
             reason: e.to_string(),
         })?;
         self.buf.push(b'\n');
+        if let Some(bytes) = after {
+            self.buf.extend_from_slice(bytes);
+            self.buf.push(b'\n');
+        }
         if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush()?;
         }
@@ -318,31 +328,18 @@ impl Writer {
         // one body read whole (a held or masked one) of 64 MiB would
         // otherwise make a segment the reader refuses, and with it the
         // whole recording (found in review).
-        let mut pieces = data.chunks(FLUSH_BYTES);
-        let mut piece = pieces.next().unwrap_or_default();
-        loop {
+        // An empty body is one empty piece.
+        let empty = data.is_empty().then_some(&[][..]);
+        for piece in data.chunks(FLUSH_BYTES).chain(empty) {
             let header = RawBody {
                 raw: piece.len(),
                 t_us,
                 request,
                 from_caller,
             };
-            serde_json::to_writer(&mut self.buf, &header).map_err(|e| RecordError::Corrupt {
-                path: self.path.clone(),
-                segment: self.segments,
-                reason: e.to_string(),
-            })?;
-            self.buf.push(b'\n');
-            self.buf.extend_from_slice(piece);
-            self.buf.push(b'\n');
-            if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
-                self.flush()?;
-            }
-            match pieces.next() {
-                Some(next) => piece = next,
-                None => return Ok(()),
-            }
+            self.line(&header, Some(piece))?;
         }
+        Ok(())
     }
 
     /// Write buffered events as a segment (in the file on return). A
@@ -469,8 +466,16 @@ impl Recorder {
     /// Record an event. An error means the recording cannot continue: the
     /// caller ends the session (fail closed).
     pub fn event(&self, event: Event) -> Result<(), RecordError> {
+        self.with_writer(|w| w.event(event))
+    }
+
+    /// `f` on the writer, if the recording still runs.
+    fn with_writer(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<(), RecordError>,
+    ) -> Result<(), RecordError> {
         match self.inner.lock().ok().as_mut().and_then(|g| g.as_mut()) {
-            Some(w) => w.event(event),
+            Some(w) => f(w),
             None => Ok(()),
         }
     }
@@ -483,10 +488,7 @@ impl Recorder {
         from_caller: bool,
         data: &[u8],
     ) -> Result<(), RecordError> {
-        match self.inner.lock().ok().as_mut().and_then(|g| g.as_mut()) {
-            Some(w) => w.body(request, from_caller, data),
-            None => Ok(()),
-        }
+        self.with_writer(|w| w.body(request, from_caller, data))
     }
 
     /// Finish the recording; returns the final digest.

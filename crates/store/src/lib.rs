@@ -209,19 +209,7 @@ impl Store {
         // gateway's start (naming) or mint (count) can come between the
         // check and the write.
         let naming = self.my_naming().filter(|_| naming::is_for_person(t));
-        let mut conditions = Vec::new();
-        if naming.is_some() {
-            conditions.push(naming::still(self.backend));
-        }
-        if t.on_behalf_of.is_some() {
-            conditions.push(LIVE_FOR_AGENTS_BELOW);
-        }
-        let sql = format!(
-            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
-             audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}{}",
-            if conditions.is_empty() { "" } else { " WHERE " },
-            conditions.join(" AND ")
-        );
+        let sql = self.insert_token_sql(naming.is_some(), t.on_behalf_of.is_some());
         let mut insert = sqlx::query(self.q(&sql))
             .bind(&id)
             .bind(&t.hash.0[..])
@@ -263,14 +251,44 @@ impl Store {
         if written {
             return Ok(id);
         }
+        Err(self.not_written(t, naming.is_some()).await)
+    }
+
+    /// The INSERT of `insert_token`, under the naming condition (binds:
+    /// the naming) and the bound on live tokens for agents (binds: see
+    /// [`LIVE_FOR_AGENTS_BELOW`]), in that order.
+    fn insert_token_sql(&self, naming: bool, for_agent: bool) -> String {
+        let mut conditions = Vec::new();
+        if naming {
+            conditions.push(naming::still(self.backend));
+        }
+        if for_agent {
+            conditions.push(LIVE_FOR_AGENTS_BELOW);
+        }
+        format!(
+            "INSERT INTO tokens (id, hash, subject, groups, created_at, expires_at, on_behalf_of, \
+             audience, oauth_family) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?{}{}",
+            if conditions.is_empty() { "" } else { " WHERE " },
+            conditions.join(" AND ")
+        )
+    }
+
+    /// Which condition kept `t` out: the naming, when it was checked and
+    /// no longer holds; else the bound (or the store's failure to tell).
+    async fn not_written(&self, t: &NewTokenRow<'_>, naming_checked: bool) -> StoreError {
+        let naming_holds = match naming_checked {
+            false => true,
+            true => match self.naming_holds().await {
+                Ok(holds) => holds,
+                Err(e) => return e,
+            },
+        };
         match t.on_behalf_of {
-            Some(person) if naming.is_none() || self.naming_holds().await? => {
-                Err(StoreError::TooManyForAgents {
-                    person: person.to_owned(),
-                    max: self.live_for_agents,
-                })
-            }
-            _ => Err(StoreError::NamingChanged),
+            Some(person) if naming_holds => StoreError::TooManyForAgents {
+                person: person.to_owned(),
+                max: self.live_for_agents,
+            },
+            _ => StoreError::NamingChanged,
         }
     }
 
