@@ -600,7 +600,10 @@ fn client_certificates_name_the_caller() {
     assert!(s.gw.logs().contains("client_cert_sha256"));
 
     // The listener's client CA bundle is reloaded without a restart:
-    // once the other CA is added to the bundle, its certificate is let in.
+    // once the other CA is added to the bundle, its certificate passes the
+    // handshake. It names nobody, though: this listener has no
+    // `client_auth.namespace`, and a review found the other CA's CN
+    // `deployer` was the internal CA's `agent:deployer`, with its grants.
     let bundle = data.join("ca.pem");
     let mut pem = std::fs::read_to_string(&bundle).unwrap();
     pem.push_str(&std::fs::read_to_string(other.join("ca.pem")).unwrap());
@@ -608,7 +611,9 @@ fn client_certificates_name_the_caller() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let r = with_cert("rogue-cn");
-        if r.status == 200 {
+        if r.status != 0 {
+            assert_eq!(r.status, 401, "{}", r.body);
+            assert!(r.body.contains("client_auth.namespace"), "{}", r.body);
             break;
         }
         assert!(
@@ -979,4 +984,124 @@ connections = ["*"]
     ]);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("internal_ca"), "{}", r.body);
+}
+
+/// A partner CA beside the internal one: under the HTTP listener's
+/// `client_auth.namespace` its `deployer` is `agent:partner/deployer`, not
+/// the internal CA's `agent:deployer`; on the PostgreSQL listener, which
+/// has no namespace, it names nobody while the internal CA's certificate
+/// still opens a psql session.
+#[test]
+fn another_cas_certificates_name_callers_in_the_listeners_namespace() {
+    let pg = common::pg::PgCluster::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    let partner_dir = dir.join("partner");
+    std::fs::create_dir_all(&partner_dir).unwrap();
+    let (partner, _) = CertificateAuthority::load_or_create(&partner_dir).unwrap();
+    let client = |ca: &CertificateAuthority, stem: &str, name: &str| {
+        ca.write_leaf(
+            LeafKind::Client,
+            &dir.join(stem),
+            &[name.into()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    };
+    client(&ca, "ours", "agent:deployer");
+    // The partner's `deployer`: by its CN alone (no SPIFFE ID).
+    client(&partner, "theirs", "deployer");
+    let bundle = ca.cert_pem().to_string() + partner.cert_pem();
+    std::fs::write(dir.join("clients.pem"), bundle).unwrap();
+    std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+internal_ca = "ca.pem"
+client_auth = {{ mode = "optional", ca_file = "clients.pem", namespace = "partner" }}
+
+[postgres]
+listen = "127.0.0.1:0"
+client_auth = {{ mode = "optional", ca_file = "clients.pem" }}
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://postgres@localhost:{pgport}/postgres?sslrootcert={pgca}"
+password = "file:pgpw"
+
+[[grants]]
+principals = ["agent:deployer"]
+connections = ["db"]
+"#,
+        pgport = pg.port,
+        pgca = pg.ca.display(),
+    );
+    let (gw, _) = gateway_with_config(dir, &config);
+    // The listener without a namespace says at start why the partner's
+    // certificates will name nobody; the one with a namespace does not.
+    let logs = gw.logs();
+    assert!(
+        logs.contains("postgres.client_auth.ca_file holds CAs other than the internal CA"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("gateway.client_auth.ca_file holds"),
+        "{logs}"
+    );
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let me = |stem: &str| {
+        curl(&[
+            "--cacert",
+            &path("ca.pem"),
+            "--cert",
+            &path(&format!("{stem}.pem")),
+            "--key",
+            &path(&format!("{stem}.key")),
+            &format!("{}/api/v1/me", gw.url),
+        ])
+    };
+    let r = me("ours");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["principal"], "agent:deployer", "{}", r.body);
+    let r = me("theirs");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["principal"],
+        "agent:partner/deployer",
+        "{}",
+        r.body
+    );
+
+    let psql = |stem: &str| {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "select current_user"])
+            .env("PGHOST", "localhost")
+            .env("PGPORT", gw.pg_port.unwrap().to_string())
+            .env("PGDATABASE", "db")
+            .env("PGUSER", "deployer")
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", path("ca.pem"))
+            .env("PGSSLCERT", path(&format!("{stem}.pem")))
+            .env("PGSSLKEY", path(&format!("{stem}.key")))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let out = psql("ours");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres");
+    let out = psql("theirs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("client_auth.namespace"), "{err}");
 }

@@ -352,6 +352,9 @@ pub struct ClientAuth {
     pub principal_kinds: Vec<String>,
     /// SPIFFE trust domains accepted beyond the gateway's own.
     pub trust_domains: Vec<String>,
+    /// How names from another CA's certificates are written
+    /// (`namespace`; unset: such certificates name nobody).
+    pub namespace: portcullis_tls::ForeignNames,
 }
 
 impl Default for ClientAuth {
@@ -362,6 +365,7 @@ impl Default for ClientAuth {
             principal_from: vec![CertName::Spiffe, CertName::Dns, CertName::CommonName],
             principal_kinds: vec!["agent".into()],
             trust_domains: Vec::new(),
+            namespace: Default::default(),
         }
     }
 }
@@ -373,6 +377,7 @@ impl ClientAuth {
             order: self.principal_from.clone(),
             kinds: self.principal_kinds.clone(),
             trust_domains: self.trust_domains.clone(),
+            foreign: self.namespace.clone(),
         }
     }
 }
@@ -673,7 +678,23 @@ impl Config {
                 s.groups_attribute
             )
         });
-        let mut lines: Vec<String> = oidc.chain(saml).collect();
+        // Another CA's certificates name people where a listener accepts
+        // the kind `user`: the same tokens-for-people hazard as a provider
+        // renamed. (Unset names nobody, so it adds no line: upgrading
+        // revokes nothing.)
+        let listeners = std::iter::once(("gateway", &self.gateway.client_auth))
+            .chain(self.postgres.iter().map(|p| ("postgres", &p.client_auth)));
+        let certs = listeners.filter_map(|(which, auth)| {
+            let ns = match &auth.namespace {
+                portcullis_tls::ForeignNames::Refused => return None,
+                portcullis_tls::ForeignNames::Bare => "",
+                portcullis_tls::ForeignNames::Namespace(ns) => ns,
+            };
+            let people = auth.mode != ClientCertMode::Off
+                && auth.principal_kinds.iter().any(|k| k == "user");
+            people.then(|| format!("certificates {which} namespace={ns}"))
+        });
+        let mut lines: Vec<String> = oidc.chain(saml).chain(certs).collect();
         lines.sort();
         lines.join("\n")
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use http::{HeaderName, Uri};
 use portcullis_policy::Grant;
-use portcullis_tls::TlsPolicy;
+use portcullis_tls::{ForeignNames, TlsPolicy};
 use serde::Deserialize;
 
 use crate::*;
@@ -314,6 +314,9 @@ struct RawClientAuth {
     principal_kinds: Option<Vec<String>>,
     #[serde(default)]
     trust_domains: Vec<String>,
+    /// Unset: another CA's certificates name nobody; `""`: bare names,
+    /// as the internal CA's; a name: `KIND:NAMESPACE/NAME`.
+    namespace: Option<String>,
 }
 
 impl RawClientAuth {
@@ -378,12 +381,22 @@ impl RawClientAuth {
                 ));
             }
         }
+        let namespace = match self.namespace.as_deref() {
+            None => ForeignNames::Refused,
+            Some("") => ForeignNames::Bare,
+            Some(ns) => {
+                portcullis_identity::validate_namespace(ns)
+                    .map_err(|e| invalid(format!("{key}.namespace"), e))?;
+                ForeignNames::Namespace(ns.to_string())
+            }
+        };
         Ok(ClientAuth {
             mode,
             ca_file,
             principal_from,
             principal_kinds,
             trust_domains: self.trust_domains.clone(),
+            namespace,
         })
     }
 }
@@ -885,6 +898,13 @@ impl Root {
             None => None,
             Some(p) => Some(p.validate(base)?),
         };
+        self.ca_namespaces_apart(
+            std::iter::once(("gateway.client_auth", &gateway_client_auth)).chain(
+                postgres
+                    .as_ref()
+                    .map(|p| ("postgres.client_auth", &p.client_auth)),
+            ),
+        )?;
         let agent_listener = self.agent_listener(&connections, base)?;
         let approvals = self.approvals.validate(base)?;
         let recordings = self.recordings.validate(base)?;
@@ -1029,6 +1049,38 @@ impl Root {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A listener's namespace for other CAs' certificates may not be an
+    /// identity provider's: the partner CA would name that provider's
+    /// people (`user:partner/alice`). Listeners may share one (the same
+    /// partner CAs on every front).
+    fn ca_namespaces_apart<'a>(
+        &self,
+        listeners: impl Iterator<Item = (&'a str, &'a ClientAuth)>,
+    ) -> Result<(), Invalid> {
+        let providers = self
+            .oidc
+            .iter()
+            .map(|o| (o.issuer.as_str(), o.namespace.as_deref()))
+            .chain(self.saml.iter().map(|s| ("[saml]", s.namespace())));
+        let owners: HashMap<&str, &str> = providers
+            .filter_map(|(what, ns)| Some((ns?, what)))
+            .collect();
+        for (key, auth) in listeners {
+            if let ForeignNames::Namespace(ns) = &auth.namespace
+                && let Some(what) = owners.get(ns.as_str())
+            {
+                return Err(invalid(
+                    format!("{key}.namespace"),
+                    format!(
+                        "namespace {ns:?} is {what}'s: another CA's certificates would name its \
+                         people; give the CAs a namespace of their own"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[[grants]]`: each names principals or groups, and connections

@@ -527,6 +527,73 @@ fn client_auth_per_listener() {
     assert!(e.contains("principal_from"), "{e}");
 }
 
+/// `client_auth.namespace`: how another CA's certificates name callers
+/// (a review found a partner CA's `deployer` was the internal CA's
+/// `agent:deployer`).
+#[test]
+fn client_auth_namespace_keeps_other_cas_apart() {
+    use portcullis_tls::ForeignNames;
+    let gw = |extra: &str, rest: &str| {
+        MINIMAL.replace(
+            "key = \"s.key\"",
+            &format!(
+                "key = \"s.key\"\nclient_auth = {{ mode = \"optional\", ca_file = \"c.pem\"{extra} }}\n{rest}"
+            ),
+        )
+    };
+    let names = |extra: &str| parse(&gw(extra, "")).unwrap().gateway.client_auth.namespace;
+    assert_eq!(names(""), ForeignNames::Refused);
+    assert_eq!(names(", namespace = \"\""), ForeignNames::Bare);
+    assert_eq!(
+        names(", namespace = \"partner\""),
+        ForeignNames::Namespace("partner".into())
+    );
+    assert_eq!(
+        parse(&gw(", namespace = \"partner\"", ""))
+            .unwrap()
+            .gateway
+            .client_auth
+            .cert_policy()
+            .foreign,
+        ForeignNames::Namespace("partner".into())
+    );
+    for bad in ["Partner", "a/b", "a:b"] {
+        let e = err(&gw(&format!(", namespace = \"{bad}\""), ""));
+        assert!(e.contains("gateway.client_auth.namespace"), "{e}");
+    }
+    // An identity provider's namespace is its people's: a CA may not
+    // name them, on either listener.
+    let idp =
+        "\n[[oidc]]\nissuer = \"https://partner\"\naudiences = [\"a\"]\nnamespace = \"partner\"\n";
+    let e = err(&gw(", namespace = \"partner\"", idp));
+    assert!(
+        e.contains("gateway.client_auth.namespace") && e.contains("https://partner"),
+        "{e}"
+    );
+    let pg = format!(
+        "{idp}[postgres]\nlisten = \"127.0.0.1:0\"\nclient_auth = {{ mode = \"optional\", ca_file = \"c.pem\", namespace = \"partner\" }}\n"
+    );
+    let e = err(&with(&pg));
+    assert!(e.contains("postgres.client_auth.namespace"), "{e}");
+    // Two listeners may share one.
+    let both = "[postgres]\nlisten = \"127.0.0.1:0\"\nclient_auth = { mode = \"optional\", ca_file = \"c.pem\", namespace = \"ca\" }\n";
+    assert!(parse(&gw(", namespace = \"ca\"", both)).is_ok());
+    // Where another CA may name people, its namespace is part of the
+    // naming the store compares (a change revokes tokens minted for
+    // people); naming nobody, or only agents, adds nothing.
+    let naming = |extra: &str| parse(&gw(extra, "")).unwrap().naming(None);
+    let people = ", principal_kinds = [\"user\"]";
+    assert_eq!(naming(""), "");
+    assert_eq!(naming(people), "");
+    assert_eq!(naming(", namespace = \"partner\""), "");
+    let bare = naming(&format!("{people}, namespace = \"\""));
+    let spaced = naming(&format!("{people}, namespace = \"partner\""));
+    assert!(
+        !bare.is_empty() && !spaced.is_empty() && bare != spaced,
+        "{bare} {spaced}"
+    );
+}
+
 #[test]
 fn mcp_connections() {
     let c = parse(&with(

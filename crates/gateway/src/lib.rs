@@ -239,6 +239,35 @@ impl ListenerCerts {
     }
 }
 
+/// A listener whose bundle holds CAs besides the internal one, without
+/// `client_auth.namespace`, refuses their certificates (401): said once at
+/// start so the operator who appended a partner CA hears why.
+fn warn_unnamed_cas(cfg: &Config, own: Option<&portcullis_tls::client_cert::OwnCa>) {
+    let listeners = std::iter::once(("gateway.client_auth", &cfg.gateway.client_auth)).chain(
+        cfg.postgres
+            .iter()
+            .map(|p| ("postgres.client_auth", &p.client_auth)),
+    );
+    for (key, auth) in listeners {
+        let (Some(bundle), portcullis_tls::ForeignNames::Refused) =
+            (&auth.ca_file, &auth.namespace)
+        else {
+            continue;
+        };
+        if auth.mode == portcullis_config::ClientCertMode::Off {
+            continue;
+        }
+        match portcullis_tls::client_cert::other_cas(bundle, own) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => tracing::warn!(
+                path = %bundle.display(),
+                others = n,
+                "{key}.ca_file holds CAs other than the internal CA: their certificates name nobody until {key}.namespace is set"
+            ),
+        }
+    }
+}
+
 /// The review webhook: its secret resolved and its TLS trust set once.
 fn webhook(w: &portcullis_config::Webhook) -> Result<portcullis_approval::Webhook, GatewayError> {
     let secret = w
@@ -566,6 +595,7 @@ async fn shared(
             });
         }
     };
+    warn_unnamed_cas(cfg, own_ca.as_ref());
     let auth = Authenticator::new(Arc::new(store.cached_tokens())).with_own_ca(own_ca);
     let auth = match oidc_verifier(cfg).await? {
         Some(v) => auth.with_oidc(v),

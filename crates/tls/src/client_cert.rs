@@ -55,6 +55,8 @@ pub struct CertPolicy {
     pub kinds: Vec<String>,
     /// SPIFFE trust domains accepted beyond the gateway's own.
     pub trust_domains: Vec<String>,
+    /// How names from another CA's certificates are written.
+    pub foreign: ForeignNames,
 }
 
 impl Default for CertPolicy {
@@ -63,8 +65,28 @@ impl Default for CertPolicy {
             order: vec![CertName::Spiffe, CertName::Dns, CertName::CommonName],
             kinds: vec!["agent".into()],
             trust_domains: Vec::new(),
+            foreign: ForeignNames::default(),
         }
     }
+}
+
+/// How a listener writes the principal a certificate from a CA other than
+/// the gateway's own names (`client_auth.namespace`). A partner CA in the
+/// bundle writes what it likes into a CN or a DNS name: without a
+/// namespace its `deployer` would be the internal CA's `agent:deployer`,
+/// with that agent's grants, approvals and kept sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ForeignNames {
+    /// `namespace` unset: such certificates name nobody, so a CA added
+    /// to the bundle (it is reloaded live) cannot take an internal name.
+    #[default]
+    Refused,
+    /// `namespace = ""`: bare names, the same principals as the internal
+    /// CA's, on purpose.
+    Bare,
+    /// `KIND:NS/NAME`. No certificate can write a `/` into a name, so
+    /// only this listener's other CAs name principals under `NS/`.
+    Namespace(String),
 }
 
 /// The gateway's own CA (`[gateway] internal_ca`, the CA `cert issue`
@@ -165,6 +187,15 @@ impl OwnCa {
     }
 }
 
+/// How many certificates in the PEM bundle at `path` are not `own`.
+pub fn other_cas(path: &Path, own: Option<&OwnCa>) -> Result<usize, TlsError> {
+    let certs = crate::config::load_cert_chain(path)?;
+    Ok(certs
+        .iter()
+        .filter(|c| own.is_none_or(|o| crate::sha256_hex(c) != o.fingerprint))
+        .count())
+}
+
 /// The principal `der` names under `policy` (see [`CertPolicy`]); `own`:
 /// the gateway's own CA, when it has one.
 pub fn principal_for(
@@ -173,8 +204,9 @@ pub fn principal_for(
     own: Option<&OwnCa>,
 ) -> Result<String, CertNameError> {
     let (principal, domain) = named(der, &policy.order)?;
+    let ours = own.is_some_and(|ca| ca.issued(der));
     if domain.as_deref() == Some(SPIFFE_DOMAIN) {
-        if own.is_some_and(|ca| ca.issued(der)) {
+        if ours {
             return Ok(principal);
         }
         // Another CA in the bundle wrote the gateway's own trust domain:
@@ -213,7 +245,23 @@ pub fn principal_for(
                 .into(),
         ));
     }
-    Ok(principal)
+    if ours {
+        return Ok(principal);
+    }
+    match &policy.foreign {
+        ForeignNames::Bare => Ok(principal),
+        ForeignNames::Namespace(ns) => {
+            let (kind, name) = principal.split_once(':').unwrap_or(("", &principal));
+            Ok(format!("{kind}:{ns}/{name}"))
+        }
+        ForeignNames::Refused => Err(CertNameError::NotAccepted(
+            principal,
+            "the certificate is from a CA other than the gateway's own (internal_ca), and this \
+             listener names such certificates only under client_auth.namespace (a namespace \
+             of their own, or \"\" for the same names as the internal CA's)"
+                .into(),
+        )),
+    }
 }
 
 /// The SPIFFE ID for a principal `KIND:NAME`.
@@ -457,7 +505,10 @@ mod tests {
 
     #[test]
     fn other_cas_name_only_listed_kinds_and_trust_domains() {
-        let policy = CertPolicy::default();
+        let policy = CertPolicy {
+            foreign: ForeignNames::Bare,
+            ..CertPolicy::default()
+        };
         // Another trust domain: refused unless listed.
         let corp = cert(
             None,
@@ -471,7 +522,7 @@ mod tests {
         ));
         let listed = CertPolicy {
             trust_domains: vec!["corp".into()],
-            ..CertPolicy::default()
+            ..policy.clone()
         };
         assert_eq!(
             principal_for(&corp, &listed, None).unwrap(),
@@ -483,7 +534,7 @@ mod tests {
         assert!(e.to_string().contains("principal_kinds"), "{e}");
         let users = CertPolicy {
             kinds: vec!["agent".into(), "user".into()],
-            ..CertPolicy::default()
+            ..policy.clone()
         };
         assert_eq!(principal_for(&cn_user, &users, None).unwrap(), "user:alice");
         // A delegated agent's form (`agent:NAME@person`) from another CA:
@@ -498,6 +549,93 @@ mod tests {
         assert_eq!(
             principal_for(&cert(Some("build-box"), vec![]), &policy, None).unwrap(),
             "agent:build-box"
+        );
+    }
+
+    /// A partner CA in the bundle once named its `deployer` as the internal
+    /// CA's `agent:deployer`, with that agent's grants: its names now go
+    /// under the listener's namespace, or name nobody without one.
+    #[test]
+    fn other_cas_name_only_under_the_listeners_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, _, _) = two_cas(dir.path(), &["agent:x"]);
+        // A client certificate from the CA in `sub` with the CN `cn` and
+        // the names `sans`.
+        let issue = |sub: &str, cn: &str, sans: Vec<SanType>| {
+            let read = |f: &str| std::fs::read_to_string(dir.path().join(sub).join(f)).unwrap();
+            let key = KeyPair::from_pem(&read("ca.key")).unwrap();
+            let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), key).unwrap();
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.subject_alt_names = sans;
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p.signed_by(&KeyPair::generate().unwrap(), &issuer)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let policy = |foreign: ForeignNames| CertPolicy {
+            kinds: vec!["agent".into(), "user".into()],
+            trust_domains: vec!["corp".into()],
+            foreign,
+            ..CertPolicy::default()
+        };
+        let partner = policy(ForeignNames::Namespace("partner".into()));
+        let refused = policy(ForeignNames::Refused);
+        let bare = policy(ForeignNames::Bare);
+        // `deployer` by its CN alone, by a DNS name, and by a SPIFFE ID in
+        // a listed trust domain.
+        let dns = SanType::DnsName("deployer".try_into().unwrap());
+        let spiffe = SanType::URI("spiffe://corp/agent/deployer".try_into().unwrap());
+        for sans in [vec![], vec![dns], vec![spiffe]] {
+            let theirs = issue("other", "deployer", sans.clone());
+            let mine = issue("own", "deployer", sans);
+            assert!(own.issued(&mine) && !own.issued(&theirs));
+            let name = |der: &[u8], p: &CertPolicy, ca: Option<&OwnCa>| principal_for(der, p, ca);
+            assert_eq!(
+                name(&theirs, &partner, Some(&own)).unwrap(),
+                "agent:partner/deployer"
+            );
+            let e = name(&theirs, &refused, Some(&own)).unwrap_err();
+            assert!(e.to_string().contains("client_auth.namespace"), "{e}");
+            assert_eq!(name(&theirs, &bare, Some(&own)).unwrap(), "agent:deployer");
+            // The internal CA's certificate keeps its bare name, however
+            // it names the agent and whatever the listener's namespace.
+            for p in [&partner, &refused, &bare] {
+                assert_eq!(name(&mine, p, Some(&own)).unwrap(), "agent:deployer");
+            }
+            // Without an internal CA every certificate is another CA's.
+            assert_eq!(
+                name(&mine, &partner, None).unwrap(),
+                "agent:partner/deployer"
+            );
+            assert!(name(&mine, &refused, None).is_err());
+        }
+        // The kind and `@` rules hold under a namespace too.
+        let person = issue("other", "user:alice", vec![]);
+        assert_eq!(
+            principal_for(&person, &partner, Some(&own)).unwrap(),
+            "user:partner/alice"
+        );
+        let agents_only = CertPolicy {
+            foreign: ForeignNames::Namespace("partner".into()),
+            ..CertPolicy::default()
+        };
+        let e = principal_for(&person, &agents_only, Some(&own)).unwrap_err();
+        assert!(e.to_string().contains("principal_kinds"), "{e}");
+        let delegated = issue("other", "agent:claude@alice", vec![]);
+        let e = principal_for(&delegated, &partner, Some(&own)).unwrap_err();
+        assert!(e.to_string().contains("acting for a person"), "{e}");
+        // What the gateway counts at start to warn of a bundle whose other
+        // CAs name nobody.
+        let pem = |sub: &str| std::fs::read_to_string(dir.path().join(sub).join("ca.pem")).unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, pem("own") + &pem("other")).unwrap();
+        assert_eq!(other_cas(&bundle, Some(&own)).unwrap(), 1);
+        assert_eq!(other_cas(&bundle, None).unwrap(), 2);
+        assert_eq!(
+            other_cas(&dir.path().join("own/ca.pem"), Some(&own)).unwrap(),
+            0
         );
     }
 }

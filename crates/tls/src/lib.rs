@@ -22,7 +22,7 @@ pub use ca::{
     write_public,
 };
 pub use client_ca::ReloadingClientCa;
-pub use client_cert::{CertName, CertPolicy};
+pub use client_cert::{CertName, CertPolicy, ForeignNames};
 pub use config::{
     ClientCerts, client_config, client_config_with_cert, listener_config, load_cert_chain,
     load_private_key, load_roots, pem_certificates, server_config, sha256_hex, system_roots,
