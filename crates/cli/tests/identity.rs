@@ -986,6 +986,53 @@ connections = ["*"]
     assert!(r.body.contains("internal_ca"), "{}", r.body);
 }
 
+/// `agent_clients` with the real provider: its `ci-bot` client-credentials
+/// token is `agent:ci-bot` only while the issuer lists that client; with
+/// another listed, the token is refused and says why.
+#[test]
+fn only_listed_clients_are_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let idp = Idp::start(&dir.join("idp"), "alice", "dba");
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    write_leaf(&ca, dir, "server");
+    let config = |agents: &str| {
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+
+[[oidc]]
+issuer = "{}"
+audiences = ["{}"]
+ca_file = "{}"
+agent_clients = [{agents}]
+"#,
+            idp.issuer,
+            idp::AUDIENCE,
+            idp.ca.display()
+        )
+    };
+    let ca = dir.join("ca.pem").to_str().unwrap().to_string();
+    let jwt = idp.client_credentials_token();
+    let (gw, _) = gateway_with_config(dir, &config("\"deployer\""));
+    let r = get(&gw.url, &ca, Some(&jwt), "/api/v1/me");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body.contains("ci-bot") && r.body.contains("agent_clients"),
+        "{}",
+        r.body
+    );
+    gw.stop();
+    let (gw, _) = gateway_with_config(dir, &config("\"deployer\", \"ci-bot\""));
+    let r = get(&gw.url, &ca, Some(&jwt), "/api/v1/me");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["principal"], "agent:ci-bot", "{}", r.body);
+    assert_eq!(r.json()["kind"], "agent", "{}", r.body);
+}
+
 /// A partner CA beside the internal one: under the HTTP listener's
 /// `client_auth.namespace` its `deployer` is `agent:partner/deployer`, not
 /// the internal CA's `agent:deployer`; on the PostgreSQL listener, which

@@ -192,6 +192,19 @@ impl RawOAuth {
         if self.client_id.is_empty() {
             return Err(invalid("oauth.client_id", "must not be empty"));
         }
+        // People sign in through this client: a token of it is never an
+        // agent's.
+        let agents = oidc
+            .iter()
+            .find(|o| o.settings.issuer == issuer)
+            .and_then(|o| o.settings.agent_clients.as_ref());
+        if agents.is_some_and(|a| a.contains(&self.client_id)) {
+            return Err(invalid(
+                "oauth.client_id",
+                "is among the issuer's agent_clients, whose tokens are agents'; people sign in \
+                 through this client",
+            ));
+        }
         let client_secret = match &self.client_secret {
             None => None,
             Some(s) => {

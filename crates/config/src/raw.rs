@@ -303,6 +303,8 @@ struct RawOidc {
     /// Unset: bare names; `""`: bare names, shared on purpose with the
     /// other bare issuers; a name: that namespace.
     namespace: Option<String>,
+    /// The clients whose tokens are agents' (unset: `sub == client_id`).
+    agent_clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,6 +404,32 @@ impl RawClientAuth {
 }
 
 impl RawOidc {
+    /// `agent_clients`: each a name an agent may have (no `@`: that is an
+    /// agent acting for a person; no `/`), and not the client people sign
+    /// in through (`login_client_id`), whose tokens are people's.
+    fn agent_clients(&self, key: &dyn Fn(&str) -> String) -> Result<Option<Vec<String>>, Invalid> {
+        let Some(list) = &self.agent_clients else {
+            return Ok(None);
+        };
+        for c in list {
+            if portcullis_identity::validate_subject(&format!("agent:{c}")).is_err()
+                || portcullis_identity::is_delegated(&format!("agent:{c}"))
+            {
+                return Err(invalid(
+                    key("agent_clients"),
+                    format!("{c:?} is not a name an agent may have (letters, digits, - _ .)"),
+                ));
+            }
+            if self.login_client_id.as_deref() == Some(c.as_str()) {
+                return Err(invalid(
+                    key("agent_clients"),
+                    format!("{c:?} is login_client_id, the client people sign in through"),
+                ));
+            }
+        }
+        Ok(Some(list.clone()))
+    }
+
     fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<OidcIssuer, Invalid> {
         if !self.issuer.starts_with("https://") {
             return Err(invalid(key("issuer"), "must be an https:// URL"));
@@ -444,6 +472,7 @@ impl RawOidc {
                 leeway_secs: leeway.as_secs(),
                 namespace: portcullis_identity::Namespace::from_config(self.namespace.as_deref())
                     .map_err(|e| invalid(key("namespace"), e))?,
+                agent_clients: self.agent_clients(key)?,
             },
             ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
             refresh_interval,

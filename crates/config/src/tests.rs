@@ -527,6 +527,41 @@ fn client_auth_per_listener() {
     assert!(e.contains("principal_from"), "{e}");
 }
 
+/// `agent_clients` on an issuer: names an agent may have, never the
+/// clients people sign in through.
+#[test]
+fn agent_clients_are_agent_names_and_not_the_sign_in_clients() {
+    let base = "[[oidc]]\nissuer = \"https://i\"\naudiences = [\"a\"]\nlogin_client_id = \"cli\"\n";
+    let c = parse(&with(&format!(
+        "{base}agent_clients = [\"ci-bot\", \"deployer\"]\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.oidc[0].settings.agent_clients,
+        Some(vec!["ci-bot".to_string(), "deployer".to_string()])
+    );
+    assert_eq!(
+        parse(&with(base)).unwrap().oidc[0].settings.agent_clients,
+        None
+    );
+    for bad in ["claude@alice", "a/b", "", "a b"] {
+        let e = err(&with(&format!("{base}agent_clients = [\"{bad}\"]\n")));
+        assert!(e.contains("oidc[0].agent_clients"), "{bad}: {e}");
+    }
+    let e = err(&with(&format!("{base}agent_clients = [\"cli\"]\n")));
+    assert!(
+        e.contains("oidc[0].agent_clients") && e.contains("login_client_id"),
+        "{e}"
+    );
+    let e = err(&with(&format!(
+        "{base}agent_clients = [\"gw\"]\n[oauth]\nclient_id = \"gw\"\n"
+    )));
+    assert!(
+        e.contains("oauth.client_id") && e.contains("agent_clients"),
+        "{e}"
+    );
+}
+
 /// `client_auth.namespace`: how another CA's certificates name callers
 /// (a review found a partner CA's `deployer` was the internal CA's
 /// `agent:deployer`).

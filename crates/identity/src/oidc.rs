@@ -89,6 +89,10 @@ pub enum OidcError {
     MissingClaim(String),
     #[error("claim {0:?} has an unusable value")]
     BadClaim(String),
+    #[error(
+        "client {0:?} has no person behind its token and is not among this issuer's agent_clients"
+    )]
+    NotAnAgentClient(String),
     #[error("keys of issuer {0} are unavailable")]
     KeysUnavailable(String),
     #[error("the token's header lists critical extension {0:?}, which is not supported")]
@@ -117,6 +121,9 @@ pub struct IssuerSettings {
     pub leeway_secs: u64,
     /// Whose names the issuer's tokens carry.
     pub namespace: crate::Namespace,
+    /// `agent_clients`: the clients whose tokens are agents'. `None`: a
+    /// token whose `sub` equals its `client_id` is (client credentials).
+    pub agent_clients: Option<Vec<String>>,
 }
 
 /// Peek at the unverified `iss` claim, to choose which issuer's keys to
@@ -317,23 +324,47 @@ fn verify_claims(
     Ok((p, claims))
 }
 
-/// Subject and groups from verified claims. A token with no human behind
-/// it (client credentials: `sub` equals `client_id`) is an agent.
+/// The client a token is an agent's, if it is one. Without a list, a
+/// token with no human behind it (client credentials: `sub` equals
+/// `client_id`) is. With `agent_clients`, a token whose client (its
+/// `client_id`, else `azp`, RFC 9068 and OIDC) is listed is, whatever its
+/// `sub` (Keycloak's service accounts have a `sub` of their own), and a
+/// client-credentials token of an unlisted client is refused: one a
+/// provider let a person's `sub` equal, or a client anyone may register,
+/// would otherwise name an agent.
+fn agent_client<'a>(
+    claims: &'a Value,
+    sub: &str,
+    settings: &IssuerSettings,
+) -> Result<Option<&'a str>, OidcError> {
+    let client_id = claims.get("client_id").and_then(Value::as_str);
+    let Some(listed) = &settings.agent_clients else {
+        return Ok(client_id.filter(|c| *c == sub));
+    };
+    let client = client_id.or_else(|| claims.get("azp").and_then(Value::as_str));
+    match client {
+        Some(c) if listed.iter().any(|l| l == c) => Ok(Some(c)),
+        Some(c) if c == sub => Err(OidcError::NotAnAgentClient(c.chars().take(100).collect())),
+        _ => Ok(None),
+    }
+}
+
+/// Subject and groups from verified claims ([`agent_client`] tells an
+/// agent's token from a person's).
 fn principal_from(claims: &Value, settings: &IssuerSettings) -> Result<Principal, OidcError> {
     let sub = match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => s.as_str(),
         Some(_) => return Err(OidcError::BadClaim("sub".into())),
         None => return Err(OidcError::MissingClaim("sub".into())),
     };
-    let client = claims.get("client_id").and_then(Value::as_str);
-    let subject = if client == Some(sub) {
+    let subject = if let Some(client) = agent_client(claims, sub, settings)? {
         // A client the issuer names `claude@alice` must not take the
         // principal of an agent acting for a person: its grants, sessions
         // and approvals.
-        if crate::is_delegated(sub) {
+        if crate::is_delegated(client) {
             return Err(OidcError::BadClaim("sub".into()));
         }
-        ("agent", sub)
+        ("agent", client)
     } else {
         let name = match claims.get(&settings.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.as_str(),

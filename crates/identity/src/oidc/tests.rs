@@ -34,6 +34,7 @@ fn settings() -> IssuerSettings {
         subject_claim: "sub".into(),
         leeway_secs: 30,
         namespace: crate::Namespace::default(),
+        agent_clients: None,
     }
 }
 
@@ -103,6 +104,73 @@ fn client_credentials_token_is_an_agent() {
     assert_eq!(p.subject, "agent:ci-bot");
     assert_eq!(p.kind, PrincipalKind::Agent);
     assert!(p.groups.is_empty());
+}
+
+/// `agent_clients`: only the listed clients' tokens are agents'. Without
+/// the list a provider that let a person's `sub` equal a client's id (or
+/// let anyone register a client) named an agent, and one whose machine
+/// tokens carry a `sub` of their own (Keycloak's service accounts) named
+/// machines people.
+#[test]
+fn with_agent_clients_only_the_listed_clients_are_agents() {
+    let i = issuer("k1");
+    let listed = IssuerSettings {
+        agent_clients: Some(vec!["ci-bot".into()]),
+        ..settings()
+    };
+    let token = |pairs: &[(&str, &str)]| {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("groups");
+        for (k, v) in pairs {
+            c[*k] = json!(v);
+        }
+        sign(&i, "k1", &c)
+    };
+    let as_listed = |t: &str| check_as(listed.clone(), t, &keys_of(&i));
+    let subject = |r: Result<crate::Principal, OidcError>| r.map(|p| p.subject);
+    // Client credentials of the listed client.
+    let t = token(&[("sub", "ci-bot"), ("client_id", "ci-bot")]);
+    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
+    // A service account with a `sub` of its own, its client in `azp`.
+    let t = token(&[("sub", "5f0c-service-account"), ("azp", "ci-bot")]);
+    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
+    // Without the list that token was a person's.
+    assert_eq!(
+        subject(check_as(settings(), &t, &keys_of(&i))),
+        Ok("user:5f0c-service-account".into())
+    );
+    // `client_id` is the client when both are there.
+    let t = token(&[("sub", "x"), ("client_id", "ci-bot"), ("azp", "other")]);
+    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
+    // Client credentials of a client nobody listed: refused, where the
+    // old rule made it `agent:rogue`.
+    let t = token(&[("sub", "rogue"), ("client_id", "rogue")]);
+    assert_eq!(
+        subject(as_listed(&t)),
+        Err(OidcError::NotAnAgentClient("rogue".into()))
+    );
+    assert_eq!(
+        subject(check_as(settings(), &t, &keys_of(&i))),
+        Ok("agent:rogue".into())
+    );
+    // A person through another client, even one whose `sub` is a
+    // listed client's name, stays a person.
+    for sub in ["alice", "ci-bot"] {
+        let t = token(&[("sub", sub), ("client_id", "portcullis-cli")]);
+        assert_eq!(subject(as_listed(&t)), Ok(format!("user:{sub}")));
+        let t = token(&[("sub", sub), ("azp", "portcullis-cli")]);
+        assert_eq!(subject(as_listed(&t)), Ok(format!("user:{sub}")));
+    }
+    // Under a namespace, as any agent.
+    let spaced = IssuerSettings {
+        namespace: crate::Namespace::Own("partner".into()),
+        ..listed.clone()
+    };
+    let t = token(&[("sub", "5f0c"), ("azp", "ci-bot")]);
+    assert_eq!(
+        subject(check_as(spaced, &t, &keys_of(&i))),
+        Ok("agent:partner/ci-bot".into())
+    );
 }
 
 /// `agent:NAME@person` is the form of an agent acting for a person: a
