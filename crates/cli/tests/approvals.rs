@@ -129,6 +129,19 @@ ca_file = "ca.pem"
 method_overrides = true
 approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
 
+# Reversible tokens and a held DELETE: the review shows the caller's form.
+[[connections]]
+name = "api-tokens"
+type = "http"
+url = "https://localhost:{hook}"
+ca_file = "ca.pem"
+approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
+
+[[masking.rules]]
+name = "api-tokens"
+connections = ["api-tokens"]
+actions = {{ email = {{ action = "hash", reversible = true }} }}
+
 [[connections]]
 name = "api-jit"
 type = "http"
@@ -571,6 +584,67 @@ fn two_approvers_and_http_requests() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["error"], "approval_required");
     assert_eq!(posted(&[], "/c/api-overrides/items/9").status, 200);
+}
+
+/// The caller reads its own reviews: a held request shows, and is bound
+/// to, what the caller sent (a reversible token), never the value masking
+/// swaps back for it on the way to the target (found in review: the
+/// review's action held the swapped-back query).
+#[test]
+fn a_held_request_shows_the_callers_tokens_not_their_values() {
+    let s = setup();
+    let auth = format!("Authorization: Bearer {}", s.token);
+    let token = get(&s.gw.url, &s.ca, Some(&s.token), "/c/api-tokens/whoami").json()["email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("[EMAIL:"), "{token}");
+    let enc: String = token
+        .bytes()
+        .map(|b| match b.is_ascii_alphanumeric() {
+            true => (b as char).to_string(),
+            false => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = format!(r#"{{"email":"{token}"}}"#);
+    let url = format!("{}/c/api-tokens/users?email={enc}", s.gw.url);
+    let del = || {
+        curl(&[
+            "--cacert",
+            &s.ca,
+            "-X",
+            "DELETE",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+    };
+    let r = del();
+    assert_eq!(r.status, 403, "{}", r.body);
+    let id = r.json()["review"].as_str().unwrap().to_string();
+    let mine = get(
+        &s.gw.url,
+        &s.ca,
+        Some(&s.token),
+        &format!("/api/v1/reviews/{id}"),
+    );
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    let action = mine.json()["action"].as_str().unwrap().to_string();
+    assert!(action.contains(&format!("email={enc}")), "{action}");
+    assert!(!mine.body.contains("erin"), "{}", mine.body);
+    // Approved, the identical request runs, and the target gets the value.
+    assert!(s.decide(&s.dave, "approve", &id, None).status.success());
+    let r = del();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        s.hook.last().path_and_query,
+        "/users?email=erin%40example.com"
+    );
+    assert_eq!(s.hook.last().body, r#"{"email":"erin@example.com"}"#);
 }
 
 #[test]

@@ -669,6 +669,47 @@ fn reversible_tokens_are_swapped_back_on_the_way_in() {
         s.good.last().path_and_query,
         "/lookup?email=%5BEMAIL%3A0000000000000000%5D"
     );
+    // The caller reads its own recordings (console API): they hold the
+    // requests as it sent them, with the token. A review found they held
+    // erin's address, swapped back on the way to the target. (What this
+    // target echoes back of the request it got is the caller's to see
+    // anyway: recorded as sent.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let recordings: Vec<serde_json::Value> = loop {
+        let list = s.get("/api/v1/sessions?connection=slow").json();
+        let ended: Vec<String> = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| !x["outcome"].is_null())
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect();
+        if ended.len() >= 4 {
+            break ended
+                .iter()
+                .flat_map(|id| {
+                    let r = s.get(&format!("/api/v1/sessions/{id}/recording")).json();
+                    r["records"].as_array().unwrap().clone()
+                })
+                .collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let from_caller: String = recordings
+        .iter()
+        .filter(|r| r["type"] == "http_request" || r["from_caller"] == true)
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        from_caller.contains(&format!("email={enc}&x=1")),
+        "{from_caller}"
+    );
+    assert!(
+        from_caller.contains(&token) && from_caller.contains("keep"),
+        "{from_caller}"
+    );
+    assert!(!from_caller.contains("erin"), "{from_caller}");
 }
 
 /// A caller opening connections past the per-peer cap gets a clear 503

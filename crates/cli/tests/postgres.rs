@@ -1184,7 +1184,7 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
     let g = PgGateway::start();
     let table = format!("tok_{}", std::process::id());
     assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (id int, email text); insert into {table} values (7, 'dana@example.com')")], None).status.success());
-    rt().block_on(async {
+    let token = rt().block_on(async {
         let c = g.client("tokens", &g.token).await.unwrap();
         let token: String = c
             .query_one(&format!("select email from {table}"), &[])
@@ -1221,12 +1221,51 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
             .await
             .unwrap();
         assert!(n.is_empty());
+        token
     });
     assert!(
         g.psql("rw", &["-q", "-c", &format!("drop table {table}")], None)
             .status
             .success()
     );
+    // The recordings hold the statements as the caller sent them, with the
+    // token: a review found they held the value swapped back for it, which
+    // the agent could read in its own recording (console API).
+    let cfg = g.tmp.path().join("portcullis.toml");
+    let cli = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {:?}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ids = loop {
+        let list = cli(&["sessions", "list", "--json", "--connection", "tokens"]);
+        let ended: Vec<String> = list
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|s| !s["outcome"].is_null())
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        if ended.len() >= 2 || std::time::Instant::now() > deadline {
+            break ended;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let replays: String = ids
+        .iter()
+        .map(|id| cli(&["replay", id, "--no-wait"]))
+        .collect();
+    assert!(
+        replays.contains(&format!("where email = '{token}'")),
+        "{replays}"
+    );
+    assert!(!replays.contains("dana@example.com"), "{replays}");
 }
 
 #[test]

@@ -332,8 +332,16 @@ struct Outgoing {
     parts: http::request::Parts,
     body: Body,
     state: Arc<BodyState>,
-    /// The caller's own path and query: what a reviewer sees.
+    /// The caller's own path and query, as it sent them (reversible
+    /// tokens, not the values swapped back for them): what a reviewer
+    /// sees.
     caller_pq: String,
+    /// The target's path and query with the caller's own query, where
+    /// tokens in it were swapped back: what the recording keeps.
+    recorded_pq: Option<String>,
+    /// The body as the caller sent it, where tokens in it were swapped
+    /// back: what the recording keeps and a review is bound to.
+    caller_body: Option<bytes::Bytes>,
     asked_session: Option<std::time::Duration>,
     vault: Option<SharedVault>,
     declared: Option<u64>,
@@ -461,6 +469,8 @@ impl Inner {
             body,
             state,
             caller_pq,
+            recorded_pq,
+            caller_body,
             asked_session,
             vault,
             declared,
@@ -488,6 +498,7 @@ impl Inner {
                 let held = crate::review::HeldRequest {
                     method: &held_method,
                     path_and_query: &caller_pq,
+                    caller_body: caller_body.as_deref(),
                     asked_session,
                 };
                 crate::review::hold(gate, held, body, &state, self.max_body).await?
@@ -500,7 +511,18 @@ impl Inner {
         if !self.ctx.is_current() {
             return Err(ProxyError::ConfigChanged);
         }
-        let (live, request_no) = self.session(&admitted, upstream, conn, &parts).await?;
+        let recorded = recorded_pq
+            .as_deref()
+            .or(parts.uri.path_and_query().map(|p| p.as_str()));
+        let (live, request_no) = self
+            .session(
+                &admitted,
+                upstream,
+                conn,
+                &parts,
+                recorded.unwrap_or_default(),
+            )
+            .await?;
         // After the session opened (a refused request is evidence in its
         // recording), before anything reaches the target.
         if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
@@ -525,8 +547,20 @@ impl Inner {
                 lift(&admitted, &live, b, e).await?;
             }
         }
-        let body =
-            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed();
+        let body = match &caller_body {
+            // What the caller sent is recorded, not the values swapped
+            // back into it (the caller may read its own recording).
+            Some(sent_by_caller) => {
+                if let Err(e) = live.recorder.body(Some(request_no), true, sent_by_caller) {
+                    tracing::error!(error = %e, "recording failed; request refused");
+                    return Err(ProxyError::RecordingUnavailable(e.to_string()));
+                }
+                body
+            }
+            None => {
+                crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed()
+            }
+        };
         seen.live = Some((live.clone(), request_no));
         seen.bytes_from_caller = declared;
         let resp = self
@@ -599,21 +633,33 @@ impl Inner {
         }
         let vault = self.vault(admitted);
         let query = req.uri().query().map(str::to_owned);
-        let query = match (&vault, &query) {
+        // The values tokens stand for go to the target only: the caller's
+        // form is what reviews and recordings show (the caller can read
+        // both of its own).
+        let swapped = match (&vault, &query) {
             (Some(v), Some(q)) => v
                 .lock()
                 .ok()
                 .and_then(|v| crate::masking::reverse_query(q, &v))
-                .or(query.clone()),
-            _ => query,
+                .filter(|s| s != q),
+            _ => None,
         };
         let caller_pq = match &query {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
-        let uri = upstream
-            .target_uri(rest, query.as_deref())
-            .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))?;
+        let target_uri = |q: Option<&str>| {
+            upstream
+                .target_uri(rest, q)
+                .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))
+        };
+        let uri = target_uri(swapped.as_deref().or(query.as_deref()))?;
+        let recorded_pq = match &swapped {
+            Some(_) => target_uri(query.as_deref())?
+                .path_and_query()
+                .map(|p| p.to_string()),
+            None => None,
+        };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         let asked_session = crate::review::requested_session(&parts.headers)?;
@@ -637,7 +683,7 @@ impl Inner {
             .insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let state = Arc::new(BodyState::default());
         let body = state.watch(body, self.max_body);
-        let body = self
+        let (body, caller_body) = self
             .reverse_tokens(body, &mut parts, vault.as_ref(), &state)
             .await?;
         Ok(Outgoing {
@@ -645,6 +691,8 @@ impl Inner {
             body,
             state,
             caller_pq,
+            recorded_pq,
+            caller_body,
             asked_session,
             vault,
             declared,
@@ -665,16 +713,17 @@ impl Inner {
     }
 
     /// Tokens may be in the body: read it (bounded by the request limit)
-    /// and swap them back before it goes upstream.
+    /// and swap them back before it goes upstream. With the body to send,
+    /// the caller's own where it differs.
     async fn reverse_tokens(
         &self,
         body: Body,
         parts: &mut http::request::Parts,
         vault: Option<&SharedVault>,
         state: &BodyState,
-    ) -> Result<Body, ProxyError> {
+    ) -> Result<(Body, Option<bytes::Bytes>), ProxyError> {
         let Some(vault) = vault.filter(|v| v.lock().map(|v| !v.is_empty()).unwrap_or(false)) else {
-            return Ok(body);
+            return Ok((body, None));
         };
         let bytes = body
             .collect()
@@ -693,12 +742,16 @@ impl Inner {
         let swapped = vault
             .lock()
             .ok()
-            .and_then(|v| crate::masking::reverse_body(ct.as_ref(), &bytes, &v));
-        let bytes = swapped.map(bytes::Bytes::from).unwrap_or(bytes);
+            .and_then(|v| crate::masking::reverse_body(ct.as_ref(), &bytes, &v))
+            .filter(|s| s[..] != bytes[..]);
+        let (sent, caller) = match swapped {
+            Some(s) => (bytes::Bytes::from(s), Some(bytes)),
+            None => (bytes, None),
+        };
         parts
             .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Ok(crate::full(bytes))
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(sent.len()));
+        Ok((crate::full(sent), caller))
     }
 
     /// The connection's session with this target, opened (durably, before
@@ -710,6 +763,7 @@ impl Inner {
         upstream: &Upstream,
         conn: &ConnInfo,
         parts: &http::request::Parts,
+        path: &str,
     ) -> Result<(Arc<crate::session::LiveSession>, u64), ProxyError> {
         let principal = &admitted.principal;
         let key = crate::session::SessionKey {
@@ -770,11 +824,7 @@ impl Inner {
         let request = portcullis_record::Event::HttpRequest {
             request: Some(request_no),
             method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            path: path.to_string(),
             headers: recorded_headers(&parts.headers),
             body: None,
         };

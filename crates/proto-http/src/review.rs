@@ -36,6 +36,10 @@ pub(crate) struct HeldRequest<'a> {
     pub method: &'a Method,
     /// The caller's own path and query (not the target's URI).
     pub path_and_query: &'a str,
+    /// The body as the caller sent it, where masking swapped tokens in it
+    /// back for their values: the review shows and binds the caller's
+    /// form, since the caller may read its own review.
+    pub caller_body: Option<&'a [u8]>,
     /// The just-in-time duration the caller asked for.
     pub asked_session: Option<Duration>,
 }
@@ -275,7 +279,8 @@ pub(crate) async fn hold(
         {
             let bytes = read_whole(body, state, max_body).await?;
             let method = req.method.as_str();
-            let action = portcullis_approval::http_action(method, req.path_and_query, &bytes);
+            let shown = req.caller_body.unwrap_or(&bytes);
+            let action = portcullis_approval::http_action(method, req.path_and_query, shown);
             let ask = Ask {
                 kind: "http",
                 action: &action,

@@ -771,7 +771,12 @@ impl Inner {
         let connection = live.admitted.connection.as_str();
         let principal = &live.admitted.principal;
         let masks = self.ctx.mask_rule(connection, principal);
-        let mut chain: Vec<Box<dyn Inspector>> = Vec::new();
+        // First: the recording holds what the caller sent (tokens, not
+        // the values masking swaps back for them).
+        let marker = format!("portcullis_refused_{}_", self.nonce);
+        let mut chain: Vec<Box<dyn Inspector>> = vec![Box::new(
+            crate::recording::RecordInspector::callers(live.open.recorder.clone()).skipping(marker),
+        )];
         if let Some(rule) = masks {
             // Before the caller gets the session: fail closed without it.
             match crate::masking::prepare(rule, &mut up, live.upstream, connection).await {
@@ -786,10 +791,9 @@ impl Inner {
             }
         }
         // Last: the recording holds what the caller saw.
-        chain.push(Box::new(
-            crate::recording::RecordInspector::new(live.open.recorder.clone())
-                .skipping(format!("portcullis_refused_{}_", self.nonce)),
-        ));
+        chain.push(Box::new(crate::recording::RecordInspector::targets(
+            live.open.recorder.clone(),
+        )));
         let mut hello = BytesMut::new();
         messages::auth_ok().encode(&mut hello);
         for m in &up.startup_messages {

@@ -1,5 +1,9 @@
-//! The recording tap: the last inspector in the chain, so it records what
-//! the target was sent and what the caller saw (after masking).
+//! The recording taps: what the caller sent, recorded first in the chain
+//! (before masking swaps reversible tokens back for the values they stand
+//! for), and what the caller saw, recorded last (after masking). A review
+//! found one tap at the end recorded the swapped-back values, which the
+//! agent could then read in its own recording (console API): a token's
+//! value revealed to the caller it was masked from.
 
 use portcullis_record::{Event, Recorder};
 
@@ -9,15 +13,36 @@ use crate::messages::{self, sqlstate};
 
 pub struct RecordInspector {
     recorder: Recorder,
+    side: Side,
     /// The gateway's placeholder names for refused statements: the
     /// relay records what the caller sent instead of the stand-in.
     placeholder: Option<String>,
 }
 
+/// Which way an inspector records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Messages from the caller, as it sent them: first in the chain.
+    Caller,
+    /// Messages to the caller, as it gets them: last in the chain.
+    Target,
+}
+
 impl RecordInspector {
-    pub fn new(recorder: Recorder) -> Self {
+    /// Records the caller's messages; goes first in the chain.
+    pub fn callers(recorder: Recorder) -> Self {
         Self {
             recorder,
+            side: Side::Caller,
+            placeholder: None,
+        }
+    }
+
+    /// Records the target's messages; goes last in the chain.
+    pub fn targets(recorder: Recorder) -> Self {
+        Self {
+            recorder,
+            side: Side::Target,
             placeholder: None,
         }
     }
@@ -190,13 +215,16 @@ fn backend_event(msg: &Message) -> Option<Event> {
 
 impl Inspector for RecordInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
-        if self.is_stand_in(msg) {
+        if self.side != Side::Caller || self.is_stand_in(msg) {
             return Verdict::Pass;
         }
         self.record(frontend_event(msg))
     }
 
     fn backend(&mut self, msg: &Message) -> Verdict {
+        if self.side != Side::Target {
+            return Verdict::Pass;
+        }
         self.record(backend_event(msg))
     }
 }
