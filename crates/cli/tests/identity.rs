@@ -987,8 +987,9 @@ connections = ["*"]
 }
 
 /// `agent_clients` with the real provider: its `ci-bot` client-credentials
-/// token is `agent:ci-bot` only while the issuer lists that client; with
-/// another listed, the token is refused and says why.
+/// token is `agent:ci-bot` only while the issuer lists that client with its
+/// own `sub`; with another listed, or bound to another `sub`, the token is
+/// refused and says why.
 #[test]
 fn only_listed_clients_are_agents() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1025,6 +1026,14 @@ agent_clients = [{agents}]
         "{}",
         r.body
     );
+    gw.stop();
+    let (gw, _) = gateway_with_config(
+        dir,
+        &config("{ client = \"ci-bot\", subject = \"svc-other\" }"),
+    );
+    let r = get(&gw.url, &ca, Some(&jwt), "/api/v1/me");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("not that agent"), "{}", r.body);
     gw.stop();
     let (gw, _) = gateway_with_config(dir, &config("\"deployer\", \"ci-bot\""));
     let r = get(&gw.url, &ca, Some(&jwt), "/api/v1/me");

@@ -661,8 +661,23 @@ impl Config {
     pub fn naming(&self, saml_idp: Option<&str>) -> String {
         let oidc = self.oidc.iter().map(|o| {
             let s = &o.settings;
+            // Which clients' tokens are people's decides who is a person
+            // (unset, as before this key: no text, so nothing revoked).
+            let clients = match &s.agent_clients {
+                None => String::new(),
+                Some(agents) => {
+                    let mut agents: Vec<String> = agents
+                        .iter()
+                        .map(|a| format!("{}={}", a.client, a.subject))
+                        .collect();
+                    agents.sort();
+                    let mut people = s.people_clients.clone();
+                    people.sort();
+                    format!(" agents={} people={}", agents.join(","), people.join(","))
+                }
+            };
             format!(
-                "oidc {} namespace={} subject={} groups={}",
+                "oidc {} namespace={} subject={} groups={}{clients}",
                 s.issuer,
                 s.namespace.own().unwrap_or(""),
                 s.subject_claim,

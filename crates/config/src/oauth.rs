@@ -198,7 +198,7 @@ impl RawOAuth {
             .iter()
             .find(|o| o.settings.issuer == issuer)
             .and_then(|o| o.settings.agent_clients.as_ref());
-        if agents.is_some_and(|a| a.contains(&self.client_id)) {
+        if agents.is_some_and(|a| a.iter().any(|a| a.client == self.client_id)) {
             return Err(invalid(
                 "oauth.client_id",
                 "is among the issuer's agent_clients, whose tokens are agents'; people sign in \

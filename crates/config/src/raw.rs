@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use http::{HeaderName, Uri};
+use portcullis_identity::oidc::AgentClient;
 use portcullis_policy::Grant;
 use portcullis_tls::{ForeignNames, TlsPolicy};
 use serde::Deserialize;
@@ -304,7 +305,26 @@ struct RawOidc {
     /// other bare issuers; a name: that namespace.
     namespace: Option<String>,
     /// The clients whose tokens are agents' (unset: `sub == client_id`).
-    agent_clients: Option<Vec<String>>,
+    agent_clients: Option<Vec<RawAgentClient>>,
+    /// With `agent_clients`: the clients people sign in through, beyond
+    /// `login_client_id` and `[oauth] client_id`.
+    people_clients: Option<Vec<String>>,
+}
+
+/// An entry of `agent_clients`: a client whose own tokens carry its id as
+/// `sub`, or a client and the `sub` of its service account.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAgentClient {
+    Named(String),
+    Bound(RawBoundAgent),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoundAgent {
+    client: String,
+    subject: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,29 +425,60 @@ impl RawClientAuth {
 
 impl RawOidc {
     /// `agent_clients`: each a name an agent may have (no `@`: that is an
-    /// agent acting for a person; no `/`), and not the client people sign
-    /// in through (`login_client_id`), whose tokens are people's.
-    fn agent_clients(&self, key: &dyn Fn(&str) -> String) -> Result<Option<Vec<String>>, Invalid> {
+    /// agent acting for a person; no `/`), and not a client people sign
+    /// in through (`login_client_id`, `people_clients`), whose tokens are
+    /// people's; `people_clients` only beside it.
+    fn agent_clients(
+        &self,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(Option<Vec<AgentClient>>, Vec<String>), Invalid> {
         let Some(list) = &self.agent_clients else {
-            return Ok(None);
+            if self.people_clients.is_some() {
+                return Err(invalid(
+                    key("people_clients"),
+                    "only with agent_clients (without it, every token that is not an agent's is a person's)",
+                ));
+            }
+            return Ok((None, Vec::new()));
         };
-        for c in list {
-            if portcullis_identity::validate_subject(&format!("agent:{c}")).is_err()
-                || portcullis_identity::is_delegated(&format!("agent:{c}"))
+        let mut people: Vec<String> = self.people_clients.clone().unwrap_or_default();
+        people.extend(self.login_client_id.clone());
+        let mut agents = Vec::with_capacity(list.len());
+        for entry in list {
+            let (client, subject) = match entry {
+                RawAgentClient::Named(c) => (c, c),
+                RawAgentClient::Bound(b) => (&b.client, &b.subject),
+            };
+            let name = format!("agent:{client}");
+            if portcullis_identity::validate_subject(&name).is_err()
+                || portcullis_identity::is_delegated(&name)
+                || client.contains(':')
             {
                 return Err(invalid(
                     key("agent_clients"),
-                    format!("{c:?} is not a name an agent may have (letters, digits, - _ .)"),
+                    format!("{client:?} is not a name an agent may have (letters, digits, - _ .)"),
                 ));
             }
-            if self.login_client_id.as_deref() == Some(c.as_str()) {
+            if subject.is_empty() {
                 return Err(invalid(
                     key("agent_clients"),
-                    format!("{c:?} is login_client_id, the client people sign in through"),
+                    format!("{client:?}: an empty subject"),
                 ));
             }
+            if people.contains(client) {
+                return Err(invalid(
+                    key("agent_clients"),
+                    format!(
+                        "{client:?} is a client people sign in through (login_client_id or people_clients)"
+                    ),
+                ));
+            }
+            agents.push(AgentClient {
+                client: client.clone(),
+                subject: subject.clone(),
+            });
         }
-        Ok(Some(list.clone()))
+        Ok((Some(agents), people))
     }
 
     fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<OidcIssuer, Invalid> {
@@ -455,6 +506,7 @@ impl RawOidc {
             return Err(invalid(key("algorithms"), "list at least one algorithm"));
         }
         let leeway = duration(&key("leeway"), self.leeway.as_deref().unwrap_or("60s"))?;
+        let (agent_clients, people_clients) = self.agent_clients(key)?;
         let refresh_interval = duration(
             &key("refresh_interval"),
             self.refresh_interval.as_deref().unwrap_or("1h"),
@@ -472,7 +524,8 @@ impl RawOidc {
                 leeway_secs: leeway.as_secs(),
                 namespace: portcullis_identity::Namespace::from_config(self.namespace.as_deref())
                     .map_err(|e| invalid(key("namespace"), e))?,
-                agent_clients: self.agent_clients(key)?,
+                agent_clients,
+                people_clients,
             },
             ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
             refresh_interval,
@@ -942,6 +995,13 @@ impl Root {
             None => None,
             Some(o) => Some(o.validate(&oidc, base)?),
         };
+        // People sign in through the gateway's own client too.
+        if let Some(o) = &oauth
+            && let Some(i) = oidc.iter_mut().find(|i| i.settings.issuer == o.issuer)
+            && i.settings.agent_clients.is_some()
+        {
+            i.settings.people_clients.push(o.client_id.clone());
+        }
         let console = self.console.validate()?;
         let mut saml = match &self.saml {
             None => None,

@@ -528,37 +528,73 @@ fn client_auth_per_listener() {
 }
 
 /// `agent_clients` on an issuer: names an agent may have, never the
-/// clients people sign in through.
+/// clients people sign in through, which it collects (`people_clients`,
+/// `login_client_id`, `[oauth] client_id`).
 #[test]
 fn agent_clients_are_agent_names_and_not_the_sign_in_clients() {
+    use portcullis_identity::oidc::AgentClient;
     let base = "[[oidc]]\nissuer = \"https://i\"\naudiences = [\"a\"]\nlogin_client_id = \"cli\"\n";
     let c = parse(&with(&format!(
-        "{base}agent_clients = [\"ci-bot\", \"deployer\"]\n"
+        "{base}agent_clients = [\"ci-bot\", {{ client = \"kc-bot\", subject = \"5f0c\" }}]\npeople_clients = [\"app\"]\n[oauth]\nclient_id = \"gw\"\n"
     )))
     .unwrap();
+    let s = &c.oidc[0].settings;
     assert_eq!(
-        c.oidc[0].settings.agent_clients,
-        Some(vec!["ci-bot".to_string(), "deployer".to_string()])
+        s.agent_clients,
+        Some(vec![
+            AgentClient {
+                client: "ci-bot".into(),
+                subject: "ci-bot".into()
+            },
+            AgentClient {
+                client: "kc-bot".into(),
+                subject: "5f0c".into()
+            },
+        ])
     );
-    assert_eq!(
-        parse(&with(base)).unwrap().oidc[0].settings.agent_clients,
-        None
-    );
-    for bad in ["claude@alice", "a/b", "", "a b"] {
+    assert_eq!(s.people_clients, vec!["app", "cli", "gw"]);
+    let plain = parse(&with(base)).unwrap();
+    assert_eq!(plain.oidc[0].settings.agent_clients, None);
+    assert!(plain.oidc[0].settings.people_clients.is_empty());
+    for bad in ["claude@alice", "a/b", "", "a b", "a:b"] {
         let e = err(&with(&format!("{base}agent_clients = [\"{bad}\"]\n")));
         assert!(e.contains("oidc[0].agent_clients"), "{bad}: {e}");
     }
-    let e = err(&with(&format!("{base}agent_clients = [\"cli\"]\n")));
-    assert!(
-        e.contains("oidc[0].agent_clients") && e.contains("login_client_id"),
-        "{e}"
-    );
+    let e = err(&with(&format!(
+        "{base}agent_clients = [{{ client = \"x\", subject = \"\" }}]\n"
+    )));
+    assert!(e.contains("oidc[0].agent_clients"), "{e}");
+    for people in ["cli", "app"] {
+        let e = err(&with(&format!(
+            "{base}agent_clients = [\"{people}\"]\npeople_clients = [\"app\"]\n"
+        )));
+        assert!(
+            e.contains("oidc[0].agent_clients") && e.contains("sign in"),
+            "{e}"
+        );
+    }
     let e = err(&with(&format!(
         "{base}agent_clients = [\"gw\"]\n[oauth]\nclient_id = \"gw\"\n"
     )));
     assert!(
         e.contains("oauth.client_id") && e.contains("agent_clients"),
         "{e}"
+    );
+    let e = err(&with(&format!("{base}people_clients = [\"app\"]\n")));
+    assert!(e.contains("oidc[0].people_clients"), "{e}");
+    // Who is a person is part of the naming compared between starts (a
+    // change revokes what was minted for people); unset adds nothing.
+    let naming = |extra: &str| {
+        parse(&with(&format!("{base}{extra}")))
+            .unwrap()
+            .naming(None)
+    };
+    let none = naming("");
+    let one = naming("agent_clients = [\"ci-bot\"]\n");
+    let two = naming("agent_clients = [\"ci-bot\"]\npeople_clients = [\"app\"]\n");
+    assert!(
+        !none.contains("agents=") && one != two && none != one,
+        "{none} {one} {two}"
     );
 }
 

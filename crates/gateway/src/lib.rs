@@ -569,6 +569,17 @@ async fn shared(
                 sha256 = ca.fingerprint(),
                 "internal CA: its certificates name any principal"
             );
+            // A review put a partner's CA alone in the default `ca.pem`:
+            // taken as the internal CA, it named any principal, whatever
+            // a listener's `namespace` said.
+            if !cfg.gateway.internal_ca_set
+                && !cfg.gateway.internal_ca.with_file_name("ca.key").exists()
+            {
+                tracing::warn!(
+                    path = %cfg.gateway.internal_ca.display(),
+                    "taken as the internal CA by default, though no ca.key is beside it: if this is another CA (a partner's), its certificates name any principal; set [gateway] internal_ca to the gateway's own CA"
+                );
+            }
             Some(ca)
         }
         Ok(None) => {

@@ -90,9 +90,17 @@ pub enum OidcError {
     #[error("claim {0:?} has an unusable value")]
     BadClaim(String),
     #[error(
-        "client {0:?} has no person behind its token and is not among this issuer's agent_clients"
+        "client {0:?} is neither among this issuer's agent_clients nor a client people sign in \
+         through (people_clients, login_client_id, [oauth] client_id)"
     )]
-    NotAnAgentClient(String),
+    UnknownClient(String),
+    #[error(
+        "client {0:?} is among agent_clients, but the token's sub is not its own: a person \
+         signed in through an agent's client is not that agent"
+    )]
+    NotTheAgent(String),
+    #[error("the token names no client (client_id, azp or one aud), which agent_clients needs")]
+    NoClient,
     #[error("keys of issuer {0} are unavailable")]
     KeysUnavailable(String),
     #[error("the token's header lists critical extension {0:?}, which is not supported")]
@@ -121,9 +129,22 @@ pub struct IssuerSettings {
     pub leeway_secs: u64,
     /// Whose names the issuer's tokens carry.
     pub namespace: crate::Namespace,
-    /// `agent_clients`: the clients whose tokens are agents'. `None`: a
-    /// token whose `sub` equals its `client_id` is (client credentials).
-    pub agent_clients: Option<Vec<String>>,
+    /// `agent_clients`: the clients whose tokens are agents', each with
+    /// the `sub` its own tokens carry. `None`: a token whose `sub` equals
+    /// its `client_id` is (client credentials).
+    pub agent_clients: Option<Vec<AgentClient>>,
+    /// With `agent_clients`, the clients people sign in through
+    /// (`people_clients`, `login_client_id`, `[oauth] client_id`): a token
+    /// of any other client is refused.
+    pub people_clients: Vec<String>,
+}
+
+/// A client whose tokens are an agent's: `agent:CLIENT`, for tokens whose
+/// `sub` is `subject` (the client's own service account), and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentClient {
+    pub client: String,
+    pub subject: String,
 }
 
 /// Peek at the unverified `iss` claim, to choose which issuer's keys to
@@ -326,26 +347,58 @@ fn verify_claims(
 
 /// The client a token is an agent's, if it is one. Without a list, a
 /// token with no human behind it (client credentials: `sub` equals
-/// `client_id`) is. With `agent_clients`, a token whose client (its
-/// `client_id`, else `azp`, RFC 9068 and OIDC) is listed is, whatever its
-/// `sub` (Keycloak's service accounts have a `sub` of their own), and a
-/// client-credentials token of an unlisted client is refused: one a
-/// provider let a person's `sub` equal, or a client anyone may register,
-/// would otherwise name an agent.
+/// `client_id`) is: a provider that lets a person's `sub` equal a client's
+/// id, or anyone register a client, then names agents, and one whose
+/// machine tokens carry a `sub` of their own names machines people.
+/// With `agent_clients` every token must say which client it was issued
+/// to ([`client_of`]), and that client decides: a listed agent client's
+/// token is the agent when its `sub` is the client's own (a person signed
+/// in through that client is refused, not made the agent: review), a
+/// people client's token is a person's, and any other client's token is
+/// refused.
 fn agent_client<'a>(
     claims: &'a Value,
     sub: &str,
     settings: &IssuerSettings,
 ) -> Result<Option<&'a str>, OidcError> {
-    let client_id = claims.get("client_id").and_then(Value::as_str);
-    let Some(listed) = &settings.agent_clients else {
+    let Some(agents) = &settings.agent_clients else {
+        let client_id = claims.get("client_id").and_then(Value::as_str);
         return Ok(client_id.filter(|c| *c == sub));
     };
-    let client = client_id.or_else(|| claims.get("azp").and_then(Value::as_str));
-    match client {
-        Some(c) if listed.iter().any(|l| l == c) => Ok(Some(c)),
-        Some(c) if c == sub => Err(OidcError::NotAnAgentClient(c.chars().take(100).collect())),
-        _ => Ok(None),
+    let client = client_of(claims)?;
+    let shown = || client.chars().take(100).collect::<String>();
+    if let Some(agent) = agents.iter().find(|a| a.client == client) {
+        return match agent.subject == sub {
+            true => Ok(Some(client)),
+            false => Err(OidcError::NotTheAgent(shown())),
+        };
+    }
+    if settings.people_clients.iter().any(|p| p == client) {
+        return Ok(None);
+    }
+    Err(OidcError::UnknownClient(shown()))
+}
+
+/// The client a token was issued to: its `client_id` (RFC 9068 access
+/// tokens), else `azp`, else its one audience (an ID token's client). A
+/// claim that is there but not a non-empty string is refused, never
+/// skipped for the next (a review found `client_id: 7` fell through to
+/// `azp`).
+fn client_of(claims: &Value) -> Result<&str, OidcError> {
+    for name in ["client_id", "azp"] {
+        match claims.get(name) {
+            None => continue,
+            Some(Value::String(s)) if !s.is_empty() => return Ok(s),
+            Some(_) => return Err(OidcError::BadClaim(name.into())),
+        }
+    }
+    match claims.get("aud") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::Array(a)) if a.len() == 1 => match &a[0] {
+            Value::String(s) if !s.is_empty() => Ok(s),
+            _ => Err(OidcError::BadClaim("aud".into())),
+        },
+        _ => Err(OidcError::NoClient),
     }
 }
 

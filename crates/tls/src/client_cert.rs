@@ -185,6 +185,29 @@ impl OwnCa {
                 .verify_client_cert(&CertificateDer::from(der), &[], UnixTime::now())
                 .is_ok()
     }
+
+    /// Whether the CA signed `der` itself, at any time: checked at a
+    /// moment inside the certificate's own validity, so that an expired
+    /// certificate of this CA is still known for one of its (a review
+    /// found an internal certificate expiring on a kept-alive connection
+    /// fell through to another CA's namespace, and its name with it).
+    fn signed(&self, der: &[u8]) -> bool {
+        let Some(span) = validity(der) else {
+            return false;
+        };
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            span.start().saturating_add(1).max(0) as u64,
+        ));
+        self.verifier
+            .verify_client_cert(&CertificateDer::from(der), &[], at)
+            .is_ok()
+    }
+}
+
+/// A certificate's validity, Unix seconds.
+fn validity(der: &[u8]) -> Option<std::ops::RangeInclusive<i64>> {
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some(c.validity().not_before.timestamp()..=c.validity().not_after.timestamp())
 }
 
 /// How many certificates in the PEM bundle at `path` are not `own`.
@@ -204,7 +227,27 @@ pub fn principal_for(
     own: Option<&OwnCa>,
 ) -> Result<String, CertNameError> {
     let (principal, domain) = named(der, &policy.order)?;
-    let ours = own.is_some_and(|ca| ca.issued(der));
+    // The handshake checked the dates once; a kept-alive connection asks
+    // again on every request, and its certificate may have expired since.
+    if !validity(der).is_some_and(|v| v.contains(&unix_now())) {
+        return Err(CertNameError::NotAccepted(
+            principal,
+            "the certificate is outside its validity period".into(),
+        ));
+    }
+    let ours = match own {
+        Some(ca) if ca.signed(der) => {
+            if !ca.valid.contains(&unix_now()) {
+                return Err(CertNameError::NotAccepted(
+                    principal,
+                    "the internal CA (internal_ca) that issued it is outside its validity period"
+                        .into(),
+                ));
+            }
+            true
+        }
+        _ => false,
+    };
     if domain.as_deref() == Some(SPIFFE_DOMAIN) {
         if ours {
             return Ok(principal);
@@ -560,12 +603,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (own, _, _) = two_cas(dir.path(), &["agent:x"]);
         // A client certificate from the CA in `sub` with the CN `cn` and
-        // the names `sans`.
-        let issue = |sub: &str, cn: &str, sans: Vec<SanType>| {
+        // the names `sans`, valid until `until` (a year).
+        let issue_until = |sub: &str, cn: &str, sans: Vec<SanType>, until: i32| {
             let read = |f: &str| std::fs::read_to_string(dir.path().join(sub).join(f)).unwrap();
             let key = KeyPair::from_pem(&read("ca.key")).unwrap();
             let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), key).unwrap();
             let mut p = CertificateParams::default();
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(until, 1, 1);
             p.distinguished_name.push(DnType::CommonName, cn);
             p.subject_alt_names = sans;
             p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
@@ -574,6 +619,7 @@ mod tests {
                 .der()
                 .to_vec()
         };
+        let issue = |sub: &str, cn: &str, sans: Vec<SanType>| issue_until(sub, cn, sans, 2090);
         let policy = |foreign: ForeignNames| CertPolicy {
             kinds: vec!["agent".into(), "user".into()],
             trust_domains: vec!["corp".into()],
@@ -626,6 +672,21 @@ mod tests {
         let delegated = issue("other", "agent:claude@alice", vec![]);
         let e = principal_for(&delegated, &partner, Some(&own)).unwrap_err();
         assert!(e.to_string().contains("acting for a person"), "{e}");
+        // A review found an internal certificate that had expired (on a
+        // kept-alive connection, whose handshake saw it valid) named the
+        // partner's `agent:partner/deployer`: an expired certificate names
+        // nobody, whoever issued it, and so does a certificate of an
+        // internal CA past its own dates.
+        for sub in ["own", "other"] {
+            let expired = issue_until(sub, "deployer", vec![], 2021);
+            let e = principal_for(&expired, &partner, Some(&own)).unwrap_err();
+            assert!(e.to_string().contains("validity"), "{e}");
+        }
+        let mut aged = OwnCa::load_one(&dir.path().join("own/ca.pem")).unwrap();
+        aged.valid = 0..=1;
+        let mine = issue("own", "deployer", vec![]);
+        let e = principal_for(&mine, &partner, Some(&aged)).unwrap_err();
+        assert!(e.to_string().contains("internal_ca"), "{e}");
         // What the gateway counts at start to warn of a bundle whose other
         // CAs name nobody.
         let pem = |sub: &str| std::fs::read_to_string(dir.path().join(sub).join("ca.pem")).unwrap();

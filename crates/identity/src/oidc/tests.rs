@@ -35,6 +35,7 @@ fn settings() -> IssuerSettings {
         leeway_secs: 30,
         namespace: crate::Namespace::default(),
         agent_clients: None,
+        people_clients: Vec::new(),
     }
 }
 
@@ -106,70 +107,116 @@ fn client_credentials_token_is_an_agent() {
     assert!(p.groups.is_empty());
 }
 
-/// `agent_clients`: only the listed clients' tokens are agents'. Without
-/// the list a provider that let a person's `sub` equal a client's id (or
-/// let anyone register a client) named an agent, and one whose machine
-/// tokens carry a `sub` of their own (Keycloak's service accounts) named
-/// machines people.
+/// `agent_clients`: with the list, the client a token was issued to
+/// decides. Without it a provider that let a person's `sub` equal a
+/// client's id (or let anyone register a client) named an agent, and one
+/// whose machine tokens carry a `sub` of their own (Keycloak's service
+/// accounts) named machines people.
 #[test]
-fn with_agent_clients_only_the_listed_clients_are_agents() {
+fn with_agent_clients_the_tokens_client_decides() {
+    use crate::oidc::AgentClient;
     let i = issuer("k1");
     let listed = IssuerSettings {
-        agent_clients: Some(vec!["ci-bot".into()]),
+        agent_clients: Some(vec![
+            AgentClient {
+                client: "ci-bot".into(),
+                subject: "ci-bot".into(),
+            },
+            AgentClient {
+                client: "kc-bot".into(),
+                subject: "5f0c-service-account".into(),
+            },
+        ]),
+        people_clients: vec!["portcullis-cli".into()],
         ..settings()
     };
-    let token = |pairs: &[(&str, &str)]| {
+    let token = |pairs: &[(&str, Value)]| {
         let mut c = claims();
         c.as_object_mut().unwrap().remove("groups");
         for (k, v) in pairs {
-            c[*k] = json!(v);
+            c[*k] = v.clone();
         }
         sign(&i, "k1", &c)
     };
-    let as_listed = |t: &str| check_as(listed.clone(), t, &keys_of(&i));
-    let subject = |r: Result<crate::Principal, OidcError>| r.map(|p| p.subject);
-    // Client credentials of the listed client.
-    let t = token(&[("sub", "ci-bot"), ("client_id", "ci-bot")]);
-    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
+    let s = |v: &str| json!(v);
+    let as_listed = |t: &str| check_as(listed.clone(), t, &keys_of(&i)).map(|p| p.subject);
+    // Client credentials of a listed client.
+    let t = token(&[("sub", s("ci-bot")), ("client_id", s("ci-bot"))]);
+    assert_eq!(as_listed(&t), Ok("agent:ci-bot".into()));
     // A service account with a `sub` of its own, its client in `azp`.
-    let t = token(&[("sub", "5f0c-service-account"), ("azp", "ci-bot")]);
-    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
+    let kc = token(&[("sub", s("5f0c-service-account")), ("azp", s("kc-bot"))]);
+    assert_eq!(as_listed(&kc), Ok("agent:kc-bot".into()));
     // Without the list that token was a person's.
     assert_eq!(
-        subject(check_as(settings(), &t, &keys_of(&i))),
+        check_as(settings(), &kc, &keys_of(&i)).map(|p| p.subject),
         Ok("user:5f0c-service-account".into())
     );
-    // `client_id` is the client when both are there.
-    let t = token(&[("sub", "x"), ("client_id", "ci-bot"), ("azp", "other")]);
-    assert_eq!(subject(as_listed(&t)), Ok("agent:ci-bot".into()));
-    // Client credentials of a client nobody listed: refused, where the
-    // old rule made it `agent:rogue`.
-    let t = token(&[("sub", "rogue"), ("client_id", "rogue")]);
-    assert_eq!(
-        subject(as_listed(&t)),
-        Err(OidcError::NotAnAgentClient("rogue".into()))
-    );
-    assert_eq!(
-        subject(check_as(settings(), &t, &keys_of(&i))),
-        Ok("agent:rogue".into())
-    );
-    // A person through another client, even one whose `sub` is a
-    // listed client's name, stays a person.
+    // A person signed in through an agent's client is refused, not made
+    // the agent (found in review: the first version named any token of a
+    // listed client the agent, groups and all).
+    for (sub, client) in [
+        ("alice", "ci-bot"),
+        ("alice", "kc-bot"),
+        ("ci-bot", "kc-bot"),
+    ] {
+        let t = token(&[("sub", s(sub)), ("azp", s(client))]);
+        assert_eq!(as_listed(&t), Err(OidcError::NotTheAgent(client.into())));
+    }
+    // People through a people client, whatever their `sub`.
     for sub in ["alice", "ci-bot"] {
-        let t = token(&[("sub", sub), ("client_id", "portcullis-cli")]);
-        assert_eq!(subject(as_listed(&t)), Ok(format!("user:{sub}")));
-        let t = token(&[("sub", sub), ("azp", "portcullis-cli")]);
-        assert_eq!(subject(as_listed(&t)), Ok(format!("user:{sub}")));
+        let t = token(&[("sub", s(sub)), ("client_id", s("portcullis-cli"))]);
+        assert_eq!(as_listed(&t), Ok(format!("user:{sub}")));
+    }
+    // An ID token names its client in its one audience.
+    let t = token(&[("aud", s("portcullis-cli"))]);
+    assert_eq!(
+        check_as(
+            IssuerSettings {
+                audiences: vec!["portcullis-cli".into()],
+                ..listed.clone()
+            },
+            &t,
+            &keys_of(&i)
+        )
+        .map(|p| p.subject),
+        Ok("user:alice".into())
+    );
+    // Any other client: refused, however its `sub` looks (the old rule
+    // made a client-credentials token `agent:rogue`, and a machine token
+    // with a `sub` of its own a person).
+    for sub in ["rogue", "6a1d-machine"] {
+        let t = token(&[("sub", s(sub)), ("client_id", s("rogue"))]);
+        assert_eq!(as_listed(&t), Err(OidcError::UnknownClient("rogue".into())));
+    }
+    // No client named: only the gateway's audience, which no client is.
+    assert_eq!(
+        as_listed(&token(&[])),
+        Err(OidcError::UnknownClient("portcullis".into()))
+    );
+    let mut c = claims();
+    c["aud"] = json!(["portcullis", "other"]);
+    assert_eq!(
+        check_as(listed.clone(), &sign(&i, "k1", &c), &keys_of(&i)).map(|p| p.subject),
+        Err(OidcError::NoClient)
+    );
+    // A claim there but unusable is refused, not skipped for the next
+    // (review: `client_id: 7` fell through to `azp`).
+    for bad in [json!(7), json!(""), json!(["ci-bot"])] {
+        let t = token(&[
+            ("sub", s("ci-bot")),
+            ("client_id", bad),
+            ("azp", s("ci-bot")),
+        ]);
+        assert_eq!(as_listed(&t), Err(OidcError::BadClaim("client_id".into())));
     }
     // Under a namespace, as any agent.
     let spaced = IssuerSettings {
         namespace: crate::Namespace::Own("partner".into()),
         ..listed.clone()
     };
-    let t = token(&[("sub", "5f0c"), ("azp", "ci-bot")]);
     assert_eq!(
-        subject(check_as(spaced, &t, &keys_of(&i))),
-        Ok("agent:partner/ci-bot".into())
+        check_as(spaced, &kc, &keys_of(&i)).map(|p| p.subject),
+        Ok("agent:partner/kc-bot".into())
     );
 }
 
