@@ -984,6 +984,20 @@ connections = ["*"]
     ]);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("internal_ca"), "{}", r.body);
+    gw.stop();
+
+    // A review put a partner's CA alone in the default `ca.pem`: taken as
+    // the internal CA, it names any principal. Without the `ca.key` the
+    // gateway's own CA has beside it, the gateway says so at start.
+    let partner = std::fs::read_to_string(other.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("ca.pem"), partner).unwrap();
+    std::fs::rename(dir.join("ca.key"), dir.join("ca.key.away")).unwrap();
+    let (gw, _) = gateway_with_config(dir, &config(""));
+    assert!(
+        gw.logs().contains("no ca.key is beside it"),
+        "{}",
+        gw.logs()
+    );
 }
 
 /// `agent_clients` with the real provider: its `ci-bot` client-credentials
