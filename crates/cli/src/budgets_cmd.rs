@@ -43,6 +43,12 @@ pub(crate) async fn run(cli: &crate::Cli, cmd: &BudgetsCommand) -> anyhow::Resul
     if list.is_empty() {
         eprintln!("no grant has a budget");
     }
+    // An agent acting for a person spends that person's budget.
+    if let (Some(shown), Some(counted)) = (v["principal"].as_str(), v["counted_under"].as_str())
+        && shown != counted
+    {
+        println!("{shown}: use is counted under {counted}, whose agents share it");
+    }
     for b in &list {
         let used = match b["used"].as_u64() {
             Some(u) => format!("{u} of {}", b["limit"]),

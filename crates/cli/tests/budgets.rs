@@ -985,3 +985,69 @@ fn an_approver_lifts_a_rows_budget_for_one_psql_session() {
         .collect();
     assert_eq!(rows, ["1", "2", "3", "4", "5", "6", "7"], "{said}");
 }
+
+/// What a delegated agent spends is kept under its person (minting agents
+/// must not multiply a budget); asked for its own budgets, the agent is
+/// shown that use, where it was shown its own name's (none: the last
+/// stop's "left for later").
+#[test]
+fn a_delegated_agent_is_shown_the_use_counted_under_its_person() {
+    let (s, a, _b) = setup();
+    // A token alice minted for `agent:claude`, written to the store as the
+    // gateway writes one (minting needs her sign-in at a provider).
+    let cfg = std::fs::read_to_string(s.dir.join("portcullis.toml")).unwrap();
+    let store_url = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"postgres://postgres@localhost:"))
+        .map(|rest| {
+            format!(
+                "postgres://postgres:{PG_PASSWORD}@localhost:{}",
+                rest.trim_end_matches('"')
+            )
+        })
+        .unwrap();
+    let minted = portcullis_identity::token::generate().unwrap();
+    let groups = vec!["testers".to_string()];
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = portcullis_store::Store::open(&store_url).await.unwrap();
+        store
+            .insert_token(&portcullis_store::NewTokenRow {
+                hash: minted.hash,
+                subject: "agent:claude@alice",
+                groups: &groups,
+                created_at: portcullis_identity::unix_now(),
+                expires_at: None,
+                on_behalf_of: Some("user:alice"),
+                audience: None,
+                oauth_family: None,
+            })
+            .await
+            .unwrap();
+    });
+    let out = psql(&a, &s, &minted.secret, "SELECT generate_series(1, 3);\n");
+    assert!(out.status.success(), "{}", both(&out));
+    let rows = budget_shown(&a, &s, &minted.secret, "readers", "rows");
+    assert_eq!(rows["used"].as_u64(), Some(3), "{rows}");
+    let show = Command::new(BIN)
+        .args(["budgets", "show", "--json"])
+        .env("PORTCULLIS_URL", &a.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &minted.secret)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(v["principal"], "agent:claude@alice", "{v}");
+    assert_eq!(v["counted_under"], "user:alice", "{v}");
+    let plain = Command::new(BIN)
+        .args(["budgets", "show"])
+        .env("PORTCULLIS_URL", &a.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", &minted.secret)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap();
+    let text = both(&plain);
+    assert!(text.contains("counted under user:alice"), "{text}");
+    assert!(text.contains(": 3 of 5"), "{text}");
+}

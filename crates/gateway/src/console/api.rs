@@ -813,11 +813,19 @@ pub async fn budgets(
             },
         ));
     }
+    // What a delegated agent spends is kept under its person (minting
+    // agents must not multiply a budget): asked for its own, that is the
+    // use to show. (Another principal's is shown under its name: whether
+    // a token of that name was minted by its person is the token's.)
+    let counted = match principal == who.subject {
+        true => who.accountable(),
+        false => principal,
+    };
     let mut out = Vec::new();
     for g in ctx.policy.grants().iter().filter(|g| !g.budgets.is_empty()) {
         for l in &g.budgets {
             let (used, first) = if l.per.minutes().is_some() {
-                let (u, f) = ctx.budgets.used(principal, &g.name, l).await.map_err(|e| {
+                let (u, f) = ctx.budgets.used(counted, &g.name, l).await.map_err(|e| {
                     tracing::error!(error = %e, "reading budgets failed");
                     ProxyError::Budget(portcullis_front::BudgetError::Unavailable(g.name.clone()))
                 })?;
@@ -834,6 +842,6 @@ pub async fn budgets(
     }
     Ok(portcullis_http::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "principal": principal, "budgets": out }),
+        &serde_json::json!({ "principal": principal, "counted_under": counted, "budgets": out }),
     ))
 }
