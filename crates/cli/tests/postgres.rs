@@ -1211,6 +1211,61 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
         assert!(rows.iter().any(
             |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("7"))
         ));
+        // Anywhere but a comparison with a column the token stays a token:
+        // a review read the value back through the caller's own
+        // expressions, an alias and a setting, and broke out of a
+        // dollar-quoted string with a value holding `$$`.
+        let one = |sql: String| {
+            let c = &c;
+            async move {
+                let rows = c.simple_query(&sql).await.unwrap();
+                let mut out = String::new();
+                for m in rows {
+                    match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            let name = r.columns()[0].name().to_string();
+                            out.push_str(&format!("{name}={}", r.get(0).unwrap_or("")));
+                        }
+                        tokio_postgres::SimpleQueryMessage::RowDescription(_) => {}
+                        _ => {}
+                    }
+                }
+                out
+            }
+        };
+        let reversed: String = token.chars().rev().collect();
+        assert_eq!(
+            one(format!("select reverse('{token}') as r")).await,
+            format!("r={reversed}")
+        );
+        assert_eq!(
+            one(format!("select '{token}' = 'dana@' || 'example.com' as r")).await,
+            "r=f"
+        );
+        assert_eq!(
+            one(format!("select $${token}$$ as r")).await,
+            format!("r={token}")
+        );
+        let alias = one(format!("select 1 as \"{token}\"")).await;
+        assert_eq!(alias, format!("{token}=1"));
+        c.simple_query(&format!("set application_name = '{token}'"))
+            .await
+            .unwrap();
+        assert_eq!(
+            one("show application_name".into()).await,
+            format!("application_name={token}")
+        );
+        // A token beside a comparison and elsewhere: not swapped at all.
+        let n = c
+            .query(
+                &format!(
+                    "select id from {table} where email = '{token}' and length('{token}') > 0"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(n.is_empty());
         // Another session never saw that token: it is not swapped there.
         let other = g.client("tokens", &g.token).await.unwrap();
         let n = other

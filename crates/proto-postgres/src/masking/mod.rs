@@ -9,6 +9,7 @@
 pub mod binary;
 mod notices;
 pub mod sources;
+mod swap;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -439,24 +440,23 @@ fn row_description(
 
 impl MaskInspector {
     /// A statement with the session's reversible tokens swapped back for
-    /// their originals (as SQL string content: quotes doubled).
+    /// their originals (as SQL string content: quotes doubled), where
+    /// every token is a plain literal compared with a column
+    /// ([`swap::only_compared`]); any other statement goes as it is.
     fn reverse(&self, msg: &Message) -> Option<Message> {
         if self.vault.is_empty() {
             return None;
         }
-        let sql_literal = |o: &str| o.replace('\'', "''");
         match msg.tag {
             tag::QUERY => {
                 let sql = crate::messages::query_text(msg)?;
-                Some(crate::messages::query(
-                    &self.vault.reverse(&sql, sql_literal)?,
-                ))
+                Some(crate::messages::query(&self.swapped(&sql)?))
             }
             tag::PARSE => {
                 let mut b = &msg.body[..];
                 let name = take_cstr(&mut b)?;
                 let sql = take_cstr(&mut b)?;
-                let new = self.vault.reverse(&sql, sql_literal)?;
+                let new = self.swapped(&sql)?;
                 // Keep the parameter types that follow the SQL.
                 let mut out = BytesMut::with_capacity(msg.body.len() + 64);
                 out.put_slice(name.as_bytes());
@@ -468,6 +468,20 @@ impl MaskInspector {
             }
             _ => None,
         }
+    }
+
+    /// `sql` with its tokens swapped back, if they all may be.
+    fn swapped(&self, sql: &str) -> Option<String> {
+        let originals = self.vault.originals_in(sql);
+        // A backslash is an escape in a literal where the session turned
+        // standard_conforming_strings off, and a NUL ends the message.
+        if originals.iter().any(|o| o.contains(['\\', '\0'])) {
+            return None;
+        }
+        if !swap::only_compared(sql, |t| self.vault.knows(t), originals.len()) {
+            return None;
+        }
+        self.vault.reverse(sql, |o| o.replace('\'', "''"))
     }
 
     /// A message from the target, when no statement is being ended.
