@@ -636,6 +636,29 @@ fn a_held_request_shows_the_callers_tokens_not_their_values() {
     let action = mine.json()["action"].as_str().unwrap().to_string();
     assert!(action.contains(&format!("email={enc}")), "{action}");
     assert!(!mine.body.contains("erin"), "{}", mine.body);
+    // A refused method override does not quote what the target would
+    // have read (found in review: the value, upper-cased).
+    for (q, b) in [
+        (format!("?_method={enc}&_method=GET"), String::new()),
+        (String::new(), format!(r#"{{"_method":"{token}"}}"#)),
+    ] {
+        let r = curl(&[
+            "--cacert",
+            &s.ca,
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &b,
+            &format!("{}/c/api-tokens/users{q}", s.gw.url),
+        ]);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("method override"), "{}", r.body);
+        assert!(!r.body.to_lowercase().contains("erin"), "{}", r.body);
+    }
     // Approved, the identical request runs, and the target gets the value.
     assert!(s.decide(&s.dave, "approve", &id, None).status.success());
     let r = del();

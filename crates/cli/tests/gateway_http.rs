@@ -710,6 +710,18 @@ fn reversible_tokens_are_swapped_back_on_the_way_in() {
         "{from_caller}"
     );
     assert!(!from_caller.contains("erin"), "{from_caller}");
+    // Nor does the recorded length tell the value's (review).
+    let posted = recordings
+        .iter()
+        .find(|r| r["type"] == "http_request" && r["method"] == "POST")
+        .unwrap();
+    let length = posted["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "content-length")
+        .map(|h| h[1].as_str().unwrap().to_string());
+    assert_eq!(length, Some(body.len().to_string()), "{posted}");
 }
 
 /// A caller opening connections past the per-peer cap gets a clear 503

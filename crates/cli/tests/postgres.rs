@@ -1179,6 +1179,47 @@ fn masking_has_no_side_doors() {
     ));
 }
 
+/// Found in review: `set_config('application_name', email, false)` had
+/// the target report a row's value as a setting (ParameterStatus), which
+/// reached the caller unmasked. Free-text settings go through the masker.
+#[test]
+fn a_setting_the_target_reports_is_masked() {
+    let g = PgGateway::start();
+    let table = format!("rep_{}", std::process::id());
+    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com')")], None).status.success());
+    let answers = rt().block_on(async {
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "tokens", &g.token).await;
+        w.query(&format!(
+            "select set_config('application_name', email, false) from {table}"
+        ))
+        .await;
+        let a = w.until(b'Z').await;
+        w.terminate().await;
+        a
+    });
+    let reported: Vec<String> = answers
+        .iter()
+        .filter(|(t, _)| *t == b'S')
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(
+        reported
+            .iter()
+            .any(|r| r.starts_with("application_name\0[EMAIL:")),
+        "{reported:?}"
+    );
+    let everything: String = answers
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(!everything.contains("quinn"), "{everything}");
+    assert!(
+        g.psql("rw", &["-q", "-c", &format!("drop table {table}")], None)
+            .status
+            .success()
+    );
+}
+
 #[test]
 fn reversible_tokens_can_be_sent_back_in_the_same_session() {
     let g = PgGateway::start();

@@ -327,6 +327,29 @@ struct Seen<'a> {
     bytes_from_caller: Option<u64>,
 }
 
+/// What a request's recording shows where it differs from what goes to
+/// the target: the caller's own path and body length, where masking
+/// swapped reversible tokens back (a swapped body's length would tell the
+/// caller the value's: review).
+struct Recorded<'a> {
+    path: &'a str,
+    body_len: Option<usize>,
+}
+
+impl Recorded<'_> {
+    fn headers(&self, headers: &http::HeaderMap) -> Vec<(String, String)> {
+        let mut out = recorded_headers(headers);
+        if let Some(n) = self.body_len {
+            for (name, value) in out.iter_mut() {
+                if name.eq_ignore_ascii_case("content-length") {
+                    *value = n.to_string();
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A request on its way to the target, after the caller's checks.
 struct Outgoing {
     parts: http::request::Parts,
@@ -511,17 +534,15 @@ impl Inner {
         if !self.ctx.is_current() {
             return Err(ProxyError::ConfigChanged);
         }
-        let recorded = recorded_pq
-            .as_deref()
-            .or(parts.uri.path_and_query().map(|p| p.as_str()));
+        let recorded = Recorded {
+            path: recorded_pq
+                .as_deref()
+                .or(parts.uri.path_and_query().map(|p| p.as_str()))
+                .unwrap_or_default(),
+            body_len: caller_body.as_ref().map(|b| b.len()),
+        };
         let (live, request_no) = self
-            .session(
-                &admitted,
-                upstream,
-                conn,
-                &parts,
-                recorded.unwrap_or_default(),
-            )
+            .session(&admitted, upstream, conn, &parts, recorded)
             .await?;
         // After the session opened (a refused request is evidence in its
         // recording), before anything reaches the target.
@@ -763,7 +784,7 @@ impl Inner {
         upstream: &Upstream,
         conn: &ConnInfo,
         parts: &http::request::Parts,
-        path: &str,
+        recorded: Recorded<'_>,
     ) -> Result<(Arc<crate::session::LiveSession>, u64), ProxyError> {
         let principal = &admitted.principal;
         let key = crate::session::SessionKey {
@@ -824,8 +845,8 @@ impl Inner {
         let request = portcullis_record::Event::HttpRequest {
             request: Some(request_no),
             method: parts.method.to_string(),
-            path: path.to_string(),
-            headers: recorded_headers(&parts.headers),
+            path: recorded.path.to_string(),
+            headers: recorded.headers(&parts.headers),
             body: None,
         };
         if let Err(e) = live.recorder.event(request) {

@@ -246,20 +246,23 @@ pub(crate) fn held_method(
     let Some(m) = overrides.first() else {
         return Ok(method.clone());
     };
-    let shown: String = m.chars().take(16).collect();
+    // The overrides are read from what goes to the target, where masking
+    // swapped reversible tokens back for their values: a message quoting
+    // them handed the caller the value (found in review). None is quoted.
     if overrides.len() > 1 {
         return Err(ProxyError::CallerBody(format!(
-            "conflicting method overrides ({overrides:?}): send one, or the method itself"
+            "conflicting method overrides ({} of them): send one, or the method itself",
+            overrides.len()
         )));
     }
     if !overrides_allowed {
         return Err(ProxyError::CallerBody(format!(
-            "method overrides ({shown:?}) are refused on this connection: its approval rule holds methods {:?}; send the method itself",
+            "method overrides are refused on this connection: its approval rule holds methods {:?}; send the method itself",
             gate.rule.methods
         )));
     }
     http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-        .map_err(|_| ProxyError::CallerBody(format!("{shown:?} is not an HTTP method")))
+        .map_err(|_| ProxyError::CallerBody("the method override is not an HTTP method".into()))
 }
 
 /// Hold the request where the connection's rule says so; the body is

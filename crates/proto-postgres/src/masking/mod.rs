@@ -588,6 +588,10 @@ impl MaskInspector {
                     None => Verdict::Pass,
                 }
             }
+            tag::PARAMETER_STATUS => match notices::parameter(msg, &mut self.notices(false)) {
+                Some(m) => Verdict::Rewrite(m),
+                None => Verdict::Pass,
+            },
             // Only a fast-path call answers with this, and those are
             // refused on masked connections before they reach the target.
             tag::FUNCTION_CALL_RESPONSE => self.refuse("a function-call result"),

@@ -105,6 +105,52 @@ pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     Some(Message::new(msg.tag, out.freeze()))
 }
 
+/// Reported settings whose values the server checks against a fixed
+/// form (an encoding, a date style, a zone, on/off, a version, a role):
+/// they cannot carry row data, and drivers read them.
+const CHECKED_SETTINGS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "integer_datetimes",
+    "IntervalStyle",
+    "is_superuser",
+    "scram_iterations",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// A ParameterStatus whose value may hold data, masked: a review found
+/// `select set_config('application_name', email, false) from people` had
+/// the target report a row's value in a setting, which passed unmasked.
+/// Free-text settings (`application_name`, and any the server adds to
+/// those it reports) go through the masker, and are withheld where a
+/// column rule applies (its values need not look like anything a detector
+/// knows).
+pub fn parameter(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
+    let mut b = &msg.body[..];
+    let name = take_cstr(&mut b)?;
+    let value = take_cstr(&mut b)?;
+    if CHECKED_SETTINGS.contains(&name.as_str()) {
+        return None;
+    }
+    let v = if scope.withhold_row_values && !value.is_empty() {
+        Some("(withheld by masking)".to_string())
+    } else {
+        scope.text(&value)
+    }?;
+    let mut out = BytesMut::new();
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(v.as_bytes());
+    out.put_u8(0);
+    Some(Message::new(msg.tag, out.freeze()))
+}
+
 /// What a withheld message says.
 const WITHHELD: &str = "(withheld by masking: the statement may read a protected column)";
 
