@@ -1180,20 +1180,37 @@ fn masking_has_no_side_doors() {
 }
 
 /// Found in review: `set_config('application_name', email, false)` had
-/// the target report a row's value as a setting (ParameterStatus), which
-/// reached the caller unmasked. Free-text settings go through the masker.
+/// the target report a row's value as a setting (ParameterStatus), and a
+/// cursor over dynamic SQL named a column after one (RowDescription):
+/// both reached the caller unmasked. They go through the masker.
 #[test]
 fn a_setting_the_target_reports_is_masked() {
     let g = PgGateway::start();
     let table = format!("rep_{}", std::process::id());
-    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com')")], None).status.success());
+    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com'); create function {table}_c() returns refcursor language plpgsql as $$ declare c refcursor := 'c'; begin open c for execute format('select 1 as %I', (select email from {table} limit 1)); return c; end $$")], None).status.success());
     let answers = rt().block_on(async {
         let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "tokens", &g.token).await;
         w.query(&format!(
             "select set_config('application_name', email, false) from {table}"
         ))
         .await;
-        let a = w.until(b'Z').await;
+        let mut a = w.until(b'Z').await;
+        w.query(&format!(
+            "begin; select {table}_c(); fetch all from c; commit"
+        ))
+        .await;
+        let named = w.until(b'Z').await;
+        let described: Vec<String> = named
+            .iter()
+            .filter(|(t, _)| *t == b'T')
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+            .collect();
+        assert!(
+            described.iter().any(|d| d.contains("[EMAIL:")),
+            "{described:?} {}",
+            wire::error_of(&named)
+        );
+        a.extend(named);
         w.terminate().await;
         a
     });
@@ -1214,9 +1231,17 @@ fn a_setting_the_target_reports_is_masked() {
         .collect();
     assert!(!everything.contains("quinn"), "{everything}");
     assert!(
-        g.psql("rw", &["-q", "-c", &format!("drop table {table}")], None)
-            .status
-            .success()
+        g.psql(
+            "rw",
+            &[
+                "-q",
+                "-c",
+                &format!("drop function {table}_c(); drop table {table}")
+            ],
+            None
+        )
+        .status
+        .success()
     );
 }
 

@@ -438,6 +438,36 @@ fn row_description(
     Some(cols)
 }
 
+/// A RowDescription whose column names went through the masker; `None`
+/// when none changed. A column's name is the caller's alias or the
+/// schema's, but a cursor opened over dynamic SQL (`format('select 1 as
+/// %I', email)`) names columns after data: a review read a value back
+/// through an alias.
+fn masked_names(
+    body: &[u8],
+    masker: &portcullis_mask::Masker,
+    stats: &mut portcullis_mask::Stats,
+    vault: &mut portcullis_mask::Vault,
+) -> Option<Message> {
+    /// Table oid, attnum, type oid, typlen, typmod, format: after the name.
+    const FIXED: usize = 18;
+    let mut b = body;
+    let n = read_i16(&mut b)?;
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_i16(n);
+    let mut changed = false;
+    for _ in 0..n {
+        let name = take_cstr(&mut b)?;
+        let shown = masker.mask_str_in(&name, stats, &mut Some(&mut *vault));
+        changed |= matches!(shown, std::borrow::Cow::Owned(_));
+        out.put_slice(shown.as_bytes());
+        out.put_u8(0);
+        out.put_slice(b.get(..FIXED)?);
+        b = &b[FIXED..];
+    }
+    changed.then(|| Message::new(tag::ROW_DESCRIPTION, out.freeze()))
+}
+
 impl MaskInspector {
     /// A statement with the session's reversible tokens swapped back for
     /// their originals (as SQL string content: quotes doubled), where
@@ -503,7 +533,15 @@ impl MaskInspector {
                     }
                     _ => self.current = Some(cols.into()),
                 }
-                Verdict::Pass
+                match masked_names(
+                    &msg.body,
+                    &self.rule.masker,
+                    &mut self.stats,
+                    &mut self.vault,
+                ) {
+                    Some(m) => Verdict::Rewrite(m),
+                    None => Verdict::Pass,
+                }
             }
             tag::NO_DATA => {
                 if matches!(
