@@ -271,6 +271,10 @@ fn statements(db: &str, marker: &str) -> Vec<String> {
         "SET standard_conforming_strings = off",
         "SELECT 'a\\', '; DELETE FROM customers; --'",
         "SET client_encoding = 'SJIS'",
+        // A dollar-quote tag past ASCII: PostgreSQL reads a string where the
+        // parser read a placeholder and a word (review, 2026-12-03).
+        "SELECT $a€$, ' $a€$; DELETE FROM customers; -- '",
+        "SELECT $€$, ' $€$; DROP TABLE side_effects; -- '",
     ]
     .iter()
     .map(|s| s.replace("{db}", db).replace("{marker}", marker))

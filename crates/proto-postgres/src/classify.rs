@@ -415,15 +415,34 @@ fn has_escaped_identifier(sql: &str) -> bool {
         .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'"')
 }
 
-/// Whether the parser's tokens could differ from PostgreSQL's lexer: an
-/// operator token holding a comment opener (PostgreSQL ends an operator
-/// before `/*` or `--`, the parser does not), so that text one reads as
-/// a comment the other reads as a statement. Not proven: unknown.
+/// Whether the parser's tokens could differ from PostgreSQL's lexer, so
+/// that text one reads as a string or a comment the other reads as a
+/// statement. Not proven: unknown.
+/// - An operator token holding a comment opener (PostgreSQL ends an
+///   operator before `/*` or `--`, the parser does not).
+/// - A `$` placeholder run straight into a word that begins with a
+///   character other than a letter or digit beyond ASCII: PostgreSQL reads
+///   `$a€$` as a dollar-quote tag (any byte past ASCII may be in one), the
+///   parser a placeholder `$a` and a word `€$`. A review ran `select $a€$,
+///   ' $a€$; drop table t; -- '` as a read on a connection whose approvals
+///   held DDL, and the table was dropped.
 fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
-    tokens.iter().any(|t| match &t.token {
+    let opener = |t: &Token| match t {
         Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
         _ => false,
-    })
+    };
+    let dollar_tag = |a: &Token, b: &Token| {
+        let starts_past_ascii = |s: &str| s.chars().next().is_some_and(|c| !c.is_ascii());
+        matches!(a, Token::Placeholder(p) if p.starts_with('$'))
+            && match b {
+                Token::Word(w) => starts_past_ascii(&w.value),
+                other => starts_past_ascii(&other.to_string()),
+            }
+    };
+    tokens.iter().any(|t| opener(&t.token))
+        || tokens
+            .windows(2)
+            .any(|w| dollar_tag(&w[0].token, &w[1].token))
 }
 
 /// `TABLE name` (PostgreSQL's short form of `SELECT * FROM name`), which

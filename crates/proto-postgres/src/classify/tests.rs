@@ -253,6 +253,26 @@ fn parser_differentials_and_session_settings() {
         Class::Unknown
     );
     assert_eq!(c("SELECT 1 -/* x */ 1"), Class::Unknown);
+    // A dollar-quote tag with a character past ASCII that is no letter:
+    // PostgreSQL reads a string where the parser reads a placeholder and
+    // a word (review: this ran a DROP TABLE as a read).
+    for sql in [
+        "select $a€$, ' $a€$; drop table scratch; -- '",
+        "select $€$, ' $€$; drop table scratch; -- '",
+        "select $_1😀$ x $_1😀$",
+        "select $ab\u{2028}$ x $ab\u{2028}$",
+    ] {
+        assert_eq!(c(sql), Class::Unknown, "{sql}");
+    }
+    // Tags PostgreSQL and the parser both read: a string, as before.
+    for sql in [
+        "select $a$x$a$",
+        "select $é$ x $é$",
+        "select $$ € $$",
+        "select '$a€$'",
+    ] {
+        assert_eq!(c(sql), Class::Read, "{sql}");
+    }
     // Settings: an allow-list.
     for sql in [
         "SET standard_conforming_strings = off",
