@@ -1246,7 +1246,14 @@ fn a_setting_the_target_reports_is_masked() {
 }
 
 #[test]
-fn reversible_tokens_can_be_sent_back_in_the_same_session() {
+/// Reversible tokens are not swapped back on PostgreSQL: a swapped value
+/// is SQL text the caller shapes. Reviews read it back through the
+/// caller's own expressions, an alias and a setting, broke out of its
+/// literal with a value holding `$$`, and, with only comparisons allowed,
+/// through a dollar-quote tag the parser reads differently, an error
+/// message and `standard_conforming_strings`. Sent back, a token stays a
+/// token everywhere.
+fn reversible_tokens_are_not_swapped_back_on_postgresql() {
     let g = PgGateway::start();
     let table = format!("tok_{}", std::process::id());
     assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (id int, email text); insert into {table} values (7, 'dana@example.com')")], None).status.success());
@@ -1259,28 +1266,24 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
             .get(0);
         assert!(token.starts_with("[EMAIL:"), "{token}");
         assert!(!token.contains("dana"));
-        // The caller joins on the token; the target sees the real value.
-        let id: i32 = c
-            .query_one(
+        // Compared with the column, through both protocols: no row.
+        let n = c
+            .query(
                 &format!("select id from {table} where email = '{token}'"),
                 &[],
             )
             .await
-            .unwrap()
-            .get(0);
-        assert_eq!(id, 7);
-        // Through the simple protocol too.
+            .unwrap();
+        assert!(n.is_empty());
         let rows = c
             .simple_query(&format!("select id from {table} where email = '{token}'"))
             .await
             .unwrap();
-        assert!(rows.iter().any(
-            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("7"))
-        ));
-        // Anywhere but a comparison with a column the token stays a token:
-        // a review read the value back through the caller's own
-        // expressions, an alias and a setting, and broke out of a
-        // dollar-quoted string with a value holding `$$`.
+        assert!(
+            !rows
+                .iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        );
         let one = |sql: String| {
             let c = &c;
             async move {
@@ -1321,27 +1324,6 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
             one("show application_name".into()).await,
             format!("application_name={token}")
         );
-        // A token beside a comparison and elsewhere: not swapped at all.
-        let n = c
-            .query(
-                &format!(
-                    "select id from {table} where email = '{token}' and length('{token}') > 0"
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        assert!(n.is_empty());
-        // Another session never saw that token: it is not swapped there.
-        let other = g.client("tokens", &g.token).await.unwrap();
-        let n = other
-            .query(
-                &format!("select id from {table} where email = '{token}'"),
-                &[],
-            )
-            .await
-            .unwrap();
-        assert!(n.is_empty());
         token
     });
     assert!(
@@ -1372,12 +1354,12 @@ fn reversible_tokens_can_be_sent_back_in_the_same_session() {
             .filter(|s| !s["outcome"].is_null())
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect();
-        if ended.len() >= 2 || std::time::Instant::now() > deadline {
+        if !ended.is_empty() || std::time::Instant::now() > deadline {
             break ended;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 1, "{ids:?}");
     let replays: String = ids
         .iter()
         .map(|id| cli(&["replay", id, "--no-wait"]))

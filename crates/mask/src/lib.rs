@@ -874,23 +874,6 @@ impl Vault {
         self.map.is_empty()
     }
 
-    /// Whether `token` is one this vault would swap back.
-    pub fn knows(&self, token: &str) -> bool {
-        self.map.contains_key(token)
-    }
-
-    /// The originals of the known tokens in `text`, in order: what
-    /// [`Vault::reverse`] would put in their places.
-    pub fn originals_in(&self, text: &str) -> Vec<&str> {
-        if self.map.is_empty() || !text.contains(':') {
-            return Vec::new();
-        }
-        token_pattern()
-            .find_iter(text)
-            .filter_map(|m| self.map.get(m.as_str()).map(String::as_str))
-            .collect()
-    }
-
     /// `text` with every known token replaced by `escape(original)`; `None`
     /// when there was nothing to replace.
     pub fn reverse(&self, text: &str, escape: impl Fn(&str) -> String) -> Option<String> {

@@ -771,8 +771,8 @@ impl Inner {
         let connection = live.admitted.connection.as_str();
         let principal = &live.admitted.principal;
         let masks = self.ctx.mask_rule(connection, principal);
-        // First: the recording holds what the caller sent (tokens, not
-        // the values masking swaps back for them).
+        // First: the recording holds what the caller sent, before any
+        // inspector rewrites it.
         let marker = format!("portcullis_refused_{}_", self.nonce);
         let mut chain: Vec<Box<dyn Inspector>> = vec![Box::new(
             crate::recording::RecordInspector::callers(live.open.recorder.clone()).skipping(marker),

@@ -1,9 +1,8 @@
 //! The recording taps: what the caller sent, recorded first in the chain
-//! (before masking swaps reversible tokens back for the values they stand
-//! for), and what the caller saw, recorded last (after masking). A review
-//! found one tap at the end recorded the swapped-back values, which the
-//! agent could then read in its own recording (console API): a token's
-//! value revealed to the caller it was masked from.
+//! (before any inspector rewrites it), and what the caller saw, recorded
+//! last (after masking). A review found one tap at the end recorded the
+//! values masking had swapped back for reversible tokens, which the agent
+//! could then read in its own recording (console API).
 
 use portcullis_record::{Event, Recorder};
 

@@ -397,7 +397,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     }
 
     /// A large COPY row from the caller, passed on as it arrives (no
-    /// statement in it to prove, nothing for the masker to reverse) and
+    /// statement in it to prove) and
     /// recorded piece by piece; a piece that cannot be recorded ends the
     /// session before it is sent.
     async fn pass_large<R, UW>(

@@ -9,13 +9,12 @@
 pub mod binary;
 mod notices;
 pub mod sources;
-mod swap;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use portcullis_mask::{Cell, Rule, Stats, Vault};
+use portcullis_mask::{Cell, Rule, Stats};
 
 use crate::classify::AnalysisCache;
 use crate::frame::{Message, tag, take_cstr};
@@ -76,8 +75,6 @@ pub struct MaskInspector {
     current: Option<Arc<[Col]>>,
     pub stats: Stats,
     metrics: Option<portcullis_mask::MaskMetrics>,
-    /// Reversible tokens this session was shown.
-    vault: Vault,
     /// What the target's catalog says (shared by the sessions of a
     /// connection and rule while it is fresh).
     catalog: Arc<Catalog>,
@@ -142,7 +139,6 @@ impl MaskInspector {
             current: None,
             stats: Stats::new(),
             metrics: None,
-            vault: Vault::default(),
             catalog: Arc::default(),
             analyses: Arc::default(),
             failing: None,
@@ -291,9 +287,14 @@ impl MaskInspector {
             } else {
                 String::new()
             };
-            let vault = &mut Some(&mut self.vault);
             return Ok(
-                match m.mask_cell_in(&g.column, g.table.as_deref(), &text, &mut self.stats, vault) {
+                match m.mask_cell_in(
+                    &g.column,
+                    g.table.as_deref(),
+                    &text,
+                    &mut self.stats,
+                    &mut None,
+                ) {
                     Cell::Replace(s) if holds_text => {
                         let prefix: &[u8] = match (col.format, t) {
                             (1, oid::JSONB | oid::JSONPATH) => &[1],
@@ -308,8 +309,7 @@ impl MaskInspector {
             );
         }
         let stats = &mut self.stats;
-        let vault = &mut self.vault;
-        let mut detect = |s: &str| match m.mask_str_in(s, stats, &mut Some(&mut *vault)) {
+        let mut detect = |s: &str| match m.mask_str_in(s, stats, &mut None) {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(o) => Some(o),
         };
@@ -341,7 +341,6 @@ impl MaskInspector {
         notices::Scope {
             masker: &self.rule.masker,
             stats: &mut self.stats,
-            vault: &mut self.vault,
             withhold_row_values: self.rule.masker.has_column_rules(),
             touches,
         }
@@ -447,7 +446,6 @@ fn masked_names(
     body: &[u8],
     masker: &portcullis_mask::Masker,
     stats: &mut portcullis_mask::Stats,
-    vault: &mut portcullis_mask::Vault,
 ) -> Option<Message> {
     /// Table oid, attnum, type oid, typlen, typmod, format: after the name.
     const FIXED: usize = 18;
@@ -458,7 +456,7 @@ fn masked_names(
     let mut changed = false;
     for _ in 0..n {
         let name = take_cstr(&mut b)?;
-        let shown = masker.mask_str_in(&name, stats, &mut Some(&mut *vault));
+        let shown = masker.mask_str_in(&name, stats, &mut None);
         changed |= matches!(shown, std::borrow::Cow::Owned(_));
         out.put_slice(shown.as_bytes());
         out.put_u8(0);
@@ -469,51 +467,6 @@ fn masked_names(
 }
 
 impl MaskInspector {
-    /// A statement with the session's reversible tokens swapped back for
-    /// their originals (as SQL string content: quotes doubled), where
-    /// every token is a plain literal compared with a column
-    /// ([`swap::only_compared`]); any other statement goes as it is.
-    fn reverse(&self, msg: &Message) -> Option<Message> {
-        if self.vault.is_empty() {
-            return None;
-        }
-        match msg.tag {
-            tag::QUERY => {
-                let sql = crate::messages::query_text(msg)?;
-                Some(crate::messages::query(&self.swapped(&sql)?))
-            }
-            tag::PARSE => {
-                let mut b = &msg.body[..];
-                let name = take_cstr(&mut b)?;
-                let sql = take_cstr(&mut b)?;
-                let new = self.swapped(&sql)?;
-                // Keep the parameter types that follow the SQL.
-                let mut out = BytesMut::with_capacity(msg.body.len() + 64);
-                out.put_slice(name.as_bytes());
-                out.put_u8(0);
-                out.put_slice(new.as_bytes());
-                out.put_u8(0);
-                out.put_slice(b);
-                Some(Message::new(tag::PARSE, out.freeze()))
-            }
-            _ => None,
-        }
-    }
-
-    /// `sql` with its tokens swapped back, if they all may be.
-    fn swapped(&self, sql: &str) -> Option<String> {
-        let originals = self.vault.originals_in(sql);
-        // A backslash is an escape in a literal where the session turned
-        // standard_conforming_strings off, and a NUL ends the message.
-        if originals.iter().any(|o| o.contains(['\\', '\0'])) {
-            return None;
-        }
-        if !swap::only_compared(sql, |t| self.vault.knows(t), originals.len()) {
-            return None;
-        }
-        self.vault.reverse(sql, |o| o.replace('\'', "''"))
-    }
-
     /// A message from the target, when no statement is being ended.
     fn inspect(&mut self, msg: &Message) -> Verdict {
         match msg.tag {
@@ -533,12 +486,7 @@ impl MaskInspector {
                     }
                     _ => self.current = Some(cols.into()),
                 }
-                match masked_names(
-                    &msg.body,
-                    &self.rule.masker,
-                    &mut self.stats,
-                    &mut self.vault,
-                ) {
+                match masked_names(&msg.body, &self.rule.masker, &mut self.stats) {
                     Some(m) => Verdict::Rewrite(m),
                     None => Verdict::Pass,
                 }
@@ -588,11 +536,11 @@ impl MaskInspector {
                 let Ok(text) = std::str::from_utf8(&msg.body) else {
                     return self.fail_statement("COPY data that is not UTF-8");
                 };
-                match self.rule.masker.mask_str_in(
-                    text,
-                    &mut self.stats,
-                    &mut Some(&mut self.vault),
-                ) {
+                match self
+                    .rule
+                    .masker
+                    .mask_str_in(text, &mut self.stats, &mut None)
+                {
                     std::borrow::Cow::Borrowed(_) => Verdict::Pass,
                     std::borrow::Cow::Owned(s) => {
                         Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))
@@ -650,10 +598,6 @@ impl MaskInspector {
 
 impl Inspector for MaskInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
-        if let Some(rewritten) = self.reverse(msg) {
-            let _ = self.frontend(&rewritten);
-            return Verdict::Rewrite(rewritten);
-        }
         let mut b = &msg.body[..];
         match msg.tag {
             tag::QUERY => {

@@ -6,7 +6,7 @@
 //! table, column, constraint, source file) are kept.
 
 use bytes::{BufMut, BytesMut};
-use portcullis_mask::{Masker, Stats, Vault};
+use portcullis_mask::{Masker, Stats};
 
 use crate::frame::{Message, take_cstr};
 use crate::messages::parse_fields;
@@ -19,7 +19,6 @@ const DATA_FIELDS: &[u8] = b"MDHWq";
 pub struct Scope<'a> {
     pub masker: &'a Masker,
     pub stats: &'a mut Stats,
-    pub vault: &'a mut Vault,
     /// Whether the values a constraint message quotes may be protected by
     /// a column rule (they are then withheld whole: a column rule's value
     /// need not look like anything a detector knows).
@@ -35,10 +34,7 @@ pub struct Scope<'a> {
 
 impl Scope<'_> {
     fn text(&mut self, s: &str) -> Option<String> {
-        match self
-            .masker
-            .mask_str_in(s, self.stats, &mut Some(&mut *self.vault))
-        {
+        match self.masker.mask_str_in(s, self.stats, &mut None) {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(o) => Some(o),
         }
@@ -201,11 +197,10 @@ mod tests {
     #[test]
     fn data_fields_are_masked_and_names_kept() {
         let m = Masker::new(&MaskSpec::default(), Some(b"k")).unwrap();
-        let (mut stats, mut vault) = (Stats::new(), Vault::default());
+        let mut stats = Stats::new();
         let mut scope = Scope {
             masker: &m,
             stats: &mut stats,
-            vault: &mut vault,
             withhold_row_values: true,
             touches: false,
         };
@@ -259,11 +254,10 @@ mod tests {
     #[test]
     fn notification_payloads_are_masked() {
         let m = Masker::new(&MaskSpec::default(), Some(b"k")).unwrap();
-        let (mut stats, mut vault) = (Stats::new(), Vault::default());
+        let mut stats = Stats::new();
         let mut scope = Scope {
             masker: &m,
             stats: &mut stats,
-            vault: &mut vault,
             withhold_row_values: false,
             touches: false,
         };
