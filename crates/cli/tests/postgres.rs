@@ -1187,7 +1187,7 @@ fn masking_has_no_side_doors() {
 fn a_setting_the_target_reports_is_masked() {
     let g = PgGateway::start();
     let table = format!("rep_{}", std::process::id());
-    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com'); create function {table}_c() returns refcursor language plpgsql as $$ declare c refcursor := 'c'; begin open c for execute format('select 1 as %I', (select email from {table} limit 1)); return c; end $$")], None).status.success());
+    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com'); create function {table}_c() returns refcursor language plpgsql as $$ declare c refcursor := 'c'; begin open c for execute format('select 1 as %I', (select email from {table} limit 1)); return c; end $$; create table {table}_p (ssn text); insert into {table}_p values ('QUINNSSN'); create function {table}_s() returns refcursor language plpgsql as $$ declare s refcursor := 's'; begin open s for execute format('select 1 as %I', (select ssn from {table}_p limit 1)); return s; end $$")], None).status.success());
     let answers = rt().block_on(async {
         let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "tokens", &g.token).await;
         w.query(&format!(
@@ -1212,6 +1212,33 @@ fn a_setting_the_target_reports_is_masked() {
         );
         a.extend(named);
         w.terminate().await;
+        // Under a column rule (`ssn`) the detectors cannot see a value:
+        // a cursor's column names are withheld where the statement's
+        // answer was decided out of sight, and a zone name in POSIX form
+        // (`<…>5`, free text) carries nothing.
+        let mut m = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        m.query(&format!(
+            "begin; select {table}_s(); fetch all from s; commit"
+        ))
+        .await;
+        let named = m.until(b'Z').await;
+        let described: Vec<String> = named
+            .iter()
+            .filter(|(t, _)| *t == b'T')
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+            .collect();
+        assert!(
+            described.iter().any(|d| d.contains("?column?")),
+            "{described:?} {}",
+            wire::error_of(&named)
+        );
+        a.extend(named);
+        m.query(&format!(
+            "select set_config('TimeZone', '<' || ssn || '>5', false) from {table}_p"
+        ))
+        .await;
+        a.extend(m.until(b'Z').await);
+        m.terminate().await;
         a
     });
     let reported: Vec<String> = answers
@@ -1230,13 +1257,14 @@ fn a_setting_the_target_reports_is_masked() {
         .map(|(_, b)| String::from_utf8_lossy(b).to_string())
         .collect();
     assert!(!everything.contains("quinn"), "{everything}");
+    assert!(!everything.contains("QUINNSSN"), "{everything}");
     assert!(
         g.psql(
             "rw",
             &[
                 "-q",
                 "-c",
-                &format!("drop function {table}_c(); drop table {table}")
+                &format!("drop function {table}_c(); drop function {table}_s(); drop table {table}; drop table {table}_p")
             ],
             None
         )

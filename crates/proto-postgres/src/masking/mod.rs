@@ -40,6 +40,9 @@ struct Info {
     derived: Option<Guard>,
     /// It reads a protected relation (a COPY of it is refused).
     reads_protected: bool,
+    /// What it returns was decided where the analysis cannot see (see
+    /// `Sources::unproven`): even its column names may come from data.
+    unproven: bool,
 }
 
 /// What the target will answer next, in order.
@@ -178,6 +181,7 @@ impl MaskInspector {
         Info {
             derived: self.catalog.sources.derived(&a),
             reads_protected: self.catalog.sources.reads_protected(&a),
+            unproven: self.catalog.sources.unproven(&a),
         }
     }
 
@@ -205,6 +209,7 @@ impl MaskInspector {
         Info {
             derived: self.catalog.sources.fallback(),
             reads_protected: true,
+            unproven: true,
         }
     }
 
@@ -437,8 +442,10 @@ fn row_description(
     Some(cols)
 }
 
-/// A RowDescription whose column names went through the masker; `None`
-/// when none changed. A column's name is the caller's alias or the
+/// A RowDescription whose column names went through the masker, or were
+/// withheld (`withhold`: the statement may return what a protected column
+/// decided, whose values need not look like anything a detector knows);
+/// `None` when none changed. A column's name is the caller's alias or the
 /// schema's, but a cursor opened over dynamic SQL (`format('select 1 as
 /// %I', email)`) names columns after data: a review read a value back
 /// through an alias.
@@ -446,6 +453,7 @@ fn masked_names(
     body: &[u8],
     masker: &portcullis_mask::Masker,
     stats: &mut portcullis_mask::Stats,
+    withhold: bool,
 ) -> Option<Message> {
     /// Table oid, attnum, type oid, typlen, typmod, format: after the name.
     const FIXED: usize = 18;
@@ -456,7 +464,10 @@ fn masked_names(
     let mut changed = false;
     for _ in 0..n {
         let name = take_cstr(&mut b)?;
-        let shown = masker.mask_str_in(&name, stats, &mut None);
+        let shown = match withhold {
+            true => std::borrow::Cow::Owned("?column?".to_string()),
+            false => masker.mask_str_in(&name, stats, &mut None),
+        };
         changed |= matches!(shown, std::borrow::Cow::Owned(_));
         out.put_slice(shown.as_bytes());
         out.put_u8(0);
@@ -486,7 +497,11 @@ impl MaskInspector {
                     }
                     _ => self.current = Some(cols.into()),
                 }
-                match masked_names(&msg.body, &self.rule.masker, &mut self.stats) {
+                // Under column rules, a statement whose answer was decided
+                // where the analysis cannot see (FETCH, a function of the
+                // caller's) has its names withheld too.
+                let withhold = self.rule.masker.has_column_rules() && info.unproven;
+                match masked_names(&msg.body, &self.rule.masker, &mut self.stats, withhold) {
                     Some(m) => Verdict::Rewrite(m),
                     None => Verdict::Pass,
                 }

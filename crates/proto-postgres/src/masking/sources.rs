@@ -106,16 +106,10 @@ impl Sources {
         if !self.active {
             return None;
         }
-        let r = &a.refs;
-        let unproven = r.opaque
-            || a.class == crate::classify::Class::Unknown
-            || a.calls.iter().any(|c| !self.reads_nothing(c))
-            || r.relations
-                .iter()
-                .any(|n| !self.known_names.contains(&n.to_ascii_lowercase()));
-        if unproven {
+        if self.unproven(a) {
             return self.fallback.clone();
         }
+        let r = &a.refs;
         if let Some(g) = r
             .relations
             .iter()
@@ -152,6 +146,21 @@ impl Sources {
             }
         }
         None
+    }
+
+    /// Whether what the statement returns was decided where the analysis
+    /// cannot see: opaque text, an unknown class, a call that may read a
+    /// table, a relation the catalog did not list (a `FETCH` of a cursor
+    /// opened elsewhere is opaque).
+    pub fn unproven(&self, a: &Analysis) -> bool {
+        let r = &a.refs;
+        self.active
+            && (r.opaque
+                || a.class == crate::classify::Class::Unknown
+                || a.calls.iter().any(|c| !self.reads_nothing(c))
+                || r.relations
+                    .iter()
+                    .any(|n| !self.known_names.contains(&n.to_ascii_lowercase())))
     }
 
     /// Whether a call can only be a built-in function, which reads no
