@@ -350,6 +350,27 @@ impl Recorded<'_> {
     }
 }
 
+/// The request body on its way to the target, recorded: as it streams, or,
+/// where masking swapped reversible tokens back into it, the caller's own
+/// bytes at once (the caller may read its own recording).
+fn recorded_request_body(
+    body: Body,
+    caller_body: Option<&bytes::Bytes>,
+    live: &crate::session::LiveSession,
+    request_no: u64,
+) -> Result<Body, ProxyError> {
+    let Some(sent_by_caller) = caller_body else {
+        return Ok(
+            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed(),
+        );
+    };
+    if let Err(e) = live.recorder.body(Some(request_no), true, sent_by_caller) {
+        tracing::error!(error = %e, "recording failed; request refused");
+        return Err(ProxyError::RecordingUnavailable(e.to_string()));
+    }
+    Ok(body)
+}
+
 /// A request on its way to the target, after the caller's checks.
 struct Outgoing {
     parts: http::request::Parts,
@@ -568,20 +589,7 @@ impl Inner {
                 lift(&admitted, &live, b, e).await?;
             }
         }
-        let body = match &caller_body {
-            // What the caller sent is recorded, not the values swapped
-            // back into it (the caller may read its own recording).
-            Some(sent_by_caller) => {
-                if let Err(e) = live.recorder.body(Some(request_no), true, sent_by_caller) {
-                    tracing::error!(error = %e, "recording failed; request refused");
-                    return Err(ProxyError::RecordingUnavailable(e.to_string()));
-                }
-                body
-            }
-            None => {
-                crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed()
-            }
-        };
+        let body = recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
         seen.live = Some((live.clone(), request_no));
         seen.bytes_from_caller = declared;
         let resp = self
