@@ -275,6 +275,9 @@ fn statements(db: &str, marker: &str) -> Vec<String> {
         // parser read a placeholder and a word (review, 2026-12-03).
         "SELECT $a€$, ' $a€$; DELETE FROM customers; -- '",
         "SELECT $€$, ' $€$; DROP TABLE side_effects; -- '",
+        "SELECT '{}'::jsonb ?-- '\n$$a$$; COMMIT; BEGIN READ WRITE; DELETE FROM customers; COMMIT; --'",
+        "WITH x AS (SELECT '{}'::jsonb ?-- '\n$$a$$), d AS (DELETE FROM customers RETURNING 1) SELECT 1 --') SELECT 1",
+        "CREATE TABLE IF NOT EXISTS customers (a bit DEFAULT X'\\'); GRANT ALL ON customers TO PUBLIC; --')",
     ]
     .iter()
     .map(|s| s.replace("{db}", db).replace("{marker}", marker))

@@ -426,10 +426,25 @@ fn has_escaped_identifier(sql: &str) -> bool {
 ///   parser a placeholder `$a` and a word `€$`. A review ran `select $a€$,
 ///   ' $a€$; drop table t; -- '` as a read on a connection whose approvals
 ///   held DDL, and the table was dropped.
+/// - Two tokens that touch and spell `--` or `/*` across their boundary:
+///   the parser's `?-` ends before the second `-` of a comment PostgreSQL
+///   sees (`'{}'::jsonb ?-- '` hid statements after a newline; review).
+/// - Data after `COPY … FROM STDIN;` in the text itself: the parser takes
+///   it as the copy's rows, PostgreSQL runs it as statements once the copy
+///   ends (review: a `DROP TABLE` behind an allowed COPY).
+/// - A hex string holding anything but hex digits: the parser reads
+///   backslash escapes in `X'…'`, PostgreSQL ends it at the first quote
+///   (`X'\'); GRANT …` ran the GRANT; review).
 fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
     let opener = |t: &Token| match t {
         Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
+        Token::CopyData { .. } => true,
+        Token::HexStringLiteral(s) => !s.chars().all(|c| c.is_ascii_hexdigit()),
         _ => false,
+    };
+    let spelled_across = |a: &Token, b: &Token| {
+        let (a, b) = (a.to_string(), b.to_string());
+        (a.ends_with('-') && b.starts_with('-')) || (a.ends_with('/') && b.starts_with('*'))
     };
     let dollar_tag = |a: &Token, b: &Token| {
         let starts_past_ascii = |s: &str| s.chars().next().is_some_and(|c| !c.is_ascii());
@@ -440,9 +455,9 @@ fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
             }
     };
     tokens.iter().any(|t| opener(&t.token))
-        || tokens
-            .windows(2)
-            .any(|w| dollar_tag(&w[0].token, &w[1].token))
+        || tokens.windows(2).any(|w| {
+            dollar_tag(&w[0].token, &w[1].token) || spelled_across(&w[0].token, &w[1].token)
+        })
 }
 
 /// `TABLE name` (PostgreSQL's short form of `SELECT * FROM name`), which

@@ -264,6 +264,25 @@ fn parser_differentials_and_session_settings() {
     ] {
         assert_eq!(c(sql), Class::Unknown, "{sql}");
     }
+    // More differentials from the same review: `?-` before a comment's
+    // second dash, rows after COPY FROM STDIN in the text, a hex string
+    // with a backslash.
+    for sql in [
+        "SELECT '{}'::jsonb ?-- '\n$$a$$; COMMIT; BEGIN READ WRITE; DELETE FROM customers; COMMIT; --'",
+        "WITH x AS (SELECT '{}'::jsonb ?-- '\n$$a$$), d AS (DELETE FROM customers RETURNING 1) SELECT 1 --') SELECT 1",
+        "COPY side_effects FROM STDIN;\nDROP TABLE customers",
+        "CREATE TABLE IF NOT EXISTS customers (a bit DEFAULT X'\\'); GRANT ALL ON customers TO PUBLIC; --')",
+    ] {
+        assert_eq!(c(sql), Class::Unknown, "{sql}");
+    }
+    for sql in [
+        "SELECT '{}'::jsonb ? 'a'",
+        "SELECT '{}'::jsonb ?- 1",
+        "SELECT 10/-2, 1 - -1",
+        "SELECT X'1F', x'ab'",
+    ] {
+        assert_eq!(c(sql), Class::Read, "{sql}");
+    }
     // Tags PostgreSQL and the parser both read: a string, as before.
     for sql in [
         "select $a$x$a$",
