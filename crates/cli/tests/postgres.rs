@@ -110,6 +110,13 @@ type = "postgres"
 url = "postgres://postgres@localhost:{p}/postgres?sslrootcert={root}"
 password = "file:pgpw"
 
+# A database whose defaults would have the target lex differently.
+[[connections]]
+name = "lexing"
+type = "postgres"
+url = "postgres://postgres@localhost:{p}/pcl_lexing_{pid}?sslrootcert={root}"
+password = "file:pgpw"
+
 [[connections]]
 name = "api"
 type = "http"
@@ -117,7 +124,7 @@ url = "https://localhost:1"
 
 [[grants]]
 groups = ["testers"]
-connections = ["rw", "ro", "fresh", "masked", "tokens", "wrongname", "untrusted", "api"]
+connections = ["rw", "ro", "fresh", "masked", "tokens", "wrongname", "untrusted", "api", "lexing"]
 
 [[masking.rules]]
 name = "pg-pii"
@@ -1177,6 +1184,45 @@ fn masking_has_no_side_doors() {
     PgCluster::shared().psql_direct(&format!(
         "drop view {v}; drop function {t}_fn(); drop table {t}"
     ));
+}
+
+/// A database (or role) default of `standard_conforming_strings = off` or
+/// a client encoding that can swallow a backslash would have the target
+/// read statements differently from the proofs (review): the gateway
+/// asks for UTF-8 and standard strings at startup, which win over both.
+#[test]
+fn the_target_lexes_as_the_proofs_whatever_its_defaults() {
+    let g = PgGateway::start();
+    let db = format!("pcl_lexing_{}", std::process::id());
+    let pg = PgCluster::shared();
+    pg.psql_direct(&format!("DROP DATABASE IF EXISTS {db}"));
+    pg.psql_direct(&format!("CREATE DATABASE {db}"));
+    pg.psql_direct(&format!(
+        "ALTER DATABASE {db} SET standard_conforming_strings = off; ALTER DATABASE {db} SET client_encoding = 'SJIS'"
+    ));
+    let o = g.psql(
+        "lexing",
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "show standard_conforming_strings",
+            "-c",
+            "show client_encoding",
+            "-c",
+            "select 'a\\b'",
+        ],
+        None,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out} {err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["on", "UTF8", "a\\b"],
+        "{out} {err}"
+    );
+    // The gateway keeps the session for the next caller: forced.
+    pg.psql_direct(&format!("DROP DATABASE {db} WITH (FORCE)"));
 }
 
 /// Found in review: `set_config('application_name', email, false)` had

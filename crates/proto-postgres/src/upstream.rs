@@ -658,10 +658,20 @@ impl PgUpstream {
         let (r, mut w) = tokio::io::split(stream);
         let mut reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
 
-        let mut params: Vec<(&str, &str)> =
-            vec![("user", &self.user), ("database", &self.database)];
+        // The target lexes statements as the proofs do, whatever a role,
+        // a database or postgresql.conf says (a startup parameter wins
+        // over them): UTF-8, and backslashes literal in '…' (review: a
+        // database default of standard_conforming_strings = off, or of a
+        // client encoding that can swallow a backslash, reopened the
+        // differentials the gateway refuses as SET statements).
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", &self.user),
+            ("database", &self.database),
+            ("client_encoding", "UTF8"),
+            ("standard_conforming_strings", "on"),
+        ];
         for (k, v) in caller_params {
-            if passes(k, v) {
+            if passes(k, v) && !k.eq_ignore_ascii_case("client_encoding") {
                 params.push((k, v));
             }
         }
@@ -1046,6 +1056,26 @@ pub(crate) fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
     row
 }
 
+/// A reported setting the proofs depend on, as they assume it: refused
+/// (the session is not used) where the target says otherwise after all.
+fn lexes_as_proven(m: &Message) -> Result<(), UpstreamError> {
+    let mut b = &m.body[..];
+    let (Some(name), Some(value)) = (take_cstr(&mut b), take_cstr(&mut b)) else {
+        return Ok(());
+    };
+    let wanted = match name.as_str() {
+        "standard_conforming_strings" => "on",
+        "client_encoding" => "UTF8",
+        _ => return Ok(()),
+    };
+    if value.eq_ignore_ascii_case(wanted) {
+        return Ok(());
+    }
+    Err(UpstreamError::Protocol(format!(
+        "the target reports {name} = {value}, not {wanted}: statements would be read differently from the gateway's proofs"
+    )))
+}
+
 /// After authentication: ParameterStatus and notices, BackendKeyData,
 /// then ReadyForQuery.
 async fn read_startup(
@@ -1060,7 +1090,11 @@ async fn read_startup(
             UpstreamError::Protocol("the target closed the connection during startup".into())
         })?;
         match m.tag {
-            tag::PARAMETER_STATUS | tag::NOTICE_RESPONSE => startup_messages.push(m),
+            tag::PARAMETER_STATUS => {
+                lexes_as_proven(&m)?;
+                startup_messages.push(m)
+            }
+            tag::NOTICE_RESPONSE => startup_messages.push(m),
             tag::BACKEND_KEY_DATA if m.body.len() == 8 => {
                 pid = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
                 secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
