@@ -272,14 +272,7 @@ fn budget_shown(
     grant: &str,
     measure: &str,
 ) -> serde_json::Value {
-    let show = Command::new(BIN)
-        .args(["budgets", "show", "--json"])
-        .env("PORTCULLIS_URL", &gw.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", token)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
+    let show = budgets_show(gw, s, token, &["--json"]);
     assert!(show.status.success(), "{}", both(&show));
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     v["budgets"]
@@ -289,6 +282,19 @@ fn budget_shown(
         .find(|b| b["grant"] == grant && b["measure"] == measure)
         .unwrap_or_else(|| panic!("no {measure} budget of {grant}: {v}"))
         .clone()
+}
+
+/// `portcullis budgets show ARGS` as the holder of `token`.
+fn budgets_show(gw: &Proc, s: &Setup, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["budgets", "show"])
+        .args(args)
+        .env("PORTCULLIS_URL", &gw.url)
+        .env("PORTCULLIS_CA", &s.ca)
+        .env("PORTCULLIS_TOKEN", token)
+        .env("HOME", &s.dir)
+        .output()
+        .unwrap()
 }
 
 fn both(o: &Output) -> String {
@@ -340,14 +346,7 @@ fn budgets_hold_for_psql_across_gateways_and_a_restart() {
         "{rows}"
     );
     // Another principal's budgets are not the agent's to read.
-    let other = Command::new(BIN)
-        .args(["budgets", "show", "--principal", "agent:writer"])
-        .env("PORTCULLIS_URL", &b.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", &s.token)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
+    let other = budgets_show(&b, &s, &s.token, &["--principal", "agent:writer"]);
     assert!(!other.status.success(), "{}", both(&other));
 
     // Writes per session: the third write of a session is refused, the
@@ -1028,26 +1027,11 @@ fn a_delegated_agent_is_shown_the_use_counted_under_its_person() {
     assert!(out.status.success(), "{}", both(&out));
     let rows = budget_shown(&a, &s, &minted.secret, "readers", "rows");
     assert_eq!(rows["used"].as_u64(), Some(3), "{rows}");
-    let show = Command::new(BIN)
-        .args(["budgets", "show", "--json"])
-        .env("PORTCULLIS_URL", &a.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", &minted.secret)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
+    let show = budgets_show(&a, &s, &minted.secret, &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["principal"], "agent:claude@alice", "{v}");
     assert_eq!(v["counted_under"], "user:alice", "{v}");
-    let plain = Command::new(BIN)
-        .args(["budgets", "show"])
-        .env("PORTCULLIS_URL", &a.url)
-        .env("PORTCULLIS_CA", &s.ca)
-        .env("PORTCULLIS_TOKEN", &minted.secret)
-        .env("HOME", &s.dir)
-        .output()
-        .unwrap();
-    let text = both(&plain);
+    let text = both(&budgets_show(&a, &s, &minted.secret, &[]));
     assert!(text.contains("counted under user:alice"), "{text}");
     assert!(text.contains(": 3 of 5"), "{text}");
 }

@@ -1246,11 +1246,7 @@ fn a_setting_the_target_reports_is_masked() {
         ))
         .await;
         let named = w.until(b'Z').await;
-        let described: Vec<String> = named
-            .iter()
-            .filter(|(t, _)| *t == b'T')
-            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-            .collect();
+        let described = wire::texts(&named, b'T');
         assert!(
             described.iter().any(|d| d.contains("[EMAIL:")),
             "{described:?} {}",
@@ -1268,11 +1264,7 @@ fn a_setting_the_target_reports_is_masked() {
         ))
         .await;
         let named = m.until(b'Z').await;
-        let described: Vec<String> = named
-            .iter()
-            .filter(|(t, _)| *t == b'T')
-            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-            .collect();
+        let described = wire::texts(&named, b'T');
         assert!(
             described.iter().any(|d| d.contains("?column?")),
             "{described:?} {}",
@@ -1287,11 +1279,7 @@ fn a_setting_the_target_reports_is_masked() {
         m.terminate().await;
         a
     });
-    let reported: Vec<String> = answers
-        .iter()
-        .filter(|(t, _)| *t == b'S')
-        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-        .collect();
+    let reported = wire::texts(&answers, b'S');
     assert!(
         reported
             .iter()

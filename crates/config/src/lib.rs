@@ -697,9 +697,7 @@ impl Config {
         // the kind `user`: the same tokens-for-people hazard as a provider
         // renamed. (Unset names nobody, so it adds no line: upgrading
         // revokes nothing.)
-        let listeners = std::iter::once(("gateway", &self.gateway.client_auth))
-            .chain(self.postgres.iter().map(|p| ("postgres", &p.client_auth)));
-        let certs = listeners.filter_map(|(which, auth)| {
+        let certs = self.client_auths().filter_map(|(which, auth)| {
             let ns = match &auth.namespace {
                 portcullis_tls::ForeignNames::Refused => return None,
                 portcullis_tls::ForeignNames::Bare => "",
@@ -712,6 +710,13 @@ impl Config {
         let mut lines: Vec<String> = oidc.chain(saml).chain(certs).collect();
         lines.sort();
         lines.join("\n")
+    }
+
+    /// Each listener's client-certificate settings, by the listener's
+    /// section (`gateway`, `postgres`).
+    pub fn client_auths(&self) -> impl Iterator<Item = (&'static str, &ClientAuth)> {
+        std::iter::once(("gateway", &self.gateway.client_auth))
+            .chain(self.postgres.iter().map(|p| ("postgres", &p.client_auth)))
     }
 
     /// Every connection's protocol by name, so that a front can tell a

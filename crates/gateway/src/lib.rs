@@ -239,16 +239,62 @@ impl ListenerCerts {
     }
 }
 
+/// The gateway's own CA (`[gateway] internal_ca`), said at start: the one
+/// issuer whose certificates name any principal.
+fn own_ca(cfg: &Config) -> Result<Option<portcullis_tls::client_cert::OwnCa>, GatewayError> {
+    let ca = match portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca) {
+        Ok(Some(ca)) => {
+            tracing::info!(
+                path = %cfg.gateway.internal_ca.display(),
+                sha256 = ca.fingerprint(),
+                "internal CA: its certificates name any principal"
+            );
+            // A review put a partner's CA alone in the default `ca.pem`:
+            // taken as the internal CA, it named any principal, whatever
+            // a listener's `namespace` said.
+            if !cfg.gateway.internal_ca_set
+                && !cfg.gateway.internal_ca.with_file_name("ca.key").exists()
+            {
+                tracing::warn!(
+                    path = %cfg.gateway.internal_ca.display(),
+                    "taken as the internal CA by default, though no ca.key is beside it: if this is another CA (a partner's), its certificates name any principal; set [gateway] internal_ca to the gateway's own CA"
+                );
+            }
+            Some(ca)
+        }
+        Ok(None) => {
+            tracing::info!(
+                path = %cfg.gateway.internal_ca.display(),
+                "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
+            );
+            None
+        }
+        // The default `ca.pem` may be a bundle that is no internal CA
+        // (an operator's own CAs, for client_auth): it names nobody.
+        Err(e) if !cfg.gateway.internal_ca_set => {
+            tracing::warn!(
+                path = %cfg.gateway.internal_ca.display(),
+                error = %e,
+                "not taken as the internal CA: client certificates in the trust domain \"portcullis\" are refused (set [gateway] internal_ca to the gateway's own CA, alone in its file)"
+            );
+            None
+        }
+        Err(source) => {
+            return Err(GatewayError::Tls {
+                what: "the gateway's own CA (internal_ca)",
+                source,
+            });
+        }
+    };
+    Ok(ca)
+}
+
 /// A listener whose bundle holds CAs besides the internal one, without
 /// `client_auth.namespace`, refuses their certificates (401): said once at
 /// start so the operator who appended a partner CA hears why.
 fn warn_unnamed_cas(cfg: &Config, own: Option<&portcullis_tls::client_cert::OwnCa>) {
-    let listeners = std::iter::once(("gateway.client_auth", &cfg.gateway.client_auth)).chain(
-        cfg.postgres
-            .iter()
-            .map(|p| ("postgres.client_auth", &p.client_auth)),
-    );
-    for (key, auth) in listeners {
+    for (section, auth) in cfg.client_auths() {
+        let key = format!("{section}.client_auth");
         let (Some(bundle), portcullis_tls::ForeignNames::Refused) =
             (&auth.ca_file, &auth.namespace)
         else {
@@ -258,7 +304,11 @@ fn warn_unnamed_cas(cfg: &Config, own: Option<&portcullis_tls::client_cert::OwnC
             continue;
         }
         match portcullis_tls::client_cert::other_cas(bundle, own) {
-            Ok(0) | Err(_) => {}
+            Ok(0) => {}
+            // The listener's own load of the bundle reports a bad file.
+            Err(e) => {
+                tracing::debug!(path = %bundle.display(), error = %e, "CA bundle not counted")
+            }
             Ok(n) => tracing::warn!(
                 path = %bundle.display(),
                 others = n,
@@ -562,50 +612,7 @@ async fn shared(
         Some(w) => Some(webhook(w)?),
     };
     let approvals = portcullis_approval::Approvals::new(store.clone(), audit.clone(), webhook);
-    let own_ca = match portcullis_tls::client_cert::OwnCa::load(&cfg.gateway.internal_ca) {
-        Ok(Some(ca)) => {
-            tracing::info!(
-                path = %cfg.gateway.internal_ca.display(),
-                sha256 = ca.fingerprint(),
-                "internal CA: its certificates name any principal"
-            );
-            // A review put a partner's CA alone in the default `ca.pem`:
-            // taken as the internal CA, it named any principal, whatever
-            // a listener's `namespace` said.
-            if !cfg.gateway.internal_ca_set
-                && !cfg.gateway.internal_ca.with_file_name("ca.key").exists()
-            {
-                tracing::warn!(
-                    path = %cfg.gateway.internal_ca.display(),
-                    "taken as the internal CA by default, though no ca.key is beside it: if this is another CA (a partner's), its certificates name any principal; set [gateway] internal_ca to the gateway's own CA"
-                );
-            }
-            Some(ca)
-        }
-        Ok(None) => {
-            tracing::info!(
-                path = %cfg.gateway.internal_ca.display(),
-                "no internal CA there: client certificates in the trust domain \"portcullis\" are refused"
-            );
-            None
-        }
-        // The default `ca.pem` may be a bundle that is no internal CA
-        // (an operator's own CAs, for client_auth): it names nobody.
-        Err(e) if !cfg.gateway.internal_ca_set => {
-            tracing::warn!(
-                path = %cfg.gateway.internal_ca.display(),
-                error = %e,
-                "not taken as the internal CA: client certificates in the trust domain \"portcullis\" are refused (set [gateway] internal_ca to the gateway's own CA, alone in its file)"
-            );
-            None
-        }
-        Err(source) => {
-            return Err(GatewayError::Tls {
-                what: "the gateway's own CA (internal_ca)",
-                source,
-            });
-        }
-    };
+    let own_ca = own_ca(cfg)?;
     warn_unnamed_cas(cfg, own_ca.as_ref());
     let auth = Authenticator::new(Arc::new(store.cached_tokens())).with_own_ca(own_ca);
     let auth = match oidc_verifier(cfg).await? {

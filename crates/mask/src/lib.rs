@@ -749,7 +749,7 @@ impl Masker {
     }
 
     /// [`Self::mask_cell`], remembering reversible tokens in `vault`.
-    pub fn mask_cell_in(
+    fn mask_cell_in(
         &self,
         column: &str,
         table: Option<&str>,

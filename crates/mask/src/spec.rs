@@ -30,9 +30,10 @@ pub struct ActionSpec {
     /// With `partial` on emails: keep the domain.
     #[serde(default)]
     pub keep_domain: bool,
-    /// With `hash`: a token the caller sends back (in a later request or
-    /// statement of the same session) is swapped for the original on the
-    /// way in, by the gateway only.
+    /// With `hash`: a token the caller sends back in a later HTTP request
+    /// to the same target is swapped for the original on the way in, by
+    /// the gateway only. (Not on PostgreSQL, where a swapped value would be
+    /// SQL text the caller shapes: docs/security.md.)
     #[serde(default)]
     pub reversible: bool,
 }

@@ -480,10 +480,10 @@ fn reversible_tokens_round_trip_through_the_vault() {
         .into_owned();
     let token = masked.strip_prefix("owner: ").unwrap().to_string();
     assert!(token.starts_with("[EMAIL:"), "{token}");
-    let sql = format!("select * from t where email = '{token}'");
-    let back = vault.reverse(&sql, |o| format!("<{o}>")).unwrap();
+    let json = format!(r#"{{"email":"{token}"}}"#);
+    let back = vault.reverse(&json, |o| format!("<{o}>")).unwrap();
     assert_eq!(
-        back, "select * from t where email = '<oneil@example.com>'",
+        back, r#"{"email":"<oneil@example.com>"}"#,
         "escaped by the caller's rule"
     );
     // Unknown or forged tokens stay as they are.

@@ -436,12 +436,15 @@ fn has_escaped_identifier(sql: &str) -> bool {
 ///   backslash escapes in `X'…'`, PostgreSQL ends it at the first quote
 ///   (`X'\'); GRANT …` ran the GRANT; review).
 fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
-    let opener = |t: &Token| match t {
+    // A token that differs on its own.
+    let differs = |t: &Token| match t {
         Token::CustomBinaryOperator(op) => op.contains("/*") || op.contains("--"),
         Token::CopyData { .. } => true,
         Token::HexStringLiteral(s) => !s.chars().all(|c| c.is_ascii_hexdigit()),
         _ => false,
     };
+    // (Token texts are built only for the check: the analysis of a text
+    // is cached, and this runs once per text.)
     let spelled_across = |a: &Token, b: &Token| {
         let (a, b) = (a.to_string(), b.to_string());
         (a.ends_with('-') && b.starts_with('-')) || (a.ends_with('/') && b.starts_with('*'))
@@ -454,7 +457,7 @@ fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
                 other => starts_past_ascii(&other.to_string()),
             }
     };
-    tokens.iter().any(|t| opener(&t.token))
+    tokens.iter().any(|t| differs(&t.token))
         || tokens.windows(2).any(|w| {
             dollar_tag(&w[0].token, &w[1].token) || spelled_across(&w[0].token, &w[1].token)
         })

@@ -771,12 +771,7 @@ impl Inner {
         let connection = live.admitted.connection.as_str();
         let principal = &live.admitted.principal;
         let masks = self.ctx.mask_rule(connection, principal);
-        // First: the recording holds what the caller sent, before any
-        // inspector rewrites it.
-        let marker = format!("portcullis_refused_{}_", self.nonce);
-        let mut chain: Vec<Box<dyn Inspector>> = vec![Box::new(
-            crate::recording::RecordInspector::callers(live.open.recorder.clone()).skipping(marker),
-        )];
+        let mut chain: Vec<Box<dyn Inspector>> = Vec::new();
         if let Some(rule) = masks {
             // Before the caller gets the session: fail closed without it.
             match crate::masking::prepare(rule, &mut up, live.upstream, connection).await {
@@ -791,9 +786,10 @@ impl Inner {
             }
         }
         // Last: the recording holds what the caller saw.
-        chain.push(Box::new(crate::recording::RecordInspector::targets(
-            live.open.recorder.clone(),
-        )));
+        chain.push(Box::new(
+            crate::recording::RecordInspector::new(live.open.recorder.clone())
+                .skipping(format!("portcullis_refused_{}_", self.nonce)),
+        ));
         let mut hello = BytesMut::new();
         messages::auth_ok().encode(&mut hello);
         for m in &up.startup_messages {

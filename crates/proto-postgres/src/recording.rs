@@ -1,8 +1,9 @@
-//! The recording taps: what the caller sent, recorded first in the chain
-//! (before any inspector rewrites it), and what the caller saw, recorded
-//! last (after masking). A review found one tap at the end recorded the
-//! values masking had swapped back for reversible tokens, which the agent
-//! could then read in its own recording (console API).
+//! The recording tap: the last inspector in the chain, so it records what
+//! the target was sent and what the caller saw (after masking). No
+//! inspector rewrites a caller's message, so what the target was sent is
+//! what the caller sent: when masking swapped reversible tokens back
+//! there, the recording held the values, which the caller could read in
+//! its own recording (review, 2026-12-03; the swap is gone).
 
 use portcullis_record::{Event, Recorder};
 
@@ -12,36 +13,15 @@ use crate::messages::{self, sqlstate};
 
 pub struct RecordInspector {
     recorder: Recorder,
-    side: Side,
     /// The gateway's placeholder names for refused statements: the
     /// relay records what the caller sent instead of the stand-in.
     placeholder: Option<String>,
 }
 
-/// Which way an inspector records.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// Messages from the caller, as it sent them: first in the chain.
-    Caller,
-    /// Messages to the caller, as it gets them: last in the chain.
-    Target,
-}
-
 impl RecordInspector {
-    /// Records the caller's messages; goes first in the chain.
-    pub fn callers(recorder: Recorder) -> Self {
+    pub fn new(recorder: Recorder) -> Self {
         Self {
             recorder,
-            side: Side::Caller,
-            placeholder: None,
-        }
-    }
-
-    /// Records the target's messages; goes last in the chain.
-    pub fn targets(recorder: Recorder) -> Self {
-        Self {
-            recorder,
-            side: Side::Target,
             placeholder: None,
         }
     }
@@ -214,16 +194,13 @@ fn backend_event(msg: &Message) -> Option<Event> {
 
 impl Inspector for RecordInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
-        if self.side != Side::Caller || self.is_stand_in(msg) {
+        if self.is_stand_in(msg) {
             return Verdict::Pass;
         }
         self.record(frontend_event(msg))
     }
 
     fn backend(&mut self, msg: &Message) -> Verdict {
-        if self.side != Side::Target {
-            return Verdict::Pass;
-        }
         self.record(backend_event(msg))
     }
 }

@@ -215,10 +215,10 @@ pub struct UpstreamSession {
 }
 
 /// Startup parameters a caller may pass through to the target. Anything
-/// else (notably `options`, which can carry `-c` settings) is dropped.
+/// else (notably `options`, which can carry `-c` settings) is dropped;
+/// the lexing settings are the gateway's ([`LEXING`]).
 const PASSED_PARAMS: &[&str] = &[
     "application_name",
-    "client_encoding",
     "datestyle",
     "timezone",
     "extra_float_digits",
@@ -226,18 +226,22 @@ const PASSED_PARAMS: &[&str] = &[
     "search_path",
 ];
 
-/// Whether a caller's startup parameter reaches the target. The gateway
-/// reads statements as UTF-8: a client encoding in which the server would
-/// lex the same bytes differently (SJIS can swallow a backslash) is not
-/// passed, so the server stays on UTF-8.
+/// The settings that decide how the target lexes a statement, as the
+/// gateway's proofs lex it, sent at every startup (a startup parameter
+/// wins over a role's, a database's and postgresql.conf's defaults) and
+/// checked in what the target reports ([`lexes_as_proven`]): a review
+/// found a database default of `standard_conforming_strings = off`, or of
+/// a client encoding that can swallow a backslash (SJIS), reopened the
+/// differentials the gateway refuses as `SET` statements.
+const LEXING: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// Whether a caller's startup parameter reaches the target.
 fn passes(k: &str, v: &str) -> bool {
     let k = k.to_ascii_lowercase();
     PASSED_PARAMS.contains(&k.as_str())
-        && (k != "client_encoding"
-            || matches!(
-                v.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
-                "utf8" | "unicode"
-            ))
         // The same rule as `SET search_path` (see classify).
         && (k != "search_path" || crate::classify::search_path_keeps_catalog_first(v))
 }
@@ -658,20 +662,11 @@ impl PgUpstream {
         let (r, mut w) = tokio::io::split(stream);
         let mut reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
 
-        // The target lexes statements as the proofs do, whatever a role,
-        // a database or postgresql.conf says (a startup parameter wins
-        // over them): UTF-8, and backslashes literal in '…' (review: a
-        // database default of standard_conforming_strings = off, or of a
-        // client encoding that can swallow a backslash, reopened the
-        // differentials the gateway refuses as SET statements).
-        let mut params: Vec<(&str, &str)> = vec![
-            ("user", &self.user),
-            ("database", &self.database),
-            ("client_encoding", "UTF8"),
-            ("standard_conforming_strings", "on"),
-        ];
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &self.user), ("database", &self.database)];
+        params.extend_from_slice(LEXING);
         for (k, v) in caller_params {
-            if passes(k, v) && !k.eq_ignore_ascii_case("client_encoding") {
+            if passes(k, v) {
                 params.push((k, v));
             }
         }
@@ -1056,17 +1051,16 @@ pub(crate) fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
     row
 }
 
-/// A reported setting the proofs depend on, as they assume it: refused
-/// (the session is not used) where the target says otherwise after all.
+/// A reported setting the proofs depend on ([`LEXING`]), as they assume
+/// it: refused (the session is not used) where the target says otherwise
+/// after all.
 fn lexes_as_proven(m: &Message) -> Result<(), UpstreamError> {
     let mut b = &m.body[..];
     let (Some(name), Some(value)) = (take_cstr(&mut b), take_cstr(&mut b)) else {
         return Ok(());
     };
-    let wanted = match name.as_str() {
-        "standard_conforming_strings" => "on",
-        "client_encoding" => "UTF8",
-        _ => return Ok(()),
+    let Some((_, wanted)) = LEXING.iter().find(|(n, _)| *n == name) else {
+        return Ok(());
     };
     if value.eq_ignore_ascii_case(wanted) {
         return Ok(());

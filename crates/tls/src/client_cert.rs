@@ -220,7 +220,10 @@ pub fn other_cas(path: &Path, own: Option<&OwnCa>) -> Result<usize, TlsError> {
 }
 
 /// The principal `der` names under `policy` (see [`CertPolicy`]); `own`:
-/// the gateway's own CA, when it has one.
+/// the gateway's own CA, when it has one. In order: the name the
+/// certificate gives, its dates, who issued it ([`issued_by_own`]), what
+/// that issuer may name ([`accepted`]), and how the name is written
+/// ([`written`]).
 pub fn principal_for(
     der: &[u8],
     policy: &CertPolicy,
@@ -235,18 +238,9 @@ pub fn principal_for(
             "the certificate is outside its validity period".into(),
         ));
     }
-    let ours = match own {
-        Some(ca) if ca.signed(der) => {
-            if !ca.valid.contains(&unix_now()) {
-                return Err(CertNameError::NotAccepted(
-                    principal,
-                    "the internal CA (internal_ca) that issued it is outside its validity period"
-                        .into(),
-                ));
-            }
-            true
-        }
-        _ => false,
+    let ours = match issued_by_own(der, own) {
+        Ok(ours) => ours,
+        Err(why) => return Err(CertNameError::NotAccepted(principal, why)),
     };
     if domain.as_deref() == Some(SPIFFE_DOMAIN) {
         if ours {
@@ -262,19 +256,43 @@ pub fn principal_for(
             ),
         ));
     }
-    if let Some(d) = &domain
+    if let Err(why) = accepted(&principal, domain.as_deref(), policy) {
+        return Err(CertNameError::NotAccepted(principal, why));
+    }
+    written(principal, ours, &policy.foreign)
+}
+
+/// Whether the gateway's own CA signed `der` (by signature alone: an
+/// expired certificate of its is still its), refusing one from an internal
+/// CA past its own dates.
+fn issued_by_own(der: &[u8], own: Option<&OwnCa>) -> Result<bool, String> {
+    match own {
+        Some(ca) if ca.signed(der) => match ca.valid.contains(&unix_now()) {
+            true => Ok(true),
+            false => Err(
+                "the internal CA (internal_ca) that issued it is outside its validity period"
+                    .into(),
+            ),
+        },
+        _ => Ok(false),
+    }
+}
+
+/// Whether a name outside the gateway's trust domain may be taken: a
+/// SPIFFE ID's trust domain and the principal's kind listed, and never an
+/// agent acting for a person.
+fn accepted(principal: &str, domain: Option<&str>, policy: &CertPolicy) -> Result<(), String> {
+    if let Some(d) = domain
         && !policy.trust_domains.iter().any(|t| t == d)
     {
-        return Err(CertNameError::NotAccepted(
-            principal,
-            format!("SPIFFE trust domain {d:?} is not among the listener's trust_domains"),
+        return Err(format!(
+            "SPIFFE trust domain {d:?} is not among the listener's trust_domains"
         ));
     }
     let kind = principal.split_once(':').map(|(k, _)| k).unwrap_or("");
     if !policy.kinds.iter().any(|k| k == kind) {
-        return Err(CertNameError::NotAccepted(
-            principal.clone(),
-            format!("kind {kind:?} is not among the listener's principal_kinds"),
+        return Err(format!(
+            "kind {kind:?} is not among the listener's principal_kinds"
         ));
     }
     // `agent:NAME@person` is an agent acting for a person (the gateway
@@ -282,16 +300,21 @@ pub fn principal_for(
     // take that principal's grants and sessions. The same rule as
     // `portcullis_identity::is_delegated`, which this crate sits below.
     if kind == "agent" && principal.contains('@') {
-        return Err(CertNameError::NotAccepted(
-            principal,
+        return Err(
             "an agent name with `@` is an agent acting for a person, which only the gateway names"
                 .into(),
-        ));
+        );
     }
+    Ok(())
+}
+
+/// The principal as the listener writes it: the internal CA's as named,
+/// another CA's under `foreign`.
+fn written(principal: String, ours: bool, foreign: &ForeignNames) -> Result<String, CertNameError> {
     if ours {
         return Ok(principal);
     }
-    match &policy.foreign {
+    match foreign {
         ForeignNames::Bare => Ok(principal),
         ForeignNames::Namespace(ns) => {
             let (kind, name) = principal.split_once(':').unwrap_or(("", &principal));

@@ -155,6 +155,15 @@ impl Wire {
     }
 }
 
+/// The bodies of the answers of tag `tag`, as text.
+pub fn texts(answers: &[Answer], tag: u8) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|(t, _)| *t == tag)
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect()
+}
+
 /// The text of the first error among `answers`.
 pub fn error_of(answers: &[Answer]) -> String {
     answers

@@ -1,7 +1,8 @@
 //! Masking what the target sends. The inspector follows the protocol to
 //! know each row's layout (column sources, types, text or binary), masks
-//! DataRow cells in either format, COPY-out lines, errors, notices and
-//! notifications, and keeps every frame valid. Column rules follow the
+//! DataRow cells in either format, COPY-out lines, errors, notices,
+//! notifications, reported settings and column names, and keeps every
+//! frame valid. Column rules follow the
 //! data's source (see [`sources`]), not the output label. A value the
 //! masker cannot read ends its statement with an error; a row whose
 //! layout it cannot know ends the session (fail closed).
@@ -293,13 +294,7 @@ impl MaskInspector {
                 String::new()
             };
             return Ok(
-                match m.mask_cell_in(
-                    &g.column,
-                    g.table.as_deref(),
-                    &text,
-                    &mut self.stats,
-                    &mut None,
-                ) {
+                match m.mask_cell(&g.column, g.table.as_deref(), &text, &mut self.stats) {
                     Cell::Replace(s) if holds_text => {
                         let prefix: &[u8] = match (col.format, t) {
                             (1, oid::JSONB | oid::JSONPATH) => &[1],
@@ -314,7 +309,7 @@ impl MaskInspector {
             );
         }
         let stats = &mut self.stats;
-        let mut detect = |s: &str| match m.mask_str_in(s, stats, &mut None) {
+        let mut detect = |s: &str| match m.mask_str(s, stats) {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(o) => Some(o),
         };
@@ -466,7 +461,7 @@ fn masked_names(
         let name = take_cstr(&mut b)?;
         let shown = match withhold {
             true => std::borrow::Cow::Owned("?column?".to_string()),
-            false => masker.mask_str_in(&name, stats, &mut None),
+            false => masker.mask_str(&name, stats),
         };
         changed |= matches!(shown, std::borrow::Cow::Owned(_));
         out.put_slice(shown.as_bytes());
@@ -478,34 +473,37 @@ fn masked_names(
 }
 
 impl MaskInspector {
+    /// A RowDescription: the layout of the rows that follow (or of a
+    /// described statement), with its column names masked.
+    fn described(&mut self, msg: &Message) -> Verdict {
+        let info = self.answering();
+        let described = row_description(&msg.body, &self.rule.masker, &self.catalog.sources, &info);
+        let Some(cols) = described else {
+            return self.refuse("a RowDescription could not be read");
+        };
+        match self.expect.front() {
+            Some(Expect::DescribeStatement(name)) | Some(Expect::DescribePortal(name)) => {
+                // Formats in a statement's description are not yet
+                // known; Bind says them per portal.
+                self.statements.insert(name.clone(), cols);
+                self.expect.pop_front();
+            }
+            _ => self.current = Some(cols.into()),
+        }
+        // Under column rules, a statement whose answer was decided
+        // where the analysis cannot see (FETCH, a function of the
+        // caller's) has its names withheld too.
+        let withhold = self.rule.masker.has_column_rules() && info.unproven;
+        match masked_names(&msg.body, &self.rule.masker, &mut self.stats, withhold) {
+            Some(m) => Verdict::Rewrite(m),
+            None => Verdict::Pass,
+        }
+    }
+
     /// A message from the target, when no statement is being ended.
     fn inspect(&mut self, msg: &Message) -> Verdict {
         match msg.tag {
-            tag::ROW_DESCRIPTION => {
-                let info = self.answering();
-                let described =
-                    row_description(&msg.body, &self.rule.masker, &self.catalog.sources, &info);
-                let Some(cols) = described else {
-                    return self.refuse("a RowDescription could not be read");
-                };
-                match self.expect.front() {
-                    Some(Expect::DescribeStatement(name)) | Some(Expect::DescribePortal(name)) => {
-                        // Formats in a statement's description are not yet
-                        // known; Bind says them per portal.
-                        self.statements.insert(name.clone(), cols);
-                        self.expect.pop_front();
-                    }
-                    _ => self.current = Some(cols.into()),
-                }
-                // Under column rules, a statement whose answer was decided
-                // where the analysis cannot see (FETCH, a function of the
-                // caller's) has its names withheld too.
-                let withhold = self.rule.masker.has_column_rules() && info.unproven;
-                match masked_names(&msg.body, &self.rule.masker, &mut self.stats, withhold) {
-                    Some(m) => Verdict::Rewrite(m),
-                    None => Verdict::Pass,
-                }
-            }
+            tag::ROW_DESCRIPTION => self.described(msg),
             tag::NO_DATA => {
                 if matches!(
                     self.expect.front(),
@@ -551,11 +549,7 @@ impl MaskInspector {
                 let Ok(text) = std::str::from_utf8(&msg.body) else {
                     return self.fail_statement("COPY data that is not UTF-8");
                 };
-                match self
-                    .rule
-                    .masker
-                    .mask_str_in(text, &mut self.stats, &mut None)
-                {
+                match self.rule.masker.mask_str(text, &mut self.stats) {
                     std::borrow::Cow::Borrowed(_) => Verdict::Pass,
                     std::borrow::Cow::Owned(s) => {
                         Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))

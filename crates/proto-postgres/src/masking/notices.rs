@@ -1,7 +1,8 @@
-//! Errors, notices and notifications carry row data too: `invalid input
-//! syntax for type integer: "ada@example.com"`, a constraint's `Key
-//! (email)=(…)` or `Failing row contains (…)`, a trigger's RAISE, a
-//! NOTIFY payload. Every text field that can hold data goes through the
+//! Errors, notices, notifications and reported settings carry row data
+//! too: `invalid input syntax for type integer: "ada@example.com"`, a
+//! constraint's `Key (email)=(…)` or `Failing row contains (…)`, a
+//! trigger's RAISE, a NOTIFY payload, a setting a statement set from a
+//! row. Every text field that can hold data goes through the
 //! masker; the fields that name things (severity, code, position, schema,
 //! table, column, constraint, source file) are kept.
 
@@ -34,7 +35,7 @@ pub struct Scope<'a> {
 
 impl Scope<'_> {
     fn text(&mut self, s: &str) -> Option<String> {
-        match self.masker.mask_str_in(s, self.stats, &mut None) {
+        match self.masker.mask_str(s, self.stats) {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(o) => Some(o),
         }
@@ -85,7 +86,7 @@ pub fn notification(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     let payload = take_cstr(&mut b)?;
     let c = scope.text(&channel);
     let p = if scope.withhold_row_values && !payload.is_empty() {
-        Some("(withheld by masking)".to_string())
+        Some(WITHHELD_VALUE.to_string())
     } else {
         scope.text(&payload)
     };
@@ -136,7 +137,7 @@ pub fn parameter(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
         return None;
     }
     let v = if scope.withhold_row_values && !value.is_empty() {
-        Some("(withheld by masking)".to_string())
+        Some(WITHHELD_VALUE.to_string())
     } else {
         scope.text(&value)
     }?;
@@ -147,6 +148,9 @@ pub fn parameter(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     out.put_u8(0);
     Some(Message::new(msg.tag, out.freeze()))
 }
+
+/// What a withheld value (a payload, a setting) says.
+const WITHHELD_VALUE: &str = "(withheld by masking)";
 
 /// What a withheld message says.
 const WITHHELD: &str = "(withheld by masking: the statement may read a protected column)";
