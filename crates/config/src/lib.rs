@@ -663,15 +663,16 @@ impl Config {
             let s = &o.settings;
             // Which clients' tokens are people's decides who is a person
             // (unset, as before this key: no text, so nothing revoked).
-            let clients = match &s.agent_clients {
+            let clients = match &s.clients {
                 None => String::new(),
-                Some(agents) => {
-                    let mut agents: Vec<String> = agents
+                Some(roles) => {
+                    let mut agents: Vec<String> = roles
+                        .agents
                         .iter()
                         .map(|a| format!("{}={}", a.client, a.subject))
                         .collect();
                     agents.sort();
-                    let mut people = s.people_clients.clone();
+                    let mut people = roles.people.clone();
                     people.sort();
                     format!(" agents={} people={}", agents.join(","), people.join(","))
                 }

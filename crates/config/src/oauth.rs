@@ -194,11 +194,11 @@ impl RawOAuth {
         }
         // People sign in through this client: a token of it is never an
         // agent's.
-        let agents = oidc
+        let roles = oidc
             .iter()
             .find(|o| o.settings.issuer == issuer)
-            .and_then(|o| o.settings.agent_clients.as_ref());
-        if agents.is_some_and(|a| a.iter().any(|a| a.client == self.client_id)) {
+            .and_then(|o| o.settings.clients.as_ref());
+        if roles.is_some_and(|r| r.agents.iter().any(|a| a.client == self.client_id)) {
             return Err(invalid(
                 "oauth.client_id",
                 "is among the issuer's agent_clients, whose tokens are agents'; people sign in \

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use http::{HeaderName, Uri};
-use portcullis_identity::oidc::AgentClient;
+use portcullis_identity::oidc::{AgentClient, ClientRoles};
 use portcullis_policy::Grant;
 use portcullis_tls::{ForeignNames, TlsPolicy};
 use serde::Deserialize;
@@ -428,10 +428,7 @@ impl RawOidc {
     /// agent acting for a person; no `/`), and not a client people sign
     /// in through (`login_client_id`, `people_clients`), whose tokens are
     /// people's; `people_clients` only beside it.
-    fn agent_clients(
-        &self,
-        key: &dyn Fn(&str) -> String,
-    ) -> Result<(Option<Vec<AgentClient>>, Vec<String>), Invalid> {
+    fn agent_clients(&self, key: &dyn Fn(&str) -> String) -> Result<Option<ClientRoles>, Invalid> {
         let Some(list) = &self.agent_clients else {
             if self.people_clients.is_some() {
                 return Err(invalid(
@@ -439,7 +436,7 @@ impl RawOidc {
                     "only with agent_clients (without it, every token that is not an agent's is a person's)",
                 ));
             }
-            return Ok((None, Vec::new()));
+            return Ok(None);
         };
         let mut people: Vec<String> = self.people_clients.clone().unwrap_or_default();
         people.extend(self.login_client_id.clone());
@@ -478,7 +475,7 @@ impl RawOidc {
                 subject: subject.clone(),
             });
         }
-        Ok((Some(agents), people))
+        Ok(Some(ClientRoles { agents, people }))
     }
 
     fn validate(&self, key: &dyn Fn(&str) -> String, base: &Path) -> Result<OidcIssuer, Invalid> {
@@ -506,7 +503,7 @@ impl RawOidc {
             return Err(invalid(key("algorithms"), "list at least one algorithm"));
         }
         let leeway = duration(&key("leeway"), self.leeway.as_deref().unwrap_or("60s"))?;
-        let (agent_clients, people_clients) = self.agent_clients(key)?;
+        let clients = self.agent_clients(key)?;
         let refresh_interval = duration(
             &key("refresh_interval"),
             self.refresh_interval.as_deref().unwrap_or("1h"),
@@ -524,8 +521,7 @@ impl RawOidc {
                 leeway_secs: leeway.as_secs(),
                 namespace: portcullis_identity::Namespace::from_config(self.namespace.as_deref())
                     .map_err(|e| invalid(key("namespace"), e))?,
-                agent_clients,
-                people_clients,
+                clients,
             },
             ca_file: self.ca_file.as_deref().map(|p| base.join(p)),
             refresh_interval,
@@ -998,9 +994,9 @@ impl Root {
         // People sign in through the gateway's own client too.
         if let Some(o) = &oauth
             && let Some(i) = oidc.iter_mut().find(|i| i.settings.issuer == o.issuer)
-            && i.settings.agent_clients.is_some()
+            && let Some(roles) = &mut i.settings.clients
         {
-            i.settings.people_clients.push(o.client_id.clone());
+            roles.people.push(o.client_id.clone());
         }
         let console = self.console.validate()?;
         let mut saml = match &self.saml {

@@ -532,30 +532,30 @@ fn client_auth_per_listener() {
 /// `login_client_id`, `[oauth] client_id`).
 #[test]
 fn agent_clients_are_agent_names_and_not_the_sign_in_clients() {
-    use portcullis_identity::oidc::AgentClient;
+    use portcullis_identity::oidc::{AgentClient, ClientRoles};
     let base = "[[oidc]]\nissuer = \"https://i\"\naudiences = [\"a\"]\nlogin_client_id = \"cli\"\n";
     let c = parse(&with(&format!(
         "{base}agent_clients = [\"ci-bot\", {{ client = \"kc-bot\", subject = \"5f0c\" }}]\npeople_clients = [\"app\"]\n[oauth]\nclient_id = \"gw\"\n"
     )))
     .unwrap();
-    let s = &c.oidc[0].settings;
     assert_eq!(
-        s.agent_clients,
-        Some(vec![
-            AgentClient {
-                client: "ci-bot".into(),
-                subject: "ci-bot".into()
-            },
-            AgentClient {
-                client: "kc-bot".into(),
-                subject: "5f0c".into()
-            },
-        ])
+        c.oidc[0].settings.clients,
+        Some(ClientRoles {
+            agents: vec![
+                AgentClient {
+                    client: "ci-bot".into(),
+                    subject: "ci-bot".into()
+                },
+                AgentClient {
+                    client: "kc-bot".into(),
+                    subject: "5f0c".into()
+                },
+            ],
+            people: vec!["app".into(), "cli".into(), "gw".into()],
+        })
     );
-    assert_eq!(s.people_clients, vec!["app", "cli", "gw"]);
     let plain = parse(&with(base)).unwrap();
-    assert_eq!(plain.oidc[0].settings.agent_clients, None);
-    assert!(plain.oidc[0].settings.people_clients.is_empty());
+    assert_eq!(plain.oidc[0].settings.clients, None);
     for bad in ["claude@alice", "a/b", "", "a b", "a:b"] {
         let e = err(&with(&format!("{base}agent_clients = [\"{bad}\"]\n")));
         assert!(e.contains("oidc[0].agent_clients"), "{bad}: {e}");

@@ -129,14 +129,21 @@ pub struct IssuerSettings {
     pub leeway_secs: u64,
     /// Whose names the issuer's tokens carry.
     pub namespace: crate::Namespace,
-    /// `agent_clients`: the clients whose tokens are agents', each with
-    /// the `sub` its own tokens carry. `None`: a token whose `sub` equals
-    /// its `client_id` is (client credentials).
-    pub agent_clients: Option<Vec<AgentClient>>,
-    /// With `agent_clients`, the clients people sign in through
-    /// (`people_clients`, `login_client_id`, `[oauth] client_id`): a token
-    /// of any other client is refused.
-    pub people_clients: Vec<String>,
+    /// Which clients' tokens are agents' and which people's
+    /// (`agent_clients`); `None`: a token whose `sub` equals its
+    /// `client_id` is an agent's (client credentials), any other a
+    /// person's.
+    pub clients: Option<ClientRoles>,
+}
+
+/// `agent_clients` and the clients people sign in through: a token of any
+/// other client is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientRoles {
+    /// Each with the `sub` its own tokens carry.
+    pub agents: Vec<AgentClient>,
+    /// `people_clients`, `login_client_id`, `[oauth] client_id`.
+    pub people: Vec<String>,
 }
 
 /// A client whose tokens are an agent's: `agent:CLIENT`, for tokens whose
@@ -361,19 +368,19 @@ fn agent_client<'a>(
     sub: &str,
     settings: &IssuerSettings,
 ) -> Result<Option<&'a str>, OidcError> {
-    let Some(agents) = &settings.agent_clients else {
+    let Some(roles) = &settings.clients else {
         let client_id = claims.get("client_id").and_then(Value::as_str);
         return Ok(client_id.filter(|c| *c == sub));
     };
     let client = client_of(claims)?;
     let shown = || client.chars().take(100).collect::<String>();
-    if let Some(agent) = agents.iter().find(|a| a.client == client) {
+    if let Some(agent) = roles.agents.iter().find(|a| a.client == client) {
         return match agent.subject == sub {
             true => Ok(Some(client)),
             false => Err(OidcError::NotTheAgent(shown())),
         };
     }
-    if settings.people_clients.iter().any(|p| p == client) {
+    if roles.people.iter().any(|p| p == client) {
         return Ok(None);
     }
     Err(OidcError::UnknownClient(shown()))

@@ -34,8 +34,7 @@ fn settings() -> IssuerSettings {
         subject_claim: "sub".into(),
         leeway_secs: 30,
         namespace: crate::Namespace::default(),
-        agent_clients: None,
-        people_clients: Vec::new(),
+        clients: None,
     }
 }
 
@@ -114,20 +113,22 @@ fn client_credentials_token_is_an_agent() {
 /// accounts) named machines people.
 #[test]
 fn with_agent_clients_the_tokens_client_decides() {
-    use crate::oidc::AgentClient;
+    use crate::oidc::{AgentClient, ClientRoles};
     let i = issuer("k1");
     let listed = IssuerSettings {
-        agent_clients: Some(vec![
-            AgentClient {
-                client: "ci-bot".into(),
-                subject: "ci-bot".into(),
-            },
-            AgentClient {
-                client: "kc-bot".into(),
-                subject: "5f0c-service-account".into(),
-            },
-        ]),
-        people_clients: vec!["portcullis-cli".into()],
+        clients: Some(ClientRoles {
+            agents: vec![
+                AgentClient {
+                    client: "ci-bot".into(),
+                    subject: "ci-bot".into(),
+                },
+                AgentClient {
+                    client: "kc-bot".into(),
+                    subject: "5f0c-service-account".into(),
+                },
+            ],
+            people: vec!["portcullis-cli".into()],
+        }),
         ..settings()
     };
     let token = |pairs: &[(&str, Value)]| {
