@@ -127,6 +127,8 @@ struct Setup {
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
     ca: String,
+    /// The shared store's URL, with its password.
+    store: String,
     token: String,
     writer: String,
     copier: String,
@@ -147,7 +149,8 @@ fn setup() -> (Setup, Proc, Proc) {
     std::fs::write(dir.join("pgpw"), PG_PASSWORD).unwrap();
     let hook = common::upstream::start(&dir.join("hook.pem"), &dir.join("hook.key"));
     let pg = PgCluster::shared();
-    let cfg = config(&store_database(), pg, hook.port);
+    let store = store_database();
+    let cfg = config(&store, pg, hook.port);
     std::fs::write(dir.join("portcullis.toml"), &cfg).unwrap();
     let token = tester_token(&dir.join("portcullis.toml"));
     let out = cli_at(
@@ -201,6 +204,11 @@ fn setup() -> (Setup, Proc, Proc) {
     let s = Setup {
         _tmp: tmp,
         ca: dir.join("ca.pem").to_str().unwrap().to_string(),
+        store: store.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{PG_PASSWORD}@"),
+            1,
+        ),
         dir,
         token,
         writer,
@@ -994,44 +1002,21 @@ fn a_delegated_agent_is_shown_the_use_counted_under_its_person() {
     let (s, a, _b) = setup();
     // A token alice minted for `agent:claude`, written to the store as the
     // gateway writes one (minting needs her sign-in at a provider).
-    let cfg = std::fs::read_to_string(s.dir.join("portcullis.toml")).unwrap();
-    let store_url = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("url = \"postgres://postgres@localhost:"))
-        .map(|rest| {
-            format!(
-                "postgres://postgres:{PG_PASSWORD}@localhost:{}",
-                rest.trim_end_matches('"')
-            )
-        })
-        .unwrap();
-    let minted = portcullis_identity::token::generate().unwrap();
-    let groups = vec!["testers".to_string()];
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = portcullis_store::Store::open(&store_url).await.unwrap();
-        store
-            .insert_token(&portcullis_store::NewTokenRow {
-                hash: minted.hash,
-                subject: "agent:claude@alice",
-                groups: &groups,
-                created_at: portcullis_identity::unix_now(),
-                expires_at: None,
-                on_behalf_of: Some("user:alice"),
-                audience: None,
-                oauth_family: None,
-            })
-            .await
-            .unwrap();
-    });
-    let out = psql(&a, &s, &minted.secret, "SELECT generate_series(1, 3);\n");
+    let secret = delegated_token(
+        &s.store,
+        "agent:claude@alice",
+        "user:alice",
+        &["testers".to_string()],
+    );
+    let out = psql(&a, &s, &secret, "SELECT generate_series(1, 3);\n");
     assert!(out.status.success(), "{}", both(&out));
-    let rows = budget_shown(&a, &s, &minted.secret, "readers", "rows");
+    let rows = budget_shown(&a, &s, &secret, "readers", "rows");
     assert_eq!(rows["used"].as_u64(), Some(3), "{rows}");
-    let show = budgets_show(&a, &s, &minted.secret, &["--json"]);
+    let show = budgets_show(&a, &s, &secret, &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["principal"], "agent:claude@alice", "{v}");
     assert_eq!(v["counted_under"], "user:alice", "{v}");
-    let text = both(&budgets_show(&a, &s, &minted.secret, &[]));
+    let text = both(&budgets_show(&a, &s, &secret, &[]));
     assert!(text.contains("counted under user:alice"), "{text}");
     assert!(text.contains(": 3 of 5"), "{text}");
 }

@@ -775,6 +775,37 @@ fn a_psql_session_ends_when_its_oidc_token_expires() {
     assert!(e.contains("token expired"), "{e}");
 }
 
+/// Nothing stale: a psql session opened with a client certificate ends
+/// when the certificate expires, as one opened with an OIDC token does
+/// (found in review: the dates were checked on every request, and a psql
+/// session is one).
+#[test]
+fn a_psql_session_ends_when_its_client_certificate_expires() {
+    let s = setup_full(&[], "optional");
+    let dir = s.tmp.path();
+    let (ca, _) = CertificateAuthority::load_or_create(dir).unwrap();
+    ca.write_leaf(
+        LeafKind::Client,
+        &dir.join("brief"),
+        &["agent:deployer".into()],
+        Duration::from_secs(6),
+    )
+    .unwrap();
+    let conninfo = format!(
+        "host=localhost port={} dbname=db user=deployer sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        s.gw.pg_port.unwrap(),
+        s.ca,
+        dir.join("brief.pem").display(),
+        dir.join("brief.key").display(),
+    );
+    let mut held = HeldPsql::open(&conninfo, "");
+    std::thread::sleep(Duration::from_secs(9));
+    held.send("select 'after';");
+    let (o, e) = held.finish();
+    assert!(o.contains("before") && !o.contains("after"), "{o} {e}");
+    assert!(e.contains("certificate expired"), "{e}");
+}
+
 /// Two real providers, each with a client `ci-bot`. The partner's is
 /// given a namespace: its `ci-bot` is `agent:partner/ci-bot`, which no
 /// grant for the home `agent:ci-bot` covers, and which the home provider
@@ -857,27 +888,8 @@ connections = ["releases"]
     // agent (written to the store as the gateway writes one) works.
     let (gw, _) = gateway_with_config(dir, &config_with("namespace = \"\"", "namespace = \"\""));
     let ca = dir.join("ca.pem").to_str().unwrap().to_string();
-    let minted = portcullis_identity::token::generate().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = portcullis_store::Store::open_sqlite(&dir.join("portcullis.db"))
-            .await
-            .unwrap();
-        store
-            .insert_token(&portcullis_store::NewTokenRow {
-                hash: minted.hash,
-                subject: "agent:claude@alice",
-                groups: &[],
-                created_at: portcullis_identity::unix_now(),
-                expires_at: None,
-                on_behalf_of: Some("user:alice"),
-                audience: None,
-                oauth_family: None,
-            })
-            .await
-            .unwrap();
-    });
-    let delegated = minted.secret.clone();
+    let store = format!("sqlite://{}?mode=rwc", dir.join("portcullis.db").display());
+    let delegated = delegated_token(&store, "agent:claude@alice", "user:alice", &[]);
     let r = get(&gw.url, &ca, Some(&delegated), "/c/api/hello");
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("agent:claude@alice"), "{}", r.body);

@@ -1236,16 +1236,16 @@ fn a_setting_the_target_reports_is_masked() {
     assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (email text); insert into {table} values ('quinn@example.com'); create function {table}_c() returns refcursor language plpgsql as $$ declare c refcursor := 'c'; begin open c for execute format('select 1 as %I', (select email from {table} limit 1)); return c; end $$; create table {table}_p (ssn text); insert into {table}_p values ('QUINNSSN'); create function {table}_s() returns refcursor language plpgsql as $$ declare s refcursor := 's'; begin open s for execute format('select 1 as %I', (select ssn from {table}_p limit 1)); return s; end $$")], None).status.success());
     let answers = rt().block_on(async {
         let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "tokens", &g.token).await;
-        w.query(&format!(
-            "select set_config('application_name', email, false) from {table}"
-        ))
-        .await;
-        let mut a = w.until(b'Z').await;
-        w.query(&format!(
-            "begin; select {table}_c(); fetch all from c; commit"
-        ))
-        .await;
-        let named = w.until(b'Z').await;
+        let mut a = w
+            .ask(&format!(
+                "select set_config('application_name', email, false) from {table}"
+            ))
+            .await;
+        let named = w
+            .ask(&format!(
+                "begin; select {table}_c(); fetch all from c; commit"
+            ))
+            .await;
         let described = wire::texts(&named, b'T');
         assert!(
             described.iter().any(|d| d.contains("[EMAIL:")),
@@ -1259,11 +1259,11 @@ fn a_setting_the_target_reports_is_masked() {
         // answer was decided out of sight, and a zone name in POSIX form
         // (`<…>5`, free text) carries nothing.
         let mut m = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
-        m.query(&format!(
-            "begin; select {table}_s(); fetch all from s; commit"
-        ))
-        .await;
-        let named = m.until(b'Z').await;
+        let named = m
+            .ask(&format!(
+                "begin; select {table}_s(); fetch all from s; commit"
+            ))
+            .await;
         let described = wire::texts(&named, b'T');
         assert!(
             described.iter().any(|d| d.contains("?column?")),
@@ -1271,11 +1271,12 @@ fn a_setting_the_target_reports_is_masked() {
             wire::error_of(&named)
         );
         a.extend(named);
-        m.query(&format!(
-            "select set_config('TimeZone', '<' || ssn || '>5', false) from {table}_p"
-        ))
-        .await;
-        a.extend(m.until(b'Z').await);
+        a.extend(
+            m.ask(&format!(
+                "select set_config('TimeZone', '<' || ssn || '>5', false) from {table}_p"
+            ))
+            .await,
+        );
         m.terminate().await;
         a
     });

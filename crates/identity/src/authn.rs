@@ -226,7 +226,10 @@ impl Authenticator {
                     kind: crate::PrincipalKind::of_subject(&subject),
                     subject,
                     groups: Vec::new(),
-                    via: crate::AuthMethod::ClientCertificate { fingerprint },
+                    via: crate::AuthMethod::ClientCertificate {
+                        fingerprint,
+                        expires_at: portcullis_tls::client_cert::not_after(der),
+                    },
                 })
             }
             Credential::Bearer(s) => {

@@ -43,8 +43,14 @@ pub enum AuthMethod {
         expires_at: Option<i64>,
     },
     /// A client certificate verified during the TLS handshake;
-    /// `fingerprint` is the SHA-256 of the certificate, in hex.
-    ClientCertificate { fingerprint: String },
+    /// `fingerprint` is the SHA-256 of the certificate, in hex. Valid
+    /// until `expires_at` (its `notAfter`, Unix seconds): a session it
+    /// opened ends then, as an OIDC token's does.
+    ClientCertificate {
+        fingerprint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
 }
 
 impl AuthMethod {
@@ -54,6 +60,20 @@ impl AuthMethod {
             Self::GatewayToken { .. } => "token",
             Self::Oidc { .. } => "oidc",
             Self::ClientCertificate { .. } => "mtls",
+        }
+    }
+
+    /// When the credential runs out by itself (nobody revokes it), and
+    /// what to tell the caller then.
+    pub fn expiry(&self) -> Option<(i64, &'static str)> {
+        match self {
+            Self::Oidc { expires_at, .. } => {
+                expires_at.map(|e| (e, "the identity provider's token expired"))
+            }
+            Self::ClientCertificate { expires_at, .. } => {
+                expires_at.map(|e| (e, "the client certificate expired"))
+            }
+            Self::GatewayToken { .. } => None,
         }
     }
 }

@@ -18,7 +18,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
 
 /// What a statement can do, from least to most powerful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -443,9 +443,26 @@ fn lexes_differently(tokens: &[TokenWithSpan]) -> bool {
         Token::HexStringLiteral(s) => !s.chars().all(|c| c.is_ascii_hexdigit()),
         _ => false,
     };
-    // (Token texts are built only for the check: the analysis of a text
-    // is cached, and this runs once per text.)
+    // Words, numbers, quoted strings, blanks and punctuation neither end
+    // in `-` or `/` nor begin with `-` or `*`: their texts are not built.
+    let plain = |t: &Token| {
+        matches!(
+            t,
+            Token::Word(_)
+                | Token::Number(..)
+                | Token::SingleQuotedString(_)
+                | Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+                | Token::Comma
+                | Token::Period
+                | Token::LParen
+                | Token::RParen
+                | Token::SemiColon
+        )
+    };
     let spelled_across = |a: &Token, b: &Token| {
+        if plain(a) || plain(b) {
+            return false;
+        }
         let (a, b) = (a.to_string(), b.to_string());
         (a.ends_with('-') && b.starts_with('-')) || (a.ends_with('/') && b.starts_with('*'))
     };

@@ -204,6 +204,12 @@ impl OwnCa {
     }
 }
 
+/// When a certificate stops being valid (its `notAfter`), Unix seconds:
+/// a session it opened ends then.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    validity(der).map(|v| *v.end())
+}
+
 /// A certificate's validity, Unix seconds.
 fn validity(der: &[u8]) -> Option<std::ops::RangeInclusive<i64>> {
     let (_, c) = X509Certificate::from_der(der).ok()?;

@@ -584,3 +584,28 @@ pub fn https_client(ca: &str) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A token `person` minted for the agent `subject` (`agent:NAME@person`),
+/// written to the store at `store_url` as the gateway writes one (minting
+/// one through the gateway needs the person's sign-in at a provider): its
+/// secret.
+pub fn delegated_token(store_url: &str, subject: &str, person: &str, groups: &[String]) -> String {
+    let minted = portcullis_identity::token::generate().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = portcullis_store::Store::open(store_url).await.unwrap();
+        store
+            .insert_token(&portcullis_store::NewTokenRow {
+                hash: minted.hash,
+                subject,
+                groups,
+                created_at: portcullis_identity::unix_now(),
+                expires_at: None,
+                on_behalf_of: Some(person),
+                audience: None,
+                oauth_family: None,
+            })
+            .await
+            .unwrap();
+    });
+    minted.secret.clone()
+}

@@ -93,6 +93,12 @@ impl Wire {
         let _ = self.tls.shutdown().await;
     }
 
+    /// A simple query and its answers, up to ReadyForQuery.
+    pub async fn ask(&mut self, sql: &str) -> Vec<Answer> {
+        self.query(sql).await;
+        self.until(b'Z').await
+    }
+
     /// Answers up to and including the first of tag `last`.
     pub async fn until(&mut self, last: u8) -> Vec<Answer> {
         let mut out = Vec::new();

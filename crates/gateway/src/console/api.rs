@@ -207,8 +207,12 @@ async fn credential_live(store: &Store, who: &Principal) -> bool {
             expires_at: Some(exp),
             ..
         } => *exp > now,
-        AuthMethod::ClientCertificate { fingerprint } => {
-            matches!(store.is_cert_revoked(fingerprint).await, Ok(false))
+        AuthMethod::ClientCertificate {
+            fingerprint,
+            expires_at,
+        } => {
+            expires_at.is_none_or(|e| e > now)
+                && matches!(store.is_cert_revoked(fingerprint).await, Ok(false))
         }
         AuthMethod::Oidc { .. } => true,
     }
