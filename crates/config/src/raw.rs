@@ -313,11 +313,36 @@ struct RawOidc {
 
 /// An entry of `agent_clients`: a client whose own tokens carry its id as
 /// `sub`, or a client and the `sub` of its service account.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum RawAgentClient {
     Named(String),
     Bound(RawBoundAgent),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum answers a
+/// misspelt key with "did not match any variant", where this passes the
+/// table to [`RawBoundAgent`] and its error names the key.
+impl<'de> Deserialize<'de> for RawAgentClient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RawAgentClient;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a client id, or { client = \"…\", subject = \"…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawAgentClient::Named(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawBoundAgent::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawAgentClient::Bound)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 #[derive(Debug, Deserialize)]

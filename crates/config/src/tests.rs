@@ -564,6 +564,13 @@ fn agent_clients_are_agent_names_and_not_the_sign_in_clients() {
         "{base}agent_clients = [{{ client = \"x\", subject = \"\" }}]\n"
     )));
     assert!(e.contains("oidc[0].agent_clients"), "{e}");
+    // A misspelt key is named, not "did not match any variant".
+    let e = err(&with(&format!(
+        "{base}agent_clients = [{{ client = \"x\", subjet = \"5f0c\" }}]\n"
+    )));
+    assert!(e.contains("subjet") && !e.contains("variant"), "{e}");
+    let e = err(&with(&format!("{base}agent_clients = [7]\n")));
+    assert!(e.contains("a client id"), "{e}");
     for people in ["cli", "app"] {
         let e = err(&with(&format!(
             "{base}agent_clients = [\"{people}\"]\npeople_clients = [\"app\"]\n"

@@ -99,7 +99,9 @@ pub enum OidcError {
          signed in through an agent's client is not that agent"
     )]
     NotTheAgent(String),
-    #[error("the token names no client (client_id, azp or one aud), which agent_clients needs")]
+    #[error(
+        "the token names no client (client_id, azp, cid or one aud), which agent_clients needs"
+    )]
     NoClient,
     #[error("keys of issuer {0} are unavailable")]
     KeysUnavailable(String),
@@ -387,12 +389,13 @@ fn agent_client<'a>(
 }
 
 /// The client a token was issued to: its `client_id` (RFC 9068 access
-/// tokens), else `azp`, else its one audience (an ID token's client). A
+/// tokens), else `azp`, else `cid` (Okta's access tokens), else its one
+/// audience (an ID token's client). A
 /// claim that is there but not a non-empty string is refused, never
 /// skipped for the next (a review found `client_id: 7` fell through to
 /// `azp`).
 fn client_of(claims: &Value) -> Result<&str, OidcError> {
-    for name in ["client_id", "azp"] {
+    for name in ["client_id", "azp", "cid"] {
         match claims.get(name) {
             None => continue,
             Some(Value::String(s)) if !s.is_empty() => return Ok(s),

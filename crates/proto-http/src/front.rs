@@ -372,6 +372,16 @@ fn recorded_request_body(
 }
 
 /// A request on its way to the target, after the caller's checks.
+/// A request admitted on a connection ([`Inner::admit`]).
+struct Routed<'a> {
+    req: Request<Incoming>,
+    /// The path past the connection's name.
+    rest: String,
+    name: &'a String,
+    upstream: &'a Upstream,
+    admitted: Admitted,
+}
+
 struct Outgoing {
     parts: http::request::Parts,
     body: Body,
@@ -459,14 +469,77 @@ impl Inner {
             .map_err(ProxyError::from)
     }
 
+    /// A request, as the protocol runs it: admitted (who, which
+    /// connection, under which rule), read (the target's form, reversible
+    /// tokens swapped back), reviewed where a rule holds it, opened as a
+    /// session and charged to its budget, then forwarded, masked, metered
+    /// and recorded on the way back.
     async fn proxy<'a>(
         &'a self,
         req: Request<Incoming>,
         conn: &ConnInfo,
         seen: &mut Seen<'a>,
     ) -> Result<Response<Body>, ProxyError> {
-        // Authenticate before routing, so that unauthenticated callers
-        // learn nothing about which connections exist.
+        let Routed {
+            req,
+            rest,
+            name,
+            upstream,
+            admitted,
+        } = self.admit(req, conn, seen).await?;
+        let out = self.outgoing(req, &rest, upstream, &admitted, conn).await?;
+        let (out, in_body) = self.reviewed(out, upstream, &admitted).await?;
+        // Held or read for a while: the rules it was admitted under must
+        // still be the ones in force (re-admitted under the new ones when
+        // the caller sends it again).
+        if !self.ctx.is_current() {
+            return Err(ProxyError::ConfigChanged);
+        }
+        let Outgoing {
+            parts,
+            body,
+            state,
+            recorded_pq,
+            caller_body,
+            vault,
+            declared,
+            ..
+        } = out;
+        let method = parts.method.clone();
+        let recorded = Recorded {
+            path: recorded_pq
+                .as_deref()
+                .or(parts.uri.path_and_query().map(|p| p.as_str()))
+                .unwrap_or_default(),
+            body_len: caller_body.as_ref().map(|b| b.len()),
+        };
+        let (live, request_no) = self
+            .session(&admitted, upstream, conn, &parts, recorded)
+            .await?;
+        // After the session opened (a refused request is evidence in its
+        // recording), before anything reaches the target.
+        self.charge(&admitted, &live, &parts, &in_body).await?;
+        let body = recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
+        seen.live = Some((live.clone(), request_no));
+        seen.bytes_from_caller = declared;
+        let resp = self
+            .forward(name, upstream, Request::from_parts(parts, body), &state)
+            .await?;
+        let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
+        let resp = crate::budget::meter(resp, &live).await?;
+        record_response(resp, &live, request_no)
+    }
+
+    /// Who is calling, which connection the request names, and the rule
+    /// that lets this principal use it. Authenticates before routing, so
+    /// that unauthenticated callers learn nothing about which connections
+    /// exist.
+    async fn admit<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        seen: &mut Seen<'a>,
+    ) -> Result<Routed<'a>, ProxyError> {
         let principal = match self
             .authenticate(req.headers(), conn, Protocol::Http, Resource::Other)
             .await
@@ -507,97 +580,92 @@ impl Inner {
         };
         seen.connection = Some(name);
         seen.rule = Some(admitted.rule.clone());
-        let out = self.outgoing(req, &rest, upstream, &admitted, conn).await?;
-        let Outgoing {
-            parts,
-            body,
-            state,
-            caller_pq,
-            recorded_pq,
-            caller_body,
-            asked_session,
-            vault,
-            declared,
-        } = out;
-        let method = parts.method.clone();
-        // A form body may name the method too (`_method=DELETE`): read
-        // where the method matters.
+        Ok(Routed {
+            req,
+            rest,
+            name,
+            upstream,
+            admitted,
+        })
+    }
+
+    /// The request under its rule's review: the methods a form body names
+    /// (`_method=DELETE`) read where the method matters, and the request
+    /// held for a person's approval where the rule says so. Returns the
+    /// request with the body as the target will get it, and the methods
+    /// the body named.
+    async fn reviewed(
+        &self,
+        mut out: Outgoing,
+        upstream: &Upstream,
+        admitted: &Admitted,
+    ) -> Result<(Outgoing, Vec<String>), ProxyError> {
         let method_matters = admitted.gate.as_ref().is_some_and(|g| g.holds_methods())
-            || self.ctx.limits_methods(&admitted);
-        let (body, in_body) = if method_matters {
-            crate::review::form_overrides(&parts.headers, body, &state, self.max_body).await?
-        } else {
-            (body, Vec::new())
-        };
-        let body = match &admitted.gate {
-            Some(gate) => {
-                let held_method = crate::review::held_method(
-                    gate,
-                    &method,
-                    &parts.headers,
-                    parts.uri.query(),
-                    &in_body,
-                    upstream.method_overrides(),
-                )?;
-                let held = crate::review::HeldRequest {
-                    method: &held_method,
-                    path_and_query: &caller_pq,
-                    caller_body: caller_body.as_deref(),
-                    asked_session,
-                };
-                crate::review::hold(gate, held, body, &state, self.max_body).await?
-            }
-            None => body,
-        };
-        // Held or read for a while: the rules it was admitted under must
-        // still be the ones in force (re-admitted under the new ones when
-        // the caller sends it again).
-        if !self.ctx.is_current() {
-            return Err(ProxyError::ConfigChanged);
-        }
-        let recorded = Recorded {
-            path: recorded_pq
-                .as_deref()
-                .or(parts.uri.path_and_query().map(|p| p.as_str()))
-                .unwrap_or_default(),
-            body_len: caller_body.as_ref().map(|b| b.len()),
-        };
-        let (live, request_no) = self
-            .session(&admitted, upstream, conn, &parts, recorded)
+            || self.ctx.limits_methods(admitted);
+        let mut in_body = Vec::new();
+        if method_matters {
+            let (body, named) = crate::review::form_overrides(
+                &out.parts.headers,
+                out.body,
+                &out.state,
+                self.max_body,
+            )
             .await?;
-        // After the session opened (a refused request is evidence in its
-        // recording), before anything reaches the target.
-        if let Some(b) = live.budget.get_or_init(|| self.ctx.budget(&admitted)) {
-            // A target may read the method from an override: the request
-            // counts under both.
-            let mut overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
-            overridden.extend(in_body.iter().cloned());
-            let qualifiers: Vec<Option<&str>> = std::iter::once(method.as_str())
-                .chain(overridden.iter().map(String::as_str))
-                .map(Some)
-                .collect();
-            if let Err(e) = b.take_one_of(Measure::Requests, &qualifiers).await {
-                lift(&admitted, &live, b, e).await?;
-                b.take_one_of(Measure::Requests, &qualifiers)
-                    .await
-                    .map_err(ProxyError::Budget)?;
-            }
-            // Nothing left to return: the request does not run.
-            if b.counts(Measure::Bytes)
-                && let Err(e) = b.left(Measure::Bytes, None).await
-            {
-                lift(&admitted, &live, b, e).await?;
-            }
+            out.body = body;
+            in_body = named;
         }
-        let body = recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
-        seen.live = Some((live.clone(), request_no));
-        seen.bytes_from_caller = declared;
-        let resp = self
-            .forward(name, upstream, Request::from_parts(parts, body), &state)
-            .await?;
-        let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
-        let resp = crate::budget::meter(resp, &live).await?;
-        record_response(resp, &live, request_no)
+        if let Some(gate) = &admitted.gate {
+            let held_method = crate::review::held_method(
+                gate,
+                &out.parts.method,
+                &out.parts.headers,
+                out.parts.uri.query(),
+                &in_body,
+                upstream.method_overrides(),
+            )?;
+            let held = crate::review::HeldRequest {
+                method: &held_method,
+                path_and_query: &out.caller_pq,
+                caller_body: out.caller_body.as_deref(),
+                asked_session: out.asked_session,
+            };
+            out.body = crate::review::hold(gate, held, out.body, &out.state, self.max_body).await?;
+        }
+        Ok((out, in_body))
+    }
+
+    /// One request taken from the session's budget, under its method and
+    /// every method an override names (a target may read the method from
+    /// either); with no bytes left to return, the request does not run.
+    /// A spent budget may be lifted by a person where the rule allows.
+    async fn charge(
+        &self,
+        admitted: &Admitted,
+        live: &crate::session::LiveSession,
+        parts: &http::request::Parts,
+        in_body: &[String],
+    ) -> Result<(), ProxyError> {
+        let Some(b) = live.budget.get_or_init(|| self.ctx.budget(admitted)) else {
+            return Ok(());
+        };
+        let mut overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
+        overridden.extend(in_body.iter().cloned());
+        let qualifiers: Vec<Option<&str>> = std::iter::once(parts.method.as_str())
+            .chain(overridden.iter().map(String::as_str))
+            .map(Some)
+            .collect();
+        if let Err(e) = b.take_one_of(Measure::Requests, &qualifiers).await {
+            lift(admitted, live, b, e).await?;
+            b.take_one_of(Measure::Requests, &qualifiers)
+                .await
+                .map_err(ProxyError::Budget)?;
+        }
+        if b.counts(Measure::Bytes)
+            && let Err(e) = b.left(Measure::Bytes, None).await
+        {
+            lift(admitted, live, b, e).await?;
+        }
+        Ok(())
     }
 
     /// The shared admission path for the routed connection, and its
@@ -643,52 +711,14 @@ impl Inner {
                 "paths with `.` or `..` segments are not forwarded".into(),
             ));
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(n) = declared.filter(|n| *n > self.max_body) {
-            let max = match req.version() {
-                http::Version::HTTP_2 => H2_LINGER_MAX_BYTES,
-                _ => LINGER_MAX_BYTES,
-            };
-            if n <= max {
-                linger_up_to(req.into_body(), max).await;
-            }
-            return Err(ProxyError::BodyTooLarge {
-                limit: self.max_body,
-            });
-        }
+        let (req, declared) = self.within_limit(req).await?;
         let vault = self.vault(admitted);
-        let query = req.uri().query().map(str::to_owned);
-        // The values tokens stand for go to the target only: the caller's
-        // form is what reviews and recordings show (the caller can read
-        // both of its own).
-        let swapped = match (&vault, &query) {
-            (Some(v), Some(q)) => v
-                .lock()
-                .ok()
-                .and_then(|v| crate::masking::reverse_query(q, &v))
-                .filter(|s| s != q),
-            _ => None,
-        };
-        let caller_pq = match &query {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
-        };
-        let target_uri = |q: Option<&str>| {
-            upstream
-                .target_uri(rest, q)
-                .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))
-        };
-        let uri = target_uri(swapped.as_deref().or(query.as_deref()))?;
-        let recorded_pq = match &swapped {
-            Some(_) => target_uri(query.as_deref())?
-                .path_and_query()
-                .map(|p| p.to_string()),
-            None => None,
-        };
+        let paths = target_paths(rest, req.uri().query(), upstream, vault.as_ref())?;
+        let TargetPaths {
+            uri,
+            caller_pq,
+            recorded_pq,
+        } = paths;
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         let asked_session = crate::review::requested_session(&parts.headers)?;
@@ -725,6 +755,33 @@ impl Inner {
             asked_session,
             vault,
             declared,
+        })
+    }
+
+    /// The request and the length it declares, or a refusal when that
+    /// is over the body limit (the body read first, up to a bound, so that
+    /// the client sees the refusal rather than a reset).
+    async fn within_limit(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Request<Incoming>, Option<u64>), ProxyError> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(n) = declared.filter(|n| *n > self.max_body) else {
+            return Ok((req, declared));
+        };
+        let max = match req.version() {
+            http::Version::HTTP_2 => H2_LINGER_MAX_BYTES,
+            _ => LINGER_MAX_BYTES,
+        };
+        if n <= max {
+            linger_up_to(req.into_body(), max).await;
+        }
+        Err(ProxyError::BodyTooLarge {
+            limit: self.max_body,
         })
     }
 
@@ -941,6 +998,57 @@ impl Inner {
 /// `http_body` events, as it is sent.
 /// A used-up budget: held for an approver to lift it for this session
 /// (on a connection with an approval rule), refused otherwise.
+/// Where a request goes on the target, and how it is shown.
+struct TargetPaths {
+    uri: http::Uri,
+    /// The caller's own path and query, as it sent them (reversible
+    /// tokens, not the values swapped back for them): what a reviewer
+    /// sees.
+    caller_pq: String,
+    /// The target's path and query with the caller's own query, where
+    /// tokens in it were swapped back: what the recording keeps.
+    recorded_pq: Option<String>,
+}
+
+/// The target's URI for `rest` and `query`, with the values reversible
+/// tokens in the query stand for: they go to the target only, and the
+/// caller's form is what reviews and recordings show (the caller can read
+/// both of its own).
+fn target_paths(
+    rest: &str,
+    query: Option<&str>,
+    upstream: &Upstream,
+    vault: Option<&SharedVault>,
+) -> Result<TargetPaths, ProxyError> {
+    let swapped = match (vault, query) {
+        (Some(v), Some(q)) => v
+            .lock()
+            .ok()
+            .and_then(|v| crate::masking::reverse_query(q, &v))
+            .filter(|s| s != q),
+        _ => None,
+    };
+    let caller_pq = match query {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let target_uri = |q: Option<&str>| {
+        upstream
+            .target_uri(rest, q)
+            .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))
+    };
+    let uri = target_uri(swapped.as_deref().or(query))?;
+    let recorded_pq = match &swapped {
+        Some(_) => target_uri(query)?.path_and_query().map(|p| p.to_string()),
+        None => None,
+    };
+    Ok(TargetPaths {
+        uri,
+        caller_pq,
+        recorded_pq,
+    })
+}
+
 async fn lift(
     admitted: &Admitted,
     live: &crate::session::LiveSession,

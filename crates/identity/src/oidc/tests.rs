@@ -147,6 +147,15 @@ fn with_agent_clients_the_tokens_client_decides() {
     // A service account with a `sub` of its own, its client in `azp`.
     let kc = token(&[("sub", s("5f0c-service-account")), ("azp", s("kc-bot"))]);
     assert_eq!(as_listed(&kc), Ok("agent:kc-bot".into()));
+    // Okta names the client in `cid`: a person through an agent's
+    // client is refused as with `azp`, a client's own token is the agent.
+    let okta = token(&[("sub", s("ci-bot")), ("cid", s("ci-bot"))]);
+    assert_eq!(as_listed(&okta), Ok("agent:ci-bot".into()));
+    let okta = token(&[("sub", s("alice@example.com")), ("cid", s("ci-bot"))]);
+    assert_eq!(
+        as_listed(&okta),
+        Err(OidcError::NotTheAgent("ci-bot".into()))
+    );
     // Without the list that token was a person's.
     assert_eq!(
         check_as(settings(), &kc, &keys_of(&i)).map(|p| p.subject),
