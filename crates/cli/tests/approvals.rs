@@ -854,6 +854,37 @@ fn bound_parameters_are_part_of_the_approved_action() {
         // The session is still usable.
         let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 42);
+
+        // Found in review: a DELETE prepared in SQL, approved once as a
+        // PREPARE, ran again and again through protocol Binds with new
+        // parameters. A Bind of a name the gate did not see parsed is
+        // held as unknown, its parameters part of the action.
+        let ca = std::path::Path::new(&s.ca);
+        let mut w = common::wire::Wire::login(s.gw.pg_port.unwrap(), ca, "quick", &s.token).await;
+        let prepare = "PREPARE sqlp(int) AS DELETE FROM appr_t WHERE id = $1";
+        let held = w.ask(prepare).await;
+        assert!(
+            common::wire::error_of(&held).contains("not decided"),
+            "{held:?}"
+        );
+        let r = s.pending("PREPARE sqlp");
+        let id = r["id"].as_str().unwrap().to_string();
+        assert!(s.decide(&s.bob, "approve", &id, None).status.success());
+        let made = w.ask(prepare).await;
+        assert!(made.iter().all(|(t, _)| *t != b'E'), "{made:?}");
+        let bind = [&b"\0sqlp\0\0\0\0\x01\0\0\0\x0214\0\0"[..]].concat();
+        w.send(b'B', &bind).await;
+        w.execute().await;
+        w.sync().await;
+        let bound = w.until(b'Z').await;
+        assert!(
+            common::wire::error_of(&bound).contains("not decided"),
+            "{bound:?}"
+        );
+        let r = s.pending("sqlp");
+        assert!(r["action"].as_str().unwrap().contains("'14'"), "{r}");
+        assert_eq!(rows_with(14), "1");
+        w.terminate().await;
     });
 }
 

@@ -1308,6 +1308,104 @@ fn a_setting_the_target_reports_is_masked() {
     );
 }
 
+/// Found in review: the masker followed the caller's names, not what the
+/// target did with them. Rows of a cursor declared in SQL and run by a
+/// protocol Execute took another statement's layout; a simple query the
+/// target skipped after an error put every later answer one statement out
+/// of step; a Parse the target refused replaced what was known of the
+/// statement of that name; and `RAISE … USING COLUMN = v` carried a value
+/// in a field that was never masked. Each read a column rule's value.
+#[test]
+fn the_masker_follows_what_the_target_did_not_what_the_caller_named() {
+    let g = PgGateway::start();
+    let table = format!("flow_{}", std::process::id());
+    assert!(g.psql("rw", &["-q", "-c", &format!("create table {table} (id int, ssn text); insert into {table} values (1, 'SECRETSSN-111'), (2, 'SECRETSSN-222')")], None).status.success());
+    let answers = rt().block_on(async {
+        let mut all = Vec::new();
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        // 1. A cursor declared in SQL, executed as a portal, after a
+        //    harmless statement was described under the unnamed name.
+        all.extend(
+            w.ask(&format!(
+                "declare c cursor with hold for select ssn, ssn || '' as s from {table}"
+            ))
+            .await,
+        );
+        w.parse("", "select 'a'::text, 'b'::text").await;
+        w.send(b'D', b"S\0").await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        w.send(b'E', b"c\0\0\0\0\0").await;
+        w.sync().await;
+        let cursor = w.until(b'Z').await;
+        all.extend(cursor);
+        all.extend(w.ask("close c").await);
+        // 2. A failed extended batch with a simple query inside it: the
+        //    target skips the query; the masker must too.
+        w.parse("", &format!("select 1/0 from {table}_nosuch")).await;
+        w.bind("").await;
+        w.execute().await;
+        w.query("select 1").await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        all.extend(w.ask("select 2").await);
+        all.extend(
+            w.ask(&format!("select ssn || '' as s from {table}"))
+                .await,
+        );
+        // 3. A Parse the target refuses (the name exists) leaves what is
+        //    known of the statement as it was.
+        w.parse("s1", &format!("select ssn || '' as s from {table}"))
+            .await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        w.parse("s1", "select 'a'::text").await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        w.send(b'D', b"Ss1\0").await;
+        w.bind("s1").await;
+        w.execute().await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        // The same, with the name prepared in SQL.
+        all.extend(
+            w.ask(&format!("prepare s9 as select ssn || '' as s from {table}"))
+                .await,
+        );
+        w.parse("s9", "select 'a'::text").await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        w.send(b'D', b"Ss9\0").await;
+        w.bind("s9").await;
+        w.execute().await;
+        w.sync().await;
+        all.extend(w.until(b'Z').await);
+        // 4. Every field of a notice but the fixed ones is masked, and the
+        //    naming fields are withheld under column rules.
+        all.extend(
+            w.ask(&format!(
+                "do $$ declare v text; begin select ssn into v from {table} where id = 1; raise notice 'hi' using column = v, table = v, constraint = v, datatype = v, schema = v; end $$"
+            ))
+            .await,
+        );
+        // Still in step: a plain read answers its own rows.
+        let n = w.value(&format!("select count(*) from {table}")).await;
+        assert_eq!(n, "2");
+        w.terminate().await;
+        all
+    });
+    let everything: String = answers
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(!everything.contains("SECRETSSN"), "{everything}");
+    assert!(
+        g.psql("rw", &["-q", "-c", &format!("drop table {table}")], None)
+            .status
+            .success()
+    );
+}
+
 #[test]
 /// Reversible tokens are not swapped back on PostgreSQL: a swapped value
 /// is SQL text the caller shapes. Reviews read it back through the

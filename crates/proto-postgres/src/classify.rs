@@ -1326,5 +1326,27 @@ impl Visitor for Walker {
     }
 }
 
+/// Whether running `sql` may redefine named prepared statements or
+/// portals where the gateway does not see it (the masker's layouts, the approval
+/// gate's names): a word that prepares,
+/// deallocates, declares, closes or discards, or that runs code (`DO`,
+/// `CALL`, `EXECUTE`). By words, not by parse: a false alarm only costs a
+/// description or an approval again, a miss would mask rows by another
+/// statement's layout or run a statement nobody approved.
+pub fn may_redefine(sql: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "prepare",
+        "deallocate",
+        "declare",
+        "close",
+        "discard",
+        "do",
+        "call",
+        "execute",
+    ];
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
 #[cfg(test)]
 mod tests;

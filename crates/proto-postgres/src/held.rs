@@ -61,7 +61,19 @@ pub struct HeldStatements {
     nonce: String,
     created: u64,
     by_name: HashMap<String, HeldStatement>,
+    /// Names the caller parsed through the protocol that need no
+    /// approval, and whether running each may redefine prepared
+    /// statements ([`crate::classify::may_redefine`]). A name in neither
+    /// table was prepared where the gate could not read it (SQL
+    /// `PREPARE`, a function): a Bind of it is held as unknown (a review
+    /// ran a `DELETE` approved once as `PREPARE`, by Binds with new
+    /// parameters).
+    plain: HashMap<String, bool>,
 }
+
+/// Names kept in [`HeldStatements::plain`] at most; past it they are
+/// forgotten, and their Binds held (fail closed).
+const MAX_PLAIN: usize = 1024;
 
 impl HeldStatements {
     pub fn new(nonce: &str) -> Self {
@@ -69,6 +81,7 @@ impl HeldStatements {
             nonce: nonce.to_string(),
             created: 0,
             by_name: HashMap::new(),
+            plain: HashMap::new(),
         }
     }
 
@@ -88,6 +101,7 @@ impl HeldStatements {
             return Err(HeldError::TooMany);
         }
         self.created += 1;
+        self.plain.remove(name);
         let private = format!("portcullis_held_{}_{}", self.nonce, self.created);
         self.by_name.insert(
             name.to_string(),
@@ -104,8 +118,25 @@ impl HeldStatements {
     /// A Parse of a statement that needs no approval as `name`: binding
     /// `name` no longer means the held one (which stays, unreachable, on
     /// the target until the session ends).
-    pub fn forget(&mut self, name: &str) {
+    pub fn forget(&mut self, name: &str, redefines: bool) {
         self.by_name.remove(name);
+        if self.plain.len() >= MAX_PLAIN && !self.plain.contains_key(name) {
+            self.plain.clear();
+        }
+        self.plain.insert(name.to_string(), redefines);
+    }
+
+    /// For a name parsed through the protocol without needing approval:
+    /// whether running it may redefine prepared statements. `None`: a
+    /// name the gate did not see parsed.
+    pub fn plain(&self, name: &str) -> Option<bool> {
+        self.plain.get(name).copied()
+    }
+
+    /// Something ran that may have redefined any prepared statement: no
+    /// name the gate let through unheld still means what it read.
+    pub fn redefined(&mut self) {
+        self.plain.clear();
     }
 
     /// What a Bind, Describe or Close of `name` refers to, if held.
@@ -115,6 +146,7 @@ impl HeldStatements {
 
     /// A Close of `name`: the private name to close instead.
     pub fn close(&mut self, name: &str) -> Option<String> {
+        self.plain.remove(name);
         self.by_name.remove(name).map(|h| h.private)
     }
 }
@@ -195,7 +227,7 @@ mod tests {
         assert_eq!(h.get("").unwrap().private, p);
         // A new unnamed statement that needs no approval replaces it for
         // the caller; the private one is out of reach.
-        h.forget("");
+        h.forget("", false);
         assert!(h.get("").is_none());
         // Each held Parse gets its own private name.
         let a = h.prepare("s1", "DELETE FROM t", vec![], "write").unwrap();

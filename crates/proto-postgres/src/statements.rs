@@ -173,9 +173,7 @@ impl Gate {
             ApprovalMode::Session => matches!(m.tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL),
             ApprovalMode::Statements => match m.tag {
                 tag::QUERY | tag::FUNCTION_CALL => true,
-                tag::BIND => {
-                    messages::bind(&m.body).is_some_and(|b| self.held().get(&b.statement).is_some())
-                }
+                tag::BIND => messages::bind(&m.body).is_some_and(|b| self.holds_bind(&b.statement)),
                 _ => false,
             },
             ApprovalMode::None => false,
@@ -187,10 +185,22 @@ impl Gate {
     pub fn binds_schema_change(&self, m: &Message) -> bool {
         m.tag == tag::BIND
             && messages::bind(&m.body).is_some_and(|b| {
-                self.held()
-                    .get(&b.statement)
-                    .is_some_and(|h| matches!(h.class, "ddl" | "admin" | "unknown"))
+                let held = self.held();
+                match held.get(&b.statement) {
+                    Some(h) => matches!(h.class, "ddl" | "admin" | "unknown"),
+                    // Prepared where the gate could not read it.
+                    None => held.plain(&b.statement).is_none(),
+                }
             })
+    }
+
+    /// Whether a Bind of `statement` waits for a person: a held
+    /// statement, or one prepared where the gate could not read it while
+    /// the rule holds what is not proven.
+    fn holds_bind(&self, statement: &str) -> bool {
+        let held = self.held();
+        held.get(statement).is_some()
+            || (held.plain(statement).is_none() && self.needs_approval(Class::Unknown).is_some())
     }
 
     /// The class under which a statement of `class` needs approval, if
@@ -227,6 +237,14 @@ impl Gate {
             ApprovalMode::Statements => {}
         }
         let class = checked.and_then(|c| self.needs_approval(c.class));
+        if matches!(m.tag, tag::QUERY | tag::FUNCTION_CALL)
+            && (checked.is_none_or(|c| c.class == Class::Unknown)
+                || messages::query_text(m).is_some_and(|q| crate::classify::may_redefine(&q)))
+        {
+            // It runs right after this: names read before may mean
+            // something else after it.
+            self.held().redefined();
+        }
         match m.tag {
             tag::QUERY => {
                 let mut checked = None;
@@ -252,7 +270,10 @@ impl Gate {
                 }
                 Ok(m.clone().into())
             }
-            tag::PARSE => self.parse(m, class).map(Admitted::from),
+            tag::PARSE => {
+                let unknown = checked.is_none_or(|c| c.class == Class::Unknown);
+                self.parse(m, class, unknown).map(Admitted::from)
+            }
             tag::BIND => self.bind(m, up, caller_w).await,
             tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m).into()),
             _ => Ok(m.clone().into()),
@@ -261,12 +282,18 @@ impl Gate {
 
     /// A Parse is held at each Bind, with its parameters, not here: it is
     /// renamed to a private name the caller cannot bind directly.
-    fn parse(&self, m: &Message, class: Option<&'static str>) -> Result<Message, Refusal> {
+    fn parse(
+        &self,
+        m: &Message,
+        class: Option<&'static str>,
+        unknown: bool,
+    ) -> Result<Message, Refusal> {
         let Some((name, sql)) = messages::parse_text(m) else {
             return Ok(m.clone());
         };
         let Some(class) = class else {
-            self.held().forget(&name);
+            let redefines = unknown || crate::classify::may_redefine(&sql);
+            self.held().forget(&name, redefines);
             return Ok(m.clone());
         };
         let types = messages::parse_types(m).unwrap_or_default();
@@ -293,9 +320,13 @@ impl Gate {
         if crate::held::reserved(&bind.statement) {
             return Err(held_refusal(HeldError::Reserved(bind.statement)));
         }
-        let Some(h) = self.held().get(&bind.statement).cloned() else {
-            return Ok(m.clone().into());
+        let held = self.held().get(&bind.statement).cloned();
+        let Some(h) = held else {
+            return self.bind_unheld(m, &bind, caller_w).await;
         };
+        if h.class == "unknown" || crate::classify::may_redefine(&h.sql) {
+            self.held().redefined();
+        }
         let action = crate::held::action(&h.sql, &bind);
         let preview = Previewed::Bound {
             up,
@@ -308,6 +339,40 @@ impl Gate {
             message: bind.encode_for(&h.private),
             checked,
         })
+    }
+
+    /// A Bind of a statement the gate does not hold: one parsed through
+    /// the protocol passes; one prepared where the gate could not read
+    /// it (SQL `PREPARE`, a function, or redefined since it was parsed)
+    /// is held as unknown where the rule holds what is not proven, its
+    /// name and parameters the action.
+    async fn bind_unheld<W: AsyncWrite + Unpin>(
+        &self,
+        m: &Message,
+        bind: &messages::Bind<'_>,
+        caller_w: CallerWriter<'_, W>,
+    ) -> Result<Admitted, Refusal> {
+        let plain = self.held().plain(&bind.statement);
+        match plain {
+            Some(redefines) => {
+                if redefines {
+                    self.held().redefined();
+                }
+                Ok(m.clone().into())
+            }
+            None => {
+                self.held().redefined();
+                if let Some(class) = self.needs_approval(Class::Unknown) {
+                    let what = format!(
+                        "-- run prepared statement \"{}\" (prepared outside the protocol, or redefined since: its text is not known to the gateway)",
+                        bind.statement
+                    );
+                    let action = crate::held::action(&what, bind);
+                    self.hold(&action, class, Previewed::Not, caller_w).await?;
+                }
+                Ok(m.clone().into())
+            }
+        }
     }
 
     /// Describe and Close of a held statement name its private name.

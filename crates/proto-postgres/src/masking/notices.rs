@@ -2,9 +2,10 @@
 //! too: `invalid input syntax for type integer: "ada@example.com"`, a
 //! constraint's `Key (email)=(…)` or `Failing row contains (…)`, a
 //! trigger's RAISE, a NOTIFY payload, a setting a statement set from a
-//! row. Every text field that can hold data goes through the
-//! masker; the fields that name things (severity, code, position, schema,
-//! table, column, constraint, source file) are kept.
+//! row. Every field but those the server fills from fixed forms
+//! (severity, code, position, source file) goes through the masker, and
+//! under column rules the fields naming a schema, table, column, type or
+//! constraint are withheld: a `RAISE … USING` sets them to any text.
 
 use bytes::{BufMut, BytesMut};
 use portcullis_mask::{Masker, Stats};
@@ -12,9 +13,16 @@ use portcullis_mask::{Masker, Stats};
 use crate::frame::{Message, take_cstr};
 use crate::messages::parse_fields;
 
-/// Fields of ErrorResponse/NoticeResponse that may hold data: message,
-/// detail, hint, context ("where"), internal query.
-const DATA_FIELDS: &[u8] = b"MDHWq";
+/// Fields of ErrorResponse/NoticeResponse that cannot hold data: severity
+/// (both forms), code, position, internal position, source file, line and
+/// routine. Every other field is masked, whatever its code: PL/pgSQL sets
+/// schema, table, column, datatype and constraint to any text (`RAISE …
+/// USING COLUMN = v`), a review found, and a later server may add fields.
+const NAME_FIELDS: &[u8] = b"SVCPpFLR";
+
+/// Fields a column rule's value may be put in by a `RAISE … USING`:
+/// withheld under column rules (a detector cannot know such a value).
+const NAMING_FIELDS: &[u8] = b"stcdn";
 
 /// What the masker needs for one message.
 pub struct Scope<'a> {
@@ -53,12 +61,15 @@ pub fn fields(msg: &Message, scope: &mut Scope<'_>) -> Option<Message> {
     let mut out = BytesMut::with_capacity(msg.body.len() + 16);
     for (code, value) in &fields {
         let mut v = value.clone();
-        if DATA_FIELDS.contains(code) {
+        if !NAME_FIELDS.contains(code) {
             if *code == b'D'
                 && scope.withhold_row_values
                 && let Some(w) = withhold(&v)
             {
                 v = w;
+            }
+            if NAMING_FIELDS.contains(code) && scope.withhold_row_values {
+                v = WITHHELD.to_string();
             }
             if scope.touches && !(*code == b'M' && keeps_message) {
                 v = WITHHELD.to_string();
@@ -230,8 +241,30 @@ mod tests {
             get(b'D'),
             Some("Key (ssn)=(withheld by masking) already exists.")
         );
-        assert_eq!(get(b't'), Some("users"));
+        // Under column rules the naming fields are withheld: `RAISE …
+        // USING TABLE = v` puts any value there (review).
+        assert_eq!(get(b't'), Some(WITHHELD));
         assert_eq!(get(b'C'), Some("22P02"));
+        // Without them, every field but the fixed ones goes through the
+        // detectors, whatever its code.
+        let mut plain = Scope {
+            withhold_row_values: false,
+            masker: &m,
+            stats: &mut Stats::new(),
+            touches: false,
+        };
+        let e = error(&[
+            (b'S', "NOTICE"),
+            (b'C', "00000"),
+            (b'c', "ada.lovelace@example.com"),
+            (b'n', "users_email_key"),
+            (b'Z', "ada.lovelace@example.com"),
+        ]);
+        let f = parse_fields(&fields(&e, &mut plain).unwrap().body);
+        assert_eq!(
+            f.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(),
+            ["NOTICE", "00000", "[EMAIL]", "users_email_key", "[EMAIL]"]
+        );
         assert_eq!(
             withhold("Failing row contains (1, x, 123).").as_deref(),
             Some("Failing row contains (withheld by masking)")
