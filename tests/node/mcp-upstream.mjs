@@ -59,6 +59,15 @@ function build() {
     },
   );
   mcp.registerTool(
+    'record',
+    { description: 'A customer record, as JSON text.', inputSchema: {} },
+    async () => {
+      calls += 1;
+      const rec = { name: 'Ada', api_key: 'zz-canary-key-4410' };
+      return { content: [{ type: 'text', text: JSON.stringify(rec) }] };
+    },
+  );
+  mcp.registerTool(
     'delete_everything',
     { description: 'Delete every customer.', inputSchema: {} },
     async () => {

@@ -95,6 +95,8 @@ connections = ["*"]
 actions = {{ email = {{ action = "partial", keep_domain = true }} }}
 [[masking.rules.fields]]
 columns = ["mcp_customers.name"]
+[[masking.rules.fields]]
+keys = ["api_key"]
 "#,
         api = api.port,
     );
@@ -538,10 +540,18 @@ ca_file = "ca.pem"
 credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
 approval = {{ mode = "statements", tools = ["search"], approvers = ["approvers"], wait = "1s" }}
 
+[[connections]]
+name = "directory-jit"
+type = "mcp"
+url = "https://localhost:{port}/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+approval = {{ mode = "session", approvers = ["approvers"], session = "1h", wait = "1s" }}
+
 [[grants]]
 name = "directory-users"
 groups = ["testers"]
-connections = ["directory", "directory-held"]
+connections = ["directory", "directory-held", "directory-jit"]
 
 [[connections]]
 name = "directory-metered"
@@ -605,7 +615,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     ]);
     assert_eq!(
         out[0]["tools"],
-        json!(["search", "notify", "fail"]),
+        json!(["search", "notify", "fail", "record"]),
         "{out:?}"
     );
     let found = out[1].to_string();
@@ -673,6 +683,55 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     );
     assert_eq!(upstream_calls(), "3");
 
+    // Found in review: ids the gateway kept apart and the server read as
+    // one (`1.0` and `1`) made a tool's result the answer to `tools/list`,
+    // which is not masked. The server sees ids of the gateway's own; the
+    // caller gets its own back.
+    let r = rpc(
+        r#"[{"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}},{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search","arguments":{"q":"y"}}}]"#,
+    );
+    assert!(r.body.contains("@example.com"), "{r:?}");
+    assert!(
+        !r.body.contains("ada.lovelace@") && !r.body.contains("portcullis-"),
+        "{r:?}"
+    );
+    assert_eq!(upstream_calls(), "5");
+    // JSON a tool writes into its text is masked by key, as
+    // structuredContent is (review: `api_key` came back in the text).
+    let r = rpc(
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"record","arguments":{}}}"#,
+    );
+    assert!(
+        r.body.contains("Ada") && !r.body.contains("zz-canary-key"),
+        "{r:?}"
+    );
+    assert_eq!(upstream_calls(), "6");
+    // Only POST carries JSON-RPC: a PUT's body is not run unchecked.
+    let put = curl(&[
+        "--cacert",
+        &s.ca,
+        "-X",
+        "PUT",
+        "-H",
+        &format!("authorization: Bearer {}", s.token),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"delete_everything"}}"#,
+        &url,
+    ]);
+    assert_eq!(put.status, 405, "{put:?}");
+    assert_eq!(upstream_calls(), "6");
+    // Just-in-time access holds every request, not only tool calls.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"secret://customer"}}"#,
+    ] {
+        let r = rpc_at(&format!("{}/c/directory-jit/", gw.url), body);
+        assert!(r.body.contains("not decided"), "{r:?}");
+        assert!(!r.body.contains("\"tools\""), "{r:?}");
+    }
+
     // A bytes budget covers a proxied server's answers too: one larger
     // than what is left is refused whole (429), nothing of it handed over.
     let metered = rpc_at(
@@ -706,7 +765,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     let refused = out[1]["error"].as_str().unwrap_or_default();
     assert!(refused.contains("not decided"), "{out:?}");
     assert_ne!(out[2]["isError"], true, "{out:?}");
-    assert_eq!(upstream_calls(), "4", "only the call not held ran");
+    assert_eq!(upstream_calls(), "7", "only the call not held ran");
 
     // The upstream changes a tool's description: it is held.
     let r = curl(&[
@@ -720,7 +779,11 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     ]);
     assert_eq!(r.body, "bumped");
     let out = client(&["list", "call", "search", r#"{"q": "x"}"#]);
-    assert_eq!(out[0]["tools"], json!(["notify", "fail"]), "{out:?}");
+    assert_eq!(
+        out[0]["tools"],
+        json!(["notify", "fail", "record"]),
+        "{out:?}"
+    );
     assert!(
         out[1]["error"]
             .as_str()
@@ -728,7 +791,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
             .contains("changed its definition"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "4");
+    assert_eq!(upstream_calls(), "7");
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(["--config", cfg_path.to_str().unwrap()])
@@ -759,7 +822,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     let out = client(&["list", "call", "search", r#"{"q": "y"}"#]);
     assert_eq!(
         out[0]["tools"],
-        json!(["search", "notify", "fail"]),
+        json!(["search", "notify", "fail", "record"]),
         "{out:?}"
     );
     assert_ne!(out[1]["isError"], true, "{out:?}");
@@ -767,7 +830,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         out[1].to_string().contains("found ***@example.com for y"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "5");
+    assert_eq!(upstream_calls(), "8");
 
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     for action in ["mcp_tool_pinned", "mcp_tool_changed", "mcp_tool_approved"] {

@@ -107,7 +107,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let (methods, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
+    let (asked, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
         Ok(m) => m,
         Err(refused) => return refused,
     };
@@ -117,7 +117,7 @@ pub async fn handle(
         name,
         upstream,
         target,
-        methods,
+        asked: std::sync::Mutex::new(asked),
     };
     let open = match crate::call::open(ctx, &admitted).await {
         Ok(o) => o,
@@ -192,14 +192,19 @@ async fn read_request(
     Ok((parts, bytes))
 }
 
-/// Which method each request id asked for (to know what each answer is),
-/// and the body to forward: re-serialised from what was checked, so the
-/// server reads exactly that (a duplicate key one parser takes first and
-/// another last cannot differ). A call (or a notification) naming a tool
-/// that policy or pinning does not allow is refused with a JSON-RPC error
-/// and audited; one the connection's approval rule holds waits for a
-/// person's yes. Ids repeated within a batch are refused: each answer
-/// must be known for what it is.
+/// The requests of one call, by the id the gateway gave each for the
+/// server: the caller's own id, and the method it asked for (to know what
+/// each answer is).
+type Asked = HashMap<String, (Value, String)>;
+
+/// What was asked (see [`Asked`]), and the body to forward: re-serialised
+/// from what was checked, so the server reads exactly that (a duplicate
+/// key one parser takes first and another last cannot differ), with ids
+/// of the gateway's own. A call (or a notification) naming a tool that
+/// policy or pinning does not allow is refused with a JSON-RPC error and
+/// audited; one the connection's approval rule holds waits for a person's
+/// yes. Ids repeated within a batch are refused. Only POST carries
+/// JSON-RPC; a DELETE (ending the server's session) carries nothing.
 async fn check_calls(
     ctx: &Context,
     who: &Caller,
@@ -207,16 +212,29 @@ async fn check_calls(
     target: &portcullis_config::McpTarget,
     parts: &http::request::Parts,
     bytes: &Bytes,
-) -> Result<(HashMap<String, String>, Bytes), Response<Body>> {
+) -> Result<(Asked, Bytes), Response<Body>> {
     let mut methods: HashMap<String, String> = HashMap::new();
-    if parts.method != Method::POST {
-        return Ok((methods, bytes.clone()));
+    match parts.method {
+        Method::POST => {}
+        Method::DELETE if bytes.is_empty() => return Ok((Asked::new(), bytes.clone())),
+        // A server that runs JSON-RPC whatever the method would run a
+        // PUT's body unchecked (review).
+        _ => {
+            let mut r = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "MCP requests are POST (and DELETE, without a body, to end a session)",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return Err(r);
+        }
     }
     // This request is the calls' session: a per-session limit counts the
     // calls of one request.
     let budget = ctx.front.budget(admitted);
     let name = admitted.connection.as_str();
-    let msg: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let mut msg: Value = serde_json::from_slice(bytes).map_err(|e| {
         json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -227,6 +245,22 @@ async fn check_calls(
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
     };
+    // Just-in-time access holds every request, not only tool calls: a
+    // resource read or a prompt is data too (review).
+    if let Err(why) = session_hold(admitted).await {
+        ctx.front
+            .refuse(
+                Some(who.principal.subject.as_str()),
+                Some(admitted.connection.as_str()),
+                &who.origin(),
+                &why,
+            )
+            .await;
+        return Err(match items.as_slice() {
+            [one] if one.get("id").is_some() => rpc_error(&one["id"], &why),
+            _ => json_error(StatusCode::FORBIDDEN, "forbidden", &why),
+        });
+    }
     let pinned = ctx.store.tool_pins(name).await.map_err(|e| {
         tracing::error!(error = %e, "tool pins unavailable");
         json_error(
@@ -291,9 +325,53 @@ async fn check_calls(
             });
         }
     }
+    let asked = own_ids(&mut msg);
     let forwarded = serde_json::to_vec(&msg)
         .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
-    Ok((methods, Bytes::from(forwarded)))
+    Ok((asked, Bytes::from(forwarded)))
+}
+
+/// Give every request an id of the gateway's own, unique in this process,
+/// and say which caller's id and method each stands for. What an answer
+/// is must not rest on how the server reads the caller's ids: a review
+/// sent `1.0` and `1`, which the gateway kept apart and a JavaScript
+/// server read as one, and a tool's result came back as the answer to
+/// `tools/list`, which is not masked.
+fn own_ids(msg: &mut Value) -> Asked {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut asked = Asked::new();
+    let items: Vec<&mut Value> = match msg {
+        Value::Array(a) => a.iter_mut().collect(),
+        one => vec![one],
+    };
+    for m in items {
+        let method = m.get("method").and_then(Value::as_str).map(str::to_owned);
+        let (Some(method), Some(id)) = (method, m.get("id").cloned()) else {
+            continue;
+        };
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let own = format!("portcullis-{n}");
+        asked.insert(own.clone(), (id, method));
+        m["id"] = Value::String(own);
+    }
+    asked
+}
+
+/// Under a just-in-time rule, every request waits for a live grant.
+async fn session_hold(admitted: &portcullis_front::Admitted) -> Result<(), String> {
+    let just_in_time = admitted
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.mode() == portcullis_config::ApprovalMode::Session);
+    if !just_in_time {
+        return Ok(());
+    }
+    crate::call::approve(admitted, "mcp_session", "", "session", |_| false)
+        .await
+        .map_err(|e| match e {
+            ToolError::Refused { reason, .. } => reason,
+            other => other.to_string(),
+        })
 }
 
 /// An upstream answer of `n` bytes against the grant's bytes budget:
@@ -445,8 +523,9 @@ struct Call<'a> {
     name: &'a str,
     upstream: &'a portcullis_http::Upstream,
     target: &'a portcullis_config::McpTarget,
-    /// Which method each request id asked for, to know what each answer is.
-    methods: HashMap<String, String>,
+    /// What each of the gateway's ids asked for (see [`own_ids`]); taken
+    /// by its first answer, so a second answer with the same id is data.
+    asked: std::sync::Mutex<Asked>,
 }
 
 /// Forward the request; rewrite the answer (tool lists filtered, results
@@ -607,13 +686,9 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         who,
         name,
         target,
-        ref methods,
         ..
     } = *call;
-    let method = v
-        .get("id")
-        .and_then(|id| methods.get(&id.to_string()))
-        .cloned();
+    let method = answered(call, v);
     // Tool lists are filtered (and pinned); a tool's definition is not
     // data. Every other result is masked.
     let masks_result = match method.as_deref() {
@@ -644,6 +719,20 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         }
     }
     ctx.front.mask_metrics.record(name, &stats);
+}
+
+/// For an answer (no `method`) to one of the gateway's ids: the caller's
+/// id put back, and the method it answers. `None` for anything else
+/// (a server's own request or notification, an id not asked, a second
+/// answer): such a message is data.
+fn answered(call: &Call<'_>, v: &mut Value) -> Option<String> {
+    if v.get("method").is_some() {
+        return None;
+    }
+    let own = v.get("id").and_then(Value::as_str)?;
+    let (id, method) = call.asked.lock().ok()?.remove(own)?;
+    v["id"] = id;
+    Some(method)
 }
 
 /// Keep the tools policy allows and pinning approves; pin new ones; flag
