@@ -415,10 +415,8 @@ impl MaskInspector {
                     self.forget_named(None);
                 }
             }
-            Expect::Execute(portal) => {
-                if self.statement_of(portal).redefines {
-                    self.forget_named(Some(portal));
-                }
+            Expect::Execute(portal) if self.statement_of(portal).redefines => {
+                self.forget_named(Some(portal));
             }
             _ => {}
         }
