@@ -6,8 +6,10 @@
 // Prints `mcp-upstream: ready port=PORT`. Requests without the header
 // `x-upstream-key: KEY` get 401: the gateway must inject it.
 // POST /bump changes the `search` tool's description (a "rug pull").
+// /stateful/mcp is the same server with sessions (Mcp-Session-Id).
 
 import fs from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -90,6 +92,32 @@ function readBody(req) {
   });
 }
 
+const sessions = new Map();
+
+async function stateful(req, res) {
+  try {
+    const body = await readBody(req);
+    const sid = req.headers['mcp-session-id'];
+    let transport = sid && sessions.get(sid);
+    if (!transport) {
+      if (sid) {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end('{"error":"no such session"}');
+        return;
+      }
+      transport = new StreamableHTTPServerTransport({
+        sessionIdGenerator: () => randomUUID(),
+        onsessioninitialized: (id) => sessions.set(id, transport),
+      });
+      await build().connect(transport);
+    }
+    await transport.handleRequest(req, res, body);
+  } catch (e) {
+    res.writeHead(500);
+    res.end(String(e));
+  }
+}
+
 const server = https.createServer({
   cert: fs.readFileSync(args.cert),
   key: fs.readFileSync(args.key),
@@ -106,6 +134,10 @@ const server = https.createServer({
   }
   if (req.url === '/calls') {
     res.end(String(calls));
+    return;
+  }
+  if (req.url.startsWith('/stateful')) {
+    await stateful(req, res);
     return;
   }
   try {

@@ -541,6 +541,13 @@ credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
 approval = {{ mode = "statements", tools = ["search"], approvers = ["approvers"], wait = "1s" }}
 
 [[connections]]
+name = "directory-stateful"
+type = "mcp"
+url = "https://localhost:{port}/stateful/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+
+[[connections]]
 name = "directory-jit"
 type = "mcp"
 url = "https://localhost:{port}/mcp"
@@ -551,7 +558,7 @@ approval = {{ mode = "session", approvers = ["approvers"], session = "1h", wait 
 [[grants]]
 name = "directory-users"
 groups = ["testers"]
-connections = ["directory", "directory-held", "directory-jit"]
+connections = ["directory", "directory-held", "directory-jit", "directory-stateful"]
 
 [[connections]]
 name = "directory-metered"
@@ -730,6 +737,76 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         let r = rpc_at(&format!("{}/c/directory-jit/", gw.url), body);
         assert!(r.body.contains("not decided"), "{r:?}");
         assert!(!r.body.contains("\"tools\""), "{r:?}");
+    }
+
+    // The server's session id is sealed to the caller and connection it
+    // was given to: another principal holding it, the bare id, or a
+    // forged seal get 404 (review: it was passed through as it was).
+    let stateful = format!("{}/c/directory-stateful/", gw.url);
+    let post = |token: &str, session: Option<&str>, body: &str| {
+        let auth = format!("authorization: Bearer {token}");
+        let sid = session.map(|s| format!("mcp-session-id: {s}"));
+        let mut args = vec![
+            "--cacert",
+            &s.ca,
+            "-D",
+            "-",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2025-06-18",
+            "--data-binary",
+            body,
+        ];
+        if let Some(sid) = &sid {
+            args.extend(["-H", sid.as_str()]);
+        }
+        args.push(&stateful);
+        curl(&args)
+    };
+    let init = post(
+        &s.token,
+        None,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    let sealed = init
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .unwrap_or_else(|| panic!("no session id: {init:?}"))
+        .trim()
+        .to_string();
+    let (bare, _) = sealed.rsplit_once('.').unwrap();
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let own = post(&s.token, Some(&sealed), list);
+    assert!(own.body.contains("\"search\""), "{own:?}");
+    let other = common::cli_at(
+        &cfg_path,
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:other",
+            "--group",
+            "testers",
+        ],
+    );
+    let other = String::from_utf8(other.stdout).unwrap().trim().to_string();
+    let forged = format!("{bare}.{}", "0".repeat(64));
+    for (token, sid) in [
+        (&other, sealed.as_str()),
+        (&s.token, bare),
+        (&s.token, &forged),
+    ] {
+        let r = post(token, Some(sid), list);
+        assert!(
+            r.body.contains("session_not_found") && !r.body.contains("\"search\""),
+            "{r:?}"
+        );
     }
 
     // A bytes budget covers a proxied server's answers too: one larger

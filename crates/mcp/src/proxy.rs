@@ -31,8 +31,49 @@ const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 /// JSON-RPC error code for a policy refusal (implementation-defined
 /// server-error range).
 const POLICY_REFUSAL: i64 = -32001;
-/// Headers of the Streamable HTTP transport passed in both directions.
-const PASSED: &[&str] = &["mcp-session-id", "mcp-protocol-version", "last-event-id"];
+/// Headers of the Streamable HTTP transport passed in both directions
+/// (the session id sealed, see [`session_id`]).
+const PASSED: &[&str] = &["mcp-protocol-version", "last-event-id"];
+const SESSION_ID: &str = "mcp-session-id";
+
+/// The server's session ids as callers hold them: sealed to the
+/// principal and connection they were given to, so that one caller cannot
+/// post into another's session on the server (a review found the id was
+/// passed through as it was, to be used by anyone who learnt it). The key
+/// is the process's own: a restarted gateway answers an old id with 404,
+/// and the client starts a new session, as the protocol says.
+mod session_id {
+    use aws_lc_rs::hmac;
+
+    fn key() -> Option<&'static hmac::Key> {
+        static KEY: std::sync::OnceLock<Option<hmac::Key>> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| {
+            let mut k = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut k).ok()?;
+            Some(hmac::Key::new(hmac::HMAC_SHA256, &k))
+        })
+        .as_ref()
+    }
+
+    fn bound(principal: &str, connection: &str, id: &str) -> Vec<u8> {
+        [principal, connection, id].join("\0").into_bytes()
+    }
+
+    /// The server's `id` as the caller gets it: `ID.TAG`.
+    pub fn seal(principal: &str, connection: &str, id: &str) -> Option<String> {
+        let tag = hmac::sign(key()?, &bound(principal, connection, id));
+        Some(format!("{id}.{}", hex::encode(tag.as_ref())))
+    }
+
+    /// The server's id in what the caller sent, if it was sealed for this
+    /// principal and connection.
+    pub fn open(principal: &str, connection: &str, sealed: &str) -> Option<String> {
+        let (id, tag) = sealed.rsplit_once('.')?;
+        let tag = hex::decode(tag).ok()?;
+        hmac::verify(key()?, &bound(principal, connection, id), &tag).ok()?;
+        Some(id.to_string())
+    }
+}
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     portcullis_http::json_response(status, &json!({"error": code, "message": message}))
@@ -107,6 +148,25 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
+    let session = match parts.headers.get(SESSION_ID) {
+        None => None,
+        Some(v) => {
+            let opened = v
+                .to_str()
+                .ok()
+                .and_then(|v| session_id::open(&who.principal.subject, name, v));
+            match opened {
+                Some(id) => Some(id),
+                None => {
+                    return json_error(
+                        StatusCode::NOT_FOUND,
+                        "session_not_found",
+                        "no such MCP session for this caller on this connection; start a new one (initialize)",
+                    );
+                }
+            }
+        }
+    };
     let (asked, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
         Ok(m) => m,
         Err(refused) => return refused,
@@ -118,6 +178,7 @@ pub async fn handle(
         upstream,
         target,
         asked: std::sync::Mutex::new(asked),
+        session,
     };
     let open = match crate::call::open(ctx, &admitted).await {
         Ok(o) => o,
@@ -526,6 +587,8 @@ struct Call<'a> {
     /// What each of the gateway's ids asked for (see [`own_ids`]); taken
     /// by its first answer, so a second answer with the same id is data.
     asked: std::sync::Mutex<Asked>,
+    /// The server's own session id, opened from what the caller sent.
+    session: Option<String>,
 }
 
 /// Forward the request; rewrite the answer (tool lists filtered, results
@@ -553,6 +616,9 @@ async fn relay(
         if let Some(v) = parts.headers.get(h) {
             req = req.header(h, v);
         }
+    }
+    if let Some(id) = &call.session {
+        req = req.header(SESSION_ID, id);
     }
     let req = req
         .body(full(body))
@@ -625,6 +691,11 @@ async fn relay(
         if let Some(v) = head.headers.get(*h) {
             out = out.header(*h, v);
         }
+    }
+    if let Some(id) = head.headers.get(SESSION_ID).and_then(|v| v.to_str().ok()) {
+        let sealed = session_id::seal(&call.who.principal.subject, name, id)
+            .ok_or_else(|| target_err("a session id could not be sealed".into()))?;
+        out = out.header(SESSION_ID, sealed);
     }
     let out = out.body(()).map_err(|e| target_err(e.to_string()))?;
     Ok((out, rewritten))
