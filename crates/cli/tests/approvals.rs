@@ -750,12 +750,12 @@ fn just_in_time_access_ends_while_the_session_is_open() {
 fn mcp_tool_calls_are_held_the_same_way() {
     let s = setup();
     common::idp::ensure_packages();
-    let call = |args: &str| -> Value {
+    let call_tool = |tool: &str, args: &str| -> Value {
         let out = Command::new("node")
             .arg(common::idp::harness_dir().join("mcp-client.mjs"))
             .arg(format!("{}/mcp", s.gw.url))
             .arg(&s.token)
-            .args(["call", "sql_query", args])
+            .args(["call", tool, args])
             .env("NODE_EXTRA_CA_CERTS", &s.ca)
             .output()
             .unwrap();
@@ -764,6 +764,7 @@ fn mcp_tool_calls_are_held_the_same_way() {
             .find_map(|l| serde_json::from_str(l).ok())
             .unwrap_or(Value::Null)
     };
+    let call = |args: &str| call_tool("sql_query", args);
     let args = r#"{"connection": "quick", "sql": "DELETE FROM appr_t WHERE id = 6"}"#;
     let r = call(args);
     assert_eq!(r["isError"], true, "{r}");
@@ -776,6 +777,28 @@ fn mcp_tool_calls_are_held_the_same_way() {
     assert_eq!(rows_with(6), "0");
     // Reads are not held.
     let r = call(r#"{"connection": "quick", "sql": "SELECT count(*) FROM appr_t"}"#);
+    assert_eq!(r["isError"], false, "{r}");
+    // Found in review: http_request skipped the proxy's override rule, so
+    // a POST the target reads as a DELETE ran unheld. Refused where the
+    // rule holds methods; held as the DELETE where the target reads
+    // overrides.
+    for args in [
+        r#"{"connection": "api", "method": "POST", "path": "/items/9", "query": {"_method": "DELETE"}}"#,
+        r#"{"connection": "api", "method": "POST", "path": "/items/9", "body": {"_method": "DELETE"}}"#,
+    ] {
+        let r = call_tool("http_request", args);
+        assert_eq!(r["isError"], true, "{r}");
+        assert!(r.to_string().contains("method overrides"), "{r}");
+    }
+    let r = call_tool(
+        "http_request",
+        r#"{"connection": "api-overrides", "method": "POST", "path": "/items/9", "query": {"_method": "DELETE"}}"#,
+    );
+    assert!(r.to_string().contains("needs approval"), "{r}");
+    let r = call_tool(
+        "http_request",
+        r#"{"connection": "api", "method": "POST", "path": "/items/9"}"#,
+    );
     assert_eq!(r["isError"], false, "{r}");
 }
 

@@ -63,7 +63,8 @@ pub async fn http_request(
     // The same action text as the HTTP front's, so one approval fits
     // either way of sending the request.
     let body_bytes = a.body.as_deref().unwrap_or_default();
-    let method = a.method.as_str();
+    let method = held_method(ctx, &admitted, upstream, &a, body_bytes)?;
+    let method = method.as_str();
     let action = portcullis_approval::http_action(method, &pq, body_bytes);
     call::approve(&admitted, "http", &action, method, |r| {
         portcullis_approval::holds_method(r, method)
@@ -120,6 +121,45 @@ pub async fn http_request(
     };
     call::seal(open, &result, sent).await;
     result
+}
+
+/// The method the connection's rules look at. Where they look at it (an
+/// approval rule holding methods, a budget per method), an override in
+/// the query or body (`_method=DELETE`, which Rails, Laravel and Symfony
+/// read) is that method on a target that reads overrides, and refused
+/// elsewhere: the proxy's rule, which a review found this tool skipped.
+fn held_method(
+    ctx: &Context,
+    admitted: &portcullis_front::Admitted,
+    upstream: &portcullis_http::Upstream,
+    a: &ApiCall<'_>,
+    body: &[u8],
+) -> Result<String, ToolError> {
+    let own = a.method.as_str().to_string();
+    let matters = admitted.gate.as_ref().is_some_and(|g| g.holds_methods())
+        || ctx.front.limits_methods(admitted);
+    if !matters {
+        return Ok(own);
+    }
+    let mut headers = http::HeaderMap::new();
+    if a.body.is_some() {
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    let refused = |why: &str| ToolError::Refused {
+        connection: admitted.connection.clone(),
+        reason: format!("{why}: its rules look at the method; send the method itself"),
+    };
+    let found = portcullis_http::requested_methods(&headers, a.query.as_deref(), body)
+        .ok_or_else(|| refused("a method override that cannot be read"))?;
+    match found.as_slice() {
+        [] => Ok(own),
+        [m] if upstream.method_overrides() => Ok(m.clone()),
+        [_] => Err(refused("method overrides are refused on this connection")),
+        _ => Err(refused("conflicting method overrides")),
+    }
 }
 
 fn parse_args(args: &Value) -> Result<ApiCall<'_>, ToolError> {
@@ -226,12 +266,6 @@ async fn send(
         .await
         .map_err(|e| target(e.to_string()))?;
     let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
     let masked = match ctx.front.mask_rule(name, &who.principal) {
         Some(rule) => {
             let mut stats = Default::default();
@@ -251,6 +285,14 @@ async fn send(
                 .boxed()
         }),
     };
+    // The type as masking left it: its parameters are the target's text
+    // (review: read before masking, a value passed in them).
+    let content_type = masked
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     // Read by hand rather than with `Limited`: its boxed error trips a
     // rustc limitation (higher-ranked `From` on `Send` futures).
     let mut body = masked.into_body();

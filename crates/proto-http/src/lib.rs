@@ -33,6 +33,26 @@ pub use portcullis_mask::MaskMetrics;
 pub use session::ConnSessions;
 pub use upstream::{ForwardError, SetupError, Upstream};
 
+/// Every method a request asks its target to see instead of its own
+/// (override headers, query parameters and, for a form or JSON body, its
+/// fields), upper-cased; `None` where the body names one in a form not
+/// read here (a multipart body). For fronts that build the request
+/// themselves (the MCP `http_request` tool), the same reading as the
+/// proxy's.
+pub fn requested_methods(
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+) -> Option<Vec<String>> {
+    let mut found = review::method_overrides(headers, query);
+    for m in review::body_overrides(headers, body).ok()? {
+        if !found.contains(&m) {
+            found.push(m);
+        }
+    }
+    Some(found)
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used in both directions.
 pub type Body = BoxBody<Bytes, BoxError>;
