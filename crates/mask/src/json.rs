@@ -80,6 +80,15 @@ impl JsonPath {
         Ok(Self(segs))
     }
 
+    /// The key the path ends in (`$.user.ssn`: `ssn`), if it names one:
+    /// what a body that cannot be read as JSON is searched for.
+    pub(crate) fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(Seg::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, at: &[Step]) -> bool {
         self.0.len() == at.len()
             && self.0.iter().zip(at).all(|(seg, step)| match (seg, step) {
@@ -91,6 +100,27 @@ impl JsonPath {
     }
 }
 
+/// JSON documents inside JSON strings (an MCP tool's `content[].text`
+/// beside its `structuredContent`) are walked to this many levels; one
+/// deeper is withheld whole. Each level is a fresh parse of at most 128
+/// containers (serde_json's bound), so the bound keeps the walk's stack
+/// and time within a small multiple of one document's.
+pub(crate) const MAX_EMBEDDED: usize = 4;
+
+/// What a withheld embedded document becomes (and counts as).
+const WITHHELD: &str = "EMBEDDED_JSON";
+
+/// Whether a string may hold a JSON document: its first character past
+/// JSON's whitespace opens an object or array.
+pub(crate) fn looks_embedded(s: &str) -> bool {
+    s.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with(['{', '['])
+}
+
+/// Mask a parsed document in place: key and path rules first, detectors
+/// on every string (and on numbers that could be card or phone numbers)
+/// after. With key or path rules, a string holding a JSON object or array
+/// is masked as a document of its own, paths rooted at its own `$`.
 pub(crate) fn walk(
     m: &Masker,
     v: &mut Value,
@@ -98,21 +128,84 @@ pub(crate) fn walk(
     stats: &mut Stats,
     vault: &mut Option<&mut crate::Vault>,
 ) {
-    // A rule on this exact position or key takes the whole value.
-    let key = match at.last() {
-        Some(Step::Key(k)) => Some(k.to_ascii_lowercase()),
-        _ => None,
-    };
-    if let Some(f) = m.fields.iter().find(|f| {
-        key.as_ref().is_some_and(|k| f.keys.contains(k)) || f.paths.iter().any(|p| p.matches(at))
-    }) {
+    Walker {
+        m,
+        stats,
+        vault,
+        nest: 0,
+    }
+    .value(v, at);
+}
+
+struct Walker<'a, 'b, 'c> {
+    m: &'a Masker,
+    stats: &'b mut Stats,
+    vault: &'b mut Option<&'c mut crate::Vault>,
+    /// How many string-embedded documents enclose the current value.
+    nest: usize,
+}
+
+impl Walker<'_, '_, '_> {
+    fn value(&mut self, v: &mut Value, at: &mut Vec<Step>) {
+        if self.field(v, at) {
+            return;
+        }
+        let (m, stats) = (self.m, &mut *self.stats);
+        match v {
+            Value::String(s) => self.string(s),
+            Value::Number(n) => {
+                // 4111111111111111 written as a number is still a card number.
+                let text = n.to_string();
+                if text.len() >= 8
+                    && let std::borrow::Cow::Owned(masked) = m.mask_str_in(&text, stats, self.vault)
+                {
+                    *v = Value::String(masked);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    at.push(Step::Index(i));
+                    self.value(item, at);
+                    at.pop();
+                }
+            }
+            Value::Object(map) => {
+                // Keys carry data too (`{"ada@example.com": {...}}`): each is
+                // masked like a string. Rules still see the original key.
+                for (k, item) in map.iter_mut() {
+                    at.push(Step::Key(k.clone()));
+                    self.value(item, at);
+                    at.pop();
+                }
+                rename_keys(m, map, self.stats, self.vault);
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// A rule on this exact position or key takes the whole value: true
+    /// when one did.
+    fn field(&mut self, v: &mut Value, at: &[Step]) -> bool {
+        let m = self.m;
+        let key = match at.last() {
+            Some(Step::Key(k)) => Some(k.to_ascii_lowercase()),
+            _ => None,
+        };
+        let Some(f) = m.fields.iter().find(|f| {
+            key.as_ref().is_some_and(|k| f.keys.contains(k))
+                || f.paths.iter().any(|p| p.matches(at))
+        }) else {
+            return false;
+        };
         let label = match at.last() {
             Some(Step::Key(k)) => k.to_ascii_uppercase(),
             _ => "REDACTED".to_string(),
         };
-        *stats
+        *self
+            .stats
             .entry(format!("field:{}", label.to_ascii_lowercase()))
             .or_default() += 1;
+        let vault = &mut *self.vault;
         *v = match (&f.action.kind, &*v) {
             (ActionKind::Drop, _) | (_, Value::Null) => Value::Null,
             (_, Value::String(s)) => Value::String(m.apply_in(&f.action, &label, s, vault)),
@@ -126,58 +219,78 @@ pub(crate) fn walk(
             // the action: there is no part of it to keep.
             _ => Value::String(format!("[{label}]")),
         };
+        true
+    }
+
+    fn string(&mut self, s: &mut String) {
+        if self.m.has_key_rules()
+            && looks_embedded(s)
+            && let Some(inner) = self.embedded(s)
+        {
+            *s = inner;
+        }
+        if let std::borrow::Cow::Owned(masked) = self.m.mask_str_in(s, self.stats, self.vault) {
+            *s = masked;
+        }
+    }
+
+    /// A string that holds a JSON document, masked as one and written back
+    /// (`None`: not a document, or nothing in it changed). A key rule's
+    /// value is as sensitive serialised inside a string as beside it.
+    /// Fail closed: one nested past [`MAX_EMBEDDED`], or one that does not
+    /// parse (too deep for serde_json, JSON5, a Python repr) yet names a
+    /// rule's key, is withheld whole.
+    fn embedded(&mut self, s: &str) -> Option<String> {
+        let withheld = |stats: &mut Stats| {
+            *stats.entry(WITHHELD.to_ascii_lowercase()).or_default() += 1;
+            Some(format!("[{WITHHELD}]"))
+        };
+        let Ok(mut doc) = serde_json::from_str::<Value>(s) else {
+            return if self.m.names_a_key(s) {
+                withheld(self.stats)
+            } else {
+                None
+            };
+        };
+        if !doc.is_object() && !doc.is_array() {
+            return None;
+        }
+        if self.nest >= MAX_EMBEDDED {
+            return withheld(self.stats);
+        }
+        let before = doc.clone();
+        self.nest += 1;
+        self.value(&mut doc, &mut Vec::new());
+        self.nest -= 1;
+        // Serialising a `Value` cannot fail; withheld if it ever did.
+        (doc != before)
+            .then(|| serde_json::to_string(&doc).unwrap_or_else(|_| format!("[{WITHHELD}]")))
+    }
+}
+
+/// Keys masked as strings. A cheap first look at each key; only one that
+/// may match is masked in full.
+fn rename_keys(
+    m: &Masker,
+    map: &mut serde_json::Map<String, Value>,
+    stats: &mut Stats,
+    vault: &mut Option<&mut crate::Vault>,
+) {
+    let renamed = map.keys().any(|k| {
+        m.may_match(k) && matches!(m.mask_str(k, &mut Stats::new()), std::borrow::Cow::Owned(_))
+    });
+    if !renamed {
         return;
     }
-    match v {
-        Value::String(s) => {
-            if let std::borrow::Cow::Owned(masked) = m.mask_str_in(s, stats, vault) {
-                *s = masked;
-            }
+    let old = std::mem::take(map);
+    for (k, item) in old {
+        let mut key = m.mask_str_in(&k, stats, vault).into_owned();
+        // Two keys masked alike stay two entries.
+        let mut n = 1;
+        while map.contains_key(&key) {
+            n += 1;
+            key = format!("{} ({n})", m.mask_str(&k, &mut Stats::new()));
         }
-        Value::Number(n) => {
-            // 4111111111111111 written as a number is still a card number.
-            let text = n.to_string();
-            if text.len() >= 8
-                && let std::borrow::Cow::Owned(masked) = m.mask_str_in(&text, stats, vault)
-            {
-                *v = Value::String(masked);
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                at.push(Step::Index(i));
-                walk(m, item, at, stats, vault);
-                at.pop();
-            }
-        }
-        Value::Object(map) => {
-            // Keys carry data too (`{"ada@example.com": {...}}`): each is
-            // masked like a string. Rules still see the original key.
-            for (k, item) in map.iter_mut() {
-                at.push(Step::Key(k.clone()));
-                walk(m, item, at, stats, vault);
-                at.pop();
-            }
-            // A cheap first look at each key; only one that may match is
-            // masked in full.
-            let renamed = map.keys().any(|k| {
-                m.may_match(k)
-                    && matches!(m.mask_str(k, &mut Stats::new()), std::borrow::Cow::Owned(_))
-            });
-            if renamed {
-                let old = std::mem::take(map);
-                for (k, item) in old {
-                    let mut key = m.mask_str_in(&k, stats, vault).into_owned();
-                    // Two keys masked alike stay two entries.
-                    let mut n = 1;
-                    while map.contains_key(&key) {
-                        n += 1;
-                        key = format!("{} ({n})", m.mask_str(&k, &mut Stats::new()));
-                    }
-                    map.insert(key, item);
-                }
-            }
-        }
-        Value::Null | Value::Bool(_) => {}
+        map.insert(key, item);
     }
 }

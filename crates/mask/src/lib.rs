@@ -214,6 +214,10 @@ pub struct Masker {
     /// JSON may be masked in one pass over its bytes ([`stream`]): no path
     /// rules.
     streamable: bool,
+    /// The names key and path rules look for (keys, and the key a path
+    /// ends in), matched ASCII case-insensitively: `None` without such
+    /// rules.
+    key_names: Option<AhoCorasick>,
 }
 
 impl std::fmt::Debug for Masker {
@@ -375,6 +379,7 @@ impl Masker {
             }
         };
         let streamable = fields.iter().all(|f| f.paths.is_empty());
+        let key_names = key_names(&fields)?;
         Ok(Self {
             has_custom: !spec.custom.is_empty(),
             detectors,
@@ -383,6 +388,51 @@ impl Masker {
             fields,
             hash_key: key,
             streamable,
+            key_names,
+        })
+    }
+
+    /// Whether any field rule names JSON keys or paths.
+    pub fn has_key_rules(&self) -> bool {
+        self.key_names.is_some()
+    }
+
+    /// Whether `text` holds a name a key or path rule looks for (ASCII
+    /// case-insensitive, anywhere): in a body that cannot be read as JSON,
+    /// the value may sit beside it in any shape (XML, JSONP, YAML).
+    /// A name counts as a whole word (not inside `valid` for a key `id`),
+    /// as a key rule names a whole key.
+    pub fn names_a_key(&self, text: &str) -> bool {
+        let Some(names) = &self.key_names else {
+            return false;
+        };
+        let b = text.as_bytes();
+        let word = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        names.find_overlapping_iter(b).any(|m| {
+            !word(m.start().checked_sub(1).and_then(|i| b.get(i))) && !word(b.get(m.end()))
+        })
+    }
+
+    /// The value of a `key=value` pair (a form) as a key rule naming `key`
+    /// writes it, counted; `None` when no key rule names `key`.
+    pub fn mask_keyed_in(
+        &self,
+        key: &str,
+        value: &str,
+        stats: &mut Stats,
+        vault: &mut Option<&mut Vault>,
+    ) -> Option<String> {
+        let f = self
+            .fields
+            .iter()
+            .find(|f| f.keys.iter().any(|k| k.eq_ignore_ascii_case(key)))?;
+        let label = key.to_ascii_uppercase();
+        *stats
+            .entry(format!("field:{}", label.to_ascii_lowercase()))
+            .or_default() += 1;
+        Some(match f.action.kind {
+            ActionKind::Drop => String::new(),
+            _ => self.apply_in(&f.action, &label, value, vault),
         })
     }
 
@@ -810,6 +860,31 @@ impl Masker {
         json::walk(self, &mut v, &mut Vec::new(), stats, vault);
         serde_json::to_vec(&v).map_err(|e| MaskError::InvalidJson(e.to_string()))
     }
+}
+
+/// A matcher for every name key and path rules look for, or `None`.
+fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
+    let names: Vec<&str> = fields
+        .iter()
+        .flat_map(|f| {
+            let keys = f.keys.iter().map(String::as_str);
+            keys.chain(f.paths.iter().filter_map(JsonPath::last_key))
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    let has_rules = fields
+        .iter()
+        .any(|f| !f.keys.is_empty() || !f.paths.is_empty());
+    if !has_rules {
+        return Ok(None);
+    }
+    // A rule of paths that end in an index (`$[0]`) names no key: it still
+    // has key rules, and its matcher finds nothing.
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(names)
+        .map(Some)
+        .map_err(|e| spec_err("fields", e.to_string()))
 }
 
 /// The longest prefix of `text[start..end]`, cut at a separator, that

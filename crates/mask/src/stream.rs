@@ -12,8 +12,9 @@
 //! that can span tokens was quadratic: review of 2026-12-02). Numbers are
 //! read and written back as the walk writes them. A masker with path rules
 //! takes the walk, as does a document where a key would be renamed, a key
-//! rule takes a whole object or array, or nesting is deeper than the walk
-//! reads. Both paths give the same document (as JSON values) and the same
+//! rule takes a whole object or array, a masker with key rules meets a
+//! string that may hold a JSON document, or nesting is deeper than the
+//! walk reads. Both paths give the same document (as JSON values) and the same
 //! counts; a differential test holds them to it.
 //!
 //! The grammar is checked here rather than by serde_json first because
@@ -442,6 +443,12 @@ impl<'a> Pass<'a> {
             let with = field_value(self.m, f, label, Some(&value), stats, vault);
             self.replace(start, t.end(), with.as_bytes());
             return Ok(());
+        }
+        // A document inside a string is masked as one by the walk; only
+        // a masker with key rules looks, and only at strings that open an
+        // object or array (so every other string keeps this pass).
+        if self.m.has_key_rules() && crate::json::looks_embedded(&self.decode(start, t)?) {
+            return Err(Stop::Fallback);
         }
         if !self.may_hold(start, t) {
             return Ok(());

@@ -985,3 +985,126 @@ proptest! {
         }
     }
 }
+
+/// A masker with the key rule `api_key`, and with `paths` the path rule
+/// `$.owner.ssn` (which takes every document to the walk).
+fn keyed(paths: bool) -> Masker {
+    let mut fields = vec![FieldRule {
+        keys: vec!["api_key".into()],
+        ..FieldRule::default()
+    }];
+    if paths {
+        fields.push(FieldRule {
+            paths: vec!["$.owner.ssn".into()],
+            ..FieldRule::default()
+        });
+    }
+    let spec = MaskSpec {
+        fields,
+        ..MaskSpec::default()
+    };
+    Masker::new(&spec, Some(b"test-key")).unwrap()
+}
+
+// An MCP tool answers with `content[].text` holding its result serialised
+// beside `structuredContent`: a key rule that saw only the structured
+// half passed the secret in the text (review of the HTTP front).
+#[test]
+fn a_json_document_inside_a_string_is_masked_by_key_rules() {
+    let m = keyed(false);
+    let bodies = [
+        r#"{"content":[{"type":"text","text":"{\"api_key\":\"zz-secret\"}"}]}"#,
+        r#"{"text":" [ {\"API_KEY\": \"zz-secret\", \"n\": 1} ] "}"#,
+        // Two levels: a document in a string in a document in a string.
+        r#"{"text":"{\"inner\":\"{\\\"api_key\\\":\\\"zz-secret\\\"}\"}"}"#,
+        // Escaped so that the one-pass path cannot see the brace raw.
+        r#"{"text":"\u007b\"api_key\":\"zz-secret\"}"}"#,
+        // The top-level value a string.
+        r#""{\"api_key\":\"zz-secret\"}""#,
+        // Not JSON, yet it names a key: withheld whole.
+        r#"{"text":"{'api_key': 'zz-secret'}"}"#,
+    ];
+    for body in bodies {
+        let out = m
+            .mask_json_bytes(body.as_bytes(), &mut Stats::new())
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("zz-secret"), "{body} -> {out}");
+        let walked = m
+            .mask_json_bytes_walked(body.as_bytes(), &mut Stats::new(), &mut None)
+            .unwrap();
+        assert_eq!(out.as_bytes(), &walked[..], "{body}: both paths agree");
+        let mut v: serde_json::Value = serde_json::from_str(body).unwrap();
+        m.mask_json(&mut v, &mut Stats::new());
+        assert!(!v.to_string().contains("zz-secret"), "{body} -> {v}");
+    }
+    // Path rules are rooted at the embedded document's own `$`.
+    let out = keyed(true)
+        .mask_json_bytes(
+            br#"{"text":"{\"owner\":{\"ssn\":\"zz-secret\"}}"}"#,
+            &mut Stats::new(),
+        )
+        .unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("zz-secret"));
+    // The embedded document stays a string holding JSON.
+    let out = m
+        .mask_json_bytes(
+            br#"{"text":"{\"api_key\":\"zz-secret\",\"n\":1}"}"#,
+            &mut Stats::new(),
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let inner: serde_json::Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert_eq!(inner, json!({"api_key": "[API_KEY]", "n": 1}));
+    // Nothing to mask inside: the string is left as the target wrote it.
+    let plain = br#"{"text":"[1, 2,  3]","x":"{not json}"}"#;
+    assert_eq!(m.mask_json_bytes(plain, &mut Stats::new()).unwrap(), plain);
+}
+
+#[test]
+fn strings_that_open_no_document_keep_the_one_pass_path() {
+    let m = keyed(false);
+    let body = br#"{"a":"plain","b":"x{\"api_key\":1}","api_key":"zz-secret"}"#;
+    let done = stream::mask(&m, body, &mut Stats::new(), &mut None);
+    let out = done.expect("the one-pass path").unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("zz-secret"));
+    let embedded = br#"{"a":"{\"api_key\":1}"}"#;
+    assert!(stream::mask(&m, embedded, &mut Stats::new(), &mut None).is_none());
+    // Without key rules a brace-led string is only text: no fallback.
+    assert!(stream::mask(&masker(), embedded, &mut Stats::new(), &mut None).is_some());
+}
+
+#[test]
+fn embedded_documents_nested_past_the_bound_are_withheld() {
+    let m = keyed(false);
+    // Each level: a document whose one string holds the next level, every
+    // level as deep as serde_json reads (the worst the stack can see).
+    let mut doc = r#"{"api_key":"zz-secret"}"#.to_string();
+    for _ in 0..=json::MAX_EMBEDDED + 2 {
+        let s = serde_json::to_string(&doc).unwrap();
+        doc = format!("{}{s}{}", "[".repeat(120), "]".repeat(120));
+    }
+    let out = m
+        .mask_json_bytes(doc.as_bytes(), &mut Stats::new())
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("zz-secret"), "withheld, not passed");
+    assert!(out.contains("[EMBEDDED_JSON]"), "{out}");
+}
+
+#[test]
+fn a_key_is_named_as_a_whole_word() {
+    let m = keyed(false);
+    for text in [
+        "<API_KEY>x</API_KEY>",
+        "api_key: x",
+        "{'Api_Key': 1}",
+        "api_key",
+    ] {
+        assert!(m.names_a_key(text), "{text}");
+    }
+    for text in ["x_api_key: 1", "api_keys", "no key here"] {
+        assert!(!m.names_a_key(text), "{text}");
+    }
+    assert!(!masker().names_a_key("api_key"), "no key rules, no names");
+}

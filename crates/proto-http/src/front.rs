@@ -733,6 +733,16 @@ impl Inner {
             // matches no detector): a masked caller gets whole bodies.
             parts.headers.remove(header::RANGE);
             parts.headers.remove(header::IF_RANGE);
+            // A condition on the unmasked body's validator or date is an
+            // oracle: a guessed ETag answered 304 confirms the guess.
+            for h in [
+                header::IF_NONE_MATCH,
+                header::IF_MATCH,
+                header::IF_MODIFIED_SINCE,
+                header::IF_UNMODIFIED_SINCE,
+            ] {
+                parts.headers.remove(h);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
             parts.headers.insert("x-forwarded-for", v);
@@ -1073,6 +1083,9 @@ fn record_response(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     crate::headers::response_to_caller(&mut parts.headers);
+    // The target's reason phrase (HTTP/1.1) is free text nothing reads:
+    // the caller gets the standard one.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     let event = portcullis_record::Event::HttpResponse {
         request: Some(request_no),
         status: parts.status.as_u16(),

@@ -71,7 +71,16 @@ fn is_override_key(key: &str) -> bool {
 /// on the side of finding one.
 fn multipart_names_override(body: &[u8]) -> bool {
     let lower = String::from_utf8_lossy(body).to_ascii_lowercase();
-    let mut rest = lower.as_str();
+    // A name may be percent-encoded (`name*=UTF-8''%5fmethod`, or a
+    // parser that decodes `name="%5Fmethod"`): read decoded as well.
+    let decoded = percent_encoding::percent_decode_str(&lower)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    names_override_in(&lower) || names_override_in(&decoded)
+}
+
+fn names_override_in(lower: &str) -> bool {
+    let mut rest = lower;
     while let Some(i) = rest.find("name") {
         rest = &rest[i + 4..];
         let tail: String = rest.chars().take(96).collect();
@@ -133,13 +142,16 @@ pub(crate) fn body_overrides(headers: &http::HeaderMap, body: &[u8]) -> Result<V
             found.push(m);
         }
     };
-    if kind.starts_with("application/x-www-form-urlencoded") {
+    // No type at all: Rack reads a POST without one as a form.
+    if kind.is_empty() || kind.starts_with("application/x-www-form-urlencoded") {
         for (k, v) in form_urlencoded::parse(body) {
             if is_override_key(&k) {
                 add(&v);
             }
         }
-    } else if kind.starts_with("multipart/form-data") {
+    } else if kind.starts_with("multipart/") {
+        // Any multipart type: a parser may read form fields from
+        // `multipart/mixed` as from `form-data`.
         if multipart_names_override(body) {
             return Err(());
         }
@@ -201,10 +213,13 @@ pub(crate) async fn form_overrides(
 }
 
 /// Whether a request with these headers may carry a form body.
+/// A body without a type is one (Rack's `form_data?` is true for a POST
+/// without a Content-Type), and so is any multipart one.
 pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
     content_kind(headers).map_or(true, |v| {
-        v.starts_with("application/x-www-form-urlencoded")
-            || v.starts_with("multipart/form-data")
+        v.is_empty()
+            || v.starts_with("application/x-www-form-urlencoded")
+            || v.starts_with("multipart/")
             || v.contains("json")
     })
 }

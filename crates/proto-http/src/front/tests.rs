@@ -81,12 +81,7 @@ async fn scripted_target() -> (u16, Arc<Mutex<Vec<String>>>) {
                 async move {
                     let line = format!("{} {}", req.method(), req.uri().path());
                     log.lock().unwrap().push(line);
-                    let body = format!(r#"{{"email":"{PLANTED}"}}"#);
-                    let resp = Response::builder()
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(Full::new(bytes::Bytes::from(body)))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(scripted(&req))
                 }
             });
             tokio::spawn(async move {
@@ -98,6 +93,41 @@ async fn scripted_target() -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, seen)
+}
+
+/// The target's answer: JSON holding [`PLANTED`], with what a hostile
+/// or careless target adds around it on some paths.
+fn scripted(req: &Request<Incoming>) -> Response<Full<bytes::Bytes>> {
+    let body = format!(r#"{{"email":"{PLANTED}"}}"#);
+    let etag = format!("\"{PLANTED}\"");
+    let mut resp = Response::builder();
+    let mut content_type = "application/json".to_owned();
+    match req.uri().path() {
+        // Its free text in the reason phrase.
+        "/reason" => {
+            let reason = format!("no user {PLANTED}");
+            resp = resp
+                .status(404)
+                .extension(hyper::ext::ReasonPhrase::try_from(reason.into_bytes()).unwrap());
+        }
+        // Validators and digests of the unmasked body; a 304 to a
+        // matching condition.
+        "/validated" => {
+            if req.headers().contains_key(header::IF_NONE_MATCH) {
+                let resp = Response::builder().status(304).header(header::ETAG, etag);
+                return resp.body(Full::default()).unwrap();
+            }
+            resp = resp
+                .header(header::ETAG, etag)
+                .header("content-digest", format!("sha-256=:{PLANTED}:"))
+                .header("x-checksum-sha1", PLANTED);
+            content_type = format!("application/json; name={PLANTED}");
+        }
+        _ => {}
+    }
+    resp.header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap()
 }
 
 async fn world() -> World {
@@ -255,4 +285,99 @@ async fn a_held_request_waits_for_review_and_never_reaches_the_target() {
     let (status, _) = call(&w, "GET", "/c/held/people/1", Some(&w.tester)).await;
     assert_eq!(status, 200);
     assert_eq!(w.seen.lock().unwrap().as_slice(), ["GET /people/1"]);
+}
+
+/// Send `req` (with the tester's token) and read the whole answer.
+async fn send(
+    w: &World,
+    req: http::request::Builder,
+    body: &'static [u8],
+) -> (http::response::Parts, String) {
+    let mut send = client(w).await;
+    let req = req
+        .header(header::HOST, "gw.test")
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.tester))
+        .body(Full::new(bytes::Bytes::from_static(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("the front answers")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Everything a caller reads of a response head, as text.
+fn head_text(parts: &http::response::Parts) -> String {
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+    format!("{:?} {reason:?} {:?}", parts.status, parts.headers)
+}
+
+#[tokio::test]
+async fn the_reason_phrase_and_content_type_parameters_carry_nothing() {
+    let w = world().await;
+    let get = |p: &str| Request::builder().method("GET").uri(format!("/c/api{p}"));
+    let (parts, body) = send(&w, get("/reason"), b"").await;
+    assert_eq!(parts.status, 404);
+    assert!(
+        !head_text(&parts).contains(PLANTED),
+        "{}",
+        head_text(&parts)
+    );
+    assert!(!body.contains(PLANTED), "{body}");
+    let (parts, _) = send(&w, get("/validated"), b"").await;
+    let types: Vec<_> = parts.headers.get_all(header::CONTENT_TYPE).iter().collect();
+    assert_eq!(types, ["application/json"]);
+}
+
+// A guessed ETag sent back is answered 304 when it matches (an oracle);
+// digests and the HEAD length let a guess be checked offline.
+#[tokio::test]
+async fn validators_of_the_unmasked_body_reach_no_masked_caller() {
+    let w = world().await;
+    let etag = format!("\"{PLANTED}\"");
+    for method in ["GET", "HEAD"] {
+        let req = Request::builder().method(method).uri("/c/api/validated");
+        let (parts, _) = send(&w, req, b"").await;
+        let head = head_text(&parts);
+        assert!(!head.contains(PLANTED), "{method}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("digest"), "{head}");
+        if method == "HEAD" {
+            // The unmasked body's length is not told.
+            let told = parts.headers.get(header::CONTENT_LENGTH);
+            assert!(told.is_none_or(|v| v == "0"), "{head}");
+        }
+    }
+    let req = Request::builder()
+        .method("GET")
+        .uri("/c/api/validated")
+        .header(header::IF_NONE_MATCH, etag);
+    let (parts, body) = send(&w, req, b"").await;
+    assert_eq!(parts.status, 200, "the condition never reached the target");
+    assert!(!body.contains(PLANTED), "{body}");
+}
+
+// Rack reads a POST without a Content-Type as a form: `_method=DELETE`
+// in it is a DELETE to the target, which the rule holds.
+#[tokio::test]
+async fn a_method_override_in_an_untyped_or_multipart_body_is_read() {
+    let w = world().await;
+    let untyped = Request::builder().method("POST").uri("/c/held/people/1");
+    let (parts, body) = send(&w, untyped, b"_method=DELETE").await;
+    assert_eq!(parts.status, 400, "{body}");
+    let mixed = Request::builder()
+        .method("POST")
+        .uri("/c/held/people/1")
+        .header(header::CONTENT_TYPE, "multipart/mixed; boundary=x");
+    let form = b"--x\r\nContent-Disposition: form-data; name=\"%5Fmethod\"\r\n\r\nDELETE\r\n--x--";
+    let (parts, body) = send(&w, mixed, form).await;
+    assert_eq!(parts.status, 400, "{body}");
+    assert!(
+        w.seen.lock().unwrap().is_empty(),
+        "nothing reached the target"
+    );
 }
