@@ -872,7 +872,9 @@ fn bound_parameters_are_part_of_the_approved_action() {
             .simple_query(&format!("EXECUTE {private}(13)"))
             .await
             .unwrap_err();
-        not_decided(e);
+        let db = e.as_db_error().expect("a database error").clone();
+        assert_eq!(db.code().code(), "42501", "{}", db.message());
+        assert!(db.message().contains("gateway's own"), "{}", db.message());
         assert_eq!(rows_with(13), "1");
         // The session is still usable.
         let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
@@ -906,6 +908,23 @@ fn bound_parameters_are_part_of_the_approved_action() {
         );
         let r = s.pending("sqlp");
         assert!(r["action"].as_str().unwrap().contains("'14'"), "{r}");
+        assert_eq!(rows_with(14), "1");
+        // A Parse of the same name, which the target refuses (the name
+        // is taken), does not make the SQL one a statement the gate read
+        // (review: it was marked as parsed at Parse, and the DELETE ran
+        // with any parameters).
+        w.parse("sqlp", "SELECT 1").await;
+        w.sync().await;
+        let refused = w.until(b'Z').await;
+        let _ = refused;
+        w.send(b'B', &bind).await;
+        w.execute().await;
+        w.sync().await;
+        let bound = w.until(b'Z').await;
+        let ran = bound
+            .iter()
+            .any(|(t, b)| *t == b'C' && b.starts_with(b"DELETE"));
+        assert!(!ran, "{bound:?}");
         assert_eq!(rows_with(14), "1");
         w.terminate().await;
     });

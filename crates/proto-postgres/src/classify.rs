@@ -116,6 +116,13 @@ pub struct Analysis {
     /// How many statements the text holds (each `;`-separated part of a
     /// text the parser could not read).
     pub statements: usize,
+    /// Running it may redefine named prepared statements or portals
+    /// where the protocol does not show it: a keyword that prepares,
+    /// deallocates, declares, closes or discards, or that runs code
+    /// (`DO`, `CALL`, `EXECUTE`), outside literals and quoted names; any
+    /// text the parser could not read. (Calls of the caller's functions
+    /// are the masker's to weigh: it knows which are built-in.)
+    pub redefines: bool,
 }
 
 /// The names a statement refers to, folded as PostgreSQL folds them: what
@@ -322,6 +329,7 @@ pub fn analyse(sql: &str) -> Analysis {
             evaluates: false,
             writes: 0,
             statements: 0,
+            redefines: false,
         };
     }
     let unknown = |writes: usize| Analysis {
@@ -331,6 +339,7 @@ pub fn analyse(sql: &str) -> Analysis {
         evaluates: true,
         writes,
         statements: writes,
+        redefines: true,
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
@@ -346,6 +355,7 @@ pub fn analyse(sql: &str) -> Analysis {
     if lexes_differently(&tokens) {
         return unknown(separated);
     }
+    let redefines = redefines(&tokens);
     if let Some((name, whole)) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
         return Analysis {
             class: Class::Read,
@@ -358,6 +368,7 @@ pub fn analyse(sql: &str) -> Analysis {
             evaluates: true,
             writes: 0,
             statements: 1,
+            redefines,
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
@@ -393,7 +404,30 @@ pub fn analyse(sql: &str) -> Analysis {
         evaluates: w.evaluates,
         writes,
         statements: stmts.len(),
+        redefines,
     }
+}
+
+/// Whether a keyword (an unquoted word) may redefine prepared statements
+/// or portals (see [`Analysis::redefines`]). By words rather than by
+/// parse: a statement the parser does not know still counts, and a false
+/// alarm only costs a description again.
+fn redefines(tokens: &[TokenWithSpan]) -> bool {
+    const REDEFINE: &[&str] = &[
+        "prepare",
+        "deallocate",
+        "declare",
+        "close",
+        "discard",
+        "do",
+        "call",
+        "execute",
+    ];
+    let mut words = tokens.iter().filter_map(|t| match &t.token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.as_str()),
+        _ => None,
+    });
+    words.any(|w| REDEFINE.iter().any(|k| w.eq_ignore_ascii_case(k)))
 }
 
 /// Walk one top-level statement. Plain EXPLAIN plans without running
@@ -1326,26 +1360,12 @@ impl Visitor for Walker {
     }
 }
 
-/// Whether running `sql` may redefine named prepared statements or
-/// portals where the gateway does not see it (the masker's layouts, the approval
-/// gate's names): a word that prepares,
-/// deallocates, declares, closes or discards, or that runs code (`DO`,
-/// `CALL`, `EXECUTE`). By words, not by parse: a false alarm only costs a
-/// description or an approval again, a miss would mask rows by another
-/// statement's layout or run a statement nobody approved.
-pub fn may_redefine(sql: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "prepare",
-        "deallocate",
-        "declare",
-        "close",
-        "discard",
-        "do",
-        "call",
-        "execute",
-    ];
+/// Whether `sql` may deallocate prepared statements (`DEALLOCATE`,
+/// `DISCARD`), by words: a name the approval gate mapped may be gone
+/// after it.
+pub fn may_deallocate(sql: &str) -> bool {
     sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+        .any(|w| w.eq_ignore_ascii_case("deallocate") || w.eq_ignore_ascii_case("discard"))
 }
 
 #[cfg(test)]

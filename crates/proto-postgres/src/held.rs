@@ -18,15 +18,16 @@ use crate::messages::Bind;
 
 /// Prefixes of names the gateway uses on the target; a caller binding
 /// one (it can read them in `pg_prepared_statements`) is refused.
-const RESERVED: [&str; 3] = [
+const RESERVED: [&str; 4] = [
     "portcullis_held_",
+    "portcullis_plain_",
     "portcullis_refused_",
     "portcullis_checked_",
 ];
 
 /// At most this many statements are prepared under private names per
-/// session: unnamed statements replaced in a loop would otherwise pile up
-/// on the target until the session ends.
+/// session: statements replaced in a loop would otherwise pile up on the
+/// target until the session ends.
 pub const MAX_PRIVATE: u64 = 10_000;
 
 /// Whether `name` is one of the gateway's own statement names.
@@ -51,29 +52,31 @@ pub enum HeldError {
         "prepared statement names starting with \"portcullis_\" are the gateway's own: \"{0}\" cannot be used"
     )]
     Reserved(String),
-    #[error("more than {MAX_PRIVATE} statements that need approval were prepared in this session")]
+    #[error(
+        "more than {MAX_PRIVATE} statements were prepared in this session on a connection with an approval rule; reconnect"
+    )]
     TooMany,
 }
 
-/// One session's statements that need approval, by the caller's name.
+/// One session's statements that need approval, by the caller's name,
+/// and the private names of its other named statements.
 #[derive(Debug)]
 pub struct HeldStatements {
     nonce: String,
     created: u64,
     by_name: HashMap<String, HeldStatement>,
-    /// Names the caller parsed through the protocol that need no
-    /// approval, and whether running each may redefine prepared
-    /// statements ([`crate::classify::may_redefine`]). A name in neither
-    /// table was prepared where the gate could not read it (SQL
-    /// `PREPARE`, a function): a Bind of it is held as unknown (a review
-    /// ran a `DELETE` approved once as `PREPARE`, by Binds with new
-    /// parameters).
-    plain: HashMap<String, bool>,
+    /// Named statements the caller parsed through the protocol that need
+    /// no approval, and the private name each is prepared under. A review
+    /// ran a `DELETE` prepared in SQL and approved once as a `PREPARE`
+    /// by Binds with new parameters; marking a name as parsed did not
+    /// hold either, since a Parse the target refuses (the name is taken)
+    /// or skips (after an error) leaves the SQL one in place. Under a
+    /// private name, a Parse that did not happen leaves nothing to bind;
+    /// a named statement the gate did not parse has no private name, and
+    /// a Bind of it is held as unknown. (The unnamed statement needs
+    /// none: only a Parse makes it, and a failed Parse drops it.)
+    plain: HashMap<String, String>,
 }
-
-/// Names kept in [`HeldStatements::plain`] at most; past it they are
-/// forgotten, and their Binds held (fail closed).
-const MAX_PLAIN: usize = 1024;
 
 impl HeldStatements {
     pub fn new(nonce: &str) -> Self {
@@ -85,6 +88,18 @@ impl HeldStatements {
         }
     }
 
+    /// A fresh private name with `prefix`, within the bound.
+    fn private(&mut self, name: &str, prefix: &str) -> Result<String, HeldError> {
+        if reserved(name) {
+            return Err(HeldError::Reserved(name.to_string()));
+        }
+        if self.created >= MAX_PRIVATE {
+            return Err(HeldError::TooMany);
+        }
+        self.created += 1;
+        Ok(format!("{prefix}{}_{}", self.nonce, self.created))
+    }
+
     /// A Parse of `sql` as `name` that needs approval (its class): the
     /// name to prepare it under on the target.
     pub fn prepare(
@@ -94,15 +109,8 @@ impl HeldStatements {
         types: Vec<u32>,
         class: &'static str,
     ) -> Result<String, HeldError> {
-        if reserved(name) {
-            return Err(HeldError::Reserved(name.to_string()));
-        }
-        if self.created >= MAX_PRIVATE {
-            return Err(HeldError::TooMany);
-        }
-        self.created += 1;
+        let private = self.private(name, "portcullis_held_")?;
         self.plain.remove(name);
-        let private = format!("portcullis_held_{}_{}", self.nonce, self.created);
         self.by_name.insert(
             name.to_string(),
             HeldStatement {
@@ -117,26 +125,29 @@ impl HeldStatements {
 
     /// A Parse of a statement that needs no approval as `name`: binding
     /// `name` no longer means the held one (which stays, unreachable, on
-    /// the target until the session ends).
-    pub fn forget(&mut self, name: &str, redefines: bool) {
+    /// the target until the session ends). The name to prepare it under:
+    /// a private one for a named statement, the unnamed one as it is.
+    pub fn parse_plain(&mut self, name: &str) -> Result<String, HeldError> {
         self.by_name.remove(name);
-        if self.plain.len() >= MAX_PLAIN && !self.plain.contains_key(name) {
-            self.plain.clear();
+        if name.is_empty() {
+            return Ok(String::new());
         }
-        self.plain.insert(name.to_string(), redefines);
+        let private = self.private(name, "portcullis_plain_")?;
+        self.plain.insert(name.to_string(), private.clone());
+        Ok(private)
     }
 
-    /// For a name parsed through the protocol without needing approval:
-    /// whether running it may redefine prepared statements. `None`: a
-    /// name the gate did not see parsed.
-    pub fn plain(&self, name: &str) -> Option<bool> {
-        self.plain.get(name).copied()
+    /// The private name of a named statement parsed without approval;
+    /// `None` for the unnamed statement and for names the gate did not
+    /// see parsed.
+    pub fn plain(&self, name: &str) -> Option<&str> {
+        self.plain.get(name).map(String::as_str)
     }
 
-    /// Something ran that may have redefined any prepared statement: no
-    /// name the gate let through unheld still means what it read.
-    pub fn redefined(&mut self) {
-        self.plain.clear();
+    /// Whether a Bind of `name` runs something the gate did not read:
+    /// a named statement it neither holds nor parsed.
+    pub fn unread(&self, name: &str) -> bool {
+        !name.is_empty() && !self.by_name.contains_key(name) && !self.plain.contains_key(name)
     }
 
     /// What a Bind, Describe or Close of `name` refers to, if held.
@@ -146,8 +157,8 @@ impl HeldStatements {
 
     /// A Close of `name`: the private name to close instead.
     pub fn close(&mut self, name: &str) -> Option<String> {
-        self.plain.remove(name);
-        self.by_name.remove(name).map(|h| h.private)
+        let plain = self.plain.remove(name);
+        self.by_name.remove(name).map(|h| h.private).or(plain)
     }
 }
 
@@ -227,8 +238,16 @@ mod tests {
         assert_eq!(h.get("").unwrap().private, p);
         // A new unnamed statement that needs no approval replaces it for
         // the caller; the private one is out of reach.
-        h.forget("", false);
+        assert_eq!(h.parse_plain("").unwrap(), "");
         assert!(h.get("").is_none());
+        // A named statement that needs no approval lives under a private
+        // name too; one the gate did not parse is unread.
+        let q = h.parse_plain("q1").unwrap();
+        assert!(reserved(&q), "{q}");
+        assert_eq!(h.plain("q1"), Some(q.as_str()));
+        assert!(h.unread("sqlp") && !h.unread("q1") && !h.unread(""));
+        assert_eq!(h.close("q1"), Some(q));
+        assert!(h.unread("q1"));
         // Each held Parse gets its own private name.
         let a = h.prepare("s1", "DELETE FROM t", vec![], "write").unwrap();
         let b = h.prepare("s2", "DELETE FROM t", vec![], "write").unwrap();

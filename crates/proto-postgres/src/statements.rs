@@ -189,7 +189,7 @@ impl Gate {
                 match held.get(&b.statement) {
                     Some(h) => matches!(h.class, "ddl" | "admin" | "unknown"),
                     // Prepared where the gate could not read it.
-                    None => held.plain(&b.statement).is_none(),
+                    None => held.unread(&b.statement),
                 }
             })
     }
@@ -200,7 +200,7 @@ impl Gate {
     fn holds_bind(&self, statement: &str) -> bool {
         let held = self.held();
         held.get(statement).is_some()
-            || (held.plain(statement).is_none() && self.needs_approval(Class::Unknown).is_some())
+            || (held.unread(statement) && self.needs_approval(Class::Unknown).is_some())
     }
 
     /// The class under which a statement of `class` needs approval, if
@@ -237,14 +237,7 @@ impl Gate {
             ApprovalMode::Statements => {}
         }
         let class = checked.and_then(|c| self.needs_approval(c.class));
-        if matches!(m.tag, tag::QUERY | tag::FUNCTION_CALL)
-            && (checked.is_none_or(|c| c.class == Class::Unknown)
-                || messages::query_text(m).is_some_and(|q| crate::classify::may_redefine(&q)))
-        {
-            // It runs right after this: names read before may mean
-            // something else after it.
-            self.held().redefined();
-        }
+        names_no_private_statement(m)?;
         match m.tag {
             tag::QUERY => {
                 let mut checked = None;
@@ -270,10 +263,7 @@ impl Gate {
                 }
                 Ok(m.clone().into())
             }
-            tag::PARSE => {
-                let unknown = checked.is_none_or(|c| c.class == Class::Unknown);
-                self.parse(m, class, unknown).map(Admitted::from)
-            }
+            tag::PARSE => self.parse(m, class).map(Admitted::from),
             tag::BIND => self.bind(m, up, caller_w).await,
             tag::DESCRIBE | tag::CLOSE => Ok(self.rename(m).into()),
             _ => Ok(m.clone().into()),
@@ -281,26 +271,24 @@ impl Gate {
     }
 
     /// A Parse is held at each Bind, with its parameters, not here: it is
-    /// renamed to a private name the caller cannot bind directly.
-    fn parse(
-        &self,
-        m: &Message,
-        class: Option<&'static str>,
-        unknown: bool,
-    ) -> Result<Message, Refusal> {
+    /// renamed to a private name the caller cannot bind directly. A named
+    /// statement that needs no approval is renamed too (see
+    /// [`HeldStatements`]).
+    fn parse(&self, m: &Message, class: Option<&'static str>) -> Result<Message, Refusal> {
         let Some((name, sql)) = messages::parse_text(m) else {
             return Ok(m.clone());
         };
-        let Some(class) = class else {
-            let redefines = unknown || crate::classify::may_redefine(&sql);
-            self.held().forget(&name, redefines);
+        let private = match class {
+            None => self.held().parse_plain(&name),
+            Some(class) => {
+                let types = messages::parse_types(m).unwrap_or_default();
+                self.held().prepare(&name, &sql, types, class)
+            }
+        }
+        .map_err(held_refusal)?;
+        if private == name {
             return Ok(m.clone());
-        };
-        let types = messages::parse_types(m).unwrap_or_default();
-        let private = self
-            .held()
-            .prepare(&name, &sql, types, class)
-            .map_err(held_refusal)?;
+        }
         // It was read above, so it reads again; if not, fail closed.
         messages::rename_parse(m, &private).ok_or_else(|| Refusal {
             code: sqlstate::PROTOCOL_VIOLATION,
@@ -324,9 +312,6 @@ impl Gate {
         let Some(h) = held else {
             return self.bind_unheld(m, &bind, caller_w).await;
         };
-        if h.class == "unknown" || crate::classify::may_redefine(&h.sql) {
-            self.held().redefined();
-        }
         let action = crate::held::action(&h.sql, &bind);
         let preview = Previewed::Bound {
             up,
@@ -342,47 +327,46 @@ impl Gate {
     }
 
     /// A Bind of a statement the gate does not hold: one parsed through
-    /// the protocol passes; one prepared where the gate could not read
-    /// it (SQL `PREPARE`, a function, or redefined since it was parsed)
-    /// is held as unknown where the rule holds what is not proven, its
-    /// name and parameters the action.
+    /// the protocol passes, under its private name; a named one the gate
+    /// did not see parsed (SQL `PREPARE`, a function) is held as unknown
+    /// where the rule holds what is not proven, its name and parameters
+    /// the action.
     async fn bind_unheld<W: AsyncWrite + Unpin>(
         &self,
         m: &Message,
         bind: &messages::Bind<'_>,
         caller_w: CallerWriter<'_, W>,
     ) -> Result<Admitted, Refusal> {
-        let plain = self.held().plain(&bind.statement);
-        match plain {
-            Some(redefines) => {
-                if redefines {
-                    self.held().redefined();
-                }
-                Ok(m.clone().into())
-            }
-            None => {
-                self.held().redefined();
-                if let Some(class) = self.needs_approval(Class::Unknown) {
-                    let what = format!(
-                        "-- run prepared statement \"{}\" (prepared outside the protocol, or redefined since: its text is not known to the gateway)",
-                        bind.statement
-                    );
-                    let action = crate::held::action(&what, bind);
-                    self.hold(&action, class, Previewed::Not, caller_w).await?;
-                }
-                Ok(m.clone().into())
-            }
+        let private = self.held().plain(&bind.statement).map(str::to_owned);
+        if let Some(private) = private {
+            return Ok(bind.encode_for(&private).into());
         }
+        if self.held().unread(&bind.statement)
+            && let Some(class) = self.needs_approval(Class::Unknown)
+        {
+            let what = format!(
+                "-- run prepared statement \"{}\" (prepared in SQL or by a function: its text is not known to the gateway)",
+                bind.statement
+            );
+            let action = crate::held::action(&what, bind);
+            self.hold(&action, class, Previewed::Not, caller_w).await?;
+        }
+        Ok(m.clone().into())
     }
 
-    /// Describe and Close of a held statement name its private name.
+    /// Describe and Close of a statement under a private name name it.
     fn rename(&self, m: &Message) -> Message {
         let Some(name) = messages::statement_target(m) else {
             return m.clone();
         };
         let private = match m.tag {
             tag::CLOSE => self.held().close(&name),
-            _ => self.held().get(&name).map(|h| h.private.clone()),
+            _ => {
+                let held = self.held();
+                held.get(&name)
+                    .map(|h| h.private.clone())
+                    .or_else(|| held.plain(&name).map(str::to_owned))
+            }
         };
         private.map_or_else(|| m.clone(), |p| messages::statement_message(m.tag, &p))
     }
@@ -726,6 +710,32 @@ fn unproven(ctx: &SessionCtx<'_>, e: crate::catalog::ProofError) -> Refusal {
             "portcullis: connection \"{}\": the statement could not be proven free of side effects ({e}), so it was refused",
             ctx.connection
         ),
+    }
+}
+
+/// Statement text naming one of the gateway's private statements
+/// (`DEALLOCATE portcullis_plain_…; PREPARE portcullis_plain_… AS …`
+/// would put the caller's text under a name the gate binds): refused.
+/// Text a function builds at run time is not seen here; such a call is
+/// `unknown`, held wherever the rule holds anything.
+fn names_no_private_statement(m: &Message) -> Result<(), Refusal> {
+    let text = match m.tag {
+        tag::QUERY => messages::query_text(m),
+        tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
+        _ => None,
+    };
+    let names_one = text.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        ["portcullis_held_", "portcullis_plain_"]
+            .iter()
+            .any(|p| t.contains(p))
+    });
+    match names_one {
+        false => Ok(()),
+        true => Err(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            message: "portcullis: prepared statement names starting with \"portcullis_\" are the gateway's own and cannot be used in SQL".into(),
+        }),
     }
 }
 

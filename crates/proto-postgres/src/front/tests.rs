@@ -550,7 +550,13 @@ async fn rebind_case(db: &str) {
         .filter(|s| s.starts_with("BIND"))
         .cloned()
         .collect();
-    assert_eq!(binds[0], "BIND s1", "{db}: {binds:?}");
+    // On a connection with an approval rule a named statement lives
+    // under a private name (see `crate::held`).
+    let first = match db {
+        "guarded" => binds[0].starts_with("BIND portcullis_plain_"),
+        _ => binds[0] == "BIND s1",
+    };
+    assert!(first, "{db}: {binds:?}");
     assert!(
         binds[1].starts_with("BIND portcullis_refused_"),
         "{db}: the second Bind never reached the target: {binds:?}"

@@ -45,8 +45,8 @@ struct Info {
     /// `Sources::unproven`): even its column names may come from data.
     unproven: bool,
     /// Running it may redefine prepared statements or portals behind the
-    /// protocol's back (see [`crate::classify::may_redefine`]): what is known of named
-    /// ones is forgotten once it ran.
+    /// protocol's back (see [`crate::classify::Analysis::redefines`]):
+    /// what is known of named ones is forgotten once it ran.
     redefines: bool,
 }
 
@@ -76,6 +76,11 @@ enum Expect {
         name: String,
     },
     Sync,
+    /// Where the caller ended a copy-in (CopyDone or CopyFail): no
+    /// answer of its own, it marks which Syncs came before it (the target
+    /// ignores Sync during copy-in; a review put the queue out of step
+    /// with one).
+    CopyEnd,
 }
 
 /// A portal the target confirmed.
@@ -108,6 +113,9 @@ pub struct MaskInspector {
     /// After an error in the extended protocol the target ignores every
     /// message until Sync: so does the expectation queue.
     skipping: bool,
+    /// The target is in copy-in: it ignores Sync and Flush until the
+    /// caller's CopyDone or CopyFail.
+    copying: bool,
     /// The layout of the rows being answered (shared, not copied per row).
     current: Option<Arc<[Col]>>,
     pub stats: Stats,
@@ -174,6 +182,7 @@ impl MaskInspector {
             parsed: HashMap::new(),
             portals: HashMap::new(),
             skipping: false,
+            copying: false,
             current: None,
             stats: Stats::new(),
             metrics: None,
@@ -209,21 +218,20 @@ impl MaskInspector {
 
     /// What column rules need from a statement text.
     fn info(&self, sql: &str) -> Info {
-        let redefines = crate::classify::may_redefine(sql);
+        let a = self.analyses.get_or_analyse(sql);
         if !self.rule.masker.has_column_rules() {
             return Info {
-                redefines,
+                redefines: a.redefines,
                 ..Info::default()
             };
         }
-        let a = self.analyses.get_or_analyse(sql);
         let unproven = self.catalog.sources.unproven(&a);
         Info {
             derived: self.catalog.sources.derived(&a),
             reads_protected: self.catalog.sources.reads_protected(&a),
             unproven,
             // A caller's function may prepare or declare anything.
-            redefines: redefines || unproven,
+            redefines: a.redefines || unproven,
         }
     }
 
@@ -435,8 +443,14 @@ impl MaskInspector {
     /// a simple query's cycle with ReadyForQuery.
     fn after_error(&mut self) {
         self.current = None;
-        if matches!(self.expect.front(), Some(Expect::Query(_))) {
+        if matches!(self.expect.front(), Some(Expect::Query(_) | Expect::Sync)) {
             return;
+        }
+        // The message that failed may have run part way: a function that
+        // redefined a statement, then raised (PREPARE and DEALLOCATE are
+        // not undone by a rollback; review).
+        if let Some(e) = self.expect.pop_front() {
+            self.done(&e);
         }
         while let Some(e) = self.expect.front() {
             if matches!(e, Expect::Sync) {
@@ -446,6 +460,38 @@ impl MaskInspector {
             self.expect.pop_front();
         }
         self.skipping = true;
+    }
+
+    /// The target entered copy-in for the statement at the front: the
+    /// Syncs the caller sent before ending the copy are ignored by it, so
+    /// they leave the queue. Anything else sent before the copy's end is
+    /// an error to the target that the queue cannot follow: the session
+    /// ends (no driver does it).
+    fn copy_in(&mut self) -> Verdict {
+        if !matches!(
+            self.expect.front(),
+            Some(Expect::Query(_) | Expect::Execute(_))
+        ) {
+            return self.refuse("a copy-in answered no statement");
+        }
+        // Index 1 throughout: each removal brings the next entry there.
+        let i = 1;
+        loop {
+            match self.expect.get(i) {
+                None => {
+                    self.copying = true;
+                    return Verdict::Pass;
+                }
+                Some(Expect::Sync) => {
+                    self.expect.remove(i);
+                }
+                Some(Expect::CopyEnd) => {
+                    self.expect.remove(i);
+                    return Verdict::Pass;
+                }
+                Some(_) => return self.refuse("a message was sent inside a copy-in"),
+            }
+        }
     }
 
     /// What the target confirmed: a Parse, Bind or Close.
@@ -718,6 +764,11 @@ impl MaskInspector {
 
     /// A message from the target, when no statement is being ended.
     fn inspect(&mut self, msg: &Message) -> Verdict {
+        // A CopyDone or CopyFail with no copy-in before it: the target
+        // drops it, and so does the queue.
+        while matches!(self.expect.front(), Some(Expect::CopyEnd)) {
+            self.expect.pop_front();
+        }
         match msg.tag {
             tag::ROW_DESCRIPTION => self.described(msg),
             tag::NO_DATA => {
@@ -758,6 +809,8 @@ impl MaskInspector {
                 self.current = None;
                 Verdict::Pass
             }
+            tag::COPY_IN_RESPONSE => self.copy_in(),
+            tag::COPY_BOTH_RESPONSE => self.refuse("a copy in both directions"),
             tag::COPY_OUT_RESPONSE => {
                 // CopyOutResponse: overall format 0 = text.
                 if msg.body.first().copied() == Some(1) {
@@ -821,10 +874,28 @@ impl MaskInspector {
 
 impl Inspector for MaskInspector {
     fn frontend(&mut self, msg: &Message) -> Verdict {
-        if msg.tag == tag::SYNC {
-            self.skipping = false;
-            self.expect.push_back(Expect::Sync);
-            return Verdict::Pass;
+        if self.copying {
+            return match msg.tag {
+                tag::COPY_DONE | tag::COPY_FAIL => {
+                    self.copying = false;
+                    Verdict::Pass
+                }
+                // Ignored by the target during copy-in.
+                tag::COPY_DATA | tag::SYNC | tag::FLUSH => Verdict::Pass,
+                _ => self.refuse("a message was sent inside a copy-in"),
+            };
+        }
+        match msg.tag {
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                self.expect.push_back(Expect::CopyEnd);
+                return Verdict::Pass;
+            }
+            tag::SYNC => {
+                self.skipping = false;
+                self.expect.push_back(Expect::Sync);
+                return Verdict::Pass;
+            }
+            _ => {}
         }
         if self.skipping {
             // The target ignores it (see `after_error`).
@@ -989,6 +1060,35 @@ mod tests {
             i.backend(&Message::new(b'2', bytes::Bytes::new())),
             Verdict::Refuse(_)
         ));
+    }
+
+    /// The target ignores Sync during copy-in: a Sync sent before the
+    /// copy's end leaves the queue (second review: the queue waited for
+    /// its answer and took the next statement's for it); one after it
+    /// stays. A message other than copy data inside a copy-in ends the
+    /// session.
+    #[test]
+    fn syncs_inside_a_copy_in_are_not_waited_for() {
+        use crate::messages::{error, query, ready_for_query};
+        let sync = || Message::new(b'S', bytes::Bytes::new());
+        let fail = || Message::new(b'f', &b"no\0"[..]);
+        let mut i = inspector();
+        i.frontend(&query("copy t from stdin"));
+        i.frontend(&sync());
+        i.frontend(&fail());
+        i.frontend(&sync());
+        i.backend(&Message::new(b'G', &b"\0\0\0"[..]));
+        assert_eq!(i.expect.len(), 2, "{:?}", i.expect);
+        i.backend(&error(false, sqlstate::PROTOCOL_VIOLATION, "no", None));
+        i.backend(&ready_for_query(b'I'));
+        i.backend(&ready_for_query(b'I'));
+        assert!(i.expect.is_empty(), "{:?}", i.expect);
+        // Copy-in seen before the caller's Sync: it is not queued.
+        i.frontend(&query("copy t from stdin"));
+        i.backend(&Message::new(b'G', &b"\0\0\0"[..]));
+        i.frontend(&sync());
+        assert_eq!(i.expect.len(), 1);
+        assert!(matches!(i.frontend(&query("select 1")), Verdict::Refuse(_)));
     }
 
     /// A statement that may redefine names leaves none known but the
