@@ -228,6 +228,16 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     let console_url = format!("{url}/ui/link?t={link}");
     env.push(("PORTCULLIS_CONSOLE_URL", console_url.clone()));
     write_env(&env_path, &env)?;
+    // What an agent is given: its own credentials and where to use them,
+    // never the person's (a review signed in as the console's admin with
+    // the link, and approved with the approver's token, from the file an
+    // agent was told to source).
+    let agent_env: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| !PERSON_VARS.contains(k))
+        .cloned()
+        .collect();
+    write_env(&dir.join(AGENT_ENV), &agent_env)?;
     if pg.is_some() {
         check_postgres(&config).await;
     }
@@ -244,7 +254,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     }
     println!("Console (signs you in once as {CONSOLE_ADMIN}): {console_url}");
     println!();
-    println!("In another shell:");
+    println!("In another shell (an agent gets {AGENT_ENV}: the same, without the console link and the approver's token):");
     println!("  . {}", env_path.display());
     println!(
         "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/hello\""
@@ -694,9 +704,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Write a shell-sourceable env file atomically (readers never see half).
+/// The file an agent is given: `quickstart.env` less [`PERSON_VARS`].
+const AGENT_ENV: &str = "quickstart-agent.env";
+/// What only the person running the quickstart should hold.
+const PERSON_VARS: &[&str] = &["PORTCULLIS_CONSOLE_URL", "PORTCULLIS_APPROVER_TOKEN"];
+
 fn write_env(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let mut text =
-        String::from("# Written by `portcullis quickstart`; source it: . ./quickstart.env\n");
+        format!("# Written by `portcullis quickstart`; source it: . ./{name}\n");
     for (k, v) in vars {
         text.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
     }

@@ -357,6 +357,18 @@ fn rerunning_quickstart_reuses_ca_token_and_config() {
     );
     assert_eq!(r.status, 200, "{r:?}");
 
+    // What an agent is given holds its own credentials, not the
+    // person's (review: the console link in the file an agent sources
+    // signed it in as the admin).
+    let agent = read_env(&data.join("quickstart-agent.env"));
+    assert_eq!(agent["PORTCULLIS_TOKEN"], env2["PORTCULLIS_TOKEN"]);
+    assert_eq!(agent["PORTCULLIS_URL"], env2["PORTCULLIS_URL"]);
+    assert!(
+        !agent.contains_key("PORTCULLIS_CONSOLE_URL")
+            && !agent.contains_key("PORTCULLIS_APPROVER_TOKEN"),
+        "{agent:?}"
+    );
+
     // The console's one-time link, new at each start: it signs in the
     // local admin once, into an HttpOnly cookie the API accepts.
     let link = &env2["PORTCULLIS_CONSOLE_URL"];

@@ -445,8 +445,19 @@ impl Store {
     }
 
     /// Revoke a token by id. Returns false if no such token exists; a token
-    /// revoked twice keeps its first revocation time.
+    /// revoked twice keeps its first revocation time. An access token an
+    /// MCP client got through OAuth takes its whole grant with it: the
+    /// refresh token and every token issued from it (a review found the
+    /// client refreshed a revoked token into a new one that worked).
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let family: Option<Option<String>> =
+            sqlx::query_scalar(self.q("SELECT oauth_family FROM tokens WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(Some(family)) = family {
+            self.revoke_oauth_family(&family, now).await?;
+        }
         let done = sqlx::query(
             self.q("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"),
         )

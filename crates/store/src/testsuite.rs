@@ -733,6 +733,42 @@ pub async fn oauth(store: &Store) {
             .unwrap(),
         Spent::Invalid
     );
+    // Revoking one of a family's access tokens by id (the console's
+    // Tokens page, `token revoke`) revokes the grant it came from: its
+    // refresh token no longer refreshes (review).
+    let family3 = format!("fam-{}", tag());
+    let t3 = token::generate().unwrap();
+    store
+        .insert_token(&NewTokenRow {
+            hash: t3.hash,
+            subject: &subject,
+            groups: &[],
+            created_at: 10,
+            expires_at: Some(i64::MAX / 2),
+            on_behalf_of: Some("user:alice"),
+            audience: Some("mcp"),
+            oauth_family: Some(&family3),
+        })
+        .await
+        .unwrap();
+    let r3 = secret(7);
+    store
+        .insert_oauth_grant(&OAuthGrantRow {
+            family: family3.clone(),
+            ..row(r3, GrantKind::Refresh, 1000)
+        })
+        .await
+        .unwrap();
+    let id3 = store.token_by_hash(&t3.hash).await.unwrap().unwrap().id;
+    assert!(store.revoke_token(&id3, 45).await.unwrap());
+    assert!(!store.oauth_family_live(&family3, &client).await.unwrap());
+    assert_eq!(
+        store
+            .spend_oauth_grant(&r3, GrantKind::Refresh, 46)
+            .await
+            .unwrap(),
+        Spent::Invalid
+    );
     // Revoking the client revokes the grants of every family it has.
     let family2 = format!("fam-{}", tag());
     let r2 = secret(4);
