@@ -254,7 +254,9 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     }
     println!("Console (signs you in once as {CONSOLE_ADMIN}): {console_url}");
     println!();
-    println!("In another shell (an agent gets {AGENT_ENV}: the same, without the console link and the approver's token):");
+    println!(
+        "In another shell (an agent gets {AGENT_ENV}: the same, without the console link and the approver's token):"
+    );
     println!("  . {}", env_path.display());
     println!(
         "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/hello\""
@@ -710,9 +712,11 @@ const AGENT_ENV: &str = "quickstart-agent.env";
 const PERSON_VARS: &[&str] = &["PORTCULLIS_CONSOLE_URL", "PORTCULLIS_APPROVER_TOKEN"];
 
 fn write_env(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let mut text =
-        format!("# Written by `portcullis quickstart`; source it: . ./{name}\n");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let mut text = format!("# Written by `portcullis quickstart`; source it: . ./{name}\n");
     for (k, v) in vars {
         text.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
     }

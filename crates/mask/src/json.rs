@@ -117,6 +117,14 @@ pub(crate) fn looks_embedded(s: &str) -> bool {
         .starts_with(['{', '['])
 }
 
+/// Whether a string that is not a document may still carry a key rule's
+/// value beside the key's name: JSON after a prefix or in a Markdown
+/// fence, JSON encoded twice, `name: value`, `name=value` (a code review
+/// found each passed key rules in an MCP tool's text).
+pub(crate) fn keyed_text(m: &Masker, s: &str) -> bool {
+    s.contains(['{', '[', ':', '=']) && m.names_a_key(s)
+}
+
 /// Mask a parsed document in place: key and path rules first, detectors
 /// on every string (and on numbers that could be card or phone numbers)
 /// after. With key or path rules, a string holding a JSON object or array
@@ -223,11 +231,15 @@ impl Walker<'_, '_, '_> {
     }
 
     fn string(&mut self, s: &mut String) {
-        if self.m.has_key_rules()
-            && looks_embedded(s)
-            && let Some(inner) = self.embedded(s)
-        {
-            *s = inner;
+        if self.m.has_key_rules() {
+            if looks_embedded(s) {
+                if let Some(inner) = self.embedded(s) {
+                    *s = inner;
+                }
+            } else if keyed_text(self.m, s) {
+                *s = withheld(self.stats);
+                return;
+            }
         }
         if let std::borrow::Cow::Owned(masked) = self.m.mask_str_in(s, self.stats, self.vault) {
             *s = masked;
@@ -241,31 +253,33 @@ impl Walker<'_, '_, '_> {
     /// parse (too deep for serde_json, JSON5, a Python repr) yet names a
     /// rule's key, is withheld whole.
     fn embedded(&mut self, s: &str) -> Option<String> {
-        let withheld = |stats: &mut Stats| {
-            *stats.entry(WITHHELD.to_ascii_lowercase()).or_default() += 1;
-            Some(format!("[{WITHHELD}]"))
-        };
         let Ok(mut doc) = serde_json::from_str::<Value>(s) else {
-            return if self.m.names_a_key(s) {
-                withheld(self.stats)
-            } else {
-                None
-            };
+            return self.m.names_a_key(s).then(|| withheld(self.stats));
         };
         if !doc.is_object() && !doc.is_array() {
             return None;
         }
         if self.nest >= MAX_EMBEDDED {
-            return withheld(self.stats);
+            return Some(withheld(self.stats));
         }
         let before = doc.clone();
         self.nest += 1;
         self.value(&mut doc, &mut Vec::new());
         self.nest -= 1;
-        // Serialising a `Value` cannot fail; withheld if it ever did.
-        (doc != before)
+        // Written back when anything changed, or when the text names a
+        // rule's key: a key given twice (`{"api_key":"zz","api_key":null}`)
+        // parses as its last value, which the rule may leave as it is,
+        // while the text still holds the first (code review). Serialising
+        // a `Value` cannot fail; withheld if it ever did.
+        (doc != before || self.m.names_a_key(s))
             .then(|| serde_json::to_string(&doc).unwrap_or_else(|_| format!("[{WITHHELD}]")))
     }
+}
+
+/// A string withheld whole, counted.
+fn withheld(stats: &mut Stats) -> String {
+    *stats.entry(WITHHELD.to_ascii_lowercase()).or_default() += 1;
+    format!("[{WITHHELD}]")
 }
 
 /// Keys masked as strings. A cheap first look at each key; only one that

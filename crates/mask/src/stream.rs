@@ -447,8 +447,11 @@ impl<'a> Pass<'a> {
         // A document inside a string is masked as one by the walk; only
         // a masker with key rules looks, and only at strings that open an
         // object or array (so every other string keeps this pass).
-        if self.m.has_key_rules() && crate::json::looks_embedded(&self.decode(start, t)?) {
-            return Err(Stop::Fallback);
+        if self.m.has_key_rules() {
+            let value = self.decode(start, t)?;
+            if crate::json::looks_embedded(&value) || crate::json::keyed_text(self.m, &value) {
+                return Err(Stop::Fallback);
+            }
         }
         if !self.may_hold(start, t) {
             return Ok(());

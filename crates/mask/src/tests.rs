@@ -1023,6 +1023,15 @@ fn a_json_document_inside_a_string_is_masked_by_key_rules() {
         r#""{\"api_key\":\"zz-secret\"}""#,
         // Not JSON, yet it names a key: withheld whole.
         r#"{"text":"{'api_key': 'zz-secret'}"}"#,
+        // (Code review.) JSON after a prefix, in a Markdown fence, encoded
+        // twice, and `name: value` text: each names a key beside its value.
+        r#"{"text":"Result:\n{\"api_key\":\"zz-secret\"}"}"#,
+        r#"{"text":"```json\n{\"api_key\":\"zz-secret\"}\n```"}"#,
+        r#"{"text":"\"{\\\"api_key\\\":\\\"zz-secret\\\"}\""}"#,
+        r#"{"text":"api_key: zz-secret"}"#,
+        // A key given twice parses as its last value; the text held the
+        // first.
+        r#"{"text":"{\"api_key\":\"zz-secret\",\"api_key\":null}"}"#,
     ];
     for body in bodies {
         let out = m
@@ -1064,10 +1073,14 @@ fn a_json_document_inside_a_string_is_masked_by_key_rules() {
 #[test]
 fn strings_that_open_no_document_keep_the_one_pass_path() {
     let m = keyed(false);
-    let body = br#"{"a":"plain","b":"x{\"api_key\":1}","api_key":"zz-secret"}"#;
+    let body = br#"{"a":"plain","b":"x{\"other\":1}","api_key":"zz-secret"}"#;
     let done = stream::mask(&m, body, &mut Stats::new(), &mut None);
     let out = done.expect("the one-pass path").unwrap();
     assert!(!String::from_utf8(out).unwrap().contains("zz-secret"));
+    // Text naming a rule's key beside a value goes to the walk, which
+    // withholds it.
+    let keyed_text = br#"{"b":"x{\"api_key\":1}"}"#;
+    assert!(stream::mask(&m, keyed_text, &mut Stats::new(), &mut None).is_none());
     let embedded = br#"{"a":"{\"api_key\":1}"}"#;
     assert!(stream::mask(&m, embedded, &mut Stats::new(), &mut None).is_none());
     // Without key rules a brace-led string is only text: no fallback.

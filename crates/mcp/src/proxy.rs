@@ -670,6 +670,11 @@ async fn relay(
     } else if essence.starts_with("text/") || essence.is_empty() {
         let text = std::str::from_utf8(&raw)
             .map_err(|_| target_err("the server's text answer is not UTF-8".into()))?;
+        if names_a_key(call.ctx, call.who, name, text) {
+            return Err(target_err(
+                "the server's text answer names a key a masking rule hides, and is not JSON".into(),
+            ));
+        }
         Bytes::from(mask_text(call.ctx, call.who, name, text))
     } else {
         return Err(target_err(format!(
@@ -684,8 +689,9 @@ async fn relay(
             header::CONTENT_SECURITY_POLICY,
             portcullis_http::headers::TARGET_SANDBOX,
         );
-    if !content_type.is_empty() {
-        out = out.header(header::CONTENT_TYPE, &content_type);
+    // The type alone: its parameters are the server's text.
+    if !essence.is_empty() {
+        out = out.header(header::CONTENT_TYPE, &essence);
     }
     for h in PASSED {
         if let Some(v) = head.headers.get(*h) {
@@ -722,7 +728,8 @@ async fn rewrite_event(call: &Call<'_>, event: String) -> String {
                 }
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
-            None => other.push(line.to_string()),
+            // `event:`, `id:` and comments are the server's text too.
+            None => other.push(mask_text(ctx, who, name, line)),
         }
     }
     let mut out = other.join("\n");
@@ -735,7 +742,10 @@ async fn rewrite_event(call: &Call<'_>, event: String) -> String {
                 rewrite(call, &mut v).await;
                 v.to_string()
             }
-            // Not JSON: masked as text, never passed raw.
+            // Not JSON: masked as text, never passed raw; withheld where
+            // it names a key a rule hides (a result too deep for the
+            // parser kept its keyed values; code review).
+            Err(_) if names_a_key(ctx, who, name, &data) => "\"[WITHHELD]\"".to_string(),
             Err(_) => mask_text(ctx, who, name, &data),
         };
         out.push_str(&format!("data: {data}\n"));
@@ -864,6 +874,13 @@ async fn admin(ctx: &Context, action: &str, detail: Value) {
     if let Err(err) = ctx.front.sessions.audit().append(&e).await {
         tracing::error!(error = %err, "audit append failed");
     }
+}
+
+/// Whether `text` names a key a masking rule of this caller hides.
+fn names_a_key(ctx: &Context, who: &Caller, name: &str, text: &str) -> bool {
+    ctx.front
+        .mask_rule(name, &who.principal)
+        .is_some_and(|rule| rule.masker.names_a_key(text))
 }
 
 fn mask_text(ctx: &Context, who: &Caller, name: &str, text: &str) -> String {

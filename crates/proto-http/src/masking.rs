@@ -245,7 +245,15 @@ where
 fn reveals_body(name: &str) -> bool {
     const EXACT: &[&str] = &["etag", "content-md5", "digest", "x-goog-hash"];
     const WITHIN: &[&str] = &[
-        "digest", "checksum", "md5", "sha1", "sha256", "crc32", "crc64",
+        "digest",
+        "checksum",
+        "md5",
+        "sha1",
+        "sha256",
+        "crc32",
+        "crc64",
+        // The stored object's size: the unmasked body's length.
+        "stored-content-length",
     ];
     EXACT.contains(&name) || WITHIN.iter().any(|w| name.contains(w))
 }
@@ -298,15 +306,17 @@ fn content_type_kept(text: &str) -> String {
     let mut parts = text.split(';');
     let mut kept = parts.next().unwrap_or("").trim().to_string();
     let multipart = kept.to_ascii_lowercase().starts_with("multipart/");
+    let mut charset = false;
     for p in parts {
         let Some((name, value)) = p.split_once('=') else {
             continue;
         };
         let name = name.trim().to_ascii_lowercase();
-        // The charset stays (a body in one the masker cannot read is
-        // refused after this, by [`readable`]); it is masked with the rest.
+        // The first charset stays, the one [`readable`] checks (a client
+        // may read the last of two; code review); it is masked with the
+        // rest.
         let keep = match name.as_str() {
-            "charset" => true,
+            "charset" => !std::mem::replace(&mut charset, true),
             "boundary" => multipart,
             _ => false,
         };
@@ -653,6 +663,12 @@ fn form_value(
     if let Some(masked) = m.mask_keyed_in(key, value, stats, vault) {
         return Ok(masked);
     }
+    // A key that names a rule's key inside it (`user[password]`,
+    // `user.password`): the value goes whole (code review).
+    if m.names_a_key(key) {
+        *stats.entry("field:form".into()).or_default() += 1;
+        return Ok(String::new());
+    }
     if !m.has_key_rules() {
         return Ok(m.mask_str_in(value, stats, vault).into_owned());
     }
@@ -932,6 +948,18 @@ mod tests {
             out.starts_with("%5BEMAIL%5D=1&Secret_Note=%5BSECRET_NOTE%5D&n=x&data="),
             "{out}"
         );
+        // A key naming a rule's key inside it (`user[password]`): the
+        // value goes (code review).
+        for key in ["user%5Bpassword%5D", "user.password"] {
+            let body = format!("{key}=s3cr3tpw");
+            let out = masked(
+                &rule,
+                Some("application/x-www-form-urlencoded"),
+                body.as_bytes(),
+            )
+            .unwrap();
+            assert!(!out.contains("s3cr3tpw"), "{out}");
+        }
         // Without key rules the key still goes through the detectors.
         let rs =
             portcullis_mask::RuleSet::new(&[portcullis_mask::MaskSpec::default()], None).unwrap();
@@ -994,6 +1022,11 @@ mod tests {
         assert_eq!(
             content_type_kept("image/png; x=carol@example.com"),
             "image/png"
+        );
+        // Only the charset checked is kept (a client may read the last).
+        assert_eq!(
+            content_type_kept("text/plain; charset=utf-8; charset=utf-7"),
+            "text/plain; charset=utf-8"
         );
         let rule = keyed();
         let mut h = http::HeaderMap::new();

@@ -1360,13 +1360,5 @@ impl Visitor for Walker {
     }
 }
 
-/// Whether `sql` may deallocate prepared statements (`DEALLOCATE`,
-/// `DISCARD`), by words: a name the approval gate mapped may be gone
-/// after it.
-pub fn may_deallocate(sql: &str) -> bool {
-    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| w.eq_ignore_ascii_case("deallocate") || w.eq_ignore_ascii_case("discard"))
-}
-
 #[cfg(test)]
 mod tests;

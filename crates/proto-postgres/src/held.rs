@@ -35,6 +35,14 @@ pub fn reserved(name: &str) -> bool {
     RESERVED.iter().any(|p| name.starts_with(p))
 }
 
+/// Whether SQL text may name one of the gateway's own statements: a
+/// reserved prefix in any case, or a Unicode-escaped identifier (`U&"…"`,
+/// whose name only PostgreSQL's unescaping gives; code review).
+pub fn names_reserved(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    RESERVED.iter().any(|p| lower.contains(p)) || lower.contains("u&\"")
+}
+
 /// A statement held at every Bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldStatement {
@@ -76,6 +84,9 @@ pub struct HeldStatements {
     /// a Bind of it is held as unknown. (The unnamed statement needs
     /// none: only a Parse makes it, and a failed Parse drops it.)
     plain: HashMap<String, String>,
+    /// Private statements replaced for the caller without a Close: out
+    /// of its reach, still on the target until the session ends.
+    orphans: u64,
 }
 
 impl HeldStatements {
@@ -85,6 +96,7 @@ impl HeldStatements {
             created: 0,
             by_name: HashMap::new(),
             plain: HashMap::new(),
+            orphans: 0,
         }
     }
 
@@ -93,7 +105,10 @@ impl HeldStatements {
         if reserved(name) {
             return Err(HeldError::Reserved(name.to_string()));
         }
-        if self.created >= MAX_PRIVATE {
+        // Live ones count, not every one made: a pooled session whose
+        // driver closes and prepares again runs for ever (code review).
+        let live = (self.by_name.len() + self.plain.len()) as u64 + self.orphans;
+        if live >= MAX_PRIVATE {
             return Err(HeldError::TooMany);
         }
         self.created += 1;
@@ -110,7 +125,7 @@ impl HeldStatements {
         class: &'static str,
     ) -> Result<String, HeldError> {
         let private = self.private(name, "portcullis_held_")?;
-        self.plain.remove(name);
+        self.replaced(name);
         self.by_name.insert(
             name.to_string(),
             HeldStatement {
@@ -128,13 +143,24 @@ impl HeldStatements {
     /// the target until the session ends). The name to prepare it under:
     /// a private one for a named statement, the unnamed one as it is.
     pub fn parse_plain(&mut self, name: &str) -> Result<String, HeldError> {
-        self.by_name.remove(name);
         if name.is_empty() {
+            self.replaced(name);
             return Ok(String::new());
         }
         let private = self.private(name, "portcullis_plain_")?;
+        self.replaced(name);
         self.plain.insert(name.to_string(), private.clone());
         Ok(private)
+    }
+
+    /// `name` is parsed again without a Close: what it was stays on the
+    /// target, out of the caller's reach.
+    fn replaced(&mut self, name: &str) {
+        let held = self.by_name.remove(name).is_some();
+        let plain = self.plain.remove(name).is_some();
+        if held || plain {
+            self.orphans += 1;
+        }
     }
 
     /// The private name of a named statement parsed without approval;

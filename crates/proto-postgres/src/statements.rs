@@ -715,7 +715,8 @@ fn unproven(ctx: &SessionCtx<'_>, e: crate::catalog::ProofError) -> Refusal {
 
 /// Statement text naming one of the gateway's private statements
 /// (`DEALLOCATE portcullis_plain_…; PREPARE portcullis_plain_… AS …`
-/// would put the caller's text under a name the gate binds): refused.
+/// would put the caller's text under a name the gate binds), or a
+/// Describe or Close of one: refused.
 /// Text a function builds at run time is not seen here; such a call is
 /// `unknown`, held wherever the rule holds anything.
 fn names_no_private_statement(m: &Message) -> Result<(), Refusal> {
@@ -724,17 +725,14 @@ fn names_no_private_statement(m: &Message) -> Result<(), Refusal> {
         tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
         _ => None,
     };
-    let names_one = text.is_some_and(|t| {
-        let t = t.to_ascii_lowercase();
-        ["portcullis_held_", "portcullis_plain_"]
-            .iter()
-            .any(|p| t.contains(p))
-    });
+    let names_one = text.is_some_and(|t| crate::held::names_reserved(&t))
+        || (matches!(m.tag, tag::DESCRIBE | tag::CLOSE)
+            && messages::statement_target(m).is_some_and(|n| crate::held::reserved(&n)));
     match names_one {
         false => Ok(()),
         true => Err(Refusal {
             code: sqlstate::INSUFFICIENT_PRIVILEGE,
-            message: "portcullis: prepared statement names starting with \"portcullis_\" are the gateway's own and cannot be used in SQL".into(),
+            message: "portcullis: prepared statement names starting with \"portcullis_\" are the gateway's own and cannot be used in SQL (nor can Unicode-escaped identifiers, U&\"…\", on this connection)".into(),
         }),
     }
 }
