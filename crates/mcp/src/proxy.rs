@@ -274,26 +274,11 @@ async fn check_calls(
     parts: &http::request::Parts,
     bytes: &Bytes,
 ) -> Result<(Asked, Bytes), Response<Body>> {
-    let mut methods: HashMap<String, String> = HashMap::new();
-    match parts.method {
-        Method::POST => {}
-        Method::DELETE if bytes.is_empty() => return Ok((Asked::new(), bytes.clone())),
-        // A server that runs JSON-RPC whatever the method would run a
-        // PUT's body unchecked (review).
-        _ => {
-            let mut r = json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "MCP requests are POST (and DELETE, without a body, to end a session)",
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
-            return Err(r);
-        }
+    match carries_json_rpc(parts, bytes) {
+        Some(true) => {}
+        Some(false) => return Ok((Asked::new(), bytes.clone())),
+        None => return Err(method_not_allowed()),
     }
-    // This request is the calls' session: a per-session limit counts the
-    // calls of one request.
-    let budget = ctx.front.budget(admitted);
     let name = admitted.connection.as_str();
     let mut msg: Value = serde_json::from_slice(bytes).map_err(|e| {
         json_error(
@@ -309,18 +294,11 @@ async fn check_calls(
     // Just-in-time access holds every request, not only tool calls: a
     // resource read or a prompt is data too (review).
     if let Err(why) = session_hold(admitted).await {
-        ctx.front
-            .refuse(
-                Some(who.principal.subject.as_str()),
-                Some(admitted.connection.as_str()),
-                &who.origin(),
-                &why,
-            )
-            .await;
-        return Err(match items.as_slice() {
-            [one] if one.get("id").is_some() => rpc_error(&one["id"], &why),
-            _ => json_error(StatusCode::FORBIDDEN, "forbidden", &why),
-        });
+        let id = match items.as_slice() {
+            [one] => one.get("id"),
+            _ => None,
+        };
+        return Err(refused(ctx, who, name, &why, id).await);
     }
     let pinned = ctx.store.tool_pins(name).await.map_err(|e| {
         tracing::error!(error = %e, "tool pins unavailable");
@@ -330,11 +308,19 @@ async fn check_calls(
             "tool approvals cannot be checked, so the call is refused",
         )
     })?;
+    // This request is the calls' session: a per-session limit counts the
+    // calls of one request.
+    let calls = Calls {
+        admitted,
+        target,
+        pinned: &pinned,
+        budget: ctx.front.budget(admitted),
+    };
+    let mut ids: HashMap<String, ()> = HashMap::new();
     for m in &items {
-        let method = m.get("method").and_then(Value::as_str);
         let id = m.get("id");
-        if let (Some(method), Some(id)) = (method, id)
-            && methods.insert(id.to_string(), method.to_string()).is_some()
+        if let (Some(_), Some(id)) = (m.get("method"), id)
+            && ids.insert(id.to_string(), ()).is_some()
         {
             return Err(rpc_error_code(
                 &Value::Null,
@@ -342,54 +328,106 @@ async fn check_calls(
                 &format!("request id {id} appears twice in the batch"),
             ));
         }
-        if method != Some("tools/call") {
-            continue;
-        }
-        let tool = m
-            .pointer("/params/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut why = match tool_refusal(name, target, tool, &pinned) {
-            Some(why) => Some(why),
-            None => held(admitted, tool, m).await.err().or_else(|| {
-                // A hold may have lasted across a reload.
-                (!ctx.front.is_current()).then(|| {
-                    "the gateway's config changed while this call was being admitted; make the call again"
-                        .to_owned()
-                })
-            }),
-        };
-        // Nothing left to return: the call does not run.
-        if why.is_none()
-            && let Some(b) = &budget
-            && b.counts(Measure::Bytes)
-            && let Err(e) = b.left(Measure::Bytes, None).await
-        {
-            why = Some(e.to_string());
-        }
-        if why.is_none()
-            && let Some(b) = &budget
-            && let Err(e) = b.take_one(Measure::ToolCalls, Some(tool)).await
-        {
-            why = Some(e.to_string());
-        }
-        if let Some(why) = why {
-            tracing::info!(principal = %who.principal.subject, connection = %name, tool, "MCP tool call refused");
-            let principal = Some(who.principal.subject.as_str());
-            ctx.front
-                .refuse(principal, Some(name), &who.origin(), &why)
-                .await;
-            return Err(match id {
-                Some(id) => rpc_error(id, &why),
-                // A notification has no answer of its own: the request is.
-                None => json_error(StatusCode::FORBIDDEN, "forbidden", &why),
-            });
+        if let Some(why) = calls.refusal(ctx, m).await {
+            return Err(refused(ctx, who, name, &why, id).await);
         }
     }
     let asked = own_ids(&mut msg);
     let forwarded = serde_json::to_vec(&msg)
         .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
     Ok((asked, Bytes::from(forwarded)))
+}
+
+/// Whether the request carries JSON-RPC to check: a POST does; a DELETE
+/// (ending the server's session) carries nothing and passes; `None` for
+/// any other method, refused (a server that runs JSON-RPC whatever the
+/// method would run a PUT's body unchecked; review).
+fn carries_json_rpc(parts: &http::request::Parts, bytes: &Bytes) -> Option<bool> {
+    match parts.method {
+        Method::POST => Some(true),
+        Method::DELETE if bytes.is_empty() => Some(false),
+        _ => None,
+    }
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "MCP requests are POST (and DELETE, without a body, to end a session)",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    r
+}
+
+/// A refusal, audited, in the caller's protocol: a JSON-RPC error to the
+/// request `id`, or (a notification, a batch) a 403.
+async fn refused(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    why: &str,
+    id: Option<&Value>,
+) -> Response<Body> {
+    tracing::info!(principal = %who.principal.subject, connection = %name, "MCP request refused");
+    let principal = Some(who.principal.subject.as_str());
+    ctx.front
+        .refuse(principal, Some(name), &who.origin(), why)
+        .await;
+    match id {
+        Some(id) => rpc_error(id, why),
+        // A notification has no answer of its own: the request is.
+        None => json_error(StatusCode::FORBIDDEN, "forbidden", why),
+    }
+}
+
+/// What a request's tool calls are checked against.
+struct Calls<'a> {
+    admitted: &'a portcullis_front::Admitted,
+    target: &'a portcullis_config::McpTarget,
+    pinned: &'a [portcullis_store::ToolPin],
+    budget: Option<portcullis_front::Budget>,
+}
+
+impl Calls<'_> {
+    /// Why a tool call may not run, if it may not: policy or pinning, the
+    /// connection's approval rule (a person's yes, waited for), a reload
+    /// while it waited, or the budget. Any other message passes here.
+    async fn refusal(&self, ctx: &Context, m: &Value) -> Option<String> {
+        if m.get("method").and_then(Value::as_str) != Some("tools/call") {
+            return None;
+        }
+        let name = self.admitted.connection.as_str();
+        let tool = m
+            .pointer("/params/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(why) = tool_refusal(name, self.target, tool, self.pinned) {
+            return Some(why);
+        }
+        if let Err(why) = held(self.admitted, tool, m).await {
+            return Some(why);
+        }
+        // A hold may have lasted across a reload.
+        if !ctx.front.is_current() {
+            return Some(
+                "the gateway's config changed while this call was being admitted; make the call again"
+                    .to_owned(),
+            );
+        }
+        let b = self.budget.as_ref()?;
+        // Nothing left to return: the call does not run.
+        if b.counts(Measure::Bytes)
+            && let Err(e) = b.left(Measure::Bytes, None).await
+        {
+            return Some(e.to_string());
+        }
+        b.take_one(Measure::ToolCalls, Some(tool))
+            .await
+            .err()
+            .map(|e| e.to_string())
+    }
 }
 
 /// Give every request an id of the gateway's own, unique in this process,
@@ -631,56 +669,19 @@ async fn relay(
     let raw = read_body(body, MAX_RESPONSE)
         .await
         .map_err(|e| target_err(format!("the answer is {e}")))?;
-    let content_type = head
+    let essence = head
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_string();
-    let essence = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let masked = call
-        .ctx
-        .front
-        .mask_rule(name, &call.who.principal)
-        .is_some();
-    let rewritten = if raw.is_empty() {
-        raw
-    } else if essence == "text/event-stream" {
-        let text = String::from_utf8_lossy(&raw);
-        let mut out = String::with_capacity(text.len());
-        for event in split_events(&text) {
-            out.push_str(&rewrite_event(call, event).await);
-        }
-        Bytes::from(out)
-    } else if essence == "application/json" || essence.ends_with("+json") {
-        match serde_json::from_slice::<Value>(&raw) {
-            Ok(mut v) => {
-                rewrite(call, &mut v).await;
-                Bytes::from(v.to_string())
-            }
-            Err(_) => return Err(target_err("the server's JSON answer does not parse".into())),
-        }
-    } else if !masked {
-        raw
-    } else if essence.starts_with("text/") || essence.is_empty() {
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| target_err("the server's text answer is not UTF-8".into()))?;
-        if names_a_key(call.ctx, call.who, name, text) {
-            return Err(target_err(
-                "the server's text answer names a key a masking rule hides, and is not JSON".into(),
-            ));
-        }
-        Bytes::from(mask_text(call.ctx, call.who, name, text))
-    } else {
-        return Err(target_err(format!(
-            "the server answered with content type {essence:?}, which masking cannot inspect"
-        )));
-    };
+    let rewritten = rewrite_body(call, &essence, raw)
+        .await
+        .map_err(target_err)?;
     let mut out = Response::builder()
         .status(head.status)
         // A text/html answer rendered by a browser must not run as the
@@ -705,6 +706,47 @@ async fn relay(
     }
     let out = out.body(()).map_err(|e| target_err(e.to_string()))?;
     Ok((out, rewritten))
+}
+
+/// The server's answer as the caller gets it, by its type: SSE events
+/// and JSON rewritten message by message (lists filtered, everything else
+/// masked), text masked (refused where it names a key a rule hides), any
+/// other type refused under masking; `Err` says why.
+async fn rewrite_body(call: &Call<'_>, essence: &str, raw: Bytes) -> Result<Bytes, String> {
+    let (ctx, who, name) = (call.ctx, call.who, call.name);
+    if raw.is_empty() {
+        return Ok(raw);
+    }
+    if essence == "text/event-stream" {
+        let text = String::from_utf8_lossy(&raw);
+        let mut out = String::with_capacity(text.len());
+        for event in split_events(&text) {
+            out.push_str(&rewrite_event(call, event).await);
+        }
+        return Ok(Bytes::from(out));
+    }
+    if essence == "application/json" || essence.ends_with("+json") {
+        let mut v = serde_json::from_slice::<Value>(&raw)
+            .map_err(|_| "the server's JSON answer does not parse".to_string())?;
+        rewrite(call, &mut v).await;
+        return Ok(Bytes::from(v.to_string()));
+    }
+    if ctx.front.mask_rule(name, &who.principal).is_none() {
+        return Ok(raw);
+    }
+    if !(essence.starts_with("text/") || essence.is_empty()) {
+        return Err(format!(
+            "the server answered with content type {essence:?}, which masking cannot inspect"
+        ));
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| "the server's text answer is not UTF-8".to_string())?;
+    if names_a_key(ctx, who, name, text) {
+        return Err(
+            "the server's text answer names a key a masking rule hides, and is not JSON".into(),
+        );
+    }
+    Ok(Bytes::from(mask_text(ctx, who, name, text)))
 }
 
 /// SSE events (separated by a blank line), line endings normalised.
