@@ -70,6 +70,21 @@ function build() {
     },
   );
   mcp.registerTool(
+    'files',
+    { description: 'A record as a file, an image, and a table.', inputSchema: {} },
+    async () => {
+      calls += 1;
+      const rec = JSON.stringify({ name: 'Ada', email: 'ada.lovelace@example.com', api_key: 'zz-canary-key-4410' });
+      return {
+        content: [
+          { type: 'resource', resource: { uri: 'file:///rec.json', mimeType: 'application/json', blob: Buffer.from(rec).toString('base64') } },
+          { type: 'image', mimeType: 'image/png', data: Buffer.from([0x89, 0x50, 0x4e, 0x47, 0xff, 0x00, 0xfe]).toString('base64') },
+          { type: 'text', text: 'name,api_key\nAda,zz-canary-key-4410' },
+        ],
+      };
+    },
+  );
+  mcp.registerTool(
     'delete_everything',
     { description: 'Delete every customer.', inputSchema: {} },
     async () => {

@@ -622,7 +622,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     ]);
     assert_eq!(
         out[0]["tools"],
-        json!(["search", "notify", "fail", "record"]),
+        json!(["search", "notify", "fail", "record", "files"]),
         "{out:?}"
     );
     let found = out[1].to_string();
@@ -713,6 +713,37 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         "{r:?}"
     );
     assert_eq!(upstream_calls(), "6");
+    // Files (base64) and tables carry values too (second review): text
+    // decoded is masked, a file naming a key and binary the rule does not
+    // pass are withheld, a CSV naming a key is withheld.
+    let r = rpc(
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"files","arguments":{}}}"#,
+    );
+    assert!(!r.body.contains("zz-canary-key"), "{r:?}");
+    let answer: Value = r
+        .body
+        .lines()
+        .find_map(|l| serde_json::from_str(l.strip_prefix("data: ").unwrap_or(l)).ok())
+        .unwrap_or_else(|| panic!("no answer: {r:?}"));
+    let content = &answer["result"]["content"];
+    assert_eq!(content[0]["resource"]["blob"], "", "{answer}");
+    assert_eq!(content[1]["data"], "", "{answer}");
+    assert!(
+        !content[2]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("zz-canary"),
+        "{answer}"
+    );
+    assert_eq!(upstream_calls(), "7");
+    // The server's endpoint, whatever path or query a client puts after
+    // the connection's name (`/c/NAME/mcp` included): the path is not
+    // forwarded (review: it was, with the credential).
+    let r = rpc_at(
+        &format!("{url}other/endpoint?x=1"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert!(r.body.contains("\"search\""), "{r:?}");
     // Only POST carries JSON-RPC: a PUT's body is not run unchecked.
     let put = curl(&[
         "--cacert",
@@ -728,7 +759,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         &url,
     ]);
     assert_eq!(put.status, 405, "{put:?}");
-    assert_eq!(upstream_calls(), "6");
+    assert_eq!(upstream_calls(), "7");
     // Just-in-time access holds every request, not only tool calls.
     for body in [
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
@@ -738,6 +769,17 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         assert!(r.body.contains("not decided"), "{r:?}");
         assert!(!r.body.contains("\"tools\""), "{r:?}");
     }
+    // A DELETE (ending a session) waits for the grant too (review).
+    let del = curl(&[
+        "--cacert",
+        &s.ca,
+        "-X",
+        "DELETE",
+        "-H",
+        &format!("authorization: Bearer {}", s.token),
+        &format!("{}/c/directory-jit/", gw.url),
+    ]);
+    assert!(del.body.contains("not decided"), "{del:?}");
 
     // The server's session id is sealed to the caller and connection it
     // was given to: another principal holding it, the bare id, or a
@@ -842,7 +884,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     let refused = out[1]["error"].as_str().unwrap_or_default();
     assert!(refused.contains("not decided"), "{out:?}");
     assert_ne!(out[2]["isError"], true, "{out:?}");
-    assert_eq!(upstream_calls(), "7", "only the call not held ran");
+    assert_eq!(upstream_calls(), "8", "only the call not held ran");
 
     // The upstream changes a tool's description: it is held.
     let r = curl(&[
@@ -858,7 +900,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     let out = client(&["list", "call", "search", r#"{"q": "x"}"#]);
     assert_eq!(
         out[0]["tools"],
-        json!(["notify", "fail", "record"]),
+        json!(["notify", "fail", "record", "files"]),
         "{out:?}"
     );
     assert!(
@@ -868,7 +910,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
             .contains("changed its definition"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "7");
+    assert_eq!(upstream_calls(), "8");
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(["--config", cfg_path.to_str().unwrap()])
@@ -899,7 +941,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     let out = client(&["list", "call", "search", r#"{"q": "y"}"#]);
     assert_eq!(
         out[0]["tools"],
-        json!(["search", "notify", "fail", "record"]),
+        json!(["search", "notify", "fail", "record", "files"]),
         "{out:?}"
     );
     assert_ne!(out[1]["isError"], true, "{out:?}");
@@ -907,7 +949,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         out[1].to_string().contains("found ***@example.com for y"),
         "{out:?}"
     );
-    assert_eq!(upstream_calls(), "8");
+    assert_eq!(upstream_calls(), "9");
 
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     for action in ["mcp_tool_pinned", "mcp_tool_changed", "mcp_tool_approved"] {

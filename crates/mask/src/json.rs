@@ -118,11 +118,13 @@ pub(crate) fn looks_embedded(s: &str) -> bool {
 }
 
 /// Whether a string that is not a document may still carry a key rule's
-/// value beside the key's name: JSON after a prefix or in a Markdown
-/// fence, JSON encoded twice, `name: value`, `name=value` (a code review
-/// found each passed key rules in an MCP tool's text).
+/// value beside the key's name: it names the key, in any shape (JSON after
+/// a prefix or in a Markdown fence, JSON encoded twice, `name: value`, a
+/// CSV or Markdown table, XML, prose; reviews found each passed key rules
+/// in an MCP tool's text). As with text bodies over HTTP, a mention of the
+/// name alone is withheld too.
 pub(crate) fn keyed_text(m: &Masker, s: &str) -> bool {
-    s.contains(['{', '[', ':', '=']) && m.names_a_key(s)
+    m.names_a_key(s)
 }
 
 /// Mask a parsed document in place: key and path rules first, detectors

@@ -1029,6 +1029,10 @@ fn a_json_document_inside_a_string_is_masked_by_key_rules() {
         r#"{"text":"```json\n{\"api_key\":\"zz-secret\"}\n```"}"#,
         r#"{"text":"\"{\\\"api_key\\\":\\\"zz-secret\\\"}\""}"#,
         r#"{"text":"api_key: zz-secret"}"#,
+        // (MCP re-review.) A CSV table, XML, prose.
+        r#"{"text":"name,api_key\nAda,zz-secret"}"#,
+        r#"{"text":"<row><api_key>zz-secret</api_key></row>"}"#,
+        r#"{"text":"The api_key is zz-secret."}"#,
         // A key given twice parses as its last value; the text held the
         // first.
         r#"{"text":"{\"api_key\":\"zz-secret\",\"api_key\":null}"}"#,

@@ -200,8 +200,7 @@ pub async fn handle(
     };
     let result = match crate::call::record(&rec, [request]) {
         Ok(()) => {
-            crate::call::while_admitted(ctx, &admitted, &open, relay(&call, &parts, bytes, rest))
-                .await
+            crate::call::while_admitted(ctx, &admitted, &open, relay(&call, &parts, bytes)).await
         }
         Err(e) => Err(e),
     };
@@ -274,12 +273,19 @@ async fn check_calls(
     parts: &http::request::Parts,
     bytes: &Bytes,
 ) -> Result<(Asked, Bytes), Response<Body>> {
-    match carries_json_rpc(parts, bytes) {
-        Some(true) => {}
-        Some(false) => return Ok((Asked::new(), bytes.clone())),
-        None => return Err(method_not_allowed()),
-    }
+    let carries = carries_json_rpc(parts, bytes).ok_or_else(method_not_allowed)?;
     let name = admitted.connection.as_str();
+    // Just-in-time access holds every request, not only tool calls: a
+    // resource read or a prompt is data too, and a DELETE acts (review).
+    if let Err(why) = session_hold(admitted).await {
+        let id = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("id").cloned());
+        return Err(refused(ctx, who, name, &why, id.as_ref()).await);
+    }
+    if !carries {
+        return Ok((Asked::new(), bytes.clone()));
+    }
     let mut msg: Value = serde_json::from_slice(bytes).map_err(|e| {
         json_error(
             StatusCode::BAD_REQUEST,
@@ -291,15 +297,6 @@ async fn check_calls(
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
     };
-    // Just-in-time access holds every request, not only tool calls: a
-    // resource read or a prompt is data too (review).
-    if let Err(why) = session_hold(admitted).await {
-        let id = match items.as_slice() {
-            [one] => one.get("id"),
-            _ => None,
-        };
-        return Err(refused(ctx, who, name, &why, id).await);
-    }
     let pinned = ctx.store.tool_pins(name).await.map_err(|e| {
         tracing::error!(error = %e, "tool pins unavailable");
         json_error(
@@ -635,15 +632,20 @@ async fn relay(
     call: &Call<'_>,
     parts: &http::request::Parts,
     body: Bytes,
-    rest: &str,
 ) -> Result<(Response<()>, Bytes), ToolError> {
     let (name, upstream) = (call.name, call.upstream);
     let target_err = |reason: String| ToolError::Target {
         connection: name.to_string(),
         reason,
     };
+    // The server's one endpoint, whatever path or query the caller put
+    // after the connection's name (clients add `/c/NAME/` or
+    // `/c/NAME/mcp`): forwarding them made the connection a credentialed
+    // proxy to whatever lies under its URL (review: `DELETE
+    // /c/conn/admin/users/42`).
     let uri = upstream
-        .target_uri(rest, parts.uri.query())
+        .target_uri("", None)
+        .or_else(|_| upstream.target_uri("/", None))
         .map_err(|e| target_err(e.to_string()))?;
     let mut req = Request::builder().method(parts.method.clone()).uri(uri);
     for h in [header::CONTENT_TYPE, header::ACCEPT]
@@ -838,10 +840,68 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
     };
     for part in parts {
         if let Some(x) = v.get_mut(*part) {
+            mask_blobs(rule, x, &mut stats);
             rule.masker.mask_json(x, &mut stats);
         }
     }
     ctx.front.mask_metrics.record(name, &stats);
+}
+
+/// MCP carries files as base64: a resource's `blob`, an image's or
+/// audio's `data`. Encoded, the masker reads nothing in them (a review
+/// read a resource's JSON, keys and emails and all, as a blob). Decoded,
+/// UTF-8 text is masked as text and encoded again (withheld where it
+/// names a key a rule hides); anything else is withheld unless the rule
+/// passes its `mimeType` (`pass_content_types`).
+fn mask_blobs(rule: &portcullis_mask::Rule, v: &mut Value, stats: &mut portcullis_mask::Stats) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(|i| mask_blobs(rule, i, stats)),
+        Value::Object(o) => {
+            let media = matches!(
+                o.get("type").and_then(Value::as_str),
+                Some("image" | "audio")
+            );
+            let mime = o
+                .get("mimeType")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            for key in ["blob", "data"] {
+                if key == "data" && !media {
+                    continue;
+                }
+                if let Some(Value::String(b64)) = o.get_mut(key) {
+                    *b64 = masked_blob(rule, b64, &mime, stats);
+                }
+            }
+            o.values_mut().for_each(|i| mask_blobs(rule, i, stats));
+        }
+        _ => {}
+    }
+}
+
+/// One base64 payload as the caller gets it ("" when withheld).
+fn masked_blob(
+    rule: &portcullis_mask::Rule,
+    b64: &str,
+    mime: &str,
+    stats: &mut portcullis_mask::Stats,
+) -> String {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let withheld = |stats: &mut portcullis_mask::Stats| {
+        *stats.entry("blob".into()).or_default() += 1;
+        String::new()
+    };
+    let Ok(bytes) = engine.decode(b64.trim()) else {
+        return withheld(stats);
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) if rule.masker.names_a_key(&text) => withheld(stats),
+        Ok(text) => engine.encode(rule.masker.mask_str(&text, stats).as_bytes()),
+        Err(_) if rule.passes_content_type(mime) => b64.to_string(),
+        Err(_) => withheld(stats),
+    }
 }
 
 /// For an answer (no `method`) to one of the gateway's ids: the caller's
