@@ -769,6 +769,13 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         assert!(r.body.contains("not decided"), "{r:?}");
         assert!(!r.body.contains("\"tools\""), "{r:?}");
     }
+    // Where calls are held or counted, a batch of them is refused whole
+    // before any approval or budget is spent (review).
+    let r = rpc_at(
+        &format!("{}/c/directory-held/", gw.url),
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"a"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search","arguments":{"q":"a"}}}]"#,
+    );
+    assert!(r.body.contains("one at a time"), "{r:?}");
     // A DELETE (ending a session) waits for the grant too (review).
     let del = curl(&[
         "--cacert",

@@ -313,6 +313,21 @@ async fn check_calls(
         pinned: &pinned,
         budget: ctx.front.budget(admitted),
     };
+    // Each call of a batch takes its approval and budget as it is
+    // checked: a later one refused would leave the earlier ones' spent
+    // for nothing (review). Where either applies, calls come one at a
+    // time (MCP 2025-06-18 has no batches anyway).
+    let tool_calls = items
+        .iter()
+        .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
+        .count();
+    if tool_calls > 1 && (admitted.gate.is_some() || calls.budget.is_some()) {
+        return Err(rpc_error_code(
+            &Value::Null,
+            INVALID_REQUEST,
+            "this connection holds tool calls for approval or counts them against a budget: send them one at a time, not in a batch",
+        ));
+    }
     let mut ids: HashMap<String, ()> = HashMap::new();
     for m in &items {
         let id = m.get("id");
