@@ -408,21 +408,32 @@ pub fn analyse(sql: &str) -> Analysis {
     }
 }
 
+/// Keywords that may redefine prepared statements or portals.
+const REDEFINE: &[&str] = &[
+    "prepare",
+    "deallocate",
+    "declare",
+    "close",
+    "discard",
+    "do",
+    "call",
+    "execute",
+];
+
+/// Whether `sql` holds one of [`REDEFINE`] anywhere, as a run of letters
+/// in any case: literals and quoted names included, so never less than
+/// [`Analysis::redefines`] finds (a keyword is such a run in the text).
+/// The cheap first look: a text without one is not analysed for it.
+pub fn may_redefine(sql: &str) -> bool {
+    sql.split(|c: char| !c.is_ascii_alphabetic())
+        .any(|w| REDEFINE.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
 /// Whether a keyword (an unquoted word) may redefine prepared statements
 /// or portals (see [`Analysis::redefines`]). By words rather than by
 /// parse: a statement the parser does not know still counts, and a false
 /// alarm only costs a description again.
 fn redefines(tokens: &[TokenWithSpan]) -> bool {
-    const REDEFINE: &[&str] = &[
-        "prepare",
-        "deallocate",
-        "declare",
-        "close",
-        "discard",
-        "do",
-        "call",
-        "execute",
-    ];
     let mut words = tokens.iter().filter_map(|t| match &t.token {
         Token::Word(w) if w.quote_style.is_none() => Some(w.value.as_str()),
         _ => None,

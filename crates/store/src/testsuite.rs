@@ -685,19 +685,7 @@ pub async fn oauth(store: &Store) {
     // An access token of the family, revoked with it.
     let t = token::generate().unwrap();
     let subject = format!("agent:{client}");
-    store
-        .insert_token(&NewTokenRow {
-            hash: t.hash,
-            subject: &subject,
-            groups: &[],
-            created_at: 10,
-            expires_at: Some(i64::MAX / 2),
-            on_behalf_of: Some("user:alice"),
-            audience: Some("mcp"),
-            oauth_family: Some(&family),
-        })
-        .await
-        .unwrap();
+    insert_family_token(store, &t, &subject, &family).await;
     let rec = store.token_by_hash(&t.hash).await.unwrap().unwrap();
     assert_eq!(rec.audience.as_deref(), Some("mcp"));
     let refresh = secret(3);
@@ -738,19 +726,7 @@ pub async fn oauth(store: &Store) {
     // refresh token no longer refreshes (review).
     let family3 = format!("fam-{}", tag());
     let t3 = token::generate().unwrap();
-    store
-        .insert_token(&NewTokenRow {
-            hash: t3.hash,
-            subject: &subject,
-            groups: &[],
-            created_at: 10,
-            expires_at: Some(i64::MAX / 2),
-            on_behalf_of: Some("user:alice"),
-            audience: Some("mcp"),
-            oauth_family: Some(&family3),
-        })
-        .await
-        .unwrap();
+    insert_family_token(store, &t3, &subject, &family3).await;
     let r3 = secret(7);
     store
         .insert_oauth_grant(&OAuthGrantRow {
@@ -808,6 +784,23 @@ pub async fn oauth(store: &Store) {
 
 /// Pages of sessions: newest first, filtered, visible to a person (their
 /// own and their agents'), never a look-alike name.
+/// An MCP access token of OAuth family `family`, for a person.
+async fn insert_family_token(store: &Store, t: &token::NewToken, subject: &str, family: &str) {
+    store
+        .insert_token(&NewTokenRow {
+            hash: t.hash,
+            subject,
+            groups: &[],
+            created_at: 10,
+            expires_at: Some(i64::MAX / 2),
+            on_behalf_of: Some("user:alice"),
+            audience: Some("mcp"),
+            oauth_family: Some(family),
+        })
+        .await
+        .unwrap();
+}
+
 pub async fn session_pages(store: &Store) {
     let t = tag();
     let connection = format!("c_{t}");

@@ -221,13 +221,16 @@ impl MaskInspector {
 
     /// What column rules need from a statement text.
     fn info(&self, sql: &str) -> Info {
-        let a = self.analyses.get_or_analyse(sql);
         if !self.rule.masker.has_column_rules() {
+            // Most texts name no such keyword: no analysis on the hot path.
+            let redefines =
+                crate::classify::may_redefine(sql) && self.analyses.get_or_analyse(sql).redefines;
             return Info {
-                redefines: a.redefines,
+                redefines,
                 ..Info::default()
             };
         }
+        let a = self.analyses.get_or_analyse(sql);
         let unproven = self.catalog.sources.unproven(&a);
         Info {
             derived: self.catalog.sources.derived(&a),
