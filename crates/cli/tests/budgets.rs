@@ -774,6 +774,91 @@ fn review_findings_on_budgets_stay_fixed() {
     assert_eq!(codes(&["--data", "a=1"]), "200");
 }
 
+/// A Parse or Close the target skipped (after an error, until Sync) or
+/// refused did not happen: a read Parse the target skipped must not make
+/// the write statement still there a read (each Bind of it is a write).
+#[test]
+fn a_skipped_parse_or_close_does_not_turn_a_write_into_a_read() {
+    let (s, a, _b) = setup();
+    let port = a.pg_port.unwrap();
+    let ca = std::path::PathBuf::from(&s.ca);
+    let pg = PgCluster::shared();
+    let table = format!("skipped_{}", std::process::id());
+    pg.psql_direct(&format!("CREATE TABLE IF NOT EXISTS {table} (x int)"));
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for named in ["", "w"] {
+            let mut w = common::wire::Wire::login(port, &ca, "db", &s.writer).await;
+            w.parse(named, &insert).await;
+            w.sync().await;
+            w.until_ready(None).await;
+            // Execute of a portal that does not exist: an error, after
+            // which the target skips everything up to Sync.
+            w.send(b'E', b"no_such_portal\0\0\0\0\0").await;
+            if !named.is_empty() {
+                // Close the write statement: skipped.
+                let mut close = b"S".to_vec();
+                close.extend_from_slice(named.as_bytes());
+                close.push(0);
+                w.send(b'C', &close).await;
+            }
+            // A read under the same name: skipped.
+            w.parse(named, "SELECT 1").await;
+            w.sync().await;
+            let answers = w.until_ready(None).await;
+            assert!(common::wire::error_of(&answers).contains("34000"));
+            // The named case again with the name taken: refused by the
+            // target (42P05), so nothing changed either.
+            if !named.is_empty() {
+                w.parse(named, "SELECT 1").await;
+                w.sync().await;
+                let answers = w.until_ready(None).await;
+                assert!(common::wire::error_of(&answers).contains("42P05"));
+            }
+            let mut refused = String::new();
+            for _ in 0..3 {
+                w.bind(named).await;
+                w.execute().await;
+                w.sync().await;
+                let answers = w.until_ready(None).await;
+                if answers.iter().any(|(t, _)| *t == b'E') {
+                    refused = common::wire::error_of(&answers);
+                    break;
+                }
+            }
+            assert!(
+                refused.contains("53400") && refused.contains("writes per session"),
+                "statement {named:?}: {refused:?}"
+            );
+        }
+        // Reads cost nothing: a read parsed in an earlier batch, bound
+        // again and again, and a read parsed in the batch that binds it.
+        let mut w = common::wire::Wire::login(port, &ca, "db", &s.writer).await;
+        w.parse("r", "SELECT 1").await;
+        w.sync().await;
+        w.until_ready(None).await;
+        for i in 0..5 {
+            if i % 2 == 0 {
+                w.parse("", "SELECT 2").await;
+                w.bind("").await;
+            } else {
+                w.bind("r").await;
+            }
+            w.execute().await;
+            w.sync().await;
+            let answers = w.until_ready(None).await;
+            assert!(
+                !answers.iter().any(|(t, _)| *t == b'E'),
+                "read {i}: {}",
+                common::wire::error_of(&answers)
+            );
+        }
+    });
+    let rows = pg.psql_direct(&format!("SELECT count(*) FROM {table}"));
+    assert_eq!(rows.trim(), "4", "two writes per session, two sessions");
+}
+
 /// The pending review of kind `budget`, waited for.
 fn pending_lift(gw: &Proc, s: &Setup) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -118,6 +118,9 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
     Ok(Bytes::from(buf))
 }
 
+/// One request to an MCP connection, as phases: admit the caller, read
+/// the request, open the caller's sealed session id, check each call
+/// (policy, pinning, approval, budget), then relay it under a recording.
 pub async fn handle(
     ctx: &Context,
     req: Request<Incoming>,
@@ -148,24 +151,9 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let session = match parts.headers.get(SESSION_ID) {
-        None => None,
-        Some(v) => {
-            let opened = v
-                .to_str()
-                .ok()
-                .and_then(|v| session_id::open(&who.principal.subject, name, v));
-            match opened {
-                Some(id) => Some(id),
-                None => {
-                    return json_error(
-                        StatusCode::NOT_FOUND,
-                        "session_not_found",
-                        "no such MCP session for this caller on this connection; start a new one (initialize)",
-                    );
-                }
-            }
-        }
+    let session = match opened_session(who, name, &parts) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let (asked, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
         Ok(m) => m,
@@ -180,7 +168,43 @@ pub async fn handle(
         asked: std::sync::Mutex::new(asked),
         session,
     };
-    let open = match crate::call::open(ctx, &admitted).await {
+    recorded(&call, &admitted, &parts, rest, bytes).await
+}
+
+/// The server's session id, opened from the seal the caller holds: one
+/// sealed for another caller or connection, or forged, is no session.
+fn opened_session(
+    who: &Caller,
+    name: &str,
+    parts: &http::request::Parts,
+) -> Result<Option<String>, Response<Body>> {
+    let Some(v) = parts.headers.get(SESSION_ID) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| session_id::open(&who.principal.subject, name, v))
+        .map(Some)
+        .ok_or_else(|| {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "no such MCP session for this caller on this connection; start a new one (initialize)",
+            )
+        })
+}
+
+/// Relay the checked call under a recording and the admission's live
+/// guard, charge what it returned to the budget, and seal the session.
+async fn recorded(
+    call: &Call<'_>,
+    admitted: &portcullis_front::Admitted,
+    parts: &http::request::Parts,
+    rest: &str,
+    bytes: Bytes,
+) -> Response<Body> {
+    let ctx = call.ctx;
+    let open = match crate::call::open(ctx, admitted).await {
         Ok(o) => o,
         Err(e) => {
             let code = match e {
@@ -200,12 +224,12 @@ pub async fn handle(
     };
     let result = match crate::call::record(&rec, [request]) {
         Ok(()) => {
-            crate::call::while_admitted(ctx, &admitted, &open, relay(&call, &parts, bytes)).await
+            crate::call::while_admitted(ctx, admitted, &open, relay(call, parts, bytes)).await
         }
         Err(e) => Err(e),
     };
     let result = match result {
-        Ok((resp, body)) => within_budget(ctx, who, &admitted, body.len() as u64)
+        Ok((resp, body)) => within_budget(ctx, call.who, admitted, body.len() as u64)
             .await
             .map(|()| (resp, body)),
         Err(e) => Err(e),

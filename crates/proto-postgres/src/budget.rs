@@ -34,12 +34,8 @@ pub struct Results {
     reserved: [AtomicU64; 2],
     taken: [AtomicU64; 2],
     cutting: AtomicBool,
-    /// Prepared statements proven reads, by the caller's name (the
-    /// unnamed one as ""): a Bind of any other counts as a write.
-    pub reads: Mutex<HashSet<String>>,
-    /// Named statements parsed as writes and not closed: a later Parse of
-    /// the name fails on the target, so it stays a write.
-    pub writes: Mutex<HashSet<String>>,
+    /// Prepared statements a Bind may run as a read (see [`Names`]).
+    pub names: Mutex<Names>,
     /// Set for good once the session ran something that may have made a
     /// named prepared statement the gateway did not see parsed (SQL
     /// `PREPARE`, or code it cannot read): from then on a Parse of a name
@@ -147,9 +143,151 @@ impl Settle {
     }
 }
 
+/// Prepared statements proven reads, by the caller's name (the unnamed
+/// one as ""): a Bind of any other counts as a write. A Parse is taken at
+/// its word only where the target cannot have refused or skipped it
+/// unseen. A review ran writes past the budget as reads: a read Parse
+/// sent after an error (the target skips it until Sync), or of a name
+/// still taken by a write (the target refuses it), had made the write
+/// statement still there a read.
+/// - In the batch it was sent in (up to the next Sync): if the Parse
+///   failed, the target skips the rest of the batch, the Bind included.
+/// - After that, once the target answered every sync point sent with no
+///   error in between: the Parse then did happen.
+///
+/// A read whose batch saw an error is forgotten (its Binds count as
+/// writes: more, never less). So is any name a Close or a Parse of a
+/// write names, at once.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// Proven: parsed in a batch the target finished with no error.
+    reads: HashSet<String>,
+    /// Parsed as reads since the last sync point sent.
+    batch: HashSet<String>,
+    /// Parsed as reads in batches the target has not finished answering.
+    unconfirmed: HashSet<String>,
+    /// The target sent an error since it last finished every batch.
+    failed: bool,
+}
+
+/// Names kept at most (each is also a statement on the target): past it,
+/// what is kept is forgotten and Binds of those count as writes.
+const MAX_NAMES: usize = 10_000;
+
+impl Names {
+    /// A Parse of `name` went to the target: a read (`read`) or anything
+    /// else.
+    pub fn parsed(&mut self, name: &str, read: bool) {
+        self.forget(name);
+        if !read {
+            return;
+        }
+        if self.reads.len() + self.batch.len() + self.unconfirmed.len() >= MAX_NAMES {
+            self.reads.clear();
+            self.unconfirmed.clear();
+        }
+        self.batch.insert(name.to_string());
+    }
+
+    /// A Close of `name` went to the target (it may be skipped: the name
+    /// is then no longer trusted either way).
+    pub fn forget(&mut self, name: &str) {
+        self.reads.remove(name);
+        self.batch.remove(name);
+        self.unconfirmed.remove(name);
+    }
+
+    /// Whether a Bind of `name` now runs a proven read.
+    pub fn is_read(&self, name: &str) -> bool {
+        self.batch.contains(name) || self.reads.contains(name)
+    }
+
+    /// The caller sent a sync point (Sync, a simple query or a fast-path
+    /// call): the batch is over. A simple query also drops the unnamed
+    /// statement on the target.
+    pub fn sync_point(&mut self, query: bool) {
+        self.unconfirmed.extend(self.batch.drain());
+        if query {
+            self.forget("");
+        }
+    }
+
+    /// The target sent an ErrorResponse.
+    pub fn target_error(&mut self) {
+        self.failed = true;
+    }
+
+    /// The target answered every sync point sent, and nothing is sent
+    /// after the last: what it was asked to parse as reads, it did,
+    /// unless an error came in between.
+    pub fn idle(&mut self) {
+        if self.failed {
+            self.unconfirmed.clear();
+        } else {
+            self.reads.extend(self.unconfirmed.drain());
+        }
+        self.failed = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_is_trusted_in_its_batch_and_once_the_target_finished_it() {
+        let mut n = Names::default();
+        n.parsed("s", true);
+        assert!(n.is_read("s"), "a failed Parse skips the Bind after it");
+        n.sync_point(false);
+        assert!(!n.is_read("s"), "not yet answered");
+        n.idle();
+        assert!(n.is_read("s"));
+        // A write under the name, or a Close, ends it at once.
+        n.parsed("s", false);
+        assert!(!n.is_read("s"));
+        n.parsed("s", true);
+        n.forget("s");
+        assert!(!n.is_read("s"));
+    }
+
+    #[test]
+    fn an_error_before_the_target_finished_forgets_the_batch() {
+        // Review: a read Parse the target skipped after an error, or
+        // refused (the name was a write's), made the write a read.
+        let mut n = Names::default();
+        n.parsed("", true);
+        n.parsed("w", true);
+        n.sync_point(false);
+        n.target_error();
+        n.idle();
+        assert!(!n.is_read(""));
+        assert!(!n.is_read("w"));
+        // The next clean batch is trusted again.
+        n.parsed("w", true);
+        n.sync_point(false);
+        n.idle();
+        assert!(n.is_read("w"));
+        // A simple query drops the unnamed statement on the target.
+        n.parsed("", true);
+        n.sync_point(false);
+        n.idle();
+        n.sync_point(true);
+        assert!(!n.is_read(""));
+        assert!(n.is_read("w"));
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let mut n = Names::default();
+        for i in 0..MAX_NAMES + 5 {
+            n.parsed(&i.to_string(), true);
+            n.sync_point(false);
+            n.idle();
+        }
+        assert!(n.reads.len() <= MAX_NAMES);
+        assert!(!n.is_read("0"));
+    }
 
     #[test]
     fn a_result_is_cut_where_it_crosses_the_reservation() {

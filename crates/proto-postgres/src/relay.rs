@@ -451,21 +451,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         up_w: &mut UW,
     ) -> Result<Step, Exit> {
         let tag = m.tag;
-        // A span per statement, exported over OTLP when asked: who,
-        // where, its class and the decision; never its text.
-        let span = if matches!(tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL) {
-            tracing::debug_span!(
-                target: portcullis_front::TRACE_TARGET,
-                "pg_statement",
-                otel.name = "SQL statement",
-                principal = %self.ctx.principal.subject,
-                connection = self.ctx.connection,
-                class = tracing::field::Empty,
-                decision = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let span = self.statement_span(tag);
         let checked = statements::check(self.ctx, &m).await;
         let class = checked
             .as_ref()
@@ -538,16 +524,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 }
             }
         }
-        if matches!(tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
-            self.syncs_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        match tag {
-            tag::SYNC => self.unsynced.store(false, Ordering::Relaxed),
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
-                self.unsynced.store(true, Ordering::Relaxed)
-            }
-            _ => {}
-        }
+        self.count_sync_points(tag);
         if tag == tag::TERMINATE {
             if self.ctx.upstream.reuse() {
                 // Not forwarded: the session may serve the next caller.
@@ -556,6 +533,65 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             return Ok(Step::Terminate);
         }
         Ok(Step::Sent)
+    }
+
+    /// A span per statement, exported over OTLP when asked: who, where,
+    /// its class and the decision; never its text.
+    fn statement_span(&self, tag: u8) -> tracing::Span {
+        if !matches!(tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL) {
+            return tracing::Span::none();
+        }
+        tracing::debug_span!(
+            target: portcullis_front::TRACE_TARGET,
+            "pg_statement",
+            otel.name = "SQL statement",
+            principal = %self.ctx.principal.subject,
+            connection = self.ctx.connection,
+            class = tracing::field::Empty,
+            decision = tracing::field::Empty,
+        )
+    }
+
+    /// What was sent toward a sync point: the target answers a Query, a
+    /// Sync or a fast-path call with ReadyForQuery, and an extended
+    /// message leaves the session unsynced until the next Sync.
+    fn count_sync_points(&self, tag: u8) {
+        if matches!(tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
+            self.syncs_sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(res) = &self.results {
+                res.names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sync_point(tag == tag::QUERY);
+            }
+        }
+        match tag {
+            tag::SYNC => self.unsynced.store(false, Ordering::Relaxed),
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+                self.unsynced.store(true, Ordering::Relaxed)
+            }
+            _ => {}
+        }
+    }
+
+    /// What the target's answers say of the Parses a budget took as reads
+    /// (see [`crate::budget::Names`]): an error, and the point where every
+    /// sync point sent is answered.
+    fn names_follow_target(&self, res: &crate::budget::Results, tag: u8) {
+        let names = || res.names.lock().unwrap_or_else(|e| e.into_inner());
+        match tag {
+            tag::ERROR_RESPONSE => names().target_error(),
+            tag::READY_FOR_QUERY => {
+                // This one not yet counted in `ready_seen`.
+                let idle = self.syncs_sent.load(Ordering::Relaxed)
+                    == self.ready_seen.load(Ordering::Relaxed) + 1
+                    && !self.unsynced.load(Ordering::Relaxed);
+                if idle {
+                    names().idle();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Encode `m` for the target: an approved statement whose preview
@@ -627,11 +663,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// the rows and bytes it may still return are read from the store.
     async fn budget_gate(&self, m: &Message, class: Option<Class>) -> Result<(), Refusal> {
         use portcullis_policy::budget::Measure;
-        let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
+        let (Some(b), Some(_)) = (self.ctx.budget, &self.results) else {
             return Ok(());
         };
-        let writes = b.counts(Measure::Writes);
-        let writing = class.is_some_and(|c| c >= Class::Write);
         let text = match m.tag {
             tag::QUERY => messages::query_text(m),
             tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
@@ -642,10 +676,21 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         {
             self.budget_tables(b, sql).await?;
         }
-        let reads = || res.reads.lock().unwrap_or_else(|e| e.into_inner());
-        // What may create a named statement unseen: SQL PREPARE (found in
-        // the text, whatever the parser makes of it), or code the gateway
-        // cannot read.
+        self.note_unseen_names(m, text.as_deref(), class);
+        self.count_writes(b, m, text.as_deref(), class).await?;
+        if matches!(m.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
+            && (b.counts(Measure::Rows) || b.counts(Measure::Bytes))
+        {
+            self.reserve_results(b, m).await?;
+        }
+        Ok(())
+    }
+
+    /// What may create a named statement unseen: SQL PREPARE (found in the
+    /// text, whatever the parser makes of it), or code the gateway cannot
+    /// read. From then on a named statement is not trusted as a read.
+    fn note_unseen_names(&self, m: &Message, text: Option<&str>, class: Option<Class>) {
+        let Some(res) = &self.results else { return };
         let unreadable = class.is_none_or(|c| c == Class::Unknown);
         // Any case, without copying the text.
         let prepares = |t: &str| {
@@ -653,12 +698,35 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 .windows(7)
                 .any(|w| w.eq_ignore_ascii_case(b"prepare"))
         };
+        // `DO`, `CALL`, `EXECUTE` and the like run code that may prepare.
+        let runs_code =
+            |t: &str| crate::classify::may_redefine(t) && self.ctx.upstream.analyse(t).redefines;
         if m.tag == tag::FUNCTION_CALL
             || (text.is_some() && unreadable)
-            || text.as_deref().is_some_and(prepares)
+            || text.is_some_and(prepares)
+            || text.is_some_and(runs_code)
         {
             res.unseen_names.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Writes against the budget: a statement that may write is counted
+    /// (refused when none is left); named statements are tracked as reads
+    /// or writes, so that a Bind of a read costs nothing.
+    async fn count_writes(
+        &self,
+        b: &portcullis_front::Budget,
+        m: &Message,
+        text: Option<&str>,
+        class: Option<Class>,
+    ) -> Result<(), Refusal> {
+        use portcullis_policy::budget::Measure;
+        let Some(res) = &self.results else {
+            return Ok(());
+        };
+        let writes = b.counts(Measure::Writes);
+        let writing = class.is_some_and(|c| c >= Class::Write);
+        let names = || res.names.lock().unwrap_or_else(|e| e.into_inner());
         match m.tag {
             tag::QUERY | tag::FUNCTION_CALL
                 if writes && (writing || m.tag == tag::FUNCTION_CALL) =>
@@ -676,34 +744,12 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             tag::PARSE => {
                 if let Some((name, _)) = messages::parse_text(m) {
-                    if writing {
-                        reads().remove(&name);
-                        if !name.is_empty() {
-                            res.writes
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(name);
-                        }
-                        if writes {
-                            b.left(Measure::Writes, None)
-                                .await
-                                .map_err(budget_refusal)?;
-                        }
-                    } else {
-                        // The unnamed statement is replaced by a Parse
-                        // (even one that fails); a named one stays what it
-                        // was until it is closed (a second Parse of its
-                        // name fails on the target): trusted as a read
-                        // only while no name can exist unseen.
-                        let taken = res
-                            .writes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains(&name);
-                        if !taken {
-                            reads().insert(name);
-                        }
+                    if writing && writes {
+                        b.left(Measure::Writes, None)
+                            .await
+                            .map_err(budget_refusal)?;
                     }
+                    names().parsed(&name, !writing);
                 }
             }
             // Its result is not rows the gateway can count.
@@ -719,54 +765,60 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             tag::BIND if writes => {
                 let bound = messages::bind(&m.body).map(|x| x.statement);
                 let unseen = res.unseen_names.load(Ordering::Relaxed);
-                let read = bound.is_some_and(|s| reads().contains(&s) && (s.is_empty() || !unseen));
+                let read = bound.is_some_and(|s| names().is_read(&s) && (s.is_empty() || !unseen));
                 if !read {
                     self.take_write(b, 1).await?;
                 }
             }
             tag::CLOSE => {
                 if let Some(name) = messages::statement_target(m) {
-                    reads().remove(&name);
-                    res.writes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&name);
+                    names().forget(&name);
                 }
             }
             _ => {}
         }
-        if matches!(m.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
-            && (b.counts(Measure::Rows) || b.counts(Measure::Bytes))
-        {
-            // What is left is reserved now (taken in the store, so concurrent
-            // sessions see it gone) and the unused part given back once the
-            // session is idle. Used up, nothing is reserved: a statement
-            // that returns no row (COMMIT, an INSERT) still runs; the first
-            // row is cut.
-            for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
-                if !b.counts(measure) {
-                    continue;
-                }
-                let reserved = match b.reserve(measure).await {
-                    Ok(n) => n,
-                    Err(e @ portcullis_front::BudgetError::Exceeded { .. }) => {
-                        // An approver may lift it for this session, when
-                        // the statement may return rows at all.
-                        let lifted = match self.ctx.gate {
-                            Some(g) if returns_rows(self.ctx, m) => g.lift_budget(b, &e).await,
-                            _ => None,
-                        };
-                        match lifted {
-                            Some(Ok(())) => b.reserve(measure).await.map_err(budget_refusal)?,
-                            _ => Some(0),
-                        }
+        Ok(())
+    }
+
+    /// Rows and bytes the statement may still return, reserved before it
+    /// runs.
+    async fn reserve_results(
+        &self,
+        b: &portcullis_front::Budget,
+        m: &Message,
+    ) -> Result<(), Refusal> {
+        use portcullis_policy::budget::Measure;
+        let Some(res) = &self.results else {
+            return Ok(());
+        };
+        // What is left is reserved now (taken in the store, so concurrent
+        // sessions see it gone) and the unused part given back once the
+        // session is idle. Used up, nothing is reserved: a statement
+        // that returns no row (COMMIT, an INSERT) still runs; the first
+        // row is cut.
+        for (i, measure) in [Measure::Rows, Measure::Bytes].into_iter().enumerate() {
+            if !b.counts(measure) {
+                continue;
+            }
+            let reserved = match b.reserve(measure).await {
+                Ok(n) => n,
+                Err(e @ portcullis_front::BudgetError::Exceeded { .. }) => {
+                    // An approver may lift it for this session, when
+                    // the statement may return rows at all.
+                    let lifted = match self.ctx.gate {
+                        Some(g) if returns_rows(self.ctx, m) => g.lift_budget(b, &e).await,
+                        _ => None,
+                    };
+                    match lifted {
+                        Some(Ok(())) => b.reserve(measure).await.map_err(budget_refusal)?,
+                        _ => Some(0),
                     }
-                    Err(e) => return Err(budget_refusal(e)),
-                };
-                match reserved {
-                    Some(n) => res.reserve(i, n),
-                    None => res.unlimit(i),
                 }
+                Err(e) => return Err(budget_refusal(e)),
+            };
+            match reserved {
+                Some(n) => res.reserve(i, n),
+                None => res.unlimit(i),
             }
         }
         Ok(())
@@ -978,6 +1030,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
         if let Some(res) = &self.results {
+            self.names_follow_target(res, m.tag);
             match m.tag {
                 // A COPY TO row is a row too.
                 tag::DATA_ROW | tag::COPY_DATA => match res.row(m.body.len()) {

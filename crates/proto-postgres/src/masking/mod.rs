@@ -790,23 +790,7 @@ impl MaskInspector {
             tag::PARSE_COMPLETE | tag::BIND_COMPLETE | tag::CLOSE_COMPLETE => {
                 self.confirmed(msg.tag)
             }
-            tag::DATA_ROW => {
-                let Some(cols) = self.layout() else {
-                    // A portal or statement not confirmed, or forgotten
-                    // after a statement that may have redefined it.
-                    return self.fail_statement(
-                        "rows of a portal or statement whose description is not known (describe it, or prepare it again)",
-                    );
-                };
-                match self.mask_row(&msg.body, &cols) {
-                    Ok(Some(m)) => Verdict::Rewrite(m),
-                    Ok(None) => Verdict::Pass,
-                    Err(RowError::Corrupt(why)) => self.refuse(why),
-                    Err(RowError::Unreadable(why)) => self.fail_statement(&format!(
-                        "{why} (ask for text results, or list the type in the rule's pass_pg_types)"
-                    )),
-                }
-            }
+            tag::DATA_ROW => self.data_row(msg),
             tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {
                 if matches!(self.expect.front(), Some(Expect::Execute(_)))
                     && let Some(e) = self.expect.pop_front()
@@ -818,39 +802,9 @@ impl MaskInspector {
             }
             tag::COPY_IN_RESPONSE => self.copy_in(),
             tag::COPY_BOTH_RESPONSE => self.refuse("a copy in both directions"),
-            tag::COPY_OUT_RESPONSE => {
-                // CopyOutResponse: overall format 0 = text.
-                if msg.body.first().copied() == Some(1) {
-                    return self.fail_statement("binary COPY output");
-                }
-                if self.answering().reads_protected {
-                    return self.fail_statement(
-                        "COPY out of a relation holding a protected column (COPY carries no column sources)",
-                    );
-                }
-                Verdict::Pass
-            }
-            tag::COPY_DATA => {
-                let Ok(text) = std::str::from_utf8(&msg.body) else {
-                    return self.fail_statement("COPY data that is not UTF-8");
-                };
-                match self.rule.masker.mask_str(text, &mut self.stats) {
-                    std::borrow::Cow::Borrowed(_) => Verdict::Pass,
-                    std::borrow::Cow::Owned(s) => {
-                        Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))
-                    }
-                }
-            }
-            tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => {
-                let touches = self.answering().derived.is_some();
-                if msg.tag == tag::ERROR_RESPONSE {
-                    self.after_error();
-                }
-                match notices::fields(msg, &mut self.notices(touches)) {
-                    Some(m) => Verdict::Rewrite(m),
-                    None => Verdict::Pass,
-                }
-            }
+            tag::COPY_OUT_RESPONSE => self.copy_out(msg),
+            tag::COPY_DATA => self.copy_data(msg),
+            tag::ERROR_RESPONSE | tag::NOTICE_RESPONSE => self.error_or_notice(msg),
             tag::NOTIFICATION_RESPONSE => {
                 match notices::notification(msg, &mut self.notices(false)) {
                     Some(m) => Verdict::Rewrite(m),
@@ -875,6 +829,60 @@ impl MaskInspector {
                 Verdict::Pass
             }
             _ => Verdict::Pass,
+        }
+    }
+
+    fn data_row(&mut self, msg: &Message) -> Verdict {
+        let Some(cols) = self.layout() else {
+            // A portal or statement not confirmed, or forgotten after a
+            // statement that may have redefined it.
+            return self.fail_statement(
+                "rows of a portal or statement whose description is not known (describe it, or prepare it again)",
+            );
+        };
+        match self.mask_row(&msg.body, &cols) {
+            Ok(Some(m)) => Verdict::Rewrite(m),
+            Ok(None) => Verdict::Pass,
+            Err(RowError::Corrupt(why)) => self.refuse(why),
+            Err(RowError::Unreadable(why)) => self.fail_statement(&format!(
+                "{why} (ask for text results, or list the type in the rule's pass_pg_types)"
+            )),
+        }
+    }
+
+    fn copy_out(&mut self, msg: &Message) -> Verdict {
+        // CopyOutResponse: overall format 0 = text.
+        if msg.body.first().copied() == Some(1) {
+            return self.fail_statement("binary COPY output");
+        }
+        if self.answering().reads_protected {
+            return self.fail_statement(
+                "COPY out of a relation holding a protected column (COPY carries no column sources)",
+            );
+        }
+        Verdict::Pass
+    }
+
+    fn copy_data(&mut self, msg: &Message) -> Verdict {
+        let Ok(text) = std::str::from_utf8(&msg.body) else {
+            return self.fail_statement("COPY data that is not UTF-8");
+        };
+        match self.rule.masker.mask_str(text, &mut self.stats) {
+            std::borrow::Cow::Borrowed(_) => Verdict::Pass,
+            std::borrow::Cow::Owned(s) => {
+                Verdict::Rewrite(Message::new(tag::COPY_DATA, s.into_bytes()))
+            }
+        }
+    }
+
+    fn error_or_notice(&mut self, msg: &Message) -> Verdict {
+        let touches = self.answering().derived.is_some();
+        if msg.tag == tag::ERROR_RESPONSE {
+            self.after_error();
+        }
+        match notices::fields(msg, &mut self.notices(touches)) {
+            Some(m) => Verdict::Rewrite(m),
+            None => Verdict::Pass,
         }
     }
 }
