@@ -151,9 +151,12 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let session = match opened_session(who, name, &parts) {
-        Ok(s) => s,
-        Err(refused) => return refused,
+    let Ok(session) = opened_session(who, name, &parts) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no such MCP session for this caller on this connection; start a new one (initialize)",
+        );
     };
     let (asked, bytes) = match check_calls(ctx, who, &admitted, target, &parts, &bytes).await {
         Ok(m) => m,
@@ -171,13 +174,16 @@ pub async fn handle(
     recorded(&call, &admitted, &parts, rest, bytes).await
 }
 
+/// A session id that opens to no session.
+struct NoSession;
+
 /// The server's session id, opened from the seal the caller holds: one
 /// sealed for another caller or connection, or forged, is no session.
 fn opened_session(
     who: &Caller,
     name: &str,
     parts: &http::request::Parts,
-) -> Result<Option<String>, Response<Body>> {
+) -> Result<Option<String>, NoSession> {
     let Some(v) = parts.headers.get(SESSION_ID) else {
         return Ok(None);
     };
@@ -185,13 +191,7 @@ fn opened_session(
         .ok()
         .and_then(|v| session_id::open(&who.principal.subject, name, v))
         .map(Some)
-        .ok_or_else(|| {
-            json_error(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                "no such MCP session for this caller on this connection; start a new one (initialize)",
-            )
-        })
+        .ok_or(NoSession)
 }
 
 /// Relay the checked call under a recording and the admission's live
