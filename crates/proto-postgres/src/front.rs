@@ -648,15 +648,7 @@ impl Inner {
         let open = match self.ctx.open(&admitted, agent).await {
             Ok(open) => open,
             Err(e) => {
-                let msg = match e {
-                    portcullis_front::SessionError::Audit(_) => {
-                        "portcullis: the session cannot be audited (the audit store is unavailable), so it is refused"
-                    }
-                    portcullis_front::SessionError::Recording(_) => {
-                        "portcullis: the session cannot be recorded (the recordings spool is unavailable), so it is refused"
-                    }
-                };
-                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
+                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, unopened(&e))).await;
                 return;
             }
         };
@@ -700,29 +692,7 @@ impl Inner {
             open: &open,
             gate: gate.as_ref(),
         };
-        let end = match self.cancel_key(&upstream, &up) {
-            Some(key) => {
-                let end = self.serve(reader, &mut w, up, key, &live).await;
-                if let Ok(mut m) = self.cancels.lock() {
-                    m.remove(&key);
-                }
-                end
-            }
-            None => {
-                let msg = "internal error in the gateway (no randomness for a cancel key)";
-                send(&mut w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
-                Err(Outcome::InternalError)
-            }
-        };
-        let (outcome, from, to) = match end {
-            Ok(e) => {
-                if let Some(session) = e.reusable {
-                    upstream.checkin(&startup.params, session).await;
-                }
-                (e.outcome, e.bytes_from_caller, e.bytes_to_caller)
-            }
-            Err(outcome) => (outcome, 0, 0),
-        };
+        let (outcome, from, to) = self.relayed(reader, &mut w, up, &live, &startup).await;
         open.seal(closing(outcome, None, from, to)).await;
         tracing::info!(
             target: "portcullis::access",
@@ -733,6 +703,41 @@ impl Inner {
             duration_ms = started.elapsed().as_millis() as u64,
             "postgres session ended"
         );
+    }
+
+    /// The relay between the caller and the target's session `up`, under
+    /// a cancel key of the gateway's; a target session left idle goes back
+    /// to the pool. The outcome and the bytes each way.
+    async fn relayed<R, W>(
+        &self,
+        reader: FrameReader<R>,
+        w: &mut W,
+        up: UpstreamSession,
+        live: &Live<'_>,
+        startup: &StartupRequest,
+    ) -> (Outcome, u64, u64)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Some(key) = self.cancel_key(live.upstream, &up) else {
+            let msg = "internal error in the gateway (no randomness for a cancel key)";
+            send(w, &fatal(sqlstate::CONNECTION_FAILURE, msg)).await;
+            return (Outcome::InternalError, 0, 0);
+        };
+        let end = self.serve(reader, w, up, key, live).await;
+        if let Ok(mut m) = self.cancels.lock() {
+            m.remove(&key);
+        }
+        match end {
+            Ok(e) => {
+                if let Some(session) = e.reusable {
+                    live.upstream.checkin(&startup.params, session).await;
+                }
+                (e.outcome, e.bytes_from_caller, e.bytes_to_caller)
+            }
+            Err(outcome) => (outcome, 0, 0),
+        }
     }
 
     /// The caller gets the gateway's own cancel key, mapped to the
@@ -847,3 +852,15 @@ fn closing(outcome: Outcome, error: Option<String>, from: u64, to: u64) -> Closi
 
 #[cfg(test)]
 mod tests;
+
+/// Why a session could not be opened, in the caller's words.
+fn unopened(e: &portcullis_front::SessionError) -> &'static str {
+    match e {
+        portcullis_front::SessionError::Audit(_) => {
+            "portcullis: the session cannot be audited (the audit store is unavailable), so it is refused"
+        }
+        portcullis_front::SessionError::Recording(_) => {
+            "portcullis: the session cannot be recorded (the recordings spool is unavailable), so it is refused"
+        }
+    }
+}
