@@ -311,18 +311,7 @@ impl Inner {
             _ => return,
         }
         if first[0] == TLS_HANDSHAKE {
-            // Direct TLS (PostgreSQL 17's sslnegotiation=direct).
-            let Some((tls, record)) = self.tls(stream, peer).await else {
-                return;
-            };
-            if record.alpn.as_deref() != Some("postgresql") {
-                // Required by the protocol for direct TLS: without it the
-                // client may not be speaking PostgreSQL at all.
-                tracing::info!(%peer, "direct TLS without ALPN \"postgresql\"; closed");
-                return;
-            }
-            self.session(tls, record).await;
-            return;
+            return self.direct_tls(stream, peer).await;
         }
 
         let mut reader = FrameReader::new(stream, crate::frame::MAX_STARTUP_LEN);
@@ -374,16 +363,7 @@ impl Inner {
                 Startup::Startup { .. } => {
                     self.metrics.plaintext_refused.inc();
                     tracing::warn!(%peer, "plaintext PostgreSQL startup refused");
-                    let mut s = reader.into_inner();
-                    let m = messages::error(
-                        true,
-                        sqlstate::INVALID_AUTHORIZATION,
-                        "Portcullis accepts PostgreSQL connections over TLS only",
-                        Some(
-                            "connect with sslmode=verify-full and sslrootcert=<the gateway's CA> (or at least sslmode=require)",
-                        ),
-                    );
-                    send(&mut s, &m).await;
+                    send(&mut reader.into_inner(), &plaintext_refused()).await;
                     return;
                 }
                 Startup::SslRequest => {
@@ -404,6 +384,20 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Direct TLS (PostgreSQL 17's `sslnegotiation=direct`).
+    async fn direct_tls(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some((tls, record)) = self.tls(stream, peer).await else {
+            return;
+        };
+        if record.alpn.as_deref() != Some("postgresql") {
+            // Required by the protocol for direct TLS: without it the
+            // client may not be speaking PostgreSQL at all.
+            tracing::info!(%peer, "direct TLS without ALPN \"postgresql\"; closed");
+            return;
+        }
+        self.session(tls, record).await;
     }
 
     async fn cancel(&self, pid: i32, secret: i32) {
@@ -863,4 +857,16 @@ fn unopened(e: &portcullis_front::SessionError) -> &'static str {
             "portcullis: the session cannot be recorded (the recordings spool is unavailable), so it is refused"
         }
     }
+}
+
+/// The answer to a startup sent without TLS.
+fn plaintext_refused() -> crate::frame::Message {
+    messages::error(
+        true,
+        sqlstate::INVALID_AUTHORIZATION,
+        "Portcullis accepts PostgreSQL connections over TLS only",
+        Some(
+            "connect with sslmode=verify-full and sslrootcert=<the gateway's CA> (or at least sslmode=require)",
+        ),
+    )
 }
