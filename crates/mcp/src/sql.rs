@@ -61,72 +61,14 @@ pub async fn sql_query(
     else {
         unreachable!("admit checked the protocol")
     };
-    // One statement per call: the result is one table, and a guard cannot
-    // be undone by a second statement in the same string.
-    match classify::statement_count(sql) {
-        Some(1) => {}
-        Some(0) => return Err(ToolError::Params("sql holds no statement".into())),
-        Some(n) => {
-            return Err(ToolError::Params(format!(
-                "send one statement per call (this holds {n})"
-            )));
-        }
-        None if *read_only => {
-            return Err(refused(
-                ctx,
-                who,
-                name,
-                "the statement does not parse, so it cannot be shown to be read-only",
-            )
-            .await);
-        }
-        None => {}
-    }
-    // Proven against the target's catalog, as on the wire protocol.
-    let class = match upstream.classify(sql).await {
-        Ok(c) => c,
-        Err(e) => {
-            let reason = format!("the statement could not be proven free of side effects ({e})");
-            return Err(refused(ctx, who, name, &reason).await);
-        }
-    };
-    if *read_only && class != Class::Read {
-        let reason = format!(
-            "access = \"read-only\": {} is not allowed",
-            class.statement()
-        );
-        return Err(refused(ctx, who, name, &reason).await);
-    }
+    let class = checked_statement(ctx, who, name, *read_only, upstream, sql).await?;
     call::approve(&admitted, "statement", sql, class.as_str(), |r| {
         portcullis_approval::holds_statement(r, class.as_str())
             || (class == Class::Unknown && !r.classes.is_empty())
             || portcullis_approval::holds_tool(r, "sql_query", None)
     })
     .await?;
-    {
-        if let Some(b) = ctx.front.budget(&admitted) {
-            let a = upstream.analyse(sql);
-            if a.refs.opaque && b.counts(Measure::Tables) {
-                let reason = format!(
-                    "grant {:?} limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
-                    b.grant()
-                );
-                return Err(refused(ctx, who, name, &reason).await);
-            }
-            let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
-            if let Err(e) = b.touch_tables(&names).await {
-                return Err(refused(ctx, who, name, &e.to_string()).await);
-            }
-        }
-        let mut what = vec![(Measure::ToolCalls, Some("sql_query"), 1)];
-        if class >= Class::Write {
-            // Each statement of a multi-statement text that may write
-            // (all of them when the catalog could not prove it).
-            let n = upstream.analyse(sql).writes_under(class) as u64;
-            what.push((Measure::Writes, None, n));
-        }
-        call::budget_of(ctx, who, &admitted, &what).await?;
-    }
+    charge(ctx, who, &admitted, upstream, sql, class).await?;
     let query = Query {
         sql,
         max_rows: max_rows as usize,
@@ -160,6 +102,90 @@ pub async fn sql_query(
         upstream.forget_catalog();
     }
     result
+}
+
+/// One statement that parses, proven against the target's catalog, and a
+/// read where the connection is read-only: its class.
+async fn checked_statement(
+    ctx: &Context,
+    who: &Caller,
+    name: &str,
+    read_only: bool,
+    upstream: &portcullis_postgres::PgUpstream,
+    sql: &str,
+) -> Result<Class, ToolError> {
+    // One statement per call: the result is one table, and a guard cannot
+    // be undone by a second statement in the same string.
+    match classify::statement_count(sql) {
+        Some(1) => {}
+        Some(0) => return Err(ToolError::Params("sql holds no statement".into())),
+        Some(n) => {
+            return Err(ToolError::Params(format!(
+                "send one statement per call (this holds {n})"
+            )));
+        }
+        None if read_only => {
+            return Err(refused(
+                ctx,
+                who,
+                name,
+                "the statement does not parse, so it cannot be shown to be read-only",
+            )
+            .await);
+        }
+        None => {}
+    }
+    // Proven against the target's catalog, as on the wire protocol.
+    let class = match upstream.classify(sql).await {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("the statement could not be proven free of side effects ({e})");
+            return Err(refused(ctx, who, name, &reason).await);
+        }
+    };
+    if read_only && class != Class::Read {
+        let reason = format!(
+            "access = \"read-only\": {} is not allowed",
+            class.statement()
+        );
+        return Err(refused(ctx, who, name, &reason).await);
+    }
+    Ok(class)
+}
+
+/// The grant's budget: tables touched, the tool call, and each statement
+/// that may write.
+async fn charge(
+    ctx: &Context,
+    who: &Caller,
+    admitted: &Admitted,
+    upstream: &portcullis_postgres::PgUpstream,
+    sql: &str,
+    class: Class,
+) -> Result<(), ToolError> {
+    let name = admitted.connection.as_str();
+    if let Some(b) = ctx.front.budget(admitted) {
+        let a = upstream.analyse(sql);
+        if a.refs.opaque && b.counts(Measure::Tables) {
+            let reason = format!(
+                "grant {:?} limits the distinct tables touched, and the tables this statement names cannot be read from it; write it so they can",
+                b.grant()
+            );
+            return Err(refused(ctx, who, name, &reason).await);
+        }
+        let names: Vec<String> = a.refs.qualified.iter().cloned().collect();
+        if let Err(e) = b.touch_tables(&names).await {
+            return Err(refused(ctx, who, name, &e.to_string()).await);
+        }
+    }
+    let mut what = vec![(Measure::ToolCalls, Some("sql_query"), 1)];
+    if class >= Class::Write {
+        // Each statement of a multi-statement text that may write
+        // (all of them when the catalog could not prove it).
+        let n = upstream.analyse(sql).writes_under(class) as u64;
+        what.push((Measure::Writes, None, n));
+    }
+    call::budget_of(ctx, who, admitted, &what).await
 }
 
 /// Open the session, run `sql`, mask, record, seal; `shape` turns the
@@ -220,38 +246,7 @@ pub(crate) async fn run(
         connection: name.to_string(),
         reason,
     };
-    let work = async {
-        let owner = portcullis_postgres::Owner::Caller(who.principal.subject.clone());
-        let mut session = upstream
-            .connect(&[], owner)
-            .await
-            .map_err(|e| target_err(e.to_string()))?;
-        session
-            .query(&format!("SET statement_timeout = {timeout_ms}"), 0)
-            .await
-            .map_err(|e| target_err(e.to_string()))?;
-        // The wire protocol's masker, so there is one place where rules
-        // are applied (column sources, binary values, errors).
-        let mut masker = match ctx.front.mask_rule(name, &who.principal) {
-            Some(rule) => Some(
-                portcullis_postgres::masking::prepare(rule, &mut session, upstream, name)
-                    .await
-                    .map_err(|e| target_err(format!("masking rules could not be prepared: {e}")))?
-                    .with_metrics(ctx.front.mask_metrics.clone()),
-            ),
-            None => None,
-        };
-        let inspector = masker
-            .as_mut()
-            .map(|m| m as &mut dyn portcullis_postgres::inspect::Inspector);
-        let result = session.query_inspected(sql, max_rows, inspector).await;
-        // A session that ends idle goes back to the pool (DISCARD ALL);
-        // one left inside a transaction is dropped.
-        if session.status == b'I' {
-            upstream.checkin(&[], session).await;
-        }
-        Ok::<_, ToolError>(result)
-    };
+    let work = query_target(ctx, who, upstream, name, sql, max_rows, timeout_ms);
     // The target stops the statement at statement_timeout; this bounds
     // the rest (connecting, a target that does not answer at all).
     let deadline = Duration::from_millis(timeout_ms) + Duration::from_secs(5);
@@ -260,14 +255,92 @@ pub(crate) async fn run(
             .await
             .map_err(|_| target_err("the target did not answer in time".into()))
     };
+    let ran = call::while_admitted(ctx, admitted, &open, bounded).await;
+    let (result, mut kept) = answered(ran, &rec, name, budget, rows_left, shape);
+    let result = call::take_bytes(ctx, who, admitted, result).await;
+    if result.is_err() {
+        kept = 0;
+    }
+    let sent = match &result {
+        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
+        Err(e) => e.to_string().len() as u64,
+    };
+    call::seal(open, &result, sent).await;
+    give_back(kept).await;
+    result
+}
+
+/// Run `sql` on a session of the connection's pool, its results through
+/// the wire protocol's masker (one place where rules are applied: column
+/// sources, binary values, errors).
+async fn query_target(
+    ctx: &Context,
+    who: &Caller,
+    upstream: &portcullis_postgres::PgUpstream,
+    name: &str,
+    sql: &str,
+    max_rows: usize,
+    timeout_ms: u64,
+) -> Result<Result<QueryOutcome, UpstreamError>, ToolError> {
+    let target_err = |reason: String| ToolError::Target {
+        connection: name.to_string(),
+        reason,
+    };
+    let owner = portcullis_postgres::Owner::Caller(who.principal.subject.clone());
+    let mut session = upstream
+        .connect(&[], owner)
+        .await
+        .map_err(|e| target_err(e.to_string()))?;
+    session
+        .query(&format!("SET statement_timeout = {timeout_ms}"), 0)
+        .await
+        .map_err(|e| target_err(e.to_string()))?;
+    // The wire protocol's masker, so there is one place where rules
+    // are applied (column sources, binary values, errors).
+    let mut masker = match ctx.front.mask_rule(name, &who.principal) {
+        Some(rule) => Some(
+            portcullis_postgres::masking::prepare(rule, &mut session, upstream, name)
+                .await
+                .map_err(|e| target_err(format!("masking rules could not be prepared: {e}")))?
+                .with_metrics(ctx.front.mask_metrics.clone()),
+        ),
+        None => None,
+    };
+    let inspector = masker
+        .as_mut()
+        .map(|m| m as &mut dyn portcullis_postgres::inspect::Inspector);
+    let result = session.query_inspected(sql, max_rows, inspector).await;
+    // A session that ends idle goes back to the pool (DISCARD ALL);
+    // one left inside a transaction is dropped.
+    if session.status == b'I' {
+        upstream.checkin(&[], session).await;
+    }
+    Ok(result)
+}
+
+/// What the bounded run answered, as the tool's result (recorded), and
+/// the rows kept. A result with more rows than the budget left is refused
+/// whole.
+fn answered(
+    ran: Result<Result<Result<QueryOutcome, UpstreamError>, ToolError>, ToolError>,
+    rec: &portcullis_record::Recorder,
+    name: &str,
+    budget: Option<&portcullis_front::Budget>,
+    rows_left: Option<u64>,
+    shape: impl FnOnce(&QueryOutcome, Vec<Vec<Option<String>>>) -> CallToolResult,
+) -> (Result<CallToolResult, ToolError>, u64) {
+    let target_err = |reason: String| ToolError::Target {
+        connection: name.to_string(),
+        reason,
+    };
     let mut kept = 0u64;
-    let result = match call::while_admitted(ctx, admitted, &open, bounded).await {
+    let result = match ran {
         Err(e) => Err(e),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Err(UpstreamError::Server(msg)))) => {
             let (code, message) = msg.split_once(": ").unwrap_or(("?????", &msg));
             call::record(
-                &rec,
+                rec,
                 [Event::PgError {
                     code: code.to_string(),
                     message: message.to_string(),
@@ -302,20 +375,10 @@ pub(crate) async fn run(
                     .iter()
                     .map(|tag| Event::PgCommandComplete { tag: tag.clone() }),
             );
-            call::record(&rec, events).map(|()| shape(&out, masked))
+            call::record(rec, events).map(|()| shape(&out, masked))
         }
     };
-    let result = call::take_bytes(ctx, who, admitted, result).await;
-    if result.is_err() {
-        kept = 0;
-    }
-    let sent = match &result {
-        Ok(r) => serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0),
-        Err(e) => e.to_string().len() as u64,
-    };
-    call::seal(open, &result, sent).await;
-    give_back(kept).await;
-    result
+    (result, kept)
 }
 
 /// A compact, pipe-separated table for the model to read.
