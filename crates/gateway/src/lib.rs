@@ -926,6 +926,34 @@ fn mcp_hosts(cfg: &Config, public_url: &str, https_addr: SocketAddr) -> Vec<Stri
     hosts
 }
 
+/// The web console, with SAML sign-in where the config has it.
+fn start_console(
+    cfg: &Config,
+    store: &Store,
+    shared: &Shared,
+    public_url: &str,
+) -> Result<Arc<console::Console>, GatewayError> {
+    let saml = match &cfg.saml {
+        None => None,
+        Some(s) => Some(
+            console::saml::SamlSp::new(s, public_url, store.clone(), shared.audit.clone())
+                .map_err(GatewayError::Saml)?,
+        ),
+    };
+    Ok(console::Console::new(
+        store.clone(),
+        shared.audit.clone(),
+        console::Parts {
+            cfg: cfg.console.clone(),
+            public_url: public_url.to_string(),
+            audit_dir: cfg.dir().to_path_buf(),
+            sink: shared.sink.clone(),
+            saml,
+            links: shared.links.clone(),
+        },
+    ))
+}
+
 /// Start every listener the config asks for.
 pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, GatewayError> {
     let mut rt = Runtime::new(cfg)?;
@@ -1006,25 +1034,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             .clone()
             .watch(CONFIG_CHECK_INTERVAL, rt.shutdown.clone()),
     );
-    let saml = match &cfg.saml {
-        None => None,
-        Some(s) => Some(
-            console::saml::SamlSp::new(s, &public_url, store.clone(), shared.audit.clone())
-                .map_err(GatewayError::Saml)?,
-        ),
-    };
-    let console = console::Console::new(
-        store.clone(),
-        shared.audit.clone(),
-        console::Parts {
-            cfg: cfg.console.clone(),
-            public_url: public_url.clone(),
-            audit_dir: cfg.dir().to_path_buf(),
-            sink: shared.sink.clone(),
-            saml,
-            links: shared.links.clone(),
-        },
-    );
+    let console = start_console(cfg, &store, &shared, &public_url)?;
     let main = listener::GatewayFront {
         stack,
         domain: cfg.gateway.domain.clone(),
