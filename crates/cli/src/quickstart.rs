@@ -63,6 +63,88 @@ const CONSOLE_ADMIN: &str = "user:admin";
 const CONSOLE_ADMINS: &str = "admins";
 
 pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
+    let folder = prepare_folder(cli, args)?;
+    let Folder {
+        dir,
+        ca,
+        config_path,
+    } = &folder;
+    let config = load_config(config_path, args)?;
+    let store = portcullis_store::Store::open(
+        &config
+            .store
+            .open_url()
+            .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
+    )
+    .await
+    .with_context(|| format!("opening the store {}", config.store.describe()))?;
+    let stop = crate::shutdown_signal();
+    let hangups = crate::gateway_cmd::hangups();
+    let running = portcullis_gateway::start(&config, store.clone()).await?;
+    // Tokens only once the gateway runs: a start that fails (a port in
+    // use) leaves no token that nobody received.
+    let env_path = dir.join("quickstart.env");
+    let token = match reusable_token(&env_path, &store).await {
+        Some(t) => t,
+        None => quickstart_token(&store, dir, PRINCIPAL, "quickstart").await?,
+    };
+
+    // With a guarded connection: a person who may approve.
+    let approver = if config.connection(PG_GUARDED).is_some() {
+        Some(match reusable_approver(&env_path, &store).await {
+            Some(t) => t,
+            None => quickstart_token(&store, dir, APPROVER, APPROVERS).await?,
+        })
+    } else {
+        None
+    };
+
+    // With --agent-demo: the agent's folder and process.
+    let _agent = match running.agent_addr {
+        Some(addr) => Some(AgentProcess::watch(
+            start_agent(ca, dir, addr, &running).await?,
+        )),
+        None => None,
+    };
+    let env = environment(&folder, &config, &running, token, approver.as_ref(), &store).await?;
+    write_env(&env_path, &env)?;
+    // What an agent is given: its own credentials and where to use them,
+    // never the person's (a review signed in as the console's admin with
+    // the link, and approved with the approver's token, from the file an
+    // agent was told to source).
+    let agent_env: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| !PERSON_VARS.contains(k))
+        .cloned()
+        .collect();
+    write_env(&dir.join(AGENT_ENV), &agent_env)?;
+    let pg = has_demo_postgres(&config, &running);
+    if pg {
+        check_postgres(&config).await;
+    }
+    let console_url = env
+        .iter()
+        .find(|(k, _)| *k == "PORTCULLIS_CONSOLE_URL")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    welcome(dir, &running, &env_path, console_url, pg);
+
+    crate::gateway_cmd::serve(&running, stop, hangups).await;
+    tracing::info!("shutting down");
+    running.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The quickstart's folder, set up (safe to re-run).
+struct Folder {
+    dir: std::path::PathBuf,
+    ca: CertificateAuthority,
+    config_path: std::path::PathBuf,
+}
+
+/// The data folder with its CA, certificates, secrets and config, made
+/// where missing. An existing folder keeps the mode it was set up in.
+fn prepare_folder(cli: &Cli, args: &Args) -> anyhow::Result<Folder> {
     let dir = &cli.data_dir;
     create_private_dir(dir)?;
     let dir = dir
@@ -137,7 +219,16 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     if let Some(url) = &args.postgres {
         add_postgres(&dir, &config_path, url, args.pg_listen)?;
     }
-    let mut config = Config::load(&config_path)?;
+    Ok(Folder {
+        dir,
+        ca,
+        config_path,
+    })
+}
+
+/// The config, with the listen addresses given on the command line.
+fn load_config(config_path: &std::path::Path, args: &Args) -> anyhow::Result<Config> {
+    let mut config = Config::load(config_path)?;
     if let Some(p) = args.pg_listen
         && let Some(pg) = config.postgres.as_mut()
     {
@@ -149,45 +240,28 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     if let Some(a) = args.admin_listen {
         config.gateway.admin_listen = Some(a);
     }
+    Ok(config)
+}
 
-    let store = portcullis_store::Store::open(
-        &config
-            .store
-            .open_url()
-            .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
-    )
-    .await
-    .with_context(|| format!("opening the store {}", config.store.describe()))?;
-    let stop = crate::shutdown_signal();
-    let hangups = crate::gateway_cmd::hangups();
-    let running = portcullis_gateway::start(&config, store.clone()).await?;
-    // Tokens only once the gateway runs: a start that fails (a port in
-    // use) leaves no token that nobody received.
-    let env_path = dir.join("quickstart.env");
-    let token = match reusable_token(&env_path, &store).await {
-        Some(t) => t,
-        None => quickstart_token(&store, &dir, PRINCIPAL, "quickstart").await?,
-    };
+/// Whether the demo PostgreSQL connection is served.
+fn has_demo_postgres(config: &Config, running: &portcullis_gateway::RunningGateway) -> bool {
+    running.postgres_addr.is_some() && config.connection(PG_CONNECTION).is_some()
+}
 
-    // With a guarded connection: a person who may approve.
-    let approver = if config.connection(PG_GUARDED).is_some() {
-        Some(match reusable_approver(&env_path, &store).await {
-            Some(t) => t,
-            None => quickstart_token(&store, &dir, APPROVER, APPROVERS).await?,
-        })
-    } else {
-        None
-    };
-
-    // With --agent-demo: the agent's folder and process.
-    let _agent = match running.agent_addr {
-        Some(addr) => Some(AgentProcess::watch(
-            start_agent(&ca, &dir, addr, &running).await?,
-        )),
-        None => None,
-    };
+/// `quickstart.env`'s variables: where the gateway is, the tokens, the
+/// demo connections, and a one-time sign-in link to the console (new at
+/// every start, audited).
+async fn environment(
+    folder: &Folder,
+    config: &Config,
+    running: &portcullis_gateway::RunningGateway,
+    token: String,
+    approver: Option<&String>,
+    store: &portcullis_store::Store,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let dir = &folder.dir;
     let url = running.public_url.clone();
-    let ca_path = ca.cert_path().to_path_buf();
+    let ca_path = folder.ca.cert_path().to_path_buf();
     let mut env = vec![
         ("PORTCULLIS_URL", url.clone()),
         ("PORTCULLIS_CA", ca_path.display().to_string()),
@@ -208,40 +282,37 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         if config.connection(PG_READONLY).is_some() {
             env.push(("PORTCULLIS_DEMO_PG_READONLY", PG_READONLY.to_string()));
         }
-        if let Some(t) = &approver {
+        if let Some(t) = approver {
             env.push(("PORTCULLIS_DEMO_PG_GUARDED", PG_GUARDED.to_string()));
             env.push(("PORTCULLIS_APPROVER_TOKEN", t.clone()));
         }
     }
     // A one-time sign-in link to the console, new at every start.
     let groups = [APPROVERS.to_string(), CONSOLE_ADMINS.to_string()];
-    let link = portcullis_gateway::console::make_link(&store, CONSOLE_ADMIN, &groups)
+    let link = portcullis_gateway::console::make_link(store, CONSOLE_ADMIN, &groups)
         .await
         .map_err(|e| anyhow::anyhow!("console sign-in link: {e}"))?;
     crate::token_cmd::audit_admin(
-        &store,
-        &dir,
+        store,
+        dir,
         "console_link_created",
         serde_json::json!({"principal": CONSOLE_ADMIN, "groups": groups}),
     )
     .await?;
     let console_url = format!("{url}/ui/link?t={link}");
-    env.push(("PORTCULLIS_CONSOLE_URL", console_url.clone()));
-    write_env(&env_path, &env)?;
-    // What an agent is given: its own credentials and where to use them,
-    // never the person's (a review signed in as the console's admin with
-    // the link, and approved with the approver's token, from the file an
-    // agent was told to source).
-    let agent_env: Vec<(&str, String)> = env
-        .iter()
-        .filter(|(k, _)| !PERSON_VARS.contains(k))
-        .cloned()
-        .collect();
-    write_env(&dir.join(AGENT_ENV), &agent_env)?;
-    if pg.is_some() {
-        check_postgres(&config).await;
-    }
+    env.push(("PORTCULLIS_CONSOLE_URL", console_url));
+    Ok(env)
+}
 
+/// What to do next, on standard output.
+fn welcome(
+    dir: &std::path::Path,
+    running: &portcullis_gateway::RunningGateway,
+    env_path: &std::path::Path,
+    console_url: &str,
+    pg: bool,
+) {
+    let url = &running.public_url;
     println!();
     println!("Portcullis is running at {url}");
     if running.agent_addr.is_some() {
@@ -264,19 +335,14 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
     println!(
         "  curl --cacert \"$PORTCULLIS_CA\" -H \"Authorization: Bearer $PORTCULLIS_TOKEN\" \"$PORTCULLIS_URL/c/{CONNECTION}/customers\"   # masked"
     );
-    if pg.is_some() {
+    if pg {
         println!(
             "  PGPASSWORD=$PORTCULLIS_TOKEN psql \"host=$PORTCULLIS_PG_HOST port=$PORTCULLIS_PG_PORT dbname={PG_CONNECTION} user=agent sslmode=verify-full sslrootcert=$PORTCULLIS_CA\""
         );
     }
     println!();
-    println!("{}", crate::ready_line(&running));
+    println!("{}", crate::ready_line(running));
     let _ = std::io::stdout().flush();
-
-    crate::gateway_cmd::serve(&running, stop, hangups).await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
-    Ok(())
 }
 
 /// Whether the gateway can sign in to the PostgreSQL demo target: a
