@@ -857,6 +857,35 @@ budgets = [{{ bytes = 1, per = "hour" }}]
             "{r:?}"
         );
     }
+    // The seal's key is the store's: another gateway on the same store
+    // (behind the same address) opens it, and a forged one still not.
+    let other_gw = Proc::spawn(
+        dir,
+        &["--config", cfg_path.to_str().unwrap(), "gateway"],
+        "gateway-other.log",
+    );
+    let there = format!("{}/c/directory-stateful/", other_gw.url);
+    for (sid, opens) in [(sealed.as_str(), true), (forged.as_str(), false)] {
+        let r = curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &format!("authorization: Bearer {}", s.token),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2025-06-18",
+            "-H",
+            &format!("mcp-session-id: {sid}"),
+            "--data-binary",
+            list,
+            &there,
+        ]);
+        assert_eq!(r.body.contains("\"search\""), opens, "{r:?}");
+    }
+    drop(other_gw);
 
     // A bytes budget covers a proxied server's answers too: one larger
     // than what is left is refused whole (429), nothing of it handed over.

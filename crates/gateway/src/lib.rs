@@ -1004,12 +1004,18 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let reload_metrics = reload::ReloadMetrics::register(&mut rt.registry);
     let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
     let hosts = mcp_hosts(cfg, &public_url, https_addr);
+    let seal = store
+        .shared_key(portcullis_mcp::SessionSeal::KEY_NAME)
+        .await
+        .map_err(GatewayError::Store)?;
+    let seal = Arc::new(portcullis_mcp::SessionSeal::new(&seal));
     let mcp = portcullis_mcp::McpEndpoint::new(
         shared.ctx.clone(),
         cfg,
         store.clone(),
         shared.links.clone(),
         hosts.clone(),
+        seal.clone(),
     )?;
     let stack = Arc::new(portcullis_front::Current::new(reload::Stack {
         ctx: shared.ctx.clone(),
@@ -1025,6 +1031,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
             store: store.clone(),
             links: shared.links.clone(),
             mcp_hosts: hosts.clone(),
+            mcp_seal: seal,
         },
         shared.audit.clone(),
         reload_metrics,

@@ -47,6 +47,8 @@ pub(crate) struct Parts {
     /// The names callers use for the gateway (the MCP endpoint checks
     /// `Host` against them).
     pub(crate) mcp_hosts: Vec<String>,
+    /// Seals the proxied MCP servers' session ids (the store's shared key).
+    pub(crate) mcp_seal: Arc<portcullis_mcp::SessionSeal>,
 }
 
 /// What a reload builds from, taken before it leaves the async workers.
@@ -77,8 +79,9 @@ impl Build {
             store,
             links,
             mcp_hosts,
+            mcp_seal,
         } = self.parts;
-        let mcp = McpEndpoint::new(ctx.clone(), next, store, links, mcp_hosts)
+        let mcp = McpEndpoint::new(ctx.clone(), next, store, links, mcp_hosts, mcp_seal)
             .map_err(GatewayError::from)?;
         let pg = match self.pg {
             Some(pg) => Some(pg.reloaded(ctx.clone(), next).map_err(GatewayError::from)?),

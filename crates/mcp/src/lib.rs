@@ -29,6 +29,7 @@ use portcullis_identity::Principal;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
+pub use proxy::SessionSeal;
 pub use server::McpServer;
 
 /// Who called, as the gateway established it.
@@ -112,6 +113,8 @@ pub(crate) struct Context {
     pub front: Arc<FrontContext>,
     /// Tool pins.
     pub store: portcullis_store::Store,
+    /// Seals the proxied servers' session ids.
+    pub seal: Arc<proxy::SessionSeal>,
 }
 
 impl Context {
@@ -137,6 +140,7 @@ impl McpEndpoint {
         store: portcullis_store::Store,
         links: Arc<portcullis_link::AgentRegistry>,
         hosts: Vec<String>,
+        seal: Arc<SessionSeal>,
     ) -> Result<Self, SetupError> {
         let mut connections = Vec::new();
         for c in &cfg.connections {
@@ -194,6 +198,7 @@ impl McpEndpoint {
             by_name,
             front,
             store,
+            seal,
         });
         let shared = ctx.clone();
         let mut config = StreamableHttpServerConfig::default();

@@ -40,19 +40,16 @@ const SESSION_ID: &str = "mcp-session-id";
 /// principal and connection they were given to, so that one caller cannot
 /// post into another's session on the server (a review found the id was
 /// passed through as it was, to be used by anyone who learnt it). The key
-/// is the process's own: a restarted gateway answers an old id with 404,
-/// and the client starts a new session, as the protocol says.
-mod session_id {
-    use aws_lc_rs::hmac;
+/// is shared by the gateways on one store (`Store::shared_key`): a
+/// session opened through one gateway goes on through another.
+pub struct SessionSeal(aws_lc_rs::hmac::Key);
 
-    fn key() -> Option<&'static hmac::Key> {
-        static KEY: std::sync::OnceLock<Option<hmac::Key>> = std::sync::OnceLock::new();
-        KEY.get_or_init(|| {
-            let mut k = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut k).ok()?;
-            Some(hmac::Key::new(hmac::HMAC_SHA256, &k))
-        })
-        .as_ref()
+impl SessionSeal {
+    /// The name of its key in the store.
+    pub const KEY_NAME: &'static str = "mcp-session-seal";
+
+    pub fn new(key: &[u8]) -> Self {
+        Self(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key))
     }
 
     fn bound(principal: &str, connection: &str, id: &str) -> Vec<u8> {
@@ -60,17 +57,17 @@ mod session_id {
     }
 
     /// The server's `id` as the caller gets it: `ID.TAG`.
-    pub fn seal(principal: &str, connection: &str, id: &str) -> Option<String> {
-        let tag = hmac::sign(key()?, &bound(principal, connection, id));
-        Some(format!("{id}.{}", hex::encode(tag.as_ref())))
+    pub fn seal(&self, principal: &str, connection: &str, id: &str) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.0, &Self::bound(principal, connection, id));
+        format!("{id}.{}", hex::encode(tag.as_ref()))
     }
 
     /// The server's id in what the caller sent, if it was sealed for this
     /// principal and connection.
-    pub fn open(principal: &str, connection: &str, sealed: &str) -> Option<String> {
+    pub fn open(&self, principal: &str, connection: &str, sealed: &str) -> Option<String> {
         let (id, tag) = sealed.rsplit_once('.')?;
         let tag = hex::decode(tag).ok()?;
-        hmac::verify(key()?, &bound(principal, connection, id), &tag).ok()?;
+        aws_lc_rs::hmac::verify(&self.0, &Self::bound(principal, connection, id), &tag).ok()?;
         Some(id.to_string())
     }
 }
@@ -151,7 +148,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let Ok(session) = opened_session(who, name, &parts) else {
+    let Ok(session) = opened_session(&ctx.seal, who, name, &parts) else {
         return json_error(
             StatusCode::NOT_FOUND,
             "session_not_found",
@@ -180,6 +177,7 @@ struct NoSession;
 /// The server's session id, opened from the seal the caller holds: one
 /// sealed for another caller or connection, or forged, is no session.
 fn opened_session(
+    seal: &SessionSeal,
     who: &Caller,
     name: &str,
     parts: &http::request::Parts,
@@ -189,7 +187,7 @@ fn opened_session(
     };
     v.to_str()
         .ok()
-        .and_then(|v| session_id::open(&who.principal.subject, name, v))
+        .and_then(|v| seal.open(&who.principal.subject, name, v))
         .map(Some)
         .ok_or(NoSession)
 }
@@ -741,8 +739,7 @@ async fn relay(
         }
     }
     if let Some(id) = head.headers.get(SESSION_ID).and_then(|v| v.to_str().ok()) {
-        let sealed = session_id::seal(&call.who.principal.subject, name, id)
-            .ok_or_else(|| target_err("a session id could not be sealed".into()))?;
+        let sealed = call.ctx.seal.seal(&call.who.principal.subject, name, id);
         out = out.header(SESSION_ID, sealed);
     }
     let out = out.body(()).map_err(|e| target_err(e.to_string()))?;

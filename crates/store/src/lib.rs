@@ -4,6 +4,7 @@
 //! with the same queries: written with `?` placeholders, which
 //! [`Store::q`] turns into `$1, $2, …` for PostgreSQL.
 
+mod keys;
 mod migrate;
 mod naming;
 mod oauth;
@@ -43,6 +44,8 @@ pub enum StoreError {
     NamingChanged,
     #[error("{person} already holds {max} live tokens for agents, the most a person may hold")]
     TooManyForAgents { person: String, max: i64 },
+    #[error("no randomness for a new key")]
+    NoRandomness,
 }
 
 impl StoreError {

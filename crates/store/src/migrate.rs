@@ -210,6 +210,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         "CREATE INDEX tokens_on_behalf_of ON tokens (on_behalf_of)",
     ),
+    // Keys every gateway on the store shares (`Store::shared_key`): what
+    // one gateway seals, another opens.
+    (
+        18,
+        "CREATE TABLE gateway_keys (
+        name TEXT PRIMARY KEY,
+        key BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )",
+    ),
 ];
 
 /// The DDL of `sql` for `backend`: the steps are written for SQLite;
@@ -221,7 +231,7 @@ fn ddl(sql: &str, backend: Backend) -> String {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -31,6 +31,26 @@ pub async fn run_all(store: &Store) {
     budget_takes(store).await;
     naming(store).await;
     live_for_agents(store).await;
+    shared_keys(store).await;
+}
+
+/// A shared key is made once and then the same for every caller, even
+/// when many ask at once; keys of other names differ.
+pub async fn shared_keys(store: &Store) {
+    let name = format!("test-{}", tag());
+    let keys = futures_join(8, || {
+        let (store, name) = (store.clone(), name.clone());
+        async move { store.shared_key(&name).await }
+    })
+    .await;
+    let first = keys[0].as_ref().unwrap().clone();
+    assert_eq!(first.len(), crate::keys::KEY_LEN);
+    for k in &keys {
+        assert_eq!(k.as_ref().unwrap(), &first);
+    }
+    assert_eq!(store.shared_key(&name).await.unwrap(), first);
+    let other = store.shared_key(&format!("{name}-other")).await.unwrap();
+    assert_ne!(other, first);
 }
 
 /// A person holds at most the bound of live tokens for agents: a mint past
