@@ -54,6 +54,16 @@ pub enum AuditEvent {
         peer: String,
         reason: String,
     },
+    /// More refusals of callers with no identity, from one address for
+    /// one reason, after the first was written whole (a flood of them
+    /// once filled the store): how many in the `seconds` before.
+    RefusalsRepeated {
+        protocol: String,
+        peer: String,
+        reason: String,
+        count: u64,
+        seconds: u64,
+    },
     /// Something the caller sent inside an open session and the gateway
     /// refused: evidence of what was tried. The statement itself is in
     /// the session's recording; its digest binds the two.

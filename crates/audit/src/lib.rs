@@ -116,6 +116,7 @@ impl Job {
                 event,
                 AuditEvent::SessionEnd { .. }
                     | AuditEvent::Refusal { .. }
+                    | AuditEvent::RefusalsRepeated { .. }
                     | AuditEvent::StatementRefused { .. }
                     | AuditEvent::AuditGap { .. }
             ),

@@ -215,3 +215,79 @@ fn a_gateway_killed_mid_traffic_leaves_a_log_that_verifies() {
     let (ok, out) = verify(&tmp.path().join("data"));
     assert!(ok, "{out}");
 }
+
+/// A flood of callers with no identity is evidence without filling the
+/// store (review: ~9,500 refusals a second, each a durable entry, grew
+/// it by 25 MB in 10 s): the first from an address for a reason is
+/// written whole, the rest counted into one entry written when the
+/// gateway stops. Refusals on the admin listener are evidence too
+/// (review: a self-approval and unknown tokens there left no trace).
+#[test]
+fn a_flood_of_refusals_is_counted_not_written_one_by_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proc = Quickstart::run_in(tmp.path());
+    let env = read_env(&tmp.path().join("data/quickstart.env"));
+    let (url, ca, admin) = (
+        &env["PORTCULLIS_URL"],
+        &env["PORTCULLIS_CA"],
+        &env["PORTCULLIS_ADMIN_URL"],
+    );
+    let bogus = format!("pcl_{}", "0".repeat(43));
+    let target = format!("{url}/c/demo-api/hello");
+    // One curl, one connection, 150 requests.
+    let mut args = vec![
+        "-s".to_string(),
+        "--cacert".into(),
+        ca.clone(),
+        "-H".into(),
+        format!("authorization: Bearer {bogus}"),
+    ];
+    args.extend(std::iter::repeat_n(target, 150));
+    let st = Command::new("curl")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The admin listener: a request with no credential at all.
+    let r = get(admin, ca, None, "/reviews");
+    assert_eq!(r.status, 401, "{r:?}");
+    // Each one is counted.
+    let m = get(admin, ca, None, "/metrics");
+    assert!(
+        m.body
+            .contains("portcullis_unidentified_refusals_total{front=\"http\"} 151"),
+        "{}",
+        m.body
+    );
+    assert!(proc.stop().success());
+
+    let data = tmp.path().join("data");
+    let (ok, out) = verify(&data);
+    assert!(ok, "{out}");
+    let o = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["audit", "export", "--format", "jsonl"])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["kind"] == kind).collect()
+    };
+    let whole = of("refusal");
+    let repeated = of("refusals_repeated");
+    // Two reasons (an unknown token, no credential): each written whole
+    // once, and the 149 other unknown tokens counted in one entry.
+    assert_eq!(whole.len(), 2, "{whole:#?}");
+    assert!(whole.iter().all(|e| e["principal"].is_null()), "{whole:#?}");
+    assert_eq!(repeated.len(), 1, "{repeated:#?}");
+    assert_eq!(repeated[0]["count"], 149, "{repeated:#?}");
+    assert_eq!(repeated[0]["peer"], "127.0.0.1", "{repeated:#?}");
+    assert_eq!(repeated[0]["reason"], whole[0]["reason"], "{whole:#?}");
+    assert!(events.len() < 20, "{events:#?}");
+}

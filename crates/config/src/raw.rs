@@ -528,6 +528,14 @@ impl RawOidc {
             return Err(invalid(key("algorithms"), "list at least one algorithm"));
         }
         let leeway = duration(&key("leeway"), self.leeway.as_deref().unwrap_or("60s"))?;
+        // Clock skew, not a token lifetime: past this, expired tokens are
+        // simply accepted.
+        if leeway > Duration::from_secs(600) {
+            return Err(invalid(
+                key("leeway"),
+                "must be at most 10m (clock skew, not a lifetime)",
+            ));
+        }
         let clients = self.agent_clients(key)?;
         let refresh_interval = duration(
             &key("refresh_interval"),

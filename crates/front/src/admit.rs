@@ -72,10 +72,15 @@ impl FrontContext {
         match self.auth.authenticate(credential, at).await {
             Ok(p) => Ok(p),
             Err(e) => {
-                if e != AuthError::Unavailable {
+                // The name is the caller's: bounded in the evidence (a
+                // review stored 8 KB names, thousands a second).
+                let shown = connection.map(bounded);
+                let whole = self
+                    .refuse(None, shown.as_deref(), origin, &e.to_string())
+                    .await;
+                if whole && e != AuthError::Unavailable {
                     tracing::info!(peer = %origin.peer, front = %origin.front, reason = %e, "caller not authenticated");
                 }
-                self.refuse(None, connection, origin, &e.to_string()).await;
                 Err(AdmitError::Unauthenticated(e))
             }
         }
@@ -158,14 +163,15 @@ impl FrontContext {
         }
     }
 
-    /// Evidence of a refusal before any session opened.
+    /// Evidence of a refusal before any session opened (see
+    /// [`Sessions::refusal`]): whether it was written whole.
     pub async fn refuse(
         &self,
         principal: Option<&str>,
         connection: Option<&str>,
         origin: &Origin,
         reason: &str,
-    ) {
+    ) -> bool {
         self.sessions
             .refusal(
                 principal.map(str::to_owned),
@@ -174,7 +180,7 @@ impl FrontContext {
                 origin.peer.clone(),
                 reason.to_owned(),
             )
-            .await;
+            .await
     }
 
     /// Open the admitted caller's session: durable before the first
@@ -198,9 +204,19 @@ impl FrontContext {
     }
 }
 
-/// A caller-chosen connection name as messages and audit entries show it.
-fn bounded(name: &str) -> String {
-    name.chars().take(128).collect()
+/// A caller-chosen connection name as messages, logs and audit entries
+/// show it: bounded, control characters escaped (a review forged a line
+/// of the text log with a name holding a newline).
+pub(crate) fn bounded(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().take(128) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Admitted {

@@ -23,6 +23,7 @@ mod budget;
 mod gate;
 mod live;
 mod session;
+mod unidentified;
 
 use std::collections::HashMap;
 use std::sync::Arc;

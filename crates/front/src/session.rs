@@ -3,6 +3,7 @@
 //! and sealed (recording finished, its digest in the audit chain) at the
 //! end.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_audit::{AuditError, AuditEvent, AuditLog};
@@ -125,6 +126,17 @@ pub struct Sessions {
     /// this process leaves open is closed at its restart, or by a peer).
     gateway: Option<String>,
     faults: Family<FaultLabels, Counter>,
+    /// Refusals of callers with no identity, merged (see
+    /// [`crate::unidentified`]).
+    unidentified: Arc<std::sync::Mutex<crate::unidentified::Merger>>,
+    /// Every such refusal, merged or not.
+    unidentified_total: Family<FrontLabel, Counter>,
+}
+
+/// The front a refusal came through.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontLabel {
+    pub front: &'static str,
 }
 
 /// Why a session was refused for the gateway's own fault.
@@ -166,6 +178,8 @@ impl Sessions {
             sink,
             gateway: None,
             faults: Family::default(),
+            unidentified: Arc::default(),
+            unidentified_total: Family::default(),
         }
     }
 
@@ -181,6 +195,11 @@ impl Sessions {
             "portcullis_fault_refusals",
             "Sessions refused because the gateway could not audit or record them, by cause",
             self.faults.clone(),
+        );
+        registry.register(
+            "portcullis_unidentified_refusals",
+            "Callers refused before they were identified (each one, including those merged into one audit entry), by front",
+            self.unidentified_total.clone(),
         );
     }
 
@@ -387,6 +406,10 @@ impl Sessions {
     }
 
     /// Record a refusal (no session was opened).
+    /// Evidence of a refusal before any session opened. One of a caller
+    /// with no identity is written whole only if it is the first from its
+    /// address for its reason in the window, else counted (see
+    /// [`crate::unidentified`]): whether it was written whole.
     pub async fn refusal(
         &self,
         principal: Option<String>,
@@ -394,7 +417,20 @@ impl Sessions {
         protocol: Protocol,
         peer: String,
         reason: String,
-    ) {
+    ) -> bool {
+        if principal.is_none() {
+            self.unidentified_total
+                .get_or_create(&FrontLabel {
+                    front: protocol.as_str(),
+                })
+                .inc();
+            let key = crate::unidentified::Key::new(protocol.as_str(), &peer, &reason);
+            let (whole, owed) = self.merger().refused(key, Instant::now());
+            self.write_repeated(owed).await;
+            if !whole {
+                return false;
+            }
+        }
         // A refusal is a span of its own: no session follows it.
         let _span = tracing::debug_span!(
             target: crate::TRACE_TARGET,
@@ -414,6 +450,42 @@ impl Sessions {
         };
         if let Err(err) = self.audit.append(&e).await {
             tracing::error!(error = %err, "audit append failed for a refusal");
+        }
+        true
+    }
+
+    fn merger(&self) -> std::sync::MutexGuard<'_, crate::unidentified::Merger> {
+        self.unidentified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Write what merged refusals are owed once their window ended
+    /// (called periodically, so a flood that stops is still counted).
+    pub async fn flush_refusals(&self) {
+        let owed = self.merger().due(Instant::now());
+        self.write_repeated(owed).await;
+    }
+
+    /// Write every merged refusal not yet written (the gateway stops).
+    pub async fn drain_refusals(&self) {
+        let owed = self.merger().drain(Instant::now());
+        self.write_repeated(owed).await;
+    }
+
+    async fn write_repeated(&self, owed: Vec<crate::unidentified::Repeated>) {
+        for r in owed {
+            tracing::info!(peer = %r.key.peer, front = r.key.protocol, reason = %r.key.reason, count = r.count, seconds = r.seconds, "more callers not authenticated");
+            let e = AuditEvent::RefusalsRepeated {
+                protocol: r.key.protocol.into(),
+                peer: r.key.peer,
+                reason: r.key.reason,
+                count: r.count,
+                seconds: r.seconds,
+            };
+            if let Err(err) = self.audit.append(&e).await {
+                tracing::error!(error = %err, "audit append failed for merged refusals");
+            }
         }
     }
 }

@@ -338,3 +338,15 @@ fn outcomes_keep_their_labels() {
         assert_eq!(o.to_string(), label);
     }
 }
+
+#[test]
+fn a_callers_connection_name_is_bounded_and_cannot_forge_a_log_line() {
+    // Review: a PostgreSQL database name holding a newline wrote a line
+    // of its own into the text log.
+    let forged =
+        "db\n2026-12-03T23:59:59Z INFO portcullis::access: postgres session opened\r\u{1b}[2J";
+    let shown = crate::admit::bounded(forged);
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.starts_with("db\\n2026"), "{shown:?}");
+    assert_eq!(crate::admit::bounded(&"x".repeat(9000)).len(), 128);
+}

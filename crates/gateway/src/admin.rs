@@ -29,6 +29,10 @@ pub struct Admin {
     /// What a client certificate may name (the gateway listener's rules:
     /// the admin listener asks for one from the same CA, optionally).
     pub(crate) cert_names: portcullis_tls::CertPolicy,
+    /// Where refusals here are written: evidence, as on the gateway
+    /// listener (a review probed tokens and tried a self-approval here
+    /// without a trace).
+    pub(crate) sessions: portcullis_front::Sessions,
 }
 
 impl Admin {
@@ -60,10 +64,21 @@ impl Admin {
 
     /// Everything but health and metrics: for an authenticated caller.
     async fn authenticated(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        use portcullis_http::ProxyError;
+        let refused = |principal: Option<&str>, reason: String| {
+            self.sessions.refusal(
+                principal.map(str::to_owned),
+                None,
+                portcullis_config::Protocol::Http,
+                conn.peer.to_string(),
+                reason,
+            )
+        };
         let who = match self.caller(&req, conn).await {
             Ok(p) => p,
             Err(e) => {
+                if refused(None, e.to_string()).await {
+                    tracing::info!(peer = %conn.peer, reason = %e, "admin caller not authenticated");
+                }
                 portcullis_http::linger(req.into_body()).await;
                 return e.into_response();
             }
@@ -77,9 +92,13 @@ impl Admin {
             // The gateway API's review endpoints: a caller sees the
             // reviews they asked for or may decide, nothing else.
             (_, p) if p == "/reviews" || p.starts_with("/reviews/") => {
-                crate::api::reviews(&self.approvals, "/reviews", req, &who)
-                    .await
-                    .unwrap_or_else(ProxyError::into_response)
+                match crate::api::reviews(&self.approvals, "/reviews", req, &who).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        refused(Some(&who.subject), e.to_string()).await;
+                        e.into_response()
+                    }
+                }
             }
             _ => not_found(),
         }

@@ -812,9 +812,14 @@ fn start_heartbeat(
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    // Counted refusals are evidence too.
+                    sessions.drain_refusals().await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
+            sessions.flush_refusals().await;
             if let Err(e) = store.gateway_heartbeat(&id, &url, started).await {
                 tracing::warn!(error = %e, "store heartbeat failed");
             }
@@ -862,6 +867,7 @@ async fn start_admin(
         id: gateway_id,
         auth: shared.ctx.auth.clone(),
         cert_names: cfg.gateway.client_auth.cert_policy(),
+        sessions: shared.ctx.sessions.clone(),
     };
     rt.serve(
         al,

@@ -333,15 +333,15 @@ fn verify_claims(
         }
     })?;
     let claims = data.claims;
-    let leeway = settings.leeway_secs as i64;
+    let leeway = i64::try_from(settings.leeway_secs).unwrap_or(i64::MAX);
     let exp = match claims.get("exp").and_then(Value::as_i64) {
-        Some(exp) if exp + leeway <= now => return Err(OidcError::Expired),
+        Some(exp) if exp.saturating_add(leeway) <= now => return Err(OidcError::Expired),
         Some(exp) => exp,
         None => return Err(OidcError::BadClaim("exp".into())),
     };
     if let Some(nbf) = claims.get("nbf") {
         match nbf.as_i64() {
-            Some(nbf) if nbf - leeway > now => return Err(OidcError::NotYetValid),
+            Some(nbf) if nbf.saturating_sub(leeway) > now => return Err(OidcError::NotYetValid),
             Some(_) => {}
             None => return Err(OidcError::BadClaim("nbf".into())),
         }

@@ -37,13 +37,36 @@ pub fn route<'a>(host: Option<&'a str>, path: &'a str, domain: Option<&str>) -> 
     Some(Route { connection, rest })
 }
 
-/// Whether a path holds a `.` or `..` segment (also percent-encoded). Such
-/// paths are refused rather than forwarded: a target that normalises them
-/// could be walked out of the connection's base path.
+/// Whether a path holds a `.` or `..` segment in any way a target may read
+/// it. Such paths are refused rather than forwarded: a target that
+/// normalises them could be walked out of the connection's base path. A
+/// segment counts as read percent-decoded (up to three times: some stacks
+/// decode twice), split again at `/` and `\\` (an encoded slash that a
+/// target decodes before routing, a backslash read as a slash), and with
+/// a `;` path parameter cut off (Tomcat reads `..;/` as `../`). An
+/// encoded slash between other names (`group%2Fproject`, as GitLab's API
+/// takes) still passes.
 pub fn has_dot_segment(path: &str) -> bool {
+    let is_dot = |part: &str| {
+        let name = part.split(';').next().unwrap_or(part);
+        name == "." || name == ".."
+    };
     path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
+        let mut reading = std::borrow::Cow::Borrowed(seg);
+        for _ in 0..4 {
+            if reading.split(['/', '\\']).any(is_dot) {
+                return true;
+            }
+            let decoded = percent_encoding::percent_decode_str(&reading)
+                .decode_utf8_lossy()
+                .into_owned();
+            if decoded == reading {
+                return false;
+            }
+            reading = std::borrow::Cow::Owned(decoded);
+        }
+        // Still changing after three decodings: not read as anything sure.
+        true
     })
 }
 
@@ -87,10 +110,36 @@ mod tests {
 
     #[test]
     fn dot_segments() {
-        for p in ["/../admin", "/a/./b", "/a/..", "/%2e%2e/x", "/%2E./x"] {
+        for p in [
+            "/../admin",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/x",
+            "/%2E./x",
+            // Review: an encoded slash or a Tomcat path parameter.
+            "/secret/%2E%2E%2Fx",
+            "/secret/..%2Fx",
+            "/secret/..;/x",
+            "/secret/..;jsessionid=1/x",
+            "/secret/.;/x",
+            "/a/..\\x",
+            "/a/%5C..%5Cx",
+            // Decoded twice.
+            "/a/%252e%252e/x",
+            "/a/%25252e%25252e%25252fx",
+        ] {
             assert!(has_dot_segment(p), "{p}");
         }
-        for p in ["/a/b", "/", "/a.b/..c/", "/.well-known/x"] {
+        for p in [
+            "/a/b",
+            "/",
+            "/a.b/..c/",
+            "/.well-known/x",
+            "/projects/group%2Fproject/issues",
+            "/a;v=1/b",
+            "/a/...",
+            "/files/%2e%2e.txt",
+        ] {
             assert!(!has_dot_segment(p), "{p}");
         }
     }

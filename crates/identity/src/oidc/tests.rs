@@ -301,6 +301,14 @@ fn expired_and_not_yet_valid_are_refused() {
         check(&sign(&i, "k1", &c), &keys_of(&i)),
         Err(OidcError::NotYetValid)
     );
+    // Extremes do not overflow (review: `exp` of i64::MAX panicked a
+    // debug build's connection task).
+    let mut c = claims();
+    c["exp"] = json!(i64::MAX);
+    c["nbf"] = json!(i64::MIN);
+    let _ = check(&sign(&i, "k1", &c), &keys_of(&i));
+    c["nbf"] = json!(i64::MAX);
+    assert!(check(&sign(&i, "k1", &c), &keys_of(&i)).is_err());
 }
 
 #[test]
