@@ -155,7 +155,7 @@ struct Walker<'a, 'b, 'c> {
     nest: usize,
 }
 
-impl Walker<'_, '_, '_> {
+impl<'a> Walker<'a, '_, '_> {
     fn value(&mut self, v: &mut Value, at: &mut Vec<Step>) {
         if self.field(v, at) {
             return;
@@ -173,23 +173,85 @@ impl Walker<'_, '_, '_> {
                 }
             }
             Value::Array(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    at.push(Step::Index(i));
-                    self.value(item, at);
-                    at.pop();
-                }
+                // A table whose first row is its header: the header's
+                // columns that a key rule names are that key in each row.
+                let columns = items
+                    .first()
+                    .map(|h| self.keyed_columns(h))
+                    .unwrap_or_default();
+                self.rows(&columns, items, at, 1);
             }
             Value::Object(map) => {
+                // A table with its header beside it (`{"columns": [...],
+                // "rows": [[...]]}`): the same, for every array of rows.
+                let columns: Vec<_> = map.values().flat_map(|h| self.keyed_columns(h)).collect();
                 // Keys carry data too (`{"ada@example.com": {...}}`): each is
                 // masked like a string. Rules still see the original key.
                 for (k, item) in map.iter_mut() {
                     at.push(Step::Key(k.clone()));
-                    self.value(item, at);
+                    if columns.is_empty() || !item.is_array() {
+                        self.value(item, at);
+                    } else if !self.field(item, at)
+                        && let Value::Array(rows) = item
+                    {
+                        self.rows(&columns, rows, at, 0);
+                    }
                     at.pop();
                 }
                 rename_keys(m, map, self.stats, self.vault);
             }
             Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// Where a header row names keys a rule looks for: each such column,
+    /// the rule, and the label it writes. A review read a key rule's value
+    /// from the row after a header naming it (`[["name","api_key"],
+    /// ["Ada","sk-…"]]`): the header's mention was withheld, the value not.
+    fn keyed_columns(&self, header: &Value) -> Vec<(usize, &'a crate::Field, String)> {
+        let (m, Value::Array(cells)) = (self.m, header) else {
+            return Vec::new();
+        };
+        if !m.has_key_rules() || !cells.iter().all(Value::is_string) {
+            return Vec::new();
+        }
+        cells
+            .iter()
+            .enumerate()
+            .filter_map(|(j, c)| {
+                let name = c.as_str()?.trim().to_ascii_lowercase();
+                let f = m.fields.iter().find(|f| f.keys.contains(&name))?;
+                Some((j, f, name.to_ascii_uppercase()))
+            })
+            .collect()
+    }
+
+    /// The items of an array; from index `from` on, each that is a row
+    /// of a table takes the rules of its keyed `columns` (its other cells,
+    /// and items that are not rows, are walked as usual).
+    fn rows(
+        &mut self,
+        columns: &[(usize, &'a crate::Field, String)],
+        items: &mut [Value],
+        at: &mut Vec<Step>,
+        from: usize,
+    ) {
+        for (i, item) in items.iter_mut().enumerate() {
+            at.push(Step::Index(i));
+            match item {
+                Value::Array(cells) if i >= from && !columns.is_empty() => {
+                    for (j, cell) in cells.iter_mut().enumerate() {
+                        at.push(Step::Index(j));
+                        match columns.iter().find(|c| c.0 == j) {
+                            Some((_, f, label)) => self.apply(f, label.clone(), cell),
+                            None => self.value(cell, at),
+                        }
+                        at.pop();
+                    }
+                }
+                _ => self.value(item, at),
+            }
+            at.pop();
         }
     }
 
@@ -211,6 +273,13 @@ impl Walker<'_, '_, '_> {
             Some(Step::Key(k)) => k.to_ascii_uppercase(),
             _ => "REDACTED".to_string(),
         };
+        self.apply(f, label, v);
+        true
+    }
+
+    /// Rule `f`'s action on `v`, written under `label`, counted.
+    fn apply(&mut self, f: &crate::Field, label: String, v: &mut Value) {
+        let m = self.m;
         *self
             .stats
             .entry(format!("field:{}", label.to_ascii_lowercase()))
@@ -229,7 +298,6 @@ impl Walker<'_, '_, '_> {
             // the action: there is no part of it to keep.
             _ => Value::String(format!("[{label}]")),
         };
-        true
     }
 
     fn string(&mut self, s: &mut String) {

@@ -194,7 +194,7 @@ struct Words {
     action: Action,
 }
 
-struct Field {
+pub(crate) struct Field {
     keys: Vec<String>,
     paths: Vec<JsonPath>,
     columns: Vec<String>,

@@ -1125,3 +1125,25 @@ fn a_key_is_named_as_a_whole_word() {
     }
     assert!(!masker().names_a_key("api_key"), "no key rules, no names");
 }
+
+#[test]
+fn a_tables_keyed_column_is_masked_in_every_row() {
+    // Review: `[["name","api_key"],["Ada","zz-secret"]]` withheld the
+    // header's mention of the key and passed the value in the next row.
+    let m = keyed(false);
+    for body in [
+        br#"[["name","api_key"],["Ada","zz-secret"],["Bo",null]]"#.as_slice(),
+        br#"{"columns":["name","API_KEY"],"rows":[["Ada","zz-secret"]],"n":1}"#,
+        br#"{"t":{"fields":["name","api_key"],"data":[["Ada","zz-secret"]]}}"#,
+        br#"{"text":"[[\"name\",\"api_key\"],[\"Ada\",\"zz-secret\"]]"}"#,
+    ] {
+        let out = m.mask_json_bytes(body, &mut Stats::new()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("zz-secret"), "{out}");
+        assert!(out.contains("Ada"), "other columns stay: {out}");
+    }
+    // A first row that is not a header leaves the rows as they are.
+    let plain = br#"[["name","city"],["Ada","api_key"]]"#;
+    let out = m.mask_json_bytes(plain, &mut Stats::new()).unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("city"));
+}
