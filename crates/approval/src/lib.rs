@@ -514,10 +514,25 @@ impl Approvals {
     }
 }
 
-/// Whether `rule` holds a SQL statement of `class`.
+/// Statement classes from least to most powerful.
+const CLASSES: &[&str] = &["read", "write", "ddl", "admin", "unknown"];
+
+/// Whether `rule` holds a SQL statement of `class`: a class the rule
+/// names, or a more powerful one. A review ran `COPY … FROM PROGRAM` and
+/// `dblink_exec` (admin) unheld under `classes = ["write"]`, the README's
+/// own example: holding writes holds whatever can write.
 pub fn holds_statement(rule: &ApprovalRule, class: &str) -> bool {
+    let rank = |c: &str| CLASSES.iter().position(|k| *k == c);
+    let Some(class) = rank(class) else {
+        // A class this build does not rank: held if anything is.
+        return rule.mode == portcullis_config::ApprovalMode::Statements
+            && !rule.classes.is_empty();
+    };
     rule.mode == portcullis_config::ApprovalMode::Statements
-        && rule.classes.iter().any(|c| c == class)
+        && rule
+            .classes
+            .iter()
+            .any(|c| rank(c).is_some_and(|held| class >= held))
 }
 
 /// Whether `rule` holds an HTTP request with `method`.

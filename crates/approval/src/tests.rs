@@ -151,6 +151,10 @@ async fn denial_and_timeout() {
 fn what_rules_hold() {
     let r = rule(1);
     assert!(holds_statement(&r, "write") && !holds_statement(&r, "read"));
+    // Holding writes holds whatever is more powerful (review).
+    for class in ["ddl", "admin", "unknown"] {
+        assert!(holds_statement(&r, class), "{class}");
+    }
     assert!(holds_method(&r, "delete") && !holds_method(&r, "GET"));
     assert!(holds_tool(&r, "http_request", Some("DELETE")));
     assert!(!holds_tool(&r, "http_request", Some("GET")));

@@ -87,8 +87,31 @@ const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
        UNION SELECT aggmfinalfn::oid FROM pg_catalog.pg_aggregate \
        UNION SELECT d.refobjid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass \
-           AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass) \
+           AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
+             'pg_catalog.pg_constraint'::regclass) \
      ) ORDER BY 1, 2 LIMIT 5";
+
+/// A function's volatility as the proofs take it: as declared for the
+/// built-ins and for C functions an extension installed, volatile for
+/// any other. A function written in SQL or a procedural language may call
+/// a volatile one whatever it declares itself, and that one runs with
+/// its full powers: a STABLE PL/pgSQL function returning `w()` inserted a
+/// row (checked on PostgreSQL 15).
+const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
+       OR n.nspname IN ('pg_catalog', 'information_schema') THEN p.provolatile \
+     WHEN l.lanname IN ('c', 'internal') AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') \
+       THEN p.provolatile \
+     ELSE 'v' END";
+
+/// The catalog rows for functions matching `condition` (on `p`).
+fn procs(condition: &str) -> String {
+    format!(
+        "SELECT n.nspname, p.proname, {VOLATILITY} FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE {condition}"
+    )
+}
 
 /// Whether a statement could reach a function PostgreSQL calls on its
 /// own: it evaluates an expression, reads or writes a relation, calls a
@@ -233,7 +256,7 @@ impl Catalog {
         {
             // A poisoned cache is only a cold one.
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &a.calls {
+            for c in a.calls.iter().chain(&a.attributes) {
                 match Cache::fresh(cache.names.get(&c.name)) {
                     Some(rows) => {
                         known.insert(&c.name, rows);
@@ -249,11 +272,7 @@ impl Catalog {
                 .map(|n| literal(n))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!(
-                "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE p.proname::text IN ({list})"
-            );
+            let sql = procs(&format!("p.proname::text IN ({list})"));
             let rows = self.query(&sql, open).await?;
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.room();
@@ -282,10 +301,7 @@ impl Catalog {
         if let Some(rows) = cached {
             return Ok(rows.first().cloned());
         }
-        let sql = format!(
-            "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p \
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = {oid}"
-        );
+        let sql = procs(&format!("p.oid = {oid}"));
         let rows: Arc<[ProcRow]> = self.query(&sql, open).await?.into();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.room();

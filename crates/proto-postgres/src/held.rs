@@ -190,8 +190,11 @@ impl HeldStatements {
 
 /// The action a reviewer approves for one Bind: the statement and every
 /// parameter as the target will receive it (text quoted as SQL literals,
-/// binary as hex, NULL as NULL).
-pub fn action(sql: &str, bind: &Bind<'_>) -> String {
+/// binary as hex, NULL as NULL), with the type its Parse declared for it
+/// (`types`, by OID; 0 or none: the target infers it). A review had the
+/// same bytes approved as a float8 run again as an int8, deleting every
+/// row: the same text under another type is another action.
+pub fn action(sql: &str, types: &[u32], bind: &Bind<'_>) -> String {
     if bind.params.is_empty() {
         return sql.to_string();
     }
@@ -208,7 +211,10 @@ pub fn action(sql: &str, bind: &Bind<'_>) -> String {
                 },
                 Some(v) => format!("'\\x{}' (binary)", hex::encode(v)),
             };
-            format!("${} = {value}", i + 1)
+            match types.get(i).copied().filter(|t| *t != 0) {
+                Some(t) => format!("${} = {value} as type {t}", i + 1),
+                None => format!("${} = {value}", i + 1),
+            }
         })
         .collect();
     format!("{sql}\n-- parameters: {}", params.join(", "))
@@ -231,25 +237,31 @@ mod tests {
     #[test]
     fn each_parameter_is_part_of_the_action() {
         let sql = "DELETE FROM t WHERE id = $1 AND name = $2";
-        let one = action(sql, &bind(vec![], vec![Some(b"1"), Some(b"o'hara")]));
-        let two = action(sql, &bind(vec![], vec![Some(b"2"), Some(b"o'hara")]));
+        let one = action(sql, &[], &bind(vec![], vec![Some(b"1"), Some(b"o'hara")]));
+        let two = action(sql, &[], &bind(vec![], vec![Some(b"2"), Some(b"o'hara")]));
         assert_ne!(one, two);
         assert_eq!(
             one,
             "DELETE FROM t WHERE id = $1 AND name = $2\n-- parameters: $1 = '1', $2 = 'o''hara'"
         );
         // Binary and NULL are told apart from text.
-        let b = action(sql, &bind(vec![1, 0], vec![Some(&[0, 0, 0, 1]), None]));
+        let b = action(sql, &[], &bind(vec![1, 0], vec![Some(&[0, 0, 0, 1]), None]));
         assert_eq!(
             b,
             "DELETE FROM t WHERE id = $1 AND name = $2\n-- parameters: $1 = '\\x00000001' (binary), $2 = NULL"
         );
         assert_ne!(
-            action(sql, &bind(vec![], vec![Some(b"NULL")])),
-            action(sql, &bind(vec![], vec![None]))
+            action(sql, &[], &bind(vec![], vec![Some(b"NULL")])),
+            action(sql, &[], &bind(vec![], vec![None]))
         );
+        // The same bytes under another declared type are another action.
+        let bytes: &[u8] = &[0x3f, 0xf0, 0, 0, 0, 0, 0, 0];
+        let float = action(sql, &[701], &bind(vec![1], vec![Some(bytes)]));
+        let int = action(sql, &[20], &bind(vec![1], vec![Some(bytes)]));
+        assert_ne!(float, int);
+        assert!(float.ends_with("(binary) as type 701"), "{float}");
         assert_eq!(
-            action("DROP TABLE t", &bind(vec![], vec![])),
+            action("DROP TABLE t", &[], &bind(vec![], vec![])),
             "DROP TABLE t"
         );
     }

@@ -492,6 +492,17 @@ pub async fn preview(
 }
 
 /// The preview proper, on `session` (rolled back by the caller).
+/// Built-ins whose value differs between the preview and the run (a
+/// review's preview showed one random row and the run deleted another).
+const CHANCE: &[&str] = &[
+    "random",
+    "random_normal",
+    "setseed",
+    "gen_random_uuid",
+    "clock_timestamp",
+    "timeofday",
+];
+
 async fn run(
     up: &PgUpstream,
     session: &mut UpstreamSession,
@@ -500,15 +511,22 @@ async fn run(
     masks: &[Arc<portcullis_mask::Rule>],
     limits: Limits,
 ) -> Result<Preview, String> {
-    let calls: Vec<String> = up
-        .analyse(sql.text())
+    let analysis = up.analyse(sql.text());
+    // Names in attribute notation too: `c.tick` calls `tick(c)` (review).
+    let calls: Vec<String> = analysis
         .calls
         .iter()
+        .chain(&analysis.attributes)
         .map(|c| c.name.clone())
         .collect();
     if let Some(c) = calls.iter().find(|c| SESSION_BOUND.contains(&c.as_str())) {
         return Ok(Preview::not_previewed(format!(
             "it calls {c}, whose value depends on the caller's own session, not the gateway's"
+        )));
+    }
+    if let Some(c) = calls.iter().find(|c| CHANCE.contains(&c.as_str())) {
+        return Ok(Preview::not_previewed(format!(
+            "it calls {c}, whose value differs from one run to the next: the rows shown need not be the rows changed"
         )));
     }
     // JIT off: the hazard query's estimates are large (recursive CTEs

@@ -312,7 +312,7 @@ impl Gate {
         let Some(h) = held else {
             return self.bind_unheld(m, &bind, caller_w).await;
         };
-        let action = crate::held::action(&h.sql, &bind);
+        let action = crate::held::action(&h.sql, &h.types, &bind);
         let preview = Previewed::Bound {
             up,
             sql: &h.sql,
@@ -348,7 +348,7 @@ impl Gate {
                 "-- run prepared statement \"{}\" (prepared in SQL or by a function: its text is not known to the gateway)",
                 bind.statement
             );
-            let action = crate::held::action(&what, bind);
+            let action = crate::held::action(&what, &[], bind);
             self.hold(&action, class, Previewed::Not, caller_w).await?;
         }
         Ok(m.clone().into())
