@@ -105,7 +105,10 @@ impl Agent {
     /// The client TLS config, read from the files on every connection
     /// attempt so that a renewed certificate is picked up.
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, AgentError> {
-        let roots = portcullis_tls::load_roots(&self.cfg.ca_file, true)?;
+        // Only the gateway's CA: with the system's roots too, anyone with
+        // a public certificate for the gateway's name who could take the
+        // agent's outbound connection became its gateway (review).
+        let roots = portcullis_tls::load_roots(&self.cfg.ca_file, false)?;
         let chain = portcullis_tls::load_cert_chain(&self.cfg.cert)?;
         let key = portcullis_tls::load_private_key(&self.cfg.key)?;
         let mut c =

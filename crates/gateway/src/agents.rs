@@ -147,12 +147,18 @@ impl AgentListener {
             tracing::warn!(%peer, %principal, "not an agent certificate (expected connector:NAME); link refused");
             return;
         };
+        // Checked at every heartbeat: revoked, or past its own dates (a
+        // review kept a link up past the certificate's expiry).
+        let expires = portcullis_tls::client_cert::not_after(&der).unwrap_or(0);
         let revoked = {
             let store = self.store.clone();
             move || {
                 let store = store.clone();
                 let fingerprint = fingerprint.clone();
                 async move {
+                    if portcullis_identity::unix_now() >= expires {
+                        return true;
+                    }
                     // A store failure keeps the link (it is logged by the
                     // store); revocation is re-checked next beat.
                     store.is_cert_revoked(&fingerprint).await.unwrap_or(false)

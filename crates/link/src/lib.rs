@@ -106,6 +106,12 @@ pub struct RemoteError {
 /// mode are a mistake somewhere: the link is refused rather than one side
 /// guessed right.
 pub fn check_announced(hello: &Hello, allowed: &[Assignment]) -> Result<(), String> {
+    // Logged and shown: short and printable (a review forged a line of the
+    // gateway's log with a newline in an agent's version).
+    let v = &hello.version;
+    if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err("the agent's version is not a short printable string".into());
+    }
     for a in &hello.connections {
         let Some(assigned) = allowed
             .iter()

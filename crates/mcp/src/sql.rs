@@ -133,6 +133,13 @@ async fn checked_statement(
             )
             .await);
         }
+        // Text the parser cannot read runs as PostgreSQL reads it: a `;`
+        // inside may end a statement (a review ran five "in one").
+        None if sql.trim_end().trim_end_matches(';').contains(';') => {
+            return Err(ToolError::Params(
+                "send one statement per call (this text cannot be parsed, and holds a `;`)".into(),
+            ));
+        }
         None => {}
     }
     // Proven against the target's catalog, as on the wire protocol.

@@ -31,6 +31,9 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read: {0}")]
     CallerBody(String),
+    /// The request's path is not one the gateway forwards.
+    #[error("{0}")]
+    BadPath(String),
     #[error("header {name}: {reason}")]
     BadHeader { name: &'static str, reason: String },
     #[error("connection {connection:?}: the target did not answer within {}", humantime_secs(*after))]
@@ -91,7 +94,9 @@ impl ProxyError {
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::CallerBody(_) | Self::BadHeader { .. } => StatusCode::BAD_REQUEST,
+            Self::CallerBody(_) | Self::BadPath(_) | Self::BadHeader { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::MaskFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::AgentUnavailable { .. } | Self::ConfigChanged | Self::RecordingUnavailable(_) => {
@@ -138,7 +143,7 @@ impl ProxyError {
             Self::WrongProtocol { .. } => "wrong_protocol",
             Self::Forbidden(_) => "forbidden",
             Self::BodyTooLarge { .. } => "payload_too_large",
-            Self::CallerBody(_) | Self::BadHeader { .. } => "bad_request",
+            Self::CallerBody(_) | Self::BadPath(_) | Self::BadHeader { .. } => "bad_request",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::Upstream { .. } => "bad_gateway",
             Self::MaskFailed { .. } => "masking_failed",

@@ -707,7 +707,7 @@ impl Inner {
         conn: &ConnInfo,
     ) -> Result<Outgoing, ProxyError> {
         if has_dot_segment(rest) {
-            return Err(ProxyError::CallerBody(
+            return Err(ProxyError::BadPath(
                 "paths with `.` or `..` segments are not forwarded".into(),
             ));
         }
@@ -1045,7 +1045,7 @@ fn target_paths(
     let target_uri = |q: Option<&str>| {
         upstream
             .target_uri(rest, q)
-            .map_err(|e| ProxyError::CallerBody(format!("cannot build the target URI: {e}")))
+            .map_err(|e| ProxyError::BadPath(format!("cannot build the target URI: {e}")))
     };
     let uri = target_uri(swapped.as_deref().or(query))?;
     let recorded_pq = match &swapped {

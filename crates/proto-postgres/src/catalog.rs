@@ -29,8 +29,11 @@ const MAX_ENTRIES: usize = 4096;
 pub struct ProcRow {
     pub schema: String,
     pub name: String,
-    /// `i` immutable, `s` stable, `v` volatile.
+    /// `i` immutable, `s` stable, `v` volatile; `q` a function written
+    /// in SQL whose body is proven as a statement would be ([`VOLATILITY`]).
     pub volatility: u8,
+    /// The body of a `q` function.
+    pub body: Option<String>,
 }
 
 /// Why a statement could not be proven: it is refused (or held), never
@@ -92,26 +95,38 @@ const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
      ) ORDER BY 1, 2 LIMIT 5";
 
 /// A function's volatility as the proofs take it: as declared for the
-/// built-ins and for C functions an extension installed, volatile for
-/// any other. A function written in SQL or a procedural language may call
-/// a volatile one whatever it declares itself, and that one runs with
-/// its full powers: a STABLE PL/pgSQL function returning `w()` inserted a
-/// row (checked on PostgreSQL 15).
+/// built-ins and for C functions an extension installed; `q` for one
+/// written in SQL (a text body, read from `prosrc`), whose body is proven
+/// like a statement; volatile for any other. A function written in SQL or
+/// a procedural language may call a volatile one whatever it declares
+/// itself, and that one runs with its full powers: a STABLE PL/pgSQL
+/// function returning `w()` inserted a row (checked on PostgreSQL 15).
+/// (`prosqlbody`, a `BEGIN ATOMIC` body, is read through `to_jsonb` so the
+/// query runs on versions without the column.)
 const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
        OR n.nspname IN ('pg_catalog', 'information_schema') THEN p.provolatile \
      WHEN l.lanname IN ('c', 'internal') AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') \
        THEN p.provolatile \
+     WHEN l.lanname = 'sql' AND (to_jsonb(p) ->> 'prosqlbody') IS NULL \
+       THEN 'q' \
      ELSE 'v' END";
 
 /// The catalog rows for functions matching `condition` (on `p`).
 fn procs(condition: &str) -> String {
     format!(
-        "SELECT n.nspname, p.proname, {VOLATILITY} FROM pg_catalog.pg_proc p \
+        "SELECT n.nspname, p.proname, {VOLATILITY}, \
+           CASE WHEN l.lanname = 'sql' THEN p.prosrc END FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE {condition}"
     )
 }
+
+/// How deep SQL function bodies are followed into the functions they
+/// call, and how many names one proof looks up at most: past either,
+/// what is left is not proven.
+const MAX_BODY_DEPTH: usize = 4;
+const MAX_BODY_NAMES: usize = 64;
 
 /// Whether a statement could reach a function PostgreSQL calls on its
 /// own: it evaluates an expression, reads or writes a relation, calls a
@@ -169,8 +184,57 @@ pub fn prove(call: &Call, rows: &[ProcRow]) -> Proof {
     }
 }
 
+/// [`prove`], with `q` functions pure where `body_pure` says their body
+/// was proven.
+fn prove_with(call: &Call, rows: &[ProcRow], body_pure: &dyn Fn(&ProcRow) -> bool) -> Proof {
+    let rows: Vec<ProcRow> = rows
+        .iter()
+        .map(|r| match r.volatility {
+            b'q' if body_pure(r) => ProcRow {
+                volatility: b's',
+                ..r.clone()
+            },
+            _ => r.clone(),
+        })
+        .collect();
+    prove(call, &rows)
+}
+
+/// Which SQL function bodies are proven free of side effects: each is a
+/// read whose calls are proven (built-ins, or SQL functions whose bodies
+/// are, recursively), and whose names in attribute notation reach no
+/// volatile function. A body not analysed (past the depth), or on a
+/// cycle, is not.
+fn body_proofs(
+    known: &HashMap<String, Arc<[ProcRow]>>,
+    bodies: &HashMap<String, Analysis>,
+) -> std::collections::HashSet<String> {
+    let mut pure = std::collections::HashSet::new();
+    // Each pass proves the bodies whose calls are proven by the passes
+    // before it: a cycle never is.
+    loop {
+        let before = pure.len();
+        for (body, a) in bodies {
+            if pure.contains(body) || a.class != Class::Read {
+                continue;
+            }
+            let body_pure = |r: &ProcRow| r.body.as_ref().is_some_and(|b| pure.contains(b));
+            let ok = a.resolve(|c| {
+                let rows = known.get(c.name.as_str()).map_or(&[][..], |v| v);
+                prove_with(c, rows, &body_pure)
+            }) == Class::Read;
+            if ok {
+                pure.insert(body.clone());
+            }
+        }
+        if pure.len() == before {
+            return pure;
+        }
+    }
+}
+
 fn pure_row(r: &ProcRow) -> bool {
-    r.volatility != b'v'
+    matches!(r.volatility, b'i' | b's')
         || (r.schema == "pg_catalog" && classify::HARMLESS_VOLATILE.contains(&r.name.as_str()))
 }
 
@@ -245,47 +309,101 @@ impl Catalog {
 
     async fn resolve_calls<F, Fut>(&self, a: &Analysis, open: F) -> Result<Class, ProofError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
         if !a.needs_proof() {
             return Ok(a.resolve(|_| Proof::Missing));
         }
-        let mut known: HashMap<&str, Arc<[ProcRow]>> = HashMap::new();
+        let names: Vec<String> = a
+            .calls
+            .iter()
+            .chain(&a.attributes)
+            .map(|c| c.name.clone())
+            .collect();
+        let mut known = self.rows_for(&names, &open).await?;
+        // SQL functions' bodies, proven as statements: their own calls
+        // are looked up in turn, a few levels deep.
+        let mut bodies: HashMap<String, Analysis> = HashMap::new();
+        for _ in 0..MAX_BODY_DEPTH {
+            let fresh: Vec<String> = known
+                .values()
+                .flat_map(|rows| rows.iter())
+                .filter_map(|r| r.body.clone().filter(|_| r.volatility == b'q'))
+                .filter(|b| !bodies.contains_key(b))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let mut next = Vec::new();
+            for body in fresh {
+                let analysed = classify::analyse(&body);
+                for c in analysed.calls.iter().chain(&analysed.attributes) {
+                    if !known.contains_key(&c.name) && !next.contains(&c.name) {
+                        next.push(c.name.clone());
+                    }
+                }
+                bodies.insert(body, analysed);
+            }
+            if known.len() + next.len() > MAX_BODY_NAMES {
+                break;
+            }
+            known.extend(self.rows_for(&next, &open).await?);
+        }
+        let pure = body_proofs(&known, &bodies);
+        let body_pure = |r: &ProcRow| r.body.as_ref().is_some_and(|b| pure.contains(b));
+        Ok(a.resolve(|c| {
+            let rows = known.get(c.name.as_str()).map_or(&[][..], |v| v);
+            prove_with(c, rows, &body_pure)
+        }))
+    }
+
+    /// The catalog rows for each of `names` (every overload, every
+    /// schema), from the cache where fresh, else in one look-up.
+    async fn rows_for<F, Fut>(
+        &self,
+        names: &[String],
+        open: &F,
+    ) -> Result<HashMap<String, Arc<[ProcRow]>>, ProofError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        let mut known: HashMap<String, Arc<[ProcRow]>> = HashMap::new();
         let mut missing: Vec<&str> = Vec::new();
         {
             // A poisoned cache is only a cold one.
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for c in a.calls.iter().chain(&a.attributes) {
-                match Cache::fresh(cache.names.get(&c.name)) {
+            for name in names {
+                match Cache::fresh(cache.names.get(name)) {
                     Some(rows) => {
-                        known.insert(&c.name, rows);
+                        known.insert(name.clone(), rows);
                     }
-                    None if !missing.contains(&c.name.as_str()) => missing.push(&c.name),
+                    None if !missing.contains(&name.as_str()) => missing.push(name),
                     None => {}
                 }
             }
         }
-        if !missing.is_empty() {
-            let list = missing
-                .iter()
-                .map(|n| literal(n))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = procs(&format!("p.proname::text IN ({list})"));
-            let rows = self.query(&sql, open).await?;
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.room();
-            for name in missing {
-                let mine: Arc<[ProcRow]> =
-                    rows.iter().filter(|r| r.name == name).cloned().collect();
-                cache
-                    .names
-                    .insert(name.to_string(), (mine.clone(), Instant::now()));
-                known.insert(name, mine);
-            }
+        if missing.is_empty() {
+            return Ok(known);
         }
-        Ok(a.resolve(|c| prove(c, known.get(c.name.as_str()).map_or(&[][..], |v| v))))
+        let list = missing
+            .iter()
+            .map(|n| literal(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = procs(&format!("p.proname::text IN ({list})"));
+        let rows = self.query(&sql, open).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.room();
+        for name in missing {
+            let mine: Arc<[ProcRow]> = rows.iter().filter(|r| r.name == name).cloned().collect();
+            cache
+                .names
+                .insert(name.to_string(), (mine.clone(), Instant::now()));
+            known.insert(name.to_string(), mine);
+        }
+        Ok(known)
     }
 
     /// The function a fast-path call names by OID.
@@ -336,10 +454,12 @@ impl Catalog {
                 let schema = it.next()??;
                 let name = it.next()??;
                 let volatility = *it.next()??.as_bytes().first()?;
+                let body = it.next().flatten();
                 Some(ProcRow {
                     schema,
                     name,
                     volatility,
+                    body,
                 })
             })
             .collect())
@@ -355,6 +475,7 @@ mod tests {
             schema: schema.into(),
             name: name.into(),
             volatility: v,
+            body: None,
         }
     }
 
@@ -386,6 +507,53 @@ mod tests {
         assert_eq!(
             prove(&call(Some("pg_temp"), "lower"), &rows),
             Proof::Missing
+        );
+    }
+
+    #[test]
+    fn sql_bodies_are_proven_like_statements() {
+        let q = |name: &str, body: &str| ProcRow {
+            body: Some(body.into()),
+            ..row("public", name, b'q')
+        };
+        let rows = [
+            q("outer", "SELECT inner_one($1) + 1"),
+            q("inner_one", "SELECT lower('x') = 'x'"),
+            q("wraps", "SELECT w()"),
+            row("public", "w", b'v'),
+            q("writes", "DELETE FROM t RETURNING 1"),
+            q("cyc1", "SELECT cyc2()"),
+            q("cyc2", "SELECT cyc1()"),
+            q("attr", "SELECT c.w FROM t c"),
+            row("pg_catalog", "lower", b'i'),
+        ];
+        let mut known: HashMap<String, Arc<[ProcRow]>> = HashMap::new();
+        for r in &rows {
+            let mut v: Vec<ProcRow> = known.get(&r.name).map(|x| x.to_vec()).unwrap_or_default();
+            v.push(r.clone());
+            known.insert(r.name.clone(), v.into());
+        }
+        let bodies: HashMap<String, Analysis> = rows
+            .iter()
+            .filter_map(|r| r.body.clone())
+            .map(|b| (b.clone(), classify::analyse(&b)))
+            .collect();
+        let pure = body_proofs(&known, &bodies);
+        let proven = |name: &str| {
+            let body_pure = |r: &ProcRow| r.body.as_ref().is_some_and(|b| pure.contains(b));
+            prove_with(&call(None, name), &known[name], &body_pure)
+        };
+        assert_eq!(proven("outer"), Proof::Pure);
+        assert_eq!(proven("inner_one"), Proof::Pure);
+        // A STABLE function calling a volatile one writes (PostgreSQL 15).
+        assert_eq!(proven("wraps"), Proof::Volatile);
+        assert_eq!(proven("writes"), Proof::Volatile);
+        assert_eq!(proven("cyc1"), Proof::Volatile);
+        assert_eq!(proven("attr"), Proof::Volatile);
+        // Not proven, never pure by itself.
+        assert_eq!(
+            prove(&call(None, "outer"), &known["outer"]),
+            Proof::Volatile
         );
     }
 

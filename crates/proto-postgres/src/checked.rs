@@ -275,6 +275,27 @@ impl Checks {
         }
     }
 
+    /// Whether `m` from the caller must not be sent while an approved
+    /// portal waits for its Execute: only that Execute, a Describe, a
+    /// Flush or a Close may come first. A review approved a Bind, then
+    /// ran the portal with `FETCH ALL FROM p1` in a simple query: the
+    /// check follows an Execute only, so the delete ran unchecked, and
+    /// committed. Anything else (SQL, another portal's Execute, a Sync
+    /// that in a transaction block leaves the portal open) could run it
+    /// the same way.
+    pub fn blocks(&self, m: &Message) -> bool {
+        let Some((portal, _)) = &self.armed else {
+            return false;
+        };
+        match m.tag {
+            tag::DESCRIBE | tag::FLUSH | tag::CLOSE => false,
+            tag::EXECUTE => {
+                crate::frame::take_cstr(&mut &m.body[..]).as_deref() != Some(portal.as_str())
+            }
+            _ => true,
+        }
+    }
+
     /// Nothing is waiting: the relay's fast path.
     pub fn is_idle(&self) -> bool {
         self.runs.is_empty()
@@ -673,6 +694,28 @@ mod tests {
         c.queue_bound("p", "n0", expected(), 0).unwrap();
         assert!(c.after_caller("n0", &simple(tag::SYNC)).is_none());
         assert!(c.after_caller("n0", &execute("p")).is_none());
+    }
+
+    #[test]
+    fn an_armed_portal_runs_by_its_execute_only() {
+        let mut c = Checks::default();
+        assert!(!c.blocks(&simple(tag::QUERY)));
+        c.queue_bound("p", "n0", expected(), 0).unwrap();
+        for m in [
+            simple(tag::QUERY),
+            simple(tag::SYNC),
+            simple(tag::PARSE),
+            simple(tag::BIND),
+            simple(tag::FUNCTION_CALL),
+            execute("other"),
+        ] {
+            assert!(c.blocks(&m), "{}", m.tag as char);
+        }
+        for m in [execute("p"), simple(tag::FLUSH), simple(tag::DESCRIBE)] {
+            assert!(!c.blocks(&m), "{}", m.tag as char);
+        }
+        assert!(c.after_caller("n0", &execute("p")).is_some());
+        assert!(!c.blocks(&simple(tag::QUERY)));
     }
 
     #[test]

@@ -105,6 +105,8 @@ struct Inner {
     handshake_timeout: Duration,
     /// Shared with the fronts of later reloads.
     cancels: Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>,
+    /// Cancel requests being forwarded (see [`Inner::cancel`]).
+    forwarding: Arc<tokio::sync::Semaphore>,
     metrics: PgMetrics,
     tls_metrics: TlsMetrics,
     /// Makes placeholder statements unguessable, so a caller cannot forge
@@ -193,6 +195,7 @@ impl PgFront {
                 max_message,
                 handshake_timeout: cfg.limits.handshake_timeout,
                 cancels: Default::default(),
+                forwarding: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDING)),
                 metrics,
                 tls_metrics,
                 nonce: format!("{nonce:016x}"),
@@ -220,6 +223,7 @@ impl PgFront {
                 max_message: i.max_message,
                 handshake_timeout: i.handshake_timeout,
                 cancels: i.cancels.clone(),
+                forwarding: i.forwarding.clone(),
                 metrics: i.metrics.clone(),
                 tls_metrics: i.tls_metrics.clone(),
                 nonce: i.nonce.clone(),
@@ -357,7 +361,7 @@ impl Inner {
                 Startup::Cancel { pid, secret } => {
                     // libpq before 17 sends cancels in plaintext: the key
                     // is all it carries.
-                    self.cancel(pid, secret).await;
+                    self.cancel(pid, secret);
                     return;
                 }
                 Startup::Startup { .. } => {
@@ -400,20 +404,32 @@ impl Inner {
         self.session(tls, record).await;
     }
 
-    async fn cancel(&self, pid: i32, secret: i32) {
+    /// Forward a cancel request, apart from the connection that carried
+    /// it: the caller's connection (and its slot in the listener's limits)
+    /// ends at once. A review held a thousand slots with cancels an agent
+    /// never answered, locking out every caller from that address.
+    /// Bounded: at most [`MAX_FORWARDING`] at once, each by the target's
+    /// timeout; past that, a cancel is dropped and logged.
+    fn cancel(&self, pid: i32, secret: i32) {
         let target = self.cancels.lock().ok().and_then(|m| {
             m.get(&(pid, secret))
                 .map(|t| (t.upstream.clone(), t.pid, t.secret))
         });
-        match target {
-            Some((upstream, upid, usecret)) => {
-                tracing::info!(connection = %upstream.name, "forwarding a cancel request");
-                if let Err(e) = upstream.cancel(upid, usecret).await {
-                    tracing::warn!(connection = %upstream.name, error = %e, "cancel request failed");
-                }
+        let Some((upstream, upid, usecret)) = target else {
+            tracing::info!("cancel request with an unknown key ignored");
+            return;
+        };
+        let Ok(slot) = self.forwarding.clone().try_acquire_owned() else {
+            tracing::warn!(connection = %upstream.name, "too many cancel requests in flight; this one was dropped");
+            return;
+        };
+        tracing::info!(connection = %upstream.name, "forwarding a cancel request");
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = upstream.cancel(upid, usecret).await {
+                tracing::warn!(connection = %upstream.name, error = %e, "cancel request failed");
             }
-            None => tracing::info!("cancel request with an unknown key ignored"),
-        }
+        });
     }
 
     /// Everything after TLS, phase by phase.
@@ -456,7 +472,7 @@ impl Inner {
         let params = match tokio::time::timeout(self.handshake_timeout, reader.startup()).await {
             Ok(Ok(Some(Startup::Startup { params }))) => params,
             Ok(Ok(Some(Startup::Cancel { pid, secret }))) => {
-                self.cancel(pid, secret).await;
+                self.cancel(pid, secret);
                 return None;
             }
             Ok(Ok(Some(_))) => {
@@ -870,3 +886,6 @@ fn plaintext_refused() -> crate::frame::Message {
         ),
     )
 }
+
+/// Cancel requests forwarded at once, at most.
+const MAX_FORWARDING: usize = 64;

@@ -451,6 +451,14 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         up_w: &mut UW,
     ) -> Result<Step, Exit> {
         let tag = m.tag;
+        if self.checking.load(Ordering::Relaxed)
+            && self.checks.lock().map_err(|_| Exit::Internal)?.blocks(&m)
+        {
+            return Err(Exit::Refused(Refusal {
+                code: sqlstate::PROTOCOL_VIOLATION,
+                message: "portcullis: an approved statement's portal must be run by its Execute (or closed) before anything else is sent; the session is closed".into(),
+            }));
+        }
         let span = self.statement_span(tag);
         let checked = statements::check(self.ctx, &m).await;
         let class = checked

@@ -799,9 +799,12 @@ impl PgUpstream {
     /// Forward a cancel request for the target's backend `pid`/`secret`.
     pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), UpstreamError> {
         if let Some((agent, links)) = &self.via {
-            return links
-                .cancel_pg(agent, &self.name, pid, secret)
+            // Bounded as the direct path is: an agent that never answers
+            // held the caller's connection slot for ever (review).
+            let cancel = links.cancel_pg(agent, &self.name, pid, secret);
+            return tokio::time::timeout(self.timeout, cancel)
                 .await
+                .map_err(|_| UpstreamError::Timeout(self.timeout))?
                 .map_err(|e| self.link_error(e));
         }
         let fut = async {
@@ -1070,6 +1073,10 @@ fn lexes_as_proven(m: &Message) -> Result<(), UpstreamError> {
     )))
 }
 
+/// What a target may send between authentication and ReadyForQuery
+/// (PostgreSQL sends about 500 bytes of settings).
+const MAX_STARTUP_BYTES: usize = 64 << 10;
+
 /// After authentication: ParameterStatus and notices, BackendKeyData,
 /// then ReadyForQuery.
 async fn read_startup(
@@ -1078,11 +1085,20 @@ async fn read_startup(
     read_only: bool,
 ) -> Result<UpstreamSession, UpstreamError> {
     let mut startup_messages = Vec::new();
+    let mut kept = 0usize;
     let (mut pid, mut secret) = (0, 0);
     loop {
         let m = reader.next().await?.ok_or_else(|| {
             UpstreamError::Protocol("the target closed the connection during startup".into())
         })?;
+        // Bounded: a hostile target (or agent) sending ParameterStatus
+        // without end grew the gateway by gigabytes (review).
+        kept += m.body.len() + 5;
+        if kept > MAX_STARTUP_BYTES {
+            return Err(UpstreamError::Protocol(format!(
+                "the target sent more than {MAX_STARTUP_BYTES} bytes before it was ready"
+            )));
+        }
         match m.tag {
             tag::PARAMETER_STATUS => {
                 lexes_as_proven(&m)?;

@@ -562,3 +562,19 @@ fn the_first_look_at_redefining_words_never_misses_the_analysis() {
         "select id, name from users order by random()"
     ));
 }
+
+#[test]
+fn text_too_long_to_analyse_is_unknown() {
+    let long = format!("SELECT {}", vec!["1"; MAX_ANALYSED / 2].join(","));
+    let a = analyse(&long);
+    assert_eq!(a.class, Class::Unknown);
+    // Every raw `;` may end a statement: a writes budget counts them.
+    let hidden = format!(
+        "SELECT '{}'; INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)",
+        "x".repeat(MAX_ANALYSED)
+    );
+    assert_eq!(analyse(&hidden).writes_under(Class::Unknown), 3);
+    // Review: a dollar tag PostgreSQL reads and the tokenizer does not.
+    let tag = "SELECT $a€$, ' $a€$; INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); -- '";
+    assert!(analyse(tag).writes_under(Class::Unknown) >= 3);
+}
