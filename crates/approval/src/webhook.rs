@@ -88,7 +88,11 @@ impl Webhook {
             Ok(resp) => {
                 tracing::warn!(review = %r.id, status = %resp.status(), "review webhook refused")
             }
-            Err(e) => tracing::warn!(review = %r.id, error = %e, "review webhook failed"),
+            // Without the URL: a Slack webhook's URL is its credential
+            // (review).
+            Err(e) => {
+                tracing::warn!(review = %r.id, error = %e.without_url(), "review webhook failed")
+            }
         }
     }
 }

@@ -1345,6 +1345,58 @@ fn an_approved_bound_statement_runs_checked_in_its_own_transaction() {
     assert_eq!(rows_left("prev_bound_race WHERE old"), "0");
 }
 
+/// Review: an approved Bind into a named portal was run by a simple
+/// query (`FETCH ALL FROM p1`) instead of its Execute, so the count check
+/// that follows the Execute never ran, and the delete committed. Now
+/// nothing but the portal's Execute (or a Describe, Flush or Close) may
+/// come first: anything else ends the session, and nothing ran.
+#[test]
+fn an_approved_portal_runs_only_by_its_execute() {
+    let s = setup();
+    let pg = preview_tables();
+    let table = format!("prev_fetch_{}", std::process::id());
+    pg.psql_direct(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} SELECT generate_series(1, 6)"
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = std::path::Path::new(&s.ca);
+        let mut w =
+            common::wire::Wire::login(s.gw.pg_port.unwrap(), ca, "previewed", &s.token).await;
+        w.parse(
+            "",
+            &format!("DELETE FROM {table} WHERE id <= $1 RETURNING *"),
+        )
+        .await;
+        // Bind into portal p1, one text parameter '3', then Flush.
+        w.send(b'B', b"p1\0\0\0\0\0\x01\0\0\0\x013\0\0").await;
+        w.flush().await;
+        let r = tokio::task::block_in_place(|| s.pending(&format!("FROM {table} WHERE id")));
+        assert_eq!(
+            table_change(&r["preview"], &format!("public.{table}"))["deleted"],
+            3,
+            "{r}"
+        );
+        tokio::task::block_in_place(|| {
+            assert!(
+                s.decide(&s.bob, "approve", r["id"].as_str().unwrap(), None)
+                    .status
+                    .success()
+            );
+        });
+        // (The BindComplete is held back with the gateway's own answers
+        // until the Execute shows which are whose.)
+        w.query("FETCH ALL FROM p1").await;
+        let refused = w.until(b'E').await;
+        assert!(
+            common::wire::error_of(&refused).contains("must be run by its Execute"),
+            "{refused:?}"
+        );
+    });
+    let left = pg.psql_direct(&format!("SELECT count(*) FROM {table}"));
+    assert_eq!(left.trim(), "6", "nothing was deleted");
+}
+
 /// Each way a review found to make the preview leave a trace or show a
 /// protected value, kept: a sequence behind a text cast, a domain's
 /// check, a view the statement reads, a function labelled immutable by

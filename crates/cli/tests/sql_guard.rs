@@ -41,6 +41,10 @@ CREATE FUNCTION purge_customer(i int) RETURNS int LANGUAGE sql VOLATILE AS
 CREATE FUNCTION stable_name(i int) RETURNS text LANGUAGE sql STABLE AS
   $$ SELECT name FROM customers WHERE id = i $$;
 CREATE PROCEDURE purge_proc(i int) LANGUAGE sql AS $$ DELETE FROM customers WHERE id = i $$;
+CREATE FUNCTION archive(c customers) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO side_effects VALUES ('archived ' || c.id); SELECT 1 $$;
+CREATE FUNCTION wraps_purge(i int) RETURNS int LANGUAGE plpgsql STABLE AS
+  $$ BEGIN RETURN purge_customer(i); END $$;
 "#;
 
 /// Everything a statement could change, read straight from the server.
@@ -106,17 +110,25 @@ url = "{url}"
 password = "file:pgpw"
 approval = {{ mode = "statements", classes = ["write", "ddl", "admin", "unknown"], approvers = ["dba"], wait = "100ms" }}
 
-# DDL passes unheld; writes and anything unproven wait.
 [[connections]]
-name = "ddl-free"
+name = "writes-held"
 type = "postgres"
 url = "{url}"
 password = "file:pgpw"
 approval = {{ mode = "statements", classes = ["write"], approvers = ["dba"], wait = "100ms" }}
 
+# Writes and DDL pass unheld; anything unproven waits (a class holds
+# every more powerful one: "unknown" holds only itself).
+[[connections]]
+name = "ddl-free"
+type = "postgres"
+url = "{url}"
+password = "file:pgpw"
+approval = {{ mode = "statements", classes = ["unknown"], approvers = ["dba"], wait = "100ms" }}
+
 [[grants]]
 groups = ["testers"]
-connections = ["ro", "guarded", "ddl-free"]
+connections = ["ro", "guarded", "ddl-free", "writes-held"]
 "#
         );
         let (gw, token) = gateway_with_config(dir, &config);
@@ -460,9 +472,37 @@ fn review_findings_are_refused_or_held_with_psql() {
     let (ok, out) = psql("guarded", "SELECT purge_customer(2)");
     assert!(!ok && out.contains("review"), "{out}");
     assert_eq!(count(), "6");
-    // A stable function of the application's own is a proven read.
+    // A stable SQL function of the application's own is a proven read:
+    // its body is proven as a statement.
     let (ok, out) = psql("ro", "SELECT stable_name(3)");
     assert!(ok && out.trim() == "name3", "{out}");
+
+    // Review, 2026-12-03: EXPLAIN EXECUTE evaluates its parameters when
+    // it is planned; read-only was switched off that way.
+    let (ok, out) = psql(
+        "ro",
+        "PREPARE p(text) AS SELECT $1; EXPLAIN EXECUTE p(set_config('default_transaction_read_only','off',false))",
+    );
+    assert!(!ok && out.contains("read-only"), "{out}");
+    // Functions PostgreSQL calls without the statement naming them as
+    // calls: attribute notation, a domain's CHECK, a STABLE function
+    // calling a volatile one. Held on the approval connection.
+    for sql in [
+        "SELECT c.archive FROM customers c WHERE id = 1",
+        "SELECT (c).archive FROM customers c WHERE id = 1",
+        "SELECT wraps_purge(4)",
+    ] {
+        let (ok, out) = psql("guarded", sql);
+        assert!(!ok && out.contains("review"), "{sql}: {out}");
+        let (ok, out) = psql("ro", sql);
+        assert!(!ok, "{sql}: {out}");
+    }
+    assert_eq!(count(), "6");
+    assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM side_effects"), "0");
+    // `classes = ["write"]` holds what is more powerful: COPY FROM
+    // PROGRAM is admin (review: it ran a shell command unheld).
+    let (ok, out) = psql("writes-held", "COPY side_effects FROM PROGRAM 'echo x'");
+    assert!(!ok && out.contains("review"), "{out}");
 
     // Refusals are evidence: the audit chain has the statement's digest
     // and the recording has what the caller sent, not the placeholder.
@@ -629,7 +669,10 @@ fn views_and_operators_that_run_volatile_code_are_not_proven() {
         "CREATE FUNCTION eq_purge(a int, b text) RETURNS bool LANGUAGE sql VOLATILE AS \
            $$ INSERT INTO side_effects VALUES ('operator'); SELECT a::text = b $$; \
          CREATE OPERATOR = (leftarg = int, rightarg = text, function = eq_purge); \
-         CREATE VIEW purging AS SELECT purge_customer(6) AS gone;",
+         CREATE VIEW purging AS SELECT purge_customer(6) AS gone; \
+         CREATE FUNCTION probe() RETURNS boolean LANGUAGE sql VOLATILE AS \
+           $$ INSERT INTO side_effects VALUES ('probed'); SELECT true $$; \
+         CREATE DOMAIN checked_int AS int CHECK (probe());",
     );
     let after_ddl = rt().block_on(async { fingerprint(&g.direct().await).await });
     rt().block_on(async {
@@ -643,6 +686,8 @@ fn views_and_operators_that_run_volatile_code_are_not_proven() {
                 "SELECT name FROM customers WHERE id = '2'::text",
                 // No relation, no function named: the operator runs anyway.
                 "SELECT 1 = '1'::text",
+                // A domain's CHECK (review).
+                "SELECT 1::checked_int",
             ] {
                 let e = c
                     .simple_query(sql)

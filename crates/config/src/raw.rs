@@ -1596,6 +1596,14 @@ impl RawConnection {
         if url.query().is_some() {
             return Err(invalid(key("url"), "the URL may not carry a query"));
         }
+        // Never sent, but written into debug logs as part of the URL
+        // (review): a secret goes in `credential`.
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                key("url"),
+                "the URL may not carry a user or password; put the secret in `credential`",
+            ));
+        }
         let tls = match self.tls.as_deref() {
             None | Some("verify") => UpstreamTls::Verify,
             Some("disable") => UpstreamTls::Disable,

@@ -706,6 +706,15 @@ impl Inner {
         admitted: &Admitted,
         conn: &ConnInfo,
     ) -> Result<Outgoing, ProxyError> {
+        // TRACE echoes the request as the target got it, credential
+        // included (a review read the connection's API key that way);
+        // CONNECT would make a tunnel nothing reads.
+        if matches!(*req.method(), http::Method::TRACE | http::Method::CONNECT) {
+            return Err(ProxyError::Method(
+                req.method().clone(),
+                "any other method (TRACE and CONNECT are not forwarded)",
+            ));
+        }
         if has_dot_segment(rest) {
             return Err(ProxyError::BadPath(
                 "paths with `.` or `..` segments are not forwarded".into(),

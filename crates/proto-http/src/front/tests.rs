@@ -389,3 +389,19 @@ async fn a_method_override_in_an_untyped_or_multipart_body_is_read() {
         "nothing reached the target"
     );
 }
+
+#[tokio::test]
+async fn trace_and_connect_are_not_forwarded() {
+    // Review: TRACE echoed the request as the target got it, the
+    // connection's credential included.
+    let w = world().await;
+    for method in ["TRACE", "CONNECT"] {
+        let (status, body) = call(&w, method, "/c/api/x", Some(&w.tester)).await;
+        assert_eq!(status, 405, "{method}: {body}");
+        assert!(body.contains("method_not_allowed"), "{body}");
+    }
+    assert!(
+        w.seen.lock().unwrap().is_empty(),
+        "nothing reached the target"
+    );
+}
