@@ -1345,6 +1345,35 @@ fn an_approved_bound_statement_runs_checked_in_its_own_transaction() {
     assert_eq!(rows_left("prev_bound_race WHERE old"), "0");
 }
 
+/// Review: the preview ran with the gateway's own DateStyle, so a literal
+/// the caller's session reads as 2 January showed the row of 1 February
+/// (same count, other row). The preview runs with the caller's
+/// `DateStyle`, `IntervalStyle` and `TimeZone` as the target reported them.
+#[test]
+fn a_preview_reads_literals_as_the_callers_session_does() {
+    let s = setup();
+    let pg = preview_tables();
+    let table = format!("prev_days_{}", std::process::id());
+    pg.psql_direct(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, day date, what text); \
+         INSERT INTO {table} VALUES (1, '2025-02-01', 'first of february'), (2, '2025-01-02', 'second of january')"
+    ));
+    let bg = s.psql_bg(
+        "previewed",
+        &format!("SET DateStyle = 'ISO, DMY';\nDELETE FROM {table} WHERE day = '02/01/2025';\n"),
+    );
+    let r = s.pending(&format!("FROM {table} WHERE day"));
+    let p = r["preview"].to_string();
+    assert!(p.contains("second of january"), "{p}");
+    assert!(!p.contains("first of february"), "{p}");
+    assert!(
+        s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None)
+            .status
+            .success()
+    );
+    bg.join().unwrap();
+}
+
 /// Review: an approved Bind into a named portal was run by a simple
 /// query (`FETCH ALL FROM p1`) instead of its Execute, so the count check
 /// that follows the Execute never ran, and the delete committed. Now

@@ -808,6 +808,9 @@ impl Inner {
         let mut hello = BytesMut::new();
         messages::auth_ok().encode(&mut hello);
         for m in &up.startup_messages {
+            if let (Some(g), tag::PARAMETER_STATUS) = (live.gate, m.tag) {
+                g.reported(&m.body);
+            }
             m.encode(&mut hello);
         }
         messages::backend_key_data(pid, secret).encode(&mut hello);

@@ -440,9 +440,12 @@ impl Sql<'_> {
 }
 
 /// The preview's own limits, from the approval rule.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub statement_timeout: Duration,
+    /// The caller's session's settings that change how literals read
+    /// (`DateStyle`, …), set for the preview's transaction.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Limits {
@@ -540,6 +543,16 @@ async fn run(
     );
     let server = |e: UpstreamError| e.to_string();
     session.simple_rows(&setup).await.map_err(server)?;
+    for (name, value) in &limits.settings {
+        // Set for this transaction only, as literals the target reads
+        // the same whatever its settings.
+        let set = format!(
+            "SELECT pg_catalog.set_config({}, {}, true)",
+            crate::catalog::literal(name),
+            crate::catalog::literal(value)
+        );
+        session.simple_rows(&set).await.map_err(server)?;
+    }
     let hazards = session
         .simple_rows(&hazards_query(target, &calls))
         .await

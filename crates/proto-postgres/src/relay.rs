@@ -1037,6 +1037,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
+        if let (Some(g), tag::PARAMETER_STATUS) = (self.ctx.gate, m.tag) {
+            g.reported(&m.body);
+        }
         if let Some(res) = &self.results {
             self.names_follow_target(res, m.tag);
             match m.tag {

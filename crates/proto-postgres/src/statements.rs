@@ -111,7 +111,15 @@ pub(crate) struct Gate {
     /// The connection's masking rules, all of them: a preview's sample
     /// is masked by every one (see [`crate::preview`]).
     masks: Vec<Arc<portcullis_mask::Rule>>,
+    /// The caller's session's settings that change how literals read
+    /// ([`PREVIEW_SETTINGS`]), as the target last reported them: a
+    /// preview runs with them (a review's preview under the gateway's
+    /// `DateStyle` showed another row than the one the run deleted).
+    settings: Mutex<std::collections::BTreeMap<String, String>>,
 }
+
+/// Reported settings a preview takes from the caller's session.
+const PREVIEW_SETTINGS: &[&str] = &["DateStyle", "IntervalStyle", "TimeZone"];
 
 /// What the caller may be told while a statement waits.
 type CallerWriter<'a, W> = &'a tokio::sync::Mutex<W>;
@@ -129,6 +137,24 @@ impl Gate {
             asked_session,
             held: Mutex::new(HeldStatements::new(nonce)),
             masks,
+            settings: Mutex::default(),
+        }
+    }
+
+    /// A ParameterStatus the target sent the caller: kept if a preview
+    /// needs it.
+    pub fn reported(&self, body: &[u8]) {
+        let mut b = body;
+        let (Some(name), Some(value)) = (
+            crate::frame::take_cstr(&mut b),
+            crate::frame::take_cstr(&mut b),
+        ) else {
+            return;
+        };
+        if PREVIEW_SETTINGS.contains(&name.as_str())
+            && let Ok(mut s) = self.settings.lock()
+        {
+            s.insert(name, value);
         }
     }
 
@@ -506,6 +532,11 @@ impl Gate {
         }
         let limits = crate::preview::Limits {
             statement_timeout: rule.preview_timeout,
+            settings: self
+                .settings
+                .lock()
+                .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
         };
         Some(match (previewed, class) {
             (Previewed::Text { up, sql }, "write") => {
