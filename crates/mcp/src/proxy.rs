@@ -704,10 +704,19 @@ async fn relay(
         .forward(req, &Arc::new(BodyState::default()))
         .await
         .map_err(|e| target_err(e.to_string()))?;
-    let (head, body) = resp.into_parts();
-    let raw = read_body(body, MAX_RESPONSE)
+    let (mut head, body) = resp.into_parts();
+    let mut raw = read_body(body, MAX_RESPONSE)
         .await
         .map_err(|e| target_err(format!("the answer is {e}")))?;
+    // The credential the gateway added, wherever the server echoed it
+    // (review: an MCP server reflecting headers returned it).
+    if let Some(s) = upstream.scrubber() {
+        let mut b = raw.to_vec();
+        if s.bytes(&mut b) > 0 {
+            raw = Bytes::from(b);
+        }
+        s.headers(&mut head.headers);
+    }
     let essence = head
         .headers
         .get(header::CONTENT_TYPE)

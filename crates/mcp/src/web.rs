@@ -285,6 +285,11 @@ async fn send(
                 .boxed()
         }),
     };
+    // The credential the gateway added, wherever the target echoed it.
+    let masked = match upstream.scrubber() {
+        Some(s) => s.response(masked),
+        None => masked,
+    };
     // The type as masking left it: its parameters are the target's text
     // (review: read before masking, a value passed in them).
     let content_type = masked

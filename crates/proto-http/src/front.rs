@@ -526,6 +526,11 @@ impl Inner {
             .forward(name, upstream, Request::from_parts(parts, body), &state)
             .await?;
         let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
+        // The credential the gateway added, wherever the target echoed it.
+        let resp = match upstream.scrubber() {
+            Some(s) => s.response(resp),
+            None => resp,
+        };
         let resp = crate::budget::meter(resp, &live).await?;
         record_response(resp, &live, request_no)
     }

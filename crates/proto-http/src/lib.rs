@@ -10,6 +10,7 @@ mod masking;
 mod metrics;
 mod review;
 pub mod route;
+pub mod scrub;
 mod session;
 mod tap;
 mod upstream;

@@ -62,6 +62,8 @@ pub struct Upstream {
     base_path: String,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     credential: Option<(HeaderName, HeaderValue)>,
+    /// Keeps the credential's secret out of the target's answers.
+    scrubber: Option<crate::scrub::Scrubber>,
     timeout: Duration,
     /// Served through an agent: (agent name, the gateway's links).
     via: Option<(String, Arc<portcullis_link::AgentRegistry>)>,
@@ -123,6 +125,7 @@ impl Upstream {
             .pool_max_idle_per_host(IDLE_PER_TARGET)
             .build(connector);
 
+        let mut scrubber = None;
         let credential = match &target.credential {
             None => None,
             Some(c) => {
@@ -137,6 +140,7 @@ impl Upstream {
                         .map_err(|_| secret_err("the secret is not a valid header value".into()))?;
                 // Keeps the value out of HPACK tables and Debug output.
                 value.set_sensitive(true);
+                scrubber = crate::scrub::Scrubber::new(secret.expose().as_bytes());
                 Some((c.header.clone(), value))
             }
         };
@@ -152,6 +156,7 @@ impl Upstream {
             base_path: target.url.path().trim_end_matches('/').to_string(),
             client,
             credential,
+            scrubber,
             timeout: conn.timeout,
             via: None,
             method_overrides: conn.method_overrides,
@@ -186,6 +191,7 @@ impl Upstream {
             base_path: String::new(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             credential: None,
+            scrubber: None,
             timeout: conn.timeout,
             via: Some((agent.to_string(), links)),
             method_overrides: conn.method_overrides,
@@ -204,6 +210,12 @@ impl Upstream {
     /// Whether the target reads method overrides.
     pub fn method_overrides(&self) -> bool {
         self.method_overrides
+    }
+
+    /// What keeps the credential's secret out of answers (none for a
+    /// connection served by an agent, or without a credential).
+    pub fn scrubber(&self) -> Option<&crate::scrub::Scrubber> {
+        self.scrubber.as_ref()
     }
 
     pub fn injected_header(&self) -> Option<&HeaderName> {

@@ -51,6 +51,13 @@ tls = "disable"
 approval = {{ mode = "statements", methods = ["DELETE"], approvers = ["dba"], wait = "1s" }}
 
 [[connections]]
+name = "keyed"
+type = "http"
+url = "http://127.0.0.1:{port}"
+tls = "disable"
+credential = {{ header = "x-api-key", secret = "file:apikey" }}
+
+[[connections]]
 name = "db"
 type = "postgres"
 url = "postgres://app@127.0.0.1:1/app?sslmode=disable"
@@ -103,6 +110,19 @@ fn scripted(req: &Request<Incoming>) -> Response<Full<bytes::Bytes>> {
     let mut resp = Response::builder();
     let mut content_type = "application/json".to_owned();
     match req.uri().path() {
+        // An echo of the request's headers, credential included.
+        "/echo" => {
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            return Response::builder()
+                .header("x-echo", format!("x-api-key: {key}"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Full::new(bytes::Bytes::from(format!("x-api-key: {key}\n"))))
+                .unwrap();
+        }
         // Its free text in the reason phrase.
         "/reason" => {
             let reason = format!("no user {PLANTED}");
@@ -134,6 +154,7 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let (port, seen) = scripted_target().await;
     std::fs::write(dir.path().join("pgpw"), "pw").unwrap();
+    std::fs::write(dir.path().join("apikey"), API_KEY).unwrap();
     let path = dir.path().join("portcullis.toml");
     let cfg = Config::parse(&config(port), &path).unwrap();
     let (ctx, store) = portcullis_front::testing::context(&cfg, dir.path()).await;
@@ -403,5 +424,35 @@ async fn trace_and_connect_are_not_forwarded() {
     assert!(
         w.seen.lock().unwrap().is_empty(),
         "nothing reached the target"
+    );
+}
+
+/// The secret the `keyed` connection adds to each request.
+const API_KEY: &str = "sk-live-CANARY-4d5e6f";
+
+#[tokio::test]
+async fn the_added_credential_never_comes_back_to_the_caller() {
+    // Review: a target that echoes requests returned the key the gateway
+    // adds (TRACE, or an echo endpoint on any method).
+    let w = world().await;
+    let mut send = client(&w).await;
+    let req = Request::builder()
+        .uri("/c/keyed/echo")
+        .header(header::HOST, "gw.test")
+        .header(header::AUTHORIZATION, format!("Bearer {}", w.tester))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let head = format!("{:?}", resp.headers());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        !head.contains(API_KEY) && !body.contains(API_KEY),
+        "{head} {body}"
+    );
+    assert!(
+        body.contains("x-api-key: *****"),
+        "the target got it: {body}"
     );
 }
