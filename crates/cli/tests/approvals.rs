@@ -1417,8 +1417,10 @@ fn an_approved_portal_runs_only_by_its_execute() {
         // until the Execute shows which are whose.)
         w.query("FETCH ALL FROM p1").await;
         let refused = w.until(b'E').await;
+        // Refused before the portal rule looks: a simple query inside an
+        // unfinished extended batch ends the session.
         assert!(
-            common::wire::error_of(&refused).contains("must be run by its Execute"),
+            common::wire::error_of(&refused).contains("08P01"),
             "{refused:?}"
         );
     });

@@ -710,3 +710,76 @@ fn views_and_operators_that_run_volatile_code_are_not_proven() {
     assert_eq!(after, after_ddl, "nothing ran");
     assert_ne!(before, after_ddl, "the DDL itself changed the schema");
 }
+
+/// Re-review, 2026-12-03: a STABLE SQL function wrapping a volatile one,
+/// reached through a view PostgreSQL expands, a volatile default argument
+/// behind a proven body, and a SQL body read under its own
+/// `standard_conforming_strings = off`. None is proven; nothing runs.
+#[test]
+fn wrappers_defaults_and_settings_of_sql_functions_are_not_proven() {
+    let g = Guard::start("wrappers");
+    let pg = PgCluster::shared();
+    pg.psql_db(
+        &g.db,
+        "CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql STABLE AS $$ SELECT purge_customer(6) $$; \
+         CREATE FUNCTION label(i int, j int DEFAULT purge_customer(5)) RETURNS int LANGUAGE sql STABLE AS $$ SELECT i $$; \
+         SET check_function_bodies = off; \
+         CREATE FUNCTION legacy() RETURNS text LANGUAGE sql STABLE SET standard_conforming_strings = off \
+           AS $$ SELECT '\\', ' || purge_customer(4)::text --' $$;",
+    );
+    let before = rt().block_on(async { fingerprint(&g.direct().await).await });
+    let refused = |sql: &str| {
+        rt().block_on(async {
+            for conn in ["ro", "guarded"] {
+                let c = g.client(conn).await;
+                let e = c
+                    .simple_query(sql)
+                    .await
+                    .expect_err(&format!("{conn}: {sql} ran unproven"));
+                let m = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                assert!(
+                    m.contains("proven") || m.contains("review"),
+                    "{conn}: {sql}: {m}"
+                );
+            }
+        })
+    };
+    refused("SELECT sneaky()");
+    refused("SELECT label(1)");
+    refused("SELECT legacy()");
+    let after = rt().block_on(async { fingerprint(&g.direct().await).await });
+    assert_eq!(after, before, "nothing ran");
+}
+
+/// The same wrapper through a view, which PostgreSQL expands without the
+/// statement naming the function (made before the gateway's first
+/// statement: its catalog answers are cached for a while).
+#[test]
+fn a_view_over_a_stable_wrapper_is_not_proven() {
+    let g = Guard::start("wrapview");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql STABLE AS $$ SELECT purge_customer(6) $$; \
+         CREATE VIEW v_sneaky AS SELECT sneaky() AS n;",
+    );
+    let before = rt().block_on(async { fingerprint(&g.direct().await).await });
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            let e = c
+                .simple_query("SELECT * FROM v_sneaky")
+                .await
+                .expect_err(&format!("{conn}: the view ran unproven"));
+            let m = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            assert!(m.contains("proven") || m.contains("review"), "{conn}: {m}");
+        }
+    });
+    let after = rt().block_on(async { fingerprint(&g.direct().await).await });
+    assert_eq!(after, before, "nothing ran");
+}

@@ -57,18 +57,16 @@ struct Cache {
     hidden: Option<Entry>,
 }
 
-/// Functions outside `pg_catalog` that are volatile and that PostgreSQL
-/// calls without a statement naming them: an operator's code (and its
+/// Functions that PostgreSQL calls without a statement naming them: an operator's code (and its
 /// planner estimators), a cast, a type's input and output, operator-class
 /// support (ORDER BY, hashing), an aggregate's steps, and anything a view
 /// (its rewrite rule) or a row-security policy calls. A statement that
 /// evaluates anything could reach any of them ([`reaches_hidden`]), so
 /// while one exists no such statement on the connection is proven: it is
 /// `unknown` (refused on read-only connections, held where approvals
-/// apply). The first few are named in the log.
-const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     WHERE p.provolatile = 'v' AND n.nspname <> 'pg_catalog' AND p.oid IN ( \
+/// apply). The first few are named in the log. These are the candidates'
+/// OIDs; [`hidden_query`] keeps those not proven.
+const HIDDEN_CANDIDATES: &str = "\
        SELECT oprcode::oid FROM pg_catalog.pg_operator \
        UNION SELECT oprrest::oid FROM pg_catalog.pg_operator \
        UNION SELECT oprjoin::oid FROM pg_catalog.pg_operator \
@@ -91,8 +89,28 @@ const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
        UNION SELECT d.refobjid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass \
            AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
-             'pg_catalog.pg_constraint'::regclass) \
-     ) ORDER BY 1, 2 LIMIT 5";
+             'pg_catalog.pg_constraint'::regclass)";
+
+/// Functions outside `pg_catalog` that PostgreSQL may call on its own and
+/// that are not proven free of side effects by [`VOLATILITY`] (`v`), or
+/// are SQL functions whose bodies must be proven (`q`): a review ran a
+/// STABLE SQL wrapper of a volatile function through a view, a domain's
+/// CHECK and a default argument. At most [`MAX_HIDDEN`] + 1.
+fn hidden_query() -> String {
+    format!(
+        "SELECT n.nspname, p.proname, {VOLATILITY}, \
+           CASE WHEN l.lanname = 'sql' THEN p.prosrc END FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+         WHERE n.nspname <> 'pg_catalog' AND ({VOLATILITY}) IN ('v', 'q') \
+           AND p.oid IN ({HIDDEN_CANDIDATES}) ORDER BY 1, 2 LIMIT {}",
+        MAX_HIDDEN + 1
+    )
+}
+
+/// Hidden functions looked at, at most: past it, the connection's
+/// statements that touch relations are not proven.
+const MAX_HIDDEN: usize = 200;
 
 /// A function's volatility as the proofs take it: as declared for the
 /// built-ins and for C functions an extension installed; `q` for one
@@ -102,13 +120,22 @@ const HIDDEN_VOLATILE: &str = "SELECT n.nspname, p.proname, p.provolatile \
 /// itself, and that one runs with its full powers: a STABLE PL/pgSQL
 /// function returning `w()` inserted a row (checked on PostgreSQL 15).
 /// (`prosqlbody`, a `BEGIN ATOMIC` body, is read through `to_jsonb` so the
-/// query runs on versions without the column.)
+/// query runs on versions without the column.) A default argument that
+/// may call a function makes a function volatile (a review's pure body
+/// had a default inserting a row), and so does a SQL function's own
+/// setting other than `search_path`: its body is read under it
+/// (`standard_conforming_strings = off` made a literal and a call of one
+/// text; re-review).
 const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
        OR n.nspname IN ('pg_catalog', 'information_schema') THEN p.provolatile \
+     WHEN p.proargdefaults IS NOT NULL \
+       AND pg_catalog.pg_get_expr(p.proargdefaults, 0) LIKE '%(%' THEN 'v' \
      WHEN l.lanname IN ('c', 'internal') AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') \
        THEN p.provolatile \
      WHEN l.lanname = 'sql' AND (to_jsonb(p) ->> 'prosqlbody') IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c \
+         WHERE c NOT LIKE 'search_path=%') \
        THEN 'q' \
      ELSE 'v' END";
 
@@ -284,7 +311,7 @@ impl Catalog {
     /// the other proofs are, and forgotten with them).
     async fn hidden<F, Fut>(&self, open: F) -> Result<Arc<[ProcRow]>, ProofError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
         let cached = {
@@ -294,7 +321,25 @@ impl Catalog {
         if let Some(rows) = cached {
             return Ok(rows);
         }
-        let rows: Arc<[ProcRow]> = self.query(HIDDEN_VOLATILE, open).await?.into();
+        let found = self.query(&hidden_query(), &open).await?;
+        let rows: Arc<[ProcRow]> = if found.len() > MAX_HIDDEN {
+            found.into()
+        } else {
+            // SQL functions whose bodies are proven are not hidden callees.
+            let mut known: HashMap<String, Arc<[ProcRow]>> = HashMap::new();
+            for r in &found {
+                let mut v = known.get(&r.name).map(|x| x.to_vec()).unwrap_or_default();
+                v.push(r.clone());
+                known.insert(r.name.clone(), v.into());
+            }
+            let pure = self.proven_bodies(&mut known, &open).await?;
+            found
+                .into_iter()
+                .filter(|r| {
+                    !(r.volatility == b'q' && r.body.as_ref().is_some_and(|b| pure.contains(b)))
+                })
+                .collect()
+        };
         if !rows.is_empty() {
             let names: Vec<String> = rows
                 .iter()
@@ -322,6 +367,26 @@ impl Catalog {
             .map(|c| c.name.clone())
             .collect();
         let mut known = self.rows_for(&names, &open).await?;
+        let pure = self.proven_bodies(&mut known, &open).await?;
+        let body_pure = |r: &ProcRow| r.body.as_ref().is_some_and(|b| pure.contains(b));
+        Ok(a.resolve(|c| {
+            let rows = known.get(c.name.as_str()).map_or(&[][..], |v| v);
+            prove_with(c, rows, &body_pure)
+        }))
+    }
+
+    /// The SQL function bodies among `known` proven free of side effects,
+    /// looking up the functions they call (added to `known`) a few levels
+    /// deep.
+    async fn proven_bodies<F, Fut>(
+        &self,
+        known: &mut HashMap<String, Arc<[ProcRow]>>,
+        open: &F,
+    ) -> Result<std::collections::HashSet<String>, ProofError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
         // SQL functions' bodies, proven as statements: their own calls
         // are looked up in turn, a few levels deep.
         let mut bodies: HashMap<String, Analysis> = HashMap::new();
@@ -348,14 +413,9 @@ impl Catalog {
             if known.len() + next.len() > MAX_BODY_NAMES {
                 break;
             }
-            known.extend(self.rows_for(&next, &open).await?);
+            known.extend(self.rows_for(&next, open).await?);
         }
-        let pure = body_proofs(&known, &bodies);
-        let body_pure = |r: &ProcRow| r.body.as_ref().is_some_and(|b| pure.contains(b));
-        Ok(a.resolve(|c| {
-            let rows = known.get(c.name.as_str()).map_or(&[][..], |v| v);
-            prove_with(c, rows, &body_pure)
-        }))
+        Ok(body_proofs(known, &bodies))
     }
 
     /// The catalog rows for each of `names` (every overload, every

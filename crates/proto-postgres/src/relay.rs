@@ -451,6 +451,20 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         up_w: &mut UW,
     ) -> Result<Step, Exit> {
         let tag = m.tag;
+        // A simple query or fast-path call inside an extended batch not
+        // yet ended by Sync: after an error the target skips it without
+        // an answer, and the count of answers due (which approved runs'
+        // checks are matched by) would be off for the rest of the session
+        // (re-review). No driver sends one there.
+        if self.ctx.gate.is_some()
+            && matches!(tag, tag::QUERY | tag::FUNCTION_CALL)
+            && self.unsynced.load(Ordering::Relaxed)
+        {
+            return Err(Exit::Refused(Refusal {
+                code: sqlstate::PROTOCOL_VIOLATION,
+                message: "portcullis: a simple query or function call was sent inside an extended-protocol batch before its Sync; the session is closed".into(),
+            }));
+        }
         if self.checking.load(Ordering::Relaxed)
             && self.checks.lock().map_err(|_| Exit::Internal)?.blocks(&m)
         {
