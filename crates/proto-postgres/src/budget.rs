@@ -185,6 +185,10 @@ impl Names {
         if self.reads.len() + self.batch.len() + self.unconfirmed.len() >= MAX_NAMES {
             self.reads.clear();
             self.unconfirmed.clear();
+            if self.batch.len() >= MAX_NAMES {
+                // Not kept: its Binds count as writes.
+                return;
+            }
         }
         self.batch.insert(name.to_string());
     }

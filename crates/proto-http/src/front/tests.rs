@@ -117,10 +117,18 @@ fn scripted(req: &Request<Incoming>) -> Response<Full<bytes::Bytes>> {
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("none");
+            let encoding = req
+                .headers()
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            let range = req.headers().contains_key(header::RANGE);
             return Response::builder()
                 .header("x-echo", format!("x-api-key: {key}"))
                 .header(header::CONTENT_TYPE, "text/plain")
-                .body(Full::new(bytes::Bytes::from(format!("x-api-key: {key}\n"))))
+                .body(Full::new(bytes::Bytes::from(format!(
+                    "x-api-key: {key}\naccept-encoding: {encoding}\nrange: {range}\n"
+                ))))
                 .unwrap();
         }
         // Its free text in the reason phrase.
@@ -439,6 +447,9 @@ async fn the_added_credential_never_comes_back_to_the_caller() {
     let req = Request::builder()
         .uri("/c/keyed/echo")
         .header(header::HOST, "gw.test")
+        // Compressed or partial answers would hide the secret.
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .header(header::RANGE, "bytes=0-3")
         .header(header::AUTHORIZATION, format!("Bearer {}", w.tester))
         .body(Full::new(bytes::Bytes::new()))
         .unwrap();
@@ -454,5 +465,9 @@ async fn the_added_credential_never_comes_back_to_the_caller() {
     assert!(
         body.contains("x-api-key: *****"),
         "the target got it: {body}"
+    );
+    assert!(
+        body.contains("accept-encoding: identity") && body.contains("range: false"),
+        "{body}"
     );
 }
