@@ -153,6 +153,20 @@ enum SessionsCommand {
     End(sessions_cmd::EndArgs),
 }
 
+/// The store `config` names, opened (its password resolved).
+pub(crate) async fn open_store(
+    config: &portcullis_config::Config,
+) -> anyhow::Result<portcullis_store::Store> {
+    use anyhow::Context;
+    let url = config
+        .store
+        .open_url()
+        .map_err(|e| anyhow::anyhow!("store password: {e}"))?;
+    portcullis_store::Store::open(&url)
+        .await
+        .with_context(|| format!("opening the store {}", config.store.describe()))
+}
+
 impl Cli {
     /// `--log`, else what the command and `-v` call for.
     fn log_filter(&self) -> String {
@@ -180,7 +194,6 @@ impl Cli {
     /// Load the config (with a hint when there is none yet) and open the
     /// store it names.
     async fn load(&self) -> anyhow::Result<(portcullis_config::Config, portcullis_store::Store)> {
-        use anyhow::Context;
         let path = self.config_path();
         if !path.exists() {
             anyhow::bail!(
@@ -190,14 +203,7 @@ impl Cli {
             );
         }
         let config = portcullis_config::Config::load(&path)?;
-        let store = portcullis_store::Store::open(
-            &config
-                .store
-                .open_url()
-                .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
-        )
-        .await
-        .with_context(|| format!("opening the store {}", config.store.describe()))?;
+        let store = open_store(&config).await?;
         Ok((config, store))
     }
 }

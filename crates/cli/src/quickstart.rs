@@ -70,14 +70,7 @@ pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<()> {
         config_path,
     } = &folder;
     let config = load_config(config_path, args)?;
-    let store = portcullis_store::Store::open(
-        &config
-            .store
-            .open_url()
-            .map_err(|e| anyhow::anyhow!("store password: {e}"))?,
-    )
-    .await
-    .with_context(|| format!("opening the store {}", config.store.describe()))?;
+    let store = crate::open_store(&config).await?;
     let stop = crate::shutdown_signal();
     let hangups = crate::gateway_cmd::hangups();
     let running = portcullis_gateway::start(&config, store.clone()).await?;

@@ -57,13 +57,12 @@ pub fn has_dot_segment(path: &str) -> bool {
             if reading.split(['/', '\\']).any(is_dot) {
                 return true;
             }
-            let decoded = percent_encoding::percent_decode_str(&reading)
-                .decode_utf8_lossy()
-                .into_owned();
-            if decoded == reading {
-                return false;
+            // Borrowed: nothing was encoded, so nothing more to read
+            // (and no allocation on the request path).
+            match percent_encoding::percent_decode_str(&reading).decode_utf8_lossy() {
+                std::borrow::Cow::Borrowed(_) => return false,
+                std::borrow::Cow::Owned(decoded) => reading = std::borrow::Cow::Owned(decoded),
             }
-            reading = std::borrow::Cow::Owned(decoded);
         }
         // Still changing after three decodings: not read as anything sure.
         true

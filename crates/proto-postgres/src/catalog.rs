@@ -188,6 +188,19 @@ pub struct Catalog {
 /// Whether `rows` (every function a call's name can reach) prove `call`
 /// free of side effects.
 pub fn prove(call: &Call, rows: &[ProcRow]) -> Proof {
+    prove_by(call, rows, &pure_row)
+}
+
+/// [`prove`], with `q` functions pure where `body_pure` says their body
+/// was proven.
+fn prove_with(call: &Call, rows: &[ProcRow], body_pure: &dyn Fn(&ProcRow) -> bool) -> Proof {
+    prove_by(call, rows, &|r| {
+        pure_row(r) || (r.volatility == b'q' && body_pure(r))
+    })
+}
+
+/// Whether every function `call` can reach is `pure`.
+fn prove_by(call: &Call, rows: &[ProcRow], pure: &dyn Fn(&ProcRow) -> bool) -> Proof {
     if call
         .schema
         .as_deref()
@@ -204,27 +217,11 @@ pub fn prove(call: &Call, rows: &[ProcRow]) -> Proof {
     if reachable.is_empty() {
         return Proof::Missing;
     }
-    if reachable.iter().all(|r| pure_row(r)) {
+    if reachable.iter().all(|r| pure(r)) {
         Proof::Pure
     } else {
         Proof::Volatile
     }
-}
-
-/// [`prove`], with `q` functions pure where `body_pure` says their body
-/// was proven.
-fn prove_with(call: &Call, rows: &[ProcRow], body_pure: &dyn Fn(&ProcRow) -> bool) -> Proof {
-    let rows: Vec<ProcRow> = rows
-        .iter()
-        .map(|r| match r.volatility {
-            b'q' if body_pure(r) => ProcRow {
-                volatility: b's',
-                ..r.clone()
-            },
-            _ => r.clone(),
-        })
-        .collect();
-    prove(call, &rows)
 }
 
 /// Which SQL function bodies are proven free of side effects: each is a
