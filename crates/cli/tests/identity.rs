@@ -178,6 +178,23 @@ fn oidc_tokens_from_a_real_provider() {
     let r = get(url, &s.ca, Some(&foreign), "/c/api/hello");
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("not configured"), "{}", r.body);
+    // Tokens naming issuers the caller makes up are refused for one
+    // reason: counted, not an entry each (review: keying on the whole
+    // reason let one address write an entry per issuer it invented).
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    for i in 0..20 {
+        let made_up = format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","kid":"k"}"#),
+            b64(&format!(
+                r#"{{"iss":"https://evil.example/{i}","sub":"x","exp":4102444800}}"#
+            ))
+        );
+        let r = get(url, &s.ca, Some(&made_up), "/c/api/hello");
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.body.contains("evil.example"), "{}", r.body);
+    }
 
     // The audit log names the principal and how it authenticated.
     let out = Command::new(BIN)
@@ -191,6 +208,11 @@ fn oidc_tokens_from_a_real_provider() {
     let audit = String::from_utf8_lossy(&out.stdout);
     assert!(audit.contains("agent:ci-bot"), "{audit}");
     assert!(audit.contains("\"oidc\""), "{audit}");
+    let whole = audit
+        .lines()
+        .filter(|l| l.contains("\"refusal\"") && l.contains("is not configured"))
+        .count();
+    assert_eq!(whole, 1, "{audit}");
     // The JWT is a credential: never in the gateway's files or log.
     let sig = jwt.rsplit('.').next().unwrap();
     for (path, bytes) in all_files(s.tmp.path()) {

@@ -25,6 +25,7 @@ pub struct Key {
     pub protocol: &'static str,
     /// The caller's address without its port.
     pub peer: String,
+    /// The reason's kind ([`kind_of`]), not its whole text.
     pub reason: String,
 }
 
@@ -39,7 +40,7 @@ impl Key {
         Self {
             protocol,
             peer,
-            reason: reason.to_string(),
+            reason: kind_of(reason),
         }
     }
 
@@ -50,6 +51,59 @@ impl Key {
             reason: format!("refusals from more than {MAX_KEYS} addresses or reasons"),
         }
     }
+}
+
+/// Longest reason kind kept, in characters.
+const MAX_KIND: usize = 80;
+
+/// What a refusal's reason says without what the caller chose: reasons
+/// quote the caller's own text (an issuer, a key id, a path, a status), so
+/// keying on the whole text let one address write an entry per variation,
+/// up to [`MAX_KEYS`] a minute. Quoted spans become `…`, and so does every
+/// word holding anything but letters and plain punctuation (numbers,
+/// paths, ids). The first refusal of a kind is still written with its
+/// whole reason. Written by hand: the rule is a few lines and no crate
+/// states it.
+pub fn kind_of(reason: &str) -> String {
+    let mut kind = String::new();
+    let mut chars = reason.chars();
+    let mut word = String::new();
+    let flush = |word: &mut String, kind: &mut String| {
+        if word.is_empty() {
+            return;
+        }
+        let plain = word.chars().all(|c| {
+            c.is_ascii_alphabetic() || matches!(c, ',' | '.' | ':' | ';' | '(' | ')' | '-')
+        });
+        kind.push_str(if plain { word } else { "…" });
+        word.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => {
+                flush(&mut word, &mut kind);
+                // To the closing quote, past escaped ones (Debug quoting).
+                while let Some(q) = chars.next() {
+                    if q == '\\' {
+                        chars.next();
+                    } else if q == c {
+                        break;
+                    }
+                }
+                kind.push('…');
+            }
+            c if c.is_whitespace() => {
+                flush(&mut word, &mut kind);
+                kind.push(' ');
+            }
+            c => word.push(c),
+        }
+        if kind.chars().count() >= MAX_KIND {
+            break;
+        }
+    }
+    flush(&mut word, &mut kind);
+    kind.chars().take(MAX_KIND).collect()
 }
 
 /// Refusals counted after the first of their key, to write as one entry.
@@ -185,6 +239,41 @@ mod tests {
         assert!(whole);
         assert_eq!(owed.len(), 1);
         assert_eq!((owed[0].key.peer.as_str(), owed[0].count), ("::1", 1));
+    }
+
+    #[test]
+    fn a_reason_is_merged_by_its_kind_not_by_what_the_caller_chose() {
+        let kinds = [
+            r#"OIDC token refused: issuer "https://a.example/1" is not configured"#,
+            r#"OIDC token refused: issuer "x\"y" is not configured"#,
+            r#"OIDC token refused: issuer "unterminated"#,
+        ];
+        assert_eq!(
+            kind_of(kinds[0]),
+            "OIDC token refused: issuer … is not configured"
+        );
+        assert_eq!(kind_of(kinds[0]), kind_of(kinds[1]));
+        assert_eq!(kind_of(kinds[2]), "OIDC token refused: issuer …");
+        assert_eq!(kind_of("HTTP 404"), kind_of("HTTP 405"));
+        assert_eq!(kind_of("bad path /c/a/../b"), kind_of("bad path /c/x"));
+        assert_eq!(
+            kind_of("key id `k1` unknown"),
+            kind_of("key id `k2` unknown")
+        );
+        // Different kinds stay apart.
+        assert_ne!(kind_of("unknown token"), kind_of("token has expired"));
+        assert!(kind_of(&"a ".repeat(1000)).chars().count() <= MAX_KIND);
+        // Keys use the kind, so one address varying the text is one key.
+        let mut m = Merger::new(Duration::from_secs(60));
+        let t = Instant::now();
+        assert!(m.refused(key("10.0.0.1:1", "HTTP 404 on /a"), t).0);
+        for i in 0..100 {
+            assert!(
+                !m.refused(key("10.0.0.1:1", &format!("HTTP 404 on /a{i}")), t)
+                    .0
+            );
+        }
+        assert_eq!(m.drain(t)[0].count, 100);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct RunningGateway {
     tracker: TaskTracker,
     audit: portcullis_audit::AuditLog,
     front: HttpFront,
+    /// Its merged refusals are written once the last connection ended.
+    sessions: portcullis_front::Sessions,
     sink: portcullis_recordings::RecordingSink,
     reloader: Arc<reload::Reloader>,
     /// This run's id and the lock that says it is alive.
@@ -114,6 +116,9 @@ impl RunningGateway {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
         let _ = tokio::time::timeout(grace, self.front.drain()).await;
+        // Refusals counted during the grace period are evidence too (the
+        // heartbeat wrote what was counted before it).
+        self.sessions.drain_refusals().await;
         // Recordings sealed during the drain still go to the store.
         self.sink.drain(grace).await;
         if let Err(e) = self.audit.checkpoint().await {
@@ -1076,6 +1081,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         tracker: rt.tracker,
         audit: shared.audit,
         front,
+        sessions: shared.ctx.sessions.clone(),
         sink: shared.sink,
         reloader,
         _instance: me,
