@@ -1374,6 +1374,74 @@ fn a_preview_reads_literals_as_the_callers_session_does() {
     bg.join().unwrap();
 }
 
+/// A preview connected with no startup parameters and did not follow the
+/// caller's `SET search_path`: it counted the rows of `public.T` while
+/// the run would delete those of another schema's `T`. It now connects
+/// with the caller's startup parameters (pgjdbc sends `search_path` as
+/// one), and a session that may have changed its `search_path` on a
+/// target that does not report it is not previewed.
+#[test]
+fn a_preview_resolves_names_as_the_callers_session_does() {
+    let s = setup();
+    let pg = preview_tables();
+    let pid = std::process::id();
+    let (schema, table) = (format!("prev_shadow_{pid}"), format!("prev_sp_{pid}"));
+    pg.psql_direct(&format!(
+        "CREATE SCHEMA {schema}; \
+         CREATE TABLE public.{table} (id int PRIMARY KEY); \
+         INSERT INTO public.{table} SELECT generate_series(1, 5); \
+         CREATE TABLE {schema}.{table} (id int PRIMARY KEY); \
+         INSERT INTO {schema}.{table} SELECT generate_series(1, 3)"
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = std::path::Path::new(&s.ca);
+        let mut w = common::wire::Wire::login_with(
+            s.gw.pg_port.unwrap(),
+            ca,
+            "previewed",
+            &s.token,
+            &[("search_path", &schema)],
+        )
+        .await;
+        w.query(&format!("DELETE FROM {table} WHERE id > 0")).await;
+        let r = tokio::task::block_in_place(|| s.pending(&format!("FROM {table} WHERE id > 0")));
+        assert_eq!(
+            table_change(&r["preview"], &format!("{schema}.{table}"))["deleted"],
+            3,
+            "{r}"
+        );
+        tokio::task::block_in_place(|| {
+            assert!(
+                s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None)
+                    .status
+                    .success()
+            );
+        });
+        let denied = w.until(b'E').await;
+        assert!(!common::wire::error_of(&denied).is_empty(), "{denied:?}");
+    });
+    // Changed in the session: the preview says it cannot follow.
+    let bg = s.psql_bg(
+        "previewed",
+        &format!("SET search_path = {schema};\nDELETE FROM {table} WHERE id >= 1;\n"),
+    );
+    let r = s.pending(&format!("FROM {table} WHERE id >= 1"));
+    assert_eq!(r["preview"]["status"], "not_previewed", "{r}");
+    let reason = r["preview"]["reason"].as_str().unwrap();
+    assert!(reason.contains("search_path"), "{reason}");
+    assert!(
+        s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None)
+            .status
+            .success()
+    );
+    bg.join().unwrap();
+    let left = pg.psql_direct(&format!(
+        "SELECT (SELECT count(*) FROM public.{table}) || '/' || (SELECT count(*) FROM {schema}.{table})"
+    ));
+    assert_eq!(left.trim(), "5/3", "nothing was deleted");
+}
+
 /// Review: an approved Bind into a named portal was run by a simple
 /// query (`FETCH ALL FROM p1`) instead of its Execute, so the count check
 /// that follows the Execute never ran, and the delete committed. Now

@@ -670,6 +670,7 @@ impl Inner {
                 startup.asked_session,
                 &self.nonce,
                 masks,
+                startup.params.clone(),
             )
         });
         let owner = crate::Owner::Caller(admitted.principal.subject.clone());

@@ -446,6 +446,9 @@ pub struct Limits {
     /// The caller's session's settings that change how literals read
     /// (`DateStyle`, …), set for the preview's transaction.
     pub settings: Vec<(String, String)>,
+    /// The caller's startup parameters (those that pass to the target:
+    /// `search_path`, `extra_float_digits`, …), for the preview's session.
+    pub startup: Vec<(String, String)>,
 }
 
 impl Limits {
@@ -477,7 +480,7 @@ pub async fn preview(
     let run = async {
         let mut session = up
             // A caller's statement runs here: never kept for anyone.
-            .connect(&[], crate::Owner::Nobody)
+            .connect(&limits.startup, crate::Owner::Nobody)
             .await
             .map_err(|e| e.to_string())?;
         let outcome = run(up, &mut session, sql, &target, masks, limits).await;

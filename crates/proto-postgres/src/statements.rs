@@ -116,10 +116,20 @@ pub(crate) struct Gate {
     /// preview runs with them (a review's preview under the gateway's
     /// `DateStyle` showed another row than the one the run deleted).
     settings: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The caller's startup parameters: a preview connects with them, so
+    /// it starts from the caller's `search_path`, `extra_float_digits`, …
+    startup: Vec<(String, String)>,
+    /// Whether the caller may have changed its `search_path` since the
+    /// startup (a statement naming it or `set_config`). A target that
+    /// reports `search_path` (PostgreSQL 18) is followed instead; one
+    /// that does not leaves the preview unable to resolve names as the
+    /// run will, so it is not run (a preview under another search_path
+    /// counts another table's rows).
+    path_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Reported settings a preview takes from the caller's session.
-const PREVIEW_SETTINGS: &[&str] = &["DateStyle", "IntervalStyle", "TimeZone"];
+const PREVIEW_SETTINGS: &[&str] = &["DateStyle", "IntervalStyle", "TimeZone", "search_path"];
 
 /// What the caller may be told while a statement waits.
 type CallerWriter<'a, W> = &'a tokio::sync::Mutex<W>;
@@ -130,6 +140,7 @@ impl Gate {
         asked_session: Option<Duration>,
         nonce: &str,
         masks: Vec<Arc<portcullis_mask::Rule>>,
+        startup: Vec<(String, String)>,
     ) -> Self {
         Self {
             approval,
@@ -138,6 +149,22 @@ impl Gate {
             held: Mutex::new(HeldStatements::new(nonce)),
             masks,
             settings: Mutex::default(),
+            startup,
+            path_changed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A statement the caller sends (a simple query or a Parse): one
+    /// that may change its `search_path` is noted. Read as bytes, case
+    /// folded: a false positive only costs a preview.
+    pub fn observe(&self, m: &Message) {
+        const CHANGES_PATH: [&[u8]; 2] = [b"search_path", b"set_config"];
+        if matches!(m.tag, tag::QUERY | tag::PARSE)
+            && CHANGES_PATH
+                .iter()
+                .any(|w| m.body.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w)))
+        {
+            self.path_changed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -530,13 +557,22 @@ impl Gate {
         if !rule.preview {
             return None;
         }
+        let settings: Vec<(String, String)> = self
+            .settings
+            .lock()
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        if self.path_changed.load(Ordering::Relaxed)
+            && !settings.iter().any(|(k, _)| k == "search_path")
+        {
+            return Some(Preview::not_previewed(
+                "the session may have changed its search_path, which the target does not report: a preview could read other tables than the run",
+            ));
+        }
         let limits = crate::preview::Limits {
             statement_timeout: rule.preview_timeout,
-            settings: self
-                .settings
-                .lock()
-                .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default(),
+            settings,
+            startup: self.startup.clone(),
         };
         Some(match (previewed, class) {
             (Previewed::Text { up, sql }, "write") => {

@@ -19,6 +19,18 @@ impl Wire {
     /// Log in to `database` on the gateway's PostgreSQL port as `agent`
     /// with `token` (direct TLS, ALPN `postgresql`).
     pub async fn login(port: u16, ca: &Path, database: &str, token: &str) -> Wire {
+        Self::login_with(port, ca, database, token, &[]).await
+    }
+
+    /// [`Self::login`] with more startup parameters (as drivers send
+    /// `search_path` or `extra_float_digits`).
+    pub async fn login_with(
+        port: u16,
+        ca: &Path,
+        database: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> Wire {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -26,7 +38,11 @@ impl Wire {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, tcp).await.unwrap();
         let mut w = Wire { tls };
-        let params = format!("user\0agent\0database\0{database}\0\0");
+        let mut params = format!("user\0agent\0database\0{database}\0");
+        for (k, v) in extra {
+            params.push_str(&format!("{k}\0{v}\0"));
+        }
+        params.push('\0');
         let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
         startup.extend_from_slice(&196608u32.to_be_bytes());
         startup.extend_from_slice(params.as_bytes());
