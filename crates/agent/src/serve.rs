@@ -175,7 +175,11 @@ async fn relay_http(
         body.map_err(|e| -> portcullis_link::BoxError { Box::new(e) })
             .boxed(),
     );
-    match upstream.forward(out, &Arc::new(BodyState::default())).await {
+    // The agent's target is direct: no link, no caller to count.
+    match upstream
+        .forward(None, out, &Arc::new(BodyState::default()))
+        .await
+    {
         Ok(resp) => resp.map(|b| {
             b.map_err(|e| -> portcullis_link::BoxError { Box::new(e) })
                 .boxed()

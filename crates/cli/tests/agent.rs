@@ -155,6 +155,11 @@ impl Drop for Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// [`setup`] with `extra` at the end of the gateway's config.
+fn setup_with(extra: &str) -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let gw_dir = tmp.path().join("gw");
@@ -266,7 +271,7 @@ name = "testers"
 groups = ["testers"]
 connections = ["api", "db", "dbro"]
 "#
-    );
+    ) + extra;
     let (gw, token) = gateway_with_config(&gw_dir, &gw_config);
     let mut s = Setup {
         ca: gw_dir.join("ca.pem").to_str().unwrap().to_string(),
@@ -595,6 +600,89 @@ fn agent_killed_mid_session_then_back_and_gateway_restarted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(s.agent_log().contains("reconnecting to the gateway"));
+}
+
+/// Review: one caller holding every stream an agent allows stalled every
+/// other caller on that agent. A principal holds at most
+/// `max_agent_streams_per_caller` at once (PostgreSQL sessions for their
+/// lifetime, HTTP requests until their body ended); past it it is
+/// refused in its own protocol, and other principals go on.
+#[test]
+fn one_caller_cannot_take_every_stream_of_an_agent() {
+    let s = setup_with("\n[limits]\nmax_agent_streams_per_caller = 2\n");
+    let cfg = s.tmp.path().join("gw/portcullis.toml");
+    let out = cli_at(
+        &cfg,
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent:other",
+            "--group",
+            "testers",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (port, pg_port) = (s.gw().port(), s.pg_port);
+    let ca = PathBuf::from(&s.ca);
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Two streams held: a 32 MiB answer not read, and a session.
+        let mut stalled = tls_connect(port, &ca).await;
+        let req = format!(
+            "GET /c/api/huge HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
+            s.token
+        );
+        stalled.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 64];
+        let n = stalled.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+        let mut session = common::wire::Wire::login(pg_port, &ca, "db", &s.token).await;
+        assert_eq!(session.value("SELECT 40 + 2").await, "42");
+
+        // A third is refused, in each protocol.
+        let url = s.gw().url.clone();
+        let third = |token: String| {
+            let (ca, url) = (s.ca.clone(), url.clone());
+            tokio::task::spawn_blocking(move || get(&url, &ca, Some(&token), "/c/api/hello"))
+        };
+        let r = third(s.token.clone()).await.unwrap();
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.body.contains("agent_busy"), "{}", r.body);
+        let (pg, token) = (pg_port, s.token.clone());
+        let ca_s = s.ca.clone();
+        let o = tokio::task::spawn_blocking(move || psql_as(pg, &ca_s, &token, "SELECT 1"))
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("max_agent_streams_per_caller"),
+            "{err}"
+        );
+
+        // Another principal goes on.
+        let r = third(other.clone()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+
+        // Streams that ended count no more.
+        drop(stalled);
+        drop(session);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = third(s.token.clone()).await.unwrap();
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 #[test]

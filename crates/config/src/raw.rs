@@ -618,6 +618,7 @@ struct RawLimits {
     idle_timeout: String,
     max_connections: usize,
     max_connections_per_peer: usize,
+    max_agent_streams_per_caller: usize,
 }
 
 impl Default for RawLimits {
@@ -629,6 +630,7 @@ impl Default for RawLimits {
             idle_timeout: "5m".into(),
             max_connections: 10_000,
             max_connections_per_peer: 1_000,
+            max_agent_streams_per_caller: 250,
         }
     }
 }
@@ -1327,9 +1329,16 @@ impl RawLimits {
                 "max_connections and max_connections_per_peer must be at least 1",
             ));
         }
+        if !(1..=1000).contains(&self.max_agent_streams_per_caller) {
+            return Err(invalid(
+                "limits.max_agent_streams_per_caller",
+                "must be between 1 and 1000 (an agent serves 1,000 streams at most)",
+            ));
+        }
         Ok(Limits {
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
+            max_agent_streams_per_caller: self.max_agent_streams_per_caller,
             max_header_bytes: self.max_header_bytes,
             max_request_body_bytes: self.max_request_body_bytes,
             handshake_timeout: duration("limits.handshake_timeout", &self.handshake_timeout)?,

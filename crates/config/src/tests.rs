@@ -51,8 +51,21 @@ fn minimal_config_has_sane_defaults() {
     assert_eq!(c.limits.max_header_bytes, 16384);
     assert_eq!(c.limits.max_connections, 10_000);
     assert_eq!(c.limits.max_connections_per_peer, 1_000);
+    assert_eq!(c.limits.max_agent_streams_per_caller, 250);
     assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.gateway.admin_listen, None);
+}
+
+#[test]
+fn an_agent_stream_share_is_within_what_an_agent_serves() {
+    for bad in ["0", "1001"] {
+        let e = err(&with(&format!(
+            "[limits]\nmax_agent_streams_per_caller = {bad}\n"
+        )));
+        assert!(e.contains("limits.max_agent_streams_per_caller"), "{e}");
+    }
+    let c = parse(&with("[limits]\nmax_agent_streams_per_caller = 1000\n")).unwrap();
+    assert_eq!(c.limits.max_agent_streams_per_caller, 1000);
 }
 
 #[test]

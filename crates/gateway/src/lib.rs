@@ -631,7 +631,11 @@ async fn shared(
         ctx: Arc::new(ctx),
         audit,
         sink,
-        links: portcullis_link::AgentRegistry::new(),
+        links: {
+            let links = portcullis_link::AgentRegistry::new();
+            links.set_streams_per_caller(cfg.limits.max_agent_streams_per_caller);
+            links
+        },
     })
 }
 

@@ -19,7 +19,9 @@ mod kill;
 mod registry;
 mod serve;
 
-pub use registry::{AgentInfo, AgentRegistry, TunnelStream};
+pub use registry::{
+    AgentInfo, AgentRegistry, DEFAULT_STREAMS_PER_CALLER, StreamPermit, Tunnel, TunnelStream,
+};
 pub use serve::{LINK_WINDOW, LinkEnd, STREAM_WINDOW, run_link};
 
 use bytes::Bytes;
@@ -91,6 +93,11 @@ pub enum LinkError {
     Link { agent: String, reason: String },
     #[error("agent {agent:?}: {message}")]
     Remote { agent: String, message: String },
+    /// The caller holds its share of the agent's streams already.
+    #[error(
+        "agent {agent:?}: this caller already has {held} sessions or requests open through it (limits.max_agent_streams_per_caller); end one and retry"
+    )]
+    Busy { agent: String, held: usize },
 }
 
 /// Answer of the agent for an operation that failed on its side.

@@ -34,6 +34,85 @@ pub(crate) struct Link {
     pub send: SendRequest<Body>,
     /// Cancelled to cut the link (revocation, replacement, shutdown).
     pub cut: CancellationToken,
+    /// Streams each caller holds through this link now.
+    pub held: Mutex<HashMap<String, usize>>,
+}
+
+/// The share of an agent's streams one caller may hold by default: the
+/// agent serves at most 1,000 at once (`agent::serve`), and a caller
+/// holding them all had stalled every other caller on that agent.
+pub const DEFAULT_STREAMS_PER_CALLER: usize = 250;
+
+/// One of a caller's streams through an agent, counted until the last
+/// clone is dropped (clones let it ride in a response's extensions).
+#[derive(Clone)]
+pub struct StreamPermit(Arc<Permit>);
+
+struct Permit {
+    link: Arc<Link>,
+    caller: String,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.link.held.lock()
+            && let Some(n) = held.get_mut(&self.caller)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamPermit")
+            .field("agent", &self.0.link.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PostgreSQL session's stream through an agent, with the caller's
+/// permit for it: the permit ends with the stream.
+pub struct Tunnel {
+    io: TunnelStream,
+    _permit: Option<StreamPermit>,
+}
+
+impl tokio::io::AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// What `portcullis agents list` and the admin API show.
@@ -47,10 +126,21 @@ pub struct AgentInfo {
     pub last_heartbeat: i64,
 }
 
-#[derive(Default)]
 pub struct AgentRegistry {
     links: Mutex<HashMap<String, Arc<Link>>>,
     next_id: AtomicU64,
+    /// Streams one caller may hold through one agent at once.
+    per_caller: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for AgentRegistry {
+    fn default() -> Self {
+        Self {
+            links: Mutex::default(),
+            next_id: AtomicU64::default(),
+            per_caller: DEFAULT_STREAMS_PER_CALLER.into(),
+        }
+    }
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -63,6 +153,41 @@ pub(crate) fn unix_now() -> i64 {
 impl AgentRegistry {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Streams one caller may hold through one agent at once
+    /// (`[limits] max_agent_streams_per_caller`).
+    pub fn set_streams_per_caller(&self, n: usize) {
+        self.per_caller.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// A permit for one more stream of `caller` through `link`; `None`
+    /// caller is the gateway's own (catalog reads, previews), not counted.
+    fn permit(
+        &self,
+        link: &Arc<Link>,
+        caller: Option<&str>,
+    ) -> Result<Option<StreamPermit>, LinkError> {
+        let Some(caller) = caller else {
+            return Ok(None);
+        };
+        let max = self.per_caller.load(Ordering::Relaxed);
+        let mut held = link.held.lock().map_err(|_| LinkError::Link {
+            agent: link.agent.clone(),
+            reason: "stream count unavailable".into(),
+        })?;
+        let n = held.entry(caller.to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(LinkError::Busy {
+                agent: link.agent.clone(),
+                held: *n,
+            });
+        }
+        *n += 1;
+        Ok(Some(StreamPermit(Arc::new(Permit {
+            link: link.clone(),
+            caller: caller.to_owned(),
+        }))))
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -138,8 +263,14 @@ impl AgentRegistry {
             })
     }
 
-    async fn send(&self, agent: &str, req: Request<Body>) -> Result<Response<Incoming>, LinkError> {
+    async fn send(
+        &self,
+        agent: &str,
+        caller: Option<&str>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<StreamPermit>), LinkError> {
         let link = self.get(agent)?;
+        let permit = self.permit(&link, caller)?;
         let mut send = link.send.clone();
         if send.ready().await.is_err() {
             // The link just died: say so as "not connected", and drop it.
@@ -149,21 +280,25 @@ impl AgentRegistry {
                 agent: agent.to_string(),
             });
         }
-        send.send_request(req).await.map_err(|e| LinkError::Link {
+        let resp = send.send_request(req).await.map_err(|e| LinkError::Link {
             agent: agent.to_string(),
             reason: e.to_string(),
-        })
+        })?;
+        Ok((resp, permit))
     }
 
-    /// Relay an HTTP request to `connection` through `agent`. The request
-    /// carries an origin-form URI (path and query); the agent adds its
-    /// base URL and the credential.
+    /// Relay an HTTP request to `connection` through `agent` for
+    /// `caller` (counted against its share of the agent's streams while
+    /// the returned permit lives: hold it until the answer's body ended).
+    /// The request carries an origin-form URI (path and query); the agent
+    /// adds its base URL and the credential.
     pub async fn send_http(
         &self,
         agent: &str,
         connection: &str,
+        caller: Option<&str>,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, LinkError> {
+    ) -> Result<(Response<Incoming>, Option<StreamPermit>), LinkError> {
         let h = req.headers_mut();
         h.insert(HDR_OP, http::HeaderValue::from_static("http"));
         h.insert(HDR_CONNECTION, header_value(connection)?);
@@ -177,13 +312,14 @@ impl AgentRegistry {
             .parse()
             .map_err(|_| remote(agent, "bad request path"))?;
         *req.version_mut() = http::Version::HTTP_2;
-        self.send(agent, req).await
+        self.send(agent, caller, req).await
     }
 
     /// Open a PostgreSQL session on `connection` through `agent`: the
     /// agent connects and authenticates to the target, then the returned
     /// stream carries the target's startup messages (ParameterStatus …,
-    /// BackendKeyData, ReadyForQuery) and the session.
+    /// BackendKeyData, ReadyForQuery) and the session. `caller` is counted
+    /// against its share of the agent's streams while the tunnel lives.
     pub async fn open_pg(
         &self,
         agent: &str,
@@ -191,7 +327,8 @@ impl AgentRegistry {
         params: &[(String, String)],
         read_only: bool,
         owner: Option<&str>,
-    ) -> Result<TunnelStream, LinkError> {
+        caller: Option<&str>,
+    ) -> Result<Tunnel, LinkError> {
         let params = serde_json::to_string(params).map_err(|e| remote(agent, &e.to_string()))?;
         let mut req = Request::builder();
         if let Some(owner) = owner {
@@ -212,13 +349,16 @@ impl AgentRegistry {
             .map_err(|e| remote(agent, &e.to_string()))?;
         req.extensions_mut()
             .insert(hyper::ext::Protocol::from_static(PG_PROTOCOL));
-        let resp = self.send(agent, req).await?;
+        let (resp, permit) = self.send(agent, caller, req).await?;
         if resp.status() != StatusCode::OK {
             return Err(remote_answer(agent, resp).await);
         }
         hyper::upgrade::on(resp)
             .await
-            .map(hyper_util::rt::TokioIo::new)
+            .map(|io| Tunnel {
+                io: hyper_util::rt::TokioIo::new(io),
+                _permit: permit,
+            })
             .map_err(|e| LinkError::Link {
                 agent: agent.to_string(),
                 reason: e.to_string(),
@@ -243,7 +383,9 @@ impl AgentRegistry {
             .header(HDR_PG_SECRET, secret)
             .body(empty())
             .map_err(|e| remote(agent, &e.to_string()))?;
-        let resp = self.send(agent, req).await?;
+        // Cancels are bounded apart (the gateway forwards at most 64 at
+        // once): not a caller's stream.
+        let (resp, _) = self.send(agent, None, req).await?;
         if resp.status() != StatusCode::OK {
             return Err(remote_answer(agent, resp).await);
         }

@@ -151,6 +151,7 @@ where
         last_heartbeat: unix_now().into(),
         send: send.clone(),
         cut: cut.clone(),
+        held: std::sync::Mutex::default(),
     });
     registry.register(link.clone());
     tracing::info!(%agent, %peer, version = %hello.version, connections = hello.connections.len(), "agent connected");

@@ -701,7 +701,11 @@ async fn relay(
         .body(full(body))
         .map_err(|e| target_err(e.to_string()))?;
     let resp = upstream
-        .forward(req, &Arc::new(BodyState::default()))
+        .forward(
+            Some(&call.who.principal.subject),
+            req,
+            &Arc::new(BodyState::default()),
+        )
         .await
         .map_err(|e| target_err(e.to_string()))?;
     let (mut head, body) = resp.into_parts();

@@ -262,7 +262,11 @@ async fn send(
         reason,
     };
     let resp = upstream
-        .forward(req, &Arc::new(BodyState::default()))
+        .forward(
+            Some(&who.principal.subject),
+            req,
+            &Arc::new(BodyState::default()),
+        )
         .await
         .map_err(|e| target(e.to_string()))?;
     let status = resp.status();

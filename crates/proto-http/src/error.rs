@@ -52,6 +52,9 @@ pub enum ProxyError {
         "this connection already carries {limit} sessions (principal and target pairs); open another connection"
     )]
     TooManySessions { limit: usize },
+    /// The caller holds its share of its agent's streams already.
+    #[error("connection {connection:?}: {reason}")]
+    AgentBusy { connection: String, reason: String },
     #[error("{message}")]
     Review {
         review: String,
@@ -124,7 +127,7 @@ impl ProxyError {
             }
             Self::Delegate(_) => StatusCode::BAD_REQUEST,
             Self::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManySessions { .. } | Self::AgentBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Budget(portcullis_front::BudgetError::Exceeded { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -165,6 +168,7 @@ impl ProxyError {
             Self::Delegate(_) => "bad_request",
             Self::Method(..) => "method_not_allowed",
             Self::TooManySessions { .. } => "too_many_sessions",
+            Self::AgentBusy { .. } => "agent_busy",
             Self::ConfigChanged => "config_changed",
             Self::Budget(portcullis_front::BudgetError::Exceeded { .. }) => "budget_exceeded",
             Self::Budget(portcullis_front::BudgetError::Unavailable(_)) => "store_unavailable",
@@ -180,7 +184,8 @@ impl ProxyError {
             Self::UnknownConnection(c)
             | Self::UpstreamTimeout { connection: c, .. }
             | Self::Upstream { connection: c, .. }
-            | Self::MaskFailed { connection: c, .. } => body["connection"] = c.clone().into(),
+            | Self::MaskFailed { connection: c, .. }
+            | Self::AgentBusy { connection: c, .. } => body["connection"] = c.clone().into(),
             Self::Review { review, .. } => {
                 body["review"] = review.clone().into();
                 body["approve_with"] = format!("portcullis reviews approve {review}").into();

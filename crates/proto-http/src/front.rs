@@ -429,10 +429,13 @@ impl Inner {
         };
         let error = seen.error.clone();
         let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        // Through an agent, the caller's stream counts until its body ended.
+        let permit = parts.extensions.remove::<portcullis_link::StreamPermit>();
         let recorder = live.recorder.clone();
         let body = crate::tap::Tap::new(body, recorder, Some(request), false).on_end(
             move |bytes_to_caller| {
+                drop(permit);
                 live.finished(status, error, bytes_from_caller, bytes_to_caller);
             },
         );
@@ -523,7 +526,13 @@ impl Inner {
         seen.live = Some((live.clone(), request_no));
         seen.bytes_from_caller = declared;
         let resp = self
-            .forward(name, upstream, Request::from_parts(parts, body), &state)
+            .forward(
+                name,
+                &admitted.principal.subject,
+                upstream,
+                Request::from_parts(parts, body),
+                &state,
+            )
             .await?;
         let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
         // The credential the gateway added, wherever the target echoed it.
@@ -949,12 +958,13 @@ impl Inner {
     async fn forward(
         &self,
         name: &str,
+        caller: &str,
         upstream: &Upstream,
         req: Request<Body>,
         state: &BodyState,
     ) -> Result<Response<Incoming>, ProxyError> {
         let sent = Instant::now();
-        let result = upstream.forward(req, state).await;
+        let result = upstream.forward(Some(caller), req, state).await;
         self.metrics
             .upstream_seconds
             .get_or_create(&ConnectionLabel {
@@ -982,6 +992,10 @@ impl Inner {
             ForwardError::AgentUnavailable(agent) => ProxyError::AgentUnavailable {
                 connection: name.to_owned(),
                 agent,
+            },
+            ForwardError::Busy(reason) => ProxyError::AgentBusy {
+                connection: name.to_owned(),
+                reason,
             },
         })
     }

@@ -44,6 +44,9 @@ pub enum ForwardError {
     Upstream(String),
     #[error("agent {0:?} is not connected")]
     AgentUnavailable(String),
+    /// The caller holds its share of the agent's streams already.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Idle connections kept per target after a burst. Without a bound the
@@ -236,15 +239,19 @@ impl Upstream {
     }
 
     /// Send a prepared request (URI from [`Self::target_uri`], headers
-    /// already cleaned) with the credential added. Times out waiting for
-    /// the response head; the body then streams without a deadline.
+    /// already cleaned) with the credential added, for `caller` (through
+    /// an agent, a stream counted against the caller's share: the answer
+    /// carries its [`portcullis_link::StreamPermit`] in its extensions, to
+    /// hold until the body ended). Times out waiting for the response
+    /// head; the body then streams without a deadline.
     pub async fn forward(
         &self,
+        caller: Option<&str>,
         mut req: Request<Body>,
         body_state: &BodyState,
     ) -> Result<Response<Incoming>, ForwardError> {
         if let Some((agent, links)) = &self.via {
-            return self.forward_via(agent, links, req).await;
+            return self.forward_via(agent, links, caller, req).await;
         }
         // Whatever the caller spoke, ALPN decides what the target gets.
         *req.version_mut() = Version::HTTP_11;
@@ -281,17 +288,27 @@ impl Upstream {
         &self,
         agent: &str,
         links: &portcullis_link::AgentRegistry,
+        caller: Option<&str>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ForwardError> {
         use portcullis_link::LinkError;
-        let sent = tokio::time::timeout(self.timeout, links.send_http(agent, &self.name, req));
+        let sent = tokio::time::timeout(
+            self.timeout,
+            links.send_http(agent, &self.name, caller, req),
+        );
         let resp = match sent.await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(LinkError::NotConnected { agent })) => {
                 return Err(ForwardError::AgentUnavailable(agent));
             }
+            Ok(Err(e @ LinkError::Busy { .. })) => return Err(ForwardError::Busy(e.to_string())),
             Ok(Err(e)) => return Err(ForwardError::Upstream(e.to_string())),
-            Ok(Ok(r)) => r,
+            Ok(Ok((mut r, permit))) => {
+                if let Some(p) = permit {
+                    r.extensions_mut().insert(p);
+                }
+                r
+            }
         };
         if !resp.headers().contains_key(portcullis_link::HDR_LINK_ERROR) {
             return Ok(resp);

@@ -621,6 +621,10 @@ impl PgUpstream {
                 &passed,
                 read_only,
                 owner_tag(owner).as_deref(),
+                match owner {
+                    Owner::Caller(p) => Some(p.as_str()),
+                    _ => None,
+                },
             )
             .await
             .map_err(|e| self.link_error(e))?;
