@@ -180,10 +180,19 @@ async fn relay_http(
         .forward(None, out, &Arc::new(BodyState::default()))
         .await
     {
-        Ok(resp) => resp.map(|b| {
-            b.map_err(|e| -> portcullis_link::BoxError { Box::new(e) })
-                .boxed()
-        }),
+        Ok(resp) => {
+            let resp = resp.map(|b| {
+                b.map_err(|e| -> portcullis_link::BoxError { Box::new(e) })
+                    .boxed()
+            });
+            // The credential is added here, so it is scrubbed here: the
+            // gateway never knows it (a target echoing it had handed it
+            // to callers of agent-served connections).
+            match upstream.scrubber() {
+                Some(s) => s.response(resp),
+                None => resp,
+            }
+        }
         Err(portcullis_http::ForwardError::Timeout(_)) => link_error(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",

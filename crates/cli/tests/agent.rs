@@ -299,6 +299,18 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     assert_eq!(seen.path_and_query, "/hello?x=1");
     assert!(seen.header("authorization").is_none());
     assert!(!r.body.contains(API_CANARY));
+    // A target echoing the credential the agent added: scrubbed at the
+    // agent, in the body and the headers (the gateway never knows it).
+    let r = curl(&[
+        "-i",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &format!("authorization: Bearer {}", s.token),
+        &format!("{}/c/api/echo", s.gw().url),
+    ]);
+    assert!(r.body.contains("x-api-key: ****"), "{}", r.body);
+    assert!(!r.body.contains(API_CANARY), "{}", r.body);
 
     let out = s.psql("SELECT current_user, 40 + 2");
     assert!(

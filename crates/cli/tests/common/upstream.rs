@@ -162,6 +162,12 @@ async fn answer(
         })
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
+    // What `/echo` reflects: every request header, as echo services do.
+    let echoed: String = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
     let body = req
         .into_body()
         .collect()
@@ -186,6 +192,11 @@ async fn answer(
             Response::new(Full::new(Bytes::from_static(b"late\n")))
         }
         "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        "/echo" => Response::builder()
+            .header("content-type", "text/plain")
+            .header("x-echo", echoed.replace('\n', "; "))
+            .body(Full::new(Bytes::from(echoed)))
+            .unwrap(),
         "/huge" => Response::new(Full::new(Bytes::from(vec![b'x'; 32 << 20]))),
         "/pii.gz" => {
             use std::io::Write;
