@@ -17,6 +17,10 @@ pub enum OAuthAction {
     TokenRefreshed,
     /// A spent code or refresh token came back: the grant is revoked.
     ReuseDetected,
+    /// A code or refresh token was spent but refused (a wrong PKCE
+    /// verifier, another redirect URI or resource): the sign of a secret
+    /// in the wrong hands, so evidence, not just a log line.
+    GrantRefused,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -718,6 +718,29 @@ fn oauth_refuses_what_the_rfcs_refuse() {
         &[("redirect_uri", "http://127.0.0.1:9/other")],
     );
     assert_eq!(r.json()["error"], "invalid_grant", "{}", r.body);
+    // Each spent code refused is evidence, saying why (review: a wrong
+    // verifier left no entry).
+    let audit = s.audit();
+    let refused = oauth_entries(&audit, "grant_refused");
+    let reasons: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e.pointer("/event/reason").and_then(Value::as_str))
+        .collect();
+    for why in [
+        "code_verifier does not match",
+        "another resource",
+        "code_verifier is malformed",
+        "redirect_uri differs",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "{why}: {reasons:?}"
+        );
+    }
+    assert!(
+        refused.iter().all(|e| e.pointer("/event/family").is_some()),
+        "{refused:?}"
+    );
     // Unknown codes, clients and grant types.
     let r = exchange("not-a-code", &good, &[]);
     assert_eq!(r.json()["error"], "invalid_grant");

@@ -129,25 +129,8 @@ impl OAuthServer {
         let redirect_uri = param(params, "redirect_uri")?;
         let (family, data) = self.spend(code, GrantKind::Code, client_id).await?;
         let code: Code = serde_json::from_str(&data).map_err(unavailable)?;
-        // RFC 7636 §4.1: 43 to 128 unreserved characters (checked after
-        // the code is spent: a malformed verifier burns it too).
-        let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
-        if !(43..=128).contains(&verifier.len()) || !verifier.chars().all(unreserved) {
-            return Err(refused("invalid_grant", "code_verifier is malformed"));
-        }
-        if redirect_uri.is_some_and(|r| r != code.ask.redirect_uri) {
-            return Err(refused(
-                "invalid_grant",
-                "redirect_uri differs from the authorization request's",
-            ));
-        }
-        if s256(verifier) != code.ask.challenge {
-            return Err(refused(
-                "invalid_grant",
-                "code_verifier does not match the code_challenge",
-            ));
-        }
-        self.check_resource(resource, &code.ask.audience, mcp)?;
+        let checked = self.check_code(&code, verifier, redirect_uri, resource, mcp);
+        self.audit_refused(client_id, &family, checked).await?;
         let grant = Refresh {
             resource: code.ask.resource,
             audience: code.ask.audience,
@@ -167,9 +150,59 @@ impl OAuthServer {
         let token = required(params, "refresh_token")?;
         let (family, data) = self.spend(token, GrantKind::Refresh, client_id).await?;
         let grant: Refresh = serde_json::from_str(&data).map_err(unavailable)?;
-        self.check_resource(resource, &grant.audience, mcp)?;
+        let checked = self.check_resource(resource, &grant.audience, mcp);
+        self.audit_refused(client_id, &family, checked).await?;
         self.issue(client_id, &family, grant, OAuthAction::TokenRefreshed)
             .await
+    }
+
+    /// What the token request must match of the code it spent.
+    fn check_code(
+        &self,
+        code: &Code,
+        verifier: &str,
+        redirect_uri: Option<&str>,
+        resource: Option<&str>,
+        mcp: &McpEndpoint,
+    ) -> Result<(), Refused> {
+        // RFC 7636 §4.1: 43 to 128 unreserved characters (checked after
+        // the code is spent: a malformed verifier burns it too).
+        let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+        if !(43..=128).contains(&verifier.len()) || !verifier.chars().all(unreserved) {
+            return Err(refused("invalid_grant", "code_verifier is malformed"));
+        }
+        if redirect_uri.is_some_and(|r| r != code.ask.redirect_uri) {
+            return Err(refused(
+                "invalid_grant",
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        if s256(verifier) != code.ask.challenge {
+            return Err(refused(
+                "invalid_grant",
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        self.check_resource(resource, &code.ask.audience, mcp)
+    }
+
+    /// A spent secret refused is evidence (review: a code presented with
+    /// the wrong verifier, as by whoever intercepted it, left no entry,
+    /// and the log then blamed the rightful client's retry).
+    async fn audit_refused(
+        &self,
+        client_id: &str,
+        family: &str,
+        checked: Result<(), Refused>,
+    ) -> Result<(), Refused> {
+        let Err(r) = checked else {
+            return Ok(());
+        };
+        let mut entry = OAuthEntry::new(OAuthAction::GrantRefused, client_id);
+        entry.family = Some(family);
+        entry.reason = Some(r.description.clone());
+        self.audit(entry).await.map_err(unavailable)?;
+        Err(r)
     }
 
     /// A `resource` sent with a token request must name the one the grant
