@@ -353,11 +353,18 @@ impl Store {
 
     /// Forget OAuth secrets that ended before `before` (a spent refresh
     /// token is kept until its grant's end: reuse detection needs it),
-    /// access tokens of OAuth grants that expired before it, and clients
-    /// registered before it that never got a person's consent (anyone may
-    /// register, so unused registrations must not pile up). Returns how
-    /// many rows went.
-    pub async fn sweep_oauth(&self, before: i64) -> Result<u64, StoreError> {
+    /// sign-ins in progress (requests, consents, SAML requests) as soon as
+    /// they expired by `now` (anyone may start one: a review kept
+    /// thousands a minute on disk for a day), access tokens of OAuth grants
+    /// that expired before `before`, and clients registered before it that
+    /// never got a person's consent (anyone may register, so unused
+    /// registrations must not pile up). Returns how many rows went.
+    pub async fn sweep_oauth(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        let pending = sqlx::query(self.q("DELETE FROM oauth_grants WHERE expires_at < ? \
+             AND kind IN ('request', 'consent', 'saml_request')"))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         let grants = sqlx::query(self.q("DELETE FROM oauth_grants WHERE expires_at < ?"))
             .bind(before)
             .execute(&self.pool)
@@ -368,18 +375,56 @@ impl Store {
         .bind(before)
         .execute(&self.pool)
         .await?;
-        let clients = sqlx::query(self.q(
-            "DELETE FROM oauth_clients WHERE created_at < ? AND NOT EXISTS \
-             (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.id \
-              AND g.kind IN ('code', 'refresh', 'revoked')) \
-             AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.subject = 'agent:' || oauth_clients.id)",
-        ))
+        let clients = sqlx::query(self.q(&format!(
+            "DELETE FROM oauth_clients WHERE created_at < ? AND {UNUSED}"
+        )))
         .bind(before)
         .execute(&self.pool)
         .await?;
-        Ok(grants.rows_affected() + tokens.rows_affected() + clients.rows_affected())
+        Ok(pending.rows_affected()
+            + grants.rows_affected()
+            + tokens.rows_affected()
+            + clients.rows_affected())
+    }
+
+    /// Make room for one more registration: of the clients no person
+    /// consented to, keep the newest `keep - 1` and forget the rest,
+    /// oldest first (a review filled the cap of clients with a flood of
+    /// registrations, refusing every new MCP client for a day). A client a
+    /// person consented to is never forgotten here. Returns how many went.
+    pub async fn oauth_make_room(&self, keep: i64) -> Result<u64, StoreError> {
+        let unconsented: i64 = sqlx::query_scalar(self.q(&format!(
+            "SELECT COUNT(*) FROM oauth_clients WHERE {UNCONSENTED}"
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        if unconsented < keep {
+            return Ok(0);
+        }
+        let gone = sqlx::query(self.q(&format!(
+            "DELETE FROM oauth_clients WHERE id IN (SELECT id FROM oauth_clients \
+             WHERE {UNCONSENTED} ORDER BY created_at, id LIMIT ?)"
+        )))
+        .bind(unconsented - keep + 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(gone.rows_affected())
     }
 }
+
+/// A client no person consented to: no code, refresh token or revoked
+/// grant of its own, and no access token.
+macro_rules! unused {
+    () => {
+        "NOT EXISTS \
+         (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.id \
+          AND g.kind IN ('code', 'refresh', 'revoked')) \
+         AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.subject = 'agent:' || oauth_clients.id)"
+    };
+}
+const UNUSED: &str = unused!();
+/// [`UNUSED`], and not revoked: what counts against the cap.
+const UNCONSENTED: &str = concat!("oauth_clients.revoked_at IS NULL AND ", unused!());
 
 fn client_from_row(r: &sqlx::any::AnyRow) -> Result<OAuthClientRow, StoreError> {
     let uris: String = r.try_get("redirect_uris")?;

@@ -32,6 +32,73 @@ pub async fn run_all(store: &Store) {
     naming(store).await;
     live_for_agents(store).await;
     shared_keys(store).await;
+    // Last: it sweeps what the others left.
+    oauth_room(store).await;
+}
+
+/// A flood of registrations cannot hold the cap: the oldest no person
+/// consented to make room, a consented one never does; sign-ins in
+/// progress are swept as soon as they expired, ended grants a day later.
+pub async fn oauth_room(store: &Store) {
+    let t = tag();
+    let client = |id: String, created_at| OAuthClientRow {
+        id,
+        name: "Flood".into(),
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        created_at,
+        revoked_at: None,
+    };
+    let kept = format!("kept-{t}");
+    store
+        .insert_oauth_client(&client(kept.clone(), 0))
+        .await
+        .unwrap();
+    let hash = |n: u8| {
+        let mut h = token::generate().unwrap().hash.0;
+        h[0] = n;
+        h
+    };
+    let grant = |hash, kind, expires_at| OAuthGrantRow {
+        hash,
+        kind,
+        client_id: kept.clone(),
+        family: format!("fam-{t}"),
+        data: "{}".into(),
+        created_at: 0,
+        expires_at,
+    };
+    let refresh = hash(1);
+    store
+        .insert_oauth_grant(&grant(refresh, GrantKind::Refresh, 100))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        store
+            .insert_oauth_client(&client(format!("flood-{t}-{i}"), i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.oauth_make_room(3).await.unwrap(), 3);
+    for i in 1..=5 {
+        let there = store.oauth_client(&format!("flood-{t}-{i}")).await.unwrap();
+        assert_eq!(there.is_some(), i >= 4, "flood-{i}");
+    }
+    assert!(store.oauth_client(&kept).await.unwrap().is_some());
+    assert_eq!(store.oauth_make_room(3).await.unwrap(), 0);
+    // A sign-in in progress, expired at 100: gone at a sweep at 200, while
+    // the refresh token (expired at 100 too) stays until 100 + a day.
+    let pending = hash(2);
+    store
+        .insert_oauth_grant(&grant(pending, GrantKind::Request, 100))
+        .await
+        .unwrap();
+    store.sweep_oauth(50, 200).await.unwrap();
+    let spent = |h, kind| async move { store.spend_oauth_grant(&h, kind, 0).await.unwrap() };
+    assert_eq!(spent(pending, GrantKind::Request).await, Spent::Invalid);
+    assert!(matches!(
+        spent(refresh, GrantKind::Refresh).await,
+        Spent::Fresh { .. }
+    ));
 }
 
 /// A shared key is made once and then the same for every caller, even

@@ -211,7 +211,7 @@ impl SamlSp {
             return page(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many sign-ins",
-                "Too many sign-ins were started from this address; try again in a few minutes.",
+                "Too many sign-ins were started from this network, or from all of them; try again in a few minutes.",
             );
         }
         match self.start().await {
@@ -287,7 +287,7 @@ impl SamlSp {
             return page(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many sign-ins",
-                "Too many sign-in answers came from this address; try again in a few minutes.",
+                "Too many sign-in answers came from this network, or from all of them; try again in a few minutes.",
             );
         }
         let cookie = portcullis_http::headers::cookie(req.headers(), COOKIE).map(str::to_owned);

@@ -115,8 +115,9 @@ pub struct OAuthServer {
 }
 
 /// How often, at most, ended grants are swept, and how long after their
-/// end they are kept (for an operator looking at `token list`).
-const SWEEP_EVERY_SECS: i64 = 3600;
+/// end they are kept (for an operator looking at `token list`); sign-ins
+/// in progress go as soon as they expired.
+const SWEEP_EVERY_SECS: i64 = 600;
 const KEEP_ENDED_SECS: i64 = 24 * 3600;
 
 impl OAuthServer {
@@ -171,7 +172,7 @@ impl OAuthServer {
         }
         let store = self.store.clone();
         tokio::spawn(async move {
-            match store.sweep_oauth(now - KEEP_ENDED_SECS).await {
+            match store.sweep_oauth(now - KEEP_ENDED_SECS, now).await {
                 Ok(n) => tracing::debug!(rows = n, "ended OAuth grants swept"),
                 Err(e) => tracing::warn!(error = %e, "sweeping ended OAuth grants failed"),
             }
@@ -311,7 +312,7 @@ fn too_many_sign_ins() -> Response<Body> {
     json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "temporarily_unavailable",
-        "too many sign-ins started from this address; try again in a few minutes",
+        "too many sign-ins started from this network, or from all of them; try again in a few minutes",
     )
 }
 

@@ -19,22 +19,55 @@ use super::{OAuthEntry, OAuthServer, body, json_error, secret, unix_now};
 /// Registered clients, at most (unauthenticated registration must not
 /// fill the store).
 const MAX_CLIENTS: i64 = 10_000;
+/// Registrations no person consented to, at most: past it the oldest
+/// are forgotten, so a flood cannot hold the cap (a person's client
+/// registers and is consented to within minutes).
+pub(super) const MAX_UNCONSENTED: i64 = 1_000;
 /// Registrations one address may make per window: a person's tools
 /// register a handful of times, a flood from one place is refused.
 pub(super) const PER_PEER: u32 = 20;
 const WINDOW_SECS: i64 = 600;
-/// Addresses remembered at most (a flood from many addresses empties it,
-/// and then the store's cap still holds).
+/// Networks remembered at most; past it the oldest is forgotten (the
+/// overall bound keeps a window's networks far below it, so this only
+/// bounds memory should the factors change).
 const MAX_PEERS: usize = 10_000;
+/// What all networks together may do in a window, as a multiple of what
+/// one may: a review flooded registrations from 501 loopback addresses,
+/// 20 each, and filled the store's cap of clients.
+const OVERALL_FACTOR: u32 = 30;
 
 /// Sign-ins one address may start per window (each keeps a row in the
 /// store until it expires).
 pub(super) const SIGN_INS_PER_PEER: u32 = 60;
 
-/// Requests per address in the current window, at most `limit`.
+/// Requests per network in the current window, at most `limit`, and
+/// from all networks together at most `limit * OVERALL_FACTOR`.
 pub(crate) struct PerPeer {
     limit: u32,
-    seen: std::sync::Mutex<HashMap<IpAddr, (i64, u32)>>,
+    seen: std::sync::Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Window start and count, per network.
+    networks: HashMap<IpAddr, (i64, u32)>,
+    overall: (i64, u32),
+}
+
+/// The network a caller's address counts under: an IPv6 /64 (one host is
+/// given a whole /64), an IPv4 address, and loopback as one host.
+fn network(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => network(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl PerPeer {
@@ -49,18 +82,36 @@ impl PerPeer {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
-        if seen.len() >= MAX_PEERS {
-            seen.retain(|_, (start, _)| now - *start < WINDOW_SECS);
-            if seen.len() >= MAX_PEERS {
-                seen.clear();
+        let seen = &mut *seen;
+        if now - seen.overall.0 >= WINDOW_SECS {
+            seen.overall = (now, 0);
+        }
+        if seen.overall.1 >= self.limit.saturating_mul(OVERALL_FACTOR) {
+            return false;
+        }
+        let networks = &mut seen.networks;
+        let key = network(peer);
+        if networks.len() >= MAX_PEERS && !networks.contains_key(&key) {
+            networks.retain(|_, (start, _)| now - *start < WINDOW_SECS);
+            if networks.len() >= MAX_PEERS
+                && let Some(oldest) = networks
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| *k)
+            {
+                networks.remove(&oldest);
             }
         }
-        let entry = seen.entry(peer).or_insert((now, 0));
+        let entry = networks.entry(key).or_insert((now, 0));
         if now - entry.0 >= WINDOW_SECS {
             *entry = (now, 0);
         }
+        if entry.1 >= self.limit {
+            return false;
+        }
         entry.1 += 1;
-        entry.1 <= self.limit
+        seen.overall.1 += 1;
+        true
     }
 }
 const MAX_REDIRECTS: usize = 10;
@@ -87,8 +138,9 @@ impl OAuthServer {
                 StatusCode::TOO_MANY_REQUESTS,
                 "temporarily_unavailable",
                 &format!(
-                    "at most {PER_PEER} registrations per {} minutes from one address",
-                    WINDOW_SECS / 60
+                    "at most {PER_PEER} registrations per {} minutes from one network, and {} from all of them",
+                    WINDOW_SECS / 60,
+                    PER_PEER * OVERALL_FACTOR
                 ),
             );
         }
@@ -123,6 +175,14 @@ impl OAuthServer {
             }
         };
         self.sweep_now_and_then();
+        match self.store.oauth_make_room(MAX_UNCONSENTED).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                forgotten = n,
+                "OAuth registrations no person consented to were forgotten to make room"
+            ),
+            Err(e) => return unavailable(&e),
+        }
         match self.store.oauth_live_clients().await {
             Ok(n) if n >= MAX_CLIENTS => {
                 return json_error(
@@ -278,13 +338,44 @@ mod tests {
     fn registrations_per_address_are_bounded() {
         let r = PerPeer::new(PER_PEER);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..PER_PEER {
             assert!(r.allow(a, 100));
         }
         assert!(!r.allow(a, 100));
         assert!(r.allow(b, 100), "another address is not affected");
         assert!(r.allow(a, 100 + WINDOW_SECS), "a new window");
+    }
+
+    /// Review: 20 registrations from each of 501 loopback addresses
+    /// filled the store's cap of clients.
+    #[test]
+    fn many_addresses_are_bounded_by_network_and_overall() {
+        let r = PerPeer::new(PER_PEER);
+        // Loopback is one host, an IPv6 /64 one network.
+        let allowed = (0..2000)
+            .filter(|i| r.allow(IpAddr::from([127, 66, (i / 256) as u8, (i % 256) as u8]), 0))
+            .count();
+        assert_eq!(allowed, PER_PEER as usize);
+        let r = PerPeer::new(PER_PEER);
+        let allowed = (0..2000u16)
+            .filter(|i| r.allow(IpAddr::from([0x2001, 0xdb8, 0, 1, *i, 0, 0, 1]), 0))
+            .count();
+        assert_eq!(allowed, PER_PEER as usize);
+        // Many networks: at most the overall bound per window.
+        let r = PerPeer::new(PER_PEER);
+        let allowed = (0..5000u32)
+            .filter(|i| r.allow(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 0))
+            .count();
+        assert_eq!(allowed, (PER_PEER * OVERALL_FACTOR) as usize);
+        assert!(r.allow("192.0.2.1".parse().unwrap(), WINDOW_SECS));
+        // A refused request does not count (a network over its limit
+        // cannot use up the overall bound).
+        let r = PerPeer::new(2);
+        for _ in 0..1000 {
+            r.allow("10.0.0.1".parse().unwrap(), 0);
+        }
+        assert!(r.allow("10.0.0.2".parse().unwrap(), 0));
     }
 
     #[test]
