@@ -362,6 +362,63 @@ fn an_approver_approves_a_held_statement_in_the_browser() {
     assert_eq!(again.status, 403, "a link works once");
 }
 
+/// Review: a page an admin visited sent the admin's browser to the
+/// attacker's own one-time link, which silently swapped the admin's
+/// console session for the attacker's. A link reached from a page now
+/// shows whom it signs in and asks; its form is accepted from the
+/// console's own origin only; a link the person opens (a browser says
+/// `Sec-Fetch-Site: none`; curl says nothing) signs in at once.
+#[test]
+fn a_link_reached_from_another_page_asks_before_signing_in() {
+    let s = setup();
+    let link = s.link("user:mallory", &["dev"]);
+    let t = link.split_once("?t=").unwrap().1.to_string();
+    let form = format!("t={t}");
+    let cookie_of = |r: &Reply| {
+        r.body
+            .to_ascii_lowercase()
+            .contains("set-cookie: __host-portcullis-console=")
+    };
+    // From another site: a page naming the person, no session.
+    let r = curl(&["-k", "-i", "-H", "Sec-Fetch-Site: cross-site", &link]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("user:mallory") && r.body.contains("<form"),
+        "{}",
+        r.body
+    );
+    assert!(!cookie_of(&r), "{}", r.body);
+    // Its form posted from another site, by header or by origin: refused.
+    let post = format!("{}/ui/link", s.gw.url);
+    for h in ["Sec-Fetch-Site: cross-site", "Origin: https://evil.example"] {
+        let r = curl(&["-k", "-i", "-H", h, "--data", &form, &post]);
+        assert_eq!(r.status, 403, "{h}: {}", r.body);
+        assert!(!cookie_of(&r), "{}", r.body);
+    }
+    // From the page itself: signed in, once.
+    let origin = format!("Origin: {}", s.gw.url);
+    let r = curl(&[
+        "-k",
+        "-i",
+        "-H",
+        "Sec-Fetch-Site: same-origin",
+        "-H",
+        &origin,
+        "--data",
+        &form,
+        &post,
+    ]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(cookie_of(&r), "{}", r.body);
+    let again = curl(&["-k", "-o", "/dev/null", &link]);
+    assert_eq!(again.status, 403, "a link works once");
+    // Opened by the person in a browser: at once.
+    let link = s.link("user:mallory", &["dev"]);
+    let r = curl(&["-k", "-i", "-H", "Sec-Fetch-Site: none", &link]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(cookie_of(&r), "{}", r.body);
+}
+
 #[test]
 fn the_console_refuses_self_approval_forgery_and_a_spent_session() {
     if chromium().is_none() {

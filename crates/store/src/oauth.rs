@@ -222,6 +222,26 @@ impl Store {
 
     /// Spend the secret with `hash`, once, if it is of `kind`, unexpired
     /// and unrevoked at `now`. The update is the check.
+    /// The data of the unspent, unrevoked secret with `hash` of `kind`
+    /// that is still valid at `now`, without spending it (a console link
+    /// names its person on the page that asks to use it).
+    pub async fn peek_oauth_grant(
+        &self,
+        hash: &[u8; 32],
+        kind: GrantKind,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            self.q("SELECT data FROM oauth_grants WHERE hash = ? AND kind = ? \
+             AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > ?"),
+        )
+        .bind(&hash[..])
+        .bind(kind.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     pub async fn spend_oauth_grant(
         &self,
         hash: &[u8; 32],

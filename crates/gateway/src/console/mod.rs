@@ -192,6 +192,8 @@ impl Console {
                 ),
             },
             (&Method::GET, "/link") => self.link(&req).await,
+            // The form of the page above: reads its own body.
+            (&Method::POST, "/link") => return self.link_posted(req).await,
             // Which sign-in buttons the page shows.
             (&Method::GET, "/methods") => secure(portcullis_http::json_response(
                 StatusCode::OK,
@@ -322,7 +324,13 @@ impl Console {
         Ok(token.secret)
     }
 
-    /// `GET /ui/link?t=…`: a quickstart's one-time sign-in link.
+    /// `GET /ui/link?t=…`: a quickstart's one-time sign-in link. Opened by
+    /// the person (pasted, clicked in a terminal: `Sec-Fetch-Site: none`,
+    /// or a client that sends no fetch metadata) it signs in at once;
+    /// reached from a page (another site's, or a link on one) it only
+    /// shows whom it would sign in, with a button. A review's page
+    /// navigated an admin's browser to the attacker's own link and
+    /// silently swapped the admin's console session for the attacker's.
     async fn link(&self, req: &Request<Incoming>) -> Response<Body> {
         let t = req
             .uri()
@@ -330,16 +338,87 @@ impl Console {
             .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "t"))
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        let h = crate::oauth::hash(&t);
+        match req
+            .headers()
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+        {
+            None | Some("none") => self.use_link(&t).await,
+            Some(_) => self.link_page(&t).await,
+        }
+    }
+
+    /// The page a link reached from another page shows: whom it signs in,
+    /// and a button that posts it.
+    async fn link_page(&self, t: &str) -> Response<Body> {
+        let now = portcullis_identity::unix_now();
+        let data = match self
+            .store
+            .peek_oauth_grant(&crate::oauth::hash(t), GrantKind::Link, now)
+            .await
+        {
+            Ok(Some(data)) => data,
+            Ok(None) => return link_unusable(),
+            Err(e) => {
+                tracing::error!(error = %e, "console link lookup failed");
+                return message(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+            }
+        };
+        let Ok(who) = serde_json::from_str::<LinkData>(&data) else {
+            return message(StatusCode::FORBIDDEN, "this sign-in link is damaged");
+        };
+        let subject = crate::oauth::escape(&who.subject);
+        crate::oauth::page(
+            StatusCode::OK,
+            "Sign in to the console",
+            &format!(
+                "<p>This link signs this browser in to the Portcullis console as <b>{subject}</b>, \
+                 replacing any console session it has.</p>\
+                 <p>If you did not open this link yourself, close this page.</p>\
+                 <form method=\"post\" action=\"{UI}/link\">\
+                 <input type=\"hidden\" name=\"t\" value=\"{t}\">\
+                 <button type=\"submit\">Sign in as {subject}</button></form>",
+                t = crate::oauth::escape(t),
+            ),
+        )
+    }
+
+    /// `POST /ui/link`: the button of [`Self::link_page`], from this
+    /// origin only (a browser says where a form came from).
+    async fn link_posted(&self, req: Request<Incoming>) -> Response<Body> {
+        let h = req.headers();
+        let same_origin = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+            Some(site) => site == "same-origin",
+            None => h
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|o| o.eq_ignore_ascii_case(&self.origin)),
+        };
+        if !same_origin {
+            portcullis_http::linger(req.into_body()).await;
+            return message(
+                StatusCode::FORBIDDEN,
+                "a sign-in link is used from the console's own page",
+            );
+        }
+        let Some(params) = crate::oauth::form(req).await else {
+            return message(StatusCode::BAD_REQUEST, "expected the sign-in form");
+        };
+        let t = params
+            .iter()
+            .find(|(k, _)| k == "t")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        self.use_link(t).await
+    }
+
+    /// Spend the link `t` and sign its person in.
+    async fn use_link(&self, t: &str) -> Response<Body> {
+        let h = crate::oauth::hash(t);
         let now = portcullis_identity::unix_now();
         let data = match self.store.spend_oauth_grant(&h, GrantKind::Link, now).await {
             Ok(Spent::Fresh { data, .. }) => data,
-            Ok(_) => {
-                return message(
-                    StatusCode::FORBIDDEN,
-                    "this sign-in link is unknown, expired or already used; start the quickstart again for a new one",
-                );
-            }
+            Ok(_) => return link_unusable(),
             Err(e) => {
                 tracing::error!(error = %e, "console link lookup failed");
                 return message(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
@@ -475,6 +554,13 @@ pub fn csrf_value(secret: &str) -> String {
 
 /// Whether a cookie-authenticated state change is the console's own: the
 /// CSRF header matches, and an `Origin`, when sent, is the gateway's.
+fn link_unusable() -> Response<Body> {
+    message(
+        StatusCode::FORBIDDEN,
+        "this sign-in link is unknown, expired or already used; start the quickstart again for a new one",
+    )
+}
+
 pub fn csrf_ok(headers: &http::HeaderMap, secret: &str, origin: &str) -> bool {
     let header_ok = headers
         .get(CSRF_HEADER)

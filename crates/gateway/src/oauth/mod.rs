@@ -40,8 +40,7 @@ use portcullis_identity::OidcVerifier;
 use portcullis_store::Store;
 use serde::{Deserialize, Serialize};
 
-// Shared with the console's SAML sign-in.
-#[cfg(feature = "saml")]
+// Shared with the console's sign-in pages.
 pub(crate) use authorize::{escape, page};
 pub use metadata::challenge_header;
 #[cfg(feature = "saml")]
@@ -352,7 +351,7 @@ pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
 
 /// The body of a form POST, bounded, as name/value pairs; `None` when it
 /// is too large or not a form.
-async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+pub(crate) async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
     let is_form = is_form(req.headers());
     let bytes = body(req).await?;
     if !is_form {
