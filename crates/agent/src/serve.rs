@@ -188,10 +188,11 @@ async fn relay_http(
             // The credential is added here, so it is scrubbed here: the
             // gateway never knows it (a target echoing it had handed it
             // to callers of agent-served connections).
-            match upstream.scrubber() {
-                Some(s) => s.response(resp),
-                None => resp,
-            }
+            let Some(s) = upstream.scrubber() else {
+                return resp;
+            };
+            s.response(resp)
+                .unwrap_or_else(|reason| link_error(StatusCode::BAD_GATEWAY, "upstream", &reason))
         }
         Err(portcullis_http::ForwardError::Timeout(_)) => link_error(
             StatusCode::GATEWAY_TIMEOUT,

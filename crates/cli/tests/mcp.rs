@@ -307,6 +307,18 @@ async fn rust_client(s: &Setup) {
     assert_eq!(seen.path_and_query, "/things?q=x+y");
     assert!(seen.header("authorization").is_none());
     assert!(!serde_json::to_string(&r).unwrap().contains(API_CANARY));
+    // A target echoing the key in JSON escapes: the parsed body shows it
+    // overwritten (review: reading the JSON undid the escapes the scrubber
+    // had not seen through).
+    let r = call(
+        &client,
+        "http_request",
+        json!({"connection": "api", "path": "/echo.json"}),
+    )
+    .await;
+    let body = &r.structured_content.clone().unwrap()["body"];
+    assert_eq!(body["key"], "*".repeat(API_CANARY.len()), "{body}");
+    assert!(!serde_json::to_string(&r).unwrap().contains(API_CANARY));
     // Path tricks are refused as malformed arguments.
     let err = client
         .call_tool(

@@ -23,7 +23,7 @@ mod budget;
 mod gate;
 mod live;
 mod session;
-mod unidentified;
+pub mod unidentified;
 
 use std::collections::HashMap;
 use std::sync::Arc;

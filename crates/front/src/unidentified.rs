@@ -18,6 +18,29 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// share one key (an address space or reasons the caller chooses cannot
 /// grow the map, nor the entries per window past this).
 pub const MAX_KEYS: usize = 1_000;
+/// Reasons one network has counted apart in one window; past it, its
+/// other reasons share one key of its own. A review varied a word of the
+/// reason from one address and took every one of [`MAX_KEYS`], so other
+/// addresses' refusals lost their address and reason.
+pub const MAX_KINDS_PER_NETWORK: usize = 16;
+
+/// The network an address counts under: an IPv6 /64 (one host is given a
+/// whole /64), an IPv4 address, and loopback as one host. Shared by the
+/// gateway's limits on open endpoints.
+pub fn network(peer: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match peer {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => network(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// What a refusal is merged by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +72,23 @@ impl Key {
             protocol,
             peer: "*".into(),
             reason: format!("refusals from more than {MAX_KEYS} addresses or reasons"),
+        }
+    }
+
+    /// The network this key's address counts under (the address as
+    /// written when it is not one).
+    fn network(&self) -> String {
+        match self.peer.parse::<std::net::IpAddr>() {
+            Ok(ip) => network(ip).to_string(),
+            Err(_) => self.peer.clone(),
+        }
+    }
+
+    fn network_overflow(&self) -> Self {
+        Self {
+            protocol: self.protocol,
+            peer: self.network(),
+            reason: format!("refusals for more than {MAX_KINDS_PER_NETWORK} reasons"),
         }
     }
 }
@@ -121,6 +161,8 @@ pub struct Merger {
     started: Option<Instant>,
     /// Refusals seen per key in this window, the first included.
     seen: HashMap<Key, u64>,
+    /// Keys counted apart per network in this window.
+    kinds: HashMap<String, usize>,
 }
 
 impl Default for Merger {
@@ -135,6 +177,7 @@ impl Merger {
             window,
             started: None,
             seen: HashMap::new(),
+            kinds: HashMap::new(),
         }
     }
 
@@ -143,14 +186,33 @@ impl Merger {
     pub fn refused(&mut self, key: Key, now: Instant) -> (bool, Vec<Repeated>) {
         let owed = self.due(now);
         self.started.get_or_insert(now);
-        let key = if self.seen.len() >= MAX_KEYS && !self.seen.contains_key(&key) {
-            Key::overflow(key.protocol)
-        } else {
-            key
-        };
+        let key = self.counted_as(key);
         let n = self.seen.entry(key).or_insert(0);
         *n += 1;
         (*n == 1, owed)
+    }
+
+    /// The key a refusal of `key` is counted under: its own while its
+    /// network has fewer than [`MAX_KINDS_PER_NETWORK`] and the window
+    /// fewer than [`MAX_KEYS`], else an overflow key.
+    fn counted_as(&mut self, key: Key) -> Key {
+        if self.seen.contains_key(&key) {
+            return key;
+        }
+        let kinds = self.kinds.entry(key.network()).or_insert(0);
+        let key = if *kinds >= MAX_KINDS_PER_NETWORK {
+            key.network_overflow()
+        } else {
+            key
+        };
+        if self.seen.contains_key(&key) {
+            return key;
+        }
+        if self.seen.len() >= MAX_KEYS {
+            return Key::overflow(key.protocol);
+        }
+        *kinds += 1;
+        key
     }
 
     /// What a window that ended by `now` is owed (nothing otherwise).
@@ -167,6 +229,7 @@ impl Merger {
             .started
             .take()
             .map_or(0, |t| now.duration_since(t).as_secs().max(1));
+        self.kinds.clear();
         let mut owed: Vec<Repeated> = self
             .seen
             .drain()
@@ -274,6 +337,46 @@ mod tests {
             );
         }
         assert_eq!(m.drain(t)[0].count, 100);
+    }
+
+    /// Review: letters-only words of a reason (an `alg`) varied from one
+    /// address took every key, so others' refusals lost their address.
+    #[test]
+    fn one_network_cannot_take_the_keys_of_others() {
+        let mut m = Merger::new(Duration::from_secs(60));
+        let t = Instant::now();
+        let whole = (0..5000)
+            .filter(|i| {
+                let word: String = format!("{i:x}")
+                    .chars()
+                    .map(|c| (b'g' + c.to_digit(16).unwrap() as u8) as char)
+                    .collect();
+                m.refused(
+                    key("[2001:db8::1]:1", &format!("algorithm {word} refused")),
+                    t,
+                )
+                .0
+            })
+            .count();
+        assert_eq!(
+            whole,
+            MAX_KINDS_PER_NETWORK + 1,
+            "its own, and one overflow"
+        );
+        // Another address of its /64 is the same network.
+        assert!(
+            !m.refused(key("[2001:db8::2]:1", "algorithm zz refused"), t)
+                .0
+        );
+        // Another network is written whole, with its address and reason.
+        assert!(m.refused(key("10.0.0.9:1", "unknown token"), t).0);
+        let owed = m.drain(t);
+        let overflow = owed
+            .iter()
+            .find(|r| r.key.reason.contains("more than"))
+            .unwrap();
+        assert_eq!(overflow.key.peer, "2001:db8::");
+        assert_eq!(overflow.count as usize, 5000 - MAX_KINDS_PER_NETWORK);
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub enum OidcError {
     Malformed(&'static str),
     #[error("unsigned tokens (alg \"none\") are never accepted")]
     AlgorithmNone,
-    #[error("algorithm {alg} is not accepted for issuer {issuer}")]
+    #[error("algorithm {alg:?} is not accepted for issuer {issuer}")]
     AlgorithmNotAllowed { alg: String, issuer: String },
     #[error("issuer {0:?} is not configured")]
     UnknownIssuer(String),
@@ -71,7 +71,7 @@ pub enum OidcError {
     MissingKeyId,
     #[error("key id {kid:?} is not among issuer {issuer}'s published keys")]
     UnknownKey { kid: String, issuer: String },
-    #[error("key {kid:?} is published for {key_alg}, not {alg}")]
+    #[error("key {kid:?} is published for {key_alg}, not {alg:?}")]
     KeyAlgorithmMismatch {
         kid: String,
         key_alg: String,

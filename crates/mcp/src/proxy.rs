@@ -709,6 +709,9 @@ async fn relay(
         .await
         .map_err(|e| target_err(e.to_string()))?;
     let (mut head, body) = resp.into_parts();
+    if let Some(s) = upstream.scrubber() {
+        s.searchable(&head.headers).map_err(target_err)?;
+    }
     let mut raw = read_body(body, MAX_RESPONSE)
         .await
         .map_err(|e| target_err(format!("the answer is {e}")))?;
@@ -731,9 +734,17 @@ async fn relay(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let rewritten = rewrite_body(call, &essence, raw)
+    let mut rewritten = rewrite_body(call, &essence, raw)
         .await
         .map_err(target_err)?;
+    // Rewriting reads JSON, undoing its escapes (review: a key spelled
+    // with `\/` or `\u` escapes came out plain): scrubbed again as sent.
+    if let Some(s) = upstream.scrubber() {
+        let mut b = rewritten.to_vec();
+        if s.bytes(&mut b) > 0 {
+            rewritten = Bytes::from(b);
+        }
+    }
     let mut out = Response::builder()
         .status(head.status)
         // A text/html answer rendered by a browser must not run as the

@@ -108,7 +108,8 @@ pub async fn http_request(
                         headers: vec![("content-type".into(), answer.content_type.clone())],
                         body: Some(text.clone()),
                     };
-                    call::record(&rec, [response]).map(|()| tool_result(&answer, text))
+                    call::record(&rec, [response])
+                        .map(|()| tool_result(&answer, text, upstream.scrubber()))
                 }
                 Err(e) => Err(e),
             }
@@ -291,7 +292,7 @@ async fn send(
     };
     // The credential the gateway added, wherever the target echoed it.
     let masked = match upstream.scrubber() {
-        Some(s) => s.response(masked),
+        Some(s) => s.response(masked).map_err(target)?,
         None => masked,
     };
     // The type as masking left it: its parameters are the target's text
@@ -328,13 +329,23 @@ async fn send(
 
 /// The tool result: structured (status, type, body parsed when JSON) and
 /// as text for the model.
-fn tool_result(a: &Answer, text: String) -> CallToolResult {
+fn tool_result(
+    a: &Answer,
+    text: String,
+    scrubber: Option<&portcullis_http::scrub::Scrubber>,
+) -> CallToolResult {
     let (status, content_type) = (a.status.as_u16(), &a.content_type);
-    let parsed: Option<Value> = if content_type.contains("json") {
+    let mut parsed: Option<Value> = if content_type.contains("json") {
         serde_json::from_slice(&a.body).ok()
     } else {
         None
     };
+    // The raw bytes were scrubbed; reading JSON undoes its escapes
+    // (review: `\/` and `\u0041` spelled the key so the scrubber did not
+    // see it, and the parsed body then showed it plain).
+    if let (Some(s), Some(v)) = (scrubber, parsed.as_mut()) {
+        scrub_value(s, v);
+    }
     let shown = if a.truncated {
         format!(
             "HTTP {status} ({content_type}); the body is over {MAX_BODY} bytes and was not returned"
@@ -358,4 +369,28 @@ fn tool_result(a: &Answer, text: String) -> CallToolResult {
         r.is_error = Some(true);
     }
     r
+}
+
+/// The secret overwritten in every string and key of `v`, as read.
+pub(crate) fn scrub_value(s: &portcullis_http::scrub::Scrubber, v: &mut Value) {
+    let text = |t: &mut String| {
+        let mut b = std::mem::take(t).into_bytes();
+        s.bytes(&mut b);
+        // `*` for whole occurrences of valid text: still valid.
+        *t = String::from_utf8(b)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    };
+    match v {
+        Value::String(t) => text(t),
+        Value::Array(items) => items.iter_mut().for_each(|i| scrub_value(s, i)),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (mut k, mut item) in old {
+                text(&mut k);
+                scrub_value(s, &mut item);
+                map.insert(k, item);
+            }
+        }
+        _ => {}
+    }
 }

@@ -537,7 +537,10 @@ impl Inner {
         let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
         // The credential the gateway added, wherever the target echoed it.
         let resp = match upstream.scrubber() {
-            Some(s) => s.response(resp),
+            Some(s) => s.response(resp).map_err(|reason| ProxyError::Upstream {
+                connection: name.to_owned(),
+                reason,
+            })?,
             None => resp,
         };
         let resp = crate::budget::meter(resp, &live).await?;
@@ -721,12 +724,17 @@ impl Inner {
         conn: &ConnInfo,
     ) -> Result<Outgoing, ProxyError> {
         // TRACE echoes the request as the target got it, credential
-        // included (a review read the connection's API key that way);
+        // included (a review read the connection's API key that way), and
+        // so does IIS's TRACK; some servers read methods in any case.
         // CONNECT would make a tunnel nothing reads.
-        if matches!(*req.method(), http::Method::TRACE | http::Method::CONNECT) {
+        let m = req.method().as_str();
+        if ["TRACE", "TRACK", "CONNECT"]
+            .iter()
+            .any(|e| m.eq_ignore_ascii_case(e))
+        {
             return Err(ProxyError::Method(
                 req.method().clone(),
-                "any other method (TRACE and CONNECT are not forwarded)",
+                "any other method (TRACE, TRACK and CONNECT are not forwarded)",
             ));
         }
         if has_dot_segment(rest) {

@@ -47,6 +47,19 @@ pub fn request_to_upstream(h: &mut HeaderMap, injected: Option<&HeaderName>) {
     h.remove("x-forwarded-for");
     h.remove("x-forwarded-proto");
     h.remove("x-forwarded-host");
+    // Headers some stacks route by instead of the path (IIS rewrite
+    // behind Symfony or Zend reads `X-Original-URL`; others take a prefix
+    // from the proxy): they would walk a request out of the connection's
+    // base path, which the gateway checks on the path alone (review).
+    for h2 in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-forwarded-path",
+        "x-original-uri",
+    ] {
+        h.remove(h2);
+    }
     // Said to the gateway (a just-in-time duration), not to the target.
     h.remove(crate::review::SESSION_HEADER);
     without_gateway_cookies(h);
@@ -187,6 +200,9 @@ mod tests {
             ("te", "trailers"),
             ("host", "gateway"),
             ("x-forwarded-for", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("x-forwarded-prefix", "/.."),
             ("accept", "application/json"),
         ]);
         request_to_upstream(&mut h, Some(&HeaderName::from_static("x-api-key")));

@@ -8,9 +8,9 @@
 //! (so lengths and framing stay valid), also where it is split across the
 //! body's frames. The request asks for no compression and no byte range
 //! (either would hide the secret from the search: code review); a
-//! secret the target re-encodes (base64, JSON escapes) is not found. Connections
-//! served by an agent are scrubbed by nobody: the gateway does not know
-//! their secret.
+//! secret the target re-encodes (base64, JSON escapes) is not found. On
+//! connections served by an agent, the agent (which adds the secret)
+//! scrubs.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,16 +41,6 @@ impl Scrubber {
         })
     }
 
-    /// How many bytes at the end of `buf` could begin the secret.
-    fn may_begin(&self, buf: &[u8]) -> usize {
-        let needle = self.secret.needle();
-        let most = (self.len - 1).min(buf.len());
-        (1..=most)
-            .rev()
-            .find(|&k| buf[buf.len() - k..] == needle[..k])
-            .unwrap_or(0)
-    }
-
     /// Overwrite every occurrence in `buf`, overlapping ones included
     /// (all are found before any is overwritten); how many there were.
     pub fn bytes(&self, buf: &mut [u8]) -> usize {
@@ -78,48 +68,138 @@ impl Scrubber {
         }
     }
 
-    /// The response with its headers and body scrubbed.
-    pub fn response(&self, resp: Response<Body>) -> Response<Body> {
+    /// Whether a body with these headers can be searched: a target asked
+    /// for no encoding that compresses anyway (by `Content-Encoding`, or a
+    /// `Transfer-Encoding` other than chunked) would hide the secret (a
+    /// review read the echoed key after gunzip), so it is refused.
+    pub fn searchable(&self, headers: &http::HeaderMap) -> Result<(), String> {
+        let codings = |name| {
+            headers
+                .get_all(name)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let compressed = codings(http::header::CONTENT_ENCODING)
+            .into_iter()
+            .find(|t| t != "identity")
+            .or_else(|| {
+                codings(http::header::TRANSFER_ENCODING)
+                    .into_iter()
+                    .find(|t| t != "chunked")
+            });
+        match compressed {
+            None => Ok(()),
+            Some(t) => Err(format!(
+                "the target answered with encoding {t:?} although asked for none; an answer the gateway cannot search for the credential it added is not passed"
+            )),
+        }
+    }
+
+    /// The response with its headers and body scrubbed, if its body can be
+    /// searched ([`Self::searchable`]).
+    pub fn response(&self, resp: Response<Body>) -> Result<Response<Body>, String> {
+        self.searchable(resp.headers())?;
         let (mut parts, body) = resp.into_parts();
         self.headers(&mut parts.headers);
-        let body = Scrubbed {
-            inner: body,
-            scrub: self.clone(),
-            carry: BytesMut::new(),
-            done: false,
-            trailers: None,
-        };
-        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+        let body = Scrubbed::new(body, self.clone());
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(body),
+        ))
     }
 }
 
-/// A body with the secret overwritten. Bytes at the end of a frame that
-/// could begin the secret wait for the next frame, where it may continue;
-/// nothing else waits (an event stream's events are not held back), and a
-/// frame without the secret is passed without a copy.
+/// How long the end of a frame waits for the next frame before it goes
+/// on anyway (an event stream's last event must not wait for the next).
+const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A body with the secret overwritten. The last `len - 1` bytes received
+/// always wait for the next frame (where a secret that began in them would
+/// end), or for [`HOLD`], or for the end, whatever they are. The hold does
+/// not depend on what the bytes are: a review recovered a whole API key
+/// from a target that never echoed it, by timing which of its own guesses
+/// came back at once (bytes that could begin the secret had waited for
+/// the next frame, others had not). A secret the target splits across
+/// writes more than [`HOLD`] apart is not found.
 struct Scrubbed {
     inner: Body,
     scrub: Scrubber,
+    /// What waits: at most `len - 1` bytes.
     carry: BytesMut,
+    /// A second frame to give after the one just given.
+    queued: Option<Bytes>,
+    /// When what waits goes on without a next frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     trailers: Option<Frame<Bytes>>,
 }
 
 impl Scrubbed {
-    /// What of `data` (after what was held) can go now, scrubbed.
-    fn next_data(&mut self, data: Bytes) -> Option<Bytes> {
-        let whole = if self.carry.is_empty() && self.scrub.secret.find(&data).is_none() {
-            // The common case: nothing to overwrite, nothing copied.
+    fn new(inner: Body, scrub: Scrubber) -> Self {
+        Self {
+            inner,
+            scrub,
+            carry: BytesMut::new(),
+            queued: None,
+            timer: None,
+            done: false,
+            trailers: None,
+        }
+    }
+
+    /// What can go now of what was held and `data`, scrubbed: what was
+    /// held, then the new bytes but their last `len - 1`.
+    fn next_data(&mut self, data: Bytes) -> (Option<Bytes>, Option<Bytes>) {
+        let keep = self.scrub.len - 1;
+        let nonempty = |b: Bytes| (!b.is_empty()).then_some(b);
+        // A secret that began in what was held ends in `data`'s first
+        // bytes: the join is scrubbed whole (rare).
+        if !self.carry.is_empty() {
+            let head = &data[..keep.min(data.len())];
+            let mut join = Vec::with_capacity(self.carry.len() + head.len());
+            join.extend_from_slice(&self.carry);
+            join.extend_from_slice(head);
+            if self.scrub.secret.find(&join).is_some() {
+                self.carry.extend_from_slice(&data);
+                self.scrub.bytes(&mut self.carry);
+                let at = self.carry.len().saturating_sub(keep);
+                return (nonempty(self.carry.split_to(at).freeze()), None);
+            }
+        }
+        let data = if self.scrub.secret.find(&data).is_some() {
+            let mut b = BytesMut::from(&data[..]);
+            self.scrub.bytes(&mut b);
+            b.freeze()
+        } else {
+            // The common case: nothing to overwrite, nothing copied but
+            // the tail that waits.
             data
+        };
+        if data.len() >= keep {
+            let held = self.carry.split().freeze();
+            self.carry.extend_from_slice(&data[data.len() - keep..]);
+            (nonempty(held), nonempty(data.slice(..data.len() - keep)))
         } else {
             self.carry.extend_from_slice(&data);
-            self.scrub.bytes(&mut self.carry);
-            self.carry.split().freeze()
-        };
-        let held = self.scrub.may_begin(&whole);
-        self.carry.extend_from_slice(&whole[whole.len() - held..]);
-        let out = whole.slice(..whole.len() - held);
-        (!out.is_empty()).then_some(out)
+            let at = self.carry.len().saturating_sub(keep);
+            (nonempty(self.carry.split_to(at).freeze()), None)
+        }
+    }
+
+    /// The inner body has nothing now: what waits goes on after [`HOLD`].
+    fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.carry.is_empty() {
+            return Poll::Pending;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD)));
+        ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        Poll::Ready(Some(Ok(Frame::data(self.carry.split().freeze()))))
     }
 }
 
@@ -133,24 +213,35 @@ impl http_body::Body for Scrubbed {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(q) = this.queued.take() {
+                return Poll::Ready(Some(Ok(Frame::data(q))));
+            }
             if this.done {
                 if !this.carry.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(this.carry.split().freeze()))));
                 }
                 return Poll::Ready(this.trailers.take().map(Ok));
             }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return this.poll_hold(cx),
+                Poll::Ready(p) => p,
+            };
+            this.timer = None;
+            match polled {
                 None => {
                     this.done = true;
                     this.scrub.bytes(&mut this.carry);
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if let Some(out) = this.next_data(data) {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                    Ok(data) => match this.next_data(data) {
+                        (Some(first), second) => {
+                            this.queued = second;
+                            return Poll::Ready(Some(Ok(Frame::data(first))));
                         }
-                    }
+                        (None, Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        (None, None) => {}
+                    },
                     Err(mut trailers) => {
                         // After the data: the held bytes go first.
                         this.done = true;
@@ -166,14 +257,14 @@ impl http_body::Body for Scrubbed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.carry.is_empty() && self.trailers.is_none()
+        self.done && self.carry.is_empty() && self.queued.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         // The same length: what the target's body has left, and what is
-        // held.
+        // held or queued.
         let inner = self.inner.size_hint();
-        let held = self.carry.len() as u64;
+        let held = (self.carry.len() + self.queued.as_ref().map_or(0, Bytes::len)) as u64;
         let mut h = SizeHint::new();
         h.set_lower(inner.lower().saturating_add(held));
         if let Some(u) = inner.upper() {
@@ -217,8 +308,24 @@ mod tests {
                 b"34\",\"sk-CANARY-1234\":1}",
             ]))
             .unwrap();
-        let resp = s.response(resp);
+        let resp = s.response(resp).unwrap();
         assert_eq!(resp.headers()["x-echo"], "Bearer **************");
+        // Compressed although asked not to: refused.
+        for (h, v) in [
+            ("content-encoding", "gzip"),
+            ("content-encoding", "identity, deflate"),
+            ("transfer-encoding", "gzip, chunked"),
+        ] {
+            let r = Response::builder().header(h, v).body(body_of(&[])).unwrap();
+            assert!(s.response(r).is_err(), "{h}: {v}");
+        }
+        for (h, v) in [
+            ("content-encoding", "identity"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            let r = Response::builder().header(h, v).body(body_of(&[])).unwrap();
+            assert!(s.response(r).is_ok(), "{h}: {v}");
+        }
         let out = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             &out[..],
@@ -230,21 +337,68 @@ mod tests {
         let mut b = b"xabababababy".to_vec();
         assert_eq!(o.bytes(&mut b), 2);
         assert_eq!(&b, b"x**********y");
-        // Nothing that could begin the secret waits: an event goes out
-        // whole, at once.
-        let mut b = Scrubbed {
-            inner: body_of(&[]),
-            scrub: s.clone(),
-            carry: BytesMut::new(),
-            done: false,
-            trailers: None,
-        };
-        let event = Bytes::from_static(b"data: {\"n\":1}\n\n");
-        assert_eq!(b.next_data(event.clone()), Some(event));
-        assert_eq!(
-            b.next_data(Bytes::from_static(b"x sk-CAN")).as_deref(),
-            Some(&b"x "[..])
-        );
-        assert_eq!(&b.carry[..], b"sk-CAN");
+    }
+
+    /// Review: bytes that could begin the secret waited for the next frame
+    /// and others did not, so a caller timing its own echoed guesses read
+    /// the key byte by byte. What waits is the last `len - 1` bytes,
+    /// whatever they are.
+    #[test]
+    fn what_waits_does_not_depend_on_the_bytes() {
+        let s = Scrubber::new(b"sk-CANARY-1234").unwrap();
+        for guess in [&b"#sk-C"[..], b"#sk-X", b"#zzzz"] {
+            let mut b = Scrubbed::new(body_of(&[]), s.clone());
+            let (first, second) = b.next_data(Bytes::copy_from_slice(guess));
+            assert_eq!((first, second), (None, None), "{guess:?}");
+            assert_eq!(&b.carry[..], guess);
+            let long = Bytes::from_static(b"0123456789abcdefghij");
+            let (first, second) = b.next_data(long);
+            // All that waited, then all but the last 13 bytes.
+            let mut out = first.unwrap().to_vec();
+            out.extend_from_slice(&second.unwrap_or_default());
+            let mut want = guess.to_vec();
+            want.extend_from_slice(b"0123456");
+            assert_eq!(out, want, "{guess:?}");
+            assert_eq!(&b.carry[..], b"789abcdefghij");
+        }
+    }
+
+    /// A body of what arrives on a channel.
+    struct Rx(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for Rx {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_waits_goes_on_after_the_hold_or_the_end() {
+        let s = Scrubber::new(b"sk-CANARY-1234").unwrap();
+        // A stream that sends one event and then nothing for a while.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let mut b = Scrubbed::new(Rx(rx).boxed(), s.clone());
+        let event = b"data: {\"n\":1}\n\n";
+        tx.send(Bytes::from_static(event)).await.unwrap();
+        let mut got = Vec::new();
+        let started = std::time::Instant::now();
+        while got.len() < event.len() {
+            let f = b.frame().await.unwrap().unwrap();
+            got.extend_from_slice(f.data_ref().unwrap());
+        }
+        assert_eq!(&got, event);
+        let waited = started.elapsed();
+        assert!(waited >= HOLD && waited < HOLD * 50, "{waited:?}");
+        // A secret split across frames within the hold: overwritten.
+        tx.send(Bytes::from_static(b"x sk-CAN")).await.unwrap();
+        tx.send(Bytes::from_static(b"ARY-1234 y")).await.unwrap();
+        drop(tx);
+        let rest = b.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"x ************** y");
     }
 }

@@ -168,6 +168,13 @@ async fn answer(
         .iter()
         .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
         .collect();
+    // What `/echo.json` reflects: the x-api-key header, each character
+    // as a JSON `\u` escape (as some serializers write text).
+    let escaped_key: String = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.as_bytes().iter().map(|b| format!("\\u{b:04x}")).collect())
+        .unwrap_or_default();
     let body = req
         .into_body()
         .collect()
@@ -192,6 +199,12 @@ async fn answer(
             Response::new(Full::new(Bytes::from_static(b"late\n")))
         }
         "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        "/echo.json" => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"key":"{escaped_key}"}}"#
+            ))))
+            .unwrap(),
         "/echo" => Response::builder()
             .header("content-type", "text/plain")
             .header("x-echo", echoed.replace('\n', "; "))

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use portcullis_front::unidentified::network;
+
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use portcullis_audit::OAuthAction;
@@ -52,22 +54,6 @@ struct Seen {
     /// Window start and count, per network.
     networks: HashMap<IpAddr, (i64, u32)>,
     overall: (i64, u32),
-}
-
-/// The network a caller's address counts under: an IPv6 /64 (one host is
-/// given a whole /64), an IPv4 address, and loopback as one host.
-fn network(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => network(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
 }
 
 impl PerPeer {

@@ -131,6 +131,24 @@ fn scripted(req: &Request<Incoming>) -> Response<Full<bytes::Bytes>> {
                 ))))
                 .unwrap();
         }
+        // The echo compressed whatever the request asked for (a deflate
+        // stream of the same text: the point is the encoding).
+        "/echo.gz" => {
+            use std::io::Write;
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(format!("x-api-key: {key}\n").as_bytes())
+                .unwrap();
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .header(header::CONTENT_ENCODING, "deflate")
+                .body(Full::new(bytes::Bytes::from(z.finish().unwrap())))
+                .unwrap();
+        }
         // Its free text in the reason phrase.
         "/reason" => {
             let reason = format!("no user {PLANTED}");
@@ -424,7 +442,7 @@ async fn trace_and_connect_are_not_forwarded() {
     // Review: TRACE echoed the request as the target got it, the
     // connection's credential included.
     let w = world().await;
-    for method in ["TRACE", "CONNECT"] {
+    for method in ["TRACE", "CONNECT", "trace", "TRACK", "Track"] {
         let (status, body) = call(&w, method, "/c/api/x", Some(&w.tester)).await;
         assert_eq!(status, 405, "{method}: {body}");
         assert!(body.contains("method_not_allowed"), "{body}");
@@ -470,4 +488,9 @@ async fn the_added_credential_never_comes_back_to_the_caller() {
         body.contains("accept-encoding: identity") && body.contains("range: false"),
         "{body}"
     );
+    // A target that compresses anyway: refused, not passed unsearched
+    // (review: the key read after decompressing the answer).
+    let (status, body) = call(&w, "GET", "/c/keyed/echo.gz", Some(&w.tester)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("cannot search"), "{body}");
 }
