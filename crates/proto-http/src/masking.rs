@@ -161,23 +161,47 @@ pub async fn mask_response(
         || parts.status.is_informational();
     let ct = parts.headers.get(header::CONTENT_TYPE).cloned();
     let ct = ct.as_ref();
-    let k = kind(ct);
+    let mut k = kind(ct);
     let passed = k == Kind::Opaque && essence(ct).is_some_and(|e| rule.passes_content_type(&e));
     if no_body {
         // The unmasked body's length, on HEAD (and a 304's), says what a
         // GET would have been before masking.
         parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    if no_body || passed {
         return Ok(Response::from_parts(parts, without_trailers(body)));
     }
-    readable(rule, k, ct)?;
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
+    let body = if passed {
+        // A passed type is a label the target writes, and often one the
+        // caller chooses (`response-content-type`, `?ct=`): a review read
+        // a whole JSON answer unmasked as `image/png`. Passed only as
+        // bytes that are not text, and as they came.
+        let (head, body) = sniff(body).await?;
+        match passing(&encoding, &head) {
+            Passing::Bytes => {
+                return Ok(Response::from_parts(parts, without_trailers(body)));
+            }
+            Passing::Text => k = Kind::Text,
+            Passing::Encoded => {
+                return Err(ResponseError::Mask(MaskFailure(format!(
+                    "the response's type is passed by rule {:?} but its body is content-encoded ({encoding:?}), so what it holds cannot be checked",
+                    rule.name
+                ))));
+            }
+        }
+        body
+    } else {
+        Prefixed {
+            head: None,
+            trailers: None,
+            inner: body,
+        }
+    };
+    readable(rule, k, ct)?;
     let limit = rule.max_body_bytes;
     let raw = Limited::new(body, limit)
         .collect()
@@ -220,6 +244,104 @@ pub async fn mask_response(
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
     Ok(Response::from_parts(parts, full(Bytes::from(masked))))
+}
+
+/// How much of a body is read to tell text from bytes.
+const SNIFF: usize = 512;
+
+/// The first [`SNIFF`] bytes of `body` (fewer if it ends first), and the
+/// body again, whole.
+async fn sniff<B>(mut body: B) -> Result<(Bytes, Prefixed<B>), ResponseError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut head = bytes::BytesMut::new();
+    let mut trailers = None;
+    while head.len() < SNIFF {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ResponseError::Target(format!(
+                    "the target broke off its response: {e}"
+                )));
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => head.extend_from_slice(&d),
+                Err(t) => {
+                    trailers = Some(t);
+                    break;
+                }
+            },
+        }
+    }
+    let head = head.freeze();
+    Ok((
+        head.clone(),
+        Prefixed {
+            head: (!head.is_empty()).then_some(head),
+            trailers,
+            inner: body,
+        },
+    ))
+}
+
+/// A body whose first bytes were read ahead.
+struct Prefixed<B> {
+    head: Option<Bytes>,
+    trailers: Option<http_body::Frame<Bytes>>,
+    inner: B,
+}
+
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        if let Some(h) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(h))));
+        }
+        if let Some(t) = self.trailers.take() {
+            return std::task::Poll::Ready(Some(Ok(t)));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+/// What a body of a passed type is.
+#[derive(Debug, PartialEq, Eq)]
+enum Passing {
+    /// Bytes that are not text: passed as they came.
+    Bytes,
+    /// Text under a passed label: masked as text.
+    Text,
+    /// Compressed: what it holds cannot be told.
+    Encoded,
+}
+
+fn passing(encoding: &str, head: &[u8]) -> Passing {
+    if !matches!(encoding, "" | "identity") {
+        return Passing::Encoded;
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        // A character cut at the end of what was read is still text.
+        Err(e) => e.error_len().is_none(),
+    };
+    let controls = head
+        .iter()
+        .any(|b| b.is_ascii_control() && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c));
+    if !head.is_empty() && text && !controls {
+        Passing::Text
+    } else {
+        Passing::Bytes
+    }
 }
 
 /// A passed or bodiless response's body as it came, less its trailers:
@@ -1088,6 +1210,22 @@ mod tests {
         let got = without_trailers(body).collect().await.unwrap();
         assert!(got.trailers().is_none());
         assert_eq!(got.to_bytes(), "PNG");
+    }
+
+    #[test]
+    fn a_passed_type_is_passed_only_as_bytes() {
+        assert_eq!(passing("", b"\x89PNG\r\n\x1a\n"), Passing::Bytes);
+        assert_eq!(passing("", b"\xff\xd8\xff\xe0"), Passing::Bytes);
+        assert_eq!(passing("identity", b"GIF89a\x01\x00"), Passing::Bytes);
+        assert_eq!(passing("", b""), Passing::Bytes);
+        assert_eq!(
+            passing("", br#"{"email":"carol@example.com"}"#),
+            Passing::Text
+        );
+        assert_eq!(passing("", "<svg>café</svg>".as_bytes()), Passing::Text);
+        // A character cut where the look ended is still text.
+        assert_eq!(passing("", &"é".as_bytes()[..1]), Passing::Text);
+        assert_eq!(passing("gzip", b"\x1f\x8b"), Passing::Encoded);
     }
 
     #[test]
