@@ -160,6 +160,11 @@ fn setup() -> Setup {
 
 /// [`setup`] with `extra` at the end of the gateway's config.
 fn setup_with(extra: &str) -> Setup {
+    setup_full(extra, "")
+}
+
+/// [`setup_with`], and `pg_extra` in the gateway's `[postgres]`.
+fn setup_full(extra: &str, pg_extra: &str) -> Setup {
     let pg = PgCluster::shared();
     let tmp = tempfile::tempdir().unwrap();
     let gw_dir = tmp.path().join("gw");
@@ -242,6 +247,7 @@ admin_listen = "127.0.0.1:0"
 
 [postgres]
 listen = "127.0.0.1:{pg_port}"
+{pg_extra}
 
 [agent_listener]
 listen = "127.0.0.1:{agent_port}"
@@ -336,6 +342,13 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     };
     assert_eq!(show("dbro"), "on");
     assert_eq!(show("db"), "off");
+    // Its role was checked through the agent: a superuser, logged (not
+    // under strict_roles, so served).
+    assert!(
+        s.gw().logs().contains("is not least privilege"),
+        "{}",
+        s.gw().logs()
+    );
     let o = psql_on(
         "dbro",
         s.pg_port,
@@ -612,6 +625,36 @@ fn agent_killed_mid_session_then_back_and_gateway_restarted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(s.agent_log().contains("reconnecting to the gateway"));
+}
+
+/// A read-only connection's database role was checked by nothing when an
+/// agent served it (the gateway cannot reach that target). It is checked
+/// through each new link before a caller's first session: logged, and
+/// under `strict_roles` callers are refused until it passes. The test
+/// cluster's role is a superuser, which could undo read-only.
+#[test]
+fn read_only_roles_through_an_agent_are_checked() {
+    let s = setup_full("", "strict_roles = true");
+    let o = psql_on("dbro", s.pg_port, &s.ca, &s.token, "SELECT 1");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("strict_roles") && err.contains("superuser") && err.contains("dc1"),
+        "{err}"
+    );
+    // A read-write connection is not checked; the gateway serves on.
+    let o = psql_on("db", s.pg_port, &s.ca, &s.token, "SELECT 40 + 2");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    // Checked once per link, not per session.
+    let o = psql_on("dbro", s.pg_port, &s.ca, &s.token, "SELECT 1");
+    assert!(!o.status.success());
+    let logs = s.gw().logs();
+    let checks = logs
+        .lines()
+        .filter(|l| l.contains("is not least privilege") && !l.contains("strict_roles:"))
+        .count();
+    assert_eq!(checks, 1, "{logs}");
 }
 
 /// Review: one caller holding every stream an agent allows stalled every

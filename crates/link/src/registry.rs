@@ -216,6 +216,16 @@ impl AgentRegistry {
         }
     }
 
+    /// Which link of `agent` is up now, if one is (a new id after every
+    /// reconnect: what was checked through the last one is checked
+    /// again).
+    pub fn link_id(&self, agent: &str) -> Option<u64> {
+        self.links
+            .lock()
+            .ok()
+            .and_then(|m| m.get(agent).map(|l| l.id))
+    }
+
     /// Cut the link of `agent`, if it has one (its assignments changed:
     /// it links again and announces what it serves now).
     pub fn cut(&self, agent: &str) -> bool {

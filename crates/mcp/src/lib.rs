@@ -171,6 +171,7 @@ impl McpEndpoint {
                         c,
                         a,
                         links.clone(),
+                        cfg.postgres.as_ref().is_some_and(|p| p.strict_roles),
                     )),
                     read_only: a.access == Access::ReadOnly,
                 },

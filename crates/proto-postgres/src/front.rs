@@ -153,7 +153,8 @@ fn upstreams(
         let upstream = match &c.target {
             Target::Postgres(t) => PgUpstream::new(c, t, &cfg.upstream_tls)?,
             Target::Agent(a) if a.protocol == Protocol::Postgres => {
-                PgUpstream::via_agent(c, a, links.clone())
+                let strict = cfg.postgres.as_ref().is_some_and(|p| p.strict_roles);
+                PgUpstream::via_agent(c, a, links.clone(), strict)
             }
             _ => continue,
         };

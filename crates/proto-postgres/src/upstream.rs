@@ -72,6 +72,10 @@ pub enum UpstreamError {
     AgentUnavailable { connection: String, agent: String },
     #[error("{0}")]
     Agent(String),
+    /// `[postgres] strict_roles`: the database role of a read-only
+    /// connection, checked through its agent, could undo read-only.
+    #[error("strict_roles: {0}")]
+    Roles(String),
 }
 
 impl From<ReadError> for UpstreamError {
@@ -129,6 +133,21 @@ pub struct PgUpstream {
     mask_catalog: std::sync::Mutex<MaskCatalogs>,
     /// Previews of held statements running now (see [`crate::preview`]).
     previews: tokio::sync::Semaphore,
+    /// Read-only through an agent: the database role, checked through
+    /// each new link before a caller's first session on it.
+    role_check: Option<RoleCheck>,
+}
+
+/// The least-privilege check of a read-only connection's role, made
+/// through its agent (the gateway cannot reach the target itself): a role
+/// that is a superuser, owns tables or may write can undo the target's
+/// read-only backstop. Checked once per link (an agent that reconnects
+/// may serve it with another role); under `strict_roles` callers are
+/// refused until it passes, else what it found is logged.
+struct RoleCheck {
+    strict: bool,
+    /// The link last checked through, and what the check found.
+    checked: tokio::sync::Mutex<Option<(u64, Result<(), String>)>>,
 }
 
 /// Rows of a catalog query, as text.
@@ -297,6 +316,7 @@ impl PgUpstream {
             analyses: Default::default(),
             mask_catalog: Default::default(),
             previews: tokio::sync::Semaphore::new(crate::preview::MAX_CONCURRENT),
+            role_check: None,
         })
     }
 
@@ -306,6 +326,7 @@ impl PgUpstream {
         conn: &Connection,
         t: &portcullis_config::AgentTarget,
         links: Arc<portcullis_link::AgentRegistry>,
+        strict_roles: bool,
     ) -> Self {
         Self {
             name: conn.name.clone(),
@@ -320,6 +341,10 @@ impl PgUpstream {
             // A session crosses the link once; the agent's side decides
             // about its own connections.
             reuse: false,
+            role_check: (t.access == Access::ReadOnly).then(|| RoleCheck {
+                strict: strict_roles,
+                checked: tokio::sync::Mutex::new(None),
+            }),
             idle: std::sync::Mutex::new(Vec::new()),
             via: Some((t.agent.clone(), links)),
             catalog: Default::default(),
@@ -582,6 +607,9 @@ impl PgUpstream {
         owner: Owner,
     ) -> Result<UpstreamSession, UpstreamError> {
         let read_only = read_only || self.read_only;
+        if !matches!(owner, Owner::Gateway) {
+            self.role_checked().await?;
+        }
         if self.reuse
             && let Some(key) = Self::key(caller_params, read_only, &owner)
             && let Some(s) = self.checkout(&key).await
@@ -603,6 +631,50 @@ impl PgUpstream {
         tokio::time::timeout(self.timeout, open)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+
+    /// [`RoleCheck`]: through the link up now, checked once.
+    async fn role_checked(&self) -> Result<(), UpstreamError> {
+        let (Some(check), Some((agent, links))) = (&self.role_check, &self.via) else {
+            return Ok(());
+        };
+        let Some(link) = links.link_id(agent) else {
+            // Not connected: connecting says so.
+            return Ok(());
+        };
+        // Held while checking: one check per link, others wait for it.
+        let mut checked = check.checked.lock().await;
+        let found = match &*checked {
+            Some((id, found)) if *id == link => found.clone(),
+            _ => {
+                // Boxed: the check connects through `connect` (as the
+                // gateway, which skips this).
+                let found = match Box::pin(crate::doctor::check(self)).await {
+                    Ok(report) if report.problems().is_empty() => Ok(()),
+                    Ok(report) => Err(format!(
+                        "the database role of read-only connection {:?}, checked through agent {agent:?}, is not least privilege: {}; run `portcullis doctor` on the agent's side for the role to create",
+                        self.name,
+                        report.problems().join("; ")
+                    )),
+                    Err(e) => Err(format!(
+                        "cannot check the database role of read-only connection {:?} through agent {agent:?}: {e}",
+                        self.name
+                    )),
+                };
+                match &found {
+                    Ok(()) => {
+                        tracing::info!(connection = %self.name, agent, "read-only connection: its database role is least privilege")
+                    }
+                    Err(why) => tracing::warn!(connection = %self.name, agent, "{why}"),
+                }
+                *checked = Some((link, found.clone()));
+                found
+            }
+        };
+        match found {
+            Err(why) if check.strict => Err(UpstreamError::Roles(why)),
+            _ => Ok(()),
+        }
     }
 
     async fn connect_via(
