@@ -376,10 +376,40 @@ fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ForwardError
         }
     }
     if err.is_connect() {
-        ForwardError::Upstream(format!("cannot connect to the target: {}", chain(err)))
+        ForwardError::Upstream(format!("cannot connect to the target: {}", describe(&all)))
     } else {
-        ForwardError::Upstream(format!("the target failed: {}", chain(err)))
+        ForwardError::Upstream(format!("the target failed: {}", describe(&all)))
     }
+}
+
+/// What failed, in words the gateway chose. The errors' own text can hold
+/// the target's (an HTTP/2 GOAWAY's debug data is printed with it), which
+/// would reach the caller neither masked nor scrubbed (review).
+fn describe(all: &[&(dyn StdError + 'static)]) -> String {
+    for e in all {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            let what = if h.is_parse() || h.is_parse_status() {
+                "it sent a malformed response"
+            } else if h.is_incomplete_message() {
+                "it closed the connection before the response was complete"
+            } else if h.is_timeout() {
+                "it did not answer in time"
+            } else if h.is_body_write_aborted() {
+                "it stopped reading the request body"
+            } else if h.is_canceled() || h.is_closed() {
+                "it closed the connection"
+            } else {
+                "the exchange broke off"
+            };
+            return what.into();
+        }
+    }
+    for e in all {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return format!("the connection failed ({:?})", io.kind());
+        }
+    }
+    "the exchange broke off".into()
 }
 
 fn describe_tls(e: &rustls::Error, host: &str) -> String {
@@ -400,15 +430,4 @@ fn describe_tls(e: &rustls::Error, host: &str) -> String {
         }
         other => format!("TLS with the target failed: {other}"),
     }
-}
-
-fn chain(e: &dyn StdError) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
