@@ -459,6 +459,10 @@ impl Masker {
     /// `set_may` is what [`Self::set_may_match`] says of `text`, or more
     /// (true where it would be false only costs time).
     pub(crate) fn may_match_looked(&self, text: &str, set_may: bool) -> bool {
+        if has_other_spelling(text) {
+            // Read plainly by [`Self::spans`]: its answer.
+            return true;
+        }
         (set_may && self.set.is_match(text)) || self.words.iter().any(|w| w.matcher.is_match(text))
     }
 
@@ -480,8 +484,25 @@ impl Masker {
     /// and sources whose candidate it overlapped search again after it.
     /// Masking the output again therefore finds nothing new: every value
     /// is looked for in the same context either way.
+    ///
+    /// Text is read as it spells its characters ([`plainly`]): spaces
+    /// number formats put between digit groups as ASCII spaces, and
+    /// percent-escapes and HTML character references of ASCII as those
+    /// characters. A review passed card and phone numbers grouped with
+    /// no-break spaces, and `ada.lovelace%40example.com` and
+    /// `ada&#64;example.com` in bodies. A finding covers the value as
+    /// spelled.
     fn spans<'a>(&'a self, text: &str) -> Vec<Span<'a>> {
-        self.spans_looked(text, self.set_may_match(text))
+        if !has_other_spelling(text) {
+            return self.spans_looked(text, self.set_may_match(text));
+        }
+        let (plain, at) = plainly(text);
+        let mut spans = self.spans_looked(&plain, self.set_may_match(&plain));
+        for s in &mut spans {
+            s.start = at[s.start];
+            s.end = at[s.end];
+        }
+        spans
     }
 
     /// Whether the detectors find anything in `text` when the set runs
@@ -1005,6 +1026,90 @@ fn next_group(text: &str, start: usize, end: usize) -> usize {
         pos += 1;
     }
     pos
+}
+
+/// Spaces number formats put between digit groups, other than ASCII's.
+fn is_group_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+    )
+}
+
+/// Whether `text` may spell a character otherwise than [`plainly`]
+/// reads it: a byte scan first (group spaces start with 0xC2, 0xE2 or
+/// 0xE3), so most text is ruled out at once.
+fn has_other_spelling(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.iter()
+        .any(|&c| matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3))
+        && (0..b.len()).any(|i| spelled_at(text, i).is_some())
+}
+
+/// The ASCII character (or space) spelled at byte `i` of `text`, and how
+/// many bytes spell it: a group space, `%XX`, `&#NN;`, `&#xHH;` or
+/// `&commat;`. Only printable ASCII counts (what detectors read).
+fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
+    let b = text.as_bytes();
+    let printable = |v: u32| (0x20..0x7f).contains(&v).then_some(v as u8);
+    match b[i] {
+        b'%' => {
+            let hex = text.get(i + 1..i + 3)?;
+            let v = u32::from_str_radix(hex, 16).ok()?;
+            (hex.bytes().all(|c| c.is_ascii_hexdigit())).then_some(())?;
+            Some((printable(v)?, 3))
+        }
+        b'&' => {
+            let rest = text.get(i + 1..)?;
+            if rest.starts_with("commat;") {
+                return Some((b'@', 8));
+            }
+            let num = rest.strip_prefix('#')?;
+            let end = num.find(';').filter(|&e| (1..=7).contains(&e))?;
+            let digits = &num[..end];
+            let v = match digits.strip_prefix(['x', 'X']) {
+                Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
+                    u32::from_str_radix(h, 16).ok()?
+                }
+                None if digits.bytes().all(|c| c.is_ascii_digit()) => digits.parse().ok()?,
+                _ => return None,
+            };
+            Some((printable(v)?, end + 3))
+        }
+        0xC2 | 0xE2 | 0xE3 => {
+            let c = text.get(i..)?.chars().next()?;
+            is_group_space(c).then_some((b' ', c.len_utf8()))
+        }
+        _ => None,
+    }
+}
+
+/// `text` as [`spelled_at`] reads it, and for each byte of that (and its
+/// end) the offset it came from in `text`.
+fn plainly(text: &str) -> (String, Vec<usize>) {
+    let mut plain = Vec::with_capacity(text.len());
+    let mut at = Vec::with_capacity(text.len() + 1);
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match spelled_at(text, i) {
+            Some((c, n)) => {
+                plain.push(c);
+                at.push(i);
+                i += n;
+            }
+            None => {
+                plain.push(b[i]);
+                at.push(i);
+                i += 1;
+            }
+        }
+    }
+    at.push(text.len());
+    // Only ASCII replaced whole characters: still UTF-8.
+    let plain = String::from_utf8(plain)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    (plain, at)
 }
 
 struct Span<'a> {
