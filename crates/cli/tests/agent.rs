@@ -724,6 +724,24 @@ fn one_caller_cannot_take_every_stream_of_an_agent() {
         // Another principal goes on.
         let r = third(other.clone()).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
+        // An upload the target answered before reading it still holds its
+        // stream (re-review: uploads to a target that answered 202 at once
+        // were not counted once their answer ended). `other` holds two.
+        let mut uploads = Vec::new();
+        for _ in 0..2 {
+            let mut up = tls_connect(port, &ca).await;
+            let req = format!(
+                "POST /c/api/early HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {other}\r\ncontent-length: 1000000\r\n\r\npartial"
+            );
+            up.write_all(req.as_bytes()).await.unwrap();
+            let mut head = [0u8; 64];
+            let n = up.read(&mut head).await.unwrap();
+            assert!(head[..n].starts_with(b"HTTP/1.1 202"), "{:?}", String::from_utf8_lossy(&head[..n]));
+            uploads.push(up);
+        }
+        let r = third(other.clone()).await.unwrap();
+        assert_eq!(r.status, 429, "{}", r.body);
+        drop(uploads);
 
         // Streams that ended count no more.
         drop(stalled);

@@ -1442,6 +1442,78 @@ fn a_preview_resolves_names_as_the_callers_session_does() {
     assert_eq!(left.trim(), "5/3", "nothing was deleted");
 }
 
+/// Re-review: `SET extra_float_digits = 0` (a read, not held) made a
+/// preview read `0.1 + 0.2` otherwise than the run, so it showed one row
+/// and the run deleted another; `bytea_output` likewise. A session that
+/// set what the target does not report, or a statement that sets it
+/// itself, is not previewed; settings that cannot change a statement's
+/// rows leave previews on.
+#[test]
+fn a_setting_the_preview_cannot_follow_stops_the_preview() {
+    let s = setup();
+    let pg = preview_tables();
+    let table = format!("prev_efd_{}", std::process::id());
+    pg.psql_direct(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} SELECT generate_series(1, 4)"
+    ));
+    let decide_deny = |r: &Value| {
+        assert!(
+            s.decide(&s.bob, "deny", r["id"].as_str().unwrap(), None)
+                .status
+                .success()
+        );
+    };
+    // A harmless setting: previewed.
+    let bg = s.psql_bg(
+        "previewed",
+        &format!("SET statement_timeout = '5s';\nDELETE FROM {table} WHERE id = 4;\n"),
+    );
+    let r = s.pending(&format!("FROM {table} WHERE id = 4"));
+    assert_eq!(
+        table_change(&r["preview"], &format!("public.{table}"))["deleted"],
+        1,
+        "{r}"
+    );
+    decide_deny(&r);
+    bg.join().unwrap();
+    // Set earlier in the session.
+    let bg = s.psql_bg(
+        "previewed",
+        &format!(
+            "SET extra_float_digits = 0;\nDELETE FROM {table} WHERE id = 1 + (SELECT count(*) FROM (VALUES (0.1::float8 + 0.2::float8)) v(f) WHERE f::text = '0.3');\n"
+        ),
+    );
+    let r = s.pending(&format!("FROM {table} WHERE id = 1 +"));
+    assert_eq!(r["preview"]["status"], "not_previewed", "{r}");
+    assert!(
+        r["preview"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("extra_float_digits"),
+        "{r}"
+    );
+    decide_deny(&r);
+    bg.join().unwrap();
+    // Set by the statement's own text, before it runs.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = std::path::Path::new(&s.ca);
+        let mut w = common::wire::Wire::login(s.gw.pg_port.unwrap(), ca, "previewed", &s.token).await;
+        w.query(&format!(
+            "SET bytea_output = 'escape'; DELETE FROM {table} WHERE id = length('\\x41'::bytea::text)"
+        ))
+        .await;
+        let r = tokio::task::block_in_place(|| s.pending(&format!("FROM {table} WHERE id = length")));
+        assert_eq!(r["preview"]["status"], "not_previewed", "{r}");
+        assert!(r["preview"]["reason"].as_str().unwrap().contains("bytea_output"), "{r}");
+        tokio::task::block_in_place(|| decide_deny(&r));
+        let denied = w.until(b'E').await;
+        assert!(!common::wire::error_of(&denied).is_empty(), "{denied:?}");
+    });
+    let left = pg.psql_direct(&format!("SELECT count(*) FROM {table}"));
+    assert_eq!(left.trim(), "4", "nothing was deleted");
+}
+
 /// Review: an approved Bind into a named portal was run by a simple
 /// query (`FETCH ALL FROM p1`) instead of its Execute, so the count check
 /// that follows the Execute never ran, and the delete committed. Now

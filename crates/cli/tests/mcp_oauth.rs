@@ -468,7 +468,22 @@ fn an_mcp_client_signs_in_with_oauth_and_acts_for_the_person() {
         ],
     );
     assert_eq!(after.json()["error"], "invalid_grant");
-    assert!(!oauth_entries(&s.audit(), "reuse_detected").is_empty());
+    // Replays of a revoked family's secret: one entry in all (re-review:
+    // ten thousand replays wrote ten thousand).
+    for _ in 0..5 {
+        let r = s.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh),
+                ("client_id", &client_id),
+            ],
+        );
+        assert_eq!(r.json()["error"], "invalid_grant");
+    }
+    let audit = s.audit();
+    let reuse = oauth_entries(&audit, "reuse_detected");
+    assert_eq!(reuse.len(), 1, "{reuse:?}");
 
     // A second resource: an MCP connection. Its token opens it, not /mcp.
     let out = s.sdk("/c/docs/mcp", "allow", &["list"]);

@@ -74,6 +74,32 @@ impl std::fmt::Debug for StreamPermit {
     }
 }
 
+/// A request body that holds its stream's permit until it is dropped.
+struct Held {
+    inner: Body,
+    _permit: StreamPermit,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A PostgreSQL session's stream through an agent, with the caller's
 /// permit for it: the permit ends with the stream.
 pub struct Tunnel {
@@ -281,6 +307,20 @@ impl AgentRegistry {
     ) -> Result<(Response<Incoming>, Option<StreamPermit>), LinkError> {
         let link = self.get(agent)?;
         let permit = self.permit(&link, caller)?;
+        // The request's body holds the stream open too (a target may
+        // answer before reading it): the permit lives until both ended
+        // (re-review: uploads to a target that answered 202 at once held
+        // every stream of the agent).
+        let req = match &permit {
+            Some(p) => req.map(|body| {
+                Held {
+                    inner: body,
+                    _permit: p.clone(),
+                }
+                .boxed()
+            }),
+            None => req,
+        };
         let mut send = link.send.clone();
         if send.ready().await.is_err() {
             // The link just died: say so as "not connected", and drop it.

@@ -727,11 +727,22 @@ impl Inner {
         // included (a review read the connection's API key that way), and
         // so does IIS's TRACK; some servers read methods in any case.
         // CONNECT would make a tunnel nothing reads.
-        let m = req.method().as_str();
-        if ["TRACE", "TRACK", "CONNECT"]
-            .iter()
-            .any(|e| m.eq_ignore_ascii_case(e))
-        {
+        // Nor through a method-override header a target may honour
+        // (re-review), whatever the connection's `method_overrides`.
+        let overrides = [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ]
+        .iter()
+        .flat_map(|h| req.headers().get_all(*h))
+        .filter_map(|v| v.to_str().ok());
+        let mut methods = std::iter::once(req.method().as_str()).chain(overrides);
+        if methods.any(|m| {
+            ["TRACE", "TRACK", "CONNECT"]
+                .iter()
+                .any(|e| m.trim().eq_ignore_ascii_case(e))
+        }) {
             return Err(ProxyError::Method(
                 req.method().clone(),
                 "any other method (TRACE, TRACK and CONNECT are not forwarded)",

@@ -86,7 +86,7 @@ fn is_dot(part: &str) -> bool {
     for c in name.chars() {
         dots += match c {
             '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}' => 1,
-            '\u{2025}' => 2,
+            '\u{2025}' | '\u{FE30}' => 2,
             _ => return false,
         };
     }
@@ -227,6 +227,8 @@ mod tests {
             "/a/..%20/x",
             "/a/%ef%bc%8e%ef%bc%8e/x",
             "/a/%e2%80%a5/x",
+            // Re-review: U+FE30 reads as `..` under NFKC.
+            "/a/%ef%b8%b0/x",
             "/a/..%ef%bc%8fx",
             "/a/..%ef%bc%bcx",
         ] {

@@ -26,29 +26,54 @@ use crate::{Body, BoxError};
 /// ordinary text (and such a credential is no secret).
 const MIN_SECRET: usize = 8;
 
-/// What to look for.
+/// What to look for: the secret as it is, in lower case and in upper case
+/// (a target that echoes it case-folded, in a header name say, had left a
+/// caller only the letters' case to guess: re-review).
 #[derive(Clone)]
 pub struct Scrubber {
-    secret: Arc<memchr::memmem::Finder<'static>>,
+    secret: Arc<Vec<memchr::memmem::Finder<'static>>>,
     len: usize,
 }
 
 impl Scrubber {
     pub fn new(secret: &[u8]) -> Option<Self> {
-        (secret.len() >= MIN_SECRET).then(|| Self {
-            secret: Arc::new(memchr::memmem::Finder::new(secret).into_owned()),
+        if secret.len() < MIN_SECRET {
+            return None;
+        }
+        let mut spellings = vec![
+            secret.to_vec(),
+            secret.to_ascii_lowercase(),
+            secret.to_ascii_uppercase(),
+        ];
+        spellings.dedup();
+        spellings.sort();
+        spellings.dedup();
+        Some(Self {
+            secret: Arc::new(
+                spellings
+                    .iter()
+                    .map(|s| memchr::memmem::Finder::new(s).into_owned())
+                    .collect(),
+            ),
             len: secret.len(),
         })
+    }
+
+    /// Where the secret (in any of its spellings) first is in `hay`.
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        self.secret.iter().filter_map(|f| f.find(hay)).min()
     }
 
     /// Overwrite every occurrence in `buf`, overlapping ones included
     /// (all are found before any is overwritten); how many there were.
     pub fn bytes(&self, buf: &mut [u8]) -> usize {
         let mut at = Vec::new();
-        let mut from = 0;
-        while let Some(i) = self.secret.find(&buf[from..]) {
-            at.push(from + i);
-            from += i + 1;
+        for f in self.secret.iter() {
+            let mut from = 0;
+            while let Some(i) = f.find(&buf[from..]) {
+                at.push(from + i);
+                from += i + 1;
+            }
         }
         for &i in &at {
             buf[i..i + self.len].fill(b'*');
@@ -56,10 +81,19 @@ impl Scrubber {
         at.len()
     }
 
-    /// Overwrite every occurrence in these headers' values.
+    /// Overwrite every occurrence in these headers' values, and drop a
+    /// header whose name holds it (names are lower case).
     pub fn headers(&self, headers: &mut http::HeaderMap) {
+        let named: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|k| self.find(k.as_str().as_bytes()).is_some())
+            .cloned()
+            .collect();
+        for k in named {
+            headers.remove(k);
+        }
         for v in headers.values_mut() {
-            if self.secret.find(v.as_bytes()).is_some() {
+            if self.find(v.as_bytes()).is_some() {
                 let mut b = v.as_bytes().to_vec();
                 self.bytes(&mut b);
                 // `*` in place of visible bytes: still a valid value.
@@ -162,14 +196,14 @@ impl Scrubbed {
             let mut join = Vec::with_capacity(self.carry.len() + head.len());
             join.extend_from_slice(&self.carry);
             join.extend_from_slice(head);
-            if self.scrub.secret.find(&join).is_some() {
+            if self.scrub.find(&join).is_some() {
                 self.carry.extend_from_slice(&data);
                 self.scrub.bytes(&mut self.carry);
                 let at = self.carry.len().saturating_sub(keep);
                 return (nonempty(self.carry.split_to(at).freeze()), None);
             }
         }
-        let data = if self.scrub.secret.find(&data).is_some() {
+        let data = if self.scrub.find(&data).is_some() {
             let mut b = BytesMut::from(&data[..]);
             self.scrub.bytes(&mut b);
             b.freeze()
@@ -332,6 +366,16 @@ mod tests {
             b"{\"key\":\"**************\",\"**************\":1}".as_slice()
         );
         assert!(Scrubber::new(b"short").is_none());
+        // Echoed case-folded, in a value or a header's name (re-review).
+        let mut b = b"k=sk-canary-1234 K=SK-CANARY-1234".to_vec();
+        assert_eq!(s.bytes(&mut b), 2);
+        assert_eq!(&b, b"k=************** K=**************");
+        let mut h = http::HeaderMap::new();
+        h.insert("x-sk-canary-1234", HeaderValue::from_static("1"));
+        h.insert("x-ok", HeaderValue::from_static("1"));
+        s.headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-ok"));
         // Overlapping copies leave nothing of either (code review).
         let o = Scrubber::new(b"abababab").unwrap();
         let mut b = b"xabababababy".to_vec();

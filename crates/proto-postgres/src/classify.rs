@@ -430,6 +430,54 @@ pub fn analyse(sql: &str) -> Analysis {
     }
 }
 
+/// What `sql` may change of its session's settings: the names a `SET` or
+/// `RESET` at a statement's start names (lower case; `SET TIME ZONE` is
+/// `timezone`), or `None` where it may change any (`RESET ALL`,
+/// `DISCARD`, a `set_config` call, text the tokenizer cannot read). A
+/// preview runs in a session of its own and must know what the caller's
+/// holds (a review's `SET extra_float_digits = 0` made a preview show
+/// one row and the run delete another).
+pub fn settings_set(sql: &str) -> Option<Vec<String>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let sig: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let word = |t: Option<&&Token>| match t {
+        Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    let mut names = Vec::new();
+    let mut at_start = true;
+    for (i, t) in sig.iter().enumerate() {
+        if matches!(t, Token::SemiColon) {
+            at_start = true;
+            continue;
+        }
+        if let Token::Word(w) = t
+            && w.quote_style.is_none()
+        {
+            let v = w.value.to_ascii_lowercase();
+            if v == "set_config" || v == "discard" {
+                return None;
+            }
+            if at_start && (v == "set" || v == "reset") {
+                let mut j = i + 1;
+                while matches!(word(sig.get(j)).as_deref(), Some("local" | "session")) {
+                    j += 1;
+                }
+                match word(sig.get(j)).as_deref() {
+                    None | Some("all") => return None,
+                    Some("time") => names.push("timezone".to_string()),
+                    Some(n) => names.push(n.to_string()),
+                }
+            }
+        }
+        at_start = false;
+    }
+    Some(names)
+}
+
 /// Keywords that may redefine prepared statements or portals.
 const REDEFINE: &[&str] = &[
     "prepare",

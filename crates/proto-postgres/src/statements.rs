@@ -119,17 +119,39 @@ pub(crate) struct Gate {
     /// The caller's startup parameters: a preview connects with them, so
     /// it starts from the caller's `search_path`, `extra_float_digits`, …
     startup: Vec<(String, String)>,
-    /// Whether the caller may have changed its `search_path` since the
-    /// startup (a statement naming it or `set_config`). A target that
-    /// reports `search_path` (PostgreSQL 18) is followed instead; one
-    /// that does not leaves the preview unable to resolve names as the
-    /// run will, so it is not run (a preview under another search_path
-    /// counts another table's rows).
-    path_changed: std::sync::atomic::AtomicBool,
+    /// Settings the caller's statements set or reset since the startup
+    /// ([`crate::classify::settings_set`]); `None` once one may have
+    /// changed any. A preview follows those the target reports and that
+    /// cannot change what a statement does ([`PREVIEW_HARMLESS`]); any
+    /// other leaves it unable to read the statement as the run will, so it
+    /// is not run (a review's `SET extra_float_digits = 0`, or
+    /// `bytea_output`, made a preview show one row and the run delete
+    /// another; a `search_path` the target does not report made it count
+    /// another table's).
+    changed: Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 /// Reported settings a preview takes from the caller's session.
 const PREVIEW_SETTINGS: &[&str] = &["DateStyle", "IntervalStyle", "TimeZone", "search_path"];
+
+/// Settings that cannot change which rows a statement touches or how its
+/// text reads: a preview runs whatever the caller set them to.
+const PREVIEW_HARMLESS: &[&str] = &[
+    "application_name",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "client_min_messages",
+    "work_mem",
+    "jit",
+    "plan_cache_mode",
+    "random_page_cost",
+    "max_parallel_workers_per_gather",
+    "transaction",
+    "transaction_isolation",
+    "default_transaction_isolation",
+];
 
 /// What the caller may be told while a statement waits.
 type CallerWriter<'a, W> = &'a tokio::sync::Mutex<W>;
@@ -150,21 +172,58 @@ impl Gate {
             masks,
             settings: Mutex::default(),
             startup,
-            path_changed: std::sync::atomic::AtomicBool::new(false),
+            changed: Mutex::new(Some(Default::default())),
         }
     }
 
-    /// A statement the caller sends (a simple query or a Parse): one
-    /// that may change its `search_path` is noted. Read as bytes, case
-    /// folded: a false positive only costs a preview.
+    /// A statement the caller sends (a simple query or a Parse): the
+    /// settings it may change are noted.
     pub fn observe(&self, m: &Message) {
-        const CHANGES_PATH: [&[u8]; 2] = [b"search_path", b"set_config"];
-        if matches!(m.tag, tag::QUERY | tag::PARSE)
-            && CHANGES_PATH
+        let text = match m.tag {
+            tag::QUERY => messages::query_text(m),
+            tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
+            _ => return,
+        };
+        let Some(text) = text else {
+            return;
+        };
+        let set = crate::classify::settings_set(&text);
+        if let Ok(mut changed) = self.changed.lock() {
+            match (set, changed.as_mut()) {
+                (Some(names), Some(all)) => all.extend(names),
+                _ => *changed = None,
+            }
+        }
+    }
+
+    /// Why a preview of `sql` cannot read it as the run will, if it
+    /// cannot: a setting the session (or `sql` itself, which has not run
+    /// yet) changed that the preview does not follow.
+    fn unfollowed(&self, sql: &str, reported: &[(String, String)]) -> Option<String> {
+        let follows = |name: &str| {
+            PREVIEW_HARMLESS.contains(&name)
+                || name.starts_with("enable_")
+                || reported.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+        };
+        let earlier = self.changed.lock().ok().and_then(|c| c.clone());
+        let Some(earlier) = earlier else {
+            return Some("the session may have changed any of its settings (RESET ALL, DISCARD or set_config), which the preview cannot follow".into());
+        };
+        if let Some(name) = earlier.iter().find(|n| !follows(n)) {
+            return Some(format!(
+                "the session set {name}, which the target does not report: the preview cannot read the statement as the run will"
+            ));
+        }
+        match crate::classify::settings_set(sql) {
+            None => Some("the statement may change its session's settings before it runs".into()),
+            Some(own) => own
                 .iter()
-                .any(|w| m.body.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w)))
-        {
-            self.path_changed.store(true, Ordering::Relaxed);
+                .find(|n| !PREVIEW_HARMLESS.contains(&n.as_str()) && !n.starts_with("enable_"))
+                .map(|n| {
+                    format!(
+                        "the statement sets {n} before it runs, which the preview cannot follow"
+                    )
+                }),
         }
     }
 
@@ -562,12 +621,12 @@ impl Gate {
             .lock()
             .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        if self.path_changed.load(Ordering::Relaxed)
-            && !settings.iter().any(|(k, _)| k == "search_path")
-        {
-            return Some(Preview::not_previewed(
-                "the session may have changed its search_path, which the target does not report: a preview could read other tables than the run",
-            ));
+        let text = match previewed {
+            Previewed::Text { sql, .. } | Previewed::Bound { sql, .. } => Some(&**sql),
+            Previewed::Not => None,
+        };
+        if let Some(why) = text.and_then(|sql| self.unfollowed(sql, &settings)) {
+            return Some(Preview::not_previewed(why));
         }
         let limits = crate::preview::Limits {
             statement_timeout: rule.preview_timeout,

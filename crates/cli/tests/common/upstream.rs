@@ -126,6 +126,16 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Response<Full<Bytes>> {
+    // Answered before the request's body is read (as an upload endpoint
+    // that queues the work): the body is read on, as it arrives.
+    if req.uri().path() == "/early" {
+        let mut body = req.into_body();
+        tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        return Response::builder()
+            .status(202)
+            .body(Full::new(Bytes::from_static(b"queued")))
+            .unwrap();
+    }
     let method = req.method().to_string();
     let path_and_query = req
         .uri()

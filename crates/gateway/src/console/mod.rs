@@ -324,13 +324,14 @@ impl Console {
         Ok(token.secret)
     }
 
-    /// `GET /ui/link?t=…`: a quickstart's one-time sign-in link. Opened by
-    /// the person (pasted, clicked in a terminal: `Sec-Fetch-Site: none`,
-    /// or a client that sends no fetch metadata) it signs in at once;
-    /// reached from a page (another site's, or a link on one) it only
-    /// shows whom it would sign in, with a button. A review's page
-    /// navigated an admin's browser to the attacker's own link and
-    /// silently swapped the admin's console session for the attacker's.
+    /// `GET /ui/link?t=…`: a quickstart's one-time sign-in link. In a
+    /// browser (which says `Sec-Fetch-Site`, whatever its value) it only
+    /// shows whom it would sign in, with a button; a client without
+    /// fetch metadata (curl, a script) is signed in at once. A review's
+    /// page navigated an admin's browser to the attacker's own link and
+    /// silently swapped the admin's console session for the attacker's;
+    /// a re-review did it again through a redirect from a link the admin
+    /// opened (which keeps `Sec-Fetch-Site: none`).
     async fn link(&self, req: &Request<Incoming>) -> Response<Body> {
         let t = req
             .uri()
@@ -343,7 +344,7 @@ impl Console {
             .get("sec-fetch-site")
             .and_then(|v| v.to_str().ok())
         {
-            None | Some("none") => self.use_link(&t).await,
+            None => self.use_link(&t).await,
             Some(_) => self.link_page(&t).await,
         }
     }

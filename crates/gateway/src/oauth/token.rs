@@ -290,6 +290,13 @@ impl OAuthServer {
     }
 
     async fn revoke_for_reuse(&self, client_id: &str, family: &str, reason: &str) {
+        // Once per family: a spent code replayed ten thousand times had
+        // written ten thousand entries (re-review). A family already
+        // revoked has its entry.
+        if let Ok(false) = self.store.oauth_family_live(family, client_id).await {
+            tracing::debug!(%client_id, %family, "a secret of a revoked OAuth grant was presented again");
+            return;
+        }
         let revoked = self.store.revoke_oauth_family(family, unix_now()).await;
         let mut entry = OAuthEntry::new(OAuthAction::ReuseDetected, client_id);
         entry.family = Some(family);

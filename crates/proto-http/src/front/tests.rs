@@ -481,6 +481,25 @@ async fn trace_and_connect_are_not_forwarded() {
         assert_eq!(status, 405, "{method}: {body}");
         assert!(body.contains("method_not_allowed"), "{body}");
     }
+    // Nor asked for through an override header a target may honour.
+    let mut send = client(&w).await;
+    for h in [
+        "x-http-method-override",
+        "X-HTTP-Method",
+        "x-method-override",
+    ] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/c/api/x")
+            .header(header::HOST, "gw.test")
+            .header(h, "trace")
+            .header(header::AUTHORIZATION, format!("Bearer {}", w.tester))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 405, "{h}");
+        resp.into_body().collect().await.unwrap();
+    }
     assert!(
         w.seen.lock().unwrap().is_empty(),
         "nothing reached the target"

@@ -578,3 +578,38 @@ fn text_too_long_to_analyse_is_unknown() {
     let tag = "SELECT $a€$, ' $a€$; INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); -- '";
     assert!(analyse(tag).writes_under(Class::Unknown) >= 3);
 }
+
+/// What a statement may change of its session's settings, for previews.
+#[test]
+fn settings_a_statement_sets() {
+    let names = |sql: &str| settings_set(sql);
+    assert_eq!(names("SELECT 1"), Some(vec![]));
+    assert_eq!(names("UPDATE t SET x = 1"), Some(vec![]));
+    assert_eq!(
+        names("SET extra_float_digits = 0; DELETE FROM t"),
+        Some(vec!["extra_float_digits".into()])
+    );
+    assert_eq!(
+        names("/* c */ set local BYTEA_OUTPUT to 'escape'"),
+        Some(vec!["bytea_output".into()])
+    );
+    assert_eq!(
+        names("SET SESSION TIME ZONE 'UTC'"),
+        Some(vec!["timezone".into()])
+    );
+    assert_eq!(names("RESET search_path"), Some(vec!["search_path".into()]));
+    assert_eq!(
+        names("BEGIN; SET \"search_path\" = x"),
+        Some(vec!["search_path".into()])
+    );
+    for any in [
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT pg_catalog.set_config('search_path', 'x', false)",
+        "SET",
+    ] {
+        assert_eq!(names(any), None, "{any}");
+    }
+    // A literal or a quoted name is not a keyword.
+    assert_eq!(names("SELECT 'SET x = 1', \"set_config\""), Some(vec![]));
+}
