@@ -418,6 +418,20 @@ fn a_link_reached_from_another_page_asks_before_signing_in() {
     let r = curl(&["-k", "-i", "-H", "Sec-Fetch-Site: none", &link]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!cookie_of(&r), "{}", r.body);
+    // A browser that sends no fetch metadata (an old one, a plain-HTTP
+    // origin) is still a browser (code review).
+    let r = curl(&["-k", "-i", "-A", "Mozilla/5.0 (X11; Linux x86_64)", &link]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!cookie_of(&r), "{}", r.body);
+    // Its POST without fetch metadata needs our `Origin`.
+    let r = curl(&[
+        "-k",
+        "-i",
+        "--data",
+        &format!("t={}", link.split_once("?t=").unwrap().1),
+        &post,
+    ]);
+    assert_eq!(r.status, 403, "{}", r.body);
     // A client without fetch metadata (curl, a script): at once.
     let r = curl(&["-k", "-i", &link]);
     assert_eq!(r.status, 303, "{}", r.body);

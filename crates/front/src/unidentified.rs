@@ -119,24 +119,18 @@ pub fn kind_of(reason: &str) -> String {
         word.clear();
     };
     while let Some(c) = chars.next() {
-        match c {
-            '"' | '\'' | '`' => {
-                flush(&mut word, &mut kind);
-                // To the closing quote, past escaped ones (Debug quoting).
-                while let Some(q) = chars.next() {
-                    if q == '\\' {
-                        chars.next();
-                    } else if q == c {
-                        break;
-                    }
-                }
-                kind.push('…');
-            }
-            c if c.is_whitespace() => {
-                flush(&mut word, &mut kind);
-                kind.push(' ');
-            }
-            c => word.push(c),
+        // An apostrophe inside a word ("token's") is not a quote (code
+        // review: it swallowed the rest of the reason).
+        let quote = matches!(c, '"' | '`') || (c == '\'' && word.is_empty());
+        if quote {
+            flush(&mut word, &mut kind);
+            skip_quoted(&mut chars, c);
+            kind.push('…');
+        } else if c.is_whitespace() {
+            flush(&mut word, &mut kind);
+            kind.push(' ');
+        } else {
+            word.push(c);
         }
         if kind.chars().count() >= MAX_KIND {
             break;
@@ -144,6 +138,18 @@ pub fn kind_of(reason: &str) -> String {
     }
     flush(&mut word, &mut kind);
     kind.chars().take(MAX_KIND).collect()
+}
+
+/// Past the quoted text that `q` opened: to the closing quote, past
+/// escaped ones (Debug quoting).
+fn skip_quoted(chars: &mut std::str::Chars<'_>, q: char) {
+    while let Some(x) = chars.next() {
+        if x == '\\' {
+            chars.next();
+        } else if x == q {
+            break;
+        }
+    }
 }
 
 /// Refusals counted after the first of their key, to write as one entry.
@@ -199,8 +205,9 @@ impl Merger {
         if self.seen.contains_key(&key) {
             return key;
         }
-        let kinds = self.kinds.entry(key.network()).or_insert(0);
-        let key = if *kinds >= MAX_KINDS_PER_NETWORK {
+        let network = key.network();
+        let kinds = self.kinds.get(&network).copied().unwrap_or(0);
+        let key = if kinds >= MAX_KINDS_PER_NETWORK {
             key.network_overflow()
         } else {
             key
@@ -211,7 +218,9 @@ impl Merger {
         if self.seen.len() >= MAX_KEYS {
             return Key::overflow(key.protocol);
         }
-        *kinds += 1;
+        // Counted only once admitted: the map grows no more than the keys
+        // (code review: rotating networks had grown it per refusal).
+        *self.kinds.entry(network).or_insert(0) += 1;
         key
     }
 
@@ -325,6 +334,11 @@ mod tests {
         );
         // Different kinds stay apart.
         assert_ne!(kind_of("unknown token"), kind_of("token has expired"));
+        // An apostrophe in a word is not a quote (code review).
+        assert_ne!(
+            kind_of("the token's issuer is unknown"),
+            kind_of("the token's audience is wrong")
+        );
         assert!(kind_of(&"a ".repeat(1000)).chars().count() <= MAX_KIND);
         // Keys use the kind, so one address varying the text is one key.
         let mut m = Merger::new(Duration::from_secs(60));

@@ -1065,7 +1065,14 @@ fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
                 return Some((b'@', 8));
             }
             let num = rest.strip_prefix('#')?;
-            let end = num.find(';').filter(|&e| (1..=7).contains(&e))?;
+            // At most 8 bytes ahead: searching the whole rest for each `&`
+            // made a text of `&#` without `;` quadratic (code review).
+            let end = num
+                .as_bytes()
+                .iter()
+                .take(8)
+                .position(|&c| c == b';')
+                .filter(|&e| (1..=7).contains(&e))?;
             let digits = &num[..end];
             let v = match digits.strip_prefix(['x', 'X']) {
                 Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {

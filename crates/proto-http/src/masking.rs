@@ -317,30 +317,65 @@ where
 /// What a body of a passed type is.
 #[derive(Debug, PartialEq, Eq)]
 enum Passing {
-    /// Bytes that are not text: passed as they came.
+    /// A binary format by its signature: passed as it came.
     Bytes,
-    /// Text under a passed label: masked as text.
+    /// Anything else under a passed label: masked as text (refused if it
+    /// is not text).
     Text,
     /// Compressed: what it holds cannot be told.
     Encoded,
 }
 
+/// Signatures of binary formats a rule may pass, at the offset each is
+/// at. By signature rather than by "does not look like text": one DEL or
+/// stray Latin-1 byte a caller got echoed near the top had passed a whole
+/// JSON answer labelled `image/png` (code review).
+const SIGNATURES: &[(usize, &[u8])] = &[
+    (0, b"\x89PNG\r\n\x1a\n"),
+    (0, b"\xff\xd8\xff"),
+    (0, b"GIF87a"),
+    (0, b"GIF89a"),
+    (0, b"%PDF-"),
+    (0, b"PK\x03\x04"),
+    (0, b"PK\x05\x06"),
+    (0, b"\x1f\x8b"),
+    (0, b"BZh"),
+    (0, b"\xfd7zXZ\x00"),
+    (0, b"\x28\xb5\x2f\xfd"),
+    (0, b"7z\xbc\xaf\x27\x1c"),
+    (0, b"wOFF"),
+    (0, b"wOF2"),
+    (0, b"\x00\x01\x00\x00"),
+    (0, b"OTTO"),
+    (0, b"OggS"),
+    (0, b"fLaC"),
+    (0, b"ID3"),
+    (0, b"\x00asm"),
+    (0, b"\x1a\x45\xdf\xa3"),
+    (0, b"8BPS"),
+    (0, b"II*\x00"),
+    (0, b"MM\x00*"),
+    (0, b"\x00\x00\x01\x00"),
+    (0, b"PAR1"),
+    (0, b"SQLite format 3\x00"),
+    (0, b"\x7fELF"),
+    (4, b"ftyp"),
+    (8, b"WEBP"),
+    (8, b"WAVE"),
+    (8, b"AVI "),
+];
+
 fn passing(encoding: &str, head: &[u8]) -> Passing {
     if !matches!(encoding, "" | "identity") {
         return Passing::Encoded;
     }
-    let text = match std::str::from_utf8(head) {
-        Ok(_) => true,
-        // A character cut at the end of what was read is still text.
-        Err(e) => e.error_len().is_none(),
-    };
-    let controls = head
+    let signed = SIGNATURES
         .iter()
-        .any(|b| b.is_ascii_control() && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c));
-    if !head.is_empty() && text && !controls {
-        Passing::Text
-    } else {
+        .any(|(at, sig)| head.get(*at..at + sig.len()) == Some(*sig));
+    if signed || head.is_empty() {
         Passing::Bytes
+    } else {
+        Passing::Text
     }
 }
 
@@ -1223,8 +1258,15 @@ mod tests {
             Passing::Text
         );
         assert_eq!(passing("", "<svg>café</svg>".as_bytes()), Passing::Text);
-        // A character cut where the look ended is still text.
-        assert_eq!(passing("", &"é".as_bytes()[..1]), Passing::Text);
+        assert_eq!(passing("", b"RIFF\x10\x00\x00\x00WEBPVP8 "), Passing::Bytes);
+        assert_eq!(passing("", b"\x00\x00\x00\x18ftypmp42"), Passing::Bytes);
+        // Code review: a DEL or a stray byte near the top made JSON pass.
+        assert_eq!(
+            passing("", b"{\"q\":\"\x7f\",\"e\":\"c@x.io\"}"),
+            Passing::Text
+        );
+        assert_eq!(passing("", b"{\"q\":\"\xe9\"}"), Passing::Text);
+        assert_eq!(passing("", b"\x00\x01{\"a\":1}"), Passing::Text);
         assert_eq!(passing("gzip", b"\x1f\x8b"), Passing::Encoded);
     }
 

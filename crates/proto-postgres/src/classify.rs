@@ -454,11 +454,17 @@ pub fn settings_set(sql: &str) -> Option<Vec<String>> {
             at_start = true;
             continue;
         }
-        if let Token::Word(w) = t
-            && w.quote_style.is_none()
-        {
+        if let Token::Word(w) = t {
             let v = w.value.to_ascii_lowercase();
-            if v == "set_config" || v == "discard" {
+            // Quoted too: `"set_config"(…)` is the same call (code review).
+            if v == "set_config" {
+                return None;
+            }
+            if w.quote_style.is_some() {
+                at_start = false;
+                continue;
+            }
+            if v == "discard" {
                 return None;
             }
             if at_start && (v == "set" || v == "reset") {

@@ -489,7 +489,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         let gated = match (checked, self.ctx.gate) {
             (Err(refusal), _) => Err(refusal),
             (Ok(checked), Some(g)) => {
-                g.observe(&m);
+                g.observe(&m, class);
                 // What was batched before goes first: only this statement waits.
                 if g.may_wait(&m)
                     && !out.is_empty()

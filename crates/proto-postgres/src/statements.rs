@@ -129,6 +129,9 @@ pub(crate) struct Gate {
     /// another; a `search_path` the target does not report made it count
     /// another table's).
     changed: Mutex<Option<std::collections::BTreeSet<String>>>,
+    /// The last message was not proven a read or write: what it may
+    /// change is counted with the next one.
+    opaque_before: std::sync::atomic::AtomicBool,
 }
 
 /// Reported settings a preview takes from the caller's session.
@@ -173,24 +176,29 @@ impl Gate {
             settings: Mutex::default(),
             startup,
             changed: Mutex::new(Some(Default::default())),
+            opaque_before: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// A statement the caller sends (a simple query or a Parse): the
-    /// settings it may change are noted.
-    pub fn observe(&self, m: &Message) {
+    /// A message the caller sends, of `class` where it was proven: the
+    /// settings it may change are noted. A fast-path call, and anything
+    /// not proven a read or write (`DO`, a function of the caller's that
+    /// may call `set_config`), may change any (code review).
+    pub fn observe(&self, m: &Message, class: Option<Class>) {
         let text = match m.tag {
             tag::QUERY => messages::query_text(m),
             tag::PARSE => messages::parse_text(m).map(|(_, sql)| sql),
+            tag::FUNCTION_CALL => None,
             _ => return,
         };
-        let Some(text) = text else {
-            return;
-        };
-        let set = crate::classify::settings_set(&text);
+        // What an opaque statement may change counts from the next
+        // message on: its own review says why it is not previewed.
+        let opaque = matches!(class, Some(Class::Admin | Class::Unknown));
+        let was_opaque = self.opaque_before.swap(opaque, Ordering::Relaxed);
+        let set = text.and_then(|t| crate::classify::settings_set(&t));
         if let Ok(mut changed) = self.changed.lock() {
             match (set, changed.as_mut()) {
-                (Some(names), Some(all)) => all.extend(names),
+                (Some(names), Some(all)) if !was_opaque => all.extend(names),
                 _ => *changed = None,
             }
         }

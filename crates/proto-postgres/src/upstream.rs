@@ -639,8 +639,15 @@ impl PgUpstream {
             return Ok(());
         };
         let Some(link) = links.link_id(agent) else {
-            // Not connected: connecting says so.
-            return Ok(());
+            // Not connected: connecting says so (and under strict_roles
+            // nothing goes through a link not checked).
+            return match check.strict {
+                true => Err(UpstreamError::AgentUnavailable {
+                    connection: self.name.clone(),
+                    agent: agent.clone(),
+                }),
+                false => Ok(()),
+            };
         };
         // Held while checking: one check per link, others wait for it.
         let mut checked = check.checked.lock().await;
@@ -649,7 +656,8 @@ impl PgUpstream {
             _ => {
                 // Boxed: the check connects through `connect` (as the
                 // gateway, which skips this).
-                let found = match Box::pin(crate::doctor::check(self)).await {
+                let report = Box::pin(crate::doctor::check(self)).await;
+                let found = match &report {
                     Ok(report) if report.problems().is_empty() => Ok(()),
                     Ok(report) => Err(format!(
                         "the database role of read-only connection {:?}, checked through agent {agent:?}, is not least privilege: {}; run `portcullis doctor` on the agent's side for the role to create",
@@ -667,7 +675,13 @@ impl PgUpstream {
                     }
                     Err(why) => tracing::warn!(connection = %self.name, agent, "{why}"),
                 }
-                *checked = Some((link, found.clone()));
+                // Only a finished check stands for the link: one that
+                // could not run (a busy target, a timeout) is tried again
+                // by the next session rather than refusing every caller
+                // until the agent reconnects (code review).
+                if report.is_ok() {
+                    *checked = Some((link, found.clone()));
+                }
                 found
             }
         };

@@ -220,8 +220,6 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Spend the secret with `hash`, once, if it is of `kind`, unexpired
-    /// and unrevoked at `now`. The update is the check.
     /// The data of the unspent, unrevoked secret with `hash` of `kind`
     /// that is still valid at `now`, without spending it (a console link
     /// names its person on the page that asks to use it).
@@ -242,6 +240,8 @@ impl Store {
         .await?)
     }
 
+    /// Spend the secret with `hash`, once, if it is of `kind`, unexpired
+    /// and unrevoked at `now`. The update is the check.
     pub async fn spend_oauth_grant(
         &self,
         hash: &[u8; 32],

@@ -290,7 +290,9 @@ async fn answer(
         }
         "/image" => Response::builder()
             .header("content-type", "image/png")
-            .body(Full::new(Bytes::from_static(b"\x89PNG carol@example.com")))
+            .body(Full::new(Bytes::from_static(
+                b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR carol@example.com",
+            )))
             .unwrap(),
         _ => Response::builder()
             .header("content-type", "application/json")

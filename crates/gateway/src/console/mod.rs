@@ -339,13 +339,9 @@ impl Console {
             .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "t"))
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        match req
-            .headers()
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-        {
-            None => self.use_link(&t).await,
-            Some(_) => self.link_page(&t).await,
+        match looks_like_a_browser(req.headers()) {
+            false => self.use_link(&t).await,
+            true => self.link_page(&t).await,
         }
     }
 
@@ -388,12 +384,14 @@ impl Console {
     /// origin only (a browser says where a form came from).
     async fn link_posted(&self, req: Request<Incoming>) -> Response<Body> {
         let h = req.headers();
+        // Without fetch metadata, the `Origin` every browser sends with
+        // a POST must be there and be ours (code review).
         let same_origin = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
             Some(site) => site == "same-origin",
             None => h
                 .get(header::ORIGIN)
                 .and_then(|v| v.to_str().ok())
-                .is_none_or(|o| o.eq_ignore_ascii_case(&self.origin)),
+                .is_some_and(|o| o.eq_ignore_ascii_case(&self.origin)),
         };
         if !same_origin {
             portcullis_http::linger(req.into_body()).await;
@@ -555,6 +553,18 @@ pub fn csrf_value(secret: &str) -> String {
 
 /// Whether a cookie-authenticated state change is the console's own: the
 /// CSRF header matches, and an `Origin`, when sent, is the gateway's.
+/// Whether a request comes from a browser: fetch metadata, or (where a
+/// browser sends none: an old one, a plain-HTTP origin) what browsers
+/// send with a navigation. Code review: trusting a missing
+/// `Sec-Fetch-Site` left old browsers open to the session swap.
+fn looks_like_a_browser(h: &http::HeaderMap) -> bool {
+    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    h.contains_key("sec-fetch-site")
+        || h.contains_key("upgrade-insecure-requests")
+        || text(header::ACCEPT).contains("text/html")
+        || text(header::USER_AGENT).starts_with("Mozilla/")
+}
+
 fn link_unusable() -> Response<Body> {
     message(
         StatusCode::FORBIDDEN,

@@ -37,6 +37,10 @@ const MAX_PEERS: usize = 10_000;
 /// one may: a review flooded registrations from 501 loopback addresses,
 /// 20 each, and filled the store's cap of clients.
 const OVERALL_FACTOR: u32 = 30;
+/// What one IPv6 /48 may do, as a multiple of what one /64 may: one
+/// free /48 holds 65,536 /64s, which alone took the overall bound and
+/// kept everyone else from signing in (code review).
+const BLOCK_FACTOR: u32 = 4;
 
 /// Sign-ins one address may start per window (each keeps a row in the
 /// store until it expires).
@@ -53,6 +57,8 @@ pub(crate) struct PerPeer {
 struct Seen {
     /// Window start and count, per network.
     networks: HashMap<IpAddr, (i64, u32)>,
+    /// The same per block ([`block`]).
+    blocks: HashMap<IpAddr, (i64, u32)>,
     overall: (i64, u32),
 }
 
@@ -75,31 +81,54 @@ impl PerPeer {
         if seen.overall.1 >= self.limit.saturating_mul(OVERALL_FACTOR) {
             return false;
         }
-        let networks = &mut seen.networks;
-        let key = network(peer);
-        if networks.len() >= MAX_PEERS && !networks.contains_key(&key) {
-            networks.retain(|_, (start, _)| now - *start < WINDOW_SECS);
-            if networks.len() >= MAX_PEERS
-                && let Some(oldest) = networks
-                    .iter()
-                    .min_by_key(|(_, (start, _))| *start)
-                    .map(|(k, _)| *k)
-            {
-                networks.remove(&oldest);
-            }
-        }
-        let entry = networks.entry(key).or_insert((now, 0));
-        if now - entry.0 >= WINDOW_SECS {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.limit {
+        let (key, block) = (network(peer), block(peer));
+        if window(&mut seen.blocks, block, now).1 >= self.limit.saturating_mul(BLOCK_FACTOR) {
             return false;
         }
-        entry.1 += 1;
+        let counted = window(&mut seen.networks, key, now);
+        if counted.1 >= self.limit {
+            return false;
+        }
+        counted.1 += 1;
+        window(&mut seen.blocks, block, now).1 += 1;
         seen.overall.1 += 1;
         true
     }
 }
+
+/// The window of `key` in `map` at `now` (a new one when the last ended),
+/// the oldest forgotten when the map is full.
+fn window(map: &mut HashMap<IpAddr, (i64, u32)>, key: IpAddr, now: i64) -> &mut (i64, u32) {
+    if map.len() >= MAX_PEERS && !map.contains_key(&key) {
+        map.retain(|_, (start, _)| now - *start < WINDOW_SECS);
+        if map.len() >= MAX_PEERS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (start, _))| *start)
+                .map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+    }
+    let entry = map.entry(key).or_insert((now, 0));
+    if now - entry.0 >= WINDOW_SECS {
+        *entry = (now, 0);
+    }
+    entry
+}
+
+/// The block an address's network belongs to: an IPv6 /48 (what one
+/// site, or one free tunnel, is given); an IPv4 address is its own.
+fn block(peer: IpAddr) -> IpAddr {
+    match network(peer) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 const MAX_REDIRECTS: usize = 10;
 const MAX_NAME: usize = 100;
 
@@ -348,6 +377,12 @@ mod tests {
             .filter(|i| r.allow(IpAddr::from([0x2001, 0xdb8, 0, 1, *i, 0, 0, 1]), 0))
             .count();
         assert_eq!(allowed, PER_PEER as usize);
+        // Many /64s of one /48 (code review): four networks' worth.
+        let r = PerPeer::new(PER_PEER);
+        let allowed = (0..2000u16)
+            .filter(|i| r.allow(IpAddr::from([0x2001, 0xdb8, 7, *i, 1, 0, 0, 1]), 0))
+            .count();
+        assert_eq!(allowed, (PER_PEER * BLOCK_FACTOR) as usize);
         // Many networks: at most the overall bound per window.
         let r = PerPeer::new(PER_PEER);
         let allowed = (0..5000u32)
