@@ -28,10 +28,12 @@ const MIN_SECRET: usize = 8;
 
 /// What to look for: the secret as it is, in lower case and in upper case
 /// (a target that echoes it case-folded, in a header name say, had left a
-/// caller only the letters' case to guess: re-review).
+/// caller only the letters' case to guess: re-review), and each of those
+/// with `/` escaped as JSON writers do (`\/`, PHP's default: code review).
 #[derive(Clone)]
 pub struct Scrubber {
     secret: Arc<Vec<memchr::memmem::Finder<'static>>>,
+    /// The longest spelling's length: what a frame's end may hold of one.
     len: usize,
 }
 
@@ -45,17 +47,30 @@ impl Scrubber {
             secret.to_ascii_lowercase(),
             secret.to_ascii_uppercase(),
         ];
-        spellings.dedup();
+        if secret.contains(&b'/') {
+            let escaped: Vec<Vec<u8>> = spellings
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .flat_map(|&b| match b {
+                            b'/' => vec![b'\\', b'/'],
+                            b => vec![b],
+                        })
+                        .collect()
+                })
+                .collect();
+            spellings.extend(escaped);
+        }
         spellings.sort();
         spellings.dedup();
         Some(Self {
+            len: spellings.iter().map(Vec::len).max().unwrap_or(secret.len()),
             secret: Arc::new(
                 spellings
                     .iter()
                     .map(|s| memchr::memmem::Finder::new(s).into_owned())
                     .collect(),
             ),
-            len: secret.len(),
         })
     }
 
@@ -71,12 +86,12 @@ impl Scrubber {
         for f in self.secret.iter() {
             let mut from = 0;
             while let Some(i) = f.find(&buf[from..]) {
-                at.push(from + i);
+                at.push((from + i, f.needle().len()));
                 from += i + 1;
             }
         }
-        for &i in &at {
-            buf[i..i + self.len].fill(b'*');
+        for &(i, n) in &at {
+            buf[i..i + n].fill(b'*');
         }
         at.len()
     }
@@ -366,6 +381,11 @@ mod tests {
             b"{\"key\":\"**************\",\"**************\":1}".as_slice()
         );
         assert!(Scrubber::new(b"short").is_none());
+        // With `/` escaped, as JSON writers do (code review).
+        let slashed = Scrubber::new(b"AbC/dEf+9876").unwrap();
+        let mut b = br#"{"k":"AbC\/dEf+9876","l":"abc\/def+9876"}"#.to_vec();
+        assert_eq!(slashed.bytes(&mut b), 2);
+        assert_eq!(&b, br#"{"k":"*************","l":"*************"}"#);
         // Echoed case-folded, in a value or a header's name (re-review).
         let mut b = b"k=sk-canary-1234 K=SK-CANARY-1234".to_vec();
         assert_eq!(s.bytes(&mut b), 2);
