@@ -178,6 +178,9 @@ struct Scrubbed {
     scrub: Scrubber,
     /// What waits: at most `len - 1` bytes.
     carry: BytesMut,
+    /// Where what waits is joined to a frame's first bytes, reused (not
+    /// an allocation per frame).
+    join: Vec<u8>,
     /// A second frame to give after the one just given.
     queued: Option<Bytes>,
     /// When what waits goes on without a next frame.
@@ -192,6 +195,7 @@ impl Scrubbed {
             inner,
             scrub,
             carry: BytesMut::new(),
+            join: Vec::new(),
             queued: None,
             timer: None,
             done: false,
@@ -208,10 +212,10 @@ impl Scrubbed {
         // bytes: the join is scrubbed whole (rare).
         if !self.carry.is_empty() {
             let head = &data[..keep.min(data.len())];
-            let mut join = Vec::with_capacity(self.carry.len() + head.len());
-            join.extend_from_slice(&self.carry);
-            join.extend_from_slice(head);
-            if self.scrub.find(&join).is_some() {
+            self.join.clear();
+            self.join.extend_from_slice(&self.carry);
+            self.join.extend_from_slice(head);
+            if self.scrub.find(&self.join).is_some() {
                 self.carry.extend_from_slice(&data);
                 self.scrub.bytes(&mut self.carry);
                 let at = self.carry.len().saturating_sub(keep);
