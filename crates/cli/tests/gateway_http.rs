@@ -502,6 +502,30 @@ fn the_upstream_secret_appears_nowhere_but_the_upstream() {
     ]);
     seen_by_caller.push_str(&v.stderr);
     seen_by_caller.push_str(&v.body);
+    // A target that echoes the credential re-encoded (upper case, title
+    // case, hex, base64 at each alignment): each spelling is overwritten
+    // in the body and the headers (left for later last stop).
+    let e = curl(&[
+        "-i",
+        "--cacert",
+        &s.ca,
+        "-H",
+        &s.auth(),
+        &format!("{}/c/good/echo.encoded", s.gw.url),
+    ]);
+    assert!(e.body.matches('\n').count() >= 5, "{}", e.body);
+    let folded = e.body.to_ascii_lowercase();
+    assert!(!folded.contains(CANARY), "{}", e.body);
+    assert!(!folded.contains(&hex::encode(CANARY)), "{}", e.body);
+    for lead in ["", "u:", "key="] {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{lead}{CANARY}"));
+        // The characters that encode the secret alone.
+        let inner = &b64[lead.len().div_ceil(3) * 4 + 4..b64.len() - 4];
+        assert!(!e.body.contains(inner), "{lead}: {}", e.body);
+    }
+    assert!(e.body.matches("****").count() >= 12, "{}", e.body);
+    seen_by_caller.push_str(&e.body);
     assert!(
         !seen_by_caller.contains(CANARY),
         "the secret reached the caller"

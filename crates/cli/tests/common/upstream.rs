@@ -185,6 +185,40 @@ async fn answer(
         .get("x-api-key")
         .map(|v| v.as_bytes().iter().map(|b| format!("\\u{b:04x}")).collect())
         .unwrap_or_default();
+    // What `/echo.encoded` reflects: the x-api-key header as echo and
+    // debug endpoints re-encode text, one spelling per line.
+    let encoded_key: String = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| {
+            use base64::Engine as _;
+            let v = v.as_bytes();
+            let b64 = |lead: &str| {
+                let mut framed = lead.as_bytes().to_vec();
+                framed.extend_from_slice(v);
+                base64::engine::general_purpose::STANDARD.encode(framed)
+            };
+            let title: String = String::from_utf8_lossy(v)
+                .split('-')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("-");
+            [
+                String::from_utf8_lossy(&v.to_ascii_uppercase()).into_owned(),
+                title,
+                hex::encode(v),
+                b64(""),
+                b64("u:"),
+                b64("key="),
+            ]
+            .join("\n")
+        })
+        .unwrap_or_default();
     let body = req
         .into_body()
         .collect()
@@ -214,6 +248,11 @@ async fn answer(
             .body(Full::new(Bytes::from(format!(
                 r#"{{"key":"{escaped_key}"}}"#
             ))))
+            .unwrap(),
+        "/echo.encoded" => Response::builder()
+            .header("content-type", "text/plain")
+            .header("x-echo", encoded_key.replace('\n', "; "))
+            .body(Full::new(Bytes::from(encoded_key)))
             .unwrap(),
         "/echo" => Response::builder()
             .header("content-type", "text/plain")
