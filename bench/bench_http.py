@@ -43,6 +43,18 @@ def rss_kib(pid):
     return 0
 
 
+def rss_parts_kib(pid):
+    """Resident memory split into anonymous (the heap: what a load can
+    leave behind) and file-backed (the binary's pages read so far)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            for k in ("RssAnon", "RssFile"):
+                if line.startswith(k + ":"):
+                    out[k] = int(line.split()[1])
+    return out
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
@@ -229,6 +241,8 @@ connections = ["bench", "bench-masked", "bench-agent"]
         jobs.append(("new connection per request c=16 1k", ["-t2", "-c16", "-H", "Connection: close"], "1k",
                      ["direct", "portcullis", "nginx", "haproxy"]))
         results, loads, cpu = {}, [], {}
+        # Resident memory after each job, to tell which load leaves what.
+        after_job = {"fresh": rss_parts_kib(gw.pid)}
         for name, flags, size, systems in jobs:
             for _ in range(args.reps):
                 for s in systems:
@@ -241,10 +255,12 @@ connections = ["bench", "bench-masked", "bench-agent"]
                     if before is not None and r["requests"]:
                         cpu.setdefault(s, []).append((cpu_seconds(gw.pid) - before) / r["requests"] * 1e6)
                     results.setdefault(name, {}).setdefault(s, []).append(r)
+            after_job[name] = rss_parts_kib(gw.pid)
             print(f"done: {name}", file=sys.stderr)
 
-        memory = {"fresh_kib": fresh_kib, **idle_memory(gw.pid, gw_port, f"{d}/ca.pem")}
+        memory = {"fresh_kib": fresh_kib, "after_job": after_job, **idle_memory(gw.pid, gw_port, f"{d}/ca.pem")}
         memory["after_load_over_fresh"] = round(memory["idle_kib"] / max(fresh_kib, 1), 2)
+        memory["after_10s_over_fresh"] = round(memory["idle_10s_kib"] / max(fresh_kib, 1), 2)
         memory["after_expiry_over_fresh"] = round(memory["idle_after_expiry_kib"] / max(fresh_kib, 1), 2)
     finally:
         for p in procs:
@@ -263,6 +279,11 @@ def idle_memory(pid, port, ca):
     raise_nofile()
     ctx = ssl.create_default_context(cafile=ca)
     out = {"idle_kib": rss_kib(pid)}
+    # Ten seconds later: what the allocator gives back once the load has
+    # ended (the after / fresh target reads this one too).
+    time.sleep(10)
+    out["idle_10s_kib"] = rss_kib(pid)
+    out["idle_10s_parts_kib"] = rss_parts_kib(pid)
     socks = []
     for target in (1000, 9000):
         while len(socks) < target:
@@ -281,6 +302,7 @@ def idle_memory(pid, port, ca):
     # nginx's keepalive they are a cache the load filled), what is left.
     time.sleep(65)
     out["idle_after_expiry_kib"] = rss_kib(pid)
+    out["idle_after_expiry_parts_kib"] = rss_parts_kib(pid)
     return out
 
 

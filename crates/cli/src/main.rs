@@ -22,13 +22,14 @@ mod token_cmd;
 
 use std::path::PathBuf;
 
-/// mimalloc rather than glibc's malloc: measured in bench/ (resident
-/// memory after a load ends, and CPU per request); see docs/performance.md.
-/// Built without transparent huge pages (`no_thp`): mimalloc asked the
-/// kernel for them, and 40 of a fresh gateway's 61 MiB were huge pages
-/// mostly unused (measured: 61 → 41 MiB fresh, 110 → 89 MiB after load).
+/// jemalloc, with a background thread that returns freed pages to the
+/// system (`.cargo/config.toml`), rather than glibc's malloc or mimalloc:
+/// measured in bench/ (resident memory after a load ends, and CPU per
+/// request); see docs/performance.md. glibc kept 10× its fresh figure
+/// after a load; mimalloc returned freed pages only on a thread's next
+/// allocations, so an idle gateway kept what its last load had left.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
