@@ -57,7 +57,8 @@ pub(crate) struct PerPeer {
 struct Seen {
     /// Window start and count, per network.
     networks: HashMap<IpAddr, (i64, u32)>,
-    /// The same per block ([`block`]).
+    /// The same per IPv6 block ([`block`]); an IPv4 network is no
+    /// block's part, and is not counted twice.
     blocks: HashMap<IpAddr, (i64, u32)>,
     overall: (i64, u32),
 }
@@ -82,7 +83,9 @@ impl PerPeer {
             return false;
         }
         let (key, block) = (network(peer), block(peer));
-        if window(&mut seen.blocks, block, now).1 >= self.limit.saturating_mul(BLOCK_FACTOR) {
+        if let Some(b) = block
+            && window(&mut seen.blocks, b, now).1 >= self.limit.saturating_mul(BLOCK_FACTOR)
+        {
             return false;
         }
         let counted = window(&mut seen.networks, key, now);
@@ -90,7 +93,9 @@ impl PerPeer {
             return false;
         }
         counted.1 += 1;
-        window(&mut seen.blocks, block, now).1 += 1;
+        if let Some(b) = block {
+            window(&mut seen.blocks, b, now).1 += 1;
+        }
         seen.overall.1 += 1;
         true
     }
@@ -118,14 +123,18 @@ fn window(map: &mut HashMap<IpAddr, (i64, u32)>, key: IpAddr, now: i64) -> &mut 
 }
 
 /// The block an address's network belongs to: an IPv6 /48 (what one
-/// site, or one free tunnel, is given); an IPv4 address is its own.
-fn block(peer: IpAddr) -> IpAddr {
+/// site, or one free tunnel, is given). An IPv4 address is its own
+/// network and in no block (counting it twice had kept two entries per
+/// address: left for later last stop).
+fn block(peer: IpAddr) -> Option<IpAddr> {
     match network(peer) {
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+            Some(IpAddr::V6(std::net::Ipv6Addr::new(
+                s[0], s[1], s[2], 0, 0, 0, 0, 0,
+            )))
         }
-        v4 => v4,
+        _ => None,
     }
 }
 
@@ -389,6 +398,10 @@ mod tests {
             .filter(|i| r.allow(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 0))
             .count();
         assert_eq!(allowed, (PER_PEER * OVERALL_FACTOR) as usize);
+        // IPv4 networks are kept once, in no block.
+        let seen = r.seen.lock().unwrap();
+        assert_eq!((seen.networks.len(), seen.blocks.len()), (600, 0));
+        drop(seen);
         assert!(r.allow("192.0.2.1".parse().unwrap(), WINDOW_SECS));
         // A refused request does not count (a network over its limit
         // cannot use up the overall bound).
