@@ -153,10 +153,16 @@ impl Store {
                         // `kill -9` tests) without an fsync per commit; a
                         // power loss may lose the last commits, never
                         // corrupt the chain. FULL would put an fsync on
-                        // every request's path.
+                        // every request's path. The page cache is 512 KiB
+                        // per connection rather than SQLite's 2 MiB: up to
+                        // eight full caches stay resident once a load has
+                        // grown the store (docs/performance.md), and the
+                        // pages a request touches are few (token records
+                        // are cached, audit entries append).
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                             PRAGMA cache_size = -512;",
                         )
                         .await?;
                     }
@@ -1378,6 +1384,19 @@ mod tests {
         let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
         assert_eq!(store.backend(), Backend::Sqlite);
         testsuite::run_all(&store).await;
+    }
+
+    /// Each SQLite connection's page cache is bounded (memory after a
+    /// load: docs/performance.md).
+    #[tokio::test]
+    async fn sqlite_connections_keep_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        let (size,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(size, -512);
     }
 
     #[tokio::test]
