@@ -524,8 +524,30 @@ fn the_upstream_secret_appears_nowhere_but_the_upstream() {
         let inner = &b64[lead.len().div_ceil(3) * 4 + 4..b64.len() - 4];
         assert!(!e.body.contains(inner), "{lead}: {}", e.body);
     }
-    assert!(e.body.matches("****").count() >= 12, "{}", e.body);
+    for spelled in [
+        CANARY
+            .bytes()
+            .map(|b| format!("&#{b};"))
+            .collect::<String>(),
+        CANARY.bytes().map(|b| format!("%{b:02X}")).collect(),
+        CANARY.bytes().map(|b| format!("\\x{b:02x}")).collect(),
+    ] {
+        // Not even the first third of it (re-review: escapers that
+        // escape every character).
+        assert!(
+            !e.body.contains(&spelled[..spelled.len() / 3]),
+            "{}",
+            e.body
+        );
+    }
+    assert!(e.body.matches("****").count() >= 18, "{}", e.body);
     seen_by_caller.push_str(&e.body);
+    // The key sent as the answer's content coding: refused, and the
+    // refusal does not quote it (re-review).
+    let c = s.get("/c/good/echo.coding");
+    assert_eq!(c.status, 502, "{}", c.body);
+    assert!(!c.body.to_ascii_lowercase().contains(CANARY), "{}", c.body);
+    seen_by_caller.push_str(&c.body);
     assert!(
         !seen_by_caller.contains(CANARY),
         "the secret reached the caller"

@@ -317,8 +317,17 @@ async fn rust_client(s: &Setup) {
     )
     .await;
     let body = &r.structured_content.clone().unwrap()["body"];
-    assert_eq!(body["key"], "*".repeat(API_CANARY.len()), "{body}");
+    // Each `\u0073` of the raw bytes overwritten where it was read.
+    assert_eq!(body["key"], "*".repeat(6 * API_CANARY.len()), "{body}");
     assert!(!serde_json::to_string(&r).unwrap().contains(API_CANARY));
+    // Nor in the text the model reads (re-review: it showed the escapes).
+    let escaped: String = API_CANARY.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    assert!(!text_of(&r).contains(&escaped), "{}", text_of(&r));
+    assert!(
+        text_of(&r).contains(&"*".repeat(API_CANARY.len())),
+        "{}",
+        text_of(&r)
+    );
     // Path tricks are refused as malformed arguments.
     let err = client
         .call_tool(

@@ -101,15 +101,14 @@ pub async fn http_request(
                 .await
             {
                 Ok(answer) => {
-                    let text = String::from_utf8_lossy(&answer.body).into_owned();
+                    let (text, parsed) = readable(&answer, upstream.scrubber());
                     let response = Event::HttpResponse {
                         request: None,
                         status: answer.status.as_u16(),
                         headers: vec![("content-type".into(), answer.content_type.clone())],
                         body: Some(text.clone()),
                     };
-                    call::record(&rec, [response])
-                        .map(|()| tool_result(&answer, text, upstream.scrubber()))
+                    call::record(&rec, [response]).map(|()| tool_result(&answer, text, parsed))
                 }
                 Err(e) => Err(e),
             }
@@ -258,9 +257,14 @@ async fn send(
                 .boxed(),
         )
         .map_err(|e| ToolError::Params(e.to_string()))?;
+    // A reason may quote what the target sent (a charset, a coding): the
+    // secret is overwritten in it (re-review).
     let target = |reason: String| ToolError::Target {
         connection: name.to_string(),
-        reason,
+        reason: match upstream.scrubber() {
+            Some(s) => s.text(&reason),
+            None => reason,
+        },
     };
     let resp = upstream
         .forward(
@@ -327,25 +331,37 @@ async fn send(
     })
 }
 
-/// The tool result: structured (status, type, body parsed when JSON) and
-/// as text for the model.
-fn tool_result(
+/// The answer's body as text, and parsed when it is JSON. The raw bytes
+/// were scrubbed; reading JSON undoes its escapes (review: `\/` and
+/// `\u0041` spelled the key so the scrubber did not see it, and the parsed
+/// body then showed it plain), so the parsed value is scrubbed again and
+/// the text is written from it (re-review: the text, which the model
+/// reads and the recording keeps, still held the escaped key).
+fn readable(
     a: &Answer,
-    text: String,
     scrubber: Option<&portcullis_http::scrub::Scrubber>,
-) -> CallToolResult {
-    let (status, content_type) = (a.status.as_u16(), &a.content_type);
-    let mut parsed: Option<Value> = if content_type.contains("json") {
+) -> (String, Option<Value>) {
+    let mut parsed: Option<Value> = if a.content_type.contains("json") {
         serde_json::from_slice(&a.body).ok()
     } else {
         None
     };
-    // The raw bytes were scrubbed; reading JSON undoes its escapes
-    // (review: `\/` and `\u0041` spelled the key so the scrubber did not
-    // see it, and the parsed body then showed it plain).
-    if let (Some(s), Some(v)) = (scrubber, parsed.as_mut()) {
-        scrub_value(s, v);
+    let text = String::from_utf8_lossy(&a.body).into_owned();
+    match (scrubber, parsed.as_mut()) {
+        (Some(s), Some(v)) => {
+            scrub_value(s, v);
+            let text = serde_json::to_string(v).unwrap_or_default();
+            (text, parsed)
+        }
+        (Some(s), None) => (s.text(&text), None),
+        (None, _) => (text, parsed),
     }
+}
+
+/// The tool result: structured (status, type, body parsed when JSON) and
+/// as text for the model.
+fn tool_result(a: &Answer, text: String, parsed: Option<Value>) -> CallToolResult {
+    let (status, content_type) = (a.status.as_u16(), &a.content_type);
     let shown = if a.truncated {
         format!(
             "HTTP {status} ({content_type}); the body is over {MAX_BODY} bytes and was not returned"

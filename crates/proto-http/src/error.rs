@@ -81,6 +81,24 @@ pub enum ProxyError {
     Budget(portcullis_front::BudgetError),
 }
 
+impl ProxyError {
+    /// The error with the connection's secret overwritten in what the
+    /// target's bytes may have filled in (a reason quoting its headers).
+    pub fn scrubbed(self, s: &crate::scrub::Scrubber) -> Self {
+        match self {
+            Self::Upstream { connection, reason } => Self::Upstream {
+                connection,
+                reason: s.text(&reason),
+            },
+            Self::MaskFailed { connection, reason } => Self::MaskFailed {
+                connection,
+                reason: s.text(&reason),
+            },
+            other => other,
+        }
+    }
+}
+
 fn humantime_secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }

@@ -525,23 +525,31 @@ impl Inner {
         let body = recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
         seen.live = Some((live.clone(), request_no));
         seen.bytes_from_caller = declared;
-        let resp = self
-            .forward(
-                name,
-                &admitted.principal.subject,
-                upstream,
-                Request::from_parts(parts, body),
-                &state,
-            )
-            .await?;
-        let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
-        // The credential the gateway added, wherever the target echoed it.
-        let resp = match upstream.scrubber() {
-            Some(s) => s.response(resp).map_err(|reason| ProxyError::Upstream {
-                connection: name.to_owned(),
-                reason,
-            })?,
-            None => resp,
+        let answer = async {
+            let resp = self
+                .forward(
+                    name,
+                    &admitted.principal.subject,
+                    upstream,
+                    Request::from_parts(parts, body),
+                    &state,
+                )
+                .await?;
+            let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
+            // The credential the gateway added, wherever the target echoed it.
+            match upstream.scrubber() {
+                Some(s) => s.response(resp).map_err(|reason| ProxyError::Upstream {
+                    connection: name.to_owned(),
+                    reason,
+                }),
+                None => Ok(resp),
+            }
+        };
+        // A refusal may quote what the target sent (a charset, a coding):
+        // scrubbed too (re-review).
+        let resp = match (answer.await, upstream.scrubber()) {
+            (Err(e), Some(s)) => return Err(e.scrubbed(s)),
+            (answer, _) => answer?,
         };
         let resp = crate::budget::meter(resp, &live).await?;
         record_response(resp, &live, request_no)

@@ -22,6 +22,8 @@ use http_body::{Frame, SizeHint};
 
 use crate::{Body, BoxError};
 
+mod reading;
+
 /// Secrets shorter than this are not looked for: they would overwrite
 /// ordinary text (and such a credential is no secret).
 const MIN_SECRET: usize = 8;
@@ -165,7 +167,16 @@ thread_local! {
     /// The lower-cased copy searched, reused (not an allocation per
     /// frame); the search never yields, so one per thread is enough.
     static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for the [`reading::Reading`].
+    static READING: std::cell::RefCell<reading::Reading> = std::cell::RefCell::default();
 }
+
+/// How many bytes one byte of the secret may have been read from, at
+/// most, for what waits at a frame's end and how far from an escape a
+/// reading looks (`&#x0002F;` and a blank), and a bound on it for long
+/// secrets: a secret spread wider is not found in a reading.
+const READ_WIDTH: usize = 10;
+const MAX_REACH: usize = 16 << 10;
 
 /// More than this is not kept between frames in [`FOLDED`].
 const FOLDED_KEPT: usize = 1 << 20;
@@ -177,8 +188,9 @@ impl Scrubber {
         }
         let spellings = spellings(secret);
         let search = Search::new(&spellings)?;
+        let longest = spellings.iter().map(Vec::len).max().unwrap_or(secret.len());
         Some(Self {
-            len: spellings.iter().map(Vec::len).max().unwrap_or(secret.len()),
+            len: (secret.len() * READ_WIDTH).min(MAX_REACH).max(longest),
             search: Arc::new(search),
         })
     }
@@ -197,29 +209,76 @@ impl Scrubber {
         })
     }
 
-    /// Whether the secret (in any of its spellings) is in `hay`.
+    /// Whether the secret (in any of its spellings) is in `hay`, as it
+    /// is or in its [reading](reading).
     fn found(&self, hay: &[u8]) -> bool {
-        Self::folded(hay, |h| self.search.find(h, 0).is_some())
+        Self::folded(hay, |h| self.search.find(h, 0).is_some()) || !self.read(hay).is_empty()
+    }
+
+    /// Where the secret is in `hay`'s [reading](reading), as ranges of
+    /// `hay`.
+    fn read(&self, hay: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut at = Vec::new();
+        for part in reading::parts(hay, self.len) {
+            READING.with(|cell| {
+                let mut r = cell.borrow_mut();
+                reading::read(&hay[part.clone()], &mut r);
+                for m in self.all(&r.text) {
+                    let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
+                    at.push(part.start + from..part.start + to);
+                }
+                Self::trim(&mut r);
+            });
+        }
+        at
+    }
+
+    /// Every spelling's place in `hay` (a lower-cased text).
+    fn all(&self, hay: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut at = Vec::new();
+        let mut from = 0;
+        // One spelling per start (the longest); each later start is
+        // searched again from the next byte.
+        while let Some(r) = self.search.find(hay, from) {
+            from = r.start + 1;
+            at.push(r);
+        }
+        at
+    }
+
+    fn trim(r: &mut reading::Reading) {
+        if r.text.capacity() > FOLDED_KEPT {
+            *r = reading::Reading::default();
+        }
     }
 
     /// Overwrite every occurrence in `buf`, overlapping ones included
-    /// (all are found before any is overwritten); how many there were.
+    /// (all are found before any is overwritten), as it is and in its
+    /// reading; how many there were.
     pub fn bytes(&self, buf: &mut [u8]) -> usize {
-        let at = Self::folded(buf, |h| {
-            let mut at = Vec::new();
-            let mut from = 0;
-            // One spelling per start (the longest); each later start is
-            // searched again from the next byte.
-            while let Some(r) = self.search.find(h, from) {
-                from = r.start + 1;
+        let mut at = Self::folded(buf, |h| self.all(h));
+        for r in self.read(buf) {
+            // Found as it is too: counted once.
+            if !at.iter().any(|a| a.start <= r.start && r.end <= a.end) {
                 at.push(r);
             }
-            at
-        });
+        }
         for r in &at {
             buf[r.clone()].fill(b'*');
         }
         at.len()
+    }
+
+    /// `text` with every occurrence overwritten: for what the gateway
+    /// writes itself out of the target's bytes (an error quoting a header
+    /// the target sent had handed a review the key: re-review).
+    pub fn text(&self, text: &str) -> String {
+        let mut b = text.as_bytes().to_vec();
+        if self.bytes(&mut b) == 0 {
+            return text.to_owned();
+        }
+        // `*` for whole occurrences of valid text: still valid.
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Overwrite every occurrence in these headers' values, and drop a
@@ -265,10 +324,30 @@ impl Scrubber {
                     .into_iter()
                     .find(|t| t != "chunked")
             });
+        // Named only when it is a registered coding: the token is the
+        // target's text, and a review's target sent the key there.
+        const NAMED: &[&str] = &[
+            "gzip",
+            "x-gzip",
+            "deflate",
+            "br",
+            "zstd",
+            "compress",
+            "x-compress",
+            "dcb",
+            "dcz",
+            "aes128gcm",
+            "exi",
+            "pack200-gzip",
+        ];
         match compressed {
             None => Ok(()),
             Some(t) => Err(format!(
-                "the target answered with encoding {t:?} although asked for none; an answer the gateway cannot search for the credential it added is not passed"
+                "the target answered with encoding {} although asked for none; an answer the gateway cannot search for the credential it added is not passed",
+                NAMED
+                    .iter()
+                    .find(|n| **n == t)
+                    .map_or_else(|| "of its own naming".to_string(), |n| format!("{n:?}"))
             )),
         }
     }
@@ -498,6 +577,15 @@ mod tests {
             let r = Response::builder().header(h, v).body(body_of(&[])).unwrap();
             assert!(s.response(r).is_err(), "{h}: {v}");
         }
+        // The target's token is not quoted (re-review: the key sent as
+        // the content coding came back in the refusal).
+        let r = Response::builder()
+            .header("content-encoding", "sk-CANARY-1234")
+            .body(body_of(&[]))
+            .unwrap();
+        let e = s.response(r).err().unwrap();
+        assert!(!e.to_ascii_lowercase().contains("canary"), "{e}");
+        assert_eq!(s.text("a sk-canary-1234 b"), "a ************** b");
         for (h, v) in [
             ("content-encoding", "identity"),
             ("transfer-encoding", "chunked"),
@@ -594,6 +682,56 @@ mod tests {
         assert!(matches!(*packed.search, Search::Packed(_)) || !cfg!(target_arch = "x86_64"));
     }
 
+    /// Re-review: escapers that write other sets of characters escaped
+    /// than the spellings name (.NET, Go, Python, ESAPI, quoted-printable,
+    /// C) are read through, and a secret broken by blanks is found in a
+    /// frame that holds an escape.
+    #[test]
+    fn escapes_of_any_character_set_are_read_through() {
+        use base64::Engine as _;
+        let secret = "sk-LIVE-9f2Qx7/Ab+Zk=Tq8";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let each = |f: &dyn Fn(u8) -> String| secret.bytes().map(f).collect::<String>();
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode(format!("x-api-key: {secret}\r\n"));
+        let wrapped = format!("{}\n{}", &b64[..20], &b64[20..]);
+        let cases = [
+            each(&|b| format!("\\u{b:04x}")),
+            each(&|b| format!("\\x{b:02X}")),
+            each(&|b| format!("&#{b};")),
+            "sk-LIVE-9f2Qx7/Ab\\u002BZk=Tq8".to_string(),
+            "sk-LIVE-9f2Qx7/Ab%2BZk%3DTq8".into(),
+            "sk-LIVE-9f2Qx7%2FAb+Zk=Tq8".into(),
+            "sk-LIVE-9f2Qx7%252FAb%252BZk%253DTq8".into(),
+            "sk-LIVE-9f2Qx7/Ab&#43;Zk=Tq8".into(),
+            "sk-LIVE-9f2Qx7&#x2F;Ab&#x2b;Zk&#x3d;Tq8".into(),
+            "sk-LIVE-9f2Qx7&sol;Ab&plus;Zk&equals;Tq8".into(),
+            "sk-LIVE-9f2Qx7/Ab+Zk=3DTq8".into(),
+            "sk-LIVE-9f2Qx7/Ab+Zk=3D=\r\nTq8".into(),
+            "sk-LIVE-9f2Q x7/Ab+Zk=Tq8".into(),
+            format!("{wrapped}&"),
+        ];
+        for case in &cases {
+            let mut b = format!("<{case}>").into_bytes();
+            assert!(s.bytes(&mut b) >= 1, "{case}");
+            let left = b.iter().filter(|&&c| c != b'*').count();
+            // The brackets, and what encodes the dump's other bytes.
+            let may_be_left = if case.starts_with(&b64[..4]) { 40 } else { 2 };
+            assert!(
+                left <= may_be_left,
+                "{case}: {}",
+                String::from_utf8_lossy(&b)
+            );
+            assert!(s.found(&format!("<{case}>").into_bytes()), "{case}");
+        }
+        // Go's encoding/json escapes `<>&` but not `='`.
+        let go = Scrubber::new(b"Ab&c=d'e<f\"g-12345").unwrap();
+        let mut b = br#"{"k":"Ab\u0026c=d'e\u003cf\"g-12345"}"#.to_vec();
+        assert_eq!(go.bytes(&mut b), 1);
+        let stars = "*".repeat(r#"Ab\u0026c=d'e\u003cf\"g-12345"#.len());
+        assert_eq!(b, format!(r#"{{"k":"{stars}"}}"#).into_bytes());
+    }
+
     /// Review: bytes that could begin the secret waited for the next frame
     /// and others did not, so a caller timing its own echoed guesses read
     /// the key byte by byte. What waits is the last `len - 1` bytes,
@@ -606,7 +744,7 @@ mod tests {
             let (first, second) = b.next_data(Bytes::copy_from_slice(guess));
             assert_eq!((first, second), (None, None), "{guess:?}");
             assert_eq!(&b.carry[..], guess);
-            let long = Bytes::from_static(b"0123456789abcdefghij0123456789abcdefghij");
+            let long = Bytes::from(b"0123456789abcdefghij".repeat(50));
             let (first, second) = b.next_data(long.clone());
             // All that waited, then all but the last `len - 1` bytes.
             let mut out = first.unwrap().to_vec();

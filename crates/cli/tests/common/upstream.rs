@@ -185,6 +185,8 @@ async fn answer(
         .get("x-api-key")
         .map(|v| v.as_bytes().iter().map(|b| format!("\\u{b:04x}")).collect())
         .unwrap_or_default();
+    // What `/echo.coding` names as its content coding: the x-api-key.
+    let raw_key = req.headers().get("x-api-key").cloned();
     // What `/echo.encoded` reflects: the x-api-key header as echo and
     // debug endpoints re-encode text, one spelling per line.
     let encoded_key: String = req
@@ -215,6 +217,10 @@ async fn answer(
                 b64(""),
                 b64("u:"),
                 b64("key="),
+                // Every character escaped, as some escapers write text.
+                v.iter().map(|b| format!("&#{b};")).collect(),
+                v.iter().map(|b| format!("%{b:02X}")).collect(),
+                v.iter().map(|b| format!("\\x{b:02x}")).collect(),
             ]
             .join("\n")
         })
@@ -249,6 +255,13 @@ async fn answer(
                 r#"{{"key":"{escaped_key}"}}"#
             ))))
             .unwrap(),
+        "/echo.coding" => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"x")));
+            if let Some(k) = raw_key {
+                r.headers_mut().insert("content-encoding", k);
+            }
+            r
+        }
         "/echo.encoded" => Response::builder()
             .header("content-type", "text/plain")
             .header("x-echo", encoded_key.replace('\n', "; "))
