@@ -20,14 +20,17 @@ pub(super) struct Reading {
 }
 
 /// The parts of `hay` worth reading: `reach` bytes either side of each
-/// escape's first byte (`\\ & % =`), merged. A secret spelled with an
+/// escape's first byte (`\\ & % =`, or the first byte of an invisible
+/// character's UTF-8: no-break and zero-width spaces, soft hyphens, …:
+/// re-review), merged. A secret spelled with an
 /// escape spans one, and spans at most `reach` bytes, so it lies in one
 /// part whole. Text with no escape is not read at all (the reading costs
 /// about 2 ns a byte): a secret broken only by blanks is found where an
 /// escape is near it.
 pub(super) fn parts(hay: &[u8], reach: usize) -> Vec<std::ops::Range<usize>> {
     let mut at: Vec<usize> = memchr::memchr3_iter(b'\\', b'&', b'%', hay)
-        .chain(memchr::memchr_iter(b'=', hay))
+        .chain(memchr::memchr3_iter(b'=', 0xC2, 0xE2, hay))
+        .chain(memchr::memchr2_iter(0xE3, 0xEF, hay))
         .collect();
     at.sort_unstable();
     let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
@@ -42,40 +45,42 @@ pub(super) fn parts(hay: &[u8], reach: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Named references whose character can be part of a secret.
-const NAMED: &[(&[u8], u8)] = &[
-    (b"amp", b'&'),
-    (b"lt", b'<'),
-    (b"gt", b'>'),
-    (b"quot", b'"'),
-    (b"apos", b'\''),
-    (b"sol", b'/'),
-    (b"bsol", b'\\'),
-    (b"plus", b'+'),
-    (b"equals", b'='),
-    (b"colon", b':'),
-    (b"semi", b';'),
-    (b"period", b'.'),
-    (b"comma", b','),
-    (b"num", b'#'),
-    (b"percnt", b'%'),
-    (b"excl", b'!'),
-    (b"quest", b'?'),
-    (b"lowbar", b'_'),
-    (b"dollar", b'$'),
-    (b"commat", b'@'),
-    (b"ast", b'*'),
-    (b"lpar", b'('),
-    (b"rpar", b')'),
-    (b"lsqb", b'['),
-    (b"rsqb", b']'),
-    (b"lcub", b'{'),
-    (b"rcub", b'}'),
-    (b"verbar", b'|'),
-    (b"grave", b'`'),
-    (b"hat", b'^'),
-    (b"tilde", b'~'),
-    (b"dash", b'-'),
-    (b"hyphen", b'-'),
+const NAMED: &[(&[u8], char)] = &[
+    (b"amp", '&'),
+    (b"lt", '<'),
+    (b"gt", '>'),
+    (b"quot", '"'),
+    (b"apos", '\''),
+    (b"sol", '/'),
+    (b"bsol", '\\'),
+    (b"plus", '+'),
+    (b"equals", '='),
+    (b"colon", ':'),
+    (b"semi", ';'),
+    (b"period", '.'),
+    (b"comma", ','),
+    (b"num", '#'),
+    (b"percnt", '%'),
+    (b"excl", '!'),
+    (b"quest", '?'),
+    (b"lowbar", '_'),
+    (b"dollar", '$'),
+    (b"commat", '@'),
+    (b"ast", '*'),
+    (b"lpar", '('),
+    (b"rpar", ')'),
+    (b"lsqb", '['),
+    (b"rsqb", ']'),
+    (b"lcub", '{'),
+    (b"rcub", '}'),
+    (b"verbar", '|'),
+    (b"grave", '`'),
+    (b"hat", '^'),
+    (b"tilde", '~'),
+    (b"dash", '-'),
+    (b"hyphen", '-'),
+    (b"nbsp", '\u{a0}'),
+    (b"shy", '\u{ad}'),
 ];
 
 fn hex(b: u8) -> Option<u32> {
@@ -94,12 +99,41 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     let c = |v: u32| char::from_u32(v).map(Some);
     match hay[i] {
         b'\\' => match *hay.get(i + 1)? {
+            // ES6's `\u{73}`.
+            b'u' | b'U' if hay.get(i + 2) == Some(&b'{') => {
+                let digits = hay[i + 3..]
+                    .iter()
+                    .take(7)
+                    .take_while(|d| d.is_ascii_hexdigit())
+                    .count();
+                if digits == 0 || digits > 6 || hay.get(i + 3 + digits) != Some(&b'}') {
+                    return None;
+                }
+                Some((c(hex_at(hay, i + 3, digits)?)?, 4 + digits))
+            }
             b'u' | b'U' => Some((c(hex_at(hay, i + 2, 4)?)?, 6)),
+            // Octal, as C and JavaScript write `\163`.
+            b'0'..=b'7' => {
+                let digits = hay[i + 1..]
+                    .iter()
+                    .take(3)
+                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .count();
+                let v = hay[i + 1..i + 1 + digits]
+                    .iter()
+                    .fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                (v <= 0xFF).then_some(())?;
+                Some((c(v)?, 1 + digits))
+            }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
             _ => None,
         },
         b'%' => {
+            // IIS's `%u0073`.
+            if matches!(hay.get(i + 1), Some(b'u' | b'U')) {
+                return Some((c(hex_at(hay, i + 2, 4)?)?, 6));
+            }
             let v = hex_at(hay, i + 1, 2)?;
             // Encoded twice: `%25` then two digits.
             if v == 0x25
@@ -137,25 +171,35 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
             Some(b'x' | b'X') => (16, 2),
             _ => (10, 1),
         };
-        let digits = rest[start..]
+        // Leading zeros, as many as a browser reads (bounded here).
+        let zeros = rest[start..]
+            .iter()
+            .take(32)
+            .take_while(|d| **d == b'0')
+            .count();
+        let digits = rest[start + zeros..]
             .iter()
             .take(8)
             .take_while(|d| (**d as char).is_digit(radix))
             .count();
-        if digits == 0 {
+        if zeros + digits == 0 {
             return None;
         }
-        let text = std::str::from_utf8(&rest[start..start + digits]).ok()?;
-        (u32::from_str_radix(text, radix).ok()?, start + digits)
+        let text = std::str::from_utf8(&rest[start + zeros..start + zeros + digits]).ok()?;
+        let value = if digits == 0 {
+            0
+        } else {
+            u32::from_str_radix(text, radix).ok()?
+        };
+        (value, start + zeros + digits)
     } else {
-        let name_len = rest
+        // The longest name the text begins with: a browser reads `&amp`
+        // in `&ampx` too.
+        let &(name, ch) = NAMED
             .iter()
-            .take(7)
-            .take_while(|b| b.is_ascii_alphabetic())
-            .count();
-        let name = &rest[..name_len];
-        let &(_, ch) = NAMED.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        (u32::from(ch), name_len)
+            .filter(|(n, _)| rest.len() >= n.len() && rest[..n.len()].eq_ignore_ascii_case(n))
+            .max_by_key(|(n, _)| n.len())?;
+        (u32::from(ch), name.len())
     };
     let semi = usize::from(rest.get(used) == Some(&b';'));
     Some((char::from_u32(value).map(Some)?, 1 + used + semi))
@@ -164,7 +208,7 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
 /// Bytes that are neither a blank nor an escape's first byte.
 const ORDINARY: [bool; 256] = {
     let mut t = [true; 256];
-    let special = *b" \t\r\n\\&%=";
+    let special = *b" \t\r\n\\&%=\xC2\xE2\xE3\xEF";
     let mut k = 0;
     while k < special.len() {
         t[special[k] as usize] = false;
@@ -172,6 +216,27 @@ const ORDINARY: [bool; 256] = {
     }
     t
 };
+
+/// Characters a reader does not see, read as blanks: no-break, narrow
+/// and other Unicode spaces, zero-width ones, soft hyphens, the byte
+/// order mark (re-review: inserted between the secret's characters).
+fn invisible(ch: char) -> bool {
+    matches!(ch, ' ' | '\t' | '\r' | '\n' | '\u{a0}' | '\u{ad}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{2064}' | '\u{3000}' | '\u{feff}')
+}
+
+/// The character whose UTF-8 begins at `hay[i]`, and its length.
+fn utf8_at(hay: &[u8], i: usize) -> Option<(char, usize)> {
+    let n = match hay[i] {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => return None,
+    };
+    let ch = std::str::from_utf8(hay.get(i..i + n)?)
+        .ok()?
+        .chars()
+        .next()?;
+    Some((ch, n))
+}
 
 /// Read `hay` into `out` (cleared first).
 pub(super) fn read(hay: &[u8], out: &mut Reading) {
@@ -199,7 +264,19 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
             i += 1;
             continue;
         }
+        if let Some((ch, n)) = utf8_at(hay, i) {
+            if !invisible(ch) {
+                // Copied as it is, lower-casing nothing.
+                let at = i as u32;
+                out.text.extend_from_slice(&hay[i..i + n]);
+                out.from.extend(at..at + n as u32);
+                out.to.extend(at + 1..at + 1 + n as u32);
+            }
+            i += n;
+            continue;
+        }
         let (bytes, used) = match escape(hay, i) {
+            Some((Some(ch), used)) if invisible(ch) => ([0; 4], (0, used)),
             Some((Some(ch), used)) => {
                 let mut buf = [0u8; 4];
                 let s = ch.encode_utf8(&mut buf);
@@ -240,6 +317,15 @@ mod tests {
             // Not escapes: read as they are.
             ("a=b&c=d%zz\\q=3d&unknown;", "a=b&c=d%zz\\q=3d&unknown;"),
             ("\u{e4}&#xe4;", "\u{e4}\u{e4}"),
+            // Re-review: more escapes, and invisible characters.
+            (
+                r"\u{73}\u{6B}\163%u006B&#x0000000073;&#000107&ampx",
+                "sksksk&x",
+            ),
+            (
+                "s\u{200b}k\u{a0}-\u{ad}a&nbsp;&shy;&#8203;\u{feff}b",
+                "sk-ab",
+            ),
         ] {
             assert_eq!(text(hay), want, "{hay}");
         }
