@@ -346,15 +346,15 @@ fn readable(
     } else {
         None
     };
-    let text = String::from_utf8_lossy(&a.body).into_owned();
+    let raw = || String::from_utf8_lossy(&a.body);
     match (scrubber, parsed.as_mut()) {
         (Some(s), Some(v)) => {
             scrub_value(s, v);
             let text = serde_json::to_string(v).unwrap_or_default();
             (text, parsed)
         }
-        (Some(s), None) => (s.text(&text), None),
-        (None, _) => (text, parsed),
+        (Some(s), None) => (s.text(&raw()), None),
+        (None, _) => (raw().into_owned(), parsed),
     }
 }
 
@@ -389,13 +389,7 @@ fn tool_result(a: &Answer, text: String, parsed: Option<Value>) -> CallToolResul
 
 /// The secret overwritten in every string and key of `v`, as read.
 pub(crate) fn scrub_value(s: &portcullis_http::scrub::Scrubber, v: &mut Value) {
-    let text = |t: &mut String| {
-        let mut b = std::mem::take(t).into_bytes();
-        s.bytes(&mut b);
-        // `*` for whole occurrences of valid text: still valid.
-        *t = String::from_utf8(b)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    };
+    let text = |t: &mut String| *t = s.text(t);
     match v {
         Value::String(t) => text(t),
         Value::Array(items) => items.iter_mut().for_each(|i| scrub_value(s, i)),

@@ -38,7 +38,10 @@ const MIN_SECRET: usize = 8;
 #[derive(Clone)]
 pub struct Scrubber {
     search: Arc<Search>,
-    /// The longest spelling's length: what a frame's end may hold of one.
+    /// How many bytes one match may span: the longest spelling, or ten
+    /// bytes per byte of the secret in a [reading](reading), whichever is
+    /// more (at most [`MAX_REACH`]). What a frame's end holds back, and how
+    /// far from an escape a reading looks.
     len: usize,
 }
 
@@ -730,6 +733,39 @@ mod tests {
         assert_eq!(go.bytes(&mut b), 1);
         let stars = "*".repeat(r#"Ab\u0026c=d'e\u003cf\"g-12345"#.len());
         assert_eq!(b, format!(r#"{{"k":"{stars}"}}"#).into_bytes());
+    }
+
+    /// A spelling escaped character by character and split across two
+    /// frames at every point: the join reads it whole (own review of this
+    /// change; wider spellings across frames are left open).
+    #[tokio::test]
+    async fn an_escaped_spelling_split_across_frames_is_overwritten() {
+        let secret = "sk-LIVE-9f2Qx7/Ab+Zk=Tq8";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let spelled: String = secret.bytes().map(|b| format!("\\u{b:04x}")).collect();
+        let whole = format!("{{\"k\":\"{spelled}\"}}");
+        for cut in 1..whole.len() {
+            let (a, b) = whole.split_at(cut);
+            let chunks = Chunks(
+                [
+                    Bytes::copy_from_slice(a.as_bytes()),
+                    Bytes::copy_from_slice(b.as_bytes()),
+                ]
+                .into_iter()
+                .collect(),
+            );
+            let out = Scrubbed::new(chunks.boxed(), s.clone())
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            let stars = "*".repeat(spelled.len());
+            assert_eq!(
+                out,
+                format!("{{\"k\":\"{stars}\"}}").as_bytes(),
+                "cut at {cut}"
+            );
+        }
     }
 
     /// Review: bytes that could begin the secret waited for the next frame
