@@ -542,6 +542,29 @@ fn the_upstream_secret_appears_nowhere_but_the_upstream() {
     }
     assert!(e.body.matches("****").count() >= 18, "{}", e.body);
     seen_by_caller.push_str(&e.body);
+    // Wide spellings written in two frames, cut at points the caller
+    // chooses (second re-review: a spelling wider than the hold, or
+    // broken by a long run of blanks, passed whole when split).
+    for cut in [7, 150, 311, 400, 700, 1000, 1290] {
+        let w = s.get(&format!("/c/good/echo.split?cut={cut}"));
+        assert_eq!(w.status, 200, "{}", w.body);
+        let squeezed: String = w
+            .body
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        assert!(squeezed.matches("****").count() >= 4, "{cut}: {}", w.body);
+        for part in [&CANARY[..6], &CANARY[CANARY.len() - 6..]] {
+            assert!(!squeezed.contains(part), "{cut}: {}", w.body);
+            assert!(!squeezed.contains(&hex::encode(part)), "{cut}: {}", w.body);
+            let refs: String = part.bytes().map(|b| format!("&#x{b:08x};")).collect();
+            assert!(!squeezed.contains(&refs[..36]), "{cut}: {}", w.body);
+            let us: String = part.bytes().map(|b| format!("\\u{b:04x}")).collect();
+            assert!(!squeezed.contains(&us[..18]), "{cut}: {}", w.body);
+        }
+        seen_by_caller.push_str(&w.body);
+    }
     // The key sent as the answer's content coding: refused, and the
     // refusal does not quote it (re-review).
     let c = s.get("/c/good/echo.coding");

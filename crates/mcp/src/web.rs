@@ -278,14 +278,21 @@ async fn send(
     let masked = match ctx.front.mask_rule(name, &who.principal) {
         Some(rule) => {
             let mut stats = Default::default();
-            let r = portcullis_http::mask_response(rule, &a.method, resp, &mut stats, None)
-                .await
-                .map_err(|e| match e {
-                    portcullis_http::ResponseError::Mask(f) => {
-                        target(format!("the response could not be masked: {}", f.0))
-                    }
-                    portcullis_http::ResponseError::Target(reason) => target(reason),
-                })?;
+            let r = portcullis_http::mask_response(
+                rule,
+                &a.method,
+                resp,
+                &mut stats,
+                None,
+                upstream.scrubber(),
+            )
+            .await
+            .map_err(|e| match e {
+                portcullis_http::ResponseError::Mask(f) => {
+                    target(format!("the response could not be masked: {}", f.0))
+                }
+                portcullis_http::ResponseError::Target(reason) => target(reason),
+            })?;
             ctx.front.mask_metrics.record(name, &stats);
             r
         }

@@ -535,7 +535,15 @@ impl Inner {
                     &state,
                 )
                 .await?;
-            let resp = self.mask(&admitted, &method, resp, vault.as_ref()).await?;
+            let resp = self
+                .mask(
+                    &admitted,
+                    &method,
+                    resp,
+                    vault.as_ref(),
+                    upstream.scrubber(),
+                )
+                .await?;
             // The credential the gateway added, wherever the target echoed it.
             match upstream.scrubber() {
                 Some(s) => s.response(resp).map_err(|reason| ProxyError::Upstream {
@@ -1035,13 +1043,14 @@ impl Inner {
         method: &http::Method,
         resp: Response<Incoming>,
         vault: Option<&SharedVault>,
+        scrub: Option<&crate::scrub::Scrubber>,
     ) -> Result<Response<Body>, ProxyError> {
         let name = &admitted.connection;
         let Some(rule) = self.ctx.mask_rule(name, &admitted.principal) else {
             return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
         };
         let mut stats = portcullis_mask::Stats::new();
-        let masked = crate::masking::mask_response(rule, method, resp, &mut stats, vault)
+        let masked = crate::masking::mask_response(rule, method, resp, &mut stats, vault, scrub)
             .await
             .map_err(|f| match f {
                 crate::masking::ResponseError::Mask(f) => ProxyError::MaskFailed {

@@ -2,6 +2,7 @@
 //! be inspected is never passed raw: it is refused, or masked as text when
 //! the rule says so.
 
+use crate::scrub::Scrubber;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
@@ -146,8 +147,17 @@ pub async fn mask_response(
     resp: Response<Incoming>,
     stats: &mut Stats,
     vault: Option<&Arc<Mutex<Vault>>>,
+    scrub: Option<&Scrubber>,
 ) -> Result<Response<Body>, ResponseError> {
     let (mut parts, body) = resp.into_parts();
+    // The credential the gateway added is overwritten before masking
+    // rewrites anything: a masker that replaced digit groups of an echoed
+    // hex dump (`[PHONE]`) had broken the key's spelling, and the rest of
+    // it reached the caller past the scrubber that runs after (review of
+    // the scrubber's squeeze).
+    if let Some(s) = scrub {
+        s.headers(&mut parts.headers);
+    }
     // HTTP/1.1's reason phrase is the target's free text (`404 no user
     // carol@example.com`), kept by hyper in an extension: never read,
     // so never sent.
@@ -218,12 +228,20 @@ pub async fn mask_response(
         })?
         .to_bytes();
     let masked = if raw.len() <= INLINE_MAX {
-        mask_body(rule, k, &encoding, &raw, stats, vault.map(|v| &**v))?
+        mask_body(rule, k, &encoding, &raw, stats, vault.map(|v| &**v), scrub)?
     } else {
-        let (rule, vault) = (rule.clone(), vault.cloned());
+        let (rule, vault, scrub) = (rule.clone(), vault.cloned(), scrub.cloned());
         let mut taken = std::mem::take(stats);
         let (masked, taken) = tokio::task::spawn_blocking(move || {
-            let masked = mask_body(&rule, k, &encoding, &raw, &mut taken, vault.as_deref());
+            let masked = mask_body(
+                &rule,
+                k,
+                &encoding,
+                &raw,
+                &mut taken,
+                vault.as_deref(),
+                scrub.as_ref(),
+            );
             (masked, taken)
         })
         .await
@@ -605,8 +623,12 @@ fn mask_body(
     raw: &[u8],
     stats: &mut Stats,
     vault: Option<&Mutex<Vault>>,
+    scrub: Option<&Scrubber>,
 ) -> Result<Vec<u8>, MaskFailure> {
-    let plain = decode(encoding, raw, rule.max_body_bytes)?;
+    let mut plain = decode(encoding, raw, rule.max_body_bytes)?;
+    if let Some(s) = scrub {
+        s.bytes(&mut plain);
+    }
     if k != Kind::Opaque && plain.contains(&0) {
         // A NUL splits every value in two for the detectors (and is how
         // UTF-16 reads as UTF-8); no text body needs one.
@@ -1005,7 +1027,15 @@ mod tests {
     fn masked(rule: &Rule, ct: Option<&'static str>, body: &[u8]) -> Result<String, MaskFailure> {
         let ct = ct.map(HeaderValue::from_static);
         readable(rule, kind(ct.as_ref()), ct.as_ref())?;
-        let out = mask_body(rule, kind(ct.as_ref()), "", body, &mut Stats::new(), None)?;
+        let out = mask_body(
+            rule,
+            kind(ct.as_ref()),
+            "",
+            body,
+            &mut Stats::new(),
+            None,
+            None,
+        )?;
         Ok(String::from_utf8(out).unwrap())
     }
 

@@ -89,6 +89,9 @@ pub fn start(cert: &Path, key: &Path) -> TestUpstream {
                         if req.uri().path().ends_with("/stream") {
                             return Ok(streamed());
                         }
+                        if req.uri().path().ends_with("/echo.split") {
+                            return Ok(split_echo(&req));
+                        }
                         Ok::<_, Infallible>(answer(req, seen).await.map(|b| b.boxed()))
                     }
                 });
@@ -116,6 +119,56 @@ fn streamed() -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible
         let frame = hyper::body::Frame::data(Bytes::from(vec![b'a' + i; 1000]));
         Some((Ok::<_, Infallible>(frame), i + 1))
     });
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(http_body_util::StreamBody::new(chunks).boxed())
+        .unwrap()
+}
+
+/// The x-api-key in wide spellings (each character as `&#x000000NN;`,
+/// as `\u00NN` and 15 blanks, in hex with blanks, and the key's halves
+/// 300 spaces apart), written in two frames 2 ms apart, cut where the
+/// caller's `?cut=N` says: a caller moves where the target's writes
+/// break (second re-review).
+fn split_echo(
+    req: &Request<hyper::body::Incoming>,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let key = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let cut: usize = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("cut="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let half = key.len() / 2;
+    let body = [
+        key.iter()
+            .map(|b| format!("&#x{b:08x};"))
+            .collect::<String>(),
+        key.iter()
+            .map(|b| format!("\\u{b:04x}{}", " ".repeat(15)))
+            .collect(),
+        key.iter().map(|b| format!("{b:02x} ")).collect(),
+        format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&key[..half]),
+            " ".repeat(300),
+            String::from_utf8_lossy(&key[half..])
+        ),
+    ]
+    .join("\n");
+    let body = Bytes::from(body);
+    let cut = cut.min(body.len());
+    let frames = [body.slice(..cut), body.slice(cut..)];
+    let chunks =
+        futures_util::StreamExt::then(futures_util::stream::iter(frames), |f| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, Infallible>(hyper::body::Frame::data(f))
+        });
     Response::builder()
         .header("content-type", "text/plain")
         .body(http_body_util::StreamBody::new(chunks).boxed())

@@ -19,23 +19,36 @@ pub(super) struct Reading {
     pub to: Vec<u32>,
 }
 
-/// The parts of `hay` worth reading: `reach` bytes either side of each
-/// escape's first byte (`\\ & % =`, or the first byte of an invisible
-/// character's UTF-8: no-break and zero-width spaces, soft hyphens, …:
-/// re-review), merged. A secret spelled with an
-/// escape spans one, and spans at most `reach` bytes, so it lies in one
-/// part whole. Text with no escape is not read at all (the reading costs
-/// about 2 ns a byte): a secret broken only by blanks is found where an
-/// escape is near it.
-pub(super) fn parts(hay: &[u8], reach: usize) -> Vec<std::ops::Range<usize>> {
-    let mut at: Vec<usize> = memchr::memchr3_iter(b'\\', b'&', b'%', hay)
-        .chain(memchr::memchr3_iter(b'=', 0xC2, 0xE2, hay))
-        .chain(memchr::memchr2_iter(0xE3, 0xEF, hay))
+/// Where escapes begin in `sq` (a [squeezed](super::squeezed) text):
+/// `\\ & % =`, and the first bytes of the UTF-8 of characters a reader
+/// does not see (no-break and zero-width spaces, soft hyphens, Hangul
+/// fillers, tag characters, …: re-review) or reads as ASCII (fullwidth
+/// forms).
+pub(super) fn triggers(sq: &[u8]) -> Vec<usize> {
+    let mut at: Vec<usize> = memchr::memchr3_iter(b'\\', b'&', b'%', sq)
+        .chain(memchr::memchr3_iter(b'=', 0xC2, 0xCD, sq))
+        .chain(memchr::memchr3_iter(0xE1, 0xE2, 0xE3, sq))
+        .chain(memchr::memchr2_iter(0xEF, 0xF3, sq))
         .collect();
     at.sort_unstable();
+    at
+}
+
+/// The most bytes one escape this reading decodes may span: `&#x`, 32
+/// zeros, 8 digits and `;`; `\\u{`, 40 digits and `}`.
+pub(super) const ESCAPE_WIDTH: usize = 48;
+
+/// The parts of a squeezed text worth reading, as squeezed ranges: each
+/// escape with `reach` bytes before it and [`ESCAPE_WIDTH`] + `reach`
+/// after, merged. A spelling of at most `reach` characters that holds an
+/// escape lies whole in one part: between two of its escapes there are at
+/// most `reach` characters, and before its first and after its last
+/// escape too. Blanks take no room here, so no run of them, however long,
+/// breaks a part (re-review). Text with no escape is not read at all.
+pub(super) fn windows(triggers: &[usize], len: usize, reach: usize) -> Vec<std::ops::Range<usize>> {
     let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
-    for p in at {
-        let (start, end) = (p.saturating_sub(reach), (p + reach).min(hay.len()));
+    for &p in triggers {
+        let (start, end) = (p.saturating_sub(reach), (p + ESCAPE_WIDTH + reach).min(len));
         match parts.last_mut() {
             Some(last) if start <= last.end => last.end = end,
             _ => parts.push(start..end),
@@ -79,8 +92,39 @@ const NAMED: &[(&[u8], char)] = &[
     (b"tilde", '~'),
     (b"dash", '-'),
     (b"hyphen", '-'),
+    (b"lbrack", '['),
+    (b"rbrack", ']'),
+    (b"lbrace", '{'),
+    (b"rbrace", '}'),
+    (b"vert", '|'),
+    (b"verticalline", '|'),
+    (b"midast", '*'),
+    (b"underbar", '_'),
+    (b"newline", '\n'),
+    (b"tab", '\t'),
     (b"nbsp", '\u{a0}'),
+    (b"nonbreakingspace", '\u{a0}'),
     (b"shy", '\u{ad}'),
+    (b"ensp", '\u{2002}'),
+    (b"emsp", '\u{2003}'),
+    (b"thinsp", '\u{2009}'),
+    (b"hairsp", '\u{200a}'),
+    (b"zwnj", '\u{200c}'),
+    (b"zwj", '\u{200d}'),
+    (b"lrm", '\u{200e}'),
+    (b"rlm", '\u{200f}'),
+    (b"zerowidthspace", '\u{200b}'),
+    (b"negativethinspace", '\u{200b}'),
+    (b"negativemediumspace", '\u{200b}'),
+    (b"negativethickspace", '\u{200b}'),
+    (b"negativeverythinspace", '\u{200b}'),
+    (b"nobreak", '\u{2060}'),
+    (b"invisibletimes", '\u{2062}'),
+    (b"invisiblecomma", '\u{2063}'),
+    (b"applyfunction", '\u{2061}'),
+    (b"ic", '\u{2063}'),
+    (b"it", '\u{2062}'),
+    (b"af", '\u{2061}'),
 ];
 
 fn hex(b: u8) -> Option<u32> {
@@ -101,15 +145,24 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
         b'\\' => match *hay.get(i + 1)? {
             // ES6's `\u{73}`.
             b'u' | b'U' if hay.get(i + 2) == Some(&b'{') => {
+                // Leading zeros, as many as fit in an escape's width.
                 let digits = hay[i + 3..]
                     .iter()
-                    .take(7)
+                    .take(41)
                     .take_while(|d| d.is_ascii_hexdigit())
                     .count();
-                if digits == 0 || digits > 6 || hay.get(i + 3 + digits) != Some(&b'}') {
+                if digits == 0 || digits > 40 || hay.get(i + 3 + digits) != Some(&b'}') {
                     return None;
                 }
-                Some((c(hex_at(hay, i + 3, digits)?)?, 4 + digits))
+                let zeros = hay[i + 3..i + 3 + digits]
+                    .iter()
+                    .take_while(|d| **d == b'0')
+                    .count()
+                    .min(digits - 1);
+                if digits - zeros > 6 {
+                    return None;
+                }
+                Some((c(hex_at(hay, i + 3 + zeros, digits - zeros)?)?, 4 + digits))
             }
             b'u' | b'U' => Some((c(hex_at(hay, i + 2, 4)?)?, 6)),
             // Octal, as C and JavaScript write `\163`.
@@ -166,6 +219,11 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
 /// `;` may be missing, as browsers allow).
 fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     let rest = hay.get(i + 1..)?;
+    // Most `&` in an answer begin no reference (a body of nothing but
+    // `&` took 16 times as long to read: re-review).
+    if !rest.first()?.is_ascii_alphabetic() && rest[0] != b'#' {
+        return None;
+    }
     let (value, used) = if rest.first() == Some(&b'#') {
         let (radix, start) = match rest.get(1) {
             Some(b'x' | b'X') => (16, 2),
@@ -205,23 +263,39 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     Some((char::from_u32(value).map(Some)?, 1 + used + semi))
 }
 
-/// Bytes that are neither a blank nor an escape's first byte.
+/// Bytes that are neither a [blank](super::squeezed::BLANK) nor an
+/// escape's first byte.
 const ORDINARY: [bool; 256] = {
     let mut t = [true; 256];
-    let special = *b" \t\r\n\\&%=\xC2\xE2\xE3\xEF";
+    let special = *b"\\&%=\xC2\xCD\xE1\xE2\xE3\xEF\xF3";
     let mut k = 0;
     while k < special.len() {
         t[special[k] as usize] = false;
         k += 1;
     }
+    while k < special.len() + 0x21 {
+        t[k - special.len()] = false;
+        k += 1;
+    }
     t
 };
 
-/// Characters a reader does not see, read as blanks: no-break, narrow
+/// Characters a reader does not see, read as blanks: control characters,
+/// no-break, narrow
 /// and other Unicode spaces, zero-width ones, soft hyphens, the byte
-/// order mark (re-review: inserted between the secret's characters).
+/// order mark (re-review: inserted between the secret's characters), and
+/// the ones a second re-review used: the combining grapheme joiner,
+/// Hangul and Mongolian fillers, variation selectors, tag characters.
 fn invisible(ch: char) -> bool {
-    matches!(ch, ' ' | '\t' | '\r' | '\n' | '\u{a0}' | '\u{ad}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{2064}' | '\u{3000}' | '\u{feff}')
+    matches!(ch, '\0'..=' ' | '\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{206f}' | '\u{3000}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{e0000}'..='\u{e007f}')
+}
+
+/// Fullwidth forms read as the ASCII they stand for (`ｓｋ`: re-review).
+fn narrow(ch: char) -> char {
+    match ch {
+        '\u{ff01}'..='\u{ff5e}' => char::from_u32(u32::from(ch) - 0xfee0).unwrap_or(ch),
+        _ => ch,
+    }
 }
 
 /// The character whose UTF-8 begins at `hay[i]`, and its length.
@@ -229,6 +303,7 @@ fn utf8_at(hay: &[u8], i: usize) -> Option<(char, usize)> {
     let n = match hay[i] {
         0xC0..=0xDF => 2,
         0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
         _ => return None,
     };
     let ch = std::str::from_utf8(hay.get(i..i + n)?)
@@ -260,12 +335,17 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
             continue;
         }
         let b = hay[i];
-        if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+        if super::squeezed::BLANK[usize::from(b)] {
             i += 1;
             continue;
         }
         if let Some((ch, n)) = utf8_at(hay, i) {
-            if !invisible(ch) {
+            let ch = narrow(ch);
+            if ch.is_ascii() {
+                out.text.push((ch as u8).to_ascii_lowercase());
+                out.from.push(i as u32);
+                out.to.push((i + n) as u32);
+            } else if !invisible(ch) {
                 // Copied as it is, lower-casing nothing.
                 let at = i as u32;
                 out.text.extend_from_slice(&hay[i..i + n]);
@@ -342,11 +422,14 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_what_lies_near_an_escape() {
+    fn windows_are_what_lies_near_an_escape() {
         let hay = b"0123456789%123456789012345678=0123456789";
-        assert_eq!(parts(hay, 3), [7..13, 26..32]);
-        assert_eq!(parts(hay, 10), vec![0..39_usize]);
-        assert!(parts(b"plain text, no escape", 5).is_empty());
+        let at = triggers(hay);
+        assert_eq!(at, [10, 29]);
+        assert_eq!(windows(&at, hay.len(), 3), vec![7..hay.len()]);
+        let far = [&b"%"[..], &[b'a'; 200], b"="].concat();
+        assert_eq!(windows(&triggers(&far), far.len(), 3), [0..51, 198..202]);
+        assert!(triggers(b"plain text, no escape").is_empty());
     }
 
     /// Bounded: no escape reads past the end, whatever is cut off.
