@@ -97,6 +97,7 @@ def run(args, root, certs, free_port, wait_port, start_agent):
         write(f"{d}/www/{name}.json", json.dumps({"items": items}))
     ports = {k: free_port() for k in ("upstream", "nginx", "haproxy")}
     procs = []
+    memory = None
     try:
         write(f"{d}/upstream.conf", f"""
 worker_processes 1; pid {d}/upstream.pid; error_log {d}/upstream-error.log; daemon off;
@@ -188,8 +189,13 @@ connections = ["bench", "bench-masked", "bench-agent"]
         cfg = f"{d}/portcullis.toml"
         token = subprocess.run([exe, "--config", cfg, "token", "create", "--principal", "agent:bench"],
                                check=True, capture_output=True, text=True).stdout.strip()
+        # jemalloc writes its totals when the gateway exits (SIGTERM below):
+        # what is allocated against what is resident tells live data from
+        # pages the allocator keeps.
+        gw_env = {**os.environ, "_RJEM_MALLOC_CONF": "stats_print:true,stats_print_opts:gdablxeh"}
         gw = subprocess.Popen([exe, "--config", cfg, "--log", "warn", "gateway"], stdout=subprocess.PIPE,
-                              stderr=open(f"{d}/portcullis.log", "w"), text=True, preexec_fn=raise_limits)
+                              stderr=open(f"{d}/portcullis.log", "w"), text=True, preexec_fn=raise_limits,
+                              env=gw_env)
         procs.append(gw)
         line = gw.stdout.readline()
         gw_port = int(re.search(r"url=https://localhost:(\d+)", line).group(1))
@@ -270,8 +276,23 @@ connections = ["bench", "bench-masked", "bench-agent"]
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if memory is not None:
+            memory["allocator_at_exit_kib"] = allocator_totals(f"{d}/portcullis.log")
         shutil.rmtree(d, ignore_errors=True)
     report(root, args, results, loads, cpu, memory)
+
+
+def allocator_totals(log):
+    """jemalloc's totals at exit, in KiB: allocated (live), active, metadata, resident, mapped, retained."""
+    try:
+        text = open(log).read()
+    except OSError:
+        return None
+    m = re.search(r"Allocated: (\d+), active: (\d+), metadata: (\d+).*?resident: (\d+), mapped: (\d+), retained: (\d+)", text)
+    if not m:
+        return None
+    keys = ("allocated", "active", "metadata", "resident", "mapped", "retained")
+    return {k: int(v) // 1024 for k, v in zip(keys, m.groups())}
 
 
 def idle_memory(pid, port, ca):

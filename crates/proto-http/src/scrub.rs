@@ -104,21 +104,52 @@ fn spellings(secret: &[u8]) -> Vec<Vec<u8>> {
         }),
         hex::encode(secret).into_bytes(),
     ];
+    // Byte dumps (re-review: each passed whole): hex with separators
+    // (`73:6b`, `73-6b`, `0x73, 0x6b` once blanks are dropped), 16-bit
+    // words as `hexdump` and `od -x` write them (bytes swapped, at either
+    // alignment), decimal lists (`[115,107]`, Go's `[115 107]`), `od -b`'s
+    // octal, and the secret in UTF-16 (as .NET and PowerShell write it),
+    // in hex and in base64 below.
+    let joined = |f: &dyn Fn(u8) -> String, sep: &str| -> Vec<u8> {
+        secret
+            .iter()
+            .map(|&b| f(b))
+            .collect::<Vec<_>>()
+            .join(sep)
+            .into_bytes()
+    };
+    all.push(joined(&|b| format!("{b:02x}"), ":"));
+    all.push(joined(&|b| format!("{b:02x}"), "-"));
+    all.push(joined(&|b| format!("0x{b:02x}"), ","));
+    all.push(joined(&|b| b.to_string(), ","));
+    all.push(joined(&|b| b.to_string(), ""));
+    all.push(joined(&|b| format!("{b:03o}"), ""));
+    for lead in 0..2 {
+        // Whole words only: those of two bytes of the secret.
+        let words = secret[lead..].chunks_exact(2);
+        all.push(words.flat_map(|w| [w[1], w[0]]).collect::<Vec<u8>>());
+        let last = all.len() - 1;
+        all[last] = hex::encode(&all[last]).into_bytes();
+    }
+    let utf16: Vec<u8> = secret.iter().flat_map(|&b| [b, 0]).collect();
+    all.push(hex::encode(&utf16[..utf16.len() - 1]).into_bytes());
     for engine in [
         &base64::engine::general_purpose::STANDARD_NO_PAD,
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
     ] {
-        for lead in 0..3usize {
-            // `lead` bytes before the secret, and two after so that its
-            // last bits are encoded whole; of the characters, those whose
-            // six bits all come from the secret.
-            let mut framed = vec![0u8; lead];
-            framed.extend_from_slice(secret);
-            framed.extend_from_slice(&[0, 0]);
-            let text = engine.encode(&framed).into_bytes();
-            let first = (8 * lead).div_ceil(6);
-            let end = 8 * (lead + secret.len()) / 6;
-            all.push(text[first..end].to_vec());
+        for bytes in [secret, &utf16[..utf16.len() - 1]] {
+            for lead in 0..3usize {
+                // `lead` bytes before the secret, and two after so that
+                // its last bits are encoded whole; of the characters,
+                // those whose six bits all come from the secret.
+                let mut framed = vec![0u8; lead];
+                framed.extend_from_slice(bytes);
+                framed.extend_from_slice(&[0, 0]);
+                let text = engine.encode(&framed).into_bytes();
+                let first = (8 * lead).div_ceil(6);
+                let end = 8 * (lead + bytes.len()) / 6;
+                all.push(text[first..end].to_vec());
+            }
         }
     }
     for s in &mut all {
@@ -232,16 +263,10 @@ impl Scrubber {
             squeezed::squeeze(hay, &mut sq);
             let found = self.all(&sq);
             let windows = reading::windows(&reading::triggers(&sq), sq.len(), self.reach);
-            // What waits: the last `reach - 1` squeezed bytes, or from the
-            // start of a part to read that runs to the end, bounded by the
-            // widest a spelling of escapes may be.
-            let mut hold = sq.len().saturating_sub(self.reach - 1);
-            if let Some(w) = windows.last().filter(|w| w.end >= sq.len()) {
-                hold = hold.min(w.start);
-            }
-            let widest = (self.reach * reading::ESCAPE_WIDTH).min(MAX_HELD);
-            hold = hold.max(sq.len().saturating_sub(widest));
-            let hold = squeezed::last(hay, sq.len() - hold, MAX_HELD);
+            // What waits where no escape is near the end: the last
+            // `reach - 1` squeezed bytes (and the blanks after them).
+            let near_end = windows.last().is_some_and(|w| w.end >= sq.len());
+            let plain_hold = (!near_end).then(|| squeezed::last(hay, self.reach - 1, MAX_HELD));
             if sq.capacity() > KEPT {
                 *sq = Vec::new();
             }
@@ -265,7 +290,51 @@ impl Scrubber {
             for w in windows.chunks(2) {
                 self.read(hay, w[0]..w[1], &mut at);
             }
+            // Near an escape: as many characters of the reading, from
+            // the start of the last part read at the furthest (where a
+            // reading starts clean).
+            let hold = plain_hold.unwrap_or_else(|| {
+                let clean = windows.chunks(2).last().map_or(0, |w| w[0]);
+                self.tail_hold(hay, clean)
+            });
             Scan { at, hold }
+        })
+    }
+
+    /// Where the last characters a spelling that goes on in the next
+    /// frame may have begun in begin, when an escape is near `hay`'s end:
+    /// `reach - 1` characters of the reading, and as many more as a cut
+    /// escape read as plain bytes may take. Read from as far back as
+    /// that needs (a first guess, widened), never before `clean` (a
+    /// reading's clean start); a reading started in the middle of an
+    /// escape may misread its first [`reading::ESCAPE_WIDTH`] bytes,
+    /// which are not counted. Holding the characters rather than a fixed
+    /// width of bytes keeps what waits small where escapes are dense (a
+    /// re-review held an event stream of `%20`s whole until its end, and
+    /// small frames each read the whole of what waited again).
+    fn tail_hold(&self, hay: &[u8], clean: usize) -> usize {
+        let want = self.reach - 1 + reading::ESCAPE_WIDTH;
+        let floor = hay.len().saturating_sub(MAX_HELD).max(clean);
+        let mut span = want * 3;
+        READING.with(|cell| {
+            let mut r = cell.borrow_mut();
+            loop {
+                let start = hay.len().saturating_sub(span).max(floor);
+                reading::read(&hay[start..], &mut r);
+                let skip = if start == clean {
+                    0
+                } else {
+                    reading::ESCAPE_WIDTH
+                };
+                let n = r.text.len();
+                if n >= want && r.from[n - want] as usize >= skip {
+                    return start + r.from[n - want] as usize;
+                }
+                if start == floor {
+                    return floor;
+                }
+                span *= 4;
+            }
         })
     }
 
@@ -415,8 +484,10 @@ impl Scrubber {
     pub fn response(&self, resp: Response<Body>) -> Result<Response<Body>, String> {
         self.searchable(resp.headers())?;
         let (mut parts, body) = resp.into_parts();
+        let streams = streams(&parts.headers);
         self.headers(&mut parts.headers);
-        let body = Scrubbed::new(body, self.clone());
+        let mut body = Scrubbed::new(body, self.clone());
+        body.streams = streams;
         Ok(Response::from_parts(
             parts,
             http_body_util::BodyExt::boxed(body),
@@ -424,19 +495,47 @@ impl Scrubber {
     }
 }
 
-/// How long the end of a frame waits for the next frame before it goes
-/// on anyway (an event stream's last event must not wait for the next).
+/// How long the end of a frame of an event stream waits for the next
+/// frame before it goes on anyway (its last event must not wait for the
+/// next).
 const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether an answer is a stream of events or records, whose parts must
+/// go on as they come ([`HOLD`]). Any other answer's end waits for the
+/// next frame or the body's end however long that takes: a re-review
+/// got the whole key through a target 50 ms away, whose one write the
+/// network split into two TCP flights a round trip apart, after the
+/// first half had gone on at 20 ms.
+fn streams(headers: &http::HeaderMap) -> bool {
+    let essence = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    matches!(
+        essence.as_deref(),
+        Some(
+            "text/event-stream"
+                | "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines"
+                | "application/stream+json"
+                | "application/json-seq"
+        )
+    )
+}
 
 /// A body with the secret overwritten. The end of what was received
 /// always waits for the next frame (where a spelling that began in it
-/// would end), or for [`HOLD`], or for the end, whatever it is: the last
-/// `reach - 1` bytes that are not blanks, or more where an escape is near
-/// the end ([`Scrubber::scan`]). What waits does not depend on whether
-/// bytes match the secret: a review recovered a whole API key from a
-/// target that never echoed it, by timing which of its own guesses came
-/// back at once (bytes that could begin the secret had waited for the
-/// next frame, others had not). A secret the target splits across writes
+/// would end), or for the end, or in an event stream for [`HOLD`],
+/// whatever it is: the last `reach - 1` bytes that are not blanks, or as
+/// many characters of the reading where an escape is near the end
+/// ([`Scrubber::scan`]). What waits does not depend on whether bytes
+/// match the secret: a review recovered a whole API key from a target
+/// that never echoed it, by timing which of its own guesses came back at
+/// once (bytes that could begin the secret had waited for the next frame,
+/// others had not). In an event stream, a secret split across frames
 /// more than [`HOLD`] apart is not found.
 struct Scrubbed {
     inner: Body,
@@ -446,6 +545,8 @@ struct Scrubbed {
     carry: BytesMut,
     /// When what waits goes on without a next frame.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// An event stream: what waits goes on after [`HOLD`].
+    streams: bool,
     done: bool,
     trailers: Option<Frame<Bytes>>,
 }
@@ -457,6 +558,7 @@ impl Scrubbed {
             scrub,
             carry: BytesMut::new(),
             timer: None,
+            streams: false,
             done: false,
             trailers: None,
         }
@@ -486,7 +588,7 @@ impl Scrubbed {
 
     /// The inner body has nothing now: what waits goes on after [`HOLD`].
     fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.carry.is_empty() {
+        if self.carry.is_empty() || !self.streams {
             return Poll::Pending;
         }
         let timer = self
@@ -905,6 +1007,106 @@ mod tests {
             .block_on(f)
     }
 
+    /// Third re-review: byte dumps and lists each passed whole; a line
+    /// continued with `\` too.
+    #[test]
+    fn byte_dumps_are_overwritten() {
+        use base64::Engine as _;
+        let secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let b = secret.as_bytes();
+        let words = |lead: usize| {
+            b[lead..]
+                .chunks(2)
+                .map(|w| {
+                    w.iter()
+                        .rev()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let utf16: Vec<u8> = b.iter().flat_map(|&x| [x, 0]).collect();
+        let cases = [
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            b.iter()
+                .map(|x| format!("{x:02X}"))
+                .collect::<Vec<_>>()
+                .join("-"),
+            b.iter()
+                .map(|x| format!("0x{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            format!("{:?}", b),
+            format!(
+                "{{\"type\":\"Buffer\",\"data\":{}}}",
+                serde_json::to_string(b).unwrap()
+            ),
+            b.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            b.iter()
+                .map(|x| format!("{x:03o}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            words(0),
+            format!("00 {}", words(1)),
+            hex::encode(&utf16),
+            base64::engine::general_purpose::STANDARD.encode(&utf16),
+            format!(
+                "x {}",
+                base64::engine::general_purpose::STANDARD.encode(&utf16)
+            ),
+            format!(
+                "{}\\\n{}\\\r\n{}",
+                &secret[..10],
+                &secret[10..20],
+                &secret[20..]
+            ),
+        ];
+        for case in &cases {
+            let mut out = format!("<{case}>").into_bytes();
+            assert!(s.bytes(&mut out) >= 1, "{case}");
+            let stars = out.iter().filter(|&&c| c == b'*').count();
+            // Most of it: what is left encodes the edges, or separators.
+            assert!(
+                stars * 10 >= case.len() * 7,
+                "{case}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    /// Third re-review: an event stream whose every event held an escape
+    /// waited whole until its end (what waited was as wide as a spelling
+    /// of the widest escapes may be), and small frames each read all that
+    /// waited again. What waits is as many characters as a spelling has.
+    #[test]
+    fn what_waits_near_escapes_is_a_spelling_long() {
+        let s = Scrubber::new(b"sk-live-4f9a8b7c6d5e4f3a2b1c0d9e").unwrap();
+        let bound = 4 * (s.reach + reading::ESCAPE_WIDTH);
+        for event in [
+            &b"data: {\"delta\":\"a%20b\"}\n\n"[..],
+            b"\\u3053\\u3093",
+            b"&amp",
+        ] {
+            let mut b = Scrubbed::new(body_of(&[]), s.clone());
+            let mut out = 0;
+            for _ in 0..2000 {
+                out += b
+                    .next_data(Bytes::copy_from_slice(event))
+                    .map_or(0, |o| o.len());
+                assert!(b.carry.len() <= bound, "{}", b.carry.len());
+            }
+            assert_eq!(out + b.carry.len(), event.len() * 2000);
+        }
+    }
+
     /// Blanks anywhere, escapes and invisible characters the second
     /// re-review used: found in one frame.
     #[test]
@@ -962,6 +1164,7 @@ mod tests {
         // A stream that sends one event and then nothing for a while.
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let mut b = Scrubbed::new(Rx(rx).boxed(), s.clone());
+        b.streams = true;
         let event = b"data: {\"n\":1}\n\n";
         tx.send(Bytes::from_static(event)).await.unwrap();
         let mut got = Vec::new();
@@ -973,6 +1176,18 @@ mod tests {
         assert_eq!(&got, event);
         let waited = started.elapsed();
         assert!(waited >= HOLD && waited < HOLD * 50, "{waited:?}");
+        // Not an event stream: what waits goes on at the next frame or
+        // the end, however long that takes (third re-review: the network
+        // split one write 50 ms apart).
+        let (tx2, rx2) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let mut plain = Scrubbed::new(Rx(rx2).boxed(), s.clone());
+        tx2.send(Bytes::from_static(b"x sk-CAN")).await.unwrap();
+        let waited = tokio::time::timeout(HOLD * 5, plain.frame()).await;
+        assert!(waited.is_err(), "{waited:?}");
+        tx2.send(Bytes::from_static(b"ARY-1234 y")).await.unwrap();
+        drop(tx2);
+        let rest = plain.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"x ************** y");
         // A secret split across frames within the hold: overwritten.
         tx.send(Bytes::from_static(b"x sk-CAN")).await.unwrap();
         tx.send(Bytes::from_static(b"ARY-1234 y")).await.unwrap();

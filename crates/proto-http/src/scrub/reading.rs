@@ -179,6 +179,10 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
                 Some((c(v)?, 1 + digits))
             }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
+            // A line continued (shell, C, Python strings): stands for
+            // nothing (re-review).
+            b'\n' => Some((None, 2)),
+            b'\r' if hay.get(i + 2) == Some(&b'\n') => Some((None, 3)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
             _ => None,
         },
