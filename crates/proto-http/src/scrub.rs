@@ -287,60 +287,38 @@ impl Scrubber {
             let (found, windows) = points.split_at(2 * found.len());
             let mut at: Vec<std::ops::Range<usize>> =
                 found.chunks(2).map(|p| p[0]..p[1] + 1).collect();
+            // Near an escape, what waits is the last `reach - 1`
+            // characters of the reading, and as many more as a cut escape
+            // read as plain bytes may take: counted in characters, not
+            // bytes, so that what waits stays small where escapes are
+            // dense (a re-review's event stream of `%20`s had waited whole
+            // until its end).
+            let want = self.reach - 1 + reading::ESCAPE_WIDTH;
+            let mut hold = hay.len();
             for w in windows.chunks(2) {
-                self.read(hay, w[0]..w[1], &mut at);
+                hold = self.read(hay, w[0]..w[1], want, &mut at);
             }
-            // Near an escape: as many characters of the reading, from
-            // the start of the last part read at the furthest (where a
-            // reading starts clean).
-            let hold = plain_hold.unwrap_or_else(|| {
-                let clean = windows.chunks(2).last().map_or(0, |w| w[0]);
-                self.tail_hold(hay, clean)
-            });
+            let hold = plain_hold
+                .unwrap_or(hold)
+                .max(hay.len().saturating_sub(MAX_HELD));
             Scan { at, hold }
         })
     }
 
-    /// Where the last characters a spelling that goes on in the next
-    /// frame may have begun in begin, when an escape is near `hay`'s end:
-    /// `reach - 1` characters of the reading, and as many more as a cut
-    /// escape read as plain bytes may take. Read from as far back as
-    /// that needs (a first guess, widened), never before `clean` (a
-    /// reading's clean start); a reading started in the middle of an
-    /// escape may misread its first [`reading::ESCAPE_WIDTH`] bytes,
-    /// which are not counted. Holding the characters rather than a fixed
-    /// width of bytes keeps what waits small where escapes are dense (a
-    /// re-review held an event stream of `%20`s whole until its end, and
-    /// small frames each read the whole of what waited again).
-    fn tail_hold(&self, hay: &[u8], clean: usize) -> usize {
-        let want = self.reach - 1 + reading::ESCAPE_WIDTH;
-        let floor = hay.len().saturating_sub(MAX_HELD).max(clean);
-        let mut span = want * 3;
-        READING.with(|cell| {
-            let mut r = cell.borrow_mut();
-            loop {
-                let start = hay.len().saturating_sub(span).max(floor);
-                reading::read(&hay[start..], &mut r);
-                let skip = if start == clean {
-                    0
-                } else {
-                    reading::ESCAPE_WIDTH
-                };
-                let n = r.text.len();
-                if n >= want && r.from[n - want] as usize >= skip {
-                    return start + r.from[n - want] as usize;
-                }
-                if start == floor {
-                    return floor;
-                }
-                span *= 4;
-            }
-        })
-    }
-
     /// Where the secret is in the reading of `hay[part]`, added to `at`
-    /// as ranges of `hay`.
-    fn read(&self, hay: &[u8], part: std::ops::Range<usize>, at: &mut Vec<std::ops::Range<usize>>) {
+    /// as ranges of `hay`; and where the last `want` characters of that
+    /// reading begin (or the part's start, where it has fewer). A part
+    /// begins where a reading starts clean, so that is a character's
+    /// first byte: a hold counted from a reading begun elsewhere split
+    /// a run of `\\` at an odd byte, and the next frame read `\\u0073`
+    /// as `\\`, `\\`, `u0073` (re-review).
+    fn read(
+        &self,
+        hay: &[u8],
+        part: std::ops::Range<usize>,
+        want: usize,
+        at: &mut Vec<std::ops::Range<usize>>,
+    ) -> usize {
         READING.with(|cell| {
             let mut r = cell.borrow_mut();
             reading::read(&hay[part.clone()], &mut r);
@@ -348,10 +326,17 @@ impl Scrubber {
                 let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
                 at.push(part.start + from..part.start + to);
             }
+            let n = r.text.len();
+            let last = if n >= want {
+                part.start + r.from[n - want] as usize
+            } else {
+                part.start
+            };
             if r.text.capacity() > KEPT {
                 *r = reading::Reading::default();
             }
-        });
+            last
+        })
     }
 
     /// Every spelling's place in `hay` (a lower-cased text).
@@ -500,6 +485,15 @@ impl Scrubber {
 /// next).
 const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Fewer new bytes than this are not searched on their own in an answer
+/// that is not a stream ([`Scrubbed::next_data`]).
+const GATHER: usize = 4 << 10;
+
+/// What waits in an event stream, at least (more for long secrets): a
+/// spelling wider than this, split across two of its frames, is not
+/// found.
+const STREAM_HELD: usize = 4 << 10;
+
 /// Whether an answer is a stream of events or records, whose parts must
 /// go on as they come ([`HOLD`]). Any other answer's end waits for the
 /// next frame or the body's end however long that takes: a re-review
@@ -523,7 +517,14 @@ fn streams(headers: &http::HeaderMap) -> bool {
                 | "application/stream+json"
                 | "application/json-seq"
         )
-    )
+    ) || headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .replace(' ', "")
+                .contains(";stream=watch")
+        })
 }
 
 /// A body with the secret overwritten. The end of what was received
@@ -547,6 +548,8 @@ struct Scrubbed {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// An event stream: what waits goes on after [`HOLD`].
     streams: bool,
+    /// How many bytes at the end of `carry` have not been searched yet.
+    fresh: usize,
     done: bool,
     trailers: Option<Frame<Bytes>>,
 }
@@ -559,6 +562,7 @@ impl Scrubbed {
             carry: BytesMut::new(),
             timer: None,
             streams: false,
+            fresh: 0,
             done: false,
             trailers: None,
         }
@@ -567,6 +571,22 @@ impl Scrubbed {
     /// What can go now of what waited and `data`, scrubbed; the rest
     /// waits.
     fn next_data(&mut self, data: Bytes) -> Option<Bytes> {
+        // Small frames of an answer that is not a stream are gathered
+        // until there are as many new bytes as wait (and at least
+        // [`GATHER`]): each search reads all that waits again, and a
+        // re-review's 3-byte frames of escapes or invisible characters
+        // took minutes for 100 KB. An event stream is searched at each
+        // frame, its events must go on; what waits there is bounded by
+        // [`STREAM_HELD`] instead.
+        if !self.streams && !self.carry.is_empty() {
+            let fresh = self.fresh + data.len();
+            if fresh < GATHER.max(self.carry.len() - self.fresh) {
+                self.carry.extend_from_slice(&data);
+                self.fresh = fresh;
+                return None;
+            }
+        }
+        self.fresh = 0;
         let whole = if self.carry.is_empty() {
             // The common case at a body's start: nothing copied.
             data
@@ -582,8 +602,14 @@ impl Scrubbed {
             Scrubber::overwrite(&mut b, &scan.at);
             b.freeze()
         };
-        self.carry.extend_from_slice(&whole[scan.hold..]);
-        Some(whole.slice(..scan.hold)).filter(|b| !b.is_empty())
+        let hold = if self.streams {
+            let cap = (self.scrub.reach * 16).clamp(STREAM_HELD, MAX_HELD);
+            scan.hold.max(whole.len().saturating_sub(cap))
+        } else {
+            scan.hold
+        };
+        self.carry.extend_from_slice(&whole[hold..]);
+        Some(whole.slice(..hold)).filter(|b| !b.is_empty())
     }
 
     /// The inner body has nothing now: what waits goes on after [`HOLD`].
@@ -874,6 +900,8 @@ mod tests {
         let s = Scrubber::new(b"sk-CANARY-1234").unwrap();
         for guess in [&b"#sk-C"[..], b"#sk-X", b"#zzzz", b"#SK-CANARY-123"] {
             let mut b = Scrubbed::new(body_of(&[]), s.clone());
+            // Searched at each frame, as in an event stream.
+            b.streams = true;
             assert_eq!(b.next_data(Bytes::copy_from_slice(guess)), None);
             assert_eq!(&b.carry[..], guess);
             let long = Bytes::from(b"0123456789abcdefghij".repeat(50));
@@ -887,6 +915,7 @@ mod tests {
             assert_eq!(&b.carry[..], &joined[at..]);
             // Blanks at the end wait with what they follow.
             let mut b = Scrubbed::new(body_of(&[]), s.clone());
+            b.streams = true;
             let spaced = [&long[..], guess, &[b' '; 500]].concat();
             let out = b.next_data(Bytes::from(spaced.clone())).unwrap();
             assert_eq!(out.len() + b.carry.len(), spaced.len());
@@ -938,6 +967,40 @@ mod tests {
         }
     }
 
+    /// Fourth re-review: a frame's end inside a long run of `\\` made
+    /// the next frame read the run at the other parity, and `\\u0073`
+    /// then the rest of the key came out whole.
+    #[tokio::test]
+    async fn a_cut_in_a_run_of_backslashes_keeps_its_reading() {
+        let secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        for spelled in [
+            format!("\\u0073{}", &secret[1..]),
+            secret.bytes().map(|b| format!("\\x{b:02x}")).collect(),
+            secret.bytes().map(|b| format!("\\{b:03o}")).collect(),
+        ] {
+            let whole = format!(
+                "{}{}{spelled}{}",
+                "A".repeat(300),
+                "\\".repeat(2000),
+                "B".repeat(3000)
+            );
+            let mut one = whole.clone().into_bytes();
+            assert!(s.bytes(&mut one) >= 1, "{spelled}");
+            for cut in (1200..2400).step_by(7) {
+                let (a, b) = whole.as_bytes().split_at(cut);
+                for streams in [false, true] {
+                    let frames = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+                    let mut body =
+                        Scrubbed::new(Chunks(frames.into_iter().collect()).boxed(), s.clone());
+                    body.streams = streams;
+                    let out = body.collect().await.unwrap().to_bytes();
+                    assert!(same_but_ends(&one, &out), "{spelled} cut at {cut}");
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(200))]
 
@@ -951,12 +1014,15 @@ mod tests {
             pieces in proptest::collection::vec(0usize..9, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
+            streams in proptest::bool::ANY,
         ) {
             let secret = "sk-LIVE-9f2Qx7/Ab+Zk=Tq8";
             let s = Scrubber::new(secret.as_bytes()).unwrap();
             let mut body = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
-                let gap = " ".repeat(blanks[k]);
+                // In an event stream what waits is bounded
+                // ([`STREAM_HELD`]): spellings narrower than that.
+                let gap = " ".repeat(if streams { blanks[k] / 8 } else { blanks[k] });
                 let piece = match p {
                     0 => secret.to_string(),
                     1 => secret.bytes().map(|b| format!("\\u{b:04x}")).collect(),
@@ -981,7 +1047,10 @@ mod tests {
                 frames.push(&body[last..c]);
                 last = c;
             }
-            let out = block_on(streamed(&s, &frames));
+            let chunks = Chunks(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect());
+            let mut scrubbed = Scrubbed::new(chunks.boxed(), s.clone());
+            scrubbed.streams = streams;
+            let out = block_on(async { scrubbed.collect().await.unwrap().to_bytes() });
             proptest::prop_assert_eq!(out.len(), body.len());
             proptest::prop_assert!(same_but_ends(&whole, &out));
             proptest::prop_assert!(!s.found(&out));
@@ -1094,16 +1163,28 @@ mod tests {
             &b"data: {\"delta\":\"a%20b\"}\n\n"[..],
             b"\\u3053\\u3093",
             b"&amp",
+            "\u{200b}".as_bytes(),
+            b"\\\n",
+            b"=\n",
         ] {
-            let mut b = Scrubbed::new(body_of(&[]), s.clone());
-            let mut out = 0;
-            for _ in 0..2000 {
-                out += b
-                    .next_data(Bytes::copy_from_slice(event))
-                    .map_or(0, |o| o.len());
-                assert!(b.carry.len() <= bound, "{}", b.carry.len());
+            for streams in [true, false] {
+                let mut b = Scrubbed::new(body_of(&[]), s.clone());
+                b.streams = streams;
+                // Not a stream: small frames are gathered first.
+                let bound = if streams {
+                    bound.max(STREAM_HELD)
+                } else {
+                    GATHER + 2 * bound
+                };
+                let mut out = 0;
+                for _ in 0..2000 {
+                    out += b
+                        .next_data(Bytes::copy_from_slice(event))
+                        .map_or(0, |o| o.len());
+                    assert!(b.carry.len() <= bound, "{event:?} {}", b.carry.len());
+                }
+                assert_eq!(out + b.carry.len(), event.len() * 2000);
             }
-            assert_eq!(out + b.carry.len(), event.len() * 2000);
         }
     }
 
