@@ -12,7 +12,7 @@ per second and p99 at 64 connections, with 1 KiB and 64 KiB JSON
 responses; masking off and on (Portcullis only); new-connection rate (a
 full TLS handshake per request). Resident memory of Portcullis fresh (before
 any load), idle after the load (and that over fresh), and with 1,000 and 9,000 idle TLS connections (the hard limit on open files here is 20,000, and each idle connection costs the client a socket too). Results go to
-bench/results/<date>-http.md and .json.
+bench/results/<date>-http.md and .json (quick runs: <date>-http-quick.*, not kept).
 """
 import datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys, time
 
@@ -360,7 +360,8 @@ def report(root, args, results, loads, cpu, memory):
           "Resident memory of the Portcullis process: " + json.dumps(memory), ""]
     out_dir = os.path.join(root, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"{date}-http")
+    # Quick runs go beside full ones, never over them.
+    base = os.path.join(out_dir, f"{date}-http" + ("-quick" if args.seconds < 5 or args.reps < 3 else ""))
     with open(base + ".md", "w") as f:
         f.write("\n".join(md))
     with open(base + ".json", "w") as f:
