@@ -294,14 +294,15 @@ impl Scrubber {
             // dense (a re-review's event stream of `%20`s had waited whole
             // until its end).
             let want = self.reach - 1 + reading::ESCAPE_WIDTH;
+            let floor = hay.len().saturating_sub(MAX_HELD);
             let mut hold = hay.len();
             for w in windows.chunks(2) {
-                hold = self.read(hay, w[0]..w[1], want, &mut at);
+                hold = self.read(hay, w[0]..w[1], want, floor, &mut at);
             }
-            let hold = plain_hold
-                .unwrap_or(hold)
-                .max(hay.len().saturating_sub(MAX_HELD));
-            Scan { at, hold }
+            Scan {
+                at,
+                hold: plain_hold.unwrap_or(hold),
+            }
         })
     }
 
@@ -317,6 +318,7 @@ impl Scrubber {
         hay: &[u8],
         part: std::ops::Range<usize>,
         want: usize,
+        floor: usize,
         at: &mut Vec<std::ops::Range<usize>>,
     ) -> usize {
         READING.with(|cell| {
@@ -327,11 +329,23 @@ impl Scrubber {
                 at.push(part.start + from..part.start + to);
             }
             let n = r.text.len();
-            let last = if n >= want {
+            let mut last = if n >= want {
                 part.start + r.from[n - want] as usize
             } else {
                 part.start
             };
+            if last < floor {
+                // At most [`MAX_HELD`] waits: from the first character
+                // that begins past it, still a clean start (a cap at a
+                // byte count had split a run of `\\`: re-review).
+                let first = r
+                    .from
+                    .partition_point(|&f| part.start + (f as usize) < floor);
+                last = r
+                    .from
+                    .get(first)
+                    .map_or(hay.len(), |&f| part.start + f as usize);
+            }
             if r.text.capacity() > KEPT {
                 *r = reading::Reading::default();
             }
@@ -485,14 +499,9 @@ impl Scrubber {
 /// next).
 const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Fewer new bytes than this are not searched on their own in an answer
-/// that is not a stream ([`Scrubbed::next_data`]).
-const GATHER: usize = 4 << 10;
-
-/// What waits in an event stream, at least (more for long secrets): a
-/// spelling wider than this, split across two of its frames, is not
-/// found.
-const STREAM_HELD: usize = 4 << 10;
+/// New bytes are gathered until they are at least this share of what
+/// waits before a search ([`Scrubbed::next_data`]).
+const GATHER_SHARE: usize = 8;
 
 /// Whether an answer is a stream of events or records, whose parts must
 /// go on as they come ([`HOLD`]). Any other answer's end waits for the
@@ -571,16 +580,16 @@ impl Scrubbed {
     /// What can go now of what waited and `data`, scrubbed; the rest
     /// waits.
     fn next_data(&mut self, data: Bytes) -> Option<Bytes> {
-        // Small frames of an answer that is not a stream are gathered
-        // until there are as many new bytes as wait (and at least
-        // [`GATHER`]): each search reads all that waits again, and a
+        // Small frames are gathered until the new bytes are an eighth of
+        // what waits: each search reads all that waits again, and a
         // re-review's 3-byte frames of escapes or invisible characters
-        // took minutes for 100 KB. An event stream is searched at each
-        // frame, its events must go on; what waits there is bounded by
-        // [`STREAM_HELD`] instead.
-        if !self.streams && !self.carry.is_empty() {
+        // took minutes for 100 KB. So each byte is read at most about
+        // nine times, and frames of ordinary size (an event, a log line)
+        // are searched as they come (a fixed 4 KiB had stalled a log
+        // follow's lines: re-review).
+        if !self.carry.is_empty() {
             let fresh = self.fresh + data.len();
-            if fresh < GATHER.max(self.carry.len() - self.fresh) {
+            if fresh * GATHER_SHARE < self.carry.len() - self.fresh {
                 self.carry.extend_from_slice(&data);
                 self.fresh = fresh;
                 return None;
@@ -602,14 +611,8 @@ impl Scrubbed {
             Scrubber::overwrite(&mut b, &scan.at);
             b.freeze()
         };
-        let hold = if self.streams {
-            let cap = (self.scrub.reach * 16).clamp(STREAM_HELD, MAX_HELD);
-            scan.hold.max(whole.len().saturating_sub(cap))
-        } else {
-            scan.hold
-        };
-        self.carry.extend_from_slice(&whole[hold..]);
-        Some(whole.slice(..hold)).filter(|b| !b.is_empty())
+        self.carry.extend_from_slice(&whole[scan.hold..]);
+        Some(whole.slice(..scan.hold)).filter(|b| !b.is_empty())
     }
 
     /// The inner body has nothing now: what waits goes on after [`HOLD`].
@@ -622,6 +625,9 @@ impl Scrubbed {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD)));
         ready!(timer.as_mut().poll(cx));
         self.timer = None;
+        // Gathered bytes are searched before they go.
+        self.scrub.bytes(&mut self.carry);
+        self.fresh = 0;
         Poll::Ready(Some(Ok(Frame::data(self.carry.split().freeze()))))
     }
 }
@@ -1001,6 +1007,41 @@ mod tests {
         }
     }
 
+    /// Fifth re-review: where what waits was capped at a byte count, the
+    /// cap split a run of `\\` at an odd byte. The cap now falls on a
+    /// character's first byte.
+    #[tokio::test]
+    async fn a_capped_hold_keeps_its_reading() {
+        let secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        // The blanks after `\\u0073k` push the characters that wait
+        // back past [`MAX_HELD`], into the run.
+        let head = format!(
+            "{}{}\\u0073k{}",
+            "A".repeat(301),
+            "\\".repeat(2000),
+            " ".repeat(MAX_HELD - 200)
+        );
+        let whole = format!("{head}-live-4f9a8b7c6d5e4f3a2b1c0d9e{}", "B".repeat(100));
+        let mut one = whole.clone().into_bytes();
+        assert!(s.bytes(&mut one) >= 1);
+        for back in [0, 1, 2, 3, 101, 461] {
+            let cut = head.len() - back;
+            let (a, b) = whole.as_bytes().split_at(cut);
+            for streams in [false, true] {
+                let frames = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+                let mut body =
+                    Scrubbed::new(Chunks(frames.into_iter().collect()).boxed(), s.clone());
+                body.streams = streams;
+                let out = body.collect().await.unwrap().to_bytes();
+                assert!(
+                    !String::from_utf8_lossy(&out).contains("4f9a8b7c"),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(200))]
 
@@ -1020,9 +1061,7 @@ mod tests {
             let s = Scrubber::new(secret.as_bytes()).unwrap();
             let mut body = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
-                // In an event stream what waits is bounded
-                // ([`STREAM_HELD`]): spellings narrower than that.
-                let gap = " ".repeat(if streams { blanks[k] / 8 } else { blanks[k] });
+                let gap = " ".repeat(blanks[k]);
                 let piece = match p {
                     0 => secret.to_string(),
                     1 => secret.bytes().map(|b| format!("\\u{b:04x}")).collect(),
@@ -1154,36 +1193,37 @@ mod tests {
     /// Third re-review: an event stream whose every event held an escape
     /// waited whole until its end (what waited was as wide as a spelling
     /// of the widest escapes may be), and small frames each read all that
-    /// waited again. What waits is as many characters as a spelling has.
+    /// waited again. What waits is as many characters as a spelling has
+    /// (what reads as nothing waits with them, up to [`MAX_HELD`]); small
+    /// frames are gathered, so what is searched again is bounded by an
+    /// eighth of what waits per new byte.
     #[test]
     fn what_waits_near_escapes_is_a_spelling_long() {
         let s = Scrubber::new(b"sk-live-4f9a8b7c6d5e4f3a2b1c0d9e").unwrap();
-        let bound = 4 * (s.reach + reading::ESCAPE_WIDTH);
-        for event in [
-            &b"data: {\"delta\":\"a%20b\"}\n\n"[..],
-            b"\\u3053\\u3093",
-            b"&amp",
-            "\u{200b}".as_bytes(),
-            b"\\\n",
-            b"=\n",
+        let visible = 4 * (s.reach + reading::ESCAPE_WIDTH);
+        for (event, bound) in [
+            (&b"data: {\"delta\":\"a%20b\"}\n\n"[..], visible),
+            (b"\\u3053\\u3093", visible),
+            (b"&amp", visible),
+            ("\u{200b}".as_bytes(), MAX_HELD),
+            (b"\\\n", MAX_HELD),
+            (b"=\n", MAX_HELD),
         ] {
             for streams in [true, false] {
                 let mut b = Scrubbed::new(body_of(&[]), s.clone());
                 b.streams = streams;
-                // Not a stream: small frames are gathered first.
-                let bound = if streams {
-                    bound.max(STREAM_HELD)
-                } else {
-                    GATHER + 2 * bound
-                };
+                // Small frames are gathered first: up to an eighth more.
+                // Past what waits at most, for what reads as nothing.
+                let frames = 2 * bound / event.len();
+                let bound = bound + bound / GATHER_SHARE + event.len();
                 let mut out = 0;
-                for _ in 0..2000 {
+                for _ in 0..frames {
                     out += b
                         .next_data(Bytes::copy_from_slice(event))
                         .map_or(0, |o| o.len());
                     assert!(b.carry.len() <= bound, "{event:?} {}", b.carry.len());
                 }
-                assert_eq!(out + b.carry.len(), event.len() * 2000);
+                assert_eq!(out + b.carry.len(), event.len() * frames);
             }
         }
     }
