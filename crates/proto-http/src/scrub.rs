@@ -529,11 +529,10 @@ fn streams(headers: &http::HeaderMap) -> bool {
     ) || headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .replace(' ', "")
-                .contains(";stream=watch")
-        })
+        .map(|v| v.to_ascii_lowercase().replace(' ', ""))
+        // Kubernetes' watches: JSON with a `stream=watch` parameter only
+        // (any type with it had been taken for a stream: re-review).
+        .is_some_and(|v| v.starts_with("application/json;") && v.contains(";stream=watch"))
 }
 
 /// A body with the secret overwritten. The end of what was received
@@ -1005,6 +1004,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn event_streams_are_named_by_their_type() {
+        let with = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            streams(&h)
+        };
+        for ct in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/x-ndjson",
+            "application/json;stream=watch",
+            "application/json; stream=watch",
+        ] {
+            assert!(with(ct), "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "application/json",
+            "text/html; stream=watch",
+            "text/event-streamx",
+        ] {
+            assert!(!with(ct), "{ct}");
+        }
+        assert!(!streams(&http::HeaderMap::new()));
     }
 
     /// Fifth re-review: where what waits was capped at a byte count, the
