@@ -30,7 +30,7 @@ enum Kind {
 }
 
 /// A content type's essence: lower-case, without parameters.
-fn essence(content_type: Option<&HeaderValue>) -> Option<String> {
+pub(crate) fn essence(content_type: Option<&HeaderValue>) -> Option<String> {
     let ct = content_type?.to_str().ok()?;
     Some(
         ct.split(';')

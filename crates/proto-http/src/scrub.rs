@@ -510,29 +510,26 @@ const GATHER_SHARE: usize = 8;
 /// network split into two TCP flights a round trip apart, after the
 /// first half had gone on at 20 ms.
 fn streams(headers: &http::HeaderMap) -> bool {
-    let essence = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    matches!(
-        essence.as_deref(),
+    let ct = headers.get(http::header::CONTENT_TYPE);
+    match crate::masking::essence(ct).as_deref() {
         Some(
             "text/event-stream"
-                | "application/x-ndjson"
-                | "application/ndjson"
-                | "application/jsonl"
-                | "application/x-jsonlines"
-                | "application/stream+json"
-                | "application/json-seq"
-        )
-    ) || headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.to_ascii_lowercase().replace(' ', ""))
+            | "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+            | "application/stream+json"
+            | "application/json-seq",
+        ) => true,
         // Kubernetes' watches: JSON with a `stream=watch` parameter only
         // (any type with it had been taken for a stream: re-review).
-        .is_some_and(|v| v.starts_with("application/json;") && v.contains(";stream=watch"))
+        Some("application/json") => ct.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(';')
+                .skip(1)
+                .any(|p| p.trim().eq_ignore_ascii_case("stream=watch"))
+        }),
+        _ => false,
+    }
 }
 
 /// A body with the secret overwritten. The end of what was received
@@ -930,14 +927,11 @@ mod tests {
     }
 
     /// Through a [`Scrubbed`] body in these frames.
-    async fn streamed(s: &Scrubber, frames: &[&[u8]]) -> Vec<u8> {
+    async fn streamed(s: &Scrubber, frames: &[&[u8]], streams: bool) -> Vec<u8> {
         let chunks = Chunks(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect());
-        Scrubbed::new(chunks.boxed(), s.clone())
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec()
+        let mut body = Scrubbed::new(chunks.boxed(), s.clone());
+        body.streams = streams;
+        body.collect().await.unwrap().to_bytes().to_vec()
     }
 
     /// Spellings escaped character by character, wide ones and ones
@@ -966,7 +960,7 @@ mod tests {
             let step = (whole.len() / 150).max(1);
             for cut in (1..whole.len()).step_by(step) {
                 let (a, b) = whole.as_bytes().split_at(cut);
-                let out = streamed(&s, &[a, b]).await;
+                let out = streamed(&s, &[a, b], false).await;
                 assert!(same_but_ends(&one, &out), "{spelled} cut at {cut}");
             }
         }
@@ -995,11 +989,7 @@ mod tests {
             for cut in (1200..2400).step_by(7) {
                 let (a, b) = whole.as_bytes().split_at(cut);
                 for streams in [false, true] {
-                    let frames = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
-                    let mut body =
-                        Scrubbed::new(Chunks(frames.into_iter().collect()).boxed(), s.clone());
-                    body.streams = streams;
-                    let out = body.collect().await.unwrap().to_bytes();
+                    let out = streamed(&s, &[a, b], streams).await;
                     assert!(same_but_ends(&one, &out), "{spelled} cut at {cut}");
                 }
             }
@@ -1055,11 +1045,7 @@ mod tests {
             let cut = head.len() - back;
             let (a, b) = whole.as_bytes().split_at(cut);
             for streams in [false, true] {
-                let frames = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
-                let mut body =
-                    Scrubbed::new(Chunks(frames.into_iter().collect()).boxed(), s.clone());
-                body.streams = streams;
-                let out = body.collect().await.unwrap().to_bytes();
+                let out = streamed(&s, &[a, b], streams).await;
                 assert!(
                     !String::from_utf8_lossy(&out).contains("4f9a8b7c"),
                     "cut at {cut}"
@@ -1112,10 +1098,7 @@ mod tests {
                 frames.push(&body[last..c]);
                 last = c;
             }
-            let chunks = Chunks(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect());
-            let mut scrubbed = Scrubbed::new(chunks.boxed(), s.clone());
-            scrubbed.streams = streams;
-            let out = block_on(async { scrubbed.collect().await.unwrap().to_bytes() });
+            let out = block_on(streamed(&s, &frames, streams));
             proptest::prop_assert_eq!(out.len(), body.len());
             proptest::prop_assert!(same_but_ends(&whole, &out));
             proptest::prop_assert!(!s.found(&out));
