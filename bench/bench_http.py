@@ -95,7 +95,7 @@ def run(args, root, certs, free_port, wait_port, start_agent):
             items.append({"sku": f"SKU-{n:08d}", "title": "Stainless steel bottle", "price": 19.99,
                           "created": "2026-11-25T20:08:17Z"})
         write(f"{d}/www/{name}.json", json.dumps({"items": items}))
-    ports = {k: free_port() for k in ("upstream", "nginx", "haproxy")}
+    ports = {k: free_port() for k in ("upstream", "nginx", "haproxy", "floor")}
     procs = []
     memory = None
     try:
@@ -185,6 +185,13 @@ connections = ["bench", "bench-masked", "bench-agent"]
         procs.append(start(["nginx", "-c", f"{d}/upstream.conf"], f"{d}/upstream.log", preexec_fn=raise_limits))
         procs.append(start(["nginx", "-c", f"{d}/nginx.conf"], f"{d}/nginx.log", preexec_fn=raise_limits))
         procs.append(start(["haproxy", "-f", f"{d}/haproxy.cfg"], f"{d}/haproxy.log", preexec_fn=raise_limits))
+        # hyper + rustls + tokio doing only what nginx does here: what
+        # Portcullis costs beyond its libraries (not a peer: no ratio is
+        # taken against it as "best peer").
+        floor = start([os.path.join(root, "target/release/examples/floor_proxy"), f"127.0.0.1:{ports['floor']}",
+                            f"{d}/server.crt", f"{d}/server.key", f"https://localhost:{ports['upstream']}",
+                            f"{d}/ca.pem", "x-api-key", f"{d}/key"], f"{d}/floor.log", preexec_fn=raise_limits)
+        procs.append(floor)
         exe = os.path.join(root, "target/release/portcullis")
         cfg = f"{d}/portcullis.toml"
         token = subprocess.run([exe, "--config", cfg, "token", "create", "--principal", "agent:bench"],
@@ -223,6 +230,7 @@ connections = ["bench", "bench-masked", "bench-agent"]
             "portcullis+mask": (f"https://localhost:{gw_port}/c/bench-masked", ["-H", f"Authorization: Bearer {token}"]),
             "portcullis+agent": (f"https://localhost:{gw_port}/c/bench-agent", ["-H", f"Authorization: Bearer {token}"]),
             "nginx": (f"https://localhost:{ports['nginx']}", []),
+            "floor": (f"https://localhost:{ports['floor']}", []),
             "haproxy": (f"https://localhost:{ports['haproxy']}", []),
         }
         # Everyone must answer 200 with the body before anything is timed
@@ -242,10 +250,10 @@ connections = ["bench", "bench-masked", "bench-agent"]
 
         jobs = []
         for size in ("1k", "64k"):
-            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "nginx", "haproxy"]))
-            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "nginx", "haproxy"]))
+            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "nginx", "haproxy"]))
+            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "nginx", "haproxy"]))
         jobs.append(("new connection per request c=16 1k", ["-t2", "-c16", "-H", "Connection: close"], "1k",
-                     ["direct", "portcullis", "nginx", "haproxy"]))
+                     ["direct", "portcullis", "floor", "nginx", "haproxy"]))
         results, loads, cpu = {}, [], {}
         # Resident memory after each job, to tell which load leaves what.
         after_job = {"fresh": rss_parts_kib(gw.pid)}
@@ -253,13 +261,14 @@ connections = ["bench", "bench-masked", "bench-agent"]
             for _ in range(args.reps):
                 for s in systems:
                     url, hdr = base[s]
-                    before = cpu_seconds(gw.pid) if s.startswith("portcullis") else None
+                    pid = gw.pid if s.startswith("portcullis") else floor.pid if s == "floor" else None
+                    before = cpu_seconds(pid) if pid else None
                     out = subprocess.run(["wrk", *flags, "-d", f"{args.seconds}s", "--latency", *hdr, f"{url}/{size}.json"],
                                          capture_output=True, text=True).stdout
                     r = parse_wrk(out)
                     loads.append(os.getloadavg()[0])
                     if before is not None and r["requests"]:
-                        cpu.setdefault(s, []).append((cpu_seconds(gw.pid) - before) / r["requests"] * 1e6)
+                        cpu.setdefault(s, []).append((cpu_seconds(pid) - before) / r["requests"] * 1e6)
                     results.setdefault(name, {}).setdefault(s, []).append(r)
             after_job[name] = rss_parts_kib(gw.pid)
             print(f"done: {name}", file=sys.stderr)
@@ -342,21 +351,25 @@ def report(root, args, results, loads, cpu, memory):
         direct = summary.get("direct", {})
         peers = [summary[p]["rps"] for p in ("nginx", "haproxy") if p in summary and summary[p]["rps"]]
         best_peer = max(peers) if peers else None
+        floor_rps = summary.get("floor", {}).get("rps")
         for s, v in summary.items():
+            ratio_f = f"{v['rps'] / floor_rps:.2f}" if v["rps"] and floor_rps and s.startswith("portcullis") else "-"
             ratio_d = f"{v['rps'] / direct['rps']:.2f}" if v["rps"] and direct.get("rps") else "-"
             ratio_p = f"{v['rps'] / best_peer:.2f}" if v["rps"] and best_peer else "-"
             added = (f"{(v['p50_ms'] - direct['p50_ms']):+.3f}" if v["p50_ms"] is not None and direct.get("p50_ms") is not None else "-")
             rows.append(f"| {job} | {s} | {v['rps']:,.0f} [{v['rps_range'][0]:,.0f}-{v['rps_range'][1]:,.0f}] | "
                         f"{v['p50_ms'] if v['p50_ms'] is not None else '-'} | {v['p99_ms'] if v['p99_ms'] is not None else '-'} | "
-                        f"{added} | {ratio_d} | {ratio_p} | {v['errors']} |")
+                        f"{added} | {ratio_d} | {ratio_p} | {ratio_f} | {v['errors']} |")
     cpu_us = {s: med(v) for s, v in cpu.items()}
     md = [f"# HTTP through Portcullis, nginx and HAProxy ({date})", "",
           f"Machine: {os.cpu_count()} cores, load average {min(loads):.2f}-{max(loads):.2f}. Median of {args.reps} "
           f"interleaved wrk runs of {args.seconds} s each [min-max RPS]. TLS on both hops everywhere; the proxies "
-          "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes a session (audit entries and a recording) per caller connection.", "",
-          "| job | system | requests/s | p50 ms | p99 ms | added p50 ms vs direct | / direct | / best peer | non-2xx |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
-          "CPU per request in the Portcullis process (µs): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
+          "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes a session (audit entries and a recording) per caller connection. "
+          "`floor` is hyper, rustls and tokio doing only what nginx does (crates/proto-http/examples/floor_proxy.rs): "
+          "/ floor is what Portcullis's own work leaves of its libraries' speed.", "",
+          "| job | system | requests/s | p50 ms | p99 ms | added p50 ms vs direct | / direct | / best peer | / floor | non-2xx |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
+          "CPU per request in the Portcullis and floor processes (µs): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
           "Resident memory of the Portcullis process: " + json.dumps(memory), ""]
     out_dir = os.path.join(root, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)

@@ -69,7 +69,7 @@ where
         .enable_connect_protocol()
         .initial_stream_window_size(portcullis_link::STREAM_WINDOW)
         .initial_connection_window_size(portcullis_link::LINK_WINDOW)
-        .max_concurrent_streams(1000)
+        .max_concurrent_streams(portcullis_link::AGENT_STREAMS as u32)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

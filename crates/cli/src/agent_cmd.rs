@@ -187,7 +187,9 @@ pub(crate) struct ListArgs {
     #[arg(long, env = "PORTCULLIS_CA")]
     ca: Option<PathBuf>,
     /// A token the gateway accepts (the admin listener answers
-    /// authenticated callers only, apart from /healthz and /metrics).
+    /// authenticated callers only, apart from /healthz and /metrics). An
+    /// admin's (`[console] admin_groups`) lists every agent and where it
+    /// connects from; any other lists the connections its grants reach.
     #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
     token: String,
     #[arg(long)]
@@ -230,11 +232,15 @@ pub(crate) async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<()>
                     .collect()
             })
             .unwrap_or_default();
+        // Only admins are told where an agent connects from.
+        let from = agent["address"]
+            .as_str()
+            .map(|a| format!("  from {a}"))
+            .unwrap_or_default();
         println!(
-            "{}  version {}  from {}  connections: {}  last heartbeat {}s ago",
+            "{}  version {}{from}  connections: {}  last heartbeat {}s ago",
             agent["agent"].as_str().unwrap_or("?"),
             agent["version"].as_str().unwrap_or("?"),
-            agent["address"].as_str().unwrap_or("?"),
             conns.join(", "),
             now - agent["last_heartbeat"].as_i64().unwrap_or(now)
         );

@@ -382,6 +382,17 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("\"agent\":\"dc1\""), "{listed}");
     assert!(listed.contains("\"name\":\"db\""), "{listed}");
+    // Not where the agent is: that is for admins.
+    assert!(!listed.contains("\"address\""), "{listed}");
+    let list_as = |token: &str| {
+        let out = Command::new(BIN)
+            .args(["agents", "list", "--json", "--admin", &admin, "--ca", &s.ca])
+            .args(["--token", token])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     // So does the console's access page (what an admin reads there).
     let cfg = s.gw_dir().join("portcullis.toml");
     let out = cli_at(
@@ -396,6 +407,16 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
         ],
     );
     let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let listed = list_as(&root);
+    assert!(listed.contains("\"address\":\"127.0.0.1:"), "{listed}");
+    // A principal no grant reaches `db` with does not learn of the agent.
+    let out = cli_at(&cfg, &["token", "create", "--principal", "agent:nobody"]);
+    let nobody = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        list_as(&nobody),
+        "",
+        "an agent listed to a principal with no grant"
+    );
     let url = format!("https://localhost:{}", s.gw_port);
     let access = get(&url, &s.ca, Some(&root), "/api/v1/access").json();
     let db = access["connections"]
@@ -683,6 +704,19 @@ fn one_caller_cannot_take_every_stream_of_an_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     let other = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Tokens alice minted for three agents, written to the store as the
+    // gateway writes them (minting needs her sign-in at a provider).
+    let store = format!(
+        "sqlite://{}?mode=rwc",
+        s.tmp.path().join("gw/portcullis.db").display()
+    );
+    let alices: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|a| {
+            let subject = format!("agent:{a}@alice");
+            delegated_token(&store, &subject, "user:alice", &["testers".to_string()])
+        })
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (port, pg_port) = (s.gw().port(), s.pg_port);
     let ca = PathBuf::from(&s.ca);
@@ -755,6 +789,27 @@ fn one_caller_cannot_take_every_stream_of_an_agent() {
             assert!(Instant::now() < deadline, "{}", r.body);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+
+        // Agents a person minted share the person's share (a review: each
+        // agent name had one of its own, so minting agents multiplied it).
+        let mut alice_held = Vec::new();
+        for token in &alices[..2] {
+            let mut c = tls_connect(port, &ca).await;
+            let req = format!(
+                "GET /c/api/huge HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n"
+            );
+            c.write_all(req.as_bytes()).await.unwrap();
+            let mut head = [0u8; 64];
+            let n = c.read(&mut head).await.unwrap();
+            assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&head[..n]));
+            alice_held.push(c);
+        }
+        let r = third(alices[2].clone()).await.unwrap();
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.body.contains("agent_busy"), "{}", r.body);
+        let r = third(s.token.clone()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        drop(alice_held);
     });
 }
 

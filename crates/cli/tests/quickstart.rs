@@ -1139,6 +1139,12 @@ fn the_admin_listener_takes_a_token_or_a_client_certificate() {
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
     let with_cert = curl(&["--cacert", ca, "--cert", &cert, "--key", &key, &status]);
     assert_eq!(with_cert.status, 200, "{with_cert:?}");
+    // No grant reaches anything for agent:ops: it reads the verdict, and
+    // neither the agent nor the peers.
+    let seen: serde_json::Value = serde_json::from_str(&with_cert.body).unwrap();
+    assert_eq!(seen["accepting_sessions"], true, "{seen}");
+    assert_eq!(seen["agents"], serde_json::json!([]), "{seen}");
+    assert!(seen.get("peers").is_none(), "{seen}");
     let auth = format!("Authorization: Bearer {}", qs.var("PORTCULLIS_TOKEN"));
     assert_eq!(curl(&["--cacert", ca, "-H", &auth, &status]).status, 200);
     // Probes need nothing.

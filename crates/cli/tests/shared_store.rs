@@ -247,6 +247,22 @@ connections = ["db"]
     let status = get(&admin(&b), ca, Some(&token), "/status");
     assert_eq!(status.status, 200, "{}", status.body);
     let v = status.json();
+    // An agent's token reads the verdict, not the store or the peers.
+    assert_eq!(v["store"]["ok"], true);
+    assert!(v.get("peers").is_none(), "{v}");
+    assert!(v["store"].get("backend").is_none(), "{v}");
+    let root = {
+        let out = cli(&[
+            "token",
+            "create",
+            "--principal",
+            "user:root",
+            "--group",
+            "admins",
+        ]);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let v = get(&admin(&b), ca, Some(&root), "/status").json();
     assert_eq!(v["store"]["backend"], "postgres");
     assert_eq!(v["store"]["ok"], true);
     assert_eq!(v["peers"].as_array().map(Vec::len), Some(2), "{v}");

@@ -433,9 +433,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections one peer address holds at most, per listener.
     pub max_connections_per_peer: usize,
-    /// Sessions and requests one principal holds at once through one
-    /// agent (an agent serves 1,000 at most): one caller cannot take
-    /// every stream of an agent from the others.
+    /// Sessions and requests one principal (the person, for agents
+    /// acting for one) holds at once through one agent (an agent serves
+    /// 1,000 at most, callers together 920): one caller cannot take every
+    /// stream of an agent from the others.
     pub max_agent_streams_per_caller: usize,
     pub max_header_bytes: usize,
     pub max_request_body_bytes: u64,

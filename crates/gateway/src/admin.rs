@@ -3,7 +3,11 @@
 //! interface. Only `/healthz` and `/metrics` (which carry no statements,
 //! parameters or names of people) are open to whoever reaches it;
 //! everything else needs a bearer token, and reviews are shown and decided
-//! under the same visibility rules as on the gateway's API.
+//! under the same visibility rules as on the gateway's API. `/status` and
+//! `/agents` show everything to an admin (`[console] admin_groups`); any
+//! other caller sees whether sessions are taken, and only the agents and
+//! connections its grants reach, without addresses, peers or error texts
+//! (a review: any agent's token read the internal network's map here).
 
 use std::sync::Arc;
 
@@ -33,6 +37,10 @@ pub struct Admin {
     /// listener (a review probed tokens and tried a self-approval here
     /// without a trace).
     pub(crate) sessions: portcullis_front::Sessions,
+    /// The config in force: whose grants reach which agent's connections.
+    pub(crate) stack: Arc<portcullis_front::Current<crate::reload::Stack>>,
+    /// `[console] admin_groups`: who sees everything here.
+    pub(crate) admin_groups: Vec<String>,
 }
 
 impl Admin {
@@ -83,12 +91,13 @@ impl Admin {
                 return e.into_response();
             }
         };
+        let admin = crate::console::is_admin_in(&self.admin_groups, &who);
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/agents") => json_response(
                 StatusCode::OK,
-                &serde_json::json!({"agents": self.links.list()}),
+                &serde_json::json!({"agents": self.agents(&who, admin)}),
             ),
-            (&Method::GET, "/status") => self.status().await,
+            (&Method::GET, "/status") => self.status(&who, admin).await,
             // The gateway API's review endpoints: a caller sees the
             // reviews they asked for or may decide, nothing else.
             (_, p) if p == "/reviews" || p.starts_with("/reviews/") => {
@@ -133,9 +142,53 @@ impl Admin {
     }
 
     /// This gateway, its store, its recordings and its peers.
-    async fn status(&self) -> Response<Body> {
-        let now = portcullis_identity::unix_now();
+    /// The agents `who` may know of: all of them, with their addresses,
+    /// for an admin; for anyone else the connections its grants reach
+    /// (an agent serving none of them is not listed) and no address.
+    fn agents(&self, who: &portcullis_identity::Principal, admin: bool) -> Vec<serde_json::Value> {
+        let mut agents = self.links.list();
+        if !admin {
+            let stack = self.stack.load();
+            agents.retain_mut(|a| {
+                a.connections
+                    .retain(|c| stack.ctx.policy.decide(who, &c.name).is_allow());
+                !a.connections.is_empty()
+            });
+        }
+        agents
+            .into_iter()
+            .map(|a| {
+                let mut v = serde_json::json!(a);
+                if let (false, Some(o)) = (admin, v.as_object_mut()) {
+                    o.remove("address");
+                }
+                v
+            })
+            .collect()
+    }
+
+    async fn status(&self, who: &portcullis_identity::Principal, admin: bool) -> Response<Body> {
         let (store, verdict) = self.readiness().await;
+        let code = if verdict.is_ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if !admin {
+            // The verdict, not what the store said or where the peers are.
+            return json_response(
+                code,
+                &serde_json::json!({
+                    "id": self.id,
+                    "accepting_sessions": verdict.is_ok(),
+                    "refusing_for": verdict.err(),
+                    "store": {"ok": store["ok"] == true},
+                    "recordings": {"accepting_sessions": self.sink.healthy().is_ok()},
+                    "agents": self.agents(who, false),
+                }),
+            );
+        }
+        let now = portcullis_identity::unix_now();
         let peers: Vec<serde_json::Value> = self
             .store
             .gateways(now - 30)
@@ -149,11 +202,7 @@ impl Admin {
         let (pending, oldest) = self.sink.backlog();
         let healthy = self.sink.healthy();
         json_response(
-            if verdict.is_ok() {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            },
+            code,
             &serde_json::json!({
                 "id": self.id,
                 "accepting_sessions": verdict.is_ok(),
@@ -166,7 +215,7 @@ impl Admin {
                     "error": healthy.err(),
                 },
                 "peers": peers,
-                "agents": self.links.list(),
+                "agents": self.agents(who, true),
             }),
         )
     }

@@ -848,6 +848,7 @@ async fn start_admin(
     store: &Store,
     shared: &Shared,
     gateway_id: String,
+    stack: Arc<portcullis_front::Current<reload::Stack>>,
 ) -> Result<Option<SocketAddr>, GatewayError> {
     let Some(a) = cfg.gateway.admin_listen else {
         return Ok(None);
@@ -877,6 +878,8 @@ async fn start_admin(
         auth: shared.ctx.auth.clone(),
         cert_names: cfg.gateway.client_auth.cert_policy(),
         sessions: shared.ctx.sessions.clone(),
+        stack,
+        admin_groups: cfg.console.admin_groups.clone(),
     };
     rt.serve(
         al,
@@ -1017,7 +1020,6 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
     let gateway_id = me.id.clone();
     start_heartbeat(&rt, &store, &shared.ctx.sessions, &gateway_id, &public_url);
     let reload_metrics = reload::ReloadMetrics::register(&mut rt.registry);
-    let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id).await?;
     let hosts = mcp_hosts(cfg, &public_url, https_addr);
     let seal = store
         .shared_key(portcullis_mcp::SessionSeal::KEY_NAME)
@@ -1037,6 +1039,7 @@ pub async fn start(cfg: &Config, store: Store) -> Result<RunningGateway, Gateway
         http: front.clone(),
         mcp,
     }));
+    let admin_addr = start_admin(cfg, &mut rt, &store, &shared, gateway_id, stack.clone()).await?;
     let reloader = Arc::new(reload::Reloader::new(
         cfg,
         stack.clone(),

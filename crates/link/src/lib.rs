@@ -20,7 +20,8 @@ mod registry;
 mod serve;
 
 pub use registry::{
-    AgentInfo, AgentRegistry, DEFAULT_STREAMS_PER_CALLER, StreamPermit, Tunnel, TunnelStream,
+    AGENT_STREAMS, AgentInfo, AgentRegistry, DEFAULT_STREAMS_PER_CALLER, StreamPermit, Tunnel,
+    TunnelStream,
 };
 pub use serve::{LINK_WINDOW, LinkEnd, STREAM_WINDOW, run_link};
 
@@ -98,6 +99,10 @@ pub enum LinkError {
         "agent {agent:?}: this caller already has {held} sessions or requests open through it (limits.max_agent_streams_per_caller); end one and retry"
     )]
     Busy { agent: String, held: usize },
+    #[error(
+        "agent {agent:?} is serving as many sessions and requests as it can ({held} held by callers); retry later"
+    )]
+    Full { agent: String, held: usize },
 }
 
 /// Answer of the agent for an operation that failed on its side.

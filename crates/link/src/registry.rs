@@ -43,6 +43,43 @@ pub(crate) struct Link {
 /// holding them all had stalled every other caller on that agent.
 pub const DEFAULT_STREAMS_PER_CALLER: usize = 250;
 
+/// Streams an agent serves at once (its HTTP/2 server's limit).
+pub const AGENT_STREAMS: usize = 1000;
+
+/// Callers' streams through one agent, all together: the rest stay for
+/// the gateway's own (heartbeats, catalog reads, previews, cancels). A
+/// stream past the agent's limit is not refused by HTTP/2 but waits, so
+/// without this bound four callers at their share made a fifth wait for
+/// its whole timeout (a review).
+const CALLER_STREAMS: usize = AGENT_STREAMS - 80;
+
+/// The last streams callers may take go only to those holding fewer
+/// than [`LIGHT`]: however many streams a few heavy callers want, a
+/// newcomer still gets a few.
+const RESERVED: usize = 120;
+const LIGHT: usize = 4;
+
+/// Why a caller may not open one more stream through an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The caller holds its share.
+    Share { held: usize },
+    /// Callers together hold what the agent can serve.
+    Full { held: usize },
+}
+
+/// Whether `caller`, holding `mine` of the `all` streams callers hold
+/// through one agent, may open one more under a share of `max`.
+fn admit(all: usize, mine: usize, max: usize) -> Result<(), Refusal> {
+    if mine >= max {
+        return Err(Refusal::Share { held: mine });
+    }
+    if all >= CALLER_STREAMS || (all >= CALLER_STREAMS - RESERVED && mine >= LIGHT) {
+        return Err(Refusal::Full { held: all });
+    }
+    Ok(())
+}
+
 /// One of a caller's streams through an agent, counted until the last
 /// clone is dropped (clones let it ride in a response's extensions).
 #[derive(Clone)]
@@ -189,6 +226,8 @@ impl AgentRegistry {
 
     /// A permit for one more stream of `caller` through `link`; `None`
     /// caller is the gateway's own (catalog reads, previews), not counted.
+    /// `caller` is who answers for the stream (a person for the agents
+    /// acting for them: minting agents must not multiply a share).
     fn permit(
         &self,
         link: &Arc<Link>,
@@ -202,14 +241,24 @@ impl AgentRegistry {
             agent: link.agent.clone(),
             reason: "stream count unavailable".into(),
         })?;
+        let all = held.values().sum();
         let n = held.entry(caller.to_owned()).or_insert(0);
-        if *n >= max {
-            return Err(LinkError::Busy {
-                agent: link.agent.clone(),
-                held: *n,
-            });
+        let agent = || link.agent.clone();
+        match admit(all, *n, max) {
+            Ok(()) => *n += 1,
+            Err(Refusal::Share { held }) => {
+                return Err(LinkError::Busy {
+                    agent: agent(),
+                    held,
+                });
+            }
+            Err(Refusal::Full { held }) => {
+                return Err(LinkError::Full {
+                    agent: agent(),
+                    held,
+                });
+            }
         }
-        *n += 1;
         Ok(Some(StreamPermit(Arc::new(Permit {
             link: link.clone(),
             caller: caller.to_owned(),
@@ -474,5 +523,65 @@ async fn remote_answer(agent: &str, resp: Response<Incoming>) -> LinkError {
     match serde_json::from_slice::<RemoteError>(&body) {
         Ok(e) => remote(agent, &e.message),
         Err(_) => remote(agent, &format!("HTTP {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_is_refused_at_its_share() {
+        assert_eq!(admit(0, 0, 2), Ok(()));
+        assert_eq!(admit(1, 1, 2), Ok(()));
+        assert_eq!(admit(2, 2, 2), Err(Refusal::Share { held: 2 }));
+    }
+
+    #[test]
+    fn callers_together_never_take_what_the_agent_keeps_for_the_gateway() {
+        // Four callers at a share of 250 would fill all 1,000 streams.
+        let mut held = [0usize; 5];
+        for c in 0..4 {
+            while admit(held.iter().sum(), held[c], DEFAULT_STREAMS_PER_CALLER).is_ok() {
+                held[c] += 1;
+            }
+        }
+        let all: usize = held.iter().sum();
+        assert!(all <= CALLER_STREAMS && all < AGENT_STREAMS, "{held:?}");
+        // A fifth caller still gets a few, refused promptly after them.
+        let mut fifth = 0;
+        while admit(
+            held.iter().sum::<usize>() + fifth,
+            fifth,
+            DEFAULT_STREAMS_PER_CALLER,
+        )
+        .is_ok()
+        {
+            fifth += 1;
+        }
+        assert!(fifth >= 1, "a newcomer got nothing: {held:?}");
+        assert!(fifth <= LIGHT);
+    }
+
+    #[test]
+    fn the_reserve_goes_to_light_callers_and_the_whole_is_bounded() {
+        let floor = CALLER_STREAMS - RESERVED;
+        assert_eq!(
+            admit(floor, LIGHT, 1000),
+            Err(Refusal::Full { held: floor })
+        );
+        assert_eq!(admit(floor, LIGHT - 1, 1000), Ok(()));
+        assert_eq!(
+            admit(CALLER_STREAMS, 0, 1000),
+            Err(Refusal::Full {
+                held: CALLER_STREAMS
+            })
+        );
+        // Any number of light callers: the whole stays under the agent's.
+        let mut all = floor;
+        while admit(all, 0, 1000).is_ok() {
+            all += 1;
+        }
+        assert_eq!(all, CALLER_STREAMS);
     }
 }

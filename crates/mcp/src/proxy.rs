@@ -702,7 +702,7 @@ async fn relay(
         .map_err(|e| target_err(e.to_string()))?;
     let resp = upstream
         .forward(
-            Some(&call.who.principal.subject),
+            Some(call.who.principal.accountable()),
             req,
             &Arc::new(BodyState::default()),
         )

@@ -293,7 +293,10 @@ async fn query_target(
         connection: name.to_string(),
         reason,
     };
-    let owner = portcullis_postgres::Owner::Caller(who.principal.subject.clone());
+    let owner = portcullis_postgres::Owner::Caller {
+        subject: who.principal.subject.clone(),
+        accountable: who.principal.accountable().to_owned(),
+    };
     let mut session = upstream
         .connect(&[], owner)
         .await

@@ -268,7 +268,7 @@ async fn send(
     };
     let resp = upstream
         .forward(
-            Some(&who.principal.subject),
+            Some(who.principal.accountable()),
             req,
             &Arc::new(BodyState::default()),
         )

@@ -529,7 +529,7 @@ impl Inner {
             let resp = self
                 .forward(
                     name,
-                    &admitted.principal.subject,
+                    admitted.principal.accountable(),
                     upstream,
                     Request::from_parts(parts, body),
                     &state,

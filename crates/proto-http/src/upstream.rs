@@ -301,7 +301,9 @@ impl Upstream {
             Ok(Err(LinkError::NotConnected { agent })) => {
                 return Err(ForwardError::AgentUnavailable(agent));
             }
-            Ok(Err(e @ LinkError::Busy { .. })) => return Err(ForwardError::Busy(e.to_string())),
+            Ok(Err(e @ (LinkError::Busy { .. } | LinkError::Full { .. }))) => {
+                return Err(ForwardError::Busy(e.to_string()));
+            }
             Ok(Err(e)) => return Err(ForwardError::Upstream(e.to_string())),
             Ok(Ok((mut r, permit))) => {
                 if let Some(p) = permit {

@@ -674,7 +674,10 @@ impl Inner {
                 startup.params.clone(),
             )
         });
-        let owner = crate::Owner::Caller(admitted.principal.subject.clone());
+        let owner = crate::Owner::Caller {
+            subject: admitted.principal.subject.clone(),
+            accountable: admitted.principal.accountable().to_owned(),
+        };
         let up = match upstream.connect(&startup.params, owner).await {
             Ok(u) => u,
             Err(e) => {

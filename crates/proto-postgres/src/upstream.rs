@@ -175,8 +175,13 @@ pub enum Owner {
     /// The gateway's own work (catalog look-ups): never handed to a
     /// caller.
     Gateway,
-    /// A caller, by principal.
-    Caller(String),
+    /// A caller, by principal (its sessions are reused for it alone),
+    /// and who answers for it (whose share of an agent's streams it
+    /// takes: the person an agent acts for).
+    Caller {
+        subject: String,
+        accountable: String,
+    },
     /// At an agent: the owner a gateway named (see [`owner_tag`]), through
     /// that gateway (each admits callers under its own policy).
     Relayed { gateway: String, tag: String },
@@ -708,7 +713,7 @@ impl PgUpstream {
                 read_only,
                 owner_tag(owner).as_deref(),
                 match owner {
-                    Owner::Caller(p) => Some(p.as_str()),
+                    Owner::Caller { accountable, .. } => Some(accountable.as_str()),
                     _ => None,
                 },
             )
@@ -1232,7 +1237,7 @@ async fn read_startup(
 fn owner_tag(owner: &Owner) -> Option<String> {
     let named = match owner {
         Owner::Gateway => "gateway".to_string(),
-        Owner::Caller(p) => format!("caller:{p}"),
+        Owner::Caller { subject, .. } => format!("caller:{subject}"),
         Owner::Relayed { .. } | Owner::Nobody => return None,
     };
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, named.as_bytes());

@@ -152,16 +152,7 @@ impl Console {
     /// person (not an agent, not an agent acting for a person) in one of
     /// the admin groups.
     pub fn is_admin(&self, p: &Principal) -> bool {
-        let delegated = matches!(
-            &p.via,
-            AuthMethod::GatewayToken {
-                on_behalf_of: Some(_),
-                ..
-            }
-        );
-        p.kind == portcullis_identity::PrincipalKind::Human
-            && !delegated
-            && p.groups.iter().any(|g| self.cfg.admin_groups.contains(g))
+        is_admin_in(&self.cfg.admin_groups, p)
     }
 
     /// Serve `/ui/…`. `oauth` signs people in through the provider.
@@ -684,4 +675,21 @@ mod tests {
         assert_eq!(session_cookie(&h).as_deref(), Some("pcl_abc"));
         assert!(COOKIE.starts_with(portcullis_http::headers::GATEWAY_COOKIE_PREFIX));
     }
+}
+
+/// Whether `p` is an admin under `admin_groups` (`[console]`): a person
+/// (not an agent, not an agent acting for a person, whose token carries
+/// its person's groups) in one of them. The console and the admin
+/// listener ask the same question.
+pub(crate) fn is_admin_in(admin_groups: &[String], p: &Principal) -> bool {
+    let delegated = matches!(
+        &p.via,
+        AuthMethod::GatewayToken {
+            on_behalf_of: Some(_),
+            ..
+        }
+    );
+    p.kind == portcullis_identity::PrincipalKind::Human
+        && !delegated
+        && p.groups.iter().any(|g| admin_groups.contains(g))
 }

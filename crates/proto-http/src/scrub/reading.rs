@@ -34,6 +34,15 @@ pub(super) fn triggers(sq: &[u8]) -> Vec<usize> {
     at
 }
 
+/// Whether `hay` holds any byte [`triggers`] finds: without one, nothing
+/// in it is read (a test holds the two to the same bytes).
+pub(super) fn has_trigger(hay: &[u8]) -> bool {
+    memchr::memchr3(b'\\', b'&', b'%', hay).is_some()
+        || memchr::memchr3(b'=', 0xC2, 0xCD, hay).is_some()
+        || memchr::memchr3(0xE1, 0xE2, 0xE3, hay).is_some()
+        || memchr::memchr2(0xEF, 0xF3, hay).is_some()
+}
+
 /// The most bytes one escape this reading decodes may span: `&#x`, 32
 /// zeros, 8 digits and `;`; `\\u{`, 40 digits and `}`.
 pub(super) const ESCAPE_WIDTH: usize = 48;
@@ -383,6 +392,14 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_trigger_is_triggers_for_every_byte() {
+        for b in 0..=255u8 {
+            let hay = [b'a', b, b'z'];
+            assert_eq!(has_trigger(&hay), !triggers(&hay).is_empty(), "{b:#04x}");
+        }
+    }
 
     fn text(hay: &str) -> String {
         let mut r = Reading::default();
