@@ -427,12 +427,7 @@ impl<H: Handler> Connection<H> {
         };
 
         let cut = tokio_util::sync::CancellationToken::new();
-        let info = Arc::new(ConnInfo {
-            peer,
-            tls: Arc::new(record),
-            sessions: Default::default(),
-            cut: cut.clone(),
-        });
+        let info = Arc::new(ConnInfo::new(peer, Arc::new(record), cut.clone()));
         let front = self.front.clone();
         // When the connection last started a request (seconds since it
         // opened): an idle HTTP/2 connection is closed like an idle

@@ -21,7 +21,7 @@ impl PrincipalKind {
 }
 
 /// How the principal proved who it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum AuthMethod {
     /// A gateway-issued `pcl_` token; `token_id` is its public id.

@@ -24,7 +24,7 @@ pub(crate) struct SessionKey {
     pub principal: String,
     /// How the principal authenticated (token id, OIDC issuer,
     /// certificate), so two credentials never share a session.
-    pub auth: String,
+    pub auth: portcullis_identity::AuthMethod,
     pub connection: String,
 }
 

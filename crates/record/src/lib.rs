@@ -725,10 +725,17 @@ pub fn redact_headers<'a>(
 ) -> Vec<(String, String)> {
     headers
         .map(|(k, v)| {
-            let secret = matches!(
-                k.to_ascii_lowercase().as_str(),
-                "authorization" | "proxy-authorization" | "cookie" | "set-cookie" | "x-api-key"
-            );
+            // Compared in place: a lower-cased copy of every name was
+            // an allocation per header on every request and answer.
+            let secret = [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+                "x-api-key",
+            ]
+            .iter()
+            .any(|s| k.eq_ignore_ascii_case(s));
             let v = if secret {
                 "[redacted]".to_string()
             } else {

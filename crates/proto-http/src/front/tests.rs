@@ -222,10 +222,9 @@ async fn world() -> World {
 
 fn conn() -> Arc<ConnInfo> {
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    Arc::new(ConnInfo {
-        cut: Default::default(),
+    Arc::new(ConnInfo::new(
         peer,
-        tls: Arc::new(HandshakeRecord {
+        Arc::new(HandshakeRecord {
             peer,
             version: "TLSv1_3".into(),
             cipher_suite: "TLS13_AES_128_GCM_SHA256".into(),
@@ -236,8 +235,8 @@ fn conn() -> Arc<ConnInfo> {
             duration_us: 0,
             client_cert: None,
         }),
-        sessions: Default::default(),
-    })
+        Default::default(),
+    ))
 }
 
 /// A client connection to the front over an in-memory pipe.
