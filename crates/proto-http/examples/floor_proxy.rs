@@ -55,6 +55,19 @@ impl Floor {
         *req.version_mut() = http::Version::default();
         let headers = req.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
+        // Hop-by-hop, as nginx's `proxy_set_header Connection ""`: a
+        // caller's `Connection: close` must not close the pooled target
+        // connection (the first floor runs did, and paid a target
+        // handshake per request).
+        for hop in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "upgrade",
+        ] {
+            headers.remove(hop);
+        }
         headers.remove(http::header::HOST);
         headers.insert(self.header.clone(), self.key.clone());
         let answer = self.client.request(req).await?;
