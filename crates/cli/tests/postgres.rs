@@ -364,8 +364,12 @@ fn plaintext_wrong_token_no_grant_and_unknown_connection() {
             "{msg}"
         );
 
+        // A name no grant reaches: refused as `nogrant` is, whether a
+        // connection has it or not (a review told them apart).
         let e = g.client("nope", &g.token).await.err().unwrap();
-        assert_eq!(e.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{e}");
+        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+        let nope = e.as_db_error().unwrap().message().replace("nope", "NAME");
+        assert_eq!(nope, msg.replace("nogrant", "NAME"));
         let e = g.client("api", &g.token).await.err().unwrap();
         assert!(
             e.as_db_error().unwrap().message().contains("speaks http"),

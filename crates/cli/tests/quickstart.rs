@@ -107,10 +107,12 @@ fn bad_credentials_get_401_with_json_and_the_gateway_keeps_serving() {
         (r.status, r.json()["error"].as_str()),
         (404, Some("no_route"))
     );
+    // A name no grant reaches is refused as an existing one would be:
+    // which connections exist is not told (a review enumerated them).
     let r = get(url, ca, Some(token), "/c/nope/hello");
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
-        (404, Some("unknown_connection"))
+        (403, Some("forbidden"))
     );
     // Still serving.
     assert_eq!(get(url, ca, Some(token), "/c/demo-api/hello").status, 200);

@@ -147,6 +147,24 @@ impl FrontContext {
         connection: &str,
         wanted: Protocol,
     ) -> Result<String, AdmitError> {
+        // The grant first: a caller no grant reaches a name with is told
+        // only that, whether a connection has that name or not, and not
+        // what it speaks (a review told names and protocols of ungranted
+        // connections from an unknown one's 404 and a wrong protocol's
+        // message).
+        let rule = match self.policy.decide(principal, connection) {
+            Decision::Allow { rule, .. } => rule,
+            Decision::Deny { mut reason } => {
+                // A name the caller chose: bounded in the message.
+                match &mut reason {
+                    DenyReason::NoGrant { connection, .. }
+                    | DenyReason::Delegation { connection, .. } => {
+                        *connection = bounded(connection)
+                    }
+                }
+                return Err(AdmitError::Forbidden(reason));
+            }
+        };
         let Some(entry) = self.connections.get(connection) else {
             return Err(AdmitError::UnknownConnection(bounded(connection)));
         };
@@ -157,10 +175,7 @@ impl FrontContext {
                 wanted,
             });
         }
-        match self.policy.decide(principal, connection) {
-            Decision::Allow { rule, .. } => Ok(rule),
-            Decision::Deny { reason } => Err(AdmitError::Forbidden(reason)),
-        }
+        Ok(rule)
     }
 
     /// Evidence of a refusal before any session opened (see

@@ -34,6 +34,11 @@ url = "https://localhost:1/mcp"
 name = "testers"
 groups = ["testers"]
 connections = ["api", "held", "tools"]
+
+[[grants]]
+name = "everything"
+principals = ["agent:root"]
+connections = ["*"]
 "#;
 
 struct World {
@@ -41,6 +46,8 @@ struct World {
     store: Store,
     tester: String,
     outsider: String,
+    /// Granted every connection (`*`): told which names do not exist.
+    root: String,
     _dir: tempfile::TempDir,
 }
 
@@ -50,11 +57,13 @@ async fn world() -> World {
     let (ctx, store) = testing::context(&cfg, dir.path()).await;
     let tester = testing::token(&store, "agent:tester", &["testers".into()]).await;
     let outsider = testing::token(&store, "agent:outsider", &[]).await;
+    let root = testing::token(&store, "agent:root", &[]).await;
     World {
         ctx,
         store,
         tester,
         outsider,
+        root,
         _dir: dir,
     }
 }
@@ -105,13 +114,16 @@ async fn a_bad_credential_is_refused_and_audited() {
 async fn every_refusal_of_an_authenticated_caller_is_audited() {
     let w = world().await;
     type Case<'a> = (&'a str, &'a str, Protocol, fn(&AdmitError) -> bool);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
-            &w.tester,
+            &w.root,
             "nowhere",
             Protocol::Http,
             |e| matches!(e, AdmitError::UnknownConnection(n) if n == "nowhere"),
         ),
+        (&w.tester, "nowhere", Protocol::Http, |e| {
+            matches!(e, AdmitError::Forbidden(_))
+        }),
         (&w.tester, "tools", Protocol::Http, |e| {
             matches!(
                 e,
@@ -138,6 +150,37 @@ async fn every_refusal_of_an_authenticated_caller_is_audited() {
         assert_eq!(r[i]["connection"], connection);
         assert!(r[i]["principal"].as_str().unwrap().starts_with("agent:"));
     }
+}
+
+/// A caller no grant reaches a name with learns nothing of it: an
+/// unknown name, a connection of another protocol and one of its own are
+/// refused alike (a review enumerated names and protocols through the
+/// difference).
+#[tokio::test]
+async fn a_caller_without_a_grant_cannot_tell_which_connections_exist() {
+    let w = world().await;
+    let mut said = Vec::new();
+    for (connection, wanted) in [
+        ("api", Protocol::Http),
+        ("tools", Protocol::Http),
+        ("nowhere", Protocol::Http),
+        ("api", Protocol::Postgres),
+    ] {
+        let e = w
+            .ctx
+            .admit(
+                Credential::Bearer(&w.outsider),
+                connection,
+                wanted,
+                &origin(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AdmitError::Forbidden(_)), "{connection}: {e:?}");
+        said.push(e.to_string().replace(connection, "NAME"));
+    }
+    said.dedup();
+    assert_eq!(said.len(), 1, "{said:?}");
 }
 
 #[tokio::test]

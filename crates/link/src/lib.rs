@@ -99,10 +99,10 @@ pub enum LinkError {
         "agent {agent:?}: this caller already has {held} sessions or requests open through it (limits.max_agent_streams_per_caller); end one and retry"
     )]
     Busy { agent: String, held: usize },
-    #[error(
-        "agent {agent:?} is serving as many sessions and requests as it can ({held} held by callers); retry later"
-    )]
-    Full { agent: String, held: usize },
+    /// How many other callers hold is not told (a review: a refusal
+    /// must not report everyone's load).
+    #[error("agent {agent:?} is serving as many sessions and requests as it can; retry later")]
+    Full { agent: String },
 }
 
 /// Answer of the agent for an operation that failed on its side.
