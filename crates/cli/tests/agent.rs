@@ -813,6 +813,59 @@ fn one_caller_cannot_take_every_stream_of_an_agent() {
     });
 }
 
+/// Through an agent too, a caller killed mid-statement leaves nothing
+/// running on the target, and its share is held until the statement is
+/// cancelled (a review killed clients in a loop and had 38 statements
+/// running under a share of 2).
+#[test]
+fn a_caller_killed_mid_statement_through_the_agent_leaves_nothing_running() {
+    let s = setup();
+    let marker = format!("portcullis_agent_gone_{}", std::process::id());
+    let running = || {
+        PgCluster::shared().psql_direct(&format!(
+            "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
+        ))
+    };
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        children.push(
+            Command::new("psql")
+                .args(["-X", "-c", &format!("select pg_sleep(30) as {marker}")])
+                .env("PGHOST", "localhost")
+                .env("PGPORT", s.pg_port.to_string())
+                .env("PGDATABASE", "db")
+                .env("PGUSER", "agent")
+                .env("PGPASSWORD", &s.token)
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &s.ca)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    while running() != "2" {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the statements never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut c in children {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+    let gone = Instant::now();
+    while running() != "0" {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "the departed caller's statements still run on the target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn hundred_sessions_over_one_link_with_a_stalled_reader() {
     let s = setup();

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
@@ -549,6 +549,48 @@ fn upstream_killed_mid_query_gives_an_error_and_the_gateway_stays_up() {
         "{err}"
     );
     assert_eq!(text(&g.psql("rw", &["-c", "select 6"], None)).0, "6");
+}
+
+/// A caller that goes away mid-statement leaves nothing running on the
+/// target: the target reads the gateway's Terminate only between
+/// statements, so the statement is cancelled (a review left 38
+/// `pg_sleep`s running under an agent's share of 2 by killing clients).
+#[test]
+fn a_caller_killed_mid_statement_leaves_nothing_running_on_the_target() {
+    let g = PgGateway::start();
+    let marker = format!("portcullis_gone_{}", std::process::id());
+    let running = || {
+        PgCluster::shared().psql_direct(&format!(
+            "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
+        ))
+    };
+    let mut child = Command::new("psql")
+        .args(["-X", "-c", &format!("select pg_sleep(30) as {marker}")])
+        .arg(g.conninfo("rw"))
+        .env("PGPASSWORD", &g.token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while running() != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the statement never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let gone = Instant::now();
+    while running() != "0" {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "the departed caller's statement still runs on the target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(text(&g.psql("rw", &["-c", "select 7"], None)).0, "7");
 }
 
 #[test]

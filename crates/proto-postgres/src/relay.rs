@@ -286,7 +286,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         };
         // What is still reserved when the session ends.
         relay.budget_settle(true).await;
-        let (outcome, reusable) = relay.say_goodbye(&exit).await;
+        let (outcome, reusable, running) = relay.say_goodbye(&exit).await;
         let reusable = if reusable {
             Some(UpstreamSession {
                 reader: up_r,
@@ -304,6 +304,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             // the goodbye and cost it the session it could keep.
             let said = matches!(exit, Exit::CallerTerminated) && !ctx.upstream.reuse();
             if !matches!(exit, Exit::UpstreamGone) {
+                if running {
+                    // A statement still runs: the target reads Terminate
+                    // only when it ends, so it is cancelled first, while
+                    // this session still holds its place (an agent's
+                    // stream share). A review left 38 `pg_sleep`s running
+                    // on the target under a share of 2 by killing its
+                    // clients. Bounded by the connection's timeout.
+                    if let Err(e) = ctx.upstream.cancel(pid, secret).await {
+                        tracing::warn!(connection = %ctx.connection, error = %e, "cancelling the departed caller's statement failed");
+                    }
+                }
                 if !said {
                     // Tell the target we are done, so its backend ends now.
                     let bye = Message::new(tag::TERMINATE, bytes::Bytes::new());
@@ -324,19 +335,20 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         }
     }
 
-    /// The caller's last word; the outcome, and whether the target's
-    /// session may serve another caller.
-    async fn say_goodbye(&self, exit: &Exit) -> (Outcome, bool) {
+    /// The caller's last word; the outcome, whether the target's session
+    /// may serve another caller, and whether a statement may still run on
+    /// it (sent and not answered with ReadyForQuery).
+    async fn say_goodbye(&self, exit: &Exit) -> (Outcome, bool, bool) {
         let (outcome, last) = exit.outcome(self.ctx.connection);
         let mut w = self.caller_w.lock().await;
         if let Some(m) = last {
             send(&mut *w, &m).await;
         }
         let _ = w.shutdown().await;
-        let idle = self.syncs_sent.load(Ordering::Relaxed)
-            == self.ready_seen.load(Ordering::Relaxed)
-            && !self.unsynced.load(Ordering::Relaxed)
-            && self.last_status.load(Ordering::Relaxed) == b'I';
+        let running = self.syncs_sent.load(Ordering::Relaxed)
+            != self.ready_seen.load(Ordering::Relaxed)
+            || self.unsynced.load(Ordering::Relaxed);
+        let idle = !running && self.last_status.load(Ordering::Relaxed) == b'I';
         let no_refusals = self
             .pending
             .lock()
@@ -346,7 +358,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             && matches!(exit, Exit::CallerTerminated)
             && idle
             && no_refusals;
-        (outcome, reusable)
+        (outcome, reusable, running)
     }
 
     /// Caller → target, until either side ends.
