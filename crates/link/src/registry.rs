@@ -543,7 +543,7 @@ mod tests {
             }
         }
         let all: usize = held.iter().sum();
-        assert!(all <= CALLER_STREAMS && all < AGENT_STREAMS, "{held:?}");
+        assert!(all <= CALLER_STREAMS, "{held:?}");
         // A fifth caller still gets a few, refused promptly after them.
         let mut fifth = 0;
         while admit(

@@ -638,6 +638,23 @@ fn set_cookie(resp: &mut Response<Body>, value: &str, max_age: i64) {
     }
 }
 
+/// Whether `p` is an admin under `admin_groups` (`[console]`): a person
+/// (not an agent, not an agent acting for a person, whose token carries
+/// its person's groups) in one of them. The console and the admin
+/// listener ask the same question.
+pub(crate) fn is_admin_in(admin_groups: &[String], p: &Principal) -> bool {
+    let delegated = matches!(
+        &p.via,
+        AuthMethod::GatewayToken {
+            on_behalf_of: Some(_),
+            ..
+        }
+    );
+    p.kind == portcullis_identity::PrincipalKind::Human
+        && !delegated
+        && p.groups.iter().any(|g| admin_groups.contains(g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,21 +692,4 @@ mod tests {
         assert_eq!(session_cookie(&h).as_deref(), Some("pcl_abc"));
         assert!(COOKIE.starts_with(portcullis_http::headers::GATEWAY_COOKIE_PREFIX));
     }
-}
-
-/// Whether `p` is an admin under `admin_groups` (`[console]`): a person
-/// (not an agent, not an agent acting for a person, whose token carries
-/// its person's groups) in one of them. The console and the admin
-/// listener ask the same question.
-pub(crate) fn is_admin_in(admin_groups: &[String], p: &Principal) -> bool {
-    let delegated = matches!(
-        &p.via,
-        AuthMethod::GatewayToken {
-            on_behalf_of: Some(_),
-            ..
-        }
-    );
-    p.kind == portcullis_identity::PrincipalKind::Human
-        && !delegated
-        && p.groups.iter().any(|g| admin_groups.contains(g))
 }
