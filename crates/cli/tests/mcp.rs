@@ -428,6 +428,8 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
         ],
     );
     let (token, id) = created_token(&out);
+    let marker = format!("portcullis_mcp_revoked_{}", std::process::id());
+    let sql = format!("SELECT pg_sleep(20) AS {marker}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (stopped_after, text) = rt.block_on(async {
         let transport = StreamableHttpClientTransport::with_client(
@@ -448,7 +450,7 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
         let r = call(
             &client,
             "sql_query",
-            json!({"connection": "db-rw", "sql": "SELECT pg_sleep(20)", "timeout_ms": 30000}),
+            json!({"connection": "db-rw", "sql": sql, "timeout_ms": 30000}),
         )
         .await;
         let ended = std::time::Instant::now();
@@ -461,6 +463,19 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
         stopped_after < std::time::Duration::from_secs(3),
         "stopped {stopped_after:?} after the revocation"
     );
+    // And on the target: the statement is cancelled, not left to run its
+    // 20 s (a re-review found statements outliving their callers).
+    let gone = std::time::Instant::now();
+    while PgCluster::shared().psql_direct(&format!(
+        "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
+    )) != "0"
+    {
+        assert!(
+            gone.elapsed() < std::time::Duration::from_secs(5),
+            "the revoked call's statement still runs on the target"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
     assert!(
         audit
@@ -604,6 +619,24 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         "gateway2.log",
     );
     let url = format!("{}/c/directory/", gw.url);
+
+    // A caller no grant reaches `directory` with cannot tell it is an MCP
+    // connection, or a connection at all: refused word for word as for a
+    // name nothing has (a re-review told MCP names by the body's shape).
+    let out = cli_at(
+        &cfg_path,
+        &["token", "create", "--principal", "agent:outsider"],
+    );
+    let outsider = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let refused: Vec<(u16, String)> = ["directory", "nowhere", "api"]
+        .iter()
+        .map(|name| {
+            let r = get(&gw.url, &s.ca, Some(&outsider), &format!("/c/{name}/mcp"));
+            (r.status, r.body.replace(name, "NAME"))
+        })
+        .collect();
+    assert_eq!(refused[0].0, 403, "{refused:?}");
+    assert!(refused.iter().all(|r| r == &refused[0]), "{refused:?}");
 
     let client_at = |url: &str, steps: &[&str]| -> Vec<Value> {
         let out = Command::new("node")

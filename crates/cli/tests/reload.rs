@@ -129,7 +129,9 @@ connections = ["db"]
 "#;
     let s = setup(only_db);
     assert_eq!(s.status("/c/api/x"), 403, "no grant yet");
-    assert_eq!(s.status("/c/api2/x"), 404, "no such connection yet");
+    // Not granted, and no such connection yet: refused alike (which
+    // connections exist is told only to callers a grant covers them for).
+    assert_eq!(s.status("/c/api2/x"), 403, "no such connection yet");
 
     let more = r#"
 [[connections]]

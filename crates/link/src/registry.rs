@@ -195,7 +195,19 @@ pub struct AgentRegistry {
     next_id: AtomicU64,
     /// Streams one caller may hold through one agent at once.
     per_caller: std::sync::atomic::AtomicUsize,
+    /// Cancel requests in flight through any agent: a caller's own and
+    /// those the gateway sends for a caller that left mid-statement. They
+    /// are no caller's streams, so they are bounded here, inside the
+    /// streams the agent keeps beside callers' (a re-review: a caller
+    /// dropping 250 sessions at once would have opened 250 cancels past
+    /// the agent's limit, making others wait instead of being refused).
+    cancels: Arc<tokio::sync::Semaphore>,
 }
+
+/// Cancel requests in flight through agents at once (see
+/// [`AgentRegistry::cancel_pg`]); under the streams the agent keeps
+/// beside callers' ([`AGENT_STREAMS`] - `CALLER_STREAMS`).
+pub const CANCELS_IN_FLIGHT: usize = 32;
 
 impl Default for AgentRegistry {
     fn default() -> Self {
@@ -203,6 +215,7 @@ impl Default for AgentRegistry {
             links: Mutex::default(),
             next_id: AtomicU64::default(),
             per_caller: DEFAULT_STREAMS_PER_CALLER.into(),
+            cancels: Arc::new(tokio::sync::Semaphore::new(CANCELS_IN_FLIGHT)),
         }
     }
 }
@@ -478,8 +491,13 @@ impl AgentRegistry {
             .header(HDR_PG_SECRET, secret)
             .body(empty())
             .map_err(|e| remote(agent, &e.to_string()))?;
-        // Cancels are bounded apart (the gateway forwards at most 64 at
-        // once): not a caller's stream.
+        // Not a caller's stream: bounded apart, waiting for a place (the
+        // callers bound the wait with their timeout).
+        let _place = self
+            .cancels
+            .acquire()
+            .await
+            .map_err(|_| remote(agent, "cancels are closed"))?;
         let (resp, _) = self.send(agent, None, req).await?;
         if resp.status() != StatusCode::OK {
             return Err(remote_answer(agent, resp).await);

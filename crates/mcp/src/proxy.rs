@@ -141,7 +141,10 @@ pub async fn handle(
         Ok(a) => a,
         Err(e) => {
             portcullis_http::linger(req.into_body()).await;
-            return json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string());
+            // Word for word the HTTP front's refusal: a different body for
+            // an MCP connection's name told which names are MCP connections
+            // (a re-review).
+            return portcullis_http::ProxyError::from(e).into_response();
         }
     };
     let (parts, bytes) = match read_request(req, rest).await {

@@ -201,7 +201,7 @@ pub(crate) async fn run(
     ctx: &Context,
     who: &Caller,
     admitted: &Admitted,
-    upstream: &portcullis_postgres::PgUpstream,
+    upstream: &std::sync::Arc<portcullis_postgres::PgUpstream>,
     query: Query<'_>,
     shape: impl FnOnce(&QueryOutcome, Vec<Vec<Option<String>>>) -> CallToolResult,
 ) -> Result<CallToolResult, ToolError> {
@@ -277,13 +277,39 @@ pub(crate) async fn run(
     result
 }
 
+/// Cancels the statement on the target when the tool call is dropped
+/// before the target answered (the MCP client went away): the target
+/// would otherwise run it to its `statement_timeout` (a re-review left
+/// `pg_sleep`s running after their callers reset their connections).
+struct CancelOnDrop {
+    upstream: std::sync::Arc<portcullis_postgres::PgUpstream>,
+    key: Option<(i32, i32)>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some((pid, secret)) = self.key.take() else {
+            return;
+        };
+        // Outside a runtime only when the gateway itself is going away.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let upstream = self.upstream.clone();
+            rt.spawn(async move {
+                if let Err(e) = upstream.cancel(pid, secret).await {
+                    tracing::warn!(connection = %upstream.name, error = %e, "cancelling a dropped tool call's statement failed");
+                }
+            });
+        }
+    }
+}
+
 /// Run `sql` on a session of the connection's pool, its results through
 /// the wire protocol's masker (one place where rules are applied: column
 /// sources, binary values, errors).
 async fn query_target(
     ctx: &Context,
     who: &Caller,
-    upstream: &portcullis_postgres::PgUpstream,
+    upstream: &std::sync::Arc<portcullis_postgres::PgUpstream>,
     name: &str,
     sql: &str,
     max_rows: usize,
@@ -319,7 +345,12 @@ async fn query_target(
     let inspector = masker
         .as_mut()
         .map(|m| m as &mut dyn portcullis_postgres::inspect::Inspector);
+    let mut running = CancelOnDrop {
+        upstream: upstream.clone(),
+        key: Some((session.pid, session.secret)),
+    };
     let result = session.query_inspected(sql, max_rows, inspector).await;
+    running.key = None;
     // A session that ends idle goes back to the pool (DISCARD ALL);
     // one left inside a transaction is dropped.
     if session.status == b'I' {
