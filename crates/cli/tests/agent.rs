@@ -19,6 +19,9 @@ use portcullis_tls::{CertificateAuthority, LeafKind};
 
 const API_CANARY: &str = "canary-agent-held-api-key-4e91";
 
+/// `[gateway] metrics_token` of these gateways.
+const METRICS_TOKEN: &str = "metrics-canary-3f9a";
+
 struct Setup {
     tmp: tempfile::TempDir,
     gw: Option<Proc>,
@@ -244,6 +247,7 @@ listen = "127.0.0.1:{gw_port}"
 cert = "server.pem"
 key = "server.key"
 admin_listen = "127.0.0.1:0"
+metrics_token = "file:metrics-token"
 
 [postgres]
 listen = "127.0.0.1:{pg_port}"
@@ -278,6 +282,7 @@ groups = ["testers"]
 connections = ["api", "db", "dbro"]
 "#
     ) + extra;
+    std::fs::write(gw_dir.join("metrics-token"), METRICS_TOKEN).unwrap();
     let (gw, token) = gateway_with_config(&gw_dir, &gw_config);
     let mut s = Setup {
         ca: gw_dir.join("ca.pem").to_str().unwrap().to_string(),
@@ -384,6 +389,16 @@ fn psql_and_curl_through_the_agent_with_credentials_only_there() {
     assert!(listed.contains("\"name\":\"db\""), "{listed}");
     // Not where the agent is: that is for admins.
     assert!(!listed.contains("\"address\""), "{listed}");
+    // /metrics names every connection: with `metrics_token` set, only the
+    // scraper holding it reads them (a caller's own token is not enough).
+    for bearer in [None, Some(s.token.as_str()), Some("metrics-canary-3f9b")] {
+        let r = get(&admin, &s.ca, bearer, "/metrics");
+        assert_eq!(r.status, 401, "{bearer:?}: {}", r.body);
+        assert!(!r.body.contains("\"api\""), "{}", r.body);
+    }
+    let m = get(&admin, &s.ca, Some(METRICS_TOKEN), "/metrics");
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert!(m.body.contains("portcullis_"), "{}", m.body);
     let list_as = |token: &str| {
         let out = Command::new(BIN)
             .args(["agents", "list", "--json", "--admin", &admin, "--ca", &s.ca])

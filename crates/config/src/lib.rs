@@ -407,6 +407,9 @@ pub struct PostgresListener {
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// When set, the admin listener's `/metrics` asks for it as a bearer
+    /// token (its series name every connection); open otherwise.
+    pub metrics_token: Option<SecretRef>,
     /// How callers reach the gateway (used in messages, e.g. the reply to
     /// plaintext); derived from `listen` when absent.
     pub public_url: Option<String>,

@@ -599,6 +599,7 @@ fn default_max_message() -> usize {
 struct RawGateway {
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
+    metrics_token: Option<String>,
     public_url: Option<String>,
     domain: Option<String>,
     cert: String,
@@ -1003,6 +1004,13 @@ impl Root {
             oidc.push(o.validate(&key, base)?);
         }
         self.namespaces_apart()?;
+        let metrics_token = self
+            .gateway
+            .metrics_token
+            .as_deref()
+            .map(|s| SecretRef::parse(s, base))
+            .transpose()
+            .map_err(|e| invalid("gateway.metrics_token", e))?;
         let gateway_client_auth = match &self.gateway.client_auth {
             Some(c) => c.validate("gateway.client_auth", base)?,
             None => ClientAuth::default(),
@@ -1051,6 +1059,7 @@ impl Root {
             gateway: GatewayConfig {
                 listen: self.gateway.listen,
                 admin_listen: self.gateway.admin_listen,
+                metrics_token,
                 public_url: self.gateway.public_url,
                 domain: self.gateway.domain.map(|d| d.to_ascii_lowercase()),
                 cert: path(&self.gateway.cert),

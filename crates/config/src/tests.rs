@@ -1014,3 +1014,25 @@ fn oauth_needs_an_issuer_and_bounded_lifetimes() {
         );
     }
 }
+
+#[test]
+fn the_metrics_token_is_a_secret_reference_never_inline() {
+    assert_eq!(parse(MINIMAL).unwrap().gateway.metrics_token, None);
+    let c = parse(&MINIMAL.replace(
+        "key = \"s.key\"",
+        "key = \"s.key\"\nmetrics_token = \"file:m\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.gateway.metrics_token,
+        Some(SecretRef::File("/etc/portcullis/m".into()))
+    );
+    let e = err(&MINIMAL.replace(
+        "key = \"s.key\"",
+        "key = \"s.key\"\nmetrics_token = \"hunter2\"",
+    ));
+    assert!(
+        e.contains("gateway.metrics_token") && !e.contains("hunter2"),
+        "{e}"
+    );
+}

@@ -41,6 +41,8 @@ pub struct Admin {
     pub(crate) stack: Arc<portcullis_front::Current<crate::reload::Stack>>,
     /// `[console] admin_groups`: who sees everything here.
     pub(crate) admin_groups: Vec<String>,
+    /// `[gateway] metrics_token`: asked for on `/metrics` when set.
+    pub(crate) metrics_token: Option<portcullis_config::Secret>,
 }
 
 impl Admin {
@@ -111,6 +113,23 @@ impl Admin {
             }
             _ => not_found(),
         }
+    }
+
+    /// Whether `req` may read `/metrics`: always when no token is set,
+    /// else with `Authorization: Bearer <token>` (compared in constant
+    /// time). Its series name every connection and its traffic, so an
+    /// operator whose admin listener callers can reach sets one.
+    fn may_scrape(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.metrics_token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|got| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(got, token.expose().as_bytes())
+                    .is_ok()
+            })
     }
 
     /// Whether sessions can be opened now: the store answers and takes
@@ -228,6 +247,27 @@ impl Handler for Admin {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
+                if !self.may_scrape(&req) {
+                    // Evidence like any refusal (merged per address).
+                    self.sessions
+                        .refusal(
+                            None,
+                            None,
+                            portcullis_config::Protocol::Http,
+                            conn.peer.to_string(),
+                            "GET /metrics without the metrics token".to_owned(),
+                        )
+                        .await;
+                    portcullis_http::linger(req.into_body()).await;
+                    let mut resp = json_response(
+                        StatusCode::UNAUTHORIZED,
+                        &serde_json::json!({"error": "unauthenticated",
+                            "message": "/metrics needs the bearer token [gateway] metrics_token names"}),
+                    );
+                    resp.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return resp;
+                }
                 let mut text = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry)
                 {

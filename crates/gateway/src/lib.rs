@@ -50,6 +50,8 @@ pub enum GatewayError {
     PgUpstream(#[from] portcullis_postgres::SetupError),
     #[error("demo API key {reference}: {reason}")]
     DemoSecret { reference: String, reason: String },
+    #[error("[gateway] metrics_token {reference}: {reason}")]
+    MetricsToken { reference: String, reason: String },
     #[error("masking hash key {reference}: {reason}")]
     MaskKey { reference: String, reason: String },
     #[error("masking rules: {0}")]
@@ -880,6 +882,13 @@ async fn start_admin(
         sessions: shared.ctx.sessions.clone(),
         stack,
         admin_groups: cfg.console.admin_groups.clone(),
+        metrics_token: match &cfg.gateway.metrics_token {
+            None => None,
+            Some(r) => Some(r.resolve().map_err(|reason| GatewayError::MetricsToken {
+                reference: r.to_string(),
+                reason,
+            })?),
+        },
     };
     rt.serve(
         al,
