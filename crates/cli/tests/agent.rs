@@ -137,8 +137,15 @@ fn psql_on(
     token: &str,
     sql: &str,
 ) -> std::process::Output {
-    Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+    psql_command(connection, pg_port, ca, token, sql)
+        .output()
+        .unwrap()
+}
+
+/// The psql command [`psql_on`] runs, to spawn instead.
+fn psql_command(connection: &str, pg_port: u16, ca: &str, token: &str, sql: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGHOST", "localhost")
         .env("PGPORT", pg_port.to_string())
         .env("PGDATABASE", connection)
@@ -146,9 +153,8 @@ fn psql_on(
         .env("PGPASSWORD", token)
         .env("PGSSLMODE", "verify-full")
         .env("PGSSLROOTCERT", ca)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap()
+        .env("PGCONNECT_TIMEOUT", "10");
+    c
 }
 
 impl Drop for Setup {
@@ -836,49 +842,28 @@ fn one_caller_cannot_take_every_stream_of_an_agent() {
 fn a_caller_killed_mid_statement_through_the_agent_leaves_nothing_running() {
     let s = setup();
     let marker = format!("portcullis_agent_gone_{}", std::process::id());
-    let running = || {
-        PgCluster::shared().psql_direct(&format!(
-            "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
-        ))
-    };
-    let mut children = Vec::new();
-    for _ in 0..2 {
-        children.push(
-            Command::new("psql")
-                .args(["-X", "-c", &format!("select pg_sleep(30) as {marker}")])
-                .env("PGHOST", "localhost")
-                .env("PGPORT", s.pg_port.to_string())
-                .env("PGDATABASE", "db")
-                .env("PGUSER", "agent")
-                .env("PGPASSWORD", &s.token)
-                .env("PGSSLMODE", "verify-full")
-                .env("PGSSLROOTCERT", &s.ca)
+    let sql = format!("select pg_sleep(30) as {marker}");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap(),
-        );
-    }
-    let started = Instant::now();
-    while running() != "2" {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the statements never ran"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+                .unwrap()
+        })
+        .collect();
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 2, 15, "the statements never ran");
     for mut c in children {
         c.kill().unwrap();
         let _ = c.wait();
     }
-    let gone = Instant::now();
-    while running() != "0" {
-        assert!(
-            gone.elapsed() < Duration::from_secs(5),
-            "the departed caller's statements still run on the target"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pg.wait_running(
+        &marker,
+        0,
+        5,
+        "the departed caller's statements still run on the target",
+    );
 }
 
 #[test]

@@ -465,17 +465,12 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
     );
     // And on the target: the statement is cancelled, not left to run its
     // 20 s (a re-review found statements outliving their callers).
-    let gone = std::time::Instant::now();
-    while PgCluster::shared().psql_direct(&format!(
-        "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
-    )) != "0"
-    {
-        assert!(
-            gone.elapsed() < std::time::Duration::from_secs(5),
-            "the revoked call's statement still runs on the target"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    PgCluster::shared().wait_running(
+        &marker,
+        0,
+        5,
+        "the revoked call's statement still runs on the target",
+    );
     let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
     assert!(
         audit

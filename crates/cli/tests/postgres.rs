@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::pg::{PG_PASSWORD, PgCluster};
 use common::*;
@@ -559,11 +559,6 @@ fn upstream_killed_mid_query_gives_an_error_and_the_gateway_stays_up() {
 fn a_caller_killed_mid_statement_leaves_nothing_running_on_the_target() {
     let g = PgGateway::start();
     let marker = format!("portcullis_gone_{}", std::process::id());
-    let running = || {
-        PgCluster::shared().psql_direct(&format!(
-            "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
-        ))
-    };
     let mut child = Command::new("psql")
         .args(["-X", "-c", &format!("select pg_sleep(30) as {marker}")])
         .arg(g.conninfo("rw"))
@@ -572,24 +567,16 @@ fn a_caller_killed_mid_statement_leaves_nothing_running_on_the_target() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while running() != "1" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the statement never ran"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 1, 10, "the statement never ran");
     child.kill().unwrap();
     let _ = child.wait();
-    let gone = Instant::now();
-    while running() != "0" {
-        assert!(
-            gone.elapsed() < Duration::from_secs(5),
-            "the departed caller's statement still runs on the target"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pg.wait_running(
+        &marker,
+        0,
+        5,
+        "the departed caller's statement still runs on the target",
+    );
     assert_eq!(text(&g.psql("rw", &["-c", "select 7"], None)).0, "7");
 }
 

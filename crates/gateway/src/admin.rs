@@ -160,7 +160,6 @@ impl Admin {
         (store, verdict)
     }
 
-    /// This gateway, its store, its recordings and its peers.
     /// The agents `who` may know of: all of them, with their addresses,
     /// for an admin; for anyone else the connections its grants reach
     /// (an agent serving none of them is not listed) and no address.
@@ -186,6 +185,8 @@ impl Admin {
             .collect()
     }
 
+    /// This gateway, its store, its recordings and its peers (for an
+    /// admin; the verdict alone for anyone else).
     async fn status(&self, who: &portcullis_identity::Principal, admin: bool) -> Response<Body> {
         let (store, verdict) = self.readiness().await;
         let code = if verdict.is_ok() {

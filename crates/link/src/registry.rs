@@ -64,9 +64,8 @@ const LIGHT: usize = 4;
 enum Refusal {
     /// The caller holds its share.
     Share { held: usize },
-    /// Callers together hold what the agent can serve (`held`: for the
-    /// tests; the caller is not told).
-    Full { held: usize },
+    /// Callers together hold what the agent can serve.
+    Full,
 }
 
 /// Whether `caller`, holding `mine` of the `all` streams callers hold
@@ -76,7 +75,7 @@ fn admit(all: usize, mine: usize, max: usize) -> Result<(), Refusal> {
         return Err(Refusal::Share { held: mine });
     }
     if all >= CALLER_STREAMS || (all >= CALLER_STREAMS - RESERVED && mine >= LIGHT) {
-        return Err(Refusal::Full { held: all });
+        return Err(Refusal::Full);
     }
     Ok(())
 }
@@ -201,13 +200,13 @@ pub struct AgentRegistry {
     /// streams the agent keeps beside callers' (a re-review: a caller
     /// dropping 250 sessions at once would have opened 250 cancels past
     /// the agent's limit, making others wait instead of being refused).
-    cancels: Arc<tokio::sync::Semaphore>,
+    cancels: tokio::sync::Semaphore,
 }
 
 /// Cancel requests in flight through agents at once (see
 /// [`AgentRegistry::cancel_pg`]); under the streams the agent keeps
 /// beside callers' ([`AGENT_STREAMS`] - `CALLER_STREAMS`).
-pub const CANCELS_IN_FLIGHT: usize = 32;
+const CANCELS_IN_FLIGHT: usize = 32;
 
 impl Default for AgentRegistry {
     fn default() -> Self {
@@ -215,7 +214,7 @@ impl Default for AgentRegistry {
             links: Mutex::default(),
             next_id: AtomicU64::default(),
             per_caller: DEFAULT_STREAMS_PER_CALLER.into(),
-            cancels: Arc::new(tokio::sync::Semaphore::new(CANCELS_IN_FLIGHT)),
+            cancels: tokio::sync::Semaphore::const_new(CANCELS_IN_FLIGHT),
         }
     }
 }
@@ -266,7 +265,7 @@ impl AgentRegistry {
                     held,
                 });
             }
-            Err(Refusal::Full { .. }) => return Err(LinkError::Full { agent: agent() }),
+            Err(Refusal::Full) => return Err(LinkError::Full { agent: agent() }),
         }
         Ok(Some(StreamPermit(Arc::new(Permit {
             link: link.clone(),
@@ -580,17 +579,9 @@ mod tests {
     #[test]
     fn the_reserve_goes_to_light_callers_and_the_whole_is_bounded() {
         let floor = CALLER_STREAMS - RESERVED;
-        assert_eq!(
-            admit(floor, LIGHT, 1000),
-            Err(Refusal::Full { held: floor })
-        );
+        assert_eq!(admit(floor, LIGHT, 1000), Err(Refusal::Full));
         assert_eq!(admit(floor, LIGHT - 1, 1000), Ok(()));
-        assert_eq!(
-            admit(CALLER_STREAMS, 0, 1000),
-            Err(Refusal::Full {
-                held: CALLER_STREAMS
-            })
-        );
+        assert_eq!(admit(CALLER_STREAMS, 0, 1000), Err(Refusal::Full));
         // Any number of light callers: the whole stays under the agent's.
         let mut all = floor;
         while admit(all, 0, 1000).is_ok() {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_tls::{CertificateAuthority, LeafKind};
 
@@ -189,6 +189,19 @@ impl PgCluster {
     /// Run SQL directly against the cluster (over the local socket).
     pub fn psql_direct(&self, sql: &str) -> String {
         self.psql_db("postgres", sql)
+    }
+
+    /// Wait until `n` backends (besides the asking one) run a statement
+    /// holding `marker`; fails with `what` after `secs` seconds.
+    pub fn wait_running(&self, marker: &str, n: usize, secs: u64, what: &str) {
+        let sql = format!(
+            "select count(*) from pg_stat_activity where query like '%{marker}%' and pid <> pg_backend_pid()"
+        );
+        let until = Instant::now() + Duration::from_secs(secs);
+        while self.psql_direct(&sql) != n.to_string() {
+            assert!(Instant::now() < until, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Run SQL directly against database `db` of the cluster.
