@@ -480,6 +480,68 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
     );
 }
 
+/// A tool call whose caller goes away (curl, cut off mid-call) stops:
+/// its statement is cancelled on the target rather than left running to
+/// its `timeout_ms` for no one, and its session ends as `caller_gone`.
+#[test]
+fn a_tool_call_stops_when_its_caller_goes_away() {
+    let s = setup();
+    let marker = format!("portcullis_mcp_gone_{}", std::process::id());
+    let call = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "sql_query",
+            "arguments": {
+                "connection": "db-rw",
+                "sql": format!("SELECT pg_sleep(30) AS {marker}"),
+                "timeout_ms": 60000,
+            },
+        },
+    });
+    let mut curl = Command::new("curl")
+        .args(["-sS", "--cacert", &s.ca, "-H"])
+        .arg(format!("authorization: Bearer {}", s.token))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2025-06-18",
+            "--data-binary",
+        ])
+        .arg(call.to_string())
+        .arg(format!("{}/mcp", s.gw.url))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl runs");
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 1, 15, "the call's statement never started");
+    curl.kill().unwrap();
+    curl.wait().unwrap();
+    pg.wait_running(
+        &marker,
+        0,
+        5,
+        "the statement of a call whose caller went away still runs on the target",
+    );
+    let cfg = s.tmp.path().join("portcullis.toml");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
+        if audit
+            .lines()
+            .any(|l| l.contains("session_end") && l.contains("caller_gone"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{audit}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn typescript_sdk_client_and_refusals() {
     let s = setup();

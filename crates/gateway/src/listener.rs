@@ -133,6 +133,10 @@ impl crate::reload::Stack {
                 let caller = portcullis_mcp::Caller {
                     principal,
                     peer: conn.peer.to_string(),
+                    // The MCP handler ties it to the request (rmcp's own
+                    // token); a proxied request's future is dropped
+                    // with it instead.
+                    gone: Default::default(),
                 };
                 match mcp_route {
                     Some((connection, rest)) => {

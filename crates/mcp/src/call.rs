@@ -41,13 +41,20 @@ pub enum ToolError {
     /// its grant, while the call ran: it was stopped.
     #[error("the call was stopped: {0}")]
     Ended(portcullis_front::Ended),
+    /// The caller stopped waiting for the call ([`Caller::gone`]): no one
+    /// reads this answer; it is the session's evidence.
+    #[error("the call was stopped: the caller went away")]
+    CallerGone,
 }
 
-/// Run a tool call's `work` until it finishes, or until the access that
+/// Run a tool call's `work` until it finishes, until the access that
 /// admitted it ends (the token revoked, the OIDC token expired, the grant
-/// gone in a reload): a long query or request does not outlive it.
+/// gone in a reload), or until the caller goes away: a long query or
+/// request does not outlive it. `work` is dropped then (a statement
+/// running on the target is cancelled by its guard).
 pub async fn while_admitted<T>(
     ctx: &Context,
+    who: &Caller,
     admitted: &Admitted,
     session: &OpenSession,
     work: impl std::future::Future<Output = Result<T, ToolError>>,
@@ -62,6 +69,7 @@ pub async fn while_admitted<T>(
     tokio::select! {
         r = work => r,
         why = watch.ended() => Err(ToolError::Ended(why)),
+        () = who.gone.cancelled() => Err(ToolError::CallerGone),
     }
 }
 
@@ -215,6 +223,7 @@ pub async fn seal(open: OpenSession, result: &Result<CallToolResult, ToolError>,
         Err(e @ ToolError::Ended(portcullis_front::Ended::Access(_))) => {
             (Outcome::AccessEnded, Some(e.to_string()))
         }
+        Err(e @ ToolError::CallerGone) => (Outcome::CallerGone, Some(e.to_string())),
         Err(e) => (Outcome::Error, Some(e.to_string())),
     };
     open.seal(Closing {

@@ -37,6 +37,10 @@ pub use server::McpServer;
 pub struct Caller {
     pub principal: Principal,
     pub peer: String,
+    /// Cancelled when the caller stops waiting for the call (its HTTP
+    /// request went away): the call stops, its statement cancelled on
+    /// the target, rather than running to its `timeout_ms` for nobody.
+    pub gone: tokio_util::sync::CancellationToken,
 }
 
 impl Caller {

@@ -225,7 +225,8 @@ async fn recorded(
     };
     let result = match crate::call::record(&rec, [request]) {
         Ok(()) => {
-            crate::call::while_admitted(ctx, admitted, &open, relay(call, parts, bytes)).await
+            crate::call::while_admitted(ctx, call.who, admitted, &open, relay(call, parts, bytes))
+                .await
         }
         Err(e) => Err(e),
     };

@@ -58,7 +58,12 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let who = caller(&context)?;
+        let mut who = caller(&context)?;
+        // rmcp cancels this token when the POST that carries the call
+        // goes away (its response dropped: the client closed or reset
+        // it), and runs the handler on a task of its own, which nothing
+        // else stops.
+        who.gone = context.ct.clone();
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
         let result = tools::call(&self.ctx, &who, &request.name, args).await;
         match result {

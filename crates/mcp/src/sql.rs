@@ -262,7 +262,7 @@ pub(crate) async fn run(
             .await
             .map_err(|_| target_err("the target did not answer in time".into()))
     };
-    let ran = call::while_admitted(ctx, admitted, &open, bounded).await;
+    let ran = call::while_admitted(ctx, who, admitted, &open, bounded).await;
     let (result, mut kept) = answered(ran, &rec, name, budget, rows_left, shape);
     let result = call::take_bytes(ctx, who, admitted, result).await;
     if result.is_err() {

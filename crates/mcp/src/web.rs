@@ -97,8 +97,14 @@ pub async fn http_request(
     let result = match call::record(&rec, [request]) {
         Err(e) => Err(e),
         Ok(()) => {
-            match call::while_admitted(ctx, &admitted, &open, send(ctx, who, upstream, &a, uri))
-                .await
+            match call::while_admitted(
+                ctx,
+                who,
+                &admitted,
+                &open,
+                send(ctx, who, upstream, &a, uri),
+            )
+            .await
             {
                 Ok(answer) => {
                     let (text, parsed) = readable(&answer, upstream.scrubber());

@@ -359,16 +359,28 @@ struct Recorded<'a> {
 }
 
 impl Recorded<'_> {
-    fn headers(&self, headers: &http::HeaderMap) -> Vec<(String, String)> {
-        let mut out = recorded_headers(headers);
-        if let Some(n) = self.body_len {
-            for (name, value) in out.iter_mut() {
-                if name.eq_ignore_ascii_case("content-length") {
-                    *value = n.to_string();
-                }
-            }
-        }
-        out
+    /// Record the request's head as the caller sent it.
+    fn record(
+        &self,
+        recorder: &portcullis_record::Recorder,
+        request: u64,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Result<(), portcullis_record::RecordError> {
+        let len = self.body_len.map(|n| n.to_string());
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| match &len {
+                Some(n) if name == header::CONTENT_LENGTH => (name.as_str(), n.as_bytes()),
+                _ => (name.as_str(), value.as_bytes()),
+            })
+            .collect();
+        let head = portcullis_record::Head::Request {
+            request: Some(request),
+            method: method.as_str(),
+            path: self.path,
+        };
+        recorder.head(head, &pairs)
     }
 }
 
@@ -995,14 +1007,8 @@ impl Inner {
             .healthy()
             .map_err(ProxyError::RecordingUnavailable)?;
         let request_no = live.next_request();
-        let request = portcullis_record::Event::HttpRequest {
-            request: Some(request_no),
-            method: parts.method.to_string(),
-            path: recorded.path.to_string(),
-            headers: recorded.headers(&parts.headers),
-            body: None,
-        };
-        if let Err(e) = live.recorder.event(request) {
+        let recorded = recorded.record(&live.recorder, request_no, &parts.method, &parts.headers);
+        if let Err(e) = recorded {
             tracing::error!(error = %e, "recording failed; request refused");
             return Err(ProxyError::RecordingUnavailable(e.to_string()));
         }
@@ -1170,22 +1176,20 @@ fn record_response(
     // The target's reason phrase (HTTP/1.1) is free text nothing reads:
     // the caller gets the standard one.
     parts.extensions.remove::<hyper::ext::ReasonPhrase>();
-    let event = portcullis_record::Event::HttpResponse {
+    let head = portcullis_record::Head::Response {
         request: Some(request_no),
         status: parts.status.as_u16(),
-        headers: recorded_headers(&parts.headers),
-        body: None,
     };
-    if let Err(e) = live.recorder.event(event) {
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    if let Err(e) = live.recorder.head(head, &headers) {
         tracing::error!(error = %e, "recording failed; response withheld");
         return Err(ProxyError::RecordingUnavailable(e.to_string()));
     }
     Ok(Response::from_parts(parts, body))
-}
-
-/// Headers as a recording keeps them (credentials redacted).
-fn recorded_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    portcullis_record::redact_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
 }
 
 fn origin(conn: &ConnInfo, front: Protocol) -> Origin {
