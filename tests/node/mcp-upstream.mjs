@@ -37,6 +37,8 @@ function build() {
     { description: searchDescription, inputSchema: { q: z.string() } },
     async ({ q }) => {
       calls += 1;
+      // A call that outlasts its client (the gateway's tests leave it).
+      if (q === 'slow') await new Promise((done) => setTimeout(done, 20000));
       return { content: [{ type: 'text', text: `found ada.lovelace@example.com for ${q}` }] };
     },
   );

@@ -1098,6 +1098,58 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     );
     assert_eq!(upstream_calls(), "9");
 
+    // A client that leaves mid-call does not leave its session open: it
+    // ends `caller_gone`, its recording sealed (a review found such
+    // sessions open, unsealed, until the gateway's next start).
+    let gone = || {
+        let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
+        audit
+            .lines()
+            .filter(|l| l.contains("session_end") && l.contains("caller_gone"))
+            .count()
+    };
+    let before = gone();
+    let mut slow = Command::new("curl")
+        .args(["-sS", "--cacert", &s.ca, "-H"])
+        .arg(format!("authorization: Bearer {}", s.token))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "--data-binary",
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"search","arguments":{"q":"slow"}}}"#,
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl runs");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while upstream_calls() != "10" {
+        assert!(
+            std::time::Instant::now() < until,
+            "the slow call never reached the upstream"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gone() != before + 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the session of a proxied call whose client left was not ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = String::from_utf8_lossy(&cli(&["sessions", "list"]).stdout).to_string();
+    assert!(
+        !listed
+            .lines()
+            .any(|l| l.contains("directory") && l.contains("open")),
+        "{listed}"
+    );
+
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     for action in ["mcp_tool_pinned", "mcp_tool_changed", "mcp_tool_approved"] {
         assert!(audit.contains(action), "{action} missing");

@@ -146,16 +146,54 @@ pub struct FaultLabels {
     pub cause: &'static str,
 }
 
-/// A session that is open: its id and recorder.
+/// A session that is open: its id and recorder. Sealed with
+/// [`OpenSession::seal`]; one dropped unsealed (the future that held it
+/// was dropped: its caller went away, or its connection was cut) is
+/// sealed anyway, as `caller_gone`: a review left MCP proxy sessions
+/// open, their recordings unsealed, until the gateway's next start.
 pub struct OpenSession {
     pub id: String,
     pub recorder: Recorder,
-    started: Instant,
-    row: SessionRow,
-    sessions: Sessions,
+    /// What sealing needs; taken by the seal.
+    unsealed: Option<Unsealed>,
     /// The session's trace span (exported when OTLP is on): open until
     /// the session is sealed.
     pub span: tracing::Span,
+}
+
+struct Unsealed {
+    started: Instant,
+    row: SessionRow,
+    sessions: Sessions,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        let Some(unsealed) = self.unsealed.take() else {
+            return;
+        };
+        // Outside a runtime only when the gateway itself is going away:
+        // its next start closes the session (`cut_by_restart`).
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let open = OpenSession {
+            id: std::mem::take(&mut self.id),
+            recorder: self.recorder.clone(),
+            unsealed: Some(unsealed),
+            span: self.span.clone(),
+        };
+        rt.spawn(open.seal(Closing {
+            outcome: Outcome::CallerGone,
+            error: Some(
+                "the session's work stopped before it ended (its caller went away or its connection was cut)"
+                    .into(),
+            ),
+            bytes_from_caller: 0,
+            bytes_to_caller: 0,
+            requests: 0,
+        }));
+    }
 }
 
 fn now_ms() -> i64 {
@@ -283,9 +321,11 @@ impl Sessions {
         let opened = OpenSession {
             id: id.clone(),
             recorder,
-            started: Instant::now(),
-            row,
-            sessions: self.clone(),
+            unsealed: Some(Unsealed {
+                started: Instant::now(),
+                row,
+                sessions: self.clone(),
+            }),
             span,
         };
         if let Err(e) = opened.recorder.event(Event::SessionStart {
@@ -526,7 +566,10 @@ impl OpenSession {
             code: r.code.to_string(),
             reason: r.reason.to_string(),
         };
-        if let Err(err) = self.sessions.audit.append(&e).await {
+        let Some(unsealed) = &self.unsealed else {
+            return;
+        };
+        if let Err(err) = unsealed.sessions.audit.append(&e).await {
             tracing::error!(error = %err, "audit append failed for a refused statement");
         }
     }
@@ -534,7 +577,16 @@ impl OpenSession {
     /// Finish the recording and seal its digest into the audit chain. A
     /// recording that stopped early (a full spool) is sealed as far as it
     /// got, and the session's end says so whatever else ended it.
-    pub async fn seal(self, c: Closing) {
+    pub async fn seal(mut self, c: Closing) {
+        let Some(Unsealed {
+            started,
+            row,
+            sessions: s,
+        }) = self.unsealed.take()
+        else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
         let _ = self.recorder.event(Event::SessionEnd {
             outcome: c.outcome.label().into_owned(),
         });
@@ -544,7 +596,7 @@ impl OpenSession {
         };
         let (outcome, error) = match stopped {
             Some(reason) => {
-                tracing::error!(session = %self.id, %reason, "the session's recording stopped; the session ended");
+                tracing::error!(session = %id, %reason, "the session's recording stopped; the session ended");
                 (
                     Outcome::RecordingFailed.label().into_owned(),
                     Some(format!("recording_failed: {reason}")),
@@ -553,19 +605,18 @@ impl OpenSession {
             None => (c.outcome.label().into_owned(), c.error),
         };
         self.span.record("outcome", outcome.as_str());
-        let s = &self.sessions;
         if digest.is_some() {
-            s.sink.finished(&self.id);
+            s.sink.finished(&id);
         }
         let row = SessionRow {
             ended_at_ms: Some(now_ms()),
             outcome: Some(outcome.clone()),
             recording_digest: digest.clone(),
-            ..self.row
+            ..row
         };
         let e = AuditEvent::SessionEnd {
-            session: self.id,
-            duration_ms: self.started.elapsed().as_millis() as u64,
+            session: id,
+            duration_ms: started.elapsed().as_millis() as u64,
             bytes_from_caller: c.bytes_from_caller,
             bytes_to_caller: c.bytes_to_caller,
             requests: c.requests,

@@ -66,9 +66,27 @@ pub async fn while_admitted<T>(
         admitted.origin.front,
         ctx.front.generation,
     );
+    // Work that is done is answered, whatever else happened meanwhile (a
+    // write committed is not reported as stopped).
     tokio::select! {
+        biased;
         r = work => r,
         why = watch.ended() => Err(ToolError::Ended(why)),
+        () = who.gone.cancelled() => Err(ToolError::CallerGone),
+    }
+}
+
+/// `work` (before a session is open: an approval's wait), unless the
+/// caller goes away first: a call held for approval whose caller left
+/// waits no longer (its review stays, and an identical call later can
+/// use a yes).
+pub async fn unless_gone<T>(
+    who: &Caller,
+    work: impl std::future::Future<Output = Result<T, ToolError>>,
+) -> Result<T, ToolError> {
+    tokio::select! {
+        biased;
+        r = work => r,
         () = who.gone.cancelled() => Err(ToolError::CallerGone),
     }
 }
@@ -215,6 +233,12 @@ pub async fn open(ctx: &Context, admitted: &Admitted) -> Result<OpenSession, Too
 
 /// Seal a tool call's session.
 pub async fn seal(open: OpenSession, result: &Result<CallToolResult, ToolError>, sent: u64) {
+    // A caller that left was sent nothing.
+    let sent = if matches!(result, Err(ToolError::CallerGone)) {
+        0
+    } else {
+        sent
+    };
     let (outcome, error) = match result {
         Ok(_) => (Outcome::Ok, None),
         Err(e @ ToolError::Ended(portcullis_front::Ended::Credential(_))) => {

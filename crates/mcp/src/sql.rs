@@ -62,12 +62,12 @@ pub async fn sql_query(
         unreachable!("admit checked the protocol")
     };
     let class = checked_statement(ctx, who, name, *read_only, upstream, sql).await?;
-    call::approve(&admitted, "statement", sql, class.as_str(), |r| {
+    let approved = call::approve(&admitted, "statement", sql, class.as_str(), |r| {
         portcullis_approval::holds_statement(r, class.as_str())
             || (class == Class::Unknown && !r.classes.is_empty())
             || portcullis_approval::holds_tool(r, "sql_query", None)
-    })
-    .await?;
+    });
+    call::unless_gone(who, approved).await?;
     charge(ctx, who, &admitted, upstream, sql, class).await?;
     let query = Query {
         sql,

@@ -66,11 +66,11 @@ pub async fn http_request(
     let method = held_method(ctx, &admitted, upstream, &a, body_bytes)?;
     let method = method.as_str();
     let action = portcullis_approval::http_action(method, &pq, body_bytes);
-    call::approve(&admitted, "http", &action, method, |r| {
+    let approved = call::approve(&admitted, "http", &action, method, |r| {
         portcullis_approval::holds_method(r, method)
             || portcullis_approval::holds_tool(r, "http_request", Some(method))
-    })
-    .await?;
+    });
+    call::unless_gone(who, approved).await?;
     let uri = upstream
         .target_uri(a.path, a.query.as_deref())
         .map_err(|e| ToolError::Params(format!("path: {e}")))?;

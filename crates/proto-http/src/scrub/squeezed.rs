@@ -23,7 +23,7 @@ pub(super) const BLANK: [bool; 256] = {
     t
 };
 
-/// `hay` lower-cased, without blanks, into `out` (cleared first).
+/// `hay` lower-cased, without blanks, into `out` (replacing what it held).
 pub(super) fn squeeze(hay: &[u8], out: &mut Vec<u8>) {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -49,8 +49,7 @@ pub(super) fn squeeze(hay: &[u8], out: &mut Vec<u8>) {
         let dst = &mut out[j..j + 8];
         if kept == HIGH {
             // No blank in the eight (most words of most bodies): one
-            // store, where the shuffle below is eight (compact JSON is
-            // squeezed twice as fast).
+            // store, where the shuffle below is eight.
             dst.copy_from_slice(&lowered);
             j += 8;
             continue;
