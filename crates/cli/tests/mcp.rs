@@ -542,6 +542,74 @@ fn a_tool_call_stops_when_its_caller_goes_away() {
     }
 }
 
+/// The same with a second request pipelined behind the call (openssl
+/// s_client writing both, then cut off): hyper reads no further while
+/// the call runs, so only the socket's hang-up tells (a review kept such
+/// statements running to their timeout).
+#[test]
+fn a_tool_call_stops_when_a_pipelining_caller_goes_away() {
+    use std::io::Write;
+    let s = setup();
+    let marker = format!("portcullis_mcp_piped_{}", std::process::id());
+    let call = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "sql_query",
+            "arguments": {
+                "connection": "db-rw",
+                "sql": format!("SELECT pg_sleep(30) AS {marker}"),
+                "timeout_ms": 60000,
+            },
+        },
+    })
+    .to_string();
+    let addr =
+        s.gw.url
+            .trim_start_matches("https://")
+            .replace("localhost", "127.0.0.1");
+    let head = |len: usize| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+             mcp-protocol-version: 2025-06-18\r\ncontent-length: {len}\r\n\r\n",
+            s.token
+        )
+    };
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-CAfile",
+            &s.ca,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    let mut stdin = client.stdin.take().unwrap();
+    // The call, then the start of a second request in the same write.
+    let piped = format!("{}{call}{}", head(call.len()), &head(100)[..40]);
+    stdin.write_all(piped.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 1, 15, "the call's statement never started");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    pg.wait_running(
+        &marker,
+        0,
+        5,
+        "the statement of a pipelining caller that went away still runs on the target",
+    );
+}
+
 #[test]
 fn typescript_sdk_client_and_refusals() {
     let s = setup();

@@ -137,6 +137,7 @@ impl crate::reload::Stack {
                     // token); a proxied request's future is dropped
                     // with it instead.
                     gone: Default::default(),
+                    hang_up: conn.hang_up.clone(),
                 };
                 match mcp_route {
                     Some((connection, rest)) => {
@@ -424,6 +425,14 @@ impl<H: Handler> Connection<H> {
             return;
         }
 
+        // Held while the connection is served: long MCP calls ask it
+        // whether the caller hung up (hyper may not read far enough to
+        // see it).
+        let watched = portcullis_http::WatchedSocket::of(&stream);
+        let hang_up = watched
+            .as_ref()
+            .map(portcullis_http::WatchedSocket::watch)
+            .unwrap_or_default();
         let Some((tls, record)) =
             portcullis_tls::accept(&self.acceptor, stream, peer, deadline, &self.metrics).await
         else {
@@ -431,7 +440,7 @@ impl<H: Handler> Connection<H> {
         };
 
         let cut = tokio_util::sync::CancellationToken::new();
-        let info = Arc::new(ConnInfo::new(peer, Arc::new(record), cut.clone()));
+        let info = Arc::new(ConnInfo::new(peer, Arc::new(record), cut.clone(), hang_up));
         let front = self.front.clone();
         // When the connection last started a request (seconds since it
         // opened): an idle HTTP/2 connection is closed like an idle

@@ -72,7 +72,7 @@ pub async fn while_admitted<T>(
         biased;
         r = work => r,
         why = watch.ended() => Err(ToolError::Ended(why)),
-        () = who.gone.cancelled() => Err(ToolError::CallerGone),
+        () = who.left() => Err(ToolError::CallerGone),
     }
 }
 
@@ -87,7 +87,7 @@ pub async fn unless_gone<T>(
     tokio::select! {
         biased;
         r = work => r,
-        () = who.gone.cancelled() => Err(ToolError::CallerGone),
+        () = who.left() => Err(ToolError::CallerGone),
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ConnInfo {
     /// credential revoked or expired, its grant gone): the listener then
     /// closes the connection.
     pub cut: tokio_util::sync::CancellationToken,
+    /// Whether the caller's socket has hung up ([`crate::HangUp`]).
+    pub hang_up: crate::HangUp,
     /// `peer` as text and its address as `X-Forwarded-For`, written once
     /// per connection: formatting a socket address on every request was
     /// about 2% of a small request's CPU (`perf`).
@@ -43,12 +45,14 @@ impl ConnInfo {
         peer: SocketAddr,
         tls: Arc<HandshakeRecord>,
         cut: tokio_util::sync::CancellationToken,
+        hang_up: crate::HangUp,
     ) -> Self {
         Self {
             peer,
             tls,
             sessions: Default::default(),
             cut,
+            hang_up,
             peer_text: peer.to_string(),
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         }

@@ -5,6 +5,7 @@
 mod budget;
 mod error;
 mod front;
+mod hangup;
 pub mod headers;
 mod masking;
 mod metrics;
@@ -28,6 +29,7 @@ use hyper::body::Incoming;
 
 pub use error::{ProxyError, full, json_response};
 pub use front::{ConnInfo, HttpFront, linger};
+pub use hangup::{HangUp, WatchedSocket};
 pub use masking::{MaskFailure, ResponseError, mask_response};
 pub use metrics::HttpMetrics;
 pub use portcullis_mask::MaskMetrics;

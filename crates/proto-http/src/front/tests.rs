@@ -236,6 +236,7 @@ fn conn() -> Arc<ConnInfo> {
             client_cert: None,
         }),
         Default::default(),
+        Default::default(),
     ))
 }
 
