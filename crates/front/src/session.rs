@@ -177,13 +177,16 @@ impl Drop for OpenSession {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let open = OpenSession {
-            id: std::mem::take(&mut self.id),
-            recorder: self.recorder.clone(),
-            unsealed: Some(unsealed),
-            span: self.span.clone(),
-        };
-        rt.spawn(open.seal(Closing {
+        // Sealed from its parts, not as an `OpenSession`: a runtime that
+        // is shutting down drops the task unrun, and an `OpenSession` in
+        // it would spawn again from its own drop, without end (a stack
+        // overflow in the in-memory tests).
+        let (id, recorder, span) = (
+            std::mem::take(&mut self.id),
+            self.recorder.clone(),
+            self.span.clone(),
+        );
+        rt.spawn(seal_parts(id, recorder, span, unsealed, Closing {
             outcome: Outcome::CallerGone,
             error: Some(
                 "the session's work stopped before it ended (its caller went away or its connection was cut)"
@@ -578,55 +581,66 @@ impl OpenSession {
     /// recording that stopped early (a full spool) is sealed as far as it
     /// got, and the session's end says so whatever else ended it.
     pub async fn seal(mut self, c: Closing) {
-        let Some(Unsealed {
-            started,
-            row,
-            sessions: s,
-        }) = self.unsealed.take()
-        else {
+        let Some(unsealed) = self.unsealed.take() else {
             return;
         };
         let id = std::mem::take(&mut self.id);
-        let _ = self.recorder.event(Event::SessionEnd {
-            outcome: c.outcome.label().into_owned(),
-        });
-        let (digest, stopped) = match self.recorder.seal() {
-            Some((d, stopped)) => (Some(d), stopped),
-            None => (None, None),
-        };
-        let (outcome, error) = match stopped {
-            Some(reason) => {
-                tracing::error!(session = %id, %reason, "the session's recording stopped; the session ended");
-                (
-                    Outcome::RecordingFailed.label().into_owned(),
-                    Some(format!("recording_failed: {reason}")),
-                )
-            }
-            None => (c.outcome.label().into_owned(), c.error),
-        };
-        self.span.record("outcome", outcome.as_str());
-        if digest.is_some() {
-            s.sink.finished(&id);
+        seal_parts(id, self.recorder.clone(), self.span.clone(), unsealed, c).await;
+    }
+}
+
+/// [`OpenSession::seal`], from the session's parts.
+async fn seal_parts(
+    id: String,
+    recorder: Recorder,
+    span: tracing::Span,
+    unsealed: Unsealed,
+    c: Closing,
+) {
+    let Unsealed {
+        started,
+        row,
+        sessions: s,
+    } = unsealed;
+    let _ = recorder.event(Event::SessionEnd {
+        outcome: c.outcome.label().into_owned(),
+    });
+    let (digest, stopped) = match recorder.seal() {
+        Some((d, stopped)) => (Some(d), stopped),
+        None => (None, None),
+    };
+    let (outcome, error) = match stopped {
+        Some(reason) => {
+            tracing::error!(session = %id, %reason, "the session's recording stopped; the session ended");
+            (
+                Outcome::RecordingFailed.label().into_owned(),
+                Some(format!("recording_failed: {reason}")),
+            )
         }
-        let row = SessionRow {
-            ended_at_ms: Some(now_ms()),
-            outcome: Some(outcome.clone()),
-            recording_digest: digest.clone(),
-            ..row
-        };
-        let e = AuditEvent::SessionEnd {
-            session: id,
-            duration_ms: started.elapsed().as_millis() as u64,
-            bytes_from_caller: c.bytes_from_caller,
-            bytes_to_caller: c.bytes_to_caller,
-            requests: c.requests,
-            outcome,
-            error,
-            recording_digest: digest,
-        };
-        if let Err(err) = s.audit.append_with(&e, Some(row)).await {
-            tracing::error!(error = %err, "audit append failed at session end");
-        }
+        None => (c.outcome.label().into_owned(), c.error),
+    };
+    span.record("outcome", outcome.as_str());
+    if digest.is_some() {
+        s.sink.finished(&id);
+    }
+    let row = SessionRow {
+        ended_at_ms: Some(now_ms()),
+        outcome: Some(outcome.clone()),
+        recording_digest: digest.clone(),
+        ..row
+    };
+    let e = AuditEvent::SessionEnd {
+        session: id,
+        duration_ms: started.elapsed().as_millis() as u64,
+        bytes_from_caller: c.bytes_from_caller,
+        bytes_to_caller: c.bytes_to_caller,
+        requests: c.requests,
+        outcome,
+        error,
+        recording_digest: digest,
+    };
+    if let Err(err) = s.audit.append_with(&e, Some(row)).await {
+        tracing::error!(error = %err, "audit append failed at session end");
     }
 }
 
