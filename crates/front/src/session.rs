@@ -147,15 +147,16 @@ pub struct FaultLabels {
 }
 
 /// A session that is open: its id and recorder. Sealed with
-/// [`OpenSession::seal`]; one dropped unsealed (the future that held it
-/// was dropped: its caller went away, or its connection was cut) is
-/// sealed anyway, as `caller_gone`: a review left MCP proxy sessions
-/// open, their recordings unsealed, until the gateway's next start.
+/// [`OpenSession::seal`]; one dropped unsealed stays open until the
+/// gateway's next start closes it (`cut_by_restart`), unless its owner
+/// said how a drop ends it ([`OpenSession::if_dropped`]).
 pub struct OpenSession {
     pub id: String,
     pub recorder: Recorder,
     /// What sealing needs; taken by the seal.
     unsealed: Option<Unsealed>,
+    /// How a drop before the seal ends the session, if its owner knows.
+    if_dropped: Option<Closing>,
     /// The session's trace span (exported when OTLP is on): open until
     /// the session is sealed.
     pub span: tracing::Span,
@@ -169,6 +170,9 @@ struct Unsealed {
 
 impl Drop for OpenSession {
     fn drop(&mut self) {
+        let Some(closing) = self.if_dropped.take() else {
+            return;
+        };
         let Some(unsealed) = self.unsealed.take() else {
             return;
         };
@@ -186,16 +190,7 @@ impl Drop for OpenSession {
             self.recorder.clone(),
             self.span.clone(),
         );
-        rt.spawn(seal_parts(id, recorder, span, unsealed, Closing {
-            outcome: Outcome::CallerGone,
-            error: Some(
-                "the session's work stopped before it ended (its caller went away or its connection was cut)"
-                    .into(),
-            ),
-            bytes_from_caller: 0,
-            bytes_to_caller: 0,
-            requests: 0,
-        }));
+        rt.spawn(seal_parts(id, recorder, span, unsealed, closing));
     }
 }
 
@@ -329,6 +324,7 @@ impl Sessions {
                 row,
                 sessions: self.clone(),
             }),
+            if_dropped: None,
             span,
         };
         if let Err(e) = opened.recorder.event(Event::SessionStart {
@@ -546,6 +542,17 @@ pub struct Refused<'a> {
 }
 
 impl OpenSession {
+    /// End the session with `closing` if it is dropped before it is
+    /// sealed: for an owner whose future is dropped only when its caller
+    /// went away (a proxied MCP call: hyper drops it; a review found such
+    /// sessions open, their recordings unsealed, until the next start).
+    /// Not for sessions a gateway shutdown may drop: those stay for the
+    /// next start's `cut_by_restart` (a re-review found PostgreSQL
+    /// sessions stopped by SIGTERM ended `caller_gone`).
+    pub fn if_dropped(&mut self, closing: Closing) {
+        self.if_dropped = Some(closing);
+    }
+
     /// Evidence of a refusal inside this session: the statement as the
     /// caller sent it goes into the recording, and an audit entry names
     /// the principal, connection, rule and the statement's digest.

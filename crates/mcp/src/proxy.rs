@@ -205,7 +205,7 @@ async fn recorded(
     bytes: Bytes,
 ) -> Response<Body> {
     let ctx = call.ctx;
-    let open = match crate::call::open(ctx, admitted).await {
+    let mut open = match crate::call::open(ctx, admitted).await {
         Ok(o) => o,
         Err(e) => {
             let code = match e {
@@ -215,6 +215,14 @@ async fn recorded(
             return json_error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());
         }
     };
+    // hyper drops this future when the client leaves mid-call.
+    open.if_dropped(portcullis_front::Closing {
+        outcome: portcullis_front::Outcome::CallerGone,
+        error: Some("the caller went away before the answer".into()),
+        bytes_from_caller: bytes.len() as u64,
+        bytes_to_caller: 0,
+        requests: 1,
+    });
     let rec = open.recorder.clone();
     let request = Event::HttpRequest {
         request: None,
