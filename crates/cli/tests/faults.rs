@@ -548,6 +548,41 @@ fn a_live_session_outlives_the_heartbeat_sweep() {
     g.verify();
 }
 
+/// SIGTERM while a PostgreSQL statement runs: the session is not ended
+/// as if its caller had left (a re-review found such sessions sealed
+/// `caller_gone` with zero counts at the stop); the next start closes it
+/// as `cut_by_restart`.
+#[test]
+fn a_stopped_gateway_does_not_blame_its_callers() {
+    let (_tmp, mut g) = plain_gateway();
+    let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
+    psql.send("select pg_sleep(20);");
+    g.wait_for("the session to be open", 10, || {
+        g.sessions()
+            .iter()
+            .any(|s| s["outcome"] == "open" && s["protocol"] == "postgres")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    g.stop();
+    let _ = psql.finish();
+    assert!(
+        g.with_outcome("caller_gone").is_empty(),
+        "{:?}",
+        g.sessions()
+    );
+    g.start();
+    g.assert_none_open();
+    assert!(
+        g.with_outcome("cut_by_restart")
+            .iter()
+            .any(|s| s["protocol"] == "postgres"),
+        "{:?}",
+        g.sessions()
+    );
+    g.stop();
+    g.verify();
+}
+
 /// `kill -9` while HTTP and PostgreSQL sessions are open: at the next
 /// start the gateway closes what it left open (`cut_by_restart`), their
 /// recordings are sealed as far as they got and replay, no recording is
