@@ -487,19 +487,7 @@ fn a_running_tool_call_stops_when_its_token_is_revoked() {
 fn a_tool_call_stops_when_its_caller_goes_away() {
     let s = setup();
     let marker = format!("portcullis_mcp_gone_{}", std::process::id());
-    let call = json!({
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": "sql_query",
-            "arguments": {
-                "connection": "db-rw",
-                "sql": format!("SELECT pg_sleep(30) AS {marker}"),
-                "timeout_ms": 60000,
-            },
-        },
-    });
+    let call = sleeping_call(&marker);
     let mut curl = Command::new("curl")
         .args(["-sS", "--cacert", &s.ca, "-H"])
         .arg(format!("authorization: Bearer {}", s.token))
@@ -512,7 +500,7 @@ fn a_tool_call_stops_when_its_caller_goes_away() {
             "mcp-protocol-version: 2025-06-18",
             "--data-binary",
         ])
-        .arg(call.to_string())
+        .arg(call)
         .arg(format!("{}/mcp", s.gw.url))
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -529,29 +517,19 @@ fn a_tool_call_stops_when_its_caller_goes_away() {
     );
     let cfg = s.tmp.path().join("portcullis.toml");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
-        if audit
-            .lines()
-            .any(|l| l.contains("session_end") && l.contains("caller_gone"))
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{audit}");
+    while caller_gone_ends(&cfg) == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no session ended caller_gone"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
-/// The same with a second request pipelined behind the call (openssl
-/// s_client writing both, then cut off): hyper reads no further while
-/// the call runs, so only the socket's hang-up tells (a review kept such
-/// statements running to their timeout).
-#[test]
-fn a_tool_call_stops_when_a_pipelining_caller_goes_away() {
-    use std::io::Write;
-    let s = setup();
-    let marker = format!("portcullis_mcp_piped_{}", std::process::id());
-    let call = json!({
+/// A JSON-RPC `sql_query` call that sleeps 30 s, marked for
+/// `pg_stat_activity`.
+fn sleeping_call(marker: &str) -> String {
+    json!({
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
@@ -564,7 +542,28 @@ fn a_tool_call_stops_when_a_pipelining_caller_goes_away() {
             },
         },
     })
-    .to_string();
+    .to_string()
+}
+
+/// How many sessions the audit log shows ended `caller_gone`.
+fn caller_gone_ends(cfg: &std::path::Path) -> usize {
+    let audit = String::from_utf8_lossy(&cli_at(cfg, &["audit", "export"]).stdout).to_string();
+    audit
+        .lines()
+        .filter(|l| l.contains("session_end") && l.contains("caller_gone"))
+        .count()
+}
+
+/// The same with a second request pipelined behind the call (openssl
+/// s_client writing both, then cut off): hyper reads no further while
+/// the call runs, so only the socket's hang-up tells (a review kept such
+/// statements running to their timeout).
+#[test]
+fn a_tool_call_stops_when_a_pipelining_caller_goes_away() {
+    use std::io::Write;
+    let s = setup();
+    let marker = format!("portcullis_mcp_piped_{}", std::process::id());
+    let call = sleeping_call(&marker);
     let addr =
         s.gw.url
             .trim_start_matches("https://")
@@ -1169,13 +1168,7 @@ budgets = [{{ bytes = 1, per = "hour" }}]
     // A client that leaves mid-call does not leave its session open: it
     // ends `caller_gone`, its recording sealed (a review found such
     // sessions open, unsealed, until the gateway's next start).
-    let gone = || {
-        let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
-        audit
-            .lines()
-            .filter(|l| l.contains("session_end") && l.contains("caller_gone"))
-            .count()
-    };
+    let gone = || caller_gone_ends(&cfg_path);
     let before = gone();
     let mut slow = Command::new("curl")
         .args(["-sS", "--cacert", &s.ca, "-H"])

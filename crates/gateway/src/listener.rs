@@ -31,6 +31,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// What serves the requests of a listener: the HTTP front, the admin
 /// API, the demo API.
 pub trait Handler: Clone + Send + Sync + 'static {
+    /// Whether requests may run long on a caller's behalf after hyper
+    /// stops reading (MCP tool calls): the listener then keeps a watch on
+    /// each connection's socket ([`portcullis_http::WatchedSocket`]), at
+    /// the price of a second descriptor per connection.
+    const WATCHES_HANG_UPS: bool = false;
+
     fn handle(
         &self,
         req: Request<Incoming>,
@@ -64,6 +70,8 @@ pub struct GatewayFront {
 pub const MCP_PATH: &str = "/mcp";
 
 impl Handler for GatewayFront {
+    const WATCHES_HANG_UPS: bool = true;
+
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         self.stack.load().handle(req, conn, self).await
     }
@@ -428,7 +436,9 @@ impl<H: Handler> Connection<H> {
         // Held while the connection is served: long MCP calls ask it
         // whether the caller hung up (hyper may not read far enough to
         // see it).
-        let watched = portcullis_http::WatchedSocket::of(&stream);
+        let watched = H::WATCHES_HANG_UPS
+            .then(|| portcullis_http::WatchedSocket::of(&stream))
+            .flatten();
         let hang_up = watched
             .as_ref()
             .map(portcullis_http::WatchedSocket::watch)
