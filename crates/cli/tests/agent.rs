@@ -866,6 +866,33 @@ fn a_caller_killed_mid_statement_through_the_agent_leaves_nothing_running() {
     );
 }
 
+/// An agent killed mid-statement cannot cancel it, and the gateway cannot
+/// reach the target: the target stops it by itself within seconds (the
+/// connection check the agent asks for at every startup) rather than
+/// running it to its end.
+#[test]
+fn a_killed_agent_leaves_nothing_running_on_the_target() {
+    let mut s = setup();
+    let marker = format!("portcullis_agent_killed_{}", std::process::id());
+    let sql = format!("select pg_sleep(60) as {marker}");
+    let mut caller = psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 1, 15, "the statement never ran");
+    s.kill_agent();
+    pg.wait_running(
+        &marker,
+        0,
+        10,
+        "the statement ran on after kill -9 of the agent",
+    );
+    let _ = caller.kill();
+    let _ = caller.wait();
+}
+
 #[test]
 fn hundred_sessions_over_one_link_with_a_stalled_reader() {
     let s = setup();

@@ -551,19 +551,24 @@ fn a_live_session_outlives_the_heartbeat_sweep() {
 /// SIGTERM while a PostgreSQL statement runs: the session is not ended
 /// as if its caller had left (a re-review found such sessions sealed
 /// `caller_gone` with zero counts at the stop); the next start closes it
-/// as `cut_by_restart`.
+/// as `cut_by_restart`. The statement does not run on at the target (it
+/// had, to its own timeout): the target checks the gateway's side of the
+/// connection while it runs.
 #[test]
 fn a_stopped_gateway_does_not_blame_its_callers() {
     let (_tmp, mut g) = plain_gateway();
     let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
-    psql.send("select pg_sleep(20);");
+    let marker = "stopped_gateway_marker";
+    psql.send(&format!("select pg_sleep(60) /* {marker} */;"));
+    let pg = pg::PgCluster::shared();
+    pg.wait_running(marker, 1, 15, "the statement never started");
     g.wait_for("the session to be open", 10, || {
         g.sessions()
             .iter()
             .any(|s| s["outcome"] == "open" && s["protocol"] == "postgres")
     });
-    std::thread::sleep(Duration::from_millis(500));
     g.stop();
+    pg.wait_running(marker, 0, 10, "the statement ran on after the stop");
     let _ = psql.finish();
     assert!(
         g.with_outcome("caller_gone").is_empty(),
@@ -667,6 +672,27 @@ fn kill_9_under_load_leaves_no_session_open() {
             .any(|e| e["event"]["kind"] == "refusal" && e["event"]["protocol"] == "postgres"),
         "the refused PostgreSQL session has its refusal entry"
     );
+    g.stop();
+    g.verify();
+}
+
+/// `kill -9` while a PostgreSQL statement runs: nothing can cancel it
+/// from the gateway, and the target stops it by itself within seconds
+/// (the connection check the gateway asks for at every startup), rather
+/// than running it to its own end with its locks held.
+#[test]
+fn a_killed_gateway_leaves_no_statement_running_on_the_target() {
+    let (_tmp, mut g) = plain_gateway();
+    let marker = "killed_gateway_marker";
+    let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
+    psql.send(&format!("select pg_sleep(60) /* {marker} */;"));
+    let pg = pg::PgCluster::shared();
+    pg.wait_running(marker, 1, 15, "the statement never started");
+    g.kill9();
+    pg.wait_running(marker, 0, 10, "the statement ran on after kill -9");
+    let _ = psql.finish();
+    g.start();
+    g.assert_none_open();
     g.stop();
     g.verify();
 }

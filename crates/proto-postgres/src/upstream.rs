@@ -136,6 +136,9 @@ pub struct PgUpstream {
     /// Read-only through an agent: the database role, checked through
     /// each new link before a caller's first session on it.
     role_check: Option<RoleCheck>,
+    /// Whether the target takes [`CONNECTION_CHECK`] (PostgreSQL 14 and
+    /// later); cleared by the first startup it refuses.
+    checks_connection: std::sync::atomic::AtomicBool,
 }
 
 /// The least-privilege check of a read-only connection's role, made
@@ -262,6 +265,23 @@ const LEXING: &[(&str, &str)] = &[
     ("standard_conforming_strings", "on"),
 ];
 
+/// Asked of the target at every startup: while a statement runs, the
+/// server checks every second whether the gateway's (or agent's) side of
+/// the connection is still there, and cancels the statement if not. The
+/// gateway cancels what its callers leave (`CancelOnDrop`, the relay's
+/// cancel request), but a gateway that is stopped, killed or cut off
+/// from the target sends nothing: a review found such statements
+/// running on to their own timeouts, holding locks and a backend. On
+/// PostgreSQL older than 14 (which does not know the setting) or a
+/// platform without the kernel support, the first refused startup turns
+/// it off for the connection and says so once.
+const CONNECTION_CHECK: (&str, &str) = ("client_connection_check_interval", "1000");
+
+/// Whether a refused startup was refused for [`CONNECTION_CHECK`].
+fn refuses_connection_check(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Server(t) | UpstreamError::NotAccepting(t) if t.contains(CONNECTION_CHECK.0))
+}
+
 /// Whether a caller's startup parameter reaches the target.
 fn passes(k: &str, v: &str) -> bool {
     let k = k.to_ascii_lowercase();
@@ -322,6 +342,7 @@ impl PgUpstream {
             mask_catalog: Default::default(),
             previews: tokio::sync::Semaphore::new(crate::preview::MAX_CONCURRENT),
             role_check: None,
+            checks_connection: true.into(),
         })
     }
 
@@ -356,6 +377,8 @@ impl PgUpstream {
             analyses: Default::default(),
             mask_catalog: Default::default(),
             previews: tokio::sync::Semaphore::new(crate::preview::MAX_CONCURRENT),
+            // The agent opens the target session and asks for it.
+            checks_connection: false.into(),
         }
     }
 
@@ -753,6 +776,32 @@ impl PgUpstream {
         caller_params: &[(String, String)],
         read_only: bool,
     ) -> Result<UpstreamSession, UpstreamError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let checked = self.checks_connection.load(Relaxed);
+        match self.open(caller_params, read_only, checked).await {
+            Err(e) if checked && refuses_connection_check(&e) => {
+                if self.checks_connection.swap(false, Relaxed) {
+                    tracing::warn!(
+                        connection = %self.name,
+                        error = %e,
+                        "the target does not take {} (PostgreSQL before 14?): a statement left running by a gateway that stops or loses the target runs on to its own timeout there",
+                        CONNECTION_CHECK.0
+                    );
+                }
+                self.open(caller_params, read_only, false).await
+            }
+            other => other,
+        }
+    }
+
+    /// Dial, sign in and read the target's startup; `check` asks for
+    /// [`CONNECTION_CHECK`].
+    async fn open(
+        &self,
+        caller_params: &[(String, String)],
+        read_only: bool,
+        check: bool,
+    ) -> Result<UpstreamSession, UpstreamError> {
         let stream = self.dial().await?;
         let (r, mut w) = tokio::io::split(stream);
         let mut reader = FrameReader::new(r, MAX_BACKEND_MESSAGE);
@@ -760,6 +809,9 @@ impl PgUpstream {
         let mut params: Vec<(&str, &str)> =
             vec![("user", &self.user), ("database", &self.database)];
         params.extend_from_slice(LEXING);
+        if check {
+            params.push(CONNECTION_CHECK);
+        }
         for (k, v) in caller_params {
             if passes(k, v) {
                 params.push((k, v));
@@ -1252,4 +1304,112 @@ pub fn error_text(m: &Message) -> String {
         messages::field(&f, b'C').unwrap_or("?????"),
         messages::field(&f, b'M').unwrap_or("(no message)")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::frame::Startup;
+
+    /// A target that trusts the gateway and keeps each startup's
+    /// parameters; `old`: it refuses the connection check after signing
+    /// in, as PostgreSQL 13 does (`FATAL 42704`).
+    async fn target(old: bool) -> (u16, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (r, mut w) = tokio::io::split(s);
+                let mut r = FrameReader::new(r, 1 << 20);
+                let Ok(Some(Startup::Startup { params })) = r.startup().await else {
+                    continue;
+                };
+                let asked = params.iter().any(|(k, _)| k == CONNECTION_CHECK.0);
+                kept.lock().unwrap().push(params);
+                let mut out = BytesMut::new();
+                messages::auth_ok().encode(&mut out);
+                if old && asked {
+                    let body = format!(
+                        "SFATAL\0C42704\0Munrecognized configuration parameter \"{}\"\0\0",
+                        CONNECTION_CHECK.0
+                    );
+                    Message::new(tag::ERROR_RESPONSE, Bytes::from(body)).encode(&mut out);
+                } else {
+                    messages::backend_key_data(7, 8).encode(&mut out);
+                    messages::ready_for_query(b'I').encode(&mut out);
+                }
+                let _ = w.write_all(&out).await;
+            }
+        });
+        (port, seen)
+    }
+
+    fn upstream(port: u16, dir: &std::path::Path) -> PgUpstream {
+        std::fs::write(dir.join("pgpw"), "pw").unwrap();
+        let text = format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:8443"
+cert = "s.pem"
+key = "s.key"
+
+[[connections]]
+name = "db"
+type = "postgres"
+url = "postgres://app@127.0.0.1:{port}/app?sslmode=disable"
+password = "file:pgpw"
+"#
+        );
+        let cfg = portcullis_config::Config::parse(&text, &dir.join("p.toml")).unwrap();
+        let c = &cfg.connections[0];
+        let portcullis_config::Target::Postgres(t) = &c.target else {
+            panic!("a PostgreSQL connection")
+        };
+        PgUpstream::new(c, t, &cfg.upstream_tls).unwrap()
+    }
+
+    fn check_of(params: &[(String, String)]) -> Option<&str> {
+        params
+            .iter()
+            .find(|(k, _)| k == CONNECTION_CHECK.0)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every session asks the target to watch for the gateway's side
+    /// going away, at one second.
+    #[tokio::test]
+    async fn every_startup_asks_the_target_to_check_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = target(false).await;
+        let up = upstream(port, dir.path());
+        for _ in 0..2 {
+            up.connect(&[], Owner::Nobody).await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|p| check_of(p) == Some("1000")), "{seen:?}");
+    }
+
+    /// A target that does not know the setting (before PostgreSQL 14) is
+    /// still served: the refused startup is tried again without it, and
+    /// later sessions do not ask.
+    #[tokio::test]
+    async fn a_target_without_the_check_is_served_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = target(true).await;
+        let up = upstream(port, dir.path());
+        for _ in 0..2 {
+            let s = up.connect(&[], Owner::Nobody).await.unwrap();
+            assert_eq!(s.pid, 7);
+        }
+        let seen = seen.lock().unwrap();
+        let asked: Vec<bool> = seen.iter().map(|p| check_of(p).is_some()).collect();
+        assert_eq!(asked, [true, false, false]);
+    }
 }
