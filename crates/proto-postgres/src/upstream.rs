@@ -1315,13 +1315,16 @@ mod tests {
     use super::*;
     use crate::frame::Startup;
 
+    /// Each startup's parameters, as the target received them.
+    type Startups = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
     /// A target that trusts the gateway and keeps each startup's
     /// parameters; `old`: it refuses the connection check after signing
     /// in, as PostgreSQL 13 does (`FATAL 42704`).
-    async fn target(old: bool) -> (u16, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+    async fn target(old: bool) -> (u16, Startups) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+        let seen: Startups = Arc::default();
         let kept = seen.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
