@@ -418,6 +418,69 @@ fn limits_on_headers_and_bodies() {
     assert_eq!(s.get("/c/good/ping").status, 200, "still serving");
 }
 
+/// A caller that leaves before its answer — closing the connection, or
+/// closing it after pipelining the start of another request (hyper then
+/// reads no further, so only the socket's hang-up tells) — stops the
+/// forward: its session ends `caller_gone` at once rather than with the
+/// target's status when the target answers (the test target takes 5 s).
+#[test]
+fn a_request_whose_caller_leaves_ends_caller_gone() {
+    let s = setup("intermediate");
+    let cfg = s.tmp.path().join("portcullis.toml");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let left = std::time::Instant::now();
+    rt.block_on(async {
+        let head = format!(
+            "GET /c/good/slow HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
+            s.token
+        );
+        for pipelined in ["", "GET /c/good/next HTTP/1.1\r\nhost: loc"] {
+            let mut tls = tls_connect(s.gw.port(), Path::new(&s.ca)).await;
+            tls.write_all(format!("{head}{pipelined}").as_bytes())
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(tls);
+        }
+    });
+    let ended = || {
+        json_lines(&cli_at(&cfg, &["sessions", "list", "--json"]))
+            .into_iter()
+            .filter(|s| s["connection"] == "good" && s["outcome"] == "caller_gone")
+            .count()
+    };
+    while ended() < 2 {
+        assert!(
+            left.elapsed() < Duration::from_millis(3500),
+            "sessions were not ended caller_gone before the target answered: {}",
+            String::from_utf8_lossy(&cli_at(&cfg, &["sessions", "list", "--json"]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing was counted as sent to them.
+    let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
+    let ends: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e.to_string().contains("caller_gone"))
+        .collect();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    fn sent(v: &serde_json::Value) -> Option<u64> {
+        match v {
+            serde_json::Value::Object(m) => m
+                .get("bytes_to_caller")
+                .and_then(|b| b.as_u64())
+                .or_else(|| m.values().find_map(sent)),
+            _ => None,
+        }
+    }
+    assert!(ends.iter().all(|e| sent(e) == Some(0)), "{ends:?}");
+}
+
 #[test]
 fn a_caller_vanishing_mid_body_does_not_hurt_others() {
     let s = setup("intermediate");

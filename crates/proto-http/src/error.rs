@@ -79,6 +79,11 @@ pub enum ProxyError {
     /// frees up), or cannot be checked (503).
     #[error("portcullis: {0}")]
     Budget(portcullis_front::BudgetError),
+    /// The caller's connection hung up before the answer: nothing more is
+    /// forwarded for it, and its session ends `caller_gone`. Nobody
+    /// reads this answer; its status (nginx's 499) is for the audit log.
+    #[error("the caller closed its connection before the answer")]
+    CallerGone,
 }
 
 impl ProxyError {
@@ -98,6 +103,13 @@ impl ProxyError {
         }
     }
 }
+
+/// nginx's status for a request whose client closed the connection
+/// before the answer: no registered code says it.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 fn humantime_secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -152,6 +164,7 @@ impl ProxyError {
             Self::Budget(portcullis_front::BudgetError::Unavailable(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::CallerGone => CLIENT_CLOSED_REQUEST,
         }
     }
 
@@ -190,6 +203,7 @@ impl ProxyError {
             Self::ConfigChanged => "config_changed",
             Self::Budget(portcullis_front::BudgetError::Exceeded { .. }) => "budget_exceeded",
             Self::Budget(portcullis_front::BudgetError::Unavailable(_)) => "store_unavailable",
+            Self::CallerGone => "caller_gone",
         }
     }
 

@@ -252,6 +252,7 @@ impl HttpFront {
             Ok(r) => r,
             Err(e) => {
                 seen.error.get_or_insert_with(|| e.to_string());
+                seen.gone = matches!(e, ProxyError::CallerGone);
                 if matches!(e, ProxyError::RecordingUnavailable(_)) {
                     // Nothing more on this connection is recorded: it ends
                     // after this answer (its session seals what was written).
@@ -303,6 +304,51 @@ impl HttpFront {
     }
 }
 
+/// How often a request waiting for its answer asks whether its caller's
+/// socket hung up ([`crate::HangUp`]).
+const HANG_UP_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `answer`, unless the caller leaves first: the forward is dropped (its
+/// target request with it) and the session marked. hyper drops a
+/// request's work itself when it reads the connection's end or the
+/// stream's reset (the guard below marks the session then); an HTTP/1.1
+/// caller that pipelined another request behind this one and left is
+/// not read again while this one runs, so its socket is asked every
+/// [`HANG_UP_POLL`] (such requests were forwarded to their end for
+/// nobody: review).
+async fn unless_caller_leaves<T>(
+    answer: impl Future<Output = Result<T, ProxyError>>,
+    conn: &ConnInfo,
+    live: &crate::session::LiveSession,
+) -> Result<T, ProxyError> {
+    /// Marks the session when the request's work is dropped unfinished.
+    struct Abandoned<'a>(Option<&'a crate::session::LiveSession>);
+    impl Drop for Abandoned<'_> {
+        fn drop(&mut self) {
+            if let Some(live) = self.0 {
+                live.abandoned();
+            }
+        }
+    }
+    let mut guard = Abandoned(Some(live));
+    let left = async {
+        loop {
+            tokio::time::sleep(HANG_UP_POLL).await;
+            if conn.hang_up.seen() {
+                return;
+            }
+        }
+    };
+    let answered = tokio::select! {
+        // An answer that is ready is answered (and recorded as sent).
+        biased;
+        r = answer => r,
+        () = left => Err(ProxyError::CallerGone),
+    };
+    guard.0 = None;
+    answered
+}
+
 /// A refused body of up to this size is read and discarded before the
 /// refusal is sent, for at most [`LINGER_TIME`]: a client still uploading
 /// when the answer arrives may otherwise see a reset instead of the 413
@@ -351,6 +397,8 @@ struct Seen<'a> {
     live: Option<(Arc<crate::session::LiveSession>, u64)>,
     error: Option<String>,
     bytes_from_caller: Option<u64>,
+    /// The caller left before the answer ([`ProxyError::CallerGone`]).
+    gone: bool,
 }
 
 /// What a request's recording shows where it differs from what goes to
@@ -467,6 +515,7 @@ impl Inner {
         };
         let error = seen.error.clone();
         let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
+        let gone = seen.gone;
         let (mut parts, body) = resp.into_parts();
         // Through an agent, the caller's stream counts until its body ended.
         let permit = parts.extensions.remove::<portcullis_link::StreamPermit>();
@@ -474,7 +523,9 @@ impl Inner {
         let body = crate::tap::Tap::new(body, recorder, Some(request), false).on_end(
             move |bytes_to_caller| {
                 drop(permit);
-                live.finished(status, error, bytes_from_caller, bytes_to_caller);
+                // Nothing reached a caller that had left.
+                let sent = if gone { 0 } else { bytes_to_caller };
+                live.finished(status, error, (bytes_from_caller, sent), gone);
             },
         );
         Response::from_parts(parts, body.boxed())
@@ -593,6 +644,7 @@ impl Inner {
         };
         // A refusal may quote what the target sent (a charset, a coding):
         // scrubbed too (re-review).
+        let answer = unless_caller_leaves(answer, conn, &live);
         let resp = match (answer.await, upstream.scrubber()) {
             (Err(e), Some(s)) => return Err(e.scrubbed(s)),
             (answer, _) => answer?,

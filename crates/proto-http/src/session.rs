@@ -112,6 +112,8 @@ impl ConnSessions {
 struct Last {
     status: u16,
     error: Option<String>,
+    /// The last request to end was left by its caller before its answer.
+    gone: bool,
 }
 
 /// An open session shared by the requests of one connection. Sealed when
@@ -145,16 +147,27 @@ impl LiveSession {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A request's response has been sent (or given up on).
-    pub fn finished(&self, status: u16, error: Option<String>, from_caller: u64, to_caller: u64) {
+    /// A request's response has been sent (or given up on); `gone`: its
+    /// caller left before the answer.
+    pub fn finished(&self, status: u16, error: Option<String>, bytes: (u64, u64), gone: bool) {
+        let (from_caller, to_caller) = bytes;
         self.bytes_from_caller
             .fetch_add(from_caller, Ordering::Relaxed);
         self.bytes_to_caller.fetch_add(to_caller, Ordering::Relaxed);
         if let Ok(mut last) = self.last.lock() {
             last.status = status;
+            last.gone = gone;
             if error.is_some() {
                 last.error = error;
             }
+        }
+    }
+
+    /// A request's work was dropped before its answer (hyper drops it
+    /// when the caller's connection or HTTP/2 stream goes away).
+    pub fn abandoned(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            last.gone = true;
         }
     }
 }
@@ -169,6 +182,7 @@ impl Drop for LiveSession {
         let (outcome, error) = match ended {
             Some(Ended::Credential(why)) => (Outcome::CredentialEnded, Some(why)),
             Some(Ended::Access(why)) => (Outcome::AccessEnded, Some(why)),
+            None if last.gone => (Outcome::CallerGone, last.error),
             // The status of the last request; each one's is in the recording.
             None if last.status == 0 => (Outcome::NoResponse, last.error),
             None => (Outcome::HttpStatus(last.status), last.error),
