@@ -459,7 +459,14 @@ impl Masker {
     /// `set_may` is what [`Self::set_may_match`] says of `text`, or more
     /// (true where it would be false only costs time).
     pub(crate) fn may_match_looked(&self, text: &str, set_may: bool) -> bool {
-        if has_other_spelling(text) {
+        self.may_match_scanned(text, set_may, true)
+    }
+
+    /// [`Self::may_match_looked`], where the caller's own scan of `text`
+    /// says whether it holds a byte a spelling starts with (`spelled`:
+    /// [`starts_spelling`] of any byte, or more).
+    pub(crate) fn may_match_scanned(&self, text: &str, set_may: bool, spelled: bool) -> bool {
+        if spelled && has_other_spelling(text) {
             // Read plainly by [`Self::spans`]: its answer.
             return true;
         }
@@ -1041,9 +1048,14 @@ fn is_group_space(c: char) -> bool {
 /// 0xE3), so most text is ruled out at once.
 fn has_other_spelling(text: &str) -> bool {
     let b = text.as_bytes();
-    b.iter()
-        .any(|&c| matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3))
-        && (0..b.len()).any(|i| spelled_at(text, i).is_some())
+    b.iter().any(|&c| starts_spelling(c)) && (0..b.len()).any(|i| spelled_at(text, i).is_some())
+}
+
+/// Whether a byte may start what [`spelled_at`] reads: the JSON pass
+/// gathers this in its scan ([`prefilter::SPELL`]), so most strings skip
+/// [`has_other_spelling`]'s own.
+pub(crate) const fn starts_spelling(c: u8) -> bool {
+    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3)
 }
 
 /// The ASCII character (or space) spelled at byte `i` of `text`, and how

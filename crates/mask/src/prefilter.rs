@@ -195,6 +195,10 @@ const TRIGGER: u8 = 2;
 const COLON: u8 = 8;
 /// The byte [`literal_at`] is anchored on: `-` `_` `J` `A`.
 const MARK: u8 = 4;
+/// A byte another spelling of a character may start with
+/// ([`crate::starts_spelling`]): not part of the first look; the JSON
+/// pass reads it to skip the spelling's own scan.
+pub(crate) const SPELL: u8 = 16;
 
 /// Each byte's part in the first look, looked up once per byte. The JSON
 /// pass builds its own table from this one, adding the bytes that end a
@@ -215,6 +219,9 @@ pub(crate) const CLASS: [u8; 256] = {
         } else {
             0
         };
+        if crate::starts_spelling(b) {
+            t[c] |= SPELL;
+        }
         c += 1;
     }
     t

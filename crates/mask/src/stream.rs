@@ -111,7 +111,8 @@ enum Stop {
 }
 
 /// A string token: where it ends (after the closing quote), whether it
-/// holds an escape, and whether the first look flagged its raw text.
+/// holds an escape, whether the first look flagged its raw text, and
+/// whether its raw text holds a byte another spelling starts with.
 /// Packed in one word so that [`scan_string`] hands it back in a register:
 /// as a struct it went through memory, where the caller's wide load
 /// stalled on the callee's narrow stores (a tenth of the pass's time in
@@ -120,12 +121,18 @@ enum Stop {
 struct Token(usize);
 
 impl Token {
-    fn new(end: usize, escaped: bool, flagged: bool) -> Self {
-        Self(end << 2 | usize::from(escaped) << 1 | usize::from(flagged))
+    fn new(end: usize, escaped: bool, flagged: bool, spelled: bool) -> Self {
+        Self(
+            end << 3 | usize::from(spelled) << 2 | usize::from(escaped) << 1 | usize::from(flagged),
+        )
     }
 
     fn end(self) -> usize {
-        self.0 >> 2
+        self.0 >> 3
+    }
+
+    fn spelled(self) -> bool {
+        self.0 & 4 != 0
     }
 
     fn escaped(self) -> bool {
@@ -343,9 +350,10 @@ impl<'a> Pass<'a> {
     /// (decoded, it reads otherwise), or the first look says so.
     fn may_hold(&self, start: usize, t: Token) -> bool {
         t.escaped()
-            || self.m.may_match_looked(
+            || self.m.may_match_scanned(
                 &self.text[start + 1..t.end() - 1],
                 t.flagged() || self.m.has_custom(),
+                t.spelled(),
             )
     }
 
@@ -578,6 +586,7 @@ fn scan_string(b: &[u8], start: usize) -> Option<Token> {
             i + 1,
             false,
             prefilter::decide(seen, &b[start + 1..i]),
+            seen & prefilter::SPELL != 0,
         ));
     }
     // An escape or a control character: an escaped string is decoded and
@@ -590,7 +599,7 @@ fn scan_string(b: &[u8], start: usize) -> Option<Token> {
         }
         match c {
             b'"' => {
-                return Some(Token::new(i + 1, true, true));
+                return Some(Token::new(i + 1, true, true, true));
             }
             b'\\' => i = escape_end(b, i)?,
             _ => return None,

@@ -732,6 +732,13 @@ fn arb_json_mixed() -> impl Strategy<Value = serde_json::Value> {
             Just("token".to_string()),
             Just("key=abcdef".to_string()),
             Just("the Bluebird file, EMP-123456".to_string()),
+            // Other spellings, which the one-pass path looks for only
+            // where its scan saw a byte one starts with.
+            Just("ada%40example.com".to_string()),
+            Just("mailto:ada&#64;example.com".to_string()),
+            Just("ada&commat;example.com".to_string()),
+            Just("4111\u{a0}1111\u{a0}1111\u{a0}1111".to_string()),
+            Just("100% & more".to_string()),
             "\\PC{0,12}",
         ]
     };
