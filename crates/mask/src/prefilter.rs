@@ -103,8 +103,11 @@ fn digits_may_match(b: &[u8]) -> bool {
 /// (` -./`) that starts with the digit at `b[start]`, read once; returns
 /// where the run ends and whether either rule holds.
 ///
-/// Chains: digits with single separators between them; a chain of 9+
-/// digits, or 4+ with a `.`, may match.
+/// Chains ([`Chain`]): digits with single separators between them,
+/// counted from the first digit a match can start at: every card, SSN
+/// and IPv4 form starts with `\b\d`, so not a digit after a letter, a
+/// digit or `_` (a UUID's `a716-446655440000` holds a chain of 15 digits,
+/// of which a match could start at the last 12 only).
 ///
 /// Phone (`validate::phone` behind the pattern, in a text with no trigger,
 /// so no `+` or `(`: those forms go to the set): every other form of the
@@ -113,50 +116,114 @@ fn digits_may_match(b: &[u8]) -> bool {
 /// 10 or 11 digits, or 7 to 12 after a `0` that is not `00`. So a number
 /// starts at a digit with no word byte before it (the run's first digit
 /// unless a letter, digit or `_` precedes it, or a digit after a
-/// separator) and has at most the digits from there to the run's end.
-/// The earliest such start, and the earliest that is a lone `0`, have the
-/// most digits after them, so only those two are kept.
+/// separator) and has at most the digits from there to the run's end,
+/// or to the first group of digits no form can hold: each form's groups
+/// have at most 8 digits, except `0` and up to 13 more written together
+/// (`0301234567`), so a group of more than 8 that does not start with `0`,
+/// or of more than 14, ends what a number can reach (UUIDs, long ids).
+/// The earliest start, and the earliest that is a lone `0`, have the most
+/// digits after them, so only those two are kept.
 fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let boundary = start == 0 || !word(b[start - 1]);
-    let (mut digits, mut chain, mut dotted) = (0usize, 0usize, false);
+    let mut chain = Chain::after(!boundary);
+    let mut digits = 0usize;
     let (mut first, mut first_zero) = (None::<usize>, None::<usize>);
     let mut j = start;
-    while let Some(&c) = b.get(j) {
-        if c.is_ascii_digit() {
-            let starts = if j == start {
-                boundary
-            } else {
-                !b[j - 1].is_ascii_digit()
-            };
-            if starts {
-                first.get_or_insert(digits);
-                if c == b'0' && b.get(j + 1) != Some(&b'0') {
-                    first_zero.get_or_insert(digits);
-                }
+    // A group of digits at `j`, then the separators after it; group by
+    // group (a byte at a time, this walk was the first look's dearest
+    // part on JSON full of ids).
+    loop {
+        let c = b[j];
+        let len = b[j..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(b.len() - j);
+        // Every group after a separator starts a number; the first, where
+        // no word byte precedes it.
+        if j != start || boundary {
+            first.get_or_insert(digits);
+            if c == b'0' && b.get(j + 1) != Some(&b'0') {
+                first_zero.get_or_insert(digits);
             }
-            digits += 1;
-            chain += 1;
-        } else if matches!(c, b' ' | b'-' | b'.' | b'/') {
-            // A separator joins a chain only between two digits (`j` is
-            // past the run's first digit here).
+        }
+        if len > 14 || (len > 8 && c != b'0') {
+            // No number reaches into or past this group: what started
+            // before it is judged on the digits before it.
+            if phone(digits, first, first_zero) {
+                return (j + len, true);
+            }
+            (first, first_zero) = (None, None);
+        }
+        digits += len;
+        chain.digits(len);
+        j += len;
+        while let Some(&sep) = b.get(j).filter(|c| matches!(c, b' ' | b'-' | b'.' | b'/')) {
+            // A separator joins a chain only between two digits.
             if b[j - 1].is_ascii_digit() && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
-                dotted |= c == b'.';
+                chain.join(sep);
             } else {
-                if chain >= 9 || (dotted && chain >= 4) {
+                if chain.holds() {
                     return (j, true);
                 }
-                (chain, dotted) = (0, false);
+                chain = Chain::after(false);
             }
-        } else {
+            j += 1;
+        }
+        if !b.get(j).is_some_and(u8::is_ascii_digit) {
             break;
         }
-        j += 1;
     }
-    let chained = chain >= 9 || (dotted && chain >= 4);
-    let phone =
-        first.is_some_and(|f| digits - f >= 10) || first_zero.is_some_and(|f| digits - f >= 7);
-    (j, chained || phone)
+    (j, chain.holds() || phone(digits, first, first_zero))
+}
+
+/// Whether a number starting at `first` (or at the lone `0` at
+/// `first_zero`), both counted in digits, can have enough digits for the
+/// phone check when `digits` is as far as it can reach.
+fn phone(digits: usize, first: Option<usize>, first_zero: Option<usize>) -> bool {
+    first.is_some_and(|f| digits - f >= 10) || first_zero.is_some_and(|f| digits - f >= 7)
+}
+
+/// A chain of digits joined by single separators, as far as a card
+/// (13 digits or more, `[ -]` between), an SSN (9, two `-`) or an IPv4
+/// address (4, `.`) could lie in it.
+#[derive(Default)]
+struct Chain {
+    digits: usize,
+    dashes: usize,
+    dotted: bool,
+    /// Still in the digits before the chain's first separator, which no
+    /// match can start at (a word byte precedes them): not counted.
+    lead: bool,
+}
+
+impl Chain {
+    fn after(lead: bool) -> Self {
+        Self {
+            lead,
+            ..Self::default()
+        }
+    }
+
+    fn digits(&mut self, n: usize) {
+        if !self.lead {
+            self.digits += n;
+        }
+    }
+
+    fn join(&mut self, sep: u8) {
+        if std::mem::take(&mut self.lead) {
+            return;
+        }
+        self.dashes += usize::from(sep == b'-');
+        self.dotted |= sep == b'.';
+    }
+
+    fn holds(&self) -> bool {
+        self.digits >= 13
+            || (self.digits >= 9 && self.dashes >= 2)
+            || (self.dotted && self.digits >= 4)
+    }
 }
 
 /// Whether a `:` in `b` can be part of a match: IPv6 (`::`, or the seven
@@ -269,48 +336,64 @@ mod tests {
         &SET
     }
 
-    /// The digit rules as three walks, as they were before they became
-    /// one: the reference [`digits_may_match`] must equal.
+    /// The digit rules as separate walks, written as the rules read: the
+    /// reference [`digits_may_match`] must equal. From every digit a match
+    /// can start at (no word byte before it): the chain from there, and
+    /// the digits a phone number can reach from there.
     fn digits_reference(b: &[u8]) -> bool {
-        let mut i = 0;
-        while let Some(p) = b[i..].iter().position(u8::is_ascii_digit) {
-            let start = i + p;
-            if start >= 2 && b[start - 1].is_ascii_uppercase() && b[start - 2].is_ascii_uppercase()
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'/');
+        for start in 0..b.len() {
+            if start >= 2
+                && b[start].is_ascii_digit()
+                && !b[start - 1].is_ascii_digit()
+                && b[start - 1].is_ascii_uppercase()
+                && b[start - 2].is_ascii_uppercase()
             {
                 return true;
             }
-            let (mut digits, mut dotted, mut j) = (0, false, start);
+        }
+        (0..b.len()).any(|p| {
+            if !b[p].is_ascii_digit() || (p > 0 && word(b[p - 1])) {
+                return false;
+            }
+            // The chain from p.
+            let (mut digits, mut dashes, mut dotted, mut j) = (0, 0, false, p);
             loop {
                 if b.get(j).is_some_and(u8::is_ascii_digit) {
                     digits += 1;
                     j += 1;
-                } else if b
-                    .get(j)
-                    .is_some_and(|c| matches!(c, b' ' | b'-' | b'.' | b'/'))
+                } else if b.get(j).is_some_and(|&c| sep(c))
                     && b.get(j + 1).is_some_and(u8::is_ascii_digit)
                 {
+                    dashes += usize::from(b[j] == b'-');
                     dotted |= b[j] == b'.';
                     j += 1;
                 } else {
                     break;
                 }
             }
-            if digits >= 9 || (dotted && digits >= 4) {
+            if digits >= 13 || (digits >= 9 && dashes >= 2) || (dotted && digits >= 4) {
                 return true;
             }
-            i = j;
-        }
-        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-        (0..b.len()).any(|p| {
-            if !b[p].is_ascii_digit() || (p > 0 && word(b[p - 1])) {
-                return false;
+            // The number from p, up to a group no form holds.
+            let mut reach = 0;
+            let mut k = p;
+            while let Some(&c) = b.get(k) {
+                if c.is_ascii_digit() {
+                    let len = b[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    if len > 14 || (len > 8 && c != b'0') {
+                        break;
+                    }
+                    reach += len;
+                    k += len;
+                } else if sep(c) {
+                    k += 1;
+                } else {
+                    break;
+                }
             }
-            let digits = b[p..]
-                .iter()
-                .take_while(|c| matches!(c, b'0'..=b'9' | b' ' | b'-' | b'.' | b'/'))
-                .filter(|c| c.is_ascii_digit())
-                .count();
-            digits >= 10 || (b[p] == b'0' && b.get(p + 1) != Some(&b'0') && digits >= 7)
+            reach >= 10 || (b[p] == b'0' && b.get(p + 1) != Some(&b'0') && reach >= 7)
         })
     }
 
@@ -376,6 +459,22 @@ mod tests {
             // digit follows a letter.
             ("A0 00000--00000", true),
             ("a1 12  34  56  78  90", true),
+            // No match starts after a letter, and no phone number holds a
+            // group of more than 8 digits unless it starts with `0`: a
+            // UUID's digits are neither a card, an SSN nor a phone number
+            // (they sent every UUID to the detectors).
+            ("550e8400-e29b-41d4-a716-446655440000", false),
+            ("a716-446655440000", false),
+            ("446655440000", false),
+            ("123456789-123", false),
+            ("716-446655440000", true),
+            ("0446655440000", true),
+            ("123-45-6789", true),
+            ("123 45 6789", false),
+            ("1234567890123", true),
+            ("a1-234-56-7890", true),
+            ("01 12345678", true),
+            ("x 020/12345678", true),
         ] {
             assert_eq!(digits_may_match(text.as_bytes()), chained, "{text}");
         }
@@ -565,6 +664,16 @@ mod tests {
         /// Any text (non-ASCII goes to the set).
         #[test]
         fn never_hides_a_match_in_any_text(text in "\\PC{0,40}") {
+            never_hides(&text)?;
+        }
+
+        /// Runs of digits with long groups, separators and letters before
+        /// them: where a match can start, and which groups no phone
+        /// number holds, decide here.
+        #[test]
+        fn never_hides_a_match_in_digit_runs(
+            text in "(0[0-9]{1,5}|[1-9][0-9]{0,14}|0[0-9]{6,14}|[a-z_A-Z]{1,2}|[ ./-]{1,2}){0,8}"
+        ) {
             never_hides(&text)?;
         }
     }
