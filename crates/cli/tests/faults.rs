@@ -684,6 +684,17 @@ fn kill_9_under_load_leaves_no_session_open() {
 fn a_killed_gateway_leaves_no_statement_running_on_the_target() {
     let (_tmp, mut g) = plain_gateway();
     let marker = "killed_gateway_marker";
+    // A caller whose startup value the server quotes back with the
+    // setting's name is refused, and the check stays on for the next (a
+    // review turned it off for every caller this way).
+    let poisoned = Command::new("psql")
+        .args(["-X", "-c", "select 1"])
+        .arg(g.conninfo())
+        .env("PGPASSWORD", &g.token)
+        .env("PGTZ", "client_connection_check_interval")
+        .output()
+        .unwrap();
+    assert!(!poisoned.status.success());
     let mut psql = HeldPsql::open(&g.conninfo(), &g.token);
     psql.send(&format!("select pg_sleep(60) /* {marker} */;"));
     let pg = pg::PgCluster::shared();

@@ -420,9 +420,12 @@ fn limits_on_headers_and_bodies() {
 
 /// A caller that leaves before its answer — closing the connection, or
 /// closing it after pipelining the start of another request (hyper then
-/// reads no further, so only the socket's hang-up tells) — stops the
-/// forward: its session ends `caller_gone` at once rather than with the
-/// target's status when the target answers (the test target takes 5 s).
+/// reads no further, so only the socket's hang-up tells), or half way
+/// through its body — stops the forward: its session ends `caller_gone`
+/// at once rather than with the target's status when the target answers
+/// (the test target takes 5 s), counting the body bytes that arrived.
+/// An HTTP/2 stream reset on a connection that goes on is not its
+/// caller leaving: the session ends with its last answer's status.
 #[test]
 fn a_request_whose_caller_leaves_ends_caller_gone() {
     let s = setup("intermediate");
@@ -437,48 +440,117 @@ fn a_request_whose_caller_leaves_ends_caller_gone() {
             "GET /c/good/slow HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
             s.token
         );
-        for pipelined in ["", "GET /c/good/next HTTP/1.1\r\nhost: loc"] {
+        let upload = format!(
+            "POST /c/good/upload HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-length: 90000\r\n\r\n{}",
+            s.token,
+            "z".repeat(1000)
+        );
+        for sent in [
+            head.clone(),
+            format!("{head}GET /c/good/next HTTP/1.1\r\nhost: loc"),
+            upload,
+        ] {
             let mut tls = tls_connect(s.gw.port(), Path::new(&s.ca)).await;
-            tls.write_all(format!("{head}{pipelined}").as_bytes())
-                .await
-                .unwrap();
+            tls.write_all(sent.as_bytes()).await.unwrap();
             tls.flush().await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(tls);
         }
+        h2_reset_then_answered(&s).await;
     });
-    let ended = || {
-        json_lines(&cli_at(&cfg, &["sessions", "list", "--json"]))
+    let sessions = || json_lines(&cli_at(&cfg, &["sessions", "list", "--json"]));
+    let gone = || {
+        sessions()
             .into_iter()
             .filter(|s| s["connection"] == "good" && s["outcome"] == "caller_gone")
             .count()
     };
-    while ended() < 2 {
+    while gone() < 3 {
         assert!(
-            left.elapsed() < Duration::from_millis(3500),
-            "sessions were not ended caller_gone before the target answered: {}",
-            String::from_utf8_lossy(&cli_at(&cfg, &["sessions", "list", "--json"]).stdout)
+            left.elapsed() < Duration::from_millis(4500),
+            "sessions were not ended caller_gone before the target answered: {:?}",
+            sessions()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Nothing was counted as sent to them.
     let audit = String::from_utf8_lossy(&cli_at(&cfg, &["audit", "export"]).stdout).to_string();
     let ends: Vec<serde_json::Value> = audit
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|e: &serde_json::Value| e.to_string().contains("caller_gone"))
+        .filter(|e: &serde_json::Value| e.to_string().contains("session_end"))
         .collect();
-    assert_eq!(ends.len(), 2, "{ends:?}");
-    fn sent(v: &serde_json::Value) -> Option<u64> {
+    fn field(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
         match v {
             serde_json::Value::Object(m) => m
-                .get("bytes_to_caller")
-                .and_then(|b| b.as_u64())
-                .or_else(|| m.values().find_map(sent)),
+                .get(name)
+                .cloned()
+                .or_else(|| m.values().find_map(|v| field(v, name))),
             _ => None,
         }
     }
-    assert!(ends.iter().all(|e| sent(e) == Some(0)), "{ends:?}");
+    let with = |outcome: &str| -> Vec<&serde_json::Value> {
+        ends.iter()
+            .filter(|e| field(e, "outcome").is_some_and(|o| o.to_string().contains(outcome)))
+            .collect()
+    };
+    let gone = with("caller_gone");
+    assert_eq!(gone.len(), 3, "{ends:?}");
+    // Nothing was counted as sent to them; the upload counts what came.
+    assert!(
+        gone.iter()
+            .all(|e| field(e, "bytes_to_caller") == Some(0.into())),
+        "{gone:?}"
+    );
+    assert!(
+        gone.iter()
+            .any(|e| field(e, "bytes_from_caller") == Some(1000.into())),
+        "{gone:?}"
+    );
+    // The HTTP/2 session whose reset stream ended last ended with its
+    // other stream's answer.
+    let h2 = sessions()
+        .into_iter()
+        .filter(|s| s["connection"] == "good" && s["outcome"] != "caller_gone")
+        .map(|s| s["outcome"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(h2, [serde_json::json!("200")], "{:?}", sessions());
+}
+
+/// On one HTTP/2 connection: a slow request, a quick one answered, then
+/// the slow one's stream reset (its response dropped), then the
+/// connection closed in good order.
+async fn h2_reset_then_answered(s: &Setup) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port()))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(Path::new(&s.ca), &[b"h2"]));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::spawn(conn);
+    let mut ask = |path: &str| {
+        let req = http::Request::get(format!("https://localhost:{}{path}", s.gw.port()))
+            .header("authorization", format!("Bearer {}", s.token))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(req)
+    };
+    let slow = ask("/c/good/slow");
+    let quick = ask("/c/good/ping");
+    let slow = tokio::spawn(slow);
+    assert_eq!(quick.await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dropping the response resets its stream.
+    slow.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(ask);
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(3), closed).await;
 }
 
 #[test]

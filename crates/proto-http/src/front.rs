@@ -321,16 +321,22 @@ async fn unless_caller_leaves<T>(
     conn: &ConnInfo,
     live: &crate::session::LiveSession,
 ) -> Result<T, ProxyError> {
-    /// Marks the session when the request's work is dropped unfinished.
-    struct Abandoned<'a>(Option<&'a crate::session::LiveSession>);
+    /// Marks the session when the request's work is dropped unfinished
+    /// because its caller's connection hung up: an HTTP/2 stream reset
+    /// alone drops a request on a connection that goes on, and a review
+    /// saw such sessions end `caller_gone` behind their other streams'
+    /// answers.
+    struct Abandoned<'a>(Option<(&'a crate::session::LiveSession, &'a crate::HangUp)>);
     impl Drop for Abandoned<'_> {
         fn drop(&mut self) {
-            if let Some(live) = self.0 {
+            if let Some((live, hang_up)) = self.0
+                && hang_up.seen()
+            {
                 live.abandoned();
             }
         }
     }
-    let mut guard = Abandoned(Some(live));
+    let mut guard = Abandoned(Some((live, &conn.hang_up)));
     let left = async {
         loop {
             tokio::time::sleep(HANG_UP_POLL).await;
@@ -342,7 +348,12 @@ async fn unless_caller_leaves<T>(
     let answered = tokio::select! {
         // An answer that is ready is answered (and recorded as sent).
         biased;
-        r = answer => r,
+        // A failure because the caller left (its body cut off) is its
+        // leaving (a review saw such sessions end 400).
+        r = answer => match r {
+            Err(_) if conn.hang_up.seen() => Err(ProxyError::CallerGone),
+            r => r,
+        },
         () = left => Err(ProxyError::CallerGone),
     };
     guard.0 = None;
@@ -396,7 +407,8 @@ struct Seen<'a> {
     /// this request's number in it.
     live: Option<(Arc<crate::session::LiveSession>, u64)>,
     error: Option<String>,
-    bytes_from_caller: Option<u64>,
+    /// The bytes of the request's body that passed so far.
+    bytes_from_caller: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The caller left before the answer ([`ProxyError::CallerGone`]).
     gone: bool,
 }
@@ -439,22 +451,24 @@ impl Recorded<'_> {
 /// The request body on its way to the target, recorded: as it streams, or,
 /// where masking swapped reversible tokens back into it, the caller's own
 /// bytes at once (the caller may read its own recording).
+/// The request's body on its way to the target, recorded as the caller
+/// sent it, and the count of its bytes received from the caller.
 fn recorded_request_body(
     body: Body,
     caller_body: Option<&bytes::Bytes>,
     live: &crate::session::LiveSession,
     request_no: u64,
-) -> Result<Body, ProxyError> {
+) -> Result<(Body, Arc<std::sync::atomic::AtomicU64>), ProxyError> {
     let Some(sent_by_caller) = caller_body else {
-        return Ok(
-            crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true).boxed(),
-        );
+        let tap = crate::tap::Tap::new(body, live.recorder.clone(), Some(request_no), true);
+        let received = tap.counted();
+        return Ok((tap.boxed(), received));
     };
     if let Err(e) = live.recorder.body(Some(request_no), true, sent_by_caller) {
         tracing::error!(error = %e, "recording failed; request refused");
         return Err(ProxyError::RecordingUnavailable(e.to_string()));
     }
-    Ok(body)
+    Ok((body, Arc::new((sent_by_caller.len() as u64).into())))
 }
 
 /// A request on its way to the target, after the caller's checks.
@@ -484,7 +498,6 @@ struct Outgoing {
     caller_body: Option<bytes::Bytes>,
     asked_session: Option<std::time::Duration>,
     vault: Option<SharedVault>,
-    declared: Option<u64>,
 }
 
 impl Inner {
@@ -514,7 +527,7 @@ impl Inner {
             return resp;
         };
         let error = seen.error.clone();
-        let bytes_from_caller = seen.bytes_from_caller.unwrap_or(0);
+        let from_caller = seen.bytes_from_caller.take();
         let gone = seen.gone;
         let (mut parts, body) = resp.into_parts();
         // Through an agent, the caller's stream counts until its body ended.
@@ -525,7 +538,12 @@ impl Inner {
                 drop(permit);
                 // Nothing reached a caller that had left.
                 let sent = if gone { 0 } else { bytes_to_caller };
-                live.finished(status, error, (bytes_from_caller, sent), gone);
+                // What the caller's body carried (not what it declared: a
+                // caller that left mid-upload sent less, a chunked one
+                // declares nothing).
+                let received =
+                    from_caller.map_or(0, |n| n.load(std::sync::atomic::Ordering::Relaxed));
+                live.finished(status, error, (received, sent), gone);
             },
         );
         Response::from_parts(parts, body.boxed())
@@ -594,7 +612,6 @@ impl Inner {
             recorded_pq,
             caller_body,
             vault,
-            declared,
             ..
         } = out;
         let method = parts.method.clone();
@@ -611,9 +628,10 @@ impl Inner {
         // After the session opened (a refused request is evidence in its
         // recording), before anything reaches the target.
         self.charge(&admitted, &live, &parts, &in_body).await?;
-        let body = recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
+        let (body, received) =
+            recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
         seen.live = Some((live.clone(), request_no));
-        seen.bytes_from_caller = declared;
+        seen.bytes_from_caller = Some(received);
         let answer = async {
             let resp = self
                 .forward(
@@ -859,7 +877,7 @@ impl Inner {
                 "paths with `.` or `..` segments are not forwarded".into(),
             ));
         }
-        let (req, declared) = self.within_limit(req).await?;
+        let req = self.within_limit(req).await?;
         let vault = self.vault(admitted);
         let paths = target_paths(rest, req.uri().query(), upstream, vault.as_ref())?;
         let TargetPaths {
@@ -912,24 +930,20 @@ impl Inner {
             caller_body,
             asked_session,
             vault,
-            declared,
         })
     }
 
-    /// The request and the length it declares, or a refusal when that
-    /// is over the body limit (the body read first, up to a bound, so that
+    /// The request, or a refusal when the length it declares is over
+    /// the body limit (the body read first, up to a bound, so that
     /// the client sees the refusal rather than a reset).
-    async fn within_limit(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<(Request<Incoming>, Option<u64>), ProxyError> {
+    async fn within_limit(&self, req: Request<Incoming>) -> Result<Request<Incoming>, ProxyError> {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let Some(n) = declared.filter(|n| *n > self.max_body) else {
-            return Ok((req, declared));
+            return Ok(req);
         };
         let max = match req.version() {
             http::Version::HTTP_2 => H2_LINGER_MAX_BYTES,

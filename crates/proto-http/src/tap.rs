@@ -37,6 +37,11 @@ impl Tap {
         }
     }
 
+    /// The count of bytes that have passed so far, to read later.
+    pub fn counted(&self) -> Arc<AtomicU64> {
+        self.bytes.clone()
+    }
+
     /// Run `f(bytes seen)` once, when the body ends or is dropped.
     pub fn on_end(mut self, f: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
         self.on_end = Some(Box::new(f));

@@ -277,9 +277,28 @@ const LEXING: &[(&str, &str)] = &[
 /// it off for the connection and says so once.
 const CONNECTION_CHECK: (&str, &str) = ("client_connection_check_interval", "1000");
 
-/// Whether a refused startup was refused for [`CONNECTION_CHECK`].
+/// TCP keepalives on the target's side of every session, so that a
+/// gateway or agent whose host or network is gone (no FIN, no RST ever
+/// comes) is found within about 25 seconds rather than the kernel's two
+/// hours, and the connection check above then cancels what it left
+/// running (review). Known to every supported PostgreSQL.
+const KEEPALIVES: &[(&str, &str)] = &[
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+];
+
+/// Whether a refused startup was refused for [`CONNECTION_CHECK`] itself,
+/// in the server's exact words (42704 on PostgreSQL before 14, 22023
+/// where the platform lacks the kernel support). A caller's own startup
+/// values are quoted back in errors too: a review's
+/// `PGTZ=client_connection_check_interval` turned the check off for
+/// every caller when any error naming it counted.
 fn refuses_connection_check(e: &UpstreamError) -> bool {
-    matches!(e, UpstreamError::Server(t) | UpstreamError::NotAccepting(t) if t.contains(CONNECTION_CHECK.0))
+    let (name, value) = CONNECTION_CHECK;
+    let unknown = format!("42704: unrecognized configuration parameter \"{name}\"");
+    let unsupported = format!("22023: invalid value for parameter \"{name}\": \"{value}\"");
+    matches!(e, UpstreamError::Server(t) | UpstreamError::NotAccepting(t) if *t == unknown || *t == unsupported)
 }
 
 /// Whether a caller's startup parameter reaches the target.
@@ -780,7 +799,9 @@ impl PgUpstream {
         let checked = self.checks_connection.load(Relaxed);
         match self.open(caller_params, read_only, checked).await {
             Err(e) if checked && refuses_connection_check(&e) => {
-                if self.checks_connection.swap(false, Relaxed) {
+                let opened = self.open(caller_params, read_only, false).await;
+                // Turned off only once a startup without it went through.
+                if opened.is_ok() && self.checks_connection.swap(false, Relaxed) {
                     tracing::warn!(
                         connection = %self.name,
                         error = %e,
@@ -788,7 +809,7 @@ impl PgUpstream {
                         CONNECTION_CHECK.0
                     );
                 }
-                self.open(caller_params, read_only, false).await
+                opened
             }
             other => other,
         }
@@ -809,6 +830,7 @@ impl PgUpstream {
         let mut params: Vec<(&str, &str)> =
             vec![("user", &self.user), ("database", &self.database)];
         params.extend_from_slice(LEXING);
+        params.extend_from_slice(KEEPALIVES);
         if check {
             params.push(CONNECTION_CHECK);
         }
@@ -1334,14 +1356,26 @@ mod tests {
                     continue;
                 };
                 let asked = params.iter().any(|(k, _)| k == CONNECTION_CHECK.0);
+                // A caller's value the server quotes back: PostgreSQL's
+                // answer to `PGTZ=client_connection_check_interval`.
+                let quoted = params.iter().find(|(k, v)| {
+                    k.eq_ignore_ascii_case("timezone") && v.contains(CONNECTION_CHECK.0)
+                });
+                let refusal = match (quoted, old && asked) {
+                    (Some((_, v)), _) => Some(format!(
+                        "22023\0Minvalid value for parameter \"TimeZone\": \"{v}\""
+                    )),
+                    (None, true) => Some(format!(
+                        "42704\0Munrecognized configuration parameter \"{}\"",
+                        CONNECTION_CHECK.0
+                    )),
+                    (None, false) => None,
+                };
                 kept.lock().unwrap().push(params);
                 let mut out = BytesMut::new();
                 messages::auth_ok().encode(&mut out);
-                if old && asked {
-                    let body = format!(
-                        "SFATAL\0C42704\0Munrecognized configuration parameter \"{}\"\0\0",
-                        CONNECTION_CHECK.0
-                    );
+                if let Some(r) = refusal {
+                    let body = format!("SFATAL\0C{r}\0\0");
                     Message::new(tag::ERROR_RESPONSE, Bytes::from(body)).encode(&mut out);
                 } else {
                     messages::backend_key_data(7, 8).encode(&mut out);
@@ -1414,5 +1448,48 @@ password = "file:pgpw"
         let seen = seen.lock().unwrap();
         let asked: Vec<bool> = seen.iter().map(|p| check_of(p).is_some()).collect();
         assert_eq!(asked, [true, false, false]);
+    }
+
+    /// A caller whose own startup value makes the server quote the
+    /// setting's name in its refusal is refused, and the check stays on
+    /// for everyone (a review turned it off with
+    /// `PGTZ=client_connection_check_interval`).
+    #[tokio::test]
+    async fn a_refusal_that_quotes_the_setting_does_not_turn_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        for old in [false, true] {
+            let (port, seen) = target(old).await;
+            let up = upstream(port, dir.path());
+            let poison = [("TimeZone".to_string(), CONNECTION_CHECK.0.to_string())];
+            assert!(up.connect(&poison, Owner::Nobody).await.is_err());
+            up.connect(&[], Owner::Nobody).await.unwrap();
+            let seen = seen.lock().unwrap();
+            let asked: Vec<bool> = seen.iter().map(|p| check_of(p).is_some()).collect();
+            // The poisoned startup is not retried and turns nothing off:
+            // the next caller's startup asks again (and, on an old target,
+            // is refused in the server's own words and tried without).
+            let expected: &[bool] = if old {
+                &[true, true, false]
+            } else {
+                &[true, true]
+            };
+            assert_eq!(asked, expected, "old target: {old}");
+        }
+    }
+
+    /// Every startup asks for TCP keepalives on the target's side.
+    #[tokio::test]
+    async fn every_startup_asks_for_keepalives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = target(false).await;
+        let up = upstream(port, dir.path());
+        up.connect(&[], Owner::Nobody).await.unwrap();
+        let seen = seen.lock().unwrap();
+        for (k, v) in KEEPALIVES {
+            assert!(
+                seen[0].iter().any(|(a, b)| a == k && b == v),
+                "{k}: {seen:?}"
+            );
+        }
     }
 }
