@@ -548,7 +548,6 @@ async fn h2_reset_then_answered(s: &Setup) {
     // Dropping the response resets its stream.
     slow.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(ask);
     drop(sender);
     let _ = tokio::time::timeout(Duration::from_secs(3), closed).await;
 }
