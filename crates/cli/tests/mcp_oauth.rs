@@ -562,6 +562,32 @@ fn oauth_refuses_what_the_rfcs_refuse() {
     let s = setup();
     let mcp_resource = format!("{}/mcp", s.gw.url);
 
+    // Discovery, before any sign-in, answers alike for an MCP connection
+    // (`docs`), an HTTP one (`api`), a PostgreSQL one (`db`) and a name
+    // that is none: a review told them apart by the metadata's 404 and
+    // by which 401s carried a challenge.
+    for name in ["docs", "api", "db", "no-such-name"] {
+        let at = format!("/.well-known/oauth-protected-resource/c/{name}");
+        let prm = get(&s.gw.url, &s.ca, None, &at);
+        assert_eq!(prm.status, 200, "{name}: {}", prm.body);
+        let prm = prm.json();
+        assert_eq!(prm["resource"], format!("{}/c/{name}", s.gw.url), "{name}");
+        assert_eq!(prm["scopes_supported"][0], "mcp", "{name}");
+        let metadata = format!("{}{at}", s.gw.url);
+        for (token, invalid) in [
+            (None, ""),
+            (Some("pcl_not_a_token"), ", error=\"invalid_token\""),
+        ] {
+            let (status, challenge) = mcp_status(&s, &format!("/c/{name}/mcp"), token);
+            assert_eq!(status, 401, "{name}");
+            assert_eq!(
+                challenge,
+                format!("Bearer resource_metadata=\"{metadata}\", scope=\"mcp\"{invalid}"),
+                "{name}"
+            );
+        }
+    }
+
     // Registration: redirect URIs only from the allow-list.
     for bad in [
         "https://evil.test/cb",

@@ -129,7 +129,26 @@ impl crate::reload::Stack {
                 .filter(|r| self.mcp.is_mcp_connection(r.connection))
                 .map(|r| (r.connection.to_owned(), r.rest.to_owned()));
         if mcp_route.is_none() && (path != MCP_PATH || routed) {
-            return self.http.handle(req, &conn).await;
+            let asked = listener.oauth.is_some().then(|| {
+                let presented = req.headers().contains_key(http::header::AUTHORIZATION);
+                (crate::oauth::authority(&req), presented)
+            });
+            let mut resp = self.http.handle(req, &conn).await;
+            // The same challenge as an MCP connection's 401 (below): its
+            // presence had told which names speak MCP (review).
+            if resp.status() == http::StatusCode::UNAUTHORIZED
+                && let Some((authority, presented)) = asked
+                && let Some(v) = crate::oauth::challenge_header(
+                    authority.as_deref(),
+                    &path,
+                    &self.mcp,
+                    listener.domain.as_deref(),
+                    presented,
+                )
+            {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+            return resp;
         }
         let at = portcullis_identity::Resource::Mcp(mcp_route.as_ref().map(|(c, _)| c.as_str()));
         let principal = self

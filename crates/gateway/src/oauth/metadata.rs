@@ -27,17 +27,31 @@ pub(super) fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
         .filter(|a| !a.as_str().contains('@'))
 }
 
+/// Whom a resource's discovery may tell about it. Discovery comes before
+/// any sign-in (a client needs it to sign in at all), so it answers alike
+/// for every connection name, one that is an MCP connection or not, or
+/// none at all: a review could tell which names existed, and which
+/// spoke MCP, from its answers. Only a token request (after sign-in)
+/// asks whether the resource is a real MCP connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Anyone,
+    SignedIn,
+}
+
 /// The MCP resource at `host` + `path`: its path prefix (what follows the
-/// host in its identifier) and audience key. `None`: not an MCP resource.
+/// host in its identifier) and audience key. `None`: not an MCP resource
+/// (for [`Asker::Anyone`], not a connection's address at all).
 fn resource_at(
     host: &str,
     path: &str,
     mcp: &McpEndpoint,
     domain: Option<&str>,
+    asker: Asker,
 ) -> Option<(String, String)> {
     let path = if path.is_empty() { "/" } else { path };
     if let Some(r) = portcullis_http::route::route(Some(host), path, domain)
-        && mcp.is_mcp_connection(r.connection)
+        && (asker == Asker::Anyone || mcp.is_mcp_connection(r.connection))
     {
         // Path-routed (`/c/NAME/…`): the prefix names it; host-routed
         // (`NAME.domain`): the host does.
@@ -63,7 +77,7 @@ pub fn challenge_header(
     invalid_token: bool,
 ) -> Option<http::HeaderValue> {
     let authority: Authority = authority?.parse().ok()?;
-    let (prefix, _) = resource_at(authority.host(), path, mcp, domain)?;
+    let (prefix, _) = resource_at(authority.host(), path, mcp, domain, Asker::Anyone)?;
     let error = if invalid_token {
         ", error=\"invalid_token\""
     } else {
@@ -88,9 +102,13 @@ impl OAuthServer {
         let Some(authority) = authority_of(req) else {
             return json_error(StatusCode::BAD_REQUEST, "invalid_request", "no Host");
         };
-        let Some((prefix, audience)) =
-            resource_at(authority.host(), path, mcp, self.domain.as_deref())
-        else {
+        let Some((prefix, audience)) = resource_at(
+            authority.host(),
+            path,
+            mcp,
+            self.domain.as_deref(),
+            Asker::Anyone,
+        ) else {
             return json_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -158,7 +176,7 @@ impl OAuthServer {
             return Err("the resource is not served by this gateway".into());
         }
         let path = uri.path().trim_end_matches('/');
-        match resource_at(authority.host(), path, mcp, domain) {
+        match resource_at(authority.host(), path, mcp, domain, Asker::SignedIn) {
             // The gateway's own endpoint is named by its path, not by the
             // bare origin.
             Some((_, audience)) if audience != "mcp" || path == crate::listener::MCP_PATH => {
