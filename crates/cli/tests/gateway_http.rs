@@ -423,7 +423,8 @@ fn limits_on_headers_and_bodies() {
 /// reads no further, so only the socket's hang-up tells), or half way
 /// through its body — stops the forward: its session ends `caller_gone`
 /// at once rather than with the target's status when the target answers
-/// (the test target takes 5 s), counting the body bytes that arrived.
+/// (the test target takes 5 s), counting the body bytes that arrived
+/// (part of one, or all of one sent before leaving).
 /// An HTTP/2 stream reset on a connection that goes on is not its
 /// caller leaving: the session ends with its last answer's status.
 #[test]
@@ -445,10 +446,18 @@ fn a_request_whose_caller_leaves_ends_caller_gone() {
             s.token,
             "z".repeat(1000)
         );
+        // A whole body, then gone before the answer: its bytes reached
+        // the target and are counted (a review saw 0).
+        let whole = format!(
+            "POST /c/good/slow HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-length: 1000\r\n\r\n{}",
+            s.token,
+            "w".repeat(1000)
+        );
         for sent in [
             head.clone(),
             format!("{head}GET /c/good/next HTTP/1.1\r\nhost: loc"),
             upload,
+            whole,
         ] {
             let mut tls = tls_connect(s.gw.port(), Path::new(&s.ca)).await;
             tls.write_all(sent.as_bytes()).await.unwrap();
@@ -465,7 +474,7 @@ fn a_request_whose_caller_leaves_ends_caller_gone() {
             .filter(|s| s["connection"] == "good" && s["outcome"] == "caller_gone")
             .count()
     };
-    while gone() < 3 {
+    while gone() < 4 {
         assert!(
             left.elapsed() < Duration::from_millis(4500),
             "sessions were not ended caller_gone before the target answered: {:?}",
@@ -494,16 +503,18 @@ fn a_request_whose_caller_leaves_ends_caller_gone() {
             .collect()
     };
     let gone = with("caller_gone");
-    assert_eq!(gone.len(), 3, "{ends:?}");
-    // Nothing was counted as sent to them; the upload counts what came.
+    assert_eq!(gone.len(), 4, "{ends:?}");
+    // Nothing was counted as sent to them; the uploads count what came.
     assert!(
         gone.iter()
             .all(|e| field(e, "bytes_to_caller") == Some(0.into())),
         "{gone:?}"
     );
-    assert!(
+    assert_eq!(
         gone.iter()
-            .any(|e| field(e, "bytes_from_caller") == Some(1000.into())),
+            .filter(|e| field(e, "bytes_from_caller") == Some(1000.into()))
+            .count(),
+        2,
         "{gone:?}"
     );
     // The HTTP/2 session whose reset stream ended last ended with its

@@ -320,23 +320,35 @@ async fn unless_caller_leaves<T>(
     answer: impl Future<Output = Result<T, ProxyError>>,
     conn: &ConnInfo,
     live: &crate::session::LiveSession,
+    received: &std::sync::atomic::AtomicU64,
 ) -> Result<T, ProxyError> {
-    /// Marks the session when the request's work is dropped unfinished
-    /// because its caller's connection hung up: an HTTP/2 stream reset
-    /// alone drops a request on a connection that goes on, and a review
-    /// saw such sessions end `caller_gone` behind their other streams'
-    /// answers.
-    struct Abandoned<'a>(Option<(&'a crate::session::LiveSession, &'a crate::HangUp)>);
+    /// When the request's work is dropped unfinished: the body bytes that
+    /// reached the target are counted all the same (a review delivered
+    /// whole uploads, then hung up or reset the stream, under sessions
+    /// that counted nothing), and the session is marked left if its
+    /// caller's connection hung up (an HTTP/2 stream reset alone drops a
+    /// request on a connection that goes on, and a review saw such
+    /// sessions end `caller_gone` behind their other streams' answers).
+    struct Abandoned<'a> {
+        live: &'a crate::session::LiveSession,
+        hang_up: &'a crate::HangUp,
+        received: &'a std::sync::atomic::AtomicU64,
+        armed: bool,
+    }
     impl Drop for Abandoned<'_> {
         fn drop(&mut self) {
-            if let Some((live, hang_up)) = self.0
-                && hang_up.seen()
-            {
-                live.abandoned();
+            if self.armed {
+                let received = self.received.load(std::sync::atomic::Ordering::Relaxed);
+                self.live.abandoned(received, self.hang_up.seen());
             }
         }
     }
-    let mut guard = Abandoned(Some((live, &conn.hang_up)));
+    let mut guard = Abandoned {
+        live,
+        hang_up: &conn.hang_up,
+        received,
+        armed: true,
+    };
     let left = async {
         loop {
             tokio::time::sleep(HANG_UP_POLL).await;
@@ -356,7 +368,7 @@ async fn unless_caller_leaves<T>(
         },
         () = left => Err(ProxyError::CallerGone),
     };
-    guard.0 = None;
+    guard.armed = false;
     answered
 }
 
@@ -631,7 +643,7 @@ impl Inner {
         let (body, received) =
             recorded_request_body(body, caller_body.as_ref(), &live, request_no)?;
         seen.live = Some((live.clone(), request_no));
-        seen.bytes_from_caller = Some(received);
+        seen.bytes_from_caller = Some(received.clone());
         let answer = async {
             let resp = self
                 .forward(
@@ -662,7 +674,7 @@ impl Inner {
         };
         // A refusal may quote what the target sent (a charset, a coding):
         // scrubbed too (re-review).
-        let answer = unless_caller_leaves(answer, conn, &live);
+        let answer = unless_caller_leaves(answer, conn, &live, &received);
         let resp = match (answer.await, upstream.scrubber()) {
             (Err(e), Some(s)) => return Err(e.scrubbed(s)),
             (answer, _) => answer?,

@@ -164,9 +164,13 @@ impl LiveSession {
     }
 
     /// A request's work was dropped before its answer (hyper drops it
-    /// when the caller's connection or HTTP/2 stream goes away).
-    pub fn abandoned(&self) {
-        if let Ok(mut last) = self.last.lock() {
+    /// when the caller's connection or HTTP/2 stream goes away), after
+    /// `from_caller` bytes of its body came; `gone`: its caller's
+    /// connection hung up.
+    pub fn abandoned(&self, from_caller: u64, gone: bool) {
+        self.bytes_from_caller
+            .fetch_add(from_caller, Ordering::Relaxed);
+        if gone && let Ok(mut last) = self.last.lock() {
             last.gone = true;
         }
     }
