@@ -131,6 +131,10 @@ pub struct Sessions {
     unidentified: Arc<std::sync::Mutex<crate::unidentified::Merger>>,
     /// Every such refusal, merged or not.
     unidentified_total: Family<FrontLabel, Counter>,
+    /// Set when the gateway starts to stop: sessions its shutdown drops
+    /// are left to the next start (`cut_by_restart`), not drop-sealed as
+    /// if their callers had left ([`OpenSession::if_dropped`]).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The front a refusal came through.
@@ -176,6 +180,16 @@ impl Drop for OpenSession {
         let Some(unsealed) = self.unsealed.take() else {
             return;
         };
+        // Dropped by the gateway's own shutdown (its connections closed
+        // after the grace period): the caller did not leave, and the next
+        // start closes the session `cut_by_restart`.
+        if unsealed
+            .sessions
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         // Outside a runtime only when the gateway itself is going away:
         // its next start closes the session (`cut_by_restart`).
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -216,7 +230,15 @@ impl Sessions {
             faults: Family::default(),
             unidentified: Arc::default(),
             unidentified_total: Family::default(),
+            stopping: Arc::default(),
         }
+    }
+
+    /// The gateway is stopping: what its shutdown drops is not its
+    /// callers leaving.
+    pub fn gateway_stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sessions opened here are marked as this gateway's.

@@ -262,6 +262,63 @@ async fn delegated_agents_spend_their_persons_budget() {
     assert!(bobs.take_one(requests, Some("GET")).await.is_ok());
 }
 
+/// A session whose owner asked for it ([`OpenSession::if_dropped`]) is
+/// sealed as it said when dropped unsealed (its caller went away), but
+/// not once the gateway is stopping: its shutdown dropping work is not
+/// the caller leaving, and the next start closes it `cut_by_restart`.
+#[tokio::test]
+async fn a_dropped_session_is_sealed_unless_the_gateway_is_stopping() {
+    let w = world().await;
+    let a = w
+        .ctx
+        .admit(
+            Credential::Bearer(&w.tester),
+            "api",
+            Protocol::Http,
+            &origin(),
+        )
+        .await
+        .unwrap();
+    let gone = || Closing {
+        outcome: Outcome::CallerGone,
+        error: None,
+        bytes_from_caller: 0,
+        bytes_to_caller: 0,
+        requests: 1,
+    };
+    let ends = || async {
+        portcullis_audit::entries(&w.store)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event["kind"] == "session_end")
+            .map(|e| e.event["session"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let mut left = w.ctx.open(&a, None).await.unwrap();
+    left.if_dropped(gone());
+    let left_id = left.id.clone();
+    drop(left);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ends().await.contains(&left_id) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the dropped session was not sealed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut cut = w.ctx.open(&a, None).await.unwrap();
+    cut.if_dropped(gone());
+    let cut_id = cut.id.clone();
+    w.ctx.sessions.gateway_stopping();
+    drop(cut);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !ends().await.contains(&cut_id),
+        "sealed by a stopping gateway"
+    );
+}
+
 #[tokio::test]
 async fn admitted_callers_get_their_grant_gate_and_a_durable_session() {
     let w = world().await;

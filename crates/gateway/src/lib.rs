@@ -108,6 +108,7 @@ impl RunningGateway {
     /// Stop accepting, let in-flight requests finish for up to `grace`,
     /// then drop what is left.
     pub async fn shutdown(self, grace: Duration) {
+        self.sessions.gateway_stopping();
         self.shutdown.cancel();
         self.links.cut_all();
         self.tracker.close();
