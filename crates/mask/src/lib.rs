@@ -657,11 +657,17 @@ impl Masker {
                     // account number, a near-miss IBAN) a weak pattern is not
                     // a value. A mask token (`…]`) counts as the value it
                     // replaced, so masking twice sees the same context.
+                    // A lone `1` before it is NANP's country code, not a
+                    // run (a review passed `1 212 555 0123` unmasked).
+                    let nanp = m.start() >= 2
+                        && b[m.start() - 2] == b'1'
+                        && (m.start() == 2 || !b[m.start() - 3].is_ascii_alphanumeric());
                     let mid_run = d.weak
                         && m.start() >= 2
                         && b[m.start()].is_ascii_digit()
                         && matches!(b[m.start() - 1], b' ' | b'-')
-                        && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']');
+                        && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']')
+                        && !nanp;
                     if !mid_run {
                         let end = match d.check {
                             None => Some(m.end()),

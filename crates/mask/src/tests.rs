@@ -22,6 +22,12 @@ fn detectors_positive_and_negative() {
         ("ssn 666-45-6789", None),
         ("call +1 415 555 0132", Some("phone")),
         ("call (415) 555-0132", Some("phone")),
+        // Found by review: NANP's country code without `+`, and `00`
+        // for `+`, had passed unmasked.
+        ("call 1 415 555 0132", Some("phone")),
+        ("call 1-415-555-0132 now", Some("phone")),
+        ("tel 00491511234567", Some("phone")),
+        ("account 21 415 555 0132", None),
         ("at 2024-01-15 10:30:00", None),
         ("host 10.20.30.40", Some("ipv4")),
         ("version 1.2.3", None),

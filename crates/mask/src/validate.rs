@@ -88,8 +88,9 @@ pub fn ipv6(s: &str) -> bool {
 
 /// A phone number: not a date or a time that happens to look like digit
 /// groups, and either
-/// - international (`+`): 8-15 digits whose country code libphonenumber's
-///   metadata (the `phonenumber` crate) knows;
+/// - international (`+`, or `00` as Europe dials it: `0049 151 …`): 8-15
+///   digits whose country code libphonenumber's metadata (the
+///   `phonenumber` crate) knows;
 /// - 10-11 digits (NANP and most national forms);
 /// - or a trunk-prefixed national number (`030 1234567`, `0911 12345`)
 ///   that the metadata says is valid in a region dialling `0` first.
@@ -110,6 +111,12 @@ pub fn phone(s: &str) -> bool {
     }
     if (10..=11).contains(&digits) {
         return true;
+    }
+    // A review passed `00491511234567` unmasked: `00` is how most of the
+    // world dials `+`.
+    if let Some(international) = s.strip_prefix("00") {
+        return (8..=15).contains(&(digits - 2))
+            && phonenumber::parse(None, &format!("+{international}")).is_ok();
     }
     let national = s.trim_start_matches('(').starts_with('0') && !s.starts_with("00");
     national
@@ -193,5 +200,8 @@ mod tests {
         // Not a country code, not a trunk-prefixed number.
         assert!(!phone("+999 1234 5678") && !phone("00012345") && !phone("1234 5678"));
         assert!(!phone("3704 0044 0532") && !phone("1111 1111 1111"));
+        // `00` dials `+` (review: these passed unmasked).
+        assert!(phone("00491511234567") && phone("0049 30 1234567") && phone("0044 20 7946 0958"));
+        assert!(!phone("00999 1234 5678") && !phone("0012345"));
     }
 }
