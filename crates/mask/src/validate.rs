@@ -116,7 +116,7 @@ pub fn phone(s: &str) -> bool {
     // world dials `+`.
     if let Some(international) = s.strip_prefix("00") {
         return (8..=15).contains(&(digits - 2))
-            && phonenumber::parse(None, &format!("+{international}")).is_ok();
+            && phonenumber::parse(None, format!("+{international}")).is_ok();
     }
     let national = s.trim_start_matches('(').starts_with('0') && !s.starts_with("00");
     national
