@@ -462,9 +462,8 @@ impl Recorded<'_> {
 
 /// The request body on its way to the target, recorded: as it streams, or,
 /// where masking swapped reversible tokens back into it, the caller's own
-/// bytes at once (the caller may read its own recording).
-/// The request's body on its way to the target, recorded as the caller
-/// sent it, and the count of its bytes received from the caller.
+/// bytes at once (the caller may read its own recording). With it, the
+/// count of its bytes received from the caller so far.
 fn recorded_request_body(
     body: Body,
     caller_body: Option<&bytes::Bytes>,
