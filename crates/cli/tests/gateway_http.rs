@@ -527,23 +527,35 @@ fn a_request_whose_caller_leaves_ends_caller_gone() {
     assert_eq!(h2, [serde_json::json!("200")], "{:?}", sessions());
 }
 
-/// On one HTTP/2 connection: a slow request, a quick one answered, then
-/// the slow one's stream reset (its response dropped), then the
-/// connection closed in good order.
-async fn h2_reset_then_answered(s: &Setup) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port()))
+/// An HTTP/2 connection to the gateway at `port` (TLS, ALPN `h2`): its
+/// sender, and the task driving it (done when the connection closes).
+async fn h2_connect(
+    port: u16,
+    ca: &Path,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_tls(Path::new(&s.ca), &[b"h2"]));
+    let connector = tokio_rustls::TlsConnector::from(client_tls(ca, &[b"h2"]));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),
     )
     .await
     .unwrap();
-    let closed = tokio::spawn(conn);
+    (sender, tokio::spawn(conn))
+}
+
+/// On one HTTP/2 connection: a slow request, a quick one answered, then
+/// the slow one's stream reset (its response dropped), then the
+/// connection closed in good order.
+async fn h2_reset_then_answered(s: &Setup) {
+    let (mut sender, closed) = h2_connect(s.gw.port(), Path::new(&s.ca)).await;
     let mut ask = |path: &str| {
         let req = http::Request::get(format!("https://localhost:{}{path}", s.gw.port()))
             .header("authorization", format!("Bearer {}", s.token))
@@ -1014,19 +1026,7 @@ fn idle_http2_connections_are_closed() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port()))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_tls(&ca, &[b"h2"]));
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        let closed = tokio::spawn(conn);
+        let (mut sender, closed) = h2_connect(s.gw.port(), &ca).await;
         let ask = |sender: &mut hyper::client::conn::http2::SendRequest<
             http_body_util::Empty<bytes::Bytes>,
         >| {

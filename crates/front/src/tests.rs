@@ -68,6 +68,21 @@ async fn world() -> World {
     }
 }
 
+impl World {
+    /// `agent:tester` admitted to `connection` over HTTP.
+    async fn tester_on(&self, connection: &str) -> Admitted {
+        self.ctx
+            .admit(
+                Credential::Bearer(&self.tester),
+                connection,
+                Protocol::Http,
+                &origin(),
+            )
+            .await
+            .unwrap()
+    }
+}
+
 fn origin() -> Origin {
     Origin {
         peer: "127.0.0.1:5000".into(),
@@ -269,16 +284,7 @@ async fn delegated_agents_spend_their_persons_budget() {
 #[tokio::test]
 async fn a_dropped_session_is_sealed_unless_the_gateway_is_stopping() {
     let w = world().await;
-    let a = w
-        .ctx
-        .admit(
-            Credential::Bearer(&w.tester),
-            "api",
-            Protocol::Http,
-            &origin(),
-        )
-        .await
-        .unwrap();
+    let a = w.tester_on("api").await;
     let gone = || Closing {
         outcome: Outcome::CallerGone,
         error: None,
@@ -322,28 +328,10 @@ async fn a_dropped_session_is_sealed_unless_the_gateway_is_stopping() {
 #[tokio::test]
 async fn admitted_callers_get_their_grant_gate_and_a_durable_session() {
     let w = world().await;
-    let a = w
-        .ctx
-        .admit(
-            Credential::Bearer(&w.tester),
-            "api",
-            Protocol::Http,
-            &origin(),
-        )
-        .await
-        .unwrap();
+    let a = w.tester_on("api").await;
     assert_eq!((a.rule.as_str(), a.connection.as_str()), ("testers", "api"));
     assert!(a.gate.is_none(), "no approval rule on api");
-    let held = w
-        .ctx
-        .admit(
-            Credential::Bearer(&w.tester),
-            "held",
-            Protocol::Http,
-            &origin(),
-        )
-        .await
-        .unwrap();
+    let held = w.tester_on("held").await;
     let gate = held.gate.as_ref().expect("held has an approval rule");
     assert_eq!(gate.connection(), "held");
     assert_eq!(gate.principal().subject, "agent:tester");
@@ -375,16 +363,7 @@ async fn admitted_callers_get_their_grant_gate_and_a_durable_session() {
 #[tokio::test]
 async fn a_held_action_waits_times_out_then_passes_once_approved() {
     let w = world().await;
-    let a = w
-        .ctx
-        .admit(
-            Credential::Bearer(&w.tester),
-            "held",
-            Protocol::Http,
-            &origin(),
-        )
-        .await
-        .unwrap();
+    let a = w.tester_on("held").await;
     let gate = a.gate.unwrap();
     let ask = Ask {
         kind: "http",

@@ -113,7 +113,8 @@ fn digits_may_match(b: &[u8]) -> bool {
 /// so no `+` or `(`: those forms go to the set): every other form of the
 /// pattern starts with `\b\d` and holds only digits and ` -./`; the check
 /// takes what the pattern matched, or a shorter prefix of it, and accepts
-/// 10 or 11 digits, or 7 to 12 after a `0` that is not `00`. So a number
+/// 10 or 11 digits, 7 to 12 after a `0` that is not `00`, or 8 to 15
+/// after `00` (so 10 or more in all: the first rule covers it). So a number
 /// starts at a digit with no word byte before it (the run's first digit
 /// unless a letter, digit or `_` precedes it, or a digit after a
 /// separator) and has at most the digits from there to the run's end,

@@ -137,7 +137,8 @@ pub struct PgUpstream {
     /// each new link before a caller's first session on it.
     role_check: Option<RoleCheck>,
     /// Whether the target takes [`CONNECTION_CHECK`] (PostgreSQL 14 and
-    /// later); cleared by the first startup it refuses.
+    /// later); cleared once a startup it refused for the setting went
+    /// through without it ([`refuses_connection_check`]).
     checks_connection: std::sync::atomic::AtomicBool,
 }
 
@@ -273,8 +274,9 @@ const LEXING: &[(&str, &str)] = &[
 /// from the target sends nothing: a review found such statements
 /// running on to their own timeouts, holding locks and a backend. On
 /// PostgreSQL older than 14 (which does not know the setting) or a
-/// platform without the kernel support, the first refused startup turns
-/// it off for the connection and says so once.
+/// platform without the kernel support, a startup refused for it is
+/// tried again without it, and once that goes through the connection
+/// stops asking and says so once.
 const CONNECTION_CHECK: (&str, &str) = ("client_connection_check_interval", "1000");
 
 /// TCP keepalives on the target's side of every session, so that a
