@@ -783,3 +783,118 @@ fn a_view_over_a_stable_wrapper_is_not_proven() {
     let after = rt().block_on(async { fingerprint(&g.direct().await).await });
     assert_eq!(after, before, "nothing ran");
 }
+
+/// A statement's refusal on both guarded connections: the gateway's
+/// refusal or hold ("proven" / "review"), not the server's read-only
+/// backstop catching a write afterwards.
+async fn refused_unproven(g: &Guard, sql: &str) {
+    for conn in ["ro", "guarded"] {
+        let c = g.client(conn).await;
+        let e = c
+            .simple_query(sql)
+            .await
+            .expect_err(&format!("{conn}: {sql} ran unproven"));
+        let m = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            m.contains("proven") || m.contains("review"),
+            "{conn}: {sql}: {m}"
+        );
+    }
+}
+
+/// Views over built-in functions with effects: `pg_depend` records
+/// nothing for built-ins, so the views' calls of `nextval`,
+/// `pg_advisory_lock` and `pg_terminate_backend` were not seen, and
+/// reading the view was proven a read — on the approval connection it
+/// ran unheld (advanced the sequence, took a lock for the session, ended
+/// another session); on the read-only one the server's read-only
+/// transaction stopped only `nextval` (2026-12-05). Now the calls in
+/// views' and policies' expression trees are read, and nothing runs.
+#[test]
+fn views_over_built_in_side_effects_are_not_proven() {
+    let g = Guard::start("builtinview");
+    let pg = PgCluster::shared();
+    let victim = format!("victim_{}", g.db);
+    pg.psql_db(
+        &g.db,
+        &format!(
+            "CREATE VIEW v_next AS SELECT nextval('s') AS n; \
+             CREATE VIEW v_lock AS SELECT pg_try_advisory_lock(4242) AS l; \
+             CREATE VIEW v_kill AS SELECT pg_terminate_backend(pid) AS k \
+               FROM pg_stat_activity WHERE application_name = '{victim}';"
+        ),
+    );
+    rt().block_on(async {
+        // A session of someone else's, which the third view would end.
+        let mut cfg = tokio_postgres::Config::new();
+        let cluster = PgCluster::shared();
+        cfg.host_path(&cluster.dir)
+            .port(cluster.port)
+            .user("postgres")
+            .dbname(&g.db)
+            .application_name(&victim);
+        let (other, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        let alive = tokio::spawn(conn);
+        let before = fingerprint(&g.direct().await).await;
+        for view in ["v_next", "v_lock", "v_kill"] {
+            refused_unproven(&g, &format!("SELECT * FROM {view}")).await;
+            refused_unproven(&g, &format!("SELECT 1 FROM customers, {view}")).await;
+        }
+        let direct = g.direct().await;
+        assert_eq!(fingerprint(&direct).await, before, "nothing ran");
+        let locks: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0, "no advisory lock was taken");
+        other
+            .simple_query("SELECT 1")
+            .await
+            .expect("the other session lives");
+        assert!(!alive.is_finished(), "the other session lives");
+    });
+}
+
+/// A row-security policy's expression runs on reads: the same for a
+/// built-in with effects there.
+#[test]
+fn policies_over_built_in_side_effects_are_not_proven() {
+    let g = Guard::start("builtinpolicy");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE POLICY locking ON customers USING (pg_advisory_lock(4243) IS NOT NULL);",
+    );
+    rt().block_on(refused_unproven(&g, "SELECT name FROM customers"));
+}
+
+/// What stays proven beside that: views over built-ins that are stable or
+/// harmless (`random`, `now`), the system's own views, and tables.
+#[test]
+fn views_over_harmless_built_ins_stay_proven() {
+    let g = Guard::start("harmlessview");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE VIEW v_dice AS SELECT random() AS r, now() AS t, gen_random_uuid() AS u;",
+    );
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            for sql in [
+                "SELECT r FROM v_dice",
+                "SELECT count(*) FROM pg_stat_activity",
+                "SELECT name FROM customers WHERE id = 1",
+            ] {
+                c.simple_query(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
+            }
+        }
+    });
+}

@@ -91,19 +91,49 @@ const HIDDEN_CANDIDATES: &str = "\
            AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
              'pg_catalog.pg_constraint'::regclass)";
 
+/// Functions a view or a row-security policy calls, built-ins included,
+/// read from their expression trees: `pg_depend` records nothing for
+/// built-ins, so a view over `nextval`, `pg_try_advisory_lock` or
+/// `pg_terminate_backend` was proven a read (2026-12-05). Views the
+/// system made at `initdb` (OIDs below 16384, PostgreSQL's
+/// `FirstNormalObjectId`: `pg_stat_activity`, `information_schema`) are
+/// left out; views an extension or a schema owner made are in.
+/// Materialized views are not: reading one runs nothing. The pattern
+/// says `[0-9]`, not `\d`: on a target whose `standard_conforming_strings`
+/// is off the backslash would be read as an escape and nothing found.
+const CALLED_ON_READ: &str = "\
+       SELECT m[1]::oid FROM pg_catalog.pg_rewrite w \
+         JOIN pg_catalog.pg_class c ON c.oid = w.ev_class, \
+         pg_catalog.regexp_matches(w.ev_action::text || coalesce(w.ev_qual::text, ''), \
+           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
+         WHERE c.relkind = 'v' AND c.oid >= 16384 \
+       UNION SELECT m[1]::oid FROM pg_catalog.pg_policy p, \
+         pg_catalog.regexp_matches(coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, ''), \
+           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m";
+
 /// Functions outside `pg_catalog` that PostgreSQL may call on its own and
 /// that are not proven free of side effects by [`VOLATILITY`] (`v`), or
 /// are SQL functions whose bodies must be proven (`q`): a review ran a
 /// STABLE SQL wrapper of a volatile function through a view, a domain's
-/// CHECK and a default argument. At most [`MAX_HIDDEN`] + 1.
+/// CHECK and a default argument. And volatile built-ins a view or a
+/// policy calls ([`CALLED_ON_READ`]), but those known to be harmless. At
+/// most [`MAX_HIDDEN`] + 1.
 fn hidden_query() -> String {
+    let harmless = classify::HARMLESS_VOLATILE
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "SELECT n.nspname, p.proname, {VOLATILITY}, \
            CASE WHEN l.lanname = 'sql' THEN p.prosrc END FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-         WHERE n.nspname <> 'pg_catalog' AND ({VOLATILITY}) IN ('v', 'q') \
-           AND p.oid IN ({HIDDEN_CANDIDATES}) ORDER BY 1, 2 LIMIT {}",
+         WHERE (n.nspname <> 'pg_catalog' AND ({VOLATILITY}) IN ('v', 'q') \
+             AND p.oid IN ({HIDDEN_CANDIDATES})) \
+           OR (n.nspname = 'pg_catalog' AND p.provolatile = 'v' AND p.proname NOT IN ({harmless}) \
+             AND p.oid IN ({CALLED_ON_READ})) \
+         ORDER BY 1, 2 LIMIT {}",
         MAX_HIDDEN + 1
     )
 }
