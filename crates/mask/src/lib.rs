@@ -658,10 +658,12 @@ impl Masker {
                     // a value. A mask token (`…]`) counts as the value it
                     // replaced, so masking twice sees the same context.
                     // A lone `1` before it is NANP's country code, not a
-                    // run (a review passed `1 212 555 0123` unmasked).
+                    // run (a review passed `1 212 555 0123` unmasked), a
+                    // word before it or not (`x1 415 555 0132` passed).
                     let nanp = m.start() >= 2
                         && b[m.start() - 2] == b'1'
-                        && (m.start() == 2 || !b[m.start() - 3].is_ascii_alphanumeric());
+                        && (m.start() == 2
+                            || !(b[m.start() - 3].is_ascii_digit() || b[m.start() - 3] == b']'));
                     let mid_run = d.weak
                         && m.start() >= 2
                         && b[m.start()].is_ascii_digit()

@@ -27,6 +27,17 @@ fn detectors_positive_and_negative() {
         ("call 1 415 555 0132", Some("phone")),
         ("call 1-415-555-0132 now", Some("phone")),
         ("tel 00491511234567", Some("phone")),
+        // Found by review, open until 2026-12-05: `00` numbers in groups
+        // with a long last one (or many short ones), and NANP's `1` after
+        // a letter.
+        ("tel 0049 30 1234567", Some("phone")),
+        ("tel 0049 151 1234567 now", Some("phone")),
+        ("tel 0033 1 53 59 90 11", Some("phone")),
+        ("tel 0044-20-7946-0958", Some("phone")),
+        ("tel x1 415 555 0132", Some("phone")),
+        ("tel ext1-415-555-0132", Some("phone")),
+        ("order 0012-3456", None),
+        ("account 00999 30 1234567", None),
         ("account 21 415 555 0132", None),
         ("at 2024-01-15 10:30:00", None),
         ("host 10.20.30.40", Some("ipv4")),
