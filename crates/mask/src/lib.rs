@@ -1063,12 +1063,15 @@ fn has_other_spelling(text: &str) -> bool {
 /// gathers this in its scan ([`prefilter::SPELL`]), so most strings skip
 /// [`has_other_spelling`]'s own.
 pub(crate) const fn starts_spelling(c: u8) -> bool {
-    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3)
+    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3 | 0xEF)
 }
 
 /// The ASCII character (or space) spelled at byte `i` of `text`, and how
-/// many bytes spell it: a group space, `%XX`, `&#NN;`, `&#xHH;` or
-/// `&commat;`. Only printable ASCII counts (what detectors read).
+/// many bytes spell it: a group space, `%XX`, `&#NN;`, `&#xHH;`,
+/// `&commat;`, or a full-width form (U+FF01-U+FF5E: `４`, `＠`, `－`, as
+/// East Asian text writes ASCII; Unicode's compatibility mapping reads
+/// each as the ASCII character 0xFEE0 below it). Only printable ASCII
+/// counts (what detectors read).
 fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
     let b = text.as_bytes();
     let printable = |v: u32| (0x20..0x7f).contains(&v).then_some(v as u8);
@@ -1106,6 +1109,11 @@ fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
         0xC2 | 0xE2 | 0xE3 => {
             let c = text.get(i..)?.chars().next()?;
             is_group_space(c).then_some((b' ', c.len_utf8()))
+        }
+        0xEF => {
+            let c = u32::from(text.get(i..)?.chars().next()?);
+            let ascii = c.checked_sub(0xFEE0).filter(|v| (0x21..0x7f).contains(v))?;
+            Some((printable(ascii)?, 3))
         }
         _ => None,
     }

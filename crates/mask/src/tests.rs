@@ -173,6 +173,55 @@ fn digit_groups_spaced_as_locales_space_them_are_found() {
     assert_eq!(mask("Prix\u{a0}: 12\u{a0}€"), "Prix\u{a0}: 12\u{a0}€");
 }
 
+/// Full-width forms (U+FF01-U+FF5E) spell ASCII as East Asian text and
+/// input methods write it, and read the same to a person or a model:
+/// open until 2026-12-05 ("digits other than ASCII's").
+#[test]
+fn full_width_forms_spell_the_same_values() {
+    let m = masker();
+    for (text, detector, value) in [
+        (
+            "card ４１１１ １１１１ １１１１ １１１１.",
+            "card",
+            "４１１１ １１１１ １１１１ １１１１",
+        ),
+        (
+            "mail ａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ now",
+            "email",
+            "ａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+        ),
+        (
+            "ssn １２３－４５－６７８９",
+            "ssn",
+            "１２３－４５－６７８９",
+        ),
+        (
+            "tel ＋１ ４１５ ５５５ ０１３２",
+            "phone",
+            "＋１ ４１５ ５５５ ０１３２",
+        ),
+        ("mixed ada＠example.com", "email", "ada＠example.com"),
+    ] {
+        let masked = found_as(&m, text, detector, value);
+        assert!(!masked.contains('１') && !masked.contains('＠'), "{masked}");
+    }
+    // In JSON strings, escaped or not.
+    for body in [
+        "{\"c\":\"４１１１１１１１１１１１１１１１\"}",
+        "{\"c\":\"\\uff14\\uff11\\uff11\\uff11111111111111\"}",
+    ] {
+        let out = m
+            .mask_json_bytes(body.as_bytes(), &mut Stats::new())
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(!out.contains("１１") && !out.contains("1111"), "{out}");
+    }
+    // Full-width text that spells no value stays as it is.
+    for text in ["ＡＢＣ １２３", "（注）ｖｅｒ．１．２", "﻿BOM then text"] {
+        assert_eq!(mask(text), text);
+    }
+}
+
 #[test]
 fn private_key_blocks() {
     let pem =
