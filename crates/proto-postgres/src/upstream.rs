@@ -290,17 +290,34 @@ const KEEPALIVES: &[(&str, &str)] = &[
     ("tcp_keepalives_count", "3"),
 ];
 
-/// Whether a refused startup was refused for [`CONNECTION_CHECK`] itself,
-/// in the server's exact words (42704 on PostgreSQL before 14, 22023
-/// where the platform lacks the kernel support). A caller's own startup
-/// values are quoted back in errors too: a review's
+/// Whether a refused startup was refused for [`CONNECTION_CHECK`] itself
+/// (42704 on PostgreSQL before 14, 22023 where the platform lacks the
+/// kernel support): in the server's exact English words, or, for a server
+/// whose `lc_messages` translates them (`nicht erkannter
+/// Konfigurationsparameter »…«`), by the SQLSTATE and the setting's name,
+/// which no translation changes, when no value of the caller's names it.
+/// A caller's own startup values are quoted back in errors too: a review's
 /// `PGTZ=client_connection_check_interval` turned the check off for
-/// every caller when any error naming it counted.
-fn refuses_connection_check(e: &UpstreamError) -> bool {
+/// every caller when any error naming it counted. (The check is turned
+/// off only once a startup without it then succeeds, a second guard.)
+fn refuses_connection_check(e: &UpstreamError, caller_params: &[(String, String)]) -> bool {
     let (name, value) = CONNECTION_CHECK;
+    let (UpstreamError::Server(t) | UpstreamError::NotAccepting(t)) = e else {
+        return false;
+    };
     let unknown = format!("42704: unrecognized configuration parameter \"{name}\"");
     let unsupported = format!("22023: invalid value for parameter \"{name}\": \"{value}\"");
-    matches!(e, UpstreamError::Server(t) | UpstreamError::NotAccepting(t) if *t == unknown || *t == unsupported)
+    if *t == unknown || *t == unsupported {
+        return true;
+    }
+    let quoted_by_caller = caller_params
+        .iter()
+        .any(|(k, v)| contains_ignoring_case(k, name) || contains_ignoring_case(v, name));
+    (t.starts_with("42704: ") || t.starts_with("22023: ")) && t.contains(name) && !quoted_by_caller
+}
+
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack.to_ascii_lowercase().contains(needle)
 }
 
 /// Whether a caller's startup parameter reaches the target.
@@ -800,7 +817,7 @@ impl PgUpstream {
         use std::sync::atomic::Ordering::Relaxed;
         let checked = self.checks_connection.load(Relaxed);
         match self.open(caller_params, read_only, checked).await {
-            Err(e) if checked && refuses_connection_check(&e) => {
+            Err(e) if checked && refuses_connection_check(&e, caller_params) => {
                 let opened = self.open(caller_params, read_only, false).await;
                 // Turned off only once a startup without it went through.
                 if opened.is_ok() && self.checks_connection.swap(false, Relaxed) {
@@ -1346,6 +1363,12 @@ mod tests {
     /// parameters; `old`: it refuses the connection check after signing
     /// in, as PostgreSQL 13 does (`FATAL 42704`).
     async fn target(old: bool) -> (u16, Startups) {
+        target_speaking(old, false).await
+    }
+
+    /// [`target`], refusing in German when `german` (`lc_messages =
+    /// 'de_DE.UTF-8'`: PostgreSQL's own translations).
+    async fn target_speaking(old: bool, german: bool) -> (u16, Startups) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let seen: Startups = Arc::default();
@@ -1363,15 +1386,22 @@ mod tests {
                 let quoted = params.iter().find(|(k, v)| {
                     k.eq_ignore_ascii_case("timezone") && v.contains(CONNECTION_CHECK.0)
                 });
-                let refusal = match (quoted, old && asked) {
-                    (Some((_, v)), _) => Some(format!(
+                let refusal = match (quoted, old && asked, german) {
+                    (Some((_, v)), _, false) => Some(format!(
                         "22023\0Minvalid value for parameter \"TimeZone\": \"{v}\""
                     )),
-                    (None, true) => Some(format!(
+                    (Some((_, v)), _, true) => Some(format!(
+                        "22023\0Mungültiger Wert für Parameter »TimeZone«: »{v}«"
+                    )),
+                    (None, true, false) => Some(format!(
                         "42704\0Munrecognized configuration parameter \"{}\"",
                         CONNECTION_CHECK.0
                     )),
-                    (None, false) => None,
+                    (None, true, true) => Some(format!(
+                        "42704\0Mnicht erkannter Konfigurationsparameter »{}«",
+                        CONNECTION_CHECK.0
+                    )),
+                    (None, false, _) => None,
                 };
                 kept.lock().unwrap().push(params);
                 let mut out = BytesMut::new();
@@ -1450,6 +1480,28 @@ password = "file:pgpw"
         let seen = seen.lock().unwrap();
         let asked: Vec<bool> = seen.iter().map(|p| check_of(p).is_some()).collect();
         assert_eq!(asked, [true, false, false]);
+    }
+
+    /// The same from a server that answers in German: a localized
+    /// refusal is known by its SQLSTATE and the setting's name (it
+    /// refused every session before, 2026-12-05), and a caller's value
+    /// quoted in one still turns nothing off.
+    #[tokio::test]
+    async fn a_target_refusing_in_its_own_language_is_served_without_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, seen) = target_speaking(true, true).await;
+        let up = upstream(port, dir.path());
+        let poison = [("TimeZone".to_string(), CONNECTION_CHECK.0.to_string())];
+        assert!(up.connect(&poison, Owner::Nobody).await.is_err());
+        for _ in 0..2 {
+            let s = up.connect(&[], Owner::Nobody).await.unwrap();
+            assert_eq!(s.pid, 7);
+        }
+        let seen = seen.lock().unwrap();
+        let asked: Vec<bool> = seen.iter().map(|p| check_of(p).is_some()).collect();
+        // The poisoned startup: refused, not retried; the next: refused in
+        // German for the check, tried without, and no more asked.
+        assert_eq!(asked, [true, true, false, false]);
     }
 
     /// A caller whose own startup value makes the server quote the
