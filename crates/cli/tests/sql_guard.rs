@@ -785,8 +785,8 @@ fn a_view_over_a_stable_wrapper_is_not_proven() {
 }
 
 /// A statement's refusal on both guarded connections: the gateway's
-/// refusal or hold ("proven" / "review"), not the server's read-only
-/// backstop catching a write afterwards.
+/// refusal or hold ("proven" / "review", or a write refused by name),
+/// not the server's read-only backstop catching a write afterwards.
 async fn refused_unproven(g: &Guard, sql: &str) {
     for conn in ["ro", "guarded"] {
         let c = g.client(conn).await;
@@ -799,7 +799,7 @@ async fn refused_unproven(g: &Guard, sql: &str) {
             .map(|d| d.message().to_string())
             .unwrap_or_default();
         assert!(
-            m.contains("proven") || m.contains("review"),
+            m.contains("proven") || m.contains("review") || m.contains("statement was refused"),
             "{conn}: {sql}: {m}"
         );
     }
@@ -889,6 +889,140 @@ fn views_over_harmless_built_ins_stay_proven() {
             for sql in [
                 "SELECT r FROM v_dice",
                 "SELECT count(*) FROM pg_stat_activity",
+                "SELECT name FROM customers WHERE id = 1",
+            ] {
+                c.simple_query(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
+            }
+        }
+    });
+}
+
+/// Review of the views' fix (2026-12-05): built-ins reached through
+/// objects a user made over them — an operator, a cast, a domain's CHECK
+/// (which turned the read-only transaction off from the read-only
+/// connection with `set_config`) — were proven reads: the hidden
+/// functions were searched outside `pg_catalog` only.
+#[test]
+fn built_ins_behind_operators_casts_and_domains_are_not_proven() {
+    let g = Guard::start("madeover");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE OPERATOR public.|| (leftarg = int4, rightarg = int4, \
+           function = pg_catalog.pg_try_advisory_lock); \
+         CREATE CAST (int8 AS bool) WITH FUNCTION pg_catalog.pg_try_advisory_lock(int8); \
+         CREATE DOMAIN d_off AS text CHECK (pg_catalog.set_config(VALUE, 'off', false) IS NOT NULL); \
+         CREATE DOMAIN d_next AS int8 CHECK (pg_catalog.nextval('s') > VALUE);",
+    );
+    rt().block_on(async {
+        let before = fingerprint(&g.direct().await).await;
+        for sql in [
+            "SELECT 1 || 2",
+            "SELECT 4242::int8::bool",
+            "SELECT 'default_transaction_read_only'::d_off",
+            "SELECT 1::int8::d_next",
+            "SELECT name FROM customers",
+        ] {
+            refused_unproven(&g, sql).await;
+        }
+        let direct = g.direct().await;
+        assert_eq!(fingerprint(&direct).await, before, "nothing ran");
+        let locks: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0, "no advisory lock was taken");
+    });
+}
+
+/// Reading a foreign table runs its wrapper's code: a review's `file_fdw`
+/// table with `program` ran a shell command from the read-only
+/// connection. Its handler is not proven: reads are refused or held.
+#[test]
+fn foreign_tables_are_not_proven_reads() {
+    let g = Guard::start("foreign");
+    let marker = format!("/tmp/portcullis-fdw-ran-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    PgCluster::shared().psql_db(
+        &g.db,
+        &format!(
+            "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw; \
+             CREATE FOREIGN TABLE ft (x text) SERVER files \
+               OPTIONS (program 'touch {marker}; echo hi');"
+        ),
+    );
+    rt().block_on(async {
+        refused_unproven(&g, "SELECT * FROM ft").await;
+        refused_unproven(&g, "SELECT name FROM customers").await;
+    });
+    assert!(!Path::new(&marker).exists(), "the wrapper's program ran");
+}
+
+/// A function a superuser added to `pg_catalog` is not trusted for its
+/// schema or its name (review: a PL/pgSQL `pg_catalog.random(int)` taking
+/// a lock was proven harmless), and `txid_current()` (stable, but it
+/// gives the transaction an id) is a write.
+#[test]
+fn functions_added_to_pg_catalog_are_not_built_ins() {
+    let g = Guard::start("planted");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE FUNCTION pg_catalog.random(i int) RETURNS int VOLATILE LANGUAGE plpgsql \
+           AS $$BEGIN PERFORM pg_advisory_lock(31337); RETURN i; END$$; \
+         CREATE FUNCTION pg_catalog.portcullis_planted() RETURNS int IMMUTABLE LANGUAGE plpgsql \
+           AS $$BEGIN PERFORM pg_advisory_lock(31338); RETURN 1; END$$;",
+    );
+    rt().block_on(async {
+        for sql in [
+            "SELECT random(1)",
+            "SELECT portcullis_planted()",
+            "SELECT txid_current()",
+        ] {
+            refused_unproven(&g, sql).await;
+        }
+        // Other built-ins are still proven (`random()` is not: proofs go
+        // by name, and every `random` must be proven).
+        g.client("ro")
+            .await
+            .simple_query("SELECT lower('X')")
+            .await
+            .unwrap();
+        let locks: i64 = g
+            .direct()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0, "no advisory lock was taken");
+    });
+}
+
+/// What runs on writes only does not make reads unproven (review: an
+/// `ON INSERT` rule over `nextval` on a view, and a policy's `WITH CHECK`,
+/// had made every read on the connection unproven).
+#[test]
+fn code_that_runs_on_writes_only_leaves_reads_proven() {
+    let g = Guard::start("writesonly");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE TABLE ins (id int8, v text); CREATE VIEW vins AS SELECT v FROM ins; \
+         CREATE RULE vins_i AS ON INSERT TO vins DO INSTEAD INSERT INTO ins VALUES (nextval('s'), NEW.v); \
+         CREATE POLICY adds ON customers FOR INSERT WITH CHECK (nextval('s') > 0);",
+    );
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            for sql in [
+                "SELECT v FROM vins",
                 "SELECT name FROM customers WHERE id = 1",
             ] {
                 c.simple_query(sql)

@@ -34,6 +34,11 @@ pub struct ProcRow {
     pub volatility: u8,
     /// The body of a `q` function.
     pub body: Option<String>,
+    /// Made by `initdb` (an OID below 16384): only these are trusted for
+    /// their schema or their name. A review's superuser added a PL/pgSQL
+    /// `pg_catalog.random(int)` that took a lock, and it was proven
+    /// harmless by its name.
+    pub builtin: bool,
 }
 
 /// Why a statement could not be proven: it is refused (or held), never
@@ -91,48 +96,95 @@ const HIDDEN_CANDIDATES: &str = "\
            AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
              'pg_catalog.pg_constraint'::regclass)";
 
-/// Functions a view or a row-security policy calls, built-ins included,
-/// read from their expression trees: `pg_depend` records nothing for
-/// built-ins, so a view over `nextval`, `pg_try_advisory_lock` or
-/// `pg_terminate_backend` was proven a read (2026-12-05). Views the
-/// system made at `initdb` (OIDs below 16384, PostgreSQL's
-/// `FirstNormalObjectId`: `pg_stat_activity`, `information_schema`) are
-/// left out; views an extension or a schema owner made are in.
-/// Materialized views are not: reading one runs nothing. The pattern
-/// says `[0-9]`, not `\d`: on a target whose `standard_conforming_strings`
-/// is off the backslash would be read as an escape and nothing found.
+/// Functions a view or a row-security policy calls on a read, built-ins
+/// included, read from their expression trees: `pg_depend` records
+/// nothing for built-ins, so a view over `nextval`, `pg_try_advisory_lock`
+/// or `pg_terminate_backend` was proven a read (2026-12-05). Only what a
+/// read runs: a view's SELECT rule (`ev_type = '1'`; an `ON INSERT` rule
+/// over `nextval` had made every read on the connection unproven, review),
+/// and policies' `USING` (a `WITH CHECK` runs on writes only) of those a
+/// `SELECT` (or `SELECT … FOR UPDATE`) applies. Views the system made at
+/// `initdb` (OIDs below 16384, PostgreSQL's `FirstNormalObjectId`:
+/// `pg_stat_activity`, `information_schema`) are left out; views an
+/// extension or a schema owner made are in. Materialized views are not:
+/// reading one runs nothing. The pattern says `[0-9]`, not `\d`: on a
+/// target whose `standard_conforming_strings` is off the backslash would
+/// be read as an escape and nothing found.
 const CALLED_ON_READ: &str = "\
        SELECT m[1]::oid FROM pg_catalog.pg_rewrite w \
          JOIN pg_catalog.pg_class c ON c.oid = w.ev_class, \
          pg_catalog.regexp_matches(w.ev_action::text || coalesce(w.ev_qual::text, ''), \
            ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
-         WHERE c.relkind = 'v' AND c.oid >= 16384 \
+         WHERE c.relkind = 'v' AND c.oid >= 16384 AND w.ev_type = '1' \
        UNION SELECT m[1]::oid FROM pg_catalog.pg_policy p, \
-         pg_catalog.regexp_matches(coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, ''), \
-           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m";
+         pg_catalog.regexp_matches(coalesce(p.polqual::text, ''), \
+           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
+         WHERE p.polcmd IN ('*', 'r', 'w') \
+       UNION SELECT m[1]::oid FROM pg_catalog.pg_constraint k, \
+         pg_catalog.regexp_matches(k.conbin::text, \
+           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
+         WHERE k.contypid <> 0 AND k.conbin IS NOT NULL";
 
-/// Functions outside `pg_catalog` that PostgreSQL may call on its own and
-/// that are not proven free of side effects by [`VOLATILITY`] (`v`), or
-/// are SQL functions whose bodies must be proven (`q`): a review ran a
-/// STABLE SQL wrapper of a volatile function through a view, a domain's
-/// CHECK and a default argument. And volatile built-ins a view or a
-/// policy calls ([`CALLED_ON_READ`]), but those known to be harmless. At
-/// most [`MAX_HIDDEN`] + 1.
+/// Built-in functions that objects a user made have PostgreSQL call on
+/// its own: an operator, a cast, a type's input and output, operator-class
+/// support and an aggregate's steps, each made after `initdb` over a
+/// function of `pg_catalog` (a review's `CREATE CAST (int8 AS bool) WITH
+/// FUNCTION pg_try_advisory_lock(int8)` and operator `||` over it ran on
+/// reads: [`HIDDEN_CANDIDATES`] is searched outside `pg_catalog` only),
+/// and domains' CHECKs ([`CALLED_ON_READ`]: a review's `CHECK
+/// (set_config(VALUE, 'off', false) IS NOT NULL)` turned the read-only
+/// transaction off from a read-only connection).
+const MADE_OVER_BUILTINS: &str = "\
+       SELECT oprcode::oid FROM pg_catalog.pg_operator WHERE oid >= 16384 \
+       UNION SELECT oprrest::oid FROM pg_catalog.pg_operator WHERE oid >= 16384 \
+       UNION SELECT oprjoin::oid FROM pg_catalog.pg_operator WHERE oid >= 16384 \
+       UNION SELECT castfunc FROM pg_catalog.pg_cast WHERE oid >= 16384 \
+       UNION SELECT f FROM pg_catalog.pg_type t, unnest(ARRAY[t.typinput::oid, t.typoutput::oid, \
+           t.typreceive::oid, t.typsend::oid, t.typmodin::oid, t.typmodout::oid]) f WHERE t.oid >= 16384 \
+       UNION SELECT amproc::oid FROM pg_catalog.pg_amproc WHERE oid >= 16384 \
+       UNION SELECT f FROM pg_catalog.pg_aggregate a, unnest(ARRAY[a.aggtransfn::oid, \
+           a.aggfinalfn::oid, a.aggcombinefn::oid, a.aggserialfn::oid, a.aggdeserialfn::oid, \
+           a.aggmtransfn::oid, a.aggminvtransfn::oid, a.aggmfinalfn::oid]) f WHERE a.aggfnoid >= 16384";
+
+/// The handlers of the foreign-data wrappers behind foreign tables:
+/// reading a foreign table runs its wrapper's code, which no catalog
+/// entry proves (a review's `file_fdw` table with `program` ran a shell
+/// command from a read-only connection; a `postgres_fdw` table over a
+/// view advanced another database's sequence).
+const FOREIGN_HANDLERS: &str = "\
+       SELECT w.fdwhandler FROM pg_catalog.pg_foreign_data_wrapper w \
+         JOIN pg_catalog.pg_foreign_server v ON v.srvfdw = w.oid \
+         JOIN pg_catalog.pg_foreign_table f ON f.ftserver = v.oid";
+
+/// Functions PostgreSQL may call without a statement naming them that are
+/// not proven free of side effects: outside `pg_catalog` (or added to it
+/// after `initdb`), those [`VOLATILITY`] does not prove (`v`), or SQL
+/// functions whose bodies must be proven (`q`): a review ran a STABLE SQL
+/// wrapper of a volatile function through a view, a domain's CHECK and a
+/// default argument. Built-ins reached through what a user made
+/// ([`CALLED_ON_READ`], [`MADE_OVER_BUILTINS`]) that are volatile, or
+/// that the proofs class by name (`set_config`, `query_to_xml`, …), but
+/// those known to be harmless. Foreign tables' wrappers. At most
+/// [`MAX_HIDDEN`] + 1.
 fn hidden_query() -> String {
-    let harmless = classify::HARMLESS_VOLATILE
-        .iter()
-        .map(|n| format!("'{n}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = |names: &mut dyn Iterator<Item = &&str>| {
+        names
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let harmless = list(&mut classify::HARMLESS_VOLATILE.iter());
+    let named = list(&mut classify::NAMED_FUNCTIONS.iter().flat_map(|l| l.iter()));
     format!(
         "SELECT n.nspname, p.proname, {VOLATILITY}, \
-           CASE WHEN l.lanname = 'sql' THEN p.prosrc END FROM pg_catalog.pg_proc p \
+           CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-         WHERE (n.nspname <> 'pg_catalog' AND ({VOLATILITY}) IN ('v', 'q') \
-             AND p.oid IN ({HIDDEN_CANDIDATES})) \
-           OR (n.nspname = 'pg_catalog' AND p.provolatile = 'v' AND p.proname NOT IN ({harmless}) \
-             AND p.oid IN ({CALLED_ON_READ})) \
+         WHERE ((n.nspname <> 'pg_catalog' OR p.oid >= 16384) AND ({VOLATILITY}) IN ('v', 'q') \
+             AND p.oid IN ({HIDDEN_CANDIDATES} UNION {FOREIGN_HANDLERS})) \
+           OR (n.nspname = 'pg_catalog' AND p.oid < 16384 \
+             AND (p.provolatile = 'v' OR p.proname IN ({named})) AND p.proname NOT IN ({harmless}) \
+             AND p.oid IN ({CALLED_ON_READ} UNION {MADE_OVER_BUILTINS} UNION {FOREIGN_HANDLERS})) \
          ORDER BY 1, 2 LIMIT {}",
         MAX_HIDDEN + 1
     )
@@ -155,9 +207,11 @@ const MAX_HIDDEN: usize = 200;
 /// had a default inserting a row), and so does a SQL function's own
 /// setting other than `search_path`: its body is read under it
 /// (`standard_conforming_strings = off` made a literal and a call of one
-/// text; re-review).
+/// text; re-review). A function is taken at its declared volatility for
+/// its schema only when `initdb` made it: a superuser may add functions to
+/// `pg_catalog` or `information_schema` (review).
 const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
-       OR n.nspname IN ('pg_catalog', 'information_schema') THEN p.provolatile \
+       OR (n.nspname IN ('pg_catalog', 'information_schema') AND p.oid < 16384) THEN p.provolatile \
      WHEN p.proargdefaults IS NOT NULL \
        AND pg_catalog.pg_get_expr(p.proargdefaults, 0) LIKE '%(%' THEN 'v' \
      WHEN l.lanname IN ('c', 'internal') AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
@@ -173,7 +227,8 @@ const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
 fn procs(condition: &str) -> String {
     format!(
         "SELECT n.nspname, p.proname, {VOLATILITY}, \
-           CASE WHEN l.lanname = 'sql' THEN p.prosrc END FROM pg_catalog.pg_proc p \
+           CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text \
+         FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE {condition}"
     )
@@ -289,7 +344,9 @@ fn body_proofs(
 
 fn pure_row(r: &ProcRow) -> bool {
     matches!(r.volatility, b'i' | b's')
-        || (r.schema == "pg_catalog" && classify::HARMLESS_VOLATILE.contains(&r.name.as_str()))
+        || (r.builtin
+            && r.schema == "pg_catalog"
+            && classify::HARMLESS_VOLATILE.contains(&r.name.as_str()))
 }
 
 /// The class of a fast-path function call ('F') to the function `row`
@@ -542,11 +599,13 @@ impl Catalog {
                 let name = it.next()??;
                 let volatility = *it.next()??.as_bytes().first()?;
                 let body = it.next().flatten();
+                let builtin = it.next().flatten().as_deref() == Some("true");
                 Some(ProcRow {
                     schema,
                     name,
                     volatility,
                     body,
+                    builtin,
                 })
             })
             .collect())
@@ -563,6 +622,7 @@ mod tests {
             name: name.into(),
             volatility: v,
             body: None,
+            builtin: schema == "pg_catalog",
         }
     }
 
@@ -655,6 +715,27 @@ mod tests {
         assert_eq!(prove(&call(None, "random"), &rows), Proof::Volatile);
         let rows = [row("pg_catalog", "nextval", b'v')];
         assert_eq!(prove(&call(None, "nextval"), &rows), Proof::Volatile);
+        // A `random(int)` a superuser added to `pg_catalog` is no built-in
+        // (review: it took a lock and was proven harmless by its name).
+        let planted = ProcRow {
+            builtin: false,
+            ..row("pg_catalog", "random", b'v')
+        };
+        let rows = [row("pg_catalog", "random", b'v'), planted];
+        assert_eq!(prove(&call(None, "random"), &rows), Proof::Volatile);
+    }
+
+    /// Stable, but each call gives the transaction an id (review).
+    #[test]
+    fn functions_that_assign_a_transaction_id_are_writes() {
+        for name in ["txid_current", "pg_current_xact_id"] {
+            let r = row("pg_catalog", name, b's');
+            assert_eq!(function_call_class(Some(&r)), Class::Write, "{name}");
+            assert_eq!(
+                classify::classify(&format!("SELECT {name}()")),
+                Class::Write
+            );
+        }
     }
 
     #[test]

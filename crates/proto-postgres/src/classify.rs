@@ -1021,10 +1021,22 @@ pub fn named_class(name: &str) -> Option<Class> {
         Some(Class::Admin)
     } else if RUNS_SQL_TEXT.contains(&name) {
         Some(Class::Unknown)
+    } else if ASSIGNS_XID.contains(&name) {
+        Some(Class::Write)
     } else {
         None
     }
 }
+
+/// Every function [`named_class`] classes by its name: the catalog look
+/// for code PostgreSQL runs on its own counts these wherever a view or a
+/// user's object calls them, whatever their volatility.
+pub(crate) const NAMED_FUNCTIONS: &[&[&str]] = &[ADMIN_FUNCTIONS, RUNS_SQL_TEXT, ASSIGNS_XID];
+
+/// Functions declared stable that give the transaction an id of its own:
+/// each call from a "read" consumed one (review, 2026-12-05), a write
+/// the read-only transaction allows.
+const ASSIGNS_XID: &[&str] = &["txid_current", "pg_current_xact_id"];
 
 /// Functions the catalog calls stable although they run SQL handed to
 /// them as text, which the gateway never sees parsed: their volatility
