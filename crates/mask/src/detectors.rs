@@ -142,15 +142,28 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         label: "PHONE",
-        // International forms dialled `00` with a long last group
-        // (`0049 30 1234567`) or many short ones (`0033 1 53 59 90 11`),
-        // first: at the same start the first alternative that matches
-        // wins, and the grouped form took `0049 30` alone, which its check
-        // refuses (a review passed these unmasked). Then NANP and grouped
-        // forms; `+` and digits; dotted US; the same international forms
-        // with `+`; and trunk-prefixed national forms (`030 1234567`,
-        // `(0911) 123456`).
-        pattern: r"\b00\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\+\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})[ /-]?\d{5,8}\b",
+        // NANP and grouped forms; `+` and digits; dotted US; then
+        // international forms with a long last group (`+49 30 1234567`) or
+        // many short ones (`+33 1 53 59 90 11`), and trunk-prefixed
+        // national forms (`030 1234567`, `(0911) 123456`).
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\+\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})[ /-]?\d{5,8}\b",
+        group: 0,
+        check: Some(validate::phone),
+        weak: true,
+    },
+    // A second source of phone numbers: international forms dialled `00`
+    // with a long last group (`0049 30 1234567`) or many short ones
+    // (`0033 1 53 59 90 11`), and both `+` and `00` forms with the
+    // national `(0)` kept (`+49 (0)30 1234567`), which passed unmasked
+    // (reviews, 2026-12-05). A source of its own, not alternatives of the
+    // one above: at one start a pattern's first matching alternative wins,
+    // and these shadowed the grouped form where their check refused what
+    // they took (`0033-265-7482-2-0-423-698`, review); two sources each
+    // offer their accepted match, and the longer wins.
+    Builtin {
+        name: "phone",
+        label: "PHONE",
+        pattern: r"\b00\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ /-]?\d{3,8}(?:[ -]\d{1,5})?\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,

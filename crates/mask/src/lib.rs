@@ -239,6 +239,17 @@ pub enum Cell {
     Null,
 }
 
+/// The built-in detectors' names, each once (`phone` has two sources).
+pub fn builtin_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for b in BUILTINS {
+        if !names.contains(&b.name) {
+            names.push(b.name);
+        }
+    }
+    names
+}
+
 impl Masker {
     /// Compile `spec`. `hash_key` keys the `hash` action's tokens; without
     /// one, a random key is drawn (tokens then differ per process).
@@ -250,11 +261,7 @@ impl Masker {
                     "detectors",
                     format!(
                         "unknown detector {d:?}; valid: all, {}",
-                        BUILTINS
-                            .iter()
-                            .map(|b| b.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        builtin_names().join(", ")
                     ),
                 ));
             }
@@ -658,12 +665,15 @@ impl Masker {
                     // a value. A mask token (`…]`) counts as the value it
                     // replaced, so masking twice sees the same context.
                     // A lone `1` before it is NANP's country code, not a
-                    // run (a review passed `1 212 555 0123` unmasked), a
-                    // word before it or not (`x1 415 555 0132` passed).
+                    // run (a review passed `1 212 555 0123` unmasked); after
+                    // a letter too (`x1 415 555 0132` passed) when what
+                    // follows is NANP's 3-3-4 (`page1 8983 320 0430` is
+                    // not a phone: review).
                     let nanp = m.start() >= 2
                         && b[m.start() - 2] == b'1'
                         && (m.start() == 2
-                            || !(b[m.start() - 3].is_ascii_digit() || b[m.start() - 3] == b']'));
+                            || !b[m.start() - 3].is_ascii_alphanumeric()
+                            || (b[m.start() - 3].is_ascii_alphabetic() && nanp_shaped(m.as_str())));
                     let mid_run = d.weak
                         && m.start() >= 2
                         && b[m.start()].is_ascii_digit()
@@ -751,8 +761,10 @@ impl Masker {
                 format!("[{label}:{}]", hex::encode(&tag.as_ref()[..8]))
             }
             ActionKind::Partial => {
+                // The full-width `＠` too (review: a spelled address lost
+                // its domain to the fallback below).
                 if action.keep_domain
-                    && let Some(at) = value.rfind('@')
+                    && let Some(at) = value.rfind(['@', '＠'])
                 {
                     return format!("***{}", &value[at..]);
                 }
@@ -928,6 +940,13 @@ fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
 /// swallow a neighbouring number; trimming whole groups from the end finds
 /// the value itself, and a cut just before `-<digit>` is refused because
 /// it would split another token (an SSN, a date).
+/// Three, three and four digits, each group after the first after one
+/// separator: a NANP number without its country code.
+fn nanp_shaped(s: &str) -> bool {
+    let groups: Vec<usize> = s.split([' ', '-', '.']).map(str::len).collect();
+    groups == [3, 3, 4] && s.bytes().filter(u8::is_ascii_digit).count() == 10
+}
+
 fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) -> Option<usize> {
     let b = text.as_bytes();
     let mut e = end;
@@ -1068,10 +1087,11 @@ pub(crate) const fn starts_spelling(c: u8) -> bool {
 
 /// The ASCII character (or space) spelled at byte `i` of `text`, and how
 /// many bytes spell it: a group space, `%XX`, `&#NN;`, `&#xHH;`,
-/// `&commat;`, or a full-width form (U+FF01-U+FF5E: `４`, `＠`, `－`, as
+/// `&commat;`, a full-width form (U+FF01-U+FF5E: `４`, `＠`, `－`, as
 /// East Asian text writes ASCII; Unicode's compatibility mapping reads
-/// each as the ASCII character 0xFEE0 below it). Only printable ASCII
-/// counts (what detectors read).
+/// each as the ASCII character 0xFEE0 below it), or a hyphen, dash or
+/// stop other scripts write. Only printable ASCII counts (what detectors
+/// read).
 fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
     let b = text.as_bytes();
     let printable = |v: u32| (0x20..0x7f).contains(&v).then_some(v as u8);
@@ -1108,15 +1128,41 @@ fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
         }
         0xC2 | 0xE2 | 0xE3 => {
             let c = text.get(i..)?.chars().next()?;
-            is_group_space(c).then_some((b' ', c.len_utf8()))
+            let n = c.len_utf8();
+            match c {
+                c if is_group_space(c) => Some((b' ', n)),
+                // Hyphens, dashes and the minus sign that Japanese text
+                // (the full-width minus of Shift-JIS converts to U+2212)
+                // and word processors put between digit groups, the
+                // ideographic full stop in addresses, and the katakana
+                // long mark between digits (`０９０ー１２３４`): a review
+                // passed cards, SSNs, phones and an address written so.
+                '\u{2010}'..='\u{2013}' | '\u{2212}' => Some((b'-', n)),
+                '\u{3002}' => Some((b'.', n)),
+                '\u{30FC}' if between_digits(text, i, n) => Some((b'-', n)),
+                _ => None,
+            }
         }
         0xEF => {
-            let c = u32::from(text.get(i..)?.chars().next()?);
-            let ascii = c.checked_sub(0xFEE0).filter(|v| (0x21..0x7f).contains(v))?;
+            let c = text.get(i..)?.chars().next()?;
+            if c == '\u{FE63}' {
+                return Some((b'-', 3));
+            }
+            let ascii = u32::from(c)
+                .checked_sub(0xFEE0)
+                .filter(|v| (0x21..0x7f).contains(v))?;
             Some((printable(ascii)?, 3))
         }
         _ => None,
     }
+}
+
+/// Whether the `n` bytes at `i` have a digit (ASCII or full-width) on
+/// each side.
+fn between_digits(text: &str, i: usize, n: usize) -> bool {
+    let digit =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || ('０'..='９').contains(&c));
+    digit(text[..i].chars().next_back()) && digit(text.get(i + n..).and_then(|t| t.chars().next()))
 }
 
 /// `text` as [`spelled_at`] reads it, and for each byte of that (and its

@@ -36,6 +36,17 @@ fn detectors_positive_and_negative() {
         ("tel 0044-20-7946-0958", Some("phone")),
         ("tel x1 415 555 0132", Some("phone")),
         ("tel ext1-415-555-0132", Some("phone")),
+        // Review: after a letter, only NANP's 3-3-4; a literal `]`
+        // before the `1` as before; zero and partial dates are no phones;
+        // a refused `00` form does not shadow the grouped one.
+        ("page1 8983 320 0430", None),
+        ("item1 6200 6389 825", None),
+        ("[home]1 415 555 0132", Some("phone")),
+        ("at 0000-00-00 00:00:00", None),
+        ("at 2024-00-00 10:00", None),
+        ("tel 0033-265-7482-2-0-423-698", Some("phone")),
+        ("tel +49 (0)30 1234567", Some("phone")),
+        ("tel 0049 (0)30 1234567", Some("phone")),
         ("order 0012-3456", None),
         ("account 00999 30 1234567", None),
         ("account 21 415 555 0132", None),
@@ -201,6 +212,29 @@ fn full_width_forms_spell_the_same_values() {
             "＋１ ４１５ ５５５ ０１３２",
         ),
         ("mixed ada＠example.com", "email", "ada＠example.com"),
+        // Review: other hyphens, minus signs and stops.
+        (
+            "card ４１１１−１１１１−１１１１−１１１１",
+            "card",
+            "４１１１−１１１１−１１１１−１１１１",
+        ),
+        ("ssn １２３‐４５‐６７８９", "ssn", "１２３‐４５‐６７８９"),
+        ("ssn 123–45–6789", "ssn", "123–45–6789"),
+        (
+            "card ４１１１﹣１１１１﹣１１１１﹣１１１１",
+            "card",
+            "４１１１﹣１１１１﹣１１１１﹣１１１１",
+        ),
+        (
+            "mail ａｄａ＠ｅｘａｍｐｌｅ。ｃｏｍ",
+            "email",
+            "ａｄａ＠ｅｘａｍｐｌｅ。ｃｏｍ",
+        ),
+        (
+            "tel ０９０ー１２３４ー５６７８",
+            "phone",
+            "０９０ー１２３４ー５６７８",
+        ),
     ] {
         let masked = found_as(&m, text, detector, value);
         assert!(!masked.contains('１') && !masked.contains('＠'), "{masked}");
@@ -217,7 +251,13 @@ fn full_width_forms_spell_the_same_values() {
         assert!(!out.contains("１１") && !out.contains("1111"), "{out}");
     }
     // Full-width text that spells no value stays as it is.
-    for text in ["ＡＢＣ １２３", "（注）ｖｅｒ．１．２", "﻿BOM then text"] {
+    for text in [
+        "ＡＢＣ １２３",
+        "（注）ｖｅｒ．１．２",
+        "﻿BOM then text",
+        "コーヒー。２０２６年１２月５日",
+        "pages 10–20 − 3",
+    ] {
         assert_eq!(mask(text), text);
     }
 }
@@ -274,6 +314,10 @@ fn actions() {
     let s = &mut Stats::new();
     assert_eq!(m.mask_str("4111 1111 1111 1111", s), "**** **** **** 1111");
     assert_eq!(m.mask_str("bob@example.com", s), "***@example.com");
+    assert_eq!(
+        m.mask_str("ｂｏｂ＠ｅｘａｍｐｌｅ．ｃｏｍ", s),
+        "***＠ｅｘａｍｐｌｅ．ｃｏｍ"
+    );
     let a = m.mask_str("123-45-6789", s).into_owned();
     let b = m.mask_str("id 123-45-6789", s).into_owned();
     assert!(

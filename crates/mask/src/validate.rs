@@ -96,19 +96,26 @@ pub fn ipv6(s: &str) -> bool {
 ///   that the metadata says is valid in a region dialling `0` first.
 pub fn phone(s: &str) -> bool {
     let digits = s.chars().filter(|c| c.is_ascii_digit()).count();
-    // 2024-01-15 10 ... : an ISO date is not a phone number. A year
-    // `00..` and a month past 12 are not a date's (`0044-20-7946-0958`
-    // was taken for one).
+    // 2024-01-15 10 ... : an ISO date is not a phone number, nor a zero
+    // or partial one (`0000-00-00 00:00:00`, `2024-00-00`: a review's
+    // flood). A month past 12 is no date's (`0044-20-7946-0958` was taken
+    // for one).
     let b = s.as_bytes();
     let date_like = b.len() >= 10
         && b[..4].iter().all(u8::is_ascii_digit)
-        && !s.starts_with("00")
         && b[4] == b'-'
-        && matches!(&b[5..7], [b'0', b'1'..=b'9'] | [b'1', b'0'..=b'2'])
+        && matches!(&b[5..7], [b'0', b'0'..=b'9'] | [b'1', b'0'..=b'2'])
         && b[7] == b'-';
     if date_like {
         return false;
     }
+    // `+49 (0)30 …`: the national `0` some write beside the country code
+    // is not dialled.
+    let (s, digits) = match s.split_once("(0)") {
+        Some((cc, rest)) if cc.starts_with(['+', '0']) => (format!("{cc}{rest}"), digits - 1),
+        _ => (s.to_owned(), digits),
+    };
+    let s = s.as_str();
     if s.starts_with('+') {
         return (8..=15).contains(&digits) && phonenumber::parse(None, s).is_ok();
     }
@@ -206,8 +213,12 @@ mod tests {
         // `00` dials `+` (review: these passed unmasked).
         assert!(phone("00491511234567") && phone("0049 30 1234567") && phone("0044 20 7946 0958"));
         assert!(!phone("00999 1234 5678") && !phone("0012345"));
-        // Dates stay dates; a year `00..` or a month past 12 is none.
+        // Dates stay dates, zero ones too; a month past 12 is none.
         assert!(!phone("2024-01-15 10") && !phone("1999-12-31 23"));
+        assert!(!phone("0000-00-00 00") && !phone("2024-00-00 10"));
         assert!(phone("0044-20-7946-0958") && phone("0049-30-1234567"));
+        // The national `(0)` beside a country code.
+        assert!(phone("+49 (0)30 1234567") && phone("0049 (0)30 1234567"));
+        assert!(phone("0044 (0)20 7946 0958"));
     }
 }
