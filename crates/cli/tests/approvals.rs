@@ -931,9 +931,11 @@ fn bound_parameters_are_part_of_the_approved_action() {
 }
 
 /// The tables the preview tests change; made once per run. `prev_view`
-/// runs nothing: a view over a volatile built-in (it was over `nextval`)
-/// now makes every statement on the database unproven, held as `unknown`
-/// before any preview (`sql_guard.rs`, views over built-in side effects).
+/// and `prev_dom`'s check run nothing: a view or a domain's CHECK over a
+/// volatile built-in (they were over `nextval`) now makes every statement
+/// on the database unproven, held as `unknown` and never previewed
+/// (`sql_guard.rs`). The check's function is the connection role's own,
+/// which a preview does not trust.
 fn preview_tables() -> &'static PgCluster {
     let pg = PgCluster::shared();
     static TABLES: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -953,7 +955,8 @@ fn preview_tables() -> &'static PgCluster {
              INSERT INTO prev_people VALUES (1, 'ann', 'ZQX-SECRET-0001'), (2, 'bo', 'ZQX-SECRET-0002');
              CREATE SEQUENCE prev_s1; CREATE SEQUENCE prev_s2; CREATE SEQUENCE prev_s3; CREATE SEQUENCE prev_s4;
              CREATE TABLE prev_def (id int PRIMARY KEY, n bigint DEFAULT nextval('prev_s1'::text));
-             CREATE DOMAIN prev_dom AS int CHECK (nextval('prev_s2') > 0);
+             CREATE FUNCTION prev_positive(i int) RETURNS bool IMMUTABLE LANGUAGE sql AS 'SELECT i > 0';
+             CREATE DOMAIN prev_dom AS int CHECK (prev_positive(VALUE));
              CREATE TABLE prev_domt (id int PRIMARY KEY, v prev_dom);
              CREATE VIEW prev_view AS SELECT n FROM (VALUES (3)) v(n);
              CREATE FUNCTION prev_lies(int) RETURNS int LANGUAGE plpgsql IMMUTABLE

@@ -802,6 +802,8 @@ async fn refused_unproven(g: &Guard, sql: &str) {
             m.contains("proven") || m.contains("review") || m.contains("statement was refused"),
             "{conn}: {sql}: {m}"
         );
+        // Refused for what it is, not because the catalog look failed.
+        assert!(!m.contains("could not be read"), "{conn}: {sql}: {m}");
     }
 }
 
@@ -1030,5 +1032,146 @@ fn code_that_runs_on_writes_only_leaves_reads_proven() {
                     .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
             }
         }
+    });
+}
+
+/// The plpgsql function the next tests plant: declared immutable, it
+/// takes an advisory lock (any side effect would do).
+const LOCKING_FN: &str = "CREATE FUNCTION fx(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+    AS $$BEGIN PERFORM pg_advisory_lock(i); RETURN i; END$$;";
+
+async fn advisory_locks(g: &Guard) -> i64 {
+    g.direct()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Re-review (2026-12-05): the planner folds calls with constant
+/// arguments in a table's index predicates and expressions, partition
+/// key and extended statistics while it plans a read; a role without
+/// privileges planted such an index and its function ran, as the
+/// gateway's role, on a read-only caller's `SELECT`.
+#[test]
+fn what_the_planner_folds_for_a_read_is_not_proven() {
+    for (name, ddl, read) in [
+        (
+            "idxpred",
+            "CREATE TABLE ip (a int); CREATE INDEX ON ip (a) WHERE a > fx(7001);",
+            "SELECT * FROM ip",
+        ),
+        (
+            "idxexpr",
+            "CREATE TABLE ie (a int); CREATE INDEX ON ie ((a + fx(7002)));",
+            "SELECT * FROM ie",
+        ),
+        (
+            "partkey",
+            "CREATE TABLE pk (a int) PARTITION BY RANGE ((a + fx(7003))); \
+             CREATE TABLE pk1 PARTITION OF pk FOR VALUES FROM (0) TO (100000);",
+            "SELECT * FROM pk",
+        ),
+        (
+            "extstats",
+            "CREATE TABLE es (a int, b int); CREATE STATISTICS es_s ON (a + fx(7004)), b FROM es;",
+            "SELECT * FROM es WHERE b = 1 AND a = 2",
+        ),
+    ] {
+        let g = Guard::start(name);
+        PgCluster::shared().psql_db(&g.db, &format!("{LOCKING_FN} {ddl}"));
+        rt().block_on(async {
+            refused_unproven(&g, read).await;
+            assert_eq!(advisory_locks(&g).await, 0, "{name}: no lock was taken");
+        });
+    }
+}
+
+/// Re-review (2026-12-05): a prepared statement reading a view was
+/// proven at Parse only (it names no function), and kept running after
+/// the view was replaced by one over `nextval` (a driver's statement
+/// cache, 38 Binds). Its Binds are proven again: once the gateway sees
+/// the change (its catalog answers live 30 s), they are refused.
+#[test]
+fn a_prepared_read_is_proven_again_when_what_it_reads_changes() {
+    let g = Guard::start("rebind");
+    let pg = PgCluster::shared();
+    pg.psql_db(
+        &g.db,
+        "CREATE VIEW later AS SELECT name, 0::int8 AS n FROM customers;",
+    );
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            let st = c.prepare("SELECT * FROM later").await.unwrap();
+            assert_eq!(c.query(&st, &[]).await.unwrap().len(), 6, "{conn}");
+            clients.push((conn, c, st));
+        }
+        pg.psql_db(
+            &g.db,
+            "CREATE OR REPLACE VIEW later AS SELECT name, nextval('s') AS n FROM customers;",
+        );
+        let before = fingerprint(&g.direct().await).await;
+        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        for (conn, c, st) in &clients {
+            let e = c
+                .query(st, &[])
+                .await
+                .expect_err(&format!("{conn}: the replaced view ran"));
+            let m = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            assert!(m.contains("prepare it again"), "{conn}: {m}");
+        }
+        assert_eq!(fingerprint(&g.direct().await).await, before, "nothing ran");
+    });
+}
+
+/// Re-review: false positives that made every read on a read-only
+/// connection unproven — a user's range type (the constructors
+/// PostgreSQL makes for it are `internal` code under a new name), an
+/// aggregate over an immutable step, and `pg_stat_statements`' view —
+/// and an `internal` alias of a built-in with effects, declared
+/// immutable, which is not proven.
+#[test]
+fn internal_code_is_as_volatile_as_the_built_in_it_runs() {
+    let g = Guard::start("internalcode");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE TYPE floatrange AS RANGE (subtype = float8, subtype_diff = float8mi); \
+         CREATE FUNCTION sq_step(a int8, b int) RETURNS int8 IMMUTABLE LANGUAGE sql AS 'SELECT a + b * b'; \
+         CREATE AGGREGATE sumsq(int) (sfunc = sq_step, stype = int8, initcond = '0'); \
+         CREATE EXTENSION IF NOT EXISTS pg_stat_statements;",
+    );
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            for sql in [
+                "SELECT name FROM customers WHERE id = 1",
+                "SELECT floatrange(1, 5)",
+                "SELECT sumsq(id) FROM customers",
+            ] {
+                c.simple_query(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
+            }
+        }
+    });
+    // Now an alias of the server's own advisory lock, declared immutable.
+    let g2 = Guard::start("internalalias");
+    PgCluster::shared().psql_db(
+        &g2.db,
+        "CREATE FUNCTION lk(int8) RETURNS void IMMUTABLE STRICT LANGUAGE internal \
+           AS 'pg_advisory_lock_int8';",
+    );
+    rt().block_on(async {
+        refused_unproven(&g2, "SELECT lk(7006)").await;
+        assert_eq!(advisory_locks(&g2).await, 0, "no lock was taken");
     });
 }

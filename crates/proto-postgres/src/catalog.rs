@@ -64,8 +64,15 @@ struct Cache {
 
 /// Functions that PostgreSQL calls without a statement naming them: an operator's code (and its
 /// planner estimators), a cast, a type's input and output, operator-class
-/// support (ORDER BY, hashing), an aggregate's steps, and anything a view
-/// (its rewrite rule) or a row-security policy calls. A statement that
+/// support (ORDER BY, hashing), an aggregate's steps, a function's planner
+/// support, text search parsers and templates, range types' canonical and
+/// difference functions, conversions, and anything a view (its rewrite
+/// rule), a row-security policy, a constraint, or what the planner folds
+/// while planning a read calls: index expressions and predicates, partition
+/// keys and extended statistics (`pg_depend` from `pg_class` and
+/// `pg_statistic_ext`; a review's role without privileges planted an
+/// index `WHERE a > k(0)` whose function ended other sessions when a
+/// read-only caller selected from the table, run as the gateway's role). A statement that
 /// evaluates anything could reach any of them ([`reaches_hidden`]), so
 /// while one exists no such statement on the connection is proven: it is
 /// `unknown` (refused on read-only connections, held where approvals
@@ -91,10 +98,17 @@ const HIDDEN_CANDIDATES: &str = "\
        UNION SELECT aggmtransfn::oid FROM pg_catalog.pg_aggregate \
        UNION SELECT aggminvtransfn::oid FROM pg_catalog.pg_aggregate \
        UNION SELECT aggmfinalfn::oid FROM pg_catalog.pg_aggregate \
+       UNION SELECT prosupport::oid FROM pg_catalog.pg_proc WHERE prosupport <> 0 \
+       UNION SELECT f FROM pg_catalog.pg_ts_template t, unnest(ARRAY[t.tmplinit::oid, t.tmpllexize::oid]) f \
+       UNION SELECT f FROM pg_catalog.pg_ts_parser t, unnest(ARRAY[t.prsstart::oid, t.prstoken::oid, \
+           t.prsend::oid, t.prsheadline::oid, t.prslextype::oid]) f \
+       UNION SELECT f FROM pg_catalog.pg_range r, unnest(ARRAY[r.rngcanonical::oid, r.rngsubdiff::oid]) f \
+       UNION SELECT conproc::oid FROM pg_catalog.pg_conversion \
        UNION SELECT d.refobjid FROM pg_catalog.pg_depend d \
          WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass \
            AND d.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
-             'pg_catalog.pg_constraint'::regclass)";
+             'pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_class'::regclass, \
+             'pg_catalog.pg_statistic_ext'::regclass)";
 
 /// Functions a view or a row-security policy calls on a read, built-ins
 /// included, read from their expression trees: `pg_depend` records
@@ -156,6 +170,19 @@ const FOREIGN_HANDLERS: &str = "\
          JOIN pg_catalog.pg_foreign_server v ON v.srvfdw = w.oid \
          JOIN pg_catalog.pg_foreign_table f ON f.ftserver = v.oid";
 
+/// Volatile functions of well-known extensions that read and change
+/// nothing, behind their own views: `pg_stat_statements` (in most
+/// production databases; its view made every read on a read-only
+/// connection unproven, review). Only as members of the extension of that
+/// name, which only its owner can add functions to.
+const HARMLESS_IN_EXTENSIONS: &str = "\
+       p.proname IN ('pg_stat_statements', 'pg_stat_statements_info') \
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+         JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid \
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e' \
+           AND e.extname = 'pg_stat_statements')";
+
 /// Functions PostgreSQL may call without a statement naming them that are
 /// not proven free of side effects: outside `pg_catalog` (or added to it
 /// after `initdb`), those [`VOLATILITY`] does not prove (`v`), or SQL
@@ -181,7 +208,8 @@ fn hidden_query() -> String {
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
          WHERE ((n.nspname <> 'pg_catalog' OR p.oid >= 16384) AND ({VOLATILITY}) IN ('v', 'q') \
-             AND p.oid IN ({HIDDEN_CANDIDATES} UNION {FOREIGN_HANDLERS})) \
+             AND p.oid IN ({HIDDEN_CANDIDATES} UNION {FOREIGN_HANDLERS}) \
+             AND NOT ({HARMLESS_IN_EXTENSIONS})) \
            OR (n.nspname = 'pg_catalog' AND p.oid < 16384 \
              AND (p.provolatile = 'v' OR p.proname IN ({named})) AND p.proname NOT IN ({harmless}) \
              AND p.oid IN ({CALLED_ON_READ} UNION {MADE_OVER_BUILTINS} UNION {FOREIGN_HANDLERS})) \
@@ -209,12 +237,22 @@ const MAX_HIDDEN: usize = 200;
 /// (`standard_conforming_strings = off` made a literal and a call of one
 /// text; re-review). A function is taken at its declared volatility for
 /// its schema only when `initdb` made it: a superuser may add functions to
-/// `pg_catalog` or `information_schema` (review).
+/// `pg_catalog` or `information_schema` (review). A function in `internal`
+/// (the server's own C code under a new name) is as volatile as the
+/// built-ins running the same code, whatever it declares (a review's
+/// IMMUTABLE alias of `pg_advisory_lock_int8` took locks; the constructors
+/// PostgreSQL makes for a user's range type run the built-ins' code and
+/// are proven so); an aggregate is taken as declared, since the steps it
+/// runs are judged on their own (an aggregate's own entry is `internal`).
 const VOLATILITY: &str = "CASE WHEN p.provolatile = 'v' \
        OR (n.nspname IN ('pg_catalog', 'information_schema') AND p.oid < 16384) THEN p.provolatile \
      WHEN p.proargdefaults IS NOT NULL \
        AND pg_catalog.pg_get_expr(p.proargdefaults, 0) LIKE '%(%' THEN 'v' \
-     WHEN l.lanname IN ('c', 'internal') AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+     WHEN p.prokind = 'a' THEN p.provolatile \
+     WHEN l.lanname = 'internal' THEN coalesce((SELECT b.provolatile \
+       FROM pg_catalog.pg_proc b WHERE b.oid < 16384 AND b.prolang = p.prolang \
+         AND b.prosrc = p.prosrc ORDER BY b.provolatile DESC LIMIT 1), 'v') \
+     WHEN l.lanname = 'c' AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') \
        THEN p.provolatile \
      WHEN l.lanname = 'sql' AND (to_jsonb(p) ->> 'prosqlbody') IS NULL \
@@ -244,7 +282,7 @@ const MAX_BODY_NAMES: usize = 64;
 /// own: it evaluates an expression, reads or writes a relation, calls a
 /// function, or cannot be read through. (Transaction control, SET and
 /// SHOW do not.)
-fn reaches_hidden(a: &Analysis) -> bool {
+pub(crate) fn reaches_hidden(a: &Analysis) -> bool {
     a.evaluates || !a.refs.relations.is_empty() || !a.calls.is_empty() || a.refs.opaque
 }
 

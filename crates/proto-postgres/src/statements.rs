@@ -29,10 +29,11 @@ pub(crate) struct Checked {
     pub name: String,
 }
 
-/// Prepared statements whose proof rested on function calls: re-proven at
-/// each Bind, since a function proven stable at Parse may have been
-/// replaced since (by a reviewed DDL, or by someone else on the target),
-/// and a Bind runs whatever the function is now.
+/// Prepared statements whose proof rested on the catalog (function calls,
+/// or the absence of code PostgreSQL runs on its own): re-proven at each
+/// Bind, since a function proven stable at Parse, or a view it reads, may
+/// have been replaced since (by a reviewed DDL, or by someone else on the
+/// target), and a Bind runs whatever they are now.
 #[derive(Default)]
 pub(crate) struct Prepared {
     proofs: HashMap<String, Proven>,
@@ -46,7 +47,7 @@ struct Proven {
 
 /// Prepared statements with function calls tracked per session at most;
 /// past it a Parse is refused (fail closed), as held statements are.
-const MAX_PREPARED: usize = 1024;
+const MAX_PREPARED: usize = 4096;
 
 impl Prepared {
     fn remember(
@@ -55,7 +56,11 @@ impl Prepared {
         analysis: Arc<Analysis>,
         class: Class,
     ) -> Result<(), Refusal> {
-        if !analysis.needs_proof() {
+        // Kept when its proof rests on the catalog: on calls, or on no
+        // code PostgreSQL runs on its own being there (a review replaced
+        // a view a driver's prepared statement read with one over
+        // `nextval`, and 38 Binds ran unheld).
+        if !analysis.needs_proof() && !crate::catalog::reaches_hidden(&analysis) {
             self.proofs.remove(name);
             return Ok(());
         }
@@ -63,7 +68,7 @@ impl Prepared {
             return Err(Refusal {
                 code: sqlstate::PROGRAM_LIMIT,
                 message: format!(
-                    "portcullis: more than {MAX_PREPARED} prepared statements that call functions; close some first"
+                    "portcullis: more than {MAX_PREPARED} prepared statements whose proof rests on the catalog; close some first"
                 ),
             });
         }
@@ -817,7 +822,7 @@ async fn rebind(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Re
         return Err(Refusal {
             code: sqlstate::INSUFFICIENT_PRIVILEGE,
             message: format!(
-                "portcullis: connection \"{}\": prepared statement \"{}\" was proven {} when it was prepared, but a function it calls has changed since ({} now); prepare it again",
+                "portcullis: connection \"{}\": prepared statement \"{}\" was proven {} when it was prepared, but a function it calls, or code PostgreSQL runs for it, has changed since ({} now); prepare it again",
                 ctx.connection,
                 bind.statement,
                 was.as_str(),
