@@ -1175,3 +1175,92 @@ fn internal_code_is_as_volatile_as_the_built_in_it_runs() {
         assert_eq!(advisory_locks(&g2).await, 0, "no lock was taken");
     });
 }
+
+/// Round 3 (2026-12-05): planning a write folds its columns' defaults (a
+/// column's, or its domain's), which the statement does not name: an
+/// immutable-declared default took a lock (and, on the approval
+/// connection, advanced a sequence) from `EXPLAIN INSERT`. Reads of the
+/// table stay proven.
+#[test]
+fn explaining_a_write_is_not_proven_when_it_folds_defaults() {
+    let g = Guard::start("explaindefault");
+    PgCluster::shared().psql_db(
+        &g.db,
+        &format!(
+            "{LOCKING_FN} CREATE TABLE dflt (a int, b int DEFAULT fx(7101)); \
+             CREATE DOMAIN dk AS int DEFAULT fx(7102); CREATE TABLE dflt2 (a int, b dk);"
+        ),
+    );
+    rt().block_on(async {
+        for sql in [
+            "EXPLAIN (COSTS OFF) INSERT INTO dflt (a) VALUES (1)",
+            "EXPLAIN INSERT INTO dflt2 (a) VALUES (1)",
+            "EXPLAIN UPDATE dflt SET b = DEFAULT",
+        ] {
+            refused_unproven(&g, sql).await;
+        }
+        assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            c.simple_query("SELECT count(*) FROM dflt")
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
+        }
+    });
+}
+
+/// Round 3: `tablefunc` (which a role with CREATE on the database may
+/// install) runs the SQL text it is handed, declared stable: a caller's
+/// `crosstab('select … pg_try_advisory_lock(…)')` ran, directly and
+/// through a view. Such functions are not proven, wherever they are.
+#[test]
+fn extension_functions_that_run_sql_text_are_not_proven() {
+    let g = Guard::start("tablefunc");
+    PgCluster::shared().psql_db(&g.db, "CREATE EXTENSION tablefunc;");
+    rt().block_on(async {
+        refused_unproven(
+            &g,
+            "SELECT * FROM crosstab('select 1::text, 2::text, pg_try_advisory_lock(7201)::text') \
+             AS x(r text, c1 text)",
+        )
+        .await;
+        refused_unproven(
+            &g,
+            "SELECT * FROM connectby('customers, (select pg_try_advisory_lock(7202)) z', \
+             'id', 'id', '1', 0) AS x(a int, b int, l int)",
+        )
+        .await;
+    });
+    let g2 = Guard::start("tablefuncview");
+    PgCluster::shared().psql_db(
+        &g2.db,
+        "CREATE EXTENSION tablefunc; CREATE VIEW cv AS SELECT * FROM \
+           crosstab('select 1::text, 2::text, pg_try_advisory_lock(7203)::text') AS x(r text, c1 text);",
+    );
+    rt().block_on(async {
+        refused_unproven(&g2, "SELECT * FROM cv").await;
+        assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
+        assert_eq!(advisory_locks(&g2).await, 0, "no lock was taken");
+    });
+}
+
+/// Round 3: bundled extensions whose objects had made every read on the
+/// read-only connection unproven (text search dictionaries, buffer cache
+/// and aggregate helpers) leave reads proven.
+#[test]
+fn bundled_extensions_leave_reads_proven() {
+    let g = Guard::start("bundled");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE EXTENSION unaccent; CREATE EXTENSION dict_int; CREATE EXTENSION dict_xsyn; \
+         CREATE EXTENSION pg_buffercache; CREATE EXTENSION intagg;",
+    );
+    rt().block_on(async {
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            c.simple_query("SELECT count(*) FROM customers")
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
+        }
+    });
+}

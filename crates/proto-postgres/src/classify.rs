@@ -531,7 +531,17 @@ fn walk_top(w: &mut Walker, s: &Statement) {
             // beyond reading (an EXECUTE, unreadable text).
             let before = w.class;
             w.walk(statement);
-            let opaque = matches!(statement.as_ref(), Statement::Execute { .. });
+            // Planning a write folds the defaults of the columns it
+            // fills (a column's or its domain's), which the text does not
+            // name: a re-review's immutable-declared default ended another
+            // session from `EXPLAIN INSERT` on a read-only connection.
+            let opaque = matches!(
+                statement.as_ref(),
+                Statement::Execute { .. }
+                    | Statement::Insert { .. }
+                    | Statement::Update { .. }
+                    | Statement::Merge { .. }
+            );
             w.class = if w.class == Class::Unknown || opaque {
                 Class::Unknown
             } else {
@@ -1041,13 +1051,23 @@ const ASSIGNS_XID: &[&str] = &["txid_current", "pg_current_xact_id"];
 /// Functions the catalog calls stable although they run SQL handed to
 /// them as text, which the gateway never sees parsed: their volatility
 /// proves nothing about what they run.
-const RUNS_SQL_TEXT: &[&str] = &[
+/// Extensions' too, matched in any schema: `tablefunc` (which a role
+/// with CREATE on the database may install) and `xml2` (a re-review ran
+/// `crosstab('select … pg_advisory_lock(…)')` from a read-only
+/// connection, and through a view).
+pub(crate) const RUNS_SQL_TEXT: &[&str] = &[
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
     "cursor_to_xml",
     "cursor_to_xmlschema",
     "ts_stat",
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    "xpath_table",
 ];
 
 /// Names the parser reports as function calls that PostgreSQL treats as
