@@ -1264,3 +1264,50 @@ fn bundled_extensions_leave_reads_proven() {
         }
     });
 }
+
+/// Round 3: a cursor's query runs at each FETCH, but was proven at its
+/// DECLARE only: a function it calls, replaced after the DECLARE by one
+/// taking a lock, ran at FETCH once the gateway's catalog answers were
+/// fresh. A FETCH proves the cursor's query again.
+#[test]
+fn a_cursor_is_proven_again_at_each_fetch() {
+    let g = Guard::start("cursor");
+    let pg = PgCluster::shared();
+    pg.psql_db(
+        &g.db,
+        "CREATE FUNCTION g(i int) RETURNS int STABLE LANGUAGE sql SET search_path = public \
+           AS 'SELECT i + 1';",
+    );
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for conn in ["ro", "guarded"] {
+            let c = g.client(conn).await;
+            c.simple_query("BEGIN").await.unwrap();
+            c.simple_query("DECLARE c CURSOR FOR SELECT g(id) FROM customers")
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
+            c.simple_query("FETCH 1 FROM c")
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
+            clients.push((conn, c));
+        }
+        pg.psql_db(
+            &g.db,
+            "CREATE OR REPLACE FUNCTION g(i int) RETURNS int VOLATILE LANGUAGE plpgsql \
+               AS $$BEGIN PERFORM pg_advisory_lock(7301); RETURN i; END$$;",
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        for (conn, c) in &clients {
+            let e = c
+                .simple_query("FETCH 1 FROM c")
+                .await
+                .expect_err(&format!("{conn}: the replaced function ran"));
+            let m = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            assert!(m.contains("declare it again"), "{conn}: {m}");
+        }
+        assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
+    });
+}

@@ -129,6 +129,17 @@ pub struct Analysis {
     /// text the parser could not read. (Calls of the caller's functions
     /// are the masker's to weigh: it knows which are built-in.)
     pub redefines: bool,
+    /// The cursors it declares and fetches from, by name as PostgreSQL
+    /// folds it: a cursor's query runs at each FETCH, so its proof is
+    /// taken again there.
+    pub cursors: Cursors,
+}
+
+/// Cursor names a text declares and fetches from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursors {
+    pub declared: Vec<String>,
+    pub fetched: Vec<String>,
 }
 
 /// The names a statement refers to, folded as PostgreSQL folds them: what
@@ -347,6 +358,7 @@ pub fn analyse(sql: &str) -> Analysis {
             writes: 0,
             statements: 0,
             redefines: false,
+            cursors: Cursors::default(),
         };
     }
     let unknown = |writes: usize| Analysis {
@@ -358,6 +370,7 @@ pub fn analyse(sql: &str) -> Analysis {
         writes,
         statements: writes,
         redefines: true,
+        cursors: Cursors::default(),
     };
     let dialect = PostgreSqlDialect {};
     // One tokenization serves the differential check and the parse.
@@ -390,6 +403,7 @@ pub fn analyse(sql: &str) -> Analysis {
             writes: 0,
             statements: 1,
             redefines,
+            cursors: Cursors::default(),
         };
     }
     let Ok(stmts) = Parser::new(&dialect)
@@ -427,7 +441,24 @@ pub fn analyse(sql: &str) -> Analysis {
         writes,
         statements: stmts.len(),
         redefines,
+        cursors: cursors(&stmts),
     }
+}
+
+/// The cursors `stmts` declare and fetch from.
+fn cursors(stmts: &[Statement]) -> Cursors {
+    let mut c = Cursors::default();
+    for s in stmts {
+        match s {
+            Statement::Declare { stmts, .. } => {
+                c.declared
+                    .extend(stmts.iter().flat_map(|d| d.names.iter()).map(folded));
+            }
+            Statement::Fetch { name, .. } => c.fetched.push(folded(name)),
+            _ => {}
+        }
+    }
+    c
 }
 
 /// What `sql` may change of its session's settings: the names a `SET` or

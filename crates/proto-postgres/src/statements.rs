@@ -37,6 +37,10 @@ pub(crate) struct Checked {
 #[derive(Default)]
 pub(crate) struct Prepared {
     proofs: HashMap<String, Proven>,
+    /// Each declared cursor's proof, by name: its query runs at each
+    /// FETCH, so it is proven again there (a re-review's cursor ran a
+    /// function replaced after its DECLARE).
+    cursors: HashMap<String, Proven>,
 }
 
 /// What a Parse was proven to be.
@@ -83,6 +87,33 @@ impl Prepared {
 
     fn forget(&mut self, name: &str) {
         self.proofs.remove(name);
+    }
+
+    /// Remember the cursors `analysis` declares, with its proof; past
+    /// [`MAX_PREPARED`] a DECLARE is refused (fail closed), as a Parse is.
+    fn declare(&mut self, analysis: &Arc<Analysis>, class: Class) -> Result<(), Refusal> {
+        for name in &analysis.cursors.declared {
+            if self.cursors.len() >= MAX_PREPARED && !self.cursors.contains_key(name) {
+                return Err(Refusal {
+                    code: sqlstate::PROGRAM_LIMIT,
+                    message: format!(
+                        "portcullis: more than {MAX_PREPARED} cursors declared in this session; close some first"
+                    ),
+                });
+            }
+            let proven = Proven {
+                analysis: analysis.clone(),
+                class,
+            };
+            self.cursors.insert(name.clone(), proven);
+        }
+        Ok(())
+    }
+
+    fn cursor(&self, name: &str) -> Option<(Arc<Analysis>, Class)> {
+        self.cursors
+            .get(name)
+            .map(|p| (p.analysis.clone(), p.class))
     }
 }
 
@@ -757,7 +788,13 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
         },
         tag::QUERY => {
             let class = match messages::query_text(m) {
-                Some(sql) => up.classify(&sql).await.map_err(|e| unproven(ctx, e))?,
+                Some(sql) => {
+                    let analysis = up.analyse(&sql);
+                    let class = up.resolve(&analysis).await.map_err(|e| unproven(ctx, e))?;
+                    refetch(ctx, &analysis).await?;
+                    ctx.prepared().declare(&analysis, class)?;
+                    class
+                }
                 None => Class::Unknown,
             };
             Checked {
@@ -788,6 +825,8 @@ async fn parse(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Ref
         .await
         .map_err(|e| unproven(ctx, e))?;
     read_only_rule(ctx, class)?;
+    refetch(ctx, &analysis).await?;
+    ctx.prepared().declare(&analysis, class)?;
     ctx.prepared().remember(&name, analysis, class)?;
     Ok(Some(Checked {
         class,
@@ -806,19 +845,13 @@ async fn rebind(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Re
     let Some((analysis, was)) = ctx.prepared().get(&bind.statement) else {
         return Ok(None);
     };
+    refetch(ctx, &analysis).await?;
     let now = ctx
         .upstream
         .resolve(&analysis)
         .await
         .map_err(|e| unproven(ctx, e))?;
-    if now <= was {
-        return Ok(None);
-    }
-    let newly_held = ctx
-        .gate
-        .is_some_and(|g| g.needs_approval(now).is_some() && g.needs_approval(was).is_none());
-    let refused_now = ctx.upstream.read_only && inspect::read_only(ctx.connection, now).is_some();
-    if newly_held || refused_now {
+    if worse_than_allowed(ctx, was, now) {
         return Err(Refusal {
             code: sqlstate::INSUFFICIENT_PRIVILEGE,
             message: format!(
@@ -831,6 +864,46 @@ async fn rebind(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Re
         });
     }
     Ok(None)
+}
+
+/// The cursors `analysis` fetches from, proven again: a cursor whose
+/// query became worse than at its DECLARE (read-only: no longer a read;
+/// approvals: now held) is refused, as a Bind of such a statement is.
+async fn refetch(ctx: &SessionCtx<'_>, analysis: &Analysis) -> Result<(), Refusal> {
+    for name in &analysis.cursors.fetched {
+        let Some((declared, was)) = ctx.prepared().cursor(name) else {
+            continue;
+        };
+        let now = ctx
+            .upstream
+            .resolve(&declared)
+            .await
+            .map_err(|e| unproven(ctx, e))?;
+        if worse_than_allowed(ctx, was, now) {
+            return Err(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                message: format!(
+                    "portcullis: connection \"{}\": cursor \"{name}\" was proven {} when it was declared, but a function its query calls, or code PostgreSQL runs for it, has changed since ({} now); declare it again",
+                    ctx.connection,
+                    was.as_str(),
+                    now.as_str()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `now` is worse than `was` in a way this connection's rules
+/// refuse: no longer allowed (read-only), or newly in need of a review.
+fn worse_than_allowed(ctx: &SessionCtx<'_>, was: Class, now: Class) -> bool {
+    if now <= was {
+        return false;
+    }
+    let newly_held = ctx
+        .gate
+        .is_some_and(|g| g.needs_approval(now).is_some() && g.needs_approval(was).is_none());
+    newly_held || (ctx.upstream.read_only && inspect::read_only(ctx.connection, now).is_some())
 }
 
 fn read_only_rule(ctx: &SessionCtx<'_>, class: Class) -> Result<(), Refusal> {
