@@ -807,6 +807,31 @@ async fn refused_unproven(g: &Guard, sql: &str) {
     }
 }
 
+/// Each of `sqls` runs on both guarded connections: still proven reads.
+async fn reads_proven(g: &Guard, sqls: &[&str]) {
+    for conn in ["ro", "guarded"] {
+        let c = g.client(conn).await;
+        for sql in sqls {
+            c.simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
+        }
+    }
+}
+
+/// Advisory locks held on the server, by anyone.
+async fn advisory_locks(g: &Guard) -> i64 {
+    g.direct()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Views over built-in functions with effects: `pg_depend` records
 /// nothing for built-ins, so the views' calls of `nextval`,
 /// `pg_advisory_lock` and `pg_terminate_backend` were not seen, and
@@ -845,17 +870,8 @@ fn views_over_built_in_side_effects_are_not_proven() {
             refused_unproven(&g, &format!("SELECT * FROM {view}")).await;
             refused_unproven(&g, &format!("SELECT 1 FROM customers, {view}")).await;
         }
-        let direct = g.direct().await;
-        assert_eq!(fingerprint(&direct).await, before, "nothing ran");
-        let locks: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(locks, 0, "no advisory lock was taken");
+        assert_eq!(fingerprint(&g.direct().await).await, before, "nothing ran");
+        assert_eq!(advisory_locks(&g).await, 0, "no advisory lock was taken");
         other
             .simple_query("SELECT 1")
             .await
@@ -885,20 +901,14 @@ fn views_over_harmless_built_ins_stay_proven() {
         &g.db,
         "CREATE VIEW v_dice AS SELECT random() AS r, now() AS t, gen_random_uuid() AS u;",
     );
-    rt().block_on(async {
-        for conn in ["ro", "guarded"] {
-            let c = g.client(conn).await;
-            for sql in [
-                "SELECT r FROM v_dice",
-                "SELECT count(*) FROM pg_stat_activity",
-                "SELECT name FROM customers WHERE id = 1",
-            ] {
-                c.simple_query(sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
-            }
-        }
-    });
+    rt().block_on(reads_proven(
+        &g,
+        &[
+            "SELECT r FROM v_dice",
+            "SELECT count(*) FROM pg_stat_activity",
+            "SELECT name FROM customers WHERE id = 1",
+        ],
+    ));
 }
 
 /// Review of the views' fix (2026-12-05): built-ins reached through
@@ -928,17 +938,8 @@ fn built_ins_behind_operators_casts_and_domains_are_not_proven() {
         ] {
             refused_unproven(&g, sql).await;
         }
-        let direct = g.direct().await;
-        assert_eq!(fingerprint(&direct).await, before, "nothing ran");
-        let locks: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(locks, 0, "no advisory lock was taken");
+        assert_eq!(fingerprint(&g.direct().await).await, before, "nothing ran");
+        assert_eq!(advisory_locks(&g).await, 0, "no advisory lock was taken");
     });
 }
 
@@ -994,17 +995,7 @@ fn functions_added_to_pg_catalog_are_not_built_ins() {
             .simple_query("SELECT lower('X')")
             .await
             .unwrap();
-        let locks: i64 = g
-            .direct()
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(locks, 0, "no advisory lock was taken");
+        assert_eq!(advisory_locks(&g).await, 0, "no advisory lock was taken");
     });
 }
 
@@ -1020,37 +1011,19 @@ fn code_that_runs_on_writes_only_leaves_reads_proven() {
          CREATE RULE vins_i AS ON INSERT TO vins DO INSTEAD INSERT INTO ins VALUES (nextval('s'), NEW.v); \
          CREATE POLICY adds ON customers FOR INSERT WITH CHECK (nextval('s') > 0);",
     );
-    rt().block_on(async {
-        for conn in ["ro", "guarded"] {
-            let c = g.client(conn).await;
-            for sql in [
-                "SELECT v FROM vins",
-                "SELECT name FROM customers WHERE id = 1",
-            ] {
-                c.simple_query(sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
-            }
-        }
-    });
+    rt().block_on(reads_proven(
+        &g,
+        &[
+            "SELECT v FROM vins",
+            "SELECT name FROM customers WHERE id = 1",
+        ],
+    ));
 }
 
 /// The plpgsql function the next tests plant: declared immutable, it
 /// takes an advisory lock (any side effect would do).
 const LOCKING_FN: &str = "CREATE FUNCTION fx(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
     AS $$BEGIN PERFORM pg_advisory_lock(i); RETURN i; END$$;";
-
-async fn advisory_locks(g: &Guard) -> i64 {
-    g.direct()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// Re-review (2026-12-05): the planner folds calls with constant
 /// arguments in a table's index predicates and expressions, partition
@@ -1149,20 +1122,14 @@ fn internal_code_is_as_volatile_as_the_built_in_it_runs() {
          CREATE AGGREGATE sumsq(int) (sfunc = sq_step, stype = int8, initcond = '0'); \
          CREATE EXTENSION IF NOT EXISTS pg_stat_statements;",
     );
-    rt().block_on(async {
-        for conn in ["ro", "guarded"] {
-            let c = g.client(conn).await;
-            for sql in [
-                "SELECT name FROM customers WHERE id = 1",
-                "SELECT floatrange(1, 5)",
-                "SELECT sumsq(id) FROM customers",
-            ] {
-                c.simple_query(sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{conn}: {sql}: {e:?}"));
-            }
-        }
-    });
+    rt().block_on(reads_proven(
+        &g,
+        &[
+            "SELECT name FROM customers WHERE id = 1",
+            "SELECT floatrange(1, 5)",
+            "SELECT sumsq(id) FROM customers",
+        ],
+    ));
     // Now an alias of the server's own advisory lock, declared immutable.
     let g2 = Guard::start("internalalias");
     PgCluster::shared().psql_db(
@@ -1200,12 +1167,7 @@ fn explaining_a_write_is_not_proven_when_it_folds_defaults() {
             refused_unproven(&g, sql).await;
         }
         assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
-        for conn in ["ro", "guarded"] {
-            let c = g.client(conn).await;
-            c.simple_query("SELECT count(*) FROM dflt")
-                .await
-                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
-        }
+        reads_proven(&g, &["SELECT count(*) FROM dflt"]).await;
     });
 }
 
@@ -1255,14 +1217,7 @@ fn bundled_extensions_leave_reads_proven() {
         "CREATE EXTENSION unaccent; CREATE EXTENSION dict_int; CREATE EXTENSION dict_xsyn; \
          CREATE EXTENSION pg_buffercache; CREATE EXTENSION intagg;",
     );
-    rt().block_on(async {
-        for conn in ["ro", "guarded"] {
-            let c = g.client(conn).await;
-            c.simple_query("SELECT count(*) FROM customers")
-                .await
-                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
-        }
-    });
+    rt().block_on(reads_proven(&g, &["SELECT count(*) FROM customers"]));
 }
 
 /// Round 3: a cursor's query runs at each FETCH, but was proven at its
@@ -1308,6 +1263,57 @@ fn a_cursor_is_proven_again_at_each_fetch() {
                 .unwrap_or_default();
             assert!(m.contains("declare it again"), "{conn}: {m}");
         }
+        assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
+    });
+}
+
+/// The same for a portal executed with a row limit (what drivers' row
+/// streaming does): each later Execute runs its query again, so it is
+/// proven again; a function replaced after its Bind does not run.
+#[test]
+fn a_portal_is_proven_again_when_its_execute_continues() {
+    let g = Guard::start("portal");
+    let pg = PgCluster::shared();
+    pg.psql_db(
+        &g.db,
+        "CREATE FUNCTION g(i int) RETURNS int STABLE LANGUAGE sql SET search_path = public \
+           AS 'SELECT i + 1';",
+    );
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for conn in ["ro", "guarded"] {
+            clients.push((conn, g.client(conn).await));
+        }
+        let mut open = Vec::new();
+        for (conn, c) in &mut clients {
+            let tx = c.transaction().await.unwrap();
+            let st = tx.prepare("SELECT g(id) FROM customers").await.unwrap();
+            let portal = tx.bind(&st, &[]).await.unwrap();
+            let rows = tx
+                .query_portal(&portal, 1)
+                .await
+                .unwrap_or_else(|e| panic!("{conn}: {e:?}"));
+            assert_eq!(rows.len(), 1, "{conn}");
+            open.push((*conn, tx, portal));
+        }
+        pg.psql_db(
+            &g.db,
+            "CREATE OR REPLACE FUNCTION g(i int) RETURNS int VOLATILE LANGUAGE plpgsql \
+               AS $$BEGIN PERFORM pg_advisory_lock(7302); RETURN i; END$$;",
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        for (conn, tx, portal) in &open {
+            let e = tx
+                .query_portal(portal, 1)
+                .await
+                .expect_err(&format!("{conn}: the replaced function ran"));
+            let m = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            assert!(m.contains("bind it again"), "{conn}: {m}");
+        }
+        drop(open);
         assert_eq!(advisory_locks(&g).await, 0, "no lock was taken");
     });
 }

@@ -799,6 +799,38 @@ mod tests {
         }
     }
 
+    /// Every spelling of a FETCH (or MOVE) either names its cursor,
+    /// folded as PostgreSQL folds it, so the cursor's query is proven
+    /// again, or is not read at all and so not proven (`FETCH c`, which
+    /// the parser does not read, is `unknown`).
+    #[test]
+    fn fetches_name_their_cursor_in_every_spelling() {
+        for sql in [
+            "FETCH c",
+            "MOVE 1 FROM c",
+            "MOVE NEXT IN c",
+            "FETCH 1 FROM c",
+            "FETCH NEXT FROM C",
+            "FETCH ALL IN c",
+            "FETCH FORWARD 5 FROM c",
+            "fetch absolute 3 in c",
+            "BEGIN; FETCH 2 FROM c",
+        ] {
+            let a = classify::analyse(sql);
+            assert!(
+                a.class == Class::Unknown || a.cursors.fetched == ["c"],
+                "{sql}: {a:?}"
+            );
+        }
+        assert_eq!(classify::analyse("FETCH 1 FROM c").class, Class::Read);
+        let a = classify::analyse(r#"DECLARE "C" CURSOR FOR SELECT 1"#);
+        assert_eq!(a.cursors.declared, ["C"]);
+        assert_eq!(
+            classify::analyse(r#"FETCH 1 FROM "C""#).cursors.fetched,
+            ["C"]
+        );
+    }
+
     /// Stable, but each call gives the transaction an id (review).
     #[test]
     fn functions_that_assign_a_transaction_id_are_writes() {

@@ -1139,6 +1139,12 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 self.ctx.upstream.forget_catalog();
                 self.schema_dirty.store(status != b'I', Ordering::Relaxed);
             }
+            let caught_up = self.syncs_sent.load(Ordering::Relaxed)
+                == self.ready_seen.load(Ordering::Relaxed)
+                && !self.unsynced.load(Ordering::Relaxed);
+            if status == b'I' && caught_up {
+                self.ctx.prepared().transaction_ended();
+            }
         }
         match self.chain.lock().map(|mut c| inspect::backend(&mut c, m)) {
             Ok(Ok(m)) => Ok(m),

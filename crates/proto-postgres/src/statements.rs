@@ -41,6 +41,11 @@ pub(crate) struct Prepared {
     /// FETCH, so it is proven again there (a re-review's cursor ran a
     /// function replaced after its DECLARE).
     cursors: HashMap<String, Proven>,
+    /// Each portal a Bind of a tracked statement made: a portal executed
+    /// with a row limit runs its query again at each later Execute, as a
+    /// cursor does at FETCH. `true` while only the Bind's proof has been
+    /// used (its first Execute needs no other).
+    portals: HashMap<String, (Proven, bool)>,
 }
 
 /// What a Parse was proven to be.
@@ -114,6 +119,51 @@ impl Prepared {
         self.cursors
             .get(name)
             .map(|p| (p.analysis.clone(), p.class))
+    }
+
+    /// Note that `portal` runs `analysis`, proven `class` at its Bind;
+    /// past [`MAX_PREPARED`] portals a Bind is refused (fail closed).
+    fn bound(
+        &mut self,
+        portal: &str,
+        analysis: Arc<Analysis>,
+        class: Class,
+    ) -> Result<(), Refusal> {
+        if self.portals.len() >= MAX_PREPARED && !self.portals.contains_key(portal) {
+            return Err(Refusal {
+                code: sqlstate::PROGRAM_LIMIT,
+                message: format!(
+                    "portcullis: more than {MAX_PREPARED} portals bound in this session; close some first"
+                ),
+            });
+        }
+        let entry = (Proven { analysis, class }, true);
+        // Most Binds reuse a name (the unnamed portal): no new key.
+        match self.portals.get_mut(portal) {
+            Some(e) => *e = entry,
+            None => {
+                self.portals.insert(portal.to_owned(), entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The session is idle with nothing unanswered: every portal the
+    /// target had is gone with its transaction. Those not executed yet
+    /// are kept (a Bind the caller pipelined behind the Sync may already
+    /// be here).
+    pub(crate) fn transaction_ended(&mut self) {
+        self.portals.retain(|_, (_, first)| *first);
+    }
+
+    /// The proof `portal` ran on, when an Execute continues it (not its
+    /// first Execute after the Bind, which the Bind proved).
+    fn continued(&mut self, portal: &str) -> Option<(Arc<Analysis>, Class)> {
+        let (p, first) = self.portals.get_mut(portal)?;
+        if std::mem::take(first) {
+            return None;
+        }
+        Some((p.analysis.clone(), p.class))
     }
 }
 
@@ -736,7 +786,7 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
     let gated = ctx.gate.is_some_and(Gate::holds_statements);
     let proven = matches!(
         m.tag,
-        tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::BIND | tag::CLOSE
+        tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::BIND | tag::CLOSE | tag::EXECUTE
     );
     // A budget on writes needs every statement's proven class.
     let counted = ctx
@@ -770,9 +820,14 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
     }
     let checked = match m.tag {
         tag::BIND => return rebind(ctx, m).await,
+        tag::EXECUTE => return reexecute(ctx, m).await,
         tag::CLOSE => {
             if let Some(name) = messages::statement_target(m) {
                 ctx.prepared().forget(&name);
+            } else if let Some((&b'P', mut rest)) = m.body.split_first()
+                && let Some(portal) = crate::frame::take_cstr(&mut rest)
+            {
+                ctx.prepared().portals.remove(&portal);
             }
             return Ok(None);
         }
@@ -792,7 +847,9 @@ pub(crate) async fn check(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Ch
                     let analysis = up.analyse(&sql);
                     let class = up.resolve(&analysis).await.map_err(|e| unproven(ctx, e))?;
                     refetch(ctx, &analysis).await?;
-                    ctx.prepared().declare(&analysis, class)?;
+                    if !analysis.cursors.declared.is_empty() {
+                        ctx.prepared().declare(&analysis, class)?;
+                    }
                     class
                 }
                 None => Class::Unknown,
@@ -826,7 +883,9 @@ async fn parse(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Ref
         .map_err(|e| unproven(ctx, e))?;
     read_only_rule(ctx, class)?;
     refetch(ctx, &analysis).await?;
-    ctx.prepared().declare(&analysis, class)?;
+    if !analysis.cursors.declared.is_empty() {
+        ctx.prepared().declare(&analysis, class)?;
+    }
     ctx.prepared().remember(&name, analysis, class)?;
     Ok(Some(Checked {
         class,
@@ -845,25 +904,64 @@ async fn rebind(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Re
     let Some((analysis, was)) = ctx.prepared().get(&bind.statement) else {
         return Ok(None);
     };
-    refetch(ctx, &analysis).await?;
+    let what = || format!("prepared statement \"{}\"", bind.statement);
+    let proven = async {
+        refetch(ctx, &analysis).await?;
+        reprove(ctx, &analysis, was, what, "prepared", "prepare it again").await
+    };
+    if let Err(refused) = proven.await {
+        // The portal is not made: its Execute is the Bind's to answer.
+        ctx.prepared().portals.remove(&bind.portal);
+        return Err(refused);
+    }
+    ctx.prepared().bound(&bind.portal, analysis, was)?;
+    Ok(None)
+}
+
+/// An Execute that continues a portal (one executed before with a row
+/// limit): its query runs again, so it is proven again.
+async fn reexecute(ctx: &SessionCtx<'_>, m: &Message) -> Result<Option<Checked>, Refusal> {
+    let Some(portal) = crate::frame::take_cstr(&mut &m.body[..]) else {
+        return Ok(None);
+    };
+    let Some((analysis, was)) = ctx.prepared().continued(&portal) else {
+        return Ok(None);
+    };
+    let what = || format!("portal \"{portal}\"");
+    reprove(ctx, &analysis, was, what, "bound", "bind it again").await?;
+    Ok(None)
+}
+
+/// `analysis`, proven `was` when it was `done` (prepared, declared,
+/// bound), proven again: refused when it became worse in a way this
+/// connection's rules refuse (read-only: no longer a read; approvals: now
+/// held; only a Parse or a Query can be held), with what to do.
+async fn reprove(
+    ctx: &SessionCtx<'_>,
+    analysis: &Analysis,
+    was: Class,
+    what: impl FnOnce() -> String,
+    done: &str,
+    remedy: &str,
+) -> Result<(), Refusal> {
     let now = ctx
         .upstream
-        .resolve(&analysis)
+        .resolve(analysis)
         .await
         .map_err(|e| unproven(ctx, e))?;
-    if worse_than_allowed(ctx, was, now) {
-        return Err(Refusal {
-            code: sqlstate::INSUFFICIENT_PRIVILEGE,
-            message: format!(
-                "portcullis: connection \"{}\": prepared statement \"{}\" was proven {} when it was prepared, but a function it calls, or code PostgreSQL runs for it, has changed since ({} now); prepare it again",
-                ctx.connection,
-                bind.statement,
-                was.as_str(),
-                now.as_str()
-            ),
-        });
+    if !worse_than_allowed(ctx, was, now) {
+        return Ok(());
     }
-    Ok(None)
+    Err(Refusal {
+        code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "portcullis: connection \"{}\": {} was proven {} when it was {done}, but a function it calls, or code PostgreSQL runs for it, has changed since ({} now); {remedy}",
+            ctx.connection,
+            what(),
+            was.as_str(),
+            now.as_str()
+        ),
+    })
 }
 
 /// The cursors `analysis` fetches from, proven again: a cursor whose
@@ -874,22 +972,8 @@ async fn refetch(ctx: &SessionCtx<'_>, analysis: &Analysis) -> Result<(), Refusa
         let Some((declared, was)) = ctx.prepared().cursor(name) else {
             continue;
         };
-        let now = ctx
-            .upstream
-            .resolve(&declared)
-            .await
-            .map_err(|e| unproven(ctx, e))?;
-        if worse_than_allowed(ctx, was, now) {
-            return Err(Refusal {
-                code: sqlstate::INSUFFICIENT_PRIVILEGE,
-                message: format!(
-                    "portcullis: connection \"{}\": cursor \"{name}\" was proven {} when it was declared, but a function its query calls, or code PostgreSQL runs for it, has changed since ({} now); declare it again",
-                    ctx.connection,
-                    was.as_str(),
-                    now.as_str()
-                ),
-            });
-        }
+        let what = || format!("cursor \"{name}\"");
+        reprove(ctx, &declared, was, what, "declared", "declare it again").await?;
     }
     Ok(())
 }
