@@ -935,18 +935,18 @@ fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
         .map_err(|e| spec_err("fields", e.to_string()))
 }
 
+/// Three, three and four digits, each group after the first after one
+/// separator: a NANP number without its country code.
+fn nanp_shaped(s: &str) -> bool {
+    s.split([' ', '-', '.']).map(str::len).eq([3, 3, 4])
+        && s.bytes().filter(u8::is_ascii_digit).count() == 10
+}
+
 /// The longest prefix of `text[start..end]`, cut at a separator, that
 /// passes `check`. Greedy patterns over digit groups (phones, cards) can
 /// swallow a neighbouring number; trimming whole groups from the end finds
 /// the value itself, and a cut just before `-<digit>` is refused because
 /// it would split another token (an SSN, a date).
-/// Three, three and four digits, each group after the first after one
-/// separator: a NANP number without its country code.
-fn nanp_shaped(s: &str) -> bool {
-    let groups: Vec<usize> = s.split([' ', '-', '.']).map(str::len).collect();
-    groups == [3, 3, 4] && s.bytes().filter(u8::is_ascii_digit).count() == 10
-}
-
 fn checked_end(text: &str, start: usize, end: usize, check: fn(&str) -> bool) -> Option<usize> {
     let b = text.as_bytes();
     let mut e = end;

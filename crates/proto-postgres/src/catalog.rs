@@ -30,7 +30,7 @@ pub struct ProcRow {
     pub schema: String,
     pub name: String,
     /// `i` immutable, `s` stable, `v` volatile; `q` a function written
-    /// in SQL whose body is proven as a statement would be ([`VOLATILITY`]).
+    /// in SQL whose body is proven as a statement would be ([`volatility`]).
     pub volatility: u8,
     /// The body of a `q` function.
     pub body: Option<String>,
@@ -62,19 +62,20 @@ struct Cache {
     hidden: Option<Entry>,
 }
 
-/// Functions that PostgreSQL calls without a statement naming them: an operator's code (and its
-/// planner estimators), a cast, a type's input and output, operator-class
-/// support (ORDER BY, hashing), an aggregate's steps, range types'
-/// canonical and difference functions, conversions, and anything a view (its rewrite
-/// rule), a row-security policy, a constraint, or what the planner folds
-/// while planning a read calls: index expressions and predicates, partition
-/// keys and extended statistics (`pg_depend` from `pg_class` and
-/// `pg_statistic_ext`; a review's role without privileges planted an
-/// index `WHERE a > k(0)` whose function ended other sessions when a
-/// read-only caller selected from the table, run as the gateway's role).
-/// Not here: functions' planner support and text search parsers and
-/// templates, which only a superuser can set (documented): extensions'
-/// dictionaries (`unaccent`, `dict_int`) made every read unproven. A statement that
+/// Functions that PostgreSQL calls without a statement naming them: an
+/// operator's code (and its planner estimators), a cast, a type's input
+/// and output, operator-class support (ORDER BY, hashing), an aggregate's
+/// steps, range types' canonical and difference functions, conversions,
+/// and anything a view (its rewrite rule), a row-security policy, a
+/// constraint, or what the planner folds while planning a read calls:
+/// index expressions and predicates, partition keys and extended
+/// statistics (`pg_depend` from `pg_class` and `pg_statistic_ext`; a
+/// review's role without privileges planted an index `WHERE a > k(0)`
+/// whose function ended other sessions when a read-only caller selected
+/// from the table, run as the gateway's role). Not here: functions'
+/// planner support and text search parsers and templates, which only a
+/// superuser can set (documented): extensions' dictionaries (`unaccent`,
+/// `dict_int`) made every read unproven. A statement that
 /// evaluates anything could reach any of them ([`reaches_hidden`]), so
 /// while one exists no such statement on the connection is proven: it is
 /// `unknown` (refused on read-only connections, held where approvals
@@ -108,6 +109,13 @@ const HIDDEN_CANDIDATES: &str = "\
              'pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_class'::regclass, \
              'pg_catalog.pg_statistic_ext'::regclass)";
 
+/// The pattern of a function's OID in an expression tree (`pg_node_tree`
+/// as text): a call, an operator's function, an aggregate, a window
+/// function. `[0-9]`, not `\d`: on a target whose
+/// `standard_conforming_strings` is off the backslash would be read as an
+/// escape and nothing found. The preview reads trees with it too.
+pub(crate) const FUNC_IDS: &str = "':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)'";
+
 /// Functions a view or a row-security policy calls on a read, built-ins
 /// included, read from their expression trees: `pg_depend` records
 /// nothing for built-ins, so a view over `nextval`, `pg_try_advisory_lock`
@@ -119,23 +127,22 @@ const HIDDEN_CANDIDATES: &str = "\
 /// `initdb` (OIDs below 16384, PostgreSQL's `FirstNormalObjectId`:
 /// `pg_stat_activity`, `information_schema`) are left out; views an
 /// extension or a schema owner made are in. Materialized views are not:
-/// reading one runs nothing. The pattern says `[0-9]`, not `\d`: on a
-/// target whose `standard_conforming_strings` is off the backslash would
-/// be read as an escape and nothing found.
-const CALLED_ON_READ: &str = "\
-       SELECT m[1]::oid FROM pg_catalog.pg_rewrite w \
-         JOIN pg_catalog.pg_class c ON c.oid = w.ev_class, \
-         pg_catalog.regexp_matches(w.ev_action::text || coalesce(w.ev_qual::text, ''), \
-           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
-         WHERE c.relkind = 'v' AND c.oid >= 16384 AND w.ev_type = '1' \
-       UNION SELECT m[1]::oid FROM pg_catalog.pg_policy p, \
-         pg_catalog.regexp_matches(coalesce(p.polqual::text, ''), \
-           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
-         WHERE p.polcmd IN ('*', 'r', 'w') \
-       UNION SELECT m[1]::oid FROM pg_catalog.pg_constraint k, \
-         pg_catalog.regexp_matches(k.conbin::text, \
-           ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
-         WHERE k.contypid <> 0 AND k.conbin IS NOT NULL";
+/// reading one runs nothing. Domains' CHECKs too (a cast to the domain
+/// runs one on a read).
+fn called_on_read() -> String {
+    format!(
+        "SELECT m[1]::oid FROM pg_catalog.pg_rewrite w \
+           JOIN pg_catalog.pg_class c ON c.oid = w.ev_class, \
+           pg_catalog.regexp_matches(w.ev_action::text || coalesce(w.ev_qual::text, ''), {FUNC_IDS}, 'g') m \
+           WHERE c.relkind = 'v' AND c.oid >= 16384 AND w.ev_type = '1' \
+         UNION SELECT m[1]::oid FROM pg_catalog.pg_policy p, \
+           pg_catalog.regexp_matches(coalesce(p.polqual::text, ''), {FUNC_IDS}, 'g') m \
+           WHERE p.polcmd IN ('*', 'r', 'w') \
+         UNION SELECT m[1]::oid FROM pg_catalog.pg_constraint k, \
+           pg_catalog.regexp_matches(k.conbin::text, {FUNC_IDS}, 'g') m \
+           WHERE k.contypid <> 0 AND k.conbin IS NOT NULL"
+    )
+}
 
 /// Built-in functions that objects a user made have PostgreSQL call on
 /// its own: an operator, a cast, a type's input and output, operator-class
@@ -143,7 +150,7 @@ const CALLED_ON_READ: &str = "\
 /// function of `pg_catalog` (a review's `CREATE CAST (int8 AS bool) WITH
 /// FUNCTION pg_try_advisory_lock(int8)` and operator `||` over it ran on
 /// reads: [`HIDDEN_CANDIDATES`] is searched outside `pg_catalog` only),
-/// and domains' CHECKs ([`CALLED_ON_READ`]: a review's `CHECK
+/// and domains' CHECKs ([`called_on_read`]: a review's `CHECK
 /// (set_config(VALUE, 'off', false) IS NOT NULL)` turned the read-only
 /// transaction off from a read-only connection).
 const MADE_OVER_BUILTINS: &str = "\
@@ -186,34 +193,30 @@ const HARMLESS_IN_EXTENSIONS: &str = "\
 
 /// Functions PostgreSQL may call without a statement naming them that are
 /// not proven free of side effects: outside `pg_catalog` (or added to it
-/// after `initdb`), those [`VOLATILITY`] does not prove (`v`), or SQL
+/// after `initdb`), those [`volatility`] does not prove (`v`), or SQL
 /// functions whose bodies must be proven (`q`): a review ran a STABLE SQL
 /// wrapper of a volatile function through a view, a domain's CHECK and a
 /// default argument. Built-ins reached through what a user made
-/// ([`CALLED_ON_READ`], [`MADE_OVER_BUILTINS`]) that are volatile, or
+/// ([`called_on_read`], [`MADE_OVER_BUILTINS`]) that are volatile, or
 /// that the proofs class by name (`set_config`, `query_to_xml`, …), but
 /// those known to be harmless. Foreign tables' wrappers. At most
 /// [`MAX_HIDDEN`] + 1.
 fn hidden_query() -> String {
-    let list = |names: &mut dyn Iterator<Item = &&str>| {
-        names
-            .map(|n| format!("'{n}'"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let harmless = list(&mut classify::HARMLESS_VOLATILE.iter());
-    let named = list(&mut classify::NAMED_FUNCTIONS.iter().flat_map(|l| l.iter()));
+    let harmless = sql_list(classify::HARMLESS_VOLATILE.iter());
+    let named = sql_list(classify::NAMED_FUNCTIONS.iter().flat_map(|l| l.iter()));
+    let volatility = volatility();
+    let called_on_read = called_on_read();
     format!(
-        "SELECT n.nspname, p.proname, {VOLATILITY}, \
+        "SELECT n.nspname, p.proname, {volatility}, \
            CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-         WHERE ((n.nspname <> 'pg_catalog' OR p.oid >= 16384) AND ({VOLATILITY}) IN ('v', 'q') \
+         WHERE ((n.nspname <> 'pg_catalog' OR p.oid >= 16384) AND ({volatility}) IN ('v', 'q') \
              AND p.oid IN ({HIDDEN_CANDIDATES} UNION {FOREIGN_HANDLERS}) \
              AND NOT ({HARMLESS_IN_EXTENSIONS})) \
            OR (n.nspname = 'pg_catalog' AND p.oid < 16384 \
              AND (p.provolatile = 'v' OR p.proname IN ({named})) AND p.proname NOT IN ({harmless}) \
-             AND p.oid IN ({CALLED_ON_READ} UNION {MADE_OVER_BUILTINS} UNION {FOREIGN_HANDLERS})) \
+             AND p.oid IN ({called_on_read} UNION {MADE_OVER_BUILTINS} UNION {FOREIGN_HANDLERS})) \
          ORDER BY 1, 2 LIMIT {}",
         MAX_HIDDEN + 1
     )
@@ -246,12 +249,15 @@ const MAX_HIDDEN: usize = 200;
 /// are proven so); an aggregate is taken as declared, since the steps it
 /// runs are judged on their own (an aggregate's own entry is `internal`).
 /// A function that runs SQL handed to it as text
-/// ([`classify::RUNS_SQL_TEXT`], listed here by name, which a test holds
-/// to that list) is volatile whatever it declares: `tablefunc`'s
-/// `crosstab` behind a view ran what its text said.
-const VOLATILITY: &str = "CASE WHEN p.proname IN ('query_to_xml', 'query_to_xmlschema', \
-       'query_to_xml_and_xmlschema', 'cursor_to_xml', 'cursor_to_xmlschema', 'ts_stat', 'crosstab', \
-       'crosstab2', 'crosstab3', 'crosstab4', 'connectby', 'xpath_table') THEN 'v' \
+/// ([`classify::RUNS_SQL_TEXT`]) is volatile whatever it declares:
+/// `tablefunc`'s `crosstab` behind a view ran what its text said.
+fn volatility() -> String {
+    let runs_sql_text = sql_list(classify::RUNS_SQL_TEXT.iter());
+    format!("CASE WHEN p.proname IN ({runs_sql_text}) THEN 'v' {VOLATILITY_BY_CATALOG}")
+}
+
+/// [`volatility`]'s cases past the names.
+const VOLATILITY_BY_CATALOG: &str = "\
      WHEN p.provolatile = 'v' \
        OR (n.nspname IN ('pg_catalog', 'information_schema') AND p.oid < 16384) THEN p.provolatile \
      WHEN p.proargdefaults IS NOT NULL \
@@ -269,10 +275,19 @@ const VOLATILITY: &str = "CASE WHEN p.proname IN ('query_to_xml', 'query_to_xmls
        THEN 'q' \
      ELSE 'v' END";
 
+/// Names as a SQL list of literals (ours: none holds a quote).
+fn sql_list<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
+    names
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The catalog rows for functions matching `condition` (on `p`).
 fn procs(condition: &str) -> String {
+    let volatility = volatility();
     format!(
-        "SELECT n.nspname, p.proname, {VOLATILITY}, \
+        "SELECT n.nspname, p.proname, {volatility}, \
            CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -771,15 +786,6 @@ mod tests {
         assert_eq!(prove(&call(None, "random"), &rows), Proof::Volatile);
     }
 
-    /// The catalog query takes every function that runs SQL text as
-    /// volatile: its list is the classifier's.
-    #[test]
-    fn volatility_names_every_function_that_runs_sql_text() {
-        for name in classify::RUNS_SQL_TEXT {
-            assert!(VOLATILITY.contains(&format!("'{name}'")), "{name}");
-        }
-    }
-
     /// Planning a write folds its columns' defaults: an EXPLAIN of one is
     /// not proven; of a read or a DELETE it still is (re-review).
     #[test]
@@ -829,6 +835,16 @@ mod tests {
             classify::analyse(r#"FETCH 1 FROM "C""#).cursors.fetched,
             ["C"]
         );
+    }
+
+    /// The catalog query takes every function that runs SQL text as
+    /// volatile: its list is the classifier's.
+    #[test]
+    fn volatility_names_every_function_that_runs_sql_text() {
+        let v = volatility();
+        for name in classify::RUNS_SQL_TEXT {
+            assert!(v.contains(&format!("'{name}'")), "{name}");
+        }
     }
 
     /// Stable, but each call gives the transaction an id (review).

@@ -307,7 +307,7 @@ hazard(what) AS (
      WHERE a.attidentity <> '' AND NOT a.attisdropped
   UNION ALL
     SELECT DISTINCT format('%s calls %s, which is not proven free of side effects for a preview', e.what, m[1]::oid::regprocedure)
-      FROM exprs e, regexp_matches(e.tree, ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m
+      FROM exprs e, regexp_matches(e.tree, {func_ids}, 'g') m
      WHERE m[1]::oid IN (SELECT oid FROM untrusted)
   UNION ALL
     SELECT format('the input or output of type %s is %s, which is not proven free of side effects', t.oid::regtype, f.oid::regprocedure)
@@ -343,6 +343,7 @@ LIMIT 5"#,
         harmless = literals(preview_harmless()),
         relations = literals(t.relations.iter().map(String::as_str)),
         calls = literals(calls.iter().map(String::as_str)),
+        func_ids = crate::catalog::FUNC_IDS,
     )
 }
 
