@@ -126,9 +126,16 @@ url = "{url}"
 password = "file:pgpw"
 approval = {{ mode = "statements", classes = ["unknown"], approvers = ["dba"], wait = "100ms" }}
 
+# Full access: nothing read or held (a second door to the same database).
+[[connections]]
+name = "rw"
+type = "postgres"
+url = "{url}"
+password = "file:pgpw"
+
 [[grants]]
 groups = ["testers"]
-connections = ["ro", "guarded", "ddl-free", "writes-held"]
+connections = ["ro", "guarded", "ddl-free", "writes-held", "rw"]
 "#
         );
         let (gw, token) = gateway_with_config(dir, &config);
@@ -649,6 +656,45 @@ fn a_schema_change_through_the_gateway_ends_the_proofs_made_before_it() {
         );
     });
     assert_eq!(pg.psql_db(&g.db, "SELECT count(*) FROM customers"), "6");
+}
+
+/// A view replaced through another connection of the gateway's to the
+/// same database, one whose statements are not read (full access): the
+/// read-only and approval connections had proven reads of it (no hidden
+/// code) and kept that for the cache's 30 s, so the new view's advisory
+/// lock was taken on a read (2026-12-05). A schema change on any
+/// connection makes every connection's proofs stale. Both protocols: the
+/// extended one prepares the change before it runs it.
+#[test]
+fn a_schema_change_through_another_connection_ends_the_proofs() {
+    let g = Guard::start("otherdoor");
+    let pg = PgCluster::shared();
+    pg.psql_db(
+        &g.db,
+        "CREATE VIEW v_plain AS SELECT 1 AS x; CREATE VIEW v_other AS SELECT 1 AS x;",
+    );
+    rt().block_on(async {
+        let rw = g.client("rw").await;
+        for (view, key, extended) in [("v_plain", 4250, false), ("v_other", 4251, true)] {
+            let read = format!("SELECT * FROM {view}");
+            // Proven, and the proof cached, on both guarded connections.
+            reads_proven(&g, &[&read]).await;
+            let replace = format!(
+                "CREATE OR REPLACE VIEW {view} AS SELECT (pg_try_advisory_lock({key}))::int AS x"
+            );
+            if extended {
+                rw.execute(&replace, &[]).await.unwrap();
+            } else {
+                rw.batch_execute(&replace).await.unwrap();
+            }
+            refused_unproven(&g, &read).await;
+            assert_eq!(advisory_locks(&g).await, 0, "{view}: a lock was taken");
+            // Put back through the same door: proven again at once.
+            rw.batch_execute(&format!("CREATE OR REPLACE VIEW {view} AS SELECT 1 AS x"))
+                .await
+                .unwrap();
+        }
+    });
 }
 
 /// Functions PostgreSQL calls without the statement naming them: a view

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::classify::{self, Analysis, Call, Class, Proof};
@@ -21,6 +22,48 @@ use crate::upstream::{UpstreamError, UpstreamSession};
 /// How long a proof is trusted: a function replaced outside the gateway
 /// is seen again after this long at most.
 const TTL: Duration = Duration::from_secs(30);
+
+/// Schema changes that went through this process, on any connection: one
+/// more each time a statement that may have changed the schema finishes
+/// ([`Catalog::forget`]). Every catalog reading carries the count from
+/// before it began, and is stale once the count moved. Process-wide, not
+/// per connection: two connections to one database (or to one server
+/// under two host names, or through an agent) are not told apart, and a
+/// review's view replaced through a read-write connection was still
+/// proven a read on the read-only one for the cache's 30 s. A change in
+/// another process (another gateway, a direct session) is seen after
+/// [`TTL`] at most.
+static SCHEMA_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// When a catalog answer was read: the time and the schema count from
+/// before the look-up was sent (a change that finishes while it runs
+/// makes it stale at once: it may have read the schema before).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    at: Instant,
+    epoch: u64,
+}
+
+impl Reading {
+    /// Taken before the look-up is sent.
+    pub(crate) fn begin() -> Self {
+        Self {
+            at: Instant::now(),
+            epoch: SCHEMA_EPOCH.load(Ordering::Acquire),
+        }
+    }
+
+    /// Younger than [`TTL`], and no schema change finished since it began.
+    pub(crate) fn fresh(&self) -> bool {
+        self.at.elapsed() < TTL && self.epoch == SCHEMA_EPOCH.load(Ordering::Acquire)
+    }
+}
+
+/// A statement that may have changed the schema finished: every catalog
+/// reading in the process is stale.
+pub(crate) fn schema_changed() {
+    SCHEMA_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
 /// Entries kept per connection before the cache starts over.
 const MAX_ENTRIES: usize = 4096;
 
@@ -50,7 +93,7 @@ pub enum ProofError {
 }
 
 /// What the catalog said about one name or OID, and when.
-type Entry = (Arc<[ProcRow]>, Instant);
+type Entry = (Arc<[ProcRow]>, Reading);
 
 /// Proofs by function name (every overload, every schema) and by OID.
 #[derive(Default)]
@@ -311,7 +354,7 @@ pub(crate) fn reaches_hidden(a: &Analysis) -> bool {
 
 impl Cache {
     fn fresh(e: Option<&Entry>) -> Option<Arc<[ProcRow]>> {
-        e.filter(|(_, at)| at.elapsed() < TTL)
+        e.filter(|(_, read)| read.fresh())
             .map(|(rows, _)| rows.clone())
     }
 
@@ -433,7 +476,9 @@ pub(crate) fn literal(s: &str) -> String {
 
 impl Catalog {
     /// Forget every proof: something that may change the schema passed.
+    /// Every other connection's proofs are stale too ([`schema_changed`]).
     pub fn forget(&self) {
+        schema_changed();
         if let Ok(mut c) = self.cache.lock() {
             *c = Cache::default();
         }
@@ -466,6 +511,7 @@ impl Catalog {
         if let Some(rows) = cached {
             return Ok(rows);
         }
+        let read = Reading::begin();
         let found = self.query(&hidden_query(), &open).await?;
         let rows: Arc<[ProcRow]> = if found.len() > MAX_HIDDEN {
             found.into()
@@ -493,7 +539,7 @@ impl Catalog {
             tracing::warn!(functions = ?names, "the target has volatile functions PostgreSQL calls without a statement naming them (operators, casts, types, views, policies…): statements that touch relations are not proven on this connection");
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.hidden = Some((rows.clone(), Instant::now()));
+        cache.hidden = Some((rows.clone(), read));
         Ok(rows)
     }
 
@@ -598,14 +644,13 @@ impl Catalog {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = procs(&format!("p.proname::text IN ({list})"));
+        let read = Reading::begin();
         let rows = self.query(&sql, open).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.room();
         for name in missing {
             let mine: Arc<[ProcRow]> = rows.iter().filter(|r| r.name == name).cloned().collect();
-            cache
-                .names
-                .insert(name.to_string(), (mine.clone(), Instant::now()));
+            cache.names.insert(name.to_string(), (mine.clone(), read));
             known.insert(name.to_string(), mine);
         }
         Ok(known)
@@ -625,10 +670,11 @@ impl Catalog {
             return Ok(rows.first().cloned());
         }
         let sql = procs(&format!("p.oid = {oid}"));
+        let read = Reading::begin();
         let rows: Arc<[ProcRow]> = self.query(&sql, open).await?.into();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.room();
-        cache.oids.insert(oid, (rows.clone(), Instant::now()));
+        cache.oids.insert(oid, (rows.clone(), read));
         Ok(rows.first().cloned())
     }
 

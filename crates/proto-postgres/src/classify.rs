@@ -536,6 +536,34 @@ pub fn may_redefine(sql: &str) -> bool {
         .any(|w| REDEFINE.iter().any(|k| w.eq_ignore_ascii_case(k)))
 }
 
+/// Words that start a statement changing the schema, or that run code
+/// which may ([`may_change_schema`]).
+const CHANGES_SCHEMA: &[&[u8]] = &[
+    b"create",
+    b"alter",
+    b"drop",
+    b"comment",
+    b"grant",
+    b"revoke",
+    b"security",
+    b"import",
+    b"reassign",
+    b"load",
+    b"do",
+    b"call",
+    b"execute",
+];
+
+/// Whether `sql` holds one of [`CHANGES_SCHEMA`] as a run of letters in
+/// any case (literals, comments and quoted names included: more, never
+/// less than a parse would find). For connections whose statements are
+/// not parsed: DDL there makes the catalog proofs of every connection
+/// stale. Bytes, not text: a statement that is not UTF-8 is looked at too.
+pub fn may_change_schema(sql: &[u8]) -> bool {
+    sql.split(|c| !c.is_ascii_alphabetic())
+        .any(|w| CHANGES_SCHEMA.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
 /// Whether a keyword (an unquoted word) may redefine prepared statements
 /// or portals (see [`Analysis::redefines`]). By words rather than by
 /// parse: a statement the parser does not know still counts, and a false

@@ -249,6 +249,12 @@ pub fn query_text(m: &Message) -> Option<String> {
     take_cstr(&mut b)
 }
 
+/// The bytes of `b` before its first NUL (all of it without one), as the
+/// protocol's strings end: read without copying.
+pub fn cstr(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n])
+}
+
 /// The statement name and SQL of a Parse (`P`).
 pub fn parse_text(m: &Message) -> Option<(String, String)> {
     let mut b = &m.body[..];

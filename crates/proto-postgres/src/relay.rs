@@ -221,6 +221,9 @@ pub(crate) struct Relay<'a, W> {
     /// session is out of its transaction (until then other sessions
     /// still see, and may cache, the old schema).
     schema_dirty: AtomicBool,
+    /// On a connection whose statements are not classified: a text that
+    /// may change the schema was prepared, so any Execute may run it.
+    schema_prepared: AtomicBool,
 }
 
 /// What one message from the caller becomes.
@@ -257,6 +260,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
             schema_dirty: AtomicBool::new(false),
+            schema_prepared: AtomicBool::new(false),
         };
         let UpstreamSession {
             reader: mut up_r,
@@ -533,7 +537,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         drop(span);
         match verdict {
             Ok(passed) => {
-                let changes_schema = class.is_some_and(|c| c >= Class::Ddl)
+                let changes_schema = self.may_change_schema(&passed, class)
                     || self
                         .ctx
                         .gate
@@ -743,6 +747,31 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         {
             res.unseen_names.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether `m` (of `class`, where the connection classifies it) may
+    /// change the schema the read proofs of every connection rest on. A
+    /// statement not classified (full access, no rule that reads
+    /// statements) is looked at by words: one that starts DDL or runs
+    /// code, more never less than the DDL it can see; a function that
+    /// runs DDL when called by its name alone is not seen (its changes
+    /// are, after the catalog cache's 30 s). Once such a text was
+    /// prepared, any Execute may run it.
+    fn may_change_schema(&self, m: &Message, class: Option<Class>) -> bool {
+        let changes = match (m.tag, class) {
+            (_, Some(c)) => c >= Class::Ddl,
+            (tag::QUERY, None) => crate::classify::may_change_schema(messages::cstr(&m.body)),
+            (tag::PARSE, None) => {
+                let rest = m.body.get(messages::cstr(&m.body).len() + 1..);
+                crate::classify::may_change_schema(messages::cstr(rest.unwrap_or_default()))
+            }
+            (tag::EXECUTE, None) => return self.schema_prepared.load(Ordering::Relaxed),
+            _ => false,
+        };
+        if changes && m.tag == tag::PARSE {
+            self.schema_prepared.store(true, Ordering::Relaxed);
+        }
+        changes
     }
 
     /// Writes against the budget: a statement that may write is counted

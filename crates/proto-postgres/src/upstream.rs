@@ -157,14 +157,11 @@ struct RoleCheck {
 /// Rows of a catalog query, as text.
 pub type CatalogRows = Vec<Vec<Option<String>>>;
 
-/// The masker's catalog readings by query text, and when each was read.
+/// The masker's catalog readings by query text, and when each was read:
+/// reused as long as the statement proofs' (changes made through the
+/// gateway make both stale at once, on every connection).
 type MaskCatalogs =
-    std::collections::HashMap<String, (std::time::Instant, Arc<crate::masking::Catalog>)>;
-
-/// How long the masker's catalog rows are reused: as long as the
-/// statement proofs' catalog cache (changes made through the gateway
-/// forget both at once).
-const MASK_CATALOG_FOR: Duration = Duration::from_secs(30);
+    std::collections::HashMap<String, (crate::catalog::Reading, Arc<crate::masking::Catalog>)>;
 /// Distinct masking rules' queries kept.
 const MASK_CATALOG_MAX: usize = 16;
 
@@ -479,7 +476,7 @@ impl PgUpstream {
 
     /// The rows of the masker's catalog query `sql`, run on `session`
     /// unless the same query was answered in the last 30 seconds and no
-    /// schema change went through the gateway since. What a stale answer
+    /// schema change went through the gateway since (on any connection). What a stale answer
     /// can miss fails closed: a relation, view or function newer than it
     /// is unknown to the masker and treated as protected (see
     /// `masking::sources`).
@@ -491,12 +488,13 @@ impl PgUpstream {
     ) -> Result<Arc<crate::masking::Catalog>, UpstreamError> {
         let cached = self.mask_catalog.lock().ok().and_then(|m| {
             m.get(sql)
-                .filter(|(at, _)| at.elapsed() < MASK_CATALOG_FOR)
+                .filter(|(read, _)| read.fresh())
                 .map(|(_, c)| c.clone())
         });
         if let Some(c) = cached {
             return Ok(c);
         }
+        let reading = crate::catalog::Reading::begin();
         let rows = session.simple_rows(sql).await?;
         // Reading thousands of rows into maps is CPU work: done once per
         // answer, not per session.
@@ -505,10 +503,7 @@ impl PgUpstream {
             if m.len() >= MASK_CATALOG_MAX {
                 m.clear();
             }
-            m.insert(
-                sql.to_string(),
-                (std::time::Instant::now(), catalog.clone()),
-            );
+            m.insert(sql.to_string(), (reading, catalog.clone()));
         }
         Ok(catalog)
     }

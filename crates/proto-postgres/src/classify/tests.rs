@@ -615,3 +615,37 @@ fn settings_a_statement_sets() {
     assert_eq!(names("SELECT 'SET x = 1', \"SET\""), Some(vec![]));
     assert_eq!(names("SELECT \"set_config\"('a', 'b', false)"), None);
 }
+
+/// The look at statements a connection does not classify: DDL and code
+/// in any case and spelling PostgreSQL takes (a prefix, a comment before
+/// it, quoted, in a later statement), never a read or a write alone.
+#[test]
+fn schema_changes_are_seen_by_words() {
+    for sql in [
+        "CREATE OR REPLACE VIEW v AS SELECT 1",
+        "/* x */create view v as select 1",
+        "SELECT 1;ALTER FUNCTION f() STABLE",
+        "drop view v",
+        "COMMENT ON TABLE t IS 'x'",
+        "GRANT SELECT ON t TO r",
+        "DO $$BEGIN EXECUTE 'CREATE VIEW v AS SELECT 1'; END$$",
+        "CALL p()",
+        "EXECUTE prepared_ddl",
+        "IMPORT FOREIGN SCHEMA s FROM SERVER x INTO y",
+        "SECURITY LABEL ON TABLE t IS 'x'",
+        "LOAD 'plugin'",
+        "cReAtE\tINDEX i ON t ((f(a)))",
+    ] {
+        assert!(super::may_change_schema(sql.as_bytes()), "{sql}");
+    }
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())",
+        "BEGIN",
+        "END",
+        "SELECT created_at, dropped FROM docs",
+    ] {
+        assert!(!super::may_change_schema(sql.as_bytes()), "{sql}");
+    }
+}
