@@ -1082,86 +1082,151 @@ fn has_other_spelling(text: &str) -> bool {
 /// gathers this in its scan ([`prefilter::SPELL`]), so most strings skip
 /// [`has_other_spelling`]'s own.
 pub(crate) const fn starts_spelling(c: u8) -> bool {
-    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3 | 0xEF)
+    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3 | 0xEF) || starts_other_digit(c)
+}
+
+/// The lead bytes of the UTF-8 of every decimal digit in [`DIGIT_ZEROS`]
+/// past ASCII and the full-width forms (U+0660 Arabic-Indic to U+1FBF0).
+const fn starts_other_digit(c: u8) -> bool {
+    matches!(c, 0xD9 | 0xDB | 0xDF | 0xE0 | 0xE1 | 0xEA | 0xF0)
+}
+
+/// The zero of each run of ten decimal digits Unicode knows (general
+/// category Nd, Unicode 14: ASCII, Arabic-Indic `٠`, Devanagari `०`,
+/// Thai `๐`, full-width `０`, mathematical `𝟎`, …), in order; each run
+/// holds 0-9 in order. Written out (from Python's `unicodedata`) because
+/// `char::to_digit` reads ASCII only and no small crate gives a digit's
+/// value in other scripts (ICU's property tables would, at many times
+/// this binary's share).
+const DIGIT_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of `c` when it is a decimal digit of any script.
+fn digit_value(c: char) -> Option<u8> {
+    let v = u32::from(c);
+    let run = DIGIT_ZEROS.partition_point(|&z| z <= v).checked_sub(1)?;
+    let d = v - DIGIT_ZEROS[run];
+    // Below ten: `d` fits a byte.
+    (d < 10).then_some(d as u8)
 }
 
 /// The ASCII character (or space) spelled at byte `i` of `text`, and how
-/// many bytes spell it: a group space, `%XX`, `&#NN;`, `&#xHH;`,
-/// `&commat;`, a full-width form (U+FF01-U+FF5E: `４`, `＠`, `－`, as
-/// East Asian text writes ASCII; Unicode's compatibility mapping reads
-/// each as the ASCII character 0xFEE0 below it), or a hyphen, dash or
-/// stop other scripts write. Only printable ASCII counts (what detectors
-/// read).
+/// many bytes spell it: a character [`ascii_of`] reads as ASCII, or one
+/// percent-encoded (`%40`, and the UTF-8 of one such: `%EF%BC%94`) or
+/// written as an HTML character reference (`&#64;`, `&#xFF14;`,
+/// `&commat;`). Escapes of the characters other scripts write were read
+/// as what they are not (open until 2026-12-05, "double spellings").
+/// Only printable ASCII counts (what detectors read).
 fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
-    let b = text.as_bytes();
-    let printable = |v: u32| (0x20..0x7f).contains(&v).then_some(v as u8);
-    match b[i] {
-        b'%' => {
-            let hex = text.get(i + 1..i + 3)?;
-            let v = u32::from_str_radix(hex, 16).ok()?;
-            (hex.bytes().all(|c| c.is_ascii_hexdigit())).then_some(())?;
-            Some((printable(v)?, 3))
-        }
-        b'&' => {
-            let rest = text.get(i + 1..)?;
-            if rest.starts_with("commat;") {
-                return Some((b'@', 8));
-            }
-            let num = rest.strip_prefix('#')?;
-            // At most 8 bytes ahead: searching the whole rest for each `&`
-            // made a text of `&#` without `;` quadratic (code review).
-            let end = num
-                .as_bytes()
-                .iter()
-                .take(8)
-                .position(|&c| c == b';')
-                .filter(|&e| (1..=7).contains(&e))?;
-            let digits = &num[..end];
-            let v = match digits.strip_prefix(['x', 'X']) {
-                Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
-                    u32::from_str_radix(h, 16).ok()?
-                }
-                None if digits.bytes().all(|c| c.is_ascii_digit()) => digits.parse().ok()?,
-                _ => return None,
-            };
-            Some((printable(v)?, end + 3))
-        }
-        0xC2 | 0xE2 | 0xE3 => {
+    match *text.as_bytes().get(i)? {
+        b'%' => percent_at(text, i),
+        b'&' => reference_at(text, i),
+        c if c >= 0x80 => {
             let c = text.get(i..)?.chars().next()?;
             let n = c.len_utf8();
             match c {
-                c if is_group_space(c) => Some((b' ', n)),
-                // Hyphens, dashes and the minus sign that Japanese text
-                // (the full-width minus of Shift-JIS converts to U+2212)
-                // and word processors put between digit groups, the
-                // ideographic full stop in addresses, and the katakana
-                // long mark between digits (`０９０ー１２３４`): a review
-                // passed cards, SSNs, phones and an address written so.
-                '\u{2010}'..='\u{2013}' | '\u{2212}' => Some((b'-', n)),
-                '\u{3002}' => Some((b'.', n)),
+                // The katakana long mark between digits (`０９０ー１２３４`).
                 '\u{30FC}' if between_digits(text, i, n) => Some((b'-', n)),
-                _ => None,
+                c => Some((ascii_of(c)?, n)),
             }
-        }
-        0xEF => {
-            let c = text.get(i..)?.chars().next()?;
-            if c == '\u{FE63}' {
-                return Some((b'-', 3));
-            }
-            let ascii = u32::from(c)
-                .checked_sub(0xFEE0)
-                .filter(|v| (0x21..0x7f).contains(v))?;
-            Some((printable(ascii)?, 3))
         }
         _ => None,
     }
 }
 
-/// Whether the `n` bytes at `i` have a digit (ASCII or full-width) on
-/// each side.
+/// The printable ASCII character (or space) a non-ASCII character spells:
+/// a space number formats put between digit groups; a hyphen, dash or
+/// minus sign Japanese text (the full-width minus of Shift-JIS converts
+/// to U+2212) and word processors put between digit groups; the
+/// ideographic full stop in addresses; a full-width form (U+FF01-U+FF5E:
+/// `４`, `＠`, `－`, as East Asian text writes ASCII; Unicode's
+/// compatibility mapping reads each as the ASCII character 0xFEE0 below
+/// it); a decimal digit of another script (`٤`, `४`, `๔`, `𝟒`: the digit
+/// it is, as a model or a person reads it). Reviews passed cards, SSNs,
+/// phones and addresses written each way. Every such character's first
+/// byte is one [`starts_spelling`] knows (a test holds it to that).
+fn ascii_of(c: char) -> Option<u8> {
+    match c {
+        c if is_group_space(c) => Some(b' '),
+        '\u{2010}'..='\u{2013}' | '\u{2212}' | '\u{FE63}' => Some(b'-'),
+        '\u{3002}' => Some(b'.'),
+        // 0x21..=0x7E: a byte.
+        '\u{FF01}'..='\u{FF5E}' => u8::try_from(u32::from(c) - 0xFEE0).ok(),
+        c => digit_value(c).map(|d| b'0' + d),
+    }
+}
+
+/// A percent-encoded character at `i`: printable ASCII, or the UTF-8 of
+/// a character [`ascii_of`] reads (each of its bytes encoded).
+fn percent_at(text: &str, i: usize) -> Option<(u8, usize)> {
+    let byte = |k: usize| -> Option<u8> {
+        let at = i + 3 * k;
+        let hex = text.get(at + 1..at + 3)?;
+        (text.as_bytes().get(at) == Some(&b'%') && hex.bytes().all(|c| c.is_ascii_hexdigit()))
+            .then_some(())?;
+        u8::from_str_radix(hex, 16).ok()
+    };
+    let first = byte(0)?;
+    if first < 0x80 {
+        return Some((printable(u32::from(first))?, 3));
+    }
+    let len = match first {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    let mut utf8 = [first, 0, 0, 0];
+    for (k, b) in utf8.iter_mut().enumerate().take(len).skip(1) {
+        *b = byte(k)?;
+    }
+    let c = std::str::from_utf8(&utf8[..len]).ok()?.chars().next()?;
+    Some((ascii_of(c)?, 3 * len))
+}
+
+/// An HTML character reference at `i` (`&#NN;`, `&#xHH;`, `&commat;`) of
+/// printable ASCII or of a character [`ascii_of`] reads.
+fn reference_at(text: &str, i: usize) -> Option<(u8, usize)> {
+    let rest = text.get(i + 1..)?;
+    if rest.starts_with("commat;") {
+        return Some((b'@', 8));
+    }
+    let num = rest.strip_prefix('#')?;
+    // At most 8 bytes ahead: searching the whole rest for each `&` made a
+    // text of `&#` without `;` quadratic (code review).
+    let end = num
+        .as_bytes()
+        .iter()
+        .take(8)
+        .position(|&c| c == b';')
+        .filter(|&e| (1..=7).contains(&e))?;
+    let digits = &num[..end];
+    let v = match digits.strip_prefix(['x', 'X']) {
+        Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
+            u32::from_str_radix(h, 16).ok()?
+        }
+        None if digits.bytes().all(|c| c.is_ascii_digit()) => digits.parse().ok()?,
+        _ => return None,
+    };
+    let ascii = printable(v).or_else(|| char::from_u32(v).and_then(ascii_of))?;
+    Some((ascii, end + 3))
+}
+
+/// `v` when it is printable ASCII (or a space).
+fn printable(v: u32) -> Option<u8> {
+    u8::try_from(v).ok().filter(|b| (0x20..0x7f).contains(b))
+}
+
+/// Whether the `n` bytes at `i` have a digit (of any script) on each
+/// side.
 fn between_digits(text: &str, i: usize, n: usize) -> bool {
-    let digit =
-        |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || ('０'..='９').contains(&c));
+    let digit = |c: Option<char>| c.and_then(digit_value).is_some();
     digit(text[..i].chars().next_back()) && digit(text.get(i + n..).and_then(|t| t.chars().next()))
 }
 

@@ -184,6 +184,102 @@ fn digit_groups_spaced_as_locales_space_them_are_found() {
     assert_eq!(mask("Prix\u{a0}: 12\u{a0}€"), "Prix\u{a0}: 12\u{a0}€");
 }
 
+/// Decimal digits of other scripts are the digits they are: a card, an
+/// SSN or a phone number written in Arabic-Indic, Persian, Devanagari,
+/// Bengali, Thai or mathematical digits (a target's locale, or a query's
+/// `translate()`), or mixing them with ASCII's, is found and replaced as
+/// written. Open until 2026-12-05 ("other-script digits").
+#[test]
+fn digits_of_other_scripts_spell_the_same_values() {
+    let m = masker();
+    for (text, detector, value) in [
+        (
+            "card ٤١١١ ١١١١ ١١١١ ١١١١ paid",
+            "card",
+            "٤١١١ ١١١١ ١١١١ ١١١١",
+        ),
+        ("card ۴۱۱۱-۱۱۱۱-۱۱۱۱-۱۱۱۱", "card", "۴۱۱۱-۱۱۱۱-۱۱۱۱-۱۱۱۱"),
+        ("ssn १२३-४५-६७८९", "ssn", "१२३-४५-६७८९"),
+        ("ssn ১২৩-৪৫-৬৭৮৯", "ssn", "১২৩-৪৫-৬৭৮৯"),
+        ("tel +1 ๔๑๕ ๕๕๕ ๐๑๓๒", "phone", "+1 ๔๑๕ ๕๕๕ ๐๑๓๒"),
+        ("card 4111 ١١١١ 1111 ١١١١", "card", "4111 ١١١١ 1111 ١١١١"),
+        ("card 𝟒𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏", "card", "𝟒𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏"),
+        ("ip ١٩٢.١٦٨.١.١٠ up", "ipv4", "١٩٢.١٦٨.١.١٠"),
+    ] {
+        let masked = found_as(&m, text, detector, value);
+        assert!(!masked.contains(value), "{masked}");
+    }
+    // In JSON strings, raw and escaped, and in a PostgreSQL-like cell.
+    for body in [
+        "{\"c\":\"٤١١١١١١١١١١١١١١١\"}",
+        "{\"c\":\"\\u0664\\u0661\\u0661\\u0661111111111111\"}",
+    ] {
+        let out = m
+            .mask_json_bytes(body.as_bytes(), &mut Stats::new())
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(!out.contains("١١١") && !out.contains("1111"), "{out}");
+    }
+    // Numbers in those scripts that are no value stay as they are.
+    for text in [
+        "السعر ١٢ دينار",
+        "पृष्ठ १२३",
+        "๒๕๖๙",
+        "emoji 🙂🙂 and 𝟏𝟐",
+        "١٢٣٤",
+    ] {
+        assert_eq!(m.mask_str(text, &mut Stats::new()), text);
+    }
+}
+
+/// Escapes of what other scripts write spell it too: an HTML reference
+/// or the percent-encoded UTF-8 of a full-width or other-script digit
+/// (open until 2026-12-05, "double spellings"). Escapes of other
+/// characters, broken ones and lone bytes stay as they are.
+#[test]
+fn escapes_of_other_spellings_spell_the_same_values() {
+    let m = masker();
+    let card = |d: &str| format!("card {d}111 1111 1111 1111 paid");
+    for (text, value) in [
+        (card("&#xFF14;"), "&#xFF14;111 1111 1111 1111"),
+        (card("&#65300;"), "&#65300;111 1111 1111 1111"),
+        (card("%EF%BC%94"), "%EF%BC%94111 1111 1111 1111"),
+        (card("%D9%A4"), "%D9%A4111 1111 1111 1111"),
+        (card("&#x664;"), "&#x664;111 1111 1111 1111"),
+        (card("%F0%9D%9F%92"), "%F0%9D%9F%92111 1111 1111 1111"),
+    ] {
+        found_as(&m, &text, "card", value);
+    }
+    let mail = "ada%EF%BC%A0example.com";
+    found_as(&m, &format!("to {mail} now"), "email", mail);
+    for text in [
+        "a %EF%BC 4111",
+        "%C3%A9t%C3%A9 1234",
+        "&#x1F600; 12",
+        "%E2%82%AC 10",
+        "&#xD800; 1",
+        "%F4%90%80%80 1",
+    ] {
+        assert_eq!(m.mask_str(text, &mut Stats::new()), text, "{text}");
+    }
+}
+
+/// Every character the masker reads as ASCII starts with a byte the
+/// scans that decide whether to read a text look for: a character left
+/// out would be read in one pass and not in the other.
+#[test]
+fn every_spelled_character_starts_with_a_byte_looked_for() {
+    for c in ('\u{80}'..='\u{10FFFF}').filter(|&c| crate::ascii_of(c).is_some()) {
+        let mut b = [0; 4];
+        let lead = c.encode_utf8(&mut b).as_bytes()[0];
+        assert!(
+            crate::starts_spelling(lead),
+            "{c:?} (U+{:04X})",
+            u32::from(c)
+        );
+    }
+}
+
 /// Full-width forms (U+FF01-U+FF5E) spell ASCII as East Asian text and
 /// input methods write it, and read the same to a person or a model:
 /// open until 2026-12-05 ("digits other than ASCII's").
