@@ -552,6 +552,8 @@ const CHANGES_SCHEMA: &[&[u8]] = &[
     b"do",
     b"call",
     b"execute",
+    // `COMMIT PREPARED`: a prepared transaction's DDL shows when it ends.
+    b"prepared",
 ];
 
 /// Whether `sql` holds one of [`CHANGES_SCHEMA`] as a run of letters in

@@ -635,6 +635,7 @@ fn schema_changes_are_seen_by_words() {
         "SECURITY LABEL ON TABLE t IS 'x'",
         "LOAD 'plugin'",
         "cReAtE\tINDEX i ON t ((f(a)))",
+        "COMMIT PREPARED 'ddl'",
     ] {
         assert!(super::may_change_schema(sql.as_bytes()), "{sql}");
     }
