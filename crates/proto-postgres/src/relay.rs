@@ -226,6 +226,10 @@ pub(crate) struct Relay<'a, W> {
     schema_prepared: AtomicBool,
 }
 
+/// A caller's message admitted (what goes to the target, and the answers
+/// an approved run is checked against), or refused.
+type Admission = Result<(Message, Option<crate::checked::Expected>), Refusal>;
+
 /// What one message from the caller becomes.
 enum Step {
     /// Encoded into the batch for the target.
@@ -458,8 +462,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         Ok(())
     }
 
-    /// One message from the caller: proven, held where a rule says, then
-    /// through the chain into `out` (or refused in its place).
+    /// One message from the caller: in protocol order, admitted (proven,
+    /// counted, held where a rule says, inspected), then into `out`, or
+    /// refused in its place.
     async fn on_caller_message<UW: AsyncWrite + Unpin>(
         &self,
         m: Message,
@@ -467,101 +472,22 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         up_w: &mut UW,
     ) -> Result<Step, Exit> {
         let tag = m.tag;
-        // A simple query or fast-path call inside an extended batch not
-        // yet ended by Sync: after an error the target skips it without
-        // an answer, and the count of answers due (which approved runs'
-        // checks are matched by) would be off for the rest of the session
-        // (re-review). No driver sends one there.
-        if self.ctx.gate.is_some()
-            && matches!(tag, tag::QUERY | tag::FUNCTION_CALL)
-            && self.unsynced.load(Ordering::Relaxed)
-        {
-            return Err(Exit::Refused(Refusal {
-                code: sqlstate::PROTOCOL_VIOLATION,
-                message: "portcullis: a simple query or function call was sent inside an extended-protocol batch before its Sync; the session is closed".into(),
-            }));
-        }
-        if self.checking.load(Ordering::Relaxed)
-            && self.checks.lock().map_err(|_| Exit::Internal)?.blocks(&m)
-        {
-            return Err(Exit::Refused(Refusal {
-                code: sqlstate::PROTOCOL_VIOLATION,
-                message: "portcullis: an approved statement's portal must be run by its Execute (or closed) before anything else is sent; the session is closed".into(),
-            }));
-        }
+        self.in_protocol_order(&m)?;
         let span = self.statement_span(tag);
-        let checked = statements::check(self.ctx, &m).await;
-        let class = checked
-            .as_ref()
-            .ok()
-            .and_then(|c| c.as_ref().map(|c| c.class));
+        let (class, admitted) = self.admit(&m, out, up_w).await?;
         if let Some(c) = class {
             span.record("class", c.as_str());
         }
-        let checked = match checked {
-            Ok(c) => self.budget_gate(&m, class).await.map(|()| c),
-            Err(r) => Err(r),
+        let decision = if admitted.is_ok() {
+            "allowed"
+        } else {
+            "refused"
         };
-        let gated = match (checked, self.ctx.gate) {
-            (Err(refusal), _) => Err(refusal),
-            (Ok(checked), Some(g)) => {
-                g.observe(&m, class);
-                // What was batched before goes first: only this statement waits.
-                if g.may_wait(&m)
-                    && !out.is_empty()
-                    && !flush_to(up_w, out, &self.bytes_from_caller).await
-                {
-                    return Err(Exit::UpstreamGone);
-                }
-                g.admit(&m, checked.as_ref(), self.ctx.upstream, &self.caller_w)
-                    .await
-            }
-            (Ok(_), None) => Ok(m.clone().into()),
-        };
-        let mut counts = None;
-        let verdict = match gated {
-            Err(refusal) => Err(refusal),
-            Ok(admitted) => {
-                counts = admitted.checked;
-                self.inspect_frontend(admitted.message)?
-            }
-        };
-        span.record(
-            "decision",
-            if verdict.is_ok() {
-                "allowed"
-            } else {
-                "refused"
-            },
-        );
+        span.record("decision", decision);
         drop(span);
-        match verdict {
-            Ok(passed) => {
-                let changes_schema = self.may_change_schema(&passed, class)
-                    || self
-                        .ctx
-                        .gate
-                        .is_some_and(|g| g.binds_schema_change(&passed));
-                if changes_schema {
-                    self.schema_dirty.store(true, Ordering::Relaxed);
-                }
-                self.send_checked(passed, counts, out)?;
-            }
-            Err(refusal) => {
-                if !matches!(
-                    tag,
-                    tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
-                ) {
-                    return Err(Exit::Refused(refusal));
-                }
-                let stand_in = self.refuse(&m, refusal, class).await;
-                // The stand-in goes through the chain too, so every
-                // inspector sees what the target will answer.
-                match self.inspect_frontend(stand_in)? {
-                    Ok(m) => m.encode(out),
-                    Err(_) => return Err(Exit::Internal),
-                }
-            }
+        match admitted {
+            Ok((passed, counts)) => self.pass(passed, class, counts, out)?,
+            Err(refusal) => self.answer_refused(&m, refusal, class, out).await?,
         }
         self.count_sync_points(tag);
         if tag == tag::TERMINATE {
@@ -572,6 +498,129 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             return Ok(Step::Terminate);
         }
         Ok(Step::Sent)
+    }
+
+    /// Messages a guarded session must not send where `m` comes: the
+    /// session is closed.
+    /// - A simple query or fast-path call inside an extended batch not yet
+    ///   ended by Sync: after an error the target skips it without an
+    ///   answer, and the count of answers due (which approved runs'
+    ///   checks are matched by) would be off for the rest of the session
+    ///   (re-review). No driver sends one there.
+    /// - Anything but its Execute (or Close) after an approved
+    ///   statement's Bind.
+    fn in_protocol_order(&self, m: &Message) -> Result<(), Exit> {
+        if self.ctx.gate.is_some()
+            && matches!(m.tag, tag::QUERY | tag::FUNCTION_CALL)
+            && self.unsynced.load(Ordering::Relaxed)
+        {
+            return Err(Exit::Refused(Refusal {
+                code: sqlstate::PROTOCOL_VIOLATION,
+                message: "portcullis: a simple query or function call was sent inside an extended-protocol batch before its Sync; the session is closed".into(),
+            }));
+        }
+        if self.checking.load(Ordering::Relaxed)
+            && self.checks.lock().map_err(|_| Exit::Internal)?.blocks(m)
+        {
+            return Err(Exit::Refused(Refusal {
+                code: sqlstate::PROTOCOL_VIOLATION,
+                message: "portcullis: an approved statement's portal must be run by its Execute (or closed) before anything else is sent; the session is closed".into(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// `m` proven (its class, where the connection classifies
+    /// statements), counted against the grant's budget, held where a rule
+    /// says, and through the inspectors: what goes to the target (with
+    /// the answers an approved run is checked against), or the refusal.
+    async fn admit<UW: AsyncWrite + Unpin>(
+        &self,
+        m: &Message,
+        out: &mut BytesMut,
+        up_w: &mut UW,
+    ) -> Result<(Option<Class>, Admission), Exit> {
+        let checked = statements::check(self.ctx, m).await;
+        let class = checked
+            .as_ref()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.class));
+        let checked = match checked {
+            Ok(c) => self.budget_gate(m, class).await.map(|()| c),
+            Err(r) => Err(r),
+        };
+        let gated = match (checked, self.ctx.gate) {
+            (Err(refusal), _) => Err(refusal),
+            (Ok(checked), Some(g)) => {
+                g.observe(m, class);
+                // What was batched before goes first: only this statement waits.
+                if g.may_wait(m)
+                    && !out.is_empty()
+                    && !flush_to(up_w, out, &self.bytes_from_caller).await
+                {
+                    return Err(Exit::UpstreamGone);
+                }
+                g.admit(m, checked.as_ref(), self.ctx.upstream, &self.caller_w)
+                    .await
+            }
+            (Ok(_), None) => Ok(m.clone().into()),
+        };
+        let admission = match gated {
+            Err(refusal) => Err(refusal),
+            Ok(admitted) => {
+                let counts = admitted.checked;
+                self.inspect_frontend(admitted.message)?
+                    .map(|passed| (passed, counts))
+            }
+        };
+        Ok((class, admission))
+    }
+
+    /// An admitted message into `out`; one that may change the schema
+    /// makes the catalog's proofs end once it is done.
+    fn pass(
+        &self,
+        passed: Message,
+        class: Option<Class>,
+        counts: Option<crate::checked::Expected>,
+        out: &mut BytesMut,
+    ) -> Result<(), Exit> {
+        let changes_schema = self.may_change_schema(&passed, class)
+            || self
+                .ctx
+                .gate
+                .is_some_and(|g| g.binds_schema_change(&passed));
+        if changes_schema {
+            self.schema_dirty.store(true, Ordering::Relaxed);
+        }
+        self.send_checked(passed, counts, out)
+    }
+
+    /// A refused message's stand-in into `out`, answered in protocol
+    /// order; a refused message that has no stand-in ends the session.
+    async fn answer_refused(
+        &self,
+        m: &Message,
+        refusal: Refusal,
+        class: Option<Class>,
+        out: &mut BytesMut,
+    ) -> Result<(), Exit> {
+        if !matches!(
+            m.tag,
+            tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
+        ) {
+            return Err(Exit::Refused(refusal));
+        }
+        let stand_in = self.refuse(m, refusal, class).await;
+        // The stand-in goes through the chain too, so every inspector
+        // sees what the target will answer.
+        match self.inspect_frontend(stand_in)? {
+            Ok(m) => {
+                m.encode(out);
+                Ok(())
+            }
+            Err(_) => Err(Exit::Internal),
+        }
     }
 
     /// A span per statement, exported over OTLP when asked: who, where,
