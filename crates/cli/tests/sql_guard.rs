@@ -639,10 +639,16 @@ fn a_schema_change_through_the_gateway_ends_the_proofs_made_before_it() {
         )
         .await
         .unwrap();
-        // Proven again (and cached) while the change is not yet visible.
-        assert_eq!(
-            name(b.simple_query("SELECT stable_name(2)").await.unwrap()),
-            Some("name2".into())
+        // Not proven while the change is under way (before 2026-12-05:
+        // proven against the old function, and cached): held.
+        let e = b
+            .simple_query("SELECT stable_name(2)")
+            .await
+            .expect_err("proven while a schema change was under way");
+        let message = e.as_db_error().map(|d| d.message().to_string());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("review")),
+            "{e:?}"
         );
         a.batch_execute("COMMIT").await.unwrap();
         let e = b
@@ -694,6 +700,107 @@ fn a_schema_change_through_another_connection_ends_the_proofs() {
                 .await
                 .unwrap();
         }
+    });
+}
+
+/// A schema change whose caller left before its answer (Query and
+/// Terminate at once): the session's end had not moved the proofs, and
+/// the replaced view's lock was taken on the read-only connection for the
+/// cache's 30 s (review, 2026-12-05). Now the change counts until the
+/// target's session has closed.
+#[test]
+fn a_schema_change_whose_caller_left_at_once_ends_the_proofs() {
+    let g = Guard::start("leftatonce");
+    PgCluster::shared().psql_db(&g.db, "CREATE VIEW v_gone AS SELECT 1 AS x;");
+    rt().block_on(async {
+        reads_proven(&g, &["SELECT * FROM v_gone"]).await;
+        let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token).await;
+        w.query("CREATE OR REPLACE VIEW v_gone AS SELECT (pg_try_advisory_lock(4260))::int AS x")
+            .await;
+        w.terminate().await;
+        refused_unproven(&g, "SELECT * FROM v_gone").await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+    });
+}
+
+/// A schema change under way in an open transaction on another
+/// connection: the read was proven against the committed view, waited
+/// for the view's lock, and ran the new view once the change committed
+/// (review: it ended another session). While one is under way, nothing
+/// that rests on the catalog is proven; nor is a read after the
+/// session's own change in its transaction (the look-up does not see
+/// it): on a connection whose rule lets DDL pass, a stable function's
+/// body replaced and called in one transaction took a lock unheld.
+#[test]
+fn a_schema_change_under_way_is_not_proven_against() {
+    let g = Guard::start("underway");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE VIEW v_tx AS SELECT 1 AS x; \
+         CREATE FUNCTION f_own() RETURNS int LANGUAGE sql STABLE AS 'select 1';",
+    );
+    rt().block_on(async {
+        reads_proven(&g, &["SELECT * FROM v_tx"]).await;
+        let rw = g.client("rw").await;
+        rw.batch_execute(
+            "BEGIN; CREATE OR REPLACE VIEW v_tx AS SELECT (pg_try_advisory_lock(4261))::int AS x",
+        )
+        .await
+        .unwrap();
+        // Refused at once (before: proven, then waiting for the lock).
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            refused_unproven(&g, "SELECT * FROM v_tx"),
+        )
+        .await
+        .expect("the read waited for the change's lock");
+        rw.batch_execute("COMMIT").await.unwrap();
+        refused_unproven(&g, "SELECT * FROM v_tx").await;
+        rw.batch_execute("CREATE OR REPLACE VIEW v_tx AS SELECT 1 AS x")
+            .await
+            .unwrap();
+        reads_proven(&g, &["SELECT * FROM v_tx"]).await;
+        // The session's own change, on a connection that lets DDL pass:
+        // a stable function's body replaced, then called.
+        let own = g.client("ddl-free").await;
+        own.batch_execute(
+            "BEGIN; CREATE OR REPLACE FUNCTION f_own() RETURNS int LANGUAGE sql STABLE \
+             AS 'select pg_try_advisory_lock(4262)::int'",
+        )
+        .await
+        .unwrap();
+        let e = own
+            .simple_query("SELECT f_own()")
+            .await
+            .expect_err("the session's own new function body ran unheld");
+        assert!(e.as_db_error().is_some(), "{e:?}");
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+    });
+}
+
+/// A superuser's write to the catalog itself through a connection that
+/// does not classify statements: `UPDATE pg_proc SET prosrc = …` made a
+/// proven stable function take a lock on the read-only connection for
+/// the cache's 30 s (review, 2026-12-05). A write to a `pg_…` relation is
+/// a schema change.
+#[test]
+fn a_write_to_the_catalog_ends_the_proofs() {
+    let g = Guard::start("catalogwrite");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE FUNCTION g_cat() RETURNS int LANGUAGE sql STABLE AS 'select 1';",
+    );
+    rt().block_on(async {
+        reads_proven(&g, &["SELECT g_cat()"]).await;
+        g.client("rw")
+            .await
+            .batch_execute(
+                "UPDATE pg_proc SET prosrc = 'select pg_try_advisory_lock(4263)::int'                  WHERE proname = 'g_cat'",
+            )
+            .await
+            .unwrap();
+        refused_unproven(&g, "SELECT g_cat()").await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
     });
 }
 
@@ -951,7 +1058,9 @@ fn views_over_harmless_built_ins_stay_proven() {
         &g,
         &[
             "SELECT r FROM v_dice",
-            "SELECT count(*) FROM pg_stat_activity",
+            // (Not `pg_stat_activity`: other sessions' statements are
+            // admin since 2026-12-05.)
+            "SELECT count(*) FROM pg_stat_database",
             "SELECT name FROM customers WHERE id = 1",
         ],
     ));

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::classify::{self, Analysis, Call, Class, Proof};
@@ -63,6 +63,46 @@ impl Reading {
 /// reading in the process is stale.
 pub(crate) fn schema_changed() {
     SCHEMA_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Sessions of this process with a schema change sent and their
+/// transaction not yet seen to end ([`SchemaChange`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A schema change under way on one session: sent, and its transaction
+/// not yet seen to end. While any is, no statement is proven against
+/// the catalog on any connection (each is `unknown`: refused on
+/// read-only connections, held where approvals apply): a proof reads the catalog as committed, and the statement runs under
+/// what commits before it starts or while it waits for a lock. A review
+/// held a `CREATE OR REPLACE VIEW` open in a transaction through a
+/// full-access connection, read the view on the read-only connection
+/// (proven against the old view, then waiting for the view's lock), and
+/// committed: the new view's `pg_terminate_backend` ran (2026-12-05).
+/// The session's own statements after its change too: the look-up's
+/// session does not see what its transaction has not committed.
+/// Dropped when the transaction is seen to end, or the session is gone:
+/// every reading is stale from then on.
+#[derive(Debug)]
+pub(crate) struct SchemaChange(());
+
+impl SchemaChange {
+    pub(crate) fn begin() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        Self(())
+    }
+}
+
+impl Drop for SchemaChange {
+    fn drop(&mut self) {
+        // Stale first: whoever sees none under way sees the new count.
+        schema_changed();
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a schema change is under way on any session of the process.
+fn schema_in_flight() -> bool {
+    IN_FLIGHT.load(Ordering::Acquire) > 0
 }
 /// Entries kept per connection before the cache starts over.
 const MAX_ENTRIES: usize = 4096;
@@ -491,6 +531,13 @@ impl Catalog {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
+        let on_catalog = reaches_hidden(a) || a.needs_proof();
+        if a.class < Class::Ddl && on_catalog && schema_in_flight() {
+            tracing::info!(
+                "a schema change is under way through the gateway: statements that rest on the catalog are not proven until its transaction has ended"
+            );
+            return Ok(Class::Unknown);
+        }
         if a.class < Class::Ddl && reaches_hidden(a) && !self.hidden(&open).await?.is_empty() {
             return Ok(Class::Unknown);
         }
@@ -662,6 +709,9 @@ impl Catalog {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
+        if schema_in_flight() {
+            return Ok(None);
+        }
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             Cache::fresh(cache.oids.get(&oid))

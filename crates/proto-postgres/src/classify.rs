@@ -390,8 +390,12 @@ pub fn analyse(sql: &str) -> Analysis {
     }
     let redefines = redefines(&tokens);
     if let Some((name, whole)) = table_statement(sql).filter(|_| !has_escaped_identifier(sql)) {
+        let class = match OTHER_SESSIONS.contains(&name.as_str()) {
+            true => Class::Admin,
+            false => Class::Read,
+        };
         return Analysis {
-            class: Class::Read,
+            class,
             calls: Vec::new(),
             attributes: Vec::new(),
             refs: References {
@@ -556,14 +560,37 @@ const CHANGES_SCHEMA: &[&[u8]] = &[
     b"prepared",
 ];
 
-/// Whether `sql` holds one of [`CHANGES_SCHEMA`] as a run of letters in
-/// any case (literals, comments and quoted names included: more, never
-/// less than a parse would find). For connections whose statements are
-/// not parsed: DDL there makes the catalog proofs of every connection
-/// stale. Bytes, not text: a statement that is not UTF-8 is looked at too.
+/// Words that start a write: beside a system catalog's name
+/// (`pg_…`), a change to the catalog itself.
+const WRITES: &[&[u8]] = &[b"insert", b"update", b"delete", b"merge", b"copy"];
+
+/// Whether `sql` may change the schema: it holds one of
+/// [`CHANGES_SCHEMA`] as a word in any case, or one of [`WRITES`] and a
+/// name starting `pg_` (literals, comments and quoted names included:
+/// more, never less than a parse would find). For connections whose
+/// statements are not parsed: DDL there makes the catalog proofs of every
+/// connection stale. A word is a run of what PostgreSQL reads inside one
+/// identifier (letters, digits, `_`, `$`, any byte past ASCII), so
+/// `create_time` is not `create` (a review's ORM columns made every read
+/// on the guarded connections look the catalog up again); a keyword that
+/// starts a statement always has something else before it. Bytes, not
+/// text: a statement that is not UTF-8 is looked at too.
 pub fn may_change_schema(sql: &[u8]) -> bool {
-    sql.split(|c| !c.is_ascii_alphabetic())
-        .any(|w| CHANGES_SCHEMA.iter().any(|k| w.eq_ignore_ascii_case(k)))
+    let inside = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$') || *c >= 0x80;
+    let mut words = sql.split(|c| !inside(c)).filter(|w| !w.is_empty());
+    let (mut writes, mut catalog) = (false, false);
+    words.any(|w| {
+        writes |= WRITES.iter().any(|k| w.eq_ignore_ascii_case(k));
+        catalog |= w.len() > 3 && w[..3].eq_ignore_ascii_case(b"pg_");
+        CHANGES_SCHEMA.iter().any(|k| w.eq_ignore_ascii_case(k)) || (writes && catalog)
+    })
+}
+
+/// Whether a write statement writes to a system catalog (a relation
+/// named `pg_…`, as only the system's are by default): a change to the
+/// schema as much as DDL (a superuser's `UPDATE pg_proc SET prosrc = …`).
+pub fn writes_catalog(a: &Analysis) -> bool {
+    a.refs.relations.iter().any(|r| r.starts_with("pg_")) || a.refs.opaque
 }
 
 /// Whether a keyword (an unquoted word) may redefine prepared statements
@@ -1082,7 +1109,19 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "dblink_connect",
     "pg_advisory_lock",
     "pg_advisory_xact_lock",
+    // Other sessions' statement text ([`OTHER_SESSIONS`]).
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
 ];
+
+/// Views that show other sessions' statement text, literals and all:
+/// every caller of a connection shares its database role, and PostgreSQL
+/// shows a role's sessions to each other (a review's principal read
+/// another's values from `pg_stat_activity` through the MCP `sql_query`
+/// tool, 2026-12-05). Reading one is `admin` (refused on read-only
+/// connections, held where approvals apply), as calling the functions
+/// behind them is ([`ADMIN_FUNCTIONS`]).
+const OTHER_SESSIONS: &[&str] = &["pg_stat_activity"];
 
 /// The class a function's name alone gives it, in any schema: `admin`
 /// for server-state functions, `unknown` for those that run SQL text;
@@ -1460,7 +1499,11 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-        self.refs.relations.insert(last_part(r));
+        let name = last_part(r);
+        if OTHER_SESSIONS.contains(&name.as_str()) {
+            self.class = self.class.max(Class::Admin);
+        }
+        self.refs.relations.insert(name);
         self.refs.qualified.insert(qualified(r));
         ControlFlow::Continue(())
     }

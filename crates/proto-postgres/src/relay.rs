@@ -177,6 +177,10 @@ async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, count: &
 /// its side after the caller's goodbye.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a departed caller's schema change is waited for (its target
+/// session closing) before proofs resume.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Over an agent's link the target stream is an HTTP/2 stream, and
 /// dropping it resets it: whatever is still queued, the caller's
 /// Terminate included, is discarded. Waiting for the agent to close its
@@ -216,14 +220,45 @@ pub(crate) struct Relay<'a, W> {
     unsynced: AtomicBool,
     ready_seen: AtomicU64,
     last_status: AtomicU8,
-    /// A statement that may change the schema went to the target: the
-    /// catalog's proofs are forgotten at each ReadyForQuery until the
-    /// session is out of its transaction (until then other sessions
-    /// still see, and may cache, the old schema).
-    schema_dirty: AtomicBool,
-    /// On a connection whose statements are not classified: a text that
-    /// may change the schema was prepared, so any Execute may run it.
-    schema_prepared: AtomicBool,
+    /// A statement that may change the schema went to the target and its
+    /// transaction has not been seen to end: no statement is proven on
+    /// any connection meanwhile, the catalog's proofs are forgotten at
+    /// each ReadyForQuery, and once more when it ends (until then other
+    /// sessions still see the old schema).
+    schema_change: Mutex<Option<crate::catalog::SchemaChange>>,
+    /// On a connection whose statements are not classified: the prepared
+    /// statements whose text may change the schema (a Bind of one runs
+    /// it); past [`MAX_SCHEMA_STATEMENTS`], every Bind counts.
+    schema_statements: Mutex<SchemaStatements>,
+}
+
+/// Prepared statements a session's text may change the schema with.
+#[derive(Default)]
+struct SchemaStatements {
+    names: std::collections::HashSet<Vec<u8>>,
+    overflowed: bool,
+}
+
+/// Names [`SchemaStatements`] keeps before every Bind counts.
+const MAX_SCHEMA_STATEMENTS: usize = 1024;
+
+impl SchemaStatements {
+    /// Statement `name` was prepared: whether its text may change the
+    /// schema.
+    fn note(&mut self, name: &[u8], changes: bool) {
+        if !changes {
+            self.names.remove(name);
+        } else if self.names.len() < MAX_SCHEMA_STATEMENTS {
+            self.names.insert(name.to_vec());
+        } else {
+            self.overflowed = true;
+        }
+    }
+
+    /// Whether a Bind of statement `name` may change the schema.
+    fn runs(&self, name: &[u8]) -> bool {
+        self.overflowed || self.names.contains(name)
+    }
 }
 
 /// A caller's message admitted (what goes to the target, and the answers
@@ -263,8 +298,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             unsynced: AtomicBool::new(false),
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
-            schema_dirty: AtomicBool::new(false),
-            schema_prepared: AtomicBool::new(false),
+            schema_change: Mutex::new(None),
+            schema_statements: Mutex::new(SchemaStatements::default()),
         };
         let UpstreamSession {
             reader: mut up_r,
@@ -295,6 +330,10 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         // What is still reserved when the session ends.
         relay.budget_settle(true).await;
         let (outcome, reusable, running) = relay.say_goodbye(&exit).await;
+        // A schema change whose transaction was not seen to end (the
+        // caller left first: a review's Query and Terminate in one write
+        // left every proof of the old schema standing for 30 s).
+        let change = relay.schema_change.lock().ok().and_then(|mut c| c.take());
         let reusable = if reusable {
             Some(UpstreamSession {
                 reader: up_r,
@@ -332,9 +371,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 if said && ctx.upstream.agent().is_some() {
                     linger(&mut up_r).await;
                 }
+                if change.is_some() {
+                    // It ends (commits or not) before the target's
+                    // backend reads the goodbye and closes.
+                    let drain = async { while let Ok(Some(_)) = up_r.next().await {} };
+                    let _ = tokio::time::timeout(SETTLE, drain).await;
+                }
             }
             None
         };
+        // Every reading is stale from here on; proofs resume.
+        drop(change);
         RelayEnd {
             outcome,
             reusable,
@@ -591,7 +638,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 .gate
                 .is_some_and(|g| g.binds_schema_change(&passed));
         if changes_schema {
-            self.schema_dirty.store(true, Ordering::Relaxed);
+            let mut change = self.schema_change.lock().map_err(|_| Exit::Internal)?;
+            change.get_or_insert_with(crate::catalog::SchemaChange::begin);
         }
         self.send_checked(passed, counts, out)
     }
@@ -799,28 +847,58 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     }
 
     /// Whether `m` (of `class`, where the connection classifies it) may
-    /// change the schema the read proofs of every connection rest on. A
-    /// statement not classified (full access, no rule that reads
-    /// statements) is looked at by words: one that starts DDL or runs
-    /// code, more never less than the DDL it can see; a function that
-    /// runs DDL when called by its name alone is not seen (its changes
-    /// are, after the catalog cache's 30 s). Once such a text was
-    /// prepared, any Execute may run it.
+    /// change the schema the read proofs of every connection rest on: DDL,
+    /// admin or unknown, or a write to a system catalog (a review's
+    /// superuser `UPDATE pg_proc SET prosrc = …` ran on the read-only
+    /// connection under the old proof). A statement not classified (full
+    /// access, no rule that reads statements) is looked at by words
+    /// ([`crate::classify::may_change_schema`]); a function that runs DDL
+    /// when called by its name alone is not seen (its changes are, after
+    /// the catalog cache's 30 s). A Bind runs a prepared text: it counts
+    /// when that text did.
     fn may_change_schema(&self, m: &Message, class: Option<Class>) -> bool {
-        let changes = match (m.tag, class) {
-            (_, Some(c)) => c >= Class::Ddl,
-            (tag::QUERY, None) => crate::classify::may_change_schema(messages::cstr(&m.body)),
-            (tag::PARSE, None) => {
-                let rest = m.body.get(messages::cstr(&m.body).len() + 1..);
-                crate::classify::may_change_schema(messages::cstr(rest.unwrap_or_default()))
+        match m.tag {
+            tag::QUERY => self.text_changes_schema(messages::cstr(&m.body), class),
+            tag::PARSE => {
+                let name = messages::cstr(&m.body);
+                let sql = messages::cstr(m.body.get(name.len() + 1..).unwrap_or_default());
+                let changes = self.text_changes_schema(sql, class);
+                if let Ok(mut kept) = self.schema_statements.lock() {
+                    kept.note(name, changes);
+                }
+                changes
             }
-            (tag::EXECUTE, None) => return self.schema_prepared.load(Ordering::Relaxed),
-            _ => false,
-        };
-        if changes && m.tag == tag::PARSE {
-            self.schema_prepared.store(true, Ordering::Relaxed);
+            tag::BIND => {
+                let rest = m.body.get(messages::cstr(&m.body).len() + 1..);
+                let statement = messages::cstr(rest.unwrap_or_default());
+                class.is_some_and(|c| c >= Class::Ddl)
+                    || self
+                        .schema_statements
+                        .lock()
+                        .map_or(true, |kept| kept.runs(statement))
+            }
+            tag::CLOSE => {
+                if let Some((&b'S', rest)) = m.body.split_first()
+                    && let Ok(mut kept) = self.schema_statements.lock()
+                {
+                    kept.names.remove(messages::cstr(rest));
+                }
+                false
+            }
+            _ => class.is_some_and(|c| c >= Class::Ddl),
         }
-        changes
+    }
+
+    /// [`Self::may_change_schema`] of a statement's text.
+    fn text_changes_schema(&self, sql: &[u8], class: Option<Class>) -> bool {
+        match class {
+            Some(c) if c >= Class::Ddl => true,
+            Some(Class::Write) => std::str::from_utf8(sql).map_or(true, |sql| {
+                crate::classify::writes_catalog(&self.ctx.upstream.analyse(sql))
+            }),
+            Some(_) => false,
+            None => crate::classify::may_change_schema(sql),
+        }
     }
 
     /// Writes against the budget: a statement that may write is counted
@@ -1213,9 +1291,14 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             self.ready_seen.fetch_add(1, Ordering::Relaxed);
             let status = m.body.first().copied().unwrap_or(b'E');
             self.last_status.store(status, Ordering::Relaxed);
-            if self.schema_dirty.load(Ordering::Relaxed) {
+            if let Ok(mut change) = self.schema_change.lock()
+                && change.is_some()
+            {
                 self.ctx.upstream.forget_catalog();
-                self.schema_dirty.store(status != b'I', Ordering::Relaxed);
+                if status == b'I' {
+                    // Its transaction ended: every reading is stale again.
+                    *change = None;
+                }
             }
             let caught_up = self.syncs_sent.load(Ordering::Relaxed)
                 == self.ready_seen.load(Ordering::Relaxed)

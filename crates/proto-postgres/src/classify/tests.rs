@@ -636,6 +636,9 @@ fn schema_changes_are_seen_by_words() {
         "LOAD 'plugin'",
         "cReAtE\tINDEX i ON t ((f(a)))",
         "COMMIT PREPARED 'ddl'",
+        "UPDATE pg_proc SET prosrc = 'select 1' WHERE proname = 'g'",
+        "update pg_catalog.pg_rewrite set ev_action = ev_action",
+        "select 1;drop view v",
     ] {
         assert!(super::may_change_schema(sql.as_bytes()), "{sql}");
     }
@@ -646,7 +649,29 @@ fn schema_changes_are_seen_by_words() {
         "BEGIN",
         "END",
         "SELECT created_at, dropped FROM docs",
+        // Review: ORM columns and prose in literals.
+        "SELECT create_time, call_id, load_date, user_comment FROM t",
+        "SELECT pg_backend_pid(), count(*) FROM pg_stat_activity",
+        "UPDATE docs SET updated_at = now() WHERE id = $1",
     ] {
         assert!(!super::may_change_schema(sql.as_bytes()), "{sql}");
     }
+}
+
+/// Other sessions' statement text is not a read a caller sharing the
+/// connection's role may make (review: one principal read another's
+/// literals).
+#[test]
+fn other_sessions_statements_are_admin() {
+    for sql in [
+        "SELECT query FROM pg_stat_activity",
+        "select usename, query from pg_catalog.pg_stat_activity where pid <> pg_backend_pid()",
+        "TABLE pg_stat_activity",
+        "SELECT * FROM pg_stat_get_activity(NULL)",
+        "SELECT pg_stat_get_backend_activity(1)",
+        "WITH a AS (SELECT * FROM pg_stat_activity) SELECT count(*) FROM a",
+    ] {
+        assert_eq!(c(sql), Class::Admin, "{sql}");
+    }
+    assert_eq!(c("SELECT count(*) FROM pg_stat_database"), Class::Read);
 }
