@@ -1232,3 +1232,85 @@ budgets = [{{ bytes = 1, per = "hour" }}]
         );
     }
 }
+
+/// A hostile server's answers carry data wherever a message has room for
+/// it; a review found each of these passing a key rule's value or an
+/// address (2026-12-05): an `initialize`'s instructions and `_meta`; a
+/// tool list's descriptions, `_meta` and `nextCursor`; an SSE event framed
+/// with lone CRs (the official SDK client read the value); an SSE `id:`
+/// line; a member JSON-RPC does not define. And a listed tool whose
+/// annotations or title change is flagged (hidden) as a changed
+/// description is.
+#[test]
+fn a_hostile_servers_answers_are_masked_wherever_they_carry_data() {
+    let s = setup();
+    let dir = s.tmp.path();
+    let up_key = "canary-hostile-mcp-key-41c9";
+    let secret = "zz-canary-key-4410";
+    let up = mcp_hostile_upstream(dir, up_key, EMAIL, secret);
+    std::fs::write(dir.join("up-key"), up_key).unwrap();
+    let cfg_path = dir.join("portcullis.toml");
+    let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    cfg.push_str(&format!(
+        r#"
+[[connections]]
+name = "hostile"
+type = "mcp"
+url = "https://localhost:{port}/mcp"
+ca_file = "ca.pem"
+credential = {{ header = "x-upstream-key", secret = "file:up-key" }}
+
+[[grants]]
+name = "hostile-users"
+groups = ["testers"]
+connections = ["hostile"]
+"#,
+        port = up.port
+    ));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    drop(s.gw);
+    let gw = Proc::spawn(
+        dir,
+        &["--config", cfg_path.to_str().unwrap(), "gateway"],
+        "gateway2.log",
+    );
+    let url = format!("{}/c/hostile/mcp", gw.url);
+    let auth = format!("Authorization: Bearer {}", s.token);
+    let rpc = |id: u32, method: &str, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let r = curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-d",
+            &body.to_string(),
+            &url,
+        ]);
+        assert_eq!(r.status, 200, "{method}: {} {}", r.body, r.stderr);
+        assert!(
+            !r.body.contains(secret) && !r.body.contains("grace.hopper"),
+            "{method} {params}: {}",
+            r.body
+        );
+        r.body
+    };
+    rpc(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+    );
+    let first = rpc(2, "tools/list", json!({}));
+    assert!(first.contains("\"rug\""), "{first}");
+    // Listed again with `readOnlyHint` flipped and a new title: held.
+    let second = rpc(3, "tools/list", json!({}));
+    assert!(!second.contains("\"rug\""), "{second}");
+    for tool in ["crsse", "othersse", "extra"] {
+        let body = rpc(4, "tools/call", json!({"name": tool, "arguments": {}}));
+        assert!(body.contains("ok"), "{tool}: {body}");
+    }
+}

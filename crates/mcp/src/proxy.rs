@@ -823,9 +823,13 @@ async fn rewrite_body(call: &Call<'_>, essence: &str, raw: Bytes) -> Result<Byte
     Ok(Bytes::from(mask_text(ctx, who, name, text)))
 }
 
-/// SSE events (separated by a blank line), line endings normalised.
+/// SSE events (separated by a blank line), line endings normalised: SSE
+/// ends a line at CRLF, LF or a lone CR (a review's server framed events
+/// with CRs alone, and a key rule's value passed as one unread line to
+/// the official SDK client).
 fn split_events(text: &str) -> Vec<String> {
     text.replace("\r\n", "\n")
+        .replace('\r', "\n")
         .split("\n\n")
         .filter(|e| !e.trim().is_empty())
         .map(str::to_string)
@@ -844,7 +848,13 @@ async fn rewrite_event(call: &Call<'_>, event: String) -> String {
                 }
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
-            // `event:`, `id:` and comments are the server's text too.
+            // `event:`, `id:` and comments are the server's text too;
+            // withheld where they name a key a rule hides (a review's
+            // `id: {"api_key": …}`).
+            None if names_a_key(ctx, who, name, line) => {
+                let field = line.split(':').next().unwrap_or_default();
+                other.push(format!("{field}: [WITHHELD]"));
+            }
             None => other.push(mask_text(ctx, who, name, line)),
         }
     }
@@ -886,37 +896,88 @@ async fn rewrite(call: &Call<'_>, v: &mut Value) {
         ..
     } = *call;
     let method = answered(call, v);
-    // Tool lists are filtered (and pinned); a tool's definition is not
-    // data. Every other result is masked.
-    let masks_result = match method.as_deref() {
-        Some("tools/list") => {
-            if let Some(Value::Array(tools)) = v.pointer_mut("/result/tools") {
-                let listed = std::mem::take(tools);
-                *tools = review(ctx, name, target, listed).await;
-            }
-            false
-        }
-        Some("initialize") => false,
-        _ => true,
-    };
+    // Tool lists are filtered and pinned as the server wrote them, then
+    // masked as every other answer is.
+    let listed = method.as_deref() == Some("tools/list");
+    if listed && let Some(Value::Array(tools)) = v.pointer_mut("/result/tools") {
+        let all = std::mem::take(tools);
+        *tools = review(ctx, name, target, all).await;
+    }
     let Some(rule) = ctx.front.mask_rule(name, &who.principal) else {
         return;
     };
-    // Errors, and what the server sends of its own accord (notifications,
-    // requests: their params), carry data as results do.
+    // Every member but the protocol's own carries the server's data: a
+    // result (an `initialize`'s instructions and server info too: a
+    // review read an email and a key rule's value there), an error, what
+    // the server sends of its own accord (notifications, requests: their
+    // params), and members JSON-RPC does not define (a review's `extra`
+    // beside a masked result).
     let mut stats = Default::default();
-    let parts: &[&str] = if masks_result {
-        &["result", "error", "params"]
-    } else {
-        &["error", "params"]
-    };
-    for part in parts {
-        if let Some(x) = v.get_mut(*part) {
-            mask_blobs(rule, x, &mut stats);
-            rule.masker.mask_json(x, &mut stats);
+    if let Value::Object(members) = v {
+        for (key, x) in members.iter_mut() {
+            match key.as_str() {
+                "jsonrpc" | "id" | "method" => {}
+                "result" if listed => mask_tools(rule, x, &mut stats),
+                _ => {
+                    mask_blobs(rule, x, &mut stats);
+                    rule.masker.mask_json(x, &mut stats);
+                }
+            }
         }
     }
     ctx.front.mask_metrics.record(name, &stats);
+}
+
+/// A `tools/list` result as the caller gets it: each tool's name and
+/// schemas keep their shape (a key rule's name as a property of an input
+/// schema is a parameter, not a value), their strings read by the
+/// detectors; everything else a tool says (description, title,
+/// annotations, `_meta`) and the rest of the result (`nextCursor`,
+/// `_meta`) are masked as data: a review read an email and a key rule's
+/// value in them.
+fn mask_tools(
+    rule: &portcullis_mask::Rule,
+    result: &mut Value,
+    stats: &mut portcullis_mask::Stats,
+) {
+    let Value::Object(members) = result else {
+        rule.masker.mask_json(result, stats);
+        return;
+    };
+    for (key, x) in members.iter_mut() {
+        match (key.as_str(), x) {
+            ("tools", Value::Array(tools)) => {
+                for tool in tools {
+                    let Value::Object(parts) = tool else {
+                        rule.masker.mask_json(tool, stats);
+                        continue;
+                    };
+                    for (part, y) in parts.iter_mut() {
+                        match part.as_str() {
+                            "name" => {}
+                            "inputSchema" | "outputSchema" => mask_strings(rule, y, stats),
+                            _ => rule.masker.mask_json(y, stats),
+                        }
+                    }
+                }
+            }
+            (_, x) => rule.masker.mask_json(x, stats),
+        }
+    }
+}
+
+/// Every string value in `v` through the detectors; keys kept.
+fn mask_strings(rule: &portcullis_mask::Rule, v: &mut Value, stats: &mut portcullis_mask::Stats) {
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(masked) = rule.masker.mask_str(s, stats) {
+                *s = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| mask_strings(rule, i, stats)),
+        Value::Object(o) => o.values_mut().for_each(|i| mask_strings(rule, i, stats)),
+        _ => {}
+    }
 }
 
 /// MCP carries files as base64: a resource's `blob`, an image's or

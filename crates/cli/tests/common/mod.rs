@@ -529,15 +529,42 @@ impl Drop for McpUpstream {
 /// Start `tests/node/mcp-upstream.mjs` with `dir/api.pem` and
 /// `dir/api.key`, answering callers that send `key`.
 pub fn mcp_upstream(dir: &std::path::Path, key: &str) -> McpUpstream {
+    node_upstream(dir, "mcp-upstream", key, &[])
+}
+
+/// Start `tests/node/mcp-hostile-upstream.mjs` (as [`mcp_upstream`]),
+/// planting `email` and `secret` (a key rule's value) in its answers.
+pub fn mcp_hostile_upstream(
+    dir: &std::path::Path,
+    key: &str,
+    email: &str,
+    secret: &str,
+) -> McpUpstream {
+    node_upstream(
+        dir,
+        "mcp-hostile",
+        key,
+        &["--email", email, "--secret", secret],
+    )
+}
+
+/// `tests/node/{script}-upstream.mjs` or `{script}.mjs` over HTTPS, up
+/// once it prints `{script}: ready port=PORT`.
+fn node_upstream(dir: &std::path::Path, script: &str, key: &str, extra: &[&str]) -> McpUpstream {
     use std::io::BufRead;
     idp::ensure_packages();
+    let file = match script {
+        "mcp-upstream" => "mcp-upstream.mjs".to_string(),
+        other => format!("{other}-upstream.mjs"),
+    };
     let mut child = Command::new("node")
-        .arg(idp::harness_dir().join("mcp-upstream.mjs"))
+        .arg(idp::harness_dir().join(file))
         .args(["--cert", dir.join("api.pem").to_str().unwrap()])
         .args(["--key", dir.join("api.key").to_str().unwrap()])
         .args(["--api-key", key])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("mcp-upstream.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{script}.log"))).unwrap())
         .spawn()
         .expect("node runs the upstream MCP server");
     let stdout = child.stdout.take().unwrap();
@@ -547,7 +574,7 @@ pub fn mcp_upstream(dir: &std::path::Path, key: &str) -> McpUpstream {
         .unwrap();
     let port = line
         .trim()
-        .strip_prefix("mcp-upstream: ready port=")
+        .strip_prefix(&format!("{script}: ready port="))
         .unwrap_or_else(|| panic!("upstream MCP server did not start: {line:?}"))
         .parse()
         .unwrap();
