@@ -1082,7 +1082,7 @@ fn has_other_spelling(text: &str) -> bool {
 /// gathers this in its scan ([`prefilter::SPELL`]), so most strings skip
 /// [`has_other_spelling`]'s own.
 pub(crate) const fn starts_spelling(c: u8) -> bool {
-    matches!(c, b'%' | b'&' | 0xC2 | 0xE2 | 0xE3 | 0xEF) || starts_other_digit(c)
+    matches!(c, b'%' | b'&' | b'\\' | 0xC2 | 0xE2 | 0xE3 | 0xEF) || starts_other_digit(c)
 }
 
 /// The lead bytes of the UTF-8 of every decimal digit in [`DIGIT_ZEROS`]
@@ -1120,13 +1120,16 @@ fn digit_value(c: char) -> Option<u8> {
 /// many bytes spell it: a character [`ascii_of`] reads as ASCII, or one
 /// percent-encoded (`%40`, and the UTF-8 of one such: `%EF%BC%94`) or
 /// written as an HTML character reference (`&#64;`, `&#xFF14;`,
-/// `&commat;`). Escapes of the characters other scripts write were read
-/// as what they are not (open until 2026-12-05, "double spellings").
+/// `&commat;`), or a backslash escape as JavaScript, Python and C write
+/// them (`\u0040`, `\x40`: a review's MCP tool answered an address so in
+/// text). Escapes of the characters other scripts write were read as what
+/// they are not (open until 2026-12-05, "double spellings").
 /// Only printable ASCII counts (what detectors read).
 fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
     match *text.as_bytes().get(i)? {
         b'%' => percent_at(text, i),
         b'&' => reference_at(text, i),
+        b'\\' => backslash_at(text, i),
         c if c >= 0x80 => {
             let c = text.get(i..)?.chars().next()?;
             let n = c.len_utf8();
@@ -1216,6 +1219,26 @@ fn reference_at(text: &str, i: usize) -> Option<(u8, usize)> {
     };
     let ascii = printable(v).or_else(|| char::from_u32(v).and_then(ascii_of))?;
     Some((ascii, end + 3))
+}
+
+/// A backslash escape at `i`: `\uHHHH` of printable ASCII or of a
+/// character [`ascii_of`] reads, or `\xHH` of printable ASCII.
+fn backslash_at(text: &str, i: usize) -> Option<(u8, usize)> {
+    let rest = text.get(i + 1..)?;
+    let (hex, n) = match rest.as_bytes().first()? {
+        b'u' => (rest.get(1..5)?, 6),
+        b'x' => (rest.get(1..3)?, 4),
+        _ => return None,
+    };
+    if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    let ascii = match n {
+        6 => printable(v).or_else(|| char::from_u32(v).and_then(ascii_of))?,
+        _ => printable(v)?,
+    };
+    Some((ascii, n))
 }
 
 /// `v` when it is printable ASCII (or a space).

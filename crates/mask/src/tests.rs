@@ -252,6 +252,15 @@ fn escapes_of_other_spellings_spell_the_same_values() {
     }
     let mail = "ada%EF%BC%A0example.com";
     found_as(&m, &format!("to {mail} now"), "email", mail);
+    // Backslash escapes, as code and reprs write them (review).
+    for mail in [
+        "ada.lovelace\\u0040example.com",
+        "ada.lovelace\\x40example.com",
+    ] {
+        found_as(&m, &format!("to {mail} now"), "email", mail);
+    }
+    let card = "\\u0034111 1111 1111 1111";
+    found_as(&m, &format!("card {card} paid"), "card", card);
     for text in [
         "a %EF%BC 4111",
         "%C3%A9t%C3%A9 1234",
@@ -259,6 +268,9 @@ fn escapes_of_other_spellings_spell_the_same_values() {
         "%E2%82%AC 10",
         "&#xD800; 1",
         "%F4%90%80%80 1",
+        "C:\\x86\\bin 12",
+        "\\u00e9t\\u00e9 2026",
+        "a\\u12 \\x4",
     ] {
         assert_eq!(m.mask_str(text, &mut Stats::new()), text, "{text}");
     }
