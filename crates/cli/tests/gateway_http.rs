@@ -362,6 +362,33 @@ fn policy_denies_by_default() {
     assert_eq!(raw.status, 400, "{raw:?}");
 }
 
+/// A HEAD answered by the gateway itself (a refusal, an unknown path, an
+/// unauthenticated caller) is a head without a body on both HTTP
+/// versions: over HTTP/2 the body the gateway wrote reset the stream
+/// (review, 2026-12-05: `curl -I` got PROTOCOL_ERROR).
+#[test]
+fn head_requests_the_gateway_answers_itself_have_no_body() {
+    let s = setup("intermediate");
+    for version in ["--http1.1", "--http2"] {
+        for (path, token, status) in [
+            ("/c/nogrant/x", true, 403),
+            ("/c/good/a/../../x", true, 400),
+            ("/c/good/x", false, 401),
+        ] {
+            let auth = s.auth();
+            let mut args = vec!["-I", "--path-as-is", version, "--cacert", &s.ca];
+            if token {
+                args.extend(["-H", &auth]);
+            }
+            let url = format!("{}{path}", s.gw.url);
+            args.push(&url);
+            let r = curl(&args);
+            assert_eq!(r.curl_exit, 0, "{version} {path}: {r:?}");
+            assert_eq!(r.status, status, "{version} {path}: {r:?}");
+        }
+    }
+}
+
 #[test]
 fn limits_on_headers_and_bodies() {
     let s = setup("intermediate");

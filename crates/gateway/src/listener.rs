@@ -481,8 +481,25 @@ impl<H: Handler> Connection<H> {
             let front = front.clone();
             let info = info.clone();
             seen.store(opened.elapsed().as_secs(), Ordering::Relaxed);
+            let head = req.method() == http::Method::HEAD;
             async move {
                 let mut resp = front.handle(req, info).await;
+                if head {
+                    // A HEAD answer has no body; the gateway's own answers
+                    // (errors, refusals) are written with one, and sent
+                    // over HTTP/2 it reset the stream (review: `curl -I`
+                    // got PROTOCOL_ERROR). The head, length included,
+                    // stays.
+                    use hyper::body::Body as _;
+                    if let Some(n) = resp.body().size_hint().exact()
+                        && n > 0
+                    {
+                        resp.headers_mut()
+                            .entry(http::header::CONTENT_LENGTH)
+                            .or_insert(http::HeaderValue::from(n));
+                    }
+                    resp = resp.map(|_| portcullis_http::full(bytes::Bytes::new()));
+                }
                 // This host speaks HTTPS only: browsers (the console, an
                 // OAuth sign-in) must never try it in plaintext.
                 resp.headers_mut()
