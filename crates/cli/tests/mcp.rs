@@ -1313,4 +1313,35 @@ connections = ["hostile"]
         let body = rpc(4, "tools/call", json!({"name": tool, "arguments": {}}));
         assert!(body.contains("ok"), "{tool}: {body}");
     }
+    // What is not JSON-RPC is answered in JSON-RPC, with 400 (review: the
+    // gateway's own error shape, and `[]` or `42` were forwarded).
+    for (body, code) in [
+        ("{", -32700),
+        ("[]", -32600),
+        ("42", -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":{"a":[1]},"method":"ping"}"#,
+            -32600,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, -32600),
+    ] {
+        let r = curl(&[
+            "--cacert",
+            &s.ca,
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-d",
+            body,
+            &url,
+        ]);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        let j = r.json();
+        assert_eq!(j["error"]["code"], code, "{body}: {j}");
+        assert_eq!(j["id"], Value::Null, "{body}: {j}");
+    }
+    rpc(5, "ping", json!({}));
 }

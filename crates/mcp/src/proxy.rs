@@ -84,6 +84,43 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// JSON-RPC's "invalid request".
 const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC's "parse error".
+const PARSE_ERROR: i64 = -32700;
+
+/// A request the gateway cannot read as JSON-RPC, answered in JSON-RPC
+/// (with no id: there is none to give) and 400, as MCP's Streamable HTTP
+/// transport has servers answer it (a review got the gateway's own JSON
+/// shape instead).
+fn unreadable(code: i64, message: &str) -> Response<Body> {
+    let mut r = rpc_error_code(&Value::Null, code, message);
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+/// What JSON-RPC 2.0 does not allow a request body to be: an empty batch,
+/// a message that is not an object, an id that is not a string, a number
+/// or null, a method that is not a string.
+fn invalid_shape(msg: &Value) -> Option<String> {
+    let items: Vec<&Value> = match msg {
+        Value::Array(a) if a.is_empty() => return Some("an empty batch".into()),
+        Value::Array(a) => a.iter().collect(),
+        one => vec![one],
+    };
+    items.into_iter().find_map(|m| {
+        let Value::Object(o) = m else {
+            return Some(format!("a message must be an object, not {m}"));
+        };
+        if o.get("id")
+            .is_some_and(|id| !(id.is_string() || id.is_number() || id.is_null()))
+        {
+            return Some("an id must be a string, a number or null".into());
+        }
+        if o.get("method").is_some_and(|m| !m.is_string()) {
+            return Some("a method must be a string".into());
+        }
+        None
+    })
+}
 
 /// A JSON-RPC error answer to request `id`.
 fn rpc_error(id: &Value, message: &str) -> Response<Body> {
@@ -321,12 +358,17 @@ async fn check_calls(
         return Ok((Asked::new(), bytes.clone()));
     }
     let mut msg: Value = serde_json::from_slice(bytes).map_err(|e| {
-        json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            &format!("the body is not JSON-RPC: {e}"),
+        unreadable(
+            PARSE_ERROR,
+            &format!("Parse error: the body is not JSON: {e}"),
         )
     })?;
+    if let Some(why) = invalid_shape(&msg) {
+        return Err(unreadable(
+            INVALID_REQUEST,
+            &format!("Invalid Request: {why}"),
+        ));
+    }
     let items: Vec<&Value> = match &msg {
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
