@@ -1086,9 +1086,48 @@ pub(crate) const fn starts_spelling(c: u8) -> bool {
 }
 
 /// The lead bytes of the UTF-8 of every decimal digit in [`DIGIT_ZEROS`]
-/// past ASCII and the full-width forms (U+0660 Arabic-Indic to U+1FBF0).
+/// past ASCII and the full-width forms (U+0660 Arabic-Indic to U+1FBF0),
+/// and of the [`invisible`] characters past those [`starts_spelling`]
+/// names already.
 const fn starts_other_digit(c: u8) -> bool {
-    matches!(c, 0xD9 | 0xDB | 0xDF | 0xE0 | 0xE1 | 0xEA | 0xF0)
+    matches!(
+        c,
+        0xCC | 0xCD | 0xD8 | 0xD9 | 0xDB | 0xDF | 0xE0 | 0xE1 | 0xEA | 0xF0 | 0xF3
+    )
+}
+
+/// What [`spelled_at`] says of an [`invisible`] character: it spells
+/// nothing, and is read as absent.
+const INVISIBLE: u8 = 0;
+
+/// Characters that show nothing between the ones around them: format
+/// characters (soft hyphen, zero-width space and joiners, word joiner,
+/// bidirectional marks and embeddings, the byte order mark, tags),
+/// variation selectors, and the generic combining marks (accents over
+/// the character before). A review put each between a card's digits
+/// (`4\u{0301}1\u{200D}1…`): a person or a model reads the number, the
+/// detectors read no digits in a row. Read as absent; a finding covers
+/// them.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0300}'..='\u{036F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{1AB0}'..='\u{1AFF}'
+            | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{20D0}'..='\u{20FF}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FE20}'..='\u{FE2F}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 /// The zero of each run of ten decimal digits Unicode knows (general
@@ -1136,6 +1175,7 @@ fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
             match c {
                 // The katakana long mark between digits (`０９０ー１２３４`).
                 '\u{30FC}' if between_digits(text, i, n) => Some((b'-', n)),
+                c if invisible(c) => Some((INVISIBLE, n)),
                 c => Some((ascii_of(c)?, n)),
             }
         }
@@ -1262,6 +1302,7 @@ fn plainly(text: &str) -> (String, Vec<usize>) {
     let mut i = 0;
     while i < b.len() {
         match spelled_at(text, i) {
+            Some((INVISIBLE, n)) => i += n,
             Some((c, n)) => {
                 plain.push(c);
                 at.push(i);
