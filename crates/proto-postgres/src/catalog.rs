@@ -39,7 +39,7 @@ static SCHEMA_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// before the look-up was sent (a change that finishes while it runs
 /// makes it stale at once: it may have read the schema before).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Reading {
+pub struct Reading {
     at: Instant,
     epoch: u64,
 }
@@ -101,7 +101,7 @@ impl Drop for SchemaChange {
 }
 
 /// Whether a schema change is under way on any session of the process.
-fn schema_in_flight() -> bool {
+pub(crate) fn schema_in_flight() -> bool {
     IN_FLIGHT.load(Ordering::Acquire) > 0
 }
 /// Entries kept per connection before the cache starts over.
@@ -728,7 +728,12 @@ impl Catalog {
         Ok(rows.first().cloned())
     }
 
-    async fn query<F, Fut>(&self, sql: &str, open: F) -> Result<Vec<ProcRow>, ProofError>
+    /// The rows `sql` answers on the gateway's own look-up session.
+    pub(crate) async fn rows<F, Fut>(
+        &self,
+        sql: &str,
+        open: F,
+    ) -> Result<crate::upstream::CatalogRows, ProofError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
@@ -740,14 +745,22 @@ impl Catalog {
         let Some(session) = slot.as_mut() else {
             return Ok(Vec::new());
         };
-        let rows = match session.simple_rows(sql).await {
-            Ok(rows) => rows,
+        match session.simple_rows(sql).await {
+            Ok(rows) => Ok(rows),
             Err(e) => {
                 // A broken session is dialled again next time.
                 *slot = None;
-                return Err(e.into());
+                Err(e.into())
             }
-        };
+        }
+    }
+
+    async fn query<F, Fut>(&self, sql: &str, open: F) -> Result<Vec<ProcRow>, ProofError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
+    {
+        let rows = self.rows(sql, open).await?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {

@@ -38,6 +38,18 @@ pub trait Inspector: Send {
     fn backend(&mut self, _msg: &Message) -> Verdict {
         Verdict::Pass
     }
+    /// A masker's catalog, when it must be closed or read again before
+    /// the next statement ([`crate::masking::Need`]).
+    fn mask_catalog_need(&self) -> Option<crate::masking::Need> {
+        None
+    }
+    fn mask_catalog_close(&mut self) {}
+    fn mask_catalog_renew(
+        &mut self,
+        _catalog: std::sync::Arc<crate::masking::Catalog>,
+        _reading: crate::catalog::Reading,
+    ) {
+    }
 }
 
 /// The read-only rule (`access = "read-only"`): only a statement proven

@@ -520,6 +520,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     ) -> Result<Step, Exit> {
         let tag = m.tag;
         self.in_protocol_order(&m)?;
+        if self.ctx.masked && matches!(tag, tag::QUERY | tag::PARSE) {
+            self.fresh_mask_catalog().await?;
+        }
         let span = self.statement_span(tag);
         let (class, admitted) = self.admit(&m, out, up_w).await?;
         if let Some(c) = class {
@@ -545,6 +548,38 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             return Ok(Step::Terminate);
         }
         Ok(Step::Sent)
+    }
+
+    /// The masker's catalog as it is now, before a statement: closed
+    /// while a schema change is under way, read again once its reading
+    /// is stale ([`crate::masking::Need`]); closed too when it cannot be
+    /// read (fail closed: outputs masked whole).
+    async fn fresh_mask_catalog(&self) -> Result<(), Exit> {
+        let need = {
+            let chain = self.chain.lock().map_err(|_| Exit::Internal)?;
+            chain.iter().find_map(|i| i.mask_catalog_need())
+        };
+        let renewed = match need {
+            None => return Ok(()),
+            Some(crate::masking::Need::Close) => None,
+            Some(crate::masking::Need::Renew(rule)) => {
+                match crate::masking::renew(&rule, self.ctx.upstream).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(connection = self.ctx.connection, error = %e, "the masker's catalog could not be read again: outputs are masked whole until it can");
+                        None
+                    }
+                }
+            }
+        };
+        let mut chain = self.chain.lock().map_err(|_| Exit::Internal)?;
+        for i in chain.iter_mut() {
+            match &renewed {
+                Some((catalog, reading)) => i.mask_catalog_renew(catalog.clone(), *reading),
+                None => i.mask_catalog_close(),
+            }
+        }
+        Ok(())
     }
 
     /// Messages a guarded session must not send where `m` comes: the

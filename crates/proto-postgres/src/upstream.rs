@@ -485,27 +485,61 @@ impl PgUpstream {
         sql: &str,
         session: &mut UpstreamSession,
         read: impl FnOnce(&CatalogRows) -> crate::masking::Catalog,
-    ) -> Result<Arc<crate::masking::Catalog>, UpstreamError> {
-        let cached = self.mask_catalog.lock().ok().and_then(|m| {
-            m.get(sql)
-                .filter(|(read, _)| read.fresh())
-                .map(|(_, c)| c.clone())
-        });
-        if let Some(c) = cached {
-            return Ok(c);
+    ) -> Result<(Arc<crate::masking::Catalog>, crate::catalog::Reading), UpstreamError> {
+        if let Some(hit) = self.mask_catalog_cached(sql) {
+            return Ok(hit);
         }
         let reading = crate::catalog::Reading::begin();
         let rows = session.simple_rows(sql).await?;
-        // Reading thousands of rows into maps is CPU work: done once per
-        // answer, not per session.
-        let catalog = Arc::new(read(&rows));
+        Ok(self.mask_catalog_keep(sql, reading, read(&rows)))
+    }
+
+    /// [`Self::mask_catalog`] for a session already under way, whose
+    /// masker's reading went stale: read on the gateway's own look-up
+    /// session (the caller's is mid-conversation).
+    pub async fn mask_catalog_again(
+        &self,
+        sql: &str,
+        read: impl FnOnce(&CatalogRows) -> crate::masking::Catalog,
+    ) -> Result<(Arc<crate::masking::Catalog>, crate::catalog::Reading), crate::catalog::ProofError>
+    {
+        if let Some(hit) = self.mask_catalog_cached(sql) {
+            return Ok(hit);
+        }
+        let reading = crate::catalog::Reading::begin();
+        let rows = self
+            .catalog
+            .rows(sql, || self.connect(&[], Owner::Gateway))
+            .await?;
+        Ok(self.mask_catalog_keep(sql, reading, read(&rows)))
+    }
+
+    fn mask_catalog_cached(
+        &self,
+        sql: &str,
+    ) -> Option<(Arc<crate::masking::Catalog>, crate::catalog::Reading)> {
+        let m = self.mask_catalog.lock().ok()?;
+        m.get(sql)
+            .filter(|(read, _)| read.fresh())
+            .map(|(read, c)| (c.clone(), *read))
+    }
+
+    /// Reading thousands of rows into maps is CPU work: done once per
+    /// answer, not per session.
+    fn mask_catalog_keep(
+        &self,
+        sql: &str,
+        reading: crate::catalog::Reading,
+        catalog: crate::masking::Catalog,
+    ) -> (Arc<crate::masking::Catalog>, crate::catalog::Reading) {
+        let catalog = Arc::new(catalog);
         if let Ok(mut m) = self.mask_catalog.lock() {
             if m.len() >= MASK_CATALOG_MAX {
                 m.clear();
             }
             m.insert(sql.to_string(), (reading, catalog.clone()));
         }
-        Ok(catalog)
+        (catalog, reading)
     }
 
     /// The class of a fast-path call ('F') of function `oid`, and the

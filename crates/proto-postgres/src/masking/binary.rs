@@ -24,7 +24,7 @@ pub type Unreadable = &'static str;
 /// Types only the target's catalog knows: the base of each domain, which
 /// OIDs are arrays or composites, and extension types whose binary form
 /// is their text (`citext`, enums).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Types {
     pub text: HashSet<u32>,
     pub domains: HashMap<u32, u32>,

@@ -125,6 +125,10 @@ pub struct MaskInspector {
     /// What the target's catalog says (shared by the sessions of a
     /// connection and rule while it is fresh).
     catalog: Arc<Catalog>,
+    /// When [`Self::catalog`] was read (`None`: never read here, or
+    /// closed while a schema change is under way); a stale one is read
+    /// again before the next statement ([`Need`]).
+    reading: Option<crate::catalog::Reading>,
     analyses: Arc<AnalysisCache>,
     /// A statement being ended: its refusal, and whether it was said.
     failing: Option<(Refusal, bool)>,
@@ -140,20 +144,49 @@ pub async fn prepare(
     upstream: &crate::upstream::PgUpstream,
     connection: &str,
 ) -> Result<MaskInspector, crate::upstream::UpstreamError> {
-    let catalog = upstream
-        .mask_catalog(&sources::query(rule), up, |rows| {
-            let (types, sources) = sources::read(&rule.masker, rows);
-            Catalog { types, sources }
-        })
+    let (catalog, reading) = upstream
+        .mask_catalog(&sources::query(rule), up, |rows| read_catalog(rule, rows))
         .await?;
     let mut i = MaskInspector::new(rule.clone(), connection);
     i.catalog = catalog;
+    i.reading = Some(reading);
     i.analyses = upstream.analyses();
     Ok(i)
 }
 
+fn read_catalog(rule: &Rule, rows: &crate::upstream::CatalogRows) -> Catalog {
+    let (types, sources) = sources::read(&rule.masker, rows);
+    Catalog { types, sources }
+}
+
+/// What a session's masker needs before its next statement, under column
+/// rules: the sources it reads a statement's columns by are the catalog's
+/// when it read them, and a view replaced since (in this session, or any
+/// other of the gateway's) would be read by its old definition: a review's
+/// `CREATE OR REPLACE VIEW v AS SELECT ssn AS tag` was answered unmasked
+/// in the session that made it (2026-12-05).
+pub enum Need {
+    /// A schema change is under way (maybe this session's own, which no
+    /// other session can read): every relation is unknown, its outputs
+    /// masked whole, until it has ended.
+    Close,
+    /// The reading is stale: read the catalog again.
+    Renew(Arc<Rule>),
+}
+
+/// The catalog `rule`'s masker reads, read again for a session under way
+/// ([`Need::Renew`]).
+pub async fn renew(
+    rule: &Arc<Rule>,
+    upstream: &crate::upstream::PgUpstream,
+) -> Result<(Arc<Catalog>, crate::catalog::Reading), crate::catalog::ProofError> {
+    upstream
+        .mask_catalog_again(&sources::query(rule), |rows| read_catalog(rule, rows))
+        .await
+}
+
 /// The masker's reading of the target's catalog.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     types: Types,
     sources: Sources,
@@ -190,9 +223,58 @@ impl MaskInspector {
             stats: Stats::new(),
             metrics: None,
             catalog: Arc::default(),
+            reading: None,
             analyses: Arc::default(),
             failing: None,
         }
+    }
+
+    /// See [`Need`]. Sessions whose masker never read the catalog (no
+    /// column rules to read it for) need nothing.
+    pub fn need(&self) -> Option<Need> {
+        if !self.rule.masker.has_column_rules() {
+            return None;
+        }
+        if crate::catalog::schema_in_flight() {
+            return Some(Need::Close);
+        }
+        match self.reading {
+            Some(r) if r.fresh() => None,
+            _ => Some(Need::Renew(self.rule.clone())),
+        }
+    }
+
+    /// [`Need::Close`]: every relation unknown (its outputs masked whole),
+    /// and what was described under the old reading forgotten (a prepared
+    /// statement's columns are read again, or refused).
+    pub fn close_catalog(&mut self) {
+        let closed = Catalog {
+            types: self.catalog.types.clone(),
+            sources: self.catalog.sources.closed(),
+        };
+        self.catalog = Arc::new(closed);
+        self.reading = None;
+        self.forget_described();
+    }
+
+    /// [`Need::Renew`] answered. What was described under the old
+    /// reading stands where the catalog reads the same (a reading only
+    /// aged past its 30 s, or a change elsewhere in the database): a
+    /// driver's prepared statements are not refused every 30 s.
+    pub fn renew_catalog(&mut self, catalog: Arc<Catalog>, reading: crate::catalog::Reading) {
+        let same = self.reading.is_some()
+            && (Arc::ptr_eq(&self.catalog, &catalog) || *self.catalog == *catalog);
+        self.catalog = catalog;
+        self.reading = Some(reading);
+        if !same {
+            self.forget_described();
+        }
+    }
+
+    fn forget_described(&mut self) {
+        self.statements.clear();
+        self.parsed.clear();
+        self.portals.clear();
     }
 
     fn refuse(&self, why: &str) -> Verdict {
@@ -888,6 +970,18 @@ impl MaskInspector {
 }
 
 impl Inspector for MaskInspector {
+    fn mask_catalog_need(&self) -> Option<Need> {
+        self.need()
+    }
+
+    fn mask_catalog_close(&mut self) {
+        self.close_catalog();
+    }
+
+    fn mask_catalog_renew(&mut self, catalog: Arc<Catalog>, reading: crate::catalog::Reading) {
+        self.renew_catalog(catalog, reading);
+    }
+
     fn frontend(&mut self, msg: &Message) -> Verdict {
         if self.copying {
             return match msg.tag {

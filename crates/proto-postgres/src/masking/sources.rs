@@ -36,7 +36,7 @@ pub struct Guard {
     pub table: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sources {
     /// Off when the rule has no column rules.
     active: bool,
@@ -62,6 +62,18 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// What is known while a schema change is under way: nothing, every
+    /// relation and function is unknown and falls under the rule's
+    /// fallback (outputs masked whole), as one newer than a reading does.
+    pub fn closed(&self) -> Sources {
+        Sources {
+            active: self.active,
+            fallback: self.fallback.clone(),
+            names: self.names.clone(),
+            ..Sources::default()
+        }
+    }
+
     /// The table name of a relation OID, for `table.column` label rules.
     pub fn table(&self, oid: u32) -> Option<&str> {
         self.known.get(&oid).map(String::as_str)
