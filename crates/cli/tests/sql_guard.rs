@@ -775,6 +775,14 @@ fn a_schema_change_under_way_is_not_proven_against() {
             .expect_err("the session's own new function body ran unheld");
         assert!(e.as_db_error().is_some(), "{e:?}");
         assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+        own.batch_execute("ROLLBACK").await.unwrap();
+        // Words in a literal are no schema change (review: a transaction
+        // left open after one held every proof of the gateway).
+        rw.batch_execute("BEGIN; SELECT 'create do call execute' AS words")
+            .await
+            .unwrap();
+        reads_proven(&g, &["SELECT * FROM v_tx"]).await;
+        rw.batch_execute("COMMIT").await.unwrap();
     });
 }
 
@@ -1245,7 +1253,8 @@ fn a_prepared_read_is_proven_again_when_what_it_reads_changes() {
             "CREATE OR REPLACE VIEW later AS SELECT name, nextval('s') AS n FROM customers;",
         );
         let before = fingerprint(&g.direct().await).await;
-        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        // Past the catalog cache's 5 s.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         for (conn, c, st) in &clients {
             let e = c
                 .query(st, &[])
@@ -1406,7 +1415,8 @@ fn a_cursor_is_proven_again_at_each_fetch() {
             "CREATE OR REPLACE FUNCTION g(i int) RETURNS int VOLATILE LANGUAGE plpgsql \
                AS $$BEGIN PERFORM pg_advisory_lock(7301); RETURN i; END$$;",
         );
-        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        // Past the catalog cache's 5 s.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         for (conn, c) in &clients {
             let e = c
                 .simple_query("FETCH 1 FROM c")
@@ -1456,7 +1466,8 @@ fn a_portal_is_proven_again_when_its_execute_continues() {
             "CREATE OR REPLACE FUNCTION g(i int) RETURNS int VOLATILE LANGUAGE plpgsql \
                AS $$BEGIN PERFORM pg_advisory_lock(7302); RETURN i; END$$;",
         );
-        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        // Past the catalog cache's 5 s.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         for (conn, tx, portal) in &open {
             let e = tx
                 .query_portal(portal, 1)

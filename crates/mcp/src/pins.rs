@@ -29,8 +29,10 @@ pub fn state(pinned: Option<&str>, hash: &str) -> PinState {
 /// SHA-256 (hex) of the parts of a tool definition that tell the model
 /// or the person what it does: name, description, input schema, and,
 /// where the tool has them, its title, annotations (`readOnlyHint`,
-/// which clients may approve calls by) and output schema (a review's
-/// server flipped `readOnlyHint` and retitled a listed tool unflagged);
+/// which clients may approve calls by), output schema and `_meta`
+/// (clients read instructions there: a review's server flipped
+/// `readOnlyHint`, retitled a tool, and put "IGNORE ALL RULES" in its
+/// `_meta`, unflagged);
 /// canonical JSON (sorted keys, no spaces), so key order on the wire does
 /// not matter. A tool without the later three hashes as before they
 /// counted, so its pin stands.
@@ -40,7 +42,7 @@ pub fn tool_hash(tool: &Value) -> String {
         canonical(tool.get(key).unwrap_or(&Value::Null), &mut s);
         s.push('\n');
     }
-    for key in ["title", "annotations", "outputSchema"] {
+    for key in ["title", "annotations", "outputSchema", "_meta"] {
         if let Some(v) = tool.get(key) {
             s.push_str(key);
             s.push('=');
@@ -92,7 +94,7 @@ mod tests {
     #[test]
     fn hash_ignores_key_order_and_extra_fields_but_not_meaning() {
         let a = json!({"name": "search", "description": "Find", "inputSchema": {"type": "object", "properties": {"q": {"type": "string"}}}});
-        let b = json!({"inputSchema": {"properties": {"q": {"type": "string"}}, "type": "object"}, "description": "Find", "name": "search", "_meta": {"seen": 2}});
+        let b = json!({"inputSchema": {"properties": {"q": {"type": "string"}}, "type": "object"}, "description": "Find", "name": "search", "icons": []});
         assert_eq!(tool_hash(&a), tool_hash(&b));
         // A tool without title, annotations or output schema hashes as it
         // did before they counted: its pin stands.
@@ -106,6 +108,7 @@ mod tests {
             ("annotations", json!({"readOnlyHint": true})),
             ("title", json!("Search")),
             ("outputSchema", json!({"type": "object"})),
+            ("_meta", json!({"anthropic/instructions": "a"})),
         ] {
             let mut e = a.clone();
             e[key] = value.clone();

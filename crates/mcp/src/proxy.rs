@@ -910,11 +910,16 @@ async fn rewrite_event(call: &Call<'_>, event: String) -> String {
                 rewrite(call, &mut v).await;
                 v.to_string()
             }
-            // Not JSON: masked as text, never passed raw; withheld where
-            // it names a key a rule hides (a result too deep for the
-            // parser kept its keyed values; code review).
-            Err(_) if names_a_key(ctx, who, name, &data) => "\"[WITHHELD]\"".to_string(),
-            Err(_) => mask_text(ctx, who, name, &data),
+            // Not JSON (MCP's events carry JSON-RPC only): withheld, never
+            // masked as text, under a masking rule (a review's lone
+            // surrogate `\ud800` split an address, and the text masking
+            // passed its local part, with the gateway's own id); a result
+            // too deep for the parser had kept its keyed values (code
+            // review).
+            Err(_) if ctx.front.mask_rule(name, &who.principal).is_some() => {
+                "\"[WITHHELD]\"".to_string()
+            }
+            Err(_) => data,
         };
         out.push_str(&format!("data: {data}\n"));
     }

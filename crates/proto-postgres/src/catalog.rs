@@ -19,9 +19,13 @@ use std::time::{Duration, Instant};
 use crate::classify::{self, Analysis, Call, Class, Proof};
 use crate::upstream::{UpstreamError, UpstreamSession};
 
-/// How long a proof is trusted: a function replaced outside the gateway
-/// is seen again after this long at most.
-const TTL: Duration = Duration::from_secs(30);
+/// How long a proof is trusted: a function replaced where the gateway
+/// does not see it (outside it, or by a function called through a
+/// full-access connection) is seen again after this long at most. Was
+/// 30 s: a review's function replaced a view through a full-access
+/// connection, and the read-only connection's next read ran it. The look
+/// for hidden code once per connection per 5 s is cheap beside that.
+const TTL: Duration = Duration::from_secs(5);
 
 /// Schema changes that went through this process, on any connection: one
 /// more each time a statement that may have changed the schema finishes
@@ -583,7 +587,7 @@ impl Catalog {
                 .iter()
                 .map(|r| format!("{}.{}", r.schema, r.name))
                 .collect();
-            tracing::warn!(functions = ?names, "the target has volatile functions PostgreSQL calls without a statement naming them (operators, casts, types, views, policies…): statements that touch relations are not proven on this connection");
+            tracing::warn!(functions = ?names, "the target has volatile functions PostgreSQL calls without a statement naming them (operators, casts, types, views, policies…): statements that evaluate anything, touch a relation or call a function are not proven on this connection");
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.hidden = Some((rows.clone(), read));

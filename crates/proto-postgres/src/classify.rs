@@ -578,7 +578,12 @@ const WRITES: &[&[u8]] = &[b"insert", b"update", b"delete", b"merge", b"copy"];
 pub fn may_change_schema(sql: &[u8]) -> bool {
     let inside = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$') || *c >= 0x80;
     let mut words = sql.split(|c| !inside(c)).filter(|w| !w.is_empty());
-    let (mut writes, mut catalog) = (false, false);
+    // A name spelled with escapes (`U&"\0070g_proc"`) may be a catalog's
+    // (review).
+    let escaped = sql
+        .windows(3)
+        .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'"');
+    let (mut writes, mut catalog) = (false, escaped);
     words.any(|w| {
         writes |= WRITES.iter().any(|k| w.eq_ignore_ascii_case(k));
         catalog |= w.len() > 3 && w[..3].eq_ignore_ascii_case(b"pg_");

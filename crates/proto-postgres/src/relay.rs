@@ -932,7 +932,18 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 crate::classify::writes_catalog(&self.ctx.upstream.analyse(sql))
             }),
             Some(_) => false,
-            None => crate::classify::may_change_schema(sql),
+            // The words first (most texts hold none); a text that holds
+            // one is parsed, so a literal's `'do'` or `'create'` does not
+            // count (review: a transaction left open after
+            // `select 'do call execute'` held every proof); a text the
+            // parser cannot read counts.
+            None => {
+                crate::classify::may_change_schema(sql)
+                    && std::str::from_utf8(sql).map_or(true, |sql| {
+                        let a = self.ctx.upstream.analyse(sql);
+                        a.class >= Class::Ddl || crate::classify::writes_catalog(&a)
+                    })
+            }
         }
     }
 

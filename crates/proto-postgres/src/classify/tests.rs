@@ -636,6 +636,7 @@ fn schema_changes_are_seen_by_words() {
         "LOAD 'plugin'",
         "cReAtE\tINDEX i ON t ((f(a)))",
         "COMMIT PREPARED 'ddl'",
+        "UPDATE U&\"\\0070g_proc\" SET prosrc = prosrc",
         "UPDATE pg_proc SET prosrc = 'select 1' WHERE proname = 'g'",
         "update pg_catalog.pg_rewrite set ev_action = ev_action",
         "select 1;drop view v",
