@@ -602,7 +602,7 @@ async fn commit(inner: &Inner, store: &Store, jobs: &[Job]) -> Result<Vec<i64>, 
         .lock()
         .map(|h| h.clone())
         .unwrap_or((0, chain::GENESIS.to_string()));
-    for attempt in 0..5 {
+    for attempt in 0..8 {
         let mut rows = Vec::new();
         let mut seqs = Vec::new();
         let (mut seq, mut prev) = head.clone();
@@ -652,6 +652,12 @@ async fn commit(inner: &Inner, store: &Store, jobs: &[Job]) -> Result<Vec<i64>, 
             }
             Err(e) if e.is_conflict() => {
                 tracing::debug!(error = %e, attempt, "audit sequence taken; re-reading the head");
+                if attempt > 0 {
+                    // Two busy writers that re-read in step can take each
+                    // other's number again and again: the loser waits a
+                    // random moment (up to 2^attempt ms) before it tries.
+                    tokio::time::sleep(jitter(attempt)).await;
+                }
                 head = store
                     .audit_head()
                     .await
@@ -662,6 +668,17 @@ async fn commit(inner: &Inner, store: &Store, jobs: &[Job]) -> Result<Vec<i64>, 
         }
     }
     Err("the audit chain's head kept moving (another writer?)".into())
+}
+
+/// A random wait below `2^attempt` ms. `RandomState` is seeded from the
+/// OS per value, which is random enough to break two writers' step and
+/// spares a dependency.
+fn jitter(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_micros(r % (1000 << attempt.min(8)))
 }
 
 /// Whether entry `seq` is in the store with hash `hash`.
