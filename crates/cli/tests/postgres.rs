@@ -2076,6 +2076,25 @@ fn a_view_replaced_in_a_masked_session_is_not_read_by_its_old_sources() {
     );
     let (out, err) = text(&o);
     assert!(!out.contains(SSN) && !err.contains(SSN), "{out}\n{err}");
+    // Replaced and read in one Query (review: the statements of one text
+    // were read under the reading taken before it).
+    let o = g.psql(
+        "masked",
+        &[
+            "-X",
+            "-c",
+            &format!(
+                "create or replace view {t}_v as select id, ssn as tag from {t}; \
+                 select tag from {t}_v"
+            ),
+        ],
+        None,
+    );
+    let (out, err) = text(&o);
+    assert!(!out.contains(SSN) && !err.contains(SSN), "{out}\n{err}");
+    PgCluster::shared().psql_direct(&format!(
+        "create or replace view {t}_v as select id, name as tag from {t};"
+    ));
     rt().block_on(async {
         let open = g.client("masked", &g.token).await.unwrap();
         let rows = |r: Vec<tokio_postgres::SimpleQueryMessage>| format!("{r:?}");

@@ -173,6 +173,17 @@ async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, count: &
     ok
 }
 
+/// Whether a Query's text is one statement: no `;` before its trailing
+/// ones. A `;` inside a literal or comment makes it count as several,
+/// which only keeps a change under way longer (fail closed).
+fn one_statement(sql: &[u8]) -> bool {
+    let end = sql
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(0, |i| i + 1);
+    !sql[..end].contains(&b';')
+}
+
 /// How long a session over an agent's link waits for the agent to close
 /// its side after the caller's goodbye.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -226,6 +237,15 @@ pub(crate) struct Relay<'a, W> {
     /// each ReadyForQuery, and once more when it ends (until then other
     /// sessions still see the old schema).
     schema_change: Mutex<Option<crate::catalog::SchemaChange>>,
+    /// The ReadyForQuery (by count) that ends the one-statement Query
+    /// which began `schema_change`; 0 once anything else may have changed
+    /// the schema since. Such a statement that fails inside a transaction
+    /// changed nothing, and no savepoint brings it back: its change ends
+    /// there (review: `BEGIN; CALL missing();` left idle held every
+    /// read-only caller's proofs until the session closed).
+    change_alone_until: AtomicU64,
+    /// An ErrorResponse came since the last ReadyForQuery.
+    errored: AtomicBool,
     /// On a connection whose statements are not classified: the prepared
     /// statements whose text may change the schema (a Bind of one runs
     /// it); past [`MAX_SCHEMA_STATEMENTS`], every Bind counts.
@@ -299,6 +319,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
             schema_change: Mutex::new(None),
+            change_alone_until: AtomicU64::new(0),
+            errored: AtomicBool::new(false),
             schema_statements: Mutex::new(SchemaStatements::default()),
         };
         let UpstreamSession {
@@ -572,13 +594,21 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 }
             }
         };
+        let Some((catalog, reading)) = renewed else {
+            return self.close_mask_catalog();
+        };
         let mut chain = self.chain.lock().map_err(|_| Exit::Internal)?;
         for i in chain.iter_mut() {
-            match &renewed {
-                Some((catalog, reading)) => i.mask_catalog_renew(catalog.clone(), *reading),
-                None => i.mask_catalog_close(),
-            }
+            i.mask_catalog_renew(catalog.clone(), reading);
         }
+        Ok(())
+    }
+
+    /// Every relation unknown to the masker (outputs masked whole) until
+    /// its catalog is read again.
+    fn close_mask_catalog(&self) -> Result<(), Exit> {
+        let mut chain = self.chain.lock().map_err(|_| Exit::Internal)?;
+        chain.iter_mut().for_each(|i| i.mask_catalog_close());
         Ok(())
     }
 
@@ -651,6 +681,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             Err(refusal) => Err(refusal),
             Ok(admitted) => {
                 let counts = admitted.checked;
+                if self.ctx.masked && self.text_changes_schema_of(&admitted.message, class) {
+                    // Statements after a schema change in one text are
+                    // not seen between: the masker reads this text under
+                    // a closed catalog (review: a view replaced and read
+                    // in one Query returned the protected column).
+                    self.close_mask_catalog()?;
+                }
                 self.inspect_frontend(admitted.message)?
                     .map(|passed| (passed, counts))
             }
@@ -674,6 +711,14 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 .is_some_and(|g| g.binds_schema_change(&passed));
         if changes_schema {
             let mut change = self.schema_change.lock().map_err(|_| Exit::Internal)?;
+            let alone = change.is_none()
+                && passed.tag == tag::QUERY
+                && one_statement(messages::cstr(&passed.body));
+            // Counted after this message: its answer is the next sync
+            // point's ReadyForQuery.
+            let ends_at = self.syncs_sent.load(Ordering::Relaxed) + 1;
+            self.change_alone_until
+                .store(if alone { ends_at } else { 0 }, Ordering::Relaxed);
             change.get_or_insert_with(crate::catalog::SchemaChange::begin);
         }
         self.send_checked(passed, counts, out)
@@ -922,6 +967,20 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             _ => class.is_some_and(|c| c >= Class::Ddl),
         }
+    }
+
+    /// Whether a Query's or Parse's text may change the schema (no
+    /// bookkeeping: [`Self::may_change_schema`] keeps that at `pass`).
+    fn text_changes_schema_of(&self, m: &Message, class: Option<Class>) -> bool {
+        let sql = match m.tag {
+            tag::QUERY => messages::cstr(&m.body),
+            tag::PARSE => {
+                let name = messages::cstr(&m.body);
+                messages::cstr(m.body.get(name.len() + 1..).unwrap_or_default())
+            }
+            _ => return false,
+        };
+        self.text_changes_schema(sql, class)
     }
 
     /// [`Self::may_change_schema`] of a statement's text.
@@ -1333,17 +1392,26 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         {
             m = messages::error(false, r.code, &r.message, None);
         }
+        if m.tag == tag::ERROR_RESPONSE {
+            self.errored.store(true, Ordering::Relaxed);
+        }
         if m.tag == tag::READY_FOR_QUERY {
-            self.ready_seen.fetch_add(1, Ordering::Relaxed);
+            let seen = self.ready_seen.fetch_add(1, Ordering::Relaxed) + 1;
             let status = m.body.first().copied().unwrap_or(b'E');
             self.last_status.store(status, Ordering::Relaxed);
+            let errored = self.errored.swap(false, Ordering::Relaxed);
             if let Ok(mut change) = self.schema_change.lock()
                 && change.is_some()
             {
                 self.ctx.upstream.forget_catalog();
-                if status == b'I' {
-                    // Its transaction ended: every reading is stale again.
+                let failed_alone = status == b'E'
+                    && errored
+                    && self.change_alone_until.load(Ordering::Relaxed) == seen;
+                if status == b'I' || failed_alone {
+                    // Its transaction ended, or the one statement that
+                    // began it failed: every reading is stale again.
                     *change = None;
+                    self.change_alone_until.store(0, Ordering::Relaxed);
                 }
             }
             let caught_up = self.syncs_sent.load(Ordering::Relaxed)
@@ -1504,5 +1572,23 @@ mod stream_tests {
         // A character cut at the very end is not waited for.
         let mut p = Utf8Pieces::default();
         assert_eq!(p.push(&[b'a', 0xc3], true), "\\x61c3");
+    }
+}
+
+#[cfg(test)]
+mod one_statement_tests {
+    use super::one_statement;
+
+    #[test]
+    fn a_text_is_one_statement_only_with_no_inner_semicolon() {
+        assert!(one_statement(b"CALL p()"));
+        assert!(one_statement(b"DROP TABLE t;  \n"));
+        assert!(one_statement(b""));
+        assert!(!one_statement(
+            b"CREATE VIEW v AS SELECT 1; SAVEPOINT s; SELECT 1/0"
+        ));
+        // A semicolon in a literal counts as two (fail closed: the change
+        // stays under way).
+        assert!(!one_statement(b"SELECT ';'"));
     }
 }
