@@ -2109,5 +2109,28 @@ fn a_view_replaced_in_a_masked_session_is_not_read_by_its_old_sources() {
         .unwrap();
         let after = rows(open.simple_query(&read).await.unwrap());
         assert!(!after.contains(SSN), "{after}");
+        // A statement prepared before such a change and only bound after
+        // it (no Parse, no Query in between) is not read by its old
+        // sources either.
+        rw.batch_execute(&format!(
+            "create or replace view {t}_v as select id, name as tag from {t}"
+        ))
+        .await
+        .unwrap();
+        let prepared = open.prepare(&read).await.unwrap();
+        rw.batch_execute(&format!(
+            "create or replace view {t}_v as select id, ssn as tag from {t}"
+        ))
+        .await
+        .unwrap();
+        let bound = match open.query(&prepared, &[]).await {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(e) => format!("{e:?}"),
+        };
+        assert!(!bound.contains(SSN), "{bound}");
     });
 }

@@ -542,7 +542,10 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     ) -> Result<Step, Exit> {
         let tag = m.tag;
         self.in_protocol_order(&m)?;
-        if self.ctx.masked && matches!(tag, tag::QUERY | tag::PARSE) {
+        // A Bind too: a statement prepared before a change and bound
+        // after it runs the new definitions (review: bound with no Parse
+        // or Query between, it was read by its old sources).
+        if self.ctx.masked && matches!(tag, tag::QUERY | tag::PARSE | tag::BIND) {
             self.fresh_mask_catalog().await?;
         }
         let span = self.statement_span(tag);
@@ -938,13 +941,11 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// when that text did.
     fn may_change_schema(&self, m: &Message, class: Option<Class>) -> bool {
         match m.tag {
-            tag::QUERY => self.text_changes_schema(messages::cstr(&m.body), class),
+            tag::QUERY => self.text_changes_schema_of(m, class),
             tag::PARSE => {
-                let name = messages::cstr(&m.body);
-                let sql = messages::cstr(m.body.get(name.len() + 1..).unwrap_or_default());
-                let changes = self.text_changes_schema(sql, class);
+                let changes = self.text_changes_schema_of(m, class);
                 if let Ok(mut kept) = self.schema_statements.lock() {
-                    kept.note(name, changes);
+                    kept.note(messages::cstr(&m.body), changes);
                 }
                 changes
             }
