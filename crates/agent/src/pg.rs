@@ -120,6 +120,7 @@ pub(crate) async fn relay<T>(
         status,
         read_only,
         owner,
+        home,
     } = session;
     let (mut target_r, buffered) = reader.into_parts();
     let (mut tunnel_r, mut tunnel_w) = tokio::io::split(tunnel);
@@ -150,6 +151,7 @@ pub(crate) async fn relay<T>(
             status: b'I',
             read_only,
             owner,
+            home,
         };
         // Resets it (DISCARD ALL, checked) or closes it.
         upstream.checkin(params, session).await;

@@ -12,6 +12,7 @@ mod listener;
 mod oauth;
 mod reload;
 pub mod roles;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

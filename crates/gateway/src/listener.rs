@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::limits::{ConnLimits, Full, Permit};
+use crate::workers::Workers;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_http::{Body, ConnInfo, HttpFront};
@@ -359,7 +360,8 @@ pub struct ListenerSettings {
 /// Accept on `listener` until `shutdown`, handing each socket to
 /// `on_conn` in a task of `tracker`, with its place under `limits` (held
 /// for as long as the task runs) or why there is none: the listener's
-/// protocol says the refusal.
+/// protocol says the refusal. The task runs on a connection worker
+/// ([`Workers`]) when there are any.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -367,9 +369,11 @@ pub(crate) async fn accept_loop<F, Fut>(
     limits: Arc<ConnLimits>,
     on_conn: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Result<Permit, Full>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Result<Permit, Full>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let on_conn = Arc::new(on_conn);
+    let workers = Workers::get();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -388,8 +392,39 @@ pub(crate) async fn accept_loop<F, Fut>(
         if let Err(full) = admission {
             tracing::warn!(%peer, ?full, "connection refused at a cap");
         }
-        tracker.spawn(on_conn(stream, peer, admission));
+        match workers {
+            Some(w) => on_worker(w, &tracker, stream, peer, admission, on_conn.clone()),
+            None => drop(tracker.spawn(on_conn(stream, peer, admission))),
+        }
     }
+}
+
+/// Serve `stream` on a connection worker: its socket moves to the
+/// worker's reactor, so its wake-ups happen on the thread that serves it.
+fn on_worker<F, Fut>(
+    workers: &Workers,
+    tracker: &TaskTracker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admission: Result<Permit, Full>,
+    on_conn: Arc<F>,
+) where
+    F: Fn(TcpStream, SocketAddr, Result<Permit, Full>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot hand a connection to a worker");
+            return;
+        }
+    };
+    workers.spawn(tracker.track_future(async move {
+        match TcpStream::from_std(stream) {
+            Ok(s) => on_conn(s, peer, admission).await,
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a connection on a worker"),
+        }
+    }));
 }
 
 /// Serve HTTPS with `front` on `listener`.
@@ -716,7 +751,64 @@ fn request_path(head: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{PgFirst, pg_fatal, postgres_packet, request_path};
+    use super::{PgFirst, accept_loop, pg_fatal, postgres_packet, request_path};
+    use crate::limits::{ConnLimits, ConnMetrics};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// Each accepted socket is served on a connection worker, dealt in
+    /// turn, and the socket works there (it moved to that worker's
+    /// reactor); the tracker waits for it.
+    #[tokio::test]
+    async fn connections_are_served_on_the_workers_in_turn() {
+        let Some(workers) = crate::workers::Workers::get() else {
+            // PORTCULLIS_CONNECTION_THREADS=0: nothing to check here.
+            return;
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let limits = ConnLimits::new("test", 8, 8, ConnMetrics::default());
+        let serving = tokio::spawn(accept_loop(
+            l,
+            stop.clone(),
+            tracker.clone(),
+            limits,
+            |mut s: tokio::net::TcpStream, _, admission| async move {
+                assert!(admission.is_ok());
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).await.unwrap();
+                s.write_all(format!("{}:{name}", String::from_utf8_lossy(&b)).as_bytes())
+                    .await
+                    .unwrap();
+            },
+        ));
+        let mut threads = Vec::new();
+        for i in 0..workers.len() * 2 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("{i:04}").as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            c.read_to_string(&mut answer).await.unwrap();
+            let (echo, thread) = answer.split_once(':').unwrap();
+            assert_eq!(echo, format!("{i:04}"));
+            assert!(thread.starts_with("portcullis-conn-"), "{thread}");
+            threads.push(thread.to_string());
+        }
+        // In turn: every worker twice, each one's two a round apart.
+        let n = workers.len();
+        for i in 0..n {
+            assert_eq!(threads[i], threads[i + n]);
+            assert!(!threads[..n].iter().skip(i + 1).any(|t| *t == threads[i]));
+        }
+        stop.cancel();
+        serving.await.unwrap();
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn postgres_first_messages_are_recognised() {

@@ -332,6 +332,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             status: _,
             read_only,
             owner,
+            home,
         } = up;
         caller_r.set_max(ctx.max_message);
         let credential_ended = async {
@@ -366,6 +367,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 status: b'I',
                 read_only,
                 owner,
+                home,
             })
         } else {
             // The caller's own Terminate went through unless sessions are

@@ -208,6 +208,19 @@ struct Idle {
     since: std::time::Instant,
 }
 
+/// Which of the idle sessions (their keys and home threads) serves `key`
+/// on thread `here`: the newest kept under `key` that `here` drives, else
+/// the newest kept under `key` (correct anywhere, a wake-up dearer).
+fn pick(
+    idle: &[(&Key, std::thread::ThreadId)],
+    key: &Key,
+    here: std::thread::ThreadId,
+) -> Option<usize> {
+    let under = |i: &&(&Key, std::thread::ThreadId)| *i.0 == *key;
+    (idle.iter().rposition(|i| under(&i) && i.1 == here))
+        .or_else(|| idle.iter().rposition(|i| under(&i)))
+}
+
 /// How many idle sessions a connection keeps, and for how long.
 const MAX_IDLE: usize = 16;
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -237,6 +250,11 @@ pub struct UpstreamSession {
     pub read_only: bool,
     /// Whose it is: an idle session is only handed back to its owner.
     pub owner: Owner,
+    /// The thread that opened it, whose reactor drives its socket: an
+    /// idle session goes back first to a caller served on that thread
+    /// (on a connection worker, any other costs a cross-thread wake-up
+    /// per message from the target).
+    pub home: std::thread::ThreadId,
 }
 
 /// Startup parameters a caller may pass through to the target. Anything
@@ -586,7 +604,8 @@ impl PgUpstream {
             let candidate = {
                 let mut idle = self.idle.lock().ok()?;
                 idle.retain(|i| i.since.elapsed() < IDLE_FOR);
-                let at = idle.iter().rposition(|i| i.key == *key)?;
+                let kept: Vec<_> = idle.iter().map(|i| (&i.key, i.session.home)).collect();
+                let at = pick(&kept, key, std::thread::current().id())?;
                 idle.swap_remove(at).session
             };
             let mut s = candidate;
@@ -1338,6 +1357,7 @@ async fn read_startup(
                     read_only,
                     // Set by whoever opened it.
                     owner: Owner::Nobody,
+                    home: std::thread::current().id(),
                 });
             }
             tag::ERROR_RESPONSE => return Err(UpstreamError::Server(error_text(&m))),
@@ -1379,6 +1399,32 @@ pub fn error_text(m: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    /// An idle session goes first to a caller on the thread that drives
+    /// it, never to another key, and to another thread when none is
+    /// home; the newest of each kind first.
+    #[test]
+    fn idle_sessions_go_home_first() {
+        let key = |subject: &str| super::Key {
+            params: vec![],
+            read_only: false,
+            owner: super::Owner::Caller {
+                subject: subject.into(),
+                accountable: subject.into(),
+            },
+        };
+        let (a, b) = (key("agent:a"), key("agent:b"));
+        let here = std::thread::current().id();
+        let there = std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .unwrap();
+        let idle = [(&a, here), (&a, there), (&b, here), (&a, there)];
+        assert_eq!(super::pick(&idle, &a, here), Some(0));
+        assert_eq!(super::pick(&idle, &a, there), Some(3));
+        assert_eq!(super::pick(&idle, &b, there), Some(2));
+        assert_eq!(super::pick(&idle[..2], &b, here), None);
+        assert_eq!(super::pick(&idle[1..2], &a, here), Some(0));
+    }
 
     use tokio::net::TcpListener;
 
