@@ -1399,15 +1399,10 @@ fn the_masker_follows_what_the_target_did_not_what_the_caller_named() {
         let cursor = w.until(b'Z').await;
         all.extend(cursor);
         all.extend(w.ask("close c").await);
-        // 2. A failed extended batch with a simple query inside it: the
-        //    target skips the query; the masker must too.
-        w.parse("", &format!("select 1/0 from {table}_nosuch")).await;
-        w.bind("").await;
-        w.execute().await;
-        w.query("select 1").await;
-        w.sync().await;
-        all.extend(w.until(b'Z').await);
-        all.extend(w.ask("select 2").await);
+        // 2. A failed extended batch with a simple query inside it (the
+        //    target skips the query): the session is closed at the query
+        //    (review round 5: the same skipped answer put the relay's
+        //    count of answers out of step). Below, on its own session.
         all.extend(
             w.ask(&format!("select ssn || '' as s from {table}"))
                 .await,
@@ -1495,6 +1490,20 @@ fn the_masker_follows_what_the_target_did_not_what_the_caller_named() {
         let n = w.value(&format!("select count(*) from {table}")).await;
         assert_eq!(n, "2");
         w.terminate().await;
+        // 2. (See above.)
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        w.parse("", &format!("select 1/0 from {table}_nosuch")).await;
+        w.bind("").await;
+        w.execute().await;
+        w.query("select 1").await;
+        w.sync().await;
+        // (The target's own error for the batch may come first.)
+        let mut closed = w.until(b'E').await;
+        if !wire::error_of(&closed).contains("08P01") {
+            closed = w.until(b'E').await;
+        }
+        assert!(wire::error_of(&closed).contains("08P01"), "{closed:?}");
+        all.extend(closed);
         all
     });
     let everything: String = answers
@@ -1952,6 +1961,59 @@ fn revoking_a_token_ends_its_open_sessions() {
     // The session's end says why, in the audit log.
     let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).to_string();
     assert!(audit.contains("credential_ended"), "{audit}");
+}
+
+/// Review round 5: a revoked caller that stopped reading kept its target
+/// session, its open transaction and its ACCESS EXCLUSIVE lock until it
+/// closed its socket (the session's last message waited on a full
+/// buffer). Now the goodbye is bounded and the target's session ends.
+#[test]
+fn revoking_a_token_ends_a_session_whose_caller_stopped_reading() {
+    let g = PgGateway::start();
+    let pg = PgCluster::shared();
+    let cfg = g.tmp.path().join("portcullis.toml");
+    let cli = |args: &[&str]| cli_at(&cfg, args);
+    let (doomed, id) = created_token(&cli(&[
+        "token",
+        "create",
+        "--principal",
+        "agent:stalled",
+        "--group",
+        "testers",
+        "--json",
+    ]));
+    let table = format!("stalled_{}", std::process::id());
+    pg.psql_direct(&format!("CREATE TABLE {table} (a int)"));
+    let locked = || {
+        pg.psql_direct(&format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = '{table}' AND l.mode = 'AccessExclusiveLock'"
+        ))
+        .trim()
+        .to_string()
+    };
+    rt().block_on(async {
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "rw", &doomed).await;
+        // Hundreds of megabytes it never reads.
+        w.query(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; \
+             SELECT repeat('x', 100000) FROM generate_series(1, 5000)"
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(locked(), "1", "the caller's lock is held");
+        assert!(cli(&["token", "revoke", &id]).status.success());
+        let revoked = std::time::Instant::now();
+        while locked() != "0" {
+            assert!(
+                revoked.elapsed() < Duration::from_secs(8),
+                "the revoked session's lock outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(w);
+    });
+    pg.psql_direct(&format!("DROP TABLE {table}"));
 }
 
 /// The quickstart with a wrong PostgreSQL password says so at start (and

@@ -703,6 +703,87 @@ fn a_schema_change_through_another_connection_ends_the_proofs() {
     });
 }
 
+/// Review round 5: answers to what was sent before a schema change ended
+/// it. A pipelined `pg_sleep` answered idle after `BEGIN; CREATE OR
+/// REPLACE VIEW …` was sent, and the read-only connection's read, proven
+/// against the committed view, ran the new one's advisory lock once the
+/// change committed; a Sync the target ignored during copy-in (or a
+/// Query it skipped in a failed batch) put the counts out of step, and a
+/// later error "failed alone" a change that had succeeded.
+#[test]
+fn a_schema_change_is_not_ended_by_answers_to_what_came_before() {
+    let g = Guard::start("answers");
+    PgCluster::shared().psql_db(
+        &g.db,
+        "CREATE VIEW v_ans AS SELECT 1 AS x; CREATE TABLE t_copy (a int);",
+    );
+    let change = |lock: u32| {
+        format!("CREATE OR REPLACE VIEW v_ans AS SELECT (pg_try_advisory_lock({lock}))::int AS x")
+    };
+    rt().block_on(async {
+        // (Proven, the read would wait for the change's lock.)
+        let refused = || {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                refused_unproven(&g, "SELECT * FROM v_ans"),
+            )
+        };
+        reads_proven(&g, &["SELECT * FROM v_ans"]).await;
+        let login = || common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token);
+        // Pipelined: the sleep's idle answer comes after the change left.
+        let mut w = login().await;
+        w.query("SELECT pg_sleep(0.3)").await;
+        w.query(&format!("BEGIN; {}", change(4270))).await;
+        let first = w.until(b'Z').await;
+        assert_eq!(first.last().map(|a| a.1.clone()), Some(b"I".to_vec()));
+        let second = w.until(b'Z').await;
+        assert_eq!(
+            second.last().map(|a| a.1.clone()),
+            Some(b"T".to_vec()),
+            "{second:?}"
+        );
+        refused().await.expect("the read was proven and waited");
+        w.ask("ROLLBACK").await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+        reads_proven(&g, &["SELECT * FROM v_ans"]).await;
+        // A Query inside a failed extended batch: the session is closed
+        // (the target would skip it, and the counts run ahead).
+        let mut w = login().await;
+        w.parse("", "SELECT 1/0").await;
+        w.bind("").await;
+        w.execute().await;
+        w.query("SELECT 42").await;
+        w.sync().await;
+        let mut closed = w.until(b'E').await;
+        if !error_of(&closed).contains("08P01") {
+            closed = w.until(b'E').await;
+        }
+        assert!(error_of(&closed).contains("08P01"), "{closed:?}");
+        // A Sync during copy-in, ignored by the target: the counts run
+        // ahead, and a later error in the change's transaction does not
+        // end it.
+        let mut w = login().await;
+        w.query("COPY t_copy FROM STDIN").await;
+        w.until(b'G').await;
+        w.sync().await;
+        w.send(b'f', b"stop\0").await;
+        w.until(b'Z').await;
+        w.ask("BEGIN").await;
+        let changed = w.ask(&change(4271)).await;
+        assert!(changed.iter().all(|a| a.0 != b'E'), "{changed:?}");
+        // (One Query: its ReadyForQuery is the one the counts, one
+        // ahead, took for the change's.)
+        let failed = w.ask("SAVEPOINT sp; SELECT 1/0").await;
+        assert!(failed.iter().any(|a| a.0 == b'E'), "{failed:?}");
+        refused().await.expect("the read was proven and waited");
+        w.ask("ROLLBACK TO SAVEPOINT sp").await;
+        refused().await.expect("the read was proven and waited");
+        w.ask("ROLLBACK").await;
+        w.terminate().await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+    });
+}
+
 /// A schema change whose caller left before its answer (Query and
 /// Terminate at once): the session's end had not moved the proofs, and
 /// the replaced view's lock was taken on the read-only connection for the

@@ -173,6 +173,14 @@ async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, count: &
     ok
 }
 
+/// Whether a ParameterStatus says `default_transaction_read_only` is
+/// anything but `on` (PostgreSQL 14 and later report it).
+fn guard_reported_off(body: &[u8]) -> bool {
+    let mut parts = body.split(|b| *b == 0);
+    parts.next() == Some(b"default_transaction_read_only".as_slice())
+        && parts.next() != Some(b"on".as_slice())
+}
+
 /// Whether a Query's text is one statement: no `;` before its trailing
 /// ones. A `;` inside a literal or comment makes it count as several,
 /// which only keeps a change under way longer (fail closed).
@@ -183,6 +191,9 @@ fn one_statement(sql: &[u8]) -> bool {
         .map_or(0, |i| i + 1);
     !sql[..end].contains(&b';')
 }
+
+/// How long the caller's last message may take to be written.
+const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long a session over an agent's link waits for the agent to close
 /// its side after the caller's goodbye.
@@ -244,8 +255,18 @@ pub(crate) struct Relay<'a, W> {
     /// there (review: `BEGIN; CALL missing();` left idle held every
     /// read-only caller's proofs until the session closed).
     change_alone_until: AtomicU64,
+    /// The ReadyForQuery (by count) that answers the latest statement of
+    /// `schema_change`: only one at or after it can say its transaction
+    /// ended. An earlier one answers what was sent before the change
+    /// (review: a pipelined `select pg_sleep(0.3)` answered idle after
+    /// `BEGIN; CREATE OR REPLACE VIEW …` was sent, and ended the change
+    /// while it was uncommitted).
+    change_answered_at: AtomicU64,
     /// An ErrorResponse came since the last ReadyForQuery.
     errored: AtomicBool,
+    /// The target session was opened read-only: its report that the
+    /// guard is off ends the session.
+    read_only: bool,
     /// On a connection whose statements are not classified: the prepared
     /// statements whose text may change the schema (a Bind of one runs
     /// it); past [`MAX_SCHEMA_STATEMENTS`], every Bind counts.
@@ -320,7 +341,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             last_status: AtomicU8::new(up.status),
             schema_change: Mutex::new(None),
             change_alone_until: AtomicU64::new(0),
+            change_answered_at: AtomicU64::new(0),
             errored: AtomicBool::new(false),
+            read_only: up.read_only,
             schema_statements: Mutex::new(SchemaStatements::default()),
         };
         let UpstreamSession {
@@ -419,14 +442,22 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// it (sent and not answered with ReadyForQuery).
     async fn say_goodbye(&self, exit: &Exit) -> (Outcome, bool, bool) {
         let (outcome, last) = exit.outcome(self.ctx.connection);
-        let mut w = self.caller_w.lock().await;
-        if let Some(m) = last {
-            send(&mut *w, &m).await;
+        // Bounded: a caller that stops reading must not keep the target's
+        // session, its transaction and its locks (review: a revoked
+        // caller holding ACCESS EXCLUSIVE with a full receive buffer kept
+        // it until it closed its socket). What follows cancels and ends
+        // the target's session.
+        let bye = async {
+            let mut w = self.caller_w.lock().await;
+            if let Some(m) = last {
+                send(&mut *w, &m).await;
+            }
+            let _ = w.shutdown().await;
+        };
+        if tokio::time::timeout(GOODBYE, bye).await.is_err() {
+            tracing::info!(connection = %self.ctx.connection, "the caller did not read the session's last message; closed");
         }
-        let _ = w.shutdown().await;
-        let running = self.syncs_sent.load(Ordering::Relaxed)
-            != self.ready_seen.load(Ordering::Relaxed)
-            || self.unsynced.load(Ordering::Relaxed);
+        let running = !self.nothing_in_flight();
         let idle = !running && self.last_status.load(Ordering::Relaxed) == b'I';
         let no_refusals = self
             .pending
@@ -617,19 +648,20 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         Ok(())
     }
 
-    /// Messages a guarded session must not send where `m` comes: the
-    /// session is closed.
+    /// Messages a session must not send where `m` comes: the session is
+    /// closed.
     /// - A simple query or fast-path call inside an extended batch not yet
-    ///   ended by Sync: after an error the target skips it without an
-    ///   answer, and the count of answers due (which approved runs'
-    ///   checks are matched by) would be off for the rest of the session
-    ///   (re-review). No driver sends one there.
-    /// - Anything but its Execute (or Close) after an approved
-    ///   statement's Bind.
+    ///   ended by Sync, on every connection: after an error the target
+    ///   skips it without an answer, and the count of answers due (which
+    ///   approved runs' checks, the end of a schema change and whether a
+    ///   statement still runs are read from) would be off for the rest
+    ///   of the session (re-review; review round 5 ended a schema change
+    ///   early through it on a full-access connection). No driver sends
+    ///   one there.
+    /// - On a guarded session, anything but its Execute (or Close) after
+    ///   an approved statement's Bind.
     fn in_protocol_order(&self, m: &Message) -> Result<(), Exit> {
-        if self.ctx.gate.is_some()
-            && matches!(m.tag, tag::QUERY | tag::FUNCTION_CALL)
-            && self.unsynced.load(Ordering::Relaxed)
+        if matches!(m.tag, tag::QUERY | tag::FUNCTION_CALL) && self.unsynced.load(Ordering::Relaxed)
         {
             return Err(Exit::Refused(Refusal {
                 code: sqlstate::PROTOCOL_VIOLATION,
@@ -716,14 +748,23 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 .is_some_and(|g| g.binds_schema_change(&passed));
         if changes_schema {
             let mut change = self.schema_change.lock().map_err(|_| Exit::Internal)?;
+            // Alone: nothing else in flight, so the next ReadyForQuery is
+            // its own whatever the counts say (review: a Sync the target
+            // ignored, or a Query it skipped, put the counts out of step
+            // and a later statement's error "failed" a change that had
+            // succeeded). Counts that run ahead of the target never come
+            // level again: no change is taken as alone after that.
             let alone = change.is_none()
                 && passed.tag == tag::QUERY
+                && self.nothing_in_flight()
                 && one_statement(messages::cstr(&passed.body));
             // Counted after this message: its answer is the next sync
             // point's ReadyForQuery.
             let ends_at = self.syncs_sent.load(Ordering::Relaxed) + 1;
             self.change_alone_until
                 .store(if alone { ends_at } else { 0 }, Ordering::Relaxed);
+            self.change_answered_at
+                .fetch_max(ends_at, Ordering::Relaxed);
             change.get_or_insert_with(crate::catalog::SchemaChange::begin);
         }
         self.send_checked(passed, counts, out)
@@ -793,6 +834,13 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             _ => {}
         }
+    }
+
+    /// Every sync point sent is answered and no extended message waits
+    /// for a Sync.
+    fn nothing_in_flight(&self) -> bool {
+        self.syncs_sent.load(Ordering::Relaxed) == self.ready_seen.load(Ordering::Relaxed)
+            && !self.unsynced.load(Ordering::Relaxed)
     }
 
     /// What the target's answers say of the Parses a budget took as reads
@@ -1183,9 +1231,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         // that ends half way keeps it counted (more, never less).
         // An Execute (or any extended message) not yet followed by a Sync
         // may still be sending rows: not idle.
-        let idle = self.syncs_sent.load(Ordering::Relaxed)
-            == self.ready_seen.load(Ordering::Relaxed)
-            && !self.unsynced.load(Ordering::Relaxed);
+        let idle = self.nothing_in_flight();
         if !(idle || ended) {
             return;
         }
@@ -1328,6 +1374,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
+        if m.tag == tag::PARAMETER_STATUS && self.read_only && guard_reported_off(&m.body) {
+            // Something the proofs missed turned it off (review round 5:
+            // a view's function ran `set_config(…, 'off', false)`): the
+            // target's own guard is the last one, and it is gone.
+            tracing::warn!(connection = %self.ctx.connection, principal = %self.ctx.principal.subject, "the target reported default_transaction_read_only off on a read-only session; closed");
+            return Err(Exit::Refused(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                message: "portcullis: the target's read-only guard was turned off in this session; the session is closed".into(),
+            }));
+        }
         if let (Some(g), tag::PARAMETER_STATUS) = (self.ctx.gate, m.tag) {
             g.reported(&m.body);
         }
@@ -1410,17 +1466,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 let failed_alone = status == b'E'
                     && errored
                     && self.change_alone_until.load(Ordering::Relaxed) == seen;
-                if status == b'I' || failed_alone {
+                let answered = seen >= self.change_answered_at.load(Ordering::Relaxed);
+                if (status == b'I' && answered) || failed_alone {
                     // Its transaction ended, or the one statement that
                     // began it failed: every reading is stale again.
                     *change = None;
                     self.change_alone_until.store(0, Ordering::Relaxed);
+                    self.change_answered_at.store(0, Ordering::Relaxed);
                 }
             }
-            let caught_up = self.syncs_sent.load(Ordering::Relaxed)
-                == self.ready_seen.load(Ordering::Relaxed)
-                && !self.unsynced.load(Ordering::Relaxed);
-            if status == b'I' && caught_up {
+            if status == b'I' && self.nothing_in_flight() {
                 self.ctx.prepared().transaction_ended();
             }
         }
@@ -1593,5 +1648,19 @@ mod one_statement_tests {
         // A semicolon in a literal counts as two (fail closed: the change
         // stays under way).
         assert!(!one_statement(b"SELECT ';'"));
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::guard_reported_off;
+
+    #[test]
+    fn only_the_guard_reported_on_keeps_a_read_only_session() {
+        assert!(guard_reported_off(b"default_transaction_read_only\0off\0"));
+        assert!(guard_reported_off(b"default_transaction_read_only\0\0"));
+        assert!(!guard_reported_off(b"default_transaction_read_only\0on\0"));
+        assert!(!guard_reported_off(b"application_name\0off\0"));
+        assert!(!guard_reported_off(b"in_hot_standby\0off\0"));
     }
 }

@@ -235,6 +235,12 @@ fn answer_query(m: &Message, state: &TargetState, out: &mut BytesMut) {
         return;
     }
     state.seen.lock().unwrap().push(sql.clone());
+    if sql.contains("guard_off") {
+        // As the server reports a setting that code it ran changed.
+        let mut b = BytesMut::new();
+        b.put_slice(b"default_transaction_read_only\0off\0");
+        Message::new(tag::PARAMETER_STATUS, b.freeze()).encode(out);
+    }
     if let Some(at) = sql.find("portcullis_refused_") {
         let name = sql[at..].trim_end_matches("()");
         let msg = format!("function {name}() does not exist");
@@ -479,6 +485,33 @@ async fn a_session_relays_masks_and_refuses_in_protocol_order() {
         .find(|e| e.event["kind"] == "session_end")
         .expect("sealed");
     assert_eq!(end.event["outcome"], "caller_closed");
+}
+
+/// Review round 5: code a read ran turned the target's read-only guard
+/// off (`set_config(…, 'off', false)` in a view's function), the target
+/// said so, and the session went on. A read-only session ends there.
+#[tokio::test]
+async fn a_read_only_session_ends_when_the_target_reports_its_guard_off() {
+    let w = world().await;
+    let mut c = Caller::start(&w, &[("user", "x"), ("database", "ro")]).await;
+    assert!(error_of(&c.login(&w.token).await).is_none());
+    c.send(messages::query("SELECT email FROM people")).await;
+    assert!(error_of(&c.until_ready().await).is_none());
+    c.send(messages::query("SELECT guard_off FROM people"))
+        .await;
+    let got = c.until_ready().await;
+    let (code, msg) = error_of(&got).expect("closed");
+    assert_eq!(code, sqlstate::INSUFFICIENT_PRIVILEGE.code(), "{msg}");
+    assert!(msg.contains("read-only guard"), "{msg}");
+    assert!(c.next().await.is_none(), "the session ended");
+    c.session.await.unwrap();
+    // The same report on a connection that is not read-only is the
+    // caller's own business.
+    let mut c = Caller::start(&w, &[("user", "x"), ("database", "db")]).await;
+    assert!(error_of(&c.login(&w.token).await).is_none());
+    c.send(messages::query("SELECT guard_off FROM people"))
+        .await;
+    assert!(error_of(&c.until_ready().await).is_none());
 }
 
 #[tokio::test]
