@@ -759,6 +759,11 @@ fn a_schema_change_is_not_ended_by_answers_to_what_came_before() {
             closed = w.until(b'E').await;
         }
         assert!(error_of(&closed).contains("08P01"), "{closed:?}");
+        // A Flush alone starts no batch: a query after it is answered.
+        let mut w = login().await;
+        w.flush().await;
+        assert_eq!(w.value("SELECT 42").await, "42");
+        w.terminate().await;
         // A Sync during copy-in, ignored by the target: the counts run
         // ahead, and a later error in the change's transaction does not
         // end it.

@@ -829,7 +829,9 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         }
         match tag {
             tag::SYNC => self.unsynced.store(false, Ordering::Relaxed),
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+            // (Not Flush: alone it starts nothing, and libpq's pipeline
+            // mode sends one before a simple query; re-review round 5.)
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
                 self.unsynced.store(true, Ordering::Relaxed)
             }
             _ => {}
