@@ -248,13 +248,13 @@ pub(crate) struct Relay<'a, W> {
     /// each ReadyForQuery, and once more when it ends (until then other
     /// sessions still see the old schema).
     schema_change: Mutex<Option<crate::catalog::SchemaChange>>,
-    /// The ReadyForQuery (by count) that ends the one-statement Query
-    /// which began `schema_change`; 0 once anything else may have changed
-    /// the schema since. Such a statement that fails inside a transaction
-    /// changed nothing, and no savepoint brings it back: its change ends
+    /// `schema_change` is one one-statement Query sent alone, and nothing
+    /// else since may have changed the schema: if its own ReadyForQuery
+    /// (`change_answered_at`) says it failed inside a transaction, it
+    /// changed nothing and no savepoint brings it back, so its change ends
     /// there (review: `BEGIN; CALL missing();` left idle held every
     /// read-only caller's proofs until the session closed).
-    change_alone_until: AtomicU64,
+    change_alone: AtomicBool,
     /// The ReadyForQuery (by count) that answers the latest statement of
     /// `schema_change`: only one at or after it can say its transaction
     /// ended. An earlier one answers what was sent before the change
@@ -340,7 +340,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
             schema_change: Mutex::new(None),
-            change_alone_until: AtomicU64::new(0),
+            change_alone: AtomicBool::new(false),
             change_answered_at: AtomicU64::new(0),
             errored: AtomicBool::new(false),
             read_only: up.read_only,
@@ -761,8 +761,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             // Counted after this message: its answer is the next sync
             // point's ReadyForQuery.
             let ends_at = self.syncs_sent.load(Ordering::Relaxed) + 1;
-            self.change_alone_until
-                .store(if alone { ends_at } else { 0 }, Ordering::Relaxed);
+            self.change_alone.store(alone, Ordering::Relaxed);
             self.change_answered_at
                 .fetch_max(ends_at, Ordering::Relaxed);
             change.get_or_insert_with(crate::catalog::SchemaChange::begin);
@@ -1465,15 +1464,17 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 && change.is_some()
             {
                 self.ctx.upstream.forget_catalog();
+                let answered_at = self.change_answered_at.load(Ordering::Relaxed);
                 let failed_alone = status == b'E'
                     && errored
-                    && self.change_alone_until.load(Ordering::Relaxed) == seen;
-                let answered = seen >= self.change_answered_at.load(Ordering::Relaxed);
+                    && self.change_alone.load(Ordering::Relaxed)
+                    && seen == answered_at;
+                let answered = seen >= answered_at;
                 if (status == b'I' && answered) || failed_alone {
                     // Its transaction ended, or the one statement that
                     // began it failed: every reading is stale again.
                     *change = None;
-                    self.change_alone_until.store(0, Ordering::Relaxed);
+                    self.change_alone.store(false, Ordering::Relaxed);
                     self.change_answered_at.store(0, Ordering::Relaxed);
                 }
             }
