@@ -8,6 +8,7 @@ mod budget;
 pub mod catalog;
 mod checked;
 pub mod classify;
+mod copy_in;
 pub mod doctor;
 pub mod frame;
 mod front;

@@ -184,6 +184,14 @@ fn guard_reported_off(body: &[u8]) -> bool {
 /// Whether a Query's text is one statement: no `;` before its trailing
 /// ones. A `;` inside a literal or comment makes it count as several,
 /// which only keeps a change under way longer (fail closed).
+/// A copy-in the relay cannot follow, as the caller's error.
+fn copy_unfollowable(e: crate::copy_in::Unfollowable) -> Exit {
+    Exit::Refused(Refusal {
+        code: sqlstate::PROTOCOL_VIOLATION,
+        message: format!("portcullis: {e}; the session is closed"),
+    })
+}
+
 fn one_statement(sql: &[u8]) -> bool {
     let end = sql
         .iter()
@@ -234,9 +242,12 @@ pub(crate) struct Relay<'a, W> {
     cancel_key: (i32, i32),
     bytes_from_caller: AtomicU64,
     bytes_to_caller: AtomicU64,
-    /// Sync points sent (Query, Sync, FunctionCall) and ReadyForQuery
-    /// seen: equal means nothing is in flight.
+    /// Sync points sent (Query, Sync, FunctionCall) that the target
+    /// answers, and ReadyForQuery seen: equal means nothing is in flight.
     syncs_sent: AtomicU64,
+    /// Which sync points the target ignores inside a COPY FROM STDIN
+    /// (changed with `syncs_sent` under its lock).
+    copy_in: Mutex<crate::copy_in::CopyIn>,
     /// An extended-protocol message was sent since the last Sync (its
     /// Execute may still be answering).
     unsynced: AtomicBool,
@@ -336,6 +347,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
             syncs_sent: AtomicU64::new(0),
+            copy_in: Mutex::new(Default::default()),
             unsynced: AtomicBool::new(false),
             ready_seen: AtomicU64::new(0),
             last_status: AtomicU8::new(up.status),
@@ -533,6 +545,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         R: AsyncRead + Unpin,
         UW: AsyncWrite + Unpin,
     {
+        self.count_sync_points(tag)?;
         let mut buf = BytesMut::with_capacity(STREAM_CHUNK + 5);
         buf.extend_from_slice(&[tag]);
         buf.extend_from_slice(&(len as u32 + 4).to_be_bytes());
@@ -597,7 +610,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             Ok((passed, counts)) => self.pass(passed, class, counts, out)?,
             Err(refusal) => self.answer_refused(&m, refusal, class, out).await?,
         }
-        self.count_sync_points(tag);
+        self.count_sync_points(tag)?;
         if tag == tag::TERMINATE {
             if self.ctx.upstream.reuse() {
                 // Not forwarded: the session may serve the next caller.
@@ -747,6 +760,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 .gate
                 .is_some_and(|g| g.binds_schema_change(&passed));
         if changes_schema {
+            self.counts_exact("a schema change")?;
             let mut change = self.schema_change.lock().map_err(|_| Exit::Internal)?;
             // Alone: nothing else in flight, so the next ReadyForQuery is
             // its own whatever the counts say (review: a Sync the target
@@ -813,11 +827,18 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         )
     }
 
-    /// What was sent toward a sync point: the target answers a Query, a
-    /// Sync or a fast-path call with ReadyForQuery, and an extended
-    /// message leaves the session unsynced until the next Sync.
-    fn count_sync_points(&self, tag: u8) {
-        if matches!(tag, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL) {
+    /// What was sent toward a sync point, before it goes: the target
+    /// answers a Query, a Sync or a fast-path call with ReadyForQuery
+    /// (but for a Sync it ignores inside a copy-in), and an extended
+    /// message leaves the session unsynced until the next Sync. A
+    /// copy-in whose answers cannot be followed closes the session.
+    fn count_sync_points(&self, tag: u8) -> Result<(), Exit> {
+        let mut copy_in = self.copy_in.lock().map_err(|_| Exit::Internal)?;
+        let counted = copy_in.caller(tag).map_err(copy_unfollowable)?;
+        if !counted && tag == tag::SYNC {
+            return Ok(());
+        }
+        if counted {
             self.syncs_sent.fetch_add(1, Ordering::Relaxed);
             if let Some(res) = &self.results {
                 res.names
@@ -835,6 +856,65 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// What a message from the target says of the sync points counted
+    /// around a copy-in (see [`crate::copy_in`]).
+    fn follow_copy_in(&self, tag: u8) -> Result<(), Exit> {
+        use crate::copy_in::Adjust;
+        if !matches!(
+            tag,
+            tag::COPY_IN_RESPONSE
+                | tag::COMMAND_COMPLETE
+                | tag::ERROR_RESPONSE
+                | tag::READY_FOR_QUERY
+        ) {
+            return Ok(());
+        }
+        let mut copy_in = self.copy_in.lock().map_err(|_| Exit::Internal)?;
+        match copy_in.target(tag).map_err(copy_unfollowable)? {
+            Adjust::None => {}
+            Adjust::TakeBack(n) => {
+                if self.checking.load(Ordering::Relaxed) {
+                    // Their places were counted with it.
+                    return Err(copy_unfollowable(crate::copy_in::Unfollowable::Pipelined));
+                }
+                // The Syncs taken back were the last counted: what was
+                // counted after the front (an extended schema change sent
+                // after the copy's end) moves back with them.
+                let front = self.ready_seen.load(Ordering::Relaxed) + 1;
+                let _ = self.change_answered_at.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |at| (at > front).then(|| at - n),
+                );
+                self.syncs_sent.fetch_sub(n, Ordering::Relaxed);
+                self.unsynced.store(true, Ordering::Relaxed);
+            }
+            Adjust::CountAgain(n) => {
+                self.syncs_sent.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the counts may have run ahead of the target for good: a
+    /// statement that needs them exact closes the session instead
+    /// (review round 5's LOW-A: left running ahead, a schema change
+    /// stayed under way, holding every read-only caller's proofs, until
+    /// the session ended).
+    fn counts_exact(&self, what: &str) -> Result<(), Exit> {
+        let unsure = self.copy_in.lock().map_err(|_| Exit::Internal)?.unsure();
+        if !unsure {
+            return Ok(());
+        }
+        Err(Exit::Refused(Refusal {
+            code: sqlstate::PROTOCOL_VIOLATION,
+            message: format!(
+                "portcullis: {what} cannot be followed on this session (a COPY FROM STDIN failed after a Sync sent inside it, so its answers may no longer be matched to what was sent); the session is closed: run it on a new one"
+            ),
+        }))
     }
 
     /// Every sync point sent is answered and no extended message waits
@@ -890,6 +970,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             }
             return Ok(());
         };
+        self.counts_exact("an approved statement's checked run")?;
         let mut checks = self.checks.lock().map_err(|_| Exit::Internal)?;
         self.checking.store(true, Ordering::Relaxed);
         let in_flight = self
@@ -1375,6 +1456,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
+        self.follow_copy_in(m.tag)?;
         if m.tag == tag::PARAMETER_STATUS && self.read_only && guard_reported_off(&m.body) {
             // Something the proofs missed turned it off (review round 5:
             // a view's function ran `set_config(…, 'off', false)`): the
