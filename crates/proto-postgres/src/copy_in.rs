@@ -389,24 +389,24 @@ mod tests {
     fn an_extended_copy_takes_back_the_sync_behind_its_execute() {
         // tokio-postgres and libpq: Bind, Execute, Sync; data; CopyDone, Sync.
         let mut c = CopyIn::default();
-        assert_eq!(send(&mut c, &[b'B', b'E', b'S']), Ok(1));
+        assert_eq!(send(&mut c, b"BES"), Ok(1));
         assert_eq!(c.target(b'2'), Ok(Adjust::None));
         assert_eq!(c.target(G), Ok(Adjust::TakeBack(1)));
-        assert_eq!(send(&mut c, &[b'd', b'd', b'c', b'S']), Ok(1));
+        assert_eq!(send(&mut c, b"ddcS"), Ok(1));
         assert_eq!(c.target(C), Ok(Adjust::None));
         assert_eq!(c.target(Z), Ok(Adjust::None));
         assert!(c.points.is_empty() && !c.unsure());
         // The next statement counts as usual.
-        assert_eq!(send(&mut c, &[b'Q']), Ok(1));
+        assert_eq!(send(&mut c, b"Q"), Ok(1));
     }
 
     #[test]
     fn a_copy_response_before_the_sync_leaves_it_uncounted() {
         let mut c = CopyIn::default();
-        assert_eq!(send(&mut c, &[b'P', b'B', b'E']), Ok(0));
+        assert_eq!(send(&mut c, b"PBE"), Ok(0));
         assert_eq!(c.target(G), Ok(Adjust::None));
-        assert_eq!(send(&mut c, &[b'S', b'H']), Ok(0), "ignored before data");
-        assert_eq!(send(&mut c, &[b'd', b'f', b'S']), Ok(1));
+        assert_eq!(send(&mut c, b"SH"), Ok(0), "ignored before data");
+        assert_eq!(send(&mut c, b"dfS"), Ok(1));
         assert_eq!(c.target(E), Ok(Adjust::CountAgain(1)));
         assert!(c.unsure(), "the Sync may have been answered");
     }
@@ -414,39 +414,39 @@ mod tests {
     #[test]
     fn a_copy_that_failed_counts_its_syncs_again_and_is_unsure() {
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'S']).unwrap();
+        send(&mut c, b"BES").unwrap();
         assert_eq!(c.target(G), Ok(Adjust::TakeBack(1)));
-        send(&mut c, &[b'd']).unwrap();
+        send(&mut c, b"d").unwrap();
         // The target failed the data before the caller ended the copy.
         assert_eq!(c.target(E), Ok(Adjust::CountAgain(1)));
         assert!(c.unsure());
         // Its later data and end are dropped by the target; the Sync counts.
-        assert_eq!(send(&mut c, &[b'd', b'c', b'S']), Ok(1));
+        assert_eq!(send(&mut c, b"dcS"), Ok(1));
         c.target(Z).unwrap();
         // On an unsure session nothing is taken back again, and what is
         // sent inside a copy counts.
-        send(&mut c, &[b'B', b'E', b'S']).unwrap();
+        send(&mut c, b"BES").unwrap();
         assert_eq!(c.target(G), Ok(Adjust::None));
-        assert_eq!(send(&mut c, &[b'd', b'S', b'c', b'S']), Ok(2));
+        assert_eq!(send(&mut c, b"dScS"), Ok(2));
     }
 
     #[test]
     fn nothing_counted_behind_a_sync_taken_back() {
         // The copy's end and a Sync sent before the copy-in began.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'S', b'd', b'c', b'S']).unwrap();
+        send(&mut c, b"BESdcS").unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::Pipelined));
         // A second Sync before data, as well.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'S', b'S']).unwrap();
+        send(&mut c, b"BESS").unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::Pipelined));
         // The copy's end alone, sent ahead: taken back, and ended.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'S', b'd', b'c']).unwrap();
+        send(&mut c, b"BESdc").unwrap();
         assert_eq!(c.target(G), Ok(Adjust::TakeBack(1)));
         assert_eq!(c.state, State::Off);
         assert_eq!(c.target(C), Ok(Adjust::None));
-        assert_eq!(send(&mut c, &[b'S']), Ok(1));
+        assert_eq!(send(&mut c, b"S"), Ok(1));
         c.target(Z).unwrap();
         assert!(c.points.is_empty() && !c.unsure());
     }
@@ -454,13 +454,13 @@ mod tests {
     #[test]
     fn a_sync_after_copy_data_is_not_followed() {
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'S']).unwrap();
+        send(&mut c, b"BES").unwrap();
         c.target(G).unwrap();
-        send(&mut c, &[b'd']).unwrap();
+        send(&mut c, b"d").unwrap();
         assert_eq!(c.caller(b'S'), Err(Unfollowable::SyncAfterData));
         // Sent before the copy-in was seen, too.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'd', b'S']).unwrap();
+        send(&mut c, b"BEdS").unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::SyncAfterData));
     }
 
@@ -468,7 +468,7 @@ mod tests {
     fn a_simple_copy_allows_no_sync_point_until_its_end() {
         for t in [b'S', b'Q', b'F'] {
             let mut c = CopyIn::default();
-            assert_eq!(send(&mut c, &[b'Q']), Ok(1));
+            assert_eq!(send(&mut c, b"Q"), Ok(1));
             c.target(G).unwrap();
             assert_eq!(c.caller(t), Err(Unfollowable::SyncPointInside), "{t}");
             // Sent before the copy-in was seen, too.
@@ -478,9 +478,9 @@ mod tests {
         }
         // After its end, they count.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q']).unwrap();
+        send(&mut c, b"Q").unwrap();
         c.target(G).unwrap();
-        assert_eq!(send(&mut c, &[b'd', b'H', b'c', b'Q']), Ok(1));
+        assert_eq!(send(&mut c, b"dHcQ"), Ok(1));
         assert_eq!(c.target(C), Ok(Adjust::None));
         assert_eq!(c.target(Z), Ok(Adjust::None));
         assert_eq!(c.points.len(), 1);
@@ -490,7 +490,7 @@ mod tests {
     fn data_sent_ahead_of_the_copy_response_is_placed() {
         // The data and its end sent at once behind the Query, then a Query.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q', b'd', b'c', b'Q']).unwrap();
+        send(&mut c, b"QdcQ").unwrap();
         assert_eq!(c.target(G), Ok(Adjust::None));
         assert_eq!(c.state, State::Off);
         assert_eq!(c.target(C), Ok(Adjust::None));
@@ -502,9 +502,9 @@ mod tests {
     #[test]
     fn several_copies_in_one_query_end_one_by_one() {
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q']).unwrap();
+        send(&mut c, b"Q").unwrap();
         c.target(G).unwrap();
-        send(&mut c, &[b'd', b'c']).unwrap();
+        send(&mut c, b"dc").unwrap();
         c.target(C).unwrap();
         c.target(G).unwrap();
         assert!(matches!(c.state, State::Active { .. }), "the second began");
@@ -516,9 +516,9 @@ mod tests {
         // Not a sync point: the target fails the copy on it and counts
         // stay exact.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q']).unwrap();
+        send(&mut c, b"Q").unwrap();
         c.target(G).unwrap();
-        assert_eq!(send(&mut c, &[b'P']), Ok(0));
+        assert_eq!(send(&mut c, b"P"), Ok(0));
         assert_eq!(c.state, State::Off);
         assert_eq!(c.target(E), Ok(Adjust::None));
         assert!(!c.unsure());
@@ -528,17 +528,17 @@ mod tests {
     fn a_copy_response_no_message_can_have_begun_is_refused() {
         // Two Executes before the Sync: which began the copy is unknown.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'B', b'E', b'B', b'E', b'S']).unwrap();
+        send(&mut c, b"BEBES").unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::Unplaced));
         // Nothing that can begin one.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'P', b'S']).unwrap();
+        send(&mut c, b"PS").unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::Unplaced));
         let mut c = CopyIn::default();
         assert_eq!(c.target(G), Err(Unfollowable::Unplaced));
         // A second one before the first ended.
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q']).unwrap();
+        send(&mut c, b"Q").unwrap();
         c.target(G).unwrap();
         assert_eq!(c.target(G), Err(Unfollowable::Unplaced));
     }
@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn the_target_cannot_complete_a_copy_the_caller_has_not_ended() {
         let mut c = CopyIn::default();
-        send(&mut c, &[b'Q']).unwrap();
+        send(&mut c, b"Q").unwrap();
         c.target(G).unwrap();
         assert_eq!(c.target(C), Err(Unfollowable::EndedEarly));
     }
