@@ -1521,6 +1521,50 @@ fn the_masker_follows_what_the_target_did_not_what_the_caller_named() {
     assert!(g.psql("rw", &["-q", "-c", &drop], None).status.success());
 }
 
+/// Review of the copy-in follower: the masker took the Sync sent behind
+/// an extended COPY's Execute as ignored, but a trigger failed the copy
+/// before the target read it, so the target answered it after all. The
+/// queue ran one behind, and a pipelined read of a protected column was
+/// masked by the layout of a harmless statement behind it: the values
+/// reached the caller. Now a copy that fails after a Sync sent inside it
+/// closes the session.
+#[test]
+fn a_failed_copy_does_not_put_the_masker_behind() {
+    let g = PgGateway::start();
+    let t = format!("cf_{}", std::process::id());
+    let setup = format!(
+        "create table {t} (id int, ssn text); insert into {t} values (1, 'SECRETSSN-111'), (2, 'SECRETSSN-222'); \
+         create table {t}_trig (a int); \
+         create function {t}_no() returns trigger language plpgsql as $$ begin perform pg_sleep(1); raise exception 'trigger says no'; end $$; \
+         create trigger {t}_no before insert on {t}_trig for each statement execute function {t}_no();"
+    );
+    assert!(g.psql("rw", &["-q", "-c", &setup], None).status.success());
+    let all = rt().block_on(async {
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        let mut all = w.ask(&format!("select ssn || '' as s from {t}")).await;
+        w.parse("", &format!("copy {t}_trig from stdin")).await;
+        w.bind("").await;
+        w.execute().await;
+        w.sync().await;
+        all.extend(w.until(b'G').await);
+        w.send(b'c', b"").await;
+        w.sync().await;
+        w.query(&format!("select ssn || '' as s from {t}")).await;
+        w.query("select 'harmless'::text as s").await;
+        // (The target's own error is the masker's refusal.)
+        all.extend(w.until_any(b"E").await);
+        all
+    });
+    let everything: String = all
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(!everything.contains("SECRETSSN"), "{everything}");
+    assert!(everything.contains("cannot be masked"), "{everything}");
+    let drop = format!("drop table {t}, {t}_trig; drop function {t}_no()");
+    assert!(g.psql("rw", &["-q", "-c", &drop], None).status.success());
+}
+
 #[test]
 /// Reversible tokens are not swapped back on PostgreSQL: a swapped value
 /// is SQL text the caller shapes. Reviews read it back through the

@@ -828,6 +828,59 @@ fn a_drivers_copy_leaves_the_counts_level() {
     });
 }
 
+/// A trigger on the copy's table that waits, then raises: the target
+/// fails the copy after its CopyInResponse and before it reads the Sync
+/// sent behind the Execute, so it answers that Sync after all.
+const FAILING_COPY: &str = "CREATE TABLE t_trig (a int); \
+    CREATE FUNCTION trig_no() RETURNS trigger LANGUAGE plpgsql AS \
+    $$ BEGIN PERFORM pg_sleep(1); RAISE EXCEPTION 'trigger says no'; END $$; \
+    CREATE TRIGGER t_trig_no BEFORE INSERT ON t_trig FOR EACH STATEMENT EXECUTE FUNCTION trig_no();";
+
+/// Review of the copy-in follower: a schema change sent between an
+/// extended COPY's CopyInResponse (its Sync taken back) and the copy's
+/// end was counted one place too early when a trigger then failed the
+/// copy before the target read that Sync: the change was taken as ended
+/// at the Sync's late answer, before it ran, and a read on `ro` was
+/// proven against the old view and ran the new one's advisory lock once
+/// it committed. Now nothing that needs the count exact passes until
+/// the copy ends: the session is closed.
+#[test]
+fn a_change_sent_while_a_copy_may_fail_is_not_taken_as_ended() {
+    let g = Guard::start("copyfails");
+    PgCluster::shared().psql_db(
+        &g.db,
+        &format!("CREATE VIEW v_cf AS SELECT 1 AS x; {FAILING_COPY}"),
+    );
+    rt().block_on(async {
+        reads_proven(&g, &["SELECT * FROM v_cf"]).await;
+        let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token).await;
+        w.parse("", "COPY t_trig FROM STDIN").await;
+        w.bind("").await;
+        w.execute().await;
+        w.sync().await;
+        w.until(b'G').await;
+        w.send(b'c', b"").await;
+        w.sync().await;
+        w.query("BEGIN; CREATE OR REPLACE VIEW v_cf AS SELECT 2 + (pg_try_advisory_lock(4292))::int AS x")
+            .await;
+        let mut closed = w.until(b'E').await;
+        if !error_of(&closed).contains("08P01") {
+            closed = w.until(b'E').await;
+        }
+        assert!(error_of(&closed).contains("cannot be followed"), "{closed:?}");
+        reads_proven(&g, &["SELECT * FROM v_cf"]).await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+        let x: i32 = g
+            .direct()
+            .await
+            .query_one("SELECT x FROM v_cf", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(x, 1, "the change did not run");
+    });
+}
+
 /// `rows` into `t_cp` by the driver's COPY FROM STDIN.
 async fn copy(
     rw: &tokio_postgres::Client,

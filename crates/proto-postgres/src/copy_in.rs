@@ -187,11 +187,15 @@ fn is_sync_point(t: u8) -> bool {
 }
 
 impl CopyIn {
-    /// The relay's count may run ahead of the target's answers for the
-    /// rest of the session: nothing may be read from it that needs it
-    /// exact.
+    /// The relay's count may not be the target's: for the rest of the
+    /// session (ahead), or until a copy-in that took a Sync back ends
+    /// (if the target fails it before reading that Sync, it answers it
+    /// after all, and every index counted meanwhile moves up a place:
+    /// review of this module, a schema change sent there was taken as
+    /// ended before it ran). Nothing that needs the count exact may be
+    /// read from it meanwhile.
     pub(crate) fn unsure(&self) -> bool {
-        self.unsure || self.overflowed
+        self.unsure || self.overflowed || self.taken_back > 0
     }
 
     /// A message from the caller, before it goes to the target: whether
@@ -287,7 +291,7 @@ impl CopyIn {
             return Err(Unfollowable::Unplaced);
         }
         self.target_copying = true;
-        if self.unsure() {
+        if self.unsure || self.overflowed {
             // The front may be one the target will never answer: nothing
             // is taken back, and whatever the caller sends inside counts
             // (ahead, never behind).
@@ -392,8 +396,11 @@ mod tests {
         assert_eq!(send(&mut c, b"BES"), Ok(1));
         assert_eq!(c.target(b'2'), Ok(Adjust::None));
         assert_eq!(c.target(G), Ok(Adjust::TakeBack(1)));
+        assert!(c.unsure(), "until the copy's end");
         assert_eq!(send(&mut c, b"ddcS"), Ok(1));
+        assert!(c.unsure());
         assert_eq!(c.target(C), Ok(Adjust::None));
+        assert!(!c.unsure(), "ended by the caller: the Sync was ignored");
         assert_eq!(c.target(Z), Ok(Adjust::None));
         assert!(c.points.is_empty() && !c.unsure());
         // The next statement counts as usual.

@@ -164,11 +164,10 @@ impl Wire {
 
     async fn next(&mut self, so_far: &[Answer]) -> Answer {
         let mut head = [0u8; 5];
-        if tokio::time::timeout(Duration::from_secs(20), self.tls.read_exact(&mut head))
-            .await
-            .is_err()
-        {
-            panic!("no answer; so far {so_far:?}");
+        match tokio::time::timeout(Duration::from_secs(20), self.tls.read_exact(&mut head)).await {
+            Err(_) => panic!("no answer; so far {so_far:?}"),
+            Ok(Err(e)) => panic!("the session ended ({e}); so far {so_far:?}"),
+            Ok(Ok(_)) => {}
         }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
         let mut body = vec![0u8; len];
