@@ -1534,7 +1534,7 @@ fn a_failed_copy_does_not_put_the_masker_behind() {
     let t = format!("cf_{}", std::process::id());
     let setup = format!(
         "create table {t} (id int, ssn text); insert into {t} values (1, 'SECRETSSN-111'), (2, 'SECRETSSN-222'); \
-         create table {t}_trig (a int); \
+         create table {t}_trig (a int); create table {t}_ok (a int); \
          create function {t}_no() returns trigger language plpgsql as $$ begin perform pg_sleep(1); raise exception 'trigger says no'; end $$; \
          create trigger {t}_no before insert on {t}_trig for each statement execute function {t}_no();"
     );
@@ -1553,6 +1553,29 @@ fn a_failed_copy_does_not_put_the_masker_behind() {
         w.query("select 'harmless'::text as s").await;
         // (The target's own error is the masker's refusal.)
         all.extend(w.until_any(b"E").await);
+        // Two COPY statements in one Query, both ended at once behind
+        // it (`d c d c`), then a Sync: the masker merged the two ends,
+        // the second copy-in took the Sync as ignored, the target
+        // answered it, and the queue ran one behind (second review).
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        w.query(&format!(
+            "select pg_sleep(0.5); copy {t}_ok from stdin; copy {t}_ok from stdin; select pg_sleep(0.5)"
+        ))
+        .await;
+        w.send(b'd', b"1\n").await;
+        w.send(b'c', b"").await;
+        w.send(b'd', b"2\n").await;
+        w.send(b'c', b"").await;
+        w.sync().await;
+        all.extend(w.until(b'G').await);
+        all.extend(w.until(b'G').await);
+        w.send(b'c', b"").await;
+        w.query(&format!("select ssn || '' as s from {t}")).await;
+        w.query("select 'harmless'::text as s").await;
+        for _ in 0..4 {
+            all.extend(w.until(b'Z').await);
+        }
+        assert_eq!(w.value("select 'in step'").await, "in step");
         all
     });
     let everything: String = all
@@ -1561,7 +1584,7 @@ fn a_failed_copy_does_not_put_the_masker_behind() {
         .collect();
     assert!(!everything.contains("SECRETSSN"), "{everything}");
     assert!(everything.contains("cannot be masked"), "{everything}");
-    let drop = format!("drop table {t}, {t}_trig; drop function {t}_no()");
+    let drop = format!("drop table {t}, {t}_trig, {t}_ok; drop function {t}_no()");
     assert!(g.psql("rw", &["-q", "-c", &drop], None).status.success());
 }
 

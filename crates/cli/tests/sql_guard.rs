@@ -870,6 +870,29 @@ fn a_change_sent_while_a_copy_may_fail_is_not_taken_as_ended() {
         assert!(error_of(&closed).contains("cannot be followed"), "{closed:?}");
         reads_proven(&g, &["SELECT * FROM v_cf"]).await;
         assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
+        // The change pipelined behind the COPY before its copy-in began
+        // (a sleep keeps the target busy while the relay reads it all):
+        // counted after the Sync taken back, it was moved back a place
+        // and not forward again when the trigger failed the copy (second
+        // review). Now the session is closed at the take-back.
+        let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token).await;
+        w.query("SELECT pg_sleep(0.5)").await;
+        w.parse("", "COPY t_trig FROM STDIN").await;
+        w.bind("").await;
+        w.execute().await;
+        w.sync().await;
+        w.parse("", "BEGIN").await;
+        w.bind("").await;
+        w.execute().await;
+        w.parse("", "CREATE OR REPLACE VIEW v_cf AS SELECT 2 + (pg_try_advisory_lock(4293))::int AS x")
+            .await;
+        w.bind("").await;
+        w.execute().await;
+        // (The sleep's answer may be cut by the close.)
+        let closed = w.until(b'E').await;
+        assert!(error_of(&closed).contains("08P01"), "{closed:?}");
+        reads_proven(&g, &["SELECT * FROM v_cf"]).await;
+        assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
         let x: i32 = g
             .direct()
             .await

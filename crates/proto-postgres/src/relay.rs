@@ -876,19 +876,23 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         match copy_in.target(tag).map_err(copy_unfollowable)? {
             Adjust::None => {}
             Adjust::TakeBack(n) => {
-                if self.checking.load(Ordering::Relaxed) {
-                    // Their places were counted with it.
+                // Anything counted after the copy's Sync would move back a
+                // place now, and forward again if the copy fails before
+                // the target reads that Sync: a checked run's answers, or
+                // where a schema change ends (review: an extended change
+                // pipelined behind the COPY was taken as ended at the
+                // Sync's late answer, before it ran). No driver sends
+                // either before the copy-in begins.
+                let front = self.ready_seen.load(Ordering::Relaxed) + 1;
+                let change_after = self.change_answered_at.load(Ordering::Relaxed) >= front
+                    && self
+                        .schema_change
+                        .lock()
+                        .map_err(|_| Exit::Internal)?
+                        .is_some();
+                if self.checking.load(Ordering::Relaxed) || change_after {
                     return Err(copy_unfollowable(crate::copy_in::Unfollowable::Pipelined));
                 }
-                // The Syncs taken back were the last counted: what was
-                // counted after the front (an extended schema change sent
-                // after the copy's end) moves back with them.
-                let front = self.ready_seen.load(Ordering::Relaxed) + 1;
-                let _ = self.change_answered_at.fetch_update(
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                    |at| (at > front).then(|| at - n),
-                );
                 self.syncs_sent.fetch_sub(n, Ordering::Relaxed);
                 self.unsynced.store(true, Ordering::Relaxed);
             }
