@@ -60,43 +60,52 @@ const IDLE_PER_TARGET: usize = 64;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// A target's connection pools, one per thread that sends to it. A
-/// pooled connection is driven by a task on the thread that opened it,
-/// and a request sent from another thread costs a cross-thread wake-up
-/// each way: on connection workers, a caller on the other worker than
-/// the pooled connection's cost ~35 µs of CPU more per 1 KiB request
-/// (124 against 162 µs in an A/B; docs/performance.md). The idle bound
-/// is shared out among the threads.
+/// A target's connection pools: one per thread that sends to it from a
+/// single-threaded runtime (a connection worker), and one shared by the
+/// threads of a work-stealing runtime (the agent; the gateway with
+/// `PORTCULLIS_CONNECTION_THREADS=0`). A pooled connection is driven by
+/// a task on the thread that opened it, and a request sent from another
+/// thread costs a cross-thread wake-up each way: on connection workers, a
+/// caller on the other worker than the pooled connection's cost ~35 µs of
+/// CPU more per 1 KiB request (124 against 162 µs in an A/B). Where tasks
+/// move between threads anyway, pools per thread only split the idle
+/// bound: the agent at 64 connections lost 27% (docs/performance.md).
 struct Pools {
-    build: Box<dyn Fn() -> HttpsClient + Send + Sync>,
-    by_thread: std::sync::Mutex<Vec<(std::thread::ThreadId, HttpsClient)>>,
+    /// A client with at most this many idle connections per target.
+    build: Box<dyn Fn(usize) -> HttpsClient + Send + Sync>,
+    /// `None`: the work-stealing runtimes' pool.
+    by_thread: std::sync::Mutex<Vec<(Option<std::thread::ThreadId>, HttpsClient)>>,
 }
 
 impl Pools {
-    fn new(build: impl Fn() -> HttpsClient + Send + Sync + 'static) -> Self {
+    fn new(build: impl Fn(usize) -> HttpsClient + Send + Sync + 'static) -> Self {
         Self {
             build: Box::new(build),
             by_thread: Default::default(),
         }
     }
 
-    /// This thread's pool.
+    /// The pool for this thread.
     fn client(&self) -> HttpsClient {
-        let me = std::thread::current().id();
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let pinned =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        let key = pinned.then(|| std::thread::current().id());
         let mut pools = self.by_thread.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = pools.iter().find(|(t, _)| *t == me) {
+        if let Some((_, c)) = pools.iter().find(|(t, _)| *t == key) {
             return c.clone();
         }
-        let c = (self.build)();
-        pools.push((me, c.clone()));
+        let idle = if pinned {
+            // Shared out among the workers (one per core).
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (IDLE_PER_TARGET / threads).max(8)
+        } else {
+            IDLE_PER_TARGET
+        };
+        let c = (self.build)(idle);
+        pools.push((key, c.clone()));
         c
     }
-}
-
-/// Idle connections kept per target by each thread's pool.
-fn idle_per_pool() -> usize {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (IDLE_PER_TARGET / threads).max(8)
 }
 
 pub struct Upstream {
@@ -162,8 +171,7 @@ impl Upstream {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-        let idle = idle_per_pool();
-        let pools = Pools::new(move || {
+        let pools = Pools::new(move |idle| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -236,7 +244,9 @@ impl Upstream {
             scheme: Scheme::HTTPS,
             authority: Authority::from_static("agent.invalid"),
             base_path: String::new(),
-            pools: Pools::new(move || Client::builder(TokioExecutor::new()).build(connector.clone())),
+            pools: Pools::new(move |_| {
+                Client::builder(TokioExecutor::new()).build(connector.clone())
+            }),
             credential: None,
             scrubber: None,
             timeout: conn.timeout,
