@@ -1576,6 +1576,25 @@ fn a_failed_copy_does_not_put_the_masker_behind() {
             all.extend(w.until(b'Z').await);
         }
         assert_eq!(w.value("select 'in step'").await, "in step");
+        // The same with two empty copies (`c c`), taken as one end by
+        // the second review's mend (third review).
+        let mut w = wire::Wire::login(g.port, Path::new(&g.ca), "masked", &g.token).await;
+        w.query(&format!(
+            "select pg_sleep(0.5); copy {t}_ok from stdin; copy {t}_ok from stdin; select pg_sleep(0.5)"
+        ))
+        .await;
+        w.send(b'c', b"").await;
+        w.send(b'c', b"").await;
+        w.sync().await;
+        all.extend(w.until(b'G').await);
+        all.extend(w.until(b'G').await);
+        w.send(b'c', b"").await;
+        w.query(&format!("select ssn || '' as s from {t}")).await;
+        w.query("select 'harmless'::text as s").await;
+        for _ in 0..4 {
+            all.extend(w.until(b'Z').await);
+        }
+        assert_eq!(w.value("select 'in step'").await, "in step");
         all
     });
     let everything: String = all

@@ -76,11 +76,14 @@ enum Expect {
         name: String,
     },
     Sync,
-    /// Where the caller ended a copy-in (CopyDone or CopyFail): no
-    /// answer of its own, it marks which Syncs came before it (the target
-    /// ignores Sync during copy-in; a review put the queue out of step
-    /// with one).
-    CopyEnd,
+    /// Where the caller ended copy-ins (CopyDone or CopyFail), how many
+    /// in a row: no answer of its own, it marks which Syncs came before
+    /// it (the target ignores Sync during copy-in; a review put the queue
+    /// out of step with one). Each end is one copy's: a third review ran
+    /// two empty COPY statements of one Query ended `c c`, once counted
+    /// as one end, and the second copy-in took a Sync behind them as
+    /// ignored that the target answered.
+    CopyEnd(u32),
 }
 
 /// A portal the target confirmed.
@@ -585,7 +588,13 @@ impl MaskInspector {
                     *ignored += 1;
                     self.expect.remove(i);
                 }
-                Some(Expect::CopyEnd) => {
+                // This copy's end; the rest are the next copies'.
+                Some(Expect::CopyEnd(n)) if *n > 1 => {
+                    let n = *n - 1;
+                    self.expect[i] = Expect::CopyEnd(n);
+                    return Verdict::Pass;
+                }
+                Some(Expect::CopyEnd(_)) => {
                     self.expect.remove(i);
                     return Verdict::Pass;
                 }
@@ -866,7 +875,7 @@ impl MaskInspector {
     fn inspect(&mut self, msg: &Message) -> Verdict {
         // A CopyDone or CopyFail with no copy-in before it: the target
         // drops it, and so does the queue.
-        while matches!(self.expect.front(), Some(Expect::CopyEnd)) {
+        while matches!(self.expect.front(), Some(Expect::CopyEnd(_))) {
             self.expect.pop_front();
         }
         match msg.tag {
@@ -1035,14 +1044,15 @@ impl Inspector for MaskInspector {
                 return Verdict::Pass;
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
-                // Consecutive ends mark the same place, but not across
-                // copy data: that is the next copy's (review: `c d c`
-                // for two COPY statements of one Query, merged, let the
-                // second copy-in take a Sync behind them as ignored; the
-                // target answered it, and the queue ran one behind).
-                let data = std::mem::take(&mut self.copy_data);
-                if data || !matches!(self.expect.back(), Some(Expect::CopyEnd)) {
-                    self.expect.push_back(Expect::CopyEnd);
+                // Consecutive ends are counted in one place (a flood of
+                // them does not grow the queue), each one copy's (second
+                // and third reviews: `c d c` and `c c` for two COPY
+                // statements of one Query, taken as one end, let the
+                // second copy-in take a Sync behind them as ignored).
+                self.copy_data = false;
+                match self.expect.back_mut() {
+                    Some(Expect::CopyEnd(n)) => *n = n.saturating_add(1),
+                    _ => self.expect.push_back(Expect::CopyEnd(1)),
                 }
                 return Verdict::Pass;
             }
