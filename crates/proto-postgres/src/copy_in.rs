@@ -108,9 +108,10 @@ struct Point {
 
 /// Where the caller stands in the target's copy-in, as far as the relay
 /// knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
     /// No copy-in, or one the caller has ended: sync points count.
+    #[default]
     Off,
     /// The target is in copy-in and the caller has not ended it.
     Active {
@@ -151,7 +152,7 @@ pub(crate) enum Unfollowable {
 
 /// The relay's view of copy-in on one session (see the module's
 /// documentation).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct CopyIn {
     points: VecDeque<Point>,
     open: Segment,
@@ -165,21 +166,6 @@ pub(crate) struct CopyIn {
     /// query may hold several COPY statements).
     begun_in_front: u32,
     unsure: bool,
-}
-
-impl Default for CopyIn {
-    fn default() -> Self {
-        Self {
-            points: VecDeque::new(),
-            open: Segment::default(),
-            overflowed: false,
-            state: State::Off,
-            taken_back: 0,
-            target_copying: false,
-            begun_in_front: 0,
-            unsure: false,
-        }
-    }
 }
 
 fn is_sync_point(t: u8) -> bool {
@@ -298,76 +284,82 @@ impl CopyIn {
             return Ok(Adjust::None);
         }
         self.begun_in_front += 1;
-        let after = |i: usize, s: &Self| s.points.get(i).map_or(s.open, |p| p.before);
         match self.points.front().copied() {
-            // A simple query's COPY: nothing it sent after may be a sync
-            // point until the copy's end (the k-th COPY of the query
-            // ends at the k-th ender).
             Some(Point {
                 tag: tag::QUERY, ..
-            }) => {
-                let seg = after(1, self);
-                let k = self.begun_in_front;
-                if seg.enders >= k {
-                    return Ok(Adjust::None);
-                }
-                if seg.enders + 1 < k {
-                    return Err(Unfollowable::Unplaced);
-                }
-                if self.points.len() > 1 {
-                    return Err(Unfollowable::SyncPointInside);
-                }
-                self.state = State::Active {
-                    extended: false,
-                    data: seg.data_since_ender,
-                };
-                Ok(Adjust::None)
-            }
-            // An Execute's COPY, its Sync already sent.
+            }) => self.began_in_query(),
             Some(Point {
                 tag: tag::SYNC,
                 before,
-            }) => {
-                if before.executes != 1 || self.begun_in_front != 1 {
-                    return Err(Unfollowable::Unplaced);
-                }
-                match before.after_execute {
-                    Progress::Ended => Ok(Adjust::None),
-                    Progress::Data => Err(Unfollowable::SyncAfterData),
-                    Progress::Nothing => {
-                        // Anything counted after it would move back a
-                        // place, with every index read from it (no driver
-                        // sends one before the copy-in begins).
-                        if self.points.len() > 1 {
-                            return Err(Unfollowable::Pipelined);
-                        }
-                        self.points.pop_front();
-                        if self.open.enders == 0 {
-                            self.state = State::Active {
-                                extended: true,
-                                data: self.open.data_since_ender,
-                            };
-                        }
-                        self.taken_back = 1;
-                        Ok(Adjust::TakeBack(1))
-                    }
-                }
-            }
+            }) => self.began_before_sync(before),
             Some(_) => Err(Unfollowable::Unplaced),
-            // An Execute's COPY, no Sync sent yet.
-            None => {
-                if self.open.executes != 1 || self.begun_in_front != 1 {
-                    return Err(Unfollowable::Unplaced);
+            None => self.began_unsynced(),
+        }
+    }
+
+    /// A simple query's COPY (the front sync point): nothing sent after
+    /// it may be a sync point until the copy's end (the k-th COPY of the
+    /// query ends at the k-th ender).
+    fn began_in_query(&mut self) -> Result<Adjust, Unfollowable> {
+        let seg = self.points.get(1).map_or(self.open, |p| p.before);
+        let k = self.begun_in_front;
+        if seg.enders >= k {
+            return Ok(Adjust::None);
+        }
+        if seg.enders + 1 < k {
+            return Err(Unfollowable::Unplaced);
+        }
+        if self.points.len() > 1 {
+            return Err(Unfollowable::SyncPointInside);
+        }
+        self.state = State::Active {
+            extended: false,
+            data: seg.data_since_ender,
+        };
+        Ok(Adjust::None)
+    }
+
+    /// An Execute's COPY, its Sync (the front sync point, with `before`)
+    /// already sent.
+    fn began_before_sync(&mut self, before: Segment) -> Result<Adjust, Unfollowable> {
+        if before.executes != 1 || self.begun_in_front != 1 {
+            return Err(Unfollowable::Unplaced);
+        }
+        match before.after_execute {
+            Progress::Ended => Ok(Adjust::None),
+            Progress::Data => Err(Unfollowable::SyncAfterData),
+            Progress::Nothing => {
+                // Anything counted after it would move back a place,
+                // with every index read from it (no driver sends one
+                // before the copy-in begins).
+                if self.points.len() > 1 {
+                    return Err(Unfollowable::Pipelined);
                 }
-                if let p @ (Progress::Nothing | Progress::Data) = self.open.after_execute {
+                self.points.pop_front();
+                if self.open.enders == 0 {
                     self.state = State::Active {
                         extended: true,
-                        data: p == Progress::Data,
+                        data: self.open.data_since_ender,
                     };
                 }
-                Ok(Adjust::None)
+                self.taken_back = 1;
+                Ok(Adjust::TakeBack(1))
             }
         }
+    }
+
+    /// An Execute's COPY, no Sync sent yet.
+    fn began_unsynced(&mut self) -> Result<Adjust, Unfollowable> {
+        if self.open.executes != 1 || self.begun_in_front != 1 {
+            return Err(Unfollowable::Unplaced);
+        }
+        if let p @ (Progress::Nothing | Progress::Data) = self.open.after_execute {
+            self.state = State::Active {
+                extended: true,
+                data: p == Progress::Data,
+            };
+        }
+        Ok(Adjust::None)
     }
 }
 
