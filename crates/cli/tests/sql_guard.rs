@@ -911,9 +911,15 @@ fn a_change_sent_while_a_copy_may_fail_is_not_taken_as_ended() {
             .await;
         w.bind("").await;
         w.execute().await;
-        // (The sleep's answer may be cut by the close.)
         let closed = w.until(b'E').await;
         assert!(error_of(&closed).contains("08P01"), "{closed:?}");
+        // The sleep ran, and its answer comes ahead of the close (it
+        // could be lost with the target's read it came in).
+        assert_eq!(
+            common::wire::texts(&closed, b'C'),
+            ["SELECT 1\0"],
+            "{closed:?}"
+        );
         // (The change had begun: it ends once the target's session has.)
         reads_proven_soon(&g, "SELECT * FROM v_cf").await;
         assert_eq!(advisory_locks(&g).await, 0, "a lock was taken");
@@ -925,6 +931,34 @@ fn a_change_sent_while_a_copy_may_fail_is_not_taken_as_ended() {
             .unwrap()
             .get(0);
         assert_eq!(x, 1, "the change did not run");
+    });
+}
+
+/// A session closed while the relay handles one read of the target's
+/// answers: what that read passed before the close reaches the caller
+/// ahead of the goodbye. It was dropped with the rest of the read (a
+/// review saw a `pg_sleep`'s answer lost that way). The target answers a
+/// simple query's SELECT and its COPY's CopyInResponse in one write (it
+/// flushes at the CopyInResponse); a Query pipelined behind the COPY
+/// (counted while the sleep runs) closes the session there.
+#[test]
+fn answers_passed_before_a_close_reach_the_caller() {
+    let g = Guard::start("batchclose");
+    PgCluster::shared().psql_db(&g.db, "CREATE TABLE t_bc (a int);");
+    rt().block_on(async {
+        let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token).await;
+        w.query("SELECT pg_sleep(0.3), 40 + 2 AS answer; COPY t_bc FROM STDIN")
+            .await;
+        w.query("SELECT 1").await;
+        let answers = w.until(b'E').await;
+        assert!(
+            error_of(&answers).contains("sent inside a COPY"),
+            "{answers:?}"
+        );
+        let tags: Vec<u8> = answers.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"TDCE", "{answers:?}");
+        assert!(answers[1].1.ends_with(b"42"), "{answers:?}");
+        assert_eq!(common::wire::texts(&answers, b'C'), ["SELECT 1\0"]);
     });
 }
 

@@ -1398,48 +1398,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         // turn, and the message the slice stopped before.
         let mut since_yield = 0;
         let mut carried = None;
-        // Masking and recording a byte costs about this many times what
-        // passing it does.
-        let weight = if self.ctx.masked { 8 } else { 1 };
         loop {
-            let mut next = match carried.take() {
-                Some(m) => Some(m),
+            let first = match carried.take() {
+                Some(m) => m,
                 None => match up_r.next().await {
-                    Ok(Some(m)) => Some(m),
+                    Ok(Some(m)) => m,
                     Ok(None) | Err(_) => return Exit::UpstreamGone,
                 },
             };
-            while let Some(m) = next.take() {
-                since_yield += m.body.len() * weight;
-                // Only while an approved statement runs checked is an
-                // answer taken apart (no lock, no allocation on the common
-                // path).
-                let several = if self.checking.load(Ordering::Relaxed) {
-                    let Ok(mut checks) = self.checks.lock() else {
-                        return Exit::Internal;
-                    };
-                    let v = checks.backend(self.ctx.nonce, m.clone());
-                    self.checking.store(!checks.is_idle(), Ordering::Relaxed);
-                    Some(v)
-                } else {
-                    None
-                };
-                let single = several.is_none().then_some(m);
-                for m in several.into_iter().flatten().chain(single) {
-                    match self.on_target_message(m) {
-                        Ok(Some(m)) => m.encode(&mut out),
-                        Ok(None) => {}
-                        Err(exit) => return exit,
-                    }
-                }
-                next = match up_r.buffered() {
-                    Ok(m) => m,
-                    Err(_) => return Exit::UpstreamGone,
-                };
-                if since_yield >= YIELD_AFTER {
-                    carried = next.take();
-                }
-            }
+            let (ended, rest) = self.answer_batch(up_r, first, &mut out, &mut since_yield);
+            carried = rest;
             // Settled before the caller sees the answer (a caller that
             // leaves at once leaves nothing unsettled).
             self.budget_settle(false).await;
@@ -1452,6 +1420,19 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     .upstream
                     .cancel(self.cancel_key.0, self.cancel_key.1)
                     .await;
+            }
+            if let Some(exit) = ended {
+                // What the batch passed before the session ended reaches
+                // the caller ahead of the goodbye: those statements ran
+                // (a review saw a `pg_sleep`'s answer lost to a close in
+                // the same read). Bounded like the goodbye: a caller that
+                // stops reading must not keep the target's session.
+                let flush = async {
+                    let mut cw = self.caller_w.lock().await;
+                    flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await
+                };
+                let _ = tokio::time::timeout(GOODBYE, flush).await;
+                return exit;
             }
             let mut cw = self.caller_w.lock().await;
             if !flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await {
@@ -1469,6 +1450,54 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// The target's answers already read, from `first` on, through the
+    /// chain into `out`, until the read buffer is empty or a slice's work
+    /// is done (the message it stopped before is handed back). An exit
+    /// stops the batch; what passed before it stays in `out`.
+    fn answer_batch<UR: AsyncRead + Unpin>(
+        &self,
+        up_r: &mut FrameReader<UR>,
+        first: Message,
+        out: &mut BytesMut,
+        since_yield: &mut usize,
+    ) -> (Option<Exit>, Option<Message>) {
+        // Masking and recording a byte costs about this many times what
+        // passing it does.
+        let weight = if self.ctx.masked { 8 } else { 1 };
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            *since_yield += m.body.len() * weight;
+            // Only while an approved statement runs checked is an answer
+            // taken apart (no lock, no allocation on the common path).
+            let several = if self.checking.load(Ordering::Relaxed) {
+                let Ok(mut checks) = self.checks.lock() else {
+                    return (Some(Exit::Internal), None);
+                };
+                let v = checks.backend(self.ctx.nonce, m.clone());
+                self.checking.store(!checks.is_idle(), Ordering::Relaxed);
+                Some(v)
+            } else {
+                None
+            };
+            let single = several.is_none().then_some(m);
+            for m in several.into_iter().flatten().chain(single) {
+                match self.on_target_message(m) {
+                    Ok(Some(m)) => m.encode(out),
+                    Ok(None) => {}
+                    Err(exit) => return (Some(exit), None),
+                }
+            }
+            next = match up_r.buffered() {
+                Ok(m) => m,
+                Err(_) => return (Some(Exit::UpstreamGone), None),
+            };
+            if *since_yield >= YIELD_AFTER {
+                return (None, next);
+            }
+        }
+        (None, None)
     }
 
     /// The bytes budget a withheld text crossed, in words.
