@@ -472,7 +472,16 @@ impl Masker {
     /// [`Self::may_match_looked`], where the caller's own scan of `text`
     /// says whether it holds a byte a spelling starts with (`spelled`:
     /// [`starts_spelling`] of any byte, or more).
+    ///
+    /// Inlined, with the answer the flags alone give first: the JSON pass
+    /// asks this of every string, most answers are that "no", and as a
+    /// call it was 5% of the pass (`perf`; +8% throughput on JSON with few
+    /// hits, measured against the call, 2026-12-05).
+    #[inline]
     pub(crate) fn may_match_scanned(&self, text: &str, set_may: bool, spelled: bool) -> bool {
+        if !spelled && !set_may && self.words.is_empty() {
+            return false;
+        }
         if spelled && has_other_spelling(text) {
             // Read plainly by [`Self::spans`]: its answer.
             return true;
