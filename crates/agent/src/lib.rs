@@ -180,14 +180,35 @@ impl Agent {
         .map_err(|e| format!("TLS: {e}"))?;
         tracing::info!(%gateway, "link established; serving");
         let gateway: Arc<str> = gateway.to_string().into();
-        serve::serve_link(
+        // The link runs as a task of its own, on a worker beside the
+        // sessions it spawns. Awaited in place it ran on the thread that
+        // started the agent, outside the workers, and every message
+        // crossed threads twice (its connection task and its session's
+        // task woke each other through the kernel: 40% of the agent's
+        // samples were context switches, `perf`, 2026-12-05).
+        let link = tokio::spawn(serve::serve_link(
             stream,
             self.locals.clone(),
             self.hello.clone(),
             gateway,
             stop,
-        )
-        .await
+        ));
+        // Dropped (the agent stops), the link is dropped with it, as it
+        // was when awaited in place.
+        let mut link = AbortOnDrop(link);
+        match (&mut link.0).await {
+            Ok(served) => served,
+            Err(e) => Err(format!("the link's task ended: {e}")),
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
