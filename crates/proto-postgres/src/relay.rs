@@ -242,6 +242,9 @@ pub(crate) struct Relay<'a, W> {
     cancel_key: (i32, i32),
     bytes_from_caller: AtomicU64,
     bytes_to_caller: AtomicU64,
+    /// Answers a read of the target's passed before the session ended in
+    /// it, delivered with the goodbye ([`Relay::answer_batch`]).
+    passed: Mutex<BytesMut>,
     /// Sync points sent (Query, Sync, FunctionCall) that the target
     /// answers, and ReadyForQuery seen: equal means nothing is in flight.
     syncs_sent: AtomicU64,
@@ -346,6 +349,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             cancel_key: (up.pid, up.secret),
             bytes_from_caller: AtomicU64::new(0),
             bytes_to_caller: AtomicU64::new(0),
+            passed: Mutex::new(BytesMut::new()),
             syncs_sent: AtomicU64::new(0),
             copy_in: Mutex::new(Default::default()),
             unsynced: AtomicBool::new(false),
@@ -459,10 +463,21 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         // caller holding ACCESS EXCLUSIVE with a full receive buffer kept
         // it until it closed its socket). What follows cancels and ends
         // the target's session.
+        let mut out = self
+            .passed
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        if let Some(m) = last {
+            m.encode(&mut out);
+        }
         let bye = async {
             let mut w = self.caller_w.lock().await;
-            if let Some(m) = last {
-                send(&mut *w, &m).await;
+            // One write: the answers passed before the end, then the
+            // goodbye, so a write cut short by the bound never leaves
+            // half an answer in front of the refusal.
+            if !out.is_empty() {
+                flush_to(&mut *w, &mut out, &self.bytes_to_caller).await;
             }
             let _ = w.shutdown().await;
         };
@@ -1407,6 +1422,15 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                 },
             };
             let (ended, rest) = self.answer_batch(up_r, first, &mut out, &mut since_yield);
+            if let Some(exit) = ended {
+                // At once, with no wait before it: while this direction
+                // waited, the caller's would go on sending to a session
+                // being closed. What passed goes with the goodbye.
+                if let Ok(mut p) = self.passed.lock() {
+                    *p = out;
+                }
+                return exit;
+            }
             carried = rest;
             // Settled before the caller sees the answer (a caller that
             // leaves at once leaves nothing unsettled).
@@ -1420,19 +1444,6 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     .upstream
                     .cancel(self.cancel_key.0, self.cancel_key.1)
                     .await;
-            }
-            if let Some(exit) = ended {
-                // What the batch passed before the session ended reaches
-                // the caller ahead of the goodbye: those statements ran
-                // (a review saw a `pg_sleep`'s answer lost to a close in
-                // the same read). Bounded like the goodbye: a caller that
-                // stops reading must not keep the target's session.
-                let flush = async {
-                    let mut cw = self.caller_w.lock().await;
-                    flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await
-                };
-                let _ = tokio::time::timeout(GOODBYE, flush).await;
-                return exit;
             }
             let mut cw = self.caller_w.lock().await;
             if !flush_to(&mut *cw, &mut out, &self.bytes_to_caller).await {
@@ -1454,8 +1465,19 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
 
     /// The target's answers already read, from `first` on, through the
     /// chain into `out`, until the read buffer is empty or a slice's work
-    /// is done (the message it stopped before is handed back). An exit
-    /// stops the batch; what passed before it stays in `out`.
+    /// is done (the message it stopped before is handed back).
+    ///
+    /// An exit stops the batch. What passed before it stays in `out` only
+    /// where the exit is found at the first answer in doubt: a copy-in
+    /// the relay cannot follow is found at its CopyInResponse (or its
+    /// end), and what came before answered statements ahead of it; a
+    /// target that stopped making sense mid-read sent whole answers
+    /// before. A refusal of the chain (a masker out of step may have
+    /// masked what came before it by the wrong layout), the read-only
+    /// guard reported off (the proofs were wrong somewhere in this read)
+    /// or an internal fault withholds the whole read, as every exit did
+    /// before (review, 2026-12-05: those statements ran, and a
+    /// `pg_sleep`'s answer was lost to a close in the same read).
     fn answer_batch<UR: AsyncRead + Unpin>(
         &self,
         up_r: &mut FrameReader<UR>,
@@ -1473,6 +1495,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             // taken apart (no lock, no allocation on the common path).
             let several = if self.checking.load(Ordering::Relaxed) {
                 let Ok(mut checks) = self.checks.lock() else {
+                    out.clear();
                     return (Some(Exit::Internal), None);
                 };
                 let v = checks.backend(self.ctx.nonce, m.clone());
@@ -1483,10 +1506,16 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             };
             let single = several.is_none().then_some(m);
             for m in several.into_iter().flatten().chain(single) {
+                if let Err(exit) = self.follow_copy_in(m.tag) {
+                    return (Some(exit), None);
+                }
                 match self.on_target_message(m) {
                     Ok(Some(m)) => m.encode(out),
                     Ok(None) => {}
-                    Err(exit) => return (Some(exit), None),
+                    Err(exit) => {
+                        out.clear();
+                        return (Some(exit), None);
+                    }
                 }
             }
             next = match up_r.buffered() {
@@ -1513,7 +1542,6 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// refusal; ReadyForQuery is counted; then the chain, which may
     /// withhold it (`None`).
     fn on_target_message(&self, mut m: Message) -> Result<Option<Message>, Exit> {
-        self.follow_copy_in(m.tag)?;
         if m.tag == tag::PARAMETER_STATUS && self.read_only && guard_reported_off(&m.body) {
             // Something the proofs missed turned it off (review round 5:
             // a view's function ran `set_config(…, 'off', false)`): the

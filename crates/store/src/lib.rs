@@ -1030,11 +1030,18 @@ impl Store {
             Backend::Sqlite => Some(self.writer.lock().await),
             Backend::Postgres => None,
         };
-        let mut conn = match kept.as_mut().and_then(|k| k.take()) {
+        let conn = match kept.as_mut().and_then(|k| k.take()) {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
         };
-        let result = self.audit_batch_on(&mut conn, rows, sessions).await;
+        let mut batch = MidBatch(Some(conn));
+        let result = match &mut batch.0 {
+            Some(conn) => self.audit_batch_on(conn, rows, sessions).await,
+            None => Ok(()),
+        };
+        let Some(mut conn) = batch.0.take() else {
+            return result;
+        };
         // A taken sequence number (another gateway appended first) fails
         // an INSERT, not the COMMIT: the rollback leaves the connection
         // clean, and reconnecting (TLS to a shared store) on every race
@@ -1060,55 +1067,63 @@ impl Store {
         rows: &[AuditRow],
         sessions: &[SessionRow],
     ) -> Result<(), StoreError> {
-        // IMMEDIATE takes SQLite's write lock up front (no lock upgrade to
-        // fail half-way); sqlx refuses `begin_with` on a connection it
-        // believes is already in a transaction rather than nesting.
-        let begin = match self.backend {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
-        };
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, begin).await?;
-        for chunk in rows.chunks(150) {
-            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = self.q(&format!(
-                "INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) VALUES {values}"
-            ));
-            let mut q = sqlx::query(sql);
-            for r in chunk {
-                q = q
-                    .bind(r.seq)
-                    .bind(r.time_ms)
-                    .bind(r.prev_hash.clone())
-                    .bind(r.hash.clone())
-                    .bind(r.event.clone());
-            }
-            q.execute(&mut *tx).await?;
+        if self.backend == Backend::Sqlite {
+            return self.audit_batch_sqlite(conn, rows, sessions).await;
         }
-        for chunk in sessions.chunks(100) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            // An end row updates the start row written earlier.
-            let sql = self.q(&format!(
-                "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway) \
-                 VALUES {values} ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
-                 outcome = excluded.outcome, recording_digest = excluded.recording_digest"
-            ));
-            let mut q = sqlx::query(sql);
-            for s in chunk {
-                q = q
-                    .bind(s.id.clone())
-                    .bind(s.principal.clone())
-                    .bind(s.connection.clone())
-                    .bind(s.protocol.clone())
-                    .bind(s.started_at_ms)
-                    .bind(s.ended_at_ms)
-                    .bind(s.outcome.clone())
-                    .bind(s.recording_digest.clone())
-                    .bind(s.gateway.clone());
-            }
-            q.execute(&mut *tx).await?;
+        // sqlx refuses `begin_with` on a connection it believes is already
+        // in a transaction rather than nesting.
+        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN").await?;
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let q = sqlx::query(self.q(&audit_rows_insert(chunk.len())));
+            bind_audit_rows(q, chunk).execute(&mut *tx).await?;
+        }
+        for chunk in sessions.chunks(SESSIONS_PER_INSERT) {
+            let q = sqlx::query(self.q(&sessions_upsert(chunk.len())));
+            bind_sessions(q, chunk).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The batch on SQLite: its transaction and every insert as one
+    /// query of several statements, one trip to sqlx's worker thread for
+    /// the connection. A statement at a time, each trip was a wake-up of
+    /// that thread and one back (four or more per batch), which was most
+    /// of the store's CPU per session on new connections (`perf`,
+    /// 2026-12-05). IMMEDIATE takes SQLite's write lock up front (no lock
+    /// upgrade to fail half-way).
+    async fn audit_batch_sqlite(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+        rows: &[AuditRow],
+        sessions: &[SessionRow],
+    ) -> Result<(), StoreError> {
+        let mut sql = String::from("BEGIN IMMEDIATE;");
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            sql += &audit_rows_insert(chunk.len());
+            sql.push(';');
+        }
+        for chunk in sessions.chunks(SESSIONS_PER_INSERT) {
+            sql += &sessions_upsert(chunk.len());
+            sql.push(';');
+        }
+        sql += "COMMIT";
+        // sqlx binds a query's arguments to its statements in order.
+        let q = bind_sessions(bind_audit_rows(sqlx::query(self.q(&sql)), rows), sessions);
+        let Err(failed) = q.execute(&mut **conn).await else {
+            return Ok(());
+        };
+        // A statement that failed leaves the transaction open (a failed
+        // COMMIT has already rolled it back, and this one then fails
+        // harmlessly): closed here, so a connection kept after a taken
+        // sequence number starts its next batch clean. Should that fail
+        // too, the batch fails as something other than a conflict, and
+        // the connection is closed rather than kept holding the lock.
+        let failed = StoreError::from(failed);
+        match sqlx::query("ROLLBACK").execute(&mut **conn).await {
+            Err(e) if failed.is_conflict() => Err(e.into()),
+            _ => Err(failed),
+        }
     }
 
     /// Append an audit row; fails if `seq` is taken (another writer got
@@ -1397,6 +1412,77 @@ impl portcullis_identity::TokenStore for Store {
 /// test against PostgreSQL; not built into the binary.
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
+
+/// A connection in the middle of an audit batch. Dropped before the
+/// batch's answer (the future awaiting it cancelled), it is closed rather
+/// than returned to the pool: on SQLite the batch is one query whose
+/// transaction sqlx does not know of, and sqlx's worker runs it to its
+/// first answer whether or not anyone waits, so it could be left open,
+/// holding the write lock, on a connection the pool hands out again.
+/// Closing it rolls that back.
+struct MidBatch(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl Drop for MidBatch {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// Audit rows in one INSERT (5 values each, under SQLite's bound on a
+/// statement's parameters), and session rows (9 each).
+const AUDIT_ROWS_PER_INSERT: usize = 150;
+const SESSIONS_PER_INSERT: usize = 100;
+
+/// An INSERT of `n` audit rows, `?` placeholders.
+fn audit_rows_insert(n: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?)"; n].join(", ");
+    format!("INSERT INTO audit_log (seq, time_ms, prev_hash, hash, event) VALUES {values}")
+}
+
+/// An INSERT of `n` session rows; an end row updates the start row
+/// written earlier.
+fn sessions_upsert(n: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+    format!(
+        "INSERT INTO sessions (id, principal, connection, protocol, started_at_ms, ended_at_ms, outcome, recording_digest, gateway) \
+         VALUES {values} ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, \
+         outcome = excluded.outcome, recording_digest = excluded.recording_digest"
+    )
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// [`audit_rows_insert`]'s values, in order.
+fn bind_audit_rows<'q>(mut q: AnyQuery<'q>, rows: &[AuditRow]) -> AnyQuery<'q> {
+    for r in rows {
+        q = q
+            .bind(r.seq)
+            .bind(r.time_ms)
+            .bind(r.prev_hash.clone())
+            .bind(r.hash.clone())
+            .bind(r.event.clone());
+    }
+    q
+}
+
+/// [`sessions_upsert`]'s values, in order.
+fn bind_sessions<'q>(mut q: AnyQuery<'q>, sessions: &[SessionRow]) -> AnyQuery<'q> {
+    for s in sessions {
+        q = q
+            .bind(s.id.clone())
+            .bind(s.principal.clone())
+            .bind(s.connection.clone())
+            .bind(s.protocol.clone())
+            .bind(s.started_at_ms)
+            .bind(s.ended_at_ms)
+            .bind(s.outcome.clone())
+            .bind(s.recording_digest.clone())
+            .bind(s.gateway.clone());
+    }
+    q
+}
 
 #[cfg(test)]
 mod tests {
