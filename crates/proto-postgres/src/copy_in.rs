@@ -7,7 +7,8 @@
 //! answer an approved run is checked against. The target breaks the
 //! one-answer-per-sync-point rule in one place: during copy-in it ignores
 //! a Sync, and it takes any other message but copy data as the end of the
-//! copy (a Query or fast-path call is then consumed, unanswered). Drivers
+//! copy (a Query or fast-path call fails it mid-message, and PostgreSQL 15
+//! then ends the session: "protocol synchronization was lost"). Drivers
 //! lean on the first: libpq and tokio-postgres send an extended-protocol
 //! COPY as `Bind, Execute, Sync`, then the data, `CopyDone, Sync`, and
 //! the first Sync is never answered.
