@@ -962,6 +962,59 @@ fn answers_passed_before_a_close_reach_the_caller() {
     });
 }
 
+/// A caller on a full-access connection turns off the target's check for
+/// a client that is gone and runs a statement that catches every cancel,
+/// then leaves: the gateway's cancel is caught and its goodbye never read,
+/// so the statement ran on for good (review, 2026-12-05). Its backend is
+/// now ended for certain a few seconds after the session.
+#[test]
+fn a_statement_that_catches_the_cancel_ends_when_its_caller_leaves() {
+    let g = Guard::start("outlive");
+    rt().block_on(async {
+        let mut w = common::wire::Wire::login(g.port, Path::new(&g.ca), "rw", &g.token).await;
+        let set = w.ask("SET client_connection_check_interval = 0").await;
+        assert!(set.iter().all(|(t, _)| *t != b'E'), "{set:?}");
+        w.query(
+            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.2); \
+             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* outlive-mark */",
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        drop(w);
+        let direct = g.direct().await;
+        let running = || async {
+            direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE query LIKE '%outlive-mark */' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        assert_eq!(running().await, 1, "the statement runs, its cancel caught");
+        let mut ended = false;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if running().await == 0 {
+                ended = true;
+                break;
+            }
+        }
+        // Never left running for the next test, whatever happened.
+        direct
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query LIKE '%outlive-mark */' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(ended, "the backend still ran 10 s after its caller left");
+    });
+}
+
 /// `rows` into `t_cp` by the driver's COPY FROM STDIN.
 async fn copy(
     rw: &tokio_postgres::Client,

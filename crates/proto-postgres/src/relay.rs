@@ -7,8 +7,8 @@
 //! through the chain backwards and on to the caller.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use portcullis_front::{OpenSession, Outcome};
@@ -35,7 +35,7 @@ pub(crate) struct SessionCtx<'a> {
     pub principal: &'a Principal,
     /// The grant that admitted the session.
     pub rule: &'a str,
-    pub upstream: &'a PgUpstream,
+    pub upstream: &'a Arc<PgUpstream>,
     pub open: &'a OpenSession,
     pub gate: Option<&'a Gate>,
     /// Whether masking rules apply to this session.
@@ -424,6 +424,11 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     if let Err(e) = ctx.upstream.cancel(pid, secret).await {
                         tracing::warn!(connection = %ctx.connection, error = %e, "cancelling the departed caller's statement failed");
                     }
+                    // A statement may catch the cancel, and a caller may
+                    // have turned off the check that ends it once its
+                    // client is gone (review, 2026-12-05): ended for
+                    // certain a little later, on a session of our own.
+                    ctx.upstream.end_for_certain(pid);
                 }
                 // Bounded: a target that stopped reading (a statement
                 // waiting on a lock, our buffer to it full) would hold

@@ -221,6 +221,10 @@ fn pick(
         .or_else(|| idle.iter().rposition(|i| under(&i)))
 }
 
+/// How long a backend the gateway cancelled and said goodbye to may take
+/// to end before it is ended for certain ([`PgUpstream::end_for_certain`]).
+const END_GRACE: Duration = Duration::from_secs(3);
+
 /// How many idle sessions a connection keeps, and for how long.
 const MAX_IDLE: usize = 16;
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -1033,6 +1037,52 @@ impl PgUpstream {
     }
 
     /// Forward a cancel request for the target's backend `pid`/`secret`.
+    /// End the target's backend `pid` (a session the gateway closed while
+    /// a statement ran) if it still runs [`END_GRACE`] from now: a
+    /// statement may catch the cancel (a PL/pgSQL handler for
+    /// `query_canceled`), and a caller on a full-access connection may
+    /// have turned off `client_connection_check_interval`, which would
+    /// otherwise end it once its client is gone. `pg_terminate_backend`
+    /// cannot be caught. The gateway's role may end its own backends.
+    ///
+    /// Only a backend that started before the grace began is ended: a
+    /// pid the system gave to a new backend meanwhile is left alone.
+    /// Directly reached targets only: an agent's target is the agent's.
+    /// In the background, bounded by the connection's timeout.
+    pub fn end_for_certain(self: &Arc<Self>, pid: i32) {
+        if self.via.is_some() {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(END_GRACE).await;
+            let end = async {
+                let mut s = this.connect(&[], Owner::Nobody).await?;
+                let ended = s
+                    .simple_rows(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE pid = {pid} AND backend_start < now() - interval '{} milliseconds'",
+                        END_GRACE.as_millis()
+                    ))
+                    .await?;
+                s.close().await;
+                Ok::<_, UpstreamError>(!ended.is_empty())
+            };
+            match tokio::time::timeout(this.timeout, end).await {
+                Ok(Ok(true)) => {
+                    tracing::warn!(connection = %this.name, pid, "a departed caller's statement outlived its cancel; its backend was ended")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(connection = %this.name, pid, error = %e, "could not make sure a departed caller's backend ended")
+                }
+                Err(_) => {
+                    tracing::warn!(connection = %this.name, pid, "could not make sure a departed caller's backend ended: timed out")
+                }
+            }
+        });
+    }
+
     pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), UpstreamError> {
         if let Some((agent, links)) = &self.via {
             // Bounded as the direct path is: an agent that never answers
