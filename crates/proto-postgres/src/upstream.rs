@@ -1045,7 +1045,7 @@ impl PgUpstream {
     /// otherwise end it once its client is gone. `pg_terminate_backend`
     /// cannot be caught. The gateway's role may end its own backends.
     ///
-    /// Only a backend that started before the grace began is ended: a
+    /// Only a backend that started before the session ended is ended: a
     /// pid the system gave to a new backend meanwhile is left alone.
     /// Directly reached targets only: an agent's target is the agent's.
     /// In the background, bounded by the connection's timeout.
@@ -1054,15 +1054,18 @@ impl PgUpstream {
             return;
         }
         let this = Arc::clone(self);
+        let ended_at = std::time::Instant::now();
         tokio::spawn(async move {
             tokio::time::sleep(END_GRACE).await;
             let end = async {
                 let mut s = this.connect(&[], Owner::Nobody).await?;
+                // Started before the session ended, by the target's clock
+                // less the time since (connecting took some of it).
+                let since = ended_at.elapsed().as_millis();
                 let ended = s
                     .simple_rows(&format!(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE pid = {pid} AND backend_start < now() - interval '{} milliseconds'",
-                        END_GRACE.as_millis()
+                         WHERE pid = {pid} AND backend_start < now() - interval '{since} milliseconds'"
                     ))
                     .await?;
                 s.close().await;
