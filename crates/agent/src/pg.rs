@@ -104,7 +104,7 @@ enum End {
 pub(crate) async fn relay<T>(
     tunnel: T,
     session: UpstreamSession,
-    upstream: &PgUpstream,
+    upstream: &Arc<PgUpstream>,
     params: &[(String, String)],
     connection: &str,
 ) where
@@ -158,11 +158,22 @@ pub(crate) async fn relay<T>(
         tracing::debug!(%connection, "session over the link ended; target session kept");
         return;
     }
-    if sent.at_boundary() {
-        let bye = Message::new(tag::TERMINATE, Bytes::new()).to_bytes();
-        let _ = target_w.write_all(&bye).await;
+    if !Bounds::idle_after(&sent, &answered) {
+        // A statement may still run: the gateway's cancel can be caught
+        // and the target's connection check turned off by the caller
+        // (review, 2026-12-05), so it is ended for certain if it outlives
+        // the goodbye, as the gateway does for targets it reaches itself.
+        upstream.end_for_certain(pid);
     }
-    let _ = target_w.shutdown().await;
+    // Bounded: a target that stopped reading must not hold this task.
+    let close = async {
+        if sent.at_boundary() {
+            let bye = Message::new(tag::TERMINATE, Bytes::new()).to_bytes();
+            let _ = target_w.write_all(&bye).await;
+        }
+        let _ = target_w.shutdown().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), close).await;
     tracing::debug!(%connection, ?end, "session over the link ended");
 }
 

@@ -866,6 +866,46 @@ fn a_caller_killed_mid_statement_through_the_agent_leaves_nothing_running() {
     );
 }
 
+/// A caller that turns off the target's check for a departed client and
+/// runs a statement catching every cancel, then is killed: through an
+/// agent too, its backend is ended for certain a few seconds later (it
+/// ran on for good: review, 2026-12-05).
+#[test]
+fn a_statement_that_catches_the_cancel_through_the_agent_ends_with_its_caller() {
+    let s = setup();
+    let marker = format!("portcullis_agent_outlive_{}", std::process::id());
+    let sql = format!(
+        "SET client_connection_check_interval = 0; \
+         DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.2); \
+         EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {marker} */"
+    );
+    let mut caller = psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pg = PgCluster::shared();
+    pg.wait_running(&marker, 1, 15, "the statement never ran");
+    caller.kill().unwrap();
+    let _ = caller.wait();
+    let ended = std::panic::catch_unwind(|| {
+        pg.wait_running(
+            &marker,
+            0,
+            10,
+            "the statement that catches its cancel ran on after its caller",
+        )
+    });
+    // Never left running for the tests after this one.
+    pg.psql_direct(&format!(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+         where query like '%{marker}%' and pid <> pg_backend_pid()"
+    ));
+    if let Err(e) = ended {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// An agent killed mid-statement cannot cancel it, and the gateway cannot
 /// reach the target: the target stops it by itself within seconds (the
 /// connection check the agent asks for at every startup) rather than

@@ -1047,7 +1047,8 @@ impl PgUpstream {
     ///
     /// Only a backend that started before the session ended is ended: a
     /// pid the system gave to a new backend meanwhile is left alone.
-    /// Directly reached targets only: an agent's target is the agent's.
+    /// Directly reached targets only: an agent's target is the agent's,
+    /// and the agent does the same for it.
     /// In the background, bounded by the connection's timeout.
     pub fn end_for_certain(self: &Arc<Self>, pid: i32) {
         if self.via.is_some() {
