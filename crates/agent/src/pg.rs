@@ -99,6 +99,9 @@ enum End {
     Other,
 }
 
+/// How long the goodbye to the target (Terminate, then closing) may take.
+const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Relay one session between the link stream and the target until either
 /// side ends; then keep the target's session if it is idle, or close it.
 pub(crate) async fn relay<T>(
@@ -173,7 +176,7 @@ pub(crate) async fn relay<T>(
         }
         let _ = target_w.shutdown().await;
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), close).await;
+    let _ = tokio::time::timeout(GOODBYE, close).await;
     tracing::debug!(%connection, ?end, "session over the link ended");
 }
 

@@ -1036,7 +1036,6 @@ impl PgUpstream {
         }
     }
 
-    /// Forward a cancel request for the target's backend `pid`/`secret`.
     /// End the target's backend `pid` (a session the gateway closed while
     /// a statement ran) if it still runs [`END_GRACE`] from now: a
     /// statement may catch the cancel (a PL/pgSQL handler for
@@ -1070,13 +1069,17 @@ impl PgUpstream {
                     ))
                     .await?;
                 s.close().await;
-                Ok::<_, UpstreamError>(!ended.is_empty())
+                // A row only where such a backend ran; `t` where it ended.
+                Ok::<_, UpstreamError>(ended.first().map(|r| r.first() == Some(&Some("t".into()))))
             };
             match tokio::time::timeout(this.timeout, end).await {
-                Ok(Ok(true)) => {
+                Ok(Ok(Some(true))) => {
                     tracing::warn!(connection = %this.name, pid, "a departed caller's statement outlived its cancel; its backend was ended")
                 }
-                Ok(Ok(false)) => {}
+                Ok(Ok(Some(false))) => {
+                    tracing::warn!(connection = %this.name, pid, "a departed caller's statement outlived its cancel, and the target refused to end its backend")
+                }
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(connection = %this.name, pid, error = %e, "could not make sure a departed caller's backend ended")
                 }
@@ -1087,6 +1090,7 @@ impl PgUpstream {
         });
     }
 
+    /// Forward a cancel request for the target's backend `pid`/`secret`.
     pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), UpstreamError> {
         if let Some((agent, links)) = &self.via {
             // Bounded as the direct path is: an agent that never answers
