@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portcullis_link::{Body, HDR_PG_ACCESS, HDR_PG_OWNER, HDR_PG_PARAMS};
 use portcullis_postgres::bounds::Bounds;
-use portcullis_postgres::frame::{Message, tag};
 use portcullis_postgres::io::FrameReader;
 use portcullis_postgres::{MAX_BACKEND_MESSAGE, Owner, PgUpstream, UpstreamSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -99,9 +98,6 @@ enum End {
     Other,
 }
 
-/// How long the goodbye to the target (Terminate, then closing) may take.
-const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// Relay one session between the link stream and the target until either
 /// side ends; then keep the target's session if it is idle, or close it.
 pub(crate) async fn relay<T>(
@@ -168,15 +164,7 @@ pub(crate) async fn relay<T>(
         // the goodbye, as the gateway does for targets it reaches itself.
         upstream.end_for_certain(pid);
     }
-    // Bounded: a target that stopped reading must not hold this task.
-    let close = async {
-        if sent.at_boundary() {
-            let bye = Message::new(tag::TERMINATE, Bytes::new()).to_bytes();
-            let _ = target_w.write_all(&bye).await;
-        }
-        let _ = target_w.shutdown().await;
-    };
-    let _ = tokio::time::timeout(GOODBYE, close).await;
+    portcullis_postgres::goodbye(&mut target_w, sent.at_boundary()).await;
     tracing::debug!(%connection, ?end, "session over the link ended");
 }
 

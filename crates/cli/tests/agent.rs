@@ -163,6 +163,16 @@ impl Drop for Setup {
     }
 }
 
+/// psql running `sql` on connection `db` through the gateway, its output
+/// dropped (a caller to kill mid-statement).
+fn quiet_psql(s: &Setup, sql: &str) -> std::process::Child {
+    psql_command("db", s.pg_port, &s.ca, &s.token, sql)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn setup() -> Setup {
     setup_with("")
 }
@@ -843,15 +853,7 @@ fn a_caller_killed_mid_statement_through_the_agent_leaves_nothing_running() {
     let s = setup();
     let marker = format!("portcullis_agent_gone_{}", std::process::id());
     let sql = format!("select pg_sleep(30) as {marker}");
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..2).map(|_| quiet_psql(&s, &sql)).collect();
     let pg = PgCluster::shared();
     pg.wait_running(&marker, 2, 15, "the statements never ran");
     for mut c in children {
@@ -879,11 +881,7 @@ fn a_statement_that_catches_the_cancel_through_the_agent_ends_with_its_caller() 
          DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.2); \
          EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {marker} */"
     );
-    let mut caller = psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut caller = quiet_psql(&s, &sql);
     let pg = PgCluster::shared();
     pg.wait_running(&marker, 1, 15, "the statement never ran");
     caller.kill().unwrap();
@@ -915,11 +913,7 @@ fn a_killed_agent_leaves_nothing_running_on_the_target() {
     let mut s = setup();
     let marker = format!("portcullis_agent_killed_{}", std::process::id());
     let sql = format!("select pg_sleep(60) as {marker}");
-    let mut caller = psql_command("db", s.pg_port, &s.ca, &s.token, &sql)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut caller = quiet_psql(&s, &sql);
     let pg = PgCluster::shared();
     pg.wait_running(&marker, 1, 15, "the statement never ran");
     s.kill_agent();

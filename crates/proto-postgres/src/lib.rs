@@ -27,5 +27,5 @@ mod upstream;
 pub use front::{ALPN, PgFront, PgMetrics};
 pub use upstream::{
     MAX_BACKEND_MESSAGE, Owner, PgUpstream, QueryOutcome, SetupError, UpstreamError,
-    UpstreamSession,
+    UpstreamSession, goodbye,
 };

@@ -430,19 +430,8 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
                     // certain a little later, on a session of our own.
                     ctx.upstream.end_for_certain(pid);
                 }
-                // Bounded: a target that stopped reading (a statement
-                // waiting on a lock, our buffer to it full) would hold
-                // this task, and with it the socket its connection check
-                // would notice closed (review, 2026-12-05).
-                let close = async {
-                    if !said {
-                        // Tell the target we are done, so its backend ends now.
-                        let bye = Message::new(tag::TERMINATE, bytes::Bytes::new());
-                        let _ = up_w.write_all(&bye.to_bytes()).await;
-                    }
-                    let _ = up_w.shutdown().await;
-                };
-                let _ = tokio::time::timeout(GOODBYE, close).await;
+                // Tell the target we are done, so its backend ends now.
+                crate::upstream::goodbye(&mut up_w, !said).await;
                 if said && ctx.upstream.agent().is_some() {
                     linger(&mut up_r).await;
                 }

@@ -221,6 +221,26 @@ fn pick(
         .or_else(|| idle.iter().rposition(|i| under(&i)))
 }
 
+/// How long the goodbye to a target session may take ([`goodbye`]).
+const GOODBYE: Duration = Duration::from_millis(500);
+
+/// Say goodbye to a target session: Terminate (unless `terminate` is
+/// false: the caller's own went through, or the stream is not at a
+/// message's boundary), then close. Bounded: a target that stopped reading
+/// (a statement waiting on a lock, our buffer to it full) would hold the
+/// task, and with it the socket the target's connection check would see
+/// closed (review, 2026-12-05).
+pub async fn goodbye<W: AsyncWrite + Unpin>(w: &mut W, terminate: bool) {
+    let close = async {
+        if terminate {
+            let bye = Message::new(tag::TERMINATE, Bytes::new()).to_bytes();
+            let _ = w.write_all(&bye).await;
+        }
+        let _ = w.shutdown().await;
+    };
+    let _ = tokio::time::timeout(GOODBYE, close).await;
+}
+
 /// How long a backend the gateway cancelled and said goodbye to may take
 /// to end before it is ended for certain ([`PgUpstream::end_for_certain`]).
 const END_GRACE: Duration = Duration::from_secs(3);
@@ -1129,9 +1149,7 @@ fn password_message(p: &[u8]) -> Message {
 impl UpstreamSession {
     /// Say goodbye to the target (Terminate) and close the session.
     pub async fn close(mut self) {
-        let bye = Message::new(tag::TERMINATE, bytes::Bytes::new()).to_bytes();
-        let _ = self.writer.write_all(&bye).await;
-        let _ = self.writer.shutdown().await;
+        goodbye(&mut self.writer, true).await;
     }
 
     /// Run one simple query on the session (before it is handed to a
