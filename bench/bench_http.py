@@ -95,7 +95,7 @@ def run(args, root, certs, free_port, wait_port, start_agent):
             items.append({"sku": f"SKU-{n:08d}", "title": "Stainless steel bottle", "price": 19.99,
                           "created": "2026-11-25T20:08:17Z"})
         write(f"{d}/www/{name}.json", json.dumps({"items": items}))
-    ports = {k: free_port() for k in ("upstream", "nginx", "haproxy", "floor")}
+    ports = {k: free_port() for k in ("upstream", "nginx", "haproxy", "floor", "floor2")}
     procs = []
     memory = None
     try:
@@ -196,6 +196,15 @@ connections = ["bench", "bench-masked", "bench-agent"]
                             f"{d}/server.crt", f"{d}/server.key", f"https://localhost:{ports['upstream']}",
                             f"{d}/ca.pem", "x-api-key", f"{d}/key"], f"{d}/floor.log", preexec_fn=raise_limits)
         procs.append(floor)
+        # A second floor in front of the first: the cost of one more
+        # TLS-terminating process on these cores with the same libraries
+        # (it reaches the first over HTTP/2, as the gateway reaches an
+        # agent). Its ratio to one floor is what a second hop leaves, to
+        # hold "through the agent / in-process" against.
+        floor2 = start([os.path.join(root, "target/release/examples/floor_proxy"), f"127.0.0.1:{ports['floor2']}",
+                        f"{d}/server.crt", f"{d}/server.key", f"https://localhost:{ports['floor']}",
+                        f"{d}/ca.pem", "x-api-key", f"{d}/key"], f"{d}/floor2.log", preexec_fn=raise_limits)
+        procs.append(floor2)
         exe = os.path.join(root, "target/release/portcullis")
         cfg = f"{d}/portcullis.toml"
         token = subprocess.run([exe, "--config", cfg, "token", "create", "--principal", "agent:bench"],
@@ -210,10 +219,11 @@ connections = ["bench", "bench-masked", "bench-agent"]
         procs.append(gw)
         line = gw.stdout.readline()
         gw_port = int(re.search(r"url=https://localhost:(\d+)", line).group(1))
-        procs.append(start_agent(exe, d, agent_port, (
+        agent = start_agent(exe, d, agent_port, (
             '\n[[connections]]\nname = "bench-agent"\ntype = "http"\n'
             f'url = "https://localhost:{ports["upstream"]}"\nca_file = "ca.pem"\n'
-            'credential = { header = "x-api-key", secret = "file:key" }\n')))
+            'credential = { header = "x-api-key", secret = "file:key" }\n'))
+        procs.append(agent)
         for name, p in ports.items():
             for _ in range(100):
                 try:
@@ -235,6 +245,7 @@ connections = ["bench", "bench-masked", "bench-agent"]
             "portcullis+agent": (f"https://localhost:{gw_port}/c/bench-agent", ["-H", f"Authorization: Bearer {token}"]),
             "nginx": (f"https://localhost:{ports['nginx']}", []),
             "floor": (f"https://localhost:{ports['floor']}", []),
+            "floor+floor": (f"https://localhost:{ports['floor2']}", []),
             "haproxy": (f"https://localhost:{ports['haproxy']}", []),
         }
         # Everyone must answer 200 with the body before anything is timed
@@ -254,8 +265,8 @@ connections = ["bench", "bench-masked", "bench-agent"]
 
         jobs = []
         for size in ("1k", "64k"):
-            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "nginx", "haproxy"]))
-            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "nginx", "haproxy"]))
+            jobs.append((f"latency c=1 {size}", ["-t1", "-c1"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "floor+floor", "nginx", "haproxy"]))
+            jobs.append((f"throughput c=64 {size}", ["-t2", "-c64"], size, ["direct", "portcullis", "portcullis+mask", "portcullis+agent", "floor", "floor+floor", "nginx", "haproxy"]))
         jobs.append(("new connection per request c=16 1k", ["-t2", "-c16", "-H", "Connection: close"], "1k",
                      ["direct", "portcullis", "floor", "nginx", "haproxy"]))
         results, loads, cpu = {}, [], {}
@@ -265,14 +276,16 @@ connections = ["bench", "bench-masked", "bench-agent"]
             for _ in range(args.reps):
                 for s in systems:
                     url, hdr = base[s]
-                    pid = gw.pid if s.startswith("portcullis") else floor.pid if s == "floor" else None
-                    before = cpu_seconds(pid) if pid else None
+                    pids = ([gw.pid, agent.pid] if s == "portcullis+agent" else [gw.pid] if s.startswith("portcullis")
+                            else [floor.pid] if s == "floor"
+                            else [floor2.pid, floor.pid] if s == "floor+floor" else [])
+                    before = sum(cpu_seconds(p) for p in pids) if pids else None
                     out = subprocess.run(["wrk", *flags, "-d", f"{args.seconds}s", "--latency", *hdr, f"{url}/{size}.json"],
                                          capture_output=True, text=True).stdout
                     r = parse_wrk(out)
                     loads.append(os.getloadavg()[0])
                     if before is not None and r["requests"]:
-                        cpu.setdefault(s, []).append((cpu_seconds(pid) - before) / r["requests"] * 1e6)
+                        cpu.setdefault(s, []).append((sum(cpu_seconds(p) for p in pids) - before) / r["requests"] * 1e6)
                     results.setdefault(name, {}).setdefault(s, []).append(r)
             after_job[name] = rss_parts_kib(gw.pid)
             print(f"done: {name}", file=sys.stderr)
@@ -357,7 +370,8 @@ def report(root, args, results, loads, cpu, memory):
         best_peer = max(peers) if peers else None
         floor_rps = summary.get("floor", {}).get("rps")
         for s, v in summary.items():
-            ratio_f = f"{v['rps'] / floor_rps:.2f}" if v["rps"] and floor_rps and s.startswith("portcullis") else "-"
+            ratio_f = (f"{v['rps'] / floor_rps:.2f}" if v["rps"] and floor_rps
+                       and (s.startswith("portcullis") or s == "floor+floor") else "-")
             ratio_d = f"{v['rps'] / direct['rps']:.2f}" if v["rps"] and direct.get("rps") else "-"
             ratio_p = f"{v['rps'] / best_peer:.2f}" if v["rps"] and best_peer else "-"
             added = (f"{(v['p50_ms'] - direct['p50_ms']):+.3f}" if v["p50_ms"] is not None and direct.get("p50_ms") is not None else "-")
@@ -365,15 +379,27 @@ def report(root, args, results, loads, cpu, memory):
                         f"{v['p50_ms'] if v['p50_ms'] is not None else '-'} | {v['p99_ms'] if v['p99_ms'] is not None else '-'} | "
                         f"{added} | {ratio_d} | {ratio_p} | {ratio_f} | {v['errors']} |")
     cpu_us = {s: med(v) for s, v in cpu.items()}
+    # One more hop, ours against the libraries': through the agent over
+    # in-process, beside a second floor over one.
+    hops = []
+    for job, summary in data.items():
+        rps = {s: (summary.get(s) or {}).get("rps") for s in ("portcullis", "portcullis+agent", "floor", "floor+floor")}
+        if all(rps.values()):
+            hops.append(f"{job}: {rps['portcullis+agent'] / rps['portcullis']:.2f} / "
+                        f"{rps['floor+floor'] / rps['floor']:.2f}")
     md = [f"# HTTP through Portcullis, nginx and HAProxy ({date})", "",
           f"Machine: {os.cpu_count()} cores, load average {min(loads):.2f}-{max(loads):.2f}. Median of {args.reps} "
           f"interleaved wrk runs of {args.seconds} s each [min-max RPS]. TLS on both hops everywhere; the proxies "
           "inject the upstream's API key; Portcullis also checks a bearer token, a grant, and writes a session (audit entries and a recording) per caller connection. "
           "`floor` is hyper, rustls and tokio doing only what nginx does (crates/proto-http/examples/floor_proxy.rs): "
-          "/ floor is what Portcullis's own work leaves of its libraries' speed.", "",
+          "/ floor is what Portcullis's own work leaves of its libraries' speed. `floor+floor` is a second floor in front "
+          "of the first (over HTTP/2, as the gateway reaches an agent): what one more TLS-terminating process costs on "
+          "these cores.", "",
           "| job | system | requests/s | p50 ms | p99 ms | added p50 ms vs direct | / direct | / best peer | / floor | non-2xx |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
-          "CPU per request in the Portcullis and floor processes (µs): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
+          "CPU per request in the Portcullis and floor processes (µs; through the agent: the gateway and the agent; "
+          "floor+floor: both floors): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items() if v), "",
+          "A second hop, through the agent / in-process against floor+floor / floor: " + "; ".join(hops), "",
           "Resident memory of the Portcullis process: " + json.dumps(memory), ""]
     out_dir = os.path.join(root, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
