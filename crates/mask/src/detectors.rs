@@ -142,11 +142,14 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         label: "PHONE",
-        // NANP and grouped forms; `+` and digits; dotted US; then
-        // international forms with a long last group (`+49 30 1234567`) or
-        // many short ones (`+33 1 53 59 90 11`), and trunk-prefixed
-        // national forms (`030 1234567`, `(0911) 123456`).
-        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\+\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})[ /-]?\d{5,8}\b",
+        // NANP and grouped forms; `+` and digits; dotted US and
+        // `415/555-0132`; then international forms with a long last group
+        // (`+49 30 1234567`, also with dots or slashes between the groups
+        // or the area code in brackets: `+49/30/1234567`, `+49 (30)
+        // 1234567`, which passed unmasked until 2026-12-05) or many short
+        // ones (`+33 1 53 59 90 11`), and trunk-prefixed national forms
+        // (`030 1234567`, `(0911) 123456`).
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}(?:\.\d{3}\.|/\d{3}[ -])\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})[ /-]?\d{5,8}\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,
@@ -155,7 +158,10 @@ pub const BUILTINS: &[Builtin] = &[
     // with a long last group (`0049 30 1234567`) or many short ones
     // (`0033 1 53 59 90 11`), and both `+` and `00` forms with the
     // national `(0)` kept (`+49 (0)30 1234567`), which passed unmasked
-    // (reviews, 2026-12-05). A source of its own, not alternatives of the
+    // (reviews, 2026-12-05); as the `+` forms above, with dots, slashes
+    // or a bracketed area code (`0049/30/1234567`), and the `(0)` forms
+    // with short groups (`+33 (0)1 53 59 90 11`), which passed too
+    // (2026-12-05, later). A source of its own, not alternatives of the
     // one above: at one start a pattern's first matching alternative wins,
     // and these shadowed the grouped form where their check refused what
     // they took (`0033-265-7482-2-0-423-698`, review); two sources each
@@ -163,7 +169,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         label: "PHONE",
-        pattern: r"\b00\d{1,3}[ -]\d{1,5}[ -]\d{5,8}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ /-]?\d{3,8}(?:[ -]\d{1,5})?\b",
+        pattern: r"\b00\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ ./-]?\d{2,8}(?:[ .-]\d{1,5}){0,4}\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,
