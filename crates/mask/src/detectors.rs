@@ -143,13 +143,18 @@ pub const BUILTINS: &[Builtin] = &[
         name: "phone",
         label: "PHONE",
         // NANP and grouped forms; `+` and digits; dotted US and
-        // `415/555-0132`; then international forms with a long last group
-        // (`+49 30 1234567`, also with dots or slashes between the groups
-        // or the area code in brackets: `+49/30/1234567`, `+49 (30)
-        // 1234567`, which passed unmasked until 2026-12-05) or many short
-        // ones (`+33 1 53 59 90 11`), and trunk-prefixed national forms
-        // (`030 1234567`, `(0911) 123456`).
-        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}(?:\.\d{3}\.|/\d{3}[ -])\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})[ /-]?\d{5,8}\b",
+        // `415/555-0132` (area and exchange codes start 2-9: a ratio
+        // before a year, `120/500 2026`, is no number); then international
+        // forms with a long last group (`+49 30 1234567`, also with dots
+        // or slashes between the groups or the area code in brackets:
+        // `+49/30/1234567`, `+49 (30) 1234567`, which passed unmasked
+        // until 2026-12-05, and an extension after it: `+49/30/12345-67`)
+        // or many short ones (`+33 1 53 59 90 11`), and trunk-prefixed
+        // national forms (`030 1234567`, `(0911) 123456`, and as DIN 5008
+        // writes them, `030/12 34 56 78`, `030 / 1234567`, `0711/1234-567`,
+        // which passed too; an area code of two digits or more before a
+        // slash, so that `01/02 2026` stays a date).
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\b[2-9]\d{2}/[2-9]\d{2}-\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})(?:[ /-]?\d{5,8}|[ -]\d{2,8}(?:[ -]\d{1,5}){0,4})\b|\b0\d{2,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,
@@ -169,7 +174,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         label: "PHONE",
-        pattern: r"\b00\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ ./-]?\d{2,8}(?:[ .-]\d{1,5}){0,4}\b",
+        pattern: r"\b00\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ ./-]?\d{2,8}(?:[ .-]\d{1,5}){0,4}\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,

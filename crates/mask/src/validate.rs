@@ -116,17 +116,32 @@ pub fn phone(s: &str) -> bool {
         _ => (s.to_owned(), digits),
     };
     let s = s.as_str();
+    // Dots and slashes also join the groups of ids, versions and paths
+    // (`/media/001/234/567890`, `0044/2026/123456`: a review found those
+    // masked once the international forms took them); a number written
+    // so must be one the metadata calls valid, not merely one it parses.
+    // Read as its digits alone: the parser refuses some mixes of
+    // punctuation (`+49/30/12345-67`).
+    let known = |n: &str| {
+        if !s.contains(['.', '/']) {
+            return phonenumber::parse(None, n).is_ok();
+        }
+        let plain: String = std::iter::once('+')
+            .chain(n.chars().filter(char::is_ascii_digit))
+            .collect();
+        phonenumber::parse(None, &plain).is_ok_and(|p| phonenumber::is_valid(&p))
+    };
     if s.starts_with('+') {
-        return (8..=15).contains(&digits) && phonenumber::parse(None, s).is_ok();
+        return (8..=15).contains(&digits) && known(s);
+    }
+    // A review passed `00491511234567` unmasked: `00` is how most of the
+    // world dials `+`. Judged as one before the count below, which would
+    // take any ten or eleven digits after `00` (`001/22/33445`).
+    if let Some(international) = s.strip_prefix("00") {
+        return (8..=15).contains(&(digits - 2)) && known(&format!("+{international}"));
     }
     if (10..=11).contains(&digits) {
         return true;
-    }
-    // A review passed `00491511234567` unmasked: `00` is how most of the
-    // world dials `+`.
-    if let Some(international) = s.strip_prefix("00") {
-        return (8..=15).contains(&(digits - 2))
-            && phonenumber::parse(None, format!("+{international}")).is_ok();
     }
     let national = s.trim_start_matches('(').starts_with('0') && !s.starts_with("00");
     national
@@ -219,6 +234,11 @@ mod tests {
         assert!(phone("0044-20-7946-0958") && phone("0049-30-1234567"));
         // The national `(0)` beside a country code.
         assert!(phone("+49 (0)30 1234567") && phone("0049 (0)30 1234567"));
+        // Dots and slashes: valid numbers only, however punctuated; a
+        // `00` form is judged as international before the count of ten or
+        // eleven digits (review, 2026-12-05).
+        assert!(phone("0049/30/1234567") && phone("+49/30/12345-67") && phone("+49.30.1234567"));
+        assert!(!phone("001/22/33445") && !phone("0044/2026/123456") && !phone("+1.00/12345"));
         assert!(phone("0044 (0)20 7946 0958"));
     }
 }
