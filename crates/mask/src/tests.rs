@@ -1296,7 +1296,25 @@ fn the_one_pass_grammar_accepts_and_refuses_as_serde_json_does() {
     // Not vacuous: the pass itself refuses what is not JSON, in
     // serde_json's words, and masks what is.
     let m = masker();
-    for bad in [&b"[1,]"[..], b"{\"a\" 1}", b"\"a\x01\"", b"-01", b"[1]x"] {
+    // The comma and colon read straight after a member (the pass's fast
+    // path) take nothing the grammar refuses: a trailing comma in either
+    // container, a comma after the top value, a colon after a value.
+    for bad in [
+        &b"[1,]"[..],
+        b"{\"a\" 1}",
+        b"\"a\x01\"",
+        b"-01",
+        b"[1]x",
+        b"{\"a\":1,}",
+        b"{\"a\":\"b\",}",
+        b"[{},]",
+        b"[\"a\",]",
+        b"1,2",
+        b"\"a\",",
+        b"{\"a\":1:2}",
+        b"{\"a\"::1}",
+        b"[1,,2]",
+    ] {
         let err = crate::stream::mask(&m, bad, &mut Stats::new(), &mut None);
         assert!(
             matches!(err, Some(Err(MaskError::InvalidJson(_)))),
