@@ -153,6 +153,13 @@ fn phone_numbers_with_dots_slashes_and_bracketed_area_codes_are_found_whole() {
         "030 / 12 34 56 78",
         "0711/1234-567",
         "030 / 1234567",
+        "+91 9876543210",
+        "+44 7911123456",
+        "+33 612345678",
+        "+1 4155550132",
+        "+61 412345678",
+        "+55 11912345678",
+        "+81-9012345678",
     ] {
         let masked = found_as(&m, &format!("tel {number} now"), "phone", number);
         assert_eq!(masked, "tel [PHONE] now");

@@ -120,10 +120,18 @@ pub fn phone(s: &str) -> bool {
     // (`/media/001/234/567890`, `0044/2026/123456`: a review found those
     // masked once the international forms took them); a number written
     // so must be one the metadata calls valid, not merely one it parses.
+    // So must a country code with the rest in one group (`+91
+    // 9876543210`): a signed count before a number (`+2 20261125`) has
+    // that shape too.
+    let groups = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .count();
+    let strict = s.contains(['.', '/']) || (s.starts_with('+') && groups == 2);
     // Read as its digits alone: the parser refuses some mixes of
     // punctuation (`+49/30/12345-67`).
     let known = |n: &str| {
-        if !s.contains(['.', '/']) {
+        if !strict {
             return phonenumber::parse(None, n).is_ok();
         }
         let plain: String = std::iter::once('+')
@@ -239,6 +247,9 @@ mod tests {
         // eleven digits (review, 2026-12-05).
         assert!(phone("0049/30/1234567") && phone("+49/30/12345-67") && phone("+49.30.1234567"));
         assert!(!phone("001/22/33445") && !phone("0044/2026/123456") && !phone("+1.00/12345"));
+        // A country code and one group: valid numbers only.
+        assert!(phone("+91 9876543210") && phone("+44 7911123456") && phone("+81-9012345678"));
+        assert!(!phone("+1 12345678") && !phone("+2 20261125"));
         assert!(phone("0044 (0)20 7946 0958"));
     }
 }
