@@ -153,10 +153,11 @@ pub const BUILTINS: &[Builtin] = &[
         // national forms (`030 1234567`, `(0911) 123456`, and as DIN 5008
         // writes them, `030/12 34 56 78`, `030 / 1234567`, `0711/1234-567`,
         // which passed too; an area code of two digits or more before a
-        // slash, so that `01/02 2026` stays a date); last, a country code
+        // slash, so that `01/02 2026` stays a date), and France's dotted
+        // `01.53.59.90.11`; last, a country code
         // then the national number in one group (`+91 9876543210`, as
         // India writes mobiles; a review found it passed).
-        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\b[2-9]\d{2}/[2-9]\d{2}-\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})(?:[ /-]?\d{5,8}|[ -]\d{2,8}(?:[ -]\d{1,5}){0,4})\b|\b0\d{2,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b|\+\d{1,3}[ .-]\d{6,12}\b",
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\b[2-9]\d{2}/[2-9]\d{2}-\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})(?:[ /-]?\d{5,8}|[ -]\d{2,8}(?:[ -]\d{1,5}){0,4})\b|\b0\d{2,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b|\b0\d(?:\.\d{2}){4}\b|\+\d{1,3}[ .-]\d{6,12}\b",
         group: 0,
         check: Some(validate::phone),
         weak: true,

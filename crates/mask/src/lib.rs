@@ -184,6 +184,10 @@ struct Detector {
     group: usize,
     check: Option<fn(&str) -> bool>,
     weak: bool,
+    /// A shape a longer run of groups can hold by chance (four dotted
+    /// numbers inside five): a weak match that covers it whole is not
+    /// cut short by it ([`Masker::spans`]).
+    inside_runs: bool,
     action: Action,
 }
 
@@ -292,6 +296,7 @@ impl Masker {
                 group: b.group,
                 check: b.check,
                 weak: b.weak,
+                inside_runs: b.name == "ipv4",
                 action: spec
                     .actions
                     .get(b.name)
@@ -315,6 +320,7 @@ impl Masker {
                 group: 0,
                 check: None,
                 weak: false,
+                inside_runs: false,
                 action: spec
                     .actions
                     .get(&c.name)
@@ -570,13 +576,21 @@ impl Masker {
             };
             let source = sources[i].source;
             if self.is_weak(source) {
-                // A weak match gives way to a strong one starting inside it.
-                let strong_start = sources
+                // A weak match gives way to a strong one starting inside it,
+                // unless that one is a shape a longer run holds by chance
+                // and lies wholly inside the weak match, which is valid as
+                // a whole: a phone number written with dots (`+33.1.53.59.
+                // 90.11`) gave way to the address in its middle and left
+                // its last digits visible (review, 2026-12-05).
+                let strong = sources
                     .iter()
                     .filter(|s| !self.is_weak(s.source))
-                    .filter_map(|s| s.next.map(|(st, _)| st))
-                    .filter(|&st| st > start && st < end)
-                    .min();
+                    .filter_map(|s| s.next.map(|(st, en)| (s.source, st, en)))
+                    .filter(|&(_, st, _)| st > start && st < end)
+                    .min_by_key(|&(_, st, _)| st);
+                let strong_start = strong
+                    .filter(|&(s, _, en)| !(en <= end && self.inside_runs(s)))
+                    .map(|(_, st, _)| st);
                 if let Some(cut) = strong_start {
                     let trimmed = text[..cut].trim_end_matches([' ', '-', '.']).len();
                     let Source::Detector(d) = source else {
@@ -605,6 +619,10 @@ impl Masker {
 
     fn is_weak(&self, s: Source) -> bool {
         matches!(s, Source::Detector(d) if self.detectors[d].weak)
+    }
+
+    fn inside_runs(&self, s: Source) -> bool {
+        matches!(s, Source::Detector(d) if self.detectors[d].inside_runs)
     }
 
     fn span(&self, s: Source, start: usize, end: usize) -> Span<'_> {

@@ -72,6 +72,9 @@ fn detectors_positive_and_negative() {
         ("account 21 415 555 0132", None),
         ("at 2024-01-15 10:30:00", None),
         ("host 10.20.30.40", Some("ipv4")),
+        // An address inside a run that is no phone number stays an address.
+        ("oid 1.3.6.1.4.1.2021", Some("ipv4")),
+        ("host 10.20.30.40.", Some("ipv4")),
         ("version 1.2.3", None),
         ("ip6 2001:db8::8a2e:370:7334 here", Some("ipv6")),
         ("uuid 550e8400-e29b-41d4-a716-446655440000", None),
@@ -160,6 +163,10 @@ fn phone_numbers_with_dots_slashes_and_bracketed_area_codes_are_found_whole() {
         "+61 412345678",
         "+55 11912345678",
         "+81-9012345678",
+        "+33.1.53.59.90.11",
+        "+33 6.12.34.56.78",
+        "01.53.59.90.11",
+        "06.12.34.56.78",
     ] {
         let masked = found_as(&m, &format!("tel {number} now"), "phone", number);
         assert_eq!(masked, "tel [PHONE] now");
