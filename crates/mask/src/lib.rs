@@ -701,12 +701,18 @@ impl Masker {
                         && (m.start() == 2
                             || !b[m.start() - 3].is_ascii_alphanumeric()
                             || (b[m.start() - 3].is_ascii_alphabetic() && nanp_shaped(m.as_str())));
+                    // A match grouped otherwise than by spaces and dashes
+                    // (`0049/30/1234567`, `415/555-0132`) is not the rest of
+                    // a run that was: `qty 2 0049/30/1234567` and `10:30
+                    // 415/555-0132` passed (review, 2026-12-05).
+                    let regrouped = m.as_str().contains(['/', '.', '(']);
                     let mid_run = d.weak
                         && m.start() >= 2
                         && b[m.start()].is_ascii_digit()
                         && matches!(b[m.start() - 1], b' ' | b'-')
                         && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']')
-                        && !nanp;
+                        && !nanp
+                        && !regrouped;
                     if !mid_run {
                         let end = match d.check {
                             None => Some(m.end()),

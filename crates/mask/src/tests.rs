@@ -70,6 +70,11 @@ fn detectors_positive_and_negative() {
         ("order 0012-3456", None),
         ("account 00999 30 1234567", None),
         ("account 21 415 555 0132", None),
+        // Grouped otherwise than the run before it: not its rest (review).
+        ("qty 2 0049/30/1234567", Some("phone")),
+        ("at 10:30 415/555-0132", Some("phone")),
+        ("room 12 +49 (30) 1234567", Some("phone")),
+        ("account 21 415 555 0132 2", None),
         ("at 2024-01-15 10:30:00", None),
         ("host 10.20.30.40", Some("ipv4")),
         // An address inside a run that is no phone number stays an address.
