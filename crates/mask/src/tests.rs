@@ -172,6 +172,12 @@ fn phone_numbers_with_dots_slashes_and_bracketed_area_codes_are_found_whole() {
         "+33 6.12.34.56.78",
         "01.53.59.90.11",
         "06.12.34.56.78",
+        "+49 89 / 123 456",
+        "+49 / 30 / 1234567",
+        "0049 / 30 / 1234567",
+        "+49/30/123 4567",
+        "0049/30/123 456 78",
+        "+49 (0)30 / 1234567",
     ] {
         let masked = found_as(&m, &format!("tel {number} now"), "phone", number);
         assert_eq!(masked, "tel [PHONE] now");
