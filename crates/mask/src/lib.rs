@@ -712,7 +712,8 @@ impl Masker {
                         && matches!(b[m.start() - 1], b' ' | b'-')
                         && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']')
                         && !nanp
-                        && !regrouped;
+                        && !regrouped
+                        && !(b[m.start() - 1] == b' ' && stamp_ends_at(b, m.start() - 1));
                     if !mid_run {
                         let end = match d.check {
                             None => Some(m.end()),
@@ -966,6 +967,32 @@ fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
         .build(names)
         .map(Some)
         .map_err(|e| spec_err("fields", e.to_string()))
+}
+
+/// Whether the word ending at `end` (the space before a match) is a time
+/// (`10:30:00`, `10:30:00.123`) or an ISO date (`2026-11-25`): a value of
+/// its own, so digits after it start a value too rather than continue a
+/// run of groups (`2026-11-25 10:30:00 030 1234567` passed unmasked as the
+/// middle of an account number: review, 2026-12-05).
+fn stamp_ends_at(b: &[u8], end: usize) -> bool {
+    let start = b[..end]
+        .iter()
+        .rposition(u8::is_ascii_whitespace)
+        .map_or(0, |p| p + 1);
+    let word = &b[start..end];
+    let time = word.contains(&b':')
+        && word
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b':' | b'.' | b','));
+    let date = word.len() == 10
+        && word.iter().enumerate().all(|(k, c)| {
+            if k == 4 || k == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    time || date
 }
 
 /// Three, three and four digits, each group after the first after one

@@ -75,6 +75,13 @@ fn detectors_positive_and_negative() {
         ("at 10:30 415/555-0132", Some("phone")),
         ("room 12 +49 (30) 1234567", Some("phone")),
         ("account 21 415 555 0132 2", None),
+        // After a time or a date, digits start a value of their own
+        // (review: the first passed as the middle of an account number).
+        ("at 2026-11-25 10:30:00 030 1234567", Some("phone")),
+        ("at 10:30:00.123 415 555 0132", Some("phone")),
+        ("on 2026-11-25 030 1234567", Some("phone")),
+        ("at 10:30:00 12 34", None),
+        ("at 10:30 21 415", None),
         ("at 2024-01-15 10:30:00", None),
         ("host 10.20.30.40", Some("ipv4")),
         // An address inside a run that is no phone number stays an address.
@@ -128,6 +135,25 @@ fn found_as(m: &Masker, text: &str, detector: &str, value: &str) -> String {
     let masked = m.mask_str(text, &mut Stats::new()).into_owned();
     assert_eq!(m.mask_str(&masked, &mut Stats::new()), masked);
     masked
+}
+
+/// A phone number after a time or a date is found whole, not taken for
+/// the rest of a run of digit groups (review, 2026-12-05).
+#[test]
+fn phone_numbers_after_a_time_or_a_date_are_found_whole() {
+    let m = masker();
+    for (text, value) in [
+        ("2026-11-25 10:30:00 030 1234567", "030 1234567"),
+        ("at 10:30 415 555 0132 called", "415 555 0132"),
+        ("10:30:00,250 0049 30 1234567", "0049 30 1234567"),
+        ("on 2026-11-25 030 1234567", "030 1234567"),
+    ] {
+        let masked = found_as(&m, text, "phone", value);
+        assert!(
+            masked.ends_with("[PHONE]") || masked.contains("[PHONE] "),
+            "{masked}"
+        );
+    }
 }
 
 /// Open until 2026-12-05 (later): phone numbers with dots or slashes
