@@ -90,6 +90,24 @@ fn digits_may_match(b: &[u8]) -> bool {
         if start >= 2 && b[start - 1].is_ascii_uppercase() && b[start - 2].is_ascii_uppercase() {
             return true;
         }
+        // A lone group (no separator and digit after it) after a word
+        // byte starts no match, and one of fewer than 7 digits holds no
+        // chain or number: most runs in JSON (a UUID's, a date's, a
+        // title's figures), skipped without reading them as runs.
+        let group = b[start..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .map_or(b.len(), |p| start + p);
+        let after = b[group..]
+            .iter()
+            .position(|c| !matches!(c, b' ' | b'-' | b'.' | b'/'))
+            .map_or(b.len(), |p| group + p);
+        let lone = after == group || !b.get(after).is_some_and(u8::is_ascii_digit);
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        if lone && (group - start < 7 || (start > 0 && word(b[start - 1]))) {
+            i = group;
+            continue;
+        }
         let (end, may) = run_may_match(b, start);
         if may {
             return true;
