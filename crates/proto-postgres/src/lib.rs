@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod frame;
 mod front;
 mod held;
+mod homed;
 pub mod inspect;
 pub mod io;
 pub mod masking;

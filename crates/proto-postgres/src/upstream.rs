@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::frame::{Message, tag, take_cstr};
+use crate::homed::Homed;
 use crate::io::{FrameReader, ReadError};
 use crate::messages;
 
@@ -23,8 +24,25 @@ use crate::messages;
 /// ends the session.
 pub const MAX_BACKEND_MESSAGE: usize = 64 * 1024 * 1024;
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Move the stream's socket to the reactor of the runtime this is
+    /// called on ([`Homed::rehome`]); nothing to move for a stream with no
+    /// socket of its own (an agent's tunnel, driven by the link's task).
+    fn rehome(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Stream for Homed {
+    fn rehome(&mut self) -> std::io::Result<()> {
+        Homed::rehome(self)
+    }
+}
+impl Stream for tokio_rustls::client::TlsStream<Homed> {
+    fn rehome(&mut self) -> std::io::Result<()> {
+        self.get_mut().0.rehome()
+    }
+}
+impl Stream for portcullis_link::Tunnel {}
 pub type BoxStream = Box<dyn Stream>;
 
 #[derive(Debug, thiserror::Error)]
@@ -637,8 +655,14 @@ impl PgUpstream {
             // down, EOF, even part of a message) means the session is not
             // usable; silence means it is.
             match tokio::time::timeout(Duration::ZERO, s.reader.next()).await {
-                Err(_) if s.reader.pending() == 0 => return Some(s),
+                Err(_) if s.reader.pending() == 0 => {}
                 _ => continue,
+            }
+            match s.moved_here() {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::debug!(connection = %self.name, error = %e, "kept session could not move to this thread; closed");
+                }
             }
         }
     }
@@ -694,10 +718,10 @@ impl PgUpstream {
             .await
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        let mut tcp = Homed::new(tcp);
         let Some((connector, name)) = &self.tls else {
             return Ok(Box::new(tcp));
         };
-        let mut tcp = tcp;
         tcp.write_all(&messages::ssl_request())
             .await
             .map_err(UpstreamError::Connect)?;
@@ -1147,6 +1171,50 @@ fn password_message(p: &[u8]) -> Message {
 }
 
 impl UpstreamSession {
+    /// The session, its socket driven by this thread's reactor from now
+    /// on ([`crate::homed`]) when it was opened on another connection
+    /// worker. Only for an idle session with nothing buffered: its halves
+    /// are joined and split again.
+    pub fn moved_here(self) -> std::io::Result<Self> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let here = std::thread::current().id();
+        // On a work-stealing runtime one reactor serves every thread.
+        let single =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if self.home == here || !single {
+            return Ok(self);
+        }
+        let UpstreamSession {
+            reader,
+            writer,
+            startup_messages,
+            pid,
+            secret,
+            status,
+            read_only,
+            owner,
+            home: _,
+        } = self;
+        let (read, buffered) = reader.into_parts();
+        if !buffered.is_empty() || !read.is_pair_of(&writer) {
+            return Err(std::io::Error::other("the session is not idle"));
+        }
+        let mut stream = read.unsplit(writer);
+        stream.rehome()?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(UpstreamSession {
+            reader: FrameReader::new(r, MAX_BACKEND_MESSAGE),
+            writer: w,
+            startup_messages,
+            pid,
+            secret,
+            status,
+            read_only,
+            owner,
+            home: here,
+        })
+    }
+
     /// Say goodbye to the target (Terminate) and close the session.
     pub async fn close(mut self) {
         goodbye(&mut self.writer, true).await;
