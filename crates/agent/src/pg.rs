@@ -128,7 +128,10 @@ pub(crate) async fn relay<T>(
     let keep = upstream.reuse() && owner != Owner::Nobody;
     let mut answered = Bounds::after_startup(status);
     answered.feed(&buffered);
-    if tunnel_w.write_all(&startup).await.is_err() || tunnel_w.write_all(&buffered).await.is_err() {
+    if tunnel_w.write_all(&startup).await.is_err()
+        || tunnel_w.write_all(&buffered).await.is_err()
+        || tunnel_w.flush().await.is_err()
+    {
         return;
     }
     // Each direction has its own HTTP/2 flow-control window: a caller

@@ -239,6 +239,21 @@ fn pick(
         .or_else(|| idle.iter().rposition(|i| under(&i)))
 }
 
+/// Write `bytes` to the target and flush them, before waiting on its
+/// answer. Through TLS, `write_all` alone can leave the tail in the TLS
+/// layer's buffer when the socket is not writable at that moment (a full
+/// send buffer, or a socket just moved to another reactor that has not
+/// yet read its readiness), and the answer waited on never comes: a kept
+/// session moved between connection workers hung on its first catalog
+/// query that way (2026-12-05).
+async fn send_flushed<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 /// How long the goodbye to a target session may take ([`goodbye`]).
 const GOODBYE: Duration = Duration::from_millis(500);
 
@@ -958,7 +973,7 @@ impl PgUpstream {
             // Belt and braces: the target refuses writes too.
             params.push(("default_transaction_read_only", "on"));
         }
-        w.write_all(&messages::startup(&params))
+        send_flushed(&mut w, &messages::startup(&params))
             .await
             .map_err(UpstreamError::Connect)?;
 
@@ -1066,7 +1081,7 @@ impl PgUpstream {
                 }
                 other => return Err(UpstreamError::UnsupportedAuth(other)),
             };
-            w.write_all(&reply.to_bytes())
+            send_flushed(w, &reply.to_bytes())
                 .await
                 .map_err(UpstreamError::Connect)?;
         }
@@ -1226,8 +1241,7 @@ impl UpstreamSession {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
-        self.writer
-            .write_all(&messages::query(sql).to_bytes())
+        send_flushed(&mut self.writer, &messages::query(sql).to_bytes())
             .await
             .map_err(UpstreamError::Connect)?;
         let mut rows = Vec::new();
@@ -1335,8 +1349,7 @@ impl UpstreamSession {
             }
             m.encode(&mut bytes);
         }
-        self.writer
-            .write_all(&bytes)
+        send_flushed(&mut self.writer, &bytes)
             .await
             .map_err(UpstreamError::Connect)?;
         let mut out = QueryOutcome::default();
@@ -1543,6 +1556,116 @@ pub fn error_text(m: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    /// A single-threaded runtime on a thread of its own, as a connection
+    /// worker is.
+    fn worker() -> tokio::runtime::Handle {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+        handle
+    }
+
+    /// A TLS session opened on one worker, kept, and taken by a caller on
+    /// the other, answers its first query there: its socket moves to the
+    /// second worker's reactor, and what is written before the answer is
+    /// awaited is flushed out of the TLS layer. A moved session whose
+    /// first catalog query was written without a flush hung (2026-12-05:
+    /// the reactor had not yet read the new registration's readiness, so
+    /// the query stayed in the TLS layer's buffer).
+    #[test]
+    fn a_kept_tls_session_answers_on_another_worker() {
+        let (first, second) = (worker(), worker());
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+        let server = portcullis_tls::server_config(
+            &Default::default(),
+            vec![c.cert.der().clone()],
+            key,
+            &[],
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.cert.der().clone()).unwrap();
+        let client = portcullis_tls::client_config(&Default::default(), roots).unwrap();
+        let opened = first.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            // The target: each Query answered with one row, then ready.
+            tokio::spawn(async move {
+                let (tcp, _) = l.accept().await.unwrap();
+                let tls = tokio_rustls::TlsAcceptor::from(server)
+                    .accept(tcp)
+                    .await
+                    .unwrap();
+                let (r, mut w) = tokio::io::split(tls);
+                let mut r = FrameReader::new(r, 1 << 20);
+                while let Ok(Some(m)) = r.next().await {
+                    if m.tag != tag::QUERY {
+                        continue;
+                    }
+                    let mut out = BytesMut::new();
+                    let mut row = BytesMut::new();
+                    row.put_i16(1);
+                    row.put_i32(1);
+                    row.put_u8(b'1');
+                    Message::new(tag::DATA_ROW, row.freeze()).encode(&mut out);
+                    messages::ready_for_query(b'I').encode(&mut out);
+                    if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let tcp = Homed::new(TcpStream::connect(addr).await.unwrap());
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let stream: BoxStream = Box::new(tls);
+            let (r, w) = tokio::io::split(stream);
+            let mut s = UpstreamSession {
+                reader: FrameReader::new(r, MAX_BACKEND_MESSAGE),
+                writer: w,
+                startup_messages: Vec::new(),
+                pid: 1,
+                secret: 2,
+                status: b'I',
+                read_only: false,
+                owner: Owner::Nobody,
+                home: std::thread::current().id(),
+            };
+            // Used where it was opened, as the session before was.
+            assert_eq!(
+                s.simple_rows("select 1").await.unwrap(),
+                [[Some("1".into())]]
+            );
+            s
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        second.spawn(async move {
+            let answer = async {
+                let mut s = opened.moved_here()?;
+                let moved = s.home == std::thread::current().id();
+                let rows = s
+                    .simple_rows("select 1")
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>((moved, rows))
+            };
+            let _ = tx.send(tokio::time::timeout(Duration::from_secs(10), answer).await);
+        });
+        let (moved, rows) = rx
+            .recv()
+            .unwrap()
+            .expect("the moved session answered in time")
+            .unwrap();
+        assert!(moved, "the session's home is the worker that took it");
+        assert_eq!(rows, [[Some("1".to_string())]]);
+    }
 
     /// An idle session goes first to a caller on the thread that drives
     /// it, never to another key, and to another thread when none is
