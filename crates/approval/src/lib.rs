@@ -200,6 +200,15 @@ fn new_id() -> String {
     format!("rv_{}", hex::encode(b))
 }
 
+/// Run `step` to its end whatever becomes of the caller's future: a
+/// store write and the audit entry that says what it did must not be
+/// parted by a caller that goes away between them.
+async fn detached<T: Send + 'static>(
+    step: impl std::future::Future<Output = Result<T, ReviewError>> + Send + 'static,
+) -> Result<T, ReviewError> {
+    tokio::spawn(step).await.map_err(unavailable)?
+}
+
 fn unavailable<E: std::fmt::Display>(e: E) -> ReviewError {
     tracing::error!(error = %e, "review store failed");
     ReviewError::Unavailable
@@ -319,20 +328,23 @@ impl Approvals {
             used_at: None,
             preview: h.preview.cloned(),
         };
-        self.store
-            .insert_review(&to_row(&r))
-            .await
-            .map_err(unavailable)?;
-        self.audit(
-            "review_created",
-            &r,
-            serde_json::json!({
-                "action": r.action, "required": r.required, "approvers": r.approvers,
-                "session": h.session,
-                "preview": r.preview.as_ref().map(Preview::summary),
-            }),
-        )
-        .await;
+        let detail = serde_json::json!({
+            "action": r.action, "required": r.required, "approvers": r.approvers,
+            "session": h.session,
+            "preview": r.preview.as_ref().map(Preview::summary),
+        });
+        // The review and its entry in the chain are one step, run apart
+        // from the held request, which may be dropped at any await.
+        let (me, held) = (self.clone(), r.clone());
+        detached(async move {
+            me.store
+                .insert_review(&to_row(&held))
+                .await
+                .map_err(unavailable)?;
+            me.audit("review_created", &held, detail).await;
+            Ok(())
+        })
+        .await?;
         tracing::info!(review = %r.id, requester = %r.requester, connection = %r.connection, "action held for review");
         if let Some(w) = &self.webhook {
             let (w, r) = (w.clone(), r.clone());
@@ -473,31 +485,40 @@ impl Approvals {
         } else {
             r.deny(&d, reason.clone(), now)?;
         }
-        if !self
-            .store
-            .update_review(&to_row(&r), "pending")
-            .await
-            .map_err(unavailable)?
-        {
+        let action = if approve {
+            "review_approved"
+        } else {
+            "review_denied"
+        };
+        let detail =
+            serde_json::json!({"by": who.subject, "reason": reason, "state": r.state.as_str()});
+        // The decision, its entry in the chain and the waiters' wake-up
+        // are one step, run apart from the approver's request: dropped
+        // half way (the approver's client went away), the decision landed
+        // with no entry saying who made it (review of cancellation,
+        // 2026-12-05).
+        let me = self.clone();
+        let decided = detached(async move {
+            let changed = me
+                .store
+                .update_review(&to_row(&r), "pending")
+                .await
+                .map_err(unavailable)?;
+            if changed {
+                me.audit(action, &r, detail).await;
+                me.decided.notify_waiters();
+            }
+            Ok((changed, r))
+        })
+        .await?;
+        let (true, r) = decided else {
             // Someone decided in between: report the current state.
             let now_state = self.get(id).await?;
             return Err(ReviewError::NotPending {
                 id: id.to_string(),
                 state: now_state.state.as_str(),
             });
-        }
-        let action = if approve {
-            "review_approved"
-        } else {
-            "review_denied"
         };
-        self.audit(
-            action,
-            &r,
-            serde_json::json!({"by": who.subject, "reason": reason, "state": r.state.as_str()}),
-        )
-        .await;
-        self.decided.notify_waiters();
         Ok(r)
     }
 

@@ -101,6 +101,59 @@ async fn held_action_waits_is_approved_once_and_is_bound_to_its_text() {
     assert_eq!(all.len(), 3);
 }
 
+/// A decision whose request is dropped at an await (the approver's
+/// client went away) either did not happen or stands in the chain with
+/// who made it: the two are never parted. Before, the review was
+/// approved with no entry saying by whom (review of cancellation,
+/// 2026-12-05). Each round drops the request a little later.
+#[tokio::test]
+async fn a_decision_dropped_half_way_is_whole_or_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+    let audit = portcullis_audit::AuditLog::open(store.clone(), dir.path())
+        .await
+        .unwrap();
+    let a = Approvals::new(store.clone(), audit, None);
+    let agent = person("agent:claude", &[]);
+    let bob = person("user:bob", &["dba"]);
+    let r = rule(1);
+    let mut decided = 0;
+    for step in 0..40u64 {
+        let action = format!("DELETE FROM t WHERE id = {step}");
+        let held = Held {
+            requester: &agent,
+            connection: "db",
+            kind: "statement",
+            action: &action,
+            classification: "write",
+            rule: &r,
+            session: None,
+            grant: None,
+            preview: None,
+        };
+        let Check::Pending(rv) = a.check(&held).await.unwrap() else {
+            panic!("should wait")
+        };
+        let decide = a.decide(&rv.id, &bob, true, None);
+        let _ = tokio::time::timeout(Duration::from_micros(step * 100), decide).await;
+        // Whatever was started runs to its end.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let state = a.get(&rv.id).await.unwrap().state;
+        let logged = portcullis_audit::entries(&store)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| {
+                let text = e.event.to_string();
+                text.contains(&rv.id) && text.contains("review_approved")
+            });
+        assert_eq!(state == State::Approved, logged, "round {step}: {state:?}");
+        decided += usize::from(logged);
+    }
+    // The later rounds let the decision through: the test saw both.
+    assert!(decided > 0);
+}
+
 #[tokio::test]
 async fn denial_and_timeout() {
     let dir = tempfile::tempdir().unwrap();

@@ -486,8 +486,12 @@ impl Sessions {
                 })
                 .inc();
             let key = crate::unidentified::Key::new(protocol.as_str(), &peer, &reason);
-            let (whole, owed) = self.merger().refused(key, Instant::now());
-            self.write_repeated(owed).await;
+            // Counted only: what an ended window is owed is written by the
+            // periodic flush. Written here, the counts taken from the
+            // merger went with this request when it was dropped at an
+            // await (a reset stream), and a flood's count was lost
+            // (review of cancellation, 2026-12-05).
+            let whole = self.merger().count(key, Instant::now());
             if !whole {
                 return false;
             }

@@ -191,11 +191,18 @@ impl Merger {
     /// of its key in the window), and what a window that ended is owed.
     pub fn refused(&mut self, key: Key, now: Instant) -> (bool, Vec<Repeated>) {
         let owed = self.due(now);
+        (self.count(key, now), owed)
+    }
+
+    /// A refusal of `key` at `now`, counted in the current window (or one
+    /// it starts): whether to write it whole. What an ended window is
+    /// owed stays for [`Self::due`].
+    pub fn count(&mut self, key: Key, now: Instant) -> bool {
         self.started.get_or_insert(now);
         let key = self.counted_as(key);
         let n = self.seen.entry(key).or_insert(0);
         *n += 1;
-        (*n == 1, owed)
+        *n == 1
     }
 
     /// The key a refusal of `key` is counted under: its own while its
@@ -311,6 +318,22 @@ mod tests {
         assert!(whole);
         assert_eq!(owed.len(), 1);
         assert_eq!((owed[0].key.peer.as_str(), owed[0].count), ("::1", 1));
+    }
+
+    /// Counting never takes what an ended window is owed: the request
+    /// path counts, and only the periodic flush (which no caller can
+    /// drop) takes the counts to write them (review of cancellation,
+    /// 2026-12-05: a request reset while it wrote them lost them).
+    #[test]
+    fn counting_leaves_what_is_owed_for_the_flush() {
+        let mut m = Merger::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert!(m.count(key("[::1]:1", "x"), t));
+        assert!(!m.count(key("[::1]:2", "x"), t));
+        assert!(!m.count(key("[::1]:3", "x"), t + Duration::from_secs(11)));
+        let owed = m.due(t + Duration::from_secs(11));
+        assert_eq!(owed.len(), 1);
+        assert_eq!((owed[0].key.peer.as_str(), owed[0].count), ("::1", 2));
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct ProcRow {
     /// `pg_catalog.random(int)` that took a lock, and it was proven
     /// harmless by its name.
     pub builtin: bool,
+    /// Its OID: a fast-path call's look-up takes only the row of the
+    /// function it asked about.
+    pub oid: Option<u32>,
 }
 
 /// Why a statement could not be proven: it is refused (or held), never
@@ -375,7 +378,7 @@ fn procs(condition: &str) -> String {
     let volatility = volatility();
     format!(
         "SELECT n.nspname, p.proname, {volatility}, \
-           CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text \
+           CASE WHEN l.lanname = 'sql' THEN p.prosrc END, (p.oid < 16384)::text, p.oid::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE {condition}"
@@ -720,8 +723,11 @@ impl Catalog {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             Cache::fresh(cache.oids.get(&oid))
         };
+        // Only the row about `oid`: an answer that is not about it (a
+        // look-up session out of step with its queries) proves nothing.
+        let about = |rows: &[ProcRow]| rows.iter().find(|r| r.oid == Some(oid)).cloned();
         if let Some(rows) = cached {
-            return Ok(rows.first().cloned());
+            return Ok(about(&rows));
         }
         let sql = procs(&format!("p.oid = {oid}"));
         let read = Reading::begin();
@@ -729,7 +735,7 @@ impl Catalog {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.room();
         cache.oids.insert(oid, (rows.clone(), read));
-        Ok(rows.first().cloned())
+        Ok(about(&rows))
     }
 
     /// The rows `sql` answers on the gateway's own look-up session.
@@ -743,20 +749,20 @@ impl Catalog {
         Fut: std::future::Future<Output = Result<UpstreamSession, UpstreamError>>,
     {
         let mut slot = self.session.lock().await;
-        if slot.is_none() {
-            *slot = Some(open().await?);
-        }
-        let Some(session) = slot.as_mut() else {
-            return Ok(Vec::new());
+        // Out of the slot while the look-up runs, back only once its
+        // answer is read to the end: a look-up dropped half way (its
+        // caller's credential ended mid-statement, an MCP request was
+        // cancelled) drops the session with it. Left in the slot, its
+        // unread answer was the next look-up's, and every look-up after
+        // read the one before it: a function proven by another's row
+        // (review, 2026-12-05). A broken session is dialled again too.
+        let mut session = match slot.take() {
+            Some(s) => s,
+            None => open().await?,
         };
-        match session.simple_rows(sql).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                // A broken session is dialled again next time.
-                *slot = None;
-                Err(e.into())
-            }
-        }
+        let rows = session.simple_rows(sql).await?;
+        *slot = Some(session);
+        Ok(rows)
     }
 
     async fn query<F, Fut>(&self, sql: &str, open: F) -> Result<Vec<ProcRow>, ProofError>
@@ -774,12 +780,14 @@ impl Catalog {
                 let volatility = *it.next()??.as_bytes().first()?;
                 let body = it.next().flatten();
                 let builtin = it.next().flatten().as_deref() == Some("true");
+                let oid = it.next().flatten().and_then(|o| o.parse().ok());
                 Some(ProcRow {
                     schema,
                     name,
                     volatility,
                     body,
                     builtin,
+                    oid,
                 })
             })
             .collect())
@@ -797,6 +805,7 @@ mod tests {
             volatility: v,
             body: None,
             builtin: schema == "pg_catalog",
+            oid: None,
         }
     }
 

@@ -9,9 +9,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-
-use crate::frame::Message;
 use crate::{PgUpstream, UpstreamError};
 
 /// What the target says about the role the gateway logs in with.
@@ -250,11 +247,9 @@ pub async fn check(upstream: &PgUpstream) -> Result<RoleReport, UpstreamError> {
         .await
         .map_err(|_| UpstreamError::Timeout(QUERY_TIMEOUT));
     // Tell the target we are done, so its backend ends now.
-    let _ = session
-        .writer
-        .write_all(&Message::new(b'X', bytes::Bytes::new()).to_bytes())
-        .await;
-    let _ = session.writer.shutdown().await;
+    // Bounded, as every goodbye is: a target that stopped reading would
+    // hold the command.
+    crate::upstream::goodbye(&mut session.writer, true).await;
     let rows = rows??;
     let row = rows.first().ok_or_else(|| {
         UpstreamError::Protocol("the role query returned no row (is current_user a role?)".into())

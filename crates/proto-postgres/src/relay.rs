@@ -1338,14 +1338,27 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
             return;
         }
         let snapshot = res.snapshot();
-        let balance = snapshot.balance();
-        for (measure, balance) in [Measure::Rows, Measure::Bytes].into_iter().zip(balance) {
-            match u64::try_from(balance) {
-                Ok(unused) => b.refund(measure, unused).await,
-                Err(_) => b.spend(measure, None, balance.unsigned_abs()).await,
-            }
+        let measures = [Measure::Rows, Measure::Bytes]
+            .into_iter()
+            .zip(snapshot.balance());
+        // Each await here may be the last: the relay's `select!` drops
+        // this half when the caller leaves or its access ends, and the
+        // session's own settling runs next. So what is owed is spent
+        // before the snapshot is marked settled (dropped half way, it is
+        // spent again: more, never less), and what is given back is given
+        // after (dropped, it is not given back). Marked after the refunds,
+        // a refund whose store write landed was given back a second time
+        // by the session's end (review of cancellation, 2026-12-05).
+        let (owed, unused): (Vec<_>, Vec<_>) = measures.partition(|(_, balance)| *balance < 0);
+        for (measure, balance) in owed {
+            b.spend(measure, None, balance.unsigned_abs()).await;
         }
         res.settled(&snapshot);
+        for (measure, balance) in unused {
+            if let Ok(unused) = u64::try_from(balance) {
+                b.refund(measure, unused).await;
+            }
+        }
     }
 
     /// The chain's verdict on a message to the target. (The poisoned

@@ -1165,7 +1165,7 @@ impl PgUpstream {
             s.write_all(&messages::cancel_request(pid, secret))
                 .await
                 .map_err(UpstreamError::Connect)?;
-            let _ = s.flush().await;
+            s.flush().await.map_err(UpstreamError::Connect)?;
             // The server closes without answering; wait for that briefly so
             // the request is not cut off.
             let mut sink = [0u8; 1];
@@ -1187,9 +1187,10 @@ fn password_message(p: &[u8]) -> Message {
 
 impl UpstreamSession {
     /// The session, its socket driven by this thread's reactor from now
-    /// on ([`crate::homed`]) when it was opened on another connection
-    /// worker. Only for an idle session with nothing buffered: its halves
-    /// are joined and split again.
+    /// on ([`crate::homed`]) when another thread's drove it (it was
+    /// opened, or last taken, there), on a single-threaded runtime (a
+    /// connection worker). Only for an idle session with nothing
+    /// buffered: its halves are joined and split again.
     pub fn moved_here(self) -> std::io::Result<Self> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let here = std::thread::current().id();
@@ -1790,6 +1791,100 @@ password = "file:pgpw"
             .iter()
             .find(|(k, _)| k == CONNECTION_CHECK.0)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// A target that answers each simple query, after `delay`, with one
+    /// row: for a look-up in `pg_proc`, the immutable built-in `lower`
+    /// with OID 42, whatever was asked; else the query's own text.
+    async fn echoing_target(delay: Duration) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = tokio::io::split(s);
+                    let mut r = FrameReader::new(r, 1 << 20);
+                    let Ok(Some(Startup::Startup { .. })) = r.startup().await else {
+                        return;
+                    };
+                    let mut out = BytesMut::new();
+                    messages::auth_ok().encode(&mut out);
+                    messages::ready_for_query(b'I').encode(&mut out);
+                    let _ = w.write_all(&out).await;
+                    while let Ok(Some(m)) = r.next().await {
+                        if m.tag != tag::QUERY {
+                            continue;
+                        }
+                        tokio::time::sleep(delay).await;
+                        let text = m.body.strip_suffix(b"\0").unwrap_or(&m.body);
+                        let cells: Vec<&[u8]> = if text.windows(7).any(|w| w == b"pg_proc") {
+                            vec![b"pg_catalog", b"lower", b"i", b"", b"true", b"42"]
+                        } else {
+                            vec![text]
+                        };
+                        let mut row = BytesMut::new();
+                        row.put_i16(cells.len() as i16);
+                        for c in cells {
+                            row.put_i32(c.len() as i32);
+                            row.put_slice(c);
+                        }
+                        let mut out = BytesMut::new();
+                        Message::new(tag::DATA_ROW, row.freeze()).encode(&mut out);
+                        messages::ready_for_query(b'I').encode(&mut out);
+                        if w.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A catalog look-up dropped half way (its caller gone, its MCP
+    /// request cancelled) leaves no answer for the next look-up to take
+    /// as its own: the shared look-up session answered each look-up
+    /// with the one before it, and a function was proven by another's
+    /// row (review, 2026-12-05).
+    #[tokio::test]
+    async fn a_dropped_catalog_look_up_leaves_no_answer_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = echoing_target(Duration::from_millis(300)).await;
+        let up = upstream(port, dir.path());
+        let open = || up.connect(&[], Owner::Gateway);
+        // Sent, then dropped before its answer comes.
+        let first = up.catalog.rows("select 'first'", open);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), first)
+                .await
+                .is_err()
+        );
+        let rows = up.catalog.rows("select 'second'", open).await.unwrap();
+        assert_eq!(rows, [[Some("select 'second'".to_string())]]);
+        // The session kept after a whole look-up serves the next one.
+        let rows = up.catalog.rows("select 'third'", open).await.unwrap();
+        assert_eq!(rows, [[Some("select 'third'".to_string())]]);
+    }
+
+    /// A fast-path call's function is proven by the row about its OID
+    /// only: an answer about another function (a look-up session out of
+    /// step with its queries answered each look-up with the one before
+    /// it) proves nothing (review, 2026-12-05).
+    #[tokio::test]
+    async fn a_function_is_proven_only_by_its_own_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = echoing_target(Duration::ZERO).await;
+        let up = upstream(port, dir.path());
+        let open = || up.connect(&[], Owner::Gateway);
+        let asked = up.catalog.function(7, open).await.unwrap();
+        assert!(asked.is_none(), "{asked:?}");
+        let own = up.catalog.function(42, open).await.unwrap();
+        assert_eq!(
+            own.map(|r| (r.name, r.volatility)),
+            Some(("lower".into(), b'i'))
+        );
+        // Cached: the same answer again.
+        assert!(up.catalog.function(7, open).await.unwrap().is_none());
     }
 
     /// Every session asks the target to watch for the gateway's side
