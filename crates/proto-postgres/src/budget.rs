@@ -126,6 +126,42 @@ impl Results {
             self.taken[i].fetch_sub(s.taken[i], Ordering::Relaxed);
         }
     }
+
+    /// Settle what is reserved and taken now with `ledger`: what was used
+    /// beyond the reservation is spent, what was not used given back.
+    /// Each await may be the last (the relay's `select!` drops the half
+    /// that settles when the caller leaves, and the session's own
+    /// settling runs next), so what is owed is spent before the snapshot
+    /// is marked settled (dropped half way, it is spent again: more,
+    /// never less) and what is given back is given after (dropped, it is
+    /// not given back). Marked after the refunds, a refund whose store
+    /// write landed was given back a second time by the session's end,
+    /// and a caller who timed its goodbye raised its budget (review of
+    /// cancellation, 2026-12-05).
+    pub async fn settle(&self, ledger: &impl Ledger) {
+        let snapshot = self.snapshot();
+        let balance = snapshot.balance();
+        for (i, b) in balance.iter().enumerate() {
+            if *b < 0 {
+                ledger.spend(i, b.unsigned_abs()).await;
+            }
+        }
+        self.settled(&snapshot);
+        for (i, b) in balance.iter().enumerate() {
+            if let Ok(unused @ 1..) = u64::try_from(*b) {
+                ledger.refund(i, unused).await;
+            }
+        }
+    }
+}
+
+/// Where a session's rows (`0`) and bytes (`1`) are counted: the
+/// principal's budget ([`Results::settle`]).
+pub trait Ledger {
+    /// `n` of measure `i` used beyond what was reserved.
+    fn spend(&self, i: usize, n: u64) -> impl std::future::Future<Output = ()> + Send;
+    /// `n` of measure `i` reserved and not used.
+    fn refund(&self, i: usize, n: u64) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// A session's reservation and use at one moment.
@@ -237,6 +273,58 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A ledger whose writes never finish, as a store write looks to a
+    /// relay half dropped while it waits; it notes what was asked.
+    #[derive(Default)]
+    struct Stalled(Mutex<Vec<(&'static str, usize, u64)>>);
+
+    impl Ledger for Stalled {
+        async fn spend(&self, i: usize, n: u64) {
+            self.0.lock().unwrap().push(("spend", i, n));
+            std::future::pending::<()>().await
+        }
+        async fn refund(&self, i: usize, n: u64) {
+            self.0.lock().unwrap().push(("refund", i, n));
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// Settling dropped while a refund is written leaves nothing to give
+    /// back again (a second settling gave the same refund twice: review
+    /// of cancellation, 2026-12-05); dropped while what is owed is
+    /// spent, it leaves that to spend again (more, never less).
+    #[tokio::test]
+    async fn a_settling_dropped_half_way_never_gives_back_twice() {
+        let res = Results::default();
+        res.reserve(0, 10);
+        res.reserve(1, 1000);
+        assert_eq!(res.row(100), Row::Pass);
+        let ledger = Stalled::default();
+        let once = tokio::time::timeout(Duration::ZERO, res.settle(&ledger)).await;
+        assert!(once.is_err(), "the refund is still being written");
+        assert_eq!(*ledger.0.lock().unwrap(), [("refund", 0, 9)]);
+        assert_eq!(
+            res.snapshot().balance(),
+            [0, 0],
+            "nothing left to give back"
+        );
+
+        // Bytes taken with none reserved (no bytes limit): owed.
+        let res = Results::default();
+        res.reserve(0, 10);
+        assert_eq!(res.row(100), Row::Pass);
+        let ledger = Stalled::default();
+        let once = tokio::time::timeout(Duration::ZERO, res.settle(&ledger)).await;
+        assert!(once.is_err());
+        assert_eq!(*ledger.0.lock().unwrap(), [("spend", 1, 100)]);
+        assert_eq!(
+            res.snapshot().balance(),
+            [9, -100],
+            "still owed, still to give back"
+        );
+    }
 
     #[test]
     fn a_parse_is_trusted_in_its_batch_and_once_the_target_finished_it() {

@@ -1324,7 +1324,6 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
     /// The rows and bytes reserved and not used, given back to the
     /// budget.
     async fn budget_settle(&self, ended: bool) {
-        use portcullis_policy::budget::Measure;
         let (Some(b), Some(res)) = (self.ctx.budget, &self.results) else {
             return;
         };
@@ -1337,28 +1336,7 @@ impl<'a, W: AsyncWrite + Unpin> Relay<'a, W> {
         if !(idle || ended) {
             return;
         }
-        let snapshot = res.snapshot();
-        let measures = [Measure::Rows, Measure::Bytes]
-            .into_iter()
-            .zip(snapshot.balance());
-        // Each await here may be the last: the relay's `select!` drops
-        // this half when the caller leaves or its access ends, and the
-        // session's own settling runs next. So what is owed is spent
-        // before the snapshot is marked settled (dropped half way, it is
-        // spent again: more, never less), and what is given back is given
-        // after (dropped, it is not given back). Marked after the refunds,
-        // a refund whose store write landed was given back a second time
-        // by the session's end (review of cancellation, 2026-12-05).
-        let (owed, unused): (Vec<_>, Vec<_>) = measures.partition(|(_, balance)| *balance < 0);
-        for (measure, balance) in owed {
-            b.spend(measure, None, balance.unsigned_abs()).await;
-        }
-        res.settled(&snapshot);
-        for (measure, balance) in unused {
-            if let Ok(unused) = u64::try_from(balance) {
-                b.refund(measure, unused).await;
-            }
-        }
+        res.settle(&Settled(b)).await;
     }
 
     /// The chain's verdict on a message to the target. (The poisoned
@@ -1791,6 +1769,29 @@ fn budget_refusal(e: portcullis_front::BudgetError) -> Refusal {
     Refusal {
         code,
         message: format!("portcullis: {e}"),
+    }
+}
+
+/// A session's budget as the ledger its rows and bytes are settled with.
+struct Settled<'a>(&'a portcullis_front::Budget);
+
+impl crate::budget::Ledger for Settled<'_> {
+    async fn spend(&self, i: usize, n: u64) {
+        self.0.spend(measure(i), None, n).await;
+    }
+
+    async fn refund(&self, i: usize, n: u64) {
+        self.0.refund(measure(i), n).await;
+    }
+}
+
+/// Measure `i` of [`crate::budget::Results`]: rows, then bytes.
+fn measure(i: usize) -> portcullis_policy::budget::Measure {
+    use portcullis_policy::budget::Measure;
+    if i == 0 {
+        Measure::Rows
+    } else {
+        Measure::Bytes
     }
 }
 
