@@ -99,6 +99,21 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once `seen` holds of it, or as it is after `wait`: a line
+    /// the process writes just after the client had its answer (a refused
+    /// handshake is logged after the alert is sent) is waited for, not
+    /// raced (it lost under a full suite's load).
+    pub fn logs_when(&self, wait: Duration, seen: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let logs = self.logs();
+            if seen(&logs) || std::time::Instant::now() >= deadline {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
