@@ -189,6 +189,7 @@ impl Merger {
 
     /// A refusal of `key` at `now`: whether to write it whole (the first
     /// of its key in the window), and what a window that ended is owed.
+    #[cfg(test)]
     pub fn refused(&mut self, key: Key, now: Instant) -> (bool, Vec<Repeated>) {
         let owed = self.due(now);
         (self.count(key, now), owed)

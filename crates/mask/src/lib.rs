@@ -713,7 +713,7 @@ impl Masker {
                         && (b[m.start() - 2].is_ascii_digit() || b[m.start() - 2] == b']')
                         && !nanp
                         && !regrouped
-                        && !(b[m.start() - 1] == b' ' && stamp_ends_at(b, m.start() - 1));
+                        && !stamp_ends_at(b, m.start() - 1);
                     if !mid_run {
                         let end = match d.check {
                             None => Some(m.end()),
@@ -969,21 +969,20 @@ fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
         .map_err(|e| spec_err("fields", e.to_string()))
 }
 
-/// Whether the word ending at `end` (the space before a match) is a time
-/// (`10:30:00`, `10:30:00.123`) or an ISO date (`2026-11-25`): a value of
-/// its own, so digits after it start a value too rather than continue a
-/// run of groups (`2026-11-25 10:30:00 030 1234567` passed unmasked as the
-/// middle of an account number: review, 2026-12-05).
+/// Whether the word ending at `end` (the space or dash before a match)
+/// holds a time (`10:30:00`, `2026-11-25T10:30:00.123`, `…-03:00`: any
+/// word with a colon, which no account number has) or is an ISO date
+/// (`2026-11-25`): a value of its own, so digits after it start a value
+/// too rather than continue a run of groups (`2026-11-25 10:30:00 030
+/// 1234567` passed unmasked as the middle of an account number, and a
+/// re-review passed the same after `2026-11-25T10:30:00`: 2026-12-05).
 fn stamp_ends_at(b: &[u8], end: usize) -> bool {
     let start = b[..end]
         .iter()
         .rposition(u8::is_ascii_whitespace)
         .map_or(0, |p| p + 1);
     let word = &b[start..end];
-    let time = word.contains(&b':')
-        && word
-            .iter()
-            .all(|c| c.is_ascii_digit() || matches!(c, b':' | b'.' | b','));
+    let time = word.contains(&b':');
     let date = word.len() == 10
         && word.iter().enumerate().all(|(k, c)| {
             if k == 4 || k == 7 {

@@ -103,7 +103,6 @@ fn digits_may_match(b: &[u8]) -> bool {
             .position(|c| !matches!(c, b' ' | b'-' | b'.' | b'/'))
             .map_or(b.len(), |p| group + p);
         let lone = after == group || !b.get(after).is_some_and(u8::is_ascii_digit);
-        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
         if lone && (group - start < 7 || (start > 0 && word(b[start - 1]))) {
             i = group;
             continue;
@@ -143,7 +142,6 @@ fn digits_may_match(b: &[u8]) -> bool {
 /// The earliest start, and the earliest that is a lone `0`, have the most
 /// digits after them, so only those two are kept.
 fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let boundary = start == 0 || !word(b[start - 1]);
     let mut chain = Chain::after(!boundary);
     let mut digits = 0usize;
@@ -194,6 +192,11 @@ fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
         }
     }
     (j, chain.holds() || phone(digits, first, first_zero))
+}
+
+/// A byte `\b` counts as part of a word in these ASCII texts.
+fn word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
 }
 
 /// Whether a number starting at `first` (or at the lone `0` at

@@ -1200,34 +1200,18 @@ impl UpstreamSession {
         if self.home == here || !single {
             return Ok(self);
         }
-        let UpstreamSession {
-            reader,
-            writer,
-            startup_messages,
-            pid,
-            secret,
-            status,
-            read_only,
-            owner,
-            home: _,
-        } = self;
-        let (read, buffered) = reader.into_parts();
-        if !buffered.is_empty() || !read.is_pair_of(&writer) {
+        let (read, buffered) = self.reader.into_parts();
+        if !buffered.is_empty() || !read.is_pair_of(&self.writer) {
             return Err(std::io::Error::other("the session is not idle"));
         }
-        let mut stream = read.unsplit(writer);
+        let mut stream = read.unsplit(self.writer);
         stream.rehome()?;
         let (r, w) = tokio::io::split(stream);
         Ok(UpstreamSession {
             reader: FrameReader::new(r, MAX_BACKEND_MESSAGE),
             writer: w,
-            startup_messages,
-            pid,
-            secret,
-            status,
-            read_only,
-            owner,
             home: here,
+            ..self
         })
     }
 
