@@ -1103,6 +1103,29 @@ fn masking_has_no_side_doors() {
             "1\u{200D}1\u{200D}1",
             "[CARD",
         ),
+        // Other separators and case (2026-12-05): an IBAN lowered with
+        // dashes, or spelled one character at a time; an SSN with spaces;
+        // a card with dots.
+        (
+            "select lower(replace('iban DE89 3704 0044 0532 0130 00', ' ', '-')) as c",
+            "0044",
+            "[IBAN",
+        ),
+        (
+            "select regexp_replace('DE89370400440532013000', '(.)', '\\1 ', 'g') as c",
+            "3 7 0 4",
+            "[IBAN",
+        ),
+        (
+            "select replace('ssn 123-45-6789', '-', ' ') as c",
+            "6789",
+            "[SSN",
+        ),
+        (
+            "select replace('card 4111 1111 1111 1111', ' ', '.') as c",
+            "1111",
+            "[CARD",
+        ),
     ] {
         let o = run(sql);
         assert!(o.status.success(), "{sql}: {:?}", text(&o));

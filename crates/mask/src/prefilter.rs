@@ -69,12 +69,12 @@ pub(crate) fn decide(seen: u8, b: &[u8]) -> bool {
             && (0..b.len()).any(|i| CLASS[usize::from(b[i])] & MARK != 0 && literal_at(b, i)))
 }
 
-/// Whether `b` holds two upper-case letters then a digit (every IBAN
-/// starts `[A-Z]{2}\d{2}`), or a chain of digits with at most one
-/// separator (space, `-`, `.` or `/`) between neighbours that is long
-/// enough for a card (13+ digits, `[ -]?` between) or an SSN (9, `-`), or
-/// dotted like an IPv4 address (4+ digits, `.`); or a phone number its
-/// check would accept (see [`run_may_match`]).
+/// Whether `b` holds the start of an IBAN's shape ([`iban_at`]), or a
+/// chain of digits with at most one separator (space, `-`, `.` or `/`)
+/// between neighbours that is long enough for a card (13+ digits, `[ -]?`
+/// between) or an SSN (9, two of ` -.`), or dotted like an IPv4 address
+/// or a dotted card (4+ digits, `.`); or a phone number its check would
+/// accept (see [`run_may_match`]).
 ///
 /// One walk from digit run to digit run: the bytes between are only
 /// searched, so text with few digits costs little. Each run of digits and
@@ -86,8 +86,9 @@ fn digits_may_match(b: &[u8]) -> bool {
     let mut i = 0;
     while let Some(p) = b[i..].iter().position(u8::is_ascii_digit) {
         let start = i + p;
-        // Only a run's first digit can follow a letter.
-        if start >= 2 && b[start - 1].is_ascii_uppercase() && b[start - 2].is_ascii_uppercase() {
+        // Only a run's first digit can follow a letter, or a separator
+        // after one.
+        if iban_at(b, start) {
             return true;
         }
         // A lone group (no separator and digit after it) after a word
@@ -194,6 +195,46 @@ fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
     (j, chain.holds() || phone(digits, first, first_zero))
 }
 
+/// Whether the digit at `b[start]`, the first of its run, is an IBAN's
+/// first check digit: the pattern's two letters with at most one of
+/// ` .-` after each and a word boundary before them, the second check
+/// digit, then at least 11 letters or digits, each with at most one of
+/// ` .-` before it. Lower-case letters before digits are everywhere in
+/// JSON (`v2`, `item17`), so the length is read too; it stops at the
+/// 11th.
+fn iban_at(b: &[u8], start: usize) -> bool {
+    let sep = |c: u8| matches!(c, b' ' | b'.' | b'-');
+    // The letter before `end` (after at most one separator): where it is.
+    let letter = |end: usize| {
+        let at = end.checked_sub(1)?;
+        let at = if sep(b[at]) { at.checked_sub(1)? } else { at };
+        b[at].is_ascii_alphabetic().then_some(at)
+    };
+    let Some(first) = letter(start).and_then(letter) else {
+        return false;
+    };
+    if first > 0 && word(b[first - 1]) {
+        return false;
+    }
+    // The second check digit, then 11 letters or digits.
+    let mut j = start + 1;
+    for item in 0..12 {
+        let at = j + usize::from(b.get(j).is_some_and(|&c| sep(c)));
+        let fits = b.get(at).is_some_and(|c| {
+            if item == 0 {
+                c.is_ascii_digit()
+            } else {
+                c.is_ascii_alphanumeric()
+            }
+        });
+        if !fits {
+            return false;
+        }
+        j = at + 1;
+    }
+    true
+}
+
 /// A byte `\b` counts as part of a word in these ASCII texts.
 fn word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
@@ -207,11 +248,12 @@ fn phone(digits: usize, first: Option<usize>, first_zero: Option<usize>) -> bool
 }
 
 /// A chain of digits joined by single separators, as far as a card
-/// (13 digits or more, `[ -]` between), an SSN (9, two `-`) or an IPv4
-/// address (4, `.`) could lie in it.
+/// (13 digits or more, `[ -]` between), an SSN (9, two of ` -.`) or an
+/// IPv4 address or a dotted card (4, `.`) could lie in it.
 #[derive(Default)]
 struct Chain {
     digits: usize,
+    /// Separators an SSN can have: all but `/`.
     dashes: usize,
     dotted: bool,
     /// Still in the digits before the chain's first separator, which no
@@ -237,7 +279,7 @@ impl Chain {
         if std::mem::take(&mut self.lead) {
             return;
         }
-        self.dashes += usize::from(sep == b'-');
+        self.dashes += usize::from(sep != b'/');
         self.dotted |= sep == b'.';
     }
 
@@ -365,15 +407,14 @@ mod tests {
     fn digits_reference(b: &[u8]) -> bool {
         let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
         let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'/');
-        for start in 0..b.len() {
-            if start >= 2
-                && b[start].is_ascii_digit()
-                && !b[start - 1].is_ascii_digit()
-                && b[start - 1].is_ascii_uppercase()
-                && b[start - 2].is_ascii_uppercase()
-            {
-                return true;
-            }
+        static IBAN: std::sync::LazyLock<regex::bytes::Regex> = std::sync::LazyLock::new(|| {
+            regex::bytes::Regex::new(
+                r"(?-u)\b[A-Za-z][ .-]?[A-Za-z][ .-]?[0-9][ .-]?[0-9](?:[ .-]?[A-Za-z0-9]){11}",
+            )
+            .expect("valid")
+        });
+        if IBAN.is_match(b) {
+            return true;
         }
         (0..b.len()).any(|p| {
             if !b[p].is_ascii_digit() || (p > 0 && word(b[p - 1])) {
@@ -388,7 +429,7 @@ mod tests {
                 } else if b.get(j).is_some_and(|&c| sep(c))
                     && b.get(j + 1).is_some_and(u8::is_ascii_digit)
                 {
-                    dashes += usize::from(b[j] == b'-');
+                    dashes += usize::from(b[j] != b'/');
                     dotted |= b[j] == b'.';
                     j += 1;
                 } else {
@@ -455,7 +496,16 @@ mod tests {
             ("4111 1111 1111 1111", true),
             ("078-05-1120", true),
             ("10.0.0.1", true),
-            ("DE89", true),
+            ("DE89370400440532013000", true),
+            ("de89-3704-0044-0532-0130-00", true),
+            ("x DE 89 3704 0044 0532 0130 00", true),
+            ("DE89", false),
+            ("v2 item17 abc123", false),
+            ("xDE89370400440532013000", false),
+            ("D E 8 9 3 7 0 4 0 0 4 4 0 5 3 2 0 1 3 0 0 0", true),
+            ("x.D-E 89 WEST ABCD EFGH", true),
+            ("xD-E 89 WEST ABCD EFGH", false),
+            ("x.D-E 89 WEST ABCD EF", false),
             ("555-123-4567", true),
             ("555.123.4567", true),
             ("030 1234567", true),
@@ -492,7 +542,9 @@ mod tests {
             ("716-446655440000", true),
             ("0446655440000", true),
             ("123-45-6789", true),
-            ("123 45 6789", false),
+            ("123 45 6789", true),
+            ("123.45.6789", true),
+            ("123/45/6789", false),
             ("1234567890123", true),
             ("a1-234-56-7890", true),
             ("01 12345678", true),
@@ -566,6 +618,7 @@ mod tests {
             "[ .:/()+=@_-]",
             "[A-Za-z]{1,4}",
             "[A-Z]{2}[0-9]{2}[A-Z0-9]{4,20}",
+            "[a-zA-Z][ .-]?[a-zA-Z][ .-]?[0-9][ .-]?[0-9]([ .-]?[a-zA-Z0-9]){8,16}",
             "[0-9 -]{8,24}",
             Just("eyJ".to_string()),
             Just("aws".to_string()),

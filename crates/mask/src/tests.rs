@@ -162,6 +162,94 @@ fn phone_numbers_after_a_time_or_a_date_are_found_whole() {
     }
 }
 
+/// Values written with separators or in a case their detectors did not
+/// read passed unmasked (review, 2026-12-05): an IBAN in lower case, with
+/// dashes or dots, spaced otherwise than in fours or one character at a
+/// time (as `regexp_replace(iban, '(.)', '\1 ', 'g')` writes it); an SSN
+/// with spaces or dots; a card with dots between its printed groups. Each
+/// is found whole.
+#[test]
+fn values_written_with_other_separators_or_case_are_found_whole() {
+    let m = masker();
+    for (text, detector, value) in [
+        (
+            "iban DE89-3704-0044-0532-0130-00 paid",
+            "iban",
+            "DE89-3704-0044-0532-0130-00",
+        ),
+        (
+            "iban de89 3704 0044 0532 0130 00",
+            "iban",
+            "de89 3704 0044 0532 0130 00",
+        ),
+        (
+            "iban de89370400440532013000.",
+            "iban",
+            "de89370400440532013000",
+        ),
+        (
+            "iban DE89.3704.0044.0532.0130.00",
+            "iban",
+            "DE89.3704.0044.0532.0130.00",
+        ),
+        (
+            "iban DE 89 3704 0044 0532 0130 00",
+            "iban",
+            "DE 89 3704 0044 0532 0130 00",
+        ),
+        (
+            "iban DE89 370 400 440 532 013 000",
+            "iban",
+            "DE89 370 400 440 532 013 000",
+        ),
+        (
+            "iban D E 8 9 3 7 0 4 0 0 4 4 0 5 3 2 0 1 3 0 0 0 end",
+            "iban",
+            "D E 8 9 3 7 0 4 0 0 4 4 0 5 3 2 0 1 3 0 0 0",
+        ),
+        (
+            "iban gb82-west-1234-5698-7654-32",
+            "iban",
+            "gb82-west-1234-5698-7654-32",
+        ),
+        (
+            "{\"iban\":\"De89-3704-0044-0532-0130-00\"}",
+            "iban",
+            "De89-3704-0044-0532-0130-00",
+        ),
+        ("ssn 123 45 6789", "ssn", "123 45 6789"),
+        ("ssn 123.45.6789", "ssn", "123.45.6789"),
+        ("card 4111.1111.1111.1111 ok", "card", "4111.1111.1111.1111"),
+        ("amex 3782.822463.10005", "card", "3782.822463.10005"),
+    ] {
+        let masked = found_as(&m, text, detector, value);
+        assert!(!masked.contains(value), "{masked}");
+    }
+    for text in [
+        // Forms other than the print form are held to the registry: a
+        // country it does not hold, or a German IBAN two characters long,
+        // is not one, though mod 97 holds. In print form, as before,
+        // any country.
+        "id xx97 1234 5678 9012 3456 78",
+        "id de44-3704-0044-0532-0130-0099",
+        "iban DE89-3704-0044-0532-0130-01",
+        // Prose and ordinary figures the wider pattern reads.
+        "is 12 a big one of the words in it",
+        "pi 3.1415926535897932 and 2.7182818284590452",
+        "ssn 666 45 6789 and 123 00 6789",
+        "v2 item17 abc123 sha256 utf8",
+    ] {
+        assert!(m.find(text).is_empty(), "{text}: {:?}", m.find(text));
+    }
+    assert_eq!(
+        m.find("id XX97 1234 5678 9012 3456 78")
+            .iter()
+            .map(|f| f.detector.as_str())
+            .collect::<Vec<_>>(),
+        ["iban"]
+    );
+}
+
 /// Open until 2026-12-05 (later): phone numbers with dots or slashes
 /// between the groups after the country code, the area code in brackets,
 /// `(0)` before short groups, NANP's `415/555-0132`, and national numbers

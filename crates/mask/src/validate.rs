@@ -43,9 +43,23 @@ pub fn card(s: &str) -> bool {
     known && luhn(&d)
 }
 
-/// An IBAN: country, check digits, mod-97 == 1.
+/// An IBAN: country, check digits, mod-97 == 1. In its print form
+/// (upper case, spaces only) as it always was: any country, 15 to 34
+/// characters. In any other (lower case, dots, dashes) the pattern
+/// reads far more text, so the country must be in the IBAN registry and
+/// the whole must have its length and its BBAN's format (`iban_validate`).
 pub fn iban(s: &str) -> bool {
-    let c: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let printed = !s
+        .bytes()
+        .any(|c| c.is_ascii_lowercase() || c == b'-' || c == b'.');
+    let c: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '.'))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if !printed {
+        return c.parse::<iban::Iban>().is_ok();
+    }
     if !(15..=34).contains(&c.len()) {
         return false;
     }
@@ -66,9 +80,10 @@ pub fn iban(s: &str) -> bool {
     rem == 1
 }
 
-/// A US SSN `AAA-GG-SSSS` outside the never-issued ranges.
+/// A US SSN `AAA-GG-SSSS` (or with spaces or dots) outside the
+/// never-issued ranges.
 pub fn ssn(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
+    let parts: Vec<&str> = s.split([' ', '.', '-']).collect();
     if parts.len() != 3 {
         return false;
     }
