@@ -485,7 +485,7 @@ impl Masker {
     /// hits, measured against the call, 2026-12-05).
     #[inline]
     pub(crate) fn may_match_scanned(&self, text: &str, set_may: bool, spelled: bool) -> bool {
-        if !spelled && !set_may && self.words.is_empty() {
+        if !self.may_match_open(set_may, spelled) {
             return false;
         }
         if spelled && has_other_spelling(text) {
@@ -493,6 +493,13 @@ impl Masker {
             return true;
         }
         (set_may && self.set.is_match(text)) || self.words.iter().any(|w| w.matcher.is_match(text))
+    }
+
+    /// Whether [`Self::may_match_scanned`] needs the text at all: false
+    /// when the flags alone say no.
+    #[inline]
+    pub(crate) fn may_match_open(&self, set_may: bool, spelled: bool) -> bool {
+        spelled || set_may || !self.words.is_empty()
     }
 
     /// Whether the set's first look is ours to take: without custom
