@@ -132,10 +132,13 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "card",
         label: "CARD",
-        // Dots only between groups as cards are printed (4-4-4-4…,
-        // Amex's 4-6-5): `4111.1111.1111.1111` passed unmasked; a dot
-        // between any digits would take decimal fractions.
-        pattern: r"\b\d(?:[ -]?\d){12,18}\b|\b\d{4}\.\d{4}\.\d{4}\.\d{1,7}\b|\b\d{4}\.\d{6}\.\d{4,5}\b",
+        // Dots only between groups as cards are printed (4-4-4-4,
+        // 4-4-4-4-3, Amex's 4-6-5, 4-3-3-3), and any mix of spaces, dots
+        // and dashes between such groups: `4111.1111.1111.1111` passed
+        // unmasked, and a review passed `6222.0202.0000.0000.006` and
+        // `4111.1111 1111.1111` (2026-12-05); a dot between any digits
+        // would take decimal fractions.
+        pattern: r"\b\d(?:[ -]?\d){12,18}\b|\b\d{4}(?:[ .-]\d{3,6}){2,4}\b",
         group: 0,
         check: Some(validate::card),
         weak: false,
