@@ -70,10 +70,17 @@ pub(crate) fn decide(seen: u8, b: &[u8]) -> bool {
 
 /// [`decide`]'s steps, for a text with a byte one of them reads.
 #[inline(never)]
+///
+/// The digit and literal steps first ask whether the text is long enough:
+/// the shortest match of a digit rule's pattern is 7 bytes (`1.2.3.4`, a
+/// phone number's 7 digits after a `0`), of a literal's 15 (`xoxb-` and
+/// ten more); keys and short values (`created_at`, `SKU-00000001`,
+/// `1.4.2`) were read byte by byte for nothing.
 fn decide_steps(seen: u8, b: &[u8]) -> bool {
     (seen & COLON != 0 && colon_may_match(b))
-        || (seen & DIGIT != 0 && digits_may_match(b))
+        || (seen & DIGIT != 0 && b.len() >= 7 && digits_may_match(b))
         || (seen & MARK != 0
+            && b.len() >= 15
             && (0..b.len()).any(|i| CLASS[usize::from(b[i])] & MARK != 0 && literal_at(b, i)))
 }
 
@@ -586,6 +593,9 @@ mod tests {
             "token github_pat_bbbbbbbbbbbbbbbbbbbbbb here",
             "glpat-abcdefghijklmnopqrst",
             "xoxb-1234567890-abc",
+            // The shortest a literal's match is, and a digit rule's.
+            "xoxb-1234567890",
+            "1.2.3.4",
             "sk_live_abcdefghijklmnop",
             "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345",
             "password=hunter22",
