@@ -188,6 +188,8 @@ struct Detector {
     /// numbers inside five): a weak match that covers it whole is not
     /// cut short by it ([`Masker::spans`]).
     inside_runs: bool,
+    /// The longest match of `regex` in bytes (`None`: no bound).
+    reach: Option<usize>,
     action: Action,
 }
 
@@ -195,7 +197,18 @@ struct Words {
     name: String,
     label: String,
     matcher: AhoCorasick,
+    /// The longest word in bytes.
+    reach: usize,
     action: Action,
+}
+
+/// The longest match of `pattern` in bytes, if it has a bound.
+fn reach(pattern: &str) -> Option<usize> {
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .ok()?
+        .properties()
+        .maximum_len()
 }
 
 pub(crate) struct Field {
@@ -297,6 +310,7 @@ impl Masker {
                 check: b.check,
                 weak: b.weak,
                 inside_runs: b.name == "ipv4",
+                reach: reach(b.pattern),
                 action: spec
                     .actions
                     .get(b.name)
@@ -321,6 +335,7 @@ impl Masker {
                 check: None,
                 weak: false,
                 inside_runs: false,
+                reach: reach(&c.regex),
                 action: spec
                     .actions
                     .get(&c.name)
@@ -350,6 +365,7 @@ impl Masker {
                 name: w.name.clone(),
                 label: w.name.to_ascii_uppercase(),
                 matcher,
+                reach: w.words.iter().map(String::len).max().unwrap_or(0),
                 action: Action {
                     kind: w.action,
                     keep_last: None,
@@ -589,15 +605,18 @@ impl Masker {
                 // a whole: a phone number written with dots (`+33.1.53.59.
                 // 90.11`) gave way to the address in its middle and left
                 // its last digits visible (review, 2026-12-05).
-                let strong = sources
+                // Those it covers whole are left out before the earliest
+                // is taken: an address inside a phone number hid a card
+                // starting after it (`01.53.59.90.41 11 1111 1111 1111`,
+                // review, 2026-12-05).
+                let strong_start = sources
                     .iter()
                     .filter(|s| !self.is_weak(s.source))
                     .filter_map(|s| s.next.map(|(st, en)| (s.source, st, en)))
                     .filter(|&(_, st, _)| st > start && st < end)
-                    .min_by_key(|&(_, st, _)| st);
-                let strong_start = strong
                     .filter(|&(s, _, en)| !(en <= end && self.inside_runs(s)))
-                    .map(|(_, st, _)| st);
+                    .map(|(_, st, _)| st)
+                    .min();
                 if let Some(cut) = strong_start {
                     let trimmed = text[..cut].trim_end_matches([' ', '-', '.']).len();
                     let Source::Detector(d) = source else {
@@ -634,16 +653,22 @@ impl Masker {
         out
     }
 
-    /// How far past a finding [`Self::joined_end`] looks for a value of its
-    /// own kind that starts inside it: longer than any built-in value but
-    /// keys, tokens and assignments, which read again in the whole text.
-    const JOIN_WINDOW: usize = 256;
-
-    /// Where a strong finding at `start..end` ends once every strong value
-    /// starting inside it and ending after it is joined to it: the other
-    /// sources' next candidates, and this source's own from each of its
-    /// groups (`QQ23 ZZZZ ZZZZ ZZZZ DE89 3704…`: an IBAN cut short inside
-    /// another).
+    /// Where a strong finding at `start..end` ends once every value that
+    /// starts inside it and ends after it is joined to it: whatever the
+    /// finding covers is lost to the other's search, which would start
+    /// again at its end and leave the rest in the clear. A review chose an
+    /// IBAN's check digits (1 in 97) so that the IBAN shape took the first
+    /// group of a card after it (`QQ31 ZZZZ ZZZZ ZZZZ 4111 1111 1111
+    /// 1111`), and put a decoy value inside a secret before a card that
+    /// began inside it too (`password=4111-1111-1111-1111-5555 5555 5555
+    /// 4444`), 2026-12-05.
+    ///
+    /// Every source with a candidate inside the finding (its own from its
+    /// second group) is searched on from there, group by group, each as
+    /// far as its longest match reaches past the end ([`Detector::reach`];
+    /// a pattern without a bound, in the whole text), and each search goes
+    /// on where the last stopped when the end grows: linear in the
+    /// finding's groups (restarting made a chain of cards quadratic).
     fn joined_end(
         &self,
         sources: &[Cursor],
@@ -652,43 +677,72 @@ impl Masker {
         start: usize,
         mut end: usize,
     ) -> usize {
+        // Each source's candidate, wherever it is: one past the end is
+        // inside once the end grows past it (an address chain joined up to
+        // a card's start: `+33.1.53.59.90.41 11 1111 1111 1111`).
+        let mut at: Vec<(Source, usize)> = sources
+            .iter()
+            .map(|s| {
+                if s.source == source {
+                    (source, next_group(text, start, end))
+                } else {
+                    (s.source, s.next.map_or(usize::MAX, |(st, _)| st))
+                }
+            })
+            .collect();
         loop {
-            let mut further = sources
-                .iter()
-                .filter(|s| !self.is_weak(s.source))
-                .filter_map(|s| s.next)
-                .filter(|&(st, en)| st > start && st < end && en > end)
-                .map(|(_, en)| en)
-                .max();
-            // Searched in a window past `end`: a search of the whole text
-            // runs on to the next finding, however far (+21% time on a
-            // long text with few findings); a candidate that reaches the
-            // window's edge is read again in the whole text.
-            let mut w = text.len().min(end + Self::JOIN_WINDOW);
-            while !text.is_char_boundary(w) {
-                w += 1;
-            }
-            let near = &text[..w];
-            let mut q = next_group(text, start, end);
-            while q < end {
-                let found = match self.next_from(source, near, q) {
-                    Some((st, en)) if en == w && w < text.len() => self.next_from(source, text, st),
-                    found => found,
-                };
-                match found {
-                    Some((st, en)) if st < end && en > end => {
-                        further = further.max(Some(en));
-                        break;
+            let mut grew = false;
+            for (src, q) in &mut at {
+                while *q < end {
+                    let (found, limit) = self.next_near(*src, text, *q, end);
+                    match found {
+                        Some((st, en)) if st < end => {
+                            if en > end {
+                                end = en;
+                                grew = true;
+                            }
+                            *q = next_group(text, st, en);
+                        }
+                        // Looked at again should the end grow past it.
+                        Some((st, _)) => *q = st,
+                        None => *q = limit,
                     }
-                    Some((st, en)) if st < end => q = next_group(text, st, en),
-                    _ => break,
                 }
             }
-            match further {
-                Some(en) => end = en,
-                None => return end,
+            if !grew {
+                return end;
             }
         }
+    }
+
+    /// [`Self::next_from`] in the text up to where a match starting before
+    /// `end` can reach, and that limit (the whole text's length for a
+    /// source without a bound). A match that ends at the limit may have
+    /// been cut by it, and is read again in the whole text.
+    fn next_near(
+        &self,
+        source: Source,
+        text: &str,
+        pos: usize,
+        end: usize,
+    ) -> (Option<(usize, usize)>, usize) {
+        let reach = match source {
+            Source::Detector(d) => self.detectors[d].reach,
+            Source::Words(w) => Some(self.words[w].reach),
+        };
+        let Some(reach) = reach else {
+            return (self.next_from(source, text, pos), text.len());
+        };
+        // A byte more for what a match's end looks at (`\b`).
+        let mut limit = text.len().min(end.saturating_add(reach).saturating_add(1));
+        while !text.is_char_boundary(limit) {
+            limit += 1;
+        }
+        let found = match self.next_from(source, &text[..limit], pos) {
+            Some((st, en)) if en == limit && limit < text.len() => self.next_from(source, text, st),
+            found => found,
+        };
+        (found, limit)
     }
 
     fn is_weak(&self, s: Source) -> bool {
@@ -1051,11 +1105,23 @@ fn key_names(fields: &[Field]) -> Result<Option<AhoCorasick>, MaskError> {
 /// 1234567` passed unmasked as the middle of an account number, and a
 /// re-review passed the same after `2026-11-25T10:30:00`: 2026-12-05).
 fn stamp_ends_at(b: &[u8], end: usize) -> bool {
-    let start = b[..end]
-        .iter()
-        .rposition(u8::is_ascii_whitespace)
-        .map_or(0, |p| p + 1);
-    let word = &b[start..end];
+    // Read back at most a long timestamp's length: a text of digit groups
+    // with no space was read back to its start for every candidate
+    // (quadratic: review, 2026-12-05). A longer word is taken for a stamp,
+    // so the number after it is a value of its own, which masks more.
+    let from = end.saturating_sub(STAMP_MAX);
+    let Some(space) = b[from..end].iter().rposition(u8::is_ascii_whitespace) else {
+        return from > 0 || stamp_word(&b[..end]);
+    };
+    stamp_word(&b[from + space + 1..end])
+}
+
+/// The longest word [`stamp_ends_at`] reads back: an ISO timestamp with
+/// nanoseconds and an offset is 35 bytes.
+const STAMP_MAX: usize = 64;
+
+/// Whether `word` holds a colon (a time, a timestamp) or is an ISO date.
+fn stamp_word(word: &[u8]) -> bool {
     let time = word.contains(&b':');
     let date = word.len() == 10
         && word.iter().enumerate().all(|(k, c)| {

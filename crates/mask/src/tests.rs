@@ -1355,6 +1355,83 @@ fn masking_time_grows_linearly_with_patterns_that_span_tokens() {
     );
 }
 
+/// Chains of values that each start inside the one before (joined into
+/// one finding), and digit groups with no space for a phone number's
+/// context to read back through, cost time linear in the text: the first
+/// join restarted its search at every step (a review timed 20 KB of
+/// `4242 ` at 1.9 s), and the context was read back to the text's start.
+#[test]
+fn joined_chains_and_long_runs_cost_linear_time() {
+    let m = masker();
+    for unit in ["4242 ", "1234-", "4111-1111-1111-1111-", "eyJaaaaa.eyJbbbbb.x-"] {
+        let time = |n: usize| {
+            let text = unit.repeat(n);
+            let t = std::time::Instant::now();
+            let masked = m.mask_str(&text, &mut Stats::new()).into_owned();
+            assert!(masked.len() <= text.len() * 2);
+            t.elapsed()
+        };
+        time(200);
+        let least = |n: usize| (0..3).map(|_| time(n)).min().unwrap_or_default();
+        let (small, large) = (least(1_000), least(4_000));
+        // Linear: 4x the input in well under 16x the time (quadratic).
+        assert!(
+            large < small * 10,
+            "{unit:?}: {small:?} for 1,000, {large:?} for 4,000"
+        );
+    }
+}
+
+/// The second review of the joins (2026-12-05): decoys inside a finding
+/// that hid a value starting inside it too, values longer than the first
+/// join's window, an address inside a phone number that hid a card after
+/// it, IBANs in national layouts, and phone numbers after a chosen IBAN.
+#[test]
+fn values_starting_inside_a_finding_are_masked_with_it() {
+    let m = masker();
+    let key_body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC".repeat(14);
+    let key = format!("-----BEGIN PRIVATE KEY-----\n{key_body}\n-----END PRIVATE KEY-----");
+    let jwt_payload = "eyJzdWIiOiJhZGEiLCJuYW1lIjoiQWRhIExvdmVsYWNlIn0".repeat(8);
+    for (text, secret) in [
+        ("password=4111-1111-1111-1111-5555 5555 5555 4444", "5555"),
+        ("eyJaaaaa.eyJbbbbb.4111-1111-1111-1111-5555 5555 5555 4444", "5555"),
+        ("password=111-11-1111-123 45 6789", "6789"),
+        ("QQ37 4111 1111 1111 1111 5555 5555 5555 4444", "5555"),
+        ("01.53.59.90.41 11 1111 1111 1111", "1111"),
+        ("+33.1.53.59.90.41 11 1111 1111 1111", "1111"),
+        ("QQ26 ZZZZ ZZZZ 0049 30 1234567", "1234567"),
+        ("QQ51 ZZZZ ZZZZ ZZZZ 030 1234567", "1234567"),
+        ("iban IT60 X 05428 11101 000000123456", "05428"),
+        ("iban FR76 30006 00001 12345678901 89", "12345678901"),
+        ("iban ES91 2100 0418 45 0200051332", "0200051332"),
+        ("iban GB82 WEST 123456 98765432", "98765432"),
+        ("iban DE89 3704 0044 0532 013 000", "0532"),
+    ] {
+        let masked = m.mask_str(text, &mut Stats::new()).into_owned();
+        assert!(!masked.contains(secret), "{text}: {masked}");
+    }
+    for (text, secret) in [
+        (
+            format!("-----BEGIN PRIVATE KEY-----x-----END PRIVATE KEY{key}"),
+            key_body[..40].to_string(),
+        ),
+        (
+            format!("eyJaaaaa.eyJbbbbb.x-eyJhbGciOiJIUzI1NiJ9.{jwt_payload}.c2lnbmF0dXJl"),
+            jwt_payload[..40].to_string(),
+        ),
+    ] {
+        let masked = m.mask_str(&text, &mut Stats::new()).into_owned();
+        assert!(!masked.contains(&secret), "{masked}");
+    }
+    // Prose the registry's permissive formats hold is all letters.
+    for text in [
+        "payable in 67 days from the date of invoice",
+        "delivered on 17 june from our main site",
+    ] {
+        assert!(m.find(text).is_empty(), "{text}: {:?}", m.find(text));
+    }
+}
+
 #[test]
 fn nesting_the_walk_refuses_is_refused_by_either_path() {
     let m = masker();
