@@ -1126,13 +1126,19 @@ fn masking_has_no_side_doors() {
             "1111",
             "[CARD",
         ),
-        // Review: a dash and a digit after a card; an IBAN whose chosen
-        // check digits took the first group of a card after it.
-        ("select '4111111111111111' || '-1' as c", "41111111", "[CARD"),
+        // Review: a dash and a digit after a card; an IBAN shape whose
+        // chosen check digits took the first group of a card after it
+        // (since, an unknown country's IBAN has at most two letters after
+        // its check digits, and the card is found whole).
+        (
+            "select '4111111111111111' || '-1' as c",
+            "41111111",
+            "[CARD",
+        ),
         (
             "select 'QQ31 ZZZZ ZZZZ ZZZZ ' || '4111 1111 1111 1111' as c",
             "1111",
-            "[IBAN",
+            "[CARD",
         ),
     ] {
         let o = run(sql);
