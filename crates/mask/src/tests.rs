@@ -1363,7 +1363,12 @@ fn masking_time_grows_linearly_with_patterns_that_span_tokens() {
 #[test]
 fn joined_chains_and_long_runs_cost_linear_time() {
     let m = masker();
-    for unit in ["4242 ", "1234-", "4111-1111-1111-1111-", "eyJaaaaa.eyJbbbbb.x-"] {
+    for unit in [
+        "4242 ",
+        "1234-",
+        "4111-1111-1111-1111-",
+        "eyJaaaaa.eyJbbbbb.x-",
+    ] {
         let time = |n: usize| {
             let text = unit.repeat(n);
             let t = std::time::Instant::now();
@@ -1394,7 +1399,10 @@ fn values_starting_inside_a_finding_are_masked_with_it() {
     let jwt_payload = "eyJzdWIiOiJhZGEiLCJuYW1lIjoiQWRhIExvdmVsYWNlIn0".repeat(8);
     for (text, secret) in [
         ("password=4111-1111-1111-1111-5555 5555 5555 4444", "5555"),
-        ("eyJaaaaa.eyJbbbbb.4111-1111-1111-1111-5555 5555 5555 4444", "5555"),
+        (
+            "eyJaaaaa.eyJbbbbb.4111-1111-1111-1111-5555 5555 5555 4444",
+            "5555",
+        ),
         ("password=111-11-1111-123 45 6789", "6789"),
         ("QQ37 4111 1111 1111 1111 5555 5555 5555 4444", "5555"),
         ("01.53.59.90.41 11 1111 1111 1111", "1111"),
