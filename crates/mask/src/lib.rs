@@ -694,7 +694,7 @@ impl Masker {
             let mut grew = false;
             for (src, q) in &mut at {
                 while *q < end {
-                    let (found, limit) = self.next_near(*src, text, *q, end);
+                    let found = self.next_near(*src, text, *q, end);
                     match found {
                         Some((st, en)) if st < end => {
                             if en > end {
@@ -705,7 +705,10 @@ impl Masker {
                         }
                         // Looked at again should the end grow past it.
                         Some((st, _)) => *q = st,
-                        None => *q = limit,
+                        // None starts before the end (one that does fits
+                        // in the window); one starting after it may not
+                        // have, so the end is where to look again.
+                        None => *q = end,
                     }
                 }
             }
@@ -716,33 +719,32 @@ impl Masker {
     }
 
     /// [`Self::next_from`] in the text up to where a match starting before
-    /// `end` can reach, and that limit (the whole text's length for a
-    /// source without a bound). A match that ends at the limit may have
-    /// been cut by it, and is read again in the whole text.
+    /// `end` can reach (the whole text for a source without a bound). A
+    /// match that ends at that limit may have been cut by it, and is read
+    /// again in the whole text.
     fn next_near(
         &self,
         source: Source,
         text: &str,
         pos: usize,
         end: usize,
-    ) -> (Option<(usize, usize)>, usize) {
+    ) -> Option<(usize, usize)> {
         let reach = match source {
             Source::Detector(d) => self.detectors[d].reach,
             Source::Words(w) => Some(self.words[w].reach),
         };
         let Some(reach) = reach else {
-            return (self.next_from(source, text, pos), text.len());
+            return self.next_from(source, text, pos);
         };
         // A byte more for what a match's end looks at (`\b`).
         let mut limit = text.len().min(end.saturating_add(reach).saturating_add(1));
         while !text.is_char_boundary(limit) {
             limit += 1;
         }
-        let found = match self.next_from(source, &text[..limit], pos) {
+        match self.next_from(source, &text[..limit], pos) {
             Some((st, en)) if en == limit && limit < text.len() => self.next_from(source, text, st),
             found => found,
-        };
-        (found, limit)
+        }
     }
 
     fn is_weak(&self, s: Source) -> bool {
