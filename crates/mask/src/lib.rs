@@ -157,6 +157,15 @@ struct Action {
     reversible: bool,
 }
 
+/// What a finding joined with another is masked with when its own action
+/// is partial ([`Masker::spans`]).
+static REDACT_JOINED: Action = Action {
+    kind: ActionKind::Redact,
+    keep_last: None,
+    keep_domain: false,
+    reversible: false,
+};
+
 impl Action {
     fn from_spec(a: &ActionSpec) -> Self {
         Self {
@@ -637,18 +646,19 @@ impl Masker {
                     }
                 }
             }
-            // A strong value starting inside this finding and ending after
-            // it is masked with it: whatever this finding covers is lost
-            // to the other's search, which would start again at its end
-            // and leave the rest in the clear. A review chose an IBAN's
-            // check digits (1 in 97) so that the IBAN shape took the first
-            // group of a card or an SSN after it: `QQ32 ZZZZ ZZZZ ZZZZ
-            // 4111 1111 1111 1111` left twelve digits (2026-12-05).
-            if !self.is_weak(source) {
-                end = self.joined_end(&sources, source, text, start, end);
+            // A value starting inside this finding and ending after it is
+            // masked with it ([`Self::joined_end`]), a phone number's too
+            // (a decoy SSN at its start hid a real one inside it, and two
+            // phone patterns' numbers overlapped: review, 2026-12-05). A
+            // joined finding is redacted whole: a partial action would show
+            // the last of it, the other value's end.
+            let joined = self.joined_end(&sources, source, text, start, end);
+            let mut span = self.span(source, start, joined);
+            if joined > end && span.action.kind == ActionKind::Partial {
+                span.action = &REDACT_JOINED;
             }
-            out.push(self.span(source, start, end));
-            pos = end;
+            out.push(span);
+            pos = joined;
         }
         out
     }
@@ -680,11 +690,18 @@ impl Masker {
         // Each source's candidate, wherever it is: one past the end is
         // inside once the end grows past it (an address chain joined up to
         // a card's start: `+33.1.53.59.90.41 11 1111 1111 1111`).
+        // Inside a weak finding (a phone number), a weak source's candidate
+        // was chosen by a rule that does not hold there (the middle of a
+        // run): it is searched from the finding's second group, as the
+        // finding's own source is. (Inside a strong one, a phone number's
+        // rules stand: read from a card's last groups, they joined digits
+        // after it, `4111 1111 1111 1111-01`.)
+        let weak = self.is_weak(source);
         let mut at: Vec<(Source, usize)> = sources
             .iter()
             .map(|s| {
-                if s.source == source {
-                    (source, next_group(text, start, end))
+                if s.source == source || (weak && self.is_weak(s.source)) {
+                    (s.source, next_group(text, start, end))
                 } else {
                     (s.source, s.next.map_or(usize::MAX, |(st, _)| st))
                 }
@@ -693,22 +710,32 @@ impl Masker {
         loop {
             let mut grew = false;
             for (src, q) in &mut at {
+                let bounded = self.reach(*src).is_some();
                 while *q < end {
-                    let found = self.next_near(*src, text, *q, end);
-                    match found {
+                    match self.next_near(*src, text, *q, end, weak) {
                         Some((st, en)) if st < end => {
                             if en > end {
                                 end = en;
                                 grew = true;
                             }
-                            *q = next_group(text, st, en);
+                            // A pattern without a bound steps from match to
+                            // match: group by group, each search read on to
+                            // the finding's end (`pwd=a-` repeated was
+                            // quadratic: review). One with a bound steps by
+                            // groups, each search as long as its reach.
+                            *q = if bounded {
+                                next_group(text, st, en)
+                            } else {
+                                en.max(next_group(text, st, en))
+                            };
                         }
                         // Looked at again should the end grow past it.
                         Some((st, _)) => *q = st,
                         // None starts before the end (one that does fits
                         // in the window); one starting after it may not
-                        // have, so the end is where to look again.
-                        None => *q = end,
+                        // have, so the end is where to look again. Without
+                        // a bound the whole text was read: none at all.
+                        None => *q = if bounded { end } else { text.len() },
                     }
                 }
             }
@@ -719,31 +746,39 @@ impl Masker {
     }
 
     /// [`Self::next_from`] in the text up to where a match starting before
-    /// `end` can reach (the whole text for a source without a bound). A
-    /// match that ends at that limit may have been cut by it, and is read
-    /// again in the whole text.
+    /// `end` can reach (the whole text for a source without a bound), and
+    /// `inside` a weak finding as [`Self::next_from_in`] reads it. A match
+    /// that ends at that limit may have been cut by it, and is read again
+    /// in the whole text.
     fn next_near(
         &self,
         source: Source,
         text: &str,
         pos: usize,
         end: usize,
+        inside: bool,
     ) -> Option<(usize, usize)> {
-        let reach = match source {
-            Source::Detector(d) => self.detectors[d].reach,
-            Source::Words(w) => Some(self.words[w].reach),
-        };
-        let Some(reach) = reach else {
-            return self.next_from(source, text, pos);
+        let Some(reach) = self.reach(source) else {
+            return self.next_from_in(source, text, pos, inside);
         };
         // A byte more for what a match's end looks at (`\b`).
         let mut limit = text.len().min(end.saturating_add(reach).saturating_add(1));
         while !text.is_char_boundary(limit) {
             limit += 1;
         }
-        match self.next_from(source, &text[..limit], pos) {
-            Some((st, en)) if en == limit && limit < text.len() => self.next_from(source, text, st),
+        match self.next_from_in(source, &text[..limit], pos, inside) {
+            Some((st, en)) if en == limit && limit < text.len() => {
+                self.next_from_in(source, text, st, inside)
+            }
             found => found,
+        }
+    }
+
+    /// The longest match of a source, if it has a bound.
+    fn reach(&self, source: Source) -> Option<usize> {
+        match source {
+            Source::Detector(d) => self.detectors[d].reach,
+            Source::Words(w) => Some(self.words[w].reach),
         }
     }
 
@@ -769,7 +804,22 @@ impl Masker {
     }
 
     /// The next valid finding of one source starting at or after `pos`.
-    fn next_from(&self, s: Source, text: &str, mut pos: usize) -> Option<(usize, usize)> {
+    fn next_from(&self, s: Source, text: &str, pos: usize) -> Option<(usize, usize)> {
+        self.next_from_in(s, text, pos, false)
+    }
+
+    /// [`Self::next_from`], `inside` a finding ([`Self::joined_end`]): a
+    /// weak match there is not the middle of a run of digit groups, the
+    /// run being the finding (`0044 0049 30 56789567`: the number after
+    /// the chosen prefix was taken for the rest of a run, and showed,
+    /// review, 2026-12-05).
+    fn next_from_in(
+        &self,
+        s: Source,
+        text: &str,
+        mut pos: usize,
+        inside: bool,
+    ) -> Option<(usize, usize)> {
         match s {
             Source::Words(w) => {
                 let words = &self.words[w];
@@ -837,6 +887,7 @@ impl Masker {
                     // 415/555-0132` passed (review, 2026-12-05).
                     let regrouped = m.as_str().contains(['/', '.', '(']);
                     let mid_run = d.weak
+                        && !inside
                         && m.start() >= 2
                         && b[m.start()].is_ascii_digit()
                         && matches!(b[m.start() - 1], b' ' | b'-')
