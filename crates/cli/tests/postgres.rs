@@ -1136,6 +1136,11 @@ fn masking_has_no_side_doors() {
             "[CARD",
         ),
         (
+            "select to_char(4111111111111111::numeric, 'FM9,999,999,999,999,999') as c",
+            "111,111",
+            "[CARD",
+        ),
+        (
             "select 'QQ31 ZZZZ ZZZZ ZZZZ ' || '4111 1111 1111 1111' as c",
             "1111",
             "[CARD",

@@ -138,7 +138,9 @@ pub const BUILTINS: &[Builtin] = &[
         // unmasked, and a review passed `6222.0202.0000.0000.006` and
         // `4111.1111 1111.1111` (2026-12-05); a dot between any digits
         // would take decimal fractions.
-        pattern: r"\b\d(?:[ -]?\d){12,18}\b|\b\d{4}(?:[ .-]\d{3,6}){2,4}\b",
+        // And in thousands, as `to_char(card::numeric, 'FM9,999,…')` or a
+        // locale writes a number: `4,111,111,111,111,111`, `4'111'…`.
+        pattern: r"\b\d(?:[ -]?\d){12,18}\b|\b\d{4}(?:[ .-]\d{3,6}){2,4}\b|\b\d{1,3}(?:[,']\d{3}){4,6}\b",
         group: 0,
         check: Some(validate::card),
         weak: false,

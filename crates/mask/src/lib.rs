@@ -1223,7 +1223,7 @@ fn checked_end(
             return Some(e);
         }
         // Cut at the last separator before `e`.
-        let cut = text[start..e].rfind([' ', '-', '.'])?;
+        let cut = text[start..e].rfind([' ', '-', '.', ',', '\''])?;
         if cut == 0 {
             return None;
         }

@@ -116,7 +116,7 @@ fn digits_may_match(b: &[u8]) -> bool {
             .map_or(b.len(), |p| start + p);
         let after = b[group..]
             .iter()
-            .position(|c| !matches!(c, b' ' | b'-' | b'.' | b'/'))
+            .position(|c| !matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b'\''))
             .map_or(b.len(), |p| group + p);
         let lone = after == group || !b.get(after).is_some_and(u8::is_ascii_digit);
         if lone && (group - start < 7 || (start > 0 && word(b[start - 1]))) {
@@ -191,7 +191,10 @@ fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
         digits += len;
         chain.digits(len);
         j += len;
-        while let Some(&sep) = b.get(j).filter(|c| matches!(c, b' ' | b'-' | b'.' | b'/')) {
+        while let Some(&sep) = b
+            .get(j)
+            .filter(|c| matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b'\''))
+        {
             // A separator joins a chain only between two digits.
             if b[j - 1].is_ascii_digit() && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
                 chain.join(sep);
@@ -426,7 +429,7 @@ mod tests {
     /// the digits a phone number can reach from there.
     fn digits_reference(b: &[u8]) -> bool {
         let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-        let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'/');
+        let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b'\'');
         static IBAN: std::sync::LazyLock<regex::bytes::Regex> = std::sync::LazyLock::new(|| {
             regex::bytes::Regex::new(
                 r"(?-u)\b[A-Za-z][ .-]?[A-Za-z][ .-]?[0-9][ .-]?[0-9](?:[ .-]?[A-Za-z0-9]){11}",
@@ -486,7 +489,7 @@ mod tests {
         /// The one walk decides as the three did, on texts made mostly of
         /// runs (digits, the four separators, and what ends a run).
         #[test]
-        fn one_digit_walk_equals_the_three(text in "[0-9 ./_aAZ:-]{0,40}") {
+        fn one_digit_walk_equals_the_three(text in "[0-9 ./_aAZ:,'-]{0,40}") {
             prop_assert_eq!(
                 digits_may_match(text.as_bytes()),
                 digits_reference(text.as_bytes()),
@@ -497,7 +500,7 @@ mod tests {
         /// And on runs long enough to reach every threshold.
         #[test]
         fn one_digit_walk_equals_the_three_on_long_runs(
-            text in "([ ./-]{1,2}|[0-9]{1,3}|0|[A-Z]{1,2}|[a_x]){0,30}"
+            text in "([ ./,'-]{1,2}|[0-9]{1,3}|0|[A-Z]{1,2}|[a_x]){0,30}"
         ) {
             prop_assert_eq!(
                 digits_may_match(text.as_bytes()),
@@ -565,6 +568,9 @@ mod tests {
             ("123 45 6789", true),
             ("123.45.6789", true),
             ("123/45/6789", false),
+            ("4,111,111,111,111,111", true),
+            ("4'111'111'111'111'111", true),
+            ("1,234,567", false),
             ("1234567890123", true),
             ("a1-234-56-7890", true),
             ("01 12345678", true),

@@ -232,6 +232,22 @@ fn values_written_with_other_separators_or_case_are_found_whole() {
         ("card 4111.1111 1111.1111", "card", "4111.1111 1111.1111"),
         ("card 4111-1111.1111-1111", "card", "4111-1111.1111-1111"),
         ("card 4111111111111111-1", "card", "4111111111111111"),
+        // In thousands (`to_char(card::numeric, 'FM9,999,…')`).
+        (
+            "card 4,111,111,111,111,111 ok",
+            "card",
+            "4,111,111,111,111,111",
+        ),
+        (
+            "card 4'111'111'111'111'111",
+            "card",
+            "4'111'111'111'111'111",
+        ),
+        (
+            "card 4,111,111,111,111,111,222",
+            "card",
+            "4,111,111,111,111,111",
+        ),
         ("card 4111 1111 1111 1111-01", "card", "4111 1111 1111 1111"),
         (
             "iban DE89370400440532013000-1",
@@ -284,6 +300,7 @@ fn values_written_with_other_separators_or_case_are_found_whole() {
         "pi 3.1415926535897932 and 2.7182818284590452",
         "ssn 666 45 6789 and 123 00 6789",
         "v2 item17 abc123 sha256 utf8",
+        "total 1,234,567,890,123,456 units and 1,234,567",
         // Review: prose and addresses the wider pattern read, whose
         // words are not grouped as an account number is.
         "NO 83 HIGH STREET LONDON UNITED KINGDOM",
