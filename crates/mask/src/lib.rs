@@ -1461,8 +1461,11 @@ fn spelled_at(text: &str, i: usize) -> Option<(u8, usize)> {
 fn ascii_of(c: char) -> Option<u8> {
     match c {
         c if is_group_space(c) => Some(b' '),
-        '\u{2010}'..='\u{2013}' | '\u{2212}' | '\u{FE63}' => Some(b'-'),
-        '\u{3002}' => Some(b'.'),
+        // Em dashes and the horizontal bar too, and middle dots as dots
+        // (`4111—1111—1111—1111`, `123·45·6789`: a review passed them,
+        // 2026-12-05).
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' => Some(b'-'),
+        '\u{3002}' | '\u{00B7}' | '\u{2027}' | '\u{30FB}' => Some(b'.'),
         // 0x21..=0x7E: a byte.
         '\u{FF01}'..='\u{FF5E}' => u8::try_from(u32::from(c) - 0xFEE0).ok(),
         c => digit_value(c).map(|d| b'0' + d),

@@ -232,6 +232,23 @@ fn values_written_with_other_separators_or_case_are_found_whole() {
         ("card 4111.1111 1111.1111", "card", "4111.1111 1111.1111"),
         ("card 4111-1111.1111-1111", "card", "4111-1111.1111-1111"),
         ("card 4111111111111111-1", "card", "4111111111111111"),
+        // Em dashes and middle dots between the groups.
+        (
+            "card 4111\u{2014}1111\u{2014}1111\u{2014}1111 ok",
+            "card",
+            "4111\u{2014}1111\u{2014}1111\u{2014}1111",
+        ),
+        ("ssn 123\u{b7}45\u{b7}6789", "ssn", "123\u{b7}45\u{b7}6789"),
+        (
+            "ssn 123\u{30fb}45\u{30fb}6789",
+            "ssn",
+            "123\u{30fb}45\u{30fb}6789",
+        ),
+        (
+            "card 4111\u{fe58}1111\u{fe58}1111\u{fe58}1111",
+            "card",
+            "4111\u{fe58}1111\u{fe58}1111\u{fe58}1111",
+        ),
         // In thousands (`to_char(card::numeric, 'FM9,999,…')`).
         (
             "card 4,111,111,111,111,111 ok",
