@@ -1145,6 +1145,35 @@ fn masking_has_no_side_doors() {
             "1111",
             "[CARD",
         ),
+        // A letter or `_` glued to a value (2026-12-06): the patterns'
+        // word boundaries hid it, and the `_` of an environment variable's
+        // name hid the secret assigned to it.
+        (
+            "select 'x' || '4111111111111111' || 'x' as c",
+            "41111111",
+            "[CARD",
+        ),
+        (
+            "select 'card_' || '4111-1111-1111-1111' as c",
+            "1111-1111",
+            "[CARD",
+        ),
+        ("select 'SSN' || '123-45-6789' || '_x' as c", "6789", "[SSN"),
+        (
+            "select 'IBAN' || lower('DE89370400440532013000') || 'x' as c",
+            "0044",
+            "[IBAN",
+        ),
+        (
+            "select 'DB_PASSWORD=' || 'canary-pw-0612' as c",
+            "canary-pw",
+            "[SECRET",
+        ),
+        (
+            "select 'key' || 'AKIAIOSFODNN7EXAMPLE' || 'X' as c",
+            "IOSFODNN",
+            "[AWS_KEY",
+        ),
     ] {
         let o = run(sql);
         assert!(o.status.success(), "{sql}: {:?}", text(&o));

@@ -14,6 +14,16 @@ pub struct Builtin {
     /// A weak pattern (phone numbers) only gets what stronger, validated
     /// detectors did not claim: its matches are cut short before theirs.
     pub weak: bool,
+    /// The value's ends are told from digits, not from words: a letter or
+    /// `_` glued to either end (`x4111111111111111`, `SSN123-45-6789`,
+    /// `card_4111…`, as `'x' || card` writes them) does not hide it, and
+    /// a digit before or after makes it part of a longer number. The
+    /// pattern has no `\b`; the matcher holds the bound
+    /// (`Masker::next_from_in`, `checked_end`).
+    pub digits_apart: bool,
+    /// Where the value ends when the check refuses the whole match because
+    /// characters are glued to its end (`checked_end`).
+    pub glued_end: Option<fn(&str) -> Option<usize>>,
 }
 
 /// Every built-in detector, in priority order (earlier wins when two
@@ -26,30 +36,42 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
+    // The tokens below have no word boundary before their literal, nor
+    // after a fixed length: one glued to a letter or `_` (`xAKIA…`,
+    // `tokenghp_…`, `AKIA…X`) passed unmasked (2026-12-06). The literals
+    // are distinctive enough to stand without it.
     Builtin {
         name: "jwt",
         label: "JWT",
-        pattern: r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+        pattern: r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "portcullis_token",
         label: "TOKEN",
-        pattern: r"\bpcl_[A-Za-z0-9_-]{43}\b",
+        pattern: r"pcl_[A-Za-z0-9_-]{43}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "aws_access_key",
         label: "AWS_KEY",
-        pattern: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+        pattern: r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "aws_secret",
@@ -58,54 +80,72 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "github_token",
         label: "GITHUB_TOKEN",
-        pattern: r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        pattern: r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "gitlab_token",
         label: "GITLAB_TOKEN",
-        pattern: r"\bglpat-[A-Za-z0-9_-]{20,}\b",
+        pattern: r"glpat-[A-Za-z0-9_-]{20,}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "slack_token",
         label: "SLACK_TOKEN",
-        pattern: r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b",
+        pattern: r"xox[baprs]-[A-Za-z0-9-]{10,}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "stripe_key",
         label: "STRIPE_KEY",
-        pattern: r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
+        pattern: r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "google_api_key",
         label: "GOOGLE_API_KEY",
-        pattern: r"\bAIza[0-9A-Za-z_-]{35}\b",
+        pattern: r"AIza[0-9A-Za-z_-]{35}",
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "secret_assignment",
         label: "SECRET",
-        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)\s*[=:]\s*("[^"\s]{3,}"|'[^'\s]{3,}'|[^\s"',;&}]{3,})"#,
+        // No word boundary before the name: `DB_PASSWORD=…`,
+        // `POSTGRES_PASSWORD: …` and `user_api_key=…`, as environment
+        // files and settings tables write them, passed unmasked (the `_`
+        // before the name is a word character), 2026-12-06.
+        pattern: r#"(?i)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|private[_-]?key|(?:access|auth|api|refresh|session)[_-]?token|client[_-]?secret)\s*[=:]\s*("[^"\s]{3,}"|'[^'\s]{3,}'|[^\s"',;&}]{3,})"#,
         group: 1,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "email",
@@ -114,6 +154,8 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "iban",
@@ -124,10 +166,16 @@ pub const BUILTINS: &[Builtin] = &[
         // case, groups of four, spaces) was read, and so would one
         // character at a time (`D E 8 9 …`) (review, 2026-12-05).
         // The check asks more of the forms that are not the print form.
-        pattern: r"\b[A-Za-z][ .-]?[A-Za-z][ .-]?\d[ .-]?\d(?:[ .-]?[A-Za-z0-9]){11,30}\b",
+        // No word boundary at either end: letters glued to either end
+        // (`IBANDE89…`, `DE89…000x`, as `'IBAN' || iban` writes it) hid
+        // the value (2026-12-06); a glued end is cut where the registry
+        // says the IBAN ends (`validate::iban_glued_end`).
+        pattern: r"[A-Za-z][ .-]?[A-Za-z][ .-]?\d[ .-]?\d(?:[ .-]?[A-Za-z0-9]){11,30}",
         group: 0,
         check: Some(validate::iban),
         weak: false,
+        digits_apart: false,
+        glued_end: Some(validate::iban_glued_end),
     },
     Builtin {
         name: "card",
@@ -140,19 +188,23 @@ pub const BUILTINS: &[Builtin] = &[
         // would take decimal fractions.
         // And in thousands, as `to_char(card::numeric, 'FM9,999,…')` or a
         // locale writes a number: `4,111,111,111,111,111`, `4'111'…`.
-        pattern: r"\b\d(?:[ -]?\d){12,18}\b|\b\d{4}(?:[ .-]\d{3,6}){2,4}\b|\b\d{1,3}(?:[,']\d{3}){4,6}\b",
+        pattern: r"\d(?:[ -]?\d){12,18}|\d{4}(?:[ .-]\d{3,6}){2,4}|\d{1,3}(?:[,']\d{3}){4,6}",
         group: 0,
         check: Some(validate::card),
         weak: false,
+        digits_apart: true,
+        glued_end: None,
     },
     Builtin {
         name: "ssn",
         label: "SSN",
         // Spaces and dots as well as dashes: `123 45 6789` passed.
-        pattern: r"\b\d{3}[ .-]\d{2}[ .-]\d{4}\b",
+        pattern: r"\d{3}[ .-]\d{2}[ .-]\d{4}",
         group: 0,
         check: Some(validate::ssn),
         weak: false,
+        digits_apart: true,
+        glued_end: None,
     },
     Builtin {
         name: "phone",
@@ -178,6 +230,8 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::phone),
         weak: true,
+        digits_apart: false,
+        glued_end: None,
     },
     // A second source of phone numbers: international forms dialled `00`
     // with a long last group (`0049 30 1234567`) or many short ones
@@ -198,6 +252,8 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::phone),
         weak: true,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "ipv4",
@@ -206,6 +262,8 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::ipv4),
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
     Builtin {
         name: "ipv6",
@@ -216,5 +274,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::ipv6),
         weak: false,
+        digits_apart: false,
+        glued_end: None,
     },
 ];

@@ -197,6 +197,10 @@ struct Detector {
     /// numbers inside five): a weak match that covers it whole is not
     /// cut short by it ([`Masker::spans`]).
     inside_runs: bool,
+    /// Ends told from digits, not words ([`detectors::Builtin::digits_apart`]).
+    digits_apart: bool,
+    /// Ends refused for glued characters ([`detectors::Builtin::glued_end`]).
+    glued_end: Option<fn(&str) -> Option<usize>>,
     /// The longest match of `regex` in bytes (`None`: no bound).
     reach: Option<usize>,
     action: Action,
@@ -319,6 +323,8 @@ impl Masker {
                 check: b.check,
                 weak: b.weak,
                 inside_runs: b.name == "ipv4",
+                digits_apart: b.digits_apart,
+                glued_end: b.glued_end,
                 reach: reach(b.pattern),
                 action: spec
                     .actions
@@ -344,6 +350,8 @@ impl Masker {
                 check: None,
                 weak: false,
                 inside_runs: false,
+                digits_apart: false,
+                glued_end: None,
                 reach: reach(&c.regex),
                 action: spec
                     .actions
@@ -633,7 +641,7 @@ impl Masker {
                     };
                     match self.detectors[d]
                         .check
-                        .and_then(|c| checked_end(text, start, trimmed, c, true))
+                        .and_then(|c| checked_end(text, start, trimmed, c, &self.detectors[d]))
                     {
                         Some(e) if e > start => end = e,
                         _ => {
@@ -861,6 +869,15 @@ impl Masker {
                         continue;
                     }
                     let m = d.regex.find_at(text, pos)?;
+                    // A value told from digits does not start inside a
+                    // number: none starts before the run's end.
+                    if d.digits_apart && m.start() > 0 && b[m.start() - 1].is_ascii_digit() {
+                        pos = b[m.start()..]
+                            .iter()
+                            .position(|c| !c.is_ascii_digit())
+                            .map_or(text.len() + 1, |p| m.start() + p);
+                        continue;
+                    }
                     // A custom pattern may match nothing in some context
                     // (`x?\b`): no value, and no progress; look further on.
                     if m.is_empty() {
@@ -898,7 +915,7 @@ impl Masker {
                     if !mid_run {
                         let end = match d.check {
                             None => Some(m.end()),
-                            Some(check) => checked_end(text, m.start(), m.end(), check, d.weak),
+                            Some(check) => checked_end(text, m.start(), m.end(), check, d),
                         };
                         if let Some(e) = end {
                             return Some((m.start(), e));
@@ -1203,24 +1220,34 @@ fn nanp_shaped(s: &str) -> bool {
 /// (Luhn, mod-97) says the value is whole, and a review passed
 /// `4111111111111111-1` and `DE89370400440532013000-1` unmasked that way
 /// (2026-12-05).
+///
+/// A value told from digits ([`Detector::digits_apart`]) ends where no
+/// digit follows: its pattern has no `\b` to say so, and stops where its
+/// repetition does, inside a longer number.
 fn checked_end(
     text: &str,
     start: usize,
     end: usize,
     check: fn(&str) -> bool,
-    weak: bool,
+    d: &Detector,
 ) -> Option<usize> {
     let b = text.as_bytes();
     let mut e = end;
     loop {
         // Only a cut of our own can split a token; the pattern's own end
         // is where it chose to stop.
-        let splits_token = weak
+        let splits_token = d.weak
             && e != end
             && b.get(e) == Some(&b'-')
             && b.get(e + 1).is_some_and(u8::is_ascii_digit);
-        if !splits_token && check(&text[start..e]) {
+        let in_number = d.digits_apart && b.get(e).is_some_and(u8::is_ascii_digit);
+        if !splits_token && !in_number && check(&text[start..e]) {
             return Some(e);
+        }
+        if let Some(glued) = d.glued_end.filter(|_| e == end) {
+            if let Some(k) = glued(&text[start..end]) {
+                return Some(start + k);
+            }
         }
         // Cut at the last separator before `e`.
         let cut = text[start..e].rfind([' ', '-', '.', ',', '\''])?;

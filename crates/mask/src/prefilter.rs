@@ -119,7 +119,11 @@ fn digits_may_match(b: &[u8]) -> bool {
             .position(|c| !matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b'\''))
             .map_or(b.len(), |p| group + p);
         let lone = after == group || !b.get(after).is_some_and(u8::is_ascii_digit);
-        if lone && (group - start < 7 || (start > 0 && word(b[start - 1]))) {
+        let glued = start > 0 && word(b[start - 1]);
+        if glued && (!lone || group - start >= 13) && glued_at(b, start) {
+            return true;
+        }
+        if lone && (group - start < 7 || glued) {
             i = group;
             continue;
         }
@@ -213,11 +217,58 @@ fn run_may_match(b: &[u8], start: usize) -> (usize, bool) {
     (j, chain.holds() || phone(digits, first, first_zero))
 }
 
+/// Whether a card or an SSN can start at the digit at `b[start]`, the
+/// first of its run, after a letter or `_`: their patterns are told from
+/// digits, not words (`detectors::Builtin::digits_apart`), so
+/// `x4111111111111111` and `SSN123-45-6789` are values. Read as their
+/// checks read them, not as chains: a UUID's `a716-446655440000` is a
+/// chain of 15 digits after a letter, and sent every document with the
+/// RFC's example UUID to the detector set. An SSN's shape (3, 2 and 4
+/// digits, one of ` .-` between), or 13 to 19 digits of the chain from
+/// here (one of ` .-,'` between digits) with a card's issuer prefix and
+/// Luhn sum ([`crate::validate::card_digits`]).
+///
+/// Out of line: it runs for few runs, and inlined it slowed the walk
+/// around it.
+#[inline(never)]
+fn glued_at(b: &[u8], start: usize) -> bool {
+    let digits_at = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .is_some_and(|g| g.iter().all(u8::is_ascii_digit))
+    };
+    let ssn_sep = |at: usize| b.get(at).is_some_and(|c| matches!(c, b' ' | b'.' | b'-'));
+    let ssn = ssn_sep(start + 3)
+        && digits_at(start, 3)
+        && digits_at(start + 4, 2)
+        && ssn_sep(start + 6)
+        && digits_at(start + 7, 4);
+    // Every issuer prefix a card's check knows starts with 2 to 6.
+    if ssn || !matches!(b[start], b'2'..=b'6') {
+        return ssn;
+    }
+    let mut d = [0u8; 19];
+    let mut n = 0;
+    let mut j = start;
+    while n < d.len() {
+        match b.get(j) {
+            Some(&c) if c.is_ascii_digit() => {
+                d[n] = c;
+                n += 1;
+            }
+            Some(b' ' | b'.' | b'-' | b',' | b'\'')
+                if b.get(j + 1).is_some_and(u8::is_ascii_digit) => {}
+            _ => break,
+        }
+        j += 1;
+    }
+    (13..=n).any(|k| crate::validate::card_digits(&d[..k]))
+}
+
 /// Whether the digit at `b[start]`, the first of its run, is an IBAN's
 /// first check digit: the pattern's two letters with at most one of
-/// ` .-` after each and a word boundary before them, the second check
-/// digit, then at least 11 letters or digits, each with at most one of
-/// ` .-` before it. Lower-case letters before digits are everywhere in
+/// ` .-` after each (whatever is before them: `IBANDE89…` is an IBAN
+/// glued to its label), the second check digit, then at least 11 letters
+/// or digits, each with at most one of ` .-` before it. Lower-case letters before digits are everywhere in
 /// JSON (`v2`, `item17`), so the length is read too; it stops at the
 /// 11th.
 fn iban_at(b: &[u8], start: usize) -> bool {
@@ -233,10 +284,7 @@ fn iban_at(b: &[u8], start: usize) -> bool {
         let at = if sep(b[at]) { at.checked_sub(1)? } else { at };
         b[at].is_ascii_alphabetic().then_some(at)
     };
-    let Some(first) = letter(start).and_then(letter) else {
-        return false;
-    };
-    if first > 0 && word(b[first - 1]) {
+    if letter(start).and_then(letter).is_none() {
         return false;
     }
     // The second check digit, then 11 letters or digits.
@@ -432,7 +480,7 @@ mod tests {
         let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b'\'');
         static IBAN: std::sync::LazyLock<regex::bytes::Regex> = std::sync::LazyLock::new(|| {
             regex::bytes::Regex::new(
-                r"(?-u)\b[A-Za-z][ .-]?[A-Za-z][ .-]?[0-9][ .-]?[0-9](?:[ .-]?[A-Za-z0-9]){11}",
+                r"(?-u)[A-Za-z][ .-]?[A-Za-z][ .-]?[0-9][ .-]?[0-9](?:[ .-]?[A-Za-z0-9]){11}",
             )
             .expect("valid")
         });
@@ -440,8 +488,30 @@ mod tests {
             return true;
         }
         (0..b.len()).any(|p| {
-            if !b[p].is_ascii_digit() || (p > 0 && word(b[p - 1])) {
+            if !b[p].is_ascii_digit() || (p > 0 && b[p - 1].is_ascii_digit()) {
                 return false;
+            }
+            // After a letter or `_`: a card or an SSN as their checks
+            // read them, and nothing else starts there.
+            if p > 0 && word(b[p - 1]) {
+                static SSN: std::sync::LazyLock<regex::bytes::Regex> =
+                    std::sync::LazyLock::new(|| {
+                        regex::bytes::Regex::new(r"^[0-9]{3}[ .-][0-9]{2}[ .-][0-9]{4}")
+                            .expect("valid")
+                    });
+                let chain = regex::bytes::Regex::new(r"^[0-9](?:[ .,'-]?[0-9])*").expect("valid");
+                let digits: String = chain
+                    .find(&b[p..])
+                    .map(|m| {
+                        m.as_bytes()
+                            .iter()
+                            .filter(|c| c.is_ascii_digit())
+                            .map(|&c| char::from(c))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return SSN.is_match(&b[p..])
+                    || (13..=digits.len().min(19)).any(|k| crate::validate::card(&digits[..k]));
             }
             // The chain from p.
             let (mut digits, mut dashes, mut dotted, mut j) = (0, 0, false, p);
@@ -524,10 +594,11 @@ mod tests {
             ("x DE 89 3704 0044 0532 0130 00", true),
             ("DE89", false),
             ("v2 item17 abc123", false),
-            ("xDE89370400440532013000", false),
+            ("xDE89370400440532013000", true),
             ("D E 8 9 3 7 0 4 0 0 4 4 0 5 3 2 0 1 3 0 0 0", true),
             ("x.D-E 89 WEST ABCD EFGH", true),
-            ("xD-E 89 WEST ABCD EFGH", false),
+            // An IBAN glued to a letter before it (`IBANDE89…`) is one.
+            ("xD-E 89 WEST ABCD EFGH", true),
             ("x.D-E 89 WEST ABCD EF", false),
             ("555-123-4567", true),
             ("555.123.4567", true),
@@ -560,6 +631,16 @@ mod tests {
             // (they sent every UUID to the detectors).
             ("550e8400-e29b-41d4-a716-446655440000", false),
             ("a716-446655440000", false),
+            // A card or an SSN glued to a letter or `_` is a value
+            // (`'x' || card`): read as its check reads it, so a UUID's
+            // digits after a letter still are not.
+            ("x4111111111111111", true),
+            ("card_4111-1111-1111-1111", true),
+            ("x4111111111111112", false),
+            ("SSN123-45-6789", true),
+            ("x123-45-678", false),
+            ("f4111.1111.1111.1111", true),
+            ("u4,111,111,111,111,111", true),
             ("446655440000", false),
             ("123456789-123", false),
             ("716-446655440000", true),
@@ -705,23 +786,24 @@ mod tests {
     }
 
     /// Whether the built-ins may find anything in `text`: the oracle. For
-    /// every pattern but the phone's, a match; for the phone, a number its
-    /// check accepts, asked of a masker with only the phone detector and
-    /// its first look skipped (alone it finds all that it would beside
-    /// the others, which only take from it).
+    /// every pattern but the phone's, the card's and the SSN's, a match;
+    /// for those, a value their checks accept (the first look reads a card
+    /// glued to a letter as its check does), asked of a masker with only
+    /// those detectors and its first look skipped (alone they find all
+    /// that they would beside the others, which only take from them).
     fn finds(text: &str) -> bool {
         static OTHERS: std::sync::LazyLock<RegexSet> = std::sync::LazyLock::new(|| {
             RegexSet::new(
                 BUILTINS
                     .iter()
-                    .filter(|b| b.name != "phone")
+                    .filter(|b| !b.weak && !b.digits_apart)
                     .map(|b| b.pattern),
             )
             .expect("valid builtins")
         });
         static PHONE: std::sync::LazyLock<crate::Masker> = std::sync::LazyLock::new(|| {
             let spec = crate::MaskSpec {
-                detectors: vec!["phone".into()],
+                detectors: vec!["phone".into(), "card".into(), "ssn".into()],
                 ..crate::MaskSpec::default()
             };
             crate::Masker::new(&spec, None).expect("phone masker")

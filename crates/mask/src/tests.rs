@@ -1970,3 +1970,56 @@ fn a_tables_keyed_column_is_masked_in_every_row() {
     let out = m.mask_json_bytes(plain, &mut Stats::new()).unwrap();
     assert!(String::from_utf8(out).unwrap().contains("city"));
 }
+
+/// A letter or `_` glued to a value does not hide it (2026-12-06):
+/// the patterns' word boundaries did, for `'x' || card`, `'SSN' || ssn`,
+/// `'IBAN' || iban`, a token after its name, and the secret assigned to an
+/// environment variable (`DB_PASSWORD=…`: the `_` is a word character).
+/// A digit glued to a card or an SSN makes a longer number, which is not
+/// one, and a UUID's digits after a letter stay what they are.
+#[test]
+fn values_glued_to_letters_are_found() {
+    for (text, masked) in [
+        ("x4111111111111111", "x[CARD]"),
+        ("4111111111111111x", "[CARD]x"),
+        ("card_4111-1111-1111-1111_end", "card_[CARD]_end"),
+        ("ref4111.1111.1111.1111", "ref[CARD]"),
+        ("n4,111,111,111,111,111", "n[CARD]"),
+        ("SSN123-45-6789", "SSN[SSN]"),
+        ("ssn:123 45 6789x", "ssn:[SSN]x"),
+        ("IBANDE89370400440532013000", "IBAN[IBAN]"),
+        ("DE89370400440532013000x", "[IBAN]x"),
+        ("de89 3704 0044 0532 0130 00x", "[IBAN]x"),
+        ("ibanDE89-3704-0044-0532-0130-00_", "iban[IBAN]_"),
+        ("xAKIAIOSFODNN7EXAMPLE", "x[AWS_KEY]"),
+        ("AKIAIOSFODNN7EXAMPLEX", "[AWS_KEY]X"),
+        (
+            "tokenghp_abcdefghijklmnopqrstuvwxyz0123456789_",
+            "token[GITHUB_TOKEN]_",
+        ),
+        ("xeyJhbGciOiJ.eyJzdWIiOiJ.sig", "x[JWT]"),
+        ("DB_PASSWORD=hunter22", "DB_PASSWORD=[SECRET]"),
+        (
+            "POSTGRES_PASSWORD: s3cretvalue",
+            "POSTGRES_PASSWORD: [SECRET]",
+        ),
+        ("user_api_key=abcdef123", "user_api_key=[SECRET]"),
+        ("GITLAB_API_TOKEN=abcdef123", "GITLAB_API_TOKEN=[SECRET]"),
+        // Digits glued: a longer number, not a card or an SSN.
+        ("94111111111111111", "94111111111111111"),
+        ("41111111111111111111111", "41111111111111111111111"),
+        ("x1123-45-6789", "x1123-45-6789"),
+        ("x123-45-67890y", "x123-45-67890y"),
+        // Ordinary ids and stamps glued to letters.
+        (
+            "550e8400-e29b-41d4-a716-446655440000",
+            "550e8400-e29b-41d4-a716-446655440000",
+        ),
+        ("ts1733450000000", "ts1733450000000"),
+        ("build20261206123456", "build20261206123456"),
+        ("password_hash=abc", "password_hash=abc"),
+    ] {
+        assert_eq!(mask(text), masked, "{text}");
+        assert_eq!(mask(masked), masked, "masking {masked} again");
+    }
+}
