@@ -686,6 +686,8 @@ mod tests {
             "sk_live_abcdefghijklmnop",
             "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345",
             "password=hunter22",
+            "SECRET_KEY=django",
+            "postgres://admin:pw@db",
             "password: hunter22",
             "API-KEY : abcdef",
             "Client_Secret:xyz123",

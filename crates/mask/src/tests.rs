@@ -1414,6 +1414,13 @@ fn joined_chains_and_long_runs_cost_linear_time() {
         ("", "pwd=a-"),
         ("", "glpat-aaaaaaaaaaaaaaaaaaaa-"),
         ("", "xoxb-aaaaaaaaaa-"),
+        // Without word boundaries (2026-12-06): an IBAN's shape at every
+        // fourth character, each refused, and one glued to another.
+        ("", "DE89"),
+        ("", "ab12DE89370400440532013000"),
+        ("", "DE89370400440532013000x"),
+        ("", "xpassword="),
+        ("", "xAKIA"),
         ("password=", "4111 111 111 119 22 "),
         (unbounded, "4111 111 111 119 22 "),
     ] {
@@ -1991,7 +1998,60 @@ fn values_glued_to_letters_are_found() {
         ("DE89370400440532013000x", "[IBAN]x"),
         ("de89 3704 0044 0532 0130 00x", "[IBAN]x"),
         ("ibanDE89-3704-0044-0532-0130-00_", "iban[IBAN]_"),
-        ("xAKIAIOSFODNN7EXAMPLE", "x[AWS_KEY]"),
+        ("xAKIAIOSFODNN7EXAMPLE", "[AWS_KEY]"),
+        ("key_AKIAIOSFODNN7EXAMPLE", "key[AWS_KEY]"),
+        // Review of the first version (2026-12-06): two letters and two
+        // digits before an IBAN took the first search and hid it.
+        ("ab12DE89370400440532013000", "ab12[IBAN]"),
+        ("ACCT12DE89 3704 0044 0532 0130 00", "ACCT12[IBAN]"),
+        ("SECRET_KEY=django-insecure-abc123", "SECRET_KEY=[SECRET]"),
+        ("GITHUB_TOKEN=abcdef0123", "GITHUB_TOKEN=[SECRET]"),
+        ("DB_PASS=hunter22", "DB_PASS=[SECRET]"),
+        (
+            r#"log {"DB_PASSWORD":"hunter22"}"#,
+            r#"log {"DB_PASSWORD":"[SECRET]"}"#,
+        ),
+        ("'password' => 'hunter22'", "'password' => '[SECRET]'"),
+        ("password := hunter22", "password := [SECRET]"),
+        (
+            "postgres://admin:hunter22@localhost:5432/db",
+            "postgres://admin:[SECRET]@localhost:5432/db",
+        ),
+        // Flags named after secrets, and what the review found taken for
+        // values inside words: hashes, ids, test names, upper-case words.
+        ("is_secret: false", "is_secret: false"),
+        ("has_password: true", "has_password: true"),
+        (
+            "c0248e21d9f1a67179462d772c1068f0d11e19d155b9e57df740cb727b3d1230",
+            "c0248e21d9f1a67179462d772c1068f0d11e19d155b9e57df740cb727b3d1230",
+        ),
+        (
+            "942390EE1AD1AFBE45335091E56021DA9A8A903788CD27A120698D121AB38841",
+            "942390EE1AD1AFBE45335091E56021DA9A8A903788CD27A120698D121AB38841",
+        ),
+        (
+            "a3eb5c87b20c4f41e0634982fd09e29b1bd29977",
+            "a3eb5c87b20c4f41e0634982fd09e29b1bd29977",
+        ),
+        (
+            "13ed4d371a93af821c03f3f130083358",
+            "13ed4d371a93af821c03f3f130083358",
+        ),
+        ("YG9KHEX4KME27C1NBC4T6069MM", "YG9KHEX4KME27C1NBC4T6069MM"),
+        ("serialno9386011117947", "serialno9386011117947"),
+        ("hostnamebe68539007547034", "hostnamebe68539007547034"),
+        (
+            "network_test_connectionTimeout",
+            "network_test_connectionTimeout",
+        ),
+        (
+            "CENTRALASIAEXPORTPARTNERSHIP",
+            "CENTRALASIAEXPORTPARTNERSHIP",
+        ),
+        (
+            "E3B0C44298FC1C149AFBF4C8996FB924ACCA41E4649B934CA495991B7852B855",
+            "E3B0C44298FC1C149AFBF4C8996FB924ACCA41E4649B934CA495991B7852B855",
+        ),
         ("AKIAIOSFODNN7EXAMPLEX", "[AWS_KEY]X"),
         (
             "tokenghp_abcdefghijklmnopqrstuvwxyz0123456789_",
