@@ -21,22 +21,9 @@ pub struct Builtin {
     /// pattern has no `\b`; the matcher holds the bound
     /// (`Masker::next_from_in`, `checked_end`).
     pub digits_apart: bool,
-    /// How a value without word boundaries in its pattern is read where
-    /// word characters are glued to it.
-    pub glued: Option<Glue>,
-}
-
-/// How a pattern without word boundaries reads a value glued to word
-/// characters (`IBANDE89…`, `DE89…000x`).
-#[derive(Clone, Copy)]
-pub struct Glue {
-    /// The check when a word character is right before the match: where
-    /// any two letters and two digits inside a word may start one, the
-    /// loose checks (mod-97 alone) took 1 in 97 of hashes' and ids' runs.
-    pub check: fn(&str) -> bool,
     /// Where the value ends when the check refuses the whole match because
     /// characters are glued to its end (`checked_end`).
-    pub end: fn(&str) -> Option<usize>,
+    pub glued_end: Option<fn(&str) -> Option<usize>>,
 }
 
 /// Every built-in detector, in priority order (earlier wins when two
@@ -50,7 +37,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     // The tokens below have no word boundary before their literal, nor
     // after a fixed length: one glued to a letter or `_` (`xAKIA…`,
@@ -64,7 +51,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "portcullis_token",
@@ -74,7 +61,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "aws_access_key",
@@ -82,22 +69,22 @@ pub const BUILTINS: &[Builtin] = &[
         // Glued only after a lower-case letter or `_` (`xAKIA…`, `key_AKIA…`,
         // the finding taking that character too): upper-case words and hex
         // hold the literals (`CENTRALASIAEXPORT…`, review).
-        pattern: r"(?:\b|[a-z_])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
+        pattern: r"(?:(?-u:\b)|[a-z_])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
         group: 0,
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "aws_secret",
         label: "AWS_SECRET",
-        pattern: r#"(?i)aws[a-z_ -]{0,20}secret[a-z_ -]{0,20}["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})\b"#,
+        pattern: r#"(?i)aws[a-z_ -]{0,20}secret[a-z_ -]{0,20}["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})(?-u:\b)"#,
         group: 1,
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "github_token",
@@ -107,7 +94,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "gitlab_token",
@@ -117,7 +104,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "slack_token",
@@ -127,19 +114,19 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "stripe_key",
         label: "STRIPE_KEY",
         // A word boundary before: `network_test_connectionTimeout` and
         // other test names hold the literal (review, 2026-12-06).
-        pattern: r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
+        pattern: r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
         group: 0,
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "google_api_key",
@@ -149,7 +136,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "secret_assignment",
@@ -158,17 +145,21 @@ pub const BUILTINS: &[Builtin] = &[
         // `POSTGRES_PASSWORD: …` and `user_api_key=…`, as environment
         // files and settings tables write them, passed unmasked (the `_`
         // before the name is a word character), 2026-12-06. And, from the
-        // review of that: upper-case names ending in `_KEY`, `_TOKEN`,
-        // `_PASS` or `_SECRET` (`SECRET_KEY=`, `GITHUB_TOKEN=`,
-        // `DB_PASS=`), a quote after the name (`"password": "…"` in a
-        // log line), and `=>` and `:=`. A boolean or `null` is no secret
+        // review of that: names ending in a secret's, access's,
+        // encryption's, signing or master key (`SECRET_KEY=`,
+        // `ENCRYPTION_KEY=`; not any `_KEY`: `SORT_KEY`, `GPG_KEY`,
+        // `CACHE_KEY` name no secret), upper-case names ending in
+        // `_TOKEN`, `_PASS` or `_SECRET` (`GITHUB_TOKEN=`, `DB_PASS=`; in
+        // lower case they name pagination cursors too: `page_token`), a
+        // quote after the name (`"password": "…"` in a log line), and `=>`
+        // and `:=`. A boolean, `null` or a mask's own token is no secret
         // (`is_secret: false`): the check.
-        pattern: r#"(?:(?i:password|passwd|passphrase|pwd|secret|api[_-]?key|private[_-]?key|(?:access|auth|api|refresh|session)[_-]?token|client[_-]?secret)|_(?:KEY|TOKEN|PASS|SECRET))["']?\s*(?:=>|:=|[=:])\s*("[^"\s]{3,}"|'[^'\s]{3,}'|[^\s"',;&}]{3,})"#,
+        pattern: r#"(?:(?i:password|passwd|passphrase|pwd|secret|api[_-]?key|private[_-]?key|(?:access|auth|api|refresh|session)[_-]?token|client[_-]?secret|(?:secret|access|encryption|signing|master)_key)|_(?:TOKEN|PASS|SECRET))["']?\s*(?:=>|:=|[=:])\s*("[^"\s]{3,}"|'[^'\s]{3,}'|[^\s"',;&}]{3,})"#,
         group: 1,
         check: Some(validate::secret_value),
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "url_password",
@@ -181,22 +172,27 @@ pub const BUILTINS: &[Builtin] = &[
         // classes made the detector set's automaton too large for its
         // cache, and the set fell back to a slower engine (22 times the
         // work on a document with many values).
-        pattern: r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#]+:([^\s@/?#]+)@",
+        // The user may be empty (`redis://:…@cache`) and either part may
+        // hold `@` (a percent-escape is read as its character before the
+        // patterns run: `hunter%40pw` showed `pw`), so the password runs
+        // to the last `@` before the host; the scheme may be glued to
+        // what is before it (`my_db://`, `1postgres://`: review).
+        pattern: r"[A-Za-z][A-Za-z0-9+._-]*://[^\s:/?#]*:([^\s/?#]+)@",
         group: 1,
-        check: None,
+        check: Some(validate::secret_value),
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "email",
         label: "EMAIL",
-        pattern: r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b",
+        pattern: r"(?-u:\b)[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?-u:\b)",
         group: 0,
         check: None,
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "iban",
@@ -207,21 +203,26 @@ pub const BUILTINS: &[Builtin] = &[
         // case, groups of four, spaces) was read, and so would one
         // character at a time (`D E 8 9 …`) (review, 2026-12-05).
         // The check asks more of the forms that are not the print form.
-        // No word boundary at either end: letters glued to either end
-        // (`IBANDE89…`, `DE89…000x`, as `'IBAN' || iban` writes it) hid
-        // the value (2026-12-06); a glued end is cut where the registry
-        // says the IBAN ends (`validate::iban_glued_end`), and one glued
-        // after a word character is taken only in upper case and by the
-        // registry (review: the loose checks took hashes' runs).
-        pattern: r"[A-Za-z][ .-]?[A-Za-z][ .-]?\d[ .-]?\d(?:[ .-]?[A-Za-z0-9]){11,30}",
+        // Letters or digits glued to its end (`DE89…000x`, as `iban ||
+        // 'x'` writes it) hid the value (2026-12-06): the pattern reads on
+        // to the word's end, up to 54 characters in all, and the value is
+        // cut where the registry says an IBAN in upper case ends
+        // (`validate::iban_glued_end`); `_` is read as a glued character
+        // (the check reads only letters and digits). The boundary at the end stays: a
+        // pattern that may end anywhere made the detector set's automaton
+        // rebuild its states on every hash in a JSON document (1.6 times
+        // the instructions). One glued after
+        // a word (`IBANDE89…`) is not found: without the boundary at its
+        // start, any two letters and two digits inside a word started
+        // one, the detector set's automaton thrashed on hashes and ids (a
+        // JSON document of SHA-256 strings masked at 1 MB/s), and the
+        // loose checks took their runs (review, 2026-12-06).
+        pattern: r"(?-u:\b)[A-Za-z][ .-]?[A-Za-z][ .-]?\d[ .-]?\d(?:[ .-]?[A-Za-z0-9_]){11,50}(?-u:\b)",
         group: 0,
         check: Some(validate::iban),
         weak: false,
         digits_apart: false,
-        glued: Some(Glue {
-            check: validate::iban_registered_upper,
-            end: validate::iban_glued_end,
-        }),
+        glued_end: Some(validate::iban_glued_end),
     },
     Builtin {
         name: "card",
@@ -239,7 +240,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: Some(validate::card),
         weak: false,
         digits_apart: true,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "ssn",
@@ -250,7 +251,7 @@ pub const BUILTINS: &[Builtin] = &[
         check: Some(validate::ssn),
         weak: false,
         digits_apart: true,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "phone",
@@ -272,12 +273,12 @@ pub const BUILTINS: &[Builtin] = &[
         // India writes mobiles; a review found it passed), and a slash
         // with spaces round it before the subscriber's groups (`+49 89 /
         // 123 456`, passed too).
-        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\b\d{2,5}(?:[ -]\d{2,5}){1,4}\b|\+[1-9]\d{7,14}\b|\b\d{3}\.\d{3}\.\d{4}\b|\b[2-9]\d{2}/[2-9]\d{2}-\d{4}\b|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\(0\d{1,5}\)|\b0\d{1,5})(?:[ /-]?\d{5,8}|[ -]\d{2,8}(?:[ -]\d{1,5}){0,4})\b|\b0\d{2,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b|\b0\d(?:\.\d{2}){4}\b|\+\d{1,3}[ .-]\d{6,12}\b|\+\d{1,3}(?: ?/ ?|[ .-])(?:\(0\) ?)?\d{1,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b",
+        pattern: r"(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?(?-u:\b)\d{2,5}(?:[ -]\d{2,5}){1,4}(?-u:\b)|\+[1-9]\d{7,14}(?-u:\b)|(?-u:\b)\d{3}\.\d{3}\.\d{4}(?-u:\b)|(?-u:\b)[2-9]\d{2}/[2-9]\d{2}-\d{4}(?-u:\b)|\+\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}(?-u:\b)|\+\d{1,3}(?:[ .-]\d{1,4}){3,6}(?-u:\b)|(?:\(0\d{1,5}\)|(?-u:\b)0\d{1,5})(?:[ /-]?\d{5,8}|[ -]\d{2,8}(?:[ -]\d{1,5}){0,4})(?-u:\b)|(?-u:\b)0\d{2,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}(?-u:\b)|(?-u:\b)0\d(?:\.\d{2}){4}(?-u:\b)|\+\d{1,3}[ .-]\d{6,12}(?-u:\b)|\+\d{1,3}(?: ?/ ?|[ .-])(?:\(0\) ?)?\d{1,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}(?-u:\b)",
         group: 0,
         check: Some(validate::phone),
         weak: true,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     // A second source of phone numbers: international forms dialled `00`
     // with a long last group (`0049 30 1234567`) or many short ones
@@ -294,33 +295,33 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         label: "PHONE",
-        pattern: r"\b00\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}\b|\b00\d{1,3}(?:[ .-]\d{1,4}){3,6}\b|(?:\+|\b00)\d{1,3} ?\(0\) ?\d{1,5}[ ./-]?\d{2,8}(?:[ .-]\d{1,5}){0,4}\b|\b00\d{1,3}(?: ?/ ?|[ .-])(?:\(0\) ?)?\d{1,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}\b",
+        pattern: r"(?-u:\b)00\d{1,3}(?:[ ./-]\d{1,5}[ ./-]| ?\(\d{1,5}\) ?)\d{5,8}(?:[.-]\d{1,5}){0,2}(?-u:\b)|(?-u:\b)00\d{1,3}(?:[ .-]\d{1,4}){3,6}(?-u:\b)|(?:\+|(?-u:\b)00)\d{1,3} ?\(0\) ?\d{1,5}[ ./-]?\d{2,8}(?:[ .-]\d{1,5}){0,4}(?-u:\b)|(?-u:\b)00\d{1,3}(?: ?/ ?|[ .-])(?:\(0\) ?)?\d{1,5} ?/ ?\d{2,8}(?:[ -]\d{1,5}){0,4}(?-u:\b)",
         group: 0,
         check: Some(validate::phone),
         weak: true,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "ipv4",
         label: "IP",
-        pattern: r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
+        pattern: r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)",
         group: 0,
         check: Some(validate::ipv4),
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
     Builtin {
         name: "ipv6",
         label: "IP",
         // The compressed form (with `::`) first: leftmost-first matching
         // would otherwise stop at the full form's shorter prefix.
-        pattern: r"(?i)\b(?:[0-9a-f]{1,4}:){1,7}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}\b)?|\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b",
+        pattern: r"(?i)(?-u:\b)(?:[0-9a-f]{1,4}:){1,7}:(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}(?-u:\b))?|(?-u:\b)(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}(?-u:\b)",
         group: 0,
         check: Some(validate::ipv6),
         weak: false,
         digits_apart: false,
-        glued: None,
+        glued_end: None,
     },
 ];

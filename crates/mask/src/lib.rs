@@ -199,8 +199,8 @@ struct Detector {
     inside_runs: bool,
     /// Ends told from digits, not words ([`detectors::Builtin::digits_apart`]).
     digits_apart: bool,
-    /// How a value glued to word characters is read ([`detectors::Glue`]).
-    glued: Option<detectors::Glue>,
+    /// Ends refused for glued characters ([`detectors::Builtin::glued_end`]).
+    glued_end: Option<fn(&str) -> Option<usize>>,
     /// The longest match of `regex` in bytes (`None`: no bound).
     reach: Option<usize>,
     action: Action,
@@ -324,7 +324,7 @@ impl Masker {
                 weak: b.weak,
                 inside_runs: b.name == "ipv4",
                 digits_apart: b.digits_apart,
-                glued: b.glued,
+                glued_end: b.glued_end,
                 reach: reach(b.pattern),
                 action: spec
                     .actions
@@ -351,7 +351,7 @@ impl Masker {
                 weak: false,
                 inside_runs: false,
                 digits_apart: false,
-                glued: None,
+                glued_end: None,
                 reach: reach(&c.regex),
                 action: spec
                     .actions
@@ -863,7 +863,9 @@ impl Masker {
                                 st += 1;
                                 en -= 1;
                             }
-                            if d.check.is_none_or(|check| check(&text[st..en])) {
+                            if d.check.is_none_or(|check| check(&text[st..en]))
+                                && !in_token_label(b, whole.start())
+                            {
                                 return Some((st, en));
                             }
                         }
@@ -914,14 +916,8 @@ impl Masker {
                         && !nanp
                         && !regrouped
                         && !stamp_ends_at(b, m.start() - 1);
-                    // Glued after a word character, a pattern without
-                    // word boundaries asks more ([`detectors::Glue`]).
-                    let check = match d.glued {
-                        Some(glue) if word_before(text, m.start()) => Some(glue.check),
-                        _ => d.check,
-                    };
                     if !mid_run {
-                        let end = match check {
+                        let end = match d.check {
                             None => Some(m.end()),
                             Some(check) => checked_end(text, m.start(), m.end(), check, d),
                         };
@@ -930,14 +926,8 @@ impl Masker {
                         }
                     }
                     // A rejected match may hide a real one that starts at
-                    // its next group: resume there, not after it. Without
-                    // word boundaries one may start at any character
-                    // inside it (`ab12DE89…`: review, 2026-12-06).
-                    pos = if d.glued.is_some() {
-                        m.start() + text[m.start()..].chars().next().map_or(1, char::len_utf8)
-                    } else {
-                        next_group(text, m.start(), m.end())
-                    };
+                    // its next group: resume there, not after it.
+                    pos = next_group(text, m.start(), m.end());
                 }
                 None
             }
@@ -1258,8 +1248,8 @@ fn checked_end(
         if !splits_token && !in_number && check(&text[start..e]) {
             return Some(e);
         }
-        if let Some(glue) = d.glued.filter(|_| e == end) {
-            if let Some(k) = (glue.end)(&text[start..end]) {
+        if let Some(glued) = d.glued_end.filter(|_| e == end) {
+            if let Some(k) = glued(&text[start..end]) {
                 return Some(start + k);
             }
         }
@@ -1354,13 +1344,16 @@ struct Cursor {
     done: bool,
 }
 
-/// Whether the character before `at` is a word character, as `\b` reads
-/// one.
-fn word_before(text: &str, at: usize) -> bool {
-    text[..at]
-        .chars()
-        .next_back()
-        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+/// Whether `at` is inside the label of a mask's token (`[GITHUB_TOKEN:`…):
+/// an assignment's name read there (`_TOKEN:` and the hash after it) is
+/// the token, and masking it again broke it (review, 2026-12-06).
+fn in_token_label(b: &[u8], at: usize) -> bool {
+    let label = b[..at]
+        .iter()
+        .rev()
+        .take_while(|c| c.is_ascii_uppercase() || **c == b'_')
+        .count();
+    at > label && b[at - label - 1] == b'['
 }
 
 /// Where to resume after a rejected match: its next digit group.

@@ -120,18 +120,23 @@ pub fn iban_glued_end(s: &str) -> Option<usize> {
     };
     // The country and check digits, moved to the end: their value and
     // the power of ten they are shifted by.
+    // In upper case, as IBANs are written: mixed-case ids that start with
+    // a country's code took the registry's word 1 time in 97 (review).
+    let lower = b.iter().position(u8::is_ascii_lowercase).unwrap_or(b.len());
     let mut head = (0u64, 1u64);
     let mut seen = 0;
     let mut rem = 0u64;
     let mut ends = Vec::new();
-    for (i, &c) in b.iter().enumerate() {
+    for (i, &c) in b[..lower].iter().enumerate() {
         let Some(v) = value(c) else { continue };
         let shift = if v >= 10 { 100 } else { 10 };
         if seen < 4 {
             head = ((head.0 * shift + v) % 97, head.1 * shift % 97);
         } else {
             rem = (rem * shift + v) % 97;
-            let glued = b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric);
+            let glued = b
+                .get(i + 1)
+                .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
             if seen + 1 >= 15 && glued && (rem * head.1 + head.0) % 97 == 1 {
                 ends.push(i + 1);
             }
@@ -139,13 +144,6 @@ pub fn iban_glued_end(s: &str) -> Option<usize> {
         seen += 1;
     }
     ends.into_iter().rev().find(|&k| registered(&s[..k]))
-}
-
-/// An IBAN glued after a word character (`IBANDE89…`): in upper case and
-/// valid by the registry only, since any two letters and two digits inside
-/// a word may start one (hashes, ids, `hostnamebe68…`: review, 2026-12-06).
-pub fn iban_registered_upper(s: &str) -> bool {
-    !s.bytes().any(|c| c.is_ascii_lowercase()) && registered(s)
 }
 
 /// A secret's assigned value, unless it is a boolean or nothing (names
@@ -164,14 +162,24 @@ pub fn secret_value(v: &str) -> bool {
         "undefined",
         "empty",
     ];
-    let token = v
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .is_some_and(|t| {
-            let label = t.split(':').next().unwrap_or(t);
-            !label.is_empty() && label.bytes().all(|c| c.is_ascii_uppercase() || c == b'_')
-        });
-    !token && !NOT.iter().any(|w| v.eq_ignore_ascii_case(w))
+    !mask_tokens(v) && !NOT.iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
+/// Whether `v` is one or more of a mask's tokens and nothing else
+/// (`[PHONE][IBAN]`, `[SECRET:5980346acc03c77f]`): a value masked already.
+fn mask_tokens(v: &str) -> bool {
+    let mut rest = v;
+    while let Some(t) = rest.strip_prefix('[') {
+        let Some(close) = t.find(']') else {
+            return false;
+        };
+        let label = t[..close].split(':').next().unwrap_or_default();
+        if label.is_empty() || !label.bytes().all(|c| c.is_ascii_uppercase() || c == b'_') {
+            return false;
+        }
+        rest = &t[close + 1..];
+    }
+    rest.is_empty() && !v.is_empty()
 }
 
 /// Whether the registry takes `s` as an IBAN, written as [`iban`] asks.
