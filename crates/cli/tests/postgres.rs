@@ -1160,9 +1160,19 @@ fn masking_has_no_side_doors() {
         ),
         ("select 'SSN' || '123-45-6789' || '_x' as c", "6789", "[SSN"),
         (
-            "select 'IBAN' || lower('DE89370400440532013000') || 'x' as c",
+            "select 'iban ' || 'DE89370400440532013000' || 'x_' as c",
             "0044",
             "[IBAN",
+        ),
+        (
+            "select 'postgres://admin:' || 'canary-pw-0612' || '@db:5432/app' as c",
+            "canary-pw",
+            "[SECRET",
+        ),
+        (
+            "select 'карта' || '4111111111111111' as c",
+            "41111111",
+            "[CARD",
         ),
         (
             "select 'DB_PASSWORD=' || 'canary-pw-0612' as c",
