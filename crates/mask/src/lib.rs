@@ -1248,10 +1248,12 @@ fn checked_end(
         if !splits_token && !in_number && check(&text[start..e]) {
             return Some(e);
         }
-        if let Some(glued) = d.glued_end.filter(|_| e == end) {
-            if let Some(k) = glued(&text[start..end]) {
-                return Some(start + k);
-            }
+        if let Some(k) = d
+            .glued_end
+            .filter(|_| e == end)
+            .and_then(|g| g(&text[start..end]))
+        {
+            return Some(start + k);
         }
         // Cut at the last separator before `e`.
         let cut = text[start..e].rfind([' ', '-', '.', ',', '\''])?;
