@@ -864,7 +864,8 @@ impl Masker {
                                 en -= 1;
                             }
                             if d.check.is_none_or(|check| check(&text[st..en]))
-                                && !in_token_label(b, whole.start())
+                                && !self.own_tokens(&text[st..en])
+                                && !in_token(text, whole.start())
                             {
                                 return Some((st, en));
                             }
@@ -937,6 +938,38 @@ impl Masker {
     /// Mask every finding in `text`; counts go to `stats`.
     pub fn mask_str<'t>(&self, text: &'t str, stats: &mut Stats) -> Cow<'t, str> {
         self.mask_str_in(text, stats, &mut None)
+    }
+
+    /// Whether `v` is one or more of this masker's tokens and nothing else
+    /// (`[PHONE][IBAN]`, `[SECRET:5980346acc03c77f]`, a key rule's
+    /// `"api_key":"[API_KEY]"` written back into a string): a value masked
+    /// already, which masking again would change (review, 2026-12-06). A
+    /// redacted token's label must be one this masker writes: a caller's
+    /// `password=[HUNTER]` is a value.
+    fn own_tokens(&self, v: &str) -> bool {
+        let own = |label: &str| {
+            self.detectors.iter().any(|d| d.label == label)
+                || self.words.iter().any(|w| w.label == label)
+                || self
+                    .fields
+                    .iter()
+                    .any(|f| f.keys.iter().any(|k| k.eq_ignore_ascii_case(label)))
+        };
+        let mut rest = v;
+        while rest.starts_with('[') {
+            if let Some(m) = token_pattern().find(rest).filter(|m| m.start() == 0) {
+                rest = &rest[m.end()..];
+                continue;
+            }
+            let Some(close) = rest.find(']') else {
+                return false;
+            };
+            if !own(&rest[1..close]) {
+                return false;
+            }
+            rest = &rest[close + 1..];
+        }
+        rest.is_empty() && !v.is_empty()
     }
 
     /// Whether any action issues reversible tokens.
@@ -1346,16 +1379,24 @@ struct Cursor {
     done: bool,
 }
 
-/// Whether `at` is inside the label of a mask's token (`[GITHUB_TOKEN:`…):
-/// an assignment's name read there (`_TOKEN:` and the hash after it) is
-/// the token, and masking it again broke it (review, 2026-12-06).
-fn in_token_label(b: &[u8], at: usize) -> bool {
+/// Whether `at` is inside the label of a hashed token
+/// (`[GITHUB_TOKEN:5b7446e50555b18b]`): an assignment's name read there
+/// (`_TOKEN:` and the hash after it) is the token, and masking it again
+/// broke it (review, 2026-12-06). The whole token must be there: a
+/// caller's `[DB_PASS:hunter22]` is no token.
+fn in_token(text: &str, at: usize) -> bool {
+    let b = text.as_bytes();
     let label = b[..at]
         .iter()
         .rev()
-        .take_while(|c| c.is_ascii_uppercase() || **c == b'_')
+        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
         .count();
-    at > label && b[at - label - 1] == b'['
+    let Some(open) = at.checked_sub(label + 1).filter(|&p| b[p] == b'[') else {
+        return false;
+    };
+    token_pattern()
+        .find_at(text, open)
+        .is_some_and(|m| m.start() == open && m.end() > at)
 }
 
 /// Where to resume after a rejected match: its next digit group.

@@ -2049,6 +2049,12 @@ fn values_glued_to_letters_are_found() {
         ("ssh://git@host:22/x", "ssh://git@host:22/x"),
         // Flags named after secrets, and what the review found taken for
         // values inside words: hashes, ids, test names, upper-case words.
+        // A value shaped like a token is a token only when it is one of
+        // this masker's (review of the mend: `'[' || upper(pw) || ']'`).
+        ("password=[HUNTER]", "password=[SECRET]"),
+        ("password=[X:hunter22]", "password=[SECRET]"),
+        ("x [DB_PASS:hunter22]", "x [DB_PASS:[SECRET]"),
+        ("password=[CARD]", "password=[CARD]"),
         ("is_secret: false", "is_secret: false"),
         ("has_password: true", "has_password: true"),
         (

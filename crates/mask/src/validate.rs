@@ -146,10 +146,10 @@ pub fn iban_glued_end(s: &str) -> Option<usize> {
     ends.into_iter().rev().find(|&k| registered(&s[..k]))
 }
 
-/// A secret's assigned value, unless it is a boolean or nothing (names
-/// that end in a secret's word are flags as often: `is_secret: false`,
-/// `has_password: true`, review, 2026-12-06), or a mask's own token (a
-/// key rule's `"api_key":"[API_KEY]"` written back into a string).
+/// A secret's assigned value, unless it is a boolean or nothing: names
+/// that end in a secret's word are flags as often (`is_secret: false`,
+/// `has_password: true`: review, 2026-12-06). A value masked already is
+/// told by the masker, which knows its own labels (`Masker::own_tokens`).
 pub fn secret_value(v: &str) -> bool {
     const NOT: [&str; 9] = [
         "true",
@@ -162,24 +162,7 @@ pub fn secret_value(v: &str) -> bool {
         "undefined",
         "empty",
     ];
-    !mask_tokens(v) && !NOT.iter().any(|w| v.eq_ignore_ascii_case(w))
-}
-
-/// Whether `v` is one or more of a mask's tokens and nothing else
-/// (`[PHONE][IBAN]`, `[SECRET:5980346acc03c77f]`): a value masked already.
-fn mask_tokens(v: &str) -> bool {
-    let mut rest = v;
-    while let Some(t) = rest.strip_prefix('[') {
-        let Some(close) = t.find(']') else {
-            return false;
-        };
-        let label = t[..close].split(':').next().unwrap_or_default();
-        if label.is_empty() || !label.bytes().all(|c| c.is_ascii_uppercase() || c == b'_') {
-            return false;
-        }
-        rest = &t[close + 1..];
-    }
-    rest.is_empty() && !v.is_empty()
+    !NOT.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
 /// Whether the registry takes `s` as an IBAN, written as [`iban`] asks.
