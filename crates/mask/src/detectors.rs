@@ -40,9 +40,10 @@ pub const BUILTINS: &[Builtin] = &[
         glued_end: None,
     },
     // The tokens below have no word boundary before their literal, nor
-    // after a fixed length: one glued to a letter or `_` (`xAKIA…`,
-    // `tokenghp_…`, `AKIA…X`) passed unmasked (2026-12-06). The literals
-    // are distinctive enough to stand without it.
+    // after a fixed length: one glued to a letter or `_` (`tokenghp_…`,
+    // `AKIA…X`) passed unmasked (2026-12-06). The literals are distinctive
+    // enough to stand without it, but for the AWS key's (upper-case words
+    // and hex hold them) and Stripe's (test names hold `_test_`): see each.
     Builtin {
         name: "jwt",
         label: "JWT",
