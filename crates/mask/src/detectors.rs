@@ -177,10 +177,13 @@ pub const BUILTINS: &[Builtin] = &[
         // hold `@` (a percent-escape is read as its character before the
         // patterns run: `hunter%40pw` showed `pw`), so the password runs
         // to the last `@` before the host; the scheme may be glued to
-        // what is before it (`my_db://`, `1postgres://`: review).
-        pattern: r"[A-Za-z][A-Za-z0-9+._-]*://[^\s:/?#]*:([^\s/?#]+)@",
+        // what is before it (`my_db://`, `1postgres://`: review). A `/`
+        // in the password too, as tools print one unescaped
+        // (`postgres://app:Ab3/xY9+@db` passed): the check tells it from a
+        // port and a path with an `@` in it (`https://host:8443/a@b`).
+        pattern: r"[A-Za-z][A-Za-z0-9+._-]*://[^\s:/?#]*:([^\s?#]+)@",
         group: 1,
-        check: Some(validate::secret_value),
+        check: Some(validate::url_password),
         weak: false,
         digits_apart: false,
         glued_end: None,

@@ -1386,9 +1386,11 @@ struct Cursor {
 /// caller's `[DB_PASS:hunter22]` is no token.
 fn in_token(text: &str, at: usize) -> bool {
     let b = text.as_bytes();
+    // A token's label is at most 40 characters (`token_pattern`).
     let label = b[..at]
         .iter()
         .rev()
+        .take(41)
         .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
         .count();
     let Some(open) = at.checked_sub(label + 1).filter(|&p| b[p] == b'[') else {

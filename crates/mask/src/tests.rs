@@ -2047,6 +2047,13 @@ fn values_glued_to_letters_are_found() {
             "https://example.com:8443/a@b",
         ),
         ("ssh://git@host:22/x", "ssh://git@host:22/x"),
+        // Final review: a `/` in the password, unescaped.
+        ("postgres://app:Ab3/xY9+@db", "postgres://app:[SECRET]@db"),
+        ("http://[::1]:8080/@user", "http://[::1]:8080/@user"),
+        (
+            "https://medium.com:443/@author/post",
+            "https://medium.com:443/@author/post",
+        ),
         // Flags named after secrets, and what the review found taken for
         // values inside words: hashes, ids, test names, upper-case words.
         // A value shaped like a token is a token only when it is one of

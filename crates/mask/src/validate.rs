@@ -165,6 +165,18 @@ pub fn secret_value(v: &str) -> bool {
     !NOT.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
+/// The password of a URL's user information ([`secret_value`]), unless
+/// what the pattern took is a port and a path (`8443/a` of
+/// `https://host:8443/a@b`, `1]:8080/` of `http://[::1]:8080/@user`): what
+/// comes before its first `/` ends in digits after a `:` or is digits.
+pub fn url_password(v: &str) -> bool {
+    let port = v.split_once('/').is_some_and(|(head, _)| {
+        let digits = head.rsplit(':').next().unwrap_or(head);
+        !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit())
+    });
+    !port && secret_value(v)
+}
+
 /// Whether the registry takes `s` as an IBAN, written as [`iban`] asks.
 fn registered(s: &str) -> bool {
     let c = compact(s);
