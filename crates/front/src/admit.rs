@@ -187,15 +187,18 @@ impl FrontContext {
         origin: &Origin,
         reason: &str,
     ) -> bool {
-        self.sessions
-            .refusal(
-                principal.map(str::to_owned),
-                connection.map(str::to_owned),
-                origin.front,
-                origin.peer.clone(),
-                reason.to_owned(),
-            )
-            .await
+        // Boxed, as every rarely taken await on the request path: an
+        // async fn's future holds the largest future it awaits, and every
+        // caller's future holds it again, copied whole at each level on
+        // every request ([`crate::cold`]).
+        crate::cold(self.sessions.refusal(
+            principal.map(str::to_owned),
+            connection.map(str::to_owned),
+            origin.front,
+            origin.peer.clone(),
+            reason.to_owned(),
+        ))
+        .await
     }
 
     /// Open the admitted caller's session: durable before the first
@@ -211,7 +214,7 @@ impl FrontContext {
         admitted: &Admitted,
         agent: Option<String>,
     ) -> Result<OpenSession, SessionError> {
-        let opened = self.sessions.open(admitted.opening(agent)).await;
+        let opened = crate::cold(self.sessions.open(admitted.opening(agent))).await;
         if let Err(e) = &opened {
             tracing::error!(error = %e, connection = %admitted.connection, "audit or recording unavailable; session refused");
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use portcullis_front::cold;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -95,14 +96,14 @@ impl crate::reload::Stack {
         let path = req.uri().path().to_owned();
         // Before authentication: the enrolment token is the credential.
         if path == crate::enrol::ENROL_PATH {
-            return crate::enrol::handle(listener.enrol.as_ref(), req).await;
+            return cold(crate::enrol::handle(listener.enrol.as_ref(), req)).await;
         }
         let routed = self.http.routes(host.as_deref(), &path);
         // OAuth discovery and endpoints, unless an HTTP connection owns
         // the path (a target's own `/.well-known` stays its own).
         if !routed && crate::oauth::is_oauth_path(&path) {
             return match &listener.oauth {
-                Some(o) => o.handle(req, conn.peer.ip(), &self.ctx, &self.mcp).await,
+                Some(o) => cold(o.handle(req, conn.peer.ip(), &self.ctx, &self.mcp)).await,
                 None => {
                     portcullis_http::linger(req.into_body()).await;
                     portcullis_http::json_response(
@@ -117,13 +118,13 @@ impl crate::reload::Stack {
         // connection routes.
         if !routed && (path == crate::console::UI || path.starts_with("/ui/")) {
             let oauth = listener.oauth.as_deref();
-            return listener.console.handle(req, oauth, conn.peer.ip()).await;
+            return cold(listener.console.handle(req, oauth, conn.peer.ip())).await;
         }
         if !routed && path.starts_with("/saml/") {
-            return listener.console.handle_saml(req, conn.peer.ip()).await;
+            return cold(listener.console.handle_saml(req, conn.peer.ip())).await;
         }
         if !routed && is_api(&path) {
-            return self.api(req, &conn, &listener.console).await;
+            return cold(self.api(req, &conn, &listener.console)).await;
         }
         // A connection of type "mcp": the MCP proxy.
         let mcp_route =
@@ -170,9 +171,9 @@ impl crate::reload::Stack {
                 };
                 match mcp_route {
                     Some((connection, rest)) => {
-                        self.mcp.proxy(req, caller, &connection, &rest).await
+                        cold(self.mcp.proxy(req, caller, &connection, &rest)).await
                     }
-                    None => self.mcp.handle(req, caller).await,
+                    None => cold(self.mcp.handle(req, caller)).await,
                 }
             }
             Err(e) => {

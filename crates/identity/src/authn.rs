@@ -203,7 +203,10 @@ impl Authenticator {
     ) -> Result<Principal, AuthError> {
         match cred {
             Credential::Bearer(s) if crate::oidc::looks_like_jwt(s) => match &self.oidc {
-                Some(v) => Ok(v.verify(s).await?),
+                // Boxed: the verifier's future (a key fetch) is large, and
+                // the gateway's token path would carry it on every request
+                // (`portcullis_front::cold`).
+                Some(v) => Ok(Box::pin(v.verify(s)).await?),
                 None => Err(AuthError::OidcNotConfigured),
             },
             Credential::Certificate { der, names } => {

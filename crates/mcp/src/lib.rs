@@ -45,27 +45,15 @@ pub struct Caller {
     pub hang_up: portcullis_http::HangUp,
 }
 
-/// How often a running call asks whether its caller's socket hung up.
-const HANG_UP_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
 impl Caller {
     /// Completes when the caller has gone away: its request was dropped
     /// (rmcp cancels [`Caller::gone`]), or its TCP connection hung up
     /// while hyper was not reading it (an HTTP/1.1 client that pipelined
     /// another request behind the call, then left: a review).
     pub(crate) async fn left(&self) {
-        let polled = async {
-            let mut every = tokio::time::interval(HANG_UP_POLL);
-            loop {
-                every.tick().await;
-                if self.hang_up.seen() {
-                    return;
-                }
-            }
-        };
         tokio::select! {
             () = self.gone.cancelled() => {}
-            () = polled => {}
+            () = self.hang_up.left() => {}
         }
     }
 

@@ -27,10 +27,13 @@ pub(crate) async fn meter(
     let Some(b) = budget(live) else {
         return Ok(resp);
     };
-    let allowed = match resp.body().size_hint().exact() {
-        Some(n) => b.take_exactly(Measure::Bytes, n).await,
-        None => b.reserve(Measure::Bytes).await,
-    }
+    let allowed = portcullis_front::cold(async {
+        match resp.body().size_hint().exact() {
+            Some(n) => b.take_exactly(Measure::Bytes, n).await,
+            None => b.reserve(Measure::Bytes).await,
+        }
+    })
+    .await
     .map_err(ProxyError::Budget)?;
     let (parts, body) = resp.into_parts();
     let metered = Metered {

@@ -8,7 +8,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::{Config, Protocol, Target};
-use portcullis_front::{AdmitError, Admitted, FrontContext, Origin};
+use portcullis_front::{AdmitError, Admitted, FrontContext, Origin, cold};
 use portcullis_identity::{Credential, Principal, Resource, token};
 use portcullis_policy::budget::Measure;
 use portcullis_tls::HandshakeRecord;
@@ -243,8 +243,11 @@ impl HttpFront {
         );
         let proxied = {
             use tracing::Instrument;
-            self.inner
-                .proxy(req, conn, &mut seen)
+            // On the heap: moved into `Instrumented`, the request's future
+            // was held twice in this one's state (rustc keeps a moved
+            // future's slot), 15.7 KB copied at each level on every
+            // request (`portcullis_front::cold`).
+            Box::pin(self.inner.proxy(req, conn, &mut seen))
                 .instrument(span.clone())
                 .await
         };
@@ -304,17 +307,13 @@ impl HttpFront {
     }
 }
 
-/// How often a request waiting for its answer asks whether its caller's
-/// socket hung up ([`crate::HangUp`]).
-const HANG_UP_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// `answer`, unless the caller leaves first: the forward is dropped (its
 /// target request with it) and the session marked. hyper drops a
 /// request's work itself when it reads the connection's end or the
 /// stream's reset (the guard below marks the session then); an HTTP/1.1
 /// caller that pipelined another request behind this one and left is
 /// not read again while this one runs, so its socket is asked every
-/// [`HANG_UP_POLL`] (such requests were forwarded to their end for
+/// [`crate::hangup::POLL`] (such requests were forwarded to their end for
 /// nobody: review).
 async fn unless_caller_leaves<T>(
     answer: impl Future<Output = Result<T, ProxyError>>,
@@ -349,14 +348,7 @@ async fn unless_caller_leaves<T>(
         received,
         armed: true,
     };
-    let left = async {
-        loop {
-            tokio::time::sleep(HANG_UP_POLL).await;
-            if conn.hang_up.seen() {
-                return;
-            }
-        }
-    };
+    let left = conn.hang_up.left();
     let answered = tokio::select! {
         // An answer that is ready is answered (and recorded as sent).
         biased;
@@ -389,7 +381,7 @@ const H2_LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Read and discard what is left of a refused request's body (bounded in
 /// size and time), so the client reads the refusal instead of a reset.
 pub async fn linger(body: Incoming) {
-    linger_up_to(body, LINGER_MAX_BYTES).await
+    cold(linger_up_to(body, LINGER_MAX_BYTES)).await
 }
 
 async fn linger_up_to(mut body: Incoming, max: u64) {
@@ -673,7 +665,8 @@ impl Inner {
         };
         // A refusal may quote what the target sent (a charset, a coding):
         // scrubbed too (re-review).
-        let answer = unless_caller_leaves(answer, conn, &live, &received);
+        // On the heap: passed by value, it was held twice (as `proxy` above).
+        let answer = unless_caller_leaves(Box::pin(answer), conn, &live, &received);
         let resp = match (answer.await, upstream.scrubber()) {
             (Err(e), Some(s)) => return Err(e.scrubbed(s)),
             (answer, _) => answer?,
@@ -756,12 +749,12 @@ impl Inner {
             || self.ctx.limits_methods(admitted);
         let mut in_body = Vec::new();
         if method_matters {
-            let (body, named) = crate::review::form_overrides(
+            let (body, named) = cold(crate::review::form_overrides(
                 &out.parts.headers,
                 out.body,
                 &out.state,
                 self.max_body,
-            )
+            ))
             .await?;
             out.body = body;
             in_body = named;
@@ -781,7 +774,14 @@ impl Inner {
                 caller_body: out.caller_body.as_deref(),
                 asked_session: out.asked_session,
             };
-            out.body = crate::review::hold(gate, held, out.body, &out.state, self.max_body).await?;
+            out.body = cold(crate::review::hold(
+                gate,
+                held,
+                out.body,
+                &out.state,
+                self.max_body,
+            ))
+            .await?;
         }
         Ok((out, in_body))
     }
@@ -800,6 +800,17 @@ impl Inner {
         let Some(b) = live.budget.get_or_init(|| self.ctx.budget(admitted)) else {
             return Ok(());
         };
+        cold(Self::charge_budget(admitted, live, b, parts, in_body)).await
+    }
+
+    /// [`Self::charge`] under a budget.
+    async fn charge_budget(
+        admitted: &Admitted,
+        live: &crate::session::LiveSession,
+        b: &portcullis_front::Budget,
+        parts: &http::request::Parts,
+        in_body: &[String],
+    ) -> Result<(), ProxyError> {
         let mut overridden = crate::review::method_overrides(&parts.headers, parts.uri.query());
         overridden.extend(in_body.iter().cloned());
         let qualifiers: Vec<Option<&str>> = std::iter::once(parts.method.as_str())
@@ -961,7 +972,7 @@ impl Inner {
             _ => LINGER_MAX_BYTES,
         };
         if n <= max {
-            linger_up_to(req.into_body(), max).await;
+            cold(linger_up_to(req.into_body(), max)).await;
         }
         Err(ProxyError::BodyTooLarge {
             limit: self.max_body,
@@ -1157,18 +1168,20 @@ impl Inner {
             return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
         };
         let mut stats = portcullis_mask::Stats::new();
-        let masked = crate::masking::mask_response(rule, method, resp, &mut stats, vault, scrub)
-            .await
-            .map_err(|f| match f {
-                crate::masking::ResponseError::Mask(f) => ProxyError::MaskFailed {
-                    connection: name.clone(),
-                    reason: f.0,
-                },
-                crate::masking::ResponseError::Target(reason) => ProxyError::Upstream {
-                    connection: name.clone(),
-                    reason,
-                },
-            })?;
+        let masked = cold(crate::masking::mask_response(
+            rule, method, resp, &mut stats, vault, scrub,
+        ))
+        .await
+        .map_err(|f| match f {
+            crate::masking::ResponseError::Mask(f) => ProxyError::MaskFailed {
+                connection: name.clone(),
+                reason: f.0,
+            },
+            crate::masking::ResponseError::Target(reason) => ProxyError::Upstream {
+                connection: name.clone(),
+                reason,
+            },
+        })?;
         self.ctx.mask_metrics.record(name, &stats);
         Ok(masked)
     }

@@ -80,7 +80,11 @@ impl ConnSessions {
         if live.len() >= MAX_PER_CONNECTION {
             return Err(SessionError::TooMany);
         }
-        let opened = open().await.map_err(SessionError::Open)?;
+        // Once per connection: off the state every request's future
+        // carries (`portcullis_front::cold`).
+        let opened = portcullis_front::cold(open())
+            .await
+            .map_err(SessionError::Open)?;
         let ended: Arc<Mutex<Option<Ended>>> = Arc::default();
         let marks = ended.clone();
         let registration = register(
