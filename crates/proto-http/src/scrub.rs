@@ -49,6 +49,10 @@ pub struct Scrubber {
     reach: usize,
     /// The fewest bytes any spelling has.
     shortest: usize,
+    /// A byte no spelling holds: what [`Self::none_in`] puts between
+    /// the names and values it searches at once, so that no spelling is
+    /// found across two of them. `None` if every such byte is in one.
+    apart: Option<u8>,
 }
 
 /// The secret as targets re-encode it, lower-cased: as it is; escaped for
@@ -242,7 +246,12 @@ impl Scrubber {
         let search = Search::new(&spellings)?;
         let longest = spellings.iter().map(Vec::len).max().unwrap_or(secret.len());
         let shortest = spellings.iter().map(Vec::len).min().unwrap_or(secret.len());
+        // Above ASCII: squeezing keeps it as it is.
+        let apart = (0x80..=0xffu8)
+            .rev()
+            .find(|b| spellings.iter().all(|s| !s.contains(b)));
         Some(Self {
+            apart,
             reach: (secret.len() * SPELL_WIDTH).min(MAX_REACH).max(longest),
             shortest,
             search: Arc::new(search),
@@ -432,6 +441,9 @@ impl Scrubber {
     /// Overwrite every occurrence in these headers' values, and drop a
     /// header whose name holds it (names are lower case).
     pub fn headers(&self, headers: &mut http::HeaderMap) {
+        if self.none_in(headers) {
+            return;
+        }
         let named: Vec<http::HeaderName> = headers
             .keys()
             .filter(|k| self.found(k.as_str().as_bytes()))
@@ -448,6 +460,51 @@ impl Scrubber {
                 *v = HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("***"));
             }
         }
+    }
+
+    /// Whether no header name or value holds the secret ([`Self::found`]
+    /// of each), asked at once: those with nothing the reading decodes
+    /// are squeezed into one text, each followed by [`Self::apart`], and
+    /// searched once; the others are asked one by one. A search per name
+    /// and value had been 3% of a small request's CPU (`perf`,
+    /// docs/performance.md, 2026-12-06 session 8). A spelling found
+    /// whole in one of them is found in the text; one the text shows
+    /// that none holds alone cannot span `apart`, which no spelling has.
+    fn none_in(&self, headers: &http::HeaderMap) -> bool {
+        let Some(apart) = self.apart else {
+            return false;
+        };
+        let parts = || {
+            headers
+                .keys()
+                .map(|k| k.as_str().as_bytes())
+                .chain(headers.values().map(|v| v.as_bytes()))
+        };
+        let mut read = false;
+        let plain_hit = SQUEEZED.with(|cell| {
+            let mut sq = cell.borrow_mut();
+            sq.clear();
+            for part in parts() {
+                if reading::has_trigger(part) {
+                    read = true;
+                } else {
+                    squeezed::squeeze_onto(part, &mut sq);
+                    sq.push(apart);
+                }
+            }
+            let hit = self.search.find(&sq, 0).is_some();
+            if sq.capacity() > KEPT {
+                *sq = Vec::new();
+            }
+            hit
+        });
+        if plain_hit {
+            return false;
+        }
+        !read
+            || parts()
+                .filter(|p| reading::has_trigger(p))
+                .all(|p| !self.found(p))
     }
 
     /// Whether a body with these headers can be searched: a target asked
@@ -804,6 +861,61 @@ mod tests {
         assert_eq!(&b, b"x**********y");
     }
 
+    /// The headers' one search ([`Scrubber::none_in`]) says none exactly
+    /// when no name or value holds the secret alone: every set of three
+    /// values from a pool of spellings (as it is, case-folded, with
+    /// blanks, percent- and JSON-escaped, in base64), halves split over
+    /// two values (in neither), near misses and ordinary values, under a
+    /// name that may itself be the secret.
+    #[test]
+    fn headers_searched_at_once_agree_with_each_alone() {
+        use base64::Engine as _;
+        let secret = b"sk-canary-Key-1234";
+        let s = Scrubber::new(secret).unwrap();
+        assert!(s.apart.is_some());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let pool: Vec<Vec<u8>> = vec![
+            b"application/json".to_vec(),
+            b"max-age=60, private".to_vec(),
+            b"nginx/1.22.1".to_vec(),
+            secret.to_vec(),
+            b"SK-CANARY-KEY-1234".to_vec(),
+            b"sk-canary- Key-12 34".to_vec(),
+            b"sk%2Dcanary-Key-1234".to_vec(),
+            br"\u0073k-canary-Key-1234".to_vec(),
+            b64.into_bytes(),
+            b"sk-canary-".to_vec(),
+            b"Key-1234".to_vec(),
+            b"sk-canary-Key-123".to_vec(),
+            b"a=b; sk-canary-Key-1235".to_vec(),
+        ];
+        let names = ["x-a", "x-b", "sk-canary-key-1234"];
+        let mut cases = 0;
+        for (i, a) in pool.iter().enumerate() {
+            for (j, b) in pool.iter().enumerate() {
+                for (k, c) in pool.iter().enumerate() {
+                    let mut h = http::HeaderMap::new();
+                    for (n, v) in [(names[0], a), (names[1], b), (names[(i + j + k) % 3], c)] {
+                        h.append(
+                            http::HeaderName::from_static(n),
+                            HeaderValue::from_bytes(v).unwrap(),
+                        );
+                    }
+                    let alone = h.keys().all(|k| !s.found(k.as_str().as_bytes()))
+                        && h.values().all(|v| !s.found(v.as_bytes()));
+                    assert_eq!(s.none_in(&h), alone, "{i} {j} {k}");
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, pool.len().pow(3));
+        // A split secret is in no single value: neither way finds it.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("sk-canary-"));
+        h.insert("x-b", HeaderValue::from_static("Key-1234"));
+        assert!(s.none_in(&h));
+    }
+
     /// Re-encoded by the target (left for later last stop: base64, hex,
     /// mixed case, `\u` escapes): every spelling is overwritten, and one
     /// byte off is not matched.
@@ -817,6 +929,7 @@ mod tests {
             search: Arc::new(Search::general(&spellings(secret)).unwrap()),
             reach: packed.reach,
             shortest: packed.shortest,
+            apart: packed.apart,
         };
         let b64 = |e: &base64::engine::GeneralPurpose, lead: &[u8]| {
             let mut framed = lead.to_vec();

@@ -25,6 +25,18 @@ pub(super) const BLANK: [bool; 256] = {
 
 /// `hay` lower-cased, without blanks, into `out` (replacing what it held).
 pub(super) fn squeeze(hay: &[u8], out: &mut Vec<u8>) {
+    squeeze_after(hay, out, 0);
+}
+
+/// `hay` squeezed onto the end of `out`.
+pub(super) fn squeeze_onto(hay: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    squeeze_after(hay, out, at);
+}
+
+/// `hay` squeezed into `out` after its first `at` bytes (replacing what
+/// followed them).
+fn squeeze_after(hay: &[u8], out: &mut Vec<u8>, at: usize) {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     const fn each(b: u8) -> u64 {
@@ -34,8 +46,8 @@ pub(super) fn squeeze(hay: &[u8], out: &mut Vec<u8>) {
     // what was not kept: room for the last step's eight. Not cleared
     // first: only the bytes past the last squeeze's end are zeroed (a
     // whole body's memset was 0.7% of a 64 KiB response's CPU).
-    out.resize(hay.len() + 8, 0);
-    let mut j = 0usize;
+    out.resize(at + hay.len() + 8, 0);
+    let mut j = at;
     let mut words = hay.chunks_exact(8);
     for w in &mut words {
         let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
