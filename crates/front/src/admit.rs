@@ -189,8 +189,7 @@ impl FrontContext {
     ) -> bool {
         // Boxed, as every rarely taken await on the request path: an
         // async fn's future holds the largest future it awaits, and every
-        // caller's future holds it again, copied whole at each level on
-        // every request ([`crate::cold`]).
+        // caller's future holds it again ([`crate::cold`]).
         crate::cold(self.sessions.refusal(
             principal.map(str::to_owned),
             connection.map(str::to_owned),

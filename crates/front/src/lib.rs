@@ -33,22 +33,22 @@ use portcullis_identity::{Authenticator, Principal};
 use portcullis_policy::Policy;
 
 pub use admit::{AdmitError, Admitted, Origin};
-
-/// `f` on the heap, for an await the request path rarely takes (a
-/// refusal's audit entry, a session's opening, an approval, a budget).
-/// An async fn's future is as large as the largest future it awaits, and
-/// its caller's holds it again: each level's future is copied whole when
-/// it is made, on every request, whether or not the branch runs. The
-/// HTTP request's future was 17.8 KB and its copies 6% of the gateway's
-/// CPU on small requests (`perf`, docs/performance.md, 2026-12-06
-/// session 8); a boxed await costs an allocation only when it runs.
-pub fn cold<F: std::future::Future>(f: F) -> std::pin::Pin<Box<F>> {
-    Box::pin(f)
-}
 pub use budget::{Budget, BudgetError, Budgets};
 pub use gate::{Ask, Gate, HoldError};
 pub use live::{At, Ended, LiveSession, Liveness, Registration, SESSION_KEY, Watch};
 pub use session::{Closing, OpenSession, Opening, Outcome, Refused, SessionError, Sessions};
+
+/// `f` on the heap, for an await the request path rarely takes (a
+/// refusal's audit entry, a session's opening, an approval, a budget).
+/// An async fn's future is as large as the largest future it awaits, and
+/// its caller's holds it again, whether or not the branch runs: the HTTP
+/// request's future was 17.8 KB, now 2.7 KB (docs/performance.md,
+/// 2026-12-06 session 8: memory per request in flight; no CPU change
+/// beyond the spread). A boxed await costs an allocation only when it
+/// runs.
+pub fn cold<F: std::future::Future>(f: F) -> std::pin::Pin<Box<F>> {
+    Box::pin(f)
+}
 
 /// The target of the trace spans the fronts make (a session, a request,
 /// a statement, a refusal), exported over OTLP when the binary is asked

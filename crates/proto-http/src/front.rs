@@ -245,8 +245,8 @@ impl HttpFront {
             use tracing::Instrument;
             // On the heap: moved into `Instrumented`, the request's future
             // was held twice in this one's state (rustc keeps a moved
-            // future's slot), 15.7 KB copied at each level on every
-            // request (`portcullis_front::cold`).
+            // future's slot): 15.7 KB per request in flight
+            // (`portcullis_front::cold`).
             Box::pin(self.inner.proxy(req, conn, &mut seen))
                 .instrument(span.clone())
                 .await
