@@ -8,10 +8,25 @@
 //! and at the end, so a crash loses at most the last second, and what was
 //! written stays readable (a torn last segment is ignored). The last
 //! digest goes into the session-end audit entry.
+//!
+//! A segment that comes due while the session runs (its buffer full, or
+//! the second up) is compressed, chained and written by one segment
+//! thread, in the order handed on; the last one is written by the caller
+//! of [`Writer::finish`] or [`Writer::seal`] once those before it are in
+//! the file. Compressing a full megabyte inline cost the request that
+//! filled it about 0.3 ms: the whole p99.9 tail at one connection (`perf`
+//! with scheduler events, 2026-12-06). The thread runs under `SCHED_IDLE`:
+//! at normal priority it took the core that the caller's or the target's
+//! next wake-up was queued for, and the tail stayed. The queue is bounded:
+//! a writer that finds it full writes the oldest segments itself, so a
+//! starved thread slows the gateway to today's inline pace and no further,
+//! and nothing is dropped.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
@@ -28,6 +43,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_BYTES: usize = 1 << 20;
 /// The most a segment may hold, decompressed (reader side bound).
 const MAX_SEGMENT: usize = 64 << 20;
+/// Segments that may wait for the segment thread, across all recordings
+/// (each at most about `2 * FLUSH_BYTES`): a bound on their memory.
+const QUEUED_SEGMENTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -162,19 +180,264 @@ pub type FailureHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// Writes one session's recording.
 pub struct Writer {
     path: PathBuf,
-    file: std::fs::File,
-    prev: [u8; 32],
+    chain: Arc<Chain>,
     buf: Vec<u8>,
     started: Instant,
     last_flush: Instant,
+    /// Segments handed on or written so far (numbers an error).
     segments: usize,
+    /// Bodies go in as raw bytes (a version 2 file).
+    raw_bodies: bool,
+}
+
+/// A recording's file and the end of its chain. Segments are appended
+/// one at a time under `end`, by the segment thread or by the writer once
+/// none of its segments is `pending` (so always in the order written).
+struct Chain {
+    path: PathBuf,
+    end: Mutex<End>,
+    /// Set with `End::failed`: lets each event ask without the lock.
+    stopped: AtomicBool,
+    /// Segments handed to the segment thread and not yet appended.
+    pending: Mutex<usize>,
+    landed: Condvar,
+    /// A buffer the segment thread is done with, for the writer's next
+    /// segment: a fresh one grew by copies and page faults to a megabyte.
+    spare: Mutex<Vec<u8>>,
+}
+
+struct End {
+    file: std::fs::File,
+    prev: [u8; 32],
     /// Bytes of the file that hold whole segments.
     written: u64,
     /// Set by the first failed write; every later call fails with it.
     failed: Option<String>,
     on_failure: Option<FailureHook>,
-    /// Bodies go in as raw bytes (a version 2 file).
-    raw_bodies: bool,
+}
+
+/// Lock, taking over a lock whose holder panicked: an `End` is only
+/// changed by whole assignments, and a panic mid-append leaves the file
+/// cut back by the next append's failure path at worst.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Chain {
+    fn new(path: PathBuf, end: End) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            end: Mutex::new(end),
+            stopped: AtomicBool::new(false),
+            pending: Mutex::new(0),
+            landed: Condvar::new(),
+            spare: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn stopped(&self) -> Result<(), RecordError> {
+        if !self.stopped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let reason = lock(&self.end).failed.clone().unwrap_or_default();
+        Err(RecordError::Stopped {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    /// Compress `data` into a segment, chain it and write it. A failed
+    /// write stops the recording for good: the file is cut back to its
+    /// last whole segment (still readable, its digest still the one the
+    /// chain knows), and the session must end.
+    fn append(&self, mut end: MutexGuard<'_, End>, data: &[u8]) -> Result<(), RecordError> {
+        if end.failed.is_some() {
+            drop(end);
+            return self.stopped();
+        }
+        let frame = match compress(data) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Not written is lost: stop rather than leave a hole.
+                self.fail(&mut end, format!("compressing a segment failed: {e}"));
+                drop(end);
+                return self.stopped();
+            }
+        };
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(&end.prev);
+        ctx.update(&frame);
+        let digest: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or(GENESIS);
+        let mut seg = Vec::with_capacity(frame.len() + 36);
+        seg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        seg.extend_from_slice(&digest);
+        seg.extend_from_slice(&frame);
+        // Handed to the kernel: survives a crash of the process. An fsync
+        // per segment (power-loss durability) would cost every HTTP request
+        // a disk flush; the audit chain seals the digest either way.
+        if let Err(e) = end.file.write_all(&seg) {
+            let written = end.written;
+            let _ = end.file.set_len(written);
+            tracing::error!(path = %self.path.display(), error = %e, "recording write failed; the session ends");
+            self.fail(&mut end, format!("a write failed: {e}"));
+            drop(end);
+            return self.stopped();
+        }
+        end.written += seg.len() as u64;
+        end.prev = digest;
+        Ok(())
+    }
+
+    fn fail(&self, end: &mut End, reason: String) {
+        if end.failed.is_some() {
+            return;
+        }
+        if let Some(hook) = &end.on_failure {
+            hook(&reason);
+        }
+        end.failed = Some(reason);
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Wait until every segment handed on is in the file (or refused).
+    fn wait_landed(&self) {
+        let mut pending = lock(&self.pending);
+        while *pending > 0 {
+            pending = self
+                .landed
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A segment on its way to the segment thread. Dropped unwritten (the
+/// thread gone), it stops its recording: a lost segment would be a hole
+/// the chain cannot show.
+struct Job {
+    chain: Arc<Chain>,
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl Job {
+    fn new(chain: Arc<Chain>, data: Vec<u8>) -> Self {
+        *lock(&chain.pending) += 1;
+        Self {
+            chain,
+            data,
+            done: false,
+        }
+    }
+
+    /// Run the job just taken off the queue, whose lock is `queue`: the
+    /// chain's end is taken before the queue is let go.
+    fn run_after(self, queue: MutexGuard<'_, VecDeque<Job>>) {
+        let chain = self.chain.clone();
+        let end = lock(&chain.end);
+        drop(queue);
+        self.run(end);
+    }
+
+    /// Append the segment; a failure is kept in the chain (the writer's
+    /// next call sees it). `end` is the chain's, taken while the job was
+    /// still first in the queue: the recording's next segment waits for
+    /// it, so segments land in the order they were handed on.
+    fn run(mut self, end: MutexGuard<'_, End>) {
+        let _ = self.chain.append(end, &self.data);
+        self.done = true;
+        let mut data = std::mem::take(&mut self.data);
+        data.clear();
+        let mut spare = lock(&self.chain.spare);
+        if spare.capacity() < data.capacity() {
+            *spare = data;
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut end = lock(&self.chain.end);
+            self.chain
+                .fail(&mut end, "the recording's segment writer stopped".into());
+        }
+        *lock(&self.chain.pending) -= 1;
+        self.chain.landed.notify_all();
+    }
+}
+
+/// Segments waiting for the segment thread, oldest first.
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Self {
+            jobs: Mutex::new(VecDeque::with_capacity(QUEUED_SEGMENTS)),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// The queue, its thread started on first use; `None` if no thread
+    /// could be started (segments are then written by their writer).
+    fn get() -> Option<&'static Queue> {
+        static QUEUE: OnceLock<Option<&'static Queue>> = OnceLock::new();
+        *QUEUE.get_or_init(|| {
+            let queue: &'static Queue = Box::leak(Box::new(Queue::new()));
+            std::thread::Builder::new()
+                .name("portcullis-recording".into())
+                .spawn(move || queue.serve())
+                .ok()
+                .map(|_| queue)
+        })
+    }
+
+    fn serve(&self) {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+        // Only when a core would otherwise idle. Lowering its own priority
+        // needs no privilege; if refused, the thread runs as any other.
+        if let Err(e) = thread_priority::set_thread_priority_and_policy(
+            thread_priority::thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            tracing::debug!(error = ?e, "the recording thread keeps its priority");
+        }
+        let mut jobs = lock(&self.jobs);
+        loop {
+            match jobs.pop_front() {
+                Some(job) => {
+                    job.run_after(jobs);
+                    jobs = lock(&self.jobs);
+                }
+                None => {
+                    jobs = self
+                        .ready
+                        .wait(jobs)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+            }
+        }
+    }
+
+    /// Queue `job`, first writing the oldest segments here while the
+    /// queue is full.
+    fn push(&self, job: Job) {
+        let mut jobs = lock(&self.jobs);
+        while jobs.len() >= QUEUED_SEGMENTS {
+            let Some(oldest) = jobs.pop_front() else {
+                break;
+            };
+            oldest.run_after(jobs);
+            jobs = lock(&self.jobs);
+        }
+        jobs.push_back(job);
+        drop(jobs);
+        self.ready.notify_one();
+    }
 }
 
 impl Writer {
@@ -207,17 +470,20 @@ impl Writer {
             let _ = std::fs::remove_file(&path);
             return Err(io(e));
         }
-        Ok(Self {
-            path,
+        let end = End {
             file,
             prev: GENESIS,
+            written: MAGIC.len() as u64,
+            failed: None,
+            on_failure: None,
+        };
+        Ok(Self {
+            chain: Chain::new(path.clone(), end),
+            path,
             buf: Vec::new(),
             started: Instant::now(),
             last_flush: Instant::now(),
             segments: 0,
-            written: MAGIC.len() as u64,
-            failed: None,
-            on_failure: None,
             raw_bodies: true,
         })
     }
@@ -247,24 +513,27 @@ impl Writer {
         file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         let elapsed = Duration::from_micros(scan.records.last_t_us);
         let now = Instant::now();
-        Ok(Self {
-            path: path.to_path_buf(),
+        let end = End {
             file,
             prev: scan.prev,
+            written: scan.end as u64,
+            failed: None,
+            on_failure: None,
+        };
+        Ok(Self {
+            chain: Chain::new(path.to_path_buf(), end),
+            path: path.to_path_buf(),
             buf: Vec::new(),
             started: now.checked_sub(elapsed).unwrap_or(now),
             last_flush: now,
             segments: scan.segments,
-            written: scan.end as u64,
-            failed: None,
-            on_failure: None,
             raw_bodies: scan.raw_bodies,
         })
     }
 
     /// Call `hook` when a write first fails.
-    pub fn on_failure(mut self, hook: FailureHook) -> Self {
-        self.on_failure = Some(hook);
+    pub fn on_failure(self, hook: FailureHook) -> Self {
+        lock(&self.chain.end).on_failure = Some(hook);
         self
     }
 
@@ -273,13 +542,7 @@ impl Writer {
     }
 
     fn stopped(&self) -> Result<(), RecordError> {
-        match &self.failed {
-            None => Ok(()),
-            Some(reason) => Err(RecordError::Stopped {
-                path: self.path.clone(),
-                reason: reason.clone(),
-            }),
-        }
+        self.chain.stopped()
     }
 
     /// Buffer an event; writes a segment when one is due.
@@ -327,7 +590,7 @@ impl Writer {
     }
 
     /// Buffer `value` as a JSON line, then the raw bytes `after` it (a
-    /// body's, and their newline), and write a segment when one is due.
+    /// body's, and their newline), and hand on a segment when one is due.
     fn line(&mut self, value: &impl Serialize, after: Option<&[u8]>) -> Result<(), RecordError> {
         serde_json::to_writer(&mut self.buf, value).map_err(|e| RecordError::Corrupt {
             path: self.path.clone(),
@@ -340,7 +603,7 @@ impl Writer {
             self.buf.push(b'\n');
         }
         if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
-            self.flush()?;
+            self.hand_on()?;
         }
         Ok(())
     }
@@ -384,48 +647,43 @@ impl Writer {
         Ok(())
     }
 
-    /// Write buffered events as a segment (in the file on return). A
-    /// failed write stops the recording for good: the file is cut back to
-    /// its last whole segment (still readable, its digest still the one
-    /// the chain knows), and the session must end.
-    pub fn flush(&mut self) -> Result<(), RecordError> {
+    /// Hand buffered events to the segment thread as a segment, behind
+    /// any of this recording's still on their way. While the thread's
+    /// queue is full, the oldest segments in it are written here first.
+    /// A failed write is seen by a later call.
+    pub fn hand_on(&mut self) -> Result<(), RecordError> {
         self.stopped()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
             return Ok(());
         }
-        let frame = match compress(&self.buf[..]) {
-            Ok(frame) => frame,
-            Err(e) => {
-                return Err(RecordError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                });
+        let next = std::mem::take(&mut *lock(&self.chain.spare));
+        let data = std::mem::replace(&mut self.buf, next);
+        self.segments += 1;
+        let job = Job::new(self.chain.clone(), data);
+        match Queue::get() {
+            Some(queue) => queue.push(job),
+            None => {
+                let chain = job.chain.clone();
+                job.run(lock(&chain.end));
             }
-        };
-        let mut ctx = Context::new(&SHA256);
-        ctx.update(&self.prev);
-        ctx.update(&frame);
-        let digest: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or(GENESIS);
-        let mut seg = Vec::with_capacity(frame.len() + 36);
-        seg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        seg.extend_from_slice(&digest);
-        seg.extend_from_slice(&frame);
-        // Handed to the kernel: survives a crash of the process. An fsync
-        // per segment (power-loss durability) would cost every HTTP request
-        // a disk flush; the audit chain seals the digest either way.
-        if let Err(e) = self.file.write_all(&seg) {
-            let reason = format!("a write failed: {e}");
-            let _ = self.file.set_len(self.written);
-            tracing::error!(path = %self.path.display(), error = %e, "recording write failed; the session ends");
-            if let Some(hook) = &self.on_failure {
-                hook(&reason);
-            }
-            self.failed = Some(reason);
-            return self.stopped();
         }
-        self.written += seg.len() as u64;
-        self.prev = digest;
+        self.stopped()
+    }
+
+    /// Write buffered events as a segment, after those handed on before
+    /// it: all are in the file on return. A failed write stops the
+    /// recording for good: the file is cut back to its last whole segment
+    /// (still readable, its digest still the one the chain knows), and
+    /// the session must end.
+    pub fn flush(&mut self) -> Result<(), RecordError> {
+        self.chain.wait_landed();
+        self.stopped()?;
+        self.last_flush = Instant::now();
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.chain.append(lock(&self.chain.end), &self.buf)?;
         self.buf.clear();
         self.segments += 1;
         Ok(())
@@ -434,13 +692,13 @@ impl Writer {
     /// Flush and return the final digest (hex).
     pub fn finish(mut self) -> Result<String, RecordError> {
         self.flush()?;
-        Ok(hex::encode(self.prev))
+        Ok(self.digest_so_far())
     }
 
     /// The digest of what is in the file (hex), for a recording that
     /// stopped: what the session's end entry seals.
     pub fn digest_so_far(&self) -> String {
-        hex::encode(self.prev)
+        hex::encode(lock(&self.chain.end).prev)
     }
 
     /// Flush what is left and return the digest of what the file holds,
@@ -450,7 +708,7 @@ impl Writer {
             RecordError::Stopped { reason, .. } => reason,
             other => other.to_string(),
         });
-        (hex::encode(self.prev), failed)
+        (self.digest_so_far(), failed)
     }
 }
 
@@ -494,7 +752,7 @@ impl Recorder {
                 let Ok(mut g) = w.lock() else { break };
                 match g.as_mut() {
                     Some(w) => {
-                        if let Err(e) = w.flush() {
+                        if let Err(e) = w.hand_on() {
                             tracing::error!(error = %e, "recording flush failed");
                         }
                     }
@@ -1253,7 +1511,7 @@ mod tests {
         let mut w = w.on_failure(Arc::new(move |_| {
             t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
-        w.file = std::fs::File::open(&path).unwrap();
+        lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         assert!(matches!(w.flush(), Err(RecordError::Stopped { .. })));
         assert!(matches!(
@@ -1263,6 +1521,159 @@ mod tests {
         assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
         let (records, last) = read(&path).unwrap();
         assert_eq!((records.len(), last), (1, good));
+    }
+
+    /// Segments handed on by many recordings at once (more than the
+    /// queue holds, so handing on waits) land in each one's order, behind
+    /// one another, and `finish` waits for them.
+    #[test]
+    fn segments_handed_on_land_in_order_behind_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = all_events();
+        let writers: Vec<_> = (0..6)
+            .map(|n| {
+                let dir = dir.path().to_path_buf();
+                let events = events.clone();
+                std::thread::spawn(move || {
+                    let mut w = Writer::create(&dir, &format!("many{n}")).unwrap();
+                    let mut wrote = Vec::new();
+                    for i in 0..40 {
+                        let e = events[(i + n) % events.len()].clone();
+                        w.event(e.clone()).unwrap();
+                        wrote.push(e);
+                        // A body that fills a segment on its own now and then.
+                        if i % 7 == 3 {
+                            let body = vec![b'a' + (i % 26) as u8; FLUSH_BYTES + i];
+                            w.body(Some(i as u64), true, &body).unwrap();
+                            wrote.extend(body.chunks(FLUSH_BYTES).map(|p| Event::HttpBody {
+                                request: Some(i as u64),
+                                from_caller: true,
+                                data: text_of(p),
+                            }));
+                        }
+                        if i % 13 == 5 {
+                            w.flush().unwrap();
+                        } else {
+                            w.hand_on().unwrap();
+                        }
+                    }
+                    let path = w.path().to_path_buf();
+                    (path, wrote, w.finish().unwrap())
+                })
+            })
+            .collect();
+        for t in writers {
+            let (path, wrote, digest) = t.join().unwrap();
+            let (records, last) = read(&path).unwrap();
+            assert_eq!(last, digest);
+            let read: Vec<_> = records.into_iter().map(|r| r.event).collect();
+            assert_eq!(read, wrote);
+        }
+    }
+
+    /// A write that fails on the segment thread stops the recording as
+    /// one that fails inline does: the next call fails, `seal` says why,
+    /// the hook is told once, and the file keeps what was written.
+    #[test]
+    fn a_write_failing_on_the_segment_thread_stops_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "behind").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        w.hand_on().unwrap();
+        w.flush().unwrap();
+        let good = w.digest_so_far();
+        let path = w.path().to_path_buf();
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = told.clone();
+        let mut w = w.on_failure(Arc::new(move |_| {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
+        w.event(all_events()[1].clone()).unwrap();
+        // Seen here if the thread was quick, else by the next call.
+        let _ = w.hand_on();
+        w.chain.wait_landed();
+        assert!(matches!(
+            w.event(all_events()[2].clone()),
+            Err(RecordError::Stopped { .. })
+        ));
+        let (digest, why) = w.seal();
+        assert!(why.unwrap().contains("a write failed"));
+        assert_eq!(digest, good);
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (records, last) = read(&path).unwrap();
+        assert_eq!((records.len(), last), (1, good));
+    }
+
+    /// A writer that finds the queue full writes its oldest segments
+    /// itself, and the recording still reads in the order written (here
+    /// the queue has no thread: only the writer's help moves it).
+    #[test]
+    fn a_full_queue_is_helped_along_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new();
+        let mut w = Writer::create(dir.path(), "helped").unwrap();
+        let events = all_events();
+        let mut wrote = Vec::new();
+        for i in 0..QUEUED_SEGMENTS + 5 {
+            let e = events[i % events.len()].clone();
+            w.event(e.clone()).unwrap();
+            wrote.push(e);
+            let data = std::mem::take(&mut w.buf);
+            queue.push(Job::new(w.chain.clone(), data));
+            assert!(lock(&queue.jobs).len() <= QUEUED_SEGMENTS);
+        }
+        assert_eq!(*lock(&w.chain.pending), QUEUED_SEGMENTS);
+        loop {
+            let mut jobs = lock(&queue.jobs);
+            let Some(job) = jobs.pop_front() else { break };
+            job.run_after(jobs);
+        }
+        let path = w.path().to_path_buf();
+        let digest = w.finish().unwrap();
+        let (records, last) = read(&path).unwrap();
+        assert_eq!(last, digest);
+        let read: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        assert_eq!(read, wrote);
+    }
+
+    /// The segment thread asks for idle priority (`SCHED_IDLE`, policy 5
+    /// in the 41st field of its `stat`): at normal priority it kept the
+    /// core a caller's next wake-up was queued for.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_segment_thread_runs_at_idle_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "idle").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        w.hand_on().unwrap();
+        w.flush().unwrap();
+        let policies: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                // Thread names are cut to 15 bytes.
+                (comm.trim() == "portcullis-reco").then_some(())?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                // Fields after the name, which ends at the last ')'.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(41 - 3).map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(policies, ["5"]);
+    }
+
+    /// A segment dropped before it was written (its thread gone) stops the
+    /// recording, and is no longer waited for.
+    #[test]
+    fn a_segment_lost_on_the_way_stops_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "lost").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        drop(Job::new(w.chain.clone(), std::mem::take(&mut w.buf)));
+        let (_, why) = w.seal();
+        assert!(why.unwrap().contains("segment writer stopped"));
     }
 
     #[test]

@@ -179,7 +179,7 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
                 let digits = hay[i + 1..]
                     .iter()
                     .take(3)
-                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .take_while(|d| (b'0'..=b'7').contains(*d))
                     .count();
                 let v = hay[i + 1..i + 1 + digits]
                     .iter()
