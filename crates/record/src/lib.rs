@@ -423,6 +423,20 @@ impl Queue {
         }
     }
 
+    /// Write the oldest segments here (any recording's) until none of
+    /// `chain`'s waits in the queue: a writer that must see its segments
+    /// in the file does not wait on a thread that runs only when a core
+    /// is idle, and under a busy machine may not run for long.
+    fn help_until_landed(&self, chain: &Chain) {
+        while *lock(&chain.pending) > 0 {
+            let mut jobs = lock(&self.jobs);
+            match jobs.pop_front() {
+                Some(job) => job.run_after(jobs),
+                None => return,
+            }
+        }
+    }
+
     /// Queue `job`, first writing the oldest segments here while the
     /// queue is full.
     fn push(&self, job: Job) {
@@ -677,6 +691,9 @@ impl Writer {
     /// (still readable, its digest still the one the chain knows), and
     /// the session must end.
     pub fn flush(&mut self) -> Result<(), RecordError> {
+        if let Some(queue) = Queue::get() {
+            queue.help_until_landed(&self.chain);
+        }
         self.chain.wait_landed();
         self.stopped()?;
         self.last_flush = Instant::now();
@@ -1635,6 +1652,45 @@ mod tests {
         assert_eq!(last, digest);
         let read: Vec<_> = records.into_iter().map(|r| r.event).collect();
         assert_eq!(read, wrote);
+    }
+
+    /// A writer that must see its segments in the file writes the queue's
+    /// oldest itself until its own are in, not waiting on the idle thread;
+    /// others' later segments stay queued (here the queue has no thread).
+    #[test]
+    fn a_flush_writes_the_queue_up_to_its_own_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new();
+        let events = all_events();
+        let mut mine = Writer::create(dir.path(), "mine").unwrap();
+        let mut other = Writer::create(dir.path(), "other").unwrap();
+        for (i, e) in events.iter().enumerate().take(6) {
+            let w = if i % 2 == 0 { &mut mine } else { &mut other };
+            w.event(e.clone()).unwrap();
+            let data = std::mem::take(&mut w.buf);
+            queue.push(Job::new(w.chain.clone(), data));
+        }
+        // Then one more of the other's.
+        other.event(events[6].clone()).unwrap();
+        let data = std::mem::take(&mut other.buf);
+        queue.push(Job::new(other.chain.clone(), data));
+        queue.help_until_landed(&mine.chain);
+        assert_eq!(*lock(&mine.chain.pending), 0);
+        // The other's fourth and sixth event stay.
+        assert_eq!(*lock(&other.chain.pending), 2);
+        assert_eq!(lock(&queue.jobs).len(), 2);
+        let path = mine.path().to_path_buf();
+        mine.finish().unwrap();
+        let read: Vec<_> = read(&path)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(
+            read,
+            [events[0].clone(), events[2].clone(), events[4].clone()]
+        );
     }
 
     /// The segment thread asks for idle priority (`SCHED_IDLE`, policy 5
