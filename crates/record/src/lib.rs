@@ -10,27 +10,21 @@
 //! digest goes into the session-end audit entry.
 //!
 //! A segment that comes due while the session runs (its buffer full, or
-//! the second up) is compressed, chained and written by one segment
-//! thread, in the order handed on; the last one is written by the caller
-//! of [`Writer::finish`] or [`Writer::seal`] once those before it are in
-//! the file. Compressing a full megabyte inline cost the request that
-//! filled it about 0.3 ms: the whole p99.9 tail at one connection (`perf`
-//! with scheduler events, 2026-12-06). The thread runs under `SCHED_IDLE`:
-//! at normal priority it took the core that the caller's or the target's
-//! next wake-up was queued for, and the tail stayed. The queue is bounded:
-//! a writer that finds it full writes the oldest segments itself, so a
-//! starved thread slows the gateway to today's inline pace and no further,
-//! and nothing is dropped.
+//! the second up) is handed to a thread of its own at idle priority; the
+//! last is written by the caller of [`Writer::finish`] or [`Writer::seal`],
+//! after any still waiting ([`segments`] says how nothing waits on that
+//! thread and nothing is lost or reordered).
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
+
+mod segments;
+use segments::{Chain, Queue};
 
 /// A recording's first bytes. Version 2 may hold bodies as raw bytes
 /// ([`RawBody`]); version 1 files are still read, and resumed as version 1.
@@ -43,9 +37,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_BYTES: usize = 1 << 20;
 /// The most a segment may hold, decompressed (reader side bound).
 const MAX_SEGMENT: usize = 64 << 20;
-/// Segments that may wait for the segment thread, across all recordings
-/// (each at most about `2 * FLUSH_BYTES`): a bound on their memory.
-const QUEUED_SEGMENTS: usize = 16;
+/// A segment handed on that has waited this long is written by its
+/// writer at the next tick (the segment thread has had no core for it):
+/// a crash then loses at most about a second more.
+const LATE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -184,274 +179,13 @@ pub struct Writer {
     buf: Vec<u8>,
     started: Instant,
     last_flush: Instant,
-    /// Segments handed on or written so far (numbers an error).
+    /// Segments in the file when the writer began, plus those written or
+    /// handed on since (numbers an error).
     segments: usize,
+    /// The number of the next segment (the chain's, from 0).
+    seq: u64,
     /// Bodies go in as raw bytes (a version 2 file).
     raw_bodies: bool,
-}
-
-/// A recording's file and the end of its chain. Segments are appended
-/// one at a time under `end`, by the segment thread or by the writer once
-/// none of its segments is `pending` (so always in the order written).
-struct Chain {
-    path: PathBuf,
-    end: Mutex<End>,
-    /// Set with `End::failed`: lets each event ask without the lock.
-    stopped: AtomicBool,
-    /// Segments handed to the segment thread and not yet appended.
-    pending: Mutex<usize>,
-    landed: Condvar,
-    /// A buffer the segment thread is done with, for the writer's next
-    /// segment: a fresh one grew by copies and page faults to a megabyte.
-    spare: Mutex<Vec<u8>>,
-}
-
-struct End {
-    file: std::fs::File,
-    prev: [u8; 32],
-    /// Bytes of the file that hold whole segments.
-    written: u64,
-    /// Set by the first failed write; every later call fails with it.
-    failed: Option<String>,
-    on_failure: Option<FailureHook>,
-}
-
-/// Lock, taking over a lock whose holder panicked: an `End` is only
-/// changed by whole assignments, and a panic mid-append leaves the file
-/// cut back by the next append's failure path at worst.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Chain {
-    fn new(path: PathBuf, end: End) -> Arc<Self> {
-        Arc::new(Self {
-            path,
-            end: Mutex::new(end),
-            stopped: AtomicBool::new(false),
-            pending: Mutex::new(0),
-            landed: Condvar::new(),
-            spare: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn stopped(&self) -> Result<(), RecordError> {
-        if !self.stopped.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let reason = lock(&self.end).failed.clone().unwrap_or_default();
-        Err(RecordError::Stopped {
-            path: self.path.clone(),
-            reason,
-        })
-    }
-
-    /// Compress `data` into a segment, chain it and write it. A failed
-    /// write stops the recording for good: the file is cut back to its
-    /// last whole segment (still readable, its digest still the one the
-    /// chain knows), and the session must end.
-    fn append(&self, mut end: MutexGuard<'_, End>, data: &[u8]) -> Result<(), RecordError> {
-        if end.failed.is_some() {
-            drop(end);
-            return self.stopped();
-        }
-        let frame = match compress(data) {
-            Ok(frame) => frame,
-            Err(e) => {
-                // Not written is lost: stop rather than leave a hole.
-                self.fail(&mut end, format!("compressing a segment failed: {e}"));
-                drop(end);
-                return self.stopped();
-            }
-        };
-        let mut ctx = Context::new(&SHA256);
-        ctx.update(&end.prev);
-        ctx.update(&frame);
-        let digest: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or(GENESIS);
-        let mut seg = Vec::with_capacity(frame.len() + 36);
-        seg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        seg.extend_from_slice(&digest);
-        seg.extend_from_slice(&frame);
-        // Handed to the kernel: survives a crash of the process. An fsync
-        // per segment (power-loss durability) would cost every HTTP request
-        // a disk flush; the audit chain seals the digest either way.
-        if let Err(e) = end.file.write_all(&seg) {
-            let written = end.written;
-            let _ = end.file.set_len(written);
-            tracing::error!(path = %self.path.display(), error = %e, "recording write failed; the session ends");
-            self.fail(&mut end, format!("a write failed: {e}"));
-            drop(end);
-            return self.stopped();
-        }
-        end.written += seg.len() as u64;
-        end.prev = digest;
-        Ok(())
-    }
-
-    fn fail(&self, end: &mut End, reason: String) {
-        if end.failed.is_some() {
-            return;
-        }
-        if let Some(hook) = &end.on_failure {
-            hook(&reason);
-        }
-        end.failed = Some(reason);
-        self.stopped.store(true, Ordering::Release);
-    }
-
-    /// Wait until every segment handed on is in the file (or refused).
-    fn wait_landed(&self) {
-        let mut pending = lock(&self.pending);
-        while *pending > 0 {
-            pending = self
-                .landed
-                .wait(pending)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-/// A segment on its way to the segment thread. Dropped unwritten (the
-/// thread gone), it stops its recording: a lost segment would be a hole
-/// the chain cannot show.
-struct Job {
-    chain: Arc<Chain>,
-    data: Vec<u8>,
-    done: bool,
-}
-
-impl Job {
-    fn new(chain: Arc<Chain>, data: Vec<u8>) -> Self {
-        *lock(&chain.pending) += 1;
-        Self {
-            chain,
-            data,
-            done: false,
-        }
-    }
-
-    /// Run the job just taken off the queue, whose lock is `queue`: the
-    /// chain's end is taken before the queue is let go.
-    fn run_after(self, queue: MutexGuard<'_, VecDeque<Job>>) {
-        let chain = self.chain.clone();
-        let end = lock(&chain.end);
-        drop(queue);
-        self.run(end);
-    }
-
-    /// Append the segment; a failure is kept in the chain (the writer's
-    /// next call sees it). `end` is the chain's, taken while the job was
-    /// still first in the queue: the recording's next segment waits for
-    /// it, so segments land in the order they were handed on.
-    fn run(mut self, end: MutexGuard<'_, End>) {
-        let _ = self.chain.append(end, &self.data);
-        self.done = true;
-        let mut data = std::mem::take(&mut self.data);
-        data.clear();
-        let mut spare = lock(&self.chain.spare);
-        if spare.capacity() < data.capacity() {
-            *spare = data;
-        }
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if !self.done {
-            let mut end = lock(&self.chain.end);
-            self.chain
-                .fail(&mut end, "the recording's segment writer stopped".into());
-        }
-        *lock(&self.chain.pending) -= 1;
-        self.chain.landed.notify_all();
-    }
-}
-
-/// Segments waiting for the segment thread, oldest first.
-struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
-    ready: Condvar,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Self {
-            jobs: Mutex::new(VecDeque::with_capacity(QUEUED_SEGMENTS)),
-            ready: Condvar::new(),
-        }
-    }
-
-    /// The queue, its thread started on first use; `None` if no thread
-    /// could be started (segments are then written by their writer).
-    fn get() -> Option<&'static Queue> {
-        static QUEUE: OnceLock<Option<&'static Queue>> = OnceLock::new();
-        *QUEUE.get_or_init(|| {
-            let queue: &'static Queue = Box::leak(Box::new(Queue::new()));
-            std::thread::Builder::new()
-                .name("portcullis-recording".into())
-                .spawn(move || queue.serve())
-                .ok()
-                .map(|_| queue)
-        })
-    }
-
-    fn serve(&self) {
-        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-        // Only when a core would otherwise idle. Lowering its own priority
-        // needs no privilege; if refused, the thread runs as any other.
-        if let Err(e) = thread_priority::set_thread_priority_and_policy(
-            thread_priority::thread_native_id(),
-            ThreadPriority::Min,
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-        ) {
-            tracing::debug!(error = ?e, "the recording thread keeps its priority");
-        }
-        let mut jobs = lock(&self.jobs);
-        loop {
-            match jobs.pop_front() {
-                Some(job) => {
-                    job.run_after(jobs);
-                    jobs = lock(&self.jobs);
-                }
-                None => {
-                    jobs = self
-                        .ready
-                        .wait(jobs)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-            }
-        }
-    }
-
-    /// Write the oldest segments here (any recording's) until none of
-    /// `chain`'s waits in the queue: a writer that must see its segments
-    /// in the file does not wait on a thread that runs only when a core
-    /// is idle, and under a busy machine may not run for long.
-    fn help_until_landed(&self, chain: &Chain) {
-        while *lock(&chain.pending) > 0 {
-            let mut jobs = lock(&self.jobs);
-            match jobs.pop_front() {
-                Some(job) => job.run_after(jobs),
-                None => return,
-            }
-        }
-    }
-
-    /// Queue `job`, first writing the oldest segments here while the
-    /// queue is full.
-    fn push(&self, job: Job) {
-        let mut jobs = lock(&self.jobs);
-        while jobs.len() >= QUEUED_SEGMENTS {
-            let Some(oldest) = jobs.pop_front() else {
-                break;
-            };
-            oldest.run_after(jobs);
-            jobs = lock(&self.jobs);
-        }
-        jobs.push_back(job);
-        drop(jobs);
-        self.ready.notify_one();
-    }
 }
 
 impl Writer {
@@ -484,20 +218,20 @@ impl Writer {
             let _ = std::fs::remove_file(&path);
             return Err(io(e));
         }
-        let end = End {
-            file,
-            prev: GENESIS,
-            written: MAGIC.len() as u64,
-            failed: None,
-            on_failure: None,
-        };
         Ok(Self {
-            chain: Chain::new(path.clone(), end),
+            chain: Chain::new(
+                path.clone(),
+                file,
+                GENESIS,
+                MAGIC.len() as u64,
+                Queue::global(),
+            ),
             path,
             buf: Vec::new(),
             started: Instant::now(),
             last_flush: Instant::now(),
             segments: 0,
+            seq: 0,
             raw_bodies: true,
         })
     }
@@ -527,27 +261,27 @@ impl Writer {
         file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         let elapsed = Duration::from_micros(scan.records.last_t_us);
         let now = Instant::now();
-        let end = End {
-            file,
-            prev: scan.prev,
-            written: scan.end as u64,
-            failed: None,
-            on_failure: None,
-        };
         Ok(Self {
-            chain: Chain::new(path.to_path_buf(), end),
+            chain: Chain::new(
+                path.to_path_buf(),
+                file,
+                scan.prev,
+                scan.end as u64,
+                Queue::global(),
+            ),
             path: path.to_path_buf(),
             buf: Vec::new(),
             started: now.checked_sub(elapsed).unwrap_or(now),
             last_flush: now,
             segments: scan.segments,
+            seq: 0,
             raw_bodies: scan.raw_bodies,
         })
     }
 
     /// Call `hook` when a write first fails.
     pub fn on_failure(self, hook: FailureHook) -> Self {
-        lock(&self.chain.end).on_failure = Some(hook);
+        self.chain.on_failure(hook);
         self
     }
 
@@ -661,48 +395,56 @@ impl Writer {
         Ok(())
     }
 
-    /// Hand buffered events to the segment thread as a segment, behind
-    /// any of this recording's still on their way. While the thread's
-    /// queue is full, the oldest segments in it are written here first.
-    /// A failed write is seen by a later call.
+    /// Hand segments on to `queue` (a test's, with no thread).
+    #[cfg(test)]
+    fn on_queue(mut self, queue: &'static Queue) -> Self {
+        if let Some(chain) = Arc::get_mut(&mut self.chain) {
+            chain.set_queue(queue);
+        }
+        self
+    }
+
+    /// The number of the next segment.
+    fn next_seq(&mut self) -> u64 {
+        self.segments += 1;
+        self.seq += 1;
+        self.seq - 1
+    }
+
+    /// Hand buffered events on as a segment, written behind this
+    /// recording's others by the segment thread (or here, when too many
+    /// wait). A failed write is seen by a later call.
     pub fn hand_on(&mut self) -> Result<(), RecordError> {
         self.stopped()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = std::mem::take(&mut *lock(&self.chain.spare));
-        let data = std::mem::replace(&mut self.buf, next);
-        self.segments += 1;
-        let job = Job::new(self.chain.clone(), data);
-        match Queue::get() {
-            Some(queue) => queue.push(job),
-            None => {
-                let chain = job.chain.clone();
-                job.run(lock(&chain.end));
-            }
-        }
-        self.stopped()
+        let data = std::mem::replace(&mut self.buf, self.chain.take_spare());
+        let seq = self.next_seq();
+        self.chain.hand_on(seq, data)
+    }
+
+    /// Write here the segments handed on that have waited longer than
+    /// they should (the ticker's second look).
+    pub fn catch_up(&mut self) -> Result<(), RecordError> {
+        self.chain.drain_if_late(LATE)
     }
 
     /// Write buffered events as a segment, after those handed on before
-    /// it: all are in the file on return. A failed write stops the
-    /// recording for good: the file is cut back to its last whole segment
-    /// (still readable, its digest still the one the chain knows), and
-    /// the session must end.
+    /// it (written here if still waiting): all are in the file on return.
+    /// A failed write stops the recording for good: the file is cut back
+    /// to its last whole segment (still readable, its digest still the
+    /// one the chain knows), and the session must end.
     pub fn flush(&mut self) -> Result<(), RecordError> {
-        if let Some(queue) = Queue::get() {
-            queue.help_until_landed(&self.chain);
-        }
-        self.chain.wait_landed();
-        self.stopped()?;
+        self.chain.drain()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.chain.append(lock(&self.chain.end), &self.buf)?;
+        let seq = self.next_seq();
+        self.chain.write(seq, &self.buf)?;
         self.buf.clear();
-        self.segments += 1;
         Ok(())
     }
 
@@ -715,7 +457,7 @@ impl Writer {
     /// The digest of what is in the file (hex), for a recording that
     /// stopped: what the session's end entry seals.
     pub fn digest_so_far(&self) -> String {
-        hex::encode(lock(&self.chain.end).prev)
+        hex::encode(self.chain.prev())
     }
 
     /// Flush what is left and return the digest of what the file holds,
@@ -769,7 +511,7 @@ impl Recorder {
                 let Ok(mut g) = w.lock() else { break };
                 match g.as_mut() {
                     Some(w) => {
-                        if let Err(e) = w.hand_on() {
+                        if let Err(e) = w.hand_on().and_then(|()| w.catch_up()) {
                             tracing::error!(error = %e, "recording flush failed");
                         }
                     }
@@ -796,10 +538,23 @@ impl Recorder {
         &self,
         f: impl FnOnce(&mut Writer) -> Result<(), RecordError>,
     ) -> Result<(), RecordError> {
-        match self.inner.lock().ok().as_mut().and_then(|g| g.as_mut()) {
+        match self.writer().as_mut() {
             Some(w) => f(w),
             None => Ok(()),
         }
+    }
+
+    /// The writer's lock. One whose holder panicked (an event half
+    /// buffered) stops the recording: taking no more events in silence
+    /// would drop them, and its buffer may end mid-line.
+    fn writer(&self) -> std::sync::MutexGuard<'_, Option<Writer>> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let g = poisoned.into_inner();
+            if let Some(w) = g.as_ref() {
+                w.chain.fail("a panic while recording".into());
+            }
+            g
+        })
     }
 
     /// Record a piece of a body ([`Writer::body`]): as
@@ -815,14 +570,14 @@ impl Recorder {
 
     /// Finish the recording; returns the final digest.
     pub fn finish(&self) -> Option<Result<String, RecordError>> {
-        let w = self.inner.lock().ok()?.take()?;
+        let w = self.writer().take()?;
         Some(w.finish())
     }
 
     /// Finish the recording as far as it got: the digest of what the file
     /// holds, and why it stopped early if it did (see [`Writer::seal`]).
     pub fn seal(&self) -> Option<(String, Option<String>)> {
-        let w = self.inner.lock().ok()?.take()?;
+        let w = self.writer().take()?;
         Some(w.seal())
     }
 }
@@ -1528,7 +1283,7 @@ mod tests {
         let mut w = w.on_failure(Arc::new(move |_| {
             t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
-        lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
+        segments::lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         assert!(matches!(w.flush(), Err(RecordError::Stopped { .. })));
         assert!(matches!(
@@ -1541,8 +1296,8 @@ mod tests {
     }
 
     /// Segments handed on by many recordings at once (more than the
-    /// queue holds, so handing on waits) land in each one's order, behind
-    /// one another, and `finish` waits for them.
+    /// queue takes, so writers also write their own) land in each one's
+    /// order, and `finish` writes what still waits.
     #[test]
     fn segments_handed_on_land_in_order_behind_a_full_queue() {
         let dir = tempfile::tempdir().unwrap();
@@ -1588,28 +1343,38 @@ mod tests {
         }
     }
 
+    /// A queue with no thread, which only a test's `serve_one` moves.
+    fn still_queue() -> &'static Queue {
+        Box::leak(Box::new(Queue::new()))
+    }
+
     /// A write that fails on the segment thread stops the recording as
     /// one that fails inline does: the next call fails, `seal` says why,
     /// the hook is told once, and the file keeps what was written.
     #[test]
     fn a_write_failing_on_the_segment_thread_stops_the_recording() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::create(dir.path(), "behind").unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "behind")
+            .unwrap()
+            .on_queue(queue);
         w.event(all_events()[0].clone()).unwrap();
         w.hand_on().unwrap();
-        w.flush().unwrap();
+        assert!(queue.serve_one(false));
         let good = w.digest_so_far();
         let path = w.path().to_path_buf();
+        assert_eq!(read(&path).unwrap().0.len(), 1);
         let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let t = told.clone();
         let mut w = w.on_failure(Arc::new(move |_| {
             t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
-        lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
+        segments::lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
-        // Seen here if the thread was quick, else by the next call.
-        let _ = w.hand_on();
-        w.chain.wait_landed();
+        w.hand_on().unwrap();
+        assert!(queue.serve_one(false));
+        // What waited is freed; the failure is the next call's.
+        assert_eq!(queue.waiting(), 0);
         assert!(matches!(
             w.event(all_events()[2].clone()),
             Err(RecordError::Stopped { .. })
@@ -1622,75 +1387,127 @@ mod tests {
         assert_eq!((records.len(), last), (1, good));
     }
 
-    /// A writer that finds the queue full writes its oldest segments
-    /// itself, and the recording still reads in the order written (here
-    /// the queue has no thread: only the writer's help moves it).
+    /// With the thread given no core at all, a writer that finds too many
+    /// segments waiting writes its own, in order: the waiting segments and
+    /// their tokens stay bounded and nothing waits on the thread. When the
+    /// thread comes back, it writes nothing twice.
     #[test]
-    fn a_full_queue_is_helped_along_in_order() {
+    fn a_starved_thread_leaves_each_writer_to_write_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::new();
-        let mut w = Writer::create(dir.path(), "helped").unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "starved")
+            .unwrap()
+            .on_queue(queue);
         let events = all_events();
         let mut wrote = Vec::new();
-        for i in 0..QUEUED_SEGMENTS + 5 {
+        for i in 0..10 * (segments::QUEUED_SEGMENTS + 1) {
             let e = events[i % events.len()].clone();
             w.event(e.clone()).unwrap();
             wrote.push(e);
-            let data = std::mem::take(&mut w.buf);
-            queue.push(Job::new(w.chain.clone(), data));
-            assert!(lock(&queue.jobs).len() <= QUEUED_SEGMENTS);
-        }
-        assert_eq!(*lock(&w.chain.pending), QUEUED_SEGMENTS);
-        loop {
-            let mut jobs = lock(&queue.jobs);
-            let Some(job) = jobs.pop_front() else { break };
-            job.run_after(jobs);
+            w.hand_on().unwrap();
+            assert!(queue.waiting() <= segments::QUEUED_SEGMENTS);
+            assert!(queue.tokens() <= 4 * segments::QUEUED_SEGMENTS + 1);
         }
         let path = w.path().to_path_buf();
         let digest = w.finish().unwrap();
         let (records, last) = read(&path).unwrap();
         assert_eq!(last, digest);
-        let read: Vec<_> = records.into_iter().map(|r| r.event).collect();
-        assert_eq!(read, wrote);
+        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        assert_eq!(read_back, wrote);
+        while queue.serve_one(false) {}
+        assert_eq!(read(&path).unwrap().1, digest);
     }
 
-    /// A writer that must see its segments in the file writes the queue's
-    /// oldest itself until its own are in, not waiting on the idle thread;
-    /// others' later segments stay queued (here the queue has no thread).
+    /// A flush writes its own waiting segments itself; the thread then
+    /// skips their tokens and writes the other recording's.
     #[test]
-    fn a_flush_writes_the_queue_up_to_its_own_segments() {
+    fn a_flush_writes_its_own_waiting_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::new();
+        let queue = still_queue();
         let events = all_events();
-        let mut mine = Writer::create(dir.path(), "mine").unwrap();
-        let mut other = Writer::create(dir.path(), "other").unwrap();
+        let mut mine = Writer::create(dir.path(), "mine").unwrap().on_queue(queue);
+        let mut other = Writer::create(dir.path(), "other").unwrap().on_queue(queue);
         for (i, e) in events.iter().enumerate().take(6) {
             let w = if i % 2 == 0 { &mut mine } else { &mut other };
             w.event(e.clone()).unwrap();
-            let data = std::mem::take(&mut w.buf);
-            queue.push(Job::new(w.chain.clone(), data));
+            w.hand_on().unwrap();
         }
-        // Then one more of the other's.
-        other.event(events[6].clone()).unwrap();
-        let data = std::mem::take(&mut other.buf);
-        queue.push(Job::new(other.chain.clone(), data));
-        queue.help_until_landed(&mine.chain);
-        assert_eq!(*lock(&mine.chain.pending), 0);
-        // The other's fourth and sixth event stay.
-        assert_eq!(*lock(&other.chain.pending), 2);
-        assert_eq!(lock(&queue.jobs).len(), 2);
-        let path = mine.path().to_path_buf();
-        mine.finish().unwrap();
-        let read: Vec<_> = read(&path)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|r| r.event)
-            .collect();
-        assert_eq!(
-            read,
-            [events[0].clone(), events[2].clone(), events[4].clone()]
-        );
+        mine.flush().unwrap();
+        assert_eq!(queue.waiting(), 3);
+        while queue.serve_one(false) {}
+        assert_eq!(queue.waiting(), 0);
+        for (w, first) in [(mine, 0), (other, 1)] {
+            let path = w.path().to_path_buf();
+            let digest = w.finish().unwrap();
+            let (records, last) = read(&path).unwrap();
+            assert_eq!(last, digest);
+            let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+            let expected: Vec<_> = events
+                .iter()
+                .skip(first)
+                .step_by(2)
+                .take(3)
+                .cloned()
+                .collect();
+            assert_eq!(read_back, expected);
+        }
+    }
+
+    /// A segment written twice (the thread and its writer racing) lands
+    /// once; one that would leave a hole stops the recording instead.
+    #[test]
+    fn a_segment_lands_once_and_never_out_of_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "twice").unwrap();
+        w.event(all_events()[0].clone()).unwrap();
+        let data = std::mem::take(&mut w.buf);
+        w.chain.write(0, &data).unwrap();
+        w.chain.write(0, &data).unwrap();
+        let path = w.path().to_path_buf();
+        assert_eq!(read(&path).unwrap().0.len(), 1);
+        assert!(matches!(
+            w.chain.write(2, &data),
+            Err(RecordError::Stopped { reason, .. }) if reason.contains("came before")
+        ));
+        assert_eq!(read(&path).unwrap().0.len(), 1);
+    }
+
+    /// Segments that wait too long for the thread are written at the
+    /// ticker's next look: a crash loses little more than it would have.
+    #[test]
+    fn late_segments_are_caught_up_by_their_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "late").unwrap().on_queue(queue);
+        w.event(all_events()[0].clone()).unwrap();
+        w.hand_on().unwrap();
+        w.chain.drain_if_late(Duration::from_secs(3600)).unwrap();
+        assert_eq!(queue.waiting(), 1);
+        w.chain.drain_if_late(Duration::ZERO).unwrap();
+        assert_eq!(queue.waiting(), 0);
+        assert_eq!(read(w.path()).unwrap().0.len(), 1);
+    }
+
+    /// A panic while the recorder's lock is held stops the recording:
+    /// later events fail rather than go unrecorded, and the seal says why.
+    #[tokio::test]
+    async fn a_panic_while_recording_stops_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::start(Writer::create(dir.path(), "panic").unwrap());
+        r.event(all_events()[0].clone()).unwrap();
+        let held = r.clone();
+        let panicked = std::thread::spawn(move || {
+            let _g = held.inner.lock();
+            panic!("while recording");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(matches!(
+            r.event(all_events()[1].clone()),
+            Err(RecordError::Stopped { .. })
+        ));
+        let (_, why) = r.seal().unwrap();
+        assert_eq!(why.as_deref(), Some("a panic while recording"));
     }
 
     /// The segment thread asks for idle priority (`SCHED_IDLE`, policy 5
@@ -1718,18 +1535,6 @@ mod tests {
             })
             .collect();
         assert_eq!(policies, ["5"]);
-    }
-
-    /// A segment dropped before it was written (its thread gone) stops the
-    /// recording, and is no longer waited for.
-    #[test]
-    fn a_segment_lost_on_the_way_stops_the_recording() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::create(dir.path(), "lost").unwrap();
-        w.event(all_events()[0].clone()).unwrap();
-        drop(Job::new(w.chain.clone(), std::mem::take(&mut w.buf)));
-        let (_, why) = w.seal();
-        assert!(why.unwrap().contains("segment writer stopped"));
     }
 
     #[test]
