@@ -1418,6 +1418,42 @@ mod tests {
         assert_eq!(read(&path).unwrap().1, digest);
     }
 
+    /// With the queue full, a writer whose oldest segment the thread has
+    /// begun queues behind it rather than compress it a second time, up
+    /// to a few of its own; past that it writes them all, in order.
+    #[test]
+    fn a_writer_queues_behind_a_segment_the_thread_has_begun() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = still_queue();
+        let events = all_events();
+        let mut mine = Writer::create(dir.path(), "mine").unwrap().on_queue(queue);
+        let mut other = Writer::create(dir.path(), "other").unwrap().on_queue(queue);
+        mine.event(events[0].clone()).unwrap();
+        mine.hand_on().unwrap();
+        mine.chain.claim_oldest();
+        while queue.waiting() < segments::QUEUED_SEGMENTS {
+            other.event(events[1].clone()).unwrap();
+            other.hand_on().unwrap();
+        }
+        let path = mine.path().to_path_buf();
+        for (n, e) in events.iter().enumerate().take(4).skip(1) {
+            mine.event(e.clone()).unwrap();
+            mine.hand_on().unwrap();
+            assert_eq!(mine.chain.waiting_here(), n + 1);
+            assert_eq!(read(&path).unwrap().0.len(), 0);
+        }
+        mine.event(events[4].clone()).unwrap();
+        mine.hand_on().unwrap();
+        assert_eq!(mine.chain.waiting_here(), 0);
+        assert_eq!(read(&path).unwrap().0.len(), 5);
+        while queue.serve_one(false) {}
+        let digest = mine.finish().unwrap();
+        let (records, last) = read(&path).unwrap();
+        assert_eq!(last, digest);
+        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        assert_eq!(read_back, events[..5].to_vec());
+    }
+
     /// A flush writes its own waiting segments itself; the thread then
     /// skips their tokens and writes the other recording's.
     #[test]
