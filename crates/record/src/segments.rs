@@ -187,6 +187,14 @@ impl Chain {
         std::mem::take(&mut *lock(&self.spare))
     }
 
+    /// Keep a written segment's buffer as the spare, if this was its last
+    /// holder (the thread and the writer may each hold it while writing).
+    fn recycle(&self, data: Arc<Vec<u8>>) {
+        if let Ok(data) = Arc::try_unwrap(data) {
+            self.keep_spare(data);
+        }
+    }
+
     fn keep_spare(&self, mut data: Vec<u8>) {
         data.clear();
         let mut spare = lock(&self.spare);
@@ -260,6 +268,7 @@ impl Chain {
                 return Ok(false);
             }
             self.write(seq, &data)?;
+            self.recycle(data);
         }
     }
 
@@ -282,6 +291,7 @@ impl Chain {
         };
         // Seen by the next call of the writer.
         let _ = self.write(seq, &data);
+        self.recycle(data);
     }
 
     /// Compress `data` and append it as segment `seq`.
@@ -349,10 +359,7 @@ impl Chain {
             if let Some(queue) = self.queue {
                 queue.waiting.fetch_sub(1, Ordering::AcqRel);
             }
-            // The thread may still hold it (writing it too): then no spare.
-            if let Ok(data) = Arc::try_unwrap(w.data) {
-                self.keep_spare(data);
-            }
+            self.recycle(w.data);
         }
         Ok(())
     }
