@@ -10,10 +10,11 @@
 //! digest goes into the session-end audit entry.
 //!
 //! A segment that comes due while the session runs (its buffer full, or
-//! the second up) is handed to a thread of its own at idle priority; the
-//! last is written by the caller of [`Writer::finish`] or [`Writer::seal`],
-//! after any still waiting ([`segments`] says how nothing waits on that
-//! thread and nothing is lost or reordered).
+//! the second up) is compressed by a thread of its own at idle priority
+//! and chained and written by the writer at its next hand-on or tick;
+//! [`Writer::finish`] and [`Writer::seal`] write whatever still waits
+//! ([`segments`] says why nothing waits on that thread). A frame can so
+//! wait in memory up to a second more before it is written.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use aws_lc_rs::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 mod segments;
-use segments::{Chain, Queue};
+use segments::{Queue, Segments};
 
 /// A recording's first bytes. Version 2 may hold bodies as raw bytes
 /// ([`RawBody`]); version 1 files are still read, and resumed as version 1.
@@ -37,9 +38,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_BYTES: usize = 1 << 20;
 /// The most a segment may hold, decompressed (reader side bound).
 const MAX_SEGMENT: usize = 64 << 20;
-/// A segment handed on that has waited this long is written by its
-/// writer at the next tick (the segment thread has had no core for it):
-/// a crash then loses at most about a second more.
+/// A segment handed on that has waited this long is compressed and
+/// written by its writer at the next tick (the segment thread has had no
+/// core for it): a crash then loses at most about a second more.
 const LATE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -175,15 +176,13 @@ pub type FailureHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// Writes one session's recording.
 pub struct Writer {
     path: PathBuf,
-    chain: Arc<Chain>,
+    segs: Segments,
     buf: Vec<u8>,
     started: Instant,
     last_flush: Instant,
     /// Segments in the file when the writer began, plus those written or
     /// handed on since (numbers an error).
     segments: usize,
-    /// The number of the next segment (the chain's, from 0).
-    seq: u64,
     /// Bodies go in as raw bytes (a version 2 file).
     raw_bodies: bool,
 }
@@ -219,7 +218,7 @@ impl Writer {
             return Err(io(e));
         }
         Ok(Self {
-            chain: Chain::new(
+            segs: Segments::new(
                 path.clone(),
                 file,
                 GENESIS,
@@ -231,7 +230,6 @@ impl Writer {
             started: Instant::now(),
             last_flush: Instant::now(),
             segments: 0,
-            seq: 0,
             raw_bodies: true,
         })
     }
@@ -262,7 +260,7 @@ impl Writer {
         let elapsed = Duration::from_micros(scan.records.last_t_us);
         let now = Instant::now();
         Ok(Self {
-            chain: Chain::new(
+            segs: Segments::new(
                 path.to_path_buf(),
                 file,
                 scan.prev,
@@ -274,14 +272,13 @@ impl Writer {
             started: now.checked_sub(elapsed).unwrap_or(now),
             last_flush: now,
             segments: scan.segments,
-            seq: 0,
             raw_bodies: scan.raw_bodies,
         })
     }
 
     /// Call `hook` when a write first fails.
-    pub fn on_failure(self, hook: FailureHook) -> Self {
-        self.chain.on_failure(hook);
+    pub fn on_failure(mut self, hook: FailureHook) -> Self {
+        self.segs.on_failure(hook);
         self
     }
 
@@ -290,7 +287,7 @@ impl Writer {
     }
 
     fn stopped(&self) -> Result<(), RecordError> {
-        self.chain.stopped()
+        self.segs.stopped()
     }
 
     /// Buffer an event; writes a segment when one is due.
@@ -398,52 +395,43 @@ impl Writer {
     /// Hand segments on to `queue` (a test's, with no thread).
     #[cfg(test)]
     fn on_queue(mut self, queue: &'static Queue) -> Self {
-        if let Some(chain) = Arc::get_mut(&mut self.chain) {
-            chain.set_queue(queue);
-        }
+        self.segs.set_queue(queue);
         self
     }
 
-    /// The number of the next segment.
-    fn next_seq(&mut self) -> u64 {
-        self.segments += 1;
-        self.seq += 1;
-        self.seq - 1
-    }
-
-    /// Hand buffered events on as a segment, written behind this
-    /// recording's others by the segment thread (or here, when too many
-    /// wait). A failed write is seen by a later call.
+    /// Hand buffered events on as a segment, compressed by the segment
+    /// thread and written by this writer in order at its next call that
+    /// writes (see [`segments`]). A failed write is this call's or a later
+    /// one's.
     pub fn hand_on(&mut self) -> Result<(), RecordError> {
         self.stopped()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
-            return Ok(());
+            return self.segs.catch_up(LATE);
         }
-        let data = std::mem::replace(&mut self.buf, self.chain.take_spare());
-        let seq = self.next_seq();
-        self.chain.hand_on(seq, data)
+        let data = std::mem::replace(&mut self.buf, self.segs.take_spare());
+        self.segments += 1;
+        self.segs.hand_on(data)
     }
 
-    /// Write here the segments handed on that have waited longer than
-    /// they should (the ticker's second look).
+    /// Write the segments handed on that are ready, and all of them if
+    /// they have waited longer than they should (the ticker's look).
     pub fn catch_up(&mut self) -> Result<(), RecordError> {
-        self.chain.drain_if_late(LATE)
+        self.segs.catch_up(LATE)
     }
 
     /// Write buffered events as a segment, after those handed on before
-    /// it (written here if still waiting): all are in the file on return.
-    /// A failed write stops the recording for good: the file is cut back
-    /// to its last whole segment (still readable, its digest still the
-    /// one the chain knows), and the session must end.
+    /// it: all are in the file on return. A failed write stops the
+    /// recording for good: the file is cut back to its last whole segment
+    /// (still readable, its digest still the one the chain knows), and
+    /// the session must end.
     pub fn flush(&mut self) -> Result<(), RecordError> {
-        self.chain.drain()?;
+        self.stopped()?;
         self.last_flush = Instant::now();
-        if self.buf.is_empty() {
-            return Ok(());
+        if !self.buf.is_empty() {
+            self.segments += 1;
         }
-        let seq = self.next_seq();
-        self.chain.write(seq, &self.buf)?;
+        self.segs.write_now(&self.buf)?;
         self.buf.clear();
         Ok(())
     }
@@ -457,7 +445,7 @@ impl Writer {
     /// The digest of what is in the file (hex), for a recording that
     /// stopped: what the session's end entry seals.
     pub fn digest_so_far(&self) -> String {
-        hex::encode(self.chain.prev())
+        hex::encode(self.segs.prev())
     }
 
     /// Flush what is left and return the digest of what the file holds,
@@ -549,9 +537,9 @@ impl Recorder {
     /// would drop them, and its buffer may end mid-line.
     fn writer(&self) -> std::sync::MutexGuard<'_, Option<Writer>> {
         self.inner.lock().unwrap_or_else(|poisoned| {
-            let g = poisoned.into_inner();
-            if let Some(w) = g.as_ref() {
-                w.chain.fail("a panic while recording".into());
+            let mut g = poisoned.into_inner();
+            if let Some(w) = g.as_mut() {
+                w.segs.fail("a panic while recording".into());
             }
             g
         })
@@ -1283,7 +1271,7 @@ mod tests {
         let mut w = w.on_failure(Arc::new(move |_| {
             t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
-        segments::lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
+        w.segs.file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         assert!(matches!(w.flush(), Err(RecordError::Stopped { .. })));
         assert!(matches!(
@@ -1348,35 +1336,41 @@ mod tests {
         Box::leak(Box::new(Queue::new()))
     }
 
-    /// A write that fails on the segment thread stops the recording as
-    /// one that fails inline does: the next call fails, `seal` says why,
-    /// the hook is told once, and the file keeps what was written.
+    /// A frame the thread compressed is written by its writer at the
+    /// next hand-on, after the thread is done; a write failing then stops
+    /// the recording as one failing inline does: that call fails, `seal`
+    /// says why, the hook is told once, the file keeps what was written,
+    /// and nothing of it still counts as waiting.
     #[test]
-    fn a_write_failing_on_the_segment_thread_stops_the_recording() {
+    fn frames_from_the_thread_are_written_by_their_writer() {
         let dir = tempfile::tempdir().unwrap();
         let queue = still_queue();
         let mut w = Writer::create(dir.path(), "behind")
             .unwrap()
             .on_queue(queue);
+        let path = w.path().to_path_buf();
         w.event(all_events()[0].clone()).unwrap();
         w.hand_on().unwrap();
         assert!(queue.serve_one(false));
-        let good = w.digest_so_far();
-        let path = w.path().to_path_buf();
+        assert_eq!(read(&path).unwrap().0.len(), 0);
+        w.catch_up().unwrap();
         assert_eq!(read(&path).unwrap().0.len(), 1);
+        assert_eq!(queue.waiting(), 0);
+        let good = w.digest_so_far();
         let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let t = told.clone();
         let mut w = w.on_failure(Arc::new(move |_| {
             t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
-        segments::lock(&w.chain.end).file = std::fs::File::open(&path).unwrap();
+        w.segs.file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         w.hand_on().unwrap();
         assert!(queue.serve_one(false));
-        // What waited is freed; the failure is the next call's.
+        w.event(all_events()[2].clone()).unwrap();
+        assert!(matches!(w.hand_on(), Err(RecordError::Stopped { .. })));
         assert_eq!(queue.waiting(), 0);
         assert!(matches!(
-            w.event(all_events()[2].clone()),
+            w.event(all_events()[3].clone()),
             Err(RecordError::Stopped { .. })
         ));
         let (digest, why) = w.seal();
@@ -1388,9 +1382,9 @@ mod tests {
     }
 
     /// With the thread given no core at all, a writer that finds too many
-    /// segments waiting writes its own, in order: the waiting segments and
-    /// their tokens stay bounded and nothing waits on the thread. When the
-    /// thread comes back, it writes nothing twice.
+    /// segments waiting writes its own, in order: the waiting segments stay
+    /// bounded and nothing waits on the thread. When the thread comes
+    /// back, it compresses nothing a writer has begun.
     #[test]
     fn a_starved_thread_leaves_each_writer_to_write_its_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -1406,7 +1400,6 @@ mod tests {
             wrote.push(e);
             w.hand_on().unwrap();
             assert!(queue.waiting() <= segments::QUEUED_SEGMENTS);
-            assert!(queue.tokens() <= 4 * segments::QUEUED_SEGMENTS + 1);
         }
         let path = w.path().to_path_buf();
         let digest = w.finish().unwrap();
@@ -1430,7 +1423,7 @@ mod tests {
         let mut other = Writer::create(dir.path(), "other").unwrap().on_queue(queue);
         mine.event(events[0].clone()).unwrap();
         mine.hand_on().unwrap();
-        mine.chain.claim_oldest();
+        mine.segs.claim_oldest();
         while queue.waiting() < segments::QUEUED_SEGMENTS {
             other.event(events[1].clone()).unwrap();
             other.hand_on().unwrap();
@@ -1439,12 +1432,12 @@ mod tests {
         for (n, e) in events.iter().enumerate().take(4).skip(1) {
             mine.event(e.clone()).unwrap();
             mine.hand_on().unwrap();
-            assert_eq!(mine.chain.waiting_here(), n + 1);
+            assert_eq!(mine.segs.waiting_here(), n + 1);
             assert_eq!(read(&path).unwrap().0.len(), 0);
         }
         mine.event(events[4].clone()).unwrap();
         mine.hand_on().unwrap();
-        assert_eq!(mine.chain.waiting_here(), 0);
+        assert_eq!(mine.segs.waiting_here(), 0);
         assert_eq!(read(&path).unwrap().0.len(), 5);
         while queue.serve_one(false) {}
         let digest = mine.finish().unwrap();
@@ -1454,8 +1447,8 @@ mod tests {
         assert_eq!(read_back, events[..5].to_vec());
     }
 
-    /// A flush writes its own waiting segments itself; the thread then
-    /// skips their tokens and writes the other recording's.
+    /// A flush writes its own waiting segments itself, not waiting for the
+    /// thread; the other recording's stay for the thread and their writer.
     #[test]
     fn a_flush_writes_its_own_waiting_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -1470,7 +1463,10 @@ mod tests {
         }
         mine.flush().unwrap();
         assert_eq!(queue.waiting(), 3);
+        // The thread compresses the other's; its writer writes them.
         while queue.serve_one(false) {}
+        assert_eq!(queue.waiting(), 3);
+        other.catch_up().unwrap();
         assert_eq!(queue.waiting(), 0);
         for (w, first) in [(mine, 0), (other, 1)] {
             let path = w.path().to_path_buf();
@@ -1489,23 +1485,30 @@ mod tests {
         }
     }
 
-    /// A segment written twice (the thread and its writer racing) lands
-    /// once; one that would leave a hole stops the recording instead.
+    /// A segment the thread has begun and not finished is compressed
+    /// again by a writer that must have it in the file, which does not
+    /// wait; it lands once, and the thread's late frame is not used.
     #[test]
-    fn a_segment_lands_once_and_never_out_of_turn() {
+    fn a_segment_the_thread_is_slow_with_is_written_once_without_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::create(dir.path(), "twice").unwrap();
-        w.event(all_events()[0].clone()).unwrap();
-        let data = std::mem::take(&mut w.buf);
-        w.chain.write(0, &data).unwrap();
-        w.chain.write(0, &data).unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "slow").unwrap().on_queue(queue);
         let path = w.path().to_path_buf();
-        assert_eq!(read(&path).unwrap().0.len(), 1);
-        assert!(matches!(
-            w.chain.write(2, &data),
-            Err(RecordError::Stopped { reason, .. }) if reason.contains("came before")
-        ));
-        assert_eq!(read(&path).unwrap().0.len(), 1);
+        w.event(all_events()[0].clone()).unwrap();
+        w.hand_on().unwrap();
+        w.segs.claim_oldest();
+        w.event(all_events()[1].clone()).unwrap();
+        w.flush().unwrap();
+        assert_eq!(read(&path).unwrap().0.len(), 2);
+        assert_eq!(queue.waiting(), 0);
+        // The thread comes to it late: claimed, so not compressed again.
+        assert!(queue.serve_one(false));
+        w.catch_up().unwrap();
+        let digest = w.finish().unwrap();
+        let (records, last) = read(&path).unwrap();
+        assert_eq!(last, digest);
+        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        assert_eq!(read_back, all_events()[..2].to_vec());
     }
 
     /// Segments that wait too long for the thread are written at the
@@ -1517,9 +1520,9 @@ mod tests {
         let mut w = Writer::create(dir.path(), "late").unwrap().on_queue(queue);
         w.event(all_events()[0].clone()).unwrap();
         w.hand_on().unwrap();
-        w.chain.drain_if_late(Duration::from_secs(3600)).unwrap();
+        w.segs.catch_up(Duration::from_secs(3600)).unwrap();
         assert_eq!(queue.waiting(), 1);
-        w.chain.drain_if_late(Duration::ZERO).unwrap();
+        w.segs.catch_up(Duration::ZERO).unwrap();
         assert_eq!(queue.waiting(), 0);
         assert_eq!(read(w.path()).unwrap().0.len(), 1);
     }

@@ -1,33 +1,34 @@
 //! Where a recording's segments are compressed, chained and written.
 //!
 //! A segment that comes due while the session runs is handed on: it waits
-//! in its recording's [`Chain`] and a token for it goes to one [`Queue`]
-//! whose thread runs at idle priority. Compressing a full megabyte inline
-//! cost the request that filled it about 0.3 ms, the whole p99.9 tail at
-//! one connection; at normal priority the thread took the core that the
-//! caller's or the target's next wake-up was queued for, and the tail
-//! stayed (`perf` with scheduler events, 2026-12-06).
+//! in its writer's [`Segments`] while one thread at idle priority
+//! compresses it. Compressing a full megabyte inline cost the request that
+//! filled it about 0.3 ms, the whole p99.9 tail at one connection; at
+//! normal priority the thread took the core that the caller's or the
+//! target's next wake-up was queued for, and the tail stayed (`perf` with
+//! scheduler events, 2026-12-06).
 //!
-//! Nothing waits on that thread. A writer that must see its segments in
-//! the file (`flush`, `finish`, `seal`) or whose segments wait too long
-//! (the ticker) writes its own waiting segments itself, in order. One
-//! that finds too many segments waiting across all recordings does the
-//! same, unless the thread has begun its oldest: then it queues behind
-//! it, up to `OWN_BEHIND_A_CLAIM` of its own. Whoever begins a segment
-//! claims it, so the thread skips what a writer has begun; a writer that
-//! must have everything written compresses a segment the thread holds a
-//! second time rather than wait (a thread at idle priority, preempted
-//! mid-segment on a busy machine, took up to 0.9 s to finish one). Each
-//! segment has a number and the file takes only the next one: written
-//! twice, a segment lands once; never out of order, never with a hole.
-//! Compression happens outside every lock; only the digest and the write
-//! are under the chain's `end`.
+//! The thread only compresses: it shares no lock with any writer, so a
+//! writer never waits on it however little CPU it gets (a first version
+//! whose thread also chained and wrote, under the recording's lock, held
+//! writers up to 0.9 s on a busy machine). The writer chains and writes
+//! each frame itself, in order, when it next hands one on or at its
+//! ticker's look (a digest and a write, some 20 µs for a compressed
+//! megabyte of JSON). A writer that must see everything in the file
+//! (`flush`, `finish`, `seal`), whose oldest segment has waited too long,
+//! or that finds too many segments waiting across all recordings, does
+//! not wait: it compresses what is not ready itself. Whoever begins a
+//! segment claims it, so the thread skips what a writer has begun; a
+//! writer finding the queue full queues behind a segment the thread has
+//! begun (up to `OWN_BEHIND_A_CLAIM` of its own) rather than compress it
+//! a second time.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
@@ -39,87 +40,75 @@ use crate::{FailureHook, GENESIS, RecordError};
 /// bound on their memory. A writer that finds this many writes its own.
 pub(crate) const QUEUED_SEGMENTS: usize = 16;
 /// Segments of one recording that may wait behind one the thread has
-/// begun while the queue is full; past this its writer writes them all.
-/// (Writing its own at once, the writer compressed the thread's segment
-/// a second time: 10% more CPU per 64 KiB request at 64 connections.)
+/// begun while the queue is full; past this its writer compresses them
+/// all. (Compressing its own at once, a writer compressed the thread's
+/// segment a second time: 10% more CPU per 64 KiB request.)
 const OWN_BEHIND_A_CLAIM: usize = 4;
 
-/// Lock, taking over a lock whose holder panicked. Every value behind
-/// these locks is changed by whole assignments after the work that could
-/// panic, and a panic while writing stops the recording (`serve`).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A recording's file and the end of its chain of segments.
-pub(crate) struct Chain {
-    path: PathBuf,
-    pub(crate) end: Mutex<End>,
-    /// Set with `End::failed`: lets each event ask without the lock.
-    stopped: AtomicBool,
-    /// Segments handed on and not yet in the file, oldest first. One
-    /// leaves only under `end`, as the file takes it.
-    waiting: Mutex<VecDeque<Waiting>>,
-    /// A buffer a written segment no longer needs, for the writer's next:
-    /// a fresh one grew by copies and page faults to a megabyte.
-    spare: Mutex<Vec<u8>>,
-    queue: Option<&'static Queue>,
-}
-
-pub(crate) struct End {
-    pub(crate) file: std::fs::File,
-    pub(crate) prev: [u8; 32],
-    /// Bytes of the file that hold whole segments.
-    written: u64,
-    /// The number of the segment the file takes next.
-    next: u64,
-    /// Set by the first failure; every later call fails with it.
-    failed: Option<String>,
-    on_failure: Option<FailureHook>,
+/// A segment handed to the thread.
+struct Segment {
+    data: Vec<u8>,
+    /// Someone (the thread or the writer) has begun compressing it.
+    claimed: AtomicBool,
+    /// Its frame, or why it could not be made, once the thread is done.
+    frame: OnceLock<Result<Vec<u8>, String>>,
 }
 
 struct Waiting {
-    seq: u64,
-    data: Arc<Vec<u8>>,
+    segment: Arc<Segment>,
     since: Instant,
-    /// Someone (the thread or the writer) has begun writing it.
-    claimed: AtomicBool,
 }
 
-/// How much of a recording's waiting segments its writer writes.
+/// How far a writer goes with its waiting segments.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Drain {
-    /// Every one, including one the thread has begun.
-    All,
-    /// Up to one the thread has begun.
+enum Land {
+    /// Those the thread has compressed, up to the first it has not.
+    Ready,
+    /// Also those the thread has not begun, up to one it has.
     Unclaimed,
+    /// Every one: what the thread has not finished is compressed here.
+    All,
 }
 
-impl Chain {
+/// A recording's file and the end of its chain, with the segments handed
+/// on and not yet written. Owned by the writer alone.
+pub(crate) struct Segments {
+    path: PathBuf,
+    pub(crate) file: std::fs::File,
+    prev: [u8; 32],
+    /// Bytes of the file that hold whole segments.
+    written: u64,
+    /// Set by the first failure; every later call fails with it.
+    failed: Option<String>,
+    on_failure: Option<FailureHook>,
+    waiting: VecDeque<Waiting>,
+    /// A buffer a written segment no longer needs, for the writer's next:
+    /// a fresh one grew by copies and page faults to a megabyte.
+    spare: Vec<u8>,
+    queue: Option<&'static Queue>,
+}
+
+impl Segments {
     /// The chain of `file`, whose whole segments end at `written` with
-    /// digest `prev`; segments handed on go to `queue`.
+    /// digest `prev`; segments are handed on to `queue`.
     pub(crate) fn new(
         path: PathBuf,
         file: std::fs::File,
         prev: [u8; 32],
         written: u64,
         queue: Option<&'static Queue>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             path,
-            end: Mutex::new(End {
-                file,
-                prev,
-                written,
-                next: 0,
-                failed: None,
-                on_failure: None,
-            }),
-            stopped: AtomicBool::new(false),
-            waiting: Mutex::new(VecDeque::new()),
-            spare: Mutex::new(Vec::new()),
+            file,
+            prev,
+            written,
+            failed: None,
+            on_failure: None,
+            waiting: VecDeque::new(),
+            spare: Vec::new(),
             queue,
-        })
+        }
     }
 
     #[cfg(test)]
@@ -127,208 +116,186 @@ impl Chain {
         self.queue = Some(queue);
     }
 
-    /// As the thread does when it begins the oldest waiting segment.
-    #[cfg(test)]
-    pub(crate) fn claim_oldest(&self) {
-        if let Some(w) = lock(&self.waiting).front() {
-            w.claimed.store(true, Ordering::Release);
-        }
+    pub(crate) fn on_failure(&mut self, hook: FailureHook) {
+        self.on_failure = Some(hook);
     }
 
-    #[cfg(test)]
-    pub(crate) fn waiting_here(&self) -> usize {
-        lock(&self.waiting).len()
-    }
-
-    pub(crate) fn on_failure(&self, hook: FailureHook) {
-        lock(&self.end).on_failure = Some(hook);
-    }
-
+    /// The digest of what the file holds.
     pub(crate) fn prev(&self) -> [u8; 32] {
-        lock(&self.end).prev
+        self.prev
     }
 
     pub(crate) fn stopped(&self) -> Result<(), RecordError> {
-        if !self.stopped.load(Ordering::Acquire) {
-            return Ok(());
+        match &self.failed {
+            None => Ok(()),
+            Some(reason) => Err(RecordError::Stopped {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }),
         }
-        let reason = lock(&self.end).failed.clone().unwrap_or_default();
-        Err(RecordError::Stopped {
-            path: self.path.clone(),
-            reason,
-        })
     }
 
     /// Stop the recording for good with `reason`.
-    pub(crate) fn fail(&self, reason: String) {
-        let mut end = lock(&self.end);
-        self.fail_locked(&mut end, reason);
-    }
-
-    fn fail_locked(&self, end: &mut End, reason: String) {
-        if end.failed.is_some() {
+    pub(crate) fn fail(&mut self, reason: String) {
+        if self.failed.is_some() {
             return;
         }
         tracing::error!(path = %self.path.display(), %reason, "recording stopped; the session ends");
-        end.failed = Some(reason.clone());
-        self.stopped.store(true, Ordering::Release);
-        // What waits will never be written: free it.
-        let dropped = std::mem::take(&mut *lock(&self.waiting)).len();
-        if let Some(queue) = self.queue {
-            queue.waiting.fetch_sub(dropped, Ordering::AcqRel);
-        }
-        if let Some(hook) = &end.on_failure {
+        if let Some(hook) = &self.on_failure {
             hook(&reason);
+        }
+        self.failed = Some(reason);
+        // What waits will never be written: free it.
+        self.forget_waiting();
+    }
+
+    fn forget_waiting(&mut self) {
+        let n = self.waiting.len();
+        self.waiting.clear();
+        if let Some(queue) = self.queue {
+            queue.waiting.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
     /// A buffer for the writer's next segment.
-    pub(crate) fn take_spare(&self) -> Vec<u8> {
-        std::mem::take(&mut *lock(&self.spare))
+    pub(crate) fn take_spare(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare)
     }
 
-    /// Keep a written segment's buffer as the spare, if this was its last
-    /// holder (the thread and the writer may each hold it while writing).
-    fn recycle(&self, data: Arc<Vec<u8>>) {
-        if let Ok(data) = Arc::try_unwrap(data) {
-            self.keep_spare(data);
+    fn keep_spare(&mut self, mut data: Vec<u8>) {
+        if self.spare.capacity() < data.capacity() {
+            data.clear();
+            self.spare = data;
         }
     }
 
-    fn keep_spare(&self, mut data: Vec<u8>) {
-        data.clear();
-        let mut spare = lock(&self.spare);
-        if spare.capacity() < data.capacity() {
-            *spare = data;
-        }
-    }
-
-    /// Hand `data` on as segment `seq`: to the queue when there is room,
-    /// else written here after this recording's waiting segments. A
-    /// failure on the thread is seen by a later call.
-    pub(crate) fn hand_on(self: &Arc<Self>, seq: u64, data: Vec<u8>) -> Result<(), RecordError> {
-        self.stopped()?;
+    /// Hand `data` on as the next segment, after writing those before it
+    /// that are ready. A failure is this call's or a later one's.
+    pub(crate) fn hand_on(&mut self, data: Vec<u8>) -> Result<(), RecordError> {
+        self.land(Land::Ready)?;
         let Some(queue) = self.queue else {
-            return self.write_here(seq, data);
+            return self.write_here(data);
         };
         if !queue.has_room() {
-            let own = lock(&self.waiting).len();
-            let how = if own >= OWN_BEHIND_A_CLAIM {
-                Drain::All
+            let how = if self.waiting.len() >= OWN_BEHIND_A_CLAIM {
+                Land::All
             } else {
-                Drain::Unclaimed
+                Land::Unclaimed
             };
-            if self.drain_as(how)? {
-                return self.write_here(seq, data);
+            if self.land(how)? {
+                return self.write_here(data);
             }
         }
-        lock(&self.waiting).push_back(Waiting {
-            seq,
-            data: Arc::new(data),
-            since: Instant::now(),
+        let segment = Arc::new(Segment {
+            data,
             claimed: AtomicBool::new(false),
+            frame: OnceLock::new(),
         });
-        queue.waiting.fetch_add(1, Ordering::AcqRel);
-        queue.push(Token {
-            chain: self.clone(),
-            seq,
-        });
-        Ok(())
-    }
-
-    /// Write segment `seq` here, after any still waiting.
-    fn write_here(&self, seq: u64, data: Vec<u8>) -> Result<(), RecordError> {
-        self.drain()?;
-        self.write(seq, &data)?;
-        self.keep_spare(data);
-        Ok(())
-    }
-
-    /// Write every segment still waiting, here, in order.
-    pub(crate) fn drain(&self) -> Result<(), RecordError> {
-        self.drain_as(Drain::All).map(|_| ())
-    }
-
-    /// Write segments still waiting, here, in order, as `how` says;
-    /// returns whether none is left.
-    fn drain_as(&self, how: Drain) -> Result<bool, RecordError> {
-        loop {
-            let first = lock(&self.waiting).front().map(|w| {
-                (
-                    w.seq,
-                    w.data.clone(),
-                    w.claimed.swap(true, Ordering::AcqRel),
-                )
-            });
-            let Some((seq, data, begun)) = first else {
-                self.stopped()?;
-                return Ok(true);
-            };
-            if begun && how == Drain::Unclaimed {
-                return Ok(false);
-            }
-            self.write(seq, &data)?;
-            self.recycle(data);
+        if !queue.send(segment.clone()) {
+            // No thread to take it: as if the queue were full.
+            let data = Arc::try_unwrap(segment).map(|s| s.data).unwrap_or_default();
+            self.land(Land::All)?;
+            return self.write_here(data);
         }
+        queue.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting.push_back(Waiting {
+            segment,
+            since: Instant::now(),
+        });
+        Ok(())
     }
 
-    /// [`Chain::drain`], if the oldest waiting segment has waited `late`
-    /// or longer (the thread has had no core for it).
-    pub(crate) fn drain_if_late(&self, late: Duration) -> Result<(), RecordError> {
-        let oldest = lock(&self.waiting).front().map(|w| w.since);
-        match oldest {
-            Some(since) if since.elapsed() >= late => self.drain(),
+    /// Write what is ready; and everything, if the oldest segment has
+    /// waited `late` or longer (the thread has had no core for it).
+    pub(crate) fn catch_up(&mut self, late: Duration) -> Result<(), RecordError> {
+        self.land(Land::Ready)?;
+        match self.waiting.front() {
+            Some(w) if w.since.elapsed() >= late => self.land(Land::All).map(|_| ()),
             _ => self.stopped(),
         }
     }
 
-    /// The thread's turn: write segment `seq` unless it is no longer the
-    /// oldest waiting (written already) or its writer has begun it.
-    fn write_queued(&self, seq: u64) {
-        let data = match lock(&self.waiting).front() {
-            Some(w) if w.seq == seq && !w.claimed.swap(true, Ordering::AcqRel) => w.data.clone(),
-            _ => return,
-        };
-        // Seen by the next call of the writer.
-        let _ = self.write(seq, &data);
-        self.recycle(data);
+    /// Write every waiting segment, then `data` as the last: all are in
+    /// the file on return.
+    pub(crate) fn write_now(&mut self, data: &[u8]) -> Result<(), RecordError> {
+        self.land(Land::All)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let frame = self.compress_here(data)?;
+        self.append(&frame)
     }
 
-    /// Compress `data` and append it as segment `seq`.
-    pub(crate) fn write(&self, seq: u64, data: &[u8]) -> Result<(), RecordError> {
+    fn write_here(&mut self, data: Vec<u8>) -> Result<(), RecordError> {
+        self.write_now(&data)?;
+        self.keep_spare(data);
+        Ok(())
+    }
+
+    /// Write waiting segments, oldest first, as far as `how` says;
+    /// returns whether none is left.
+    fn land(&mut self, how: Land) -> Result<bool, RecordError> {
+        self.stopped()?;
+        while let Some(w) = self.waiting.front() {
+            let segment = w.segment.clone();
+            let frame = match segment.frame.get() {
+                Some(Ok(frame)) => frame.as_slice(),
+                Some(Err(e)) => {
+                    self.fail(format!("compressing a segment failed: {e}"));
+                    return self.stopped().map(|()| false);
+                }
+                None => {
+                    if how == Land::Ready {
+                        return Ok(false);
+                    }
+                    // Claimed only by one who goes on to compress it.
+                    let begun = segment.claimed.swap(true, Ordering::AcqRel);
+                    if begun && how == Land::Unclaimed {
+                        return Ok(false);
+                    }
+                    let frame = self.compress_here(&segment.data)?;
+                    self.append(&frame)?;
+                    self.landed(segment);
+                    continue;
+                }
+            };
+            self.append(frame)?;
+            self.landed(segment);
+        }
+        Ok(true)
+    }
+
+    /// The oldest waiting segment is in the file.
+    fn landed(&mut self, segment: Arc<Segment>) {
+        self.waiting.pop_front();
+        if let Some(queue) = self.queue {
+            queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The thread may still hold it for a moment: then no spare.
+        if let Ok(segment) = Arc::try_unwrap(segment) {
+            self.keep_spare(segment.data);
+        }
+    }
+
+    fn compress_here(&mut self, data: &[u8]) -> Result<Vec<u8>, RecordError> {
         match crate::compress(data) {
-            Ok(frame) => self.append(seq, &frame),
+            Ok(frame) => Ok(frame),
             Err(e) => {
                 // Not written is lost: stop rather than leave a hole.
                 self.fail(format!("compressing a segment failed: {e}"));
-                self.stopped()
+                self.stopped().map(|()| Vec::new())
             }
         }
     }
 
-    /// Chain `frame` and write it as segment `seq`, if the file takes it
-    /// next; one it holds already is not written again. A failed write
-    /// stops the recording for good: the file is cut back to its last
-    /// whole segment (still readable, its digest still the one the chain
-    /// knows), and the session must end.
-    fn append(&self, seq: u64, frame: &[u8]) -> Result<(), RecordError> {
-        let mut end = lock(&self.end);
-        if end.failed.is_some() {
-            drop(end);
-            return self.stopped();
-        }
-        if seq < end.next {
-            return Ok(());
-        }
-        if seq > end.next {
-            // Every path writes the oldest first; this would be a hole.
-            let reason = format!("segment {seq} came before segment {}", end.next);
-            self.fail_locked(&mut end, reason);
-            drop(end);
-            return self.stopped();
-        }
+    /// Chain `frame` onto the file. A failed write stops the recording for
+    /// good: the file is cut back to its last whole segment (still
+    /// readable, its digest still the one the chain knows), and the
+    /// session must end.
+    fn append(&mut self, frame: &[u8]) -> Result<(), RecordError> {
+        self.stopped()?;
         let mut ctx = Context::new(&SHA256);
-        ctx.update(&end.prev);
+        ctx.update(&self.prev);
         ctx.update(frame);
         let digest: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or(GENESIS);
         let mut seg = Vec::with_capacity(frame.len() + 36);
@@ -338,57 +305,53 @@ impl Chain {
         // Handed to the kernel: survives a crash of the process. An fsync
         // per segment (power-loss durability) would cost every HTTP request
         // a disk flush; the audit chain seals the digest either way.
-        if let Err(e) = end.file.write_all(&seg) {
-            let written = end.written;
-            let _ = end.file.set_len(written);
-            self.fail_locked(&mut end, format!("a write failed: {e}"));
-            drop(end);
+        if let Err(e) = self.file.write_all(&seg) {
+            let _ = self.file.set_len(self.written);
+            self.fail(format!("a write failed: {e}"));
             return self.stopped();
         }
-        end.written += seg.len() as u64;
-        end.prev = digest;
-        end.next += 1;
-        let mut waiting = lock(&self.waiting);
-        let landed = match waiting.front() {
-            Some(w) if w.seq == seq => waiting.pop_front(),
-            _ => None,
-        };
-        drop(waiting);
-        drop(end);
-        if let Some(w) = landed {
-            if let Some(queue) = self.queue {
-                queue.waiting.fetch_sub(1, Ordering::AcqRel);
-            }
-            self.recycle(w.data);
-        }
+        self.written += seg.len() as u64;
+        self.prev = digest;
         Ok(())
     }
 
-    /// Whether segment `seq` still waits.
-    fn waits(&self, seq: u64) -> bool {
-        lock(&self.waiting).front().is_some_and(|w| w.seq <= seq)
+    #[cfg(test)]
+    pub(crate) fn waiting_here(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// As the thread does when it begins the oldest waiting segment.
+    #[cfg(test)]
+    pub(crate) fn claim_oldest(&self) {
+        if let Some(w) = self.waiting.front() {
+            w.segment.claimed.store(true, Ordering::Release);
+        }
     }
 }
 
-/// A segment the thread may write: which recording, which segment.
-struct Token {
-    chain: Arc<Chain>,
-    seq: u64,
+impl Drop for Segments {
+    /// Segments never written (a writer dropped without `finish` or
+    /// `seal`) no longer count against the queue.
+    fn drop(&mut self) {
+        self.forget_waiting();
+    }
 }
 
-/// Tokens for the segment thread, oldest first.
+/// The segment thread's inbox.
 pub(crate) struct Queue {
-    tokens: Mutex<VecDeque<Token>>,
-    ready: Condvar,
-    /// Segments waiting in every chain that hands on to this queue.
+    inbox: Sender<Arc<Segment>>,
+    /// The thread's end; a test's queue has no thread and serves by hand.
+    outbox: Mutex<Receiver<Arc<Segment>>>,
+    /// Segments waiting in every writer that hands on to this queue.
     waiting: AtomicUsize,
 }
 
 impl Queue {
     pub(crate) fn new() -> Self {
+        let (inbox, outbox) = std::sync::mpsc::channel();
         Self {
-            tokens: Mutex::new(VecDeque::with_capacity(QUEUED_SEGMENTS)),
-            ready: Condvar::new(),
+            inbox,
+            outbox: Mutex::new(outbox),
             waiting: AtomicUsize::new(0),
         }
     }
@@ -412,6 +375,11 @@ impl Queue {
         self.waiting.load(Ordering::Acquire) < QUEUED_SEGMENTS
     }
 
+    /// Whether the thread can still be reached.
+    fn send(&self, segment: Arc<Segment>) -> bool {
+        self.inbox.send(segment).is_ok()
+    }
+
     fn serve(&self) {
         use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
         // Only when a core would otherwise idle. Lowering its own priority
@@ -423,54 +391,31 @@ impl Queue {
         ) {
             tracing::debug!(error = ?e, "the recording thread keeps its priority");
         }
-        loop {
-            self.serve_one(true);
-        }
+        while self.serve_one(true) {}
     }
 
-    /// Write the segment of the oldest token, waiting for one if `wait`.
-    /// Returns whether there was one. A panic stops that recording (its
-    /// end may be half changed) and not the thread.
+    /// Compress the oldest segment handed on, waiting for one if `wait`.
+    /// Returns whether there was one.
     pub(crate) fn serve_one(&self, wait: bool) -> bool {
-        let mut tokens = lock(&self.tokens);
-        let token = loop {
-            match tokens.pop_front() {
-                Some(token) => break token,
-                None if wait => {
-                    tokens = self
-                        .ready
-                        .wait(tokens)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-                None => return false,
+        let next = {
+            let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if wait {
+                outbox.recv().ok()
+            } else {
+                outbox.try_recv().ok()
             }
         };
-        drop(tokens);
-        let chain = &token.chain;
-        let wrote = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            chain.write_queued(token.seq)
-        }));
-        if wrote.is_err() {
-            chain.fail("a panic while writing a segment".into());
+        let Some(segment) = next else {
+            return false;
+        };
+        if !segment.claimed.swap(true, Ordering::AcqRel) {
+            // A panic is the segment's failure, not the thread's end.
+            let frame = std::panic::catch_unwind(|| crate::compress(&segment.data))
+                .unwrap_or_else(|_| Err(std::io::Error::other("a panic while compressing")))
+                .map_err(|e| e.to_string());
+            let _ = segment.frame.set(frame);
         }
         true
-    }
-
-    fn push(&self, token: Token) {
-        let mut tokens = lock(&self.tokens);
-        // Tokens whose segments their writers wrote pile up while the
-        // thread gets no core: sweep them so the queue stays bounded.
-        if tokens.len() >= 4 * QUEUED_SEGMENTS {
-            tokens.retain(|t| t.chain.waits(t.seq));
-        }
-        tokens.push_back(token);
-        drop(tokens);
-        self.ready.notify_one();
-    }
-
-    #[cfg(test)]
-    pub(crate) fn tokens(&self) -> usize {
-        lock(&self.tokens).len()
     }
 
     #[cfg(test)]
