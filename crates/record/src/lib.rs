@@ -1401,6 +1401,7 @@ mod tests {
             w.hand_on().unwrap();
             assert!(queue.waiting() <= segments::QUEUED_SEGMENTS);
         }
+
         let path = w.path().to_path_buf();
         let digest = w.finish().unwrap();
         let (records, last) = read(&path).unwrap();
@@ -1445,6 +1446,28 @@ mod tests {
         assert_eq!(last, digest);
         let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
         assert_eq!(read_back, events[..5].to_vec());
+    }
+
+    /// What a starved thread has been sent and not taken stays bounded
+    /// too: past the bound, writers stop sending and write their own.
+    #[test]
+    fn a_starved_thread_is_sent_a_bounded_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "unsent")
+            .unwrap()
+            .on_queue(queue);
+        let n = 2 * segments::SENT_NOT_TAKEN * (segments::QUEUED_SEGMENTS + 1)
+            / segments::QUEUED_SEGMENTS;
+        for _ in 0..n {
+            w.event(all_events()[0].clone()).unwrap();
+            w.hand_on().unwrap();
+            assert!(queue.sent() <= segments::SENT_NOT_TAKEN);
+        }
+        assert_eq!(queue.sent(), segments::SENT_NOT_TAKEN);
+        let path = w.path().to_path_buf();
+        w.finish().unwrap();
+        assert_eq!(read(&path).unwrap().0.len(), n);
     }
 
     /// A flush writes its own waiting segments itself, not waiting for the

@@ -21,14 +21,15 @@
 //! segment claims it, so the thread skips what a writer has begun; a
 //! writer finding the queue full queues behind a segment the thread has
 //! begun (up to `OWN_BEHIND_A_CLAIM` of its own) rather than compress it
-//! a second time.
+//! a second time. The thread holds only a weak handle on a segment, so one
+//! its writer wrote costs nothing while the thread is starved.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
@@ -44,6 +45,10 @@ pub(crate) const QUEUED_SEGMENTS: usize = 16;
 /// all. (Compressing its own at once, a writer compressed the thread's
 /// segment a second time: 10% more CPU per 64 KiB request.)
 const OWN_BEHIND_A_CLAIM: usize = 4;
+/// Segments sent to the thread and not yet taken by it, written or not.
+/// The thread holds only a weak handle on each, so one its writer wrote
+/// costs the queue a few bytes; this bounds those too.
+pub(crate) const SENT_NOT_TAKEN: usize = 1024;
 
 /// A segment handed to the thread.
 struct Segment {
@@ -191,7 +196,7 @@ impl Segments {
             claimed: AtomicBool::new(false),
             frame: OnceLock::new(),
         });
-        if !queue.send(segment.clone()) {
+        if !queue.send(Arc::downgrade(&segment)) {
             // No thread to take it: as if the queue were full.
             let data = Arc::try_unwrap(segment).map(|s| s.data).unwrap_or_default();
             self.land(Land::All)?;
@@ -339,11 +344,13 @@ impl Drop for Segments {
 
 /// The segment thread's inbox.
 pub(crate) struct Queue {
-    inbox: Sender<Arc<Segment>>,
+    inbox: Sender<Weak<Segment>>,
     /// The thread's end; a test's queue has no thread and serves by hand.
-    outbox: Mutex<Receiver<Arc<Segment>>>,
+    outbox: Mutex<Receiver<Weak<Segment>>>,
     /// Segments waiting in every writer that hands on to this queue.
     waiting: AtomicUsize,
+    /// Segments sent and not yet taken by the thread.
+    sent: AtomicUsize,
 }
 
 impl Queue {
@@ -353,6 +360,7 @@ impl Queue {
             inbox,
             outbox: Mutex::new(outbox),
             waiting: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
         }
     }
 
@@ -373,11 +381,17 @@ impl Queue {
 
     fn has_room(&self) -> bool {
         self.waiting.load(Ordering::Acquire) < QUEUED_SEGMENTS
+            && self.sent.load(Ordering::Acquire) < SENT_NOT_TAKEN
     }
 
     /// Whether the thread can still be reached.
-    fn send(&self, segment: Arc<Segment>) -> bool {
-        self.inbox.send(segment).is_ok()
+    fn send(&self, segment: Weak<Segment>) -> bool {
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        let sent = self.inbox.send(segment).is_ok();
+        if !sent {
+            self.sent.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
     }
 
     fn serve(&self) {
@@ -408,6 +422,11 @@ impl Queue {
         let Some(segment) = next else {
             return false;
         };
+        self.sent.fetch_sub(1, Ordering::AcqRel);
+        // Gone: its writer wrote it (or stopped) before the thread came.
+        let Some(segment) = segment.upgrade() else {
+            return true;
+        };
         if !segment.claimed.swap(true, Ordering::AcqRel) {
             // A panic is the segment's failure, not the thread's end.
             let frame = std::panic::catch_unwind(|| crate::compress(&segment.data))
@@ -421,5 +440,10 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sent(&self) -> usize {
+        self.sent.load(Ordering::Acquire)
     }
 }
