@@ -428,10 +428,18 @@ impl Queue {
             return true;
         };
         if !segment.claimed.swap(true, Ordering::AcqRel) {
+            #[cfg(test)]
+            test_hooks::delay();
             // A panic is the segment's failure, not the thread's end.
-            let frame = std::panic::catch_unwind(|| crate::compress(&segment.data))
+            let frame = std::panic::catch_unwind(|| {
+                #[cfg(test)]
+                test_hooks::maybe_panic(&segment.data);
+                crate::compress(&segment.data)
+            })
                 .unwrap_or_else(|_| Err(std::io::Error::other("a panic while compressing")))
                 .map_err(|e| e.to_string());
+            #[cfg(test)]
+            test_hooks::delay();
             let _ = segment.frame.set(frame);
         }
         true
@@ -445,5 +453,25 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn sent(&self) -> usize {
         self.sent.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    pub(crate) static DELAY_US: AtomicU64 = AtomicU64::new(0);
+    static SEED: AtomicU64 = AtomicU64::new(88172645463325252);
+    pub(crate) fn delay() {
+        let max = DELAY_US.load(Ordering::Relaxed);
+        if max == 0 { return; }
+        let mut x = SEED.load(Ordering::Relaxed);
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        SEED.store(x, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_micros(x % max));
+    }
+    pub(crate) fn maybe_panic(data: &[u8]) {
+        if data.windows(15).any(|w| w == b"PANIC_ON_THREAD") {
+            panic!("test panic in compress");
+        }
     }
 }
