@@ -500,7 +500,9 @@ impl Recorder {
                 match g.as_mut() {
                     Some(w) => {
                         if let Err(e) = w.hand_on().and_then(|()| w.catch_up()) {
+                            // Said once: the session's own next call fails too.
                             tracing::error!(error = %e, "recording flush failed");
+                            break;
                         }
                     }
                     None => break,
@@ -1548,6 +1550,35 @@ mod tests {
         w.segs.catch_up(Duration::ZERO).unwrap();
         assert_eq!(queue.waiting(), 0);
         assert_eq!(read(w.path()).unwrap().0.len(), 1);
+    }
+
+    /// A segment the thread could not compress (a panic) is compressed by
+    /// its writer; and a writer dropped without a seal still writes the
+    /// frames the thread made.
+    #[test]
+    fn a_frame_the_thread_failed_is_made_here_and_a_dropped_writer_lands_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = still_queue();
+        let mut w = Writer::create(dir.path(), "redo").unwrap().on_queue(queue);
+        let path = w.path().to_path_buf();
+        w.event(all_events()[0].clone()).unwrap();
+        w.hand_on().unwrap();
+        w.segs.fail_oldest_frame();
+        w.event(all_events()[1].clone()).unwrap();
+        w.flush().unwrap();
+        let read_back: Vec<_> = read(&path)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(read_back, all_events()[..2].to_vec());
+        w.event(all_events()[2].clone()).unwrap();
+        w.hand_on().unwrap();
+        while queue.serve_one(false) {}
+        drop(w);
+        assert_eq!(read(&path).unwrap().0.len(), 3);
+        assert_eq!(queue.waiting(), 0);
     }
 
     /// A panic while the recorder's lock is held stops the recording:

@@ -146,10 +146,11 @@ impl Segments {
             return;
         }
         tracing::error!(path = %self.path.display(), %reason, "recording stopped; the session ends");
+        // Set before the hook runs: a hook that panics is not told twice.
+        self.failed = Some(reason.clone());
         if let Some(hook) = &self.on_failure {
             hook(&reason);
         }
-        self.failed = Some(reason);
         // What waits will never be written: free it.
         self.forget_waiting();
     }
@@ -245,10 +246,15 @@ impl Segments {
             let segment = w.segment.clone();
             let frame = match segment.frame.get() {
                 Some(Ok(frame)) => frame.as_slice(),
-                Some(Err(e)) => {
-                    self.fail(format!("compressing a segment failed: {e}"));
-                    return self.stopped().map(|()| false);
+                // The thread could not (a panic): compressed here, where a
+                // failure stops the recording.
+                Some(Err(_)) if how != Land::Ready => {
+                    let frame = self.compress_here(&segment.data)?;
+                    self.append(&frame)?;
+                    self.landed(segment);
+                    continue;
                 }
+                Some(Err(_)) => return Ok(false),
                 None => {
                     if how == Land::Ready {
                         return Ok(false);
@@ -325,6 +331,15 @@ impl Segments {
         self.waiting.len()
     }
 
+    /// As if the thread had failed to compress the oldest waiting segment.
+    #[cfg(test)]
+    pub(crate) fn fail_oldest_frame(&self) {
+        if let Some(w) = self.waiting.front() {
+            w.segment.claimed.store(true, Ordering::Release);
+            let _ = w.segment.frame.set(Err("a panic while compressing".into()));
+        }
+    }
+
     /// As the thread does when it begins the oldest waiting segment.
     #[cfg(test)]
     pub(crate) fn claim_oldest(&self) {
@@ -335,9 +350,11 @@ impl Segments {
 }
 
 impl Drop for Segments {
-    /// Segments never written (a writer dropped without `finish` or
-    /// `seal`) no longer count against the queue.
+    /// A writer dropped without `finish` or `seal` (the gateway shutting
+    /// down) still writes the frames the thread made; the rest no longer
+    /// count against the queue.
     fn drop(&mut self) {
+        let _ = self.land(Land::Ready);
         self.forget_waiting();
     }
 }
@@ -428,18 +445,10 @@ impl Queue {
             return true;
         };
         if !segment.claimed.swap(true, Ordering::AcqRel) {
-            #[cfg(test)]
-            test_hooks::delay();
             // A panic is the segment's failure, not the thread's end.
-            let frame = std::panic::catch_unwind(|| {
-                #[cfg(test)]
-                test_hooks::maybe_panic(&segment.data);
-                crate::compress(&segment.data)
-            })
+            let frame = std::panic::catch_unwind(|| crate::compress(&segment.data))
                 .unwrap_or_else(|_| Err(std::io::Error::other("a panic while compressing")))
                 .map_err(|e| e.to_string());
-            #[cfg(test)]
-            test_hooks::delay();
             let _ = segment.frame.set(frame);
         }
         true
@@ -453,25 +462,5 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn sent(&self) -> usize {
         self.sent.load(Ordering::Acquire)
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod test_hooks {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    pub(crate) static DELAY_US: AtomicU64 = AtomicU64::new(0);
-    static SEED: AtomicU64 = AtomicU64::new(88172645463325252);
-    pub(crate) fn delay() {
-        let max = DELAY_US.load(Ordering::Relaxed);
-        if max == 0 { return; }
-        let mut x = SEED.load(Ordering::Relaxed);
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-        SEED.store(x, Ordering::Relaxed);
-        std::thread::sleep(std::time::Duration::from_micros(x % max));
-    }
-    pub(crate) fn maybe_panic(data: &[u8]) {
-        if data.windows(15).any(|w| w == b"PANIC_ON_THREAD") {
-            panic!("test panic in compress");
-        }
     }
 }
