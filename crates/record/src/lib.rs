@@ -484,10 +484,13 @@ fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Mutex<Option<Writer>>>,
+    /// The recording's file, for the error of a call after the seal.
+    path: Arc<PathBuf>,
 }
 
 impl Recorder {
     pub fn start(writer: Writer) -> Self {
+        let path = Arc::new(writer.path().to_path_buf());
         let inner = Arc::new(Mutex::new(Some(writer)));
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -509,7 +512,7 @@ impl Recorder {
                 }
             }
         });
-        Self { inner }
+        Self { inner, path }
     }
 
     /// Record an event. An error means the recording cannot continue: the
@@ -523,14 +526,19 @@ impl Recorder {
         self.with_writer(|w| w.head(head, headers))
     }
 
-    /// `f` on the writer, if the recording still runs.
+    /// `f` on the writer. After the seal there is none, and what a task
+    /// still running would record is refused rather than dropped in
+    /// silence (a body streaming on fails instead of passing unrecorded).
     fn with_writer(
         &self,
         f: impl FnOnce(&mut Writer) -> Result<(), RecordError>,
     ) -> Result<(), RecordError> {
         match self.writer().as_mut() {
             Some(w) => f(w),
-            None => Ok(()),
+            None => Err(RecordError::Stopped {
+                path: self.path.as_ref().clone(),
+                reason: "the recording is sealed".into(),
+            }),
         }
     }
 
@@ -1579,6 +1587,22 @@ mod tests {
         drop(w);
         assert_eq!(read(&path).unwrap().0.len(), 3);
         assert_eq!(queue.waiting(), 0);
+    }
+
+    /// Once sealed, a recorder refuses what it is still given: an event
+    /// after the seal fails rather than go unrecorded.
+    #[tokio::test]
+    async fn a_sealed_recorder_refuses_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::start(Writer::create(dir.path(), "sealed").unwrap());
+        r.event(all_events()[0].clone()).unwrap();
+        let late = r.clone();
+        assert_eq!(r.seal().unwrap().1, None);
+        assert!(matches!(
+            late.body(Some(1), false, b"after"),
+            Err(RecordError::Stopped { reason, .. }) if reason == "the recording is sealed"
+        ));
+        assert!(late.seal().is_none());
     }
 
     /// A panic while the recorder's lock is held stops the recording:
