@@ -407,7 +407,7 @@ impl Writer {
         self.stopped()?;
         self.last_flush = Instant::now();
         if self.buf.is_empty() {
-            return self.segs.catch_up(LATE);
+            return Ok(());
         }
         let data = std::mem::replace(&mut self.buf, self.segs.take_spare());
         self.segments += 1;
@@ -549,7 +549,7 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(|poisoned| {
             let mut g = poisoned.into_inner();
             if let Some(w) = g.as_mut() {
-                w.segs.fail("a panic while recording".into());
+                let _ = w.segs.fail("a panic while recording".into());
             }
             g
         })
@@ -1276,11 +1276,7 @@ mod tests {
         w.flush().unwrap();
         let good = w.digest_so_far();
         let path = w.path().to_path_buf();
-        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let t = told.clone();
-        let mut w = w.on_failure(Arc::new(move |_| {
-            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
+        let (mut w, told) = counting_failures(w);
         w.segs.file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         assert!(matches!(w.flush(), Err(RecordError::Stopped { .. })));
@@ -1334,11 +1330,27 @@ mod tests {
             .collect();
         for t in writers {
             let (path, wrote, digest) = t.join().unwrap();
-            let (records, last) = read(&path).unwrap();
-            assert_eq!(last, digest);
-            let read: Vec<_> = records.into_iter().map(|r| r.event).collect();
+            let read = sealed_events(&path, &digest);
             assert_eq!(read, wrote);
         }
+    }
+
+    /// The events of the recording at `path` that `finish` sealed with
+    /// `digest`, checking the file's last digest is that one.
+    fn sealed_events(path: &Path, digest: &str) -> Vec<Event> {
+        let (records, last) = read(path).unwrap();
+        assert_eq!(last, digest);
+        records.into_iter().map(|r| r.event).collect()
+    }
+
+    /// `w` with a failure hook that counts how often it is told.
+    fn counting_failures(w: Writer) -> (Writer, Arc<std::sync::atomic::AtomicUsize>) {
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = told.clone();
+        let w = w.on_failure(Arc::new(move |_| {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        (w, told)
     }
 
     /// A queue with no thread, which only a test's `serve_one` moves.
@@ -1367,11 +1379,7 @@ mod tests {
         assert_eq!(read(&path).unwrap().0.len(), 1);
         assert_eq!(queue.waiting(), 0);
         let good = w.digest_so_far();
-        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let t = told.clone();
-        let mut w = w.on_failure(Arc::new(move |_| {
-            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
+        let (mut w, told) = counting_failures(w);
         w.segs.file = std::fs::File::open(&path).unwrap();
         w.event(all_events()[1].clone()).unwrap();
         w.hand_on().unwrap();
@@ -1414,9 +1422,7 @@ mod tests {
 
         let path = w.path().to_path_buf();
         let digest = w.finish().unwrap();
-        let (records, last) = read(&path).unwrap();
-        assert_eq!(last, digest);
-        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        let read_back = sealed_events(&path, &digest);
         assert_eq!(read_back, wrote);
         while queue.serve_one(false) {}
         assert_eq!(read(&path).unwrap().1, digest);
@@ -1452,9 +1458,7 @@ mod tests {
         assert_eq!(read(&path).unwrap().0.len(), 5);
         while queue.serve_one(false) {}
         let digest = mine.finish().unwrap();
-        let (records, last) = read(&path).unwrap();
-        assert_eq!(last, digest);
-        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        let read_back = sealed_events(&path, &digest);
         assert_eq!(read_back, events[..5].to_vec());
     }
 
@@ -1504,9 +1508,7 @@ mod tests {
         for (w, first) in [(mine, 0), (other, 1)] {
             let path = w.path().to_path_buf();
             let digest = w.finish().unwrap();
-            let (records, last) = read(&path).unwrap();
-            assert_eq!(last, digest);
-            let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+            let read_back = sealed_events(&path, &digest);
             let expected: Vec<_> = events
                 .iter()
                 .skip(first)
@@ -1538,9 +1540,7 @@ mod tests {
         assert!(queue.serve_one(false));
         w.catch_up().unwrap();
         let digest = w.finish().unwrap();
-        let (records, last) = read(&path).unwrap();
-        assert_eq!(last, digest);
-        let read_back: Vec<_> = records.into_iter().map(|r| r.event).collect();
+        let read_back = sealed_events(&path, &digest);
         assert_eq!(read_back, all_events()[..2].to_vec());
     }
 
@@ -1574,13 +1574,8 @@ mod tests {
         w.segs.fail_oldest_frame();
         w.event(all_events()[1].clone()).unwrap();
         w.flush().unwrap();
-        let read_back: Vec<_> = read(&path)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|r| r.event)
-            .collect();
-        assert_eq!(read_back, all_events()[..2].to_vec());
+        let digest = w.digest_so_far();
+        assert_eq!(sealed_events(&path, &digest), all_events()[..2].to_vec());
         w.event(all_events()[2].clone()).unwrap();
         w.hand_on().unwrap();
         while queue.serve_one(false) {}

@@ -24,6 +24,7 @@
 //! a second time. The thread holds only a weak handle on a segment, so one
 //! its writer wrote costs nothing while the thread is starved.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
@@ -140,11 +141,19 @@ impl Segments {
         }
     }
 
-    /// Stop the recording for good with `reason`.
-    pub(crate) fn fail(&mut self, reason: String) {
-        if self.failed.is_some() {
-            return;
+    /// Stop the recording for good with `reason` (the first one given
+    /// stays); returns the error every later call gets.
+    pub(crate) fn fail(&mut self, reason: String) -> RecordError {
+        if self.failed.is_none() {
+            self.stop(reason);
         }
+        RecordError::Stopped {
+            path: self.path.clone(),
+            reason: self.failed.clone().unwrap_or_default(),
+        }
+    }
+
+    fn stop(&mut self, reason: String) {
         tracing::error!(path = %self.path.display(), %reason, "recording stopped; the session ends");
         // Set before the hook runs: a hook that panics is not told twice.
         self.failed = Some(reason.clone());
@@ -197,12 +206,7 @@ impl Segments {
             claimed: AtomicBool::new(false),
             frame: OnceLock::new(),
         });
-        if !queue.send(Arc::downgrade(&segment)) {
-            // No thread to take it: as if the queue were full.
-            let data = Arc::try_unwrap(segment).map(|s| s.data).unwrap_or_default();
-            self.land(Land::All)?;
-            return self.write_here(data);
-        }
+        queue.send(Arc::downgrade(&segment));
         queue.waiting.fetch_add(1, Ordering::AcqRel);
         self.waiting.push_back(Waiting {
             segment,
@@ -244,33 +248,22 @@ impl Segments {
         self.stopped()?;
         while let Some(w) = self.waiting.front() {
             let segment = w.segment.clone();
-            let frame = match segment.frame.get() {
-                Some(Ok(frame)) => frame.as_slice(),
+            let frame = match (segment.frame.get(), how) {
+                (Some(Ok(frame)), _) => Cow::Borrowed(frame.as_slice()),
+                (_, Land::Ready) => return Ok(false),
                 // The thread could not (a panic): compressed here, where a
                 // failure stops the recording.
-                Some(Err(_)) if how != Land::Ready => {
-                    let frame = self.compress_here(&segment.data)?;
-                    self.append(&frame)?;
-                    self.landed(segment);
-                    continue;
-                }
-                Some(Err(_)) => return Ok(false),
-                None => {
-                    if how == Land::Ready {
-                        return Ok(false);
-                    }
+                (Some(Err(_)), _) => Cow::Owned(self.compress_here(&segment.data)?),
+                (None, _) => {
                     // Claimed only by one who goes on to compress it.
                     let begun = segment.claimed.swap(true, Ordering::AcqRel);
                     if begun && how == Land::Unclaimed {
                         return Ok(false);
                     }
-                    let frame = self.compress_here(&segment.data)?;
-                    self.append(&frame)?;
-                    self.landed(segment);
-                    continue;
+                    Cow::Owned(self.compress_here(&segment.data)?)
                 }
             };
-            self.append(frame)?;
+            self.append(&frame)?;
             self.landed(segment);
         }
         Ok(true)
@@ -289,14 +282,8 @@ impl Segments {
     }
 
     fn compress_here(&mut self, data: &[u8]) -> Result<Vec<u8>, RecordError> {
-        match crate::compress(data) {
-            Ok(frame) => Ok(frame),
-            Err(e) => {
-                // Not written is lost: stop rather than leave a hole.
-                self.fail(format!("compressing a segment failed: {e}"));
-                self.stopped().map(|()| Vec::new())
-            }
-        }
+        // Not written is lost: stop rather than leave a hole.
+        crate::compress(data).map_err(|e| self.fail(format!("compressing a segment failed: {e}")))
     }
 
     /// Chain `frame` onto the file. A failed write stops the recording for
@@ -318,8 +305,7 @@ impl Segments {
         // a disk flush; the audit chain seals the digest either way.
         if let Err(e) = self.file.write_all(&seg) {
             let _ = self.file.set_len(self.written);
-            self.fail(format!("a write failed: {e}"));
-            return self.stopped();
+            return Err(self.fail(format!("a write failed: {e}")));
         }
         self.written += seg.len() as u64;
         self.prev = digest;
@@ -401,14 +387,16 @@ impl Queue {
             && self.sent.load(Ordering::Acquire) < SENT_NOT_TAKEN
     }
 
-    /// Whether the thread can still be reached.
-    fn send(&self, segment: Weak<Segment>) -> bool {
+    /// Offer the thread `segment`. The receiver lives in the queue, which
+    /// lives for the process, so a send does not fail; if one did, the
+    /// segment would still wait with its writer, who writes it at the
+    /// latest when it is late.
+    fn send(&self, segment: Weak<Segment>) {
+        // Counted first: the thread may take it before `send` returns.
         self.sent.fetch_add(1, Ordering::AcqRel);
-        let sent = self.inbox.send(segment).is_ok();
-        if !sent {
+        if self.inbox.send(segment).is_err() {
             self.sent.fetch_sub(1, Ordering::AcqRel);
         }
-        sent
     }
 
     fn serve(&self) {
