@@ -349,6 +349,13 @@ impl Writer {
         }
         if self.buf.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.hand_on()?;
+        } else {
+            // A frame the thread has finished goes in with the next event,
+            // not the next segment: what was relayed and is not yet in the
+            // file stays about one segment, as when segments were written
+            // inline (waiting for the next segment doubled it: a filling
+            // spool lost some 30 answers per session instead of 16).
+            self.segs.land_ready()?;
         }
         Ok(())
     }
@@ -1358,8 +1365,8 @@ mod tests {
         Box::leak(Box::new(Queue::new()))
     }
 
-    /// A frame the thread compressed is written by its writer at the
-    /// next hand-on, after the thread is done; a write failing then stops
+    /// A frame the thread compressed is written by its writer with the
+    /// next event (or tick) after the thread is done; a write failing then stops
     /// the recording as one failing inline does: that call fails, `seal`
     /// says why, the hook is told once, the file keeps what was written,
     /// and nothing of it still counts as waiting.
@@ -1384,7 +1391,11 @@ mod tests {
         w.event(all_events()[1].clone()).unwrap();
         w.hand_on().unwrap();
         assert!(queue.serve_one(false));
-        w.event(all_events()[2].clone()).unwrap();
+        // The next event writes the thread's frame, and fails with it.
+        assert!(matches!(
+            w.event(all_events()[2].clone()),
+            Err(RecordError::Stopped { .. })
+        ));
         assert!(matches!(w.hand_on(), Err(RecordError::Stopped { .. })));
         assert_eq!(queue.waiting(), 0);
         assert!(matches!(

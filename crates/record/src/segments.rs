@@ -12,8 +12,8 @@
 //! writer never waits on it however little CPU it gets (a first version
 //! whose thread also chained and wrote, under the recording's lock, held
 //! writers up to 0.9 s on a busy machine). The writer chains and writes
-//! each frame itself, in order, when it next hands one on or at its
-//! ticker's look (a digest and a write, some 20 µs for a compressed
+//! each frame itself, in order, with its next event or at its ticker's
+//! look (a digest and a write, some 20 µs for a compressed
 //! megabyte of JSON). A writer that must see everything in the file
 //! (`flush`, `finish`, `seal`), whose oldest segment has waited too long,
 //! or that finds too many segments waiting across all recordings, does
@@ -213,6 +213,15 @@ impl Segments {
             since: Instant::now(),
         });
         Ok(())
+    }
+
+    /// Write the frames the thread has finished, oldest first (cheap when
+    /// none waits: asked on every event).
+    pub(crate) fn land_ready(&mut self) -> Result<(), RecordError> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        self.land(Land::Ready).map(|_| ())
     }
 
     /// Write what is ready; and everything, if the oldest segment has
