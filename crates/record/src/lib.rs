@@ -11,10 +11,11 @@
 //!
 //! A segment that comes due while the session runs (its buffer full, or
 //! the second up) is compressed by a thread of its own at idle priority
-//! and chained and written by the writer at its next hand-on or tick;
-//! [`Writer::finish`] and [`Writer::seal`] write whatever still waits
-//! ([`segments`] says why nothing waits on that thread). A frame can so
-//! wait in memory up to a second more before it is written.
+//! and chained and written by the writer with its next event, or at its
+//! tick when the session is idle; [`Writer::finish`] and [`Writer::seal`]
+//! write whatever still waits ([`segments`] says why nothing waits on
+//! that thread). An idle session's frame can so wait up to a second more
+//! before it is written.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
