@@ -49,14 +49,23 @@ pub enum ForwardError {
     Busy(String),
 }
 
-/// Idle connections kept per target after a burst. Without a bound the
-/// pool kept every connection a burst opened (205 after 256 concurrent
-/// 64 KiB requests) for the idle timeout, each holding its read buffer:
-/// resident memory stayed at twice the fresh figure. nginx's `keepalive`
-/// plays the same part. (Capping the read buffer at 64 KiB as well cost
-/// 17% more CPU per 64 KiB response at one connection, so hyper's
-/// default of ~400 KiB stays.)
-const IDLE_PER_TARGET: usize = 64;
+/// Idle connections kept per target after a burst, in each pool (each
+/// connection worker has its own). Without a bound the pool kept every
+/// connection a burst opened (205 after 256 concurrent 64 KiB requests)
+/// for the idle timeout, each holding its read buffer: resident memory
+/// stayed at twice the fresh figure. (Capping the read buffer at 64 KiB
+/// as well cost 17% more CPU per 64 KiB response at one connection, so
+/// hyper's default of ~400 KiB stays.)
+///
+/// Per pool, as nginx's `keepalive` is per worker process. The bound was
+/// once shared out among the workers (32 each on two cores), and a
+/// worker serving more callers than its share closed a connection for
+/// every one it opened: hyper's client dials whenever no idle connection
+/// is at hand, and drops a returning one when the idle list is full. At
+/// 64 keep-alive callers that was 1,400-2,000 TLS handshakes with the
+/// target in 8 s where 64 were needed, and 10% of the requests a second
+/// (docs/performance.md, session 10).
+pub(crate) const IDLE_PER_TARGET: usize = 64;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -71,14 +80,14 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 /// move between threads anyway, pools per thread only split the idle
 /// bound: the agent at 64 connections lost 27% (docs/performance.md).
 struct Pools {
-    /// A client with at most this many idle connections per target.
-    build: Box<dyn Fn(usize) -> HttpsClient + Send + Sync>,
+    /// A client of its own for a pool.
+    build: Box<dyn Fn() -> HttpsClient + Send + Sync>,
     /// `None`: the work-stealing runtimes' pool.
     by_thread: std::sync::Mutex<Vec<(Option<std::thread::ThreadId>, HttpsClient)>>,
 }
 
 impl Pools {
-    fn new(build: impl Fn(usize) -> HttpsClient + Send + Sync + 'static) -> Self {
+    fn new(build: impl Fn() -> HttpsClient + Send + Sync + 'static) -> Self {
         Self {
             build: Box::new(build),
             by_thread: Default::default(),
@@ -95,14 +104,7 @@ impl Pools {
         if let Some((_, c)) = pools.iter().find(|(t, _)| *t == key) {
             return c.clone();
         }
-        let idle = if pinned {
-            // Shared out among the workers (one per core).
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (IDLE_PER_TARGET / threads).max(8)
-        } else {
-            IDLE_PER_TARGET
-        };
-        let c = (self.build)(idle);
+        let c = (self.build)();
         pools.push((key, c.clone()));
         c
     }
@@ -171,12 +173,12 @@ impl Upstream {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-        let pools = Pools::new(move |idle| {
+        let pools = Pools::new(move || {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(idle)
+                .pool_max_idle_per_host(IDLE_PER_TARGET)
                 .build(connector.clone())
         });
 
@@ -244,7 +246,7 @@ impl Upstream {
             scheme: Scheme::HTTPS,
             authority: Authority::from_static("agent.invalid"),
             base_path: String::new(),
-            pools: Pools::new(move |_| {
+            pools: Pools::new(move || {
                 Client::builder(TokioExecutor::new()).build(connector.clone())
             }),
             credential: None,
