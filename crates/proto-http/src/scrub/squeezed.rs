@@ -35,8 +35,92 @@ pub(super) fn squeeze_onto(hay: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `hay` squeezed into `out` after its first `at` bytes (replacing what
-/// followed them).
+/// followed them): sixteen bytes at a time where the CPU has SSSE3's
+/// byte shuffle (every x86-64 since 2008), eight otherwise.
 fn squeeze_after(hay: &[u8], out: &mut Vec<u8>, at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v2) = *SSSE3 {
+        v2.vectorize(
+            #[inline(always)]
+            || shuffled(v2, hay, out, at),
+        );
+        return;
+    }
+    words(hay, out, at);
+}
+
+/// The CPU's SSE up to 4.2 (SSSE3's shuffle is what is used), looked up
+/// once.
+#[cfg(target_arch = "x86_64")]
+static SSSE3: std::sync::LazyLock<Option<pulp::x86::V2>> =
+    std::sync::LazyLock::new(pulp::x86::V2::try_new);
+
+/// [`squeeze_after`] sixteen bytes at a time: which bytes are kept and
+/// their lower case by compares, then each half of eight packed by one
+/// shuffle from [`SHUFFLE`]. Safe intrinsics through `pulp`, whose
+/// `vectorize` runs this with the features it detected (the workspace
+/// forbids `unsafe`); a blank-free chunk (most of a compact body) is one
+/// store. 2.8 times the words' speed on the suite's 64 KiB JSON (8.5
+/// against 24 µs), 2.2 times on JSON without blanks.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn shuffled(v2: pulp::x86::V2, hay: &[u8], out: &mut Vec<u8>, at: usize) {
+    use core::arch::x86_64::__m128i;
+    // The second half's places, counted from the vector's start.
+    const SECOND: u64 = 0x0808_0808_0808_0808;
+    let (sse2, ssse3) = (v2.sse2, v2.ssse3);
+    // Room for the last chunk's two stores of eight.
+    out.resize(at + hay.len() + 16, 0);
+    let mut j = at;
+    let above_blank = sse2._mm_set1_epi8(0x21);
+    let a = sse2._mm_set1_epi8(b'A' as i8);
+    let z_from_a = sse2._mm_set1_epi8(25);
+    let case_bit = sse2._mm_set1_epi8(0x20);
+    let mut chunks = hay.chunks_exact(16);
+    for c in &mut chunks {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(c);
+        let v: __m128i = pulp::cast(bytes);
+        // Unsigned compares as max/min and equality: kept is `v >= 0x21`,
+        // upper case is `v - 'A' <= 25`.
+        let kept = sse2._mm_cmpeq_epi8(sse2._mm_max_epu8(v, above_blank), v);
+        let from_a = sse2._mm_sub_epi8(v, a);
+        let upper = sse2._mm_cmpeq_epi8(sse2._mm_min_epu8(from_a, z_from_a), from_a);
+        let lowered = sse2._mm_or_si128(v, sse2._mm_and_si128(upper, case_bit));
+        // One bit per byte; the sign bit of a compare's 0xff.
+        let mask = sse2._mm_movemask_epi8(kept) as u32;
+        if mask == 0xffff {
+            let whole: [u8; 16] = pulp::cast(lowered);
+            out[j..j + 16].copy_from_slice(&whole);
+            j += 16;
+            continue;
+        }
+        let (first, second) = ((mask & 0xff) as usize, (mask >> 8) as usize);
+        let order: [u64; 2] = [
+            u64::from_le_bytes(SHUFFLE[first]),
+            u64::from_le_bytes(SHUFFLE[second]) + SECOND,
+        ];
+        let packed: [u8; 16] = pulp::cast(ssse3._mm_shuffle_epi8(lowered, pulp::cast(order)));
+        out[j..j + 8].copy_from_slice(&packed[..8]);
+        j += first.count_ones() as usize;
+        out[j..j + 8].copy_from_slice(&packed[8..]);
+        j += second.count_ones() as usize;
+    }
+    out.truncate(j);
+    rest(chunks.remainder(), out);
+}
+
+/// The last bytes, fewer than a step: one at a time.
+fn rest(tail: &[u8], out: &mut Vec<u8>) {
+    out.extend(
+        tail.iter()
+            .filter(|b| !BLANK[usize::from(**b)])
+            .map(u8::to_ascii_lowercase),
+    );
+}
+
+/// [`squeeze_after`] eight bytes at a time, in a `u64`.
+fn words(hay: &[u8], out: &mut Vec<u8>, at: usize) {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     const fn each(b: u8) -> u64 {
@@ -48,8 +132,8 @@ fn squeeze_after(hay: &[u8], out: &mut Vec<u8>, at: usize) {
     // whole body's memset was 0.7% of a 64 KiB response's CPU).
     out.resize(at + hay.len() + 8, 0);
     let mut j = at;
-    let mut words = hay.chunks_exact(8);
-    for w in &mut words {
+    let mut eights = hay.chunks_exact(8);
+    for w in &mut eights {
         let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         // Per byte, in its high bit, without carries between bytes (the
         // low seven bits plus a constant stay below 256): above a space,
@@ -75,13 +159,7 @@ fn squeeze_after(hay: &[u8], out: &mut Vec<u8>, at: usize) {
         j += mask.count_ones() as usize;
     }
     out.truncate(j);
-    out.extend(
-        words
-            .remainder()
-            .iter()
-            .filter(|b| !BLANK[usize::from(**b)])
-            .map(u8::to_ascii_lowercase),
-    );
+    rest(eights.remainder(), out);
 }
 
 /// For each set of kept bytes of eight (bit `k` for byte `k`), the kept
@@ -156,14 +234,52 @@ mod tests {
             .collect()
     }
 
+    /// Each way of squeezing this machine has, after `at` bytes already
+    /// in `out`: what it left there.
+    fn every_way(hay: &[u8], out: &[u8], at: usize) -> Vec<(&'static str, Vec<u8>)> {
+        let run = |f: fn(&[u8], &mut Vec<u8>, usize)| {
+            let mut o = out.to_vec();
+            f(hay, &mut o, at);
+            o
+        };
+        let mut ways = vec![("squeeze", run(squeeze_after)), ("words", run(words))];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v2) = *SSSE3 {
+            let mut o = out.to_vec();
+            v2.vectorize(|| shuffled(v2, hay, &mut o, at));
+            ways.push(("shuffled", o));
+        }
+        ways
+    }
+
+    /// Bytes where blanks, capitals and the bytes around both are common.
+    fn blanky() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let byte = proptest::sample::select(&b" \t\r\n\x00\x1f!@AZ[`az{\x7f\x80\xff"[..]);
+        proptest::collection::vec(byte, 0..300)
+    }
+
     proptest::proptest! {
-        /// Eight bytes at a time gives what one at a time gives, for any
-        /// bytes (the per-byte arithmetic must not carry between bytes).
+        /// Eight and sixteen bytes at a time give what one at a time
+        /// gives, for any bytes (the per-byte arithmetic must not carry
+        /// between bytes, the compares are unsigned).
         #[test]
         fn squeeze_is_the_plain_filter(hay in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let mut out = Vec::new();
-            squeeze(&hay, &mut out);
-            proptest::prop_assert_eq!(out, plain(&hay));
+            for (way, out) in every_way(&hay, &[], 0) {
+                proptest::prop_assert_eq!(out, plain(&hay), "{}", way);
+            }
+        }
+
+        /// The same where most chunks hold blanks and capitals, and after
+        /// bytes already squeezed.
+        #[test]
+        fn squeeze_is_the_plain_filter_on_blanks(
+            hay in blanky(),
+            before in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let want = [before.clone(), plain(&hay)].concat();
+            for (way, out) in every_way(&hay, &before, before.len()) {
+                proptest::prop_assert_eq!(&out, &want, "{}", way);
+            }
         }
 
         /// A buffer kept from an earlier squeeze, longer or shorter,
@@ -183,9 +299,16 @@ mod tests {
     #[test]
     fn every_byte_value_squeezes_as_it_should() {
         let all: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
-        let mut out = Vec::new();
-        squeeze(&all, &mut out);
-        assert_eq!(out, plain(&all));
+        let ways = every_way(&all, &[], 0);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            ways.len(),
+            3,
+            "this x86-64 has SSSE3: the shuffle is tested"
+        );
+        for (way, out) in ways {
+            assert_eq!(out, plain(&all), "{way}");
+        }
     }
 
     #[test]
