@@ -326,11 +326,65 @@ fn utf8_at(hay: &[u8], i: usize) -> Option<(char, usize)> {
     Some((ch, n))
 }
 
+/// The bytes of a text a reader sees, in their case: blanks and the
+/// characters [`invisible`] dropped, each kept byte with its offset.
+/// Escapes are read here when they are not escapes as written: a blank
+/// inside one (`\ u0051`, `% 4b`, `&#\t75;`) hid every character of a
+/// secret written as escapes from the reading, and a person still reads
+/// them (review of session 10).
+struct Seen {
+    bytes: Vec<u8>,
+    at: Vec<u32>,
+}
+
+impl Seen {
+    fn of(hay: &[u8]) -> Self {
+        let mut seen = Self {
+            bytes: Vec::with_capacity(hay.len()),
+            at: Vec::with_capacity(hay.len()),
+        };
+        let mut i = 0;
+        while i < hay.len() {
+            if super::squeezed::BLANK[usize::from(hay[i])] {
+                i += 1;
+                continue;
+            }
+            let n = match utf8_at(hay, i) {
+                Some((ch, n)) if invisible(ch) => {
+                    i += n;
+                    continue;
+                }
+                Some((_, n)) => n,
+                None => 1,
+            };
+            seen.bytes.extend_from_slice(&hay[i..i + n]);
+            seen.at.extend(i as u32..(i + n) as u32);
+            i += n;
+        }
+        seen
+    }
+
+    /// The escape that begins at `hay[i]` (a byte kept here) read
+    /// through what a reader does not see: its character and how many
+    /// bytes of `hay` it spans from `i`.
+    fn escape_at(&self, i: usize) -> Option<(Option<char>, usize)> {
+        let k = self.at.partition_point(|&a| (a as usize) < i);
+        if self.at.get(k).map(|&a| a as usize) != Some(i) {
+            return None;
+        }
+        let (ch, used) = escape(&self.bytes, k)?;
+        let last = *self.at.get(k + used.checked_sub(1)?)? as usize;
+        Some((ch, last + 1 - i))
+    }
+}
+
 /// Read `hay` into `out` (cleared first).
 pub(super) fn read(hay: &[u8], out: &mut Reading) {
     out.text.clear();
     out.from.clear();
     out.to.clear();
+    // Made at the first escape that is none as written.
+    let mut seen: Option<Seen> = None;
     let mut i = 0;
     while i < hay.len() {
         // A run of bytes read as themselves, copied whole.
@@ -368,7 +422,11 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
             i += n;
             continue;
         }
-        let (bytes, used) = match escape(hay, i) {
+        // As written first: a line continued (`\` and a line break) and
+        // a soft line break (`=` and one) are escapes of blanks.
+        let escaped =
+            escape(hay, i).or_else(|| seen.get_or_insert_with(|| Seen::of(hay)).escape_at(i));
+        let (bytes, used) = match escaped {
             Some((Some(ch), used)) if invisible(ch) => ([0; 4], (0, used)),
             Some((Some(ch), used)) => {
                 let mut buf = [0u8; 4];
@@ -418,6 +476,15 @@ mod tests {
             // Not escapes: read as they are.
             ("a=b&c=d%zz\\q=3d&unknown;", "a=b&c=d%zz\\q=3d&unknown;"),
             ("\u{e4}&#xe4;", "\u{e4}\u{e4}"),
+            // Review (session 10): a blank or an invisible character
+            // inside an escape; a line continued and a soft break are
+            // still read as written.
+            (
+                "\\ u0051% 4b%4 5&#\t89;&# x53;\\x\n45\\\u{200b}/%\u{a0}2b",
+                "qkeyse/+",
+            ),
+            ("a\\\nb=\r\nc", "abc"),
+            ("% zz&# ;\\ q", "%zz&#;\\q"),
             // Re-review: more escapes, and invisible characters.
             (
                 r"\u{73}\u{6B}\163%u006B&#x0000000073;&#000107&ampx",
