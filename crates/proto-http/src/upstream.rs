@@ -49,23 +49,36 @@ pub enum ForwardError {
     Busy(String),
 }
 
-/// Idle connections kept per target after a burst, in each pool (each
-/// connection worker has its own). Without a bound the pool kept every
-/// connection a burst opened (205 after 256 concurrent 64 KiB requests)
-/// for the idle timeout, each holding its read buffer: resident memory
-/// stayed at twice the fresh figure. (Capping the read buffer at 64 KiB
-/// as well cost 17% more CPU per 64 KiB response at one connection, so
-/// hyper's default of ~400 KiB stays.)
+/// Idle connections kept per target after a burst. Without a bound the
+/// pool kept every connection a burst opened (205 after 256 concurrent
+/// 64 KiB requests) for the idle timeout, each holding its read buffer:
+/// resident memory stayed at twice the fresh figure. (Capping the read
+/// buffer at 64 KiB as well cost 17% more CPU per 64 KiB response at one
+/// connection, so hyper's default of ~400 KiB stays.)
 ///
-/// Per pool, as nginx's `keepalive` is per worker process. The bound was
-/// once shared out among the workers (32 each on two cores), and a
-/// worker serving more callers than its share closed a connection for
-/// every one it opened: hyper's client dials whenever no idle connection
-/// is at hand, and drops a returning one when the idle list is full. At
-/// 64 keep-alive callers that was 1,400-2,000 TLS handshakes with the
-/// target in 8 s where 64 were needed, and 10% of the requests a second
-/// (docs/performance.md, session 10).
-pub(crate) const IDLE_PER_TARGET: usize = 64;
+/// Each pool (a connection worker's, the shared runtime's) keeps
+/// [`idle_per_pool`]: this shared out among the cores, but from 16 to 64
+/// each. A share of 64 among the workers (32 each on two cores) was too
+/// small: a worker serving more callers than its share closed a
+/// connection for every one it opened, since hyper's client dials
+/// whenever no idle connection is at hand and drops a returning one when
+/// the idle list is full. At 64 keep-alive callers that was 1,400-2,000
+/// TLS handshakes with the target in 8 s where 64 were needed, and 10% of
+/// the requests a second (docs/performance.md, session 10). 64 in every
+/// pool, as nginx's `keepalive` is per worker process, was too large on
+/// many cores: 4,160 idle sockets per connection entry on 64 (review).
+const IDLE_ACROSS_POOLS: usize = 512;
+
+/// What each pool keeps: [`IDLE_ACROSS_POOLS`] shared out among this
+/// machine's cores, from 16 to 64 (64 on up to eight cores; 16 on 32 or
+/// more, about 1,000 across 64 pools).
+pub(crate) fn idle_per_pool() -> usize {
+    idle_on(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn idle_on(cores: usize) -> usize {
+    (IDLE_ACROSS_POOLS / cores.max(1)).clamp(16, 64)
+}
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -173,12 +186,13 @@ impl Upstream {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+        let idle = idle_per_pool();
         let pools = Pools::new(move || {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(IDLE_PER_TARGET)
+                .pool_max_idle_per_host(idle)
                 .build(connector.clone())
         });
 
@@ -487,5 +501,32 @@ fn describe_tls(e: &rustls::Error, host: &str) -> String {
             "the target's certificate has expired".into()
         }
         other => format!("TLS with the target failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// 64 a pool up to eight cores (two: 128 in all, where 64 shared out
+    /// had closed connections under 64 callers); about 512 in all up to
+    /// 32; then 16 a pool.
+    #[test]
+    fn idle_connections_kept_by_core_count() {
+        let each: Vec<(usize, usize)> = [1, 2, 8, 16, 32, 64, 128]
+            .into_iter()
+            .map(|c| (c, super::idle_on(c)))
+            .collect();
+        assert_eq!(
+            each,
+            [
+                (1, 64),
+                (2, 64),
+                (8, 64),
+                (16, 32),
+                (32, 16),
+                (64, 16),
+                (128, 16)
+            ]
+        );
+        assert_eq!(super::idle_on(0), 64);
     }
 }
