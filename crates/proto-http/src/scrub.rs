@@ -213,8 +213,41 @@ thread_local! {
     /// The squeezed copy searched, reused (not an allocation per frame);
     /// the search never yields, so one per thread is enough.
     static SQUEEZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The same for the [`reading::Reading`].
-    static READING: std::cell::RefCell<reading::Reading> = std::cell::RefCell::default();
+    /// The same for the [`reading::Reading`]s: as written, and through
+    /// blanks.
+    static READING: std::cell::RefCell<(reading::Reading, reading::Reading)> =
+        std::cell::RefCell::default();
+}
+
+/// Where a character begins in both readings, at or before `p` (offsets
+/// in the part they read; the part's start begins one in both).
+fn clean_before(a: &reading::Reading, b: &reading::Reading, mut p: usize) -> usize {
+    let before = |r: &reading::Reading, p: usize| {
+        let k = r.from.partition_point(|&f| f as usize <= p);
+        k.checked_sub(1).map_or(0, |k| r.from[k] as usize)
+    };
+    loop {
+        let q = before(b, before(a, p));
+        if q == p || before(a, q) == q {
+            return q;
+        }
+        p = q;
+    }
+}
+
+/// Where a character begins in both readings, at or after `p`.
+fn clean_after(a: &reading::Reading, b: &reading::Reading, mut p: usize) -> Option<usize> {
+    let after = |r: &reading::Reading, p: usize| {
+        let k = r.from.partition_point(|&f| (f as usize) < p);
+        r.from.get(k).map(|&f| f as usize)
+    };
+    loop {
+        let q = after(b, after(a, p)?)?;
+        if after(a, q) == Some(q) {
+            return Some(q);
+        }
+        p = q;
+    }
 }
 
 /// The most characters one byte of the secret takes in a spelling
@@ -337,13 +370,15 @@ impl Scrubber {
         })
     }
 
-    /// Where the secret is in the reading of `hay[part]`, added to `at`
-    /// as ranges of `hay`; and where the last `want` characters of that
-    /// reading begin (or the part's start, where it has fewer). A part
-    /// begins where a reading starts clean, so that is a character's
-    /// first byte: a hold counted from a reading begun elsewhere split
-    /// a run of `\\` at an odd byte, and the next frame read `\\u0073`
-    /// as `\\`, `\\`, `u0073` (re-review).
+    /// Where the secret is in the readings of `hay[part]` (as written,
+    /// and [through](reading::read_through) blanks and what a reader does
+    /// not see), added to `at` as ranges of `hay`; and where the last
+    /// `want` characters of the readings begin (or the part's start,
+    /// where they have fewer). A part begins where a reading starts
+    /// clean, so that is a character's first byte in both: a hold counted
+    /// from a reading begun elsewhere split a run of `\\` at an odd byte,
+    /// and the next frame read `\\u0073` as `\\`, `\\`, `u0073`
+    /// (re-review).
     fn read(
         &self,
         hay: &[u8],
@@ -353,32 +388,38 @@ impl Scrubber {
         at: &mut Vec<std::ops::Range<usize>>,
     ) -> usize {
         READING.with(|cell| {
-            let mut r = cell.borrow_mut();
-            reading::read(&hay[part.clone()], &mut r);
-            for m in self.all(&r.text) {
-                let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
-                at.push(part.start + from..part.start + to);
+            let (written, through) = &mut *cell.borrow_mut();
+            let text = &hay[part.clone()];
+            reading::read(text, written);
+            reading::read_through(text, through);
+            for r in [&*written, &*through] {
+                for m in self.all(&r.text) {
+                    let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
+                    at.push(part.start + from..part.start + to);
+                }
             }
-            let n = r.text.len();
-            let mut last = if n >= want {
-                part.start + r.from[n - want] as usize
-            } else {
-                part.start
+            let last_of = |r: &reading::Reading| {
+                let n = r.text.len();
+                if n >= want {
+                    r.from[n - want] as usize
+                } else {
+                    0
+                }
             };
-            if last < floor {
+            let last = clean_before(written, through, last_of(written).min(last_of(through)));
+            let last = if part.start + last < floor {
                 // At most [`MAX_HELD`] waits: from the first character
                 // that begins past it, still a clean start (a cap at a
                 // byte count had split a run of `\\`: re-review).
-                let first = r
-                    .from
-                    .partition_point(|&f| part.start + (f as usize) < floor);
-                last = r
-                    .from
-                    .get(first)
-                    .map_or(hay.len(), |&f| part.start + f as usize);
-            }
-            if r.text.capacity() > KEPT {
-                *r = reading::Reading::default();
+                clean_after(written, through, floor - part.start)
+                    .map_or(hay.len(), |p| part.start + p)
+            } else {
+                part.start + last
+            };
+            for r in [written, through] {
+                if r.text.capacity() > KEPT {
+                    *r = reading::Reading::default();
+                }
             }
             last
         })
@@ -1030,57 +1071,64 @@ mod tests {
     }
 
     /// Review (session 10): every character of the secret written as an
-    /// escape, with a blank or an invisible character inside one escape
-    /// or inside each. The reading decoded escapes as written only, so
-    /// the secret passed whole (`\ u0051\u0077…`, `% 4b%45…`, `&#\t75;…`).
+    /// escape, with a blank or an invisible character after any byte of
+    /// the first escape, or after each byte of every one. The reading
+    /// decoded escapes as written only, so the secret passed whole
+    /// (`\\ u0051\\u0077…`, `% 4b%45…`, `&#\t75;…`); read through the
+    /// blanks when it was none as written, it still passed where a blank
+    /// ended a shorter escape (`&#7 5;`, `\\1 13`, `%25 4b`) or made one
+    /// (`\\ %4b`: `\\%`). Both readings are searched now.
     #[test]
     fn a_blank_inside_an_escape_hides_nothing() {
         let secret = "QwErTy7UiOp9AsDf";
         let s = Scrubber::new(secret.as_bytes()).unwrap();
-        let escapers: [&dyn Fn(u8) -> String; 6] = [
+        let escapers: [&dyn Fn(u8) -> String; 10] = [
             &|b| format!("\\u{b:04x}"),
+            &|b| format!("\\u{{{b:x}}}"),
+            &|b| format!("\\x{b:02x}"),
+            &|b| format!("\\{b:03o}"),
             &|b| format!("%{b:02X}"),
+            &|b| format!("%25{b:02X}"),
+            &|b| format!("%u{b:04X}"),
             &|b| format!("&#x{b:x};"),
             &|b| format!("&#{b};"),
-            &|b| format!("\\x{b:02x}"),
-            &|b| format!("%u{b:04X}"),
+            &|b| format!("={b:02X}"),
         ];
+        let blanks = [" ", "\t", "\r\n", "\n", "\u{200b}", "\u{a0}", "\u{feff}"];
+        let check = |case: &str| {
+            let mut b = format!("<{case}>").into_bytes();
+            assert!(s.bytes(&mut b) >= 1, "{case:?}");
+            let left = String::from_utf8_lossy(&b).replace('*', "");
+            assert!(left.len() <= 10, "{case:?}: {left:?}");
+        };
         for escaper in escapers {
-            for blank in [" ", "\t", "\r\n", "\n", "\u{200b}", "\u{a0}"] {
-                // A line break right after `\` continues the line, and
-                // the reading keeps that meaning (what follows is text):
-                // left for later, it needs both readings searched.
-                if escaper(b'a').starts_with('\\') && blank.ends_with('\n') {
-                    continue;
+            let first = escaper(secret.as_bytes()[0]);
+            let rest: String = secret.bytes().skip(1).map(escaper).collect();
+            for blank in blanks {
+                for cut in 1..first.len() {
+                    check(&format!("{}{blank}{}{rest}", &first[..cut], &first[cut..]));
                 }
-                // Into the first escape after its first byte, into each
-                // after each byte it has.
-                let first = secret
-                    .bytes()
-                    .enumerate()
-                    .map(|(k, b)| {
-                        let e = escaper(b);
-                        if k == 0 {
-                            format!("{}{blank}{}", &e[..1], &e[1..])
-                        } else {
-                            e
-                        }
-                    })
-                    .collect::<String>();
-                let each = secret
+                let each: String = secret
                     .bytes()
                     .map(|b| {
-                        let e = escaper(b);
-                        e.chars().map(|c| format!("{c}{blank}")).collect::<String>()
+                        escaper(b)
+                            .chars()
+                            .map(|c| format!("{c}{blank}"))
+                            .collect::<String>()
                     })
-                    .collect::<String>();
-                for case in [first, each] {
-                    let mut b = format!("<{case}>").into_bytes();
-                    assert!(s.bytes(&mut b) >= 1, "{case:?}");
-                    let left = String::from_utf8_lossy(&b).replace('*', "");
-                    assert!(left.len() <= 2 + 2 * blank.len(), "{case:?}: {left:?}");
-                }
+                    .collect();
+                check(&each);
             }
+        }
+        // A blank that makes `\\` an escape of the next escape's first
+        // byte, before an escape and before plain text.
+        for case in [
+            format!("\\ %51{}", &secret[1..]),
+            format!("\\ &#81;{}", &secret[1..]),
+            format!("\\ \\u0051{}", &secret[1..]),
+            format!("{}&#8 4;{}", &secret[..4], &secret[5..]),
+        ] {
+            check(&case);
         }
     }
 
@@ -1144,6 +1192,13 @@ mod tests {
             each(&|b| format!("{:02x} ", b)),
             format!("{head}{}{tail}", " ".repeat(300)),
             format!("{head}{}\\u0051{}", "\n".repeat(3000), &tail[1..]),
+            // Session 10: read only through the blanks, each character
+            // dozens of characters as written (`\u{0` and the rest as
+            // text: what waits is counted in both readings), and a line
+            // continued before each escape.
+            each(&|b| format!("\\u{{0 {:0>30x}}}", b)),
+            each(&|b| format!("&#x0 {:0>30x};", b)),
+            each(&|b| format!("\\\n\\u{b:04x}")),
         ] {
             let whole = format!("{{\"k\":\"{spelled}\"}}");
             let mut one = whole.clone().into_bytes();
