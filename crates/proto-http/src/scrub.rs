@@ -213,37 +213,38 @@ thread_local! {
     /// The squeezed copy searched, reused (not an allocation per frame);
     /// the search never yields, so one per thread is enough.
     static SQUEEZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The same for the [`reading::Reading`]s: as written, and through
-    /// blanks.
-    static READING: std::cell::RefCell<(reading::Reading, reading::Reading)> =
-        std::cell::RefCell::default();
+    /// The same for the [`reading::Reading`]s: as written, through
+    /// blanks, and through blanks but line breaks after `\\` and `=`.
+    static READING: std::cell::RefCell<[reading::Reading; 3]> = std::cell::RefCell::default();
 }
 
-/// Where a character begins in both readings, at or before `p` (offsets
-/// in the part they read; the part's start begins one in both).
-fn clean_before(a: &reading::Reading, b: &reading::Reading, mut p: usize) -> usize {
+/// Where a character begins in every reading, at or before `p` (offsets
+/// in the part they read; the part's start begins one in all).
+fn clean_before(readings: &[&reading::Reading], mut p: usize) -> usize {
     let before = |r: &reading::Reading, p: usize| {
         let k = r.from.partition_point(|&f| f as usize <= p);
         k.checked_sub(1).map_or(0, |k| r.from[k] as usize)
     };
+    // Each round moves back to the last start of each reading in turn
+    // until none moves: strictly down, so it ends (at 0 at worst).
     loop {
-        let q = before(b, before(a, p));
-        if q == p || before(a, q) == q {
+        let q = readings.iter().fold(p, |q, r| before(r, q));
+        if q == p {
             return q;
         }
         p = q;
     }
 }
 
-/// Where a character begins in both readings, at or after `p`.
-fn clean_after(a: &reading::Reading, b: &reading::Reading, mut p: usize) -> Option<usize> {
+/// Where a character begins in every reading, at or after `p`.
+fn clean_after(readings: &[&reading::Reading], mut p: usize) -> Option<usize> {
     let after = |r: &reading::Reading, p: usize| {
         let k = r.from.partition_point(|&f| (f as usize) < p);
         r.from.get(k).map(|&f| f as usize)
     };
     loop {
-        let q = after(b, after(a, p)?)?;
-        if after(a, q) == Some(q) {
+        let q = readings.iter().try_fold(p, |q, r| after(r, q))?;
+        if q == p {
             return Some(q);
         }
         p = q;
@@ -372,10 +373,11 @@ impl Scrubber {
 
     /// Where the secret is in the readings of `hay[part]` (as written,
     /// and [through](reading::read_through) blanks and what a reader does
-    /// not see), added to `at` as ranges of `hay`; and where the last
-    /// `want` characters of the readings begin (or the part's start,
-    /// where they have fewer). A part begins where a reading starts
-    /// clean, so that is a character's first byte in both: a hold counted
+    /// not see, with and without line breaks after `\\` and `=`), added to
+    /// `at` as ranges of `hay`; and where the last `want` characters of
+    /// the readings begin (or the part's start, where they have fewer). A
+    /// part begins where a reading starts clean, so that is a character's
+    /// first byte in every one: a hold counted
     /// from a reading begun elsewhere split a run of `\\` at an odd byte,
     /// and the next frame read `\\u0073` as `\\`, `\\`, `u0073`
     /// (re-review).
@@ -388,17 +390,25 @@ impl Scrubber {
         at: &mut Vec<std::ops::Range<usize>>,
     ) -> usize {
         READING.with(|cell| {
-            let (written, through) = &mut *cell.borrow_mut();
+            let [written, through, breaks] = &mut *cell.borrow_mut();
             let text = &hay[part.clone()];
             reading::read(text, written);
-            reading::read_through(text, through);
-            for r in [&*written, &*through] {
+            let mut readings = vec![&*written];
+            // Through blanks, and through blanks but line breaks after `\\`
+            // and `=` (none where nothing was dropped: the same reading).
+            if reading::read_through(text, through, false) {
+                readings.push(&*through);
+            }
+            if reading::read_through(text, breaks, true) {
+                readings.push(&*breaks);
+            }
+            for r in &readings {
                 for m in self.all(&r.text) {
                     let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
                     at.push(part.start + from..part.start + to);
                 }
             }
-            let last_of = |r: &reading::Reading| {
+            let last_of = |r: &&reading::Reading| {
                 let n = r.text.len();
                 if n >= want {
                     r.from[n - want] as usize
@@ -406,17 +416,18 @@ impl Scrubber {
                     0
                 }
             };
-            let last = clean_before(written, through, last_of(written).min(last_of(through)));
+            let last = readings.iter().map(last_of).min().unwrap_or(0);
+            let last = clean_before(&readings, last);
             let last = if part.start + last < floor {
                 // At most [`MAX_HELD`] waits: from the first character
                 // that begins past it, still a clean start (a cap at a
                 // byte count had split a run of `\\`: re-review).
-                clean_after(written, through, floor - part.start)
-                    .map_or(hay.len(), |p| part.start + p)
+                clean_after(&readings, floor - part.start).map_or(hay.len(), |p| part.start + p)
             } else {
                 part.start + last
             };
-            for r in [written, through] {
+            drop(readings);
+            for r in [written, through, breaks] {
                 if r.text.capacity() > KEPT {
                     *r = reading::Reading::default();
                 }
@@ -1127,6 +1138,11 @@ mod tests {
             format!("\\ &#81;{}", &secret[1..]),
             format!("\\ \\u0051{}", &secret[1..]),
             format!("{}&#8 4;{}", &secret[..4], &secret[5..]),
+            // Third review: a line break that continues a line in one
+            // place and a blank in an escape in another.
+            format!("% 51{}\\\n{}", &secret[1..8], &secret[8..]),
+            format!("= 51{}=\r\n{}", &secret[1..8], &secret[8..]),
+            format!("\\\n\\u0051{}\\\n{}", &secret[1..8], &secret[8..]),
         ] {
             check(&case);
         }

@@ -334,7 +334,9 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(hay: &[u8]) -> Self {
+    /// `breaks`: a line break right after `\\` or `=` is kept, so that it
+    /// is read as the continued line or soft break it is as written.
+    fn of(hay: &[u8], breaks: bool) -> Self {
         let mut seen = Self {
             bytes: Vec::with_capacity(hay.len()),
             at: Vec::with_capacity(hay.len()),
@@ -342,7 +344,18 @@ impl Seen {
         let mut i = 0;
         while i < hay.len() {
             if super::squeezed::BLANK[usize::from(hay[i])] {
-                i += 1;
+                let kept = match hay[i..] {
+                    [b'\n', ..] => 1,
+                    [b'\r', b'\n', ..] => 2,
+                    _ => 0,
+                };
+                if breaks && kept > 0 && i > 0 && matches!(hay[i - 1], b'\\' | b'=') {
+                    seen.bytes.extend_from_slice(&hay[i..i + kept]);
+                    seen.at.extend(i as u32..(i + kept) as u32);
+                    i += kept;
+                } else {
+                    i += 1;
+                }
                 continue;
             }
             let n = match utf8_at(hay, i) {
@@ -362,15 +375,24 @@ impl Seen {
 }
 
 /// `hay` read through what a reader does not see ([`Seen`]) into `out`
-/// (cleared first), mapped back to `hay`: the second reading the scrubber
-/// searches. A blank or an invisible character inside an escape (`\
-/// u0051`, `% 4b`, `&#7 5;`, `\1 13`, `%25 4b`) hid every character of a
+/// (cleared first), mapped back to `hay`: the other readings the scrubber
+/// searches. A blank or an invisible character inside an escape (`\\
+/// u0051`, `% 4b`, `&#7 5;`, `\\1 13`, `%25 4b`) hid every character of a
 /// secret written as escapes from [`read`], and a person still reads them
-/// (review of session 10); a line break after `\` or `=` is an escape as
-/// written (a continued line, a soft break) and one to see through here,
-/// so each reading finds what the other does not.
-pub(super) fn read_through(hay: &[u8], out: &mut Reading) {
-    let seen = Seen::of(hay);
+/// (reviews of session 10). A line break after `\\` or `=` is an escape
+/// as written (a continued line, a soft break) and one to see through
+/// too, and a text may need one meaning here and the other there
+/// (`% 51…U\\` and a line break `iOp…`: the third review), so there are
+/// two: `breaks` keeps those line breaks. False, with `out` left empty,
+/// where nothing was dropped: the reading would be [`read`]'s.
+pub(super) fn read_through(hay: &[u8], out: &mut Reading, breaks: bool) -> bool {
+    let seen = Seen::of(hay, breaks);
+    out.text.clear();
+    out.from.clear();
+    out.to.clear();
+    if seen.bytes.len() == hay.len() {
+        return false;
+    }
     read(&seen.bytes, out);
     for f in &mut out.from {
         *f = seen.at[*f as usize];
@@ -379,6 +401,7 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading) {
     for t in &mut out.to {
         *t = seen.at[*t as usize - 1] + 1;
     }
+    true
 }
 
 /// Read `hay` into `out` (cleared first).
@@ -489,7 +512,7 @@ mod tests {
 
     fn through(hay: &str) -> String {
         let mut r = Reading::default();
-        read_through(hay.as_bytes(), &mut r);
+        read_through(hay.as_bytes(), &mut r, false);
         String::from_utf8(r.text).unwrap()
     }
 
@@ -518,7 +541,7 @@ mod tests {
     fn read_through_maps_back_to_what_it_was_read_from() {
         let hay = b"x% 4\t b \\u00 41";
         let mut r = Reading::default();
-        read_through(hay, &mut r);
+        assert!(read_through(hay, &mut r, false));
         assert_eq!(r.text, b"xka");
         assert_eq!(r.from, [0, 1, 8]);
         assert_eq!(r.to, [1, 7, hay.len() as u32]);
