@@ -399,7 +399,11 @@ impl Scrubber {
             if reading::read_through(text, through, false) {
                 readings.push(&*through);
             }
-            if reading::read_through(text, breaks, true) {
+            // Kept line breaks make a reading of their own only where one
+            // follows a `\\` or `=`.
+            let kept = memchr::memchr2_iter(b'\\', b'=', text)
+                .any(|i| matches!(text[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]));
+            if kept && reading::read_through(text, breaks, true) {
                 readings.push(&*breaks);
             }
             for r in &readings {
