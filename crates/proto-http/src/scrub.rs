@@ -393,20 +393,25 @@ impl Scrubber {
             let [written, through, breaks] = &mut *cell.borrow_mut();
             let text = &hay[part.clone()];
             reading::read(text, written);
-            let mut readings = vec![&*written];
             // Through blanks, and through blanks but line breaks after `\\`
-            // and `=` (none where nothing was dropped: the same reading).
-            if reading::read_through(text, through, false) {
-                readings.push(&*through);
-            }
-            // Kept line breaks make a reading of their own only where one
-            // follows a `\\` or `=`.
+            // and `=` (none where it would read as written). Kept line
+            // breaks make a reading of their own only where one follows a
+            // `\\` or `=`.
+            let seen_through = reading::read_through(text, through, false);
             let kept = memchr::memchr2_iter(b'\\', b'=', text)
                 .any(|i| matches!(text[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]));
-            if kept && reading::read_through(text, breaks, true) {
-                readings.push(&*breaks);
+            let seen_breaks = kept && reading::read_through(text, breaks, true);
+            // On the stack: a part near an escape is read on every frame.
+            let mut made = [&*written; 3];
+            let mut n = 1;
+            for (is, r) in [(seen_through, &*through), (seen_breaks, &*breaks)] {
+                if is {
+                    made[n] = r;
+                    n += 1;
+                }
             }
-            for r in &readings {
+            let readings = &made[..n];
+            for r in readings {
                 for m in self.all(&r.text) {
                     let (from, to) = (r.from[m.start] as usize, r.to[m.end - 1] as usize);
                     at.push(part.start + from..part.start + to);
@@ -421,16 +426,15 @@ impl Scrubber {
                 }
             };
             let last = readings.iter().map(last_of).min().unwrap_or(0);
-            let last = clean_before(&readings, last);
+            let last = clean_before(readings, last);
             let last = if part.start + last < floor {
                 // At most [`MAX_HELD`] waits: from the first character
                 // that begins past it, still a clean start (a cap at a
                 // byte count had split a run of `\\`: re-review).
-                clean_after(&readings, floor - part.start).map_or(hay.len(), |p| part.start + p)
+                clean_after(readings, floor - part.start).map_or(hay.len(), |p| part.start + p)
             } else {
                 part.start + last
             };
-            drop(readings);
             for r in [written, through, breaks] {
                 if r.text.capacity() > KEPT {
                     *r = reading::Reading::default();

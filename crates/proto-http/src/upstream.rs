@@ -56,9 +56,8 @@ pub enum ForwardError {
 /// buffer at 64 KiB as well cost 17% more CPU per 64 KiB response at one
 /// connection, so hyper's default of ~400 KiB stays.)
 ///
-/// Each pool (a connection worker's, the shared runtime's) keeps
-/// [`idle_per_pool`]: this shared out among the cores, but from 16 to 64
-/// each. A share of 64 among the workers (32 each on two cores) was too
+/// Each connection worker's pool keeps [`idle_per_pool`]: this shared
+/// out among the cores, but from 16 to 64 each. A share of 64 among the workers (32 each on two cores) was too
 /// small: a worker serving more callers than its share closed a
 /// connection for every one it opened, since hyper's client dials
 /// whenever no idle connection is at hand and drops a returning one when
@@ -75,6 +74,12 @@ const IDLE_ACROSS_POOLS: usize = 512;
 pub(crate) fn idle_per_pool() -> usize {
     idle_on(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
+
+/// What the work-stealing runtime's one pool keeps (the agent; the
+/// gateway without connection workers): it serves every caller, so it
+/// takes no share of [`IDLE_ACROSS_POOLS`], whose 16 on many cores would
+/// close what more than 16 callers at once need; 64, as it always kept.
+const IDLE_SHARED: usize = 64;
 
 fn idle_on(cores: usize) -> usize {
     (IDLE_ACROSS_POOLS / cores.max(1)).clamp(16, 64)
@@ -93,14 +98,15 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 /// move between threads anyway, pools per thread only split the idle
 /// bound: the agent at 64 connections lost 27% (docs/performance.md).
 struct Pools {
-    /// A client of its own for a pool.
-    build: Box<dyn Fn() -> HttpsClient + Send + Sync>,
+    /// A client of its own for a pool, keeping at most this many idle
+    /// connections per target.
+    build: Box<dyn Fn(usize) -> HttpsClient + Send + Sync>,
     /// `None`: the work-stealing runtimes' pool.
     by_thread: std::sync::Mutex<Vec<(Option<std::thread::ThreadId>, HttpsClient)>>,
 }
 
 impl Pools {
-    fn new(build: impl Fn() -> HttpsClient + Send + Sync + 'static) -> Self {
+    fn new(build: impl Fn(usize) -> HttpsClient + Send + Sync + 'static) -> Self {
         Self {
             build: Box::new(build),
             by_thread: Default::default(),
@@ -117,7 +123,8 @@ impl Pools {
         if let Some((_, c)) = pools.iter().find(|(t, _)| *t == key) {
             return c.clone();
         }
-        let c = (self.build)();
+        let idle = if pinned { idle_per_pool() } else { IDLE_SHARED };
+        let c = (self.build)(idle);
         pools.push((key, c.clone()));
         c
     }
@@ -186,8 +193,7 @@ impl Upstream {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-        let idle = idle_per_pool();
-        let pools = Pools::new(move || {
+        let pools = Pools::new(move |idle| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -260,7 +266,7 @@ impl Upstream {
             scheme: Scheme::HTTPS,
             authority: Authority::from_static("agent.invalid"),
             base_path: String::new(),
-            pools: Pools::new(move || {
+            pools: Pools::new(move |_| {
                 Client::builder(TokioExecutor::new()).build(connector.clone())
             }),
             credential: None,
