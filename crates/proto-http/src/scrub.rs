@@ -327,7 +327,7 @@ impl Scrubber {
             let mut sq = cell.borrow_mut();
             squeezed::squeeze(hay, &mut sq);
             let found = self.all(&sq);
-            let windows = reading::windows(&reading::triggers(&sq), sq.len(), self.reach);
+            let windows = reading::windows(&sq, &reading::triggers(&sq), self.reach);
             // What waits where no escape is near the end: the last
             // `reach - 1` squeezed bytes (and the blanks after them).
             let near_end = windows.last().is_some_and(|w| w.end >= sq.len());
@@ -426,6 +426,25 @@ impl Scrubber {
                 }
             };
             let last = readings.iter().map(last_of).min().unwrap_or(0);
+            // An escape the end cuts, with more leading zeros than
+            // [`reading::ESCAPE_WIDTH`] allows for, reads as that many
+            // characters, and the last `want` began among them, after
+            // the characters of the secret before it: counted as if the
+            // escape were one character instead (session 11).
+            let last = match reading::cut_escape(text) {
+                Some(cut) => {
+                    let before = |r: &&reading::Reading| {
+                        let k = r.from.partition_point(|&f| (f as usize) < cut);
+                        if k >= want {
+                            r.from[k - want] as usize
+                        } else {
+                            0
+                        }
+                    };
+                    readings.iter().map(before).min().unwrap_or(0).min(last)
+                }
+                None => last,
+            };
             let last = clean_before(readings, last);
             let last = if part.start + last < floor {
                 // At most [`MAX_HELD`] waits: from the first character
@@ -1156,6 +1175,60 @@ mod tests {
         }
     }
 
+    /// Session 11: numeric escapes with more leading zeros than the old
+    /// bound (32 after `&#x`, 40 digits in `\u{…}`: a browser and
+    /// JavaScript read any number), and fullwidth forms written as
+    /// escapes (`\uff51` reads as `q`, as `ｑ` written as it is does).
+    #[test]
+    fn long_zeros_and_fullwidth_escapes_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let each = |f: &dyn Fn(u8) -> String| secret.bytes().map(f).collect::<String>();
+        let mut cases = Vec::new();
+        for zeros in [33, 40, 41, 100, 5000] {
+            cases.push(each(&|b| format!("&#x{}{b:x};", "0".repeat(zeros))));
+            cases.push(each(&|b| format!("&#X{}{b:X}", "0".repeat(zeros))));
+            cases.push(each(&|b| format!("&#{}{b};", "0".repeat(zeros))));
+            cases.push(each(&|b| format!("\\u{{{}{b:x}}}", "0".repeat(zeros))));
+            // Blanks among the zeros too.
+            cases.push(each(&|b| format!("&#x{} {b:x};", "0 ".repeat(zeros))));
+        }
+        let wide = |b: u8| u32::from(b) + 0xfee0;
+        cases.push(each(&|b| format!("\\u{:04x}", wide(b))));
+        cases.push(each(&|b| format!("\\u{{{:x}}}", wide(b))));
+        cases.push(each(&|b| format!("&#x{:x};", wide(b))));
+        cases.push(each(&|b| format!("&#{};", wide(b))));
+        cases.push(each(&|b| format!("%u{:04X}", wide(b))));
+        // The UTF-8 of the fullwidth form, or of an invisible character
+        // between the secret's, a byte per escape.
+        let bytes = |c: char, f: &dyn Fn(u8) -> String| -> String {
+            let mut buf = [0u8; 4];
+            c.encode_utf8(&mut buf).bytes().map(f).collect()
+        };
+        let byte_escapers: [&dyn Fn(u8) -> String; 5] = [
+            &|x| format!("%{x:02X}"),
+            &|x| format!("%25{x:02x}"),
+            &|x| format!("\\x{x:02x}"),
+            &|x| format!("\\{x:03o}"),
+            &|x| format!("={x:02X}"),
+        ];
+        for f in byte_escapers {
+            cases.push(each(&|b| bytes(char::from_u32(wide(b)).unwrap(), f)));
+            let apart: Vec<String> = secret.bytes().map(f).collect();
+            cases.push(apart.join(&bytes('\u{200b}', f)));
+        }
+        for case in cases {
+            let mut b = format!("{{\"k\":\"{case}\"}}").into_bytes();
+            assert!(s.bytes(&mut b) >= 1, "{}", &case[..case.len().min(200)]);
+            let left = String::from_utf8_lossy(&b).replace('*', "");
+            assert!(
+                left.len() <= 12,
+                "{}: {left:?}",
+                &case[..case.len().min(200)]
+            );
+        }
+    }
+
     /// Review: bytes that could begin the secret waited for the next frame
     /// and others did not, so a caller timing its own echoed guesses read
     /// the key byte by byte. What waits is the last `reach - 1` bytes
@@ -1223,6 +1296,10 @@ mod tests {
             each(&|b| format!("\\u{{0 {:0>30x}}}", b)),
             each(&|b| format!("&#x0 {:0>30x};", b)),
             each(&|b| format!("\\\n\\u{b:04x}")),
+            // Session 11: more zeros than a fixed width, cut among them
+            // (what waits must begin at the `\u{`, not among its zeros).
+            each(&|b| format!("&#x{:0>200x};", b)),
+            each(&|b| format!("\\u{{{:0>1000x}}}", b)),
         ] {
             let whole = format!("{{\"k\":\"{spelled}\"}}");
             let mut one = whole.clone().into_bytes();

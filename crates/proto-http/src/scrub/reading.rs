@@ -43,21 +43,78 @@ pub(super) fn has_trigger(hay: &[u8]) -> bool {
         || memchr::memchr2(0xEF, 0xF3, hay).is_some()
 }
 
-/// The most bytes one escape this reading decodes may span: `&#x`, 32
-/// zeros, 8 digits and `;`; `\\u{`, 40 digits and `}`.
+/// The most bytes one escape this reading decodes may span, besides the
+/// zeros a numeric one may begin with ([`zeros_after`]): `&#x`, 8 digits
+/// and `;`; `\\u{`, 40 digits and `}`.
 pub(super) const ESCAPE_WIDTH: usize = 48;
 
+/// The zeros that follow `&#`, `&#x` or `\\u{` at `sq[p]` (squeezed:
+/// lower case, no blanks). A browser reads `&#x` with any number of
+/// leading zeros, and JavaScript `\\u{…}` too; a bound on them had let a
+/// secret through with one zero more than it (session 11).
+pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
+    let digits_at = match sq.get(p..) {
+        Some([b'&', b'#', b'x', ..]) => p + 3,
+        Some([b'&', b'#', ..]) => p + 2,
+        Some([b'\\', b'u', b'{', ..]) => p + 3,
+        _ => return 0,
+    };
+    sq[digits_at..].iter().take_while(|b| **b == b'0').count()
+}
+
+/// Where a numeric escape that runs to the end of `text` begins (`&#`,
+/// `&#x` or `\\u{` and digits, with blanks and bytes above ASCII among
+/// them: what a reader does not see), if one does. Cut by a frame's end,
+/// it reads as one character per byte, and with many leading zeros
+/// ([`zeros_after`]) those took the room of the secret's characters
+/// before it in what waits.
+pub(super) fn cut_escape(text: &[u8]) -> Option<usize> {
+    let skip = |mut i: usize, digits: bool| {
+        while i > 0 {
+            let b = text[i - 1];
+            let unseen = super::squeezed::BLANK[usize::from(b)] || b >= 0x80;
+            if !(unseen || (digits && b.is_ascii_hexdigit())) {
+                break;
+            }
+            i -= 1;
+        }
+        i
+    };
+    let before = |i: usize| i.checked_sub(1).map(|k| (text[k], k));
+    let amp = |k: usize| match before(skip(k, false)) {
+        Some((b'&', k)) => Some(k),
+        _ => None,
+    };
+    match before(skip(text.len(), true))? {
+        (b'x' | b'X', k) => match before(skip(k, false))? {
+            (b'#', k) => amp(k),
+            _ => None,
+        },
+        (b'#', k) => amp(k),
+        (b'{', k) => match before(skip(k, false))? {
+            (b'u' | b'U', k) => match before(skip(k, false))? {
+                (b'\\', k) => Some(k),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The parts of a squeezed text worth reading, as squeezed ranges: each
-/// escape with `reach` bytes before it and [`ESCAPE_WIDTH`] + `reach`
-/// after, merged. A spelling of at most `reach` characters that holds an
+/// escape with `reach` bytes before it and [`ESCAPE_WIDTH`], its
+/// leading zeros and `reach` after, merged. A spelling of at most `reach` characters that holds an
 /// escape lies whole in one part: between two of its escapes there are at
 /// most `reach` characters, and before its first and after its last
 /// escape too. Blanks take no room here, so no run of them, however long,
 /// breaks a part (re-review). Text with no escape is not read at all.
-pub(super) fn windows(triggers: &[usize], len: usize, reach: usize) -> Vec<std::ops::Range<usize>> {
+pub(super) fn windows(sq: &[u8], triggers: &[usize], reach: usize) -> Vec<std::ops::Range<usize>> {
+    let len = sq.len();
     let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
     for &p in triggers {
-        let (start, end) = (p.saturating_sub(reach), (p + ESCAPE_WIDTH + reach).min(len));
+        let width = ESCAPE_WIDTH + zeros_after(sq, p);
+        let (start, end) = (p.saturating_sub(reach), (p + width + reach).min(len));
         match parts.last_mut() {
             Some(last) if start <= last.end => last.end = end,
             _ => parts.push(start..end),
@@ -161,24 +218,23 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
         b'\\' => match *hay.get(i + 1)? {
             // ES6's `\u{73}`.
             b'u' | b'U' if hay.get(i + 2) == Some(&b'{') => {
-                // Leading zeros, as many as fit in an escape's width.
-                let digits = hay[i + 3..]
+                // Leading zeros, as many as there are ([`zeros_after`]).
+                let zeros = hay[i + 3..].iter().take_while(|d| **d == b'0').count();
+                let rest = hay[i + 3 + zeros..]
                     .iter()
-                    .take(41)
+                    .take(7)
                     .take_while(|d| d.is_ascii_hexdigit())
                     .count();
-                if digits == 0 || digits > 40 || hay.get(i + 3 + digits) != Some(&b'}') {
+                let digits = zeros + rest;
+                if digits == 0 || rest > 6 || hay.get(i + 3 + digits) != Some(&b'}') {
                     return None;
                 }
-                let zeros = hay[i + 3..i + 3 + digits]
-                    .iter()
-                    .take_while(|d| **d == b'0')
-                    .count()
-                    .min(digits - 1);
-                if digits - zeros > 6 {
-                    return None;
-                }
-                Some((c(hex_at(hay, i + 3 + zeros, digits - zeros)?)?, 4 + digits))
+                let value = if rest == 0 {
+                    0
+                } else {
+                    hex_at(hay, i + 3 + zeros, rest)?
+                };
+                Some((c(value)?, 4 + digits))
             }
             b'u' | b'U' => Some((c(hex_at(hay, i + 2, 4)?)?, 6)),
             // Octal, as C and JavaScript write `\163`.
@@ -235,6 +291,60 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     }
 }
 
+/// Whether the escape at `hay[i]` writes a byte (`%XX`, `%25XX`, `\\xXX`,
+/// octal `\\ooo`, quoted-printable `=XX`) rather than a character.
+fn writes_a_byte(hay: &[u8], i: usize) -> bool {
+    match hay[i] {
+        b'%' => !matches!(hay.get(i + 1), Some(b'u' | b'U')),
+        b'\\' => matches!(hay.get(i + 1), Some(b'x' | b'X' | b'0'..=b'7')),
+        b'=' => true,
+        _ => false,
+    }
+}
+
+/// The escape at `hay[i..]` as [`escape`] reads it, except that the
+/// UTF-8 of one character written a byte per escape (`%EF%BC%B1`,
+/// `\\xe2\\x80\\x8b`, `=E2=80=8B`) is that character: a fullwidth letter
+/// or an invisible character percent-encoded had read as three Latin-1
+/// letters and hidden the secret around it (session 11).
+fn decoded(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
+    let first = escape(hay, i)?;
+    let (Some(ch), mut used) = first else {
+        return Some(first);
+    };
+    let n = match u32::from(ch) {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return Some(first),
+    };
+    if !writes_a_byte(hay, i) {
+        return Some(first);
+    }
+    let mut utf8 = [0u8; 4];
+    utf8[0] = u32::from(ch) as u8;
+    for byte in utf8.iter_mut().take(n).skip(1) {
+        let j = i + used;
+        let next = (j < hay.len() && writes_a_byte(hay, j))
+            .then(|| escape(hay, j))
+            .flatten();
+        match next {
+            Some((Some(c), u)) if (0x80..=0xBF).contains(&u32::from(c)) => {
+                *byte = u32::from(c) as u8;
+                used += u;
+            }
+            _ => return Some(first),
+        }
+    }
+    match std::str::from_utf8(&utf8[..n])
+        .ok()
+        .and_then(|s| s.chars().next())
+    {
+        Some(c) => Some((Some(c), used)),
+        None => Some(first),
+    }
+}
+
 /// A character reference at `hay[i..]` (`&#115;`, `&#x73;`, `&sol;`; the
 /// `;` may be missing, as browsers allow).
 fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
@@ -249,12 +359,8 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
             Some(b'x' | b'X') => (16, 2),
             _ => (10, 1),
         };
-        // Leading zeros, as many as a browser reads (bounded here).
-        let zeros = rest[start..]
-            .iter()
-            .take(32)
-            .take_while(|d| **d == b'0')
-            .count();
+        // Leading zeros, as many as a browser reads: any number.
+        let zeros = rest[start..].iter().take_while(|d| **d == b'0').count();
         let digits = rest[start + zeros..]
             .iter()
             .take(8)
@@ -424,11 +530,11 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, breaks: bool) -> bool 
     let differs = seen.bytes.iter().enumerate().any(|(k, b)| {
         matches!(b, b'\\' | b'&' | b'%' | b'=') && {
             let i = seen.at[k] as usize;
-            let through = escape(&seen.bytes, k).and_then(|(ch, used)| {
+            let through = decoded(&seen.bytes, k).and_then(|(ch, used)| {
                 let last = *seen.at.get(k + used.checked_sub(1)?)? as usize;
                 Some((ch, last + 1 - i))
             });
-            escape(hay, i) != through
+            decoded(hay, i) != through
         }
     });
     if !differs {
@@ -487,9 +593,12 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
             i += n;
             continue;
         }
-        let (bytes, used) = match escape(hay, i) {
+        let (bytes, used) = match decoded(hay, i) {
             Some((Some(ch), used)) if invisible(ch) => ([0; 4], (0, used)),
             Some((Some(ch), used)) => {
+                // A fullwidth form written as an escape (`\\uff53`) reads
+                // as the ASCII it stands for, as one written as it is.
+                let ch = narrow(ch);
                 let mut buf = [0u8; 4];
                 let s = ch.encode_utf8(&mut buf);
                 let n = s.len();
@@ -630,13 +739,34 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_escape_is_found_back_through_its_zeros() {
+        assert_eq!(cut_escape(b"ab&#x0000"), Some(2));
+        assert_eq!(cut_escape(b"ab&#X00 00\xe2\x80\x8b004"), Some(2));
+        assert_eq!(cut_escape(b"ab&#0000"), Some(2));
+        assert_eq!(cut_escape(b"ab\\u{0000"), Some(2));
+        assert_eq!(cut_escape(b"ab\\U { 00"), Some(2));
+        assert_eq!(cut_escape(b"ab&#x0000;"), None);
+        assert_eq!(cut_escape(b"ab0000"), None);
+        assert_eq!(cut_escape(b"abx0000"), None);
+        assert_eq!(cut_escape(b"\\{00"), None);
+        assert_eq!(cut_escape(b""), None);
+        assert_eq!(zeros_after(b"&#x000041;", 0), 4);
+        assert_eq!(zeros_after(b"a\\u{00}", 1), 2);
+        assert_eq!(zeros_after(b"&#0", 0), 1);
+        assert_eq!(zeros_after(b"&amp;", 0), 0);
+        // Windows reach past the zeros.
+        let long = [&b"&#x"[..], &[b'0'; 500], b"41;", &[b'a'; 600]].concat();
+        assert_eq!(windows(&long, &triggers(&long), 3), vec![0..551]);
+    }
+
+    #[test]
     fn windows_are_what_lies_near_an_escape() {
         let hay = b"0123456789%123456789012345678=0123456789";
         let at = triggers(hay);
         assert_eq!(at, [10, 29]);
-        assert_eq!(windows(&at, hay.len(), 3), vec![7..hay.len()]);
+        assert_eq!(windows(hay, &at, 3), vec![7..hay.len()]);
         let far = [&b"%"[..], &[b'a'; 200], b"="].concat();
-        assert_eq!(windows(&triggers(&far), far.len(), 3), [0..51, 198..202]);
+        assert_eq!(windows(&far, &triggers(&far), 3), [0..51, 198..202]);
         assert!(triggers(b"plain text, no escape").is_empty());
     }
 
