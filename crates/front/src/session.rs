@@ -215,23 +215,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A session id: the milliseconds since the epoch it opened at (48 bits)
-/// then 48 random bits, in hex (24 characters, as before). Ids in time
-/// order put each new session's index entry, and the update that ends it,
-/// on the index's last pages: random ids sent both to a random page of an
-/// index that outgrows SQLite's page cache, a read and a page written to
-/// the log for each session (docs/performance.md). The id is no secret
-/// (the console and the CLI, which take one, are authenticated); two
-/// sessions in one millisecond differ by their random half, and a clash
-/// would fail the index's insert, refusing the session.
 fn new_id() -> String {
-    id_at(now_ms())
-}
-
-fn id_at(ms: i64) -> String {
     let mut b = [0u8; 12];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b[6..]);
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
     hex::encode(b)
 }
 
@@ -701,28 +687,5 @@ impl Closing {
             bytes_to_caller: 0,
             requests: 0,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_keep_their_format_and_sort_by_time() {
-        let (a, b) = (id_at(1_765_000_000_000), id_at(1_765_000_000_001));
-        for id in [&a, &b] {
-            assert_eq!(id.len(), 24);
-            assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
-        }
-        assert!(a < b, "{a} sorts after {b}");
-        assert_eq!(&a[..12], "019af232b200");
-        // A later millisecond sorts later whatever the random half.
-        let earlier: Vec<String> = (0..64).map(|_| id_at(1_765_000_000_000)).collect();
-        assert!(earlier.iter().all(|e| *e < b));
-        // Within one millisecond the random half tells them apart.
-        let set: std::collections::HashSet<&String> = earlier.iter().collect();
-        assert_eq!(set.len(), earlier.len());
-        assert!(new_id() > a);
     }
 }
