@@ -398,8 +398,12 @@ impl Scrubber {
             // breaks make a reading of their own only where one follows a
             // `\\` or `=`.
             let seen_through = reading::read_through(text, through, false);
-            let kept = memchr::memchr2_iter(b'\\', b'=', text)
-                .any(|i| matches!(text[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]));
+            let kept = memchr::memchr2_iter(b'\\', b'=', text).any(|i| {
+                matches!(
+                    text[i + 1..],
+                    [b'\n', ..] | [b'\r', ..] | [0xE2, 0x80, 0xA8 | 0xA9, ..]
+                )
+            });
             let seen_breaks = kept && reading::read_through(text, breaks, true);
             // On the stack: a part near an escape is read on every frame.
             let mut made = [&*written; 3];
@@ -1227,6 +1231,43 @@ mod tests {
                 &case[..case.len().min(200)]
             );
         }
+    }
+
+    /// Session 11's review: a tag character (invisible) written as a
+    /// UTF-16 surrogate pair between the key's characters, as JSON and
+    /// JavaScript read it; a line JavaScript continues after `\` and a
+    /// lone CR, U+2028 or U+2029.
+    #[test]
+    fn surrogate_pairs_and_line_continuations_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        let mut cases = vec![
+            chars.join("\\udb40\\udc20"),
+            chars.join("\\uDB40\\uDC20"),
+            chars.join("%uDB40%uDC20"),
+            chars.join("\\u{DB40}\\u{dc20}"),
+            chars
+                .join("\\ud83d\\ude00")
+                .replace("\\ud83d\\ude00", "\\udb40\\u{DC20}"),
+        ];
+        for cont in ["\r", "\u{2028}", "\u{2029}"] {
+            cases.push(format!("{}\\{cont}{}", &secret[..8], &secret[8..]));
+            let each: Vec<String> = secret.bytes().map(|b| format!("\\u{b:04x}")).collect();
+            cases.push(each.join(&format!("\\{cont}")));
+            // With a blank inside an escape elsewhere: the reading that
+            // keeps line breaks after `\`.
+            cases.push(format!("% 51{}\\{cont}{}", &secret[1..8], &secret[8..]));
+        }
+        for case in cases {
+            let mut b = format!("{{\"k\":\"{case}\"}}").into_bytes();
+            assert!(s.bytes(&mut b) >= 1, "{case:?}");
+            let left = String::from_utf8_lossy(&b).replace('*', "");
+            assert!(left.len() <= 12, "{case:?}: {left:?}");
+        }
+        // A lone half is no character: read as it is written.
+        let mut lone = format!("{{\"k\":\"{}\"}}", chars.join("\\udb40")).into_bytes();
+        assert_eq!(s.bytes(&mut lone), 0);
     }
 
     /// Review: bytes that could begin the secret waited for the next frame

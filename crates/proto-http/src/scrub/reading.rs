@@ -65,9 +65,13 @@ pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
 /// Where a numeric escape that runs to the end of `text` begins (`&#`,
 /// `&#x` or `\\u{` and digits, with blanks and bytes above ASCII among
 /// them: what a reader does not see), if one does. Cut by a frame's end,
-/// it reads as one character per byte, and with many leading zeros
+/// a `\\u{` reads as one character per byte, and with many leading zeros
 /// ([`zeros_after`]) those took the room of the secret's characters
-/// before it in what waits.
+/// before it in what waits. (A cut `&#`/`&#x` reads as one NUL, which
+/// reads as nothing and takes no room.) Past [`super::MAX_HELD`] what
+/// waits goes on regardless: a spelling broken by more than that of
+/// what reads as nothing (zeros included) across a frame's end is not
+/// found (docs/security.md).
 pub(super) fn cut_escape(text: &[u8]) -> Option<usize> {
     let skip = |mut i: usize, digits: bool| {
         while i > 0 {
@@ -210,33 +214,59 @@ fn hex_at(hay: &[u8], at: usize, n: usize) -> Option<u32> {
     digits.iter().try_fold(0u32, |v, &d| Some(v * 16 + hex(d)?))
 }
 
+/// The UTF-16 code unit (or, in braces, the code point) a `\\uXXXX`,
+/// `\\u{…}` or `%uXXXX` at `hay[i..]` writes, and its length.
+fn code_unit(hay: &[u8], i: usize) -> Option<(u32, usize)> {
+    if hay.get(i + 2) != Some(&b'{') || hay[i] != b'\\' {
+        return Some((hex_at(hay, i + 2, 4)?, 6));
+    }
+    // ES6's `\\u{73}`, with leading zeros, as many as there are
+    // ([`zeros_after`]).
+    let zeros = hay[i + 3..].iter().take_while(|d| **d == b'0').count();
+    let rest = hay[i + 3 + zeros..]
+        .iter()
+        .take(7)
+        .take_while(|d| d.is_ascii_hexdigit())
+        .count();
+    let digits = zeros + rest;
+    if digits == 0 || rest > 6 || hay.get(i + 3 + digits) != Some(&b'}') {
+        return None;
+    }
+    let value = if rest == 0 {
+        0
+    } else {
+        hex_at(hay, i + 3 + zeros, rest)?
+    };
+    Some((value, 4 + digits))
+}
+
+/// The character of the code unit `v` written at `hay[i..i + used]`: a
+/// high surrogate followed by an escape of a low one is the pair's
+/// character, as JSON and JavaScript read `\\udb40\\udc20` (a tag
+/// character, invisible: session 11's review put one between each of
+/// the key's characters, and each half alone is no character).
+fn paired(hay: &[u8], i: usize, v: u32, used: usize) -> Option<(Option<char>, usize)> {
+    if (0xD800..=0xDBFF).contains(&v) {
+        let j = i + used;
+        let low = (j < hay.len() && matches!(hay[j], b'\\' | b'%'))
+            .then(|| matches!(hay.get(j + 1), Some(b'u' | b'U')))
+            .filter(|is| *is)
+            .and_then(|_| code_unit(hay, j));
+        if let Some((w, more)) = low.filter(|(w, _)| (0xDC00..=0xDFFF).contains(w)) {
+            let ch = 0x10000 + ((v - 0xD800) << 10) + (w - 0xDC00);
+            return Some((Some(char::from_u32(ch)?), used + more));
+        }
+    }
+    Some((Some(char::from_u32(v)?), used))
+}
+
 /// One escape at `hay[i..]`: the character it stands for (`None` for a
 /// soft line break, which stands for nothing) and its length.
 fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     let c = |v: u32| char::from_u32(v).map(Some);
     match hay[i] {
         b'\\' => match *hay.get(i + 1)? {
-            // ES6's `\u{73}`.
-            b'u' | b'U' if hay.get(i + 2) == Some(&b'{') => {
-                // Leading zeros, as many as there are ([`zeros_after`]).
-                let zeros = hay[i + 3..].iter().take_while(|d| **d == b'0').count();
-                let rest = hay[i + 3 + zeros..]
-                    .iter()
-                    .take(7)
-                    .take_while(|d| d.is_ascii_hexdigit())
-                    .count();
-                let digits = zeros + rest;
-                if digits == 0 || rest > 6 || hay.get(i + 3 + digits) != Some(&b'}') {
-                    return None;
-                }
-                let value = if rest == 0 {
-                    0
-                } else {
-                    hex_at(hay, i + 3 + zeros, rest)?
-                };
-                Some((c(value)?, 4 + digits))
-            }
-            b'u' | b'U' => Some((c(hex_at(hay, i + 2, 4)?)?, 6)),
+            b'u' | b'U' => code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used)),
             // Octal, as C and JavaScript write `\163`.
             b'0'..=b'7' => {
                 let digits = hay[i + 1..]
@@ -252,16 +282,19 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
             }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
             // A line continued (shell, C, Python strings): stands for
-            // nothing (re-review).
+            // nothing (re-review); in JavaScript after a lone CR, U+2028
+            // or U+2029 too (session 11's review).
             b'\n' => Some((None, 2)),
             b'\r' if hay.get(i + 2) == Some(&b'\n') => Some((None, 3)),
+            b'\r' => Some((None, 2)),
+            0xE2 if matches!(hay.get(i + 2..i + 4), Some([0x80, 0xA8 | 0xA9])) => Some((None, 4)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
             _ => None,
         },
         b'%' => {
             // IIS's `%u0073`.
             if matches!(hay.get(i + 1), Some(b'u' | b'U')) {
-                return Some((c(hex_at(hay, i + 2, 4)?)?, 6));
+                return code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used));
             }
             let v = hex_at(hay, i + 1, 2)?;
             // Encoded twice: `%25` then two digits.
@@ -478,6 +511,7 @@ impl Seen {
                 let kept = match hay[i..] {
                     [b'\n', ..] => 1,
                     [b'\r', b'\n', ..] => 2,
+                    [b'\r', ..] => 1,
                     _ => 0,
                 };
                 if breaks && kept > 0 && i > 0 && matches!(hay[i - 1], b'\\' | b'=') {
@@ -490,6 +524,8 @@ impl Seen {
                 continue;
             }
             let n = match utf8_at(hay, i) {
+                // JavaScript continues a line after `\\` at these too.
+                Some(('\u{2028}' | '\u{2029}', n)) if breaks && i > 0 && hay[i - 1] == b'\\' => n,
                 Some((ch, n)) if invisible(ch) => {
                     i += n;
                     continue;
