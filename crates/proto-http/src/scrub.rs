@@ -1452,7 +1452,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..9, 1..12),
+            pieces in proptest::collection::vec(0usize..13, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -1471,6 +1471,14 @@ mod tests {
                     5 => format!("&amp;%2F=3D{gap}"),
                     6 => format!("text {gap} more"),
                     7 => secret.bytes().map(|b| format!("%{b:02X}\u{200b}")).collect(),
+                    // Session 11: blanks inside each escape, escapes wider
+                    // than any fixed width, surrogate pairs and a
+                    // character's UTF-8 a byte per escape between the
+                    // secret's characters.
+                    8 => secret.bytes().map(|b| format!("%{gap}{b:02X}")).collect(),
+                    9 => secret.bytes().map(|b| format!("\\u{{{:0>300x}}}", b)).collect(),
+                    10 => secret.chars().map(String::from).collect::<Vec<_>>().join("\\udb40\\udc20"),
+                    11 => secret.bytes().map(|b| format!("%{b:02X}%E2%80%8B")).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());
