@@ -1251,6 +1251,27 @@ mod tests {
                 .join("\\ud83d\\ude00")
                 .replace("\\ud83d\\ude00", "\\udb40\\u{DC20}"),
         ];
+        // Second review: a line continuation between the halves, which
+        // JavaScript joins across; default-ignorable characters past the
+        // tag block and outside the first list.
+        for cont in ["\n", "\r", "\r\n", "\u{2028}", "\u{2029}"] {
+            cases.push(chars.join(&format!("\\udb40\\{cont}\\udc20")));
+            cases.push(chars.join(&format!("\\u{{DB40}}\\{cont}\\u{{DC20}}")));
+        }
+        for hidden in [
+            "\u{e0100}",
+            "\u{e01ef}",
+            "\u{e0fff}",
+            "\u{1d173}",
+            "\u{1bca0}",
+            "\u{fff0}",
+            "\\udb40\\udd00",
+            "\\u{1d173}",
+            "&#xE0100;",
+            "%F3%A0%84%80",
+        ] {
+            cases.push(chars.join(hidden));
+        }
         for cont in ["\r", "\u{2028}", "\u{2029}"] {
             cases.push(format!("{}\\{cont}{}", &secret[..8], &secret[8..]));
             let each: Vec<String> = secret.bytes().map(|b| format!("\\u{b:04x}")).collect();

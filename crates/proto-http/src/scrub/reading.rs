@@ -29,9 +29,17 @@ pub(super) fn triggers(sq: &[u8]) -> Vec<usize> {
         .chain(memchr::memchr3_iter(b'=', 0xC2, 0xCD, sq))
         .chain(memchr::memchr3_iter(0xE1, 0xE2, 0xE3, sq))
         .chain(memchr::memchr2_iter(0xEF, 0xF3, sq))
+        .chain(memchr::memchr_iter(0xF0, sq).filter(|&p| invisible_f0(sq, p)))
         .collect();
     at.sort_unstable();
     at
+}
+
+/// Whether the four-byte character at `sq[p]` (first byte 0xF0) is one
+/// of the invisible ones there: U+1BCA0-U+1BCA3 and U+1D173-U+1D17A
+/// (session 11's second review). Not every 0xF0: emoji begin with it.
+fn invisible_f0(sq: &[u8], p: usize) -> bool {
+    matches!(sq.get(p + 1..p + 3), Some([0x9B, 0xB2] | [0x9D, 0x85]))
 }
 
 /// Whether `hay` holds any byte [`triggers`] finds: without one, nothing
@@ -41,6 +49,7 @@ pub(super) fn has_trigger(hay: &[u8]) -> bool {
         || memchr::memchr3(b'=', 0xC2, 0xCD, hay).is_some()
         || memchr::memchr3(0xE1, 0xE2, 0xE3, hay).is_some()
         || memchr::memchr2(0xEF, 0xF3, hay).is_some()
+        || memchr::memchr_iter(0xF0, hay).any(|p| invisible_f0(hay, p))
 }
 
 /// The most bytes one escape this reading decodes may span, besides the
@@ -247,7 +256,14 @@ fn code_unit(hay: &[u8], i: usize) -> Option<(u32, usize)> {
 /// the key's characters, and each half alone is no character).
 fn paired(hay: &[u8], i: usize, v: u32, used: usize) -> Option<(Option<char>, usize)> {
     if (0xD800..=0xDBFF).contains(&v) {
-        let j = i + used;
+        // JavaScript joins the halves across line continuations (`\\`
+        // and a line break): session 11's second review hid a tag
+        // character so.
+        let mut j = i + used;
+        while let Some(n) = continuation(hay, j) {
+            j += n;
+        }
+        let used = j - i;
         let low = (j < hay.len() && matches!(hay[j], b'\\' | b'%'))
             .then(|| matches!(hay.get(j + 1), Some(b'u' | b'U')))
             .filter(|is| *is)
@@ -258,6 +274,17 @@ fn paired(hay: &[u8], i: usize, v: u32, used: usize) -> Option<(Option<char>, us
         }
     }
     Some((Some(char::from_u32(v)?), used))
+}
+
+/// The length of a line continuation at `hay[j..]`: `\\` and LF, CRLF, a
+/// lone CR, U+2028 or U+2029.
+fn continuation(hay: &[u8], j: usize) -> Option<usize> {
+    match hay.get(j..)? {
+        [b'\\', b'\r', b'\n', ..] => Some(3),
+        [b'\\', b'\n' | b'\r', ..] => Some(2),
+        [b'\\', 0xE2, 0x80, 0xA8 | 0xA9, ..] => Some(4),
+        _ => None,
+    }
 }
 
 /// One escape at `hay[i..]`: the character it stands for (`None` for a
@@ -433,7 +460,7 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
 /// escape's first byte.
 const ORDINARY: [bool; 256] = {
     let mut t = [true; 256];
-    let special = *b"\\&%=\xC2\xCD\xE1\xE2\xE3\xEF\xF3";
+    let special = *b"\\&%=\xC2\xCD\xE1\xE2\xE3\xEF\xF0\xF3";
     let mut k = 0;
     while k < special.len() {
         t[special[k] as usize] = false;
@@ -451,9 +478,13 @@ const ORDINARY: [bool; 256] = {
 /// and other Unicode spaces, zero-width ones, soft hyphens, the byte
 /// order mark (re-review: inserted between the secret's characters), and
 /// the ones a second re-review used: the combining grapheme joiner,
-/// Hangul and Mongolian fillers, variation selectors, tag characters.
+/// Hangul and Mongolian fillers, variation selectors, tag characters;
+/// since session 11's second review all of Unicode's default-ignorable
+/// code points but U+061C (whose first byte begins every Arabic letter):
+/// the supplementary variation selectors and the rest of U+E0000-U+E0FFF,
+/// U+FFF0-U+FFF8, the shorthand format controls, the musical beam marks.
 fn invisible(ch: char) -> bool {
-    matches!(ch, '\0'..=' ' | '\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{206f}' | '\u{3000}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{e0000}'..='\u{e007f}')
+    matches!(ch, '\0'..=' ' | '\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{206f}' | '\u{3000}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// Fullwidth forms read as the ASCII they stand for (`ｓｋ`: re-review).
@@ -656,6 +687,27 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_four_byte_characters_trigger_and_emoji_do_not() {
+        for ch in [
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{e0100}',
+        ] {
+            let hay = format!("a{ch}z");
+            assert!(has_trigger(hay.as_bytes()), "{ch:?}");
+            assert!(!triggers(hay.as_bytes()).is_empty(), "{ch:?}");
+            assert_eq!(text(&hay), "az", "{ch:?}");
+        }
+        for ch in ['\u{1f600}', '\u{1d400}', '\u{1bc00}'] {
+            let hay = format!("a{ch}z");
+            assert!(!has_trigger(hay.as_bytes()), "{ch:?}");
+            assert!(triggers(hay.as_bytes()).is_empty(), "{ch:?}");
+        }
+    }
 
     #[test]
     fn has_trigger_is_triggers_for_every_byte() {
