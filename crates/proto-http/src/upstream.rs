@@ -57,9 +57,10 @@ pub enum ForwardError {
 /// connection, so hyper's default of ~400 KiB stays.)
 ///
 /// Each connection worker's pool keeps [`idle_per_pool`]: this shared
-/// out among the cores, but from 16 to 64 each. A share of 64 among the workers (32 each on two cores) was too
-/// small: a worker serving more callers than its share closed a
-/// connection for every one it opened, since hyper's client dials
+/// out among the cores, but from 16 to 64 each. A share of 64 among the
+/// workers (32 each on two cores) was too small: a worker serving more
+/// callers than its share closed a connection for every one it opened,
+/// since hyper's client dials
 /// whenever no idle connection is at hand and drops a returning one when
 /// the idle list is full. At 64 keep-alive callers that was 1,400-2,000
 /// TLS handshakes with the target in 8 s where 64 were needed, and 10% of

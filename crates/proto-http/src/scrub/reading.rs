@@ -264,10 +264,9 @@ fn paired(hay: &[u8], i: usize, v: u32, used: usize) -> Option<(Option<char>, us
             j += n;
         }
         let used = j - i;
-        let low = (j < hay.len() && matches!(hay[j], b'\\' | b'%'))
-            .then(|| matches!(hay.get(j + 1), Some(b'u' | b'U')))
-            .filter(|is| *is)
-            .and_then(|_| code_unit(hay, j));
+        let low = matches!(hay.get(j..j + 2), Some([b'\\' | b'%', b'u' | b'U']))
+            .then(|| code_unit(hay, j))
+            .flatten();
         if let Some((w, more)) = low.filter(|(w, _)| (0xDC00..=0xDFFF).contains(w)) {
             let ch = 0x10000 + ((v - 0xD800) << 10) + (w - 0xDC00);
             return Some((Some(char::from_u32(ch)?), used + more));
@@ -276,15 +275,26 @@ fn paired(hay: &[u8], i: usize, v: u32, used: usize) -> Option<(Option<char>, us
     Some((Some(char::from_u32(v)?), used))
 }
 
-/// The length of a line continuation at `hay[j..]`: `\\` and LF, CRLF, a
-/// lone CR, U+2028 or U+2029.
-fn continuation(hay: &[u8], j: usize) -> Option<usize> {
-    match hay.get(j..)? {
-        [b'\\', b'\r', b'\n', ..] => Some(3),
-        [b'\\', b'\n' | b'\r', ..] => Some(2),
-        [b'\\', 0xE2, 0x80, 0xA8 | 0xA9, ..] => Some(4),
+/// The length of a line break at `hay[i..]` that a `\\` before it
+/// continues the line across (and that the reading keeping line breaks
+/// keeps after `\\` or `=`): LF, CRLF, a lone CR, or U+2028 or U+2029 as
+/// JavaScript reads them (session 11's review).
+pub(super) fn line_break_at(hay: &[u8], i: usize) -> Option<usize> {
+    match hay.get(i..)? {
+        [b'\r', b'\n', ..] => Some(2),
+        [b'\n' | b'\r', ..] => Some(1),
+        [0xE2, 0x80, 0xA8 | 0xA9, ..] => Some(3),
         _ => None,
     }
+}
+
+/// The length of a line continuation at `hay[j..]`: `\\` and a
+/// [line break](line_break_at).
+fn continuation(hay: &[u8], j: usize) -> Option<usize> {
+    if hay.get(j) != Some(&b'\\') {
+        return None;
+    }
+    line_break_at(hay, j + 1).map(|n| 1 + n)
 }
 
 /// One escape at `hay[i..]`: the character it stands for (`None` for a
@@ -308,15 +318,10 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
                 Some((c(v)?, 1 + digits))
             }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
-            // A line continued (shell, C, Python strings): stands for
-            // nothing (re-review); in JavaScript after a lone CR, U+2028
-            // or U+2029 too (session 11's review).
-            b'\n' => Some((None, 2)),
-            b'\r' if hay.get(i + 2) == Some(&b'\n') => Some((None, 3)),
-            b'\r' => Some((None, 2)),
-            0xE2 if matches!(hay.get(i + 2..i + 4), Some([0x80, 0xA8 | 0xA9])) => Some((None, 4)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
-            _ => None,
+            // A line continued (shell, C, Python strings, JavaScript):
+            // stands for nothing (re-review).
+            _ => continuation(hay, i).map(|n| (None, n)),
         },
         b'%' => {
             // IIS's `%u0073`.
@@ -539,12 +544,8 @@ impl Seen {
                 continue;
             }
             if super::squeezed::BLANK[usize::from(hay[i])] {
-                let kept = match hay[i..] {
-                    [b'\n', ..] => 1,
-                    [b'\r', b'\n', ..] => 2,
-                    [b'\r', ..] => 1,
-                    _ => 0,
-                };
+                // Here an ASCII one: U+2028 and U+2029 are kept below.
+                let kept = line_break_at(hay, i).unwrap_or(0);
                 if breaks && kept > 0 && i > 0 && matches!(hay[i - 1], b'\\' | b'=') {
                     seen.bytes.extend_from_slice(&hay[i..i + kept]);
                     seen.at.extend(i as u32..(i + kept) as u32);
