@@ -1222,6 +1222,21 @@ mod tests {
         }
     }
 
+    fn cases_u8(s: &Scrubber, secret: &str) {
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        for case in [
+            secret
+                .bytes()
+                .map(|b| format!("\\U{b:08x}"))
+                .collect::<String>(),
+            secret.bytes().map(|b| format!("\\U{b:08X}")).collect(),
+            chars.join("\\U000e0020"),
+            chars.join("\\U000E0100"),
+        ] {
+            overwritten_in_a_json_string(s, &case);
+        }
+    }
+
     /// `case` in a JSON string is found, and no more than the JSON around
     /// it is left once what was overwritten is taken out.
     fn overwritten_in_a_json_string(s: &Scrubber, case: &str) {
@@ -1280,6 +1295,10 @@ mod tests {
         for case in cases {
             overwritten_in_a_json_string(&s, &case);
         }
+        // Python's and C's `\U` takes eight digits: a key so written, or
+        // tag characters so written between its characters (this
+        // session's own review of its change).
+        cases_u8(&s, secret);
         // A lone half is no character: read as it is written.
         let mut lone = format!("{{\"k\":\"{}\"}}", chars.join("\\udb40")).into_bytes();
         assert_eq!(s.bytes(&mut lone), 0);

@@ -223,9 +223,19 @@ fn hex_at(hay: &[u8], at: usize, n: usize) -> Option<u32> {
     digits.iter().try_fold(0u32, |v, &d| Some(v * 16 + hex(d)?))
 }
 
-/// The UTF-16 code unit (or, in braces, the code point) a `\\uXXXX`,
-/// `\\u{…}` or `%uXXXX` at `hay[i..]` writes, and its length.
+/// The UTF-16 code unit (or, in braces or after `\\U`, the code point) a
+/// `\\uXXXX`, `\\u{…}`, `\\UXXXXXXXX` or `%uXXXX` at `hay[i..]` writes,
+/// and its length.
 fn code_unit(hay: &[u8], i: usize) -> Option<(u32, usize)> {
+    // Python's, C's and C#'s `\\U` takes eight digits: read as four, a
+    // key written `\\U00000051…` read as NULs and digits (this session's
+    // review of its own change).
+    if hay[i] == b'\\'
+        && hay.get(i + 1) == Some(&b'U')
+        && let Some(v) = hex_at(hay, i + 2, 8)
+    {
+        return Some((v, 10));
+    }
     if hay.get(i + 2) != Some(&b'{') || hay[i] != b'\\' {
         return Some((hex_at(hay, i + 2, 4)?, 6));
     }
