@@ -215,7 +215,59 @@ thread_local! {
     static SQUEEZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for the [`reading::Reading`]s: as written, through
     /// blanks, and through blanks but line breaks after `\\` and `=`.
-    static READING: std::cell::RefCell<[reading::Reading; 3]> = std::cell::RefCell::default();
+    static READING: std::cell::RefCell<[reading::Reading; 6]> = std::cell::RefCell::default();
+}
+
+/// The readings of `text` the scrubber searches, made in `r`: as
+/// written; through blanks and what a reader does not see (none where it
+/// would read as written); the same keeping line breaks after `\\` and
+/// `=` where `kept` says one follows them; and where a tag character was
+/// read, each of those again with tags read as the ASCII they mirror. On
+/// the stack: a part near an escape is read on every frame.
+fn readings_of<'a>(
+    text: &[u8],
+    kept: bool,
+    r: &'a mut [reading::Reading; 6],
+) -> ([&'a reading::Reading; 6], usize) {
+    let [
+        written,
+        through,
+        breaks,
+        tag_written,
+        tag_through,
+        tag_breaks,
+    ] = r;
+    let plain = reading::Mode::default();
+    let lines = reading::Mode {
+        breaks: true,
+        ..plain
+    };
+    reading::read(text, written, plain);
+    let is_through = reading::read_through(text, through, plain);
+    let is_breaks = kept && reading::read_through(text, breaks, lines);
+    let tags = written.tags || (is_through && through.tags) || (is_breaks && breaks.tags);
+    let (mut is_tag_through, mut is_tag_breaks) = (false, false);
+    if tags {
+        let tagged = |m: reading::Mode| reading::Mode { tags: true, ..m };
+        reading::read(text, tag_written, tagged(plain));
+        is_tag_through = reading::read_through(text, tag_through, tagged(plain));
+        is_tag_breaks = kept && reading::read_through(text, tag_breaks, tagged(lines));
+    }
+    let mut made = [&*written; 6];
+    let mut n = 1;
+    for (is, r) in [
+        (is_through, &*through),
+        (is_breaks, &*breaks),
+        (tags, &*tag_written),
+        (is_tag_through, &*tag_through),
+        (is_tag_breaks, &*tag_breaks),
+    ] {
+        if is {
+            made[n] = r;
+            n += 1;
+        }
+    }
+    (made, n)
 }
 
 /// Where a character begins in every reading, at or before `p` (offsets
@@ -390,26 +442,13 @@ impl Scrubber {
         at: &mut Vec<std::ops::Range<usize>>,
     ) -> usize {
         READING.with(|cell| {
-            let [written, through, breaks] = &mut *cell.borrow_mut();
+            let mut all = cell.borrow_mut();
             let text = &hay[part.clone()];
-            reading::read(text, written);
-            // Through blanks, and through blanks but line breaks after `\\`
-            // and `=` (none where it would read as written). Kept line
-            // breaks make a reading of their own only where one follows a
-            // `\\` or `=`.
-            let seen_through = reading::read_through(text, through, false);
+            // Kept line breaks make a reading of their own only where one
+            // follows a `\\` or `=`.
             let kept = memchr::memchr2_iter(b'\\', b'=', text)
                 .any(|i| reading::line_break_at(text, i + 1).is_some());
-            let seen_breaks = kept && reading::read_through(text, breaks, true);
-            // On the stack: a part near an escape is read on every frame.
-            let mut made = [&*written; 3];
-            let mut n = 1;
-            for (is, r) in [(seen_through, &*through), (seen_breaks, &*breaks)] {
-                if is {
-                    made[n] = r;
-                    n += 1;
-                }
-            }
+            let (made, n) = readings_of(text, kept, &mut all);
             let readings = &made[..n];
             for r in readings {
                 for m in self.all(&r.text) {
@@ -454,7 +493,7 @@ impl Scrubber {
             } else {
                 part.start + last
             };
-            for r in [written, through, breaks] {
+            for r in all.iter_mut() {
                 if r.text.capacity() > KEPT {
                     *r = reading::Reading::default();
                 }
@@ -1304,6 +1343,80 @@ mod tests {
         assert_eq!(s.bytes(&mut lone), 0);
     }
 
+    /// The key written in tag characters, which a person does not see
+    /// and a model reads as the ASCII they mirror ("ASCII smuggling"):
+    /// as written, in every escape that writes one, half of it so, with
+    /// other invisible characters between, and in a header value; tags
+    /// between the key's characters still hide nothing.
+    #[test]
+    fn a_key_written_in_tag_characters_is_found() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let in_tags = |f: &dyn Fn(u32) -> String| -> String {
+            secret.bytes().map(|b| f(0xE0000 + u32::from(b))).collect()
+        };
+        let raw = |v: u32| char::from_u32(v).unwrap().to_string();
+        let pair = |v: u32, spell: &str| {
+            let (hi, lo) = (
+                0xD800 + ((v - 0x10000) >> 10),
+                0xDC00 + ((v - 0x10000) & 0x3FF),
+            );
+            format!("{spell}{hi:04x}{spell}{lo:04X}")
+        };
+        let tags_joined = |between: &str| -> String {
+            let each: Vec<String> = secret
+                .bytes()
+                .map(|b| raw(0xE0000 + u32::from(b)))
+                .collect();
+            each.join(between)
+        };
+        let mut cases = vec![
+            in_tags(&raw),
+            in_tags(&|v| format!("\\u{{{v:x}}}")),
+            in_tags(&|v| format!("\\U{v:08X}")),
+            in_tags(&|v| format!("&#x{v:x};")),
+            in_tags(&|v| format!("&#{v}")),
+            in_tags(&|v| pair(v, "\\u")),
+            in_tags(&|v| pair(v, "%u")),
+            in_tags(&|v| raw(v).bytes().map(|b| format!("%{b:02X}")).collect()),
+            in_tags(&|v| raw(v).bytes().map(|b| format!("\\x{b:02x}")).collect()),
+            // Language and cancel tags, variation selectors and zero-width
+            // spaces between: nothing in both readings.
+            tags_joined("\u{e0001}\u{200b}"),
+            tags_joined("\u{e007f}\u{e0100}"),
+            // Blanks inside the escapes.
+            in_tags(&|v| format!("\\u{{{:x} }}", v)),
+            // Tags between the key's characters, as before.
+            secret.chars().map(|c| format!("{c}\u{e0041}")).collect(),
+        ];
+        // Half in tags, half as written, either way round.
+        let half = |odd: bool| -> String {
+            secret
+                .bytes()
+                .enumerate()
+                .map(|(k, b)| {
+                    if (k % 2 == 1) == odd {
+                        raw(0xE0000 + u32::from(b))
+                    } else {
+                        char::from(b).to_string()
+                    }
+                })
+                .collect()
+        };
+        cases.push(half(true));
+        cases.push(half(false));
+        for case in &cases {
+            overwritten_in_a_json_string(&s, case);
+        }
+        // In a header value (obs-text).
+        let mut headers = http::HeaderMap::new();
+        let value = http::HeaderValue::from_bytes(cases[0].as_bytes()).unwrap();
+        headers.insert("x-echo", value);
+        assert!(!s.none_in(&headers));
+        s.headers(&mut headers);
+        assert!(s.none_in(&headers));
+    }
+
     /// Review: bytes that could begin the secret waited for the next frame
     /// and others did not, so a caller timing its own echoed guesses read
     /// the key byte by byte. What waits is the last `reach - 1` bytes
@@ -1486,7 +1599,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..13, 1..12),
+            pieces in proptest::collection::vec(0usize..15, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -1513,6 +1626,10 @@ mod tests {
                     9 => secret.bytes().map(|b| format!("\\u{{{:0>300x}}}", b)).collect(),
                     10 => secret.chars().map(String::from).collect::<Vec<_>>().join("\\udb40\\udc20"),
                     11 => secret.bytes().map(|b| format!("%{b:02X}%E2%80%8B")).collect(),
+                    // Session 12: the secret in tag characters, as
+                    // written and escaped.
+                    12 => secret.bytes().filter_map(|b| char::from_u32(0xE0000 + u32::from(b))).collect(),
+                    13 => secret.bytes().map(|b| format!("\\u{{{:x}}}{gap}", 0xE0000 + u32::from(b))).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());
@@ -1532,6 +1649,16 @@ mod tests {
             proptest::prop_assert_eq!(out.len(), body.len());
             proptest::prop_assert!(same_but_ends(&whole, &out));
             proptest::prop_assert!(!s.found(&out));
+            // An oracle apart from the readings: tag characters as the
+            // ASCII they mirror.
+            let mirrored: String = String::from_utf8_lossy(&out)
+                .chars()
+                .map(|c| match u32::from(c) {
+                    v @ 0xE0021..=0xE007E => char::from((v - 0xE0000) as u8),
+                    _ => c,
+                })
+                .collect();
+            proptest::prop_assert!(!mirrored.contains(secret));
         }
 
         /// `found` (what header names and values go through, with its

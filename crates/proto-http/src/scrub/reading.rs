@@ -17,6 +17,44 @@ pub(super) struct Reading {
     pub text: Vec<u8>,
     pub from: Vec<u32>,
     pub to: Vec<u32>,
+    /// Whether a [tag character](tag) was read, as written or escaped.
+    pub tags: bool,
+}
+
+/// How a reading takes what a person does not see.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Mode {
+    /// A line break right after `\\` or `=` is kept, so that it is read
+    /// as the continued line or soft break it is as written.
+    pub breaks: bool,
+    /// [Tag characters](tag) read as the ASCII they mirror, not as
+    /// nothing.
+    pub tags: bool,
+}
+
+/// The ASCII a tag character (U+E0020-U+E007E) mirrors. A person sees
+/// nothing, so the readings drop them, and a key with tags between its
+/// characters is found; but a model reads them as the text they mirror
+/// ("ASCII smuggling"), and a key written wholly in tags vanished from
+/// every reading (session 12): the scrubber reads a text with tags in it
+/// both ways.
+pub(super) fn tag(ch: char) -> Option<u8> {
+    let v = u32::from(ch);
+    (0xE0020..=0xE007E)
+        .contains(&v)
+        .then(|| (v - 0xE0000) as u8)
+}
+
+/// `ch` as the readings see it: a fullwidth form as its ASCII, a tag
+/// character as its ASCII when `mode.tags` says so; `None` for what a
+/// reader does not see.
+fn seen_as(ch: char, mode: Mode) -> Option<char> {
+    match tag(ch) {
+        // The tag space is a blank, dropped as a space is.
+        Some(ascii) if mode.tags && ascii != b' ' => Some(char::from(ascii)),
+        _ if invisible(ch) => None,
+        _ => Some(narrow(ch)),
+    }
 }
 
 /// Where escapes begin in `sq` (a [squeezed](super::squeezed) text):
@@ -533,9 +571,10 @@ struct Seen {
 }
 
 impl Seen {
-    /// `breaks`: a line break right after `\\` or `=` is kept, so that it
-    /// is read as the continued line or soft break it is as written.
-    fn of(hay: &[u8], breaks: bool) -> Self {
+    /// What `mode` keeps is kept: line breaks after `\\` and `=`, tag
+    /// characters.
+    fn of(hay: &[u8], mode: Mode) -> Self {
+        let breaks = mode.breaks;
         let mut seen = Self {
             bytes: Vec::with_capacity(hay.len()),
             at: Vec::with_capacity(hay.len()),
@@ -568,7 +607,7 @@ impl Seen {
             let n = match utf8_at(hay, i) {
                 // JavaScript continues a line after `\\` at these too.
                 Some(('\u{2028}' | '\u{2029}', n)) if breaks && i > 0 && hay[i - 1] == b'\\' => n,
-                Some((ch, n)) if invisible(ch) => {
+                Some((ch, n)) if seen_as(ch, mode).is_none() => {
                     i += n;
                     continue;
                 }
@@ -597,11 +636,12 @@ impl Seen {
 /// through what was dropped as written (most text, where blanks lie
 /// between words and not inside escapes: a JSON answer full of `\\"`
 /// and `&` took 3.4 times as long to scrub, read three times whole).
-pub(super) fn read_through(hay: &[u8], out: &mut Reading, breaks: bool) -> bool {
-    let seen = Seen::of(hay, breaks);
+pub(super) fn read_through(hay: &[u8], out: &mut Reading, mode: Mode) -> bool {
+    let seen = Seen::of(hay, mode);
     out.text.clear();
     out.from.clear();
     out.to.clear();
+    out.tags = false;
     // Both readings drop the same bytes and read the rest the same but
     // at an escape's first byte: where each of those reads alike, so do
     // the readings.
@@ -618,7 +658,7 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, breaks: bool) -> bool 
     if !differs {
         return false;
     }
-    read(&seen.bytes, out);
+    read(&seen.bytes, out, mode);
     for f in &mut out.from {
         *f = seen.at[*f as usize];
     }
@@ -629,11 +669,12 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, breaks: bool) -> bool 
     true
 }
 
-/// Read `hay` into `out` (cleared first).
-pub(super) fn read(hay: &[u8], out: &mut Reading) {
+/// Read `hay` into `out` (cleared first), tag characters as `mode` says.
+pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
     out.text.clear();
     out.from.clear();
     out.to.clear();
+    out.tags = false;
     let mut i = 0;
     while i < hay.len() {
         // A run of bytes read as themselves, copied whole.
@@ -656,35 +697,42 @@ pub(super) fn read(hay: &[u8], out: &mut Reading) {
             continue;
         }
         if let Some((ch, n)) = utf8_at(hay, i) {
-            let ch = narrow(ch);
-            if ch.is_ascii() {
-                out.text.push((ch as u8).to_ascii_lowercase());
-                out.from.push(i as u32);
-                out.to.push((i + n) as u32);
-            } else if !invisible(ch) {
-                // Copied as it is, lower-casing nothing.
-                let at = i as u32;
-                out.text.extend_from_slice(&hay[i..i + n]);
-                out.from.extend(at..at + n as u32);
-                out.to.extend(at + 1..at + 1 + n as u32);
+            out.tags |= tag(ch).is_some();
+            match seen_as(ch, mode) {
+                Some(ch) if ch.is_ascii() => {
+                    out.text.push((ch as u8).to_ascii_lowercase());
+                    out.from.push(i as u32);
+                    out.to.push((i + n) as u32);
+                }
+                Some(_) => {
+                    // Copied as it is, lower-casing nothing.
+                    let at = i as u32;
+                    out.text.extend_from_slice(&hay[i..i + n]);
+                    out.from.extend(at..at + n as u32);
+                    out.to.extend(at + 1..at + 1 + n as u32);
+                }
+                None => {}
             }
             i += n;
             continue;
         }
-        let (bytes, used) = match decoded(hay, i) {
-            Some((Some(ch), used)) if invisible(ch) => ([0; 4], (0, used)),
-            Some((Some(ch), used)) => {
-                // A fullwidth form written as an escape (`\\uff53`) reads
-                // as the ASCII it stands for, as one written as it is.
-                let ch = narrow(ch);
-                let mut buf = [0u8; 4];
-                let s = ch.encode_utf8(&mut buf);
-                let n = s.len();
-                (buf.map(|b| b.to_ascii_lowercase()), (n, used))
-            }
-            Some((None, used)) => ([0; 4], (0, used)),
-            None => ([b.to_ascii_lowercase(), 0, 0, 0], (1, 1)),
-        };
+        let escaped = decoded(hay, i);
+        if let Some((Some(ch), _)) = escaped {
+            out.tags |= tag(ch).is_some();
+        }
+        let (bytes, used) =
+            match escaped.map(|(ch, used)| (ch.and_then(|c| seen_as(c, mode)), used)) {
+                // A fullwidth form written as an escape (`\\uff53`) reads as
+                // the ASCII it stands for, as one written as it is.
+                Some((Some(ch), used)) => {
+                    let mut buf = [0u8; 4];
+                    let s = ch.encode_utf8(&mut buf);
+                    let n = s.len();
+                    (buf.map(|b| b.to_ascii_lowercase()), (n, used))
+                }
+                Some((None, used)) => ([0; 4], (0, used)),
+                None => ([b.to_ascii_lowercase(), 0, 0, 0], (1, 1)),
+            };
         let (n, used) = used;
         for &byte in &bytes[..n] {
             out.text.push(byte);
@@ -730,7 +778,7 @@ mod tests {
 
     fn text(hay: &str) -> String {
         let mut r = Reading::default();
-        read(hay.as_bytes(), &mut r);
+        read(hay.as_bytes(), &mut r, Mode::default());
         String::from_utf8(r.text).unwrap()
     }
 
@@ -761,7 +809,7 @@ mod tests {
 
     fn through(hay: &str) -> String {
         let mut r = Reading::default();
-        if !read_through(hay.as_bytes(), &mut r, false) {
+        if !read_through(hay.as_bytes(), &mut r, Mode::default()) {
             // The same as written.
             return text(hay);
         }
@@ -798,18 +846,21 @@ mod tests {
                 proptest::sample::select(vec![
                     "\\", "&", "%", "=", "#", ";", "x", "u", "{", "}", "0", "4", "b", "B",
                     "25", "amp", "sol", " ", "\n", "\r\n", "\t", "\u{200b}", "\u{a0}", "k",
+                    "\u{e006b}", "E006B", "DB40", "DC6B", "\u{e0001}",
                 ]),
                 0..40,
             ),
             breaks in proptest::bool::ANY,
+            tags in proptest::bool::ANY,
         ) {
             let hay = parts.concat();
+            let mode = Mode { breaks, tags };
             let mut through = Reading::default();
-            if !read_through(hay.as_bytes(), &mut through, breaks) {
-                let seen = Seen::of(hay.as_bytes(), breaks);
+            if !read_through(hay.as_bytes(), &mut through, mode) {
+                let seen = Seen::of(hay.as_bytes(), mode);
                 let (mut written, mut forced) = (Reading::default(), Reading::default());
-                read(hay.as_bytes(), &mut written);
-                read(&seen.bytes, &mut forced);
+                read(hay.as_bytes(), &mut written, mode);
+                read(&seen.bytes, &mut forced, mode);
                 let from: Vec<u32> = forced.from.iter().map(|&f| seen.at[f as usize]).collect();
                 proptest::prop_assert_eq!(&forced.text, &written.text, "{:?}", hay);
                 proptest::prop_assert_eq!(&from, &written.from, "{:?}", hay);
@@ -817,11 +868,57 @@ mod tests {
         }
     }
 
+    /// Tag characters, as written and escaped, are dropped by the plain
+    /// readings and read as the ASCII they mirror by the tag readings;
+    /// the other invisible characters of their block (the language tag,
+    /// the cancel tag, variation selectors) are nothing in both.
+    #[test]
+    fn tag_characters_read_as_nothing_or_as_what_they_mirror() {
+        let hay = "a\u{e0053}\\udb40\\udc6b&#xE002D;%F3%A0%80%B1\\U000E0032\\u{e0001}\\u{e007f}\\u{e0100}z";
+        let both = |hay: &str| {
+            let (mut plain, mut tags) = (Reading::default(), Reading::default());
+            read(hay.as_bytes(), &mut plain, Mode::default());
+            let mode = Mode {
+                tags: true,
+                ..Mode::default()
+            };
+            read(hay.as_bytes(), &mut tags, mode);
+            (plain, tags)
+        };
+        let (plain, tags) = both(hay);
+        assert_eq!(plain.text, b"az");
+        assert!(plain.tags);
+        assert_eq!(tags.text, b"ask-12z");
+        assert!(tags.tags);
+        // Raw, each mapped back to its four bytes; the tag space is a
+        // blank, dropped as a space is.
+        let (plain, tags) = both("\u{e0020}x\u{e007e}");
+        assert_eq!(plain.text, b"x");
+        assert_eq!(tags.text, b"x~");
+        assert_eq!(
+            (tags.from.as_slice(), tags.to.as_slice()),
+            (&[4, 5][..], &[5, 9][..])
+        );
+        let (plain, tags) = both("x\u{e007f}\u{e0001}\u{e0100}y");
+        assert_eq!((plain.text.as_slice(), plain.tags), (&b"xy"[..], false));
+        assert_eq!(tags.text, b"xy");
+        let (_, tags) = both("s\u{e004b}");
+        assert_eq!(tags.text, b"sk");
+        // Through blanks inside an escape, tags read.
+        let mut r = Reading::default();
+        let mode = Mode {
+            tags: true,
+            ..Mode::default()
+        };
+        assert!(read_through(b"s\\u{e00 6b}x", &mut r, mode));
+        assert_eq!(r.text, b"skx");
+    }
+
     #[test]
     fn read_through_maps_back_to_what_it_was_read_from() {
         let hay = b"x% 4\t b \\u00 41";
         let mut r = Reading::default();
-        assert!(read_through(hay, &mut r, false));
+        assert!(read_through(hay, &mut r, Mode::default()));
         assert_eq!(r.text, b"xka");
         assert_eq!(r.from, [0, 1, 8]);
         assert_eq!(r.to, [1, 7, hay.len() as u32]);
@@ -831,7 +928,7 @@ mod tests {
     fn each_byte_maps_back_to_what_it_was_read_from() {
         let hay = b"a \\u0042%43";
         let mut r = Reading::default();
-        read(hay, &mut r);
+        read(hay, &mut r, Mode::default());
         assert_eq!(r.text, b"abc");
         assert_eq!(r.from, [0, 2, 8]);
         assert_eq!(r.to, [1, 8, 11]);
@@ -876,7 +973,7 @@ mod tests {
             "\\", "\\u00", "%2", "&#", "&#x", "=", "=4", "&am", "%25", "%252",
         ] {
             let mut r = Reading::default();
-            read(hay.as_bytes(), &mut r);
+            read(hay.as_bytes(), &mut r, Mode::default());
             assert_eq!(r.text.len(), r.from.len());
             assert!(r.to.iter().all(|&t| t as usize <= hay.len()), "{hay}");
         }
