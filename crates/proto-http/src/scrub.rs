@@ -215,59 +215,73 @@ thread_local! {
     static SQUEEZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for the [`reading::Reading`]s: as written, through
     /// blanks, and through blanks but line breaks after `\\` and `=`.
-    static READING: std::cell::RefCell<[reading::Reading; 6]> = std::cell::RefCell::default();
+    static READING: std::cell::RefCell<[reading::Reading; KINDS * 3]> = std::cell::RefCell::default();
 }
 
-/// The readings of `text` the scrubber searches, made in `r`: as
-/// written; through blanks and what a reader does not see (none where it
-/// would read as written); the same keeping line breaks after `\\` and
-/// `=` where `kept` says one follows them; and where a tag character was
-/// read, each of those again with tags read as the ASCII they mirror. On
-/// the stack: a part near an escape is read on every frame.
+/// One kind of reading of `text` in `r`: as written; through blanks and
+/// what a reader does not see (none where it would read as written); and
+/// the same keeping line breaks after `\\` and `=` where one follows them
+/// (none elsewhere). Which of the three were made; `tags`: escapes of tag
+/// characters read as the ASCII they mirror.
+fn kind(text: &[u8], tags: bool, r: &mut [reading::Reading]) -> [bool; 3] {
+    let plain = reading::Mode {
+        breaks: false,
+        tags,
+    };
+    let lines = reading::Mode { breaks: true, tags };
+    reading::read(text, &mut r[0], plain);
+    let through = reading::read_through(text, &mut r[1], plain);
+    let kept = memchr::memchr2_iter(b'\\', b'=', text)
+        .any(|i| reading::line_break_at(text, i + 1).is_some());
+    let breaks = kept && reading::read_through(text, &mut r[2], lines);
+    [true, through, breaks]
+}
+
+/// Ways to take tag characters (U+E0020-U+E007E): as written and as
+/// escaped, each read as nothing or as the ASCII it mirrors.
+const KINDS: usize = 4;
+
+/// The readings of `text` the scrubber searches, made in `r`: the
+/// [kinds](kind) of reading that take tag characters as nothing; where an
+/// escape read as a tag, again with escaped tags read as ASCII; and where
+/// tags are written as they are, the text [untagged](reading::untag) and
+/// read with escaped tags as ASCII, and as nothing where an escape read
+/// as one there. A person sees no tag and a model reads each as ASCII,
+/// and a text may mean the key one way here and the other there (session
+/// 12's review: escaped tags with written ones between). Most texts hold
+/// no tag: one kind. On the stack: a part near an escape is read on
+/// every frame. (What waits at a frame's end needs nothing more for
+/// tags: the readings that take them as nothing count none of a run of
+/// them, so all of it waits, up to [`MAX_HELD`].)
 fn readings_of<'a>(
     text: &[u8],
-    kept: bool,
-    r: &'a mut [reading::Reading; 6],
-) -> ([&'a reading::Reading; 6], usize) {
-    let [
-        written,
-        through,
-        breaks,
-        tag_written,
-        tag_through,
-        tag_breaks,
-    ] = r;
-    let plain = reading::Mode::default();
-    let lines = reading::Mode {
-        breaks: true,
-        ..plain
-    };
-    reading::read(text, written, plain);
-    let is_through = reading::read_through(text, through, plain);
-    let is_breaks = kept && reading::read_through(text, breaks, lines);
-    let tags = written.tags || (is_through && through.tags) || (is_breaks && breaks.tags);
-    let (mut is_tag_through, mut is_tag_breaks) = (false, false);
-    if tags {
-        let tagged = |m: reading::Mode| reading::Mode { tags: true, ..m };
-        reading::read(text, tag_written, tagged(plain));
-        is_tag_through = reading::read_through(text, tag_through, tagged(plain));
-        is_tag_breaks = kept && reading::read_through(text, tag_breaks, tagged(lines));
+    r: &'a mut [reading::Reading; KINDS * 3],
+) -> ([&'a reading::Reading; KINDS * 3], usize) {
+    let mut made = [false; KINDS * 3];
+    made[..3].copy_from_slice(&kind(text, false, &mut r[..3]));
+    let escaped =
+        |r: &[reading::Reading], made: &[bool]| r.iter().zip(made).any(|(r, m)| *m && r.tags);
+    if escaped(&r[..3], &made[..3]) {
+        made[3..6].copy_from_slice(&kind(text, true, &mut r[3..6]));
     }
-    let mut made = [&*written; 6];
-    let mut n = 1;
-    for (is, r) in [
-        (is_through, &*through),
-        (is_breaks, &*breaks),
-        (tags, &*tag_written),
-        (is_tag_through, &*tag_through),
-        (is_tag_breaks, &*tag_breaks),
-    ] {
-        if is {
-            made[n] = r;
-            n += 1;
+    if reading::has_raw_tags(text) {
+        let mut u = reading::Untagged::default();
+        reading::untag(text, &mut u);
+        made[6..9].copy_from_slice(&kind(&u.bytes, true, &mut r[6..9]));
+        if escaped(&r[6..9], &made[6..9]) {
+            made[9..].copy_from_slice(&kind(&u.bytes, false, &mut r[9..]));
+        }
+        for (r, _) in r[6..].iter_mut().zip(&made[6..]).filter(|(_, m)| **m) {
+            r.map_back(&u);
         }
     }
-    (made, n)
+    let mut readings = [&r[0]; KINDS * 3];
+    let mut n = 0;
+    for (r, _) in r.iter().zip(made).filter(|(_, m)| *m) {
+        readings[n] = r;
+        n += 1;
+    }
+    (readings, n)
 }
 
 /// Where a character begins in every reading, at or before `p` (offsets
@@ -444,11 +458,7 @@ impl Scrubber {
         READING.with(|cell| {
             let mut all = cell.borrow_mut();
             let text = &hay[part.clone()];
-            // Kept line breaks make a reading of their own only where one
-            // follows a `\\` or `=`.
-            let kept = memchr::memchr2_iter(b'\\', b'=', text)
-                .any(|i| reading::line_break_at(text, i + 1).is_some());
-            let (made, n) = readings_of(text, kept, &mut all);
+            let (made, n) = readings_of(text, &mut all);
             let readings = &made[..n];
             for r in readings {
                 for m in self.all(&r.text) {
@@ -1405,6 +1415,52 @@ mod tests {
         };
         cases.push(half(true));
         cases.push(half(false));
+        // Session 12's review: tags that spell escapes of the key, all of
+        // it or part (a tag `\\` and a written `u0073`, a written `%` and
+        // tag digits)...
+        let spell =
+            |s: &str| -> String { s.chars().map(|c| raw(0xE0000 + u32::from(c))).collect() };
+        for escape in [
+            |b: u8| format!("%{b:02X}"),
+            |b: u8| format!("\\u{:04x}", b),
+            |b: u8| format!("&#{b};"),
+            |b: u8| format!("\\x{b:02x}"),
+            |b: u8| format!("={b:02X}"),
+        ] {
+            cases.push(secret.bytes().map(|b| spell(&escape(b))).collect());
+        }
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("{}u{b:04x}", spell("\\")))
+                .collect(),
+        );
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("%{}", spell(&format!("{b:02X}"))))
+                .collect(),
+        );
+        // ... escaped tags with written tags between (written ones are
+        // nothing to one who strips them before decoding), and the other
+        // way round ...
+        let escaped_tags = |f: &dyn Fn(u32) -> String, between: &str| -> String {
+            let each: Vec<String> = secret.bytes().map(|b| f(0xE0000 + u32::from(b))).collect();
+            each.join(between)
+        };
+        let z = raw(0xE007A);
+        cases.push(escaped_tags(&|v| pair(v, "\\u"), &z));
+        cases.push(escaped_tags(&|v| format!("&#x{v:X};"), &z));
+        cases.push(escaped_tags(
+            &|v| raw(v).bytes().map(|b| format!("%{b:02X}")).collect(),
+            &z,
+        ));
+        cases.push(escaped_tags(
+            &|v| pair(v, "\\u").replacen("\\ud", &format!("\\ud{z}"), 2),
+            "",
+        ));
+        cases.push(tags_joined(&pair(0xE0041, "\\u")));
+        cases.push(tags_joined("&#xE0041;"));
         for case in &cases {
             overwritten_in_a_json_string(&s, case);
         }
@@ -1599,13 +1655,16 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..15, 1..12),
+            pieces in proptest::collection::vec(0usize..17, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
         ) {
             let secret = "sk-LIVE-9f2Qx7/Ab+Zk=Tq8";
             let s = Scrubber::new(secret.as_bytes()).unwrap();
+            let tags = |s: &str| -> String {
+                s.bytes().filter_map(|b| char::from_u32(0xE0000 + u32::from(b))).collect()
+            };
             let mut body = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
                 let gap = " ".repeat(blanks[k]);
@@ -1628,8 +1687,11 @@ mod tests {
                     11 => secret.bytes().map(|b| format!("%{b:02X}%E2%80%8B")).collect(),
                     // Session 12: the secret in tag characters, as
                     // written and escaped.
-                    12 => secret.bytes().filter_map(|b| char::from_u32(0xE0000 + u32::from(b))).collect(),
+                    12 => tags(secret),
                     13 => secret.bytes().map(|b| format!("\\u{{{:x}}}{gap}", 0xE0000 + u32::from(b))).collect(),
+                    // Tags that spell escapes, wider than any fixed width.
+                    14 => secret.bytes().map(|b| tags(&format!("\\u{{{b:0>1000x}}}"))).collect(),
+                    15 => secret.bytes().map(|b| tags(&format!("%{b:02X}"))).collect::<Vec<_>>().join(&gap),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());

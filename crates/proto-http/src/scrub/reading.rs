@@ -17,7 +17,7 @@ pub(super) struct Reading {
     pub text: Vec<u8>,
     pub from: Vec<u32>,
     pub to: Vec<u32>,
-    /// Whether a [tag character](tag) was read, as written or escaped.
+    /// Whether an escape was read as a [tag character](tag).
     pub tags: bool,
 }
 
@@ -27,8 +27,10 @@ pub(super) struct Mode {
     /// A line break right after `\\` or `=` is kept, so that it is read
     /// as the continued line or soft break it is as written.
     pub breaks: bool,
-    /// [Tag characters](tag) read as the ASCII they mirror, not as
-    /// nothing.
+    /// An escape of a [tag character](tag) reads as the ASCII it mirrors,
+    /// not as nothing. Tags written as they are never reach [`read`] so:
+    /// they are [untagged](untag) before, since the ASCII they mirror may
+    /// itself spell escapes.
     pub tags: bool,
 }
 
@@ -46,14 +48,75 @@ pub(super) fn tag(ch: char) -> Option<u8> {
 }
 
 /// `ch` as the readings see it: a fullwidth form as its ASCII, a tag
-/// character as its ASCII when `mode.tags` says so; `None` for what a
-/// reader does not see.
-fn seen_as(ch: char, mode: Mode) -> Option<char> {
+/// character as its ASCII when `tags` says so; `None` for what a reader
+/// does not see.
+fn seen_as(ch: char, tags: bool) -> Option<char> {
     match tag(ch) {
         // The tag space is a blank, dropped as a space is.
-        Some(ascii) if mode.tags && ascii != b' ' => Some(char::from(ascii)),
+        Some(ascii) if tags && ascii != b' ' => Some(char::from(ascii)),
         _ if invisible(ch) => None,
         _ => Some(narrow(ch)),
+    }
+}
+
+/// The ASCII of the tag character written as itself at `hay[i..]`.
+fn raw_tag_at(hay: &[u8], i: usize) -> Option<u8> {
+    match hay.get(i..i + 4)? {
+        [0xF3, 0xA0, 0x80, b @ 0xA0..=0xBF] => Some(b - 0x80),
+        [0xF3, 0xA0, 0x81, b @ 0x80..=0xBE] => Some(b - 0x40),
+        _ => None,
+    }
+}
+
+/// Whether `hay` holds a tag character written as itself.
+pub(super) fn has_raw_tags(hay: &[u8]) -> bool {
+    memchr::memchr_iter(0xF3, hay).any(|p| raw_tag_at(hay, p).is_some())
+}
+
+/// A text with each tag character written as itself replaced by the
+/// ASCII byte it mirrors: `bytes[i]` stands for `hay[from[i]..to[i]]`.
+/// Read before escapes are, as a model reads it: tags spelling `%73` or
+/// `\\u0073` spell an escape (session 12's review got the key out so).
+#[derive(Default)]
+pub(super) struct Untagged {
+    pub bytes: Vec<u8>,
+    pub from: Vec<u32>,
+    pub to: Vec<u32>,
+}
+
+/// `hay` [untagged](Untagged) into `out` (cleared first).
+pub(super) fn untag(hay: &[u8], out: &mut Untagged) {
+    out.bytes.clear();
+    out.from.clear();
+    out.to.clear();
+    let mut i = 0;
+    while i < hay.len() {
+        let next = memchr::memchr(0xF3, &hay[i..]).map_or(hay.len(), |k| i + k);
+        out.bytes.extend_from_slice(&hay[i..next]);
+        out.from.extend(i as u32..next as u32);
+        out.to.extend(i as u32 + 1..next as u32 + 1);
+        i = next;
+        if i == hay.len() {
+            break;
+        }
+        let (byte, n) = raw_tag_at(hay, i).map_or((hay[i], 1), |b| (b, 4));
+        out.bytes.push(byte);
+        out.from.push(i as u32);
+        out.to.push((i + n) as u32);
+        i += n;
+    }
+}
+
+impl Reading {
+    /// A reading made of an [untagged](Untagged) text, mapped back to
+    /// the text it was untagged from.
+    pub(super) fn map_back(&mut self, u: &Untagged) {
+        for f in &mut self.from {
+            *f = u.from[*f as usize];
+        }
+        for t in &mut self.to {
+            *t = u.to[*t as usize - 1];
+        }
     }
 }
 
@@ -571,10 +634,9 @@ struct Seen {
 }
 
 impl Seen {
-    /// What `mode` keeps is kept: line breaks after `\\` and `=`, tag
-    /// characters.
-    fn of(hay: &[u8], mode: Mode) -> Self {
-        let breaks = mode.breaks;
+    /// `breaks`: a line break right after `\\` or `=` is kept, so that it
+    /// is read as the continued line or soft break it is as written.
+    fn of(hay: &[u8], breaks: bool) -> Self {
         let mut seen = Self {
             bytes: Vec::with_capacity(hay.len()),
             at: Vec::with_capacity(hay.len()),
@@ -607,7 +669,7 @@ impl Seen {
             let n = match utf8_at(hay, i) {
                 // JavaScript continues a line after `\\` at these too.
                 Some(('\u{2028}' | '\u{2029}', n)) if breaks && i > 0 && hay[i - 1] == b'\\' => n,
-                Some((ch, n)) if seen_as(ch, mode).is_none() => {
+                Some((ch, n)) if invisible(ch) => {
                     i += n;
                     continue;
                 }
@@ -637,7 +699,7 @@ impl Seen {
 /// between words and not inside escapes: a JSON answer full of `\\"`
 /// and `&` took 3.4 times as long to scrub, read three times whole).
 pub(super) fn read_through(hay: &[u8], out: &mut Reading, mode: Mode) -> bool {
-    let seen = Seen::of(hay, mode);
+    let seen = Seen::of(hay, mode.breaks);
     out.text.clear();
     out.from.clear();
     out.to.clear();
@@ -669,7 +731,8 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, mode: Mode) -> bool {
     true
 }
 
-/// Read `hay` into `out` (cleared first), tag characters as `mode` says.
+/// Read `hay` into `out` (cleared first), escaped tag characters as
+/// `mode` says.
 pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
     out.text.clear();
     out.from.clear();
@@ -697,8 +760,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             continue;
         }
         if let Some((ch, n)) = utf8_at(hay, i) {
-            out.tags |= tag(ch).is_some();
-            match seen_as(ch, mode) {
+            match seen_as(ch, false) {
                 Some(ch) if ch.is_ascii() => {
                     out.text.push((ch as u8).to_ascii_lowercase());
                     out.from.push(i as u32);
@@ -721,7 +783,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             out.tags |= tag(ch).is_some();
         }
         let (bytes, used) =
-            match escaped.map(|(ch, used)| (ch.and_then(|c| seen_as(c, mode)), used)) {
+            match escaped.map(|(ch, used)| (ch.and_then(|c| seen_as(c, mode.tags)), used)) {
                 // A fullwidth form written as an escape (`\\uff53`) reads as
                 // the ASCII it stands for, as one written as it is.
                 Some((Some(ch), used)) => {
@@ -857,7 +919,7 @@ mod tests {
             let mode = Mode { breaks, tags };
             let mut through = Reading::default();
             if !read_through(hay.as_bytes(), &mut through, mode) {
-                let seen = Seen::of(hay.as_bytes(), mode);
+                let seen = Seen::of(hay.as_bytes(), mode.breaks);
                 let (mut written, mut forced) = (Reading::default(), Reading::default());
                 read(hay.as_bytes(), &mut written, mode);
                 read(&seen.bytes, &mut forced, mode);
@@ -869,48 +931,60 @@ mod tests {
     }
 
     /// Tag characters, as written and escaped, are dropped by the plain
-    /// readings and read as the ASCII they mirror by the tag readings;
-    /// the other invisible characters of their block (the language tag,
-    /// the cancel tag, variation selectors) are nothing in both.
+    /// readings; escaped ones are read as the ASCII they mirror in tags
+    /// mode, and written ones once [untagged](untag), before escapes are
+    /// read; the other invisible characters of their block (the language
+    /// tag, the cancel tag, variation selectors) are nothing every way.
     #[test]
     fn tag_characters_read_as_nothing_or_as_what_they_mirror() {
-        let hay = "a\u{e0053}\\udb40\\udc6b&#xE002D;%F3%A0%80%B1\\U000E0032\\u{e0001}\\u{e007f}\\u{e0100}z";
-        let both = |hay: &str| {
-            let (mut plain, mut tags) = (Reading::default(), Reading::default());
-            read(hay.as_bytes(), &mut plain, Mode::default());
-            let mode = Mode {
-                tags: true,
-                ..Mode::default()
-            };
-            read(hay.as_bytes(), &mut tags, mode);
-            (plain, tags)
-        };
-        let (plain, tags) = both(hay);
-        assert_eq!(plain.text, b"az");
-        assert!(plain.tags);
-        assert_eq!(tags.text, b"ask-12z");
-        assert!(tags.tags);
-        // Raw, each mapped back to its four bytes; the tag space is a
-        // blank, dropped as a space is.
-        let (plain, tags) = both("\u{e0020}x\u{e007e}");
-        assert_eq!(plain.text, b"x");
-        assert_eq!(tags.text, b"x~");
-        assert_eq!(
-            (tags.from.as_slice(), tags.to.as_slice()),
-            (&[4, 5][..], &[5, 9][..])
-        );
-        let (plain, tags) = both("x\u{e007f}\u{e0001}\u{e0100}y");
-        assert_eq!((plain.text.as_slice(), plain.tags), (&b"xy"[..], false));
-        assert_eq!(tags.text, b"xy");
-        let (_, tags) = both("s\u{e004b}");
-        assert_eq!(tags.text, b"sk");
-        // Through blanks inside an escape, tags read.
-        let mut r = Reading::default();
-        let mode = Mode {
+        let tags = Mode {
             tags: true,
             ..Mode::default()
         };
-        assert!(read_through(b"s\\u{e00 6b}x", &mut r, mode));
+        let read_as = |hay: &str, mode: Mode, untagged: bool| {
+            let mut r = Reading::default();
+            if untagged {
+                let mut u = Untagged::default();
+                untag(hay.as_bytes(), &mut u);
+                read(&u.bytes, &mut r, mode);
+                r.map_back(&u);
+            } else {
+                read(hay.as_bytes(), &mut r, mode);
+            }
+            r
+        };
+        let text = |hay: &str, mode: Mode, untagged: bool| {
+            String::from_utf8(read_as(hay, mode, untagged).text).unwrap()
+        };
+        let hay = "a\u{e0053}\\udb40\\udc6b&#xE002D;%F3%A0%80%B1\\U000E0032\\u{e0001}\\u{e007f}\\u{e0100}z";
+        let plain = read_as(hay, Mode::default(), false);
+        assert_eq!(plain.text, b"az");
+        assert!(plain.tags);
+        assert_eq!(text(hay, tags, false), "ak-12z");
+        assert_eq!(text(hay, tags, true), "ask-12z");
+        assert_eq!(text(hay, Mode::default(), true), "asz");
+        // Each written tag maps back to its four bytes; the tag space is
+        // a blank, dropped as a space is.
+        let r = read_as("\u{e0020}x\u{e007e}", tags, true);
+        assert_eq!(r.text, b"x~");
+        assert_eq!(
+            (r.from.as_slice(), r.to.as_slice()),
+            (&[4, 5][..], &[5, 9][..])
+        );
+        let none = "x\u{e007f}\u{e0001}\u{e0100}y";
+        assert_eq!(text(none, tags, true), "xy");
+        assert!(!read_as(none, tags, true).tags);
+        // Tags that spell escapes spell what the escapes write.
+        let spelled: String = "%73\\u006B&#x2d;"
+            .chars()
+            .filter_map(|c| char::from_u32(0xE0000 + u32::from(c)))
+            .collect();
+        assert_eq!(text(&spelled, Mode::default(), true), "sk-");
+        assert!(has_raw_tags(spelled.as_bytes()));
+        assert!(!has_raw_tags("\u{e0001}\u{e007f}\u{1f3f4}".as_bytes()));
+        // Through blanks inside an escape, escaped tags read.
+        let mut r = Reading::default();
+        assert!(read_through(b"s\\u{e00 6b}x", &mut r, tags));
         assert_eq!(r.text, b"skx");
     }
 
