@@ -238,25 +238,28 @@ fn kind(text: &[u8], tags: bool, r: &mut [reading::Reading]) -> [bool; 3] {
 }
 
 /// Ways to take tag characters (U+E0020-U+E007E): as written and as
-/// escaped, each read as nothing or as the ASCII it mirrors.
+/// escaped, each read as nothing or as the ASCII it mirrors (fullwidth
+/// forms as written go with written tags).
 const KINDS: usize = 4;
 
 /// The readings of `text` the scrubber searches, made in `r`: the
 /// [kinds](kind) of reading that take tag characters as nothing; where an
 /// escape read as a tag, again with escaped tags read as ASCII; and where
-/// tags are written as they are, the text [untagged](reading::untag) and
+/// tags (or fullwidth forms of escapes) are written as they are, the text
+/// [mirrored](reading::mirror) and
 /// read with escaped tags as ASCII, and as nothing where an escape read
 /// as one there. A person sees no tag and a model reads each as ASCII,
 /// and a text may mean the key one way here and the other there (session
 /// 12's review: escaped tags with written ones between). Most texts hold
 /// no tag: one kind. On the stack: a part near an escape is read on
-/// every frame. (What waits at a frame's end needs nothing more for
-/// tags: the readings that take them as nothing count none of a run of
-/// them, so all of it waits, up to [`MAX_HELD`].)
+/// every frame. Also where a numeric escape the part's end cuts begins
+/// ([`reading::cut_escape`]), as written or as mirrored (fullwidth forms
+/// count one character each where none is mirrored, so a fullwidth
+/// `＼ｕ｛` and many zeros cut by a frame needs it as a written one does).
 fn readings_of<'a>(
     text: &[u8],
     r: &'a mut [reading::Reading; KINDS * 3],
-) -> ([&'a reading::Reading; KINDS * 3], usize) {
+) -> ([&'a reading::Reading; KINDS * 3], usize, Option<usize>) {
     let mut made = [false; KINDS * 3];
     made[..3].copy_from_slice(&kind(text, false, &mut r[..3]));
     let escaped =
@@ -264,15 +267,20 @@ fn readings_of<'a>(
     if escaped(&r[..3], &made[..3]) {
         made[3..6].copy_from_slice(&kind(text, true, &mut r[3..6]));
     }
-    if reading::has_raw_tags(text) {
-        let mut u = reading::Untagged::default();
-        reading::untag(text, &mut u);
+    let mut cut = reading::cut_escape(text);
+    if reading::has_mirrors(text) {
+        let mut u = reading::Mirrored::default();
+        reading::mirror(text, &mut u);
         made[6..9].copy_from_slice(&kind(&u.bytes, true, &mut r[6..9]));
         if escaped(&r[6..9], &made[6..9]) {
             made[9..].copy_from_slice(&kind(&u.bytes, false, &mut r[9..]));
         }
         for (r, _) in r[6..].iter_mut().zip(&made[6..]).filter(|(_, m)| **m) {
             r.map_back(&u);
+        }
+        if let Some(c) = reading::cut_escape(&u.bytes) {
+            let c = u.from[c] as usize;
+            cut = Some(cut.map_or(c, |d| d.min(c)));
         }
     }
     let mut readings = [&r[0]; KINDS * 3];
@@ -281,7 +289,7 @@ fn readings_of<'a>(
         readings[n] = r;
         n += 1;
     }
-    (readings, n)
+    (readings, n, cut)
 }
 
 /// Where a character begins in every reading, at or before `p` (offsets
@@ -458,7 +466,7 @@ impl Scrubber {
         READING.with(|cell| {
             let mut all = cell.borrow_mut();
             let text = &hay[part.clone()];
-            let (made, n) = readings_of(text, &mut all);
+            let (made, n, cut) = readings_of(text, &mut all);
             let readings = &made[..n];
             for r in readings {
                 for m in self.all(&r.text) {
@@ -480,7 +488,7 @@ impl Scrubber {
             // characters, and the last `want` began among them, after
             // the characters of the secret before it: counted as if the
             // escape were one character instead (session 11).
-            let last = match reading::cut_escape(text) {
+            let last = match cut {
                 Some(cut) => {
                     let before = |r: &&reading::Reading| {
                         let k = r.from.partition_point(|&f| (f as usize) < cut);
@@ -1461,6 +1469,25 @@ mod tests {
         ));
         cases.push(tags_joined(&pair(0xE0041, "\\u")));
         cases.push(tags_joined("&#xE0041;"));
+        // ... and fullwidth forms that spell escapes, as tags do.
+        let wide = |s: &str| -> String {
+            s.chars()
+                .map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c))
+                .collect()
+        };
+        cases.push(secret.bytes().map(|b| wide(&format!("%{b:02X}"))).collect());
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| wide(&format!("\\u{b:04x}")))
+                .collect(),
+        );
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("%{}", wide(&format!("{b:02x}"))))
+                .collect(),
+        );
         for case in &cases {
             overwritten_in_a_json_string(&s, case);
         }
@@ -1655,7 +1682,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..17, 1..12),
+            pieces in proptest::collection::vec(0usize..18, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -1664,6 +1691,9 @@ mod tests {
             let s = Scrubber::new(secret.as_bytes()).unwrap();
             let tags = |s: &str| -> String {
                 s.bytes().filter_map(|b| char::from_u32(0xE0000 + u32::from(b))).collect()
+            };
+            let wide = |s: &str| -> String {
+                s.bytes().filter_map(|b| char::from_u32(0xFEE0 + u32::from(b))).collect()
             };
             let mut body = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
@@ -1692,6 +1722,7 @@ mod tests {
                     // Tags that spell escapes, wider than any fixed width.
                     14 => secret.bytes().map(|b| tags(&format!("\\u{{{b:0>1000x}}}"))).collect(),
                     15 => secret.bytes().map(|b| tags(&format!("%{b:02X}"))).collect::<Vec<_>>().join(&gap),
+                    16 => secret.bytes().map(|b| wide(&format!("\\u{{{b:0>1000x}}}"))).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());

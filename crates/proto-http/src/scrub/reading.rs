@@ -29,7 +29,7 @@ pub(super) struct Mode {
     pub breaks: bool,
     /// An escape of a [tag character](tag) reads as the ASCII it mirrors,
     /// not as nothing. Tags written as they are never reach [`read`] so:
-    /// they are [untagged](untag) before, since the ASCII they mirror may
+    /// they are [mirrored](mirror) before, since the ASCII they mirror may
     /// itself spell escapes.
     pub tags: bool,
 }
@@ -59,39 +59,51 @@ fn seen_as(ch: char, tags: bool) -> Option<char> {
     }
 }
 
-/// The ASCII of the tag character written as itself at `hay[i..]`.
-fn raw_tag_at(hay: &[u8], i: usize) -> Option<u8> {
-    match hay.get(i..i + 4)? {
-        [0xF3, 0xA0, 0x80, b @ 0xA0..=0xBF] => Some(b - 0x80),
-        [0xF3, 0xA0, 0x81, b @ 0x80..=0xBE] => Some(b - 0x40),
+/// The ASCII a character written as itself at `hay[i..]` mirrors, and
+/// its length: a tag character, or a fullwidth form.
+fn mirror_at(hay: &[u8], i: usize) -> Option<(u8, usize)> {
+    match hay.get(i..(i + 4).min(hay.len()))? {
+        [0xF3, 0xA0, 0x80, b @ 0xA0..=0xBF] => Some((b - 0x80, 4)),
+        [0xF3, 0xA0, 0x81, b @ 0x80..=0xBE] => Some((b - 0x40, 4)),
+        [0xEF, 0xBC, b @ 0x81..=0xBF, ..] => Some((b - 0x60, 3)),
+        [0xEF, 0xBD, b @ 0x80..=0x9E, ..] => Some((b - 0x20, 3)),
         _ => None,
     }
 }
 
-/// Whether `hay` holds a tag character written as itself.
-pub(super) fn has_raw_tags(hay: &[u8]) -> bool {
-    memchr::memchr_iter(0xF3, hay).any(|p| raw_tag_at(hay, p).is_some())
+/// Whether `hay` holds a tag character written as itself, or a fullwidth
+/// form of what an escape is written with (`＼`, `％`, `＆`, `＝`, `＃`, `；`,
+/// braces, letters and digits): where [mirroring](mirror) it changes
+/// how its escapes read. Fullwidth punctuation in Chinese or Japanese text
+/// (`，`, `：`) does not.
+pub(super) fn has_mirrors(hay: &[u8]) -> bool {
+    memchr::memchr2_iter(0xF3, 0xEF, hay).any(|p| match mirror_at(hay, p) {
+        Some((_, 4)) => true,
+        Some((b, _)) => b.is_ascii_alphanumeric() || b"\\%&=#;{}".contains(&b),
+        None => false,
+    })
 }
 
-/// A text with each tag character written as itself replaced by the
-/// ASCII byte it mirrors: `bytes[i]` stands for `hay[from[i]..to[i]]`.
-/// Read before escapes are, as a model reads it: tags spelling `%73` or
-/// `\\u0073` spell an escape (session 12's review got the key out so).
+/// A text with each character that mirrors ASCII (a tag character, a
+/// fullwidth form) written as that ASCII: `bytes[i]` stands for
+/// `hay[from[i]..to[i]]`. Read before escapes are, as a model reads it:
+/// tags spelling `%73` or `\\u0073` spell an escape (session 12's review
+/// got the key out so, and with fullwidth `％７３`).
 #[derive(Default)]
-pub(super) struct Untagged {
+pub(super) struct Mirrored {
     pub bytes: Vec<u8>,
     pub from: Vec<u32>,
     pub to: Vec<u32>,
 }
 
-/// `hay` [untagged](Untagged) into `out` (cleared first).
-pub(super) fn untag(hay: &[u8], out: &mut Untagged) {
+/// `hay` [mirrored](Mirrored) into `out` (cleared first).
+pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
     out.bytes.clear();
     out.from.clear();
     out.to.clear();
     let mut i = 0;
     while i < hay.len() {
-        let next = memchr::memchr(0xF3, &hay[i..]).map_or(hay.len(), |k| i + k);
+        let next = memchr::memchr2(0xF3, 0xEF, &hay[i..]).map_or(hay.len(), |k| i + k);
         out.bytes.extend_from_slice(&hay[i..next]);
         out.from.extend(i as u32..next as u32);
         out.to.extend(i as u32 + 1..next as u32 + 1);
@@ -99,7 +111,7 @@ pub(super) fn untag(hay: &[u8], out: &mut Untagged) {
         if i == hay.len() {
             break;
         }
-        let (byte, n) = raw_tag_at(hay, i).map_or((hay[i], 1), |b| (b, 4));
+        let (byte, n) = mirror_at(hay, i).unwrap_or((hay[i], 1));
         out.bytes.push(byte);
         out.from.push(i as u32);
         out.to.push((i + n) as u32);
@@ -108,9 +120,9 @@ pub(super) fn untag(hay: &[u8], out: &mut Untagged) {
 }
 
 impl Reading {
-    /// A reading made of an [untagged](Untagged) text, mapped back to
-    /// the text it was untagged from.
-    pub(super) fn map_back(&mut self, u: &Untagged) {
+    /// A reading made of a [mirrored](Mirrored) text, mapped back to the
+    /// text it mirrors.
+    pub(super) fn map_back(&mut self, u: &Mirrored) {
         for f in &mut self.from {
             *f = u.from[*f as usize];
         }
@@ -932,7 +944,7 @@ mod tests {
 
     /// Tag characters, as written and escaped, are dropped by the plain
     /// readings; escaped ones are read as the ASCII they mirror in tags
-    /// mode, and written ones once [untagged](untag), before escapes are
+    /// mode, and written ones once [mirrored](mirror), before escapes are
     /// read; the other invisible characters of their block (the language
     /// tag, the cancel tag, variation selectors) are nothing every way.
     #[test]
@@ -944,8 +956,8 @@ mod tests {
         let read_as = |hay: &str, mode: Mode, untagged: bool| {
             let mut r = Reading::default();
             if untagged {
-                let mut u = Untagged::default();
-                untag(hay.as_bytes(), &mut u);
+                let mut u = Mirrored::default();
+                mirror(hay.as_bytes(), &mut u);
                 read(&u.bytes, &mut r, mode);
                 r.map_back(&u);
             } else {
@@ -980,8 +992,22 @@ mod tests {
             .filter_map(|c| char::from_u32(0xE0000 + u32::from(c)))
             .collect();
         assert_eq!(text(&spelled, Mode::default(), true), "sk-");
-        assert!(has_raw_tags(spelled.as_bytes()));
-        assert!(!has_raw_tags("\u{e0001}\u{e007f}\u{1f3f4}".as_bytes()));
+        assert!(has_mirrors(spelled.as_bytes()));
+        assert!(!has_mirrors("\u{e0001}\u{e007f}\u{1f3f4}".as_bytes()));
+        // Fullwidth forms too, but not the punctuation of CJK text.
+        assert_eq!(text("％７３＼ｕ００６Ｂ", Mode::default(), true), "sk");
+        assert!(!has_mirrors("你好，世界：（一）".as_bytes()));
+        assert!(has_mirrors("２０２６年".as_bytes()));
+        // Every mirror is what it mirrors.
+        for v in (0xE0021..=0xE007E).chain(0xFF01..=0xFF5E) {
+            let ch = char::from_u32(v).unwrap();
+            let want = tag(ch).unwrap_or_else(|| narrow(ch) as u8);
+            let mut utf8 = [0; 4];
+            assert_eq!(
+                mirror_at(ch.encode_utf8(&mut utf8).as_bytes(), 0).map(|m| m.0),
+                Some(want)
+            );
+        }
         // Through blanks inside an escape, escaped tags read.
         let mut r = Reading::default();
         assert!(read_through(b"s\\u{e00 6b}x", &mut r, tags));
