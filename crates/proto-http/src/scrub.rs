@@ -350,6 +350,7 @@ impl Scrubber {
         if secret.len() < MIN_SECRET {
             return None;
         }
+        reading::prepare();
         let spellings = spellings(secret);
         let search = Search::new(&spellings)?;
         let longest = spellings.iter().map(Vec::len).max().unwrap_or(secret.len());
@@ -1498,6 +1499,84 @@ mod tests {
         assert!(!s.none_in(&headers));
         s.headers(&mut headers);
         assert!(s.none_in(&headers));
+    }
+
+    /// Session 12's review: letters a model reads as ASCII (mathematical
+    /// alphanumerics, circled and squared letters, superscripts, the long
+    /// s, fullwidth punctuation), as written and escaped, and Perl's
+    /// `\\x{73}`.
+    #[test]
+    fn letters_a_model_reads_as_ascii_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        // Mathematical bold, italic, script, double-struck, monospace...
+        let math = |base_upper: u32, base_lower: u32, base_digit: u32| -> String {
+            secret
+                .chars()
+                .map(|c| {
+                    let v = match c {
+                        'A'..='Z' => base_upper + (u32::from(c) - 0x41),
+                        'a'..='z' => base_lower + (u32::from(c) - 0x61),
+                        _ => base_digit + (u32::from(c) - 0x30),
+                    };
+                    char::from_u32(v).unwrap()
+                })
+                .collect()
+        };
+        let mut cases = vec![
+            math(0x1D400, 0x1D41A, 0x1D7CE),
+            math(0x1D670, 0x1D68A, 0x1D7F6),
+            math(0x1D5D4, 0x1D5EE, 0x1D7EC),
+            math(0x1F130, 0x1D41A, 0x245F),
+        ];
+        // Escaped: JSON pairs and `&#x…;`.
+        let bold = math(0x1D400, 0x1D41A, 0x1D7CE);
+        cases.push(
+            bold.chars()
+                .map(|c| format!("&#x{:x};", u32::from(c)))
+                .collect(),
+        );
+        cases.push(
+            bold.chars()
+                .map(|c| {
+                    let v = u32::from(c) - 0x10000;
+                    format!(
+                        "\\u{:04x}\\u{:04x}",
+                        0xD800 + (v >> 10),
+                        0xDC00 + (v & 0x3FF)
+                    )
+                })
+                .collect(),
+        );
+        // Perl's `\\x{…}`, with zeros.
+        cases.push(secret.bytes().map(|b| format!("\\x{{{b:x}}}")).collect());
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\x{{{b:0>1000x}}}"))
+                .collect(),
+        );
+        for case in &cases {
+            overwritten_in_a_json_string(&s, case);
+        }
+        // `ſ` for `s`, superscripts, fullwidth `+` and `=`.
+        let key = Scrubber::new(b"sk-live+Ab=12").unwrap();
+        for case in [
+            "\u{17f}k-live\u{ff0b}Ab\u{ff1d}\u{b9}\u{b2}",
+            "sk-live\u{207a}Ab\u{207c}12",
+        ] {
+            overwritten_in_a_json_string(&key, case);
+        }
+        // Words in Polish, Czech and Japanese with fullwidth digits stay.
+        for text in [
+            "Zażółć gęślą jaźń",
+            "Příliš žluťoučký",
+            "２０２６年１２月 ＡＢＣ株式会社",
+        ] {
+            let mut b = text.as_bytes().to_vec();
+            assert_eq!(s.bytes(&mut b), 0);
+            assert_eq!(b, text.as_bytes());
+        }
     }
 
     /// Review: bytes that could begin the secret waited for the next frame

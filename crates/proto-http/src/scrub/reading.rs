@@ -47,15 +47,99 @@ pub(super) fn tag(ch: char) -> Option<u8> {
         .then(|| (v - 0xE0000) as u8)
 }
 
-/// `ch` as the readings see it: a fullwidth form as its ASCII, a tag
-/// character as its ASCII when `tags` says so; `None` for what a reader
-/// does not see.
-fn seen_as(ch: char, tags: bool) -> Option<char> {
+/// How the readings see a character.
+enum Looks {
+    /// Nothing: a reader does not see it.
+    Nothing,
+    /// As the ASCII it stands for.
+    Ascii(&'static [u8]),
+    /// As itself.
+    Itself,
+}
+
+/// `ch` as the readings see it: a character a model reads as ASCII
+/// ([`compat`]) as that ASCII, a tag character as its ASCII when `tags`
+/// says so.
+fn looks(ch: char, tags: bool) -> Looks {
     match tag(ch) {
         // The tag space is a blank, dropped as a space is.
-        Some(ascii) if tags && ascii != b' ' => Some(char::from(ascii)),
-        _ if invisible(ch) => None,
-        _ => Some(narrow(ch)),
+        Some(ascii) if tags && ascii != b' ' => Looks::Ascii(ascii_byte(ascii)),
+        _ if invisible(ch) => Looks::Nothing,
+        _ => compat(ch).map_or(Looks::Itself, Looks::Ascii),
+    }
+}
+
+/// `b` as a slice that lives for good.
+fn ascii_byte(b: u8) -> &'static [u8] {
+    static ASCII: [u8; 128] = {
+        let mut t = [0u8; 128];
+        let mut k = 0;
+        while k < 128 {
+            t[k] = k as u8;
+            k += 1;
+        }
+        t
+    };
+    let k = usize::from(b & 0x7F);
+    &ASCII[k..k + 1]
+}
+
+/// The ASCII a model reads a character as, where that is not the
+/// character itself: its compatibility decomposition (NFKD) where that
+/// is all ASCII with a letter or digit in it, or one character of it.
+/// Fullwidth forms (`ｓｋ`: a
+/// re-review), and since session 12's review the mathematical
+/// alphanumerics (`𝐬𝐤`, `𝟕`), circled and parenthesised letters,
+/// superscripts, ligatures (`ﬁ`), the long s (`ſ`): 1,295 characters in
+/// Unicode 15, which a model reads as the letters they are drawn from.
+fn compat(ch: char) -> Option<&'static [u8]> {
+    if ch.is_ascii() {
+        return None;
+    }
+    let t = &*COMPAT;
+    let k = t.binary_search_by_key(&ch, |e| e.0).ok()?;
+    Some(&t[k].1[..usize::from(t[k].2)])
+}
+
+/// [`compat`]'s table, sorted: made once from the decomposition tables
+/// (every code point's decomposition looked up, some tens of ms).
+static COMPAT: std::sync::LazyLock<Vec<(char, [u8; 8], u8)>> = std::sync::LazyLock::new(|| {
+    (0x80..=0x10FFFF)
+        .filter_map(char::from_u32)
+        .filter_map(|ch| {
+            let (mut ascii, mut n, mut all, mut alnum) = ([0u8; 8], 0, true, false);
+            unicode_normalization::char::decompose_compatible(ch, |d| {
+                if d.is_ascii() && n < ascii.len() {
+                    ascii[n] = d as u8;
+                    n += 1;
+                    alnum |= d.is_ascii_alphanumeric();
+                } else {
+                    all = false;
+                }
+            });
+            // One character of punctuation too (`＋`, `⁼`, `﹦`: keys hold
+            // `+`, `=` and `/`), but not a space (those are blanks).
+            let one = n == 1 && ascii[0] != b' ';
+            (all && (alnum || one)).then_some((ch, ascii, n as u8))
+        })
+        .collect()
+});
+
+/// Make [`COMPAT`] now (tens of ms), when a connection is set up, not
+/// on the first answer that needs it.
+pub(super) fn prepare() {
+    std::sync::LazyLock::force(&COMPAT);
+}
+
+/// Whether the character at `sq[p]` reads as ASCII ([`compat`]) or as
+/// nothing: what the lead bytes [`triggers`] checks rather than takes
+/// whole begin (emoji begin with 0xF0, Polish and Czech letters with
+/// 0xC4 and 0xC5).
+fn reads_other_at(sq: &[u8], p: usize) -> bool {
+    match utf8_at(sq, p) {
+        Some((ch, _)) => invisible(ch) || compat(ch).is_some(),
+        // Cut by the text's end: what it is is not known yet.
+        None => sq.len() - p < 4,
     }
 }
 
@@ -120,6 +204,15 @@ pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
 }
 
 impl Reading {
+    /// `bytes`, lower-cased, each read from `hay[from..to]`.
+    fn push_all(&mut self, bytes: &[u8], from: usize, to: usize) {
+        for b in bytes {
+            self.text.push(b.to_ascii_lowercase());
+            self.from.push(from as u32);
+            self.to.push(to as u32);
+        }
+    }
+
     /// A reading made of a [mirrored](Mirrored) text, mapped back to the
     /// text it mirrors.
     pub(super) fn map_back(&mut self, u: &Mirrored) {
@@ -142,17 +235,12 @@ pub(super) fn triggers(sq: &[u8]) -> Vec<usize> {
         .chain(memchr::memchr3_iter(b'=', 0xC2, 0xCD, sq))
         .chain(memchr::memchr3_iter(0xE1, 0xE2, 0xE3, sq))
         .chain(memchr::memchr2_iter(0xEF, 0xF3, sq))
-        .chain(memchr::memchr_iter(0xF0, sq).filter(|&p| invisible_f0(sq, p)))
+        .chain(memchr::memchr3_iter(0xF0, 0xC4, 0xC5, sq).filter(|&p| reads_other_at(sq, p)))
+        .chain(memchr::memchr3_iter(0xC7, 0xCA, 0xCB, sq).filter(|&p| reads_other_at(sq, p)))
+        .chain(memchr::memchr_iter(0xEA, sq).filter(|&p| reads_other_at(sq, p)))
         .collect();
     at.sort_unstable();
     at
-}
-
-/// Whether the four-byte character at `sq[p]` (first byte 0xF0) is one
-/// of the invisible ones there: U+1BCA0-U+1BCA3 and U+1D173-U+1D17A
-/// (session 11's second review). Not every 0xF0: emoji begin with it.
-fn invisible_f0(sq: &[u8], p: usize) -> bool {
-    matches!(sq.get(p + 1..p + 3), Some([0x9B, 0xB2] | [0x9D, 0x85]))
 }
 
 /// Whether `hay` holds any byte [`triggers`] finds: without one, nothing
@@ -162,7 +250,9 @@ pub(super) fn has_trigger(hay: &[u8]) -> bool {
         || memchr::memchr3(b'=', 0xC2, 0xCD, hay).is_some()
         || memchr::memchr3(0xE1, 0xE2, 0xE3, hay).is_some()
         || memchr::memchr2(0xEF, 0xF3, hay).is_some()
-        || memchr::memchr_iter(0xF0, hay).any(|p| invisible_f0(hay, p))
+        || memchr::memchr3_iter(0xF0, 0xC4, 0xC5, hay).any(|p| reads_other_at(hay, p))
+        || memchr::memchr3_iter(0xC7, 0xCA, 0xCB, hay).any(|p| reads_other_at(hay, p))
+        || memchr::memchr_iter(0xEA, hay).any(|p| reads_other_at(hay, p))
 }
 
 /// The most bytes one escape this reading decodes may span, besides the
@@ -178,7 +268,7 @@ pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
     let digits_at = match sq.get(p..) {
         Some([b'&', b'#', b'x', ..]) => p + 3,
         Some([b'&', b'#', ..]) => p + 2,
-        Some([b'\\', b'u', b'{', ..]) => p + 3,
+        Some([b'\\', b'u' | b'x', b'{', ..]) => p + 3,
         _ => return 0,
     };
     sq[digits_at..].iter().take_while(|b| **b == b'0').count()
@@ -218,7 +308,7 @@ pub(super) fn cut_escape(text: &[u8]) -> Option<usize> {
         },
         (b'#', k) => amp(k),
         (b'{', k) => match before(skip(k, false))? {
-            (b'u' | b'U', k) => match before(skip(k, false))? {
+            (b'u' | b'U' | b'x' | b'X', k) => match before(skip(k, false))? {
                 (b'\\', k) => Some(k),
                 _ => None,
             },
@@ -440,6 +530,11 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
                 (v <= 0xFF).then_some(())?;
                 Some((c(v)?, 1 + digits))
             }
+            // Perl's and Ruby's `\\x{73}`, read as `\\u{73}` is (session
+            // 12's review).
+            b'x' | b'X' if hay.get(i + 2) == Some(&b'{') => {
+                code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used))
+            }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
             // A line continued (shell, C, Python strings, JavaScript):
@@ -484,7 +579,11 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
 fn writes_a_byte(hay: &[u8], i: usize) -> bool {
     match hay[i] {
         b'%' => !matches!(hay.get(i + 1), Some(b'u' | b'U')),
-        b'\\' => matches!(hay.get(i + 1), Some(b'x' | b'X' | b'0'..=b'7')),
+        b'\\' => match hay.get(i + 1) {
+            Some(b'x' | b'X') => hay.get(i + 2) != Some(&b'{'),
+            Some(b'0'..=b'7') => true,
+            _ => false,
+        },
         b'=' => true,
         _ => false,
     }
@@ -588,7 +687,7 @@ fn reference(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
 /// escape's first byte.
 const ORDINARY: [bool; 256] = {
     let mut t = [true; 256];
-    let special = *b"\\&%=\xC2\xCD\xE1\xE2\xE3\xEF\xF0\xF3";
+    let special = *b"\\&%=\xC2\xC4\xC5\xC7\xCA\xCB\xCD\xE1\xE2\xE3\xEA\xEF\xF0\xF3";
     let mut k = 0;
     while k < special.len() {
         t[special[k] as usize] = false;
@@ -613,14 +712,6 @@ const ORDINARY: [bool; 256] = {
 /// U+FFF0-U+FFF8, the shorthand format controls, the musical beam marks.
 fn invisible(ch: char) -> bool {
     matches!(ch, '\0'..=' ' | '\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{206f}' | '\u{3000}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
-}
-
-/// Fullwidth forms read as the ASCII they stand for (`ｓｋ`: re-review).
-fn narrow(ch: char) -> char {
-    match ch {
-        '\u{ff01}'..='\u{ff5e}' => char::from_u32(u32::from(ch) - 0xfee0).unwrap_or(ch),
-        _ => ch,
-    }
 }
 
 /// The character whose UTF-8 begins at `hay[i]`, and its length.
@@ -772,46 +863,35 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             continue;
         }
         if let Some((ch, n)) = utf8_at(hay, i) {
-            match seen_as(ch, false) {
-                Some(ch) if ch.is_ascii() => {
-                    out.text.push((ch as u8).to_ascii_lowercase());
-                    out.from.push(i as u32);
-                    out.to.push((i + n) as u32);
-                }
-                Some(_) => {
+            match looks(ch, false) {
+                Looks::Ascii(ascii) => out.push_all(ascii, i, i + n),
+                Looks::Itself => {
                     // Copied as it is, lower-casing nothing.
                     let at = i as u32;
                     out.text.extend_from_slice(&hay[i..i + n]);
                     out.from.extend(at..at + n as u32);
                     out.to.extend(at + 1..at + 1 + n as u32);
                 }
-                None => {}
+                Looks::Nothing => {}
             }
             i += n;
             continue;
         }
-        let escaped = decoded(hay, i);
-        if let Some((Some(ch), _)) = escaped {
-            out.tags |= tag(ch).is_some();
-        }
-        let (bytes, used) =
-            match escaped.map(|(ch, used)| (ch.and_then(|c| seen_as(c, mode.tags)), used)) {
-                // A fullwidth form written as an escape (`\\uff53`) reads as
-                // the ASCII it stands for, as one written as it is.
-                Some((Some(ch), used)) => {
-                    let mut buf = [0u8; 4];
-                    let s = ch.encode_utf8(&mut buf);
-                    let n = s.len();
-                    (buf.map(|b| b.to_ascii_lowercase()), (n, used))
-                }
-                Some((None, used)) => ([0; 4], (0, used)),
-                None => ([b.to_ascii_lowercase(), 0, 0, 0], (1, 1)),
-            };
-        let (n, used) = used;
-        for &byte in &bytes[..n] {
-            out.text.push(byte);
-            out.from.push(i as u32);
-            out.to.push((i + used) as u32);
+        let Some((ch, used)) = decoded(hay, i) else {
+            out.push_all(&[b], i, i + 1);
+            i += 1;
+            continue;
+        };
+        out.tags |= ch.and_then(tag).is_some();
+        // A character a model reads as ASCII written as an escape
+        // (`\\uff53`) reads as that ASCII, as one written as it is.
+        match ch.map(|c| (c, looks(c, mode.tags))) {
+            Some((_, Looks::Ascii(ascii))) => out.push_all(ascii, i, i + used),
+            Some((c, Looks::Itself)) => {
+                let mut buf = [0u8; 4];
+                out.push_all(c.encode_utf8(&mut buf).as_bytes(), i, i + used);
+            }
+            Some((_, Looks::Nothing)) | None => {}
         }
         i += used;
     }
@@ -822,7 +902,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn invisible_four_byte_characters_trigger_and_emoji_do_not() {
+    fn invisible_and_ascii_like_characters_trigger_and_emoji_do_not() {
         for ch in [
             '\u{1bca0}',
             '\u{1bca3}',
@@ -835,11 +915,45 @@ mod tests {
             assert!(!triggers(hay.as_bytes()).is_empty(), "{ch:?}");
             assert_eq!(text(&hay), "az", "{ch:?}");
         }
-        for ch in ['\u{1f600}', '\u{1d400}', '\u{1bc00}'] {
+        // Characters a model reads as ASCII (session 12's review), with
+        // lead bytes that no longer trigger whole.
+        for (ch, ascii) in [
+            ('\u{1d400}', "a"),
+            ('\u{1d7d5}', "7"),
+            ('\u{1f130}', "a"),
+            ('\u{17f}', "s"),
+            ('\u{133}', "ij"),
+            ('\u{2b0}', "h"),
+            ('\u{a7f2}', "c"),
+            ('\u{ff0b}', "+"),
+            ('\u{207c}', "="),
+        ] {
+            let hay = format!("a{ch}z");
+            assert!(has_trigger(hay.as_bytes()), "{ch:?}");
+            assert!(!triggers(hay.as_bytes()).is_empty(), "{ch:?}");
+            assert_eq!(text(&hay), format!("a{ascii}z"), "{ch:?}");
+        }
+        // Emoji, and Polish, Czech, Korean letters: not read for these.
+        for ch in [
+            '\u{1f600}',
+            '\u{1f3f4}',
+            '\u{1bc00}',
+            'ą',
+            'ł',
+            'ś',
+            'ż',
+            'č',
+            'ǎ',
+            'ʃ',
+            '한',
+        ] {
             let hay = format!("a{ch}z");
             assert!(!has_trigger(hay.as_bytes()), "{ch:?}");
             assert!(triggers(hay.as_bytes()).is_empty(), "{ch:?}");
+            assert_eq!(text(&hay), format!("a{ch}z"), "{ch:?}");
         }
+        // 1,295 characters of Unicode 15 and the fullwidth punctuation.
+        assert!((1200..1500).contains(&COMPAT.len()), "{}", COMPAT.len());
     }
 
     #[test]
@@ -1001,7 +1115,7 @@ mod tests {
         // Every mirror is what it mirrors.
         for v in (0xE0021..=0xE007E).chain(0xFF01..=0xFF5E) {
             let ch = char::from_u32(v).unwrap();
-            let want = tag(ch).unwrap_or_else(|| narrow(ch) as u8);
+            let want = tag(ch).unwrap_or_else(|| (v - 0xFEE0) as u8);
             let mut utf8 = [0; 4];
             assert_eq!(
                 mirror_at(ch.encode_utf8(&mut utf8).as_bytes(), 0).map(|m| m.0),
