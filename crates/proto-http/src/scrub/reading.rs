@@ -143,36 +143,70 @@ fn reads_other_at(sq: &[u8], p: usize) -> bool {
     }
 }
 
+/// The first bytes of the characters [`mirror_at`] mirrors: tags
+/// (0xF3) and what [`compat`] reads as ASCII.
+static MIRROR_LEAD: [bool; 256] = {
+    let mut t = [false; 256];
+    let lead = *b"\xC2\xC4\xC5\xC7\xCA\xCB\xE1\xE2\xE3\xEA\xEF\xF0\xF3";
+    let mut k = 0;
+    while k < lead.len() {
+        t[lead[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
+/// Where the next byte [`MIRROR_LEAD`] names is, at or after `i`.
+fn next_lead(hay: &[u8], i: usize) -> usize {
+    hay[i..]
+        .iter()
+        .position(|b| MIRROR_LEAD[usize::from(*b)])
+        .map_or(hay.len(), |k| i + k)
+}
+
 /// The ASCII a character written as itself at `hay[i..]` mirrors, and
-/// its length: a tag character, or a fullwidth form.
-fn mirror_at(hay: &[u8], i: usize) -> Option<(u8, usize)> {
+/// its length: a tag character, or one a model reads as ASCII
+/// ([`compat`]: fullwidth forms, mathematical alphanumerics, …).
+fn mirror_at(hay: &[u8], i: usize) -> Option<(&'static [u8], usize)> {
     match hay.get(i..(i + 4).min(hay.len()))? {
-        [0xF3, 0xA0, 0x80, b @ 0xA0..=0xBF] => Some((b - 0x80, 4)),
-        [0xF3, 0xA0, 0x81, b @ 0x80..=0xBE] => Some((b - 0x40, 4)),
-        [0xEF, 0xBC, b @ 0x81..=0xBF, ..] => Some((b - 0x60, 3)),
-        [0xEF, 0xBD, b @ 0x80..=0x9E, ..] => Some((b - 0x20, 3)),
-        _ => None,
+        [0xF3, 0xA0, 0x80, b @ 0xA0..=0xBF] => Some((ascii_byte(b - 0x80), 4)),
+        [0xF3, 0xA0, 0x81, b @ 0x80..=0xBE] => Some((ascii_byte(b - 0x40), 4)),
+        _ => {
+            let (ch, n) = utf8_at(hay, i)?;
+            compat(ch).map(|ascii| (ascii, n))
+        }
     }
 }
 
-/// Whether `hay` holds a tag character written as itself, or a fullwidth
-/// form of what an escape is written with (`＼`, `％`, `＆`, `＝`, `＃`, `；`,
-/// braces, letters and digits): where [mirroring](mirror) it changes
-/// how its escapes read. Fullwidth punctuation in Chinese or Japanese text
-/// (`，`, `：`) does not.
+/// Whether `hay` holds a tag character written as itself, or a character
+/// a model reads as what an escape is written with (`＼`, `％`, `＆`, `＝`,
+/// `＃`, `；`, braces, letters and digits, fullwidth or otherwise): where
+/// [mirroring](mirror) it changes how its escapes read. Fullwidth
+/// punctuation in Chinese or Japanese text (`，`, `：`) does not.
 pub(super) fn has_mirrors(hay: &[u8]) -> bool {
-    memchr::memchr2_iter(0xF3, 0xEF, hay).any(|p| match mirror_at(hay, p) {
-        Some((_, 4)) => true,
-        Some((b, _)) => b.is_ascii_alphanumeric() || b"\\%&=#;{}".contains(&b),
-        None => false,
-    })
+    let mut i = next_lead(hay, 0);
+    while i < hay.len() {
+        match mirror_at(hay, i) {
+            Some((_, 4)) if hay[i] == 0xF3 => return true,
+            Some((ascii, _))
+                if ascii
+                    .iter()
+                    .any(|b| b.is_ascii_alphanumeric() || b"\\%&=#;{}".contains(b)) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        i = next_lead(hay, i + 1);
+    }
+    false
 }
 
 /// A text with each character that mirrors ASCII (a tag character, a
-/// fullwidth form) written as that ASCII: `bytes[i]` stands for
-/// `hay[from[i]..to[i]]`. Read before escapes are, as a model reads it:
-/// tags spelling `%73` or `\\u0073` spell an escape (session 12's review
-/// got the key out so, and with fullwidth `％７３`).
+/// fullwidth form, a mathematical letter) written as that ASCII:
+/// `bytes[i]` stands for `hay[from[i]..to[i]]`. Read before escapes are,
+/// as a model reads it: tags spelling `%73` or `\\u0073` spell an escape
+/// (session 12's review got the key out so, and with fullwidth `％７３`).
 #[derive(Default)]
 pub(super) struct Mirrored {
     pub bytes: Vec<u8>,
@@ -187,7 +221,7 @@ pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
     out.to.clear();
     let mut i = 0;
     while i < hay.len() {
-        let next = memchr::memchr2(0xF3, 0xEF, &hay[i..]).map_or(hay.len(), |k| i + k);
+        let next = next_lead(hay, i);
         out.bytes.extend_from_slice(&hay[i..next]);
         out.from.extend(i as u32..next as u32);
         out.to.extend(i as u32 + 1..next as u32 + 1);
@@ -195,10 +229,12 @@ pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
         if i == hay.len() {
             break;
         }
-        let (byte, n) = mirror_at(hay, i).unwrap_or((hay[i], 1));
-        out.bytes.push(byte);
-        out.from.push(i as u32);
-        out.to.push((i + n) as u32);
+        let (bytes, n) = mirror_at(hay, i).unwrap_or((&hay[i..i + 1], 1));
+        for &b in bytes {
+            out.bytes.push(b);
+            out.from.push(i as u32);
+            out.to.push((i + n) as u32);
+        }
         i += n;
     }
 }
@@ -1112,15 +1148,16 @@ mod tests {
         assert_eq!(text("％７３＼ｕ００６Ｂ", Mode::default(), true), "sk");
         assert!(!has_mirrors("你好，世界：（一）".as_bytes()));
         assert!(has_mirrors("２０２６年".as_bytes()));
+        // And what else a model reads as ASCII: `%𝟕𝟑`.
+        assert_eq!(text("%\u{1d7d5}\u{1d7d1}", Mode::default(), true), "s");
+        assert!(!has_mirrors("\u{1f600} “quoted” – ok".as_bytes()));
         // Every mirror is what it mirrors.
         for v in (0xE0021..=0xE007E).chain(0xFF01..=0xFF5E) {
             let ch = char::from_u32(v).unwrap();
             let want = tag(ch).unwrap_or_else(|| (v - 0xFEE0) as u8);
             let mut utf8 = [0; 4];
-            assert_eq!(
-                mirror_at(ch.encode_utf8(&mut utf8).as_bytes(), 0).map(|m| m.0),
-                Some(want)
-            );
+            let mirrored = mirror_at(ch.encode_utf8(&mut utf8).as_bytes(), 0);
+            assert_eq!(mirrored.map(|m| m.0), Some(&[want][..]));
         }
         // Through blanks inside an escape, escaped tags read.
         let mut r = Reading::default();
