@@ -1295,6 +1295,23 @@ mod tests {
         }
     }
 
+    /// The Unicode name of an ASCII letter, digit or key punctuation.
+    fn name_of(b: u8) -> String {
+        const DIGITS: [&str; 10] = [
+            "ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE",
+        ];
+        match b {
+            b'a'..=b'z' => format!("LATIN SMALL LETTER {}", char::from(b.to_ascii_uppercase())),
+            b'A'..=b'Z' => format!("LATIN CAPITAL LETTER {}", char::from(b)),
+            b'0'..=b'9' => format!("DIGIT {}", DIGITS[usize::from(b - b'0')]),
+            b'-' => "HYPHEN-MINUS".into(),
+            b'/' => "SOLIDUS".into(),
+            b'+' => "PLUS SIGN".into(),
+            b'=' => "EQUALS SIGN".into(),
+            _ => unreachable!("no name for {b}"),
+        }
+    }
+
     /// `case` in a JSON string is found, and no more than the JSON around
     /// it is left once what was overwritten is taken out.
     fn overwritten_in_a_json_string(s: &Scrubber, case: &str) {
@@ -1548,6 +1565,27 @@ mod tests {
                 })
                 .collect(),
         );
+        // Python's `\\N{…}`, and tags so named between the characters.
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\N{{{}}}", name_of(b)))
+                .collect(),
+        );
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\N{{FULLWIDTH {}}}", name_of(b)))
+                .collect(),
+        );
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        cases.push(chars.join("\\N{TAG LATIN SMALL LETTER A}"));
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\N{{TAG {}}}", name_of(b)))
+                .collect(),
+        );
         // Perl's `\\x{…}`, with zeros.
         cases.push(secret.bytes().map(|b| format!("\\x{{{b:x}}}")).collect());
         cases.push(
@@ -1761,7 +1799,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..18, 1..12),
+            pieces in proptest::collection::vec(0usize..19, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -1802,6 +1840,7 @@ mod tests {
                     14 => secret.bytes().map(|b| tags(&format!("\\u{{{b:0>1000x}}}"))).collect(),
                     15 => secret.bytes().map(|b| tags(&format!("%{b:02X}"))).collect::<Vec<_>>().join(&gap),
                     16 => secret.bytes().map(|b| wide(&format!("\\u{{{b:0>1000x}}}"))).collect(),
+                    17 => secret.bytes().map(|b| format!("\\N{{{}}}{gap}", name_of(b))).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());

@@ -293,8 +293,12 @@ pub(super) fn has_trigger(hay: &[u8]) -> bool {
 
 /// The most bytes one escape this reading decodes may span, besides the
 /// zeros a numeric one may begin with ([`zeros_after`]): `&#x`, 8 digits
-/// and `;`; `\\u{`, 40 digits and `}`.
-pub(super) const ESCAPE_WIDTH: usize = 48;
+/// and `;`; `\\u{`, 40 digits and `}`; a `\\N{…}` name of at most
+/// [`MAX_NAME`] bytes.
+pub(super) const ESCAPE_WIDTH: usize = MAX_NAME + 4;
+
+/// The longest character name read in `\\N{…}`.
+const MAX_NAME: usize = 60;
 
 /// The zeros that follow `&#`, `&#x` or `\\u{` at `sq[p]` (squeezed:
 /// lower case, no blanks). A browser reads `&#x` with any number of
@@ -566,6 +570,8 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
                 (v <= 0xFF).then_some(())?;
                 Some((c(v)?, 1 + digits))
             }
+            // Python's `\\N{LATIN SMALL LETTER S}` (session 12's review).
+            b'N' if hay.get(i + 2) == Some(&b'{') => named(hay, i),
             // Perl's and Ruby's `\\x{73}`, read as `\\u{73}` is (session
             // 12's review).
             b'x' | b'X' if hay.get(i + 2) == Some(&b'{') => {
@@ -606,6 +612,145 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
             _ => None,
         },
         b'&' => reference(hay, i),
+        _ => None,
+    }
+}
+
+/// A Python `\\N{…}` escape at `hay[i..]` that names a character read as
+/// ASCII or as nothing: a letter or digit in any style (`LATIN SMALL
+/// LETTER S`, `FULLWIDTH DIGIT SEVEN`, `MATHEMATICAL BOLD CAPITAL Q`, `TAG
+/// LATIN SMALL LETTER S`), ASCII punctuation (`PLUS SIGN`, in any of those
+/// styles too), or an invisible character (`ZERO WIDTH SPACE`, `ZWSP`).
+/// Case and blanks do not matter (Python ignores case). Other names read
+/// as written: the whole Unicode name list is not needed to find a key.
+fn named(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
+    let body = &hay[i + 3..(i + 3 + MAX_NAME + 1).min(hay.len())];
+    let end = memchr::memchr(b'}', body)?;
+    let name: Vec<u8> = body[..end]
+        .iter()
+        .filter(|b| !super::squeezed::BLANK[usize::from(**b)])
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    let used = 3 + end + 1;
+    if INVISIBLE_NAMES.iter().any(|n| n.as_bytes() == name) {
+        return Some((None, used));
+    }
+    // A tag character stays one: the readings take tags both ways.
+    let (tag, rest) = match name.strip_prefix(b"TAG") {
+        Some(rest) => (true, rest),
+        None => (false, &name[..]),
+    };
+    let ascii = named_ascii(rest)?;
+    let ch = if tag {
+        char::from_u32(0xE0000 + u32::from(ascii))?
+    } else {
+        char::from(ascii)
+    };
+    Some((Some(ch), used))
+}
+
+/// Names (blanks taken out) of characters a reader does not see, and the
+/// abbreviations Python takes for them.
+const INVISIBLE_NAMES: &[&str] = &[
+    "ZEROWIDTHSPACE",
+    "ZEROWIDTHNON-JOINER",
+    "ZEROWIDTHJOINER",
+    "ZEROWIDTHNO-BREAKSPACE",
+    "BYTEORDERMARK",
+    "WORDJOINER",
+    "SOFTHYPHEN",
+    "NO-BREAKSPACE",
+    "NARROWNO-BREAKSPACE",
+    "LEFT-TO-RIGHTMARK",
+    "RIGHT-TO-LEFTMARK",
+    "COMBININGGRAPHEMEJOINER",
+    "INVISIBLESEPARATOR",
+    "INVISIBLETIMES",
+    "INVISIBLEPLUS",
+    "FUNCTIONAPPLICATION",
+    "HANGULFILLER",
+    "LANGUAGETAG",
+    "CANCELTAG",
+    "TAGSPACE",
+    "SPACE",
+    "ZWSP",
+    "ZWNJ",
+    "ZWJ",
+    "ZWNBSP",
+    "BOM",
+    "WJ",
+    "SHY",
+    "NBSP",
+    "NNBSP",
+    "LRM",
+    "RLM",
+    "CGJ",
+];
+
+/// The ASCII a character name (blanks out, upper case) stands for: one
+/// ending `LETTER X`, `SMALL X`, `CAPITAL X` (after any style, `LATIN`,
+/// `FULLWIDTH`, `MATHEMATICAL BOLD`, `CIRCLED`, …) or `DIGIT SEVEN`, or
+/// the name of ASCII punctuation after any such style.
+fn named_ascii(name: &[u8]) -> Option<u8> {
+    const DIGITS: [&str; 10] = [
+        "ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE",
+    ];
+    const PUNCTUATION: &[(&str, u8)] = &[
+        ("EXCLAMATIONMARK", b'!'),
+        ("QUOTATIONMARK", b'"'),
+        ("NUMBERSIGN", b'#'),
+        ("DOLLARSIGN", b'$'),
+        ("PERCENTSIGN", b'%'),
+        ("AMPERSAND", b'&'),
+        ("APOSTROPHE", b'\''),
+        ("LEFTPARENTHESIS", b'('),
+        ("RIGHTPARENTHESIS", b')'),
+        ("ASTERISK", b'*'),
+        ("PLUSSIGN", b'+'),
+        ("COMMA", b','),
+        ("HYPHEN-MINUS", b'-'),
+        ("FULLSTOP", b'.'),
+        // Before `COLON` and `SOLIDUS`, which they end with.
+        ("SEMICOLON", b';'),
+        ("REVERSESOLIDUS", b'\\'),
+        ("COLON", b':'),
+        ("SOLIDUS", b'/'),
+        ("LESS-THANSIGN", b'<'),
+        ("EQUALSSIGN", b'='),
+        ("GREATER-THANSIGN", b'>'),
+        ("QUESTIONMARK", b'?'),
+        ("COMMERCIALAT", b'@'),
+        ("LEFTSQUAREBRACKET", b'['),
+        ("RIGHTSQUAREBRACKET", b']'),
+        ("CIRCUMFLEXACCENT", b'^'),
+        ("LOWLINE", b'_'),
+        ("GRAVEACCENT", b'`'),
+        ("LEFTCURLYBRACKET", b'{'),
+        ("VERTICALLINE", b'|'),
+        ("RIGHTCURLYBRACKET", b'}'),
+        ("TILDE", b'~'),
+    ];
+    let ends = |word: &str| name.ends_with(word.as_bytes());
+    if let Some((k, _)) = DIGITS
+        .iter()
+        .enumerate()
+        .find(|(_, d)| ends(&format!("DIGIT{d}")))
+    {
+        return Some(b'0' + k as u8);
+    }
+    if let Some((_, b)) = PUNCTUATION.iter().find(|(n, _)| ends(n)) {
+        return Some(*b);
+    }
+    let (&last, head) = name.split_last()?;
+    if !last.is_ascii_uppercase() {
+        return None;
+    }
+    // `LATIN SMALL LETTER S`, `MATHEMATICAL BOLD SMALL S`.
+    let small = head.ends_with(b"SMALLLETTER") || head.ends_with(b"SMALL");
+    let capital = head.ends_with(b"CAPITALLETTER") || head.ends_with(b"CAPITAL");
+    match (small, capital) {
+        (true, _) => Some(last.to_ascii_lowercase()),
+        (_, true) => Some(last),
         _ => None,
     }
 }
@@ -1165,6 +1310,50 @@ mod tests {
         assert_eq!(r.text, b"skx");
     }
 
+    /// Python's `\\N{…}`: letters, digits and punctuation in any style,
+    /// invisible characters, tags; other names read as written.
+    #[test]
+    fn named_characters_read_as_what_they_name() {
+        for (hay, want) in [
+            (r"\N{LATIN SMALL LETTER S}\N{latin capital letter k}", "sk"),
+            (
+                r"\N{FULLWIDTH DIGIT SEVEN}\N{MATHEMATICAL BOLD CAPITAL Q}",
+                "7q",
+            ),
+            (
+                r"\N{MATHEMATICAL SANS-SERIF BOLD ITALIC SMALL Z}\N{DIGIT ZERO}",
+                "z0",
+            ),
+            (
+                r"\N{PLUS SIGN}\N{SEMICOLON}\N{COLON}\N{REVERSE SOLIDUS}\N{SOLIDUS}",
+                "+;:\\/",
+            ),
+            (r"a\N{ZERO WIDTH SPACE}b\N{ZWSP}c\N{SOFT HYPHEN}d", "abcd"),
+            (
+                r"\N{CIRCLED LATIN CAPITAL LETTER A}\N{FULLWIDTH EQUALS SIGN}",
+                "a=",
+            ),
+            (
+                r"\N{GREEK SMALL LETTER ALPHA}",
+                r"\n{greeksmallletteralpha}",
+            ),
+            (r"\N{LATIN SMALL LETTER S", r"\n{latinsmallletters"),
+        ] {
+            assert_eq!(text(hay), want, "{hay}");
+        }
+        let mut r = Reading::default();
+        let tags = Mode {
+            tags: true,
+            ..Mode::default()
+        };
+        read(
+            br"\N{TAG LATIN SMALL LETTER S}\N{TAG DIGIT ONE}",
+            &mut r,
+            tags,
+        );
+        assert_eq!((r.text.as_slice(), r.tags), (&b"s1"[..], true));
+    }
+
     #[test]
     fn read_through_maps_back_to_what_it_was_read_from() {
         let hay = b"x% 4\t b \\u00 41";
@@ -1203,7 +1392,10 @@ mod tests {
         assert_eq!(zeros_after(b"&amp;", 0), 0);
         // Windows reach past the zeros.
         let long = [&b"&#x"[..], &[b'0'; 500], b"41;", &[b'a'; 600]].concat();
-        assert_eq!(windows(&long, &triggers(&long), 3), vec![0..551]);
+        assert_eq!(
+            windows(&long, &triggers(&long), 3),
+            vec![0..500 + ESCAPE_WIDTH + 3]
+        );
     }
 
     #[test]
@@ -1213,7 +1405,10 @@ mod tests {
         assert_eq!(at, [10, 29]);
         assert_eq!(windows(hay, &at, 3), vec![7..hay.len()]);
         let far = [&b"%"[..], &[b'a'; 200], b"="].concat();
-        assert_eq!(windows(&far, &triggers(&far), 3), [0..51, 198..202]);
+        assert_eq!(
+            windows(&far, &triggers(&far), 3),
+            [0..ESCAPE_WIDTH + 3, 198..202]
+        );
         assert!(triggers(b"plain text, no escape").is_empty());
     }
 
