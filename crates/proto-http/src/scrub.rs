@@ -1617,6 +1617,30 @@ mod tests {
         }
     }
 
+    /// Session 12: JSON's control escapes between the key's characters
+    /// (a line break as written hid nothing; `\\n` so written did), and a
+    /// `\\` before each letter that begins no escape, as JavaScript reads
+    /// it (`"\\Q\\w"` is `"Qw"`).
+    #[test]
+    fn control_and_identity_escapes_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        for between in ["\\n", "\\t", "\\r\\n", "\\b", "\\f", "\\v", "\\n\\u200b\\t"] {
+            overwritten_in_a_json_string(&s, &chars.join(between));
+        }
+        let identity: String = secret
+            .chars()
+            .map(|c| match c {
+                'b' | 'f' | 'n' | 'r' | 't' | 'v' | 'u' | 'U' | 'x' | 'X' | 'N' | '0'..='7' => {
+                    c.to_string()
+                }
+                _ => format!("\\{c}"),
+            })
+            .collect();
+        overwritten_in_a_json_string(&s, &identity);
+    }
+
     /// Review: bytes that could begin the secret waited for the next frame
     /// and others did not, so a caller timing its own echoed guesses read
     /// the key byte by byte. What waits is the last `reach - 1` bytes

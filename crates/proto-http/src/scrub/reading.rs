@@ -579,6 +579,18 @@ fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
             }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
+            // JSON's and C's control characters, read as the blanks they
+            // write: `\\n` or `\\t` between the key's characters hid it,
+            // where a line break as written did not (session 12).
+            b'n' => Some((Some('\n'), 2)),
+            b't' => Some((Some('\t'), 2)),
+            b'r' => Some((Some('\r'), 2)),
+            b'b' => Some((Some('\u{8}'), 2)),
+            b'f' => Some((Some('\u{c}'), 2)),
+            b'v' => Some((Some('\u{b}'), 2)),
+            // What JavaScript reads a letter or digit after `\\` as where
+            // it begins no escape: itself (`"\\Q\\w"` is `"Qw"`; session 12).
+            b if b.is_ascii_alphanumeric() => Some((Some(b as char), 2)),
             // A line continued (shell, C, Python strings, JavaScript):
             // stands for nothing (re-review).
             _ => continuation(hay, i).map(|n| (None, n)),
@@ -1160,7 +1172,14 @@ mod tests {
             ("k=3Dv=\r\nw=\nx", "k=vwx"),
             ("ab cd\r\nef\tgh", "abcdefgh"),
             // Not escapes: read as they are.
-            ("a=b&c=d%zz\\q=3d&unknown;", "a=b&c=d%zz\\q=3d&unknown;"),
+            (
+                "a=b&c=d%zz=3d&unknown;\\\u{e9}",
+                "a=b&c=d%zz=3d&unknown;\\\u{e9}",
+            ),
+            // A letter after `\\` that begins no escape is itself, as
+            // JavaScript reads it; JSON's control escapes are blanks.
+            ("\\Q\\w\\E\\8", "qwe8"),
+            ("a\\nb\\tc\\r\\nd\\be\\ff\\vg", "abcdefg"),
             ("\u{e4}&#xe4;", "\u{e4}\u{e4}"),
             // Re-review: more escapes, and invisible characters.
             (
@@ -1199,7 +1218,7 @@ mod tests {
             ("&#7 5;\\1 13%25 4b", "5;13%4b", "kkk"),
             ("\\ %4b", "\\k", "%4b"),
             ("a\\\nu0051=\r\n3D", "au00513d", "aq="),
-            ("% zz&# ;\\ q", "%zz&#;\\q", "%zz&#;\\q"),
+            ("% zz&# ;\\ q", "%zz&#;\\q", "%zz&#;q"),
         ] {
             assert_eq!(text(hay), written, "{hay:?} as written");
             assert_eq!(through(hay), seen, "{hay:?} read through");
