@@ -221,14 +221,17 @@ thread_local! {
 /// One kind of reading of `text` in `r`: as written; through blanks and
 /// what a reader does not see (none where it would read as written); and
 /// the same keeping line breaks after `\\` and `=` where one follows them
-/// (none elsewhere). Which of the three were made; `tags`: escapes of tag
-/// characters read as the ASCII they mirror.
-fn kind(text: &[u8], tags: bool, r: &mut [reading::Reading]) -> [bool; 3] {
+/// (none elsewhere). Which of the three were made; `mode` says how tags
+/// and `\\` read.
+fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 3] {
     let plain = reading::Mode {
         breaks: false,
-        tags,
+        ..mode
     };
-    let lines = reading::Mode { breaks: true, tags };
+    let lines = reading::Mode {
+        breaks: true,
+        ..mode
+    };
     reading::read(text, &mut r[0], plain);
     let through = reading::read_through(text, &mut r[1], plain);
     let kept = memchr::memchr2_iter(b'\\', b'=', text)
@@ -239,8 +242,9 @@ fn kind(text: &[u8], tags: bool, r: &mut [reading::Reading]) -> [bool; 3] {
 
 /// Ways to take tag characters (U+E0020-U+E007E): as written and as
 /// escaped, each read as nothing or as the ASCII it mirrors (fullwidth
-/// forms as written go with written tags).
-const KINDS: usize = 4;
+/// forms as written go with written tags); and `\\` before hex digits
+/// as CSS reads it.
+const KINDS: usize = 5;
 
 /// The readings of `text` the scrubber searches, made in `r`: the
 /// [kinds](kind) of reading that take tag characters as nothing; where an
@@ -256,26 +260,37 @@ const KINDS: usize = 4;
 /// ([`reading::cut_escape`]), as written or as mirrored (fullwidth forms
 /// count one character each where none is mirrored, so a fullwidth
 /// `＼ｕ｛` and many zeros cut by a frame needs it as a written one does).
+/// Where a `\\` comes before a hex digit, the text is read as CSS reads it
+/// too (tags as nothing: CSS escapes of tags are read as tags elsewhere).
 fn readings_of<'a>(
     text: &[u8],
     r: &'a mut [reading::Reading; KINDS * 3],
 ) -> ([&'a reading::Reading; KINDS * 3], usize, Option<usize>) {
     let mut made = [false; KINDS * 3];
-    made[..3].copy_from_slice(&kind(text, false, &mut r[..3]));
+    let plain = reading::Mode::default();
+    let tags = reading::Mode {
+        tags: true,
+        ..plain
+    };
+    made[..3].copy_from_slice(&kind(text, plain, &mut r[..3]));
     let escaped =
         |r: &[reading::Reading], made: &[bool]| r.iter().zip(made).any(|(r, m)| *m && r.tags);
     if escaped(&r[..3], &made[..3]) {
-        made[3..6].copy_from_slice(&kind(text, true, &mut r[3..6]));
+        made[3..6].copy_from_slice(&kind(text, tags, &mut r[3..6]));
+    }
+    if reading::has_css_escape(text) {
+        let css = reading::Mode { css: true, ..plain };
+        made[12..15].copy_from_slice(&kind(text, css, &mut r[12..15]));
     }
     let mut cut = reading::cut_escape(text);
     if reading::has_mirrors(text) {
         let mut u = reading::Mirrored::default();
         reading::mirror(text, &mut u);
-        made[6..9].copy_from_slice(&kind(&u.bytes, true, &mut r[6..9]));
+        made[6..9].copy_from_slice(&kind(&u.bytes, tags, &mut r[6..9]));
         if escaped(&r[6..9], &made[6..9]) {
-            made[9..].copy_from_slice(&kind(&u.bytes, false, &mut r[9..]));
+            made[9..12].copy_from_slice(&kind(&u.bytes, plain, &mut r[9..12]));
         }
-        for (r, _) in r[6..].iter_mut().zip(&made[6..]).filter(|(_, m)| **m) {
+        for (r, _) in r[6..12].iter_mut().zip(&made[6..12]).filter(|(_, m)| **m) {
             r.map_back(&u);
         }
         if let Some(c) = reading::cut_escape(&u.bytes) {
@@ -1641,6 +1656,26 @@ mod tests {
         overwritten_in_a_json_string(&s, &identity);
     }
 
+    /// Session 12: CSS's escapes, as OWASP's and ESAPI's CSS encoders
+    /// write a key (`sk\\2d live\\2d …`), with six digits, and each byte.
+    #[test]
+    fn css_escapes_hide_nothing() {
+        let secret = "sk-live_QwErTy7UiOp9";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let encoder: String = secret
+            .chars()
+            .map(|c| match c {
+                c if c.is_ascii_alphanumeric() => c.to_string(),
+                c => format!("\\{:x} ", u32::from(c)),
+            })
+            .collect();
+        let six: String = secret.bytes().map(|b| format!("\\{b:06X}")).collect();
+        let each: String = secret.bytes().map(|b| format!("\\{b:x} ")).collect();
+        for case in [encoder, six, each] {
+            overwritten_in_a_json_string(&s, &case);
+        }
+    }
+
     /// Review: bytes that could begin the secret waited for the next frame
     /// and others did not, so a caller timing its own echoed guesses read
     /// the key byte by byte. What waits is the last `reach - 1` bytes
@@ -1823,7 +1858,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..19, 1..12),
+            pieces in proptest::collection::vec(0usize..20, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -1865,6 +1900,7 @@ mod tests {
                     15 => secret.bytes().map(|b| tags(&format!("%{b:02X}"))).collect::<Vec<_>>().join(&gap),
                     16 => secret.bytes().map(|b| wide(&format!("\\u{{{b:0>1000x}}}"))).collect(),
                     17 => secret.bytes().map(|b| format!("\\N{{{}}}{gap}", name_of(b))).collect(),
+                    18 => secret.bytes().map(|b| format!("\\{b:x} {gap}")).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());

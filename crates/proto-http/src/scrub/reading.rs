@@ -32,6 +32,42 @@ pub(super) struct Mode {
     /// they are [mirrored](mirror) before, since the ASCII they mirror may
     /// itself spell escapes.
     pub tags: bool,
+    /// `\\` and hex digits read as CSS reads them ([`css_escape`]), not
+    /// as C's octal or JavaScript's identity escapes.
+    pub css: bool,
+}
+
+/// Whether `hay` holds a `\\` before a hex digit: where a CSS reading
+/// differs from the others.
+pub(super) fn has_css_escape(hay: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', hay).any(|i| hay.get(i + 1).is_some_and(u8::is_ascii_hexdigit))
+}
+
+/// CSS's escape at `hay[i..]`: `\\`, one to six hex digits and one blank
+/// after them, if there is one (OWASP's and ESAPI's CSS encoders write a
+/// key's `-` as `\\2d `; C reads `\\2` as octal, and the key passed:
+/// session 12). What CSS reads as U+FFFD (zero, a surrogate, past
+/// U+10FFFF) is that.
+fn css_escape(hay: &[u8], i: usize) -> (Option<char>, usize) {
+    let digits = hay[i + 1..]
+        .iter()
+        .take(6)
+        .take_while(|d| d.is_ascii_hexdigit())
+        .count();
+    let v = hay[i + 1..i + 1 + digits]
+        .iter()
+        .fold(0u32, |v, d| v * 16 + hex(*d).unwrap_or(0));
+    let mut used = 1 + digits;
+    used += match hay.get(i + used..) {
+        Some([b'\r', b'\n', ..]) => 2,
+        Some([b' ' | b'\t' | b'\n' | b'\r' | b'\x0c', ..]) => 1,
+        _ => 0,
+    };
+    let ch = match v {
+        0 => '\u{fffd}',
+        v => char::from_u32(v).unwrap_or('\u{fffd}'),
+    };
+    (Some(ch), used)
 }
 
 /// The ASCII a tag character (U+E0020-U+E007E) mirrors. A person sees
@@ -552,9 +588,12 @@ fn continuation(hay: &[u8], j: usize) -> Option<usize> {
 
 /// One escape at `hay[i..]`: the character it stands for (`None` for a
 /// soft line break, which stands for nothing) and its length.
-fn escape(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
+fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
     let c = |v: u32| char::from_u32(v).map(Some);
     match hay[i] {
+        b'\\' if css && hay.get(i + 1).is_some_and(u8::is_ascii_hexdigit) => {
+            Some(css_escape(hay, i))
+        }
         b'\\' => match *hay.get(i + 1)? {
             b'u' | b'U' => code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used)),
             // Octal, as C and JavaScript write `\163`.
@@ -769,8 +808,9 @@ fn named_ascii(name: &[u8]) -> Option<u8> {
 
 /// Whether the escape at `hay[i]` writes a byte (`%XX`, `%25XX`, `\\xXX`,
 /// octal `\\ooo`, quoted-printable `=XX`) rather than a character.
-fn writes_a_byte(hay: &[u8], i: usize) -> bool {
+fn writes_a_byte(hay: &[u8], i: usize, css: bool) -> bool {
     match hay[i] {
+        b'\\' if css && hay.get(i + 1).is_some_and(u8::is_ascii_hexdigit) => false,
         b'%' => !matches!(hay.get(i + 1), Some(b'u' | b'U')),
         b'\\' => match hay.get(i + 1) {
             Some(b'x' | b'X') => hay.get(i + 2) != Some(&b'{'),
@@ -787,8 +827,8 @@ fn writes_a_byte(hay: &[u8], i: usize) -> bool {
 /// `\\xe2\\x80\\x8b`, `=E2=80=8B`) is that character: a fullwidth letter
 /// or an invisible character percent-encoded had read as three Latin-1
 /// letters and hidden the secret around it (session 11).
-fn decoded(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
-    let first = escape(hay, i)?;
+fn decoded(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
+    let first = escape(hay, i, css)?;
     let (Some(ch), mut used) = first else {
         return Some(first);
     };
@@ -798,15 +838,15 @@ fn decoded(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
         0xF0..=0xF4 => 4,
         _ => return Some(first),
     };
-    if !writes_a_byte(hay, i) {
+    if !writes_a_byte(hay, i, css) {
         return Some(first);
     }
     let mut utf8 = [0u8; 4];
     utf8[0] = u32::from(ch) as u8;
     for byte in utf8.iter_mut().take(n).skip(1) {
         let j = i + used;
-        let next = (j < hay.len() && writes_a_byte(hay, j))
-            .then(|| escape(hay, j))
+        let next = (j < hay.len() && writes_a_byte(hay, j, css))
+            .then(|| escape(hay, j, css))
             .flatten();
         match next {
             Some((Some(c), u)) if (0x80..=0xBF).contains(&u32::from(c)) => {
@@ -1006,11 +1046,11 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, mode: Mode) -> bool {
     let differs = seen.bytes.iter().enumerate().any(|(k, b)| {
         matches!(b, b'\\' | b'&' | b'%' | b'=') && {
             let i = seen.at[k] as usize;
-            let through = decoded(&seen.bytes, k).and_then(|(ch, used)| {
+            let through = decoded(&seen.bytes, k, mode.css).and_then(|(ch, used)| {
                 let last = *seen.at.get(k + used.checked_sub(1)?)? as usize;
                 Some((ch, last + 1 - i))
             });
-            decoded(hay, i) != through
+            decoded(hay, i, mode.css) != through
         }
     });
     if !differs {
@@ -1070,7 +1110,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             i += n;
             continue;
         }
-        let Some((ch, used)) = decoded(hay, i) else {
+        let Some((ch, used)) = decoded(hay, i, mode.css) else {
             out.push_all(&[b], i, i + 1);
             i += 1;
             continue;
@@ -1240,9 +1280,10 @@ mod tests {
             ),
             breaks in proptest::bool::ANY,
             tags in proptest::bool::ANY,
+            css in proptest::bool::ANY,
         ) {
             let hay = parts.concat();
-            let mode = Mode { breaks, tags };
+            let mode = Mode { breaks, tags, css };
             let mut through = Reading::default();
             if !read_through(hay.as_bytes(), &mut through, mode) {
                 let seen = Seen::of(hay.as_bytes(), mode.breaks);
@@ -1371,6 +1412,31 @@ mod tests {
             tags,
         );
         assert_eq!((r.text.as_slice(), r.tags), (&b"s1"[..], true));
+    }
+
+    /// CSS's escapes: one to six hex digits and a blank after them; what
+    /// CSS reads as U+FFFD.
+    #[test]
+    fn css_escapes_read_as_css_reads_them() {
+        let css = Mode {
+            css: true,
+            ..Mode::default()
+        };
+        for (hay, want) in [
+            ("sk\\2d live\\2D x", "sk-live-x"),
+            ("\\73\\6b\\00002d\\0000411", "sk-a1"),
+            ("a\\2d\r\nb\\2d\tc", "a-b-c"),
+            ("\\0 \\d800 \\110000 z", "\u{fffd}\u{fffd}\u{fffd}z"),
+            ("\\qq\\-\\u0073", "qq-s"),
+        ] {
+            let mut r = Reading::default();
+            read(hay.as_bytes(), &mut r, css);
+            assert_eq!(String::from_utf8(r.text).unwrap(), want, "{hay}");
+        }
+        assert!(has_css_escape(b"a\\2d"));
+        assert!(!has_css_escape(b"a\\n\\\"\\u"));
+        // As C reads `\\2d`: an octal 2 (nothing) and `d`.
+        assert_eq!(text("sk\\2d live"), "skdlive");
     }
 
     #[test]
