@@ -1042,17 +1042,26 @@ pub(super) fn read_through(hay: &[u8], out: &mut Reading, mode: Mode) -> bool {
     out.tags = false;
     // Both readings drop the same bytes and read the rest the same but
     // at an escape's first byte: where each of those reads alike, so do
-    // the readings.
-    let differs = seen.bytes.iter().enumerate().any(|(k, b)| {
-        matches!(b, b'\\' | b'&' | b'%' | b'=') && {
-            let i = seen.at[k] as usize;
-            let through = decoded(&seen.bytes, k, mode.css).and_then(|(ch, used)| {
-                let last = *seen.at.get(k + used.checked_sub(1)?)? as usize;
-                Some((ch, last + 1 - i))
-            });
-            decoded(hay, i, mode.css) != through
+    // the readings. Walked as the reading walks, from one escape's end to
+    // the next: the second `\\` of `\\\\ b` begins none (checked as one,
+    // it read `\\b` through the blank, and every part of a JSON answer
+    // with `\\\\` in it was read twice: session 12).
+    let mut differs = false;
+    let mut k = 0;
+    while k < seen.bytes.len() && !differs {
+        if !matches!(seen.bytes[k], b'\\' | b'&' | b'%' | b'=') {
+            k += 1;
+            continue;
         }
-    });
+        let i = seen.at[k] as usize;
+        let through = decoded(&seen.bytes, k, mode.css);
+        let spans = through.and_then(|(ch, used)| {
+            let last = *seen.at.get(k + used.checked_sub(1)?)? as usize;
+            Some((ch, last + 1 - i))
+        });
+        differs = decoded(hay, i, mode.css) != spans;
+        k += through.map_or(1, |(_, used)| used);
+    }
     if !differs {
         return false;
     }
