@@ -220,6 +220,11 @@ fn mirror_at(hay: &[u8], i: usize) -> Option<(&'static [u8], usize)> {
 /// [mirroring](mirror) it changes how its escapes read. Fullwidth
 /// punctuation in Chinese or Japanese text (`，`, `：`) does not.
 pub(super) fn has_mirrors(hay: &[u8]) -> bool {
+    // Most parts are ASCII, checked a word at a time: a byte at a time,
+    // this was 3% of an escape-heavy JSON answer's time.
+    if hay.is_ascii() {
+        return false;
+    }
     let mut i = next_lead(hay, 0);
     while i < hay.len() {
         match mirror_at(hay, i) {
