@@ -325,16 +325,26 @@ fn clean_before(readings: &[&reading::Reading], mut p: usize) -> usize {
     }
 }
 
-/// Where a character begins in every reading, at or after `p`.
-fn clean_after(readings: &[&reading::Reading], mut p: usize) -> Option<usize> {
+/// Where no reading has a character that begins before and ends after,
+/// at or after `p`: a character's first byte in each reading that has
+/// one there, and past the last character in one that has none. (Where a
+/// reading read nothing past `p`, a run of what reads as nothing, tags
+/// or U+E0001 over 64 KiB, there was no such point, and nothing waited:
+/// a key written in tags after the run went out halved, session 12's
+/// review.)
+fn clean_after(readings: &[&reading::Reading], mut p: usize) -> usize {
     let after = |r: &reading::Reading, p: usize| {
         let k = r.from.partition_point(|&f| (f as usize) < p);
-        r.from.get(k).map(|&f| f as usize)
+        match (r.from.get(k), k.checked_sub(1)) {
+            (Some(&f), _) => f as usize,
+            (None, Some(last)) => p.max(r.to[last] as usize),
+            (None, None) => p,
+        }
     };
     loop {
-        let q = readings.iter().try_fold(p, |q, r| after(r, q))?;
+        let q = readings.iter().fold(p, |q, r| after(r, q));
         if q == p {
-            return Some(q);
+            return q;
         }
         p = q;
     }
@@ -523,7 +533,7 @@ impl Scrubber {
                 // At most [`MAX_HELD`] waits: from the first character
                 // that begins past it, still a clean start (a cap at a
                 // byte count had split a run of `\\`: re-review).
-                clean_after(readings, floor - part.start).map_or(hay.len(), |p| part.start + p)
+                part.start + clean_after(readings, floor - part.start)
             } else {
                 part.start + last
             };
@@ -1844,6 +1854,46 @@ mod tests {
                     !String::from_utf8_lossy(&out).contains("4f9a8b7c"),
                     "cut at {cut}"
                 );
+            }
+        }
+    }
+
+    /// Session 12's review: past [`MAX_HELD`] of what reads as nothing
+    /// (U+E0001, zero-width spaces, tags), a reading with no character
+    /// left had made nothing wait, and a key written in tags after the
+    /// run went out in halves.
+    #[tokio::test]
+    async fn a_run_of_nothing_past_the_cap_still_holds_the_end() {
+        let secret = "sk-LIVE-9f2Qx7Ab4Zk8Tq8w";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let in_tags: String = secret
+            .bytes()
+            .filter_map(|b| char::from_u32(0xE0000 + u32::from(b)))
+            .collect();
+        let mirrored = |out: &[u8]| -> String {
+            String::from_utf8_lossy(out)
+                .chars()
+                .filter_map(|c| match u32::from(c) {
+                    v @ 0xE0021..=0xE007E => Some(char::from((v - 0xE0000) as u8)),
+                    0xE0001 | 0x200B | 0xE0020 => None,
+                    _ => Some(c),
+                })
+                .collect()
+        };
+        for run in [
+            "\u{e0001}".repeat(20_000),
+            "\u{200b}".repeat(30_000),
+            "\u{e0020}".repeat(20_000),
+        ] {
+            let whole = format!("{run}{in_tags}");
+            for back in [4, 40, 48, 80] {
+                let cut = whole.len() - back;
+                let (a, b) = whole.as_bytes().split_at(cut);
+                for streams in [false, true] {
+                    let out = streamed(&s, &[a, b], streams).await;
+                    assert_eq!(out.len(), whole.len());
+                    assert!(!mirrored(&out).contains(secret), "cut {back} from the end");
+                }
             }
         }
     }
