@@ -240,28 +240,55 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
     [true, through, breaks]
 }
 
-/// Ways to take tag characters (U+E0020-U+E007E): as written and as
-/// escaped, each read as nothing or as the ASCII it mirrors (fullwidth
-/// forms as written go with written tags); and `\\` before hex digits
-/// as CSS reads it.
-const KINDS: usize = 5;
+/// The most kinds of reading a part gets ([`readings_of`]): as written,
+/// with escaped tags as ASCII, as CSS reads `\\`, and mirrored (with tags
+/// mirrored and not) with escaped tags each way.
+const KINDS: usize = 7;
 
-/// The readings of `text` the scrubber searches, made in `r`: the
-/// [kinds](kind) of reading that take tag characters as nothing; where an
-/// escape read as a tag, again with escaped tags read as ASCII; and where
-/// tags (or fullwidth forms of escapes) are written as they are, the text
-/// [mirrored](reading::mirror) and
-/// read with escaped tags as ASCII, and as nothing where an escape read
-/// as one there. A person sees no tag and a model reads each as ASCII,
-/// and a text may mean the key one way here and the other there (session
-/// 12's review: escaped tags with written ones between). Most texts hold
-/// no tag: one kind. On the stack: a part near an escape is read on
-/// every frame. Also where a numeric escape the part's end cuts begins
-/// ([`reading::cut_escape`]), as written or as mirrored (fullwidth forms
-/// count one character each where none is mirrored, so a fullwidth
-/// `＼ｕ｛` and many zeros cut by a frame needs it as a written one does).
-/// Where a `\\` comes before a hex digit, the text is read as CSS reads it
-/// too (tags as nothing: CSS escapes of tags are read as tags elsewhere).
+/// The next three slots of [`readings_of`]'s readings.
+fn next(slot: &mut usize) -> std::ops::Range<usize> {
+    *slot += 3;
+    *slot - 3..*slot
+}
+
+/// One [kind](kind) of reading of `t` in `r` (three slots), mapped back
+/// through `m` where `t` is a mirrored text; whether an escape in it read
+/// as a tag.
+fn kind_in(
+    t: &[u8],
+    mode: reading::Mode,
+    m: Option<&reading::Mirrored>,
+    r: &mut [reading::Reading],
+    made: &mut [bool],
+) -> bool {
+    made.copy_from_slice(&kind(t, mode, r));
+    for (r, _) in r.iter_mut().zip(made.iter()).filter(|(_, m)| **m) {
+        if let Some(m) = m {
+            r.map_back(m);
+        }
+    }
+    r.iter().zip(made.iter()).any(|(r, m)| *m && r.tags)
+}
+
+/// The readings of `text` the scrubber searches, made in `r`, and where
+/// a numeric escape the part's end cuts begins ([`reading::cut_escape`],
+/// as written or mirrored). On the stack: a part near an escape is read
+/// on every frame. Tag characters (U+E0020-U+E007E) are nothing to a
+/// person and the ASCII they mirror to a model, and a text may mean the
+/// key one way here and the other there (session 12's reviews): so
+/// - the kinds that take tags as nothing, and where an escape read as a
+///   tag, again with escaped tags read as ASCII;
+/// - where a `\\` comes before a hex digit, as CSS reads it;
+/// - where tags or characters a model reads as what escapes are written
+///   with (`％７３`, `𝟕`) are written as they are, the text
+///   [mirrored](reading::mirror) before its escapes are read, with written
+///   tags mirrored and (where there are other mirrors too) left to drop,
+///   each with escaped tags read as ASCII and, where one read so, as
+///   nothing.
+///
+/// Most texts get one kind. (A fullwidth `＼ｕ｛` and many zeros cut by a
+/// frame needs [`reading::cut_escape`] in the mirrored text as a written
+/// one does.)
 fn readings_of<'a>(
     text: &[u8],
     r: &'a mut [reading::Reading; KINDS * 3],
@@ -272,26 +299,31 @@ fn readings_of<'a>(
         tags: true,
         ..plain
     };
-    made[..3].copy_from_slice(&kind(text, plain, &mut r[..3]));
-    let escaped =
-        |r: &[reading::Reading], made: &[bool]| r.iter().zip(made).any(|(r, m)| *m && r.tags);
-    if escaped(&r[..3], &made[..3]) {
-        made[3..6].copy_from_slice(&kind(text, tags, &mut r[3..6]));
+    let mut slot = 0;
+    let at = next(&mut slot);
+    if kind_in(text, plain, None, &mut r[at.clone()], &mut made[at]) {
+        let at = next(&mut slot);
+        kind_in(text, tags, None, &mut r[at.clone()], &mut made[at]);
     }
     if reading::has_css_escape(text) {
         let css = reading::Mode { css: true, ..plain };
-        made[12..15].copy_from_slice(&kind(text, css, &mut r[12..15]));
+        let at = next(&mut slot);
+        kind_in(text, css, None, &mut r[at.clone()], &mut made[at]);
     }
     let mut cut = reading::cut_escape(text);
-    if reading::has_mirrors(text) {
+    let mirrors = reading::has_mirrors(text);
+    let ways: &[bool] = match (mirrors.tags, mirrors.others) {
+        (true, true) => &[true, false],
+        (true, false) | (false, true) => &[true],
+        (false, false) => &[],
+    };
+    for &with_tags in ways {
         let mut u = reading::Mirrored::default();
-        reading::mirror(text, &mut u);
-        made[6..9].copy_from_slice(&kind(&u.bytes, tags, &mut r[6..9]));
-        if escaped(&r[6..9], &made[6..9]) {
-            made[9..12].copy_from_slice(&kind(&u.bytes, plain, &mut r[9..12]));
-        }
-        for (r, _) in r[6..12].iter_mut().zip(&made[6..12]).filter(|(_, m)| **m) {
-            r.map_back(&u);
+        reading::mirror(text, &mut u, with_tags);
+        let at = next(&mut slot);
+        if kind_in(&u.bytes, tags, Some(&u), &mut r[at.clone()], &mut made[at]) {
+            let at = next(&mut slot);
+            kind_in(&u.bytes, plain, Some(&u), &mut r[at.clone()], &mut made[at]);
         }
         if let Some(c) = reading::cut_escape(&u.bytes) {
             let c = u.from[c] as usize;
@@ -1531,6 +1563,53 @@ mod tests {
                 .map(|b| format!("%{}", wide(&format!("{b:02x}"))))
                 .collect(),
         );
+        // Session 12's second review: fullwidth escapes with written tags
+        // between them, or inside them (a reader may strip tags first);
+        // small forms and superscripts that spell escapes.
+        let each_wide: Vec<String> = secret.bytes().map(|b| wide(&format!("%{b:02X}"))).collect();
+        cases.push(each_wide.join(&z));
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| {
+                    let hex = wide(&format!("{b:02X}"));
+                    let (one, two) = hex.split_at(3);
+                    format!("\u{ff05}{one}{z}{two}")
+                })
+                .collect(),
+        );
+        let small = |s: &str| -> String {
+            s.chars()
+                .map(|c| match c {
+                    '%' => '\u{fe6a}',
+                    '\\' => '\u{fe68}',
+                    '&' => '\u{fe60}',
+                    '#' => '\u{fe5f}',
+                    ';' => '\u{fe54}',
+                    c => c,
+                })
+                .collect()
+        };
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| small(&format!("%{b:02X}")))
+                .collect(),
+        );
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| small(&format!("\\u{b:04x}")))
+                .collect(),
+        );
+        cases.push(secret.bytes().map(|b| small(&format!("&#{b};"))).collect());
+        let sup = |s: &str| -> String {
+            const SUP: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+            s.chars()
+                .map(|c| c.to_digit(10).map_or(c, |d| SUP[d as usize]))
+                .collect()
+        };
+        cases.push(secret.bytes().map(|b| sup(&format!("&#{b};"))).collect());
         for case in &cases {
             overwritten_in_a_json_string(&s, case);
         }

@@ -219,28 +219,32 @@ fn mirror_at(hay: &[u8], i: usize) -> Option<(&'static [u8], usize)> {
 /// `＃`, `；`, braces, letters and digits, fullwidth or otherwise): where
 /// [mirroring](mirror) it changes how its escapes read. Fullwidth
 /// punctuation in Chinese or Japanese text (`，`, `：`) does not.
-pub(super) fn has_mirrors(hay: &[u8]) -> bool {
+pub(super) fn has_mirrors(hay: &[u8]) -> Mirrors {
+    let mut found = Mirrors::default();
     // Most parts are ASCII, checked a word at a time: a byte at a time,
     // this was 3% of an escape-heavy JSON answer's time.
     if hay.is_ascii() {
-        return false;
+        return found;
     }
+    let escapes = |b: &u8| b.is_ascii_alphanumeric() || b"\\%&=#;{}".contains(b);
     let mut i = next_lead(hay, 0);
-    while i < hay.len() {
+    while i < hay.len() && !(found.tags && found.others) {
         match mirror_at(hay, i) {
-            Some((_, 4)) if hay[i] == 0xF3 => return true,
-            Some((ascii, _))
-                if ascii
-                    .iter()
-                    .any(|b| b.is_ascii_alphanumeric() || b"\\%&=#;{}".contains(b)) =>
-            {
-                return true;
-            }
+            Some(_) if hay[i] == 0xF3 => found.tags = true,
+            Some((ascii, _)) if ascii.iter().any(escapes) => found.others = true,
             _ => {}
         }
         i = next_lead(hay, i + 1);
     }
-    false
+    found
+}
+
+/// What [`has_mirrors`] found: tag characters written as they are, and
+/// other characters a model reads as what escapes are written with.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(super) struct Mirrors {
+    pub tags: bool,
+    pub others: bool,
 }
 
 /// A text with each character that mirrors ASCII (a tag character, a
@@ -255,8 +259,11 @@ pub(super) struct Mirrored {
     pub to: Vec<u32>,
 }
 
-/// `hay` [mirrored](Mirrored) into `out` (cleared first).
-pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
+/// `hay` [mirrored](Mirrored) into `out` (cleared first); tag characters
+/// too where `tags` says so, left as they are (for the readings to drop)
+/// where not: a reader may strip tags and then read fullwidth escapes
+/// (session 12's second review).
+pub(super) fn mirror(hay: &[u8], out: &mut Mirrored, tags: bool) {
     out.bytes.clear();
     out.from.clear();
     out.to.clear();
@@ -270,7 +277,9 @@ pub(super) fn mirror(hay: &[u8], out: &mut Mirrored) {
         if i == hay.len() {
             break;
         }
-        let (bytes, n) = mirror_at(hay, i).unwrap_or((&hay[i..i + 1], 1));
+        let (bytes, n) = mirror_at(hay, i)
+            .filter(|_| tags || hay[i] != 0xF3)
+            .unwrap_or((&hay[i..i + 1], 1));
         for &b in bytes {
             out.bytes.push(b);
             out.from.push(i as u32);
@@ -1326,7 +1335,7 @@ mod tests {
             let mut r = Reading::default();
             if untagged {
                 let mut u = Mirrored::default();
-                mirror(hay.as_bytes(), &mut u);
+                mirror(hay.as_bytes(), &mut u, true);
                 read(&u.bytes, &mut r, mode);
                 r.map_back(&u);
             } else {
@@ -1361,15 +1370,33 @@ mod tests {
             .filter_map(|c| char::from_u32(0xE0000 + u32::from(c)))
             .collect();
         assert_eq!(text(&spelled, Mode::default(), true), "sk-");
-        assert!(has_mirrors(spelled.as_bytes()));
-        assert!(!has_mirrors("\u{e0001}\u{e007f}\u{1f3f4}".as_bytes()));
+        let both = Mirrors {
+            tags: true,
+            others: true,
+        };
+        let none = Mirrors::default();
+        assert_eq!(
+            has_mirrors(spelled.as_bytes()),
+            Mirrors {
+                others: false,
+                ..both
+            }
+        );
+        assert_eq!(has_mirrors("\u{e0001}\u{e007f}\u{1f3f4}".as_bytes()), none);
+        assert_eq!(has_mirrors("\u{e0073}\u{ff05}".as_bytes()), both);
         // Fullwidth forms too, but not the punctuation of CJK text.
         assert_eq!(text("％７３＼ｕ００６Ｂ", Mode::default(), true), "sk");
-        assert!(!has_mirrors("你好，世界：（一）".as_bytes()));
-        assert!(has_mirrors("２０２６年".as_bytes()));
+        assert_eq!(has_mirrors("你好，世界：（一）".as_bytes()), none);
+        assert_eq!(
+            has_mirrors("２０２６年".as_bytes()),
+            Mirrors {
+                tags: false,
+                ..both
+            }
+        );
         // And what else a model reads as ASCII: `%𝟕𝟑`.
         assert_eq!(text("%\u{1d7d5}\u{1d7d1}", Mode::default(), true), "s");
-        assert!(!has_mirrors("\u{1f600} “quoted” – ok".as_bytes()));
+        assert_eq!(has_mirrors("\u{1f600} “quoted” – ok".as_bytes()), none);
         // Every mirror is what it mirrors.
         for v in (0xE0021..=0xE007E).chain(0xFF01..=0xFF5E) {
             let ch = char::from_u32(v).unwrap();
