@@ -1610,6 +1610,28 @@ mod tests {
                 .collect()
         };
         cases.push(secret.bytes().map(|b| sup(&format!("&#{b};"))).collect());
+        // Leading zeros after an escape's start written otherwise, or
+        // after what reads as nothing (the window ended 192 bytes in).
+        let zeros = "0".repeat(300);
+        for start in [
+            wide("&#x"),
+            format!("&#{}", wide("x")),
+            spell("&#x"),
+            "&#x\u{200b}".into(),
+        ] {
+            cases.push(
+                secret
+                    .bytes()
+                    .map(|b| format!("{start}{zeros}{b:x};"))
+                    .collect(),
+            );
+        }
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\u{{\u{200b}{zeros}{b:x}}}"))
+                .collect(),
+        );
         for case in &cases {
             overwritten_in_a_json_string(&s, case);
         }

@@ -350,18 +350,69 @@ pub(super) const ESCAPE_WIDTH: usize = MAX_NAME + 4;
 /// The longest character name read in `\\N{…}`.
 const MAX_NAME: usize = 60;
 
-/// The zeros that follow `&#`, `&#x` or `\\u{` at `sq[p]` (squeezed:
-/// lower case, no blanks). A browser reads `&#x` with any number of
-/// leading zeros, and JavaScript `\\u{…}` too; a bound on them had let a
-/// secret through with one zero more than it (session 11).
+/// How many bytes from `sq[p]` (squeezed: lower case, no blanks) an
+/// `&#`, `&#x`, `\\u{` or `\\x{` and the zeros after it span (none where
+/// no zero follows). A browser reads `&#x` with any number of leading
+/// zeros, and JavaScript `\\u{…}` too; a bound on them had let a secret
+/// through with one zero more than it (session 11).
 pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
-    let digits_at = match sq.get(p..) {
-        Some([b'&', b'#', b'x', ..]) => p + 3,
-        Some([b'&', b'#', ..]) => p + 2,
-        Some([b'\\', b'u' | b'x', b'{', ..]) => p + 3,
+    // Read as a model reads them: through what reads as nothing, and
+    // each character that reads as one ASCII byte as that byte (a
+    // fullwidth `＆＃ｘ`, or a zero-width space before the zeros, had
+    // ended the window 192 bytes in: session 12's second review).
+    // The escape begins at `p`: a trigger on what reads as nothing is
+    // not one (from each of a run of them, the search for what follows
+    // went over the rest of the run).
+    let first = match sq.get(p) {
+        Some(&b) if b < 0x80 => Some(b),
+        _ => mirror_at(sq, p).and_then(|(ascii, _)| match ascii {
+            &[b] => Some(b),
+            _ => None,
+        }),
+    };
+    if !matches!(first, Some(b'&' | b'\\')) {
+        return 0;
+    }
+    let mut i = p;
+    let prefix = [
+        seen_byte(sq, &mut i),
+        seen_byte(sq, &mut i),
+        seen_byte(sq, &mut i),
+    ];
+    let mut zeros = match prefix {
+        [Some(b'&'), Some(b'#'), Some(b'x')] => 0,
+        [Some(b'&'), Some(b'#'), Some(b'0')] => 1,
+        [Some(b'\\'), Some(b'u' | b'x'), Some(b'{')] => 0,
         _ => return 0,
     };
-    sq[digits_at..].iter().take_while(|b| **b == b'0').count()
+    let mut end = i;
+    while seen_byte(sq, &mut i) == Some(b'0') {
+        end = i;
+        zeros += 1;
+    }
+    if zeros == 0 { 0 } else { end - p }
+}
+
+/// The next byte of `sq[*i..]` as a model reads it (lower case), past
+/// what reads as nothing; `*i` moves past it. `None` at the end or at a
+/// character that is not one ASCII byte.
+fn seen_byte(sq: &[u8], i: &mut usize) -> Option<u8> {
+    loop {
+        let b = *sq.get(*i)?;
+        if b < 0x80 {
+            *i += 1;
+            return Some(b.to_ascii_lowercase());
+        }
+        if let Some((&[ascii], n)) = mirror_at(sq, *i) {
+            *i += n;
+            return Some(ascii.to_ascii_lowercase());
+        }
+        let (ch, n) = utf8_at(sq, *i)?;
+        if !invisible(ch) {
+            return None;
+        }
+        *i += n;
+    }
 }
 
 /// Where a numeric escape that runs to the end of `text` begins (`&#`,
@@ -422,7 +473,9 @@ pub(super) fn windows(sq: &[u8], triggers: &[usize], reach: usize) -> Vec<std::o
         let width = ESCAPE_WIDTH + zeros_after(sq, p);
         let (start, end) = (p.saturating_sub(reach), (p + width + reach).min(len));
         match parts.last_mut() {
-            Some(last) if start <= last.end => last.end = end,
+            // A later escape may end before an earlier one (a fullwidth
+            // `＃` after `＆` and its zeros): the part keeps the later end.
+            Some(last) if start <= last.end => last.end = last.end.max(end),
             _ => parts.push(start..end),
         }
     }
@@ -1512,15 +1565,20 @@ mod tests {
         assert_eq!(cut_escape(b"abx0000"), None);
         assert_eq!(cut_escape(b"\\{00"), None);
         assert_eq!(cut_escape(b""), None);
-        assert_eq!(zeros_after(b"&#x000041;", 0), 4);
-        assert_eq!(zeros_after(b"a\\u{00}", 1), 2);
-        assert_eq!(zeros_after(b"&#0", 0), 1);
+        assert_eq!(zeros_after(b"&#x000041;", 0), 7);
+        assert_eq!(zeros_after(b"a\\u{00}", 1), 5);
+        assert_eq!(zeros_after(b"&#0", 0), 3);
+        assert_eq!(zeros_after(b"&#x41", 0), 0);
         assert_eq!(zeros_after(b"&amp;", 0), 0);
+        // Through what reads as nothing, and mirrors (session 12).
+        let wide = "\u{ff06}\u{ff03}\u{ff58}\u{ff10}0\u{200b}0";
+        assert_eq!(zeros_after(wide.as_bytes(), 0), wide.len());
+        assert_eq!(zeros_after("&#x\u{200b}00".as_bytes(), 0), 8);
         // Windows reach past the zeros.
         let long = [&b"&#x"[..], &[b'0'; 500], b"41;", &[b'a'; 600]].concat();
         assert_eq!(
             windows(&long, &triggers(&long), 3),
-            vec![0..500 + ESCAPE_WIDTH + 3]
+            vec![0..3 + 500 + ESCAPE_WIDTH + 3]
         );
     }
 
