@@ -240,10 +240,10 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
     [true, through, breaks]
 }
 
-/// The most kinds of reading a part gets ([`readings_of`]): as written,
-/// with escaped tags as ASCII, as CSS reads `\\`, and mirrored (with tags
-/// mirrored and not) with escaped tags each way.
-const KINDS: usize = 7;
+/// The most kinds of reading a part gets ([`readings_of`]): as written
+/// and as CSS reads `\\`, each with escaped tags as nothing and as ASCII,
+/// and mirrored (with tags mirrored and not) with escaped tags each way.
+const KINDS: usize = 8;
 
 /// The next three slots of [`readings_of`]'s readings.
 fn next(slot: &mut usize) -> std::ops::Range<usize> {
@@ -278,7 +278,8 @@ fn kind_in(
 /// key one way here and the other there (session 12's reviews): so
 /// - the kinds that take tags as nothing, and where an escape read as a
 ///   tag, again with escaped tags read as ASCII;
-/// - where a `\\` comes before a hex digit, as CSS reads it;
+/// - where a `\\` comes before a hex digit, as CSS reads it, and again
+///   with escaped tags as ASCII where one read as a tag;
 /// - where tags or characters a model reads as what escapes are written
 ///   with (`％７３`, `𝟕`) are written as they are, the text
 ///   [mirrored](reading::mirror) before its escapes are read, with written
@@ -308,7 +309,11 @@ fn readings_of<'a>(
     if reading::has_css_escape(text) {
         let css = reading::Mode { css: true, ..plain };
         let at = next(&mut slot);
-        kind_in(text, css, None, &mut r[at.clone()], &mut made[at]);
+        if kind_in(text, css, None, &mut r[at.clone()], &mut made[at]) {
+            let at = next(&mut slot);
+            let css_tags = reading::Mode { css: true, ..tags };
+            kind_in(text, css_tags, None, &mut r[at.clone()], &mut made[at]);
+        }
     }
     let mut cut = reading::cut_escape(text);
     let mirrors = reading::has_mirrors(text);
@@ -1781,8 +1786,13 @@ mod tests {
             })
             .collect();
         let six: String = secret.bytes().map(|b| format!("\\{b:06X}")).collect();
+        // CSS escapes of tag characters (a model reads tags as ASCII).
+        let tags: String = secret
+            .bytes()
+            .map(|b| format!("\\{:x} ", 0xE0000 + u32::from(b)))
+            .collect();
         let each: String = secret.bytes().map(|b| format!("\\{b:x} ")).collect();
-        for case in [encoder, six, each] {
+        for case in [encoder, six, each, tags] {
             overwritten_in_a_json_string(&s, &case);
         }
     }
