@@ -373,6 +373,14 @@ pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
     if !matches!(first, Some(b'&' | b'\\')) {
         return 0;
     }
+    // Most escapes (`\\"`, `\\\\`, `&amp;`) are told from these at
+    // their second byte.
+    if sq
+        .get(p + 1)
+        .is_some_and(|b| b.is_ascii() && !matches!(b, b'#' | b'u' | b'x'))
+    {
+        return 0;
+    }
     let mut i = p;
     let prefix = [
         seen_byte(sq, &mut i),
