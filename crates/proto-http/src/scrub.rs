@@ -1696,6 +1696,12 @@ mod tests {
                 })
                 .collect(),
         );
+        // A `\\` before a letter a model reads as ASCII: JavaScript reads
+        // `\\ｆ` as `ｆ` (session 12's third review); U+037E, a Greek
+        // question mark, is `;` to NFKC.
+        let wide = |c: char| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c);
+        cases.push(secret.chars().map(|c| format!("\\{}", wide(c))).collect());
+        cases.push(secret.bytes().map(|b| format!("&#{b}\u{37e}")).collect());
         // Python's `\\N{…}`, and tags so named between the characters.
         cases.push(
             secret
@@ -1792,6 +1798,10 @@ mod tests {
             .map(|b| format!("\\{:x} ", 0xE0000 + u32::from(b)))
             .collect();
         let each: String = secret.bytes().map(|b| format!("\\{b:x} ")).collect();
+        // `\\x7A` is `x7A` to CSS (session 12's third review).
+        let x = format!("{}\\x7A{}", &secret[..8], &secret[8..]);
+        let x_key = format!("{}x7A{}", &secret[..8], &secret[8..]);
+        overwritten_in_a_json_string(&Scrubber::new(x_key.as_bytes()).unwrap(), &x);
         for case in [encoder, six, each, tags] {
             overwritten_in_a_json_string(&s, &case);
         }

@@ -37,10 +37,15 @@ pub(super) struct Mode {
     pub css: bool,
 }
 
-/// Whether `hay` holds a `\\` before a hex digit: where a CSS reading
-/// differs from the others.
+/// Whether `hay` holds a `\\` before a hex digit or an `x`: where a CSS
+/// reading differs most from the others (`\\x7A` is `x7A` to CSS, `z` to
+/// C; session 12's third review). Where CSS reads `\\t` as `t` and the
+/// others as a tab, no CSS reading is made: `\\n` and `\\t` fill JSON.
 pub(super) fn has_css_escape(hay: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', hay).any(|i| hay.get(i + 1).is_some_and(u8::is_ascii_hexdigit))
+    memchr::memchr_iter(b'\\', hay).any(|i| {
+        hay.get(i + 1)
+            .is_some_and(|b| b.is_ascii_hexdigit() || matches!(b, b'x' | b'X'))
+    })
 }
 
 /// CSS's escape at `hay[i..]`: `\\`, one to six hex digits and one blank
@@ -183,7 +188,7 @@ fn reads_other_at(sq: &[u8], p: usize) -> bool {
 /// (0xF3) and what [`compat`] reads as ASCII.
 static MIRROR_LEAD: [bool; 256] = {
     let mut t = [false; 256];
-    let lead = *b"\xC2\xC4\xC5\xC7\xCA\xCB\xE1\xE2\xE3\xEA\xEF\xF0\xF3";
+    let lead = *b"\xC2\xC4\xC5\xC7\xCA\xCB\xCD\xE1\xE2\xE3\xEA\xEF\xF0\xF3";
     let mut k = 0;
     while k < lead.len() {
         t[lead[k] as usize] = true;
@@ -652,6 +657,14 @@ pub(super) fn line_break_at(hay: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The character at `hay[i..]` and its length, ASCII or not.
+fn itself(hay: &[u8], i: usize) -> Option<(char, usize)> {
+    match *hay.get(i)? {
+        b if b.is_ascii() => Some((char::from(b), 1)),
+        _ => utf8_at(hay, i),
+    }
+}
+
 /// The length of a line continuation at `hay[j..]`: `\\` and a
 /// [line break](line_break_at).
 fn continuation(hay: &[u8], j: usize) -> Option<usize> {
@@ -666,9 +679,15 @@ fn continuation(hay: &[u8], j: usize) -> Option<usize> {
 fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
     let c = |v: u32| char::from_u32(v).map(Some);
     match hay[i] {
-        b'\\' if css && hay.get(i + 1).is_some_and(u8::is_ascii_hexdigit) => {
-            Some(css_escape(hay, i))
-        }
+        // CSS: hex digits, a line continued, or any other character as
+        // itself (`\\t` is `t` there, not a tab: session 12's third
+        // review).
+        b'\\' if css => match hay.get(i + 1)? {
+            d if d.is_ascii_hexdigit() => Some(css_escape(hay, i)),
+            _ => continuation(hay, i)
+                .map(|n| (None, n))
+                .or_else(|| itself(hay, i + 1).map(|(ch, n)| (Some(ch), 1 + n))),
+        },
         b'\\' => match *hay.get(i + 1)? {
             b'u' | b'U' => code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used)),
             // Octal, as C and JavaScript write `\163`.
@@ -707,7 +726,12 @@ fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
             b if b.is_ascii_alphanumeric() => Some((Some(b as char), 2)),
             // A line continued (shell, C, Python strings, JavaScript):
             // stands for nothing (re-review).
-            _ => continuation(hay, i).map(|n| (None, n)),
+            // Any other character after `\\` is itself to JavaScript (a
+            // fullwidth `\\ｆ` is `ｆ`, read as `f`: session 12's third
+            // review), unless the `\\` continues a line.
+            _ => continuation(hay, i)
+                .map(|n| (None, n))
+                .or_else(|| itself(hay, i + 1).map(|(ch, n)| (Some(ch), 1 + n))),
         },
         b'%' => {
             // IIS's `%u0073`.
@@ -857,11 +881,11 @@ fn named_ascii(name: &[u8]) -> Option<u8> {
         ("TILDE", b'~'),
     ];
     let ends = |word: &str| name.ends_with(word.as_bytes());
-    if let Some((k, _)) = DIGITS
-        .iter()
-        .enumerate()
-        .find(|(_, d)| ends(&format!("DIGIT{d}")))
-    {
+    if let Some((k, _)) = DIGITS.iter().enumerate().find(|(_, d)| {
+        // No string built per digit: `\\N{…}` may be every character.
+        name.strip_suffix(d.as_bytes())
+            .is_some_and(|head| head.ends_with(b"DIGIT"))
+    }) {
         return Some(b'0' + k as u8);
     }
     if let Some((_, b)) = PUNCTUATION.iter().find(|(n, _)| ends(n)) {
@@ -1271,6 +1295,16 @@ mod tests {
         }
         // 1,295 characters of Unicode 15 and the fullwidth punctuation.
         assert!((1200..1500).contains(&COMPAT.len()), "{}", COMPAT.len());
+        // Every one begins with a byte that triggers a reading and that
+        // mirroring looks at (U+037E's 0xCD was missing from the second:
+        // session 12's third review).
+        for (ch, _, _) in COMPAT.iter() {
+            let mut utf8 = [0; 4];
+            let bytes = ch.encode_utf8(&mut utf8).as_bytes();
+            assert!(MIRROR_LEAD[usize::from(bytes[0])], "{ch:?}");
+            assert!(!ORDINARY[usize::from(bytes[0])], "{ch:?}");
+            assert!(has_trigger(bytes), "{ch:?}");
+        }
     }
 
     #[test]
@@ -1297,8 +1331,8 @@ mod tests {
             ("ab cd\r\nef\tgh", "abcdefgh"),
             // Not escapes: read as they are.
             (
-                "a=b&c=d%zz=3d&unknown;\\\u{e9}",
-                "a=b&c=d%zz=3d&unknown;\\\u{e9}",
+                "a=b&c=d%zz=3d&unknown;\u{e9}",
+                "a=b&c=d%zz=3d&unknown;\u{e9}",
             ),
             // A letter after `\\` that begins no escape is itself, as
             // JavaScript reads it; JSON's control escapes are blanks.
@@ -1336,13 +1370,13 @@ mod tests {
         for (hay, written, seen) in [
             (
                 "\\ u0051% 4b%4 5&#\t89;&# x53;\\x\n45\\\u{200b}/%\u{a0}2b",
-                "\\u0051%4b%45&#89;&#x53;\\x45\\/%2b",
+                "u0051%4b%45&#89;&#x53;\\x45/%2b",
                 "qkeyse/+",
             ),
             ("&#7 5;\\1 13%25 4b", "5;13%4b", "kkk"),
-            ("\\ %4b", "\\k", "%4b"),
+            ("\\ %4b", "k", "%4b"),
             ("a\\\nu0051=\r\n3D", "au00513d", "aq="),
-            ("% zz&# ;\\ q", "%zz&#;\\q", "%zz&#;q"),
+            ("% zz&# ;\\ q", "%zz&#;q", "%zz&#;q"),
         ] {
             assert_eq!(text(hay), written, "{hay:?} as written");
             assert_eq!(through(hay), seen, "{hay:?} read through");
@@ -1529,7 +1563,10 @@ mod tests {
             ("\\73\\6b\\00002d\\0000411", "sk-a1"),
             ("a\\2d\r\nb\\2d\tc", "a-b-c"),
             ("\\0 \\d800 \\110000 z", "\u{fffd}\u{fffd}\u{fffd}z"),
-            ("\\qq\\-\\u0073", "qq-s"),
+            ("\\qq\\-\\u0073", "qq-u0073"),
+            // Not hex: the character itself, as CSS reads it (session
+            // 12's third review).
+            ("Q\\x7A\\t\\v", "qx7atv"),
         ] {
             let mut r = Reading::default();
             read(hay.as_bytes(), &mut r, css);
