@@ -215,7 +215,8 @@ thread_local! {
     static SQUEEZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for the [`reading::Reading`]s: as written, through
     /// blanks, and through blanks but line breaks after `\\` and `=`.
-    static READING: std::cell::RefCell<[reading::Reading; KINDS * 3]> = std::cell::RefCell::default();
+    static READING: std::cell::RefCell<[reading::Reading; KINDS * 3]> =
+        std::cell::RefCell::new(std::array::from_fn(|_| reading::Reading::default()));
 }
 
 /// One kind of reading of `text` in `r`: as written; through blanks and
@@ -242,8 +243,14 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
 
 /// The most kinds of reading a part gets ([`readings_of`]): as written
 /// and as CSS reads `\\`, each with escaped tags as nothing and as ASCII,
-/// and mirrored (with tags mirrored and not) with escaped tags each way.
-const KINDS: usize = 8;
+/// as the text is, decoded once and decoded twice; and mirrored (with
+/// tags mirrored and not) with escaped tags each way.
+const KINDS: usize = 16;
+
+/// How many times [`readings_of`] decodes a text before reading it: an
+/// escape escaped twice (JSON of JSON of `\\u0073`) is read; one
+/// escaped three times is not (docs/security.md).
+const AGAIN: usize = 2;
 
 /// The next three slots of [`readings_of`]'s readings.
 fn next(slot: &mut usize) -> std::ops::Range<usize> {
@@ -270,6 +277,32 @@ fn kind_in(
     r.iter().zip(made.iter()).any(|(r, m)| *m && r.tags)
 }
 
+/// The kinds of reading of `t` as written (mapped back through `m`
+/// where it stands for another text), from `slot` on: as written, and
+/// where a `\\` comes before a hex digit, as CSS reads it; each again
+/// with escaped tags read as ASCII where an escape read as a tag.
+fn written(
+    t: &[u8],
+    m: Option<&reading::Mirrored>,
+    r: &mut [reading::Reading; KINDS * 3],
+    made: &mut [bool; KINDS * 3],
+    slot: &mut usize,
+) {
+    let plain = reading::Mode::default();
+    let css = reading::has_css_escape(t);
+    for mode in [plain, reading::Mode { css: true, ..plain }] {
+        if mode.css && !css {
+            continue;
+        }
+        let at = next(slot);
+        if kind_in(t, mode, m, &mut r[at.clone()], &mut made[at]) {
+            let at = next(slot);
+            let tags = reading::Mode { tags: true, ..mode };
+            kind_in(t, tags, m, &mut r[at.clone()], &mut made[at]);
+        }
+    }
+}
+
 /// The readings of `text` the scrubber searches, made in `r`, and where
 /// a numeric escape the part's end cuts begins ([`reading::cut_escape`],
 /// as written or mirrored). On the stack: a part near an escape is read
@@ -285,7 +318,13 @@ fn kind_in(
 ///   [mirrored](reading::mirror) before its escapes are read, with written
 ///   tags mirrored and (where there are other mirrors too) left to drop,
 ///   each with escaped tags read as ASCII and, where one read so, as
-///   nothing.
+///   nothing;
+/// - where an escape writes what escapes are written with (`\\\\`,
+///   `%5C`, `&amp;`), the text [decoded once](reading::decode_once) and
+///   read again as written (as CSS too, with tags each way), and where
+///   that holds such an escape too, decoded twice: a key escaped and
+///   then escaped again (`\\\\u0073`, `%5Cu0073`, `&amp;#115;`, a CSS
+///   `\\2d ` in JSON) reads as the key.
 ///
 /// Most texts get one kind. (A fullwidth `＼ｕ｛` and many zeros cut by a
 /// frame needs [`reading::cut_escape`] in the mirrored text as a written
@@ -301,20 +340,7 @@ fn readings_of<'a>(
         ..plain
     };
     let mut slot = 0;
-    let at = next(&mut slot);
-    if kind_in(text, plain, None, &mut r[at.clone()], &mut made[at]) {
-        let at = next(&mut slot);
-        kind_in(text, tags, None, &mut r[at.clone()], &mut made[at]);
-    }
-    if reading::has_css_escape(text) {
-        let css = reading::Mode { css: true, ..plain };
-        let at = next(&mut slot);
-        if kind_in(text, css, None, &mut r[at.clone()], &mut made[at]) {
-            let at = next(&mut slot);
-            let css_tags = reading::Mode { css: true, ..tags };
-            kind_in(text, css_tags, None, &mut r[at.clone()], &mut made[at]);
-        }
-    }
+    written(text, None, r, &mut made, &mut slot);
     let mut cut = reading::cut_escape(text);
     let mirrors = reading::has_mirrors(text);
     let ways: &[bool] = match (mirrors.tags, mirrors.others) {
@@ -334,6 +360,26 @@ fn readings_of<'a>(
             let c = u.from[c] as usize;
             cut = Some(cut.map_or(c, |d| d.min(c)));
         }
+    }
+    // Escapes escaped again, decoded and read as written: each level
+    // only where an escape in the one before wrote what escapes are
+    // written with.
+    let mut outer: Option<reading::Mirrored> = None;
+    for _ in 0..AGAIN {
+        let mut u = reading::Mirrored::default();
+        let source = outer.as_ref().map_or(text, |o| &o.bytes[..]);
+        if !reading::decode_once(source, &mut u) {
+            break;
+        }
+        if let Some(o) = &outer {
+            u.through(o);
+        }
+        written(&u.bytes, Some(&u), r, &mut made, &mut slot);
+        if let Some(c) = reading::cut_escape(&u.bytes) {
+            let c = u.from[c] as usize;
+            cut = Some(cut.map_or(c, |d| d.min(c)));
+        }
+        outer = Some(u);
     }
     let mut readings = [&r[0]; KINDS * 3];
     let mut n = 0;
@@ -1778,6 +1824,64 @@ mod tests {
         overwritten_in_a_json_string(&s, &identity);
     }
 
+    /// Session 13: a key escaped and then escaped again, as a JSON
+    /// answer that quotes JSON, a URL that carries an escaped string, or
+    /// HTML escaped twice writes it (session 12's third review; a JSON
+    /// `\\N{…}` had reached the caller), escaped three times where HTML
+    /// is, and with leading zeros wider than any window.
+    #[test]
+    fn escapes_escaped_again_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let each = |f: &dyn Fn(u8) -> String| secret.bytes().map(f).collect::<String>();
+        let zeros = "0".repeat(1000);
+        let mut cases = vec![
+            each(&|b| format!("\\\\u{b:04x}")),
+            each(&|b| format!("\\\\\\\\u{b:04x}")),
+            each(&|b| format!("\\\\U{b:08X}")),
+            each(&|b| format!("\\\\x{b:02x}")),
+            each(&|b| format!("\\\\x{{{b:x}}}")),
+            each(&|b| format!("\\\\{b:03o}")),
+            each(&|b| format!("\\\\N{{{}}}", name_of(b))),
+            each(&|b| format!("%5Cu{b:04x}")),
+            each(&|b| format!("%5cu{b:04X}")),
+            each(&|b| format!("%255Cu{b:04x}")),
+            each(&|b| format!("%5Cx{b:02x}")),
+            each(&|b| format!("%5C%75%30%30{:02X}", b)),
+            each(&|b| {
+                format!(
+                    "%5C%75%30%30%{:02X}%{:02X}",
+                    b'0' + (b >> 4),
+                    b"0123456789abcdef"[usize::from(b & 15)]
+                )
+            }),
+            each(&|b| format!("&amp;#{b};")),
+            each(&|b| format!("&amp;#x{b:x};")),
+            each(&|b| format!("&amp;amp;#{b};")),
+            each(&|b| format!("&#38;#{b};")),
+            each(&|b| format!("&#92;u{b:04x}")),
+            each(&|b| format!("&bsol;u{b:04x}")),
+            each(&|b| format!("\\u005cu{b:04x}")),
+            each(&|b| format!("\\\\udb40\\\\udc{:02x}", b)),
+            // CSS in JSON, and in a URL.
+            each(&|b| format!("\\\\{b:x} ")),
+            each(&|b| format!("%5C{b:06x}")),
+            // Wider than any window.
+            each(&|b| format!("%5Cu{{{zeros}{b:x}}}")),
+            each(&|b| format!("\\\\u{{{zeros}{b:x}}}")),
+            each(&|b| format!("&amp;#x{zeros}{b:x};")),
+            each(&|b| format!("&amp;#{zeros}{b};")),
+            each(&|b| format!("%5Cu{{{}{b:x}}}", "%30".repeat(400))),
+        ];
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        for between in ["\\\\n", "\\\\u200b", "%5Cn", "&amp;#8203;", "&amp;nbsp;"] {
+            cases.push(chars.join(between));
+        }
+        for case in cases {
+            overwritten_in_a_json_string(&s, &case);
+        }
+    }
+
     /// Session 12: CSS's escapes, as OWASP's and ESAPI's CSS encoders
     /// write a key (`sk\\2d live\\2d …`), with six digits, and each byte.
     #[test]
@@ -2029,7 +2133,7 @@ mod tests {
         /// streamed holds the secret.
         #[test]
         fn frames_find_what_the_whole_finds(
-            pieces in proptest::collection::vec(0usize..20, 1..12),
+            pieces in proptest::collection::vec(0usize..22, 1..12),
             blanks in proptest::collection::vec(0usize..700, 12),
             cuts in proptest::collection::vec(0usize..10_000, 0..5),
             streams in proptest::bool::ANY,
@@ -2072,6 +2176,10 @@ mod tests {
                     16 => secret.bytes().map(|b| wide(&format!("\\u{{{b:0>1000x}}}"))).collect(),
                     17 => secret.bytes().map(|b| format!("\\N{{{}}}{gap}", name_of(b))).collect(),
                     18 => secret.bytes().map(|b| format!("\\{b:x} {gap}")).collect(),
+                    // Session 13: escapes escaped again, with zeros
+                    // wider than any window.
+                    19 => secret.bytes().map(|b| format!("%5Cu{{{b:0>1000x}}}")).collect(),
+                    20 => secret.bytes().map(|b| format!("&amp;#x{b:x};{gap}")).collect(),
                     _ => gap,
                 };
                 body.extend_from_slice(piece.as_bytes());

@@ -305,6 +305,71 @@ pub(super) fn mirror(hay: &[u8], out: &mut Mirrored, tags: bool) {
     }
 }
 
+impl Mirrored {
+    /// This text, made of `outer` (a text that itself stands for
+    /// another), mapped to what `outer` stands for.
+    pub(super) fn through(&mut self, outer: &Mirrored) {
+        for f in &mut self.from {
+            *f = outer.from[*f as usize];
+        }
+        for t in &mut self.to {
+            *t = outer.to[*t as usize - 1];
+        }
+    }
+}
+
+/// Whether an escape that writes `ch` may have been escaped again: `ch`
+/// begins an escape (`\\\\`, `%5C`, `&amp;`, `=5C`) or is one of what a
+/// numeric escape is written with (`#`, `{`, a `u`, an `x`, a zero: a
+/// `%5C%75%7B` before `%30`s).
+fn wraps(ch: char) -> bool {
+    matches!(
+        ch,
+        '\\' | '%' | '&' | '=' | '#' | '{' | 'u' | 'U' | 'x' | 'X' | '0'
+    )
+}
+
+/// `hay` with each escape decoded once and all else as it is written
+/// (case, blanks, what a reader does not see), into `out` (cleared
+/// first): the text an escaper escaped again. Its escapes are then read
+/// as any text's are: `\\\\u0073` (JSON of JSON), `%5Cu0073` (a JSON
+/// escape percent-encoded), `&amp;#115;` (HTML escaped twice),
+/// `%255Cu0073`, `\\\\N{…}` all read as `s` (session 12's third review, left then;
+/// session 13). Whether an escape wrote a character that [`wraps`]: where
+/// none did, the text reads as `hay` does, and is not read again.
+pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored) -> bool {
+    out.bytes.clear();
+    out.from.clear();
+    out.to.clear();
+    let mut wrapped = false;
+    let mut i = 0;
+    while i < hay.len() {
+        let next = hay[i..]
+            .iter()
+            .position(|b| matches!(b, b'\\' | b'%' | b'&' | b'='))
+            .map_or(hay.len(), |k| i + k);
+        out.bytes.extend_from_slice(&hay[i..next]);
+        out.from.extend(i as u32..next as u32);
+        out.to.extend(i as u32 + 1..next as u32 + 1);
+        i = next;
+        if i == hay.len() {
+            break;
+        }
+        let (ch, used) = decoded(hay, i, false).unwrap_or((Some(char::from(hay[i])), 1));
+        if let Some(ch) = ch {
+            wrapped |= used > 1 && wraps(ch);
+            let mut buf = [0u8; 4];
+            for &b in ch.encode_utf8(&mut buf).as_bytes() {
+                out.bytes.push(b);
+                out.from.push(i as u32);
+                out.to.push((i + used) as u32);
+            }
+        }
+        i += used;
+    }
+    wrapped
+}
+
 impl Reading {
     /// `bytes`, lower-cased, each read from `hay[from..to]`.
     fn push_all(&mut self, bytes: &[u8], from: usize, to: usize) {
@@ -372,6 +437,16 @@ const MAX_NAME: usize = 60;
 /// zeros, and JavaScript `\\u{…}` too; a bound on them had let a secret
 /// through with one zero more than it (session 11).
 pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
+    // As written, and with what is written escaped again read as the
+    // escape it writes (`%5Cu{` or `\\\\u{` and `%30`s: the readings
+    // decode once and read again, [`decode_once`]). Both: `\\u{…75}`
+    // is the escape of a `u` with its zeros, and of nothing escaped.
+    zeros_in(sq, p, false).max(zeros_in(sq, p, true))
+}
+
+/// [`zeros_after`], with escapes that [write](wraps) what numeric
+/// escapes are written with read as what they write where `again`.
+fn zeros_in(sq: &[u8], p: usize, again: bool) -> usize {
     // Read as a model reads them: through what reads as nothing, and
     // each character that reads as one ASCII byte as that byte (a
     // fullwidth `＆＃ｘ`, or a zero-width space before the zeros, had
@@ -386,23 +461,39 @@ pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
             _ => None,
         }),
     };
-    if !matches!(first, Some(b'&' | b'\\')) {
+    if !matches!(first, Some(b'&' | b'\\' | b'%' | b'=')) {
         return 0;
     }
     // Most escapes (`\\"`, `\\\\`, `&amp;`) are told from these at
-    // their second byte.
-    if sq
-        .get(p + 1)
-        .is_some_and(|b| b.is_ascii() && !matches!(b, b'#' | b'u' | b'x'))
-    {
+    // their second byte. Escaped again, from what writes `\\`, `&`, `#`,
+    // `%`, `{`, `u`, `x` or `0`: `\\\\`, `\\x5c`, `\\u005c`, octal
+    // `\\134`, `\\N{…}`; `%5c`, `%26`, `%25`, `%7b`, `%u005c`; `&amp;`,
+    // `&bsol;`, `&num;`, `&lbrace;`, `&percnt;`, `&#92;`. (Squeezed text is
+    // in lower case, where quoted-printable's `=5C` is no escape.)
+    let second = |set: &[u8]| {
+        sq.get(p + 1)
+            .is_some_and(|b| !b.is_ascii() || set.contains(b))
+    };
+    let told = match (again, first) {
+        (false, Some(b'&' | b'\\')) => second(b"#ux"),
+        (false, _) => false,
+        (true, Some(b'&')) => second(b"#abelnp"),
+        (true, Some(b'\\')) => second(b"\\01234567uxn"),
+        (true, Some(b'%')) => second(b"2357u"),
+        (true, _) => false,
+    };
+    if !told {
         return 0;
     }
     let mut i = p;
-    let prefix = [
-        seen_byte(sq, &mut i),
-        seen_byte(sq, &mut i),
-        seen_byte(sq, &mut i),
-    ];
+    let mut next = || {
+        if again {
+            seen_again(sq, &mut i)
+        } else {
+            seen_byte(sq, &mut i)
+        }
+    };
+    let prefix = [next(), next(), next()];
     let mut zeros = match prefix {
         [Some(b'&'), Some(b'#'), Some(b'x')] => 0,
         [Some(b'&'), Some(b'#'), Some(b'0')] => 1,
@@ -410,11 +501,34 @@ pub(super) fn zeros_after(sq: &[u8], p: usize) -> usize {
         _ => return 0,
     };
     let mut end = i;
-    while seen_byte(sq, &mut i) == Some(b'0') {
-        end = i;
+    loop {
+        let mut j = end;
+        let zero = if again {
+            seen_again(sq, &mut j)
+        } else {
+            seen_byte(sq, &mut j)
+        };
+        if zero != Some(b'0') {
+            break;
+        }
+        end = j;
         zeros += 1;
     }
     if zeros == 0 { 0 } else { end - p }
+}
+
+/// [`seen_byte`], where an escape at `sq[*i]` that [writes](wraps) what
+/// numeric escapes are written with is read as what it writes.
+fn seen_again(sq: &[u8], i: &mut usize) -> Option<u8> {
+    if matches!(sq.get(*i), Some(b'\\' | b'%' | b'&' | b'='))
+        && let Some((Some(ch), used)) = decoded(sq, *i, false)
+        && ch.is_ascii()
+        && wraps(ch)
+    {
+        *i += used;
+        return Some((ch as u8).to_ascii_lowercase());
+    }
+    seen_byte(sq, i)
 }
 
 /// The next byte of `sq[*i..]` as a model reads it (lower case), past
@@ -1609,6 +1723,32 @@ mod tests {
         assert_eq!(r.to, [1, 8, 11]);
     }
 
+    /// Session 13: escapes decoded once, all else as written, mapped
+    /// back; whether one wrote what escapes are written with.
+    #[test]
+    fn escapes_escaped_again_are_decoded_once() {
+        let once = |hay: &[u8]| {
+            let mut u = Mirrored::default();
+            let wrapped = decode_once(hay, &mut u);
+            (String::from_utf8(u.bytes.clone()).unwrap(), wrapped, u)
+        };
+        let (text, wrapped, u) = once(b"A \\\\u0073&amp;#115;%5Cx73");
+        assert_eq!(text, "A \\u0073&#115;\\x73");
+        assert!(wrapped);
+        // `\\\\` stands for its two bytes, `&amp;` for its five.
+        assert_eq!((u.from[2], u.to[2]), (2, 4));
+        assert_eq!((u.from[8], u.to[8]), (9, 14));
+        assert_eq!((u.from[9], u.to[9]), (14, 15));
+        // Nothing wrapped: `\\"` writes a quote, `%41` a letter.
+        let (text, wrapped, _) = once(b"x\\\"y %41 \\u00e9 & =");
+        assert_eq!(text, "x\"y A \u{e9} & =");
+        assert!(!wrapped);
+        // What reads as nothing is dropped; a lone `\\` at the end kept.
+        let (text, wrapped, _) = once(b"a=\nb\\N{ZWSP}c%5C");
+        assert_eq!(text, "abc\\");
+        assert!(wrapped);
+    }
+
     #[test]
     fn a_cut_escape_is_found_back_through_its_zeros() {
         assert_eq!(cut_escape(b"ab&#x0000"), Some(2));
@@ -1630,6 +1770,17 @@ mod tests {
         let wide = "\u{ff06}\u{ff03}\u{ff58}\u{ff10}0\u{200b}0";
         assert_eq!(zeros_after(wide.as_bytes(), 0), wide.len());
         assert_eq!(zeros_after("&#x\u{200b}00".as_bytes(), 0), 8);
+        // Escaped again (session 13), squeezed text being lower case.
+        assert_eq!(zeros_after(b"%5cu{000", 0), 8);
+        assert_eq!(zeros_after(b"\\\\u{00}", 0), 6);
+        assert_eq!(zeros_after(b"&amp;#x0", 0), 8);
+        assert_eq!(zeros_after(b"&amp;#0", 0), 7);
+        assert_eq!(zeros_after(b"%5c%75%7b%30%300", 0), 16);
+        assert_eq!(zeros_after(b"&#92;u{0", 0), 8);
+        assert_eq!(zeros_after(b"%5cu0073", 0), 0);
+        // A `\\u{…}` that writes a zero is still a zero's escape with
+        // zeros of its own.
+        assert_eq!(zeros_after(b"\\u{0030}", 0), 5);
         // Windows reach past the zeros.
         let long = [&b"&#x"[..], &[b'0'; 500], b"41;", &[b'a'; 600]].concat();
         assert_eq!(
