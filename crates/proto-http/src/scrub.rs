@@ -281,14 +281,17 @@ fn kind_in(
 /// where it stands for another text), from `slot` on: as written, and
 /// where a `\\` comes before a hex digit, as CSS reads it; each again
 /// with escaped tags read as ASCII where an escape read as a tag.
+/// Whether `t` is worth decoding once and reading again
+/// ([`reading::Reading::again`]).
 fn written(
     t: &[u8],
     m: Option<&reading::Mirrored>,
     r: &mut [reading::Reading; KINDS * 3],
     made: &mut [bool; KINDS * 3],
     slot: &mut usize,
-) {
+) -> bool {
     let plain = reading::Mode::default();
+    let again = *slot;
     let css = reading::has_css_escape(t);
     for mode in [plain, reading::Mode { css: true, ..plain }] {
         if mode.css && !css {
@@ -301,6 +304,7 @@ fn written(
             kind_in(t, tags, m, &mut r[at.clone()], &mut made[at]);
         }
     }
+    r[again].again
 }
 
 /// The readings of `text` the scrubber searches, made in `r`, and where
@@ -340,7 +344,7 @@ fn readings_of<'a>(
         ..plain
     };
     let mut slot = 0;
-    written(text, None, r, &mut made, &mut slot);
+    let mut again = written(text, None, r, &mut made, &mut slot);
     let mut cut = reading::cut_escape(text);
     let mirrors = reading::has_mirrors(text);
     let ways: &[bool] = match (mirrors.tags, mirrors.others) {
@@ -366,15 +370,15 @@ fn readings_of<'a>(
     let mut outer: Option<reading::Mirrored> = None;
     for _ in 0..AGAIN {
         let mut u = reading::Mirrored::default();
-        let source = outer.as_ref().map_or(text, |o| &o.bytes[..]);
-        if !reading::escaped_again(source) {
+        if !again {
             break;
         }
+        let source = outer.as_ref().map_or(text, |o| &o.bytes[..]);
         reading::decode_once(source, &mut u);
         if let Some(o) = &outer {
             u.through(o);
         }
-        written(&u.bytes, Some(&u), r, &mut made, &mut slot);
+        again = written(&u.bytes, Some(&u), r, &mut made, &mut slot);
         if let Some(c) = reading::cut_escape(&u.bytes) {
             let c = u.from[c] as usize;
             cut = Some(cut.map_or(c, |d| d.min(c)));
