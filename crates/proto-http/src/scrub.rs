@@ -1866,6 +1866,7 @@ mod tests {
             each(&|b| format!("\\\\{b:03o}")),
             each(&|b| format!("\\\\N{{{}}}", name_of(b))),
             each(&|b| format!("%5Cu{b:04x}")),
+            each(&|b| format!("\\\\ u{b:04x}")),
             each(&|b| format!("%5cu{b:04X}")),
             each(&|b| format!("%255Cu{b:04x}")),
             each(&|b| format!("%5Cx{b:02x}")),

@@ -521,7 +521,11 @@ fn zeros_in(sq: &[u8], p: usize, again: bool) -> usize {
         (false, Some(b'&' | b'\\')) => second(b"#ux"),
         (false, _) => false,
         (true, Some(b'&')) => second(b"#abelnp"),
-        (true, Some(b'\\')) => second(b"\\01234567uxn"),
+        // `\\\\` is the common one: told by its third byte too.
+        (true, Some(b'\\')) if sq.get(p + 1) == Some(&b'\\') => {
+            matches!(sq.get(p + 2), Some(b'u' | b'x'))
+        }
+        (true, Some(b'\\')) => second(b"01234567uxn"),
         (true, Some(b'%')) => second(b"2357u"),
         (true, _) => false,
     };
