@@ -1783,8 +1783,26 @@ mod tests {
                 .map(|b| format!("\\N{{FULLWIDTH {}}}", name_of(b)))
                 .collect(),
         );
+        // Any name in Unicode's list, as Python's `namereplace` writes
+        // each character outside ASCII (session 13): digits as
+        // superscripts, `K` as the Kelvin sign; Perl's `\\N{U+…}`.
+        let digits = [
+            "ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE",
+        ];
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| match b {
+                    b'0'..=b'9' => format!("\\N{{SUPERSCRIPT {}}}", digits[usize::from(b - b'0')]),
+                    b'K' => "\\N{KELVIN SIGN}".into(),
+                    _ => format!("\\N{{{}}}", name_of(b)),
+                })
+                .collect(),
+        );
+        cases.push(secret.bytes().map(|b| format!("\\N{{U+{b:X}}}")).collect());
         let chars: Vec<String> = secret.chars().map(String::from).collect();
         cases.push(chars.join("\\N{TAG LATIN SMALL LETTER A}"));
+        cases.push(chars.join("\\N{EN SPACE}"));
         cases.push(
             secret
                 .bytes()

@@ -943,8 +943,9 @@ fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
 /// LETTER S`, `FULLWIDTH DIGIT SEVEN`, `MATHEMATICAL BOLD CAPITAL Q`, `TAG
 /// LATIN SMALL LETTER S`), ASCII punctuation (`PLUS SIGN`, in any of those
 /// styles too), or an invisible character (`ZERO WIDTH SPACE`, `ZWSP`).
-/// Case and blanks do not matter (Python ignores case). Other names read
-/// as written: the whole Unicode name list is not needed to find a key.
+/// Case and blanks do not matter (Python ignores case). Any other name in
+/// Unicode's list, or Perl's `\\N{U+73}`, reads as the character it
+/// names ([`by_name`]).
 fn named(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
     let body = &hay[i + 3..(i + 3 + MAX_NAME + 1).min(hay.len())];
     let end = memchr::memchr(b'}', body)?;
@@ -962,13 +963,29 @@ fn named(hay: &[u8], i: usize) -> Option<(Option<char>, usize)> {
         Some(rest) => (true, rest),
         None => (false, &name[..]),
     };
-    let ascii = named_ascii(rest)?;
-    let ch = if tag {
-        char::from_u32(0xE0000 + u32::from(ascii))?
-    } else {
-        char::from(ascii)
+    let ch = match named_ascii(rest) {
+        Some(ascii) if tag => char::from_u32(0xE0000 + u32::from(ascii))?,
+        Some(ascii) => char::from(ascii),
+        None => by_name(&body[..end])?,
     };
     Some((Some(ch), used))
+}
+
+/// The character `name` names in Unicode's list (any case, as Python
+/// reads `\\N{…}`: `KELVIN SIGN`, `SUPERSCRIPT TWO`, `ROMAN NUMERAL
+/// ONE`, which the reading then takes as a model does), or Perl's
+/// `U+73`. Python's `namereplace` writes a name for each character
+/// outside ASCII, so a key written in such characters comes out named.
+fn by_name(name: &[u8]) -> Option<char> {
+    let name = std::str::from_utf8(name).ok()?.trim();
+    if let Some(hex) = name
+        .strip_prefix("U+")
+        .or_else(|| name.strip_prefix("u+"))
+        .filter(|h| (1..=6).contains(&h.len()))
+    {
+        return char::from_u32(u32::from_str_radix(hex, 16).ok()?);
+    }
+    unicode_names2::character(name)
 }
 
 /// Names (blanks taken out) of characters a reader does not see, and the
@@ -1703,10 +1720,19 @@ mod tests {
                 r"\N{CIRCLED LATIN CAPITAL LETTER A}\N{FULLWIDTH EQUALS SIGN}",
                 "a=",
             ),
+            // Any name in Unicode's list (session 13), read as the
+            // character is; Perl's code points.
+            (r"\N{GREEK SMALL LETTER ALPHA}", "α"),
             (
-                r"\N{GREEK SMALL LETTER ALPHA}",
-                r"\n{greeksmallletteralpha}",
+                r"\N{KELVIN SIGN}\N{superscript two}\N{ROMAN NUMERAL ONE}",
+                "k2i",
             ),
+            (
+                r"\N{PLANCK CONSTANT}\N{SCRIPT SMALL L}\N{U+73}\N{U+FF4B}",
+                "hlsk",
+            ),
+            (r"\N{EN SPACE}a\N{LATIN SMALL LETTER E WITH ACUTE}", "aé"),
+            (r"\N{NO SUCH CHARACTER}", r"\n{nosuchcharacter}"),
             (r"\N{LATIN SMALL LETTER S", r"\n{latinsmallletters"),
         ] {
             assert_eq!(text(hay), want, "{hay}");
