@@ -1849,15 +1849,34 @@ mod tests {
         let secret = "QwErTy7UiOp9AsDf";
         let s = Scrubber::new(secret.as_bytes()).unwrap();
         let chars: Vec<String> = secret.chars().map(String::from).collect();
-        for between in ["\\n", "\\t", "\\r\\n", "\\b", "\\f", "\\v", "\\n\\u200b\\t"] {
+        for between in [
+            "\\n",
+            "\\t",
+            "\\r\\n",
+            "\\b",
+            "\\f",
+            "\\v",
+            "\\a",
+            "\\n\\u200b\\t",
+        ] {
             overwritten_in_a_json_string(&s, &chars.join(between));
         }
         let identity: String = secret
             .chars()
             .map(|c| match c {
-                'b' | 'f' | 'n' | 'r' | 't' | 'v' | 'u' | 'U' | 'x' | 'X' | 'N' | '0'..='7' => {
-                    c.to_string()
-                }
+                'a'
+                | 'b'
+                | 'f'
+                | 'n'
+                | 'r'
+                | 't'
+                | 'v'
+                | 'u'
+                | 'U'
+                | 'x'
+                | 'X'
+                | 'N'
+                | '0'..='7' => c.to_string(),
                 _ => format!("\\{c}"),
             })
             .collect();

@@ -365,7 +365,9 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     // before a blank and a word is common prose.
     let adjacent = k == i + used;
     match ch {
-        '\\' if adjacent => next.is_ascii_hexdigit() || b"uUxXN01234567ntrvbf\r\n{".contains(&next),
+        '\\' if adjacent => {
+            next.is_ascii_hexdigit() || b"uUxXN01234567ntrvbfa\r\n{".contains(&next)
+        }
         '\\' => b"uUxXN01234567{".contains(&next),
         '%' => next.is_ascii_hexdigit() || matches!(next, b'u' | b'U'),
         '&' => adjacent && (next == b'#' || next.is_ascii_alphabetic()),
@@ -893,6 +895,10 @@ fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
             b'b' => Some((Some('\u{8}'), 2)),
             b'f' => Some((Some('\u{c}'), 2)),
             b'v' => Some((Some('\u{b}'), 2)),
+            // C's, Go's (`%q`) and Python's BEL: what encoders write `\\a`
+            // for. JavaScript reads it as `a`, but no encoder writes an
+            // `a` so (session 12's third review).
+            b'a' => Some((Some('\u{7}'), 2)),
             // What JavaScript reads a letter or digit after `\\` as where
             // it begins no escape: itself (`"\\Q\\w"` is `"Qw"`; session 12).
             b if b.is_ascii_alphanumeric() => Some((Some(b as char), 2)),
