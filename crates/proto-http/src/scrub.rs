@@ -1809,8 +1809,15 @@ mod tests {
                 .map(|b| format!("\\N{{TAG {}}}", name_of(b)))
                 .collect(),
         );
-        // Perl's `\\x{…}`, with zeros.
+        // Perl's `\\x{…}` and `\\o{…}`, with zeros.
         cases.push(secret.bytes().map(|b| format!("\\x{{{b:x}}}")).collect());
+        cases.push(secret.bytes().map(|b| format!("\\o{{{b:o}}}")).collect());
+        cases.push(
+            secret
+                .bytes()
+                .map(|b| format!("\\o{{{b:0>1000o}}}"))
+                .collect(),
+        );
         cases.push(
             secret
                 .bytes()

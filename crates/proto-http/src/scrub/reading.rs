@@ -366,9 +366,9 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     let adjacent = k == i + used;
     match ch {
         '\\' if adjacent => {
-            next.is_ascii_hexdigit() || b"uUxXN01234567ntrvbfa\r\n{".contains(&next)
+            next.is_ascii_hexdigit() || b"uUxXNo01234567ntrvbfa\r\n{".contains(&next)
         }
-        '\\' => b"uUxXN01234567{".contains(&next),
+        '\\' => b"uUxXNo01234567{".contains(&next),
         '%' => next.is_ascii_hexdigit() || matches!(next, b'u' | b'U'),
         '&' => adjacent && (next == b'#' || next.is_ascii_alphabetic()),
         '=' => adjacent && (next.is_ascii_hexdigit() || matches!(next, b'\r' | b'\n')),
@@ -520,14 +520,14 @@ fn zeros_in(sq: &[u8], p: usize, again: bool) -> usize {
             .is_some_and(|b| !b.is_ascii() || set.contains(b))
     };
     let told = match (again, first) {
-        (false, Some(b'&' | b'\\')) => second(b"#ux"),
+        (false, Some(b'&' | b'\\')) => second(b"#uxo"),
         (false, _) => false,
         (true, Some(b'&')) => second(b"#abelnp"),
         // `\\\\` is the common one: told by its third byte too.
         (true, Some(b'\\')) if sq.get(p + 1) == Some(&b'\\') => {
-            matches!(sq.get(p + 2), Some(b'u' | b'x'))
+            matches!(sq.get(p + 2), Some(b'u' | b'x' | b'o'))
         }
-        (true, Some(b'\\')) => second(b"01234567uxn"),
+        (true, Some(b'\\')) => second(b"01234567uxno"),
         (true, Some(b'%')) => second(b"2357u"),
         (true, _) => false,
     };
@@ -546,7 +546,7 @@ fn zeros_in(sq: &[u8], p: usize, again: bool) -> usize {
     let mut zeros = match prefix {
         [Some(b'&'), Some(b'#'), Some(b'x')] => 0,
         [Some(b'&'), Some(b'#'), Some(b'0')] => 1,
-        [Some(b'\\'), Some(b'u' | b'x'), Some(b'{')] => 0,
+        [Some(b'\\'), Some(b'u' | b'x' | b'o'), Some(b'{')] => 0,
         _ => return 0,
     };
     let mut end = i;
@@ -636,7 +636,7 @@ pub(super) fn cut_escape(text: &[u8]) -> Option<usize> {
         },
         (b'#', k) => amp(k),
         (b'{', k) => match before(skip(k, false))? {
-            (b'u' | b'U' | b'x' | b'X', k) => match before(skip(k, false))? {
+            (b'u' | b'U' | b'x' | b'X' | b'o', k) => match before(skip(k, false))? {
                 (b'\\', k) => Some(k),
                 _ => None,
             },
@@ -885,6 +885,23 @@ fn escape(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
                 code_unit(hay, i).and_then(|(v, used)| paired(hay, i, v, used))
             }
             b'x' | b'X' => Some((c(hex_at(hay, i + 2, 2)?)?, 4)),
+            // Perl's `\\o{163}`, with any number of leading zeros.
+            b'o' if hay.get(i + 2) == Some(&b'{') => {
+                let body = &hay[i + 3..];
+                let zeros = body.iter().take_while(|d| **d == b'0').count();
+                let rest = body[zeros..]
+                    .iter()
+                    .take(8)
+                    .take_while(|d| (b'0'..=b'7').contains(*d))
+                    .count();
+                if zeros + rest == 0 || rest > 7 || body.get(zeros + rest) != Some(&b'}') {
+                    return None;
+                }
+                let v = body[zeros..zeros + rest]
+                    .iter()
+                    .fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                Some((c(v)?, 4 + zeros + rest))
+            }
             b if b.is_ascii_punctuation() => Some((Some(b as char), 2)),
             // JSON's and C's control characters, read as the blanks they
             // write: `\\n` or `\\t` between the key's characters hid it,
@@ -1873,6 +1890,8 @@ mod tests {
         assert_eq!(zeros_after(b"&#0", 0), 3);
         assert_eq!(zeros_after(b"&#x41", 0), 0);
         assert_eq!(zeros_after(b"&amp;", 0), 0);
+        assert_eq!(zeros_after(b"\\o{0007", 0), 6);
+        assert_eq!(cut_escape(b"ab\\o{000"), Some(2));
         // Through what reads as nothing, and mirrors (session 12).
         let wide = "\u{ff06}\u{ff03}\u{ff58}\u{ff10}0\u{200b}0";
         assert_eq!(zeros_after(wide.as_bytes(), 0), wide.len());
