@@ -243,9 +243,9 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
 
 /// The most kinds of reading a part gets ([`readings_of`]): as written
 /// and as CSS reads `\\`, each with escaped tags as nothing and as ASCII,
-/// as the text is, decoded once and decoded twice; and mirrored (with
-/// tags mirrored and not) with escaped tags each way.
-const KINDS: usize = 16;
+/// of the text as it is, decoded once, decoded twice, and mirrored (with
+/// tags mirrored and not).
+const KINDS: usize = 20;
 
 /// How many times [`readings_of`] decodes a text before reading it: an
 /// escape escaped twice (JSON of JSON of `\\u0073`) is read; one
@@ -277,31 +277,38 @@ fn kind_in(
     r.iter().zip(made.iter()).any(|(r, m)| *m && r.tags)
 }
 
-/// The kinds of reading of `t` as written (mapped back through `m`
-/// where it stands for another text), from `slot` on: as written, and
-/// where a `\\` comes before a hex digit, as CSS reads it; each again
-/// with escaped tags read as ASCII where an escape read as a tag.
-/// Whether `t` is worth decoding once and reading again
-/// ([`reading::Reading::again`]).
+/// The kinds of reading of `t` (mapped back through `m` where it stands
+/// for another text), from `slot` on: as written, and where a `\\` comes
+/// before a hex digit, as CSS reads it; each with escaped tags read as
+/// ASCII where `tags`, as nothing where not, and again the other way
+/// where an escape read as a tag. Whether `t` is worth decoding once and
+/// reading again ([`reading::Reading::again`]).
 fn written(
     t: &[u8],
     m: Option<&reading::Mirrored>,
+    tags: bool,
     r: &mut [reading::Reading; KINDS * 3],
     made: &mut [bool; KINDS * 3],
     slot: &mut usize,
 ) -> bool {
-    let plain = reading::Mode::default();
+    let first = reading::Mode {
+        tags,
+        ..Default::default()
+    };
     let again = *slot;
     let css = reading::has_css_escape(t);
-    for mode in [plain, reading::Mode { css: true, ..plain }] {
+    for mode in [first, reading::Mode { css: true, ..first }] {
         if mode.css && !css {
             continue;
         }
         let at = next(slot);
         if kind_in(t, mode, m, &mut r[at.clone()], &mut made[at]) {
             let at = next(slot);
-            let tags = reading::Mode { tags: true, ..mode };
-            kind_in(t, tags, m, &mut r[at.clone()], &mut made[at]);
+            let other = reading::Mode {
+                tags: !tags,
+                ..mode
+            };
+            kind_in(t, other, m, &mut r[at.clone()], &mut made[at]);
         }
     }
     r[again].again
@@ -322,7 +329,7 @@ fn written(
 ///   [mirrored](reading::mirror) before its escapes are read, with written
 ///   tags mirrored and (where there are other mirrors too) left to drop,
 ///   each with escaped tags read as ASCII and, where one read so, as
-///   nothing;
+///   nothing, and as CSS too where it calls for it (`＼２ｄ `);
 /// - where an escape writes what escapes are written with (`\\\\`,
 ///   `%5C`, `&amp;`), the text [decoded once](reading::decode_once) and
 ///   read again as written (as CSS too, with tags each way), and where
@@ -338,13 +345,8 @@ fn readings_of<'a>(
     r: &'a mut [reading::Reading; KINDS * 3],
 ) -> ([&'a reading::Reading; KINDS * 3], usize, Option<usize>) {
     let mut made = [false; KINDS * 3];
-    let plain = reading::Mode::default();
-    let tags = reading::Mode {
-        tags: true,
-        ..plain
-    };
     let mut slot = 0;
-    let mut again = written(text, None, r, &mut made, &mut slot);
+    let mut again = written(text, None, false, r, &mut made, &mut slot);
     let mut cut = reading::cut_escape(text);
     let mirrors = reading::has_mirrors(text);
     let ways: &[bool] = match (mirrors.tags, mirrors.others) {
@@ -355,11 +357,8 @@ fn readings_of<'a>(
     for &with_tags in ways {
         let mut u = reading::Mirrored::default();
         reading::mirror(text, &mut u, with_tags);
-        let at = next(&mut slot);
-        if kind_in(&u.bytes, tags, Some(&u), &mut r[at.clone()], &mut made[at]) {
-            let at = next(&mut slot);
-            kind_in(&u.bytes, plain, Some(&u), &mut r[at.clone()], &mut made[at]);
-        }
+        // As CSS reads it too: `＼２ｄ ` (session 12's third review).
+        written(&u.bytes, Some(&u), true, r, &mut made, &mut slot);
         if let Some(c) = reading::cut_escape(&u.bytes) {
             let c = u.from[c] as usize;
             cut = Some(cut.map_or(c, |d| d.min(c)));
@@ -378,7 +377,7 @@ fn readings_of<'a>(
         if let Some(o) = &outer {
             u.through(o);
         }
-        again = written(&u.bytes, Some(&u), r, &mut made, &mut slot);
+        again = written(&u.bytes, Some(&u), false, r, &mut made, &mut slot);
         if let Some(c) = reading::cut_escape(&u.bytes) {
             let c = u.from[c] as usize;
             cut = Some(cut.map_or(c, |d| d.min(c)));
@@ -1969,11 +1968,27 @@ mod tests {
             .map(|b| format!("\\{:x} ", 0xE0000 + u32::from(b)))
             .collect();
         let each: String = secret.bytes().map(|b| format!("\\{b:x} ")).collect();
+        // Spelled in mirrors: fullwidth, and in tags (session 13).
+        let wide = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    char::from_u32(u32::from(c) + 0xFEE0)
+                        .filter(|_| c != ' ')
+                        .unwrap_or(c)
+                })
+                .collect()
+        };
+        let tagged = |s: &str| -> String {
+            s.bytes()
+                .filter_map(|b| char::from_u32(0xE0000 + u32::from(b)))
+                .collect()
+        };
+        let mirrored = [wide(&each), tagged(&each), wide(&encoder)];
         // `\\x7A` is `x7A` to CSS (session 12's third review).
         let x = format!("{}\\x7A{}", &secret[..8], &secret[8..]);
         let x_key = format!("{}x7A{}", &secret[..8], &secret[8..]);
         overwritten_in_a_json_string(&Scrubber::new(x_key.as_bytes()).unwrap(), &x);
-        for case in [encoder, six, each, tags] {
+        for case in [encoder, six, each, tags].into_iter().chain(mirrored) {
             overwritten_in_a_json_string(&s, &case);
         }
     }
