@@ -1983,7 +1983,16 @@ mod tests {
                 .filter_map(|b| char::from_u32(0xE0000 + u32::from(b)))
                 .collect()
         };
-        let mirrored = [wide(&each), tagged(&each), wide(&encoder)];
+        // CSS escapes and fullwidth percent escapes in turn.
+        let mixed: String = secret
+            .bytes()
+            .enumerate()
+            .map(|(k, b)| match k % 2 {
+                0 => format!("\\{b:x} "),
+                _ => wide(&format!("%{b:02x}")),
+            })
+            .collect();
+        let mirrored = [wide(&each), tagged(&each), wide(&encoder), mixed];
         // `\\x7A` is `x7A` to CSS (session 12's third review).
         let x = format!("{}\\x7A{}", &secret[..8], &secret[8..]);
         let x_key = format!("{}x7A{}", &secret[..8], &secret[8..]);
