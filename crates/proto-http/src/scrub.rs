@@ -636,8 +636,13 @@ impl Scrubber {
             let last = if part.start + last < floor {
                 // At most [`MAX_HELD`] waits: from the first character
                 // that begins past it, still a clean start (a cap at a
-                // byte count had split a run of `\\`: re-review).
-                part.start + clean_after(readings, floor - part.start)
+                // byte count had split a run of `\\`: re-review), and in
+                // a run of `\\` in step (up to seven bytes more; no test
+                // reaches it: the cap falls in a run only where less than
+                // a spelling's worth of it follows, before 64 KiB of what
+                // reads as nothing).
+                let after = clean_after(readings, floor - part.start);
+                part.start + clean_before(readings, in_step(text, after))
             } else {
                 part.start + last
             };
