@@ -397,7 +397,10 @@ fn readings_of<'a>(
 /// of eight bytes before it: in a run decoded [`AGAIN`] times and read,
 /// each character is 2, 4 or 8 of its bytes.
 fn in_step(text: &[u8], p: usize) -> usize {
-    let run = text[..p].iter().rev().take_while(|b| **b == b'\\').count();
+    let Some(before) = text.get(..p) else {
+        return p;
+    };
+    let run = before.iter().rev().take_while(|b| **b == b'\\').count();
     if run == 0 || text.get(p) != Some(&b'\\') {
         return p;
     }
@@ -642,7 +645,12 @@ impl Scrubber {
                 // a spelling's worth of it follows, before 64 KiB of what
                 // reads as nothing).
                 let after = clean_after(readings, floor - part.start);
-                part.start + clean_before(readings, in_step(text, after))
+                match in_step(text, after) {
+                    // Where no reading has a character (a run of what
+                    // reads as nothing), the start of none is before.
+                    step if step == after => part.start + after,
+                    step => part.start + clean_before(readings, step),
+                }
             } else {
                 part.start + last
             };
