@@ -241,16 +241,20 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
     [true, through, breaks]
 }
 
-/// The most kinds of reading a part gets ([`readings_of`]): as written
-/// and as CSS reads `\\`, each with escaped tags as nothing and as ASCII,
-/// of the text as it is, decoded once, decoded twice, and mirrored (with
-/// tags mirrored and not).
-const KINDS: usize = 20;
-
-/// How many times [`readings_of`] decodes a text before reading it: an
-/// escape escaped twice (JSON of JSON of `\\u0073`) is read; one
-/// escaped three times is not (docs/security.md).
+/// How many times [`readings_of`] decodes a text before reading it: a
+/// key escaped three times in all (JSON of JSON of `\\u0073`,
+/// `quote(quote(…))` of a JSON escape) is read, decoded twice and then
+/// read; four times is not (docs/security.md).
 const AGAIN: usize = 2;
+
+/// How many texts [`readings_of`] decodes at most, each way and each
+/// time together.
+const DECODED: usize = 4;
+
+/// The most kinds of reading a part gets ([`readings_of`]): as written
+/// and as CSS reads `\\` ([`written`]), of the text as it is, mirrored
+/// two ways, and decoded [`DECODED`] times.
+const KINDS: usize = 4 * (1 + 2 + DECODED);
 
 /// The next three slots of [`readings_of`]'s readings.
 fn next(slot: &mut usize) -> std::ops::Range<usize> {
@@ -281,8 +285,8 @@ fn kind_in(
 /// for another text), from `slot` on: as written, and where a `\\` comes
 /// before a hex digit, as CSS reads it; each with escaped tags read as
 /// ASCII where `tags`, as nothing where not, and again the other way
-/// where an escape read as a tag. Whether `t` is worth decoding once and
-/// reading again ([`reading::Reading::again`]).
+/// where an escape read as a tag. In which grammars `t` is worth
+/// decoding once and reading again ([`reading::Reading::again`]).
 fn written(
     t: &[u8],
     m: Option<&reading::Mirrored>,
@@ -290,18 +294,19 @@ fn written(
     r: &mut [reading::Reading; KINDS * 3],
     made: &mut [bool; KINDS * 3],
     slot: &mut usize,
-) -> bool {
+) -> reading::Grammars {
     let first = reading::Mode {
         tags,
         ..Default::default()
     };
-    let again = *slot;
     let css = reading::has_css_escape(t);
+    let mut again = reading::Grammars::default();
     for mode in [first, reading::Mode { css: true, ..first }] {
         if mode.css && !css {
             continue;
         }
         let at = next(slot);
+        let start = at.start;
         if kind_in(t, mode, m, &mut r[at.clone()], &mut made[at]) {
             let at = next(slot);
             let other = reading::Mode {
@@ -310,8 +315,9 @@ fn written(
             };
             kind_in(t, other, m, &mut r[at.clone()], &mut made[at]);
         }
+        again = again.union(r[start].again);
     }
-    r[again].again
+    again
 }
 
 /// The readings of `text` the scrubber searches, made in `r`, and where
@@ -346,8 +352,20 @@ fn readings_of<'a>(
 ) -> ([&'a reading::Reading; KINDS * 3], usize, Option<usize>) {
     let mut made = [false; KINDS * 3];
     let mut slot = 0;
-    let mut again = written(text, None, false, r, &mut made, &mut slot);
     let mut cut = reading::cut_escape(text);
+    let mut cut_in = |u: &reading::Mirrored| {
+        if let Some(c) = reading::cut_escape(&u.bytes) {
+            let c = u.from[c] as usize;
+            cut = Some(cut.map_or(c, |d| d.min(c)));
+        }
+    };
+    // Texts that stand for `text` (mirrored, decoded), and which of them
+    // to decode again: (which, in what grammar, how many times decoded
+    // before).
+    let mut derived: Vec<reading::Mirrored> = Vec::new();
+    let mut queue: Vec<(Option<usize>, reading::Grammar, usize)> = Vec::new();
+    let again = written(text, None, false, r, &mut made, &mut slot);
+    queue.extend(again.iter().map(|g| (None, g, 0)));
     let mirrors = reading::has_mirrors(text);
     let ways: &[bool] = match (mirrors.tags, mirrors.others) {
         (true, true) => &[true, false],
@@ -358,31 +376,32 @@ fn readings_of<'a>(
         let mut u = reading::Mirrored::default();
         reading::mirror(text, &mut u, with_tags);
         // As CSS reads it too: `＼２ｄ ` (session 12's third review).
-        written(&u.bytes, Some(&u), true, r, &mut made, &mut slot);
-        if let Some(c) = reading::cut_escape(&u.bytes) {
-            let c = u.from[c] as usize;
-            cut = Some(cut.map_or(c, |d| d.min(c)));
-        }
+        let again = written(&u.bytes, Some(&u), true, r, &mut made, &mut slot);
+        cut_in(&u);
+        queue.extend(again.iter().map(|g| (Some(derived.len()), g, 0)));
+        derived.push(u);
     }
-    // Escapes escaped again, decoded and read as written: each level
-    // only where an escape in the one before wrote the start of another.
-    let mut outer: Option<reading::Mirrored> = None;
-    for _ in 0..AGAIN {
+    // Escapes escaped again (`\\u0073`, `%5Cu0073`, `＆ａｍｐ；＃１１５；`),
+    // decoded and read: only where an escape in the text before wrote the
+    // start of another, up to [`AGAIN`] times and [`DECODED`] texts.
+    let mut decoded = 0;
+    let mut k = 0;
+    while let Some(&(from, grammar, times)) = queue.get(k) {
+        k += 1;
+        if times == AGAIN || decoded == DECODED {
+            continue;
+        }
+        decoded += 1;
         let mut u = reading::Mirrored::default();
-        if !again {
-            break;
+        let source = from.map_or(text, |f| &derived[f].bytes[..]);
+        reading::decode_once(source, &mut u, grammar);
+        if let Some(f) = from {
+            u.through(&derived[f]);
         }
-        let source = outer.as_ref().map_or(text, |o| &o.bytes[..]);
-        reading::decode_once(source, &mut u);
-        if let Some(o) = &outer {
-            u.through(o);
-        }
-        again = written(&u.bytes, Some(&u), false, r, &mut made, &mut slot);
-        if let Some(c) = reading::cut_escape(&u.bytes) {
-            let c = u.from[c] as usize;
-            cut = Some(cut.map_or(c, |d| d.min(c)));
-        }
-        outer = Some(u);
+        let again = written(&u.bytes, Some(&u), false, r, &mut made, &mut slot);
+        cut_in(&u);
+        queue.extend(again.iter().map(|g| (Some(derived.len()), g, times + 1)));
+        derived.push(u);
     }
     let mut readings = [&r[0]; KINDS * 3];
     let mut n = 0;
@@ -1958,6 +1977,88 @@ mod tests {
         }
         for case in cases {
             overwritten_in_a_json_string(&s, &case);
+        }
+    }
+
+    /// Session 13's review of the above: CSS as the outer escaper
+    /// (ESAPI's `encodeForCSS` writes `\` as `\5c `), a quoted-printable
+    /// soft break inside an escape (`quopri` breaks at 76 columns), a
+    /// form's `+` for a space, the whole spelling in fullwidth forms or
+    /// tags, and a blank the outer escaper wrote after the first layer's
+    /// `\` (`json.dumps` of a tab, `quote` of a space).
+    #[test]
+    fn escapes_escaped_again_by_any_encoder_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let each = |f: &dyn Fn(u8) -> String| secret.bytes().map(f).collect::<String>();
+        let wide = |t: &str| -> String {
+            t.chars()
+                .map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c))
+                .collect()
+        };
+        let tagged = |t: &str| -> String {
+            t.bytes()
+                .filter_map(|b| char::from_u32(0xE0000 + u32::from(b)))
+                .collect()
+        };
+        // Soft breaks every 75 characters, as quoted-printable writes.
+        let soft = |t: String, brk: &str| -> String {
+            let c: Vec<char> = t.chars().collect();
+            c.chunks(75)
+                .map(|l| l.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join(&format!("={brk}"))
+        };
+        let json_all = each(&|b| format!("\\u{b:04x}"));
+        let cases = vec![
+            each(&|b| format!("\\5c u{b:04x}")),
+            each(&|b| format!("\\5c 26\\23 {b}\\3b ")),
+            each(&|b| format!("\\5c {b:x}\\20 ")),
+            soft(json_all.clone(), "\n"),
+            soft(format!("x{json_all}"), "\r\n"),
+            soft(format!("xyz{json_all}"), "\n"),
+            each(&|b| format!("%{:X}=\r\n{:X}", b >> 4, b & 15)),
+            each(&|b| format!("&#{}=\n{};", b / 10, b % 10)),
+            each(&|b| format!("%5C{b:x}+")),
+            each(&|b| format!("%5CN%7B{}%7D", name_of(b).replace(' ', "+"))),
+            each(&|b| wide(&format!("%5Cu{b:04x}"))),
+            each(&|b| wide(&format!("\\\\x{b:02x}"))),
+            each(&|b| wide(&format!("&amp;#{b};"))),
+            each(&|b| tagged(&format!("%5Cu{b:04x}"))),
+            each(&|b| format!("\\\\\\tu{b:04x}")),
+            each(&|b| format!("%5C%20u{b:04x}")),
+            each(&|b| format!("%5C+u{b:04x}")),
+            each(&|b| format!("\\\\\u{200b}u{b:04x}")),
+        ];
+        for case in cases {
+            overwritten_in_a_json_string(&s, &case);
+        }
+    }
+
+    /// Session 13's review: a key whose first character is `%5Cu{`, 250
+    /// `%30`s and `73}` went out whole when a frame ended inside a `%30`
+    /// (the cut escape was not found under the `%` it left), past as
+    /// many zeros as characters wait.
+    #[tokio::test]
+    async fn zeros_written_as_escapes_hold_across_frames() {
+        let secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let rest: String = secret[1..]
+            .bytes()
+            .map(|b| format!("%5Cu{b:04x}"))
+            .collect();
+        for head in ["%5Cu{", "\\\\u{", "%5C%75%7B"] {
+            // More zeros than characters wait, so that what waits at a
+            // cut among them begins among them.
+            let whole = format!("{{\"k\":\"{head}{}73}}{rest}\"}}", "%30".repeat(400));
+            let mut one = whole.clone().into_bytes();
+            assert!(s.bytes(&mut one) >= 1, "{head}");
+            for cut in (20..whole.len()).step_by(7).chain(1000..1040) {
+                let (a, b) = whole.as_bytes().split_at(cut);
+                let out = streamed(&s, &[a, b], false).await;
+                assert!(same_but_ends(&one, &out), "{head} cut at {cut}");
+                assert!(!s.found(&out), "{head} cut at {cut}");
+            }
         }
     }
 

@@ -19,11 +19,78 @@ pub(super) struct Reading {
     pub to: Vec<u32>,
     /// Whether an escape was read as a [tag character](tag).
     pub tags: bool,
-    /// Whether an escape read (as written, not as CSS) [`rewraps`]:
-    /// where the text is worth [decoding once](decode_once) and reading
+    /// The grammars of the escapes read that [rewrap](rewraps), and
+    /// quoted-printable's where a soft break [splits one](splits_an_escape):
+    /// how the text is worth [decoding once](decode_once) and reading
     /// again. Found as the reading goes: a walk of its own over every
     /// escape cost 15% of an escape-heavy answer (session 13).
-    pub again: bool,
+    pub again: Grammars,
+}
+
+/// An escaper's grammar, told by an escape's first byte: what one pass
+/// of [`decode_once`] decodes. An escaper writes in one, so a text
+/// escaped again is decoded one grammar at a time: decoding every one at
+/// once read an HTML `&#8` before the quoted-printable soft break that
+/// split `&#81;` was taken out (session 13).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Grammar {
+    Backslash,
+    Css,
+    Percent,
+    Reference,
+    Printable,
+}
+
+impl Grammar {
+    const ALL: [Grammar; 5] = [
+        Grammar::Backslash,
+        Grammar::Css,
+        Grammar::Percent,
+        Grammar::Reference,
+        Grammar::Printable,
+    ];
+
+    /// The grammar of an escape that begins with `b`, read as CSS reads
+    /// `\\` where `css`.
+    fn of(b: u8, css: bool) -> Option<Self> {
+        match b {
+            b'\\' if css => Some(Self::Css),
+            b'\\' => Some(Self::Backslash),
+            b'%' => Some(Self::Percent),
+            b'&' => Some(Self::Reference),
+            b'=' => Some(Self::Printable),
+            _ => None,
+        }
+    }
+
+    fn first(self) -> u8 {
+        match self {
+            Self::Backslash | Self::Css => b'\\',
+            Self::Percent => b'%',
+            Self::Reference => b'&',
+            Self::Printable => b'=',
+        }
+    }
+}
+
+/// A set of [`Grammar`]s.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub(super) struct Grammars(u8);
+
+impl Grammars {
+    fn add(&mut self, g: Grammar) {
+        self.0 |= 1 << g as u8;
+    }
+
+    pub(super) fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub(super) fn iter(self) -> impl Iterator<Item = Grammar> {
+        Grammar::ALL
+            .into_iter()
+            .filter(move |g| self.0 & (1 << *g as u8) != 0)
+    }
 }
 
 /// How a reading takes what a person does not see.
@@ -345,25 +412,15 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     if used < 2 || !wraps(ch) {
         return false;
     }
-    let mut k = i + used;
-    while hay
-        .get(k)
-        .is_some_and(|b| super::squeezed::BLANK[usize::from(*b)])
-    {
-        k += 1;
-    }
-    let Some(&b) = hay.get(k) else {
+    // A form's `+` is a space where a `%` escape wrote the `\\`.
+    let form = hay[i] == b'%';
+    let Some((next, adjacent)) = after_blanks(hay, i + used, form) else {
         // The text ends: what follows is not known, so read again.
         return true;
-    };
-    let next = match decoded(hay, k, false) {
-        Some((Some(c), _)) if matches!(b, b'\\' | b'%' | b'&' | b'=') && c.is_ascii() => c as u8,
-        _ => b,
     };
     // Through blanks (`\\\\ u0073` reads as `\\u0073` through them),
     // but not to a letter that writes a blank or a quote: a `\\\\`
     // before a blank and a word is common prose.
-    let adjacent = k == i + used;
     match ch {
         '\\' if adjacent => {
             next.is_ascii_hexdigit() || b"uUxXNo01234567ntrvbfa\r\n{".contains(&next)
@@ -376,6 +433,51 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     }
 }
 
+/// The first byte at or after `hay[k]` that is not a blank or what reads
+/// as nothing, as written or escaped (`\\\\\\t`, `%5C%20`, a zero-width
+/// space: the outer escaper writes the blank too; session 13's review),
+/// an escape of ASCII read as what it writes; and whether none came
+/// before it. `None` where the text ends first, or after
+/// [`MAX_BLANKS`].
+fn after_blanks(hay: &[u8], mut k: usize, form: bool) -> Option<(u8, bool)> {
+    let start = k;
+    for _ in 0..MAX_BLANKS {
+        let b = *hay.get(k)?;
+        if super::squeezed::BLANK[usize::from(b)] || (form && b == b'+') {
+            k += 1;
+            continue;
+        }
+        let seen = match b {
+            b'\\' | b'%' | b'&' | b'=' => decoded(hay, k, false),
+            0x80.. => utf8_at(hay, k).map(|(c, n)| (Some(c), n)),
+            _ => None,
+        };
+        match seen {
+            Some((None, n)) => k += n,
+            Some((Some(c), n)) if invisible(c) => k += n,
+            Some((Some(c), _)) if c.is_ascii() && b < 0x80 => return Some((c as u8, k == start)),
+            _ => return Some((b, k == start)),
+        }
+    }
+    None
+}
+
+/// How many blanks [`after_blanks`] reads through.
+const MAX_BLANKS: usize = 64;
+
+/// Whether the quoted-printable soft break at `hay[i]` lies inside an
+/// escape, one begun in the few bytes before it (`\\u0=` and a line
+/// break then `078`: `quopri` breaks lines at 76 columns wherever they
+/// fall; session 13's review): the text means the escape once the soft
+/// break is taken out, so it is worth [decoding once](decode_once).
+fn splits_an_escape(hay: &[u8], i: usize) -> bool {
+    hay[i] == b'='
+        && memchr::memchr3(b'\\', b'%', b'&', &hay[i.saturating_sub(SPLIT_REACH)..i]).is_some()
+}
+
+/// How far before a soft break [`splits_an_escape`] looks: `&#x10FFFF`.
+const SPLIT_REACH: usize = 10;
+
 /// `hay` with each escape decoded once and all else as it is written
 /// (case, blanks, what a reader does not see), into `out` (cleared
 /// first): the text an escaper escaped again. Its escapes are then read
@@ -385,15 +487,20 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
 /// left then; session 13). Made only where a reading's [`Reading::again`]
 /// says. (Whether it says so depends on what lies near each escape, but in
 /// a run of `\\\\` on where the run ends: see [`super::in_step`].)
-pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored) {
+pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored, grammar: Grammar) {
     out.bytes.clear();
     out.from.clear();
     out.to.clear();
+    let first = grammar.first();
+    // A form (`quote_plus`, `urlencode`) writes a space as `+` (session
+    // 13's review). No harm elsewhere: this reading is one more.
+    let form = grammar == Grammar::Percent;
+    let css = grammar == Grammar::Css;
     let mut i = 0;
     while i < hay.len() {
         let next = hay[i..]
             .iter()
-            .position(|b| matches!(b, b'\\' | b'%' | b'&' | b'='))
+            .position(|b| *b == first || (form && *b == b'+'))
             .map_or(hay.len(), |k| i + k);
         out.bytes.extend_from_slice(&hay[i..next]);
         out.from.extend(i as u32..next as u32);
@@ -402,7 +509,10 @@ pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored) {
         if i == hay.len() {
             break;
         }
-        let (ch, used) = decoded(hay, i, false).unwrap_or((Some(char::from(hay[i])), 1));
+        let (ch, used) = match hay[i] {
+            b'+' => (Some(' '), 1),
+            b => decoded(hay, i, css).unwrap_or((Some(char::from(b)), 1)),
+        };
         if let Some(ch) = ch {
             let mut buf = [0u8; 4];
             for &b in ch.encode_utf8(&mut buf).as_bytes() {
@@ -629,7 +739,15 @@ pub(super) fn cut_escape(text: &[u8]) -> Option<usize> {
         Some((b'&', k)) => Some(k),
         _ => None,
     };
-    match before(skip(text.len(), true))? {
+    // A percent escape the end cuts (`%`, `%3`) among the zeros of a
+    // text decoded once: `%5Cu{` and `%30`s cut inside a `%30` (session
+    // 13's review).
+    let end = match text {
+        [.., b'%'] => text.len() - 1,
+        [.., b'%', h] if h.is_ascii_hexdigit() => text.len() - 2,
+        _ => text.len(),
+    };
+    match before(skip(end, true))? {
         (b'x' | b'X', k) => match before(skip(k, false))? {
             (b'#', k) => amp(k),
             _ => None,
@@ -1390,7 +1508,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
     out.from.clear();
     out.to.clear();
     out.tags = false;
-    out.again = false;
+    out.again = Grammars::default();
     let mut i = 0;
     while i < hay.len() {
         // A run of bytes read as themselves, copied whole.
@@ -1433,7 +1551,13 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             continue;
         };
         out.tags |= ch.and_then(tag).is_some();
-        out.again |= !mode.css && ch.is_some_and(|c| rewraps(hay, i, c, used));
+        let rewrapped = match ch {
+            Some(c) => rewraps(hay, i, c, used),
+            None => splits_an_escape(hay, i),
+        };
+        if let Some(g) = Grammar::of(b, mode.css).filter(|_| rewrapped) {
+            out.again.add(g);
+        }
         // A character a model reads as ASCII written as an escape
         // (`\\uff53`) reads as that ASCII, as one written as it is.
         match ch.map(|c| (c, looks(c, mode.tags))) {
@@ -1821,55 +1945,77 @@ mod tests {
         assert_eq!(r.to, [1, 8, 11]);
     }
 
-    /// Session 13: escapes decoded once, all else as written, mapped
-    /// back; whether one wrote what escapes are written with.
+    /// Session 13: escapes of one grammar decoded once, all else as
+    /// written, mapped back; which grammars wrote the start of an escape
+    /// that writes by code or name.
     #[test]
     fn escapes_escaped_again_are_decoded_once() {
-        let escaped_again = |hay: &[u8]| {
+        use Grammar::*;
+        let again = |hay: &[u8]| {
             let mut r = Reading::default();
             read(hay, &mut r, Mode::default());
-            r.again
+            r.again.iter().collect::<Vec<_>>()
         };
-        let once = |hay: &[u8]| {
+        let once = |hay: &[u8], g: Grammar| {
             let mut u = Mirrored::default();
-            decode_once(hay, &mut u);
-            let again = escaped_again(hay);
-            (String::from_utf8(u.bytes.clone()).unwrap(), again, u)
+            decode_once(hay, &mut u, g);
+            (String::from_utf8(u.bytes.clone()).unwrap(), u)
         };
-        let (text, wrapped, u) = once(b"A \\\\u0073&amp;#115;%5Cx73");
-        assert_eq!(text, "A \\u0073&#115;\\x73");
-        assert!(wrapped);
-        // `\\\\` stands for its two bytes, `&amp;` for its five.
+        let hay = br"A \\u0073&amp;#115;%5Cx73+";
+        assert_eq!(again(hay), [Backslash, Percent, Reference]);
+        let (text, u) = once(hay, Backslash);
+        assert_eq!(text, r"A \u0073&amp;#115;%5Cx73+");
+        // `\\` stands for its two bytes.
         assert_eq!((u.from[2], u.to[2]), (2, 4));
-        assert_eq!((u.from[8], u.to[8]), (9, 14));
-        assert_eq!((u.from[9], u.to[9]), (14, 15));
-        // Nothing wrapped: `\\"` writes a quote, `%41` a letter.
-        let (text, wrapped, _) = once(b"x\\\"y %41 \\u00e9 & =");
-        assert_eq!(text, "x\"y A \u{e9} & =");
-        assert!(!wrapped);
-        // What reads as nothing is dropped; a lone `\\` at the end kept.
-        let (text, wrapped, _) = once(b"a=\nb\\N{ZWSP}c%5C");
-        assert_eq!(text, "abc\\");
-        assert!(wrapped);
-        // Wrapped, but writing no escape that writes by code or name.
+        let (text, u) = once(hay, Reference);
+        assert_eq!(text, r"A \\u0073&#115;%5Cx73+");
+        // `&amp;` for its five.
+        assert_eq!((u.from[9], u.to[9]), (9, 14));
+        assert_eq!((u.from[10], u.to[10]), (14, 15));
+        // A form's `+` is a space.
+        assert_eq!(once(hay, Percent).0, r"A \\u0073&amp;#115;\x73 ");
+        // As CSS reads `\`.
+        assert_eq!(once(br"\5c u0073", Css).0, r"\u0073");
+        assert_eq!(again(br"\5c u0073"), []);
+        let mut r = Reading::default();
+        let css = Mode {
+            css: true,
+            ..Mode::default()
+        };
+        read(br"\5c u0073", &mut r, css);
+        assert_eq!(r.again.iter().collect::<Vec<_>>(), [Css]);
+        // A soft break inside an escape: quoted-printable's alone.
+        let split = b"&#8=\n1;";
+        assert_eq!(again(split), [Printable]);
+        assert_eq!(once(split, Printable).0, "&#81;");
+        // What reads as nothing is dropped; a lone `\` at the end kept.
+        assert_eq!(once(br"a\N{ZWSP}c%5C", Backslash).0, "ac%5C");
+        assert_eq!(once(br"a\N{ZWSP}c%5C", Percent).0, r"a\N{ZWSP}c\");
+        // Nothing rewraps: `\"` writes a quote, `%41` a letter.
+        assert_eq!(again(br#"x\"y %41 \u00e9 & ="#), []);
         for hay in [
-            &b"a \\\\ b"[..],
-            b"\\\\w+\\\\s*",
-            b"\\\\\"q\\\\\"",
+            &br"a \\ b"[..],
+            br"\\w+\\s*",
+            br#"\\\"q\\\""#,
             b"&amp;&amp; 1",
             b"100%25 x",
         ] {
-            assert!(!escaped_again(hay), "{}", String::from_utf8_lossy(hay));
+            assert_eq!(again(hay), [], "{}", String::from_utf8_lossy(hay));
         }
+        // Through blanks the outer escaper wrote too (the review's F).
         for hay in [
-            &b"\\\\\\\\u0073"[..],
+            &br"\\\\u0073"[..],
             b"%5C%75",
             b"&amp;#",
-            b"\\\\2d ",
+            br"\\2d ",
             b"%255Cu",
-            b"&amp;\\u0061mp;",
+            br"&amp;\u0061mp;",
+            br"\\\tu0073",
+            b"%5C%20u0073",
+            b"%5C+u0073",
+            "\\\\\u{200b}u0073".as_bytes(),
         ] {
-            assert!(escaped_again(hay), "{}", String::from_utf8_lossy(hay));
+            assert_ne!(again(hay), [], "{}", String::from_utf8_lossy(hay));
         }
     }
 
@@ -1892,6 +2038,9 @@ mod tests {
         assert_eq!(zeros_after(b"&amp;", 0), 0);
         assert_eq!(zeros_after(b"\\o{0007", 0), 6);
         assert_eq!(cut_escape(b"ab\\o{000"), Some(2));
+        assert_eq!(cut_escape(b"ab\\u{000%"), Some(2));
+        assert_eq!(cut_escape(b"ab\\u{000%3"), Some(2));
+        assert_eq!(cut_escape(b"ab\\u{000%%"), None);
         // Through what reads as nothing, and mirrors (session 12).
         let wide = "\u{ff06}\u{ff03}\u{ff58}\u{ff10}0\u{200b}0";
         assert_eq!(zeros_after(wide.as_bytes(), 0), wide.len());
