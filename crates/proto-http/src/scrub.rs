@@ -247,14 +247,17 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
 /// read; four times is not (docs/security.md).
 const AGAIN: usize = 2;
 
-/// How many texts [`readings_of`] decodes at most, each way and each
-/// time together.
-const DECODED: usize = 4;
+/// The most texts [`readings_of`] decodes in a part: once in each of
+/// the five grammars and once more each, and once each mirrored text.
+const DECODED: usize = 5 * AGAIN + 2;
 
 /// The most kinds of reading a part gets ([`readings_of`]): as written
-/// and as CSS reads `\\` ([`written`]), of the text as it is, mirrored
-/// two ways, and decoded [`DECODED`] times.
+/// and as CSS reads `\\` ([`written`]), each two ways, of the text as it
+/// is, mirrored two ways, and decoded [`DECODED`] times.
 const KINDS: usize = 4 * (1 + 2 + DECODED);
+
+/// The slots of [`written`]'s kinds of a part as written: the first.
+const OWN_SLOTS: usize = 4 * 3;
 
 /// The next three slots of [`readings_of`]'s readings.
 fn next(slot: &mut usize) -> std::ops::Range<usize> {
@@ -350,22 +353,27 @@ fn readings_of<'a>(
     text: &[u8],
     r: &'a mut [reading::Reading; KINDS * 3],
 ) -> ([&'a reading::Reading; KINDS * 3], usize, Option<usize>) {
-    let mut made = [false; KINDS * 3];
-    let mut slot = 0;
-    let mut cut = reading::cut_escape(text);
-    let mut cut_in = |u: &reading::Mirrored| {
-        if let Some(c) = reading::cut_escape(&u.bytes) {
-            let c = u.from[c] as usize;
-            cut = Some(cut.map_or(c, |d| d.min(c)));
-        }
+    let mut k = Kinds {
+        r,
+        made: [false; KINDS * 3],
+        slot: 0,
+        cut: reading::cut_escape(text),
     };
-    // Texts that stand for `text` (mirrored, decoded), and which of them
-    // to decode again: (which, in what grammar, how many times decoded
-    // before).
-    let mut derived: Vec<reading::Mirrored> = Vec::new();
-    let mut queue: Vec<(Option<usize>, reading::Grammar, usize)> = Vec::new();
-    let again = written(text, None, false, r, &mut made, &mut slot);
-    queue.extend(again.iter().map(|g| (None, g, 0)));
+    // Escapes escaped again (`\\u0073`, `%5Cu0073`, `＆ａｍｐ；＃１１５；`)
+    // are decoded and read where an escape wrote the start of another:
+    // the text once in each grammar that did (an escaper writes one), and
+    // each of those, and each mirrored text, once more in every grammar
+    // that did at once. So a part gets at most [`DECODED`] decoded texts,
+    // however many decoys of other grammars lie near the key (a cap on
+    // the count of texts would let decoys take the room of the one that
+    // reads as the key).
+    let again = k.written(text, None, false);
+    for g in again.iter() {
+        let (u, again) = k.decoded(text, None, reading::Grammars::one(g));
+        if !again.is_empty() {
+            k.decoded(&u.bytes, Some(&u), again);
+        }
+    }
     let mirrors = reading::has_mirrors(text);
     let ways: &[bool] = match (mirrors.tags, mirrors.others) {
         (true, true) => &[true, false],
@@ -376,33 +384,13 @@ fn readings_of<'a>(
         let mut u = reading::Mirrored::default();
         reading::mirror(text, &mut u, with_tags);
         // As CSS reads it too: `＼２ｄ ` (session 12's third review).
-        let again = written(&u.bytes, Some(&u), true, r, &mut made, &mut slot);
-        cut_in(&u);
-        queue.extend(again.iter().map(|g| (Some(derived.len()), g, 0)));
-        derived.push(u);
-    }
-    // Escapes escaped again (`\\u0073`, `%5Cu0073`, `＆ａｍｐ；＃１１５；`),
-    // decoded and read: only where an escape in the text before wrote the
-    // start of another, up to [`AGAIN`] times and [`DECODED`] texts.
-    let mut decoded = 0;
-    let mut k = 0;
-    while let Some(&(from, grammar, times)) = queue.get(k) {
-        k += 1;
-        if times == AGAIN || decoded == DECODED {
-            continue;
+        let again = k.written(&u.bytes, Some(&u), true);
+        k.cut_in(&u);
+        if !again.is_empty() {
+            k.decoded(&u.bytes, Some(&u), again);
         }
-        decoded += 1;
-        let mut u = reading::Mirrored::default();
-        let source = from.map_or(text, |f| &derived[f].bytes[..]);
-        reading::decode_once(source, &mut u, grammar);
-        if let Some(f) = from {
-            u.through(&derived[f]);
-        }
-        let again = written(&u.bytes, Some(&u), false, r, &mut made, &mut slot);
-        cut_in(&u);
-        queue.extend(again.iter().map(|g| (Some(derived.len()), g, times + 1)));
-        derived.push(u);
     }
+    let (made, cut) = (k.made, k.cut);
     let mut readings = [&r[0]; KINDS * 3];
     let mut n = 0;
     for (r, _) in r.iter().zip(made).filter(|(_, m)| *m) {
@@ -410,6 +398,56 @@ fn readings_of<'a>(
         n += 1;
     }
     (readings, n, cut)
+}
+
+/// The readings [`readings_of`] makes of a part: which slots hold one,
+/// the next free, and the least of where an escape the part's end cuts
+/// begins in the texts read.
+struct Kinds<'r> {
+    r: &'r mut [reading::Reading; KINDS * 3],
+    made: [bool; KINDS * 3],
+    slot: usize,
+    cut: Option<usize>,
+}
+
+impl Kinds<'_> {
+    /// [`written`]'s kinds of `t` in the next slots.
+    fn written(
+        &mut self,
+        t: &[u8],
+        m: Option<&reading::Mirrored>,
+        tags: bool,
+    ) -> reading::Grammars {
+        written(t, m, tags, self.r, &mut self.made, &mut self.slot)
+    }
+
+    /// Where a numeric escape the end of `u` cuts begins, if before the
+    /// least so far.
+    fn cut_in(&mut self, u: &reading::Mirrored) {
+        if let Some(c) = reading::cut_escape(&u.bytes) {
+            let c = u.from[c] as usize;
+            self.cut = Some(self.cut.map_or(c, |d| d.min(c)));
+        }
+    }
+
+    /// `t` (standing for the part through `from`, where given)
+    /// [decoded once](reading::decode_once) in `grammars` and read: the
+    /// text decoded, and in which grammars it is worth decoding again.
+    fn decoded(
+        &mut self,
+        t: &[u8],
+        from: Option<&reading::Mirrored>,
+        grammars: reading::Grammars,
+    ) -> (reading::Mirrored, reading::Grammars) {
+        let mut u = reading::Mirrored::default();
+        reading::decode_once(t, &mut u, grammars);
+        if let Some(f) = from {
+            u.through(f);
+        }
+        let again = self.written(&u.bytes, Some(&u), false);
+        self.cut_in(&u);
+        (u, again)
+    }
 }
 
 /// `p`, or where a run of `\\` that `p` is inside of begins a multiple
@@ -477,6 +515,10 @@ const MAX_REACH: usize = 16 << 10;
 /// The most bytes a frame's end waits: a spelling broken by more blanks
 /// than this, across frames, is not found.
 const MAX_HELD: usize = 64 << 10;
+
+/// More than this is not kept between frames in the readings past the
+/// first kinds ([`written`]'s of the part as written).
+const KEPT_RARE: usize = 16 << 10;
 
 /// More than this is not kept between frames in [`SQUEEZED`].
 const KEPT: usize = 1 << 20;
@@ -673,8 +715,12 @@ impl Scrubber {
             } else {
                 part.start + last
             };
-            for r in all.iter_mut() {
-                if r.text.capacity() > KEPT {
+            // What the rarer kinds grew to is not kept past a small part:
+            // a thread's readings of crafted answers would keep some
+            // 180 times the largest part read.
+            for (k, r) in all.iter_mut().enumerate() {
+                let kept = if k < OWN_SLOTS { KEPT } else { KEPT_RARE };
+                if r.text.capacity() > kept {
                     *r = reading::Reading::default();
                 }
             }
@@ -2032,6 +2078,35 @@ mod tests {
         ];
         for case in cases {
             overwritten_in_a_json_string(&s, &case);
+        }
+    }
+
+    /// Session 13: decoys of every grammar near a key escaped again
+    /// take no room from the grammar that reads as the key, and a key
+    /// escaped three times in all is read among them.
+    #[test]
+    fn decoys_of_other_grammars_hide_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let decoys = r"\\u0020 \5c u0020 %5Cu0020 &amp;#32; =5Cu0020 ";
+        let json_all: String = secret.bytes().map(|b| format!("\\u{b:04x}")).collect();
+        let split: String = json_all
+            .as_bytes()
+            .chunks(5)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("=\n");
+        let each = |f: &dyn Fn(u8) -> String| secret.bytes().map(f).collect::<String>();
+        for key in [
+            split,
+            each(&|b| format!("%5C%5Cu{b:04x}")),
+            each(&|b| format!("&amp;amp;#{b};")),
+            each(&|b| format!("\\5c 5c u{b:04x}")),
+        ] {
+            let mut b = format!("{decoys}{key}{decoys}").into_bytes();
+            assert!(s.bytes(&mut b) >= 1, "{key}");
+            let left = String::from_utf8_lossy(&b).replace('*', "");
+            assert_eq!(left, format!("{decoys}{decoys}"), "{key}");
         }
     }
 

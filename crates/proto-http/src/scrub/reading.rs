@@ -86,10 +86,22 @@ impl Grammars {
         Self(self.0 | other.0)
     }
 
+    pub(super) fn one(g: Grammar) -> Self {
+        let mut set = Self::default();
+        set.add(g);
+        set
+    }
+
+    pub(super) fn has(self, g: Grammar) -> bool {
+        self.0 & (1 << g as u8) != 0
+    }
+
+    pub(super) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     pub(super) fn iter(self) -> impl Iterator<Item = Grammar> {
-        Grammar::ALL
-            .into_iter()
-            .filter(move |g| self.0 & (1 << *g as u8) != 0)
+        Grammar::ALL.into_iter().filter(move |g| self.has(*g))
     }
 }
 
@@ -487,20 +499,27 @@ const SPLIT_REACH: usize = 10;
 /// left then; session 13). Made only where a reading's [`Reading::again`]
 /// says. (Whether it says so depends on what lies near each escape, but in
 /// a run of `\\\\` on where the run ends: see [`super::in_step`].)
-pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored, grammar: Grammar) {
+pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored, grammars: Grammars) {
     out.bytes.clear();
     out.from.clear();
     out.to.clear();
-    let first = grammar.first();
+    let mut first = [false; 256];
+    for g in grammars.iter() {
+        first[usize::from(g.first())] = true;
+    }
     // A form (`quote_plus`, `urlencode`) writes a space as `+` (session
     // 13's review). No harm elsewhere: this reading is one more.
-    let form = grammar == Grammar::Percent;
-    let css = grammar == Grammar::Css;
+    let form = grammars.has(Grammar::Percent);
+    if form {
+        first[usize::from(b'+')] = true;
+    }
+    // CSS's reading of `\\` where it alone asks for one.
+    let css = grammars.has(Grammar::Css) && !grammars.has(Grammar::Backslash);
     let mut i = 0;
     while i < hay.len() {
         let next = hay[i..]
             .iter()
-            .position(|b| *b == first || (form && *b == b'+'))
+            .position(|b| first[usize::from(*b)])
             .map_or(hay.len(), |k| i + k);
         out.bytes.extend_from_slice(&hay[i..next]);
         out.from.extend(i as u32..next as u32);
@@ -1958,7 +1977,7 @@ mod tests {
         };
         let once = |hay: &[u8], g: Grammar| {
             let mut u = Mirrored::default();
-            decode_once(hay, &mut u, g);
+            decode_once(hay, &mut u, Grammars::one(g));
             (String::from_utf8(u.bytes.clone()).unwrap(), u)
         };
         let hay = br"A \\u0073&amp;#115;%5Cx73+";
