@@ -427,8 +427,11 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     // A form's `+` is a space where a `%` escape wrote the `\\`.
     let form = hay[i] == b'%';
     let Some((next, adjacent)) = after_blanks(hay, i + used, form) else {
-        // The text ends: what follows is not known, so read again.
-        return true;
+        // The text ends, or blanks go on too long. At a frame's end what
+        // follows is not known yet: this waits and is read again with it.
+        // (Read again here, a megabyte of `\\` in 256-byte frames was
+        // read three times over: session 13's review.)
+        return false;
     };
     // Through blanks (`\\\\ u0073` reads as `\\u0073` through them),
     // but not to a letter that writes a blank or a quote: a `\\\\`
