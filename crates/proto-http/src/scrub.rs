@@ -361,9 +361,11 @@ fn readings_of<'a>(
     };
     // Escapes escaped again (`\\u0073`, `%5Cu0073`, `＆ａｍｐ；＃１１５；`)
     // are decoded and read where an escape wrote the start of another:
-    // the text once in each grammar that did (an escaper writes one), and
-    // each of those, and each mirrored text, once more in every grammar
-    // that did at once. So a part gets at most [`DECODED`] decoded texts,
+    // the text once in each grammar that did (an escaper writes one),
+    // and each of those, and each mirrored text, once more in every
+    // grammar that did at once (so a key whose characters are each
+    // escaped again in another grammar, `%5Cu0073&#92;u006b=5Cu002d`, is
+    // read too: the second review). So a part gets at most [`DECODED`] decoded texts,
     // however many decoys of other grammars lie near the key (a cap on
     // the count of texts would let decoys take the room of the one that
     // reads as the key).
@@ -2056,7 +2058,7 @@ mod tests {
                 .join(&format!("={brk}"))
         };
         let json_all = each(&|b| format!("\\u{b:04x}"));
-        let cases = vec![
+        let mut cases = vec![
             each(&|b| format!("\\5c u{b:04x}")),
             each(&|b| format!("\\5c 26\\23 {b}\\3b ")),
             each(&|b| format!("\\5c {b:x}\\20 ")),
@@ -2075,7 +2077,30 @@ mod tests {
             each(&|b| format!("%5C%20u{b:04x}")),
             each(&|b| format!("%5C+u{b:04x}")),
             each(&|b| format!("\\\\\u{200b}u{b:04x}")),
+            // The second review: a soft break far into an escape, past
+            // its zeros or inside a name.
+            each(&|b| format!("%5Cu{{{}=\n{}{b:x}}}", "0".repeat(12), "0".repeat(30))),
+            each(&|b| {
+                let n = format!("\\N{{{}}}", name_of(b));
+                format!("{}=\n{}", &n[..14], &n[14..])
+            }),
+            // An outer escape that writes a look-alike of `\\`.
+            each(&|b| format!("\\uff3cu{b:04x}")),
+            each(&|b| format!("%EF%BC%BCu{b:04x}")),
+            each(&|b| format!("&#xff3c;u{b:04x}")),
+            each(&|b| format!("\\udb40\\udc5cu{b:04x}")),
+            each(&|b| format!("\\U000e005cu{b:04x}")),
+            each(&|b| format!("%F3%A0%81%9Cu{b:04x}")),
         ];
+        // Each character's `\\` in another grammar, in turn.
+        let wrappers = ["%5C", "&#92;", "=5C", "\\\\"];
+        cases.push(
+            secret
+                .bytes()
+                .enumerate()
+                .map(|(k, b)| format!("{}u{b:04x}", wrappers[k % wrappers.len()]))
+                .collect(),
+        );
         for case in cases {
             overwritten_in_a_json_string(&s, &case);
         }

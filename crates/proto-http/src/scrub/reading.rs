@@ -20,7 +20,7 @@ pub(super) struct Reading {
     /// Whether an escape was read as a [tag character](tag).
     pub tags: bool,
     /// The grammars of the escapes read that [rewrap](rewraps), and
-    /// quoted-printable's where a soft break [splits one](splits_an_escape):
+    /// quoted-printable's where a soft break may split one (after one):
     /// how the text is worth [decoding once](decode_once) and reading
     /// again. Found as the reading goes: a walk of its own over every
     /// escape cost 15% of an escape-heavy answer (session 13).
@@ -402,15 +402,25 @@ impl Mirrored {
     }
 }
 
-/// Whether an escape that writes `ch` may have been escaped again: `ch`
-/// begins an escape (`\\\\`, `%5C`, `&amp;`, `=5C`) or is one of what a
-/// numeric escape is written with (`#`, `{`, a `u`, an `x`, a zero: a
-/// `%5C%75%7B` before `%30`s).
-fn wraps(ch: char) -> bool {
+/// The ASCII an escape that writes `ch` may have been escaped again
+/// with: `ch` begins an escape (`\\\\`, `%5C`, `&amp;`, `=5C`) or is
+/// one of what a numeric escape is written with (`#`, `{`, a `u`, an
+/// `x`, a zero: a `%5C%75%7B` before `%30`s), as written or as a model
+/// reads a look-alike (`\\uff3c` writes `＼`, a tag `\\U000e005c` a
+/// tag of `\\`: session 13's review).
+fn wraps(ch: char) -> Option<u8> {
+    let ascii = match ch {
+        c if c.is_ascii() => c as u8,
+        c => match tag(c).map(ascii_byte).or_else(|| compat(c))? {
+            &[b] => b,
+            _ => return None,
+        },
+    };
     matches!(
-        ch,
-        '\\' | '%' | '&' | '=' | '#' | '{' | 'u' | 'U' | 'x' | 'X' | '0'
+        ascii,
+        b'\\' | b'%' | b'&' | b'=' | b'#' | b'{' | b'u' | b'U' | b'x' | b'X' | b'0'
     )
+    .then_some(ascii)
 }
 
 /// Whether the escape at `hay[i..]` (`used` bytes) writes `ch` as the
@@ -421,9 +431,9 @@ fn wraps(ch: char) -> bool {
 /// prose quoted in JSON) writes none: read again, an escape-heavy answer
 /// cost 2.6 times as much (session 13).
 fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
-    if used < 2 || !wraps(ch) {
+    let Some(ch) = wraps(ch).filter(|_| used > 1) else {
         return false;
-    }
+    };
     // A form's `+` is a space where a `%` escape wrote the `\\`.
     let form = hay[i] == b'%';
     let Some((next, adjacent)) = after_blanks(hay, i + used, form) else {
@@ -437,13 +447,13 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
     // but not to a letter that writes a blank or a quote: a `\\\\`
     // before a blank and a word is common prose.
     match ch {
-        '\\' if adjacent => {
+        b'\\' if adjacent => {
             next.is_ascii_hexdigit() || b"uUxXNo01234567ntrvbfa\r\n{".contains(&next)
         }
-        '\\' => b"uUxXNo01234567{".contains(&next),
-        '%' => next.is_ascii_hexdigit() || matches!(next, b'u' | b'U'),
-        '&' => adjacent && (next == b'#' || next.is_ascii_alphabetic()),
-        '=' => adjacent && (next.is_ascii_hexdigit() || matches!(next, b'\r' | b'\n')),
+        b'\\' => b"uUxXNo01234567{".contains(&next),
+        b'%' => next.is_ascii_hexdigit() || matches!(next, b'u' | b'U'),
+        b'&' => adjacent && (next == b'#' || next.is_ascii_alphabetic()),
+        b'=' => adjacent && (next.is_ascii_hexdigit() || matches!(next, b'\r' | b'\n')),
         _ => true,
     }
 }
@@ -479,19 +489,6 @@ fn after_blanks(hay: &[u8], mut k: usize, form: bool) -> Option<(u8, bool)> {
 
 /// How many blanks [`after_blanks`] reads through.
 const MAX_BLANKS: usize = 64;
-
-/// Whether the quoted-printable soft break at `hay[i]` lies inside an
-/// escape, one begun in the few bytes before it (`\\u0=` and a line
-/// break then `078`: `quopri` breaks lines at 76 columns wherever they
-/// fall; session 13's review): the text means the escape once the soft
-/// break is taken out, so it is worth [decoding once](decode_once).
-fn splits_an_escape(hay: &[u8], i: usize) -> bool {
-    hay[i] == b'='
-        && memchr::memchr3(b'\\', b'%', b'&', &hay[i.saturating_sub(SPLIT_REACH)..i]).is_some()
-}
-
-/// How far before a soft break [`splits_an_escape`] looks: `&#x10FFFF`.
-const SPLIT_REACH: usize = 10;
 
 /// `hay` with each escape decoded once and all else as it is written
 /// (case, blanks, what a reader does not see), into `out` (cleared
@@ -535,6 +532,12 @@ pub(super) fn decode_once(hay: &[u8], out: &mut Mirrored, grammars: Grammars) {
             b'+' => (Some(' '), 1),
             b => decoded(hay, i, css).unwrap_or((Some(char::from(b)), 1)),
         };
+        // A look-alike of what escapes are written with, as the ASCII
+        // a model reads it as: `\\uff3cu0073` is `\\u0073` to it.
+        let ch = ch.map(|c| match wraps(c) {
+            Some(b) if !c.is_ascii() => char::from(b),
+            _ => c,
+        });
         if let Some(ch) = ch {
             let mut buf = [0u8; 4];
             for &b in ch.encode_utf8(&mut buf).as_bytes() {
@@ -704,7 +707,7 @@ fn seen_again(sq: &[u8], i: &mut usize) -> Option<u8> {
     if matches!(sq.get(*i), Some(b'\\' | b'%' | b'&' | b'='))
         && let Some((Some(ch), used)) = decoded(sq, *i, false)
         && ch.is_ascii()
-        && wraps(ch)
+        && wraps(ch).is_some()
     {
         *i += used;
         return Some((ch as u8).to_ascii_lowercase());
@@ -1531,6 +1534,13 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
     out.to.clear();
     out.tags = false;
     out.again = Grammars::default();
+    // Whether an escape of another grammar came before: a
+    // quoted-printable soft break after one may lie inside it (`\\u0=`
+    // and a line break then `073`; `quopri` breaks lines at 76 columns
+    // wherever they fall, and an escape's zeros may run on any length
+    // before it: session 13's reviews), so the text is worth reading
+    // with the soft breaks taken out first.
+    let mut introduced = false;
     let mut i = 0;
     while i < hay.len() {
         // A run of bytes read as themselves, copied whole.
@@ -1567,6 +1577,8 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
             i += n;
             continue;
         }
+        let soft = b == b'=' && introduced;
+        introduced |= matches!(b, b'\\' | b'%' | b'&');
         let Some((ch, used)) = decoded(hay, i, mode.css) else {
             out.push_all(&[b], i, i + 1);
             i += 1;
@@ -1575,7 +1587,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
         out.tags |= ch.and_then(tag).is_some();
         let rewrapped = match ch {
             Some(c) => rewraps(hay, i, c, used),
-            None => splits_an_escape(hay, i),
+            None => soft,
         };
         if let Some(g) = Grammar::of(b, mode.css).filter(|_| rewrapped) {
             out.again.add(g);
