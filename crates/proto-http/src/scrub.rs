@@ -248,8 +248,9 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
 const AGAIN: usize = 2;
 
 /// The most texts [`readings_of`] decodes in a part: once in each of
-/// the five grammars and once more each, and once each mirrored text.
-const DECODED: usize = 5 * AGAIN + 2;
+/// the five grammars and once more each, the text through blanks twice,
+/// and once each mirrored text.
+const DECODED: usize = 5 * AGAIN + AGAIN + 2;
 
 /// The most kinds of reading a part gets ([`readings_of`]): as written
 /// and as CSS reads `\\` ([`written`]), each two ways, of the text as it
@@ -297,13 +298,13 @@ fn written(
     r: &mut [reading::Reading; KINDS * 3],
     made: &mut [bool; KINDS * 3],
     slot: &mut usize,
-) -> reading::Grammars {
+) -> Again {
     let first = reading::Mode {
         tags,
         ..Default::default()
     };
     let css = reading::has_css_escape(t);
-    let mut again = reading::Grammars::default();
+    let mut again = Again::default();
     for mode in [first, reading::Mode { css: true, ..first }] {
         if mode.css && !css {
             continue;
@@ -318,9 +319,20 @@ fn written(
             };
             kind_in(t, other, m, &mut r[at.clone()], &mut made[at]);
         }
-        again = again.union(r[start].again);
+        again.written = again.written.union(r[start].again);
+        if made[start + 1] {
+            again.through = again.through.union(r[start + 1].again);
+        }
     }
     again
+}
+
+/// In which grammars a text is worth decoding once ([`written`]): as
+/// written, and read through blanks (a blank inside the outer escape).
+#[derive(Default, Clone, Copy)]
+struct Again {
+    written: reading::Grammars,
+    through: reading::Grammars,
 }
 
 /// The readings of `text` the scrubber searches, made in `r`, and where
@@ -370,10 +382,22 @@ fn readings_of<'a>(
     // the count of texts would let decoys take the room of the one that
     // reads as the key).
     let again = k.written(text, None, false);
-    for g in again.iter() {
+    for g in again.written.iter() {
         let (u, again) = k.decoded(text, None, reading::Grammars::one(g));
-        if !again.is_empty() {
-            k.decoded(&u.bytes, Some(&u), again);
+        if !again.written.is_empty() {
+            k.decoded(&u.bytes, Some(&u), again.written);
+        }
+    }
+    // Where only the reading through blanks asks (a blank inside the
+    // outer escape: `%5` and a zero-width space then `Cu0073`), the text
+    // without them, in all those grammars at once.
+    let through = again.through.minus(again.written);
+    if !through.is_empty() {
+        let mut seen = reading::Mirrored::default();
+        reading::seen(text, &mut seen);
+        let (u, again) = k.decoded(&seen.bytes, Some(&seen), through);
+        if !again.written.is_empty() {
+            k.decoded(&u.bytes, Some(&u), again.written);
         }
     }
     let mirrors = reading::has_mirrors(text);
@@ -388,8 +412,8 @@ fn readings_of<'a>(
         // As CSS reads it too: `＼２ｄ ` (session 12's third review).
         let again = k.written(&u.bytes, Some(&u), true);
         k.cut_in(&u);
-        if !again.is_empty() {
-            k.decoded(&u.bytes, Some(&u), again);
+        if !again.written.is_empty() {
+            k.decoded(&u.bytes, Some(&u), again.written);
         }
     }
     let (made, cut) = (k.made, k.cut);
@@ -414,12 +438,7 @@ struct Kinds<'r> {
 
 impl Kinds<'_> {
     /// [`written`]'s kinds of `t` in the next slots.
-    fn written(
-        &mut self,
-        t: &[u8],
-        m: Option<&reading::Mirrored>,
-        tags: bool,
-    ) -> reading::Grammars {
+    fn written(&mut self, t: &[u8], m: Option<&reading::Mirrored>, tags: bool) -> Again {
         written(t, m, tags, self.r, &mut self.made, &mut self.slot)
     }
 
@@ -440,7 +459,7 @@ impl Kinds<'_> {
         t: &[u8],
         from: Option<&reading::Mirrored>,
         grammars: reading::Grammars,
-    ) -> (reading::Mirrored, reading::Grammars) {
+    ) -> (reading::Mirrored, Again) {
         let mut u = reading::Mirrored::default();
         reading::decode_once(t, &mut u, grammars);
         if let Some(f) = from {
@@ -2091,6 +2110,14 @@ mod tests {
             each(&|b| format!("\\udb40\\udc5cu{b:04x}")),
             each(&|b| format!("\\U000e005cu{b:04x}")),
             each(&|b| format!("%F3%A0%81%9Cu{b:04x}")),
+            // A blank or an invisible character inside the outer escape.
+            each(&|b| format!("%5\u{200b}Cu{b:04x}")),
+            each(&|b| format!("%\u{200b}5Cu{b:04x}")),
+            each(&|b| format!("&am\u{200b}p;#{b};")),
+            each(&|b| format!("&amp\u{200b};#{b};")),
+            each(&|b| format!("&#9\u{200b}2;u{b:04x}")),
+            each(&|b| format!("%5 Cu{b:04x}")),
+            each(&|b| format!("&amp; #{b};")),
         ];
         // Each character's `\\` in another grammar, in turn.
         let wrappers = ["%5C", "&#92;", "=5C", "\\\\"];

@@ -100,6 +100,10 @@ impl Grammars {
         self.0 == 0
     }
 
+    pub(super) fn minus(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
     pub(super) fn iter(self) -> impl Iterator<Item = Grammar> {
         Grammar::ALL.into_iter().filter(move |g| self.has(*g))
     }
@@ -452,7 +456,8 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
         }
         b'\\' => b"uUxXNo01234567{".contains(&next),
         b'%' => next.is_ascii_hexdigit() || matches!(next, b'u' | b'U'),
-        b'&' => adjacent && (next == b'#' || next.is_ascii_alphabetic()),
+        // A blank then a word is prose (`&amp; more`); a `#` is not.
+        b'&' => next == b'#' || (adjacent && next.is_ascii_alphabetic()),
         b'=' => adjacent && (next.is_ascii_hexdigit() || matches!(next, b'\r' | b'\n')),
         _ => true,
     }
@@ -1468,6 +1473,18 @@ impl Seen {
         }
         seen
     }
+}
+
+/// `hay` with the blanks and what a reader does not see taken out, as a
+/// text that stands for it: where a blank lies inside an escape that
+/// writes another (`%5` and a zero-width space then `Cu0073`, `&am p;`:
+/// session 13's second review), for [`decode_once`].
+pub(super) fn seen(hay: &[u8], out: &mut Mirrored) {
+    let seen = Seen::of(hay, false);
+    out.to.clear();
+    out.to.extend(seen.at.iter().map(|a| a + 1));
+    out.bytes = seen.bytes;
+    out.from = seen.at;
 }
 
 /// `hay` read through what a reader does not see ([`Seen`]) into `out`
