@@ -247,10 +247,10 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
 /// read; four times is not (docs/security.md).
 const AGAIN: usize = 2;
 
-/// The most texts [`readings_of`] decodes in a part: once in each of
-/// the five grammars and once more each, the text through blanks twice,
-/// and once each mirrored text.
-const DECODED: usize = 5 * AGAIN + AGAIN + 2;
+/// The most texts [`readings_of`] decodes in a part: in the
+/// [passes](reading::passes) of the text and once more each, the text
+/// through blanks twice, and once each mirrored text.
+const DECODED: usize = 3 * AGAIN + AGAIN + 2;
 
 /// The most kinds of reading a part gets ([`readings_of`]): as written
 /// and as CSS reads `\\` ([`written`]), each two ways, of the text as it
@@ -373,17 +373,17 @@ fn readings_of<'a>(
     };
     // Escapes escaped again (`\\u0073`, `%5Cu0073`, `＆ａｍｐ；＃１１５；`)
     // are decoded and read where an escape wrote the start of another:
-    // the text once in each grammar that did (an escaper writes one),
-    // and each of those, and each mirrored text, once more in every
-    // grammar that did at once (so a key whose characters are each
-    // escaped again in another grammar, `%5Cu0073&#92;u006b=5Cu002d`, is
-    // read too: the second review). So a part gets at most [`DECODED`] decoded texts,
-    // however many decoys of other grammars lie near the key (a cap on
-    // the count of texts would let decoys take the room of the one that
-    // reads as the key).
+    // the text once in all the grammars that did at once, and apart in
+    // those that must go alone ([`reading::passes`]); each of those, the
+    // text through blanks and each mirrored text once more in every
+    // grammar that did at once. So a part gets at most [`DECODED`]
+    // decoded texts, and decoys of other grammars near the key take none
+    // of its room (a cap on a count of texts one per grammar had let
+    // them: the second review). One text per grammar cost a crafted body
+    // of every grammar's decoys four times as much.
     let again = k.written(text, None, false);
-    for g in again.written.iter() {
-        let (u, again) = k.decoded(text, None, reading::Grammars::one(g));
+    for grammars in reading::passes(again.written) {
+        let (u, again) = k.decoded(text, None, grammars);
         if !again.written.is_empty() {
             k.decoded(&u.bytes, Some(&u), again.written);
         }

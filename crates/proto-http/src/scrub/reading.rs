@@ -73,6 +73,32 @@ impl Grammar {
     }
 }
 
+/// How a text whose escapes in `asked` wrote the start of others is
+/// decoded once: in all of them at once (an escaper writes one grammar,
+/// and one text for each had let a crafted answer with decoys of every
+/// grammar cost four times as much), and apart in those that must go
+/// alone: quoted-printable's, whose soft breaks may split an escape of
+/// another grammar that decoding it with them reads too soon (`&#8=` and
+/// a line break then `1;`), and CSS's where `\\` is also asked for as
+/// the others read it.
+pub(super) fn passes(asked: Grammars) -> impl Iterator<Item = Grammars> {
+    let alone = |g: Grammar| {
+        let others = asked.minus(Grammars::one(g));
+        let apart = match g {
+            Grammar::Css => others.has(Grammar::Backslash),
+            _ => !others.is_empty(),
+        };
+        (asked.has(g) && apart).then(|| Grammars::one(g))
+    };
+    [
+        (!asked.is_empty()).then_some(asked),
+        alone(Grammar::Printable),
+        alone(Grammar::Css),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// A set of [`Grammar`]s.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub(super) struct Grammars(u8);
