@@ -231,6 +231,7 @@ fn kind(text: &[u8], mode: reading::Mode, r: &mut [reading::Reading]) -> [bool; 
     };
     let lines = reading::Mode {
         breaks: true,
+        asks: false,
         ..mode
     };
     reading::read(text, &mut r[0], plain);
@@ -301,6 +302,7 @@ fn written(
 ) -> Again {
     let first = reading::Mode {
         tags,
+        asks: true,
         ..Default::default()
     };
     let css = reading::has_css_escape(t);
@@ -315,6 +317,7 @@ fn written(
             let at = next(slot);
             let other = reading::Mode {
                 tags: !tags,
+                asks: false,
                 ..mode
             };
             kind_in(t, other, m, &mut r[at.clone()], &mut made[at]);
