@@ -505,45 +505,77 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
 /// again: JSON with Windows paths had cost nine times as much (session
 /// 13).
 fn writes_by_code(hay: &[u8], i: usize, used: usize, w: u8) -> bool {
-    let mut buf = [0u8; ESCAPE_WIDTH + 8];
-    buf[0] = w;
-    let mut n = 1;
-    let grammar = hay[i];
-    let mut j = i + used;
-    while n + 4 <= buf.len() && j < hay.len() {
-        let b = hay[j];
-        if super::squeezed::BLANK[usize::from(b)] || (grammar == b'%' && b == b'+') {
-            j += 1;
-            continue;
+    let mut ahead = Ahead {
+        buf: [0u8; ESCAPE_WIDTH + 8],
+        n: 1,
+        j: i + used,
+        grammar: hay[i],
+    };
+    ahead.buf[0] = w;
+    // Most escapes are short (`\\U0000XXXX`, `&#1114111;`): a dozen bytes
+    // first, and the rest of the window only for names and zeros.
+    for limit in [SHORT_AHEAD, ahead.buf.len()] {
+        ahead.fill(hay, limit);
+        let buf = &ahead.buf[..ahead.n];
+        if [false, true]
+            .into_iter()
+            .any(|css| matches!(decoded(buf, 0, css), Some((Some(_), k)) if k > 2))
+        {
+            return true;
         }
-        let seen = match b {
-            _ if b == grammar => decoded(hay, j, false),
-            0x80.. => utf8_at(hay, j).map(|(c, k)| (Some(c), k)),
-            _ => None,
-        };
-        match seen {
-            Some((Some(c), k)) if invisible(c) => j += k,
-            Some((None, k)) => j += k,
-            Some((Some(c), k)) if b == grammar => {
-                let c = wraps(c).map_or(c, char::from);
-                n += c.encode_utf8(&mut buf[n..]).len();
-                j += k;
+        if ahead.j >= hay.len() {
+            return false;
+        }
+    }
+    // Past the window, a numeric escape's leading zeros (`%5Cu{` and a
+    // thousand `%30`s) may run on: one that begins so is one.
+    zeros_in(&ahead.buf[..ahead.n], 0, false) > 0
+}
+
+/// How many bytes of what [`writes_by_code`] decodes ahead are read
+/// first: the longest escape but names and zeros, `\\U0010FFFF`.
+const SHORT_AHEAD: usize = 12;
+
+/// What [`writes_by_code`] has decoded ahead: `buf[..n]`, from
+/// `hay[..j]`, in the grammar whose first byte is `grammar`.
+struct Ahead {
+    buf: [u8; ESCAPE_WIDTH + 8],
+    n: usize,
+    j: usize,
+    grammar: u8,
+}
+
+impl Ahead {
+    /// Decode on until `limit` bytes (and room for one more character).
+    fn fill(&mut self, hay: &[u8], limit: usize) {
+        let grammar = self.grammar;
+        while self.n + 4 <= limit && self.j < hay.len() {
+            let b = hay[self.j];
+            if super::squeezed::BLANK[usize::from(b)] || (grammar == b'%' && b == b'+') {
+                self.j += 1;
+                continue;
             }
-            _ => {
-                buf[n] = b;
-                n += 1;
-                j += 1;
+            let seen = match b {
+                _ if b == grammar => decoded(hay, self.j, false),
+                0x80.. => utf8_at(hay, self.j).map(|(c, k)| (Some(c), k)),
+                _ => None,
+            };
+            match seen {
+                Some((Some(c), k)) if invisible(c) => self.j += k,
+                Some((None, k)) => self.j += k,
+                Some((Some(c), k)) if b == grammar => {
+                    let c = wraps(c).map_or(c, char::from);
+                    self.n += c.encode_utf8(&mut self.buf[self.n..]).len();
+                    self.j += k;
+                }
+                _ => {
+                    self.buf[self.n] = b;
+                    self.n += 1;
+                    self.j += 1;
+                }
             }
         }
     }
-    let full = n + 4 > buf.len();
-    let buf = &buf[..n];
-    // Past the window, a numeric escape's leading zeros (`%5Cu{` and a
-    // thousand `%30`s) may run on: one that begins so is one.
-    [false, true]
-        .into_iter()
-        .any(|css| matches!(decoded(buf, 0, css), Some((Some(_), k)) if k > 2))
-        || (full && zeros_in(buf, 0, false) > 0)
 }
 
 /// The first byte at or after `hay[k]` that is not a blank or what reads
