@@ -291,18 +291,20 @@ fn kind_in(
 /// before a hex digit, as CSS reads it; each with escaped tags read as
 /// ASCII where `tags`, as nothing where not, and again the other way
 /// where an escape read as a tag. In which grammars `t` is worth
-/// decoding once and reading again ([`reading::Reading::again`]).
+/// decoding once and reading again ([`reading::Reading::again`]), where
+/// `asks` (none is told of a text decoded the most times it is).
 fn written(
     t: &[u8],
     m: Option<&reading::Mirrored>,
     tags: bool,
+    asks: bool,
     r: &mut [reading::Reading; KINDS * 3],
     made: &mut [bool; KINDS * 3],
     slot: &mut usize,
 ) -> Again {
     let first = reading::Mode {
         tags,
-        asks: true,
+        asks,
         ..Default::default()
     };
     let css = reading::has_css_escape(t);
@@ -386,9 +388,9 @@ fn readings_of<'a>(
     // of every grammar's decoys four times as much.
     let again = k.written(text, None, false);
     for grammars in reading::passes(again.written) {
-        let (u, again) = k.decoded(text, None, grammars);
+        let (u, again) = k.decoded(text, None, grammars, true);
         if !again.written.is_empty() {
-            k.decoded(&u.bytes, Some(&u), again.written);
+            k.decoded(&u.bytes, Some(&u), again.written, false);
         }
     }
     // Where only the reading through blanks asks (a blank inside the
@@ -398,9 +400,9 @@ fn readings_of<'a>(
     if !through.is_empty() {
         let mut seen = reading::Mirrored::default();
         reading::seen(text, &mut seen);
-        let (u, again) = k.decoded(&seen.bytes, Some(&seen), through);
+        let (u, again) = k.decoded(&seen.bytes, Some(&seen), through, true);
         if !again.written.is_empty() {
-            k.decoded(&u.bytes, Some(&u), again.written);
+            k.decoded(&u.bytes, Some(&u), again.written, false);
         }
     }
     let mirrors = reading::has_mirrors(text);
@@ -416,7 +418,7 @@ fn readings_of<'a>(
         let again = k.written(&u.bytes, Some(&u), true);
         k.cut_in(&u);
         if !again.written.is_empty() {
-            k.decoded(&u.bytes, Some(&u), again.written);
+            k.decoded(&u.bytes, Some(&u), again.written, false);
         }
     }
     let (made, cut) = (k.made, k.cut);
@@ -442,7 +444,7 @@ struct Kinds<'r> {
 impl Kinds<'_> {
     /// [`written`]'s kinds of `t` in the next slots.
     fn written(&mut self, t: &[u8], m: Option<&reading::Mirrored>, tags: bool) -> Again {
-        written(t, m, tags, self.r, &mut self.made, &mut self.slot)
+        written(t, m, tags, true, self.r, &mut self.made, &mut self.slot)
     }
 
     /// Where a numeric escape the end of `u` cuts begins, if before the
@@ -462,13 +464,22 @@ impl Kinds<'_> {
         t: &[u8],
         from: Option<&reading::Mirrored>,
         grammars: reading::Grammars,
+        asks: bool,
     ) -> (reading::Mirrored, Again) {
         let mut u = reading::Mirrored::default();
         reading::decode_once(t, &mut u, grammars);
         if let Some(f) = from {
             u.through(f);
         }
-        let again = self.written(&u.bytes, Some(&u), false);
+        let again = written(
+            &u.bytes,
+            Some(&u),
+            false,
+            asks,
+            self.r,
+            &mut self.made,
+            &mut self.slot,
+        );
         self.cut_in(&u);
         (u, again)
     }
