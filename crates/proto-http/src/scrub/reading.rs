@@ -523,7 +523,7 @@ fn writes_by_code(hay: &[u8], i: usize, used: usize, w: u8) -> bool {
         {
             return true;
         }
-        if ahead.j >= hay.len() {
+        if ahead.j >= hay.len() || !ahead.may_run_on() {
             return false;
         }
     }
@@ -533,8 +533,9 @@ fn writes_by_code(hay: &[u8], i: usize, used: usize, w: u8) -> bool {
 }
 
 /// How many bytes of what [`writes_by_code`] decodes ahead are read
-/// first: the longest escape but names and zeros, `\\U0010FFFF`.
-const SHORT_AHEAD: usize = 12;
+/// first: the longest escape but names and zeros, a surrogate pair
+/// `\\uDB40\\uDC73` (and room for a character more).
+const SHORT_AHEAD: usize = 12 + 4;
 
 /// What [`writes_by_code`] has decoded ahead: `buf[..n]`, from
 /// `hay[..j]`, in the grammar whose first byte is `grammar`.
@@ -546,6 +547,20 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// Whether what is decoded so far may begin an escape longer than
+    /// [`SHORT_AHEAD`]: a `\\N{…}` name, an `&` and a name, or a numeric
+    /// escape with its zeros (`\\u{`, `\\x{`, `\\o{`, `&#`). (Decoding the
+    /// whole window after every one of a body of decoys cost it three
+    /// times as much.)
+    fn may_run_on(&self) -> bool {
+        match self.buf[..self.n] {
+            [b'\\', b'N' | b'u' | b'U' | b'x' | b'X' | b'o', b'{', ..] => true,
+            [b'&', b'#', ..] => true,
+            [b'&', b, ..] => b.is_ascii_alphabetic(),
+            _ => false,
+        }
+    }
+
     /// Decode on until `limit` bytes (and room for one more character).
     fn fill(&mut self, hay: &[u8], limit: usize) {
         let grammar = self.grammar;
