@@ -2132,6 +2132,11 @@ mod tests {
             each(&|b| format!("&#9\u{200b}2;u{b:04x}")),
             each(&|b| format!("%5 Cu{b:04x}")),
             each(&|b| format!("&amp; #{b};")),
+            // The third review: CSS over JSON's surrogate pairs (a tag
+            // character each), and pairs continued across a line.
+            each(&|b| format!("\\5c udb40\\5c udc{b:02x}")),
+            each(&|b| format!("%5Cudb40%5C%0A%5Cudc{b:02x}")),
+            each(&|b| format!("\\\\udb40\\\\\\n\\\\udc{b:02x}")),
         ];
         // Each character's `\\` in another grammar, in turn.
         let wrappers = ["%5C", "&#92;", "=5C", "\\\\"];
@@ -2173,6 +2178,32 @@ mod tests {
             assert!(s.bytes(&mut b) >= 1, "{key}");
             let left = String::from_utf8_lossy(&b).replace('*', "");
             assert_eq!(left, format!("{decoys}{decoys}"), "{key}");
+        }
+    }
+
+    /// Session 13's third review: quoted-printable's soft break between
+    /// the bytes of one character (`quopri` breaks at 76 columns
+    /// wherever they fall), a zero-width space's or a fullwidth form's.
+    #[test]
+    fn a_soft_break_inside_a_character_hides_nothing() {
+        let secret = "QwErTy7UiOp9AsDf";
+        let s = Scrubber::new(secret.as_bytes()).unwrap();
+        let chars: Vec<String> = secret.chars().map(String::from).collect();
+        let wide: String = secret
+            .bytes()
+            .map(|b| {
+                let c = char::from_u32(u32::from(b) + 0xFEE0).unwrap();
+                let mut buf = [0u8; 4];
+                let u = c.encode_utf8(&mut buf).as_bytes();
+                format!("={:02X}={:02X}=\r\n={:02X}", u[0], u[1], u[2])
+            })
+            .collect();
+        for case in [
+            chars.join("=E2=80=\n=8B"),
+            chars.join("=E2=\r\n=80=8B"),
+            wide,
+        ] {
+            overwritten_in_a_json_string(&s, &case);
         }
     }
 

@@ -465,7 +465,7 @@ fn wraps(ch: char) -> Option<u8> {
 /// blank, a quote or a letter that begins no escape (regular expressions,
 /// prose quoted in JSON) writes none: read again, an escape-heavy answer
 /// cost 2.6 times as much (session 13).
-fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
+fn rewraps(hay: &[u8], i: usize, ch: char, used: usize, css: bool) -> bool {
     let Some(ch) = wraps(ch).filter(|_| used > 1) else {
         return false;
     };
@@ -491,7 +491,7 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
         // A part of a numeric escape (`%23`, `%7B`, `%30`): rare.
         _ => return true,
     };
-    first_look && writes_by_code(hay, i, used, ch)
+    first_look && writes_by_code(hay, i, used, ch, css)
 }
 
 /// Whether the text decoded once holds, where the escape at
@@ -504,12 +504,13 @@ fn rewraps(hay: &[u8], i: usize, ch: char, used: usize) -> bool {
 /// in a Windows path, `\\d` in a regular expression, `\\n`) is not read
 /// again: JSON with Windows paths had cost nine times as much (session
 /// 13).
-fn writes_by_code(hay: &[u8], i: usize, used: usize, w: u8) -> bool {
+fn writes_by_code(hay: &[u8], i: usize, used: usize, w: u8, css: bool) -> bool {
     let mut ahead = Ahead {
         buf: [0u8; ESCAPE_WIDTH + 8],
         n: 1,
         j: i + used,
         grammar: hay[i],
+        css,
     };
     ahead.buf[0] = w;
     // Most escapes are short (`\\U0000XXXX`, `&#1114111;`): a dozen bytes
@@ -544,6 +545,11 @@ struct Ahead {
     n: usize,
     j: usize,
     grammar: u8,
+    /// Whether the escape that asks was read as CSS reads `\\`: the
+    /// escapes after it are too (ESAPI's CSS encoder over JSON writes
+    /// `\\5c udb40\\5c udc73`; read otherwise, `\\5` was octal: the third
+    /// review).
+    css: bool,
 }
 
 impl Ahead {
@@ -555,6 +561,12 @@ impl Ahead {
     fn may_run_on(&self) -> bool {
         match self.buf[..self.n] {
             [b'\\', b'N' | b'u' | b'U' | b'x' | b'X' | b'o', b'{', ..] => true,
+            // A high surrogate, whose low half may come after a line
+            // continued, blanks or what reads as nothing (the third
+            // review).
+            [b'\\' | b'%', b'u' | b'U', b'd' | b'D', h, ..] => {
+                matches!(h, b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B')
+            }
             [b'&', b'#', ..] => true,
             [b'&', b, ..] => b.is_ascii_alphabetic(),
             _ => false,
@@ -566,17 +578,23 @@ impl Ahead {
         let grammar = self.grammar;
         while self.n + 4 <= limit && self.j < hay.len() {
             let b = hay[self.j];
-            if super::squeezed::BLANK[usize::from(b)] || (grammar == b'%' && b == b'+') {
+            // Line breaks are kept: after a `\\` they continue a line
+            // (between a surrogate pair's halves, as JavaScript joins
+            // them).
+            let kept = |c: char| matches!(c, '\n' | '\r');
+            if (super::squeezed::BLANK[usize::from(b)] && !kept(char::from(b)))
+                || (grammar == b'%' && b == b'+')
+            {
                 self.j += 1;
                 continue;
             }
             let seen = match b {
-                _ if b == grammar => decoded(hay, self.j, false),
+                _ if b == grammar => decoded(hay, self.j, self.css),
                 0x80.. => utf8_at(hay, self.j).map(|(c, k)| (Some(c), k)),
                 _ => None,
             };
             match seen {
-                Some((Some(c), k)) if invisible(c) => self.j += k,
+                Some((Some(c), k)) if invisible(c) && !kept(c) => self.j += k,
                 Some((None, k)) => self.j += k,
                 Some((Some(c), k)) if b == grammar => {
                     let c = wraps(c).map_or(c, char::from);
@@ -1433,6 +1451,14 @@ fn decoded(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
     let mut utf8 = [0u8; 4];
     utf8[0] = u32::from(ch) as u8;
     for byte in utf8.iter_mut().take(n).skip(1) {
+        // Quoted-printable's soft break may fall between a character's
+        // bytes (`quopri` breaks at 76 columns wherever they fall: `=E2=80=`
+        // and a line break then `=8B`; session 13's third review).
+        while hay[i] == b'='
+            && let Some(soft) = soft_break_at(hay, i + used)
+        {
+            used += soft;
+        }
         let j = i + used;
         let next = (j < hay.len() && writes_a_byte(hay, j, css))
             .then(|| escape(hay, j, css))
@@ -1451,6 +1477,16 @@ fn decoded(hay: &[u8], i: usize, css: bool) -> Option<(Option<char>, usize)> {
     {
         Some(c) => Some((Some(c), used)),
         None => Some(first),
+    }
+}
+
+/// The length of a quoted-printable soft break at `hay[i..]`: `=` and a
+/// line break.
+fn soft_break_at(hay: &[u8], i: usize) -> Option<usize> {
+    match hay.get(i..)? {
+        [b'=', b'\r', b'\n', ..] => Some(3),
+        [b'=', b'\n', ..] => Some(2),
+        _ => None,
     }
 }
 
@@ -1734,7 +1770,7 @@ pub(super) fn read(hay: &[u8], out: &mut Reading, mode: Mode) {
         out.tags |= ch.and_then(tag).is_some();
         let rewrapped = mode.asks
             && match ch {
-                Some(c) => rewraps(hay, i, c, used),
+                Some(c) => rewraps(hay, i, c, used, mode.css),
                 None => soft,
             };
         if let Some(g) = Grammar::of(b, mode.css).filter(|_| rewrapped) {
