@@ -27,11 +27,11 @@ pub(super) struct Reading {
     pub again: Grammars,
 }
 
-/// An escaper's grammar, told by an escape's first byte: what one pass
-/// of [`decode_once`] decodes. An escaper writes in one, so a text
-/// escaped again is decoded one grammar at a time: decoding every one at
-/// once read an HTML `&#8` before the quoted-printable soft break that
-/// split `&#81;` was taken out (session 13).
+/// An escaper's grammar, told by an escape's first byte: what a pass of
+/// [`decode_once`] decodes. A text escaped again is decoded in the
+/// grammars that ask ([`passes`]), some of them alone: decoding every
+/// one at once read an HTML `&#8` before the quoted-printable soft break
+/// that split `&#81;` was taken out (session 13).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Grammar {
     Backslash,
