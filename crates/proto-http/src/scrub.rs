@@ -393,10 +393,12 @@ fn readings_of<'a>(
             k.decoded(&u.bytes, Some(&u), again.written, false);
         }
     }
-    // Where only the reading through blanks asks (a blank inside the
-    // outer escape: `%5` and a zero-width space then `Cu0073`), the text
-    // without them, in all those grammars at once.
-    let through = again.through.minus(again.written);
+    // Where the reading through blanks asks (a blank inside the outer
+    // escape: `%5` and a zero-width space then `Cu0073`), the text
+    // without them, in all those grammars at once: whether or not the
+    // text as written asks in the same grammar (a decoy `%5Cu0041` had
+    // taken the key's grammar out of those asked for here).
+    let through = again.through;
     if !through.is_empty() {
         let mut seen = reading::Mirrored::default();
         reading::seen(text, &mut seen);
@@ -2173,6 +2175,10 @@ mod tests {
             each(&|b| format!("%5C%5Cu{b:04x}")),
             each(&|b| format!("&amp;amp;#{b};")),
             each(&|b| format!("\\5c 5c u{b:04x}")),
+            // A blank inside the key's outer escapes, the decoys' grammar
+            // asking as written (the review of the whole change).
+            each(&|b| format!("%5\u{200b}Cu{b:04x}")),
+            each(&|b| format!("&am\u{200b}p;#{b};")),
         ] {
             let mut b = format!("{decoys}{key}{decoys}").into_bytes();
             assert!(s.bytes(&mut b) >= 1, "{key}");
